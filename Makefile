@@ -1,0 +1,35 @@
+# portway: `make demo` shows it at work in a sandbox, `make test` runs every check.
+# Both set up a fresh Debian 12 machine first (as root): packages, venv, install.
+
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup demo test lint typecheck unit kernel bench clean
+
+setup: $(VENV)/.ready
+
+$(VENV)/.ready: pyproject.toml scripts/setup.sh
+	bash scripts/setup.sh
+	touch $@
+
+demo: setup
+	$(PY) -m portway.demo
+
+lint: setup
+	$(VENV)/bin/ruff check src tests bench
+
+typecheck: setup
+	$(VENV)/bin/mypy
+
+unit: setup
+	$(VENV)/bin/pytest -q tests/unit
+
+test: setup lint typecheck
+	$(VENV)/bin/pytest -q tests
+
+bench: setup
+	bash bench/setup.sh
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Everything portway needs on a fresh Debian 12 machine, as root: system packages,
+# a virtual environment with portway and its test tools. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "setup: run as root (portway creates namespaces, links and firewall rules)" >&2
+  exit 1
+fi
+
+# System packages: iproute2 (the tests' oracle, `ip -j`), nftables/libnftables1
+# (the firewall), python3-venv, procps, bind9-dnsutils (dig).
+PACKAGES="python3 python3-venv iproute2 nftables libnftables1 procps bind9-dnsutils"
+missing=""
+for p in $PACKAGES; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+  echo "setup: installing$missing"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >/dev/null
+  apt-get install -y -q $missing >/dev/null
+fi
+
+# Debian's own interpreter (what users run as root), not a shim on PATH.
+PY=/usr/bin/python3
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+echo "setup: ready (.venv/bin/portway)"

@@ -1,0 +1,1 @@
+"""The portway CLI: a standard-library-only client of portwayd."""

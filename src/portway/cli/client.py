@@ -1,0 +1,139 @@
+"""The CLI's side of the daemon API: connect, start the daemon on first use, call.
+
+Standard library only: the CLI must start in milliseconds, so it never
+imports the engine (or pyroute2).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+SOCKET_NAME = "portwayd.sock"
+START_TIMEOUT = 30.0
+
+
+class ClientError(Exception):
+    def __init__(self, message: str, hint: str = "", exit_code: int = 1,
+                 traceback: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.exit_code = exit_code
+        self.traceback = traceback
+
+
+class Client:
+    def __init__(self, state_dir: str, host_netns: str | None) -> None:
+        self.state_dir = os.path.abspath(state_dir)
+        self.host_netns = host_netns
+        self.sock_path = os.path.join(self.state_dir, SOCKET_NAME)
+
+    def _connect(self) -> socket.socket | None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(self.sock_path)
+        except OSError as exc:
+            sock.close()
+            if exc.errno in (errno.ENOENT, errno.ECONNREFUSED):
+                return None
+            raise ClientError(f"cannot reach portwayd at {self.sock_path}: {exc.strerror}",
+                              "check the state dir's permissions") from None
+        return sock
+
+    def _exchange(self, sock: socket.socket, request: dict[str, Any]) -> dict[str, Any]:
+        with sock:
+            sock.sendall(json.dumps(request).encode() + b"\n")
+            chunks = []
+            while True:
+                data = sock.recv(1 << 16)
+                if not data:
+                    break
+                chunks.append(data)
+        raw = b"".join(chunks)
+        if not raw:
+            raise ClientError("portwayd closed the connection without answering",
+                              f"see {os.path.join(self.state_dir, 'portwayd.log')}")
+        reply: dict[str, Any] = json.loads(raw)
+        return reply
+
+    def running(self) -> dict[str, Any] | None:
+        sock = self._connect()
+        if sock is None:
+            return None
+        reply = self._exchange(sock, {"op": "ping"})
+        return reply.get("result")
+
+    def start_daemon(self) -> None:
+        if self.host_netns and not os.path.exists(f"/run/netns/{self.host_netns}"):
+            raise ClientError(f"host network namespace {self.host_netns!r} not found",
+                              f"create it with 'ip netns add {self.host_netns}'", 3)
+        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+        log_path = os.path.join(self.state_dir, "portwayd.log")
+        cmd = [sys.executable, "-m", "portway.daemon.main", "--state-dir", self.state_dir]
+        if self.host_netns:
+            cmd += ["--host-netns", self.host_netns]
+        env = dict(os.environ)
+        with open(log_path, "ab") as log, open(os.devnull, "rb") as devnull:
+            proc = subprocess.Popen(cmd, stdin=devnull, stdout=log, stderr=log,
+                                    start_new_session=True, close_fds=True, env=env)
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            sock = self._connect()
+            if sock is not None:
+                sock.close()
+                return
+            code = proc.poll()
+            if code is not None and code != 0:
+                raise ClientError(f"portwayd failed to start: {self._last_log_line(log_path)}",
+                                  f"see {log_path}", code)
+            if code == 0 and self._connect() is None:
+                # Another daemon holds the state dir and is still starting: keep waiting.
+                pass
+            time.sleep(0.005)
+        raise ClientError("portwayd did not start in time", f"see {log_path}")
+
+    @staticmethod
+    def _last_log_line(path: str) -> str:
+        try:
+            with open(path, errors="replace") as f:
+                lines = [ln.strip() for ln in f if ln.strip()]
+        except OSError:
+            return "(no log)"
+        return lines[-1].removeprefix("portwayd: ") if lines else "(no log)"
+
+    def call(self, op: str, **args: Any) -> Any:
+        sock = self._connect()
+        if sock is None:
+            self.start_daemon()
+            sock = self._connect()
+            if sock is None:
+                raise ClientError("portwayd is not answering",
+                                  f"see {os.path.join(self.state_dir, 'portwayd.log')}")
+        reply = self._exchange(sock, {"op": op, "args": args})
+        if not reply.get("ok"):
+            raise ClientError(str(reply.get("error")), str(reply.get("hint") or ""),
+                              int(reply.get("exit_code") or 1), str(reply.get("traceback", "")))
+        return reply.get("result")
+
+    def stop_daemon(self, timeout: float = 10.0) -> int | None:
+        """Ask the daemon to exit and wait until it has; returns its pid, None if none ran."""
+        sock = self._connect()
+        if sock is None:
+            return None
+        reply = self._exchange(sock, {"op": "shutdown"})
+        pid = int(reply.get("result", {}).get("pid", 0))
+        deadline = time.monotonic() + timeout
+        while pid and time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.01)
+        return pid

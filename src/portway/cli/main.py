@@ -1,0 +1,368 @@
+"""portway's command line: parse, call the daemon, print. Standard library only."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import sys
+from typing import Any, NoReturn
+
+from portway.cli.client import Client, ClientError
+
+HELP_EPILOG = """examples:
+  portway network create app --subnet 10.77.0.0/24
+  portway run -d --name web --network app -- python3 -m http.server 80
+  portway exec web -- ip -br addr
+  portway ps
+  portway rm -f web && portway network rm app
+"""
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage errors in one line, with a pointer to --help."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"portway: {message}; see '{self.prog} --help'", file=sys.stderr)
+        sys.exit(2)
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="portway", description="Docker-style container networking that shows "
+               "how every packet moves.", epilog=HELP_EPILOG,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--host-netns", default=os.environ.get("PORTWAY_HOST_NETNS") or None,
+                   metavar="NAME", help="use the named network namespace as the host "
+                   "(env PORTWAY_HOST_NETNS; default: the root namespace)")
+    p.add_argument("--state-dir", default=os.environ.get("PORTWAY_STATE_DIR",
+                                                         "/var/lib/portway"),
+                   metavar="DIR", help="where state lives (env PORTWAY_STATE_DIR)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+
+    net = sub.add_parser("network", help="manage networks")
+    nsub = net.add_subparsers(dest="net_command", metavar="COMMAND", parser_class=Parser)
+    c = nsub.add_parser("create", help="create a bridge network")
+    c.add_argument("name", metavar="NAME")
+    c.add_argument("--driver", "-d", default="bridge")
+    c.add_argument("--subnet")
+    c.add_argument("--gateway")
+    c.add_argument("--ip-range")
+    c.add_argument("--internal", action="store_true")
+    c.add_argument("--mtu")
+    c.add_argument("-o", "--opt", action="append", default=[], metavar="KEY=VALUE")
+    c.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
+    ls = nsub.add_parser("ls", help="list networks")
+    ls.add_argument("--json", action="store_true")
+    ls.add_argument("-q", "--quiet", action="store_true")
+    i = nsub.add_parser("inspect", help="show networks as JSON")
+    i.add_argument("names", nargs="+", metavar="NAME")
+    r = nsub.add_parser("rm", help="remove networks")
+    r.add_argument("names", nargs="+", metavar="NAME")
+    nsub.add_parser("prune", help="remove networks no container uses")
+    cn = nsub.add_parser("connect", help="attach a container to a network")
+    cn.add_argument("network", metavar="NETWORK")
+    cn.add_argument("container", metavar="CONTAINER")
+    cn.add_argument("--ip")
+    cn.add_argument("--alias", action="append", default=[])
+    dc = nsub.add_parser("disconnect", help="detach a container from a network")
+    dc.add_argument("network", metavar="NETWORK")
+    dc.add_argument("container", metavar="CONTAINER")
+    dc.add_argument("-f", "--force", action="store_true")
+
+    run = sub.add_parser("run", help="run a command in a new container", add_help=False)
+    run.add_argument("--help", action="help", help="show this help and exit")
+    run.add_argument("--name")
+    run.add_argument("--network", "--net", action="append", default=[], metavar="NET")
+    run.add_argument("--ip")
+    run.add_argument("--alias", "--network-alias", action="append", default=[])
+    run.add_argument("--hostname", "-h")
+    run.add_argument("-p", "--publish", action="append", default=[], metavar="SPEC")
+    run.add_argument("--dns", action="append", default=[])
+    run.add_argument("-d", "--detach", action="store_true")
+    run.add_argument("--rm", action="store_true")
+    run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
+
+    ex = sub.add_parser("exec", help="run a command in a running container")
+    ex.add_argument("container", metavar="CONTAINER")
+    ex.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
+
+    ps = sub.add_parser("ps", help="list containers")
+    ps.add_argument("-a", "--all", action="store_true")
+    ps.add_argument("--json", action="store_true")
+    ps.add_argument("-q", "--quiet", action="store_true")
+    ins = sub.add_parser("inspect", help="show containers as JSON")
+    ins.add_argument("names", nargs="+", metavar="CONTAINER")
+    lg = sub.add_parser("logs", help="show a detached container's output")
+    lg.add_argument("container", metavar="CONTAINER")
+    st = sub.add_parser("stop", help="stop containers (SIGTERM, then SIGKILL)")
+    st.add_argument("-t", "--time", type=float, default=10.0)
+    st.add_argument("names", nargs="+", metavar="CONTAINER")
+    rm = sub.add_parser("rm", help="remove containers")
+    rm.add_argument("-f", "--force", action="store_true")
+    rm.add_argument("names", nargs="+", metavar="CONTAINER")
+    gc = sub.add_parser("gc", help="repair drift between the store and the kernel")
+    gc.add_argument("--dry-run", action="store_true", help="only say what would be done")
+
+    d = sub.add_parser("daemon", help="manage portwayd")
+    d.add_argument("action", choices=["run", "stop", "status", "start"])
+    return p
+
+
+def command_args(raw: list[str]) -> list[str]:
+    return raw[1:] if raw and raw[0] == "--" else raw
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["   ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip()
+             for r in [header, *rows]]
+    return "\n".join(lines)
+
+
+def print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2))
+
+
+def status_text(c: dict[str, Any]) -> str:
+    state = c["State"]
+    if state["Running"]:
+        return "running"
+    if state["Status"] == "created":
+        return "created"
+    return f"exited ({state['ExitCode']})"
+
+
+def cmd_network(client: Client, a: argparse.Namespace) -> int:
+    nc = a.net_command
+    if nc == "create":
+        net = client.call("network_create", name=a.name, driver=a.driver, subnet=a.subnet,
+                          gateway=a.gateway, ip_range=a.ip_range, internal=a.internal,
+                          mtu=a.mtu, options=a.opt, labels=a.label)
+        print(net["Id"])
+    elif nc == "ls":
+        nets = client.call("network_ls")
+        if a.json:
+            print_json(nets)
+        elif a.quiet:
+            for n in nets:
+                print(n["Id"][:12])
+        else:
+            print(table([[n["Id"][:12], n["Name"], n["Driver"], n["IPAM"]["Config"][0]["Subnet"],
+                          n["IPAM"]["Config"][0]["Gateway"], n["Bridge"],
+                          "yes" if n["Internal"] else "no", str(len(n["Containers"]))]
+                         for n in nets],
+                        ["NETWORK ID", "NAME", "DRIVER", "SUBNET", "GATEWAY", "BRIDGE",
+                         "INTERNAL", "CONTAINERS"]))
+    elif nc == "inspect":
+        print_json(client.call("network_inspect", refs=a.names))
+    elif nc == "rm":
+        for name in client.call("network_rm", refs=a.names):
+            print(name)
+    elif nc == "prune":
+        removed = client.call("network_prune")
+        if removed:
+            print("Deleted networks:\n" + "\n".join(removed))
+    elif nc == "connect":
+        client.call("network_connect", network=a.network, container=a.container, ip=a.ip,
+                    aliases=a.alias)
+    elif nc == "disconnect":
+        client.call("network_disconnect", network=a.network, container=a.container,
+                    force=a.force)
+    else:
+        raise ClientError("missing network command",
+                          "one of: create, ls, inspect, rm, prune, connect, disconnect", 2)
+    return 0
+
+
+def cmd_run(client: Client, a: argparse.Namespace) -> int:
+    command = command_args(a.cmd)
+    if not command:
+        raise ClientError("no command given", "put the command after --, as in: portway run "
+                          "--name web -- python3 -m http.server 80", 2)
+    if not a.detach and shutil.which(command[0]) is None:
+        raise ClientError(f"command not found: {command[0]!r}",
+                          "give a program that exists on this host (or its full path)", 2)
+    info = client.call("run", command=command, name=a.name, networks=a.network, ip=a.ip,
+                       aliases=a.alias, hostname=a.hostname, ports=a.publish,
+                       detach=a.detach, auto_remove=a.rm, dns=a.dns)
+    if info.get("Warning"):
+        print(f"portway: warning: {info['Warning']}", file=sys.stderr)
+    if a.detach:
+        print(info["Id"])
+        return 0
+    return run_foreground(client, info, command, a.rm)
+
+
+def run_foreground(client: Client, info: dict[str, Any], command: list[str],
+                   auto_remove: bool) -> int:
+    """Fork; the child enters the container's namespaces and becomes the command; the
+    parent forwards signals, waits, and reports the end to the daemon."""
+    from portway.kernel import sandbox
+
+    pid = os.fork()
+    if pid == 0:  # the container's process
+        try:
+            sandbox.enter_sandbox(info["SandboxKey"], info["Hostname"],
+                                  [(s, t) for s, t in info["Binds"]])
+            os.execvpe(command[0], command, info["Env"])
+        except OSError as exc:
+            print(f"portway: cannot run {command[0]!r}: {exc}", file=sys.stderr)
+        os._exit(127)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(sig, lambda signum, _frame: os.kill(pid, signum))
+    try:
+        client.call("started", ref=info["Id"], pid=pid)
+    except ClientError as exc:
+        print(f"portway: warning: {exc.message}", file=sys.stderr)
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            break
+        except InterruptedError:
+            continue
+    code = os.waitstatus_to_exitcode(status)
+    if code < 0:
+        code = 128 - code
+    try:
+        client.call("exited", ref=info["Id"], exit_code=code)
+        if auto_remove:
+            client.call("rm", refs=[info["Id"]], force=True)
+    except ClientError as exc:
+        if exc.exit_code != 3:  # already removed by the daemon: fine
+            print(f"portway: warning: {exc.message}", file=sys.stderr)
+    return code
+
+
+def cmd_exec(client: Client, a: argparse.Namespace) -> int:
+    command = command_args(a.cmd)
+    if not command:
+        raise ClientError("no command given", "put the command after --", 2)
+    info = client.call("exec_info", ref=a.container)
+    from portway.kernel import sandbox
+
+    try:
+        sandbox.enter_process(info["Pid"])
+    except OSError as exc:
+        raise ClientError(f"cannot enter container {a.container}: {exc}",
+                          "is it still running? see 'portway ps'") from None
+    env = dict(info["Env"])
+    if "TERM" in os.environ:
+        env["TERM"] = os.environ["TERM"]
+    try:
+        os.execvpe(command[0], command, env)
+    except OSError as exc:
+        raise ClientError(f"cannot run {command[0]!r} in {a.container}: {exc.strerror}",
+                          "give a program that exists on this host", 127) from None
+
+
+def cmd_ps(client: Client, a: argparse.Namespace) -> int:
+    rows = client.call("ps", all=a.all)
+    if a.json:
+        print_json(rows)
+        return 0
+    if a.quiet:
+        for c in rows:
+            print(c["Id"][:12])
+        return 0
+    out = []
+    for c in rows:
+        nets = c["NetworkSettings"]["Networks"]
+        addrs = ", ".join(f"{n}:{v['IPAddress']}" if v["IPAddress"] else n
+                          for n, v in nets.items())
+        ports = ", ".join(c["HostConfig"]["PortBindings"])
+        cmd = " ".join([c["Path"], *c["Args"]])
+        out.append([c["Id"][:12], c["Name"], status_text(c), addrs, ports,
+                    cmd if len(cmd) <= 30 else cmd[:27] + "..."])
+    print(table(out, ["CONTAINER ID", "NAME", "STATUS", "NETWORKS", "PORTS", "COMMAND"]))
+    return 0
+
+
+def cmd_daemon(client: Client, a: argparse.Namespace) -> int:
+    if a.action == "run":
+        from portway.daemon.main import serve
+
+        return serve(client.state_dir, client.host_netns)
+    if a.action == "start":
+        if client.running() is None:
+            client.start_daemon()
+        print(client.running())
+        return 0
+    if a.action == "stop":
+        pid = client.stop_daemon()
+        print("portwayd was not running" if pid is None else f"stopped portwayd (pid {pid})")
+        return 0
+    status = client.running()
+    if status is None:
+        print("portwayd is not running")
+        return 1
+    print(f"portwayd is running (pid {status['pid']}, state dir {status['state_dir']}, "
+          f"host namespace {status['host_netns'] or '(root)'})")
+    return 0
+
+
+def dispatch(client: Client, a: argparse.Namespace) -> int:
+    if a.command == "network":
+        return cmd_network(client, a)
+    if a.command == "run":
+        return cmd_run(client, a)
+    if a.command == "exec":
+        return cmd_exec(client, a)
+    if a.command == "ps":
+        return cmd_ps(client, a)
+    if a.command == "inspect":
+        print_json(client.call("inspect", refs=a.names))
+    elif a.command == "logs":
+        sys.stdout.write(client.call("logs", ref=a.container)["Log"])
+    elif a.command == "stop":
+        for name in client.call("stop", refs=a.names, timeout=a.time):
+            print(name)
+    elif a.command == "rm":
+        for name in client.call("rm", refs=a.names, force=a.force):
+            print(name)
+    elif a.command == "gc":
+        lines = client.call("gc", dry_run=a.dry_run)
+        print("\n".join(lines) if lines else "nothing to repair: the kernel matches the store")
+    elif a.command == "daemon":
+        return cmd_daemon(client, a)
+    else:
+        raise ClientError("missing command", "see 'portway --help'", 2)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        sys.exit(2)
+    try:
+        if os.geteuid() != 0:
+            raise ClientError("portway must run as root (it creates network namespaces, "
+                              "links and firewall rules)", "run it with sudo", 77)
+        if args.host_netns is not None and ("/" in args.host_netns
+                                            or args.host_netns in ("", ".", "..")):
+            raise ClientError(f"invalid host namespace name {args.host_netns!r}",
+                              "give a name from 'ip netns list'", 2)
+        client = Client(args.state_dir, args.host_netns)
+        sys.exit(dispatch(client, args))
+    except ClientError as exc:
+        if args.debug and exc.traceback:
+            print(exc.traceback, file=sys.stderr)
+        line = f"{exc.message}; {exc.hint}" if exc.hint else exc.message
+        print(f"portway: error: {line}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception:
+        if args.debug:
+            raise
+        print(f"portway: error: unexpected failure: {sys.exc_info()[1]}; "
+              "run again with --debug for details", file=sys.stderr)
+        sys.exit(70)
+
+
+if __name__ == "__main__":
+    main()

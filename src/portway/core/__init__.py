@@ -1,0 +1,1 @@
+"""portway's pure core: validation, IPAM, names, plans. No I/O of any kind."""

@@ -1,0 +1,65 @@
+"""The files a container's processes see: /etc/hosts, /etc/hostname, /etc/resolv.conf."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from portway.model.types import IPAddress
+
+
+def render_hosts(hostname: str, name: str, addresses: Iterable[IPAddress]) -> str:
+    lines = [
+        "127.0.0.1\tlocalhost",
+        "::1\tlocalhost ip6-localhost ip6-loopback",
+    ]
+    names = hostname if hostname == name else f"{hostname} {name}"
+    for address in addresses:
+        lines.append(f"{address}\t{names}")
+    return "\n".join(lines) + "\n"
+
+
+def render_hostname(hostname: str) -> str:
+    return hostname + "\n"
+
+
+def render_resolv_conf(nameservers: Iterable[str], search: Iterable[str] = (),
+                       options: Iterable[str] = ()) -> str:
+    lines = [f"nameserver {ns}" for ns in nameservers]
+    search = list(search)
+    if search:
+        lines.append("search " + " ".join(search))
+    options = list(options)
+    if options:
+        lines.append("options " + " ".join(options))
+    return "\n".join(lines) + "\n"
+
+
+def parse_resolv_conf(text: str) -> tuple[list[str], list[str], list[str]]:
+    """(nameservers, search domains, options) from a resolv.conf."""
+    servers: list[str] = []
+    search: list[str] = []
+    options: list[str] = []
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].split(";", 1)[0].strip()
+        if not line:
+            continue
+        word, _, rest = line.partition(" ")
+        if word == "nameserver" and rest.strip():
+            servers.append(rest.strip())
+        elif word in ("search", "domain"):
+            search = rest.split()
+        elif word == "options":
+            options.extend(rest.split())
+    return servers, search, options
+
+
+def container_resolv_conf(host_resolv: str, dns_override: Iterable[str]) -> str:
+    """What a container gets: the host's resolvers (loopback ones are unreachable from a
+    container's namespace, so they are dropped), or the --dns servers if given."""
+    servers, search, options = parse_resolv_conf(host_resolv)
+    override = list(dns_override)
+    if override:
+        servers = override
+    else:
+        servers = [s for s in servers if not s.startswith("127.") and s != "::1"]
+    return render_resolv_conf(servers, search, options)

@@ -1,0 +1,73 @@
+"""Address management: default subnet pools, subnet picking, address allocation.
+
+Pure functions over what is taken; the store enforces uniqueness (a UNIQUE
+constraint per network and address) so concurrent allocations cannot collide.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Iterator
+
+from portway.errors import Conflict
+from portway.model.types import IPAddress, IPNetwork
+
+# Docker's default address pools: 172.17-31.0.0/16 as /16s, then 192.168.0.0/16 as /20s.
+DEFAULT_POOLS: tuple[tuple[str, int], ...] = tuple(
+    [(f"172.{n}.0.0/16", 16) for n in range(17, 32)] + [("192.168.0.0/16", 20)]
+)
+
+
+def pool_candidates(pools: Iterable[tuple[str, int]] = DEFAULT_POOLS) -> Iterator[IPNetwork]:
+    for base, size in pools:
+        yield from ipaddress.ip_network(base).subnets(new_prefix=size)
+
+
+def overlaps(a: IPNetwork, b: IPNetwork) -> bool:
+    return a.version == b.version and a.overlaps(b)  # type: ignore[arg-type]
+
+
+def find_overlap(subnet: IPNetwork, taken: Iterable[tuple[IPNetwork, str]]) -> str | None:
+    """The description of the first taken range that overlaps subnet, or None."""
+    for other, what in taken:
+        if overlaps(subnet, other):
+            return what
+    return None
+
+
+def check_subnet_free(subnet: IPNetwork, taken: Iterable[tuple[IPNetwork, str]]) -> None:
+    holder = find_overlap(subnet, taken)
+    if holder is not None:
+        raise Conflict(f"subnet {subnet} overlaps {holder}",
+                       "pick another --subnet, or omit it to get a free one")
+
+
+def pick_subnet(taken: list[tuple[IPNetwork, str]],
+                pools: Iterable[tuple[str, int]] = DEFAULT_POOLS) -> IPNetwork:
+    """The first pool block that overlaps nothing taken (networks, host routes)."""
+    for candidate in pool_candidates(pools):
+        if find_overlap(candidate, taken) is None:
+            return candidate
+    raise Conflict("no free subnet is left in the default pools "
+                   "(172.17-31.0.0/16, 192.168.0.0/16)",
+                   "remove unused networks with 'portway network prune' or give --subnet")
+
+
+def default_gateway(subnet: IPNetwork) -> IPAddress:
+    return subnet.network_address + 1
+
+
+def allocate_address(subnet: IPNetwork, gateway: IPAddress, used: set[IPAddress],
+                     ip_range: IPNetwork | None = None) -> IPAddress:
+    """The lowest free host address in ip_range (or the subnet), skipping the gateway."""
+    space = ip_range if ip_range is not None else subnet
+    first = space.network_address
+    last = space.broadcast_address
+    candidate = first
+    while candidate <= last:
+        if (candidate != subnet.network_address and candidate != subnet.broadcast_address
+                and candidate != gateway and candidate not in used):
+            return candidate
+        candidate += 1
+    raise Conflict(f"no free address is left in {space}",
+                   "remove containers from the network, or create a larger one")

@@ -1,0 +1,88 @@
+"""Published port specs: Docker's `-p [HOST_IP:][HOST_PORT[-END]:]CPORT[-END][/PROTO]`."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+from portway.errors import InvalidInput
+from portway.model.types import IPAddress, PortMapping, Protocol
+
+_RANGE = r"\d{1,5}(?:-\d{1,5})?"
+_SPEC = re.compile(
+    rf"(?:(?P<ip>\[[0-9a-fA-F:.]+\]|[0-9.]+):)?"
+    rf"(?:(?P<hport>{_RANGE})?:)?"
+    rf"(?P<cport>{_RANGE})"
+    rf"(?:/(?P<proto>[a-zA-Z]+))?"
+)
+HINT = "write it as [HOST_IP:][HOST_PORT[-END]:]CONTAINER_PORT[-END][/tcp|/udp], e.g. 8080:80"
+
+
+def _port_range(text: str, spec: str) -> tuple[int, int]:
+    lo_s, _, hi_s = text.partition("-")
+    lo = int(lo_s)
+    hi = int(hi_s) if hi_s else lo
+    for port in (lo, hi):
+        if not 1 <= port <= 65535:
+            raise InvalidInput(f"invalid port {port} in {spec!r}: ports are 1-65535", HINT)
+    if hi < lo:
+        raise InvalidInput(f"invalid port range {text!r} in {spec!r}: the end is below the start",
+                           HINT)
+    return lo, hi
+
+
+def parse_port_spec(spec: str) -> list[PortMapping]:
+    """One spec into one mapping per port. host_port 0 means 'pick a free one'."""
+    m = _SPEC.fullmatch(spec.strip())
+    if m is None:
+        raise InvalidInput(f"invalid port spec {spec!r}", HINT)
+    proto_text = (m.group("proto") or "tcp").lower()
+    if proto_text not in ("tcp", "udp"):
+        raise InvalidInput(f"unsupported protocol {proto_text!r} in {spec!r}", "use tcp or udp")
+    proto: Protocol = "tcp" if proto_text == "tcp" else "udp"
+    host_ip: IPAddress | None = None
+    if m.group("ip"):
+        raw = m.group("ip").strip("[]")
+        try:
+            host_ip = ipaddress.ip_address(raw)
+        except ValueError:
+            raise InvalidInput(f"invalid host address {raw!r} in {spec!r}", HINT) from None
+        if host_ip.version != 4:
+            raise InvalidInput(f"IPv6 host address in {spec!r} is not supported yet",
+                               "publish on an IPv4 address")
+        if host_ip.is_unspecified:
+            host_ip = None
+    c_lo, c_hi = _port_range(m.group("cport"), spec)
+    if m.group("hport"):
+        h_lo, h_hi = _port_range(m.group("hport"), spec)
+        if h_hi - h_lo != c_hi - c_lo:
+            raise InvalidInput(f"port ranges in {spec!r} differ in length", HINT)
+    else:
+        h_lo, h_hi = 0, 0
+    out = []
+    for i in range(c_hi - c_lo + 1):
+        host_port = h_lo + i if h_lo else 0
+        out.append(PortMapping(container_port=c_lo + i, host_port=host_port,
+                               protocol=proto, host_ip=host_ip))
+    return out
+
+
+def parse_port_specs(specs: list[str]) -> tuple[PortMapping, ...]:
+    out: list[PortMapping] = []
+    for spec in specs:
+        out.extend(parse_port_spec(spec))
+    seen: set[tuple[int, str, str]] = set()
+    for pm in out:
+        if pm.host_port == 0:
+            continue
+        key = (pm.host_port, pm.protocol, str(pm.host_ip or ""))
+        if key in seen:
+            raise InvalidInput(f"host port {pm.host_port}/{pm.protocol} is published twice",
+                               "publish each host port once")
+        seen.add(key)
+    return tuple(out)
+
+
+def format_mapping(pm: PortMapping) -> str:
+    ip = str(pm.host_ip) if pm.host_ip else "0.0.0.0"
+    return f"{ip}:{pm.host_port}->{pm.container_port}/{pm.protocol}"

@@ -1,0 +1,665 @@
+"""The Engine: portway's operations, each validated first, recorded, applied with undo.
+
+The Engine runs in a process that is already inside the host network
+namespace (the daemon enters it before starting any thread). Every operation
+that changes something holds the engine lock; store writes for an operation
+happen in one transaction that commits only after the kernel work succeeded,
+so a crash in between leaves no rows, and the kernel objects it may have left
+carry this instance's owner tag for `gc` to remove.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+from pyroute2 import IPRoute
+
+from portway.core import files, ipam, names, validate
+from portway.core.naming import random_name
+from portway.core.ports import parse_port_specs
+from portway.engine import view
+from portway.engine.watch import ProcessWatcher
+from portway.errors import Conflict, InvalidInput, NotFound, PortwayError, TeardownErrors
+from portway.kernel import links, netns, procs
+from portway.model.types import Container, Endpoint, Network
+from portway.store.sqlite import SqliteStore
+
+DEFAULT_NETWORK = "portway"
+HOST_FILES = ("hosts", "hostname", "resolv.conf")
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def fault_point(step: str) -> None:
+    """Test-only crash injection: PORTWAY_FAULT=STEP kills the engine at that step."""
+    if os.environ.get("PORTWAY_FAULT") == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Engine:
+    def __init__(self, state_dir: str, host_netns: str | None = None) -> None:
+        self.state_dir = os.path.abspath(state_dir)
+        self.host_netns = host_netns
+        os.makedirs(os.path.join(self.state_dir, "containers"), exist_ok=True)
+        self.store = SqliteStore(os.path.join(self.state_dir, "portway.db"))
+        self._check_host(host_netns)
+        self.instance = self._instance_id()
+        self.lock = threading.RLock()
+        self.host = IPRoute()
+        self._ensure_forwarding()
+        self.watcher = ProcessWatcher(self._on_exit)
+
+    # set-up
+
+    def _check_host(self, host_netns: str | None) -> None:
+        want = host_netns or ""
+        with self.store.transaction():
+            have = self.store.get_meta("host_netns")
+            if have is None:
+                self.store.set_meta("host_netns", want)
+            elif have != want:
+                raise InvalidInput(
+                    f"state dir {self.state_dir} belongs to host namespace "
+                    f"{have or '(root)'}, not {want or '(root)'}",
+                    "give the matching --host-netns, or another --state-dir")
+
+    def _instance_id(self) -> str:
+        with self.store.transaction():
+            value = self.store.get_meta("instance")
+            if value is None:
+                value = names.new_id()[:8]
+                self.store.set_meta("instance", value)
+        return value
+
+    def _ensure_forwarding(self) -> None:
+        with open("/proc/sys/net/ipv4/ip_forward") as f:
+            if f.read().strip() == "1":
+                return
+        netns.write_sysctl("net.ipv4.ip_forward", "1")
+
+    def close(self) -> None:
+        self.watcher.close()
+        self.host.close()
+        self.store.close()
+
+    def tag(self, kind: str, object_id: str) -> str:
+        return names.owner_tag(self.instance, kind, object_id)
+
+    def host_netns_path(self) -> str:
+        if self.host_netns:
+            return netns.netns_path(self.host_netns)
+        return "/proc/1/ns/net"
+
+    # lookups
+
+    def _network(self, ref: str) -> Network:
+        net = self.store.find_network(ref)
+        if net is None:
+            raise NotFound(f"network {ref!r} not found",
+                           "list networks with 'portway network ls'")
+        return net
+
+    def _container(self, ref: str) -> Container:
+        c = self.store.find_container(ref)
+        if c is None:
+            raise NotFound(f"container {ref!r} not found", "list containers with 'portway ps -a'")
+        return self._refresh(c)
+
+    def _refresh(self, c: Container) -> Container:
+        """The container with its status brought up to date with its process."""
+        if c.status == "running" and not procs.is_alive(c.pid, c.pid_start):
+            c = replace(c, status="exited", finished=c.finished or now())
+            self.store.update_container(c)
+        return c
+
+    # networks
+
+    def _taken_ranges(self) -> list[tuple[Any, str]]:
+        taken: list[tuple[Any, str]] = [(n.subnet, f"network {n.name}")
+                                        for n in self.store.networks()]
+        ours = {n.bridge for n in self.store.networks()}
+        for iface in links.observe_addresses(self.host):
+            if iface.network.prefixlen < 32 or iface.ip.is_loopback:
+                taken.append((iface.network, f"host address {iface}"))
+        for route, dev in links.observe_routes(self.host):
+            if dev not in ours:
+                taken.append((route, f"host route {route} dev {dev}"))
+        return taken
+
+    def network_create(self, name: str, driver: str = "bridge", subnet: str | None = None,
+                       gateway: str | None = None, ip_range: str | None = None,
+                       internal: bool = False, mtu: int | str | None = None,
+                       options: list[str] | None = None,
+                       labels: list[str] | None = None) -> dict[str, Any]:
+        validate.check_network_name(name)
+        return view.network(self, self._network_create(
+            name, driver, subnet, gateway, ip_range, internal, mtu, options, labels))
+
+    def _network_create(self, name: str, driver: str, subnet: str | None, gateway: str | None,
+                        ip_range: str | None, internal: bool, mtu: int | str | None,
+                        options: list[str] | None, labels: list[str] | None) -> Network:
+        if driver != "bridge":
+            raise InvalidInput(f"unsupported network driver {driver!r}",
+                               "use --driver bridge (the default)")
+        opts = validate.check_options(validate.parse_key_values("--opt", options or []))
+        labs = validate.parse_key_values("--label", labels or [])
+        if mtu is None and "com.docker.network.driver.mtu" in opts:
+            mtu = opts["com.docker.network.driver.mtu"]
+        mtu_value = validate.parse_mtu(mtu) if mtu is not None else 1500
+        if subnet is None and (gateway is not None or ip_range is not None):
+            raise InvalidInput("--gateway and --ip-range need --subnet",
+                               "give the subnet they belong to")
+        with self.lock:
+            if self.store.find_network(name) is not None:
+                raise Conflict(f"network {name!r} already exists",
+                               f"choose another name or remove it with "
+                               f"'portway network rm {name}'")
+            taken = self._taken_ranges()
+            if subnet is None:
+                net_addr = ipam.pick_subnet(taken)
+            else:
+                net_addr = validate.parse_subnet(subnet)
+                ipam.check_subnet_free(net_addr, taken)
+            gw = (validate.check_host_address("gateway",
+                                              validate.parse_address("gateway", gateway),
+                                              net_addr)
+                  if gateway else ipam.default_gateway(net_addr))
+            rng = validate.parse_ip_range(ip_range, net_addr) if ip_range else None
+            network_id = names.new_id()
+            network = Network(id=network_id, name=name, subnet=net_addr, gateway=gw,
+                              bridge=names.bridge_name(network_id), driver=driver, ip_range=rng,
+                              internal=internal, mtu=mtu_value, options=opts, labels=labs,
+                              created=now())
+            with self.store.transaction(), ExitStack() as undo:
+                self.store.add_network(network)
+                undo.callback(links.delete_link, self.host, network.bridge)
+                self._ensure_bridge(network)
+                fault_point("network_create.bridge")
+                undo.pop_all()
+            return network
+
+    def _ensure_bridge(self, network: Network) -> bool:
+        _, created = links.ensure_bridge(
+            self.host, network.bridge, names.bridge_mac(network.id), network.mtu,
+            network.gateway, network.subnet.prefixlen, self.tag("network", network.id))
+        return created
+
+    def network_ls(self) -> list[dict[str, Any]]:
+        return [view.network(self, n) for n in self.store.networks()]
+
+    def network_inspect(self, refs: list[str]) -> list[dict[str, Any]]:
+        return [view.network(self, self._network(r)) for r in refs]
+
+    def network_rm(self, refs: list[str]) -> list[str]:
+        with self.lock:
+            nets = [self._network(r) for r in refs]
+            for net in nets:
+                users = self.store.endpoints(network_id=net.id)
+                if users:
+                    who = ", ".join(sorted(self._container(e.container_id).name for e in users))
+                    raise Conflict(f"network {net.name} has containers attached: {who}",
+                                   f"remove them first (portway rm -f {who.split(',')[0]}) or "
+                                   f"disconnect them")
+            removed = []
+            for net in nets:
+                with self.store.transaction():
+                    self.store.delete_network(net.id)
+                    fault_point("network_rm.row")
+                    links.delete_link(self.host, net.bridge)
+                removed.append(net.name)
+            return removed
+
+    def network_prune(self) -> list[str]:
+        with self.lock:
+            unused = [n.name for n in self.store.networks()
+                      if n.name != DEFAULT_NETWORK and not self.store.endpoints(network_id=n.id)]
+            return self.network_rm(unused) if unused else []
+
+    # containers
+
+    def run(self, command: list[str], name: str | None = None,
+            networks: list[str] | None = None, ip: str | None = None,
+            aliases: list[str] | None = None, hostname: str | None = None,
+            ports: list[str] | None = None, detach: bool = False, auto_remove: bool = False,
+            dns: list[str] | None = None) -> dict[str, Any]:
+        """Create a container with its networking ready; with detach, start its command.
+
+        Without detach the caller starts the command itself (the CLI becomes it)
+        and reports the pid through started() and the end through exited().
+        """
+        cmd = validate.check_command(command)
+        if name is not None:
+            validate.check_name("container", name)
+        if hostname is not None:
+            validate.check_hostname(hostname)
+        alias_list = [validate.check_name("alias", a) for a in aliases or []]
+        port_maps = parse_port_specs(ports or [])
+        dns_servers = validate.check_dns_servers(dns or [])
+        refs = list(dict.fromkeys(networks or []))
+        if detach and shutil.which(cmd[0], path=procs.container_env(None)["PATH"]) is None:
+            raise InvalidInput(f"command not found: {cmd[0]!r}",
+                               "give a program that exists on this host (or its full path)")
+        special = [r for r in refs if r in ("host", "none")]
+        if special and len(refs) > 1:
+            raise InvalidInput(f"--network {special[0]} cannot be combined with other networks",
+                               "give it alone")
+        mode = special[0] if special else "bridge"
+        if mode != "bridge" and (ip or alias_list):
+            raise InvalidInput(f"--ip and --alias need a bridge network, not --network {mode}",
+                               "drop them, or pick a user network")
+        if mode != "bridge" and port_maps:
+            raise InvalidInput(f"-p has no effect with --network {mode}",
+                               "drop -p, or use a bridge network")
+        with self.lock:
+            taken = {c.name for c in self.store.containers()}
+            if name is not None and name in taken:
+                holder = self.store.find_container(name)
+                raise Conflict(f"container name {name!r} is already in use"
+                               + (f" by {holder.short_id}" if holder else ""),
+                               f"remove it (portway rm -f {name}) or choose another name")
+            nets: list[Network] = []
+            if mode == "bridge":
+                if not refs:
+                    nets = [self._default_network()]
+                else:
+                    nets = [self._network(r) for r in refs]
+            if ip is not None:
+                if len(nets) != 1 or nets[0].name == DEFAULT_NETWORK and not refs:
+                    raise InvalidInput("--ip needs exactly one user network",
+                                       "add --network NAME")
+            cid = names.new_id()
+            cname = name or random_name(taken)
+            container = Container(
+                id=cid, name=cname, hostname=hostname or cid[:12], command=cmd,
+                netns=netns.netns_path(names.netns_name(cid)) if mode != "host"
+                else self.host_netns_path(),
+                network_mode=mode,  # type: ignore[arg-type]
+                auto_remove=auto_remove, detach=detach, ports=port_maps, dns=dns_servers,
+                created=now())
+            with self.store.transaction(), ExitStack() as undo:
+                self.store.add_container(container)
+                endpoints = []
+                for index, net in enumerate(nets):
+                    endpoints.append(self._new_endpoint(
+                        container, net, index, ip if index == 0 else None, alias_list))
+                if mode != "host":
+                    undo.callback(self._teardown_kernel, container, endpoints)
+                    self._build_sandbox(container, endpoints)
+                fault_point("run.sandbox")
+                if detach:
+                    container = self._start(container)
+                    fault_point("run.started")
+                undo.pop_all()
+            return self._sandbox_info(container)
+
+    def _default_network(self) -> Network:
+        net = self.store.find_network(DEFAULT_NETWORK)
+        if net is None:
+            net = self._network_create(DEFAULT_NETWORK, "bridge", None, None, None, False,
+                                       None, None, None)
+        return net
+
+    def _new_endpoint(self, container: Container, net: Network, index: int,
+                      ip: str | None, aliases: list[str]) -> Endpoint:
+        used = self.store.used_addresses(net.id)
+        if ip is not None:
+            address = validate.check_host_address(
+                "--ip", validate.parse_address("--ip", ip), net.subnet)
+            if address == net.gateway:
+                raise Conflict(f"--ip {address} is the gateway of network {net.name}",
+                               "pick another address")
+            if address in used:
+                holder = next(e for e in self.store.endpoints(network_id=net.id)
+                              if e.address == address)
+                other = self.store.find_container(holder.container_id)
+                raise Conflict(f"address {address} is already in use on network {net.name}"
+                               + (f" by {other.name}" if other else ""),
+                               "pick another --ip, or omit it")
+        else:
+            address = ipam.allocate_address(net.subnet, net.gateway, used, net.ip_range)
+        eid = names.new_id()
+        endpoint = Endpoint(
+            id=eid, container_id=container.id, network_id=net.id,
+            ifname=names.container_ifname(index), host_ifname=names.host_veth_name(eid),
+            address=address, prefixlen=net.subnet.prefixlen, mac=names.mac_for(address),
+            aliases=tuple(aliases))
+        self.store.add_endpoint(endpoint)
+        return endpoint
+
+    def _build_sandbox(self, container: Container, endpoints: list[Endpoint]) -> None:
+        """The container's namespace, its endpoints and its /etc files."""
+        ns_name = os.path.basename(container.netns)
+        tag = self.tag("container", container.id)
+        cont = netns.create_netns(ns_name, lambda ipr: links.setup_loopback(ipr, tag))
+        try:
+            routed = False
+            for endpoint in endpoints:
+                net = self._network(endpoint.network_id)
+                with_route = not routed and not net.internal
+                self._attach(cont, container, endpoint, net, with_route)
+                routed = routed or with_route
+        finally:
+            cont.close()
+        self._write_files(container)
+
+    def _attach(self, cont: IPRoute, container: Container, endpoint: Endpoint, net: Network,
+                default_route: bool) -> None:
+        bridge = links.observe_link(self.host, net.bridge)
+        if bridge is None:
+            self._ensure_bridge(net)
+            bridge = links.observe_link(self.host, net.bridge)
+            assert bridge is not None
+        fd = os.open(container.netns, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            links.ensure_endpoint(self.host, cont, fd, links.EndpointSpec(
+                host_ifname=endpoint.host_ifname, ifname=endpoint.ifname, mac=endpoint.mac,
+                mtu=net.mtu, address=endpoint.address, prefixlen=endpoint.prefixlen,
+                gateway=net.gateway if default_route else None, bridge_index=bridge.index,
+                tag=self.tag("endpoint", endpoint.id)))
+        except PortwayError as exc:
+            links.delete_link(self.host, endpoint.host_ifname)
+            raise exc.wrap(f"attach {container.name} to {net.name}") from None
+        finally:
+            os.close(fd)
+
+    def _host_resolv(self) -> str:
+        candidates = ["/etc/resolv.conf"]
+        if self.host_netns:
+            candidates.insert(0, f"/etc/netns/{self.host_netns}/resolv.conf")
+        for path in candidates:
+            try:
+                with open(path) as f:
+                    return f.read()
+            except OSError:
+                continue
+        return ""
+
+    def _write_files(self, container: Container) -> None:
+        if container.network_mode == "host":
+            return
+        addresses = [e.address for e in self.store.endpoints(container_id=container.id)]
+        netns.write_etc_netns(os.path.basename(container.netns), {
+            "hosts": files.render_hosts(container.hostname, container.name, addresses),
+            "hostname": files.render_hostname(container.hostname),
+            "resolv.conf": files.container_resolv_conf(self._host_resolv(), container.dns),
+        })
+
+    def _binds(self, container: Container) -> list[tuple[str, str]]:
+        if container.network_mode == "host":
+            return []
+        directory = os.path.join(netns.ETC_NETNS, os.path.basename(container.netns))
+        return [(os.path.join(directory, f), f"/etc/{f}") for f in HOST_FILES]
+
+    def _sandbox_info(self, container: Container) -> dict[str, Any]:
+        return {"Id": container.id, "Name": container.name, "SandboxKey": container.netns,
+                "Hostname": None if container.network_mode == "host" else container.hostname,
+                "Binds": self._binds(container), "Env": procs.container_env(
+                    None if container.network_mode == "host" else container.hostname),
+                "Pid": container.pid, "NetworkMode": container.network_mode,
+                "Warning": "--network host: the container shares the host's network "
+                           "namespace; it is not isolated and can bind any host port"
+                if container.network_mode == "host" else ""}
+
+    def _log_path(self, container: Container) -> str:
+        directory = os.path.join(self.state_dir, "containers", container.id)
+        os.makedirs(directory, exist_ok=True)
+        return os.path.join(directory, "output.log")
+
+    def _start(self, container: Container) -> Container:
+        child = procs.spawn_detached(
+            container.netns, None if container.network_mode == "host" else container.hostname,
+            self._binds(container), list(container.command), self._log_path(container))
+        started = procs.start_time(child.pid)
+        container = replace(container, status="running", pid=child.pid, pid_start=started,
+                            started=now())
+        self.store.update_container(container)
+        # The watcher reaps it; Popen must not (its handle is dropped unwaited on purpose).
+        child.returncode = 0
+        self.watcher.watch(container.id, child.pid, child=True)
+        return container
+
+    def started(self, ref: str, pid: int) -> dict[str, Any]:
+        """A foreground `run` reports the pid of the command it became."""
+        with self.lock:
+            c = self._container(ref)
+            c = replace(c, status="running", pid=pid, pid_start=procs.start_time(pid),
+                        started=now())
+            self.store.update_container(c)
+        self.watcher.watch(c.id, pid, child=False)
+        return {"Id": c.id}
+
+    def exited(self, ref: str, exit_code: int) -> dict[str, Any]:
+        """A foreground `run` reports its command's exit status."""
+        with self.lock:
+            c = self.store.find_container(ref)
+            if c is not None:
+                self.store.update_container(replace(c, status="exited", exit_code=exit_code,
+                                                    finished=c.finished or now()))
+        return {}
+
+    def _on_exit(self, container_id: str, pid: int, code: int | None) -> None:
+        with self.lock:
+            c = self.store.find_container(container_id)
+            if c is None or c.pid != pid:
+                return
+            if c.status == "running" or c.exit_code is None:
+                c = replace(c, status="exited", finished=c.finished or now(),
+                            exit_code=code if code is not None else c.exit_code)
+                self.store.update_container(c)
+            if c.auto_remove:
+                try:
+                    self._remove(c)
+                except PortwayError:
+                    pass  # gc will finish it
+
+    def exec_info(self, ref: str) -> dict[str, Any]:
+        with self.lock:
+            c = self._container(ref)
+            if c.status != "running":
+                raise Conflict(f"container {c.name} is not running", "start a new one with run")
+            return {"Id": c.id, "Pid": c.pid, "Env": procs.container_env(
+                None if c.network_mode == "host" else c.hostname)}
+
+    def ps(self, all: bool = False) -> list[dict[str, Any]]:
+        with self.lock:
+            out = []
+            for c in self.store.containers():
+                c = self._refresh(c)
+                if all or c.status == "running":
+                    out.append(view.container(self, c))
+            return out
+
+    def inspect(self, refs: list[str]) -> list[dict[str, Any]]:
+        with self.lock:
+            return [view.container(self, self._container(r)) for r in refs]
+
+    def logs(self, ref: str) -> dict[str, Any]:
+        with self.lock:
+            c = self._container(ref)
+        try:
+            with open(self._log_path(c), errors="replace") as f:
+                return {"Log": f.read()}
+        except FileNotFoundError:
+            return {"Log": ""}
+
+    def stop(self, refs: list[str], timeout: float = 10) -> list[str]:
+        with self.lock:
+            targets = [self._container(r) for r in refs]
+        for c in targets:
+            sent = self._stop_process(c, timeout)
+            if sent:
+                self._note_signal_exit(c, sent)
+        return [c.name for c in targets]
+
+    def _stop_process(self, c: Container, timeout: float) -> int:
+        """SIGTERM, then SIGKILL after timeout; returns the last signal sent (0: none)."""
+        if not procs.signal_process(c.pid, c.pid_start, signal.SIGTERM):
+            return 0
+        deadline = time.monotonic() + max(timeout, 0)
+        while time.monotonic() < deadline and procs.is_alive(c.pid, c.pid_start):
+            time.sleep(0.01)
+        if procs.signal_process(c.pid, c.pid_start, signal.SIGKILL):
+            self._wait_gone(c)
+            return signal.SIGKILL
+        return signal.SIGTERM
+
+    def _note_signal_exit(self, c: Container, sig: int) -> None:
+        """An adopted process's status is not ours to read: record the signal we sent."""
+        time.sleep(0.02)  # let the watcher record a status it can read
+        with self.lock:
+            current = self.store.find_container(c.id)
+            if current is not None and current.pid == c.pid and current.exit_code is None:
+                self.store.update_container(replace(
+                    current, status="exited", exit_code=128 + sig,
+                    finished=current.finished or now()))
+
+    @staticmethod
+    def _wait_gone(c: Container, limit: float = 5.0) -> None:
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline and procs.is_alive(c.pid, c.pid_start):
+            time.sleep(0.005)
+
+    def rm(self, refs: list[str], force: bool = False) -> list[str]:
+        with self.lock:
+            targets = [self._container(r) for r in refs]
+            for c in targets:
+                if c.status == "running" and not force:
+                    raise Conflict(f"container {c.name} is running",
+                                   f"stop it first (portway stop {c.name}) or use rm -f")
+            for c in targets:
+                self._remove(c)
+            return [c.name for c in targets]
+
+    def _remove(self, c: Container) -> None:
+        """Processes, endpoints, namespace, files, rows: each step even if one fails."""
+        errors: list[str] = []
+        if procs.signal_process(c.pid, c.pid_start, signal.SIGKILL):
+            self._wait_gone(c)
+        endpoints = self.store.endpoints(container_id=c.id)
+        try:
+            self._teardown_kernel(c, endpoints)
+        except TeardownErrors as exc:
+            errors.extend(exc.errors)
+        fault_point("rm.kernel")
+        shutil.rmtree(os.path.join(self.state_dir, "containers", c.id), ignore_errors=True)
+        with self.store.transaction():
+            self.store.delete_container(c.id)
+        if errors:
+            raise TeardownErrors(f"remove {c.name}", errors)
+
+    def _teardown_kernel(self, c: Container, endpoints: list[Endpoint]) -> None:
+        if c.network_mode == "host":
+            return
+        errors: list[str] = []
+        steps: list[tuple[str, Callable[[], object]]] = []
+        inode = procs.netns_inode(c.netns)
+        steps.append(("kill processes", lambda: procs.kill_netns_processes(inode)))
+        for e in endpoints:
+            steps.append((f"delete {e.host_ifname}",
+                          lambda e=e: links.delete_link(self.host, e.host_ifname)))  # type: ignore[misc]
+        steps.append(("delete namespace",
+                      lambda: netns.delete_netns(os.path.basename(c.netns))))
+        for what, step in steps:
+            try:
+                step()
+            except (PortwayError, OSError) as exc:
+                errors.append(f"{what}: {exc}")
+        if errors:
+            raise TeardownErrors(f"tear down {c.name}", errors)
+
+    # attach and detach running containers
+
+    def network_connect(self, network: str, container: str, ip: str | None = None,
+                        aliases: list[str] | None = None) -> dict[str, Any]:
+        alias_list = [validate.check_name("alias", a) for a in aliases or []]
+        with self.lock:
+            net = self._network(network)
+            c = self._container(container)
+            if c.network_mode != "bridge":
+                raise InvalidInput(f"container {c.name} uses --network {c.network_mode}",
+                                   "only containers on bridge networks can be connected")
+            current = self.store.endpoints(container_id=c.id)
+            if any(e.network_id == net.id for e in current):
+                raise Conflict(f"container {c.name} is already connected to {net.name}",
+                               "nothing to do")
+            if not netns.netns_exists(os.path.basename(c.netns)):
+                raise Conflict(f"container {c.name} has lost its network namespace",
+                               "run 'portway gc' to repair it")
+            used_if = {e.ifname for e in current}
+            index = next(i for i in range(len(current) + 1)
+                         if names.container_ifname(i) not in used_if)
+            cont = netns.open_ipr(c.netns)
+            try:
+                with self.store.transaction():
+                    endpoint = self._new_endpoint(c, net, index, ip, alias_list)
+                    want_route = not net.internal and not links.has_default_route(cont)
+                    self._attach(cont, c, endpoint, net, want_route)
+                    fault_point("connect.attach")
+            finally:
+                cont.close()
+            self._write_files(c)
+            return {"Id": c.id, "Network": net.name, "IPAddress": str(endpoint.address)}
+
+    def network_disconnect(self, network: str, container: str,
+                           force: bool = False) -> dict[str, Any]:
+        with self.lock:
+            net = self._network(network)
+            c = self._container(container)
+            current = self.store.endpoints(container_id=c.id)
+            mine = [e for e in current if e.network_id == net.id]
+            if not mine:
+                raise NotFound(f"container {c.name} is not connected to {net.name}",
+                               "see its networks with 'portway inspect'")
+            endpoint = mine[0]
+            with self.store.transaction():
+                self.store.delete_endpoint(endpoint.id)
+                links.delete_link(self.host, endpoint.host_ifname)
+            self._reroute(c, [e for e in current if e.id != endpoint.id])
+            self._write_files(c)
+            return {"Id": c.id, "Network": net.name}
+
+    def _reroute(self, c: Container, remaining: list[Endpoint]) -> None:
+        """After a detach, give the container a default route again if it lost it."""
+        if not netns.netns_exists(os.path.basename(c.netns)):
+            return
+        cont = netns.open_ipr(c.netns)
+        try:
+            if links.has_default_route(cont):
+                return
+            for e in remaining:
+                net = self._network(e.network_id)
+                if not net.internal:
+                    links.set_default_route(cont, e.ifname, net.gateway)
+                    return
+        finally:
+            cont.close()
+
+    def adopt(self) -> int:
+        """After a (re)start: watch the running containers' processes again."""
+        count = 0
+        with self.lock:
+            for c in self.store.containers():
+                c = self._refresh(c)
+                if c.status == "running":
+                    self.watcher.watch(c.id, c.pid, child=False)
+                    count += 1
+        return count
+
+    # repair
+
+    def gc(self, dry_run: bool = False) -> list[str]:
+        from portway.engine import repair
+
+        with self.lock:
+            return repair.gc(self, dry_run)

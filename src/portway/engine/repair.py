@@ -1,0 +1,174 @@
+"""gc: compare the store (the truth) with the kernel (a cache of it) and repair drift.
+
+Each finding is a line of the report; with dry_run nothing is changed and the
+lines say what would be done. Kernel objects are ours only if they carry this
+instance's owner tag (a link alias, or the alias of lo inside a namespace).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from portway.core import names
+from portway.errors import PortwayError
+from portway.kernel import links, netns, procs
+from portway.model.types import Container, Endpoint
+
+if TYPE_CHECKING:
+    from portway.engine import Engine
+
+
+class Report:
+    def __init__(self, dry_run: bool) -> None:
+        self.dry_run = dry_run
+        self.lines: list[str] = []
+
+    def act(self, what: str, fix: Callable[[], object]) -> None:
+        if self.dry_run:
+            self.lines.append(f"would {what}")
+            return
+        try:
+            fix()
+            self.lines.append(what)
+        except (PortwayError, OSError) as exc:
+            self.lines.append(f"failed to {what}: {exc}")
+
+
+def gc(engine: Engine, dry_run: bool) -> list[str]:
+    report = Report(dry_run)
+    _finished_containers(engine, report)
+    _networks(engine, report)
+    _sandboxes(engine, report)
+    _unknown_links(engine, report)
+    _unknown_namespaces(engine, report)
+    return report.lines
+
+
+def _finished_containers(engine: Engine, report: Report) -> None:
+    for c in engine.store.containers():
+        c = engine._refresh(c)
+        if c.status == "exited" and c.auto_remove:
+            report.act(f"remove container {c.name}: its process ended and it was run with --rm",
+                       lambda c=c: engine._remove(c))  # type: ignore[misc]
+
+
+def _networks(engine: Engine, report: Report) -> None:
+    for n in engine.store.networks():
+        link = links.observe_link(engine.host, n.bridge)
+        if link is None:
+            report.act(f"re-create bridge {n.bridge} of network {n.name}: it is missing",
+                       lambda n=n: engine._ensure_bridge(n))  # type: ignore[misc]
+            continue
+        addrs = {str(a.ip) for a in links.observe_addresses(engine.host, link.index)}
+        if str(n.gateway) not in addrs or not link.up or link.mtu != n.mtu:
+            report.act(f"restore bridge {n.bridge} of network {n.name} (gateway {n.gateway}, "
+                       f"up, mtu {n.mtu})",
+                       lambda n=n: engine._ensure_bridge(n))  # type: ignore[misc]
+
+
+def _sandboxes(engine: Engine, report: Report) -> None:
+    for c in engine.store.containers():
+        if c.network_mode == "host":
+            continue
+        endpoints = engine.store.endpoints(container_id=c.id)
+        ns_name = os.path.basename(c.netns)
+        if not netns.netns_exists(ns_name):
+            report.act(f"re-create the network namespace of container {c.name} and its "
+                       f"{len(endpoints)} endpoint(s): it is missing",
+                       lambda c=c, e=endpoints: _rebuild(engine, c, e))  # type: ignore[misc]
+            continue
+        broken = [e for e in endpoints if not _endpoint_ok(engine, c, e)]
+        for e in broken:
+            report.act(f"re-create endpoint {e.host_ifname} ({e.ifname}, {e.address}) of "
+                       f"container {c.name}: it is missing or incomplete",
+                       lambda c=c, e=e: _reattach(engine, c, e))  # type: ignore[misc]
+        etc = os.path.join(netns.ETC_NETNS, ns_name)
+        if any(not os.path.exists(os.path.join(etc, f)) for f in ("hosts", "resolv.conf")):
+            report.act(f"rewrite /etc/netns/{ns_name} files of container {c.name}",
+                       lambda c=c: engine._write_files(c))  # type: ignore[misc]
+
+
+def _endpoint_ok(engine: Engine, c: Container, e: Endpoint) -> bool:
+    host_end = links.observe_link(engine.host, e.host_ifname)
+    if host_end is None or not host_end.master:
+        return False
+    cont = netns.open_ipr(c.netns)
+    try:
+        inner = links.observe_link(cont, e.ifname)
+        if inner is None:
+            return False
+        return any(a.ip == e.address for a in links.observe_addresses(cont, inner.index))
+    finally:
+        cont.close()
+
+
+def _rebuild(engine: Engine, c: Container, endpoints: list[Endpoint]) -> None:
+    name = os.path.basename(c.netns)
+    if procs.is_alive(c.pid, c.pid_start):
+        # Only the name was lost (`ip netns del`): the namespace lives on with the
+        # container's process, interfaces and all. Give it its name back.
+        netns.remount_netns(name, f"/proc/{c.pid}/ns/net")
+        for e in endpoints:
+            if not _endpoint_ok(engine, c, e):
+                _reattach(engine, c, e)
+        return
+    for e in endpoints:
+        links.delete_link(engine.host, e.host_ifname)
+    netns.delete_netns(os.path.basename(c.netns))
+    engine._build_sandbox(c, endpoints)
+
+
+def _reattach(engine: Engine, c: Container, e: Endpoint) -> None:
+    links.delete_link(engine.host, e.host_ifname)
+    cont = netns.open_ipr(c.netns)
+    try:
+        links.delete_link(cont, e.ifname)
+        net = engine._network(e.network_id)
+        want_route = not net.internal and not links.has_default_route(cont)
+        engine._attach(cont, c, e, net, want_route)
+    finally:
+        cont.close()
+
+
+def _unknown_links(engine: Engine, report: Report) -> None:
+    networks = {n.id for n in engine.store.networks()}
+    endpoints = {e.id for e in engine.store.endpoints()}
+    for link in links.observe_links(engine.host):
+        tag = names.parse_owner_tag(link.alias)
+        if tag is None or tag[0] != engine.instance:
+            continue
+        _, kind, object_id = tag
+        known = networks if kind == "network" else endpoints if kind == "endpoint" else None
+        if known is not None and object_id not in known:
+            report.act(f"delete {link.ifname}: portway {kind} {object_id[:12]} is not in the "
+                       f"store", lambda name=link.ifname: links.delete_link(engine.host, name))
+
+
+def _unknown_namespaces(engine: Engine, report: Report) -> None:
+    containers = {c.id for c in engine.store.containers()}
+    for name in netns.list_netns():
+        if not name.startswith("pw-"):
+            continue  # a cheap filter; ownership is decided by the tag below
+        path = netns.netns_path(name)
+        try:
+            ipr = netns.open_ipr(path)
+        except OSError:
+            continue
+        try:
+            tag = names.parse_owner_tag(links.observe_loopback_tag(ipr))
+        finally:
+            ipr.close()
+        if tag is None or tag[0] != engine.instance or tag[1] != "container":
+            continue
+        if tag[2] in containers:
+            continue
+        report.act(f"delete namespace {name} and its processes: portway container "
+                   f"{tag[2][:12]} is not in the store",
+                   lambda name=name, path=path: _drop_namespace(name, path))
+
+
+def _drop_namespace(name: str, path: str) -> None:
+    procs.kill_netns_processes(procs.netns_inode(path))
+    netns.delete_netns(name)

@@ -1,0 +1,232 @@
+"""Links, addresses and routes over rtnetlink sockets (pyroute2), one socket per namespace.
+
+ensure_* create idempotently (an existing object of the right kind is kept),
+delete_* remove idempotently (missing means done), observe_* only read.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+from dataclasses import dataclass
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from portway.errors import KernelError
+from portway.kernel.netns import write_sysctl
+from portway.model.types import IPAddress
+
+GONE = (errno.ENODEV, errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL)
+
+
+@dataclass(frozen=True)
+class Link:
+    index: int
+    ifname: str
+    kind: str
+    alias: str
+    master: int
+    up: bool
+    mtu: int
+    mac: str
+
+
+def _kind(msg: object) -> str:
+    info = msg.get_attr("IFLA_LINKINFO")  # type: ignore[attr-defined]
+    if info is None:
+        return ""
+    return str(info.get_attr("IFLA_INFO_KIND") or "")
+
+
+def _to_link(msg: object) -> Link:
+    get = msg.get_attr  # type: ignore[attr-defined]
+    return Link(
+        index=int(msg["index"]),  # type: ignore[index]
+        ifname=str(get("IFLA_IFNAME")),
+        kind=_kind(msg),
+        alias=str(get("IFLA_IFALIAS") or ""),
+        master=int(get("IFLA_MASTER") or 0),
+        up=bool(int(msg["flags"]) & 1),  # type: ignore[index]
+        mtu=int(get("IFLA_MTU") or 0),
+        mac=str(get("IFLA_ADDRESS") or ""),
+    )
+
+
+def observe_links(ipr: IPRoute) -> list[Link]:
+    return [_to_link(m) for m in ipr.get_links()]
+
+
+def observe_link(ipr: IPRoute, ifname: str) -> Link | None:
+    try:
+        found = ipr.link_lookup(ifname=ifname)
+    except NetlinkError as exc:
+        if exc.code in GONE:
+            return None
+        raise
+    if not found:
+        return None
+    try:
+        return _to_link(ipr.get_links(found[0])[0])
+    except NetlinkError as exc:
+        if exc.code in GONE:
+            return None
+        raise
+
+
+def observe_addresses(ipr: IPRoute, index: int | None = None) -> list[ipaddress.IPv4Interface]:
+    kwargs = {"index": index} if index is not None else {}
+    out = []
+    for msg in ipr.get_addr(family=2, **kwargs):
+        out.append(ipaddress.IPv4Interface(f"{msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}"))
+    return out
+
+
+def observe_routes(ipr: IPRoute) -> list[tuple[ipaddress.IPv4Network, str]]:
+    """Main-table IPv4 routes with a destination prefix (not default), with their device."""
+    names = {link.index: link.ifname for link in observe_links(ipr)}
+    out = []
+    for msg in ipr.get_routes(family=2, table=254):
+        if msg["dst_len"] == 0:
+            continue
+        dst = msg.get_attr("RTA_DST")
+        oif = msg.get_attr("RTA_OIF")
+        net = ipaddress.IPv4Network(f"{dst}/{msg['dst_len']}", strict=False)
+        out.append((net, names.get(oif, "?")))
+    return out
+
+
+def _kernel_error(what: str, exc: NetlinkError) -> KernelError:
+    return KernelError(f"{what}: {exc.args[1] if len(exc.args) > 1 else exc}",
+                       "run 'portway gc' and try again; with --debug for details")
+
+
+def disable_ipv6(ifname: str) -> None:
+    """IPv4-only networks: no IPv6 on the link, so no multicast listener joins on the
+    bridge (they make every new port slower as the bridge grows)."""
+    try:
+        write_sysctl(f"net.ipv6.conf.{ifname}.disable_ipv6", "1")
+    except FileNotFoundError:
+        pass  # IPv6 is off in this kernel
+
+
+def ensure_bridge(ipr: IPRoute, name: str, mac: str, mtu: int, gateway: IPAddress,
+                  prefixlen: int, tag: str) -> tuple[int, bool]:
+    """A bridge with the gateway address, up. Returns (index, created)."""
+    existing = observe_link(ipr, name)
+    created = False
+    if existing is None:
+        try:
+            ipr.link("add", ifname=name, kind="bridge", address=mac, mtu=mtu,
+                     br_stp_state=0, br_forward_delay=0)
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise _kernel_error(f"create bridge {name}", exc) from None
+        created = True
+        existing = observe_link(ipr, name)
+        if existing is None:
+            raise KernelError(f"bridge {name} vanished while being created", "try again")
+    if existing.kind != "bridge":
+        raise KernelError(f"{name} exists but is a {existing.kind or 'plain'} link, not a bridge",
+                          f"remove it with 'ip link del {name}'")
+    index = existing.index
+    try:
+        if existing.alias != tag:
+            ipr.link("set", index=index, ifalias=tag)
+        disable_ipv6(name)
+        have = {str(a.ip) for a in observe_addresses(ipr, index)}
+        if str(gateway) not in have:
+            ipr.addr("add", index=index, address=str(gateway), prefixlen=prefixlen)
+        if not existing.up or existing.mtu != mtu:
+            ipr.link("set", index=index, state="up", mtu=mtu)
+    except NetlinkError as exc:
+        if exc.code != errno.EEXIST:
+            raise _kernel_error(f"set up bridge {name}", exc) from None
+    return index, created
+
+
+def delete_link(ipr: IPRoute, ifname: str) -> bool:
+    """Delete a link by name; False if it was already gone."""
+    try:
+        found = ipr.link_lookup(ifname=ifname)
+        if not found:
+            return False
+        ipr.link("del", index=found[0])
+        return True
+    except NetlinkError as exc:
+        if exc.code in GONE:
+            return False
+        raise _kernel_error(f"delete {ifname}", exc) from None
+
+
+@dataclass(frozen=True)
+class EndpointSpec:
+    host_ifname: str
+    ifname: str
+    mac: str
+    mtu: int
+    address: IPAddress
+    prefixlen: int
+    gateway: IPAddress | None  # default route via this, or None
+    bridge_index: int
+    tag: str
+
+
+def ensure_endpoint(host: IPRoute, cont: IPRoute, netns_fd: int, spec: EndpointSpec) -> None:
+    """The veth pair of one endpoint: host end on the bridge, container end addressed and routed.
+
+    The container end is created directly inside the container's namespace, so
+    its name (eth0...) never meets the host's own interface names.
+    """
+    what = f"endpoint {spec.host_ifname}"
+    try:
+        host.link("add", ifname=spec.host_ifname, kind="veth", mtu=spec.mtu,
+                  peer={"ifname": spec.ifname, "net_ns_fd": netns_fd,
+                        "address": spec.mac, "mtu": spec.mtu})
+    except NetlinkError as exc:
+        if exc.code == errno.EEXIST:
+            raise KernelError(f"create veth {spec.host_ifname}: an interface with that "
+                              f"name exists", "run 'portway gc' and try again") from None
+        raise _kernel_error(f"create veth {spec.host_ifname}", exc) from None
+    try:
+        index = host.link_lookup(ifname=spec.host_ifname)[0]
+        host.link("set", index=index, ifalias=spec.tag)
+        disable_ipv6(spec.host_ifname)
+        host.link("set", index=index, master=spec.bridge_index, state="up")
+        cidx = cont.link_lookup(ifname=spec.ifname)[0]
+        cont.addr("add", index=cidx, address=str(spec.address), prefixlen=spec.prefixlen)
+        cont.link("set", index=cidx, state="up")
+        if spec.gateway is not None:
+            cont.route("add", dst="0.0.0.0/0", gateway=str(spec.gateway), oif=cidx)
+    except NetlinkError as exc:
+        raise _kernel_error(f"set up {what}", exc) from None
+    except IndexError:
+        raise KernelError(f"set up {what}: the veth pair vanished", "try again") from None
+
+
+def has_default_route(ipr: IPRoute) -> bool:
+    return any(m["dst_len"] == 0 for m in ipr.get_routes(family=2, table=254))
+
+
+def set_default_route(ipr: IPRoute, ifname: str, gateway: IPAddress) -> None:
+    try:
+        index = ipr.link_lookup(ifname=ifname)[0]
+        ipr.route("replace", dst="0.0.0.0/0", gateway=str(gateway), oif=index)
+    except (NetlinkError, IndexError) as exc:
+        raise KernelError(f"set default route via {gateway}: {exc}", "try again") from None
+
+
+def setup_loopback(ipr: IPRoute, tag: str) -> None:
+    """In a new container namespace: lo up, and the owner tag on lo (the namespace's tag)."""
+    index = ipr.link_lookup(ifname="lo")[0]
+    ipr.link("set", index=index, state="up", ifalias=tag)
+    # IPv4-only for now: links moved in later get no IPv6 (lo keeps ::1).
+    try:
+        write_sysctl("net.ipv6.conf.default.disable_ipv6", "1")
+    except FileNotFoundError:
+        pass
+
+
+def observe_loopback_tag(ipr: IPRoute) -> str:
+    link = observe_link(ipr, "lo")
+    return link.alias if link else ""

@@ -1,0 +1,209 @@
+"""Network namespaces: create, open, delete — without forking and without setns on
+the engine's own threads.
+
+A netlink socket stays in the namespace it was opened in. So each operation
+that needs a namespace runs a short-lived helper thread that enters it,
+opens what it needs (or creates the namespace with unshare), and leaves;
+the socket it returns is then used from any thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from collections.abc import Callable
+from typing import TypeVar
+
+from pyroute2 import IPRoute
+
+from portway.kernel import sandbox
+
+RUN_NETNS = "/run/netns"
+ETC_NETNS = "/etc/netns"
+T = TypeVar("T")
+
+
+def netns_path(name: str) -> str:
+    return os.path.join(RUN_NETNS, name)
+
+
+def in_thread(fn: Callable[[], T]) -> T:
+    """Run fn on a fresh thread and return its result (or raise its exception)."""
+    box: dict[str, object] = {}
+
+    def body() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # handed to the caller
+            box["error"] = exc
+
+    thread = threading.Thread(target=body, name="portway-netns")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]  # type: ignore[misc]
+    return box["value"]  # type: ignore[return-value]
+
+
+def in_netns(path: str, fn: Callable[[], T]) -> T:
+    """Run fn on a helper thread inside the namespace at path."""
+
+    def body() -> T:
+        target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            sandbox.setns(target, sandbox.CLONE_NEWNET)
+            try:
+                return fn()
+            finally:
+                sandbox.setns(home, sandbox.CLONE_NEWNET)
+        finally:
+            os.close(target)
+            os.close(home)
+
+    return in_thread(body)
+
+
+def open_ipr(path: str) -> IPRoute:
+    """An rtnetlink socket inside the namespace at path."""
+    return in_netns(path, IPRoute)
+
+
+def _ensure_run_netns() -> None:
+    """Make /run/netns a shared mount point, as `ip netns add` does, so the bind
+    mounts of namespaces show in every mount namespace."""
+    os.makedirs(RUN_NETNS, mode=0o755, exist_ok=True)
+    try:
+        sandbox.mount("", RUN_NETNS, "none", sandbox.MS_SHARED | sandbox.MS_REC)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        sandbox.mount(RUN_NETNS, RUN_NETNS, "none", sandbox.MS_BIND | sandbox.MS_REC)
+        sandbox.mount("", RUN_NETNS, "none", sandbox.MS_SHARED | sandbox.MS_REC)
+
+
+_run_netns_ready = False
+
+
+def write_sysctl(key: str, value: str) -> None:
+    """Write a sysctl of the calling thread's network namespace; a missing key is an error."""
+    with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
+        f.write(value)
+
+
+def create_netns(name: str, setup: Callable[[IPRoute], None]) -> IPRoute:
+    """Create the named namespace /run/netns/NAME and return a socket inside it.
+
+    setup runs inside the new namespace (before the thread leaves it) with its
+    socket; if anything fails the namespace is removed again.
+    """
+    global _run_netns_ready
+    if not _run_netns_ready:
+        _ensure_run_netns()
+        _run_netns_ready = True
+    path = netns_path(name)
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o444)
+    os.close(fd)
+
+    def body() -> IPRoute:
+        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            sandbox.unshare(sandbox.CLONE_NEWNET)
+            try:
+                sandbox.mount(f"/proc/self/task/{threading.get_native_id()}/ns/net",
+                              path, "none", sandbox.MS_BIND)
+                ipr = IPRoute()
+                try:
+                    setup(ipr)
+                except BaseException:
+                    ipr.close()
+                    raise
+                return ipr
+            finally:
+                sandbox.setns(home, sandbox.CLONE_NEWNET)
+        finally:
+            os.close(home)
+
+    try:
+        return in_thread(body)
+    except BaseException:
+        delete_netns(name)
+        raise
+
+
+def remount_netns(name: str, source: str) -> None:
+    """Name an existing namespace (e.g. /proc/PID/ns/net) /run/netns/NAME again."""
+    path = netns_path(name)
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o444)
+    os.close(fd)
+    sandbox.mount(source, path, "none", sandbox.MS_BIND)
+
+
+def delete_netns(name: str) -> None:
+    """Remove the named namespace and its /etc/netns files; missing counts as removed."""
+    path = netns_path(name)
+    try:
+        sandbox.umount(path, sandbox.MNT_DETACH)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOENT):
+            raise
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    remove_etc_netns(name)
+
+
+def netns_exists(name: str) -> bool:
+    """True if /run/netns/NAME is a mounted namespace (not just a stale file)."""
+    path = netns_path(name)
+    try:
+        return _is_nsfs(path)
+    except FileNotFoundError:
+        return False
+
+
+def _is_nsfs(path: str) -> bool:
+    """A mounted namespace lives on nsfs, the device of /proc/self/ns/net; a stale
+    file left by a lost mount lives on the filesystem of /run."""
+    try:
+        return os.stat(path).st_dev == os.stat("/proc/self/ns/net").st_dev
+    except OSError:
+        return False
+
+
+def list_netns() -> list[str]:
+    try:
+        return sorted(os.listdir(RUN_NETNS))
+    except FileNotFoundError:
+        return []
+
+
+def write_etc_netns(name: str, files: dict[str, str]) -> str:
+    """Write /etc/netns/NAME/<file> (what `ip netns exec` binds over /etc)."""
+    directory = os.path.join(ETC_NETNS, name)
+    os.makedirs(directory, mode=0o755, exist_ok=True)
+    # Written in place, not replaced: a running container has these very inodes
+    # bind-mounted over its /etc, and must see updates.
+    for filename, text in files.items():
+        with open(os.path.join(directory, filename), "w") as f:
+            f.write(text)
+    return directory
+
+
+def remove_etc_netns(name: str) -> None:
+    directory = os.path.join(ETC_NETNS, name)
+    try:
+        entries = os.listdir(directory)
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        try:
+            os.unlink(os.path.join(directory, entry))
+        except FileNotFoundError:
+            pass
+    try:
+        os.rmdir(directory)
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,131 @@
+"""Entering a container's namespaces and exec'ing its command. Standard library only.
+
+Used by the CLI (foreground `run`, `exec`) and, as `python -m
+portway.kernel.sandbox`, by the daemon to start detached containers. It is
+always called in a single-threaded process, right before exec, so entering
+namespaces here never touches a thread of the engine.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import sys
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWNET = 0x40000000
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+MS_SHARED = 1 << 20
+MNT_DETACH = 2
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
+                        ctypes.c_void_p]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_libc.sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def setns(fd: int, nstype: int) -> None:
+    _check(_libc.setns(fd, nstype), "setns")
+
+
+def unshare(flags: int) -> None:
+    _check(_libc.unshare(flags), "unshare")
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int) -> None:
+    _check(_libc.mount(source.encode() if source else None, target.encode(),
+                       fstype.encode() if fstype else None, flags, None),
+           f"mount {target}")
+
+
+def umount(target: str, flags: int = 0) -> None:
+    _check(_libc.umount2(target.encode(), flags), f"umount {target}")
+
+
+def sethostname(name: str) -> None:
+    raw = name.encode()
+    _check(_libc.sethostname(raw, len(raw)), "sethostname")
+
+
+def enter_netns(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        setns(fd, CLONE_NEWNET)
+    finally:
+        os.close(fd)
+
+
+def enter_sandbox(netns: str, hostname: str | None, binds: list[tuple[str, str]]) -> None:
+    """Join netns, then take new uts and mount namespaces with portway's files bound in.
+
+    With hostname None (host networking) only the network namespace is joined.
+    """
+    enter_netns(netns)
+    if hostname is None:
+        return
+    unshare(CLONE_NEWNS | CLONE_NEWUTS)
+    mount(None, "/", None, MS_REC | MS_PRIVATE)
+    for source, target in binds:
+        if os.path.exists(source) and os.path.exists(target):
+            mount(source, target, None, MS_BIND)
+    # Like `ip netns exec`: a sysfs of this network namespace, so /sys/class/net is right.
+    try:
+        umount("/sys", MNT_DETACH)
+        mount("sysfs", "/sys", "sysfs", 0)
+    except OSError:
+        pass
+    sethostname(hostname)
+
+
+def enter_process(pid: int) -> None:
+    """Join the namespaces of a running container process (for `exec`)."""
+    fds = {}
+    for name in ("net", "uts", "mnt"):
+        fds[name] = os.open(f"/proc/{pid}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        for name, flag in (("net", CLONE_NEWNET), ("uts", CLONE_NEWUTS), ("mnt", CLONE_NEWNS)):
+            setns(fds[name], flag)
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    try:
+        os.chdir(os.getcwd())
+    except OSError:
+        os.chdir("/")
+
+
+def main() -> None:
+    """`python -m portway.kernel.sandbox SPEC_JSON`: enter the sandbox, exec the command."""
+    spec = json.loads(sys.argv[1])
+    try:
+        enter_sandbox(spec["netns"], spec.get("hostname"),
+                      [(s, t) for s, t in spec.get("binds", [])])
+    except OSError as exc:
+        print(f"portway: cannot enter the container's namespaces: {exc}", file=sys.stderr)
+        os._exit(126)
+    command = spec["command"]
+    try:
+        os.execvp(command[0], command)
+    except OSError as exc:
+        print(f"portway: cannot run {command[0]!r}: {exc.strerror}", file=sys.stderr)
+        os._exit(127)
+
+
+if __name__ == "__main__":
+    main()

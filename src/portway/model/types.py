@@ -1,0 +1,91 @@
+"""The records portway keeps: networks, containers, endpoints, port mappings.
+
+They are parsed once at the edge (CLI, API, store) into these frozen types,
+which hold ipaddress objects, never strings, so address families stay in the
+types rather than in string formats.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Literal
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+Protocol = Literal["tcp", "udp"]
+NetworkMode = Literal["bridge", "host", "none"]
+
+
+@dataclass(frozen=True)
+class Network:
+    id: str
+    name: str
+    subnet: IPNetwork
+    gateway: IPAddress
+    bridge: str
+    driver: str = "bridge"
+    ip_range: IPNetwork | None = None
+    internal: bool = False
+    mtu: int = 1500
+    options: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    created: str = ""
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:12]
+
+
+@dataclass(frozen=True)
+class PortMapping:
+    """One published port: host_ip:host_port -> container_port, one protocol.
+
+    A range on the command line becomes one PortMapping per port.
+    host_ip None means every host address.
+    """
+
+    container_port: int
+    host_port: int
+    protocol: Protocol = "tcp"
+    host_ip: IPAddress | None = None
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One container's attachment to one network: a veth pair and an address."""
+
+    id: str
+    container_id: str
+    network_id: str
+    ifname: str
+    host_ifname: str
+    address: IPAddress
+    prefixlen: int
+    mac: str
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Container:
+    id: str
+    name: str
+    hostname: str
+    command: tuple[str, ...]
+    netns: str
+    network_mode: NetworkMode = "bridge"
+    status: Literal["created", "running", "exited"] = "created"
+    pid: int = 0
+    pid_start: int = 0
+    exit_code: int | None = None
+    auto_remove: bool = False
+    detach: bool = False
+    ports: tuple[PortMapping, ...] = ()
+    dns: tuple[str, ...] = ()
+    created: str = ""
+    started: str = ""
+    finished: str = ""
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:12]

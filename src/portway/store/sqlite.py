@@ -1,0 +1,244 @@
+"""The SQLite store: WAL, BEGIN IMMEDIATE, UNIQUE constraints for names and addresses.
+
+Addresses are reserved by a UNIQUE(network_id, address) constraint on
+endpoints, so two allocations of one address cannot both commit.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from portway.errors import Conflict, PortwayError
+from portway.model.types import Container, Endpoint, IPAddress, Network, PortMapping
+
+MIGRATIONS: list[str] = [
+    # 1: the first schema
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE networks (
+        id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, driver TEXT NOT NULL,
+        subnet TEXT NOT NULL, gateway TEXT NOT NULL, ip_range TEXT, internal INTEGER NOT NULL,
+        mtu INTEGER NOT NULL, options TEXT NOT NULL, labels TEXT NOT NULL,
+        bridge TEXT NOT NULL UNIQUE, created TEXT NOT NULL);
+    CREATE TABLE containers (
+        id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, hostname TEXT NOT NULL,
+        command TEXT NOT NULL, netns TEXT NOT NULL, network_mode TEXT NOT NULL,
+        status TEXT NOT NULL, pid INTEGER NOT NULL, pid_start INTEGER NOT NULL,
+        exit_code INTEGER, auto_remove INTEGER NOT NULL, detach INTEGER NOT NULL,
+        ports TEXT NOT NULL, dns TEXT NOT NULL,
+        created TEXT NOT NULL, started TEXT NOT NULL, finished TEXT NOT NULL);
+    CREATE TABLE endpoints (
+        id TEXT PRIMARY KEY,
+        container_id TEXT NOT NULL REFERENCES containers(id),
+        network_id TEXT NOT NULL REFERENCES networks(id),
+        ifname TEXT NOT NULL, host_ifname TEXT NOT NULL UNIQUE,
+        address TEXT NOT NULL, prefixlen INTEGER NOT NULL, mac TEXT NOT NULL,
+        aliases TEXT NOT NULL,
+        UNIQUE (network_id, address), UNIQUE (container_id, network_id),
+        UNIQUE (container_id, ifname));
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class StoreError(PortwayError):
+    exit_code = 6
+
+
+class SqliteStore:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._lock = threading.RLock()
+        self._depth = 0
+        try:
+            self._db = sqlite3.connect(path, timeout=30, isolation_level=None,
+                                       check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"state file {path} is unreadable: {exc}",
+                             "move it aside to start afresh (its networks and containers "
+                             "will be forgotten)") from None
+
+    def _migrate(self) -> None:
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"state file {self.path} has schema version {version}, newer than this "
+                f"portway understands ({SCHEMA_VERSION})", "upgrade portway")
+        for number in range(version, SCHEMA_VERSION):
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in MIGRATIONS[number].split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version = {number + 1}")
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        with self._lock:
+            outer = self._depth == 0
+            if outer:
+                self._db.execute("BEGIN IMMEDIATE")
+            self._depth += 1
+            try:
+                yield
+            except BaseException:
+                self._depth -= 1
+                if outer:
+                    self._db.execute("ROLLBACK")
+                raise
+            self._depth -= 1
+            if outer:
+                self._db.execute("COMMIT")
+
+    def _exec(self, sql: str, args: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+        with self._lock:
+            try:
+                return self._db.execute(sql, args)
+            except sqlite3.IntegrityError as exc:
+                raise Conflict(f"state conflict: {exc}", "try again") from None
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # meta
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._exec("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._exec("INSERT INTO meta(key, value) VALUES(?, ?) "
+                   "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (key, value))
+
+    # networks
+
+    def add_network(self, n: Network) -> None:
+        self._exec(
+            "INSERT INTO networks VALUES(?,?,?,?,?,?,?,?,?,?,?,?)",
+            (n.id, n.name, n.driver, str(n.subnet), str(n.gateway),
+             str(n.ip_range) if n.ip_range else None, int(n.internal), n.mtu,
+             json.dumps(n.options), json.dumps(n.labels), n.bridge, n.created))
+
+    @staticmethod
+    def _network(row: sqlite3.Row | tuple[Any, ...]) -> Network:
+        return Network(
+            id=row[0], name=row[1], driver=row[2], subnet=ipaddress.ip_network(row[3]),
+            gateway=ipaddress.ip_address(row[4]),
+            ip_range=ipaddress.ip_network(row[5]) if row[5] else None,
+            internal=bool(row[6]), mtu=int(row[7]), options=json.loads(row[8]),
+            labels=json.loads(row[9]), bridge=row[10], created=row[11])
+
+    def find_network(self, ref: str) -> Network | None:
+        row = self._exec("SELECT * FROM networks WHERE name=? OR id=?", (ref, ref)).fetchone()
+        if row is None and len(ref) >= 3 and all(c in "0123456789abcdef" for c in ref):
+            rows = self._exec("SELECT * FROM networks WHERE id LIKE ?", (ref + "%",)).fetchall()
+            row = rows[0] if len(rows) == 1 else None
+        return None if row is None else self._network(row)
+
+    def networks(self) -> list[Network]:
+        return [self._network(r) for r in
+                self._exec("SELECT * FROM networks ORDER BY created, name").fetchall()]
+
+    def delete_network(self, network_id: str) -> None:
+        self._exec("DELETE FROM networks WHERE id=?", (network_id,))
+
+    # containers
+
+    @staticmethod
+    def _container_row(c: Container) -> tuple[Any, ...]:
+        ports = [{"container_port": p.container_port, "host_port": p.host_port,
+                  "protocol": p.protocol, "host_ip": str(p.host_ip) if p.host_ip else None}
+                 for p in c.ports]
+        return (c.id, c.name, c.hostname, json.dumps(list(c.command)), c.netns, c.network_mode,
+                c.status, c.pid, c.pid_start, c.exit_code, int(c.auto_remove), int(c.detach),
+                json.dumps(ports), json.dumps(list(c.dns)), c.created, c.started, c.finished)
+
+    @staticmethod
+    def _container(row: tuple[Any, ...]) -> Container:
+        ports = tuple(PortMapping(container_port=p["container_port"], host_port=p["host_port"],
+                                  protocol=p["protocol"],
+                                  host_ip=ipaddress.ip_address(p["host_ip"])
+                                  if p["host_ip"] else None)
+                      for p in json.loads(row[12]))
+        return Container(
+            id=row[0], name=row[1], hostname=row[2], command=tuple(json.loads(row[3])),
+            netns=row[4], network_mode=row[5], status=row[6], pid=int(row[7]),
+            pid_start=int(row[8]), exit_code=row[9], auto_remove=bool(row[10]),
+            detach=bool(row[11]), ports=ports, dns=tuple(json.loads(row[13])),
+            created=row[14], started=row[15], finished=row[16])
+
+    def add_container(self, c: Container) -> None:
+        self._exec("INSERT INTO containers VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                   self._container_row(c))
+
+    def update_container(self, c: Container) -> None:
+        row = self._container_row(c)
+        self._exec("UPDATE containers SET name=?, hostname=?, command=?, netns=?, "
+                   "network_mode=?, status=?, pid=?, pid_start=?, exit_code=?, auto_remove=?, "
+                   "detach=?, ports=?, dns=?, created=?, started=?, finished=? WHERE id=?",
+                   (*row[1:], row[0]))
+
+    def find_container(self, ref: str) -> Container | None:
+        row = self._exec("SELECT * FROM containers WHERE name=? OR id=?", (ref, ref)).fetchone()
+        if row is None and len(ref) >= 3 and all(c in "0123456789abcdef" for c in ref):
+            rows = self._exec("SELECT * FROM containers WHERE id LIKE ?",
+                              (ref + "%",)).fetchall()
+            row = rows[0] if len(rows) == 1 else None
+        return None if row is None else self._container(row)
+
+    def containers(self) -> list[Container]:
+        return [self._container(r) for r in
+                self._exec("SELECT * FROM containers ORDER BY created, name").fetchall()]
+
+    def delete_container(self, container_id: str) -> None:
+        self._exec("DELETE FROM endpoints WHERE container_id=?", (container_id,))
+        self._exec("DELETE FROM containers WHERE id=?", (container_id,))
+
+    # endpoints
+
+    def add_endpoint(self, e: Endpoint) -> None:
+        self._exec("INSERT INTO endpoints VALUES(?,?,?,?,?,?,?,?,?)",
+                   (e.id, e.container_id, e.network_id, e.ifname, e.host_ifname,
+                    str(e.address), e.prefixlen, e.mac, json.dumps(list(e.aliases))))
+
+    @staticmethod
+    def _endpoint(row: tuple[Any, ...]) -> Endpoint:
+        return Endpoint(id=row[0], container_id=row[1], network_id=row[2], ifname=row[3],
+                        host_ifname=row[4], address=ipaddress.ip_address(row[5]),
+                        prefixlen=int(row[6]), mac=row[7], aliases=tuple(json.loads(row[8])))
+
+    def endpoints(self, container_id: str | None = None,
+                  network_id: str | None = None) -> list[Endpoint]:
+        sql = "SELECT * FROM endpoints WHERE 1=1"
+        args: list[str] = []
+        if container_id is not None:
+            sql += " AND container_id=?"
+            args.append(container_id)
+        if network_id is not None:
+            sql += " AND network_id=?"
+            args.append(network_id)
+        sql += " ORDER BY container_id, ifname"
+        return [self._endpoint(r) for r in self._exec(sql, tuple(args)).fetchall()]
+
+    def delete_endpoint(self, endpoint_id: str) -> None:
+        self._exec("DELETE FROM endpoints WHERE id=?", (endpoint_id,))
+
+    def used_addresses(self, network_id: str) -> set[IPAddress]:
+        rows = self._exec("SELECT address FROM endpoints WHERE network_id=?",
+                          (network_id,)).fetchall()
+        return {ipaddress.ip_address(r[0]) for r in rows}
