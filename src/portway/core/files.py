@@ -58,8 +58,5 @@ def container_resolv_conf(host_resolv: str, dns_override: Iterable[str]) -> str:
     container's namespace, so they are dropped), or the --dns servers if given."""
     servers, search, options = parse_resolv_conf(host_resolv)
     override = list(dns_override)
-    if override:
-        servers = override
-    else:
-        servers = [s for s in servers if not s.startswith("127.") and s != "::1"]
+    servers = override or [s for s in servers if not s.startswith("127.") and s != "::1"]
     return render_resolv_conf(servers, search, options)

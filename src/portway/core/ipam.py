@@ -24,7 +24,7 @@ def pool_candidates(pools: Iterable[tuple[str, int]] = DEFAULT_POOLS) -> Iterato
 
 
 def overlaps(a: IPNetwork, b: IPNetwork) -> bool:
-    return a.version == b.version and a.overlaps(b)  # type: ignore[arg-type]
+    return a.version == b.version and a.overlaps(b)
 
 
 def find_overlap(subnet: IPNetwork, taken: Iterable[tuple[IPNetwork, str]]) -> str | None:
@@ -61,13 +61,11 @@ def allocate_address(subnet: IPNetwork, gateway: IPAddress, used: set[IPAddress]
                      ip_range: IPNetwork | None = None) -> IPAddress:
     """The lowest free host address in ip_range (or the subnet), skipping the gateway."""
     space = ip_range if ip_range is not None else subnet
-    first = space.network_address
-    last = space.broadcast_address
-    candidate = first
-    while candidate <= last:
-        if (candidate != subnet.network_address and candidate != subnet.broadcast_address
-                and candidate != gateway and candidate not in used):
-            return candidate
-        candidate += 1
+    reserved = {int(subnet.network_address), int(subnet.broadcast_address), int(gateway)}
+    taken = {int(a) for a in used}
+    make = type(space.network_address)
+    for value in range(int(space.network_address), int(space.broadcast_address) + 1):
+        if value not in reserved and value not in taken:
+            return make(value)
     raise Conflict(f"no free address is left in {space}",
                    "remove containers from the network, or create a larger one")

@@ -59,10 +59,7 @@ def mac_for(address: IPAddress) -> str:
     Addresses are unique on a network, so MACs are unique on its bridge, and a
     reused address gets the same MAC, which keeps neighbours' ARP caches right.
     """
-    if isinstance(address, ipaddress.IPv4Address):
-        tail = address.packed
-    else:
-        tail = address.packed[-4:]
+    tail = address.packed if isinstance(address, ipaddress.IPv4Address) else address.packed[-4:]
     return "02:42:" + ":".join(f"{b:02x}" for b in tail)
 
 

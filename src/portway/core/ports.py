@@ -10,7 +10,7 @@ from portway.model.types import IPAddress, PortMapping, Protocol
 
 _RANGE = r"\d{1,5}(?:-\d{1,5})?"
 _SPEC = re.compile(
-    rf"(?:(?P<ip>\[[0-9a-fA-F:.]+\]|[0-9.]+):)?"
+    rf"(?:(?P<ip>\[[0-9a-fA-F:.]+\]|\d+\.\d+\.\d+\.\d+):)?"
     rf"(?:(?P<hport>{_RANGE})?:)?"
     rf"(?P<cport>{_RANGE})"
     rf"(?:/(?P<proto>[a-zA-Z]+))?"

@@ -261,6 +261,8 @@ class Engine:
         if mode != "bridge" and port_maps:
             raise InvalidInput(f"-p has no effect with --network {mode}",
                                "drop -p, or use a bridge network")
+        if ip is not None and (mode != "bridge" or len(refs) != 1):
+            raise InvalidInput("--ip needs exactly one user network", "add --network NAME")
         with self.lock:
             taken = {c.name for c in self.store.containers()}
             if name is not None and name in taken:
@@ -270,14 +272,7 @@ class Engine:
                                f"remove it (portway rm -f {name}) or choose another name")
             nets: list[Network] = []
             if mode == "bridge":
-                if not refs:
-                    nets = [self._default_network()]
-                else:
-                    nets = [self._network(r) for r in refs]
-            if ip is not None:
-                if len(nets) != 1 or nets[0].name == DEFAULT_NETWORK and not refs:
-                    raise InvalidInput("--ip needs exactly one user network",
-                                       "add --network NAME")
+                nets = [self._default_network()] if not refs else [self._network(r) for r in refs]
             cid = names.new_id()
             cname = name or random_name(taken)
             container = Container(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING
 
 from portway.core import names
@@ -143,7 +144,7 @@ def _unknown_links(engine: Engine, report: Report) -> None:
         known = networks if kind == "network" else endpoints if kind == "endpoint" else None
         if known is not None and object_id not in known:
             report.act(f"delete {link.ifname}: portway {kind} {object_id[:12]} is not in the "
-                       f"store", lambda name=link.ifname: links.delete_link(engine.host, name))
+                       f"store", partial(links.delete_link, engine.host, link.ifname))
 
 
 def _unknown_namespaces(engine: Engine, report: Report) -> None:
@@ -166,7 +167,7 @@ def _unknown_namespaces(engine: Engine, report: Report) -> None:
             continue
         report.act(f"delete namespace {name} and its processes: portway container "
                    f"{tag[2][:12]} is not in the store",
-                   lambda name=name, path=path: _drop_namespace(name, path))
+                   partial(_drop_namespace, name, path))
 
 
 def _drop_namespace(name: str, path: str) -> None:

@@ -40,7 +40,7 @@ def container(engine: Engine, c: Container) -> dict[str, Any]:
         nets[n.name] = {
             "NetworkID": n.id, "EndpointID": e.id, "Gateway": str(n.gateway),
             "IPAddress": str(e.address), "IPPrefixLen": e.prefixlen, "MacAddress": e.mac,
-            "Aliases": list(e.aliases) + [c.short_id], "Interface": e.ifname,
+            "Aliases": [*list(e.aliases), c.short_id], "Interface": e.ifname,
             "HostInterface": e.host_ifname,
         }
     if c.network_mode != "bridge":

@@ -43,7 +43,8 @@ def spawn_detached(netns: str, hostname: str | None, binds: list[tuple[str, str]
     # -S skips site-packages (a faster start); portway's own path is handed over
     # on the command line rather than in PYTHONPATH, which the command would inherit.
     src = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    boot = f"import sys; sys.path.insert(0, {src!r}); from portway.kernel.sandbox import main; main()"
+    boot = (f"import sys; sys.path.insert(0, {src!r}); "
+            "from portway.kernel.sandbox import main; main()")
     with open(log_path, "ab") as log, open(os.devnull, "rb") as devnull:
         return subprocess.Popen(
             [sys.executable, "-S", "-c", boot, spec],
