@@ -1,0 +1,387 @@
+"""`make bench`: portway side by side with netavark and the CNI plugins, in one run.
+
+The whole run happens inside a throwaway host namespace: this process enters
+it first (before any thread exists), so portway's engine, the daemon started
+by the CLI and the anchors' executables all work there. Every timed setup is
+followed (outside the clock) by an ICMP probe from the host namespace to the
+container's address, so a fast but broken setup cannot pass. Results go to
+bench/results/latest.json and BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import secrets
+import shutil
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+from portway.kernel import sandbox  # noqa: E402
+
+PORTWAY = str(Path(sys.executable).parent / "portway")
+NETAVARK = "/usr/lib/podman/netavark"
+CNI_PATH = "/usr/lib/cni"
+RUNS = int(os.environ.get("PORTWAY_BENCH_RUNS", "50"))
+GROWTH = int(os.environ.get("PORTWAY_BENCH_GROWTH", "1000"))
+CONTRACT = ROOT.parent / "shared" / "netavark-contract" / "podman-4.3-setup-input.json"
+
+
+def sh(*args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(args), capture_output=True, text=True, check=True, **kw)
+
+
+def timed(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> float:
+    return clocked(fn, *args, **kwargs)[0]
+
+
+def clocked(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[float, Any]:
+    """(milliseconds, result) of one call."""
+    start = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return (time.perf_counter() - start) * 1000, result
+
+
+def stats(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+    return {"median": round(statistics.median(ordered), 2), "p95": round(p95, 2),
+            "n": len(ordered)}
+
+
+def checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total = (total >> 16) + (total & 0xFFFF)
+    total += total >> 16
+    return ~total & 0xFFFF
+
+
+def ping(address: str, timeout: float = 2.0) -> bool:
+    """One ICMP echo from the host namespace; True if the container answered."""
+    ident = os.getpid() & 0xFFFF
+    header = struct.pack("!BBHHH", 8, 0, 0, ident, 1)
+    payload = b"portway-bench"
+    packet = struct.pack("!BBHHH", 8, 0, checksum(header + payload), ident, 1) + payload
+    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as s:
+        s.settimeout(timeout)
+        s.sendto(packet, (address, 0))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                data, peer = s.recvfrom(2048)
+            except TimeoutError:
+                return False
+            ihl = (data[0] & 0x0F) * 4
+            if peer[0] == address and data[ihl] == 0 and \
+                    struct.unpack("!H", data[ihl + 4:ihl + 6])[0] == ident:
+                return True
+    return False
+
+
+class Probe:
+    def __init__(self) -> None:
+        self.failures: list[str] = []
+
+    def check(self, what: str, address: str) -> None:
+        if not ping(address):
+            self.failures.append(f"{what}: {address} did not answer")
+
+
+def bench_cli(host: str, probe: Probe) -> dict[str, Any]:
+    state = tempfile.mkdtemp(prefix="pwbench-cli-")
+    base = [PORTWAY, "--host-netns", host, "--state-dir", state]
+    sh(*base, "network", "create", "benchnet", "--subnet", "10.201.0.0/24")
+    # Warm: the daemon is started and the bridge exists, as for netavark's warm setup.
+    sh(*base, "run", "-d", "--name", "warm", "--network", "benchnet", "--", "sleep", "3600")
+    sh(*base, "rm", "-f", "warm")
+    run_ms, rm_ms, start_ms = [], [], []
+    for i in range(RUNS):
+        name = f"b{i}"
+        run_ms.append(timed(sh, *base, "run", "-d", "--name", name, "--network", "benchnet",
+                            "--", "sleep", "3600"))
+        info = json.loads(sh(*base, "inspect", name).stdout)[0]
+        probe.check("portway run -d", info["NetworkSettings"]["Networks"]["benchnet"]
+                    ["IPAddress"])
+        rm_ms.append(timed(sh, *base, "rm", "-f", name))
+    for _ in range(RUNS):
+        start_ms.append(timed(sh, *base, "daemon", "status"))
+    sh(*base, "network", "rm", "benchnet")
+    sh(*base, "daemon", "stop")
+    shutil.rmtree(state, ignore_errors=True)
+    return {"run": stats(run_ms), "rm": stats(rm_ms), "cli_roundtrip": stats(start_ms)}
+
+
+def bench_netavark(probe: Probe) -> dict[str, Any] | None:
+    if not os.path.exists(NETAVARK):
+        return None
+    base = json.loads(CONTRACT.read_text())
+    base["port_mappings"] = []  # publishing is compared separately, with the firewall
+    base["network_info"]["a1pnet"]["dns_enabled"] = False
+    config = tempfile.mkdtemp(prefix="pwbench-nv-")
+    setup_ms, teardown_ms = [], []
+    for i in range(RUNS + 1):
+        ns = f"pwbench-nv-{i}"
+        sh("ip", "netns", "add", ns)
+        data = json.loads(json.dumps(base))
+        address = f"10.89.0.{10 + i}"
+        data["networks"]["a1pnet"]["static_ips"] = [address]
+        text = json.dumps(data)
+        cmd = [NETAVARK, "--config", config, "setup", f"/run/netns/{ns}"]
+        ms = timed(sh, *cmd, input=text)
+        if i:  # the first run creates the bridge: warm runs only
+            setup_ms.append(ms)
+            probe.check("netavark setup", address)
+        cmd = [NETAVARK, "--config", config, "teardown", f"/run/netns/{ns}"]
+        ms = timed(sh, *cmd, input=text)
+        if i < RUNS:
+            teardown_ms.append(ms)
+        sh("ip", "netns", "del", ns)
+    shutil.rmtree(config, ignore_errors=True)
+    return {"setup": stats(setup_ms), "teardown": stats(teardown_ms)}
+
+
+def bench_cni(probe: Probe) -> dict[str, Any] | None:
+    if not os.path.exists(f"{CNI_PATH}/bridge"):
+        return None
+    data_dir = tempfile.mkdtemp(prefix="pwbench-cni-")
+    conf = json.dumps({
+        "cniVersion": "1.0.0", "name": "cnibench", "type": "bridge", "bridge": "cnibench0",
+        "isGateway": True, "ipMasq": False,
+        "ipam": {"type": "host-local", "subnet": "10.202.0.0/24", "dataDir": data_dir},
+    })
+    add_ms, del_ms = [], []
+    for i in range(RUNS + 1):
+        ns = f"pwbench-cni-{i}"
+        sh("ip", "netns", "add", ns)
+        env = dict(os.environ, CNI_CONTAINERID=f"bench{i}", CNI_NETNS=f"/run/netns/{ns}",
+                   CNI_IFNAME="eth0", CNI_PATH=CNI_PATH)
+        env["CNI_COMMAND"] = "ADD"
+        ms, cp = clocked(sh, f"{CNI_PATH}/bridge", input=conf, env=env)
+        address = json.loads(cp.stdout)["ips"][0]["address"].split("/")[0]
+        if i:
+            add_ms.append(ms)
+            probe.check("CNI bridge ADD", address)
+        env["CNI_COMMAND"] = "DEL"
+        ms = timed(sh, f"{CNI_PATH}/bridge", input=conf, env=env)
+        if i:
+            del_ms.append(ms)
+        sh("ip", "netns", "del", ns)
+    subprocess.run(["ip", "link", "del", "cnibench0"], capture_output=True)
+    shutil.rmtree(data_dir, ignore_errors=True)
+    return {"add": stats(add_ms), "del": stats(del_ms)}
+
+
+def bench_api(probe: Probe) -> dict[str, Any]:
+    """portway's Python API, and the kernel floor (the same kernel work, no store)."""
+    from portway.core import names
+    from portway.engine import Engine
+    from portway.kernel import links, netns
+
+    state = tempfile.mkdtemp(prefix="pwbench-api-")
+    engine = Engine(state, None)
+    try:
+        engine.network_create("apinet", subnet="10.203.0.0/16")
+        net = engine.store.find_network("apinet")
+        assert net is not None
+        engine.rm([engine.run(["true"], name="warm", networks=["apinet"])["Id"]], force=True)
+
+        def floor_once(i: int) -> tuple[float, float]:
+            eid = names.new_id()
+            ns = names.netns_name(eid)
+            address = net.subnet.network_address + 60000 + i
+            bridge = links.observe_link(engine.host, net.bridge)
+            assert bridge is not None
+
+            def build() -> None:
+                cont = netns.create_netns(ns, lambda ipr: links.setup_loopback(ipr, "floor"))
+                fd = os.open(netns.netns_path(ns), os.O_RDONLY)
+                links.ensure_endpoint(engine.host, cont, fd, links.EndpointSpec(
+                    host_ifname=names.host_veth_name(eid), ifname="eth0",
+                    mac=names.mac_for(address), mtu=1500, address=address, prefixlen=16,
+                    gateway=net.gateway, bridge_index=bridge.index, tag="floor"))
+                os.close(fd)
+                cont.close()
+
+            def destroy() -> None:
+                links.delete_link(engine.host, names.host_veth_name(eid))
+                netns.delete_netns(ns)
+
+            up = timed(build)
+            probe.check("kernel floor", str(address))
+            return up, timed(destroy)
+
+        api_run, api_rm, floor_up, floor_down = [], [], [], []
+        for i in range(RUNS):
+            ms, info = clocked(engine.run, ["sleep", "1"], name=f"a{i}", networks=["apinet"])
+            api_run.append(ms)
+            c = engine.inspect([info["Id"]])[0]
+            probe.check("portway API run", c["NetworkSettings"]["Networks"]["apinet"]
+                        ["IPAddress"])
+            api_rm.append(timed(engine.rm, [info["Id"]], force=True))
+            up, down = floor_once(i)
+            floor_up.append(up)
+            floor_down.append(down)
+
+        # Growth: the 1st to the GROWTH-th container on one network, each timed, with the
+        # kernel floor measured at the same container count.
+        growth: list[float] = []
+        growth_floor: list[float] = []
+        made: list[str] = []
+        for i in range(GROWTH):
+            ms, info = clocked(engine.run, ["sleep", "1"], name=f"g{i}", networks=["apinet"])
+            growth.append(ms)
+            made.append(info["Id"])
+            if i % 10 == 0:
+                growth_floor.append(floor_once(i)[0])
+        last = engine.inspect([made[-1]])[0]
+        probe.check("growth, last container", last["NetworkSettings"]["Networks"]["apinet"]
+                    ["IPAddress"])
+        for cid in made:
+            engine.rm([cid], force=True)
+        engine.network_rm(["apinet"])
+    finally:
+        engine.close()
+        shutil.rmtree(state, ignore_errors=True)
+    head, tail = growth[:100], growth[-100:]
+    fhead, ftail = growth_floor[:10], growth_floor[-10:]
+    return {
+        "run": stats(api_run), "rm": stats(api_rm),
+        "floor_setup": stats(floor_up), "floor_teardown": stats(floor_down),
+        "growth": {"count": GROWTH, "first100": stats(head), "last100": stats(tail),
+                   "floor_first": stats(fhead), "floor_last": stats(ftail)},
+    }
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}×" if b else "n/a"
+
+
+def write_report(r: dict[str, Any]) -> str:
+    cli, api = r["portway_cli"], r["portway_api"]
+    nv, cni = r.get("netavark"), r.get("cni")
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Written by `make bench` (bench/run.py) on {r['date']}: {r['machine']}; "
+        f"{RUNS} runs per figure; every setup verified by an ICMP probe to the container "
+        f"({r['probe_failures']} failures). Times in milliseconds.",
+        "",
+        "## Container networking ready: portway CLI against the anchors' executables",
+        "",
+        "Each side through its own entry point, a process per operation, warm bridge. "
+        "netavark 1.4 gets the real Podman 4.3 input from `shared/netavark-contract` (its port "
+        "mapping and DNS removed: publishing and DNS are compared separately); CNI is the "
+        "`bridge` plugin with `host-local` IPAM. Ratio = anchor ÷ portway (above 1: portway "
+        "is faster).",
+        "",
+        "| operation | portway median | p95 | anchor | anchor median | p95 | ratio |",
+        "|---|---:|---:|---|---:|---:|---:|",
+    ]
+    if nv:
+        lines.append(f"| set up | {cli['run']['median']} | {cli['run']['p95']} | netavark setup "
+                     f"| {nv['setup']['median']} | {nv['setup']['p95']} | "
+                     f"{ratio(nv['setup']['median'], cli['run']['median'])} |")
+        lines.append(f"| tear down | {cli['rm']['median']} | {cli['rm']['p95']} | netavark "
+                     f"teardown | {nv['teardown']['median']} | {nv['teardown']['p95']} | "
+                     f"{ratio(nv['teardown']['median'], cli['rm']['median'])} |")
+    if cni:
+        lines.append(f"| set up | {cli['run']['median']} | {cli['run']['p95']} | CNI bridge ADD "
+                     f"| {cni['add']['median']} | {cni['add']['p95']} | "
+                     f"{ratio(cni['add']['median'], cli['run']['median'])} |")
+        lines.append(f"| tear down | {cli['rm']['median']} | {cli['rm']['p95']} | CNI bridge "
+                     f"DEL | {cni['del']['median']} | {cni['del']['p95']} | "
+                     f"{ratio(cni['del']['median'], cli['rm']['median'])} |")
+    lines += [
+        "",
+        "`portway run -d` includes starting the container's process; the anchors only set up "
+        "networking.",
+        "",
+        f"CLI round trip (`portway daemon status`): median {cli['cli_roundtrip']['median']}, "
+        f"p95 {cli['cli_roundtrip']['p95']}.",
+        "",
+        "## Python API against the kernel floor",
+        "",
+        "The floor is the same kernel work done in-process with no store: a named namespace, "
+        "a veth pair created into it, address, route, bridge port. Ratio = portway ÷ floor "
+        "(goal: at most 1.5).",
+        "",
+        "| operation | portway API median | p95 | floor median | p95 | ratio |",
+        "|---|---:|---:|---:|---:|---:|",
+        f"| set up | {api['run']['median']} | {api['run']['p95']} | "
+        f"{api['floor_setup']['median']} | {api['floor_setup']['p95']} | "
+        f"{ratio(api['run']['median'], api['floor_setup']['median'])} |",
+        f"| tear down | {api['rm']['median']} | {api['rm']['p95']} | "
+        f"{api['floor_teardown']['median']} | {api['floor_teardown']['p95']} | "
+        f"{ratio(api['rm']['median'], api['floor_teardown']['median'])} |",
+        "",
+        f"## Growth: the 1st to the {api['growth']['count']}th container on one network (API)",
+        "",
+        "| containers | portway median | p95 | floor median (same count) |",
+        "|---|---:|---:|---:|",
+        f"| first 100 | {api['growth']['first100']['median']} | "
+        f"{api['growth']['first100']['p95']} | {api['growth']['floor_first']['median']} |",
+        f"| last 100 | {api['growth']['last100']['median']} | "
+        f"{api['growth']['last100']['p95']} | {api['growth']['floor_last']['median']} |",
+        "",
+        f"Last 100 ÷ first 100: "
+        f"{ratio(api['growth']['last100']['median'], api['growth']['first100']['median'])} "
+        "(goal: at most 1.3).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    if os.geteuid() != 0:
+        raise SystemExit("bench: run as root")
+    host = f"pwbench-{secrets.token_hex(3)}"
+    sh("ip", "netns", "add", host)
+    sh("ip", "-n", host, "link", "set", "lo", "up")
+    try:
+        # Enter the host namespace before any thread exists: everything below runs there.
+        sandbox.enter_netns(f"/run/netns/{host}")
+        probe = Probe()
+        results: dict[str, Any] = {
+            "date": time.strftime("%Y-%m-%d"),
+            "machine": f"{os.cpu_count()} cores, kernel {platform.release()}, "
+                       f"Python {platform.python_version()}",
+        }
+        print("bench: portway CLI ...", flush=True)
+        results["portway_cli"] = bench_cli(host, probe)
+        print("bench: netavark ...", flush=True)
+        results["netavark"] = bench_netavark(probe)
+        print("bench: CNI bridge ...", flush=True)
+        results["cni"] = bench_cni(probe)
+        print(f"bench: portway API, kernel floor, growth to {GROWTH} ...", flush=True)
+        results["portway_api"] = bench_api(probe)
+        results["probe_failures"] = len(probe.failures)
+        results["failures"] = probe.failures
+    finally:
+        subprocess.run(["ip", "netns", "del", host], capture_output=True)
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / "latest.json").write_text(json.dumps(results, indent=2))
+    report = write_report(results)
+    (ROOT / "BENCHMARKS.md").write_text(report)
+    print(report)
+    if probe.failures:
+        raise SystemExit("bench: some setups were not reachable:\n  " +
+                         "\n  ".join(probe.failures[:10]))
+
+
+if __name__ == "__main__":
+    main()
