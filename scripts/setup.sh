@@ -11,17 +11,8 @@ fi
 
 # System packages: iproute2 (the tests' oracle, `ip -j`), nftables/libnftables1
 # (the firewall), python3-venv, procps, bind9-dnsutils (dig).
-PACKAGES="python3 python3-venv iproute2 nftables libnftables1 procps bind9-dnsutils"
-missing=""
-for p in $PACKAGES; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
-done
-if [ -n "$missing" ]; then
-  echo "setup: installing$missing"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q >/dev/null
-  apt-get install -y -q $missing >/dev/null
-fi
+bash scripts/apt-ensure.sh python3 python3-venv iproute2 nftables libnftables1 procps \
+  bind9-dnsutils
 
 # Debian's own interpreter (what users run as root), not a shim on PATH.
 PY=/usr/bin/python3

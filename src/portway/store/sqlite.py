@@ -143,11 +143,16 @@ class SqliteStore:
             internal=bool(row[6]), mtu=int(row[7]), options=json.loads(row[8]),
             labels=json.loads(row[9]), bridge=row[10], created=row[11])
 
-    def find_network(self, ref: str) -> Network | None:
-        row = self._exec("SELECT * FROM networks WHERE name=? OR id=?", (ref, ref)).fetchone()
+    def _find(self, table: str, ref: str) -> tuple[Any, ...] | None:
+        """A row by name, full id, or an unambiguous id prefix of 3+ hex digits."""
+        row = self._exec(f"SELECT * FROM {table} WHERE name=? OR id=?", (ref, ref)).fetchone()
         if row is None and len(ref) >= 3 and all(c in "0123456789abcdef" for c in ref):
-            rows = self._exec("SELECT * FROM networks WHERE id LIKE ?", (ref + "%",)).fetchall()
+            rows = self._exec(f"SELECT * FROM {table} WHERE id LIKE ?", (ref + "%",)).fetchall()
             row = rows[0] if len(rows) == 1 else None
+        return row  # type: ignore[no-any-return]
+
+    def find_network(self, ref: str) -> Network | None:
+        row = self._find("networks", ref)
         return None if row is None else self._network(row)
 
     def networks(self) -> list[Network]:
@@ -194,11 +199,7 @@ class SqliteStore:
                    (*row[1:], row[0]))
 
     def find_container(self, ref: str) -> Container | None:
-        row = self._exec("SELECT * FROM containers WHERE name=? OR id=?", (ref, ref)).fetchone()
-        if row is None and len(ref) >= 3 and all(c in "0123456789abcdef" for c in ref):
-            rows = self._exec("SELECT * FROM containers WHERE id LIKE ?",
-                              (ref + "%",)).fetchall()
-            row = rows[0] if len(rows) == 1 else None
+        row = self._find("containers", ref)
         return None if row is None else self._container(row)
 
     def containers(self) -> list[Container]:
