@@ -20,4 +20,6 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+
+bash scripts/launcher.sh
 echo "setup: ready (.venv/bin/portway)"

@@ -270,3 +270,14 @@ def test_rm_twice_and_unknown(sandbox: Sandbox) -> None:
     cp = sb.pw("rm", "-f", "x", check=False)
     assert cp.returncode != 0 and "not found" in cp.stderr
     assert cp.stderr.count("\n") == 1
+
+
+def test_name_that_looks_like_an_id_prefix(sandbox: Sandbox) -> None:
+    sb = sandbox
+    first = sb.pw("run", "-d", "--name", "first", "--", "sleep", "300").stdout.strip()
+    # A new name equal to another container's id prefix is a new name, not a clash.
+    sb.pw("run", "-d", "--name", first[:4], "--", "sleep", "300")
+    assert sb.inspect(first[:4])["Name"] == first[:4]
+    assert sb.inspect(first[:12])["Name"] == "first"
+    net = sb.pw("network", "create", "n1").stdout.strip()
+    sb.pw("network", "create", net[:4])

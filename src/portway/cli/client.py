@@ -6,14 +6,17 @@ imports the engine (or pyroute2).
 
 from __future__ import annotations
 
+import _socket  # the C module: `socket` would import enum and cost milliseconds
 import errno
 import json
 import os
-import socket
-import subprocess
 import sys
 import time
-from typing import Any
+
+TYPE_CHECKING = False  # typing costs milliseconds to import; mypy still sees the block
+
+if TYPE_CHECKING:
+    from typing import Any
 
 SOCKET_NAME = "portwayd.sock"
 START_TIMEOUT = 30.0
@@ -35,8 +38,8 @@ class Client:
         self.host_netns = host_netns
         self.sock_path = os.path.join(self.state_dir, SOCKET_NAME)
 
-    def _connect(self) -> socket.socket | None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    def _connect(self) -> _socket.socket | None:
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
             sock.connect(self.sock_path)
         except OSError as exc:
@@ -47,8 +50,8 @@ class Client:
                               "check the state dir's permissions") from None
         return sock
 
-    def _exchange(self, sock: socket.socket, request: dict[str, Any]) -> dict[str, Any]:
-        with sock:
+    def _exchange(self, sock: _socket.socket, request: dict[str, Any]) -> dict[str, Any]:
+        try:
             sock.sendall(json.dumps(request).encode() + b"\n")
             chunks = []
             while True:
@@ -56,6 +59,8 @@ class Client:
                 if not data:
                     break
                 chunks.append(data)
+        finally:
+            sock.close()
         raw = b"".join(chunks)
         if not raw:
             raise ClientError("portwayd closed the connection without answering",
@@ -79,6 +84,8 @@ class Client:
         cmd = [sys.executable, "-m", "portway.daemon.main", "--state-dir", self.state_dir]
         if self.host_netns:
             cmd += ["--host-netns", self.host_netns]
+        import subprocess
+
         env = dict(os.environ)
         with open(log_path, "ab") as log, open(os.devnull, "rb") as devnull:
             proc = subprocess.Popen(cmd, stdin=devnull, stdout=log, stderr=log,

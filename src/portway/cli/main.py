@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import sys
-from typing import Any, NoReturn
 
 from portway.cli.client import Client, ClientError
+
+TYPE_CHECKING = False  # typing costs milliseconds to import; mypy still sees the block
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
 
 HELP_EPILOG = """examples:
   portway network create app --subnet 10.77.0.0/24
@@ -182,6 +184,8 @@ def cmd_run(client: Client, a: argparse.Namespace) -> int:
     if not command:
         raise ClientError("no command given", "put the command after --, as in: portway run "
                           "--name web -- python3 -m http.server 80", 2)
+    import shutil
+
     if not a.detach and shutil.which(command[0]) is None:
         raise ClientError(f"command not found: {command[0]!r}",
                           "give a program that exists on this host (or its full path)", 2)

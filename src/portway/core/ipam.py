@@ -7,7 +7,7 @@ constraint per network and address) so concurrent allocations cannot collide.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from portway.errors import Conflict
 from portway.model.types import IPAddress, IPNetwork
@@ -60,12 +60,20 @@ def default_gateway(subnet: IPNetwork) -> IPAddress:
 def allocate_address(subnet: IPNetwork, gateway: IPAddress, used: set[IPAddress],
                      ip_range: IPNetwork | None = None) -> IPAddress:
     """The lowest free host address in ip_range (or the subnet), skipping the gateway."""
+    return first_free(subnet, gateway, lambda a: a in used, ip_range)
+
+
+def first_free(subnet: IPNetwork, gateway: IPAddress, is_used: Callable[[IPAddress], bool],
+               ip_range: IPNetwork | None = None, start: int = 0) -> IPAddress:
+    """The lowest free host address at or above `start` (an integer lower bound, for
+    callers that know every address below it is taken). is_used answers for one
+    address, so a caller can ask an index instead of loading every address in use."""
     space = ip_range if ip_range is not None else subnet
     reserved = {int(subnet.network_address), int(subnet.broadcast_address), int(gateway)}
-    taken = {int(a) for a in used}
     make = type(space.network_address)
-    for value in range(int(space.network_address), int(space.broadcast_address) + 1):
-        if value not in reserved and value not in taken:
+    for value in range(max(int(space.network_address), start),
+                       int(space.broadcast_address) + 1):
+        if value not in reserved and not is_used(make(value)):
             return make(value)
     raise Conflict(f"no free address is left in {space}",
                    "remove containers from the network, or create a larger one")

@@ -56,6 +56,10 @@ class Engine:
         self._check_host(host_netns)
         self.instance = self._instance_id()
         self.lock = threading.RLock()
+        # Per network, a lower bound of the lowest free address: everything below it is
+        # taken, so allocation asks the store about one address, not all of them. Any
+        # release lowers it; a rolled-back allocation clears it.
+        self._alloc_hint: dict[str, int] = {}
         self.host = IPRoute()
         self._ensure_forwarding()
         self.watcher = ProcessWatcher(self._on_exit)
@@ -161,7 +165,7 @@ class Engine:
             raise InvalidInput("--gateway and --ip-range need --subnet",
                                "give the subnet they belong to")
         with self.lock:
-            if self.store.find_network(name) is not None:
+            if self.store.name_taken("networks", name):
                 raise Conflict(f"network {name!r} already exists",
                                f"choose another name or remove it with "
                                f"'portway network rm {name}'")
@@ -264,17 +268,16 @@ class Engine:
         if ip is not None and (mode != "bridge" or len(refs) != 1):
             raise InvalidInput("--ip needs exactly one user network", "add --network NAME")
         with self.lock:
-            taken = {c.name for c in self.store.containers()}
-            if name is not None and name in taken:
-                holder = self.store.find_container(name)
-                raise Conflict(f"container name {name!r} is already in use"
-                               + (f" by {holder.short_id}" if holder else ""),
+            if name is not None and self.store.name_taken("containers", name):
+                holder = self._container(name)
+                raise Conflict(f"container name {name!r} is already in use by "
+                               f"{holder.short_id}",
                                f"remove it (portway rm -f {name}) or choose another name")
             nets: list[Network] = []
             if mode == "bridge":
                 nets = [self._default_network()] if not refs else [self._network(r) for r in refs]
             cid = names.new_id()
-            cname = name or random_name(taken)
+            cname = name or random_name(self.store.container_names())
             container = Container(
                 id=cid, name=cname, hostname=hostname or cid[:12], command=cmd,
                 netns=netns.netns_path(names.netns_name(cid)) if mode != "host"
@@ -283,6 +286,7 @@ class Engine:
                 auto_remove=auto_remove, detach=detach, ports=port_maps, dns=dns_servers,
                 created=now())
             with self.store.transaction(), ExitStack() as undo:
+                undo.callback(self._alloc_hint.clear)  # a rollback frees what was allocated
                 self.store.add_container(container)
                 endpoints = []
                 for index, net in enumerate(nets):
@@ -307,14 +311,13 @@ class Engine:
 
     def _new_endpoint(self, container: Container, net: Network, index: int,
                       ip: str | None, aliases: list[str]) -> Endpoint:
-        used = self.store.used_addresses(net.id)
         if ip is not None:
             address = validate.check_host_address(
                 "--ip", validate.parse_address("--ip", ip), net.subnet)
             if address == net.gateway:
                 raise Conflict(f"--ip {address} is the gateway of network {net.name}",
                                "pick another address")
-            if address in used:
+            if self.store.address_in_use(net.id, address):
                 holder = next(e for e in self.store.endpoints(network_id=net.id)
                               if e.address == address)
                 other = self.store.find_container(holder.container_id)
@@ -322,7 +325,10 @@ class Engine:
                                + (f" by {other.name}" if other else ""),
                                "pick another --ip, or omit it")
         else:
-            address = ipam.allocate_address(net.subnet, net.gateway, used, net.ip_range)
+            address = ipam.first_free(net.subnet, net.gateway,
+                                      lambda a: self.store.address_in_use(net.id, a),
+                                      net.ip_range, self._alloc_hint.get(net.id, 0))
+            self._alloc_hint[net.id] = int(address) + 1
         eid = names.new_id()
         endpoint = Endpoint(
             id=eid, container_id=container.id, network_id=net.id,
@@ -547,11 +553,18 @@ class Engine:
         except TeardownErrors as exc:
             errors.extend(exc.errors)
         fault_point("rm.kernel")
+        self._released(endpoints)
         shutil.rmtree(os.path.join(self.state_dir, "containers", c.id), ignore_errors=True)
         with self.store.transaction():
             self.store.delete_container(c.id)
         if errors:
             raise TeardownErrors(f"remove {c.name}", errors)
+
+    def _released(self, endpoints: list[Endpoint]) -> None:
+        for e in endpoints:
+            hint = self._alloc_hint.get(e.network_id)
+            if hint is not None and int(e.address) < hint:
+                self._alloc_hint[e.network_id] = int(e.address)
 
     def _teardown_kernel(self, c: Container, endpoints: list[Endpoint]) -> None:
         if c.network_mode == "host":
@@ -601,6 +614,9 @@ class Engine:
                     want_route = not net.internal and not links.has_default_route(cont)
                     self._attach(cont, c, endpoint, net, want_route)
                     fault_point("connect.attach")
+            except BaseException:
+                self._alloc_hint.clear()  # the rollback freed the address again
+                raise
             finally:
                 cont.close()
             self._write_files(c)
@@ -620,6 +636,7 @@ class Engine:
             with self.store.transaction():
                 self.store.delete_endpoint(endpoint.id)
                 links.delete_link(self.host, endpoint.host_ifname)
+            self._released([endpoint])
             self._reroute(c, [e for e in current if e.id != endpoint.id])
             self._write_files(c)
             return {"Id": c.id, "Network": net.name}

@@ -151,6 +151,11 @@ class SqliteStore:
             row = rows[0] if len(rows) == 1 else None
         return row  # type: ignore[no-any-return]
 
+    def name_taken(self, table: str, name: str) -> bool:
+        """Exactly this name (not an id prefix that happens to match it)."""
+        assert table in ("networks", "containers")
+        return self._exec(f"SELECT 1 FROM {table} WHERE name=?", (name,)).fetchone() is not None
+
     def find_network(self, ref: str) -> Network | None:
         row = self._find("networks", ref)
         return None if row is None else self._network(row)
@@ -238,6 +243,13 @@ class SqliteStore:
 
     def delete_endpoint(self, endpoint_id: str) -> None:
         self._exec("DELETE FROM endpoints WHERE id=?", (endpoint_id,))
+
+    def address_in_use(self, network_id: str, address: IPAddress) -> bool:
+        return self._exec("SELECT 1 FROM endpoints WHERE network_id=? AND address=?",
+                          (network_id, str(address))).fetchone() is not None
+
+    def container_names(self) -> set[str]:
+        return {r[0] for r in self._exec("SELECT name FROM containers").fetchall()}
 
     def used_addresses(self, network_id: str) -> set[IPAddress]:
         rows = self._exec("SELECT address FROM endpoints WHERE network_id=?",
