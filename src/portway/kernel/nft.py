@@ -1,0 +1,89 @@
+"""nftables through libnftables' JSON API, in-process (ctypes), one transaction per call.
+
+Every change portway makes to the firewall is one JSON batch handed to
+libnftables, which the kernel applies atomically: all of it or none of it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import json
+import threading
+from typing import Any
+
+from portway.errors import KernelError
+
+NFT_CTX_DEFAULT = 0
+NFT_CTX_OUTPUT_JSON = 1 << 4
+NFT_CTX_OUTPUT_HANDLE = 1 << 3
+
+
+class Nft:
+    """A libnftables context in the calling thread's network namespace.
+
+    Each batch opens a netlink socket in the namespace of the thread that runs
+    it; portway's engine threads all live in the host namespace.
+    """
+
+    def __init__(self) -> None:
+        name = ctypes.util.find_library("nftables") or "libnftables.so.1"
+        try:
+            lib = ctypes.CDLL(name, use_errno=True)
+        except OSError:
+            raise KernelError("libnftables is not installed",
+                              "install it: apt-get install libnftables1 nftables") from None
+        lib.nft_ctx_new.restype = ctypes.c_void_p
+        lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
+        lib.nft_ctx_free.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_output_set_flags.argtypes = [ctypes.c_void_p, ctypes.c_uint]
+        lib.nft_ctx_buffer_output.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_buffer_error.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_get_output_buffer.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_get_output_buffer.restype = ctypes.c_char_p
+        lib.nft_ctx_get_error_buffer.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_get_error_buffer.restype = ctypes.c_char_p
+        lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        lib.nft_run_cmd_from_buffer.restype = ctypes.c_int
+        self._lib = lib
+        self._ctx = lib.nft_ctx_new(NFT_CTX_DEFAULT)
+        lib.nft_ctx_output_set_flags(self._ctx, NFT_CTX_OUTPUT_JSON | NFT_CTX_OUTPUT_HANDLE)
+        lib.nft_ctx_buffer_output(self._ctx)
+        lib.nft_ctx_buffer_error(self._ctx)
+        self._lock = threading.Lock()
+
+    def run(self, command: str) -> str:
+        with self._lock:
+            rc = self._lib.nft_run_cmd_from_buffer(self._ctx, command.encode())
+            out = (self._lib.nft_ctx_get_output_buffer(self._ctx) or b"").decode()
+            err = (self._lib.nft_ctx_get_error_buffer(self._ctx) or b"").decode()
+        if rc != 0:
+            first = err.strip().splitlines()[0] if err.strip() else f"error {rc}"
+            raise KernelError(f"nftables refused the change: {first}",
+                              "run with --debug for the whole batch")
+        return out
+
+    def apply(self, commands: list[dict[str, Any]]) -> None:
+        """One atomic transaction."""
+        if commands:
+            self.run(json.dumps({"nftables": commands}))
+
+    def list_table(self, family: str, name: str) -> list[dict[str, Any]] | None:
+        """The table's objects as JSON, or None if it does not exist."""
+        try:
+            out = self.run(f"list table {family} {name}")
+        except KernelError:
+            return None
+        items: list[dict[str, Any]] = json.loads(out)["nftables"]
+        return items
+
+    def list_ruleset(self) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = json.loads(self.run("list ruleset") or
+                                                 '{"nftables": []}')["nftables"]
+        return items
+
+    def close(self) -> None:
+        with self._lock:
+            if self._ctx:
+                self._lib.nft_ctx_free(self._ctx)
+                self._ctx = None
