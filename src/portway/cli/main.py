@@ -97,6 +97,8 @@ def build_parser() -> Parser:
     ps.add_argument("-q", "--quiet", action="store_true")
     ins = sub.add_parser("inspect", help="show containers as JSON")
     ins.add_argument("names", nargs="+", metavar="CONTAINER")
+    pt = sub.add_parser("port", help="show a container's published ports")
+    pt.add_argument("container", metavar="CONTAINER")
     lg = sub.add_parser("logs", help="show a detached container's output")
     lg.add_argument("container", metavar="CONTAINER")
     st = sub.add_parser("stop", help="stop containers (SIGTERM, then SIGKILL)")
@@ -318,6 +320,9 @@ def dispatch(client: Client, a: argparse.Namespace) -> int:
         return cmd_ps(client, a)
     if a.command == "inspect":
         print_json(client.call("inspect", refs=a.names))
+    elif a.command == "port":
+        for line in client.call("port", ref=a.container):
+            print(line)
     elif a.command == "logs":
         sys.stdout.write(client.call("logs", ref=a.container)["Log"])
     elif a.command == "stop":

@@ -23,14 +23,16 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
-from portway.core import files, ipam, names, validate
+from portway.core import files, firewall, ipam, names, validate
+from portway.core.firewall import Published
 from portway.core.naming import random_name
-from portway.core.ports import parse_port_specs
+from portway.core.ports import format_mapping, host_port_holder, parse_port_specs
 from portway.engine import view
 from portway.engine.watch import ProcessWatcher
 from portway.errors import Conflict, InvalidInput, NotFound, PortwayError, TeardownErrors
-from portway.kernel import links, netns, procs
-from portway.model.types import Container, Endpoint, Network
+from portway.kernel import links, netns, observe, procs
+from portway.kernel.nft import Nft
+from portway.model.types import Container, Endpoint, Network, PortMapping
 from portway.store.sqlite import SqliteStore
 
 DEFAULT_NETWORK = "portway"
@@ -61,6 +63,7 @@ class Engine:
         # release lowers it; a rolled-back allocation clears it.
         self._alloc_hint: dict[str, int] = {}
         self.host = IPRoute()
+        self.nft = Nft()
         self._ensure_forwarding()
         self.watcher = ProcessWatcher(self._on_exit)
 
@@ -87,13 +90,21 @@ class Engine:
         return value
 
     def _ensure_forwarding(self) -> None:
-        with open("/proc/sys/net/ipv4/ip_forward") as f:
-            if f.read().strip() == "1":
-                return
-        netns.write_sysctl("net.ipv4.ip_forward", "1")
+        """Routing between networks and out, and bridged traffic through the inet hooks
+        (so `enable_icc=false` can act on traffic within one bridge)."""
+        for key in ("net.ipv4.ip_forward", "net.bridge.bridge-nf-call-iptables"):
+            path = "/proc/sys/" + key.replace(".", "/")
+            try:
+                with open(path) as f:
+                    if f.read().strip() == "1":
+                        continue
+                netns.write_sysctl(key, "1")
+            except FileNotFoundError:
+                pass  # no br_netfilter: icc=false cannot act within a bridge
 
     def close(self) -> None:
         self.watcher.close()
+        self.nft.close()
         self.host.close()
         self.store.close()
 
@@ -190,8 +201,30 @@ class Engine:
                 undo.callback(links.delete_link, self.host, network.bridge)
                 self._ensure_bridge(network)
                 fault_point("network_create.bridge")
+                self._firewall_ready()
+                undo.callback(self._nft_teardown, firewall.render_network_removal(network))
+                self.nft.apply(firewall.render_network(network))
+                fault_point("network_create.firewall")
                 undo.pop_all()
             return network
+
+    def _firewall_ready(self) -> None:
+        if self.nft.list_table(firewall.FAMILY, firewall.TABLE) is None:
+            self.nft.apply(firewall.render_base())
+
+    def _nft_teardown(self, cmds: list[dict[str, Any]]) -> None:
+        """Delete what exists of cmds: one transaction, or one by one if something in it
+        is already gone (missing counts as removed)."""
+        try:
+            self.nft.apply(cmds)
+            return
+        except PortwayError:
+            pass
+        for cmd in cmds:
+            try:
+                self.nft.apply([cmd])
+            except PortwayError:
+                pass
 
     def _ensure_bridge(self, network: Network) -> bool:
         _, created = links.ensure_bridge(
@@ -220,8 +253,13 @@ class Engine:
                 with self.store.transaction():
                     self.store.delete_network(net.id)
                     fault_point("network_rm.row")
+                    self._nft_teardown(firewall.render_network_removal(net))
                     links.delete_link(self.host, net.bridge)
                 removed.append(net.name)
+            if not self.store.networks():
+                # No network, no firewall: the table goes with the last network.
+                self._nft_teardown([{"delete": {"table": {"family": firewall.FAMILY,
+                                                          "name": firewall.TABLE}}}])
             return removed
 
     def network_prune(self) -> list[str]:
@@ -263,7 +301,7 @@ class Engine:
             raise InvalidInput(f"--ip and --alias need a bridge network, not --network {mode}",
                                "drop them, or pick a user network")
         if mode != "bridge" and port_maps:
-            raise InvalidInput(f"-p has no effect with --network {mode}",
+            raise InvalidInput(f"-p cannot publish ports with --network {mode}",
                                "drop -p, or use a bridge network")
         if ip is not None and (mode != "bridge" or len(refs) != 1):
             raise InvalidInput("--ip needs exactly one user network", "add --network NAME")
@@ -276,6 +314,12 @@ class Engine:
             nets: list[Network] = []
             if mode == "bridge":
                 nets = [self._default_network()] if not refs else [self._network(r) for r in refs]
+            if port_maps:
+                if nets[0].internal:
+                    raise InvalidInput(f"network {nets[0].name} is internal: its containers "
+                                       "cannot publish ports",
+                                       "publish from a container on a non-internal network")
+                port_maps = self._resolve_ports(port_maps)
             cid = names.new_id()
             cname = name or random_name(self.store.container_names())
             container = Container(
@@ -296,6 +340,11 @@ class Engine:
                     undo.callback(self._teardown_kernel, container, endpoints)
                     self._build_sandbox(container, endpoints)
                 fault_point("run.sandbox")
+                published = self._published(container, endpoints)
+                if published:
+                    undo.callback(self._nft_teardown, firewall.render_ports_removal(published))
+                    self.nft.apply(firewall.render_ports(published))
+                    fault_point("run.ports")
                 if detach:
                     container = self._start(container)
                     fault_point("run.started")
@@ -308,6 +357,68 @@ class Engine:
             net = self._network_create(DEFAULT_NETWORK, "bridge", None, None, None, False,
                                        None, None, None)
         return net
+
+    def _resolve_ports(self, wanted: tuple[PortMapping, ...]) -> tuple[PortMapping, ...]:
+        """Host ports checked against portway's publications and the host's sockets;
+        a host port of 0 becomes a free one from the ephemeral range."""
+        held: list[tuple[PortMapping, str]] = [
+            (p, f"container {c.name} ({format_mapping(p)})")
+            for c in self.store.containers() for p in c.ports]
+        sockets = {proto: observe.listening(proto) for proto in ("tcp", "udp")}
+        low, high = observe.ephemeral_range()
+
+        def holder_of(p: PortMapping) -> str | None:
+            for other, who in held:
+                if other.protocol == p.protocol and other.host_port == p.host_port and (
+                        other.host_ip is None or p.host_ip is None
+                        or other.host_ip == p.host_ip):
+                    return who
+            sock = host_port_holder(sockets[p.protocol],
+                                    str(p.host_ip) if p.host_ip else None, p.host_port)
+            return None if sock is None else f"a socket listening on {sock} in the host " \
+                                              "namespace"
+
+        out: list[PortMapping] = []
+        for p in wanted:
+            if p.host_port == 0:
+                free = next((port for port in range(low, high + 1)
+                             if holder_of(replace(p, host_port=port)) is None), None)
+                if free is None:
+                    raise Conflict(f"no free {p.protocol} port is left in {low}-{high}",
+                                   "give the host port explicitly")
+                p = replace(p, host_port=free)
+            who = holder_of(p)
+            if who is not None:
+                raise Conflict(f"host port {p.host_port}/{p.protocol} is already taken by "
+                               f"{who}", "pick another host port, or free that one")
+            held.append((p, "this container"))
+            out.append(p)
+        return tuple(out)
+
+    def _published(self, c: Container, endpoints: list[Endpoint] | None = None
+                   ) -> list[Published]:
+        """c's port mappings, resolved to the address of its first endpoint."""
+        if not c.ports:
+            return []
+        eps = endpoints if endpoints is not None else self.store.endpoints(container_id=c.id)
+        if not eps:
+            return []
+        first = min(eps, key=lambda e: e.ifname)
+        return [Published(container_id=c.id, protocol=p.protocol, host_port=p.host_port,
+                          container_ip=first.address, container_port=p.container_port,
+                          host_ip=p.host_ip) for p in c.ports]
+
+    def all_published(self) -> list[Published]:
+        out: list[Published] = []
+        for c in self.store.containers():
+            out.extend(self._published(c))
+        return out
+
+    def port(self, ref: str) -> list[str]:
+        with self.lock:
+            c = self._container(ref)
+            return [f"{p.container_port}/{p.protocol} -> "
+                    f"{p.host_ip or '0.0.0.0'}:{p.host_port}" for p in c.ports]
 
     def _new_endpoint(self, container: Container, net: Network, index: int,
                       ip: str | None, aliases: list[str]) -> Endpoint:
@@ -548,6 +659,9 @@ class Engine:
         if procs.signal_process(c.pid, c.pid_start, signal.SIGKILL):
             self._wait_gone(c)
         endpoints = self.store.endpoints(container_id=c.id)
+        published = self._published(c, endpoints)
+        if published:
+            self._nft_teardown(firewall.render_ports_removal(published))
         try:
             self._teardown_kernel(c, endpoints)
         except TeardownErrors as exc:

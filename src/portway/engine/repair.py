@@ -12,7 +12,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING
 
-from portway.core import names
+from portway.core import firewall, names
 from portway.errors import PortwayError
 from portway.kernel import links, netns, procs
 from portway.model.types import Container, Endpoint
@@ -42,6 +42,7 @@ def gc(engine: Engine, dry_run: bool) -> list[str]:
     _finished_containers(engine, report)
     _networks(engine, report)
     _sandboxes(engine, report)
+    _firewall(engine, report)
     _unknown_links(engine, report)
     _unknown_namespaces(engine, report)
     return report.lines
@@ -67,6 +68,32 @@ def _networks(engine: Engine, report: Report) -> None:
             report.act(f"restore bridge {n.bridge} of network {n.name} (gateway {n.gateway}, "
                        f"up, mtu {n.mtu})",
                        lambda n=n: engine._ensure_bridge(n))  # type: ignore[misc]
+
+
+def _firewall(engine: Engine, report: Report) -> None:
+    """The `inet portway` table must hold exactly what the store describes. Counts of
+    rules per chain and elements per map tell a flushed or edited table; it is then
+    replaced whole, in one transaction (conntrack keeps open connections' NAT)."""
+    networks = engine.store.networks()
+    listing = engine.nft.list_table(firewall.FAMILY, firewall.TABLE)
+    if not networks:
+        if listing is not None:
+            report.act("delete table inet portway: no network needs it",
+                       partial(engine._nft_teardown, [{"delete": {"table": {
+                           "family": firewall.FAMILY, "name": firewall.TABLE}}}]))
+        return
+    desired = firewall.render_table(networks, engine.all_published())
+    if listing is None:
+        report.act("re-create table inet portway: it is missing",
+                   partial(engine.nft.apply, desired))
+        return
+    want = firewall.summarize(desired)
+    have = firewall.summarize_listing(listing)
+    if want != have:
+        diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+        report.act(f"rebuild table inet portway: it differs from the store in "
+                   f"{', '.join(diff[:4])}{' ...' if len(diff) > 4 else ''}",
+                   partial(engine.nft.apply, desired))
 
 
 def _sandboxes(engine: Engine, report: Report) -> None:

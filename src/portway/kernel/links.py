@@ -134,6 +134,10 @@ def ensure_bridge(ipr: IPRoute, name: str, mac: str, mtu: int, gateway: IPAddres
         if existing.alias != tag:
             ipr.link("set", index=index, ifalias=tag)
         disable_ipv6(name)
+        # A host process reaching a port published on 127.0.0.1 is DNATed to a
+        # container with source 127.0.0.1: routing that out of the bridge needs
+        # route_localnet (the firewall's guard chain keeps containers off 127/8).
+        write_sysctl(f"net.ipv4.conf.{name}.route_localnet", "1")
         have = {str(a.ip) for a in observe_addresses(ipr, index)}
         if str(gateway) not in have:
             ipr.addr("add", index=index, address=str(gateway), prefixlen=prefixlen)
@@ -193,6 +197,9 @@ def ensure_endpoint(host: IPRoute, cont: IPRoute, netns_fd: int, spec: EndpointS
         host.link("set", index=index, ifalias=spec.tag)
         disable_ipv6(spec.host_ifname)
         host.link("set", index=index, master=spec.bridge_index, state="up")
+        # Hairpin: a container reaching its own published port through a host address
+        # is DNATed back to itself; the frame must go out of the port it came in on.
+        host.brport("set", index=index, mode=1)
         cidx = cont.link_lookup(ifname=spec.ifname)[0]
         cont.addr("add", index=cidx, address=str(spec.address), prefixlen=spec.prefixlen)
         cont.link("set", index=cidx, state="up")

@@ -1,0 +1,274 @@
+"""portway's firewall as data: the `inet portway` table, rendered as libnftables JSON.
+
+Nothing here talks to the kernel; kernel/nft.py applies what these functions
+return, one list per atomic transaction. The per-packet cost is constant in
+the number of networks, containers and ports: base chains dispatch through
+verdict maps keyed by subnet or bridge name to a few rules per network, and
+published ports are map elements, not rules.
+
+    prerouting (nat)   127/8 never DNATs from outside; published ports by map
+    output (nat)       published ports for the host's own processes, 127.0.0.1 too
+    postrouting (nat)  host -> loopback-published port: masquerade;
+                       saddr vmap @nat_src -> nat-<net>: hairpin and outbound masquerade
+    forward (filter)   iifname vmap @fwd_in -> in-<net>: same network, published, isolation
+                       oifname vmap @fwd_out -> out-<net>: only replies and published ports
+    guard (filter, raw priority)  containers never reach the host's 127/8
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from portway.model.types import IPAddress, Network
+
+FAMILY = "inet"
+TABLE = "portway"
+T = {"family": FAMILY, "table": TABLE}
+MASQ_OPTION = "com.docker.network.bridge.enable_ip_masquerade"
+ICC_OPTION = "com.docker.network.bridge.enable_icc"
+
+Cmd = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Published:
+    """One published port, resolved: host side and the container address it goes to."""
+
+    container_id: str
+    protocol: str
+    host_port: int
+    container_ip: IPAddress
+    container_port: int
+    host_ip: IPAddress | None = None
+
+
+def _meta(key: str) -> dict[str, Any]:
+    return {"meta": {"key": key}}
+
+
+def _payload(protocol: str, field: str) -> dict[str, Any]:
+    return {"payload": {"protocol": protocol, "field": field}}
+
+
+def _match(left: Any, right: Any, op: str = "==") -> dict[str, Any]:
+    return {"match": {"op": op, "left": left, "right": right}}
+
+
+def _rule(chain: str, expr: list[Any], comment: str) -> Cmd:
+    return {"add": {"rule": {**T, "chain": chain, "expr": expr, "comment": comment}}}
+
+
+def _chain(name: str, **hook: Any) -> Cmd:
+    return {"add": {"chain": {**T, "name": name, **hook}}}
+
+
+def _map(name: str, key: str | list[str], data: str, interval: bool = False) -> Cmd:
+    body: dict[str, Any] = {**T, "name": name, "type": key, "map": data}
+    if interval:
+        body["flags"] = ["interval"]
+    return {"add": {"map": body}}
+
+
+ANY_KEY = {"concat": [_meta("l4proto"), _payload("th", "dport")]}
+IP_KEY = {"concat": [_payload("ip", "daddr"), _meta("l4proto"), _payload("th", "dport")]}
+LOCAL = _match({"fib": {"result": "type", "flags": ["daddr"]}}, "local")
+LOOPBACK = {"prefix": {"addr": "127.0.0.0", "len": 8}}
+
+
+def _dnat(key: dict[str, Any], addr_map: str, port_map: str) -> dict[str, Any]:
+    # Two maps with scalar data (address, port) rather than one map to a concatenation:
+    # libnftables 1.0.6 cannot parse concatenated map data in JSON.
+    return {"dnat": {"family": "ip", "addr": {"map": {"key": key, "data": f"@{addr_map}"}},
+                     "port": {"map": {"key": key, "data": f"@{port_map}"}}}}
+
+
+def render_base() -> list[Cmd]:
+    """The table, its maps and base chains; no network, no port."""
+    cmds: list[Cmd] = [
+        {"add": {"table": {"family": FAMILY, "name": TABLE}}},
+        {"add": {"set": {**T, "name": "bridges", "type": "ifname"}}},
+        _map("nat_src", "ipv4_addr", "verdict", interval=True),
+        _map("fwd_in", "ifname", "verdict"),
+        _map("fwd_out", "ifname", "verdict"),
+        _map("pub_any_addr", ["inet_proto", "inet_service"], "ipv4_addr"),
+        _map("pub_any_port", ["inet_proto", "inet_service"], "inet_service"),
+        _map("pub_ip_addr", ["ipv4_addr", "inet_proto", "inet_service"], "ipv4_addr"),
+        _map("pub_ip_port", ["ipv4_addr", "inet_proto", "inet_service"], "inet_service"),
+        _chain("guard", type="filter", hook="prerouting", prio=-300, policy="accept"),
+        _chain("prerouting", type="nat", hook="prerouting", prio=-100, policy="accept"),
+        _chain("output", type="nat", hook="output", prio=-100, policy="accept"),
+        _chain("postrouting", type="nat", hook="postrouting", prio=100, policy="accept"),
+        _chain("forward", type="filter", hook="forward", prio=0, policy="accept"),
+        _rule("guard", [_match(_meta("iifname"), "@bridges"),
+                        _match(_payload("ip", "daddr"), LOOPBACK), {"drop": None}],
+              "containers never reach the host's loopback addresses"),
+        _rule("prerouting", [_match(_payload("ip", "daddr"), LOOPBACK), {"return": None}],
+              "loopback-published ports stay local: no DNAT for 127/8 from outside "
+              "(moby/moby#45610)"),
+    ]
+    for chain in ("prerouting", "output"):
+        cmds.append(_rule(chain, [LOCAL, _dnat(IP_KEY, "pub_ip_addr", "pub_ip_port")],
+                          "published ports on one host address"))
+        cmds.append(_rule(chain, [LOCAL, _dnat(ANY_KEY, "pub_any_addr", "pub_any_port")],
+                          "published ports on every host address"))
+    cmds += [
+        _rule("postrouting", [_match(_payload("ip", "saddr"), LOOPBACK),
+                              _match(_meta("oifname"), "@bridges"), {"masquerade": None}],
+              "host process to a loopback-published port: answer to the bridge address"),
+        _rule("postrouting", [{"vmap": {"key": _payload("ip", "saddr"), "data": "@nat_src"}}],
+              "per-network source NAT"),
+        _rule("forward", [{"vmap": {"key": _meta("iifname"), "data": "@fwd_in"}}],
+              "from a portway network"),
+        _rule("forward", [{"vmap": {"key": _meta("oifname"), "data": "@fwd_out"}}],
+              "into a portway network"),
+    ]
+    return cmds
+
+
+def chain_names(network: Network) -> tuple[str, str, str]:
+    short = network.id[:12]
+    return f"nat-{short}", f"in-{short}", f"out-{short}"
+
+
+def _bool_option(network: Network, key: str) -> bool:
+    return network.options.get(key, "true") != "false"
+
+
+def render_network(network: Network) -> list[Cmd]:
+    """The chains and map elements of one network."""
+    nat, fin, fout = chain_names(network)
+    br = network.bridge
+    owner = f"network {network.name} {network.id[:12]}"
+    subnet = {"prefix": {"addr": str(network.subnet.network_address),
+                         "len": network.subnet.prefixlen}}
+    established = _match({"ct": {"key": "state"}}, ["established", "related"], "in")
+    dnatted = _match({"ct": {"key": "status"}}, "dnat", "in")
+    same = _match(_meta("oifname"), br)
+    cmds: list[Cmd] = [_chain(fin), _chain(fout)]
+    cmds += [
+        _rule(fin, [established, {"accept": None}], f"{owner}: replies"),
+        _rule(fin, [same, {"accept" if _bool_option(network, ICC_OPTION) else "drop": None}],
+              f"{owner}: between its containers (icc)"),
+    ]
+    if network.internal:
+        cmds.append(_rule(fin, [{"drop": None}], f"{owner}: internal, no way out"))
+    else:
+        cmds += [
+            _rule(fin, [dnatted, {"accept": None}],
+                  f"{owner}: to a published port, wherever it lives"),
+            _rule(fin, [_match(_meta("oifname"), "@bridges"), {"drop": None}],
+                  f"{owner}: isolation from other portway networks"),
+        ]
+    cmds += [
+        _rule(fout, [established, {"accept": None}], f"{owner}: replies"),
+        _rule(fout, [dnatted, {"accept": None}], f"{owner}: published ports"),
+        _rule(fout, [{"drop": None}], f"{owner}: no direct access from outside"),
+        {"add": {"element": {**T, "name": "bridges", "elem": [br]}}},
+        {"add": {"element": {**T, "name": "fwd_in", "elem": [[br, {"jump": {"target": fin}}]]}}},
+        {"add": {"element": {**T, "name": "fwd_out",
+                             "elem": [[br, {"jump": {"target": fout}}]]}}},
+    ]
+    if not network.internal:
+        cmds.append(_chain(nat))
+        cmds.append(_rule(nat, [dnatted, same, {"masquerade": None}],
+                          f"{owner}: hairpin to a published port on its own bridge"))
+        if _bool_option(network, MASQ_OPTION):
+            cmds.append(_rule(nat, [_match(_meta("oifname"), br, "!="), {"masquerade": None}],
+                              f"{owner}: outbound masquerade"))
+        cmds.append({"add": {"element": {**T, "name": "nat_src",
+                                         "elem": [[subnet, {"jump": {"target": nat}}]]}}})
+    return cmds
+
+
+def render_network_removal(network: Network) -> list[Cmd]:
+    nat, fin, fout = chain_names(network)
+    br = network.bridge
+    subnet = {"prefix": {"addr": str(network.subnet.network_address),
+                         "len": network.subnet.prefixlen}}
+    cmds: list[Cmd] = [
+        {"delete": {"element": {**T, "name": "fwd_in", "elem": [br]}}},
+        {"delete": {"element": {**T, "name": "fwd_out", "elem": [br]}}},
+        {"delete": {"element": {**T, "name": "bridges", "elem": [br]}}},
+        {"delete": {"chain": {**T, "name": fin}}},
+        {"delete": {"chain": {**T, "name": fout}}},
+    ]
+    if not network.internal:
+        cmds += [{"delete": {"element": {**T, "name": "nat_src", "elem": [subnet]}}},
+                 {"delete": {"chain": {**T, "name": nat}}}]
+    return cmds
+
+
+def _port_elements(p: Published) -> list[tuple[str, Any, Any]]:
+    if p.host_ip is None:
+        key: dict[str, Any] = {"concat": [p.protocol, p.host_port]}
+        return [("pub_any_addr", key, str(p.container_ip)),
+                ("pub_any_port", key, p.container_port)]
+    key = {"concat": [str(p.host_ip), p.protocol, p.host_port]}
+    return [("pub_ip_addr", key, str(p.container_ip)), ("pub_ip_port", key, p.container_port)]
+
+
+def render_ports(ports: Iterable[Published]) -> list[Cmd]:
+    cmds: list[Cmd] = []
+    for p in ports:
+        for name, key, value in _port_elements(p):
+            cmds.append({"add": {"element": {**T, "name": name, "elem": [[key, value]]}}})
+    return cmds
+
+
+def render_ports_removal(ports: Iterable[Published]) -> list[Cmd]:
+    cmds: list[Cmd] = []
+    for p in ports:
+        for name, key, _ in _port_elements(p):
+            cmds.append({"delete": {"element": {**T, "name": name, "elem": [key]}}})
+    return cmds
+
+
+def render_table(networks: Iterable[Network], ports: Iterable[Published]) -> list[Cmd]:
+    """The whole table, replacing whatever is there, in one transaction (for gc)."""
+    cmds: list[Cmd] = [{"add": {"table": {"family": FAMILY, "name": TABLE}}},
+                       {"delete": {"table": {"family": FAMILY, "name": TABLE}}}]
+    cmds += render_base()
+    for network in networks:
+        cmds += render_network(network)
+    cmds += render_ports(ports)
+    return cmds
+
+
+def summarize(cmds: list[Cmd]) -> dict[str, int]:
+    """What a table should hold, counted: rules per chain and elements per map or set.
+
+    Compared with the same counts read from the kernel, it tells whether someone
+    removed or flushed part of the table.
+    """
+    counts: dict[str, int] = {}
+    for cmd in cmds:
+        add = cmd.get("add", {})
+        if "chain" in add:
+            counts.setdefault(f"chain {add['chain']['name']}", 0)
+        elif "rule" in add:
+            key = f"chain {add['rule']['chain']}"
+            counts[key] = counts.get(key, 0) + 1
+        elif "element" in add:
+            key = f"map {add['element']['name']}"
+            counts[key] = counts.get(key, 0) + len(add["element"]["elem"])
+        elif "map" in add or "set" in add:
+            declared: dict[str, Any] = add.get("map") or add["set"]
+            counts.setdefault(f"map {declared['name']}", 0)
+    return counts
+
+
+def summarize_listing(items: list[dict[str, Any]]) -> dict[str, int]:
+    """The same counts from `list table inet portway` as libnftables returns it."""
+    counts: dict[str, int] = {}
+    for item in items:
+        if "chain" in item:
+            counts.setdefault(f"chain {item['chain']['name']}", 0)
+        elif "rule" in item:
+            key = f"chain {item['rule']['chain']}"
+            counts[key] = counts.get(key, 0) + 1
+        elif "map" in item or "set" in item:
+            body: dict[str, Any] = item.get("map") or item["set"]
+            counts[f"map {body['name']}"] = len(body.get("elem", []))
+    return counts
