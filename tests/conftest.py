@@ -75,6 +75,11 @@ class Sandbox:
     env: dict[str, str] = field(default_factory=dict)
     host_addr: str = "198.51.100.1"
     outside_addr: str = "198.51.100.2"
+    extra: dict[str, list[str]] = field(default_factory=dict)
+
+    def pw_cmd(self, *args: str) -> list[str]:
+        """The argv of a portway call in this sandbox (to prefix another command)."""
+        return [PORTWAY, "--host-netns", self.host, "--state-dir", str(self.state_dir), *args]
 
     def pw(self, *args: str, check: bool = True, timeout: float = 60,
            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

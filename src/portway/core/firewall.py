@@ -127,6 +127,9 @@ def render_base() -> list[Cmd]:
     return cmds
 
 
+BASE_CHAINS = ("guard", "prerouting", "output", "postrouting", "forward")
+
+
 def chain_names(network: Network) -> tuple[str, str, str]:
     short = network.id[:12]
     return f"nat-{short}", f"in-{short}", f"out-{short}"
@@ -225,15 +228,36 @@ def render_ports_removal(ports: Iterable[Published]) -> list[Cmd]:
     return cmds
 
 
-def render_table(networks: Iterable[Network], ports: Iterable[Published]) -> list[Cmd]:
-    """The whole table, replacing whatever is there, in one transaction (for gc)."""
-    cmds: list[Cmd] = [{"add": {"table": {"family": FAMILY, "name": TABLE}}},
-                       {"delete": {"table": {"family": FAMILY, "name": TABLE}}}]
-    cmds += render_base()
+def render_rebuild(networks: Iterable[Network], ports: Iterable[Published],
+                   existing_chains: Iterable[str] | None) -> list[list[Cmd]]:
+    """Transactions that make the table exactly what the store describes (for gc).
+
+    existing_chains is None when the table is missing. libnftables 1.0.6 fails when
+    one batch creates the base chains together with the per-network chains, or
+    deletes a chain in the batch that flushes its references; so:
+    - a missing table: the base, then everything else;
+    - an existing table: one flush-and-refill batch (atomic for the packet path),
+      then the deletion of the chains no network needs any more, now empty.
+    """
+    networks = list(networks)
+    content: list[Cmd] = []
     for network in networks:
-        cmds += render_network(network)
-    cmds += render_ports(ports)
-    return cmds
+        content += render_network(network)
+    content += render_ports(ports)
+    if existing_chains is None:
+        return [render_base(), content]
+    wanted = set(BASE_CHAINS)
+    for network in networks:
+        nat, fin, fout = chain_names(network)
+        wanted |= {fin, fout} if network.internal else {nat, fin, fout}
+    refill = [{"flush": {"table": {"family": FAMILY, "name": TABLE}}}, *render_base(), *content]
+    stale = [{"delete": {"chain": {**T, "name": c}}} for c in existing_chains
+             if c not in wanted]
+    return [refill, stale] if stale else [refill]
+
+
+def listed_chains(items: list[dict[str, Any]]) -> list[str]:
+    return [item["chain"]["name"] for item in items if "chain" in item]
 
 
 def summarize(cmds: list[Cmd]) -> dict[str, int]:

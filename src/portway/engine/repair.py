@@ -82,18 +82,23 @@ def _firewall(engine: Engine, report: Report) -> None:
                        partial(engine._nft_teardown, [{"delete": {"table": {
                            "family": firewall.FAMILY, "name": firewall.TABLE}}}]))
         return
-    desired = firewall.render_table(networks, engine.all_published())
+    steps = firewall.render_rebuild(
+        networks, engine.all_published(),
+        None if listing is None else firewall.listed_chains(listing))
+
+    def rebuild() -> None:
+        for transaction in steps:
+            engine.nft.apply(transaction)
+
     if listing is None:
-        report.act("re-create table inet portway: it is missing",
-                   partial(engine.nft.apply, desired))
+        report.act("re-create table inet portway: it is missing", rebuild)
         return
-    want = firewall.summarize(desired)
+    want = firewall.summarize([cmd for step in steps for cmd in step])
     have = firewall.summarize_listing(listing)
     if want != have:
         diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
         report.act(f"rebuild table inet portway: it differs from the store in "
-                   f"{', '.join(diff[:4])}{' ...' if len(diff) > 4 else ''}",
-                   partial(engine.nft.apply, desired))
+                   f"{', '.join(diff[:4])}{' ...' if len(diff) > 4 else ''}", rebuild)
 
 
 def _sandboxes(engine: Engine, report: Report) -> None:

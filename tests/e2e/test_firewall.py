@@ -1,0 +1,336 @@
+"""The firewall with real TCP and UDP traffic between throwaway namespaces.
+
+Every attack and isolation test first shows the attack succeeding with
+portway's protection removed (a control), so it cannot pass by accident.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import pytest
+
+from conftest import Sandbox, sh
+
+GET = ("import sys, urllib.request as u\n"
+       "try:\n"
+       "    print(u.urlopen(sys.argv[1], timeout=float(sys.argv[2])).status)\n"
+       "except Exception as e:\n"
+       "    print('fail', type(e).__name__)\n")
+UDP_ECHO = ("import socket\n"
+            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', 53))\n"
+            "while True:\n"
+            "    data, peer = s.recvfrom(2048); s.sendto(data + b' from ' + "
+            "peer[0].encode(), peer)\n")
+UDP_ASK = ("import socket, sys\n"
+           "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)\n"
+           "s.sendto(b'ping', (sys.argv[1], int(sys.argv[2])))\n"
+           "try: print(s.recv(2048).decode())\n"
+           "except OSError: print('fail')\n")
+WAIT = ("import socket, sys, time\n"
+        "for _ in range(100):\n"
+        "    try:\n"
+        "        socket.create_connection((sys.argv[1], int(sys.argv[2])), 0.2).close(); break\n"
+        "    except OSError: time.sleep(0.05)\n")
+
+
+def get(where: list[str], url: str, timeout: float = 3) -> str:
+    return subprocess.run([*where, "python3", "-c", GET, url, str(timeout)],
+                          capture_output=True, text=True, timeout=30).stdout.strip()
+
+
+def in_ns(ns: str) -> list[str]:
+    return ["ip", "netns", "exec", ns]
+
+
+def served(sb: Sandbox, name: str, port: int = 80) -> None:
+    """Start `name` as an HTTP server and wait until it listens."""
+    sb.pw("run", "-d", "--name", name, *sb.extra.get(name, []), "--",
+          "python3", "-m", "http.server", str(port))
+    sb.pw("exec", name, "--", "python3", "-c", WAIT, "127.0.0.1", str(port))
+
+
+@pytest.fixture
+def fw(sandbox: Sandbox) -> Sandbox:
+    sandbox.extra = {}
+    return sandbox
+
+
+def test_published_ports_from_everywhere(fw: Sandbox) -> None:
+    sb = fw
+    sb.pw("network", "create", "app", "--subnet", "10.77.0.0/24")
+    sb.extra["web"] = ["--network", "app", "-p", "8080:80"]
+    served(sb, "web")
+    # From another machine on the host's network, by the host's address.
+    assert get(in_ns(sb.outside), f"http://{sb.host_addr}:8080/") == "200"
+    log = sb.pw("logs", "web").stdout
+    assert f"{sb.outside_addr} - -" in log, "the container must see the real client address"
+    # From the host itself: loopback and its own address, in the kernel.
+    assert get(in_ns(sb.host), "http://127.0.0.1:8080/") == "200"
+    assert get(in_ns(sb.host), f"http://{sb.host_addr}:8080/") == "200"
+    # Hairpin: a sibling, and the container itself, through a host address.
+    sb.pw("run", "-d", "--name", "sib", "--network", "app", "--", "sleep", "300")
+    assert get(sb.pw_cmd("exec", "sib", "--"), f"http://{sb.host_addr}:8080/") == "200"
+    assert get(sb.pw_cmd("exec", "web", "--"), f"http://{sb.host_addr}:8080/") == "200"
+    # No userland proxy: nothing listens on 8080 in the host namespace.
+    listeners = sh("ip", "netns", "exec", sb.host, "ss", "-Hltn").stdout
+    assert ":8080" not in listeners
+    insp = sb.inspect("web")["NetworkSettings"]["Ports"]  # type: ignore[index]
+    assert insp == {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"}]}
+
+
+def test_port_forms(fw: Sandbox) -> None:
+    sb = fw
+    sb.pw("network", "create", "app", "--subnet", "10.78.0.0/24")
+    sb.extra["any"] = ["--network", "app", "-p", "80"]
+    served(sb, "any")
+    port = sb.pw("port", "any").stdout.strip()
+    assert port.startswith("80/tcp -> 0.0.0.0:")
+    host_port = int(port.rsplit(":", 1)[1])
+    assert get(in_ns(sb.outside), f"http://{sb.host_addr}:{host_port}/") == "200"
+    # A range.
+    sb.extra["range"] = ["--network", "app", "-p", "9000-9001:9000-9001"]
+    served(sb, "range", 9001)
+    assert get(in_ns(sb.outside), f"http://{sb.host_addr}:9001/") == "200"
+    # UDP.
+    sb.pw("run", "-d", "--name", "dns", "--network", "app", "-p", "5353:53/udp", "--",
+          "python3", "-c", UDP_ECHO)
+    time.sleep(0.5)
+    out = subprocess.run([*in_ns(sb.outside), "python3", "-c", UDP_ASK, sb.host_addr, "5353"],
+                         capture_output=True, text=True).stdout.strip()
+    assert out == f"ping from {sb.outside_addr}"
+    # One host address only: 127.0.0.1 works from the host, the uplink address does not.
+    sb.extra["local"] = ["--network", "app", "-p", "127.0.0.1:6379:80"]
+    served(sb, "local")
+    assert get(in_ns(sb.host), "http://127.0.0.1:6379/") == "200"
+    assert get(in_ns(sb.outside), f"http://{sb.host_addr}:6379/", 1).startswith("fail")
+
+
+def test_outbound_masquerade(fw: Sandbox) -> None:
+    sb = fw
+    server = subprocess.Popen([*in_ns(sb.outside), "python3", "-m", "http.server", "9000",
+                               "--bind", sb.outside_addr], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    try:
+        sb.pw("network", "create", "app", "--subnet", "10.79.0.0/24")
+        sb.pw("network", "create", "plain", "--subnet", "10.80.0.0/24",
+              "-o", "com.docker.network.bridge.enable_ip_masquerade=false")
+        sb.pw("run", "-d", "--name", "c", "--network", "app", "--", "sleep", "300")
+        sb.pw("run", "-d", "--name", "p", "--network", "plain", "--", "sleep", "300")
+        subprocess.run([*in_ns(sb.outside), "python3", "-c", WAIT, sb.outside_addr, "9000"])
+        assert get(sb.pw_cmd("exec", "c", "--"), f"http://{sb.outside_addr}:9000/") == "200"
+        # Without masquerade the outside needs a route back, and sees the container.
+        sh("ip", "-n", sb.outside, "route", "add", "10.80.0.0/24", "via", sb.host_addr)
+        assert get(sb.pw_cmd("exec", "p", "--"), f"http://{sb.outside_addr}:9000/") == "200"
+    finally:
+        server.terminate()
+        log = server.communicate(timeout=5)[0]
+    assert f"{sb.host_addr} - -" in log
+    assert "10.80.0.2 - -" in log
+
+
+def _delete_rule(sb: Sandbox, chain: str, comment_part: str) -> None:
+    listing = json.loads(sh("ip", "netns", "exec", sb.host, "nft", "-j", "-a", "list", "chain",
+                            "inet", "portway", chain).stdout)["nftables"]
+    handles = [item["rule"]["handle"] for item in listing
+               if "rule" in item and comment_part in item["rule"].get("comment", "")]
+    assert handles, f"no rule matching {comment_part!r} in {chain}"
+    for handle in handles:
+        sh("ip", "netns", "exec", sb.host, "nft", "delete", "rule", "inet", "portway", chain,
+           "handle", str(handle))
+
+
+def test_loopback_published_port_is_not_reachable_from_the_segment(fw: Sandbox) -> None:
+    """moby/moby#45610: a neighbour routes 127.0.0.1 to the host's MAC."""
+    sb = fw
+    sb.pw("network", "create", "app", "--subnet", "10.81.0.0/24")
+    sb.extra["cache"] = ["--network", "app", "-p", "127.0.0.1:6379:80"]
+    served(sb, "cache")
+    # The attacker is the outside namespace: its own lo is down, and 127.0.0.1 is
+    # routed to the host over the segment.
+    sh("ip", "-n", sb.outside, "addr", "flush", "dev", "lo")
+    sh("ip", "-n", sb.outside, "link", "set", "lo", "down")
+    sh("ip", "-n", sb.outside, "route", "flush", "table", "local", "dev", "lo")
+    sh("ip", "netns", "exec", sb.outside, "sysctl", "-qw", "net.ipv4.conf.all.route_localnet=1")
+    sh("ip", "-n", sb.outside, "route", "add", "127.0.0.1/32", "via", sb.host_addr,
+       "dev", "wan0")
+    attack = in_ns(sb.outside)
+    assert get(attack, "http://127.0.0.1:6379/", 1).startswith("fail")
+    # Control: without portway's rule the same attack reaches the container.
+    _delete_rule(sb, "prerouting", "loopback-published ports stay local")
+    assert get(attack, "http://127.0.0.1:6379/", 3) == "200"
+    sb.pw("gc")  # puts the rule back
+    assert get(attack, "http://127.0.0.1:6379/", 1).startswith("fail")
+
+
+def test_isolation_between_networks_and_icc(fw: Sandbox) -> None:
+    sb = fw
+    sb.pw("network", "create", "a", "--subnet", "10.82.0.0/24")
+    sb.pw("network", "create", "b", "--subnet", "10.83.0.0/24")
+    sb.pw("network", "create", "quiet", "--subnet", "10.84.0.0/24",
+          "-o", "com.docker.network.bridge.enable_icc=false")
+    sb.extra["wa"] = ["--network", "a", "-p", "8081:80"]
+    sb.extra["wb"] = ["--network", "b"]
+    sb.extra["q1"] = ["--network", "quiet"]
+    for name in ("wa", "wb", "q1"):
+        served(sb, name)
+    sb.pw("run", "-d", "--name", "q2", "--network", "quiet", "--", "sleep", "300")
+    ca, cb, cq = (sb.pw_cmd("exec", n, "--") for n in ("wa", "wb", "q2"))
+    assert get(ca, "http://10.83.0.2/", 1).startswith("fail")
+    assert get(cb, "http://10.82.0.2/", 1).startswith("fail")
+    assert get(cq, "http://10.84.0.2/", 1).startswith("fail")
+    # Published ports are still reachable through the host from another network.
+    assert get(cb, f"http://{sb.host_addr}:8081/") == "200"
+    # Controls: without the isolation and icc rules, the same connections work.
+    for net in ("a", "b"):
+        nid = json.loads(sb.pw("network", "inspect", net).stdout)[0]["Id"][:12]
+        _delete_rule(sb, f"in-{nid}", "isolation")
+        _delete_rule(sb, f"out-{nid}", "no direct access")
+    assert get(ca, "http://10.83.0.2/") == "200"
+    assert get(cb, "http://10.82.0.2/") == "200"
+    qid = json.loads(sb.pw("network", "inspect", "quiet").stdout)[0]["Id"][:12]
+    _delete_rule(sb, f"in-{qid}", "(icc)")
+    _delete_rule(sb, f"in-{qid}", "isolation")
+    _delete_rule(sb, f"out-{qid}", "no direct access")
+    assert get(cq, "http://10.84.0.2/") == "200"
+    report = sb.pw("gc").stdout
+    assert "rebuild table inet portway" in report
+    assert get(ca, "http://10.83.0.2/", 1).startswith("fail")
+
+
+def test_internal_network(fw: Sandbox) -> None:
+    sb = fw
+    server = subprocess.Popen([*in_ns(sb.outside), "python3", "-m", "http.server", "9000",
+                               "--bind", sb.outside_addr], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        sb.pw("network", "create", "db", "--subnet", "10.85.0.0/24", "--internal")
+        sb.pw("network", "create", "app", "--subnet", "10.86.0.0/24")
+        sb.extra["inner"] = ["--network", "db"]
+        served(sb, "inner")
+        sb.pw("run", "-d", "--name", "open", "--network", "app", "--", "sleep", "300")
+        subprocess.run([*in_ns(sb.outside), "python3", "-c", WAIT, sb.outside_addr, "9000"])
+        url = f"http://{sb.outside_addr}:9000/"
+        assert get(sb.pw_cmd("exec", "open", "--"), url) == "200"  # control
+        assert get(sb.pw_cmd("exec", "inner", "--"), url, 1).startswith("fail")
+        # Even with a route added by hand inside the container, nothing leaves.
+        sb.pw("exec", "inner", "--", "ip", "route", "add", "default", "via", "10.85.0.1")
+        assert get(sb.pw_cmd("exec", "inner", "--"), url, 1).startswith("fail")
+        # Unreachable from outside, even with a route to it.
+        sh("ip", "-n", sb.outside, "route", "add", "10.85.0.0/24", "via", sb.host_addr)
+        assert get(in_ns(sb.outside), "http://10.85.0.2/", 1).startswith("fail")
+        cp = sb.pw("run", "-d", "--name", "pub", "--network", "db", "-p", "8082:80", "--",
+                   "sleep", "1", check=False)
+        assert cp.returncode != 0 and "internal" in cp.stderr
+    finally:
+        server.terminate()
+        server.wait(timeout=5)
+
+
+def test_port_conflicts(fw: Sandbox) -> None:
+    sb = fw
+    sb.pw("network", "create", "app", "--subnet", "10.87.0.0/24")
+    sb.pw("run", "-d", "--name", "one", "--network", "app", "-p", "8083:80", "--",
+          "sleep", "300")
+    before = sb.snapshot()
+    cp = sb.pw("run", "-d", "--name", "two", "--network", "app", "-p", "8083:81", "--",
+               "sleep", "300", check=False)
+    assert cp.returncode == 4 and "container one" in cp.stderr
+    assert sb.snapshot() == before
+    # Another address for the same port is fine; all addresses is not.
+    sb.pw("run", "-d", "--name", "three", "--network", "app", "-p", "127.0.0.1:8084:80",
+          "--", "sleep", "300")
+    cp = sb.pw("run", "-d", "--name", "four", "--network", "app", "-p", "8084:80", "--",
+               "sleep", "300", check=False)
+    assert cp.returncode == 4 and "container three" in cp.stderr
+    # A port a host process listens on.
+    listener = subprocess.Popen([*in_ns(sb.host), "python3", "-c",
+                                 "import socket, time; s = socket.socket(); "
+                                 "s.bind(('0.0.0.0', 8085)); s.listen(); time.sleep(60)"])
+    try:
+        time.sleep(0.5)
+        before = sb.snapshot()
+        cp = sb.pw("run", "-d", "--name", "five", "--network", "app", "-p", "8085:80", "--",
+                   "sleep", "300", check=False)
+        assert cp.returncode == 4 and "0.0.0.0:8085" in cp.stderr
+        assert sb.snapshot() == before
+    finally:
+        listener.kill()
+        listener.wait()
+
+
+def test_gc_after_flush_and_open_connection_survives(fw: Sandbox) -> None:
+    sb = fw
+    sb.pw("network", "create", "app", "--subnet", "10.88.0.0/24")
+    sb.pw("run", "-d", "--name", "echo", "--network", "app", "-p", "8086:7", "--",
+          "python3", "-c",
+          "import socket\ns = socket.socket(); s.bind(('0.0.0.0', 7)); s.listen()\n"
+          "c, _ = s.accept()\nwhile True:\n    d = c.recv(100)\n    if not d: break\n"
+          "    c.sendall(d)\n")
+    # Wait for the listener without connecting (it serves one connection only).
+    sb.pw("exec", "echo", "--", "sh", "-c", "for i in $(seq 100); do "
+          "ss -Hltn | grep -q ':7 ' && exit 0; sleep 0.05; done; exit 1")
+    client = subprocess.Popen(
+        [*in_ns(sb.outside), "python3", "-u", "-c",
+         "import socket, sys, time\n"
+         "for _ in range(50):\n"
+         "    try: s = socket.create_connection((sys.argv[1], 8086), 1); break\n"
+         "    except OSError: time.sleep(0.1)\n"
+         "for line in sys.stdin:\n"
+         "    s.sendall(line.encode()); print(s.recv(100).decode().strip(), flush=True)\n",
+         sb.host_addr], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert client.stdin is not None and client.stdout is not None
+
+    def echo(word: str) -> str:
+        client.stdin.write(word + "\n")  # type: ignore[union-attr]
+        client.stdin.flush()  # type: ignore[union-attr]
+        return client.stdout.readline().strip()  # type: ignore[union-attr]
+
+    try:
+        assert echo("one") == "one"
+        assert sb.pw("gc").stdout.startswith("nothing to repair")
+        assert echo("two") == "two"
+        # Drift in one chain: the rebuild refills the table in one transaction without
+        # unhooking its chains, so the connection's NAT state survives it.
+        nid = json.loads(sb.pw("network", "inspect", "app").stdout)[0]["Id"][:12]
+        _delete_rule(sb, f"out-{nid}", "no direct access")
+        assert "rebuild table inet portway" in sb.pw("gc").stdout
+        assert echo("three") == "three"
+    finally:
+        client.kill()
+        client.wait()
+    # A whole-ruleset flush: the kernel drops NATed connections when the last nat
+    # chain goes, so only new connections can be expected to work after gc.
+    before = sh("ip", "netns", "exec", sb.host, "nft", "list", "table", "inet",
+                "portway").stdout
+    sh("ip", "netns", "exec", sb.host, "nft", "flush", "ruleset")
+    assert "re-create table inet portway" in sb.pw("gc").stdout
+    assert sb.pw("gc").stdout.startswith("nothing to repair")
+    after = sh("ip", "netns", "exec", sb.host, "nft", "list", "table", "inet",
+               "portway").stdout
+    assert before == after  # exactly the same rules, not duplicated
+    sb.pw("rm", "-f", "echo")
+    sb.extra["web"] = ["--network", "app", "-p", "8086:80"]
+    served(sb, "web")
+    assert get(in_ns(sb.outside), f"http://{sb.host_addr}:8086/") == "200"
+
+
+def test_foreign_table_is_left_alone(fw: Sandbox) -> None:
+    sb = fw
+    sh("ip", "netns", "exec", sb.host, "nft", "-f", "-", input=(
+        "table inet theirs {\n chain their_forward { type filter hook forward priority 10; "
+        "policy accept; ip saddr 192.0.2.1 counter drop comment \"keep me\"\n }\n"
+        " set their_set { type ipv4_addr; elements = { 192.0.2.7 } }\n}\n"))
+    before = sh("ip", "netns", "exec", sb.host, "nft", "list", "table", "inet", "theirs").stdout
+    sb.pw("network", "create", "app", "--subnet", "10.89.0.0/24")
+    sb.pw("run", "-d", "--name", "x", "--network", "app", "-p", "8087:80", "--",
+          "sleep", "300")
+    sb.pw("gc")
+    sb.pw("rm", "-f", "x")
+    sb.pw("network", "rm", "app")
+    after = sh("ip", "netns", "exec", sb.host, "nft", "list", "table", "inet", "theirs").stdout
+    assert before == after
+    tables = sh("ip", "netns", "exec", sb.host, "nft", "list", "tables").stdout
+    assert "portway" not in tables  # the last network took portway's table with it
