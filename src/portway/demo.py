@@ -86,6 +86,17 @@ def make_world(host: str, outside: str) -> None:
     sh("ip", "-n", host, "route", "add", "default", "via", "198.51.100.2")
 
 
+GET = "import sys, urllib.request as u; print(u.urlopen(sys.argv[1], timeout=5).status)"
+
+
+def outside_get(d: Demo, url: str) -> str:
+    print(d.c(BOLD, f"$ ip netns exec {d.outside} python3 -c \"{GET}\" {url}"))
+    out = subprocess.run(["ip", "netns", "exec", d.outside, "python3", "-c", GET, url],
+                         capture_output=True, text=True).stdout.strip()
+    print(out)
+    return out
+
+
 def wait_listening(d: Demo, container: str, address: str, port: int) -> bool:
     probe = ("import socket, sys, time\n"
              "for _ in range(100):\n"
@@ -107,7 +118,7 @@ def scenario(d: Demo) -> None:
     d.say(f"{bridge} is the network's switch; 10.77.0.1 on it is the containers' gateway.")
 
     d.title("2. A container is a network namespace joined to the bridge by a veth pair")
-    d.run("run", "-d", "--name", "web", "--network", "app", "--",
+    d.run("run", "-d", "--name", "web", "--network", "app", "-p", "8080:80", "--",
           "python3", "-m", "http.server", "80")
     d.run("run", "-d", "--name", "worker", "--network", "app", "--", "sleep", "3600")
     d.run("ps")
@@ -128,7 +139,34 @@ def scenario(d: Demo) -> None:
     d.check("a throwaway client container fetched http://10.77.0.2/ from web",
             ok and "HTTP 200" in out)
 
-    d.title("4. An internal network, and a container on two networks")
+    d.title("4. A published port: DNAT in the kernel, no proxy process")
+    d.run("port", "web")
+    d.say("Reached from the outside namespace (another machine on the host's network):")
+    out = outside_get(d, "http://198.51.100.1:8080/")
+    log = d.run("logs", "web", show=False)
+    d.check("the outside client got HTTP 200 from web through 198.51.100.1:8080",
+            out == "200")
+    d.check("web saw the client's real address (198.51.100.2), not the host's",
+            "198.51.100.2 - -" in log)
+    out = d.host_cmd("python3", "-c", GET, "http://127.0.0.1:8080/", show=False).strip()
+    d.check("a host process reached it on 127.0.0.1:8080", out == "200")
+    d.host_cmd("nft", "list", "map", "inet", "portway", "pub_any_addr")
+    d.say("Ports are elements of maps: adding one is one element, whatever their number.")
+
+    d.title("5. Outbound: masquerade to the host's address")
+    server = subprocess.Popen(["ip", "netns", "exec", d.outside, "python3", "-m",
+                               "http.server", "9000", "--bind", "198.51.100.2"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_listening(d, "worker", "198.51.100.2", 9000)
+        d.run("exec", "worker", "--", "python3", "-c", GET, "http://198.51.100.2:9000/")
+    finally:
+        server.terminate()
+        seen = server.communicate(timeout=5)[0]
+    d.check("the outside server saw the request come from the host (198.51.100.1)",
+            "198.51.100.1 - -" in seen)
+
+    d.title("6. An internal network, and a container on two networks")
     d.run("network", "create", "backend", "--subnet", "10.88.0.0/24", "--internal")
     d.run("run", "-d", "--name", "db", "--network", "backend", "--",
           "python3", "-m", "http.server", "5432")
@@ -139,21 +177,24 @@ def scenario(d: Demo) -> None:
     routes = d.run("exec", "db", "--", "ip", "route", show=False)
     d.check("db, on an internal network only, has no default route", "default" not in routes)
 
-    d.title("5. Special modes")
+    d.title("7. Special modes")
     d.run("run", "--rm", "--network", "none", "--", "ip", "-br", "link")
     d.say("--network none: only lo. --network host shares the host's namespace and gives up "
           "isolation (portway warns).")
 
-    d.title("6. The store is the truth; gc repairs the kernel when it drifts")
+    d.title("8. The store is the truth; gc repairs the kernel when it drifts")
     d.host_cmd("ip", "link", "del", bridge)
-    d.say(f"(someone deleted {bridge})")
+    d.host_cmd("nft", "flush", "ruleset")
+    d.say(f"(someone deleted {bridge} and flushed the firewall)")
     d.run("gc")
     d.check("web is reachable again after gc re-created the bridge and its ports",
             wait_listening(d, "worker", web_net["IPAddress"], 80))
     d.check("a second gc finds nothing to repair",
             d.run("gc", show=False).startswith("nothing to repair"))
+    d.check("the published port works again from outside",
+            outside_get(d, "http://198.51.100.1:8080/") == "200")
 
-    d.title("7. Removal leaves nothing behind")
+    d.title("9. Removal leaves nothing behind")
     d.run("rm", "-f", "web", "worker", "db")
     d.run("network", "rm", "app", "backend")
     left = d.host_cmd("ip", "-br", "link", show=False).split()
