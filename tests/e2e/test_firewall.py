@@ -334,3 +334,22 @@ def test_foreign_table_is_left_alone(fw: Sandbox) -> None:
     assert before == after
     tables = sh("ip", "netns", "exec", sb.host, "nft", "list", "tables").stdout
     assert "portway" not in tables  # the last network took portway's table with it
+
+
+def test_coexistence_with_a_policy_drop_table(fw: Sandbox) -> None:
+    """Another table's forward chain that drops by default would drop container traffic;
+    portway's mark lets that table accept it (docs/firewall.md)."""
+    sb = fw
+    sb.pw("network", "create", "app", "--subnet", "10.90.0.0/24")
+    sb.extra["web"] = ["--network", "app", "-p", "8088:80"]
+    served(sb, "web")
+    url = f"http://{sb.host_addr}:8088/"
+    assert get(in_ns(sb.outside), url) == "200"
+    sh("ip", "netns", "exec", sb.host, "nft", "-f", "-", input=(
+        "table inet strict {\n chain filter_forward { type filter hook forward priority 0; "
+        "policy drop; }\n}\n"))
+    assert get(in_ns(sb.outside), url, 1).startswith("fail")  # the pitfall, shown
+    sh("ip", "netns", "exec", sb.host, "nft", "insert", "rule", "inet", "strict",
+       "filter_forward", "meta", "mark", "&", "0x02000000", "==", "0x02000000", "accept")
+    assert get(in_ns(sb.outside), url) == "200"
+    sh("ip", "netns", "exec", sb.host, "nft", "delete", "table", "inet", "strict")

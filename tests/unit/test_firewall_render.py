@@ -65,7 +65,7 @@ def test_rules_per_network_are_constant() -> None:
     a = firewall.render_network(network())
     assert rules(a) == 9
     base_rules = rules(firewall.render_base())
-    assert base_rules == 10
+    assert base_rules == 12
 
 
 def test_options_change_the_network_rules() -> None:

@@ -27,6 +27,10 @@ FAMILY = "inet"
 TABLE = "portway"
 T = {"family": FAMILY, "table": TABLE}
 MASQ_OPTION = "com.docker.network.bridge.enable_ip_masquerade"
+# The bit portway ORs into the packet mark of forwarded traffic to or from its
+# networks, so another table whose forward chain drops by default can accept it:
+#   meta mark & 0x02000000 == 0x02000000 accept
+ACCEPT_MARK = 0x02000000
 ICC_OPTION = "com.docker.network.bridge.enable_icc"
 
 Cmd = dict[str, Any]
@@ -77,6 +81,11 @@ LOCAL = _match({"fib": {"result": "type", "flags": ["daddr"]}}, "local")
 LOOPBACK = {"prefix": {"addr": "127.0.0.0", "len": 8}}
 
 
+def _set_mark() -> dict[str, Any]:
+    return {"mangle": {"key": _meta("mark"),
+                       "value": {"|": [_meta("mark"), ACCEPT_MARK]}}}
+
+
 def _dnat(key: dict[str, Any], addr_map: str, port_map: str) -> dict[str, Any]:
     # Two maps with scalar data (address, port) rather than one map to a concatenation:
     # libnftables 1.0.6 cannot parse concatenated map data in JSON.
@@ -100,7 +109,8 @@ def render_base() -> list[Cmd]:
         _chain("prerouting", type="nat", hook="prerouting", prio=-100, policy="accept"),
         _chain("output", type="nat", hook="output", prio=-100, policy="accept"),
         _chain("postrouting", type="nat", hook="postrouting", prio=100, policy="accept"),
-        _chain("forward", type="filter", hook="forward", prio=0, policy="accept"),
+        # Before other tables' filter chains (priority 0), so the mark is set by then.
+        _chain("forward", type="filter", hook="forward", prio=-10, policy="accept"),
         _rule("guard", [_match(_meta("iifname"), "@bridges"),
                         _match(_payload("ip", "daddr"), LOOPBACK), {"drop": None}],
               "containers never reach the host's loopback addresses"),
@@ -119,6 +129,10 @@ def render_base() -> list[Cmd]:
               "host process to a loopback-published port: answer to the bridge address"),
         _rule("postrouting", [{"vmap": {"key": _payload("ip", "saddr"), "data": "@nat_src"}}],
               "per-network source NAT"),
+        _rule("forward", [_match(_meta("iifname"), "@bridges"), _set_mark()],
+              "mark portway's traffic for other tables: meta mark & 0x02000000"),
+        _rule("forward", [_match(_meta("oifname"), "@bridges"), _set_mark()],
+              "mark portway's traffic for other tables: meta mark & 0x02000000"),
         _rule("forward", [{"vmap": {"key": _meta("iifname"), "data": "@fwd_in"}}],
               "from a portway network"),
         _rule("forward", [{"vmap": {"key": _meta("oifname"), "data": "@fwd_out"}}],
