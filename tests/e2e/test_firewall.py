@@ -77,6 +77,9 @@ def test_published_ports_from_everywhere(fw: Sandbox) -> None:
     # No userland proxy: nothing listens on 8080 in the host namespace.
     listeners = sh("ip", "netns", "exec", sb.host, "ss", "-Hltn").stdout
     assert ":8080" not in listeners
+    # The container's own address is not reachable from outside, even with a route to it.
+    sh("ip", "-n", sb.outside, "route", "add", "10.77.0.0/24", "via", sb.host_addr)
+    assert get(in_ns(sb.outside), "http://10.77.0.2/", 1).startswith("fail")
     insp = sb.inspect("web")["NetworkSettings"]["Ports"]  # type: ignore[index]
     assert insp == {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"}]}
 
