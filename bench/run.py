@@ -36,6 +36,7 @@ NETAVARK = "/usr/lib/podman/netavark"
 CNI_PATH = "/usr/lib/cni"
 RUNS = int(os.environ.get("PORTWAY_BENCH_RUNS", "50"))
 GROWTH = int(os.environ.get("PORTWAY_BENCH_GROWTH", "1000"))
+FIREWALL = os.environ.get("PORTWAY_BENCH_FIREWALL", "1") == "1"
 CONTRACT = ROOT.parent / "shared" / "netavark-contract" / "podman-4.3-setup-input.json"
 
 
@@ -117,19 +118,30 @@ def bench_cli(host: str, probe: Probe) -> dict[str, Any]:
         probe.check("portway run -d", info["NetworkSettings"]["Networks"]["benchnet"]
                     ["IPAddress"])
         rm_ms.append(timed(sh, *base, "rm", "-f", name))
+    run_p_ms = []
+    for i in range(RUNS):
+        name = f"p{i}"
+        run_p_ms.append(timed(sh, *base, "run", "-d", "--name", name, "--network", "benchnet",
+                              "-p", f"{18000 + i}:80", "--", "sleep", "3600"))
+        info = json.loads(sh(*base, "inspect", name).stdout)[0]
+        probe.check("portway run -d -p", info["NetworkSettings"]["Networks"]["benchnet"]
+                    ["IPAddress"])
+        sh(*base, "rm", "-f", name)
     for _ in range(RUNS):
         start_ms.append(timed(sh, *base, "daemon", "status"))
     sh(*base, "network", "rm", "benchnet")
     sh(*base, "daemon", "stop")
     shutil.rmtree(state, ignore_errors=True)
-    return {"run": stats(run_ms), "rm": stats(rm_ms), "cli_roundtrip": stats(start_ms)}
+    return {"run": stats(run_ms), "rm": stats(rm_ms), "run_p": stats(run_p_ms),
+            "cli_roundtrip": stats(start_ms)}
 
 
-def bench_netavark(probe: Probe) -> dict[str, Any] | None:
+def bench_netavark(probe: Probe, with_port: bool = False) -> dict[str, Any] | None:
     if not os.path.exists(NETAVARK):
         return None
     base = json.loads(CONTRACT.read_text())
-    base["port_mappings"] = []  # publishing is compared separately, with the firewall
+    if not with_port:
+        base["port_mappings"] = []  # publishing is compared separately
     base["network_info"]["a1pnet"]["dns_enabled"] = False
     config = tempfile.mkdtemp(prefix="pwbench-nv-")
     setup_ms, teardown_ms = [], []
@@ -139,6 +151,8 @@ def bench_netavark(probe: Probe) -> dict[str, Any] | None:
         data = json.loads(json.dumps(base))
         address = f"10.89.0.{10 + i}"
         data["networks"]["a1pnet"]["static_ips"] = [address]
+        for mapping in data["port_mappings"]:
+            mapping["host_port"] = 18000 + i
         text = json.dumps(data)
         cmd = [NETAVARK, "--config", config, "setup", f"/run/netns/{ns}"]
         ms = timed(sh, *cmd, input=text)
@@ -152,6 +166,47 @@ def bench_netavark(probe: Probe) -> dict[str, Any] | None:
         sh("ip", "netns", "del", ns)
     shutil.rmtree(config, ignore_errors=True)
     return {"setup": stats(setup_ms), "teardown": stats(teardown_ms)}
+
+
+def bench_cni_portmap(probe: Probe) -> dict[str, Any] | None:
+    """CNI bridge + portmap ADD for one published port, timed together (as a runtime
+    calls them: the portmap plugin gets the bridge plugin's result)."""
+    if not os.path.exists(f"{CNI_PATH}/portmap"):
+        return None
+    data_dir = tempfile.mkdtemp(prefix="pwbench-cnip-")
+    bridge_conf = {"cniVersion": "1.0.0", "name": "cniport", "type": "bridge",
+                   "bridge": "cniport0", "isGateway": True, "ipMasq": True,
+                   "ipam": {"type": "host-local", "subnet": "10.206.0.0/24",
+                            "dataDir": data_dir}}
+    add_ms: list[float] = []
+    for i in range(RUNS + 1):
+        ns = f"pwbench-cnip-{i}"
+        sh("ip", "netns", "add", ns)
+        env = dict(os.environ, CNI_CONTAINERID=f"benchp{i}", CNI_NETNS=f"/run/netns/{ns}",
+                   CNI_IFNAME="eth0", CNI_PATH=CNI_PATH, CNI_COMMAND="ADD")
+        port_conf = {"cniVersion": "1.0.0", "name": "cniport", "type": "portmap",
+                     "capabilities": {"portMappings": True},
+                     "runtimeConfig": {"portMappings": [
+                         {"hostPort": 19000 + i, "containerPort": 80, "protocol": "tcp"}]}}
+        start = time.perf_counter()
+        result = sh(f"{CNI_PATH}/bridge", input=json.dumps(bridge_conf), env=env).stdout
+        sh(f"{CNI_PATH}/portmap", input=json.dumps({**port_conf,
+                                                    "prevResult": json.loads(result)}),
+           env=env)
+        ms = (time.perf_counter() - start) * 1000
+        address = json.loads(result)["ips"][0]["address"].split("/")[0]
+        if i:
+            add_ms.append(ms)
+            probe.check("CNI bridge+portmap ADD", address)
+        env["CNI_COMMAND"] = "DEL"
+        sh(f"{CNI_PATH}/portmap", input=json.dumps({**port_conf,
+                                                    "prevResult": json.loads(result)}),
+           env=env)
+        sh(f"{CNI_PATH}/bridge", input=json.dumps(bridge_conf), env=env)
+        sh("ip", "netns", "del", ns)
+    subprocess.run(["ip", "link", "del", "cniport0"], capture_output=True)
+    shutil.rmtree(data_dir, ignore_errors=True)
+    return {"add": stats(add_ms)}
 
 
 def bench_cni(probe: Probe) -> dict[str, Any] | None:
@@ -266,6 +321,19 @@ def bench_api(probe: Probe) -> dict[str, Any]:
     }
 
 
+def run_firewall_bench(outside: str) -> dict[str, Any]:
+    from firewall import bench_firewall
+    from portway.engine import Engine
+
+    state = tempfile.mkdtemp(prefix="pwbench-fw-")
+    engine = Engine(state, None)
+    try:
+        return bench_firewall(engine, outside)
+    finally:
+        engine.close()
+        shutil.rmtree(state, ignore_errors=True)
+
+
 def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}×" if b else "n/a"
 
@@ -305,6 +373,18 @@ def write_report(r: dict[str, Any]) -> str:
         lines.append(f"| tear down | {cli['rm']['median']} | {cli['rm']['p95']} | CNI bridge "
                      f"DEL | {cni['del']['median']} | {cni['del']['p95']} | "
                      f"{ratio(cni['del']['median'], cli['rm']['median'])} |")
+    nvp = r.get("netavark_port")
+    if nvp:
+        lines.append(f"| set up with `-p` | {cli['run_p']['median']} | {cli['run_p']['p95']} "
+                     f"| netavark setup, 1 port | {nvp['setup']['median']} | "
+                     f"{nvp['setup']['p95']} | "
+                     f"{ratio(nvp['setup']['median'], cli['run_p']['median'])} |")
+    cnip = r.get("cni_portmap")
+    if cnip:
+        lines.append(f"| set up with `-p` | {cli['run_p']['median']} | {cli['run_p']['p95']} "
+                     f"| CNI bridge + portmap ADD | {cnip['add']['median']} | "
+                     f"{cnip['add']['p95']} | "
+                     f"{ratio(cnip['add']['median'], cli['run_p']['median'])} |")
     lines += [
         "",
         "`portway run -d` includes starting the container's process; the anchors only set up "
@@ -342,15 +422,59 @@ def write_report(r: dict[str, Any]) -> str:
         "(goal: at most 1.3).",
         "",
     ]
+    fw = r.get("firewall")
+    if fw:
+        lines += [
+            "## Published ports: per-packet cost and cost of adding one",
+            "",
+            "New TCP connections per second from the outside namespace through the last "
+            "published port (a Python client: its own speed caps the flat figures), and the "
+            "time to publish one more port, with N ports published: portway's map elements "
+            "against the same N as one DNAT rule per port (an iptables-style engine, built in "
+            "the same run; its rules added with the `nft` command as such engines do).",
+            "",
+            "| ports | portway conn/s | one rule per port conn/s | portway add (ms) | "
+            "rule per port add (ms) |",
+            "|---:|---:|---:|---:|---:|",
+        ]
+        for scale, row in fw["scales"].items():
+            lines.append(f"| {scale} | {row['map_conn_per_s']} | {row['linear_conn_per_s']} | "
+                         f"{row['map_add_ms']} | {row['linear_add_ms']} |")
+        t = fw["throughput"]
+        lines += [
+            "",
+            "## Throughput (iperf3, one TCP stream, Gbit/s)",
+            "",
+            "| path | with portway's rules | same path without rules |",
+            "|---|---:|---:|",
+            f"| container to container, one bridge | {t['container_to_container']} | "
+            f"{t['container_to_container_no_rules']} |",
+            f"| outside to a published port (DNAT) | {t['outside_to_published']} | "
+            f"{t['outside_to_container_no_rules']} (routed to the container, no DNAT) |",
+            f"| host to a port published on 127.0.0.1 | {t['host_to_loopback_published']} | "
+            "– |",
+            f"| a raw veth pair, for scale | {t['raw_veth_pair']} | |",
+            "",
+            "No path has a userland proxy.",
+            "",
+        ]
     return "\n".join(lines)
 
 
 def main() -> None:
     if os.geteuid() != 0:
         raise SystemExit("bench: run as root")
-    host = f"pwbench-{secrets.token_hex(3)}"
-    sh("ip", "netns", "add", host)
-    sh("ip", "-n", host, "link", "set", "lo", "up")
+    tag = secrets.token_hex(3)
+    host, outside = f"pwbench-{tag}", f"pwbench-out-{tag}"
+    for ns in (host, outside):
+        sh("ip", "netns", "add", ns)
+        sh("ip", "-n", ns, "link", "set", "lo", "up")
+    sh("ip", "-n", host, "link", "add", "uplink0", "type", "veth", "peer", "name", "wan0",
+       "netns", outside)
+    sh("ip", "-n", host, "addr", "add", "198.51.100.1/24", "dev", "uplink0")
+    sh("ip", "-n", outside, "addr", "add", "198.51.100.2/24", "dev", "wan0")
+    sh("ip", "-n", host, "link", "set", "uplink0", "up")
+    sh("ip", "-n", outside, "link", "set", "wan0", "up")
     try:
         # Enter the host namespace before any thread exists: everything below runs there.
         sandbox.enter_netns(f"/run/netns/{host}")
@@ -364,14 +488,24 @@ def main() -> None:
         results["portway_cli"] = bench_cli(host, probe)
         print("bench: netavark ...", flush=True)
         results["netavark"] = bench_netavark(probe)
+        print("bench: netavark with a port mapping ...", flush=True)
+        results["netavark_port"] = bench_netavark(probe, with_port=True)
         print("bench: CNI bridge ...", flush=True)
         results["cni"] = bench_cni(probe)
+        print("bench: CNI bridge + portmap ...", flush=True)
+        results["cni_portmap"] = bench_cni_portmap(probe)
         print(f"bench: portway API, kernel floor, growth to {GROWTH} ...", flush=True)
         results["portway_api"] = bench_api(probe)
+        if not FIREWALL:
+            results["firewall"] = None
+        else:
+            print("bench: firewall (ports at 1/1000/10000, throughput) ...", flush=True)
+            results["firewall"] = run_firewall_bench(outside)
         results["probe_failures"] = len(probe.failures)
         results["failures"] = probe.failures
     finally:
-        subprocess.run(["ip", "netns", "del", host], capture_output=True)
+        for ns in (host, outside):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
     (out / "latest.json").write_text(json.dumps(results, indent=2))

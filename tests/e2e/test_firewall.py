@@ -356,3 +356,18 @@ def test_coexistence_with_a_policy_drop_table(fw: Sandbox) -> None:
        "filter_forward", "meta", "mark", "&", "0x02000000", "==", "0x02000000", "accept")
     assert get(in_ns(sb.outside), url) == "200"
     sh("ip", "netns", "exec", sb.host, "nft", "delete", "table", "inet", "strict")
+
+
+def test_published_port_follows_disconnect(fw: Sandbox) -> None:
+    sb = fw
+    sb.pw("network", "create", "a", "--subnet", "10.91.0.0/24")
+    sb.pw("network", "create", "b", "--subnet", "10.92.0.0/24")
+    sb.extra["web"] = ["--network", "a", "-p", "8089:80"]
+    served(sb, "web")
+    sb.pw("network", "connect", "b", "web")
+    url = f"http://{sb.host_addr}:8089/"
+    assert get(in_ns(sb.outside), url) == "200"
+    # eth0 goes: the port now leads to the address on b.
+    sb.pw("network", "disconnect", "a", "web")
+    assert get(in_ns(sb.outside), url) == "200"
+    assert sb.pw("gc").stdout.startswith("nothing to repair")

@@ -747,11 +747,17 @@ class Engine:
                 raise NotFound(f"container {c.name} is not connected to {net.name}",
                                "see its networks with 'portway inspect'")
             endpoint = mine[0]
+            remaining = [e for e in current if e.id != endpoint.id]
+            # Published ports follow the container's first endpoint: move them if needed.
+            before, after = self._published(c, current), self._published(c, remaining)
             with self.store.transaction():
                 self.store.delete_endpoint(endpoint.id)
+                if before != after:
+                    self._nft_teardown(firewall.render_ports_removal(before))
+                    self.nft.apply(firewall.render_ports(after))
                 links.delete_link(self.host, endpoint.host_ifname)
             self._released([endpoint])
-            self._reroute(c, [e for e in current if e.id != endpoint.id])
+            self._reroute(c, remaining)
             self._write_files(c)
             return {"Id": c.id, "Network": net.name}
 
