@@ -475,6 +475,11 @@ def main() -> None:
     sh("ip", "-n", outside, "addr", "add", "198.51.100.2/24", "dev", "wan0")
     sh("ip", "-n", host, "link", "set", "uplink0", "up")
     sh("ip", "-n", outside, "link", "set", "wan0", "up")
+    # portway's DNS server forwards to the host namespace's resolvers: keep them in the
+    # sandbox (the outside namespace), never this machine's.
+    os.makedirs(f"/etc/netns/{host}", exist_ok=True)
+    with open(f"/etc/netns/{host}/resolv.conf", "w") as f:
+        f.write("nameserver 198.51.100.2\n")
     try:
         # Enter the host namespace before any thread exists: everything below runs there.
         sandbox.enter_netns(f"/run/netns/{host}")
@@ -506,6 +511,7 @@ def main() -> None:
     finally:
         for ns in (host, outside):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        shutil.rmtree(f"/etc/netns/{host}", ignore_errors=True)
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
     (out / "latest.json").write_text(json.dumps(results, indent=2))

@@ -163,6 +163,11 @@ def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
     sh("ip", "-n", sb.host, "link", "set", "uplink0", "up")
     sh("ip", "-n", sb.outside, "link", "set", "wan0", "up")
     sh("ip", "-n", sb.host, "route", "add", "default", "via", sb.outside_addr)
+    # The host's resolvers, as `ip netns exec` picks them: only inside the sandbox, so
+    # nothing portway forwards can leave the machine.
+    etc = Path("/etc/netns") / sb.host
+    etc.mkdir(parents=True, exist_ok=True)
+    (etc / "resolv.conf").write_text(f"nameserver {sb.outside_addr}\nsearch example.test\n")
     daemon = 0
     try:
         yield sb
@@ -185,6 +190,9 @@ def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
         extra_ns = netns_list() - before_ns - {sb.host, sb.outside}
         if extra_ns:
             leaks.append(f"namespaces left: {sorted(extra_ns)}")
+        for leftover in etc.glob("*"):
+            leftover.unlink()
+        etc.rmdir()
         extra_etc = etc_netns_list() - before_etc
         if extra_etc:
             leaks.append(f"/etc/netns entries left: {sorted(extra_etc)}")

@@ -84,6 +84,10 @@ def make_world(host: str, outside: str) -> None:
     sh("ip", "-n", host, "link", "set", "uplink0", "up")
     sh("ip", "-n", outside, "link", "set", "wan0", "up")
     sh("ip", "-n", host, "route", "add", "default", "via", "198.51.100.2")
+    # The sandbox host's resolvers: the outside namespace, never this machine's.
+    os.makedirs(f"/etc/netns/{host}", exist_ok=True)
+    with open(f"/etc/netns/{host}/resolv.conf", "w") as f:
+        f.write("nameserver 198.51.100.2\n")
 
 
 GET = "import sys, urllib.request as u; print(u.urlopen(sys.argv[1], timeout=5).status)"
@@ -130,14 +134,16 @@ def scenario(d: Demo) -> None:
     d.host_cmd("ip", "-br", "link", "show", "master", bridge)
     d.run("exec", "web", "--", "ip", "route")
 
-    d.title("3. Containers on one network reach each other through the bridge")
+    d.title("3. Containers on one network reach each other through the bridge, by name")
     ok = wait_listening(d, "worker", web_net["IPAddress"], 80)
+    d.run("exec", "worker", "--", "cat", "/etc/resolv.conf")
+    d.say("portway's DNS server listens on each network's gateway and knows its containers:")
+    d.run("exec", "worker", "--", "dig", "+short", "web")
     out = d.run("run", "--rm", "--name", "client", "--network", "app", "--", "python3", "-c",
                 "import urllib.request as u; "
-                f"r = u.urlopen('http://{web_net['IPAddress']}/', timeout=5); "
+                "r = u.urlopen('http://web/', timeout=5); "
                 "print('HTTP', r.status, 'from web')")
-    d.check("a throwaway client container fetched http://10.77.0.2/ from web",
-            ok and "HTTP 200" in out)
+    d.check("a throwaway client container fetched http://web/ by name", ok and "HTTP 200" in out)
 
     d.title("4. A published port: DNAT in the kernel, no proxy process")
     d.run("port", "web")
@@ -219,6 +225,7 @@ def cleanup(host: str, outside: str, state_dir: str) -> None:
         subprocess.run([*base, "daemon", "stop"], capture_output=True)
     for ns in (host, outside):
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    shutil.rmtree(f"/etc/netns/{host}", ignore_errors=True)
     shutil.rmtree(state_dir, ignore_errors=True)
 
 

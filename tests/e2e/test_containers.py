@@ -97,7 +97,8 @@ def test_container_files_and_hostname(sandbox: Sandbox) -> None:
     hosts = sb.pw("exec", "box", "--", "cat", "/etc/hosts").stdout
     assert "10.78.0.2\tboxy box" in hosts
     resolv = sb.pw("exec", "box", "--", "cat", "/etc/resolv.conf").stdout
-    assert "nameserver 192.0.2.53" in resolv
+    # portway's DNS server on the gateway; --dns servers are where it forwards to.
+    assert resolv.startswith("nameserver 10.78.0.1\n")
     # The same files are where `ip netns exec` picks them up.
     netns = os.path.basename(sb.inspect("box")["NetworkSettings"]["SandboxKey"])  # type: ignore[index]
     out = sh("ip", "netns", "exec", netns, "cat", "/etc/hosts").stdout

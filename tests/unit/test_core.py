@@ -213,6 +213,7 @@ def test_container_files() -> None:
     assert files.render_hostname("abc") == "abc\n"
     host = "# comment\nnameserver 127.0.0.53\nnameserver 192.0.2.1\nsearch example.org\n" \
            "options edns0\n"
-    assert files.container_resolv_conf(host, []) == \
+    assert files.container_resolv_conf(host, None) == \
         "nameserver 192.0.2.1\nsearch example.org\noptions edns0\n"
-    assert files.container_resolv_conf(host, ["192.0.2.9"]).startswith("nameserver 192.0.2.9\n")
+    assert files.container_resolv_conf(host, "10.77.0.1") == \
+        "nameserver 10.77.0.1\nsearch example.org\noptions edns0\n"

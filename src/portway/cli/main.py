@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sys
+import time
 
 from portway.cli.client import Client, ClientError
 
@@ -97,6 +98,8 @@ def build_parser() -> Parser:
     ps.add_argument("-q", "--quiet", action="store_true")
     ins = sub.add_parser("inspect", help="show containers as JSON")
     ins.add_argument("names", nargs="+", metavar="CONTAINER")
+    dn = sub.add_parser("dns", help="show the DNS records per network and recent queries")
+    dn.add_argument("--json", action="store_true")
     pt = sub.add_parser("port", help="show a container's published ports")
     pt.add_argument("container", metavar="CONTAINER")
     lg = sub.add_parser("logs", help="show a detached container's output")
@@ -286,6 +289,28 @@ def cmd_ps(client: Client, a: argparse.Namespace) -> int:
     return 0
 
 
+def print_dns(info: dict[str, Any]) -> None:
+    state = "running" if info["running"] else "not running"
+    upstreams = ", ".join(info["upstreams"]) or "(none)"
+    print(f"DNS server: {state}; upstream resolvers: {upstreams}")
+    for net in info["networks"]:
+        where = f"{net['gateway']}:53" + (" (internal: no forwarding)" if net["internal"]
+                                           else "")
+        print(f"\nnetwork {net['name']}, served on {where}")
+        rows = [[name, ", ".join(ips)] for name, ips in sorted(net["names"].items())]
+        if rows:
+            print(table(rows, ["NAME", "ADDRESSES"]))
+    if info["log"]:
+        print("\nrecent queries")
+        qtypes = {1: "A", 12: "PTR", 28: "AAAA", 255: "ANY"}
+        rcodes = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 5: "REFUSED"}
+        rows = [[time.strftime("%H:%M:%S", time.localtime(e["time"])), e["client"],
+                 e["name"], qtypes.get(e["type"], str(e["type"])),
+                 rcodes.get(e["rcode"], str(e["rcode"])), e["how"], f"{e['ms']} ms"]
+                for e in info["log"][-20:]]
+        print(table(rows, ["TIME", "CLIENT", "NAME", "TYPE", "RESULT", "HOW", "TOOK"]))
+
+
 def cmd_daemon(client: Client, a: argparse.Namespace) -> int:
     if a.action == "run":
         from portway.daemon.main import serve
@@ -320,6 +345,12 @@ def dispatch(client: Client, a: argparse.Namespace) -> int:
         return cmd_ps(client, a)
     if a.command == "inspect":
         print_json(client.call("inspect", refs=a.names))
+    elif a.command == "dns":
+        info = client.call("dns_info")
+        if a.json:
+            print_json(info)
+        else:
+            print_dns(info)
     elif a.command == "port":
         for line in client.call("port", ref=a.container):
             print(line)

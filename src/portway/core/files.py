@@ -53,10 +53,14 @@ def parse_resolv_conf(text: str) -> tuple[list[str], list[str], list[str]]:
     return servers, search, options
 
 
-def container_resolv_conf(host_resolv: str, dns_override: Iterable[str]) -> str:
-    """What a container gets: the host's resolvers (loopback ones are unreachable from a
-    container's namespace, so they are dropped), or the --dns servers if given."""
+def container_resolv_conf(host_resolv: str, nameserver: str | None) -> str:
+    """What a container gets: portway's DNS server on its network's gateway, with the
+    host's search domains and options (its upstreams are the DNS server's business).
+    Without a network (none mode): the host's resolvers minus loopback ones, which are
+    unreachable from the container's namespace."""
     servers, search, options = parse_resolv_conf(host_resolv)
-    override = list(dns_override)
-    servers = override or [s for s in servers if not s.startswith("127.") and s != "::1"]
+    if nameserver is not None:
+        servers = [nameserver]
+    else:
+        servers = [s for s in servers if not s.startswith("127.") and s != "::1"]
     return render_resolv_conf(servers, search, options)

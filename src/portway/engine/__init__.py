@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -28,6 +29,8 @@ from portway.core.firewall import Published
 from portway.core.naming import random_name
 from portway.core.ports import format_mapping, host_port_holder, parse_port_specs
 from portway.engine import view
+from portway.engine.dns import DnsServer
+from portway.engine.dns import records as dns_records
 from portway.engine.watch import ProcessWatcher
 from portway.errors import Conflict, InvalidInput, NotFound, PortwayError, TeardownErrors
 from portway.kernel import links, netns, observe, procs
@@ -66,6 +69,7 @@ class Engine:
         self.nft = Nft()
         self._ensure_forwarding()
         self.watcher = ProcessWatcher(self._on_exit)
+        self.dns = DnsServer(self)
 
     # set-up
 
@@ -206,6 +210,7 @@ class Engine:
                 self.nft.apply(firewall.render_network(network))
                 fault_point("network_create.firewall")
                 undo.pop_all()
+            self._publish_dns()
             return network
 
     def _firewall_ready(self) -> None:
@@ -260,6 +265,7 @@ class Engine:
                 # No network, no firewall: the table goes with the last network.
                 self._nft_teardown([{"delete": {"table": {"family": firewall.FAMILY,
                                                           "name": firewall.TABLE}}}])
+            self._publish_dns()
             return removed
 
     def network_prune(self) -> list[str]:
@@ -349,6 +355,8 @@ class Engine:
                     container = self._start(container)
                     fault_point("run.started")
                 undo.pop_all()
+            if nets:
+                self._publish_dns()
             return self._sandbox_info(container)
 
     def _default_network(self) -> Network:
@@ -485,26 +493,53 @@ class Engine:
         finally:
             os.close(fd)
 
-    def _host_resolv(self) -> str:
-        candidates = ["/etc/resolv.conf"]
+    def host_resolv_path(self) -> str:
+        """The host namespace's resolv.conf, as `ip netns exec` would pick it."""
         if self.host_netns:
-            candidates.insert(0, f"/etc/netns/{self.host_netns}/resolv.conf")
-        for path in candidates:
-            try:
-                with open(path) as f:
-                    return f.read()
-            except OSError:
-                continue
-        return ""
+            own = f"/etc/netns/{self.host_netns}/resolv.conf"
+            if os.path.exists(own):
+                return own
+        return "/etc/resolv.conf"
+
+    def _host_resolv(self) -> str:
+        try:
+            with open(self.host_resolv_path()) as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def _publish_dns(self) -> None:
+        """Records to the DNS server; its failure never undoes the operation (gc retries)."""
+        try:
+            self.dns.publish()
+        except (PortwayError, OSError) as exc:
+            print(f"portwayd: DNS records not updated: {exc}", file=sys.stderr, flush=True)
+
+    def dns_info(self) -> dict[str, Any]:
+        with self.lock:
+            data = dns_records(self)
+            log: dict[str, Any] = {"log": [], "upstreams": []}
+            if self.dns.running():
+                try:
+                    log = self.dns.request("log")
+                except PortwayError:
+                    pass
+            return {"networks": data["networks"], "log": log.get("log", []),
+                    "upstreams": log.get("upstreams", []), "running": self.dns.running()}
 
     def _write_files(self, container: Container) -> None:
         if container.network_mode == "host":
             return
-        addresses = [e.address for e in self.store.endpoints(container_id=container.id)]
+        endpoints = self.store.endpoints(container_id=container.id)
+        addresses = [e.address for e in endpoints]
+        nameserver = None
+        if endpoints:
+            first = self.store.find_network(min(endpoints, key=lambda e: e.ifname).network_id)
+            nameserver = str(first.gateway) if first else None
         netns.write_etc_netns(os.path.basename(container.netns), {
             "hosts": files.render_hosts(container.hostname, container.name, addresses),
             "hostname": files.render_hostname(container.hostname),
-            "resolv.conf": files.container_resolv_conf(self._host_resolv(), container.dns),
+            "resolv.conf": files.container_resolv_conf(self._host_resolv(), nameserver),
         })
 
     def _binds(self, container: Container) -> list[tuple[str, str]]:
@@ -671,6 +706,8 @@ class Engine:
         shutil.rmtree(os.path.join(self.state_dir, "containers", c.id), ignore_errors=True)
         with self.store.transaction():
             self.store.delete_container(c.id)
+        if endpoints:
+            self._publish_dns()
         if errors:
             raise TeardownErrors(f"remove {c.name}", errors)
 
@@ -734,6 +771,7 @@ class Engine:
             finally:
                 cont.close()
             self._write_files(c)
+            self._publish_dns()
             return {"Id": c.id, "Network": net.name, "IPAddress": str(endpoint.address)}
 
     def network_disconnect(self, network: str, container: str,
@@ -759,6 +797,7 @@ class Engine:
             self._released([endpoint])
             self._reroute(c, remaining)
             self._write_files(c)
+            self._publish_dns()
             return {"Id": c.id, "Network": net.name}
 
     def _reroute(self, c: Container, remaining: list[Endpoint]) -> None:

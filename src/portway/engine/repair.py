@@ -43,6 +43,7 @@ def gc(engine: Engine, dry_run: bool) -> list[str]:
     _networks(engine, report)
     _sandboxes(engine, report)
     _firewall(engine, report)
+    _dns(engine, report)
     _unknown_links(engine, report)
     _unknown_namespaces(engine, report)
     return report.lines
@@ -99,6 +100,17 @@ def _firewall(engine: Engine, report: Report) -> None:
         diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
         report.act(f"rebuild table inet portway: it differs from the store in "
                    f"{', '.join(diff[:4])}{' ...' if len(diff) > 4 else ''}", rebuild)
+
+
+def _dns(engine: Engine, report: Report) -> None:
+    """A DNS server with the store's records while any network exists, none otherwise."""
+    has_networks = bool(engine.store.networks())
+    if has_networks and not engine.dns.running():
+        report.act("start the DNS server: it is not running", engine.dns.publish)
+    elif not has_networks and engine.dns.running():
+        report.act("stop the DNS server: no network needs it", engine.dns.stop)
+    elif has_networks and not report.dry_run:
+        engine.dns.publish()  # the records, as the store has them (quietly: not drift)
 
 
 def _sandboxes(engine: Engine, report: Report) -> None:

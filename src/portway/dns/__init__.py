@@ -1,0 +1,1 @@
+"""portway's DNS server (a process of its own) and its wire format."""

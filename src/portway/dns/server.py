@@ -1,0 +1,443 @@
+"""portway's DNS server: one process per host namespace, on every network's gateway, port 53.
+
+Standard library only, a plain blocking select loop (asyncio's per-datagram
+cost would be the ceiling, measured in DESIGN.md). Local names are answered in
+the loop from dictionaries built at reload time; other names are forwarded by
+a small thread pool to the upstream resolvers, with failover and TCP fallback.
+
+The engine writes the records to STATE/dns.json and sends "reload" on the
+control socket STATE/dns.sock; the reply comes after the new records are in
+use, so `portway run -d` returns only once its names resolve.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import ipaddress
+import json
+import os
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from portway.dns import wire
+
+TTL = 5
+UPSTREAM_TIMEOUT = 2.0
+MAX_TCP_CLIENTS = 64
+TCP_IDLE = 5.0
+IP_FREEBIND = 15
+LOG_SIZE = 200
+
+
+@dataclass
+class View:
+    """What the server knows, built once per reload."""
+
+    names: dict[str, dict[str, list[bytes]]] = field(default_factory=dict)  # net -> name -> ips
+    net_names: dict[str, str] = field(default_factory=dict)                   # net name -> id
+    internal: set[str] = field(default_factory=set)
+    member: dict[bytes, tuple[str, ...]] = field(default_factory=dict)        # ip -> net ids
+    ptr: dict[bytes, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
+    custom_dns: dict[bytes, list[str]] = field(default_factory=dict)
+    subnets: list[tuple[str, ipaddress.IPv4Network]] = field(default_factory=list)
+    gateways: list[str] = field(default_factory=list)
+
+    def networks_of(self, src: bytes) -> tuple[str, ...]:
+        found = self.member.get(src)
+        if found is not None:
+            return found
+        address = ipaddress.IPv4Address(src)
+        return tuple(nid for nid, net in self.subnets if address in net)
+
+
+def load_view(path: str) -> View:
+    with open(path) as f:
+        data = json.load(f)
+    view = View()
+    for net in data.get("networks", []):
+        nid = net["id"]
+        view.names[nid] = {name.lower(): [socket.inet_aton(ip) for ip in ips]
+                           for name, ips in net["names"].items()}
+        view.net_names[net["name"].lower()] = nid
+        if net.get("internal"):
+            view.internal.add(nid)
+        view.subnets.append((nid, ipaddress.IPv4Network(net["subnet"])))
+        view.gateways.append(net["gateway"])
+    for ip, host in data.get("hosts", {}).items():
+        packed = socket.inet_aton(ip)
+        view.member[packed] = tuple(host["networks"])
+        view.ptr[packed] = (host["name"], tuple(host["networks"]))
+        if host.get("dns"):
+            view.custom_dns[packed] = list(host["dns"])
+    return view
+
+
+def read_upstreams(path: str) -> list[str]:
+    servers: list[str] = []
+    try:
+        with open(path) as f:
+            for line in f:
+                words = line.split("#", 1)[0].split()
+                if len(words) >= 2 and words[0] == "nameserver":
+                    servers.append(words[1])
+    except OSError:
+        pass
+    return servers
+
+
+class Server:
+    def __init__(self, state_dir: str, resolv: str) -> None:
+        self.state_dir = state_dir
+        self.records_path = os.path.join(state_dir, "dns.json")
+        self.resolv = resolv
+        self.resolv_mtime = 0.0
+        self.upstreams: list[str] = []
+        self.view = View()
+        self.udp: dict[str, socket.socket] = {}
+        self.tcp: dict[str, socket.socket] = {}
+        self.clients: dict[socket.socket, tuple[bytearray, float, bytes]] = {}
+        self.rotation: collections.Counter[str] = collections.Counter()
+        self.log: collections.deque[tuple[Any, ...]] = collections.deque(maxlen=LOG_SIZE)
+        self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="forward")
+        self.control = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        path = os.path.join(state_dir, "dns.sock")
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        self.control.bind(path)
+        self.running = True
+
+    # records and sockets
+
+    def reload(self) -> None:
+        try:
+            self.view = load_view(self.records_path)
+        except (OSError, ValueError, KeyError) as exc:
+            print(f"portway-dns: cannot load records: {exc}", file=sys.stderr, flush=True)
+            return
+        wanted = set(self.view.gateways)
+        for gw in list(self.udp):
+            if gw not in wanted:
+                self.udp.pop(gw).close()
+                self.tcp.pop(gw).close()
+        for gw in wanted - set(self.udp):
+            try:
+                self.udp[gw], self.tcp[gw] = self._bind(gw)
+            except OSError as exc:
+                print(f"portway-dns: cannot listen on {gw}:53: {exc}", file=sys.stderr,
+                      flush=True)
+        self._check_resolv()
+
+    @staticmethod
+    def _bind(address: str) -> tuple[socket.socket, socket.socket]:
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+        udp.bind((address, 53))
+        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        tcp.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+        tcp.bind((address, 53))
+        tcp.listen(128)
+        tcp.setblocking(False)
+        return udp, tcp
+
+    def _check_resolv(self) -> None:
+        try:
+            mtime = os.stat(self.resolv).st_mtime
+        except OSError:
+            mtime = 0.0
+        if mtime != self.resolv_mtime:
+            self.resolv_mtime = mtime
+            self.upstreams = read_upstreams(self.resolv)
+
+    # answering
+
+    def answer(self, msg: bytes, src: bytes) -> bytes | None:
+        """The reply to msg, or None when the query is forwarded (replied later)."""
+        try:
+            q = wire.parse_question(msg)
+        except wire.FormErr as exc:
+            return None if exc.query_id is None else wire.error_response(exc.query_id,
+                                                                         wire.FORMERR)
+        if q.opcode != 0:
+            return wire.response(q, wire.NOTIMP, authoritative=False)
+        nets = self.view.networks_of(src)
+        if not nets:
+            return wire.response(q, wire.REFUSED, authoritative=False)
+        if q.qclass != wire.CLASS_IN:
+            return wire.response(q, wire.REFUSED, authoritative=False)
+        local = self._local(q, nets, src)
+        if local is not None:
+            return local
+        if all(n in self.view.internal for n in nets):
+            self._note(q, src, "refused: internal network, no forwarding", 0.0, wire.REFUSED)
+            return wire.response(q, wire.REFUSED, authoritative=False)
+        return None
+
+    def _local(self, q: wire.Question, nets: tuple[str, ...], src: bytes) -> bytes | None:
+        out = self._lookup(q, nets)
+        if out is not None:
+            self._note(q, src, "local", 0.0, out[3] & 0xF)
+        return out
+
+    def _lookup(self, q: wire.Question, nets: tuple[str, ...]) -> bytes | None:
+        view = self.view
+        name = q.name
+        if q.qtype == wire.QTYPE_PTR:
+            packed = wire.ptr_address(name)
+            if packed is None:
+                return None
+            if packed in view.ptr:
+                target, target_nets = view.ptr[packed]
+                if set(target_nets) & set(nets):
+                    return wire.response(q, wire.NOERROR, [wire.ptr_record(target, TTL)])
+            address = ipaddress.IPv4Address(packed)
+            if any(address in subnet for _, subnet in view.subnets):
+                return wire.response(q, wire.NXDOMAIN)  # portway's, not the world's
+            return None
+        found: list[bytes] = []
+        for nid in nets:
+            found.extend(view.names.get(nid, {}).get(name, ()))
+        if not found and "." in name:
+            short, _, netname = name.rpartition(".")
+            net_id = view.net_names.get(netname)
+            if net_id is not None and net_id in nets:
+                found = list(view.names.get(net_id, {}).get(short, ()))
+        if not found:
+            if self._known_anywhere(name):
+                return wire.response(q, wire.NXDOMAIN)  # a name of a network we don't share
+            return None
+        if q.qtype not in (wire.QTYPE_A, wire.QTYPE_ANY):
+            return wire.response(q, wire.NOERROR)  # the name exists, with no such record
+        unique = list(dict.fromkeys(found))
+        if len(unique) > 1:
+            turn = self.rotation[name] % len(unique)
+            self.rotation[name] += 1
+            unique = unique[turn:] + unique[:turn]
+        return wire.response(q, wire.NOERROR, [wire.a_record(ip, TTL) for ip in unique])
+
+    def _known_anywhere(self, name: str) -> bool:
+        if any(name in names for names in self.view.names.values()):
+            return True
+        short, _, netname = name.rpartition(".")
+        return bool(short) and netname in self.view.net_names
+
+    # forwarding
+
+    def forward(self, msg: bytes, src: bytes, reply: Any) -> None:
+        q = wire.parse_question(msg)
+        upstreams = self.view.custom_dns.get(src) or self.upstreams
+        started = time.monotonic()
+        for upstream in upstreams:
+            try:
+                answer = self._ask(upstream, msg)
+            except OSError:
+                continue
+            self._note(q, src, f"forwarded to {upstream}", time.monotonic() - started,
+                       answer[3] & 0xF)
+            reply(answer)
+            return
+        self._note(q, src, "failed: no upstream answered" if upstreams else
+                   "failed: no upstream resolver", time.monotonic() - started, wire.SERVFAIL)
+        reply(wire.response(q, wire.SERVFAIL, authoritative=False))
+
+    @staticmethod
+    def _ask(upstream: str, msg: bytes) -> bytes:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(UPSTREAM_TIMEOUT)
+            s.connect((upstream, 53))
+            s.send(msg)
+            deadline = time.monotonic() + UPSTREAM_TIMEOUT
+            while True:
+                s.settimeout(max(0.01, deadline - time.monotonic()))
+                answer = s.recv(65535)
+                if answer[:2] == msg[:2]:
+                    break
+        if answer[2] & 0x02:  # truncated: ask again over TCP
+            with socket.create_connection((upstream, 53), UPSTREAM_TIMEOUT) as t:
+                t.sendall(len(msg).to_bytes(2, "big") + msg)
+                size = int.from_bytes(_recv_exact(t, 2), "big")
+                answer = _recv_exact(t, size)
+        return answer
+
+    def _note(self, q: wire.Question, src: bytes, how: str, seconds: float,
+              rcode: int) -> None:
+        # A tuple: this runs for every query, local answers included.
+        self.log.append((time.time(), src, q.name, q.qtype, how, seconds, rcode))
+
+    def log_entries(self) -> list[dict[str, Any]]:
+        return [{"time": t, "client": socket.inet_ntoa(src), "name": name, "type": qtype,
+                 "how": how, "ms": round(seconds * 1000, 3), "rcode": rcode}
+                for t, src, name, qtype, how, seconds, rcode in list(self.log)]
+
+    # the loop
+
+    def handle_udp(self, sock: socket.socket) -> None:
+        try:
+            msg, (host, port) = sock.recvfrom(4096)
+        except OSError:
+            return
+        src = socket.inet_aton(host)
+        try:
+            out = self.answer(msg, src)
+        except Exception:  # never die on input
+            return
+        if out is not None:
+            if len(out) > 512:  # too big for plain UDP: the client retries over TCP
+                out = self._truncated(msg)
+            sock.sendto(out, (host, port))
+            return
+        if self.pool._work_queue.qsize() > 1000:  # flood: shed load rather than grow
+            return
+        self.pool.submit(self.forward, msg, src,
+                         lambda data: _safe(sock.sendto, data, (host, port)))
+
+    def _truncated(self, msg: bytes) -> bytes:
+        q = wire.parse_question(msg)
+        flags_answer = wire.response(q, wire.NOERROR)
+        return flags_answer[:2] + (int.from_bytes(flags_answer[2:4], "big") |
+                                   wire.FLAG_TC).to_bytes(2, "big") + flags_answer[4:]
+
+    def handle_tcp_accept(self, listener: socket.socket) -> None:
+        try:
+            conn, (host, _port) = listener.accept()
+        except OSError:
+            return
+        if len(self.clients) >= MAX_TCP_CLIENTS:
+            conn.close()
+            return
+        conn.setblocking(False)
+        self.clients[conn] = (bytearray(), time.monotonic(), socket.inet_aton(host))
+
+    def handle_tcp(self, conn: socket.socket) -> None:
+        buf, _, src = self.clients[conn]
+        try:
+            data = conn.recv(65537)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(conn)
+            return
+        buf.extend(data)
+        self.clients[conn] = (buf, time.monotonic(), src)
+        while len(buf) >= 2:
+            size = int.from_bytes(buf[:2], "big")
+            if size < 12:
+                self._drop(conn)
+                return
+            if len(buf) < 2 + size:
+                return
+            msg = bytes(buf[2:2 + size])
+            del buf[:2 + size]
+
+            def send(out: bytes, conn: socket.socket = conn) -> None:
+                _safe(conn.sendall, len(out).to_bytes(2, "big") + out)
+
+            try:
+                out = self.answer(msg, src)
+            except Exception:
+                self._drop(conn)
+                return
+            if out is not None:
+                conn.setblocking(True)
+                send(out)
+                conn.setblocking(False)
+            else:
+                self.pool.submit(self.forward, msg, src, send)
+
+    def _drop(self, conn: socket.socket) -> None:
+        self.clients.pop(conn, None)
+        conn.close()
+
+    def handle_control(self) -> None:
+        try:
+            msg, peer = self.control.recvfrom(1024)
+        except OSError:
+            return
+        command = msg.decode(errors="replace").strip()
+        if command == "reload":
+            self.reload()
+            reply = {"ok": True, "listening": sorted(self.udp)}
+        elif command == "log":
+            reply = {"ok": True, "log": self.log_entries(), "upstreams": self.upstreams}
+        elif command == "stop":
+            self.running = False
+            reply = {"ok": True}
+        else:
+            reply = {"ok": False}
+        if peer:
+            _safe(self.control.sendto, json.dumps(reply).encode(), peer)
+
+    def serve(self) -> None:
+        self.reload()
+        last_check = time.monotonic()
+        while self.running:
+            watched: list[Any] = [self.control, *self.udp.values(), *self.tcp.values(),
+                                  *self.clients]
+            try:
+                ready, _, _ = select.select(watched, [], [], 1.0)
+            except (OSError, ValueError):
+                ready = []
+            udp = set(self.udp.values())
+            tcp = set(self.tcp.values())
+            for sock in ready:
+                if sock is self.control:
+                    self.handle_control()
+                elif sock in udp:
+                    self.handle_udp(sock)
+                elif sock in tcp:
+                    self.handle_tcp_accept(sock)
+                elif sock in self.clients:
+                    self.handle_tcp(sock)
+            now = time.monotonic()
+            if now - last_check > 1.0:
+                last_check = now
+                self._check_resolv()
+                for conn, (_, seen, _) in list(self.clients.items()):
+                    if now - seen > TCP_IDLE:
+                        self._drop(conn)
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _recv_exact(sock: socket.socket, size: int) -> bytes:
+    out = b""
+    while len(out) < size:
+        chunk = sock.recv(size - len(out))
+        if not chunk:
+            raise OSError("connection closed")
+        out += chunk
+    return out
+
+
+def _safe(fn: Any, *args: Any) -> None:
+    try:
+        fn(*args)
+    except OSError:
+        pass
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="portway-dns")
+    parser.add_argument("--state-dir", required=True)
+    parser.add_argument("--resolv", required=True, help="the host's resolv.conf (upstreams)")
+    args = parser.parse_args()
+    server = Server(args.state_dir, args.resolv)
+    signal.signal(signal.SIGTERM, lambda *_: setattr(server, "running", False))
+    print(f"portway-dns: serving (pid {os.getpid()})", file=sys.stderr, flush=True)
+    server.serve()
+
+
+if __name__ == "__main__":
+    threading.current_thread().name = "portway-dns"
+    main()

@@ -1,0 +1,119 @@
+"""DNS wire format, just what the server needs: parse one question, build answers.
+
+Pure and standard-library only. Parsing reads the header and the question and
+nothing else (no compression in questions, as RFC 1035 queries never need it);
+anything malformed raises FormErr, which the server answers with FORMERR when
+it can read an id, and drops otherwise.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+QTYPE_A, QTYPE_PTR, QTYPE_AAAA, QTYPE_ANY = 1, 12, 28, 255
+CLASS_IN = 1
+NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
+FLAG_QR, FLAG_AA, FLAG_TC, FLAG_RD, FLAG_RA = 0x8000, 0x0400, 0x0200, 0x0100, 0x0080
+HEADER = struct.Struct("!HHHHHH")
+MAX_NAME = 255
+
+
+class FormErr(Exception):
+    def __init__(self, query_id: int | None) -> None:
+        super().__init__("malformed query")
+        self.query_id = query_id
+
+
+@dataclass(frozen=True)
+class Question:
+    id: int
+    flags: int
+    name: str          # lower case, no trailing dot
+    qtype: int
+    qclass: int
+    wire: bytes        # the question section as received (name, type, class)
+
+    @property
+    def opcode(self) -> int:
+        return (self.flags >> 11) & 0xF
+
+
+def parse_question(msg: bytes) -> Question:
+    if len(msg) < HEADER.size:
+        raise FormErr(None)
+    qid, flags, qdcount, ancount, nscount, _arcount = HEADER.unpack_from(msg)
+    if flags & FLAG_QR or qdcount != 1 or ancount or nscount:
+        raise FormErr(qid)
+    pos = HEADER.size
+    labels: list[bytes] = []
+    total = 0
+    while True:
+        if pos >= len(msg):
+            raise FormErr(qid)
+        length = msg[pos]
+        if length & 0xC0:  # compression or reserved label types have no place here
+            raise FormErr(qid)
+        pos += 1
+        if length == 0:
+            break
+        if pos + length > len(msg):
+            raise FormErr(qid)
+        total += length + 1
+        if total > MAX_NAME:
+            raise FormErr(qid)
+        labels.append(msg[pos:pos + length])
+        pos += length
+    if pos + 4 > len(msg):
+        raise FormErr(qid)
+    qtype, qclass = struct.unpack_from("!HH", msg, pos)
+    try:
+        name = b".".join(labels).decode("ascii").lower()
+    except UnicodeDecodeError:
+        name = b".".join(labels).decode("latin-1").lower()
+    return Question(qid, flags, name, qtype, qclass, msg[HEADER.size:pos + 4])
+
+
+def response(q: Question, rcode: int, answers: list[bytes] = (),  # type: ignore[assignment]
+             authoritative: bool = True) -> bytes:
+    flags = FLAG_QR | (q.flags & (0x7800 | FLAG_RD)) | FLAG_RA | rcode
+    if authoritative:
+        flags |= FLAG_AA
+    return HEADER.pack(q.id, flags, 1, len(answers), 0, 0) + q.wire + b"".join(answers)
+
+
+def error_response(query_id: int, rcode: int) -> bytes:
+    """An answer to a query whose question could not be read."""
+    return HEADER.pack(query_id, FLAG_QR | FLAG_RA | rcode, 0, 0, 0, 0)
+
+
+def a_record(packed_ipv4: bytes, ttl: int) -> bytes:
+    # Name: a pointer to the question's name at offset 12.
+    return struct.pack("!HHHIH", 0xC00C, QTYPE_A, CLASS_IN, ttl, 4) + packed_ipv4
+
+
+def encode_name(name: str) -> bytes:
+    out = b""
+    for label in name.split("."):
+        raw = label.encode("ascii", "replace")[:63]
+        out += bytes([len(raw)]) + raw
+    return out + b"\0"
+
+
+def ptr_record(target: str, ttl: int) -> bytes:
+    rdata = encode_name(target)
+    return struct.pack("!HHHIH", 0xC00C, QTYPE_PTR, CLASS_IN, ttl, len(rdata)) + rdata
+
+
+def ptr_address(name: str) -> bytes | None:
+    """The packed IPv4 address of a d.c.b.a.in-addr.arpa name, or None."""
+    if not name.endswith(".in-addr.arpa"):
+        return None
+    parts = name[: -len(".in-addr.arpa")].split(".")
+    if len(parts) != 4 or not all(p.isdigit() and int(p) < 256 for p in parts):
+        return None
+    return bytes(int(p) for p in reversed(parts))
+
+
+def set_id(msg: bytes, query_id: int) -> bytes:
+    return struct.pack("!H", query_id) + msg[2:]

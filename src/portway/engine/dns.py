@@ -1,0 +1,139 @@
+"""The engine's side of the DNS server: its records, its process, its reloads.
+
+One server per host namespace and state dir, started with the first network
+and stopped with the last. It outlives the daemon, like containers do; its pid
+and start time are kept in STATE/dns.pid so a new daemon finds it again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from typing import TYPE_CHECKING, Any
+
+from portway.errors import KernelError
+from portway.kernel import procs
+
+if TYPE_CHECKING:
+    from portway.engine import Engine
+
+RELOAD_TIMEOUT = 5.0
+
+
+def records(engine: Engine) -> dict[str, Any]:
+    """Names per network (container names, aliases, short ids) and who is where."""
+    containers = {c.id: c for c in engine.store.containers()}
+    networks = []
+    hosts: dict[str, dict[str, Any]] = {}
+    for net in engine.store.networks():
+        names: dict[str, list[str]] = {}
+        for e in engine.store.endpoints(network_id=net.id):
+            c = containers.get(e.container_id)
+            if c is None:
+                continue
+            for name in (c.name, c.short_id, *e.aliases):
+                names.setdefault(name.lower(), []).append(str(e.address))
+            host = hosts.setdefault(str(e.address), {"name": c.name, "networks": [],
+                                                     "dns": list(c.dns)})
+            host["networks"].append(net.id)
+        networks.append({"id": net.id, "name": net.name, "subnet": str(net.subnet),
+                         "gateway": str(net.gateway), "internal": net.internal,
+                         "names": names})
+    # A container on several networks is one querier: it sees all its networks.
+    by_container: dict[str, list[str]] = {}
+    for e in engine.store.endpoints():
+        by_container.setdefault(e.container_id, []).append(e.network_id)
+    for e in engine.store.endpoints():
+        hosts[str(e.address)]["networks"] = by_container[e.container_id]
+    return {"networks": networks, "hosts": hosts}
+
+
+class DnsServer:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.state_dir = engine.state_dir
+        self.pid_path = os.path.join(self.state_dir, "dns.pid")
+        self.sock_path = os.path.join(self.state_dir, "dns.sock")
+
+    def _pid(self) -> tuple[int, int]:
+        try:
+            with open(self.pid_path) as f:
+                pid, started = (int(x) for x in f.read().split())
+        except (OSError, ValueError):
+            return 0, 0
+        return (pid, started) if procs.is_alive(pid, started) else (0, 0)
+
+    def running(self) -> bool:
+        return self._pid()[0] != 0
+
+    def start(self) -> None:
+        src = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        boot = (f"import sys; sys.path.insert(0, {src!r}); "
+                "from portway.dns.server import main; main()")
+        log = open(os.path.join(self.state_dir, "dns.log"), "ab")  # noqa: SIM115
+        with log, open(os.devnull, "rb") as devnull:
+            child = subprocess.Popen(
+                [sys.executable, "-S", "-c", boot, "--state-dir", self.state_dir,
+                 "--resolv", self.engine.host_resolv_path()],
+                stdin=devnull, stdout=log, stderr=log, start_new_session=True,
+                close_fds=True)
+        child.returncode = 0  # the watcher thread may reap it; Popen must not
+        started = 0
+        deadline = time.monotonic() + 5
+        while not started and time.monotonic() < deadline:
+            started = procs.start_time(child.pid)
+        tmp = self.pid_path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(f"{child.pid} {started}\n")
+        os.replace(tmp, self.pid_path)
+        self.engine.watcher.watch("dns-server", child.pid, child=True)
+        deadline = time.monotonic() + 5
+        while not os.path.exists(self.sock_path) and time.monotonic() < deadline:
+            time.sleep(0.002)
+
+    def stop(self) -> None:
+        pid, started = self._pid()
+        if pid:
+            procs.signal_process(pid, started, signal.SIGTERM)
+            deadline = time.monotonic() + 5
+            while procs.is_alive(pid, started) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            procs.signal_process(pid, started, signal.SIGKILL)
+        for path in (self.pid_path, self.sock_path, os.path.join(self.state_dir, "dns.json")):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+    def request(self, command: str) -> dict[str, Any]:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.bind("")  # an abstract address the server can answer to
+            s.settimeout(RELOAD_TIMEOUT)
+            try:
+                s.sendto(command.encode(), self.sock_path)
+                reply: dict[str, Any] = json.loads(s.recv(1 << 20))
+            except OSError as exc:
+                raise KernelError(f"the DNS server did not answer: {exc}",
+                                  "run 'portway gc' to restart it") from None
+        return reply
+
+    def publish(self) -> None:
+        """Write the records, make sure a server runs (or none, without networks), and
+        return once it uses them."""
+        if not self.engine.store.networks():
+            self.stop()
+            return
+        data = records(self.engine)
+        fd, tmp = tempfile.mkstemp(dir=self.state_dir, prefix=".dns.")
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f)
+        os.replace(tmp, os.path.join(self.state_dir, "dns.json"))
+        if not self.running():
+            self.start()
+        self.request("reload")

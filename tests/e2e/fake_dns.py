@@ -1,0 +1,36 @@
+"""A stand-in upstream resolver for tests: answers every A query with one address.
+
+Usage: python3 fake_dns.py LISTEN_ADDRESS ANSWER_ADDRESS (run inside the "outside"
+namespace). It counts the queries it saw in the answer's TTL, so a test can tell
+which upstream answered.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
+
+from portway.dns import wire
+
+
+def main() -> None:
+    listen, answer = sys.argv[1], socket.inet_aton(sys.argv[2])
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((listen, 53))
+    seen = 0
+    while True:
+        msg, peer = s.recvfrom(4096)
+        try:
+            q = wire.parse_question(msg)
+        except wire.FormErr:
+            continue
+        seen += 1
+        records = [wire.a_record(answer, 1000 + seen)] if q.qtype == wire.QTYPE_A else []
+        s.sendto(wire.response(q, wire.NOERROR, records, authoritative=False), peer)
+
+
+if __name__ == "__main__":
+    main()

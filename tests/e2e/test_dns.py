@@ -1,0 +1,200 @@
+"""The embedded DNS server, checked with dig and getaddrinfo from inside containers."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import Sandbox, sh
+
+FAKE_DNS = str(Path(__file__).with_name("fake_dns.py"))
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie waiting for its parent to reap it."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def dig(sb: Sandbox, container: str, *args: str) -> str:
+    return sb.pw("exec", container, "--", "dig", "+time=3", "+tries=1", *args).stdout
+
+
+def short(sb: Sandbox, container: str, *args: str) -> list[str]:
+    return dig(sb, container, "+short", *args).split()
+
+
+def status(sb: Sandbox, container: str, *args: str) -> str:
+    out = dig(sb, container, "+noall", "+comments", *args)
+    return out.split("status: ")[1].split(",")[0] if "status: " in out else out
+
+
+@pytest.fixture
+def upstream(sandbox: Sandbox) -> Iterator[Sandbox]:
+    """A fake upstream resolver in the outside namespace, answering 192.0.2.99."""
+    proc = subprocess.Popen(["ip", "netns", "exec", sandbox.outside, "python3", FAKE_DNS,
+                             sandbox.outside_addr, "192.0.2.99"])
+    time.sleep(0.3)
+    try:
+        yield sandbox
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_names_aliases_and_scopes(sandbox: Sandbox) -> None:
+    sb = sandbox
+    sb.pw("network", "create", "app", "--subnet", "10.60.0.0/24")
+    sb.pw("network", "create", "other", "--subnet", "10.61.0.0/24")
+    web = sb.pw("run", "-d", "--name", "web", "--network", "app", "--alias", "api", "--",
+                "sleep", "300").stdout.strip()
+    sb.pw("run", "-d", "--name", "cli", "--network", "app", "--", "sleep", "300")
+    sb.pw("run", "-d", "--name", "far", "--network", "other", "--", "sleep", "300")
+    resolv = sb.pw("exec", "cli", "--", "cat", "/etc/resolv.conf").stdout
+    assert resolv.startswith("nameserver 10.60.0.1\n") and "search example.test" in resolv
+    for name in ("web", "api", "web.app", "WEB", web[:12]):
+        assert short(sb, "cli", name) == ["10.60.0.2"], name
+    assert "web." in dig(sb, "cli", "+short", "-x", "10.60.0.2")
+    # Names of a network the querier is not on: NXDOMAIN, both ways.
+    assert status(sb, "cli", "far") == "NXDOMAIN"
+    assert status(sb, "cli", "far.other") == "NXDOMAIN"
+    assert status(sb, "far", "web") == "NXDOMAIN"
+    assert status(sb, "far", "-x", "10.60.0.2") == "NXDOMAIN"  # answered here, not upstream
+    # A name that exists has no AAAA: NOERROR with no answer.
+    assert status(sb, "cli", "AAAA", "web") == "NOERROR"
+    assert dig(sb, "cli", "+short", "AAAA", "web").strip() == ""
+    # TCP too.
+    assert short(sb, "cli", "+tcp", "web") == ["10.60.0.2"]
+    # The C library resolver, as programs use it.
+    out = sb.pw("exec", "cli", "--", "python3", "-c",
+                "import socket; print(socket.getaddrinfo('api', 80)[0][4][0])").stdout
+    assert out.strip() == "10.60.0.2"
+
+
+def test_round_robin_alias(sandbox: Sandbox) -> None:
+    sb = sandbox
+    sb.pw("network", "create", "app", "--subnet", "10.62.0.0/24")
+    for name in ("a", "b", "c"):
+        sb.pw("run", "-d", "--name", name, "--network", "app", "--alias", "pool", "--",
+              "sleep", "300")
+    first = short(sb, "a", "pool")
+    second = short(sb, "a", "pool")
+    assert sorted(first) == ["10.62.0.2", "10.62.0.3", "10.62.0.4"]
+    assert sorted(second) == sorted(first) and second != first
+
+
+def test_updates_are_immediate(sandbox: Sandbox) -> None:
+    sb = sandbox
+    sb.pw("network", "create", "app", "--subnet", "10.63.0.0/24")
+    sb.pw("network", "create", "side", "--subnet", "10.64.0.0/24")
+    sb.pw("run", "-d", "--name", "cli", "--network", "app", "--", "sleep", "300")
+    # run -d returns once the name resolves: no wait needed.
+    sb.pw("run", "-d", "--name", "new", "--network", "app", "--", "sleep", "300")
+    assert short(sb, "cli", "new") == ["10.63.0.3"]
+    sb.pw("run", "-d", "--name", "aside", "--network", "side", "--", "sleep", "300")
+    assert status(sb, "cli", "aside") == "NXDOMAIN"
+    sb.pw("network", "connect", "--alias", "helper", "app", "aside")
+    assert short(sb, "cli", "helper") == ["10.63.0.4"]
+    sb.pw("network", "disconnect", "app", "aside")
+    assert short(sb, "cli", "helper") == []  # a name nobody has now: forwarded, unanswered
+    assert status(sb, "cli", "aside") == "NXDOMAIN"  # still a name, on a network cli is not on
+    sb.pw("rm", "-f", "new")
+    assert short(sb, "cli", "new") == []
+
+
+def test_forwarding_failover_and_internal(upstream: Sandbox) -> None:
+    sb = upstream
+    sb.pw("network", "create", "app", "--subnet", "10.65.0.0/24")
+    sb.pw("network", "create", "inner", "--subnet", "10.66.0.0/24", "--internal")
+    sb.pw("run", "-d", "--name", "cli", "--network", "app", "--", "sleep", "300")
+    sb.pw("run", "-d", "--name", "db", "--network", "inner", "--", "sleep", "300")
+    assert short(sb, "cli", "example.org") == ["192.0.2.99"]
+    # The first upstream is dead (nobody at .3): the answer comes from the next one.
+    Path(f"/etc/netns/{sb.host}/resolv.conf").write_text(
+        f"nameserver 198.51.100.3\nnameserver {sb.outside_addr}\n")
+    time.sleep(1.2)  # the server re-reads resolv.conf within a second of a change
+    started = time.monotonic()
+    assert sb.pw("exec", "cli", "--", "dig", "+short", "+time=5", "+tries=1",
+                 "failover.example").stdout.split() == ["192.0.2.99"]
+    assert time.monotonic() - started < 5
+    log = sb.pw("dns").stdout
+    assert f"forwarded to {sb.outside_addr}" in log and "failover.example" in log
+    # An internal network resolves its own names and nothing else.
+    assert short(sb, "db", "db") == ["10.66.0.2"]
+    assert status(sb, "db", "example.org") == "REFUSED"
+    # --dns: this container's other names go to its own servers.
+    sb.pw("run", "-d", "--name", "own", "--network", "app", "--dns", "198.51.100.9", "--",
+          "sleep", "300")
+    assert status(sb, "own", "example.org") == "SERVFAIL"  # nobody at .9
+    assert short(sb, "own", "cli") == ["10.65.0.2"]  # local names still local
+
+
+def test_refuses_outsiders_and_survives_garbage(sandbox: Sandbox) -> None:
+    sb = sandbox
+    sb.pw("network", "create", "app", "--subnet", "10.67.0.0/24")
+    sb.pw("run", "-d", "--name", "cli", "--network", "app", "--", "sleep", "300")
+    # A client outside portway's networks, with a route to the gateway: refused.
+    sh("ip", "-n", sb.outside, "route", "add", "10.67.0.0/24", "via", sb.host_addr)
+    out = sh("ip", "netns", "exec", sb.outside, "dig", "+time=2", "+tries=1", "@10.67.0.1",
+             "cli").stdout
+    assert "status: REFUSED" in out
+    # Random bytes, truncated headers, huge TCP lengths, from inside a container.
+    rng = random.Random(1234)
+    junk = [bytes(rng.getrandbits(8) for _ in range(rng.randrange(0, 300)))
+            for _ in range(300)]
+    junk += [b"", b"\x12", b"\x12\x34\x01\x00\x00\x01", b"\x00" * 12,
+             b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\xc0\x0c\x00\x01\x00\x01",
+             b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + b"\x3f" + b"a" * 63]
+    script = ("import socket, sys\n"
+              "data = [bytes.fromhex(h) for h in sys.stdin.read().split()]\n"
+              "u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+              "for d in data: u.sendto(d or b'\\0', ('10.67.0.1', 53))\n"
+              "for size in (b'\\xff\\xff', b'\\x00\\x05', b'\\x00\\x0c'):\n"
+              "    t = socket.create_connection(('10.67.0.1', 53), 2)\n"
+              "    t.sendall(size + b'\\x01' * 40); t.close()\n"
+              "conns = [socket.create_connection(('10.67.0.1', 53), 2) for _ in range(100)]\n"
+              "for c in conns: c.close()\n")
+    cp = subprocess.run(sb.pw_cmd("exec", "cli", "--", "python3", "-c", script),
+                        input=" ".join(j.hex() or "00" for j in junk), text=True,
+                        capture_output=True, timeout=60)
+    assert cp.returncode == 0, cp.stderr
+    assert short(sb, "cli", "cli") == ["10.67.0.2"]
+    assert short(sb, "cli", "+tcp", "cli") == ["10.67.0.2"]
+    assert sb.pw("dns", "--json").returncode == 0
+
+
+def test_server_follows_networks_and_gc(sandbox: Sandbox) -> None:
+    sb = sandbox
+    pid_file = sb.state_dir / "dns.pid"
+    sb.pw("network", "create", "app", "--subnet", "10.68.0.0/24")
+    sb.pw("run", "-d", "--name", "cli", "--network", "app", "--", "sleep", "300")
+    pid = int(pid_file.read_text().split()[0])
+    # Killed: gc starts it again with the same records.
+    os.kill(pid, 9)
+    time.sleep(0.2)
+    assert "start the DNS server" in sb.pw("gc").stdout
+    assert short(sb, "cli", "cli") == ["10.68.0.2"]
+    # The daemon's death does not stop it.
+    daemon = sb.daemon_pid()
+    pid = int(pid_file.read_text().split()[0])
+    os.kill(daemon, 9)
+    time.sleep(0.2)
+    assert alive(pid)
+    assert short(sb, "cli", "cli") == ["10.68.0.2"]
+    # The last network takes it away (the fixture then checks no process is left).
+    sb.pw("rm", "-f", "cli")
+    sb.pw("network", "rm", "app")
+    deadline = time.monotonic() + 5
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not pid_file.exists()
+    assert not alive(pid)
