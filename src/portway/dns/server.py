@@ -105,6 +105,8 @@ class Server:
         self.tcp: dict[str, socket.socket] = {}
         self.clients: dict[socket.socket, tuple[bytearray, float, bytes]] = {}
         self.rotation: collections.Counter[str] = collections.Counter()
+        # Encoded A records per (name, querier's networks), built on first use.
+        self.answers: dict[tuple[str, tuple[str, ...]], list[bytes]] = {}
         self.log: collections.deque[tuple[Any, ...]] = collections.deque(maxlen=LOG_SIZE)
         self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="forward")
         self.control = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -121,6 +123,7 @@ class Server:
     def reload(self) -> None:
         try:
             self.view = load_view(self.records_path)
+            self.answers = {}
         except (OSError, ValueError, KeyError) as exc:
             print(f"portway-dns: cannot load records: {exc}", file=sys.stderr, flush=True)
             return
@@ -142,6 +145,7 @@ class Server:
         udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         udp.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
         udp.bind((address, 53))
+        udp.setblocking(False)
         tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         tcp.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
@@ -204,6 +208,9 @@ class Server:
             if any(address in subnet for _, subnet in view.subnets):
                 return wire.response(q, wire.NXDOMAIN)  # portway's, not the world's
             return None
+        cached = self.answers.get((name, nets))
+        if cached is not None:
+            return self._a_answer(q, name, cached)
         found: list[bytes] = []
         for nid in nets:
             found.extend(view.names.get(nid, {}).get(name, ()))
@@ -216,14 +223,19 @@ class Server:
             if self._known_anywhere(name):
                 return wire.response(q, wire.NXDOMAIN)  # a name of a network we don't share
             return None
+        records = [wire.a_record(ip, TTL) for ip in dict.fromkeys(found)]
+        if len(self.answers) < 100_000:  # bounded memory, whatever names are asked
+            self.answers[(name, nets)] = records
+        return self._a_answer(q, name, records)
+
+    def _a_answer(self, q: wire.Question, name: str, records: list[bytes]) -> bytes:
         if q.qtype not in (wire.QTYPE_A, wire.QTYPE_ANY):
             return wire.response(q, wire.NOERROR)  # the name exists, with no such record
-        unique = list(dict.fromkeys(found))
-        if len(unique) > 1:
-            turn = self.rotation[name] % len(unique)
+        if len(records) > 1:
+            turn = self.rotation[name] % len(records)
             self.rotation[name] += 1
-            unique = unique[turn:] + unique[:turn]
-        return wire.response(q, wire.NOERROR, [wire.a_record(ip, TTL) for ip in unique])
+            records = records[turn:] + records[:turn]
+        return wire.response(q, wire.NOERROR, records)
 
     def _known_anywhere(self, name: str) -> bool:
         if any(name in names for names in self.view.names.values()):
@@ -282,24 +294,26 @@ class Server:
     # the loop
 
     def handle_udp(self, sock: socket.socket) -> None:
-        try:
-            msg, (host, port) = sock.recvfrom(4096)
-        except OSError:
-            return
-        src = socket.inet_aton(host)
-        try:
-            out = self.answer(msg, src)
-        except Exception:  # never die on input
-            return
-        if out is not None:
-            if len(out) > 512:  # too big for plain UDP: the client retries over TCP
-                out = self._truncated(msg)
-            sock.sendto(out, (host, port))
-            return
-        if self.pool._work_queue.qsize() > 1000:  # flood: shed load rather than grow
-            return
-        self.pool.submit(self.forward, msg, src,
-                         lambda data: _safe(sock.sendto, data, (host, port)))
+        # Drain what is queued (bounded), so one select serves a burst of queries.
+        for _ in range(256):
+            try:
+                msg, (host, port) = sock.recvfrom(4096)
+            except OSError:  # BlockingIOError: nothing more for now
+                return
+            src = socket.inet_aton(host)
+            try:
+                out = self.answer(msg, src)
+            except Exception:  # never die on input
+                continue
+            if out is not None:
+                if len(out) > 512:  # too big for plain UDP: the client retries over TCP
+                    out = self._truncated(msg)
+                _safe(sock.sendto, out, (host, port))
+                continue
+            if self.pool._work_queue.qsize() > 1000:  # flood: shed load rather than grow
+                continue
+            self.pool.submit(self.forward, msg, src,
+                             lambda data, h=host, p=port: _safe(sock.sendto, data, (h, p)))
 
     def _truncated(self, msg: bytes) -> bytes:
         q = wire.parse_question(msg)

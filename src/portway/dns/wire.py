@@ -9,7 +9,7 @@ it can read an id, and drops otherwise.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 QTYPE_A, QTYPE_PTR, QTYPE_AAAA, QTYPE_ANY = 1, 12, 28, 255
 CLASS_IN = 1
@@ -25,8 +25,7 @@ class FormErr(Exception):
         self.query_id = query_id
 
 
-@dataclass(frozen=True)
-class Question:
+class Question(NamedTuple):  # a tuple: built for every query, so it must be cheap
     id: int
     flags: int
     name: str          # lower case, no trailing dot
