@@ -49,6 +49,38 @@ class View:
     custom_dns: dict[bytes, list[str]] = field(default_factory=dict)
     subnets: list[tuple[str, ipaddress.IPv4Network]] = field(default_factory=list)
     gateways: list[str] = field(default_factory=list)
+    containers: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def set_container(self, c: dict[str, Any]) -> None:
+        """Add or replace one container's names and addresses: O(its endpoints)."""
+        self.forget(c["id"])
+        nets = tuple(e["network"] for e in c["endpoints"])
+        for e in c["endpoints"]:
+            packed = socket.inet_aton(e["ip"])
+            names = self.names.setdefault(e["network"], {})
+            for name in e["names"]:
+                names.setdefault(name.lower(), []).append(packed)
+            self.member[packed] = nets
+            self.ptr[packed] = (c["name"], nets)
+            if c.get("dns"):
+                self.custom_dns[packed] = list(c["dns"])
+        self.containers[c["id"]] = c
+
+    def forget(self, container_id: str) -> None:
+        old = self.containers.pop(container_id, None)
+        if old is None:
+            return
+        for e in old["endpoints"]:
+            packed = socket.inet_aton(e["ip"])
+            names = self.names.get(e["network"], {})
+            for name in e["names"]:
+                ips = names.get(name.lower())
+                if ips is not None and packed in ips:
+                    ips.remove(packed)
+                    if not ips:
+                        del names[name.lower()]
+            for table in (self.member, self.ptr, self.custom_dns):
+                table.pop(packed, None)
 
     def networks_of(self, src: bytes) -> tuple[str, ...]:
         found = self.member.get(src)
@@ -64,19 +96,14 @@ def load_view(path: str) -> View:
     view = View()
     for net in data.get("networks", []):
         nid = net["id"]
-        view.names[nid] = {name.lower(): [socket.inet_aton(ip) for ip in ips]
-                           for name, ips in net["names"].items()}
+        view.names[nid] = {}
         view.net_names[net["name"].lower()] = nid
         if net.get("internal"):
             view.internal.add(nid)
         view.subnets.append((nid, ipaddress.IPv4Network(net["subnet"])))
         view.gateways.append(net["gateway"])
-    for ip, host in data.get("hosts", {}).items():
-        packed = socket.inet_aton(ip)
-        view.member[packed] = tuple(host["networks"])
-        view.ptr[packed] = (host["name"], tuple(host["networks"]))
-        if host.get("dns"):
-            view.custom_dns[packed] = list(host["dns"])
+    for container in data.get("containers", []):
+        view.set_container(container)
     return view
 
 
@@ -376,11 +403,13 @@ class Server:
 
     def handle_control(self) -> None:
         try:
-            msg, peer = self.control.recvfrom(1024)
+            msg, peer = self.control.recvfrom(1 << 16)
         except OSError:
             return
         command = msg.decode(errors="replace").strip()
-        if command == "reload":
+        if command.startswith("{"):
+            reply = self.apply_delta(command)
+        elif command == "reload":
             self.reload()
             reply = {"ok": True, "listening": sorted(self.udp)}
         elif command == "log":
@@ -392,6 +421,21 @@ class Server:
             reply = {"ok": False}
         if peer:
             _safe(self.control.sendto, json.dumps(reply).encode(), peer)
+
+    def apply_delta(self, text: str) -> dict[str, Any]:
+        """One container changed: {"cmd": "set", ...container} or {"cmd": "forget", "id"}."""
+        try:
+            delta = json.loads(text)
+            if delta["cmd"] == "set":
+                self.view.set_container(delta["container"])
+            elif delta["cmd"] == "forget":
+                self.view.forget(delta["id"])
+            else:
+                return {"ok": False}
+        except (ValueError, KeyError, TypeError, OSError):
+            return {"ok": False}
+        self.answers = {}
+        return {"ok": True}
 
     def serve(self) -> None:
         self.reload()

@@ -29,7 +29,7 @@ from portway.core.firewall import Published
 from portway.core.naming import random_name
 from portway.core.ports import format_mapping, host_port_holder, parse_port_specs
 from portway.engine import view
-from portway.engine.dns import DnsServer
+from portway.engine.dns import DnsServer, names_by_network
 from portway.engine.dns import records as dns_records
 from portway.engine.watch import ProcessWatcher
 from portway.errors import Conflict, InvalidInput, NotFound, PortwayError, TeardownErrors
@@ -356,7 +356,7 @@ class Engine:
                     fault_point("run.started")
                 undo.pop_all()
             if nets:
-                self._publish_dns()
+                self._publish_dns(container.id)
             return self._sandbox_info(container)
 
     def _default_network(self) -> Network:
@@ -508,16 +508,23 @@ class Engine:
         except OSError:
             return ""
 
-    def _publish_dns(self) -> None:
-        """Records to the DNS server; its failure never undoes the operation (gc retries)."""
+    def _publish_dns(self, container_id: str | None = None) -> None:
+        """Records to the DNS server: one container's, or all of them. Its failure never
+        undoes the operation (gc retries)."""
         try:
-            self.dns.publish()
+            if container_id is None:
+                self.dns.publish()
+            else:
+                self.dns.update(container_id)
         except (PortwayError, OSError) as exc:
             print(f"portwayd: DNS records not updated: {exc}", file=sys.stderr, flush=True)
 
     def dns_info(self) -> dict[str, Any]:
         with self.lock:
             data = dns_records(self)
+            names = names_by_network(data)
+            for net in data["networks"]:
+                net["names"] = names.get(net["id"], {})
             log: dict[str, Any] = {"log": [], "upstreams": []}
             if self.dns.running():
                 try:
@@ -707,7 +714,7 @@ class Engine:
         with self.store.transaction():
             self.store.delete_container(c.id)
         if endpoints:
-            self._publish_dns()
+            self._publish_dns(c.id)
         if errors:
             raise TeardownErrors(f"remove {c.name}", errors)
 
@@ -771,7 +778,7 @@ class Engine:
             finally:
                 cont.close()
             self._write_files(c)
-            self._publish_dns()
+            self._publish_dns(c.id)
             return {"Id": c.id, "Network": net.name, "IPAddress": str(endpoint.address)}
 
     def network_disconnect(self, network: str, container: str,
@@ -797,7 +804,7 @@ class Engine:
             self._released([endpoint])
             self._reroute(c, remaining)
             self._write_files(c)
-            self._publish_dns()
+            self._publish_dns(c.id)
             return {"Id": c.id, "Network": net.name}
 
     def _reroute(self, c: Container, remaining: list[Endpoint]) -> None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from portway.errors import KernelError
 from portway.kernel import procs
+from portway.model.types import Container, Endpoint
 
 if TYPE_CHECKING:
     from portway.engine import Engine
@@ -26,32 +27,36 @@ if TYPE_CHECKING:
 RELOAD_TIMEOUT = 5.0
 
 
+def container_record(c: Container, endpoints: list[Endpoint]) -> dict[str, Any]:
+    """One container as the DNS server knows it: its names on each of its networks."""
+    return {"id": c.id, "name": c.name, "dns": list(c.dns),
+            "endpoints": [{"ip": str(e.address), "network": e.network_id,
+                           "names": [c.name, c.short_id, *e.aliases]} for e in endpoints]}
+
+
 def records(engine: Engine) -> dict[str, Any]:
-    """Names per network (container names, aliases, short ids) and who is where."""
-    containers = {c.id: c for c in engine.store.containers()}
-    networks = []
-    hosts: dict[str, dict[str, Any]] = {}
-    for net in engine.store.networks():
-        names: dict[str, list[str]] = {}
-        for e in engine.store.endpoints(network_id=net.id):
-            c = containers.get(e.container_id)
-            if c is None:
-                continue
-            for name in (c.name, c.short_id, *e.aliases):
-                names.setdefault(name.lower(), []).append(str(e.address))
-            host = hosts.setdefault(str(e.address), {"name": c.name, "networks": [],
-                                                     "dns": list(c.dns)})
-            host["networks"].append(net.id)
-        networks.append({"id": net.id, "name": net.name, "subnet": str(net.subnet),
-                         "gateway": str(net.gateway), "internal": net.internal,
-                         "names": names})
-    # A container on several networks is one querier: it sees all its networks.
-    by_container: dict[str, list[str]] = {}
+    """Every network and every attached container (for a reload from the file)."""
+    by_container: dict[str, list[Endpoint]] = {}
     for e in engine.store.endpoints():
-        by_container.setdefault(e.container_id, []).append(e.network_id)
-    for e in engine.store.endpoints():
-        hosts[str(e.address)]["networks"] = by_container[e.container_id]
-    return {"networks": networks, "hosts": hosts}
+        by_container.setdefault(e.container_id, []).append(e)
+    containers = []
+    for c in engine.store.containers():
+        if c.id in by_container:
+            containers.append(container_record(c, by_container[c.id]))
+    networks = [{"id": n.id, "name": n.name, "subnet": str(n.subnet),
+                 "gateway": str(n.gateway), "internal": n.internal}
+                for n in engine.store.networks()]
+    return {"networks": networks, "containers": containers}
+
+
+def names_by_network(data: dict[str, Any]) -> dict[str, dict[str, list[str]]]:
+    """For display: network id -> name -> addresses."""
+    out: dict[str, dict[str, list[str]]] = {n["id"]: {} for n in data["networks"]}
+    for c in data["containers"]:
+        for e in c["endpoints"]:
+            for name in e["names"]:
+                out.setdefault(e["network"], {}).setdefault(name.lower(), []).append(e["ip"])
+    return out
 
 
 class DnsServer:
@@ -73,6 +78,11 @@ class DnsServer:
         return self._pid()[0] != 0
 
     def start(self) -> None:
+        # A killed server leaves its socket file: it must not pass for the new one's.
+        try:
+            os.unlink(self.sock_path)
+        except FileNotFoundError:
+            pass
         src = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         boot = (f"import sys; sys.path.insert(0, {src!r}); "
                 "from portway.dns.server import main; main()")
@@ -137,3 +147,20 @@ class DnsServer:
         if not self.running():
             self.start()
         self.request("reload")
+
+    def update(self, container_id: str) -> None:
+        """One container's records changed: send just those (O(its endpoints)) and return
+        once the server uses them. Without a running server, a full publish."""
+        if not self.running():
+            self.publish()
+            return
+        store = self.engine.store
+        c = store.find_container(container_id)
+        endpoints = store.endpoints(container_id=container_id) if c is not None else []
+        if c is None or not endpoints:
+            delta: dict[str, Any] = {"cmd": "forget", "id": container_id}
+        else:
+            delta = {"cmd": "set", "container": container_record(c, endpoints)}
+        reply = self.request(json.dumps(delta))
+        if not reply.get("ok"):
+            self.publish()
