@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from portway.kernel import sandbox  # noqa: E402
+from portway.testbed import make_world, remove_world  # noqa: E402
 
 PORTWAY = str(Path(sys.executable).parent / "portway")
 NETAVARK = "/usr/lib/podman/netavark"
@@ -504,20 +505,7 @@ def main() -> None:
         raise SystemExit("bench: run as root")
     tag = secrets.token_hex(3)
     host, outside = f"pwbench-{tag}", f"pwbench-out-{tag}"
-    for ns in (host, outside):
-        sh("ip", "netns", "add", ns)
-        sh("ip", "-n", ns, "link", "set", "lo", "up")
-    sh("ip", "-n", host, "link", "add", "uplink0", "type", "veth", "peer", "name", "wan0",
-       "netns", outside)
-    sh("ip", "-n", host, "addr", "add", "198.51.100.1/24", "dev", "uplink0")
-    sh("ip", "-n", outside, "addr", "add", "198.51.100.2/24", "dev", "wan0")
-    sh("ip", "-n", host, "link", "set", "uplink0", "up")
-    sh("ip", "-n", outside, "link", "set", "wan0", "up")
-    # portway's DNS server forwards to the host namespace's resolvers: keep them in the
-    # sandbox (the outside namespace), never this machine's.
-    os.makedirs(f"/etc/netns/{host}", exist_ok=True)
-    with open(f"/etc/netns/{host}/resolv.conf", "w") as f:
-        f.write("nameserver 198.51.100.2\n")
+    make_world(host, outside)
     try:
         # Enter the host namespace before any thread exists: everything below runs there.
         sandbox.enter_netns(f"/run/netns/{host}")
@@ -551,9 +539,7 @@ def main() -> None:
         results["probe_failures"] = len(probe.failures)
         results["failures"] = probe.failures
     finally:
-        for ns in (host, outside):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-        shutil.rmtree(f"/etc/netns/{host}", ignore_errors=True)
+        remove_world(host, outside)
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
     (out / "latest.json").write_text(json.dumps(results, indent=2))

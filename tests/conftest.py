@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -21,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from portway.testbed import HOST_ADDR, OUTSIDE_ADDR, make_world, remove_world
 
 BIN = Path(sys.executable).parent
 PORTWAY = str(BIN / "portway")
@@ -73,8 +76,8 @@ class Sandbox:
     outside: str
     state_dir: Path
     env: dict[str, str] = field(default_factory=dict)
-    host_addr: str = "198.51.100.1"
-    outside_addr: str = "198.51.100.2"
+    host_addr: str = HOST_ADDR
+    outside_addr: str = OUTSIDE_ADDR
     extra: dict[str, list[str]] = field(default_factory=dict)
 
     def pw_cmd(self, *args: str) -> list[str]:
@@ -151,23 +154,9 @@ def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
     tag = secrets.token_hex(3)
     sb = Sandbox(host=f"pwt-h-{tag}", outside=f"pwt-o-{tag}", state_dir=tmp_path / "state")
     before_ns, before_etc = netns_list(), etc_netns_list()
-    sh("ip", "netns", "add", sb.host)
-    sh("ip", "netns", "add", sb.outside)
-    sh("ip", "-n", sb.host, "link", "set", "lo", "up")
-    sh("ip", "-n", sb.outside, "link", "set", "lo", "up")
-    # The host's uplink: a veth to the "outside" namespace, which plays the world.
-    sh("ip", "-n", sb.host, "link", "add", "uplink0", "type", "veth", "peer", "name", "wan0",
-       "netns", sb.outside)
-    sh("ip", "-n", sb.host, "addr", "add", f"{sb.host_addr}/24", "dev", "uplink0")
-    sh("ip", "-n", sb.outside, "addr", "add", f"{sb.outside_addr}/24", "dev", "wan0")
-    sh("ip", "-n", sb.host, "link", "set", "uplink0", "up")
-    sh("ip", "-n", sb.outside, "link", "set", "wan0", "up")
-    sh("ip", "-n", sb.host, "route", "add", "default", "via", sb.outside_addr)
-    # The host's resolvers, as `ip netns exec` picks them: only inside the sandbox, so
-    # nothing portway forwards can leave the machine.
-    etc = Path("/etc/netns") / sb.host
-    etc.mkdir(parents=True, exist_ok=True)
-    (etc / "resolv.conf").write_text(f"nameserver {sb.outside_addr}\nsearch example.test\n")
+    # The host's uplink leads to the "outside" namespace, which plays the world; the
+    # host's resolv.conf names the outside, so nothing portway forwards leaves the machine.
+    make_world(sb.host, sb.outside)
     daemon = 0
     try:
         yield sb
@@ -190,9 +179,7 @@ def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
         extra_ns = netns_list() - before_ns - {sb.host, sb.outside}
         if extra_ns:
             leaks.append(f"namespaces left: {sorted(extra_ns)}")
-        for leftover in etc.glob("*"):
-            leftover.unlink()
-        etc.rmdir()
+        shutil.rmtree(Path("/etc/netns") / sb.host, ignore_errors=True)
         extra_etc = etc_netns_list() - before_etc
         if extra_etc:
             leaks.append(f"/etc/netns entries left: {sorted(extra_etc)}")
@@ -206,7 +193,6 @@ def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
                 pass
         for ns in extra_ns:
             sh("ip", "netns", "del", ns, check=False)
-        sh("ip", "netns", "del", sb.host, check=False)
-        sh("ip", "netns", "del", sb.outside, check=False)
+        remove_world(sb.host, sb.outside)
         if leaks:
             pytest.fail("left behind:\n  " + "\n  ".join(leaks))

@@ -18,6 +18,8 @@ import sys
 import tempfile
 import time
 
+from portway.testbed import make_world, remove_world
+
 BOLD, DIM, GREEN, RED, RESET = "\033[1m", "\033[2m", "\033[32m", "\033[31m", "\033[0m"
 PORTWAY = os.path.join(os.path.dirname(sys.executable), "portway")
 
@@ -66,28 +68,6 @@ class Demo:
         print(f"   [{mark}] {what}")
         if not ok:
             self.failures += 1
-
-
-def sh(*args: str) -> None:
-    subprocess.run(list(args), check=True, capture_output=True)
-
-
-def make_world(host: str, outside: str) -> None:
-    sh("ip", "netns", "add", host)
-    sh("ip", "netns", "add", outside)
-    for ns in (host, outside):
-        sh("ip", "-n", ns, "link", "set", "lo", "up")
-    sh("ip", "-n", host, "link", "add", "uplink0", "type", "veth", "peer", "name", "wan0",
-       "netns", outside)
-    sh("ip", "-n", host, "addr", "add", "198.51.100.1/24", "dev", "uplink0")
-    sh("ip", "-n", outside, "addr", "add", "198.51.100.2/24", "dev", "wan0")
-    sh("ip", "-n", host, "link", "set", "uplink0", "up")
-    sh("ip", "-n", outside, "link", "set", "wan0", "up")
-    sh("ip", "-n", host, "route", "add", "default", "via", "198.51.100.2")
-    # The sandbox host's resolvers: the outside namespace, never this machine's.
-    os.makedirs(f"/etc/netns/{host}", exist_ok=True)
-    with open(f"/etc/netns/{host}/resolv.conf", "w") as f:
-        f.write("nameserver 198.51.100.2\n")
 
 
 GET = "import sys, urllib.request as u; print(u.urlopen(sys.argv[1], timeout=5).status)"
@@ -223,9 +203,7 @@ def cleanup(host: str, outside: str, state_dir: str) -> None:
             subprocess.run([*base, "network", "rm", *[n["Name"] for n in nets]],
                            capture_output=True)
         subprocess.run([*base, "daemon", "stop"], capture_output=True)
-    for ns in (host, outside):
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-    shutil.rmtree(f"/etc/netns/{host}", ignore_errors=True)
+    remove_world(host, outside)
     shutil.rmtree(state_dir, ignore_errors=True)
 
 
