@@ -366,32 +366,24 @@ def write_report(r: dict[str, Any]) -> str:
         "| operation | portway median | p95 | anchor | anchor median | p95 | ratio |",
         "|---|---:|---:|---|---:|---:|---:|",
     ]
+    def row(operation: str, mine: dict[str, float], anchor: str,
+            theirs: dict[str, float]) -> str:
+        return (f"| {operation} | {mine['median']} | {mine['p95']} | {anchor} | "
+                f"{theirs['median']} | {theirs['p95']} | "
+                f"{ratio(theirs['median'], mine['median'])} |")
+
     if nv:
-        lines.append(f"| set up | {cli['run']['median']} | {cli['run']['p95']} | netavark setup "
-                     f"| {nv['setup']['median']} | {nv['setup']['p95']} | "
-                     f"{ratio(nv['setup']['median'], cli['run']['median'])} |")
-        lines.append(f"| tear down | {cli['rm']['median']} | {cli['rm']['p95']} | netavark "
-                     f"teardown | {nv['teardown']['median']} | {nv['teardown']['p95']} | "
-                     f"{ratio(nv['teardown']['median'], cli['rm']['median'])} |")
+        lines.append(row("set up", cli["run"], "netavark setup", nv["setup"]))
+        lines.append(row("tear down", cli["rm"], "netavark teardown", nv["teardown"]))
     if cni:
-        lines.append(f"| set up | {cli['run']['median']} | {cli['run']['p95']} | CNI bridge ADD "
-                     f"| {cni['add']['median']} | {cni['add']['p95']} | "
-                     f"{ratio(cni['add']['median'], cli['run']['median'])} |")
-        lines.append(f"| tear down | {cli['rm']['median']} | {cli['rm']['p95']} | CNI bridge "
-                     f"DEL | {cni['del']['median']} | {cni['del']['p95']} | "
-                     f"{ratio(cni['del']['median'], cli['rm']['median'])} |")
-    nvp = r.get("netavark_port")
-    if nvp:
-        lines.append(f"| set up with `-p` | {cli['run_p']['median']} | {cli['run_p']['p95']} "
-                     f"| netavark setup, 1 port | {nvp['setup']['median']} | "
-                     f"{nvp['setup']['p95']} | "
-                     f"{ratio(nvp['setup']['median'], cli['run_p']['median'])} |")
-    cnip = r.get("cni_portmap")
-    if cnip:
-        lines.append(f"| set up with `-p` | {cli['run_p']['median']} | {cli['run_p']['p95']} "
-                     f"| CNI bridge + portmap ADD | {cnip['add']['median']} | "
-                     f"{cnip['add']['p95']} | "
-                     f"{ratio(cnip['add']['median'], cli['run_p']['median'])} |")
+        lines.append(row("set up", cli["run"], "CNI bridge ADD", cni["add"]))
+        lines.append(row("tear down", cli["rm"], "CNI bridge DEL", cni["del"]))
+    if r.get("netavark_port"):
+        lines.append(row("set up with `-p`", cli["run_p"], "netavark setup, 1 port",
+                         r["netavark_port"]["setup"]))
+    if r.get("cni_portmap"):
+        lines.append(row("set up with `-p`", cli["run_p"], "CNI bridge + portmap ADD",
+                         r["cni_portmap"]["add"]))
     lines += [
         "",
         "`portway run -d` includes starting the container's process; the anchors only set up "
