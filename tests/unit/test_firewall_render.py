@@ -96,6 +96,9 @@ def test_rebuild_transactions() -> None:
     assert missing[0] == firewall.render_base() and len(missing) == 2
     existing = firewall.render_rebuild([], [], ["prerouting", "in-abababababab"])
     assert existing[0][0] == {"flush": {"table": {"family": "inet", "name": "portway"}}}
+    flushed = {c["flush"].get("map", c["flush"].get("set", {})).get("name")
+               for c in existing[0] if "flush" in c}
+    assert flushed >= {"bridges", *firewall.MAPS}  # flush table leaves elements alone
     assert existing[1] == [{"delete": {"chain": {**firewall.T, "name": "in-abababababab"}}}]
 
 
@@ -107,3 +110,8 @@ def test_summaries_agree_with_a_listing() -> None:
     counts = firewall.summarize(cmds)
     assert counts["chain guard"] == 1 and counts["map pub_any_addr"] == 1
     assert firewall.summarize_listing(listing) == {"chain guard": 1, "map pub_any_addr": 1}
+
+
+def test_every_map_is_flushed_on_rebuild() -> None:
+    declared = {c["add"]["map"]["name"] for c in firewall.render_base() if "map" in c["add"]}
+    assert declared == set(firewall.MAPS)

@@ -142,6 +142,8 @@ def render_base() -> list[Cmd]:
 
 
 BASE_CHAINS = ("guard", "prerouting", "output", "postrouting", "forward")
+MAPS = ("nat_src", "fwd_in", "fwd_out", "pub_any_addr", "pub_any_port", "pub_ip_addr",
+        "pub_ip_port")
 
 
 def chain_names(network: Network) -> tuple[str, str, str]:
@@ -264,7 +266,12 @@ def render_rebuild(networks: Iterable[Network], ports: Iterable[Published],
     for network in networks:
         nat, fin, fout = chain_names(network)
         wanted |= {fin, fout} if network.internal else {nat, fin, fout}
-    refill = [{"flush": {"table": {"family": FAMILY, "name": TABLE}}}, *render_base(), *content]
+    # `flush table` empties chains but not sets and maps: those are flushed one by one,
+    # or stale elements would stay (and keep stale chains referenced).
+    flush: list[Cmd] = [{"flush": {"table": {"family": FAMILY, "name": TABLE}}}]
+    flush += [{"flush": {"set": {**T, "name": "bridges"}}}]
+    flush += [{"flush": {"map": {**T, "name": name}}} for name in MAPS]
+    refill = [*flush, *render_base(), *content]
     stale = [{"delete": {"chain": {**T, "name": c}}} for c in existing_chains
              if c not in wanted]
     return [refill, stale] if stale else [refill]
