@@ -241,9 +241,12 @@ def test_gc_repairs_drift(sandbox: Sandbox) -> None:
     sh("ip", "netns", "del", os.path.basename(web["SandboxKey"]))  # type: ignore[index]
     report = sb.pw("gc", "--dry-run").stdout
     assert "would re-create bridge" in report
+    doctor = sb.pw("doctor", check=False)
+    assert doctor.returncode == 1 and "drift: re-create bridge" in doctor.stdout
     report = sb.pw("gc").stdout
     assert "re-create bridge" in report and "namespace of container web" in report
     assert sb.pw("gc").stdout.startswith("nothing to repair")
+    assert sb.pw("doctor").stdout.startswith("healthy")
     wait_http(sb, "cli", "10.84.0.2")
     # Kernel objects portway owns but the store does not know are removed.
     cli = sb.inspect("cli")["NetworkSettings"]

@@ -113,6 +113,8 @@ def build_parser() -> Parser:
     gc = sub.add_parser("gc", help="repair drift between the store and the kernel")
     gc.add_argument("--dry-run", action="store_true", help="only say what would be done")
 
+    sub.add_parser("doctor", help="report every difference between the store and the kernel "
+                   "(read-only; exit 1 if any)")
     d = sub.add_parser("daemon", help="manage portwayd")
     d.add_argument("action", choices=["run", "stop", "status", "start"])
     return p
@@ -365,6 +367,15 @@ def dispatch(client: Client, a: argparse.Namespace) -> int:
     elif a.command == "gc":
         lines = client.call("gc", dry_run=a.dry_run)
         print("\n".join(lines) if lines else "nothing to repair: the kernel matches the store")
+    elif a.command == "doctor":
+        lines = client.call("gc", dry_run=True)
+        if not lines:
+            print("healthy: the kernel matches the store")
+            return 0
+        for line in lines:
+            print(f"drift: {line.removeprefix('would ')}")
+        print(f"{len(lines)} difference(s); 'portway gc' applies the fixes above")
+        return 1
     elif a.command == "daemon":
         return cmd_daemon(client, a)
     else:
