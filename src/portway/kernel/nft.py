@@ -77,11 +77,6 @@ class Nft:
         items: list[dict[str, Any]] = json.loads(out)["nftables"]
         return items
 
-    def list_ruleset(self) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = json.loads(self.run("list ruleset") or
-                                                 '{"nftables": []}')["nftables"]
-        return items
-
     def close(self) -> None:
         with self._lock:
             if self._ctx:

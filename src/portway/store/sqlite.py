@@ -250,8 +250,3 @@ class SqliteStore:
 
     def container_names(self) -> set[str]:
         return {r[0] for r in self._exec("SELECT name FROM containers").fetchall()}
-
-    def used_addresses(self, network_id: str) -> set[IPAddress]:
-        rows = self._exec("SELECT address FROM endpoints WHERE network_id=?",
-                          (network_id,)).fetchall()
-        return {ipaddress.ip_address(r[0]) for r in rows}
