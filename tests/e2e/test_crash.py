@@ -23,7 +23,9 @@ STEPS = {
     "run.ports": ["run", "-d", "--name", "new", "--network", "app", "-p", "8090:80", "--",
                   "sleep", "300"],
     "run.started": ["run", "-d", "--name", "new", "--network", "app", "--", "sleep", "300"],
+    "rm.ports": ["rm", "-f", "published"],
     "rm.kernel": ["rm", "-f", "victim"],
+    "disconnect.detach": ["network", "disconnect", "app", "twohomed"],
     "connect.attach": ["network", "connect", "spare", "victim"],
 }
 
@@ -44,7 +46,11 @@ def agree(sb: Sandbox) -> None:
     assert namespaces == mine
     ports = {p for c in containers for p in c["HostConfig"]["PortBindings"]}
     listing = sb.in_host("nft", "list", "map", "inet", "portway", "pub_any_addr").stdout
-    assert ("8090" in listing) == any(":8090->" in p for p in ports)
+    for port in ("8090", "8091"):
+        assert (port in listing) == any(f":{port}->" in p for p in ports)
+    guarded = sb.in_host("nft", "list", "set", "bridge", "portway", "addrs").stdout
+    assert {v for v in expected_veths if v in guarded} == expected_veths
+    assert guarded.count("pwv-") == len(expected_veths)
     assert sb.pw("gc").stdout.startswith("nothing to repair")
 
 
@@ -55,6 +61,12 @@ def test_kill_at_each_step_then_gc(sandbox: Sandbox, step: str) -> None:
     sb.pw("network", "create", "spare", "--subnet", "10.72.0.0/24")
     sb.pw("run", "-d", "--name", "bystander", "--network", "app", "--", "sleep", "300")
     sb.pw("run", "-d", "--name", "victim", "--network", "app", "--", "sleep", "300")
+    if step == "rm.ports":
+        sb.pw("run", "-d", "--name", "published", "--network", "app", "-p", "8091:80", "--",
+              "sleep", "300")
+    if step == "disconnect.detach":
+        sb.pw("run", "-d", "--name", "twohomed", "--network", "app", "--network", "spare",
+              "--", "sleep", "300")
     bystander = sb.inspect("bystander")["State"]["Pid"]  # type: ignore[index]
     sb.pw("daemon", "stop")
 

@@ -232,6 +232,40 @@ def test_internal_network(fw: Sandbox) -> None:
         server.wait(timeout=5)
 
 
+def test_internal_network_reaches_no_other_host_address(fw: Sandbox) -> None:
+    sb = fw
+    # A service of the host, on every host address.
+    server = subprocess.Popen([*in_ns(sb.host), "python3", "-m", "http.server", "9100"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        sb.pw("network", "create", "db", "--subnet", "10.85.0.0/24", "--internal")
+        db = json.loads(sb.pw("network", "inspect", "db").stdout)[0]
+        sb.pw("network", "create", "app", "--subnet", "10.86.0.0/24")
+        sb.pw("run", "-d", "--name", "inner", "--network", "db", "--", "sleep", "300")
+        sb.pw("run", "-d", "--name", "open", "--network", "app", "--", "sleep", "300")
+        subprocess.run([*in_ns(sb.host), "python3", "-c", WAIT, "127.0.0.1", "9100"])
+        inner, open_ = sb.pw_cmd("exec", "inner", "--"), sb.pw_cmd("exec", "open", "--")
+        others = [f"http://{sb.host_addr}:9100/", "http://10.86.0.1:9100/"]
+        # A normal network reaches the host's addresses (as with Docker).
+        assert get(open_, others[0]) == "200"
+        # The attacker adds the route portway did not give it.
+        sb.pw("exec", "inner", "--", "ip", "route", "add", "default", "via", "10.85.0.1")
+        # Control: without the internal network's input rules, it reaches them too.
+        chain = f"host-{db['Id'][:12]}"
+        sb.in_host("nft", "flush", "chain", "inet", "portway", chain)
+        assert [get(inner, url, 1) for url in others] == ["200", "200"]
+        assert "rebuild table inet portway" in sb.pw("gc").stdout
+        assert [get(inner, url, 1)[:4] for url in others] == ["fail", "fail"]
+        # Its own gateway stays reachable: that is where its DNS server answers.
+        assert get(inner, "http://10.85.0.1:9100/") == "200"
+        sb.pw("run", "-d", "--name", "peer", "--network", "db", "--", "sleep", "300")
+        assert sb.pw("exec", "inner", "--", "getent", "hosts", "peer").stdout.startswith(
+            "10.85.0.3")
+    finally:
+        server.terminate()
+        server.wait(timeout=5)
+
+
 def test_port_conflicts(fw: Sandbox) -> None:
     sb = fw
     sb.pw("network", "create", "app", "--subnet", "10.87.0.0/24")

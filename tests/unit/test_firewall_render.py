@@ -9,7 +9,7 @@ from pathlib import Path
 
 from portway.core import firewall
 from portway.core.firewall import Published
-from portway.model.types import Network
+from portway.model.types import Endpoint, Network
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -65,7 +65,7 @@ def test_rules_per_network_are_constant() -> None:
     a = firewall.render_network(network())
     assert rules(a) == 9
     base_rules = rules(firewall.render_base())
-    assert base_rules == 12
+    assert base_rules == 13
 
 
 def test_options_change_the_network_rules() -> None:
@@ -115,3 +115,50 @@ def test_summaries_agree_with_a_listing() -> None:
 def test_every_map_is_flushed_on_rebuild() -> None:
     declared = {c["add"]["map"]["name"] for c in firewall.render_base() if "map" in c["add"]}
     assert declared == set(firewall.MAPS)
+
+
+def endpoint(n: int) -> Endpoint:
+    address = ipaddress.ip_address(f"10.77.0.{n}")
+    return Endpoint(id=f"{n:064x}", container_id="cd" * 32, network_id="ab" * 32,
+                    ifname="eth0", host_ifname=f"pwv-{n:011x}", address=address,
+                    prefixlen=24, mac=f"02:42:0a:4d:00:{n:02x}")
+
+
+def test_golden_guard() -> None:
+    check_golden("guard.json", firewall.render_guard_rebuild([endpoint(2), endpoint(3)],
+                                                             exists=False))
+
+
+def test_guard_is_per_endpoint_elements() -> None:
+    # Each endpoint adds one element to each set; the rules do not grow.
+    one = firewall.render_guard([endpoint(2)])
+    many = firewall.render_guard([endpoint(n) for n in range(2, 200)])
+    assert rules(one) == rules(many) == 0
+    assert [len(c["add"]["element"]["elem"]) for c in many] == [198, 198]
+    removal = firewall.render_guard_removal([endpoint(2)])
+    assert [c["delete"]["element"]["elem"] for c in removal] == \
+        [c["add"]["element"]["elem"] for c in one]
+    assert firewall.render_guard([]) == firewall.render_guard_removal([]) == []
+
+
+def test_guard_fails_closed() -> None:
+    # The first rule lets non-container ports through; every later one drops what the
+    # sets do not allow, so a veth with no entries sends nothing.
+    base = firewall.render_guard_base()
+    chain_rules = [c["add"]["rule"] for c in base if "rule" in c["add"]]
+    assert chain_rules[0]["expr"][0]["match"]["right"] == firewall.VETH_PATTERN
+    assert all(r["expr"][-1] == {"drop": None} for r in chain_rules[1:])
+    rebuilt = firewall.render_guard_rebuild([endpoint(2)], exists=True)
+    assert [c["flush"] for c in rebuilt[:3]] == [
+        {"table": {"family": "bridge", "name": "portway"}},
+        {"set": {**firewall.G, "name": "macs"}}, {"set": {**firewall.G, "name": "addrs"}}]
+
+
+def test_internal_network_reaches_only_its_gateway_on_the_host() -> None:
+    net = network(internal=True)
+    cmds = firewall.render_network(net)
+    host = [c["add"]["rule"] for c in cmds if c["add"].get("rule", {}).get("chain")
+            == firewall.host_chain(net)]
+    assert host[0]["expr"][0]["match"]["right"] == "10.77.0.1"
+    assert host[-1]["expr"] == [{"drop": None}]
+    assert "host_in" not in json.dumps(firewall.render_network(network()))

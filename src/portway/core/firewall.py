@@ -13,6 +13,12 @@ published ports are map elements, not rules.
     forward (filter)   iifname vmap @fwd_in -> in-<net>: same network, published, isolation
                        oifname vmap @fwd_out -> out-<net>: only replies and published ports
     guard (filter, raw priority)  containers never reach the host's 127/8
+    input (filter)     internal networks reach no host address but their gateway
+
+A second table, `bridge portway`, checks every frame a container sends on its
+bridge port (anti-spoofing): the source MAC and IPv4 address, in Ethernet, IP
+and ARP headers, must be the ones portway assigned to that veth, and only IPv4
+and ARP pass. Unknown `pwv-` ports send nothing (fail closed).
 """
 
 from __future__ import annotations
@@ -21,11 +27,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from portway.model.types import IPAddress, Network
+from portway.model.types import Endpoint, IPAddress, Network
 
 FAMILY = "inet"
 TABLE = "portway"
 T = {"family": FAMILY, "table": TABLE}
+GUARD_FAMILY = "bridge"
+G = {"family": GUARD_FAMILY, "table": TABLE}
+VETH_PATTERN = "pwv-*"
 MASQ_OPTION = "com.docker.network.bridge.enable_ip_masquerade"
 # The bit portway ORs into the packet mark of forwarded traffic to or from its
 # networks, so another table whose forward chain drops by default can accept it:
@@ -101,6 +110,7 @@ def render_base() -> list[Cmd]:
         _map("nat_src", "ipv4_addr", "verdict", interval=True),
         _map("fwd_in", "ifname", "verdict"),
         _map("fwd_out", "ifname", "verdict"),
+        _map("host_in", "ifname", "verdict"),
         _map("pub_any_addr", ["inet_proto", "inet_service"], "ipv4_addr"),
         _map("pub_any_port", ["inet_proto", "inet_service"], "inet_service"),
         _map("pub_ip_addr", ["ipv4_addr", "inet_proto", "inet_service"], "ipv4_addr"),
@@ -111,6 +121,7 @@ def render_base() -> list[Cmd]:
         _chain("postrouting", type="nat", hook="postrouting", prio=100, policy="accept"),
         # Before other tables' filter chains (priority 0), so the mark is set by then.
         _chain("forward", type="filter", hook="forward", prio=-10, policy="accept"),
+        _chain("input", type="filter", hook="input", prio=-10, policy="accept"),
         _rule("guard", [_match(_meta("iifname"), "@bridges"),
                         _match(_payload("ip", "daddr"), LOOPBACK), {"drop": None}],
               "containers never reach the host's loopback addresses"),
@@ -137,18 +148,25 @@ def render_base() -> list[Cmd]:
               "from a portway network"),
         _rule("forward", [{"vmap": {"key": _meta("oifname"), "data": "@fwd_out"}}],
               "into a portway network"),
+        _rule("input", [{"vmap": {"key": _meta("iifname"), "data": "@host_in"}}],
+              "from an internal network to the host"),
     ]
     return cmds
 
 
-BASE_CHAINS = ("guard", "prerouting", "output", "postrouting", "forward")
-MAPS = ("nat_src", "fwd_in", "fwd_out", "pub_any_addr", "pub_any_port", "pub_ip_addr",
-        "pub_ip_port")
+BASE_CHAINS = ("guard", "prerouting", "output", "postrouting", "forward", "input")
+MAPS = ("nat_src", "fwd_in", "fwd_out", "host_in", "pub_any_addr", "pub_any_port",
+        "pub_ip_addr", "pub_ip_port")
 
 
 def chain_names(network: Network) -> tuple[str, str, str]:
     short = network.id[:12]
     return f"nat-{short}", f"in-{short}", f"out-{short}"
+
+
+def host_chain(network: Network) -> str:
+    """The input chain of an internal network."""
+    return f"host-{network.id[:12]}"
 
 
 def _bool_option(network: Network, key: str) -> bool:
@@ -172,7 +190,17 @@ def render_network(network: Network) -> list[Cmd]:
               f"{owner}: between its containers (icc)"),
     ]
     if network.internal:
-        cmds.append(_rule(fin, [{"drop": None}], f"{owner}: internal, no way out"))
+        host = host_chain(network)
+        cmds += [
+            _rule(fin, [{"drop": None}], f"{owner}: internal, no way out"),
+            _chain(host),
+            _rule(host, [_match(_payload("ip", "daddr"), str(network.gateway)),
+                         {"accept": None}], f"{owner}: its gateway (DNS) on the host"),
+            _rule(host, [{"drop": None}],
+                  f"{owner}: internal, no other address of the host"),
+            {"add": {"element": {**T, "name": "host_in",
+                                 "elem": [[br, {"jump": {"target": host}}]]}}},
+        ]
     else:
         cmds += [
             _rule(fin, [dnatted, {"accept": None}],
@@ -213,7 +241,10 @@ def render_network_removal(network: Network) -> list[Cmd]:
         {"delete": {"chain": {**T, "name": fin}}},
         {"delete": {"chain": {**T, "name": fout}}},
     ]
-    if not network.internal:
+    if network.internal:
+        cmds += [{"delete": {"element": {**T, "name": "host_in", "elem": [br]}}},
+                 {"delete": {"chain": {**T, "name": host_chain(network)}}}]
+    else:
         cmds += [{"delete": {"element": {**T, "name": "nat_src", "elem": [subnet]}}},
                  {"delete": {"chain": {**T, "name": nat}}}]
     return cmds
@@ -244,6 +275,67 @@ def render_ports_removal(ports: Iterable[Published]) -> list[Cmd]:
     return cmds
 
 
+def render_guard_base() -> list[Cmd]:
+    """The `bridge portway` table: what a container may send on its bridge port."""
+    iif = _meta("iifname")
+
+    def pair(proto: str, field: str) -> dict[str, Any]:
+        return {"concat": [iif, _payload(proto, field)]}
+
+    def unless(key: dict[str, Any], allowed: str, why: str) -> Cmd:
+        return {"add": {"rule": {**G, "chain": "spoof", "comment": why, "expr": [
+            _match(key, f"@{allowed}", "!="), {"drop": None}]}}}
+
+    return [
+        {"add": {"table": {"family": GUARD_FAMILY, "name": TABLE}}},
+        {"add": {"set": {**G, "name": "macs", "type": ["ifname", "ether_addr"]}}},
+        {"add": {"set": {**G, "name": "addrs", "type": ["ifname", "ipv4_addr"]}}},
+        {"add": {"chain": {**G, "name": "spoof", "type": "filter", "hook": "prerouting",
+                           "prio": -300, "policy": "accept"}}},
+        {"add": {"rule": {**G, "chain": "spoof", "comment": "only container ports are checked",
+                          "expr": [_match(iif, VETH_PATTERN, "!="), {"accept": None}]}}},
+        unless(pair("ether", "saddr"), "macs", "a container sends only from its own MAC"),
+        unless(pair("arp", "saddr ether"), "macs", "ARP: only its own MAC"),
+        unless(pair("arp", "saddr ip"), "addrs", "ARP: only its own address"),
+        unless(pair("ip", "saddr"), "addrs", "a container sends only from its own address"),
+        {"add": {"rule": {**G, "chain": "spoof", "comment": "only IPv4 and ARP", "expr": [
+            _match(_payload("ether", "type"), {"set": ["ip", "arp"]}, "!="),
+            {"drop": None}]}}},
+    ]
+
+
+def _guard_elements(endpoints: Iterable[Endpoint]) -> list[tuple[str, list[Any]]]:
+    eps = list(endpoints)
+    return [("macs", [{"concat": [e.host_ifname, e.mac]} for e in eps]),
+            ("addrs", [{"concat": [e.host_ifname, str(e.address)]} for e in eps])]
+
+
+def render_guard(endpoints: Iterable[Endpoint]) -> list[Cmd]:
+    """The set elements that let these endpoints' containers send."""
+    return [{"add": {"element": {**G, "name": name, "elem": elems}}}
+            for name, elems in _guard_elements(endpoints) if elems]
+
+
+def render_guard_removal(endpoints: Iterable[Endpoint]) -> list[Cmd]:
+    return [{"delete": {"element": {**G, "name": name, "elem": elems}}}
+            for name, elems in _guard_elements(endpoints) if elems]
+
+
+def render_guard_rebuild(endpoints: Iterable[Endpoint], exists: bool) -> list[Cmd]:
+    """One transaction that makes the `bridge portway` table what the store says."""
+    flush: list[Cmd] = []
+    if exists:
+        flush = [{"flush": {"table": {"family": GUARD_FAMILY, "name": TABLE}}},
+                 {"flush": {"set": {**G, "name": "macs"}}},
+                 {"flush": {"set": {**G, "name": "addrs"}}}]
+    return [*flush, *render_guard_base(), *render_guard(endpoints)]
+
+
+def render_tables_removal() -> list[Cmd]:
+    return [{"delete": {"table": {"family": FAMILY, "name": TABLE}}},
+            {"delete": {"table": {"family": GUARD_FAMILY, "name": TABLE}}}]
+
+
 def render_rebuild(networks: Iterable[Network], ports: Iterable[Published],
                    existing_chains: Iterable[str] | None) -> list[list[Cmd]]:
     """Transactions that make the table exactly what the store describes (for gc).
@@ -265,7 +357,7 @@ def render_rebuild(networks: Iterable[Network], ports: Iterable[Published],
     wanted = set(BASE_CHAINS)
     for network in networks:
         nat, fin, fout = chain_names(network)
-        wanted |= {fin, fout} if network.internal else {nat, fin, fout}
+        wanted |= {fin, fout, host_chain(network)} if network.internal else {nat, fin, fout}
     # `flush table` empties chains but not sets and maps: those are flushed one by one,
     # or stale elements would stay (and keep stale chains referenced).
     flush: list[Cmd] = [{"flush": {"table": {"family": FAMILY, "name": TABLE}}}]

@@ -216,6 +216,8 @@ class Engine:
     def _firewall_ready(self) -> None:
         if self.nft.list_table(firewall.FAMILY, firewall.TABLE) is None:
             self.nft.apply(firewall.render_base())
+        if self.nft.list_table(firewall.GUARD_FAMILY, firewall.TABLE) is None:
+            self.nft.apply(firewall.render_guard_base())
 
     def _nft_teardown(self, cmds: list[dict[str, Any]]) -> None:
         """Delete what exists of cmds: one transaction, or one by one if something in it
@@ -262,9 +264,8 @@ class Engine:
                     links.delete_link(self.host, net.bridge)
                 removed.append(net.name)
             if not self.store.networks():
-                # No network, no firewall: the table goes with the last network.
-                self._nft_teardown([{"delete": {"table": {"family": firewall.FAMILY,
-                                                          "name": firewall.TABLE}}}])
+                # No network, no firewall: the tables go with the last network.
+                self._nft_teardown(firewall.render_tables_removal())
             self._publish_dns()
             return removed
 
@@ -480,6 +481,8 @@ class Engine:
             self._ensure_bridge(net)
             bridge = links.observe_link(self.host, net.bridge)
             assert bridge is not None
+        # Before the link exists: its port drops every frame until these are in.
+        self.nft.apply(firewall.render_guard([endpoint]))
         fd = os.open(container.netns, os.O_RDONLY | os.O_CLOEXEC)
         try:
             links.ensure_endpoint(self.host, cont, fd, links.EndpointSpec(
@@ -488,7 +491,7 @@ class Engine:
                 gateway=net.gateway if default_route else None, bridge_index=bridge.index,
                 tag=self.tag("endpoint", endpoint.id)))
         except PortwayError as exc:
-            links.delete_link(self.host, endpoint.host_ifname)
+            self._detach_host([endpoint])
             raise exc.wrap(f"attach {container.name} to {net.name}") from None
         finally:
             os.close(fd)
@@ -704,6 +707,7 @@ class Engine:
         published = self._published(c, endpoints)
         if published:
             self._nft_teardown(firewall.render_ports_removal(published))
+        fault_point("rm.ports")
         try:
             self._teardown_kernel(c, endpoints)
         except TeardownErrors as exc:
@@ -724,6 +728,13 @@ class Engine:
             if hint is not None and int(e.address) < hint:
                 self._alloc_hint[e.network_id] = int(e.address)
 
+    def _detach_host(self, endpoints: list[Endpoint]) -> None:
+        """The host ends of endpoints, and the anti-spoofing entries for them."""
+        if endpoints:
+            self._nft_teardown(firewall.render_guard_removal(endpoints))
+        for e in endpoints:
+            links.delete_link(self.host, e.host_ifname)
+
     def _teardown_kernel(self, c: Container, endpoints: list[Endpoint]) -> None:
         if c.network_mode == "host":
             return
@@ -731,9 +742,7 @@ class Engine:
         steps: list[tuple[str, Callable[[], object]]] = []
         inode = procs.netns_inode(c.netns)
         steps.append(("kill processes", lambda: procs.kill_netns_processes(inode)))
-        for e in endpoints:
-            steps.append((f"delete {e.host_ifname}",
-                          lambda e=e: links.delete_link(self.host, e.host_ifname)))  # type: ignore[misc]
+        steps.append(("delete endpoints", lambda: self._detach_host(endpoints)))
         steps.append(("delete namespace",
                       lambda: netns.delete_netns(os.path.basename(c.netns))))
         for what, step in steps:
@@ -800,7 +809,8 @@ class Engine:
                 if before != after:
                     self._nft_teardown(firewall.render_ports_removal(before))
                     self.nft.apply(firewall.render_ports(after))
-                links.delete_link(self.host, endpoint.host_ifname)
+                self._detach_host([endpoint])
+                fault_point("disconnect.detach")
             self._released([endpoint])
             self._reroute(c, remaining)
             self._write_files(c)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from portway.core import firewall, names
 from portway.errors import PortwayError
@@ -41,8 +41,8 @@ def gc(engine: Engine, dry_run: bool) -> list[str]:
     report = Report(dry_run)
     _finished_containers(engine, report)
     _networks(engine, report)
+    _firewall(engine, report)  # before the sandboxes: endpoints add to its sets
     _sandboxes(engine, report)
-    _firewall(engine, report)
     _dns(engine, report)
     _unknown_links(engine, report)
     _unknown_namespaces(engine, report)
@@ -77,12 +77,13 @@ def _firewall(engine: Engine, report: Report) -> None:
     replaced whole, in one transaction (conntrack keeps open connections' NAT)."""
     networks = engine.store.networks()
     listing = engine.nft.list_table(firewall.FAMILY, firewall.TABLE)
+    guard = engine.nft.list_table(firewall.GUARD_FAMILY, firewall.TABLE)
     if not networks:
-        if listing is not None:
-            report.act("delete table inet portway: no network needs it",
-                       partial(engine._nft_teardown, [{"delete": {"table": {
-                           "family": firewall.FAMILY, "name": firewall.TABLE}}}]))
+        if listing is not None or guard is not None:
+            report.act("delete tables inet portway and bridge portway: no network needs them",
+                       partial(engine._nft_teardown, firewall.render_tables_removal()))
         return
+    _guard(engine, report, guard)
     steps = firewall.render_rebuild(
         networks, engine.all_published(),
         None if listing is None else firewall.listed_chains(listing))
@@ -100,6 +101,21 @@ def _firewall(engine: Engine, report: Report) -> None:
         diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
         report.act(f"rebuild table inet portway: it differs from the store in "
                    f"{', '.join(diff[:4])}{' ...' if len(diff) > 4 else ''}", rebuild)
+
+
+def _guard(engine: Engine, report: Report, listing: list[dict[str, Any]] | None) -> None:
+    """The anti-spoofing table: one entry per endpoint of the store, nothing else."""
+    step = firewall.render_guard_rebuild(engine.store.endpoints(), listing is not None)
+    if listing is None:
+        report.act("re-create table bridge portway (anti-spoofing): it is missing",
+                   partial(engine.nft.apply, step))
+        return
+    want = firewall.summarize(step)
+    have = firewall.summarize_listing(listing)
+    if want != have:
+        diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+        report.act(f"rebuild table bridge portway: it differs from the store in "
+                   f"{', '.join(diff)}", partial(engine.nft.apply, step))
 
 
 def _dns(engine: Engine, report: Report) -> None:
