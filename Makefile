@@ -4,7 +4,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test lint typecheck unit kernel bench clean
+.PHONY: setup demo test lint typecheck unit kernel bench reliability clean
 
 setup: $(VENV)/.ready
 
@@ -16,7 +16,7 @@ demo: setup
 	$(PY) -m portway.demo
 
 lint: setup
-	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff check src tests bench scripts
 
 typecheck: setup
 	$(VENV)/bin/mypy
@@ -26,6 +26,10 @@ unit: setup
 
 test: setup lint typecheck
 	$(VENV)/bin/pytest -q tests
+
+# The reliability and security tests again, written up as docs/reliability.md.
+reliability: setup
+	$(PY) scripts/reliability.py
 
 bench: setup
 	bash bench/setup.sh
