@@ -10,9 +10,9 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # System packages: iproute2 (the tests' oracle, `ip -j`), nftables/libnftables1
-# (the firewall), python3-venv, procps, bind9-dnsutils (dig).
+# (the firewall), python3-venv, procps, bind9-dnsutils (dig), graphviz (`portway graph`).
 bash scripts/apt-ensure.sh python3 python3-venv iproute2 nftables libnftables1 procps \
-  bind9-dnsutils
+  bind9-dnsutils graphviz
 
 # Debian's own interpreter (what users run as root), not a shim on PATH.
 PY=/usr/bin/python3

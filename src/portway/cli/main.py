@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
+import subprocess
 import sys
 import time
 
 from portway.cli.client import Client, ClientError
+from portway.cli.render import show_text, table
 
 TYPE_CHECKING = False  # typing costs milliseconds to import; mypy still sees the block
 if TYPE_CHECKING:
@@ -113,6 +116,12 @@ def build_parser() -> Parser:
     gc = sub.add_parser("gc", help="repair drift between the store and the kernel")
     gc.add_argument("--dry-run", action="store_true", help="only say what would be done")
 
+    sh = sub.add_parser("show", help="the bridges, veth pairs and containers, as the kernel "
+                        "has them")
+    sh.add_argument("--json", action="store_true")
+    gr = sub.add_parser("graph", help="draw the topology (Graphviz: DOT, SVG or PNG)")
+    gr.add_argument("-o", "--output", default="-", metavar="FILE",
+                    help="FILE.svg, FILE.png or FILE.dot (default: DOT on stdout)")
     sub.add_parser("doctor", help="report every difference between the store and the kernel "
                    "(read-only; exit 1 if any)")
     d = sub.add_parser("daemon", help="manage portwayd")
@@ -122,13 +131,6 @@ def build_parser() -> Parser:
 
 def command_args(raw: list[str]) -> list[str]:
     return raw[1:] if raw and raw[0] == "--" else raw
-
-
-def table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["   ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip()
-             for r in [header, *rows]]
-    return "\n".join(lines)
 
 
 def print_json(data: Any) -> None:
@@ -313,6 +315,33 @@ def print_dns(info: dict[str, Any]) -> None:
         print(table(rows, ["TIME", "CLIENT", "NAME", "TYPE", "RESULT", "HOW", "TOOK"]))
 
 
+def cmd_graph(client: Client, output: str) -> int:
+    from portway.core.graph import to_dot
+
+    fmt = "dot" if output == "-" else os.path.splitext(output)[1].lstrip(".").lower()
+    if fmt not in ("dot", "gv", "svg", "png"):
+        raise ClientError(f"cannot tell the picture format from {output!r}",
+                          "name the file .svg, .png or .dot", 2)
+    dot = to_dot(client.call("show"))
+    if output == "-":
+        sys.stdout.write(dot)
+        return 0
+    if fmt in ("dot", "gv"):
+        with open(output, "w") as f:
+            f.write(dot)
+        return 0
+    if shutil.which("dot") is None:
+        raise ClientError("Graphviz's dot program is not installed",
+                          "apt-get install graphviz, or write DOT with -o FILE.dot", 2)
+    cp = subprocess.run(["dot", f"-T{fmt}", "-o", output], input=dot, text=True,
+                        capture_output=True)
+    if cp.returncode != 0:
+        raise ClientError(f"dot failed: {cp.stderr.strip().splitlines()[0]}",
+                          "write DOT with -o FILE.dot to look at it", 5)
+    print(output)
+    return 0
+
+
 def cmd_daemon(client: Client, a: argparse.Namespace) -> int:
     if a.action == "run":
         from portway.daemon.main import serve
@@ -376,6 +405,14 @@ def dispatch(client: Client, a: argparse.Namespace) -> int:
             print(f"drift: {line.removeprefix('would ')}")
         print(f"{len(lines)} difference(s); 'portway gc' applies the fixes above")
         return 1
+    elif a.command == "show":
+        topo = client.call("show")
+        if a.json:
+            print_json(topo)
+        else:
+            print(show_text(topo))
+    elif a.command == "graph":
+        return cmd_graph(client, a.output)
     elif a.command == "daemon":
         return cmd_daemon(client, a)
     else:

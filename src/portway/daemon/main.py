@@ -28,7 +28,7 @@ LOCK_NAME = "portwayd.lock"
 OPS = (
     "network_create", "network_ls", "network_inspect", "network_rm", "network_prune",
     "network_connect", "network_disconnect", "run", "started", "exited", "exec_info", "ps",
-    "inspect", "logs", "stop", "rm", "gc", "port", "dns_info",
+    "inspect", "logs", "stop", "rm", "gc", "port", "dns_info", "show",
 )
 
 

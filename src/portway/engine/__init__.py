@@ -522,6 +522,10 @@ class Engine:
         except (PortwayError, OSError) as exc:
             print(f"portwayd: DNS records not updated: {exc}", file=sys.stderr, flush=True)
 
+    def show(self) -> dict[str, Any]:
+        with self.lock:
+            return view.topology(self)
+
     def dns_info(self) -> dict[str, Any]:
         with self.lock:
             data = dns_records(self)

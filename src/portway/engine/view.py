@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 from portway.core.ports import format_mapping
@@ -9,6 +10,7 @@ from portway.model.types import Container, Network
 
 if TYPE_CHECKING:
     from portway.engine import Engine
+    from portway.kernel.links import Link
 
 
 def network(engine: Engine, n: Network) -> dict[str, Any]:
@@ -65,3 +67,64 @@ def container(engine: Engine, c: Container) -> dict[str, Any]:
                        "PortBindings": [format_mapping(p) for p in c.ports]},
         "NetworkSettings": {"SandboxKey": c.netns, "Ports": ports, "Networks": nets},
     }
+
+
+def _link(link: Link | None, **extra: Any) -> dict[str, Any]:
+    if link is None:
+        return {"Present": False, **extra}
+    return {"Present": True, "Name": link.ifname, "Index": link.index, "Peer": link.peer,
+            "Up": link.up, "Mtu": link.mtu, "Mac": link.mac, **extra}
+
+
+def topology(engine: Engine) -> dict[str, Any]:
+    """What `show` and `graph` draw: the store's networks and containers, each piece
+    as the kernel has it now (index, peer, state), or marked missing."""
+    from portway.kernel import links, netns
+
+    host = {link.ifname: link for link in links.observe_links(engine.host)}
+    by_index = {link.index: link for link in host.values()}
+    inside: dict[str, dict[str, Link]] = {}
+
+    def container_links(c: Container) -> dict[str, Link]:
+        if c.id not in inside:
+            inside[c.id] = {}
+            if netns.netns_exists(os.path.basename(c.netns)):
+                ipr = netns.open_ipr(c.netns)
+                try:
+                    inside[c.id] = {link.ifname: link for link in links.observe_links(ipr)}
+                finally:
+                    ipr.close()
+        return inside[c.id]
+
+    containers = {c.id: engine._refresh(c) for c in engine.store.containers()}
+    first_endpoint: dict[str, str] = {}
+    for e in sorted(engine.store.endpoints(), key=lambda e: e.ifname):
+        first_endpoint.setdefault(e.container_id, e.id)
+    networks = []
+    for n in engine.store.networks():
+        members: list[dict[str, Any]] = []
+        for e in sorted(engine.store.endpoints(network_id=n.id), key=lambda e: e.address):
+            c = containers[e.container_id]
+            host_end = host.get(e.host_ifname)
+            master = by_index.get(host_end.master) if host_end and host_end.master else None
+            members.append({
+                "Name": c.name, "Id": c.id, "Status": c.status, "Address": str(e.address),
+                "Mac": e.mac, "Aliases": list(e.aliases),
+                "HostEnd": _link(host_end, Bridge=master.ifname if master else ""),
+                "ContainerEnd": _link(container_links(c).get(e.ifname),
+                                      Netns=os.path.basename(c.netns)),
+                "Ports": [format_mapping(p) for p in c.ports]
+                if first_endpoint.get(c.id) == e.id else [],
+            })
+        networks.append({
+            "Name": n.name, "Id": n.id, "Subnet": str(n.subnet), "Gateway": str(n.gateway),
+            "Internal": n.internal, "Bridge": _link(host.get(n.bridge), Expected=n.bridge),
+            "Containers": members,
+        })
+    others = [{"Name": c.name, "Id": c.id, "Status": c.status, "Mode": c.network_mode}
+              for c in containers.values() if c.network_mode != "bridge"]
+    uplinks = [{"Name": link.ifname, "Index": link.index, "Up": link.up}
+               for link in host.values() if link.ifname != "lo" and not link.master
+               and link.kind not in ("bridge",) and not link.ifname.startswith("pwv-")]
+    return {"HostNetns": engine.host_netns or "(root)", "Networks": networks,
+            "Unbridged": others, "HostLinks": uplinks}

@@ -30,6 +30,7 @@ class Link:
     up: bool
     mtu: int
     mac: str
+    peer: int = 0  # a veth's other end: its index, in the peer's namespace
 
 
 def _kind(msg: object) -> str:
@@ -50,6 +51,7 @@ def _to_link(msg: object) -> Link:
         up=bool(int(msg["flags"]) & 1),  # type: ignore[index]
         mtu=int(get("IFLA_MTU") or 0),
         mac=str(get("IFLA_ADDRESS") or ""),
+        peer=int(get("IFLA_LINK") or 0),
     )
 
 

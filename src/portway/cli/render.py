@@ -1,0 +1,68 @@
+"""Text for `portway show`: the topology the daemon observed, made readable."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["   ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip()
+             for r in [header, *rows]]
+    return "\n".join(lines)
+
+
+def _end(link: dict[str, Any], fallback: str) -> str:
+    if not link["Present"]:
+        return f"{fallback} MISSING"
+    state = "" if link["Up"] else ", down"
+    return f"{link['Name']} #{link['Index']}{state}"
+
+
+def veth_pair(member: dict[str, Any], ifname: str) -> str:
+    host, inner = member["HostEnd"], member["ContainerEnd"]
+    text = f"{_end(host, 'host end')} <-> {_end(inner, ifname)} in {inner['Netns']}"
+    if host["Present"] and inner["Present"] and (
+            host["Peer"] != inner["Index"] or inner["Peer"] != host["Index"]):
+        text += " (NOT PEERS)"
+    return text
+
+
+def show_text(topo: dict[str, Any]) -> str:
+    uplinks = ", ".join(f"{u['Name']} #{u['Index']}{'' if u['Up'] else ' down'}"
+                        for u in topo["HostLinks"]) or "none"
+    out = [f"host namespace {topo['HostNetns']}; other interfaces: {uplinks}"]
+    trouble = False
+    for net in topo["Networks"]:
+        bridge = net["Bridge"]
+        if bridge["Present"]:
+            state = "up" if bridge["Up"] else "DOWN"
+            br = f"bridge {bridge['Name']} #{bridge['Index']} ({state}, mtu {bridge['Mtu']})"
+        else:
+            br, trouble = f"bridge {bridge['Expected']} MISSING", True
+        kind = ", internal" if net["Internal"] else ""
+        out += ["", f"network {net['Name']}  {net['Subnet']}  gateway {net['Gateway']}{kind}",
+                f"  {br}"]
+        rows = []
+        for m in net["Containers"]:
+            pair = veth_pair(m, "eth?")
+            trouble = trouble or "MISSING" in pair or "NOT PEERS" in pair
+            port_of = m["HostEnd"].get("Bridge", "")
+            if m["HostEnd"]["Present"] and port_of != bridge.get("Name"):
+                pair += f" (port of {port_of or 'no bridge'})"
+                trouble = True
+            rows.append([m["Name"], m["Address"], m["Mac"], pair,
+                         ", ".join(m["Ports"]) or "-", m["Status"]])
+        if rows:
+            out.append("  " + table(rows, ["CONTAINER", "ADDRESS", "MAC",
+                                           "VETH PAIR (host end <-> container end)",
+                                           "PUBLISHED", "STATUS"]).replace("\n", "\n  "))
+        else:
+            out.append("  (no containers)")
+    for c in topo["Unbridged"]:
+        note = " (shares the host's network: no isolation)" if c["Mode"] == "host" else ""
+        out += ["", f"container {c['Name']}: --network {c['Mode']}{note}, {c['Status']}"]
+    if trouble:
+        out += ["", "some pieces are missing or miswired: 'portway doctor' lists them, "
+                    "'portway gc' repairs them"]
+    return "\n".join(out)

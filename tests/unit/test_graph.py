@@ -1,0 +1,53 @@
+"""The DOT picture drawn from a recorded `show --json`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from portway.cli.render import show_text
+from portway.core.graph import to_dot
+
+
+def link(name: str, index: int, peer: int = 0, **extra: Any) -> dict[str, Any]:
+    return {"Present": True, "Name": name, "Index": index, "Peer": peer, "Up": True,
+            "Mtu": 1500, "Mac": "", **extra}
+
+
+def recorded(host_end_present: bool = True) -> dict[str, Any]:
+    host_end = link("pwv-1", 5, 2, Bridge="pwbr-a") if host_end_present else \
+        {"Present": False, "Bridge": ""}
+    return {"HostNetns": "h", "HostLinks": [{"Name": "uplink0", "Index": 2, "Up": True}],
+            "Unbridged": [{"Name": "hosty", "Id": "f" * 64, "Status": "running",
+                           "Mode": "host"}],
+            "Networks": [{
+                "Name": "app", "Id": "a" * 64, "Subnet": "10.0.0.0/24", "Gateway": "10.0.0.1",
+                "Internal": False, "Bridge": link("pwbr-a", 3, Expected="pwbr-a"),
+                "Containers": [{
+                    "Name": "web", "Id": "c" * 64, "Status": "running",
+                    "Address": "10.0.0.2", "Mac": "02:42:0a:00:00:02", "Aliases": [],
+                    "HostEnd": host_end,
+                    "ContainerEnd": link("eth0", 2, 5, Netns="pw-c"),
+                    "Ports": ["0.0.0.0:8080->80/tcp"]}]}]}
+
+
+def test_dot_has_every_piece() -> None:
+    dot = to_dot(recorded())
+    for piece in ('"br:' + "a" * 64 + '"', "pwv-1 #5", "eth0 #2\\n10.0.0.2",
+                  'label="DNAT"', '"if:uplink0" -> "port:0.0.0.0:8080->80/tcp"',
+                  "shares the host's network", "cluster_" + "c" * 64):
+        assert piece in dot, piece
+    assert dot.count("{") == dot.count("}")
+
+
+def test_missing_pieces_are_marked() -> None:
+    assert "veth MISSING" in to_dot(recorded(host_end_present=False))
+    text = show_text(recorded(host_end_present=False))
+    assert "host end MISSING <-> eth0 #2 in pw-c" in text and "portway gc" in text
+    healthy = show_text(recorded())
+    assert "pwv-1 #5 <-> eth0 #2 in pw-c" in healthy and "MISSING" not in healthy
+
+
+def test_veths_that_do_not_pair_are_flagged() -> None:
+    topo = recorded()
+    topo["Networks"][0]["Containers"][0]["ContainerEnd"]["Peer"] = 9
+    assert "NOT PEERS" in show_text(topo)
