@@ -22,5 +22,6 @@ def test_cli_imports_no_third_party() -> None:
 
 def test_core_has_no_io_imports() -> None:
     assert loaded_after("import portway.core.ipam, portway.core.validate, portway.core.ports, "
-                        "portway.core.files, portway.core.names, portway.model",
+                        "portway.core.files, portway.core.names, portway.core.trace, "
+                        "portway.core.nftsim, portway.core.graph, portway.model",
                         "m in ('pyroute2', 'sqlite3', 'subprocess', 'ctypes')") == []

@@ -119,6 +119,13 @@ def build_parser() -> Parser:
     sh = sub.add_parser("show", help="the bridges, veth pairs and containers, as the kernel "
                         "has them")
     sh.add_argument("--json", action="store_true")
+    tr = sub.add_parser("trace", help="follow a new connection hop by hop, rule by rule")
+    tr.add_argument("source", metavar="SOURCE", help="a container, 'host' or 'outside'")
+    tr.add_argument("destination", metavar="DEST",
+                    help="CONTAINER:PORT or IP:PORT, with /udp for UDP")
+    tr.add_argument("--from-ip", metavar="IP",
+                    help="the outside client's address (default 203.0.113.10)")
+    tr.add_argument("--json", action="store_true")
     gr = sub.add_parser("graph", help="draw the topology (Graphviz: DOT, SVG or PNG)")
     gr.add_argument("-o", "--output", default="-", metavar="FILE",
                     help="FILE.svg, FILE.png or FILE.dot (default: DOT on stdout)")
@@ -411,6 +418,13 @@ def dispatch(client: Client, a: argparse.Namespace) -> int:
             print_json(topo)
         else:
             print(show_text(topo))
+    elif a.command == "trace":
+        result = client.call("trace", source=a.source, destination=a.destination,
+                             from_ip=a.from_ip)
+        if a.json:
+            print_json(result["trace"])
+        else:
+            print(result["text"])
     elif a.command == "graph":
         return cmd_graph(client, a.output)
     elif a.command == "daemon":

@@ -20,10 +20,9 @@ NFT_CTX_OUTPUT_HANDLE = 1 << 3
 
 
 class Nft:
-    """A libnftables context in the calling thread's network namespace.
-
-    Each batch opens a netlink socket in the namespace of the thread that runs
-    it; portway's engine threads all live in the host namespace.
+    """A libnftables context, bound to the network namespace of the thread that
+    creates it (its netlink socket is opened with it). The engine's context is
+    created in the host namespace; to read another namespace, create one there.
     """
 
     def __init__(self) -> None:

@@ -1,0 +1,414 @@
+"""nftables' decisions, worked out on paper: a ruleset listing and one packet.
+
+Input is what `nft -j list ruleset` returns (every table of every family, not
+only portway's: another tool's `policy drop` decides a packet's fate too). For
+a hook, every base chain registered on it runs in priority order; each rule's
+matches are evaluated against the packet, and the first verdict ends the chain
+(jump/goto/return and verdict maps as the kernel does them). NAT statements
+rewrite the packet. An expression this model does not know makes the rule
+"uncertain": it is taken as not matching, and the decision says so.
+
+This is a model of the first packet of a new connection (conntrack state new);
+NAT chains see only such packets, which is what a trace asks about.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from portway.model.types import IPAddress
+
+PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "ipv6-icmp"}
+ETHER_NAMES = {0x0800: "ip", 0x0806: "arp", 0x86DD: "ip6", 0x8100: "vlan"}
+LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
+
+
+class Absent:
+    """A field the packet does not have (a TCP port of an ICMP packet, ARP fields of IP):
+    a match on it is false whatever the operator, as the kernel's dependency check is."""
+
+
+ABSENT = Absent()
+_MISS = object()  # a NAT map without the packet's key
+
+
+@dataclass(frozen=True)
+class Packet:
+    l4proto: str
+    saddr: IPAddress
+    daddr: IPAddress
+    sport: int
+    dport: int
+    iif: str = ""
+    oif: str = ""
+    smac: str = ""
+    dmac: str = ""
+    mark: int = 0
+    ct_status: frozenset[str] = frozenset()
+    ct_state: str = "new"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What one base chain did to the packet."""
+
+    family: str
+    table: str
+    chain: str  # the base chain
+    hook: str
+    priority: int
+    verdict: str  # accept, drop, reject, or "policy accept"/"policy drop"
+    rule: str  # the deciding rule's text (its comment if it has one), or "" for the policy
+    rule_chain: str  # the chain the deciding rule is in (a jump target, or the base chain)
+    handle: int | None = None
+    rewrites: tuple[str, ...] = ()
+    uncertain: tuple[str, ...] = ()
+
+    @property
+    def where(self) -> str:
+        return f"{self.family} {self.table} {self.chain}"
+
+
+@dataclass
+class _Run:
+    packet: Packet
+    local: frozenset[IPAddress]
+    masquerade_source: dict[str, IPAddress]
+    rewrites: list[str] = field(default_factory=list)
+    uncertain: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    verdict: str | None  # None: the chain ran out (or returned)
+    rule: dict[str, Any] | None = None
+    chain: str = ""
+
+
+class Ruleset:
+    def __init__(self, items: list[dict[str, Any]]) -> None:
+        self.chains: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.rules: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+        self.sets: dict[tuple[str, str, str], list[Any]] = {}
+        for item in items:
+            if "chain" in item:
+                c = item["chain"]
+                self.chains[(c["family"], c["table"], c["name"])] = c
+            elif "rule" in item:
+                r = item["rule"]
+                self.rules.setdefault((r["family"], r["table"], r["chain"]), []).append(r)
+            elif "set" in item or "map" in item:
+                s = item.get("set") or item["map"]
+                self.sets[(s["family"], s["table"], s["name"])] = list(s.get("elem", []))
+
+    def base_chains(self, families: tuple[str, ...], hook: str) -> list[dict[str, Any]]:
+        found = [c for c in self.chains.values()
+                 if c.get("hook") == hook and c["family"] in families]
+        return sorted(found, key=lambda c: int(c.get("prio", 0)))
+
+    def run_hook(self, families: tuple[str, ...], hook: str, packet: Packet,
+                 local: frozenset[IPAddress],
+                 masquerade_source: dict[str, IPAddress] | None = None, nat: bool = True,
+                 ) -> tuple[Packet, list[Decision], bool]:
+        """Every base chain on the hook, in priority order. Returns the packet as it
+        leaves the hook, each chain's decision, and whether the packet survived.
+        nat=False: the connection's NAT is already decided (nat chains are skipped)."""
+        decisions: list[Decision] = []
+        for chain in self.base_chains(families, hook):
+            if chain.get("type") == "nat" and (packet.ct_state != "new" or not nat):
+                continue
+            run = _Run(packet, local, masquerade_source or {})
+            outcome = self._chain(chain["family"], chain["table"], chain["name"], run, 0)
+            packet = run.packet
+            if outcome.verdict is None:
+                verdict, text, where, handle = f"policy {chain.get('policy', 'accept')}", "", \
+                    chain["name"], None
+            else:
+                verdict, where = outcome.verdict, outcome.chain
+                assert outcome.rule is not None
+                text, handle = rule_text(outcome.rule), outcome.rule.get("handle")
+            decisions.append(Decision(
+                family=chain["family"], table=chain["table"], chain=chain["name"], hook=hook,
+                priority=int(chain.get("prio", 0)), verdict=verdict, rule=text,
+                rule_chain=where, handle=handle, rewrites=tuple(run.rewrites),
+                uncertain=tuple(run.uncertain)))
+            if verdict.split()[-1] in ("drop", "reject"):
+                return packet, decisions, False
+        return packet, decisions, True
+
+    # evaluation
+
+    def _chain(self, family: str, table: str, name: str, run: _Run, depth: int) -> _Outcome:
+        if depth > 16:
+            run.uncertain.append(f"jumps nested too deep at {name}")
+            return _Outcome(None)
+        for rule in self.rules.get((family, table, name), []):
+            result = self._rule(family, table, rule, run, depth)
+            if result is not None:
+                return result
+        return _Outcome(None)
+
+    def _rule(self, family: str, table: str, rule: dict[str, Any], run: _Run,
+              depth: int) -> _Outcome | None:
+        """None: go on with the next rule; an outcome: this rule ended the chain."""
+        name = rule["chain"]
+        for expr in rule.get("expr", []):
+            (kind, body), = expr.items()
+            if kind == "match":
+                matched = self._match(family, table, body, run)
+                if matched is None:
+                    run.uncertain.append(f"cannot evaluate {describe(expr)} "
+                                         f"(in {family} {table} {name})")
+                    return None
+                if not matched:
+                    return None
+            elif kind in ("accept", "drop", "reject"):
+                return _Outcome(kind, rule, name)
+            elif kind == "return":
+                return _Outcome(None, rule, name)
+            elif kind in ("jump", "goto"):
+                inner = self._chain(family, table, body["target"], run, depth + 1)
+                if inner.verdict is not None or kind == "goto":
+                    return inner
+            elif kind == "vmap":
+                verdict = self._lookup(family, table, body["data"],
+                                       self._value(body["key"], run))
+                if verdict is None:
+                    continue
+                (vkind, vbody), = verdict.items()
+                if vkind in ("jump", "goto"):
+                    inner = self._chain(family, table, vbody["target"], run, depth + 1)
+                    if inner.verdict is not None or vkind == "goto":
+                        return inner
+                elif vkind in ("accept", "drop", "reject"):
+                    return _Outcome(vkind, rule, name)
+                elif vkind == "return":
+                    return _Outcome(None, rule, name)
+            elif kind in ("dnat", "snat", "masquerade", "redirect"):
+                if not self._nat(family, table, kind, body, run):
+                    return None  # a map without the key: the rule does not match
+                return _Outcome("accept", rule, name)
+            elif kind == "mangle" and body.get("key") == {"meta": {"key": "mark"}}:
+                value = self._value(body["value"], run)
+                if isinstance(value, int):
+                    run.packet = replace(run.packet, mark=value)
+            elif kind in ("counter", "log", "comment", "limit", "notrack", "quota"):
+                continue
+            else:
+                run.uncertain.append(f"ignored {describe(expr)} (in {family} {table} {name})")
+        return None
+
+    def _nat(self, family: str, table: str, kind: str, body: Any, run: _Run) -> bool:
+        p = run.packet
+        if kind == "masquerade" or (kind == "snat" and not (body or {}).get("addr")):
+            source = run.masquerade_source.get(p.oif)
+            if source is None:
+                run.uncertain.append(f"no address on {p.oif} to masquerade to")
+                return True
+            run.packet = replace(p, saddr=source, ct_status=p.ct_status | {"snat"})
+            run.rewrites.append(f"source {p.saddr} -> {source} (masquerade)")
+            return True
+        if kind == "redirect":
+            run.uncertain.append("redirect is not modelled")
+            return True
+        addr = self._nat_part(family, table, body.get("addr"), run)
+        port = self._nat_part(family, table, body.get("port"), run)
+        if addr is _MISS or port is _MISS:
+            return False
+        if kind == "dnat":
+            new_addr = ipaddress.ip_address(str(addr)) if addr is not None else p.daddr
+            new_port = int(port) if port is not None else p.dport
+            run.packet = replace(p, daddr=new_addr, dport=new_port,
+                                 ct_status=p.ct_status | {"dnat"})
+            run.rewrites.append(f"destination {p.daddr}:{p.dport} -> {new_addr}:{new_port} "
+                                "(DNAT)")
+        else:
+            new_src = ipaddress.ip_address(str(addr)) if addr is not None else p.saddr
+            run.packet = replace(p, saddr=new_src, ct_status=p.ct_status | {"snat"})
+            run.rewrites.append(f"source {p.saddr} -> {new_src} (SNAT)")
+        return True
+
+    def _nat_part(self, family: str, table: str, part: Any, run: _Run) -> Any:
+        if part is None:
+            return None
+        if isinstance(part, dict) and "map" in part:
+            found = self._lookup(family, table, part["map"]["data"],
+                                 self._value(part["map"]["key"], run))
+            return _MISS if found is None else found
+        return part
+
+    def _lookup(self, family: str, table: str, data: Any, key: Any) -> Any:
+        elems = self._elements(family, table, data)
+        for elem in elems:
+            if isinstance(elem, list) and len(elem) == 2 and _elem_matches(elem[0], key):
+                return elem[1]
+        return None
+
+    def _elements(self, family: str, table: str, ref: Any) -> list[Any]:
+        if isinstance(ref, str) and ref.startswith("@"):
+            return self.sets.get((family, table, ref[1:]), [])
+        if isinstance(ref, dict) and "set" in ref:
+            inner = ref["set"]
+            return inner if isinstance(inner, list) else [inner]
+        return [ref]
+
+    def _match(self, family: str, table: str, body: dict[str, Any], run: _Run) -> bool | None:
+        left = self._value(body["left"], run)
+        if left is None:
+            return None
+        if left is ABSENT or (isinstance(left, tuple) and ABSENT in left):
+            return False
+        op, right = body.get("op", "=="), body["right"]
+        if (isinstance(right, str) and right.startswith("@")) or \
+                (isinstance(right, dict) and "set" in right):
+            found = any(_elem_matches(e[0] if isinstance(e, list) else e, left)
+                        for e in self._elements(family, table, right))
+            return found if op in ("==", "in") else not found
+        if op == "in" or (isinstance(right, list) and op == "=="):
+            wanted = set(right) if isinstance(right, list) else {right}
+            have = left if isinstance(left, frozenset) else {left}
+            return bool(wanted & have)
+        if op not in ("==", "!="):
+            return _ordered(op, left, right)
+        same = _elem_matches(right, left)
+        return same if op == "==" else not same
+
+    def _value(self, expr: Any, run: _Run) -> Any:
+        """The packet's value for a left-hand expression; None when not modelled."""
+        p = run.packet
+        if not isinstance(expr, dict):
+            return expr
+        (kind, body), = expr.items()
+        if kind == "meta":
+            key = body["key"]
+            return {"iifname": p.iif, "oifname": p.oif, "iif": p.iif, "oif": p.oif,
+                    "l4proto": p.l4proto, "protocol": "ip", "nfproto": "ipv4",
+                    "mark": p.mark}.get(key)
+        if kind == "payload":
+            return _payload(p, body["protocol"], body["field"])
+        if kind == "ct":
+            return {"state": p.ct_state, "status": p.ct_status, "mark": 0,
+                    "direction": "original"}.get(body["key"])
+        if kind == "fib" and body.get("result") == "type" and "daddr" in body.get("flags", []):
+            return "local" if p.daddr in run.local or p.daddr in LOOPBACK else "unicast"
+        if kind == "concat":
+            return tuple(self._value(e, run) for e in body)
+        if kind in ("&", "|", "^"):
+            left, other = self._value(body[0], run), body[1]
+            if not isinstance(left, int) or not isinstance(other, int):
+                return None
+            return left & other if kind == "&" else left | other if kind == "|" \
+                else left ^ other
+        return None
+
+
+def _payload(p: Packet, protocol: str, name: str) -> Any:
+    if protocol == "ip":
+        return {"saddr": p.saddr, "daddr": p.daddr, "protocol": p.l4proto}.get(name)
+    if protocol in ("th", "tcp", "udp"):
+        if p.l4proto not in ("tcp", "udp") or protocol not in ("th", p.l4proto):
+            return ABSENT
+        return {"sport": p.sport, "dport": p.dport}.get(name)
+    if protocol == "ether":
+        return {"saddr": p.smac, "daddr": p.dmac, "type": "ip"}.get(name)
+    if protocol in ("arp", "ip6", "icmp", "icmpv6", "sctp"):
+        return ABSENT
+    return None
+
+
+def _normal(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        try:
+            return ipaddress.ip_address(value)
+        except ValueError:
+            return value.lower()
+    return value
+
+
+def _elem_matches(elem: Any, value: Any) -> bool:
+    if isinstance(elem, dict):
+        if "elem" in elem:
+            return _elem_matches(elem["elem"]["val"], value)
+        if "prefix" in elem:
+            net = ipaddress.ip_network(f"{elem['prefix']['addr']}/{elem['prefix']['len']}",
+                                       strict=False)
+            return isinstance(value, ipaddress.IPv4Address | ipaddress.IPv6Address) and \
+                value in net
+        if "range" in elem:
+            low, high = (_normal(x) for x in elem["range"])
+            v = _normal(value)
+            try:
+                return bool(low <= v <= high)
+            except TypeError:
+                return False
+        if "concat" in elem:
+            parts = elem["concat"]
+            return isinstance(value, tuple) and len(parts) == len(value) and all(
+                _elem_matches(a, b) for a, b in zip(parts, value, strict=True))
+        return False
+    if isinstance(value, tuple):
+        return False
+    if isinstance(elem, str) and elem.endswith("*") and isinstance(value, str):
+        return value.startswith(elem[:-1])
+    if isinstance(value, str) and isinstance(elem, int):
+        return PROTO_NAMES.get(elem) == value or ETHER_NAMES.get(elem) == value
+    e, v = _normal(elem), _normal(value)
+    if isinstance(v, ipaddress.IPv4Address) != isinstance(e, ipaddress.IPv4Address):
+        return str(e) == str(v)
+    return bool(e == v)
+
+
+def _ordered(op: str, left: Any, right: Any) -> bool | None:
+    a, b = _normal(left), _normal(right)
+    try:
+        return {"<": a < b, ">": a > b, "<=": a <= b, ">=": a >= b}.get(op)
+    except TypeError:
+        return None
+
+
+def describe(expr: Any) -> str:
+    """A short text for an expression, close to `nft list`'s."""
+    if not isinstance(expr, dict):
+        if isinstance(expr, list):
+            return "{ " + ", ".join(describe(e) for e in expr) + " }"
+        return str(expr)
+    (kind, body), = expr.items()
+    if kind == "match":
+        op = "" if body.get("op", "==") in ("==", "in") else f"{body['op']} "
+        return f"{describe(body['left'])} {op}{describe(body['right'])}"
+    if kind == "meta":
+        return f"meta {body['key']}" if body["key"] not in ("iifname", "oifname", "mark") \
+            else body["key"]
+    if kind == "payload":
+        return f"{body['protocol']} {body['field']}"
+    if kind == "ct":
+        return f"ct {body['key']}"
+    if kind == "fib":
+        return f"fib {' . '.join(body.get('flags', []))} {body.get('result')}"
+    if kind == "concat":
+        return " . ".join(describe(e) for e in body)
+    if kind == "prefix":
+        return f"{body['addr']}/{body['len']}"
+    if kind == "range":
+        return f"{body[0]}-{body[1]}"
+    if kind == "set":
+        return describe(body)
+    if kind in ("accept", "drop", "reject", "return", "masquerade", "counter") and not body:
+        return str(kind)
+    if kind in ("jump", "goto"):
+        return f"{kind} {body['target']}"
+    if kind == "vmap":
+        return f"{describe(body['key'])} vmap {describe(body['data'])}"
+    if kind in ("&", "|", "^"):
+        return f"{describe(body[0])} {kind} {describe(body[1])}"
+    return str(kind)
+
+
+def rule_text(rule: dict[str, Any]) -> str:
+    if rule.get("comment"):
+        return str(rule["comment"])
+    return " ".join(describe(e) for e in rule.get("expr", []))

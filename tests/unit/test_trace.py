@@ -1,0 +1,215 @@
+"""The static trace's reasoning, on recorded states: portway's own rendered firewall
+(turned into the listing libnftables returns), hand-made namespaces, and foreign tables."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from portway.core import firewall
+from portway.core.firewall import Published
+from portway.core.nftsim import Packet, Ruleset
+from portway.core.trace import Iface, Route, Space, World, render, trace
+from portway.model.types import Endpoint, Network
+
+IP = ipaddress.ip_address
+NET = "ab" * 32
+DBNET = "cd" * 32
+
+
+def listing(cmds: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`add` commands as `list ruleset` shows their result."""
+    items: list[dict[str, Any]] = []
+    sets: dict[tuple[str, str], dict[str, Any]] = {}
+    for handle, cmd in enumerate(cmds, 1):
+        (kind, body), = cmd["add"].items()
+        if kind == "element":
+            sets[(body["family"], body["name"])].setdefault("elem", []).extend(body["elem"])
+            continue
+        if kind == "table":
+            items.append({"table": dict(body)})
+            continue
+        entry = dict(body)
+        if kind == "rule":
+            entry["handle"] = handle
+        items.append({kind: entry})
+        if kind in ("set", "map"):
+            sets[(body["family"], body["name"])] = entry
+    return items
+
+
+def network(name: str, nid: str, third: int, internal: bool = False) -> Network:
+    return Network(id=nid, name=name, subnet=ipaddress.ip_network(f"10.{third}.0.0/24"),
+                   gateway=IP(f"10.{third}.0.1"), bridge=f"pwbr-{nid[:10]}", internal=internal)
+
+
+def endpoint(n: Network, host: int, veth: str) -> Endpoint:
+    addr = IP(f"{str(n.gateway)[:-2]}.{host}")
+    return Endpoint(id=veth, container_id=veth, network_id=n.id, ifname="eth0",
+                    host_ifname=veth, address=addr, prefixlen=24, mac=f"02:42:0a:00:00:{host:02x}")
+
+
+APP, DB = network("app", NET, 77), network("db", DBNET, 78)
+WEB, CACHE, STORE = endpoint(APP, 2, "pwv-web"), endpoint(APP, 3, "pwv-cache"), \
+    endpoint(DB, 2, "pwv-store")
+PORTS = [Published(container_id="web", protocol="tcp", host_port=8080,
+                   container_ip=WEB.address, container_port=80),
+         Published(container_id="cache", protocol="tcp", host_port=6379,
+                   container_ip=CACHE.address, container_port=80, host_ip=IP("127.0.0.1"))]
+
+
+def ruleset(extra: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    cmds = [*firewall.render_base(), *firewall.render_network(APP),
+            *firewall.render_network(DB), *firewall.render_ports(PORTS),
+            *firewall.render_guard_base(), *firewall.render_guard([WEB, CACHE, STORE])]
+    return listing(cmds) + (extra or [])
+
+
+def container(key: str, e: Endpoint, gateway: str, listens: int = 80) -> Space:
+    return Space(key=key, label=f"container {key}",
+                 ifaces=[Iface("lo", 1, addrs=(ipaddress.IPv4Interface("127.0.0.1/8"),)),
+                         Iface("eth0", 2, "veth", e.mac, addrs=(
+                             ipaddress.IPv4Interface(f"{e.address}/24"),),
+                               peer=("host", e.host_ifname))],
+                 routes=[Route(ipaddress.IPv4Network(f"{str(e.address)[:-2]}.0/24"), "eth0",
+                               prefsrc=e.address),
+                         Route(ipaddress.IPv4Network("0.0.0.0/0"), "eth0", gateway=IP(gateway))],
+                 listeners={("tcp", "0.0.0.0", listens)})
+
+
+def world(extra: list[dict[str, Any]] | None = None, bridge_nf: bool = True) -> World:
+    host = Space(
+        key="host", label="host", forwarding=True, ruleset=ruleset(extra),
+        ifaces=[Iface("lo", 1, addrs=(ipaddress.IPv4Interface("127.0.0.1/8"),)),
+                Iface("uplink0", 2, "veth", addrs=(ipaddress.IPv4Interface("198.51.100.1/24"),)),
+                Iface(APP.bridge, 3, "bridge", "02:ab:00:00:00:01", route_localnet=True,
+                      addrs=(ipaddress.IPv4Interface("10.77.0.1/24"),)),
+                Iface(DB.bridge, 4, "bridge", "02:cd:00:00:00:01", route_localnet=True,
+                      addrs=(ipaddress.IPv4Interface("10.78.0.1/24"),)),
+                Iface("pwv-web", 5, "veth", master=APP.bridge, peer=("web", "eth0")),
+                Iface("pwv-cache", 6, "veth", master=APP.bridge, peer=("cache", "eth0")),
+                Iface("pwv-store", 7, "veth", master=DB.bridge, peer=("store", "eth0"))],
+        routes=[Route(ipaddress.IPv4Network("198.51.100.0/24"), "uplink0",
+                      prefsrc=IP("198.51.100.1")),
+                Route(ipaddress.IPv4Network("0.0.0.0/0"), "uplink0", gateway=IP("198.51.100.2")),
+                Route(APP.subnet, APP.bridge, prefsrc=APP.gateway),  # type: ignore[arg-type]
+                Route(DB.subnet, DB.bridge, prefsrc=DB.gateway)])  # type: ignore[arg-type]
+    spaces = {"web": container("web", WEB, "10.77.0.1"),
+              "cache": container("cache", CACHE, "10.77.0.1"),
+              "store": container("store", STORE, "10.78.0.1", listens=5432)}
+    return World(host=host, spaces=spaces, bridge_nf=bridge_nf)
+
+
+def packet(daddr: str, dport: int, saddr: str = "0.0.0.0", iif: str = "") -> Packet:
+    return Packet(l4proto="tcp", saddr=IP(saddr), daddr=IP(daddr), sport=40000, dport=dport,
+                  iif=iif)
+
+
+def decided(t: Any) -> list[tuple[str, str]]:
+    return [(h.decision.chain, h.decision.rule) for h in t.hops
+            if h.decision is not None and h.decision.rule]
+
+
+def test_same_network_is_bridged_and_accepted_by_icc() -> None:
+    t = trace(world(), "web", packet("10.77.0.3", 80), "web", "cache:80")
+    assert t.verdict == "delivered" and t.seen_source == "10.77.0.2"
+    assert any("bridged, not routed" in h.detail for h in t.hops)
+    assert ("forward", "network app abababababab: between its containers (icc)") in decided(t)
+
+
+def test_without_bridge_netfilter_the_ip_hooks_are_skipped() -> None:
+    t = trace(world(bridge_nf=False), "web", packet("10.77.0.3", 80), "web", "cache:80")
+    assert t.verdict == "delivered" and decided(t) == []
+    assert any("bridge netfilter is off" in h.detail for h in t.hops)
+
+
+def test_other_network_is_isolated() -> None:
+    t = trace(world(), "web", packet("10.78.0.2", 5432), "web", "store:5432")
+    assert t.verdict == "dropped"
+    assert decided(t)[-1] == ("forward", "network app abababababab: isolation from other "
+                              "portway networks")
+
+
+def test_outside_to_published_port_keeps_the_client_address() -> None:
+    t = trace(world(), "outside", packet("198.51.100.1", 8080, "198.51.100.2", "uplink0"),
+              "outside", "web:80")
+    assert t.verdict == "delivered"
+    assert (t.seen_source, t.seen_destination) == ("198.51.100.2", "10.77.0.2:80")
+    assert any("198.51.100.1:8080 -> 10.77.0.2:80 (DNAT)" in h.detail for h in t.hops)
+
+
+def test_outside_to_an_unpublished_address_is_dropped() -> None:
+    t = trace(world(), "outside", packet("10.77.0.2", 80, "198.51.100.2", "uplink0"),
+              "outside", "10.77.0.2:80")
+    assert t.verdict == "dropped" and "no direct access from outside" in t.summary
+
+
+def test_loopback_published_port_from_the_host_and_from_outside() -> None:
+    t = trace(world(), "host", packet("127.0.0.1", 6379), "host", "127.0.0.1:6379")
+    assert t.verdict == "delivered" and t.seen_source == "10.77.0.1"
+    t = trace(world(), "outside", packet("127.0.0.1", 6379, "198.51.100.2", "uplink0"),
+              "outside", "127.0.0.1:6379")
+    assert t.verdict == "dropped" and "martian" in t.summary
+
+
+def test_hairpin_is_masqueraded_to_the_gateway() -> None:
+    t = trace(world(), "web", packet("198.51.100.1", 8080), "web", "198.51.100.1:8080")
+    assert t.verdict == "delivered" and t.seen_source == "10.77.0.1"
+    assert any("hairpin" in rule for _, rule in decided(t))
+
+
+def test_outbound_is_masqueraded_and_leaves() -> None:
+    t = trace(world(), "web", packet("203.0.113.7", 443), "web", "203.0.113.7:443")
+    assert t.verdict == "leaves-host" and t.seen_source == "198.51.100.1"
+
+
+def test_no_listener() -> None:
+    t = trace(world(), "web", packet("10.77.0.3", 81), "web", "cache:81")
+    assert t.verdict == "no-listener" and "TCP RST" in t.summary
+
+
+def test_no_route() -> None:
+    w = world()
+    w.host.routes = [r for r in w.host.routes if r.dst.prefixlen != 0]
+    t = trace(w, "web", packet("203.0.113.7", 443), "web", "203.0.113.7:443")
+    assert t.verdict == "no-route" and "no route to 203.0.113.7" in render(t)
+
+
+def test_a_foreign_tables_policy_drop_decides() -> None:
+    hard = [{"table": {"family": "inet", "name": "hard"}},
+            {"chain": {"family": "inet", "table": "hard", "name": "fwd", "type": "filter",
+                       "hook": "forward", "prio": 0, "policy": "drop"}}]
+    t = trace(world(hard), "web", packet("203.0.113.7", 443), "web", "203.0.113.7:443")
+    assert t.verdict == "dropped" and "inet hard fwd" in t.summary
+    # The documented remedy: accept portway's mark in that table.
+    accept_mark = {"rule": {"family": "inet", "table": "hard", "chain": "fwd", "handle": 9,
+                            "expr": [{"match": {"op": "==", "left": {"&": [
+                                {"meta": {"key": "mark"}}, firewall.ACCEPT_MARK]},
+                                "right": firewall.ACCEPT_MARK}}, {"accept": None}]}}
+    t = trace(world([*hard, accept_mark]), "web", packet("203.0.113.7", 443), "web", "x")
+    assert t.verdict == "leaves-host"
+
+
+def test_spoof_guard_passes_the_assigned_pair_only() -> None:
+    rs = Ruleset(ruleset())
+    ok = Packet(l4proto="tcp", saddr=WEB.address, daddr=IP("10.77.0.3"), sport=1, dport=80,
+                iif="pwv-web", smac=WEB.mac)
+    _, decisions, alive = rs.run_hook(("bridge",), "prerouting", ok, frozenset())
+    assert alive and decisions[0].verdict == "policy accept"
+    spoofed = Packet(l4proto="tcp", saddr=CACHE.address, daddr=IP("10.77.0.3"), sport=1,
+                     dport=80, iif="pwv-web", smac=WEB.mac)
+    _, decisions, alive = rs.run_hook(("bridge",), "prerouting", spoofed, frozenset())
+    assert not alive and decisions[0].rule == "a container sends only from its own address"
+
+
+def test_unknown_expressions_are_reported_not_guessed() -> None:
+    odd = [{"table": {"family": "inet", "name": "odd"}},
+           {"chain": {"family": "inet", "table": "odd", "name": "fwd", "type": "filter",
+                      "hook": "forward", "prio": 5, "policy": "accept"}},
+           {"rule": {"family": "inet", "table": "odd", "chain": "fwd", "handle": 3,
+                     "expr": [{"match": {"op": "==", "left": {"osf": {"key": "name"}},
+                                         "right": "Linux"}}, {"drop": None}]}}]
+    t = trace(world(odd), "web", packet("203.0.113.7", 443), "web", "x")
+    assert t.verdict == "leaves-host"
+    notes = [n for h in t.hops if h.decision for n in h.decision.uncertain]
+    assert notes and "cannot evaluate" in notes[0]
