@@ -1,0 +1,165 @@
+"""`portway trace` on real paths: the static verdict, its key hops, and a real connection
+attempt over the same path that agrees with it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from typing import Any
+
+import pytest
+
+from conftest import Sandbox, sh
+
+GET = ("import sys, urllib.request as u\n"
+       "try: print(u.urlopen(sys.argv[1], timeout=2).status)\n"
+       "except Exception as e: print('fail', type(e).__name__)\n")
+WAIT = ("import socket, sys, time\n"
+        "for _ in range(100):\n"
+        "    try:\n"
+        "        socket.create_connection((sys.argv[1], int(sys.argv[2])), 0.2).close(); break\n"
+        "    except OSError: time.sleep(0.05)\n")
+
+
+def trace(sb: Sandbox, *args: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(sb.pw("trace", *args, "--json").stdout)
+    return data
+
+
+def rules(t: dict[str, Any]) -> list[str]:
+    return [h["rule"] for h in t["hops"] if h.get("rule")]
+
+
+def attempt(where: list[str], url: str) -> str:
+    return subprocess.run([*where, "python3", "-c", GET, url], capture_output=True,
+                          text=True, timeout=30).stdout.strip()
+
+
+def served(sb: Sandbox, name: str, *args: str) -> None:
+    sb.pw("run", "-d", "--name", name, *args, "--", "python3", "-m", "http.server", "80")
+    sb.pw("exec", name, "--", "python3", "-c", WAIT, "127.0.0.1", "80")
+
+
+def last_client(sb: Sandbox, name: str) -> str:
+    """The client address the container's HTTP server logged last."""
+    lines = [line for line in sb.pw("logs", name).stdout.splitlines() if '"GET' in line]
+    return lines[-1].split()[0] if lines else ""
+
+
+@pytest.fixture
+def paths(sandbox: Sandbox) -> Sandbox:
+    sb = sandbox
+    sb.pw("network", "create", "app", "--subnet", "10.50.0.0/24")
+    sb.pw("network", "create", "db", "--subnet", "10.51.0.0/24")
+    sb.pw("network", "create", "back", "--subnet", "10.52.0.0/24", "--internal")
+    served(sb, "web", "--network", "app", "-p", "8080:80")
+    served(sb, "cache", "--network", "app", "-p", "127.0.0.1:6379:80")
+    served(sb, "store", "--network", "db")
+    sb.pw("run", "-d", "--name", "inner", "--network", "back", "--", "sleep", "300")
+    return sb
+
+
+def test_paths_agree_with_real_connections(paths: Sandbox) -> None:
+    sb = paths
+    in_web = sb.pw_cmd("exec", "web", "--")
+    outside = ["ip", "netns", "exec", sb.outside]
+
+    # Same network: bridged, accepted by the icc rule, delivered.
+    t = trace(sb, "web", "cache:80")
+    assert t["verdict"] == "delivered" and t["seen_source"] == "10.50.0.2"
+    assert any("between its containers (icc)" in r for r in rules(t))
+    assert attempt(in_web, "http://10.50.0.3/") == "200"
+    assert last_client(sb, "cache") == t["seen_source"]
+
+    # Across networks: dropped by the isolation rule; the real attempt fails too.
+    t = trace(sb, "web", "store:80")
+    assert t["verdict"] == "dropped" and "isolation" in rules(t)[-1]
+    assert attempt(in_web, "http://10.51.0.2/").startswith("fail")
+
+    # Internal network: no way out.
+    t = trace(sb, "inner", f"{sb.outside_addr}:80")
+    assert t["verdict"] == "no-route"  # no default route is given to internal networks
+
+    # Outbound: masqueraded to the host's uplink address, leaves the host.
+    server = subprocess.Popen([*outside, "python3", "-m", "http.server", "9000", "--bind",
+                               sb.outside_addr], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        subprocess.run([*outside, "python3", "-c", WAIT, sb.outside_addr, "9000"], check=True)
+        t = trace(sb, "web", f"{sb.outside_addr}:9000")
+        assert t["verdict"] == "leaves-host" and t["seen_source"] == sb.host_addr
+        assert any("outbound masquerade" in r for r in rules(t))
+        assert attempt(in_web, f"http://{sb.outside_addr}:9000/") == "200"
+    finally:
+        server.terminate()
+        _, err = server.communicate(timeout=5)
+    assert err.split()[0] == sb.host_addr  # the outside saw the host's address
+
+    # Outside -> published port: DNAT, the client's own address is kept.
+    t = trace(sb, "outside", "web:80", "--from-ip", sb.outside_addr)
+    assert t["verdict"] == "delivered"
+    assert (t["seen_source"], t["seen_destination"]) == (sb.outside_addr, "10.50.0.2:80")
+    assert attempt(outside, f"http://{sb.host_addr}:8080/") == "200"
+    assert last_client(sb, "web") == sb.outside_addr
+
+    # Outside -> an unpublished container address, with a route to it: dropped.
+    sh("ip", "-n", sb.outside, "route", "add", "10.50.0.0/24", "via", sb.host_addr)
+    t = trace(sb, "outside", "10.50.0.3:80", "--from-ip", sb.outside_addr)
+    assert t["verdict"] == "dropped" and "no direct access" in rules(t)[-1]
+    assert attempt(outside, "http://10.50.0.3/").startswith("fail")
+
+    # Host -> 127.0.0.1-published port: DNAT in output, masqueraded to the gateway.
+    t = trace(sb, "host", "127.0.0.1:6379")
+    assert t["verdict"] == "delivered" and t["seen_source"] == "10.50.0.1"
+    assert attempt(["ip", "netns", "exec", sb.host], "http://127.0.0.1:6379/") == "200"
+    assert last_client(sb, "cache") == "10.50.0.1"
+
+    # Hairpin: a container through the host's address to its own published port.
+    t = trace(sb, "web", f"{sb.host_addr}:8080")
+    assert t["verdict"] == "delivered" and t["seen_source"] == "10.50.0.1"
+    assert any("hairpin" in r for r in rules(t))
+    assert attempt(in_web, f"http://{sb.host_addr}:8080/") == "200"
+    assert last_client(sb, "web") == "10.50.0.1"
+
+    # No listener: delivered to the container, which answers with a reset.
+    t = trace(sb, "web", "cache:81")
+    assert t["verdict"] == "no-listener"
+    assert attempt(in_web, "http://10.50.0.3:81/") == "fail URLError"
+
+
+def test_trace_notices_changes_behind_the_store(paths: Sandbox) -> None:
+    sb = paths
+    in_web = sb.pw_cmd("exec", "web", "--")
+    # Another table's forward chain drops everything: portway's rules accept, it decides.
+    sb.in_host("nft", "add table inet hard")
+    sb.in_host("nft", "add chain inet hard deny { type filter hook forward priority 0; "
+               "policy drop; }")
+    t = trace(sb, "outside", "web:80", "--from-ip", sb.outside_addr)
+    assert t["verdict"] == "dropped"
+    assert [h["table"] for h in t["hops"] if h.get("verdict") == "policy drop"] == ["hard"]
+    assert attempt(["ip", "netns", "exec", sb.outside],
+                   f"http://{sb.host_addr}:8080/").startswith("fail")
+    sb.in_host("nft", "delete table inet hard")
+    assert trace(sb, "outside", "web:80", "--from-ip", sb.outside_addr)["verdict"] == \
+        "delivered"
+    # A route deleted inside a container.
+    sb.pw("exec", "web", "--", "ip", "route", "del", "default")
+    t = trace(sb, "web", f"{sb.outside_addr}:80")
+    assert t["verdict"] == "no-route"
+    assert attempt(in_web, f"http://{sb.outside_addr}:80/").startswith("fail")
+    text = sb.pw("trace", "web", f"{sb.outside_addr}:80").stdout
+    assert "no route to" in text and text.splitlines()[-1].startswith("verdict: no-route")
+
+
+def test_trace_bad_input(paths: Sandbox) -> None:
+    sb = paths
+    for args, words in ((["nobody", "web:80"], "no such source"),
+                        (["web", "web"], "no port"),
+                        (["web", "web:99999"], "invalid port"),
+                        (["web", "web:80/sctp"], "unknown protocol"),
+                        (["web", "ghost:80"], "not found"),
+                        (["outside", "web:80", "--from-ip", "nope"], "invalid --from-ip"),
+                        (["web", "web:80", "--from-ip", "1.2.3.4"], "outside source")):
+        cp = sb.pw("trace", *args, check=False)
+        assert cp.returncode != 0 and words in cp.stderr, (args, cp.stderr)
+        assert cp.stderr.count("\n") == 1 and "Traceback" not in cp.stderr
