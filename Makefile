@@ -4,7 +4,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test lint typecheck unit kernel bench reliability clean
+.PHONY: setup demo test lint typecheck unit kernel bench reliability how-packets-move clean
 
 setup: $(VENV)/.ready
 
@@ -30,6 +30,11 @@ test: setup lint typecheck
 # The reliability and security tests again, written up as docs/reliability.md.
 reliability: setup
 	$(PY) scripts/reliability.py
+
+# docs/how-packets-move.md: real `portway trace` output for each path, checked by real
+# connections, in a throwaway host namespace.
+how-packets-move: setup
+	$(PY) scripts/how_packets_move.py
 
 bench: setup
 	bash bench/setup.sh

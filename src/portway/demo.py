@@ -180,7 +180,16 @@ def scenario(d: Demo) -> None:
     d.check("the published port works again from outside",
             outside_get(d, "http://198.51.100.1:8080/") == "200")
 
-    d.title("9. Removal leaves nothing behind")
+    d.title("9. See it: the wiring, and the path of a packet rule by rule")
+    d.run("show")
+    out = d.run("trace", "outside", "web:80", "--from-ip", "198.51.100.2")
+    d.check("trace follows the outside client to web through DNAT, verdict delivered",
+            "verdict: delivered" in out and "(DNAT)" in out)
+    out = d.run("trace", "worker", "db:5432")
+    d.check("and names the rule that keeps worker (app) from db (internal backend)",
+            "verdict: dropped" in out)
+
+    d.title("10. Removal leaves nothing behind")
     d.run("rm", "-f", "web", "worker", "db")
     d.run("network", "rm", "app", "backend")
     left = d.host_cmd("ip", "-br", "link", show=False).split()

@@ -26,6 +26,7 @@ STEPS = {
     "rm.ports": ["rm", "-f", "published"],
     "rm.kernel": ["rm", "-f", "victim"],
     "disconnect.detach": ["network", "disconnect", "app", "twohomed"],
+    "trace.live": ["trace", "outside", "victim:80", "--live"],
     "connect.attach": ["network", "connect", "spare", "victim"],
 }
 
@@ -52,6 +53,8 @@ def agree(sb: Sandbox) -> None:
     assert {v for v in expected_veths if v in guarded} == expected_veths
     assert guarded.count("pwv-") == len(expected_veths)
     assert sb.pw("gc").stdout.startswith("nothing to repair")
+    assert "portway_trace" not in sb.in_host("nft", "list", "tables").stdout
+    assert not [n for n in netns_list() if n.startswith("pwprobe-")]
 
 
 @pytest.mark.parametrize("step", sorted(STEPS))
@@ -76,6 +79,9 @@ def test_kill_at_each_step_then_gc(sandbox: Sandbox, step: str) -> None:
 
     report = sb.pw("gc").stdout  # a new daemon (no fault), which reconciles first
     assert "failed" not in report, report
+    if step == "trace.live":  # the tables and the probe namespace were there to remove
+        log = (sb.state_dir / "portwayd.log").read_text()
+        assert "delete table inet portway_trace" in log and "delete namespace pwprobe-" in log
     agree(sb)
     assert os.path.exists(f"/proc/{bystander}"), "the engine's death stopped a container"
     assert sb.inspect("bystander")["State"]["Running"] is True  # type: ignore[index]

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from conftest import Sandbox, sh
+from conftest import Sandbox, netns_list, sh
 
 GET = ("import sys, urllib.request as u\n"
        "try: print(u.urlopen(sys.argv[1], timeout=2).status)\n"
@@ -22,8 +22,22 @@ WAIT = ("import socket, sys, time\n"
 
 
 def trace(sb: Sandbox, *args: str) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(sb.pw("trace", *args, "--json").stdout)
+    """Static and live together; live must agree with static, and leave nothing behind."""
+    data: dict[str, Any] = json.loads(sb.pw("trace", *args, "--json", "--live").stdout)
+    live = data["live"]
+    assert live["agrees"], (args, live["disagreements"], data["hops"], live["hops"])
+    assert live["verdict"] == data["verdict"]
+    if live["seen_source"] is not None:
+        assert (live["seen_source"], live["seen_destination"]) == \
+            (data["seen_source"], data["seen_destination"])
+    tables = sb.in_host("nft", "list", "tables").stdout
+    assert "portway_trace" not in tables
+    assert not [n for n in netns_list() if n.startswith("pwprobe-")]
     return data
+
+
+def kernel_rules(t: dict[str, Any]) -> list[str]:
+    return [h["rule"] for h in t["live"]["hops"] if h["rule"]]
 
 
 def rules(t: dict[str, Any]) -> list[str]:
@@ -74,6 +88,7 @@ def test_paths_agree_with_real_connections(paths: Sandbox) -> None:
     # Across networks: dropped by the isolation rule; the real attempt fails too.
     t = trace(sb, "web", "store:80")
     assert t["verdict"] == "dropped" and "isolation" in rules(t)[-1]
+    assert "isolation" in kernel_rules(t)[-1]  # the kernel names the same rule
     assert attempt(in_web, "http://10.51.0.2/").startswith("fail")
 
     # Internal network: no way out.
@@ -142,6 +157,16 @@ def test_trace_notices_changes_behind_the_store(paths: Sandbox) -> None:
     sb.in_host("nft", "delete table inet hard")
     assert trace(sb, "outside", "web:80", "--from-ip", sb.outside_addr)["verdict"] == \
         "delivered"
+    # Bridge netfilter off: bridged packets skip the IP hooks; both modes say so.
+    sb.in_host("sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=0")
+    try:
+        t = trace(sb, "web", "cache:80")
+        assert t["verdict"] == "delivered" and t["bridge_netfilter"] is False
+        assert any("bridge netfilter is off" in h["detail"] for h in t["hops"])
+        assert [h["table"] for h in t["live"]["hops"]] == ["portway"]  # bridge spoof only
+        assert [h["family"] for h in t["live"]["hops"]] == ["bridge"]
+    finally:
+        sb.in_host("sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1")
     # A route deleted inside a container.
     sb.pw("exec", "web", "--", "ip", "route", "del", "default")
     t = trace(sb, "web", f"{sb.outside_addr}:80")

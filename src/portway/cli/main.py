@@ -125,6 +125,8 @@ def build_parser() -> Parser:
                     help="CONTAINER:PORT or IP:PORT, with /udp for UDP")
     tr.add_argument("--from-ip", metavar="IP",
                     help="the outside client's address (default 203.0.113.10)")
+    tr.add_argument("--live", action="store_true",
+                    help="also send one real probe and show the kernel's own trace of it")
     tr.add_argument("--json", action="store_true")
     gr = sub.add_parser("graph", help="draw the topology (Graphviz: DOT, SVG or PNG)")
     gr.add_argument("-o", "--output", default="-", metavar="FILE",
@@ -420,7 +422,7 @@ def dispatch(client: Client, a: argparse.Namespace) -> int:
             print(show_text(topo))
     elif a.command == "trace":
         result = client.call("trace", source=a.source, destination=a.destination,
-                             from_ip=a.from_ip)
+                             from_ip=a.from_ip, live=a.live)
         if a.json:
             print_json(result["trace"])
         else:

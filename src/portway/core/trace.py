@@ -419,3 +419,93 @@ def render(t: Trace) -> str:
     seen = f" (seen as {t.seen_source} -> {t.seen_destination})" if t.seen_source else ""
     lines.append(f"verdict: {t.verdict}: {t.summary}{seen}")
     return "\n".join(lines)
+
+
+# --live: the kernel's account, folded into the same shape, and compared
+
+
+@dataclass(frozen=True)
+class KernelStep:
+    """One base chain's decision, as the kernel's trace events tell it."""
+
+    family: str
+    table: str
+    chain: str  # the base chain
+    rule_chain: str  # where the deciding rule is (the base chain for a policy)
+    handle: int | None  # None: the chain's policy decided
+    verdict: str  # accept, drop, or "policy accept"/"policy drop"
+    rule: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"family": self.family, "table": self.table, "chain": self.chain,
+                "rule_chain": self.rule_chain, "handle": self.handle,
+                "verdict": self.verdict, "rule": self.rule}
+
+
+TERMINAL = ("accept", "drop", "queue", "stolen")
+
+
+def fold_events(events: list[dict[str, Any]], rules: dict[tuple[str, str, int], str]
+                ) -> list[KernelStep]:
+    """Trace events of one packet (in order) -> one step per base chain it passed.
+
+    A traversal starts in a base chain, may jump into others, and ends with a rule
+    whose verdict is final (accept, drop) or with the base chain's policy.
+    """
+    steps: list[KernelStep] = []
+    base = ""
+    for e in events:
+        if not base:
+            base = e["chain"]
+        if e["kind"] == "policy":
+            steps.append(KernelStep(e["family"], e["table"], base, e["chain"], None,
+                                    f"policy {e['verdict']}"))
+            base = ""
+        elif e["kind"] == "rule" and e["verdict"] in TERMINAL:
+            handle = e["handle"]
+            steps.append(KernelStep(e["family"], e["table"], base, e["chain"], handle,
+                                    e["verdict"],
+                                    rules.get((e["family"], e["table"], handle or 0), "")))
+            base = ""
+    return steps
+
+
+def static_steps(t: Trace, space_label: str) -> list[KernelStep]:
+    out = []
+    for h in t.hops:
+        d = h.decision
+        if d is None or not h.where.startswith(f"{space_label}:"):
+            continue
+        out.append(KernelStep(d.family, d.table, d.chain, d.rule_chain, d.handle,
+                              d.verdict, d.rule))
+    return out
+
+
+def agreement(static: list[KernelStep], kernel: list[KernelStep], static_verdict: str,
+              live_verdict: str, static_seen: tuple[str, str],
+              live_seen: tuple[str, str] | None) -> list[str]:
+    """Why static and live disagree; an empty list when they agree. Chains are compared
+    where both report them (the kernel reports only after the trace rule fired)."""
+    reasons: list[str] = []
+
+    def key(s: KernelStep) -> tuple[str, str, str]:
+        return (s.family, s.table, s.chain)
+
+    both = {key(s) for s in static} & {key(s) for s in kernel}
+    a = [(key(s), s.rule_chain, s.handle, s.verdict) for s in static if key(s) in both]
+    b = [(key(s), s.rule_chain, s.handle, s.verdict) for s in kernel if key(s) in both]
+    if a != b:
+        for x, y in zip(a, b, strict=False):
+            if x != y:
+                reasons.append(f"at {' '.join(x[0])}: static says {x[3]} (handle {x[2]}), "
+                               f"the kernel {y[3]} (handle {y[2]})")
+                break
+        else:
+            reasons.append(f"static passes {len(a)} of the chains both see, the kernel "
+                           f"{len(b)}")
+    if static_verdict != live_verdict:
+        reasons.append(f"verdict: static {static_verdict}, kernel {live_verdict}")
+    if live_seen is not None and live_seen != static_seen:
+        reasons.append(f"seen addresses: static {static_seen[0]} -> {static_seen[1]}, "
+                       f"kernel {live_seen[0]} -> {live_seen[1]}")
+    return reasons

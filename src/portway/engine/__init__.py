@@ -522,12 +522,12 @@ class Engine:
         except (PortwayError, OSError) as exc:
             print(f"portwayd: DNS records not updated: {exc}", file=sys.stderr, flush=True)
 
-    def trace(self, source: str, destination: str,
-              from_ip: str | None = None) -> dict[str, Any]:
+    def trace(self, source: str, destination: str, from_ip: str | None = None,
+              live: bool = False) -> dict[str, Any]:
         from portway.engine import tracer
 
         with self.lock:
-            return tracer.run(self, source, destination, from_ip)
+            return tracer.run(self, source, destination, from_ip, live)
 
     def show(self) -> dict[str, Any]:
         with self.lock:

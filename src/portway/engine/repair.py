@@ -46,6 +46,7 @@ def gc(engine: Engine, dry_run: bool) -> list[str]:
     _dns(engine, report)
     _unknown_links(engine, report)
     _unknown_namespaces(engine, report)
+    _trace_leftovers(engine, report)
     return report.lines
 
 
@@ -205,6 +206,28 @@ def _unknown_links(engine: Engine, report: Report) -> None:
         if known is not None and object_id not in known:
             report.act(f"delete {link.ifname}: portway {kind} {object_id[:12]} is not in the "
                        f"store", partial(links.delete_link, engine.host, link.ifname))
+
+
+def _trace_leftovers(engine: Engine, report: Report) -> None:
+    """What an interrupted `trace --live` can leave: its tables and its probe namespace."""
+    from portway.engine import live
+
+    for family in ("inet", "bridge", "netdev"):
+        if engine.nft.list_table(family, live.TABLE) is not None:
+            report.act(f"delete table {family} {live.TABLE}: left by an interrupted trace",
+                       partial(engine._nft_teardown, [{"delete": {"table": {
+                           "family": family, "name": live.TABLE}}}]))
+    for name in netns.list_netns():
+        if not name.startswith("pwprobe-"):
+            continue
+        ipr = netns.open_ipr(netns.netns_path(name))
+        try:
+            tag = names.parse_owner_tag(links.observe_loopback_tag(ipr))
+        finally:
+            ipr.close()
+        if tag is not None and tag[0] == engine.instance and tag[1] == "probe":
+            report.act(f"delete namespace {name}: left by an interrupted trace",
+                       partial(netns.delete_netns, name))
 
 
 def _unknown_namespaces(engine: Engine, report: Report) -> None:

@@ -8,7 +8,6 @@ part; core/trace.py does the reasoning on it.
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -54,12 +53,6 @@ def _space(key: str, label: str, ipr: IPRoute, rules: list[dict[str, Any]],
                       forwarding=observe.read_sysctl("net.ipv4.ip_forward") == "1")
 
 
-def _ruleset(nft: Nft) -> list[dict[str, Any]]:
-    """Every table of every family, as libnftables lists them."""
-    items: list[dict[str, Any]] = json.loads(nft.run("list ruleset"))["nftables"]
-    return items
-
-
 def observe_world(engine: Engine) -> tuple[core.World, dict[str, Container]]:
     containers = {os.path.basename(c.netns): c for c in engine.store.containers()
                   if c.network_mode != "host" and netns.netns_exists(os.path.basename(c.netns))}
@@ -69,8 +62,7 @@ def observe_world(engine: Engine) -> tuple[core.World, dict[str, Container]]:
         for e in engine.store.endpoints(container_id=c.id):
             host_peers[e.host_ifname] = (key, e.ifname)
             inner_peers.setdefault(key, {})[e.ifname] = (HOST, e.host_ifname)
-    host_label = f"host ({engine.host_netns})" if engine.host_netns else "host"
-    host = _space(HOST, host_label, engine.host, _ruleset(engine.nft), host_peers)
+    host = _space(HOST, "host", engine.host, engine.nft.list_ruleset(), host_peers)
     bridge_nf = observe.read_sysctl("net.bridge.bridge-nf-call-iptables") == "1"
     spaces: dict[str, core.Space] = {}
     for key, c in containers.items():
@@ -78,7 +70,7 @@ def observe_world(engine: Engine) -> tuple[core.World, dict[str, Container]]:
             # Both open their netlink sockets here, inside the container's namespace.
             ipr, nft = IPRoute(), Nft()
             try:
-                return _space(key, f"container {c.name}", ipr, _ruleset(nft),
+                return _space(key, f"container {c.name}", ipr, nft.list_ruleset(),
                               inner_peers.get(key, {}))
             finally:
                 ipr.close()
@@ -107,7 +99,8 @@ def _split_target(text: str) -> tuple[str, int | None, str]:
     return text, port, proto
 
 
-def run(engine: Engine, source: str, destination: str, from_ip: str | None) -> dict[str, Any]:
+def run(engine: Engine, source: str, destination: str, from_ip: str | None,
+        live: bool = False) -> dict[str, Any]:
     name, port, proto = _split_target(destination)
     if from_ip is not None:
         try:
@@ -163,9 +156,10 @@ def run(engine: Engine, source: str, destination: str, from_ip: str | None) -> d
             if published is not None:
                 daddr, dport = _uplink_address(world, from_ip, published.host_ip), \
                     published.host_port
-                notes.append(f"{port}/{proto} of {target.name} is published on "
-                             f"{published.host_ip or 'every host address'}:"
-                             f"{published.host_port}: the client connects there")
+                where = f"{published.host_ip}:{published.host_port}" if published.host_ip \
+                    else f"port {published.host_port} of every host address"
+                notes.append(f"{target.name}'s {port}/{proto} is published on {where}: the "
+                             f"client connects to {daddr}:{dport}")
             else:
                 notes.append(f"{port}/{proto} of {target.name} is not published: the client "
                              "tries its address directly")
@@ -180,19 +174,26 @@ def run(engine: Engine, source: str, destination: str, from_ip: str | None) -> d
         packet = Packet(l4proto=proto, saddr=client, daddr=daddr, sport=SOURCE_PORT,
                         dport=dport, iif=route.dev)
         label = f"outside {client}"
-        result = core.trace(world, "outside", packet, label, dst_label)
+        key = "outside"
     else:
         key = world.host.key if src_key == "host" else src_key
         packet = Packet(l4proto=proto, saddr=ipaddress.IPv4Address(0), daddr=daddr,
                         sport=SOURCE_PORT, dport=dport)
         label = "host" if src_key == "host" else f"container {containers[src_key].name}"
-        result = core.trace(world, key, packet, label, dst_label)
+    result = core.trace(world, key, packet, label, dst_label)
     data = result.as_dict()
+    if engine.host_netns:
+        notes.insert(0, f"the host is network namespace {engine.host_netns}")
     data["notes"] = notes
     data["bridge_netfilter"] = world.bridge_nf
     text = core.render(result)
     if notes:
         text = "\n".join(f"note: {n}" for n in notes) + "\n" + text
+    if live:
+        from portway.engine import live as live_trace
+
+        data["live"] = live_trace.run(engine, world, key, packet, result, label, dst_label)
+        text += "\n\n" + live_trace.render(data["live"])
     return {"trace": data, "text": text}
 
 

@@ -17,6 +17,8 @@ from portway.errors import KernelError
 from portway.kernel.netns import write_sysctl
 from portway.model.types import IPAddress
 
+RTNH_F_ONLINK = 4
+
 GONE = (errno.ENODEV, errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL)
 
 
@@ -239,3 +241,33 @@ def setup_loopback(ipr: IPRoute, tag: str) -> None:
 def observe_loopback_tag(ipr: IPRoute) -> str:
     link = observe_link(ipr, "lo")
     return link.alias if link else ""
+
+
+def setup_probe(ipr: IPRoute, tag: str) -> None:
+    """In a probe namespace (a client beyond the host's uplink): lo tagged but left down,
+    so 127/8 is not local and a probe to 127.0.0.1 goes out, as a neighbour's would."""
+    index = ipr.link_lookup(ifname="lo")[0]
+    ipr.link("set", index=index, ifalias=tag)
+    write_sysctl("net.ipv4.conf.all.route_localnet", "1")
+    write_sysctl("net.ipv4.conf.default.route_localnet", "1")
+
+
+def add_probe_link(host: IPRoute, probe: IPRoute, netns_fd: int, host_ifname: str,
+                   client: IPAddress, gateway: IPAddress) -> None:
+    """A veth from the host into a probe namespace that plays an outside client at
+    `client`: the client's address on eth0 with a default route via the host's address
+    `gateway` (on-link), and a route back to the client through host_ifname."""
+    try:
+        host.link("add", ifname=host_ifname, kind="veth",
+                  peer={"ifname": "eth0", "net_ns_fd": netns_fd})
+        index = host.link_lookup(ifname=host_ifname)[0]
+        disable_ipv6(host_ifname)
+        host.link("set", index=index, state="up")
+        host.route("add", dst=f"{client}/32", oif=index)
+        inner = probe.link_lookup(ifname="eth0")[0]
+        probe.addr("add", index=inner, address=str(client), prefixlen=32)
+        probe.link("set", index=inner, state="up")
+        probe.route("add", dst="0.0.0.0/0", gateway=str(gateway), oif=inner,
+                    flags=RTNH_F_ONLINK)
+    except NetlinkError as exc:
+        raise _kernel_error(f"set up probe link {host_ifname}", exc) from None

@@ -76,6 +76,11 @@ class Nft:
         items: list[dict[str, Any]] = json.loads(out)["nftables"]
         return items
 
+    def list_ruleset(self) -> list[dict[str, Any]]:
+        """Every table of every family, with handles."""
+        items: list[dict[str, Any]] = json.loads(self.run("list ruleset"))["nftables"]
+        return items
+
     def close(self) -> None:
         with self._lock:
             if self._ctx:

@@ -1,0 +1,183 @@
+"""Write docs/how-packets-move.md from real runs of `portway trace` (make how-packets-move).
+
+It builds a throwaway world (a host namespace, an outside namespace, three
+networks and four containers), runs `portway show` and a trace of each path the
+firewall builds, checks each verdict with a real connection, and writes the
+output as it came, between short explanations. Everything is removed after.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from portway.testbed import HOST_ADDR, OUTSIDE_ADDR, make_world, remove_world
+
+ROOT = Path(__file__).resolve().parent.parent
+PORTWAY = os.path.join(os.path.dirname(sys.executable), "portway")
+GET = ("import sys, urllib.request as u\n"
+       "try: print(u.urlopen(sys.argv[1], timeout=2).status)\n"
+       "except Exception as e: print('fail', type(e).__name__)\n")
+WAIT = ("import socket, sys, time\n"
+        "for _ in range(100):\n"
+        "    try:\n"
+        "        socket.create_connection((sys.argv[1], int(sys.argv[2])), 0.2).close(); break\n"
+        "    except OSError: time.sleep(0.05)\n")
+
+INTRO = f"""# How packets move
+
+`portway trace SOURCE DEST:PORT` follows the first packet of a new connection
+through the machinery: the source's route lookup, the veth pair, the bridge
+(bridged to another port, or up to the host's IP layer), every netfilter hook
+with every base chain on it, of every table (portway's and anyone else's), the
+rule that decided (by its comment) or the chain's policy, each address
+rewrite, and the end: a listening socket, no listener, dropped (by what), no
+route, or out of the host. `--json` gives the same as data.
+
+Everything below is real output, written by `make how-packets-move`
+(scripts/how_packets_move.py) in a throwaway host namespace whose uplink
+(`uplink0`, {HOST_ADDR}) leads to an "outside" namespace ({OUTSIDE_ADDR}), with:
+
+"""
+
+SETUP = [
+    ("network", "create", "app", "--subnet", "10.77.0.0/24"),
+    ("network", "create", "db", "--subnet", "10.78.0.0/24"),
+    ("network", "create", "back", "--subnet", "10.79.0.0/24", "--internal"),
+    ("run", "-d", "--name", "web", "--network", "app", "-p", "8080:80", "--",
+     "python3", "-m", "http.server", "80"),
+    ("run", "-d", "--name", "cache", "--network", "app", "-p", "127.0.0.1:6379:80", "--",
+     "python3", "-m", "http.server", "80"),
+    ("run", "-d", "--name", "store", "--network", "db", "--",
+     "python3", "-m", "http.server", "5432"),
+    ("run", "-d", "--name", "inner", "--network", "back", "--", "sleep", "600"),
+]
+
+# (title, explanation, trace arguments, expected verdict, a real attempt: (where, url))
+PATHS: list[tuple[str, str, list[str], str, tuple[str, str] | None]] = [
+    ("Between containers of one network",
+     "Both containers are ports of one bridge: the frame is bridged, not routed. With "
+     "bridge netfilter on (portway turns it on, as Docker does), the IP hooks see the "
+     "bridged packet too, with the bridge as both devices; the network's `icc` rule "
+     "accepts it. The server sees the client's own address.",
+     ["web", "cache:80"], "delivered", ("web", "http://10.77.0.3/")),
+    ("Across networks: isolated",
+     "The packet goes up to the host (its destination MAC is the bridge's own, the "
+     "gateway's), is routed towards the other bridge, and the forward hook's "
+     "`in-<network>` chain drops it.",
+     ["web", "store:5432"], "dropped", ("web", "http://10.78.0.2:5432/")),
+    ("From outside to a published port",
+     "DNAT in prerouting rewrites the destination to the container; the forward hook lets "
+     "DNATed connections into the network; nothing rewrites the source, so the container "
+     "sees the client's own address.",
+     ["outside", "web:80", "--from-ip", OUTSIDE_ADDR], "delivered",
+     ("outside", f"http://{HOST_ADDR}:8080/")),
+    ("From outside to an unpublished address",
+     "Even with a route to the subnet, a connection that was not DNATed is dropped on its "
+     "way into the network.",
+     ["outside", "10.77.0.2:80", "--from-ip", OUTSIDE_ADDR], "dropped", None),
+    ("From outside to a port published on 127.0.0.1",
+     "portway's first prerouting rule never translates 127/8, so the kernel drops the "
+     "packet as a martian (the attack of moby/moby#45610 fails).",
+     ["outside", "127.0.0.1:6379", "--from-ip", OUTSIDE_ADDR], "dropped", None),
+    ("From a host process to a port published on 127.0.0.1",
+     "The output hook's DNAT sends the packet to the container; because its source is "
+     "127.0.0.1, postrouting masquerades it to the bridge's address so the container can "
+     "answer.",
+     ["host", "127.0.0.1:6379"], "delivered", ("host", "http://127.0.0.1:6379/")),
+    ("Hairpin: a container to its own published port",
+     "Through the host's address: DNAT brings it back to the same bridge, and the "
+     "network's hairpin rule masquerades it to the gateway, or the answer would bypass "
+     "the host.",
+     ["web", f"{HOST_ADDR}:8080"], "delivered", ("web", f"http://{HOST_ADDR}:8080/")),
+    ("Outbound",
+     "Routed out of the uplink; postrouting's `nat_src` map sends the network's sources to "
+     "its masquerade rule: the outside sees the host's address.",
+     ["web", f"{OUTSIDE_ADDR}:9000"], "leaves-host", None),
+    ("An internal network",
+     "Its containers get no default route, and its forward chain would drop anything "
+     "that left anyway.",
+     ["inner", f"{OUTSIDE_ADDR}:9000"], "no-route", None),
+    ("Nothing listening",
+     "The packet is delivered to the container's namespace, where no socket is bound to "
+     "the port: the kernel answers with a TCP reset.",
+     ["web", "cache:81"], "no-listener", ("web", "http://10.77.0.3:81/")),
+]
+
+
+class World:
+    def __init__(self) -> None:
+        tag = secrets.token_hex(3)
+        self.host, self.outside = f"pwdoc-h-{tag}", f"pwdoc-o-{tag}"
+        self.state = tempfile.mkdtemp(prefix="portway-doc-")
+
+    def pw(self, *args: str) -> str:
+        cp = subprocess.run([PORTWAY, "--host-netns", self.host, "--state-dir", self.state,
+                             *args], capture_output=True, text=True, timeout=120)
+        if cp.returncode != 0:
+            raise SystemExit(f"portway {' '.join(args)} failed: {cp.stderr.strip()}")
+        return cp.stdout.rstrip()
+
+    def attempt(self, where: str, url: str) -> str:
+        prefix = {"outside": ["ip", "netns", "exec", self.outside],
+                  "host": ["ip", "netns", "exec", self.host]}.get(
+            where, [PORTWAY, "--host-netns", self.host, "--state-dir", self.state, "exec",
+                    where, "--"])
+        return subprocess.run([*prefix, "python3", "-c", GET, url], capture_output=True,
+                              text=True, timeout=30).stdout.strip()
+
+
+def write(world: World) -> str:
+    out = [INTRO, "```"]
+    for args in SETUP:
+        world.pw(*args)
+        out.append("$ portway " + " ".join(args))
+    out.append("```\n")
+    for name, port in (("web", "80"), ("cache", "80"), ("store", "5432")):
+        world.pw("exec", name, "--", "python3", "-c", WAIT, "127.0.0.1", port)
+    out += ["## The wiring: `portway show`", "", "```", "$ portway show", world.pw("show"),
+            "```", ""]
+    failures = []
+    for title, text, args, verdict, real in PATHS:
+        shown = world.pw("trace", *args)
+        if f"verdict: {verdict}" not in shown:
+            failures.append(f"{title}: expected {verdict}")
+        out += [f"## {title}", "", text, "", "```", f"$ portway trace {' '.join(args)}",
+                shown, "```", ""]
+        if real is not None:
+            got = world.attempt(*real)
+            ok = (got == "200") == (verdict == "delivered")
+            if not ok:
+                failures.append(f"{title}: a real connection gave {got!r}")
+            out += [f"A real connection over the same path: `{got}`.", ""]
+    if failures:
+        raise SystemExit("how-packets-move: " + "; ".join(failures))
+    return "\n".join(out)
+
+
+def main() -> int:
+    world = World()
+    make_world(world.host, world.outside)
+    try:
+        text = write(world)
+    finally:
+        subprocess.run([PORTWAY, "--host-netns", world.host, "--state-dir", world.state,
+                        "rm", "-f", "web", "cache", "store", "inner"], capture_output=True)
+        subprocess.run([PORTWAY, "--host-netns", world.host, "--state-dir", world.state,
+                        "network", "rm", "app", "db", "back"], capture_output=True)
+        subprocess.run([PORTWAY, "--host-netns", world.host, "--state-dir", world.state,
+                        "daemon", "stop"], capture_output=True)
+        remove_world(world.host, world.outside)
+        shutil.rmtree(world.state, ignore_errors=True)
+    (ROOT / "docs" / "how-packets-move.md").write_text(text + "\n")
+    print("wrote docs/how-packets-move.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

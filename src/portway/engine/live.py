@@ -1,0 +1,256 @@
+"""`portway trace --live`: one real probe, and the kernel's own trace of it.
+
+The probe is a TCP SYN (or one UDP datagram) from the source namespace; for an
+outside source, from a short-lived probe namespace joined to the host by a
+temporary veth and addressed as the client. Short-lived tables of portway's
+own select the probe by its 5-tuple (`meta nftrace set 1`; marks do not cross
+namespaces) and stop it in each non-portway interface's egress hook, so it
+never leaves the host. The kernel's trace events (nfnetlink) and conntrack's
+final tuple are read back and compared with the static reasoning. The tables,
+namespace and veth are removed whatever happens.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import random
+import secrets
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from portway.core import trace as core
+from portway.core.nftsim import Packet, rule_text
+from portway.errors import KernelError
+from portway.kernel import links, netns, nftrace
+from portway.model.types import IPAddress
+
+if TYPE_CHECKING:
+    from portway.engine import Engine
+
+
+def fault_point(step: str) -> None:
+    from portway.engine import fault_point as fault
+
+    fault(step)
+
+TABLE = "portway_trace"
+PRIORITY = -350  # before every chain portway or a distribution puts on these hooks
+WHY_STOP = "portway trace --live: the probe stops here instead of leaving the host"
+
+
+def _match(proto: str, sport: int, dport: int, daddr: str, saddr: str | None) -> list[Any]:
+    def eq(left: Any, right: Any) -> dict[str, Any]:
+        return {"match": {"op": "==", "left": left, "right": right}}
+
+    out = [eq({"meta": {"key": "l4proto"}}, proto),
+           eq({"payload": {"protocol": "th", "field": "sport"}}, sport),
+           eq({"payload": {"protocol": "th", "field": "dport"}}, dport),
+           eq({"payload": {"protocol": "ip", "field": "daddr"}}, daddr)]
+    if saddr is not None:
+        out.append(eq({"payload": {"protocol": "ip", "field": "saddr"}}, saddr))
+    return out
+
+
+def trace_tables(proto: str, sport: int, dport: int, daddr: str, saddr: str | None,
+                 egress_devices: list[str]) -> list[dict[str, Any]]:
+    """The short-lived tables: trace the probe from its first hook, stop it at the edge."""
+    select = _match(proto, sport, dport, daddr, saddr)
+    nftrace_on = {"mangle": {"key": {"meta": {"key": "nftrace"}}, "value": 1}}
+    cmds: list[dict[str, Any]] = []
+    for family, hooks in (("inet", ("prerouting", "output")), ("bridge", ("prerouting",))):
+        cmds.append({"add": {"table": {"family": family, "name": TABLE}}})
+        for hook in hooks:
+            cmds.append({"add": {"chain": {"family": family, "table": TABLE, "name": hook,
+                                           "type": "filter", "hook": hook, "prio": PRIORITY,
+                                           "policy": "accept"}}})
+            cmds.append({"add": {"rule": {"family": family, "table": TABLE, "chain": hook,
+                                          "expr": [*select, nftrace_on]}}})
+    if egress_devices:
+        cmds.append({"add": {"table": {"family": "netdev", "name": TABLE}}})
+    stop = [{"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": proto}},
+            {"match": {"op": "==", "left": {"payload": {"protocol": "th", "field": "sport"}},
+                       "right": sport}}, {"drop": None}]
+    for number, dev in enumerate(egress_devices):
+        chain = f"stop{number}"
+        cmds.append({"add": {"chain": {"family": "netdev", "table": TABLE, "name": chain,
+                                       "type": "filter", "hook": "egress", "dev": dev,
+                                       "prio": 0, "policy": "accept"}}})
+        cmds.append({"add": {"rule": {"family": "netdev", "table": TABLE, "chain": chain,
+                                      "expr": stop, "comment": WHY_STOP}}})
+    return cmds
+
+
+def _drop_tables(engine: Engine) -> None:
+    for family in ("inet", "bridge", "netdev"):
+        if engine.nft.list_table(family, TABLE) is not None:
+            engine._nft_teardown([{"delete": {"table": {"family": family, "name": TABLE}}}])
+
+
+def run(engine: Engine, world: core.World, src_key: str, packet: Packet,
+        static: core.Trace, label: str, destination: str) -> dict[str, Any]:
+    host = world.host
+    items = engine.nft.list_ruleset()
+    rules = {(r["family"], r["table"], int(r.get("handle", 0))): rule_text(r)
+             for r in (i["rule"] for i in items if "rule" in i)}
+    hooks = {(c["family"], c["table"], c["name"]): c.get("hook", "")
+             for c in (i["chain"] for i in items if "chain" in i)}
+    sport = random.randint(33000, 60999)
+    outside = src_key == "outside"
+    probe_ns = f"pwprobe-{secrets.token_hex(3)}" if outside else ""
+    probe_if = f"pwp-{secrets.token_hex(4)}" if outside else ""
+    devices = [i.name for i in host.ifaces if i.name != "lo" and i.kind != "bridge"
+               and not i.master and i.peer is None and i.name != probe_if]
+    listener = nftrace.TraceListener()
+    compare_static = static
+    try:
+        if outside:
+            tag = engine.tag("probe", probe_ns)
+            ipr = netns.create_netns(probe_ns, lambda ipr: links.setup_probe(ipr, tag))
+            fd = os.open(netns.netns_path(probe_ns), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                links.add_probe_link(engine.host, ipr, fd, probe_if, packet.saddr,
+                                     _facing(host, packet.saddr))
+            finally:
+                os.close(fd)
+                ipr.close()
+            # The only hop allowed to differ from the static path: the ingress device.
+            probe_world = core.World(host=replace(host, ifaces=[
+                *host.ifaces, core.Iface(probe_if, 0, "veth")], routes=[
+                *host.routes, core.Route(ipaddress.IPv4Network(f"{packet.saddr}/32"),
+                                         probe_if)]), spaces=world.spaces,
+                bridge_nf=world.bridge_nf)
+            compare_static = core.trace(probe_world, "outside", replace(packet, iif=probe_if),
+                                        label, destination)
+        engine.nft.apply(trace_tables(packet.l4proto, sport, packet.dport, str(packet.daddr),
+                                      str(packet.saddr) if outside else None, devices))
+        fault_point("trace.live")
+
+        def send() -> tuple[str, tuple[str, int]]:
+            return nftrace.send_probe(packet.l4proto, str(packet.daddr), packet.dport, sport)
+
+        if outside:
+            outcome, local = netns.in_netns(netns.netns_path(probe_ns), send)
+        elif src_key == host.key:
+            outcome, local = send()
+        else:
+            outcome, local = netns.in_netns(netns.netns_path(src_key), send)
+        events = listener.read()
+        connections = nftrace.connections()
+    finally:
+        listener.close()
+        try:
+            _drop_tables(engine)
+        finally:
+            if outside:
+                links.delete_link(engine.host, probe_if)
+                netns.delete_netns(probe_ns)
+    return _report(events, connections, rules, hooks, outcome, local, sport, packet,
+                   static, compare_static, outside)
+
+
+def _facing(host: core.Space, client: IPAddress) -> IPAddress:
+    """The host address a client at `client` reaches the host by."""
+    route = host.lookup(client)
+    addr = route.prefsrc if route and route.prefsrc else \
+        host.first_address(route.dev) if route else None
+    if addr is None:
+        raise KernelError(f"no host address faces {client}",
+                          "give --from-ip an address beyond one of the host's interfaces")
+    return addr
+
+
+def first_packet(events: list[nftrace.TraceEvent]) -> list[nftrace.TraceEvent]:
+    """The events of the probe's first packet. The kernel sends the packet's headers with
+    the first event of each chain it enters; a later segment of the connection (the
+    handshake's ACK) is told apart by its TCP flags there. (Trace ids are no help: they
+    change along the path and are recycled with socket buffers.)"""
+    out: list[nftrace.TraceEvent] = []
+    keep = True
+    for e in events:
+        if e.network:
+            keep = e.first_segment()
+        if keep and not (e.kind == "rule" and e.handle is None):
+            out.append(e)
+    return out
+
+
+def _report(events: list[nftrace.TraceEvent], connections: list[nftrace.Connection],
+            rules: dict[tuple[str, str, int], str], hooks: dict[tuple[str, str, str], str],
+            outcome: str, local: tuple[str, int], sport: int, packet: Packet,
+            static: core.Trace, compare_static: core.Trace, outside: bool) -> dict[str, Any]:
+    mine = first_packet(events)
+    stopped = next((e for e in mine if e.table == TABLE and e.family == "netdev"
+                    and e.verdict == "drop"), None)
+    steps = core.fold_events([{"family": e.family, "table": e.table, "chain": e.chain,
+                               "kind": e.kind, "handle": e.handle, "verdict": e.verdict}
+                              for e in mine if e.table != TABLE], rules)
+    drop = next((s for s in steps if s.verdict.split()[-1] == "drop"), None)
+    notes: list[str] = []
+    if drop is not None:
+        verdict = "dropped"
+        summary = f"dropped by {drop.family} {drop.table} {drop.chain}: {drop.rule or drop.verdict}"
+    elif stopped is not None:
+        verdict, summary = "leaves-host", "reached the host's edge; stopped there by the trace"
+    elif outcome in ("connected", "answered"):
+        verdict, summary = "delivered", f"the probe's {packet.l4proto} {outcome}"
+    elif outcome == "refused":
+        verdict, summary = "no-listener", "refused (nothing listens)"
+    elif outcome == "unreachable":
+        verdict, summary = "no-route", "the source's kernel has no route"
+    elif outcome == "timeout" and packet.l4proto == "udp":
+        verdict, summary = "delivered", "no ICMP error came back (UDP cannot say more)"
+    else:
+        verdict = "dropped"
+        summary = f"no answer ({outcome}) and no netfilter rule dropped it: the kernel " \
+                  "itself did (a martian, rp_filter, a missing neighbour...)"
+    src = packet.saddr if outside else local[0]
+    entry = next((c for c in connections if c.orig == (str(src), sport, str(packet.daddr),
+                                                       packet.dport)), None)
+    seen: tuple[str, str] | None = None
+    if entry is not None and verdict in ("delivered", "no-listener", "leaves-host"):
+        seen = (entry.reply[2], f"{entry.reply[0]}:{entry.reply[1]}")
+    elif verdict in ("delivered", "no-listener", "leaves-host"):
+        notes.append("conntrack holds no entry for the probe in the host (a refused "
+                     "connection's entry goes at once)")
+    reasons = core.agreement(
+        core.static_steps(compare_static, "host"), steps, compare_static.verdict, verdict,
+        (compare_static.seen_source, compare_static.seen_destination), seen)
+    hops = [{**s.as_dict(), "hook": hooks.get((s.family, s.table, s.chain), "")}
+            for s in steps]
+    return {"probe": {"protocol": packet.l4proto, "source": f"{src}:{sport}",
+                      "destination": f"{packet.daddr}:{packet.dport}", "outcome": outcome},
+            "hops": hops, "verdict": verdict, "summary": summary,
+            "stopped_at": (stopped.chain if stopped else None),
+            "seen_source": seen[0] if seen else None,
+            "seen_destination": seen[1] if seen else None,
+            "agrees": not reasons, "disagreements": reasons, "notes": notes,
+            "events": [{"id": e.trace_id, "family": e.family, "table": e.table,
+                        "chain": e.chain, "type": e.kind, "handle": e.handle,
+                        "verdict": e.verdict, "iif": e.iif, "oif": e.oif,
+                        "network": e.network.hex(), "transport": e.transport.hex()}
+                       for e in events],
+            "static_ingress": compare_static.hops[0].detail if outside else None,
+            "static_verdict": static.verdict}
+
+
+def render(live: dict[str, Any]) -> str:
+    p = live["probe"]
+    lines = [f"live: the kernel's trace of one {p['protocol']} probe {p['source']} -> "
+             f"{p['destination']} ({p['outcome']})"]
+    for number, h in enumerate(live["hops"], 1):
+        rule = f" by \"{h['rule']}\"" if h["rule"] else ""
+        where = f" (in {h['rule_chain']})" if h["rule_chain"] != h["chain"] else ""
+        lines.append(f"{number:3}  {h['family']} {h['table']} {h['chain']} ({h['hook']}): "
+                     f"{h['verdict']}{rule}{where}")
+    seen = f" (seen as {live['seen_source']} -> {live['seen_destination']}, from conntrack)" \
+        if live["seen_source"] else ""
+    lines.append(f"live verdict: {live['verdict']}: {live['summary']}{seen}")
+    for note in live["notes"]:
+        lines.append(f"note: {note}")
+    if live["agrees"]:
+        lines.append("static and live agree")
+    else:
+        lines += ["static and live DISAGREE:"] + [f"  - {r}" for r in live["disagreements"]]
+    return "\n".join(lines)
+

@@ -1,0 +1,235 @@
+"""The kernel's own account of a packet: nftables trace events and conntrack, over netlink.
+
+nft 1.0.6 prints `monitor trace` only as text, so portway reads the NFT_MSG_TRACE
+messages of the NFNLGRP_NFTRACE group itself, and dumps conntrack (ctnetlink)
+for the connection's final tuple. Both sockets belong to the namespace of the
+thread that opens them.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import select
+import socket
+import struct
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+NETLINK_NETFILTER = 12
+SOL_NETLINK = 270
+NETLINK_ADD_MEMBERSHIP = 1
+NFNLGRP_NFTRACE = 9
+NFNL_SUBSYS_CTNETLINK = 1
+NFNL_SUBSYS_NFTABLES = 10
+NFT_MSG_TRACE = 17
+IPCTNL_MSG_CT_GET = 1
+NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+NLA_TYPE_MASK = 0x3FFF
+
+FAMILIES = {1: "inet", 2: "ip", 3: "arp", 5: "netdev", 7: "bridge", 10: "ip6"}
+TRACE_TYPES = {1: "policy", 2: "return", 3: "rule"}
+VERDICTS = {0: "drop", 1: "accept", 2: "stolen", 3: "queue", 4: "repeat", -1: "continue",
+            -2: "break", -3: "jump", -4: "goto", -5: "return"}
+
+
+@dataclass(frozen=True)
+class TraceEvent:
+    trace_id: int
+    family: str
+    table: str
+    chain: str
+    kind: str  # rule, policy, return
+    handle: int | None
+    verdict: str
+    target: str  # a jump's or goto's chain
+    iif: int
+    oif: int
+    network: bytes  # the IP header as the hook saw it (up to 40 bytes)
+    transport: bytes
+
+    def addresses(self) -> tuple[str, str] | None:
+        if len(self.network) >= 20 and self.network[0] >> 4 == 4:
+            return (str(ipaddress.IPv4Address(self.network[12:16])),
+                    str(ipaddress.IPv4Address(self.network[16:20])))
+        return None
+
+    def first_segment(self) -> bool:
+        """A TCP SYN without ACK (the connection's first packet), or not TCP at all."""
+        if len(self.network) >= 10 and self.network[9] == 6 and len(self.transport) >= 14:
+            return self.transport[13] & 0x12 == 0x02
+        return True
+
+    def ports(self) -> tuple[int, int] | None:
+        if len(self.transport) >= 4:
+            sport, dport = struct.unpack("!HH", self.transport[:4])
+            return sport, dport
+        return None
+
+
+def _attrs(data: bytes) -> Iterator[tuple[int, bytes]]:
+    offset = 0
+    while offset + 4 <= len(data):
+        length, kind = struct.unpack_from("=HH", data, offset)
+        if length < 4:
+            return
+        yield kind & NLA_TYPE_MASK, data[offset + 4:offset + length]
+        offset += (length + 3) & ~3
+
+
+def parse_trace(payload: bytes) -> TraceEvent:
+    """One NFT_MSG_TRACE message body (after the netlink header)."""
+    family = FAMILIES.get(payload[0], str(payload[0]))
+    attrs = dict(_attrs(payload[4:]))
+
+    def text(key: int) -> str:
+        return attrs[key].rstrip(b"\0").decode() if key in attrs else ""
+
+    def u32(key: int) -> int:
+        return int(struct.unpack("!I", attrs[key][:4])[0]) if key in attrs else 0
+
+    verdict, target = "", ""
+    if 5 in attrs:
+        inner = dict(_attrs(attrs[5]))
+        if 1 in inner:
+            code = struct.unpack("!i", inner[1][:4])[0]
+            verdict = VERDICTS.get(code, str(code))
+        if 2 in inner:
+            target = inner[2].rstrip(b"\0").decode()
+    handle = int(struct.unpack("!Q", attrs[3][:8])[0]) if 3 in attrs else None
+    return TraceEvent(trace_id=u32(6), family=family, table=text(1), chain=text(2),
+                      kind=TRACE_TYPES.get(u32(4), str(u32(4))), handle=handle,
+                      verdict=verdict or ("accept" if u32(16) == 1 else "drop"
+                                          if 16 in attrs else ""),
+                      target=target, iif=u32(10), oif=u32(12), network=attrs.get(8, b""),
+                      transport=attrs.get(9, b""))
+
+
+class TraceListener:
+    """Subscribed to the trace group of the calling thread's namespace until closed."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+        self.sock.bind((0, 0))
+        self.sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, NFNLGRP_NFTRACE)
+
+    def read(self, quiet: float = 0.2, limit: float = 2.0) -> list[TraceEvent]:
+        """Events until none has come for `quiet` seconds (at most `limit` in all)."""
+        events: list[TraceEvent] = []
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.sock], [], [], quiet)
+            if not ready:
+                break
+            data = self.sock.recv(1 << 16)
+            offset = 0
+            while offset + 16 <= len(data):
+                length, kind = struct.unpack_from("=IH", data, offset)
+                if length < 16:
+                    break
+                if kind == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_TRACE:
+                    events.append(parse_trace(data[offset + 16:offset + length]))
+                offset += (length + 3) & ~3
+        return events
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@dataclass(frozen=True)
+class Connection:
+    proto: int
+    orig: tuple[str, int, str, int]  # src, sport, dst, dport as the client sent it
+    reply: tuple[str, int, str, int]  # as the answer comes back: src is the real server
+
+
+def _tuple(data: bytes) -> tuple[int, tuple[str, int, str, int]]:
+    src = dst = ""
+    proto = sport = dport = 0
+    for kind, body in _attrs(data):
+        if kind == 1:
+            for k, v in _attrs(body):
+                if k == 1:
+                    src = str(ipaddress.IPv4Address(v[:4]))
+                elif k == 2:
+                    dst = str(ipaddress.IPv4Address(v[:4]))
+        elif kind == 2:
+            for k, v in _attrs(body):
+                if k == 1:
+                    proto = v[0]
+                elif k == 2:
+                    sport = struct.unpack("!H", v[:2])[0]
+                elif k == 3:
+                    dport = struct.unpack("!H", v[:2])[0]
+    return proto, (src, sport, dst, dport)
+
+
+def connections() -> list[Connection]:
+    """The IPv4 conntrack table of the calling thread's namespace."""
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+    try:
+        sock.bind((0, 0))
+        kind = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET
+        body = struct.pack("=BBH", socket.AF_INET, 0, 0)
+        sock.send(struct.pack("=IHHII", 16 + len(body), kind, NLM_F_REQUEST | NLM_F_DUMP, 1,
+                              0) + body)
+        out: list[Connection] = []
+        while True:
+            data = sock.recv(1 << 16)
+            offset = 0
+            while offset + 16 <= len(data):
+                length, mtype = struct.unpack_from("=IH", data, offset)
+                if mtype in (NLMSG_DONE, NLMSG_ERROR) or length < 16:
+                    return out
+                attrs = dict(_attrs(data[offset + 20:offset + length]))
+                if 1 in attrs and 2 in attrs:
+                    proto, orig = _tuple(attrs[1])
+                    _, reply = _tuple(attrs[2])
+                    out.append(Connection(proto, orig, reply))
+                offset += (length + 3) & ~3
+    finally:
+        sock.close()
+
+
+def send_probe(proto: str, daddr: str, dport: int, sport: int,
+               wait: float = 0.8) -> tuple[str, tuple[str, int]]:
+    """One TCP SYN (a connection attempt) or one UDP datagram from the calling thread's
+    namespace, from port sport. Returns the outcome (connected, refused, unreachable,
+    timeout, answered, error:...) and the local address the kernel chose."""
+    kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("0.0.0.0", sport))
+        if proto == "tcp":
+            s.setblocking(False)
+            err = s.connect_ex((daddr, dport))
+            if err not in (0, errno.EINPROGRESS):
+                return _outcome(err), s.getsockname()
+            _, writable, _ = select.select([], [s], [], wait)
+            local = s.getsockname()
+            if not writable:
+                return "timeout", local
+            return _outcome(s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)), local
+        try:
+            s.connect((daddr, dport))
+            s.send(b"portway trace probe")
+            s.settimeout(wait)
+            s.recv(512)
+            return "answered", s.getsockname()
+        except TimeoutError:
+            return "timeout", s.getsockname()
+        except OSError as exc:
+            return _outcome(exc.errno or 0), s.getsockname()
+
+
+def _outcome(err: int) -> str:
+    if err == 0:
+        return "connected"
+    if err == errno.ECONNREFUSED:
+        return "refused"
+    if err in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+        return "unreachable"
+    return f"error:{errno.errorcode.get(err, err)}"
