@@ -188,3 +188,29 @@ def test_trace_bad_input(paths: Sandbox) -> None:
         cp = sb.pw("trace", *args, check=False)
         assert cp.returncode != 0 and words in cp.stderr, (args, cp.stderr)
         assert cp.stderr.count("\n") == 1 and "Traceback" not in cp.stderr
+
+
+def test_namespace_portway_did_not_make(paths: Sandbox) -> None:
+    """Another tool's namespace, wired to the host by hand: trace ns:NAME explains it."""
+    sb = paths
+    other = f"{sb.host}-x"
+    sh("ip", "netns", "add", other)
+    try:
+        sh("ip", "-n", sb.host, "link", "add", "xveth0", "type", "veth", "peer", "name", "eth0",
+           "netns", other)
+        sh("ip", "-n", sb.host, "addr", "add", "10.59.0.1/24", "dev", "xveth0")
+        sh("ip", "-n", sb.host, "link", "set", "xveth0", "up")
+        sh("ip", "-n", other, "addr", "add", "10.59.0.2/24", "dev", "eth0")
+        sh("ip", "-n", other, "link", "set", "eth0", "up")
+        sh("ip", "-n", other, "route", "add", "default", "via", "10.59.0.1")
+        # To a published port: DNAT, delivered, the client address kept.
+        t = trace(sb, f"ns:{other}", f"{sb.host_addr}:8080")
+        assert t["verdict"] == "delivered" and t["seen_source"] == "10.59.0.2"
+        assert t["hops"][1]["detail"].startswith("veth pair: eth0")  # its peer was found
+        # To a container's own address: not published, dropped.
+        t = trace(sb, f"ns:{other}", "web:80")
+        assert t["verdict"] == "dropped" and "no direct access" in rules(t)[-1]
+        assert sb.pw("trace", "ns:nonesuch", "web:80", check=False).returncode == 3
+    finally:
+        sh("ip", "netns", "del", other)
+        sh("ip", "-n", sb.host, "link", "del", "xveth0", check=False)

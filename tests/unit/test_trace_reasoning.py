@@ -9,7 +9,18 @@ from typing import Any
 from portway.core import firewall
 from portway.core.firewall import Published
 from portway.core.nftsim import Packet, Ruleset
-from portway.core.trace import Iface, Route, Space, World, render, trace
+from portway.core.trace import (
+    Iface,
+    KernelStep,
+    Route,
+    Space,
+    World,
+    agreement,
+    fold_events,
+    pair_veths,
+    render,
+    trace,
+)
 from portway.model.types import Endpoint, Network
 
 IP = ipaddress.ip_address
@@ -213,3 +224,50 @@ def test_unknown_expressions_are_reported_not_guessed() -> None:
     assert t.verdict == "leaves-host"
     notes = [n for h in t.hops if h.decision for n in h.decision.uncertain]
     assert notes and "cannot evaluate" in notes[0]
+
+
+def test_foreign_veths_are_paired_by_index_both_ways() -> None:
+    w = world()
+    w.host.ifaces.append(Iface("xveth0", 9, "veth", link_index=2,
+                               addrs=(ipaddress.IPv4Interface("10.59.0.1/24"),)))
+    w.host.routes.append(Route(ipaddress.IPv4Network("10.59.0.0/24"), "xveth0",
+                               prefsrc=IP("10.59.0.1")))
+    other = Space(key="ns:x", label="namespace x", ifaces=[
+        Iface("eth0", 2, "veth", link_index=9, addrs=(ipaddress.IPv4Interface("10.59.0.2/24"),)),
+        Iface("decoy", 3, "veth", link_index=9)],  # names 9, but 9 names 2 only
+        routes=[Route(ipaddress.IPv4Network("0.0.0.0/0"), "eth0", gateway=IP("10.59.0.1"))])
+    pair_veths(w.host, other)
+    assert other.iface("eth0").peer == ("host", "xveth0")  # type: ignore[union-attr]
+    assert other.iface("decoy").peer is None  # type: ignore[union-attr]
+    w.spaces["ns:x"] = other
+    t = trace(w, "ns:x", packet("198.51.100.1", 8080), "x", "web")
+    assert t.verdict == "delivered" and t.seen_source == "10.59.0.2"
+
+
+def test_agreement_needs_the_same_dropping_rule() -> None:
+    drop_a = KernelStep("inet", "portway", "forward", "in-a", 7, "drop")
+    drop_b = KernelStep("inet", "portway", "forward", "out-a", 9, "drop")
+    passed = KernelStep("inet", "portway", "guard", "guard", None, "policy accept")
+    seen = ("10.0.0.2", "10.0.0.3:80")
+    assert agreement([passed, drop_a], [passed, drop_a], "dropped", "dropped", seen,
+                     None) == []
+    assert agreement([passed, drop_a], [passed, drop_b], "dropped", "dropped", seen, None)
+    # Chains only one side reports are left out; verdicts and seen addresses are not.
+    assert agreement([passed], [], "delivered", "delivered", seen, seen) == []
+    assert agreement([passed], [passed], "delivered", "no-listener", seen, seen)
+    assert agreement([passed], [passed], "delivered", "delivered", seen, ("x", "y"))
+
+
+def test_fold_events_one_step_per_base_chain() -> None:
+    events = [
+        {"family": "inet", "table": "portway", "chain": "forward", "kind": "rule",
+         "handle": 24, "verdict": "continue"},
+        {"family": "inet", "table": "portway", "chain": "forward", "kind": "rule",
+         "handle": 26, "verdict": "jump"},
+        {"family": "inet", "table": "portway", "chain": "in-a", "kind": "rule",
+         "handle": 34, "verdict": "drop"},
+        {"family": "inet", "table": "portway", "chain": "guard", "kind": "policy",
+         "handle": None, "verdict": "accept"}]
+    steps = fold_events(events, {("inet", "portway", 34): "isolation"})
+    assert steps == [KernelStep("inet", "portway", "forward", "in-a", 34, "drop", "isolation"),
+                     KernelStep("inet", "portway", "guard", "guard", None, "policy accept")]

@@ -120,7 +120,8 @@ def build_parser() -> Parser:
                         "has them")
     sh.add_argument("--json", action="store_true")
     tr = sub.add_parser("trace", help="follow a new connection hop by hop, rule by rule")
-    tr.add_argument("source", metavar="SOURCE", help="a container, 'host' or 'outside'")
+    tr.add_argument("source", metavar="SOURCE",
+                    help="a container, 'host', 'outside', or ns:NAME (any named namespace)")
     tr.add_argument("destination", metavar="DEST",
                     help="CONTAINER:PORT or IP:PORT, with /udp for UDP")
     tr.add_argument("--from-ip", metavar="IP",

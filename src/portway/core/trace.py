@@ -40,6 +40,7 @@ class Iface:
     master: str = ""
     peer: tuple[str, str] | None = None  # (namespace key, ifname) of a veth's other end
     route_localnet: bool = False
+    link_index: int = 0  # a veth's other end's index, in its own namespace
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,20 @@ class Space:
                     r.dst.prefixlen == best.dst.prefixlen and r.metric < best.metric)):
                 best = r
         return best
+
+
+def pair_veths(host: Space, other: Space) -> None:
+    """Join other's veths to the host's where each end names the other's index (for
+    namespaces portway did not make, whose peers it does not know from its store)."""
+    for i, inner in enumerate(other.ifaces):
+        if inner.kind != "veth" or inner.peer is not None:
+            continue
+        matches = [j for j, h in enumerate(host.ifaces) if h.kind == "veth"
+                   and h.index == inner.link_index and h.link_index == inner.index]
+        if len(matches) == 1:
+            j = matches[0]
+            other.ifaces[i] = replace(inner, peer=(host.key, host.ifaces[j].name))
+            host.ifaces[j] = replace(host.ifaces[j], peer=(other.key, inner.name))
 
 
 @dataclass
@@ -271,6 +286,8 @@ class _Walk:
             assert peer is not None
             if peer.master:
                 self.bridge_in(peer_space, peer, nexthop, packet, iface.mac)
+            elif peer_space is self.world.host:
+                self.host_in(packet, peer.name)
             else:
                 self.ingress(peer_space, peer.name, packet)
         elif space is self.world.host:
@@ -505,6 +522,14 @@ def agreement(static: list[KernelStep], kernel: list[KernelStep], static_verdict
                            f"{len(b)}")
     if static_verdict != live_verdict:
         reasons.append(f"verdict: static {static_verdict}, kernel {live_verdict}")
+    elif static_verdict == "dropped":
+        def dropper(steps: list[KernelStep]) -> tuple[Any, ...] | None:
+            last = next((s for s in steps if s.verdict.split()[-1] == "drop"), None)
+            return None if last is None else (key(last), last.rule_chain, last.handle)
+
+        if dropper(static) != dropper(kernel):
+            reasons.append(f"dropped in different places: static {dropper(static)}, "
+                           f"kernel {dropper(kernel)} (None: not by a netfilter rule)")
     if live_seen is not None and live_seen != static_seen:
         reasons.append(f"seen addresses: static {static_seen[0]} -> {static_seen[1]}, "
                        f"kernel {live_seen[0]} -> {live_seen[1]}")

@@ -134,7 +134,8 @@ def run(engine: Engine, world: core.World, src_key: str, packet: Packet,
         elif src_key == host.key:
             outcome, local = send()
         else:
-            outcome, local = netns.in_netns(netns.netns_path(src_key), send)
+            name = src_key.removeprefix("ns:")
+            outcome, local = netns.in_netns(netns.netns_path(name), send)
         events = listener.read()
         connections = nftrace.connections()
     finally:

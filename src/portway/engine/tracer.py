@@ -40,7 +40,8 @@ def _space(key: str, label: str, ipr: IPRoute, rules: list[dict[str, Any]],
         localnet = observe.read_sysctl(f"net.ipv4.conf.{link.ifname}.route_localnet") == "1"
         ifaces.append(core.Iface(name=link.ifname, index=link.index, kind=link.kind,
                                  mac=link.mac, up=link.up, addrs=addrs, master=master,
-                                 peer=peers.get(link.ifname), route_localnet=localnet))
+                                 peer=peers.get(link.ifname), route_localnet=localnet,
+                                 link_index=link.peer if link.kind == "veth" else 0))
     routes = [core.Route(dst=ipaddress.IPv4Network(r["dst"]), dev=r["dev"],
                          gateway=ipaddress.ip_address(r["gateway"]) if r["gateway"] else None,
                          prefsrc=ipaddress.ip_address(r["prefsrc"]) if r["prefsrc"] else None,
@@ -51,6 +52,24 @@ def _space(key: str, label: str, ipr: IPRoute, rules: list[dict[str, Any]],
     return core.Space(key=key, label=label, ifaces=ifaces, routes=routes,
                       listeners=listeners, ruleset=rules,
                       forwarding=observe.read_sysctl("net.ipv4.ip_forward") == "1")
+
+
+def observe_foreign(engine: Engine, world: core.World, name: str) -> str:
+    """Add a named namespace portway did not make to world; its key."""
+    key = f"ns:{name}"
+
+    def record() -> core.Space:
+        ipr, nft = IPRoute(), Nft()
+        try:
+            return _space(key, f"namespace {name}", ipr, nft.list_ruleset(), {})
+        finally:
+            ipr.close()
+            nft.close()
+
+    space = netns.in_netns(netns.netns_path(name), record)
+    core.pair_veths(world.host, space)
+    world.spaces[key] = space
+    return key
 
 
 def observe_world(engine: Engine) -> tuple[core.World, dict[str, Container]]:
@@ -120,6 +139,13 @@ def run(engine: Engine, source: str, destination: str, from_ip: str | None,
 
     if source in ("host", "outside"):
         src_key = source
+    elif source.startswith("ns:"):
+        ns_name = source[3:]
+        if not ns_name or "/" in ns_name or ns_name in (".", "..") or \
+                not netns.netns_exists(ns_name):
+            raise NotFound(f"no network namespace {ns_name!r}",
+                           "give one that 'ip netns list' shows, as ns:NAME")
+        src_key = observe_foreign(engine, world, ns_name)
     elif source in by_name:
         src_key = by_name[source]
     else:
@@ -179,7 +205,7 @@ def run(engine: Engine, source: str, destination: str, from_ip: str | None,
         key = world.host.key if src_key == "host" else src_key
         packet = Packet(l4proto=proto, saddr=ipaddress.IPv4Address(0), daddr=daddr,
                         sport=SOURCE_PORT, dport=dport)
-        label = "host" if src_key == "host" else f"container {containers[src_key].name}"
+        label = "host" if src_key == "host" else world.spaces[src_key].label
     result = core.trace(world, key, packet, label, dst_label)
     data = result.as_dict()
     if engine.host_netns:
