@@ -39,6 +39,16 @@ rule that decided (by its comment) or the chain's policy, each address
 rewrite, and the end: a listening socket, no listener, dropped (by what), no
 route, or out of the host. `--json` gives the same as data.
 
+With `--live` it also sends one real probe (a TCP SYN or a UDP datagram) over
+the same path and prints the kernel's own account of it: the nftables trace
+events of that packet (read over nfnetlink), one line per base chain with the
+rule that decided, the verdict, and the final addresses from conntrack; then
+whether static reasoning and kernel agree. The probe is selected by its
+5-tuple in a short-lived table `portway_trace` (removed afterwards) and is
+dropped in the egress hook of any interface that is not portway's, so it never
+leaves the host; from `outside`, it comes from a throwaway namespace joined to
+the host by a temporary veth.
+
 Everything below is real output, written by `make how-packets-move`
 (scripts/how_packets_move.py) in a throwaway host namespace whose uplink
 (`uplink0`, {HOST_ADDR}) leads to an "outside" namespace ({OUTSIDE_ADDR}), with:
@@ -144,10 +154,12 @@ def write(world: World) -> str:
             "```", ""]
     failures = []
     for title, text, args, verdict, real in PATHS:
-        shown = world.pw("trace", *args)
+        shown = world.pw("trace", *args, "--live")
+        if "static and live agree" not in shown:
+            failures.append(f"{title}: static and live disagree")
         if f"verdict: {verdict}" not in shown:
             failures.append(f"{title}: expected {verdict}")
-        out += [f"## {title}", "", text, "", "```", f"$ portway trace {' '.join(args)}",
+        out += [f"## {title}", "", text, "", "```", f"$ portway trace {' '.join(args)} --live",
                 shown, "```", ""]
         if real is not None:
             got = world.attempt(*real)

@@ -182,9 +182,11 @@ def scenario(d: Demo) -> None:
 
     d.title("9. See it: the wiring, and the path of a packet rule by rule")
     d.run("show")
-    out = d.run("trace", "outside", "web:80", "--from-ip", "198.51.100.2")
+    out = d.run("trace", "outside", "web:80", "--from-ip", "198.51.100.2", "--live")
     d.check("trace follows the outside client to web through DNAT, verdict delivered",
             "verdict: delivered" in out and "(DNAT)" in out)
+    d.check("a real probe, traced by the kernel itself, took the same path",
+            "static and live agree" in out)
     out = d.run("trace", "worker", "db:5432")
     d.check("and names the rule that keeps worker (app) from db (internal backend)",
             "verdict: dropped" in out)
