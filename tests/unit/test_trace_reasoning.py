@@ -271,3 +271,16 @@ def test_fold_events_one_step_per_base_chain() -> None:
     steps = fold_events(events, {("inet", "portway", 34): "isolation"})
     assert steps == [KernelStep("inet", "portway", "forward", "in-a", 34, "drop", "isolation"),
                      KernelStep("inet", "portway", "guard", "guard", None, "policy accept")]
+
+
+def test_neighbours_and_fdb_are_reported() -> None:
+    w = world()
+    t = trace(w, "web", packet("10.77.0.3", 80), "web", "cache:80")
+    text = render(t)
+    assert "10.77.0.3 is not in the neighbour table of eth0: ARP asks first" in text
+    assert "02:42:0a:00:00:03 is not in the FDB yet: the bridge floods" in text
+    w.spaces["web"].neighbours[("eth0", "10.77.0.3")] = ("02:42:0a:00:00:03", "reachable")
+    w.host.fdb[(APP.bridge, "02:42:0a:00:00:03")] = "pwv-cache"
+    text = render(trace(w, "web", packet("10.77.0.3", 80), "web", "cache:80"))
+    assert "neighbour 10.77.0.3 is 02:42:0a:00:00:03 (reachable)" in text
+    assert "FDB: 02:42:0a:00:00:03 learned on port pwv-cache" in text

@@ -71,6 +71,26 @@ class Space:
     listeners: set[tuple[str, str, int]] = field(default_factory=set)  # proto, addr, port
     ruleset: list[dict[str, Any]] = field(default_factory=list)
     forwarding: bool = False
+    # (device, address) -> (MAC, state): the neighbour (ARP) table
+    neighbours: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
+    # (bridge, MAC) -> port: what each bridge has learned
+    fdb: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    def neighbour(self, dev: str, addr: IPAddress) -> str:
+        """How the next hop's MAC is known: from the table, or by asking first."""
+        found = self.neighbours.get((dev, str(addr)))
+        if found is None or found[1] in ("failed", "incomplete"):
+            return f"{addr} is not in the neighbour table of {dev}: ARP asks first"
+        return f"neighbour {addr} is {found[0]} ({found[1]})"
+
+    def learned(self, bridge: str, mac: str, port: str) -> str:
+        have = self.fdb.get((bridge, mac.lower()))
+        if have == port:
+            return f"FDB: {mac} learned on port {port}"
+        if have is None:
+            return f"{mac} is not in the FDB yet: the bridge floods the frame to every port, " \
+                   f"and {port}'s holder answers"
+        return f"FDB: {mac} learned on port {have}, not {port} (moved?)"
 
     def iface(self, name: str) -> Iface | None:
         return next((i for i in self.ifaces if i.name == name), None)
@@ -246,7 +266,11 @@ class _Walk:
             self.hop("route", space.label, f"{what}: {route.text(packet.daddr)}")
             self.end("no-route" if route.kind != "blackhole" else "dropped",
                      f"{space.label} routes {packet.daddr} to {route.kind}", packet)
-        self.hop("route", space.label, f"{what}: {route.text(packet.daddr)}{from_iif}")
+        dev = space.iface(route.dev)
+        how = "" if dev is None or dev.kind == "bridge" else \
+            f"; {space.neighbour(route.dev, route.gateway or packet.daddr)}"
+        self.hop("route", space.label,
+                 f"{what}: {route.text(packet.daddr)}{from_iif}{how}")
         return route
 
     def to_local(self, space: Space, packet: Packet) -> None:
@@ -320,8 +344,8 @@ class _Walk:
             self.end("no-route", f"no container holds {nexthop} on {bridge.name}", packet)
         assert found is not None
         space, inner, port = found
-        self.hop("bridge", bridge.name, f"{nexthop} is at {inner.mac}, behind port "
-                 f"{port.name} ({space.label})")
+        self.hop("bridge", bridge.name, f"{host.neighbour(bridge.name, nexthop)}; "
+                 f"{host.learned(bridge.name, inner.mac, port.name)} ({space.label})")
         packet = replace(packet, iif="", oif=port.name, smac=bridge.mac, dmac=inner.mac)
         packet = self.hook(host, ("bridge",), "output", packet)
         self.hop("veth", f"{port.name} -> {inner.name}", f"veth pair: {port.name} "
@@ -353,7 +377,7 @@ class _Walk:
             self.end("no-route", f"no container holds {nexthop} on {bridge.name}", packet)
         assert found is not None
         space, inner, out_port = found
-        self.hop("bridge", bridge.name, f"FDB: {dmac} is behind port {out_port.name} "
+        self.hop("bridge", bridge.name, f"{host.learned(bridge.name, dmac, out_port.name)} "
                  f"({space.label}): bridged, not routed")
         if self.world.bridge_nf:
             ip = replace(packet, iif=bridge.name, oif=bridge.name)

@@ -51,7 +51,8 @@ def _space(key: str, label: str, ipr: IPRoute, rules: list[dict[str, Any]],
                  for addr, port in observe.listening(proto)}
     return core.Space(key=key, label=label, ifaces=ifaces, routes=routes,
                       listeners=listeners, ruleset=rules,
-                      forwarding=observe.read_sysctl("net.ipv4.ip_forward") == "1")
+                      forwarding=observe.read_sysctl("net.ipv4.ip_forward") == "1",
+                      neighbours=observe.neighbours(ipr), fdb=observe.bridge_fdb(ipr))
 
 
 def observe_foreign(engine: Engine, world: core.World, name: str) -> str:

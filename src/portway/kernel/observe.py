@@ -54,3 +54,31 @@ def route_table(ipr: IPRoute) -> list[dict[str, Any]]:
                     "kind": ROUTE_KINDS.get(int(msg["type"]), str(msg["type"])),
                     "metric": int(get("RTA_PRIORITY") or 0)})
     return out
+
+
+NUD_STATES = {0x01: "incomplete", 0x02: "reachable", 0x04: "stale", 0x08: "delay",
+              0x10: "probe", 0x20: "failed", 0x40: "noarp", 0x80: "permanent"}
+
+
+def neighbours(ipr: IPRoute) -> dict[tuple[str, str], tuple[str, str]]:
+    """(device, IPv4 address) -> (MAC, state) from the neighbour table."""
+    names = {int(m["index"]): str(m.get_attr("IFLA_IFNAME")) for m in ipr.get_links()}
+    out: dict[tuple[str, str], tuple[str, str]] = {}
+    for msg in ipr.get_neighbours(family=2):
+        dst, mac = msg.get_attr("NDA_DST"), msg.get_attr("NDA_LLADDR")
+        if dst:
+            out[(names.get(int(msg["ifindex"]), "?"), str(dst))] = (
+                str(mac or ""), NUD_STATES.get(int(msg["state"]), str(msg["state"])))
+    return out
+
+
+def bridge_fdb(ipr: IPRoute) -> dict[tuple[str, str], str]:
+    """(bridge, MAC) -> port, for the addresses the bridges have learned (not their own)."""
+    names = {int(m["index"]): str(m.get_attr("IFLA_IFNAME")) for m in ipr.get_links()}
+    out: dict[tuple[str, str], str] = {}
+    for msg in ipr.get_neighbours(family=7):  # AF_BRIDGE
+        master, mac = msg.get_attr("NDA_MASTER"), msg.get_attr("NDA_LLADDR")
+        if master and mac and not int(msg["state"]) & 0x80:
+            out[(names.get(int(master), "?"), str(mac).lower())] = \
+                names.get(int(msg["ifindex"]), "?")
+    return out
