@@ -94,6 +94,13 @@ def test_paths_agree_with_real_connections(paths: Sandbox) -> None:
     # Internal network: no way out.
     t = trace(sb, "inner", f"{sb.outside_addr}:80")
     assert t["verdict"] == "no-route"  # no default route is given to internal networks
+    # Even with a route added by hand: dropped on the way out, and at the host's door.
+    sb.pw("exec", "inner", "--", "ip", "route", "add", "default", "via", "10.52.0.1")
+    t = trace(sb, "inner", f"{sb.outside_addr}:80")
+    assert t["verdict"] == "dropped" and "internal, no way out" in rules(t)[-1]
+    t = trace(sb, "inner", f"{sb.host_addr}:22")
+    assert t["verdict"] == "dropped" and "no other address of the host" in rules(t)[-1]
+    assert t["live"]["hops"][-1]["hook"] == "input"
 
     # Outbound: masqueraded to the host's uplink address, leaves the host.
     server = subprocess.Popen([*outside, "python3", "-m", "http.server", "9000", "--bind",
