@@ -17,17 +17,11 @@ import tempfile
 from pathlib import Path
 
 from portway.testbed import HOST_ADDR, OUTSIDE_ADDR, make_world, remove_world
+from portway.testbed import HTTP_GET as GET
+from portway.testbed import WAIT_LISTENING as WAIT
 
 ROOT = Path(__file__).resolve().parent.parent
 PORTWAY = os.path.join(os.path.dirname(sys.executable), "portway")
-GET = ("import sys, urllib.request as u\n"
-       "try: print(u.urlopen(sys.argv[1], timeout=2).status)\n"
-       "except Exception as e: print('fail', type(e).__name__)\n")
-WAIT = ("import socket, sys, time\n"
-        "for _ in range(100):\n"
-        "    try:\n"
-        "        socket.create_connection((sys.argv[1], int(sys.argv[2])), 0.2).close(); break\n"
-        "    except OSError: time.sleep(0.05)\n")
 
 INTRO = f"""# How packets move
 

@@ -11,6 +11,18 @@ import os
 import shutil
 import subprocess
 
+# Client programs for `python3 -c` in a namespace: GET URL prints the HTTP status (or
+# "fail ERROR"); WAIT ADDRESS PORT returns once something listens there (at most 5 s).
+HTTP_GET = ("import sys, urllib.request as u\n"
+            "try: print(u.urlopen(sys.argv[1], timeout=2).status)\n"
+            "except Exception as e: print('fail', type(e).__name__)\n")
+WAIT_LISTENING = ("import socket, sys, time\n"
+                  "for _ in range(100):\n"
+                  "    try:\n"
+                  "        socket.create_connection((sys.argv[1], int(sys.argv[2])), 0.2)"
+                  ".close(); break\n"
+                  "    except OSError: time.sleep(0.05)\n")
+
 HOST_ADDR = "198.51.100.1"
 OUTSIDE_ADDR = "198.51.100.2"
 

@@ -10,15 +10,8 @@ from typing import Any
 import pytest
 
 from conftest import Sandbox, netns_list, sh
-
-GET = ("import sys, urllib.request as u\n"
-       "try: print(u.urlopen(sys.argv[1], timeout=2).status)\n"
-       "except Exception as e: print('fail', type(e).__name__)\n")
-WAIT = ("import socket, sys, time\n"
-        "for _ in range(100):\n"
-        "    try:\n"
-        "        socket.create_connection((sys.argv[1], int(sys.argv[2])), 0.2).close(); break\n"
-        "    except OSError: time.sleep(0.05)\n")
+from portway.testbed import HTTP_GET as GET
+from portway.testbed import WAIT_LISTENING as WAIT
 
 
 def trace(sb: Sandbox, *args: str) -> dict[str, Any]:

@@ -337,17 +337,26 @@ class _Walk:
     def bridge_out(self, bridge: Iface, nexthop: IPAddress, packet: Packet) -> None:
         """The host sends through its bridge to the port behind which nexthop lives."""
         host = self.world.host
+        space, inner, port = self.port_of(bridge, nexthop, packet)
+        self.hop("bridge", bridge.name, f"{host.neighbour(bridge.name, nexthop)}; "
+                 f"{host.learned(bridge.name, inner.mac, port.name)} ({space.label})")
+        packet = replace(packet, iif="", oif=port.name, smac=bridge.mac, dmac=inner.mac)
+        packet = self.hook(host, ("bridge",), "output", packet)
+        self.out_of_port(port, space, inner, packet)
+
+    def port_of(self, bridge: Iface, nexthop: IPAddress,
+                packet: Packet) -> tuple[Space, Iface, Iface]:
+        """The container end holding nexthop behind bridge, and its port; or the end."""
         found = self.holder(bridge.name, nexthop)
         if found is None:
             self.hop("bridge", bridge.name, f"nothing behind {bridge.name} has {nexthop}: "
                      "ARP gets no answer")
             self.end("no-route", f"no container holds {nexthop} on {bridge.name}", packet)
         assert found is not None
-        space, inner, port = found
-        self.hop("bridge", bridge.name, f"{host.neighbour(bridge.name, nexthop)}; "
-                 f"{host.learned(bridge.name, inner.mac, port.name)} ({space.label})")
-        packet = replace(packet, iif="", oif=port.name, smac=bridge.mac, dmac=inner.mac)
-        packet = self.hook(host, ("bridge",), "output", packet)
+        return found
+
+    def out_of_port(self, port: Iface, space: Space, inner: Iface, packet: Packet) -> None:
+        host = self.world.host
         self.hop("veth", f"{port.name} -> {inner.name}", f"veth pair: {port.name} "
                  f"#{port.index} in {host.label} -> {inner.name} #{inner.index} in "
                  f"{space.label}")
@@ -365,18 +374,14 @@ class _Walk:
         dmac = bridge.mac if gateway else found[1].mac if found else ""
         packet = replace(packet, iif=port.name, oif="", smac=smac, dmac=dmac)
         packet = self.hook(host, ("bridge",), "prerouting", packet)
+        if not gateway:
+            space, inner, out_port = self.port_of(bridge, nexthop, packet)
         if gateway:
             self.hop("bridge", bridge.name, f"destination MAC {bridge.mac} is the bridge's "
                      f"own ({nexthop}): up to the host's IP layer")
             packet = self.hook(host, ("bridge",), "input", packet)
             self.host_in(replace(packet, iif=bridge.name), bridge.name)
             return
-        if found is None:
-            self.hop("bridge", bridge.name, f"nothing behind {bridge.name} has {nexthop}: "
-                     "ARP gets no answer")
-            self.end("no-route", f"no container holds {nexthop} on {bridge.name}", packet)
-        assert found is not None
-        space, inner, out_port = found
         self.hop("bridge", bridge.name, f"{host.learned(bridge.name, dmac, out_port.name)} "
                  f"({space.label}): bridged, not routed")
         if self.world.bridge_nf:
@@ -393,10 +398,7 @@ class _Walk:
                      "see bridged packets")
             packet = replace(packet, oif=out_port.name)
         packet = self.hook(host, ("bridge",), "forward", packet)
-        self.hop("veth", f"{out_port.name} -> {inner.name}", f"veth pair: {out_port.name} "
-                 f"#{out_port.index} in {host.label} -> {inner.name} #{inner.index} in "
-                 f"{space.label}")
-        self.ingress(space, inner.name, packet)
+        self.out_of_port(out_port, space, inner, packet)
 
     def host_in(self, packet: Packet, iif: str) -> None:
         """A packet arriving at the host's IP layer on iif."""
