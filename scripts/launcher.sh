@@ -19,3 +19,4 @@ PY
 }
 write portway portway.cli.main
 write portwayd portway.daemon.main
+write portway-netavark portway.netavark.main

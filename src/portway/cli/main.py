@@ -296,7 +296,8 @@ def cmd_ps(client: Client, a: argparse.Namespace) -> int:
         addrs = ", ".join(f"{n}:{v['IPAddress']}" if v["IPAddress"] else n
                           for n, v in nets.items())
         ports = ", ".join(c["HostConfig"]["PortBindings"])
-        cmd = " ".join([c["Path"], *c["Args"]])
+        cmd = " ".join([c["Path"], *c["Args"]]) if c.get("Runtime", "portway") == "portway" \
+            else f"(run by {c['Runtime']})"
         out.append([c["Id"][:12], c["Name"], status_text(c), addrs, ports,
                     cmd if len(cmd) <= 30 else cmd[:27] + "..."])
     print(table(out, ["CONTAINER ID", "NAME", "STATUS", "NETWORKS", "PORTS", "COMMAND"]))

@@ -177,3 +177,16 @@ def check_command(command: list[str]) -> tuple[str, ...]:
 
 def check_dns_servers(servers: list[str]) -> tuple[str, ...]:
     return tuple(str(parse_address("--dns server", s)) for s in servers)
+
+
+IFNAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,14}")
+
+
+def check_ifname(what: str, name: str) -> str:
+    """An interface name: at most 15 bytes (IFNAMSIZ), nothing a path or rule could
+    misread."""
+    if not IFNAME_RE.fullmatch(name) or name in (".", ".."):
+        raise InvalidInput(f"invalid {what} {name!r}",
+                           "use 1-15 letters, digits and _ . -, starting with a letter or "
+                           "digit")
+    return name

@@ -29,7 +29,7 @@ OPS = (
     "network_create", "network_ls", "network_inspect", "network_rm", "network_prune",
     "network_connect", "network_disconnect", "run", "started", "exited", "exec_info", "ps",
     "inspect", "logs", "stop", "rm", "gc", "port", "dns_info", "show",
-    "trace",
+    "trace", "podman_setup", "podman_teardown", "podman_create", "podman_update",
 )
 
 

@@ -135,9 +135,19 @@ class Engine:
             raise NotFound(f"container {ref!r} not found", "list containers with 'portway ps -a'")
         return self._refresh(c)
 
+    def _own(self, ref: str) -> Container:
+        """A container portway runs (not one Podman runs and portway only networks)."""
+        c = self._container(ref)
+        if c.runtime != "portway":
+            raise InvalidInput(f"container {c.name} is run by {c.runtime.capitalize()}; "
+                               "portway only networks it",
+                               f"manage it with {c.runtime} (e.g. {c.runtime} rm {c.name})")
+        return c
+
     def _refresh(self, c: Container) -> Container:
         """The container with its status brought up to date with its process."""
-        if c.status == "running" and not procs.is_alive(c.pid, c.pid_start):
+        if c.runtime == "portway" and c.status == "running" and \
+                not procs.is_alive(c.pid, c.pid_start):
             c = replace(c, status="exited", finished=c.finished or now())
             self.store.update_container(c)
         return c
@@ -200,18 +210,22 @@ class Engine:
                               bridge=names.bridge_name(network_id), driver=driver, ip_range=rng,
                               internal=internal, mtu=mtu_value, options=opts, labels=labs,
                               created=now())
-            with self.store.transaction(), ExitStack() as undo:
-                self.store.add_network(network)
-                undo.callback(links.delete_link, self.host, network.bridge)
-                self._ensure_bridge(network)
-                fault_point("network_create.bridge")
-                self._firewall_ready()
-                undo.callback(self._nft_teardown, firewall.render_network_removal(network))
-                self.nft.apply(firewall.render_network(network))
-                fault_point("network_create.firewall")
-                undo.pop_all()
+            self._install_network(network)
             self._publish_dns()
             return network
+
+    def _install_network(self, network: Network) -> None:
+        """The row, the bridge and the rules of a validated network: all or nothing."""
+        with self.store.transaction(), ExitStack() as undo:
+            self.store.add_network(network)
+            undo.callback(links.delete_link, self.host, network.bridge)
+            self._ensure_bridge(network)
+            fault_point("network_create.bridge")
+            self._firewall_ready()
+            undo.callback(self._nft_teardown, firewall.render_network_removal(network))
+            self.nft.apply(firewall.render_network(network))
+            fault_point("network_create.firewall")
+            undo.pop_all()
 
     def _firewall_ready(self) -> None:
         if self.nft.list_table(firewall.FAMILY, firewall.TABLE) is None:
@@ -430,7 +444,8 @@ class Engine:
                     f"{p.host_ip or '0.0.0.0'}:{p.host_port}" for p in c.ports]
 
     def _new_endpoint(self, container: Container, net: Network, index: int,
-                      ip: str | None, aliases: list[str]) -> Endpoint:
+                      ip: str | None, aliases: list[str], ifname: str | None = None,
+                      mac: str | None = None) -> Endpoint:
         if ip is not None:
             address = validate.check_host_address(
                 "--ip", validate.parse_address("--ip", ip), net.subnet)
@@ -452,8 +467,9 @@ class Engine:
         eid = names.new_id()
         endpoint = Endpoint(
             id=eid, container_id=container.id, network_id=net.id,
-            ifname=names.container_ifname(index), host_ifname=names.host_veth_name(eid),
-            address=address, prefixlen=net.subnet.prefixlen, mac=names.mac_for(address),
+            ifname=ifname or names.container_ifname(index),
+            host_ifname=names.host_veth_name(eid), address=address,
+            prefixlen=net.subnet.prefixlen, mac=mac or names.mac_for(address),
             aliases=tuple(aliases))
         self.store.add_endpoint(endpoint)
         return endpoint
@@ -529,6 +545,28 @@ class Engine:
         with self.lock:
             return tracer.run(self, source, destination, from_ip, live)
 
+    # Podman, through netavark's contract (engine/podman.py)
+
+    def podman_setup(self, netns: str, options: Any) -> dict[str, Any]:
+        from portway.engine import podman
+
+        return podman.setup(self, netns, options)
+
+    def podman_teardown(self, netns: str, options: Any) -> dict[str, Any]:
+        from portway.engine import podman
+
+        return podman.teardown(self, netns, options)
+
+    def podman_create(self, options: Any) -> dict[str, Any]:
+        from portway.engine import podman
+
+        return podman.create(self, options)
+
+    def podman_update(self, network: str, dns_servers: list[str]) -> dict[str, Any]:
+        from portway.engine import podman
+
+        return podman.update(self, network, dns_servers)
+
     def show(self) -> dict[str, Any]:
         with self.lock:
             return view.topology(self)
@@ -549,8 +587,8 @@ class Engine:
                     "upstreams": log.get("upstreams", []), "running": self.dns.running()}
 
     def _write_files(self, container: Container) -> None:
-        if container.network_mode == "host":
-            return
+        if container.network_mode == "host" or container.runtime != "portway":
+            return  # Podman writes its containers' /etc files itself
         endpoints = self.store.endpoints(container_id=container.id)
         addresses = [e.address for e in endpoints]
         nameserver = None
@@ -633,7 +671,7 @@ class Engine:
 
     def exec_info(self, ref: str) -> dict[str, Any]:
         with self.lock:
-            c = self._container(ref)
+            c = self._own(ref)
             if c.status != "running":
                 raise Conflict(f"container {c.name} is not running", "start a new one with run")
             return {"Id": c.id, "Pid": c.pid, "Env": procs.container_env(
@@ -663,7 +701,7 @@ class Engine:
 
     def stop(self, refs: list[str], timeout: float = 10) -> list[str]:
         with self.lock:
-            targets = [self._container(r) for r in refs]
+            targets = [self._own(r) for r in refs]
         for c in targets:
             sent = self._stop_process(c, timeout)
             if sent:
@@ -700,7 +738,7 @@ class Engine:
 
     def rm(self, refs: list[str], force: bool = False) -> list[str]:
         with self.lock:
-            targets = [self._container(r) for r in refs]
+            targets = [self._own(r) for r in refs]
             for c in targets:
                 if c.status == "running" and not force:
                     raise Conflict(f"container {c.name} is running",
@@ -771,7 +809,7 @@ class Engine:
         alias_list = [validate.check_name("alias", a) for a in aliases or []]
         with self.lock:
             net = self._network(network)
-            c = self._container(container)
+            c = self._own(container)
             if c.network_mode != "bridge":
                 raise InvalidInput(f"container {c.name} uses --network {c.network_mode}",
                                    "only containers on bridge networks can be connected")
@@ -805,7 +843,7 @@ class Engine:
                            force: bool = False) -> dict[str, Any]:
         with self.lock:
             net = self._network(network)
-            c = self._container(container)
+            c = self._own(container)
             current = self.store.endpoints(container_id=c.id)
             mine = [e for e in current if e.network_id == net.id]
             if not mine:
@@ -850,7 +888,7 @@ class Engine:
         with self.lock:
             for c in self.store.containers():
                 c = self._refresh(c)
-                if c.status == "running":
+                if c.status == "running" and c.runtime == "portway":
                     self.watcher.watch(c.id, c.pid, child=False)
                     count += 1
         return count

@@ -17,6 +17,7 @@ import tempfile
 import time
 from typing import TYPE_CHECKING, Any
 
+from portway.core.netavark import SEARCH_DOMAIN
 from portway.errors import KernelError
 from portway.kernel import procs
 from portway.model.types import Container, Endpoint
@@ -29,9 +30,15 @@ RELOAD_TIMEOUT = 5.0
 
 def container_record(c: Container, endpoints: list[Endpoint]) -> dict[str, Any]:
     """One container as the DNS server knows it: its names on each of its networks."""
+    def names(e: Endpoint) -> list[str]:
+        plain = list(dict.fromkeys([c.name, c.short_id, *e.aliases]))
+        if c.runtime == "podman":  # aardvark-dns also answers NAME.dns.podman
+            plain += [f"{n}.{SEARCH_DOMAIN}" for n in plain]
+        return plain
+
     return {"id": c.id, "name": c.name, "dns": list(c.dns),
             "endpoints": [{"ip": str(e.address), "network": e.network_id,
-                           "names": [c.name, c.short_id, *e.aliases]} for e in endpoints]}
+                           "names": names(e)} for e in endpoints]}
 
 
 def records(engine: Engine) -> dict[str, Any]:

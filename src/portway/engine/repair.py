@@ -136,6 +136,11 @@ def _sandboxes(engine: Engine, report: Report) -> None:
             continue
         endpoints = engine.store.endpoints(container_id=c.id)
         ns_name = os.path.basename(c.netns)
+        if c.runtime == "podman" and not os.path.exists(c.netns):
+            report.act(f"forget Podman container {c.name}: its namespace {c.netns} is gone "
+                       "(Podman did not call teardown)",
+                       lambda c=c: _forget_podman(engine, c))  # type: ignore[misc]
+            continue
         if not netns.netns_exists(ns_name):
             report.act(f"re-create the network namespace of container {c.name} and its "
                        f"{len(endpoints)} endpoint(s): it is missing",
@@ -147,9 +152,16 @@ def _sandboxes(engine: Engine, report: Report) -> None:
                        f"container {c.name}: it is missing or incomplete",
                        lambda c=c, e=e: _reattach(engine, c, e))  # type: ignore[misc]
         etc = os.path.join(netns.ETC_NETNS, ns_name)
-        if any(not os.path.exists(os.path.join(etc, f)) for f in ("hosts", "resolv.conf")):
+        missing = [f for f in ("hosts", "resolv.conf") if not os.path.exists(f"{etc}/{f}")]
+        if c.runtime == "portway" and missing:
             report.act(f"rewrite /etc/netns/{ns_name} files of container {c.name}",
                        lambda c=c: engine._write_files(c))  # type: ignore[misc]
+
+
+def _forget_podman(engine: Engine, c: Container) -> None:
+    from portway.engine import podman
+
+    podman._remove(engine, c, None)
 
 
 def _endpoint_ok(engine: Engine, c: Container, e: Endpoint) -> bool:

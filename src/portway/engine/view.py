@@ -57,7 +57,8 @@ def container(engine: Engine, c: Container) -> dict[str, Any]:
     running = c.status == "running"
     return {
         "Id": c.id, "Name": c.name, "Created": c.created,
-        "Path": c.command[0], "Args": list(c.command[1:]),
+        "Path": c.command[0] if c.command else "", "Args": list(c.command[1:]),
+        "Runtime": c.runtime,
         "State": {"Status": c.status, "Running": running, "Pid": c.pid if running else 0,
                   "ExitCode": c.exit_code if c.exit_code is not None else 0,
                   "StartedAt": c.started, "FinishedAt": c.finished},

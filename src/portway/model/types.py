@@ -85,6 +85,9 @@ class Container:
     created: str = ""
     started: str = ""
     finished: str = ""
+    # "portway", or "podman": its namespace and processes belong to Podman, which
+    # calls portway (as netavark) only to network them
+    runtime: str = "portway"
 
     @property
     def short_id(self) -> str:

@@ -43,6 +43,10 @@ MIGRATIONS: list[str] = [
         UNIQUE (network_id, address), UNIQUE (container_id, network_id),
         UNIQUE (container_id, ifname));
     """,
+    # 2: containers whose namespace and processes another runtime owns (Podman)
+    """
+    ALTER TABLE containers ADD COLUMN runtime TEXT NOT NULL DEFAULT 'portway';
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -176,7 +180,8 @@ class SqliteStore:
                  for p in c.ports]
         return (c.id, c.name, c.hostname, json.dumps(list(c.command)), c.netns, c.network_mode,
                 c.status, c.pid, c.pid_start, c.exit_code, int(c.auto_remove), int(c.detach),
-                json.dumps(ports), json.dumps(list(c.dns)), c.created, c.started, c.finished)
+                json.dumps(ports), json.dumps(list(c.dns)), c.created, c.started, c.finished,
+                c.runtime)
 
     @staticmethod
     def _container(row: tuple[Any, ...]) -> Container:
@@ -190,17 +195,18 @@ class SqliteStore:
             netns=row[4], network_mode=row[5], status=row[6], pid=int(row[7]),
             pid_start=int(row[8]), exit_code=row[9], auto_remove=bool(row[10]),
             detach=bool(row[11]), ports=ports, dns=tuple(json.loads(row[13])),
-            created=row[14], started=row[15], finished=row[16])
+            created=row[14], started=row[15], finished=row[16], runtime=row[17])
 
     def add_container(self, c: Container) -> None:
-        self._exec("INSERT INTO containers VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        self._exec("INSERT INTO containers VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                    self._container_row(c))
 
     def update_container(self, c: Container) -> None:
         row = self._container_row(c)
         self._exec("UPDATE containers SET name=?, hostname=?, command=?, netns=?, "
                    "network_mode=?, status=?, pid=?, pid_start=?, exit_code=?, auto_remove=?, "
-                   "detach=?, ports=?, dns=?, created=?, started=?, finished=? WHERE id=?",
+                   "detach=?, ports=?, dns=?, created=?, started=?, finished=?, runtime=? "
+                   "WHERE id=?",
                    (*row[1:], row[0]))
 
     def find_container(self, ref: str) -> Container | None:

@@ -1,0 +1,223 @@
+"""Podman's containers, networked by portway through netavark's contract.
+
+Podman owns the container's namespace and processes; portway owns its network:
+the network (created from Podman's definition on first use, removed with its
+last container), the veth pairs, the published ports, the anti-spoofing
+entries and the DNS records (names, aliases and NAME.dns.podman, on the
+gateway, as aardvark-dns answers them). The containers are stored with
+runtime "podman", so `portway ps`, `show` and `trace` see them, and portway's
+own rm/stop/exec leave them alone.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import ExitStack
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from portway.core import firewall, ipam, names
+from portway.core import netavark as contract
+from portway.errors import Conflict, InvalidInput, NotFound
+from portway.kernel import links, netns
+from portway.model.types import Container, Endpoint, Network
+
+if TYPE_CHECKING:
+    from portway.engine import Engine
+
+LABEL = "io.podman.network"  # on the networks portway made from Podman's definitions
+
+
+def _network(engine: Engine, info: contract.NetworkInfo) -> Network:
+    """portway's network for Podman's definition: the existing one, or a new one."""
+    net = next((n for n in engine.store.networks() if n.name == info.name), None)
+    if net is not None:
+        if (net.id, net.subnet, net.gateway, net.bridge) != \
+                (info.id, info.subnet, info.gateway, info.bridge):
+            raise Conflict(f"network {info.name} exists with another definition "
+                           f"({net.subnet}, bridge {net.bridge})",
+                           "remove the old one (portway network rm) or rename the new one")
+        return net
+    link = links.observe_link(engine.host, info.bridge)
+    if link is not None:
+        raise Conflict(f"interface {info.bridge} already exists and is not portway's",
+                       "give the Podman network another network_interface")
+    ipam.check_subnet_free(info.subnet, engine._taken_ranges())
+    network = Network(id=info.id, name=info.name, subnet=info.subnet, gateway=info.gateway,
+                      bridge=info.bridge, internal=info.internal, mtu=info.mtu,
+                      labels={LABEL: "true"}, created=engine_now())
+    engine._install_network(network)
+    return network
+
+
+def engine_now() -> str:
+    from portway.engine import now
+
+    return now()
+
+
+def _check_netns(path: str) -> None:
+    if not os.path.isabs(path) or not os.path.exists(path):
+        raise NotFound(f"network namespace {path} does not exist",
+                       "give the path of the container's namespace (e.g. /run/netns/NAME)")
+
+
+def setup(engine: Engine, netns_path: str, options: Any) -> dict[str, Any]:
+    opts = contract.parse_options(options)
+    _check_netns(netns_path)
+    with engine.lock:
+        existing = next((c for c in engine.store.containers() if c.id == opts.container_id),
+                        None)
+        if existing is not None and existing.runtime != "podman":
+            raise Conflict(f"container id {opts.container_id[:12]} belongs to portway",
+                           "use another container id")
+        if existing is not None and existing.netns != netns_path:
+            _remove(engine, existing, None)  # a restart: the old namespace is gone
+            existing = None
+        nets = {a.network: _network(engine, opts.networks[a.network])
+                for a in opts.attachments}
+        container = existing or Container(
+            id=opts.container_id, name=opts.container_name, hostname=opts.container_name,
+            command=(), netns=netns_path, status="running", dns=opts.dns_servers,
+            created=engine_now(), runtime="podman")
+        have = {e.network_id: e for e in engine.store.endpoints(container_id=container.id)}
+        result: dict[str, Any] = {}
+        with engine.store.transaction(), ExitStack() as undo:
+            if existing is None:
+                if engine.store.name_taken("containers", container.name):
+                    raise Conflict(f"container name {container.name!r} is already in use",
+                                   "remove the other container first")
+                ports = engine._resolve_ports(opts.ports) if opts.ports else ()
+                container = replace(container, ports=ports)
+                engine.store.add_container(container)
+            added: list[Endpoint] = []
+            undo.callback(lambda: engine._detach_host(added))
+            cont = netns.open_ipr(netns_path)
+            try:
+                for a in opts.attachments:
+                    net = nets[a.network]
+                    endpoint = have.get(net.id)
+                    if endpoint is None:
+                        endpoint = engine._new_endpoint(
+                            container, net, 0, str(a.static_ip) if a.static_ip else None,
+                            list(a.aliases), ifname=a.ifname, mac=a.static_mac)
+                        want_route = not net.internal and not links.has_default_route(cont)
+                        added.append(endpoint)
+                        engine._attach(cont, container, endpoint, net, want_route)
+                    result[a.network] = contract.status_block(
+                        opts.networks[a.network], endpoint.ifname, endpoint.mac,
+                        endpoint.address)
+            finally:
+                cont.close()
+            if existing is None:
+                published = engine._published(container)
+                if published:
+                    undo.callback(engine._nft_teardown,
+                                  firewall.render_ports_removal(published))
+                    engine.nft.apply(firewall.render_ports(published))
+            undo.pop_all()
+        engine._publish_dns(container.id)
+        return result
+
+
+def teardown(engine: Engine, netns_path: str, options: Any) -> dict[str, Any]:
+    """Undo setup for the networks named (all when none is); a container that is not
+    there is already torn down (no error, unlike netavark 1.4)."""
+    opts = contract.parse_options(options)
+    with engine.lock:
+        c = next((c for c in engine.store.containers() if c.id == opts.container_id), None)
+        if c is None or c.runtime != "podman":
+            return {}
+        _remove(engine, c, {a.network for a in opts.attachments} or None)
+        return {}
+
+
+def _remove(engine: Engine, c: Container, networks: set[str] | None) -> None:
+    by_id = {n.id: n for n in engine.store.networks()}
+    current = engine.store.endpoints(container_id=c.id)
+    gone = [e for e in current if networks is None or
+            (e.network_id in by_id and by_id[e.network_id].name in networks)]
+    remaining = [e for e in current if e not in gone]
+    before, after = engine._published(c, current), engine._published(c, remaining)
+    with engine.store.transaction():
+        for e in gone:
+            engine.store.delete_endpoint(e.id)
+        if before != after:
+            engine._nft_teardown(firewall.render_ports_removal(before))
+            if after:
+                engine.nft.apply(firewall.render_ports(after))
+        engine._detach_host(gone)
+        if not remaining:
+            engine.store.delete_container(c.id)
+    engine._released(gone)
+    for nid in {e.network_id for e in gone}:
+        net = by_id.get(nid)
+        if net is not None and net.labels.get(LABEL) == "true" and \
+                not engine.store.endpoints(network_id=nid):
+            engine.network_rm([net.id])  # made for Podman, and its last container left
+    engine._publish_dns(c.id)
+
+
+def create(engine: Engine, options: Any) -> dict[str, Any]:
+    """netavark create: a network definition with its blanks filled in."""
+    if not isinstance(options, dict) or not isinstance(options.get("network"), dict):
+        raise InvalidInput("invalid input for create: no network object",
+                           "pass {\"network\": {...}, \"used\": {...}, \"options\": {...}}")
+    network = dict(options["network"])
+    used = options.get("used") if isinstance(options.get("used"), dict) else {}
+    name = str(network.get("name") or "")
+    from portway.core import validate
+
+    validate.check_name("network", name)
+    if network.get("driver", "bridge") != "bridge":
+        raise InvalidInput(f"driver {network.get('driver')!r} is not supported",
+                           "portway networks containers with bridges only")
+    if network.get("ipv6_enabled"):
+        raise InvalidInput("IPv6 is not supported yet", "create the network without --ipv6")
+    with engine.lock:
+        taken = engine._taken_ranges()
+        used_subnets = [str(s) for s in (used or {}).get("subnets") or []]
+        for s in used_subnets:
+            try:
+                taken.append((validate.parse_subnet(s), "a Podman network"))
+            except InvalidInput:
+                continue
+        subnets = network.get("subnets") or []
+        if not subnets:
+            subnet = ipam.pick_subnet(taken)
+            subnets = [{"subnet": str(subnet), "gateway": str(ipam.default_gateway(subnet))}]
+        else:
+            first = dict(subnets[0])
+            subnet = validate.parse_subnet(str(first.get("subnet")))
+            ipam.check_subnet_free(subnet, taken)
+            first.setdefault("gateway", str(ipam.default_gateway(subnet)))
+            subnets = [first, *subnets[1:]]
+        interfaces = set((used or {}).get("interfaces") or []) | {
+            n.bridge for n in engine.store.networks()}
+        if not network.get("network_interface"):
+            network["network_interface"] = next(f"podman{i}" for i in range(1, 10000)
+                                                if f"podman{i}" not in interfaces)
+        network.update(subnets=subnets, driver="bridge",
+                       id=network.get("id") or names.new_id(),
+                       ipv6_enabled=False, internal=bool(network.get("internal")),
+                       dns_enabled=bool(network.get("dns_enabled", True)))
+        network.setdefault("ipam_options", {"driver": "host-local"})
+        return network
+
+
+def update(engine: Engine, network: str, dns_servers: list[str]) -> dict[str, Any]:
+    """netavark update NETWORK --network-dns-servers ...: new upstream resolvers for the
+    network's containers."""
+    from portway.core import validate
+
+    servers = validate.check_dns_servers(dns_servers)
+    with engine.lock:
+        net = next((n for n in engine.store.networks() if n.name == network), None)
+        if net is None:
+            raise NotFound(f"network {network} not found", "set it up first")
+        ids = {e.container_id for e in engine.store.endpoints(network_id=net.id)}
+        for c in engine.store.containers():
+            if c.id in ids and c.runtime == "podman":
+                engine.store.update_container(replace(c, dns=servers))
+                engine._publish_dns(c.id)
+        return {}

@@ -1,0 +1,148 @@
+"""portway-netavark: netavark's command line, served by portwayd.
+
+Podman runs `netavark [--config DIR] [--rootless BOOL] [--aardvark-binary PATH]
+[-f FILE] setup|teardown NETNS_PATH` (and `version`, `create`, `update NETWORK
+--network-dns-servers ...`), with JSON on stdin; installed as `netavark` in a
+directory Podman looks in first (containers.conf: helper_binaries_dir), this
+answers it. The work is portway's engine, reached through the daemon for this
+host namespace and state dir DIR/portway/<host namespace>, started on first
+use. Errors are netavark's: {"error": "..."} on stdout and exit code 1.
+
+Standard library only, like the CLI: Podman calls it for every container.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from portway.cli.client import Client, ClientError
+
+VERSION = "1.4.0"  # the netavark contract spoken (Podman 4.3's)
+USAGE = ("usage: portway-netavark [--config DIR] [--rootless BOOL] [--aardvark-binary PATH] "
+         "[-f FILE] setup|teardown NETNS_PATH | version | create | update NETWORK "
+         "--network-dns-servers IP...")
+
+
+class UsageError(Exception):
+    pass
+
+
+def parse(argv: list[str]) -> dict[str, object]:
+    """netavark's options, in any order before and after the subcommand."""
+    out: dict[str, object] = {"config": "/run/containers/networks", "rootless": "false",
+                              "file": None, "args": [], "dns_servers": []}
+    takes = {"--config": "config", "-c": "config", "--rootless": "rootless",
+             "-r": "rootless", "--aardvark-binary": "aardvark", "-a": "aardvark",
+             "--file": "file", "-f": "file"}
+    args: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        key, _, value = arg.partition("=")
+        if key in takes:
+            if not value:
+                i += 1
+                if i >= len(argv):
+                    raise UsageError(f"{key} needs a value")
+                value = argv[i]
+            out[takes[key]] = value
+        elif key == "--network-dns-servers":
+            values = [value] if value else []
+            while not values or (i + 1 < len(argv) and not argv[i + 1].startswith("-")):
+                i += 1
+                if i >= len(argv):
+                    break
+                values.append(argv[i])
+            out["dns_servers"] = [v for x in values for v in x.split(",") if v]
+        elif arg in ("-h", "--help"):
+            raise UsageError(USAGE)
+        elif arg.startswith("-"):
+            raise UsageError(f"unknown option {arg}")
+        else:
+            args.append(arg)
+        i += 1
+    out["args"] = args
+    return out
+
+
+def host_netns() -> str | None:
+    """The name (under /run/netns) of the namespace this process runs in, or None (the
+    root namespace, or one without a name: the daemon then serves the one it starts
+    in). Podman and netavark run in the host namespace they network."""
+    here = os.stat("/proc/self/ns/net").st_ino
+    try:
+        names = sorted(os.listdir("/run/netns"))
+    except FileNotFoundError:
+        names = []
+    for name in names:
+        try:
+            if os.stat(f"/run/netns/{name}").st_ino == here:
+                return name
+        except OSError:
+            continue
+    return None
+
+
+def read_input(path: object) -> object:
+    try:
+        text = open(str(path)).read() if path else sys.stdin.read()  # noqa: SIM115
+    except OSError as exc:
+        raise ClientError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise ClientError(f"the network options are not JSON: {exc}") from None
+
+
+def run(argv: list[str]) -> object:
+    opts = parse(argv)
+    args = opts["args"]
+    assert isinstance(args, list)
+    if not args:
+        raise UsageError(USAGE)
+    command = args[0]
+    if command == "version":
+        return {"version": VERSION, "commit": "portway", "build_time": "",
+                "target": "portway-netavark"}
+    if str(opts["rootless"]).lower() == "true":
+        raise ClientError("rootless networking is not supported by portway",
+                          "run Podman as root")
+    ns = host_netns()
+    state_dir = os.path.join(str(opts["config"]), "portway", ns or "root")
+    client = Client(state_dir, ns)
+    if command in ("setup", "teardown"):
+        if len(args) != 2:
+            raise UsageError(f"{command} needs the network namespace path")
+        return client.call(f"podman_{command}", netns=args[1],
+                           options=read_input(opts["file"]))
+    if command == "create":
+        return client.call("podman_create", options=read_input(opts["file"]))
+    if command == "update":
+        if len(args) != 2:
+            raise UsageError("update needs the network name")
+        return client.call("podman_update", network=args[1], dns_servers=opts["dns_servers"])
+    raise UsageError(f"unknown subcommand {command}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        result = run(sys.argv[1:] if argv is None else argv)
+    except UsageError as exc:
+        print(json.dumps({"error": str(exc)}))
+        sys.exit(1)
+    except ClientError as exc:
+        message = f"{exc.message}; {exc.hint}" if exc.hint else exc.message
+        print(json.dumps({"error": message}))
+        sys.exit(1)
+    except Exception as exc:  # Podman reads stdout: always answer in its format
+        print(json.dumps({"error": f"unexpected failure: {exc}"}))
+        sys.exit(1)
+    if result:  # teardown and update print nothing, as netavark does
+        print(json.dumps(result))
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
