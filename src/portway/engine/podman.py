@@ -11,6 +11,7 @@ own rm/stop/exec leave them alone.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from contextlib import ExitStack
 from dataclasses import replace
@@ -184,7 +185,7 @@ def create(engine: Engine, options: Any) -> dict[str, Any]:
                 continue
         subnets = network.get("subnets") or []
         if not subnets:
-            subnet = ipam.pick_subnet(taken)
+            subnet = _podman_subnet(taken)
             subnets = [{"subnet": str(subnet), "gateway": str(ipam.default_gateway(subnet))}]
         else:
             first = dict(subnets[0])
@@ -203,6 +204,20 @@ def create(engine: Engine, options: Any) -> dict[str, Any]:
                        dns_enabled=bool(network.get("dns_enabled", True)))
         network.setdefault("ipam_options", {"driver": "host-local"})
         return network
+
+
+def _podman_subnet(taken: list[tuple[Any, str]]) -> Any:
+    """Podman's default pool: the first free /24 from 10.89.0.0 on."""
+    start = int(ipaddress.IPv4Address("10.89.0.0"))
+    for i in range(256 * 118):  # up to 10.255.255.0/24
+        candidate = ipaddress.IPv4Network((start + i * 256, 24))
+        try:
+            ipam.check_subnet_free(candidate, taken)
+        except Conflict:
+            continue
+        return candidate
+    raise Conflict("no free /24 is left in 10.89.0.0-10.255.255.255",
+                   "give the network a subnet")
 
 
 def update(engine: Engine, network: str, dns_servers: list[str]) -> dict[str, Any]:
