@@ -10,9 +10,10 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # System packages: iproute2 (the tests' oracle, `ip -j`), nftables/libnftables1
-# (the firewall), python3-venv, procps, bind9-dnsutils (dig), graphviz (`portway graph`).
+# (the firewall), python3-venv, procps, bind9-dnsutils (dig), graphviz (`portway graph`),
+# podman, runc and busybox-static (the Podman backend tests run real Podman).
 bash scripts/apt-ensure.sh python3 python3-venv iproute2 nftables libnftables1 procps \
-  bind9-dnsutils graphviz
+  bind9-dnsutils graphviz podman runc busybox-static
 
 # Debian's own interpreter (what users run as root), not a shim on PATH.
 PY=/usr/bin/python3
