@@ -40,7 +40,8 @@ GROWTH = int(os.environ.get("PORTWAY_BENCH_GROWTH", "1000"))
 FIREWALL = os.environ.get("PORTWAY_BENCH_FIREWALL", "1") == "1"
 DNS = os.environ.get("PORTWAY_BENCH_DNS", "1") == "1"
 DNS_SECONDS = float(os.environ.get("PORTWAY_BENCH_DNS_SECONDS", "5"))
-CONTRACT = ROOT.parent / "shared" / "netavark-contract" / "podman-4.3-setup-input.json"
+CONTRACT = ROOT / "tests" / "e2e" / "data" / "podman-4.3-setup-input.json"
+PODMAN = os.environ.get("PORTWAY_BENCH_PODMAN", "1") == "1"
 
 
 def sh(*args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
@@ -460,6 +461,31 @@ def write_report(r: dict[str, Any]) -> str:
     dns = r.get("dns")
     if dns:
         lines += dns_report(dns)
+    pm = r.get("podman")
+    if pm:
+        lines += [
+            "## Podman 4.3: `podman run --rm` with portway and with netavark 1.4",
+            "",
+            "The same Podman, runc and busybox rootfs, each backend in its own Podman world "
+            "in the bench's host namespace, runs alternating; each container prints its eth0 "
+            "address, which must be in its network (bench/podman.py). `--network none` is "
+            "Podman and runc alone. Ratio = netavark ÷ portway.",
+            "",
+            "| network | median (ms) | p90 (ms) | runs |",
+            "|---|---:|---:|---:|",
+            f"| portway (portway-netavark) | {pm['portway']['median_ms']} | "
+            f"{pm['portway']['p90_ms']} | {pm['portway']['runs']} |",
+            f"| Debian's netavark 1.4 + aardvark-dns | {pm['netavark']['median_ms']} | "
+            f"{pm['netavark']['p90_ms']} | {pm['netavark']['runs']} |",
+            f"| none (no networking) | {pm['none']['median_ms']} | {pm['none']['p90_ms']} | "
+            f"{pm['none']['runs']} |",
+            "",
+            f"Ratio: {ratio(pm['netavark']['median_ms'], pm['portway']['median_ms'])}; "
+            f"networking's own share: portway "
+            f"{round(pm['portway']['median_ms'] - pm['none']['median_ms'], 1)} ms, netavark "
+            f"{round(pm['netavark']['median_ms'] - pm['none']['median_ms'], 1)} ms.",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -528,6 +554,14 @@ def main() -> None:
         if DNS:
             print("bench: DNS against aardvark-dns ...", flush=True)
             results["dns"] = run_with_engine(outside, "dns", "bench_dns")
+        results["podman"] = None
+        if PODMAN and shutil.which("podman"):
+            print("bench: podman run with portway and with netavark ...", flush=True)
+            from podman import bench_podman
+
+            results["podman"] = bench_podman(host)
+            for failure in (results["podman"] or {}).get("failures", []):
+                probe.failures.append(f"podman {failure}")
         results["probe_failures"] = len(probe.failures)
         results["failures"] = probe.failures
     finally:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
+import tempfile
 
 # Client programs for `python3 -c` in a namespace: GET URL prints the HTTP status (or
 # "fail ERROR"); WAIT ADDRESS PORT returns once something listens there (at most 5 s).
@@ -54,3 +56,100 @@ def remove_world(host: str, outside: str) -> None:
     for ns in (host, outside):
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
     shutil.rmtree(f"/etc/netns/{host}", ignore_errors=True)
+
+
+BUSYBOX_TOOLS = ("sh", "httpd", "nslookup", "wget", "cat", "ip", "sleep", "true")
+
+
+class PodmanWorld:
+    """Podman 4.3 in a host namespace, with its own storage, run, tmp and runc dirs, a
+    busybox rootfs, and one helper directory: portway's (a `netavark` wrapper around
+    portway-netavark and an `aardvark-dns` stand-in that refuses to run, so Debian's
+    are out of reach) or the one given (Debian's /usr/lib/podman, for comparison).
+    Podman runs through nsenter: `ip netns exec` would remount /sys and break runc."""
+
+    def __init__(self, host: str, helpers: str | None = None) -> None:
+        self.host = host
+        self.portway = helpers is None
+        # Podman writes these whatever it is told (runc's state dir via a cleanup process
+        # that does not get --runtime-flag): removed again if they were not there before.
+        self.had = {d: os.path.exists(d) for d in ("/run/containers", "/run/runc")}
+        # Short: Podman refuses a runroot path longer than 50 characters.
+        self.work = tempfile.mkdtemp(prefix="pwpm-", dir="/tmp")
+        rootfs = os.path.join(self.work, "rootfs")
+        for d in ("bin", "etc", "proc", "sys", "dev", "tmp", "www"):
+            os.makedirs(os.path.join(rootfs, d))
+        busybox = shutil.which("busybox")
+        if busybox is None:
+            raise RuntimeError("busybox is not installed (apt-get install busybox-static)")
+        shutil.copy(busybox, os.path.join(rootfs, "bin", "busybox"))
+        for tool in BUSYBOX_TOOLS:
+            os.symlink("busybox", os.path.join(rootfs, "bin", tool))
+        with open(os.path.join(rootfs, "www", "index.html"), "w") as f:
+            f.write("hello from podman\n")
+        if helpers is None:
+            helpers = os.path.join(self.work, "helpers")
+            os.makedirs(helpers)
+            bindir = os.path.dirname(sys.executable)
+            scripts = {"netavark": f"#!/bin/sh\nexec {bindir}/portway-netavark \"$@\"\n",
+                       "aardvark-dns": "#!/bin/sh\necho 'not used: portway serves DNS' >&2\n"
+                                       "exit 1\n"}
+            for name, text in scripts.items():
+                path = os.path.join(helpers, name)
+                with open(path, "w") as f:
+                    f.write(text)
+                os.chmod(path, 0o755)
+        with open(os.path.join(self.work, "containers.conf"), "w") as f:
+            f.write(f'[containers]\ndefault_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]\n'
+                    f'[network]\nnetwork_backend = "netavark"\n'
+                    f'network_config_dir = "{self.work}/networks"\n'
+                    f'[engine]\nhelper_binaries_dir = ["{helpers}"]\n'
+                    f'cgroup_manager = "cgroupfs"\nevents_logger = "file"\nruntime = "runc"\n')
+
+    @property
+    def state_dir(self) -> str:
+        """portway's state dir: Podman 4.3 passes --config /run/containers/networks."""
+        return f"/run/containers/networks/portway/{self.host}"
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        w = self.work
+        cmd = ["nsenter", f"--net=/run/netns/{self.host}", "podman", "--root", f"{w}/root",
+               "--runroot", f"{w}/runroot", "--tmpdir", f"{w}/tmp", "--storage-driver", "vfs",
+               "--runtime-flag", f"root={w}/runc", *args]
+        cp = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, CONTAINERS_CONF=f"{w}/containers.conf"))
+        if check and cp.returncode != 0:
+            raise RuntimeError(f"podman {' '.join(args)} failed: {cp.stderr.strip()}")
+        return cp
+
+    def container(self, *args: str, detach: bool = True) -> str:
+        """OPTIONS... -- COMMAND...: the rootfs stands where an image would."""
+        split = args.index("--")
+        mode = ["-d"] if detach else ["--rm"]
+        return self.run("run", *mode, *args[:split], "--rootfs", f"{self.work}/rootfs",
+                        *args[split + 1:]).stdout.strip()
+
+    def portway_cmd(self, *args: str) -> list[str]:
+        return [os.path.join(os.path.dirname(sys.executable), "portway"), "--host-netns",
+                self.host, "--state-dir", self.state_dir, *args]
+
+    def close(self) -> list[str]:
+        """Remove Podman's containers and networks and everything of this world; the
+        portway containers that Podman's removal left behind (none, if all went well)."""
+        self.run("rm", "-af", "-t", "0", check=False)
+        self.run("network", "prune", "-f", check=False)
+        left: list[str] = []
+        if os.path.exists(os.path.join(self.state_dir, "portwayd.sock")):
+            left = subprocess.run(self.portway_cmd("ps", "-a", "-q"), capture_output=True,
+                                  text=True).stdout.split()
+            subprocess.run(self.portway_cmd("daemon", "stop"), capture_output=True)
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+        subprocess.run(["rm", "-rf", "--one-file-system", self.work], check=False)
+        if not self.had["/run/containers"]:
+            shutil.rmtree("/run/containers", ignore_errors=True)
+        if not self.had["/run/runc"]:
+            try:
+                os.rmdir("/run/runc")  # only if empty: runc keeps live containers there
+            except OSError:
+                pass
+        return left

@@ -144,6 +144,7 @@ class Server:
             pass
         self.control.bind(path)
         self.running = True
+        self.wakeup: int | None = None  # a pipe that signals write to (see main)
 
     # records and sockets
 
@@ -443,6 +444,8 @@ class Server:
         while self.running:
             watched: list[Any] = [self.control, *self.udp.values(), *self.tcp.values(),
                                   *self.clients]
+            if self.wakeup is not None:
+                watched.append(self.wakeup)
             try:
                 ready, _, _ = select.select(watched, [], [], 1.0)
             except (OSError, ValueError):
@@ -450,7 +453,9 @@ class Server:
             udp = set(self.udp.values())
             tcp = set(self.tcp.values())
             for sock in ready:
-                if sock is self.control:
+                if sock is self.wakeup:
+                    os.read(self.wakeup, 64)  # a signal came; its handler has run
+                elif sock is self.control:
                     self.handle_control()
                 elif sock in udp:
                     self.handle_udp(sock)
@@ -491,6 +496,10 @@ def main() -> None:
     parser.add_argument("--resolv", required=True, help="the host's resolv.conf (upstreams)")
     args = parser.parse_args()
     server = Server(args.state_dir, args.resolv)
+    # SIGTERM ends the loop at once: the signal's byte on this pipe wakes the select.
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w)
+    server.wakeup = wake_r
     signal.signal(signal.SIGTERM, lambda *_: setattr(server, "running", False))
     print(f"portway-dns: serving (pid {os.getpid()})", file=sys.stderr, flush=True)
     server.serve()
