@@ -325,15 +325,18 @@ def bench_api(probe: Probe) -> dict[str, Any]:
     }
 
 
-def run_with_engine(outside: str, module: str, function: str) -> dict[str, Any]:
-    """bench/<module>.py's function(engine, outside) with a fresh engine and state dir."""
+def run_with_engine(host: str, outside: str, module: str, function: str) -> dict[str, Any]:
+    """bench/<module>.py's function(engine, outside) with a fresh engine and state dir.
+
+    The engine is told its host namespace by name, so its DNS server forwards to that
+    namespace's resolv.conf (the outside namespace), never to the machine's resolvers."""
     import importlib
 
     from portway.engine import Engine
 
     bench = getattr(importlib.import_module(module), function)
     state = tempfile.mkdtemp(prefix=f"pwbench-{module}-")
-    engine = Engine(state, None)
+    engine = Engine(state, host)
     try:
         result: dict[str, Any] = bench(engine, outside)
         return result
@@ -549,11 +552,11 @@ def main() -> None:
             results["firewall"] = None
         else:
             print("bench: firewall (ports at 1/1000/10000, throughput) ...", flush=True)
-            results["firewall"] = run_with_engine(outside, "firewall", "bench_firewall")
+            results["firewall"] = run_with_engine(host, outside, "firewall", "bench_firewall")
         results["dns"] = None
         if DNS:
             print("bench: DNS against aardvark-dns ...", flush=True)
-            results["dns"] = run_with_engine(outside, "dns", "bench_dns")
+            results["dns"] = run_with_engine(host, outside, "dns", "bench_dns")
         results["podman"] = None
         if PODMAN and shutil.which("podman"):
             print("bench: podman run with portway and with netavark ...", flush=True)

@@ -253,3 +253,18 @@ def test_bad_calls(podman: Podmanish) -> None:
                                               "options": {}}).stdout)
     assert created["network_interface"] == "podman2" and created["driver"] == "bridge"
     assert created["subnets"][0]["subnet"].endswith("/24") and len(created["id"]) == 64
+
+
+def test_gc_forgets_a_container_podman_removed_without_teardown(podman: Podmanish) -> None:
+    p = podman
+    ns = p.namespace()
+    data = options("lost", "10.89.0.50", [{"host_ip": "", "container_port": 80,
+                                          "host_port": 8181, "range": 1, "protocol": "tcp"}])
+    p.nv("setup", ns, data=data)
+    sh("ip", "netns", "del", os.path.basename(ns))  # Podman crashed between the two calls
+    p.namespaces.remove(os.path.basename(ns))
+    assert "forget Podman container lost" in p.pw("doctor", check=False).stdout
+    assert "forget Podman container lost" in p.pw("gc").stdout
+    assert p.pw("ps", "-a", "-q").stdout == ""
+    assert "8181" not in p.sb.in_host("nft", "list", "tables").stdout
+    assert p.pw("gc").stdout.startswith("nothing to repair")

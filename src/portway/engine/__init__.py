@@ -61,6 +61,7 @@ class Engine:
         self._check_host(host_netns)
         self.instance = self._instance_id()
         self.lock = threading.RLock()
+        self._closed = False
         # Per network, a lower bound of the lowest free address: everything below it is
         # taken, so allocation asks the store about one address, not all of them. Any
         # release lowers it; a rolled-back allocation clears it.
@@ -107,6 +108,8 @@ class Engine:
                 pass  # no br_netfilter: icc=false cannot act within a bridge
 
     def close(self) -> None:
+        with self.lock:
+            self._closed = True  # a process that ends from now on is seen by the next start
         self.watcher.close()
         self.nft.close()
         self.host.close()
@@ -656,6 +659,8 @@ class Engine:
 
     def _on_exit(self, container_id: str, pid: int, code: int | None) -> None:
         with self.lock:
+            if self._closed:
+                return
             c = self.store.find_container(container_id)
             if c is None or c.pid != pid:
                 return
