@@ -261,6 +261,7 @@ def bench_api(probe: Probe) -> dict[str, Any]:
         def floor_once(i: int) -> tuple[float, float]:
             eid = names.new_id()
             ns = names.netns_name(eid)
+            floor_if = f"flv-{eid[:11]}"
             address = net.subnet.network_address + 60000 + i
             bridge = links.observe_link(engine.host, net.bridge)
             assert bridge is not None
@@ -268,15 +269,17 @@ def bench_api(probe: Probe) -> dict[str, Any]:
             def build() -> None:
                 cont = netns.create_netns(ns, lambda ipr: links.setup_loopback(ipr, "floor"))
                 fd = os.open(netns.netns_path(ns), os.O_RDONLY)
+                # Not a pwv- name: the floor is not portway's, and portway's bridge ports
+                # with that prefix send nothing until portway lists them (anti-spoofing).
                 links.ensure_endpoint(engine.host, cont, fd, links.EndpointSpec(
-                    host_ifname=names.host_veth_name(eid), ifname="eth0",
+                    host_ifname=floor_if, ifname="eth0",
                     mac=names.mac_for(address), mtu=1500, address=address, prefixlen=16,
                     gateway=net.gateway, bridge_index=bridge.index, tag="floor"))
                 os.close(fd)
                 cont.close()
 
             def destroy() -> None:
-                links.delete_link(engine.host, names.host_veth_name(eid))
+                links.delete_link(engine.host, floor_if)
                 netns.delete_netns(ns)
 
             up = timed(build)

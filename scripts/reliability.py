@@ -52,6 +52,12 @@ ROWS: list[tuple[str, str, str, str]] = [
      "test_run_hostile"),
     ("Hostile input", "a table of known-bad commands: one line each, kernel and store "
      "unchanged", "test_bad_input.py", "test_bad_input_changes_nothing"),
+    ("Hostile input", "netavark JSON with one field wrong, as Podman could send it: one "
+     "netavark-style error, no link made", "test_netavark.py",
+     "test_invalid_input_changes_nothing"),
+    ("Drift", "Podman removes a container's namespace without calling teardown: `doctor` "
+     "reports it, `gc` forgets the container and its ports", "test_netavark.py",
+     "test_gc_forgets_a_container_podman_removed_without_teardown"),
     ("Security", "container to another network's container (control: works with the "
      "isolation rule removed)", "test_firewall.py", "test_isolation_between_networks_and_icc"),
     ("Security", "a 127.0.0.1-published port from a neighbour on the host's segment "
