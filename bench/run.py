@@ -365,7 +365,7 @@ def write_report(r: dict[str, Any]) -> str:
         "## Container networking ready: portway CLI against the anchors' executables",
         "",
         "Each side through its own entry point, a process per operation, warm bridge. "
-        "netavark 1.4 gets the real Podman 4.3 input from `shared/netavark-contract` (its port "
+        "netavark 1.4 gets the real Podman 4.3 input captured in `tests/e2e/data` (its port "
         "mapping and DNS removed: publishing and DNS are compared separately); CNI is the "
         "`bridge` plugin with `host-local` IPAM. Ratio = anchor ÷ portway (above 1: portway "
         "is faster).",
