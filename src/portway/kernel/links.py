@@ -62,20 +62,21 @@ def observe_links(ipr: IPRoute) -> list[Link]:
 
 
 def observe_link(ipr: IPRoute, ifname: str) -> Link | None:
+    """One link by name: the kernel looks it up (RTM_GETLINK with IFLA_IFNAME), rather
+    than pyroute2's link_lookup, which dumps every link: O(1) however many veths exist."""
     try:
-        found = ipr.link_lookup(ifname=ifname)
+        return _to_link(ipr.link("get", ifname=ifname)[0])
     except NetlinkError as exc:
         if exc.code in GONE:
             return None
         raise
-    if not found:
-        return None
-    try:
-        return _to_link(ipr.get_links(found[0])[0])
-    except NetlinkError as exc:
-        if exc.code in GONE:
-            return None
-        raise
+
+
+def index_of(ipr: IPRoute, ifname: str) -> int:
+    link = observe_link(ipr, ifname)
+    if link is None:
+        raise KernelError(f"{ifname} vanished", "try again")
+    return link.index
 
 
 def observe_addresses(ipr: IPRoute, index: int | None = None) -> list[ipaddress.IPv4Interface]:
@@ -156,10 +157,7 @@ def ensure_bridge(ipr: IPRoute, name: str, mac: str, mtu: int, gateway: IPAddres
 def delete_link(ipr: IPRoute, ifname: str) -> bool:
     """Delete a link by name; False if it was already gone."""
     try:
-        found = ipr.link_lookup(ifname=ifname)
-        if not found:
-            return False
-        ipr.link("del", index=found[0])
+        ipr.link("del", ifname=ifname)
         return True
     except NetlinkError as exc:
         if exc.code in GONE:
@@ -197,14 +195,14 @@ def ensure_endpoint(host: IPRoute, cont: IPRoute, netns_fd: int, spec: EndpointS
                               f"name exists", "run 'portway gc' and try again") from None
         raise _kernel_error(f"create veth {spec.host_ifname}", exc) from None
     try:
-        index = host.link_lookup(ifname=spec.host_ifname)[0]
+        index = index_of(host, spec.host_ifname)
         host.link("set", index=index, ifalias=spec.tag)
         disable_ipv6(spec.host_ifname)
         host.link("set", index=index, master=spec.bridge_index, state="up")
         # Hairpin: a container reaching its own published port through a host address
         # is DNATed back to itself; the frame must go out of the port it came in on.
         host.brport("set", index=index, mode=1)
-        cidx = cont.link_lookup(ifname=spec.ifname)[0]
+        cidx = index_of(cont, spec.ifname)
         cont.addr("add", index=cidx, address=str(spec.address), prefixlen=spec.prefixlen)
         cont.link("set", index=cidx, state="up")
         if spec.gateway is not None:
@@ -221,7 +219,7 @@ def has_default_route(ipr: IPRoute) -> bool:
 
 def set_default_route(ipr: IPRoute, ifname: str, gateway: IPAddress) -> None:
     try:
-        index = ipr.link_lookup(ifname=ifname)[0]
+        index = index_of(ipr, ifname)
         ipr.route("replace", dst="0.0.0.0/0", gateway=str(gateway), oif=index)
     except (NetlinkError, IndexError) as exc:
         raise KernelError(f"set default route via {gateway}: {exc}", "try again") from None
@@ -229,7 +227,7 @@ def set_default_route(ipr: IPRoute, ifname: str, gateway: IPAddress) -> None:
 
 def setup_loopback(ipr: IPRoute, tag: str) -> None:
     """In a new container namespace: lo up, and the owner tag on lo (the namespace's tag)."""
-    index = ipr.link_lookup(ifname="lo")[0]
+    index = index_of(ipr, "lo")
     ipr.link("set", index=index, state="up", ifalias=tag)
     # IPv4-only for now: links moved in later get no IPv6 (lo keeps ::1).
     try:
@@ -246,7 +244,7 @@ def observe_loopback_tag(ipr: IPRoute) -> str:
 def setup_probe(ipr: IPRoute, tag: str) -> None:
     """In a probe namespace (a client beyond the host's uplink): lo tagged but left down,
     so 127/8 is not local and a probe to 127.0.0.1 goes out, as a neighbour's would."""
-    index = ipr.link_lookup(ifname="lo")[0]
+    index = index_of(ipr, "lo")
     ipr.link("set", index=index, ifalias=tag)
     write_sysctl("net.ipv4.conf.all.route_localnet", "1")
     write_sysctl("net.ipv4.conf.default.route_localnet", "1")
@@ -260,11 +258,11 @@ def add_probe_link(host: IPRoute, probe: IPRoute, netns_fd: int, host_ifname: st
     try:
         host.link("add", ifname=host_ifname, kind="veth",
                   peer={"ifname": "eth0", "net_ns_fd": netns_fd})
-        index = host.link_lookup(ifname=host_ifname)[0]
+        index = index_of(host, host_ifname)
         disable_ipv6(host_ifname)
         host.link("set", index=index, state="up")
         host.route("add", dst=f"{client}/32", oif=index)
-        inner = probe.link_lookup(ifname="eth0")[0]
+        inner = index_of(probe, "eth0")
         probe.addr("add", index=inner, address=str(client), prefixlen=32)
         probe.link("set", index=inner, state="up")
         probe.route("add", dst="0.0.0.0/0", gateway=str(gateway), oif=inner,
