@@ -203,10 +203,16 @@ def test_port_ranges_and_both_protocols(podman: Podmanish) -> None:
     clash = options("clash", "10.89.0.21", [{"host_ip": "", "container_port": 80,
                                             "host_port": 9082, "range": 1,
                                             "protocol": "tcp"}])
+    # ...and a network the failed setup made for it goes again.
+    clash["networks"]["back"] = {"static_ips": ["10.90.0.21"], "interface_name": "eth1"}
+    clash["network_info"]["back"] = net_info("back", 90, "ab" * 32, "podman2")
     other = p.namespace()
     cp = p.nv("setup", other, data=clash, check=False)
     assert cp.returncode == 1 and "9082" in json.loads(cp.stdout)["error"]
     assert [x["ifname"] for x in ip_json(os.path.basename(other), "link")] == ["lo"]
+    assert "podman2" not in {str(x["ifname"]) for x in ip_json(p.sb.host, "link")}
+    assert [n["Name"] for n in json.loads(p.pw("network", "ls", "--json").stdout)] == \
+        ["a1pnet"]
     p.nv("teardown", web, data=data)
 
 

@@ -75,50 +75,64 @@ def setup(engine: Engine, netns_path: str, options: Any) -> dict[str, Any]:
         if existing is not None and existing.netns != netns_path:
             _remove(engine, existing, None)  # a restart: the old namespace is gone
             existing = None
-        nets = {a.network: _network(engine, opts.networks[a.network])
-                for a in opts.attachments}
-        container = existing or Container(
-            id=opts.container_id, name=opts.container_name, hostname=opts.container_name,
-            command=(), netns=netns_path, status="running", dns=opts.dns_servers,
-            created=engine_now(), runtime="podman")
-        have = {e.network_id: e for e in engine.store.endpoints(container_id=container.id)}
-        result: dict[str, Any] = {}
-        with engine.store.transaction(), ExitStack() as undo:
-            if existing is None:
-                if engine.store.name_taken("containers", container.name):
-                    raise Conflict(f"container name {container.name!r} is already in use",
-                                   "remove the other container first")
-                ports = engine._resolve_ports(opts.ports) if opts.ports else ()
-                container = replace(container, ports=ports)
-                engine.store.add_container(container)
-            added: list[Endpoint] = []
-            undo.callback(lambda: engine._detach_host(added))
-            cont = netns.open_ipr(netns_path)
-            try:
-                for a in opts.attachments:
-                    net = nets[a.network]
-                    endpoint = have.get(net.id)
-                    if endpoint is None:
-                        endpoint = engine._new_endpoint(
-                            container, net, 0, str(a.static_ip) if a.static_ip else None,
-                            list(a.aliases), ifname=a.ifname, mac=a.static_mac)
-                        want_route = not net.internal and not links.has_default_route(cont)
-                        added.append(endpoint)
-                        engine._attach(cont, container, endpoint, net, want_route)
-                    result[a.network] = contract.status_block(
-                        opts.networks[a.network], endpoint.ifname, endpoint.mac,
-                        endpoint.address)
-            finally:
-                cont.close()
-            if existing is None:
-                published = engine._published(container)
-                if published:
-                    undo.callback(engine._nft_teardown,
-                                  firewall.render_ports_removal(published))
-                    engine.nft.apply(firewall.render_ports(published))
-            undo.pop_all()
-        engine._publish_dns(container.id)
-        return result
+        before = {n.id for n in engine.store.networks()}
+        try:
+            return _setup(engine, netns_path, opts, existing)
+        except BaseException:
+            # A network this call made and no container uses goes again: a failed setup
+            # leaves nothing behind.
+            for net in engine.store.networks():
+                if net.id not in before and not engine.store.endpoints(network_id=net.id):
+                    engine.network_rm([net.id])
+            raise
+
+
+def _setup(engine: Engine, netns_path: str, opts: contract.Options,
+           existing: Container | None) -> dict[str, Any]:
+    nets = {a.network: _network(engine, opts.networks[a.network])
+            for a in opts.attachments}
+    container = existing or Container(
+        id=opts.container_id, name=opts.container_name, hostname=opts.container_name,
+        command=(), netns=netns_path, status="running", dns=opts.dns_servers,
+        created=engine_now(), runtime="podman")
+    have = {e.network_id: e for e in engine.store.endpoints(container_id=container.id)}
+    result: dict[str, Any] = {}
+    with engine.store.transaction(), ExitStack() as undo:
+        if existing is None:
+            if engine.store.name_taken("containers", container.name):
+                raise Conflict(f"container name {container.name!r} is already in use",
+                               "remove the other container first")
+            ports = engine._resolve_ports(opts.ports) if opts.ports else ()
+            container = replace(container, ports=ports)
+            engine.store.add_container(container)
+        added: list[Endpoint] = []
+        undo.callback(lambda: engine._detach_host(added))
+        cont = netns.open_ipr(netns_path)
+        try:
+            for a in opts.attachments:
+                net = nets[a.network]
+                endpoint = have.get(net.id)
+                if endpoint is None:
+                    endpoint = engine._new_endpoint(
+                        container, net, 0, str(a.static_ip) if a.static_ip else None,
+                        list(a.aliases), ifname=a.ifname, mac=a.static_mac)
+                    want_route = not net.internal and not links.has_default_route(cont)
+                    added.append(endpoint)
+                    engine._attach(cont, container, endpoint, net, want_route)
+                result[a.network] = contract.status_block(
+                    opts.networks[a.network], endpoint.ifname, endpoint.mac,
+                    endpoint.address)
+        finally:
+            cont.close()
+        if existing is None:
+            published = engine._published(container)
+            if published:
+                undo.callback(engine._nft_teardown,
+                              firewall.render_ports_removal(published))
+                engine.nft.apply(firewall.render_ports(published))
+        undo.pop_all()
+    engine._publish_dns(container.id)
+    return result
 
 
 def teardown(engine: Engine, netns_path: str, options: Any) -> dict[str, Any]:
