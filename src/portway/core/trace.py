@@ -26,7 +26,6 @@ from portway.core.nftsim import LOOPBACK, Decision, Packet, Ruleset
 from portway.model.types import IPAddress
 
 IP_FAMILIES = ("ip", "inet")
-VERDICTS = ("delivered", "dropped", "no-listener", "no-route", "leaves-host")
 
 
 @dataclass(frozen=True)

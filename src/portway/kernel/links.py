@@ -209,8 +209,6 @@ def ensure_endpoint(host: IPRoute, cont: IPRoute, netns_fd: int, spec: EndpointS
             cont.route("add", dst="0.0.0.0/0", gateway=str(spec.gateway), oif=cidx)
     except NetlinkError as exc:
         raise _kernel_error(f"set up {what}", exc) from None
-    except IndexError:
-        raise KernelError(f"set up {what}: the veth pair vanished", "try again") from None
 
 
 def has_default_route(ipr: IPRoute) -> bool:
@@ -221,7 +219,7 @@ def set_default_route(ipr: IPRoute, ifname: str, gateway: IPAddress) -> None:
     try:
         index = index_of(ipr, ifname)
         ipr.route("replace", dst="0.0.0.0/0", gateway=str(gateway), oif=index)
-    except (NetlinkError, IndexError) as exc:
+    except NetlinkError as exc:
         raise KernelError(f"set default route via {gateway}: {exc}", "try again") from None
 
 

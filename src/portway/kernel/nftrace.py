@@ -50,23 +50,11 @@ class TraceEvent:
     network: bytes  # the IP header as the hook saw it (up to 40 bytes)
     transport: bytes
 
-    def addresses(self) -> tuple[str, str] | None:
-        if len(self.network) >= 20 and self.network[0] >> 4 == 4:
-            return (str(ipaddress.IPv4Address(self.network[12:16])),
-                    str(ipaddress.IPv4Address(self.network[16:20])))
-        return None
-
     def first_segment(self) -> bool:
         """A TCP SYN without ACK (the connection's first packet), or not TCP at all."""
         if len(self.network) >= 10 and self.network[9] == 6 and len(self.transport) >= 14:
             return self.transport[13] & 0x12 == 0x02
         return True
-
-    def ports(self) -> tuple[int, int] | None:
-        if len(self.transport) >= 4:
-            sport, dport = struct.unpack("!HH", self.transport[:4])
-            return sport, dport
-        return None
 
 
 def _attrs(data: bytes) -> Iterator[tuple[int, bytes]]:
