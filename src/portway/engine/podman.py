@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from portway.core import firewall, ipam, names
 from portway.core import netavark as contract
+from portway.engine import now
 from portway.errors import Conflict, InvalidInput, NotFound
 from portway.kernel import links, netns
 from portway.model.types import Container, Endpoint, Network
@@ -46,15 +47,9 @@ def _network(engine: Engine, info: contract.NetworkInfo) -> Network:
     ipam.check_subnet_free(info.subnet, engine._taken_ranges())
     network = Network(id=info.id, name=info.name, subnet=info.subnet, gateway=info.gateway,
                       bridge=info.bridge, internal=info.internal, mtu=info.mtu,
-                      labels={LABEL: "true"}, created=engine_now())
+                      labels={LABEL: "true"}, created=now())
     engine._install_network(network)
     return network
-
-
-def engine_now() -> str:
-    from portway.engine import now
-
-    return now()
 
 
 def _check_netns(path: str) -> None:
@@ -94,7 +89,7 @@ def _setup(engine: Engine, netns_path: str, opts: contract.Options,
     container = existing or Container(
         id=opts.container_id, name=opts.container_name, hostname=opts.container_name,
         command=(), netns=netns_path, status="running", dns=opts.dns_servers,
-        created=engine_now(), runtime="podman")
+        created=now(), runtime="podman")
     have = {e.network_id: e for e in engine.store.endpoints(container_id=container.id)}
     result: dict[str, Any] = {}
     with engine.store.transaction(), ExitStack() as undo:
