@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import ipaddress
 import json
 import os
@@ -23,6 +24,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +37,7 @@ MAX_TCP_CLIENTS = 64
 TCP_IDLE = 5.0
 IP_FREEBIND = 15
 LOG_SIZE = 200
+MAX_KEPT = 20_000  # replies kept for repeated queries (each at most 512 + 512 bytes)
 
 
 @dataclass
@@ -134,6 +137,10 @@ class Server:
         self.rotation: collections.Counter[str] = collections.Counter()
         # Encoded A records per (name, querier's networks), built on first use.
         self.answers: dict[tuple[str, tuple[str, ...]], list[bytes]] = {}
+        # The hot path: whole replies (less their id) per (querier, query less its id),
+        # with what the log says of them. Only replies that do not change between two
+        # identical queries (one record or none, no forwarding); emptied with `answers`.
+        self.replies: dict[tuple[str, bytes], tuple[bytes, tuple[Any, ...]]] = {}
         self.log: collections.deque[tuple[Any, ...]] = collections.deque(maxlen=LOG_SIZE)
         self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="forward")
         self.control = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -144,25 +151,44 @@ class Server:
             pass
         self.control.bind(path)
         self.running = True
-        self.wakeup: int | None = None  # a pipe that signals write to (see main)
+        # epoll, registered once per socket: the loop's cost does not grow with sockets.
+        self.poller = select.epoll()
+        self.handlers: dict[int, Callable[[], None]] = {}
+        self._watch(self.control.fileno(), self.handle_control)
+
+    def _watch(self, fd: int, handler: Callable[[], None]) -> None:
+        self.poller.register(fd, select.EPOLLIN)
+        self.handlers[fd] = handler
+
+    def _unwatch(self, sock: socket.socket) -> None:
+        fd = sock.fileno()
+        if self.handlers.pop(fd, None) is not None:
+            self.poller.unregister(fd)
+        sock.close()
+
+    def watch_wakeup(self, fd: int) -> None:
+        """Wake the loop when fd is readable (a pipe that signals write to, see main)."""
+        self._watch(fd, lambda: _drain(fd))
 
     # records and sockets
 
     def reload(self) -> None:
         try:
             self.view = load_view(self.records_path)
-            self.answers = {}
+            self._records_changed()
         except (OSError, ValueError, KeyError) as exc:
             print(f"portway-dns: cannot load records: {exc}", file=sys.stderr, flush=True)
             return
         wanted = set(self.view.gateways)
         for gw in list(self.udp):
             if gw not in wanted:
-                self.udp.pop(gw).close()
-                self.tcp.pop(gw).close()
+                self._unwatch(self.udp.pop(gw))
+                self._unwatch(self.tcp.pop(gw))
         for gw in wanted - set(self.udp):
             try:
-                self.udp[gw], self.tcp[gw] = self._bind(gw)
+                udp, tcp = self.udp[gw], self.tcp[gw] = self._bind(gw)
+                self._watch(udp.fileno(), functools.partial(self.handle_udp, udp))
+                self._watch(tcp.fileno(), functools.partial(self.handle_tcp_accept, tcp))
             except OSError as exc:
                 print(f"portway-dns: cannot listen on {gw}:53: {exc}", file=sys.stderr,
                       flush=True)
@@ -193,33 +219,46 @@ class Server:
 
     # answering
 
-    def answer(self, msg: bytes, src: bytes) -> bytes | None:
-        """The reply to msg, or None when the query is forwarded (replied later)."""
+    def reply_to(self, msg: bytes, host: str, now: float) -> bytes | None:
+        """The UDP reply to msg from host, or None when it is forwarded (replied later).
+
+        A repeated local query costs one dictionary lookup: its reply was kept the
+        first time."""
+        kept = self.replies.get((host, msg[2:]))
+        if kept is not None:
+            self.log.append((now, host, kept[1]))
+            return msg[:2] + kept[0]
+        out, local = self.answer(msg, socket.inet_aton(host))
+        if out is None:
+            return None
+        if len(out) > 512:  # too big for plain UDP: the client retries over TCP
+            return self._truncated(msg)
+        # One record or none: the same reply next time (several rotate, so not kept).
+        if local is not None and out[6:8] <= b"\x00\x01" and len(msg) <= 512 and \
+                len(self.replies) < MAX_KEPT:
+            self.replies[(host, msg[2:])] = (out[2:], local)
+        return out
+
+    def answer(self, msg: bytes, src: bytes) -> tuple[bytes | None, tuple[Any, ...] | None]:
+        """The reply to msg (None when it is forwarded: replied later) and, when the
+        answer is local, what the log says of it."""
         try:
             q = wire.parse_question(msg)
         except wire.FormErr as exc:
-            return None if exc.query_id is None else wire.error_response(exc.query_id,
-                                                                         wire.FORMERR)
+            return (None if exc.query_id is None else
+                    wire.error_response(exc.query_id, wire.FORMERR)), None
         if q.opcode != 0:
-            return wire.response(q, wire.NOTIMP, authoritative=False)
+            return wire.response(q, wire.NOTIMP, authoritative=False), None
         nets = self.view.networks_of(src)
-        if not nets:
-            return wire.response(q, wire.REFUSED, authoritative=False)
-        if q.qclass != wire.CLASS_IN:
-            return wire.response(q, wire.REFUSED, authoritative=False)
-        local = self._local(q, nets, src)
-        if local is not None:
-            return local
-        if all(n in self.view.internal for n in nets):
-            self._note(q, src, "refused: internal network, no forwarding", 0.0, wire.REFUSED)
-            return wire.response(q, wire.REFUSED, authoritative=False)
-        return None
-
-    def _local(self, q: wire.Question, nets: tuple[str, ...], src: bytes) -> bytes | None:
+        if not nets or q.qclass != wire.CLASS_IN:
+            return wire.response(q, wire.REFUSED, authoritative=False), None
         out = self._lookup(q, nets)
         if out is not None:
-            self._note(q, src, "local", 0.0, out[3] & 0xF)
-        return out
+            return out, self._note(q, src, "local", 0.0, out[3] & 0xF)
+        if all(n in self.view.internal for n in nets):
+            self._note(q, src, "refused: internal network, no forwarding", 0.0, wire.REFUSED)
+            return wire.response(q, wire.REFUSED, authoritative=False), None
+        return None, None
 
     def _lookup(self, q: wire.Question, nets: tuple[str, ...]) -> bytes | None:
         view = self.view
@@ -310,38 +349,37 @@ class Server:
         return answer
 
     def _note(self, q: wire.Question, src: bytes, how: str, seconds: float,
-              rcode: int) -> None:
-        # A tuple: this runs for every query, local answers included.
-        self.log.append((time.time(), src, q.name, q.qtype, how, seconds, rcode))
+              rcode: int) -> tuple[Any, ...]:
+        info = (q.name, q.qtype, how, seconds, rcode)
+        self.log.append((time.time(), socket.inet_ntoa(src), info))
+        return info
 
     def log_entries(self) -> list[dict[str, Any]]:
-        return [{"time": t, "client": socket.inet_ntoa(src), "name": name, "type": qtype,
+        return [{"time": t, "client": host, "name": name, "type": qtype,
                  "how": how, "ms": round(seconds * 1000, 3), "rcode": rcode}
-                for t, src, name, qtype, how, seconds, rcode in list(self.log)]
+                for t, host, (name, qtype, how, seconds, rcode) in list(self.log)]
 
     # the loop
 
     def handle_udp(self, sock: socket.socket) -> None:
         # Drain what is queued (bounded), so one select serves a burst of queries.
+        now = time.time()
+        recvfrom, sendto, reply_to = sock.recvfrom, sock.sendto, self.reply_to
         for _ in range(256):
             try:
-                msg, (host, port) = sock.recvfrom(4096)
-            except OSError:  # BlockingIOError: nothing more for now
+                msg, peer = recvfrom(4096)
+                out = reply_to(msg, peer[0], now)
+                if out is not None:
+                    sendto(out, peer)
+                    continue
+            except OSError:  # nothing more queued for now (or a send failed): next select
                 return
-            src = socket.inet_aton(host)
-            try:
-                out = self.answer(msg, src)
             except Exception:  # never die on input
-                continue
-            if out is not None:
-                if len(out) > 512:  # too big for plain UDP: the client retries over TCP
-                    out = self._truncated(msg)
-                _safe(sock.sendto, out, (host, port))
                 continue
             if self.pool._work_queue.qsize() > 1000:  # flood: shed load rather than grow
                 continue
-            self.pool.submit(self.forward, msg, src,
-                             lambda data, h=host, p=port: _safe(sock.sendto, data, (h, p)))
+            self.pool.submit(self.forward, msg, socket.inet_aton(peer[0]),
+                             lambda data, p=peer: _safe(sock.sendto, data, p))
 
     def _truncated(self, msg: bytes) -> bytes:
         q = wire.parse_question(msg)
@@ -359,6 +397,7 @@ class Server:
             return
         conn.setblocking(False)
         self.clients[conn] = (bytearray(), time.monotonic(), socket.inet_aton(host))
+        self._watch(conn.fileno(), functools.partial(self.handle_tcp, conn))
 
     def handle_tcp(self, conn: socket.socket) -> None:
         buf, _, src = self.clients[conn]
@@ -387,7 +426,7 @@ class Server:
                 _safe(conn.sendall, len(out).to_bytes(2, "big") + out)
 
             try:
-                out = self.answer(msg, src)
+                out, _ = self.answer(msg, src)
             except Exception:
                 self._drop(conn)
                 return
@@ -400,7 +439,7 @@ class Server:
 
     def _drop(self, conn: socket.socket) -> None:
         self.clients.pop(conn, None)
-        conn.close()
+        self._unwatch(conn)
 
     def handle_control(self) -> None:
         try:
@@ -435,34 +474,25 @@ class Server:
                 return {"ok": False}
         except (ValueError, KeyError, TypeError, OSError):
             return {"ok": False}
-        self.answers = {}
+        self._records_changed()
         return {"ok": True}
+
+    def _records_changed(self) -> None:
+        self.answers = {}
+        self.replies = {}
 
     def serve(self) -> None:
         self.reload()
         last_check = time.monotonic()
         while self.running:
-            watched: list[Any] = [self.control, *self.udp.values(), *self.tcp.values(),
-                                  *self.clients]
-            if self.wakeup is not None:
-                watched.append(self.wakeup)
             try:
-                ready, _, _ = select.select(watched, [], [], 1.0)
-            except (OSError, ValueError):
+                ready = self.poller.poll(1.0)
+            except OSError:  # EINTR: a signal's handler has run
                 ready = []
-            udp = set(self.udp.values())
-            tcp = set(self.tcp.values())
-            for sock in ready:
-                if sock is self.wakeup:
-                    os.read(self.wakeup, 64)  # a signal came; its handler has run
-                elif sock is self.control:
-                    self.handle_control()
-                elif sock in udp:
-                    self.handle_udp(sock)
-                elif sock in tcp:
-                    self.handle_tcp_accept(sock)
-                elif sock in self.clients:
-                    self.handle_tcp(sock)
+            for fd, _ in ready:
+                handler = self.handlers.get(fd)
+                if handler is not None:  # else closed by an earlier handler of this round
+                    handler()
             now = time.monotonic()
             if now - last_check > 1.0:
                 last_check = now
@@ -471,6 +501,13 @@ class Server:
                     if now - seen > TCP_IDLE:
                         self._drop(conn)
         self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _drain(fd: int) -> None:
+    try:
+        os.read(fd, 64)
+    except OSError:
+        pass
 
 
 def _recv_exact(sock: socket.socket, size: int) -> bytes:
@@ -499,7 +536,7 @@ def main() -> None:
     # SIGTERM ends the loop at once: the signal's byte on this pipe wakes the select.
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
-    server.wakeup = wake_r
+    server.watch_wakeup(wake_r)
     signal.signal(signal.SIGTERM, lambda *_: setattr(server, "running", False))
     print(f"portway-dns: serving (pid {os.getpid()})", file=sys.stderr, flush=True)
     server.serve()
