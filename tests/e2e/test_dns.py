@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -136,6 +137,15 @@ def test_forwarding_failover_and_internal(upstream: Sandbox) -> None:
           "sleep", "300")
     assert status(sb, "own", "example.org") == "SERVFAIL"  # nobody at .9
     assert short(sb, "own", "cli") == ["10.65.0.2"]  # local names still local
+    # Queries to portway's server leave no conntrack entry (notrack); the forwarded
+    # ones, from the host's own socket to the upstream, are tracked as usual.
+    dump = sh("ip", "netns", "exec", sb.host, sys.executable, "-c",
+              "from portway.kernel.nftrace import connections\n"
+              "for c in connections(): print(c.proto, *c.orig)").stdout.splitlines()
+    udp53 = [line.split() for line in dump if line.startswith("17 ") and
+             line.split()[4] == "53"]
+    assert [u for u in udp53 if u[3] in ("10.65.0.1", "10.66.0.1")] == []
+    assert any(u[3] == sb.outside_addr for u in udp53)
 
 
 def test_refuses_outsiders_and_survives_garbage(sandbox: Sandbox) -> None:

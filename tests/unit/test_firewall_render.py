@@ -65,7 +65,7 @@ def test_rules_per_network_are_constant() -> None:
     a = firewall.render_network(network())
     assert rules(a) == 9
     base_rules = rules(firewall.render_base())
-    assert base_rules == 13
+    assert base_rules == 15
 
 
 def test_options_change_the_network_rules() -> None:
@@ -98,7 +98,7 @@ def test_rebuild_transactions() -> None:
     assert existing[0][0] == {"flush": {"table": {"family": "inet", "name": "portway"}}}
     flushed = {c["flush"].get("map", c["flush"].get("set", {})).get("name")
                for c in existing[0] if "flush" in c}
-    assert flushed >= {"bridges", *firewall.MAPS}  # flush table leaves elements alone
+    assert flushed >= {"bridges", "dns", *firewall.MAPS}  # flush table leaves elements
     assert existing[1] == [{"delete": {"chain": {**firewall.T, "name": "in-abababababab"}}}]
 
 
@@ -108,7 +108,7 @@ def test_summaries_agree_with_a_listing() -> None:
     listing = [{"chain": {"name": "guard"}}, {"rule": {"chain": "guard"}},
                {"map": {"name": "pub_any_addr", "elem": [1]}}]
     counts = firewall.summarize(cmds)
-    assert counts["chain guard"] == 1 and counts["map pub_any_addr"] == 1
+    assert counts["chain guard"] == 2 and counts["map pub_any_addr"] == 1
     assert firewall.summarize_listing(listing) == {"chain guard": 1, "map pub_any_addr": 1}
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import replace
 from typing import Any
 
 from portway.core import firewall
@@ -284,3 +285,21 @@ def test_neighbours_and_fdb_are_reported() -> None:
     text = render(trace(w, "web", packet("10.77.0.3", 80), "web", "cache:80"))
     assert "neighbour 10.77.0.3 is 02:42:0a:00:00:03 (reachable)" in text
     assert "FDB: 02:42:0a:00:00:03 learned on port pwv-cache" in text
+
+
+def test_dns_to_the_gateway_skips_conntrack_and_nat() -> None:
+    rs = Ruleset(ruleset())
+    query = Packet(l4proto="udp", saddr=WEB.address, daddr=APP.gateway, sport=40000,
+                   dport=53, iif=APP.bridge)
+    out, decisions, alive = rs.run_hook(("inet", "ip"), "prerouting", query, frozenset())
+    assert alive and out.ct_state == "untracked"
+    assert [d.chain for d in decisions] == ["guard"]  # the NAT chain does not see it
+    for other in (replace(query, l4proto="tcp"), replace(query, daddr=IP("198.51.100.1")),
+                  replace(query, iif="uplink0")):
+        out, decisions, _ = rs.run_hook(("inet", "ip"), "prerouting", other, frozenset())
+        assert out.ct_state == "new" and [d.chain for d in decisions] == ["guard",
+                                                                          "prerouting"]
+    answer = Packet(l4proto="udp", saddr=APP.gateway, daddr=WEB.address, sport=53,
+                    dport=40000, oif=APP.bridge)
+    out, _, _ = rs.run_hook(("inet", "ip"), "output", answer, frozenset())
+    assert out.ct_state == "untracked"

@@ -107,6 +107,7 @@ def render_base() -> list[Cmd]:
     cmds: list[Cmd] = [
         {"add": {"table": {"family": FAMILY, "name": TABLE}}},
         {"add": {"set": {**T, "name": "bridges", "type": "ifname"}}},
+        {"add": {"set": {**T, "name": "dns", "type": "ipv4_addr"}}},
         _map("nat_src", "ipv4_addr", "verdict", interval=True),
         _map("fwd_in", "ifname", "verdict"),
         _map("fwd_out", "ifname", "verdict"),
@@ -116,6 +117,7 @@ def render_base() -> list[Cmd]:
         _map("pub_ip_addr", ["ipv4_addr", "inet_proto", "inet_service"], "ipv4_addr"),
         _map("pub_ip_port", ["ipv4_addr", "inet_proto", "inet_service"], "inet_service"),
         _chain("guard", type="filter", hook="prerouting", prio=-300, policy="accept"),
+        _chain("guard_out", type="filter", hook="output", prio=-300, policy="accept"),
         _chain("prerouting", type="nat", hook="prerouting", prio=-100, policy="accept"),
         _chain("output", type="nat", hook="output", prio=-100, policy="accept"),
         _chain("postrouting", type="nat", hook="postrouting", prio=100, policy="accept"),
@@ -125,6 +127,17 @@ def render_base() -> list[Cmd]:
         _rule("guard", [_match(_meta("iifname"), "@bridges"),
                         _match(_payload("ip", "daddr"), LOOPBACK), {"drop": None}],
               "containers never reach the host's loopback addresses"),
+        # DNS to portway's server keeps no conntrack state: nothing NATs or filters it by
+        # state, so the entries would only cost time per query and table space, and
+        # UDP's insertion race (two queries on one socket at once) could drop a query.
+        _rule("guard", [_match(_meta("iifname"), "@bridges"),
+                        _match(_payload("ip", "daddr"), "@dns"),
+                        _match(_payload("udp", "dport"), 53), {"notrack": None}],
+              "queries to portway's DNS server skip conntrack"),
+        _rule("guard_out", [_match(_meta("oifname"), "@bridges"),
+                            _match(_payload("ip", "saddr"), "@dns"),
+                            _match(_payload("udp", "sport"), 53), {"notrack": None}],
+              "answers of portway's DNS server skip conntrack"),
         _rule("prerouting", [_match(_payload("ip", "daddr"), LOOPBACK), {"return": None}],
               "loopback-published ports stay local: no DNAT for 127/8 from outside "
               "(moby/moby#45610)"),
@@ -154,7 +167,7 @@ def render_base() -> list[Cmd]:
     return cmds
 
 
-BASE_CHAINS = ("guard", "prerouting", "output", "postrouting", "forward", "input")
+BASE_CHAINS = ("guard", "guard_out", "prerouting", "output", "postrouting", "forward", "input")
 MAPS = ("nat_src", "fwd_in", "fwd_out", "host_in", "pub_any_addr", "pub_any_port",
         "pub_ip_addr", "pub_ip_port")
 
@@ -213,6 +226,7 @@ def render_network(network: Network) -> list[Cmd]:
         _rule(fout, [dnatted, {"accept": None}], f"{owner}: published ports"),
         _rule(fout, [{"drop": None}], f"{owner}: no direct access from outside"),
         {"add": {"element": {**T, "name": "bridges", "elem": [br]}}},
+        {"add": {"element": {**T, "name": "dns", "elem": [str(network.gateway)]}}},
         {"add": {"element": {**T, "name": "fwd_in", "elem": [[br, {"jump": {"target": fin}}]]}}},
         {"add": {"element": {**T, "name": "fwd_out",
                              "elem": [[br, {"jump": {"target": fout}}]]}}},
@@ -238,6 +252,7 @@ def render_network_removal(network: Network) -> list[Cmd]:
         {"delete": {"element": {**T, "name": "fwd_in", "elem": [br]}}},
         {"delete": {"element": {**T, "name": "fwd_out", "elem": [br]}}},
         {"delete": {"element": {**T, "name": "bridges", "elem": [br]}}},
+        {"delete": {"element": {**T, "name": "dns", "elem": [str(network.gateway)]}}},
         {"delete": {"chain": {**T, "name": fin}}},
         {"delete": {"chain": {**T, "name": fout}}},
     ]
@@ -361,7 +376,7 @@ def render_rebuild(networks: Iterable[Network], ports: Iterable[Published],
     # `flush table` empties chains but not sets and maps: those are flushed one by one,
     # or stale elements would stay (and keep stale chains referenced).
     flush: list[Cmd] = [{"flush": {"table": {"family": FAMILY, "name": TABLE}}}]
-    flush += [{"flush": {"set": {**T, "name": "bridges"}}}]
+    flush += [{"flush": {"set": {**T, "name": name}}} for name in ("bridges", "dns")]
     flush += [{"flush": {"map": {**T, "name": name}}} for name in MAPS]
     refill = [*flush, *render_base(), *content]
     stale = [{"delete": {"chain": {**T, "name": c}}} for c in existing_chains

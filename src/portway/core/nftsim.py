@@ -194,7 +194,11 @@ class Ruleset:
                 value = self._value(body["value"], run)
                 if isinstance(value, int):
                     run.packet = replace(run.packet, mark=value)
-            elif kind in ("counter", "log", "comment", "limit", "notrack", "quota"):
+            elif kind == "notrack":  # no conntrack entry: NAT chains will not see it
+                run.packet = replace(run.packet, ct_state="untracked")
+                run.rewrites.append(f"untracked: conntrack keeps no entry (notrack, by "
+                                    f"\"{rule_text(rule)}\")")
+            elif kind in ("counter", "log", "comment", "limit", "quota"):
                 continue
             else:
                 run.uncertain.append(f"ignored {describe(expr)} (in {family} {table} {name})")

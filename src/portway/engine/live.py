@@ -211,6 +211,9 @@ def _report(events: list[nftrace.TraceEvent], connections: list[nftrace.Connecti
     seen: tuple[str, str] | None = None
     if entry is not None and verdict in ("delivered", "no-listener", "leaves-host"):
         seen = (entry.reply[2], f"{entry.reply[0]}:{entry.reply[1]}")
+    elif any("untracked" in r for h in compare_static.hops if h.decision
+             for r in h.decision.rewrites):
+        notes.append("the probe is untracked (notrack): conntrack keeps no entry for it")
     elif verdict in ("delivered", "no-listener", "leaves-host"):
         notes.append("conntrack holds no entry for the probe in the host (a refused "
                      "connection's entry goes at once)")
