@@ -39,7 +39,7 @@ RUNS = int(os.environ.get("PORTWAY_BENCH_RUNS", "50"))
 GROWTH = int(os.environ.get("PORTWAY_BENCH_GROWTH", "1000"))
 FIREWALL = os.environ.get("PORTWAY_BENCH_FIREWALL", "1") == "1"
 DNS = os.environ.get("PORTWAY_BENCH_DNS", "1") == "1"
-DNS_SECONDS = float(os.environ.get("PORTWAY_BENCH_DNS_SECONDS", "5"))
+DNS_SECONDS = float(os.environ.get("PORTWAY_BENCH_DNS_SECONDS", "3"))
 CONTRACT = ROOT / "tests" / "e2e" / "data" / "podman-4.3-setup-input.json"
 PODMAN = os.environ.get("PORTWAY_BENCH_PODMAN", "1") == "1"
 
@@ -500,8 +500,10 @@ def dns_report(dns: dict[str, Any]) -> list[str]:
     lines = [
         "## DNS: portway's server beside aardvark-dns 1.4",
         "",
-        f"dnsperf from a container's namespace to its gateway, {int(DNS_SECONDS)} s, "
-        "4 clients; latency: one query at a time from a Python client (its own cost "
+        f"dnsperf from a container's namespace to its gateway, {DNS_SECONDS:g} s, "
+        f"4 clients; both servers up at once, {dns.get('rounds', 1)} runs each, alternating, "
+        "median q/s (every run's figure below the table); latency: one query at a time "
+        "from a Python client (its own cost "
         "included, the same for both), median and p99 in µs. aardvark-dns is set up by "
         "netavark with Podman's input and asked only local names (it forwards to this "
         "machine's resolver, which no benchmark may reach); portway's forwarded names go "
@@ -521,6 +523,11 @@ def dns_report(dns: dict[str, Any]) -> list[str]:
         f"| forwarded name | {p['forwarded_qps']} | – | | "
         f"{p['forwarded_latency_us'][0]} / {p['forwarded_latency_us'][1]} | – |")
     lines += ["", "Ratio = portway ÷ aardvark-dns (goal: at least 1.5; p99 under 300 µs).", ""]
+    if a and "local_qps_runs" in p:
+        def runs(side: dict[str, Any]) -> str:
+            return ", ".join(str(round(x)) for x in side["local_qps_runs"])
+
+        lines += [f"Runs, local name: portway {runs(p)}; aardvark-dns {runs(a)}.", ""]
     return lines
 
 
