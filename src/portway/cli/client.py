@@ -1,14 +1,17 @@
 """The CLI's side of the daemon API: connect, start the daemon on first use, call.
 
 Standard library only: the CLI must start in milliseconds, so it never
-imports the engine (or pyroute2).
+imports the engine (or pyroute2), nor `json` (which imports `re`): requests are
+encoded by encode_json below and replies come back in marshal's format, which
+the interpreter reads without importing anything (the daemon, a trusted peer
+on a root-only socket, is asked for it with "reply": "marshal").
 """
 
 from __future__ import annotations
 
 import _socket  # the C module: `socket` would import enum and cost milliseconds
 import errno
-import json
+import marshal
 import os
 import sys
 import time
@@ -20,6 +23,41 @@ if TYPE_CHECKING:
 
 SOCKET_NAME = "portwayd.sock"
 START_TIMEOUT = 30.0
+
+
+def encode_json(value: Any) -> str:
+    """JSON text of None, bools, numbers, strings, lists, tuples and dicts with string
+    keys: what a request holds."""
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if value != value or abs(value) == float("inf"):
+            raise ValueError("NaN and infinity have no JSON form")
+        return repr(value)
+    if isinstance(value, str):
+        return _json_string(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(encode_json(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{_json_string(str(k))}:{encode_json(v)}"
+                              for k, v in value.items()) + "}"
+    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+
+
+def _json_string(text: str) -> str:
+    text = text.replace("\\", "\\\\").replace('"', '\\"')
+    if not text.isascii() or any(c < " " for c in text):
+        # Control characters and lone surrogates (argv bytes that are not UTF-8) as
+        # JSON's u-escapes; everything else as it is (the request is sent as UTF-8).
+        text = "".join(f"\\u{ord(c):04x}" if c < " " or "\ud800" <= c <= "\udfff" else c
+                       for c in text)
+    return f'"{text}"'
 
 
 class ClientError(Exception):
@@ -52,7 +90,7 @@ class Client:
 
     def _exchange(self, sock: _socket.socket, request: dict[str, Any]) -> dict[str, Any]:
         try:
-            sock.sendall(json.dumps(request).encode() + b"\n")
+            sock.sendall(encode_json({**request, "reply": "marshal"}).encode() + b"\n")
             chunks = []
             while True:
                 data = sock.recv(1 << 16)
@@ -65,7 +103,11 @@ class Client:
         if not raw:
             raise ClientError("portwayd closed the connection without answering",
                               f"see {os.path.join(self.state_dir, 'portwayd.log')}")
-        reply: dict[str, Any] = json.loads(raw)
+        try:
+            reply: dict[str, Any] = marshal.loads(raw)
+        except (ValueError, EOFError, TypeError):
+            raise ClientError("portwayd's answer is unreadable (is it an older version?)",
+                              "restart it: portway daemon stop") from None
         return reply
 
     def running(self) -> dict[str, Any] | None:

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import shutil
-import signal
-import subprocess
 import sys
 import time
 
+from portway.cli.args import Arg, Command, HelpRequested, Opt, UsageError, help_text, parse
 from portway.cli.client import Client, ClientError
 from portway.cli.render import show_text, table
 
 TYPE_CHECKING = False  # typing costs milliseconds to import; mypy still sees the block
 if TYPE_CHECKING:
-    from typing import Any, NoReturn
+    from typing import Any
 
 HELP_EPILOG = """examples:
   portway network create app --subnet 10.77.0.0/24
@@ -27,123 +23,112 @@ HELP_EPILOG = """examples:
 """
 
 
-class Parser(argparse.ArgumentParser):
-    """Usage errors in one line, with a pointer to --help."""
-
-    def error(self, message: str) -> NoReturn:
-        print(f"portway: {message}; see '{self.prog} --help'", file=sys.stderr)
-        sys.exit(2)
-
-
-def build_parser() -> Parser:
-    p = Parser(prog="portway", description="Docker-style container networking that shows "
-               "how every packet moves.", epilog=HELP_EPILOG,
-               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--host-netns", default=os.environ.get("PORTWAY_HOST_NETNS") or None,
-                   metavar="NAME", help="use the named network namespace as the host "
-                   "(env PORTWAY_HOST_NETNS; default: the root namespace)")
-    p.add_argument("--state-dir", default=os.environ.get("PORTWAY_STATE_DIR",
-                                                         "/var/lib/portway"),
-                   metavar="DIR", help="where state lives (env PORTWAY_STATE_DIR)")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-
-    net = sub.add_parser("network", help="manage networks")
-    nsub = net.add_subparsers(dest="net_command", metavar="COMMAND", parser_class=Parser)
-    c = nsub.add_parser("create", help="create a bridge network")
-    c.add_argument("name", metavar="NAME")
-    c.add_argument("--driver", "-d", default="bridge")
-    c.add_argument("--subnet")
-    c.add_argument("--gateway")
-    c.add_argument("--ip-range")
-    c.add_argument("--internal", action="store_true")
-    c.add_argument("--mtu")
-    c.add_argument("-o", "--opt", action="append", default=[], metavar="KEY=VALUE")
-    c.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
-    ls = nsub.add_parser("ls", help="list networks")
-    ls.add_argument("--json", action="store_true")
-    ls.add_argument("-q", "--quiet", action="store_true")
-    i = nsub.add_parser("inspect", help="show networks as JSON")
-    i.add_argument("names", nargs="+", metavar="NAME")
-    r = nsub.add_parser("rm", help="remove networks")
-    r.add_argument("names", nargs="+", metavar="NAME")
-    nsub.add_parser("prune", help="remove networks no container uses")
-    cn = nsub.add_parser("connect", help="attach a container to a network")
-    cn.add_argument("network", metavar="NETWORK")
-    cn.add_argument("container", metavar="CONTAINER")
-    cn.add_argument("--ip")
-    cn.add_argument("--alias", action="append", default=[])
-    dc = nsub.add_parser("disconnect", help="detach a container from a network")
-    dc.add_argument("network", metavar="NETWORK")
-    dc.add_argument("container", metavar="CONTAINER")
-    dc.add_argument("-f", "--force", action="store_true")
-
-    run = sub.add_parser("run", help="run a command in a new container", add_help=False)
-    run.add_argument("--help", action="help", help="show this help and exit")
-    run.add_argument("--name")
-    run.add_argument("--network", "--net", action="append", default=[], metavar="NET")
-    run.add_argument("--ip")
-    run.add_argument("--alias", "--network-alias", action="append", default=[])
-    run.add_argument("--hostname", "-h")
-    run.add_argument("-p", "--publish", action="append", default=[], metavar="SPEC")
-    run.add_argument("--dns", action="append", default=[])
-    run.add_argument("-d", "--detach", action="store_true")
-    run.add_argument("--rm", action="store_true")
-    run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
-
-    ex = sub.add_parser("exec", help="run a command in a running container")
-    ex.add_argument("container", metavar="CONTAINER")
-    ex.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
-
-    ps = sub.add_parser("ps", help="list containers")
-    ps.add_argument("-a", "--all", action="store_true")
-    ps.add_argument("--json", action="store_true")
-    ps.add_argument("-q", "--quiet", action="store_true")
-    ins = sub.add_parser("inspect", help="show containers as JSON")
-    ins.add_argument("names", nargs="+", metavar="CONTAINER")
-    dn = sub.add_parser("dns", help="show the DNS records per network and recent queries")
-    dn.add_argument("--json", action="store_true")
-    pt = sub.add_parser("port", help="show a container's published ports")
-    pt.add_argument("container", metavar="CONTAINER")
-    lg = sub.add_parser("logs", help="show a detached container's output")
-    lg.add_argument("container", metavar="CONTAINER")
-    st = sub.add_parser("stop", help="stop containers (SIGTERM, then SIGKILL)")
-    st.add_argument("-t", "--time", type=float, default=10.0)
-    st.add_argument("names", nargs="+", metavar="CONTAINER")
-    rm = sub.add_parser("rm", help="remove containers")
-    rm.add_argument("-f", "--force", action="store_true")
-    rm.add_argument("names", nargs="+", metavar="CONTAINER")
-    gc = sub.add_parser("gc", help="repair drift between the store and the kernel")
-    gc.add_argument("--dry-run", action="store_true", help="only say what would be done")
-
-    sh = sub.add_parser("show", help="the bridges, veth pairs and containers, as the kernel "
-                        "has them")
-    sh.add_argument("--json", action="store_true")
-    tr = sub.add_parser("trace", help="follow a new connection hop by hop, rule by rule")
-    tr.add_argument("source", metavar="SOURCE",
-                    help="a container, 'host', 'outside', or ns:NAME (any named namespace)")
-    tr.add_argument("destination", metavar="DEST",
-                    help="CONTAINER:PORT or IP:PORT, with /udp for UDP")
-    tr.add_argument("--from-ip", metavar="IP",
-                    help="the outside client's address (default 203.0.113.10)")
-    tr.add_argument("--live", action="store_true",
-                    help="also send one real probe and show the kernel's own trace of it")
-    tr.add_argument("--json", action="store_true")
-    gr = sub.add_parser("graph", help="draw the topology (Graphviz: DOT, SVG or PNG)")
-    gr.add_argument("-o", "--output", default="-", metavar="FILE",
-                    help="FILE.svg, FILE.png or FILE.dot (default: DOT on stdout)")
-    sub.add_parser("doctor", help="report every difference between the store and the kernel "
-                   "(read-only; exit 1 if any)")
-    d = sub.add_parser("daemon", help="manage portwayd")
-    d.add_argument("action", choices=["run", "stop", "status", "start"])
-    return p
+def _root() -> Command:
+    """portway's grammar (Docker's flags where Docker has them)."""
+    json_flag = Opt("--json", "flag", help="print JSON")
+    quiet = Opt("-q --quiet", "flag", help="only the ids")
+    network = Command("network", "manage networks", sub_dest="net_command", subs=(
+        Command("create", "create a bridge network", args=(Arg("name", "NAME"),), opts=(
+            Opt("-d --driver", default="bridge", help="bridge (the only driver)"),
+            Opt("--subnet", metavar="CIDR", help="default: a free /24 from the pools"),
+            Opt("--gateway", metavar="IP", help="default: the subnet's first address"),
+            Opt("--ip-range", metavar="CIDR", help="where container addresses come from"),
+            Opt("--internal", "flag", help="no way in or out of the host"),
+            Opt("--mtu", metavar="N"),
+            Opt("-o --opt", "list", metavar="KEY=VALUE", help="a driver option"),
+            Opt("--label", "list", metavar="KEY=VALUE"))),
+        Command("ls", "list networks", opts=(json_flag, quiet)),
+        Command("inspect", "show networks as JSON", args=(Arg("names", "NAME", "+"),)),
+        Command("rm", "remove networks", args=(Arg("names", "NAME", "+"),)),
+        Command("prune", "remove networks no container uses"),
+        Command("connect", "attach a container to a network",
+                args=(Arg("network", "NETWORK"), Arg("container", "CONTAINER")),
+                opts=(Opt("--ip", metavar="IP"), Opt("--alias", "list", metavar="NAME"))),
+        Command("disconnect", "detach a container from a network",
+                args=(Arg("network", "NETWORK"), Arg("container", "CONTAINER")),
+                opts=(Opt("-f --force", "flag"),)),
+    ))
+    run = Command("run", "run a command in a new container", help_flags="--help", opts=(
+        Opt("--name", metavar="NAME", help="the container's name (default: made up)"),
+        Opt("--network --net", "list", dest="network", metavar="NET",
+            help="a network, host or none (default: the network 'portway')"),
+        Opt("--ip", metavar="IP", help="the address on the first network"),
+        Opt("--alias --network-alias", "list", dest="alias", metavar="NAME",
+            help="another DNS name"),
+        Opt("-h --hostname", metavar="NAME", help="default: the container's name"),
+        Opt("-p --publish", "list", dest="publish", metavar="SPEC",
+            help="[IP:]HOST_PORT:CONTAINER_PORT[/udp]"),
+        Opt("--dns", "list", metavar="IP", help="resolver for names portway does not know"),
+        Opt("-d --detach", "flag", help="print the id once the networking is ready"),
+        Opt("--rm", "flag", help="remove the container when its command ends")),
+        args=(Arg("cmd", "COMMAND [ARG...]", "rest"),))
+    exe = Command("exec", "run a command in a running container",
+                  args=(Arg("container", "CONTAINER"), Arg("cmd", "COMMAND [ARG...]", "rest")))
+    trace = Command(
+        "trace", "follow a new connection hop by hop, rule by rule",
+        args=(Arg("source", "SOURCE", help="a container, 'host', 'outside', or ns:NAME "
+                  "(any named namespace)"),
+              Arg("destination", "DEST", help="CONTAINER:PORT or IP:PORT, with /udp for UDP")),
+        opts=(Opt("--from-ip", metavar="IP",
+                  help="the outside client's address (default 203.0.113.10)"),
+              Opt("--live", "flag",
+                  help="also send one real probe and show the kernel's own trace of it"),
+              json_flag))
+    return Command("portway", "Docker-style container networking that shows how every "
+                   "packet moves.", epilog=HELP_EPILOG, sub_dest="command", opts=(
+                       Opt("--host-netns", metavar="NAME", help="use the named network "
+                           "namespace as the host (env PORTWAY_HOST_NETNS; default: the "
+                           "root namespace)"),
+                       Opt("--state-dir", metavar="DIR",
+                           help="where state lives (env PORTWAY_STATE_DIR)"),
+                       Opt("--debug", "flag", help="show tracebacks")), subs=(
+        network, run, exe,
+        Command("ps", "list containers", opts=(Opt("-a --all", "flag", help="stopped ones "
+                                                   "too"), json_flag, quiet)),
+        Command("inspect", "show containers as JSON", args=(Arg("names", "CONTAINER", "+"),)),
+        Command("dns", "show the DNS records per network and recent queries",
+                opts=(json_flag,)),
+        Command("port", "show a container's published ports",
+                args=(Arg("container", "CONTAINER"),)),
+        Command("logs", "show a detached container's output",
+                args=(Arg("container", "CONTAINER"),)),
+        Command("stop", "stop containers (SIGTERM, then SIGKILL)",
+                args=(Arg("names", "CONTAINER", "+"),),
+                opts=(Opt("-t --time", metavar="SECONDS", default=10.0, convert=float,
+                          help="before SIGKILL (default 10)"),)),
+        Command("rm", "remove containers", args=(Arg("names", "CONTAINER", "+"),),
+                opts=(Opt("-f --force", "flag", help="stop running ones first"),)),
+        Command("gc", "repair drift between the store and the kernel",
+                opts=(Opt("--dry-run", "flag", help="only say what would be done"),)),
+        Command("show", "the bridges, veth pairs and containers, as the kernel has them",
+                opts=(json_flag,)),
+        trace,
+        Command("graph", "draw the topology (Graphviz: DOT, SVG or PNG)",
+                opts=(Opt("-o --output", metavar="FILE", default="-",
+                          help="FILE.svg, FILE.png or FILE.dot (default: DOT on stdout)"),)),
+        Command("doctor", "report every difference between the store and the kernel "
+                "(read-only; exit 1 if any)"),
+        Command("daemon", "manage portwayd",
+                args=(Arg("action", "ACTION", choices=("run", "stop", "status", "start")),)),
+    ))
 
 
-def command_args(raw: list[str]) -> list[str]:
-    return raw[1:] if raw and raw[0] == "--" else raw
+class Args(dict):  # type: ignore[type-arg]
+    """Parsed values, read as attributes (a.name)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return self[name]
+
+
+def _which(program: str) -> str | None:
+    import shutil  # only here: it costs milliseconds to import
+
+    return shutil.which(program)
 
 
 def print_json(data: Any) -> None:
+    import json
+
     print(json.dumps(data, indent=2))
 
 
@@ -156,7 +141,7 @@ def status_text(c: dict[str, Any]) -> str:
     return f"exited ({state['ExitCode']})"
 
 
-def cmd_network(client: Client, a: argparse.Namespace) -> int:
+def cmd_network(client: Client, a: Args) -> int:
     nc = a.net_command
     if nc == "create":
         net = client.call("network_create", name=a.name, driver=a.driver, subnet=a.subnet,
@@ -198,14 +183,12 @@ def cmd_network(client: Client, a: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(client: Client, a: argparse.Namespace) -> int:
-    command = command_args(a.cmd)
+def cmd_run(client: Client, a: Args) -> int:
+    command = a.cmd
     if not command:
         raise ClientError("no command given", "put the command after --, as in: portway run "
                           "--name web -- python3 -m http.server 80", 2)
-    import shutil
-
-    if not a.detach and shutil.which(command[0]) is None:
+    if not a.detach and _which(command[0]) is None:
         raise ClientError(f"command not found: {command[0]!r}",
                           "give a program that exists on this host (or its full path)", 2)
     info = client.call("run", command=command, name=a.name, networks=a.network, ip=a.ip,
@@ -223,6 +206,8 @@ def run_foreground(client: Client, info: dict[str, Any], command: list[str],
                    auto_remove: bool) -> int:
     """Fork; the child enters the container's namespaces and becomes the command; the
     parent forwards signals, waits, and reports the end to the daemon."""
+    import signal
+
     from portway.kernel import sandbox
 
     pid = os.fork()
@@ -259,8 +244,8 @@ def run_foreground(client: Client, info: dict[str, Any], command: list[str],
     return code
 
 
-def cmd_exec(client: Client, a: argparse.Namespace) -> int:
-    command = command_args(a.cmd)
+def cmd_exec(client: Client, a: Args) -> int:
+    command = a.cmd
     if not command:
         raise ClientError("no command given", "put the command after --", 2)
     info = client.call("exec_info", ref=a.container)
@@ -281,7 +266,7 @@ def cmd_exec(client: Client, a: argparse.Namespace) -> int:
                           "give a program that exists on this host", 127) from None
 
 
-def cmd_ps(client: Client, a: argparse.Namespace) -> int:
+def cmd_ps(client: Client, a: Args) -> int:
     rows = client.call("ps", all=a.all)
     if a.json:
         print_json(rows)
@@ -341,6 +326,9 @@ def cmd_graph(client: Client, output: str) -> int:
         with open(output, "w") as f:
             f.write(dot)
         return 0
+    import shutil
+    import subprocess
+
     if shutil.which("dot") is None:
         raise ClientError("Graphviz's dot program is not installed",
                           "apt-get install graphviz, or write DOT with -o FILE.dot", 2)
@@ -353,7 +341,7 @@ def cmd_graph(client: Client, output: str) -> int:
     return 0
 
 
-def cmd_daemon(client: Client, a: argparse.Namespace) -> int:
+def cmd_daemon(client: Client, a: Args) -> int:
     if a.action == "run":
         from portway.daemon.main import serve
 
@@ -376,7 +364,7 @@ def cmd_daemon(client: Client, a: argparse.Namespace) -> int:
     return 0
 
 
-def dispatch(client: Client, a: argparse.Namespace) -> int:
+def dispatch(client: Client, a: Args) -> int:
     if a.command == "network":
         return cmd_network(client, a)
     if a.command == "run":
@@ -439,11 +427,24 @@ def dispatch(client: Client, a: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
+    root = _root()
+    try:
+        args = Args(parse(root, sys.argv[1:] if argv is None else argv))
+    except HelpRequested as exc:
+        print(exc.text)
+        sys.exit(0)
+    except UsageError as exc:
+        print(f"portway: {exc.message}; see '{exc.prog} --help'", file=sys.stderr)
         sys.exit(2)
+    if args.command is None or (args.command == "network" and args.net_command is None):
+        print(help_text(root if args.command is None else root.subs["network"],
+                        "portway" if args.command is None else "portway network"),
+              file=sys.stderr)
+        sys.exit(2)
+    if args.host_netns is None:
+        args["host_netns"] = os.environ.get("PORTWAY_HOST_NETNS") or None
+    if args.state_dir is None:
+        args["state_dir"] = os.environ.get("PORTWAY_STATE_DIR", "/var/lib/portway")
     try:
         if os.geteuid() != 0:
             raise ClientError("portway must run as root (it creates network namespaces, "

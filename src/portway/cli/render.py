@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False  # typing costs milliseconds to import; mypy still sees the block
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def table(rows: list[list[str]], header: list[str]) -> str:

@@ -2,8 +2,10 @@
 
 Requests are one JSON object per connection, {"op": NAME, "args": {...}};
 replies are {"ok": true, "result": ...} or {"ok": false, "error": ..., "hint":
-..., "exit_code": N}. It can be killed at any moment: on start it reconciles
-the store with the kernel and re-adopts the running containers.
+..., "exit_code": N}, in JSON, or in marshal's format when the request says
+"reply": "marshal" (portway's CLI does: reading it needs no import). It can be
+killed at any moment: on start it reconciles the store with the kernel and
+re-adopts the running containers.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import json
+import marshal
 import os
 import signal
 import socketserver
@@ -44,11 +47,24 @@ class Handler(socketserver.StreamRequestHandler):
         line = self.rfile.readline(16 * 1024 * 1024)
         try:
             request = json.loads(line)
-            reply = self.server.dispatch(request)
+            if not isinstance(request, dict):
+                raise ValueError("not an object")
         except ValueError:
-            reply = {"ok": False, "error": "malformed request", "exit_code": 2}
+            request = {}
+            reply: dict[str, Any] = {"ok": False, "error": "malformed request",
+                                     "exit_code": 2}
+        else:
+            reply = self.server.dispatch(request)
+        encode = marshal.dumps if request.get("reply") == "marshal" else \
+            (lambda r: json.dumps(r).encode() + b"\n")
         try:
-            self.wfile.write(json.dumps(reply).encode() + b"\n")
+            data = encode(reply)
+        except (TypeError, ValueError) as exc:  # a result that has no such form: a bug
+            log(f"portwayd: cannot encode the reply to {request.get('op')!r}: {exc}")
+            data = encode({"ok": False, "error": f"internal error: unencodable reply ({exc})",
+                           "exit_code": 70})
+        try:
+            self.wfile.write(data)
         except BrokenPipeError:
             pass
 
