@@ -23,4 +23,7 @@ fi
 .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
 
 bash scripts/launcher.sh
+# Byte-code written now: a CLI call then never compiles a module, even where
+# PYTHONDONTWRITEBYTECODE keeps Python from writing it at first use.
+.venv/bin/python -m compileall -q src >/dev/null
 echo "setup: ready (.venv/bin/portway)"

@@ -166,7 +166,10 @@ def test_stop_keeps_networking_until_rm(sandbox: Sandbox) -> None:
     sb = sandbox
     sb.pw("network", "create", "app", "--subnet", "10.82.0.0/24")
     sb.pw("run", "-d", "--name", "stubborn", "--network", "app", "--",
-          "sh", "-c", "trap '' TERM; while :; do sleep 0.1; done")
+          "sh", "-c", "trap '' TERM; echo ignoring; while :; do sleep 0.1; done")
+    deadline = time.monotonic() + 5  # a SIGTERM before the trap is set would end it
+    while "ignoring" not in sb.pw("logs", "stubborn").stdout and time.monotonic() < deadline:
+        time.sleep(0.02)
     started = time.monotonic()
     sb.pw("stop", "-t", "0.5", "stubborn")
     assert time.monotonic() - started >= 0.5
