@@ -251,6 +251,14 @@ def test_gc_repairs_drift(sandbox: Sandbox) -> None:
     assert sb.pw("gc").stdout.startswith("nothing to repair")
     assert sb.pw("doctor").stdout.startswith("healthy")
     wait_http(sb, "cli", "10.84.0.2")
+    # The daemon remembered the first bridge's index: a new container still gets the
+    # bridge that is there now.
+    sb.pw("run", "-d", "--name", "late", "--network", "app", "--",
+          "python3", "-m", "http.server", "80")
+    late = sb.inspect("late")["NetworkSettings"]["Networks"]["app"]  # type: ignore[index]
+    assert f"master {bridge}" in sb.in_host("ip", "-o", "link", "show",
+                                           late["HostInterface"]).stdout
+    wait_http(sb, "cli", late["IPAddress"])
     # Kernel objects portway owns but the store does not know are removed.
     cli = sb.inspect("cli")["NetworkSettings"]
     cli_ns = os.path.basename(cli["SandboxKey"])  # type: ignore[index]

@@ -61,6 +61,7 @@ class Engine:
         self._check_host(host_netns)
         self.instance = self._instance_id()
         self.lock = threading.RLock()
+        self._bridge_indexes: dict[str, int] = {}  # bridge name -> ifindex (see _attach)
         self._closed = False
         # Per network, a lower bound of the lowest free address: everything below it is
         # taken, so allocation asks the store about one address, not all of them. Any
@@ -495,25 +496,46 @@ class Engine:
 
     def _attach(self, cont: IPRoute, container: Container, endpoint: Endpoint, net: Network,
                 default_route: bool) -> None:
+        # Before the link exists: its port drops every frame until these are in.
+        self.nft.apply(firewall.render_guard([endpoint]))
+        fd = os.open(container.netns, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            cached = self._bridge_indexes.get(net.bridge)
+            bridge_index = cached or self._bridge_index(net)
+            while True:
+                try:
+                    links.ensure_endpoint(self.host, cont, fd, links.EndpointSpec(
+                        host_ifname=endpoint.host_ifname, ifname=endpoint.ifname,
+                        mac=endpoint.mac, mtu=net.mtu, address=endpoint.address,
+                        prefixlen=endpoint.prefixlen,
+                        gateway=net.gateway if default_route else None,
+                        bridge_index=bridge_index, tag=self.tag("endpoint", endpoint.id)))
+                    return
+                except PortwayError as exc:
+                    if cached is not None and self._bridge_index(net) != cached:
+                        # The bridge was made again since its index was remembered.
+                        links.delete_link(self.host, endpoint.host_ifname)
+                        cached, bridge_index = None, self._bridge_indexes[net.bridge]
+                        continue
+                    self._detach_host([endpoint])
+                    raise exc.wrap(f"attach {container.name} to {net.name}") from None
+        finally:
+            os.close(fd)
+
+    def _bridge_index(self, net: Network) -> int:
+        """The bridge's ifindex, looked up (the bridge made if missing) and remembered.
+
+        A remembered index saves a netlink round trip per endpoint. It goes stale only
+        if the bridge is deleted; the kernel does not give a deleted link's index to
+        another one soon (indexes count up), so a stale index fails (the link is gone)
+        and _attach looks it up again."""
         bridge = links.observe_link(self.host, net.bridge)
         if bridge is None:
             self._ensure_bridge(net)
             bridge = links.observe_link(self.host, net.bridge)
             assert bridge is not None
-        # Before the link exists: its port drops every frame until these are in.
-        self.nft.apply(firewall.render_guard([endpoint]))
-        fd = os.open(container.netns, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            links.ensure_endpoint(self.host, cont, fd, links.EndpointSpec(
-                host_ifname=endpoint.host_ifname, ifname=endpoint.ifname, mac=endpoint.mac,
-                mtu=net.mtu, address=endpoint.address, prefixlen=endpoint.prefixlen,
-                gateway=net.gateway if default_route else None, bridge_index=bridge.index,
-                tag=self.tag("endpoint", endpoint.id)))
-        except PortwayError as exc:
-            self._detach_host([endpoint])
-            raise exc.wrap(f"attach {container.name} to {net.name}") from None
-        finally:
-            os.close(fd)
+        self._bridge_indexes[net.bridge] = bridge.index
+        return bridge.index
 
     def host_resolv_path(self) -> str:
         """The host namespace's resolv.conf, as `ip netns exec` would pick it."""
