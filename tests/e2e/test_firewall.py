@@ -282,16 +282,25 @@ def test_port_conflicts(fw: Sandbox) -> None:
     cp = sb.pw("run", "-d", "--name", "four", "--network", "app", "-p", "8084:80", "--",
                "sleep", "300", check=False)
     assert cp.returncode == 4 and "container three" in cp.stderr
-    # A port a host process listens on.
+    # Ports host processes hold: TCP listening on IPv4 and on IPv6 (dual stack), UDP bound.
     listener = subprocess.Popen([*in_ns(sb.host), "python3", "-c",
                                  "import socket, time; s = socket.socket(); "
-                                 "s.bind(('0.0.0.0', 8085)); s.listen(); time.sleep(60)"])
+                                 "s.bind(('0.0.0.0', 8085)); s.listen(); "
+                                 "s6 = socket.socket(socket.AF_INET6); s6.bind(('::', 8087)); "
+                                 "s6.listen(); u = socket.socket(type=socket.SOCK_DGRAM); "
+                                 "u.bind(('0.0.0.0', 8086)); time.sleep(60)"])
     try:
         time.sleep(0.5)
         before = sb.snapshot()
-        cp = sb.pw("run", "-d", "--name", "five", "--network", "app", "-p", "8085:80", "--",
-                   "sleep", "300", check=False)
-        assert cp.returncode == 4 and "0.0.0.0:8085" in cp.stderr
+        for spec, holder in (("8085:80", "0.0.0.0:8085"), ("8086:53/udp", "0.0.0.0:8086"),
+                             ("8087:80", ":::8087")):
+            cp = sb.pw("run", "-d", "--name", "five", "--network", "app", "-p", spec, "--",
+                       "sleep", "300", check=False)
+            assert cp.returncode == 4 and holder in cp.stderr, cp.stderr
+        # Free on the other protocol.
+        sb.pw("run", "-d", "--name", "six", "--network", "app", "-p", "8086:80", "--",
+              "sleep", "300")
+        sb.pw("rm", "-f", "six")
         assert sb.snapshot() == before
     finally:
         listener.kill()

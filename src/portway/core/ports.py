@@ -88,32 +88,6 @@ def format_mapping(pm: PortMapping) -> str:
     return f"{ip}:{pm.host_port}->{pm.container_port}/{pm.protocol}"
 
 
-def parse_proc_net(text: str, protocol: str) -> list[tuple[str, int]]:
-    """(address, port) of listening TCP or bound UDP sockets from /proc/net/{tcp,udp}[6].
-
-    IPv6 addresses come back as '::' for the unspecified address (a dual-stack
-    socket that also takes IPv4) and '::x' otherwise; IPv4 as dotted quads.
-    """
-    out: list[tuple[str, int]] = []
-    for line in text.splitlines()[1:]:
-        fields = line.split()
-        if len(fields) < 4:
-            continue
-        local, state = fields[1], fields[3]
-        if protocol == "tcp" and state != "0A":  # LISTEN
-            continue
-        if protocol == "udp" and state != "07":  # unconnected (bound)
-            continue
-        addr_hex, _, port_hex = local.partition(":")
-        port = int(port_hex, 16)
-        if len(addr_hex) == 8:
-            raw = bytes.fromhex(addr_hex)[::-1]
-            out.append((".".join(str(b) for b in raw), port))
-        else:
-            out.append(("::" if int(addr_hex, 16) == 0 else "::x", port))
-    return out
-
-
 def host_port_holder(sockets: list[tuple[str, int]], host_ip: str | None,
                      port: int) -> str | None:
     """The listening socket that a publication of host_ip:port would collide with."""

@@ -2,22 +2,35 @@
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 from typing import Any
 
 from pyroute2 import IPRoute
-
-from portway.core.ports import parse_proc_net
+from pyroute2.netlink.diag import SS_CLOSE, SS_LISTEN, DiagSocket
 
 
 def listening(protocol: str) -> list[tuple[str, int]]:
-    """Sockets bound in the calling thread's network namespace, for tcp or udp."""
+    """(address, port) of the listening TCP or bound (unconnected) UDP sockets in the
+    calling thread's network namespace. IPv6 addresses come back as '::' for the
+    unspecified address (a dual-stack socket that also takes IPv4) and '::x' otherwise.
+
+    Asked of sock_diag, by state: /proc/net/tcp walks the whole established-connection
+    hash table, shared by every namespace (milliseconds on a large machine), while a
+    dump of listeners only reads the listening table."""
+    state = SS_LISTEN if protocol == "tcp" else SS_CLOSE
+    proto = socket.IPPROTO_TCP if protocol == "tcp" else socket.IPPROTO_UDP
     out: list[tuple[str, int]] = []
-    for suffix in ("", "6"):
-        try:
-            with open(f"/proc/thread-self/net/{protocol}{suffix}") as f:
-                out.extend(parse_proc_net(f.read(), protocol))
-        except FileNotFoundError:
-            continue
+    with DiagSocket() as diag:
+        diag.bind()
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for msg in diag.get_sock_stats(family=family, states=1 << state, protocol=proto):
+                if msg["idiag_state"] != state:
+                    continue
+                addr = str(msg["idiag_src"])
+                if family == socket.AF_INET6:
+                    addr = "::" if ipaddress.IPv6Address(addr).packed == bytes(16) else "::x"
+                out.append((addr, int(msg["idiag_sport"])))
     return out
 
 
