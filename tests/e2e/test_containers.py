@@ -64,6 +64,11 @@ def test_quick_start(sandbox: Sandbox) -> None:
     assert any(r["dst"] == "default" and r["gateway"] == "10.77.0.1" for r in routes)
     lo = ip_json(netns_name, "link", "show", "dev", "lo")[0]
     assert "UP" in lo["flags"]
+    # IPv4-only: neither end of the veth has an IPv6 address, none is ever made.
+    for ns, dev in ((netns_name, "eth0"), (sb.host, host_if)):
+        assert ip_json(ns, "-d", "link", "show", "dev", dev)[0]["inet6_addr_gen_mode"] == "none"
+        addrs = ip_json(ns, "addr", "show", "dev", dev)[0]["addr_info"]
+        assert [a for a in addrs if a["family"] == "inet6"] == []  # type: ignore[union-attr]
 
     wait_http(sb, "web", "10.77.0.2")
     cp = sb.pw("run", "--rm", "--name", "cli", "--network", "app", "--",
