@@ -73,22 +73,30 @@ class SqliteStore:
                              "will be forgotten)") from None
 
     def _migrate(self) -> None:
+        if self._version() == SCHEMA_VERSION:
+            return
+        # Read again under the write lock: another process opening the same new file
+        # at the same moment may have migrated it meanwhile.
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            version = self._version()
+            for number in range(version, SCHEMA_VERSION):
+                for statement in MIGRATIONS[number].split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version = {number + 1}")
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def _version(self) -> int:
         version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
         if version > SCHEMA_VERSION:
             raise StoreError(
                 f"state file {self.path} has schema version {version}, newer than this "
                 f"portway understands ({SCHEMA_VERSION})", "upgrade portway")
-        for number in range(version, SCHEMA_VERSION):
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in MIGRATIONS[number].split(";"):
-                    if statement.strip():
-                        self._db.execute(statement)
-                self._db.execute(f"PRAGMA user_version = {number + 1}")
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        return version
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
