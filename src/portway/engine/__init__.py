@@ -479,25 +479,46 @@ class Engine:
         return endpoint
 
     def _build_sandbox(self, container: Container, endpoints: list[Endpoint]) -> None:
-        """The container's namespace, its endpoints and its /etc files."""
+        """The container's namespace, its endpoints and its /etc files.
+
+        The anti-spoofing entries and the /etc files go on a helper thread while this
+        one does the netlink work: neither depends on the other (a port without its
+        entries sends nothing, so their order does not matter), and each is most of a
+        millisecond of waiting on the kernel and the disk."""
         ns_name = os.path.basename(container.netns)
         tag = self.tag("container", container.id)
-        cont = netns.create_netns(ns_name, lambda ipr: links.setup_loopback(ipr, tag))
+        etc = self._etc_files(container, endpoints)
+        guard = firewall.render_guard(endpoints) if endpoints else []
+
+        def beside() -> None:
+            if guard:
+                self.nft.apply(guard)
+            if etc is not None:
+                netns.write_etc_netns(ns_name, etc)
+
+        helper = netns.Beside(beside)
         try:
-            routed = False
-            for endpoint in endpoints:
-                net = self._network(endpoint.network_id)
-                with_route = not routed and not net.internal
-                self._attach(cont, container, endpoint, net, with_route)
-                routed = routed or with_route
-        finally:
-            cont.close()
-        self._write_files(container)
+            cont = netns.create_netns(ns_name, lambda ipr: links.setup_loopback(ipr, tag))
+            try:
+                routed = False
+                for endpoint in endpoints:
+                    net = self._network(endpoint.network_id)
+                    with_route = not routed and not net.internal
+                    self._attach(cont, container, endpoint, net, with_route, guarded=True)
+                    routed = routed or with_route
+            finally:
+                cont.close()
+        except BaseException:
+            helper.join(quiet=True)  # done before the caller's undo touches the same
+            raise
+        helper.join()
 
     def _attach(self, cont: IPRoute, container: Container, endpoint: Endpoint, net: Network,
-                default_route: bool) -> None:
-        # Before the link exists: its port drops every frame until these are in.
-        self.nft.apply(firewall.render_guard([endpoint]))
+                default_route: bool, guarded: bool = False) -> None:
+        """One endpoint into the container's namespace; guarded: its anti-spoofing
+        entries are being added by the caller."""
+        if not guarded:  # a port without them drops every frame: before or after is safe
+            self.nft.apply(firewall.render_guard([endpoint]))
         fd = os.open(container.netns, os.O_RDONLY | os.O_CLOEXEC)
         try:
             cached = self._bridge_indexes.get(net.bridge)
@@ -517,7 +538,10 @@ class Engine:
                         links.delete_link(self.host, endpoint.host_ifname)
                         cached, bridge_index = None, self._bridge_indexes[net.bridge]
                         continue
-                    self._detach_host([endpoint])
+                    if guarded:  # the caller's undo removes the entries, once they are in
+                        links.delete_link(self.host, endpoint.host_ifname)
+                    else:
+                        self._detach_host([endpoint])
                     raise exc.wrap(f"attach {container.name} to {net.name}") from None
         finally:
             os.close(fd)
@@ -612,19 +636,25 @@ class Engine:
                     "upstreams": log.get("upstreams", []), "running": self.dns.running()}
 
     def _write_files(self, container: Container) -> None:
+        etc = self._etc_files(container, self.store.endpoints(container_id=container.id))
+        if etc is not None:
+            netns.write_etc_netns(os.path.basename(container.netns), etc)
+
+    def _etc_files(self, container: Container,
+                   endpoints: list[Endpoint]) -> dict[str, str] | None:
+        """The container's /etc/hosts, hostname and resolv.conf (None: it has none)."""
         if container.network_mode == "host" or container.runtime != "portway":
-            return  # Podman writes its containers' /etc files itself
-        endpoints = self.store.endpoints(container_id=container.id)
+            return None  # Podman writes its containers' /etc files itself
         addresses = [e.address for e in endpoints]
         nameserver = None
         if endpoints:
             first = self.store.find_network(min(endpoints, key=lambda e: e.ifname).network_id)
             nameserver = str(first.gateway) if first else None
-        netns.write_etc_netns(os.path.basename(container.netns), {
+        return {
             "hosts": files.render_hosts(container.hostname, container.name, addresses),
             "hostname": files.render_hostname(container.hostname),
             "resolv.conf": files.container_resolv_conf(self._host_resolv(), nameserver),
-        })
+        }
 
     def _binds(self, container: Container) -> list[tuple[str, str]]:
         if container.network_mode == "host":

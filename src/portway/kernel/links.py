@@ -107,6 +107,8 @@ def _kernel_error(what: str, exc: NetlinkError) -> KernelError:
                        "run 'portway gc' and try again; with --debug for details")
 
 
+LOOPBACK_INDEX = 1
+
 # IPv4-only networks: container and host ends of a veth get no IPv6 address (IPv6
 # address generation "none", set in the message that brings the link up), so they
 # join no solicited-node multicast group and send no MLD, DAD or router
@@ -244,9 +246,10 @@ def set_default_route(ipr: IPRoute, ifname: str, gateway: IPAddress) -> None:
 
 
 def setup_loopback(ipr: IPRoute, tag: str) -> None:
-    """In a new container namespace: lo up, and the owner tag on lo (the namespace's tag)."""
-    index = index_of(ipr, "lo")
-    ipr.link("set", index=index, state="up", ifalias=tag)
+    """In a new container namespace: lo up, and the owner tag on lo (the namespace's tag).
+
+    lo is index 1 in every namespace (the kernel's LOOPBACK_IFINDEX): no lookup."""
+    ipr.link("set", index=LOOPBACK_INDEX, state="up", ifalias=tag)
 
 
 def observe_loopback_tag(ipr: IPRoute) -> str:

@@ -46,6 +46,29 @@ def in_thread(fn: Callable[[], T]) -> T:
     return box["value"]  # type: ignore[return-value]
 
 
+class Beside:
+    """fn on a helper thread, beside the caller's own work; join() waits for it and
+    raises its exception, if it had one."""
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self.error: BaseException | None = None
+
+        def body() -> None:
+            try:
+                fn()
+            except BaseException as exc:  # handed to the caller by join()
+                self.error = exc
+
+        self.thread = threading.Thread(target=body, name="portway-beside")
+        self.thread.start()
+
+    def join(self, quiet: bool = False) -> None:
+        """Wait for it; quiet: the caller is failing already, keep its exception."""
+        self.thread.join()
+        if self.error is not None and not quiet:
+            raise self.error
+
+
 def in_netns(path: str, fn: Callable[[], T]) -> T:
     """Run fn on a helper thread inside the namespace at path."""
 
@@ -183,12 +206,23 @@ def list_netns() -> list[str]:
 def write_etc_netns(name: str, files: dict[str, str]) -> str:
     """Write /etc/netns/NAME/<file> (what `ip netns exec` binds over /etc)."""
     directory = os.path.join(ETC_NETNS, name)
-    os.makedirs(directory, mode=0o755, exist_ok=True)
+    try:
+        os.mkdir(directory, 0o755)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        os.makedirs(directory, mode=0o755, exist_ok=True)
     # Written in place, not replaced: a running container has these very inodes
     # bind-mounted over its /etc, and must see updates.
     for filename, text in files.items():
-        with open(os.path.join(directory, filename), "w") as f:
-            f.write(text)
+        fd = os.open(os.path.join(directory, filename),
+                     os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            data = text.encode()
+            while data:
+                data = data[os.write(fd, data):]
+        finally:
+            os.close(fd)
     return directory
 
 
