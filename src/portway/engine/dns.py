@@ -157,10 +157,8 @@ class DnsServer:
 
     def update(self, container_id: str) -> None:
         """One container's records changed: send just those (O(its endpoints)) and return
-        once the server uses them. Without a running server, a full publish."""
-        if not self.running():
-            self.publish()
-            return
+        once the server uses them. Without a running server, a full publish (asked
+        of the server's socket, not of its pid file: one round trip fewer)."""
         store = self.engine.store
         c = store.find_container(container_id)
         endpoints = store.endpoints(container_id=container_id) if c is not None else []
@@ -168,6 +166,9 @@ class DnsServer:
             delta: dict[str, Any] = {"cmd": "forget", "id": container_id}
         else:
             delta = {"cmd": "set", "container": container_record(c, endpoints)}
-        reply = self.request(json.dumps(delta))
+        try:
+            reply = self.request(json.dumps(delta))
+        except KernelError:  # no server (its socket refuses): publish starts one
+            reply = {}
         if not reply.get("ok"):
             self.publish()
