@@ -74,6 +74,12 @@ def test_published_ports_from_everywhere(fw: Sandbox) -> None:
     sb.pw("run", "-d", "--name", "sib", "--network", "app", "--", "sleep", "300")
     assert get(sb.pw_cmd("exec", "sib", "--"), f"http://{sb.host_addr}:8080/") == "200"
     assert get(sb.pw_cmd("exec", "web", "--"), f"http://{sb.host_addr}:8080/") == "200"
+    # What makes the last one work: hairpin mode on the bridge port of a container that
+    # publishes ports (and only there).
+    for name, hairpin in (("web", True), ("sib", False)):
+        port = sb.inspect(name)["NetworkSettings"]["Networks"]["app"]["HostInterface"]  # type: ignore[index]
+        link = json.loads(sh("ip", "-n", sb.host, "-j", "-d", "link", "show", port).stdout)[0]
+        assert link["linkinfo"]["info_slave_data"]["hairpin"] is hairpin
     # No userland proxy: nothing listens on 8080 in the host namespace.
     listeners = sh("ip", "netns", "exec", sb.host, "ss", "-Hltn").stdout
     assert ":8080" not in listeners

@@ -530,7 +530,8 @@ class Engine:
                         mac=endpoint.mac, mtu=net.mtu, address=endpoint.address,
                         prefixlen=endpoint.prefixlen,
                         gateway=net.gateway if default_route else None,
-                        bridge_index=bridge_index, tag=self.tag("endpoint", endpoint.id)))
+                        bridge_index=bridge_index, tag=self.tag("endpoint", endpoint.id),
+                        hairpin=bool(container.ports)))
                     return
                 except PortwayError as exc:
                     if cached is not None and self._bridge_index(net) != cached:

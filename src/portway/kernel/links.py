@@ -199,6 +199,7 @@ class EndpointSpec:
     gateway: IPAddress | None  # default route via this, or None
     bridge_index: int
     tag: str
+    hairpin: bool = False  # the container publishes ports (see ensure_endpoint)
 
 
 def ensure_endpoint(host: IPRoute, cont: IPRoute, netns_fd: int, spec: EndpointSpec) -> None:
@@ -221,9 +222,11 @@ def ensure_endpoint(host: IPRoute, cont: IPRoute, netns_fd: int, spec: EndpointS
         index = index_of(host, spec.host_ifname)
         # One message: owner tag, bridge port, no IPv6 address, up.
         _up_without_ipv6(host, index, ifalias=spec.tag, master=spec.bridge_index)
-        # Hairpin: a container reaching its own published port through a host address
-        # is DNATed back to itself; the frame must go out of the port it came in on.
-        host.brport("set", index=index, mode=1)
+        if spec.hairpin:
+            # A container reaching its own published port through a host address is
+            # DNATed back to itself: the frame must go out of the port it came in on.
+            # Without published ports that never happens: one netlink call saved.
+            host.brport("set", index=index, mode=1)
         cidx = index_of(cont, spec.ifname)
         cont.addr("add", index=cidx, address=str(spec.address), prefixlen=spec.prefixlen)
         _up_without_ipv6(cont, cidx)
