@@ -93,6 +93,43 @@ def test_round_robin_alias(sandbox: Sandbox) -> None:
     assert sorted(second) == sorted(first) and second != first
 
 
+BURST = """
+import socket, struct, sys
+name = b"".join(bytes([len(p)]) + p.encode() for p in sys.argv[1].split(".")) + b"\\0"
+socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(4)]
+for s in socks:
+    s.settimeout(3)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    s.connect(("10.62.0.1", 53))
+sent = {}
+for i in range(600):  # all at once: the server reads them in batches
+    s = socks[i % 4]
+    s.send(struct.pack("!HHHHHH", i, 0x0100, 1, 0, 0, 0) + name + b"\\0\\1\\0\\1")
+    sent[i] = s
+got = {}
+for s in socks:
+    for _ in range(150):
+        reply = s.recv(512)
+        qid = struct.unpack("!H", reply[:2])[0]
+        assert sent[qid] is s and qid not in got, qid  # to the socket that asked, once
+        got[qid] = ".".join(str(b) for b in reply[-4:])
+print(len(got), sorted(set(got.values())))
+"""
+
+
+def test_a_burst_from_several_sockets(sandbox: Sandbox) -> None:
+    # 600 queries queued before the server reads one: every one answered once, to the
+    # socket that sent it, with the right address.
+    sb = sandbox
+    sb.pw("network", "create", "app", "--subnet", "10.62.0.0/24")
+    sb.pw("run", "-d", "--name", "web", "--network", "app", "--", "sleep", "300")
+    sb.pw("run", "-d", "--name", "cli", "--network", "app", "--", "sleep", "300")
+    for name in ("web", "web.app", "cli"):
+        out = sb.pw("exec", "cli", "--", "python3", "-c", BURST, name).stdout.split(None, 1)
+        assert out[0] == "600"
+        assert out[1].strip() == str(["10.62.0.3" if name == "cli" else "10.62.0.2"])
+
+
 def test_updates_are_immediate(sandbox: Sandbox) -> None:
     sb = sandbox
     sb.pw("network", "create", "app", "--subnet", "10.63.0.0/24")

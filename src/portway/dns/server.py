@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from portway.dns import wire
+from portway.dns import mmsg, wire
 
 TTL = 5
 UPSTREAM_TIMEOUT = 2.0
@@ -140,7 +140,8 @@ class Server:
         # The hot path: whole replies (less their id) per (querier, query less its id),
         # with what the log says of them. Only replies that do not change between two
         # identical queries (one record or none, no forwarding); emptied with `answers`.
-        self.replies: dict[tuple[str, bytes], tuple[bytes, tuple[Any, ...]]] = {}
+        self.replies: dict[tuple[bytes, bytes], tuple[bytes, tuple[Any, ...]]] = {}
+        self.batch = mmsg.Batch()
         self.log: collections.deque[tuple[Any, ...]] = collections.deque(maxlen=LOG_SIZE)
         self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="forward")
         self.control = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -219,16 +220,17 @@ class Server:
 
     # answering
 
-    def reply_to(self, msg: bytes, host: str, now: float) -> bytes | None:
-        """The UDP reply to msg from host, or None when it is forwarded (replied later).
+    def reply_to(self, msg: bytes, src: bytes, now: float) -> bytes | None:
+        """The UDP reply to msg from src (a packed IPv4 address), or None when it is
+        forwarded (replied later).
 
         A repeated local query costs one dictionary lookup: its reply was kept the
         first time."""
-        kept = self.replies.get((host, msg[2:]))
+        kept = self.replies.get((src, msg[2:]))
         if kept is not None:
-            self.log.append((now, host, kept[1]))
+            self.log.append((now, src, kept[1]))
             return msg[:2] + kept[0]
-        out, local = self.answer(msg, socket.inet_aton(host))
+        out, local = self.answer(msg, src)
         if out is None:
             return None
         if len(out) > 512:  # too big for plain UDP: the client retries over TCP
@@ -236,7 +238,7 @@ class Server:
         # One record or none: the same reply next time (several rotate, so not kept).
         if local is not None and out[6:8] <= b"\x00\x01" and len(msg) <= 512 and \
                 len(self.replies) < MAX_KEPT:
-            self.replies[(host, msg[2:])] = (out[2:], local)
+            self.replies[(src, msg[2:])] = (out[2:], local)
         return out
 
     def answer(self, msg: bytes, src: bytes) -> tuple[bytes | None, tuple[Any, ...] | None]:
@@ -351,35 +353,43 @@ class Server:
     def _note(self, q: wire.Question, src: bytes, how: str, seconds: float,
               rcode: int) -> tuple[Any, ...]:
         info = (q.name, q.qtype, how, seconds, rcode)
-        self.log.append((time.time(), socket.inet_ntoa(src), info))
+        self.log.append((time.time(), src, info))
         return info
 
     def log_entries(self) -> list[dict[str, Any]]:
-        return [{"time": t, "client": host, "name": name, "type": qtype,
+        return [{"time": t, "client": socket.inet_ntoa(src), "name": name, "type": qtype,
                  "how": how, "ms": round(seconds * 1000, 3), "rcode": rcode}
-                for t, host, (name, qtype, how, seconds, rcode) in list(self.log)]
+                for t, src, (name, qtype, how, seconds, rcode) in list(self.log)]
 
     # the loop
 
     def handle_udp(self, sock: socket.socket) -> None:
-        # Drain what is queued (bounded), so one select serves a burst of queries.
+        # What is queued, a batch per system call each way (bounded: other sockets wait).
         now = time.time()
-        recvfrom, sendto, reply_to = sock.recvfrom, sock.sendto, self.reply_to
-        for _ in range(256):
+        batch, reply_to, fd = self.batch, self.reply_to, sock.fileno()
+        source = batch.source
+        for _ in range(8):
             try:
-                msg, peer = recvfrom(4096)
-                out = reply_to(msg, peer[0], now)
-                if out is not None:
-                    sendto(out, peer)
-                    continue
-            except OSError:  # nothing more queued for now (or a send failed): next select
+                queries = batch.recv(fd)
+            except OSError:
                 return
-            except Exception:  # never die on input
-                continue
-            if self.pool._work_queue.qsize() > 1000:  # flood: shed load rather than grow
-                continue
-            self.pool.submit(self.forward, msg, socket.inet_aton(peer[0]),
-                             lambda data, p=peer: _safe(sock.sendto, data, p))
+            answers: list[tuple[bytes, int]] = []
+            for msg, slot in queries:
+                src = source(slot)
+                try:
+                    out = reply_to(msg, src, now)
+                except Exception:  # never die on input
+                    continue
+                if out is not None:
+                    answers.append((out, slot))
+                elif self.pool._work_queue.qsize() <= 1000:  # a flood is shed, not queued
+                    peer = batch.peer(slot)
+                    self.pool.submit(self.forward, msg, src,
+                                     lambda data, p=peer: _safe(sock.sendto, data, p))
+            if answers:
+                batch.send(fd, answers)
+            if len(queries) < batch.size:
+                return
 
     def _truncated(self, msg: bytes) -> bytes:
         q = wire.parse_question(msg)
