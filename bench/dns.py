@@ -28,7 +28,7 @@ AARDVARK = "/usr/lib/podman/aardvark-dns"
 CONTRACT = ROOT.parent / "shared" / "netavark-contract" / "podman-4.3-setup-input.json"
 FAKE_DNS = ROOT / "tests" / "e2e" / "fake_dns.py"
 SECONDS = float(os.environ.get("PORTWAY_BENCH_DNS_SECONDS", "3"))
-ROUNDS = int(os.environ.get("PORTWAY_BENCH_DNS_ROUNDS", "3"))
+ROUNDS = int(os.environ.get("PORTWAY_BENCH_DNS_ROUNDS", "5"))
 
 LATENCY = """
 import socket, struct, sys, time

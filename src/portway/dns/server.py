@@ -36,6 +36,8 @@ UPSTREAM_TIMEOUT = 2.0
 MAX_TCP_CLIENTS = 64
 TCP_IDLE = 5.0
 IP_FREEBIND = 15
+SO_RCVBUFFORCE = 33
+UDP_BUFFER = 4 << 20
 LOG_SIZE = 200
 MAX_KEPT = 20_000  # replies kept for repeated queries (each at most 512 + 512 bytes)
 
@@ -199,6 +201,12 @@ class Server:
     def _bind(address: str) -> tuple[socket.socket, socket.socket]:
         udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         udp.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+        # Room for a burst (the default, net.core.rmem_default, holds a few hundred
+        # queries); FORCE: as root, past net.core.rmem_max.
+        try:
+            udp.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, UDP_BUFFER)
+        except OSError:
+            udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_BUFFER)
         udp.bind((address, 53))
         udp.setblocking(False)
         tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
