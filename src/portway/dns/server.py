@@ -12,7 +12,7 @@ use, so `portway run -d` returns only once its names resolve.
 
 from __future__ import annotations
 
-import argparse
+import _queue
 import collections
 import functools
 import ipaddress
@@ -24,12 +24,13 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any
 
 from portway.dns import mmsg, wire
+
+TYPE_CHECKING = False  # typing costs milliseconds to import; mypy still sees the block
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 TTL = 5
 UPSTREAM_TIMEOUT = 2.0
@@ -42,19 +43,19 @@ LOG_SIZE = 200
 MAX_KEPT = 20_000  # replies kept for repeated queries (each at most 512 + 512 bytes)
 
 
-@dataclass
 class View:
     """What the server knows, built once per reload."""
 
-    names: dict[str, dict[str, list[bytes]]] = field(default_factory=dict)  # net -> name -> ips
-    net_names: dict[str, str] = field(default_factory=dict)                   # net name -> id
-    internal: set[str] = field(default_factory=set)
-    member: dict[bytes, tuple[str, ...]] = field(default_factory=dict)        # ip -> net ids
-    ptr: dict[bytes, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
-    custom_dns: dict[bytes, list[str]] = field(default_factory=dict)
-    subnets: list[tuple[str, ipaddress.IPv4Network]] = field(default_factory=list)
-    gateways: list[str] = field(default_factory=list)
-    containers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    def __init__(self) -> None:
+        self.names: dict[str, dict[str, list[bytes]]] = {}  # net -> name -> ips
+        self.net_names: dict[str, str] = {}  # net name -> id
+        self.internal: set[str] = set()
+        self.member: dict[bytes, tuple[str, ...]] = {}  # ip -> net ids
+        self.ptr: dict[bytes, tuple[str, tuple[str, ...]]] = {}
+        self.custom_dns: dict[bytes, list[str]] = {}
+        self.subnets: list[tuple[str, ipaddress.IPv4Network]] = []
+        self.gateways: list[str] = []
+        self.containers: dict[str, dict[str, Any]] = {}
 
     def set_container(self, c: dict[str, Any]) -> None:
         """Add or replace one container's names and addresses: O(its endpoints)."""
@@ -145,7 +146,7 @@ class Server:
         self.replies: dict[tuple[bytes, bytes], tuple[bytes, tuple[Any, ...]]] = {}
         self.batch = mmsg.Batch()
         self.log: collections.deque[tuple[Any, ...]] = collections.deque(maxlen=LOG_SIZE)
-        self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="forward")
+        self.pool = Pool(16)
         self.control = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         path = os.path.join(state_dir, "dns.sock")
         try:
@@ -390,7 +391,7 @@ class Server:
                     continue
                 if out is not None:
                     answers.append((out, slot))
-                elif self.pool._work_queue.qsize() <= 1000:  # a flood is shed, not queued
+                elif self.pool.backlog() <= 1000:  # a flood is shed, not queued
                     peer = batch.peer(slot)
                     self.pool.submit(self.forward, msg, src,
                                      lambda data, p=peer: _safe(sock.sendto, data, p))
@@ -518,7 +519,48 @@ class Server:
                 for conn, (_, seen, _) in list(self.clients.items()):
                     if now - seen > TCP_IDLE:
                         self._drop(conn)
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.pool.shutdown()
+
+
+class Pool:
+    """Worker threads for forwarded queries: a new one whenever more queries are
+    outstanding than there are workers, up to size."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.work: _queue.SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]] | None] = \
+            _queue.SimpleQueue()
+        self.threads: list[threading.Thread] = []
+        self.outstanding = 0
+        self.lock = threading.Lock()
+
+    def submit(self, fn: Callable[..., None], *args: Any) -> None:
+        with self.lock:
+            self.outstanding += 1
+            if self.outstanding > len(self.threads) and len(self.threads) < self.size:
+                thread = threading.Thread(target=self._worker, daemon=True,
+                                          name=f"forward-{len(self.threads)}")
+                self.threads.append(thread)
+                thread.start()
+        self.work.put((fn, args))
+
+    def backlog(self) -> int:
+        return self.work.qsize()
+
+    def _worker(self) -> None:
+        while (item := self.work.get()) is not None:
+            fn, args = item
+            try:
+                fn(*args)
+            except Exception as exc:  # one query's failure is logged, not fatal
+                print(f"portway-dns: forwarding failed: {exc}", file=sys.stderr, flush=True)
+            finally:
+                with self.lock:
+                    self.outstanding -= 1
+
+    def shutdown(self) -> None:
+        for _ in self.threads:
+            self.work.put(None)
 
 
 def _drain(fd: int) -> None:
@@ -546,11 +588,13 @@ def _safe(fn: Any, *args: Any) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="portway-dns")
-    parser.add_argument("--state-dir", required=True)
-    parser.add_argument("--resolv", required=True, help="the host's resolv.conf (upstreams)")
-    args = parser.parse_args()
-    server = Server(args.state_dir, args.resolv)
+    # Started by the engine only, with exactly these options: no argparse (and no
+    # concurrent.futures above), whose imports would delay every first container of a
+    # network by milliseconds, waiting for this server's socket.
+    args = dict(zip(sys.argv[1::2], sys.argv[2::2], strict=False))
+    if set(args) != {"--state-dir", "--resolv"}:
+        raise SystemExit("usage: portway-dns --state-dir DIR --resolv FILE")
+    server = Server(args["--state-dir"], args["--resolv"])
     # SIGTERM ends the loop at once: the signal's byte on this pipe wakes the select.
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)

@@ -8,8 +8,8 @@ it can read an id, and drops otherwise.
 
 from __future__ import annotations
 
+import collections
 import struct
-from typing import NamedTuple
 
 QTYPE_A, QTYPE_PTR, QTYPE_AAAA, QTYPE_ANY = 1, 12, 28, 255
 CLASS_IN = 1
@@ -25,13 +25,26 @@ class FormErr(Exception):
         self.query_id = query_id
 
 
-class Question(NamedTuple):  # a tuple: built for every query, so it must be cheap
-    id: int
-    flags: int
-    name: str          # lower case, no trailing dot
-    qtype: int
-    qclass: int
-    wire: bytes        # the question section as received (name, type, class)
+TYPE_CHECKING = False  # typing costs milliseconds to import; mypy still sees the block
+if TYPE_CHECKING:
+    from typing import NamedTuple
+
+    class _Fields(NamedTuple):
+        id: int
+        flags: int
+        name: str  # lower case, no trailing dot
+        qtype: int
+        qclass: int
+        wire: bytes  # the question section as received (name, type, class)
+else:
+    # At run time collections' namedtuple: the same tuple, without importing typing.
+    _Fields = collections.namedtuple("_Fields", "id flags name qtype qclass wire")
+
+
+class Question(_Fields):
+    """One query's header and question: a tuple, built for every query, so cheap."""
+
+    __slots__ = ()
 
     @property
     def opcode(self) -> int:
