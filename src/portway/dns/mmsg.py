@@ -83,8 +83,9 @@ class Batch:
         self._received = size  # entries whose namelen the kernel may have changed
 
     def recv(self, fd: int) -> list[tuple[bytes, int]]:
-        """What is queued now (up to size): (datagram, its slot). The sender's
-        sockaddr_in is name(slot); send() answers to a slot's sender."""
+        """What is queued now (up to size): (datagram, its slot). source(slot) and
+        peer(slot) tell the sender; send() answers to a slot's sender. A datagram
+        longer than bufsize arrives cut short, as with recvfrom(bufsize)."""
         view, entry = self._rvec_view, self._entry
         for i in range(self._received):
             struct.pack_into("I", view, i * entry + self._namelen_at, SOCKADDR_IN)
