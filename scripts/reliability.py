@@ -74,9 +74,12 @@ ROWS: list[tuple[str, str, str, str]] = [
      "test_dns.py", "test_refuses_outsiders_and_survives_garbage"),
     ("Security", "`--network host` warns that isolation is off", "test_containers.py",
      "test_none_and_host_modes"),
-    ("State store", "three writers at once, SIGKILLed mid-transaction: integrity_check ok, "
-     "every transaction whole", "test_store_integrity.py",
-     "test_concurrent_writers_killed_mid_write"),
+    ("Load", "600 DNS queries queued from four sockets at once: each answered once, to the "
+     "socket that asked, with the right address", "test_dns.py",
+     "test_a_burst_from_several_sockets"),
+    ("State store", "three writers open a new state file at once and are SIGKILLed "
+     "mid-transaction: schema made once, integrity_check ok, every transaction whole",
+     "test_store_integrity.py", "test_concurrent_writers_killed_mid_write"),
     ("State store", "corrupted state file: one clear line", "test_store_integrity.py",
      "test_corrupted_state_file"),
     ("State store", "newer schema version: one clear line", "test_store_integrity.py",
