@@ -114,8 +114,8 @@ LOOPBACK_INDEX = 1
 # join no solicited-node multicast group and send no MLD, DAD or router
 # solicitation: multicast flooding on a bridge with IPv6 on the ports makes every new
 # port slower as the bridge grows. Not disable_ipv6: a write under /proc/sys/net
-# costs more with every namespace on the machine (0.1 ms at 100, 0.7 ms at 1,000),
-# and containers are namespaces. lo keeps ::1.
+# costs more with every namespace on the machine, and containers are namespaces.
+# lo keeps ::1.
 NO_IPV6_ADDRESSES = {"attrs": [["AF_INET6", {"attrs": [["IFLA_INET6_ADDR_GEN_MODE", 1]]}]]}
 
 
@@ -263,8 +263,7 @@ def observe_loopback_tag(ipr: IPRoute) -> str:
 def setup_probe(ipr: IPRoute, tag: str) -> None:
     """In a probe namespace (a client beyond the host's uplink): lo tagged but left down,
     so 127/8 is not local and a probe to 127.0.0.1 goes out, as a neighbour's would."""
-    index = index_of(ipr, "lo")
-    ipr.link("set", index=index, ifalias=tag)
+    ipr.link("set", index=LOOPBACK_INDEX, ifalias=tag)
     write_sysctl("net.ipv4.conf.all.route_localnet", "1")
     write_sysctl("net.ipv4.conf.default.route_localnet", "1")
 
