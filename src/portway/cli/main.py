@@ -117,7 +117,10 @@ class Args(dict):  # type: ignore[type-arg]
     """Parsed values, read as attributes (a.name)."""
 
     def __getattr__(self, name: str) -> Any:
-        return self[name]
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
 
 
 def _which(program: str) -> str | None:

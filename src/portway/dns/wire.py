@@ -126,6 +126,3 @@ def ptr_address(name: str) -> bytes | None:
         return None
     return bytes(int(p) for p in reversed(parts))
 
-
-def set_id(msg: bytes, query_id: int) -> bytes:
-    return struct.pack("!H", query_id) + msg[2:]

@@ -30,20 +30,9 @@ def netns_path(name: str) -> str:
 
 def in_thread(fn: Callable[[], T]) -> T:
     """Run fn on a fresh thread and return its result (or raise its exception)."""
-    box: dict[str, object] = {}
-
-    def body() -> None:
-        try:
-            box["value"] = fn()
-        except BaseException as exc:  # handed to the caller
-            box["error"] = exc
-
-    thread = threading.Thread(target=body, name="portway-netns")
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]  # type: ignore[misc]
-    return box["value"]  # type: ignore[return-value]
+    box: list[T] = []
+    Beside(lambda: box.append(fn())).join()
+    return box[0]
 
 
 class Beside:
