@@ -137,6 +137,37 @@ def test_none_and_host_modes(sandbox: Sandbox) -> None:
     assert "uplink0" in {link["ifname"] for link in json.loads(out)}
 
 
+def test_exec_at_once_after_run_is_inside(sandbox: Sandbox) -> None:
+    # run -d returns before the container's command has started; an exec at once
+    # must still join the container's namespaces, never the host's.
+    sb = sandbox
+    for i in range(5):
+        isolated = bool(i % 2)  # --network none, else the default network
+        sb.pw("run", "-d", "--name", f"q{i}", "--hostname", f"quick{i}",
+              *(["--network", "none"] if isolated else []), "--", "sleep", "300")
+        out = sb.pw("exec", f"q{i}", "--", "sh", "-c",
+                    "hostname; cat /etc/hostname; ip -br link").stdout.split("\n")
+        assert out[0] == f"quick{i}" and out[1] == f"quick{i}"
+        links = sorted(line.split()[0].split("@")[0] for line in out[2:] if line)
+        assert links == (["lo"] if isolated else ["eth0", "lo"])
+
+
+def test_exec_info_waits_for_the_command_to_be_inside(sandbox: Sandbox) -> None:
+    # Asked straight over the socket, at once after run -d returns: far sooner than a
+    # CLI's exec, while the container's helper is still starting. The pid handed out
+    # for exec must already be in the container's namespace.
+    from portway.cli.client import Client
+
+    sb = sandbox
+    sb.pw("daemon", "start")  # by the CLI: a daemon started from here would be our child
+    client = Client(str(sb.state_dir), sb.host)
+    for i in range(5):
+        info = client.call("run", command=["sleep", "300"], name=f"w{i}", detach=True)
+        pid = client.call("exec_info", ref=f"w{i}")["Pid"]
+        assert os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(info["SandboxKey"]).st_ino
+        assert os.readlink(f"/proc/{pid}/exe").endswith("/sleep")
+
+
 def test_connect_and_disconnect(sandbox: Sandbox) -> None:
     sb = sandbox
     sb.pw("network", "create", "front", "--subnet", "10.80.0.0/24")

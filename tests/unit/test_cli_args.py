@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import pytest
@@ -10,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from portway.cli.args import HelpRequested, UsageError, parse
-from portway.cli.client import encode_json
+from portway.cli.client import absolute, encode_json
 from portway.cli.main import _root
 
 
@@ -112,3 +113,12 @@ def test_requests_encode_as_json_reads_them(value: Any) -> None:
 def test_argv_bytes_that_are_not_utf8_survive() -> None:
     odd = b"caf\xe9".decode("utf-8", "surrogateescape")
     assert json.loads(encode_json({"cmd": [odd]}).encode("utf-8")) == {"cmd": [odd]}
+
+
+@given(st.lists(st.sampled_from(["", ".", "..", "a", "b.c", "..d", "/"]), max_size=8)
+       .map("/".join))
+def test_state_dir_paths_resolve_as_abspath_does(path: str) -> None:
+    expected = os.path.abspath(path)
+    if expected.startswith("//"):  # POSIX leaves a leading "//" open; on Linux it is "/"
+        expected = expected[1:]
+    assert absolute(path) == expected

@@ -29,12 +29,14 @@ def test_core_has_no_io_imports() -> None:
 
 def test_cli_hot_path_imports_nothing_slow() -> None:
     # What `portway run -d` loads (python -S, as the launcher starts it): none of the
-    # modules that cost milliseconds each (re alone is ~7 ms, argparse ~10 ms).
+    # modules that cost milliseconds each (re alone is ~7 ms, argparse ~10 ms), nor os
+    # and __future__ (a millisecond and half of one).
     code = ("import sys; import portway.cli.main as m; "
             "m.Args(m.parse(m._root(), ['run', '-d', '--name', 'x', '--', 'sleep', '1'])); "
             "import portway.cli.client as c; c.encode_json({'a': [1, 'b']}); "
             "print(sorted(n for n in sys.modules if n in ('re', 'json', 'argparse', "
-            "'typing', 'subprocess', 'shutil', 'enum', 'signal', 'socket', 'gettext')))")
+            "'typing', 'subprocess', 'shutil', 'enum', 'signal', 'socket', 'gettext', "
+            "'os', '__future__', 'portway.cli.render')))")
     out = subprocess.run([sys.executable, "-S", "-c", f"import sys; sys.path[:0] = "
                           f"{sys.path!r}; {code}"], capture_output=True, text=True,
                          check=True).stdout.strip()

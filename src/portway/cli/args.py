@@ -7,8 +7,6 @@ combined short flags (`-dq`), repeatable options, `--` ending the options, and
 a trailing command (`run ... -- COMMAND ARG...`). Pure and standard-library only.
 """
 
-from __future__ import annotations
-
 TYPE_CHECKING = False  # typing costs milliseconds to import; mypy still sees the block
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -35,8 +33,8 @@ class Opt:
     "list" (every one given, in order)."""
 
     def __init__(self, names: str, kind: str = "value", dest: str = "", metavar: str = "",
-                 help: str = "", default: Any = None,
-                 convert: Callable[[str], Any] | None = None) -> None:
+                 help: str = "", default: "Any" = None,
+                 convert: "Callable[[str], Any] | None" = None) -> None:
         self.names = names.split()
         self.kind = kind
         self.dest = dest or self.names[-1].lstrip("-").replace("-", "_")
@@ -61,7 +59,7 @@ class Arg:
 
 class Command:
     def __init__(self, name: str, help: str = "", opts: tuple[Opt, ...] = (),
-                 args: tuple[Arg, ...] = (), subs: tuple[Command, ...] = (),
+                 args: tuple[Arg, ...] = (), subs: "tuple[Command, ...]" = (),
                  sub_dest: str = "", help_flags: str = "-h --help", epilog: str = "") -> None:
         self.name = name
         self.help = help
@@ -74,7 +72,7 @@ class Command:
         self.by_name = {n: o for o in opts for n in o.names}
 
 
-def parse(root: Command, argv: list[str]) -> dict[str, Any]:
+def parse(root: Command, argv: list[str]) -> "dict[str, Any]":
     """The values of every option and positional along the chosen command path.
     Raises UsageError, or HelpRequested with the text to print."""
     values: dict[str, Any] = {}
@@ -82,7 +80,7 @@ def parse(root: Command, argv: list[str]) -> dict[str, Any]:
     return values
 
 
-def _parse(cmd: Command, argv: list[str], prog: str, values: dict[str, Any]) -> None:
+def _parse(cmd: Command, argv: list[str], prog: str, values: "dict[str, Any]") -> None:
     for o in cmd.opts:
         values[o.dest] = list(o.default) if o.kind == "list" else o.default
     if cmd.sub_dest:
@@ -122,7 +120,7 @@ def _parse(cmd: Command, argv: list[str], prog: str, values: dict[str, Any]) -> 
 
 
 def _option(cmd: Command, word: str, argv: list[str], i: int, prog: str,
-            values: dict[str, Any]) -> int:
+            values: "dict[str, Any]") -> int:
     """Apply the option in word (and its value, maybe from argv[i]); the next index."""
     if word.startswith("--"):
         name, eq, inline = word.partition("=")
@@ -160,7 +158,7 @@ def _option(cmd: Command, word: str, argv: list[str], i: int, prog: str,
 
 
 def _positionals(cmd: Command, words: list[str], rest: list[str] | None, prog: str,
-                 values: dict[str, Any]) -> None:
+                 values: "dict[str, Any]") -> None:
     if cmd.subs:
         return  # no subcommand given: the caller says what is missing
     for n, a in enumerate(cmd.args):

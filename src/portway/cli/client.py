@@ -7,12 +7,10 @@ the interpreter reads without importing anything (the daemon, a trusted peer
 on a root-only socket, is asked for it with "reply": "marshal").
 """
 
-from __future__ import annotations
-
 import _socket  # the C module: `socket` would import enum and cost milliseconds
 import errno
 import marshal
-import os
+import posix  # not os: see portway.cli.main
 import sys
 import time
 
@@ -25,7 +23,7 @@ SOCKET_NAME = "portwayd.sock"
 START_TIMEOUT = 30.0
 
 
-def encode_json(value: Any) -> str:
+def encode_json(value: "Any") -> str:
     """JSON text of None, bools, numbers, strings, lists, tuples and dicts with string
     keys: what a request holds."""
     if value is None:
@@ -70,11 +68,26 @@ class ClientError(Exception):
         self.traceback = traceback
 
 
+def absolute(path: str) -> str:
+    """os.path.abspath's answer, without importing os."""
+    if not path.startswith("/"):
+        path = posix.getcwd() + "/" + path
+    parts: list[str] = []
+    for part in path.split("/"):
+        if part == "..":
+            if parts:
+                parts.pop()
+        elif part and part != ".":
+            parts.append(part)
+    return "/" + "/".join(parts)
+
+
 class Client:
     def __init__(self, state_dir: str, host_netns: str | None) -> None:
-        self.state_dir = os.path.abspath(state_dir)
+        self.state_dir = absolute(state_dir)
         self.host_netns = host_netns
-        self.sock_path = os.path.join(self.state_dir, SOCKET_NAME)
+        self.sock_path = f"{self.state_dir.rstrip('/')}/{SOCKET_NAME}"
+        self.log_path = f"{self.state_dir.rstrip('/')}/portwayd.log"
 
     def _connect(self) -> _socket.socket | None:
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
@@ -88,7 +101,8 @@ class Client:
                               "check the state dir's permissions") from None
         return sock
 
-    def _exchange(self, sock: _socket.socket, request: dict[str, Any]) -> dict[str, Any]:
+    def _exchange(self, sock: _socket.socket,
+                  request: "dict[str, Any]") -> "dict[str, Any]":
         try:
             sock.sendall(encode_json({**request, "reply": "marshal"}).encode() + b"\n")
             chunks = []
@@ -102,7 +116,7 @@ class Client:
         raw = b"".join(chunks)
         if not raw:
             raise ClientError("portwayd closed the connection without answering",
-                              f"see {os.path.join(self.state_dir, 'portwayd.log')}")
+                              f"see {self.log_path}")
         try:
             reply: dict[str, Any] = marshal.loads(raw)
         except (ValueError, EOFError, TypeError):
@@ -110,7 +124,7 @@ class Client:
                               "restart it: portway daemon stop") from None
         return reply
 
-    def running(self) -> dict[str, Any] | None:
+    def running(self) -> "dict[str, Any] | None":
         sock = self._connect()
         if sock is None:
             return None
@@ -118,16 +132,17 @@ class Client:
         return reply.get("result")
 
     def start_daemon(self) -> None:
+        import os
+        import subprocess
+
         if self.host_netns and not os.path.exists(f"/run/netns/{self.host_netns}"):
             raise ClientError(f"host network namespace {self.host_netns!r} not found",
                               f"create it with 'ip netns add {self.host_netns}'", 3)
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
-        log_path = os.path.join(self.state_dir, "portwayd.log")
+        log_path = self.log_path
         cmd = [sys.executable, "-m", "portway.daemon.main", "--state-dir", self.state_dir]
         if self.host_netns:
             cmd += ["--host-netns", self.host_netns]
-        import subprocess
-
         env = dict(os.environ)
         with open(log_path, "ab") as log, open(os.devnull, "rb") as devnull:
             proc = subprocess.Popen(cmd, stdin=devnull, stdout=log, stderr=log,
@@ -157,14 +172,14 @@ class Client:
             return "(no log)"
         return lines[-1].removeprefix("portwayd: ") if lines else "(no log)"
 
-    def call(self, op: str, **args: Any) -> Any:
+    def call(self, op: str, **args: "Any") -> "Any":
         sock = self._connect()
         if sock is None:
             self.start_daemon()
             sock = self._connect()
             if sock is None:
                 raise ClientError("portwayd is not answering",
-                                  f"see {os.path.join(self.state_dir, 'portwayd.log')}")
+                                  f"see {self.log_path}")
         reply = self._exchange(sock, {"op": op, "args": args})
         if not reply.get("ok"):
             raise ClientError(str(reply.get("error")), str(reply.get("hint") or ""),
@@ -173,6 +188,8 @@ class Client:
 
     def stop_daemon(self, timeout: float = 10.0) -> int | None:
         """Ask the daemon to exit and wait until it has; returns its pid, None if none ran."""
+        import os
+
         sock = self._connect()
         if sock is None:
             return None

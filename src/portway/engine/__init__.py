@@ -732,8 +732,12 @@ class Engine:
             c = self._own(ref)
             if c.status != "running":
                 raise Conflict(f"container {c.name} is not running", "start a new one with run")
-            return {"Id": c.id, "Pid": c.pid, "Env": procs.container_env(
-                None if c.network_mode == "host" else c.hostname)}
+        # `run -d` returns before its helper has entered the namespaces and exec'd the
+        # command: joining the pid's namespaces before then would join the host's.
+        if not procs.wait_exec(c.pid):
+            raise Conflict(f"container {c.name} is not running", "start a new one with run")
+        return {"Id": c.id, "Pid": c.pid, "Env": procs.container_env(
+            None if c.network_mode == "host" else c.hostname)}
 
     def ps(self, all: bool = False) -> list[dict[str, Any]]:
         with self.lock:

@@ -6,11 +6,11 @@ for a container's process.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
+import time
 
 
 def start_time(pid: int) -> int:
@@ -31,26 +31,52 @@ def is_alive(pid: int, started: int) -> bool:
     return pid > 0 and started > 0 and start_time(pid) == started
 
 
+# What the helper runs; /proc/PID/cmdline holds it until the helper has exec'd the
+# container's command.
+HELPER_BOOT = "from portway.kernel.sandbox import main; main()"
+
+
 def spawn_detached(netns: str, hostname: str | None, binds: list[tuple[str, str]],
                    command: list[str], log_path: str) -> subprocess.Popen[bytes]:
     """Start the command inside the sandbox as a new session, output to log_path.
 
     The child is a helper interpreter that enters the namespaces and execs the
-    command, so the pid returned is the container's process itself.
+    command, so the pid returned is the container's process itself, once the helper
+    has exec'd it (wait_exec). The daemon does not wait for that here: its fork would
+    cost more than the whole network set-up. The spec goes on the command line, as
+    words (sandbox.main), rather than as JSON: json imports re, milliseconds of
+    every start.
     """
-    spec = json.dumps({"netns": netns, "hostname": hostname, "binds": binds,
-                       "command": command})
     # -S skips site-packages (a faster start); portway's own path is handed over
     # on the command line rather than in PYTHONPATH, which the command would inherit.
     src = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    boot = (f"import sys; sys.path.insert(0, {src!r}); "
-            "from portway.kernel.sandbox import main; main()")
+    boot = f"import sys; sys.path.insert(0, {src!r}); {HELPER_BOOT}"
+    spec = [netns, hostname or "", str(len(binds))]
+    for source, target in binds:
+        spec += [source, target]
     with open(log_path, "ab") as log, open(os.devnull, "rb") as devnull:
         return subprocess.Popen(
-            [sys.executable, "-S", "-c", boot, spec],
+            [sys.executable, "-S", "-c", boot, *spec, *command],
             stdin=devnull, stdout=log, stderr=log, start_new_session=True, close_fds=True,
             env=container_env(hostname),
         )
+
+
+def wait_exec(pid: int, timeout: float = 5.0) -> bool:
+    """Wait until the helper started by spawn_detached has become the container's
+    command (inside its namespaces, with its files). False if the process is gone."""
+    mark = HELPER_BOOT.encode()
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if mark not in f.read():
+                    return True
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+        if time.monotonic() > deadline:
+            return True  # something else is slow: let the caller find out
+        time.sleep(0.0005)
 
 
 def container_env(hostname: str | None) -> dict[str, str]:

@@ -1,7 +1,7 @@
 """Entering a container's namespaces and exec'ing its command. Standard library only.
 
-Used by the CLI (foreground `run`, `exec`) and, as `python -m
-portway.kernel.sandbox`, by the daemon to start detached containers. It is
+Used by the CLI (foreground `run`, `exec`) and, as the helper interpreter of
+procs.spawn_detached, by the daemon to start detached containers. It is
 always called in a single-threaded process, right before exec, so entering
 namespaces here never touches a thread of the engine.
 """
@@ -9,7 +9,6 @@ namespaces here never touches a thread of the engine.
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import sys
 
@@ -111,21 +110,20 @@ def enter_process(pid: int) -> None:
 
 
 def main() -> None:
-    """`python -m portway.kernel.sandbox SPEC_JSON`: enter the sandbox, exec the command."""
-    spec = json.loads(sys.argv[1])
+    """The helper procs.spawn_detached starts, with these words after `-c BOOT`:
+    NETNS HOSTNAME NBINDS [SOURCE TARGET]... COMMAND [ARG]... (HOSTNAME "": host
+    networking). It enters the sandbox and execs the command."""
+    words = sys.argv[1:]
+    netns, hostname, count = words[0], words[1] or None, int(words[2])
+    binds = [(words[3 + 2 * i], words[4 + 2 * i]) for i in range(count)]
+    command = words[3 + 2 * count:]
     try:
-        enter_sandbox(spec["netns"], spec.get("hostname"),
-                      [(s, t) for s, t in spec.get("binds", [])])
+        enter_sandbox(netns, hostname, binds)
     except OSError as exc:
         print(f"portway: cannot enter the container's namespaces: {exc}", file=sys.stderr)
         os._exit(126)
-    command = spec["command"]
     try:
         os.execvp(command[0], command)
     except OSError as exc:
         print(f"portway: cannot run {command[0]!r}: {exc.strerror}", file=sys.stderr)
         os._exit(127)
-
-
-if __name__ == "__main__":
-    main()
