@@ -12,13 +12,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from pyroute2 import IPRoute
+from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL, NLM_F_REQUEST
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import RTM_NEWLINK
 
 from portway.errors import KernelError
 from portway.kernel.netns import write_sysctl
 from portway.model.types import IPAddress
 
 RTNH_F_ONLINK = 4
+
+# "ip link add", answered with the new link (NLM_F_ECHO): its ifindex, and for a veth
+# its peer's ifindex in the peer's namespace (IFLA_LINK), without two lookups.
+CREATE_ECHOED = (RTM_NEWLINK,
+                 NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO)
 
 GONE = (errno.ENODEV, errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL)
 
@@ -110,7 +117,7 @@ def _kernel_error(what: str, exc: NetlinkError) -> KernelError:
 LOOPBACK_INDEX = 1
 
 # IPv4-only networks: container and host ends of a veth get no IPv6 address (IPv6
-# address generation "none", set in the message that brings the link up), so they
+# address generation "none", set before the link could make one: _without_ipv6), so they
 # join no solicited-node multicast group and send no MLD, DAD or router
 # solicitation: multicast flooding on a bridge with IPv6 on the ports makes every new
 # port slower as the bridge grows. Not disable_ipv6: a write under /proc/sys/net
@@ -119,14 +126,20 @@ LOOPBACK_INDEX = 1
 NO_IPV6_ADDRESSES = {"attrs": [["AF_INET6", {"attrs": [["IFLA_INET6_ADDR_GEN_MODE", 1]]}]]}
 
 
-def _up_without_ipv6(ipr: IPRoute, index: int, **more: Any) -> None:
-    """Set the link up (with more attributes) and without IPv6 addresses."""
+def _without_ipv6(ipr: IPRoute, index: int, **more: Any) -> None:
+    """Set the link's IPv6 address generation to none, with more attributes.
+
+    The kernel applies a message's flags before its IFLA_AF_SPEC, and a veth that
+    comes up with its peer up may get a link-local address at once (before the link
+    watcher has marked it down, its operstate reads "unknown", which counts as
+    ready): so state="up" in the same message is safe only while the peer is down."""
     try:
-        ipr.link("set", index=index, state="up", IFLA_AF_SPEC=NO_IPV6_ADDRESSES, **more)
+        ipr.link("set", index=index, IFLA_AF_SPEC=NO_IPV6_ADDRESSES, **more)
     except NetlinkError as exc:
         if exc.code != errno.EAFNOSUPPORT:  # a kernel without IPv6: nothing to turn off
             raise
-        ipr.link("set", index=index, state="up", **more)
+        if more:
+            ipr.link("set", index=index, **more)
 
 
 def disable_ipv6(ifname: str) -> None:
@@ -210,30 +223,42 @@ def ensure_endpoint(host: IPRoute, cont: IPRoute, netns_fd: int, spec: EndpointS
     """
     what = f"endpoint {spec.host_ifname}"
     try:
-        host.link("add", ifname=spec.host_ifname, kind="veth", mtu=spec.mtu,
-                  peer={"ifname": spec.ifname, "net_ns_fd": netns_fd,
-                        "address": spec.mac, "mtu": spec.mtu})
+        echoed = host.link(CREATE_ECHOED, ifname=spec.host_ifname, kind="veth", mtu=spec.mtu,
+                           peer={"ifname": spec.ifname, "net_ns_fd": netns_fd,
+                                 "address": spec.mac, "mtu": spec.mtu})
     except NetlinkError as exc:
         if exc.code == errno.EEXIST:
             raise KernelError(f"create veth {spec.host_ifname}: an interface with that "
                               f"name exists", "run 'portway gc' and try again") from None
         raise _kernel_error(f"create veth {spec.host_ifname}", exc) from None
     try:
-        index = index_of(host, spec.host_ifname)
-        # One message: owner tag, bridge port, no IPv6 address, up.
-        _up_without_ipv6(host, index, ifalias=spec.tag, master=spec.bridge_index)
+        index, cidx = _veth_indexes(echoed, spec.host_ifname)
+        if not (index and cidx):  # no echo (it is best effort): look them up
+            index, cidx = index_of(host, spec.host_ifname), index_of(cont, spec.ifname)
+        # One message: owner tag, bridge port, no IPv6 address, up (the peer is still
+        # down, so no address can be made before the mode is none).
+        _without_ipv6(host, index, state="up", ifalias=spec.tag, master=spec.bridge_index)
+        _without_ipv6(cont, cidx)  # before it is up: its peer is up now
         if spec.hairpin:
             # A container reaching its own published port through a host address is
             # DNATed back to itself: the frame must go out of the port it came in on.
             # Without published ports that never happens: one netlink call saved.
             host.brport("set", index=index, mode=1)
-        cidx = index_of(cont, spec.ifname)
         cont.addr("add", index=cidx, address=str(spec.address), prefixlen=spec.prefixlen)
-        _up_without_ipv6(cont, cidx)
+        cont.link("set", index=cidx, state="up")
         if spec.gateway is not None:
             cont.route("add", dst="0.0.0.0/0", gateway=str(spec.gateway), oif=cidx)
     except NetlinkError as exc:
         raise _kernel_error(f"set up {what}", exc) from None
+
+
+def _veth_indexes(echoed: Any, ifname: str) -> tuple[int, int]:
+    """(the veth's ifindex, its peer's ifindex) from the echo of its creation; 0 for
+    what the echo does not say."""
+    for msg in echoed or ():
+        if msg["header"]["type"] == RTM_NEWLINK and msg.get_attr("IFLA_IFNAME") == ifname:
+            return int(msg["index"]), int(msg.get_attr("IFLA_LINK") or 0)
+    return 0, 0
 
 
 def has_default_route(ipr: IPRoute) -> bool:
