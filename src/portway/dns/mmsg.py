@@ -80,32 +80,29 @@ class Batch:
         self._namelen_at = _Msghdr.namelen.offset
         self._len_at = _Mmsghdr.len.offset
         self._name_at = _Msghdr.name.offset
-        self._received = size  # entries whose namelen the kernel may have changed
 
-    def recv(self, fd: int) -> list[tuple[bytes, int]]:
-        """What is queued now (up to size): (datagram, its slot). source(slot) and
-        peer(slot) tell the sender; send() answers to a slot's sender. A datagram
-        longer than bufsize arrives cut short, as with recvfrom(bufsize)."""
-        view, entry = self._rvec_view, self._entry
-        for i in range(self._received):
-            struct.pack_into("I", view, i * entry + self._namelen_at, SOCKADDR_IN)
+    def recv(self, fd: int) -> list[tuple[bytes, bytes]]:
+        """What is queued now (up to size): (datagram, the packed IPv4 address of its
+        sender), in slot order: the i-th came in slot i. peer(slot) tells the sender's
+        port too; send() answers to a slot's sender. A datagram longer than bufsize
+        arrives cut short, as with recvfrom(bufsize).
+
+        Each namelen is left as the kernel wrote it back: on an IPv4 socket that is
+        always the size of a sockaddr_in, the size it was set to."""
         n = _recvmmsg(fd, self._rvec, self.size, MSG_DONTWAIT, None)
         if n < 0:
-            self._received = 0
             code = ctypes.get_errno()
             if code in (errno.EAGAIN, errno.EINTR):
                 return []
             raise OSError(code, os.strerror(code))
-        self._received = n
-        data, size, at = self._data_view, self.bufsize, self._len_at
-        lengths = [struct.unpack_from("I", view, i * entry + at)[0] for i in range(n)]
-        return [(bytes(data[i * size:i * size + length]), i)
-                for i, length in enumerate(lengths)]
-
-    def source(self, slot: int) -> bytes:
-        """The packed IPv4 address of a slot's sender."""
-        at = slot * SOCKADDR_IN + 4
-        return bytes(self._names_view[at:at + 4])
+        data, names, view = self._data_view, self._names_view, self._rvec_view
+        size, entry, at, unpack = self.bufsize, self._entry, self._len_at, struct.unpack_from
+        out = []
+        for i in range(n):
+            start, name = i * size, i * SOCKADDR_IN + 4
+            out.append((bytes(data[start:start + unpack("I", view, i * entry + at)[0]]),
+                        bytes(names[name:name + 4])))
+        return out
 
     def peer(self, slot: int) -> tuple[str, int]:
         """A slot's sender as (address, port)."""
