@@ -735,7 +735,8 @@ class Engine:
         # `run -d` returns before its helper has entered the namespaces and exec'd the
         # command: joining the pid's namespaces before then would join the host's.
         if not procs.wait_exec(c.pid):
-            raise Conflict(f"container {c.name} is not running", "start a new one with run")
+            raise Conflict(f"container {c.name} is not running (or its command has not "
+                           "started yet)", "see 'portway ps' and 'portway logs', and try again")
         return {"Id": c.id, "Pid": c.pid, "Env": procs.container_env(
             None if c.network_mode == "host" else c.hostname)}
 

@@ -64,7 +64,8 @@ def spawn_detached(netns: str, hostname: str | None, binds: list[tuple[str, str]
 
 def wait_exec(pid: int, timeout: float = 5.0) -> bool:
     """Wait until the helper started by spawn_detached has become the container's
-    command (inside its namespaces, with its files). False if the process is gone."""
+    command (inside its namespaces, with its files). False if the process is gone or
+    has not got there within the timeout: its namespaces may still be the host's."""
     mark = HELPER_BOOT.encode()
     deadline = time.monotonic() + timeout
     while True:
@@ -75,7 +76,7 @@ def wait_exec(pid: int, timeout: float = 5.0) -> bool:
         except (FileNotFoundError, ProcessLookupError):
             return False
         if time.monotonic() > deadline:
-            return True  # something else is slow: let the caller find out
+            return False
         time.sleep(0.0005)
 
 
