@@ -86,8 +86,9 @@ class Client:
     def __init__(self, state_dir: str, host_netns: str | None) -> None:
         self.state_dir = absolute(state_dir)
         self.host_netns = host_netns
-        self.sock_path = f"{self.state_dir.rstrip('/')}/{SOCKET_NAME}"
-        self.log_path = f"{self.state_dir.rstrip('/')}/portwayd.log"
+        base = self.state_dir.rstrip("/")  # "/" alone becomes ""
+        self.sock_path = f"{base}/{SOCKET_NAME}"
+        self.log_path = f"{base}/portwayd.log"
 
     def _connect(self) -> _socket.socket | None:
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
