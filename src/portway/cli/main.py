@@ -495,12 +495,23 @@ def run(argv: list[str]) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
-    except Exception:
+    except Exception as exc:
+        if isinstance(exc, BrokenPipeError) and _reader_gone():
+            return 120  # portway dns | head: the rest has no reader, as in main()
         if args.debug:
             raise
         print(f"portway: error: unexpected failure: {sys.exc_info()[1]}; "
               "run again with --debug for details", file=sys.stderr)
         return 70
+
+
+def _reader_gone() -> bool:
+    """Standard output is a pipe whose reader has closed it."""
+    import select
+
+    poller = select.poll()
+    poller.register(1, 0)  # POLLERR is reported whatever is asked for
+    return any(events & select.POLLERR for _, events in poller.poll(0))
 
 
 def main() -> None:
