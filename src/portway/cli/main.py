@@ -316,6 +316,11 @@ def print_dns(info: "dict[str, Any]") -> None:
     state = "running" if info["running"] else "not running"
     upstreams = ", ".join(info["upstreams"]) or "(none)"
     print(f"DNS server: {state}; upstream resolvers: {upstreams}")
+    sent = info.get("sent")
+    if sent:
+        how = ("answers to one socket with one length share a packet (UDP GSO)"
+               if sent["coalesce"] else "one packet each: the kernel refused UDP GSO")
+        print(f"UDP answers sent: {sent['answers']} in {sent['packets']} packets; {how}")
     for net in info["networks"]:
         where = f"{net['gateway']}:53" + (" (internal: no forwarding)" if net["internal"]
                                            else "")

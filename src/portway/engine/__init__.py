@@ -634,7 +634,8 @@ class Engine:
                 except PortwayError:
                     pass
             return {"networks": data["networks"], "log": log.get("log", []),
-                    "upstreams": log.get("upstreams", []), "running": self.dns.running()}
+                    "upstreams": log.get("upstreams", []), "sent": log.get("sent"),
+                    "running": self.dns.running()}
 
     def _write_files(self, container: Container) -> None:
         etc = self._etc_files(container, self.store.endpoints(container_id=container.id))
