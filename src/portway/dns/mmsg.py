@@ -21,7 +21,8 @@ import struct
 MSG_DONTWAIT = 0x40
 SOCKADDR_IN = 16  # family, port, address, padding
 SOL_UDP, UDP_SEGMENT = 17, 103
-MAX_SEGMENTS = 64  # the kernel's limit per GSO send (UDP_MAX_SEGMENTS, 64 before 6.x)
+PR_SET_TIMERSLACK = 29
+MAX_SEGMENTS = 64  # per GSO send: what every kernel with UDP GSO takes (UDP_MAX_SEGMENTS)
 _SEGMENT = struct.Struct("=QiiH")  # a cmsghdr (len, level, type) and the segment size
 CMSG_SPACE = 24  # CMSG_SPACE(2): the header and two bytes, aligned to 8
 _NO_GSO = (errno.EIO, errno.EINVAL, errno.EMSGSIZE, errno.ENOPROTOOPT, errno.EOPNOTSUPP)
@@ -43,7 +44,6 @@ class _Mmsghdr(ctypes.Structure):
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
-PR_SET_TIMERSLACK = 29
 _recvmmsg = _libc.recvmmsg
 _recvmmsg.argtypes = [ctypes.c_int, ctypes.POINTER(_Mmsghdr), ctypes.c_uint, ctypes.c_int,
                       ctypes.c_void_p]

@@ -1,9 +1,10 @@
 """portway's DNS server: one process per host namespace, on every network's gateway, port 53.
 
-Standard library only, a plain blocking select loop (asyncio's per-datagram
-cost would be the ceiling, measured in DESIGN.md). Local names are answered in
-the loop from dictionaries built at reload time; other names are forwarded by
-a small thread pool to the upstream resolvers, with failover and TCP fallback.
+Standard library only, one thread on epoll (asyncio's per-datagram cost would
+be the ceiling, measured in DESIGN.md), reading and answering in batches. Local
+names are answered in the loop from dictionaries built at reload time; other
+names are forwarded by a small thread pool to the upstream resolvers, with
+failover and TCP fallback.
 
 The engine writes the records to STATE/dns.json and sends "reload" on the
 control socket STATE/dns.sock; the reply comes after the new records are in
