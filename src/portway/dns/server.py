@@ -3,8 +3,8 @@
 Standard library only, one thread on epoll (asyncio's per-datagram cost would
 be the ceiling, measured in DESIGN.md), reading and answering in batches. Local
 names are answered in the loop from dictionaries built at reload time; other
-names are forwarded by a small thread pool to the upstream resolvers, with
-failover and TCP fallback.
+names are forwarded to the upstream resolvers from the loop too, a non-blocking
+socket per query, with failover and (on a helper thread) TCP fallback.
 
 The engine writes the records to STATE/dns.json and sends "reload" on the
 control socket STATE/dns.sock; the reply comes after the new records are in
@@ -47,6 +47,19 @@ MAX_KEPT = 20_000  # replies kept for repeated queries (each at most 512 + 512 b
 # send. Load is a read of GATHER_AT or more, but not a full batch (a backlog: no pause).
 GATHER_AT = 4
 GATHER_PAUSE = 50e-6
+MAX_FORWARDS = 512  # forwarded queries in flight, a socket each
+
+
+class Forward:
+    """A query on its way to the upstream resolvers."""
+
+    __slots__ = ("index", "msg", "q", "reply", "src", "started", "upstreams")
+
+    def __init__(self, msg: bytes, q: wire.Question, src: bytes,
+                 reply: Callable[[bytes], None], upstreams: list[str],
+                 started: float) -> None:
+        self.msg, self.q, self.src, self.reply = msg, q, src, reply
+        self.upstreams, self.started, self.index = upstreams, started, 0
 
 
 class View:
@@ -154,8 +167,10 @@ class Server:
         self.gather = False  # a socket is under load: pause before the next poll
         self.forwarded_sent = 0  # forwarded answers sent over UDP (not through batch)
         self.forwarded_lock = threading.Lock()
+        self.forwards: dict[socket.socket, Forward] = {}  # in flight, by upstream socket
+        self.expiries: collections.deque[tuple[float, socket.socket]] = collections.deque()
         self.log: collections.deque[tuple[Any, ...]] = collections.deque(maxlen=LOG_SIZE)
-        self.pool = Pool(16)
+        self.pool = Pool(16)  # forwarding over TCP (truncated answers)
         self.control = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         path = os.path.join(state_dir, "dns.sock")
         try:
@@ -332,10 +347,79 @@ class Server:
 
     # forwarding
 
-    def forward(self, msg: bytes, src: bytes, reply: Any) -> None:
-        q = wire.parse_question(msg)
+    def start_forward(self, msg: bytes, src: bytes, reply: Callable[[bytes], None]) -> None:
+        """Forward msg to the querier's upstream resolvers, first to last, from the loop:
+        each attempt is a non-blocking socket of its own (a fresh source port), read
+        when epoll says its answer is there; an error or UPSTREAM_TIMEOUT moves on to
+        the next upstream. A flood beyond MAX_FORWARDS in flight is shed."""
+        if len(self.forwards) >= MAX_FORWARDS:
+            return
+        try:
+            q = wire.parse_question(msg)
+        except wire.FormErr:
+            return  # what the fast path let through but has no question: dropped
         upstreams = self.view.custom_dns.get(src) or self.upstreams
-        started = time.monotonic()
+        self._attempt(Forward(msg, q, src, reply, upstreams, time.monotonic()), 0)
+
+    def _attempt(self, fwd: Forward, index: int) -> None:
+        for i in range(index, len(fwd.upstreams)):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                sock.setblocking(False)
+                sock.connect((fwd.upstreams[i], 53))
+                sock.send(fwd.msg)
+            except OSError:
+                sock.close()
+                continue
+            fwd.index = i
+            self.forwards[sock] = fwd
+            self.expiries.append((time.monotonic() + UPSTREAM_TIMEOUT, sock))
+            self._watch(sock.fileno(), functools.partial(self._upstream_answer, sock))
+            return
+        self._note(fwd.q, fwd.src, "failed: no upstream answered" if fwd.upstreams else
+                   "failed: no upstream resolver", time.monotonic() - fwd.started,
+                   wire.SERVFAIL)
+        fwd.reply(wire.response(fwd.q, wire.SERVFAIL, authoritative=False))
+
+    def _upstream_answer(self, sock: socket.socket) -> None:
+        fwd = self.forwards.get(sock)
+        if fwd is None:
+            return
+        try:
+            while (answer := sock.recv(65535))[:2] != fwd.msg[:2]:
+                pass  # not the answer to this query's id: read on
+        except BlockingIOError:
+            return
+        except OSError:  # refused (an ICMP error): the next upstream
+            self._end_attempt(sock)
+            self._attempt(fwd, fwd.index + 1)
+            return
+        self._end_attempt(sock)
+        if answer[2] & 0x02:  # truncated: this upstream and the rest over TCP, on a thread
+            self.pool.submit(self.forward, fwd.msg, fwd.src, fwd.reply,
+                             fwd.upstreams[fwd.index:], fwd.started)
+            return
+        self._note(fwd.q, fwd.src, f"forwarded to {fwd.upstreams[fwd.index]}",
+                   time.monotonic() - fwd.started, answer[3] & 0xF)
+        fwd.reply(answer)
+
+    def _end_attempt(self, sock: socket.socket) -> None:
+        self.forwards.pop(sock, None)
+        self._unwatch(sock)
+
+    def _expire_forwards(self, now: float) -> None:
+        while self.expiries and self.expiries[0][0] <= now:
+            sock = self.expiries.popleft()[1]
+            fwd = self.forwards.get(sock)
+            if fwd is not None:  # no answer in time: the next upstream
+                self._end_attempt(sock)
+                self._attempt(fwd, fwd.index + 1)
+
+    def forward(self, msg: bytes, src: bytes, reply: Any, upstreams: list[str],
+                started: float) -> None:
+        """The blocking way, on a pool thread, for answers too long for UDP: ask each
+        upstream in turn (over TCP when its UDP answer is truncated)."""
+        q = wire.parse_question(msg)
         for upstream in upstreams:
             try:
                 answer = self._ask(upstream, msg)
@@ -345,8 +429,8 @@ class Server:
                        answer[3] & 0xF)
             reply(answer)
             return
-        self._note(q, src, "failed: no upstream answered" if upstreams else
-                   "failed: no upstream resolver", time.monotonic() - started, wire.SERVFAIL)
+        self._note(q, src, "failed: no upstream answered", time.monotonic() - started,
+                   wire.SERVFAIL)
         reply(wire.response(q, wire.SERVFAIL, authoritative=False))
 
     @staticmethod
@@ -398,10 +482,9 @@ class Server:
                     continue
                 if out is not None:
                     answers.append((out, slot))
-                elif self.pool.backlog() <= 1000:  # a flood is shed, not queued
-                    peer = batch.peer(slot)
-                    self.pool.submit(self.forward, msg, src,
-                                     functools.partial(self._send_forwarded, sock, peer))
+                else:
+                    self.start_forward(msg, src, functools.partial(
+                        self._send_forwarded, sock, batch.peer(slot)))
             if answers:
                 batch.send(fd, answers)
             if not queries:
@@ -474,7 +557,7 @@ class Server:
                 send(out)
                 conn.setblocking(False)
             else:
-                self.pool.submit(self.forward, msg, src, send)
+                self.start_forward(msg, src, send)
 
     def _drop(self, conn: socket.socket) -> None:
         self.clients.pop(conn, None)
@@ -528,8 +611,10 @@ class Server:
         self.reload()
         last_check = time.monotonic()
         while self.running:
+            wait = 1.0 if not self.expiries else \
+                min(1.0, max(0.0, self.expiries[0][0] - time.monotonic()))
             try:
-                ready = self.poller.poll(1.0)
+                ready = self.poller.poll(wait)
             except OSError:  # EINTR: a signal's handler has run
                 ready = []
             for fd, _ in ready:
@@ -540,6 +625,7 @@ class Server:
                 self.gather = False
                 time.sleep(GATHER_PAUSE)
             now = time.monotonic()
+            self._expire_forwards(now)
             if now - last_check > 1.0:
                 last_check = now
                 self._check_resolv()
@@ -550,8 +636,8 @@ class Server:
 
 
 class Pool:
-    """Worker threads for forwarded queries: a new one whenever more queries are
-    outstanding than there are workers, up to size."""
+    """Worker threads for blocking work (forwarding over TCP): a new one whenever
+    more jobs are outstanding than there are workers, up to size."""
 
     def __init__(self, size: int) -> None:
         self.size = size
