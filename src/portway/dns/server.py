@@ -19,6 +19,7 @@ import functools
 import ipaddress
 import json
 import os
+import resource
 import select
 import signal
 import socket
@@ -363,7 +364,10 @@ class Server:
 
     def _attempt(self, fwd: Forward, index: int) -> None:
         for i in range(index, len(fwd.upstreams)):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            except OSError:  # out of descriptors: SERVFAIL, below
+                break
             try:
                 sock.setblocking(False)
                 sock.connect((fwd.upstreams[i], 53))
@@ -709,6 +713,11 @@ def main() -> None:
         raise SystemExit("usage: portway-dns --state-dir DIR --resolv FILE")
     server = Server(args["--state-dir"], args["--resolv"])
     mmsg.set_timer_slack(1000)  # GATHER_PAUSE is a pause of 50 µs, not 100
+    # A socket per forwarded query in flight, two per network: as many descriptors as
+    # the hard limit allows.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     # SIGTERM ends the loop at once: the signal's byte on this pipe wakes the select.
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
