@@ -328,6 +328,34 @@ def test_refuses_outsiders_and_survives_garbage(sandbox: Sandbox) -> None:
     assert sb.pw("dns", "--json").returncode == 0
 
 
+HOSTILE_UPSTREAM = """
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 53))
+while True:
+    msg, peer = s.recvfrom(4096)
+    for junk in (b"", msg[:2], msg[:11], msg[:2] + b"\\x81"):  # its id, and no answer
+        s.sendto(junk, peer)
+"""
+
+
+def test_survives_a_hostile_upstream(sandbox: Sandbox) -> None:
+    # An upstream that answers with empty or cut-short datagrams carrying the query's
+    # id: the query waits for a real answer, then fails; the server goes on.
+    sb = sandbox
+    sb.pw("network", "create", "app", "--subnet", "10.69.0.0/24")
+    sb.pw("run", "-d", "--name", "cli", "--network", "app", "--", "sleep", "300")
+    proc = subprocess.Popen(["ip", "netns", "exec", sb.outside, "python3", "-c",
+                             HOSTILE_UPSTREAM])
+    try:
+        time.sleep(0.3)
+        assert status(sb, "cli", "example.org") == "SERVFAIL"
+        assert short(sb, "cli", "cli") == ["10.69.0.2"]
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_server_follows_networks_and_gc(sandbox: Sandbox) -> None:
     sb = sandbox
     pid_file = sb.state_dir / "dns.pid"

@@ -390,8 +390,8 @@ class Server:
         if fwd is None:
             return
         try:
-            while (answer := sock.recv(65535))[:2] != fwd.msg[:2]:
-                pass  # not the answer to this query's id: read on
+            while len(answer := sock.recv(65535)) < 12 or answer[:2] != fwd.msg[:2]:
+                pass  # not a DNS answer to this query's id: read on
         except BlockingIOError:
             return
         except OSError:  # refused (an ICMP error): the next upstream
