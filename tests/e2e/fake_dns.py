@@ -20,6 +20,7 @@ from portway.dns import mmsg, wire
 def main() -> None:
     listen, answer = sys.argv[1], socket.inet_aton(sys.argv[2])
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, 33, 4 << 20)  # SO_RCVBUFFORCE: room for bursts
     s.bind((listen, 53))
     batch = mmsg.Batch()  # what is queued, read and answered a system call each way
     seen = 0

@@ -294,6 +294,43 @@ def test_forwarding_failover_and_internal(upstream: Sandbox) -> None:
     assert any(u[3] == sb.outside_addr for u in udp53)
 
 
+SAME_IDS = """
+import json, socket, struct
+name = b"\\x07example\\x03org\\x00"
+socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(4)]
+for s in socks:
+    s.settimeout(5)
+    s.connect(("10.64.0.1", 53))
+for qid in range(100):  # every socket uses the same ids, 0 to 99
+    for s in socks:
+        s.send(struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0) + name + b"\\0\\1\\0\\1")
+print("sent", flush=True)
+got = [sorted(struct.unpack("!H", r[:2])[0] for r in (s.recv(512) for _ in range(100))
+              if r.endswith(socket.inet_aton("192.0.2.99"))) for s in socks]
+print(json.dumps(got))
+"""
+
+
+def test_forwarded_burst_with_the_same_ids(upstream: Sandbox) -> None:
+    # 400 forwarded queries queued at once, four sockets asking under the same 100 ids:
+    # they share upstream sockets under ids of the server's own, and every answer
+    # still reaches the socket that asked, under its own id, once.
+    sb = upstream
+    sb.pw("network", "create", "app", "--subnet", "10.64.0.0/24")
+    sb.pw("run", "-d", "--name", "cli", "--network", "app", "--", "sleep", "300")
+    pid = int((sb.state_dir / "dns.pid").read_text().split()[0])
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        proc = subprocess.Popen(sb.pw_cmd("exec", "cli", "--", "python3", "-c", SAME_IDS),
+                                stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None and proc.stdout.readline() == "sent\n"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert json.loads(out) == [list(range(100))] * 4
+
+
 def test_refuses_outsiders_and_survives_garbage(sandbox: Sandbox) -> None:
     sb = sandbox
     sb.pw("network", "create", "app", "--subnet", "10.67.0.0/24")

@@ -3,8 +3,8 @@
 Standard library only, one thread on epoll (asyncio's per-datagram cost would
 be the ceiling, measured in DESIGN.md), reading and answering in batches. Local
 names are answered in the loop from dictionaries built at reload time; other
-names are forwarded to the upstream resolvers from the loop too, a non-blocking
-socket per query, with failover and (on a helper thread) TCP fallback.
+names are forwarded to the upstream resolvers from the loop too, on non-blocking
+sockets, with failover and (on a helper thread) TCP fallback.
 
 The engine writes the records to STATE/dns.json and sends "reload" on the
 control socket STATE/dns.sock; the reply comes after the new records are in
@@ -48,7 +48,8 @@ MAX_KEPT = 20_000  # replies kept for repeated queries (each at most 512 + 512 b
 # send. Load is a read of GATHER_AT or more, but not a full batch (a backlog: no pause).
 GATHER_AT = 4
 GATHER_PAUSE = 50e-6
-MAX_FORWARDS = 512  # forwarded queries in flight, a socket each
+MAX_FORWARDS = 2048  # forwarded queries in flight; a flood beyond is shed
+FORWARDS_PER_SOCKET = 64  # queries of one round to one upstream that share a socket
 
 
 class Forward:
@@ -168,7 +169,10 @@ class Server:
         self.gather = False  # a socket is under load: pause before the next poll
         self.forwarded_sent = 0  # forwarded answers sent over UDP (not through batch)
         self.forwarded_lock = threading.Lock()
-        self.forwards: dict[socket.socket, Forward] = {}  # in flight, by upstream socket
+        # In flight: by upstream socket, then by the id it went under.
+        self.forwards: dict[socket.socket, dict[bytes, Forward]] = {}
+        self.in_flight = 0
+        self.outbox: list[Forward] = []  # queued this round of the loop
         self.expiries: collections.deque[tuple[float, socket.socket]] = collections.deque()
         self.log: collections.deque[tuple[Any, ...]] = collections.deque(maxlen=LOG_SIZE)
         self.pool = Pool(16)  # forwarding over TCP (truncated answers)
@@ -349,75 +353,105 @@ class Server:
     # forwarding
 
     def start_forward(self, msg: bytes, src: bytes, reply: Callable[[bytes], None]) -> None:
-        """Forward msg to the querier's upstream resolvers, first to last, from the loop:
-        each attempt is a non-blocking socket of its own (a fresh source port), read
-        when epoll says its answer is there; an error or UPSTREAM_TIMEOUT moves on to
-        the next upstream. A flood beyond MAX_FORWARDS in flight is shed."""
-        if len(self.forwards) >= MAX_FORWARDS:
+        """Queue msg for the querier's upstream resolvers; serve() sends what this
+        round of the loop queued (send_forwards). A flood beyond MAX_FORWARDS in
+        flight is shed."""
+        if self.in_flight + len(self.outbox) >= MAX_FORWARDS:
             return
         try:
             q = wire.parse_question(msg)
         except wire.FormErr:
             return  # what the fast path let through but has no question: dropped
         upstreams = self.view.custom_dns.get(src) or self.upstreams
-        self._attempt(Forward(msg, q, src, reply, upstreams, time.monotonic()), 0)
+        self.outbox.append(Forward(msg, q, src, reply, upstreams, time.monotonic()))
 
-    def _attempt(self, fwd: Forward, index: int) -> None:
-        for i in range(index, len(fwd.upstreams)):
-            try:
-                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            except OSError:  # out of descriptors: SERVFAIL, below
-                break
-            try:
-                sock.setblocking(False)
-                sock.connect((fwd.upstreams[i], 53))
-                sock.send(fwd.msg)
-            except OSError:
-                sock.close()
-                continue
-            fwd.index = i
-            self.forwards[sock] = fwd
-            self.expiries.append((time.monotonic() + UPSTREAM_TIMEOUT, sock))
-            self._watch(sock.fileno(), functools.partial(self._upstream_answer, sock))
-            return
-        self._note(fwd.q, fwd.src, "failed: no upstream answered" if fwd.upstreams else
-                   "failed: no upstream resolver", time.monotonic() - fwd.started,
-                   wire.SERVFAIL)
-        fwd.reply(wire.response(fwd.q, wire.SERVFAIL, authoritative=False))
+    def send_forwards(self, fwds: list[Forward]) -> None:
+        """Send each query to its current upstream, from the loop, never waiting: the
+        queries of one round for one upstream share a new non-blocking socket (a fresh
+        source port), each under a random id of ours, and the answers are read when
+        epoll says they have come. An error or UPSTREAM_TIMEOUT moves what is left
+        on that socket to the next upstream; past the last, SERVFAIL."""
+        groups: dict[str, list[Forward]] = {}
+        for fwd in fwds:
+            if fwd.index < len(fwd.upstreams):
+                groups.setdefault(fwd.upstreams[fwd.index], []).append(fwd)
+            else:
+                self._note(fwd.q, fwd.src, "failed: no upstream answered" if fwd.upstreams
+                           else "failed: no upstream resolver",
+                           time.monotonic() - fwd.started, wire.SERVFAIL)
+                fwd.reply(wire.response(fwd.q, wire.SERVFAIL, authoritative=False))
+        for upstream, group in groups.items():
+            for at in range(0, len(group), FORWARDS_PER_SOCKET):
+                self._send_group(upstream, group[at:at + FORWARDS_PER_SOCKET])
 
-    def _upstream_answer(self, sock: socket.socket) -> None:
-        fwd = self.forwards.get(sock)
-        if fwd is None:
-            return
+    def _send_group(self, upstream: str, group: list[Forward]) -> None:
+        pending: dict[bytes, Forward] = {}
+        sock = None
         try:
-            while len(answer := sock.recv(65535)) < 12 or answer[:2] != fwd.msg[:2]:
-                pass  # not a DNS answer to this query's id: read on
-        except BlockingIOError:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
+            sock.connect((upstream, 53))
+            ids = os.urandom(2 * len(group))
+            for i, fwd in enumerate(group):
+                number = int.from_bytes(ids[2 * i:2 * i + 2], "big")
+                while (qid := number.to_bytes(2, "big")) in pending:
+                    number = (number + 1) & 0xFFFF  # taken on this socket: the next free
+                sock.send(qid + fwd.msg[2:])
+                pending[qid] = fwd
+        except OSError:  # no socket, or this upstream unreachable: the next one
+            if sock is not None:
+                sock.close()
+            self._advance(group)
             return
-        except OSError:  # refused (an ICMP error): the next upstream
-            self._end_attempt(sock)
-            self._attempt(fwd, fwd.index + 1)
-            return
-        self._end_attempt(sock)
-        if answer[2] & 0x02:  # truncated: this upstream and the rest over TCP, on a thread
-            self.pool.submit(self.forward, fwd.msg, fwd.src, fwd.reply,
-                             fwd.upstreams[fwd.index:], fwd.started)
-            return
-        self._note(fwd.q, fwd.src, f"forwarded to {fwd.upstreams[fwd.index]}",
-                   time.monotonic() - fwd.started, answer[3] & 0xF)
-        fwd.reply(answer)
+        self.forwards[sock] = pending
+        self.in_flight += len(pending)
+        self.expiries.append((time.monotonic() + UPSTREAM_TIMEOUT, sock))
+        self._watch(sock.fileno(), functools.partial(self._upstream_answers, sock))
 
-    def _end_attempt(self, sock: socket.socket) -> None:
-        self.forwards.pop(sock, None)
+    def _advance(self, fwds: list[Forward]) -> None:
+        for fwd in fwds:
+            fwd.index += 1
+        self.send_forwards(fwds)
+
+    def _upstream_answers(self, sock: socket.socket) -> None:
+        pending = self.forwards.get(sock)
+        if pending is None:
+            return
+        while pending:
+            try:
+                answer = sock.recv(65535)
+            except BlockingIOError:
+                return
+            except OSError:  # refused (an ICMP error): the next upstream, for all left
+                self._end_socket(sock)
+                self._advance(list(pending.values()))
+                return
+            fwd = pending.pop(answer[:2], None) if len(answer) >= 12 else None
+            if fwd is None:
+                continue  # not a DNS answer to one of this socket's ids: read on
+            self.in_flight -= 1
+            if answer[2] & 0x02:  # truncated: this upstream and the rest over TCP
+                self.pool.submit(self.forward, fwd.msg, fwd.src, fwd.reply,
+                                 fwd.upstreams[fwd.index:], fwd.started)
+                continue
+            self._note(fwd.q, fwd.src, f"forwarded to {fwd.upstreams[fwd.index]}",
+                       time.monotonic() - fwd.started, answer[3] & 0xF)
+            fwd.reply(fwd.msg[:2] + answer[2:])  # with the client's own id
+        self._end_socket(sock)
+
+    def _end_socket(self, sock: socket.socket) -> None:
+        pending = self.forwards.pop(sock, None)
+        if pending:
+            self.in_flight -= len(pending)
         self._unwatch(sock)
 
     def _expire_forwards(self, now: float) -> None:
         while self.expiries and self.expiries[0][0] <= now:
             sock = self.expiries.popleft()[1]
-            fwd = self.forwards.get(sock)
-            if fwd is not None:  # no answer in time: the next upstream
-                self._end_attempt(sock)
-                self._attempt(fwd, fwd.index + 1)
+            pending = self.forwards.get(sock)
+            if pending is not None:  # no answer in time: the next upstream
+                left = list(pending.values())
+                self._end_socket(sock)
+                self._advance(left)
 
     def forward(self, msg: bytes, src: bytes, reply: Any, upstreams: list[str],
                 started: float) -> None:
@@ -625,6 +659,9 @@ class Server:
                 handler = self.handlers.get(fd)
                 if handler is not None:  # else closed by an earlier handler of this round
                     handler()
+            if self.outbox:
+                outbox, self.outbox = self.outbox, []
+                self.send_forwards(outbox)
             if self.gather:
                 self.gather = False
                 time.sleep(GATHER_PAUSE)
