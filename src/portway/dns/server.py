@@ -532,8 +532,8 @@ class Server:
                 return
 
     def _send_forwarded(self, sock: socket.socket, peer: tuple[str, int], data: bytes) -> None:
-        """An upstream's answer back to the client (on a forwarding thread): a packet
-        of its own."""
+        """An upstream's answer back to a UDP client, a packet of its own (from the
+        loop, or from a thread when it came over TCP)."""
         try:
             sock.sendto(data, peer)
         except OSError:
@@ -750,8 +750,8 @@ def main() -> None:
         raise SystemExit("usage: portway-dns --state-dir DIR --resolv FILE")
     server = Server(args["--state-dir"], args["--resolv"])
     mmsg.set_timer_slack(1000)  # GATHER_PAUSE is a pause of 50 µs, not 100
-    # A socket per forwarded query in flight, two per network: as many descriptors as
-    # the hard limit allows.
+    # Sockets for forwarded queries in flight and two per network: as many descriptors
+    # as the hard limit allows.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
