@@ -391,6 +391,12 @@ def test_survives_a_hostile_upstream(sandbox: Sandbox) -> None:
     finally:
         proc.kill()
         proc.wait()
+    # Nobody listening there now: the ICMP port-unreachable fails the query at once,
+    # not after the upstream timeout (2 s).
+    started = time.monotonic()
+    assert status(sb, "cli", "refused.example") == "SERVFAIL"
+    assert time.monotonic() - started < 1.5
+    assert "failed: no upstream answered" in sb.pw("dns").stdout
 
 
 def test_server_follows_networks_and_gc(sandbox: Sandbox) -> None:
