@@ -140,20 +140,27 @@ print(json.dumps({"answers": len(got), "packets": packets, "largest": largest,
 """
 
 
-def burst(sb: Sandbox, *names: str) -> dict[str, Any]:
-    """600 queries for names (in turn) from four sockets of container cli, all queued
-    while the DNS server is stopped; what came back, and in how many packets."""
+def while_stopped(sb: Sandbox, script: str, *args: str) -> Any:
+    """Run script in container cli while the DNS server is stopped (SIGSTOP), until it
+    prints "sent", so that everything it sent is queued at once; then let the server
+    go on and return the JSON the script prints last."""
     pid = int((sb.state_dir / "dns.pid").read_text().split()[0])
     os.kill(pid, signal.SIGSTOP)
     try:
-        proc = subprocess.Popen(sb.pw_cmd("exec", "cli", "--", "python3", "-c", BURST, *names),
+        proc = subprocess.Popen(sb.pw_cmd("exec", "cli", "--", "python3", "-c", script, *args),
                                 stdout=subprocess.PIPE, text=True)
         assert proc.stdout is not None and proc.stdout.readline() == "sent\n"
     finally:
         os.kill(pid, signal.SIGCONT)
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0
-    result: dict[str, Any] = json.loads(out)
+    return json.loads(out)
+
+
+def burst(sb: Sandbox, *names: str) -> dict[str, Any]:
+    """600 queries for names (in turn) from four sockets of container cli, all queued
+    at once; what came back, and in how many packets."""
+    result: dict[str, Any] = while_stopped(sb, BURST, *names)
     return result
 
 
@@ -318,17 +325,7 @@ def test_forwarded_burst_with_the_same_ids(upstream: Sandbox) -> None:
     sb = upstream
     sb.pw("network", "create", "app", "--subnet", "10.64.0.0/24")
     sb.pw("run", "-d", "--name", "cli", "--network", "app", "--", "sleep", "300")
-    pid = int((sb.state_dir / "dns.pid").read_text().split()[0])
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        proc = subprocess.Popen(sb.pw_cmd("exec", "cli", "--", "python3", "-c", SAME_IDS),
-                                stdout=subprocess.PIPE, text=True)
-        assert proc.stdout is not None and proc.stdout.readline() == "sent\n"
-    finally:
-        os.kill(pid, signal.SIGCONT)
-    out, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 0
-    assert json.loads(out) == [list(range(100))] * 4
+    assert while_stopped(sb, SAME_IDS) == [list(range(100))] * 4
 
 
 def test_refuses_outsiders_and_survives_garbage(sandbox: Sandbox) -> None:

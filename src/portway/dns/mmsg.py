@@ -88,7 +88,6 @@ class Batch:
                                       ctypes.POINTER(_Iovec))
                 hdr.iovlen = 1
         self._entry = ctypes.sizeof(_Mmsghdr)
-        self._namelen_at = _Msghdr.namelen.offset
         self._len_at = _Mmsghdr.len.offset
         self._name_at = _Msghdr.name.offset
         self._control_at = _Msghdr.control.offset
