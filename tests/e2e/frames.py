@@ -1,11 +1,16 @@
 """Hand-made Ethernet frames, sent from inside a container by the spoofing tests.
 
     python3 frames.py udp IFNAME SRC_MAC SRC_IP DST_MAC DST_IP PORT PAYLOAD
-    python3 frames.py arp IFNAME SRC_MAC SENDER_IP TARGET_IP
+    python3 frames.py dns IFNAME SRC_MAC SRC_IP DST_MAC DST_IP NAME
+    python3 frames.py arp IFNAME SRC_MAC SENDER_IP TARGET_IP [DST_MAC]
+    python3 frames.py ra IFNAME SRC_MAC DST_MAC PREFIX
 
 `udp` sends one UDP datagram with whatever source MAC and address it is given;
-`arp` sends a broadcast ARP request claiming SENDER_IP is at SRC_MAC. A packet
-socket writes the frame as is, so nothing in the container's stack corrects it.
+`dns` the same, carrying a DNS query for NAME to port 53; `arp` sends an ARP
+request claiming SENDER_IP is at SRC_MAC (broadcast, or to DST_MAC); `ra` an IPv6
+router advertisement from the link-local address of SRC_MAC, offering PREFIX (a
+/64) for address autoconfiguration and itself as default router. A packet socket
+writes the frame as is, so nothing in the container's stack corrects it.
 """
 
 from __future__ import annotations
@@ -35,18 +40,50 @@ def udp_frame(src_mac: str, src_ip: str, dst_mac: str, dst_ip: str, port: int,
     return mac(dst_mac) + mac(src_mac) + b"\x08\x00" + header + udp
 
 
-def arp_frame(src_mac: str, sender_ip: str, target_ip: str) -> bytes:
+def arp_frame(src_mac: str, sender_ip: str, target_ip: str,
+              dst_mac: str = "ff:ff:ff:ff:ff:ff") -> bytes:
     arp = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, mac(src_mac),
                       socket.inet_aton(sender_ip), b"\0" * 6, socket.inet_aton(target_ip))
-    return b"\xff" * 6 + mac(src_mac) + b"\x08\x06" + arp
+    return mac(dst_mac) + mac(src_mac) + b"\x08\x06" + arp
+
+
+def dns_query(name: str) -> bytes:
+    labels = b"".join(bytes([len(part)]) + part.encode() for part in name.split("."))
+    return struct.pack("!HHHHHH", 0x4242, 0x0100, 1, 0, 0, 0) + labels + b"\0" + \
+        struct.pack("!HH", 1, 1)
+
+
+def link_local(src_mac: str) -> bytes:
+    """fe80::/64 with the modified EUI-64 of the MAC."""
+    raw = bytearray(mac(src_mac))
+    raw[0] ^= 0x02
+    return b"\xfe\x80" + b"\0" * 6 + bytes(raw[:3]) + b"\xff\xfe" + bytes(raw[3:])
+
+
+def ra_frame(src_mac: str, dst_mac: str, prefix: str) -> bytes:
+    src, dst = link_local(src_mac), socket.inet_pton(socket.AF_INET6, "ff02::1")
+    # Router lifetime 1800 s; a prefix option (type 3): /64, on-link and autonomous,
+    # valid and preferred for an hour; the source link-layer address (type 1).
+    body = struct.pack("!BBHBBHII", 134, 0, 0, 64, 0, 1800, 0, 0)
+    body += struct.pack("!BBBBIII16s", 3, 4, 64, 0xC0, 3600, 3600, 0,
+                        socket.inet_pton(socket.AF_INET6, prefix.split("/")[0]))
+    body += struct.pack("!BB6s", 1, 1, mac(src_mac))
+    pseudo = src + dst + struct.pack("!IxxxB", len(body), 58)
+    body = body[:2] + struct.pack("!H", checksum(pseudo + body)) + body[4:]
+    header = struct.pack("!IHBB16s16s", 6 << 28, len(body), 58, 255, src, dst)
+    return mac(dst_mac) + mac(src_mac) + b"\x86\xdd" + header + body
 
 
 def main(argv: list[str]) -> None:
     kind, ifname = argv[0], argv[1]
     if kind == "udp":
         frame = udp_frame(argv[2], argv[3], argv[4], argv[5], int(argv[6]), argv[7].encode())
+    elif kind == "dns":
+        frame = udp_frame(argv[2], argv[3], argv[4], argv[5], 53, dns_query(argv[6]))
+    elif kind == "ra":
+        frame = ra_frame(argv[2], argv[3], argv[4])
     else:
-        frame = arp_frame(argv[2], argv[3], argv[4])
+        frame = arp_frame(argv[2], argv[3], argv[4], *argv[5:6])
     with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
         s.bind((ifname, 0))
         s.send(frame)

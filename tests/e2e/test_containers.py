@@ -216,9 +216,17 @@ def test_stop_keeps_networking_until_rm(sandbox: Sandbox) -> None:
     assert not processes_in(netns)
     eth0 = ip_json(netns, "addr", "show", "dev", "eth0")[0]
     assert any(a["local"] == "10.82.0.2" for a in eth0["addr_info"])
-    # A clean SIGTERM exit is recorded as the shell reports it.
-    sb.pw("run", "-d", "--name", "polite", "--network", "app", "--", "sleep", "300")
+    # A clean SIGTERM exit is recorded as the command reports it. The command is the
+    # first process of its PID namespace: it gets only the signals it handles (Docker's
+    # rule), so this one handles SIGTERM.
+    sb.pw("run", "-d", "--name", "polite", "--network", "app", "--", "sh", "-c",
+          "trap 'exit 143' TERM; echo ready; while :; do sleep 0.1; done")
+    deadline = time.monotonic() + 5
+    while "ready" not in sb.pw("logs", "polite").stdout and time.monotonic() < deadline:
+        time.sleep(0.02)
+    started = time.monotonic()
     sb.pw("stop", "polite")
+    assert time.monotonic() - started < 5
     assert sb.inspect("polite")["State"]["ExitCode"] == 143  # type: ignore[index]
     cp = sb.pw("rm", "stubborn", "polite")
     assert cp.stdout.split() == ["stubborn", "polite"]

@@ -205,7 +205,7 @@ def test_isolation_between_networks_and_icc(fw: Sandbox) -> None:
     _delete_rule(sb, f"out-{qid}", "no direct access")
     assert get(cq, "http://10.84.0.2/") == "200"
     report = sb.pw("gc").stdout
-    assert "rebuild table inet portway" in report
+    assert "restore chain inet portway" in report
     assert get(ca, "http://10.83.0.2/", 1).startswith("fail")
 
 
@@ -217,14 +217,14 @@ def test_internal_network(fw: Sandbox) -> None:
     try:
         sb.pw("network", "create", "db", "--subnet", "10.85.0.0/24", "--internal")
         sb.pw("network", "create", "app", "--subnet", "10.86.0.0/24")
-        sb.extra["inner"] = ["--network", "db"]
+        sb.extra["inner"] = ["--network", "db", "--cap-add", "NET_ADMIN"]
         served(sb, "inner")
         sb.pw("run", "-d", "--name", "open", "--network", "app", "--", "sleep", "300")
         subprocess.run([*in_ns(sb.outside), "python3", "-c", WAIT, sb.outside_addr, "9000"])
         url = f"http://{sb.outside_addr}:9000/"
         assert get(sb.pw_cmd("exec", "open", "--"), url) == "200"  # control
         assert get(sb.pw_cmd("exec", "inner", "--"), url, 1).startswith("fail")
-        # Even with a route added by hand inside the container, nothing leaves.
+        # Even with a route added inside the container (given NET_ADMIN), nothing leaves.
         sb.pw("exec", "inner", "--", "ip", "route", "add", "default", "via", "10.85.0.1")
         assert get(sb.pw_cmd("exec", "inner", "--"), url, 1).startswith("fail")
         # Unreachable from outside, even with a route to it.
@@ -247,26 +247,33 @@ def test_internal_network_reaches_no_other_host_address(fw: Sandbox) -> None:
         sb.pw("network", "create", "db", "--subnet", "10.85.0.0/24", "--internal")
         db = json.loads(sb.pw("network", "inspect", "db").stdout)[0]
         sb.pw("network", "create", "app", "--subnet", "10.86.0.0/24")
-        sb.pw("run", "-d", "--name", "inner", "--network", "db", "--", "sleep", "300")
+        sb.pw("run", "-d", "--name", "inner", "--network", "db", "--cap-add", "NET_ADMIN",
+              "--", "sleep", "300")
         sb.pw("run", "-d", "--name", "open", "--network", "app", "--", "sleep", "300")
         subprocess.run([*in_ns(sb.host), "python3", "-c", WAIT, "127.0.0.1", "9100"])
         inner, open_ = sb.pw_cmd("exec", "inner", "--"), sb.pw_cmd("exec", "open", "--")
         others = [f"http://{sb.host_addr}:9100/", "http://10.86.0.1:9100/"]
         # A normal network reaches the host's addresses (as with Docker).
         assert get(open_, others[0]) == "200"
-        # The attacker adds the route portway did not give it.
+        # The attacker (given NET_ADMIN) adds the route portway did not give it.
         sb.pw("exec", "inner", "--", "ip", "route", "add", "default", "via", "10.85.0.1")
         # Control: without the internal network's input rules, it reaches them too.
         chain = f"host-{db['Id'][:12]}"
         sb.in_host("nft", "flush", "chain", "inet", "portway", chain)
         assert [get(inner, url, 1) for url in others] == ["200", "200"]
-        assert "rebuild table inet portway" in sb.pw("gc").stdout
+        assert "restore chain inet portway" in sb.pw("gc").stdout
         assert [get(inner, url, 1)[:4] for url in others] == ["fail", "fail"]
-        # Its own gateway stays reachable: that is where its DNS server answers.
-        assert get(inner, "http://10.85.0.1:9100/") == "200"
+        # Of its own gateway it reaches DNS alone (where portway's server answers), not the
+        # host's other services there; the control above reached them (flushed chain).
+        assert get(inner, "http://10.85.0.1:9100/", 1).startswith("fail")
         sb.pw("run", "-d", "--name", "peer", "--network", "db", "--", "sleep", "300")
         assert sb.pw("exec", "inner", "--", "getent", "hosts", "peer").stdout.startswith(
             "10.85.0.3")
+        tcp = sb.pw("exec", "inner", "--", "dig", "+tcp", "+short", "@10.85.0.1", "peer")
+        assert tcp.stdout.strip() == "10.85.0.3"
+        sb.in_host("nft", "flush", "chain", "inet", "portway", chain)
+        assert get(inner, "http://10.85.0.1:9100/") == "200"  # control for the gateway
+        sb.pw("gc")
     finally:
         server.terminate()
         server.wait(timeout=5)
@@ -348,7 +355,7 @@ def test_gc_after_flush_and_open_connection_survives(fw: Sandbox) -> None:
         # unhooking its chains, so the connection's NAT state survives it.
         nid = json.loads(sb.pw("network", "inspect", "app").stdout)[0]["Id"][:12]
         _delete_rule(sb, f"out-{nid}", "no direct access")
-        assert "rebuild table inet portway" in sb.pw("gc").stdout
+        assert "restore chain inet portway" in sb.pw("gc").stdout
         assert echo("three") == "three"
     finally:
         client.kill()
@@ -420,3 +427,85 @@ def test_published_port_follows_disconnect(fw: Sandbox) -> None:
     sb.pw("network", "disconnect", "a", "web")
     assert get(in_ns(sb.outside), url) == "200"
     assert sb.pw("gc").stdout.startswith("nothing to repair")
+
+
+# A forged ICMP error: the attacker names a flow of the victim's (the victim's connected
+# UDP socket to a host service) as the packet the error is about. Conntrack then calls
+# it `related` to that flow. Sent as the attacker's own raw packet (CAP_NET_RAW, which
+# containers keep).
+FORGE = ("import socket, struct, sys\n"
+         "victim, sport, gw, dport = sys.argv[1], int(sys.argv[2]), sys.argv[3], "
+         "int(sys.argv[4])\n"
+         "def csum(b):\n"
+         "    t = sum(struct.unpack(f'!{len(b)//2}H', b))\n"
+         "    while t >> 16: t = (t & 0xffff) + (t >> 16)\n"
+         "    return ~t & 0xffff\n"
+         "ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 36, 1, 0x4000, 64, 17, 0,\n"
+         "                 socket.inet_aton(victim), socket.inet_aton(gw))\n"
+         "ip = ip[:10] + struct.pack('!H', csum(ip)) + ip[12:]\n"
+         "inner = ip + struct.pack('!HHHH', sport, dport, 16, 0)\n"
+         "icmp = struct.pack('!BBHI', 3, 3, 0, 0) + inner\n"
+         "icmp = icmp[:2] + struct.pack('!H', csum(icmp)) + icmp[4:]\n"
+         "s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)\n"
+         "for _ in range(3): s.sendto(icmp, (victim, 0))\n")
+# The victim: a connected UDP socket to a host service that never answers; it prints its
+# port, then whether an ICMP error ended its wait (ECONNREFUSED) for each try.
+VICTIM = ("import socket, sys, time\n"
+          "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+          "s.connect((sys.argv[1], 9999)); s.settimeout(0.5)\n"
+          "print('port', s.getsockname()[1], flush=True)\n"
+          "while True:\n"
+          "    s.send(b'hello')\n"
+          "    try: s.recv(100); print('answer', flush=True)\n"
+          "    except ConnectionRefusedError: print('refused', flush=True)\n"
+          "    except socket.timeout: print('quiet', flush=True)\n")
+
+
+def test_forged_icmp_errors_meet_isolation_and_icc(fw: Sandbox) -> None:
+    sb = fw
+    sb.pw("network", "create", "a", "--subnet", "10.101.0.0/24")
+    sb.pw("network", "create", "b", "--subnet", "10.102.0.0/24")
+    sb.pw("network", "create", "quiet", "--subnet", "10.103.0.0/24",
+          "-o", "com.docker.network.bridge.enable_icc=false")
+    # A host service on every address that takes datagrams and never answers.
+    sink = subprocess.Popen([*in_ns(sb.host), "python3", "-c",
+                             "import socket; s = socket.socket(socket.AF_INET, "
+                             "socket.SOCK_DGRAM); s.bind(('0.0.0.0', 9999))\n"
+                             "while True: s.recv(100)"])
+    try:
+        cases = (("victim", "a", "10.101.0.1", "attacker", "b"),
+                 ("qvictim", "quiet", "10.103.0.1", "qattacker", "quiet"))
+        for victim, net, gw, attacker, anet in cases:
+            sb.pw("run", "-d", "--name", victim, "--network", net, "--", "python3", "-c",
+                  VICTIM, gw)
+            sb.pw("run", "-d", "--name", attacker, "--network", anet, "--", "sleep", "300")
+
+        def forged(victim: str, gw: str, attacker: str) -> bool:
+            """Whether the forged error reached the victim (its socket saw ECONNREFUSED)."""
+            deadline = time.monotonic() + 5
+            while "port " not in sb.pw("logs", victim).stdout:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            log = sb.pw("logs", victim).stdout
+            sport = log.split("port ", 1)[1].split()[0]
+            address = sb.inspect(victim)["NetworkSettings"]["Networks"]  # type: ignore[index]
+            (ip,) = [n["IPAddress"] for n in address.values()]  # type: ignore[attr-defined]
+            seen = log.count("refused")
+            sb.pw("exec", attacker, "--", "python3", "-c", FORGE, ip, sport, gw, "9999")
+            time.sleep(1.2)
+            return sb.pw("logs", victim).stdout.count("refused") > seen
+
+        # Control: with `related` accepted first, as before, each forged error gets in.
+        for _, _, _, _, anet in cases:
+            nid = json.loads(sb.pw("network", "inspect", anet).stdout)[0]["Id"][:12]
+            sb.in_host("nft", "insert", "rule", "inet", "portway", f"in-{nid}", "ct", "state",
+                       "related", "accept")
+        for victim, _, gw, attacker, _ in cases:
+            assert forged(victim, gw, attacker), f"control: {attacker} -> {victim}"
+        assert sb.pw("gc").stdout.count("restore chain inet portway in-") == 2
+        for victim, _, gw, attacker, _ in cases:
+            assert not forged(victim, gw, attacker), f"{attacker} -> {victim}"
+    finally:
+        sink.kill()
+        sink.wait()
+

@@ -51,7 +51,8 @@ def test_podman_on_portway(podman: PodmanWorld, sandbox: Sandbox) -> None:
     assert set(ps) == {"web", "client"} and ps["web"]["Runtime"] == "podman"
     assert "8080" in sb.in_host("nft", "list", "map", "inet", "portway", "pub_any_addr").stdout
     tables = sb.in_host("nft", "list", "tables").stdout.split("\n")
-    assert sorted(t for t in tables if t) == ["table bridge portway", "table inet portway"]
+    assert sorted(t for t in tables if t) == ["table arp portway", "table bridge portway",
+                                              "table inet portway"]
     # By name, both ways, through portway's DNS server.
     web_ip = ps["web"]["NetworkSettings"]["Networks"]["pnet"]["IPAddress"]
     client_ip = ps["client"]["NetworkSettings"]["Networks"]["pnet"]["IPAddress"]

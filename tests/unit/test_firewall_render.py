@@ -7,11 +7,12 @@ import json
 import os
 from pathlib import Path
 
-from portway.core import firewall
+from portway.core import firewall, names
 from portway.core.firewall import Published
 from portway.model.types import Endpoint, Network
 
 GOLDEN = Path(__file__).parent / "golden"
+INSTANCE = "1a2b3c4d"
 
 
 def network(internal: bool = False, **options: str) -> Network:
@@ -40,13 +41,14 @@ def test_golden_base() -> None:
 
 
 def test_golden_network() -> None:
-    check_golden("network.json", firewall.render_network(network()))
-    check_golden("network-internal.json", firewall.render_network(network(internal=True)))
+    check_golden("network.json", firewall.render_network(network(), INSTANCE))
+    check_golden("network-internal.json",
+                 firewall.render_network(network(internal=True), INSTANCE))
 
 
 def test_golden_ports() -> None:
     check_golden("ports.json", firewall.render_ports([published(8080),
-                                                      published(6379, "127.0.0.1")]))
+                                                      published(6379, "127.0.0.1")], INSTANCE))
 
 
 def rules(cmds: list[dict[str, object]]) -> int:
@@ -54,67 +56,123 @@ def rules(cmds: list[dict[str, object]]) -> int:
 
 
 def test_ports_are_elements_not_rules() -> None:
-    one = firewall.render_ports([published(8080)])
-    many = firewall.render_ports([published(p) for p in range(1000, 2000)])
+    one = firewall.render_ports([published(8080)], INSTANCE)
+    many = firewall.render_ports([published(p) for p in range(1000, 2000)], INSTANCE)
     assert rules(one) == rules(many) == 0
     assert len(many) == 1000 * len(one)
 
 
 def test_rules_per_network_are_constant() -> None:
     # Base chains dispatch by map; a network adds its own few rules, not one per peer.
-    a = firewall.render_network(network())
-    assert rules(a) == 9
+    a = firewall.render_network(network(), INSTANCE)
+    assert rules(a) == 10
     base_rules = rules(firewall.render_base())
-    assert base_rules == 15
+    assert base_rules == 17
 
 
 def test_options_change_the_network_rules() -> None:
     text = json.dumps(firewall.render_network(network(
-        **{firewall.ICC_OPTION: "false", firewall.MASQ_OPTION: "false"})))
+        **{firewall.ICC_OPTION: "false", firewall.MASQ_OPTION: "false"}), INSTANCE))
     assert "outbound masquerade" not in text
-    icc = [c for c in firewall.render_network(network(**{firewall.ICC_OPTION: "false"}))
+    icc = [c for c in firewall.render_network(network(**{firewall.ICC_OPTION: "false"}), INSTANCE)
            if "(icc)" in json.dumps(c)]
     assert icc and "drop" in json.dumps(icc[0])
-    internal = json.dumps(firewall.render_network(network(internal=True)))
+    internal = json.dumps(firewall.render_network(network(internal=True), INSTANCE))
     assert "nat_src" not in internal and "no way out" in internal
 
 
 def test_removal_mirrors_creation() -> None:
-    net = network()
-    added = {json.dumps(c["add"].get("element", {}).get("name")) for c in
-             firewall.render_network(net) if "element" in c["add"]}
-    removed = {json.dumps(c["delete"].get("element", {}).get("name")) for c in
-               firewall.render_network_removal(net) if "element" in c["delete"]}
-    assert added == removed
+    for net in (network(), network(internal=True)):
+        added = {c["add"]["element"]["name"] for c in firewall.render_network(net, INSTANCE)
+                 if "element" in c["add"]}
+        removed = {c["delete"]["element"]["name"] for c in firewall.render_network_removal(net)
+                   if "element" in c["delete"]}
+        assert added == removed
+        chains = {c["add"]["chain"]["name"] for c in firewall.render_network(net, INSTANCE)
+                  if "chain" in c["add"]}
+        assert chains == set(firewall.network_chains(net))
     ports = [published(8080), published(6379, "127.0.0.1")]
-    assert len(firewall.render_ports_removal(ports)) == len(firewall.render_ports(ports))
+    assert len(firewall.render_ports_removal(ports)) == len(firewall.render_ports(ports, "x"))
 
 
-def test_rebuild_transactions() -> None:
-    net = network()
-    missing = firewall.render_rebuild([net], [published(8080)], None)
-    assert missing[0] == firewall.render_base() and len(missing) == 2
-    existing = firewall.render_rebuild([], [], ["prerouting", "in-abababababab"])
-    assert existing[0][0] == {"flush": {"table": {"family": "inet", "name": "portway"}}}
-    flushed = {c["flush"].get("map", c["flush"].get("set", {})).get("name")
-               for c in existing[0] if "flush" in c}
-    assert flushed >= {"bridges", "dns", *firewall.MAPS}  # flush table leaves elements
-    assert existing[1] == [{"delete": {"chain": {**firewall.T, "name": "in-abababababab"}}}]
+def test_every_element_names_its_owner() -> None:
+    cmds = [*firewall.render_network(network(), INSTANCE),
+            *firewall.render_ports([published(8080)], INSTANCE),
+            *firewall.render_guard([endpoint(2)], INSTANCE)]
+    elements = [c["add"]["element"]["elem"][0] for c in cmds if "element" in c["add"]]
+    assert len(elements) == 6 + 2 + 2
+    for elem in elements:
+        key = elem[0] if isinstance(elem, list) else elem
+        tag = names.parse_owner_tag(key["elem"]["comment"])
+        assert tag is not None and tag[0] == INSTANCE
 
 
-def test_summaries_agree_with_a_listing() -> None:
-    cmds = firewall.render_base() + firewall.render_network(network()) + \
-        firewall.render_ports([published(8080)])
-    listing = [{"chain": {"name": "guard"}}, {"rule": {"chain": "guard"}},
-               {"map": {"name": "pub_any_addr", "elem": [1]}}]
-    counts = firewall.summarize(cmds)
-    assert counts["chain guard"] == 2 and counts["map pub_any_addr"] == 1
-    assert firewall.summarize_listing(listing) == {"chain guard": 1, "map pub_any_addr": 1}
+def listing_of(cmds: list[dict[str, object]]) -> list[dict[str, object]]:
+    """What the kernel would list for cmds, roughly: enough for plan_repair."""
+    from test_trace_reasoning import listing
+
+    return listing(cmds)
 
 
-def test_every_map_is_flushed_on_rebuild() -> None:
-    declared = {c["add"]["map"]["name"] for c in firewall.render_base() if "map" in c["add"]}
-    assert declared == set(firewall.MAPS)
+def plan(have: list[dict[str, object]], want_networks: list[Network],
+         instance: str = INSTANCE) -> list[firewall.Repair]:
+    shared = firewall.render_shared()
+    mine = [c for n in want_networks for c in firewall.render_network(n, instance)]
+    canonical = listing_of([c for cmds in shared.values() for c in cmds]
+                           + [c for c in mine if "element" not in c["add"]])
+    by_family: dict[str, list[dict[str, object]] | None] = {f: None for f in firewall.TABLES}
+    for item in listing_of(have):
+        (body,) = item.values()
+        family = body["family"]  # type: ignore[index]
+        by_family[family] = [*(by_family[family] or []), item]  # type: ignore[index]
+    return firewall.plan_repair(shared, mine, by_family, canonical, instance)
+
+
+def test_repair_of_a_whole_table_adds_the_base_and_mine() -> None:
+    repairs = plan([], [network()])
+    assert [r.what.split(":")[0] for r in repairs] == [
+        f"re-create table {f} portway" for f in firewall.TABLES]
+    assert repairs[0].steps[0] == tuple(firewall.render_base())
+
+
+def test_repair_touches_only_what_differs_and_only_mine() -> None:
+    shared = [c for cmds in firewall.render_shared().values() for c in cmds]
+    mine, theirs = network(), Network(
+        id="ef" * 32, name="theirs", subnet=ipaddress.ip_network("10.78.0.0/24"),
+        gateway=ipaddress.ip_address("10.78.0.1"), bridge="pwbr-efefefef")
+    kernel = [*shared, *firewall.render_network(mine, INSTANCE),
+              *firewall.render_network(theirs, "99999999")]
+    assert plan(kernel, [mine]) == []
+    # Another instance's network is theirs: I neither repair nor delete it.
+    assert plan(kernel, []) and all("theirs" not in r.what and "efefefefefef" not in r.what
+                                    for r in plan(kernel, []))
+    # My rule edited in place (accept -> drop): that chain alone is restored.
+    edited = json.loads(json.dumps(kernel))
+    for cmd in edited:
+        rule = cmd["add"].get("rule", {})
+        if rule.get("chain") == "in-abababababab" and rule["expr"][-1] == {"accept": None}:
+            rule["expr"][-1] = {"drop": None}
+            break
+    repairs = plan(edited, [mine])
+    assert [r.what for r in repairs] == [
+        "restore chain inet portway in-abababababab: it differs from what portway wrote"]
+    flush, *restored = repairs[0].steps[0][1:]
+    assert flush == {"flush": {"chain": {**firewall.T, "name": "in-abababababab"}}}
+    assert len(restored) == 4 and all("rule" in c["add"] for c in restored)
+    # My element gone: put back alone; theirs gone: not mine to restore.
+    without = [c for c in kernel if c != firewall.render_network(mine, INSTANCE)[-1]]
+    assert [r.what for r in plan(without, [mine])] == [
+        "restore element 10.77.0.0/24 of inet portway nat_src: it is missing"]
+
+
+def test_tables_in_use() -> None:
+    shared = [c for cmds in firewall.render_shared().values() for c in cmds]
+    by_family = {f: [i for i in listing_of(shared)
+                     if next(iter(i.values()))["family"] == f]  # type: ignore[index]
+                 for f in firewall.TABLES}
+    assert not firewall.tables_in_use(by_family)  # type: ignore[arg-type]
+    ports = listing_of([*shared, *firewall.render_ports([published(80)], "x")])
+    assert firewall.tables_in_use({"inet": ports})  # type: ignore[dict-item]
 
 
 def endpoint(n: int) -> Endpoint:
@@ -125,20 +183,20 @@ def endpoint(n: int) -> Endpoint:
 
 
 def test_golden_guard() -> None:
-    check_golden("guard.json", firewall.render_guard_rebuild([endpoint(2), endpoint(3)],
-                                                             exists=False))
+    check_golden("guard.json", [*firewall.render_guard_base(),
+                                *firewall.render_guard([endpoint(2), endpoint(3)], INSTANCE)])
 
 
 def test_guard_is_per_endpoint_elements() -> None:
     # Each endpoint adds one element to each set; the rules do not grow.
-    one = firewall.render_guard([endpoint(2)])
-    many = firewall.render_guard([endpoint(n) for n in range(2, 200)])
+    one = firewall.render_guard([endpoint(2)], INSTANCE)
+    many = firewall.render_guard([endpoint(n) for n in range(2, 200)], INSTANCE)
     assert rules(one) == rules(many) == 0
-    assert [len(c["add"]["element"]["elem"]) for c in many] == [198, 198]
+    assert len(many) == 198 * 2
     removal = firewall.render_guard_removal([endpoint(2)])
-    assert [c["delete"]["element"]["elem"] for c in removal] == \
-        [c["add"]["element"]["elem"] for c in one]
-    assert firewall.render_guard([]) == firewall.render_guard_removal([]) == []
+    assert [c["delete"]["element"]["elem"][0] for c in removal] == \
+        [c["add"]["element"]["elem"][0]["elem"]["val"] for c in one]
+    assert firewall.render_guard([], INSTANCE) == firewall.render_guard_removal([]) == []
 
 
 def test_guard_fails_closed() -> None:
@@ -148,17 +206,26 @@ def test_guard_fails_closed() -> None:
     chain_rules = [c["add"]["rule"] for c in base if "rule" in c["add"]]
     assert chain_rules[0]["expr"][0]["match"]["right"] == firewall.VETH_PATTERN
     assert all(r["expr"][-1] == {"drop": None} for r in chain_rules[1:])
-    rebuilt = firewall.render_guard_rebuild([endpoint(2)], exists=True)
-    assert [c["flush"] for c in rebuilt[:3]] == [
-        {"table": {"family": "bridge", "name": "portway"}},
-        {"set": {**firewall.G, "name": "macs"}}, {"set": {**firewall.G, "name": "addrs"}}]
 
 
 def test_internal_network_reaches_only_its_gateway_on_the_host() -> None:
     net = network(internal=True)
-    cmds = firewall.render_network(net)
+    cmds = firewall.render_network(net, INSTANCE)
     host = [c["add"]["rule"] for c in cmds if c["add"].get("rule", {}).get("chain")
             == firewall.host_chain(net)]
-    assert host[0]["expr"][0]["match"]["right"] == "10.77.0.1"
-    assert host[-1]["expr"] == [{"drop": None}]
-    assert "host_in" not in json.dumps(firewall.render_network(network()))
+    # Replies to the host's own connections; DNS (UDP and TCP 53) on its gateway; no more.
+    assert "established" in json.dumps(host[0]["expr"])
+    assert host[1]["expr"][0]["match"]["right"] == "10.77.0.1"
+    assert host[1]["expr"][2]["match"]["right"] == 53
+    assert host[-1]["expr"] == [{"drop": None}] and len(host) == 3
+    assert "host_in" not in json.dumps(firewall.render_network(network(), INSTANCE))
+
+
+def test_related_packets_meet_isolation_first() -> None:
+    # A forged ICMP error about another network's flow is `related`: only `established`
+    # is accepted before the icc and isolation rules.
+    cmds = firewall.render_network(network(), INSTANCE)
+    fin = [c["add"]["rule"] for c in cmds if c["add"].get("rule", {}).get("chain")
+           == "in-abababababab"]
+    assert fin[0]["expr"][0]["match"]["right"] == "established"
+    assert "related" not in json.dumps(fin[:-1])

@@ -62,6 +62,7 @@ def endpoint(n: Network, host: int, veth: str) -> Endpoint:
 
 
 APP, DB = network("app", NET, 77), network("db", DBNET, 78)
+INSTANCE = "1a2b3c4d"
 WEB, CACHE, STORE = endpoint(APP, 2, "pwv-web"), endpoint(APP, 3, "pwv-cache"), \
     endpoint(DB, 2, "pwv-store")
 PORTS = [Published(container_id="web", protocol="tcp", host_port=8080,
@@ -71,9 +72,10 @@ PORTS = [Published(container_id="web", protocol="tcp", host_port=8080,
 
 
 def ruleset(extra: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    cmds = [*firewall.render_base(), *firewall.render_network(APP),
-            *firewall.render_network(DB), *firewall.render_ports(PORTS),
-            *firewall.render_guard_base(), *firewall.render_guard([WEB, CACHE, STORE])]
+    cmds = [*firewall.render_base(), *firewall.render_network(APP, INSTANCE),
+            *firewall.render_network(DB, INSTANCE), *firewall.render_ports(PORTS, INSTANCE),
+            *firewall.render_guard_base(), *firewall.render_arp_base(),
+            *firewall.render_guard([WEB, CACHE, STORE], INSTANCE)]
     return listing(cmds) + (extra or [])
 
 
@@ -295,10 +297,23 @@ def test_dns_to_the_gateway_skips_conntrack_and_nat() -> None:
     assert alive and out.ct_state == "untracked"
     assert [d.chain for d in decisions] == ["guard"]  # the NAT chain does not see it
     for other in (replace(query, l4proto="tcp"), replace(query, daddr=IP("198.51.100.1")),
-                  replace(query, iif="uplink0")):
+                  replace(query, saddr=IP("198.51.100.2"), iif="uplink0")):
         out, decisions, _ = rs.run_hook(("inet", "ip"), "prerouting", other, frozenset())
         assert out.ct_state == "new" and [d.chain for d in decisions] == ["guard",
                                                                           "prerouting"]
+
+
+def test_a_networks_addresses_come_only_from_its_bridge() -> None:
+    rs = Ruleset(ruleset())
+    query = Packet(l4proto="udp", saddr=WEB.address, daddr=APP.gateway, sport=40000,
+                   dport=53, iif=APP.bridge)
+    for spoofed in (replace(query, iif="uplink0"), replace(query, iif=DB.bridge),
+                    replace(query, iif="pwv-web")):
+        _, decisions, alive = rs.run_hook(("inet", "ip"), "prerouting", spoofed, frozenset())
+        assert not alive and decisions[-1].verdict == "drop", spoofed
+    from_host = replace(query, saddr=APP.gateway, iif="lo")
+    _, _, alive = rs.run_hook(("inet", "ip"), "prerouting", from_host, frozenset())
+    assert alive
     answer = Packet(l4proto="udp", saddr=APP.gateway, daddr=WEB.address, sport=53,
                     dport=40000, oif=APP.bridge)
     out, _, _ = rs.run_hook(("inet", "ip"), "output", answer, frozenset())

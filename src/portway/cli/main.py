@@ -64,7 +64,13 @@ def _root() -> Command:
             help="[IP:]HOST_PORT:CONTAINER_PORT[/udp]"),
         Opt("--dns", "list", metavar="IP", help="resolver for names portway does not know"),
         Opt("-d --detach", "flag", help="print the id once the networking is ready"),
-        Opt("--rm", "flag", help="remove the container when its command ends")),
+        Opt("--rm", "flag", help="remove the container when its command ends"),
+        Opt("-u --user", metavar="USER[:GROUP]", help="run as this user (name or uid)"),
+        Opt("--cap-add", "list", metavar="CAP", help="a capability beyond Docker's default "
+            "set (ALL: every one)"),
+        Opt("--cap-drop", "list", metavar="CAP", help="a capability to take away (ALL: "
+            "every one)"),
+        Opt("--privileged", "flag", help="every capability: the container is not isolated")),
         args=(Arg("cmd", "COMMAND [ARG...]", "rest"),))
     exe = Command("exec", "run a command in a running container",
                   args=(Arg("container", "CONTAINER"), Arg("cmd", "COMMAND [ARG...]", "rest")))
@@ -202,9 +208,10 @@ def cmd_run(client: Client, a: Args) -> int:
                           "give a program that exists on this host (or its full path)", 2)
     info = client.call("run", command=command, name=a.name, networks=a.network, ip=a.ip,
                        aliases=a.alias, hostname=a.hostname, ports=a.publish,
-                       detach=a.detach, auto_remove=a.rm, dns=a.dns)
-    if info.get("Warning"):
-        print(f"portway: warning: {info['Warning']}", file=sys.stderr)
+                       detach=a.detach, auto_remove=a.rm, dns=a.dns, cap_add=a.cap_add,
+                       cap_drop=a.cap_drop, privileged=a.privileged, user=a.user)
+    for warning in (info.get("Warning") or "").splitlines():
+        print(f"portway: warning: {warning}", file=sys.stderr)
     if a.detach:
         print(info["Id"])
         return 0
@@ -213,8 +220,9 @@ def cmd_run(client: Client, a: Args) -> int:
 
 def run_foreground(client: Client, info: "dict[str, Any]", command: list[str],
                    auto_remove: bool) -> int:
-    """Fork; the child enters the container's namespaces and becomes the command; the
-    parent forwards signals, waits, and reports the end to the daemon."""
+    """Fork; the child enters the container's namespaces and becomes `unshare`, which runs
+    the command confined (info["Argv"]); the parent forwards signals to the command,
+    waits, and reports the end to the daemon."""
     import os
     import signal
 
@@ -228,13 +236,22 @@ def run_foreground(client: Client, info: "dict[str, Any]", command: list[str],
         os.close(exec_r)
         try:
             sandbox.enter_sandbox(info["SandboxKey"], info["Hostname"],
-                                  [(s, t) for s, t in info["Binds"]])
-            os.execvpe(command[0], command, info["Env"])
+                                  [(s, t) for s, t in info["Binds"]], info["SysfsReadOnly"])
+            os.execvpe(info["Argv"][0], info["Argv"], info["Env"])
         except OSError as exc:
             print(f"portway: cannot run {command[0]!r}: {exc}", file=sys.stderr)
         os._exit(127)
+    def forward(signum: int, _frame: "Any") -> None:
+        # To the command, not to `unshare` (which ignores SIGINT and SIGTERM while it
+        # waits); as its PID namespace's first process, the command gets only the
+        # signals it handles, as in Docker.
+        try:
+            os.kill(sandbox.init_child(pid) or pid, signum)
+        except ProcessLookupError:
+            pass
+
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
-        signal.signal(sig, lambda signum, _frame: os.kill(pid, signum))
+        signal.signal(sig, forward)
     os.close(exec_w)
     os.read(exec_r, 1)
     os.close(exec_r)
@@ -265,24 +282,24 @@ def cmd_exec(client: Client, a: Args) -> int:
     command = a.cmd
     if not command:
         raise ClientError("no command given", "put the command after --", 2)
-    info = client.call("exec_info", ref=a.container)
     import os
 
-    from portway.kernel import sandbox
-
-    try:
-        sandbox.enter_process(info["Pid"])
-    except OSError as exc:
-        raise ClientError(f"cannot enter container {a.container}: {exc}",
-                          "is it still running? see 'portway ps'") from None
+    if _which(command[0]) is None:
+        raise ClientError(f"command not found: {command[0]!r}",
+                          "give a program that exists on this host (or its full path)", 127)
+    info = client.call("exec_info", ref=a.container, command=command, workdir=os.getcwd())
     env = dict(info["Env"])
     if "TERM" in os.environ:
         env["TERM"] = os.environ["TERM"]
+    # nsenter joins the namespaces of the container's first process, forks into its PID
+    # namespace, and exits with the command's status; setpriv drops what the container
+    # may not have (as for its first process).
+    argv = info["Argv"]
     try:
-        os.execvpe(command[0], command, env)
+        os.execve(argv[0], argv, env)
     except OSError as exc:
-        raise ClientError(f"cannot run {command[0]!r} in {a.container}: {exc.strerror}",
-                          "give a program that exists on this host", 127) from None
+        raise ClientError(f"cannot run {argv[0]!r}: {exc.strerror}",
+                          "install util-linux (nsenter, setpriv)", 127) from None
 
 
 def cmd_ps(client: Client, a: Args) -> int:

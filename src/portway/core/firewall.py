@@ -6,27 +6,43 @@ the number of networks, containers and ports: base chains dispatch through
 verdict maps keyed by subnet or bridge name to a few rules per network, and
 published ports are map elements, not rules.
 
+    guard (filter, raw priority)  nothing a container sends arrives on its bridge port
+                       itself (802.1 link-local frames do): dropped; a portway subnet's
+                       addresses come only from its bridge; containers never reach the
+                       host's 127/8
     prerouting (nat)   127/8 never DNATs from outside; published ports by map
     output (nat)       published ports for the host's own processes, 127.0.0.1 too
     postrouting (nat)  host -> loopback-published port: masquerade;
                        saddr vmap @nat_src -> nat-<net>: hairpin and outbound masquerade
     forward (filter)   iifname vmap @fwd_in -> in-<net>: same network, published, isolation
                        oifname vmap @fwd_out -> out-<net>: only replies and published ports
-    guard (filter, raw priority)  containers never reach the host's 127/8
-    input (filter)     internal networks reach no host address but their gateway
+    input (filter)     internal networks reach no host address and no port but DNS on
+                       their gateway
 
 A second table, `bridge portway`, checks every frame a container sends on its
 bridge port (anti-spoofing): the source MAC and IPv4 address, in Ethernet, IP
 and ARP headers, must be the ones portway assigned to that veth, and only IPv4
-and ARP pass. Unknown `pwv-` ports send nothing (fail closed).
+and ARP pass. Unknown `pwv-` ports send nothing (fail closed). A third, `arp
+portway`, drops ARP that arrives on a `pwv-` port itself.
+
+Many portway instances (state dirs) may share one host namespace, and so these
+tables. Rule 1: the tables, their sets, maps and base chains are shared and the
+same for all; whoever needs them first creates them (kernel side: under a lock),
+and they go when no instance has anything left in them. Rule 2: every set or map
+element carries its owner in its comment (names.owner_tag), and every per-network
+chain is reached only through its network's elements; an instance adds, repairs
+and removes only its own (plan_repair).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from portway.core.names import owner_tag, parse_owner_tag
+from portway.core.nftsim import describe
 from portway.model.types import Endpoint, IPAddress, Network
 
 FAMILY = "inet"
@@ -34,6 +50,9 @@ TABLE = "portway"
 T = {"family": FAMILY, "table": TABLE}
 GUARD_FAMILY = "bridge"
 G = {"family": GUARD_FAMILY, "table": TABLE}
+ARP_FAMILY = "arp"
+A = {"family": ARP_FAMILY, "table": TABLE}
+TABLES = (FAMILY, GUARD_FAMILY, ARP_FAMILY)  # the families of portway's shared tables
 VETH_PATTERN = "pwv-*"
 MASQ_OPTION = "com.docker.network.bridge.enable_ip_masquerade"
 # The bit portway ORs into the packet mark of forwarded traffic to or from its
@@ -109,6 +128,7 @@ def render_base() -> list[Cmd]:
         {"add": {"set": {**T, "name": "bridges", "type": "ifname"}}},
         {"add": {"set": {**T, "name": "dns", "type": "ipv4_addr"}}},
         _map("nat_src", "ipv4_addr", "verdict", interval=True),
+        _map("src_in", "ipv4_addr", "verdict", interval=True),
         _map("fwd_in", "ifname", "verdict"),
         _map("fwd_out", "ifname", "verdict"),
         _map("host_in", "ifname", "verdict"),
@@ -124,6 +144,14 @@ def render_base() -> list[Cmd]:
         # Before other tables' filter chains (priority 0), so the mark is set by then.
         _chain("forward", type="filter", hook="forward", prio=-10, policy="accept"),
         _chain("input", type="filter", hook="input", prio=-10, policy="accept"),
+        # A bridge passes frames to 01:80:c2:00:00:0X up on the port they came in on,
+        # without its prerouting hook (where `bridge portway` checks them): whatever
+        # arrives on a container's port itself has skipped the checks.
+        _rule("guard", [_match(_meta("iifname"), VETH_PATTERN), {"drop": None}],
+              "a container reaches the host only through its bridge (and its checks)"),
+        _rule("guard", [_match(_meta("iifname"), "lo", "!="),
+                        {"vmap": {"key": _payload("ip", "saddr"), "data": "@src_in"}}],
+              "a portway network's addresses come only from its bridge"),
         _rule("guard", [_match(_meta("iifname"), "@bridges"),
                         _match(_payload("ip", "daddr"), LOOPBACK), {"drop": None}],
               "containers never reach the host's loopback addresses"),
@@ -167,14 +195,33 @@ def render_base() -> list[Cmd]:
     return cmds
 
 
-BASE_CHAINS = ("guard", "guard_out", "prerouting", "output", "postrouting", "forward", "input")
-MAPS = ("nat_src", "fwd_in", "fwd_out", "host_in", "pub_any_addr", "pub_any_port",
-        "pub_ip_addr", "pub_ip_port")
+def render_arp_base() -> list[Cmd]:
+    """The `arp portway` table: ARP that arrives on a container's bridge port itself
+    (not through the bridge) never reaches the host."""
+    return [
+        {"add": {"table": {"family": ARP_FAMILY, "name": TABLE}}},
+        {"add": {"chain": {**A, "name": "input", "type": "filter", "hook": "input",
+                           "prio": -300, "policy": "accept"}}},
+        {"add": {"rule": {**A, "chain": "input", "expr": [
+            _match(_meta("iifname"), VETH_PATTERN), {"drop": None}],
+            "comment": "a container's ARP reaches the host only through its bridge"}}},
+    ]
+
+
+def render_shared() -> dict[str, list[Cmd]]:
+    """Every shared table, by family: what an instance creates if it is missing."""
+    return {FAMILY: render_base(), GUARD_FAMILY: render_guard_base(),
+            ARP_FAMILY: render_arp_base()}
 
 
 def chain_names(network: Network) -> tuple[str, str, str]:
     short = network.id[:12]
     return f"nat-{short}", f"in-{short}", f"out-{short}"
+
+
+def src_chain(network: Network) -> str:
+    """The chain that checks where a network's source addresses come from."""
+    return f"src-{network.id[:12]}"
 
 
 def host_chain(network: Network) -> str:
@@ -186,17 +233,43 @@ def _bool_option(network: Network, key: str) -> bool:
     return network.options.get(key, "true") != "false"
 
 
-def render_network(network: Network) -> list[Cmd]:
-    """The chains and map elements of one network."""
+def _elem(key: Any, tag: str) -> dict[str, Any]:
+    return {"elem": {"val": key, "comment": tag}}
+
+
+def _add(name: str, key: Any, tag: str, value: Any = None, table: dict[str, str] = T) -> Cmd:
+    """One element, its owner in its comment; value for a map's element."""
+    elem = _elem(key, tag) if value is None else [_elem(key, tag), value]
+    return {"add": {"element": {**table, "name": name, "elem": [elem]}}}
+
+
+def _delete(name: str, key: Any, table: dict[str, str] = T) -> Cmd:
+    return {"delete": {"element": {**table, "name": name, "elem": [key]}}}
+
+
+def _subnet(network: Network) -> dict[str, Any]:
+    return {"prefix": {"addr": str(network.subnet.network_address),
+                       "len": network.subnet.prefixlen}}
+
+
+def network_tag(instance: str, network: Network) -> str:
+    return owner_tag(instance, "network", network.id)
+
+
+def render_network(network: Network, instance: str) -> list[Cmd]:
+    """The chains and map elements of one network (elements owned by instance)."""
     nat, fin, fout = chain_names(network)
+    src = src_chain(network)
     br = network.bridge
+    tag = network_tag(instance, network)
     owner = f"network {network.name} {network.id[:12]}"
-    subnet = {"prefix": {"addr": str(network.subnet.network_address),
-                         "len": network.subnet.prefixlen}}
-    established = _match({"ct": {"key": "state"}}, ["established", "related"], "in")
+    established = _match({"ct": {"key": "state"}}, "established", "in")
+    replies = _match({"ct": {"key": "state"}}, ["established", "related"], "in")
     dnatted = _match({"ct": {"key": "status"}}, "dnat", "in")
     same = _match(_meta("oifname"), br)
-    cmds: list[Cmd] = [_chain(fin), _chain(fout)]
+    cmds: list[Cmd] = [_chain(fin), _chain(fout), _chain(src)]
+    # Replies first, but not `related`: an ICMP error a container forges about another
+    # network's tracked flow is `related`, and must meet isolation (below) first.
     cmds += [
         _rule(fin, [established, {"accept": None}], f"{owner}: replies"),
         _rule(fin, [same, {"accept" if _bool_option(network, ICC_OPTION) else "drop": None}],
@@ -204,15 +277,17 @@ def render_network(network: Network) -> list[Cmd]:
     ]
     if network.internal:
         host = host_chain(network)
+        gateway = _match(_payload("ip", "daddr"), str(network.gateway))
         cmds += [
             _rule(fin, [{"drop": None}], f"{owner}: internal, no way out"),
             _chain(host),
-            _rule(host, [_match(_payload("ip", "daddr"), str(network.gateway)),
-                         {"accept": None}], f"{owner}: its gateway (DNS) on the host"),
+            _rule(host, [replies, {"accept": None}], f"{owner}: replies to the host"),
+            _rule(host, [gateway, _match(_meta("l4proto"), {"set": ["udp", "tcp"]}),
+                         _match(_payload("th", "dport"), 53), {"accept": None}],
+                  f"{owner}: DNS on its gateway"),
             _rule(host, [{"drop": None}],
-                  f"{owner}: internal, no other address of the host"),
-            {"add": {"element": {**T, "name": "host_in",
-                                 "elem": [[br, {"jump": {"target": host}}]]}}},
+                  f"{owner}: internal, nothing else of the host"),
+            _add("host_in", br, tag, {"jump": {"target": host}}),
         ]
     else:
         cmds += [
@@ -222,14 +297,16 @@ def render_network(network: Network) -> list[Cmd]:
                   f"{owner}: isolation from other portway networks"),
         ]
     cmds += [
-        _rule(fout, [established, {"accept": None}], f"{owner}: replies"),
+        _rule(fout, [replies, {"accept": None}], f"{owner}: replies"),
         _rule(fout, [dnatted, {"accept": None}], f"{owner}: published ports"),
         _rule(fout, [{"drop": None}], f"{owner}: no direct access from outside"),
-        {"add": {"element": {**T, "name": "bridges", "elem": [br]}}},
-        {"add": {"element": {**T, "name": "dns", "elem": [str(network.gateway)]}}},
-        {"add": {"element": {**T, "name": "fwd_in", "elem": [[br, {"jump": {"target": fin}}]]}}},
-        {"add": {"element": {**T, "name": "fwd_out",
-                             "elem": [[br, {"jump": {"target": fout}}]]}}},
+        _rule(src, [_match(_meta("iifname"), {"set": [br, "lo"]}, "!="), {"drop": None}],
+              f"{owner}: its addresses come only from its bridge"),
+        _add("bridges", br, tag),
+        _add("dns", str(network.gateway), tag),
+        _add("fwd_in", br, tag, {"jump": {"target": fin}}),
+        _add("fwd_out", br, tag, {"jump": {"target": fout}}),
+        _add("src_in", _subnet(network), tag, {"jump": {"target": src}}),
     ]
     if not network.internal:
         cmds.append(_chain(nat))
@@ -238,30 +315,26 @@ def render_network(network: Network) -> list[Cmd]:
         if _bool_option(network, MASQ_OPTION):
             cmds.append(_rule(nat, [_match(_meta("oifname"), br, "!="), {"masquerade": None}],
                               f"{owner}: outbound masquerade"))
-        cmds.append({"add": {"element": {**T, "name": "nat_src",
-                                         "elem": [[subnet, {"jump": {"target": nat}}]]}}})
+        cmds.append(_add("nat_src", _subnet(network), tag, {"jump": {"target": nat}}))
     return cmds
 
 
-def render_network_removal(network: Network) -> list[Cmd]:
+def network_chains(network: Network) -> list[str]:
     nat, fin, fout = chain_names(network)
+    own = [fin, fout, src_chain(network)]
+    return [*own, host_chain(network)] if network.internal else [*own, nat]
+
+
+def render_network_removal(network: Network) -> list[Cmd]:
+    """Its elements, then its chains (nothing else refers to them)."""
     br = network.bridge
-    subnet = {"prefix": {"addr": str(network.subnet.network_address),
-                         "len": network.subnet.prefixlen}}
     cmds: list[Cmd] = [
-        {"delete": {"element": {**T, "name": "fwd_in", "elem": [br]}}},
-        {"delete": {"element": {**T, "name": "fwd_out", "elem": [br]}}},
-        {"delete": {"element": {**T, "name": "bridges", "elem": [br]}}},
-        {"delete": {"element": {**T, "name": "dns", "elem": [str(network.gateway)]}}},
-        {"delete": {"chain": {**T, "name": fin}}},
-        {"delete": {"chain": {**T, "name": fout}}},
+        _delete("fwd_in", br), _delete("fwd_out", br), _delete("bridges", br),
+        _delete("dns", str(network.gateway)), _delete("src_in", _subnet(network)),
     ]
-    if network.internal:
-        cmds += [{"delete": {"element": {**T, "name": "host_in", "elem": [br]}}},
-                 {"delete": {"chain": {**T, "name": host_chain(network)}}}]
-    else:
-        cmds += [{"delete": {"element": {**T, "name": "nat_src", "elem": [subnet]}}},
-                 {"delete": {"chain": {**T, "name": nat}}}]
+    cmds.append(_delete("host_in", br) if network.internal
+                else _delete("nat_src", _subnet(network)))
+    cmds += [{"delete": {"chain": {**T, "name": name}}} for name in network_chains(network)]
     return cmds
 
 
@@ -274,11 +347,12 @@ def _port_elements(p: Published) -> list[tuple[str, Any, Any]]:
     return [("pub_ip_addr", key, str(p.container_ip)), ("pub_ip_port", key, p.container_port)]
 
 
-def render_ports(ports: Iterable[Published]) -> list[Cmd]:
+def render_ports(ports: Iterable[Published], instance: str) -> list[Cmd]:
     cmds: list[Cmd] = []
     for p in ports:
+        tag = owner_tag(instance, "container", p.container_id)
         for name, key, value in _port_elements(p):
-            cmds.append({"add": {"element": {**T, "name": name, "elem": [[key, value]]}}})
+            cmds.append(_add(name, key, tag, value))
     return cmds
 
 
@@ -286,7 +360,7 @@ def render_ports_removal(ports: Iterable[Published]) -> list[Cmd]:
     cmds: list[Cmd] = []
     for p in ports:
         for name, key, _ in _port_elements(p):
-            cmds.append({"delete": {"element": {**T, "name": name, "elem": [key]}}})
+            cmds.append(_delete(name, key))
     return cmds
 
 
@@ -319,108 +393,213 @@ def render_guard_base() -> list[Cmd]:
     ]
 
 
-def _guard_elements(endpoints: Iterable[Endpoint]) -> list[tuple[str, list[Any]]]:
-    eps = list(endpoints)
-    return [("macs", [{"concat": [e.host_ifname, e.mac]} for e in eps]),
-            ("addrs", [{"concat": [e.host_ifname, str(e.address)]} for e in eps])]
+def _guard_elements(endpoints: Iterable[Endpoint]) -> list[tuple[str, Endpoint, Any]]:
+    out: list[tuple[str, Endpoint, Any]] = []
+    for e in endpoints:
+        out += [("macs", e, {"concat": [e.host_ifname, e.mac]}),
+                ("addrs", e, {"concat": [e.host_ifname, str(e.address)]})]
+    return out
 
 
-def render_guard(endpoints: Iterable[Endpoint]) -> list[Cmd]:
+def render_guard(endpoints: Iterable[Endpoint], instance: str) -> list[Cmd]:
     """The set elements that let these endpoints' containers send."""
-    return [{"add": {"element": {**G, "name": name, "elem": elems}}}
-            for name, elems in _guard_elements(endpoints) if elems]
+    return [_add(name, key, owner_tag(instance, "endpoint", e.id), table=G)
+            for name, e, key in _guard_elements(endpoints)]
 
 
 def render_guard_removal(endpoints: Iterable[Endpoint]) -> list[Cmd]:
-    return [{"delete": {"element": {**G, "name": name, "elem": elems}}}
-            for name, elems in _guard_elements(endpoints) if elems]
-
-
-def render_guard_rebuild(endpoints: Iterable[Endpoint], exists: bool) -> list[Cmd]:
-    """One transaction that makes the `bridge portway` table what the store says."""
-    flush: list[Cmd] = []
-    if exists:
-        flush = [{"flush": {"table": {"family": GUARD_FAMILY, "name": TABLE}}},
-                 {"flush": {"set": {**G, "name": "macs"}}},
-                 {"flush": {"set": {**G, "name": "addrs"}}}]
-    return [*flush, *render_guard_base(), *render_guard(endpoints)]
+    return [_delete(name, key, G) for name, _, key in _guard_elements(endpoints)]
 
 
 def render_tables_removal() -> list[Cmd]:
-    return [{"delete": {"table": {"family": FAMILY, "name": TABLE}}},
-            {"delete": {"table": {"family": GUARD_FAMILY, "name": TABLE}}}]
+    return [{"delete": {"table": {"family": family, "name": TABLE}}} for family in TABLES]
 
 
-def render_rebuild(networks: Iterable[Network], ports: Iterable[Published],
-                   existing_chains: Iterable[str] | None) -> list[list[Cmd]]:
-    """Transactions that make the table exactly what the store describes (for gc).
+# What gc compares: rules as the kernel lists them, and elements by owner.
 
-    existing_chains is None when the table is missing. libnftables 1.0.6 fails when
-    one batch creates the base chains together with the per-network chains, or
-    deletes a chain in the batch that flushes its references; so:
-    - a missing table: the base, then everything else;
-    - an existing table: one flush-and-refill batch (atomic for the packet path),
-      then the deletion of the chains no network needs any more, now empty.
-    """
-    networks = list(networks)
-    content: list[Cmd] = []
-    for network in networks:
-        content += render_network(network)
-    content += render_ports(ports)
-    if existing_chains is None:
-        return [render_base(), content]
-    wanted = set(BASE_CHAINS)
-    for network in networks:
-        nat, fin, fout = chain_names(network)
-        wanted |= {fin, fout, host_chain(network)} if network.internal else {nat, fin, fout}
-    # `flush table` empties chains but not sets and maps: those are flushed one by one,
-    # or stale elements would stay (and keep stale chains referenced).
-    flush: list[Cmd] = [{"flush": {"table": {"family": FAMILY, "name": TABLE}}}]
-    flush += [{"flush": {"set": {**T, "name": name}}} for name in ("bridges", "dns")]
-    flush += [{"flush": {"map": {**T, "name": name}}} for name in MAPS]
-    refill = [*flush, *render_base(), *content]
-    stale = [{"delete": {"chain": {**T, "name": c}}} for c in existing_chains
-             if c not in wanted]
-    return [refill, stale] if stale else [refill]
+Key = tuple[str, str, str]  # (family, set or map, the element's key as JSON)
 
 
-def listed_chains(items: list[dict[str, Any]]) -> list[str]:
-    return [item["chain"]["name"] for item in items if "chain" in item]
+@dataclass(frozen=True)
+class Repair:
+    """One difference between what an instance wants and what the kernel has: a line of
+    the report, and the transactions that repair it, in order."""
+
+    what: str
+    steps: tuple[tuple[Cmd, ...], ...]
 
 
-def summarize(cmds: list[Cmd]) -> dict[str, int]:
-    """What a table should hold, counted: rules per chain and elements per map or set.
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
 
-    Compared with the same counts read from the kernel, it tells whether someone
-    removed or flushed part of the table.
-    """
-    counts: dict[str, int] = {}
+
+def _split_elem(entry: Any, is_map: bool) -> tuple[str, str | None, str | None]:
+    """(key, value, comment) of one element, as rendered or as listed."""
+    key_part, value = (entry[0], entry[1]) if is_map else (entry, None)
+    comment = None
+    if isinstance(key_part, dict) and "elem" in key_part:
+        comment = key_part["elem"].get("comment")
+        key_part = key_part["elem"]["val"]
+    return _json(key_part), None if value is None else _json(value), comment
+
+
+def wanted_elements(cmds: Iterable[Cmd]) -> dict[Key, tuple[str | None, str | None, Cmd]]:
+    """Every element the `add element` commands add: key -> (value, comment, the add)."""
+    out: dict[Key, tuple[str | None, str | None, Cmd]] = {}
+    for cmd in cmds:
+        body = cmd.get("add", {}).get("element")
+        if body is None:
+            continue
+        for entry in body["elem"]:
+            key, value, comment = _split_elem(entry, isinstance(entry, list))
+            one = {"add": {"element": {**body, "elem": [entry]}}}
+            out[(body["family"], body["name"], key)] = (value, comment, one)
+    return out
+
+
+def listed_elements(items: Iterable[dict[str, Any]]) -> dict[Key, tuple[str | None, str | None,
+                                                                       Any]]:
+    """Every element of a listing: key -> (value, comment, the key as the kernel has it)."""
+    out: dict[Key, tuple[str | None, str | None, Any]] = {}
+    for item in items:
+        is_map = "map" in item
+        body = item.get("map") or item.get("set")
+        if body is None:
+            continue
+        for entry in body.get("elem", []):
+            key, value, comment = _split_elem(entry, is_map)
+            out[(body["family"], body["name"], key)] = (value, comment, json.loads(key))
+    return out
+
+
+def listed_rules(items: Iterable[dict[str, Any]]) -> dict[tuple[str, str], list[str]]:
+    """(family, chain) -> its rules, each as JSON of (expr, comment), in order; a chain
+    without rules is there with an empty list."""
+    out: dict[tuple[str, str], list[str]] = {}
+    for item in items:
+        if "chain" in item:
+            out.setdefault((item["chain"]["family"], item["chain"]["name"]), [])
+        elif "rule" in item:
+            rule = item["rule"]
+            out.setdefault((rule["family"], rule["chain"]), []).append(
+                _json([rule.get("expr", []), rule.get("comment")]))
+    return out
+
+
+def _chain_cmds(cmds: Iterable[Cmd]) -> dict[tuple[str, str], tuple[Cmd, list[Cmd]]]:
+    """(family, chain) -> (its `add chain`, its `add rule`s) among cmds."""
+    out: dict[tuple[str, str], tuple[Cmd, list[Cmd]]] = {}
     for cmd in cmds:
         add = cmd.get("add", {})
         if "chain" in add:
-            counts.setdefault(f"chain {add['chain']['name']}", 0)
+            out[(add["chain"]["family"], add["chain"]["name"])] = (cmd, [])
         elif "rule" in add:
-            key = f"chain {add['rule']['chain']}"
-            counts[key] = counts.get(key, 0) + 1
-        elif "element" in add:
-            key = f"map {add['element']['name']}"
-            counts[key] = counts.get(key, 0) + len(add["element"]["elem"])
-        elif "map" in add or "set" in add:
-            declared: dict[str, Any] = add.get("map") or add["set"]
-            counts.setdefault(f"map {declared['name']}", 0)
-    return counts
+            out[(add["rule"]["family"], add["rule"]["chain"])][1].append(cmd)
+    return out
 
 
-def summarize_listing(items: list[dict[str, Any]]) -> dict[str, int]:
-    """The same counts from `list table inet portway` as libnftables returns it."""
-    counts: dict[str, int] = {}
-    for item in items:
-        if "chain" in item:
-            counts.setdefault(f"chain {item['chain']['name']}", 0)
-        elif "rule" in item:
-            key = f"chain {item['rule']['chain']}"
-            counts[key] = counts.get(key, 0) + 1
-        elif "map" in item or "set" in item:
-            body: dict[str, Any] = item.get("map") or item["set"]
-            counts[f"map {body['name']}"] = len(body.get("elem", []))
-    return counts
+def plan_repair(shared: dict[str, list[Cmd]], mine: list[Cmd],
+                listing: dict[str, list[dict[str, Any]] | None],
+                canonical: list[dict[str, Any]], instance: str) -> list[Repair]:
+    """What makes the kernel hold the shared tables and this instance's own chains and
+    elements exactly as wanted, touching nothing another instance owns.
+
+    shared: the shared tables' commands by family; mine: this instance's chains, rules and
+    elements; listing: each shared table as listed (None: missing); canonical: the
+    shared tables and mine (without elements) as the kernel lists them when given
+    exactly these commands, which is what the listed rules are compared with.
+    """
+    repairs: list[Repair] = []
+    mine_by_family: dict[str, list[Cmd]] = {}
+    for cmd in mine:
+        (body,) = cmd["add"].values()
+        mine_by_family.setdefault(body["family"], []).append(cmd)
+    want_rules = listed_rules(canonical)
+    have: dict[tuple[str, str], list[str]] = {}
+    have_elements: dict[Key, tuple[str | None, str | None, Any]] = {}
+    for family in shared:
+        items = listing.get(family)
+        if items is None:
+            repairs.append(Repair(f"re-create table {family} {TABLE}: it is missing", (
+                tuple(shared[family]), tuple(mine_by_family.get(family, [])))))
+            continue
+        have.update(listed_rules(items))
+        have_elements.update(listed_elements(items))
+    present = {family for family in shared if listing.get(family) is not None}
+    chains = _chain_cmds([*[c for f in present for c in shared[f]],
+                          *[c for c in mine if _family(c) in present]])
+    for (family, name), (add_chain, rules) in chains.items():
+        wanted = want_rules.get((family, name), [])
+        current = have.get((family, name))
+        if current == wanted:
+            continue
+        ref = {"family": family, "table": TABLE, "name": name}
+        state = "is missing" if current is None else "differs from what portway wrote"
+        repairs.append(Repair(f"restore chain {family} {TABLE} {name}: it {state}", (
+            (add_chain, {"flush": {"chain": ref}}, *rules),)))
+    want_elements = wanted_elements(c for c in mine if _family(c) in present)
+    for key, (value, comment, add) in want_elements.items():
+        family, name, _ = key
+        listed = have_elements.get(key)
+        if listed is not None and (listed[0], listed[1]) == (value, comment):
+            continue
+        if listed is not None and _foreign(listed[1], instance):
+            repairs.append(Repair(f"cannot restore element {_show(key[2])} of {family} {TABLE} "
+                                  f"{name}: another portway ({listed[1]}) holds it", ()))
+            continue
+        steps: tuple[Cmd, ...] = (add,)
+        if listed is not None:
+            steps = ({"delete": {"element": {"family": family, "table": TABLE,
+                                             "name": name, "elem": [listed[2]]}}}, add)
+        state = "is missing" if listed is None else "differs"
+        repairs.append(Repair(f"restore element {_show(key[2])} of {family} {TABLE} {name}: "
+                              f"it {state}", (steps,)))
+    stale_chains: list[str] = []
+    for key, (value, comment, listed_key) in have_elements.items():
+        tag = parse_owner_tag(comment)
+        if key in want_elements or tag is None or tag[0] != instance:
+            continue
+        family, name, _ = key
+        target = json.loads(value)["jump"]["target"] if value and "jump" in value else None
+        if target is not None and (family, target) not in chains:
+            stale_chains.append(target)
+        repairs.append(Repair(
+            f"delete element {_show(key[2])} of {family} {TABLE} {name}: portway {tag[1]} "
+            f"{tag[2][:12]} is not in the store",
+            (({"delete": {"element": {"family": family, "table": TABLE, "name": name,
+                                      "elem": [listed_key]}}},),)))
+    for name in dict.fromkeys(stale_chains):
+        if (FAMILY, name) in have:
+            repairs.append(Repair(f"delete chain {FAMILY} {TABLE} {name}: its network is "
+                                  "not in the store",
+                                  (({"delete": {"chain": {**T, "name": name}}},),)))
+    return repairs
+
+
+def _show(key: str) -> str:
+    """An element's key as `nft list` writes it."""
+    return describe(json.loads(key))
+
+
+def _family(cmd: Cmd) -> str:
+    (body,) = next(iter(cmd.values())).values()
+    return str(body["family"])
+
+
+def _foreign(comment: str | None, instance: str) -> bool:
+    tag = parse_owner_tag(comment)
+    return tag is not None and tag[0] != instance
+
+
+def tables_in_use(listing: dict[str, list[dict[str, Any]] | None]) -> bool:
+    """Whether any instance still has something in the shared tables: an element, or a
+    chain that is not one of the shared base chains."""
+    base = set(_chain_cmds([c for cmds in render_shared().values() for c in cmds]))
+    for items in listing.values():
+        for item in items or []:
+            body = item.get("map") or item.get("set")
+            if body is not None and body.get("elem"):
+                return True
+            if "chain" in item and (item["chain"]["family"], item["chain"]["name"]) not in base:
+                return True
+    return False

@@ -67,10 +67,20 @@ def parse_port_spec(spec: str) -> list[PortMapping]:
     return out
 
 
+# Each published port costs a map element and a held socket (two: IPv4 and IPv6): a
+# bound that keeps one container from taking a whole host's ports and the daemon's
+# descriptors, yet allows the port ranges media servers publish (10,000 UDP ports).
+MAX_PORTS = 16384
+
+
 def parse_port_specs(specs: list[str]) -> tuple[PortMapping, ...]:
     out: list[PortMapping] = []
     for spec in specs:
         out.extend(parse_port_spec(spec))
+        if len(out) > MAX_PORTS:
+            raise InvalidInput(f"too many published ports: -p {spec} brings them to "
+                               f"{len(out)}; a container may publish at most {MAX_PORTS}",
+                               "publish a smaller range (each port of a range counts)")
     seen: set[tuple[int, str, str]] = set()
     for pm in out:
         if pm.host_port == 0:

@@ -10,7 +10,9 @@ carry this instance's owner tag for `gc` to remove.
 
 from __future__ import annotations
 
+import errno
 import os
+import resource
 import shutil
 import signal
 import sys
@@ -24,15 +26,24 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
-from portway.core import files, firewall, ipam, names, validate
+from portway.core import confine, files, firewall, ipam, names, validate
 from portway.core.firewall import Published
 from portway.core.naming import random_name
 from portway.core.ports import format_mapping, host_port_holder, parse_port_specs
 from portway.engine import view
 from portway.engine.dns import DnsServer, names_by_network
 from portway.engine.dns import records as dns_records
+from portway.engine.fw import Firewall
+from portway.engine.ports import PortReservations
 from portway.engine.watch import ProcessWatcher
-from portway.errors import Conflict, InvalidInput, NotFound, PortwayError, TeardownErrors
+from portway.errors import (
+    Conflict,
+    InvalidInput,
+    KernelError,
+    NotFound,
+    PortwayError,
+    TeardownErrors,
+)
 from portway.kernel import links, netns, observe, procs
 from portway.kernel.nft import Nft
 from portway.model.types import Container, Endpoint, Network, PortMapping
@@ -44,6 +55,24 @@ HOST_FILES = ("hosts", "hostname", "resolv.conf")
 
 def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _raise_open_files() -> None:
+    """As many descriptors as the kernel allows a process: every published port holds a
+    socket (two, for IPv4 and IPv6), and the daemon runs as root, which may raise its
+    hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        with open("/proc/sys/fs/nr_open") as f:
+            ceiling = int(f.read())
+    except (OSError, ValueError):
+        ceiling = hard
+    want = max(hard, min(ceiling, 1 << 20))
+    if soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
+        except (ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def fault_point(step: str) -> None:
@@ -69,6 +98,11 @@ class Engine:
         self._alloc_hint: dict[str, int] = {}
         self.host = IPRoute()
         self.nft = Nft()
+        self.fw = Firewall(self.nft, self.instance)
+        self.ports = PortReservations()
+        _raise_open_files()
+        self.tools = confine.Tools(**{name: shutil.which(name) or f"/usr/bin/{name}"
+                                      for name in ("unshare", "setpriv", "nsenter")})
         self._ensure_forwarding()
         self.watcher = ProcessWatcher(self._on_exit)
         self.dns = DnsServer(self)
@@ -112,6 +146,8 @@ class Engine:
         with self.lock:
             self._closed = True  # a process that ends from now on is seen by the next start
         self.watcher.close()
+        self.ports.close()
+        self.fw.close()
         self.nft.close()
         self.host.close()
         self.store.close()
@@ -225,31 +261,14 @@ class Engine:
             undo.callback(links.delete_link, self.host, network.bridge)
             self._ensure_bridge(network)
             fault_point("network_create.bridge")
-            self._firewall_ready()
-            undo.callback(self._nft_teardown, firewall.render_network_removal(network))
-            self.nft.apply(firewall.render_network(network))
+            undo.callback(self.fw.remove_network, network)
+            self.fw.add_network(network)
             fault_point("network_create.firewall")
             undo.pop_all()
 
-    def _firewall_ready(self) -> None:
-        if self.nft.list_table(firewall.FAMILY, firewall.TABLE) is None:
-            self.nft.apply(firewall.render_base())
-        if self.nft.list_table(firewall.GUARD_FAMILY, firewall.TABLE) is None:
-            self.nft.apply(firewall.render_guard_base())
-
     def _nft_teardown(self, cmds: list[dict[str, Any]]) -> None:
-        """Delete what exists of cmds: one transaction, or one by one if something in it
-        is already gone (missing counts as removed)."""
-        try:
-            self.nft.apply(cmds)
-            return
-        except PortwayError:
-            pass
-        for cmd in cmds:
-            try:
-                self.nft.apply([cmd])
-            except PortwayError:
-                pass
+        """Delete what exists of cmds (missing counts as removed)."""
+        self.fw.teardown(cmds)
 
     def _ensure_bridge(self, network: Network) -> bool:
         _, created = links.ensure_bridge(
@@ -278,12 +297,12 @@ class Engine:
                 with self.store.transaction():
                     self.store.delete_network(net.id)
                     fault_point("network_rm.row")
-                    self._nft_teardown(firewall.render_network_removal(net))
+                    self.fw.remove_network(net)
                     links.delete_link(self.host, net.bridge)
                 removed.append(net.name)
             if not self.store.networks():
-                # No network, no firewall: the tables go with the last network.
-                self._nft_teardown(firewall.render_tables_removal())
+                # The shared tables go with the last network of every portway here.
+                self.fw.release()
             self._publish_dns()
             return removed
 
@@ -299,13 +318,18 @@ class Engine:
             networks: list[str] | None = None, ip: str | None = None,
             aliases: list[str] | None = None, hostname: str | None = None,
             ports: list[str] | None = None, detach: bool = False, auto_remove: bool = False,
-            dns: list[str] | None = None) -> dict[str, Any]:
+            dns: list[str] | None = None, cap_add: list[str] | None = None,
+            cap_drop: list[str] | None = None, privileged: bool = False,
+            user: str | None = None) -> dict[str, Any]:
         """Create a container with its networking ready; with detach, start its command.
 
         Without detach the caller starts the command itself (the CLI becomes it)
         and reports the pid through started() and the end through exited().
         """
         cmd = validate.check_command(command)
+        confine.capabilities(cap_add or [], cap_drop or [], privileged)  # names checked
+        if user is not None:
+            procs.resolve_identity(confine.parse_user(user))
         if name is not None:
             validate.check_name("container", name)
         if hostname is not None:
@@ -353,8 +377,10 @@ class Engine:
                 else self.host_netns_path(),
                 network_mode=mode,  # type: ignore[arg-type]
                 auto_remove=auto_remove, detach=detach, ports=port_maps, dns=dns_servers,
-                created=now())
+                created=now(), cap_add=tuple(cap_add or ()), cap_drop=tuple(cap_drop or ()),
+                privileged=privileged, user=user or "")
             with self.store.transaction(), ExitStack() as undo:
+                undo.callback(self._release_ports, port_maps)
                 undo.callback(self._alloc_hint.clear)  # a rollback frees what was allocated
                 self.store.add_container(container)
                 endpoints = []
@@ -367,8 +393,8 @@ class Engine:
                 fault_point("run.sandbox")
                 published = self._published(container, endpoints)
                 if published:
-                    undo.callback(self._nft_teardown, firewall.render_ports_removal(published))
-                    self.nft.apply(firewall.render_ports(published))
+                    undo.callback(self.fw.remove_ports, published)
+                    self.fw.add_ports(published)
                     fault_point("run.ports")
                 if detach:
                     container = self._start(container)
@@ -385,42 +411,99 @@ class Engine:
                                        None, None, None)
         return net
 
-    def _resolve_ports(self, wanted: tuple[PortMapping, ...]) -> tuple[PortMapping, ...]:
-        """Host ports checked against portway's publications and the host's sockets;
-        a host port of 0 becomes a free one from the ephemeral range."""
-        held: list[tuple[PortMapping, str]] = [
-            (p, f"container {c.name} ({format_mapping(p)})")
-            for c in self.store.containers() for p in c.ports]
-        sockets = {proto: observe.listening(proto) for proto in ("tcp", "udp")}
+    def _resolve_ports(self, wanted: tuple[PortMapping, ...],
+                       hold: bool = True) -> tuple[PortMapping, ...]:
+        """Host ports checked against portway's publications and the host's sockets, and
+        held (a bound socket each, engine/ports.py) unless the runtime holds them itself
+        (Podman's conmon does); a host port of 0 becomes a free one from the ephemeral
+        range. All or nothing: on an error nothing stays held. Linear in the ports asked
+        for and the ports published."""
+        by_port: dict[tuple[str, int], list[tuple[PortMapping, str]]] = {}
+        for c in self.store.containers():
+            for p in c.ports:
+                by_port.setdefault((p.protocol, p.host_port), []).append(
+                    (p, f"container {c.name} ({format_mapping(p)})"))
+        listening: dict[tuple[str, int], list[tuple[str, int]]] = {}
+        for proto in ("tcp", "udp"):
+            for address, port in observe.listening(proto):
+                listening.setdefault((proto, port), []).append((address, port))
+        gateways = self._portway_addresses()
         low, high = observe.ephemeral_range()
 
         def holder_of(p: PortMapping) -> str | None:
-            for other, who in held:
-                if other.protocol == p.protocol and other.host_port == p.host_port and (
-                        other.host_ip is None or p.host_ip is None
-                        or other.host_ip == p.host_ip):
+            for other, who in by_port.get((p.protocol, p.host_port), []):
+                if other.host_ip is None or p.host_ip is None or other.host_ip == p.host_ip:
                     return who
-            sock = host_port_holder(sockets[p.protocol],
+            sock = host_port_holder(listening.get((p.protocol, p.host_port), []),
                                     str(p.host_ip) if p.host_ip else None, p.host_port)
             return None if sock is None else f"a socket listening on {sock} in the host " \
                                               "namespace"
 
+        def held_by(p: PortMapping) -> str | None:
+            """Reserve p; None, or who has it (the kernel says so when no socket shows)."""
+            if not hold:
+                return None
+            try:
+                self.ports.reserve(p)
+            except OSError as exc:
+                if exc.errno == errno.EADDRNOTAVAIL:
+                    raise InvalidInput(f"cannot publish on {p.host_ip}: cannot assign "
+                                       "requested address (it is not an address of this host)",
+                                       "give one of the host's addresses (ip addr), or none "
+                                       "for all of them") from None
+                if exc.errno in (errno.EMFILE, errno.ENFILE):
+                    raise Conflict(f"cannot hold host port {p.host_port}/{p.protocol}: "
+                                   "portwayd has reached its open-file limit (each published "
+                                   "port holds a socket)", "publish fewer ports, or raise "
+                                   "the limit (LimitNOFILE, ulimit -n) and restart "
+                                   "portwayd") from None
+                if exc.errno != errno.EADDRINUSE:
+                    raise KernelError(f"cannot hold host port {p.host_port}/{p.protocol}: "
+                                      f"{exc.strerror}", "try again") from None
+                return "a socket in the host namespace (another portway, or a process that " \
+                       f"is not listening: ss -aenp 'sport = :{p.host_port}')"
+            return None
+
         out: list[PortMapping] = []
-        for p in wanted:
-            if p.host_port == 0:
-                free = next((port for port in range(low, high + 1)
-                             if holder_of(replace(p, host_port=port)) is None), None)
-                if free is None:
-                    raise Conflict(f"no free {p.protocol} port is left in {low}-{high}",
-                                   "give the host port explicitly")
-                p = replace(p, host_port=free)
-            who = holder_of(p)
-            if who is not None:
-                raise Conflict(f"host port {p.host_port}/{p.protocol} is already taken by "
-                               f"{who}", "pick another host port, or free that one")
-            held.append((p, "this container"))
-            out.append(p)
+        try:
+            for p in wanted:
+                if p.host_ip is not None and p.host_ip in gateways:
+                    raise InvalidInput(f"cannot publish on {p.host_ip}: it is the gateway of "
+                                       "a portway network",
+                                       "publish on a host address, or on all of them")
+                if p.host_port == 0:
+                    for port in range(low, high + 1):
+                        candidate = replace(p, host_port=port)
+                        if holder_of(candidate) is None and held_by(candidate) is None:
+                            p = candidate
+                            break
+                    else:
+                        raise Conflict(f"no free {p.protocol} port is left in {low}-{high}",
+                                       "give the host port explicitly")
+                else:
+                    who = holder_of(p) or held_by(p)
+                    if who is not None:
+                        raise Conflict(f"host port {p.host_port}/{p.protocol} is already "
+                                       f"taken by {who}",
+                                       "pick another host port, or free that one")
+                by_port.setdefault((p.protocol, p.host_port), []).append((p, "this container"))
+                out.append(p)
+        except BaseException:
+            self._release_ports(out)
+            raise
         return tuple(out)
+
+    def _release_ports(self, ports: tuple[PortMapping, ...] | list[PortMapping]) -> None:
+        for p in ports:
+            self.ports.release(p)
+
+    def _portway_addresses(self) -> set[Any]:
+        """The addresses on links any portway here owns (its bridges' gateways)."""
+        out: set[Any] = set()
+        for link in links.observe_links(self.host):
+            if names.parse_owner_tag(link.alias) is not None:
+                out |= {a.ip for a in links.observe_addresses(self.host, link.index)}
+        return out
 
     def _published(self, c: Container, endpoints: list[Endpoint] | None = None
                    ) -> list[Published]:
@@ -488,11 +571,11 @@ class Engine:
         ns_name = os.path.basename(container.netns)
         tag = self.tag("container", container.id)
         etc = self._etc_files(container, endpoints)
-        guard = firewall.render_guard(endpoints) if endpoints else []
+        guard = firewall.render_guard(endpoints, self.instance)
 
         def beside() -> None:
             if guard:
-                self.nft.apply(guard)
+                self.fw.apply(guard)
             if etc is not None:
                 netns.write_etc_netns(ns_name, etc)
 
@@ -518,7 +601,7 @@ class Engine:
         """One endpoint into the container's namespace; guarded: its anti-spoofing
         entries are being added by the caller."""
         if not guarded:  # a port without them drops every frame: before or after is safe
-            self.nft.apply(firewall.render_guard([endpoint]))
+            self.fw.add_guard([endpoint])
         fd = os.open(container.netns, os.O_RDONLY | os.O_CLOEXEC)
         try:
             cached = self._bridge_indexes.get(net.bridge)
@@ -665,14 +748,31 @@ class Engine:
         return [(os.path.join(directory, f), f"/etc/{f}") for f in HOST_FILES]
 
     def _sandbox_info(self, container: Container) -> dict[str, Any]:
+        warnings = []
+        if container.network_mode == "host":
+            warnings.append("--network host: the container shares the host's network "
+                            "namespace; it is not isolated and can bind any host port")
+        if container.privileged:
+            warnings.append(confine.PRIVILEGED_WARNING)
+        conf = self._confinement(container)
         return {"Id": container.id, "Name": container.name, "SandboxKey": container.netns,
                 "Hostname": None if container.network_mode == "host" else container.hostname,
-                "Binds": self._binds(container), "Env": procs.container_env(
-                    None if container.network_mode == "host" else container.hostname),
+                "Binds": self._binds(container), "Env": self._env(container, conf),
+                "Argv": confine.launch_argv(conf, self.tools, list(container.command)),
+                "SysfsReadOnly": not container.privileged,
                 "Pid": container.pid, "NetworkMode": container.network_mode,
-                "Warning": "--network host: the container shares the host's network "
-                           "namespace; it is not isolated and can bind any host port"
-                if container.network_mode == "host" else ""}
+                "Warning": "\n".join(warnings)}
+
+    def _confinement(self, c: Container) -> confine.Confinement:
+        """What c's processes may do, its --user looked up now (as Docker does at start)."""
+        return confine.Confinement(
+            caps=confine.capabilities(c.cap_add, c.cap_drop, c.privileged),
+            privileged=c.privileged,
+            identity=procs.resolve_identity(confine.parse_user(c.user)) if c.user else None)
+
+    def _env(self, c: Container, conf: confine.Confinement) -> dict[str, str]:
+        return procs.container_env(None if c.network_mode == "host" else c.hostname,
+                                   conf.identity.home if conf.identity else "/root")
 
     def _log_path(self, container: Container) -> str:
         directory = os.path.join(self.state_dir, "containers", container.id)
@@ -680,9 +780,13 @@ class Engine:
         return os.path.join(directory, "output.log")
 
     def _start(self, container: Container) -> Container:
+        conf = self._confinement(container)
         child = procs.spawn_detached(
             container.netns, None if container.network_mode == "host" else container.hostname,
-            self._binds(container), list(container.command), self._log_path(container))
+            self._binds(container), confine.launch_argv(conf, self.tools,
+                                                        list(container.command)),
+            self._log_path(container), self._env(container, conf),
+            sysfs_readonly=not container.privileged)
         started = procs.start_time(child.pid)
         container = replace(container, status="running", pid=child.pid, pid_start=started,
                             started=now())
@@ -728,18 +832,24 @@ class Engine:
                 except PortwayError:
                     pass  # gc will finish it
 
-    def exec_info(self, ref: str) -> dict[str, Any]:
+    def exec_info(self, ref: str, command: list[str] | None = None,
+                  workdir: str = "/") -> dict[str, Any]:
+        """How to run a command in a running container: the argv that joins its first
+        process's namespaces (PID namespace included) with the container's privileges."""
         with self.lock:
             c = self._own(ref)
             if c.status != "running":
                 raise Conflict(f"container {c.name} is not running", "start a new one with run")
+            conf = self._confinement(c)
         # `run -d` returns before its helper has entered the namespaces and exec'd the
-        # command: joining the pid's namespaces before then would join the host's.
-        if not procs.wait_exec(c.pid):
+        # command: joining the namespaces before then would join the host's.
+        init = procs.wait_init(c.pid, (self.tools.unshare, self.tools.setpriv))
+        if not init:
             raise Conflict(f"container {c.name} is not running (or its command has not "
                            "started yet)", "see 'portway ps' and 'portway logs', and try again")
-        return {"Id": c.id, "Pid": c.pid, "Env": procs.container_env(
-            None if c.network_mode == "host" else c.hostname)}
+        return {"Id": c.id, "Pid": init, "Env": self._env(c, conf),
+                "Argv": confine.exec_argv(conf, self.tools, init, workdir,
+                                          list(command or []))}
 
     def ps(self, all: bool = False) -> list[dict[str, Any]]:
         with self.lock:
@@ -819,7 +929,8 @@ class Engine:
         endpoints = self.store.endpoints(container_id=c.id)
         published = self._published(c, endpoints)
         if published:
-            self._nft_teardown(firewall.render_ports_removal(published))
+            self.fw.remove_ports(published)
+        self._release_ports(c.ports)
         fault_point("rm.ports")
         try:
             self._teardown_kernel(c, endpoints)
@@ -843,8 +954,7 @@ class Engine:
 
     def _detach_host(self, endpoints: list[Endpoint]) -> None:
         """The host ends of endpoints, and the anti-spoofing entries for them."""
-        if endpoints:
-            self._nft_teardown(firewall.render_guard_removal(endpoints))
+        self.fw.remove_guard(endpoints)
         for e in endpoints:
             links.delete_link(self.host, e.host_ifname)
 
@@ -920,8 +1030,8 @@ class Engine:
             with self.store.transaction():
                 self.store.delete_endpoint(endpoint.id)
                 if before != after:
-                    self._nft_teardown(firewall.render_ports_removal(before))
-                    self.nft.apply(firewall.render_ports(after))
+                    self.fw.remove_ports(before)
+                    self.fw.add_ports(after)
                 self._detach_host([endpoint])
                 fault_point("disconnect.detach")
             self._released([endpoint])
@@ -947,10 +1057,16 @@ class Engine:
             cont.close()
 
     def adopt(self) -> int:
-        """After a (re)start: watch the running containers' processes again."""
+        """After a (re)start: watch the running containers' processes again, and hold
+        their published ports again (one that cannot be held is `doctor`'s to report)."""
         count = 0
         with self.lock:
             for c in self.store.containers():
+                for p in c.ports if c.runtime == "portway" else ():
+                    try:
+                        self.ports.reserve(p)
+                    except OSError:
+                        pass
                 c = self._refresh(c)
                 if c.status == "running" and c.runtime == "portway":
                     self.watcher.watch(c.id, c.pid, child=False)

@@ -17,7 +17,7 @@ from contextlib import ExitStack
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from portway.core import firewall, ipam, names
+from portway.core import ipam, names
 from portway.core import netavark as contract
 from portway.engine import now
 from portway.errors import Conflict, InvalidInput, NotFound
@@ -97,7 +97,8 @@ def _setup(engine: Engine, netns_path: str, opts: contract.Options,
             if engine.store.name_taken("containers", container.name):
                 raise Conflict(f"container name {container.name!r} is already in use",
                                "remove the other container first")
-            ports = engine._resolve_ports(opts.ports) if opts.ports else ()
+            # Podman holds its containers' host ports itself (conmon binds them).
+            ports = engine._resolve_ports(opts.ports, hold=False) if opts.ports else ()
             container = replace(container, ports=ports)
             engine.store.add_container(container)
         added: list[Endpoint] = []
@@ -122,9 +123,8 @@ def _setup(engine: Engine, netns_path: str, opts: contract.Options,
         if existing is None:
             published = engine._published(container)
             if published:
-                undo.callback(engine._nft_teardown,
-                              firewall.render_ports_removal(published))
-                engine.nft.apply(firewall.render_ports(published))
+                undo.callback(engine.fw.remove_ports, published)
+                engine.fw.add_ports(published)
         undo.pop_all()
     engine._publish_dns(container.id)
     return result
@@ -153,9 +153,9 @@ def _remove(engine: Engine, c: Container, networks: set[str] | None) -> None:
         for e in gone:
             engine.store.delete_endpoint(e.id)
         if before != after:
-            engine._nft_teardown(firewall.render_ports_removal(before))
+            engine.fw.remove_ports(before)
             if after:
-                engine.nft.apply(firewall.render_ports(after))
+                engine.fw.add_ports(after)
         engine._detach_host(gone)
         if not remaining:
             engine.store.delete_container(c.id)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from portway.core import firewall, names
+from portway.core import names
 from portway.errors import PortwayError
 from portway.kernel import links, netns, procs
 from portway.model.types import Container, Endpoint
@@ -25,6 +25,10 @@ class Report:
     def __init__(self, dry_run: bool) -> None:
         self.dry_run = dry_run
         self.lines: list[str] = []
+
+    def problem(self, what: str) -> None:
+        """A difference gc cannot repair by itself: reported either way."""
+        self.lines.append(what)
 
     def act(self, what: str, fix: Callable[[], object]) -> None:
         if self.dry_run:
@@ -44,6 +48,7 @@ def gc(engine: Engine, dry_run: bool) -> list[str]:
     _firewall(engine, report)  # before the sandboxes: endpoints add to its sets
     _sandboxes(engine, report)
     _dns(engine, report)
+    _held_ports(engine, report)
     _unknown_links(engine, report)
     _unknown_namespaces(engine, report)
     _trace_leftovers(engine, report)
@@ -73,50 +78,41 @@ def _networks(engine: Engine, report: Report) -> None:
 
 
 def _firewall(engine: Engine, report: Report) -> None:
-    """The `inet portway` table must hold exactly what the store describes. Counts of
-    rules per chain and elements per map tell a flushed or edited table; it is then
-    replaced whole, in one transaction (conntrack keeps open connections' NAT)."""
-    networks = engine.store.networks()
-    listing = engine.nft.list_table(firewall.FAMILY, firewall.TABLE)
-    guard = engine.nft.list_table(firewall.GUARD_FAMILY, firewall.TABLE)
-    if not networks:
-        if listing is not None or guard is not None:
-            report.act("delete tables inet portway and bridge portway: no network needs them",
-                       partial(engine._nft_teardown, firewall.render_tables_removal()))
-        return
-    _guard(engine, report, guard)
-    steps = firewall.render_rebuild(
-        networks, engine.all_published(),
-        None if listing is None else firewall.listed_chains(listing))
-
-    def rebuild() -> None:
-        for transaction in steps:
-            engine.nft.apply(transaction)
-
-    if listing is None:
-        report.act("re-create table inet portway: it is missing", rebuild)
-        return
-    want = firewall.summarize([cmd for step in steps for cmd in step])
-    have = firewall.summarize_listing(listing)
-    if want != have:
-        diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
-        report.act(f"rebuild table inet portway: it differs from the store in "
-                   f"{', '.join(diff[:4])}{' ...' if len(diff) > 4 else ''}", rebuild)
+    """The shared tables' base and this instance's own chains and elements, rule by rule
+    and element by element as the store describes them; nothing another portway owns.
+    Without any network of its own, the tables go if nobody else uses them either."""
+    for repair in engine.fw.plan(engine.store.networks(), engine.all_published(),
+                                 engine.store.endpoints()):
+        report.act(repair.what, partial(engine.fw.repair, repair))
+    if not engine.store.networks() and engine.fw.removable():
+        report.act("delete the tables inet, bridge and arp portway: no portway here has "
+                   "anything in them", engine.fw.release)
 
 
-def _guard(engine: Engine, report: Report, listing: list[dict[str, Any]] | None) -> None:
-    """The anti-spoofing table: one entry per endpoint of the store, nothing else."""
-    step = firewall.render_guard_rebuild(engine.store.endpoints(), listing is not None)
-    if listing is None:
-        report.act("re-create table bridge portway (anti-spoofing): it is missing",
-                   partial(engine.nft.apply, step))
-        return
-    want = firewall.summarize(step)
-    have = firewall.summarize_listing(listing)
-    if want != have:
-        diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
-        report.act(f"rebuild table bridge portway: it differs from the store in "
-                   f"{', '.join(diff)}", partial(engine.nft.apply, step))
+def _held_ports(engine: Engine, report: Report) -> None:
+    """Every published host port held by a socket of the daemon's (engine/ports.py); one
+    that something else has bound since is shadowed, and said so."""
+    from portway.core.ports import format_mapping
+
+    for c in engine.store.containers():
+        for p in c.ports if c.runtime == "portway" else ():  # Podman holds its own
+            if engine.ports.holds(p):
+                continue
+            try:
+                engine.ports.reserve(p)
+            except OSError as exc:
+                report.problem(f"host port {format_mapping(p)} of container {c.name} is "
+                               f"shadowed: {exc.strerror}; something else in the host "
+                               f"namespace has bound it (ss -aenp 'sport = :{p.host_port}'): "
+                               "stop it, then run 'portway gc'")
+                continue
+            if report.dry_run:
+                engine.ports.release(p)
+                report.lines.append(f"would hold host port {format_mapping(p)} of "
+                                    f"container {c.name} again")
+            else:
+                report.lines.append(f"hold host port {format_mapping(p)} of container "
+                                    f"{c.name} again")
 
 
 def _dns(engine: Engine, report: Report) -> None:
@@ -166,8 +162,10 @@ def _forget_podman(engine: Engine, c: Container) -> None:
 
 def _endpoint_ok(engine: Engine, c: Container, e: Endpoint) -> bool:
     host_end = links.observe_link(engine.host, e.host_ifname)
-    if host_end is None or not host_end.master:
+    if host_end is None or not host_end.master or not host_end.up:
         return False
+    if links.observe_ipv6_conf(e.host_ifname, "disable_ipv6") == "0":
+        return False  # its IPv6 stack would take what the container sends to 802.1 groups
     cont = netns.open_ipr(c.netns)
     try:
         inner = links.observe_link(cont, e.ifname)
@@ -195,10 +193,14 @@ def _rebuild(engine: Engine, c: Container, endpoints: list[Endpoint]) -> None:
 
 
 def _reattach(engine: Engine, c: Container, e: Endpoint) -> None:
-    links.delete_link(engine.host, e.host_ifname)
+    """A whole pair is reused as it is (ensure_endpoint puts it back on its bridge, up,
+    addressed); half of one goes first."""
     cont = netns.open_ipr(c.netns)
     try:
-        links.delete_link(cont, e.ifname)
+        if links.observe_link(engine.host, e.host_ifname) is None:
+            links.delete_link(cont, e.ifname)
+        elif links.observe_link(cont, e.ifname) is None:
+            links.delete_link(engine.host, e.host_ifname)
         net = engine._network(e.network_id)
         want_route = not net.internal and not links.has_default_route(cont)
         engine._attach(cont, c, e, net, want_route)

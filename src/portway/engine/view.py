@@ -59,15 +59,28 @@ def container(engine: Engine, c: Container) -> dict[str, Any]:
         "Id": c.id, "Name": c.name, "Created": c.created,
         "Path": c.command[0] if c.command else "", "Args": list(c.command[1:]),
         "Runtime": c.runtime,
-        "State": {"Status": c.status, "Running": running, "Pid": c.pid if running else 0,
+        "State": {"Status": c.status, "Running": running,
+                  "Pid": _first_process(engine, c) if running else 0,
                   "ExitCode": c.exit_code if c.exit_code is not None else 0,
                   "StartedAt": c.started, "FinishedAt": c.finished},
-        "Config": {"Hostname": c.hostname, "Cmd": list(c.command)},
+        "Config": {"Hostname": c.hostname, "Cmd": list(c.command), "User": c.user},
         "HostConfig": {"NetworkMode": c.network_mode, "AutoRemove": c.auto_remove,
-                       "Dns": list(c.dns),
+                       "Dns": list(c.dns), "Privileged": c.privileged,
+                       "CapAdd": list(c.cap_add) or None, "CapDrop": list(c.cap_drop) or None,
                        "PortBindings": [format_mapping(p) for p in c.ports]},
         "NetworkSettings": {"SandboxKey": c.netns, "Ports": ports, "Networks": nets},
     }
+
+
+def _first_process(engine: Engine, c: Container) -> int:
+    """Docker's State.Pid: the container's first process (the command, as the host numbers
+    it), not the `unshare` that portway watches; that one while the command is starting."""
+    if c.runtime != "portway":
+        return c.pid
+    from portway.kernel import procs
+
+    return procs.wait_init(c.pid, (engine.tools.unshare, engine.tools.setpriv),
+                          timeout=0) or c.pid
 
 
 def _link(link: Link | None, **extra: Any) -> dict[str, Any]:

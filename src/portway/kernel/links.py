@@ -145,10 +145,7 @@ def _without_ipv6(ipr: IPRoute, index: int, **more: Any) -> None:
 def disable_ipv6(ifname: str) -> None:
     """No IPv6 at all on the link (bridges and probe links: one per network or trace,
     so the cost of a /proc/sys write does not matter)."""
-    try:
-        write_sysctl(f"net.ipv6.conf.{ifname}.disable_ipv6", "1")
-    except FileNotFoundError:
-        pass  # IPv6 is off in this kernel
+    set_ipv6_conf(ifname, "disable_ipv6", "1")
 
 
 def ensure_bridge(ipr: IPRoute, name: str, mac: str, mtu: int, gateway: IPAddress,
@@ -181,13 +178,21 @@ def ensure_bridge(ipr: IPRoute, name: str, mac: str, mtu: int, gateway: IPAddres
         write_sysctl(f"net.ipv4.conf.{name}.route_localnet", "1")
         have = {str(a.ip) for a in observe_addresses(ipr, index)}
         if str(gateway) not in have:
-            ipr.addr("add", index=index, address=str(gateway), prefixlen=prefixlen)
+            _add_address(ipr, index, gateway, prefixlen)
         if not existing.up or existing.mtu != mtu:
             ipr.link("set", index=index, state="up", mtu=mtu)
     except NetlinkError as exc:
-        if exc.code != errno.EEXIST:
-            raise _kernel_error(f"set up bridge {name}", exc) from None
+        raise _kernel_error(f"set up bridge {name}", exc) from None
     return index, created
+
+
+def _add_address(ipr: IPRoute, index: int, address: IPAddress, prefixlen: int) -> None:
+    """Add an address; one that is there already (a race with another writer) is fine."""
+    try:
+        ipr.addr("add", index=index, address=str(address), prefixlen=prefixlen)
+    except NetlinkError as exc:
+        if exc.code != errno.EEXIST:
+            raise
 
 
 def delete_link(ipr: IPRoute, ifname: str) -> bool:
@@ -219,37 +224,74 @@ def ensure_endpoint(host: IPRoute, cont: IPRoute, netns_fd: int, spec: EndpointS
     """The veth pair of one endpoint: host end on the bridge, container end addressed and routed.
 
     The container end is created directly inside the container's namespace, so
-    its name (eth0...) never meets the host's own interface names.
+    its name (eth0...) never meets the host's own interface names. A pair that exists
+    already (a half-made endpoint) is verified and reused; any other link of that name
+    is an error.
     """
     what = f"endpoint {spec.host_ifname}"
     try:
         echoed = host.link(CREATE_ECHOED, ifname=spec.host_ifname, kind="veth", mtu=spec.mtu,
                            peer={"ifname": spec.ifname, "net_ns_fd": netns_fd,
                                  "address": spec.mac, "mtu": spec.mtu})
-    except NetlinkError as exc:
-        if exc.code == errno.EEXIST:
-            raise KernelError(f"create veth {spec.host_ifname}: an interface with that "
-                              f"name exists", "run 'portway gc' and try again") from None
-        raise _kernel_error(f"create veth {spec.host_ifname}", exc) from None
-    try:
         index, cidx = _veth_indexes(echoed, spec.host_ifname)
+    except NetlinkError as exc:
+        if exc.code != errno.EEXIST:
+            raise _kernel_error(f"create veth {spec.host_ifname}", exc) from None
+        index, cidx = _existing_pair(host, cont, spec)
+        try:
+            cont.link("set", index=cidx, address=spec.mac, mtu=spec.mtu)
+        except NetlinkError as err:
+            raise _kernel_error(f"reuse {what}", err) from None
+    try:
         if not (index and cidx):  # no echo (it is best effort): look them up
             index, cidx = index_of(host, spec.host_ifname), index_of(cont, spec.ifname)
         # One message: owner tag, bridge port, no IPv6 address, up (the peer is still
         # down, so no address can be made before the mode is none).
         _without_ipv6(host, index, state="up", ifalias=spec.tag, master=spec.bridge_index)
+        # Nothing of IPv6 on the host end at all: a router advertisement sent to an
+        # 802.1 group address arrives on this port itself, not through the bridge.
+        for key, value in (("accept_ra", "0"), ("disable_ipv6", "1")):
+            set_ipv6_conf(spec.host_ifname, key, value)
         _without_ipv6(cont, cidx)  # before it is up: its peer is up now
         if spec.hairpin:
             # A container reaching its own published port through a host address is
             # DNATed back to itself: the frame must go out of the port it came in on.
             # Without published ports that never happens: one netlink call saved.
             host.brport("set", index=index, mode=1)
-        cont.addr("add", index=cidx, address=str(spec.address), prefixlen=spec.prefixlen)
+        _add_address(cont, cidx, spec.address, spec.prefixlen)
         cont.link("set", index=cidx, state="up")
         if spec.gateway is not None:
-            cont.route("add", dst="0.0.0.0/0", gateway=str(spec.gateway), oif=cidx)
+            cont.route("replace", dst="0.0.0.0/0", gateway=str(spec.gateway), oif=cidx)
     except NetlinkError as exc:
         raise _kernel_error(f"set up {what}", exc) from None
+
+
+def _existing_pair(host: IPRoute, cont: IPRoute, spec: EndpointSpec) -> tuple[int, int]:
+    """The indexes of an existing veth pair with spec's names, its ends in the host and
+    the container namespace and peers of each other; KernelError if it is not that."""
+    link = observe_link(host, spec.host_ifname)
+    inner = observe_link(cont, spec.ifname)
+    if link is None or link.kind != "veth" or inner is None or inner.kind != "veth" or \
+            link.peer != inner.index or inner.peer != link.index:
+        raise KernelError(f"create veth {spec.host_ifname}: an interface with that name "
+                          "exists and is not this endpoint's veth pair",
+                          f"remove it (ip link del {spec.host_ifname}) or run 'portway gc'")
+    return link.index, inner.index
+
+
+def set_ipv6_conf(ifname: str, key: str, value: str) -> None:
+    try:
+        write_sysctl(f"net.ipv6.conf.{ifname}.{key}", value)
+    except FileNotFoundError:
+        pass  # IPv6 is off in this kernel
+
+
+def observe_ipv6_conf(ifname: str, key: str) -> str | None:
+    try:
+        with open(f"/proc/sys/net/ipv6/conf/{ifname}/{key}") as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        return None
 
 
 def _veth_indexes(echoed: Any, ifname: str) -> tuple[int, int]:

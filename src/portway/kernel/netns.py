@@ -77,6 +77,24 @@ def in_netns(path: str, fn: Callable[[], T]) -> T:
     return in_thread(body)
 
 
+def in_new_netns(fn: Callable[[], T]) -> T:
+    """Run fn on a helper thread inside a new, empty network namespace of its own, which
+    is gone once fn has returned and closed what it opened there."""
+
+    def body() -> T:
+        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            sandbox.unshare(sandbox.CLONE_NEWNET)
+            try:
+                return fn()
+            finally:
+                sandbox.setns(home, sandbox.CLONE_NEWNET)
+        finally:
+            os.close(home)
+
+    return in_thread(body)
+
+
 def open_ipr(path: str) -> IPRoute:
     """An rtnetlink socket inside the namespace at path."""
     return in_netns(path, IPRoute)
@@ -196,23 +214,35 @@ def write_etc_netns(name: str, files: dict[str, str]) -> str:
     """Write /etc/netns/NAME/<file> (what `ip netns exec` binds over /etc)."""
     directory = os.path.join(ETC_NETNS, name)
     try:
-        os.mkdir(directory, 0o755)
-    except FileExistsError:
-        pass
+        _mkdir_readable(directory)
     except FileNotFoundError:
-        os.makedirs(directory, mode=0o755, exist_ok=True)
+        _mkdir_readable(ETC_NETNS)
+        _mkdir_readable(directory)
     # Written in place, not replaced: a running container has these very inodes
     # bind-mounted over its /etc, and must see updates.
     for filename, text in files.items():
         fd = os.open(os.path.join(directory, filename),
                      os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
+            # Readable by all whatever the umask (the daemon's is 0o077): a container's
+            # processes may run as another user, and read these as its /etc files.
+            os.fchmod(fd, 0o644)
             data = text.encode()
             while data:
                 data = data[os.write(fd, data):]
         finally:
             os.close(fd)
     return directory
+
+
+def _mkdir_readable(path: str) -> None:
+    """mkdir 0755, whatever the umask (the daemon's is 0o077); one that exists is kept
+    as it is."""
+    try:
+        os.mkdir(path, 0o755)
+    except FileExistsError:
+        return
+    os.chmod(path, 0o755)
 
 
 def remove_etc_netns(name: str) -> None:

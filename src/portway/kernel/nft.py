@@ -86,3 +86,20 @@ class Nft:
             if self._ctx:
                 self._lib.nft_ctx_free(self._ctx)
                 self._ctx = None
+
+
+def canonical(commands: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The ruleset the kernel lists after being given exactly these commands, in a
+    throwaway network namespace: the form to compare a live table's rules with."""
+    from portway.kernel import netns
+
+    def body() -> list[dict[str, Any]]:
+        nft = Nft()
+        try:
+            nft.apply(commands)
+            return nft.list_ruleset()
+        finally:
+            nft.close()
+
+    return netns.in_new_netns(body)
+

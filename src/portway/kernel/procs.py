@@ -6,11 +6,17 @@ for a container's process.
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import signal
 import subprocess
 import sys
 import time
+
+from portway.core.confine import Identity, UserSpec
+from portway.errors import InvalidInput
+from portway.kernel import sandbox
 
 
 def start_time(pid: int) -> int:
@@ -37,58 +43,110 @@ HELPER_BOOT = "from portway.kernel.sandbox import main; main()"
 
 
 def spawn_detached(netns: str, hostname: str | None, binds: list[tuple[str, str]],
-                   command: list[str], log_path: str) -> subprocess.Popen[bytes]:
-    """Start the command inside the sandbox as a new session, output to log_path.
+                   argv: list[str], log_path: str, env: dict[str, str],
+                   sysfs_readonly: bool = True) -> subprocess.Popen[bytes]:
+    """Start argv inside the sandbox as a new session, output to log_path.
 
-    The child is a helper interpreter that enters the namespaces and execs the
-    command, so the pid returned is the container's process itself, once the helper
-    has exec'd it (wait_exec). `run -d` does not wait for that: it would wait out the
-    helper's interpreter start, and entering the namespaces in a forked child of the
-    daemon instead (no vfork then) costs 2 ms, half the kernel work of a container.
-    The spec goes on the command line, as
-    words (sandbox.main), rather than as JSON: json imports re, milliseconds of
-    every start.
+    The child is a helper interpreter that enters the namespaces and execs argv
+    (confine.launch_argv: `unshare`, which stays as the container's watched process, then
+    `setpriv` and the command), so the pid returned is the one to watch and signal.
+    `run -d` does not wait for the exec: it would wait out the helper's interpreter start,
+    and entering the namespaces in a forked child of the daemon instead (no vfork then)
+    costs 2 ms, half the kernel work of a container. The spec goes on the command line,
+    as words (sandbox.main), rather than as JSON: json imports re, milliseconds of every
+    start.
     """
     # -S skips site-packages (a faster start); portway's own path is handed over
     # on the command line rather than in PYTHONPATH, which the command would inherit.
     src = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     boot = f"import sys; sys.path.insert(0, {src!r}); {HELPER_BOOT}"
-    spec = [netns, hostname or "", str(len(binds))]
+    spec = [netns, hostname or "", "ro" if sysfs_readonly else "rw", str(len(binds))]
     for source, target in binds:
         spec += [source, target]
     with open(log_path, "ab") as log, open(os.devnull, "rb") as devnull:
         return subprocess.Popen(
-            [sys.executable, "-S", "-c", boot, *spec, *command],
+            [sys.executable, "-S", "-c", boot, *spec, *argv],
             stdin=devnull, stdout=log, stderr=log, start_new_session=True, close_fds=True,
-            env=container_env(hostname),
+            env=env,
         )
 
 
-def wait_exec(pid: int, timeout: float = 5.0) -> bool:
-    """Wait until the helper started by spawn_detached has become the container's
-    command (inside its namespaces, with its files). False if the process is gone or
-    has not got there within the timeout: its namespaces may still be the host's."""
+def _cmdline(pid: int) -> bytes | None:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+def wait_init(pid: int, wrappers: tuple[str, ...], timeout: float = 5.0) -> int:
+    """The container's first process once it runs the command: the child that the watched
+    `unshare` (wrappers[0]) forked, once it has exec'd past the wrappers (`setpriv`). It is
+    inside all the container's namespaces from its fork on, so after the timeout a child
+    still in a wrapper (a command that is itself one of them) is returned as it is. 0 if
+    pid is gone or has no child by then. A process that is not unshare's (a container
+    started before portway gave containers a PID namespace) is its own first process."""
     mark = HELPER_BOOT.encode()
+    heads = tuple(w.encode() + b"\0" for w in wrappers)
     deadline = time.monotonic() + timeout
     while True:
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if mark not in f.read():
-                    return True
-        except (FileNotFoundError, ProcessLookupError):
-            return False
-        if time.monotonic() > deadline:
-            return False
+        own = _cmdline(pid)
+        if own is None:
+            return 0
+        child = 0
+        # An empty command line: an exec is under way (the new program's arguments are
+        # not in place yet); ask again.
+        if own and mark not in own:  # the helper has exec'd
+            if not own.startswith(heads[0]):
+                return pid
+            child = sandbox.init_child(pid)
+            theirs = _cmdline(child) if child else None
+            if theirs and theirs != own and not theirs.startswith(heads):
+                return child
+        if time.monotonic() >= deadline:
+            return child
         time.sleep(0.0005)
 
 
-def container_env(hostname: str | None) -> dict[str, str]:
+def container_env(hostname: str | None, home: str = "/root") -> dict[str, str]:
     """The environment a container's command starts with (Docker's: PATH, HOSTNAME, HOME)."""
     env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-           "HOME": "/root", "LANG": os.environ.get("LANG", "C.UTF-8")}
+           "HOME": home, "LANG": os.environ.get("LANG", "C.UTF-8")}
     if hostname:
         env["HOSTNAME"] = hostname
     return env
+
+
+def resolve_identity(spec: UserSpec) -> Identity:
+    """--user against the host's passwd and group files (a container shares the host's
+    file system, so they are its own): Docker's rules. A uid without an entry runs with
+    gid 0 (or the one given) and HOME /; a name must exist."""
+    entry: pwd.struct_passwd | None
+    try:
+        entry = pwd.getpwuid(int(spec.user)) if spec.user.isdigit() else pwd.getpwnam(spec.user)
+    except KeyError:
+        if not spec.user.isdigit():
+            raise InvalidInput(f"unable to find user {spec.user}: no matching entries in "
+                               "passwd file", "give a uid, or a user of /etc/passwd") from None
+        entry = None
+    uid = entry.pw_uid if entry else int(spec.user)
+    gid = entry.pw_gid if entry else 0
+    groups: list[int] = []
+    if spec.group is not None:
+        if spec.group.isdigit():
+            gid = int(spec.group)
+        else:
+            try:
+                gid = grp.getgrnam(spec.group).gr_gid
+            except KeyError:
+                raise InvalidInput(f"unable to find group {spec.group}: no matching entries "
+                                   "in group file",
+                                   "give a gid, or a group of /etc/group") from None
+    elif entry is not None:
+        groups = sorted({g.gr_gid for g in grp.getgrall() if entry.pw_name in g.gr_mem}
+                        | {gid})
+    return Identity(uid=uid, gid=gid, groups=tuple(groups),
+                    home=entry.pw_dir if entry else "/")
 
 
 def netns_inode(path: str) -> int:

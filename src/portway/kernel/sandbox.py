@@ -1,6 +1,6 @@
 """Entering a container's namespaces and exec'ing its command. Standard library only.
 
-Used by the CLI (foreground `run`, `exec`) and, as the helper interpreter of
+Used by the CLI (foreground `run`) and, as the helper interpreter of
 procs.spawn_detached, by the daemon to start detached containers. It is
 always called in a single-threaded process, right before exec, so entering
 namespaces here never touches a thread of the engine.
@@ -70,10 +70,12 @@ def enter_netns(path: str) -> None:
         os.close(fd)
 
 
-def enter_sandbox(netns: str, hostname: str | None, binds: list[tuple[str, str]]) -> None:
+def enter_sandbox(netns: str, hostname: str | None, binds: list[tuple[str, str]],
+                  sysfs_readonly: bool = True) -> None:
     """Join netns, then take new uts and mount namespaces with portway's files bound in.
 
-    With hostname None (host networking) only the network namespace is joined.
+    With hostname None (host networking) only the network namespace is joined. What
+    runs next (confine.launch_argv) adds the PID namespace and drops privileges.
     """
     enter_netns(netns)
     if hostname is None:
@@ -83,42 +85,39 @@ def enter_sandbox(netns: str, hostname: str | None, binds: list[tuple[str, str]]
     for source, target in binds:
         if os.path.exists(source) and os.path.exists(target):
             mount(source, target, None, MS_BIND)
-    # Like `ip netns exec`: a sysfs of this network namespace, so /sys/class/net is right.
+    # Like `ip netns exec`: a sysfs of this network namespace, so /sys/class/net is right;
+    # read-only as Docker mounts it, unless --privileged.
     try:
         umount("/sys", MNT_DETACH)
-        mount("sysfs", "/sys", "sysfs", 0)
+        mount("sysfs", "/sys", "sysfs",
+              MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC if sysfs_readonly else 0)
     except OSError:
         pass
     sethostname(hostname)
 
 
-def enter_process(pid: int) -> None:
-    """Join the namespaces of a running container process (for `exec`)."""
-    fds = {}
-    for name in ("net", "uts", "mnt"):
-        fds[name] = os.open(f"/proc/{pid}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC)
+def init_child(pid: int) -> int:
+    """The first child of pid (the container's first process, under `unshare --fork`), or
+    0 if it has none (yet)."""
     try:
-        for name, flag in (("net", CLONE_NEWNET), ("uts", CLONE_NEWUTS), ("mnt", CLONE_NEWNS)):
-            setns(fds[name], flag)
-    finally:
-        for fd in fds.values():
-            os.close(fd)
-    try:
-        os.chdir(os.getcwd())
+        with open(f"/proc/{pid}/task/{pid}/children", "rb") as f:
+            words = f.read().split()
     except OSError:
-        os.chdir("/")
+        return 0
+    return int(words[0]) if words else 0
 
 
 def main() -> None:
     """The helper procs.spawn_detached starts, with these words after `-c BOOT`:
-    NETNS HOSTNAME NBINDS [SOURCE TARGET]... COMMAND [ARG]... (HOSTNAME "": host
-    networking). It enters the sandbox and execs the command."""
+    NETNS HOSTNAME SYSFS NBINDS [SOURCE TARGET]... COMMAND [ARG]... (HOSTNAME "": host
+    networking; SYSFS "ro" or "rw"). It enters the sandbox and execs the command (which
+    is confine.launch_argv's: unshare and setpriv before the user's command)."""
     words = sys.argv[1:]
-    netns, hostname, count = words[0], words[1] or None, int(words[2])
-    binds = [(words[3 + 2 * i], words[4 + 2 * i]) for i in range(count)]
-    command = words[3 + 2 * count:]
+    netns, hostname, sysfs, count = words[0], words[1] or None, words[2], int(words[3])
+    binds = [(words[4 + 2 * i], words[5 + 2 * i]) for i in range(count)]
+    command = words[4 + 2 * count:]
     try:
-        enter_sandbox(netns, hostname, binds)
+        enter_sandbox(netns, hostname, binds, sysfs != "rw")
     except OSError as exc:
         print(f"portway: cannot enter the container's namespaces: {exc}", file=sys.stderr)
         os._exit(126)

@@ -88,6 +88,11 @@ class Container:
     # "portway", or "podman": its namespace and processes belong to Podman, which
     # calls portway (as netavark) only to network them
     runtime: str = "portway"
+    # What its processes may do (core/confine.py): as given on the command line.
+    cap_add: tuple[str, ...] = ()
+    cap_drop: tuple[str, ...] = ()
+    privileged: bool = False
+    user: str = ""
 
     @property
     def short_id(self) -> str:

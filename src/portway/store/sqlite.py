@@ -47,6 +47,13 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE containers ADD COLUMN runtime TEXT NOT NULL DEFAULT 'portway';
     """,
+    # 3: what a container's processes may do (capabilities, --privileged, --user)
+    """
+    ALTER TABLE containers ADD COLUMN cap_add TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE containers ADD COLUMN cap_drop TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE containers ADD COLUMN privileged INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE containers ADD COLUMN user TEXT NOT NULL DEFAULT '';
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -189,7 +196,8 @@ class SqliteStore:
         return (c.id, c.name, c.hostname, json.dumps(list(c.command)), c.netns, c.network_mode,
                 c.status, c.pid, c.pid_start, c.exit_code, int(c.auto_remove), int(c.detach),
                 json.dumps(ports), json.dumps(list(c.dns)), c.created, c.started, c.finished,
-                c.runtime)
+                c.runtime, json.dumps(list(c.cap_add)), json.dumps(list(c.cap_drop)),
+                int(c.privileged), c.user)
 
     @staticmethod
     def _container(row: tuple[Any, ...]) -> Container:
@@ -203,18 +211,20 @@ class SqliteStore:
             netns=row[4], network_mode=row[5], status=row[6], pid=int(row[7]),
             pid_start=int(row[8]), exit_code=row[9], auto_remove=bool(row[10]),
             detach=bool(row[11]), ports=ports, dns=tuple(json.loads(row[13])),
-            created=row[14], started=row[15], finished=row[16], runtime=row[17])
+            created=row[14], started=row[15], finished=row[16], runtime=row[17],
+            cap_add=tuple(json.loads(row[18])), cap_drop=tuple(json.loads(row[19])),
+            privileged=bool(row[20]), user=row[21])
 
     def add_container(self, c: Container) -> None:
-        self._exec("INSERT INTO containers VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        self._exec("INSERT INTO containers VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                    self._container_row(c))
 
     def update_container(self, c: Container) -> None:
         row = self._container_row(c)
         self._exec("UPDATE containers SET name=?, hostname=?, command=?, netns=?, "
                    "network_mode=?, status=?, pid=?, pid_start=?, exit_code=?, auto_remove=?, "
-                   "detach=?, ports=?, dns=?, created=?, started=?, finished=?, runtime=? "
-                   "WHERE id=?",
+                   "detach=?, ports=?, dns=?, created=?, started=?, finished=?, runtime=?, "
+                   "cap_add=?, cap_drop=?, privileged=?, user=? WHERE id=?",
                    (*row[1:], row[0]))
 
     def find_container(self, ref: str) -> Container | None:

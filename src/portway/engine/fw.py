@@ -1,0 +1,172 @@
+"""The engine's firewall service: portway's shared tables and this instance's part of them.
+
+Rules of this module:
+1. Several portway instances (the CLI's state dir, the Podman backend's, tests) may act
+   in one host namespace; they share the tables `inet`, `bridge` and `arp portway`.
+   The tables are created when missing and deleted when nobody has anything left in
+   them, both under a lock that every instance in the namespace takes (an flock on
+   the namespace itself), so one never deletes what another just began to fill.
+2. An instance adds, repairs and removes only its own chains and elements: every
+   element carries its owner tag, gc compares and repairs only those (and the shared
+   base, which is the same for everyone), never flushes or rebuilds a whole table.
+3. Drift is found by comparing rules, not counting them: the rules portway wants are
+   put into a throwaway namespace once, so that what the kernel lists for them is
+   what the real tables are compared with.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from portway.core import firewall
+from portway.core.firewall import Published, Repair
+from portway.errors import PortwayError
+from portway.kernel import nft as nft_kernel
+from portway.kernel.nft import Nft
+from portway.model.types import Endpoint, Network
+
+
+class Firewall:
+    def __init__(self, nft: Nft, instance: str) -> None:
+        self.nft = nft
+        self.instance = instance
+        # The namespace the engine lives in (its process entered it before any thread).
+        self._ns_fd = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        self._thread_lock = threading.Lock()  # flock is per open file, not per thread
+        self._canonical: dict[str, list[dict[str, Any]]] = {}
+
+    def close(self) -> None:
+        os.close(self._ns_fd)
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        """Held while the shared tables are created or deleted (by any instance here)."""
+        with self._thread_lock:
+            fcntl.flock(self._ns_fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._ns_fd, fcntl.LOCK_UN)
+
+    def ready(self) -> None:
+        """The shared tables, created if missing."""
+        missing = [f for f in firewall.TABLES if self.nft.list_table(f, firewall.TABLE) is None]
+        if not missing:
+            return
+        with self.shared():
+            shared = firewall.render_shared()
+            for family in missing:
+                if self.nft.list_table(family, firewall.TABLE) is None:
+                    self.nft.apply(shared[family])
+
+    def removable(self) -> bool:
+        """Whether a shared table exists that no instance has anything in."""
+        listing = self._listing()
+        return any(items is not None for items in listing.values()) and \
+            not firewall.tables_in_use(listing)
+
+    def release(self) -> bool:
+        """Delete the shared tables if no instance has anything in them; True if gone."""
+        with self.shared():
+            if firewall.tables_in_use(self._listing()):
+                return False
+            self.teardown(firewall.render_tables_removal())
+            return True
+
+    def apply(self, cmds: list[dict[str, Any]]) -> None:
+        self.nft.apply(cmds)
+
+    def teardown(self, cmds: list[dict[str, Any]]) -> None:
+        """Delete what exists of cmds: one transaction, or one by one if something in it
+        is already gone (missing counts as removed)."""
+        try:
+            self.nft.apply(cmds)
+            return
+        except PortwayError:
+            pass
+        for cmd in cmds:
+            try:
+                self.nft.apply([cmd])
+            except PortwayError:
+                pass
+
+    # this instance's part
+
+    def add_network(self, network: Network) -> None:
+        self.ready()
+        self.apply(firewall.render_network(network, self.instance))
+
+    def remove_network(self, network: Network) -> None:
+        self.teardown(firewall.render_network_removal(network))
+
+    def add_ports(self, ports: Iterable[Published]) -> None:
+        self.apply(firewall.render_ports(ports, self.instance))
+
+    def remove_ports(self, ports: Iterable[Published]) -> None:
+        self.teardown(firewall.render_ports_removal(ports))
+
+    def add_guard(self, endpoints: Iterable[Endpoint]) -> None:
+        self.apply(firewall.render_guard(endpoints, self.instance))
+
+    def remove_guard(self, endpoints: Iterable[Endpoint]) -> None:
+        cmds = firewall.render_guard_removal(endpoints)
+        if cmds:
+            self.teardown(cmds)
+
+    # drift
+
+    def _listing(self) -> dict[str, list[dict[str, Any]] | None]:
+        return {f: self.nft.list_table(f, firewall.TABLE) for f in firewall.TABLES}
+
+    def wanted(self, networks: list[Network], ports: list[Published],
+               endpoints: list[Endpoint]) -> list[dict[str, Any]]:
+        """This instance's chains, rules and elements."""
+        cmds: list[dict[str, Any]] = []
+        for n in networks:
+            cmds += firewall.render_network(n, self.instance)
+        return [*cmds, *firewall.render_ports(ports, self.instance),
+                *firewall.render_guard(endpoints, self.instance)]
+
+    def _canonical_form(self, cmds: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """What the kernel lists for cmds (chains and rules only), cached."""
+        key = hashlib.sha256(json.dumps(cmds, sort_keys=True).encode()).hexdigest()
+        if key not in self._canonical:
+            self._canonical = {key: nft_kernel.canonical(cmds)}  # one set of rules at a time
+        return self._canonical[key]
+
+    def plan(self, networks: list[Network], ports: list[Published],
+             endpoints: list[Endpoint]) -> list[Repair]:
+        """Every difference between the kernel and what this instance wants."""
+        shared = firewall.render_shared()
+        mine = self.wanted(networks, ports, endpoints)
+        listing = self._listing()
+        if all(items is None for items in listing.values()) and not mine:
+            return []
+        rules_only = [c for c in mine if "element" not in c["add"]]
+        canonical = self._canonical_form([c for f in firewall.TABLES for c in shared[f]]
+                                         + rules_only)
+        return firewall.plan_repair(shared, mine, listing, canonical, self.instance)
+
+    def repair(self, repair: Repair) -> None:
+        if not repair.steps:
+            raise PortwayError(repair.what)
+        if not repair.what.startswith("re-create table"):
+            for step in repair.steps:
+                if step:
+                    self.nft.apply(list(step))
+            return
+        base, *rest = repair.steps
+        with self.shared():  # another instance may have made it meanwhile: not twice
+            family = base[0]["add"]["table"]["family"]
+            if self.nft.list_table(family, firewall.TABLE) is None:
+                self.nft.apply(list(base))
+        for step in rest:
+            if step:
+                self.nft.apply(list(step))
