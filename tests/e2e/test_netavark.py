@@ -227,6 +227,12 @@ def test_port_ranges_and_both_protocols(podman: Podmanish) -> None:
      "out of 1-65535"),
     (lambda d: d.update(port_mappings=[{"container_port": 80, "host_port": 80,
                                         "protocol": "sctp"}]), "sctp"),
+    # A gateway outside the subnet, the host's own default gateway at that: the host
+    # would route its default traffic into the bridge (validated as network create does).
+    (lambda d: d["network_info"]["a1pnet"]["subnets"][0].update(gateway="198.51.100.2"),
+     "outside the subnet"),
+    (lambda d: d["network_info"]["a1pnet"]["subnets"][0].update(subnet="10.89.0.1/24"),
+     "host bits"),
 ])
 def test_invalid_input_changes_nothing(podman: Podmanish, mutate: Any, words: str) -> None:
     p = podman
@@ -236,7 +242,9 @@ def test_invalid_input_changes_nothing(podman: Podmanish, mutate: Any, words: st
     before = p.sb.snapshot()
     cp = p.nv("setup", ns, data=data, check=False)
     assert cp.returncode == 1 and words in json.loads(cp.stdout)["error"], cp.stdout
-    assert p.sb.snapshot()["links"] == before["links"]
+    after = p.sb.snapshot()
+    assert (after["links"], after["addrs"], after["routes"]) == \
+        (before["links"], before["addrs"], before["routes"])
 
 
 def test_bad_calls(podman: Podmanish) -> None:

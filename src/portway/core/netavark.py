@@ -94,15 +94,16 @@ def _network_info(name: str, data: Any) -> NetworkInfo:
     if not isinstance(subnets, list) or not subnets:
         raise _bad(f"network_info.{name}.subnets must be a non-empty list")
     first = _obj(subnets[0], f"network_info.{name}.subnets[0]")
-    try:
-        subnet = ipaddress.ip_network(_str(first, "subnet", "subnet"))
-        gateway: IPAddress = ipaddress.ip_address(_str(first, "gateway", "subnet", "")) \
-            if first.get("gateway") else ipaddress.ip_address(str(next(subnet.hosts())))
-    except ValueError as exc:
-        raise _bad(f"network_info.{name}.subnets: {exc}") from None
-    if subnet.version != 4:
-        raise InvalidInput(f"network {name}: IPv6 is not supported yet",
-                           "give it an IPv4 subnet")
+    # What `portway network create` accepts, checked the same way: a subnet without host
+    # bits, a gateway that is a host address inside it (one outside would take over a
+    # route of the host's, its default gateway even).
+    subnet = validate.parse_subnet(_str(first, "subnet", "subnet"))
+    if first.get("gateway"):
+        gateway = validate.check_host_address(
+            f"network {name}: gateway",
+            validate.parse_address("gateway", _str(first, "gateway", "subnet", "")), subnet)
+    else:
+        gateway = ipaddress.ip_address(str(next(subnet.hosts())))
     options = d.get("options") or {}
     if not isinstance(options, dict) or not all(isinstance(v, str) for v in options.values()):
         raise _bad(f"network_info.{name}.options must map names to strings")
