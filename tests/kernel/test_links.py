@@ -1,0 +1,134 @@
+"""kernel/links.py against real namespaces of the test's own: ensure_* are idempotent.
+
+Each test makes two throwaway network namespaces (a host and a container) and works
+in them from a helper thread that has entered the host one, as the daemon does; `ip -j`
+is the oracle.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import secrets
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from portway.errors import KernelError
+from portway.kernel import links, netns
+
+GATEWAY = ipaddress.ip_address("10.120.0.1")
+
+
+def ip(ns: str, *args: str) -> list[dict[str, object]]:
+    out = subprocess.run(["ip", "-n", ns, "-j", *args], capture_output=True, text=True,
+                         check=True).stdout
+    return json.loads(out) if out.strip() else []
+
+
+@pytest.fixture
+def spaces() -> Iterator[tuple[str, str]]:
+    if os.geteuid() != 0:
+        pytest.skip("kernel tests need root")
+    tag = secrets.token_hex(3)
+    host, cont = f"pwk-h-{tag}", f"pwk-c-{tag}"
+    for ns in (host, cont):
+        subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        yield host, cont
+    finally:
+        for ns in (host, cont):
+            subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+def bridge(ipr: object) -> int:
+    index, _ = links.ensure_bridge(ipr, "pwbr-test", "02:00:00:00:00:01", 1500,  # type: ignore[arg-type]
+                                   GATEWAY, 24, "portway:test:network:1")
+    return index
+
+
+def test_ensure_bridge_finishes_when_the_address_is_there_already(
+        spaces: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    host, _ = spaces
+
+    def body() -> None:
+        ipr = links.IPRoute()
+        try:
+            first = bridge(ipr)
+            ipr.link("set", index=first, state="down")
+            # Another writer adds the address between the look and the add: the add
+            # answers "File exists". The bridge must still come up.
+            monkeypatch.setattr(links, "observe_addresses", lambda *_a, **_k: [])
+            assert bridge(ipr) == first
+        finally:
+            ipr.close()
+
+    netns.in_netns(netns.netns_path(host), body)
+    (link,) = ip(host, "link", "show", "pwbr-test")
+    assert "UP" in link["flags"]  # type: ignore[operator]
+    (addrs,) = ip(host, "-4", "addr", "show", "pwbr-test")
+    assert [a["local"] for a in addrs["addr_info"]] == [str(GATEWAY)]  # type: ignore[index]
+
+
+def spec(index: int) -> links.EndpointSpec:
+    return links.EndpointSpec(host_ifname="pwv-test", ifname="eth0", mac="02:42:0a:78:00:02",
+                              mtu=1500, address=ipaddress.ip_address("10.120.0.2"),
+                              prefixlen=24, gateway=GATEWAY, bridge_index=index,
+                              tag="portway:test:endpoint:1")
+
+
+def test_ensure_endpoint_reuses_its_own_pair(spaces: tuple[str, str]) -> None:
+    host, cont = spaces
+
+    def body() -> int:
+        ipr, inner = links.IPRoute(), netns.open_ipr(netns.netns_path(cont))
+        fd = os.open(netns.netns_path(cont), os.O_RDONLY)
+        try:
+            index = bridge(ipr)
+            links.ensure_endpoint(ipr, inner, fd, spec(index))
+            made = links.index_of(ipr, "pwv-test")
+            # Half undone (off its bridge, down), as a crash or a hand can leave it:
+            ipr.link("set", index=made, master=0, state="down")
+            links.ensure_endpoint(ipr, inner, fd, spec(index))
+            assert links.index_of(ipr, "pwv-test") == made  # reused, not made again
+            return made
+        finally:
+            os.close(fd)
+            inner.close()
+            ipr.close()
+
+    netns.in_netns(netns.netns_path(host), body)
+    (port,) = ip(host, "link", "show", "pwv-test")
+    assert port["master"] == "pwbr-test" and "UP" in port["flags"]  # type: ignore[operator]
+    conf = subprocess.run(["ip", "netns", "exec", host, "cat",
+                           "/proc/sys/net/ipv6/conf/pwv-test/disable_ipv6"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    assert conf == "1"
+    (eth0,) = ip(cont, "-4", "addr", "show", "eth0")
+    assert [a["local"] for a in eth0["addr_info"]] == ["10.120.0.2"]  # type: ignore[index]
+    routes = ip(cont, "route", "show", "default")
+    assert [r["gateway"] for r in routes] == [str(GATEWAY)]
+
+
+def test_ensure_endpoint_refuses_a_link_that_is_not_its_pair(spaces: tuple[str, str]) -> None:
+    host, cont = spaces
+
+    def body() -> None:
+        ipr, inner = links.IPRoute(), netns.open_ipr(netns.netns_path(cont))
+        fd = os.open(netns.netns_path(cont), os.O_RDONLY)
+        try:
+            index = bridge(ipr)
+            # Someone else's veth with that name, its peer in the host namespace.
+            ipr.link("add", ifname="pwv-test", kind="veth", peer={"ifname": "other"})
+            with pytest.raises(KernelError, match="not this endpoint's veth pair"):
+                links.ensure_endpoint(ipr, inner, fd, spec(index))
+        finally:
+            os.close(fd)
+            inner.close()
+            ipr.close()
+
+    netns.in_netns(netns.netns_path(host), body)
+    assert {str(x["ifname"]) for x in ip(host, "link")} >= {"pwv-test", "other"}
+    assert [x["ifname"] for x in ip(cont, "link")] == ["lo"]
