@@ -4,7 +4,19 @@
 "outside" namespace joined to it by a veth (the host's uplink), and a state
 dir, and gives a `pw(...)` runner for the real CLI. Afterwards it removes
 what the test left through portway itself, then fails the test if any
-namespace, interface, /etc/netns entry, process or row is still there.
+namespace, interface, /etc/netns entry, process or row of its own is still
+there, and removes that too (clean_up_and_check).
+
+The machine is shared (a developer's Podman containers, another run of these
+tests): the check and the clean-up select only what is the test's own, never by
+a name pattern alone. The test's own namespaces are its sandbox's (and any named
+after it, SANDBOX-...), and those whose lo carries the owner tag of the state
+dir's portway instance (or, untagged, named pw-<12 hex> after a container of
+that state dir; portway names its namespaces pw-..., so only those are asked for a
+tag); its processes are those in its own namespaces; its /etc/netns
+entries are those named after its own namespaces or its state dir's containers.
+Anything else that appears meanwhile is someone else's: neither reported nor
+touched.
 """
 
 from __future__ import annotations
@@ -23,6 +35,7 @@ from pathlib import Path
 
 import pytest
 
+from portway.core.names import netns_name, parse_owner_tag
 from portway.testbed import HOST_ADDR, OUTSIDE_ADDR, make_world, remove_world
 
 BIN = Path(sys.executable).parent
@@ -70,6 +83,39 @@ def processes_in(netns: str) -> list[int]:
     return pids
 
 
+def loopback_owner(netns: str) -> tuple[str, str, str] | None:
+    """(instance, kind, id) of the owner tag on the namespace's lo (the alias portway
+    gives the lo of every namespace it makes), or None if it has none."""
+    cp = sh("ip", "-n", netns, "-j", "link", "show", "dev", "lo", check=False)
+    if cp.returncode != 0 or not cp.stdout.strip():
+        return None  # gone meanwhile, or not a namespace at all
+    lo: list[dict[str, object]] = json.loads(cp.stdout)
+    alias = lo[0].get("ifalias") if lo else None
+    return parse_owner_tag(alias if isinstance(alias, str) else None)
+
+
+def _store_query(state_dir: Path, sql: str) -> list[tuple[object, ...]]:
+    """Rows of a query on the state dir's database, read-only; [] without one."""
+    db = state_dir / "portway.db"
+    if not db.exists():
+        return []
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return con.execute(sql).fetchall()
+    except sqlite3.Error:  # not a database of portway's (yet)
+        return []
+    finally:
+        con.close()
+
+
+def command_line(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()[:200]
+    except OSError:
+        return "gone"
+
+
 @dataclass
 class Sandbox:
     host: str
@@ -79,6 +125,48 @@ class Sandbox:
     host_addr: str = HOST_ADDR
     outside_addr: str = OUTSIDE_ADDR
     extra: dict[str, list[str]] = field(default_factory=dict)
+    # What was there before the test: only what appears afterwards can be its own.
+    netns_before: set[str] = field(default_factory=set)
+    etc_before: set[str] = field(default_factory=set)
+
+    def instance(self) -> str | None:
+        """The portway instance of the state dir: the owner tag's first field."""
+        rows = _store_query(self.state_dir, "SELECT value FROM meta WHERE key='instance'")
+        return str(rows[0][0]) if rows else None
+
+    def container_ids(self) -> set[str]:
+        return {str(r[0]) for r in _store_query(self.state_dir, "SELECT id FROM containers")}
+
+    def own_netns(self, names: set[str] | None = None) -> set[str]:
+        """Of names (default: every named namespace), those that are this test's: its
+        sandbox's, or portway's of this state dir (see the module docstring)."""
+        names = netns_list() if names is None else names
+        instance = self.instance()
+        by_name = {netns_name(cid) for cid in self.container_ids()}
+        own = set()
+        for name in names:
+            if name in (self.host, self.outside) or \
+                    name.startswith((f"{self.host}-", f"{self.outside}-")):
+                own.add(name)
+                continue
+            if not name.startswith("pw"):
+                continue  # a cheap filter: portway's are pw-..., pwprobe-...
+            tag = loopback_owner(name)
+            if tag is not None:
+                if instance is not None and tag[0] == instance:
+                    own.add(name)
+            elif name in by_name:
+                own.add(name)
+        return own
+
+    def own_etc_netns(self, names: set[str] | None = None,
+                      own_netns: set[str] | None = None) -> set[str]:
+        """Of names (default: every /etc/netns entry), those named after this test's own
+        namespaces or after a container of its state dir."""
+        names = etc_netns_list() if names is None else names
+        known = (self.own_netns() if own_netns is None else own_netns) | \
+            {self.host, self.outside} | {netns_name(cid) for cid in self.container_ids()}
+        return names & known
 
     def pw_cmd(self, *args: str) -> list[str]:
         """The argv of a portway call in this sandbox (to prefix another command)."""
@@ -128,8 +216,9 @@ class Sandbox:
         # route "linkdown" a moment later, which no command of the test changed.
         routes = sorted((str(r.get("dst")), str(r.get("dev")), str(r.get("gateway")),
                          str(r.get("prefsrc"))) for r in ip_json(self.host, "route"))
-        return {"links": links, "addrs": addrs, "routes": routes, "netns": netns_list(),
-                "etc": etc_netns_list(), "rows": self.rows()}
+        own_ns = self.own_netns()
+        return {"links": links, "addrs": addrs, "routes": routes, "netns": own_ns,
+                "etc": self.own_etc_netns(own_netns=own_ns), "rows": self.rows()}
 
     def daemon_pid(self) -> int:
         cp = self.pw("daemon", "status", check=False)
@@ -150,52 +239,71 @@ def _cleanup_through_portway(sb: Sandbox) -> None:
     sb.pw("daemon", "stop", check=False)
 
 
+def clean_up_and_check(sb: Sandbox) -> list[str]:
+    """Remove what the test left of its own, first through portway, then by hand, and
+    say what there was (nothing: []). Only the test's own (see the module docstring):
+    a namespace, process or /etc/netns entry of anyone else's that appeared meanwhile
+    is neither reported nor touched. The sandbox's world itself is left for
+    remove_world; running this twice is harmless."""
+    # Read before portway's clean-up removes the rows: which containers were this test's.
+    ids_before = sb.container_ids()
+    daemon = sb.daemon_pid() if (sb.state_dir / "portway.db").exists() else 0
+    _cleanup_through_portway(sb)
+    leaks: list[str] = []
+    if daemon:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and os.path.exists(f"/proc/{daemon}"):
+            time.sleep(0.02)
+        if os.path.exists(f"/proc/{daemon}"):
+            leaks.append(f"portwayd {daemon} still running")
+    appeared = netns_list() - sb.netns_before
+    own_ns = sb.own_netns(appeared)
+    left_ns = sorted(own_ns - {sb.host, sb.outside})
+    stray = [pid for ns in sorted(own_ns) for pid in processes_in(ns)]
+    if stray:
+        leaks.append("processes left in the test namespaces: "
+                     + ", ".join(f"{pid} ({command_line(pid)})" for pid in stray))
+    extra_links = [n for n in sb.links() if n not in ("lo", "uplink0")] \
+        if sb.host in own_ns else []
+    if extra_links:
+        leaks.append(f"links left in the host namespace: {extra_links}")
+    if left_ns:
+        leaks.append(f"namespaces left: {left_ns}")
+    shutil.rmtree(Path("/etc/netns") / sb.host, ignore_errors=True)
+    known = own_ns | {netns_name(cid) for cid in ids_before}
+    left_etc = sorted(sb.own_etc_netns(etc_netns_list() - sb.etc_before, known)
+                      - {sb.host})
+    if left_etc:
+        leaks.append(f"/etc/netns entries left: {left_etc}")
+    rows = {k: v for k, v in sb.rows().items() if v}
+    if rows:
+        leaks.append(f"rows left in the store: {rows}")
+    for pid in stray:
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
+    for ns in left_ns:
+        sh("ip", "netns", "del", ns, check=False)
+    for name in left_etc:
+        shutil.rmtree(Path("/etc/netns") / name, ignore_errors=True)
+    return leaks
+
+
 @pytest.fixture
 def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
     if os.geteuid() != 0:
         pytest.skip("kernel tests need root")
     tag = secrets.token_hex(3)
-    sb = Sandbox(host=f"pwt-h-{tag}", outside=f"pwt-o-{tag}", state_dir=tmp_path / "state")
-    before_ns, before_etc = netns_list(), etc_netns_list()
+    sb = Sandbox(host=f"pwt-h-{tag}", outside=f"pwt-o-{tag}", state_dir=tmp_path / "state",
+                 netns_before=netns_list(), etc_before=etc_netns_list())
     # The host's uplink leads to the "outside" namespace, which plays the world; the
     # host's resolv.conf names the outside, so nothing portway forwards leaves the machine.
     make_world(sb.host, sb.outside)
-    daemon = 0
     try:
         yield sb
     finally:
-        daemon = sb.daemon_pid() if (sb.state_dir / "portway.db").exists() else 0
-        _cleanup_through_portway(sb)
-        leaks: list[str] = []
-        if daemon:
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline and os.path.exists(f"/proc/{daemon}"):
-                time.sleep(0.02)
-            if os.path.exists(f"/proc/{daemon}"):
-                leaks.append(f"portwayd {daemon} still running")
-        stray = [p for p in processes_in(sb.host) + processes_in(sb.outside)]
-        if stray:
-            leaks.append(f"processes left in the test namespaces: {stray}")
-        extra_links = [n for n in sb.links() if n not in ("lo", "uplink0")]
-        if extra_links:
-            leaks.append(f"links left in the host namespace: {extra_links}")
-        extra_ns = netns_list() - before_ns - {sb.host, sb.outside}
-        if extra_ns:
-            leaks.append(f"namespaces left: {sorted(extra_ns)}")
-        shutil.rmtree(Path("/etc/netns") / sb.host, ignore_errors=True)
-        extra_etc = etc_netns_list() - before_etc
-        if extra_etc:
-            leaks.append(f"/etc/netns entries left: {sorted(extra_etc)}")
-        rows = {k: v for k, v in sb.rows().items() if v}
-        if rows:
-            leaks.append(f"rows left in the store: {rows}")
-        for pid in stray:
-            try:
-                os.kill(pid, 9)
-            except ProcessLookupError:
-                pass
-        for ns in extra_ns:
-            sh("ip", "netns", "del", ns, check=False)
+        leaks = clean_up_and_check(sb)
         remove_world(sb.host, sb.outside)
         if leaks:
             pytest.fail("left behind:\n  " + "\n  ".join(leaks))

@@ -13,7 +13,7 @@ import os
 
 import pytest
 
-from conftest import Sandbox, ip_json, netns_list
+from conftest import Sandbox, ip_json
 
 STEPS = {
     "network_create.bridge": ["network", "create", "extra", "--subnet", "10.70.0.0/24"],
@@ -41,7 +41,7 @@ def agree(sb: Sandbox) -> None:
                       for v in c["NetworkSettings"]["Networks"].values() if "HostInterface" in v}
     assert {name for name in links if name.startswith("pwv-")} == expected_veths
     assert {name for name in links if name.startswith("pwbr-")} == {n["Bridge"] for n in networks}
-    namespaces = {n for n in netns_list() if n.startswith("pw-")}
+    namespaces = {n for n in sb.own_netns() if n.startswith("pw-")}
     mine = {os.path.basename(c["NetworkSettings"]["SandboxKey"]) for c in containers}
     # Only this sandbox's containers may be there (other tests run in series).
     assert namespaces == mine
@@ -54,7 +54,7 @@ def agree(sb: Sandbox) -> None:
     assert guarded.count("pwv-") == len(expected_veths)
     assert sb.pw("gc").stdout.startswith("nothing to repair")
     assert "portway_trace" not in sb.in_host("nft", "list", "tables").stdout
-    assert not [n for n in netns_list() if n.startswith("pwprobe-")]
+    assert not [n for n in sb.own_netns() if n.startswith("pwprobe-")]
 
 
 @pytest.mark.parametrize("step", sorted(STEPS))

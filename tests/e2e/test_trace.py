@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from conftest import Sandbox, netns_list, sh
+from conftest import Sandbox, sh
 from portway.testbed import HTTP_GET as GET
 from portway.testbed import WAIT_LISTENING as WAIT
 
@@ -26,7 +26,7 @@ def trace(sb: Sandbox, *args: str) -> dict[str, Any]:
             (data["seen_source"], data["seen_destination"])
     tables = sb.in_host("nft", "list", "tables").stdout
     assert "portway_trace" not in tables
-    assert not [n for n in netns_list() if n.startswith("pwprobe-")]
+    assert not [n for n in sb.own_netns() if n.startswith("pwprobe-")]
     return data
 
 

@@ -20,7 +20,19 @@ if TYPE_CHECKING:
     from typing import Any
 
 SOCKET_NAME = "portwayd.sock"
+DB_NAME = "portway.db"
 START_TIMEOUT = 30.0
+STALE_TIMEOUT = 20.0  # how long a daemon whose host namespace is gone may take to leave
+
+# st_mode's bits, spelled out: the `stat` module would be one more import on every call.
+_S_IFMT = 0o170000
+_S_IFDIR = 0o040000
+_S_IFREG = 0o100000
+_S_IFLNK = 0o120000
+_S_IFSOCK = 0o140000
+_S_ISVTX = 0o1000
+_GROUP_OTHER_WRITE = 0o022
+_MAX_SYMLINKS = 40  # the kernel's own limit for one path (ELOOP)
 
 
 def encode_json(value: "Any") -> str:
@@ -82,6 +94,120 @@ def absolute(path: str) -> str:
     return "/" + "/".join(parts)
 
 
+def _untrusted(message: str, fix: str) -> ClientError:
+    return ClientError(message, f"portway trusts what it finds there: {fix}", 2)
+
+
+def check_state_dir(state_dir: str) -> None:
+    """Refuse (ClientError, exit code 2) a state dir that anyone but the caller could
+    have put things in: the CLI obeys whatever answers on its socket (a fake daemon
+    could answer `run` with a program and PATH of its choice), and the daemon trusts
+    its database and files.
+
+    state_dir is absolute and normalized (absolute()). What is checked, with lstat and
+    each symbolic link followed by hand, as the kernel follows it: every directory on
+    the way from / belongs to root or the caller and no one else can write to it,
+    unless it is sticky (in /tmp, others cannot replace what they do not own); every
+    symbolic link on the way belongs to root or the caller (its directory is checked
+    as one on the way); the state dir itself is a directory of the caller's that no
+    one else can write to; its socket and database, where they exist, are a socket and
+    a regular file of the caller's that no one else can write to. So no one else can
+    change what is checked between the check and its use. A state dir that does not
+    exist yet passes: check again once it is made (in a sticky directory, someone
+    else may have made it first). A few lstat calls, some microseconds: cheap enough
+    for every CLI call.
+    """
+    euid = posix.geteuid()
+    try:
+        resolved = _walk_state_dir(state_dir, euid)
+        if resolved is None:
+            return
+        for name, kind, what in ((SOCKET_NAME, _S_IFSOCK, "socket"),
+                                 (DB_NAME, _S_IFREG, "regular file")):
+            shown = f"{state_dir.rstrip('/')}/{name}"
+            try:
+                st = posix.lstat(f"{resolved.rstrip('/')}/{name}")
+            except FileNotFoundError:
+                continue
+            label = "portwayd's socket" if kind == _S_IFSOCK else "the database"
+            if st.st_mode & _S_IFMT != kind:
+                raise _untrusted(f"{label} {shown} is not a {what}",
+                                 "remove it (or use another --state-dir)")
+            if st.st_uid != euid:
+                raise _untrusted(f"{label} {shown} belongs to uid {st.st_uid}, not to you "
+                                 f"(uid {euid})",
+                                 "remove it, or chown it if it is yours (or use another "
+                                 "--state-dir)")
+            if st.st_mode & _GROUP_OTHER_WRITE:
+                raise _untrusted(f"{label} {shown} is writable by other users",
+                                 f"chmod 600 {shown} (or use another --state-dir)")
+    except OSError as exc:
+        raise ClientError(f"cannot check the state dir {state_dir}: {exc.strerror}",
+                          "give another --state-dir", 2) from None
+
+
+def _walk_state_dir(state_dir: str, euid: int) -> str | None:
+    """Check the way to state_dir and state_dir itself (see check_state_dir); its
+    path with every symbolic link resolved, or None if it does not exist yet."""
+    pending = [part for part in reversed(state_dir.split("/")) if part]  # next: last
+    current = ""  # the directory reached so far, its links resolved ("" is /)
+    _check_on_the_way(state_dir, "/", posix.lstat("/"), euid, last=not pending)
+    links = 0
+    while pending:
+        name = pending.pop()
+        if name == ".":
+            continue
+        if name == "..":
+            current = current.rsplit("/", 1)[0]
+            continue
+        path = f"{current}/{name}"
+        try:
+            st = posix.lstat(path)
+        except FileNotFoundError:
+            return None
+        if st.st_mode & _S_IFMT == _S_IFLNK:
+            links += 1
+            if links > _MAX_SYMLINKS:
+                raise ClientError(f"state dir {state_dir}: too many levels of symbolic links",
+                                  "give another --state-dir", 2)
+            if st.st_uid not in (0, euid):
+                raise _untrusted(f"state dir {state_dir} goes through the symbolic link "
+                                 f"{path}, which belongs to uid {st.st_uid}",
+                                 "give a path that does not (--state-dir)")
+            target = posix.readlink(path)
+            if target.startswith("/"):
+                current = ""
+            pending.extend(part for part in reversed(target.split("/")) if part)
+            continue
+        _check_on_the_way(state_dir, path, st, euid, last=not pending)
+        current = path
+    return current or "/"
+
+
+def _check_on_the_way(state_dir: str, path: str, st: "posix.stat_result", euid: int,
+                      last: bool) -> None:
+    """One directory of the way to the state dir (the state dir itself if last)."""
+    if st.st_mode & _S_IFMT != _S_IFDIR:
+        raise ClientError(f"state dir {state_dir}: {path} is not a directory",
+                          "give another --state-dir", 2)
+    if last:
+        if st.st_uid != euid:
+            raise _untrusted(f"state dir {state_dir} belongs to uid {st.st_uid}, not to you "
+                             f"(uid {euid})", "use a state dir of your own (--state-dir)")
+        if st.st_mode & _GROUP_OTHER_WRITE:
+            raise _untrusted(f"state dir {state_dir} is writable by other users",
+                             f"chmod 700 {state_dir} (or use another --state-dir)")
+        return
+    if st.st_uid not in (0, euid):
+        raise _untrusted(f"state dir {state_dir} is inside {path}, which belongs to uid "
+                         f"{st.st_uid}", "its owner could replace the state dir: use "
+                         "another --state-dir")
+    if st.st_mode & _GROUP_OTHER_WRITE and not st.st_mode & _S_ISVTX:
+        raise _untrusted(f"state dir {state_dir} is inside {path}, which other users can "
+                         "write to", f"they could replace the state dir: chmod go-w {path} "
+                         "(or use another --state-dir)")
+
+
 class Client:
     def __init__(self, state_dir: str, host_netns: str | None) -> None:
         self.state_dir = absolute(state_dir)
@@ -91,6 +217,8 @@ class Client:
         self.log_path = f"{base}/portwayd.log"
 
     def _connect(self) -> _socket.socket | None:
+        # Before every connection: whatever answers there is obeyed.
+        check_state_dir(self.state_dir)
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
             sock.connect(self.sock_path)
@@ -101,6 +229,28 @@ class Client:
             raise ClientError(f"cannot reach portwayd at {self.sock_path}: {exc.strerror}",
                               "check the state dir's permissions") from None
         return sock
+
+    def _ask(self, request: "dict[str, Any]") -> "dict[str, Any] | None":
+        """The reply of the daemon that serves the state dir, or None if none does. A
+        daemon whose host namespace was deleted answers that it is stale, without doing
+        anything, and leaves: it counts as none once it has gone."""
+        sock = self._connect()
+        if sock is None:
+            return None
+        reply = self._exchange(sock, request)
+        if reply.get("stale"):
+            self._wait_gone(int(reply.get("pid") or 0), str(reply.get("error")))
+            return None
+        return reply
+
+    @staticmethod
+    def _wait_gone(pid: int, why: str) -> None:
+        deadline = time.monotonic() + STALE_TIMEOUT
+        while pid and _alive(pid):
+            if time.monotonic() > deadline:
+                raise ClientError(f"{why}, and it has not left in {STALE_TIMEOUT:.0f} s",
+                                  f"stop it: kill {pid}")
+            time.sleep(0.01)
 
     def _exchange(self, sock: _socket.socket,
                   request: "dict[str, Any]") -> "dict[str, Any]":
@@ -126,11 +276,8 @@ class Client:
         return reply
 
     def running(self) -> "dict[str, Any] | None":
-        sock = self._connect()
-        if sock is None:
-            return None
-        reply = self._exchange(sock, {"op": "ping"})
-        return reply.get("result")
+        reply = self._ask({"op": "ping"})
+        return None if reply is None else reply.get("result")
 
     def start_daemon(self) -> None:
         import os
@@ -139,13 +286,24 @@ class Client:
         if self.host_netns and not os.path.exists(f"/run/netns/{self.host_netns}"):
             raise ClientError(f"host network namespace {self.host_netns!r} not found",
                               f"create it with 'ip netns add {self.host_netns}'", 3)
-        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+        check_state_dir(self.state_dir)
+        # Missing parents 0755, whatever the caller's umask (with 0 they would be writable
+        # by all, and the state dir refused); the state dir itself 0700.
+        mask = os.umask(0o022)
+        try:
+            os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+        finally:
+            os.umask(mask)
+        # Again, now that it exists: it may have been there already, or made by another.
+        check_state_dir(self.state_dir)
         log_path = self.log_path
         cmd = [sys.executable, "-m", "portway.daemon.main", "--state-dir", self.state_dir]
         if self.host_netns:
             cmd += ["--host-netns", self.host_netns]
         env = dict(os.environ)
-        with open(log_path, "ab") as log, open(os.devnull, "rb") as devnull:
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                         0o600)
+        with open(log_fd, "ab") as log, open(os.devnull, "rb") as devnull:
             proc = subprocess.Popen(cmd, stdin=devnull, stdout=log, stderr=log,
                                     start_new_session=True, close_fds=True, env=env)
         deadline = time.monotonic() + START_TIMEOUT
@@ -174,14 +332,14 @@ class Client:
         return lines[-1].removeprefix("portwayd: ") if lines else "(no log)"
 
     def call(self, op: str, **args: "Any") -> "Any":
-        sock = self._connect()
-        if sock is None:
+        request = {"op": op, "args": args}
+        reply = self._ask(request)
+        if reply is None:
             self.start_daemon()
-            sock = self._connect()
-            if sock is None:
+            reply = self._ask(request)
+            if reply is None:
                 raise ClientError("portwayd is not answering",
                                   f"see {self.log_path}")
-        reply = self._exchange(sock, {"op": op, "args": args})
         if not reply.get("ok"):
             raise ClientError(str(reply.get("error")), str(reply.get("hint") or ""),
                               int(reply.get("exit_code") or 1), str(reply.get("traceback", "")))
@@ -204,3 +362,13 @@ class Client:
                 break
             time.sleep(0.01)
         return pid
+
+
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie (a daemon that has left but whose parent
+    has not reaped it yet has left)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rpartition(b")")[2].split()[0] != b"Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False

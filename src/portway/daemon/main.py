@@ -6,6 +6,19 @@ replies are {"ok": true, "result": ...} or {"ok": false, "error": ..., "hint":
 "reply": "marshal" (portway's CLI does: reading it needs no import). It can be
 killed at any moment: on start it reconciles the store with the kernel and
 re-adopts the running containers.
+
+It trusts its state dir, and its clients trust what answers on the socket there:
+it runs with umask 0o077 (the state dir 0700, its files 0600) and refuses to start
+on a state dir that someone else could have put things in (the same check as the
+CLI's, portway.cli.client.check_state_dir, and nothing in it may belong to anyone
+else).
+
+A daemon lives in the host namespace it serves. If that namespace is deleted (or
+its name given to a new one), the daemon leaves, and stops its DNS server: both
+would keep the deleted namespace alive and pass for the new one's. It looks every
+STALE_CHECK_INTERVAL seconds, and before serving each request (a request it finds
+stale is answered {"ok": false, "stale": true, "pid": ...} without being served,
+so the CLI waits for it to leave and starts a new daemon).
 """
 
 from __future__ import annotations
@@ -16,16 +29,24 @@ import json
 import marshal
 import os
 import signal
+import socket
 import socketserver
+import stat
 import sys
 import threading
+import time
 import traceback
 from typing import Any
 
+from portway.cli.client import ClientError, check_state_dir
 from portway.kernel import sandbox
 
 SOCKET_NAME = "portwayd.sock"
 LOCK_NAME = "portwayd.lock"
+STALE_CHECK_INTERVAL = 1.0
+# How long a new daemon waits for the state dir's lock while its holder is on its way
+# out (a daemon whose host namespace was deleted, or one being stopped).
+LOCK_WAIT = 20.0
 
 # The operations the daemon serves: the Engine's public methods, by name.
 OPS = (
@@ -69,19 +90,66 @@ class Handler(socketserver.StreamRequestHandler):
             pass
 
 
+class HostNamespace:
+    """The network namespace the daemon lives in and serves, and whether its name
+    still leads to it."""
+
+    def __init__(self, name: str | None) -> None:
+        self.name = name
+        self.path = f"/run/netns/{name}" if name else ""
+        own = os.stat("/proc/self/ns/net")
+        self.identity = (own.st_dev, own.st_ino)
+
+    def gone(self) -> bool:
+        """The named namespace was deleted, or the name now leads to another one (or to
+        a plain file: the namespace's mount is gone). The root namespace never goes."""
+        if not self.path:
+            return False
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False  # cannot tell: keep serving
+        return (st.st_dev, st.st_ino) != self.identity
+
+
 class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, path: str, engine: Any) -> None:
+    def __init__(self, path: str, engine: Any, host: HostNamespace | None = None) -> None:
         self.engine = engine
+        self.host = host or HostNamespace(None)
+        self.stale = False
+        self._stale_lock = threading.Lock()
         super().__init__(path, Handler)
+
+    def check_host(self) -> bool:
+        """True once the host namespace is gone; whoever sees it first starts the
+        shutdown."""
+        if self.stale or not self.host.gone():
+            return self.stale
+        with self._stale_lock:
+            if not self.stale:
+                self.stale = True
+                log(f"portwayd: host namespace {self.host.name} was deleted (or its name "
+                    "now leads to another namespace): leaving")
+                threading.Thread(target=self.shutdown, daemon=True).start()
+        return True
 
     def dispatch(self, request: dict[str, Any]) -> dict[str, Any]:
         from portway.errors import PortwayError
 
         op = request.get("op")
         args = request.get("args") or {}
+        if op != "shutdown" and self.check_host():
+            # Served here, it would act in the deleted namespace: nothing is done, and
+            # the client starts a new daemon once this one has left.
+            return {"ok": False, "stale": True, "pid": os.getpid(), "exit_code": 1,
+                    "error": f"portwayd (pid {os.getpid()}) serves the host namespace "
+                             f"{self.host.name}, which was deleted",
+                    "hint": "it is leaving: run the command again"}
         if op == "ping":
             return {"ok": True, "result": {"pid": os.getpid(),
                                            "host_netns": self.engine.host_netns or "",
@@ -108,11 +176,17 @@ def serve(state_dir: str, host_netns: str | None) -> int:
     if os.geteuid() != 0:
         log("portwayd: must run as root (it creates network namespaces)")
         return 1
-    os.makedirs(state_dir, mode=0o700, exist_ok=True)
-    lock = open(os.path.join(state_dir, LOCK_NAME), "a")  # noqa: SIM115 - held for life
+    # Before anything is created: the state dir 0700, its files 0600 (the database, its
+    # WAL, containers' output, the DNS server's files), whoever started the daemon.
+    os.umask(0o077)
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        secure_state_dir(state_dir)
+    except ClientError as exc:
+        log(f"portwayd: {exc.message}; {exc.hint}")
+        return exc.exit_code
+    lock = open(os.path.join(state_dir, LOCK_NAME), "a")  # noqa: SIM115 - held for life
+    sock = os.path.join(state_dir, SOCKET_NAME)
+    if not take_lock(lock, sock):
         log("portwayd: another daemon already serves this state dir")
         return 0
     if host_netns:
@@ -124,6 +198,7 @@ def serve(state_dir: str, host_netns: str | None) -> int:
         except OSError as exc:
             log(f"portwayd: cannot enter host namespace {host_netns}: {exc}")
             return 1
+    host = HostNamespace(host_netns)
     from portway.engine import Engine
     from portway.errors import PortwayError
 
@@ -132,28 +207,111 @@ def serve(state_dir: str, host_netns: str | None) -> int:
     except PortwayError as exc:
         log(f"portwayd: {exc.line()}")
         return exc.exit_code
+    stale_dns = engine.dns.stop_stale()
+    if stale_dns:
+        log(f"portwayd: stopped the DNS server of another namespace (pid {stale_dns}), "
+            "left by an earlier daemon")
     adopted = engine.adopt()
     for line in engine.gc():
         log(f"portwayd: {line}")
-    sock = os.path.join(state_dir, SOCKET_NAME)
     try:
         os.unlink(sock)
     except FileNotFoundError:
         pass
-    server = Server(sock, engine)
+    server = Server(sock, engine, host)
     os.chmod(sock, 0o600)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+    stop_watching = threading.Event()
+    threading.Thread(target=watch_host, args=(server, stop_watching), daemon=True,
+                     name="portwayd-host-watch").start()
     log(f"portwayd: serving {sock} (pid {os.getpid()}, adopted {adopted})")
     try:
         server.serve_forever(poll_interval=0.5)
     finally:
+        stop_watching.set()
         server.server_close()
         try:
             os.unlink(sock)
         except FileNotFoundError:
             pass
+        if server.stale:
+            # It lives in the deleted namespace too: it would keep it alive, answer
+            # nobody, and pass (by STATE/dns.pid) for the new namespace's server.
+            try:
+                engine.dns.stop()
+            except Exception as exc:  # leaving anyway: the next daemon stops it
+                log(f"portwayd: cannot stop the DNS server: {exc}")
         engine.close()
     return 0
+
+
+def watch_host(server: Server, stop: threading.Event) -> None:
+    """Notice a deleted host namespace while no request comes."""
+    while not stop.wait(STALE_CHECK_INTERVAL):
+        if server.check_host():
+            return
+
+
+def secure_state_dir(state_dir: str) -> None:
+    """Refuse a state dir someone else could have put things in (ClientError), create
+    it if need be, and take away from group and others what they may still read there
+    (the state dir of an earlier version: 0755, files 0644)."""
+    check_state_dir(state_dir)
+    os.makedirs(state_dir, mode=0o700, exist_ok=True)
+    check_state_dir(state_dir)  # it may have been made by another meanwhile
+    euid = os.geteuid()
+    tightened = 0
+    for top, dirs, files in os.walk(state_dir):  # symbolic links are not followed
+        # Each directory is a top in its turn; a link to one is not, so it is seen here.
+        links = [os.path.join(top, name) for name in dirs
+                 if os.path.islink(os.path.join(top, name))]
+        for path in (top, *(os.path.join(top, name) for name in files), *links):
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:  # a file that went meanwhile (a .dns. temporary)
+                continue
+            if st.st_uid != euid:
+                # The state dir was open to others once: this may be theirs, planted.
+                raise ClientError(f"{path} in the state dir belongs to uid {st.st_uid}, "
+                                  f"not to portwayd (uid {euid})",
+                                  "portway trusts what it finds there: remove it (or use "
+                                  "another --state-dir)", 2)
+            mode = stat.S_IMODE(st.st_mode)
+            if mode & 0o077 and (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+                os.chmod(path, mode & 0o700)
+                tightened += 1
+    if tightened:
+        log(f"portwayd: took away group and other users' access to {tightened} entries of "
+            f"the state dir {state_dir} (now 0700 and 0600)")
+
+
+def take_lock(lock: Any, sock_path: str) -> bool:
+    """Hold the state dir's lock; False if another daemon serves the state dir. A holder
+    on its way out (stopped, or serving a deleted namespace) is waited for."""
+    deadline = time.monotonic() + LOCK_WAIT
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            pass
+        if _serving(sock_path) or time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+
+
+def _serving(sock_path: str) -> bool:
+    """A daemon answers on the socket, and is not one on its way out."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(5)
+            s.connect(sock_path)
+            s.sendall(b'{"op": "ping"}\n')
+            data = b"".join(iter(lambda: s.recv(1 << 16), b""))
+        reply = json.loads(data)
+    except (OSError, ValueError):
+        return False
+    return isinstance(reply, dict) and reply.get("ok") is True
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -85,7 +85,7 @@ class Engine:
     def __init__(self, state_dir: str, host_netns: str | None = None) -> None:
         self.state_dir = os.path.abspath(state_dir)
         self.host_netns = host_netns
-        os.makedirs(os.path.join(self.state_dir, "containers"), exist_ok=True)
+        os.makedirs(os.path.join(self.state_dir, "containers"), mode=0o700, exist_ok=True)
         self.store = SqliteStore(os.path.join(self.state_dir, "portway.db"))
         self._check_host(host_netns)
         self.instance = self._instance_id()
@@ -776,7 +776,7 @@ class Engine:
 
     def _log_path(self, container: Container) -> str:
         directory = os.path.join(self.state_dir, "containers", container.id)
-        os.makedirs(directory, exist_ok=True)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
         return os.path.join(directory, "output.log")
 
     def _start(self, container: Container) -> Container:

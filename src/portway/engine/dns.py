@@ -2,7 +2,11 @@
 
 One server per host namespace and state dir, started with the first network
 and stopped with the last. It outlives the daemon, like containers do; its pid
-and start time are kept in STATE/dns.pid so a new daemon finds it again.
+and start time are kept in STATE/dns.pid so a new daemon finds it again. A server
+found there that lives in another network namespace (its host namespace was
+deleted, and the name given to a new one) is not this one's: it is stopped.
+Its log and pid file are 0600, whatever the caller's umask (its records, dns.json,
+are too: mkstemp); its control socket gets the daemon's umask, 0o077.
 """
 
 from __future__ import annotations
@@ -81,10 +85,39 @@ class DnsServer:
             return 0, 0
         return (pid, started) if procs.is_alive(pid, started) else (0, 0)
 
+    @staticmethod
+    def _in_our_netns(pid: int) -> bool:
+        """The process lives in the network namespace where start() would start a server
+        now: the calling thread's (the daemon lives in its host namespace)."""
+        try:
+            theirs = os.stat(f"/proc/{pid}/ns/net")
+            ours = os.stat("/proc/thread-self/ns/net")
+        except OSError:
+            return True  # cannot tell: take it for ours, as before
+        return (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino)
+
     def running(self) -> bool:
-        return self._pid()[0] != 0
+        pid = self._pid()[0]
+        return pid != 0 and self._in_our_netns(pid)
+
+    def stop_stale(self) -> int:
+        """Stop the server STATE/dns.pid names if it lives in another namespace: it was
+        left by the daemon of a deleted host namespace of the same name, listens there,
+        and would take this namespace's reloads. Its pid, or 0 if there was none."""
+        pid, started = self._pid()
+        if not pid or self._in_our_netns(pid):
+            return 0
+        self._end(pid, started)
+        # Not dns.json: publish() may just have written this namespace's records.
+        for path in (self.pid_path, self.sock_path):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        return pid
 
     def start(self) -> None:
+        self.stop_stale()
         # A killed server leaves its socket file: it must not pass for the new one's.
         try:
             os.unlink(self.sock_path)
@@ -93,8 +126,9 @@ class DnsServer:
         src = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         boot = (f"import sys; sys.path.insert(0, {src!r}); "
                 "from portway.dns.server import main; main()")
-        log = open(os.path.join(self.state_dir, "dns.log"), "ab")  # noqa: SIM115
-        with log, open(os.devnull, "rb") as devnull:
+        log_fd = os.open(os.path.join(self.state_dir, "dns.log"),
+                         os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        with open(log_fd, "ab") as log, open(os.devnull, "rb") as devnull:
             child = subprocess.Popen(
                 [sys.executable, "-S", "-c", boot, "--state-dir", self.state_dir,
                  "--resolv", self.engine.host_resolv_path()],
@@ -106,7 +140,8 @@ class DnsServer:
         while not started and time.monotonic() < deadline:
             started = procs.start_time(child.pid)
         tmp = self.pid_path + ".tmp"
-        with open(tmp, "w") as f:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with open(fd, "w") as f:
             f.write(f"{child.pid} {started}\n")
         os.replace(tmp, self.pid_path)
         self.engine.watcher.watch("dns-server", child.pid, child=True)
@@ -114,14 +149,19 @@ class DnsServer:
         while not os.path.exists(self.sock_path) and time.monotonic() < deadline:
             time.sleep(0.002)
 
+    @staticmethod
+    def _end(pid: int, started: int) -> None:
+        """SIGTERM, then SIGKILL after 5 s: the process with this pid and start time only."""
+        procs.signal_process(pid, started, signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while procs.is_alive(pid, started) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        procs.signal_process(pid, started, signal.SIGKILL)
+
     def stop(self) -> None:
         pid, started = self._pid()
         if pid:
-            procs.signal_process(pid, started, signal.SIGTERM)
-            deadline = time.monotonic() + 5
-            while procs.is_alive(pid, started) and time.monotonic() < deadline:
-                time.sleep(0.01)
-            procs.signal_process(pid, started, signal.SIGKILL)
+            self._end(pid, started)
         for path in (self.pid_path, self.sock_path, os.path.join(self.state_dir, "dns.json")):
             try:
                 os.unlink(path)

@@ -103,7 +103,9 @@ def open_ipr(path: str) -> IPRoute:
 def _ensure_run_netns() -> None:
     """Make /run/netns a shared mount point, as `ip netns add` does, so the bind
     mounts of namespaces show in every mount namespace."""
-    os.makedirs(RUN_NETNS, mode=0o755, exist_ok=True)
+    if not os.path.isdir(RUN_NETNS):
+        os.makedirs(RUN_NETNS, exist_ok=True)
+        os.chmod(RUN_NETNS, 0o755)  # whatever the daemon's umask (0o077): ip needs to read it
     try:
         sandbox.mount("", RUN_NETNS, "none", sandbox.MS_SHARED | sandbox.MS_REC)
     except OSError as exc:

@@ -63,11 +63,13 @@ def spawn_detached(netns: str, hostname: str | None, binds: list[tuple[str, str]
     spec = [netns, hostname or "", "ro" if sysfs_readonly else "rw", str(len(binds))]
     for source, target in binds:
         spec += [source, target]
-    with open(log_path, "ab") as log, open(os.devnull, "rb") as devnull:
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    with open(fd, "ab") as log, open(os.devnull, "rb") as devnull:
+        # umask: the container's own (Docker's 022), not the daemon's 077.
         return subprocess.Popen(
             [sys.executable, "-S", "-c", boot, *spec, *argv],
             stdin=devnull, stdout=log, stderr=log, start_new_session=True, close_fds=True,
-            env=env,
+            env=env, umask=0o022,
         )
 
 

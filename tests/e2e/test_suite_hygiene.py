@@ -1,0 +1,86 @@
+"""The suite's own clean-up removes only what is the test's own.
+
+The machine may be a developer's, with Podman's containers (namespaces named
+netns-<uuid>), someone's labs, another run of this suite: a namespace, process or
+/etc/netns entry that appears during a test but is not the test's must be neither
+reported as the test's leak nor deleted (conftest.clean_up_and_check).
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+from conftest import Sandbox, clean_up_and_check, etc_netns_list, netns_list, sh
+
+
+def add_netns(name: str, owner_tag: str = "") -> None:
+    sh("ip", "netns", "add", name)
+    if owner_tag:  # as portway tags the namespaces it makes
+        sh("ip", "-n", name, "link", "set", "dev", "lo", "alias", owner_tag)
+
+
+def add_etc_netns(name: str) -> None:
+    directory = Path("/etc/netns") / name
+    directory.mkdir(parents=True)
+    (directory / "hosts").write_text("127.0.0.1 localhost\n")
+
+
+def sleeper(netns: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(["ip", "netns", "exec", netns, "sleep", "300"])
+
+
+def test_clean_up_leaves_what_is_not_the_tests_own(sandbox: Sandbox) -> None:
+    sb = sandbox
+    sb.pw("network", "ls")  # the state dir, and its portway instance
+    instance = sb.instance()
+    assert instance
+    # Someone else's, made while the test runs: a lab, Podman's container namespace,
+    # another portway's (another run's instance, and one untagged).
+    foreign = [f"lab-{secrets.token_hex(3)}", f"netns-{uuid.uuid4()}",
+               f"pw-{secrets.token_hex(6)}", f"pw-{secrets.token_hex(6)}"]
+    add_netns(foreign[0])
+    add_netns(foreign[1])
+    add_netns(foreign[2], f"portway:{secrets.token_hex(4)}:container:{secrets.token_hex(32)}")
+    add_netns(foreign[3])
+    for name in foreign[1:3]:
+        add_etc_netns(name)
+    theirs = sleeper(foreign[1])
+    # Control: a leak of the test's own, a container namespace with this state dir's
+    # owner tag, its /etc/netns entry and a process in it.
+    cid = secrets.token_hex(32)
+    own = f"pw-{cid[:12]}"
+    add_netns(own, f"portway:{instance}:container:{cid}")
+    add_etc_netns(own)
+    ours = sleeper(own)
+    try:
+        leaks = clean_up_and_check(sb)
+        report = "\n".join(leaks)
+        # The test's own is reported and removed...
+        assert f"namespaces left: ['{own}']" in leaks, report
+        assert f"/etc/netns entries left: ['{own}']" in leaks, report
+        assert f"processes left in the test namespaces: {ours.pid} (sleep 300)" in leaks, \
+            report
+        assert ours.wait(timeout=10) == -9
+        assert own not in netns_list() and own not in etc_netns_list()
+        # ...what is not, is neither reported nor touched.
+        for name in foreign:
+            assert name not in report
+            assert name in netns_list()
+        for name in foreign[1:3]:
+            assert name in etc_netns_list()
+        assert str(theirs.pid) not in report and theirs.poll() is None
+        # Twice is harmless, and still leaves them alone.
+        assert clean_up_and_check(sb) == []
+        assert set(foreign) <= netns_list() and theirs.poll() is None
+    finally:
+        theirs.kill()
+        theirs.wait()
+        ours.kill()
+        ours.wait()
+        for name in [*foreign, own]:
+            sh("ip", "netns", "del", name, check=False)
+            shutil.rmtree(Path("/etc/netns") / name, ignore_errors=True)
