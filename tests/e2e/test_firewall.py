@@ -509,3 +509,28 @@ def test_forged_icmp_errors_meet_isolation_and_icc(fw: Sandbox) -> None:
         sink.kill()
         sink.wait()
 
+
+
+def test_a_rule_edited_in_place_is_drift(fw: Sandbox) -> None:
+    sb = fw
+    sb.pw("network", "create", "a", "--subnet", "10.107.0.0/24")
+    sb.pw("network", "create", "b", "--subnet", "10.108.0.0/24")
+    sb.extra["wb"] = ["--network", "b"]
+    served(sb, "wb")
+    sb.pw("run", "-d", "--name", "wa", "--network", "a", "--", "sleep", "300")
+    wa = sb.pw_cmd("exec", "wa", "--")
+    assert get(wa, "http://10.108.0.2/", 1).startswith("fail")
+    # The isolation rule turned into an accept, in place: as many rules as before.
+    nid = json.loads(sb.pw("network", "inspect", "a").stdout)[0]["Id"][:12]
+    listing = json.loads(sh("ip", "netns", "exec", sb.host, "nft", "-j", "-a", "list", "chain",
+                            "inet", "portway", f"in-{nid}").stdout)["nftables"]
+    handle = next(i["rule"]["handle"] for i in listing
+                  if "rule" in i and "isolation" in i["rule"].get("comment", ""))
+    sb.in_host("nft", "replace", "rule", "inet", "portway", f"in-{nid}", "handle", str(handle),
+               "oifname", "@bridges", "accept")
+    assert get(wa, "http://10.108.0.2/") == "200"  # the edit opened the way
+    cp = sb.pw("doctor", check=False)
+    assert cp.returncode == 1 and f"restore chain inet portway in-{nid}" in cp.stdout
+    assert f"restore chain inet portway in-{nid}" in sb.pw("gc").stdout
+    assert get(wa, "http://10.108.0.2/", 1).startswith("fail")
+    assert sb.pw("doctor").stdout.startswith("healthy")
