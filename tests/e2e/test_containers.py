@@ -278,9 +278,12 @@ def test_gc_repairs_drift(sandbox: Sandbox) -> None:
     sb.pw("run", "-d", "--name", "web", "--network", "app", "--",
           "python3", "-m", "http.server", "80")
     sb.pw("run", "-d", "--name", "cli", "--network", "app", "--", "sleep", "300")
+    sb.pw("run", "-d", "--name", "kept", "--network", "app", "--", "sleep", "300")
     assert sb.pw("gc").stdout.startswith("nothing to repair")
     web = sb.inspect("web")["NetworkSettings"]
     bridge = json.loads(sb.pw("network", "inspect", "app").stdout)[0]["Bridge"]
+    kept_ns = os.path.basename(str(sb.inspect("kept")["NetworkSettings"]["SandboxKey"]))  # type: ignore[index]
+    kept_eth0 = ip_json(kept_ns, "link", "show", "eth0")[0]["ifindex"]
     # Someone deletes the bridge, a veth and a namespace's name.
     sb.in_host("ip", "link", "del", bridge)
     cli_if = sb.inspect("cli")["NetworkSettings"]["Networks"]["app"]["HostInterface"]  # type: ignore[index]
@@ -295,6 +298,13 @@ def test_gc_repairs_drift(sandbox: Sandbox) -> None:
     assert sb.pw("gc").stdout.startswith("nothing to repair")
     assert sb.pw("doctor").stdout.startswith("healthy")
     wait_http(sb, "cli", "10.84.0.2")
+    # A veth that only lost its bridge is put back on the new one as it is: the same
+    # pair, its default route kept.
+    assert ip_json(kept_ns, "link", "show", "eth0")[0]["ifindex"] == kept_eth0
+    for name in ("web", "cli", "kept"):
+        ns = os.path.basename(str(sb.inspect(name)["NetworkSettings"]["SandboxKey"]))  # type: ignore[index]
+        assert [r["gateway"] for r in ip_json(ns, "route", "show", "default")] == \
+            ["10.84.0.1"], name
     # The daemon remembered the first bridge's index: a new container still gets the
     # bridge that is there now.
     sb.pw("run", "-d", "--name", "late", "--network", "app", "--",

@@ -618,8 +618,8 @@ class Engine:
                     return
                 except PortwayError as exc:
                     if cached is not None and self._bridge_index(net) != cached:
-                        # The bridge was made again since its index was remembered.
-                        links.delete_link(self.host, endpoint.host_ifname)
+                        # The bridge was made again since its index was remembered: again,
+                        # with its new one (a pair made meanwhile is reused as it is).
                         cached, bridge_index = None, self._bridge_indexes[net.bridge]
                         continue
                     if guarded:  # the caller's undo removes the entries, once they are in
