@@ -4,7 +4,10 @@ Standard library only, one thread on epoll (asyncio's per-datagram cost would
 be the ceiling, measured in DESIGN.md), reading and answering in batches. Local
 names are answered in the loop from dictionaries built at reload time; other
 names are forwarded to the upstream resolvers from the loop too, on non-blocking
-sockets, with failover and (on a helper thread) TCP fallback.
+sockets, with failover and (on a helper thread) TCP fallback. Nothing a client
+does makes the loop wait: TCP answers are written without blocking, and what one
+client address may hold (connections, buffered answers, forwarded queries in
+flight) is bounded by the rules of limits.py.
 
 The engine writes the records to STATE/dns.json and sends "reload" on the
 control socket STATE/dns.sock; the reply comes after the new records are in
@@ -27,7 +30,7 @@ import sys
 import threading
 import time
 
-from portway.dns import mmsg, wire
+from portway.dns import limits, mmsg, wire
 
 TYPE_CHECKING = False  # typing costs milliseconds to import; mypy still sees the block
 if TYPE_CHECKING:
@@ -36,8 +39,10 @@ if TYPE_CHECKING:
 
 TTL = 5
 UPSTREAM_TIMEOUT = 2.0
-MAX_TCP_CLIENTS = 64
-TCP_IDLE = 5.0
+# TCP deadlines are checked this often, and only while TCP clients are connected:
+# the UDP path pays nothing for them. A slow client goes within TCP_IDLE + TCP_CHECK.
+TCP_CHECK = 0.5
+ACCEPTS_PER_ROUND = 16  # connections taken per wake-up (a burst does not wait a round each)
 IP_FREEBIND = 15
 SO_RCVBUFFORCE = 33
 UDP_BUFFER = 4 << 20
@@ -48,7 +53,6 @@ MAX_KEPT = 20_000  # replies kept for repeated queries (each at most 512 + 512 b
 # send. Load is a read of GATHER_AT or more, but not a full batch (a backlog: no pause).
 GATHER_AT = 4
 GATHER_PAUSE = 50e-6
-MAX_FORWARDS = 2048  # forwarded queries in flight; a flood beyond is shed
 FORWARDS_PER_SOCKET = 64  # queries of one round to one upstream that share a socket
 
 
@@ -62,6 +66,27 @@ class Forward:
                  started: float) -> None:
         self.msg, self.q, self.src, self.reply = msg, q, src, reply
         self.upstreams, self.started, self.index = upstreams, started, 0
+
+
+class TcpClient:
+    """One TCP connection: the bytes of its next query, the answers it has not read yet
+    and the time by which it must send a whole query (or read some answers).
+
+    Answers are never written blocking: what the socket does not take waits in
+    `outbuf`, and epoll says when it can take more. A client that asks and does not
+    read fills `outbuf`, and is closed past limits.TCP_OUTPUT_LIMIT."""
+
+    __slots__ = ("closed", "deadline", "events", "fd", "inbuf", "outbuf", "parsing",
+                 "pending", "reading", "sock", "src")
+
+    def __init__(self, sock: socket.socket, src: bytes, deadline: float) -> None:
+        self.sock, self.fd, self.src, self.deadline = sock, sock.fileno(), src, deadline
+        self.inbuf, self.outbuf = bytearray(), bytearray()
+        self.pending = 0  # forwarded queries whose answers are still to come
+        self.events = select.EPOLLIN  # what epoll watches for it now
+        self.reading = True  # False once the client has shut down its side
+        self.parsing = False  # in handle_tcp: answers are written once, at its end
+        self.closed = False
 
 
 class View:
@@ -157,7 +182,9 @@ class Server:
         self.view = View()
         self.udp: dict[str, socket.socket] = {}
         self.tcp: dict[str, socket.socket] = {}
-        self.clients: dict[socket.socket, tuple[bytearray, float, bytes]] = {}
+        self.clients: dict[int, TcpClient] = {}  # by descriptor
+        self.tcp_held: collections.Counter[bytes] = collections.Counter()  # by address
+        self.next_tcp_check = 0.0
         self.rotation: collections.Counter[str] = collections.Counter()
         # Encoded A records per (name, querier's networks), built on first use.
         self.answers: dict[tuple[str, tuple[str, ...]], list[bytes]] = {}
@@ -168,14 +195,22 @@ class Server:
         self.batch = mmsg.Batch()
         self.gather = False  # a socket is under load: pause before the next poll
         self.forwarded_sent = 0  # forwarded answers sent over UDP (not through batch)
-        self.forwarded_lock = threading.Lock()
         # In flight: by upstream socket, then by the id it went under.
         self.forwards: dict[socket.socket, dict[bytes, Forward]] = {}
-        self.in_flight = 0
+        # Forwarded queries not answered yet (queued, on a socket, or on a pool
+        # thread), in all and by client address: each address gets a share.
+        self.forwarding: dict[bytes, int] = {}
+        self.forwarding_total = 0
         self.outbox: list[Forward] = []  # queued this round of the loop
+        # What the limits turned away, by kind (the control socket's "stats").
+        self.shed: collections.Counter[str] = collections.Counter()
         self.expiries: collections.deque[tuple[float, socket.socket]] = collections.deque()
         self.log: collections.deque[tuple[Any, ...]] = collections.deque(maxlen=LOG_SIZE)
         self.pool = Pool(16)  # forwarding over TCP (truncated answers)
+        # Answers that pool threads got, handed to the loop: only the loop writes to
+        # clients (a TCP client's output buffer is the loop's alone).
+        self.handoff: collections.deque[tuple[Forward, bytes]] = collections.deque()
+        self.handoff_r, self.handoff_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.control = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         path = os.path.join(state_dir, "dns.sock")
         try:
@@ -188,6 +223,7 @@ class Server:
         self.poller = select.epoll()
         self.handlers: dict[int, Callable[[], None]] = {}
         self._watch(self.control.fileno(), self.handle_control)
+        self._watch(self.handoff_r, self._take_handoffs)
 
     def _watch(self, fd: int, handler: Callable[[], None]) -> None:
         self.poller.register(fd, select.EPOLLIN)
@@ -321,15 +357,20 @@ class Server:
         found: list[bytes] = []
         for nid in nets:
             found.extend(view.names.get(nid, {}).get(name, ()))
+        own_network = False  # NAME.NETWORK, for a network the querier is on
         if not found and "." in name:
             short, _, netname = name.rpartition(".")
             net_id = view.net_names.get(netname)
             if net_id is not None and net_id in nets:
+                own_network = True
                 found = list(view.names.get(net_id, {}).get(short, ()))
         if not found:
-            if self._known_anywhere(name):
-                return wire.response(q, wire.NXDOMAIN)  # a name of a network we don't share
-            return None
+            # Under one of the querier's own networks, the name is ours to deny. Any other
+            # name it cannot see is unknown to it, a name that exists only on networks it
+            # is not on included: answered as the world answers it (forwarded, or refused
+            # on an internal network), so no container can tell another network's names
+            # from names nobody has.
+            return wire.response(q, wire.NXDOMAIN) if own_network else None
         records = [wire.a_record(ip, TTL) for ip in dict.fromkeys(found)]
         if len(self.answers) < 100_000:  # bounded memory, whatever names are asked
             self.answers[(name, nets)] = records
@@ -344,26 +385,47 @@ class Server:
             records = records[turn:] + records[:turn]
         return wire.response(q, wire.NOERROR, records)
 
-    def _known_anywhere(self, name: str) -> bool:
-        if any(name in names for names in self.view.names.values()):
-            return True
-        short, _, netname = name.rpartition(".")
-        return bool(short) and netname in self.view.net_names
-
     # forwarding
 
-    def start_forward(self, msg: bytes, src: bytes, reply: Callable[[bytes], None]) -> None:
+    def start_forward(self, msg: bytes, src: bytes, reply: Callable[[bytes], None]) -> bool:
         """Queue msg for the querier's upstream resolvers; serve() sends what this
-        round of the loop queued (send_forwards). A flood beyond MAX_FORWARDS in
-        flight is shed."""
-        if self.in_flight + len(self.outbox) >= MAX_FORWARDS:
-            return
+        round of the loop queued (send_forwards). False when msg is dropped: reply is
+        then never called.
+
+        A client address over its share of the forwarded queries in flight
+        (limits.forward_share) is answered SERVFAIL at once: its own earlier queries
+        are still waiting, so this one failed for now, as an unanswered one would, and
+        the client's resolver neither waits for it nor takes it as a policy. The
+        share keeps one client's flood against a slow upstream from taking the room
+        every other container's lookups need."""
         try:
             q = wire.parse_question(msg)
         except wire.FormErr:
-            return  # what the fast path let through but has no question: dropped
+            return False  # what the fast path let through but has no question: dropped
+        own = self.forwarding.get(src, 0)
+        if own >= limits.forward_share(self.forwarding_total):
+            full = self.forwarding_total >= limits.MAX_FORWARDS
+            self.shed["forwards: table full" if full else "forwards: over the client's share"] += 1
+            self._note(q, src, "failed: forwarding table full" if full else
+                       "failed: too many forwarded queries from this client", 0.0,
+                       wire.SERVFAIL)
+            reply(wire.response(q, wire.SERVFAIL, authoritative=False))
+            return True
+        self.forwarding[src] = own + 1
+        self.forwarding_total += 1
         upstreams = self.view.custom_dns.get(src) or self.upstreams
         self.outbox.append(Forward(msg, q, src, reply, upstreams, time.monotonic()))
+        return True
+
+    def _finish(self, fwd: Forward) -> None:
+        """fwd leaves the forwarding table (answered or failed): its client's share
+        has room again."""
+        self.forwarding_total -= 1
+        left = self.forwarding[fwd.src] - 1
+        if left:
+            self.forwarding[fwd.src] = left
+        else:
+            del self.forwarding[fwd.src]
 
     def send_forwards(self, fwds: list[Forward]) -> None:
         """Send each query to its current upstream, from the loop, never waiting: the
@@ -379,6 +441,7 @@ class Server:
                 self._note(fwd.q, fwd.src, "failed: no upstream answered" if fwd.upstreams
                            else "failed: no upstream resolver",
                            time.monotonic() - fwd.started, wire.SERVFAIL)
+                self._finish(fwd)
                 fwd.reply(wire.response(fwd.q, wire.SERVFAIL, authoritative=False))
         for upstream, group in groups.items():
             for at in range(0, len(group), FORWARDS_PER_SOCKET):
@@ -403,7 +466,6 @@ class Server:
             self._advance(group)
             return
         self.forwards[sock] = pending
-        self.in_flight += len(pending)
         self.expiries.append((time.monotonic() + UPSTREAM_TIMEOUT, sock))
         self._watch(sock.fileno(), functools.partial(self._upstream_answers, sock))
 
@@ -428,21 +490,36 @@ class Server:
             fwd = pending.pop(answer[:2], None) if len(answer) >= 12 else None
             if fwd is None:
                 continue  # not a DNS answer to one of this socket's ids: read on
-            self.in_flight -= 1
             if answer[2] & 0x02:  # truncated: this upstream and the rest over TCP
-                self.pool.submit(self.forward, fwd.msg, fwd.src, fwd.reply,
+                # Still in its client's share until the thread hands the answer back.
+                self.pool.submit(self.forward, fwd.msg, fwd.src,
+                                 functools.partial(self._from_thread, fwd),
                                  fwd.upstreams[fwd.index:], fwd.started)
                 continue
             self._note(fwd.q, fwd.src, f"forwarded to {fwd.upstreams[fwd.index]}",
                        time.monotonic() - fwd.started, answer[3] & 0xF)
+            self._finish(fwd)
             fwd.reply(fwd.msg[:2] + answer[2:])  # with the client's own id
         self._end_socket(sock)
 
     def _end_socket(self, sock: socket.socket) -> None:
-        pending = self.forwards.pop(sock, None)
-        if pending:
-            self.in_flight -= len(pending)
+        self.forwards.pop(sock, None)  # what is left there moves on (_advance) or ends
         self._unwatch(sock)
+
+    def _from_thread(self, fwd: Forward, answer: bytes) -> None:
+        """A pool thread's answer to fwd, for the loop to send (_take_handoffs)."""
+        self.handoff.append((fwd, answer))
+        try:
+            os.write(self.handoff_w, b"\0")
+        except BlockingIOError:
+            pass  # the pipe is full of wake-ups already: the loop is coming
+
+    def _take_handoffs(self) -> None:
+        _drain(self.handoff_r)
+        while self.handoff:
+            fwd, answer = self.handoff.popleft()
+            self._finish(fwd)
+            fwd.reply(answer)
 
     def _expire_forwards(self, now: float) -> None:
         while self.expiries and self.expiries[0][0] <= now:
@@ -456,12 +533,13 @@ class Server:
     def forward(self, msg: bytes, src: bytes, reply: Any, upstreams: list[str],
                 started: float) -> None:
         """The blocking way, on a pool thread, for answers too long for UDP: ask each
-        upstream in turn (over TCP when its UDP answer is truncated)."""
+        upstream in turn (over TCP when its UDP answer is truncated). reply is called
+        once, whatever happens: the query holds a slot of its client's share till then."""
         q = wire.parse_question(msg)
         for upstream in upstreams:
             try:
                 answer = self._ask(upstream, msg)
-            except OSError:
+            except Exception:  # OSError, or what a hostile upstream's bytes may raise
                 continue
             self._note(q, src, f"forwarded to {upstream}", time.monotonic() - started,
                        answer[3] & 0xF)
@@ -481,13 +559,15 @@ class Server:
             while True:
                 s.settimeout(max(0.01, deadline - time.monotonic()))
                 answer = s.recv(65535)
-                if answer[:2] == msg[:2]:
+                if len(answer) >= 12 and answer[:2] == msg[:2]:
                     break
         if answer[2] & 0x02:  # truncated: ask again over TCP
             with socket.create_connection((upstream, 53), UPSTREAM_TIMEOUT) as t:
                 t.sendall(len(msg).to_bytes(2, "big") + msg)
                 size = int.from_bytes(_recv_exact(t, 2), "big")
                 answer = _recv_exact(t, size)
+            if len(answer) < 12:
+                raise OSError("not a DNS answer")
         return answer
 
     def _note(self, q: wire.Question, src: bytes, how: str, seconds: float,
@@ -533,13 +613,12 @@ class Server:
 
     def _send_forwarded(self, sock: socket.socket, peer: tuple[str, int], data: bytes) -> None:
         """An upstream's answer back to a UDP client, a packet of its own (from the
-        loop, or from a thread when it came over TCP)."""
+        loop: what a pool thread got over TCP is handed to it first)."""
         try:
             sock.sendto(data, peer)
         except OSError:
             return
-        with self.forwarded_lock:
-            self.forwarded_sent += 1
+        self.forwarded_sent += 1
 
     def _truncated(self, msg: bytes) -> bytes:
         q = wire.parse_question(msg)
@@ -548,58 +627,159 @@ class Server:
                                    wire.FLAG_TC).to_bytes(2, "big") + flags_answer[4:]
 
     def handle_tcp_accept(self, listener: socket.socket) -> None:
-        try:
-            conn, (host, _port) = listener.accept()
-        except OSError:
-            return
-        if len(self.clients) >= MAX_TCP_CLIENTS:
-            conn.close()
-            return
-        conn.setblocking(False)
-        self.clients[conn] = (bytearray(), time.monotonic(), socket.inet_aton(host))
-        self._watch(conn.fileno(), functools.partial(self.handle_tcp, conn))
-
-    def handle_tcp(self, conn: socket.socket) -> None:
-        buf, _, src = self.clients[conn]
-        try:
-            data = conn.recv(65537)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self._drop(conn)
-            return
-        buf.extend(data)
-        self.clients[conn] = (buf, time.monotonic(), src)
-        while len(buf) >= 2:
-            size = int.from_bytes(buf[:2], "big")
-            if size < 12:
-                self._drop(conn)
-                return
-            if len(buf) < 2 + size:
-                return
-            msg = bytes(buf[2:2 + size])
-            del buf[:2 + size]
-
-            def send(out: bytes, conn: socket.socket = conn) -> None:
-                _safe(conn.sendall, len(out).to_bytes(2, "big") + out)
-
+        """Take the waiting connections, within the limits: limits.TCP_PER_CLIENT per
+        client address and limits.MAX_TCP_CLIENTS in all (a slot taken from the
+        address that holds the most when all are taken, see limits.tcp_admit). A
+        connection over them is closed at once: its client sees the end of the stream
+        and retries or fails, instead of waiting."""
+        for _ in range(ACCEPTS_PER_ROUND):
             try:
-                out, _ = self.answer(msg, src)
-            except Exception:
-                self._drop(conn)
+                conn, (host, _port) = listener.accept()
+            except OSError:
                 return
-            if out is not None:
-                conn.setblocking(True)
-                send(out)
-                conn.setblocking(False)
-            else:
-                self.start_forward(msg, src, send)
+            src = socket.inet_aton(host)
+            admit, evict = limits.tcp_admit(self.tcp_held, src, len(self.clients))
+            if not admit:
+                self.shed["tcp: over the limits"] += 1
+                conn.close()
+                continue
+            if evict is not None:
+                # Of that address's connections, the one quietest longest.
+                oldest = min((c for c in self.clients.values() if c.src == evict),
+                             key=lambda c: c.deadline)
+                self.shed["tcp: slot given to another address"] += 1
+                self._drop(oldest)
+            conn.setblocking(False)
+            client = TcpClient(conn, src, time.monotonic() + limits.TCP_IDLE)
+            self.clients[client.fd] = client
+            self.tcp_held[src] += 1
+            self._watch(client.fd, functools.partial(self.handle_tcp, client))
 
-    def _drop(self, conn: socket.socket) -> None:
-        self.clients.pop(conn, None)
-        self._unwatch(conn)
+    def handle_tcp(self, client: TcpClient) -> None:
+        """The client's socket is readable or (with answers waiting) writable: send
+        what it can take, then read and answer every whole query that came. Never
+        blocks: answers wait in the client's buffer."""
+        if client.outbuf:
+            self._flush(client)
+            if client.closed:
+                return
+        if not client.reading:
+            if not client.outbuf:  # woken with nothing to read or write: an error, a reset
+                self._drop(client)
+            return
+        try:
+            data = client.sock.recv(65537)
+        except BlockingIOError:
+            return  # woken to write, not to read
+        except OSError:
+            self._drop(client)
+            return
+        if not data:  # the client is done asking; its answers still go out
+            client.reading = False
+            if client.pending or client.outbuf:
+                self._set_events(client)
+            else:
+                self._drop(client)
+            return
+        buf = client.inbuf
+        buf += data
+        at, whole = 0, len(buf)
+        client.parsing = True
+        try:
+            while whole - at >= 2:
+                size = int.from_bytes(buf[at:at + 2], "big")
+                if size < 12:
+                    self._drop(client)
+                    return
+                if whole - at < 2 + size:
+                    break
+                msg = bytes(buf[at + 2:at + 2 + size])
+                at += 2 + size
+                # A whole query: the client is not idle (a byte at a time does not count).
+                client.deadline = time.monotonic() + limits.TCP_IDLE
+                try:
+                    out, _ = self.answer(msg, client.src)
+                except Exception:  # never die on input
+                    self._drop(client)
+                    return
+                if out is not None:
+                    self._queue(client, out)
+                elif self.start_forward(msg, client.src,
+                                        functools.partial(self._tcp_forwarded, client)):
+                    client.pending += 1
+                if client.closed:  # over its output limit
+                    return
+        finally:
+            client.parsing = False
+        del buf[:at]  # once: a read of many small queries is not moved once per query
+        if client.outbuf:
+            self._flush(client)
+
+    def _queue(self, client: TcpClient, out: bytes) -> None:
+        """out for client, after what it has not read yet; past the limit, the client
+        (which asks and does not read) is closed."""
+        client.outbuf += len(out).to_bytes(2, "big")
+        client.outbuf += out
+        if len(client.outbuf) > limits.TCP_OUTPUT_LIMIT:
+            self._flush(client)  # only what the socket does not take counts
+            if not client.closed and len(client.outbuf) > limits.TCP_OUTPUT_LIMIT:
+                self.shed["tcp: answers not read"] += 1
+                self._drop(client)
+
+    def _tcp_forwarded(self, client: TcpClient, out: bytes) -> None:
+        """A forwarded query's answer (or SERVFAIL) for client, from the loop."""
+        client.pending -= 1
+        if client.closed:
+            return
+        client.deadline = time.monotonic() + limits.TCP_IDLE
+        self._queue(client, out)
+        if not client.closed and not client.parsing:
+            self._flush(client)
+
+    def _flush(self, client: TcpClient) -> None:
+        """Send what the socket takes now; watch for writability while any is left."""
+        try:
+            sent = client.sock.send(client.outbuf)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._drop(client)
+            return
+        if sent:
+            del client.outbuf[:sent]
+            client.deadline = time.monotonic() + limits.TCP_IDLE  # it reads: not idle
+        if not client.outbuf and not client.reading and not client.pending:
+            self._drop(client)  # asked, answered, and done
+            return
+        self._set_events(client)
+
+    def _set_events(self, client: TcpClient) -> None:
+        events = (select.EPOLLIN if client.reading else 0) | \
+            (select.EPOLLOUT if client.outbuf else 0)
+        if events != client.events:
+            client.events = events
+            self.poller.modify(client.fd, events)
+
+    def _drop(self, client: TcpClient) -> None:
+        if client.closed:
+            return
+        client.closed = True
+        del self.clients[client.fd]
+        held = self.tcp_held[client.src] - 1
+        if held:
+            self.tcp_held[client.src] = held
+        else:
+            del self.tcp_held[client.src]
+        client.inbuf, client.outbuf = bytearray(), bytearray()  # freed now, not with it
+        self._unwatch(client.sock)
+
+    def _expire_tcp(self, now: float) -> None:
+        """Close the TCP clients that have sent no whole query (nor read an answer)
+        for limits.TCP_IDLE: a byte now and then keeps no slot. One whose forwarded
+        queries are still out waits for them (they end within the upstream timeouts)."""
+        for client in [c for c in self.clients.values() if c.deadline <= now and not c.pending]:
+            self.shed["tcp: idle or slow"] += 1
+            self._drop(client)
 
     def handle_control(self) -> None:
         try:
@@ -618,6 +798,8 @@ class Server:
                      "sent": {"answers": batch.datagrams + forwarded,
                               "packets": batch.packets + forwarded,
                               "coalesce": batch.coalesce}}
+        elif command == "stats":
+            reply = {"ok": True, **self.stats()}
         elif command == "stop":
             self.running = False
             reply = {"ok": True}
@@ -625,6 +807,17 @@ class Server:
             reply = {"ok": False}
         if peer:
             _safe(self.control.sendto, json.dumps(reply).encode(), peer)
+
+    def stats(self) -> dict[str, Any]:
+        """What clients hold of the shared limits now, and what the limits turned away."""
+        def by_client(counts: dict[bytes, int]) -> dict[str, int]:
+            return {socket.inet_ntoa(src): n for src, n in counts.items()}
+
+        return {"tcp": {"open": len(self.clients), "by_client": by_client(self.tcp_held),
+                        "unsent_bytes": sum(len(c.outbuf) for c in self.clients.values())},
+                "forwards": {"in_flight": self.forwarding_total,
+                             "by_client": by_client(self.forwarding)},
+                "shed": dict(self.shed)}
 
     def apply_delta(self, text: str) -> dict[str, Any]:
         """One container changed: {"cmd": "set", ...container} or {"cmd": "forget", "id"}."""
@@ -651,6 +844,8 @@ class Server:
         while self.running:
             wait = 1.0 if not self.expiries else \
                 min(1.0, max(0.0, self.expiries[0][0] - time.monotonic()))
+            if self.clients:
+                wait = min(wait, TCP_CHECK)
             try:
                 ready = self.poller.poll(wait)
             except OSError:  # EINTR: a signal's handler has run
@@ -667,12 +862,12 @@ class Server:
                 time.sleep(GATHER_PAUSE)
             now = time.monotonic()
             self._expire_forwards(now)
+            if self.clients and now >= self.next_tcp_check:
+                self.next_tcp_check = now + TCP_CHECK
+                self._expire_tcp(now)
             if now - last_check > 1.0:
                 last_check = now
                 self._check_resolv()
-                for conn, (_, seen, _) in list(self.clients.items()):
-                    if now - seen > TCP_IDLE:
-                        self._drop(conn)
         self.pool.shutdown()
 
 
