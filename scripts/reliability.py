@@ -68,8 +68,68 @@ ROWS: list[tuple[str, str, str, str]] = [
      "test_spoofed_frames_are_dropped_on_the_bridge_port"),
     ("Security", "internal network to the outside, even with a route added by hand",
      "test_firewall.py", "test_internal_network"),
-    ("Security", "internal network to the host's other addresses (control first)",
+    ("Security", "internal network to the host's other addresses, and to host services "
+     "other than DNS on its own gateway (control first)",
      "test_firewall.py", "test_internal_network_reaches_no_other_host_address"),
+    ("Security", "a container process tries to leave its network: enter the host's "
+     "namespace (by name, by /proc/1), leave an internal network that way, mount, change "
+     "its addresses, routes and MAC, see or signal host processes (control: --privileged "
+     "does each)", "test_confinement.py", "test_a_container_cannot_leave_its_network"),
+    ("Security", "capabilities: --cap-drop ALL --cap-add NET_ADMIN, --cap-drop "
+     "NET_BIND_SERVICE, --user 65534 as the kernel shows them; foreground run confined "
+     "too; bad names refused, nothing made", "test_confinement.py",
+     "test_capabilities_and_user"),
+    ("Security", "frames to 802.1 group addresses: an IPv6 router advertisement, spoofed "
+     "UDP to a host address, DNS exfiltration from an internal network, ARP (control "
+     "first)", "test_linklocal.py", "test_link_local_frames_do_not_reach_the_host"),
+    ("Security", "forged ICMP errors naming another network's, and an icc=false "
+     "neighbour's, tracked flow (control: `related` accepted first)", "test_firewall.py",
+     "test_forged_icmp_errors_meet_isolation_and_icc"),
+    ("Security", "the CLI and real Podman in one host namespace: each side started, "
+     "restarted, gc'd and torn down in every order; the other's ports, isolation, "
+     "internal network and DNS hold throughout (control: a one-sided rebuild breaks the "
+     "other)", "test_shared_firewall.py", "test_two_portways_share_one_firewall"),
+    ("Security", "a host process binds a published port afterwards (IPv4, IPv6): refused; "
+     "bound while the daemon was down: `doctor` reports it shadowed (control: free once "
+     "the container is gone)", "test_ports.py", "test_published_ports_are_held"),
+    ("Security", "publishing on an address the host lacks, on a portway gateway, or "
+     "64,512 ports at once: refused, nothing changed (control: a host address works)",
+     "test_ports.py", "test_publish_only_on_the_hosts_own_addresses"),
+    ("Load", "10,001 UDP ports published by one container, and removed",
+     "test_ports.py", "test_a_large_range"),
+    ("Security", "a state dir, socket or database that another user owns or can write, "
+     "or reached through one: refused before anything is started",
+     "test_state_dir.py", "test_state_dir_writable_by_others_is_refused"),
+    ("Security", "the same, a state dir in a directory others can write",
+     "test_state_dir.py", "test_state_dir_in_a_directory_others_can_write_is_refused"),
+    ("Security", "the same, a symlink of another user on the way",
+     "test_state_dir.py", "test_symlink_of_another_user_on_the_way_is_refused"),
+    ("Security", "the same, a socket of another user", "test_state_dir.py",
+     "test_socket_of_another_user_is_refused"),
+    ("Security", "the same, a database of another user", "test_state_dir.py",
+     "test_database_of_another_user_is_refused"),
+    ("Security", "a fake daemon on the socket: obeyed only in a state dir of the caller's "
+     "(control), never in one others can write", "test_state_dir.py",
+     "test_fake_daemon_is_obeyed_only_in_a_state_dir_of_the_callers"),
+    ("Security", "the state dir 0700, the database, WAL, logs and containers' output "
+     "0600", "test_state_dir.py", "test_what_portway_creates_is_for_its_owner_alone"),
+    ("Drift", "the host namespace deleted and made again under its name: the old daemon "
+     "and DNS server leave, portway works in the new one", "test_stale_daemon.py",
+     "test_daemon_leaves_with_its_deleted_host_namespace"),
+    ("Drift", "the same with the daemon SIGKILLed first: the next daemon stops the orphaned "
+     "DNS server", "test_stale_daemon.py",
+     "test_new_daemon_stops_the_dns_server_of_a_deleted_namespace"),
+    ("Drift", "a firewall rule edited in place (isolation's drop made an accept): `doctor` "
+     "names the chain, `gc` restores it", "test_firewall.py",
+     "test_a_rule_edited_in_place_is_drift"),
+    ("Drift", "the kernel tier: a bridge whose address is there already is still brought "
+     "up", "kernel/test_links.py",
+     "test_ensure_bridge_finishes_when_the_address_is_there_already"),
+    ("Drift", "the kernel tier: a half-undone veth pair is reused, not made again",
+     "kernel/test_links.py", "test_ensure_endpoint_reuses_its_own_pair"),
+    ("Tests", "foreign namespaces, /etc/netns entries and processes (a lab, Podman's "
+     "netns-<uuid>, another instance's pw-) survive the suite's clean-up",
+     "test_suite_hygiene.py", "test_clean_up_leaves_what_is_not_the_tests_own"),
     ("Security", "DNS queries from outside portway's networks, and random bytes",
      "test_dns.py", "test_refuses_outsiders_and_survives_garbage"),
     ("Security", "`--network host` warns that isolation is off", "test_containers.py",
@@ -87,8 +147,13 @@ ROWS: list[tuple[str, str, str, str]] = [
 ]
 
 
+def node(file: str, test: str) -> str:
+    """A row's test: under tests/e2e, or under tests/ when the file names its tier."""
+    return f"tests/{file}::{test}" if "/" in file else f"{E2E}/{file}::{test}"
+
+
 def run_tests(xml: Path) -> int:
-    nodes = sorted({f"{E2E}/{file}::{test}" for _, _, file, test in ROWS})
+    nodes = sorted({node(file, test) for _, _, file, test in ROWS})
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
            f"--junitxml={xml}", *nodes]
     return subprocess.run(cmd, cwd=ROOT).returncode

@@ -149,8 +149,11 @@ class Sandbox:
                     name.startswith((f"{self.host}-", f"{self.outside}-")):
                 own.add(name)
                 continue
-            if not name.startswith("pw"):
-                continue  # a cheap filter: portway's are pw-..., pwprobe-...
+            if not name.startswith(("pw-", "pwprobe-")):
+                # A cheap filter: portway's are pw-... and pwprobe-...; another run's
+                # sandbox (pwt-...) is not even looked into (an `ip -n` there would be
+                # a process in its namespaces when it checks for leftovers).
+                continue
             tag = loopback_owner(name)
             if tag is not None:
                 if instance is not None and tag[0] == instance:
