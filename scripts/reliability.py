@@ -127,6 +127,18 @@ ROWS: list[tuple[str, str, str, str]] = [
      "test_ensure_bridge_finishes_when_the_address_is_there_already"),
     ("Drift", "the kernel tier: a half-undone veth pair is reused, not made again",
      "kernel/test_links.py", "test_ensure_endpoint_reuses_its_own_pair"),
+    ("Security", "a TCP DNS client that asks and never reads (the loop used to block on "
+     "it): other networks' lookups answered within a second; the client closed past 64 KiB",
+     "test_dns_attacks.py", "test_a_tcp_client_that_never_reads_freezes_nobody"),
+    ("Security", "64 slow TCP DNS connections from one container: 8 kept, closed after "
+     "5 s idle; others' TCP lookups answered within a second", "test_dns_attacks.py",
+     "test_slow_tcp_connections_lock_out_nobody"),
+    ("Security", "3,000 unique names against a held upstream: the flooder holds its share "
+     "(SERVFAIL beyond), another container's lookup is forwarded and answered",
+     "test_dns_attacks.py", "test_a_flood_of_forwarded_names_starves_nobody"),
+    ("Security", "enumerating another network's container names: answered exactly as "
+     "unknown names (control: its own members see them)", "test_dns_attacks.py",
+     "test_other_networks_names_cannot_be_told_from_unknown_ones"),
     ("Tests", "foreign namespaces, /etc/netns entries and processes (a lab, Podman's "
      "netns-<uuid>, another instance's pw-) survive the suite's clean-up",
      "test_suite_hygiene.py", "test_clean_up_leaves_what_is_not_the_tests_own"),
@@ -144,6 +156,29 @@ ROWS: list[tuple[str, str, str, str]] = [
      "test_corrupted_state_file"),
     ("State store", "newer schema version: one clear line", "test_store_integrity.py",
      "test_newer_schema"),
+]
+
+
+# What the tests above do not hold portway to, on purpose (docs/firewall.md has the rules).
+BY_DESIGN = [
+    "## By design",
+    "",
+    "- A container shares the host's file system (portway runs host commands, not "
+    "images). As root, its default, a container's command can change host files and "
+    "devices: that is a way out of any sandbox. Untrusted code belongs under `--user` "
+    "with a uid that owns nothing; it then has no capabilities either.",
+    "- Containers keep Docker's default capabilities, CAP_NET_RAW among them: they can "
+    "write raw frames, which `bridge portway` polices (only their own MAC and address, "
+    "only IPv4 and ARP, through the bridge).",
+    "- `--privileged` gives every capability: such a container can enter the host's "
+    "namespace and undo every rule above; portway warns, as for `--network host`.",
+    "- Containers of ordinary (not internal) networks reach the host's services on "
+    "every host address, as with Docker; a service meant only for the host listens on "
+    "127.0.0.1, which containers never reach.",
+    "- A container's command is the first process of its PID namespace: as in Docker, "
+    "it gets only the signals it handles, so `portway stop` waits out its timeout for a "
+    "command that ignores SIGTERM.",
+    "",
 ]
 
 
@@ -201,7 +236,7 @@ def render(found: dict[str, list[tuple[str, str, float]]]) -> str:
                 else f"the same, at `{param}`"
             lines.append(f"| {area} | {label} | `{file}::{test}` | {outcome} | "
                          f"{seconds:.1f} s |")
-    lines += ["", f"{held} of {total} held.", ""]
+    lines += ["", f"{held} of {total} held.", "", *BY_DESIGN]
     return "\n".join(lines)
 
 
