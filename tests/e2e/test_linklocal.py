@@ -130,3 +130,42 @@ def test_link_local_frames_do_not_reach_the_host(sandbox: Sandbox, tmp_path: Pat
         for proc in procs:
             proc.kill()
             proc.wait()
+
+
+def test_a_networks_addresses_come_only_from_its_bridge(sandbox: Sandbox,
+                                                        tmp_path: Path) -> None:
+    """A host on the uplink sends a DNS query under a container's address: the server
+    would forward it upstream (with whatever its name carries) and send the answer to
+    the container. Control: with the network's source check emptied, it does."""
+    sb = sandbox
+    sb.pw("network", "create", "app", "--subnet", "10.109.0.0/24")
+    sb.pw("run", "-d", "--name", "web", "--network", "app", "--", "sleep", "300")
+    app = json.loads(sb.pw("network", "inspect", "app").stdout)[0]
+    web = endpoint(sb, "web", "app")
+    log = tmp_path / "upstream.log"
+    upstream = listener(sb.outside, sb.outside_addr, 53, log)
+    try:
+        time.sleep(0.3)
+        (uplink,) = ip_json(sb.host, "link", "show", "uplink0")
+        (wan,) = ip_json(sb.outside, "link", "show", "wan0")
+
+        def spoof(marker: str) -> bool:
+            sh("ip", "netns", "exec", sb.outside, "python3", FRAMES, "dns", "wan0",
+               str(wan["address"]), web["IPAddress"], str(uplink["address"]),
+               web["Gateway"], f"{marker}.example.test")
+            return seen(log, marker, 2)
+
+        sb.in_host("nft", "flush", "chain", "inet", "portway", f"src-{app['Id'][:12]}")
+        assert spoof("control"), "control: the spoofed query is forwarded upstream"
+        assert f"restore chain inet portway src-{app['Id'][:12]}" in sb.pw("gc").stdout
+        assert not spoof("guarded")
+        # The container's own queries still go out.
+        query = (b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x06honest\x07example"
+                 b"\x04test\x00\x00\x01\x00\x01")
+        sb.pw("exec", "web", "--", "python3", "-c",
+              "import socket, sys; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto("
+              f"{query!r}, (sys.argv[1], 53))", web["Gateway"])
+        assert seen(log, "honest", 3)
+    finally:
+        upstream.kill()
+        upstream.wait()
