@@ -36,7 +36,7 @@ from pathlib import Path
 import pytest
 
 from portway.core.names import netns_name, parse_owner_tag
-from portway.testbed import HOST_ADDR, OUTSIDE_ADDR, make_world, remove_world
+from portway.testbed import HOST_ADDR, OUTSIDE_ADDR, PodmanWorld, make_world, remove_world
 
 BIN = Path(sys.executable).parent
 PORTWAY = str(BIN / "portway")
@@ -310,3 +310,19 @@ def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
         remove_world(sb.host, sb.outside)
         if leaks:
             pytest.fail("left behind:\n  " + "\n  ".join(leaks))
+
+
+@pytest.fixture
+def podman_world(sandbox: Sandbox) -> Iterator[PodmanWorld]:
+    """Real Podman 4.3 in the sandbox's host namespace, with portway as its network
+    backend (portway.testbed.PodmanWorld); Podman's removal must leave no portway
+    container behind."""
+    missing = [tool for tool in ("podman", "runc", "busybox") if shutil.which(tool) is None]
+    assert not missing, f"make test installs {missing} (scripts/setup.sh)"
+    world = PodmanWorld(sandbox.host)
+    try:
+        yield world
+    finally:
+        left = world.close()
+        assert left == [], f"podman rm left portway containers: {left}"
+

@@ -8,26 +8,10 @@ netavark and aardvark-dns are out of its reach (portway.testbed.PodmanWorld).
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-from collections.abc import Iterator
-
-import pytest
 
 from conftest import Sandbox, ip_json, netns_list
 from portway.testbed import HTTP_GET, PodmanWorld
-
-
-@pytest.fixture
-def podman(sandbox: Sandbox) -> Iterator[PodmanWorld]:
-    missing = [tool for tool in ("podman", "runc", "busybox") if shutil.which(tool) is None]
-    assert not missing, f"make test installs {missing} (scripts/setup.sh)"
-    world = PodmanWorld(sandbox.host)
-    try:
-        yield world
-    finally:
-        left = world.close()
-        assert left == [], f"podman rm left portway containers: {left}"
 
 
 def pw(p: PodmanWorld, *args: str) -> str:
@@ -40,8 +24,8 @@ def get(where: list[str], url: str) -> str:
                           text=True, timeout=30).stdout.strip()
 
 
-def test_podman_on_portway(podman: PodmanWorld, sandbox: Sandbox) -> None:
-    p, sb = podman, sandbox
+def test_podman_on_portway(podman_world: PodmanWorld, sandbox: Sandbox) -> None:
+    p, sb = podman_world, sandbox
     p.run("network", "create", "pnet")
     p.container("--name", "web", "--network", "pnet", "-p", "8080:80", "--",
                 "/bin/httpd", "-f", "-p", "80", "-h", "/www")

@@ -15,25 +15,12 @@ side deleted them: the checks below failed at the first restart.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-from collections.abc import Iterator
 
 import pytest
 
 from conftest import Sandbox
 from portway.testbed import HTTP_GET, WAIT_LISTENING, PodmanWorld
-
-
-@pytest.fixture
-def podman(sandbox: Sandbox) -> Iterator[PodmanWorld]:
-    missing = [tool for tool in ("podman", "runc", "busybox") if shutil.which(tool) is None]
-    assert not missing, f"make test installs {missing} (scripts/setup.sh)"
-    world = PodmanWorld(sandbox.host)
-    try:
-        yield world
-    finally:
-        assert world.close() == []
 
 
 def get(where: list[str], url: str, timeout: float = 2) -> str:
@@ -117,8 +104,9 @@ class Sides:
         assert self.pnpw("doctor", check=False).stdout.startswith("healthy"), "Podman doctor"
 
 
-def test_two_portways_share_one_firewall(sandbox: Sandbox, podman: PodmanWorld) -> None:
-    sb, s = sandbox, Sides(sandbox, podman)
+def test_two_portways_share_one_firewall(sandbox: Sandbox,
+                                        podman_world: PodmanWorld) -> None:
+    sb, s = sandbox, Sides(sandbox, podman_world)
     server = subprocess.Popen(["ip", "netns", "exec", sb.outside, "python3", "-m",
                                "http.server", "9300", "--bind", sb.outside_addr],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

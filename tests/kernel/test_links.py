@@ -13,6 +13,8 @@ import os
 import secrets
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import pytest
 
@@ -79,13 +81,25 @@ def spec(index: int) -> links.EndpointSpec:
                               tag="portway:test:endpoint:1")
 
 
+@contextmanager
+def sockets(cont: str) -> Iterator[tuple[Any, Any, int]]:
+    """In the host namespace's thread: its socket, the container's, and a descriptor of
+    the container's namespace (what ensure_endpoint takes)."""
+    ipr, inner = links.IPRoute(), netns.open_ipr(netns.netns_path(cont))
+    fd = os.open(netns.netns_path(cont), os.O_RDONLY)
+    try:
+        yield ipr, inner, fd
+    finally:
+        os.close(fd)
+        inner.close()
+        ipr.close()
+
+
 def test_ensure_endpoint_reuses_its_own_pair(spaces: tuple[str, str]) -> None:
     host, cont = spaces
 
-    def body() -> int:
-        ipr, inner = links.IPRoute(), netns.open_ipr(netns.netns_path(cont))
-        fd = os.open(netns.netns_path(cont), os.O_RDONLY)
-        try:
+    def body() -> None:
+        with sockets(cont) as (ipr, inner, fd):
             index = bridge(ipr)
             links.ensure_endpoint(ipr, inner, fd, spec(index))
             made = links.index_of(ipr, "pwv-test")
@@ -93,11 +107,6 @@ def test_ensure_endpoint_reuses_its_own_pair(spaces: tuple[str, str]) -> None:
             ipr.link("set", index=made, master=0, state="down")
             links.ensure_endpoint(ipr, inner, fd, spec(index))
             assert links.index_of(ipr, "pwv-test") == made  # reused, not made again
-            return made
-        finally:
-            os.close(fd)
-            inner.close()
-            ipr.close()
 
     netns.in_netns(netns.netns_path(host), body)
     (port,) = ip(host, "link", "show", "pwv-test")
@@ -116,18 +125,12 @@ def test_ensure_endpoint_refuses_a_link_that_is_not_its_pair(spaces: tuple[str, 
     host, cont = spaces
 
     def body() -> None:
-        ipr, inner = links.IPRoute(), netns.open_ipr(netns.netns_path(cont))
-        fd = os.open(netns.netns_path(cont), os.O_RDONLY)
-        try:
+        with sockets(cont) as (ipr, inner, fd):
             index = bridge(ipr)
             # Someone else's veth with that name, its peer in the host namespace.
             ipr.link("add", ifname="pwv-test", kind="veth", peer={"ifname": "other"})
             with pytest.raises(KernelError, match="not this endpoint's veth pair"):
                 links.ensure_endpoint(ipr, inner, fd, spec(index))
-        finally:
-            os.close(fd)
-            inner.close()
-            ipr.close()
 
     netns.in_netns(netns.netns_path(host), body)
     assert {str(x["ifname"]) for x in ip(host, "link")} >= {"pwv-test", "other"}

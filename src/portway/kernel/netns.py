@@ -58,41 +58,41 @@ class Beside:
             raise self.error
 
 
-def in_netns(path: str, fn: Callable[[], T]) -> T:
-    """Run fn on a helper thread inside the namespace at path."""
+def _away(enter: Callable[[], None], fn: Callable[[], T]) -> T:
+    """fn on a helper thread that enter() has moved into another network namespace, and
+    that goes home again before it ends."""
 
     def body() -> T:
-        target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            sandbox.setns(target, sandbox.CLONE_NEWNET)
+            enter()
             try:
                 return fn()
             finally:
                 sandbox.setns(home, sandbox.CLONE_NEWNET)
         finally:
-            os.close(target)
             os.close(home)
 
     return in_thread(body)
+
+
+def in_netns(path: str, fn: Callable[[], T]) -> T:
+    """Run fn on a helper thread inside the namespace at path."""
+
+    def enter() -> None:
+        target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            sandbox.setns(target, sandbox.CLONE_NEWNET)
+        finally:
+            os.close(target)
+
+    return _away(enter, fn)
 
 
 def in_new_netns(fn: Callable[[], T]) -> T:
     """Run fn on a helper thread inside a new, empty network namespace of its own, which
     is gone once fn has returned and closed what it opened there."""
-
-    def body() -> T:
-        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            sandbox.unshare(sandbox.CLONE_NEWNET)
-            try:
-                return fn()
-            finally:
-                sandbox.setns(home, sandbox.CLONE_NEWNET)
-        finally:
-            os.close(home)
-
-    return in_thread(body)
+    return _away(lambda: sandbox.unshare(sandbox.CLONE_NEWNET), fn)
 
 
 def open_ipr(path: str) -> IPRoute:
