@@ -39,7 +39,8 @@ class Firewall:
         self.instance = instance
         # The namespace the engine lives in (its process entered it before any thread).
         self._ns_fd = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        self._thread_lock = threading.Lock()  # flock is per open file, not per thread
+        self._thread_lock = threading.RLock()  # flock is per open file, not per thread
+        self._depth = 0
         self._canonical: dict[str, list[dict[str, Any]]] = {}
 
     def close(self) -> None:
@@ -47,16 +48,21 @@ class Firewall:
 
     @contextmanager
     def shared(self) -> Iterator[None]:
-        """Held while the shared tables are created or deleted (by any instance here)."""
+        """Held while the shared tables are created or deleted (by any instance here).
+        Re-entrant within this process: the flock is taken by the outermost holder."""
         with self._thread_lock:
-            fcntl.flock(self._ns_fd, fcntl.LOCK_EX)
+            self._depth += 1
+            if self._depth == 1:
+                fcntl.flock(self._ns_fd, fcntl.LOCK_EX)
             try:
                 yield
             finally:
-                fcntl.flock(self._ns_fd, fcntl.LOCK_UN)
+                self._depth -= 1
+                if self._depth == 0:
+                    fcntl.flock(self._ns_fd, fcntl.LOCK_UN)
 
     def ready(self) -> None:
-        """The shared tables, created if missing."""
+        """The shared tables, created if missing (under the lock; it is re-entrant)."""
         missing = [f for f in firewall.TABLES if self.nft.list_table(f, firewall.TABLE) is None]
         if not missing:
             return
@@ -100,8 +106,11 @@ class Firewall:
     # this instance's part
 
     def add_network(self, network: Network) -> None:
-        self.ready()
-        self.apply(firewall.render_network(network, self.instance))
+        """Under the lock: another portway's release() cannot delete the tables between
+        their check and this network's first elements (which keep them alive after)."""
+        with self.shared():
+            self.ready()
+            self.apply(firewall.render_network(network, self.instance))
 
     def remove_network(self, network: Network) -> None:
         self.teardown(firewall.render_network_removal(network))
