@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import time
 
 from conftest import Sandbox, ip_json
 from portway.testbed import HTTP_GET, WAIT_LISTENING
@@ -140,3 +142,30 @@ def test_capabilities_and_user(sandbox: Sandbox) -> None:
     assert sb.snapshot() == before
     names = [c["Name"] for c in json.loads(sb.pw("ps", "-a", "--json").stdout)]
     assert sorted(names) == ["admin", "nobind", "user"]
+
+
+def test_the_command_is_its_pid_namespaces_first_process(sandbox: Sandbox) -> None:
+    """As in Docker: PID 1 gets only the signals it handles. A foreground run that
+    ignores Ctrl-C is killed by a second one."""
+    sb = sandbox
+    sb.pw("network", "create", "app", "--subnet", "10.110.0.0/24")
+    run = subprocess.Popen([*sb.pw_cmd("run", "--rm", "--name", "fg", "--network", "app",
+                                       "--", "sleep", "300")],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 10
+        while sb.pw("ps", "-q").stdout.strip() == "" or \
+                not str(sb.inspect("fg")["State"]["Pid"]).isdigit():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert sb.pw("exec", "fg", "--", "cat", "/proc/1/cmdline").stdout == "sleep\x00300\x00"
+        run.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        assert run.poll() is None, "sleep, as PID 1 with no handler, ignores SIGINT"
+        run.send_signal(signal.SIGINT)
+        _, err = run.communicate(timeout=10)
+        assert run.returncode == 137 and "second interrupt" in err
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()

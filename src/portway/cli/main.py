@@ -241,12 +241,24 @@ def run_foreground(client: Client, info: "dict[str, Any]", command: list[str],
         except OSError as exc:
             print(f"portway: cannot run {command[0]!r}: {exc}", file=sys.stderr)
         os._exit(127)
+    interrupts = [0]
+
     def forward(signum: int, _frame: "Any") -> None:
         # To the command, not to `unshare` (which ignores SIGINT and SIGTERM while it
         # waits); as its PID namespace's first process, the command gets only the
-        # signals it handles, as in Docker.
+        # signals it handles, as in Docker. A command that ignores Ctrl-C (sleep, as
+        # PID 1) would then keep the terminal: a second Ctrl-C kills it.
+        target = sandbox.init_child(pid) or pid
+        if signum == signal.SIGINT:
+            interrupts[0] += 1
+            if interrupts[0] == 2:
+                print("portway: second interrupt: killing the container's command",
+                      file=sys.stderr)
+                # unshare itself: --kill-child then kills the command, and unshare's
+                # status is the command's (unshare cannot pass on a SIGKILL it sees).
+                signum, target = signal.SIGKILL, pid
         try:
-            os.kill(sandbox.init_child(pid) or pid, signum)
+            os.kill(target, signum)
         except ProcessLookupError:
             pass
 
