@@ -1,8 +1,10 @@
 """A stand-in upstream resolver for tests: answers every A query with one address.
 
-Usage: python3 fake_dns.py LISTEN_ADDRESS ANSWER_ADDRESS (run inside the "outside"
-namespace). It counts the queries it saw in the answer's TTL, so a test can tell
-which upstream answered.
+Usage: python3 fake_dns.py LISTEN_ADDRESS ANSWER_ADDRESS [ANSWER_ADDRESS6] (run
+inside the "outside" namespace). LISTEN_ADDRESS may be IPv6, link-local with its
+interface too (fe80::53%eth0). With ANSWER_ADDRESS6, AAAA queries are answered
+with it; other types get no records. It counts the queries it saw in the answer's
+TTL, so a test can tell which upstream answered.
 """
 
 from __future__ import annotations
@@ -19,10 +21,14 @@ from portway.dns import mmsg, wire
 
 def main() -> None:
     listen, answer = sys.argv[1], socket.inet_aton(sys.argv[2])
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    answer6 = socket.inet_pton(socket.AF_INET6, sys.argv[3]) if len(sys.argv) > 3 else None
+    # getaddrinfo: either family, and a link-local address's scope from its "%interface".
+    family, _, _, _, address = socket.getaddrinfo(listen, 53, type=socket.SOCK_DGRAM,
+                                                  flags=socket.AI_NUMERICHOST)[0]
+    s = socket.socket(family, socket.SOCK_DGRAM)
     s.setsockopt(socket.SOL_SOCKET, 33, 4 << 20)  # SO_RCVBUFFORCE: room for bursts
-    s.bind((listen, 53))
-    batch = mmsg.Batch()  # what is queued, read and answered a system call each way
+    s.bind(address)
+    batch = mmsg.Batch(family=family)  # what is queued, read and answered a call each way
     seen = 0
     while True:
         select.select([s], [], [])
@@ -33,7 +39,11 @@ def main() -> None:
             except wire.FormErr:
                 continue
             seen += 1
-            records = [wire.a_record(answer, 1000 + seen)] if q.qtype == wire.QTYPE_A else []
+            records = []
+            if q.qtype == wire.QTYPE_A:
+                records = [wire.a_record(answer, 1000 + seen)]
+            elif q.qtype == wire.QTYPE_AAAA and answer6 is not None:
+                records = [wire.aaaa_record(answer6, 1000 + seen)]
             out.append((wire.response(q, wire.NOERROR, records, authoritative=False), slot))
         batch.send(s.fileno(), out)
 

@@ -1,6 +1,8 @@
 """What one DNS client may hold of the server's shared resources: pure arithmetic.
 
-A client is a source address (a container's address on one network). The server
+A client is a source address (a container's address on one network), of either
+family, packed (4 or 16 bytes): a container with an IPv4 and an IPv6 address on a
+network is two clients, as a container on two networks is. The server
 shares two bounded things among all of them: the table of forwarded queries in
 flight and the TCP connection slots. The rules here decide who gets a slot; the
 server (server.py) applies them, and bounds what one TCP connection may hold.

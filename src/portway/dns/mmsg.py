@@ -3,7 +3,8 @@
 Python's socket module reads and writes one datagram per call. Under load the
 DNS server has dozens queued: one recvmmsg takes them all, and one sendmmsg
 sends every answer, so the client is woken once per batch instead of once per
-answer. IPv4 only (the server listens on gateways' IPv4 addresses).
+answer. A Batch serves sockets of one family, IPv4 or IPv6: the size of the
+sender addresses it keeps is the family's (sockaddr_in or sockaddr_in6).
 
 Answers of one batch that go to the same client socket and have the same length
 leave as one UDP GSO send (UDP_SEGMENT, udp(7)): one packet through routing,
@@ -16,10 +17,17 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import socket
 import struct
+import sys
 
 MSG_DONTWAIT = 0x40
 SOCKADDR_IN = 16  # family, port, address, padding
+SOCKADDR_IN6 = 28  # family, port, flow label, address, scope id
+# Per family: the size of its sockaddr, where in it the address is and how long, and
+# how much of it from the port on tells one sender from another (not the padding).
+_LAYOUT: dict[int, tuple[int, int, int, int]] = {
+    socket.AF_INET: (SOCKADDR_IN, 4, 4, 6), socket.AF_INET6: (SOCKADDR_IN6, 8, 16, 26)}
 SOL_UDP, UDP_SEGMENT = 17, 103
 PR_SET_TIMERSLACK = 29
 MAX_SEGMENTS = 64  # per GSO send: what every kernel with UDP GSO takes (UDP_MAX_SEGMENTS)
@@ -59,10 +67,13 @@ class Batch:
     The vectors are read and written as raw memory (struct, memoryview) rather than
     through ctypes' field objects, which cost a microsecond per access."""
 
-    def __init__(self, size: int = 64, bufsize: int = 4096, outsize: int = 512) -> None:
-        self.size, self.bufsize, self.outsize = size, bufsize, outsize
+    def __init__(self, size: int = 64, bufsize: int = 4096, outsize: int = 512,
+                 family: int = socket.AF_INET) -> None:
+        self.size, self.bufsize, self.outsize, self.family = size, bufsize, outsize, family
+        namesize, self._addr_at, self._addr_len, self._keysize = _LAYOUT[family]
+        self._namesize = namesize
         self._data = ctypes.create_string_buffer(size * bufsize)
-        self._names = ctypes.create_string_buffer(size * SOCKADDR_IN)
+        self._names = ctypes.create_string_buffer(size * namesize)
         self._out = ctypes.create_string_buffer(size * outsize)
         self._data_view = memoryview(self._data).cast("B")
         self._names_view = memoryview(self._names).cast("B")
@@ -83,7 +94,7 @@ class Batch:
             self._siov[i].base = out + i * outsize
             for vec, iov in ((self._rvec, riov), (self._svec, siov)):
                 hdr = vec[i].hdr
-                hdr.name, hdr.namelen = names + i * SOCKADDR_IN, SOCKADDR_IN
+                hdr.name, hdr.namelen = names + i * namesize, namesize
                 hdr.iov = ctypes.cast(iov + i * ctypes.sizeof(_Iovec),
                                       ctypes.POINTER(_Iovec))
                 hdr.iovlen = 1
@@ -99,13 +110,15 @@ class Batch:
         self.datagrams = self.packets = 0  # sent so far, for `portway dns`
 
     def recv(self, fd: int) -> list[tuple[bytes, bytes]]:
-        """What is queued now (up to size): (datagram, the packed IPv4 address of its
-        sender), in slot order: the i-th came in slot i. peer(slot) tells the sender's
-        port too; send() answers to a slot's sender. A datagram longer than bufsize
-        arrives cut short, as with recvfrom(bufsize).
+        """What is queued now (up to size): (datagram, the packed address of its
+        sender: 4 bytes, or 16 on an IPv6 socket), in slot order: the i-th came in
+        slot i. peer(slot) tells the sender's port too; send() answers to a slot's
+        sender. A datagram longer than bufsize arrives cut short, as with
+        recvfrom(bufsize).
 
-        Each namelen is left as the kernel wrote it back: on an IPv4 socket that is
-        always the size of a sockaddr_in, the size it was set to."""
+        Each namelen is left as the kernel wrote it back: on a socket of the Batch's
+        family that is always the size of its sockaddr, the size it was set to (so a
+        Batch must not read a socket of the other family)."""
         n = _recvmmsg(fd, self._rvec, self.size, MSG_DONTWAIT, None)
         if n < 0:
             code = ctypes.get_errno()
@@ -114,18 +127,25 @@ class Batch:
             raise OSError(code, os.strerror(code))
         data, names, view = self._data_view, self._names_view, self._rvec_view
         size, entry, at, unpack = self.bufsize, self._entry, self._len_at, struct.unpack_from
+        namesize, addr_at, addr_len = self._namesize, self._addr_at, self._addr_len
         out = []
         for i in range(n):
-            start, name = i * size, i * SOCKADDR_IN + 4
+            start, name = i * size, i * namesize + addr_at
             out.append((bytes(data[start:start + unpack("I", view, i * entry + at)[0]]),
-                        bytes(names[name:name + 4])))
+                        bytes(names[name:name + addr_len])))
         return out
 
-    def peer(self, slot: int) -> tuple[str, int]:
-        """A slot's sender as (address, port)."""
-        at = slot * SOCKADDR_IN
-        return (".".join(str(b) for b in self._names_view[at + 4:at + 8]),
-                int.from_bytes(self._names_view[at + 2:at + 4], "big"))
+    def peer(self, slot: int) -> tuple[str, int] | tuple[str, int, int, int]:
+        """A slot's sender as socket.sendto takes it: (address, port), or on IPv6
+        (address, port, flow label, scope id)."""
+        at, names = slot * self._namesize, self._names_view
+        port = int.from_bytes(names[at + 2:at + 4], "big")
+        if self.family == socket.AF_INET:
+            return ".".join(str(b) for b in names[at + 4:at + 8]), port
+        flow = int.from_bytes(names[at + 4:at + 8], "big")  # sin6_flowinfo: network order
+        scope = int.from_bytes(names[at + 24:at + 28], sys.byteorder)  # host order
+        return socket.inet_ntop(socket.AF_INET6, bytes(names[at + 8:at + 24])), port, \
+            flow, scope
 
     def send(self, fd: int, out: list[tuple[bytes, int]]) -> None:
         """Send each (datagram, slot) to that slot's sender; a datagram longer than
@@ -137,13 +157,14 @@ class Batch:
         svec, siov, buf, control = self._svec_view, self._siov_view, self._out_view, \
             self._control_view
         entry, names, iov_size = self._entry, self._names_addr, ctypes.sizeof(_Iovec)
+        namesize = self._namesize
         offset = 0
         for n, items in enumerate(sends):
             data = items[0][0] if len(items) == 1 else b"".join(d for d, _ in items)
             buf[offset:offset + len(data)] = data
             struct.pack_into("PN", siov, n * iov_size, self._out_addr + offset, len(data))
             struct.pack_into("P", svec, n * entry + self._name_at,
-                             names + items[0][1] * SOCKADDR_IN)
+                             names + items[0][1] * namesize)
             if len(items) == 1:
                 struct.pack_into("PN", svec, n * entry + self._control_at, 0, 0)
             else:
@@ -168,17 +189,19 @@ class Batch:
                 start += 1  # skip what the kernel refuses
 
     def _coalesced(self, out: list[tuple[bytes, int]]) -> list[list[tuple[bytes, int]]]:
-        """out in groups of one length to one sender (port and address), at most
-        MAX_SEGMENTS each, in the order of each group's first datagram."""
+        """out in groups of one length to one sender (its sockaddr past the family:
+        port and address, and on IPv6 flow label and scope), at most MAX_SEGMENTS
+        each, in the order of each group's first datagram."""
         groups: dict[tuple[bytes, int], list[tuple[bytes, int]]] = {}
         sends = []
         names, limit = self._names_view, self.outsize
+        namesize, keysize = self._namesize, self._keysize
         for item in out:
             size = len(item[0])
             if size > limit:
                 continue
-            at = item[1] * SOCKADDR_IN + 2
-            key = (bytes(names[at:at + 6]), size)
+            at = item[1] * namesize + 2
+            key = (bytes(names[at:at + keysize]), size)
             group = groups.get(key)
             if group is None or len(group) == MAX_SEGMENTS:
                 groups[key] = group = []

@@ -12,6 +12,12 @@ flight) is bounded by the rules of limits.py.
 The engine writes the records to STATE/dns.json and sends "reload" on the
 control socket STATE/dns.sock; the reply comes after the new records are in
 use, so `portway run -d` returns only once its names resolve.
+
+Both address families, throughout: a network has gateways and subnets of either
+family (each gateway gets its own sockets), a container has an address of each,
+and a client address, a record or an upstream is whichever family it is. Inside,
+an address is packed, as the kernel gives it: 4 bytes or 16, so the length tells
+the family and one dictionary holds both.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ UPSTREAM_TIMEOUT = 2.0
 TCP_CHECK = 0.5
 ACCEPTS_PER_ROUND = 16  # connections taken per wake-up (a burst does not wait a round each)
 IP_FREEBIND = 15
+IPV6_FREEBIND = 78  # Linux 4.15; older kernels take IP_FREEBIND on IPv6 sockets too
 SO_RCVBUFFORCE = 33
 UDP_BUFFER = 4 << 20
 LOG_SIZE = 200
@@ -89,33 +96,53 @@ class TcpClient:
         self.closed = False
 
 
+def pack_address(text: str) -> bytes:
+    """An address as the kernel gives it (4 or 16 bytes); OSError when text is not one."""
+    return socket.inet_pton(socket.AF_INET6 if ":" in text else socket.AF_INET, text)
+
+
+def address_text(packed: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET if len(packed) == 4 else socket.AF_INET6, packed)
+
+
+def endpoint_addresses(endpoint: dict[str, Any]) -> list[bytes]:
+    """An endpoint's addresses, packed: "ips" (one per family), or the older records'
+    single "ip"."""
+    return [pack_address(ip) for ip in endpoint.get("ips") or [endpoint["ip"]]]
+
+
 class View:
-    """What the server knows, built once per reload."""
+    """What the server knows, built once per reload.
+
+    Addresses of both families share each table: a container's IPv4 and IPv6
+    addresses are two keys with the same networks and the same name."""
 
     def __init__(self) -> None:
-        self.names: dict[str, dict[str, list[bytes]]] = {}  # net -> name -> ips
+        self.names: dict[str, dict[str, list[bytes]]] = {}  # net -> name -> addresses
         self.net_names: dict[str, str] = {}  # net name -> id
         self.internal: set[str] = set()
-        self.member: dict[bytes, tuple[str, ...]] = {}  # ip -> net ids
+        self.member: dict[bytes, tuple[str, ...]] = {}  # address -> net ids
         self.ptr: dict[bytes, tuple[str, tuple[str, ...]]] = {}
         self.custom_dns: dict[bytes, list[str]] = {}
-        self.subnets: list[tuple[str, ipaddress.IPv4Network]] = []
-        self.gateways: list[str] = []
+        self.subnets: list[tuple[str, ipaddress.IPv4Network | ipaddress.IPv6Network]] = []
+        self.gateways: list[str] = []  # in ipaddress's text form: one per address
         self.containers: dict[str, dict[str, Any]] = {}
 
     def set_container(self, c: dict[str, Any]) -> None:
         """Add or replace one container's names and addresses: O(its endpoints)."""
+        # Every address read before anything changes: a bad one changes nothing.
+        endpoints = [(e, endpoint_addresses(e)) for e in c["endpoints"]]
         self.forget(c["id"])
         nets = tuple(e["network"] for e in c["endpoints"])
-        for e in c["endpoints"]:
-            packed = socket.inet_aton(e["ip"])
+        for e, addresses in endpoints:
             names = self.names.setdefault(e["network"], {})
             for name in e["names"]:
-                names.setdefault(name.lower(), []).append(packed)
-            self.member[packed] = nets
-            self.ptr[packed] = (c["name"], nets)
-            if c.get("dns"):
-                self.custom_dns[packed] = list(c["dns"])
+                names.setdefault(name.lower(), []).extend(addresses)
+            for packed in addresses:
+                self.member[packed] = nets
+                self.ptr[packed] = (c["name"], nets)
+                if c.get("dns"):
+                    self.custom_dns[packed] = list(c["dns"])
         self.containers[c["id"]] = c
 
     def forget(self, container_id: str) -> None:
@@ -123,22 +150,24 @@ class View:
         if old is None:
             return
         for e in old["endpoints"]:
-            packed = socket.inet_aton(e["ip"])
             names = self.names.get(e["network"], {})
-            for name in e["names"]:
-                ips = names.get(name.lower())
-                if ips is not None and packed in ips:
-                    ips.remove(packed)
-                    if not ips:
-                        del names[name.lower()]
-            for table in (self.member, self.ptr, self.custom_dns):
-                table.pop(packed, None)
+            for packed in endpoint_addresses(e):
+                for name in e["names"]:
+                    ips = names.get(name.lower())
+                    if ips is not None and packed in ips:
+                        ips.remove(packed)
+                        if not ips:
+                            del names[name.lower()]
+                for table in (self.member, self.ptr, self.custom_dns):
+                    table.pop(packed, None)
 
     def networks_of(self, src: bytes) -> tuple[str, ...]:
+        """The networks whose names src (a packed address of either family) sees."""
         found = self.member.get(src)
         if found is not None:
             return found
-        address = ipaddress.IPv4Address(src)
+        address = ipaddress.ip_address(src)
+        # An address is never in a subnet of the other family (ipaddress says False).
         return tuple(nid for nid, net in self.subnets if address in net)
 
 
@@ -152,24 +181,55 @@ def load_view(path: str) -> View:
         view.net_names[net["name"].lower()] = nid
         if net.get("internal"):
             view.internal.add(nid)
-        view.subnets.append((nid, ipaddress.IPv4Network(net["subnet"])))
-        view.gateways.append(net["gateway"])
+        # "subnets"/"gateways" (any number, either family); older records have one each.
+        for subnet in net.get("subnets") or [net["subnet"]]:
+            view.subnets.append((nid, ipaddress.ip_network(subnet)))
+        for gateway in net.get("gateways") or [net["gateway"]]:
+            view.gateways.append(str(ipaddress.ip_address(gateway)))
     for container in data.get("containers", []):
         view.set_container(container)
     return view
 
 
+def upstream_address(upstream: str) -> tuple[int, tuple[Any, ...]] | None:
+    """Where to send queries for an upstream resolver as resolv.conf names it: its
+    family and socket address, or None when it is not an address to send to. An
+    IPv6 link-local one needs its interface (fe80::1%eth0): the server runs in the
+    host namespace, so the name is one of the host's interfaces."""
+    try:
+        family, _, _, _, address = socket.getaddrinfo(
+            upstream, 53, type=socket.SOCK_DGRAM, flags=socket.AI_NUMERICHOST)[0]
+    except (OSError, UnicodeError, ValueError):  # not numeric, or no such interface
+        return None
+    if family == socket.AF_INET6 and len(address) == 4 and address[3] == 0 and \
+            ipaddress.IPv6Address(address[0]).is_link_local:
+        return None
+    return family, address
+
+
 def read_upstreams(path: str) -> list[str]:
+    """The nameservers of a resolv.conf that queries can be sent to; the others
+    (host names, link-local addresses without an interface or with one that does
+    not exist) are said in the log and left out."""
     servers: list[str] = []
     try:
         with open(path) as f:
             for line in f:
                 words = line.split("#", 1)[0].split()
                 if len(words) >= 2 and words[0] == "nameserver":
+                    if upstream_address(words[1]) is None:
+                        print(f"portway-dns: {path}: nameserver {words[1]} left out: not an "
+                              "address, or link-local without a host interface (fe80::1%eth0)",
+                              file=sys.stderr, flush=True)
+                        continue
                     servers.append(words[1])
     except OSError:
         pass
     return servers
+
+
+def _where(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
 class Server:
@@ -179,6 +239,9 @@ class Server:
         self.resolv = resolv
         self.resolv_mtime = 0.0
         self.upstreams: list[str] = []
+        # Socket addresses of the upstreams, resolv.conf's and containers' own (--dns),
+        # worked out once: emptied when either changes.
+        self.upstream_addresses: dict[str, tuple[int, tuple[Any, ...]] | None] = {}
         self.view = View()
         self.udp: dict[str, socket.socket] = {}
         self.tcp: dict[str, socket.socket] = {}
@@ -186,13 +249,15 @@ class Server:
         self.tcp_held: collections.Counter[bytes] = collections.Counter()  # by address
         self.next_tcp_check = 0.0
         self.rotation: collections.Counter[str] = collections.Counter()
-        # Encoded A records per (name, querier's networks), built on first use.
-        self.answers: dict[tuple[str, tuple[str, ...]], list[bytes]] = {}
+        # Encoded A and AAAA records per (name, querier's networks), built on first use.
+        self.answers: dict[tuple[str, tuple[str, ...]], tuple[list[bytes], list[bytes]]] = {}
         # The hot path: whole replies (less their id) per (querier, query less its id),
         # with what the log says of them. Only replies that do not change between two
         # identical queries (one record or none, no forwarding); emptied with `answers`.
         self.replies: dict[tuple[bytes, bytes], tuple[bytes, tuple[Any, ...]]] = {}
-        self.batch = mmsg.Batch()
+        # One per family: a Batch keeps its family's sender addresses.
+        self.batches = {socket.AF_INET: mmsg.Batch(),
+                        socket.AF_INET6: mmsg.Batch(family=socket.AF_INET6)}
         self.gather = False  # a socket is under load: pause before the next poll
         self.forwarded_sent = 0  # forwarded answers sent over UDP (not through batch)
         # In flight: by upstream socket, then by the id it went under.
@@ -245,7 +310,7 @@ class Server:
         try:
             self.view = load_view(self.records_path)
             self._records_changed()
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, TypeError) as exc:
             print(f"portway-dns: cannot load records: {exc}", file=sys.stderr, flush=True)
             return
         wanted = set(self.view.gateways)
@@ -256,31 +321,49 @@ class Server:
         for gw in wanted - set(self.udp):
             try:
                 udp, tcp = self.udp[gw], self.tcp[gw] = self._bind(gw)
-                self._watch(udp.fileno(), functools.partial(self.handle_udp, udp))
+                self._watch(udp.fileno(), functools.partial(
+                    self.handle_udp, udp, self.batches[udp.family]))
                 self._watch(tcp.fileno(), functools.partial(self.handle_tcp_accept, tcp))
             except OSError as exc:
-                print(f"portway-dns: cannot listen on {gw}:53: {exc}", file=sys.stderr,
-                      flush=True)
+                print(f"portway-dns: cannot listen on {_where(gw, 53)}: {exc}",
+                      file=sys.stderr, flush=True)
         self._check_resolv()
 
     @staticmethod
     def _bind(address: str) -> tuple[socket.socket, socket.socket]:
-        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        udp.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
-        # Room for a burst (the default, net.core.rmem_default, holds a few hundred
-        # queries); FORCE: as root, past net.core.rmem_max.
+        """UDP and TCP sockets on address, port 53. Bound with freebind: a gateway's
+        address may not be on its bridge yet (or, IPv6, still tentative), and the
+        server must not wait for it. IPv6 sockets are IPv6 only: IPv4 clients of that
+        network reach its IPv4 gateway, through a socket of its own."""
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        udp = socket.socket(family, socket.SOCK_DGRAM)
+        tcp = socket.socket(family, socket.SOCK_STREAM)
         try:
-            udp.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, UDP_BUFFER)
+            for sock in (udp, tcp):
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                    try:
+                        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
+                    except OSError:
+                        sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+                else:
+                    sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+            # Room for a burst (the default, net.core.rmem_default, holds a few hundred
+            # queries); FORCE: as root, past net.core.rmem_max.
+            try:
+                udp.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, UDP_BUFFER)
+            except OSError:
+                udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_BUFFER)
+            udp.bind((address, 53))
+            udp.setblocking(False)
+            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            tcp.bind((address, 53))
+            tcp.listen(128)
+            tcp.setblocking(False)
         except OSError:
-            udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_BUFFER)
-        udp.bind((address, 53))
-        udp.setblocking(False)
-        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        tcp.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
-        tcp.bind((address, 53))
-        tcp.listen(128)
-        tcp.setblocking(False)
+            udp.close()  # not left open for each reload that tries again
+            tcp.close()
+            raise
         return udp, tcp
 
     def _check_resolv(self) -> None:
@@ -291,12 +374,20 @@ class Server:
         if mtime != self.resolv_mtime:
             self.resolv_mtime = mtime
             self.upstreams = read_upstreams(self.resolv)
+            self.upstream_addresses = {}
+
+    def _upstream_address(self, upstream: str) -> tuple[int, tuple[Any, ...]] | None:
+        try:
+            return self.upstream_addresses[upstream]
+        except KeyError:
+            found = self.upstream_addresses[upstream] = upstream_address(upstream)
+            return found
 
     # answering
 
     def reply_to(self, msg: bytes, src: bytes, now: float) -> bytes | None:
-        """The UDP reply to msg from src (a packed IPv4 address), or None when it is
-        forwarded (replied later).
+        """The UDP reply to msg from src (a packed address, either family), or None when
+        it is forwarded (replied later).
 
         A repeated local query costs one dictionary lookup: its reply was kept the
         first time."""
@@ -347,13 +438,13 @@ class Server:
                 target, target_nets = view.ptr[packed]
                 if set(target_nets) & set(nets):
                     return wire.response(q, wire.NOERROR, [wire.ptr_record(target, TTL)])
-            address = ipaddress.IPv4Address(packed)
+            address = ipaddress.ip_address(packed)
             if any(address in subnet for _, subnet in view.subnets):
                 return wire.response(q, wire.NXDOMAIN)  # portway's, not the world's
             return None
         cached = self.answers.get((name, nets))
         if cached is not None:
-            return self._a_answer(q, name, cached)
+            return self._address_answer(q, name, cached)
         found: list[bytes] = []
         for nid in nets:
             found.extend(view.names.get(nid, {}).get(name, ()))
@@ -369,21 +460,40 @@ class Server:
             # name it cannot see is unknown to it, a name that exists only on networks it
             # is not on included: answered as the world answers it (forwarded, or refused
             # on an internal network), so no container can tell another network's names
-            # from names nobody has.
+            # from names nobody has. The same for every query type: whether the name
+            # has addresses of the asked family, or any, tells nothing either.
             return wire.response(q, wire.NXDOMAIN) if own_network else None
-        records = [wire.a_record(ip, TTL) for ip in dict.fromkeys(found)]
+        unique = dict.fromkeys(found)
+        records = ([wire.a_record(ip, TTL) for ip in unique if len(ip) == 4],
+                   [wire.aaaa_record(ip, TTL) for ip in unique if len(ip) == 16])
         if len(self.answers) < 100_000:  # bounded memory, whatever names are asked
             self.answers[(name, nets)] = records
-        return self._a_answer(q, name, records)
+        return self._address_answer(q, name, records)
 
-    def _a_answer(self, q: wire.Question, name: str, records: list[bytes]) -> bytes:
-        if q.qtype not in (wire.QTYPE_A, wire.QTYPE_ANY):
-            return wire.response(q, wire.NOERROR)  # the name exists, with no such record
-        if len(records) > 1:
-            turn = self.rotation[name] % len(records)
-            self.rotation[name] += 1
-            records = records[turn:] + records[:turn]
-        return wire.response(q, wire.NOERROR, records)
+    def _address_answer(self, q: wire.Question, name: str,
+                        records: tuple[list[bytes], list[bytes]]) -> bytes:
+        """The answer for a name that exists: its A or AAAA records (both for ANY).
+        A name without addresses of the asked family, or asked for another type, is
+        answered NOERROR with no record ("no data"), as RFC 2308 has it: not
+        NXDOMAIN, which would deny the name's other records too."""
+        qtype = q.qtype
+        if qtype == wire.QTYPE_A:
+            chosen = self._rotated(name, records[0])
+        elif qtype == wire.QTYPE_AAAA:
+            chosen = self._rotated(name, records[1])
+        elif qtype == wire.QTYPE_ANY:
+            chosen = self._rotated(name, records[0]) + self._rotated(name, records[1])
+        else:
+            return wire.response(q, wire.NOERROR)
+        return wire.response(q, wire.NOERROR, chosen)
+
+    def _rotated(self, name: str, records: list[bytes]) -> list[bytes]:
+        """Several records for one name: a different one first each time."""
+        if len(records) < 2:
+            return records
+        turn = self.rotation[name] % len(records)
+        self.rotation[name] += 1
+        return records[turn:] + records[:turn]
 
     # forwarding
 
@@ -451,8 +561,12 @@ class Server:
         pending: dict[bytes, Forward] = {}
         sock = None
         try:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
-            sock.connect((upstream, 53))
+            target = self._upstream_address(upstream)
+            if target is None:  # a container's --dns that is no address to send to
+                raise OSError(f"cannot send to {upstream}")
+            # A socket of the upstream's family, whatever the clients' is.
+            sock = socket.socket(target[0], socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
+            sock.connect(target[1])
             ids = os.urandom(2 * len(group))
             for i, fwd in enumerate(group):
                 number = int.from_bytes(ids[2 * i:2 * i + 2], "big")
@@ -551,9 +665,13 @@ class Server:
 
     @staticmethod
     def _ask(upstream: str, msg: bytes) -> bytes:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        target = upstream_address(upstream)  # not the loop's cache: this is a pool thread
+        if target is None:
+            raise OSError(f"cannot send to {upstream}")
+        family, address = target
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
             s.settimeout(UPSTREAM_TIMEOUT)
-            s.connect((upstream, 53))
+            s.connect(address)
             s.send(msg)
             deadline = time.monotonic() + UPSTREAM_TIMEOUT
             while True:
@@ -562,7 +680,9 @@ class Server:
                 if len(answer) >= 12 and answer[:2] == msg[:2]:
                     break
         if answer[2] & 0x02:  # truncated: ask again over TCP
-            with socket.create_connection((upstream, 53), UPSTREAM_TIMEOUT) as t:
+            with socket.socket(family, socket.SOCK_STREAM) as t:
+                t.settimeout(UPSTREAM_TIMEOUT)
+                t.connect(address)
                 t.sendall(len(msg).to_bytes(2, "big") + msg)
                 size = int.from_bytes(_recv_exact(t, 2), "big")
                 answer = _recv_exact(t, size)
@@ -577,16 +697,17 @@ class Server:
         return info
 
     def log_entries(self) -> list[dict[str, Any]]:
-        return [{"time": t, "client": socket.inet_ntoa(src), "name": name, "type": qtype,
+        return [{"time": t, "client": address_text(src), "name": name, "type": qtype,
                  "how": how, "ms": round(seconds * 1000, 3), "rcode": rcode}
                 for t, src, (name, qtype, how, seconds, rcode) in list(self.log)]
 
     # the loop
 
-    def handle_udp(self, sock: socket.socket) -> None:
+    def handle_udp(self, sock: socket.socket, batch: mmsg.Batch) -> None:
+        """Read and answer sock's queries, through batch (of sock's family)."""
         # What is queued, a batch per system call each way (bounded: other sockets wait).
         now = time.time()
-        batch, reply_to, fd = self.batch, self.reply_to, sock.fileno()
+        reply_to, fd = self.reply_to, sock.fileno()
         for _ in range(64):
             try:
                 queries = batch.recv(fd)
@@ -611,7 +732,8 @@ class Server:
                 self.gather = True  # serve() pauses once, for every socket
                 return
 
-    def _send_forwarded(self, sock: socket.socket, peer: tuple[str, int], data: bytes) -> None:
+    def _send_forwarded(self, sock: socket.socket,
+                        peer: tuple[str, int] | tuple[str, int, int, int], data: bytes) -> None:
         """An upstream's answer back to a UDP client, a packet of its own (from the
         loop: what a pool thread got over TCP is handed to it first)."""
         try:
@@ -634,10 +756,12 @@ class Server:
         and retries or fails, instead of waiting."""
         for _ in range(ACCEPTS_PER_ROUND):
             try:
-                conn, (host, _port) = listener.accept()
+                conn, peer = listener.accept()
             except OSError:
                 return
-            src = socket.inet_aton(host)
+            # The address alone: IPv6 gives (host, port, flow label, scope), and a
+            # link-local host may carry its scope ("%eth0").
+            src = pack_address(peer[0].partition("%")[0])
             admit, evict = limits.tcp_admit(self.tcp_held, src, len(self.clients))
             if not admit:
                 self.shed["tcp: over the limits"] += 1
@@ -793,11 +917,11 @@ class Server:
             self.reload()
             reply = {"ok": True, "listening": sorted(self.udp)}
         elif command == "log":
-            batch, forwarded = self.batch, self.forwarded_sent
+            batches, forwarded = self.batches.values(), self.forwarded_sent
             reply = {"ok": True, "log": self.log_entries(), "upstreams": self.upstreams,
-                     "sent": {"answers": batch.datagrams + forwarded,
-                              "packets": batch.packets + forwarded,
-                              "coalesce": batch.coalesce}}
+                     "sent": {"answers": sum(b.datagrams for b in batches) + forwarded,
+                              "packets": sum(b.packets for b in batches) + forwarded,
+                              "coalesce": all(b.coalesce for b in batches)}}
         elif command == "stats":
             reply = {"ok": True, **self.stats()}
         elif command == "stop":
@@ -811,7 +935,7 @@ class Server:
     def stats(self) -> dict[str, Any]:
         """What clients hold of the shared limits now, and what the limits turned away."""
         def by_client(counts: dict[bytes, int]) -> dict[str, int]:
-            return {socket.inet_ntoa(src): n for src, n in counts.items()}
+            return {address_text(src): n for src, n in counts.items()}
 
         return {"tcp": {"open": len(self.clients), "by_client": by_client(self.tcp_held),
                         "unsent_bytes": sum(len(c.outbuf) for c in self.clients.values())},

@@ -1,5 +1,7 @@
 """DNS wire format, just what the server needs: parse one question, build answers.
 
+Addresses are packed, as the kernel gives them: 4 bytes for IPv4, 16 for IPv6.
+
 Pure and standard-library only. Parsing reads the header and the question and
 nothing else (no compression in questions, as RFC 1035 queries never need it);
 anything malformed raises FormErr, which the server answers with FORMERR when
@@ -104,6 +106,15 @@ def a_record(packed_ipv4: bytes, ttl: int) -> bytes:
     return struct.pack("!HHHIH", 0xC00C, QTYPE_A, CLASS_IN, ttl, 4) + packed_ipv4
 
 
+def aaaa_record(packed_ipv6: bytes, ttl: int) -> bytes:
+    return struct.pack("!HHHIH", 0xC00C, QTYPE_AAAA, CLASS_IN, ttl, 16) + packed_ipv6
+
+
+def address_record(packed: bytes, ttl: int) -> bytes:
+    """An A record for a 4-byte address, AAAA for a 16-byte one."""
+    return a_record(packed, ttl) if len(packed) == 4 else aaaa_record(packed, ttl)
+
+
 def encode_name(name: str) -> bytes:
     out = b""
     for label in name.split("."):
@@ -117,12 +128,31 @@ def ptr_record(target: str, ttl: int) -> bytes:
     return struct.pack("!HHHIH", 0xC00C, QTYPE_PTR, CLASS_IN, ttl, len(rdata)) + rdata
 
 
+_NIBBLES = frozenset("0123456789abcdef")
+
+
 def ptr_address(name: str) -> bytes | None:
-    """The packed IPv4 address of a d.c.b.a.in-addr.arpa name, or None."""
-    if not name.endswith(".in-addr.arpa"):
-        return None
-    parts = name[: -len(".in-addr.arpa")].split(".")
-    if len(parts) != 4 or not all(p.isdigit() and int(p) < 256 for p in parts):
-        return None
-    return bytes(int(p) for p in reversed(parts))
+    """The packed address a reverse name stands for: 4 bytes for d.c.b.a.in-addr.arpa,
+    16 for the 32 nibbles of an ip6.arpa name (RFC 3596 §2.5); None for any other
+    name, a shorter one (a zone, not an address) included. name is lower case, as
+    parse_question gives it."""
+    if name.endswith(".in-addr.arpa"):
+        parts = name[: -len(".in-addr.arpa")].split(".")
+        # isdecimal, not isdigit: "²" is a digit that int() refuses.
+        if len(parts) != 4 or not all(p.isdecimal() and int(p) < 256 for p in parts):
+            return None
+        return bytes(int(p) for p in reversed(parts))
+    if name.endswith(".ip6.arpa"):
+        nibbles = name[: -len(".ip6.arpa")].split(".")
+        if len(nibbles) != 32 or not all(len(n) == 1 and n in _NIBBLES for n in nibbles):
+            return None
+        return bytes.fromhex("".join(reversed(nibbles)))
+    return None
+
+
+def reverse_name(packed: bytes) -> str:
+    """The reverse name of a packed address (the inverse of ptr_address)."""
+    if len(packed) == 4:
+        return ".".join(str(b) for b in reversed(packed)) + ".in-addr.arpa"
+    return ".".join(reversed(packed.hex())) + ".ip6.arpa"
 
