@@ -27,7 +27,7 @@ from portway.kernel import procs
 from portway.model.types import Container, Endpoint
 
 if TYPE_CHECKING:
-    from portway.engine import Engine
+    from portway.engine.context import Host
 
 RELOAD_TIMEOUT = 5.0
 
@@ -45,7 +45,7 @@ def container_record(c: Container, endpoints: list[Endpoint]) -> dict[str, Any]:
                            "names": names(e)} for e in endpoints]}
 
 
-def records(engine: Engine) -> dict[str, Any]:
+def records(engine: Host) -> dict[str, Any]:
     """Every network and every attached container (for a reload from the file)."""
     by_container: dict[str, list[Endpoint]] = {}
     for e in engine.store.endpoints():
@@ -71,7 +71,7 @@ def names_by_network(data: dict[str, Any]) -> dict[str, dict[str, list[str]]]:
 
 
 class DnsServer:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Host) -> None:
         self.engine = engine
         self.state_dir = engine.state_dir
         self.pid_path = os.path.join(self.state_dir, "dns.pid")
@@ -144,7 +144,7 @@ class DnsServer:
         with open(fd, "w") as f:
             f.write(f"{child.pid} {started}\n")
         os.replace(tmp, self.pid_path)
-        self.engine.watcher.watch("dns-server", child.pid, child=True)
+        self.engine.process_kernel.watch("dns-server", child.pid, child=True)
         deadline = time.monotonic() + 5
         while not os.path.exists(self.sock_path) and time.monotonic() < deadline:
             time.sleep(0.002)

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 
 def fault_point(step: str) -> None:
-    from portway.engine import fault_point as fault
+    from portway.engine.context import fault_point as fault
 
     fault(step)
 
@@ -84,7 +84,7 @@ def trace_tables(proto: str, sport: int, dport: int, daddr: str, saddr: str | No
 def _drop_tables(engine: Engine) -> None:
     for family in ("inet", "bridge", "netdev"):
         if engine.nft.list_table(family, TABLE) is not None:
-            engine._nft_teardown([{"delete": {"table": {"family": family, "name": TABLE}}}])
+            engine.fw.teardown([{"delete": {"table": {"family": family, "name": TABLE}}}])
 
 
 def run(engine: Engine, world: core.World, src_key: str, packet: Packet,

@@ -13,19 +13,18 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from contextlib import ExitStack
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from portway.core import ipam, names
 from portway.core import netavark as contract
-from portway.engine import now
+from portway.engine.containers import Attachment
+from portway.engine.context import now
 from portway.errors import Conflict, InvalidInput, NotFound
-from portway.kernel import links, netns
-from portway.model.types import Container, Endpoint, Network
+from portway.model.types import Container, Network
 
 if TYPE_CHECKING:
-    from portway.engine import Engine
+    from portway.engine.context import Host as Engine
 
 LABEL = "io.podman.network"  # on the networks portway made from Podman's definitions
 
@@ -40,15 +39,14 @@ def _network(engine: Engine, info: contract.NetworkInfo) -> Network:
                            f"({net.subnet}, bridge {net.bridge})",
                            "remove the old one (portway network rm) or rename the new one")
         return net
-    link = links.observe_link(engine.host, info.bridge)
-    if link is not None:
+    if engine.facts.link_exists(info.bridge):
         raise Conflict(f"interface {info.bridge} already exists and is not portway's",
                        "give the Podman network another network_interface")
-    ipam.check_subnet_free(info.subnet, engine._taken_ranges())
+    ipam.check_subnet_free(info.subnet, engine.networks.taken_ranges())
     network = Network(id=info.id, name=info.name, subnet=info.subnet, gateway=info.gateway,
                       bridge=info.bridge, internal=info.internal, mtu=info.mtu,
                       labels={LABEL: "true"}, created=now())
-    engine._install_network(network)
+    engine.networks.install(network)
     return network
 
 
@@ -68,7 +66,7 @@ def setup(engine: Engine, netns_path: str, options: Any) -> dict[str, Any]:
             raise Conflict(f"container id {opts.container_id[:12]} belongs to portway",
                            "use another container id")
         if existing is not None and existing.netns != netns_path:
-            _remove(engine, existing, None)  # a restart: the old namespace is gone
+            forget(engine, existing, None)  # a restart: the old namespace is gone
             existing = None
         before = {n.id for n in engine.store.networks()}
         try:
@@ -78,7 +76,7 @@ def setup(engine: Engine, netns_path: str, options: Any) -> dict[str, Any]:
             # leaves nothing behind.
             for net in engine.store.networks():
                 if net.id not in before and not engine.store.endpoints(network_id=net.id):
-                    engine.network_rm([net.id])
+                    engine.networks.remove([net.id])
             raise
 
 
@@ -90,44 +88,17 @@ def _setup(engine: Engine, netns_path: str, opts: contract.Options,
         id=opts.container_id, name=opts.container_name, hostname=opts.container_name,
         command=(), netns=netns_path, status="running", dns=opts.dns_servers,
         created=now(), runtime="podman")
-    have = {e.network_id: e for e in engine.store.endpoints(container_id=container.id)}
-    result: dict[str, Any] = {}
-    with engine.store.transaction(), ExitStack() as undo:
-        if existing is None:
-            if engine.store.name_taken("containers", container.name):
-                raise Conflict(f"container name {container.name!r} is already in use",
-                               "remove the other container first")
-            # Podman holds its containers' host ports itself (conmon binds them).
-            ports = engine._resolve_ports(opts.ports, hold=False) if opts.ports else ()
-            container = replace(container, ports=ports)
-            engine.store.add_container(container)
-        added: list[Endpoint] = []
-        undo.callback(lambda: engine._detach_host(added))
-        cont = netns.open_ipr(netns_path)
-        try:
-            for a in opts.attachments:
-                net = nets[a.network]
-                endpoint = have.get(net.id)
-                if endpoint is None:
-                    endpoint = engine._new_endpoint(
-                        container, net, 0, str(a.static_ip) if a.static_ip else None,
-                        list(a.aliases), ifname=a.ifname, mac=a.static_mac)
-                    want_route = not net.internal and not links.has_default_route(cont)
-                    added.append(endpoint)
-                    engine._attach(cont, container, endpoint, net, want_route)
-                result[a.network] = contract.status_block(
-                    opts.networks[a.network], endpoint.ifname, endpoint.mac,
-                    endpoint.address)
-        finally:
-            cont.close()
-        if existing is None:
-            published = engine._published(container)
-            if published:
-                undo.callback(engine.fw.remove_ports, published)
-                engine.fw.add_ports(published)
-        undo.pop_all()
-    engine._publish_dns(container.id)
-    return result
+    if existing is None and opts.ports:
+        # Podman holds its containers' host ports itself (conmon binds them).
+        container = replace(container, ports=engine.publishing.resolve(opts.ports,
+                                                                        hold=False))
+    endpoints = engine.containers.attach_sandbox(container, [
+        Attachment(network=nets[a.network], ip=str(a.static_ip) if a.static_ip else None,
+                   aliases=tuple(a.aliases), ifname=a.ifname, mac=a.static_mac)
+        for a in opts.attachments], new=existing is None)
+    return {a.network: contract.status_block(opts.networks[a.network], e.ifname, e.mac,
+                                             e.address)
+            for a, e in zip(opts.attachments, endpoints, strict=True)}
 
 
 def teardown(engine: Engine, netns_path: str, options: Any) -> dict[str, Any]:
@@ -138,34 +109,18 @@ def teardown(engine: Engine, netns_path: str, options: Any) -> dict[str, Any]:
         c = next((c for c in engine.store.containers() if c.id == opts.container_id), None)
         if c is None or c.runtime != "podman":
             return {}
-        _remove(engine, c, {a.network for a in opts.attachments} or None)
+        forget(engine, c, {a.network for a in opts.attachments} or None)
         return {}
 
 
-def _remove(engine: Engine, c: Container, networks: set[str] | None) -> None:
-    by_id = {n.id: n for n in engine.store.networks()}
-    current = engine.store.endpoints(container_id=c.id)
-    gone = [e for e in current if networks is None or
-            (e.network_id in by_id and by_id[e.network_id].name in networks)]
-    remaining = [e for e in current if e not in gone]
-    before, after = engine._published(c, current), engine._published(c, remaining)
-    with engine.store.transaction():
-        for e in gone:
-            engine.store.delete_endpoint(e.id)
-        if before != after:
-            engine.fw.remove_ports(before)
-            if after:
-                engine.fw.add_ports(after)
-        engine._detach_host(gone)
-        if not remaining:
-            engine.store.delete_container(c.id)
-    engine._released(gone)
-    for nid in {e.network_id for e in gone}:
-        net = by_id.get(nid)
+def forget(engine: Engine, c: Container, networks: set[str] | None) -> None:
+    """c's endpoints on the named networks (all when None) gone; a network portway made
+    for Podman goes with its last container (as netavark removes the bridge)."""
+    for nid in engine.containers.detach_sandbox(c, networks):
+        net = engine.store.find_network(nid)
         if net is not None and net.labels.get(LABEL) == "true" and \
                 not engine.store.endpoints(network_id=nid):
-            engine.network_rm([net.id])  # made for Podman, and its last container left
-    engine._publish_dns(c.id)
+            engine.networks.remove([net.id])
 
 
 def create(engine: Engine, options: Any) -> dict[str, Any]:
@@ -185,7 +140,7 @@ def create(engine: Engine, options: Any) -> dict[str, Any]:
     if network.get("ipv6_enabled"):
         raise InvalidInput("IPv6 is not supported yet", "create the network without --ipv6")
     with engine.lock:
-        taken = engine._taken_ranges()
+        taken = engine.networks.taken_ranges()
         used_subnets = [str(s) for s in (used or {}).get("subnets") or []]
         for s in used_subnets:
             try:
@@ -243,5 +198,5 @@ def update(engine: Engine, network: str, dns_servers: list[str]) -> dict[str, An
         for c in engine.store.containers():
             if c.id in ids and c.runtime == "podman":
                 engine.store.update_container(replace(c, dns=servers))
-                engine._publish_dns(c.id)
+                engine.containers.publish_dns(c.id)
         return {}

@@ -1,6 +1,9 @@
-"""Published host ports, held: a bound socket per published port, as Docker's port
-allocator holds one, so a host process cannot bind the port afterwards and quietly
-take traffic meant for the container (over IPv6, say, which portway does not DNAT).
+"""Published host ports: chosen, checked, held, and resolved to the container address
+they lead to.
+
+A bound socket holds each published port, as Docker's port allocator holds one, so a
+host process cannot bind the port afterwards and quietly take traffic meant for the
+container (over IPv6, say, which portway does not DNAT).
 
 Rules of this module:
 1. A port is checked by binding it: the kernel's answer is the truth (EADDRINUSE: held
@@ -17,8 +20,16 @@ import ctypes
 import errno
 import socket
 import struct
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
-from portway.model.types import PortMapping
+from portway.core.firewall import Published
+from portway.core.ports import format_mapping, host_port_holder
+from portway.errors import Conflict, InvalidInput, KernelError
+from portway.model.types import Container, Endpoint, PortMapping
+
+if TYPE_CHECKING:
+    from portway.engine.context import Host
 
 SO_ATTACH_FILTER = 26
 
@@ -95,3 +106,125 @@ class PortReservations:
             for sock in socks:
                 sock.close()
         self._held.clear()
+
+
+class Publishing:
+    """The ports service: which host ports a container gets, and the firewall's view of
+    them (Published: a host port resolved to the container address behind it)."""
+
+    def __init__(self, host: Host) -> None:
+        self.h = host
+
+    def resolve(self, wanted: tuple[PortMapping, ...],
+                hold: bool = True) -> tuple[PortMapping, ...]:
+        """Host ports checked against portway's publications and the host's sockets, and
+        held (a bound socket each) unless the runtime holds them itself (Podman's conmon
+        does); a host port of 0 becomes a free one from the ephemeral range. All or
+        nothing: on an error nothing stays held. Linear in the ports asked for and the
+        ports published."""
+        h = self.h
+        by_port: dict[tuple[str, int], list[tuple[PortMapping, str]]] = {}
+        for c in h.store.containers():
+            for p in c.ports:
+                by_port.setdefault((p.protocol, p.host_port), []).append(
+                    (p, f"container {c.name} ({format_mapping(p)})"))
+        listening: dict[tuple[str, int], list[tuple[str, int]]] = {}
+        for proto in ("tcp", "udp"):
+            for address, port in h.facts.listening(proto):
+                listening.setdefault((proto, port), []).append((address, port))
+        gateways = h.facts.portway_addresses()
+        low, high = h.facts.ephemeral_range()
+
+        def holder_of(p: PortMapping) -> str | None:
+            for other, who in by_port.get((p.protocol, p.host_port), []):
+                if other.host_ip is None or p.host_ip is None or other.host_ip == p.host_ip:
+                    return who
+            sock = host_port_holder(listening.get((p.protocol, p.host_port), []),
+                                    str(p.host_ip) if p.host_ip else None, p.host_port)
+            return None if sock is None else f"a socket listening on {sock} in the host " \
+                                              "namespace"
+
+        def held_by(p: PortMapping) -> str | None:
+            """Reserve p; None, or who has it (the kernel says so when no socket shows)."""
+            if not hold:
+                return None
+            try:
+                h.ports.reserve(p)
+            except OSError as exc:
+                if exc.errno == errno.EADDRNOTAVAIL:
+                    raise InvalidInput(f"cannot publish on {p.host_ip}: cannot assign "
+                                       "requested address (it is not an address of this host)",
+                                       "give one of the host's addresses (ip addr), or none "
+                                       "for all of them") from None
+                if exc.errno in (errno.EMFILE, errno.ENFILE):
+                    raise Conflict(f"cannot hold host port {p.host_port}/{p.protocol}: "
+                                   "portwayd has reached its open-file limit (each published "
+                                   "port holds a socket)", "publish fewer ports, or raise "
+                                   "the limit (LimitNOFILE, ulimit -n) and restart "
+                                   "portwayd") from None
+                if exc.errno != errno.EADDRINUSE:
+                    raise KernelError(f"cannot hold host port {p.host_port}/{p.protocol}: "
+                                      f"{exc.strerror}", "try again") from None
+                return "a socket in the host namespace (another portway, or a process that " \
+                       f"is not listening: ss -aenp 'sport = :{p.host_port}')"
+            return None
+
+        out: list[PortMapping] = []
+        try:
+            for p in wanted:
+                if p.host_ip is not None and p.host_ip in gateways:
+                    raise InvalidInput(f"cannot publish on {p.host_ip}: it is the gateway of "
+                                       "a portway network",
+                                       "publish on a host address, or on all of them")
+                if p.host_port == 0:
+                    for port in range(low, high + 1):
+                        candidate = replace(p, host_port=port)
+                        if holder_of(candidate) is None and held_by(candidate) is None:
+                            p = candidate
+                            break
+                    else:
+                        raise Conflict(f"no free {p.protocol} port is left in {low}-{high}",
+                                       "give the host port explicitly")
+                else:
+                    who = holder_of(p) or held_by(p)
+                    if who is not None:
+                        raise Conflict(f"host port {p.host_port}/{p.protocol} is already "
+                                       f"taken by {who}",
+                                       "pick another host port, or free that one")
+                by_port.setdefault((p.protocol, p.host_port), []).append((p, "this container"))
+                out.append(p)
+        except BaseException:
+            self.release(out)
+            raise
+        return tuple(out)
+
+    def release(self, ports: tuple[PortMapping, ...] | list[PortMapping]) -> None:
+        for p in ports:
+            self.h.ports.release(p)
+
+    def published(self, c: Container, endpoints: list[Endpoint] | None = None
+                  ) -> list[Published]:
+        """c's port mappings, resolved to the address of its first endpoint."""
+        if not c.ports:
+            return []
+        eps = endpoints if endpoints is not None else self.h.store.endpoints(container_id=c.id)
+        if not eps:
+            return []
+        first = min(eps, key=lambda e: e.ifname)
+        return [Published(container_id=c.id, protocol=p.protocol, host_port=p.host_port,
+                          container_ip=first.address, container_port=p.container_port,
+                          host_ip=p.host_ip) for p in c.ports]
+
+    def all_published(self) -> list[Published]:
+        out: list[Published] = []
+        for c in self.h.store.containers():
+            out.extend(self.published(c))
+        return out
+
+    def describe(self, ref: str) -> list[str]:
+        """`portway port NAME`."""
+        with self.h.lock:
+            c = self.h.container(ref)
+            return [f"{p.container_port}/{p.protocol} -> "
+                    f"{p.host_ip or '0.0.0.0'}:{p.host_port}" for p in c.ports]
+

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from portway.core import names
 from portway.errors import PortwayError
@@ -57,24 +57,18 @@ def gc(engine: Engine, dry_run: bool) -> list[str]:
 
 def _finished_containers(engine: Engine, report: Report) -> None:
     for c in engine.store.containers():
-        c = engine._refresh(c)
+        c = engine.h.refresh(c)
         if c.status == "exited" and c.auto_remove:
             report.act(f"remove container {c.name}: its process ended and it was run with --rm",
-                       lambda c=c: engine._remove(c))  # type: ignore[misc]
+                       partial(engine.h.containers.remove, c))
 
 
 def _networks(engine: Engine, report: Report) -> None:
+    """Each network's segment as its driver observes it."""
     for n in engine.store.networks():
-        link = links.observe_link(engine.host, n.bridge)
-        if link is None:
-            report.act(f"re-create bridge {n.bridge} of network {n.name}: it is missing",
-                       lambda n=n: engine._ensure_bridge(n))  # type: ignore[misc]
-            continue
-        addrs = {str(a.ip) for a in links.observe_addresses(engine.host, link.index)}
-        if str(n.gateway) not in addrs or not link.up or link.mtu != n.mtu:
-            report.act(f"restore bridge {n.bridge} of network {n.name} (gateway {n.gateway}, "
-                       f"up, mtu {n.mtu})",
-                       lambda n=n: engine._ensure_bridge(n))  # type: ignore[misc]
+        driver = engine.h.driver(n)
+        for repair in driver.observe(n):
+            report.act(repair, partial(driver.ensure, n))
 
 
 def _firewall(engine: Engine, report: Report) -> None:
@@ -151,13 +145,13 @@ def _sandboxes(engine: Engine, report: Report) -> None:
         missing = [f for f in ("hosts", "resolv.conf") if not os.path.exists(f"{etc}/{f}")]
         if c.runtime == "portway" and missing:
             report.act(f"rewrite /etc/netns/{ns_name} files of container {c.name}",
-                       lambda c=c: engine._write_files(c))  # type: ignore[misc]
+                       partial(engine.h.sandboxes.write_files, c))
 
 
 def _forget_podman(engine: Engine, c: Container) -> None:
     from portway.engine import podman
 
-    podman._remove(engine, c, None)
+    podman.forget(engine.h, c, None)
 
 
 def _endpoint_ok(engine: Engine, c: Container, e: Endpoint) -> bool:
@@ -189,23 +183,21 @@ def _rebuild(engine: Engine, c: Container, endpoints: list[Endpoint]) -> None:
     for e in endpoints:
         links.delete_link(engine.host, e.host_ifname)
     netns.delete_netns(os.path.basename(c.netns))
-    engine._build_sandbox(c, endpoints)
+    engine.h.sandboxes.build(c, endpoints)
 
 
 def _reattach(engine: Engine, c: Container, e: Endpoint) -> None:
     """A whole pair is reused as it is (ensure_endpoint puts it back on its bridge, up,
     addressed); half of one goes first."""
-    cont = netns.open_ipr(c.netns)
-    try:
+    with engine.h.sandbox_kernel.open(c.netns) as sandbox:
+        cont: Any = sandbox.ipr
         if links.observe_link(engine.host, e.host_ifname) is None:
             links.delete_link(cont, e.ifname)
         elif links.observe_link(cont, e.ifname) is None:
             links.delete_link(engine.host, e.host_ifname)
-        net = engine._network(e.network_id)
-        want_route = not net.internal and not links.has_default_route(cont)
-        engine._attach(cont, c, e, net, want_route)
-    finally:
-        cont.close()
+        net = engine.h.network(e.network_id)
+        want_route = not net.internal and not engine.h.sandbox_kernel.has_default_route(sandbox)
+        engine.h.endpoints.attach(sandbox, c, e, net, want_route)
 
 
 def _unknown_links(engine: Engine, report: Report) -> None:
@@ -229,7 +221,7 @@ def _trace_leftovers(engine: Engine, report: Report) -> None:
     for family in ("inet", "bridge", "netdev"):
         if engine.nft.list_table(family, live.TABLE) is not None:
             report.act(f"delete table {family} {live.TABLE}: left by an interrupted trace",
-                       partial(engine._nft_teardown, [{"delete": {"table": {
+                       partial(engine.fw.teardown, [{"delete": {"table": {
                            "family": family, "name": live.TABLE}}}]))
     for name in netns.list_netns():
         if not name.startswith("pwprobe-"):

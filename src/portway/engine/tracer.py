@@ -165,7 +165,7 @@ def run(engine: Engine, source: str, destination: str, from_ip: str | None,
     try:
         daddr = ipaddress.ip_address(name)
     except ValueError:
-        target = engine._container(name)
+        target = engine.h.container(name)
         eps = engine.store.endpoints(container_id=target.id)
         if not eps:
             raise InvalidInput(f"container {target.name} has no address on a bridge network",

@@ -10,10 +10,11 @@ from portway.model.types import Container, Network
 
 if TYPE_CHECKING:
     from portway.engine import Engine
+    from portway.engine.context import Host
     from portway.kernel.links import Link
 
 
-def network(engine: Engine, n: Network) -> dict[str, Any]:
+def network(engine: Host, n: Network) -> dict[str, Any]:
     containers: dict[str, Any] = {}
     for e in engine.store.endpoints(network_id=n.id):
         c = engine.store.find_container(e.container_id)
@@ -33,7 +34,7 @@ def network(engine: Engine, n: Network) -> dict[str, Any]:
     }
 
 
-def container(engine: Engine, c: Container) -> dict[str, Any]:
+def container(engine: Host, c: Container) -> dict[str, Any]:
     nets: dict[str, Any] = {}
     for e in engine.store.endpoints(container_id=c.id):
         n = engine.store.find_network(e.network_id)
@@ -60,7 +61,7 @@ def container(engine: Engine, c: Container) -> dict[str, Any]:
         "Path": c.command[0] if c.command else "", "Args": list(c.command[1:]),
         "Runtime": c.runtime,
         "State": {"Status": c.status, "Running": running,
-                  "Pid": _first_process(engine, c) if running else 0,
+                  "Pid": engine.processes.first_process(c) if running else 0,
                   "ExitCode": c.exit_code if c.exit_code is not None else 0,
                   "StartedAt": c.started, "FinishedAt": c.finished},
         "Config": {"Hostname": c.hostname, "Cmd": list(c.command), "User": c.user},
@@ -70,17 +71,6 @@ def container(engine: Engine, c: Container) -> dict[str, Any]:
                        "PortBindings": [format_mapping(p) for p in c.ports]},
         "NetworkSettings": {"SandboxKey": c.netns, "Ports": ports, "Networks": nets},
     }
-
-
-def _first_process(engine: Engine, c: Container) -> int:
-    """Docker's State.Pid: the container's first process (the command, as the host numbers
-    it), not the `unshare` that portway watches; that one while the command is starting."""
-    if c.runtime != "portway":
-        return c.pid
-    from portway.kernel import procs
-
-    return procs.wait_init(c.pid, (engine.tools.unshare, engine.tools.setpriv),
-                          timeout=0) or c.pid
 
 
 def _link(link: Link | None, **extra: Any) -> dict[str, Any]:
@@ -110,7 +100,7 @@ def topology(engine: Engine) -> dict[str, Any]:
                     ipr.close()
         return inside[c.id]
 
-    containers = {c.id: engine._refresh(c) for c in engine.store.containers()}
+    containers = {c.id: engine.h.refresh(c) for c in engine.store.containers()}
     first_endpoint: dict[str, str] = {}
     for e in sorted(engine.store.endpoints(), key=lambda e: e.ifname):
         first_endpoint.setdefault(e.container_id, e.id)

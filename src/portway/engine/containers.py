@@ -1,0 +1,316 @@
+"""Containers: what `run`, `rm`, `network connect` and `disconnect` do, step by step,
+and the one API by which a runtime that makes its own sandboxes (Podman) has them
+networked: attach_sandbox / detach_sandbox.
+
+Rules of this module:
+1. Validate everything, then touch the kernel: every argument is checked before the
+   first kernel write, so bad input changes nothing.
+2. Register the undo before the step; the store transaction commits only after the
+   kernel work succeeded.
+3. Removal is exhaustive: every step runs even if one fails, errors are raised
+   together, and removing twice is harmless.
+4. Nothing here renders rules or calls the kernel: that is the other services' work.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from portway.core import names, validate
+from portway.core.naming import random_name
+from portway.core.ports import parse_port_specs
+from portway.engine.context import fault_point, now
+from portway.errors import Conflict, InvalidInput, NotFound, PortwayError, TeardownErrors
+from portway.model.types import Container, Endpoint, Network
+
+if TYPE_CHECKING:
+    from portway.engine.context import Host
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """One network a runtime's sandbox is to be plugged into, as the runtime asks."""
+
+    network: Network
+    ip: str | None = None
+    aliases: tuple[str, ...] = ()
+    ifname: str | None = None
+    mac: str | None = None
+
+
+class Containers:
+    def __init__(self, host: Host) -> None:
+        self.h = host
+
+    def publish_dns(self, container_id: str | None = None) -> None:
+        """Records to the DNS server: one container's, or all of them. Its failure never
+        undoes the operation (gc retries)."""
+        if self.h.dns is None:
+            return
+        try:
+            if container_id is None:
+                self.h.dns.publish()
+            else:
+                self.h.dns.update(container_id)
+        except (PortwayError, OSError) as exc:
+            print(f"portwayd: DNS records not updated: {exc}", file=sys.stderr, flush=True)
+
+    def run(self, command: list[str], name: str | None = None,
+            networks: list[str] | None = None, ip: str | None = None,
+            aliases: list[str] | None = None, hostname: str | None = None,
+            ports: list[str] | None = None, detach: bool = False, auto_remove: bool = False,
+            dns: list[str] | None = None, cap_add: list[str] | None = None,
+            cap_drop: list[str] | None = None, privileged: bool = False,
+            user: str | None = None) -> dict[str, Any]:
+        """Create a container with its networking ready; with detach, start its command.
+
+        Without detach the caller starts the command itself (the CLI becomes it)
+        and reports the pid through started() and the end through exited().
+        """
+        h = self.h
+        cmd = validate.check_command(command)
+        h.processes.check(cap_add or [], cap_drop or [], privileged, user)
+        if name is not None:
+            validate.check_name("container", name)
+        if hostname is not None:
+            validate.check_hostname(hostname)
+        alias_list = [validate.check_name("alias", a) for a in aliases or []]
+        port_maps = parse_port_specs(ports or [])
+        dns_servers = validate.check_dns_servers(dns or [])
+        refs = list(dict.fromkeys(networks or []))
+        if detach:
+            h.processes.check_command(list(cmd))
+        special = [r for r in refs if r in ("host", "none")]
+        if special and len(refs) > 1:
+            raise InvalidInput(f"--network {special[0]} cannot be combined with other networks",
+                               "give it alone")
+        mode = special[0] if special else "bridge"
+        if mode != "bridge" and (ip or alias_list):
+            raise InvalidInput(f"--ip and --alias need a bridge network, not --network {mode}",
+                               "drop them, or pick a user network")
+        if mode != "bridge" and port_maps:
+            raise InvalidInput(f"-p cannot publish ports with --network {mode}",
+                               "drop -p, or use a bridge network")
+        if ip is not None and (mode != "bridge" or len(refs) != 1):
+            raise InvalidInput("--ip needs exactly one user network", "add --network NAME")
+        with h.lock:
+            if name is not None and h.store.name_taken("containers", name):
+                holder = h.container(name)
+                raise Conflict(f"container name {name!r} is already in use by "
+                               f"{holder.short_id}",
+                               f"remove it (portway rm -f {name}) or choose another name")
+            nets: list[Network] = []
+            if mode == "bridge":
+                nets = [h.networks.default()] if not refs else [h.network(r) for r in refs]
+            if port_maps:
+                if nets[0].internal:
+                    raise InvalidInput(f"network {nets[0].name} is internal: its containers "
+                                       "cannot publish ports",
+                                       "publish from a container on a non-internal network")
+                port_maps = h.publishing.resolve(port_maps)
+            cid = names.new_id()
+            container = Container(
+                id=cid, name=name or random_name(h.store.container_names()),
+                hostname=hostname or cid[:12], command=cmd,
+                netns=f"/run/netns/{names.netns_name(cid)}" if mode != "host"
+                else h.host_netns_path(),
+                network_mode=mode,  # type: ignore[arg-type]
+                auto_remove=auto_remove, detach=detach, ports=port_maps, dns=dns_servers,
+                created=now(), cap_add=tuple(cap_add or ()), cap_drop=tuple(cap_drop or ()),
+                privileged=privileged, user=user or "")
+            with h.store.transaction(), ExitStack() as undo:
+                undo.callback(h.publishing.release, port_maps)
+                undo.callback(h.endpoints.clear_hints)  # a rollback frees what was allocated
+                h.store.add_container(container)
+                endpoints = []
+                for index, net in enumerate(nets):
+                    endpoints.append(h.endpoints.new(
+                        container, net, index, ip if index == 0 else None, alias_list))
+                if mode != "host":
+                    undo.callback(h.sandboxes.teardown, container, endpoints)
+                    h.sandboxes.build(container, endpoints)
+                fault_point("run.sandbox")
+                published = h.publishing.published(container, endpoints)
+                if published:
+                    undo.callback(h.fw.remove_ports, published)
+                    h.fw.add_ports(published)
+                    fault_point("run.ports")
+                if detach:
+                    container = h.processes.start(container)
+                    fault_point("run.started")
+                undo.pop_all()
+            if nets:
+                self.publish_dns(container.id)
+            return h.processes.sandbox_info(container)
+
+    def rm(self, refs: list[str], force: bool = False) -> list[str]:
+        h = self.h
+        with h.lock:
+            targets = [h.own(r) for r in refs]
+            for c in targets:
+                if c.status == "running" and not force:
+                    raise Conflict(f"container {c.name} is running",
+                                   f"stop it first (portway stop {c.name}) or use rm -f")
+            for c in targets:
+                self.remove(c)
+            return [c.name for c in targets]
+
+    def remove(self, c: Container) -> None:
+        """Processes, endpoints, namespace, files, rows: each step even if one fails."""
+        h = self.h
+        errors: list[str] = []
+        h.processes.kill(c)
+        endpoints = h.store.endpoints(container_id=c.id)
+        published = h.publishing.published(c, endpoints)
+        if published:
+            h.fw.remove_ports(published)
+        h.publishing.release(c.ports)
+        fault_point("rm.ports")
+        try:
+            h.sandboxes.teardown(c, endpoints)
+        except TeardownErrors as exc:
+            errors.extend(exc.errors)
+        fault_point("rm.kernel")
+        h.endpoints.released(endpoints)
+        shutil.rmtree(os.path.join(h.state_dir, "containers", c.id), ignore_errors=True)
+        with h.store.transaction():
+            h.store.delete_container(c.id)
+        if endpoints:
+            self.publish_dns(c.id)
+        if errors:
+            raise TeardownErrors(f"remove {c.name}", errors)
+
+    # attach and detach running containers
+
+    def connect(self, network: str, container: str, ip: str | None = None,
+                aliases: list[str] | None = None) -> dict[str, Any]:
+        h = self.h
+        alias_list = [validate.check_name("alias", a) for a in aliases or []]
+        with h.lock:
+            net = h.network(network)
+            c = h.own(container)
+            if c.network_mode != "bridge":
+                raise InvalidInput(f"container {c.name} uses --network {c.network_mode}",
+                                   "only containers on bridge networks can be connected")
+            current = h.store.endpoints(container_id=c.id)
+            if any(e.network_id == net.id for e in current):
+                raise Conflict(f"container {c.name} is already connected to {net.name}",
+                               "nothing to do")
+            if not h.sandbox_kernel.exists(c.netns):
+                raise Conflict(f"container {c.name} has lost its network namespace",
+                               "run 'portway gc' to repair it")
+            used_if = {e.ifname for e in current}
+            index = next(i for i in range(len(current) + 1)
+                         if names.container_ifname(i) not in used_if)
+            try:
+                with h.sandbox_kernel.open(c.netns) as sandbox, h.store.transaction():
+                    endpoint = h.endpoints.new(c, net, index, ip, alias_list)
+                    want_route = not net.internal and \
+                        not h.sandbox_kernel.has_default_route(sandbox)
+                    h.endpoints.attach(sandbox, c, endpoint, net, want_route)
+                    fault_point("connect.attach")
+            except BaseException:
+                h.endpoints.clear_hints()  # the rollback freed the address again
+                raise
+            h.sandboxes.write_files(c)
+            self.publish_dns(c.id)
+            return {"Id": c.id, "Network": net.name, "IPAddress": str(endpoint.address)}
+
+    def disconnect(self, network: str, container: str, force: bool = False) -> dict[str, Any]:
+        h = self.h
+        with h.lock:
+            net = h.network(network)
+            c = h.own(container)
+            current = h.store.endpoints(container_id=c.id)
+            mine = [e for e in current if e.network_id == net.id]
+            if not mine:
+                raise NotFound(f"container {c.name} is not connected to {net.name}",
+                               "see its networks with 'portway inspect'")
+            endpoint = mine[0]
+            remaining = [e for e in current if e.id != endpoint.id]
+            self._move_ports(c, current, remaining, [endpoint], fault="disconnect.detach")
+            h.endpoints.released([endpoint])
+            h.endpoints.reroute(c, remaining)
+            h.sandboxes.write_files(c)
+            self.publish_dns(c.id)
+            return {"Id": c.id, "Network": net.name}
+
+    def _move_ports(self, c: Container, current: list[Endpoint], remaining: list[Endpoint],
+                    gone: list[Endpoint], fault: str = "") -> None:
+        """gone's rows and interfaces removed; published ports follow the container's
+        first endpoint, so they move if it was among them."""
+        h = self.h
+        before, after = h.publishing.published(c, current), h.publishing.published(c, remaining)
+        with h.store.transaction():
+            for e in gone:
+                h.store.delete_endpoint(e.id)
+            if before != after:
+                h.fw.remove_ports(before)
+                if after:
+                    h.fw.add_ports(after)
+            h.endpoints.detach(gone)
+            fault_point(fault)
+
+    # for runtimes that make their own sandboxes
+
+    def attach_sandbox(self, container: Container, attachments: list[Attachment],
+                       new: bool) -> list[Endpoint]:
+        """A sandbox a runtime made (container.netns) plugged into each attachment's
+        network (an endpoint it has there already is kept), its published ports added
+        if the container is new (the runtime holds their sockets); the container
+        recorded if new. All or nothing. The endpoints, in the attachments' order."""
+        h = self.h
+        have = {e.network_id: e for e in h.store.endpoints(container_id=container.id)}
+        out: list[Endpoint] = []
+        with h.store.transaction(), ExitStack() as undo:
+            if new:
+                if h.store.name_taken("containers", container.name):
+                    raise Conflict(f"container name {container.name!r} is already in use",
+                                   "remove the other container first")
+                h.store.add_container(container)
+            added: list[Endpoint] = []
+            undo.callback(lambda: h.endpoints.detach(added))
+            with h.sandbox_kernel.open(container.netns) as sandbox:
+                for a in attachments:
+                    endpoint = have.get(a.network.id)
+                    if endpoint is None:
+                        endpoint = h.endpoints.new(container, a.network, 0, a.ip,
+                                                   list(a.aliases), ifname=a.ifname, mac=a.mac)
+                        want_route = not a.network.internal and \
+                            not h.sandbox_kernel.has_default_route(sandbox)
+                        added.append(endpoint)
+                        h.endpoints.attach(sandbox, container, endpoint, a.network,
+                                           want_route)
+                    out.append(endpoint)
+            if new:
+                published = h.publishing.published(container)
+                if published:
+                    undo.callback(h.fw.remove_ports, published)
+                    h.fw.add_ports(published)
+            undo.pop_all()
+        self.publish_dns(container.id)
+        return out
+
+    def detach_sandbox(self, c: Container, networks: set[str] | None) -> list[str]:
+        """c's endpoints on the named networks (all when None) removed, with their ports
+        and names; c forgotten once it has none. The ids of the networks it left."""
+        h = self.h
+        by_id = {n.id: n for n in h.store.networks()}
+        current = h.store.endpoints(container_id=c.id)
+        gone = [e for e in current if networks is None or
+                (e.network_id in by_id and by_id[e.network_id].name in networks)]
+        remaining = [e for e in current if e not in gone]
+        with h.store.transaction():
+            self._move_ports(c, current, remaining, gone)
+            if not remaining:
+                h.store.delete_container(c.id)
+        h.endpoints.released(gone)
+        self.publish_dns(c.id)
+        return list(dict.fromkeys(e.network_id for e in gone))
+
+

@@ -1,0 +1,96 @@
+"""The bridge driver: one Linux bridge per network holding the gateway address, and a
+veth pair per endpoint (host end on the bridge, `ethN` in the container).
+
+Rules of this module:
+1. Links carry their owner tag (alias), so gc selects them by owner.
+2. A bridge's ifindex is remembered per bridge name: it saves a netlink round trip per
+   endpoint. It goes stale only if the bridge is deleted (the kernel does not give a
+   deleted link's index to another link soon: indexes count up), so a stale index fails
+   and attach looks it up again; a pair made meanwhile is reused as it is.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from portway.core import names
+from portway.engine.drivers import Sandbox
+from portway.errors import PortwayError
+from portway.kernel import links
+from portway.model.types import Endpoint, Network
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
+
+
+class BridgeDriver:
+    name = "bridge"
+
+    def __init__(self, host: IPRoute, tag: Any) -> None:
+        self.host = host
+        self.tag = tag  # (kind, id) -> owner tag
+        self._indexes: dict[str, int] = {}  # bridge name -> ifindex
+
+    def validate(self, network: Network) -> None:
+        return None  # every option of a bridge network is checked by validate.py
+
+    def ensure(self, network: Network) -> None:
+        links.ensure_bridge(self.host, network.bridge, names.bridge_mac(network.id),
+                            network.mtu, network.gateway, network.subnet.prefixlen,
+                            self.tag("network", network.id))
+
+    def delete(self, network: Network) -> None:
+        links.delete_link(self.host, network.bridge)
+        self._indexes.pop(network.bridge, None)
+
+    def _bridge_index(self, network: Network) -> int:
+        """The bridge's ifindex, looked up (the bridge made if missing) and remembered."""
+        bridge = links.observe_link(self.host, network.bridge)
+        if bridge is None:
+            self.ensure(network)
+            bridge = links.observe_link(self.host, network.bridge)
+            assert bridge is not None
+        self._indexes[network.bridge] = bridge.index
+        return bridge.index
+
+    def attach(self, sandbox: Sandbox, endpoint: Endpoint, network: Network,
+               default_route: bool, hairpin: bool) -> None:
+        fd = os.open(sandbox.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            cached = self._indexes.get(network.bridge)
+            bridge_index = cached or self._bridge_index(network)
+            while True:
+                try:
+                    links.ensure_endpoint(self.host, sandbox.ipr, fd, links.EndpointSpec(
+                        host_ifname=endpoint.host_ifname, ifname=endpoint.ifname,
+                        mac=endpoint.mac, mtu=network.mtu, address=endpoint.address,
+                        prefixlen=endpoint.prefixlen,
+                        gateway=network.gateway if default_route else None,
+                        bridge_index=bridge_index, tag=self.tag("endpoint", endpoint.id),
+                        hairpin=hairpin))
+                    return
+                except PortwayError:
+                    if cached is not None and self._bridge_index(network) != cached:
+                        # The bridge was made again since its index was remembered.
+                        cached, bridge_index = None, self._indexes[network.bridge]
+                        continue
+                    links.delete_link(self.host, endpoint.host_ifname)
+                    raise
+        finally:
+            os.close(fd)
+
+    def detach(self, endpoint: Endpoint) -> None:
+        links.delete_link(self.host, endpoint.host_ifname)
+
+    def observe(self, network: Network) -> list[str]:
+        """The repairs the bridge needs, as gc reports them (ensure makes each)."""
+        link = links.observe_link(self.host, network.bridge)
+        if link is None:
+            return [f"re-create bridge {network.bridge} of network {network.name}: it is "
+                    "missing"]
+        addrs = {str(a.ip) for a in links.observe_addresses(self.host, link.index)}
+        if str(network.gateway) not in addrs or not link.up or link.mtu != network.mtu:
+            return [f"restore bridge {network.bridge} of network {network.name} (gateway "
+                    f"{network.gateway}, up, mtu {network.mtu})"]
+        return []

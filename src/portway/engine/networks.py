@@ -1,0 +1,130 @@
+"""Networks: create (validated, a subnet picked that collides with nothing), install
+(the row, the driver's segment and the firewall's part: all or nothing), remove.
+
+Rule of this module: the store row is written in the same transaction as the kernel
+work and commits only after it; every kernel step registers its undo before it runs.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from typing import TYPE_CHECKING
+
+from portway.core import ipam, names, validate
+from portway.engine.context import fault_point, now
+from portway.errors import Conflict, InvalidInput
+from portway.model.types import IPNetwork, Network
+
+if TYPE_CHECKING:
+    from portway.engine.context import Host
+
+DEFAULT_NETWORK = "portway"
+
+
+class Networks:
+    def __init__(self, host: Host) -> None:
+        self.h = host
+
+    def taken_ranges(self) -> list[tuple[IPNetwork, str]]:
+        """Subnets a new network must not overlap: portway's networks, and the host's
+        addresses and routes (except the routes of portway's own bridges)."""
+        nets = self.h.store.networks()
+        taken: list[tuple[IPNetwork, str]] = [(n.subnet, f"network {n.name}") for n in nets]
+        return taken + self.h.facts.taken_ranges({n.bridge for n in nets})
+
+    def create(self, name: str, driver: str = "bridge", subnet: str | None = None,
+               gateway: str | None = None, ip_range: str | None = None,
+               internal: bool = False, mtu: int | str | None = None,
+               options: list[str] | None = None,
+               labels: list[str] | None = None) -> Network:
+        if driver not in self.h.drivers:
+            raise InvalidInput(f"unsupported network driver {driver!r}",
+                               f"use one of: {', '.join(sorted(self.h.drivers))} "
+                               "(bridge is the default)")
+        opts = validate.check_options(validate.parse_key_values("--opt", options or []))
+        labs = validate.parse_key_values("--label", labels or [])
+        if mtu is None and "com.docker.network.driver.mtu" in opts:
+            mtu = opts["com.docker.network.driver.mtu"]
+        mtu_value = validate.parse_mtu(mtu) if mtu is not None else 1500
+        if subnet is None and (gateway is not None or ip_range is not None):
+            raise InvalidInput("--gateway and --ip-range need --subnet",
+                               "give the subnet they belong to")
+        h = self.h
+        with h.lock:
+            if h.store.name_taken("networks", name):
+                raise Conflict(f"network {name!r} already exists",
+                               f"choose another name or remove it with "
+                               f"'portway network rm {name}'")
+            taken = self.taken_ranges()
+            if subnet is None:
+                net_addr = ipam.pick_subnet(taken)
+            else:
+                net_addr = validate.parse_subnet(subnet)
+                ipam.check_subnet_free(net_addr, taken)
+            gw = (validate.check_host_address("gateway",
+                                              validate.parse_address("gateway", gateway),
+                                              net_addr)
+                  if gateway else ipam.default_gateway(net_addr))
+            rng = validate.parse_ip_range(ip_range, net_addr) if ip_range else None
+            network_id = names.new_id()
+            network = Network(id=network_id, name=name, subnet=net_addr, gateway=gw,
+                              bridge=names.bridge_name(network_id), driver=driver, ip_range=rng,
+                              internal=internal, mtu=mtu_value, options=opts, labels=labs,
+                              created=now())
+            h.driver(network).validate(network)
+            self.install(network)
+            h.containers.publish_dns()
+            return network
+
+    def install(self, network: Network) -> None:
+        """The row, the driver's segment and the firewall's part of a validated network:
+        all or nothing."""
+        h = self.h
+        driver = h.driver(network)
+        with h.store.transaction(), ExitStack() as undo:
+            h.store.add_network(network)
+            undo.callback(driver.delete, network)
+            driver.ensure(network)
+            fault_point("network_create.bridge")
+            undo.callback(h.fw.remove_network, network)
+            h.fw.add_network(network)
+            fault_point("network_create.firewall")
+            undo.pop_all()
+
+    def remove(self, refs: list[str]) -> list[str]:
+        h = self.h
+        with h.lock:
+            nets = [h.network(r) for r in refs]
+            for net in nets:
+                users = h.store.endpoints(network_id=net.id)
+                if users:
+                    who = ", ".join(sorted(h.container(e.container_id).name for e in users))
+                    raise Conflict(f"network {net.name} has containers attached: {who}",
+                                   f"remove them first (portway rm -f {who.split(',')[0]}) or "
+                                   f"disconnect them")
+            removed = []
+            for net in nets:
+                with h.store.transaction():
+                    h.store.delete_network(net.id)
+                    fault_point("network_rm.row")
+                    h.fw.remove_network(net)
+                    h.driver(net).delete(net)
+                removed.append(net.name)
+            if not h.store.networks():
+                # The shared tables go with the last network of every portway here.
+                h.fw.release()
+            h.containers.publish_dns()
+            return removed
+
+    def prune(self) -> list[str]:
+        h = self.h
+        with h.lock:
+            unused = [n.name for n in h.store.networks()
+                      if n.name != DEFAULT_NETWORK and not h.store.endpoints(network_id=n.id)]
+            return self.remove(unused) if unused else []
+
+    def default(self) -> Network:
+        net = self.h.store.find_network(DEFAULT_NETWORK)
+        if net is None:
+            net = self.create(DEFAULT_NETWORK)
+        return net

@@ -1,0 +1,284 @@
+"""Container processes: started confined (core/confine.py), watched until they end,
+stopped, joined by exec, and found again after a daemon restart.
+
+Rules of this module:
+1. A process is identified by (pid, start time), so a reused pid is never taken for a
+   container's process. The pid portway watches is `unshare`'s; the command is its
+   first child (wait_init finds it).
+2. Containers outlive the daemon: nothing here kills a process on close; the next
+   daemon adopts the running ones (it cannot read their status, only see them end).
+3. Only the ProcessKernel touches processes (a fake stands in for it in unit tests).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Protocol
+
+from portway.core import confine
+from portway.core.confine import Identity, UserSpec
+from portway.engine.context import now
+from portway.engine.watch import OnExit, ProcessWatcher
+from portway.errors import Conflict, InvalidInput, PortwayError
+from portway.kernel import procs
+from portway.model.types import Container
+
+if TYPE_CHECKING:
+    from portway.engine.context import Host
+
+
+class ProcessKernel(Protocol):
+    def spawn(self, netns: str, hostname: str | None, binds: list[tuple[str, str]],
+              argv: list[str], log_path: str, env: dict[str, str],
+              sysfs_readonly: bool) -> int: ...
+    def start_time(self, pid: int) -> int: ...
+    def is_alive(self, pid: int, started: int) -> bool: ...
+    def signal(self, pid: int, started: int, sig: int) -> bool: ...
+    def wait_init(self, pid: int, wrappers: tuple[str, ...], timeout: float = 5.0) -> int: ...
+    def resolve_identity(self, spec: UserSpec) -> Identity: ...
+    def found(self, command: str, path: str) -> bool: ...
+    def watch(self, container_id: str, pid: int, child: bool) -> None: ...
+    def close(self) -> None: ...
+
+
+class LiveProcessKernel:
+    def __init__(self, on_exit: OnExit) -> None:
+        self.watcher = ProcessWatcher(on_exit)
+
+    def spawn(self, netns: str, hostname: str | None, binds: list[tuple[str, str]],
+              argv: list[str], log_path: str, env: dict[str, str],
+              sysfs_readonly: bool) -> int:
+        child: subprocess.Popen[bytes] = procs.spawn_detached(
+            netns, hostname, binds, argv, log_path, env, sysfs_readonly=sysfs_readonly)
+        # The watcher reaps it; Popen must not (its handle is dropped unwaited on purpose).
+        child.returncode = 0
+        return child.pid
+
+    def start_time(self, pid: int) -> int:
+        return procs.start_time(pid)
+
+    def is_alive(self, pid: int, started: int) -> bool:
+        return procs.is_alive(pid, started)
+
+    def signal(self, pid: int, started: int, sig: int) -> bool:
+        return procs.signal_process(pid, started, sig)
+
+    def wait_init(self, pid: int, wrappers: tuple[str, ...], timeout: float = 5.0) -> int:
+        return procs.wait_init(pid, wrappers, timeout)
+
+    def resolve_identity(self, spec: UserSpec) -> Identity:
+        return procs.resolve_identity(spec)
+
+    def found(self, command: str, path: str) -> bool:
+        return shutil.which(command, path=path) is not None
+
+    def watch(self, container_id: str, pid: int, child: bool) -> None:
+        self.watcher.watch(container_id, pid, child)
+
+    def close(self) -> None:
+        self.watcher.close()
+
+
+class Processes:
+    def __init__(self, host: Host) -> None:
+        self.h = host
+
+    @property
+    def kernel(self) -> ProcessKernel:
+        return self.h.process_kernel
+
+    def check(self, cap_add: list[str], cap_drop: list[str], privileged: bool,
+              user: str | None) -> None:
+        """What run is asked for a container's processes, validated."""
+        confine.capabilities(cap_add, cap_drop, privileged)
+        if user is not None:
+            self.kernel.resolve_identity(confine.parse_user(user))
+
+    def check_command(self, command: list[str]) -> None:
+        if not self.kernel.found(command[0], procs.container_env(None)["PATH"]):
+            raise InvalidInput(f"command not found: {command[0]!r}",
+                               "give a program that exists on this host (or its full path)")
+
+    def confinement(self, c: Container) -> confine.Confinement:
+        """What c's processes may do, its --user looked up now (as Docker does at start)."""
+        return confine.Confinement(
+            caps=confine.capabilities(c.cap_add, c.cap_drop, c.privileged),
+            privileged=c.privileged,
+            identity=self.kernel.resolve_identity(confine.parse_user(c.user))
+            if c.user else None)
+
+    def env(self, c: Container, conf: confine.Confinement) -> dict[str, str]:
+        return procs.container_env(None if c.network_mode == "host" else c.hostname,
+                                   conf.identity.home if conf.identity else "/root")
+
+    def log_path(self, container: Container) -> str:
+        directory = os.path.join(self.h.state_dir, "containers", container.id)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        return os.path.join(directory, "output.log")
+
+    def sandbox_info(self, container: Container) -> dict[str, Any]:
+        """What a foreground `run` needs to become the container's command."""
+        warnings = []
+        if container.network_mode == "host":
+            warnings.append("--network host: the container shares the host's network "
+                            "namespace; it is not isolated and can bind any host port")
+        if container.privileged:
+            warnings.append(confine.PRIVILEGED_WARNING)
+        conf = self.confinement(container)
+        return {"Id": container.id, "Name": container.name, "SandboxKey": container.netns,
+                "Hostname": None if container.network_mode == "host" else container.hostname,
+                "Binds": self.h.sandboxes.binds(container), "Env": self.env(container, conf),
+                "Argv": confine.launch_argv(conf, self.h.tools, list(container.command)),
+                "SysfsReadOnly": not container.privileged,
+                "Pid": container.pid, "NetworkMode": container.network_mode,
+                "Warning": "\n".join(warnings)}
+
+    def start(self, container: Container) -> Container:
+        conf = self.confinement(container)
+        pid = self.kernel.spawn(
+            container.netns, None if container.network_mode == "host" else container.hostname,
+            self.h.sandboxes.binds(container),
+            confine.launch_argv(conf, self.h.tools, list(container.command)),
+            self.log_path(container), self.env(container, conf),
+            sysfs_readonly=not container.privileged)
+        container = replace(container, status="running", pid=pid,
+                            pid_start=self.kernel.start_time(pid), started=now())
+        self.h.store.update_container(container)
+        self.kernel.watch(container.id, pid, child=True)
+        return container
+
+    def started(self, ref: str, pid: int) -> dict[str, Any]:
+        """A foreground `run` reports the pid of the command it became."""
+        with self.h.lock:
+            c = self.h.container(ref)
+            c = replace(c, status="running", pid=pid, pid_start=self.kernel.start_time(pid),
+                        started=now())
+            self.h.store.update_container(c)
+        self.kernel.watch(c.id, pid, child=False)
+        return {"Id": c.id}
+
+    def exited(self, ref: str, exit_code: int) -> dict[str, Any]:
+        """A foreground `run` reports its command's exit status."""
+        with self.h.lock:
+            c = self.h.store.find_container(ref)
+            if c is not None:
+                self.h.store.update_container(replace(
+                    c, status="exited", exit_code=exit_code, finished=c.finished or now()))
+        return {}
+
+    def on_exit(self, container_id: str, pid: int, code: int | None) -> None:
+        with self.h.lock:
+            if self.h.closed:
+                return
+            c = self.h.store.find_container(container_id)
+            if c is None or c.pid != pid:
+                return
+            if c.status == "running" or c.exit_code is None:
+                c = replace(c, status="exited", finished=c.finished or now(),
+                            exit_code=code if code is not None else c.exit_code)
+                self.h.store.update_container(c)
+            if c.auto_remove:
+                try:
+                    self.h.containers.remove(c)
+                except PortwayError:
+                    pass  # gc will finish it
+
+    def exec_info(self, ref: str, command: list[str] | None = None,
+                  workdir: str = "/") -> dict[str, Any]:
+        """How to run a command in a running container: the argv that joins its first
+        process's namespaces (PID namespace included) with the container's privileges."""
+        with self.h.lock:
+            c = self.h.own(ref)
+            if c.status != "running":
+                raise Conflict(f"container {c.name} is not running", "start a new one with run")
+            conf = self.confinement(c)
+        # `run -d` returns before its helper has entered the namespaces and exec'd the
+        # command: joining the namespaces before then would join the host's.
+        init = self.kernel.wait_init(c.pid, (self.h.tools.unshare, self.h.tools.setpriv))
+        if not init:
+            raise Conflict(f"container {c.name} is not running (or its command has not "
+                           "started yet)", "see 'portway ps' and 'portway logs', and try again")
+        return {"Id": c.id, "Pid": init, "Env": self.env(c, conf),
+                "Argv": confine.exec_argv(conf, self.h.tools, init, workdir,
+                                          list(command or []))}
+
+    def first_process(self, c: Container) -> int:
+        """Docker's State.Pid: the container's first process (the command, as the host
+        numbers it), not the `unshare` that portway watches; that one while the command
+        is starting."""
+        if c.runtime != "portway":
+            return c.pid
+        wrappers = (self.h.tools.unshare, self.h.tools.setpriv)
+        return self.kernel.wait_init(c.pid, wrappers, timeout=0) or c.pid
+
+    def logs(self, ref: str) -> dict[str, Any]:
+        with self.h.lock:
+            c = self.h.container(ref)
+        try:
+            with open(self.log_path(c), errors="replace") as f:
+                return {"Log": f.read()}
+        except FileNotFoundError:
+            return {"Log": ""}
+
+    def stop(self, refs: list[str], timeout: float = 10) -> list[str]:
+        with self.h.lock:
+            targets = [self.h.own(r) for r in refs]
+        for c in targets:
+            sent = self._stop_process(c, timeout)
+            if sent:
+                self._note_signal_exit(c, sent)
+        return [c.name for c in targets]
+
+    def _stop_process(self, c: Container, timeout: float) -> int:
+        """SIGTERM, then SIGKILL after timeout; returns the last signal sent (0: none)."""
+        if not self.kernel.signal(c.pid, c.pid_start, signal.SIGTERM):
+            return 0
+        deadline = time.monotonic() + max(timeout, 0)
+        while time.monotonic() < deadline and self.kernel.is_alive(c.pid, c.pid_start):
+            time.sleep(0.01)
+        if self.kernel.signal(c.pid, c.pid_start, signal.SIGKILL):
+            self.wait_gone(c)
+            return signal.SIGKILL
+        return signal.SIGTERM
+
+    def _note_signal_exit(self, c: Container, sig: int) -> None:
+        """An adopted process's status is not ours to read: record the signal we sent."""
+        time.sleep(0.02)  # let the watcher record a status it can read
+        with self.h.lock:
+            current = self.h.store.find_container(c.id)
+            if current is not None and current.pid == c.pid and current.exit_code is None:
+                self.h.store.update_container(replace(
+                    current, status="exited", exit_code=128 + sig,
+                    finished=current.finished or now()))
+
+    def kill(self, c: Container) -> None:
+        """SIGKILL c's process (its group), and wait until it is gone."""
+        if self.kernel.signal(c.pid, c.pid_start, signal.SIGKILL):
+            self.wait_gone(c)
+
+    def wait_gone(self, c: Container, limit: float = 5.0) -> None:
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline and self.kernel.is_alive(c.pid, c.pid_start):
+            time.sleep(0.005)
+
+    def adopt(self) -> int:
+        """After a (re)start: watch the running containers' processes again, and hold
+        their published ports again (one that cannot be held is `doctor`'s to report)."""
+        count = 0
+        with self.h.lock:
+            for c in self.h.store.containers():
+                for p in c.ports if c.runtime == "portway" else ():
+                    try:
+                        self.h.ports.reserve(p)
+                    except OSError:
+                        pass
+                c = self.h.refresh(c)
+                if c.status == "running" and c.runtime == "portway":
+                    self.kernel.watch(c.id, c.pid, child=False)
+                    count += 1
+        return count
