@@ -1,0 +1,133 @@
+"""The engine's orchestration on fakes of the store and the kernel (tests/unit/fakes.py):
+the order of the steps, what a failure at each step leaves (nothing), and that
+removing is exhaustive and can be done twice."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import pytest
+from fakes import fake_host, rows
+
+from portway.engine.containers import Attachment
+from portway.errors import KernelError, NotFound, PortwayError
+from portway.model.types import Container
+
+RUN_STEPS = ["netns.create", "bridge.attach", "fw.add_ports", "process.spawn"]
+
+
+def test_network_create_and_its_undo(tmp_path: Path) -> None:
+    h, w = fake_host(str(tmp_path))
+    net = h.networks.create("app", subnet="10.77.0.0/24")
+    assert w.log == ["bridge.ensure app", "fw.add_network app"]
+    assert rows(h) == (1, 0, 0) and net.bridge in w.bridges
+    # A failure in the firewall: its undo (registered before the step, so whatever part
+    # got in goes) and the bridge's run in reverse order, and no row stays.
+    w.fail_at.add("fw.add_network")
+    w.log.clear()
+    with pytest.raises(KernelError):
+        h.networks.create("db", subnet="10.78.0.0/24")
+    assert w.log == ["bridge.ensure db", "fw.add_network db", "fw.remove_network db",
+                     "bridge.delete db"]
+    assert rows(h) == (1, 0, 0) and w.bridges == {net.bridge}
+
+
+def test_a_subnet_that_collides_changes_nothing(tmp_path: Path) -> None:
+    h, w = fake_host(str(tmp_path))
+    with pytest.raises(PortwayError, match="overlaps"):
+        h.networks.create("app", subnet="198.51.100.0/25")
+    assert w.log == [] and rows(h) == (0, 0, 0)
+
+
+def test_run_steps_in_order(tmp_path: Path) -> None:
+    h, w = fake_host(str(tmp_path))
+    h.networks.create("app", subnet="10.77.0.0/24")
+    w.log.clear()
+    info = h.containers.run(["sleep", "1"], name="web", networks=["app"], ports=["8080:80"],
+                            detach=True)
+    steps = [s for s in w.log if s.split(" ")[0] in RUN_STEPS]
+    assert steps == ["netns.create", "bridge.attach eth0", "fw.add_ports", "process.spawn"]
+    assert w.log[0] == "port.reserve"  # the host port is held before any kernel work
+    c = h.store.find_container("web")
+    assert c is not None and c.status == "running" and info["Id"] == c.id
+    assert w.held == {("tcp", "", 8080)} and "port tcp/8080" in w.rules
+    assert w.etc[c.netns]["hosts"].startswith("127.0.0.1")
+
+
+@pytest.mark.parametrize("step", RUN_STEPS)
+def test_a_failure_at_each_step_of_run_leaves_nothing(tmp_path: Path, step: str) -> None:
+    h, w = fake_host(str(tmp_path))
+    h.networks.create("app", subnet="10.77.0.0/24")
+    before = (set(w.links), set(w.namespaces), set(w.rules), set(w.held), dict(w.processes))
+    w.fail_at.add(step)
+    with pytest.raises(PortwayError):
+        h.containers.run(["sleep", "1"], name="web", networks=["app"], ports=["8080:80"],
+                         detach=True)
+    assert rows(h) == (1, 0, 0)
+    assert (set(w.links), set(w.namespaces), set(w.rules), set(w.held),
+            dict(w.processes)) == before, w.log
+    # The address the failed run had is free again: the next container gets it.
+    w.fail_at.clear()
+    h.containers.run(["sleep", "1"], name="web", networks=["app"], detach=True)
+    (e,) = h.store.endpoints()
+    assert e.address == ipaddress.ip_address("10.77.0.2")
+
+
+def test_remove_is_exhaustive_and_can_be_done_twice(tmp_path: Path) -> None:
+    h, w = fake_host(str(tmp_path))
+    h.networks.create("app", subnet="10.77.0.0/24")
+    h.containers.run(["sleep", "1"], name="web", networks=["app"], ports=["8080:80"],
+                     detach=True)
+    c = h.store.find_container("web")
+    assert c is not None
+    # One step of the teardown fails: the others still run, and the error says which.
+    w.fail_at.add("netns.kill")
+    with pytest.raises(PortwayError, match="kill processes"):
+        h.containers.remove(c)
+    assert rows(h) == (1, 0, 0) and not w.links and not w.namespaces and not w.held
+    assert "port tcp/8080" not in w.rules
+    # Again, with everything already gone: nothing to do, no error.
+    w.fail_at.clear()
+    h.containers.remove(c)
+    with pytest.raises(NotFound):
+        h.containers.rm(["web"])
+
+
+def test_disconnect_moves_published_ports_to_the_first_endpoint(tmp_path: Path) -> None:
+    h, w = fake_host(str(tmp_path))
+    h.networks.create("front", subnet="10.77.0.0/24")
+    h.networks.create("back", subnet="10.78.0.0/24")
+    h.containers.run(["sleep", "1"], name="web", networks=["front", "back"],
+                     ports=["8080:80"], detach=True)
+    c = h.store.find_container("web")
+    assert c is not None
+    assert [str(p.container_ip) for p in h.publishing.published(c)] == ["10.77.0.2"]
+    w.log.clear()
+    h.containers.disconnect("front", "web")
+    assert w.log[:3] == ["fw.remove_ports", "fw.add_ports", "fw.remove_guard"]
+    assert [str(p.container_ip) for p in h.publishing.published(c)] == ["10.78.0.2"]
+
+
+def test_attach_sandbox_for_a_runtime_is_all_or_nothing(tmp_path: Path) -> None:
+    h, w = fake_host(str(tmp_path))
+    front = h.networks.create("front", subnet="10.77.0.0/24")
+    back = h.networks.create("back", subnet="10.78.0.0/24")
+    w.namespaces.add("/run/netns/theirs")
+    c = Container(id="ab" * 32, name="pod", hostname="pod", command=(),
+                  netns="/run/netns/theirs", status="running", runtime="podman")
+    w.fail_at.add("bridge.attach eth1")
+    with pytest.raises(PortwayError, match="attach pod to back"):
+        h.containers.attach_sandbox(c, [Attachment(front, ifname="eth0"),
+                                        Attachment(back, ifname="eth1")], new=True)
+    assert rows(h) == (2, 0, 0) and not w.links
+    w.fail_at.clear()
+    endpoints = h.containers.attach_sandbox(c, [Attachment(front, ifname="eth0"),
+                                                Attachment(back, ifname="eth1")], new=True)
+    assert [e.ifname for e in endpoints] == ["eth0", "eth1"] and len(w.links) == 2
+    assert "/run/netns/theirs" in w.namespaces  # the runtime's sandbox: never portway's
+    assert h.containers.detach_sandbox(c, {"front"}) == [front.id]
+    assert len(w.links) == 1 and h.store.find_container("pod") is not None
+    h.containers.detach_sandbox(c, None)
+    assert not w.links and h.store.find_container("pod") is None
+    assert "/run/netns/theirs" in w.namespaces
