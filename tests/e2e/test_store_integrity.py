@@ -45,7 +45,7 @@ def test_newer_schema(sandbox: Sandbox) -> None:
 
 WRITER = """
 import ipaddress, sys
-from portway.model.types import Container, Endpoint, Network
+from portway.model.types import Container, Endpoint, Network, Subnet
 from portway.store.sqlite import SqliteStore
 
 store, who = SqliteStore(sys.argv[1]), int(sys.argv[2])
@@ -53,8 +53,9 @@ for i in range(100000):
     # One transaction: a network, a container and the endpoint joining them.
     tag = f"{who:02x}{i:06x}"
     net = Network(id=tag + "n" * 56, name=f"w{who}-{i}",
-                  subnet=ipaddress.ip_network(f"10.{who}.{i % 256}.0/24"),
-                  gateway=ipaddress.ip_address(f"10.{who}.{i % 256}.1"), bridge=f"b{tag}")
+                  subnets=(Subnet(subnet=ipaddress.ip_network(f"10.{who}.{i % 256}.0/24"),
+                                  gateway=ipaddress.ip_address(f"10.{who}.{i % 256}.1")),),
+                  bridge=f"b{tag}")
     c = Container(id=tag + "c" * 56, name=f"c{who}-{i}", hostname="h", command=("true",),
                   netns="/run/netns/x")
     with store.transaction():
@@ -62,8 +63,9 @@ for i in range(100000):
         store.add_container(c)
         store.add_endpoint(Endpoint(id=tag + "e" * 56, container_id=c.id, network_id=net.id,
                                     ifname="eth0", host_ifname=f"v{tag}",
-                                    address=ipaddress.ip_address(f"10.{who}.{i % 256}.2"),
-                                    prefixlen=24, mac="02:42:00:00:00:02"))
+                                    addresses=(ipaddress.ip_interface(
+                                        f"10.{who}.{i % 256}.2/24"),),
+                                    mac="02:42:00:00:00:02"))
     print(i, flush=True)
 """
 

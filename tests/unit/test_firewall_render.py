@@ -9,15 +9,16 @@ from pathlib import Path
 
 from portway.core import firewall, names
 from portway.core.firewall import Published
-from portway.model.types import Endpoint, Network
+from portway.model.types import Endpoint, Network, Subnet
 
 GOLDEN = Path(__file__).parent / "golden"
 INSTANCE = "1a2b3c4d"
 
 
 def network(internal: bool = False, **options: str) -> Network:
-    return Network(id="ab" * 32, name="app", subnet=ipaddress.ip_network("10.77.0.0/24"),
-                   gateway=ipaddress.ip_address("10.77.0.1"), bridge="pwbr-abababab",
+    return Network(id="ab" * 32, name="app", subnets=(Subnet(
+        subnet=ipaddress.ip_network("10.77.0.0/24"), gateway=ipaddress.ip_address("10.77.0.1")),),
+                   bridge="pwbr-abababab",
                    internal=internal, options=options)
 
 
@@ -138,8 +139,9 @@ def test_repair_of_a_whole_table_adds_the_base_and_mine() -> None:
 def test_repair_touches_only_what_differs_and_only_mine() -> None:
     shared = [c for cmds in firewall.render_shared().values() for c in cmds]
     mine, theirs = network(), Network(
-        id="ef" * 32, name="theirs", subnet=ipaddress.ip_network("10.78.0.0/24"),
-        gateway=ipaddress.ip_address("10.78.0.1"), bridge="pwbr-efefefef")
+        id="ef" * 32, name="theirs", subnets=(Subnet(
+            subnet=ipaddress.ip_network("10.78.0.0/24"),
+            gateway=ipaddress.ip_address("10.78.0.1")),), bridge="pwbr-efefefef")
     kernel = [*shared, *firewall.render_network(mine, INSTANCE),
               *firewall.render_network(theirs, "99999999")]
     assert plan(kernel, [mine]) == []
@@ -178,8 +180,9 @@ def test_tables_in_use() -> None:
 def endpoint(n: int) -> Endpoint:
     address = ipaddress.ip_address(f"10.77.0.{n}")
     return Endpoint(id=f"{n:064x}", container_id="cd" * 32, network_id="ab" * 32,
-                    ifname="eth0", host_ifname=f"pwv-{n:011x}", address=address,
-                    prefixlen=24, mac=f"02:42:0a:4d:00:{n:02x}")
+                    ifname="eth0", host_ifname=f"pwv-{n:011x}",
+                    addresses=(ipaddress.ip_interface((address, 24)),),
+                    mac=f"02:42:0a:4d:00:{n:02x}")
 
 
 def test_golden_guard() -> None:

@@ -22,7 +22,7 @@ from portway.core.trace import (
     render,
     trace,
 )
-from portway.model.types import Endpoint, Network
+from portway.model.types import Endpoint, Network, Subnet
 
 IP = ipaddress.ip_address
 NET = "ab" * 32
@@ -51,14 +51,16 @@ def listing(cmds: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def network(name: str, nid: str, third: int, internal: bool = False) -> Network:
-    return Network(id=nid, name=name, subnet=ipaddress.ip_network(f"10.{third}.0.0/24"),
-                   gateway=IP(f"10.{third}.0.1"), bridge=f"pwbr-{nid[:10]}", internal=internal)
+    return Network(id=nid, name=name, subnets=(Subnet(
+        subnet=ipaddress.ip_network(f"10.{third}.0.0/24"), gateway=IP(f"10.{third}.0.1")),),
+                   bridge=f"pwbr-{nid[:10]}", internal=internal)
 
 
 def endpoint(n: Network, host: int, veth: str) -> Endpoint:
     addr = IP(f"{str(n.gateway)[:-2]}.{host}")
     return Endpoint(id=veth, container_id=veth, network_id=n.id, ifname="eth0",
-                    host_ifname=veth, address=addr, prefixlen=24, mac=f"02:42:0a:00:00:{host:02x}")
+                    host_ifname=veth, addresses=(ipaddress.ip_interface((addr, 24)),),
+                    mac=f"02:42:0a:00:00:{host:02x}")
 
 
 APP, DB = network("app", NET, 77), network("db", DBNET, 78)

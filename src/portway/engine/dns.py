@@ -41,8 +41,9 @@ def container_record(c: Container, endpoints: list[Endpoint]) -> dict[str, Any]:
         return plain
 
     return {"id": c.id, "name": c.name, "dns": list(c.dns),
-            "endpoints": [{"ip": str(e.address), "network": e.network_id,
-                           "names": names(e)} for e in endpoints]}
+            "endpoints": [{"ip": str(e.address), "ips": [str(a.ip) for a in e.addresses],
+                           "network": e.network_id, "names": names(e)}
+                          for e in endpoints]}
 
 
 def records(engine: Host) -> dict[str, Any]:
@@ -55,7 +56,9 @@ def records(engine: Host) -> dict[str, Any]:
         if c.id in by_container:
             containers.append(container_record(c, by_container[c.id]))
     networks = [{"id": n.id, "name": n.name, "subnet": str(n.subnet),
-                 "gateway": str(n.gateway), "internal": n.internal}
+                 "gateway": str(n.gateway), "internal": n.internal,
+                 "subnets": [str(s.subnet) for s in n.subnets],
+                 "gateways": [str(s.gateway) for s in n.subnets]}
                 for n in engine.store.networks()]
     return {"networks": networks, "containers": containers}
 
@@ -66,7 +69,8 @@ def names_by_network(data: dict[str, Any]) -> dict[str, dict[str, list[str]]]:
     for c in data["containers"]:
         for e in c["endpoints"]:
             for name in e["names"]:
-                out.setdefault(e["network"], {}).setdefault(name.lower(), []).append(e["ip"])
+                out.setdefault(e["network"], {}).setdefault(name.lower(), []).extend(
+                    e.get("ips") or [e["ip"]])
     return out
 
 

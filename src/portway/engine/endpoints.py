@@ -13,6 +13,7 @@ Rules of this module:
 
 from __future__ import annotations
 
+import ipaddress
 from typing import TYPE_CHECKING
 
 from portway.core import ipam, names, validate
@@ -57,8 +58,9 @@ class Endpoints:
         endpoint = Endpoint(
             id=eid, container_id=container.id, network_id=net.id,
             ifname=ifname or names.container_ifname(index),
-            host_ifname=names.host_veth_name(eid), address=address,
-            prefixlen=net.subnet.prefixlen, mac=mac or names.mac_for(address),
+            host_ifname=names.host_veth_name(eid),
+            addresses=(ipaddress.ip_interface((address, net.subnet.prefixlen)),),
+            mac=mac or names.mac_for(address),
             aliases=tuple(aliases))
         store.add_endpoint(endpoint)
         return endpoint

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from portway.core import ipam, names, validate
 from portway.engine.context import fault_point, now
 from portway.errors import Conflict, InvalidInput
-from portway.model.types import IPNetwork, Network
+from portway.model.types import IPNetwork, Network, Subnet
 
 if TYPE_CHECKING:
     from portway.engine.context import Host
@@ -67,8 +67,9 @@ class Networks:
                   if gateway else ipam.default_gateway(net_addr))
             rng = validate.parse_ip_range(ip_range, net_addr) if ip_range else None
             network_id = names.new_id()
-            network = Network(id=network_id, name=name, subnet=net_addr, gateway=gw,
-                              bridge=names.bridge_name(network_id), driver=driver, ip_range=rng,
+            network = Network(id=network_id, name=name,
+                              subnets=(Subnet(subnet=net_addr, gateway=gw, ip_range=rng),),
+                              bridge=names.bridge_name(network_id), driver=driver,
                               internal=internal, mtu=mtu_value, options=opts, labels=labs,
                               created=now())
             h.driver(network).validate(network)

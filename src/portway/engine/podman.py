@@ -21,7 +21,7 @@ from portway.core import netavark as contract
 from portway.engine.containers import Attachment
 from portway.engine.context import now
 from portway.errors import Conflict, InvalidInput, NotFound
-from portway.model.types import Container, Network
+from portway.model.types import Container, Network, Subnet
 
 if TYPE_CHECKING:
     from portway.engine.context import Host as Engine
@@ -43,7 +43,8 @@ def _network(engine: Engine, info: contract.NetworkInfo) -> Network:
         raise Conflict(f"interface {info.bridge} already exists and is not portway's",
                        "give the Podman network another network_interface")
     ipam.check_subnet_free(info.subnet, engine.networks.taken_ranges())
-    network = Network(id=info.id, name=info.name, subnet=info.subnet, gateway=info.gateway,
+    network = Network(id=info.id, name=info.name,
+                      subnets=(Subnet(subnet=info.subnet, gateway=info.gateway),),
                       bridge=info.bridge, internal=info.internal, mtu=info.mtu,
                       labels={LABEL: "true"}, created=now())
     engine.networks.install(network)

@@ -13,19 +13,34 @@ from typing import Literal
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 Protocol = Literal["tcp", "udp"]
 NetworkMode = Literal["bridge", "host", "none"]
 
 
 @dataclass(frozen=True)
-class Network:
-    id: str
-    name: str
+class Subnet:
+    """One subnet of a network: its gateway (on the network's bridge), and the range
+    containers' addresses come from (None: the whole subnet)."""
+
     subnet: IPNetwork
     gateway: IPAddress
+    ip_range: IPNetwork | None = None
+
+    @property
+    def version(self) -> int:
+        return self.subnet.version
+
+
+@dataclass(frozen=True)
+class Network:
+    """A network: subnets of either family or both (IPv4 first where there is one)."""
+
+    id: str
+    name: str
+    subnets: tuple[Subnet, ...]
     bridge: str
     driver: str = "bridge"
-    ip_range: IPNetwork | None = None
     internal: bool = False
     mtu: int = 1500
     options: dict[str, str] = field(default_factory=dict)
@@ -35,6 +50,26 @@ class Network:
     @property
     def short_id(self) -> str:
         return self.id[:12]
+
+    @property
+    def primary(self) -> Subnet:
+        """The first subnet (the IPv4 one, where there is one)."""
+        return self.subnets[0]
+
+    @property
+    def subnet(self) -> IPNetwork:
+        return self.primary.subnet
+
+    @property
+    def gateway(self) -> IPAddress:
+        return self.primary.gateway
+
+    @property
+    def ip_range(self) -> IPNetwork | None:
+        return self.primary.ip_range
+
+    def of_version(self, version: int) -> Subnet | None:
+        return next((s for s in self.subnets if s.version == version), None)
 
 
 @dataclass(frozen=True)
@@ -53,17 +88,26 @@ class PortMapping:
 
 @dataclass(frozen=True)
 class Endpoint:
-    """One container's attachment to one network: a veth pair and an address."""
+    """One container's attachment to one network: a veth pair and an address per family
+    of the network (IPv4 first where there is one), each with its prefix length."""
 
     id: str
     container_id: str
     network_id: str
     ifname: str
     host_ifname: str
-    address: IPAddress
-    prefixlen: int
+    addresses: tuple[IPInterface, ...]
     mac: str
     aliases: tuple[str, ...] = ()
+
+    @property
+    def address(self) -> IPAddress:
+        """The first address (the IPv4 one, where there is one)."""
+        return self.addresses[0].ip
+
+    @property
+    def prefixlen(self) -> int:
+        return self.addresses[0].network.prefixlen
 
 
 @dataclass(frozen=True)

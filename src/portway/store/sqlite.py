@@ -15,7 +15,15 @@ from contextlib import contextmanager
 from typing import Any
 
 from portway.errors import Conflict, PortwayError
-from portway.model.types import Container, Endpoint, IPAddress, Network, PortMapping
+from portway.model.types import (
+    Container,
+    Endpoint,
+    IPAddress,
+    IPInterface,
+    Network,
+    PortMapping,
+    Subnet,
+)
 
 MIGRATIONS: list[str] = [
     # 1: the first schema
@@ -53,6 +61,20 @@ MIGRATIONS: list[str] = [
     ALTER TABLE containers ADD COLUMN cap_drop TEXT NOT NULL DEFAULT '[]';
     ALTER TABLE containers ADD COLUMN privileged INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE containers ADD COLUMN user TEXT NOT NULL DEFAULT '';
+    """,
+    # 4: both address families: a network has subnets (any number, either family), an
+    # endpoint an address per family, each reserved by UNIQUE(network_id, address). The
+    # old single-address columns stay, holding the first of each (IPv4 where there is).
+    """
+    ALTER TABLE networks ADD COLUMN subnets TEXT NOT NULL DEFAULT '[]';
+    UPDATE networks SET subnets = json_array(json_object(
+        'subnet', subnet, 'gateway', gateway, 'ip_range', ip_range));
+    CREATE TABLE addresses (
+        endpoint_id TEXT NOT NULL REFERENCES endpoints(id) ON DELETE CASCADE,
+        network_id TEXT NOT NULL, address TEXT NOT NULL, prefixlen INTEGER NOT NULL,
+        UNIQUE (network_id, address));
+    CREATE INDEX addresses_by_endpoint ON addresses(endpoint_id);
+    INSERT INTO addresses SELECT id, network_id, address, prefixlen FROM endpoints;
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -147,18 +169,24 @@ class SqliteStore:
     # networks
 
     def add_network(self, n: Network) -> None:
+        subnets = [{"subnet": str(s.subnet), "gateway": str(s.gateway),
+                    "ip_range": str(s.ip_range) if s.ip_range else None} for s in n.subnets]
         self._exec(
-            "INSERT INTO networks VALUES(?,?,?,?,?,?,?,?,?,?,?,?)",
+            "INSERT INTO networks VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (n.id, n.name, n.driver, str(n.subnet), str(n.gateway),
              str(n.ip_range) if n.ip_range else None, int(n.internal), n.mtu,
-             json.dumps(n.options), json.dumps(n.labels), n.bridge, n.created))
+             json.dumps(n.options), json.dumps(n.labels), n.bridge, n.created,
+             json.dumps(subnets)))
 
     @staticmethod
     def _network(row: sqlite3.Row | tuple[Any, ...]) -> Network:
+        subnets = tuple(Subnet(subnet=ipaddress.ip_network(s["subnet"]),
+                               gateway=ipaddress.ip_address(s["gateway"]),
+                               ip_range=ipaddress.ip_network(s["ip_range"])
+                               if s.get("ip_range") else None)
+                        for s in json.loads(row[12]))
         return Network(
-            id=row[0], name=row[1], driver=row[2], subnet=ipaddress.ip_network(row[3]),
-            gateway=ipaddress.ip_address(row[4]),
-            ip_range=ipaddress.ip_network(row[5]) if row[5] else None,
+            id=row[0], name=row[1], driver=row[2], subnets=subnets,
             internal=bool(row[6]), mtu=int(row[7]), options=json.loads(row[8]),
             labels=json.loads(row[9]), bridge=row[10], created=row[11])
 
@@ -242,19 +270,28 @@ class SqliteStore:
     # endpoints
 
     def add_endpoint(self, e: Endpoint) -> None:
-        self._exec("INSERT INTO endpoints VALUES(?,?,?,?,?,?,?,?,?)",
-                   (e.id, e.container_id, e.network_id, e.ifname, e.host_ifname,
-                    str(e.address), e.prefixlen, e.mac, json.dumps(list(e.aliases))))
+        with self.transaction():
+            self._exec("INSERT INTO endpoints VALUES(?,?,?,?,?,?,?,?,?)",
+                       (e.id, e.container_id, e.network_id, e.ifname, e.host_ifname,
+                        str(e.address), e.prefixlen, e.mac, json.dumps(list(e.aliases))))
+            for a in e.addresses:
+                self._exec("INSERT INTO addresses VALUES(?,?,?,?)",
+                           (e.id, e.network_id, str(a.ip), a.network.prefixlen))
 
     @staticmethod
     def _endpoint(row: tuple[Any, ...]) -> Endpoint:
+        # row[9]: the endpoint's addresses, "ADDRESS/PREFIX ..." (IPv4 first).
+        addresses: tuple[IPInterface, ...] = tuple(sorted(
+            (ipaddress.ip_interface(a) for a in (row[9] or f"{row[5]}/{row[6]}").split()),
+            key=lambda a: a.version))
         return Endpoint(id=row[0], container_id=row[1], network_id=row[2], ifname=row[3],
-                        host_ifname=row[4], address=ipaddress.ip_address(row[5]),
-                        prefixlen=int(row[6]), mac=row[7], aliases=tuple(json.loads(row[8])))
+                        host_ifname=row[4], addresses=addresses, mac=row[7],
+                        aliases=tuple(json.loads(row[8])))
 
     def endpoints(self, container_id: str | None = None,
                   network_id: str | None = None) -> list[Endpoint]:
-        sql = "SELECT * FROM endpoints WHERE 1=1"
+        sql = ("SELECT *, (SELECT group_concat(address || '/' || prefixlen, ' ') FROM "
+               "addresses WHERE endpoint_id = endpoints.id) FROM endpoints WHERE 1=1")
         args: list[str] = []
         if container_id is not None:
             sql += " AND container_id=?"
@@ -269,7 +306,7 @@ class SqliteStore:
         self._exec("DELETE FROM endpoints WHERE id=?", (endpoint_id,))
 
     def address_in_use(self, network_id: str, address: IPAddress) -> bool:
-        return self._exec("SELECT 1 FROM endpoints WHERE network_id=? AND address=?",
+        return self._exec("SELECT 1 FROM addresses WHERE network_id=? AND address=?",
                           (network_id, str(address))).fetchone() is not None
 
     def container_names(self) -> set[str]:
