@@ -240,7 +240,8 @@ class Server:
         self.resolv_mtime = 0.0
         self.upstreams: list[str] = []
         # Socket addresses of the upstreams, resolv.conf's and containers' own (--dns),
-        # worked out once: emptied when either changes.
+        # each worked out on first use: emptied when resolv.conf or the records change
+        # (a link-local one's interface index may have changed with them).
         self.upstream_addresses: dict[str, tuple[int, tuple[Any, ...]] | None] = {}
         self.view = View()
         self.udp: dict[str, socket.socket] = {}
@@ -961,6 +962,7 @@ class Server:
     def _records_changed(self) -> None:
         self.answers = {}
         self.replies = {}
+        self.upstream_addresses = {}
 
     def serve(self) -> None:
         self.reload()
