@@ -10,6 +10,7 @@ bench/results/latest.json and BENCHMARKS.md.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import platform
@@ -273,8 +274,9 @@ def bench_api(probe: Probe) -> dict[str, Any]:
                 # with that prefix send nothing until portway lists them (anti-spoofing).
                 links.ensure_endpoint(engine.host, cont, fd, links.EndpointSpec(
                     host_ifname=floor_if, ifname="eth0",
-                    mac=names.mac_for(address), mtu=1500, address=address, prefixlen=16,
-                    gateway=net.gateway, bridge_index=bridge.index, tag="floor"))
+                    mac=names.mac_for(address), mtu=1500,
+                    addresses=(ipaddress.ip_interface((address, 16)),),
+                    gateways=(net.gateway,), bridge_index=bridge.index, tag="floor"))
                 os.close(fd)
                 cont.close()
 

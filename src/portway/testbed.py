@@ -27,6 +27,8 @@ WAIT_LISTENING = ("import socket, sys, time\n"
 
 HOST_ADDR = "198.51.100.1"
 OUTSIDE_ADDR = "198.51.100.2"
+HOST_ADDR6 = "2001:db8:51::1"  # documentation prefixes (RFC 5737, RFC 3849)
+OUTSIDE_ADDR6 = "2001:db8:51::2"
 
 
 def _ip(*args: str) -> None:
@@ -34,8 +36,9 @@ def _ip(*args: str) -> None:
 
 
 def make_world(host: str, outside: str) -> None:
-    """host and outside, lo up in both, uplink0 (HOST_ADDR) <-> wan0 (OUTSIDE_ADDR),
-    a default route from the host to the outside."""
+    """host and outside, lo up in both, uplink0 (HOST_ADDR, HOST_ADDR6) <-> wan0
+    (OUTSIDE_ADDR, OUTSIDE_ADDR6), default routes of both families from the host to
+    the outside."""
     for ns in (host, outside):
         _ip("netns", "add", ns)
         _ip("-n", ns, "link", "set", "lo", "up")
@@ -43,9 +46,12 @@ def make_world(host: str, outside: str) -> None:
         "netns", outside)
     _ip("-n", host, "addr", "add", f"{HOST_ADDR}/24", "dev", "uplink0")
     _ip("-n", outside, "addr", "add", f"{OUTSIDE_ADDR}/24", "dev", "wan0")
+    _ip("-n", host, "addr", "add", f"{HOST_ADDR6}/64", "dev", "uplink0", "nodad")
+    _ip("-n", outside, "addr", "add", f"{OUTSIDE_ADDR6}/64", "dev", "wan0", "nodad")
     _ip("-n", host, "link", "set", "uplink0", "up")
     _ip("-n", outside, "link", "set", "wan0", "up")
     _ip("-n", host, "route", "add", "default", "via", OUTSIDE_ADDR)
+    _ip("-n", host, "-6", "route", "add", "default", "via", OUTSIDE_ADDR6)
     os.makedirs(f"/etc/netns/{host}", exist_ok=True)
     with open(f"/etc/netns/{host}/resolv.conf", "w") as f:
         f.write(f"nameserver {OUTSIDE_ADDR}\nsearch example.test\n")

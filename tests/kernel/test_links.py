@@ -47,7 +47,8 @@ def spaces() -> Iterator[tuple[str, str]]:
 
 def bridge(ipr: object) -> int:
     index, _ = links.ensure_bridge(ipr, "pwbr-test", "02:00:00:00:00:01", 1500,  # type: ignore[arg-type]
-                                   GATEWAY, 24, "portway:test:network:1")
+                                   [ipaddress.ip_interface((GATEWAY, 24))],
+                                   "portway:test:network:1")
     return index
 
 
@@ -76,8 +77,8 @@ def test_ensure_bridge_finishes_when_the_address_is_there_already(
 
 def spec(index: int) -> links.EndpointSpec:
     return links.EndpointSpec(host_ifname="pwv-test", ifname="eth0", mac="02:42:0a:78:00:02",
-                              mtu=1500, address=ipaddress.ip_address("10.120.0.2"),
-                              prefixlen=24, gateway=GATEWAY, bridge_index=index,
+                              mtu=1500, addresses=(ipaddress.ip_interface("10.120.0.2/24"),),
+                              gateways=(GATEWAY,), bridge_index=index,
                               tag="portway:test:endpoint:1")
 
 

@@ -264,7 +264,7 @@ class FakeSandboxKernel:
         self.w.step("etc.write")
         self.w.etc[path] = files
 
-    def has_default_route(self, sandbox: Any) -> bool:
+    def has_default_route(self, sandbox: Any, version: int = 4) -> bool:
         return sandbox.path in self.w.routes
 
     def set_default_route(self, sandbox: Any, ifname: str, gateway: IPAddress) -> None:

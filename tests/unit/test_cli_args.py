@@ -37,7 +37,7 @@ def p(*argv: str) -> dict[str, Any]:
     (["network", "create", "app", "--subnet", "10.77.0.0/24", "--internal", "-o", "a=b",
       "--opt=c=d", "--label", "x=y"],
      {"command": "network", "net_command": "create", "name": "app", "driver": "bridge",
-      "subnet": "10.77.0.0/24", "internal": True, "opt": ["a=b", "c=d"], "label": ["x=y"]}),
+      "subnet": ["10.77.0.0/24"], "internal": True, "opt": ["a=b", "c=d"], "label": ["x=y"]}),
     (["network", "create", "--subnet", "10.1.0.0/24", "app"], {"name": "app"}),
     (["network", "connect", "--ip", "10.1.0.9", "app", "web", "--alias", "w"],
      {"network": "app", "container": "web", "ip": "10.1.0.9", "alias": ["w"]}),

@@ -38,7 +38,9 @@ def test_reserved_network_names(name: str) -> None:
     ("10.77.0.0/24", True), ("192.168.0.0/20", True), ("10.0.0.0/30", True),
     ("10.0.0.0/31", False), ("10.0.0.1/24", False), ("10.0.0.0", False), ("bogus", False),
     ("127.0.0.0/8", False), ("224.0.0.0/4", False), ("169.254.0.0/16", False),
-    ("fd00::/64", False), ("10.0.0.0/33", False),
+    ("fd00::/64", True), ("fd00:77::/126", True), ("fd00::/127", False),
+    ("fe80::/64", False), ("ff00::/8", False), ("::1/128", False), ("::ffff:0:0/104", False),
+    ("fd00::1/64", False), ("10.0.0.0/33", False),
 ])
 def test_parse_subnet(text: str, ok: bool) -> None:
     if ok:

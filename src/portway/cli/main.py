@@ -34,9 +34,15 @@ def _root() -> Command:
     network = Command("network", "manage networks", sub_dest="net_command", subs=(
         Command("create", "create a bridge network", args=(Arg("name", "NAME"),), opts=(
             Opt("-d --driver", default="bridge", help="bridge (the only driver)"),
-            Opt("--subnet", metavar="CIDR", help="default: a free /24 from the pools"),
-            Opt("--gateway", metavar="IP", help="default: the subnet's first address"),
-            Opt("--ip-range", metavar="CIDR", help="where container addresses come from"),
+            Opt("--subnet", "list", metavar="CIDR", help="IPv4 or IPv6 (default: a free "
+                "one, IPv4 from Docker's pools, IPv6 a /64 of a unique local /48)"),
+            Opt("--gateway", "list", metavar="IP", help="of its family's subnet (default: "
+                "the subnet's first address)"),
+            Opt("--ip-range", "list", metavar="CIDR",
+                help="where container addresses come from"),
+            Opt("--ipv6", "flag", help="IPv6 too (dual stack)"),
+            Opt("--ipv4", metavar="BOOL", default="true",
+                help="--ipv4=false with --ipv6: an IPv6-only network"),
             Opt("--internal", "flag", help="no way in or out of the host"),
             Opt("--mtu", metavar="N"),
             Opt("-o --opt", "list", metavar="KEY=VALUE", help="a driver option"),
@@ -47,7 +53,8 @@ def _root() -> Command:
         Command("prune", "remove networks no container uses"),
         Command("connect", "attach a container to a network",
                 args=(Arg("network", "NETWORK"), Arg("container", "CONTAINER")),
-                opts=(Opt("--ip", metavar="IP"), Opt("--alias", "list", metavar="NAME"))),
+                opts=(Opt("--ip", metavar="IP"), Opt("--ip6", metavar="IPV6"),
+                      Opt("--alias", "list", metavar="NAME"))),
         Command("disconnect", "detach a container from a network",
                 args=(Arg("network", "NETWORK"), Arg("container", "CONTAINER")),
                 opts=(Opt("-f --force", "flag"),)),
@@ -56,7 +63,8 @@ def _root() -> Command:
         Opt("--name", metavar="NAME", help="the container's name (default: made up)"),
         Opt("--network --net", "list", dest="network", metavar="NET",
             help="a network, host or none (default: the network 'portway')"),
-        Opt("--ip", metavar="IP", help="the address on the first network"),
+        Opt("--ip", metavar="IP", help="the IPv4 address on the first network"),
+        Opt("--ip6", metavar="IPV6", help="the IPv6 address on the first network"),
         Opt("--alias --network-alias", "list", dest="alias", metavar="NAME",
             help="another DNS name"),
         Opt("-h --hostname", metavar="NAME", help="default: the container's name"),
@@ -159,7 +167,8 @@ def cmd_network(client: Client, a: Args) -> int:
     if nc == "create":
         net = client.call("network_create", name=a.name, driver=a.driver, subnet=a.subnet,
                           gateway=a.gateway, ip_range=a.ip_range, internal=a.internal,
-                          mtu=a.mtu, options=a.opt, labels=a.label)
+                          mtu=a.mtu, options=a.opt, labels=a.label, ipv6=a.ipv6,
+                          ipv4=a.ipv4)
         print(net["Id"])
     elif nc == "ls":
         nets = client.call("network_ls")
@@ -171,8 +180,9 @@ def cmd_network(client: Client, a: Args) -> int:
         else:
             from portway.cli.render import table
 
-            print(table([[n["Id"][:12], n["Name"], n["Driver"], n["IPAM"]["Config"][0]["Subnet"],
-                          n["IPAM"]["Config"][0]["Gateway"], n["Bridge"],
+            print(table([[n["Id"][:12], n["Name"], n["Driver"],
+                          ", ".join(c["Subnet"] for c in n["IPAM"]["Config"]),
+                          ", ".join(c["Gateway"] for c in n["IPAM"]["Config"]), n["Bridge"],
                           "yes" if n["Internal"] else "no", str(len(n["Containers"]))]
                          for n in nets],
                         ["NETWORK ID", "NAME", "DRIVER", "SUBNET", "GATEWAY", "BRIDGE",
@@ -188,7 +198,7 @@ def cmd_network(client: Client, a: Args) -> int:
             print("Deleted networks:\n" + "\n".join(removed))
     elif nc == "connect":
         client.call("network_connect", network=a.network, container=a.container, ip=a.ip,
-                    aliases=a.alias)
+                    aliases=a.alias, ip6=a.ip6)
     elif nc == "disconnect":
         client.call("network_disconnect", network=a.network, container=a.container,
                     force=a.force)
@@ -209,7 +219,7 @@ def cmd_run(client: Client, a: Args) -> int:
     info = client.call("run", command=command, name=a.name, networks=a.network, ip=a.ip,
                        aliases=a.alias, hostname=a.hostname, ports=a.publish,
                        detach=a.detach, auto_remove=a.rm, dns=a.dns, cap_add=a.cap_add,
-                       cap_drop=a.cap_drop, privileged=a.privileged, user=a.user)
+                       cap_drop=a.cap_drop, privileged=a.privileged, user=a.user, ip6=a.ip6)
     for warning in (info.get("Warning") or "").splitlines():
         print(f"portway: warning: {warning}", file=sys.stderr)
     if a.detach:
@@ -328,8 +338,9 @@ def cmd_ps(client: Client, a: Args) -> int:
     out = []
     for c in rows:
         nets = c["NetworkSettings"]["Networks"]
-        addrs = ", ".join(f"{n}:{v['IPAddress']}" if v["IPAddress"] else n
-                          for n, v in nets.items())
+        addrs = ", ".join(
+            f"{n}:{'/'.join(x for x in (v['IPAddress'], v.get('GlobalIPv6Address')) if x)}"
+            if v["IPAddress"] or v.get("GlobalIPv6Address") else n for n, v in nets.items())
         ports = ", ".join(c["HostConfig"]["PortBindings"])
         cmd = " ".join([c["Path"], *c["Args"]]) if c.get("Runtime", "portway") == "portway" \
             else f"(run by {c['Runtime']})"

@@ -43,7 +43,7 @@ from typing import Any
 
 from portway.core.names import owner_tag, parse_owner_tag
 from portway.core.nftsim import describe
-from portway.model.types import Endpoint, IPAddress, Network
+from portway.model.types import Endpoint, IPAddress, IPNetwork, Network
 
 FAMILY = "inet"
 TABLE = "portway"
@@ -60,6 +60,7 @@ MASQ_OPTION = "com.docker.network.bridge.enable_ip_masquerade"
 #   meta mark & 0x02000000 == 0x02000000 accept
 ACCEPT_MARK = 0x02000000
 ICC_OPTION = "com.docker.network.bridge.enable_icc"
+GATEWAY_MODE = "com.docker.network.bridge.gateway_mode_ipv"  # + 4 or 6: nat or routed
 
 Cmd = dict[str, Any]
 
@@ -114,28 +115,66 @@ def _set_mark() -> dict[str, Any]:
                        "value": {"|": [_meta("mark"), ACCEPT_MARK]}}}
 
 
-def _dnat(key: dict[str, Any], addr_map: str, port_map: str) -> dict[str, Any]:
+def _dnat(key: dict[str, Any], addr_map: str, port_map: str,
+          proto: str = "ip") -> dict[str, Any]:
     # Two maps with scalar data (address, port) rather than one map to a concatenation:
-    # libnftables 1.0.6 cannot parse concatenated map data in JSON.
-    return {"dnat": {"family": "ip", "addr": {"map": {"key": key, "data": f"@{addr_map}"}},
+    # libnftables 1.0.6 cannot parse concatenated map data in JSON. In an inet table the
+    # kernel applies `dnat ip` to IPv4 packets only and `dnat ip6` to IPv6 ones.
+    return {"dnat": {"family": proto,
+                     "addr": {"map": {"key": key, "data": f"@{addr_map}"}},
                      "port": {"map": {"key": key, "data": f"@{port_map}"}}}}
 
 
+@dataclass(frozen=True)
+class Family:
+    """What differs between the address families in portway's rules: the payload
+    protocol, the address type, the suffix of its sets and maps, its loopback."""
+
+    version: int
+    proto: str  # "ip" or "ip6"
+    addr: str  # "ipv4_addr" or "ipv6_addr"
+    suffix: str  # "" (IPv4, the names of old) or "6"
+    loopback: Any
+    label: str  # "" or " (IPv6)", for rule comments
+
+    def name(self, base: str) -> str:
+        """A set or map of this family: dns, dns6; pub_any_addr, pub_any6_addr."""
+        if base.startswith("pub_"):
+            _, kind, rest = base.split("_", 2)
+            return f"pub_{kind}{self.suffix}_{rest}"
+        return f"{base}{self.suffix}"
+
+
+V4 = Family(4, "ip", "ipv4_addr", "", LOOPBACK, "")
+V6 = Family(6, "ip6", "ipv6_addr", "6", "::1", " (IPv6)")
+FAMILIES = (V4, V6)
+
+
+def family(version: int) -> Family:
+    return V4 if version == 4 else V6
+
+
 def render_base() -> list[Cmd]:
-    """The table, its maps and base chains; no network, no port."""
+    """The table, its maps and base chains; no network, no port. Both address families:
+    each has its own sets and maps (IPv4's keep their old names, IPv6's end in 6)."""
     cmds: list[Cmd] = [
         {"add": {"table": {"family": FAMILY, "name": TABLE}}},
         {"add": {"set": {**T, "name": "bridges", "type": "ifname"}}},
-        {"add": {"set": {**T, "name": "dns", "type": "ipv4_addr"}}},
-        _map("nat_src", "ipv4_addr", "verdict", interval=True),
-        _map("src_in", "ipv4_addr", "verdict", interval=True),
         _map("fwd_in", "ifname", "verdict"),
         _map("fwd_out", "ifname", "verdict"),
         _map("host_in", "ifname", "verdict"),
-        _map("pub_any_addr", ["inet_proto", "inet_service"], "ipv4_addr"),
-        _map("pub_any_port", ["inet_proto", "inet_service"], "inet_service"),
-        _map("pub_ip_addr", ["ipv4_addr", "inet_proto", "inet_service"], "ipv4_addr"),
-        _map("pub_ip_port", ["ipv4_addr", "inet_proto", "inet_service"], "inet_service"),
+    ]
+    for f in FAMILIES:
+        cmds += [
+            {"add": {"set": {**T, "name": f.name("dns"), "type": f.addr}}},
+            _map(f.name("nat_src"), f.addr, "verdict", interval=True),
+            _map(f.name("src_in"), f.addr, "verdict", interval=True),
+            _map(f.name("pub_any_addr"), ["inet_proto", "inet_service"], f.addr),
+            _map(f.name("pub_any_port"), ["inet_proto", "inet_service"], "inet_service"),
+            _map(f.name("pub_ip_addr"), [f.addr, "inet_proto", "inet_service"], f.addr),
+            _map(f.name("pub_ip_port"), [f.addr, "inet_proto", "inet_service"], "inet_service"),
+        ]
+    cmds += [
         _chain("guard", type="filter", hook="prerouting", prio=-300, policy="accept"),
         _chain("guard_out", type="filter", hook="output", prio=-300, policy="accept"),
         _chain("prerouting", type="nat", hook="prerouting", prio=-100, policy="accept"),
@@ -149,38 +188,60 @@ def render_base() -> list[Cmd]:
         # arrives on a container's port itself has skipped the checks.
         _rule("guard", [_match(_meta("iifname"), VETH_PATTERN), {"drop": None}],
               "a container reaches the host only through its bridge (and its checks)"),
-        _rule("guard", [_match(_meta("iifname"), "lo", "!="),
-                        {"vmap": {"key": _payload("ip", "saddr"), "data": "@src_in"}}],
-              "a portway network's addresses come only from its bridge"),
-        _rule("guard", [_match(_meta("iifname"), "@bridges"),
-                        _match(_payload("ip", "daddr"), LOOPBACK), {"drop": None}],
-              "containers never reach the host's loopback addresses"),
-        # DNS to portway's server keeps no conntrack state: nothing NATs or filters it by
-        # state, so the entries would only cost time per query and table space, and
-        # UDP's insertion race (two queries on one socket at once) could drop a query.
-        _rule("guard", [_match(_meta("iifname"), "@bridges"),
-                        _match(_payload("ip", "daddr"), "@dns"),
-                        _match(_payload("udp", "dport"), 53), {"notrack": None}],
-              "queries to portway's DNS server skip conntrack"),
-        _rule("guard_out", [_match(_meta("oifname"), "@bridges"),
-                            _match(_payload("ip", "saddr"), "@dns"),
-                            _match(_payload("udp", "sport"), 53), {"notrack": None}],
-              "answers of portway's DNS server skip conntrack"),
-        _rule("prerouting", [_match(_payload("ip", "daddr"), LOOPBACK), {"return": None}],
-              "loopback-published ports stay local: no DNAT for 127/8 from outside "
-              "(moby/moby#45610)"),
     ]
+    for f in FAMILIES:
+        cmds.append(_rule("guard", [_match(_meta("iifname"), "lo", "!="), {"vmap": {
+            "key": _payload(f.proto, "saddr"), "data": f"@{f.name('src_in')}"}}],
+            f"a portway network's addresses come only from its bridge{f.label}"))
+    for f in FAMILIES:
+        cmds.append(_rule("guard", [_match(_meta("iifname"), "@bridges"),
+                                    _match(_payload(f.proto, "daddr"), f.loopback),
+                                    {"drop": None}],
+                          f"containers never reach the host's loopback addresses{f.label}"))
+    # DNS to portway's server keeps no conntrack state: nothing NATs or filters it by
+    # state, so the entries would only cost time per query and table space, and UDP's
+    # insertion race (two queries on one socket at once) could drop a query.
+    for f in FAMILIES:
+        cmds += [
+            _rule("guard", [_match(_meta("iifname"), "@bridges"),
+                            _match(_payload(f.proto, "daddr"), f"@{f.name('dns')}"),
+                            _match(_payload("udp", "dport"), 53), {"notrack": None}],
+                  f"queries to portway's DNS server skip conntrack{f.label}"),
+            _rule("guard_out", [_match(_meta("oifname"), "@bridges"),
+                                _match(_payload(f.proto, "saddr"), f"@{f.name('dns')}"),
+                                _match(_payload("udp", "sport"), 53), {"notrack": None}],
+                  f"answers of portway's DNS server skip conntrack{f.label}"),
+        ]
+    for f in FAMILIES:
+        cmds.append(_rule("prerouting", [_match(_payload(f.proto, "daddr"), f.loopback),
+                                         {"return": None}],
+                          "loopback-published ports stay local: no DNAT for 127/8 from "
+                          "outside (moby/moby#45610)" if f is V4 else
+                          "loopback-published ports stay local: no DNAT for ::1 from outside"))
+    cmds.append(_rule("output", [_match(_payload("ip6", "daddr"), "::1"), {"return": None}],
+                      "no DNAT from ::1: IPv6 could not bring the answer back to it (the "
+                      "connection is refused at once instead)"))
     for chain in ("prerouting", "output"):
-        cmds.append(_rule(chain, [LOCAL, _dnat(IP_KEY, "pub_ip_addr", "pub_ip_port")],
-                          "published ports on one host address"))
-        cmds.append(_rule(chain, [LOCAL, _dnat(ANY_KEY, "pub_any_addr", "pub_any_port")],
-                          "published ports on every host address"))
+        for f in FAMILIES:
+            ip_key = {"concat": [_payload(f.proto, "daddr"), _meta("l4proto"),
+                                 _payload("th", "dport")]}
+            cmds.append(_rule(chain, [LOCAL, _dnat(ip_key, f.name("pub_ip_addr"),
+                                                   f.name("pub_ip_port"), f.proto)],
+                              f"published ports on one host address{f.label}"))
+            cmds.append(_rule(chain, [LOCAL, _dnat(ANY_KEY, f.name("pub_any_addr"),
+                                                   f.name("pub_any_port"), f.proto)],
+                              f"published ports on every host address{f.label}"))
+    for f in FAMILIES:
+        cmds.append(_rule("postrouting", [_match(_payload(f.proto, "saddr"), f.loopback),
+                                          _match(_meta("oifname"), "@bridges"),
+                                          {"masquerade": None}],
+                          "host process to a loopback-published port: answer to the bridge "
+                          f"address{f.label}"))
+    for f in FAMILIES:
+        cmds.append(_rule("postrouting", [{"vmap": {"key": _payload(f.proto, "saddr"),
+                                                    "data": f"@{f.name('nat_src')}"}}],
+                          f"per-network source NAT{f.label}"))
     cmds += [
-        _rule("postrouting", [_match(_payload("ip", "saddr"), LOOPBACK),
-                              _match(_meta("oifname"), "@bridges"), {"masquerade": None}],
-              "host process to a loopback-published port: answer to the bridge address"),
-        _rule("postrouting", [{"vmap": {"key": _payload("ip", "saddr"), "data": "@nat_src"}}],
-              "per-network source NAT"),
         _rule("forward", [_match(_meta("iifname"), "@bridges"), _set_mark()],
               "mark portway's traffic for other tables: meta mark & 0x02000000"),
         _rule("forward", [_match(_meta("oifname"), "@bridges"), _set_mark()],
@@ -209,7 +270,8 @@ def render_arp_base() -> list[Cmd]:
 
 
 def render_shared() -> dict[str, list[Cmd]]:
-    """Every shared table, by family: what an instance creates if it is missing."""
+    """Every shared table, by family: what an instance creates if it is missing (for
+    `bridge`, after GUARD_PRELUDE)."""
     return {FAMILY: render_base(), GUARD_FAMILY: render_guard_base(),
             ARP_FAMILY: render_arp_base()}
 
@@ -247,9 +309,8 @@ def _delete(name: str, key: Any, table: dict[str, str] = T) -> Cmd:
     return {"delete": {"element": {**table, "name": name, "elem": [key]}}}
 
 
-def _subnet(network: Network) -> dict[str, Any]:
-    return {"prefix": {"addr": str(network.subnet.network_address),
-                       "len": network.subnet.prefixlen}}
+def _prefix(subnet: IPNetwork) -> dict[str, Any]:
+    return {"prefix": {"addr": str(subnet.network_address), "len": subnet.prefixlen}}
 
 
 def network_tag(instance: str, network: Network) -> str:
@@ -277,14 +338,18 @@ def render_network(network: Network, instance: str) -> list[Cmd]:
     ]
     if network.internal:
         host = host_chain(network)
-        gateway = _match(_payload("ip", "daddr"), str(network.gateway))
         cmds += [
             _rule(fin, [{"drop": None}], f"{owner}: internal, no way out"),
             _chain(host),
             _rule(host, [replies, {"accept": None}], f"{owner}: replies to the host"),
-            _rule(host, [gateway, _match(_meta("l4proto"), {"set": ["udp", "tcp"]}),
-                         _match(_payload("th", "dport"), 53), {"accept": None}],
-                  f"{owner}: DNS on its gateway"),
+        ]
+        for sub in network.subnets:
+            f = family(sub.version)
+            cmds.append(_rule(host, [_match(_payload(f.proto, "daddr"), str(sub.gateway)),
+                                     _match(_meta("l4proto"), {"set": ["udp", "tcp"]}),
+                                     _match(_payload("th", "dport"), 53), {"accept": None}],
+                              f"{owner}: DNS on its gateway{f.label}"))
+        cmds += [
             _rule(host, [{"drop": None}],
                   f"{owner}: internal, nothing else of the host"),
             _add("host_in", br, tag, {"jump": {"target": host}}),
@@ -303,11 +368,13 @@ def render_network(network: Network, instance: str) -> list[Cmd]:
         _rule(src, [_match(_meta("iifname"), {"set": [br, "lo"]}, "!="), {"drop": None}],
               f"{owner}: its addresses come only from its bridge"),
         _add("bridges", br, tag),
-        _add("dns", str(network.gateway), tag),
         _add("fwd_in", br, tag, {"jump": {"target": fin}}),
         _add("fwd_out", br, tag, {"jump": {"target": fout}}),
-        _add("src_in", _subnet(network), tag, {"jump": {"target": src}}),
     ]
+    for sub in network.subnets:
+        f = family(sub.version)
+        cmds += [_add(f.name("dns"), str(sub.gateway), tag),
+                 _add(f.name("src_in"), _prefix(sub.subnet), tag, {"jump": {"target": src}})]
     if not network.internal:
         cmds.append(_chain(nat))
         cmds.append(_rule(nat, [dnatted, same, {"masquerade": None}],
@@ -315,8 +382,17 @@ def render_network(network: Network, instance: str) -> list[Cmd]:
         if _bool_option(network, MASQ_OPTION):
             cmds.append(_rule(nat, [_match(_meta("oifname"), br, "!="), {"masquerade": None}],
                               f"{owner}: outbound masquerade"))
-        cmds.append(_add("nat_src", _subnet(network), tag, {"jump": {"target": nat}}))
+        for sub in network.subnets:
+            if not routed(network, sub.version):
+                cmds.append(_add(family(sub.version).name("nat_src"), _prefix(sub.subnet),
+                                 tag, {"jump": {"target": nat}}))
     return cmds
+
+
+def routed(network: Network, version: int) -> bool:
+    """Docker 27's gateway_mode_ipv4/ipv6=routed: that family leaves without NAT (the
+    outside routes the subnet back to the host)."""
+    return network.options.get(f"{GATEWAY_MODE}{version}") == "routed"
 
 
 def network_chains(network: Network) -> list[str]:
@@ -328,23 +404,30 @@ def network_chains(network: Network) -> list[str]:
 def render_network_removal(network: Network) -> list[Cmd]:
     """Its elements, then its chains (nothing else refers to them)."""
     br = network.bridge
-    cmds: list[Cmd] = [
-        _delete("fwd_in", br), _delete("fwd_out", br), _delete("bridges", br),
-        _delete("dns", str(network.gateway)), _delete("src_in", _subnet(network)),
-    ]
-    cmds.append(_delete("host_in", br) if network.internal
-                else _delete("nat_src", _subnet(network)))
+    cmds: list[Cmd] = [_delete("fwd_in", br), _delete("fwd_out", br), _delete("bridges", br)]
+    for sub in network.subnets:
+        f = family(sub.version)
+        cmds += [_delete(f.name("dns"), str(sub.gateway)),
+                 _delete(f.name("src_in"), _prefix(sub.subnet))]
+        if not network.internal and not routed(network, sub.version):
+            cmds.append(_delete(f.name("nat_src"), _prefix(sub.subnet)))
+    if network.internal:
+        cmds.append(_delete("host_in", br))
     cmds += [{"delete": {"chain": {**T, "name": name}}} for name in network_chains(network)]
     return cmds
 
 
 def _port_elements(p: Published) -> list[tuple[str, Any, Any]]:
+    """The map elements of one published port, in the maps of its container address's
+    family."""
+    f = family(p.container_ip.version)
     if p.host_ip is None:
         key: dict[str, Any] = {"concat": [p.protocol, p.host_port]}
-        return [("pub_any_addr", key, str(p.container_ip)),
-                ("pub_any_port", key, p.container_port)]
+        return [(f.name("pub_any_addr"), key, str(p.container_ip)),
+                (f.name("pub_any_port"), key, p.container_port)]
     key = {"concat": [str(p.host_ip), p.protocol, p.host_port]}
-    return [("pub_ip_addr", key, str(p.container_ip)), ("pub_ip_port", key, p.container_port)]
+    return [(f.name("pub_ip_addr"), key, str(p.container_ip)),
+            (f.name("pub_ip_port"), key, p.container_port)]
 
 
 def render_ports(ports: Iterable[Published], instance: str) -> list[Cmd]:
@@ -375,29 +458,70 @@ def render_guard_base() -> list[Cmd]:
         return {"add": {"rule": {**G, "chain": "spoof", "comment": why, "expr": [
             _match(key, f"@{allowed}", "!="), {"drop": None}]}}}
 
+    def rule(why: str, *expr: Any) -> Cmd:
+        return {"add": {"rule": {**G, "chain": "spoof", "comment": why, "expr": list(expr)}}}
+
+    icmpv6 = _payload("icmpv6", "type")
     return [
         {"add": {"table": {"family": GUARD_FAMILY, "name": TABLE}}},
         {"add": {"set": {**G, "name": "macs", "type": ["ifname", "ether_addr"]}}},
         {"add": {"set": {**G, "name": "addrs", "type": ["ifname", "ipv4_addr"]}}},
+        {"add": {"set": {**G, "name": "addrs6", "type": ["ifname", "ipv6_addr"]}}},
+        {"add": {"set": {**G, "name": "v6ports", "type": "ifname"}}},
         {"add": {"chain": {**G, "name": "spoof", "type": "filter", "hook": "prerouting",
                            "prio": -300, "policy": "accept"}}},
-        {"add": {"rule": {**G, "chain": "spoof", "comment": "only container ports are checked",
-                          "expr": [_match(iif, VETH_PATTERN, "!="), {"accept": None}]}}},
+        rule("only container ports are checked", _match(iif, VETH_PATTERN, "!="),
+             {"accept": None}),
         unless(pair("ether", "saddr"), "macs", "a container sends only from its own MAC"),
         unless(pair("arp", "saddr ether"), "macs", "ARP: only its own MAC"),
         unless(pair("arp", "saddr ip"), "addrs", "ARP: only its own address"),
         unless(pair("ip", "saddr"), "addrs", "a container sends only from its own address"),
-        {"add": {"rule": {**G, "chain": "spoof", "comment": "only IPv4 and ARP", "expr": [
-            _match(_payload("ether", "type"), {"set": ["ip", "arp"]}, "!="),
-            {"drop": None}]}}},
+        # IPv6: only from an endpoint with an IPv6 address (an IPv4-only network passes
+        # none at all), never a router's messages, and only from its own address but
+        # for the few messages a host sends from no address yet.
+        rule("IPv6 only from containers with an IPv6 address",
+             _match(_payload("ether", "type"), "ip6"), _match(iif, "@v6ports", "!="),
+             {"drop": None}),
+        rule("a container advertises no routes and redirects nobody",
+             _match(icmpv6, {"set": ["nd-router-advert", "nd-redirect"]}), {"drop": None}),
+        rule("from no address: only listener reports and address checks",
+             _match(_payload("ip6", "saddr"), "::"),
+             _match(icmpv6, {"set": ["mld-listener-report", "mld2-listener-report",
+                                     "nd-neighbor-solicit"]}), {"accept": None}),
+        unless(pair("ip6", "saddr"), "addrs6",
+               "a container sends only from its own IPv6 address"),
+        # A neighbour advertisement carries the address it speaks for (its target) apart
+        # from its source: it must be the sender's own, or it poisons neighbours' caches.
+        rule("neighbour advertisements only for its own address",
+             _match(icmpv6, "nd-neighbor-advert"),
+             _match({"concat": [iif, ND_TARGET]}, "@targets6", "!="), {"drop": None}),
+        rule("only IPv4, ARP and IPv6",
+             _match(_payload("ether", "type"), {"set": ["ip", "arp", "ip6"]}, "!="),
+             {"drop": None}),
     ]
+
+
+# The target address of a neighbour advertisement (after type, code, checksum, flags).
+ND_TARGET = {"payload": {"base": "th", "offset": 64, "len": 128}}
+# libnftables 1.0.6 cannot make a set keyed by a raw payload field from JSON, only from
+# its text syntax: this runs before the JSON of render_guard_base.
+GUARD_PRELUDE = (f"add table {GUARD_FAMILY} {TABLE}\n"
+                 f"add set {GUARD_FAMILY} {TABLE} targets6 "
+                 "{ typeof iifname . @th,64,128 ; }")
 
 
 def _guard_elements(endpoints: Iterable[Endpoint]) -> list[tuple[str, Endpoint, Any]]:
     out: list[tuple[str, Endpoint, Any]] = []
     for e in endpoints:
-        out += [("macs", e, {"concat": [e.host_ifname, e.mac]}),
-                ("addrs", e, {"concat": [e.host_ifname, str(e.address)]})]
+        out.append(("macs", e, {"concat": [e.host_ifname, e.mac]}))
+        for a in e.addresses:
+            out.append(("addrs" if a.version == 4 else "addrs6", e,
+                        {"concat": [e.host_ifname, str(a.ip)]}))
+            if a.version == 6:
+                out.append(("targets6", e,
+                            {"concat": [e.host_ifname, f"0x{int(a.ip):032x}"]}))
+        if any(a.version == 6 for a in e.addresses):
+            out.append(("v6ports", e, e.host_ifname))
     return out
 
 

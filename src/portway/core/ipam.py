@@ -53,6 +53,25 @@ def pick_subnet(taken: list[tuple[IPNetwork, str]],
                    "remove unused networks with 'portway network prune' or give --subnet")
 
 
+def ula_prefix(global_id: int) -> ipaddress.IPv6Network:
+    """An installation's unique local /48 (RFC 4193): fd00::/8 and a 40-bit global id
+    chosen at random once per installation, as Docker 27 does for --ipv6 networks."""
+    if not 0 <= global_id < 1 << 40:
+        raise ValueError("a ULA global id has 40 bits")
+    return ipaddress.IPv6Network(((0xFD << 120) | (global_id << 80), 48))
+
+
+def pick_subnet6(taken: list[tuple[IPNetwork, str]], global_id: int) -> IPNetwork:
+    """The first /64 of the installation's ULA /48 that overlaps nothing taken."""
+    prefix = ula_prefix(global_id)
+    for candidate in prefix.subnets(new_prefix=64):
+        if find_overlap(candidate, taken) is None:
+            return candidate
+    raise Conflict(f"no free /64 is left in {prefix}",
+                   "remove unused networks with 'portway network prune' or give an IPv6 "
+                   "--subnet")
+
+
 def default_gateway(subnet: IPNetwork) -> IPAddress:
     return subnet.network_address + 1
 

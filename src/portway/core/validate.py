@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from portway.errors import InvalidInput
 from portway.model.types import IPAddress, IPNetwork
@@ -13,12 +16,16 @@ NAME_MAX = 63
 RESERVED_NETWORKS = frozenset({"host", "none", "default"})
 LABEL_KEY_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_./-]*")
 MTU_MIN, MTU_MAX = 68, 65535
+IPV4_MAPPED = ipaddress.ip_network("::ffff:0:0/96")
 
 KNOWN_OPTIONS = {
     "com.docker.network.bridge.enable_ip_masquerade": ("true", "false"),
     "com.docker.network.bridge.enable_icc": ("true", "false"),
     "com.docker.network.driver.mtu": None,
     "com.docker.network.bridge.name": None,
+    # Docker 27: per family, NAT (masquerade, the default) or routed (no NAT).
+    "com.docker.network.bridge.gateway_mode_ipv4": ("nat", "routed"),
+    "com.docker.network.bridge.gateway_mode_ipv6": ("nat", "routed"),
 }
 
 
@@ -49,6 +56,8 @@ def check_network_name(name: str) -> str:
 
 
 def parse_subnet(text: str) -> IPNetwork:
+    """A subnet of either family that a network can use: no host bits, room for a
+    gateway and a container, not a special-purpose range."""
     try:
         net = ipaddress.ip_network(text, strict=True)
     except ValueError as exc:
@@ -62,18 +71,20 @@ def parse_subnet(text: str) -> IPNetwork:
                     f"invalid subnet {text!r}: host bits are set", f"did you mean {loose}?"
                 ) from None
         raise InvalidInput(
-            f"invalid subnet {text!r}: {exc}", "give a CIDR such as 10.77.0.0/24"
+            f"invalid subnet {text!r}: {exc}",
+            "give a CIDR such as 10.77.0.0/24 or fd00:77::/64"
         ) from None
-    if net.version != 4:
-        raise InvalidInput(f"subnet {text}: IPv6 networks are not supported yet", "use IPv4")
-    if net.prefixlen > 30:
+    smallest = 30 if net.version == 4 else 126
+    if net.prefixlen > smallest:
         raise InvalidInput(
-            f"subnet {net} is too small (a gateway and a container need /30 or larger)",
-            "use a prefix of /30 or shorter",
+            f"subnet {net} is too small (a gateway and a container need /{smallest} or "
+            "larger)", f"use a prefix of /{smallest} or shorter",
         )
-    if net.is_loopback or net.is_multicast or net.is_link_local or net.is_unspecified:
+    if net.is_loopback or net.is_multicast or net.is_link_local or net.is_unspecified or \
+            (net.version == 6 and net.subnet_of(IPV4_MAPPED)):  # type: ignore[arg-type]
         raise InvalidInput(
-            f"subnet {net} is a special-purpose range", "use a private range such as 10.77.0.0/24"
+            f"subnet {net} is a special-purpose range",
+            "use a private range such as 10.77.0.0/24 or fd00:77::/64"
         )
     return net
 
@@ -83,7 +94,7 @@ def parse_address(what: str, text: str) -> IPAddress:
         return ipaddress.ip_address(text)
     except ValueError:
         raise InvalidInput(
-            f"invalid {what} {text!r}", "give an IPv4 address such as 10.77.0.5"
+            f"invalid {what} {text!r}", "give an address such as 10.77.0.5 or fd00:77::5"
         ) from None
 
 
@@ -190,3 +201,82 @@ def check_ifname(what: str, name: str) -> str:
                            "use 1-15 letters, digits and _ . -, starting with a letter or "
                            "digit")
     return name
+
+
+@dataclass(frozen=True)
+class SubnetRequest:
+    """What `network create` asks of one family: a subnet (None: pick a free one),
+    a gateway (None: the subnet's first address) and a range for containers."""
+
+    version: int
+    subnet: IPNetwork | None = None
+    gateway: IPAddress | None = None
+    ip_range: IPNetwork | None = None
+
+
+def plan_subnets(subnets: list[str], gateways: list[str], ip_ranges: list[str],
+                 ipv4: bool = True, ipv6: bool = False) -> list[SubnetRequest]:
+    """Docker's --subnet/--gateway/--ip-range (each repeatable, matched by family and
+    containment), --ipv4 and --ipv6, checked together: one request per family the
+    network has, IPv4 first."""
+    parsed = [parse_subnet(s) for s in subnets]
+    families = [n.version for n in parsed]
+    for family in set(families):
+        if families.count(family) > 1:
+            raise InvalidInput(f"more than one IPv{family} --subnet",
+                               "give at most one subnet of each family")
+    if not ipv4 and not ipv6:
+        raise InvalidInput("--ipv4=false needs --ipv6", "a network needs a family: add --ipv6")
+    for net in parsed:
+        if net.version == 6 and not ipv6:
+            raise InvalidInput(f"--subnet {net} is IPv6 but the network is not",
+                               "add --ipv6")
+        if net.version == 4 and not ipv4:
+            raise InvalidInput(f"--subnet {net} is IPv4 but the network is --ipv4=false",
+                               "drop --ipv4=false, or the IPv4 subnet")
+    by_version: dict[int, IPNetwork] = {n.version: n for n in parsed}
+
+    def place(what: str, text: str, parse: Callable[[str], Any]) -> tuple[int, Any]:
+        value = parse(text)
+        version: int = value.version
+        if version not in by_version:
+            raise InvalidInput(f"{what} {value} has no IPv{version} --subnet to belong to",
+                               f"give the IPv{version} subnet it belongs to")
+        return version, value
+
+    gw: dict[int, IPAddress] = {}
+    for text in gateways:
+        version, address = place("--gateway", text, lambda t: parse_address("gateway", t))
+        if version in gw:
+            raise InvalidInput(f"more than one IPv{version} --gateway",
+                               "give one gateway per subnet")
+        gw[version] = check_host_address("gateway", address, by_version[version])
+    rng: dict[int, IPNetwork] = {}
+    for text in ip_ranges:
+        version, net = place("--ip-range", text, lambda t: _any_network("--ip-range", t))
+        if version in rng:
+            raise InvalidInput(f"more than one IPv{version} --ip-range",
+                               "give one range per subnet")
+        rng[version] = parse_ip_range(text, by_version[version])
+    wanted = ([4] if ipv4 else []) + ([6] if ipv6 else [])
+    return [SubnetRequest(version=v, subnet=by_version.get(v), gateway=gw.get(v),
+                          ip_range=rng.get(v)) for v in wanted]
+
+
+def _any_network(what: str, text: str) -> IPNetwork:
+    try:
+        return ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        raise InvalidInput(f"invalid {what} {text!r}: {exc}",
+                           "give a CIDR inside the subnet") from None
+
+
+def parse_bool(what: str, value: str | bool) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = value.strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    raise InvalidInput(f"invalid {what} {value!r}", "give true or false")

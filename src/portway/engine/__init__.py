@@ -161,14 +161,17 @@ class Engine:
 
     # networks
 
-    def network_create(self, name: str, driver: str = "bridge", subnet: str | None = None,
-                       gateway: str | None = None, ip_range: str | None = None,
+    def network_create(self, name: str, driver: str = "bridge",
+                       subnet: str | list[str] | None = None,
+                       gateway: str | list[str] | None = None,
+                       ip_range: str | list[str] | None = None,
                        internal: bool = False, mtu: int | str | None = None,
-                       options: list[str] | None = None,
-                       labels: list[str] | None = None) -> dict[str, Any]:
+                       options: list[str] | None = None, labels: list[str] | None = None,
+                       ipv6: bool = False, ipv4: bool | str = True) -> dict[str, Any]:
         validate.check_network_name(name)
         return view.network(self.h, self.h.networks.create(
-            name, driver, subnet, gateway, ip_range, internal, mtu, options, labels))
+            name, driver, subnet, gateway, ip_range, internal, mtu, options, labels, ipv6,
+            ipv4))
 
     def network_ls(self) -> list[dict[str, Any]]:
         return [view.network(self.h, n) for n in self.store.networks()]
@@ -183,8 +186,9 @@ class Engine:
         return self.h.networks.prune()
 
     def network_connect(self, network: str, container: str, ip: str | None = None,
-                        aliases: list[str] | None = None) -> dict[str, Any]:
-        return self.h.containers.connect(network, container, ip, aliases)
+                        aliases: list[str] | None = None,
+                        ip6: str | None = None) -> dict[str, Any]:
+        return self.h.containers.connect(network, container, ip, aliases, ip6)
 
     def network_disconnect(self, network: str, container: str,
                            force: bool = False) -> dict[str, Any]:
@@ -198,10 +202,10 @@ class Engine:
             ports: list[str] | None = None, detach: bool = False, auto_remove: bool = False,
             dns: list[str] | None = None, cap_add: list[str] | None = None,
             cap_drop: list[str] | None = None, privileged: bool = False,
-            user: str | None = None) -> dict[str, Any]:
+            user: str | None = None, ip6: str | None = None) -> dict[str, Any]:
         return self.h.containers.run(command, name, networks, ip, aliases, hostname, ports,
                                      detach, auto_remove, dns, cap_add, cap_drop, privileged,
-                                     user)
+                                     user, ip6)
 
     def started(self, ref: str, pid: int) -> dict[str, Any]:
         return self.h.processes.started(ref, pid)

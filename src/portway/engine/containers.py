@@ -37,7 +37,7 @@ class Attachment:
     """One network a runtime's sandbox is to be plugged into, as the runtime asks."""
 
     network: Network
-    ip: str | None = None
+    ips: tuple[str, ...] = ()  # at most one per family
     aliases: tuple[str, ...] = ()
     ifname: str | None = None
     mac: str | None = None
@@ -66,7 +66,7 @@ class Containers:
             ports: list[str] | None = None, detach: bool = False, auto_remove: bool = False,
             dns: list[str] | None = None, cap_add: list[str] | None = None,
             cap_drop: list[str] | None = None, privileged: bool = False,
-            user: str | None = None) -> dict[str, Any]:
+            user: str | None = None, ip6: str | None = None) -> dict[str, Any]:
         """Create a container with its networking ready; with detach, start its command.
 
         Without detach the caller starts the command itself (the CLI becomes it)
@@ -90,14 +90,17 @@ class Containers:
             raise InvalidInput(f"--network {special[0]} cannot be combined with other networks",
                                "give it alone")
         mode = special[0] if special else "bridge"
-        if mode != "bridge" and (ip or alias_list):
-            raise InvalidInput(f"--ip and --alias need a bridge network, not --network {mode}",
-                               "drop them, or pick a user network")
+        if mode != "bridge" and (ip or ip6 or alias_list):
+            raise InvalidInput(f"--ip, --ip6 and --alias need a bridge network, not "
+                               f"--network {mode}", "drop them, or pick a user network")
         if mode != "bridge" and port_maps:
             raise InvalidInput(f"-p cannot publish ports with --network {mode}",
                                "drop -p, or use a bridge network")
-        if ip is not None and (mode != "bridge" or len(refs) != 1):
-            raise InvalidInput("--ip needs exactly one user network", "add --network NAME")
+        for flag, value in (("--ip", ip), ("--ip6", ip6)):
+            if value is not None and (mode != "bridge" or len(refs) != 1):
+                raise InvalidInput(f"{flag} needs exactly one user network",
+                                   "add --network NAME")
+        ips = [x for x in (ip, ip6) if x is not None]
         with h.lock:
             if name is not None and h.store.name_taken("containers", name):
                 holder = h.container(name)
@@ -112,6 +115,12 @@ class Containers:
                     raise InvalidInput(f"network {nets[0].name} is internal: its containers "
                                        "cannot publish ports",
                                        "publish from a container on a non-internal network")
+                for p in port_maps:
+                    if p.host_ip is not None and nets[0].of_version(p.host_ip.version) is None:
+                        raise InvalidInput(f"cannot publish on {p.host_ip}: network "
+                                           f"{nets[0].name} has no IPv{p.host_ip.version}",
+                                           "publish on an address of a family the network "
+                                           "has, or on all addresses")
                 port_maps = h.publishing.resolve(port_maps)
             cid = names.new_id()
             container = Container(
@@ -130,7 +139,7 @@ class Containers:
                 endpoints = []
                 for index, net in enumerate(nets):
                     endpoints.append(h.endpoints.new(
-                        container, net, index, ip if index == 0 else None, alias_list))
+                        container, net, index, ips if index == 0 else [], alias_list))
                 if mode != "host":
                     undo.callback(h.sandboxes.teardown, container, endpoints)
                     h.sandboxes.build(container, endpoints)
@@ -188,7 +197,7 @@ class Containers:
     # attach and detach running containers
 
     def connect(self, network: str, container: str, ip: str | None = None,
-                aliases: list[str] | None = None) -> dict[str, Any]:
+                aliases: list[str] | None = None, ip6: str | None = None) -> dict[str, Any]:
         h = self.h
         alias_list = [validate.check_name("alias", a) for a in aliases or []]
         with h.lock:
@@ -209,17 +218,19 @@ class Containers:
                          if names.container_ifname(i) not in used_if)
             try:
                 with h.sandbox_kernel.open(c.netns) as sandbox, h.store.transaction():
-                    endpoint = h.endpoints.new(c, net, index, ip, alias_list)
-                    want_route = not net.internal and \
-                        not h.sandbox_kernel.has_default_route(sandbox)
-                    h.endpoints.attach(sandbox, c, endpoint, net, want_route)
+                    endpoint = h.endpoints.new(c, net, index,
+                                               [x for x in (ip, ip6) if x is not None],
+                                               alias_list)
+                    h.endpoints.attach(sandbox, c, endpoint, net,
+                                       h.endpoints.wants_route(sandbox, net))
                     fault_point("connect.attach")
             except BaseException:
                 h.endpoints.clear_hints()  # the rollback freed the address again
                 raise
             h.sandboxes.write_files(c)
             self.publish_dns(c.id)
-            return {"Id": c.id, "Network": net.name, "IPAddress": str(endpoint.address)}
+            return {"Id": c.id, "Network": net.name, "IPAddress": str(endpoint.address),
+                    "IPAddresses": [str(a.ip) for a in endpoint.addresses]}
 
     def disconnect(self, network: str, container: str, force: bool = False) -> dict[str, Any]:
         h = self.h
@@ -279,13 +290,11 @@ class Containers:
                 for a in attachments:
                     endpoint = have.get(a.network.id)
                     if endpoint is None:
-                        endpoint = h.endpoints.new(container, a.network, 0, a.ip,
+                        endpoint = h.endpoints.new(container, a.network, 0, list(a.ips),
                                                    list(a.aliases), ifname=a.ifname, mac=a.mac)
-                        want_route = not a.network.internal and \
-                            not h.sandbox_kernel.has_default_route(sandbox)
                         added.append(endpoint)
                         h.endpoints.attach(sandbox, container, endpoint, a.network,
-                                           want_route)
+                                           h.endpoints.wants_route(sandbox, a.network))
                     out.append(endpoint)
             if new:
                 published = h.publishing.published(container)

@@ -18,50 +18,67 @@ from typing import TYPE_CHECKING
 
 from portway.core import ipam, names, validate
 from portway.engine.drivers import Sandbox
-from portway.errors import Conflict, PortwayError
-from portway.model.types import Container, Endpoint, Network
+from portway.errors import Conflict, InvalidInput, PortwayError
+from portway.model.types import Container, Endpoint, IPAddress, IPInterface, Network
 
 if TYPE_CHECKING:
     from portway.engine.context import Host
+    from portway.engine.sandboxes import SandboxHandle
 
 
 class Endpoints:
     def __init__(self, host: Host) -> None:
         self.h = host
-        self._hint: dict[str, int] = {}  # network id -> lowest address that may be free
+        # (network id, family) -> the lowest address that may be free
+        self._hint: dict[tuple[str, int], int] = {}
 
-    def new(self, container: Container, net: Network, index: int, ip: str | None,
+    def new(self, container: Container, net: Network, index: int, ips: list[str],
             aliases: list[str], ifname: str | None = None,
             mac: str | None = None) -> Endpoint:
-        """An endpoint of container on net, its address reserved in the store (in the
-        caller's transaction)."""
+        """An endpoint of container on net, an address per subnet of net (the ones
+        asked for in ips, at most one per family, or the lowest free ones) reserved in
+        the store (in the caller's transaction)."""
         store = self.h.store
-        if ip is not None:
-            address = validate.check_host_address(
-                "--ip", validate.parse_address("--ip", ip), net.subnet)
-            if address == net.gateway:
-                raise Conflict(f"--ip {address} is the gateway of network {net.name}",
-                               "pick another address")
-            if store.address_in_use(net.id, address):
-                holder = next(e for e in store.endpoints(network_id=net.id)
-                              if e.address == address)
-                other = store.find_container(holder.container_id)
-                raise Conflict(f"address {address} is already in use on network {net.name}"
-                               + (f" by {other.name}" if other else ""),
-                               "pick another --ip, or omit it")
-        else:
-            address = ipam.first_free(net.subnet, net.gateway,
-                                      lambda a: store.address_in_use(net.id, a),
-                                      net.ip_range, self._hint.get(net.id, 0))
-            self._hint[net.id] = int(address) + 1
+        asked: dict[int, IPAddress] = {}
+        for text in ips:
+            address = validate.parse_address("--ip" if ":" not in text else "--ip6", text)
+            flag = "--ip" if address.version == 4 else "--ip6"
+            if address.version in asked:
+                raise InvalidInput(f"two {flag} addresses for network {net.name}",
+                                   "give one address per family")
+            if net.of_version(address.version) is None:
+                raise InvalidInput(f"{flag} {address}: network {net.name} has no "
+                                   f"IPv{address.version} subnet",
+                                   f"drop {flag}, or use a network with IPv{address.version}")
+            asked[address.version] = address
+        addresses: list[IPInterface] = []
+        for sub in net.subnets:
+            flag = "--ip" if sub.version == 4 else "--ip6"
+            if sub.version in asked:
+                address = validate.check_host_address(flag, asked[sub.version], sub.subnet)
+                if address == sub.gateway:
+                    raise Conflict(f"{flag} {address} is the gateway of network {net.name}",
+                                   "pick another address")
+                if store.address_in_use(net.id, address):
+                    holder = next(e for e in store.endpoints(network_id=net.id)
+                                  if any(a.ip == address for a in e.addresses))
+                    other = store.find_container(holder.container_id)
+                    raise Conflict(f"address {address} is already in use on network "
+                                   f"{net.name}" + (f" by {other.name}" if other else ""),
+                                   f"pick another {flag}, or omit it")
+            else:
+                key = (net.id, sub.version)
+                address = ipam.first_free(sub.subnet, sub.gateway,
+                                          lambda a: store.address_in_use(net.id, a),
+                                          sub.ip_range, self._hint.get(key, 0))
+                self._hint[key] = int(address) + 1
+            addresses.append(ipaddress.ip_interface((address, sub.subnet.prefixlen)))
         eid = names.new_id()
         endpoint = Endpoint(
             id=eid, container_id=container.id, network_id=net.id,
             ifname=ifname or names.container_ifname(index),
-            host_ifname=names.host_veth_name(eid),
-            addresses=(ipaddress.ip_interface((address, net.subnet.prefixlen)),),
-            mac=mac or names.mac_for(address),
-            aliases=tuple(aliases))
+            host_ifname=names.host_veth_name(eid), addresses=tuple(addresses),
+            mac=mac or names.mac_for(addresses[0].ip), aliases=tuple(aliases))
         store.add_endpoint(endpoint)
         return endpoint
 
@@ -71,9 +88,11 @@ class Endpoints:
 
     def released(self, endpoints: list[Endpoint]) -> None:
         for e in endpoints:
-            hint = self._hint.get(e.network_id)
-            if hint is not None and int(e.address) < hint:
-                self._hint[e.network_id] = int(e.address)
+            for a in e.addresses:
+                key = (e.network_id, a.version)
+                hint = self._hint.get(key)
+                if hint is not None and int(a.ip) < hint:
+                    self._hint[key] = int(a.ip)
 
     def attach(self, sandbox: Sandbox, container: Container, endpoint: Endpoint,
                net: Network, default_route: bool, guarded: bool = False) -> None:
@@ -99,16 +118,26 @@ class Endpoints:
             # detach needs only the endpoint.
             (self.h.driver(net) if net is not None else self.h.drivers["bridge"]).detach(e)
 
+    def wants_route(self, sandbox: SandboxHandle, net: Network) -> bool:
+        """Whether an endpoint on net brings the sandbox its default route: not on an
+        internal network, and only if the sandbox has none (of the network's first
+        family) yet."""
+        return not net.internal and \
+            not self.h.sandbox_kernel.has_default_route(sandbox, net.primary.version)
+
     def reroute(self, c: Container, remaining: list[Endpoint]) -> None:
-        """After a detach, give the container a default route again if it lost it."""
+        """After a detach, give the container a default route again, per family, if it
+        lost it."""
         kernel = self.h.sandbox_kernel
         if not kernel.exists(c.netns):
             return
         with kernel.open(c.netns) as sandbox:
-            if kernel.has_default_route(sandbox):
-                return
-            for e in remaining:
-                net = self.h.network(e.network_id)
-                if not net.internal:
-                    kernel.set_default_route(sandbox, e.ifname, net.gateway)
-                    return
+            for version in (4, 6):
+                if kernel.has_default_route(sandbox, version):
+                    continue
+                for e in remaining:
+                    net = self.h.network(e.network_id)
+                    sub = net.of_version(version)
+                    if sub is not None and not net.internal:
+                        kernel.set_default_route(sandbox, e.ifname, sub.gateway)
+                        break

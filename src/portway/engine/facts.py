@@ -24,9 +24,13 @@ class LiveHostFacts:
         for iface in links.observe_addresses(self.host):
             if iface.network.prefixlen < 32 or iface.ip.is_loopback:
                 taken.append((iface.network, f"host address {iface}"))
-        for route, dev in links.observe_routes(self.host):
-            if dev not in own_bridges:
-                taken.append((route, f"host route {route} dev {dev}"))
+        for iface6 in links.observe_addresses6(self.host):
+            if iface6.network.prefixlen < 128 and not iface6.ip.is_link_local:
+                taken.append((iface6.network, f"host address {iface6}"))
+        for version in (4, 6):
+            for route, dev in links.observe_routes(self.host, version):
+                if dev not in own_bridges:
+                    taken.append((route, f"host route {route} dev {dev}"))
         return taken
 
     def portway_addresses(self) -> set[IPAddress]:
@@ -35,6 +39,7 @@ class LiveHostFacts:
         for link in links.observe_links(self.host):
             if names.parse_owner_tag(link.alias) is not None:
                 out |= {a.ip for a in links.observe_addresses(self.host, link.index)}
+                out |= {a.ip for a in links.observe_addresses6(self.host, link.index)}
         return out
 
     def link_exists(self, name: str) -> bool:

@@ -70,7 +70,13 @@ class Firewall:
             shared = firewall.render_shared()
             for family in missing:
                 if self.nft.list_table(family, firewall.TABLE) is None:
-                    self.nft.apply(shared[family])
+                    self._create(family, shared[family])
+
+    def _create(self, family: str, base: list[dict[str, Any]]) -> None:
+        """A shared table from its base commands (the bridge table after its prelude)."""
+        if family == firewall.GUARD_FAMILY:
+            self.nft.run(firewall.GUARD_PRELUDE)
+        self.nft.apply(base)
 
     def removable(self) -> bool:
         """Whether a shared table exists that no instance has anything in."""
@@ -147,7 +153,8 @@ class Firewall:
         """What the kernel lists for cmds (chains and rules only), cached."""
         key = hashlib.sha256(json.dumps(cmds, sort_keys=True).encode()).hexdigest()
         if key not in self._canonical:
-            self._canonical = {key: nft_kernel.canonical(cmds)}  # one set of rules at a time
+            # One set of rules at a time.
+            self._canonical = {key: nft_kernel.canonical(cmds, firewall.GUARD_PRELUDE)}
         return self._canonical[key]
 
     def plan(self, networks: list[Network], ports: list[Published],
@@ -175,7 +182,7 @@ class Firewall:
         with self.shared():  # another instance may have made it meanwhile: not twice
             family = base[0]["add"]["table"]["family"]
             if self.nft.list_table(family, firewall.TABLE) is None:
-                self.nft.apply(list(base))
+                self._create(family, list(base))
         for step in rest:
             if step:
                 self.nft.apply(list(step))

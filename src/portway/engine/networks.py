@@ -7,6 +7,7 @@ work and commits only after it; every kernel step registers its undo before it r
 
 from __future__ import annotations
 
+import secrets
 from contextlib import ExitStack
 from typing import TYPE_CHECKING
 
@@ -32,23 +33,28 @@ class Networks:
         taken: list[tuple[IPNetwork, str]] = [(n.subnet, f"network {n.name}") for n in nets]
         return taken + self.h.facts.taken_ranges({n.bridge for n in nets})
 
-    def create(self, name: str, driver: str = "bridge", subnet: str | None = None,
-               gateway: str | None = None, ip_range: str | None = None,
+    def create(self, name: str, driver: str = "bridge",
+               subnet: str | list[str] | None = None,
+               gateway: str | list[str] | None = None,
+               ip_range: str | list[str] | None = None,
                internal: bool = False, mtu: int | str | None = None,
-               options: list[str] | None = None,
-               labels: list[str] | None = None) -> Network:
+               options: list[str] | None = None, labels: list[str] | None = None,
+               ipv6: bool = False, ipv4: bool | str = True) -> Network:
+        """A network of either family or both: Docker's flags (--subnet, --gateway and
+        --ip-range repeatable and matched by family, --ipv6, --ipv4=false). A family
+        without a subnet given gets a free one: IPv4 from Docker's pools, IPv6 a /64 of
+        the installation's unique local /48."""
         if driver not in self.h.drivers:
             raise InvalidInput(f"unsupported network driver {driver!r}",
                                f"use one of: {', '.join(sorted(self.h.drivers))} "
                                "(bridge is the default)")
+        plan = validate.plan_subnets(_listed(subnet), _listed(gateway), _listed(ip_range),
+                                     validate.parse_bool("--ipv4", ipv4), ipv6)
         opts = validate.check_options(validate.parse_key_values("--opt", options or []))
         labs = validate.parse_key_values("--label", labels or [])
         if mtu is None and "com.docker.network.driver.mtu" in opts:
             mtu = opts["com.docker.network.driver.mtu"]
         mtu_value = validate.parse_mtu(mtu) if mtu is not None else 1500
-        if subnet is None and (gateway is not None or ip_range is not None):
-            raise InvalidInput("--gateway and --ip-range need --subnet",
-                               "give the subnet they belong to")
         h = self.h
         with h.lock:
             if h.store.name_taken("networks", name):
@@ -56,19 +62,19 @@ class Networks:
                                f"choose another name or remove it with "
                                f"'portway network rm {name}'")
             taken = self.taken_ranges()
-            if subnet is None:
-                net_addr = ipam.pick_subnet(taken)
-            else:
-                net_addr = validate.parse_subnet(subnet)
-                ipam.check_subnet_free(net_addr, taken)
-            gw = (validate.check_host_address("gateway",
-                                              validate.parse_address("gateway", gateway),
-                                              net_addr)
-                  if gateway else ipam.default_gateway(net_addr))
-            rng = validate.parse_ip_range(ip_range, net_addr) if ip_range else None
+            subnets = []
+            for want in plan:
+                if want.subnet is None:
+                    net_addr = ipam.pick_subnet(taken) if want.version == 4 else \
+                        ipam.pick_subnet6(taken, self.ula_global_id())
+                else:
+                    net_addr = want.subnet
+                    ipam.check_subnet_free(net_addr, taken)
+                subnets.append(Subnet(subnet=net_addr,
+                                      gateway=want.gateway or ipam.default_gateway(net_addr),
+                                      ip_range=want.ip_range))
             network_id = names.new_id()
-            network = Network(id=network_id, name=name,
-                              subnets=(Subnet(subnet=net_addr, gateway=gw, ip_range=rng),),
+            network = Network(id=network_id, name=name, subnets=tuple(subnets),
                               bridge=names.bridge_name(network_id), driver=driver,
                               internal=internal, mtu=mtu_value, options=opts, labels=labs,
                               created=now())
@@ -76,6 +82,16 @@ class Networks:
             self.install(network)
             h.containers.publish_dns()
             return network
+
+    def ula_global_id(self) -> int:
+        """The installation's random 40-bit ULA global id, made once (RFC 4193)."""
+        store = self.h.store
+        with store.transaction():
+            value = store.get_meta("ula_global_id")
+            if value is None:
+                value = str(secrets.randbits(40))
+                store.set_meta("ula_global_id", value)
+        return int(value)
 
     def install(self, network: Network) -> None:
         """The row, the driver's segment and the firewall's part of a validated network:
@@ -129,3 +145,10 @@ class Networks:
         if net is None:
             net = self.create(DEFAULT_NETWORK)
         return net
+
+
+def _listed(value: str | list[str] | None) -> list[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+

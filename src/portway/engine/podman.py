@@ -94,7 +94,7 @@ def _setup(engine: Engine, netns_path: str, opts: contract.Options,
         container = replace(container, ports=engine.publishing.resolve(opts.ports,
                                                                         hold=False))
     endpoints = engine.containers.attach_sandbox(container, [
-        Attachment(network=nets[a.network], ip=str(a.static_ip) if a.static_ip else None,
+        Attachment(network=nets[a.network], ips=(str(a.static_ip),) if a.static_ip else (),
                    aliases=tuple(a.aliases), ifname=a.ifname, mac=a.static_mac)
         for a in opts.attachments], new=existing is None)
     return {a.network: contract.status_block(opts.networks[a.network], e.ifname, e.mac,

@@ -204,16 +204,20 @@ class Publishing:
 
     def published(self, c: Container, endpoints: list[Endpoint] | None = None
                   ) -> list[Published]:
-        """c's port mappings, resolved to the address of its first endpoint."""
+        """c's port mappings, resolved to the addresses of its first endpoint."""
         if not c.ports:
             return []
         eps = endpoints if endpoints is not None else self.h.store.endpoints(container_id=c.id)
         if not eps:
             return []
         first = min(eps, key=lambda e: e.ifname)
+        # Each family the container has (Docker 27: -p 8080:80 publishes on both); a
+        # port published on one host address, in that address's family only.
         return [Published(container_id=c.id, protocol=p.protocol, host_port=p.host_port,
-                          container_ip=first.address, container_port=p.container_port,
-                          host_ip=p.host_ip) for p in c.ports]
+                          container_ip=a.ip, container_port=p.container_port,
+                          host_ip=p.host_ip)
+                for p in c.ports for a in first.addresses
+                if p.host_ip is None or p.host_ip.version == a.version]
 
     def all_published(self) -> list[Published]:
         out: list[Published] = []

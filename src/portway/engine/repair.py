@@ -165,7 +165,9 @@ def _endpoint_ok(engine: Engine, c: Container, e: Endpoint) -> bool:
         inner = links.observe_link(cont, e.ifname)
         if inner is None:
             return False
-        return any(a.ip == e.address for a in links.observe_addresses(cont, inner.index))
+        have = {a.ip for a in links.observe_addresses(cont, inner.index)} | \
+            {a.ip for a in links.observe_addresses6(cont, inner.index)}
+        return all(a.ip in have for a in e.addresses)
     finally:
         cont.close()
 
@@ -196,8 +198,7 @@ def _reattach(engine: Engine, c: Container, e: Endpoint) -> None:
         elif links.observe_link(cont, e.ifname) is None:
             links.delete_link(engine.host, e.host_ifname)
         net = engine.h.network(e.network_id)
-        want_route = not net.internal and not engine.h.sandbox_kernel.has_default_route(sandbox)
-        engine.h.endpoints.attach(sandbox, c, e, net, want_route)
+        engine.h.endpoints.attach(sandbox, c, e, net, engine.h.endpoints.wants_route(sandbox, net))
 
 
 def _unknown_links(engine: Engine, report: Report) -> None:

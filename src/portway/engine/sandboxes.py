@@ -46,7 +46,7 @@ class SandboxKernel(Protocol):
     def delete(self, path: str) -> None: ...
     def kill_processes(self, path: str) -> int: ...
     def write_etc(self, path: str, files: dict[str, str]) -> None: ...
-    def has_default_route(self, sandbox: SandboxHandle) -> bool: ...
+    def has_default_route(self, sandbox: SandboxHandle, version: int = 4) -> bool: ...
     def set_default_route(self, sandbox: SandboxHandle, ifname: str,
                           gateway: IPAddress) -> None: ...
 
@@ -88,8 +88,8 @@ class LiveSandboxKernel:
     def write_etc(self, path: str, files: dict[str, str]) -> None:
         netns.write_etc_netns(os.path.basename(path), files)
 
-    def has_default_route(self, sandbox: SandboxHandle) -> bool:
-        return links.has_default_route(sandbox.ipr)
+    def has_default_route(self, sandbox: SandboxHandle, version: int = 4) -> bool:
+        return links.has_default_route(sandbox.ipr, version)
 
     def set_default_route(self, sandbox: SandboxHandle, ifname: str,
                           gateway: IPAddress) -> None:
@@ -166,9 +166,11 @@ class Sandboxes:
         """The container's /etc/hosts, hostname and resolv.conf (None: it has none)."""
         if container.network_mode == "host" or container.runtime != "portway":
             return None  # Podman writes its containers' /etc files itself
-        addresses = [e.address for e in endpoints]
+        addresses = [a.ip for e in endpoints for a in e.addresses]
         nameserver = None
         if endpoints:
+            # The first network's DNS server, on its first gateway (the IPv4 one, where
+            # there is one; an IPv6-only network's containers ask over IPv6).
             first = self.h.store.find_network(min(endpoints, key=lambda e: e.ifname).network_id)
             nameserver = str(first.gateway) if first else None
         return {

@@ -6,7 +6,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from portway.core.ports import format_mapping
-from portway.model.types import Container, Network
+from portway.model.types import Container, Endpoint, IPInterface, Network
 
 if TYPE_CHECKING:
     from portway.engine import Engine
@@ -18,16 +18,22 @@ def network(engine: Host, n: Network) -> dict[str, Any]:
     containers: dict[str, Any] = {}
     for e in engine.store.endpoints(network_id=n.id):
         c = engine.store.find_container(e.container_id)
+        v4, v6 = _by_family(e)
         containers[e.container_id] = {
             "Name": c.name if c else "", "EndpointID": e.id, "MacAddress": e.mac,
-            "IPv4Address": f"{e.address}/{e.prefixlen}", "IPv6Address": "",
+            "IPv4Address": str(v4) if v4 else "", "IPv6Address": str(v6) if v6 else "",
         }
-    config: dict[str, str] = {"Subnet": str(n.subnet), "Gateway": str(n.gateway)}
-    if n.ip_range is not None:
-        config["IPRange"] = str(n.ip_range)
+    configs = []
+    for sub in n.subnets:
+        config: dict[str, str] = {"Subnet": str(sub.subnet), "Gateway": str(sub.gateway)}
+        if sub.ip_range is not None:
+            config["IPRange"] = str(sub.ip_range)
+        configs.append(config)
     return {
         "Name": n.name, "Id": n.id, "Created": n.created, "Scope": "local", "Driver": n.driver,
-        "EnableIPv6": False, "IPAM": {"Driver": "default", "Options": {}, "Config": [config]},
+        "EnableIPv6": n.of_version(6) is not None,
+        "EnableIPv4": n.of_version(4) is not None,
+        "IPAM": {"Driver": "default", "Options": {}, "Config": configs},
         "Internal": n.internal, "Attachable": True, "Containers": containers,
         "Options": dict(n.options), "Labels": dict(n.labels),
         "Bridge": n.bridge, "MTU": n.mtu,
@@ -40,9 +46,16 @@ def container(engine: Host, c: Container) -> dict[str, Any]:
         n = engine.store.find_network(e.network_id)
         if n is None:
             continue
+        v4, v6 = _by_family(e)
+        gw4, gw6 = n.of_version(4), n.of_version(6)
         nets[n.name] = {
-            "NetworkID": n.id, "EndpointID": e.id, "Gateway": str(n.gateway),
-            "IPAddress": str(e.address), "IPPrefixLen": e.prefixlen, "MacAddress": e.mac,
+            "NetworkID": n.id, "EndpointID": e.id,
+            "Gateway": str(gw4.gateway) if gw4 else "",
+            "IPAddress": str(v4.ip) if v4 else "",
+            "IPPrefixLen": v4.network.prefixlen if v4 else 0,
+            "IPv6Gateway": str(gw6.gateway) if gw6 else "",
+            "GlobalIPv6Address": str(v6.ip) if v6 else "",
+            "GlobalIPv6PrefixLen": v6.network.prefixlen if v6 else 0, "MacAddress": e.mac,
             "Aliases": [*list(e.aliases), c.short_id], "Interface": e.ifname,
             "HostInterface": e.host_ifname,
         }
@@ -71,6 +84,12 @@ def container(engine: Host, c: Container) -> dict[str, Any]:
                        "PortBindings": [format_mapping(p) for p in c.ports]},
         "NetworkSettings": {"SandboxKey": c.netns, "Ports": ports, "Networks": nets},
     }
+
+
+def _by_family(e: Endpoint) -> tuple[IPInterface | None, IPInterface | None]:
+    """e's IPv4 and IPv6 addresses (None where it has none)."""
+    return (next((a for a in e.addresses if a.version == 4), None),
+            next((a for a in e.addresses if a.version == 6), None))
 
 
 def _link(link: Link | None, **extra: Any) -> dict[str, Any]:

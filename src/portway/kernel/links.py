@@ -18,7 +18,7 @@ from pyroute2.netlink.rtnl import RTM_NEWLINK
 
 from portway.errors import KernelError
 from portway.kernel.netns import write_sysctl
-from portway.model.types import IPAddress
+from portway.model.types import IPAddress, IPInterface, IPNetwork
 
 RTNH_F_ONLINK = 4
 
@@ -87,24 +87,39 @@ def index_of(ipr: IPRoute, ifname: str) -> int:
     return link.index
 
 
+AF_INET, AF_INET6 = 2, 10
+FAMILY = {4: AF_INET, 6: AF_INET6}
+
+
 def observe_addresses(ipr: IPRoute, index: int | None = None) -> list[ipaddress.IPv4Interface]:
+    """The IPv4 addresses (of one link, or all)."""
     kwargs = {"index": index} if index is not None else {}
     out = []
-    for msg in ipr.get_addr(family=2, **kwargs):
+    for msg in ipr.get_addr(family=AF_INET, **kwargs):
         out.append(ipaddress.IPv4Interface(f"{msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}"))
     return out
 
 
-def observe_routes(ipr: IPRoute) -> list[tuple[ipaddress.IPv4Network, str]]:
-    """Main-table IPv4 routes with a destination prefix (not default), with their device."""
+def observe_addresses6(ipr: IPRoute, index: int | None = None) -> list[ipaddress.IPv6Interface]:
+    """The IPv6 addresses (of one link, or all), link-local ones included."""
+    kwargs = {"index": index} if index is not None else {}
+    return [ipaddress.IPv6Interface(f"{msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}")
+            for msg in ipr.get_addr(family=AF_INET6, **kwargs)]
+
+
+def observe_routes(ipr: IPRoute, version: int = 4) -> list[tuple[IPNetwork, str]]:
+    """Main-table routes of one family with a destination prefix (not default), with
+    their device."""
     names = {link.index: link.ifname for link in observe_links(ipr)}
-    out = []
-    for msg in ipr.get_routes(family=2, table=254):
+    out: list[tuple[IPNetwork, str]] = []
+    for msg in ipr.get_routes(family=FAMILY[version], table=254):
         if msg["dst_len"] == 0:
             continue
         dst = msg.get_attr("RTA_DST")
         oif = msg.get_attr("RTA_OIF")
-        net = ipaddress.IPv4Network(f"{dst}/{msg['dst_len']}", strict=False)
+        net = ipaddress.ip_network(f"{dst}/{msg['dst_len']}", strict=False)
+        if version == 6 and (net.is_link_local or net.is_multicast):
+            continue  # every IPv6 link has fe80::/64 and ff00::/8: nothing to avoid
         out.append((net, names.get(oif, "?")))
     return out
 
@@ -148,9 +163,10 @@ def disable_ipv6(ifname: str) -> None:
     set_ipv6_conf(ifname, "disable_ipv6", "1")
 
 
-def ensure_bridge(ipr: IPRoute, name: str, mac: str, mtu: int, gateway: IPAddress,
-                  prefixlen: int, tag: str) -> tuple[int, bool]:
-    """A bridge with the gateway address, up. Returns (index, created)."""
+def ensure_bridge(ipr: IPRoute, name: str, mac: str, mtu: int,
+                  gateways: list[IPInterface], tag: str) -> tuple[int, bool]:
+    """A bridge with its gateway addresses (one per family of its network), up; IPv6 on
+    it only when one of them is IPv6. Returns (index, created)."""
     existing = observe_link(ipr, name)
     created = False
     if existing is None:
@@ -171,14 +187,21 @@ def ensure_bridge(ipr: IPRoute, name: str, mac: str, mtu: int, gateway: IPAddres
     try:
         if existing.alias != tag:
             ipr.link("set", index=index, ifalias=tag)
-        disable_ipv6(name)
+        v6 = any(g.version == 6 for g in gateways)
+        set_ipv6_conf(name, "disable_ipv6", "0" if v6 else "1")
+        if v6:
+            # The gateway is the router of its network: it takes no advertisement from
+            # a container (and forwarding=1 ignores them anyway).
+            set_ipv6_conf(name, "accept_ra", "0")
         # A host process reaching a port published on 127.0.0.1 is DNATed to a
         # container with source 127.0.0.1: routing that out of the bridge needs
         # route_localnet (the firewall's guard chain keeps containers off 127/8).
         write_sysctl(f"net.ipv4.conf.{name}.route_localnet", "1")
-        have = {str(a.ip) for a in observe_addresses(ipr, index)}
-        if str(gateway) not in have:
-            _add_address(ipr, index, gateway, prefixlen)
+        have = {str(a.ip) for a in observe_addresses(ipr, index)} | \
+            ({str(a.ip) for a in observe_addresses6(ipr, index)} if v6 else set())
+        for gateway in gateways:
+            if str(gateway.ip) not in have:
+                _add_address(ipr, index, gateway.ip, gateway.network.prefixlen)
         if not existing.up or existing.mtu != mtu:
             ipr.link("set", index=index, state="up", mtu=mtu)
     except NetlinkError as exc:
@@ -186,10 +209,16 @@ def ensure_bridge(ipr: IPRoute, name: str, mac: str, mtu: int, gateway: IPAddres
     return index, created
 
 
+IFA_F_NODAD = 0x02
+
+
 def _add_address(ipr: IPRoute, index: int, address: IPAddress, prefixlen: int) -> None:
-    """Add an address; one that is there already (a race with another writer) is fine."""
+    """Add an address; one that is there already (a race with another writer) is fine.
+    An IPv6 one skips duplicate address detection: portway's IPAM makes it unique on
+    the link, and DAD would keep it unusable for a second or more."""
     try:
-        ipr.addr("add", index=index, address=str(address), prefixlen=prefixlen)
+        ipr.addr("add", index=index, address=str(address), prefixlen=prefixlen,
+                 **({"flags": IFA_F_NODAD} if address.version == 6 else {}))
     except NetlinkError as exc:
         if exc.code != errno.EEXIST:
             raise
@@ -212,9 +241,8 @@ class EndpointSpec:
     ifname: str
     mac: str
     mtu: int
-    address: IPAddress
-    prefixlen: int
-    gateway: IPAddress | None  # default route via this, or None
+    addresses: tuple[IPInterface, ...]  # one per family of the network
+    gateways: tuple[IPAddress, ...]  # a default route via each (none: no default route)
     bridge_index: int
     tag: str
     hairpin: bool = False  # the container publishes ports (see ensure_endpoint)
@@ -258,10 +286,12 @@ def ensure_endpoint(host: IPRoute, cont: IPRoute, netns_fd: int, spec: EndpointS
             # DNATed back to itself: the frame must go out of the port it came in on.
             # Without published ports that never happens: one netlink call saved.
             host.brport("set", index=index, mode=1)
-        _add_address(cont, cidx, spec.address, spec.prefixlen)
+        for a in spec.addresses:
+            _add_address(cont, cidx, a.ip, a.network.prefixlen)
         cont.link("set", index=cidx, state="up")
-        if spec.gateway is not None:
-            cont.route("replace", dst="0.0.0.0/0", gateway=str(spec.gateway), oif=cidx)
+        for gateway in spec.gateways:
+            cont.route("replace", dst=DEFAULT[gateway.version], gateway=str(gateway),
+                       oif=cidx, family=FAMILY[gateway.version])
     except NetlinkError as exc:
         raise _kernel_error(f"set up {what}", exc) from None
 
@@ -277,6 +307,18 @@ def _existing_pair(host: IPRoute, cont: IPRoute, spec: EndpointSpec) -> tuple[in
                           "exists and is not this endpoint's veth pair",
                           f"remove it (ip link del {spec.host_ifname}) or run 'portway gc'")
     return link.index, inner.index
+
+
+def ensure_sysctl(key: str, value: str) -> None:
+    """A sysctl of the calling thread's namespace set to value, written only if it is
+    not that already (a write under /proc/sys/net is not free)."""
+    try:
+        with open("/proc/sys/" + key.replace(".", "/")) as f:
+            if f.read().strip() == value:
+                return
+        write_sysctl(key, value)
+    except FileNotFoundError:
+        pass  # not in this kernel
 
 
 def set_ipv6_conf(ifname: str, key: str, value: str) -> None:
@@ -303,16 +345,22 @@ def _veth_indexes(echoed: Any, ifname: str) -> tuple[int, int]:
     return 0, 0
 
 
-def has_default_route(ipr: IPRoute) -> bool:
-    return any(m["dst_len"] == 0 for m in ipr.get_routes(family=2, table=254))
+def has_default_route(ipr: IPRoute, version: int = 4) -> bool:
+    return any(m["dst_len"] == 0
+               for m in ipr.get_routes(family=FAMILY[version], table=254)
+               if version == 4 or m.get_attr("RTA_GATEWAY") is not None)
 
 
 def set_default_route(ipr: IPRoute, ifname: str, gateway: IPAddress) -> None:
     try:
         index = index_of(ipr, ifname)
-        ipr.route("replace", dst="0.0.0.0/0", gateway=str(gateway), oif=index)
+        ipr.route("replace", dst=DEFAULT[gateway.version], gateway=str(gateway), oif=index,
+                  family=FAMILY[gateway.version])
     except NetlinkError as exc:
         raise KernelError(f"set default route via {gateway}: {exc}", "try again") from None
+
+
+DEFAULT = {4: "0.0.0.0/0", 6: "::/0"}
 
 
 def setup_loopback(ipr: IPRoute, tag: str) -> None:

@@ -88,14 +88,17 @@ class Nft:
                 self._ctx = None
 
 
-def canonical(commands: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The ruleset the kernel lists after being given exactly these commands, in a
-    throwaway network namespace: the form to compare a live table's rules with."""
+def canonical(commands: list[dict[str, Any]], prelude: str = "") -> list[dict[str, Any]]:
+    """The ruleset the kernel lists after being given exactly these commands (after the
+    text commands of prelude), in a throwaway network namespace: the form to compare a
+    live table's rules with."""
     from portway.kernel import netns
 
     def body() -> list[dict[str, Any]]:
         nft = Nft()
         try:
+            if prelude:
+                nft.run(prelude)
             nft.apply(commands)
             return nft.list_ruleset()
         finally:

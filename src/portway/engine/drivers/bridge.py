@@ -11,6 +11,7 @@ Rules of this module:
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +19,7 @@ from portway.core import names
 from portway.engine.drivers import Sandbox
 from portway.errors import PortwayError
 from portway.kernel import links
-from portway.model.types import Endpoint, Network
+from portway.model.types import Endpoint, IPAddress, IPInterface, Network
 
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
@@ -36,9 +37,13 @@ class BridgeDriver:
         return None  # every option of a bridge network is checked by validate.py
 
     def ensure(self, network: Network) -> None:
+        if network.of_version(6) is not None:
+            # Routing IPv6 between networks and out, as Docker does for --ipv6 networks
+            # (a host that takes its own IPv6 route from router advertisements keeps it
+            # only on interfaces with accept_ra=2: see docs/ipv6.md).
+            links.ensure_sysctl("net.ipv6.conf.all.forwarding", "1")
         links.ensure_bridge(self.host, network.bridge, names.bridge_mac(network.id),
-                            network.mtu, network.gateway, network.subnet.prefixlen,
-                            self.tag("network", network.id))
+                            network.mtu, gateways(network), self.tag("network", network.id))
 
     def delete(self, network: Network) -> None:
         links.delete_link(self.host, network.bridge)
@@ -64,9 +69,9 @@ class BridgeDriver:
                 try:
                     links.ensure_endpoint(self.host, sandbox.ipr, fd, links.EndpointSpec(
                         host_ifname=endpoint.host_ifname, ifname=endpoint.ifname,
-                        mac=endpoint.mac, mtu=network.mtu, address=endpoint.address,
-                        prefixlen=endpoint.prefixlen,
-                        gateway=network.gateway if default_route else None,
+                        mac=endpoint.mac, mtu=network.mtu, addresses=endpoint.addresses,
+                        gateways=tuple(s.gateway for s in network.subnets)
+                        if default_route else (),
                         bridge_index=bridge_index, tag=self.tag("endpoint", endpoint.id),
                         hairpin=hairpin))
                     return
@@ -89,8 +94,16 @@ class BridgeDriver:
         if link is None:
             return [f"re-create bridge {network.bridge} of network {network.name}: it is "
                     "missing"]
-        addrs = {str(a.ip) for a in links.observe_addresses(self.host, link.index)}
-        if str(network.gateway) not in addrs or not link.up or link.mtu != network.mtu:
+        addrs: set[IPAddress] = {a.ip for a in links.observe_addresses(self.host, link.index)}
+        if network.of_version(6):
+            addrs |= {a.ip for a in links.observe_addresses6(self.host, link.index)}
+        want = [g.ip for g in gateways(network)]
+        if any(g not in addrs for g in want) or not link.up or link.mtu != network.mtu:
             return [f"restore bridge {network.bridge} of network {network.name} (gateway "
-                    f"{network.gateway}, up, mtu {network.mtu})"]
+                    f"{', '.join(map(str, want))}, up, mtu {network.mtu})"]
         return []
+
+
+def gateways(network: Network) -> list[IPInterface]:
+    """The bridge's addresses: each subnet's gateway, with the subnet's prefix length."""
+    return [ipaddress.ip_interface((s.gateway, s.subnet.prefixlen)) for s in network.subnets]
