@@ -169,6 +169,11 @@ def world() -> Iterator[World]:
         w.start(host, sys.executable, "-S", "-c", BOOT, "--state-dir", str(w.state),
                 "--resolv", str(w.resolv), log="dns.log")
         deadline = time.monotonic() + 10
+        # The upstream listening first: a query forwarded before then is refused (ICMP)
+        # and answered SERVFAIL, which a loaded machine can make happen.
+        while f"[{UPSTREAM6}]:53" not in sh("ip", "netns", "exec", up, "ss", "-Hlnu"):
+            assert time.monotonic() < deadline, (base / "fake.log").read_text()
+            time.sleep(0.01)
         while not (w.state / "dns.sock").exists():
             assert time.monotonic() < deadline, (base / "dns.log").read_text()
             time.sleep(0.01)
