@@ -4,12 +4,16 @@
     python3 frames.py dns IFNAME SRC_MAC SRC_IP DST_MAC DST_IP NAME
     python3 frames.py arp IFNAME SRC_MAC SENDER_IP TARGET_IP [DST_MAC]
     python3 frames.py ra IFNAME SRC_MAC DST_MAC PREFIX
+    python3 frames.py udp6 IFNAME SRC_MAC SRC_IP DST_MAC DST_IP PORT PAYLOAD
+    python3 frames.py na IFNAME SRC_MAC SRC_IP DST_MAC DST_IP TARGET LLADDR
 
 `udp` sends one UDP datagram with whatever source MAC and address it is given;
 `dns` the same, carrying a DNS query for NAME to port 53; `arp` sends an ARP
 request claiming SENDER_IP is at SRC_MAC (broadcast, or to DST_MAC); `ra` an IPv6
 router advertisement from the link-local address of SRC_MAC, offering PREFIX (a
-/64) for address autoconfiguration and itself as default router. A packet socket
+/64) for address autoconfiguration and itself as default router; `udp6` a UDP
+datagram over IPv6 from any source; `na` a neighbour advertisement saying TARGET is at
+LLADDR. A packet socket
 writes the frame as is, so nothing in the container's stack corrects it.
 """
 
@@ -74,6 +78,30 @@ def ra_frame(src_mac: str, dst_mac: str, prefix: str) -> bytes:
     return mac(dst_mac) + mac(src_mac) + b"\x86\xdd" + header + body
 
 
+def udp6_frame(src_mac: str, src_ip: str, dst_mac: str, dst_ip: str, port: int,
+               payload: bytes) -> bytes:
+    src, dst = (socket.inet_pton(socket.AF_INET6, a) for a in (src_ip, dst_ip))
+    udp = struct.pack("!HHHH", 40000, port, 8 + len(payload), 0) + payload
+    pseudo = src + dst + struct.pack("!IxxxB", len(udp), 17)
+    padded = udp + b"\0" * (len(udp) % 2)
+    udp = udp[:6] + struct.pack("!H", checksum(pseudo + padded) or 0xFFFF) + udp[8:]
+    header = struct.pack("!IHBB16s16s", 6 << 28, len(udp), 17, 64, src, dst)
+    return mac(dst_mac) + mac(src_mac) + b"\x86\xdd" + header + udp
+
+
+def na_frame(src_mac: str, src_ip: str, dst_mac: str, dst_ip: str, target: str,
+             lladdr: str) -> bytes:
+    """An unsolicited neighbour advertisement (override set): TARGET is at LLADDR."""
+    src, dst = (socket.inet_pton(socket.AF_INET6, a) for a in (src_ip, dst_ip))
+    body = struct.pack("!BBHI16s", 136, 0, 0, 0x20000000,
+                       socket.inet_pton(socket.AF_INET6, target))
+    body += struct.pack("!BB6s", 2, 1, mac(lladdr))  # target link-layer address option
+    pseudo = src + dst + struct.pack("!IxxxB", len(body), 58)
+    body = body[:2] + struct.pack("!H", checksum(pseudo + body)) + body[4:]
+    header = struct.pack("!IHBB16s16s", 6 << 28, len(body), 58, 255, src, dst)
+    return mac(dst_mac) + mac(src_mac) + b"\x86\xdd" + header + body
+
+
 def main(argv: list[str]) -> None:
     kind, ifname = argv[0], argv[1]
     if kind == "udp":
@@ -82,6 +110,10 @@ def main(argv: list[str]) -> None:
         frame = udp_frame(argv[2], argv[3], argv[4], argv[5], 53, dns_query(argv[6]))
     elif kind == "ra":
         frame = ra_frame(argv[2], argv[3], argv[4])
+    elif kind == "udp6":
+        frame = udp6_frame(argv[2], argv[3], argv[4], argv[5], int(argv[6]), argv[7].encode())
+    elif kind == "na":
+        frame = na_frame(argv[2], argv[3], argv[4], argv[5], argv[6], argv[7])
     else:
         frame = arp_frame(argv[2], argv[3], argv[4], *argv[5:6])
     with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:

@@ -362,8 +362,9 @@ def print_dns(info: "dict[str, Any]") -> None:
                if sent["coalesce"] else "one packet each: the kernel refused UDP GSO")
         print(f"UDP answers sent: {sent['answers']} in {sent['packets']} packets; {how}")
     for net in info["networks"]:
-        where = f"{net['gateway']}:53" + (" (internal: no forwarding)" if net["internal"]
-                                           else "")
+        where = ", ".join(f"[{g}]:53" if ":" in g else f"{g}:53"
+                          for g in net.get("gateways") or [net["gateway"]])
+        where += " (internal: no forwarding)" if net["internal"] else ""
         print(f"\nnetwork {net['name']}, served on {where}")
         rows = [[name, ", ".join(ips)] for name, ips in sorted(net["names"].items())]
         if rows:

@@ -343,6 +343,12 @@ def render_network(network: Network, instance: str) -> list[Cmd]:
             _chain(host),
             _rule(host, [replies, {"accept": None}], f"{owner}: replies to the host"),
         ]
+        if network.of_version(6) is not None:
+            # Neighbour discovery with the gateway: IPv6's ARP, but IP, so it meets this
+            # chain; without it nothing of IPv6 reaches the gateway, DNS included.
+            cmds.append(_rule(host, [_match(_payload("icmpv6", "type"), {
+                "set": ["nd-neighbor-solicit", "nd-neighbor-advert"]}), {"accept": None}],
+                f"{owner}: neighbour discovery with its gateway (IPv6)"))
         for sub in network.subnets:
             f = family(sub.version)
             cmds.append(_rule(host, [_match(_payload(f.proto, "daddr"), str(sub.gateway)),

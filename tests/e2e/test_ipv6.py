@@ -1,0 +1,298 @@
+"""IPv6 everywhere IPv4 works: dual-stack and IPv6-only networks, with real connections.
+
+The sandbox's uplink has documentation addresses of both families (testbed), so NAT66
+and published ports are tried from the "outside" namespace as for IPv4. Every attack
+is shown working with portway's defence taken away first (the control).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+from conftest import Sandbox, ip_json, sh
+from portway.testbed import HOST_ADDR6, OUTSIDE_ADDR6, WAIT_LISTENING
+
+FRAMES = str(Path(__file__).with_name("frames.py"))
+GET = ("import sys, urllib.request as u\n"
+       "try: print(u.urlopen(sys.argv[1], timeout=float(sys.argv[2])).status)\n"
+       "except Exception as e: print('fail', type(e).__name__)\n")
+LISTEN6 = ("import socket, sys\n"
+           "s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\n"
+           "s.bind(('::', int(sys.argv[1])))\n"
+           "while True:\n"
+           "    data, peer = s.recvfrom(2048); print(data.decode(), peer[0], flush=True)\n")
+SEND6 = ("import socket, sys\n"
+         "s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\n"
+         "if len(sys.argv) > 4: s.bind((sys.argv[4], 0, 0, socket.if_nametoindex('eth0')))\n"
+         "s.sendto(sys.argv[3].encode(), (sys.argv[1], int(sys.argv[2])))\n")
+
+
+def get(where: list[str], url: str, timeout: float = 3) -> str:
+    return subprocess.run([*where, "python3", "-c", GET, url, str(timeout)],
+                          capture_output=True, text=True, timeout=30).stdout.strip()
+
+
+def served(sb: Sandbox, name: str, *args: str) -> None:
+    sb.pw("run", "-d", "--name", name, *args, "--", "python3", "-m", "http.server",
+          "--bind", "::", "80")
+    sb.pw("exec", name, "--", "python3", "-c", WAIT_LISTENING, "::1", "80")
+
+
+def networks(sb: Sandbox, name: str) -> dict[str, dict[str, object]]:
+    return sb.inspect(name)["NetworkSettings"]["Networks"]  # type: ignore[index, return-value]
+
+
+def netns_of(sb: Sandbox, name: str) -> str:
+    return str(sb.inspect(name)["NetworkSettings"]["SandboxKey"]).rsplit("/", 1)[1]  # type: ignore[index]
+
+
+def outside_server(sb: Sandbox, log: Path) -> subprocess.Popen[bytes]:
+    out = log.open("w")
+    proc = subprocess.Popen(["ip", "netns", "exec", sb.outside, "python3", "-m",
+                             "http.server", "9000", "--bind", "::"], stdout=out,
+                            stderr=subprocess.STDOUT)
+    out.close()
+    sh("ip", "netns", "exec", sb.outside, "python3", "-c", WAIT_LISTENING, "::1", "9000")
+    return proc
+
+
+def test_dual_stack_end_to_end(sandbox: Sandbox, tmp_path: Path) -> None:
+    sb = sandbox
+    log = tmp_path / "outside.log"
+    server = outside_server(sb, log)
+    try:
+        sb.pw("network", "create", "app", "--ipv6", "--subnet", "10.140.0.0/24",
+              "--subnet", "fd00:140::/64")
+        served(sb, "web", "--network", "app", "-p", "8080:80")
+        sb.pw("run", "-d", "--name", "cli", "--network", "app", "--", "sleep", "300")
+        web = networks(sb, "web")["app"]
+        assert (web["IPAddress"], web["GlobalIPv6Address"], web["IPv6Gateway"],
+                web["GlobalIPv6PrefixLen"]) == ("10.140.0.2", "fd00:140::2", "fd00:140::1", 64)
+        net = json.loads(sb.pw("network", "inspect", "app").stdout)[0]
+        assert net["EnableIPv6"] is True and [c["Subnet"] for c in net["IPAM"]["Config"]] \
+            == ["10.140.0.0/24", "fd00:140::/64"]
+        cli = sb.pw_cmd("exec", "cli", "--")
+        # Container to container, by address and by name (AAAA), both families.
+        assert get(cli, "http://[fd00:140::2]/") == "200"
+        assert get(cli, "http://10.140.0.2/") == "200"
+        aaaa = sb.pw("exec", "cli", "--", "getent", "ahostsv6", "web").stdout
+        assert aaaa.split()[0] == "fd00:140::2"
+        ptr = sb.pw("exec", "cli", "--", "dig", "+short", "-x", "fd00:140::2",
+                    "@fd00:140::1").stdout.split()
+        assert ptr == ["web."]
+        assert "fd00:140::3\t" in sb.pw("exec", "cli", "--", "cat", "/etc/hosts").stdout
+        # Out through NAT66: the outside sees the host's IPv6 address.
+        assert get(cli, f"http://[{OUTSIDE_ADDR6}]:9000/") == "200"
+        assert f"{HOST_ADDR6} - -" in log.read_text()
+        # A published port over IPv6, from outside; the container sees the client.
+        outside = ["ip", "netns", "exec", sb.outside]
+        assert get(outside, f"http://[{HOST_ADDR6}]:8080/") == "200"
+        assert f"{OUTSIDE_ADDR6} - -" in sb.pw("logs", "web").stdout
+        assert get(outside, f"http://{sb.host_addr}:8080/") == "200"
+        # Unpublished: not reachable from outside even with a route to the subnet.
+        sh("ip", "-n", sb.outside, "-6", "route", "add", "fd00:140::/64", "via", HOST_ADDR6)
+        assert get(outside, "http://[fd00:140::2]/", 1).startswith("fail")
+        # ::1 is not DNATed (IPv6 could not bring the answer back): refused at once.
+        assert get(["ip", "netns", "exec", sb.host], "http://[::1]:8080/", 2) == \
+            "fail URLError"
+        assert sb.pw("doctor").stdout.startswith("healthy")
+        # The IPv6 rules come back after a flush, as the IPv4 ones do.
+        sb.in_host("nft", "flush", "ruleset")
+        assert "re-create table inet portway" in sb.pw("gc").stdout
+        assert get(outside, f"http://[{HOST_ADDR6}]:8080/") == "200"
+        assert get(cli, f"http://[{OUTSIDE_ADDR6}]:9000/") == "200"
+        assert sb.pw("doctor").stdout.startswith("healthy")
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_ipv6_only_network(sandbox: Sandbox, tmp_path: Path) -> None:
+    sb = sandbox
+    server = outside_server(sb, tmp_path / "outside.log")
+    try:
+        sb.pw("network", "create", "six", "--ipv6", "--ipv4=false", "--subnet",
+              "fd00:141::/64")
+        served(sb, "web", "--network", "six", "--ip6", "fd00:141::80")
+        sb.pw("run", "-d", "--name", "cli", "--network", "six", "--", "sleep", "300")
+        assert networks(sb, "web")["six"]["GlobalIPv6Address"] == "fd00:141::80"
+        assert networks(sb, "web")["six"]["IPAddress"] == ""
+        (eth0,) = ip_json(netns_of(sb, "cli"), "addr", "show", "eth0")
+        assert [a["family"] for a in eth0["addr_info"]] == ["inet6"]  # type: ignore[union-attr]
+        resolv = sb.pw("exec", "cli", "--", "cat", "/etc/resolv.conf").stdout
+        assert resolv.startswith("nameserver fd00:141::1\n")
+        cli = sb.pw_cmd("exec", "cli", "--")
+        assert get(cli, "http://web/") == "200"  # a name, over IPv6 only
+        assert get(cli, f"http://[{OUTSIDE_ADDR6}]:9000/") == "200"
+        cp = sb.pw("run", "-d", "--network", "six", "--ip", "10.1.1.1", "--", "sleep", "1",
+                   check=False)
+        assert cp.returncode == 2 and "has no IPv4 subnet" in cp.stderr
+    finally:
+        server.kill()
+        server.wait()
+
+
+def _delete_rule(sb: Sandbox, family: str, chain: str, comment: str) -> None:
+    listing = json.loads(sb.in_host("nft", "-j", "-a", "list", "chain", family, "portway",
+                                    chain).stdout)["nftables"]
+    handle = next(i["rule"]["handle"] for i in listing
+                  if "rule" in i and comment in i["rule"].get("comment", ""))
+    sb.in_host("nft", "delete", "rule", family, "portway", chain, "handle", str(handle))
+
+
+def test_isolation_icc_and_internal_over_ipv6(sandbox: Sandbox, tmp_path: Path) -> None:
+    sb = sandbox
+    server = outside_server(sb, tmp_path / "outside.log")
+    host_service = subprocess.Popen(["ip", "netns", "exec", sb.host, "python3", "-m",
+                                     "http.server", "9100", "--bind", "::"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for name, third, extra in (("a", 142, []), ("b", 143, []),
+                                   ("quiet", 144, ["-o",
+                                                   "com.docker.network.bridge.enable_icc=false"]),
+                                   ("inner", 145, ["--internal"])):
+            sb.pw("network", "create", name, "--ipv6", "--subnet", f"10.{third}.0.0/24",
+                  "--subnet", f"fd00:{third}::/64", *extra)
+        served(sb, "wb", "--network", "b")
+        served(sb, "q1", "--network", "quiet")
+        for name, net in (("wa", "a"), ("q2", "quiet"), ("in1", "inner")):
+            sb.pw("run", "-d", "--name", name, "--network", net, "--", "sleep", "300")
+        wa, q2, in1 = (sb.pw_cmd("exec", n, "--") for n in ("wa", "q2", "in1"))
+        assert get(wa, "http://[fd00:143::2]/", 1).startswith("fail")
+        assert get(q2, "http://[fd00:144::2]/", 1).startswith("fail")
+        # Internal: no way out, and of the host only DNS on its gateway.
+        assert get(in1, f"http://[{OUTSIDE_ADDR6}]:9000/", 1).startswith("fail")
+        assert get(in1, "http://[fd00:145::1]:9100/", 1).startswith("fail")
+        assert sb.pw("exec", "in1", "--", "dig", "+short", "AAAA", "@fd00:145::1",
+                     "in1").stdout.split() == ["fd00:145::2"]
+        # Controls: the same over IPv6 works without the isolation and icc rules.
+        ids = {n["Name"]: n["Id"][:12] for n in json.loads(sb.pw("network", "ls",
+                                                                 "--json").stdout)}
+        _delete_rule(sb, "inet", f"in-{ids['a']}", "isolation")
+        _delete_rule(sb, "inet", f"out-{ids['b']}", "no direct access")
+        _delete_rule(sb, "inet", f"in-{ids['quiet']}", "(icc)")
+        _delete_rule(sb, "inet", f"in-{ids['quiet']}", "isolation")
+        _delete_rule(sb, "inet", f"out-{ids['quiet']}", "no direct access")
+        # (icc=false held back q2's neighbour discovery too: it asks again.)
+        sh("ip", "-n", netns_of(sb, "q2"), "-6", "neigh", "flush", "all")
+        assert get(wa, "http://[fd00:143::2]/") == "200"
+        assert get(q2, "http://[fd00:144::2]/") == "200"
+        assert sb.pw("gc").stdout.count("restore chain inet portway") == 4
+        assert get(wa, "http://[fd00:143::2]/", 1).startswith("fail")
+        assert get(q2, "http://[fd00:144::2]/", 1).startswith("fail")
+    finally:
+        for proc in (server, host_service):
+            proc.kill()
+            proc.wait()
+
+
+def test_addresses_a_container_gives_itself(sandbox: Sandbox, tmp_path: Path) -> None:
+    """An attacker with NET_ADMIN adds an unassigned address of its subnet and a
+    link-local one, and sends from each to its neighbour."""
+    sb = sandbox
+    sb.pw("network", "create", "app", "--ipv6", "--subnet", "10.146.0.0/24", "--subnet",
+          "fd00:146::/64")
+    sb.pw("run", "-d", "--name", "victim", "--network", "app", "--", "python3", "-u", "-c",
+          LISTEN6, "9999")
+    sb.pw("run", "-d", "--name", "attacker", "--network", "app", "--cap-add", "NET_ADMIN",
+          "--", "sleep", "300")
+    for address in ("fd00:146::99/64", "fe80::99/64"):
+        sb.pw("exec", "attacker", "--", "ip", "addr", "add", address, "dev", "eth0", "nodad")
+
+    def attack(round_: str) -> str:
+        for source in ("fd00:146::99", "fe80::99"):
+            sb.pw("exec", "attacker", "--", "python3", "-c", SEND6, "fd00:146::2", "9999",
+                  f"{round_}-{source}", source)
+        sb.pw("exec", "attacker", "--", "python3", "-c", SEND6, "fd00:146::2", "9999",
+              f"{round_}-honest", "fd00:146::3")
+        deadline = time.monotonic() + 5
+        while f"{round_}-honest" not in sb.pw("logs", "victim").stdout:
+            assert time.monotonic() < deadline, sb.pw("logs", "victim").stdout
+            time.sleep(0.05)
+        return sb.pw("logs", "victim").stdout
+
+    _delete_rule(sb, "bridge", "spoof", "its own IPv6 address")
+    seen = attack("control")
+    assert "control-fd00:146::99 fd00:146::99" in seen and "control-fe80::99" in seen
+    assert "restore chain bridge portway spoof" in sb.pw("gc").stdout
+    seen = attack("guarded")
+    assert "guarded-honest fd00:146::3" in seen
+    assert "guarded-fd00" not in seen and "guarded-fe80" not in seen
+
+
+def test_router_and_neighbour_spoofing_over_ipv6(sandbox: Sandbox) -> None:
+    sb = sandbox
+    sb.pw("network", "create", "app", "--ipv6", "--subnet", "10.147.0.0/24", "--subnet",
+          "fd00:147::/64")
+    for name in ("victim", "other", "attacker"):
+        sb.pw("run", "-d", "--name", name, "--network", "app", "--", "python3", "-u", "-c",
+              LISTEN6, "9999")
+    attacker = networks(sb, "attacker")["app"]
+    victim, other = networks(sb, "victim")["app"], networks(sb, "other")["app"]
+    victim_ns = netns_of(sb, "victim")
+    mac = str(attacker["MacAddress"])
+
+    def attack() -> tuple[bool, bool]:
+        """(the victim took a default route from the attacker's advertisement, the
+        victim's neighbour entry for `other` points to the attacker)"""
+        sb.in_host("ip", "-n", victim_ns, "-6", "neigh", "flush", "all", check=False)
+        # The victim learns `other` honestly first (an unsolicited advertisement only
+        # updates an entry that exists).
+        sb.pw("exec", "victim", "--", "python3", "-c", SEND6, str(other["GlobalIPv6Address"]),
+              "9999", "hello")
+        time.sleep(0.3)
+        sb.pw("exec", "attacker", "--", "python3", FRAMES, "ra", "eth0", mac,
+              "33:33:00:00:00:01", "2001:db8:bad::/64")
+        sb.pw("exec", "attacker", "--", "python3", FRAMES, "na", "eth0", mac,
+              str(attacker["GlobalIPv6Address"]), victim["MacAddress"],
+              str(victim["GlobalIPv6Address"]), str(other["GlobalIPv6Address"]), mac)
+        time.sleep(0.3)
+        routes = sh("ip", "-n", victim_ns, "-6", "route", "show", "default").stdout
+        neigh = sh("ip", "-n", victim_ns, "-6", "neigh", "show",
+                   str(other["GlobalIPv6Address"])).stdout
+        return "proto ra" in routes, mac in neigh
+
+    # Control: without the rules against routers' messages, foreign sources and
+    # advertisements for others' addresses, both attacks work.
+    for comment in ("advertises no routes", "its own IPv6 address", "only for its own"):
+        _delete_rule(sb, "bridge", "spoof", comment)
+    assert attack() == (True, True)
+    assert "restore chain bridge portway spoof" in sb.pw("gc").stdout
+    sh("ip", "-n", victim_ns, "-6", "route", "flush", "proto", "ra")
+    assert attack() == (False, False)
+
+
+def test_bad_ipv6_input_changes_nothing(sandbox: Sandbox) -> None:
+    sb = sandbox
+    sb.pw("network", "create", "four", "--subnet", "10.148.0.0/24")
+    sb.pw("network", "create", "six", "--ipv6", "--subnet", "fd00:148::/64")
+    before = sb.snapshot()
+    cases = [
+        (["network", "create", "x", "--ipv4=false"], "--ipv4=false needs --ipv6"),
+        (["network", "create", "x", "--subnet", "fd00:149::/64"], "add --ipv6"),
+        (["network", "create", "x", "--ipv6", "--subnet", "fd00:148::/80"], "overlaps"),
+        (["network", "create", "x", "--ipv6", "--subnet", "fd00:149::/64", "--gateway",
+          "fd00:150::1"], "outside the subnet"),
+        (["network", "create", "x", "--ipv6", "--subnet", "fe80::/64"], "special-purpose"),
+        (["run", "-d", "--network", "four", "--ip6", "fd00:148::5", "--", "sleep", "1"],
+         "has no IPv6 subnet"),
+        (["run", "-d", "--network", "six", "--ip6", "fd00:999::5", "--", "sleep", "1"],
+         "outside the subnet"),
+        (["run", "-d", "--network", "host", "--ip6", "fd00:148::5", "--", "sleep", "1"],
+         "need a bridge network"),
+        (["run", "-d", "--network", "six", "-p", "[::1]:80:80", "--", "sleep", "1"],
+         "cannot publish on ::1"),
+        (["run", "-d", "--network", "four", "-p", "[2001:db8:51::1]:80:80", "--", "sleep",
+          "1"], "has no IPv6"),
+        (["run", "-d", "--network", "six", "-p", "[zz::1]:80:80", "--", "sleep", "1"],
+         "invalid"),
+    ]
+    for args, message in cases:
+        cp = sb.pw(*args, check=False)
+        code = 4 if message == "overlaps" else 2  # a conflict, not a malformed input
+        assert cp.returncode == code and message in cp.stderr, (args, cp.stderr)
+        assert len(cp.stderr.strip().splitlines()) == 1, cp.stderr
+    assert sb.snapshot() == before
