@@ -4,7 +4,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test lint typecheck unit kernel bench reliability how-packets-move clean
+.PHONY: setup demo test lint typecheck unit kernel bench reliability how-packets-move ipv6-doc clean
 
 setup: $(VENV)/.ready
 
@@ -35,6 +35,11 @@ reliability: setup
 # connections, in a throwaway host namespace.
 how-packets-move: setup
 	$(PY) scripts/how_packets_move.py
+
+# docs/ipv6.md: dual-stack and IPv6-only networks, real output, in a throwaway host
+# namespace.
+ipv6-doc: setup
+	$(PY) scripts/ipv6_doc.py
 
 bench: setup
 	bash bench/setup.sh

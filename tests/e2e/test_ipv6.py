@@ -92,6 +92,12 @@ def test_dual_stack_end_to_end(sandbox: Sandbox, tmp_path: Path) -> None:
         assert get(outside, f"http://[{HOST_ADDR6}]:8080/") == "200"
         assert f"{OUTSIDE_ADDR6} - -" in sb.pw("logs", "web").stdout
         assert get(outside, f"http://{sb.host_addr}:8080/") == "200"
+        # Shown as Docker 27 shows a port published on both families.
+        assert sb.pw("port", "web").stdout.splitlines() == ["80/tcp -> 0.0.0.0:8080",
+                                                           "80/tcp -> [::]:8080"]
+        assert sb.inspect("web")["NetworkSettings"]["Ports"] == {  # type: ignore[index]
+            "80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"},
+                       {"HostIp": "::", "HostPort": "8080"}]}
         # Unpublished: not reachable from outside even with a route to the subnet.
         sh("ip", "-n", sb.outside, "-6", "route", "add", "fd00:140::/64", "via", HOST_ADDR6)
         assert get(outside, "http://[fd00:140::2]/", 1).startswith("fail")

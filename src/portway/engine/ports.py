@@ -225,10 +225,22 @@ class Publishing:
             out.extend(self.published(c))
         return out
 
+    def bindings(self, c: Container) -> list[tuple[str, str, int]]:
+        """c's ports as Docker shows them: ("80/tcp", host address, host port), one per
+        family the port is published on ("0.0.0.0" and "::" for all addresses)."""
+        resolved = self.published(c)
+        if resolved:
+            return [(f"{p.container_port}/{p.protocol}",
+                     str(p.host_ip) if p.host_ip else
+                     ("0.0.0.0" if p.container_ip.version == 4 else "::"), p.host_port)
+                    for p in resolved]
+        return [(f"{p.container_port}/{p.protocol}", str(p.host_ip or "0.0.0.0"),
+                 p.host_port) for p in c.ports]
+
     def describe(self, ref: str) -> list[str]:
         """`portway port NAME`."""
         with self.h.lock:
             c = self.h.container(ref)
-            return [f"{p.container_port}/{p.protocol} -> "
-                    f"{p.host_ip or '0.0.0.0'}:{p.host_port}" for p in c.ports]
+            return [f"{port} -> {f'[{ip}]' if ':' in ip else ip}:{host_port}"
+                    for port, ip, host_port in self.bindings(c)]
 

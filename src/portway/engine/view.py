@@ -64,10 +64,9 @@ def container(engine: Host, c: Container) -> dict[str, Any]:
                                 "IPAddress": "", "IPPrefixLen": 0, "MacAddress": "",
                                 "Aliases": []}
     ports: dict[str, list[dict[str, str]] | None] = {}
-    for p in c.ports:
-        ports.setdefault(f"{p.container_port}/{p.protocol}", []).append(  # type: ignore[union-attr]
-            {"HostIp": str(p.host_ip) if p.host_ip else "0.0.0.0",
-             "HostPort": str(p.host_port) if p.host_port else ""})
+    for port, host_ip, host_port in engine.publishing.bindings(c):
+        ports.setdefault(port, []).append(  # type: ignore[union-attr]
+            {"HostIp": host_ip, "HostPort": str(host_port) if host_port else ""})
     running = c.status == "running"
     return {
         "Id": c.id, "Name": c.name, "Created": c.created,
