@@ -260,9 +260,12 @@ def write(w: World) -> None:
     w.in_host("ip", "-6", "-br", "addr", "show", "dev", bridge)
     w.in_host("sysctl", f"net.ipv6.conf.{bridge}.accept_ra")
 
+    w.text("## Podman",
+           "Podman's dual-stack and IPv6-only networks (`podman network create --ipv6`, "
+           "or `--subnet` with an IPv6 subnet) get the same through portway-netavark: "
+           "see [podman.md](podman.md).")
     w.text("## Not yet",
-           "`portway trace`, `show` and `graph` follow IPv4 paths only; the Podman "
-           "backend refuses IPv6 networks (it says so in one line).")
+           "`portway trace`, `show` and `graph` follow IPv4 paths only.")
 
 
 def main() -> int:

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from conftest import BIN, Sandbox, ip_json, sh
-from portway.testbed import HTTP_GET, WAIT_LISTENING
+from portway.testbed import HOST_ADDR6, HTTP_GET, WAIT_LISTENING
 
 NETAVARK = str(BIN / "portway-netavark")
 DATA = Path(__file__).with_name("data")
@@ -73,7 +73,7 @@ class Podmanish:
     def serve(self, netns: str, port: int = 80) -> None:
         ns = os.path.basename(netns)
         proc = subprocess.Popen(["ip", "netns", "exec", ns, "python3", "-m", "http.server",
-                                 str(port)], stdout=subprocess.DEVNULL,
+                                 "--bind", "::", str(port)], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         self.pids.append(proc.pid)
         sh("ip", "netns", "exec", ns, "python3", "-c", WAIT_LISTENING, "127.0.0.1", str(port))
@@ -216,10 +216,63 @@ def test_port_ranges_and_both_protocols(podman: Podmanish) -> None:
     p.nv("teardown", web, data=data)
 
 
+def test_dual_stack_and_ipv6_only_networks(podman: Podmanish) -> None:
+    """Podman's `network create --ipv6` (both families) and `--subnet fd..::/64` (IPv6
+    only): an address per subnet, each with its gateway, DNS on every gateway, a port
+    published on both families."""
+    p = podman
+    a, b, c = p.namespace(), p.namespace(), p.namespace()
+    dual = net_info()
+    dual.update(ipv6_enabled=True, subnets=[
+        {"subnet": "10.89.0.0/24", "gateway": "10.89.0.1"},
+        {"subnet": "fd00:89::/64", "gateway": "fd00:89::1"}])
+    web = options("web6", "10.89.0.10", [{"host_ip": "", "container_port": 80,
+                                          "host_port": 8080, "range": 1,
+                                          "protocol": "tcp"}])
+    web["networks"]["a1pnet"]["static_ips"] = ["10.89.0.10", "fd00:89::10"]
+    web["network_info"]["a1pnet"] = dual
+    out = json.loads(p.nv("setup", a, data=web).stdout)["a1pnet"]
+    assert out["interfaces"]["eth0"]["subnets"] == [
+        {"ipnet": "10.89.0.10/24", "gateway": "10.89.0.1"},
+        {"ipnet": "fd00:89::10/64", "gateway": "fd00:89::1"}]
+    assert out["dns_server_ips"] == ["10.89.0.1", "fd00:89::1"]
+    client = copy.deepcopy(web)
+    client.update(container_id=secrets.token_hex(32), container_name="client6",
+                  port_mappings=[])
+    client["networks"]["a1pnet"].update(static_ips=["10.89.0.11", "fd00:89::11"],
+                                        aliases=[])
+    p.nv("setup", b, data=client)
+    p.serve(a)
+    nb = ["ip", "netns", "exec", os.path.basename(b)]
+    assert get(nb, "http://[fd00:89::10]/") == "200"
+    assert sh(*nb, "dig", "+short", "@fd00:89::1", "AAAA", "web6.dns.podman").stdout.split() \
+        == ["fd00:89::10"]
+    outside = ["ip", "netns", "exec", p.sb.outside]
+    assert get(outside, f"http://[{HOST_ADDR6}]:8080/") == "200"
+    assert get(outside, f"http://{p.sb.host_addr}:8080/") == "200"
+    # IPv6 only: no IPv4 address, DNS on the IPv6 gateway.
+    six = net_info("six", nid="cd" * 32, bridge="podman3")
+    six.update(ipv6_enabled=True, subnets=[{"subnet": "fd00:77::/64"}])
+    only = options("only6", "fd00:77::5")
+    only["networks"] = {"six": only["networks"]["a1pnet"]}
+    only["network_info"] = {"six": six}
+    out = json.loads(p.nv("setup", c, data=only).stdout)["six"]
+    assert out["interfaces"]["eth0"]["subnets"] == [{"ipnet": "fd00:77::5/64",
+                                                     "gateway": "fd00:77::1"}]
+    assert out["dns_server_ips"] == ["fd00:77::1"]
+    nc = os.path.basename(c)
+    assert [x["family"] for x in ip_json(nc, "addr", "show", "eth0")[0]["addr_info"]  # type: ignore[attr-defined]
+            if x["scope"] == "global"] == ["inet6"]
+    assert sh("ip", "netns", "exec", nc, "dig", "+short", "@fd00:77::1", "AAAA",
+              "only6").stdout.split() == ["fd00:77::5"]
+    for ns, data in ((a, web), (b, client), (c, only)):
+        p.nv("teardown", ns, data=data)
+
+
 @pytest.mark.parametrize(("mutate", "words"), [
     (lambda d: d.pop("container_id"), "container_id"),
     (lambda d: d.update(container_name="bad name"), "invalid container name"),
-    (lambda d: d["networks"]["a1pnet"].update(static_ips=["10.1.1.1"]), "not in network"),
+    (lambda d: d["networks"]["a1pnet"].update(static_ips=["10.1.1.1"]), "not in a subnet"),
     (lambda d: d["networks"]["a1pnet"].update(static_mac="zz"), "static_mac"),
     (lambda d: d["network_info"]["a1pnet"].update(driver="macvlan"), "not supported"),
     (lambda d: d["network_info"]["a1pnet"].update(network_interface="a/b"), "invalid"),
@@ -267,6 +320,17 @@ def test_bad_calls(podman: Podmanish) -> None:
                                               "options": {}}).stdout)
     assert created["network_interface"] == "podman2" and created["driver"] == "bridge"
     assert created["subnets"][0]["subnet"].endswith("/24") and len(created["id"]) == 64
+    # --ipv6: both families (a /64 of the installation's unique local /48); an IPv6
+    # subnet alone: IPv6 only.
+    dual = json.loads(p.nv("create", data={"network": {"name": "dual", "ipv6_enabled": True},
+                                           "used": {}, "options": {}}).stdout)
+    assert [s["subnet"][:2] for s in dual["subnets"]] == ["10", "fd"]
+    assert dual["subnets"][1]["subnet"].endswith("::/64") and dual["ipv6_enabled"] is True
+    six = json.loads(p.nv("create", data={"network": {
+        "name": "six", "subnets": [{"subnet": "fd00:99::/64"}]}, "used": {},
+        "options": {}}).stdout)
+    assert six["subnets"] == [{"subnet": "fd00:99::/64", "gateway": "fd00:99::1"}]
+    assert six["ipv6_enabled"] is True
 
 
 def test_gc_forgets_a_container_podman_removed_without_teardown(podman: Podmanish) -> None:

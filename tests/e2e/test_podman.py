@@ -11,7 +11,7 @@ import json
 import subprocess
 
 from conftest import Sandbox, ip_json, netns_list
-from portway.testbed import HTTP_GET, PodmanWorld
+from portway.testbed import HOST_ADDR6, HTTP_GET, PodmanWorld
 
 
 def pw(p: PodmanWorld, *args: str) -> str:
@@ -66,3 +66,28 @@ def test_podman_on_portway(podman_world: PodmanWorld, sandbox: Sandbox) -> None:
     assert [str(x["ifname"]) for x in ip_json(sb.host, "link")] == ["lo", "uplink0"]
     assert sb.in_host("nft", "list", "tables").stdout.strip() == ""
     assert not {n for n in netns_list() if n.startswith("netns-")} & before_ns
+
+
+def test_podman_dual_stack_network(podman_world: PodmanWorld, sandbox: Sandbox) -> None:
+    """`podman network create --ipv6`: Podman picks both subnets and the addresses;
+    portway wires both families, names them, and publishes on both."""
+    p, sb = podman_world, sandbox
+    p.run("network", "create", "--ipv6", "dual")
+    p.container("--name", "web", "--network", "dual", "-p", "8080:80", "--",
+                "/bin/httpd", "-f", "-p", "80", "-h", "/www")
+    p.container("--name", "client", "--network", "dual", "--", "/bin/sleep", "300")
+    ps = {c["Name"]: c for c in json.loads(pw(p, "ps", "--json"))}
+    web = ps["web"]["NetworkSettings"]["Networks"]["dual"]
+    assert web["IPAddress"] and web["GlobalIPv6Address"].startswith("fd")
+    # Podman's view agrees: netavark's answer carried both addresses.
+    inspect = json.loads(p.run("inspect", "web").stdout)[0]["NetworkSettings"]
+    assert inspect["Networks"]["dual"]["GlobalIPv6Address"] == web["GlobalIPv6Address"]
+    assert "hello from podman" in p.run("exec", "client", "wget", "-q", "-O", "-",
+                                        f"http://[{web['GlobalIPv6Address']}]/index.html").stdout
+    assert web["GlobalIPv6Address"] in p.run("exec", "client", "nslookup", "-type=AAAA",
+                                             "web").stdout
+    outside = ["ip", "netns", "exec", sb.outside]
+    assert get(outside, f"http://[{HOST_ADDR6}]:8080/") == "200"
+    assert get(outside, f"http://{sb.host_addr}:8080/") == "200"
+    p.run("rm", "-f", "-t", "0", "web", "client")
+    assert json.loads(pw(p, "network", "ls", "--json")) == []

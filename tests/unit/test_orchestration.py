@@ -40,6 +40,16 @@ def test_a_subnet_that_collides_changes_nothing(tmp_path: Path) -> None:
     assert w.log == [] and rows(h) == (0, 0, 0)
 
 
+def test_every_subnet_of_a_network_is_taken(tmp_path: Path) -> None:
+    h, _ = fake_host(str(tmp_path))
+    first = h.networks.create("a", ipv6=True)
+    second = h.networks.create("b", ipv6=True)
+    assert first.of_version(6) != second.of_version(6)
+    with pytest.raises(PortwayError, match="overlaps"):
+        h.networks.create("c", ipv6=True, ipv4=False,
+                          subnet=str(second.of_version(6).subnet))  # type: ignore[union-attr]
+
+
 def test_run_steps_in_order(tmp_path: Path) -> None:
     h, w = fake_host(str(tmp_path))
     h.networks.create("app", subnet="10.77.0.0/24")

@@ -8,6 +8,10 @@ internal, dns_enabled, options}}, port_mappings [{host_ip, container_port,
 host_port, range, protocol}], dns_servers. Output of setup, per network:
 {interfaces {IFNAME: {mac_address, subnets [{ipnet, gateway}]}}, dns_server_ips,
 dns_search_domains}.
+
+A network may have IPv4, IPv6 or both (one subnet of each family; netavark, like
+portway, looks at the subnets and not at `ipv6_enabled`); Podman does the IPAM and
+sends the container an address per subnet in `static_ips`.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any
 
 from portway.core import validate
 from portway.errors import InvalidInput
-from portway.model.types import IPAddress, IPNetwork, PortMapping
+from portway.model.types import IPAddress, IPInterface, PortMapping, Subnet
 
 SEARCH_DOMAIN = "dns.podman"
 HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -31,8 +35,7 @@ class NetworkInfo:
     name: str
     id: str
     bridge: str
-    subnet: IPNetwork
-    gateway: IPAddress
+    subnets: tuple[Subnet, ...]
     internal: bool
     dns_enabled: bool
     mtu: int
@@ -43,7 +46,7 @@ class NetworkInfo:
 class Attachment:
     network: str
     ifname: str
-    static_ip: IPAddress | None
+    static_ips: tuple[IPAddress, ...]
     static_mac: str | None
     aliases: tuple[str, ...]
 
@@ -82,28 +85,34 @@ def _network_info(name: str, data: Any) -> NetworkInfo:
     if driver != "bridge":
         raise InvalidInput(f"network {name}: driver {driver!r} is not supported",
                            "portway networks containers with bridges only")
-    if d.get("ipv6_enabled"):
-        raise InvalidInput(f"network {name}: IPv6 is not supported yet",
-                           "create the Podman network without --ipv6")
     nid = _str(d, "id", f"network_info.{name}")
     if not HEX64.fullmatch(nid):
         raise _bad(f"network_info.{name}.id must be 64 hex digits")
     bridge = validate.check_ifname("network_interface",
                                    _str(d, "network_interface", f"network_info.{name}"))
-    subnets = d.get("subnets")
-    if not isinstance(subnets, list) or not subnets:
+    raw = d.get("subnets")
+    if not isinstance(raw, list) or not raw:
         raise _bad(f"network_info.{name}.subnets must be a non-empty list")
-    first = _obj(subnets[0], f"network_info.{name}.subnets[0]")
-    # What `portway network create` accepts, checked the same way: a subnet without host
-    # bits, a gateway that is a host address inside it (one outside would take over a
-    # route of the host's, its default gateway even).
-    subnet = validate.parse_subnet(_str(first, "subnet", "subnet"))
-    if first.get("gateway"):
-        gateway = validate.check_host_address(
-            f"network {name}: gateway",
-            validate.parse_address("gateway", _str(first, "gateway", "subnet", "")), subnet)
-    else:
-        gateway = ipaddress.ip_address(str(next(subnet.hosts())))
+    subnets: list[Subnet] = []
+    for i, item in enumerate(raw):
+        entry = _obj(item, f"network_info.{name}.subnets[{i}]")
+        # What `portway network create` accepts, checked the same way: a subnet without
+        # host bits, a gateway that is a host address inside it (one outside would take
+        # over a route of the host's, its default gateway even).
+        subnet = validate.parse_subnet(_str(entry, "subnet", "subnet"))
+        if any(s.subnet.version == subnet.version for s in subnets):
+            raise InvalidInput(f"network {name} has more than one IPv{subnet.version} "
+                               "subnet", "portway gives a network one subnet of each "
+                               "family: create the Podman network with one")
+        if entry.get("gateway"):
+            gateway = validate.check_host_address(
+                f"network {name}: gateway",
+                validate.parse_address("gateway", _str(entry, "gateway", "subnet", "")),
+                subnet)
+        else:
+            gateway = ipaddress.ip_address(str(next(subnet.hosts())))
+        subnets.append(Subnet(subnet=subnet, gateway=gateway))
+    subnets.sort(key=lambda s: s.subnet.version)
     options = d.get("options") or {}
     if not isinstance(options, dict) or not all(isinstance(v, str) for v in options.values()):
         raise _bad(f"network_info.{name}.options must map names to strings")
@@ -111,8 +120,8 @@ def _network_info(name: str, data: Any) -> NetworkInfo:
         else 0
     if not 68 <= mtu <= 65535:
         raise _bad(f"network_info.{name}.options.mtu must be a number from 68 to 65535")
-    return NetworkInfo(name=name, id=nid, bridge=bridge, subnet=subnet,
-                       gateway=gateway, internal=bool(d.get("internal")),
+    return NetworkInfo(name=name, id=nid, bridge=bridge, subnets=tuple(subnets),
+                       internal=bool(d.get("internal")),
                        dns_enabled=bool(d.get("dns_enabled")), mtu=mtu,
                        options={str(k): v for k, v in options.items()})
 
@@ -124,24 +133,28 @@ def _attachment(name: str, data: Any, info: NetworkInfo) -> Attachment:
     ips = d.get("static_ips") or []
     if not isinstance(ips, list):
         raise _bad(f"networks.{name}.static_ips must be a list")
-    static: IPAddress | None = None
+    static: list[IPAddress] = []
     for raw in ips:
         try:
             addr = ipaddress.ip_address(str(raw))
         except ValueError:
             raise _bad(f"networks.{name}.static_ips: {raw!r} is not an address") from None
-        if addr.version == 4:
-            if addr not in info.subnet:
-                raise InvalidInput(f"address {addr} is not in network {name}'s subnet "
-                                   f"{info.subnet}", "give an address from that subnet")
-            static = addr
+        subnet = next((s.subnet for s in info.subnets if addr in s.subnet), None)
+        if subnet is None:
+            raise InvalidInput(f"address {addr} is not in a subnet of network {name} "
+                               f"({', '.join(str(s.subnet) for s in info.subnets)})",
+                               "give an address from one of them")
+        if any(a.version == addr.version for a in static):
+            raise InvalidInput(f"more than one IPv{addr.version} address for network "
+                               f"{name}", "give one address of each family")
+        static.append(addr)
     mac = d.get("static_mac")
     if mac is not None and (not isinstance(mac, str) or not MAC.fullmatch(mac.lower())):
         raise _bad(f"networks.{name}.static_mac must be a MAC address like 02:42:0a:00:00:02")
     aliases = d.get("aliases") or []
     if not isinstance(aliases, list):
         raise _bad(f"networks.{name}.aliases must be a list")
-    return Attachment(network=name, ifname=ifname, static_ip=static,
+    return Attachment(network=name, ifname=ifname, static_ips=tuple(static),
                       static_mac=mac.lower() if isinstance(mac, str) else None,
                       aliases=tuple(validate.check_name("alias", str(a)) for a in aliases))
 
@@ -165,10 +178,12 @@ def _ports(data: Any) -> tuple[PortMapping, ...]:
             host_ip = ipaddress.ip_address(host_ip_text) if host_ip_text else None
         except ValueError:
             raise _bad(f"port_mappings[].host_ip {host_ip_text!r} is not an address") from None
-        if host_ip is not None and (host_ip.version != 4 or host_ip.is_unspecified):
-            host_ip = None if host_ip.is_unspecified else host_ip
-            if host_ip is not None:
-                raise InvalidInput(f"host_ip {host_ip} is IPv6", "publish on IPv4 addresses")
+        if host_ip is not None and host_ip.is_unspecified:
+            host_ip = None
+        if host_ip is not None and host_ip.version == 6 and host_ip.is_loopback:
+            raise InvalidInput("cannot publish on ::1: IPv6 has no way to route the host's "
+                               "loopback to a container", "publish on 127.0.0.1 for the "
+                               "host alone, or on all addresses")
         if count < 1 or not 0 < container_port + count - 1 < 65536 or \
                 not 0 < host_port + count - 1 < 65536 or host_port < 1:
             raise InvalidInput(f"port mapping {host_port}:{container_port} (range {count}) "
@@ -208,10 +223,14 @@ def parse_options(data: Any) -> Options:
                    dns_servers=tuple(validate.check_dns_servers([str(x) for x in dns])))
 
 
-def status_block(info: NetworkInfo, ifname: str, mac: str, address: IPAddress,
-                 ) -> dict[str, Any]:
-    """What setup prints for one network."""
-    return {"interfaces": {ifname: {"mac_address": mac, "subnets": [{
-                "ipnet": f"{address}/{info.subnet.prefixlen}", "gateway": str(info.gateway)}]}},
-            "dns_server_ips": [str(info.gateway)] if info.dns_enabled else [],
+def status_block(info: NetworkInfo, ifname: str, mac: str,
+                 addresses: tuple[IPInterface, ...]) -> dict[str, Any]:
+    """What setup prints for one network: each address with its subnet's gateway, and
+    every gateway as a DNS server (portway's DNS server listens on each)."""
+    gateways = {s.subnet.version: s.gateway for s in info.subnets}
+    return {"interfaces": {ifname: {"mac_address": mac, "subnets": [
+                {"ipnet": str(a), "gateway": str(gateways[a.version])}
+                for a in addresses if a.version in gateways]}},
+            "dns_server_ips": [str(s.gateway) for s in info.subnets]
+            if info.dns_enabled else [],
             "dns_search_domains": [SEARCH_DOMAIN] if info.dns_enabled else []}

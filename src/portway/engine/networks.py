@@ -30,7 +30,8 @@ class Networks:
         """Subnets a new network must not overlap: portway's networks, and the host's
         addresses and routes (except the routes of portway's own bridges)."""
         nets = self.h.store.networks()
-        taken: list[tuple[IPNetwork, str]] = [(n.subnet, f"network {n.name}") for n in nets]
+        taken: list[tuple[IPNetwork, str]] = [(s.subnet, f"network {n.name}")
+                                              for n in nets for s in n.subnets]
         return taken + self.h.facts.taken_ranges({n.bridge for n in nets})
 
     def create(self, name: str, driver: str = "bridge",

@@ -21,7 +21,7 @@ from portway.core import netavark as contract
 from portway.engine.containers import Attachment
 from portway.engine.context import now
 from portway.errors import Conflict, InvalidInput, NotFound
-from portway.model.types import Container, Network, Subnet
+from portway.model.types import Container, Network
 
 if TYPE_CHECKING:
     from portway.engine.context import Host as Engine
@@ -33,21 +33,24 @@ def _network(engine: Engine, info: contract.NetworkInfo) -> Network:
     """portway's network for Podman's definition: the existing one, or a new one."""
     net = next((n for n in engine.store.networks() if n.name == info.name), None)
     if net is not None:
-        if (net.id, net.subnet, net.gateway, net.bridge) != \
-                (info.id, info.subnet, info.gateway, info.bridge):
+        if (net.id, [(s.subnet, s.gateway) for s in net.subnets], net.bridge) != \
+                (info.id, [(s.subnet, s.gateway) for s in info.subnets], info.bridge):
             raise Conflict(f"network {info.name} exists with another definition "
-                           f"({net.subnet}, bridge {net.bridge})",
+                           f"({', '.join(str(s.subnet) for s in net.subnets)}, bridge "
+                           f"{net.bridge})",
                            "remove the old one (portway network rm) or rename the new one")
         return net
     if engine.facts.link_exists(info.bridge):
         raise Conflict(f"interface {info.bridge} already exists and is not portway's",
                        "give the Podman network another network_interface")
-    ipam.check_subnet_free(info.subnet, engine.networks.taken_ranges())
-    network = Network(id=info.id, name=info.name,
-                      subnets=(Subnet(subnet=info.subnet, gateway=info.gateway),),
+    taken = engine.networks.taken_ranges()
+    for s in info.subnets:
+        ipam.check_subnet_free(s.subnet, taken)
+    network = Network(id=info.id, name=info.name, subnets=info.subnets,
                       bridge=info.bridge, internal=info.internal, mtu=info.mtu,
                       labels={LABEL: "true"}, created=now())
     engine.networks.install(network)
+    engine.containers.publish_dns()  # the DNS server listens on the new gateways too
     return network
 
 
@@ -94,11 +97,11 @@ def _setup(engine: Engine, netns_path: str, opts: contract.Options,
         container = replace(container, ports=engine.publishing.resolve(opts.ports,
                                                                         hold=False))
     endpoints = engine.containers.attach_sandbox(container, [
-        Attachment(network=nets[a.network], ips=(str(a.static_ip),) if a.static_ip else (),
+        Attachment(network=nets[a.network], ips=tuple(str(ip) for ip in a.static_ips),
                    aliases=tuple(a.aliases), ifname=a.ifname, mac=a.static_mac)
         for a in opts.attachments], new=existing is None)
     return {a.network: contract.status_block(opts.networks[a.network], e.ifname, e.mac,
-                                             e.address)
+                                             e.addresses)
             for a, e in zip(opts.attachments, endpoints, strict=True)}
 
 
@@ -138,26 +141,14 @@ def create(engine: Engine, options: Any) -> dict[str, Any]:
     if network.get("driver", "bridge") != "bridge":
         raise InvalidInput(f"driver {network.get('driver')!r} is not supported",
                            "portway networks containers with bridges only")
-    if network.get("ipv6_enabled"):
-        raise InvalidInput("IPv6 is not supported yet", "create the network without --ipv6")
     with engine.lock:
         taken = engine.networks.taken_ranges()
-        used_subnets = [str(s) for s in (used or {}).get("subnets") or []]
-        for s in used_subnets:
+        for s in [str(s) for s in (used or {}).get("subnets") or []]:
             try:
                 taken.append((validate.parse_subnet(s), "a Podman network"))
             except InvalidInput:
                 continue
-        subnets = network.get("subnets") or []
-        if not subnets:
-            subnet = _podman_subnet(taken)
-            subnets = [{"subnet": str(subnet), "gateway": str(ipam.default_gateway(subnet))}]
-        else:
-            first = dict(subnets[0])
-            subnet = validate.parse_subnet(str(first.get("subnet")))
-            ipam.check_subnet_free(subnet, taken)
-            first.setdefault("gateway", str(ipam.default_gateway(subnet)))
-            subnets = [first, *subnets[1:]]
+        subnets = _subnets(engine, network, taken)
         interfaces = set((used or {}).get("interfaces") or []) | {
             n.bridge for n in engine.store.networks()}
         if not network.get("network_interface"):
@@ -165,10 +156,45 @@ def create(engine: Engine, options: Any) -> dict[str, Any]:
                                                 if f"podman{i}" not in interfaces)
         network.update(subnets=subnets, driver="bridge",
                        id=network.get("id") or names.new_id(),
-                       ipv6_enabled=False, internal=bool(network.get("internal")),
+                       ipv6_enabled=any(":" in str(s["subnet"]) for s in subnets),
+                       internal=bool(network.get("internal")),
                        dns_enabled=bool(network.get("dns_enabled", True)))
         network.setdefault("ipam_options", {"driver": "host-local"})
         return network
+
+
+def _subnets(engine: Engine, network: dict[str, Any], taken: list[tuple[Any, str]]
+             ) -> list[dict[str, Any]]:
+    """The definition's subnets, checked and completed as Podman does: none given is an
+    IPv4 one; `ipv6_enabled` means dual stack (a family missing gets a free subnet,
+    IPv6 a /64 of the installation's unique local /48); an IPv6 subnet alone is an
+    IPv6-only network."""
+    from portway.core import validate
+
+    given = network.get("subnets") or []
+    if not isinstance(given, list) or not all(isinstance(s, dict) for s in given):
+        raise InvalidInput("invalid input for create: subnets must be a list of objects",
+                           "give subnets as [{\"subnet\": CIDR, \"gateway\": IP}]")
+    out: list[dict[str, Any]] = []
+    for entry in given:
+        subnet = validate.parse_subnet(str(entry.get("subnet")))
+        if any(validate.parse_subnet(o["subnet"]).version == subnet.version for o in out):
+            raise InvalidInput(f"more than one IPv{subnet.version} subnet",
+                               "portway gives a network one subnet of each family")
+        ipam.check_subnet_free(subnet, taken)
+        if entry.get("gateway"):
+            validate.check_host_address("gateway", validate.parse_address(
+                "gateway", str(entry["gateway"])), subnet)
+        out.append({**entry, "subnet": str(subnet),
+                    "gateway": str(entry.get("gateway") or ipam.default_gateway(subnet))})
+    versions = {validate.parse_subnet(o["subnet"]).version for o in out}
+    wanted = {4, 6} if network.get("ipv6_enabled") else ({4} if not out else set())
+    for version in sorted(wanted - versions):
+        subnet = _podman_subnet(taken) if version == 4 else \
+            ipam.pick_subnet6(taken, engine.networks.ula_global_id())
+        taken.append((subnet, "the network's other subnet"))
+        out.append({"subnet": str(subnet), "gateway": str(ipam.default_gateway(subnet))})
+    return out
 
 
 def _podman_subnet(taken: list[tuple[Any, str]]) -> Any:

@@ -1,0 +1,77 @@
+"""netavark's JSON contract (core/netavark.py) for networks of either family or both."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+import pytest
+
+from portway.core import netavark
+from portway.errors import InvalidInput
+
+NET_ID = "41134968bfba5d6a3e88b7eedbaad47b55a2a677e514273eaff7380ec88ce133"
+CID = "ab" * 32
+
+
+def options(subnets: list[dict[str, str]], ips: list[str],
+            ports: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    return {"container_id": CID, "container_name": "web", "port_mappings": ports or [],
+            "networks": {"pnet": {"static_ips": ips, "interface_name": "eth0"}},
+            "network_info": {"pnet": {
+                "name": "pnet", "id": NET_ID, "driver": "bridge",
+                "network_interface": "podman1", "subnets": subnets,
+                "ipv6_enabled": any(":" in s["subnet"] for s in subnets),
+                "internal": False, "dns_enabled": True}}}
+
+
+DUAL = [{"subnet": "fd00:89::/64", "gateway": "fd00:89::1"},
+        {"subnet": "10.89.0.0/24", "gateway": "10.89.0.1"}]
+
+
+def test_dual_stack_network_and_its_status() -> None:
+    opts = netavark.parse_options(options(DUAL, ["10.89.0.5", "fd00:89::5"]))
+    info = opts.networks["pnet"]
+    # IPv4 first, whatever order Podman gave.
+    assert [str(s.subnet) for s in info.subnets] == ["10.89.0.0/24", "fd00:89::/64"]
+    assert opts.attachments[0].static_ips == (ipaddress.ip_address("10.89.0.5"),
+                                              ipaddress.ip_address("fd00:89::5"))
+    addresses = (ipaddress.ip_interface("10.89.0.5/24"), ipaddress.ip_interface("fd00:89::5/64"))
+    status = netavark.status_block(info, "eth0", "02:00:00:00:00:01", addresses)
+    assert status == {
+        "interfaces": {"eth0": {"mac_address": "02:00:00:00:00:01", "subnets": [
+            {"ipnet": "10.89.0.5/24", "gateway": "10.89.0.1"},
+            {"ipnet": "fd00:89::5/64", "gateway": "fd00:89::1"}]}},
+        "dns_server_ips": ["10.89.0.1", "fd00:89::1"], "dns_search_domains": ["dns.podman"]}
+
+
+def test_ipv6_only_network_gets_its_first_address_as_gateway() -> None:
+    opts = netavark.parse_options(options([{"subnet": "fd00:90::/64"}], ["fd00:90::7"]))
+    info = opts.networks["pnet"]
+    assert [(str(s.subnet), str(s.gateway)) for s in info.subnets] == \
+        [("fd00:90::/64", "fd00:90::1")]
+
+
+def test_published_on_an_ipv6_address() -> None:
+    opts = netavark.parse_options(options(DUAL, ["10.89.0.5", "fd00:89::5"], [
+        {"host_ip": "2001:db8::1", "container_port": 80, "host_port": 8080},
+        {"host_ip": "::", "container_port": 81, "host_port": 8081}]))
+    assert [(str(p.host_ip), p.host_port) for p in opts.ports] == \
+        [("2001:db8::1", 8080), ("None", 8081)]
+
+
+@pytest.mark.parametrize(("subnets", "ips", "ports", "words"), [
+    ([{"subnet": "10.89.0.0/24"}, {"subnet": "10.90.0.0/24"}], ["10.89.0.5"], None,
+     "more than one IPv4 subnet"),
+    (DUAL, ["fd00:91::5"], None, "not in a subnet of network pnet"),
+    (DUAL, ["fd00:89::5", "fd00:89::6"], None, "more than one IPv6 address"),
+    ([{"subnet": "fd00:89::/64", "gateway": "fd00:88::1"}], ["fd00:89::5"], None,
+     "outside the subnet"),
+    ([{"subnet": "fd00:89::1/64"}], ["fd00:89::5"], None, "host bits"),
+    (DUAL, ["10.89.0.5"], [{"host_ip": "::1", "container_port": 80, "host_port": 80}],
+     "cannot publish on ::1"),
+])
+def test_bad_definitions_are_refused(subnets: list[dict[str, str]], ips: list[str],
+                                     ports: list[dict[str, Any]] | None, words: str) -> None:
+    with pytest.raises(InvalidInput, match=words):
+        netavark.parse_options(options(subnets, ips, ports))
