@@ -35,6 +35,36 @@ CASES = [
     (["network", "create", "x;nft flush ruleset"], "invalid network name"),
     (["network", "create", "../../etc"], "invalid network name"),
     (["network", "create", "n2", "--driver", "macvlan"], "unsupported network driver"),
+    # Both families (the network six is dual stack, fd00:90::/64).
+    (["network", "create", "n2", "--ipv6", "--subnet", "fd00:90::/72"], "overlaps network six"),
+    (["network", "create", "n2", "--ipv6", "--subnet", "2001:db8:51::/64"], "overlaps host"),
+    (["network", "create", "n2", "--ipv6", "--subnet", "fd00:91::/64", "--gateway",
+      "fd00:92::1"], "outside the subnet"),
+    (["network", "create", "n2", "--ipv4=false"], "--ipv4=false needs --ipv6"),
+    (["network", "create", "n2", "--subnet", "fd00:91::/64"], "is IPv6 but the network is not"),
+    (["network", "create", "n2", "--ipv6", "--subnet", "fe80::/64"], "special-purpose"),
+    (["run", "-d", "--name", "w2", "--network", "six", "--ip6", "fd00:99::5", "--", "sleep",
+      "1"], "outside the subnet"),
+    (["run", "-d", "--name", "w2", "--network", "six", "--ip6", "10.94.0.9", "--", "sleep",
+      "1"], "not an IPv6 address"),
+    (["run", "-d", "--name", "w2", "--network", "six", "--ip", "fd00:90::9", "--", "sleep",
+      "1"], "not an IPv4 address"),
+    (["run", "-d", "--name", "w2", "--network", "app", "--ip6", "fd00:90::5", "--", "sleep",
+      "1"], "has no IPv6 subnet"),
+    (["run", "-d", "--name", "w2", "--network", "none", "--ip6", "fd00:90::5", "--", "sleep",
+      "1"], "need a bridge network"),
+    (["run", "-d", "--name", "w2", "--network", "six", "-p", "[fd00::1:8080:80", "--",
+      "sleep", "1"], "invalid port spec"),
+    (["run", "-d", "--name", "w2", "--network", "six", "-p", "[2001:db8::zz]:8080:80", "--",
+      "sleep", "1"], "invalid port spec"),
+    (["run", "-d", "--name", "w2", "--network", "six", "-p", "[::1]:8080:80", "--", "sleep",
+      "1"], "cannot publish on ::1"),
+    (["run", "-d", "--name", "w2", "--network", "app", "-p", "[2001:db8:51::1]:8080:80", "--",
+      "sleep", "1"], "has no IPv6"),
+    (["run", "-d", "--name", "w2", "--network", "six", "-p", "[2001:db8:51::9]:8080:80", "--",
+      "sleep", "1"], "cannot assign requested address"),
+    (["network", "connect", "--ip6", "fd00:99::3", "six", "web"], "outside the subnet"),
+    (["network", "connect", "--ip6", "10.94.0.3", "six", "web"], "not an IPv6 address"),
     (["network", "rm", "nope"], "not found"),
     (["network", "rm", "app"], "has containers attached"),
     (["run", "-d", "--name", "web", "--", "sleep", "1"], "already in use"),
@@ -66,6 +96,8 @@ CASES = [
 def populated(sandbox: Sandbox) -> Sandbox:
     sandbox.pw("network", "create", "app", "--subnet", "10.90.0.0/24")
     sandbox.pw("network", "create", "other", "--subnet", "10.93.0.0/24")
+    sandbox.pw("network", "create", "six", "--ipv6", "--subnet", "10.94.0.0/24", "--subnet",
+               "fd00:90::/64")
     sandbox.pw("run", "-d", "--name", "web", "--network", "app", "--", "sleep", "300")
     return sandbox
 

@@ -98,6 +98,20 @@ def parse_address(what: str, text: str) -> IPAddress:
         ) from None
 
 
+def requested_addresses(ip: str | None, ip6: str | None) -> list[str]:
+    """--ip and --ip6, each checked for its family."""
+    out = []
+    for flag, text, version in (("--ip", ip, 4), ("--ip6", ip6, 6)):
+        if text is None:
+            continue
+        if parse_address(flag, text).version != version:
+            other = "--ip6" if version == 4 else "--ip"
+            raise InvalidInput(f"{flag} {text} is not an IPv{version} address",
+                               f"give it with {other}, or give an IPv{version} address")
+        out.append(text)
+    return out
+
+
 def check_host_address(what: str, address: IPAddress, subnet: IPNetwork) -> IPAddress:
     """An address that a host (gateway, container) may use inside the subnet."""
     if address.version != subnet.version or address not in subnet:

@@ -100,7 +100,7 @@ class Containers:
             if value is not None and (mode != "bridge" or len(refs) != 1):
                 raise InvalidInput(f"{flag} needs exactly one user network",
                                    "add --network NAME")
-        ips = [x for x in (ip, ip6) if x is not None]
+        ips = validate.requested_addresses(ip, ip6)
         with h.lock:
             if name is not None and h.store.name_taken("containers", name):
                 holder = h.container(name)
@@ -200,6 +200,7 @@ class Containers:
                 aliases: list[str] | None = None, ip6: str | None = None) -> dict[str, Any]:
         h = self.h
         alias_list = [validate.check_name("alias", a) for a in aliases or []]
+        ips = validate.requested_addresses(ip, ip6)
         with h.lock:
             net = h.network(network)
             c = h.own(container)
@@ -218,9 +219,7 @@ class Containers:
                          if names.container_ifname(i) not in used_if)
             try:
                 with h.sandbox_kernel.open(c.netns) as sandbox, h.store.transaction():
-                    endpoint = h.endpoints.new(c, net, index,
-                                               [x for x in (ip, ip6) if x is not None],
-                                               alias_list)
+                    endpoint = h.endpoints.new(c, net, index, ips, alias_list)
                     h.endpoints.attach(sandbox, c, endpoint, net,
                                        h.endpoints.wants_route(sandbox, net))
                     fault_point("connect.attach")
