@@ -86,9 +86,14 @@ def _root() -> Command:
         "trace", "follow a new connection hop by hop, rule by rule",
         args=(Arg("source", "SOURCE", help="a container, 'host', 'outside', or ns:NAME "
                   "(any named namespace)"),
-              Arg("destination", "DEST", help="CONTAINER:PORT or IP:PORT, with /udp for UDP")),
-        opts=(Opt("--from-ip", metavar="IP",
-                  help="the outside client's address (default 203.0.113.10)"),
+              Arg("destination", "DEST", help="CONTAINER:PORT, IPV4:PORT or [IPV6]:PORT, "
+                  "with /udp for UDP")),
+        opts=(Opt("--from-ip", metavar="IP", help="the outside client's address (default "
+                  "203.0.113.10, or 2001:db8:113::10 for IPv6)"),
+              Opt("-4", "flag", dest="ipv4", help="to a container with both families: "
+                  "trace IPv4 (the default where the source has it)"),
+              Opt("-6", "flag", dest="ipv6", help="to a container with both families: "
+                  "trace IPv6"),
               Opt("--live", "flag",
                   help="also send one real probe and show the kernel's own trace of it"),
               json_flag))
@@ -484,8 +489,11 @@ def dispatch(client: Client, a: Args) -> int:
 
             print(show_text(topo))
     elif a.command == "trace":
+        if a.ipv4 and a.ipv6:
+            raise ClientError("-4 and -6 exclude each other", "give one of them", 2)
+        family = {"family": 4 if a.ipv4 else 6} if a.ipv4 or a.ipv6 else {}
         result = client.call("trace", source=a.source, destination=a.destination,
-                             from_ip=a.from_ip, live=a.live)
+                             from_ip=a.from_ip, live=a.live, **family)
         if a.json:
             print_json(result["trace"])
         else:

@@ -25,6 +25,17 @@ ETHER_NAMES = {0x0800: "ip", 0x0806: "arp", 0x86DD: "ip6", 0x8100: "vlan"}
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
 
 
+def is_loopback(addr: IPAddress) -> bool:
+    """127/8 or ::1: the host's own, never routed (`fib daddr type` says local)."""
+    return addr.is_loopback
+
+
+def hostport(addr: IPAddress | str, port: int) -> str:
+    """ADDRESS:PORT as clients write it: [fd00::2]:80 for IPv6."""
+    text = str(addr)
+    return f"[{text}]:{port}" if ":" in text else f"{text}:{port}"
+
+
 class Absent:
     """A field the packet does not have (a TCP port of an ICMP packet, ARP fields of IP):
     a match on it is false whatever the operator, as the kernel's dependency check is."""
@@ -48,6 +59,15 @@ class Packet:
     mark: int = 0
     ct_status: frozenset[str] = frozenset()
     ct_state: str = "new"
+
+    @property
+    def version(self) -> int:
+        return self.daddr.version
+
+    @property
+    def family(self) -> str:
+        """The packet's address family as nftables names it in payloads: ip or ip6."""
+        return "ip" if self.daddr.version == 4 else "ip6"
 
 
 @dataclass(frozen=True)
@@ -206,6 +226,11 @@ class Ruleset:
 
     def _nat(self, family: str, table: str, kind: str, body: Any, run: _Run) -> bool:
         p = run.packet
+        if isinstance(body, dict) and body.get("family") in ("ip", "ip6") and \
+                body["family"] != p.family:
+            # `dnat ip` in an inet table leaves IPv6 packets alone (and `dnat ip6` IPv4
+            # ones): the rule goes on without a verdict, as if it did not match.
+            return False
         if kind == "masquerade" or (kind == "snat" and not (body or {}).get("addr")):
             source = run.masquerade_source.get(p.oif)
             if source is None:
@@ -226,8 +251,8 @@ class Ruleset:
             new_port = int(port) if port is not None else p.dport
             run.packet = replace(p, daddr=new_addr, dport=new_port,
                                  ct_status=p.ct_status | {"dnat"})
-            run.rewrites.append(f"destination {p.daddr}:{p.dport} -> {new_addr}:{new_port} "
-                                "(DNAT)")
+            run.rewrites.append(f"destination {hostport(p.daddr, p.dport)} -> "
+                                f"{hostport(new_addr, new_port)} (DNAT)")
         else:
             new_src = ipaddress.ip_address(str(addr)) if addr is not None else p.saddr
             run.packet = replace(p, saddr=new_src, ct_status=p.ct_status | {"snat"})
@@ -287,16 +312,19 @@ class Ruleset:
         (kind, body), = expr.items()
         if kind == "meta":
             key = body["key"]
+            v4 = p.version == 4
             return {"iifname": p.iif, "oifname": p.oif, "iif": p.iif, "oif": p.oif,
-                    "l4proto": p.l4proto, "protocol": "ip", "nfproto": "ipv4",
-                    "mark": p.mark}.get(key)
+                    "l4proto": p.l4proto, "protocol": "ip" if v4 else "ip6",
+                    "nfproto": "ipv4" if v4 else "ipv6", "mark": p.mark}.get(key)
         if kind == "payload":
+            if "protocol" not in body:  # a raw payload (@th,64,128): not modelled
+                return None
             return _payload(p, body["protocol"], body["field"])
         if kind == "ct":
             return {"state": p.ct_state, "status": p.ct_status, "mark": 0,
                     "direction": "original"}.get(body["key"])
         if kind == "fib" and body.get("result") == "type" and "daddr" in body.get("flags", []):
-            return "local" if p.daddr in run.local or p.daddr in LOOPBACK else "unicast"
+            return "local" if p.daddr in run.local or is_loopback(p.daddr) else "unicast"
         if kind == "concat":
             return tuple(self._value(e, run) for e in body)
         if kind in ("&", "|", "^"):
@@ -309,15 +337,22 @@ class Ruleset:
 
 
 def _payload(p: Packet, protocol: str, name: str) -> Any:
-    if protocol == "ip":
-        return {"saddr": p.saddr, "daddr": p.daddr, "protocol": p.l4proto}.get(name)
+    """A header field of p; ABSENT for a header p does not have (`ip saddr` of an IPv6
+    packet: in an inet or bridge table the kernel's implied protocol check fails)."""
+    if protocol in ("ip", "ip6"):
+        if protocol != p.family:
+            return ABSENT
+        return {"saddr": p.saddr, "daddr": p.daddr, "protocol": p.l4proto,
+                "nexthdr": p.l4proto}.get(name)
     if protocol in ("th", "tcp", "udp"):
         if p.l4proto not in ("tcp", "udp") or protocol not in ("th", p.l4proto):
             return ABSENT
         return {"sport": p.sport, "dport": p.dport}.get(name)
     if protocol == "ether":
-        return {"saddr": p.smac, "daddr": p.dmac, "type": "ip"}.get(name)
-    if protocol in ("arp", "ip6", "icmp", "icmpv6", "sctp"):
+        return {"saddr": p.smac, "daddr": p.dmac, "type": p.family}.get(name)
+    if (protocol, p.l4proto) in (("icmp", "icmp"), ("icmpv6", "ipv6-icmp")):
+        return None  # ICMP's own fields are not modelled: probes are TCP or UDP
+    if protocol in ("arp", "icmp", "icmpv6", "sctp"):
         return ABSENT
     return None
 
@@ -388,6 +423,8 @@ def describe(expr: Any) -> str:
         return f"meta {body['key']}" if body["key"] not in ("iifname", "oifname", "mark") \
             else body["key"]
     if kind == "payload":
+        if "protocol" not in body:
+            return f"@{body.get('base')},{body.get('offset')},{body.get('len')}"
         return f"{body['protocol']} {body['field']}"
     if kind == "ct":
         return f"ct {body['key']}"

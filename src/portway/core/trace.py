@@ -14,6 +14,10 @@ follows what Linux does with the first packet of a connection:
 
 Every netfilter hook lists every base chain on it, of every table and family,
 with the rule that decided (its comment, if it has one) or the chain's policy.
+
+Both address families: a packet is IPv4 or IPv6 by its addresses, and everything on
+its way is of its family (the route table, the `ip` or `ip6` tables beside `inet`,
+forwarding, bridge netfilter's call-iptables or call-ip6tables, neighbour discovery).
 """
 
 from __future__ import annotations
@@ -22,10 +26,65 @@ import ipaddress
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from portway.core.nftsim import LOOPBACK, Decision, Packet, Ruleset
-from portway.model.types import IPAddress
+from portway.core.nftsim import Decision, Packet, Ruleset, hostport, is_loopback
+from portway.errors import InvalidInput
+from portway.model.types import IPAddress, IPInterface, IPNetwork
 
 IP_FAMILIES = ("ip", "inet")
+IP6_FAMILIES = ("ip6", "inet")
+
+
+def ip_families(packet: Packet) -> tuple[str, ...]:
+    """The table families whose chains see packet at the IP hooks."""
+    return IP_FAMILIES if packet.version == 4 else IP6_FAMILIES
+
+
+def asks(addr: IPAddress) -> str:
+    """Who finds a next hop's MAC: ARP (IPv4) or neighbour discovery (IPv6)."""
+    return "ARP" if addr.version == 4 else "neighbour discovery"
+
+
+BRACKETS_HINT = "write an IPv6 address with its port as [ADDR]:PORT, e.g. [fd00::2]:80"
+
+
+def split_destination(text: str) -> tuple[str, int | None, str]:
+    """NAME-or-IP[:PORT][/PROTO]; an IPv6 address with a port as [ADDR]:PORT."""
+    proto = "tcp"
+    if "/" in text:
+        text, _, proto = text.rpartition("/")
+        if proto not in ("tcp", "udp"):
+            raise InvalidInput(f"unknown protocol {proto!r} in the destination",
+                               "use /tcp or /udp")
+    raw: str | None = None
+    if text.startswith("["):
+        inner, closed, rest = text[1:].partition("]")
+        try:
+            ipaddress.IPv6Address(inner)
+        except ValueError:
+            raise InvalidInput(f"invalid IPv6 address {inner!r} in the destination "
+                               f"{text!r}", BRACKETS_HINT) from None
+        if not closed or (rest and not rest.startswith(":")):
+            raise InvalidInput(f"malformed destination {text!r}", BRACKETS_HINT)
+        text, raw = inner, (rest[1:] if rest else None)
+    elif text.count(":") > 1:
+        try:
+            ipaddress.IPv6Address(text)
+        except ValueError:
+            raise InvalidInput(f"malformed destination {text!r}",
+                               f"give NAME:PORT, IPV4:PORT or [IPV6]:PORT; "
+                               f"{BRACKETS_HINT}") from None
+        raise InvalidInput(f"no port in {text!r}", f"say which port: [{text}]:80")
+    elif ":" in text:
+        text, _, raw = text.rpartition(":")
+    port: int | None = None
+    if raw is not None:
+        if not raw.isdigit() or not 0 < int(raw) < 65536:
+            raise InvalidInput(f"invalid port {raw!r} in the destination",
+                               "give a port between 1 and 65535, e.g. web:80")
+        port = int(raw)
+    if not text:
+        raise InvalidInput("the destination is empty", "give NAME[:PORT] or IP[:PORT]")
+    return text, port, proto
 
 
 @dataclass(frozen=True)
@@ -35,7 +94,7 @@ class Iface:
     kind: str = ""
     mac: str = ""
     up: bool = True
-    addrs: tuple[ipaddress.IPv4Interface, ...] = ()
+    addrs: tuple[IPInterface, ...] = ()
     master: str = ""
     peer: tuple[str, str] | None = None  # (namespace key, ifname) of a veth's other end
     route_localnet: bool = False
@@ -44,7 +103,7 @@ class Iface:
 
 @dataclass(frozen=True)
 class Route:
-    dst: ipaddress.IPv4Network
+    dst: IPNetwork
     dev: str
     gateway: IPAddress | None = None
     prefsrc: IPAddress | None = None
@@ -69,7 +128,8 @@ class Space:
     routes: list[Route]
     listeners: set[tuple[str, str, int]] = field(default_factory=set)  # proto, addr, port
     ruleset: list[dict[str, Any]] = field(default_factory=list)
-    forwarding: bool = False
+    forwarding: bool = False  # net.ipv4.ip_forward
+    forwarding6: bool = False  # net.ipv6.conf.all.forwarding
     # (device, address) -> (MAC, state): the neighbour (ARP) table
     neighbours: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
     # (bridge, MAC) -> port: what each bridge has learned
@@ -79,7 +139,7 @@ class Space:
         """How the next hop's MAC is known: from the table, or by asking first."""
         found = self.neighbours.get((dev, str(addr)))
         if found is None or found[1] in ("failed", "incomplete"):
-            return f"{addr} is not in the neighbour table of {dev}: ARP asks first"
+            return f"{addr} is not in the neighbour table of {dev}: {asks(addr)} asks first"
         return f"neighbour {addr} is {found[0]} ({found[1]})"
 
     def learned(self, bridge: str, mac: str, port: str) -> str:
@@ -97,16 +157,32 @@ class Space:
     def local(self) -> frozenset[IPAddress]:
         return frozenset(a.ip for i in self.ifaces for a in i.addrs)
 
-    def first_address(self, dev: str) -> IPAddress | None:
+    def first_address(self, dev: str, version: int = 4,
+                      towards: IPAddress | None = None) -> IPAddress | None:
+        """The source address the kernel picks on dev for a destination of the family
+        (towards: the destination, for IPv6's choice between link-local and the rest)."""
         iface = self.iface(dev)
-        return iface.addrs[0].ip if iface and iface.addrs else None
+        if iface is None:
+            return None
+        mine = [a.ip for a in iface.addrs if a.version == version]
+        if version == 6:
+            link_local = towards is not None and towards.is_link_local
+            same = [a for a in mine if a.is_link_local == link_local]
+            mine = same or mine
+        return mine[0] if mine else None
+
+    def forwards(self, version: int) -> bool:
+        return self.forwarding if version == 4 else self.forwarding6
 
     def lookup(self, daddr: IPAddress) -> Route | None:
-        """The main table, longest prefix first (policy routing is not modelled)."""
+        """The main table of daddr's family, longest prefix first (policy routing is not
+        modelled)."""
         best: Route | None = None
         for r in self.routes:
-            if daddr in r.dst and (best is None or r.dst.prefixlen > best.dst.prefixlen or (
-                    r.dst.prefixlen == best.dst.prefixlen and r.metric < best.metric)):
+            if r.dst.version != daddr.version or daddr not in r.dst:
+                continue
+            if best is None or r.dst.prefixlen > best.dst.prefixlen or (
+                    r.dst.prefixlen == best.dst.prefixlen and r.metric < best.metric):
                 best = r
         return best
 
@@ -130,6 +206,10 @@ class World:
     host: Space
     spaces: dict[str, Space]  # container namespaces by key
     bridge_nf: bool = True  # net.bridge.bridge-nf-call-iptables in the host
+    bridge_nf6: bool = True  # net.bridge.bridge-nf-call-ip6tables in the host
+
+    def bridge_netfilter(self, version: int) -> bool:
+        return self.bridge_nf if version == 4 else self.bridge_nf6
 
     def space(self, key: str) -> Space:
         return self.host if key == self.host.key else self.spaces[key]
@@ -191,7 +271,7 @@ class _Walk:
         self.trace.verdict, self.trace.summary = verdict, summary
         if packet is not None:
             self.trace.seen_source = str(packet.saddr)
-            self.trace.seen_destination = f"{packet.daddr}:{packet.dport}"
+            self.trace.seen_destination = hostport(packet.daddr, packet.dport)
         raise _Done
 
     def ruleset(self, space: Space) -> Ruleset:
@@ -201,7 +281,8 @@ class _Walk:
 
     def hook(self, space: Space, families: tuple[str, ...], hook: str,
              packet: Packet, nat: bool = True) -> Packet:
-        masq = {i.name: a for i in space.ifaces if (a := space.first_address(i.name))}
+        masq = {i.name: a for i in space.ifaces
+                if (a := space.first_address(i.name, packet.version, packet.daddr))}
         route = space.lookup(packet.daddr) if hook == "postrouting" else None
         if route is not None and route.prefsrc is not None:
             masq[route.dev] = route.prefsrc
@@ -229,20 +310,21 @@ class _Walk:
     def from_namespace(self, space: Space, packet: Packet) -> None:
         """A process in space opens the connection."""
         route = self.route(space, packet)
-        if packet.saddr == ipaddress.IPv4Address(0):
-            src = packet.daddr if route is None else (route.prefsrc
-                                                      or space.first_address(route.dev))
+        if packet.saddr.is_unspecified:
+            src = packet.daddr if route is None else (
+                route.prefsrc or space.first_address(route.dev, packet.version, packet.daddr))
             packet = replace(packet, saddr=src or packet.saddr)
         packet = replace(packet, oif=route.dev if route else "lo")
         before = packet.daddr
-        packet = self.hook(space, IP_FAMILIES, "output", packet)
+        families = ip_families(packet)
+        packet = self.hook(space, families, "output", packet)
         if packet.daddr != before:  # DNAT in output: the kernel routes again
             route = self.route(space, packet, again=True)
             packet = replace(packet, oif=route.dev if route else "lo")
-        packet = self.hook(space, IP_FAMILIES, "postrouting", packet)
+        packet = self.hook(space, families, "postrouting", packet)
         if route is None:
             # Over loopback: prerouting again (the connection's NAT is already set), input.
-            packet = self.hook(space, IP_FAMILIES, "prerouting",
+            packet = self.hook(space, families, "prerouting",
                                replace(packet, iif="lo", oif=""), nat=False)
             self.to_local(space, packet)
             return
@@ -252,7 +334,7 @@ class _Walk:
               iif: str | None = None) -> Route | None:
         """None for a local destination; ends the walk when there is no way."""
         what = "route lookup again (destination rewritten)" if again else "route lookup"
-        if packet.daddr in space.local() or packet.daddr in LOOPBACK:
+        if packet.daddr in space.local() or is_loopback(packet.daddr):
             self.hop("route", space.label, f"{what}: {packet.daddr} is local")
             return None
         route = space.lookup(packet.daddr)
@@ -273,20 +355,23 @@ class _Walk:
         return route
 
     def to_local(self, space: Space, packet: Packet) -> None:
-        packet = self.hook(space, IP_FAMILIES, "input", packet)
+        packet = self.hook(space, ip_families(packet), "input", packet)
         self.socket(space, packet)
 
     def socket(self, space: Space, packet: Packet) -> None:
-        for addr in (str(packet.daddr), "0.0.0.0", "::"):
+        # A socket on :: takes IPv4 too (unless IPV6_V6ONLY, which is not observed).
+        wildcards = ("0.0.0.0", "::") if packet.version == 4 else ("::",)
+        for addr in (str(packet.daddr), *wildcards):
             if (packet.l4proto, addr, packet.dport) in space.listeners:
                 self.hop("socket", space.label, f"a {packet.l4proto} socket listens on "
-                         f"{addr}:{packet.dport}; it sees the connection from "
-                         f"{packet.saddr}:{packet.sport}")
+                         f"{hostport(addr, packet.dport)}; it sees the connection from "
+                         f"{hostport(packet.saddr, packet.sport)}")
                 self.end("delivered", f"delivered to {space.label}, "
-                         f"{packet.daddr}:{packet.dport}/{packet.l4proto}", packet)
+                         f"{hostport(packet.daddr, packet.dport)}/{packet.l4proto}", packet)
         answer = "TCP RST" if packet.l4proto == "tcp" else "ICMP port unreachable"
-        self.hop("socket", space.label, f"nothing listens on {packet.daddr}:{packet.dport}/"
-                 f"{packet.l4proto}: the answer is {answer}")
+        self.hop("socket", space.label, f"nothing listens on "
+                 f"{hostport(packet.daddr, packet.dport)}/{packet.l4proto}: the answer is "
+                 f"{answer}")
         self.end("no-listener", f"reaches {space.label}, but nothing listens on "
                  f"{packet.dport}/{packet.l4proto} ({answer})", packet)
 
@@ -317,7 +402,7 @@ class _Walk:
             self.hop("leave", space.label, f"out of {iface.name} towards {nexthop}: leaves "
                      f"the host with source {packet.saddr}")
             self.end("leaves-host", f"leaves the host through {iface.name}; the far end sees "
-                     f"{packet.saddr}:{packet.sport}", packet)
+                     f"{hostport(packet.saddr, packet.sport)}", packet)
         else:
             self.end("leaves-host", f"leaves {space.label} through {iface.name}", packet)
 
@@ -349,7 +434,7 @@ class _Walk:
         found = self.holder(bridge.name, nexthop)
         if found is None:
             self.hop("bridge", bridge.name, f"nothing behind {bridge.name} has {nexthop}: "
-                     "ARP gets no answer")
+                     f"{asks(nexthop)} gets no answer")
             self.end("no-route", f"no container holds {nexthop} on {bridge.name}", packet)
         assert found is not None
         return found
@@ -383,18 +468,19 @@ class _Walk:
             return
         self.hop("bridge", bridge.name, f"{host.learned(bridge.name, dmac, out_port.name)} "
                  f"({space.label}): bridged, not routed")
-        if self.world.bridge_nf:
+        call = "bridge-nf-call-iptables" if packet.version == 4 else "bridge-nf-call-ip6tables"
+        if self.world.bridge_netfilter(packet.version):
             ip = replace(packet, iif=bridge.name, oif=bridge.name)
-            self.hop("bridge", bridge.name, "bridge netfilter is on "
-                     "(bridge-nf-call-iptables=1): the IP hooks see this bridged packet, "
-                     f"with {bridge.name} as both devices")
-            ip = self.hook(host, IP_FAMILIES, "prerouting", ip)
-            ip = self.hook(host, IP_FAMILIES, "forward", ip)
-            ip = self.hook(host, IP_FAMILIES, "postrouting", ip)
+            self.hop("bridge", bridge.name, f"bridge netfilter is on ({call}=1): the IP "
+                     f"hooks see this bridged packet, with {bridge.name} as both devices")
+            families = ip_families(packet)
+            ip = self.hook(host, families, "prerouting", ip)
+            ip = self.hook(host, families, "forward", ip)
+            ip = self.hook(host, families, "postrouting", ip)
             packet = replace(ip, iif=port.name, oif=out_port.name)
         else:
-            self.hop("bridge", bridge.name, "bridge netfilter is off: the IP hooks do not "
-                     "see bridged packets")
+            self.hop("bridge", bridge.name, f"bridge netfilter is off ({call}=0): the IP "
+                     "hooks do not see bridged packets")
             packet = replace(packet, oif=out_port.name)
         packet = self.hook(host, ("bridge",), "forward", packet)
         self.out_of_port(out_port, space, inner, packet)
@@ -403,9 +489,16 @@ class _Walk:
         """A packet arriving at the host's IP layer on iif."""
         host = self.world.host
         packet = replace(packet, iif=iif, oif="")
-        packet = self.hook(host, IP_FAMILIES, "prerouting", packet)
+        if packet.version == 6 and is_loopback(packet.daddr) and iif != "lo":
+            self.hop("route", host.label, f"::1 arriving on {iif}: IPv6 drops a loopback "
+                     "destination from any other interface on receipt, before any "
+                     "netfilter hook (it has no route_localnet)")
+            self.end("dropped", f"the kernel drops ::1 arriving on {iif} (martian "
+                     "destination)", packet)
+        families = ip_families(packet)
+        packet = self.hook(host, families, "prerouting", packet)
         iface = host.iface(iif)
-        if packet.daddr in LOOPBACK and not (iface and iface.route_localnet):
+        if is_loopback(packet.daddr) and not (iface and iface.route_localnet):
             self.hop("route", host.label, f"{packet.daddr} arriving on {iif}: a martian "
                      "destination (127/8 from outside), which the kernel drops")
             self.end("dropped", f"the kernel drops {packet.daddr} arriving on {iif} "
@@ -414,18 +507,21 @@ class _Walk:
         if route is None:
             self.to_local(host, packet)
             return
-        if not host.forwarding:
-            self.hop("route", host.label, "net.ipv4.ip_forward is 0: nothing is forwarded")
-            self.end("dropped", "the host does not forward (ip_forward=0)", packet)
+        if not host.forwards(packet.version):
+            key = "net.ipv4.ip_forward" if packet.version == 4 else \
+                "net.ipv6.conf.all.forwarding"
+            self.hop("route", host.label, f"{key} is 0: nothing is forwarded")
+            self.end("dropped", f"the host does not forward ({key.rsplit('.', 1)[-1]}=0 "
+                     f"for IPv{packet.version})", packet)
         packet = replace(packet, oif=route.dev)
-        packet = self.hook(host, IP_FAMILIES, "forward", packet)
-        packet = self.hook(host, IP_FAMILIES, "postrouting", packet)
+        packet = self.hook(host, families, "forward", packet)
+        packet = self.hook(host, families, "postrouting", packet)
         self.egress(host, route, packet)
 
     def ingress(self, space: Space, ifname: str, packet: Packet) -> None:
         """A packet arriving in a (container) namespace on ifname."""
         packet = replace(packet, iif=ifname, oif="")
-        packet = self.hook(space, IP_FAMILIES, "prerouting", packet)
+        packet = self.hook(space, ip_families(packet), "prerouting", packet)
         if packet.daddr in space.local():
             self.hop("route", space.label, f"route lookup: {packet.daddr} is local")
             self.to_local(space, packet)
@@ -442,8 +538,9 @@ def trace(world: World, source: str, packet: Packet, label: str, destination: st
     walk = _Walk(world, result)
     try:
         if source == "outside":
-            walk.hop("leave", "outside", f"a client at {packet.saddr}:{packet.sport} sends to "
-                     f"{packet.daddr}:{packet.dport}; it arrives on {packet.iif}")
+            walk.hop("leave", "outside", f"a client at {hostport(packet.saddr, packet.sport)} "
+                     f"sends to {hostport(packet.daddr, packet.dport)}; it arrives on "
+                     f"{packet.iif}")
             walk.host_in(packet, packet.iif)
         else:
             walk.from_namespace(world.space(source), packet)

@@ -268,11 +268,11 @@ class Engine:
                     "running": self.dns.running()}
 
     def trace(self, source: str, destination: str, from_ip: str | None = None,
-              live: bool = False) -> dict[str, Any]:
+              live: bool = False, family: int | None = None) -> dict[str, Any]:
         from portway.engine import tracer
 
         with self.lock:
-            return tracer.run(self, source, destination, from_ip, live)
+            return tracer.run(self, source, destination, from_ip, live, family)
 
     def gc(self, dry_run: bool = False) -> list[str]:
         from portway.engine import repair

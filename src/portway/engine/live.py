@@ -20,7 +20,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from portway.core import trace as core
-from portway.core.nftsim import Packet, rule_text
+from portway.core.nftsim import Packet, hostport, rule_text
 from portway.errors import KernelError
 from portway.kernel import links, netns, nftrace
 from portway.model.types import IPAddress
@@ -43,12 +43,13 @@ def _match(proto: str, sport: int, dport: int, daddr: str, saddr: str | None) ->
     def eq(left: Any, right: Any) -> dict[str, Any]:
         return {"match": {"op": "==", "left": left, "right": right}}
 
+    ip = "ip" if ipaddress.ip_address(daddr).version == 4 else "ip6"
     out = [eq({"meta": {"key": "l4proto"}}, proto),
            eq({"payload": {"protocol": "th", "field": "sport"}}, sport),
            eq({"payload": {"protocol": "th", "field": "dport"}}, dport),
-           eq({"payload": {"protocol": "ip", "field": "daddr"}}, daddr)]
+           eq({"payload": {"protocol": ip, "field": "daddr"}}, daddr)]
     if saddr is not None:
-        out.append(eq({"payload": {"protocol": "ip", "field": "saddr"}}, saddr))
+        out.append(eq({"payload": {"protocol": ip, "field": "saddr"}}, saddr))
     return out
 
 
@@ -109,17 +110,19 @@ def run(engine: Engine, world: core.World, src_key: str, packet: Packet,
             ipr = netns.create_netns(probe_ns, lambda ipr: links.setup_probe(ipr, tag))
             fd = os.open(netns.netns_path(probe_ns), os.O_RDONLY | os.O_CLOEXEC)
             try:
-                links.add_probe_link(engine.host, ipr, fd, probe_if, packet.saddr,
-                                     _facing(host, packet.saddr))
+                if packet.version == 4:
+                    links.add_probe_link(engine.host, ipr, fd, probe_if, packet.saddr,
+                                         _facing(host, packet.saddr))
+                else:
+                    links.add_probe_link6(engine.host, ipr, fd, probe_if, packet.saddr)
             finally:
                 os.close(fd)
                 ipr.close()
             # The only hop allowed to differ from the static path: the ingress device.
             probe_world = core.World(host=replace(host, ifaces=[
                 *host.ifaces, core.Iface(probe_if, 0, "veth")], routes=[
-                *host.routes, core.Route(ipaddress.IPv4Network(f"{packet.saddr}/32"),
-                                         probe_if)]), spaces=world.spaces,
-                bridge_nf=world.bridge_nf)
+                *host.routes, core.Route(ipaddress.ip_network(packet.saddr), probe_if)]),
+                spaces=world.spaces, bridge_nf=world.bridge_nf, bridge_nf6=world.bridge_nf6)
             compare_static = core.trace(probe_world, "outside", replace(packet, iif=probe_if),
                                         label, destination)
         engine.nft.apply(trace_tables(packet.l4proto, sport, packet.dport, str(packet.daddr),
@@ -154,7 +157,7 @@ def _facing(host: core.Space, client: IPAddress) -> IPAddress:
     """The host address a client at `client` reaches the host by."""
     route = host.lookup(client)
     addr = route.prefsrc if route and route.prefsrc else \
-        host.first_address(route.dev) if route else None
+        host.first_address(route.dev, client.version, client) if route else None
     if addr is None:
         raise KernelError(f"no host address faces {client}",
                           "give --from-ip an address beyond one of the host's interfaces")
@@ -205,12 +208,12 @@ def _report(events: list[nftrace.TraceEvent], connections: list[nftrace.Connecti
         verdict = "dropped"
         summary = f"no answer ({outcome}) and no netfilter rule dropped it: the kernel " \
                   "itself did (a martian, rp_filter, a missing neighbour...)"
-    src = packet.saddr if outside else local[0]
+    src = packet.saddr if outside else ipaddress.ip_address(local[0].partition("%")[0])
     entry = next((c for c in connections if c.orig == (str(src), sport, str(packet.daddr),
                                                        packet.dport)), None)
     seen: tuple[str, str] | None = None
     if entry is not None and verdict in ("delivered", "no-listener", "leaves-host"):
-        seen = (entry.reply[2], f"{entry.reply[0]}:{entry.reply[1]}")
+        seen = (entry.reply[2], hostport(entry.reply[0], entry.reply[1]))
     elif any("untracked" in r for h in compare_static.hops if h.decision
              for r in h.decision.rewrites):
         notes.append("the probe is untracked (notrack): conntrack keeps no entry for it")
@@ -222,8 +225,9 @@ def _report(events: list[nftrace.TraceEvent], connections: list[nftrace.Connecti
         (compare_static.seen_source, compare_static.seen_destination), seen)
     hops = [{**s.as_dict(), "hook": hooks.get((s.family, s.table, s.chain), "")}
             for s in steps]
-    return {"probe": {"protocol": packet.l4proto, "source": f"{src}:{sport}",
-                      "destination": f"{packet.daddr}:{packet.dport}", "outcome": outcome},
+    return {"probe": {"protocol": packet.l4proto, "source": hostport(src, sport),
+                      "destination": hostport(packet.daddr, packet.dport),
+                      "outcome": outcome},
             "hops": hops, "verdict": verdict, "summary": summary,
             "stopped_at": (stopped.chain if stopped else None),
             "seen_source": seen[0] if seen else None,

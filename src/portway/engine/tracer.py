@@ -9,22 +9,24 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pyroute2 import IPRoute
 
 from portway.core import trace as core
-from portway.core.nftsim import Packet
+from portway.core.nftsim import Packet, hostport
 from portway.errors import InvalidInput, NotFound
 from portway.kernel import links, netns, observe
 from portway.kernel.nft import Nft
-from portway.model.types import Container, IPAddress
+from portway.model.types import Container, Endpoint, IPAddress, IPInterface
 
 if TYPE_CHECKING:
     from portway.engine import Engine
 
 HOST = "host"
 OUTSIDE_DEFAULT = "203.0.113.10"  # TEST-NET-3: a client somewhere beyond the uplink
+OUTSIDE_DEFAULT6 = "2001:db8:113::10"  # the IPv6 documentation prefix, likewise
 SOURCE_PORT = 40000
 
 
@@ -35,23 +37,25 @@ def _space(key: str, label: str, ipr: IPRoute, rules: list[dict[str, Any]],
     ifaces = []
     by_index = {link.index: link for link in links.observe_links(ipr)}
     for link in by_index.values():
-        addrs = tuple(links.observe_addresses(ipr, link.index))
+        addrs: tuple[IPInterface, ...] = (*links.observe_addresses(ipr, link.index),
+                                          *links.observe_addresses6(ipr, link.index))
         master = by_index[link.master].ifname if link.master in by_index else ""
         localnet = observe.read_sysctl(f"net.ipv4.conf.{link.ifname}.route_localnet") == "1"
         ifaces.append(core.Iface(name=link.ifname, index=link.index, kind=link.kind,
                                  mac=link.mac, up=link.up, addrs=addrs, master=master,
                                  peer=peers.get(link.ifname), route_localnet=localnet,
                                  link_index=link.peer if link.kind == "veth" else 0))
-    routes = [core.Route(dst=ipaddress.IPv4Network(r["dst"]), dev=r["dev"],
+    routes = [core.Route(dst=ipaddress.ip_network(r["dst"]), dev=r["dev"],
                          gateway=ipaddress.ip_address(r["gateway"]) if r["gateway"] else None,
                          prefsrc=ipaddress.ip_address(r["prefsrc"]) if r["prefsrc"] else None,
                          kind=r["kind"], metric=r["metric"])
               for r in observe.route_table(ipr)]
     listeners = {(proto, addr, port) for proto in ("tcp", "udp")
-                 for addr, port in observe.listening(proto)}
+                 for addr, port in observe.listening(proto, exact=True)}
     return core.Space(key=key, label=label, ifaces=ifaces, routes=routes,
                       listeners=listeners, ruleset=rules,
                       forwarding=observe.read_sysctl("net.ipv4.ip_forward") == "1",
+                      forwarding6=observe.read_sysctl("net.ipv6.conf.all.forwarding") == "1",
                       neighbours=observe.neighbours(ipr), fdb=observe.bridge_fdb(ipr))
 
 
@@ -84,6 +88,7 @@ def observe_world(engine: Engine) -> tuple[core.World, dict[str, Container]]:
             inner_peers.setdefault(key, {})[e.ifname] = (HOST, e.host_ifname)
     host = _space(HOST, "host", engine.host, engine.nft.list_ruleset(), host_peers)
     bridge_nf = observe.read_sysctl("net.bridge.bridge-nf-call-iptables") == "1"
+    bridge_nf6 = observe.read_sysctl("net.bridge.bridge-nf-call-ip6tables") == "1"
     spaces: dict[str, core.Space] = {}
     for key, c in containers.items():
         def record(c: Container = c, key: str = key) -> core.Space:
@@ -96,143 +101,217 @@ def observe_world(engine: Engine) -> tuple[core.World, dict[str, Container]]:
                 ipr.close()
                 nft.close()
         spaces[key] = netns.in_netns(c.netns, record)
-    return core.World(host=host, spaces=spaces, bridge_nf=bridge_nf), containers
+    return core.World(host=host, spaces=spaces, bridge_nf=bridge_nf,
+                      bridge_nf6=bridge_nf6), containers
 
 
-def _split_target(text: str) -> tuple[str, int | None, str]:
-    """NAME-or-IP[:PORT][/PROTO]"""
-    proto = "tcp"
-    if "/" in text:
-        text, _, proto = text.rpartition("/")
-        if proto not in ("tcp", "udp"):
-            raise InvalidInput(f"unknown protocol {proto!r} in the destination",
-                               "use /tcp or /udp")
-    port: int | None = None
-    if ":" in text:
-        text, _, raw = text.rpartition(":")
-        if not raw.isdigit() or not 0 < int(raw) < 65536:
-            raise InvalidInput(f"invalid port {raw!r} in the destination",
-                               "give a port between 1 and 65535, e.g. web:80")
-        port = int(raw)
-    if not text:
-        raise InvalidInput("the destination is empty", "give NAME[:PORT] or IP[:PORT]")
-    return text, port, proto
+def _family_flag(version: int) -> str:
+    return f"-{version}"
 
 
-def run(engine: Engine, source: str, destination: str, from_ip: str | None,
-        live: bool = False) -> dict[str, Any]:
-    name, port, proto = _split_target(destination)
-    if from_ip is not None:
-        try:
-            ipaddress.IPv4Address(from_ip)
-        except ValueError:
-            raise InvalidInput(f"invalid --from-ip {from_ip!r}",
-                               "give an IPv4 address, e.g. 203.0.113.7") from None
-        if source != "outside":
-            raise InvalidInput("--from-ip is for an outside source",
-                               "use it with 'portway trace outside ...'")
-    if port is None:
-        raise InvalidInput(f"no port in {destination!r}",
-                           f"say which port: {name}:80, or {name}:53/udp")
-    world, containers = observe_world(engine)
-    by_name = {c.name: key for key, c in containers.items()}
-    notes: list[str] = []
+def _parse_from_ip(from_ip: str | None, source: str, family: int | None
+                   ) -> tuple[IPAddress | None, int | None]:
+    """--from-ip as an address, and the family it implies (or the one asked for)."""
+    if from_ip is None:
+        return None, family
+    try:
+        client = ipaddress.ip_address(from_ip)
+    except ValueError:
+        raise InvalidInput(f"invalid --from-ip {from_ip!r}",
+                           "give an IPv4 or IPv6 address, e.g. 203.0.113.7 or "
+                           "2001:db8::7") from None
+    if source != "outside":
+        raise InvalidInput("--from-ip is for an outside source",
+                           "use it with 'portway trace outside ...'")
+    if family is not None and family != client.version:
+        raise InvalidInput(f"--from-ip {client} is IPv{client.version}, but "
+                           f"{_family_flag(family)} asks for IPv{family}",
+                           "give an address of that family, or drop "
+                           f"{_family_flag(family)}")
+    return client, client.version
 
+
+def _source(engine: Engine, world: core.World, containers: dict[str, Container],
+            source: str) -> str:
+    """The key of the source in world (observing a foreign namespace if asked)."""
     if source in ("host", "outside"):
-        src_key = source
-    elif source.startswith("ns:"):
+        return source
+    if source.startswith("ns:"):
         ns_name = source[3:]
         if not ns_name or "/" in ns_name or ns_name in (".", "..") or \
                 not netns.netns_exists(ns_name):
             raise NotFound(f"no network namespace {ns_name!r}",
                            "give one that 'ip netns list' shows, as ns:NAME")
-        src_key = observe_foreign(engine, world, ns_name)
-    elif source in by_name:
-        src_key = by_name[source]
-    else:
-        c = engine.store.find_container(source)
-        if c is None or c.network_mode == "host":
-            raise NotFound(f"no such source {source!r}",
-                           "give a container name, 'host' or 'outside'")
-        src_key = os.path.basename(c.netns)
-        if src_key not in containers:
-            raise NotFound(f"container {c.name} has no network namespace",
-                           "run 'portway gc' to repair it")
+        return observe_foreign(engine, world, ns_name)
+    by_name = {c.name: key for key, c in containers.items()}
+    if source in by_name:
+        return by_name[source]
+    c = engine.store.find_container(source)
+    if c is None or c.network_mode == "host":
+        raise NotFound(f"no such source {source!r}",
+                       "give a container name, 'host' or 'outside'")
+    key = os.path.basename(c.netns)
+    if key not in containers:
+        raise NotFound(f"container {c.name} has no network namespace",
+                       "run 'portway gc' to repair it")
+    return key
+
+
+def _families_of(world: core.World, src_key: str, client: IPAddress | None) -> set[int]:
+    """The families the source can send: those of its addresses (not loopback or
+    link-local), or of the outside client."""
+    if client is not None:
+        return {client.version}
+    space = world.host if src_key in ("host", "outside") else world.space(src_key)
+    return {a.version for i in space.ifaces for a in i.addrs
+            if not a.ip.is_loopback and not a.ip.is_link_local}
+
+
+@dataclass
+class _Target:
+    """Where the probe goes: the address and port, how to call it, notes on the way."""
 
     daddr: IPAddress
-    dport = port
-    dst_label = destination
-    try:
-        daddr = ipaddress.ip_address(name)
-    except ValueError:
-        target = engine.h.container(name)
-        eps = engine.store.endpoints(container_id=target.id)
-        if not eps:
-            raise InvalidInput(f"container {target.name} has no address on a bridge network",
-                               "trace to an IP address instead") from None
-        shared = []
-        if src_key in containers:
-            mine = {e.network_id for e in
-                    engine.store.endpoints(container_id=containers[src_key].id)}
-            shared = [e for e in eps if e.network_id in mine]
-        chosen = min(shared or eps, key=lambda e: e.ifname)
-        daddr = chosen.address
-        published = next((p for p in target.ports if p.container_port == port
-                          and p.protocol == proto), None)
-        if src_key == "outside":
-            if published is not None:
-                daddr, dport = _uplink_address(world, from_ip, published.host_ip), \
-                    published.host_port
-                where = f"{published.host_ip}:{published.host_port}" if published.host_ip \
-                    else f"port {published.host_port} of every host address"
-                notes.append(f"{target.name}'s {port}/{proto} is published on {where}: the "
-                             f"client connects to {daddr}:{dport}")
-            else:
-                notes.append(f"{port}/{proto} of {target.name} is not published: the client "
-                             "tries its address directly")
-        dst_label = f"{target.name} {daddr}:{dport}"
+    dport: int
+    label: str
+    notes: list[str]
 
+
+def _to_container(engine: Engine, world: core.World, containers: dict[str, Container],
+                  src_key: str, name: str, port: int, proto: str, family: int | None,
+                  client: IPAddress | None) -> _Target:
+    """A destination given by container name: its address of the chosen family on a
+    network it shares with the source (or its first), or for an outside source, the
+    host address its port is published on."""
+    target = engine.h.container(name)
+    eps = engine.store.endpoints(container_id=target.id)
+    if not eps:
+        raise InvalidInput(f"container {target.name} has no address on a bridge network",
+                           "trace to an IP address instead")
+    have = {a.version for e in eps for a in e.addresses}
+    notes: list[str] = []
+    if family is not None and family not in have:
+        other = min(have)
+        raise InvalidInput(f"container {target.name} has no IPv{family} address",
+                           f"trace its IPv{other} address with {_family_flag(other)}, "
+                           f"or drop {_family_flag(family)}")
+    if family is None:
+        can = _families_of(world, src_key, client)
+        family = min((have & can) or have)
+        if len(have) > 1:
+            notes.append(f"{target.name} has IPv4 and IPv6 addresses: IPv{family} is "
+                         f"traced, as a client trying IPv4 first would "
+                         f"({_family_flag(6 if family == 4 else 4)} traces the other)")
+    shared: list[Endpoint] = []
+    if src_key in containers:
+        mine = {e.network_id for e in
+                engine.store.endpoints(container_id=containers[src_key].id)}
+        shared = [e for e in eps if e.network_id in mine]
+    of_family = [e for e in (shared or eps) if any(a.version == family for a in e.addresses)] \
+        or [e for e in eps if any(a.version == family for a in e.addresses)]
+    chosen = min(of_family, key=lambda e: e.ifname)
+    daddr: IPAddress = next(a.ip for a in chosen.addresses if a.version == family)
+    dport = port
     if src_key == "outside":
-        client = ipaddress.ip_address(from_ip or OUTSIDE_DEFAULT)
-        route = world.host.lookup(client)
+        published = next((p for p in engine.h.publishing.published(target, eps)
+                          if p.container_port == port and p.protocol == proto
+                          and p.container_ip.version == family), None)
+        if published is not None:
+            daddr = _uplink_address(world, _client(client, family), published.host_ip)
+            dport = published.host_port
+            where = hostport(published.host_ip, published.host_port) if published.host_ip \
+                else f"port {published.host_port} of every host address"
+            notes.append(f"{target.name}'s {port}/{proto} is published on {where}: the "
+                         f"client connects to {hostport(daddr, dport)}")
+        else:
+            notes.append(f"{port}/{proto} of {target.name} is not published over "
+                         f"IPv{family}: the client tries its address directly")
+    return _Target(daddr, dport, f"{target.name} {hostport(daddr, dport)}", notes)
+
+
+def _client(client: IPAddress | None, family: int) -> IPAddress:
+    """The outside client's address: --from-ip, or a documentation address."""
+    if client is not None:
+        return client
+    return ipaddress.ip_address(OUTSIDE_DEFAULT if family == 4 else OUTSIDE_DEFAULT6)
+
+
+def run(engine: Engine, source: str, destination: str, from_ip: str | None,
+        live: bool = False, family: int | None = None) -> dict[str, Any]:
+    """family: 4 or 6 (-4, -6) for a destination container with both, or None: IPv4
+    where the source and the destination both have it."""
+    if family not in (None, 4, 6):
+        raise InvalidInput(f"unknown address family {family!r}", "use -4 or -6")
+    name, port, proto = core.split_destination(destination)
+    client, family = _parse_from_ip(from_ip, source, family)
+    if port is None:
+        raise InvalidInput(f"no port in {destination!r}",
+                           f"say which port: {name}:80, or {name}:53/udp")
+    world, containers = observe_world(engine)
+    src_key = _source(engine, world, containers, source)
+    try:
+        literal: IPAddress | None = ipaddress.ip_address(name)
+    except ValueError:
+        literal = None
+    if literal is not None:
+        if family is not None and family != literal.version:
+            why = f"--from-ip {client}" if client is not None else _family_flag(family)
+            raise InvalidInput(f"the destination {literal} is IPv{literal.version}, but "
+                               f"{why} is IPv{family}", "give both of one family")
+        dest = _Target(literal, port, destination, [])
+    else:
+        dest = _to_container(engine, world, containers, src_key, name, port, proto, family,
+                             client)
+    version = dest.daddr.version
+    if src_key == "outside":
+        sender = _client(client, version)
+        route = world.host.lookup(sender)
         if route is None:
-            raise InvalidInput(f"the host has no route to {client}",
+            raise InvalidInput(f"the host has no route to {sender}",
                                "give --from-ip an address beyond one of its interfaces")
-        packet = Packet(l4proto=proto, saddr=client, daddr=daddr, sport=SOURCE_PORT,
-                        dport=dport, iif=route.dev)
-        label = f"outside {client}"
+        packet = Packet(l4proto=proto, saddr=sender, daddr=dest.daddr, sport=SOURCE_PORT,
+                        dport=dest.dport, iif=route.dev)
+        label = f"outside {sender}"
         key = "outside"
     else:
         key = world.host.key if src_key == "host" else src_key
-        packet = Packet(l4proto=proto, saddr=ipaddress.IPv4Address(0), daddr=daddr,
-                        sport=SOURCE_PORT, dport=dport)
+        unspecified = ipaddress.ip_address(0 if version == 4 else "::")
+        packet = Packet(l4proto=proto, saddr=unspecified, daddr=dest.daddr,
+                        sport=SOURCE_PORT, dport=dest.dport)
         label = "host" if src_key == "host" else world.spaces[src_key].label
-    result = core.trace(world, key, packet, label, dst_label)
+    result = core.trace(world, key, packet, label, dest.label)
+    return _answer(engine, world, key, packet, result, label, dest, live)
+
+
+def _answer(engine: Engine, world: core.World, key: str, packet: Packet,
+            result: core.Trace, label: str, dest: _Target, live: bool) -> dict[str, Any]:
     data = result.as_dict()
+    notes = list(dest.notes)
     if engine.host_netns:
         notes.insert(0, f"the host is network namespace {engine.host_netns}")
     data["notes"] = notes
-    data["bridge_netfilter"] = world.bridge_nf
+    data["family"] = f"ipv{packet.version}"
+    data["bridge_netfilter"] = world.bridge_netfilter(packet.version)
     text = core.render(result)
     if notes:
         text = "\n".join(f"note: {n}" for n in notes) + "\n" + text
     if live:
         from portway.engine import live as live_trace
 
-        data["live"] = live_trace.run(engine, world, key, packet, result, label, dst_label)
+        data["live"] = live_trace.run(engine, world, key, packet, result, label, dest.label)
         text += "\n\n" + live_trace.render(data["live"])
     return {"trace": data, "text": text}
 
 
-def _uplink_address(world: core.World, from_ip: str | None,
+def _uplink_address(world: core.World, client: IPAddress,
                     host_ip: IPAddress | None) -> IPAddress:
     """The host address an outside client would connect to: the published address, or
-    the address of the interface the client's packets arrive on."""
+    the address of the interface the client's packets arrive on (of the client's
+    family)."""
     if host_ip is not None:
         return host_ip
-    client = ipaddress.ip_address(from_ip or OUTSIDE_DEFAULT)
     route = world.host.lookup(client)
-    addr = world.host.first_address(route.dev) if route else None
+    addr = world.host.first_address(route.dev, client.version, client) if route else None
     if route is not None and route.prefsrc is not None:
         addr = route.prefsrc
     if addr is None:

@@ -402,3 +402,45 @@ def add_probe_link(host: IPRoute, probe: IPRoute, netns_fd: int, host_ifname: st
                     flags=RTNH_F_ONLINK)
     except NetlinkError as exc:
         raise _kernel_error(f"set up probe link {host_ifname}", exc) from None
+
+
+# The host end's address on an IPv6 probe link: the probe's next hop (link-local, as a
+# router's is, so no address of the host is lent to the link).
+PROBE_GATEWAY6 = "fe80::1"
+NUD_PERMANENT = 0x80
+
+
+def add_probe_link6(host: IPRoute, probe: IPRoute, netns_fd: int, host_ifname: str,
+                    client: IPAddress) -> None:
+    """add_probe_link for an IPv6 client: the client's address on eth0 with a default
+    route via fe80::1 (the host end's only address), and a route back to it. No address
+    is generated on either end and both neighbours are written down, so nothing waits for
+    duplicate address detection or asks with neighbour discovery."""
+    try:
+        host.link("add", ifname=host_ifname, kind="veth",
+                  peer={"ifname": "eth0", "net_ns_fd": netns_fd})
+        index = index_of(host, host_ifname)
+        inner = index_of(probe, "eth0")
+        _without_ipv6(host, index)
+        _without_ipv6(probe, inner)
+        set_ipv6_conf(host_ifname, "accept_ra", "0")
+        host.addr("add", index=index, address=PROBE_GATEWAY6, prefixlen=64,
+                  flags=IFA_F_NODAD)
+        probe.addr("add", index=inner, address=str(client), prefixlen=128, flags=IFA_F_NODAD)
+        host.link("set", index=index, state="up")
+        probe.link("set", index=inner, state="up")
+        host_mac = _mac(host, index)
+        probe_mac = _mac(probe, inner)
+        host.neigh("add", dst=str(client), lladdr=probe_mac, ifindex=index,
+                   family=AF_INET6, state=NUD_PERMANENT)
+        probe.neigh("add", dst=PROBE_GATEWAY6, lladdr=host_mac, ifindex=inner,
+                    family=AF_INET6, state=NUD_PERMANENT)
+        host.route("add", dst=f"{client}/128", oif=index, family=AF_INET6)
+        probe.route("add", dst="::/0", gateway=PROBE_GATEWAY6, oif=inner, family=AF_INET6)
+    except NetlinkError as exc:
+        raise _kernel_error(f"set up probe link {host_ifname}", exc) from None
+
+
+def _mac(ipr: IPRoute, index: int) -> str:
+    (msg,) = ipr.get_links(index)
+    return str(msg.get_attr("IFLA_ADDRESS"))

@@ -50,9 +50,21 @@ class TraceEvent:
     network: bytes  # the IP header as the hook saw it (up to 40 bytes)
     transport: bytes
 
+    def protocol(self) -> int | None:
+        """The transport protocol from the network header: IPv4's protocol field, or
+        IPv6's next header (the probe carries no extension headers)."""
+        if not self.network:
+            return None
+        version = self.network[0] >> 4
+        if version == 4 and len(self.network) >= 10:
+            return self.network[9]
+        if version == 6 and len(self.network) >= 7:
+            return self.network[6]
+        return None
+
     def first_segment(self) -> bool:
         """A TCP SYN without ACK (the connection's first packet), or not TCP at all."""
-        if len(self.network) >= 10 and self.network[9] == 6 and len(self.transport) >= 14:
+        if self.protocol() == 6 and len(self.transport) >= 14:
             return self.transport[13] & 0x12 == 0x02
         return True
 
@@ -134,16 +146,20 @@ class Connection:
     reply: tuple[str, int, str, int]  # as the answer comes back: src is the real server
 
 
+# CTA_IP_V4_SRC, CTA_IP_V4_DST, CTA_IP_V6_SRC, CTA_IP_V6_DST: (is source, length)
+CTA_IP = {1: (True, 4), 2: (False, 4), 3: (True, 16), 4: (False, 16)}
+
+
 def _tuple(data: bytes) -> tuple[int, tuple[str, int, str, int]]:
     src = dst = ""
     proto = sport = dport = 0
     for kind, body in _attrs(data):
         if kind == 1:
             for k, v in _attrs(body):
-                if k == 1:
-                    src = str(ipaddress.IPv4Address(v[:4]))
-                elif k == 2:
-                    dst = str(ipaddress.IPv4Address(v[:4]))
+                if k in CTA_IP:
+                    is_src, length = CTA_IP[k]
+                    text = str(ipaddress.ip_address(v[:length]))
+                    src, dst = (text, dst) if is_src else (src, text)
         elif kind == 2:
             for k, v in _attrs(body):
                 if k == 1:
@@ -156,12 +172,16 @@ def _tuple(data: bytes) -> tuple[int, tuple[str, int, str, int]]:
 
 
 def connections() -> list[Connection]:
-    """The IPv4 conntrack table of the calling thread's namespace."""
+    """The conntrack table of the calling thread's namespace, both families."""
+    return [*_connections(socket.AF_INET), *_connections(socket.AF_INET6)]
+
+
+def _connections(family: int) -> list[Connection]:
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
     try:
         sock.bind((0, 0))
         kind = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET
-        body = struct.pack("=BBH", socket.AF_INET, 0, 0)
+        body = struct.pack("=BBH", family, 0, 0)
         sock.send(struct.pack("=IHHII", 16 + len(body), kind, NLM_F_REQUEST | NLM_F_DUMP, 1,
                               0) + body)
         out: list[Connection] = []
@@ -188,9 +208,10 @@ def send_probe(proto: str, daddr: str, dport: int, sport: int,
     namespace, from port sport. Returns the outcome (connected, refused, unreachable,
     timeout, answered, error:...) and the local address the kernel chose."""
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
-    with socket.socket(socket.AF_INET, kind) as s:
+    v6 = ipaddress.ip_address(daddr).version == 6
+    with socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, kind) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("0.0.0.0", sport))
+        s.bind(("::" if v6 else "0.0.0.0", sport))
         if proto == "tcp":
             s.setblocking(False)
             err = s.connect_ex((daddr, dport))

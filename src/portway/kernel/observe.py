@@ -10,10 +10,11 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.diag import SS_CLOSE, SS_LISTEN, DiagSocket
 
 
-def listening(protocol: str) -> list[tuple[str, int]]:
+def listening(protocol: str, exact: bool = False) -> list[tuple[str, int]]:
     """(address, port) of the listening TCP or bound (unconnected) UDP sockets in the
     calling thread's network namespace. IPv6 addresses come back as '::' for the
-    unspecified address (a dual-stack socket that also takes IPv4) and '::x' otherwise.
+    unspecified address (a dual-stack socket that also takes IPv4) and '::x' otherwise,
+    or as they are with exact (what trace needs to match a destination).
 
     Asked of sock_diag, by state: /proc/net/tcp walks the whole established-connection
     hash table, shared by every namespace (milliseconds on a large machine), while a
@@ -28,7 +29,9 @@ def listening(protocol: str) -> list[tuple[str, int]]:
                 if msg["idiag_state"] != state:
                     continue
                 addr = str(msg["idiag_src"])
-                if family == socket.AF_INET6:
+                if family == socket.AF_INET6 and exact:
+                    addr = str(ipaddress.IPv6Address(addr))
+                elif family == socket.AF_INET6:
                     addr = "::" if ipaddress.IPv6Address(addr).packed == bytes(16) else "::x"
                 out.append((addr, int(msg["idiag_sport"])))
     return out
@@ -56,16 +59,19 @@ ROUTE_KINDS = {1: "unicast", 6: "blackhole", 7: "unreachable", 8: "prohibit"}
 
 
 def route_table(ipr: IPRoute) -> list[dict[str, Any]]:
-    """The main table's IPv4 routes: dst, dev, gateway, prefsrc, kind, metric."""
+    """The main table's routes of both families: dst, dev, gateway, prefsrc, kind,
+    metric."""
     names = {int(m["index"]): str(m.get_attr("IFLA_IFNAME")) for m in ipr.get_links()}
     out = []
-    for msg in ipr.get_routes(family=2, table=254):
-        get = msg.get_attr
-        dst = get("RTA_DST") or "0.0.0.0"
-        out.append({"dst": f"{dst}/{msg['dst_len']}", "dev": names.get(get("RTA_OIF"), ""),
-                    "gateway": get("RTA_GATEWAY"), "prefsrc": get("RTA_PREFSRC"),
-                    "kind": ROUTE_KINDS.get(int(msg["type"]), str(msg["type"])),
-                    "metric": int(get("RTA_PRIORITY") or 0)})
+    for family, anywhere in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+        for msg in ipr.get_routes(family=family, table=254):
+            get = msg.get_attr
+            dst = get("RTA_DST") or anywhere
+            out.append({"dst": f"{dst}/{msg['dst_len']}",
+                        "dev": names.get(get("RTA_OIF"), ""),
+                        "gateway": get("RTA_GATEWAY"), "prefsrc": get("RTA_PREFSRC"),
+                        "kind": ROUTE_KINDS.get(int(msg["type"]), str(msg["type"])),
+                        "metric": int(get("RTA_PRIORITY") or 0)})
     return out
 
 
@@ -74,14 +80,16 @@ NUD_STATES = {0x01: "incomplete", 0x02: "reachable", 0x04: "stale", 0x08: "delay
 
 
 def neighbours(ipr: IPRoute) -> dict[tuple[str, str], tuple[str, str]]:
-    """(device, IPv4 address) -> (MAC, state) from the neighbour table."""
+    """(device, address) -> (MAC, state) from the neighbour tables (ARP and IPv6
+    neighbour discovery); addresses as ipaddress writes them."""
     names = {int(m["index"]): str(m.get_attr("IFLA_IFNAME")) for m in ipr.get_links()}
     out: dict[tuple[str, str], tuple[str, str]] = {}
-    for msg in ipr.get_neighbours(family=2):
-        dst, mac = msg.get_attr("NDA_DST"), msg.get_attr("NDA_LLADDR")
-        if dst:
-            out[(names.get(int(msg["ifindex"]), "?"), str(dst))] = (
-                str(mac or ""), NUD_STATES.get(int(msg["state"]), str(msg["state"])))
+    for family in (socket.AF_INET, socket.AF_INET6):
+        for msg in ipr.get_neighbours(family=family):
+            dst, mac = msg.get_attr("NDA_DST"), msg.get_attr("NDA_LLADDR")
+            if dst:
+                out[(names.get(int(msg["ifindex"]), "?"), str(ipaddress.ip_address(dst)))] = (
+                    str(mac or ""), NUD_STATES.get(int(msg["state"]), str(msg["state"])))
     return out
 
 
