@@ -75,3 +75,40 @@ def test_graph_of_twenty_containers_on_four_networks(sandbox: Sandbox, tmp_path:
         assert magic in Path(out).read_bytes()[:400]
     bad = sb.pw("graph", "-o", f"{tmp_path}/topology.bmp", check=False)
     assert bad.returncode == 2 and "svg, .png or .dot" in bad.stderr
+
+
+def test_show_and_graph_of_both_families(sandbox: Sandbox) -> None:
+    """Dual-stack and IPv6-only networks: every subnet, gateway and address as `ip` has
+    it, and a port published on both families twice."""
+    sb = sandbox
+    sb.pw("network", "create", "app", "--ipv6", "--subnet", "10.66.0.0/24", "--subnet",
+          "fd00:66::/64")
+    sb.pw("network", "create", "six", "--ipv6", "--ipv4=false", "--subnet", "fd00:67::/64")
+    sb.pw("run", "-d", "--name", "web", "--network", "app", "-p", "8080:80", "--",
+          "sleep", "300")
+    sb.pw("run", "-d", "--name", "only", "--network", "six", "--", "sleep", "300")
+    topo = json.loads(sb.pw("show", "--json").stdout)
+    nets = {n["Name"]: n for n in topo["Networks"]}
+    assert (nets["app"]["Subnets"], nets["app"]["Gateways"]) == \
+        (["10.66.0.0/24", "fd00:66::/64"], ["10.66.0.1", "fd00:66::1"])
+    assert (nets["six"]["Subnets"], nets["six"]["Gateways"]) == (["fd00:67::/64"],
+                                                                  ["fd00:67::1"])
+    for net in nets.values():  # the bridge holds each gateway
+        bridge = ip_json(sb.host, "addr", "show", "dev", net["Bridge"]["Name"])[0]
+        have = {a["local"] for a in bridge["addr_info"]}  # type: ignore[union-attr]
+        assert set(net["Gateways"]) <= have
+    for name, net in (("web", "app"), ("only", "six")):
+        member = nets[net]["Containers"][0]
+        eth0 = ip_json(member["ContainerEnd"]["Netns"], "addr", "show", "eth0")[0]
+        have = [a["local"] for a in eth0["addr_info"]  # type: ignore[union-attr]
+                if a["scope"] == "global"]
+        assert member["Addresses"] == have, name
+    assert nets["app"]["Containers"][0]["Ports"] == ["0.0.0.0:8080->80/tcp",
+                                                     "[::]:8080->80/tcp"]
+    text = sb.pw("show").stdout
+    assert "network app  10.66.0.0/24, fd00:66::/64  gateway 10.66.0.1, fd00:66::1" in text
+    assert "network six  fd00:67::/64  gateway fd00:67::1" in text
+    assert "10.66.0.2, fd00:66::2" in text and "fd00:67::2" in text
+    dot = sb.pw("graph").stdout
+    assert "fd00:66::/64 gw fd00:66::1" in dot and "\\n10.66.0.2\\nfd00:66::2" in dot
+    assert dot.count('label="DNAT"') == 2

@@ -51,3 +51,26 @@ def test_veths_that_do_not_pair_are_flagged() -> None:
     topo = recorded()
     topo["Networks"][0]["Containers"][0]["ContainerEnd"]["Peer"] = 9
     assert "NOT PEERS" in show_text(topo)
+
+
+def test_both_families_are_shown_and_drawn() -> None:
+    topo = recorded()
+    net = topo["Networks"][0]
+    net.update(Subnets=["10.0.0.0/24", "fd00:1::/64"], Gateways=["10.0.0.1", "fd00:1::1"])
+    member = net["Containers"][0]
+    member.update(Addresses=["10.0.0.2", "fd00:1::2"],
+                  Ports=["0.0.0.0:8080->80/tcp", "[::]:8080->80/tcp"])
+    text = show_text(topo)
+    assert "network app  10.0.0.0/24, fd00:1::/64  gateway 10.0.0.1, fd00:1::1" in text
+    assert "10.0.0.2, fd00:1::2" in text and "[::]:8080->80/tcp" in text
+    dot = to_dot(topo)
+    assert "10.0.0.0/24 gw 10.0.0.1\\nfd00:1::/64 gw fd00:1::1" in dot
+    assert "eth0 #2\\n10.0.0.2\\nfd00:1::2" in dot
+    assert '"if:uplink0" -> "port:[::]:8080->80/tcp"' in dot
+    # An IPv6-only network: its one subnet.
+    net.update(Subnet="fd00:1::/64", Gateway="fd00:1::1", Subnets=["fd00:1::/64"],
+               Gateways=["fd00:1::1"])
+    member.update(Address="fd00:1::2", Addresses=["fd00:1::2"])
+    text = show_text(topo)
+    assert "network app  fd00:1::/64  gateway fd00:1::1" in text
+    assert "eth0 #2\\nfd00:1::2\"" in to_dot(topo)

@@ -30,6 +30,17 @@ def veth_pair(member: dict[str, Any], ifname: str) -> str:
     return text
 
 
+def subnets(net: dict[str, Any]) -> tuple[str, str]:
+    """A network's subnets and gateways, each family's (IPv4 first), comma-separated."""
+    return (", ".join(net.get("Subnets") or [net["Subnet"]]),
+            ", ".join(net.get("Gateways") or [net["Gateway"]]))
+
+
+def addresses(member: dict[str, Any]) -> str:
+    """An endpoint's addresses, one per family (IPv4 first), comma-separated."""
+    return ", ".join(member.get("Addresses") or [member["Address"]])
+
+
 def show_text(topo: dict[str, Any]) -> str:
     uplinks = ", ".join(f"{u['Name']} #{u['Index']}{'' if u['Up'] else ' down'}"
                         for u in topo["HostLinks"]) or "none"
@@ -43,8 +54,8 @@ def show_text(topo: dict[str, Any]) -> str:
         else:
             br, trouble = f"bridge {bridge['Expected']} MISSING", True
         kind = ", internal" if net["Internal"] else ""
-        out += ["", f"network {net['Name']}  {net['Subnet']}  gateway {net['Gateway']}{kind}",
-                f"  {br}"]
+        subnet, gateway = subnets(net)
+        out += ["", f"network {net['Name']}  {subnet}  gateway {gateway}{kind}", f"  {br}"]
         rows = []
         for m in net["Containers"]:
             pair = veth_pair(m, "eth?")
@@ -53,7 +64,7 @@ def show_text(topo: dict[str, Any]) -> str:
             if m["HostEnd"]["Present"] and port_of != bridge.get("Name"):
                 pair += f" (port of {port_of or 'no bridge'})"
                 trouble = True
-            rows.append([m["Name"], m["Address"], m["Mac"], pair,
+            rows.append([m["Name"], addresses(m), m["Mac"], pair,
                          ", ".join(m["Ports"]) or "-", m["Status"]])
         if rows:
             out.append("  " + table(rows, ["CONTAINER", "ADDRESS", "MAC",

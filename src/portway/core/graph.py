@@ -41,7 +41,10 @@ def to_dot(topo: dict[str, Any]) -> str:
         br = net["Bridge"]
         color = "black" if br["Present"] else MISSING
         name = br.get("Name", br.get("Expected", ""))
-        label = f"{name}\\nnetwork {net['Name']}\\n{net['Subnet']} gw {net['Gateway']}"
+        label = f"{name}\\nnetwork {net['Name']}" + "".join(
+            f"\\n{subnet} gw {gateway}" for subnet, gateway in zip(
+                net.get("Subnets") or [net["Subnet"]], net.get("Gateways") or [net["Gateway"]],
+                strict=True))
         if net["Internal"]:
             label += "\\ninternal"
         if not br["Present"]:
@@ -57,7 +60,8 @@ def to_dot(topo: dict[str, Any]) -> str:
             inner = m["ContainerEnd"]
             cid = f"end:{m['Id']}:{net['Id']}"
             ilabel = (f"{inner['Name']} #{inner['Index']}" if inner["Present"]
-                      else "MISSING") + f"\\n{m['Address']}"
+                      else "MISSING") + "".join(f"\\n{a}" for a in
+                                                m.get("Addresses") or [m["Address"]])
             boxes.setdefault(m["Id"], [f"{m['Name']} ({m['Status']})", inner["Netns"]])
             boxes[m["Id"]].append(f"{_q(cid)} {_attrs(label=ilabel)};")
             ports.append(f"  {_q(hid)} -> {_q(cid)} [style=bold, label=\"veth\"];")

@@ -91,6 +91,16 @@ def _by_family(e: Endpoint) -> tuple[IPInterface | None, IPInterface | None]:
             next((a for a in e.addresses if a.version == 6), None))
 
 
+def _ports(engine: Engine, c: Container) -> list[str]:
+    """c's published ports as Docker's `ps` writes them: one per family it is published
+    on (0.0.0.0:8080->80/tcp, [::]:8080->80/tcp)."""
+    out = []
+    for port, host_ip, host_port in engine.h.publishing.bindings(c):
+        ip = f"[{host_ip}]" if ":" in host_ip else host_ip
+        out.append(f"{ip}:{host_port}->{port}")
+    return out
+
+
 def _link(link: Link | None, **extra: Any) -> dict[str, Any]:
     if link is None:
         return {"Present": False, **extra}
@@ -131,15 +141,17 @@ def topology(engine: Engine) -> dict[str, Any]:
             master = by_index.get(host_end.master) if host_end and host_end.master else None
             members.append({
                 "Name": c.name, "Id": c.id, "Status": c.status, "Address": str(e.address),
+                "Addresses": [str(a.ip) for a in e.addresses],
                 "Mac": e.mac, "Aliases": list(e.aliases),
                 "HostEnd": _link(host_end, Bridge=master.ifname if master else ""),
                 "ContainerEnd": _link(container_links(c).get(e.ifname),
                                       Netns=os.path.basename(c.netns)),
-                "Ports": [format_mapping(p) for p in c.ports]
-                if first_endpoint.get(c.id) == e.id else [],
+                "Ports": _ports(engine, c) if first_endpoint.get(c.id) == e.id else [],
             })
         networks.append({
             "Name": n.name, "Id": n.id, "Subnet": str(n.subnet), "Gateway": str(n.gateway),
+            "Subnets": [str(s.subnet) for s in n.subnets],
+            "Gateways": [str(s.gateway) for s in n.subnets],
             "Internal": n.internal, "Bridge": _link(host.get(n.bridge), Expected=n.bridge),
             "Containers": members,
         })
