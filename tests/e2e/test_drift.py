@@ -14,6 +14,7 @@ import subprocess
 import time
 
 from conftest import Sandbox, sh
+from portway.testbed import WAIT_LISTENING as WAIT
 from portway.testbed import make_world, remove_world
 
 GET = ("import sys, urllib.request as u\n"
@@ -81,3 +82,46 @@ def test_simulated_reboot(sandbox: Sandbox) -> None:
         time.sleep(0.1)
     sb.pw("run", "-d", "--name", "db2", "--network", "back", "--", "sleep", "300")
     assert sb.pw("exec", "db2", "--", "getent", "hosts", "db").stdout.startswith("10.92.0.2")
+
+
+def test_doctor_and_gc_find_lost_addresses_and_routes_of_both_families(
+        sandbox: Sandbox) -> None:
+    """A container loses its IPv6 address, another its IPv6 default route, a third the
+    route to its IPv6 subnet, a fourth its IPv4 default route: doctor names each, gc puts
+    each back."""
+    sb = sandbox
+    sb.pw("network", "create", "app", "--ipv6", "--subnet", "10.149.0.0/24", "--subnet",
+          "fd00:149::/64")
+    sb.pw("network", "create", "six", "--ipv6", "--ipv4=false", "--subnet", "fd00:150::/64")
+    sb.pw("run", "-d", "--name", "web", "--network", "app", "--", "python3", "-m",
+          "http.server", "--bind", "::", "80")
+    for name, net in (("cli", "app"), ("only", "six"), ("four", "app")):
+        sb.pw("run", "-d", "--name", name, "--network", net, "--", "sleep", "300")
+    assert sb.pw("doctor").stdout.startswith("healthy")
+    web, cli, only, four = (
+        os.path.basename(str(sb.inspect(n)["NetworkSettings"]["SandboxKey"]))  # type: ignore[index]
+        for n in ("web", "cli", "only", "four"))
+    sh("ip", "-n", web, "-6", "addr", "del", "fd00:149::2/64", "dev", "eth0")
+    sh("ip", "-n", only, "-6", "route", "del", "default")
+    sh("ip", "-n", cli, "-6", "route", "del", "fd00:149::/64", "dev", "eth0")
+    sh("ip", "-n", four, "route", "del", "default")
+    cp = sb.pw("doctor", check=False)
+    assert cp.returncode == 1, cp.stdout
+    lines = cp.stdout.splitlines()
+    assert any(line.startswith("drift: re-create endpoint") and "fd00:149::2" in line and
+               "container web" in line for line in lines), lines
+    for line in ("drift: restore the IPv6 default route of container only (via fd00:150::1): "
+                 "it is missing",
+                 "drift: restore route fd00:149::/64 dev eth0 of container cli: it is missing",
+                 "drift: restore the IPv4 default route of container four (via 10.149.0.1): "
+                 "it is missing"):
+        assert line in lines, lines
+    assert len(lines) == 5  # four, and the count
+    sb.pw("gc")
+    assert sb.pw("doctor").stdout.startswith("healthy")
+    sh("ip", "netns", "exec", cli, "python3", "-c", WAIT, "fd00:149::2", "80")
+    assert get_from(cli, "http://[fd00:149::2]/") == "200"
+    for ns, family, gateway in ((only, "-6", "fd00:150::1"), (four, "-4", "10.149.0.1")):
+        routes = json.loads(sh("ip", "-n", ns, "-j", family, "route", "show",
+                               "default").stdout)
+        assert [r.get("gateway") for r in routes] == [gateway]

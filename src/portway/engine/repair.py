@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from portway.core import names
 from portway.errors import PortwayError
 from portway.kernel import links, netns, procs
-from portway.model.types import Container, Endpoint
+from portway.model.types import Container, Endpoint, IPInterface
 
 if TYPE_CHECKING:
     from portway.engine import Engine
@@ -138,9 +138,13 @@ def _sandboxes(engine: Engine, report: Report) -> None:
             continue
         broken = [e for e in endpoints if not _endpoint_ok(engine, c, e)]
         for e in broken:
-            report.act(f"re-create endpoint {e.host_ifname} ({e.ifname}, {e.address}) of "
+            addrs = ", ".join(str(a.ip) for a in e.addresses)
+            report.act(f"re-create endpoint {e.host_ifname} ({e.ifname}, {addrs}) of "
                        f"container {c.name}: it is missing or incomplete",
                        lambda c=c, e=e: _reattach(engine, c, e))  # type: ignore[misc]
+        if not broken:
+            for what, fix in _missing_routes(engine, c, endpoints):
+                report.act(what, fix)
         etc = os.path.join(netns.ETC_NETNS, ns_name)
         missing = [f for f in ("hosts", "resolv.conf") if not os.path.exists(f"{etc}/{f}")]
         if c.runtime == "portway" and missing:
@@ -168,6 +172,44 @@ def _endpoint_ok(engine: Engine, c: Container, e: Endpoint) -> bool:
         have = {a.ip for a in links.observe_addresses(cont, inner.index)} | \
             {a.ip for a in links.observe_addresses6(cont, inner.index)}
         return all(a.ip in have for a in e.addresses)
+    finally:
+        cont.close()
+
+
+def _missing_routes(engine: Engine, c: Container, endpoints: list[Endpoint]
+                    ) -> list[tuple[str, Callable[[], object]]]:
+    """The routes of either family the container's endpoints give it and it has lost: a
+    subnet's route on its interface, and the default routes of its first network that is
+    not internal, one per family of that network (what attach sets when the sandbox is
+    made; a later network may add more, which are not required here)."""
+    out: list[tuple[str, Callable[[], object]]] = []
+    endpoints = sorted(endpoints, key=lambda e: e.ifname)
+    networks = [n for e in endpoints if (n := engine.store.find_network(e.network_id))]
+    first = next((n for n in networks if not n.internal), None)
+    cont = netns.open_ipr(c.netns)
+    try:
+        for version in (4, 6):
+            have = set(links.observe_routes(cont, version))
+            for e in endpoints:
+                for a in e.addresses:
+                    if a.version == version and (a.network, e.ifname) not in have:
+                        out.append((f"restore route {a.network} dev {e.ifname} of container "
+                                    f"{c.name}: it is missing",
+                                    partial(_subnet_route, c, e.ifname, a)))
+            sub = first.of_version(version) if first is not None else None
+            if sub is not None and not links.has_default_route(cont, version):
+                out.append((f"restore the IPv{version} default route of container {c.name} "
+                            f"(via {sub.gateway}): it is missing",
+                            partial(engine.h.endpoints.reroute, c, endpoints)))
+    finally:
+        cont.close()
+    return out
+
+
+def _subnet_route(c: Container, ifname: str, address: IPInterface) -> None:
+    cont = netns.open_ipr(c.netns)
+    try:
+        links.ensure_subnet_route(cont, ifname, address)
     finally:
         cont.close()
 

@@ -361,6 +361,19 @@ def set_default_route(ipr: IPRoute, ifname: str, gateway: IPAddress) -> None:
 
 
 DEFAULT = {4: "0.0.0.0/0", 6: "::/0"}
+RTPROT_KERNEL, RT_SCOPE_LINK = 2, 253
+
+
+def ensure_subnet_route(ipr: IPRoute, ifname: str, address: IPInterface) -> None:
+    """The route to address's subnet on ifname, as the kernel makes it when the address
+    is added (for a route deleted since: the address is kept)."""
+    extra: dict[str, Any] = {"scope": RT_SCOPE_LINK, "prefsrc": str(address.ip)} \
+        if address.version == 4 else {"priority": 256}
+    try:
+        ipr.route("replace", dst=str(address.network), oif=index_of(ipr, ifname),
+                  family=FAMILY[address.version], proto=RTPROT_KERNEL, **extra)
+    except NetlinkError as exc:
+        raise _kernel_error(f"add route {address.network} dev {ifname}", exc) from None
 
 
 def setup_loopback(ipr: IPRoute, tag: str) -> None:
