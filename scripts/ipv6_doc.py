@@ -53,9 +53,11 @@ class World:
 
     def get(self, where: str, url: str) -> str:
         """An HTTP GET of url from a container or "outside", shown as `get URL`."""
-        prefix = (["ip", "netns", "exec", self.outside] if where == "outside"
-                  else self.pw_argv("exec", where, "--"))
-        shown = ("(outside) " if where == "outside" else f"portway exec {where} -- ")
+        if where in ("outside", "host"):
+            prefix = ["ip", "netns", "exec", self.outside if where == "outside" else self.host]
+            shown = f"({where}) "
+        else:
+            prefix, shown = self.pw_argv("exec", where, "--"), f"portway exec {where} -- "
         return self.run([*prefix, "python3", "-c", GET, url], f"{shown}get {url}")
 
     def quiet(self, *args: str) -> str:
@@ -203,14 +205,27 @@ def write(w: World) -> None:
     w.out += ["```", "$ portway logs web", seen, "```", ""]
     w.check("the container sees the client", bool(seen))
     w.pw("port", "web")
-    w.text("A port cannot be published on `::1`, and the host reaches published ports "
-           "over 127.0.0.1 or its own addresses, not over `::1`. IPv6 has no "
-           "`route_localnet`: the answer to a connection DNATed from `::1` could never "
-           "come back to it. Docker reaches `::1` only through its userland proxy; "
-           "portway refuses at once, in one line:")
-    err = w.pw("run", "--name", "lo6", "--network", "app", "-p", "[::1]:8081:80", "--",
-               "true", ok=False)
-    w.check("::1 refused", "::1" in err and "Traceback" not in err)
+    w.text("The host's own connections to `::1` cannot be DNATed (IPv6 has no "
+           "`route_localnet`: the answer could never come back to `::1`), so the socket "
+           "that holds the port relays them to the container, as Docker's userland proxy "
+           "does; the container sees its gateway as the client. A socket filter lets "
+           "only the host's loopback reach that socket. `-p [::1]:8081:80` publishes for "
+           "the host alone:")
+    w.quiet("run", "-d", "--name", "lo6", "--network", "app", "-p", "[::1]:8081:80", "--",
+            *SERVE)
+    w.quiet("exec", "lo6", "--", "python3", "-c", WAIT_LISTENING, "::1", "80")
+    w.out += ["```", "$ portway run -d --name lo6 --network app -p [::1]:8081:80 -- "
+              + " ".join(SERVE), "```", ""]
+    got = w.get("host", "http://[::1]:8080/")
+    w.check("::1 relayed to the published port", got == "200")
+    got = w.get("host", "http://[::1]:8081/")
+    w.check("::1-published port from the host", got == "200")
+    got = w.get("outside", f"http://[{HOST_ADDR6}]:8081/")
+    w.check("::1-published port closed from outside", got != "200")
+    listening = excerpt(subprocess.run(["ip", "netns", "exec", w.host, "ss", "-ltnp"],
+                                       capture_output=True, text=True).stdout,
+                        r":808[01]\b")
+    w.out += ["```", "$ (host) ss -ltnp   (the relaying sockets)", listening, "```", ""]
 
     w.text("## The firewall, for both families",
            "portway's `inet portway` table holds both families' rules; each set or map "
@@ -274,7 +289,8 @@ def main() -> int:
     try:
         write(w)
     finally:
-        subprocess.run(w.pw_argv("rm", "-f", "web", "cli", "only6"), capture_output=True)
+        subprocess.run(w.pw_argv("rm", "-f", "web", "cli", "lo6", "only6"),
+                       capture_output=True)
         subprocess.run(w.pw_argv("network", "rm", "app", "six"), capture_output=True)
         subprocess.run(w.pw_argv("daemon", "stop"), capture_output=True)
         remove_world(w.host, w.outside)

@@ -173,6 +173,8 @@ def test_allocate_never_returns_used_or_reserved(used_ints: set[int]) -> None:
     ("5353:53/udp", ["0.0.0.0:5353->53/udp"]),
     ("9000-9001:9000-9001", ["0.0.0.0:9000->9000/tcp", "0.0.0.0:9001->9001/tcp"]),
     ("0.0.0.0:81:80/TCP", ["0.0.0.0:81->80/tcp"]),
+    ("[::1]:6379:6379", ["[::1]:6379->6379/tcp"]),
+    ("[2001:db8::1]:8080:80/udp", ["[2001:db8::1]:8080->80/udp"]),
 ])
 def test_port_specs(spec: str, expected: list[str]) -> None:
     assert [format_mapping(p) for p in parse_port_spec(spec)] == expected
@@ -180,7 +182,7 @@ def test_port_specs(spec: str, expected: list[str]) -> None:
 
 @pytest.mark.parametrize("spec", ["", "x", "0", "65536", "80:", "1-2:3", "9001-9000:1-2",
                                   "80/sctp", "1.2.3:80:80", "999.1.1.1:80:80", "80:80:80:80",
-                                  "[::1]:80:80"])
+                                  "::1:80:80", "[::1:80:80"])
 def test_bad_port_specs(spec: str) -> None:
     with pytest.raises(InvalidInput):
         parse_port_spec(spec)

@@ -47,14 +47,6 @@ def parse_port_spec(spec: str) -> list[PortMapping]:
             host_ip = ipaddress.ip_address(raw)
         except ValueError:
             raise InvalidInput(f"invalid host address {raw!r} in {spec!r}", HINT) from None
-        if host_ip.version == 6 and host_ip.is_loopback:
-            # The answer to a connection DNATed from ::1 comes back to ::1 on the bridge,
-            # which IPv6 drops (it has no route_localnet): only a userland proxy could
-            # serve it, and portway runs none.
-            raise InvalidInput(f"cannot publish on ::1 in {spec!r}: IPv6 has no way to "
-                               "route the host's loopback to a container",
-                               "publish on 127.0.0.1 for the host alone, or on all "
-                               "addresses")
         if host_ip.is_unspecified:
             host_ip = None
     c_lo, c_hi = _port_range(m.group("cport"), spec)
@@ -100,6 +92,8 @@ def parse_port_specs(specs: list[str]) -> tuple[PortMapping, ...]:
 
 def format_mapping(pm: PortMapping) -> str:
     ip = str(pm.host_ip) if pm.host_ip else "0.0.0.0"
+    if ":" in ip:
+        ip = f"[{ip}]"
     return f"{ip}:{pm.host_port}->{pm.container_port}/{pm.protocol}"
 
 

@@ -100,7 +100,7 @@ class Engine:
         self.host = IPRoute()
         self.nft = Nft()
         self.fw = Firewall(self.nft, self.instance)
-        self.ports = PortReservations()
+        self.ports = PortReservations(lambda k: self.h.publishing.target(k))
         _raise_open_files()
         self.tools = confine.Tools(**{name: shutil.which(name) or f"/usr/bin/{name}"
                                       for name in ("unshare", "setpriv", "nsenter")})

@@ -116,7 +116,9 @@ class Containers:
                                        "cannot publish ports",
                                        "publish from a container on a non-internal network")
                 for p in port_maps:
-                    if p.host_ip is not None and nets[0].of_version(p.host_ip.version) is None:
+                    # ::1 is relayed to either family (engine/proxy.py).
+                    if p.host_ip is not None and str(p.host_ip) != "::1" and \
+                            nets[0].of_version(p.host_ip.version) is None:
                         raise InvalidInput(f"cannot publish on {p.host_ip}: network "
                                            f"{nets[0].name} has no IPv{p.host_ip.version}",
                                            "publish on an address of a family the network "

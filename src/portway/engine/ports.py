@@ -8,8 +8,11 @@ container (over IPv6, say, which portway does not DNAT).
 Rules of this module:
 1. A port is checked by binding it: the kernel's answer is the truth (EADDRINUSE: held
    by someone, another portway included; EADDRNOTAVAIL: not an address of this host).
-2. A held socket never receives anything (a filter drops every packet) and never
-   listens: traffic to a published port is DNATed before any socket sees it.
+2. Traffic to a published port is DNATed before any socket sees it, except from the
+   host's ::1 (IPv6 cannot DNAT it): a socket that can receive that (bound to :: or
+   ::1) relays it to the container (engine/proxy.py) and takes nothing from anywhere
+   else; every other held socket receives nothing (a filter drops every packet) and
+   never listens.
 3. The sockets live as long as the daemon; a new daemon binds them again (adopt), and
    `doctor` reports a port it cannot bind again as shadowed.
 """
@@ -20,11 +23,13 @@ import ctypes
 import errno
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from portway.core.firewall import Published
 from portway.core.ports import format_mapping, host_port_holder
+from portway.engine.proxy import LOOPBACK_ONLY, LoopbackProxy, Target
 from portway.errors import Conflict, InvalidInput, KernelError
 from portway.model.types import Container, Endpoint, PortMapping
 
@@ -50,12 +55,17 @@ def key(p: PortMapping) -> Key:
 
 
 def _bind(family: int, kind: int, address: str, port: int,
-          dual_stack: bool = False) -> socket.socket:
+          dual_stack: bool = False, relay: bool = False) -> socket.socket:
     sock = socket.socket(family, kind | socket.SOCK_CLOEXEC)
     try:
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if dual_stack else 1)
-        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, _DROP_PROG)
+        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER,
+                        LOOPBACK_ONLY if relay else _DROP_PROG)
+        if relay and kind == socket.SOCK_STREAM:
+            # A relayed connection of the previous daemon may linger in TIME_WAIT; the
+            # socket listens at once, so no one else can bind the port beside it.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((address, port))
     except BaseException:
         sock.close()
@@ -64,8 +74,12 @@ def _bind(family: int, kind: int, address: str, port: int,
 
 
 class PortReservations:
-    def __init__(self) -> None:
+    def __init__(self, resolve: Callable[[Key], Target | None] | None = None) -> None:
+        """resolve: the container address and port behind a key, for the relay of ::1
+        (None: no relay, every held socket drops everything)."""
         self._held: dict[Key, list[socket.socket]] = {}
+        self._proxy = LoopbackProxy(resolve) if resolve is not None else None
+        self._relayed: set[socket.socket] = set()
 
     def holds(self, p: PortMapping) -> bool:
         return key(p) in self._held
@@ -78,19 +92,24 @@ class PortReservations:
         if k in self._held:
             return
         kind = socket.SOCK_STREAM if p.protocol == "tcp" else socket.SOCK_DGRAM
+        relay = self._proxy is not None
         held: list[socket.socket] = []
         try:
             if p.host_ip is None:
                 try:
                     held.append(_bind(socket.AF_INET6, kind, "::", p.host_port,
-                                      dual_stack=True))
+                                      dual_stack=True, relay=relay))
                 except OSError as exc:
                     if exc.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
                         raise
                     held.append(_bind(socket.AF_INET, kind, "0.0.0.0", p.host_port))
             else:
                 family = socket.AF_INET if p.host_ip.version == 4 else socket.AF_INET6
-                held.append(_bind(family, kind, str(p.host_ip), p.host_port))
+                relay = relay and p.host_ip.version == 6 and p.host_ip.is_loopback
+                held.append(_bind(family, kind, str(p.host_ip), p.host_port, relay=relay))
+            if self._proxy is not None and held[0].family == socket.AF_INET6 and relay:
+                self._proxy.add(held[0], k)
+                self._relayed.add(held[0])
         except BaseException:
             for sock in held:
                 sock.close()
@@ -99,13 +118,23 @@ class PortReservations:
 
     def release(self, p: PortMapping) -> None:
         for sock in self._held.pop(key(p), []):
+            self._close(sock)
+
+    def _close(self, sock: socket.socket) -> None:
+        if sock in self._relayed and self._proxy is not None:
+            self._relayed.discard(sock)
+            self._proxy.remove(sock)
+        else:
             sock.close()
 
     def close(self) -> None:
+        if self._proxy is not None:
+            self._proxy.close()
         for socks in self._held.values():
             for sock in socks:
                 sock.close()
         self._held.clear()
+        self._relayed.clear()
 
 
 class Publishing:
@@ -212,12 +241,14 @@ class Publishing:
             return []
         first = min(eps, key=lambda e: e.ifname)
         # Each family the container has (Docker 27: -p 8080:80 publishes on both); a
-        # port published on one host address, in that address's family only.
+        # port published on one host address, in that address's family only; ::1 is
+        # the relay's alone (no rule can DNAT it).
         return [Published(container_id=c.id, protocol=p.protocol, host_port=p.host_port,
                           container_ip=a.ip, container_port=p.container_port,
                           host_ip=p.host_ip)
                 for p in c.ports for a in first.addresses
-                if p.host_ip is None or p.host_ip.version == a.version]
+                if p.host_ip is None or (p.host_ip.version == a.version and
+                                         not (a.version == 6 and p.host_ip.is_loopback))]
 
     def all_published(self) -> list[Published]:
         out: list[Published] = []
@@ -225,17 +256,31 @@ class Publishing:
             out.extend(self.published(c))
         return out
 
+    def target(self, k: Key) -> Target | None:
+        """The container address and port behind a held port, for the relay of ::1:
+        the container's IPv6 address if it has one, else its IPv4 one."""
+        with self.h.lock:
+            for c in self.h.store.containers():
+                for p in c.ports:
+                    if key(p) != k:
+                        continue
+                    eps = self.h.store.endpoints(container_id=c.id)
+                    if not eps or c.status != "running":
+                        return None
+                    first = min(eps, key=lambda e: e.ifname)
+                    best = max(first.addresses, key=lambda a: a.version)
+                    return str(best.ip), p.container_port
+        return None
+
     def bindings(self, c: Container) -> list[tuple[str, str, int]]:
         """c's ports as Docker shows them: ("80/tcp", host address, host port), one per
         family the port is published on ("0.0.0.0" and "::" for all addresses)."""
-        resolved = self.published(c)
-        if resolved:
-            return [(f"{p.container_port}/{p.protocol}",
-                     str(p.host_ip) if p.host_ip else
-                     ("0.0.0.0" if p.container_ip.version == 4 else "::"), p.host_port)
-                    for p in resolved]
-        return [(f"{p.container_port}/{p.protocol}", str(p.host_ip or "0.0.0.0"),
-                 p.host_port) for p in c.ports]
+        eps = self.h.store.endpoints(container_id=c.id)
+        versions = sorted({a.version for a in min(eps, key=lambda e: e.ifname).addresses}) \
+            if eps else [4]
+        return [(f"{p.container_port}/{p.protocol}", ip, p.host_port) for p in c.ports
+                for ip in ([str(p.host_ip)] if p.host_ip else
+                           ["0.0.0.0" if v == 4 else "::" for v in versions])]
 
     def describe(self, ref: str) -> list[str]:
         """`portway port NAME`."""
