@@ -130,11 +130,16 @@ class LoopbackProxy:
         self._post(drop)
 
     def close(self) -> None:
+        if self._thread is None:  # never relayed anything
+            self._sel.close()
+            self._waker_r.close()
+            self._waker_w.close()
+            return
+
         def stop() -> None:
             self._closed = True
         self._post(stop)
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self._thread.join(timeout=5)
 
     def _post(self, work: Callable[[], object]) -> None:
         with self._lock:
