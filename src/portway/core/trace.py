@@ -127,6 +127,10 @@ class Space:
     ifaces: list[Iface]
     routes: list[Route]
     listeners: set[tuple[str, str, int]] = field(default_factory=set)  # proto, addr, port
+    # Of the listeners, portwayd's own: the sockets that hold published ports. Traffic to
+    # a published port is DNATed before any socket sees it, but for the host's own over
+    # ::1 (which IPv6 cannot DNAT): a socket filter lets only the loopback's sources in.
+    portway_sockets: set[tuple[str, str, int]] = field(default_factory=set)
     ruleset: list[dict[str, Any]] = field(default_factory=list)
     forwarding: bool = False  # net.ipv4.ip_forward
     forwarding6: bool = False  # net.ipv6.conf.all.forwarding
@@ -362,6 +366,8 @@ class _Walk:
         # A socket on :: takes IPv4 too (unless IPV6_V6ONLY, which is not observed).
         wildcards = ("0.0.0.0", "::") if packet.version == 4 else ("::",)
         for addr in (str(packet.daddr), *wildcards):
+            if (packet.l4proto, addr, packet.dport) in space.portway_sockets:
+                self.portway_socket(space, packet, addr)
             if (packet.l4proto, addr, packet.dport) in space.listeners:
                 self.hop("socket", space.label, f"a {packet.l4proto} socket listens on "
                          f"{hostport(addr, packet.dport)}; it sees the connection from "
@@ -374,6 +380,24 @@ class _Walk:
                  f"{answer}")
         self.end("no-listener", f"reaches {space.label}, but nothing listens on "
                  f"{packet.dport}/{packet.l4proto} ({answer})", packet)
+
+    def portway_socket(self, space: Space, packet: Packet, addr: str) -> None:
+        """A socket of portwayd that holds a published port: it takes only the host's own
+        connections (over ::1, relayed to the container in user space)."""
+        where = hostport(addr, packet.dport)
+        if is_loopback(packet.saddr):
+            self.hop("socket", space.label, f"portwayd's {packet.l4proto} socket on {where} "
+                     "holds a published port: it relays the host's own connection to the "
+                     "container in user space (the container sees it come from its "
+                     "gateway)")
+            self.end("delivered", f"delivered to portwayd's relay on {where}/"
+                     f"{packet.l4proto}, which connects to the container", packet)
+        self.hop("socket", space.label, f"portwayd's {packet.l4proto} socket on {where} "
+                 f"holds a published port: its socket filter takes only the host's own "
+                 f"connections (from ::1 or 127/8) and drops this one from {packet.saddr}")
+        self.end("dropped", f"dropped by the socket filter of portwayd's {where}/"
+                 f"{packet.l4proto}: a published port is reached from {packet.saddr} only "
+                 "through its DNAT rule, which this packet did not meet", packet)
 
     def egress(self, space: Space, route: Route, packet: Packet) -> None:
         iface = space.iface(route.dev)

@@ -125,6 +125,7 @@ def run(engine: Engine, world: core.World, src_key: str, packet: Packet,
                 spaces=world.spaces, bridge_nf=world.bridge_nf, bridge_nf6=world.bridge_nf6)
             compare_static = core.trace(probe_world, "outside", replace(packet, iif=probe_if),
                                         label, destination)
+        udp_errors = nftrace.udp_in_errors()
         engine.nft.apply(trace_tables(packet.l4proto, sport, packet.dport, str(packet.daddr),
                                       str(packet.saddr) if outside else None, devices))
         fault_point("trace.live")
@@ -140,6 +141,7 @@ def run(engine: Engine, world: core.World, src_key: str, packet: Packet,
             name = src_key.removeprefix("ns:")
             outcome, local = netns.in_netns(netns.netns_path(name), send)
         events = listener.read()
+        socket_drops = nftrace.udp_in_errors() - udp_errors
         connections = nftrace.connections()
     finally:
         listener.close()
@@ -150,7 +152,7 @@ def run(engine: Engine, world: core.World, src_key: str, packet: Packet,
                 links.delete_link(engine.host, probe_if)
                 netns.delete_netns(probe_ns)
     return _report(events, connections, rules, hooks, outcome, local, sport, packet,
-                   static, compare_static, outside)
+                   static, compare_static, outside, socket_drops)
 
 
 def _facing(host: core.Space, client: IPAddress) -> IPAddress:
@@ -182,7 +184,8 @@ def first_packet(events: list[nftrace.TraceEvent]) -> list[nftrace.TraceEvent]:
 def _report(events: list[nftrace.TraceEvent], connections: list[nftrace.Connection],
             rules: dict[tuple[str, str, int], str], hooks: dict[tuple[str, str, str], str],
             outcome: str, local: tuple[str, int], sport: int, packet: Packet,
-            static: core.Trace, compare_static: core.Trace, outside: bool) -> dict[str, Any]:
+            static: core.Trace, compare_static: core.Trace, outside: bool,
+            socket_drops: int = 0) -> dict[str, Any]:
     mine = first_packet(events)
     stopped = next((e for e in mine if e.table == TABLE and e.family == "netdev"
                     and e.verdict == "drop"), None)
@@ -202,12 +205,16 @@ def _report(events: list[nftrace.TraceEvent], connections: list[nftrace.Connecti
         verdict, summary = "no-listener", "refused (nothing listens)"
     elif outcome == "unreachable":
         verdict, summary = "no-route", "the source's kernel has no route"
+    elif outcome == "timeout" and packet.l4proto == "udp" and socket_drops > 0:
+        verdict = "dropped"
+        summary = "no answer, and the host dropped a UDP datagram on receipt meanwhile " \
+                  "(UDP InErrors rose: a socket's filter, or a full buffer)"
     elif outcome == "timeout" and packet.l4proto == "udp":
         verdict, summary = "delivered", "no ICMP error came back (UDP cannot say more)"
     else:
         verdict = "dropped"
         summary = f"no answer ({outcome}) and no netfilter rule dropped it: the kernel " \
-                  "itself did (a martian, rp_filter, a missing neighbour...)"
+                  "itself did (a martian, rp_filter, a socket filter, a missing neighbour...)"
     src = packet.saddr if outside else ipaddress.ip_address(local[0].partition("%")[0])
     entry = next((c for c in connections if c.orig == (str(src), sport, str(packet.daddr),
                                                        packet.dport)), None)

@@ -50,10 +50,16 @@ def _space(key: str, label: str, ipr: IPRoute, rules: list[dict[str, Any]],
                          prefsrc=ipaddress.ip_address(r["prefsrc"]) if r["prefsrc"] else None,
                          kind=r["kind"], metric=r["metric"])
               for r in observe.route_table(ipr)]
-    listeners = {(proto, addr, port) for proto in ("tcp", "udp")
-                 for addr, port in observe.listening(proto, exact=True)}
+    own = observe.own_sockets()
+    listeners: set[tuple[str, str, int]] = set()
+    mine: set[tuple[str, str, int]] = set()
+    for proto in ("tcp", "udp"):
+        for addr, port, inode in observe.listeners(proto):
+            listeners.add((proto, addr, port))
+            if inode in own:
+                mine.add((proto, addr, port))
     return core.Space(key=key, label=label, ifaces=ifaces, routes=routes,
-                      listeners=listeners, ruleset=rules,
+                      listeners=listeners, portway_sockets=mine, ruleset=rules,
                       forwarding=observe.read_sysctl("net.ipv4.ip_forward") == "1",
                       forwarding6=observe.read_sysctl("net.ipv6.conf.all.forwarding") == "1",
                       neighbours=observe.neighbours(ipr), fdb=observe.bridge_fdb(ipr))

@@ -242,3 +242,21 @@ def _outcome(err: int) -> str:
     if err in (errno.ENETUNREACH, errno.EHOSTUNREACH):
         return "unreachable"
     return f"error:{errno.errorcode.get(err, err)}"
+
+
+def udp_in_errors() -> int:
+    """UDP datagrams the calling thread's namespace dropped on receipt, both families
+    (InErrors: a socket filter's drop, or a full buffer): the only trace a datagram
+    dropped by a socket's filter leaves."""
+    total = 0
+    try:
+        with open("/proc/thread-self/net/snmp") as f:
+            rows = [line.split() for line in f if line.startswith("Udp:")]
+        if len(rows) == 2:
+            total += int(rows[1][rows[0].index("InErrors")])
+        with open("/proc/thread-self/net/snmp6") as f:
+            total += sum(int(line.split()[1]) for line in f
+                         if line.startswith("Udp6InErrors"))
+    except (OSError, ValueError, IndexError):
+        pass
+    return total

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 from typing import Any
 
@@ -10,30 +11,53 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.diag import SS_CLOSE, SS_LISTEN, DiagSocket
 
 
-def listening(protocol: str, exact: bool = False) -> list[tuple[str, int]]:
+def listening(protocol: str) -> list[tuple[str, int]]:
     """(address, port) of the listening TCP or bound (unconnected) UDP sockets in the
     calling thread's network namespace. IPv6 addresses come back as '::' for the
-    unspecified address (a dual-stack socket that also takes IPv4) and '::x' otherwise,
-    or as they are with exact (what trace needs to match a destination).
+    unspecified address (a dual-stack socket that also takes IPv4) and '::x' otherwise."""
+    out: list[tuple[str, int]] = []
+    for addr, port, _ in listeners(protocol):
+        if ":" in addr:
+            addr = "::" if addr == "::" else "::x"
+        out.append((addr, port))
+    return out
+
+
+def listeners(protocol: str) -> list[tuple[str, int, int]]:
+    """(address, port, inode) of the listening TCP or bound (unconnected) UDP sockets in
+    the calling thread's network namespace, addresses as ipaddress writes them.
 
     Asked of sock_diag, by state: /proc/net/tcp walks the whole established-connection
     hash table, shared by every namespace (milliseconds on a large machine), while a
     dump of listeners only reads the listening table."""
     state = SS_LISTEN if protocol == "tcp" else SS_CLOSE
     proto = socket.IPPROTO_TCP if protocol == "tcp" else socket.IPPROTO_UDP
-    out: list[tuple[str, int]] = []
+    out: list[tuple[str, int, int]] = []
     with DiagSocket() as diag:
         diag.bind()
         for family in (socket.AF_INET, socket.AF_INET6):
             for msg in diag.get_sock_stats(family=family, states=1 << state, protocol=proto):
                 if msg["idiag_state"] != state:
                     continue
-                addr = str(msg["idiag_src"])
-                if family == socket.AF_INET6 and exact:
-                    addr = str(ipaddress.IPv6Address(addr))
-                elif family == socket.AF_INET6:
-                    addr = "::" if ipaddress.IPv6Address(addr).packed == bytes(16) else "::x"
-                out.append((addr, int(msg["idiag_sport"])))
+                addr = str(ipaddress.ip_address(str(msg["idiag_src"])))
+                out.append((addr, int(msg["idiag_sport"]), int(msg["idiag_inode"])))
+    return out
+
+
+def own_sockets() -> set[int]:
+    """The inodes of this process's own sockets (its file descriptors)."""
+    out: set[int] = set()
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return out
+    for name in names:
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue  # closed meanwhile
+        if target.startswith("socket:["):
+            out.add(int(target[8:-1]))
     return out
 
 

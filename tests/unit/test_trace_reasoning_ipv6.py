@@ -308,3 +308,21 @@ def test_bad_destinations_say_what_is_wrong(text: str, words: str) -> None:
     with pytest.raises(InvalidInput) as err:
         split_destination(text)
     assert words in err.value.message and "\n" not in err.value.line()
+
+
+def test_portwayds_own_sockets_take_only_the_hosts_connections() -> None:
+    """The socket that holds a published port (on ::, for both families) is reached only
+    where no DNAT rule took the packet first: from the host over ::1 (relayed), or over
+    IPv6 to an IPv4-only container's port (its filter drops it)."""
+    w = world()
+    for port in (8080, 9090):
+        w.host.listeners.add(("tcp", "::", port))
+        w.host.portway_sockets.add(("tcp", "::", port))
+    t = trace(w, "host", packet("::1", 8080), "host", "x")
+    assert t.verdict == "delivered" and "relays the host's own connection" in render(t)
+    t = trace(w, "outside", packet(UPLINK6, 9090, OUTSIDE6, "uplink0"), "outside", "x")
+    assert t.verdict == "dropped" and "socket filter" in t.summary
+    assert [h.decision for h in t.hops if h.decision and "drop" in h.decision.verdict] == []
+    # Over IPv4 the same port is DNATed before any socket sees it.
+    t = trace(w, "outside", packet(UPLINK4, 9090, "198.51.100.2", "uplink0"), "outside", "x")
+    assert t.verdict == "delivered" and t.seen_destination == "10.80.0.2:80"
