@@ -1,9 +1,10 @@
 """Write docs/how-packets-move.md from real runs of `portway trace` (make how-packets-move).
 
-It builds a throwaway world (a host namespace, an outside namespace, three
-networks and four containers), runs `portway show` and a trace of each path the
-firewall builds, checks each verdict with a real connection, and writes the
-output as it came, between short explanations. Everything is removed after.
+It builds a throwaway world (a host namespace, an outside namespace, three IPv4
+networks with four containers, a dual-stack and an IPv6-only network with three
+more), runs `portway show` and a trace of each path the firewall builds, for both
+families, checks each verdict with a real connection, and writes the output as it
+came, between short explanations. Everything is removed after.
 """
 
 from __future__ import annotations
@@ -16,7 +17,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from portway.testbed import HOST_ADDR, OUTSIDE_ADDR, make_world, remove_world
+from portway.testbed import (
+    HOST_ADDR,
+    HOST_ADDR6,
+    OUTSIDE_ADDR,
+    OUTSIDE_ADDR6,
+    make_world,
+    remove_world,
+)
 from portway.testbed import HTTP_GET as GET
 from portway.testbed import WAIT_LISTENING as WAIT
 
@@ -43,9 +51,15 @@ dropped in the egress hook of any interface that is not portway's, so it never
 leaves the host; from `outside`, it comes from a throwaway namespace joined to
 the host by a temporary veth.
 
+IPv6 paths are traced the same way: an IPv6 destination is written
+`[ADDR]:PORT`, `--from-ip` takes an IPv6 address, and a container with both
+families is traced over IPv4 unless `-6` is given (a client that looks the name
+up tries IPv4 first for a unique local address, as RFC 6724 says).
+
 Everything below is real output, written by `make how-packets-move`
 (scripts/how_packets_move.py) in a throwaway host namespace whose uplink
-(`uplink0`, {HOST_ADDR}) leads to an "outside" namespace ({OUTSIDE_ADDR}), with:
+(`uplink0`, {HOST_ADDR} and {HOST_ADDR6}) leads to an "outside" namespace
+({OUTSIDE_ADDR} and {OUTSIDE_ADDR6}), with:
 
 """
 
@@ -60,6 +74,14 @@ SETUP = [
     ("run", "-d", "--name", "store", "--network", "db", "--",
      "python3", "-m", "http.server", "5432"),
     ("run", "-d", "--name", "inner", "--network", "back", "--", "sleep", "600"),
+    ("network", "create", "dual", "--ipv6", "--subnet", "10.87.0.0/24", "--subnet",
+     "fd00:87::/64"),
+    ("network", "create", "six", "--ipv6", "--ipv4=false", "--subnet", "fd00:88::/64"),
+    ("run", "-d", "--name", "web6", "--network", "dual", "-p", "8086:80", "--",
+     "python3", "-m", "http.server", "--bind", "::", "80"),
+    ("run", "-d", "--name", "cli6", "--network", "dual", "--", "sleep", "600"),
+    ("run", "-d", "--name", "store6", "--network", "six", "--",
+     "python3", "-m", "http.server", "--bind", "::", "5432"),
 ]
 
 # (title, explanation, trace arguments, expected verdict, a real attempt: (where, url))
@@ -111,6 +133,50 @@ PATHS: list[tuple[str, str, list[str], str, tuple[str, str] | None]] = [
      "The packet is delivered to the container's namespace, where no socket is bound to "
      "the port: the kernel answers with a TCP reset.",
      ["web", "cache:81"], "no-listener", ("web", "http://10.77.0.3:81/")),
+    # IPv6
+    ("IPv6: between containers of one network",
+     "`dual` has both families: `-6` traces the IPv6 address (without it, IPv4, as for "
+     "`web` and `cache` above). Bridged, with bridge netfilter's ip6tables call on: the "
+     "same `icc` rule as for IPv4 accepts it, and the server sees the client's own "
+     "address. Before the first packet, neighbour discovery (IPv6's ARP) finds the MAC.",
+     ["cli6", "web6:80", "-6"], "delivered", ("cli6", "http://[fd00:87::2]/")),
+    ("IPv6: across networks, isolated",
+     "`store6` has IPv6 only, so no `-6` is needed. Routed by the host between the two "
+     "bridges, and dropped by the same isolation rule as IPv4: the network's rules are "
+     "per network, not per family.",
+     ["cli6", "store6:5432"], "dropped", ("cli6", "http://[fd00:88::2]:5432/")),
+    ("IPv6: from outside to a published port",
+     "`-p 8086:80` publishes on both families: the `pub_any6_*` maps DNAT the host's "
+     "IPv6 address to the container's, and the container sees the client's own IPv6 "
+     "address.",
+     ["outside", "web6:80", "--from-ip", OUTSIDE_ADDR6], "delivered",
+     ("outside", f"http://[{HOST_ADDR6}]:8086/")),
+    ("IPv6: from outside to an unpublished address",
+     "As for IPv4: not DNATed, so dropped on its way into the network.",
+     ["outside", "[fd00:87::2]:80", "--from-ip", OUTSIDE_ADDR6], "dropped", None),
+    ("IPv6: from outside to ::1",
+     "IPv6 drops a packet for `::1` that arrives on any interface but `lo` as soon as it "
+     "arrives, before any netfilter hook: no rule is needed, and the live trace sees "
+     "nothing of it.",
+     ["outside", "[::1]:8086", "--from-ip", OUTSIDE_ADDR6], "dropped", None),
+    ("IPv6: from a host process to ::1",
+     "No rule DNATs `::1` (IPv6 has no `route_localnet`: the answer could never come "
+     "back to it). The socket of portwayd that holds the published port takes the "
+     "connection instead and relays it to the container in user space; its socket "
+     "filter lets only the host's loopback in.",
+     ["host", "[::1]:8086"], "delivered", ("host", "http://[::1]:8086/")),
+    ("IPv6: hairpin",
+     "A container through the host's IPv6 address to its own published port: DNAT back "
+     "to the same bridge, masqueraded to the network's IPv6 gateway.",
+     ["web6", f"[{HOST_ADDR6}]:8086"], "delivered", ("web6", f"http://[{HOST_ADDR6}]:8086/")),
+    ("IPv6: outbound through NAT66",
+     "Routed out of the uplink; postrouting's `nat_src6` map sends the network's IPv6 "
+     "sources to its masquerade rule: the outside sees the host's IPv6 address, never the "
+     "network's unique local one.",
+     ["cli6", f"[{OUTSIDE_ADDR6}]:9000"], "leaves-host", None),
+    ("IPv6: outbound from an IPv6-only network",
+     "The same for a network without IPv4.",
+     ["store6", f"[{OUTSIDE_ADDR6}]:9000"], "leaves-host", None),
 ]
 
 
@@ -142,8 +208,10 @@ def write(world: World) -> str:
         world.pw(*args)
         out.append("$ portway " + " ".join(args))
     out.append("```\n")
-    for name, port in (("web", "80"), ("cache", "80"), ("store", "5432")):
-        world.pw("exec", name, "--", "python3", "-c", WAIT, "127.0.0.1", port)
+    for name, addr, port in (("web", "127.0.0.1", "80"), ("cache", "127.0.0.1", "80"),
+                             ("store", "127.0.0.1", "5432"), ("web6", "::1", "80"),
+                             ("store6", "::1", "5432")):
+        world.pw("exec", name, "--", "python3", "-c", WAIT, addr, port)
     out += ["## The wiring: `portway show`", "", "```", "$ portway show", world.pw("show"),
             "```", ""]
     failures = []
@@ -173,9 +241,11 @@ def main() -> int:
         text = write(world)
     finally:
         subprocess.run([PORTWAY, "--host-netns", world.host, "--state-dir", world.state,
-                        "rm", "-f", "web", "cache", "store", "inner"], capture_output=True)
+                        "rm", "-f", "web", "cache", "store", "inner", "web6", "cli6", "store6"],
+                       capture_output=True)
         subprocess.run([PORTWAY, "--host-netns", world.host, "--state-dir", world.state,
-                        "network", "rm", "app", "db", "back"], capture_output=True)
+                        "network", "rm", "app", "db", "back", "dual", "six"],
+                       capture_output=True)
         subprocess.run([PORTWAY, "--host-netns", world.host, "--state-dir", world.state,
                         "daemon", "stop"], capture_output=True)
         remove_world(world.host, world.outside)

@@ -279,8 +279,27 @@ def write(w: World) -> None:
            "Podman's dual-stack and IPv6-only networks (`podman network create --ipv6`, "
            "or `--subnet` with an IPv6 subnet) get the same through portway-netavark: "
            "see [podman.md](podman.md).")
-    w.text("## Not yet",
-           "`portway trace`, `show` and `graph` follow IPv4 paths only.")
+    w.text("## Seeing it: show, graph, trace",
+           "`portway show` and `portway graph` list every subnet, gateway and address of "
+           "both families:")
+    shown = w.pw("show")
+    w.check("show lists the v6 subnet and addresses",
+            v6["Subnet"] in shown and web6 in shown and "fd00:77::2" in shown)
+    w.text("`portway trace` follows IPv6 paths as it does IPv4 ones, static and `--live` "
+           "(the probe then goes over IPv6 too, and still never leaves the host): the "
+           "`ip6` and `inet` tables' chains, the IPv6 route lookups, neighbour discovery, "
+           "NAT66 and the published ports' `pub_*6_*` maps. An IPv6 destination is "
+           "written `[ADDR]:PORT` and `--from-ip` takes an IPv6 address. A container "
+           "with both families is traced over IPv4 by default, as a client that looks up "
+           "its name tries it (RFC 6724 prefers IPv4 to a unique local address); `-6` "
+           "traces its IPv6 address (and `-4` insists on IPv4). From the outside to "
+           "`web`'s published port over IPv6:")
+    t = w.pw("trace", "outside", "web:80", "-6", "--live")
+    w.check("trace over IPv6 is delivered, static and live agreeing",
+            "verdict: delivered" in t and "static and live agree" in t
+            and f"[{web6}]:80" in t)
+    w.text("[how-packets-move.md](how-packets-move.md) shows every IPv6 path the "
+           "firewall builds, each checked by a real connection.")
 
 
 def main() -> int:
