@@ -308,7 +308,7 @@ def test_port_conflicts(fw: Sandbox) -> None:
         time.sleep(0.5)
         before = sb.snapshot()
         for spec, holder in (("8085:80", "0.0.0.0:8085"), ("8086:53/udp", "0.0.0.0:8086"),
-                             ("8087:80", ":::8087")):
+                             ("8087:80", "[::]:8087")):
             cp = sb.pw("run", "-d", "--name", "five", "--network", "app", "-p", spec, "--",
                        "sleep", "300", check=False)
             assert cp.returncode == 4 and holder in cp.stderr, cp.stderr

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from portway.core import files, ipam, names, validate
-from portway.core.ports import format_mapping, parse_port_spec, parse_port_specs
+from portway.core.ports import format_mapping, host_port_holder, parse_port_spec, parse_port_specs
 from portway.errors import Conflict, InvalidInput, PortwayError
 
 N = ipaddress.ip_network
@@ -186,6 +186,17 @@ def test_port_specs(spec: str, expected: list[str]) -> None:
 def test_bad_port_specs(spec: str) -> None:
     with pytest.raises(InvalidInput):
         parse_port_spec(spec)
+
+
+def test_host_port_holder_by_family() -> None:
+    sockets = [("0.0.0.0", 80), ("2001:db8::5", 81), ("::", 82), ("127.0.0.1", 83)]
+    assert host_port_holder(sockets, None, 80) == "0.0.0.0:80"
+    assert host_port_holder(sockets, "2001:db8::1", 80) is None  # IPv4 only
+    assert host_port_holder(sockets, "2001:db8::5", 81) == "[2001:db8::5]:81"
+    assert host_port_holder(sockets, "2001:db8::6", 81) is None
+    assert host_port_holder(sockets, "10.0.0.1", 82) == "[::]:82"
+    assert host_port_holder(sockets, "127.0.0.1", 83) == "127.0.0.1:83"
+    assert host_port_holder(sockets, "10.0.0.1", 83) is None
 
 
 def test_duplicate_host_port() -> None:

@@ -103,6 +103,8 @@ def host_port_holder(sockets: list[tuple[str, int]], host_ip: str | None,
     for address, bound in sockets:
         if bound != port:
             continue
-        if address in ("0.0.0.0", "::") or host_ip is None or address == host_ip:
-            return f"{address}:{port}"
+        # "::" may take IPv4 too (unless IPV6_V6ONLY, which the kernel does not say here).
+        if host_ip is None or address in (host_ip, "::") or \
+                (address == "0.0.0.0" and ":" not in host_ip):
+            return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
     return None

@@ -13,14 +13,9 @@ from pyroute2.netlink.diag import SS_CLOSE, SS_LISTEN, DiagSocket
 
 def listening(protocol: str) -> list[tuple[str, int]]:
     """(address, port) of the listening TCP or bound (unconnected) UDP sockets in the
-    calling thread's network namespace. IPv6 addresses come back as '::' for the
-    unspecified address (a dual-stack socket that also takes IPv4) and '::x' otherwise."""
-    out: list[tuple[str, int]] = []
-    for addr, port, _ in listeners(protocol):
-        if ":" in addr:
-            addr = "::" if addr == "::" else "::x"
-        out.append((addr, port))
-    return out
+    calling thread's network namespace ('::' is a socket on every address, of IPv4 too
+    unless it is IPv6-only)."""
+    return [(addr, port) for addr, port, _ in listeners(protocol)]
 
 
 def listeners(protocol: str) -> list[tuple[str, int, int]]:
