@@ -1,4 +1,5 @@
-"""DNS benchmarks: portway's server beside aardvark-dns 1.4, with dnsperf, in one run.
+"""DNS benchmarks: portway's server beside aardvark-dns 1.4, with dnsperf, in one run;
+and portway's AAAA answers beside its A answers, on one dual-stack network.
 
 aardvark-dns is set up the way Podman does it: netavark `setup` with DNS on,
 which writes its records and starts it on the network's gateway. Both servers
@@ -29,17 +30,21 @@ FAKE_DNS = ROOT / "tests" / "e2e" / "fake_dns.py"
 SECONDS = float(os.environ.get("PORTWAY_BENCH_DNS_SECONDS", "3"))
 ROUNDS = int(os.environ.get("PORTWAY_BENCH_DNS_ROUNDS", "5"))
 UPSTREAM = "198.51.100.2"  # the fake upstream, in the outside namespace
+SUBNETS = ["10.207.0.0/24", "fd00:207::/64"]  # portway's network: dual stack
+GATEWAY, GATEWAY6 = "10.207.0.1", "fd00:207::1"
 LOADED_RATE = 40_000  # queries/s, below what either server can answer here
 
 LATENCY = """
 import socket, struct, sys, time
-server, name, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+server, name, count, qtype = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 q = b''.join(bytes([len(p)]) + p.encode() for p in name.split('.')) + b'\\0'
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)
+family = socket.AF_INET6 if ':' in server else socket.AF_INET
+s = socket.socket(family, socket.SOCK_DGRAM); s.settimeout(2)
 s.connect((server, 53))
 out = []
 for i in range(count):
-    msg = struct.pack('!HHHHHH', i & 0xffff, 0x0100, 1, 0, 0, 0) + q + b'\\0\\1\\0\\1'
+    msg = struct.pack('!HHHHHH', i & 0xffff, 0x0100, 1, 0, 0, 0) + q + \\
+        struct.pack('!HH', qtype, 1)
     t = time.perf_counter(); s.send(msg); s.recv(4096)
     out.append((time.perf_counter() - t) * 1e6)
 out.sort()
@@ -96,17 +101,20 @@ def dnsperf(netns: str, server: str, queries: list[str], rate: int = 0) -> dict[
     return {"qps": round(float(qps.group(1))), "avg_us": round(float(avg.group(1)) * 1e6)}
 
 
-def latency(netns: str, server: str, name: str, count: int = 3000) -> tuple[float, float]:
+def latency(netns: str, server: str, name: str, count: int = 3000,
+            qtype: int = 1) -> tuple[float, float]:
+    """p50 and p99 round trip (µs) of one query at a time; qtype 1 is A, 28 AAAA."""
     settle()
     out = sh("ip", "netns", "exec", netns, "python3", "-c", LATENCY, server, name,
-             str(count)).stdout.split()
+             str(count), str(qtype)).stdout.split()
     return round(float(out[0]), 1), round(float(out[1]), 1)
 
 
 @contextlib.contextmanager
 def portway_side(engine: Any, outside: str) -> Iterator[str]:
-    """portway's network with two containers; yields the asking container's namespace."""
-    engine.network_create("dnsnet", subnet="10.207.0.0/24")
+    """portway's dual-stack network with three containers; yields the asking container's
+    namespace."""
+    engine.network_create("dnsnet", subnet=SUBNETS, ipv6=True)
     target = engine.run(["sleep", "600"], name="target", networks=["dnsnet"], detach=True)
     client = engine.run(["sleep", "600"], name="asker", networks=["dnsnet"], detach=True)
     third = engine.run(["sleep", "600"], name="db", networks=["dnsnet"], detach=True)
@@ -173,30 +181,43 @@ def bench_dns(engine: Any, outside: str) -> dict[str, Any]:
     (Not PTR: aardvark-dns 1.4 also forwards a PTR query for a container's address
     upstream, which would measure its forwarding.) At a fixed rate both servers keep
     up with, the average latency shows what portway's pause under load costs. Every
-    run starts on an idle machine."""
+    run starts on an idle machine.
+
+    portway's network is dual-stack: each of its A runs is followed by the same names
+    asked for AAAA, and once more over IPv6 to its IPv6 gateway, so the families'
+    figures come from the same moments of the machine."""
     one = ["target A"]
     mix = ["target A", "asker A", "db A"]
+    one6 = ["target AAAA"]
+    mix6 = ["target AAAA", "asker AAAA", "db AAAA"]
     with portway_side(engine, outside) as pw, aardvark_side(UPSTREAM) as av:
-        servers = {"portway": (pw, "10.207.0.1")}
+        servers = {"portway": (pw, GATEWAY)}
         if av is not None:
             servers["aardvark"] = (av, "10.89.0.1")
-        runs: dict[str, dict[str, list[float]]] = {k: {"local": [], "mixed": []}
-                                                   for k in servers}
+        # (side, figure, namespace, server, queries), in the order of every round.
+        asks = [("portway", "local", pw, GATEWAY, one),
+                ("portway", "local_aaaa", pw, GATEWAY, one6),
+                ("portway", "local_aaaa_over6", pw, GATEWAY6, one6),
+                ("portway", "mixed", pw, GATEWAY, mix),
+                ("portway", "mixed_aaaa", pw, GATEWAY, mix6)]
+        if av is not None:
+            asks += [("aardvark", "local", av, "10.89.0.1", one),
+                     ("aardvark", "mixed", av, "10.89.0.1", mix)]
+        runs: dict[str, dict[str, list[float]]] = {k: {} for k in servers}
         for _ in range(ROUNDS):
-            for side, (netns, address) in servers.items():
-                runs[side]["local"].append(dnsperf(netns, address, one)["qps"])
-                runs[side]["mixed"].append(dnsperf(netns, address, mix)["qps"])
+            for side, figure, netns, address, queries in asks:
+                runs[side].setdefault(figure, []).append(
+                    dnsperf(netns, address, queries)["qps"])
         results: dict[str, Any] = {}
         for side, (netns, address) in servers.items():
             results[side] = {
-                "local_qps": statistics.median(runs[side]["local"]),
-                "local_qps_runs": runs[side]["local"],
-                "mixed_qps": statistics.median(runs[side]["mixed"]),
-                "mixed_qps_runs": runs[side]["mixed"],
+                **{f"{figure}_qps": statistics.median(v) for figure, v in runs[side].items()},
+                **{f"{figure}_qps_runs": v for figure, v in runs[side].items()},
                 "loaded_avg_us": dnsperf(netns, address, one, LOADED_RATE)["avg_us"],
                 "local_latency_us": latency(netns, address, "target"),
                 "forwarded_qps": dnsperf(netns, address, ["example.org A"])["qps"],
                 "forwarded_latency_us": latency(netns, address, "example.org", 1000),
             }
+        results["portway"]["local_aaaa_latency_us"] = latency(pw, GATEWAY, "target", qtype=28)
     return {"portway": results["portway"], "aardvark": results.get("aardvark"),
             "rounds": ROUNDS, "loaded_rate": LOADED_RATE}

@@ -1,7 +1,8 @@
 """Firewall benchmarks: per-packet cost against the number of published ports, the cost
 of adding one, and TCP throughput through each path, beside the same paths without
-rules. Runs inside bench/run.py's host namespace, with an "outside" namespace on the
-uplink; every number is measured in the same run as its comparison.
+rules, for IPv4 and IPv6 on one dual-stack network. Runs inside bench/run.py's host
+namespace, with an "outside" namespace on the uplink; every number is measured in the
+same run as its comparison, and the two families' runs alternate.
 """
 
 from __future__ import annotations
@@ -16,18 +17,26 @@ from typing import Any
 from portway.core import firewall
 from portway.core.firewall import Published
 from portway.kernel.nft import Nft
+from portway.model.types import IPAddress
+from portway.testbed import HOST_ADDR, HOST_ADDR6
 
-HOST_ADDR, OUTSIDE_ADDR = "198.51.100.1", "198.51.100.2"
+SUBNETS = ["10.204.0.0/24", "fd00:204::/64"]
 SCALES = (1, 1000, 10000)
 FIRST_FILLER = 20000  # filler ports are 20000.., the measured one comes after them
+MEASURED = 50000
+RATE_ROUNDS = 3  # connection-rate runs per family and scale, alternating; the median
+RATE_SECONDS = 1.5
+IPERF_CYCLES = 2  # with rules, without, with, without: machine drift falls on both
+IPERF_RUNS = 2  # iperf3 runs per path and cycle
 
 CONNECT_LOOP = """
 import socket, sys, time
 addr, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+family = socket.AF_INET6 if ':' in addr else socket.AF_INET
 count = fails = 0
 end = time.monotonic() + seconds
 while time.monotonic() < end:
-    s = socket.socket()
+    s = socket.socket(family)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b'\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x00')
     try:
         s.connect((addr, port)); count += 1
@@ -37,8 +46,10 @@ while time.monotonic() < end:
 print(count / seconds, fails)
 """
 ACCEPT_LOOP = ("import socket\n"
-               "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
-               "s.bind(('0.0.0.0', 80)); s.listen(4096)\n"
+               "s = socket.socket(socket.AF_INET6)\n"
+               "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+               "s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)\n"
+               "s.bind(('::', 80)); s.listen(4096)\n"
                "while True:\n    c, _ = s.accept(); c.close()\n")
 
 
@@ -46,47 +57,66 @@ def sh(*args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(args), capture_output=True, text=True, check=True, **kw)
 
 
-def connect_rate(port: int, seconds: float = 2.0) -> float:
+def connect_rate(address: str, port: int, seconds: float = RATE_SECONDS) -> float:
     out = sh("ip", "netns", "exec", OUTSIDE_NS[0], "python3", "-c", CONNECT_LOOP,
-             HOST_ADDR, str(port), str(seconds)).stdout.split()
+             address, str(port), str(seconds)).stdout.split()
     rate, fails = float(out[0]), int(out[1])
     if rate == 0 or fails > rate * seconds * 0.01:
-        raise RuntimeError(f"connections to port {port} failed ({fails})")
+        raise RuntimeError(f"connections to [{address}]:{port} failed ({fails})")
     return round(rate)
+
+
+def rates(ports: dict[str, int]) -> dict[str, float]:
+    """New connections per second from the outside to each family's host address and
+    its port, RATE_ROUNDS runs each, the families in turn; the median of each."""
+    samples: dict[str, list[float]] = {host: [] for host in ports}
+    for _ in range(RATE_ROUNDS):
+        for host, port in ports.items():
+            samples[host].append(connect_rate(host, port))
+    return {host: round(statistics.median(v)) for host, v in samples.items()}
 
 
 OUTSIDE_NS: list[str] = []
 
 
-def fill(nft: Nft, target: ipaddress.IPv4Address, count: int, start: int) -> None:
-    """count published ports to target, in batches, as portway's own elements."""
+def fill(nft: Nft, instance: str, target: IPAddress, count: int, start: int) -> None:
+    """count published ports to target, in batches, as portway's own elements (of the
+    maps of target's family)."""
     batch: list[Published] = []
     for port in range(start, start + count):
         batch.append(Published("bench", "tcp", port, target, 80))
         if len(batch) == 1000:
-            nft.apply(firewall.render_ports(batch))
+            nft.apply(firewall.render_ports(batch, instance))
             batch = []
     if batch:
-        nft.apply(firewall.render_ports(batch))
+        nft.apply(firewall.render_ports(batch, instance))
 
 
-def add_one_ms(nft: Nft, target: ipaddress.IPv4Address, rounds: int = 50) -> float:
+def unfill(nft: Nft, target: IPAddress, count: int, start: int) -> None:
+    ports = [Published("bench", "tcp", p, target, 80) for p in range(start, start + count)]
+    for i in range(0, len(ports), 1000):
+        nft.apply(firewall.render_ports_removal(ports[i:i + 1000]))
+
+
+def add_one_ms(nft: Nft, instance: str, target: IPAddress, rounds: int = 50) -> float:
     samples = []
     for i in range(rounds):
         p = [Published("bench", "tcp", 60000 + i, target, 80)]
         start = time.perf_counter()
-        nft.apply(firewall.render_ports(p))
+        nft.apply(firewall.render_ports(p, instance))
         samples.append((time.perf_counter() - start) * 1000)
         nft.apply(firewall.render_ports_removal(p))
     return round(statistics.median(samples), 3)
 
 
-def linear_table(count: int, target: str) -> str:
-    """The same publications as one rule per port (an iptables-style engine)."""
-    lines = ["table ip pwbench_linear {",
+def linear_table(count: int, target: IPAddress) -> str:
+    """The same publications as one rule per port (an iptables-style engine), in a
+    table of target's family."""
+    family, to = ("ip", f"{target}:80") if target.version == 4 else ("ip6", f"[{target}]:80")
+    lines = [f"table {family} pwbench_linear {{",
              " chain pre { type nat hook prerouting priority -110; policy accept;"]
     for port in range(FIRST_FILLER, FIRST_FILLER + count):
-        lines.append(f"  fib daddr type local tcp dport {port} dnat to {target}:80")
+        lines.append(f"  fib daddr type local tcp dport {port} dnat to {to}")
     lines += [" }", "}"]
     return "\n".join(lines) + "\n"
 
@@ -102,48 +132,73 @@ def linear_add_one_ms(rounds: int = 20) -> float:
     return round(statistics.median(samples), 3)
 
 
-def iperf(client_ns: list[str], address: str, port: int = 5201, runs: int = 3) -> float:
-    """The median of `runs` 3-second single-stream runs, in Gbit/s."""
+def iperf_runs(client_ns: list[str], address: str, port: int = 5201,
+               runs: int = 3) -> list[float]:
+    """`runs` 3-second single-stream runs, in Gbit/s."""
     samples = []
     for _ in range(runs):
         out = sh(*client_ns, "iperf3", "-c", address, "-p", str(port), "-t", "3", "-J",
                  timeout=60).stdout
         samples.append(json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e9)
-    return round(statistics.median(samples), 2)
+    return samples
+
+
+def iperf(client_ns: list[str], address: str, port: int = 5201, runs: int = 3) -> float:
+    """The median of `runs` 3-second single-stream runs, in Gbit/s."""
+    return round(statistics.median(iperf_runs(client_ns, address, port, runs)), 2)
 
 
 def bench_firewall(engine: Any, outside: str) -> dict[str, Any]:
+    """Connection rate and the cost of publishing one more port at each scale, IPv4 and
+    IPv6 side by side: both families' maps hold the same N ports, to the one container's
+    address of each family."""
     OUTSIDE_NS[:] = [outside]
-    nft = engine.nft
-    results: dict[str, Any] = {"scales": {}}
-    engine.network_create("fwnet", subnet="10.204.0.0/24")
+    nft, instance = engine.nft, engine.instance
+    results: dict[str, Any] = {"scales": {}, "method": {
+        "rate_rounds": RATE_ROUNDS, "rate_seconds": RATE_SECONDS,
+        "iperf_cycles": IPERF_CYCLES, "iperf_runs": IPERF_RUNS}}
+    engine.network_create("fwnet", subnet=SUBNETS, ipv6=True)
+    # Its own port is outside the fillers' range (FIRST_FILLER..), which the bench
+    # adds and removes itself.
     info = engine.run(["python3", "-c", ACCEPT_LOOP], name="target", networks=["fwnet"],
-                      ports=["20999:80"], detach=True)
-    target = ipaddress.ip_address(
-        engine.inspect([info["Id"]])[0]["NetworkSettings"]["Networks"]["fwnet"]["IPAddress"])
+                      ports=["19999:80"], detach=True)
+    net = engine.inspect([info["Id"]])[0]["NetworkSettings"]["Networks"]["fwnet"]
+    targets = {4: ipaddress.ip_address(net["IPAddress"]),
+               6: ipaddress.ip_address(net["GlobalIPv6Address"])}
+    hosts = {4: HOST_ADDR, 6: HOST_ADDR6}
     time.sleep(0.5)
     try:
+        last = [Published("bench", "tcp", MEASURED, t, 80) for t in targets.values()]
+        # Warm: the client's and the container's first connections are not the flat cost.
+        nft.apply(firewall.render_ports(last, instance))
+        for v in (4, 6):
+            connect_rate(hosts[v], MEASURED, 0.5)
+        nft.apply(firewall.render_ports_removal(last))
         filled = 0
         for scale in SCALES:
-            fill(nft, target, scale - 1 - filled, FIRST_FILLER + filled)
+            for t in targets.values():
+                fill(nft, instance, t, scale - 1 - filled, FIRST_FILLER + filled)
             filled = scale - 1
             # The measured port is published last, after the fillers.
-            last = [Published("bench", "tcp", 50000, target, 80)]
-            nft.apply(firewall.render_ports(last))
-            rate = connect_rate(50000)
-            add_ms = add_one_ms(nft, target)
+            nft.apply(firewall.render_ports(last, instance))
+            mapped = rates({hosts[v]: MEASURED for v in (4, 6)})
+            add_ms = {v: add_one_ms(nft, instance, targets[v]) for v in (4, 6)}
             nft.apply(firewall.render_ports_removal(last))
-            sh("nft", "-f", "-", input=linear_table(scale, str(target)))
-            linear_rate = connect_rate(FIRST_FILLER + scale - 1)
-            linear_add = linear_add_one_ms()
-            sh("nft", "delete", "table", "ip", "pwbench_linear")
+            linear: dict[int, float] = {}
+            linear_add = 0.0
+            for v in (4, 6):
+                sh("nft", "-f", "-", input=linear_table(scale, targets[v]))
+                linear[v] = connect_rate(hosts[v], FIRST_FILLER + scale - 1)
+                if v == 4:
+                    linear_add = linear_add_one_ms()
+                sh("nft", "delete", "table", "ip" if v == 4 else "ip6", "pwbench_linear")
             results["scales"][str(scale)] = {
-                "map_conn_per_s": rate, "linear_conn_per_s": linear_rate,
-                "map_add_ms": add_ms, "linear_add_ms": linear_add}
-        fill_removal = [Published("bench", "tcp", p, target, 80)
-                        for p in range(FIRST_FILLER, FIRST_FILLER + filled)]
-        for i in range(0, len(fill_removal), 1000):
-            nft.apply(firewall.render_ports_removal(fill_removal[i:i + 1000]))
+                "map_conn_per_s": mapped[HOST_ADDR], "linear_conn_per_s": linear[4],
+                "map_add_ms": add_ms[4], "linear_add_ms": linear_add,
+                "map6_conn_per_s": mapped[HOST_ADDR6], "linear6_conn_per_s": linear[6],
+                "map6_add_ms": add_ms[6]}
+        for t in targets.values():
+            unfill(nft, t, filled, FIRST_FILLER)
     finally:
         engine.rm([info["Id"]], force=True)
     results["throughput"] = bench_throughput(engine, outside)
@@ -152,33 +207,55 @@ def bench_firewall(engine: Any, outside: str) -> dict[str, Any]:
 
 
 def bench_throughput(engine: Any, outside: str) -> dict[str, float]:
-    """iperf3 through each path, then the same paths with portway's rules gone."""
-    out: dict[str, float] = {}
+    """iperf3 through each path of both families, then the same paths with portway's
+    tables gone (inet, bridge and arp portway: NAT, filtering and the per-port source
+    checks), in turn IPERF_CYCLES times; the median of every run of a path."""
     server = engine.run(["iperf3", "-s"], name="iperf", networks=["fwnet"],
                         ports=["5201:5201"], detach=True)
     client = engine.run(["sleep", "600"], name="iperfc", networks=["fwnet"], detach=True)
-    address = engine.inspect([server["Id"]])[0]["NetworkSettings"]["Networks"]["fwnet"][
-        "IPAddress"]
+    net = engine.inspect([server["Id"]])[0]["NetworkSettings"]["Networks"]["fwnet"]
+    address, address6 = net["IPAddress"], net["GlobalIPv6Address"]
     in_client = ["ip", "netns", "exec", f"pw-{client['Id'][:12]}"]
+    from_outside = ["ip", "netns", "exec", outside]
+    with_rules = {
+        "container_to_container": (in_client, address),
+        "container_to_container6": (in_client, address6),
+        "outside_to_published": (from_outside, HOST_ADDR),
+        "outside_to_published6": (from_outside, HOST_ADDR6),
+        "host_to_loopback_published": ([], "127.0.0.1"),
+    }
+    # The same topology without rules: bridge netfilter stays on, as every new namespace
+    # has it here, and the outside reaches the container by a plain route.
+    without = {
+        "container_to_container_no_rules": (in_client, address),
+        "container_to_container6_no_rules": (in_client, address6),
+        "outside_to_container_no_rules": (from_outside, address),
+        "outside_to_container6_no_rules": (from_outside, address6),
+    }
+    samples: dict[str, list[float]] = {key: [] for key in (*with_rules, *without)}
+    routes = [("-4", SUBNETS[0], HOST_ADDR), ("-6", SUBNETS[1], HOST_ADDR6)]
     time.sleep(0.5)
     try:
-        out["container_to_container"] = iperf(in_client, address)
-        out["outside_to_published"] = iperf(["ip", "netns", "exec", outside], HOST_ADDR)
-        out["host_to_loopback_published"] = iperf([], "127.0.0.1")
-        # The same topology without rules: portway's table gone (bridge netfilter stays
-        # as every new namespace has it here), the outside reaching the container by a
-        # plain route.
-        sh("nft", "delete", "table", "inet", "portway")
-        sh("ip", "-n", outside, "route", "add", "10.204.0.0/24", "via", HOST_ADDR)
-        out["container_to_container_no_rules"] = iperf(in_client, address)
-        out["outside_to_container_no_rules"] = iperf(["ip", "netns", "exec", outside],
-                                                     address)
+        for family, subnet, via in routes:
+            sh("ip", "-n", outside, family, "route", "add", subnet, "via", via)
+        for cycle in range(IPERF_CYCLES):
+            if cycle:
+                engine.gc()  # puts portway's tables back
+            for key, (where, to) in with_rules.items():
+                samples[key] += iperf_runs(where, to, runs=IPERF_RUNS)
+            engine.nft.apply(firewall.render_tables_removal())
+            for key, (where, to) in without.items():
+                samples[key] += iperf_runs(where, to, runs=IPERF_RUNS)
+        out = {key: round(statistics.median(v), 2) for key, v in samples.items()}
         out["raw_veth_pair"] = raw_veth()
     finally:
-        subprocess.run(["ip", "-n", outside, "route", "del", "10.204.0.0/24"],
-                       capture_output=True)
-        engine.rm([server["Id"], client["Id"]], force=True)
-        engine.gc()  # puts the table back
+        for family, subnet, _ in routes:
+            subprocess.run(["ip", "-n", outside, family, "route", "del", subnet],
+                           capture_output=True)
+        try:
+            engine.gc()  # puts the tables back, if they are still gone
+        finally:
+            engine.rm([server["Id"], client["Id"]], force=True)
     return out
 
 

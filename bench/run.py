@@ -4,12 +4,15 @@ The whole run happens inside a throwaway host namespace: this process enters
 it first (before any thread exists), so portway's engine, the daemon started
 by the CLI and the anchors' executables all work there. Every timed setup is
 followed (outside the clock) by an ICMP probe from the host namespace to the
-container's address, so a fast but broken setup cannot pass. Results go to
+container's address (ICMPv6 too, for a dual-stack one), so a fast but broken setup
+cannot pass. IPv6 is measured beside IPv4 in the same run: set-up on a dual-stack
+network against an IPv4-only one, turn about. Results go to
 bench/results/latest.json and BENCHMARKS.md.
 """
 
 from __future__ import annotations
 
+import compileall
 import ipaddress
 import json
 import os
@@ -78,6 +81,8 @@ def checksum(data: bytes) -> int:
 
 def ping(address: str, timeout: float = 2.0) -> bool:
     """One ICMP echo from the host namespace; True if the container answered."""
+    if ipaddress.ip_address(address).version == 6:
+        return ping6(address, timeout)
     ident = os.getpid() & 0xFFFF
     header = struct.pack("!BBHHH", 8, 0, 0, ident, 1)
     payload = b"portway-bench"
@@ -98,6 +103,26 @@ def ping(address: str, timeout: float = 2.0) -> bool:
     return False
 
 
+def ping6(address: str, timeout: float = 2.0) -> bool:
+    """One ICMPv6 echo (the kernel fills in the checksum on an ICMPv6 raw socket, and
+    hands back the ICMPv6 message without its IPv6 header)."""
+    ident = os.getpid() & 0xFFFF
+    want = ipaddress.ip_address(address)
+    with socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6) as s:
+        s.settimeout(timeout)
+        s.sendto(struct.pack("!BBHHH", 128, 0, 0, ident, 1) + b"portway-bench", (address, 0))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                data, peer = s.recvfrom(2048)
+            except TimeoutError:
+                return False
+            if ipaddress.ip_address(peer[0].split("%")[0]) == want and data[0] == 129 and \
+                    struct.unpack("!H", data[4:6])[0] == ident:
+                return True
+    return False
+
+
 class Probe:
     def __init__(self) -> None:
         self.failures: list[str] = []
@@ -111,18 +136,28 @@ def bench_cli(host: str, probe: Probe) -> dict[str, Any]:
     state = tempfile.mkdtemp(prefix="pwbench-cli-")
     base = [PORTWAY, "--host-netns", host, "--state-dir", state]
     sh(*base, "network", "create", "benchnet", "--subnet", "10.201.0.0/24")
-    # Warm: the daemon is started and the bridge exists, as for netavark's warm setup.
-    sh(*base, "run", "-d", "--name", "warm", "--network", "benchnet", "--", "sleep", "3600")
-    sh(*base, "rm", "-f", "warm")
-    run_ms, rm_ms, start_ms = [], [], []
+    sh(*base, "network", "create", "benchnet6", "--ipv6", "--subnet", "10.201.1.0/24",
+       "--subnet", "fd00:201::/64")
+    # Warm: the daemon is started and the bridges exist, as for netavark's warm setup.
+    for net in ("benchnet", "benchnet6"):
+        sh(*base, "run", "-d", "--name", "warm", "--network", net, "--", "sleep", "3600")
+        sh(*base, "rm", "-f", "warm")
+    times: dict[str, list[float]] = {"benchnet": [], "benchnet6": []}
+    rm_times: dict[str, list[float]] = {"benchnet": [], "benchnet6": []}
+    start_ms = []
     for i in range(RUNS):
-        name = f"b{i}"
-        run_ms.append(timed(sh, *base, "run", "-d", "--name", name, "--network", "benchnet",
-                            "--", "sleep", "3600"))
-        info = json.loads(sh(*base, "inspect", name).stdout)[0]
-        probe.check("portway run -d", info["NetworkSettings"]["Networks"]["benchnet"]
-                    ["IPAddress"])
-        rm_ms.append(timed(sh, *base, "rm", "-f", name))
+        # IPv4-only and dual-stack in turn, which goes first alternating.
+        for net in ("benchnet", "benchnet6")[::1 if i % 2 == 0 else -1]:
+            name = f"b{i}-{net}"
+            times[net].append(timed(sh, *base, "run", "-d", "--name", name, "--network", net,
+                                    "--", "sleep", "3600"))
+            info = json.loads(sh(*base, "inspect", name).stdout)[0]["NetworkSettings"][
+                "Networks"][net]
+            probe.check(f"portway run -d ({net})", info["IPAddress"])
+            if net == "benchnet6":
+                probe.check(f"portway run -d ({net})", info["GlobalIPv6Address"])
+            rm_times[net].append(timed(sh, *base, "rm", "-f", name))
+    run_ms, rm_ms = times["benchnet"], rm_times["benchnet"]
     run_p_ms = []
     for i in range(RUNS):
         name = f"p{i}"
@@ -134,10 +169,11 @@ def bench_cli(host: str, probe: Probe) -> dict[str, Any]:
         sh(*base, "rm", "-f", name)
     for _ in range(RUNS):
         start_ms.append(timed(sh, *base, "daemon", "status"))
-    sh(*base, "network", "rm", "benchnet")
+    sh(*base, "network", "rm", "benchnet", "benchnet6")
     sh(*base, "daemon", "stop")
     shutil.rmtree(state, ignore_errors=True)
     return {"run": stats(run_ms), "rm": stats(rm_ms), "run_p": stats(run_p_ms),
+            "run_dual": stats(times["benchnet6"]), "rm_dual": stats(rm_times["benchnet6"]),
             "cli_roundtrip": stats(start_ms)}
 
 
@@ -246,24 +282,32 @@ def bench_cni(probe: Probe) -> dict[str, Any] | None:
 
 
 def bench_api(probe: Probe) -> dict[str, Any]:
-    """portway's Python API, and the kernel floor (the same kernel work, no store)."""
+    """portway's Python API, and the kernel floor (the same kernel work, no store), on an
+    IPv4-only network and on a dual-stack one, turn about."""
     from portway.core import names
     from portway.engine import Engine
     from portway.kernel import links, netns
+    from portway.model.types import Network
 
     state = tempfile.mkdtemp(prefix="pwbench-api-")
     engine = Engine(state, None)
     try:
         engine.network_create("apinet", subnet="10.203.0.0/16")
-        net = engine.store.find_network("apinet")
-        assert net is not None
-        engine.rm([engine.run(["true"], name="warm", networks=["apinet"])["Id"]], force=True)
+        engine.network_create("apinet6", subnet=["10.211.0.0/16", "fd00:211::/64"], ipv6=True)
+        nets: dict[str, Network] = {}
+        for name in ("apinet", "apinet6"):
+            found = engine.store.find_network(name)
+            assert found is not None
+            nets[name] = found
+            engine.rm([engine.run(["true"], name="warm", networks=[name])["Id"]], force=True)
 
-        def floor_once(i: int) -> tuple[float, float]:
+        def floor_once(net: Network, i: int) -> tuple[float, float]:
             eid = names.new_id()
             ns = names.netns_name(eid)
             floor_if = f"flv-{eid[:11]}"
-            address = net.subnet.network_address + 60000 + i
+            addresses = tuple(ipaddress.ip_interface((s.subnet.network_address + 60000 + i,
+                                                      s.subnet.prefixlen))
+                              for s in net.subnets)
             bridge = links.observe_link(engine.host, net.bridge)
             assert bridge is not None
 
@@ -274,9 +318,9 @@ def bench_api(probe: Probe) -> dict[str, Any]:
                 # with that prefix send nothing until portway lists them (anti-spoofing).
                 links.ensure_endpoint(engine.host, cont, fd, links.EndpointSpec(
                     host_ifname=floor_if, ifname="eth0",
-                    mac=names.mac_for(address), mtu=1500,
-                    addresses=(ipaddress.ip_interface((address, 16)),),
-                    gateways=(net.gateway,), bridge_index=bridge.index, tag="floor"))
+                    mac=names.mac_for(addresses[0].ip), mtu=1500, addresses=addresses,
+                    gateways=tuple(s.gateway for s in net.subnets),
+                    bridge_index=bridge.index, tag="floor"))
                 os.close(fd)
                 cont.close()
 
@@ -285,20 +329,28 @@ def bench_api(probe: Probe) -> dict[str, Any]:
                 netns.delete_netns(ns)
 
             up = timed(build)
-            probe.check("kernel floor", str(address))
+            for a in addresses:
+                probe.check("kernel floor", str(a.ip))
             return up, timed(destroy)
 
-        api_run, api_rm, floor_up, floor_down = [], [], [], []
+        def api_once(net: str, i: int) -> tuple[float, float]:
+            ms, info = clocked(engine.run, ["sleep", "1"], name=f"a{i}-{net}", networks=[net])
+            c = engine.inspect([info["Id"]])[0]["NetworkSettings"]["Networks"][net]
+            probe.check(f"portway API run ({net})", c["IPAddress"])
+            if c["GlobalIPv6Address"]:
+                probe.check(f"portway API run ({net})", c["GlobalIPv6Address"])
+            return ms, timed(engine.rm, [info["Id"]], force=True)
+
+        samples: dict[str, dict[str, list[float]]] = {
+            net: {"run": [], "rm": [], "floor_up": [], "floor_down": []} for net in nets}
         for i in range(RUNS):
-            ms, info = clocked(engine.run, ["sleep", "1"], name=f"a{i}", networks=["apinet"])
-            api_run.append(ms)
-            c = engine.inspect([info["Id"]])[0]
-            probe.check("portway API run", c["NetworkSettings"]["Networks"]["apinet"]
-                        ["IPAddress"])
-            api_rm.append(timed(engine.rm, [info["Id"]], force=True))
-            up, down = floor_once(i)
-            floor_up.append(up)
-            floor_down.append(down)
+            for net in tuple(nets)[::1 if i % 2 == 0 else -1]:
+                up, down = api_once(net, i)
+                samples[net]["run"].append(up)
+                samples[net]["rm"].append(down)
+                up, down = floor_once(nets[net], i)
+                samples[net]["floor_up"].append(up)
+                samples[net]["floor_down"].append(down)
 
         # Growth: the 1st to the GROWTH-th container on one network, each timed, with the
         # kernel floor measured at the same container count.
@@ -310,21 +362,25 @@ def bench_api(probe: Probe) -> dict[str, Any]:
             growth.append(ms)
             made.append(info["Id"])
             if i % 10 == 0:
-                growth_floor.append(floor_once(i)[0])
+                growth_floor.append(floor_once(nets["apinet"], i)[0])
         last = engine.inspect([made[-1]])[0]
         probe.check("growth, last container", last["NetworkSettings"]["Networks"]["apinet"]
                     ["IPAddress"])
         for cid in made:
             engine.rm([cid], force=True)
-        engine.network_rm(["apinet"])
+        engine.network_rm(["apinet", "apinet6"])
     finally:
         engine.close()
         shutil.rmtree(state, ignore_errors=True)
     head, tail = growth[:100], growth[-100:]
     fhead, ftail = growth_floor[:10], growth_floor[-10:]
+    v4, dual = samples["apinet"], samples["apinet6"]
     return {
-        "run": stats(api_run), "rm": stats(api_rm),
-        "floor_setup": stats(floor_up), "floor_teardown": stats(floor_down),
+        "run": stats(v4["run"]), "rm": stats(v4["rm"]),
+        "floor_setup": stats(v4["floor_up"]), "floor_teardown": stats(v4["floor_down"]),
+        "dual": {"run": stats(dual["run"]), "rm": stats(dual["rm"]),
+                 "floor_setup": stats(dual["floor_up"]),
+                 "floor_teardown": stats(dual["floor_down"])},
         "growth": {"count": GROWTH, "first100": stats(head), "last100": stats(tail),
                    "floor_first": stats(fhead), "floor_last": stats(ftail)},
     }
@@ -346,8 +402,12 @@ def run_with_engine(host: str, outside: str, module: str, function: str) -> dict
         result: dict[str, Any] = bench(engine, outside)
         return result
     finally:
-        engine.close()
-        shutil.rmtree(state, ignore_errors=True)
+        try:  # what a failed run left in its own state dir: containers, then networks
+            engine.rm([c["Id"] for c in engine.ps(all=True)], force=True)
+            engine.network_rm([n["Id"] for n in engine.network_ls()])
+        finally:
+            engine.close()
+            shutil.rmtree(state, ignore_errors=True)
 
 
 def ratio(a: float, b: float) -> str:
@@ -356,6 +416,7 @@ def ratio(a: float, b: float) -> str:
 
 def write_report(r: dict[str, Any]) -> str:
     cli, api = r["portway_cli"], r["portway_api"]
+    dual = api["dual"]
     nv, cni = r.get("netavark"), r.get("cni")
     lines = [
         "# Benchmarks",
@@ -364,6 +425,7 @@ def write_report(r: dict[str, Any]) -> str:
         f"{RUNS} runs per figure; every setup verified by an ICMP probe to the container "
         f"({r['probe_failures']} failures). Times in milliseconds.",
         "",
+        *goals_report(r),
         "## Container networking ready: portway CLI against the anchors' executables",
         "",
         "Each side through its own entry point, a process per operation, warm bridge. "
@@ -398,6 +460,14 @@ def write_report(r: dict[str, Any]) -> str:
         "`portway run -d` includes starting the container's process; the anchors only set up "
         "networking.",
         "",
+        "The same `portway run -d` on a dual-stack network (an IPv4 /24 and an IPv6 /64), in "
+        "turn with the IPv4-only one above, which goes first alternating: set up "
+        f"{cli['run_dual']['median']} (p95 {cli['run_dual']['p95']}), tear down "
+        f"{cli['rm_dual']['median']} (p95 {cli['rm_dual']['p95']}); dual-stack ÷ IPv4-only: "
+        f"{ratio(cli['run_dual']['median'], cli['run']['median'])} and "
+        f"{ratio(cli['rm_dual']['median'], cli['rm']['median'])} (goal for set up: at most "
+        "1.15).",
+        "",
         f"CLI round trip (`portway daemon status`): median {cli['cli_roundtrip']['median']}, "
         f"p95 {cli['cli_roundtrip']['p95']}.",
         "",
@@ -415,6 +485,18 @@ def write_report(r: dict[str, Any]) -> str:
         f"| tear down | {api['rm']['median']} | {api['rm']['p95']} | "
         f"{api['floor_teardown']['median']} | {api['floor_teardown']['p95']} | "
         f"{ratio(api['rm']['median'], api['floor_teardown']['median'])} |",
+        f"| set up, dual stack | {dual['run']['median']} | {dual['run']['p95']} | "
+        f"{dual['floor_setup']['median']} | {dual['floor_setup']['p95']} | "
+        f"{ratio(dual['run']['median'], dual['floor_setup']['median'])} |",
+        f"| tear down, dual stack | {dual['rm']['median']} | {dual['rm']['p95']} | "
+        f"{dual['floor_teardown']['median']} | {dual['floor_teardown']['p95']} | "
+        f"{ratio(dual['rm']['median'], dual['floor_teardown']['median'])} |",
+        "",
+        "Dual stack: a network with an IPv4 /16 and an IPv6 /64, its runs in turn with the "
+        "IPv4-only network's, which goes first alternating; its floor gives the container "
+        "both addresses and both default routes. Dual-stack ÷ IPv4-only set up: portway "
+        f"{ratio(dual['run']['median'], api['run']['median'])} (goal: at most 1.15), the "
+        f"kernel floor {ratio(dual['floor_setup']['median'], api['floor_setup']['median'])}.",
         "",
         f"## Growth: the 1st to the {api['growth']['count']}th container on one network (API)",
         "",
@@ -435,40 +517,7 @@ def write_report(r: dict[str, Any]) -> str:
     ]
     fw = r.get("firewall")
     if fw:
-        lines += [
-            "## Published ports: per-packet cost and cost of adding one",
-            "",
-            "New TCP connections per second from the outside namespace through the last "
-            "published port (a Python client: its own speed caps the flat figures), and the "
-            "time to publish one more port, with N ports published: portway's map elements "
-            "against the same N as one DNAT rule per port (an iptables-style engine, built in "
-            "the same run; its rules added with the `nft` command as such engines do).",
-            "",
-            "| ports | portway conn/s | one rule per port conn/s | portway add (ms) | "
-            "rule per port add (ms) |",
-            "|---:|---:|---:|---:|---:|",
-        ]
-        for scale, row in fw["scales"].items():
-            lines.append(f"| {scale} | {row['map_conn_per_s']} | {row['linear_conn_per_s']} | "
-                         f"{row['map_add_ms']} | {row['linear_add_ms']} |")
-        t = fw["throughput"]
-        lines += [
-            "",
-            "## Throughput (iperf3, one TCP stream, Gbit/s)",
-            "",
-            "| path | with portway's rules | same path without rules |",
-            "|---|---:|---:|",
-            f"| container to container, one bridge | {t['container_to_container']} | "
-            f"{t['container_to_container_no_rules']} |",
-            f"| outside to a published port (DNAT) | {t['outside_to_published']} | "
-            f"{t['outside_to_container_no_rules']} (routed to the container, no DNAT) |",
-            f"| host to a port published on 127.0.0.1 | {t['host_to_loopback_published']} | "
-            "– |",
-            f"| a raw veth pair, for scale | {t['raw_veth_pair']} | |",
-            "",
-            "No path has a userland proxy.",
-            "",
-        ]
+        lines += firewall_report(fw)
     dns = r.get("dns")
     if dns:
         lines += dns_report(dns)
@@ -498,6 +547,156 @@ def write_report(r: dict[str, Any]) -> str:
             "",
         ]
     return "\n".join(lines)
+
+
+def goals_report(r: dict[str, Any]) -> list[str]:
+    """Every goal a ratio in this file is held to, the figure of this run beside it."""
+    rows: list[tuple[str, str, bool]] = []
+
+    def goal(what: str, mine: float, theirs: float, at_most: float | None = None,
+             at_least: float | None = None, unit: str = "ms") -> None:
+        value = mine / theirs if theirs else float("inf")
+        met = (at_most is None or value <= at_most) and (at_least is None or value >= at_least)
+        rows.append((what, f"{mine:g} ÷ {theirs:g} {unit} = {value:.2f}×", met))
+
+    cli, api, nv = r["portway_cli"], r["portway_api"], r.get("netavark")
+    if nv:
+        goal("CLI `run -d` at most 0.5× netavark setup", cli["run"]["median"],
+             nv["setup"]["median"], at_most=0.5)
+    goal("API set up at most 1.5× the kernel floor", api["run"]["median"],
+         api["floor_setup"]["median"], at_most=1.5)
+    g = api["growth"]
+    goal(f"growth: the last 100 of {g['count']} containers at most 1.3× the first 100",
+         g["last100"]["median"], g["first100"]["median"], at_most=1.3)
+    goal("dual-stack set up at most 1.15× IPv4-only: CLI `run -d`", cli["run_dual"]["median"],
+         cli["run"]["median"], at_most=1.15)
+    goal("dual-stack set up at most 1.15× IPv4-only: API", api["dual"]["run"]["median"],
+         api["run"]["median"], at_most=1.15)
+    fw = r.get("firewall")
+    if fw:
+        low, high = min(fw["scales"], key=int), max(fw["scales"], key=int)
+        goal(f"IPv6 DNAT per-connection cost flat from {low} to {high} ports "
+             "(at most 1.05×)", cost_us(fw["scales"][high]["map6_conn_per_s"]),
+             cost_us(fw["scales"][low]["map6_conn_per_s"]), at_most=1.05, unit="µs")
+        t = fw["throughput"]
+        goal("IPv6 throughput with portway's rules at least 0.95× without: container to "
+             "container", t["container_to_container6"], t["container_to_container6_no_rules"],
+             at_least=0.95, unit="Gbit/s")
+        goal("IPv6 throughput with portway's rules at least 0.95× without: outside to a "
+             "published port (without: routed, no DNAT)", t["outside_to_published6"],
+             t["outside_to_container6_no_rules"], at_least=0.95, unit="Gbit/s")
+    dns = r.get("dns")
+    if dns:
+        p, a = dns["portway"], dns.get("aardvark")
+        if a:
+            for label, key in (("one name", "local_qps"), ("three names", "mixed_qps")):
+                goal(f"DNS, local names: at least 1.5× aardvark-dns's queries/s ({label})",
+                     p[key], a[key], at_least=1.5, unit="q/s")
+        p99 = p["local_latency_us"][1]
+        rows.append(("DNS, local name, one query at a time: p99 under 300 µs", f"{p99:g} µs",
+                     p99 < 300))
+        if "local_aaaa_qps" in p:
+            goal("AAAA queries/s within 5% of A (at least 0.95×): one name",
+                 p["local_aaaa_qps"], p["local_qps"], at_least=0.95, unit="q/s")
+            goal("AAAA queries/s within 5% of A (at least 0.95×): three names",
+                 p["mixed_aaaa_qps"], p["mixed_qps"], at_least=0.95, unit="q/s")
+    missed = sum(1 for *_, met in rows if not met)
+    lines = [
+        "## Goals",
+        "",
+        f"Every goal of this file and this run's figure for it ({len(rows) - missed} of "
+        f"{len(rows)} met); the sections below say how each was measured.",
+        "",
+        "| goal | this run | |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {what} | {figure} | {'met' if met else '**missed**'} |"
+              for what, figure, met in rows]
+    return [*lines, ""]
+
+
+def cost_us(rate: float) -> float:
+    """Microseconds per new connection at `rate` connections per second."""
+    return round(1e6 / rate, 1)
+
+
+def firewall_report(fw: dict[str, Any]) -> list[str]:
+    m = fw["method"]
+    lines = [
+        "## Published ports: per-packet cost and cost of adding one",
+        "",
+        "New TCP connections per second from the outside namespace through the last "
+        "published port (a Python client: its own speed caps the flat figures), and the "
+        "time to publish one more port, with N ports published: portway's map elements "
+        "against the same N as one DNAT rule per port (an iptables-style engine, built in "
+        "the same run; its rules added with the `nft` command as such engines do). IPv4 "
+        "and IPv6 side by side: one dual-stack network, the same N ports in each family's "
+        "maps, to the container's address of that family, from the outside namespace to "
+        "the host's uplink address of that family; the families' runs in turn, "
+        f"{m['rate_rounds']} of {m['rate_seconds']:g} s each per figure (the median), "
+        "after a warm-up.",
+        "",
+        "| ports | portway conn/s | portway IPv6 conn/s | one rule per port conn/s | "
+        "one rule per port IPv6 conn/s | portway add (ms) | portway IPv6 add (ms) | "
+        "rule per port add (ms) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for scale, row in fw["scales"].items():
+        lines.append(f"| {scale} | {row['map_conn_per_s']} | {row['map6_conn_per_s']} | "
+                     f"{row['linear_conn_per_s']} | {row['linear6_conn_per_s']} | "
+                     f"{row['map_add_ms']} | {row['map6_add_ms']} | {row['linear_add_ms']} |")
+    low, high = min(fw["scales"], key=int), max(fw["scales"], key=int)
+    first, last = fw["scales"][low], fw["scales"][high]
+    lines += [
+        "",
+        f"Per-connection cost, {low} port → {high} ports "
+        "(µs, the client's own share included): portway IPv6 "
+        f"{cost_us(first['map6_conn_per_s'])} → {cost_us(last['map6_conn_per_s'])} "
+        f"({ratio(first['map6_conn_per_s'], last['map6_conn_per_s'])}), portway IPv4 "
+        f"{cost_us(first['map_conn_per_s'])} → {cost_us(last['map_conn_per_s'])} "
+        f"({ratio(first['map_conn_per_s'], last['map_conn_per_s'])}); one rule per port "
+        f"IPv6 {cost_us(first['linear6_conn_per_s'])} → {cost_us(last['linear6_conn_per_s'])} "
+        f"({ratio(first['linear6_conn_per_s'], last['linear6_conn_per_s'])}), the control "
+        "that shows the measure sees a cost that grows. Goal: flat, at most 1.05×.",
+        "",
+    ]
+    t = fw["throughput"]
+
+    def path(label: str, with_rules: str, without: str | None, note: str = "") -> str:
+        if without is None:
+            return f"| {label} | {t[with_rules]} | – | |"
+        return (f"| {label} | {t[with_rules]} | {t[without]}{note} | "
+                f"{ratio(t[with_rules], t[without])} |")
+
+    lines += [
+        "## Throughput (iperf3, one TCP stream, Gbit/s)",
+        "",
+        "One dual-stack network. Without rules: portway's tables gone (inet, bridge and arp "
+        "portway: NAT, filtering and the per-port source checks; bridge netfilter stays on, "
+        "as every new namespace has it here), the outside reaching the container by a plain "
+        f"route. With and without in turn, {m['iperf_cycles']} times, "
+        f"{m['iperf_runs']} runs of 3 s per path each time: the median of the "
+        f"{m['iperf_cycles'] * m['iperf_runs']}.",
+        "",
+        "| path | with portway's rules | same path without rules | ratio |",
+        "|---|---:|---:|---:|",
+        path("container to container, one bridge", "container_to_container",
+             "container_to_container_no_rules"),
+        path("container to container, one bridge, IPv6", "container_to_container6",
+             "container_to_container6_no_rules"),
+        path("outside to a published port (DNAT)", "outside_to_published",
+             "outside_to_container_no_rules", " (routed to the container, no DNAT)"),
+        path("outside to a published port (DNAT), IPv6", "outside_to_published6",
+             "outside_to_container6_no_rules", " (routed to the container, no DNAT)"),
+        path("host to a port published on 127.0.0.1", "host_to_loopback_published", None),
+        f"| a raw veth pair, for scale | {t['raw_veth_pair']} | | |",
+        "",
+        "Ratio = with ÷ without (goal for IPv6: at least 0.95). No path has a userland "
+        "proxy. (A port published on [::1] is refused: IPv6 cannot route the answer back "
+        "to the host's loopback; see docs/ipv6.md.)",
+        "",
+    ]
+    return lines
 
 
 def dns_report(dns: dict[str, Any]) -> list[str]:
@@ -539,9 +738,25 @@ def dns_report(dns: dict[str, Any]) -> list[str]:
         lines.append(
             f"| forwarded name | {p['forwarded_qps']} | – | | "
             f"{p['forwarded_latency_us'][0]} / {p['forwarded_latency_us'][1]} | – |")
+    if "local_aaaa_qps" in p:
+        lines += [
+            f"| local name, AAAA | {p['local_aaaa_qps']} | – | | "
+            f"{p['local_aaaa_latency_us'][0]} / {p['local_aaaa_latency_us'][1]} | |",
+            f"| local names, mixed, AAAA | {p['mixed_aaaa_qps']} | – | | | |",
+            f"| local name, AAAA, asked over IPv6 | {p['local_aaaa_over6_qps']} | – | | | |",
+        ]
     lines += ["", "Ratio = portway ÷ aardvark-dns (goal: at least 1.5; p99 under 300 µs). "
               "Local name: one name over and over; mixed: three names of three lengths in "
               "turn.", ""]
+    if "local_aaaa_qps" in p:
+        lines += [
+            "portway's network is dual-stack: each of its A runs is followed by the same "
+            "names asked for AAAA (to its IPv4 gateway), and once more over IPv6 (to its "
+            "IPv6 gateway). AAAA ÷ A: one name "
+            f"{ratio(p['local_aaaa_qps'], p['local_qps'])}, three names "
+            f"{ratio(p['mixed_aaaa_qps'], p['mixed_qps'])} (goal: at least 0.95); AAAA "
+            "asked over IPv6 ÷ over IPv4: "
+            f"{ratio(p['local_aaaa_over6_qps'], p['local_aaaa_qps'])}.", ""]
     if a and "loaded_avg_us" in p:
         lines += [f"At a fixed {dns['loaded_rate']} queries/s (dnsperf's average): portway "
                   f"{p['loaded_avg_us']} µs, aardvark-dns {a['loaded_avg_us']} µs.", ""]
@@ -554,6 +769,10 @@ def dns_report(dns: dict[str, Any]) -> list[str]:
         if "mixed_qps_runs" in p:
             lines += [f"Runs, mixed: portway {runs(p, 'mixed_qps_runs')}; aardvark-dns "
                       f"{runs(a, 'mixed_qps_runs')}."]
+        if "local_aaaa_qps_runs" in p:
+            lines += [f"Runs, portway AAAA: one name {runs(p, 'local_aaaa_qps_runs')}; "
+                      f"mixed {runs(p, 'mixed_aaaa_qps_runs')}; one name over IPv6 "
+                      f"{runs(p, 'local_aaaa_over6_qps_runs')}."]
         lines += [""]
     return lines
 
@@ -561,6 +780,9 @@ def dns_report(dns: dict[str, Any]) -> list[str]:
 def main() -> None:
     if os.geteuid() != 0:
         raise SystemExit("bench: run as root")
+    # Bytecode as an installed package has it: with PYTHONDONTWRITEBYTECODE set, or a
+    # source newer than its cache, every CLI call would compile portway's modules again.
+    compileall.compile_dir(str(ROOT / "src"), quiet=1)
     tag = secrets.token_hex(3)
     host, outside = f"pwbench-{tag}", f"pwbench-out-{tag}"
     make_world(host, outside)
