@@ -193,6 +193,10 @@ def ensure_bridge(ipr: IPRoute, name: str, mac: str, mtu: int,
             # The gateway is the router of its network: it takes no advertisement from
             # a container (and forwarding=1 ignores them anyway).
             set_ipv6_conf(name, "accept_ra", "0")
+            # Its link-local address is usable at once: while duplicate address
+            # detection runs (a second or two), the host's first neighbour
+            # solicitations into the bridge go unanswered.
+            set_ipv6_conf(name, "accept_dad", "0")
         # A host process reaching a port published on 127.0.0.1 is DNATed to a
         # container with source 127.0.0.1: routing that out of the bridge needs
         # route_localnet (the firewall's guard chain keeps containers off 127/8).
