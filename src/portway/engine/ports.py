@@ -157,11 +157,14 @@ class Publishing:
             for p in c.ports:
                 by_port.setdefault((p.protocol, p.host_port), []).append(
                     (p, f"container {c.name} ({format_mapping(p)})"))
+        # Only what the ports asked for can collide: the sockets of their protocols, and
+        # the gateways when one names a host address (each of these asks the kernel).
         listening: dict[tuple[str, int], list[tuple[str, int]]] = {}
-        for proto in ("tcp", "udp"):
+        for proto in sorted({p.protocol for p in wanted}):
             for address, port in h.facts.listening(proto):
                 listening.setdefault((proto, port), []).append((address, port))
-        gateways = h.facts.portway_addresses()
+        gateways = h.facts.portway_addresses() \
+            if any(p.host_ip is not None for p in wanted) else set()
         low, high = h.facts.ephemeral_range()
 
         def holder_of(p: PortMapping) -> str | None:

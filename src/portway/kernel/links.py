@@ -100,6 +100,14 @@ def observe_addresses(ipr: IPRoute, index: int | None = None) -> list[ipaddress.
     return out
 
 
+def observe_link_addresses(ipr: IPRoute) -> list[tuple[int, IPInterface]]:
+    """Every address of either family with its link's index: one dump per family, however
+    many links there are (a dump per link costs a round trip each)."""
+    return [(int(msg["index"]),
+             ipaddress.ip_interface(f"{msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}"))
+            for family in (AF_INET, AF_INET6) for msg in ipr.get_addr(family=family)]
+
+
 def observe_addresses6(ipr: IPRoute, index: int | None = None) -> list[ipaddress.IPv6Interface]:
     """The IPv6 addresses (of one link, or all), link-local ones included."""
     kwargs = {"index": index} if index is not None else {}
