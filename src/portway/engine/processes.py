@@ -209,12 +209,13 @@ class Processes:
 
     def first_process(self, c: Container) -> int:
         """Docker's State.Pid: the container's first process (the command, as the host
-        numbers it), not the `unshare` that portway watches; that one while the command
-        is starting."""
+        numbers it), not the `unshare` that portway watches. Right after `run -d` the
+        command may still be starting (milliseconds; longer on a loaded machine): wait
+        for it a moment, and give the `unshare` only if it never comes."""
         if c.runtime != "portway":
             return c.pid
         wrappers = (self.h.tools.unshare, self.h.tools.setpriv)
-        return self.kernel.wait_init(c.pid, wrappers, timeout=0) or c.pid
+        return self.kernel.wait_init(c.pid, wrappers, timeout=1.0) or c.pid
 
     def logs(self, ref: str) -> dict[str, Any]:
         with self.h.lock:
