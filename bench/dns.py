@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from idle import settle
+
 ROOT = Path(__file__).resolve().parent.parent
 NETAVARK = "/usr/lib/podman/netavark"
 AARDVARK = "/usr/lib/podman/aardvark-dns"
@@ -54,24 +56,6 @@ print(out[len(out) // 2], out[int(len(out) * 0.99)])
 
 def sh(*args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(args), capture_output=True, text=True, check=True, **kw)
-
-
-def settle(most: float = 15.0) -> None:
-    """Wait until the machine is idle (under 10% busy over 0.2 s, at most `most`
-    seconds): a server still busy with an earlier run's tail would slow the next."""
-    def busy_idle() -> tuple[int, int]:
-        with open("/proc/stat") as f:
-            ticks = [int(x) for x in f.readline().split()[1:]]
-        return sum(ticks) - ticks[3] - ticks[4], ticks[3] + ticks[4]
-
-    deadline = time.monotonic() + most
-    busy, idle = busy_idle()
-    while time.monotonic() < deadline:
-        time.sleep(0.2)
-        now_busy, now_idle = busy_idle()
-        if (now_busy - busy) * 9 < (now_idle - idle):
-            return
-        busy, idle = now_busy, now_idle
 
 
 def dnsperf(netns: str, server: str, queries: list[str], rate: int = 0) -> dict[str, float]:
@@ -183,9 +167,9 @@ def bench_dns(engine: Any, outside: str) -> dict[str, Any]:
     up with, the average latency shows what portway's pause under load costs. Every
     run starts on an idle machine.
 
-    portway's network is dual-stack: each of its A runs is followed by the same names
-    asked for AAAA, and once more over IPv6 to its IPv6 gateway, so the families'
-    figures come from the same moments of the machine."""
+    portway's network is dual-stack: each of its A runs sits beside the same names asked
+    for AAAA, and for AAAA over IPv6 to its IPv6 gateway (the order reversed every other
+    round), so the families' figures come from the same moments of the machine."""
     one = ["target A"]
     mix = ["target A", "asker A", "db A"]
     one6 = ["target AAAA"]
@@ -204,14 +188,19 @@ def bench_dns(engine: Any, outside: str) -> dict[str, Any]:
             asks += [("aardvark", "local", av, "10.89.0.1", one),
                      ("aardvark", "mixed", av, "10.89.0.1", mix)]
         runs: dict[str, dict[str, list[float]]] = {k: {} for k in servers}
-        for _ in range(ROUNDS):
-            for side, figure, netns, address, queries in asks:
+        for i in range(ROUNDS):
+            # portway's A and AAAA runs change places every other round.
+            ours = [a for a in asks if a[0] == "portway"]
+            theirs = [a for a in asks if a[0] != "portway"]
+            for side, figure, netns, address, queries in \
+                    (ours if i % 2 == 0 else ours[::-1]) + theirs:
                 runs[side].setdefault(figure, []).append(
                     dnsperf(netns, address, queries)["qps"])
         results: dict[str, Any] = {}
         for side, (netns, address) in servers.items():
             results[side] = {
-                **{f"{figure}_qps": statistics.median(v) for figure, v in runs[side].items()},
+                **{f"{figure}_qps": round(statistics.median(v))
+                   for figure, v in runs[side].items()},
                 **{f"{figure}_qps_runs": v for figure, v in runs[side].items()},
                 "loaded_avg_us": dnsperf(netns, address, one, LOADED_RATE)["avg_us"],
                 "local_latency_us": latency(netns, address, "target"),

@@ -14,6 +14,7 @@ import subprocess
 import time
 from typing import Any
 
+from idle import settle
 from portway.core import firewall
 from portway.core.firewall import Published
 from portway.kernel.nft import Nft
@@ -26,8 +27,8 @@ FIRST_FILLER = 20000  # filler ports are 20000.., the measured one comes after t
 MEASURED = 50000
 RATE_ROUNDS = 3  # connection-rate runs per family and scale, alternating; the median
 RATE_SECONDS = 1.5
-IPERF_CYCLES = 2  # with rules, without, with, without: machine drift falls on both
-IPERF_RUNS = 2  # iperf3 runs per path and cycle
+IPERF_CYCLES = 4  # with rules, without, with, ...: machine drift falls on both
+IPERF_RUNS = 1  # iperf3 runs per path and cycle
 
 CONNECT_LOOP = """
 import socket, sys, time
@@ -58,6 +59,7 @@ def sh(*args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
 
 
 def connect_rate(address: str, port: int, seconds: float = RATE_SECONDS) -> float:
+    settle(5)
     out = sh("ip", "netns", "exec", OUTSIDE_NS[0], "python3", "-c", CONNECT_LOOP,
              address, str(port), str(seconds)).stdout.split()
     rate, fails = float(out[0]), int(out[1])
@@ -137,6 +139,7 @@ def iperf_runs(client_ns: list[str], address: str, port: int = 5201,
     """`runs` 3-second single-stream runs, in Gbit/s."""
     samples = []
     for _ in range(runs):
+        settle(5)
         out = sh(*client_ns, "iperf3", "-c", address, "-p", str(port), "-t", "3", "-J",
                  timeout=60).stdout
         samples.append(json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e9)
@@ -199,6 +202,13 @@ def bench_firewall(engine: Any, outside: str) -> dict[str, Any]:
                 "map6_add_ms": add_ms[6]}
         for t in targets.values():
             unfill(nft, t, filled, FIRST_FILLER)
+        # One port again, now that the machine has run a while: the first figure alone
+        # would take a drift of the machine for a cost of the ports.
+        nft.apply(firewall.render_ports(last, instance))
+        again = rates({hosts[v]: MEASURED for v in (4, 6)})
+        nft.apply(firewall.render_ports_removal(last))
+        results["again"] = {"map_conn_per_s": again[HOST_ADDR],
+                            "map6_conn_per_s": again[HOST_ADDR6]}
     finally:
         engine.rm([info["Id"]], force=True)
     results["throughput"] = bench_throughput(engine, outside)
@@ -206,10 +216,22 @@ def bench_firewall(engine: Any, outside: str) -> dict[str, Any]:
     return results
 
 
+# The least a stateful NAT firewall costs: conntrack on (a rule that asks for a flow's
+# state) and NAT's hooks registered (empty nat chains), nothing else.
+CONNTRACK_ONLY = """
+table inet pwbench_ct {
+  chain forward { type filter hook forward priority 0; ct state established accept; }
+  chain pre { type nat hook prerouting priority -100; }
+  chain post { type nat hook postrouting priority 100; }
+}
+"""
+
+
 def bench_throughput(engine: Any, outside: str) -> dict[str, float]:
-    """iperf3 through each path of both families, then the same paths with portway's
-    tables gone (inet, bridge and arp portway: NAT, filtering and the per-port source
-    checks), in turn IPERF_CYCLES times; the median of every run of a path."""
+    """iperf3 through each path of both families: with portway's rules; with its tables
+    gone (inet, bridge and arp portway: NAT, filtering and the per-port source checks) and
+    only conntrack and NAT's hooks in their place; and with no table at all. The three in
+    turn IPERF_CYCLES times; the median of every run of a path."""
     server = engine.run(["iperf3", "-s"], name="iperf", networks=["fwnet"],
                         ports=["5201:5201"], detach=True)
     client = engine.run(["sleep", "600"], name="iperfc", networks=["fwnet"], detach=True)
@@ -224,15 +246,17 @@ def bench_throughput(engine: Any, outside: str) -> dict[str, float]:
         "outside_to_published6": (from_outside, HOST_ADDR6),
         "host_to_loopback_published": ([], "127.0.0.1"),
     }
-    # The same topology without rules: bridge netfilter stays on, as every new namespace
-    # has it here, and the outside reaches the container by a plain route.
-    without = {
-        "container_to_container_no_rules": (in_client, address),
-        "container_to_container6_no_rules": (in_client, address6),
-        "outside_to_container_no_rules": (from_outside, address),
-        "outside_to_container6_no_rules": (from_outside, address6),
+    # The same topology without portway's rules: bridge netfilter stays on, as every new
+    # namespace has it here, and the outside reaches the container by a plain route.
+    routed = {
+        "container_to_container": (in_client, address),
+        "container_to_container6": (in_client, address6),
+        "outside_to_container": (from_outside, address),
+        "outside_to_container6": (from_outside, address6),
     }
-    samples: dict[str, list[float]] = {key: [] for key in (*with_rules, *without)}
+    states = ("", "_conntrack_only", "_no_rules")
+    samples: dict[str, list[float]] = {key: [] for key in with_rules}
+    samples.update({f"{key}{state}": [] for key in routed for state in states[1:]})
     routes = [("-4", SUBNETS[0], HOST_ADDR), ("-6", SUBNETS[1], HOST_ADDR6)]
     time.sleep(0.5)
     try:
@@ -244,11 +268,16 @@ def bench_throughput(engine: Any, outside: str) -> dict[str, float]:
             for key, (where, to) in with_rules.items():
                 samples[key] += iperf_runs(where, to, runs=IPERF_RUNS)
             engine.nft.apply(firewall.render_tables_removal())
-            for key, (where, to) in without.items():
-                samples[key] += iperf_runs(where, to, runs=IPERF_RUNS)
+            sh("nft", "-f", "-", input=CONNTRACK_ONLY)
+            for key, (where, to) in routed.items():
+                samples[f"{key}_conntrack_only"] += iperf_runs(where, to, runs=IPERF_RUNS)
+            sh("nft", "delete", "table", "inet", "pwbench_ct")
+            for key, (where, to) in routed.items():
+                samples[f"{key}_no_rules"] += iperf_runs(where, to, runs=IPERF_RUNS)
         out = {key: round(statistics.median(v), 2) for key, v in samples.items()}
         out["raw_veth_pair"] = raw_veth()
     finally:
+        subprocess.run(["nft", "delete", "table", "inet", "pwbench_ct"], capture_output=True)
         for family, subnet, _ in routes:
             subprocess.run(["ip", "-n", outside, family, "route", "del", subnet],
                            capture_output=True)
