@@ -25,10 +25,11 @@ SUBNETS = ["10.204.0.0/24", "fd00:204::/64"]
 SCALES = (1, 1000, 10000)
 FIRST_FILLER = 20000  # filler ports are 20000.., the measured one comes after them
 MEASURED = 50000
-RATE_ROUNDS = 3  # connection-rate runs per family and scale, alternating; the median
-RATE_SECONDS = 1.5
-IPERF_CYCLES = 4  # with rules, without, with, ...: machine drift falls on both
+RATE_ROUNDS = 5  # rounds through every scale, a connection-rate run per family in each
+RATE_SECONDS = 1.0
+IPERF_CYCLES = 6  # with rules, conntrack only, without, with, ...: drift falls on all
 IPERF_RUNS = 1  # iperf3 runs per path and cycle
+IPERF_SECONDS = 2
 
 CONNECT_LOOP = """
 import socket, sys, time
@@ -66,16 +67,6 @@ def connect_rate(address: str, port: int, seconds: float = RATE_SECONDS) -> floa
     if rate == 0 or fails > rate * seconds * 0.01:
         raise RuntimeError(f"connections to [{address}]:{port} failed ({fails})")
     return round(rate)
-
-
-def rates(ports: dict[str, int]) -> dict[str, float]:
-    """New connections per second from the outside to each family's host address and
-    its port, RATE_ROUNDS runs each, the families in turn; the median of each."""
-    samples: dict[str, list[float]] = {host: [] for host in ports}
-    for _ in range(RATE_ROUNDS):
-        for host, port in ports.items():
-            samples[host].append(connect_rate(host, port))
-    return {host: round(statistics.median(v)) for host, v in samples.items()}
 
 
 OUTSIDE_NS: list[str] = []
@@ -136,30 +127,34 @@ def linear_add_one_ms(rounds: int = 20) -> float:
 
 def iperf_runs(client_ns: list[str], address: str, port: int = 5201,
                runs: int = 3) -> list[float]:
-    """`runs` 3-second single-stream runs, in Gbit/s."""
+    """`runs` single-stream runs of IPERF_SECONDS, in Gbit/s."""
     samples = []
     for _ in range(runs):
         settle(5)
-        out = sh(*client_ns, "iperf3", "-c", address, "-p", str(port), "-t", "3", "-J",
+        out = sh(*client_ns, "iperf3", "-c", address, "-p", str(port), "-t",
+                 str(IPERF_SECONDS), "-J",
                  timeout=60).stdout
         samples.append(json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e9)
     return samples
 
 
 def iperf(client_ns: list[str], address: str, port: int = 5201, runs: int = 3) -> float:
-    """The median of `runs` 3-second single-stream runs, in Gbit/s."""
+    """The median of `runs` single-stream runs of IPERF_SECONDS, in Gbit/s."""
     return round(statistics.median(iperf_runs(client_ns, address, port, runs)), 2)
 
 
 def bench_firewall(engine: Any, outside: str) -> dict[str, Any]:
     """Connection rate and the cost of publishing one more port at each scale, IPv4 and
     IPv6 side by side: both families' maps hold the same N ports, to the one container's
-    address of each family."""
+    address of each family. The rates come from RATE_ROUNDS rounds that each go through
+    every scale (the maps filled from 1 to the most ports, then emptied), so a busy
+    moment of the machine does not fall on one scale alone."""
     OUTSIDE_NS[:] = [outside]
     nft, instance = engine.nft, engine.instance
     results: dict[str, Any] = {"scales": {}, "method": {
         "rate_rounds": RATE_ROUNDS, "rate_seconds": RATE_SECONDS,
-        "iperf_cycles": IPERF_CYCLES, "iperf_runs": IPERF_RUNS}}
+        "iperf_cycles": IPERF_CYCLES, "iperf_runs": IPERF_RUNS,
+        "iperf_seconds": IPERF_SECONDS}}
     engine.network_create("fwnet", subnet=SUBNETS, ipv6=True)
     # Its own port is outside the fillers' range (FIRST_FILLER..), which the bench
     # adds and removes itself.
@@ -169,24 +164,30 @@ def bench_firewall(engine: Any, outside: str) -> dict[str, Any]:
     targets = {4: ipaddress.ip_address(net["IPAddress"]),
                6: ipaddress.ip_address(net["GlobalIPv6Address"])}
     hosts = {4: HOST_ADDR, 6: HOST_ADDR6}
+    last = [Published("bench", "tcp", MEASURED, t, 80) for t in targets.values()]
+    filled = 0
+
+    def fill_to(scale: int) -> None:
+        """scale - 1 fillers in each family's maps (from however many there are)."""
+        nonlocal filled
+        for t in targets.values():
+            if scale - 1 > filled:
+                fill(nft, instance, t, scale - 1 - filled, FIRST_FILLER + filled)
+            elif scale - 1 < filled:
+                unfill(nft, t, filled - (scale - 1), FIRST_FILLER + scale - 1)
+        filled = scale - 1
+
     time.sleep(0.5)
     try:
-        last = [Published("bench", "tcp", MEASURED, t, 80) for t in targets.values()]
         # Warm: the client's and the container's first connections are not the flat cost.
         nft.apply(firewall.render_ports(last, instance))
         for v in (4, 6):
             connect_rate(hosts[v], MEASURED, 0.5)
         nft.apply(firewall.render_ports_removal(last))
-        filled = 0
+        # The cost of publishing one more port, and one DNAT rule per port, per scale.
         for scale in SCALES:
-            for t in targets.values():
-                fill(nft, instance, t, scale - 1 - filled, FIRST_FILLER + filled)
-            filled = scale - 1
-            # The measured port is published last, after the fillers.
-            nft.apply(firewall.render_ports(last, instance))
-            mapped = rates({hosts[v]: MEASURED for v in (4, 6)})
+            fill_to(scale)
             add_ms = {v: add_one_ms(nft, instance, targets[v]) for v in (4, 6)}
-            nft.apply(firewall.render_ports_removal(last))
             linear: dict[int, float] = {}
             linear_add = 0.0
             for v in (4, 6):
@@ -196,20 +197,28 @@ def bench_firewall(engine: Any, outside: str) -> dict[str, Any]:
                     linear_add = linear_add_one_ms()
                 sh("nft", "delete", "table", "ip" if v == 4 else "ip6", "pwbench_linear")
             results["scales"][str(scale)] = {
-                "map_conn_per_s": mapped[HOST_ADDR], "linear_conn_per_s": linear[4],
-                "map_add_ms": add_ms[4], "linear_add_ms": linear_add,
-                "map6_conn_per_s": mapped[HOST_ADDR6], "linear6_conn_per_s": linear[6],
+                "linear_conn_per_s": linear[4], "map_add_ms": add_ms[4],
+                "linear_add_ms": linear_add, "linear6_conn_per_s": linear[6],
                 "map6_add_ms": add_ms[6]}
-        for t in targets.values():
-            unfill(nft, t, filled, FIRST_FILLER)
-        # One port again, now that the machine has run a while: the first figure alone
-        # would take a drift of the machine for a cost of the ports.
-        nft.apply(firewall.render_ports(last, instance))
-        again = rates({hosts[v]: MEASURED for v in (4, 6)})
-        nft.apply(firewall.render_ports_removal(last))
-        results["again"] = {"map_conn_per_s": again[HOST_ADDR],
-                            "map6_conn_per_s": again[HOST_ADDR6]}
+        # portway's maps: every scale in each round, the families in turn at each.
+        rate_samples: dict[tuple[int, int], list[float]] = {}
+        for _ in range(RATE_ROUNDS):
+            for scale in SCALES:
+                fill_to(scale)
+                # The measured port is published last, after the fillers.
+                nft.apply(firewall.render_ports(last, instance))
+                for v in (4, 6):
+                    rate_samples.setdefault((scale, v), []).append(
+                        connect_rate(hosts[v], MEASURED))
+                nft.apply(firewall.render_ports_removal(last))
+            fill_to(1)
+        for scale in SCALES:
+            row = results["scales"][str(scale)]
+            for v, key in ((4, "map_conn_per_s"), (6, "map6_conn_per_s")):
+                row[key] = round(statistics.median(rate_samples[(scale, v)]))
+                row[f"{key}_runs"] = rate_samples[(scale, v)]
     finally:
+        fill_to(1)
         engine.rm([info["Id"]], force=True)
     results["throughput"] = bench_throughput(engine, outside)
     engine.network_rm(["fwnet"])

@@ -632,7 +632,7 @@ def goals_report(r: dict[str, Any]) -> list[str]:
         low, high = min(fw["scales"], key=int), max(fw["scales"], key=int)
         goal(f"IPv6 DNAT per-connection cost flat from {low} to {high} ports "
              "(at most 1.05×)", cost_us(fw["scales"][high]["map6_conn_per_s"]),
-             one_port_cost(fw, "map6_conn_per_s"), at_most=1.05, unit="µs")
+             cost_us(fw["scales"][low]["map6_conn_per_s"]), at_most=1.05, unit="µs")
         t = fw["throughput"]
         goal("IPv6 throughput with portway's rules at least 0.95× without: container to "
              "container", t["container_to_container6"], t["container_to_container6_no_rules"],
@@ -675,13 +675,6 @@ def cost_us(rate: float) -> float:
     return round(1e6 / rate, 1)
 
 
-def one_port_cost(fw: dict[str, Any], key: str) -> float:
-    """µs per connection with one port published: the mean of the rates measured before
-    the fillers and after them."""
-    low = min(fw["scales"], key=int)
-    return cost_us((fw["scales"][low][key] + fw["again"][key]) / 2)
-
-
 def firewall_report(fw: dict[str, Any]) -> list[str]:
     m = fw["method"]
     lines = [
@@ -694,9 +687,10 @@ def firewall_report(fw: dict[str, Any]) -> list[str]:
         "the same run; its rules added with the `nft` command as such engines do). IPv4 "
         "and IPv6 side by side: one dual-stack network, the same N ports in each family's "
         "maps, to the container's address of that family, from the outside namespace to "
-        "the host's uplink address of that family; the families' runs in turn, "
-        f"{m['rate_rounds']} of {m['rate_seconds']:g} s each per figure (the median), "
-        "after a warm-up.",
+        "the host's uplink address of that family. Connection rates: "
+        f"{m['rate_rounds']} rounds, each through every scale (the maps filled from 1 to "
+        f"the most ports, then emptied), a run of {m['rate_seconds']:g} s per family at "
+        "each, the families in turn; the median of a scale's runs, after a warm-up.",
         "",
         "| ports | portway conn/s | portway IPv6 conn/s | one rule per port conn/s | "
         "one rule per port IPv6 conn/s | portway add (ms) | portway IPv6 add (ms) | "
@@ -708,22 +702,28 @@ def firewall_report(fw: dict[str, Any]) -> list[str]:
                      f"{row['linear_conn_per_s']} | {row['linear6_conn_per_s']} | "
                      f"{row['map_add_ms']} | {row['map6_add_ms']} | {row['linear_add_ms']} |")
     low, high = min(fw["scales"], key=int), max(fw["scales"], key=int)
-    first, last, again = fw["scales"][low], fw["scales"][high], fw["again"]
+    first, last = fw["scales"][low], fw["scales"][high]
+
+    def runs(key: str) -> str:
+        return "; ".join(f"{scale}: " + ", ".join(str(round(x)) for x in row[f"{key}_runs"])
+                         for scale, row in fw["scales"].items())
+
     lines += [
-        f"| {low}, again after {high} | {again['map_conn_per_s']} | "
-        f"{again['map6_conn_per_s']} | | | | | |",
         "",
-        f"Per-connection cost, {low} port (the mean of its two figures) → {high} ports "
+        f"Per-connection cost, {low} port → {high} ports "
         "(µs, the client's own share included): portway IPv6 "
-        f"{one_port_cost(fw, 'map6_conn_per_s')} → {cost_us(last['map6_conn_per_s'])} "
-        f"({ratio(cost_us(last['map6_conn_per_s']), one_port_cost(fw, 'map6_conn_per_s'))}), "
-        f"portway IPv4 {one_port_cost(fw, 'map_conn_per_s')} → "
+        f"{cost_us(first['map6_conn_per_s'])} → {cost_us(last['map6_conn_per_s'])} "
+        f"({ratio(first['map6_conn_per_s'], last['map6_conn_per_s'])}), "
+        f"portway IPv4 {cost_us(first['map_conn_per_s'])} → "
         f"{cost_us(last['map_conn_per_s'])} "
-        f"({ratio(cost_us(last['map_conn_per_s']), one_port_cost(fw, 'map_conn_per_s'))}); "
+        f"({ratio(first['map_conn_per_s'], last['map_conn_per_s'])}); "
         f"one rule per port IPv6 {cost_us(first['linear6_conn_per_s'])} → "
         f"{cost_us(last['linear6_conn_per_s'])} "
         f"({ratio(first['linear6_conn_per_s'], last['linear6_conn_per_s'])}), the control "
         "that shows the measure sees a cost that grows. Goal: flat, at most 1.05×.",
+        "",
+        f"Runs, portway IPv6 conn/s by ports: {runs('map6_conn_per_s')}.",
+        f"Runs, portway IPv4 conn/s by ports: {runs('map_conn_per_s')}.",
         "",
     ]
     t = fw["throughput"]
@@ -747,7 +747,8 @@ def firewall_report(fw: dict[str, Any]) -> list[str]:
         "route. Conntrack and NAT only: the same, with one table in their place that turns "
         "conntrack on (`ct state established accept` in forward) and registers NAT's hooks "
         "(empty nat chains): the least any stateful NAT firewall costs. The three in turn, "
-        f"{m['iperf_cycles']} times, {m['iperf_runs']} run of 3 s per path each time: the "
+        f"{m['iperf_cycles']} times, {m['iperf_runs']} run of {m['iperf_seconds']} s per "
+        "path each time: the "
         f"median of the {m['iperf_cycles'] * m['iperf_runs']}.",
         "",
         "| path | with portway's rules | conntrack and NAT only | without rules | "
@@ -766,8 +767,8 @@ def firewall_report(fw: dict[str, Any]) -> list[str]:
         "",
         "Ratio goal for IPv6: at least 0.95. Conntrack and NAT alone ÷ without, IPv6: "
         f"container to container {alone('container_to_container6')}, outside to the "
-        f"container {alone('outside_to_container6')}; the rest of the gap is portway's "
-        "own rules. (routed): to the container's own "
+        f"container {alone('outside_to_container6')} (what a stateful NAT firewall costs "
+        "before any rule of portway's). (routed): to the container's own "
         "address, no DNAT. No path has a userland proxy. (A port published on [::1] is "
         "refused: IPv6 cannot route the answer back to the host's loopback; see "
         "docs/ipv6.md.)",
