@@ -45,7 +45,12 @@ def _root() -> Command:
                 help="--ipv4=false with --ipv6: an IPv6-only network"),
             Opt("--internal", "flag", help="no way in or out of the host"),
             Opt("--mtu", metavar="N"),
-            Opt("-o --opt", "list", metavar="KEY=VALUE", help="a driver option"),
+            Opt("--aux-address", "list", metavar="NAME=IP",
+                help="an address of a --subnet that containers never get"),
+            Opt("--attachable", "flag", help="accepted (any container can join a portway "
+                "network)"),
+            Opt("-o --opt", "list", metavar="KEY=VALUE", help="a driver option, e.g. "
+                "com.docker.network.bridge.name=NAME"),
             Opt("--label", "list", metavar="KEY=VALUE"))),
         Command("ls", "list networks", opts=(json_flag, quiet)),
         Command("inspect", "show networks as JSON", args=(Arg("names", "NAME", "+"),)),
@@ -173,7 +178,7 @@ def cmd_network(client: Client, a: Args) -> int:
         net = client.call("network_create", name=a.name, driver=a.driver, subnet=a.subnet,
                           gateway=a.gateway, ip_range=a.ip_range, internal=a.internal,
                           mtu=a.mtu, options=a.opt, labels=a.label, ipv6=a.ipv6,
-                          ipv4=a.ipv4)
+                          ipv4=a.ipv4, aux_addresses=a.aux_address)
         print(net["Id"])
     elif nc == "ls":
         nets = client.call("network_ls")

@@ -177,8 +177,7 @@ def check_options(options: dict[str, str]) -> dict[str, str]:
         if key == "com.docker.network.driver.mtu":
             parse_mtu(value)
         if key == "com.docker.network.bridge.name":
-            raise InvalidInput(f"option {key} is not supported",
-                               "portway names bridges from network ids (pwbr-<id>)")
+            check_ifname("bridge name", value)
     return options
 
 
@@ -226,13 +225,15 @@ class SubnetRequest:
     subnet: IPNetwork | None = None
     gateway: IPAddress | None = None
     ip_range: IPNetwork | None = None
+    aux_addresses: tuple[tuple[str, IPAddress], ...] = ()
 
 
 def plan_subnets(subnets: list[str], gateways: list[str], ip_ranges: list[str],
-                 ipv4: bool = True, ipv6: bool = False) -> list[SubnetRequest]:
-    """Docker's --subnet/--gateway/--ip-range (each repeatable, matched by family and
-    containment), --ipv4 and --ipv6, checked together: one request per family the
-    network has, IPv4 first."""
+                 ipv4: bool = True, ipv6: bool = False,
+                 aux_addresses: list[str] | None = None) -> list[SubnetRequest]:
+    """Docker's --subnet/--gateway/--ip-range/--aux-address (each repeatable, matched by
+    family and containment), --ipv4 and --ipv6, checked together: one request per family
+    the network has, IPv4 first."""
     parsed = [parse_subnet(s) for s in subnets]
     families = [n.version for n in parsed]
     for family in set(families):
@@ -272,9 +273,32 @@ def plan_subnets(subnets: list[str], gateways: list[str], ip_ranges: list[str],
             raise InvalidInput(f"more than one IPv{version} --ip-range",
                                "give one range per subnet")
         rng[version] = parse_ip_range(text, by_version[version])
+    aux: dict[int, dict[str, IPAddress]] = {}
+    names: set[str] = set()
+    for text in aux_addresses or []:
+        name, sep, value = text.partition("=")
+        if not sep or not name or not value:
+            raise InvalidInput(f"invalid --aux-address {text!r}", "write it as NAME=IP")
+        if name in names:
+            raise InvalidInput(f"--aux-address {name} is given twice", "give each name once")
+        names.add(name)
+        address = parse_address("--aux-address", value)
+        subnet = by_version.get(address.version)
+        if subnet is None or address not in subnet:
+            raise InvalidInput(f"--aux-address {name}={address} is in no --subnet of the "
+                               "network", "give the --subnet it belongs to")
+        check_host_address(f"--aux-address {name}", address, subnet)
+        if address == gw.get(address.version, subnet.network_address + 1):
+            raise InvalidInput(f"--aux-address {name}={address} is the network's gateway",
+                               "give another address")
+        if address in aux.get(address.version, {}).values():
+            raise InvalidInput(f"--aux-address {address} is given twice",
+                               "give each address once")
+        aux.setdefault(address.version, {})[name] = address
     wanted = ([4] if ipv4 else []) + ([6] if ipv6 else [])
     return [SubnetRequest(version=v, subnet=by_version.get(v), gateway=gw.get(v),
-                          ip_range=rng.get(v)) for v in wanted]
+                          ip_range=rng.get(v), aux_addresses=tuple(aux.get(v, {}).items()))
+            for v in wanted]
 
 
 def _any_network(what: str, text: str) -> IPNetwork:

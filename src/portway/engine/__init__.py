@@ -167,11 +167,15 @@ class Engine:
                        ip_range: str | list[str] | None = None,
                        internal: bool = False, mtu: int | str | None = None,
                        options: list[str] | None = None, labels: list[str] | None = None,
-                       ipv6: bool = False, ipv4: bool | str = True) -> dict[str, Any]:
+                       ipv6: bool = False, ipv4: bool | str = True,
+                       aux_addresses: list[str] | None = None,
+                       attachable: bool = False) -> dict[str, Any]:
+        """attachable: accepted, as Docker's --attachable, and changes nothing: any
+        container can join any portway network."""
         validate.check_network_name(name)
         return view.network(self.h, self.h.networks.create(
             name, driver, subnet, gateway, ip_range, internal, mtu, options, labels, ipv6,
-            ipv4))
+            ipv4, aux_addresses))
 
     def network_ls(self) -> list[dict[str, Any]]:
         return [view.network(self.h, n) for n in self.store.networks()]

@@ -54,10 +54,15 @@ class Endpoints:
         addresses: list[IPInterface] = []
         for sub in net.subnets:
             flag = "--ip" if sub.version == 4 else "--ip6"
+            aux = {a: n for n, a in sub.aux_addresses}
             if sub.version in asked:
                 address = validate.check_host_address(flag, asked[sub.version], sub.subnet)
                 if address == sub.gateway:
                     raise Conflict(f"{flag} {address} is the gateway of network {net.name}",
+                                   "pick another address")
+                if address in aux:
+                    raise Conflict(f"{flag} {address} is the auxiliary address "
+                                   f"{aux[address]} of network {net.name}",
                                    "pick another address")
                 if store.address_in_use(net.id, address):
                     holder = next(e for e in store.endpoints(network_id=net.id)
@@ -68,9 +73,10 @@ class Endpoints:
                                    f"pick another {flag}, or omit it")
             else:
                 key = (net.id, sub.version)
-                address = ipam.first_free(sub.subnet, sub.gateway,
-                                          lambda a: store.address_in_use(net.id, a),
-                                          sub.ip_range, self._hint.get(key, 0))
+                address = ipam.first_free(
+                    sub.subnet, sub.gateway,
+                    lambda a: a in aux or store.address_in_use(net.id, a),  # noqa: B023
+                    sub.ip_range, self._hint.get(key, 0))
                 self._hint[key] = int(address) + 1
             addresses.append(ipaddress.ip_interface((address, sub.subnet.prefixlen)))
         eid = names.new_id()

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from portway.engine.context import Host
 
 DEFAULT_NETWORK = "portway"
+BRIDGE_NAME_OPTION = "com.docker.network.bridge.name"
 
 
 class Networks:
@@ -40,17 +41,22 @@ class Networks:
                ip_range: str | list[str] | None = None,
                internal: bool = False, mtu: int | str | None = None,
                options: list[str] | None = None, labels: list[str] | None = None,
-               ipv6: bool = False, ipv4: bool | str = True) -> Network:
-        """A network of either family or both: Docker's flags (--subnet, --gateway and
-        --ip-range repeatable and matched by family, --ipv6, --ipv4=false). A family
-        without a subnet given gets a free one: IPv4 from Docker's pools, IPv6 a /64 of
-        the installation's unique local /48."""
+               ipv6: bool = False, ipv4: bool | str = True,
+               aux_addresses: list[str] | None = None) -> Network:
+        """A network of either family or both: Docker's flags (--subnet, --gateway,
+        --ip-range and --aux-address repeatable and matched by family, --ipv6,
+        --ipv4=false). A family without a subnet given gets a free one: IPv4 from
+        Docker's pools, IPv6 a /64 of the installation's unique local /48. The bridge is
+        named pwbr-<id>, or as -o com.docker.network.bridge.name says (a name no link of
+        the host has); either way it carries the network's owner tag, by which it is
+        found and removed."""
         if driver not in self.h.drivers:
             raise InvalidInput(f"unsupported network driver {driver!r}",
                                f"use one of: {', '.join(sorted(self.h.drivers))} "
                                "(bridge is the default)")
         plan = validate.plan_subnets(_listed(subnet), _listed(gateway), _listed(ip_range),
-                                     validate.parse_bool("--ipv4", ipv4), ipv6)
+                                     validate.parse_bool("--ipv4", ipv4), ipv6,
+                                     _listed(aux_addresses))
         opts = validate.check_options(validate.parse_key_values("--opt", options or []))
         labs = validate.parse_key_values("--label", labels or [])
         if mtu is None and "com.docker.network.driver.mtu" in opts:
@@ -62,6 +68,9 @@ class Networks:
                 raise Conflict(f"network {name!r} already exists",
                                f"choose another name or remove it with "
                                f"'portway network rm {name}'")
+            bridge = opts.get(BRIDGE_NAME_OPTION)
+            if bridge is not None:
+                self.check_bridge_name(bridge)
             taken = self.taken_ranges()
             subnets = []
             for want in plan:
@@ -73,16 +82,29 @@ class Networks:
                     ipam.check_subnet_free(net_addr, taken)
                 subnets.append(Subnet(subnet=net_addr,
                                       gateway=want.gateway or ipam.default_gateway(net_addr),
-                                      ip_range=want.ip_range))
+                                      ip_range=want.ip_range,
+                                      aux_addresses=want.aux_addresses))
             network_id = names.new_id()
             network = Network(id=network_id, name=name, subnets=tuple(subnets),
-                              bridge=names.bridge_name(network_id), driver=driver,
+                              bridge=bridge or names.bridge_name(network_id), driver=driver,
                               internal=internal, mtu=mtu_value, options=opts, labels=labs,
                               created=now())
             h.driver(network).validate(network)
             self.install(network)
             h.containers.publish_dns()
             return network
+
+    def check_bridge_name(self, bridge: str) -> None:
+        """A bridge name the user chose: no other network's, no link's of the host (an
+        existing link would be taken over, and removed with the network)."""
+        other = next((n for n in self.h.store.networks() if n.bridge == bridge), None)
+        if other is not None:
+            raise Conflict(f"bridge name {bridge!r} is taken by network {other.name}",
+                           "choose another com.docker.network.bridge.name")
+        if self.h.facts.link_exists(bridge):
+            raise Conflict(f"bridge name {bridge!r} is taken: the host has a link of that "
+                           "name", "choose another com.docker.network.bridge.name (ip link "
+                           "shows the host's links)")
 
     def ula_global_id(self) -> int:
         """The installation's random 40-bit ULA global id, made once (RFC 4193)."""

@@ -25,10 +25,12 @@ def network(engine: Host, n: Network) -> dict[str, Any]:
         }
     configs = []
     for sub in n.subnets:
-        config: dict[str, str] = {"Subnet": str(sub.subnet), "Gateway": str(sub.gateway)}
+        config: dict[str, Any] = {"Subnet": str(sub.subnet), "Gateway": str(sub.gateway)}
         if sub.ip_range is not None:
             config["IPRange"] = str(sub.ip_range)
         configs.append(config)
+        if sub.aux_addresses:
+            config["AuxiliaryAddresses"] = {k: str(v) for k, v in sub.aux_addresses}
     return {
         "Name": n.name, "Id": n.id, "Created": n.created, "Scope": "local", "Driver": n.driver,
         "EnableIPv6": n.of_version(6) is not None,

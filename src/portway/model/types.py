@@ -27,6 +27,8 @@ class Subnet:
     gateway: IPAddress
     ip_range: IPNetwork | None = None
 
+    # Docker's auxiliary addresses: names for addresses IPAM never hands out.
+    aux_addresses: tuple[tuple[str, IPAddress], ...] = ()
     @property
     def version(self) -> int:
         return self.subnet.version

@@ -170,7 +170,9 @@ class SqliteStore:
 
     def add_network(self, n: Network) -> None:
         subnets = [{"subnet": str(s.subnet), "gateway": str(s.gateway),
-                    "ip_range": str(s.ip_range) if s.ip_range else None} for s in n.subnets]
+                    "ip_range": str(s.ip_range) if s.ip_range else None,
+                    **({"aux": {k: str(v) for k, v in s.aux_addresses}}
+                       if s.aux_addresses else {})} for s in n.subnets]
         self._exec(
             "INSERT INTO networks VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (n.id, n.name, n.driver, str(n.subnet), str(n.gateway),
@@ -183,7 +185,9 @@ class SqliteStore:
         subnets = tuple(Subnet(subnet=ipaddress.ip_network(s["subnet"]),
                                gateway=ipaddress.ip_address(s["gateway"]),
                                ip_range=ipaddress.ip_network(s["ip_range"])
-                               if s.get("ip_range") else None)
+                               if s.get("ip_range") else None,
+                               aux_addresses=tuple((k, ipaddress.ip_address(v))
+                                                   for k, v in s.get("aux", {}).items()))
                         for s in json.loads(row[12]))
         return Network(
             id=row[0], name=row[1], driver=row[2], subnets=subnets,
