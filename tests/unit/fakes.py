@@ -35,6 +35,8 @@ class World:
     rules: set[str] = field(default_factory=set)  # firewall parts, named
     held: set[tuple[str, str, int]] = field(default_factory=set)
     processes: dict[int, str] = field(default_factory=dict)  # pid -> netns
+    spawned: list[dict[str, Any]] = field(default_factory=list)  # what each spawn was given
+    sysctls: dict[tuple[str, str], str] = field(default_factory=dict)  # (netns, key) -> value
     next_pid: int = 1000
 
     def step(self, name: str) -> None:
@@ -253,9 +255,9 @@ class FakeSandboxKernel:
         self.w.namespaces.discard(path)
         self.w.routes.discard(path)
 
-    def kill_processes(self, path: str) -> int:
+    def kill_processes(self, path: str, spare: tuple[int, ...] = ()) -> int:
         self.w.step("netns.kill")
-        gone = [pid for pid, ns in self.w.processes.items() if ns == path]
+        gone = [pid for pid, ns in self.w.processes.items() if ns == path and pid not in spare]
         for pid in gone:
             del self.w.processes[pid]
         return len(gone)
@@ -263,6 +265,12 @@ class FakeSandboxKernel:
     def write_etc(self, path: str, files: dict[str, str]) -> None:
         self.w.step("etc.write")
         self.w.etc[path] = files
+
+    def set_sysctls(self, path: str, sysctls: dict[str, str]) -> dict[str, str]:
+        self.w.step("netns.sysctls")
+        before = {k: self.w.sysctls.get((path, k), "0") for k in sysctls}
+        self.w.sysctls.update({(path, k): v for k, v in sysctls.items()})
+        return before
 
     def has_default_route(self, sandbox: Any, version: int = 4) -> bool:
         return sandbox.path in self.w.routes
@@ -277,8 +285,12 @@ class FakeProcessKernel:
 
     def spawn(self, netns: str, hostname: str | None, binds: list[tuple[str, str]],
               argv: list[str], log_path: str, env: dict[str, str],
-              sysfs_readonly: bool) -> int:
+              sysfs_readonly: bool, workdir: str = "/", domainname: str = "",
+              stdin_path: str | None = None) -> int:
         self.w.step("process.spawn")
+        self.w.spawned.append({"netns": netns, "hostname": hostname, "env": env,
+                               "workdir": workdir, "domainname": domainname,
+                               "stdin": stdin_path})
         self.w.next_pid += 1
         self.w.processes[self.w.next_pid] = netns
         return self.w.next_pid
@@ -302,7 +314,7 @@ class FakeProcessKernel:
     def resolve_identity(self, spec: UserSpec) -> Identity:
         return Identity(uid=int(spec.user) if spec.user.isdigit() else 1000)
 
-    def found(self, command: str, path: str) -> bool:
+    def found(self, command: str, path: str, cwd: str = "/") -> bool:
         return command != "no-such-program"
 
     def watch(self, container_id: str, pid: int, child: bool) -> None:

@@ -51,4 +51,4 @@ def test_a_schema_3_state_file_migrates_in_place(tmp_path: Path) -> None:
     finally:
         store.close()
     version = sqlite3.connect(db).execute("PRAGMA user_version").fetchone()[0]
-    assert version == SCHEMA_VERSION == 4
+    assert version == SCHEMA_VERSION == 5

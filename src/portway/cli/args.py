@@ -45,8 +45,9 @@ class Opt:
 
 
 class Arg:
-    """A positional: nargs 1 (one), "+" (one or more) or "rest" (a command and its
-    arguments: everything from the first word that is not an option, or after --)."""
+    """A positional: nargs 1 (one), "?" (one or none: None), "+" (one or more) or "rest"
+    (a command and its arguments: everything from the first word that is not an option,
+    or after --)."""
 
     def __init__(self, dest: str, metavar: str = "", nargs: int | str = 1, help: str = "",
                  choices: tuple[str, ...] = ()) -> None:
@@ -164,6 +165,11 @@ def _positionals(cmd: Command, words: list[str], rest: list[str] | None, prog: s
     for n, a in enumerate(cmd.args):
         if a.nargs == "rest":
             values[a.dest] = rest or []
+        elif a.nargs == "?":
+            values[a.dest] = words.pop(0) if words else None
+            if values[a.dest] is not None and a.choices and values[a.dest] not in a.choices:
+                raise UsageError(f"{a.metavar} must be one of {', '.join(a.choices)}, "
+                                 f"not {values[a.dest]!r}", prog)
         elif a.nargs == "+":
             if not words:
                 raise UsageError(f"{a.metavar} is missing (one or more)", prog)
@@ -190,6 +196,8 @@ def usage(cmd: Command, prog: str) -> str:
     for a in cmd.args:
         if a.nargs == "rest":
             parts.append(f"-- {a.metavar}")
+        elif a.nargs == "?":
+            parts.append(f"[{'|'.join(a.choices) if a.choices else a.metavar}]")
         elif a.nargs == "+":
             parts.append(f"{a.metavar} [{a.metavar}...]")
         else:

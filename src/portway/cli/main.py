@@ -64,18 +64,41 @@ def _root() -> Command:
                 args=(Arg("network", "NETWORK"), Arg("container", "CONTAINER")),
                 opts=(Opt("-f --force", "flag"),)),
     ))
+    env_opts = (
+        Opt("-e --env", "list", metavar="KEY[=VALUE]", help="set a variable (KEY alone: "
+            "its value here)"),
+        Opt("--env-file", "list", metavar="FILE", help="read variables from a file"),
+        Opt("-w --workdir", metavar="DIR", help="the command's directory (default: this "
+            "one)"),
+        Opt("-i --interactive", "flag", help="keep stdin open"),
+        Opt("-t --tty", "flag", help="give the command a terminal"))
     run = Command("run", "run a command in a new container", help_flags="--help", opts=(
         Opt("--name", metavar="NAME", help="the container's name (default: made up)"),
         Opt("--network --net", "list", dest="network", metavar="NET",
-            help="a network, host or none (default: the network 'portway')"),
+            help="a network, host, none or container:NAME (default: the network "
+            "'portway'); or name=NET,alias=A,ip=IP,ip6=IP6,mac-address=MAC"),
         Opt("--ip", metavar="IP", help="the IPv4 address on the first network"),
         Opt("--ip6", metavar="IPV6", help="the IPv6 address on the first network"),
         Opt("--alias --network-alias", "list", dest="alias", metavar="NAME",
-            help="another DNS name"),
-        Opt("-h --hostname", metavar="NAME", help="default: the container's name"),
+            help="another DNS name on the first network"),
+        Opt("--mac-address", metavar="MAC", help="the MAC address on the first network"),
+        Opt("-h --hostname", metavar="NAME", help="default: the container's short id (with "
+            "--network host: the host's)"),
+        Opt("--domainname", metavar="NAME", help="the container's domain name"),
         Opt("-p --publish", "list", dest="publish", metavar="SPEC",
-            help="[IP:]HOST_PORT:CONTAINER_PORT[/udp]"),
+            help="[IP:]HOST_PORT[-END]:CONTAINER_PORT[/udp]"),
+        Opt("--expose", "list", metavar="PORT[/PROTO]", help="a port the command serves"),
+        Opt("-P --publish-all", "flag", help="publish exposed ports on free host ports"),
         Opt("--dns", "list", metavar="IP", help="resolver for names portway does not know"),
+        Opt("--dns-search", "list", metavar="DOMAIN", help="a search domain of resolv.conf "
+            "(. for none)"),
+        Opt("--dns-option", "list", metavar="OPTION", help="an option of resolv.conf"),
+        Opt("--add-host", "list", metavar="NAME:IP", help="a line of /etc/hosts (IP may be "
+            "host-gateway)"),
+        Opt("--sysctl", "list", metavar="KEY=VALUE", help="a net.* sysctl of the "
+            "container's network namespace"),
+        Opt("-l --label", "list", dest="label", metavar="KEY=VALUE", help="a label"),
+        *env_opts,
         Opt("-d --detach", "flag", help="print the id once the networking is ready"),
         Opt("--rm", "flag", help="remove the container when its command ends"),
         Opt("-u --user", metavar="USER[:GROUP]", help="run as this user (name or uid)"),
@@ -85,7 +108,7 @@ def _root() -> Command:
             "every one)"),
         Opt("--privileged", "flag", help="every capability: the container is not isolated")),
         args=(Arg("cmd", "COMMAND [ARG...]", "rest"),))
-    exe = Command("exec", "run a command in a running container",
+    exe = Command("exec", "run a command in a running container", opts=env_opts,
                   args=(Arg("container", "CONTAINER"), Arg("cmd", "COMMAND [ARG...]", "rest")))
     trace = Command(
         "trace", "follow a new connection hop by hop, rule by rule",
@@ -117,7 +140,9 @@ def _root() -> Command:
         Command("dns", "show the DNS records per network and recent queries",
                 opts=(json_flag,)),
         Command("port", "show a container's published ports",
-                args=(Arg("container", "CONTAINER"),)),
+                args=(Arg("container", "CONTAINER"),
+                      Arg("port", "PORT[/PROTO]", "?", help="only this one's host "
+                          "addresses"))),
         Command("logs", "show a detached container's output",
                 args=(Arg("container", "CONTAINER"),)),
         Command("stop", "stop containers (SIGTERM, then SIGKILL)",
@@ -218,6 +243,47 @@ def cmd_network(client: Client, a: Args) -> int:
     return 0
 
 
+def environment(a: Args) -> list[str]:
+    """KEY=VALUE from --env-file (each in turn) and then -e, as Docker reads them on the
+    client's side: `KEY` alone takes its value from here, or is left out if unset."""
+    out: list[str] = []
+    for path in a.env_file:
+        try:
+            with open(path, encoding="utf-8", errors="surrogateescape") as f:
+                text = f.read()
+        except OSError as exc:
+            raise ClientError(f"cannot read --env-file {path}: {exc.strerror}",
+                              "give a file of KEY=VALUE lines", 2) from None
+        for number, raw in enumerate(text.splitlines(), 1):
+            line = raw.lstrip()
+            if not line or line.startswith("#"):
+                continue
+            key = line.partition("=")[0]
+            if not key or any(c in key for c in " \t"):
+                raise ClientError(f"--env-file {path}, line {number}: invalid variable name "
+                                  f"{key!r}", "write KEY=VALUE (or KEY alone)", 2)
+            out.append(line)
+    out += a.env
+    resolved = []
+    for item in out:
+        if "=" in item:
+            resolved.append(item)
+        elif item:
+            value = _env(item)
+            if value is not None:
+                resolved.append(f"{item}={value}")
+        else:
+            raise ClientError("-e with an empty name", "write -e KEY=VALUE", 2)
+    return resolved
+
+
+def check_terminal(a: Args) -> None:
+    """Docker's rule: -it needs a terminal to read from."""
+    if a.tty and a.interactive and not a.get("detach") and not posix.isatty(0):
+        raise ClientError("the input device is not a TTY",
+                          "run it from a terminal, or drop -t to read from a pipe", 1)
+
+
 def cmd_run(client: Client, a: Args) -> int:
     command = a.cmd
     if not command:
@@ -226,10 +292,16 @@ def cmd_run(client: Client, a: Args) -> int:
     if not a.detach and _which(command[0]) is None:
         raise ClientError(f"command not found: {command[0]!r}",
                           "give a program that exists on this host (or its full path)", 2)
+    check_terminal(a)
     info = client.call("run", command=command, name=a.name, networks=a.network, ip=a.ip,
                        aliases=a.alias, hostname=a.hostname, ports=a.publish,
                        detach=a.detach, auto_remove=a.rm, dns=a.dns, cap_add=a.cap_add,
-                       cap_drop=a.cap_drop, privileged=a.privileged, user=a.user, ip6=a.ip6)
+                       cap_drop=a.cap_drop, privileged=a.privileged, user=a.user, ip6=a.ip6,
+                       env=environment(a), workdir=a.workdir or posix.getcwd(), tty=a.tty,
+                       interactive=a.interactive, labels=a.label, add_hosts=a.add_host,
+                       dns_search=a.dns_search, dns_options=a.dns_option,
+                       domainname=a.domainname, sysctls=a.sysctl, mac=a.mac_address,
+                       expose=a.expose, publish_all=a.publish_all)
     for warning in (info.get("Warning") or "").splitlines():
         print(f"portway: warning: {warning}", file=sys.stderr)
     if a.detach:
@@ -242,12 +314,19 @@ def run_foreground(client: Client, info: "dict[str, Any]", command: list[str],
                    auto_remove: bool) -> int:
     """Fork; the child enters the container's namespaces and becomes `unshare`, which runs
     the command confined (info["Argv"]); the parent forwards signals to the command,
-    waits, and reports the end to the daemon."""
+    waits, and reports the end to the daemon. Without -i the command's stdin is
+    /dev/null (Docker's: not attached); with -t it gets a terminal of its own, a
+    pseudo-terminal whose other side the parent relays (cli/terminal.py)."""
     import os
     import signal
 
     from portway.kernel import sandbox
 
+    term = None
+    if info.get("Tty"):
+        from portway.cli.terminal import Relay
+
+        term = Relay(interactive=bool(info.get("Interactive")))
     # The child reports its exec (or its end) by closing its end of this pipe (it is
     # close-on-exec): only then is the pid the command, inside its namespaces.
     exec_r, exec_w = os.pipe()
@@ -255,8 +334,16 @@ def run_foreground(client: Client, info: "dict[str, Any]", command: list[str],
     if pid == 0:  # the container's process
         os.close(exec_r)
         try:
+            if term is not None:
+                term.become_child()
+            elif not info.get("Interactive", True):
+                null = os.open(os.devnull, os.O_RDONLY)
+                os.dup2(null, 0)
+                os.close(null)
+            os.chdir(info.get("Workdir") or os.getcwd())
             sandbox.enter_sandbox(info["SandboxKey"], info["Hostname"],
-                                  [(s, t) for s, t in info["Binds"]], info["SysfsReadOnly"])
+                                  [(s, t) for s, t in info["Binds"]], info["SysfsReadOnly"],
+                                  info.get("Domainname") or "")
             os.execvpe(info["Argv"][0], info["Argv"], info["Env"])
         except OSError as exc:
             print(f"portway: cannot run {command[0]!r}: {exc}", file=sys.stderr)
@@ -291,12 +378,15 @@ def run_foreground(client: Client, info: "dict[str, Any]", command: list[str],
         client.call("started", ref=info["Id"], pid=pid)
     except ClientError as exc:
         print(f"portway: warning: {exc.message}", file=sys.stderr)
-    while True:
-        try:
-            _, status = os.waitpid(pid, 0)
-            break
-        except InterruptedError:
-            continue
+    if term is not None:
+        status = term.relay(pid)
+    else:
+        while True:
+            try:
+                _, status = os.waitpid(pid, 0)
+                break
+            except InterruptedError:
+                continue
     code = os.waitstatus_to_exitcode(status)
     if code < 0:
         code = 128 - code
@@ -319,10 +409,21 @@ def cmd_exec(client: Client, a: Args) -> int:
     if _which(command[0]) is None:
         raise ClientError(f"command not found: {command[0]!r}",
                           "give a program that exists on this host (or its full path)", 127)
-    info = client.call("exec_info", ref=a.container, command=command, workdir=os.getcwd())
+    check_terminal(a)
+    extra = environment(a)
+    info = client.call("exec_info", ref=a.container, command=command,
+                       workdir=a.workdir or os.getcwd())
     env = dict(info["Env"])
     if "TERM" in os.environ:
         env["TERM"] = os.environ["TERM"]
+    for item in extra:
+        key, _, value = item.partition("=")
+        env[key] = value
+    if not a.interactive and not a.tty:
+        # Docker's: stdin not attached. (-t: the command uses this terminal.)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
     # nsenter joins the namespaces of the container's first process, forks into its PID
     # namespace, and exits with the command's status; setpriv drops what the container
     # may not have (as for its first process).
@@ -463,7 +564,7 @@ def dispatch(client: Client, a: Args) -> int:
         else:
             print_dns(info)
     elif a.command == "port":
-        for line in client.call("port", ref=a.container):
+        for line in client.call("port", ref=a.container, port=a.port):
             print(line)
     elif a.command == "logs":
         sys.stdout.write(client.call("logs", ref=a.container)["Log"])

@@ -7,15 +7,26 @@ from collections.abc import Iterable
 from portway.model.types import IPAddress
 
 
-def render_hosts(hostname: str, name: str, addresses: Iterable[IPAddress]) -> str:
+def render_hosts(hostname: str, name: str, addresses: Iterable[IPAddress],
+                 domainname: str = "", extra: Iterable[tuple[str, str]] = ()) -> str:
+    """Docker's /etc/hosts: localhost, the --add-host lines, then the container's own
+    addresses with its names (HOSTNAME.DOMAIN first where it has a domain name)."""
     lines = [
         "127.0.0.1\tlocalhost",
         "::1\tlocalhost ip6-localhost ip6-loopback",
     ]
-    names = hostname if hostname == name else f"{hostname} {name}"
+    lines += [f"{address}\t{host}" for host, address in extra]
+    own = [f"{hostname}.{domainname}"] if domainname else []
+    own += [hostname] + ([name] if name != hostname else [])
     for address in addresses:
-        lines.append(f"{address}\t{names}")
+        lines.append(f"{address}\t{' '.join(own)}")
     return "\n".join(lines) + "\n"
+
+
+def append_hosts(host_hosts: str, extra: Iterable[tuple[str, str]]) -> str:
+    """The host's /etc/hosts with --add-host lines after it (a host-mode container)."""
+    text = host_hosts if not host_hosts or host_hosts.endswith("\n") else host_hosts + "\n"
+    return text + "".join(f"{address}\t{host}\n" for host, address in extra)
 
 
 def render_hostname(hostname: str) -> str:
@@ -53,14 +64,18 @@ def parse_resolv_conf(text: str) -> tuple[list[str], list[str], list[str]]:
     return servers, search, options
 
 
-def container_resolv_conf(host_resolv: str, nameserver: str | None) -> str:
+def container_resolv_conf(host_resolv: str, nameserver: str | None,
+                          search: Iterable[str] | None = None,
+                          options: Iterable[str] | None = None) -> str:
     """What a container gets: portway's DNS server on its network's gateway, with the
-    host's search domains and options (its upstreams are the DNS server's business).
-    Without a network (none mode): the host's resolvers minus loopback ones, which are
-    unreachable from the container's namespace."""
-    servers, search, options = parse_resolv_conf(host_resolv)
+    host's search domains and options (its upstreams are the DNS server's business),
+    or the ones --dns-search and --dns-option give instead (Docker's rule: each replaces
+    the host's). Without a network (none mode): the host's resolvers minus loopback ones,
+    which are unreachable from the container's namespace."""
+    servers, host_search, host_options = parse_resolv_conf(host_resolv)
     if nameserver is not None:
         servers = [nameserver]
     else:
         servers = [s for s in servers if not s.startswith("127.") and s != "::1"]
-    return render_resolv_conf(servers, search, options)
+    return render_resolv_conf(servers, host_search if search is None else search,
+                              host_options if options is None else options)

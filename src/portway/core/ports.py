@@ -18,7 +18,7 @@ _SPEC = re.compile(
 HINT = "write it as [HOST_IP:][HOST_PORT[-END]:]CONTAINER_PORT[-END][/tcp|/udp], e.g. 8080:80"
 
 
-def _port_range(text: str, spec: str) -> tuple[int, int]:
+def port_range(text: str, spec: str) -> tuple[int, int]:
     lo_s, _, hi_s = text.partition("-")
     lo = int(lo_s)
     hi = int(hi_s) if hi_s else lo
@@ -49,9 +49,14 @@ def parse_port_spec(spec: str) -> list[PortMapping]:
             raise InvalidInput(f"invalid host address {raw!r} in {spec!r}", HINT) from None
         if host_ip.is_unspecified:
             host_ip = None
-    c_lo, c_hi = _port_range(m.group("cport"), spec)
+    c_lo, c_hi = port_range(m.group("cport"), spec)
     if m.group("hport"):
-        h_lo, h_hi = _port_range(m.group("hport"), spec)
+        h_lo, h_hi = port_range(m.group("hport"), spec)
+        if c_lo == c_hi and h_hi > h_lo:
+            # Docker: a range of host ports for one container port takes the first free
+            # one of the range.
+            return [PortMapping(container_port=c_lo, host_port=h_lo, protocol=proto,
+                                host_ip=host_ip, host_port_end=h_hi)]
         if h_hi - h_lo != c_hi - c_lo:
             raise InvalidInput(f"port ranges in {spec!r} differ in length", HINT)
     else:
@@ -80,7 +85,7 @@ def parse_port_specs(specs: list[str]) -> tuple[PortMapping, ...]:
                                "publish a smaller range (each port of a range counts)")
     seen: set[tuple[int, str, str]] = set()
     for pm in out:
-        if pm.host_port == 0:
+        if pm.host_port == 0 or pm.host_port_end:
             continue
         key = (pm.host_port, pm.protocol, str(pm.host_ip or ""))
         if key in seen:
@@ -94,7 +99,19 @@ def format_mapping(pm: PortMapping) -> str:
     ip = str(pm.host_ip) if pm.host_ip else "0.0.0.0"
     if ":" in ip:
         ip = f"[{ip}]"
-    return f"{ip}:{pm.host_port}->{pm.container_port}/{pm.protocol}"
+    host = f"{pm.host_port}-{pm.host_port_end}" if pm.host_port_end else str(pm.host_port)
+    return f"{ip}:{host}->{pm.container_port}/{pm.protocol}"
+
+
+def parse_port_key(text: str) -> tuple[int, Protocol]:
+    """`portway port NAME PORT[/tcp|udp]`'s port."""
+    port, _, proto_text = text.partition("/")
+    proto_text = (proto_text or "tcp").lower()
+    if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535 \
+            or proto_text not in ("tcp", "udp"):
+        raise InvalidInput(f"invalid port {text!r}", "give PORT or PORT/tcp or PORT/udp, "
+                           "e.g. 80/tcp")
+    return int(port), "tcp" if proto_text == "tcp" else "udp"
 
 
 def host_port_holder(sockets: list[tuple[str, int]], host_ip: str | None,

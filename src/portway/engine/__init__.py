@@ -206,10 +206,14 @@ class Engine:
             ports: list[str] | None = None, detach: bool = False, auto_remove: bool = False,
             dns: list[str] | None = None, cap_add: list[str] | None = None,
             cap_drop: list[str] | None = None, privileged: bool = False,
-            user: str | None = None, ip6: str | None = None) -> dict[str, Any]:
+            user: str | None = None, ip6: str | None = None,
+            **options: Any) -> dict[str, Any]:
+        """options: the rest of `run`'s flags, as Containers.run names them (env,
+        workdir, tty, interactive, labels, add_hosts, dns_search, dns_options, domainname,
+        sysctls, mac, expose, publish_all)."""
         return self.h.containers.run(command, name, networks, ip, aliases, hostname, ports,
                                      detach, auto_remove, dns, cap_add, cap_drop, privileged,
-                                     user, ip6)
+                                     user, ip6, **options)
 
     def started(self, ref: str, pid: int) -> dict[str, Any]:
         return self.h.processes.started(ref, pid)
@@ -243,8 +247,8 @@ class Engine:
     def rm(self, refs: list[str], force: bool = False) -> list[str]:
         return self.h.containers.rm(refs, force)
 
-    def port(self, ref: str) -> list[str]:
-        return self.h.publishing.describe(ref)
+    def port(self, ref: str, port: str | None = None) -> list[str]:
+        return self.h.publishing.describe(ref, port)
 
     def adopt(self) -> int:
         return self.h.processes.adopt()

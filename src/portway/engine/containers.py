@@ -18,15 +18,16 @@ import os
 import shutil
 import sys
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from portway.core import names, validate
+from portway.core import names, runopts, validate
 from portway.core.naming import random_name
 from portway.core.ports import parse_port_specs
 from portway.engine.context import fault_point, now
+from portway.engine.sandboxes import host_hostname
 from portway.errors import Conflict, InvalidInput, NotFound, PortwayError, TeardownErrors
-from portway.model.types import Container, Endpoint, Network
+from portway.model.types import Container, Endpoint, Network, PortMapping, RunConfig
 
 if TYPE_CHECKING:
     from portway.engine.context import Host
@@ -66,7 +67,13 @@ class Containers:
             ports: list[str] | None = None, detach: bool = False, auto_remove: bool = False,
             dns: list[str] | None = None, cap_add: list[str] | None = None,
             cap_drop: list[str] | None = None, privileged: bool = False,
-            user: str | None = None, ip6: str | None = None) -> dict[str, Any]:
+            user: str | None = None, ip6: str | None = None, *,
+            env: list[str] | None = None, workdir: str | None = None, tty: bool = False,
+            interactive: bool = False, labels: list[str] | None = None,
+            add_hosts: list[str] | None = None, dns_search: list[str] | None = None,
+            dns_options: list[str] | None = None, domainname: str | None = None,
+            sysctls: list[str] | None = None, mac: str | None = None,
+            expose: list[str] | None = None, publish_all: bool = False) -> dict[str, Any]:
         """Create a container with its networking ready; with detach, start its command.
 
         Without detach the caller starts the command itself (the CLI becomes it)
@@ -79,28 +86,23 @@ class Containers:
             validate.check_name("container", name)
         if hostname is not None:
             validate.check_hostname(hostname)
-        alias_list = [validate.check_name("alias", a) for a in aliases or []]
+        plan = runopts.parse_networks(networks or [], ip, ip6, aliases, mac)
+        mode = plan.mode
         port_maps = parse_port_specs(ports or [])
         dns_servers = validate.check_dns_servers(dns or [])
-        refs = list(dict.fromkeys(networks or []))
+        config = RunConfig(
+            env=runopts.parse_env(env or []),
+            workdir=h.processes.check_workdir(workdir or "/"), tty=tty,
+            interactive=interactive, labels=runopts.parse_labels(labels or []),
+            extra_hosts=runopts.parse_extra_hosts(add_hosts or []),
+            dns_search=runopts.parse_dns_search(dns_search or []),
+            dns_options=runopts.parse_dns_options(dns_options or []),
+            domainname=runopts.check_domainname(domainname or ""),
+            sysctls=runopts.parse_sysctls(sysctls or [], mode),
+            expose=runopts.parse_expose(expose or []), publish_all=publish_all)
+        _check_mode(plan, hostname, bool(port_maps), bool(dns_servers), config)
         if detach:
-            h.processes.check_command(list(cmd))
-        special = [r for r in refs if r in ("host", "none")]
-        if special and len(refs) > 1:
-            raise InvalidInput(f"--network {special[0]} cannot be combined with other networks",
-                               "give it alone")
-        mode = special[0] if special else "bridge"
-        if mode != "bridge" and (ip or ip6 or alias_list):
-            raise InvalidInput(f"--ip, --ip6 and --alias need a bridge network, not "
-                               f"--network {mode}", "drop them, or pick a user network")
-        if mode != "bridge" and port_maps:
-            raise InvalidInput(f"-p cannot publish ports with --network {mode}",
-                               "drop -p, or use a bridge network")
-        for flag, value in (("--ip", ip), ("--ip6", ip6)):
-            if value is not None and (mode != "bridge" or len(refs) != 1):
-                raise InvalidInput(f"{flag} needs exactly one user network",
-                                   "add --network NAME")
-        ips = validate.requested_addresses(ip, ip6)
+            h.processes.check_command(list(cmd), config.workdir, config.env)
         with h.lock:
             if name is not None and h.store.name_taken("containers", name):
                 holder = h.container(name)
@@ -108,43 +110,53 @@ class Containers:
                                f"{holder.short_id}",
                                f"remove it (portway rm -f {name}) or choose another name")
             nets: list[Network] = []
+            owner: Container | None = None
             if mode == "bridge":
-                nets = [h.networks.default()] if not refs else [h.network(r) for r in refs]
+                nets = [h.networks.default() if r.ref == "" else h.network(r.ref)
+                        for r in plan.requests]
+            elif mode == "container":
+                owner = self._network_owner(plan.container)
+                config = replace(config, network_of=owner.id,
+                                 domainname=owner.config.domainname)
+            if config.publish_all:
+                published_ports = {(p.container_port, p.protocol) for p in port_maps}
+                port_maps += tuple(PortMapping(container_port=port, host_port=0, protocol=proto)
+                                   for port, proto in config.expose
+                                   if (port, proto) not in published_ports)
             if port_maps:
-                if nets[0].internal:
-                    raise InvalidInput(f"network {nets[0].name} is internal: its containers "
-                                       "cannot publish ports",
-                                       "publish from a container on a non-internal network")
-                for p in port_maps:
-                    # ::1 is relayed to either family (engine/proxy.py).
-                    if p.host_ip is not None and str(p.host_ip) != "::1" and \
-                            nets[0].of_version(p.host_ip.version) is None:
-                        raise InvalidInput(f"cannot publish on {p.host_ip}: network "
-                                           f"{nets[0].name} has no IPv{p.host_ip.version}",
-                                           "publish on an address of a family the network "
-                                           "has, or on all addresses")
+                self._check_publishing(nets[0], port_maps)
                 port_maps = h.publishing.resolve(port_maps)
             cid = names.new_id()
+            netns = {"host": h.host_netns_path(),
+                     "container": owner.netns if owner else ""}.get(
+                         mode, f"/run/netns/{names.netns_name(cid)}")
+            own_hostname = owner.hostname if owner else \
+                hostname or (host_hostname() if mode == "host" else cid[:12])
             container = Container(
                 id=cid, name=name or random_name(h.store.container_names()),
-                hostname=hostname or cid[:12], command=cmd,
-                netns=f"/run/netns/{names.netns_name(cid)}" if mode != "host"
-                else h.host_netns_path(),
-                network_mode=mode,  # type: ignore[arg-type]
+                hostname=own_hostname, command=cmd, netns=netns, network_mode=mode,
                 auto_remove=auto_remove, detach=detach, ports=port_maps, dns=dns_servers,
                 created=now(), cap_add=tuple(cap_add or ()), cap_drop=tuple(cap_drop or ()),
-                privileged=privileged, user=user or "")
+                privileged=privileged, user=user or "", config=config)
             with h.store.transaction(), ExitStack() as undo:
                 undo.callback(h.publishing.release, port_maps)
                 undo.callback(h.endpoints.clear_hints)  # a rollback frees what was allocated
                 h.store.add_container(container)
                 endpoints = []
-                for index, net in enumerate(nets):
-                    endpoints.append(h.endpoints.new(
-                        container, net, index, ips if index == 0 else [], alias_list))
-                if mode != "host":
+                for index, (net, req) in enumerate(zip(nets, plan.requests, strict=False)):
+                    endpoints.append(h.endpoints.new(container, net, index, list(req.ips),
+                                                     list(req.aliases), mac=req.mac))
+                if mode in ("bridge", "none"):
                     undo.callback(h.sandboxes.teardown, container, endpoints)
                     h.sandboxes.build(container, endpoints)
+                elif mode == "host":
+                    undo.callback(h.sandboxes.teardown, container, endpoints)
+                    h.sandboxes.write_files(container)
+                elif config.sysctls:
+                    # The namespace is the other container's: what it had comes back on
+                    # a failure.
+                    before = h.sandbox_kernel.set_sysctls(netns, dict(config.sysctls))
+                    undo.callback(h.sandbox_kernel.set_sysctls, netns, before)
                 fault_point("run.sandbox")
                 published = h.publishing.published(container, endpoints)
                 if published:
@@ -158,6 +170,28 @@ class Containers:
             if nets:
                 self.publish_dns(container.id)
             return h.processes.sandbox_info(container)
+
+    def _network_owner(self, ref: str) -> Container:
+        """The running container whose network namespace --network container:REF joins."""
+        owner = self.h.own(ref)
+        if owner.status != "running":
+            raise Conflict(f"cannot join network of a non running container: {owner.name}",
+                           "start it first, or join a running one")
+        return owner
+
+    def _check_publishing(self, first: Network, port_maps: tuple[PortMapping, ...]) -> None:
+        if first.internal:
+            raise InvalidInput(f"network {first.name} is internal: its containers "
+                               "cannot publish ports",
+                               "publish from a container on a non-internal network")
+        for p in port_maps:
+            # ::1 is relayed to either family (engine/proxy.py).
+            if p.host_ip is not None and str(p.host_ip) != "::1" and \
+                    first.of_version(p.host_ip.version) is None:
+                raise InvalidInput(f"cannot publish on {p.host_ip}: network "
+                                   f"{first.name} has no IPv{p.host_ip.version}",
+                                   "publish on an address of a family the network "
+                                   "has, or on all addresses")
 
     def rm(self, refs: list[str], force: bool = False) -> list[str]:
         h = self.h
@@ -324,3 +358,35 @@ class Containers:
         return list(dict.fromkeys(e.network_id for e in gone))
 
 
+
+
+def _check_mode(plan: runopts.NetworkPlan, hostname: str | None, ports: bool, dns: bool,
+                config: RunConfig) -> None:
+    """What a network mode cannot have, refused as Docker refuses it."""
+    mode = plan.mode
+    if mode == "container":
+        for given, what in ((hostname is not None, "hostname"),
+                            (config.domainname != "", "domainname"),
+                            (dns or config.dns_search is not None
+                             or config.dns_options is not None, "dns"),
+                            (bool(config.extra_hosts), "custom host-to-IP mapping")):
+            if given:
+                raise InvalidInput(f"conflicting options: {what} and the network mode",
+                                   "a container in another's network namespace has its "
+                                   "names and files: drop the option")
+        if ports or config.publish_all:
+            raise InvalidInput("conflicting options: port publishing and the container "
+                               "type network mode", "publish the ports of the container "
+                               "whose network it joins")
+        if config.expose:
+            raise InvalidInput("conflicting options: port exposing and the container type "
+                               "network mode", "drop --expose")
+    elif mode != "bridge" and (ports or config.publish_all):
+        raise InvalidInput(f"-p cannot publish ports with --network {mode}",
+                           "drop -p, or use a bridge network")
+    if mode == "none" and any(v == runopts.HOST_GATEWAY for _, v in config.extra_hosts):
+        raise InvalidInput("--add-host host-gateway needs a network: --network none has "
+                           "no gateway", "give the address as NAME:IP")
+    if mode == "bridge" and plan.requests[0].ref == "" and plan.requests[0].ips:
+        flag = "--ip" if any(":" not in i for i in plan.requests[0].ips) else "--ip6"
+        raise InvalidInput(f"{flag} needs a user network", "add --network NAME")

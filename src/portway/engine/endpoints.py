@@ -79,6 +79,14 @@ class Endpoints:
                     sub.ip_range, self._hint.get(key, 0))
                 self._hint[key] = int(address) + 1
             addresses.append(ipaddress.ip_interface((address, sub.subnet.prefixlen)))
+        if mac is not None:
+            user = next((e for e in store.endpoints(network_id=net.id) if e.mac == mac),
+                        None)
+            if user is not None:
+                other = store.find_container(user.container_id)
+                raise Conflict(f"MAC address {mac} is already in use on network {net.name}"
+                               + (f" by {other.name}" if other else ""),
+                               "give another --mac-address, or omit it")
         eid = names.new_id()
         endpoint = Endpoint(
             id=eid, container_id=container.id, network_id=net.id,

@@ -28,9 +28,9 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from portway.core.firewall import Published
-from portway.core.ports import format_mapping, host_port_holder
+from portway.core.ports import format_mapping, host_port_holder, parse_port_key
 from portway.engine.proxy import LOOPBACK_ONLY, LoopbackProxy, Target
-from portway.errors import Conflict, InvalidInput, KernelError
+from portway.errors import Conflict, InvalidInput, KernelError, PortwayError
 from portway.model.types import Container, Endpoint, PortMapping
 
 if TYPE_CHECKING:
@@ -208,13 +208,21 @@ class Publishing:
                     raise InvalidInput(f"cannot publish on {p.host_ip}: it is the gateway of "
                                        "a portway network",
                                        "publish on a host address, or on all of them")
-                if p.host_port == 0:
-                    for port in range(low, high + 1):
-                        candidate = replace(p, host_port=port)
+                if p.host_port == 0 or p.host_port_end:
+                    # Any free port: of the range asked for (`-p 8000-8010:80`), or of
+                    # the ephemeral range (`-p 80`, -P).
+                    first, last = (p.host_port, p.host_port_end) if p.host_port_end \
+                        else (low, high)
+                    for port in range(first, last + 1):
+                        candidate = replace(p, host_port=port, host_port_end=0)
                         if holder_of(candidate) is None and held_by(candidate) is None:
                             p = candidate
                             break
                     else:
+                        if p.host_port_end:
+                            raise Conflict(f"host ports {first}-{last}/{p.protocol} are all "
+                                           "taken", "pick another range, or free one of "
+                                           "them")
                         raise Conflict(f"no free {p.protocol} port is left in {low}-{high}",
                                        "give the host port explicitly")
                 else:
@@ -285,10 +293,21 @@ class Publishing:
                 for ip in ([str(p.host_ip)] if p.host_ip else
                            ["0.0.0.0" if v == 4 else "::" for v in versions])]
 
-    def describe(self, ref: str) -> list[str]:
-        """`portway port NAME`."""
+    def describe(self, ref: str, port: str | None = None) -> list[str]:
+        """`portway port NAME [PORT[/PROTO]]`: every published port, or the host
+        addresses of one (Docker's output for each)."""
+        wanted = parse_port_key(port) if port is not None else None
         with self.h.lock:
             c = self.h.container(ref)
-            return [f"{port} -> {f'[{ip}]' if ':' in ip else ip}:{host_port}"
-                    for port, ip, host_port in self.bindings(c)]
+            bound = self.bindings(c)
+        if wanted is None:
+            return [f"{key} -> {f'[{ip}]' if ':' in ip else ip}:{host_port}"
+                    for key, ip, host_port in bound]
+        key = f"{wanted[0]}/{wanted[1]}"
+        lines = [f"{f'[{ip}]' if ':' in ip else ip}:{host_port}"
+                 for k, ip, host_port in bound if k == key]
+        if not lines:
+            raise PortwayError(f"no public port {key!r} published for {c.name}",
+                               f"see what it publishes with 'portway port {c.name}'")
+        return lines
 

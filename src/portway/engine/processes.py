@@ -20,7 +20,7 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
 
-from portway.core import confine
+from portway.core import confine, runopts
 from portway.core.confine import Identity, UserSpec
 from portway.engine.context import now
 from portway.engine.watch import OnExit, ProcessWatcher
@@ -35,13 +35,14 @@ if TYPE_CHECKING:
 class ProcessKernel(Protocol):
     def spawn(self, netns: str, hostname: str | None, binds: list[tuple[str, str]],
               argv: list[str], log_path: str, env: dict[str, str],
-              sysfs_readonly: bool) -> int: ...
+              sysfs_readonly: bool, workdir: str = "/", domainname: str = "",
+              stdin_path: str | None = None) -> int: ...
     def start_time(self, pid: int) -> int: ...
     def is_alive(self, pid: int, started: int) -> bool: ...
     def signal(self, pid: int, started: int, sig: int) -> bool: ...
     def wait_init(self, pid: int, wrappers: tuple[str, ...], timeout: float = 5.0) -> int: ...
     def resolve_identity(self, spec: UserSpec) -> Identity: ...
-    def found(self, command: str, path: str) -> bool: ...
+    def found(self, command: str, path: str, cwd: str = "/") -> bool: ...
     def watch(self, container_id: str, pid: int, child: bool) -> None: ...
     def close(self) -> None: ...
 
@@ -52,9 +53,11 @@ class LiveProcessKernel:
 
     def spawn(self, netns: str, hostname: str | None, binds: list[tuple[str, str]],
               argv: list[str], log_path: str, env: dict[str, str],
-              sysfs_readonly: bool) -> int:
+              sysfs_readonly: bool, workdir: str = "/", domainname: str = "",
+              stdin_path: str | None = None) -> int:
         child: subprocess.Popen[bytes] = procs.spawn_detached(
-            netns, hostname, binds, argv, log_path, env, sysfs_readonly=sysfs_readonly)
+            netns, hostname, binds, argv, log_path, env, sysfs_readonly=sysfs_readonly,
+            workdir=workdir, domainname=domainname, stdin_path=stdin_path)
         # The watcher reaps it; Popen must not (its handle is dropped unwaited on purpose).
         child.returncode = 0
         return child.pid
@@ -74,7 +77,9 @@ class LiveProcessKernel:
     def resolve_identity(self, spec: UserSpec) -> Identity:
         return procs.resolve_identity(spec)
 
-    def found(self, command: str, path: str) -> bool:
+    def found(self, command: str, path: str, cwd: str = "/") -> bool:
+        if "/" in command:  # a path: from the directory the command starts in
+            return shutil.which(os.path.join(cwd, command)) is not None
         return shutil.which(command, path=path) is not None
 
     def watch(self, container_id: str, pid: int, child: bool) -> None:
@@ -99,10 +104,25 @@ class Processes:
         if user is not None:
             self.kernel.resolve_identity(confine.parse_user(user))
 
-    def check_command(self, command: list[str]) -> None:
-        if not self.kernel.found(command[0], procs.container_env(None)["PATH"]):
+    def check_command(self, command: list[str], workdir: str = "/",
+                      env: tuple[str, ...] = ()) -> None:
+        path = procs.container_env(None)["PATH"]
+        for item in env:  # the command's own PATH, if -e gives one
+            key, _, value = item.partition("=")
+            path = value if key == "PATH" else path
+        if not self.kernel.found(command[0], path, workdir):
             raise InvalidInput(f"command not found: {command[0]!r}",
                                "give a program that exists on this host (or its full path)")
+
+    @staticmethod
+    def check_workdir(workdir: str) -> str:
+        """-w (or the caller's directory): absolute, and a directory of the host's."""
+        workdir = runopts.check_workdir(workdir)
+        if not os.path.isdir(workdir):
+            raise InvalidInput(f"working directory {workdir} does not exist",
+                               "give a directory of the host (a container shares its file "
+                               "system), or create it first")
+        return workdir
 
     def confinement(self, c: Container) -> confine.Confinement:
         """What c's processes may do, its --user looked up now (as Docker does at start)."""
@@ -113,8 +133,15 @@ class Processes:
             if c.user else None)
 
     def env(self, c: Container, conf: confine.Confinement) -> dict[str, str]:
-        return procs.container_env(None if c.network_mode == "host" else c.hostname,
-                                   conf.identity.home if conf.identity else "/root")
+        """Docker's: PATH, HOSTNAME, HOME, TERM with -t, then -e and --env-file (later
+        ones win, over those too)."""
+        env = procs.container_env(c.hostname, conf.identity.home if conf.identity else "/root")
+        if c.config.tty:
+            env["TERM"] = "xterm"
+        for item in c.config.env:
+            key, _, value = item.partition("=")
+            env[key] = value
+        return env
 
     def log_path(self, container: Container) -> str:
         directory = os.path.join(self.h.state_dir, "containers", container.id)
@@ -124,28 +151,46 @@ class Processes:
     def sandbox_info(self, container: Container) -> dict[str, Any]:
         """What a foreground `run` needs to become the container's command."""
         warnings = []
-        if container.network_mode == "host":
+        if container.network_mode == "host" or (
+                container.network_mode == "container"
+                and container.netns == self.h.host_netns_path()):
             warnings.append("--network host: the container shares the host's network "
                             "namespace; it is not isolated and can bind any host port")
         if container.privileged:
             warnings.append(confine.PRIVILEGED_WARNING)
         conf = self.confinement(container)
         return {"Id": container.id, "Name": container.name, "SandboxKey": container.netns,
-                "Hostname": None if container.network_mode == "host" else container.hostname,
+                "Hostname": container.hostname, "Domainname": container.config.domainname,
                 "Binds": self.h.sandboxes.binds(container), "Env": self.env(container, conf),
                 "Argv": confine.launch_argv(conf, self.h.tools, list(container.command)),
                 "SysfsReadOnly": not container.privileged,
+                "Workdir": container.config.workdir, "Tty": container.config.tty,
+                "Interactive": container.config.interactive,
                 "Pid": container.pid, "NetworkMode": container.network_mode,
                 "Warning": "\n".join(warnings)}
 
+    def stdin_path(self, container: Container) -> str | None:
+        """-d -i: a FIFO the command reads as its stdin, which never ends (the command
+        holds it open for writing too, so no daemon has to): its stdin is kept open, as
+        Docker keeps it. Without -i: none (/dev/null)."""
+        if not container.config.interactive:
+            return None
+        path = os.path.join(os.path.dirname(self.log_path(container)), "stdin")
+        try:
+            os.mkfifo(path, 0o600)
+        except FileExistsError:
+            pass
+        return path
+
     def start(self, container: Container) -> Container:
         conf = self.confinement(container)
+        log_path = self.log_path(container)
         pid = self.kernel.spawn(
-            container.netns, None if container.network_mode == "host" else container.hostname,
-            self.h.sandboxes.binds(container),
+            container.netns, container.hostname, self.h.sandboxes.binds(container),
             confine.launch_argv(conf, self.h.tools, list(container.command)),
-            self.log_path(container), self.env(container, conf),
-            sysfs_readonly=not container.privileged)
+            log_path, self.env(container, conf), sysfs_readonly=not container.privileged,
+            workdir=container.config.workdir, domainname=container.config.domainname,
+            stdin_path=self.stdin_path(container))
         container = replace(container, status="running", pid=pid,
                             pid_start=self.kernel.start_time(pid), started=now())
         self.h.store.update_container(container)
@@ -192,6 +237,7 @@ class Processes:
                   workdir: str = "/") -> dict[str, Any]:
         """How to run a command in a running container: the argv that joins its first
         process's namespaces (PID namespace included) with the container's privileges."""
+        workdir = self.check_workdir(workdir)
         with self.h.lock:
             c = self.h.own(ref)
             if c.status != "running":

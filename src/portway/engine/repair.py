@@ -122,8 +122,8 @@ def _dns(engine: Engine, report: Report) -> None:
 
 def _sandboxes(engine: Engine, report: Report) -> None:
     for c in engine.store.containers():
-        if c.network_mode == "host":
-            continue
+        if c.network_mode in ("host", "container"):
+            continue  # the namespace is the host's, or another container's
         endpoints = engine.store.endpoints(container_id=c.id)
         ns_name = os.path.basename(c.netns)
         if c.runtime == "podman" and not os.path.exists(c.netns):

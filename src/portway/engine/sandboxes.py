@@ -11,13 +11,15 @@ Rules of this module:
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from portway.core import files, firewall
+from portway.core import files, firewall, names, runopts
 from portway.errors import PortwayError, TeardownErrors
 from portway.kernel import links, netns, procs
 from portway.model.types import Container, Endpoint, IPAddress
@@ -28,6 +30,12 @@ if TYPE_CHECKING:
     from portway.engine.context import Host
 
 HOST_FILES = ("hosts", "hostname", "resolv.conf")
+
+
+def host_hostname() -> str:
+    """The host's hostname: a container in the host's namespace has it unless given
+    another (Docker's rule)."""
+    return socket.gethostname()
 
 
 class SandboxHandle(Protocol):
@@ -44,8 +52,9 @@ class SandboxKernel(Protocol):
     def open(self, path: str) -> AbstractContextManager[SandboxHandle]: ...
     def exists(self, path: str) -> bool: ...
     def delete(self, path: str) -> None: ...
-    def kill_processes(self, path: str) -> int: ...
+    def kill_processes(self, path: str, spare: tuple[int, ...] = ()) -> int: ...
     def write_etc(self, path: str, files: dict[str, str]) -> None: ...
+    def set_sysctls(self, path: str, sysctls: dict[str, str]) -> dict[str, str]: ...
     def has_default_route(self, sandbox: SandboxHandle, version: int = 4) -> bool: ...
     def set_default_route(self, sandbox: SandboxHandle, ifname: str,
                           gateway: IPAddress) -> None: ...
@@ -82,11 +91,15 @@ class LiveSandboxKernel:
     def delete(self, path: str) -> None:
         netns.delete_netns(os.path.basename(path))
 
-    def kill_processes(self, path: str) -> int:
-        return procs.kill_netns_processes(procs.netns_inode(path))
+    def kill_processes(self, path: str, spare: tuple[int, ...] = ()) -> int:
+        return procs.kill_netns_processes(procs.netns_inode(path),
+                                          spare=procs.process_trees(spare))
 
     def write_etc(self, path: str, files: dict[str, str]) -> None:
         netns.write_etc_netns(os.path.basename(path), files)
+
+    def set_sysctls(self, path: str, sysctls: dict[str, str]) -> dict[str, str]:
+        return netns.in_netns(path, lambda: netns.write_sysctls(sysctls))
 
     def has_default_route(self, sandbox: SandboxHandle, version: int = 4) -> bool:
         return links.has_default_route(sandbox.ipr, version)
@@ -114,8 +127,8 @@ class Sandboxes:
         def beside() -> None:
             if guard:
                 h.fw.apply(guard)
-            if etc is not None:
-                h.sandbox_kernel.write_etc(container.netns, etc)
+            if etc:
+                h.sandbox_kernel.write_etc(self.etc_path(container), etc)
 
         helper = netns.Beside(beside)
         try:
@@ -128,6 +141,10 @@ class Sandboxes:
                     h.endpoints.attach(sandbox, container, endpoint, net, with_route,
                                        guarded=True)
                     routed = routed or with_route
+                if container.config.sysctls:
+                    # After the interfaces: a sysctl may name one (net.ipv4.conf.eth0.*).
+                    h.sandbox_kernel.set_sysctls(container.netns,
+                                                 dict(container.config.sysctls))
             finally:
                 sandbox.close()
         except BaseException:
@@ -136,13 +153,22 @@ class Sandboxes:
         helper.join()
 
     def teardown(self, c: Container, endpoints: list[Endpoint]) -> None:
-        """Processes, endpoints and namespace of c; each step even if one fails."""
-        if c.network_mode == "host":
-            return
+        """Processes, endpoints and namespace of c; each step even if one fails. A
+        container in the host's namespace or another container's has only its /etc
+        files of its own. The processes of containers that share c's namespace
+        (--network container:) are spared, as Docker spares them: they keep running,
+        with the namespace's loopback alone once c's interfaces are gone."""
         kernel = self.h.sandbox_kernel
+        if c.network_mode in ("host", "container"):
+            if c.network_mode == "host":
+                kernel.delete(self.etc_path(c))  # no namespace of that name: its files
+            return
+        sharing = tuple(d.pid for d in self.h.store.containers()
+                        if d.id != c.id and d.netns == c.netns and d.status == "running"
+                        and d.pid)
         errors: list[str] = []
         steps: list[tuple[str, Callable[[], object]]] = [
-            ("kill processes", lambda: kernel.kill_processes(c.netns)),
+            ("kill processes", lambda: kernel.kill_processes(c.netns, sharing)),
             ("delete endpoints", lambda: self.h.endpoints.detach(endpoints)),
             ("delete namespace", lambda: kernel.delete(c.netns)),
         ]
@@ -161,33 +187,73 @@ class Sandboxes:
         except OSError:
             return ""
 
+    def host_hosts(self) -> str:
+        try:
+            with open("/etc/hosts") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def etc_path(self, c: Container) -> str:
+        """Where c's /etc files are kept: /etc/netns/<the basename of this path>. Its
+        namespace's, or for a container in the host's namespace, the name its own
+        namespace would have; one in another container's namespace has that one's."""
+        if c.network_mode == "host":
+            return netns.netns_path(names.netns_name(c.id))
+        if c.network_mode == "container":
+            owner = self.h.store.find_container(c.config.network_of)
+            if owner is not None and owner.id != c.id:
+                return self.etc_path(owner)
+        return c.netns
+
     def etc_files(self, container: Container,
                   endpoints: list[Endpoint]) -> dict[str, str] | None:
-        """The container's /etc/hosts, hostname and resolv.conf (None: it has none)."""
-        if container.network_mode == "host" or container.runtime != "portway":
+        """The container's /etc/hosts, hostname and resolv.conf (None: it has none of
+        its own). A container in the host's namespace sees the host's, except for what
+        it was given: its own hostname, --add-host lines after the host's /etc/hosts,
+        --dns, --dns-search and --dns-option over the host's resolv.conf."""
+        c, conf = container, container.config
+        if c.network_mode == "container" or c.runtime != "portway":
             return None  # Podman writes its containers' /etc files itself
+        if c.network_mode == "host":
+            out: dict[str, str] = {}
+            if c.hostname != host_hostname():
+                out["hostname"] = files.render_hostname(c.hostname)
+            if conf.extra_hosts:
+                out["hosts"] = files.append_hosts(self.host_hosts(), runopts.resolve_extra_hosts(
+                    conf.extra_hosts, [ipaddress.ip_address("127.0.0.1")]))
+            if c.dns or conf.dns_search is not None or conf.dns_options is not None:
+                servers, search, options = files.parse_resolv_conf(self.host_resolv())
+                out["resolv.conf"] = files.render_resolv_conf(
+                    c.dns or servers, search if conf.dns_search is None else conf.dns_search,
+                    options if conf.dns_options is None else conf.dns_options)
+            return out
         addresses = [a.ip for e in endpoints for a in e.addresses]
         nameserver = None
+        gateways: list[IPAddress] = []
         if endpoints:
             # The first network's DNS server, on its first gateway (the IPv4 one, where
             # there is one; an IPv6-only network's containers ask over IPv6).
             first = self.h.store.find_network(min(endpoints, key=lambda e: e.ifname).network_id)
             nameserver = str(first.gateway) if first else None
+            gateways = [s.gateway for s in first.subnets] if first else []
         return {
-            "hosts": files.render_hosts(container.hostname, container.name, addresses),
-            "hostname": files.render_hostname(container.hostname),
-            "resolv.conf": files.container_resolv_conf(self.host_resolv(), nameserver),
+            "hosts": files.render_hosts(c.hostname, c.name, addresses, conf.domainname,
+                                        runopts.resolve_extra_hosts(conf.extra_hosts,
+                                                                    gateways)),
+            "hostname": files.render_hostname(c.hostname),
+            "resolv.conf": files.container_resolv_conf(self.host_resolv(), nameserver,
+                                                       conf.dns_search, conf.dns_options),
         }
 
     def write_files(self, container: Container) -> None:
         etc = self.etc_files(container, self.h.store.endpoints(container_id=container.id))
-        if etc is not None:
-            self.h.sandbox_kernel.write_etc(container.netns, etc)
+        if etc:
+            self.h.sandbox_kernel.write_etc(self.etc_path(container), etc)
 
     def binds(self, container: Container) -> list[tuple[str, str]]:
-        if container.network_mode == "host":
-            return []
-        directory = os.path.join(netns.ETC_NETNS, os.path.basename(container.netns))
+        """What is bound over the container's /etc (a file that is not there is not)."""
+        directory = os.path.join(netns.ETC_NETNS, os.path.basename(self.etc_path(container)))
         return [(os.path.join(directory, f), f"/etc/{f}") for f in HOST_FILES]
 
     def files_missing(self, container: Container) -> list[str]:

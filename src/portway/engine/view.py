@@ -6,6 +6,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from portway.core.ports import format_mapping
+from portway.errors import PortwayError
 from portway.model.types import Container, Endpoint, IPInterface, Network
 
 if TYPE_CHECKING:
@@ -28,9 +29,9 @@ def network(engine: Host, n: Network) -> dict[str, Any]:
         config: dict[str, Any] = {"Subnet": str(sub.subnet), "Gateway": str(sub.gateway)}
         if sub.ip_range is not None:
             config["IPRange"] = str(sub.ip_range)
-        configs.append(config)
         if sub.aux_addresses:
             config["AuxiliaryAddresses"] = {k: str(v) for k, v in sub.aux_addresses}
+        configs.append(config)
     return {
         "Name": n.name, "Id": n.id, "Created": n.created, "Scope": "local", "Driver": n.driver,
         "EnableIPv6": n.of_version(6) is not None,
@@ -61,7 +62,7 @@ def container(engine: Host, c: Container) -> dict[str, Any]:
             "Aliases": [*list(e.aliases), c.short_id], "Interface": e.ifname,
             "HostInterface": e.host_ifname,
         }
-    if c.network_mode != "bridge":
+    if c.network_mode not in ("bridge", "container"):
         nets[c.network_mode] = {"NetworkID": "", "EndpointID": "", "Gateway": "",
                                 "IPAddress": "", "IPPrefixLen": 0, "MacAddress": "",
                                 "Aliases": []}
@@ -70,6 +71,9 @@ def container(engine: Host, c: Container) -> dict[str, Any]:
         ports.setdefault(port, []).append(  # type: ignore[union-attr]
             {"HostIp": host_ip, "HostPort": str(host_port) if host_port else ""})
     running = c.status == "running"
+    conf = c.config
+    exposed: dict[str, dict[str, str]] = {f"{p}/{proto}": {} for p, proto in conf.expose}
+    exposed.update({f"{p.container_port}/{p.protocol}": {} for p in c.ports})
     return {
         "Id": c.id, "Name": c.name, "Created": c.created,
         "Path": c.command[0] if c.command else "", "Args": list(c.command[1:]),
@@ -78,13 +82,39 @@ def container(engine: Host, c: Container) -> dict[str, Any]:
                   "Pid": engine.processes.first_process(c) if running else 0,
                   "ExitCode": c.exit_code if c.exit_code is not None else 0,
                   "StartedAt": c.started, "FinishedAt": c.finished},
-        "Config": {"Hostname": c.hostname, "Cmd": list(c.command), "User": c.user},
-        "HostConfig": {"NetworkMode": c.network_mode, "AutoRemove": c.auto_remove,
+        "Config": {"Hostname": c.hostname, "Domainname": conf.domainname,
+                   "Cmd": list(c.command), "User": c.user, "Env": _env(engine, c),
+                   "WorkingDir": conf.workdir, "Tty": conf.tty, "OpenStdin": conf.interactive,
+                   "Labels": dict(conf.labels), "ExposedPorts": exposed or None},
+        "HostConfig": {"NetworkMode": network_mode(c), "AutoRemove": c.auto_remove,
                        "Dns": list(c.dns), "Privileged": c.privileged,
                        "CapAdd": list(c.cap_add) or None, "CapDrop": list(c.cap_drop) or None,
-                       "PortBindings": [format_mapping(p) for p in c.ports]},
+                       "PortBindings": [format_mapping(p) for p in c.ports],
+                       "PublishAllPorts": conf.publish_all,
+                       "DnsSearch": list(conf.dns_search or []),
+                       "DnsOptions": list(conf.dns_options or []),
+                       "ExtraHosts": [f"{n}:{a}" for n, a in conf.extra_hosts] or None,
+                       "Sysctls": dict(conf.sysctls) or None},
         "NetworkSettings": {"SandboxKey": c.netns, "Ports": ports, "Networks": nets},
     }
+
+
+def network_mode(c: Container) -> str:
+    """HostConfig.NetworkMode: the mode, or container:ID for another's namespace."""
+    return f"container:{c.config.network_of}" if c.network_mode == "container" \
+        else c.network_mode
+
+
+def _env(engine: Host, c: Container) -> list[str]:
+    """Config.Env: what the command starts with, as KEY=VALUE (Docker's order: the
+    container's own variables, then the user's)."""
+    if c.runtime != "portway":
+        return []
+    try:
+        conf = engine.processes.confinement(c)
+    except PortwayError:  # its --user no longer exists: the user's variables alone
+        return list(c.config.env)
+    return [f"{k}={v}" for k, v in engine.processes.env(c, conf).items()]
 
 
 def _by_family(e: Endpoint) -> tuple[IPInterface | None, IPInterface | None]:
@@ -157,7 +187,9 @@ def topology(engine: Engine) -> dict[str, Any]:
             "Internal": n.internal, "Bridge": _link(host.get(n.bridge), Expected=n.bridge),
             "Containers": members,
         })
-    others = [{"Name": c.name, "Id": c.id, "Status": c.status, "Mode": c.network_mode}
+    others = [{"Name": c.name, "Id": c.id, "Status": c.status,
+               "Mode": f"container:{containers[c.config.network_of].name}"
+               if c.config.network_of in containers else network_mode(c)}
               for c in containers.values() if c.network_mode != "bridge"]
     uplinks = [{"Name": link.ifname, "Index": link.index, "Up": link.up}
                for link in host.values() if link.ifname != "lo" and not link.master

@@ -17,6 +17,7 @@ from typing import TypeVar
 
 from pyroute2 import IPRoute
 
+from portway.errors import InvalidInput
 from portway.kernel import sandbox
 
 RUN_NETNS = "/run/netns"
@@ -122,6 +123,39 @@ def write_sysctl(key: str, value: str) -> None:
     """Write a sysctl of the calling thread's network namespace; a missing key is an error."""
     with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
         f.write(value)
+
+
+def write_sysctls(sysctls: dict[str, str]) -> dict[str, str]:
+    """Set sysctls of the calling thread's network namespace (`net.*` keys, or paths
+    under /proc/sys); all or none: on a failure those written are put back, and the
+    error says which key and why (InvalidInput). Returns the values they had."""
+    from portway.core.runopts import sysctl_path
+
+    before: dict[str, str] = {}
+    try:
+        for key, value in sysctls.items():
+            path = "/proc/sys/" + sysctl_path(key)
+            try:
+                with open(path) as f:
+                    old = f.read().rstrip("\n")
+                with open(path, "w") as f:
+                    f.write(value)
+            except FileNotFoundError:
+                raise InvalidInput(f"sysctl {key} does not exist in the container's network "
+                                   "namespace", "check its name (ls /proc/sys/net)") from None
+            except OSError as exc:
+                raise InvalidInput(f"sysctl {key}={value}: {exc.strerror}",
+                                   "give a value the kernel takes for it") from None
+            before[key] = old
+    except BaseException:
+        for key, value in before.items():
+            try:
+                with open("/proc/sys/" + sysctl_path(key), "w") as f:
+                    f.write(value)
+            except OSError:
+                pass
+        raise
+    return before
 
 
 def create_netns(name: str, setup: Callable[[IPRoute], None]) -> IPRoute:

@@ -44,7 +44,8 @@ HELPER_BOOT = "from portway.kernel.sandbox import main; main()"
 
 def spawn_detached(netns: str, hostname: str | None, binds: list[tuple[str, str]],
                    argv: list[str], log_path: str, env: dict[str, str],
-                   sysfs_readonly: bool = True) -> subprocess.Popen[bytes]:
+                   sysfs_readonly: bool = True, workdir: str = "/", domainname: str = "",
+                   stdin_path: str | None = None) -> subprocess.Popen[bytes]:
     """Start argv inside the sandbox as a new session, output to log_path.
 
     The child is a helper interpreter that enters the namespaces and execs argv
@@ -54,22 +55,26 @@ def spawn_detached(netns: str, hostname: str | None, binds: list[tuple[str, str]
     and entering the namespaces in a forked child of the daemon instead (no vfork then)
     costs 2 ms, half the kernel work of a container. The spec goes on the command line,
     as words (sandbox.main), rather than as JSON: json imports re, milliseconds of every
-    start.
+    start. The helper starts in workdir, which the command inherits. Its stdin is
+    /dev/null, or stdin_path opened for reading and writing (a FIFO that never ends).
     """
     # -S skips site-packages (a faster start); portway's own path is handed over
     # on the command line rather than in PYTHONPATH, which the command would inherit.
     src = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     boot = f"import sys; sys.path.insert(0, {src!r}); {HELPER_BOOT}"
-    spec = [netns, hostname or "", "ro" if sysfs_readonly else "rw", str(len(binds))]
+    spec = [netns, hostname or "", domainname, "ro" if sysfs_readonly else "rw",
+            str(len(binds))]
     for source, target in binds:
         spec += [source, target]
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-    with open(fd, "ab") as log, open(os.devnull, "rb") as devnull:
+    stdin_fd = os.open(stdin_path or os.devnull,
+                       (os.O_RDWR if stdin_path else os.O_RDONLY) | os.O_CLOEXEC)
+    with open(fd, "ab") as log, open(stdin_fd, "rb") as stdin:
         # umask: the container's own (Docker's 022), not the daemon's 077.
         return subprocess.Popen(
             [sys.executable, "-S", "-c", boot, *spec, *argv],
-            stdin=devnull, stdout=log, stderr=log, start_new_session=True, close_fds=True,
-            env=env, umask=0o022,
+            stdin=stdin, stdout=log, stderr=log, start_new_session=True, close_fds=True,
+            env=env, umask=0o022, cwd=workdir,
         )
 
 
@@ -188,11 +193,37 @@ def signal_process(pid: int, started: int, sig: int) -> bool:
     return True
 
 
-def kill_netns_processes(inode: int, exclude: int = 0) -> int:
-    """SIGKILL every process left in a container's namespace; returns how many."""
+def process_trees(pids: tuple[int, ...]) -> set[int]:
+    """The processes and all their descendants (by the parents /proc says)."""
+    if not pids:
+        return set()
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                raw = f.read()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        ppid = int(raw[raw.rfind(b")") + 2:].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    out: set[int] = set()
+    todo = [p for p in pids if p > 0]
+    while todo:
+        pid = todo.pop()
+        if pid not in out:
+            out.add(pid)
+            todo.extend(children.get(pid, []))
+    return out
+
+
+def kill_netns_processes(inode: int, exclude: int = 0, spare: set[int] | None = None) -> int:
+    """SIGKILL every process left in a container's namespace, but those in spare;
+    returns how many."""
     count = 0
     for pid in pids_in_netns(inode):
-        if pid in (exclude, os.getpid()):
+        if pid in (exclude, os.getpid()) or (spare and pid in spare):
             continue
         try:
             os.kill(pid, signal.SIGKILL)

@@ -31,6 +31,7 @@ _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctype
                         ctypes.c_void_p]
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _libc.sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+_libc.setdomainname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
 
 
 def _check(result: int, what: str) -> None:
@@ -62,6 +63,11 @@ def sethostname(name: str) -> None:
     _check(_libc.sethostname(raw, len(raw)), "sethostname")
 
 
+def setdomainname(name: str) -> None:
+    raw = name.encode()
+    _check(_libc.setdomainname(raw, len(raw)), "setdomainname")
+
+
 def enter_netns(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -71,11 +77,12 @@ def enter_netns(path: str) -> None:
 
 
 def enter_sandbox(netns: str, hostname: str | None, binds: list[tuple[str, str]],
-                  sysfs_readonly: bool = True) -> None:
-    """Join netns, then take new uts and mount namespaces with portway's files bound in.
+                  sysfs_readonly: bool = True, domainname: str = "") -> None:
+    """Join netns, then take new uts and mount namespaces with portway's files bound in
+    (those that exist) and the container's hostname and domain name.
 
-    With hostname None (host networking) only the network namespace is joined. What
-    runs next (confine.launch_argv) adds the PID namespace and drops privileges.
+    With hostname None only the network namespace is joined. What runs next
+    (confine.launch_argv) adds the PID namespace and drops privileges.
     """
     enter_netns(netns)
     if hostname is None:
@@ -94,6 +101,8 @@ def enter_sandbox(netns: str, hostname: str | None, binds: list[tuple[str, str]]
     except OSError:
         pass
     sethostname(hostname)
+    if domainname:
+        setdomainname(domainname)
 
 
 def init_child(pid: int) -> int:
@@ -109,15 +118,17 @@ def init_child(pid: int) -> int:
 
 def main() -> None:
     """The helper procs.spawn_detached starts, with these words after `-c BOOT`:
-    NETNS HOSTNAME SYSFS NBINDS [SOURCE TARGET]... COMMAND [ARG]... (HOSTNAME "": host
-    networking; SYSFS "ro" or "rw"). It enters the sandbox and execs the command (which
-    is confine.launch_argv's: unshare and setpriv before the user's command)."""
+    NETNS HOSTNAME DOMAINNAME SYSFS NBINDS [SOURCE TARGET]... COMMAND [ARG]... (HOSTNAME
+    "": the network namespace only; SYSFS "ro" or "rw"). It enters the sandbox and execs
+    the command (which is confine.launch_argv's: unshare and setpriv before the user's
+    command)."""
     words = sys.argv[1:]
-    netns, hostname, sysfs, count = words[0], words[1] or None, words[2], int(words[3])
-    binds = [(words[4 + 2 * i], words[5 + 2 * i]) for i in range(count)]
-    command = words[4 + 2 * count:]
+    netns, hostname, domainname = words[0], words[1] or None, words[2]
+    sysfs, count = words[3], int(words[4])
+    binds = [(words[5 + 2 * i], words[6 + 2 * i]) for i in range(count)]
+    command = words[5 + 2 * count:]
     try:
-        enter_sandbox(netns, hostname, binds, sysfs != "rw")
+        enter_sandbox(netns, hostname, binds, sysfs != "rw", domainname)
     except OSError as exc:
         print(f"portway: cannot enter the container's namespaces: {exc}", file=sys.stderr)
         os._exit(126)

@@ -15,7 +15,8 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 Protocol = Literal["tcp", "udp"]
-NetworkMode = Literal["bridge", "host", "none"]
+# "container": the network namespace of another container (--network container:NAME)
+NetworkMode = Literal["bridge", "host", "none", "container"]
 
 
 @dataclass(frozen=True)
@@ -26,9 +27,9 @@ class Subnet:
     subnet: IPNetwork
     gateway: IPAddress
     ip_range: IPNetwork | None = None
-
     # Docker's auxiliary addresses: names for addresses IPAM never hands out.
     aux_addresses: tuple[tuple[str, IPAddress], ...] = ()
+
     @property
     def version(self) -> int:
         return self.subnet.version
@@ -79,13 +80,16 @@ class PortMapping:
     """One published port: host_ip:host_port -> container_port, one protocol.
 
     A range on the command line becomes one PortMapping per port.
-    host_ip None means every host address.
+    host_ip None means every host address. Before a host port is chosen, host_port 0
+    means any free one, and host_port_end a range of host ports (`-p 8000-8010:80`) to
+    take the first free one of; a chosen mapping has host_port_end 0.
     """
 
     container_port: int
     host_port: int
     protocol: Protocol = "tcp"
     host_ip: IPAddress | None = None
+    host_port_end: int = 0
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,27 @@ class Endpoint:
     @property
     def prefixlen(self) -> int:
         return self.addresses[0].network.prefixlen
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What `run` was asked for beyond networking and privileges, as given (each checked
+    by core/runopts.py): the command's environment, directory and terminal, the extras
+    of its /etc files and kernel settings, its labels and exposed ports."""
+
+    env: tuple[str, ...] = ()  # KEY=VALUE, later ones win
+    workdir: str = "/"
+    tty: bool = False
+    interactive: bool = False  # -i: stdin kept open
+    labels: tuple[tuple[str, str], ...] = ()
+    extra_hosts: tuple[tuple[str, str], ...] = ()  # (name, address or "host-gateway")
+    dns_search: tuple[str, ...] | None = None  # None: the host's; (): none at all
+    dns_options: tuple[str, ...] | None = None  # None: the host's
+    domainname: str = ""
+    sysctls: tuple[tuple[str, str], ...] = ()
+    expose: tuple[tuple[int, Protocol], ...] = ()
+    publish_all: bool = False
+    network_of: str = ""  # --network container:NAME: that container's id
 
 
 @dataclass(frozen=True)
@@ -139,6 +164,7 @@ class Container:
     cap_drop: tuple[str, ...] = ()
     privileged: bool = False
     user: str = ""
+    config: RunConfig = field(default_factory=RunConfig)
 
     @property
     def short_id(self) -> str:

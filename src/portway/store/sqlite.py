@@ -22,6 +22,7 @@ from portway.model.types import (
     IPInterface,
     Network,
     PortMapping,
+    RunConfig,
     Subnet,
 )
 
@@ -75,6 +76,12 @@ MIGRATIONS: list[str] = [
         UNIQUE (network_id, address));
     CREATE INDEX addresses_by_endpoint ON addresses(endpoint_id);
     INSERT INTO addresses SELECT id, network_id, address, prefixlen FROM endpoints;
+    """,
+    # 5: what `run` was asked for beyond networking (environment, working directory,
+    # terminal, /etc extras, sysctls, labels, exposed ports, another's network), as
+    # JSON: RunConfig's fields, those that differ from its defaults
+    """
+    ALTER TABLE containers ADD COLUMN config TEXT NOT NULL DEFAULT '{}';
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -229,7 +236,7 @@ class SqliteStore:
                 c.status, c.pid, c.pid_start, c.exit_code, int(c.auto_remove), int(c.detach),
                 json.dumps(ports), json.dumps(list(c.dns)), c.created, c.started, c.finished,
                 c.runtime, json.dumps(list(c.cap_add)), json.dumps(list(c.cap_drop)),
-                int(c.privileged), c.user)
+                int(c.privileged), c.user, _config_json(c.config))
 
     @staticmethod
     def _container(row: tuple[Any, ...]) -> Container:
@@ -245,10 +252,10 @@ class SqliteStore:
             detach=bool(row[11]), ports=ports, dns=tuple(json.loads(row[13])),
             created=row[14], started=row[15], finished=row[16], runtime=row[17],
             cap_add=tuple(json.loads(row[18])), cap_drop=tuple(json.loads(row[19])),
-            privileged=bool(row[20]), user=row[21])
+            privileged=bool(row[20]), user=row[21], config=_config(row[22]))
 
     def add_container(self, c: Container) -> None:
-        self._exec("INSERT INTO containers VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        self._exec("INSERT INTO containers VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                    self._container_row(c))
 
     def update_container(self, c: Container) -> None:
@@ -256,7 +263,7 @@ class SqliteStore:
         self._exec("UPDATE containers SET name=?, hostname=?, command=?, netns=?, "
                    "network_mode=?, status=?, pid=?, pid_start=?, exit_code=?, auto_remove=?, "
                    "detach=?, ports=?, dns=?, created=?, started=?, finished=?, runtime=?, "
-                   "cap_add=?, cap_drop=?, privileged=?, user=? WHERE id=?",
+                   "cap_add=?, cap_drop=?, privileged=?, user=?, config=? WHERE id=?",
                    (*row[1:], row[0]))
 
     def find_container(self, ref: str) -> Container | None:
@@ -315,3 +322,24 @@ class SqliteStore:
 
     def container_names(self) -> set[str]:
         return {r[0] for r in self._exec("SELECT name FROM containers").fetchall()}
+
+
+def _config_json(config: RunConfig) -> str:
+    """RunConfig as JSON: the fields that differ from the defaults (pairs as lists)."""
+    default = RunConfig()
+    return json.dumps({name: value for name in RunConfig.__dataclass_fields__
+                       if (value := getattr(config, name)) != getattr(default, name)})
+
+
+def _config(text: str) -> RunConfig:
+    data = json.loads(text or "{}")
+    pairs = ("labels", "extra_hosts", "sysctls", "expose")
+    lists = ("env", "dns_search", "dns_options")
+    for name in pairs:
+        if name in data:
+            data[name] = tuple(tuple(item) for item in data[name])
+    for name in lists:
+        if data.get(name) is not None:
+            data[name] = tuple(data[name])
+    known = {k: v for k, v in data.items() if k in RunConfig.__dataclass_fields__}
+    return RunConfig(**known)
