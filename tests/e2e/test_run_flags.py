@@ -5,12 +5,15 @@ namespace, checked with real connections, the kernel's own view and Docker's out
 
 from __future__ import annotations
 
+import calendar
 import fcntl
+import itertools
 import json
 import os
 import pty
 import re
 import select
+import signal
 import socket
 import struct
 import subprocess
@@ -420,6 +423,45 @@ def test_network_create_options(sandbox: Sandbox) -> None:
 
 
 # logs -f, --tail, -t
+
+
+def test_logs_follow_tail_and_timestamps(sandbox: Sandbox) -> None:
+    sb = sandbox
+    sb.pw("run", "-d", "--name", "talk", "--", "sh", "-c",
+          "for i in 1 2 3 4; do echo line$i; sleep 0.4; done; sleep 1; echo last")
+    follow = subprocess.Popen(sb.pw_cmd("logs", "-f", "-t", "talk"), stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        out, _ = follow.communicate(timeout=30)  # it ends when the command does
+    finally:
+        follow.kill()
+    lines = out.splitlines()
+    assert [ln.split(" ", 1)[1] for ln in lines] == ["line1", "line2", "line3", "line4",
+                                                     "last"], out
+    assert all(TIMESTAMP.match(ln) for ln in lines)
+    stamps = [calendar.timegm(time.strptime(ln[:19], "%Y-%m-%dT%H:%M:%S"))
+              + float("0." + ln[20:29]) for ln in lines]
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]
+    assert all(0.25 < g < 1.0 for g in gaps[:3]) and 1.2 < gaps[3] < 2.5, gaps
+    assert sb.pw("logs", "--tail", "2", "talk").stdout == "line4\nlast\n"
+    assert sb.pw("logs", "--tail", "0", "talk").stdout == ""
+    assert sb.pw("logs", "--tail", "all", "talk").stdout.count("\n") == 5
+    timed = sb.pw("logs", "-t", "--tail", "1", "talk").stdout
+    assert timed == lines[-1] + "\n"
+    one_line_error(sb.pw("logs", "--tail", "some", "talk", check=False), "invalid --tail")
+    # -f on a command that goes on: Ctrl-C ends it (the command keeps running).
+    sb.pw("run", "-d", "--name", "ticker", "--", "sh", "-c",
+          "while true; do echo tick; sleep 0.2; done")
+    follow = subprocess.Popen(sb.pw_cmd("logs", "-f", "ticker"), stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert follow.stdout is not None
+        assert follow.stdout.readline() == "tick\n" and follow.stdout.readline() == "tick\n"
+        follow.send_signal(signal.SIGINT)
+        assert follow.wait(timeout=5) == 130
+    finally:
+        follow.kill()
+    assert sb.inspect("ticker")["State"]["Running"] is True  # type: ignore[index]
 
 
 # bug 3: --network host --hostname

@@ -320,6 +320,12 @@ class FakeProcessKernel:
     def watch(self, container_id: str, pid: int, child: bool) -> None:
         return None
 
+    def index_log(self, key: str, log_path: str) -> None:
+        return None
+
+    def unindex_log(self, key: str) -> None:
+        return None
+
     def close(self) -> None:
         pass
 

@@ -8,7 +8,7 @@ import ipaddress
 
 import pytest
 
-from portway.core import files, runopts, validate
+from portway.core import files, logs, runopts, validate
 from portway.core.ports import format_mapping, parse_port_key, parse_port_specs
 from portway.errors import InvalidInput
 from portway.model.types import PortMapping
@@ -186,3 +186,21 @@ def test_aux_addresses_and_bridge_names() -> None:
             validate.check_options({"com.docker.network.bridge.name": bad})
 
 
+def test_log_index_tail_and_timestamps() -> None:
+    index = logs.parse_index("6 1000000000\n12 2000000001\ngarbage\n12 3\n")
+    assert index.sizes == (6, 12)
+    data = b"hello\nworld\nnew"
+    assert logs.tail_start(data, 1) == 12 and logs.tail_start(data, 2) == 6
+    assert logs.tail_start(data, 9) == 0 and logs.tail_start(data, 0) == len(data)
+    assert logs.tail_start(b"a\nb\n", 1) == 2
+    text = logs.render(data, 0, index, now_ns=5_000_000_000)
+    assert text.splitlines() == ["1970-01-01T00:00:01.000000000Z hello",
+                                 "1970-01-01T00:00:02.000000001Z world",
+                                 "1970-01-01T00:00:05.000000000Z new"]
+    # From an offset, lines keep their own times; \r is no line end (Docker's split).
+    assert logs.render(b"world\n", 6, index, 0) == "1970-01-01T00:00:02.000000001Z world\n"
+    assert logs.render(b"a\rb\n", 0, index, 0).count("Z ") == 1
+    assert logs.render(data, 0, None, 0) == "hello\nworld\nnew"
+    assert logs.parse_tail("all") is None and logs.parse_tail("3") == 3
+    with pytest.raises(InvalidInput, match="invalid --tail"):
+        logs.parse_tail("-1")

@@ -144,7 +144,12 @@ def _root() -> Command:
                       Arg("port", "PORT[/PROTO]", "?", help="only this one's host "
                           "addresses"))),
         Command("logs", "show a detached container's output",
-                args=(Arg("container", "CONTAINER"),)),
+                args=(Arg("container", "CONTAINER"),),
+                opts=(Opt("-f --follow", "flag", help="then new output, until the command "
+                          "ends"),
+                      Opt("--tail", metavar="N", default="all", help="only the last N lines "
+                          "(default all)"),
+                      Opt("-t --timestamps", "flag", help="when each line came"))),
         Command("stop", "stop containers (SIGTERM, then SIGKILL)",
                 args=(Arg("names", "CONTAINER", "+"),),
                 opts=(Opt("-t --time", metavar="SECONDS", default=10.0, convert=float,
@@ -546,6 +551,26 @@ def cmd_daemon(client: Client, a: Args) -> int:
     return 0
 
 
+def cmd_logs(client: Client, a: Args) -> int:
+    """Docker's `logs`: the output so far (its last --tail lines), and with -f what comes
+    next, until the command ends (or Ctrl-C)."""
+    reply = client.call("logs", ref=a.container, tail=a.tail, timestamps=a.timestamps,
+                        follow=a.follow)
+    sys.stdout.write(reply["Log"])
+    while a.follow and reply["Running"]:
+        sys.stdout.flush()
+        time.sleep(0.1)
+        try:
+            reply = client.call("logs", ref=a.container, since=reply["Offset"],
+                                timestamps=a.timestamps, follow=True)
+        except ClientError as exc:
+            if exc.exit_code == 3:  # removed meanwhile: its output has ended
+                return 0
+            raise
+        sys.stdout.write(reply["Log"])
+    return 0
+
+
 def dispatch(client: Client, a: Args) -> int:
     if a.command == "network":
         return cmd_network(client, a)
@@ -567,7 +592,7 @@ def dispatch(client: Client, a: Args) -> int:
         for line in client.call("port", ref=a.container, port=a.port):
             print(line)
     elif a.command == "logs":
-        sys.stdout.write(client.call("logs", ref=a.container)["Log"])
+        return cmd_logs(client, a)
     elif a.command == "stop":
         for name in client.call("stop", refs=a.names, timeout=a.time):
             print(name)

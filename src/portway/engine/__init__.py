@@ -238,8 +238,9 @@ class Engine:
         with self.lock:
             return [view.container(self.h, self.h.container(r)) for r in refs]
 
-    def logs(self, ref: str) -> dict[str, Any]:
-        return self.h.processes.logs(ref)
+    def logs(self, ref: str, tail: int | str | None = None, timestamps: bool = False,
+             since: int = 0, follow: bool = False) -> dict[str, Any]:
+        return self.h.processes.logs(ref, tail, timestamps, since, follow)
 
     def stop(self, refs: list[str], timeout: float = 10) -> list[str]:
         return self.h.processes.stop(refs, timeout)

@@ -22,7 +22,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from portway.core import confine, runopts
 from portway.core.confine import Identity, UserSpec
+from portway.core.logs import parse_tail
+from portway.engine import logs
 from portway.engine.context import now
+from portway.engine.logs import LogIndexer
 from portway.engine.watch import OnExit, ProcessWatcher
 from portway.errors import Conflict, InvalidInput, PortwayError
 from portway.kernel import procs
@@ -44,12 +47,15 @@ class ProcessKernel(Protocol):
     def resolve_identity(self, spec: UserSpec) -> Identity: ...
     def found(self, command: str, path: str, cwd: str = "/") -> bool: ...
     def watch(self, container_id: str, pid: int, child: bool) -> None: ...
+    def index_log(self, key: str, log_path: str) -> None: ...
+    def unindex_log(self, key: str) -> None: ...
     def close(self) -> None: ...
 
 
 class LiveProcessKernel:
     def __init__(self, on_exit: OnExit) -> None:
         self.watcher = ProcessWatcher(on_exit)
+        self.logs = LogIndexer()
 
     def spawn(self, netns: str, hostname: str | None, binds: list[tuple[str, str]],
               argv: list[str], log_path: str, env: dict[str, str],
@@ -85,8 +91,15 @@ class LiveProcessKernel:
     def watch(self, container_id: str, pid: int, child: bool) -> None:
         self.watcher.watch(container_id, pid, child)
 
+    def index_log(self, key: str, log_path: str) -> None:
+        self.logs.watch(key, log_path)
+
+    def unindex_log(self, key: str) -> None:
+        self.logs.unwatch(key)
+
     def close(self) -> None:
         self.watcher.close()
+        self.logs.close()
 
 
 class Processes:
@@ -194,6 +207,7 @@ class Processes:
         container = replace(container, status="running", pid=pid,
                             pid_start=self.kernel.start_time(pid), started=now())
         self.h.store.update_container(container)
+        self.kernel.index_log(_log_key(container.id, pid), log_path)
         self.kernel.watch(container.id, pid, child=True)
         return container
 
@@ -217,6 +231,7 @@ class Processes:
         return {}
 
     def on_exit(self, container_id: str, pid: int, code: int | None) -> None:
+        self.kernel.unindex_log(_log_key(container_id, pid))
         with self.h.lock:
             if self.h.closed:
                 return
@@ -263,14 +278,18 @@ class Processes:
         wrappers = (self.h.tools.unshare, self.h.tools.setpriv)
         return self.kernel.wait_init(c.pid, wrappers, timeout=1.0) or c.pid
 
-    def logs(self, ref: str) -> dict[str, Any]:
+    def logs(self, ref: str, tail: int | str | None = None, timestamps: bool = False,
+             since: int = 0, follow: bool = False) -> dict[str, Any]:
+        """A detached container's output from offset since (its last `tail` lines, from
+        the start), each line with the time it arrived if asked. Following (-f): while it
+        runs, whole lines only. Offset: where the next call goes on from."""
+        lines = parse_tail(tail)
         with self.h.lock:
             c = self.h.container(ref)
-        try:
-            with open(self.log_path(c), errors="replace") as f:
-                return {"Log": f.read()}
-        except FileNotFoundError:
-            return {"Log": ""}
+        running = c.status == "running"
+        text, offset = logs.read(self.log_path(c), since, lines, timestamps,
+                                 whole_lines=follow and running)
+        return {"Log": text, "Offset": offset, "Running": running}
 
     def stop(self, refs: list[str], timeout: float = 10) -> list[str]:
         with self.h.lock:
@@ -326,6 +345,13 @@ class Processes:
                         pass
                 c = self.h.refresh(c)
                 if c.status == "running" and c.runtime == "portway":
+                    if c.detach:
+                        self.kernel.index_log(_log_key(c.id, c.pid), self.log_path(c))
                     self.kernel.watch(c.id, c.pid, child=False)
                     count += 1
         return count
+
+
+def _log_key(container_id: str, pid: int) -> str:
+    """The log index's watch of one process of a container (a new process, a new watch)."""
+    return f"{container_id}/{pid}"
