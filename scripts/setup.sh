@@ -23,6 +23,9 @@ fi
 .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
 
 bash scripts/launcher.sh
+# Shell completion (bash, zsh), generated from the CLI's command table; bash loads it
+# through the bash-completion package, where that is installed (not by default).
+bash scripts/install-completion.sh
 # Byte-code written now: a CLI call then never compiles a module, even where
 # PYTHONDONTWRITEBYTECODE keeps Python from writing it at first use.
 .venv/bin/python -m compileall -q src >/dev/null

@@ -494,3 +494,20 @@ def test_host_network_with_a_hostname(sandbox: Sandbox) -> None:
 # shell completion, as bash runs it, against this sandbox's portway
 
 
+def test_bash_completion_with_real_names(sandbox: Sandbox) -> None:
+    sb = sandbox
+    sb.pw("network", "create", "app", "--subnet", "10.72.0.0/24")
+    sb.pw("run", "-d", "--name", "web", "--network", "app", "--", "sleep", "300")
+    completion = sb.pw("completion", "bash").stdout
+    assert sh("bash", "-n", input=completion).returncode == 0
+
+    def complete(*words: str) -> list[str]:
+        line = " ".join(f"'{w}'" for w in sb.pw_cmd(*words))
+        program = (f"{completion}\nCOMP_WORDS=({line})\nCOMP_CWORD={len(words) + 4}\n"
+                   "_portway\nprintf '%s\\n' \"${COMPREPLY[@]}\"\n")
+        return sh("bash", "--norc", "-c", program).stdout.split()
+
+    assert complete("net") == ["network"]
+    assert complete("exec", "w") == ["web"]
+    assert complete("run", "--network", "a") == ["app"]
+    assert complete("network", "disconnect", "app", "") == ["web"]

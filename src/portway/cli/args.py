@@ -61,8 +61,10 @@ class Arg:
 class Command:
     def __init__(self, name: str, help: str = "", opts: tuple[Opt, ...] = (),
                  args: tuple[Arg, ...] = (), subs: "tuple[Command, ...]" = (),
-                 sub_dest: str = "", help_flags: str = "-h --help", epilog: str = "") -> None:
+                 sub_dest: str = "", help_flags: str = "-h --help", epilog: str = "",
+                 hidden: bool = False) -> None:
         self.name = name
+        self.hidden = hidden  # parsed, but left out of help and completion
         self.help = help
         self.opts = opts
         self.args = args
@@ -212,7 +214,7 @@ def help_text(cmd: Command, prog: str) -> str:
     rows: list[tuple[str, str]] = []
     if cmd.subs:
         lines += ["", "commands:"]
-        rows = [(c.name, c.help) for c in cmd.subs.values()]
+        rows = [(c.name, c.help) for c in cmd.subs.values() if not c.hidden]
         lines += _columns(rows)
     named = [a for a in cmd.args if a.help]
     if named:

@@ -168,6 +168,10 @@ def _root() -> Command:
                 "(read-only; exit 1 if any)"),
         Command("daemon", "manage portwayd",
                 args=(Arg("action", "ACTION", choices=("run", "stop", "status", "start")),)),
+        Command("completion", "print the shell completion script (bash or zsh)",
+                args=(Arg("shell", "SHELL", choices=("bash", "zsh")),)),
+        Command("__complete", "names for shell completion", hidden=True,
+                args=(Arg("kind", "KIND", choices=("containers", "networks")),)),
     ))
 
 
@@ -633,8 +637,24 @@ def dispatch(client: Client, a: Args) -> int:
         return cmd_graph(client, a.output)
     elif a.command == "daemon":
         return cmd_daemon(client, a)
+    elif a.command == "__complete":
+        return cmd_complete(client, a.kind)
     else:
         raise ClientError("missing command", "see 'portway --help'", 2)
+    return 0
+
+
+def cmd_complete(client: Client, kind: str) -> int:
+    """Names for the completion scripts: nothing (and no daemon started) when portwayd is
+    not running."""
+    if client.running() is None:
+        return 0
+    if kind == "containers":
+        for c in client.call("ps", all=True):
+            print(c["Name"])
+    else:
+        for n in client.call("network_ls"):
+            print(n["Name"])
     return 0
 
 
@@ -659,11 +679,18 @@ def run(argv: list[str]) -> int:
                         "portway" if args.command is None else "portway network"),
               file=sys.stderr)
         return 2
+    if args.command == "completion":  # needs neither root nor the daemon
+        from portway.cli.completion import script
+
+        sys.stdout.write(script(args.shell, root))
+        return 0
     if args.host_netns is None:
         args["host_netns"] = _env("PORTWAY_HOST_NETNS") or None
     if args.state_dir is None:
         args["state_dir"] = _env("PORTWAY_STATE_DIR") or "/var/lib/portway"
     try:
+        if posix.geteuid() != 0 and args.command == "__complete":
+            return 0  # completing as another user: no names to offer
         if posix.geteuid() != 0:
             raise ClientError("portway must run as root (it creates network namespaces, "
                               "links and firewall rules)", "run it with sudo", 77)
