@@ -491,6 +491,23 @@ def test_host_network_with_a_hostname(sandbox: Sandbox) -> None:
 # bugs 5 and 6: help text, what daemon start and network connect/disconnect print
 
 
+def test_help_and_quiet_commands(sandbox: Sandbox) -> None:
+    sb = sandbox
+    run_help = sb.pw("run", "--help").stdout
+    assert "default: the container's short id" in run_help
+    assert "/24" not in sb.pw("network", "create", "--help").stdout
+    sb.pw("daemon", "stop")
+    out = sb.pw("daemon", "start").stdout
+    assert re.fullmatch(r"started portwayd \(pid \d+\)\n", out), out
+    pid = sb.daemon_pid()
+    assert sb.pw("daemon", "start").stdout == f"portwayd is already running (pid {pid})\n"
+    sb.pw("network", "create", "a", "--subnet", "10.70.0.0/24")
+    sb.pw("network", "create", "b", "--subnet", "10.71.0.0/24")
+    sb.pw("run", "-d", "--name", "c", "--network", "a", "--", "sleep", "300")
+    assert sb.pw("network", "connect", "b", "c").stdout == ""
+    assert sb.pw("network", "disconnect", "b", "c").stdout == ""
+
+
 # shell completion, as bash runs it, against this sandbox's portway
 
 

@@ -538,9 +538,13 @@ def cmd_daemon(client: Client, a: Args) -> int:
 
         return serve(client.state_dir, client.host_netns)
     if a.action == "start":
-        if client.running() is None:
-            client.start_daemon()
-        print(client.running())
+        status = client.running()
+        if status is not None:
+            print(f"portwayd is already running (pid {status['pid']})")
+            return 0
+        client.start_daemon()
+        status = client.running()
+        print(f"started portwayd (pid {status['pid'] if status else '?'})")
         return 0
     if a.action == "stop":
         pid = client.stop_daemon()
