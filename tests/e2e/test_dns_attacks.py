@@ -103,7 +103,7 @@ class Script:
 
     def __init__(self, sb: Sandbox, container: str, script: str, *args: str) -> None:
         self.proc = subprocess.Popen(
-            sb.pw_cmd("exec", container, "--", "python3", "-u", "-c", script, *args),
+            sb.pw_cmd("exec", "-i", container, "--", "python3", "-u", "-c", script, *args),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
     def line(self, timeout: float = 20) -> Any:
