@@ -40,6 +40,13 @@ from portway.testbed import HOST_ADDR, OUTSIDE_ADDR, PodmanWorld, make_world, re
 
 BIN = Path(sys.executable).parent
 PORTWAY = str(BIN / "portway")
+# network ls lists the pseudo-networks host and none (as Docker's): these drivers.
+PSEUDO_DRIVERS = ("host", "null")
+
+
+def user_networks(listing: str) -> list[dict[str, object]]:
+    """The networks of `network ls --json` output, without host and none."""
+    return [n for n in json.loads(listing or "[]") if n["Driver"] not in PSEUDO_DRIVERS]
 
 
 def sh(*args: str, check: bool = True, input: str | None = None,
@@ -236,7 +243,7 @@ def _cleanup_through_portway(sb: Sandbox) -> None:
     ids = sb.pw("ps", "-a", "-q", check=False).stdout.split()
     if ids:
         sb.pw("rm", "-f", *ids, check=False)
-    nets = json.loads(sb.pw("network", "ls", "--json", check=False).stdout or "[]")
+    nets = user_networks(sb.pw("network", "ls", "--json", check=False).stdout)
     if nets:
         sb.pw("network", "rm", *[n["Name"] for n in nets], check=False)
     sb.pw("daemon", "stop", check=False)

@@ -208,8 +208,10 @@ def cleanup(host: str, outside: str, state_dir: str) -> None:
                              text=True).stdout.split()
         if ids:
             subprocess.run([*base, "rm", "-f", *ids], capture_output=True)
-        nets = json.loads(subprocess.run([*base, "network", "ls", "--json"],
-                                         capture_output=True, text=True).stdout or "[]")
+        nets = [n for n in json.loads(subprocess.run([*base, "network", "ls", "--json"],
+                                                     capture_output=True, text=True).stdout
+                                      or "[]")
+                if n["Driver"] not in ("host", "null")]  # host and none are not removable
         if nets:
             subprocess.run([*base, "network", "rm", *[n["Name"] for n in nets]],
                            capture_output=True)

@@ -75,6 +75,13 @@ CASES = [
     (["inspect", "nope"], "not found"),
     (["network", "connect", "app", "web"], "already connected"),
     (["network", "disconnect", "other", "web"], "not connected"),
+    # The default network is bridge, host and none are pseudo-networks (as in Docker).
+    (["network", "create", "bridge"], "reserved"),
+    (["network", "rm", "host"], "host is a pre-defined network and cannot be removed"),
+    (["network", "rm", "none", "other"], "none is a pre-defined network"),
+    (["network", "connect", "host", "web"], "cannot be connected to network host"),
+    (["run", "-d", "--name", "w2", "--network", "bridge", "--ip", "172.17.0.9", "--",
+      "sleep", "1"], "--ip needs a user network, not the default network bridge"),
 ]
 
 

@@ -9,7 +9,7 @@ import signal
 import sqlite3
 import time
 
-from conftest import Sandbox, ip_json, processes_in, sh
+from conftest import Sandbox, ip_json, processes_in, sh, user_networks
 
 HTTP_GET = ("import sys, urllib.request as u; "
             "print(u.urlopen('http://' + sys.argv[1] + '/', timeout=5).status)")
@@ -115,8 +115,8 @@ def test_container_files_and_hostname(sandbox: Sandbox) -> None:
 def test_default_network_and_auto_subnet(sandbox: Sandbox) -> None:
     sb = sandbox
     sb.pw("run", "-d", "--name", "a", "--", "sleep", "300")
-    nets = json.loads(sb.pw("network", "ls", "--json").stdout)
-    assert [n["Name"] for n in nets] == ["portway"]
+    nets = user_networks(sb.pw("network", "ls", "--json").stdout)
+    assert [n["Name"] for n in nets] == ["bridge"]
     assert nets[0]["IPAM"]["Config"][0]["Subnet"] == "172.17.0.0/16"
     # A host route that overlaps the next pool block is skipped.
     sb.in_host("ip", "route", "add", "172.18.5.0/24", "via", sb.outside_addr)

@@ -13,7 +13,7 @@ import os
 
 import pytest
 
-from conftest import Sandbox, ip_json
+from conftest import Sandbox, ip_json, user_networks
 
 STEPS = {
     "network_create.bridge": ["network", "create", "extra", "--subnet", "10.70.0.0/24"],
@@ -34,7 +34,7 @@ STEPS = {
 def agree(sb: Sandbox) -> None:
     """What the store says exists, exists in the kernel, and nothing else portway's does."""
     containers = json.loads(sb.pw("ps", "-a", "--json").stdout)
-    networks = json.loads(sb.pw("network", "ls", "--json").stdout)
+    networks = user_networks(sb.pw("network", "ls", "--json").stdout)
     links = {str(link["ifname"]) for link in ip_json(sb.host, "link")}
     assert {n["Bridge"] for n in networks} <= links
     expected_veths = {v["HostInterface"] for c in containers

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from conftest import BIN, Sandbox, ip_json, sh
+from conftest import BIN, Sandbox, ip_json, sh, user_networks
 from portway.testbed import HOST_ADDR6, HTTP_GET, WAIT_LISTENING
 
 NETAVARK = str(BIN / "portway-netavark")
@@ -102,7 +102,7 @@ def podman(sandbox: Sandbox, tmp_path: Path) -> Iterator[Podmanish]:
         if (state / "portway.db").exists():
             # Every test tears down what it set up: nothing of Podman's is left.
             left = p.pw("ps", "-a", "-q").stdout.split()
-            networks = json.loads(p.pw("network", "ls", "--json").stdout)
+            networks = user_networks(p.pw("network", "ls", "--json").stdout)
             p.pw("daemon", "stop")
             assert left == [] and networks == [], (left, networks)
 
@@ -211,7 +211,7 @@ def test_port_ranges_and_both_protocols(podman: Podmanish) -> None:
     assert cp.returncode == 1 and "9082" in json.loads(cp.stdout)["error"]
     assert [x["ifname"] for x in ip_json(os.path.basename(other), "link")] == ["lo"]
     assert "podman2" not in {str(x["ifname"]) for x in ip_json(p.sb.host, "link")}
-    assert [n["Name"] for n in json.loads(p.pw("network", "ls", "--json").stdout)] == \
+    assert [n["Name"] for n in user_networks(p.pw("network", "ls", "--json").stdout)] == \
         ["a1pnet"]
     p.nv("teardown", web, data=data)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 
-from conftest import Sandbox, ip_json, netns_list
+from conftest import Sandbox, ip_json, netns_list, user_networks
 from portway.testbed import HOST_ADDR6, HTTP_GET, PodmanWorld
 
 
@@ -65,7 +65,7 @@ def test_podman_on_portway(podman_world: PodmanWorld, sandbox: Sandbox) -> None:
     assert len(own_ns) == 2 and own_ns <= set(netns_list())
     p.run("rm", "-f", "-t", "0", "web", "client")
     assert pw(p, "ps", "-a", "-q") == ""
-    assert json.loads(pw(p, "network", "ls", "--json")) == []
+    assert user_networks(pw(p, "network", "ls", "--json")) == []
     assert [str(x["ifname"]) for x in ip_json(sb.host, "link")] == ["lo", "uplink0"]
     assert sb.in_host("nft", "list", "tables").stdout.strip() == ""
     assert not own_ns & set(netns_list())
@@ -93,4 +93,4 @@ def test_podman_dual_stack_network(podman_world: PodmanWorld, sandbox: Sandbox) 
     assert get(outside, f"http://[{HOST_ADDR6}]:8080/") == "200"
     assert get(outside, f"http://{sb.host_addr}:8080/") == "200"
     p.run("rm", "-f", "-t", "0", "web", "client")
-    assert json.loads(pw(p, "network", "ls", "--json")) == []
+    assert user_networks(pw(p, "network", "ls", "--json")) == []

@@ -8,6 +8,8 @@ import sqlite3
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from portway.model.types import Endpoint
 from portway.store.sqlite import SCHEMA_VERSION, SqliteStore
 
@@ -51,4 +53,41 @@ def test_a_schema_3_state_file_migrates_in_place(tmp_path: Path) -> None:
     finally:
         store.close()
     version = sqlite3.connect(db).execute("PRAGMA user_version").fetchone()[0]
-    assert version == SCHEMA_VERSION == 5
+    assert version == SCHEMA_VERSION == 6
+
+
+def _open_dump(tmp_path: Path, edit: str = "") -> SqliteStore:
+    db = tmp_path / "portway.db"
+    con = sqlite3.connect(db)
+    con.executescript(DUMP.read_text() + edit)
+    con.close()
+    return SqliteStore(str(db))
+
+
+def test_the_old_default_network_is_called_bridge(tmp_path: Path) -> None:
+    # An earlier portway's default network, "portway", is Docker's "bridge" now: the row
+    # is renamed in place (its bridge interface is named after its id and stays).
+    store = _open_dump(tmp_path, "UPDATE networks SET name = 'portway';")
+    try:
+        (net,) = store.networks()
+        assert net.name == "bridge" and net.bridge == "pwbr-a1a1a1a1a1"
+        (e,) = store.endpoints()
+        assert e.network_id == net.id
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("edit", [
+    # Podman's network of that name is Podman's, not the default network.
+    """UPDATE networks SET name = 'portway', labels = '{"io.podman.network": "true"}';""",
+    # A network called bridge already: that one is the default network.
+    """UPDATE networks SET name = 'portway';
+    INSERT INTO networks SELECT 'b2' || substr(id, 3), 'bridge', driver, '10.99.0.0/24',
+        '10.99.0.1', NULL, 0, 1500, '{}', '{}', 'pwbr-b2b2b2b2b2', created FROM networks;""",
+])
+def test_other_networks_called_portway_keep_their_name(tmp_path: Path, edit: str) -> None:
+    store = _open_dump(tmp_path, edit)
+    try:
+        assert "portway" in {n.name for n in store.networks()}
+    finally:
+        store.close()

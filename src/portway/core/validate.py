@@ -13,7 +13,8 @@ from portway.model.types import IPAddress, IPNetwork
 
 NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
 NAME_MAX = 63
-RESERVED_NETWORKS = frozenset({"host", "none", "default"})
+# host and none are pseudo-networks, bridge the default network (made on first use).
+RESERVED_NETWORKS = frozenset({"host", "none", "bridge", "default"})
 LABEL_KEY_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_./-]*")
 MTU_MIN, MTU_MAX = 68, 65535
 IPV4_MAPPED = ipaddress.ip_network("::ffff:0:0/96")

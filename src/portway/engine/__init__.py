@@ -34,7 +34,7 @@ from portway.engine.drivers.bridge import BridgeDriver
 from portway.engine.endpoints import Endpoints
 from portway.engine.facts import LiveHostFacts
 from portway.engine.fw import Firewall
-from portway.engine.networks import DEFAULT_NETWORK, Networks
+from portway.engine.networks import DEFAULT_NETWORK, PSEUDO_NETWORKS, Networks
 from portway.engine.ports import PortReservations, Publishing
 from portway.engine.processes import LiveProcessKernel, Processes
 from portway.engine.sandboxes import LiveSandboxKernel, Sandboxes
@@ -178,10 +178,24 @@ class Engine:
             ipv4, aux_addresses))
 
     def network_ls(self) -> list[dict[str, Any]]:
-        return [view.network(self.h, n) for n in self.store.networks()]
+        """Every network, the pseudo-networks host and none too, by name (as Docker)."""
+        with self.lock:
+            nets = [view.network(self.h, n) for n in self.store.networks()]
+            nets += [view.pseudo_network(self.h, name) for name in PSEUDO_NETWORKS]
+        return sorted(nets, key=lambda n: view.natural_key(n["Name"]))
 
     def network_inspect(self, refs: list[str]) -> list[dict[str, Any]]:
-        return [view.network(self.h, self.h.network(r)) for r in refs]
+        with self.lock:
+            return [self._network_view(r) for r in refs]
+
+    def _network_view(self, ref: str) -> dict[str, Any]:
+        if ref not in PSEUDO_NETWORKS and self.store.find_network(ref) is not None:
+            return view.network(self.h, self.h.network(ref))
+        for name in PSEUDO_NETWORKS:
+            if ref == name or (len(ref) >= 3 and \
+                    view.pseudo_network_id(self.h, name).startswith(ref)):
+                return view.pseudo_network(self.h, name)
+        return view.network(self.h, self.h.network(ref))  # not found: its error
 
     def network_rm(self, refs: list[str]) -> list[str]:
         return self.h.networks.remove(refs)

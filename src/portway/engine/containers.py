@@ -25,6 +25,7 @@ from portway.core import names, runopts, validate
 from portway.core.naming import random_name
 from portway.core.ports import parse_port_specs
 from portway.engine.context import fault_point, now
+from portway.engine.networks import DEFAULT_NETWORK
 from portway.engine.sandboxes import host_hostname
 from portway.errors import Conflict, InvalidInput, NotFound, PortwayError, TeardownErrors
 from portway.model.types import Container, Endpoint, Network, PortMapping, RunConfig
@@ -112,7 +113,7 @@ class Containers:
             nets: list[Network] = []
             owner: Container | None = None
             if mode == "bridge":
-                nets = [h.networks.default() if r.ref == "" else h.network(r.ref)
+                nets = [h.networks.default() if r.ref == "" else h.networks.resolve(r.ref)
                         for r in plan.requests]
             elif mode == "container":
                 owner = self._network_owner(plan.container)
@@ -238,7 +239,7 @@ class Containers:
         alias_list = [validate.check_name("alias", a) for a in aliases or []]
         ips = validate.requested_addresses(ip, ip6)
         with h.lock:
-            net = h.network(network)
+            net = h.networks.resolve(network)
             c = h.own(container)
             if c.network_mode != "bridge":
                 raise InvalidInput(f"container {c.name} uses --network {c.network_mode}",
@@ -387,6 +388,8 @@ def _check_mode(plan: runopts.NetworkPlan, hostname: str | None, ports: bool, dn
     if mode == "none" and any(v == runopts.HOST_GATEWAY for _, v in config.extra_hosts):
         raise InvalidInput("--add-host host-gateway needs a network: --network none has "
                            "no gateway", "give the address as NAME:IP")
-    if mode == "bridge" and plan.requests[0].ref == "" and plan.requests[0].ips:
+    if mode == "bridge" and plan.requests[0].ref in ("", DEFAULT_NETWORK) and \
+            plan.requests[0].ips:
         flag = "--ip" if any(":" not in i for i in plan.requests[0].ips) else "--ip6"
-        raise InvalidInput(f"{flag} needs a user network", "add --network NAME")
+        raise InvalidInput(f"{flag} needs a user network, not the default network "
+                           f"{DEFAULT_NETWORK}", "add --network NAME")

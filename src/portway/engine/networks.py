@@ -1,6 +1,10 @@
 """Networks: create (validated, a subnet picked that collides with nothing), install
 (the row, the driver's segment and the firewall's part: all or nothing), remove.
 
+The default network is called `bridge`, as Docker's, and is made on first use. `host`
+and `none` are pseudo-networks, as in Docker: listed and inspected, never made or
+removed (a container in those modes has no endpoint).
+
 Rule of this module: the store row is written in the same transaction as the kernel
 work and commits only after it; every kernel step registers its undo before it runs.
 """
@@ -19,8 +23,10 @@ from portway.model.types import IPNetwork, Network, Subnet
 if TYPE_CHECKING:
     from portway.engine.context import Host
 
-DEFAULT_NETWORK = "portway"
+DEFAULT_NETWORK = "bridge"
 BRIDGE_NAME_OPTION = "com.docker.network.bridge.name"
+# The pseudo-networks, by name: their driver (Docker's names).
+PSEUDO_NETWORKS = {"host": "host", "none": "null"}
 
 
 class Networks:
@@ -133,6 +139,11 @@ class Networks:
 
     def remove(self, refs: list[str]) -> list[str]:
         h = self.h
+        for ref in refs:
+            if ref in PSEUDO_NETWORKS:
+                raise InvalidInput(f"{ref} is a pre-defined network and cannot be removed",
+                                   f"it stands for --network {ref}; remove only networks "
+                                   "made with 'portway network create'")
         with h.lock:
             nets = [h.network(r) for r in refs]
             for net in nets:
@@ -162,6 +173,16 @@ class Networks:
             unused = [n.name for n in h.store.networks()
                       if n.name != DEFAULT_NETWORK and not h.store.endpoints(network_id=n.id)]
             return self.remove(unused) if unused else []
+
+    def resolve(self, ref: str) -> Network:
+        """The network a container is to join: ref's, or the default one (made now if
+        it is not there yet) for `bridge`."""
+        if ref in PSEUDO_NETWORKS:
+            raise InvalidInput(f"a container cannot be connected to network {ref}",
+                               f"run it with --network {ref} alone")
+        if ref == DEFAULT_NETWORK:
+            return self.default()
+        return self.h.network(ref)
 
     def default(self) -> Network:
         net = self.h.store.find_network(DEFAULT_NETWORK)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from typing import TYPE_CHECKING, Any
 
 from portway.core.ports import format_mapping
+from portway.engine.networks import PSEUDO_NETWORKS
 from portway.errors import PortwayError
 from portway.model.types import Container, Endpoint, IPInterface, Network
 
@@ -41,6 +44,34 @@ def network(engine: Host, n: Network) -> dict[str, Any]:
         "Options": dict(n.options), "Labels": dict(n.labels),
         "Bridge": n.bridge, "MTU": n.mtu,
     }
+
+
+ZERO_TIME = "0001-01-01T00:00:00Z"  # Go's zero time: Docker's "never"
+
+
+def pseudo_network_id(engine: Host, name: str) -> str:
+    """A pseudo-network's id: stable for this installation, like a network's."""
+    return hashlib.sha256(f"portway:{engine.instance}:{name}".encode()).hexdigest()
+
+
+def pseudo_network(engine: Host, name: str) -> dict[str, Any]:
+    """`host` or `none` in a network's shape: the containers in that mode."""
+    members = {c.id: {"Name": c.name, "EndpointID": "", "MacAddress": "", "IPv4Address": "",
+                      "IPv6Address": ""}
+               for c in engine.store.containers() if c.network_mode == name}
+    return {
+        "Name": name, "Id": pseudo_network_id(engine, name), "Created": ZERO_TIME,
+        "Scope": "local", "Driver": PSEUDO_NETWORKS[name], "EnableIPv6": False,
+        "EnableIPv4": name == "host",
+        "IPAM": {"Driver": "default", "Options": None, "Config": []},
+        "Internal": False, "Attachable": False, "Containers": members, "Options": {},
+        "Labels": {}, "Bridge": "", "MTU": 0,
+    }
+
+
+def natural_key(name: str) -> list[Any]:
+    """Docker's order of names: digits by value ("net2" before "net10")."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
 def container(engine: Host, c: Container) -> dict[str, Any]:

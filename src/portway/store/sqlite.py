@@ -83,6 +83,14 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE containers ADD COLUMN config TEXT NOT NULL DEFAULT '{}';
     """,
+    # 6: the default network is called bridge, as Docker's: the old default, portway, is
+    # renamed (its bridge interface is named after its id, so nothing in the kernel
+    # changes), unless a network bridge exists already or Podman made it.
+    """
+    UPDATE networks SET name = 'bridge' WHERE name = 'portway'
+        AND labels NOT LIKE '%"io.podman.network"%'
+        AND NOT EXISTS (SELECT 1 FROM networks WHERE name = 'bridge');
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
