@@ -78,9 +78,9 @@ def test_fifty_mixed_operations(sandbox: Sandbox) -> None:
         hopping.result()
     assert len(set(ids)) == 50
     rows = json.loads(sb.pw("ps", "--json").stdout)
-    mine = [r for r in rows if r["Name"].startswith("m")]
+    mine = [r for r in rows if r["Name"].startswith("/m")]
     addrs = [r["NetworkSettings"]["Networks"]["app"]["IPAddress"] for r in mine]
-    ports = [p for r in mine for p in r["HostConfig"]["PortBindings"]]
+    ports = [b["HostPort"] for r in mine for b in r["HostConfig"]["PortBindings"]["80/tcp"]]
     assert len(set(addrs)) == 50 and len(set(ports)) == 50
     unreachable = sb.in_host("python3", "-c", PROBE, *addrs).stdout.strip()
     assert unreachable == ""
@@ -95,7 +95,7 @@ def test_fifty_mixed_operations(sandbox: Sandbox) -> None:
         removals = [pool.submit(sb.pw, "rm", "-f", f"m{i}") for i in range(50)]
         for f in [*removals, hopping]:
             f.result()
-    assert [r["Name"] for r in json.loads(sb.pw("ps", "-a", "--json").stdout)] == ["hopper"]
+    assert [r["Name"] for r in json.loads(sb.pw("ps", "-a", "--json").stdout)] == ["/hopper"]
     listing = sb.in_host("nft", "list", "map", "inet", "portway", "pub_any_addr").stdout
     assert "21000" not in listing and "21049" not in listing
     assert sb.pw("doctor").stdout.startswith("healthy")

@@ -141,7 +141,7 @@ def test_capabilities_and_user(sandbox: Sandbox) -> None:
         assert len(cp.stderr.strip().splitlines()) == 1
     assert sb.snapshot() == before
     names = [c["Name"] for c in json.loads(sb.pw("ps", "-a", "--json").stdout)]
-    assert sorted(names) == ["admin", "nobind", "user"]
+    assert sorted(names) == ["/admin", "/nobind", "/user"]
 
 
 def test_the_command_is_its_pid_namespaces_first_process(sandbox: Sandbox) -> None:

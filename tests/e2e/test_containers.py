@@ -346,7 +346,7 @@ def test_name_that_looks_like_an_id_prefix(sandbox: Sandbox) -> None:
     first = sb.pw("run", "-d", "--name", "first", "--", "sleep", "300").stdout.strip()
     # A new name equal to another container's id prefix is a new name, not a clash.
     sb.pw("run", "-d", "--name", first[:4], "--", "sleep", "300")
-    assert sb.inspect(first[:4])["Name"] == first[:4]
-    assert sb.inspect(first[:12])["Name"] == "first"
+    assert sb.inspect(first[:4])["Name"] == f"/{first[:4]}"
+    assert sb.inspect(first[:12])["Name"] == "/first"
     net = sb.pw("network", "create", "n1").stdout.strip()
     sb.pw("network", "create", net[:4])

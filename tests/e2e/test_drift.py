@@ -69,7 +69,7 @@ def test_simulated_reboot(sandbox: Sandbox) -> None:
     assert sb.pw("gc").stdout.startswith("nothing to repair")
     assert sb.pw("doctor").stdout.startswith("healthy")
     # Containers do not come back by themselves (no restart policy), as with Docker...
-    states = {c["Name"]: c["State"]["Status"]
+    states = {c["Name"].lstrip("/"): c["State"]["Status"]
               for c in json.loads(sb.pw("ps", "-a", "--json").stdout)}
     assert states == {"web": "exited", "db": "exited"}
     # ...but everything they need is there again: a new one is published, named and fenced.

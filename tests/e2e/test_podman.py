@@ -31,7 +31,7 @@ def test_podman_on_portway(podman_world: PodmanWorld, sandbox: Sandbox) -> None:
                 "/bin/httpd", "-f", "-p", "80", "-h", "/www")
     p.container("--name", "client", "--network", "pnet", "--", "/bin/sleep", "300")
     # Portway networked them: its ps, its rules, and no one else's tables.
-    ps = {c["Name"]: c for c in json.loads(pw(p, "ps", "--json"))}
+    ps = {c["Name"].lstrip("/"): c for c in json.loads(pw(p, "ps", "--json"))}
     assert set(ps) == {"web", "client"} and ps["web"]["Runtime"] == "podman"
     assert "8080" in sb.in_host("nft", "list", "map", "inet", "portway", "pub_any_addr").stdout
     tables = sb.in_host("nft", "list", "tables").stdout.split("\n")
@@ -79,7 +79,7 @@ def test_podman_dual_stack_network(podman_world: PodmanWorld, sandbox: Sandbox) 
     p.container("--name", "web", "--network", "dual", "-p", "8080:80", "--",
                 "/bin/httpd", "-f", "-p", "80", "-h", "/www")
     p.container("--name", "client", "--network", "dual", "--", "/bin/sleep", "300")
-    ps = {c["Name"]: c for c in json.loads(pw(p, "ps", "--json"))}
+    ps = {c["Name"].lstrip("/"): c for c in json.loads(pw(p, "ps", "--json"))}
     web = ps["web"]["NetworkSettings"]["Networks"]["dual"]
     assert web["IPAddress"] and web["GlobalIPv6Address"].startswith("fd")
     # Podman's view agrees: netavark's answer carried both addresses.

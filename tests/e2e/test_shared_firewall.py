@@ -81,7 +81,7 @@ class Sides:
                     "/bin/httpd", "-f", "-p", "80", "-h", "/www")
         p.container("--name", "pclient", "--network", "pnet", "--", "/bin/sleep", "600")
         p.container("--name", "pin", "--network", "pinner", "--", "/bin/sleep", "600")
-        ps = {c["Name"]: c for c in json.loads(self.pnpw("ps", "--json").stdout)}
+        ps = {c["Name"].lstrip("/"): c for c in json.loads(self.pnpw("ps", "--json").stdout)}
         return str(ps["pweb"]["NetworkSettings"]["Networks"]["pnet"]["IPAddress"])
 
     def podman_down(self) -> None:

@@ -53,7 +53,7 @@ def test_a_schema_3_state_file_migrates_in_place(tmp_path: Path) -> None:
     finally:
         store.close()
     version = sqlite3.connect(db).execute("PRAGMA user_version").fetchone()[0]
-    assert version == SCHEMA_VERSION == 6
+    assert version == SCHEMA_VERSION == 7
 
 
 def _open_dump(tmp_path: Path, edit: str = "") -> SqliteStore:
@@ -72,7 +72,7 @@ def test_the_old_default_network_is_called_bridge(tmp_path: Path) -> None:
         (net,) = store.networks()
         assert net.name == "bridge" and net.bridge == "pwbr-a1a1a1a1a1"
         (e,) = store.endpoints()
-        assert e.network_id == net.id
+        assert e.network_id == net.id and e.requested == ()  # no --ip recorded then
     finally:
         store.close()
 
@@ -89,5 +89,25 @@ def test_other_networks_called_portway_keep_their_name(tmp_path: Path, edit: str
     store = _open_dump(tmp_path, edit)
     try:
         assert "portway" in {n.name for n in store.networks()}
+    finally:
+        store.close()
+
+
+def test_requested_addresses_are_kept(tmp_path: Path) -> None:
+    store = _open_dump(tmp_path)
+    try:
+        (net,) = store.networks()
+        (c,) = store.containers()
+        other = replace(c, id="c3" * 32, name="three", netns="/run/netns/pw-c3c3c3c3c3c3")
+        asked = Endpoint(id="e3" * 32, container_id=other.id, network_id=net.id,
+                         ifname="eth0", host_ifname="pwv-e3e3e3e3e3e",
+                         addresses=(ipaddress.ip_interface("10.77.0.140/24"),),
+                         mac="02:42:0a:4d:00:8c",
+                         requested=(ipaddress.ip_address("10.77.0.140"),))
+        with store.transaction():
+            store.add_container(other)
+            store.add_endpoint(asked)
+        got = {e.id: e for e in store.endpoints()}
+        assert got[asked.id] == asked
     finally:
         store.close()

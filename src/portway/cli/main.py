@@ -461,10 +461,12 @@ def cmd_ps(client: Client, a: Args) -> int:
         addrs = ", ".join(
             f"{n}:{'/'.join(x for x in (v['IPAddress'], v.get('GlobalIPv6Address')) if x)}"
             if v["IPAddress"] or v.get("GlobalIPv6Address") else n for n, v in nets.items())
-        ports = ", ".join(c["HostConfig"]["PortBindings"])
+        ports = ", ".join(f"{b['HostIp']}:{b['HostPort']}->{port}"
+                          for port, bindings in c["NetworkSettings"]["Ports"].items()
+                          for b in bindings or [])
         cmd = " ".join([c["Path"], *c["Args"]]) if c.get("Runtime", "portway") == "portway" \
             else f"(run by {c['Runtime']})"
-        out.append([c["Id"][:12], c["Name"], status_text(c), addrs, ports,
+        out.append([c["Id"][:12], c["Name"].lstrip("/"), status_text(c), addrs, ports,
                     cmd if len(cmd) <= 30 else cmd[:27] + "..."])
     print(table(out, ["CONTAINER ID", "NAME", "STATUS", "NETWORKS", "PORTS", "COMMAND"]))
     return 0

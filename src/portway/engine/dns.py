@@ -32,17 +32,20 @@ if TYPE_CHECKING:
 RELOAD_TIMEOUT = 5.0
 
 
+def endpoint_names(c: Container, e: Endpoint) -> list[str]:
+    """The names the DNS server answers for c on e's network (inspect's DNSNames, in
+    Docker's order): its name, its aliases there, its short id."""
+    plain = list(dict.fromkeys([c.name, *e.aliases, c.short_id]))
+    if c.runtime == "podman":  # aardvark-dns also answers NAME.dns.podman
+        plain += [f"{n}.{SEARCH_DOMAIN}" for n in plain]
+    return plain
+
+
 def container_record(c: Container, endpoints: list[Endpoint]) -> dict[str, Any]:
     """One container as the DNS server knows it: its names on each of its networks."""
-    def names(e: Endpoint) -> list[str]:
-        plain = list(dict.fromkeys([c.name, c.short_id, *e.aliases]))
-        if c.runtime == "podman":  # aardvark-dns also answers NAME.dns.podman
-            plain += [f"{n}.{SEARCH_DOMAIN}" for n in plain]
-        return plain
-
     return {"id": c.id, "name": c.name, "dns": list(c.dns),
             "endpoints": [{"ip": str(e.address), "ips": [str(a.ip) for a in e.addresses],
-                           "network": e.network_id, "names": names(e)}
+                           "network": e.network_id, "names": endpoint_names(c, e)}
                           for e in endpoints]}
 
 

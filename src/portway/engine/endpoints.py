@@ -92,7 +92,8 @@ class Endpoints:
             id=eid, container_id=container.id, network_id=net.id,
             ifname=ifname or names.container_ifname(index),
             host_ifname=names.host_veth_name(eid), addresses=tuple(addresses),
-            mac=mac or names.mac_for(addresses[0].ip), aliases=tuple(aliases))
+            mac=mac or names.mac_for(addresses[0].ip), aliases=tuple(aliases),
+            requested=tuple(asked[v] for v in sorted(asked)))
         store.add_endpoint(endpoint)
         return endpoint
 

@@ -1,4 +1,11 @@
-"""What `inspect`, `ps` and `network ls` show: Docker's field names over portway's records."""
+"""What `inspect`, `ps` and `network ls` show: Docker's shape over portway's records.
+
+Docker's fields keep Docker's meaning (`Name` "/web", `HostConfig.PortBindings` as
+asked, `NetworkSettings.IPAddress` and its siblings filled from the default network
+`bridge` only, `NetworkMode` the first network's name, `host` or `none`); portway's
+own fields (`Interface`, `HostInterface`, `Runtime`, a network's `Bridge`) sit beside
+them where no Docker field has the name.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +14,8 @@ import os
 import re
 from typing import TYPE_CHECKING, Any
 
-from portway.core.ports import format_mapping
-from portway.engine.networks import PSEUDO_NETWORKS
+from portway.engine.dns import endpoint_names
+from portway.engine.networks import DEFAULT_NETWORK, PSEUDO_NETWORKS
 from portway.errors import PortwayError
 from portway.model.types import Container, Endpoint, IPInterface, Network
 
@@ -74,59 +81,96 @@ def natural_key(name: str) -> list[Any]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
+def _ifindex(e: Endpoint) -> tuple[int, str]:
+    """eth0 before eth1 before eth10 (a runtime's own names after them)."""
+    digits = e.ifname[len(e.ifname.rstrip("0123456789")):]
+    return (int(digits) if digits and e.ifname.startswith("eth") else 1 << 30, e.ifname)
+
+
+def _ipam_config(e: Endpoint) -> dict[str, str] | None:
+    """Docker's IPAMConfig: the addresses asked for (--ip, --ip6), or null."""
+    if not e.requested:
+        return None
+    return {("IPv4Address" if a.version == 4 else "IPv6Address"): str(a) for a in e.requested}
+
+
+def _endpoint_settings(c: Container, e: Endpoint, n: Network) -> dict[str, Any]:
+    v4, v6 = _by_family(e)
+    gw4, gw6 = n.of_version(4), n.of_version(6)
+    return {
+        "IPAMConfig": _ipam_config(e), "Links": None, "Aliases": list(e.aliases) or None,
+        "MacAddress": e.mac, "DriverOpts": None, "NetworkID": n.id, "EndpointID": e.id,
+        "Gateway": str(gw4.gateway) if gw4 else "",
+        "IPAddress": str(v4.ip) if v4 else "",
+        "IPPrefixLen": v4.network.prefixlen if v4 else 0,
+        "IPv6Gateway": str(gw6.gateway) if gw6 else "",
+        "GlobalIPv6Address": str(v6.ip) if v6 else "",
+        "GlobalIPv6PrefixLen": v6.network.prefixlen if v6 else 0,
+        "DNSNames": endpoint_names(c, e),
+        "Interface": e.ifname, "HostInterface": e.host_ifname,
+    }
+
+
+# The top-level NetworkSettings fields Docker fills from the default network alone.
+_TOP_LEVEL = ("EndpointID", "Gateway", "GlobalIPv6Address", "GlobalIPv6PrefixLen",
+              "IPAddress", "IPPrefixLen", "IPv6Gateway", "MacAddress")
+
+
 def container(engine: Host, c: Container) -> dict[str, Any]:
     nets: dict[str, Any] = {}
-    for e in engine.store.endpoints(container_id=c.id):
+    mode = network_mode(c)
+    for e in sorted(engine.store.endpoints(container_id=c.id), key=_ifindex):
         n = engine.store.find_network(e.network_id)
         if n is None:
             continue
-        v4, v6 = _by_family(e)
-        gw4, gw6 = n.of_version(4), n.of_version(6)
-        nets[n.name] = {
-            "NetworkID": n.id, "EndpointID": e.id,
-            "Gateway": str(gw4.gateway) if gw4 else "",
-            "IPAddress": str(v4.ip) if v4 else "",
-            "IPPrefixLen": v4.network.prefixlen if v4 else 0,
-            "IPv6Gateway": str(gw6.gateway) if gw6 else "",
-            "GlobalIPv6Address": str(v6.ip) if v6 else "",
-            "GlobalIPv6PrefixLen": v6.network.prefixlen if v6 else 0, "MacAddress": e.mac,
-            "Aliases": [*list(e.aliases), c.short_id], "Interface": e.ifname,
-            "HostInterface": e.host_ifname,
-        }
+        nets[n.name] = _endpoint_settings(c, e, n)
+        if mode == "bridge" and len(nets) == 1:
+            mode = n.name  # Docker's NetworkMode: the first network (bridge: the default)
     if c.network_mode not in ("bridge", "container"):
-        nets[c.network_mode] = {"NetworkID": "", "EndpointID": "", "Gateway": "",
-                                "IPAddress": "", "IPPrefixLen": 0, "MacAddress": "",
-                                "Aliases": []}
+        nets[c.network_mode] = {
+            "IPAMConfig": None, "Links": None, "Aliases": None, "MacAddress": "",
+            "DriverOpts": None, "NetworkID": pseudo_network_id(engine, c.network_mode),
+            "EndpointID": "", "Gateway": "", "IPAddress": "", "IPPrefixLen": 0,
+            "IPv6Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
+            "DNSNames": None}
+    default = nets.get(DEFAULT_NETWORK, {}) if c.network_mode == "bridge" else {}
+    top = {k: default.get(k, 0 if k.endswith("PrefixLen") else "") for k in _TOP_LEVEL}
     ports: dict[str, list[dict[str, str]] | None] = {}
     for port, host_ip, host_port in engine.publishing.bindings(c):
         ports.setdefault(port, []).append(  # type: ignore[union-attr]
             {"HostIp": host_ip, "HostPort": str(host_port) if host_port else ""})
+    bindings: dict[str, list[dict[str, str]]] = {}
+    for p in c.ports:  # as asked: HostIp "" for every address
+        bindings.setdefault(f"{p.container_port}/{p.protocol}", []).append(
+            {"HostIp": str(p.host_ip) if p.host_ip else "", "HostPort": str(p.host_port)})
     running = c.status == "running"
     conf = c.config
     exposed: dict[str, dict[str, str]] = {f"{p}/{proto}": {} for p, proto in conf.expose}
     exposed.update({f"{p.container_port}/{p.protocol}": {} for p in c.ports})
+    for port in exposed:  # exposed, not published: null, as in Docker
+        ports.setdefault(port, None)
     return {
-        "Id": c.id, "Name": c.name, "Created": c.created,
+        "Id": c.id, "Name": f"/{c.name}", "Created": c.created,
         "Path": c.command[0] if c.command else "", "Args": list(c.command[1:]),
         "Runtime": c.runtime,
         "State": {"Status": c.status, "Running": running,
                   "Pid": engine.processes.first_process(c) if running else 0,
                   "ExitCode": c.exit_code if c.exit_code is not None else 0,
-                  "StartedAt": c.started, "FinishedAt": c.finished},
+                  "StartedAt": c.started or ZERO_TIME, "FinishedAt": c.finished or ZERO_TIME},
         "Config": {"Hostname": c.hostname, "Domainname": conf.domainname,
                    "Cmd": list(c.command), "User": c.user, "Env": _env(engine, c),
                    "WorkingDir": conf.workdir, "Tty": conf.tty, "OpenStdin": conf.interactive,
                    "Labels": dict(conf.labels), "ExposedPorts": exposed or None},
-        "HostConfig": {"NetworkMode": network_mode(c), "AutoRemove": c.auto_remove,
+        "HostConfig": {"NetworkMode": mode, "AutoRemove": c.auto_remove,
                        "Dns": list(c.dns), "Privileged": c.privileged,
                        "CapAdd": list(c.cap_add) or None, "CapDrop": list(c.cap_drop) or None,
-                       "PortBindings": [format_mapping(p) for p in c.ports],
+                       "PortBindings": bindings,
                        "PublishAllPorts": conf.publish_all,
                        "DnsSearch": list(conf.dns_search or []),
                        "DnsOptions": list(conf.dns_options or []),
                        "ExtraHosts": [f"{n}:{a}" for n, a in conf.extra_hosts] or None,
                        "Sysctls": dict(conf.sysctls) or None},
-        "NetworkSettings": {"SandboxKey": c.netns, "Ports": ports, "Networks": nets},
+        "NetworkSettings": {"SandboxKey": c.netns, "Ports": ports, **top, "Networks": nets},
     }
 
 

@@ -105,6 +105,9 @@ class Endpoint:
     addresses: tuple[IPInterface, ...]
     mac: str
     aliases: tuple[str, ...] = ()
+    # The addresses the user asked for (--ip, --ip6), at most one per family: inspect's
+    # IPAMConfig.
+    requested: tuple[IPAddress, ...] = ()
 
     @property
     def address(self) -> IPAddress:

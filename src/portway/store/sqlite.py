@@ -91,6 +91,10 @@ MIGRATIONS: list[str] = [
         AND labels NOT LIKE '%"io.podman.network"%'
         AND NOT EXISTS (SELECT 1 FROM networks WHERE name = 'bridge');
     """,
+    # 7: endpoints keep the addresses asked for with --ip/--ip6 (inspect's IPAMConfig)
+    """
+    ALTER TABLE endpoints ADD COLUMN requested TEXT NOT NULL DEFAULT '[]';
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -290,22 +294,24 @@ class SqliteStore:
 
     def add_endpoint(self, e: Endpoint) -> None:
         with self.transaction():
-            self._exec("INSERT INTO endpoints VALUES(?,?,?,?,?,?,?,?,?)",
+            self._exec("INSERT INTO endpoints VALUES(?,?,?,?,?,?,?,?,?,?)",
                        (e.id, e.container_id, e.network_id, e.ifname, e.host_ifname,
-                        str(e.address), e.prefixlen, e.mac, json.dumps(list(e.aliases))))
+                        str(e.address), e.prefixlen, e.mac, json.dumps(list(e.aliases)),
+                        json.dumps([str(a) for a in e.requested])))
             for a in e.addresses:
                 self._exec("INSERT INTO addresses VALUES(?,?,?,?)",
                            (e.id, e.network_id, str(a.ip), a.network.prefixlen))
 
     @staticmethod
     def _endpoint(row: tuple[Any, ...]) -> Endpoint:
-        # row[9]: the endpoint's addresses, "ADDRESS/PREFIX ..." (IPv4 first).
+        # row[10]: the endpoint's addresses, "ADDRESS/PREFIX ..." (IPv4 first).
         addresses: tuple[IPInterface, ...] = tuple(sorted(
-            (ipaddress.ip_interface(a) for a in (row[9] or f"{row[5]}/{row[6]}").split()),
+            (ipaddress.ip_interface(a) for a in (row[10] or f"{row[5]}/{row[6]}").split()),
             key=lambda a: a.version))
         return Endpoint(id=row[0], container_id=row[1], network_id=row[2], ifname=row[3],
                         host_ifname=row[4], addresses=addresses, mac=row[7],
-                        aliases=tuple(json.loads(row[8])))
+                        aliases=tuple(json.loads(row[8])),
+                        requested=tuple(ipaddress.ip_address(a) for a in json.loads(row[9])))
 
     def endpoints(self, container_id: str | None = None,
                   network_id: str | None = None) -> list[Endpoint]:
