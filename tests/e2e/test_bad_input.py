@@ -82,6 +82,20 @@ CASES = [
     (["network", "connect", "host", "web"], "cannot be connected to network host"),
     (["run", "-d", "--name", "w2", "--network", "bridge", "--ip", "172.17.0.9", "--",
       "sleep", "1"], "--ip needs a user network, not the default network bridge"),
+    # Formats and filters.
+    (["ps", "--format", "{{.Names"], "template parsing error: template: :1: unclosed action"),
+    (["ps", "--format", "{{.Nope}}"], "can't evaluate field Nope"),
+    (["ps", "--format", "{{nofunc .}}"], 'function "nofunc" not defined'),
+    (["ps", "--json", "--format", "{{.ID}}"], "exclude each other"),
+    (["ps", "--filter", "bogus=1"], "invalid filter 'bogus'"),
+    (["ps", "--filter", "status=sleeping"], "invalid filter 'status=sleeping'"),
+    (["ps", "--filter", "name"], "bad format of filter"),
+    (["ps", "-n", "many"], "invalid value 'many'"),
+    (["inspect", "-f", "{{.NetworkSettings.IPAdress}}", "web"],
+     'map has no entry for key "IPAdress"'),
+    (["inspect", "-f", "{{if}}", "web"], "missing value for if"),
+    (["network", "ls", "--format", "{{.Subnet}}"], "can't evaluate field Subnet"),
+    (["network", "inspect", "-f", "{{.Nope}}", "app"], "map has no entry"),
 ]
 
 

@@ -45,6 +45,16 @@ def p(*argv: str) -> dict[str, Any]:
     (["network", "rm", "a", "b"], {"names": ["a", "b"]}),
     (["network", "ls", "-q"], {"quiet": True, "json": False}),
     (["ps", "-aq"], {"all": True, "quiet": True, "json": False}),
+    (["ps"], {"format": None, "filter": [], "no_trunc": False, "last": None, "latest": False}),
+    (["ps", "-a", "--format", "table {{.ID}}\\t{{.Names}}", "-f", "name=x",
+      "--filter=status=exited", "--no-trunc", "-n", "3", "-l"],
+     {"all": True, "format": "table {{.ID}}\\t{{.Names}}", "filter": ["name=x", "status=exited"],
+      "no_trunc": True, "last": 3, "latest": True}),
+    (["inspect", "-f", "{{.Name}}", "a", "b"], {"format": "{{.Name}}", "names": ["a", "b"]}),
+    (["network", "ls", "--format", "json", "--no-trunc"],
+     {"net_command": "ls", "format": "json", "no_trunc": True}),
+    (["network", "inspect", "--format={{.Name}}", "app"], {"format": "{{.Name}}",
+                                                          "names": ["app"]}),
     (["stop", "-t", "2.5", "a", "b"], {"time": 2.5, "names": ["a", "b"]}),
     (["stop", "a"], {"time": 10.0}),
     (["rm", "-f", "a"], {"force": True, "names": ["a"]}),
@@ -76,6 +86,9 @@ def test_parses(argv: list[str], expected: dict[str, Any]) -> None:
     (["network", "create", "a", "b"], "unexpected argument(s): b", "portway network create"),
     (["daemon", "go"], "ACTION must be one of run, stop, status, start", "portway daemon"),
     (["network", "make"], "unknown command 'make'", "portway network"),
+    (["ps", "-n"], "option -n needs a value (N)", "portway ps"),
+    (["ps", "--last", "x"], "option --last: invalid value 'x'", "portway ps"),
+    (["inspect", "-f"], "option -f needs a value (FORMAT)", "portway inspect"),
 ])
 def test_usage_errors(argv: list[str], message: str, prog: str) -> None:
     with pytest.raises(UsageError) as caught:

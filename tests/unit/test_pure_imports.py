@@ -41,3 +41,25 @@ def test_cli_hot_path_imports_nothing_slow() -> None:
                           f"{sys.path!r}; {code}"], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "[]"
+
+
+def test_ps_without_a_format_imports_nothing_slow() -> None:
+    # `portway ps` renders its table, Docker's status text and ports column, without
+    # the template evaluator, re, json or typing (they load only for --format/--filter).
+    rows = ("[{'Id': 'a' * 64, 'Name': '/web', 'Created': '2026-01-01T00:00:00Z', "
+            "'Path': 'sleep', 'Args': ['1'], 'State': {'Status': 'running', 'Running': True, "
+            "'ExitCode': 0, 'StartedAt': '2026-01-01T00:00:01Z', 'FinishedAt': ''}, "
+            "'NetworkSettings': {'Ports': {'80/tcp': [{'HostIp': '0.0.0.0', "
+            "'HostPort': '8080'}]}, 'Networks': {'bridge': {'IPAddress': '172.17.0.2'}}}}]")
+    code = ("import sys, time; import portway.cli.main as m; "
+            "a = m.Args(m.parse(m._root(), ['ps', '-a'])); "
+            "from portway.cli import formats; from portway.core import listing; "
+            f"rows = listing.select({rows}, listing.parse_filters(a.filter), a.last or -1); "
+            "assert 'Up ' in formats.ps_table(rows, time.time(), True); "
+            "print(sorted(n for n in sys.modules if n in ('re', 'json', 'argparse', "
+            "'typing', 'subprocess', 'shutil', 'enum', 'os', "
+            "'portway.core.gotemplate', 'dataclasses')))")
+    out = subprocess.run([sys.executable, "-S", "-c", f"import sys; sys.path[:0] = "
+                          f"{sys.path!r}; {code}"], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "[]"

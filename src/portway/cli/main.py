@@ -31,6 +31,11 @@ def _root() -> Command:
     """portway's grammar (Docker's flags where Docker has them)."""
     json_flag = Opt("--json", "flag", help="print JSON")
     quiet = Opt("-q --quiet", "flag", help="only the ids")
+    no_trunc = Opt("--no-trunc", "flag", help="full ids (and commands)")
+
+    def template(names: str, what: str) -> Opt:
+        return Opt(names, metavar="FORMAT", help=f"{what} through a Go template, as "
+                   "Docker's --format ('json': as JSON)")
     network = Command("network", "manage networks", sub_dest="net_command", subs=(
         Command("create", "create a bridge network", args=(Arg("name", "NAME"),), opts=(
             Opt("-d --driver", default="bridge", help="bridge (the only driver)"),
@@ -52,8 +57,13 @@ def _root() -> Command:
             Opt("-o --opt", "list", metavar="KEY=VALUE", help="a driver option, e.g. "
                 "com.docker.network.bridge.name=NAME"),
             Opt("--label", "list", metavar="KEY=VALUE"))),
-        Command("ls", "list networks", opts=(json_flag, quiet)),
-        Command("inspect", "show networks as JSON", args=(Arg("names", "NAME", "+"),)),
+        Command("ls", "list networks (with host and none)", opts=(
+            json_flag, quiet, no_trunc,
+            template("--format", "each network (.ID .Name .Driver .Scope .IPv4 .IPv6 "
+                     ".Internal .Labels .Label \"KEY\" .CreatedAt); 'table ...' with "
+                     "headers"))),
+        Command("inspect", "show networks as JSON", args=(Arg("names", "NAME", "+"),),
+                opts=(template("-f --format", "each network"),)),
         Command("rm", "remove networks", args=(Arg("names", "NAME", "+"),)),
         Command("prune", "remove networks no container uses"),
         Command("connect", "attach a container to a network",
@@ -76,7 +86,7 @@ def _root() -> Command:
         Opt("--name", metavar="NAME", help="the container's name (default: made up)"),
         Opt("--network --net", "list", dest="network", metavar="NET",
             help="a network, host, none or container:NAME (default: the network "
-            "'portway'); or name=NET,alias=A,ip=IP,ip6=IP6,mac-address=MAC"),
+            "'bridge'); or name=NET,alias=A,ip=IP,ip6=IP6,mac-address=MAC"),
         Opt("--ip", metavar="IP", help="the IPv4 address on the first network"),
         Opt("--ip6", metavar="IPV6", help="the IPv6 address on the first network"),
         Opt("--alias --network-alias", "list", dest="alias", metavar="NAME",
@@ -134,9 +144,20 @@ def _root() -> Command:
                            help="where state lives (env PORTWAY_STATE_DIR)"),
                        Opt("--debug", "flag", help="show tracebacks")), subs=(
         network, run, exe,
-        Command("ps", "list containers", opts=(Opt("-a --all", "flag", help="stopped ones "
-                                                   "too"), json_flag, quiet)),
-        Command("inspect", "show containers as JSON", args=(Arg("names", "CONTAINER", "+"),)),
+        Command("ps", "list containers (newest first)", opts=(
+            Opt("-a --all", "flag", help="stopped ones too"), json_flag, quiet,
+            Opt("-f --filter", "list", metavar="KEY=VALUE", help="id=, name= (a regular "
+                "expression), label=KEY[=VALUE], status=, network=, exited=CODE; one key "
+                "given twice: either value"),
+            template("--format", "each container (.ID .Names .Status .State .Ports "
+                     ".Networks .Command .CreatedAt .RunningFor .Labels .Label \"KEY\" "
+                     ".Image .Size .Mounts); 'table ...' with headers"),
+            no_trunc,
+            Opt("-n --last", metavar="N", convert=int,
+                help="the N last created (any state)"),
+            Opt("-l --latest", "flag", help="the last created (any state)"))),
+        Command("inspect", "show containers as JSON", args=(Arg("names", "CONTAINER", "+"),),
+                opts=(template("-f --format", "each container"),)),
         Command("dns", "show the DNS records per network and recent queries",
                 opts=(json_flag,)),
         Command("port", "show a container's published ports",
@@ -197,15 +218,6 @@ def print_json(data: "Any") -> None:
     print(json.dumps(data, indent=2))
 
 
-def status_text(c: "dict[str, Any]") -> str:
-    state = c["State"]
-    if state["Running"]:
-        return "running"
-    if state["Status"] == "created":
-        return "created"
-    return f"exited ({state['ExitCode']})"
-
-
 def cmd_network(client: Client, a: Args) -> int:
     nc = a.net_command
     if nc == "create":
@@ -215,24 +227,13 @@ def cmd_network(client: Client, a: Args) -> int:
                           ipv4=a.ipv4, aux_addresses=a.aux_address)
         print(net["Id"])
     elif nc == "ls":
-        nets = client.call("network_ls")
-        if a.json:
-            print_json(nets)
-        elif a.quiet:
-            for n in nets:
-                print(n["Id"][:12])
-        else:
-            from portway.cli.render import table
+        from portway.cli.formats import cmd_network_ls
 
-            print(table([[n["Id"][:12], n["Name"], n["Driver"],
-                          ", ".join(c["Subnet"] for c in n["IPAM"]["Config"]),
-                          ", ".join(c["Gateway"] for c in n["IPAM"]["Config"]), n["Bridge"],
-                          "yes" if n["Internal"] else "no", str(len(n["Containers"]))]
-                         for n in nets],
-                        ["NETWORK ID", "NAME", "DRIVER", "SUBNET", "GATEWAY", "BRIDGE",
-                         "INTERNAL", "CONTAINERS"]))
+        return cmd_network_ls(client, a)
     elif nc == "inspect":
-        print_json(client.call("network_inspect", refs=a.names))
+        from portway.cli.formats import print_inspected
+
+        return print_inspected(client.call("network_inspect", refs=a.names), a.format)
     elif nc == "rm":
         for name in client.call("network_rm", refs=a.names):
             print(name)
@@ -444,34 +445,6 @@ def cmd_exec(client: Client, a: Args) -> int:
                           "install util-linux (nsenter, setpriv)", 127) from None
 
 
-def cmd_ps(client: Client, a: Args) -> int:
-    from portway.cli.render import table
-
-    rows = client.call("ps", all=a.all)
-    if a.json:
-        print_json(rows)
-        return 0
-    if a.quiet:
-        for c in rows:
-            print(c["Id"][:12])
-        return 0
-    out = []
-    for c in rows:
-        nets = c["NetworkSettings"]["Networks"]
-        addrs = ", ".join(
-            f"{n}:{'/'.join(x for x in (v['IPAddress'], v.get('GlobalIPv6Address')) if x)}"
-            if v["IPAddress"] or v.get("GlobalIPv6Address") else n for n, v in nets.items())
-        ports = ", ".join(f"{b['HostIp']}:{b['HostPort']}->{port}"
-                          for port, bindings in c["NetworkSettings"]["Ports"].items()
-                          for b in bindings or [])
-        cmd = " ".join([c["Path"], *c["Args"]]) if c.get("Runtime", "portway") == "portway" \
-            else f"(run by {c['Runtime']})"
-        out.append([c["Id"][:12], c["Name"].lstrip("/"), status_text(c), addrs, ports,
-                    cmd if len(cmd) <= 30 else cmd[:27] + "..."])
-    print(table(out, ["CONTAINER ID", "NAME", "STATUS", "NETWORKS", "PORTS", "COMMAND"]))
-    return 0
-
-
 def print_dns(info: "dict[str, Any]") -> None:
     from portway.cli.render import table
 
@@ -589,10 +562,14 @@ def dispatch(client: Client, a: Args) -> int:
     if a.command == "exec":
         return cmd_exec(client, a)
     if a.command == "ps":
+        from portway.cli.formats import cmd_ps
+
         return cmd_ps(client, a)
     if a.command == "inspect":
-        print_json(client.call("inspect", refs=a.names))
-    elif a.command == "dns":
+        from portway.cli.formats import print_inspected
+
+        return print_inspected(client.call("inspect", refs=a.names), a.format)
+    if a.command == "dns":
         info = client.call("dns_info")
         if a.json:
             print_json(info)
