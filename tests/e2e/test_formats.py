@@ -108,6 +108,8 @@ def test_ps_filters_last_and_latest(sandbox: Sandbox) -> None:
     assert names("--latest", "-f", "status=running") == ["web-api"]
     assert lines(sb, "ps", "-q", "-f", "name=^web$") == [web[:12]]
     assert lines(sb, "ps", "-q", "--no-trunc", "-f", "name=^web$") == [web]
+    # Shell completion lists the names as given, without inspect's slash.
+    assert sorted(lines(sb, "__complete", "containers")) == ["done", "web", "web-api"]
     cp = sb.pw("ps", "-f", "colour=red", check=False)
     assert cp.returncode == 2 and cp.stderr.count("\n") == 1
     assert "invalid filter 'colour'" in cp.stderr

@@ -634,7 +634,7 @@ def cmd_complete(client: Client, kind: str) -> int:
         return 0
     if kind == "containers":
         for c in client.call("ps", all=True):
-            print(c["Name"])
+            print(c["Name"].lstrip("/"))  # inspect's "/web"
     else:
         for n in client.call("network_ls"):
             print(n["Name"])
