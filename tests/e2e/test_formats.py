@@ -83,9 +83,10 @@ def test_ps_filters_last_and_latest(sandbox: Sandbox) -> None:
     sb = sandbox
     sb.pw("network", "create", "front", "--subnet", "10.121.0.0/24")
     net_id = sb.pw("network", "create", "back", "--subnet", "10.122.0.0/24").stdout.strip()
-    web = sb.pw("run", "-d", "--name", "web", "--network", "front", "--", "sleep", "300")\
-        .stdout.strip()
-    sb.pw("run", "-d", "--name", "web-api", "--network", "back", "--", "sleep", "300")
+    web = sb.pw("run", "-d", "--name", "web", "--network", "front", "--label", "team=web",
+                "--label", "tier=front", "--", "sleep", "300").stdout.strip()
+    sb.pw("run", "-d", "--name", "web-api", "--network", "back", "-l", "team=web", "--",
+          "sleep", "300")
     sb.pw("run", "-d", "--name", "done", "--network", "back", "--", "true")
     wait_exited(sb, "done")
 
@@ -103,6 +104,11 @@ def test_ps_filters_last_and_latest(sandbox: Sandbox) -> None:
     assert names("-a", "-f", f"network={net_id[:6]}") == ["done", "web-api"]
     assert names("-f", f"id={web[:8]}") == ["web"]
     assert names("-f", "exited=0", "-a") == ["done"]
+    assert names("-f", "label=team") == ["web-api", "web"]
+    assert names("-f", "label=team=web", "-f", "label=tier=front") == ["web"]  # all labels
+    assert names("-f", "label=tier=back") == []
+    assert lines(sb, "ps", "-f", "name=^web$", "--format",
+                 '{{.Labels}} {{.Label "tier"}}') == ["team=web,tier=front front"]
     assert names("-n", "2") == ["done", "web-api"]  # the 2 last created, any state
     assert names("-l") == ["done"]
     assert names("--latest", "-f", "status=running") == ["web-api"]
