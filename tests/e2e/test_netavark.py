@@ -314,7 +314,7 @@ def test_bad_calls(podman: Podmanish) -> None:
     assert cp.returncode == 1 and "unknown subcommand" in json.loads(cp.stdout)["error"]
     version = json.loads(subprocess.run([NETAVARK, "version"], capture_output=True,
                                         text=True).stdout)
-    assert version["version"] == "1.4.0"
+    assert version["version"] == "1.16.0"
     created = json.loads(p.nv("create", data={"network": {"name": "fresh"},
                                               "used": {"interfaces": ["podman1"]},
                                               "options": {}}).stdout)

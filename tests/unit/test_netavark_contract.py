@@ -75,3 +75,18 @@ def test_bad_definitions_are_refused(subnets: list[dict[str, str]], ips: list[st
                                      ports: list[dict[str, Any]] | None, words: str) -> None:
     with pytest.raises(InvalidInput, match=words):
         netavark.parse_options(options(subnets, ips, ports))
+
+
+@pytest.mark.parametrize("cid", ["6ce776ea58b5", "01f0b94d5f4c1", "my-container", "ab" * 32])
+def test_any_container_id_string(cid: str) -> None:
+    data = options([{"subnet": "10.89.0.0/24"}], ["10.89.0.5"])
+    data["container_id"] = cid
+    assert netavark.parse_options(data).container_id == cid
+
+
+@pytest.mark.parametrize("cid", ["", 5, "a\nb", "x" * 256])
+def test_container_id_must_be_a_printable_string(cid: object) -> None:
+    data = options([{"subnet": "10.89.0.0/24"}], ["10.89.0.5"])
+    data["container_id"] = cid
+    with pytest.raises(InvalidInput, match="container_id"):
+        netavark.parse_options(data)

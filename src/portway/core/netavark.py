@@ -200,9 +200,11 @@ def _ports(data: Any) -> tuple[PortMapping, ...]:
 
 def parse_options(data: Any) -> Options:
     d = _obj(data, "the input")
+    # Podman sends 64 hex digits; other callers (and netavark's own tests) any string.
     cid = _str(d, "container_id", "input")
-    if not HEX64.fullmatch(cid):
-        raise _bad("container_id must be 64 hex digits")
+    if not cid or len(cid) > 255 or not cid.isprintable():
+        raise _bad("container_id must be a non-empty printable string of at most 255 "
+                   "characters")
     name = validate.check_name("container", _str(d, "container_name", "input"))
     infos_raw = _obj(d.get("network_info") or {}, "network_info")
     infos = {str(n): _network_info(str(n), v) for n, v in infos_raw.items()}

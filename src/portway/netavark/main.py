@@ -19,7 +19,9 @@ import sys
 
 from portway.cli.client import Client, ClientError
 
-VERSION = "1.4.0"  # the netavark contract spoken (Podman 4.3's)
+# The netavark contract spoken: 1.16's (a current Podman wants at least 1.14), less
+# what docs/podman.md lists as differences.
+VERSION = "1.16.0"
 USAGE = ("usage: portway-netavark [--config DIR] [--rootless BOOL] [--aardvark-binary PATH] "
          "[-f FILE] setup|teardown NETNS_PATH | version | create | update NETWORK "
          "--network-dns-servers IP...")
@@ -104,8 +106,11 @@ def run(argv: list[str]) -> object:
         raise UsageError(USAGE)
     command = args[0]
     if command == "version":
-        return {"version": VERSION, "commit": "portway", "build_time": "",
-                "target": "portway-netavark"}
+        # netavark's fields, in its order; it prints them indented.
+        print(json.dumps({"version": VERSION, "commit": "portway", "build_time": "",
+                          "target": "portway-netavark", "default_fw_driver": "nftables"},
+                         indent=2))
+        return None
     if str(opts["rootless"]).lower() == "true":
         raise ClientError("rootless networking is not supported by portway",
                           "run Podman as root")
