@@ -62,3 +62,128 @@ def test_any_container_id(podman: Podmanish) -> None:  # noqa: F811
     bad["container_id"] = ""
     cp = p.nv("setup", ns, data=bad, check=False)
     assert cp.returncode == 1 and "container_id" in json.loads(cp.stdout)["error"]
+
+
+def dualstack(name: str = "podman", bridge: str = "podman0", third: int = 88,
+              **network: Any) -> dict[str, Any]:
+    """Mirrors testfiles/metric.json (and dualstack-bridge.json): a network with a
+    subnet of each family, the container an address in each."""
+    data = simplebridge(name=name, network_interface=bridge, ipv6_enabled=True, subnets=[
+        {"gateway": f"10.{third}.0.1", "subnet": f"10.{third}.0.0/24"},
+        {"gateway": f"fd{third}::1", "subnet": f"fd{third}::/64"}], **network)
+    data["networks"] = {name: {"interface_name": "eth0",
+                               "static_ips": [f"10.{third}.0.2", f"fd{third}::2"]}}
+    data["network_info"] = {name: data["network_info"]["podman"]}
+    return data
+
+
+def by_dst(rs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {str(r["dst"]): r for r in rs}
+
+
+def test_static_and_discarding_routes(podman: Podmanish) -> None:  # noqa: F811
+    """Mirrors testfiles/bridge-staticroutes.json and bridge-blackholeroutes.json (and
+    their ipv6- twins): routes via a gateway, with a metric or without, and routes that
+    discard; all gone after teardown, twice."""
+    p = podman
+    data = dualstack(routes=[
+        {"destination": "10.89.0.0/24", "gateway": "10.88.0.3"},
+        {"destination": "10.90.0.0/24", "gateway": "10.88.0.4", "metric": 50},
+        {"destination": "10.91.0.0/24", "route_type": "blackhole"},
+        {"destination": "10.92.0.0/24", "route_type": "unreachable"},
+        {"destination": "10.93.0.0/24", "route_type": "prohibit"},
+        {"destination": "fd89::/64", "gateway": "fd88::3"},
+        {"destination": "fd91::/64", "route_type": "blackhole"}])
+    ns = p.namespace()
+    p.nv("setup", ns, data=data)
+    v4, v6 = by_dst(routes(ns)), by_dst(routes(ns, 6))
+    assert (v4["10.89.0.0/24"]["gateway"], v4["10.89.0.0/24"]["dev"]) == ("10.88.0.3", "eth0")
+    assert (v4["10.90.0.0/24"]["gateway"], v4["10.90.0.0/24"]["metric"]) == ("10.88.0.4", 50)
+    assert [v4[f"10.9{i}.0.0/24"]["type"] for i in (1, 2, 3)] == \
+        ["blackhole", "unreachable", "prohibit"]
+    assert v6["fd89::/64"]["gateway"] == "fd88::3"
+    assert v6["fd91::/64"]["type"] == "blackhole"
+    # What a client in the container meets: the kernel's answer for each destination.
+    nsname = os.path.basename(ns)
+    got = subprocess.run(["ip", "-n", nsname, "route", "get", "10.90.0.9"],
+                         capture_output=True, text=True)
+    assert "via 10.88.0.4 dev eth0" in got.stdout
+    for addr, words in (("10.91.0.9", "Invalid argument"), ("10.92.0.9", "unreachable"),
+                        ("10.93.0.9", "Permission denied")):
+        got = subprocess.run(["ip", "-n", nsname, "route", "get", addr],
+                             capture_output=True, text=True)
+        assert got.returncode != 0 or words in got.stdout, (addr, got.stdout, got.stderr)
+    p.nv("teardown", ns, data=data)
+    assert p.nv("teardown", ns, data=data).stdout == ""
+    assert routes(ns) == [] and [r for r in routes(ns, 6) if r["dst"] != "fe80::/64"] == []
+
+
+def test_metric_orders_default_routes(podman: Podmanish) -> None:  # noqa: F811
+    """Mirrors testfiles/metric.json: each network gives a default route per family,
+    with its metric (netavark's default 100); the lowest wins, and when its network
+    goes the next one takes over."""
+    p = podman
+    first = dualstack(options={"metric": "200"})
+    second = dualstack("back", "podman9", 87, id="7b" * 32)
+    data = copy.deepcopy(first)
+    data["networks"]["back"] = dict(second["networks"]["back"], interface_name="eth1")
+    data["network_info"]["back"] = second["network_info"]["back"]
+    ns = p.namespace()
+    p.nv("setup", ns, data=data)
+    for version, gw200, gw100 in ((4, "10.88.0.1", "10.87.0.1"), (6, "fd88::1", "fd87::1")):
+        defaults = sorted((r["metric"], r["gateway"], r["dev"])
+                          for r in routes(ns, version) if r["dst"] == "default")
+        assert defaults == [(100, gw100, "eth1"), (200, gw200, "eth0")], defaults
+    nsname = os.path.basename(ns)
+    assert "via 10.87.0.1 dev eth1" in subprocess.run(
+        ["ip", "-n", nsname, "route", "get", "192.0.2.1"], capture_output=True,
+        text=True).stdout
+    only_back = copy.deepcopy(data)
+    del only_back["networks"]["podman"]
+    p.nv("teardown", ns, data=only_back)
+    assert [(r["metric"], r["gateway"]) for r in routes(ns) if r["dst"] == "default"] == \
+        [(200, "10.88.0.1")]
+    assert p.pw("gc").stdout.startswith("nothing to repair")
+    p.nv("teardown", ns, data=first)
+
+
+def test_no_default_route(podman: Podmanish) -> None:  # noqa: F811
+    """Mirrors testfiles/bridge-nodefaultroute.json (dual stack here): no default route
+    of either family, and gc does not take that for damage."""
+    p = podman
+    data = dualstack(options={"no_default_route": "true"})
+    ns = p.namespace()
+    p.nv("setup", ns, data=data)
+    assert [r for r in routes(ns) if r["dst"] == "default"] == []
+    assert [r for r in routes(ns, 6) if r["dst"] == "default"] == []
+    assert p.pw("gc").stdout.startswith("nothing to repair")
+    p.nv("teardown", ns, data=data)
+
+
+def test_host_interface_name(podman: Podmanish) -> None:  # noqa: F811
+    """Mirrors testfiles/bridge-vethname.json and bridge-vethname-exists.json: the host
+    end of the veth takes the caller's name (within portway's prefix, which its
+    anti-spoofing checks select by), carries portway's owner tag, and goes at teardown;
+    a name taken is an error that changes nothing."""
+    p = podman
+    data = simplebridge()
+    data["networks"]["podman"]["options"] = {"host_interface_name": "pwv-myveth"}
+    ns = p.namespace()
+    p.nv("setup", ns, data=data)
+    link = ip_json(p.sb.host, "link", "show", "pwv-myveth")[0]
+    assert link["master"] == "podman0" and str(link.get("ifalias", "")).startswith("portway")
+    other = simplebridge()
+    other.update(container_id="7ce776ea58b5", container_name="other")
+    other["networks"]["podman"].update(static_ips=["10.88.0.3"],
+                                       options={"host_interface_name": "pwv-myveth"})
+    ns2 = p.namespace()
+    before = p.sb.snapshot()
+    cp = p.nv("setup", ns2, data=other, check=False)
+    assert cp.returncode == 1 and "pwv-myveth" in json.loads(cp.stdout)["error"]
+    assert p.sb.snapshot()["links"] == before["links"]
+    assert [x["ifname"] for x in ip_json(os.path.basename(ns2), "link")] == ["lo"]
+    p.nv("teardown", ns, data=data)
+    assert "pwv-myveth" not in {str(x["ifname"]) for x in ip_json(p.sb.host, "link")}
+    other["networks"]["podman"]["options"] = {"host_interface_name": "my-veth"}
+    cp = p.nv("setup", ns2, data=other, check=False)
+    assert cp.returncode == 1 and "starts with pwv-" in json.loads(cp.stdout)["error"]

@@ -18,7 +18,7 @@ from portway.core.confine import Identity, UserSpec
 from portway.engine import build_host
 from portway.engine.context import Host
 from portway.errors import Conflict, KernelError
-from portway.model.types import Container, Endpoint, IPAddress, IPNetwork, Network
+from portway.model.types import Container, Endpoint, IPAddress, IPNetwork, Network, Route
 
 
 @dataclass
@@ -162,7 +162,8 @@ class FakeDriver:
         self.w.bridges.discard(network.bridge)
 
     def attach(self, sandbox: Any, endpoint: Endpoint, network: Network,
-               default_route: bool, hairpin: bool) -> None:
+               default_route: bool, hairpin: bool, metric: int | None = None,
+               routes: tuple[Route, ...] = ()) -> None:
         self.w.step(f"bridge.attach {endpoint.ifname}")
         self.w.links[endpoint.host_ifname] = sandbox.path
         if default_route:
@@ -278,6 +279,10 @@ class FakeSandboxKernel:
     def set_default_route(self, sandbox: Any, ifname: str, gateway: IPAddress) -> None:
         self.w.routes.add(sandbox.path)
 
+    def delete_routes(self, sandbox: Any, routes: tuple[Route, ...]) -> list[str]:
+        self.w.step("routes.delete")
+        return []
+
 
 class FakeProcessKernel:
     def __init__(self, world: World) -> None:
@@ -363,6 +368,9 @@ class FakeFacts:
 
     def link_exists(self, name: str) -> bool:
         return name in ("lo", "eth0")  # the host's own links
+
+    def default_route_mtu(self) -> int | None:
+        return None
 
     def listening(self, protocol: str) -> list[tuple[str, int]]:
         return []

@@ -90,3 +90,80 @@ def test_container_id_must_be_a_printable_string(cid: object) -> None:
     data["container_id"] = cid
     with pytest.raises(InvalidInput, match="container_id"):
         netavark.parse_options(data)
+
+
+def with_network(**extra: Any) -> dict[str, Any]:
+    data = options([{"subnet": "10.88.0.0/16", "gateway": "10.88.0.1"}], ["10.88.0.2"])
+    data["network_info"]["pnet"].update(extra)
+    return data
+
+
+def test_routes_metric_and_no_default_route() -> None:
+    # Mirrors testfiles/bridge-blackholeroutes.json, metric.json, bridge-nodefaultroute.json.
+    info = netavark.parse_options(with_network(
+        routes=[{"destination": "10.89.0.0/24", "gateway": "10.88.0.2"},
+                {"destination": "10.90.0.0/24", "route_type": "blackhole"},
+                {"destination": "fd00:1::/64", "route_type": "prohibit", "metric": 7}],
+        options={"metric": "200", "no_default_route": "true"})).networks["pnet"]
+    assert [(str(r.destination), str(r.gateway), r.metric, r.type) for r in info.routes] == [
+        ("10.89.0.0/24", "10.88.0.2", None, "unicast"),
+        ("10.90.0.0/24", "None", None, "blackhole"),
+        ("fd00:1::/64", "None", 7, "prohibit")]
+    assert (info.metric, info.no_default_route) == (200, True)
+    plain = netavark.parse_options(with_network()).networks["pnet"]
+    assert (plain.metric, plain.no_default_route, plain.mtu, plain.isolate) == \
+        (100, False, 0, "strict")
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    # netavark's own wording (src/network/core_utils.rs, bridge.rs), which callers match.
+    ({"routes": [{"destination": "10.89.0.0/24", "route_type": "anycast",
+                  "gateway": "10.88.0.2"}]}, 'invalid route type "anycast"'),
+    ({"routes": [{"destination": "10.89.0.0/24"}]},
+     "route 10.89.0.0/24 requires a gateway for type unicast"),
+    ({"routes": [{"destination": "10.89.0.0/24", "gateway": "10.88.0.2",
+                  "route_type": "blackhole"}]},
+     "route 10.89.0.0/24 must not have a gateway for type BlackHole"),
+    ({"routes": [{"destination": "fd00::/64", "gateway": "10.88.0.2"}]},
+     "route with ipv6 destination and ipv4 gateway (fd00::/64 via 10.88.0.2)"),
+    ({"options": {"metric": "abc"}}, 'unable to parse "metric": invalid digit found in string'),
+    ({"options": {"metric": "-1"}}, 'unable to parse "metric": invalid digit found in string'),
+    ({"options": {"metric": "4294967296"}},
+     'unable to parse "metric": number too large to fit in target type'),
+    ({"options": {"mtu": ""}}, 'unable to parse "mtu": cannot parse integer from empty string'),
+    ({"options": {"no_default_route": "yes"}},
+     'unable to parse "no_default_route": provided string was not `true` or `false`'),
+    ({"options": {"isolate": "maybe"}}, 'invalid isolate option "maybe"'),
+    ({"options": {"mode": "l3"}}, 'invalid bridge mode "l3"'),
+    ({"options": {"vlan": "5000"}}, "vlan must be between 0 and 4094"),
+    ({"options": {"vlan": "10"}}, "this kernel has no bridge VLAN filtering"),
+    ({"options": {"vrf": "blue"}}, "get vrf to set up bridge interface: vrf blue"),
+    ({"ipam_options": {"driver": "magic"}}, "unsupported ipam driver magic"),
+    ({"ipam_options": {"driver": "dhcp"}}, "dhcp ipam driver is not supported"),
+    ({"network_interface": ""}, "no bridge interface name given"),
+])
+def test_netavark_errors(extra: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidInput) as exc:
+        netavark.parse_options(with_network(**extra))
+    assert message in exc.value.message
+
+
+@pytest.mark.parametrize(("mac", "out"), [
+    ("02:42:AC:11:00:02", "02:42:ac:11:00:02"), ("02-42-ac-11-00-03", "02:42:ac:11:00:03")])
+def test_static_mac_forms(mac: str, out: str) -> None:
+    data = with_network()
+    data["networks"]["pnet"]["static_mac"] = mac
+    assert netavark.parse_options(data).attachments[0].static_mac == out
+
+
+@pytest.mark.parametrize(("mac", "message"), [
+    ("zz:42:ac:11:00:02", "unable to parse mac address zz:42:ac:11:00:02"),
+    ("02:42:ac:11:00", "invalid mac length for address: 02:42:ac:11:00"),
+    ("01:00:5e:00:00:01", "multicast"),
+])
+def test_static_mac_errors(mac: str, message: str) -> None:
+    data = with_network()
+    data["networks"]["pnet"]["static_mac"] = mac
+    with pytest.raises(InvalidInput) as exc:
+        netavark.parse_options(data)
+    assert message in exc.value.message

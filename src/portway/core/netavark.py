@@ -1,13 +1,20 @@
 """netavark's JSON contract, read and written: what Podman sends to `setup`/`teardown`
 and what it expects back. Pure; the engine does the work (engine/podman.py).
 
-Input (netavark's "network options"): container_id, container_name, networks
-{NAME: {interface_name, static_ips, static_mac, aliases}}, network_info {NAME:
-{name, id, driver, network_interface, subnets [{subnet, gateway}], ipv6_enabled,
-internal, dns_enabled, options}}, port_mappings [{host_ip, container_port,
-host_port, range, protocol}], dns_servers. Output of setup, per network:
-{interfaces {IFNAME: {mac_address, subnets [{ipnet, gateway}]}}, dns_server_ips,
-dns_search_domains}.
+Input (netavark's "network options", as of netavark 1.16/2.x): container_id (any
+string), container_name, networks {NAME: {interface_name, static_ips, static_mac,
+aliases, options {host_interface_name}}}, network_info {NAME: {name, id, driver,
+network_interface, subnets [{subnet, gateway}], routes [{destination, gateway, metric,
+route_type}], ipv6_enabled, internal, dns_enabled, ipam_options {driver}, options {mtu,
+metric, no_default_route, isolate, mode, vlan, vrf}}}, port_mappings [{host_ip,
+container_port, host_port, range, protocol}], dns_servers. Output of setup, per
+network: {interfaces {IFNAME: {mac_address, subnets [{ipnet, gateway}]}},
+dns_server_ips, dns_search_domains}.
+
+Errors a caller may match are worded as netavark words them (its
+src/network/core_utils.rs and bridge.rs): `unable to parse "metric": ...`, `invalid
+route type "..."`, `route D requires a gateway for type unicast`, `invalid isolate
+option "..."`, `invalid bridge mode "..."`, `unsupported ipam driver ...`.
 
 A network may have IPv4, IPv6 or both (one subnet of each family; netavark, like
 portway, looks at the subnets and not at `ipv6_enabled`); Podman does the IPAM and
@@ -22,12 +29,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from portway.core import validate
+from portway.core.firewall import VETH_PATTERN
 from portway.errors import InvalidInput
-from portway.model.types import IPAddress, IPInterface, PortMapping, Subnet
+from portway.model.types import IPAddress, IPInterface, PortMapping, Route, Subnet
 
 SEARCH_DOMAIN = "dns.podman"
+VETH_PREFIX = VETH_PATTERN.rstrip("*")  # of the host ends of containers' veths
+DEFAULT_METRIC = 100  # netavark's, for the default routes of every network
+ROUTE_TYPES = {"": "unicast", "unicast": "unicast", "blackhole": "blackhole",
+               "unreachable": "unreachable", "prohibit": "prohibit"}
+# How netavark (Rust's Debug) names a route type in its errors.
+RUST_ROUTE_TYPE = {"unicast": "Unicast", "blackhole": "BlackHole",
+                   "unreachable": "Unreachable", "prohibit": "Prohibit"}
+ISOLATE = ("strict", "true", "false")
 HEX64 = re.compile(r"[0-9a-f]{64}")
-MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 
 
 @dataclass(frozen=True)
@@ -38,8 +53,13 @@ class NetworkInfo:
     subnets: tuple[Subnet, ...]
     internal: bool
     dns_enabled: bool
-    mtu: int
+    mtu: int  # 0: the default (the MTU of the host's default-route interface)
     options: dict[str, str]
+    routes: tuple[Route, ...] = ()
+    metric: int = DEFAULT_METRIC  # of the network's default routes
+    no_default_route: bool = False
+    isolate: str = "strict"  # netavark 2's default
+    unmanaged: bool = False  # mode=unmanaged: the caller's own bridge
 
 
 @dataclass(frozen=True)
@@ -49,6 +69,7 @@ class Attachment:
     static_ips: tuple[IPAddress, ...]
     static_mac: str | None
     aliases: tuple[str, ...]
+    host_ifname: str | None = None  # the host end's name, if the caller chose it
 
 
 @dataclass(frozen=True)
@@ -79,6 +100,109 @@ def _str(data: dict[str, Any], key: str, what: str, default: str | None = None) 
     return value
 
 
+def _error(message: str) -> InvalidInput:
+    """An error worded as netavark words it (a caller may match the text)."""
+    return InvalidInput(message, "fix the network's definition (podman network inspect)")
+
+
+def parse_uint(name: str, text: str, bits: int = 32) -> int:
+    """A netavark option parsed as Rust parses an unsigned integer, with its errors."""
+    if text == "":
+        raise _error(f'unable to parse "{name}": cannot parse integer from empty string')
+    digits = text[1:] if text.startswith("+") else text
+    if not digits or not all("0" <= c <= "9" for c in digits):
+        raise _error(f'unable to parse "{name}": invalid digit found in string')
+    value = int(digits)
+    if value >= 1 << bits:
+        raise _error(f'unable to parse "{name}": number too large to fit in target type')
+    return value
+
+
+def parse_bool(name: str, text: str) -> bool:
+    if text not in ("true", "false"):
+        raise _error(f'unable to parse "{name}": provided string was not `true` or `false`')
+    return text == "true"
+
+
+def parse_routes(raw: Any, where: str) -> tuple[Route, ...]:
+    """netavark's `routes`: each a destination with a gateway of its family (unicast,
+    the default type) or none (blackhole, unreachable, prohibit), and a metric."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise _bad(f"{where}.routes must be a list")
+    out: list[Route] = []
+    for i, item in enumerate(raw):
+        r = _obj(item, f"{where}.routes[{i}]")
+        try:
+            dest = ipaddress.ip_network(str(r.get("destination")), strict=False)
+        except ValueError:
+            raise _bad(f"{where}.routes[{i}].destination {r.get('destination')!r} is not a "
+                       "subnet") from None
+        gateway = None
+        if r.get("gateway") is not None:
+            try:
+                gateway = ipaddress.ip_address(str(r["gateway"]))
+            except ValueError:
+                raise _bad(f"{where}.routes[{i}].gateway {r['gateway']!r} is not an "
+                           "address") from None
+        metric = r.get("metric")
+        if metric is not None and (isinstance(metric, bool) or not isinstance(metric, int)
+                                   or not 0 <= metric < 1 << 32):
+            raise _bad(f"{where}.routes[{i}].metric must be a number from 0 to 4294967295")
+        kind_text = r.get("route_type") or ""
+        kind = ROUTE_TYPES.get(str(kind_text))
+        if kind is None:
+            raise _error(f'invalid route type "{kind_text}"')
+        if kind == "unicast" and gateway is None:
+            raise _error(f"route {dest} requires a gateway for type unicast")
+        if kind != "unicast" and gateway is not None:
+            raise _error(f"route {dest} must not have a gateway for type "
+                         f"{RUST_ROUTE_TYPE[kind]}")
+        if gateway is not None and gateway.version != dest.version:
+            raise _error(f"route with ipv{dest.version} destination and "
+                         f"ipv{gateway.version} gateway ({dest} via {gateway})")
+        out.append(Route(destination=dest, gateway=gateway, metric=metric,
+                         type=kind))  # type: ignore[arg-type]
+    return tuple(out)
+
+
+def _bridge_options(name: str, options: dict[str, str]) -> dict[str, Any]:
+    """netavark's bridge options, parsed as netavark parses them (unknown ones are
+    ignored, as netavark's setup ignores them)."""
+    out: dict[str, Any] = {}
+    mtu = parse_uint("mtu", options["mtu"]) if "mtu" in options else 0
+    if mtu and not 68 <= mtu <= 65535:
+        raise _bad(f"network_info.{name}.options.mtu must be a number from 68 to 65535")
+    out["mtu"] = mtu
+    out["metric"] = parse_uint("metric", options["metric"]) if "metric" in options \
+        else DEFAULT_METRIC
+    out["no_default_route"] = parse_bool("no_default_route", options["no_default_route"]) \
+        if "no_default_route" in options else False
+    isolate = options.get("isolate", "strict")
+    if isolate not in ISOLATE:
+        raise _error(f'invalid isolate option "{isolate}"')
+    out["isolate"] = isolate
+    mode = options.get("mode", "")
+    if mode not in ("", "managed", "unmanaged"):
+        raise _error(f'invalid bridge mode "{mode}"')
+    out["unmanaged"] = mode == "unmanaged"
+    if "vlan" in options:
+        vlan = parse_uint("vlan", options["vlan"], 16)
+        if vlan > 4094:
+            raise _error("vlan must be between 0 and 4094")
+        # netavark turns on VLAN filtering on the bridge; this kernel has none.
+        raise InvalidInput(f"network {name}: vlan {vlan}: this kernel has no bridge VLAN "
+                           "filtering", "remove the vlan option from the network")
+    if "vrf" in options:
+        # netavark: `get vrf to set up bridge interface: Netlink error: No such device`
+        # when the VRF is missing; this kernel cannot make one at all.
+        raise InvalidInput(f"get vrf to set up bridge interface: vrf {options['vrf']}: this "
+                           "kernel has no VRF support", "remove the vrf option from the "
+                           "network")
+    return out
+
+
 def _network_info(name: str, data: Any) -> NetworkInfo:
     d = _obj(data, f"network_info.{name}")
     driver = _str(d, "driver", f"network_info.{name}", "bridge")
@@ -88,8 +212,24 @@ def _network_info(name: str, data: Any) -> NetworkInfo:
     nid = _str(d, "id", f"network_info.{name}")
     if not HEX64.fullmatch(nid):
         raise _bad(f"network_info.{name}.id must be 64 hex digits")
+    if not d.get("network_interface"):
+        raise _error("no bridge interface name given")
     bridge = validate.check_ifname("network_interface",
                                    _str(d, "network_interface", f"network_info.{name}"))
+    ipam_options = d.get("ipam_options") or {}
+    if not isinstance(ipam_options, dict):
+        raise _bad(f"network_info.{name}.ipam_options must be an object")
+    ipam_driver = str(ipam_options.get("driver") or "host-local")
+    if ipam_driver == "dhcp":
+        raise InvalidInput(f"network {name}: the dhcp ipam driver is not supported by "
+                           "portway yet", "give the network a subnet (ipam driver "
+                           "host-local)")
+    if ipam_driver == "none":
+        raise InvalidInput(f"network {name}: the none ipam driver (interfaces without "
+                           "addresses) is not supported by portway",
+                           "give the network a subnet (ipam driver host-local)")
+    if ipam_driver != "host-local":
+        raise _error(f"unsupported ipam driver {ipam_driver}")
     raw = d.get("subnets")
     if not isinstance(raw, list) or not raw:
         raise _bad(f"network_info.{name}.subnets must be a non-empty list")
@@ -116,14 +256,14 @@ def _network_info(name: str, data: Any) -> NetworkInfo:
     options = d.get("options") or {}
     if not isinstance(options, dict) or not all(isinstance(v, str) for v in options.values()):
         raise _bad(f"network_info.{name}.options must map names to strings")
-    mtu = int(options.get("mtu", "1500")) if str(options.get("mtu", "1500")).isdigit() \
-        else 0
-    if not 68 <= mtu <= 65535:
-        raise _bad(f"network_info.{name}.options.mtu must be a number from 68 to 65535")
+    opts = _bridge_options(name, options)
     return NetworkInfo(name=name, id=nid, bridge=bridge, subnets=tuple(subnets),
                        internal=bool(d.get("internal")),
-                       dns_enabled=bool(d.get("dns_enabled")), mtu=mtu,
-                       options={str(k): v for k, v in options.items()})
+                       dns_enabled=bool(d.get("dns_enabled")), mtu=opts["mtu"],
+                       options={str(k): v for k, v in options.items()},
+                       routes=parse_routes(d.get("routes"), f"network_info.{name}"),
+                       metric=opts["metric"], no_default_route=opts["no_default_route"],
+                       isolate=opts["isolate"], unmanaged=opts["unmanaged"])
 
 
 def _attachment(name: str, data: Any, info: NetworkInfo) -> Attachment:
@@ -149,14 +289,44 @@ def _attachment(name: str, data: Any, info: NetworkInfo) -> Attachment:
                                f"{name}", "give one address of each family")
         static.append(addr)
     mac = d.get("static_mac")
-    if mac is not None and (not isinstance(mac, str) or not MAC.fullmatch(mac.lower())):
-        raise _bad(f"networks.{name}.static_mac must be a MAC address like 02:42:0a:00:00:02")
+    if mac is not None:
+        mac = parse_mac(mac)
+    per = d.get("options") or {}
+    if not isinstance(per, dict) or not all(isinstance(v, str) for v in per.values()):
+        raise _bad(f"networks.{name}.options must map names to strings")
+    host_ifname = per.get("host_interface_name") or None
+    if host_ifname is not None:
+        validate.check_ifname("host_interface_name", host_ifname)
+        if not host_ifname.startswith(VETH_PREFIX) or host_ifname == VETH_PREFIX:
+            # The anti-spoofing checks select container ports by this prefix: a port
+            # without it would send unchecked.
+            raise InvalidInput(f"host_interface_name {host_ifname}: portway checks what "
+                               f"containers send on host ports named {VETH_PREFIX}*",
+                               f"give a name that starts with {VETH_PREFIX} (at most 15 "
+                               "characters), e.g. " + f"{VETH_PREFIX}{name}"[:15])
     aliases = d.get("aliases") or []
     if not isinstance(aliases, list):
         raise _bad(f"networks.{name}.aliases must be a list")
     return Attachment(network=name, ifname=ifname, static_ips=tuple(static),
-                      static_mac=mac.lower() if isinstance(mac, str) else None,
-                      aliases=tuple(validate.check_name("alias", str(a)) for a in aliases))
+                      static_mac=mac,
+                      aliases=tuple(validate.check_name("alias", str(a)) for a in aliases),
+                      host_ifname=host_ifname)
+
+
+def parse_mac(text: Any) -> str:
+    """A static MAC as netavark reads it (hex bytes split by : or -), with its errors;
+    a unicast address only (the kernel refuses a multicast one for a veth)."""
+    if not isinstance(text, str):
+        raise _bad("static_mac must be a string")
+    parts = re.split("[:-]", text)
+    if not all(re.fullmatch(r"[0-9a-fA-F]{1,2}", b) for b in parts):
+        raise _error(f"unable to parse mac address {text}: invalid digit found in string")
+    if len(parts) != 6:
+        raise _error(f"invalid mac length for address: {text}")
+    raw = bytes(int(b, 16) for b in parts)
+    if raw[0] & 1 or raw == bytes(6):
+        raise _bad(f"static_mac {text} is a multicast or zero address: give a unicast one")
+    return ":".join(f"{b:02x}" for b in raw)
 
 
 def _ports(data: Any) -> tuple[PortMapping, ...]:

@@ -28,7 +28,7 @@ from portway.engine.context import fault_point, now
 from portway.engine.networks import DEFAULT_NETWORK
 from portway.engine.sandboxes import host_hostname
 from portway.errors import Conflict, InvalidInput, NotFound, PortwayError, TeardownErrors
-from portway.model.types import Container, Endpoint, Network, PortMapping, RunConfig
+from portway.model.types import Container, Endpoint, Network, PortMapping, Route, RunConfig
 
 if TYPE_CHECKING:
     from portway.engine.context import Host
@@ -43,6 +43,12 @@ class Attachment:
     aliases: tuple[str, ...] = ()
     ifname: str | None = None
     mac: str | None = None
+    host_ifname: str | None = None  # the host end's name (None: portway's own)
+    # None: portway's rule (a default route from the first network that is not
+    # internal); True/False: the runtime's choice, e.g. netavark's every network's
+    default_route: bool | None = None
+    metric: int | None = None  # of the default routes (None: the kernel's default)
+    routes: tuple[Route, ...] = ()  # static routes
 
 
 class Containers:
@@ -327,10 +333,13 @@ class Containers:
                     endpoint = have.get(a.network.id)
                     if endpoint is None:
                         endpoint = h.endpoints.new(container, a.network, 0, list(a.ips),
-                                                   list(a.aliases), ifname=a.ifname, mac=a.mac)
+                                                   list(a.aliases), ifname=a.ifname, mac=a.mac,
+                                                   host_ifname=a.host_ifname)
                         added.append(endpoint)
-                        h.endpoints.attach(sandbox, container, endpoint, a.network,
-                                           h.endpoints.wants_route(sandbox, a.network))
+                        route = a.default_route if a.default_route is not None else \
+                            h.endpoints.wants_route(sandbox, a.network)
+                        h.endpoints.attach(sandbox, container, endpoint, a.network, route,
+                                           metric=a.metric, routes=a.routes)
                     out.append(endpoint)
             if new:
                 published = h.publishing.published(container)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from portway.core import ipam, names, validate
 from portway.engine.drivers import Sandbox
 from portway.errors import Conflict, InvalidInput, PortwayError
-from portway.model.types import Container, Endpoint, IPAddress, IPInterface, Network
+from portway.model.types import Container, Endpoint, IPAddress, IPInterface, Network, Route
 
 if TYPE_CHECKING:
     from portway.engine.context import Host
@@ -34,7 +34,7 @@ class Endpoints:
 
     def new(self, container: Container, net: Network, index: int, ips: list[str],
             aliases: list[str], ifname: str | None = None,
-            mac: str | None = None) -> Endpoint:
+            mac: str | None = None, host_ifname: str | None = None) -> Endpoint:
         """An endpoint of container on net, an address per subnet of net (the ones
         asked for in ips, at most one per family, or the lowest free ones) reserved in
         the store (in the caller's transaction)."""
@@ -91,7 +91,7 @@ class Endpoints:
         endpoint = Endpoint(
             id=eid, container_id=container.id, network_id=net.id,
             ifname=ifname or names.container_ifname(index),
-            host_ifname=names.host_veth_name(eid), addresses=tuple(addresses),
+            host_ifname=host_ifname or names.host_veth_name(eid), addresses=tuple(addresses),
             mac=mac or names.mac_for(addresses[0].ip), aliases=tuple(aliases),
             requested=tuple(asked[v] for v in sorted(asked)))
         store.add_endpoint(endpoint)
@@ -110,14 +110,16 @@ class Endpoints:
                     self._hint[key] = int(a.ip)
 
     def attach(self, sandbox: Sandbox, container: Container, endpoint: Endpoint,
-               net: Network, default_route: bool, guarded: bool = False) -> None:
+               net: Network, default_route: bool, guarded: bool = False,
+               metric: int | None = None, routes: tuple[Route, ...] = ()) -> None:
         """One endpoint into the container's sandbox; guarded: its anti-spoofing entries
-        are being added by the caller."""
+        are being added by the caller; metric and routes: as the driver's attach."""
         if not guarded:
             self.h.fw.add_guard([endpoint])
         try:
             self.h.driver(net).attach(sandbox, endpoint, net, default_route,
-                                      hairpin=bool(container.ports))
+                                      hairpin=bool(container.ports), metric=metric,
+                                      routes=routes)
         except PortwayError as exc:
             if not guarded:
                 self.h.fw.remove_guard([endpoint])

@@ -43,6 +43,9 @@ class LiveHostFacts:
     def link_exists(self, name: str) -> bool:
         return links.observe_link(self.host, name) is not None
 
+    def default_route_mtu(self) -> int | None:
+        return links.observe_default_route_mtu(self.host)
+
     def listening(self, protocol: str) -> list[tuple[str, int]]:
         return observe.listening(protocol)
 

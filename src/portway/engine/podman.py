@@ -20,7 +20,7 @@ from portway.core import ipam, names
 from portway.core import netavark as contract
 from portway.engine.containers import Attachment
 from portway.engine.context import now
-from portway.errors import Conflict, InvalidInput, NotFound
+from portway.errors import Conflict, InvalidInput, NotFound, TeardownErrors
 from portway.model.types import Container, Network
 
 if TYPE_CHECKING:
@@ -46,9 +46,12 @@ def _network(engine: Engine, info: contract.NetworkInfo) -> Network:
     taken = engine.networks.taken_ranges()
     for s in info.subnets:
         ipam.check_subnet_free(s.subnet, taken)
+    # No mtu option: the MTU of the host's default-route interface (netavark 1.16),
+    # or the kernel's default where there is no default route.
+    mtu = info.mtu or engine.facts.default_route_mtu() or 1500
     network = Network(id=info.id, name=info.name, subnets=info.subnets,
-                      bridge=info.bridge, internal=info.internal, mtu=info.mtu,
-                      labels={LABEL: "true"}, created=now())
+                      bridge=info.bridge, internal=info.internal, mtu=mtu,
+                      options=dict(info.options), labels={LABEL: "true"}, created=now())
     engine.networks.install(network)
     engine.containers.publish_dns()  # the DNS server listens on the new gateways too
     return network
@@ -88,6 +91,14 @@ def _setup(engine: Engine, netns_path: str, opts: contract.Options,
            existing: Container | None) -> dict[str, Any]:
     nets = {a.network: _network(engine, opts.networks[a.network])
             for a in opts.attachments}
+    have = {e.network_id for e in engine.store.endpoints(container_id=opts.container_id)}
+    taken = {e.host_ifname for e in engine.store.endpoints()}
+    for a in opts.attachments:
+        if a.host_ifname and nets[a.network].id not in have and \
+                (a.host_ifname in taken or engine.facts.link_exists(a.host_ifname)):
+            raise Conflict(f"create veth pair: interface {a.ifname} already exists on "
+                           f"container namespace or {a.host_ifname} exists on host "
+                           "namespace", "give another host_interface_name")
     container = existing or Container(
         id=opts.container_id, name=opts.container_name, hostname=opts.container_name,
         command=(), netns=netns_path, status="running", dns=opts.dns_servers,
@@ -98,11 +109,21 @@ def _setup(engine: Engine, netns_path: str, opts: contract.Options,
                                                                         hold=False))
     endpoints = engine.containers.attach_sandbox(container, [
         Attachment(network=nets[a.network], ips=tuple(str(ip) for ip in a.static_ips),
-                   aliases=tuple(a.aliases), ifname=a.ifname, mac=a.static_mac)
+                   aliases=tuple(a.aliases), ifname=a.ifname, mac=a.static_mac,
+                   host_ifname=a.host_ifname, **_routing(opts.networks[a.network]))
         for a in opts.attachments], new=existing is None)
     return {a.network: contract.status_block(opts.networks[a.network], e.ifname, e.mac,
                                              e.addresses)
             for a, e in zip(opts.attachments, endpoints, strict=True)}
+
+
+def _routing(info: contract.NetworkInfo) -> dict[str, Any]:
+    """netavark's routes for a container on the network: a default route per family via
+    the gateway with the network's metric (unless internal or no_default_route), as
+    every network gives one (the lowest metric wins; of equal ones, the first
+    network's), and the network's static routes."""
+    return {"default_route": not info.internal and not info.no_default_route,
+            "metric": info.metric, "routes": info.routes}
 
 
 def teardown(engine: Engine, netns_path: str, options: Any) -> dict[str, Any]:
@@ -113,7 +134,17 @@ def teardown(engine: Engine, netns_path: str, options: Any) -> dict[str, Any]:
         c = next((c for c in engine.store.containers() if c.id == opts.container_id), None)
         if c is None or c.runtime != "podman":
             return {}
+        # The networks' static routes first, as netavark does: a route that does not go
+        # through the veth (blackhole, unreachable, prohibit) stays when the veth goes.
+        routes = tuple(r for a in opts.attachments
+                       for r in opts.networks[a.network].routes)
+        errors: list[str] = []
+        if routes and engine.sandbox_kernel.exists(c.netns):
+            with engine.sandbox_kernel.open(c.netns) as sandbox:
+                errors = engine.sandbox_kernel.delete_routes(sandbox, routes)
         forget(engine, c, {a.network for a in opts.attachments} or None)
+        if errors:
+            raise TeardownErrors(f"tear down {c.name}", errors)
         return {}
 
 

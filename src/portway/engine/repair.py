@@ -185,7 +185,9 @@ def _missing_routes(engine: Engine, c: Container, endpoints: list[Endpoint]
     out: list[tuple[str, Callable[[], object]]] = []
     endpoints = sorted(endpoints, key=lambda e: e.ifname)
     networks = [n for e in endpoints if (n := engine.store.find_network(e.network_id))]
-    first = next((n for n in networks if not n.internal), None)
+    # netavark's no_default_route: a Podman network that gives no default route.
+    first = next((n for n in networks if not n.internal and
+                  n.options.get("no_default_route") != "true"), None)
     cont = netns.open_ipr(c.netns)
     try:
         for version in (4, 6):

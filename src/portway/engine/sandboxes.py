@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 from portway.core import files, firewall, names, runopts
 from portway.errors import PortwayError, TeardownErrors
 from portway.kernel import links, netns, procs
-from portway.model.types import Container, Endpoint, IPAddress
+from portway.model.types import Container, Endpoint, IPAddress, Route
 
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
@@ -58,6 +58,7 @@ class SandboxKernel(Protocol):
     def has_default_route(self, sandbox: SandboxHandle, version: int = 4) -> bool: ...
     def set_default_route(self, sandbox: SandboxHandle, ifname: str,
                           gateway: IPAddress) -> None: ...
+    def delete_routes(self, sandbox: SandboxHandle, routes: tuple[Route, ...]) -> list[str]: ...
 
 
 @dataclass
@@ -107,6 +108,9 @@ class LiveSandboxKernel:
     def set_default_route(self, sandbox: SandboxHandle, ifname: str,
                           gateway: IPAddress) -> None:
         links.set_default_route(sandbox.ipr, ifname, gateway)
+
+    def delete_routes(self, sandbox: SandboxHandle, routes: tuple[Route, ...]) -> list[str]:
+        return links.delete_routes(sandbox.ipr, routes)
 
 
 class Sandboxes:

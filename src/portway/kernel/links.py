@@ -18,7 +18,7 @@ from pyroute2.netlink.rtnl import RTM_NEWLINK
 
 from portway.errors import KernelError
 from portway.kernel.netns import write_sysctl
-from portway.model.types import IPAddress, IPInterface, IPNetwork
+from portway.model.types import IPAddress, IPInterface, IPNetwork, Route
 
 RTNH_F_ONLINK = 4
 
@@ -130,6 +130,20 @@ def observe_routes(ipr: IPRoute, version: int = 4) -> list[tuple[IPNetwork, str]
             continue  # every IPv6 link has fe80::/64 and ff00::/8: nothing to avoid
         out.append((net, names.get(oif, "?")))
     return out
+
+
+def observe_default_route_mtu(ipr: IPRoute) -> int | None:
+    """The MTU of the interface of the main table's first default route (IPv4 before
+    IPv6), or None if there is none; what netavark 1.16 gives a new bridge by default."""
+    for version in (4, 6):
+        for msg in ipr.get_routes(family=FAMILY[version], table=254):
+            oif = msg.get_attr("RTA_OIF")
+            if msg["dst_len"] == 0 and oif:
+                for link in ipr.get_links(oif):
+                    mtu = link.get_attr("IFLA_MTU")
+                    if mtu:
+                        return int(mtu)
+    return None
 
 
 def _kernel_error(what: str, exc: NetlinkError) -> KernelError:
@@ -258,6 +272,11 @@ class EndpointSpec:
     bridge_index: int
     tag: str
     hairpin: bool = False  # the container publishes ports (see ensure_endpoint)
+    # The default routes' metric (None: the kernel's default, and a default route of
+    # the family that exists is replaced); with one, a route of the same metric that
+    # exists (another network's) is kept, as the first network's.
+    metric: int | None = None
+    routes: tuple[Route, ...] = ()  # static routes, added after the default ones
 
 
 def ensure_endpoint(host: IPRoute, cont: IPRoute, netns_fd: int, spec: EndpointSpec) -> None:
@@ -302,10 +321,57 @@ def ensure_endpoint(host: IPRoute, cont: IPRoute, netns_fd: int, spec: EndpointS
             _add_address(cont, cidx, a.ip, a.network.prefixlen)
         cont.link("set", index=cidx, state="up")
         for gateway in spec.gateways:
-            cont.route("replace", dst=DEFAULT[gateway.version], gateway=str(gateway),
-                       oif=cidx, family=FAMILY[gateway.version])
+            if spec.metric is None:
+                cont.route("replace", dst=DEFAULT[gateway.version], gateway=str(gateway),
+                           oif=cidx, family=FAMILY[gateway.version])
+                continue
+            try:
+                cont.route("add", dst=DEFAULT[gateway.version], gateway=str(gateway),
+                           oif=cidx, family=FAMILY[gateway.version], priority=spec.metric)
+            except NetlinkError as exc:
+                if exc.code != errno.EEXIST:
+                    raise
     except NetlinkError as exc:
         raise _kernel_error(f"set up {what}", exc) from None
+    ensure_routes(cont, spec.routes)
+
+
+RTN = {"unicast": 1, "blackhole": 6, "unreachable": 7, "prohibit": 8}
+
+
+def _route_args(route: Route) -> dict[str, Any]:
+    args: dict[str, Any] = {"dst": str(route.destination),
+                            "family": FAMILY[route.destination.version],
+                            "type": RTN[route.type]}
+    if route.gateway is not None:
+        args["gateway"] = str(route.gateway)
+    if route.metric is not None:
+        args["priority"] = route.metric
+    return args
+
+
+def ensure_routes(ipr: IPRoute, routes: tuple[Route, ...]) -> None:
+    """Static routes in a namespace (one that exists, same destination and metric, is
+    replaced)."""
+    for route in routes:
+        try:
+            ipr.route("replace", **_route_args(route))
+        except NetlinkError as exc:
+            via = f" via {route.gateway}" if route.gateway else ""
+            raise _kernel_error(f"add route {route.destination}{via}", exc) from None
+
+
+def delete_routes(ipr: IPRoute, routes: tuple[Route, ...]) -> list[str]:
+    """Static routes removed from a namespace; a missing one counts as removed. The
+    errors, one line each."""
+    errors: list[str] = []
+    for route in routes:
+        try:
+            ipr.route("del", **_route_args(route))
+        except NetlinkError as exc:
+            if exc.code not in GONE:
+                errors.append(f"delete route {route.destination}: {exc}")
+    return errors
 
 
 def _existing_pair(host: IPRoute, cont: IPRoute, spec: EndpointSpec) -> tuple[int, int]:

@@ -17,6 +17,7 @@ IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 Protocol = Literal["tcp", "udp"]
 # "container": the network namespace of another container (--network container:NAME)
 NetworkMode = Literal["bridge", "host", "none", "container"]
+RouteType = Literal["unicast", "blackhole", "unreachable", "prohibit"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,17 @@ class Network:
 
     def of_version(self, version: int) -> Subnet | None:
         return next((s for s in self.subnets if s.version == version), None)
+
+
+@dataclass(frozen=True)
+class Route:
+    """A static route a network gives its containers (netavark's `routes`): via a
+    gateway (unicast), or one that discards (blackhole, unreachable, prohibit)."""
+
+    destination: IPNetwork
+    gateway: IPAddress | None = None
+    metric: int | None = None
+    type: RouteType = "unicast"
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from portway.model.types import Endpoint, Network
+from portway.model.types import Endpoint, Network, Route
 
 
 class Sandbox(Protocol):
@@ -37,10 +37,12 @@ class NetworkDriver(Protocol):
         """The segment removed; a missing one counts as removed."""
 
     def attach(self, sandbox: Sandbox, endpoint: Endpoint, network: Network,
-               default_route: bool, hairpin: bool) -> None:
+               default_route: bool, hairpin: bool, metric: int | None = None,
+               routes: tuple[Route, ...] = ()) -> None:
         """endpoint's interface into the sandbox, on the segment, addressed (and with the
-        default route via the network's gateway if asked); an existing one of its own
-        is reused. On failure, nothing of it is left."""
+        default route via the network's gateway if asked, with metric if given; then
+        the static routes); an existing one of its own is reused. On failure, nothing
+        of it is left."""
 
     def detach(self, endpoint: Endpoint) -> None:
         """endpoint's interface removed (host end: the pair goes with it); missing

@@ -19,7 +19,7 @@ from portway.core import names
 from portway.engine.drivers import Sandbox
 from portway.errors import PortwayError
 from portway.kernel import links
-from portway.model.types import Endpoint, IPAddress, IPInterface, Network
+from portway.model.types import Endpoint, IPAddress, IPInterface, Network, Route
 
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
@@ -60,7 +60,8 @@ class BridgeDriver:
         return bridge.index
 
     def attach(self, sandbox: Sandbox, endpoint: Endpoint, network: Network,
-               default_route: bool, hairpin: bool) -> None:
+               default_route: bool, hairpin: bool, metric: int | None = None,
+               routes: tuple[Route, ...] = ()) -> None:
         fd = os.open(sandbox.path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             cached = self._indexes.get(network.bridge)
@@ -73,7 +74,7 @@ class BridgeDriver:
                         gateways=tuple(s.gateway for s in network.subnets)
                         if default_route else (),
                         bridge_index=bridge_index, tag=self.tag("endpoint", endpoint.id),
-                        hairpin=hairpin))
+                        hairpin=hairpin, metric=metric, routes=routes))
                     return
                 except PortwayError:
                     if cached is not None and self._bridge_index(network) != cached:
