@@ -187,3 +187,30 @@ def test_host_interface_name(podman: Podmanish) -> None:  # noqa: F811
     other["networks"]["podman"]["options"] = {"host_interface_name": "my-veth"}
     cp = p.nv("setup", ns2, data=other, check=False)
     assert cp.returncode == 1 and "starts with pwv-" in json.loads(cp.stdout)["error"]
+
+
+def mtus(p: Podmanish, ns: str, host_end: str) -> tuple[int, int, int]:
+    inner = ip_json(os.path.basename(ns), "link", "show", "eth0")[0]["mtu"]
+    return (int(str(inner)), int(str(ip_json(p.sb.host, "link", "show", host_end)[0]["mtu"])),
+            int(str(ip_json(p.sb.host, "link", "show", "podman0")[0]["mtu"])))
+
+
+def test_mtu_explicit_and_from_the_default_route(podman: Podmanish) -> None:  # noqa: F811
+    """Mirrors testfiles/bridge-mtu.json (mtu 9002) and bridge-managed.json under
+    640-bridge-mtu.bats' "mtu from default route": without the option, the bridge and
+    veths take the MTU of the host's default-route interface."""
+    p = podman
+    uplink = next(str(r["dev"]) for r in ip_json(p.sb.host, "route")
+                  if r["dst"] == "default")
+    p.sb.in_host("ip", "link", "set", uplink, "mtu", "1400")
+    data = simplebridge()
+    data["networks"]["podman"]["options"] = {"host_interface_name": "pwv-mtu"}
+    ns = p.namespace()
+    p.nv("setup", ns, data=data)
+    assert mtus(p, ns, "pwv-mtu") == (1400, 1400, 1400)
+    p.nv("teardown", ns, data=data)
+    jumbo = simplebridge(options={"mtu": "9002"})
+    jumbo["networks"]["podman"]["options"] = {"host_interface_name": "pwv-mtu"}
+    p.nv("setup", ns, data=jumbo)
+    assert mtus(p, ns, "pwv-mtu") == (9002, 9002, 9002)
+    p.nv("teardown", ns, data=jumbo)
