@@ -14,7 +14,7 @@ import os
 import subprocess
 from typing import Any
 
-from test_netavark import NETAVARK, Podmanish, podman  # noqa: F401  (the fixture)
+from test_netavark import NETAVARK, Podmanish, get, podman  # noqa: F401  (the fixture)
 
 from conftest import ip_json
 
@@ -214,3 +214,25 @@ def test_mtu_explicit_and_from_the_default_route(podman: Podmanish) -> None:  # 
     p.nv("setup", ns, data=jumbo)
     assert mtus(p, ns, "pwv-mtu") == (9002, 9002, 9002)
     p.nv("teardown", ns, data=jumbo)
+
+
+def test_firewall_reload_after_a_flush(podman: Podmanish) -> None:  # noqa: F811
+    """netavark firewall-reload (what Podman's `network reload --all` and its firewalld
+    hook run): after the ruleset is flushed, the published port works again."""
+    p = podman
+    data = simplebridge(dns_enabled=True)
+    data["port_mappings"] = [{"host_ip": "", "container_port": 80, "host_port": 8080,
+                              "range": 1, "protocol": "tcp"}]
+    ns = p.namespace()
+    p.nv("setup", ns, data=data)
+    p.serve(ns)
+    url = f"http://{p.sb.host_addr}:8080/"
+    outside = ["ip", "netns", "exec", p.sb.outside]
+    assert get(outside, url) == "200"
+    p.sb.in_host("nft", "flush", "ruleset")
+    assert "portway" not in p.sb.in_host("nft", "list", "tables").stdout
+    assert get(outside, url) != "200"
+    assert p.nv("firewall-reload").stdout == ""
+    assert "pub_any_addr" in p.sb.in_host("nft", "list", "table", "inet", "portway").stdout
+    assert get(outside, url) == "200"
+    p.nv("teardown", ns, data=data)

@@ -320,6 +320,12 @@ class Engine:
 
         return podman.create(self.h, options)
 
+    def podman_firewall_reload(self) -> dict[str, Any]:
+        """netavark firewall-reload (after a firewall flush, e.g. firewalld's reload):
+        portway's rules and elements put back, with gc's repair of everything else."""
+        self.gc()
+        return {}
+
     def podman_update(self, network: str, dns_servers: list[str]) -> dict[str, Any]:
         from portway.engine import podman
 

@@ -2,7 +2,7 @@
 
 Podman runs `netavark [--config DIR] [--rootless BOOL] [--aardvark-binary PATH]
 [-f FILE] setup|teardown NETNS_PATH` (and `version`, `create`, `update NETWORK
---network-dns-servers ...`), with JSON on stdin; installed as `netavark` in a
+--network-dns-servers ...`, `firewall-reload`), with JSON on stdin; installed as `netavark` in a
 directory Podman looks in first (containers.conf: helper_binaries_dir), this
 answers it. The work is portway's engine, reached through the daemon for this
 host namespace and state dir DIR/portway/<host namespace>, started on first
@@ -24,7 +24,7 @@ from portway.cli.client import Client, ClientError
 VERSION = "1.16.0"
 USAGE = ("usage: portway-netavark [--config DIR] [--rootless BOOL] [--aardvark-binary PATH] "
          "[-f FILE] setup|teardown NETNS_PATH | version | create | update NETWORK "
-         "--network-dns-servers IP...")
+         "--network-dns-servers IP... | firewall-reload")
 
 
 class UsageError(Exception):
@@ -122,6 +122,8 @@ def run(argv: list[str]) -> object:
             raise UsageError(f"{command} needs the network namespace path")
         return client.call(f"podman_{command}", netns=args[1],
                            options=read_input(opts["file"]))
+    if command == "firewall-reload":
+        return client.call("podman_firewall_reload")
     if command == "create":
         return client.call("podman_create", options=read_input(opts["file"]))
     if command == "update":
