@@ -236,3 +236,43 @@ def test_firewall_reload_after_a_flush(podman: Podmanish) -> None:  # noqa: F811
     assert "pub_any_addr" in p.sb.in_host("nft", "list", "table", "inet", "portway").stdout
     assert get(outside, url) == "200"
     p.nv("teardown", ns, data=data)
+
+
+def isolated(name: str, third: int, isolate: str | None) -> dict[str, Any]:
+    """Mirrors testfiles/isolate1.json (true), isolate3.json (strict) and
+    simplebridge-isolate-false.json (false): a network per file, a container on each."""
+    data = simplebridge(name=name, network_interface=name, id=f"{third:02x}" * 32,
+                        subnets=[{"gateway": f"10.{third}.0.1",
+                                  "subnet": f"10.{third}.0.0/24"}],
+                        **({"options": {"isolate": isolate}} if isolate else {}))
+    data.update(container_id=f"isolated{third}", container_name=f"c{third}")
+    data["networks"] = {name: {"interface_name": "eth0", "static_ips": [f"10.{third}.0.2"]}}
+    data["network_info"] = {name: data["network_info"]["podman"]}
+    return data
+
+
+def test_isolate_between_networks(podman: Podmanish) -> None:  # noqa: F811
+    """netavark's isolation: strict (its default) reaches no other network; true reaches
+    only networks that are not isolated; false reaches every network and is reached by
+    all but strict ones. Checked with real connections both ways."""
+    p = podman
+    nets = {"strict": isolated("isostrict", 81, "strict"),
+            "true1": isolated("isotrue1", 82, "true"),
+            "true2": isolated("isotrue2", 83, "true"),
+            "false": isolated("isofalse", 84, "false")}
+    spaces = {}
+    for key, data in nets.items():
+        spaces[key] = p.namespace()
+        p.nv("setup", spaces[key], data=data)
+        p.serve(spaces[key])
+
+    def reaches(a: str, b: str) -> bool:
+        ip = nets[b]["networks"][next(iter(nets[b]["networks"]))]["static_ips"][0]
+        return get(["ip", "netns", "exec", os.path.basename(spaces[a])],
+                   f"http://{ip}/") == "200"
+
+    assert [reaches("strict", b) for b in ("true1", "false")] == [False, False]
+    assert [reaches("true1", b) for b in ("true2", "strict", "false")] == [False, False, True]
+    assert [reaches("false", b) for b in ("strict", "true1")] == [True, True]
+    for key, data in nets.items():
+        p.nv("teardown", spaces[key], data=data)

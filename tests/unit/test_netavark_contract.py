@@ -167,3 +167,29 @@ def test_static_mac_errors(mac: str, message: str) -> None:
     with pytest.raises(InvalidInput) as exc:
         netavark.parse_options(data)
     assert message in exc.value.message
+
+
+@pytest.mark.parametrize(("isolate", "fin", "fout"), [
+    (None, ["drop"], []), ("strict", ["drop"], []), ("true", [], []),
+    ("false", ["accept"], ["accept"])])
+def test_isolate_renders_netavark_semantics(isolate: str | None, fin: list[str],
+                                            fout: list[str]) -> None:
+    """The rules about other portway bridges: in the network's way out (fin) and its way
+    in (fout)."""
+    from portway.core import firewall
+    from portway.model.types import Network, Subnet
+
+    net = Network(id=NET_ID, name="pnet", bridge="podman1", subnets=(Subnet(
+        ipaddress.ip_network("10.89.0.0/24"), ipaddress.ip_address("10.89.0.1")),),
+        options={"isolate": isolate} if isolate else {})
+    _, chain_in, chain_out = firewall.chain_names(net)
+
+    def verdicts(chain: str, key: str) -> list[str]:
+        return [next(k for k in ("accept", "drop") if k in r["expr"][-1])
+                for c in firewall.render_network(net, "0fa4e000")
+                if (r := c["add"].get("rule")) and r["chain"] == chain
+                and any(e.get("match", {}).get("right") == "@bridges" and
+                        e["match"]["left"] == {"meta": {"key": key}} for e in r["expr"])]
+
+    assert verdicts(chain_in, "oifname") == fin
+    assert verdicts(chain_out, "iifname") == fout

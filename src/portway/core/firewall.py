@@ -61,6 +61,11 @@ MASQ_OPTION = "com.docker.network.bridge.enable_ip_masquerade"
 ACCEPT_MARK = 0x02000000
 ICC_OPTION = "com.docker.network.bridge.enable_icc"
 GATEWAY_MODE = "com.docker.network.bridge.gateway_mode_ipv"  # + 4 or 6: nat or routed
+# netavark's isolation between networks (Podman's networks carry it): "strict", the
+# default (as Docker's and netavark 2's), reaches no other portway network; "true"
+# reaches only those that are not isolated; "false" reaches all, and is reached by
+# every network that is not strict.
+ISOLATE_OPTION = "isolate"
 
 Cmd = dict[str, Any]
 
@@ -361,15 +366,27 @@ def render_network(network: Network, instance: str) -> list[Cmd]:
             _add("host_in", br, tag, {"jump": {"target": host}}),
         ]
     else:
-        cmds += [
-            _rule(fin, [dnatted, {"accept": None}],
-                  f"{owner}: to a published port, wherever it lives"),
-            _rule(fin, [_match(_meta("oifname"), "@bridges"), {"drop": None}],
-                  f"{owner}: isolation from other portway networks"),
-        ]
+        cmds.append(_rule(fin, [dnatted, {"accept": None}],
+                          f"{owner}: to a published port, wherever it lives"))
+        isolate = network.options.get(ISOLATE_OPTION, "strict")
+        if isolate == "false":
+            cmds.append(_rule(fin, [_match(_meta("oifname"), "@bridges"), {"accept": None}],
+                              f"{owner}: not isolated (isolate=false): other portway "
+                              "networks"))
+        elif isolate != "true":
+            cmds.append(_rule(fin, [_match(_meta("oifname"), "@bridges"), {"drop": None}],
+                              f"{owner}: isolation from other portway networks"))
+        # isolate=true: on to the other network's own chain, which only a network that
+        # is not isolated opens (below).
     cmds += [
         _rule(fout, [replies, {"accept": None}], f"{owner}: replies"),
         _rule(fout, [dnatted, {"accept": None}], f"{owner}: published ports"),
+    ]
+    if not network.internal and network.options.get(ISOLATE_OPTION) == "false":
+        cmds.append(_rule(fout, [_match(_meta("iifname"), "@bridges"), {"accept": None}],
+                          f"{owner}: not isolated (isolate=false): from other portway "
+                          "networks that are not strict"))
+    cmds += [
         _rule(fout, [{"drop": None}], f"{owner}: no direct access from outside"),
         _rule(src, [_match(_meta("iifname"), {"set": [br, "lo"]}, "!="), {"drop": None}],
               f"{owner}: its addresses come only from its bridge"),
