@@ -276,3 +276,56 @@ def test_isolate_between_networks(podman: Podmanish) -> None:  # noqa: F811
     assert [reaches("false", b) for b in ("strict", "true1")] == [True, True]
     for key, data in nets.items():
         p.nv("teardown", spaces[key], data=data)
+
+
+def test_unmanaged_bridge_of_the_callers(podman: Podmanish) -> None:  # noqa: F811
+    """Mirrors testfiles/bridge-unmanaged.json (with a subnet, which portway needs): the
+    caller's own bridge is attached to, never changed or deleted, and gets no rule of
+    portway's; a missing one, or an interface that is not a bridge, is an error."""
+    p = podman
+    sbh = p.sb.in_host
+    sbh("ip", "link", "add", "brtest0", "type", "bridge")
+    sbh("ip", "link", "set", "brtest0", "mtu", "1450")
+    sbh("ip", "addr", "add", "10.88.0.1/16", "dev", "brtest0")
+    sbh("ip", "link", "set", "brtest0", "up")
+    before = ip_json(p.sb.host, "addr", "show", "brtest0")[0]
+    data = simplebridge(network_interface="brtest0", options={"mode": "unmanaged"})
+    ns = p.namespace()
+    out = json.loads(p.nv("setup", ns, data=data).stdout)
+    assert out["podman"]["interfaces"]["eth0"]["subnets"] == [
+        {"ipnet": "10.88.0.2/16", "gateway": "10.88.0.1"}]
+    assert ip_json(os.path.basename(ns), "link", "show", "eth0")[0]["mtu"] == 1450
+    second = simplebridge(network_interface="brtest0", options={"mode": "unmanaged"})
+    second.update(container_id="7ce776ea58b5", container_name="second")
+    second["networks"]["podman"]["static_ips"] = ["10.88.0.3"]
+    ns2 = p.namespace()
+    p.nv("setup", ns2, data=second)
+    p.serve(ns)
+    assert get(["ip", "netns", "exec", os.path.basename(ns2)], "http://10.88.0.2/") == "200"
+    assert get(["ip", "netns", "exec", p.sb.host], "http://10.88.0.2/") == "200"
+    assert "brtest0" not in sbh("nft", "list", "ruleset").stdout
+    for n, d in ((ns, data), (ns2, second)):
+        p.nv("teardown", n, data=d)
+        p.nv("teardown", n, data=d)
+    after = ip_json(p.sb.host, "addr", "show", "brtest0")[0]
+    # (Its carrier and, a bridge without a MAC of its own, its MAC go with its last
+    # port: the kernel's doing, not a change.)
+    def own(link: dict[str, Any]) -> list[tuple[str, int]]:
+        return [(a["local"], a["prefixlen"]) for a in link["addr_info"]
+                if a["scope"] == "global"]
+
+    assert (after["mtu"], own(after), "UP" in after["flags"]) == \
+        (before["mtu"], [("10.88.0.1", 16)], True)
+    # Errors: the bridge missing, an interface that is not a bridge, and a managed
+    # network whose bridge is someone else's.
+    sbh("ip", "link", "add", "notbr0", "type", "veth", "peer", "name", "notbr1")
+    cases = [(simplebridge(network_interface="nosuch0", options={"mode": "unmanaged"}),
+              "in unmanaged mode, the bridge must already exist on the host"),
+             (simplebridge(network_interface="notbr0", options={"mode": "unmanaged"}),
+              "already exists but is a Veth interface"),
+             (simplebridge(network_interface="brtest0"), "mode=unmanaged")]
+    for bad, words in cases:
+        cp = p.nv("setup", ns, data=bad, check=False)
+        assert cp.returncode == 1 and words in json.loads(cp.stdout)["error"], cp.stdout
+    sbh("ip", "link", "del", "notbr0")
+    sbh("ip", "link", "del", "brtest0")

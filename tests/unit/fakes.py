@@ -372,6 +372,9 @@ class FakeFacts:
     def default_route_mtu(self) -> int | None:
         return None
 
+    def link_kind_mtu(self, name: str) -> tuple[str, int] | None:
+        return None
+
     def listening(self, protocol: str) -> list[tuple[str, int]]:
         return []
 

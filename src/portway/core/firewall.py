@@ -322,8 +322,16 @@ def network_tag(instance: str, network: Network) -> str:
     return owner_tag(instance, "network", network.id)
 
 
+def unmanaged(network: Network) -> bool:
+    """A bridge the user made and keeps (netavark's mode=unmanaged): portway plugs
+    containers into it and adds no rule of its own for it, as netavark adds none."""
+    return network.options.get("mode") == "unmanaged"
+
+
 def render_network(network: Network, instance: str) -> list[Cmd]:
     """The chains and map elements of one network (elements owned by instance)."""
+    if unmanaged(network):
+        return []
     nat, fin, fout = chain_names(network)
     src = src_chain(network)
     br = network.bridge
@@ -425,6 +433,8 @@ def network_chains(network: Network) -> list[str]:
 
 
 def render_network_removal(network: Network) -> list[Cmd]:
+    if unmanaged(network):
+        return []
     """Its elements, then its chains (nothing else refers to them)."""
     br = network.bridge
     cmds: list[Cmd] = [_delete("fwd_in", br), _delete("fwd_out", br), _delete("bridges", br)]

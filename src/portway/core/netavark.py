@@ -257,6 +257,12 @@ def _network_info(name: str, data: Any) -> NetworkInfo:
     if not isinstance(options, dict) or not all(isinstance(v, str) for v in options.values()):
         raise _bad(f"network_info.{name}.options must map names to strings")
     opts = _bridge_options(name, options)
+    if opts["unmanaged"] and d.get("dns_enabled"):
+        # netavark's aardvark-dns binds the bridge's own addresses; portway's DNS server
+        # answers on gateways it owns.
+        raise InvalidInput(f"network {name}: portway serves no DNS on an unmanaged bridge",
+                           "create the network with DNS off (podman network create "
+                           "--disable-dns)")
     return NetworkInfo(name=name, id=nid, bridge=bridge, subnets=tuple(subnets),
                        internal=bool(d.get("internal")),
                        dns_enabled=bool(d.get("dns_enabled")), mtu=opts["mtu"],
@@ -390,8 +396,14 @@ def parse_options(data: Any) -> Options:
     dns = d.get("dns_servers") or []
     if not isinstance(dns, list):
         raise _bad("dns_servers must be a list")
+    ports = _ports(d.get("port_mappings"))
+    if ports and attachments and infos[attachments[0].network].unmanaged:
+        # netavark sets up no firewall at all for such a bridge, so ignores the ports.
+        raise InvalidInput(f"network {attachments[0].network} is unmanaged: portway "
+                           "publishes no port on a bridge it does not manage",
+                           "publish from a managed network, or forward the port yourself")
     return Options(container_id=cid, container_name=name, attachments=tuple(attachments),
-                   networks=infos, ports=_ports(d.get("port_mappings")),
+                   networks=infos, ports=ports,
                    dns_servers=tuple(validate.check_dns_servers([str(x) for x in dns])))
 
 

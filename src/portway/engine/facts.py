@@ -43,6 +43,9 @@ class LiveHostFacts:
     def link_exists(self, name: str) -> bool:
         return links.observe_link(self.host, name) is not None
 
+    def link_kind_mtu(self, name: str) -> tuple[str, int] | None:
+        return links.observe_kind_mtu(self.host, name)
+
     def default_route_mtu(self) -> int | None:
         return links.observe_default_route_mtu(self.host)
 

@@ -40,15 +40,30 @@ def _network(engine: Engine, info: contract.NetworkInfo) -> Network:
                            f"{net.bridge})",
                            "remove the old one (portway network rm) or rename the new one")
         return net
-    if engine.facts.link_exists(info.bridge):
-        raise Conflict(f"interface {info.bridge} already exists and is not portway's",
-                       "give the Podman network another network_interface")
-    taken = engine.networks.taken_ranges()
-    for s in info.subnets:
-        ipam.check_subnet_free(s.subnet, taken)
-    # No mtu option: the MTU of the host's default-route interface (netavark 1.16),
-    # or the kernel's default where there is no default route.
-    mtu = info.mtu or engine.facts.default_route_mtu() or 1500
+    if info.unmanaged:
+        # The caller's own bridge: attached to, never made, changed or deleted; its
+        # addresses (and so its subnets) are the caller's.
+        link = engine.facts.link_kind_mtu(info.bridge)
+        if link is None:
+            raise NotFound("in unmanaged mode, the bridge must already exist on the host: "
+                           f"{info.bridge}: No such device",
+                           f"create it first (ip link add {info.bridge} type bridge)")
+        if link[0] != "bridge":
+            raise Conflict(f"bridge interface {info.bridge} already exists but is a "
+                           f"{(link[0] or 'plain').capitalize()} interface",
+                           "give the network the name of a bridge")
+        mtu = info.mtu or link[1]
+    else:
+        if engine.facts.link_exists(info.bridge):
+            raise Conflict(f"interface {info.bridge} already exists and is not portway's",
+                           "give the Podman network another network_interface, or use "
+                           "mode=unmanaged to attach to a bridge of your own")
+        taken = engine.networks.taken_ranges()
+        for s in info.subnets:
+            ipam.check_subnet_free(s.subnet, taken)
+        # No mtu option: the MTU of the host's default-route interface (netavark
+        # 1.16), or the kernel's default where there is no default route.
+        mtu = info.mtu or engine.facts.default_route_mtu() or 1500
     network = Network(id=info.id, name=info.name, subnets=info.subnets,
                       bridge=info.bridge, internal=info.internal, mtu=mtu,
                       options=dict(info.options), labels={LABEL: "true"}, created=now())

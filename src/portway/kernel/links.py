@@ -132,6 +132,11 @@ def observe_routes(ipr: IPRoute, version: int = 4) -> list[tuple[IPNetwork, str]
     return out
 
 
+def observe_kind_mtu(ipr: IPRoute, ifname: str) -> tuple[str, int] | None:
+    link = observe_link(ipr, ifname)
+    return (link.kind, link.mtu) if link is not None else None
+
+
 def observe_default_route_mtu(ipr: IPRoute) -> int | None:
     """The MTU of the interface of the main table's first default route (IPv4 before
     IPv6), or None if there is none; what netavark 1.16 gives a new bridge by default."""

@@ -15,9 +15,9 @@ import ipaddress
 import os
 from typing import TYPE_CHECKING, Any
 
-from portway.core import names
+from portway.core import firewall, names
 from portway.engine.drivers import Sandbox
-from portway.errors import PortwayError
+from portway.errors import KernelError, PortwayError
 from portway.kernel import links
 from portway.model.types import Endpoint, IPAddress, IPInterface, Network, Route
 
@@ -37,6 +37,17 @@ class BridgeDriver:
         return None  # every option of a bridge network is checked by validate.py
 
     def ensure(self, network: Network) -> None:
+        if firewall.unmanaged(network):
+            # The user's bridge: it must be there; portway changes nothing of it.
+            link = links.observe_link(self.host, network.bridge)
+            if link is None or link.kind != "bridge":
+                raise KernelError(f"in unmanaged mode, the bridge must already exist on "
+                                  f"the host: {network.bridge} is "
+                                  + ("missing" if link is None else
+                                     f"a {link.kind or 'plain'} interface"),
+                                  f"create the bridge {network.bridge} (ip link add "
+                                  f"{network.bridge} type bridge) or use a managed network")
+            return
         if network.of_version(6) is not None:
             # Routing IPv6 between networks and out, as Docker does for --ipv6 networks
             # (a host that takes its own IPv6 route from router advertisements keeps it
@@ -46,7 +57,8 @@ class BridgeDriver:
                             network.mtu, gateways(network), self.tag("network", network.id))
 
     def delete(self, network: Network) -> None:
-        links.delete_link(self.host, network.bridge)
+        if not firewall.unmanaged(network):  # never the user's bridge
+            links.delete_link(self.host, network.bridge)
         self._indexes.pop(network.bridge, None)
 
     def _bridge_index(self, network: Network) -> int:
@@ -91,6 +103,8 @@ class BridgeDriver:
 
     def observe(self, network: Network) -> list[str]:
         """The repairs the bridge needs, as gc reports them (ensure makes each)."""
+        if firewall.unmanaged(network):
+            return []  # the user's bridge, as the user keeps it
         link = links.observe_link(self.host, network.bridge)
         if link is None:
             return [f"re-create bridge {network.bridge} of network {network.name}: it is "
