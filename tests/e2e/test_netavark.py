@@ -315,19 +315,20 @@ def test_bad_calls(podman: Podmanish) -> None:
     version = json.loads(subprocess.run([NETAVARK, "version"], capture_output=True,
                                         text=True).stdout)
     assert version["version"] == "1.16.0"
-    created = json.loads(p.nv("create", data={"network": {"name": "fresh"},
+    created = json.loads(p.nv("create", data={"network": {"name": "fresh", "id": "1f" * 32},
                                               "used": {"interfaces": ["podman1"]},
                                               "options": {}}).stdout)
     assert created["network_interface"] == "podman2" and created["driver"] == "bridge"
     assert created["subnets"][0]["subnet"].endswith("/24") and len(created["id"]) == 64
     # --ipv6: both families (a /64 of the installation's unique local /48); an IPv6
     # subnet alone: IPv6 only.
-    dual = json.loads(p.nv("create", data={"network": {"name": "dual", "ipv6_enabled": True},
+    dual = json.loads(p.nv("create", data={"network": {"name": "dual", "ipv6_enabled": True,
+                                                       "id": "2f" * 32},
                                            "used": {}, "options": {}}).stdout)
     assert [s["subnet"][:2] for s in dual["subnets"]] == ["10", "fd"]
     assert dual["subnets"][1]["subnet"].endswith("::/64") and dual["ipv6_enabled"] is True
     six = json.loads(p.nv("create", data={"network": {
-        "name": "six", "subnets": [{"subnet": "fd00:99::/64"}]}, "used": {},
+        "name": "six", "id": "3f" * 32, "subnets": [{"subnet": "fd00:99::/64"}]}, "used": {},
         "options": {}}).stdout)
     assert six["subnets"] == [{"subnet": "fd00:99::/64", "gateway": "fd00:99::1"}]
     assert six["ipv6_enabled"] is True

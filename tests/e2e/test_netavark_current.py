@@ -9,6 +9,7 @@ oracles are what a container and the host see: `ip -j`, real connections, `dig`.
 from __future__ import annotations
 
 import copy
+import ipaddress
 import json
 import os
 import subprocess
@@ -329,3 +330,36 @@ def test_unmanaged_bridge_of_the_callers(podman: Podmanish) -> None:  # noqa: F8
         assert cp.returncode == 1 and words in json.loads(cp.stdout)["error"], cp.stdout
     sbh("ip", "link", "del", "notbr0")
     sbh("ip", "link", "del", "brtest0")
+
+
+def test_create_then_setup(podman: Podmanish) -> None:  # noqa: F811
+    """netavark create as a current Podman calls it (mirrors create/basic.json with
+    check_used_subnets, and ipv6-auto-dualstack.json): the network printed is one setup
+    takes as it is; a subnet the host routes is skipped; netavark's errors come back."""
+    p = podman
+    p.sb.in_host("ip", "route", "add", "10.89.0.0/24", "via", p.sb.host_addr.rsplit(".", 1)[0]
+                 + ".2")
+    cfg = {"network": {"name": "made", "id": "4e" * 32, "driver": "bridge",
+                       "dns_enabled": True, "internal": False, "ipv6_enabled": True,
+                       "options": {"isolate": "true"}},
+           "used": {"interfaces": ["podman1"], "names": {"podman": "2f" * 32},
+                    "subnets": ["10.89.1.0/24"]},
+           "options": {"subnet_pools": [{"base": "10.89.0.0/16", "size": 24}],
+                       "default_interface_name": "podman", "check_used_subnets": True}}
+    made = json.loads(p.nv("create", data=cfg).stdout)
+    assert made["network_interface"] == "podman2"
+    assert made["subnets"][0]["subnet"] == "10.89.2.0/24"
+    assert made["subnets"][1]["subnet"].startswith("fd")
+    v6 = ipaddress.ip_network(made["subnets"][1]["subnet"])
+    data = {"container_id": "made1", "container_name": "made1",
+            "networks": {"made": {"interface_name": "eth0",
+                                  "static_ips": ["10.89.2.2", str(v6[2])]}},
+            "network_info": {"made": made}}
+    ns = p.namespace()
+    out = json.loads(p.nv("setup", ns, data=data).stdout)["made"]
+    assert out["dns_server_ips"] == ["10.89.2.1", str(v6[1])]
+    p.nv("teardown", ns, data=data)
+    cfg["used"]["names"]["made"] = made["id"]
+    cp = p.nv("create", data=cfg, check=False)
+    assert cp.returncode == 1 and json.loads(cp.stdout)["error"].startswith(
+        "network already exists made")

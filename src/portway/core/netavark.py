@@ -167,7 +167,7 @@ def parse_routes(raw: Any, where: str) -> tuple[Route, ...]:
     return tuple(out)
 
 
-def _bridge_options(name: str, options: dict[str, str]) -> dict[str, Any]:
+def bridge_options(name: str, options: dict[str, str]) -> dict[str, Any]:
     """netavark's bridge options, parsed as netavark parses them (unknown ones are
     ignored, as netavark's setup ignores them)."""
     out: dict[str, Any] = {}
@@ -256,7 +256,7 @@ def _network_info(name: str, data: Any) -> NetworkInfo:
     options = d.get("options") or {}
     if not isinstance(options, dict) or not all(isinstance(v, str) for v in options.values()):
         raise _bad(f"network_info.{name}.options must map names to strings")
-    opts = _bridge_options(name, options)
+    opts = bridge_options(name, options)
     if opts["unmanaged"] and d.get("dns_enabled"):
         # netavark's aardvark-dns binds the bridge's own addresses; portway's DNS server
         # answers on gateways it owns.

@@ -11,16 +11,15 @@ own rm/stop/exec leave them alone.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from portway.core import ipam, names
+from portway.core import ipam
 from portway.core import netavark as contract
 from portway.engine.containers import Attachment
 from portway.engine.context import now
-from portway.errors import Conflict, InvalidInput, NotFound, TeardownErrors
+from portway.errors import Conflict, NotFound, TeardownErrors
 from portway.model.types import Container, Network
 
 if TYPE_CHECKING:
@@ -174,87 +173,18 @@ def forget(engine: Engine, c: Container, networks: set[str] | None) -> None:
 
 
 def create(engine: Engine, options: Any) -> dict[str, Any]:
-    """netavark create: a network definition with its blanks filled in."""
-    if not isinstance(options, dict) or not isinstance(options.get("network"), dict):
-        raise InvalidInput("invalid input for create: no network object",
-                           "pass {\"network\": {...}, \"used\": {...}, \"options\": {...}}")
-    network = dict(options["network"])
-    used = options.get("used") if isinstance(options.get("used"), dict) else {}
-    name = str(network.get("name") or "")
-    from portway.core import validate
+    """netavark create: Podman's network definition, validated and completed as netavark
+    completes it (core/netavark_create.py), avoiding what portway and the host use."""
+    from portway.core import netavark_create
 
-    validate.check_name("network", name)
-    if network.get("driver", "bridge") != "bridge":
-        raise InvalidInput(f"driver {network.get('driver')!r} is not supported",
-                           "portway networks containers with bridges only")
     with engine.lock:
         taken = engine.networks.taken_ranges()
-        for s in [str(s) for s in (used or {}).get("subnets") or []]:
-            try:
-                taken.append((validate.parse_subnet(s), "a Podman network"))
-            except InvalidInput:
-                continue
-        subnets = _subnets(engine, network, taken)
-        interfaces = set((used or {}).get("interfaces") or []) | {
-            n.bridge for n in engine.store.networks()}
-        if not network.get("network_interface"):
-            network["network_interface"] = next(f"podman{i}" for i in range(1, 10000)
-                                                if f"podman{i}" not in interfaces)
-        network.update(subnets=subnets, driver="bridge",
-                       id=network.get("id") or names.new_id(),
-                       ipv6_enabled=any(":" in str(s["subnet"]) for s in subnets),
-                       internal=bool(network.get("internal")),
-                       dns_enabled=bool(network.get("dns_enabled", True)))
-        network.setdefault("ipam_options", {"driver": "host-local"})
-        return network
-
-
-def _subnets(engine: Engine, network: dict[str, Any], taken: list[tuple[Any, str]]
-             ) -> list[dict[str, Any]]:
-    """The definition's subnets, checked and completed as Podman does: none given is an
-    IPv4 one; `ipv6_enabled` means dual stack (a family missing gets a free subnet,
-    IPv6 a /64 of the installation's unique local /48); an IPv6 subnet alone is an
-    IPv6-only network."""
-    from portway.core import validate
-
-    given = network.get("subnets") or []
-    if not isinstance(given, list) or not all(isinstance(s, dict) for s in given):
-        raise InvalidInput("invalid input for create: subnets must be a list of objects",
-                           "give subnets as [{\"subnet\": CIDR, \"gateway\": IP}]")
-    out: list[dict[str, Any]] = []
-    for entry in given:
-        subnet = validate.parse_subnet(str(entry.get("subnet")))
-        if any(validate.parse_subnet(o["subnet"]).version == subnet.version for o in out):
-            raise InvalidInput(f"more than one IPv{subnet.version} subnet",
-                               "portway gives a network one subnet of each family")
-        ipam.check_subnet_free(subnet, taken)
-        if entry.get("gateway"):
-            validate.check_host_address("gateway", validate.parse_address(
-                "gateway", str(entry["gateway"])), subnet)
-        out.append({**entry, "subnet": str(subnet),
-                    "gateway": str(entry.get("gateway") or ipam.default_gateway(subnet))})
-    versions = {validate.parse_subnet(o["subnet"]).version for o in out}
-    wanted = {4, 6} if network.get("ipv6_enabled") else ({4} if not out else set())
-    for version in sorted(wanted - versions):
-        subnet = _podman_subnet(taken) if version == 4 else \
-            ipam.pick_subnet6(taken, engine.networks.ula_global_id())
-        taken.append((subnet, "the network's other subnet"))
-        out.append({"subnet": str(subnet), "gateway": str(ipam.default_gateway(subnet))})
-    return out
-
-
-def _podman_subnet(taken: list[tuple[Any, str]]) -> Any:
-    """Podman's default pool: the first free /24 from 10.89.0.0 on."""
-    start = int(ipaddress.IPv4Address("10.89.0.0"))
-    for i in range(256 * 118):  # up to 10.255.255.0/24
-        candidate = ipaddress.IPv4Network((start + i * 256, 24))
-        try:
-            ipam.check_subnet_free(candidate, taken)
-        except Conflict:
-            continue
-        return candidate
-    raise Conflict("no free /24 is left in 10.89.0.0-10.255.255.255",
-                   "give the network a subnet")
+        bridges = {n.bridge for n in engine.store.networks()}
+        return netavark_create.complete(
+            options, taken,
+            lambda name: name in bridges or engine.facts.link_exists(name),
+            lambda avoid: ipam.pick_subnet6(avoid, engine.networks.ula_global_id()),
+            now())
 
 
 def update(engine: Engine, network: str, dns_servers: list[str]) -> dict[str, Any]:
