@@ -13,6 +13,7 @@ import ipaddress
 import json
 import os
 import subprocess
+from pathlib import Path
 from typing import Any
 
 from test_netavark import NETAVARK, Podmanish, get, podman  # noqa: F401  (the fixture)
@@ -363,3 +364,62 @@ def test_create_then_setup(podman: Podmanish) -> None:  # noqa: F811
     cp = p.nv("create", data=cfg, check=False)
     assert cp.returncode == 1 and json.loads(cp.stdout)["error"].startswith(
         "network already exists made")
+
+
+FAKE_DNS = str(Path(__file__).with_name("fake_dns.py"))
+
+
+def dig(ns: str, *args: str, wait: int = 1) -> str:
+    return subprocess.run(["ip", "netns", "exec", os.path.basename(ns), "dig",
+                           f"+time={wait}", "+tries=1", *args], capture_output=True,
+                          text=True, timeout=30).stdout
+
+
+def test_dns_as_aardvark_answers(podman: Podmanish) -> None:  # noqa: F811
+    """Mirrors testfiles/dualstack-bridge-network-container-dns-server.json and
+    dualstack-bridge-multiple-custom-dns-server.json (IPv4 here): NAME.dns.podman with
+    TTL 0, over UDP and TCP, PTR; the network's own servers (and `netavark update`),
+    a container's own servers tried in order; a network with DNS off has none."""
+    p = podman
+    outside_if = next(str(x["ifname"]) for x in ip_json(p.sb.outside, "link")
+                      if x["ifname"] != "lo")
+    procs = []
+    for last in (3, 4):
+        subprocess.run(["ip", "-n", p.sb.outside, "addr", "add", f"198.51.100.{last}/24",
+                        "dev", outside_if], check=True)
+        proc = subprocess.Popen(["ip", "netns", "exec", p.sb.outside, "python3", FAKE_DNS,
+                                 f"198.51.100.{last}", f"192.0.2.{last}"])
+        procs.append(proc)
+        p.pids.append(proc.pid)
+    one = simplebridge(dns_enabled=True, network_dns_servers=["198.51.100.3"])
+    one["networks"]["podman"]["aliases"] = ["web"]
+    two = simplebridge(dns_enabled=True, network_dns_servers=["198.51.100.3"])
+    two.update(container_id="7ce776ea58b5", container_name="second",
+               dns_servers=["198.51.100.9", "198.51.100.4"])
+    two["networks"]["podman"]["static_ips"] = ["10.88.0.3"]
+    ns1, ns2 = p.namespace(), p.namespace()
+    p.nv("setup", ns1, data=one)
+    out = json.loads(p.nv("setup", ns2, data=two).stdout)["podman"]
+    assert out["dns_server_ips"] == ["10.88.0.1"]
+    answer = dig(ns2, "+noall", "+answer", "@10.88.0.1", "testcontainer.dns.podman").split()
+    assert (answer[1], answer[-1]) == ("0", "10.88.0.2")  # TTL 0
+    assert dig(ns2, "+tcp", "+short", "@10.88.0.1", "web").split() == ["10.88.0.2"]
+    assert dig(ns2, "+short", "@10.88.0.1", "-x", "10.88.0.2").split() == ["testcontainer."]
+    # Upstreams: the network's for the first, the container's own (the first of which
+    # does not answer) for the second.
+    assert dig(ns1, "+short", "@10.88.0.1", "example.com").split() == ["192.0.2.3"]
+    # (The first is given up after portway's upstream timeout, 2 s.)
+    assert dig(ns2, "+short", "@10.88.0.1", "example.com", wait=6).split() == ["192.0.2.4"]
+    p.nv("update", "podman", "--network-dns-servers", "198.51.100.4")
+    assert dig(ns1, "+short", "@10.88.0.1", "example.org").split() == ["192.0.2.4"]
+    # A network with DNS off: no names of its containers, nothing on its gateway; its
+    # container's own servers go back to Podman for resolv.conf.
+    off = isolated("nodns", 85, None)
+    off["container_id"], off["container_name"] = "nodns1", "nodns1"
+    off["dns_servers"] = ["198.51.100.4"]
+    ns3 = p.namespace()
+    out = json.loads(p.nv("setup", ns3, data=off).stdout)["nodns"]
+    assert (out["dns_server_ips"], out["dns_search_domains"]) == (["198.51.100.4"], [])
+    assert "no servers could be reached" in dig(ns3, "@10.85.0.1", "nodns1")
+    for ns, data in ((ns1, one), (ns2, two), (ns3, off)):
+        p.nv("teardown", ns, data=data)

@@ -96,6 +96,9 @@ class FakeStore:
     def delete_network(self, network_id: str) -> None:
         self.nets.pop(network_id, None)
 
+    def set_network_options(self, network_id: str, options: dict[str, str]) -> None:
+        self.nets[network_id] = replace(self.nets[network_id], options=dict(options))
+
     def add_container(self, c: Container) -> None:
         if any(x.name == c.name for x in self.cons.values()):
             raise Conflict("state conflict: name", "try again")

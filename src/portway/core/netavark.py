@@ -31,7 +31,7 @@ from typing import Any
 from portway.core import validate
 from portway.core.firewall import VETH_PATTERN
 from portway.errors import InvalidInput
-from portway.model.types import IPAddress, IPInterface, PortMapping, Route, Subnet
+from portway.model.types import IPAddress, IPInterface, Network, PortMapping, Route, Subnet
 
 SEARCH_DOMAIN = "dns.podman"
 VETH_PREFIX = VETH_PATTERN.rstrip("*")  # of the host ends of containers' veths
@@ -59,6 +59,7 @@ class NetworkInfo:
     metric: int = DEFAULT_METRIC  # of the network's default routes
     no_default_route: bool = False
     isolate: str = "strict"  # netavark 2's default
+    network_dns_servers: tuple[str, ...] = ()  # its upstream resolvers (aardvark-dns's)
     unmanaged: bool = False  # mode=unmanaged: the caller's own bridge
 
 
@@ -257,6 +258,9 @@ def _network_info(name: str, data: Any) -> NetworkInfo:
     if not isinstance(options, dict) or not all(isinstance(v, str) for v in options.values()):
         raise _bad(f"network_info.{name}.options must map names to strings")
     opts = bridge_options(name, options)
+    servers = d.get("network_dns_servers") or []
+    if not isinstance(servers, list):
+        raise _bad(f"network_info.{name}.network_dns_servers must be a list")
     if opts["unmanaged"] and d.get("dns_enabled"):
         # netavark's aardvark-dns binds the bridge's own addresses; portway's DNS server
         # answers on gateways it owns.
@@ -269,7 +273,9 @@ def _network_info(name: str, data: Any) -> NetworkInfo:
                        options={str(k): v for k, v in options.items()},
                        routes=parse_routes(d.get("routes"), f"network_info.{name}"),
                        metric=opts["metric"], no_default_route=opts["no_default_route"],
-                       isolate=opts["isolate"], unmanaged=opts["unmanaged"])
+                       isolate=opts["isolate"], unmanaged=opts["unmanaged"],
+                       network_dns_servers=tuple(validate.check_dns_servers(
+                           [str(s) for s in servers])))
 
 
 def _attachment(name: str, data: Any, info: NetworkInfo) -> Attachment:
@@ -407,14 +413,36 @@ def parse_options(data: Any) -> Options:
                    dns_servers=tuple(validate.check_dns_servers([str(x) for x in dns])))
 
 
+# What portway keeps of a Podman network's netavark fields beside its options.
+DNS_ENABLED = "netavark.dns_enabled"
+DNS_SERVERS = "netavark.network_dns_servers"
+
+
+def network_options(info: NetworkInfo) -> dict[str, str]:
+    """The options portway records for a Podman network: netavark's, and its DNS."""
+    return {**info.options, DNS_ENABLED: "true" if info.dns_enabled else "false",
+            DNS_SERVERS: ",".join(info.network_dns_servers)}
+
+
+def dns_record(network: Network) -> dict[str, Any]:
+    """What the DNS server needs of a network beyond its subnets: for a Podman network,
+    whether it has DNS, its own upstream resolvers, and TTL 0 (as aardvark-dns)."""
+    if DNS_ENABLED not in network.options:
+        return {}
+    return {"dns": network.options[DNS_ENABLED] == "true", "ttl": 0,
+            "dns_servers": [s for s in network.options.get(DNS_SERVERS, "").split(",") if s]}
+
+
 def status_block(info: NetworkInfo, ifname: str, mac: str,
-                 addresses: tuple[IPInterface, ...]) -> dict[str, Any]:
+                 addresses: tuple[IPInterface, ...],
+                 container_dns: tuple[str, ...] = ()) -> dict[str, Any]:
     """What setup prints for one network: each address with its subnet's gateway, and
-    every gateway as a DNS server (portway's DNS server listens on each)."""
+    every gateway as a DNS server (portway's DNS server listens on each); on a network
+    without DNS, the container's own servers, if it has any (as netavark)."""
     gateways = {s.subnet.version: s.gateway for s in info.subnets}
     return {"interfaces": {ifname: {"mac_address": mac, "subnets": [
                 {"ipnet": str(a), "gateway": str(gateways[a.version])}
                 for a in addresses if a.version in gateways]}},
             "dns_server_ips": [str(s.gateway) for s in info.subnets]
-            if info.dns_enabled else [],
+            if info.dns_enabled else list(container_dns),
             "dns_search_domains": [SEARCH_DOMAIN] if info.dns_enabled else []}

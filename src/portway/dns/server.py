@@ -124,6 +124,12 @@ class View:
         self.member: dict[bytes, tuple[str, ...]] = {}  # address -> net ids
         self.ptr: dict[bytes, tuple[str, tuple[str, ...]]] = {}
         self.custom_dns: dict[bytes, list[str]] = {}
+        # Per network (Podman's, from netavark's contract): its upstream resolvers, the
+        # TTL of its records (aardvark-dns answers with 0), and whether it has DNS at
+        # all (dns_enabled false: no socket on its gateways, none of its names).
+        self.net_dns: dict[str, list[str]] = {}
+        self.ttl: dict[str, int] = {}
+        self.silent: set[str] = set()
         self.subnets: list[tuple[str, ipaddress.IPv4Network | ipaddress.IPv6Network]] = []
         self.gateways: list[str] = []  # in ipaddress's text form: one per address
         self.containers: dict[str, dict[str, Any]] = {}
@@ -133,7 +139,8 @@ class View:
         # Every address read before anything changes: a bad one changes nothing.
         endpoints = [(e, endpoint_addresses(e)) for e in c["endpoints"]]
         self.forget(c["id"])
-        nets = tuple(e["network"] for e in c["endpoints"])
+        endpoints = [(e, a) for e, a in endpoints if e["network"] not in self.silent]
+        nets = tuple(e["network"] for e, _ in endpoints)
         for e, addresses in endpoints:
             names = self.names.setdefault(e["network"], {})
             for name in e["names"]:
@@ -177,6 +184,13 @@ def load_view(path: str) -> View:
     view = View()
     for net in data.get("networks", []):
         nid = net["id"]
+        if net.get("dns") is False:
+            view.silent.add(nid)
+            continue
+        if net.get("dns_servers"):
+            view.net_dns[nid] = [str(ipaddress.ip_address(s)) for s in net["dns_servers"]]
+        if net.get("ttl") is not None:
+            view.ttl[nid] = int(net["ttl"])
         view.names[nid] = {}
         view.net_names[net["name"].lower()] = nid
         if net.get("internal"):
@@ -438,7 +452,8 @@ class Server:
             if packed in view.ptr:
                 target, target_nets = view.ptr[packed]
                 if set(target_nets) & set(nets):
-                    return wire.response(q, wire.NOERROR, [wire.ptr_record(target, TTL)])
+                    return wire.response(q, wire.NOERROR,
+                                         [wire.ptr_record(target, self._ttl(nets))])
             address = ipaddress.ip_address(packed)
             if any(address in subnet for _, subnet in view.subnets):
                 return wire.response(q, wire.NXDOMAIN)  # portway's, not the world's
@@ -465,11 +480,17 @@ class Server:
             # has addresses of the asked family, or any, tells nothing either.
             return wire.response(q, wire.NXDOMAIN) if own_network else None
         unique = dict.fromkeys(found)
-        records = ([wire.a_record(ip, TTL) for ip in unique if len(ip) == 4],
-                   [wire.aaaa_record(ip, TTL) for ip in unique if len(ip) == 16])
+        ttl = self._ttl(nets)
+        records = ([wire.a_record(ip, ttl) for ip in unique if len(ip) == 4],
+                   [wire.aaaa_record(ip, ttl) for ip in unique if len(ip) == 16])
         if len(self.answers) < 100_000:  # bounded memory, whatever names are asked
             self.answers[(name, nets)] = records
         return self._address_answer(q, name, records)
+
+    def _ttl(self, nets: tuple[str, ...]) -> int:
+        """The TTL of an answer to a querier on nets: the lowest of theirs."""
+        ttl = self.view.ttl
+        return min(ttl.get(n, TTL) for n in nets) if ttl else TTL
 
     def _address_answer(self, q: wire.Question, name: str,
                         records: tuple[list[bytes], list[bytes]]) -> bytes:
@@ -524,7 +545,12 @@ class Server:
             return True
         self.forwarding[src] = own + 1
         self.forwarding_total += 1
-        upstreams = self.view.custom_dns.get(src) or self.upstreams
+        # The container's own resolvers, else its network's, else the host's (as
+        # aardvark-dns chooses them); each list in order, failing over to the next.
+        view = self.view
+        upstreams = view.custom_dns.get(src) or (view.net_dns and next(
+            (view.net_dns[n] for n in view.networks_of(src) if n in view.net_dns),
+            None)) or self.upstreams
         self.outbox.append(Forward(msg, q, src, reply, upstreams, time.monotonic()))
         return True
 

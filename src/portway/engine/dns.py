@@ -21,6 +21,7 @@ import tempfile
 import time
 from typing import TYPE_CHECKING, Any
 
+from portway.core import netavark
 from portway.core.netavark import SEARCH_DOMAIN
 from portway.errors import KernelError
 from portway.kernel import procs
@@ -61,7 +62,8 @@ def records(engine: Host) -> dict[str, Any]:
     networks = [{"id": n.id, "name": n.name, "subnet": str(n.subnet),
                  "gateway": str(n.gateway), "internal": n.internal,
                  "subnets": [str(s.subnet) for s in n.subnets],
-                 "gateways": [str(s.gateway) for s in n.subnets]}
+                 "gateways": [str(s.gateway) for s in n.subnets],
+                 **netavark.dns_record(n)}
                 for n in engine.store.networks()]
     return {"networks": networks, "containers": containers}
 

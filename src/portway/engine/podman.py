@@ -38,6 +38,14 @@ def _network(engine: Engine, info: contract.NetworkInfo) -> Network:
                            f"({', '.join(str(s.subnet) for s in net.subnets)}, bridge "
                            f"{net.bridge})",
                            "remove the old one (portway network rm) or rename the new one")
+        dns = {k: v for k, v in contract.network_options(info).items()
+               if k in (contract.DNS_ENABLED, contract.DNS_SERVERS)}
+        if any(net.options.get(k) != v for k, v in dns.items()):
+            # `podman network update --dns-add/--dns-drop` since the last setup.
+            net = replace(net, options={**net.options, **dns})
+            with engine.store.transaction():
+                engine.store.set_network_options(net.id, net.options)
+            engine.containers.publish_dns()
         return net
     if info.unmanaged:
         # The caller's own bridge: attached to, never made, changed or deleted; its
@@ -65,7 +73,8 @@ def _network(engine: Engine, info: contract.NetworkInfo) -> Network:
         mtu = info.mtu or engine.facts.default_route_mtu() or 1500
     network = Network(id=info.id, name=info.name, subnets=info.subnets,
                       bridge=info.bridge, internal=info.internal, mtu=mtu,
-                      options=dict(info.options), labels={LABEL: "true"}, created=now())
+                      options=contract.network_options(info), labels={LABEL: "true"},
+                      created=now())
     engine.networks.install(network)
     engine.containers.publish_dns()  # the DNS server listens on the new gateways too
     return network
@@ -127,7 +136,7 @@ def _setup(engine: Engine, netns_path: str, opts: contract.Options,
                    host_ifname=a.host_ifname, **_routing(opts.networks[a.network]))
         for a in opts.attachments], new=existing is None)
     return {a.network: contract.status_block(opts.networks[a.network], e.ifname, e.mac,
-                                             e.addresses)
+                                             e.addresses, opts.dns_servers)
             for a, e in zip(opts.attachments, endpoints, strict=True)}
 
 
@@ -188,18 +197,19 @@ def create(engine: Engine, options: Any) -> dict[str, Any]:
 
 
 def update(engine: Engine, network: str, dns_servers: list[str]) -> dict[str, Any]:
-    """netavark update NETWORK --network-dns-servers ...: new upstream resolvers for the
-    network's containers."""
+    """netavark update NETWORK --network-dns-servers ...: the network's own upstream
+    resolvers (none: the host's again), which its containers' queries go to unless a
+    container has servers of its own. A network portway has not set up yet is no error
+    (as netavark: the next setup brings Podman's updated definition)."""
     from portway.core import validate
 
-    servers = validate.check_dns_servers(dns_servers)
+    servers = validate.check_dns_servers([s for s in dns_servers if s])
     with engine.lock:
         net = next((n for n in engine.store.networks() if n.name == network), None)
-        if net is None:
-            raise NotFound(f"network {network} not found", "set it up first")
-        ids = {e.container_id for e in engine.store.endpoints(network_id=net.id)}
-        for c in engine.store.containers():
-            if c.id in ids and c.runtime == "podman":
-                engine.store.update_container(replace(c, dns=servers))
-                engine.containers.publish_dns(c.id)
+        if net is None or contract.DNS_ENABLED not in net.options:
+            return {}
+        options = {**net.options, contract.DNS_SERVERS: ",".join(servers)}
+        with engine.store.transaction():
+            engine.store.set_network_options(net.id, options)
+        engine.containers.publish_dns()
         return {}

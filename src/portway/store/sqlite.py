@@ -234,6 +234,9 @@ class SqliteStore:
         return [self._network(r) for r in
                 self._exec("SELECT * FROM networks ORDER BY created, name").fetchall()]
 
+    def set_network_options(self, network_id: str, options: dict[str, str]) -> None:
+        self._exec("UPDATE networks SET options=? WHERE id=?", (json.dumps(options), network_id))
+
     def delete_network(self, network_id: str) -> None:
         self._exec("DELETE FROM networks WHERE id=?", (network_id,))
 
