@@ -94,3 +94,32 @@ def test_podman_dual_stack_network(podman_world: PodmanWorld, sandbox: Sandbox) 
     assert get(outside, f"http://{sb.host_addr}:8080/") == "200"
     p.run("rm", "-f", "-t", "0", "web", "client")
     assert user_networks(pw(p, "network", "ls", "--json")) == []
+
+
+def test_podman_network_options(podman_world: PodmanWorld, sandbox: Sandbox) -> None:
+    """`podman network create -o ...` with the netavark options Podman 4.3 passes on (it
+    refuses `metric` itself): the MTU, isolation between networks, and netavark's
+    default route per network with metric 100 (the first set up stays: same metric)."""
+    p = podman_world
+    p.run("network", "create", "-o", "mtu=1400", "-o", "isolate=true",
+          "--subnet", "10.89.10.0/24", "front")
+    p.run("network", "create", "-o", "isolate=true", "--subnet", "10.89.11.0/24", "back")
+    p.container("--name", "web", "--network", "back", "--", "/bin/httpd", "-f", "-p", "80",
+                "-h", "/www")
+    p.container("--name", "both", "--network", "front", "--network", "back", "--",
+                "/bin/sleep", "300")
+    p.container("--name", "client", "--network", "front", "--", "/bin/sleep", "300")
+    routes = p.run("exec", "both", "ip", "route").stdout
+    defaults = [line.split() for line in routes.splitlines() if line.startswith("default")]
+    assert len(defaults) == 1 and defaults[0][-2:] == ["metric", "100"], routes
+    assert "mtu 1400" in p.run("exec", "client", "ip", "link", "show", "eth0").stdout
+    # Two isolated networks: a client on one does not reach a server on the other.
+    web_ip = p.run("inspect", "--format",
+                   "{{.NetworkSettings.Networks.back.IPAddress}}", "web").stdout.strip()
+    assert "hello from podman" in p.run("exec", "both", "wget", "-q", "-O", "-",
+                                        f"http://{web_ip}/index.html").stdout
+    blocked = p.run("exec", "client", "wget", "-q", "-T", "2", "-O", "-",
+                    f"http://{web_ip}/index.html", check=False)
+    assert blocked.returncode != 0 and "hello" not in blocked.stdout
+    p.run("rm", "-f", "-t", "0", "web", "both", "client")
+    assert user_networks(pw(p, "network", "ls", "--json")) == []
