@@ -306,6 +306,10 @@ def test_unmanaged_bridge_of_the_callers(podman: Podmanish) -> None:  # noqa: F8
     assert get(["ip", "netns", "exec", os.path.basename(ns2)], "http://10.88.0.2/") == "200"
     assert get(["ip", "netns", "exec", p.sb.host], "http://10.88.0.2/") == "200"
     assert "brtest0" not in sbh("nft", "list", "ruleset").stdout
+    assert p.pw("gc").stdout.startswith("nothing to repair")
+    assert "brtest0" in p.pw("show").stdout
+    trace = json.loads(p.pw("trace", "second", "testcontainer:80", "--json").stdout)
+    assert trace["verdict"] == "delivered", trace
     for n, d in ((ns, data), (ns2, second)):
         p.nv("teardown", n, data=d)
         p.nv("teardown", n, data=d)
