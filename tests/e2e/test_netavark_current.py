@@ -281,23 +281,28 @@ def test_isolate_between_networks(podman: Podmanish) -> None:  # noqa: F811
 
 
 def test_unmanaged_bridge_of_the_callers(podman: Podmanish) -> None:  # noqa: F811
-    """Mirrors testfiles/bridge-unmanaged.json (with a subnet, which portway needs): the
-    caller's own bridge is attached to, never changed or deleted, and gets no rule of
-    portway's; a missing one, or an interface that is not a bridge, is an error."""
+    """Mirrors testfiles/bridge-unmanaged.json and bridge-unmanaged-dns.json (with a
+    subnet, which portway needs): the caller's own bridge is attached to, never changed
+    or deleted, and gets no rule of portway's; DNS is served on the bridge's own address
+    (the gateway is a router of the caller's); a missing bridge, one without an address
+    for DNS, or an interface that is not a bridge, is an error."""
     p = podman
     sbh = p.sb.in_host
     sbh("ip", "link", "add", "brtest0", "type", "bridge")
     sbh("ip", "link", "set", "brtest0", "mtu", "1450")
-    sbh("ip", "addr", "add", "10.88.0.1/16", "dev", "brtest0")
+    sbh("ip", "addr", "add", "10.88.0.254/16", "dev", "brtest0")
     sbh("ip", "link", "set", "brtest0", "up")
     before = ip_json(p.sb.host, "addr", "show", "brtest0")[0]
-    data = simplebridge(network_interface="brtest0", options={"mode": "unmanaged"})
+    data = simplebridge(network_interface="brtest0", options={"mode": "unmanaged"},
+                        dns_enabled=True)
     ns = p.namespace()
     out = json.loads(p.nv("setup", ns, data=data).stdout)
     assert out["podman"]["interfaces"]["eth0"]["subnets"] == [
         {"ipnet": "10.88.0.2/16", "gateway": "10.88.0.1"}]
+    assert out["podman"]["dns_server_ips"] == ["10.88.0.254"]
     assert ip_json(os.path.basename(ns), "link", "show", "eth0")[0]["mtu"] == 1450
-    second = simplebridge(network_interface="brtest0", options={"mode": "unmanaged"})
+    second = simplebridge(network_interface="brtest0", options={"mode": "unmanaged"},
+                          dns_enabled=True)
     second.update(container_id="7ce776ea58b5", container_name="second")
     second["networks"]["podman"]["static_ips"] = ["10.88.0.3"]
     ns2 = p.namespace()
@@ -305,6 +310,7 @@ def test_unmanaged_bridge_of_the_callers(podman: Podmanish) -> None:  # noqa: F8
     p.serve(ns)
     assert get(["ip", "netns", "exec", os.path.basename(ns2)], "http://10.88.0.2/") == "200"
     assert get(["ip", "netns", "exec", p.sb.host], "http://10.88.0.2/") == "200"
+    assert dig(ns2, "+short", "@10.88.0.254", "testcontainer").split() == ["10.88.0.2"]
     assert "brtest0" not in sbh("nft", "list", "ruleset").stdout
     assert p.pw("gc").stdout.startswith("nothing to repair")
     assert "brtest0" in p.pw("show").stdout
@@ -321,11 +327,15 @@ def test_unmanaged_bridge_of_the_callers(podman: Podmanish) -> None:  # noqa: F8
                 if a["scope"] == "global"]
 
     assert (after["mtu"], own(after), "UP" in after["flags"]) == \
-        (before["mtu"], [("10.88.0.1", 16)], True)
+        (before["mtu"], [("10.88.0.254", 16)], True)
     # Errors: the bridge missing, an interface that is not a bridge, and a managed
     # network whose bridge is someone else's.
     sbh("ip", "link", "add", "notbr0", "type", "veth", "peer", "name", "notbr1")
-    cases = [(simplebridge(network_interface="nosuch0", options={"mode": "unmanaged"}),
+    sbh("ip", "link", "add", "bare0", "type", "bridge")
+    cases = [(simplebridge(network_interface="bare0", options={"mode": "unmanaged"},
+                           dns_enabled=True),
+              "bridge 'bare0' in unmanaged mode has no usable IP addresses"),
+             (simplebridge(network_interface="nosuch0", options={"mode": "unmanaged"}),
               "in unmanaged mode, the bridge must already exist on the host"),
              (simplebridge(network_interface="notbr0", options={"mode": "unmanaged"}),
               "already exists but is a Veth interface"),
@@ -334,6 +344,7 @@ def test_unmanaged_bridge_of_the_callers(podman: Podmanish) -> None:  # noqa: F8
         cp = p.nv("setup", ns, data=bad, check=False)
         assert cp.returncode == 1 and words in json.loads(cp.stdout)["error"], cp.stdout
     sbh("ip", "link", "del", "notbr0")
+    sbh("ip", "link", "del", "bare0")
     sbh("ip", "link", "del", "brtest0")
 
 

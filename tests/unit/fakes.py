@@ -378,6 +378,9 @@ class FakeFacts:
     def link_kind_mtu(self, name: str) -> tuple[str, int] | None:
         return None
 
+    def link_addresses(self, name: str) -> list[IPAddress]:
+        return []
+
     def listening(self, protocol: str) -> list[tuple[str, int]]:
         return []
 

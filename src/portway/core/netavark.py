@@ -261,12 +261,6 @@ def _network_info(name: str, data: Any) -> NetworkInfo:
     servers = d.get("network_dns_servers") or []
     if not isinstance(servers, list):
         raise _bad(f"network_info.{name}.network_dns_servers must be a list")
-    if opts["unmanaged"] and d.get("dns_enabled"):
-        # netavark's aardvark-dns binds the bridge's own addresses; portway's DNS server
-        # answers on gateways it owns.
-        raise InvalidInput(f"network {name}: portway serves no DNS on an unmanaged bridge",
-                           "create the network with DNS off (podman network create "
-                           "--disable-dns)")
     return NetworkInfo(name=name, id=nid, bridge=bridge, subnets=tuple(subnets),
                        internal=bool(d.get("internal")),
                        dns_enabled=bool(d.get("dns_enabled")), mtu=opts["mtu"],
@@ -416,12 +410,27 @@ def parse_options(data: Any) -> Options:
 # What portway keeps of a Podman network's netavark fields beside its options.
 DNS_ENABLED = "netavark.dns_enabled"
 DNS_SERVERS = "netavark.network_dns_servers"
+# On an unmanaged bridge, DNS is served on the bridge's own addresses (the gateway may
+# be a router of the user's), as aardvark-dns binds them.
+DNS_ADDRESSES = "netavark.dns_addresses"
+DNS_KEYS = (DNS_ENABLED, DNS_SERVERS, DNS_ADDRESSES)
 
 
-def network_options(info: NetworkInfo) -> dict[str, str]:
+def network_options(info: NetworkInfo,
+                    dns_addresses: tuple[IPAddress, ...] = ()) -> dict[str, str]:
     """The options portway records for a Podman network: netavark's, and its DNS."""
-    return {**info.options, DNS_ENABLED: "true" if info.dns_enabled else "false",
-            DNS_SERVERS: ",".join(info.network_dns_servers)}
+    out = {**info.options, DNS_ENABLED: "true" if info.dns_enabled else "false",
+           DNS_SERVERS: ",".join(info.network_dns_servers)}
+    if dns_addresses:
+        out[DNS_ADDRESSES] = ",".join(map(str, dns_addresses))
+    return out
+
+
+def dns_addresses(network: Network) -> list[str]:
+    """Where the DNS server answers a network's containers: its gateways, or the
+    addresses of the user's bridge of an unmanaged network."""
+    own = [a for a in network.options.get(DNS_ADDRESSES, "").split(",") if a]
+    return own or [str(s.gateway) for s in network.subnets]
 
 
 def dns_record(network: Network) -> dict[str, Any]:
@@ -430,12 +439,14 @@ def dns_record(network: Network) -> dict[str, Any]:
     if DNS_ENABLED not in network.options:
         return {}
     return {"dns": network.options[DNS_ENABLED] == "true", "ttl": 0,
-            "dns_servers": [s for s in network.options.get(DNS_SERVERS, "").split(",") if s]}
+            "dns_servers": [s for s in network.options.get(DNS_SERVERS, "").split(",") if s],
+            "gateways": dns_addresses(network)}
 
 
 def status_block(info: NetworkInfo, ifname: str, mac: str,
                  addresses: tuple[IPInterface, ...],
-                 container_dns: tuple[str, ...] = ()) -> dict[str, Any]:
+                 container_dns: tuple[str, ...] = (),
+                 dns_servers: list[str] | None = None) -> dict[str, Any]:
     """What setup prints for one network: each address with its subnet's gateway, and
     every gateway as a DNS server (portway's DNS server listens on each); on a network
     without DNS, the container's own servers, if it has any (as netavark)."""
@@ -443,6 +454,6 @@ def status_block(info: NetworkInfo, ifname: str, mac: str,
     return {"interfaces": {ifname: {"mac_address": mac, "subnets": [
                 {"ipnet": str(a), "gateway": str(gateways[a.version])}
                 for a in addresses if a.version in gateways]}},
-            "dns_server_ips": [str(s.gateway) for s in info.subnets]
+            "dns_server_ips": (dns_servers or [str(s.gateway) for s in info.subnets])
             if info.dns_enabled else list(container_dns),
             "dns_search_domains": [SEARCH_DOMAIN] if info.dns_enabled else []}

@@ -43,6 +43,9 @@ class LiveHostFacts:
     def link_exists(self, name: str) -> bool:
         return links.observe_link(self.host, name) is not None
 
+    def link_addresses(self, name: str) -> list[IPAddress]:
+        return links.observe_usable_addresses(self.host, name)
+
     def link_kind_mtu(self, name: str) -> tuple[str, int] | None:
         return links.observe_kind_mtu(self.host, name)
 

@@ -19,8 +19,8 @@ from portway.core import ipam
 from portway.core import netavark as contract
 from portway.engine.containers import Attachment
 from portway.engine.context import now
-from portway.errors import Conflict, NotFound, TeardownErrors
-from portway.model.types import Container, Network
+from portway.errors import Conflict, InvalidInput, NotFound, TeardownErrors
+from portway.model.types import Container, IPAddress, Network
 
 if TYPE_CHECKING:
     from portway.engine.context import Host as Engine
@@ -38,11 +38,13 @@ def _network(engine: Engine, info: contract.NetworkInfo) -> Network:
                            f"({', '.join(str(s.subnet) for s in net.subnets)}, bridge "
                            f"{net.bridge})",
                            "remove the old one (portway network rm) or rename the new one")
-        dns = {k: v for k, v in contract.network_options(info).items()
-               if k in (contract.DNS_ENABLED, contract.DNS_SERVERS)}
-        if any(net.options.get(k) != v for k, v in dns.items()):
-            # `podman network update --dns-add/--dns-drop` since the last setup.
-            net = replace(net, options={**net.options, **dns})
+        dns = {k: v for k, v in contract.network_options(
+            info, _bridge_dns(engine, info)).items() if k in contract.DNS_KEYS}
+        if any(net.options.get(k) != dns.get(k) for k in contract.DNS_KEYS):
+            # `podman network update --dns-add/--dns-drop` since the last setup, or the
+            # addresses of an unmanaged bridge changed.
+            kept = {k: v for k, v in net.options.items() if k not in contract.DNS_KEYS}
+            net = replace(net, options={**kept, **dns})
             with engine.store.transaction():
                 engine.store.set_network_options(net.id, net.options)
             engine.containers.publish_dns()
@@ -60,7 +62,9 @@ def _network(engine: Engine, info: contract.NetworkInfo) -> Network:
                            f"{(link[0] or 'plain').capitalize()} interface",
                            "give the network the name of a bridge")
         mtu = info.mtu or link[1]
+        served = _bridge_dns(engine, info)
     else:
+        served = ()
         if engine.facts.link_exists(info.bridge):
             raise Conflict(f"interface {info.bridge} already exists and is not portway's",
                            "give the Podman network another network_interface, or use "
@@ -73,11 +77,26 @@ def _network(engine: Engine, info: contract.NetworkInfo) -> Network:
         mtu = info.mtu or engine.facts.default_route_mtu() or 1500
     network = Network(id=info.id, name=info.name, subnets=info.subnets,
                       bridge=info.bridge, internal=info.internal, mtu=mtu,
-                      options=contract.network_options(info), labels={LABEL: "true"},
+                      options=contract.network_options(info, served), labels={LABEL: "true"},
                       created=now())
     engine.networks.install(network)
     engine.containers.publish_dns()  # the DNS server listens on the new gateways too
     return network
+
+
+def _bridge_dns(engine: Engine, info: contract.NetworkInfo) -> tuple[IPAddress, ...]:
+    """Where DNS is served on an unmanaged bridge with DNS: its own addresses (as
+    aardvark-dns binds them; the gateway may be a router of the user's)."""
+    if not (info.unmanaged and info.dns_enabled):
+        return ()
+    found = tuple(engine.facts.link_addresses(info.bridge))
+    if not found:
+        raise InvalidInput(f"bridge '{info.bridge}' in unmanaged mode has no usable IP "
+                           "addresses. Aardvark-dns requires at least one address (should "
+                           "not be an IPv6 link-local address) to bind to. Please add an IP "
+                           "address or disable DNS for this network (--disable-dns).",
+                           f"ip addr add ADDRESS/PREFIX dev {info.bridge}")
+    return found
 
 
 def _check_netns(path: str) -> None:
@@ -136,7 +155,8 @@ def _setup(engine: Engine, netns_path: str, opts: contract.Options,
                    host_ifname=a.host_ifname, **_routing(opts.networks[a.network]))
         for a in opts.attachments], new=existing is None)
     return {a.network: contract.status_block(opts.networks[a.network], e.ifname, e.mac,
-                                             e.addresses, opts.dns_servers)
+                                             e.addresses, opts.dns_servers,
+                                             contract.dns_addresses(nets[a.network]))
             for a, e in zip(opts.attachments, endpoints, strict=True)}
 
 

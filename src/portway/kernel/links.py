@@ -132,6 +132,15 @@ def observe_routes(ipr: IPRoute, version: int = 4) -> list[tuple[IPNetwork, str]
     return out
 
 
+def observe_usable_addresses(ipr: IPRoute, ifname: str) -> list[IPAddress]:
+    """A link's addresses but IPv6 link-local ones (none if the link is missing)."""
+    link = observe_link(ipr, ifname)
+    if link is None:
+        return []
+    v6 = [a.ip for a in observe_addresses6(ipr, link.index) if not a.ip.is_link_local]
+    return [*(a.ip for a in observe_addresses(ipr, link.index)), *v6]
+
+
 def observe_kind_mtu(ipr: IPRoute, ifname: str) -> tuple[str, int] | None:
     link = observe_link(ipr, ifname)
     return (link.kind, link.mtu) if link is not None else None
