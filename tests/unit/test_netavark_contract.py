@@ -181,7 +181,7 @@ def test_isolate_renders_netavark_semantics(isolate: str | None, fin: list[str],
 
     net = Network(id=NET_ID, name="pnet", bridge="podman1", subnets=(Subnet(
         ipaddress.ip_network("10.89.0.0/24"), ipaddress.ip_address("10.89.0.1")),),
-        options={"isolate": isolate} if isolate else {})
+        options={"isolate": isolate} if isolate else {}, labels={"io.podman.network": "true"})
     _, chain_in, chain_out = firewall.chain_names(net)
 
     def verdicts(chain: str, key: str) -> list[str]:
@@ -193,3 +193,18 @@ def test_isolate_renders_netavark_semantics(isolate: str | None, fin: list[str],
 
     assert verdicts(chain_in, "oifname") == fin
     assert verdicts(chain_out, "iifname") == fout
+
+
+def test_netavark_options_are_read_on_podman_networks_only() -> None:
+    """A network of portway's own with `-o isolate=false -o mode=unmanaged` keeps
+    Docker's meaning: isolated, with its rules (those are netavark's options)."""
+    from portway.core import firewall
+    from portway.model.types import Network, Subnet
+
+    net = Network(id=NET_ID, name="own", bridge="pwbr-own", subnets=(Subnet(
+        ipaddress.ip_network("10.89.0.0/24"), ipaddress.ip_address("10.89.0.1")),),
+        options={"isolate": "false", "mode": "unmanaged"})
+    rules = [c["add"]["rule"]["comment"] for c in firewall.render_network(net, "0fa4e000")
+             if "rule" in c["add"]]
+    assert any("isolation from other portway networks" in r for r in rules)
+    assert not firewall.unmanaged(net)

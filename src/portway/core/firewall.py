@@ -66,6 +66,15 @@ GATEWAY_MODE = "com.docker.network.bridge.gateway_mode_ipv"  # + 4 or 6: nat or 
 # reaches only those that are not isolated; "false" reaches all, and is reached by
 # every network that is not strict.
 ISOLATE_OPTION = "isolate"
+PODMAN_LABEL = "io.podman.network"  # on networks made from Podman's definitions
+
+
+def netavark_option(network: Network, key: str, default: str | None = None) -> str | None:
+    """One of netavark's options of a Podman network (portway's own networks take
+    Docker's options: theirs are not read)."""
+    if network.labels.get(PODMAN_LABEL) != "true":
+        return default
+    return network.options.get(key, default)
 
 Cmd = dict[str, Any]
 
@@ -325,7 +334,7 @@ def network_tag(instance: str, network: Network) -> str:
 def unmanaged(network: Network) -> bool:
     """A bridge the user made and keeps (netavark's mode=unmanaged): portway plugs
     containers into it and adds no rule of its own for it, as netavark adds none."""
-    return network.options.get("mode") == "unmanaged"
+    return netavark_option(network, "mode") == "unmanaged"
 
 
 def render_network(network: Network, instance: str) -> list[Cmd]:
@@ -376,7 +385,7 @@ def render_network(network: Network, instance: str) -> list[Cmd]:
     else:
         cmds.append(_rule(fin, [dnatted, {"accept": None}],
                           f"{owner}: to a published port, wherever it lives"))
-        isolate = network.options.get(ISOLATE_OPTION, "strict")
+        isolate = netavark_option(network, ISOLATE_OPTION, "strict")
         if isolate == "false":
             cmds.append(_rule(fin, [_match(_meta("oifname"), "@bridges"), {"accept": None}],
                               f"{owner}: not isolated (isolate=false): other portway "
@@ -390,7 +399,7 @@ def render_network(network: Network, instance: str) -> list[Cmd]:
         _rule(fout, [replies, {"accept": None}], f"{owner}: replies"),
         _rule(fout, [dnatted, {"accept": None}], f"{owner}: published ports"),
     ]
-    if not network.internal and network.options.get(ISOLATE_OPTION) == "false":
+    if not network.internal and netavark_option(network, ISOLATE_OPTION) == "false":
         cmds.append(_rule(fout, [_match(_meta("iifname"), "@bridges"), {"accept": None}],
                           f"{owner}: not isolated (isolate=false): from other portway "
                           "networks that are not strict"))

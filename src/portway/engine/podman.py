@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from portway.core import ipam
 from portway.core import netavark as contract
+from portway.core.firewall import PODMAN_LABEL
 from portway.engine.containers import Attachment
 from portway.engine.context import now
 from portway.errors import Conflict, InvalidInput, NotFound, TeardownErrors
@@ -25,7 +26,7 @@ from portway.model.types import Container, IPAddress, Network
 if TYPE_CHECKING:
     from portway.engine.context import Host as Engine
 
-LABEL = "io.podman.network"  # on the networks portway made from Podman's definitions
+LABEL = PODMAN_LABEL  # on the networks portway made from Podman's definitions
 
 
 def _network(engine: Engine, info: contract.NetworkInfo) -> Network:

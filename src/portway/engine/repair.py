@@ -13,6 +13,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from portway.core import names
+from portway.core.firewall import netavark_option
 from portway.errors import PortwayError
 from portway.kernel import links, netns, procs
 from portway.model.types import Container, Endpoint, IPInterface
@@ -187,7 +188,7 @@ def _missing_routes(engine: Engine, c: Container, endpoints: list[Endpoint]
     networks = [n for e in endpoints if (n := engine.store.find_network(e.network_id))]
     # netavark's no_default_route: a Podman network that gives no default route.
     first = next((n for n in networks if not n.internal and
-                  n.options.get("no_default_route") != "true"), None)
+                  netavark_option(n, "no_default_route") != "true"), None)
     cont = netns.open_ipr(c.netns)
     try:
         for version in (4, 6):
