@@ -345,6 +345,44 @@ class Client:
                               int(reply.get("exit_code") or 1), str(reply.get("traceback", "")))
         return reply.get("result")
 
+    def observe(self, op: str, **args: "Any") -> "Any":
+        """A read-only call (trace, show): portwayd's answer if it runs; if not, and
+        portway has no network and no container here, a short-lived observer's, so that
+        looking changes nothing (starting portwayd turns on forwarding); else portwayd
+        is started as for any call (see portway.engine.observer)."""
+        request = {"op": op, "args": args}
+        reply = self._ask(request)
+        if reply is None:
+            reply = self._observe_once(request)
+            if reply.get("need_daemon"):
+                return self.call(op, **args)
+        if not reply.get("ok"):
+            raise ClientError(str(reply.get("error")), str(reply.get("hint") or ""),
+                              int(reply.get("exit_code") or 1), str(reply.get("traceback", "")))
+        return reply.get("result")
+
+    def _observe_once(self, request: "dict[str, Any]") -> "dict[str, Any]":
+        import subprocess
+
+        if self.host_netns and not _exists(f"/run/netns/{self.host_netns}"):
+            raise ClientError(f"host network namespace {self.host_netns!r} not found",
+                              f"create it with 'ip netns add {self.host_netns}'", 3)
+        check_state_dir(self.state_dir)
+        cmd = [sys.executable, "-m", "portway.engine.observer", "--state-dir",
+               self.state_dir]
+        if self.host_netns:
+            cmd += ["--host-netns", self.host_netns]
+        cp = subprocess.run(cmd, input=encode_json(request).encode(), capture_output=True)
+        try:
+            reply: dict[str, Any] = marshal.loads(cp.stdout)
+        except (ValueError, EOFError, TypeError):
+            lines = cp.stderr.decode(errors="replace").strip().splitlines()
+            raise ClientError(f"portway's observer failed: "
+                              f"{lines[-1] if lines else f'exit status {cp.returncode}'}",
+                              "run again with --debug", 70,
+                              cp.stderr.decode(errors="replace")) from None
+        return reply
+
     def stop_daemon(self, timeout: float = 10.0) -> int | None:
         """Ask the daemon to exit and wait until it has; returns its pid, None if none ran."""
         import os
@@ -372,3 +410,11 @@ def _alive(pid: int) -> bool:
             return f.read().rpartition(b")")[2].split()[0] != b"Z"
     except (FileNotFoundError, ProcessLookupError):
         return False
+
+
+def _exists(path: str) -> bool:
+    try:
+        posix.stat(path)
+    except OSError:
+        return False
+    return True

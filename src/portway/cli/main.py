@@ -484,7 +484,7 @@ def cmd_graph(client: Client, output: str) -> int:
     if fmt not in ("dot", "gv", "svg", "png"):
         raise ClientError(f"cannot tell the picture format from {output!r}",
                           "name the file .svg, .png or .dot", 2)
-    dot = to_dot(client.call("show"))
+    dot = to_dot(client.observe("show"))
     if output == "-":
         sys.stdout.write(dot)
         return 0
@@ -599,7 +599,7 @@ def dispatch(client: Client, a: Args) -> int:
         print(f"{len(lines)} difference(s); 'portway gc' applies the fixes above")
         return 1
     elif a.command == "show":
-        topo = client.call("show")
+        topo = client.observe("show")
         if a.json:
             print_json(topo)
         else:
@@ -610,7 +610,7 @@ def dispatch(client: Client, a: Args) -> int:
         if a.ipv4 and a.ipv6:
             raise ClientError("-4 and -6 exclude each other", "give one of them", 2)
         family = {"family": 4 if a.ipv4 else 6} if a.ipv4 or a.ipv6 else {}
-        result = client.call("trace", source=a.source, destination=a.destination,
+        result = client.observe("trace", source=a.source, destination=a.destination,
                              from_ip=a.from_ip, live=a.live, **family)
         if a.json:
             print_json(result["trace"])

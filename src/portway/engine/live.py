@@ -27,6 +27,7 @@ from portway.model.types import IPAddress
 
 if TYPE_CHECKING:
     from portway.engine import Engine
+    from portway.engine.observer import Observer
 
 
 def fault_point(step: str) -> None:
@@ -82,13 +83,13 @@ def trace_tables(proto: str, sport: int, dport: int, daddr: str, saddr: str | No
     return cmds
 
 
-def _drop_tables(engine: Engine) -> None:
+def _drop_tables(engine: Engine | Observer) -> None:
     for family in ("inet", "bridge", "netdev"):
         if engine.nft.list_table(family, TABLE) is not None:
             engine.fw.teardown([{"delete": {"table": {"family": family, "name": TABLE}}}])
 
 
-def run(engine: Engine, world: core.World, src_key: str, packet: Packet,
+def run(engine: Engine | Observer, world: core.World, src_key: str, packet: Packet,
         static: core.Trace, label: str, destination: str) -> dict[str, Any]:
     host = world.host
     items = engine.nft.list_ruleset()

@@ -23,6 +23,7 @@ from portway.model.types import Container, Endpoint, IPAddress, IPInterface
 
 if TYPE_CHECKING:
     from portway.engine import Engine
+    from portway.engine.observer import Observer
 
 HOST = "host"
 OUTSIDE_DEFAULT = "203.0.113.10"  # TEST-NET-3: a client somewhere beyond the uplink
@@ -65,7 +66,7 @@ def _space(key: str, label: str, ipr: IPRoute, rules: list[dict[str, Any]],
                       neighbours=observe.neighbours(ipr), fdb=observe.bridge_fdb(ipr))
 
 
-def observe_foreign(engine: Engine, world: core.World, name: str) -> str:
+def observe_foreign(engine: Engine | Observer, world: core.World, name: str) -> str:
     """Add a named namespace portway did not make to world; its key."""
     key = f"ns:{name}"
 
@@ -83,7 +84,7 @@ def observe_foreign(engine: Engine, world: core.World, name: str) -> str:
     return key
 
 
-def observe_world(engine: Engine) -> tuple[core.World, dict[str, Container]]:
+def observe_world(engine: Engine | Observer) -> tuple[core.World, dict[str, Container]]:
     containers = {os.path.basename(c.netns): c for c in engine.store.containers()
                   if c.network_mode != "host" and netns.netns_exists(os.path.basename(c.netns))}
     host_peers: dict[str, tuple[str, str]] = {}
@@ -137,7 +138,7 @@ def _parse_from_ip(from_ip: str | None, source: str, family: int | None
     return client, client.version
 
 
-def _source(engine: Engine, world: core.World, containers: dict[str, Container],
+def _source(engine: Engine | Observer, world: core.World, containers: dict[str, Container],
             source: str) -> str:
     """The key of the source in world (observing a foreign namespace if asked)."""
     if source in ("host", "outside"):
@@ -183,7 +184,7 @@ class _Target:
     notes: list[str]
 
 
-def _to_container(engine: Engine, world: core.World, containers: dict[str, Container],
+def _to_container(engine: Engine | Observer, world: core.World, containers: dict[str, Container],
                   src_key: str, name: str, port: int, proto: str, family: int | None,
                   client: IPAddress | None) -> _Target:
     """A destination given by container name: its address of the chosen family on a
@@ -242,7 +243,7 @@ def _client(client: IPAddress | None, family: int) -> IPAddress:
     return ipaddress.ip_address(OUTSIDE_DEFAULT if family == 4 else OUTSIDE_DEFAULT6)
 
 
-def run(engine: Engine, source: str, destination: str, from_ip: str | None,
+def run(engine: Engine | Observer, source: str, destination: str, from_ip: str | None,
         live: bool = False, family: int | None = None) -> dict[str, Any]:
     """family: 4 or 6 (-4, -6) for a destination container with both, or None: IPv4
     where the source and the destination both have it."""
@@ -289,7 +290,7 @@ def run(engine: Engine, source: str, destination: str, from_ip: str | None,
     return _answer(engine, world, key, packet, result, label, dest, live)
 
 
-def _answer(engine: Engine, world: core.World, key: str, packet: Packet,
+def _answer(engine: Engine | Observer, world: core.World, key: str, packet: Packet,
             result: core.Trace, label: str, dest: _Target, live: bool) -> dict[str, Any]:
     data = result.as_dict()
     notes = list(dest.notes)

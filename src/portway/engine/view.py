@@ -22,6 +22,7 @@ from portway.model.types import Container, Endpoint, IPInterface, Network
 if TYPE_CHECKING:
     from portway.engine import Engine
     from portway.engine.context import Host
+    from portway.engine.observer import Observer
     from portway.kernel.links import Link
 
 
@@ -198,7 +199,7 @@ def _by_family(e: Endpoint) -> tuple[IPInterface | None, IPInterface | None]:
             next((a for a in e.addresses if a.version == 6), None))
 
 
-def _ports(engine: Engine, c: Container) -> list[str]:
+def _ports(engine: Engine | Observer, c: Container) -> list[str]:
     """c's published ports as Docker's `ps` writes them: one per family it is published
     on (0.0.0.0:8080->80/tcp, [::]:8080->80/tcp)."""
     out = []
@@ -215,7 +216,7 @@ def _link(link: Link | None, **extra: Any) -> dict[str, Any]:
             "Up": link.up, "Mtu": link.mtu, "Mac": link.mac, **extra}
 
 
-def topology(engine: Engine) -> dict[str, Any]:
+def topology(engine: Engine | Observer) -> dict[str, Any]:
     """What `show` and `graph` draw: the store's networks and containers, each piece
     as the kernel has it now (index, peer, state), or marked missing."""
     from portway.kernel import links, netns
