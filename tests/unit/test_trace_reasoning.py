@@ -320,3 +320,37 @@ def test_a_networks_addresses_come_only_from_its_bridge() -> None:
                     dport=40000, oif=APP.bridge)
     out, _, _ = rs.run_hook(("inet", "ip"), "output", answer, frozenset())
     assert out.ct_state == "untracked"
+
+
+def _routed_world(forwarding: bool, loop: bool = False) -> World:
+    """host -- rt0/up0 -- router -- down0/eth0 -- inner (10.91.0.2), all by hand."""
+    v4 = ipaddress.IPv4Interface
+    host = Space(key="host", label="host", ifaces=[
+        Iface("lo", 1, addrs=(v4("127.0.0.1/8"),)),
+        Iface("rt0", 5, "veth", peer=("ns:rt", "up0"), addrs=(v4("10.90.0.1/30"),))],
+        routes=[Route(ipaddress.IPv4Network("10.90.0.0/30"), "rt0"),
+                Route(ipaddress.IPv4Network("10.91.0.0/24"), "rt0", gateway=IP("10.90.0.2"))])
+    back = Route(ipaddress.IPv4Network("10.91.0.0/24"), "up0", gateway=IP("10.90.0.1"))
+    router = Space(key="ns:rt", label="namespace rt", forwarding=forwarding, ifaces=[
+        Iface("up0", 2, "veth", peer=("host", "rt0"), addrs=(v4("10.90.0.2/30"),)),
+        Iface("down0", 3, "veth", peer=("ns:in", "eth0"), addrs=(v4("10.91.0.1/24"),))],
+        routes=[Route(ipaddress.IPv4Network("10.90.0.0/30"), "up0"),
+                back if loop else Route(ipaddress.IPv4Network("10.91.0.0/24"), "down0")])
+    inner = Space(key="ns:in", label="namespace in", ifaces=[
+        Iface("eth0", 2, "veth", peer=("ns:rt", "down0"), addrs=(v4("10.91.0.2/24"),))],
+        routes=[], listeners={("tcp", "0.0.0.0", 80)})
+    return World(host=host, spaces={"ns:rt": router, "ns:in": inner})
+
+
+def test_a_namespace_that_forwards_routes_on() -> None:
+    t = trace(_routed_world(True), "host", packet("10.91.0.2", 80), "host", "x")
+    assert t.verdict == "delivered", render(t)
+    assert [h.where for h in t.hops if h.kind == "veth"] == ["rt0 -> up0", "down0 -> eth0"]
+    t = trace(_routed_world(False), "host", packet("10.91.0.2", 80), "host", "x")
+    assert t.verdict == "dropped" and "does not forward" in t.summary
+    # The router's route leads back to the host, which forwards to the router again: a
+    # loop, which the trace ends as the TTL would.
+    w = _routed_world(True, loop=True)
+    w.host.forwarding = True
+    t = trace(w, "host", packet("10.91.0.2", 80), "host", "x")
+    assert t.verdict == "dropped" and "routing loop" in t.summary, render(t)

@@ -122,8 +122,9 @@ def _root() -> Command:
                   args=(Arg("container", "CONTAINER"), Arg("cmd", "COMMAND [ARG...]", "rest")))
     trace = Command(
         "trace", "follow a new connection hop by hop, rule by rule",
-        args=(Arg("source", "SOURCE", help="a container, 'host', 'outside', or ns:NAME "
-                  "(any named namespace)"),
+        args=(Arg("source", "SOURCE", help="a container, 'host', 'outside', ns:NAME "
+                  "(any named namespace), or an address of a namespace the host's veths "
+                  "lead to"),
               Arg("destination", "DEST", help="CONTAINER:PORT, IPV4:PORT or [IPV6]:PORT, "
                   "with /udp for UDP")),
         opts=(Opt("--from-ip", metavar="IP", help="the outside client's address (default "

@@ -31,6 +31,7 @@ from portway.errors import InvalidInput
 from portway.model.types import IPAddress, IPInterface, IPNetwork
 
 IP_FAMILIES = ("ip", "inet")
+MAX_ROUTED = 32  # namespaces a packet is routed through before a loop is assumed
 IP6_FAMILIES = ("ip6", "inet")
 
 
@@ -99,6 +100,7 @@ class Iface:
     peer: tuple[str, str] | None = None  # (namespace key, ifname) of a veth's other end
     route_localnet: bool = False
     link_index: int = 0  # a veth's other end's index, in its own namespace
+    netnsid: int = -1  # a veth's other end's namespace, as this one numbers it (-1: same)
 
 
 @dataclass(frozen=True)
@@ -265,6 +267,7 @@ class _Walk:
         self.world = world
         self.trace = trace
         self.rulesets: dict[str, Ruleset] = {}
+        self.hops_routed = 0  # by namespaces other than the host's, against loops
 
     # bookkeeping
 
@@ -550,9 +553,24 @@ class _Walk:
             self.hop("route", space.label, f"route lookup: {packet.daddr} is local")
             self.to_local(space, packet)
             return
-        self.hop("route", space.label, f"{packet.daddr} is not an address of "
-                 f"{space.label}, which does not forward")
-        self.end("dropped", f"{space.label} does not forward to {packet.daddr}", packet)
+        if not space.forwards(packet.version):
+            self.hop("route", space.label, f"{packet.daddr} is not an address of "
+                     f"{space.label}, which does not forward")
+            self.end("dropped", f"{space.label} does not forward to {packet.daddr}", packet)
+        # A namespace that routes (a router, a VM's host of its own): on to the next hop.
+        self.hops_routed += 1
+        if self.hops_routed > MAX_ROUTED:
+            self.end("dropped", f"routed {MAX_ROUTED} times without arriving: a routing "
+                     "loop (the TTL runs out)", packet)
+        route = self.route(space, packet, iif=ifname)
+        if route is None:
+            self.to_local(space, packet)
+            return
+        families = ip_families(packet)
+        packet = replace(packet, oif=route.dev)
+        packet = self.hook(space, families, "forward", packet)
+        packet = self.hook(space, families, "postrouting", packet)
+        self.egress(space, route, packet)
 
 
 def trace(world: World, source: str, packet: Packet, label: str, destination: str) -> Trace:

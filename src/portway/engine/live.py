@@ -139,8 +139,7 @@ def run(engine: Engine | Observer, world: core.World, src_key: str, packet: Pack
         elif src_key == host.key:
             outcome, local = send()
         else:
-            name = src_key.removeprefix("ns:")
-            outcome, local = netns.in_netns(netns.netns_path(name), send)
+            outcome, local = netns.in_netns(netns.key_path(src_key), send)
         events = listener.read()
         socket_drops = nftrace.udp_in_errors() - udp_errors
         connections = nftrace.connections()

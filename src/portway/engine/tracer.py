@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from pyroute2 import IPRoute
@@ -45,7 +45,8 @@ def _space(key: str, label: str, ipr: IPRoute, rules: list[dict[str, Any]],
         ifaces.append(core.Iface(name=link.ifname, index=link.index, kind=link.kind,
                                  mac=link.mac, up=link.up, addrs=addrs, master=master,
                                  peer=peers.get(link.ifname), route_localnet=localnet,
-                                 link_index=link.peer if link.kind == "veth" else 0))
+                                 link_index=link.peer if link.kind == "veth" else 0,
+                                 netnsid=link.netnsid if link.kind == "veth" else -1))
     routes = [core.Route(dst=ipaddress.ip_network(r["dst"]), dev=r["dev"],
                          gateway=ipaddress.ip_address(r["gateway"]) if r["gateway"] else None,
                          prefsrc=ipaddress.ip_address(r["prefsrc"]) if r["prefsrc"] else None,
@@ -66,6 +67,97 @@ def _space(key: str, label: str, ipr: IPRoute, rules: list[dict[str, Any]],
                       neighbours=observe.neighbours(ipr), fdb=observe.bridge_fdb(ipr))
 
 
+MAX_FOREIGN = 64  # namespaces one trace follows veths into, at most
+
+
+def uplinks(space: core.Space) -> set[str]:
+    """The interfaces the default routes leave by: the way out to the world (on a real
+    host a NIC; in a lab, a veth that plays one), never followed into a namespace."""
+    return {r.dev for r in space.routes if r.dst.prefixlen == 0 and r.kind == "unicast"}
+
+
+def _unpaired(space: core.Space, skip: set[str]) -> list[core.Iface]:
+    """space's veths whose other end is in another namespace not joined to them yet."""
+    return [i for i in space.ifaces if i.kind == "veth" and i.peer is None
+            and i.netnsid >= 0 and i.name not in skip]
+
+
+def _nsids(ipr: IPRoute, wanted: set[int], found: list[netns.Namespace]) -> dict[int, int]:
+    """nsid -> inode, for the nsids wanted, as ipr's namespace numbers the namespaces."""
+    out: dict[int, int] = {}
+    for ns in found:
+        if len(out) == len(wanted):
+            break
+        nsid = netns.nsid_of(ipr, ns.path)
+        if nsid in wanted:
+            out[nsid] = ns.inode
+    return out
+
+
+def _record_foreign(ns: netns.Namespace, found: list[netns.Namespace]
+                    ) -> tuple[core.Space, dict[int, int]]:
+    """A namespace portway did not make, recorded from inside it (read-only), and the
+    namespaces its own veths lead to (nsid -> inode)."""
+    def record() -> tuple[core.Space, dict[int, int]]:
+        ipr, nft = IPRoute(), Nft()
+        try:
+            space = _space(ns.key, ns.label, ipr, nft.list_ruleset(), {})
+            wanted = {i.netnsid for i in _unpaired(space, set())}
+            return space, _nsids(ipr, wanted, found) if wanted else {}
+        finally:
+            ipr.close()
+            nft.close()
+
+    return netns.in_netns(ns.path, record)
+
+
+def _join(world: core.World, a: core.Space, i: core.Iface, b: core.Space) -> None:
+    """Join veth end i of a to its other end in b (the end whose index i names and which
+    names i back)."""
+    for n, j in enumerate(b.ifaces):
+        if j.kind == "veth" and j.index == i.link_index and j.link_index == i.index:
+            b.ifaces[n] = replace(j, peer=(a.key, i.name))
+            at = a.ifaces.index(i)
+            a.ifaces[at] = replace(i, peer=(b.key, j.name))
+            return
+
+
+def discover(world: core.World, host_ipr: IPRoute, modelled: dict[int, str]) -> None:
+    """Follow the host's veths (but its uplinks) whose other end is in a namespace
+    portway did not make into that namespace, and on from there: record each as
+    portway's own containers are recorded, and join the veth ends. A namespace is
+    entered (to read it) only when a veth leads to it: namespaces unrelated to the
+    host (another test's, another lab's) are never entered. modelled: inode -> key of
+    the namespaces recorded already (the host's and portway's containers')."""
+    pending = [(world.host, uplinks(world.host))]
+    if not _unpaired(world.host, pending[0][1]):
+        return
+    found = netns.observe_namespaces()
+    entered = 0
+    by_inode = {ns.inode: ns for ns in found}
+    mapping = {world.host.key: _nsids(host_ipr, {i.netnsid for i in _unpaired(
+        world.host, pending[0][1])}, found)}
+    while pending:
+        space, skip = pending.pop(0)
+        for i in _unpaired(space, skip):
+            inode = mapping.get(space.key, {}).get(i.netnsid)
+            if inode is None:
+                continue
+            key = modelled.get(inode)
+            if key is None:
+                ns = by_inode.get(inode)
+                if ns is None or entered >= MAX_FOREIGN:
+                    continue
+                entered += 1
+                other, mapping[ns.key] = _record_foreign(ns, found)
+                world.spaces[ns.key] = other
+                modelled[inode] = key = ns.key
+                pending.append((other, set()))
+            current = space.iface(i.name)
+            if current is not None and current.peer is None:
+                _join(world, space, current, world.space(key))
+
+
 def observe_foreign(engine: Engine | Observer, world: core.World, name: str) -> str:
     """Add a named namespace portway did not make to world; its key."""
     key = f"ns:{name}"
@@ -84,7 +176,10 @@ def observe_foreign(engine: Engine | Observer, world: core.World, name: str) -> 
     return key
 
 
-def observe_world(engine: Engine | Observer) -> tuple[core.World, dict[str, Container]]:
+def observe_world(engine: Engine | Observer
+                  ) -> tuple[core.World, dict[str, Container], dict[int, str]]:
+    """The host, portway's containers, and the namespaces the host's veths lead to; the
+    containers by key, and the key of each namespace recorded by its inode."""
     containers = {os.path.basename(c.netns): c for c in engine.store.containers()
                   if c.network_mode != "host" and netns.netns_exists(os.path.basename(c.netns))}
     host_peers: dict[str, tuple[str, str]] = {}
@@ -108,8 +203,15 @@ def observe_world(engine: Engine | Observer) -> tuple[core.World, dict[str, Cont
                 ipr.close()
                 nft.close()
         spaces[key] = netns.in_netns(c.netns, record)
-    return core.World(host=host, spaces=spaces, bridge_nf=bridge_nf,
-                      bridge_nf6=bridge_nf6), containers
+    world = core.World(host=host, spaces=spaces, bridge_nf=bridge_nf, bridge_nf6=bridge_nf6)
+    modelled: dict[int, str] = {}
+    for key, path in ((HOST, "/proc/thread-self/ns/net"),
+                      *((key, c.netns) for key, c in containers.items())):
+        inode = netns.namespace_inode(path)
+        if inode is not None:
+            modelled[inode] = key
+    discover(world, engine.host, modelled)
+    return world, containers, modelled
 
 
 def _family_flag(version: int) -> str:
@@ -139,7 +241,7 @@ def _parse_from_ip(from_ip: str | None, source: str, family: int | None
 
 
 def _source(engine: Engine | Observer, world: core.World, containers: dict[str, Container],
-            source: str) -> str:
+            modelled: dict[int, str], source: str) -> str:
     """The key of the source in world (observing a foreign namespace if asked)."""
     if source in ("host", "outside"):
         return source
@@ -149,19 +251,41 @@ def _source(engine: Engine | Observer, world: core.World, containers: dict[str, 
                 not netns.netns_exists(ns_name):
             raise NotFound(f"no network namespace {ns_name!r}",
                            "give one that 'ip netns list' shows, as ns:NAME")
+        known = modelled.get(netns.namespace_inode(netns.netns_path(ns_name)) or -1)
+        if known is not None:
+            return known
         return observe_foreign(engine, world, ns_name)
+    try:
+        addr: IPAddress | None = ipaddress.ip_address(source)
+    except ValueError:
+        addr = None
+    if addr is not None:
+        return _holder(world, addr)
     by_name = {c.name: key for key, c in containers.items()}
     if source in by_name:
         return by_name[source]
     c = engine.store.find_container(source)
     if c is None or c.network_mode == "host":
         raise NotFound(f"no such source {source!r}",
-                       "give a container name, 'host' or 'outside'")
+                       "give a container name, 'host', 'outside', ns:NAME or an address")
     key = os.path.basename(c.netns)
     if key not in containers:
         raise NotFound(f"container {c.name} has no network namespace",
                        "run 'portway gc' to repair it")
     return key
+
+
+def _holder(world: core.World, addr: IPAddress) -> str:
+    """The key of the namespace that holds addr: the host's, a container's, or one the
+    host's veths lead to."""
+    if addr in world.host.local():
+        return HOST
+    for key, space in world.spaces.items():
+        if addr in space.local():
+            return key
+    raise NotFound(f"no namespace reachable from the host holds {addr}",
+                   f"for a client beyond the host give: outside ... --from-ip {addr}; "
+                   "for another namespace: ns:NAME")
 
 
 def _families_of(world: core.World, src_key: str, client: IPAddress | None) -> set[int]:
@@ -254,8 +378,8 @@ def run(engine: Engine | Observer, source: str, destination: str, from_ip: str |
     if port is None:
         raise InvalidInput(f"no port in {destination!r}",
                            f"say which port: {name}:80, or {name}:53/udp")
-    world, containers = observe_world(engine)
-    src_key = _source(engine, world, containers, source)
+    world, containers, modelled = observe_world(engine)
+    src_key = _source(engine, world, containers, modelled, source)
     try:
         literal: IPAddress | None = ipaddress.ip_address(name)
     except ValueError:

@@ -41,6 +41,7 @@ class Link:
     mtu: int
     mac: str
     peer: int = 0  # a veth's other end: its index, in the peer's namespace
+    netnsid: int = -1  # the peer's namespace, as this one numbers it (-1: this one)
 
 
 def _kind(msg: object) -> str:
@@ -62,7 +63,16 @@ def _to_link(msg: object) -> Link:
         mtu=int(get("IFLA_MTU") or 0),
         mac=str(get("IFLA_ADDRESS") or ""),
         peer=int(get("IFLA_LINK") or 0),
+        netnsid=_netnsid(get("IFLA_LINK_NETNSID")),
     )
+
+
+def _netnsid(value: object) -> int:
+    """IFLA_LINK_NETNSID as a number, -1 for none (or not assigned: 4294967295)."""
+    if value is None:
+        return -1
+    number = int(value)  # type: ignore[call-overload]
+    return -1 if number < 0 or number >= 0xFFFFFFFF else number
 
 
 def observe_links(ipr: IPRoute) -> list[Link]:

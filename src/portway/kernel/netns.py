@@ -13,9 +13,11 @@ import errno
 import os
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 
 from portway.errors import InvalidInput
 from portway.kernel import sandbox
@@ -296,3 +298,85 @@ def remove_etc_netns(name: str) -> None:
         os.rmdir(directory)
     except FileNotFoundError:
         pass
+
+
+DOCKER_NETNS = "/var/run/docker/netns"
+
+
+@dataclass(frozen=True)
+class Namespace:
+    """A network namespace of the machine, as found: where to open it, a key and a label
+    to call it by, and its nsfs inode (the same namespace has one, whatever its names)."""
+
+    path: str
+    key: str  # ns:NAME (/run/netns), docker:ID (Docker's), pid:PID (a process's)
+    label: str
+    inode: int
+
+
+def key_path(key: str) -> str:
+    """The path of a namespace by its key (see Namespace); a container's key is its
+    /run/netns name."""
+    kind, _, name = key.partition(":")
+    if kind == "docker":
+        return os.path.join(DOCKER_NETNS, name)
+    if kind == "pid":
+        return f"/proc/{name}/ns/net"
+    return netns_path(name if kind == "ns" else key)
+
+
+def observe_namespaces() -> list[Namespace]:
+    """Every network namespace of the machine, once each (by inode): the named ones
+    (/run/netns), Docker's (/var/run/docker/netns), then any process's. Only looked at
+    (stat), never opened or entered; a stale file or a process that ended is skipped."""
+    try:
+        nsfs = os.stat("/proc/self/ns/net").st_dev
+    except OSError:
+        return []
+    found: dict[int, Namespace] = {}
+
+    def add(path: str, key: str, label: str) -> None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return
+        if st.st_dev == nsfs and st.st_ino not in found:
+            found[st.st_ino] = Namespace(path, key, label, st.st_ino)
+
+    for name in list_netns():
+        add(netns_path(name), f"ns:{name}", f"namespace {name}")
+    try:
+        docker = sorted(os.listdir(DOCKER_NETNS))
+    except OSError:
+        docker = []
+    for name in docker:
+        add(os.path.join(DOCKER_NETNS, name), f"docker:{name}", f"Docker's namespace {name}")
+    for entry in sorted((e for e in os.listdir("/proc") if e.isdigit()), key=int):
+        add(f"/proc/{entry}/ns/net", f"pid:{entry}", f"namespace of pid {entry}")
+    return list(found.values())
+
+
+def namespace_inode(path: str) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
+
+
+def nsid_of(ipr: IPRoute, path: str) -> int | None:
+    """The id ipr's namespace gives the namespace at path, or None if it gives none.
+    Only asked (RTM_GETNSID): an id is never assigned by asking."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        reply = ipr.get_netnsid(fd=fd)
+    except (OSError, NetlinkError):  # a namespace that went meanwhile: none
+        return None
+    finally:
+        os.close(fd)
+    nsid = None if reply is None else reply.get("nsid")
+    if nsid is None or int(nsid) < 0 or int(nsid) >= 0xFFFFFFFF:
+        return None
+    return int(nsid)
