@@ -19,10 +19,12 @@ import secrets
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from pyroute2 import IPRoute
+
 from portway.core import trace as core
 from portway.core.nftsim import Packet, hostport, rule_text
 from portway.errors import KernelError
-from portway.kernel import links, netns, nftrace
+from portway.kernel import links, netns, nftrace, observe
 from portway.model.types import IPAddress
 
 if TYPE_CHECKING:
@@ -131,15 +133,25 @@ def run(engine: Engine | Observer, world: core.World, src_key: str, packet: Pack
                                       str(packet.saddr) if outside else None, devices))
         fault_point("trace.live")
 
-        def send() -> tuple[str, tuple[str, int]]:
-            return nftrace.send_probe(packet.l4proto, str(packet.daddr), packet.dport, sport)
+        def send() -> tuple[str, tuple[str, int], list[str]]:
+            outcome, local = nftrace.send_probe(packet.l4proto, str(packet.daddr),
+                                                packet.dport, sport)
+            if outcome != "timeout":
+                return outcome, local, []
+            ipr = IPRoute()  # here, in the sender's namespace
+            try:
+                return outcome, local, _unanswered(ipr, packet.daddr)
+            finally:
+                ipr.close()
 
         if outside:
-            outcome, local = netns.in_netns(netns.netns_path(probe_ns), send)
+            outcome, local, unanswered = netns.in_netns(netns.netns_path(probe_ns), send)
         elif src_key == host.key:
-            outcome, local = send()
+            outcome, local, unanswered = send()
         else:
-            outcome, local = netns.in_netns(netns.key_path(src_key), send)
+            outcome, local, unanswered = netns.in_netns(netns.key_path(src_key), send)
+        if outcome == "timeout" and src_key != host.key:
+            unanswered += _unanswered(engine.host, packet.daddr)  # forwarded by the host
         events = listener.read()
         socket_drops = nftrace.udp_in_errors() - udp_errors
         connections = nftrace.connections()
@@ -152,7 +164,15 @@ def run(engine: Engine | Observer, world: core.World, src_key: str, packet: Pack
                 links.delete_link(engine.host, probe_if)
                 netns.delete_netns(probe_ns)
     return _report(events, connections, rules, hooks, outcome, local, sport, packet,
-                   static, compare_static, outside, socket_drops)
+                   static, compare_static, outside, socket_drops, unanswered)
+
+
+def _unanswered(ipr: IPRoute, daddr: IPAddress) -> list[str]:
+    """What the kernel says of daddr's neighbour entry in ipr's namespace if it was asked
+    for and never answered (incomplete, failed): why a probe to it got no answer."""
+    return [f"{core.asks(daddr)} for {daddr} on {dev} got no answer ({state})"
+            for (dev, addr), (_, state) in observe.neighbours(ipr).items()
+            if addr == str(daddr) and state in ("incomplete", "failed")]
 
 
 def _facing(host: core.Space, client: IPAddress) -> IPAddress:
@@ -185,7 +205,7 @@ def _report(events: list[nftrace.TraceEvent], connections: list[nftrace.Connecti
             rules: dict[tuple[str, str, int], str], hooks: dict[tuple[str, str, str], str],
             outcome: str, local: tuple[str, int], sport: int, packet: Packet,
             static: core.Trace, compare_static: core.Trace, outside: bool,
-            socket_drops: int = 0) -> dict[str, Any]:
+            socket_drops: int = 0, unanswered: list[str] | None = None) -> dict[str, Any]:
     mine = first_packet(events)
     stopped = next((e for e in mine if e.table == TABLE and e.family == "netdev"
                     and e.verdict == "drop"), None)
@@ -205,6 +225,9 @@ def _report(events: list[nftrace.TraceEvent], connections: list[nftrace.Connecti
         verdict, summary = "no-listener", "refused (nothing listens)"
     elif outcome == "unreachable":
         verdict, summary = "no-route", "the source's kernel has no route"
+    elif outcome == "timeout" and unanswered:
+        verdict = "no-route"
+        summary = f"no answer: {unanswered[0]}"
     elif outcome == "timeout" and packet.l4proto == "udp" and socket_drops > 0:
         verdict = "dropped"
         summary = "no answer, and the host dropped a UDP datagram on receipt meanwhile " \
