@@ -36,18 +36,22 @@ while True:
         s.sendto(data, peer)
 """
 
-# CONNECT ADDR PORT PROTO: what a real client meets: connected, refused, timeout,
-# unreachable (or the error's name).
+# CONNECT ADDR PORT PROTO [SPORT]: what a real client meets: connected, refused,
+# timeout, unreachable (or the error's name).
 CLIENT = """
 import errno, socket, sys
 addr, port, proto = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+sport = int(sys.argv[4]) if len(sys.argv) > 4 else 0
 family = socket.AF_INET6 if ":" in addr else socket.AF_INET
 try:
     if proto == "tcp":
-        socket.create_connection((addr, port), timeout=2).close()
+        socket.create_connection((addr, port), timeout=2,
+                                 source_address=("", sport) if sport else None).close()
         print("connected")
     else:
         s = socket.socket(family, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("", sport))
         s.settimeout(2)
         s.connect((addr, port))
         s.send(b"ping")
@@ -144,14 +148,26 @@ class Lab:
 
     # traffic
 
-    def serve(self, ns: str, addr: str, port: int, proto: str = "tcp") -> None:
+    def serve(self, ns: str, addr: str, port: int,
+              proto: str = "tcp") -> subprocess.Popen[str]:
         proc = subprocess.Popen([*self.prefix(ns), "python3", "-c", SERVER, addr, str(port),
                                  proto], stdout=subprocess.PIPE, text=True)
         self.procs.append(proc)
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        return proc
 
-    def connect(self, ns: str, addr: str, port: int, proto: str = "tcp") -> str:
-        return self.run(ns, "python3", "-c", CLIENT, addr, str(port), proto).strip()
+    def stop(self, proc: subprocess.Popen[str]) -> None:
+        """End a server this lab started."""
+        proc.kill()
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+        self.procs.remove(proc)
+
+    def connect(self, ns: str, addr: str, port: int, proto: str = "tcp",
+                sport: int = 0) -> str:
+        return self.run(ns, "python3", "-c", CLIENT, addr, str(port), proto,
+                        str(sport)).strip()
 
     def trace(self, *args: str) -> dict[str, Any]:
         """portway trace ARGS --json --live in the sandbox; the live probe must leave no
@@ -166,6 +182,8 @@ class Lab:
         for proc in self.procs:
             proc.kill()
             proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
         for name in reversed(self.namespaces):
             sh("ip", "netns", "del", name, check=False)
         for link in self.host_links:

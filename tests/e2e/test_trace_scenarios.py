@@ -1,0 +1,337 @@
+"""Real problems people brought to issue trackers and Q&A sites, each rebuilt in the
+sandbox as a real host has it: plain namespaces ("VMs", containers of other runtimes),
+bridges, nftables rules and sysctls made by hand, never by portway.
+
+Each scenario first confirms the symptom with a real connection (a Python client and
+server in namespaces the test made), then checks that static `trace` gives the verdict
+the real connection met, that `--live` agrees, and that the hop that decided is the
+one that explains it. Then the fix the thread arrived at is applied, and both the
+connection and the trace change together.
+
+Scenarios that need what trace does not model yet are marked xfail (strict, so they
+turn green, and must be unmarked, when it lands), with the mechanism of issue 16 they
+need.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from lab import Lab
+
+from conftest import Sandbox
+
+# What a real client meets -> the verdicts that say the same.
+SAME = {"connected": {"delivered", "leaves-host"}, "refused": {"no-listener"},
+        "timeout": {"dropped", "no-route"}, "unreachable": {"no-route"}}
+
+
+@pytest.fixture
+def lab(sandbox: Sandbox) -> Iterator[Lab]:
+    lab = Lab(sandbox)
+    try:
+        yield lab
+    finally:
+        lab.close()
+
+
+def vms(lab: Lab, count: int, bridge: str = "br0", third: int = 88) -> list[str]:
+    """A bridge made by hand in the host (10.THIRD.0.1/24) and `count` "VM" namespaces
+    behind it (10.THIRD.0.2, .3, ...), each with its default route via the bridge."""
+    host = lab.sb.host
+    names = []
+    for n in range(count):
+        vm = lab.netns(f"vm{n + 1}")
+        lab.veth(host, f"vm{n + 1}p", vm, "eth0")
+        lab.addr(vm, "eth0", f"10.{third}.0.{n + 2}/24")
+        lab.route(vm, "default", "via", f"10.{third}.0.1")
+        names.append(vm)
+    lab.bridge(host, bridge, *[f"vm{n + 1}p" for n in range(count)])
+    lab.addr(host, bridge, f"10.{third}.0.1/24")
+    return names
+
+
+def check(lab: Lab, real: str, source: str, destination: str,
+          *more: str) -> dict[str, Any]:
+    """Static and live trace of the path the real connection took, which met `real`:
+    the static verdict says the same, live agrees with it."""
+    t = lab.trace(source, destination, *more)
+    assert t["verdict"] in SAME[real], (real, t["verdict"], t["summary"], t["hops"])
+    live = t["live"]
+    assert live["verdict"] == t["verdict"], (live["verdict"], live["summary"])
+    assert live["agrees"], live["disagreements"]
+    return t
+
+
+def decider(t: dict[str, Any]) -> dict[str, Any]:
+    """The hop that decided: the last one."""
+    hop: dict[str, Any] = t["hops"][-1]
+    return hop
+
+
+def test_docker_forward_drop_breaks_bridged_vms(lab: Lab) -> None:
+    """"docker-ce package makes existing KVM guests unusable" (docker/for-linux#949,
+    https://github.com/docker/for-linux/issues/949; also "Docker br_netfilter silently
+    blocks KVM VM bridge traffic", https://github.com/seapath/ansible/issues/909): Docker
+    sets the FORWARD policy to DROP, and br_netfilter sends bridged frames between two
+    VMs through that chain. The fix from the threads: bridged traffic out of iptables
+    (bridge-nf-call-iptables=0), or an accept for the bridge."""
+    sb = lab.sb
+    vm1, vm2 = vms(lab, 2)
+    lab.serve(vm2, "10.88.0.3", 80)
+    lab.sysctl(sb.host, "net.bridge.bridge-nf-call-iptables", "1")
+    lab.nft(sb.host, "table ip filter {\n"
+                     "  chain FORWARD { type filter hook forward priority 0; policy drop; }\n"
+                     "}\n")
+    assert lab.connect(vm1, "10.88.0.3", 80) == "timeout"
+    t = check(lab, "timeout", f"ns:{vm1}", "10.88.0.3:80")
+    hop = decider(t)
+    assert (hop["family"], hop["table"], hop["chain"], hop["verdict"]) == \
+        ("ip", "filter", "FORWARD", "policy drop")
+    assert any("bridge netfilter is on" in h["detail"] for h in t["hops"])
+    lab.sysctl(sb.host, "net.bridge.bridge-nf-call-iptables", "0")
+    assert lab.connect(vm1, "10.88.0.3", 80) == "connected"
+    t = check(lab, "connected", f"ns:{vm1}", "10.88.0.3:80")
+    assert t["verdict"] == "delivered" and t["hops"][-1]["where"] == f"namespace {vm2}"
+
+
+def test_ip_forward_off_no_internet_from_containers(lab: Lab) -> None:
+    """"Podman - Detect when net.ipv4.ip_forward=0 and warn user" (containers/podman#399,
+    https://github.com/containers/podman/issues/399), Docker's "WARNING: IPv4 forwarding
+    is disabled. Networking will not work." (moby/moby#27319): masquerade is in place,
+    but the host routes nothing. The fix: net.ipv4.ip_forward=1."""
+    sb = lab.sb
+    (vm,) = vms(lab, 1)
+    lab.nft(sb.host, "table ip nat {\n"
+                     "  chain POSTROUTING { type nat hook postrouting priority 100; "
+                     "policy accept;\n"
+                     "    ip saddr 10.88.0.0/24 oifname \"uplink0\" masquerade\n  }\n}\n")
+    lab.serve(sb.outside, sb.outside_addr, 9000)
+    lab.sysctl(sb.host, "net.ipv4.ip_forward", "0")
+    assert lab.connect(vm, sb.outside_addr, 9000) == "timeout"
+    t = check(lab, "timeout", "10.88.0.2", f"{sb.outside_addr}:9000")
+    assert t["verdict"] == "dropped" and "ip_forward=0" in t["summary"]
+    assert "net.ipv4.ip_forward is 0" in decider(t)["detail"]
+    lab.sysctl(sb.host, "net.ipv4.ip_forward", "1")
+    assert lab.connect(vm, sb.outside_addr, 9000) == "connected"
+    t = check(lab, "connected", "10.88.0.2", f"{sb.outside_addr}:9000")
+    assert t["verdict"] == "leaves-host" and t["seen_source"] == sb.host_addr
+
+
+def test_host_service_on_loopback_from_a_container(lab: Lab) -> None:
+    """"From inside of a Docker container, how do I connect to the localhost of the
+    machine?" (https://stackoverflow.com/questions/24319662): the database on the host
+    listens on 127.0.0.1 only; the container reaches the host's bridge address, where
+    nothing listens. The fix: listen on the bridge's address (or 0.0.0.0)."""
+    sb = lab.sb
+    (vm,) = vms(lab, 1)
+    lab.serve(sb.host, "127.0.0.1", 5432)
+    assert lab.connect(vm, "10.88.0.1", 5432) == "refused"
+    t = check(lab, "refused", f"ns:{vm}", "10.88.0.1:5432")
+    hop = decider(t)
+    assert hop["kind"] == "socket" and hop["where"] == "host"
+    assert "nothing listens on 10.88.0.1:5432" in hop["detail"]
+    lab.serve(sb.host, "10.88.0.1", 5432)
+    assert lab.connect(vm, "10.88.0.1", 5432) == "connected"
+    check(lab, "connected", f"ns:{vm}", "10.88.0.1:5432")
+
+
+@pytest.mark.xfail(strict=True, reason="needs concrete fixes (issue 16, mechanism 5): the "
+                   "verdict does not say that something listens on 127.0.0.1 only")
+def test_host_service_on_loopback_names_the_bind_address(lab: Lab) -> None:
+    """As above (https://stackoverflow.com/questions/24319662): the verdict should name the
+    cause a user can act on: the service listens on 127.0.0.1 only; bind 0.0.0.0."""
+    sb = lab.sb
+    (vm,) = vms(lab, 1)
+    lab.serve(sb.host, "127.0.0.1", 5432)
+    assert lab.connect(vm, "10.88.0.1", 5432) == "refused"
+    t = check(lab, "refused", f"ns:{vm}", "10.88.0.1:5432")
+    assert "127.0.0.1" in t["summary"] and "0.0.0.0" in t["summary"]
+
+
+def test_app_bound_to_loopback_inside_the_container(lab: Lab) -> None:
+    """"Can't access to server starting on 127.0.0.1 inside docker, but work with
+    0.0.0.0" (https://forums.docker.com/t/34709): the port is forwarded (DNAT) to the
+    container, whose server listens on its own 127.0.0.1 only, so the connection is
+    refused there. The fix: the server binds 0.0.0.0."""
+    sb = lab.sb
+    (vm,) = vms(lab, 1)
+    lab.sysctl(sb.host, "net.ipv4.ip_forward", "1")
+    lab.nft(sb.host, "table ip nat {\n"
+                     "  chain PREROUTING { type nat hook prerouting priority -100; "
+                     "policy accept;\n"
+                     f"    ip daddr {sb.host_addr} tcp dport 3001 dnat to 10.88.0.2:3001\n"
+                     "  }\n}\n")
+    loopback_only = lab.serve(vm, "127.0.0.1", 3001)
+    assert lab.connect(sb.outside, sb.host_addr, 3001) == "refused"
+    t = check(lab, "refused", "outside", f"{sb.host_addr}:3001", "--from-ip",
+              sb.outside_addr)
+    assert t["seen_destination"] == "10.88.0.2:3001"  # DNAT took it to the container
+    assert decider(t)["where"] == f"namespace {vm}"
+    lab.stop(loopback_only)
+    lab.serve(vm, "0.0.0.0", 3001)
+    assert lab.connect(sb.outside, sb.host_addr, 3001) == "connected"
+    t = check(lab, "connected", "outside", f"{sb.host_addr}:3001", "--from-ip",
+              sb.outside_addr)
+    assert t["seen_source"] == sb.outside_addr
+
+
+def test_port_forward_to_a_vm_behind_a_drop_policy(lab: Lab) -> None:
+    """Port forwarding to a VM behind the host's own firewall ("the host firewall
+    configured a DROP-all policy ... additional rules are required",
+    https://www.p15r.net/posts/2019-02-27-hostfw-libvirtd/): the DNAT rule works, but
+    the forward chain's policy drops the new connection, which only established
+    traffic may pass. The fix: accept what was DNATed (ct status dnat accept)."""
+    sb = lab.sb
+    (vm,) = vms(lab, 1)
+    lab.sysctl(sb.host, "net.ipv4.ip_forward", "1")
+    lab.nft(sb.host, "table ip nat {\n"
+                     "  chain prerouting { type nat hook prerouting priority -100; "
+                     "policy accept;\n"
+                     f"    ip daddr {sb.host_addr} tcp dport 8080 dnat to 10.88.0.2:80\n"
+                     "  }\n}\n"
+                     "table inet filter {\n"
+                     "  chain forward { type filter hook forward priority 0; policy drop;\n"
+                     "    ct state established,related accept\n  }\n}\n")
+    lab.serve(vm, "0.0.0.0", 80)
+    assert lab.connect(sb.outside, sb.host_addr, 8080) == "timeout"
+    t = check(lab, "timeout", "outside", f"{sb.host_addr}:8080", "--from-ip",
+              sb.outside_addr)
+    hop = decider(t)
+    assert (hop["family"], hop["table"], hop["chain"], hop["verdict"]) == \
+        ("inet", "filter", "forward", "policy drop")
+    lab.run(sb.host, "nft", "insert rule inet filter forward ct status dnat accept")
+    assert lab.connect(sb.outside, sb.host_addr, 8080) == "connected"
+    t = check(lab, "connected", "outside", f"{sb.host_addr}:8080", "--from-ip",
+              sb.outside_addr)
+    assert t["verdict"] == "delivered" and t["seen_destination"] == "10.88.0.2:80"
+
+
+def test_host_firewall_input_blocks_a_container_reaching_the_host(lab: Lab) -> None:
+    """"Cannot access service on host from container" (chaifeng/ufw-docker#53,
+    https://github.com/chaifeng/ufw-docker/issues/53): a ufw-style input chain (policy
+    drop; loopback, established and SSH allowed) drops the container's connection to
+    the database on the host: "[UFW BLOCK] IN=docker0". The fix: allow the port from
+    the bridge."""
+    sb = lab.sb
+    (vm,) = vms(lab, 1)
+    lab.nft(sb.host, "table inet filter {\n"
+                     "  chain input { type filter hook input priority 0; policy drop;\n"
+                     "    iif \"lo\" accept\n"
+                     "    ct state established,related accept\n"
+                     "    tcp dport 22 accept\n  }\n}\n")
+    lab.serve(sb.host, "0.0.0.0", 5432)
+    assert lab.connect(vm, "10.88.0.1", 5432) == "timeout"
+    t = check(lab, "timeout", "10.88.0.2", "10.88.0.1:5432")
+    hop = decider(t)
+    assert (hop["table"], hop["chain"], hop["hook"], hop["verdict"]) == \
+        ("filter", "input", "input", "policy drop")
+    lab.run(sb.host, "nft", "insert rule inet filter input iifname br0 tcp dport 5432 "
+            "accept")
+    assert lab.connect(vm, "10.88.0.1", 5432) == "connected"
+    check(lab, "connected", "10.88.0.2", "10.88.0.1:5432")
+
+
+def test_a_container_network_shadows_part_of_the_lan(lab: Lab) -> None:
+    """"Docker network 'bridge' subnet interferes with corporate network range"
+    (https://github.com/docker/for-win/issues/58; "Accessing external networks on
+    172.17.x.x from container", https://github.com/docker/for-win/issues/1838): Docker's
+    default 172.17.0.0/16 is more specific than the 172.16.0.0/12 the company network is
+    routed by, so a LAN host in it is looked for behind the bridge, where nobody answers
+    ARP. The fix: give the bridge a subnet that does not overlap."""
+    sb = lab.sb
+    vms(lab, 1, bridge="docker0", third=17)  # 10.17.0.0/24 ...
+    lab.addr(sb.host, "docker0", "172.17.0.1/16")  # ... and Docker's default subnet
+    lab.addr(sb.outside, "wan0", "172.17.5.10/16")  # the LAN host, beyond the uplink
+    lab.route(sb.host, "172.16.0.0/12", "via", sb.outside_addr)
+    lab.serve(sb.outside, "172.17.5.10", 443)
+    assert lab.connect(sb.host, "172.17.5.10", 443) in ("timeout", "unreachable")
+    t = check(lab, "timeout", "host", "172.17.5.10:443")
+    assert t["verdict"] == "no-route" and decider(t)["where"] == "docker0"
+    assert "ARP gets no answer" in decider(t)["detail"]
+    lab.ip(sb.host, "addr", "del", "172.17.0.1/16", "dev", "docker0")
+    assert lab.connect(sb.host, "172.17.5.10", 443) == "connected"
+    t = check(lab, "connected", "host", "172.17.5.10:443")
+    assert t["verdict"] == "leaves-host"
+
+
+@pytest.mark.xfail(strict=True, reason="needs conntrack state (issue 16, mechanism 3): "
+                   "the flow's conntrack entry still holds the old DNAT")
+def test_stale_udp_conntrack_entry_outlives_a_port_forward(lab: Lab) -> None:
+    """"Failed to receive UDP traffic after container restart" (moby/moby#8795,
+    https://github.com/moby/moby/issues/8795; "portmap: delete UDP conntrack entries on
+    teardown", https://github.com/containernetworking/plugins/issues/123): the forwarded
+    UDP port's container is recreated with another address and the rule follows it, but
+    a client that keeps sending from the same port keeps its flow's conntrack entry,
+    which still leads to the old address. The fix: conntrack -D -p udp --orig-port-dst
+    5060."""
+    sb = lab.sb
+    vm1, vm2 = vms(lab, 2)
+    lab.sysctl(sb.host, "net.ipv4.ip_forward", "1")
+    lab.nft(sb.host, "table ip nat {\n"
+                     "  chain prerouting { type nat hook prerouting priority -100; "
+                     "policy accept;\n"
+                     f"    ip daddr {sb.host_addr} udp dport 5060 dnat to 10.88.0.2:5060\n"
+                     "  }\n}\n")
+    old = lab.serve(vm1, "0.0.0.0", 5060, "udp")
+    assert lab.connect(sb.outside, sb.host_addr, 5060, "udp", sport=40000) == "connected"
+    # The container is recreated as vm2 (10.88.0.3); the rule follows it.
+    lab.stop(old)
+    lab.ip(vm1, "addr", "flush", "dev", "eth0")
+    lab.run(sb.host, "nft", "flush chain ip nat prerouting")
+    lab.run(sb.host, "nft", f"add rule ip nat prerouting ip daddr {sb.host_addr} udp dport "
+            "5060 dnat to 10.88.0.3:5060")
+    lab.serve(vm2, "0.0.0.0", 5060, "udp")
+    assert lab.connect(sb.outside, sb.host_addr, 5060, "udp", sport=40001) == "connected"
+    real = lab.connect(sb.outside, sb.host_addr, 5060, "udp", sport=40000)
+    assert real == "timeout"
+    # The trace's client sends from port 40000, the flow conntrack still holds.
+    t = lab.trace("outside", f"{sb.host_addr}:5060/udp", "--from-ip", sb.outside_addr)
+    assert t["verdict"] in SAME[real], (real, t["verdict"])
+
+
+@pytest.mark.xfail(strict=True, reason="needs the reply (issue 16, mechanism 2): the "
+                   "SYN-ACK is bridged straight back, without the reverse NAT")
+def test_hairpin_to_a_forwarded_port_without_bridge_netfilter(lab: Lab) -> None:
+    """"hairpin nat issue when source and destination pod ... are on same node"
+    (cloudnativelabs/kube-router#151, https://github.com/cloudnativelabs/kube-router/
+    issues/151; Docker's "modprobe br_netfilter: this fixes hairpin nat",
+    https://github.com/moby/moby/pull/13162): a VM connects to a port the host forwards
+    to another VM on the same bridge; the SYN is DNATed, but the reply is bridged
+    straight back with the server's own address, and the client resets it. The fix:
+    bridge-nf-call-iptables=1 (or masquerade the hairpin)."""
+    sb = lab.sb
+    vm1, vm2 = vms(lab, 2)
+    lab.sysctl(sb.host, "net.ipv4.ip_forward", "1")
+    lab.sysctl(sb.host, "net.bridge.bridge-nf-call-iptables", "0")
+    lab.nft(sb.host, "table ip nat {\n"
+                     "  chain prerouting { type nat hook prerouting priority -100; "
+                     "policy accept;\n"
+                     "    ip daddr 10.88.0.1 tcp dport 8080 dnat to 10.88.0.3:80\n"
+                     "  }\n}\n")
+    lab.serve(vm2, "0.0.0.0", 80)
+    real = lab.connect(vm1, "10.88.0.1", 8080)
+    assert real != "connected"
+    t = lab.trace(f"ns:{vm1}", "10.88.0.1:8080")
+    assert t["verdict"] in SAME[real], (real, t["verdict"])
+
+
+def test_hairpin_to_a_forwarded_port_with_bridge_netfilter(lab: Lab) -> None:
+    """The same hairpin (https://github.com/moby/moby/pull/13162) with bridge netfilter
+    on: the reply passes the host's conntrack, which undoes the DNAT; it works."""
+    sb = lab.sb
+    vm1, vm2 = vms(lab, 2)
+    lab.sysctl(sb.host, "net.ipv4.ip_forward", "1")
+    lab.sysctl(sb.host, "net.bridge.bridge-nf-call-iptables", "1")
+    lab.nft(sb.host, "table ip nat {\n"
+                     "  chain prerouting { type nat hook prerouting priority -100; "
+                     "policy accept;\n"
+                     "    ip daddr 10.88.0.1 tcp dport 8080 dnat to 10.88.0.3:80\n"
+                     "  }\n}\n")
+    lab.serve(vm2, "0.0.0.0", 80)
+    assert lab.connect(vm1, "10.88.0.1", 8080) == "connected"
+    t = check(lab, "connected", f"ns:{vm1}", "10.88.0.1:8080")
+    assert t["seen_destination"] == "10.88.0.3:80"
+    assert t["hops"][-1]["where"] == f"namespace {vm2}"
