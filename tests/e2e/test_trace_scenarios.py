@@ -335,3 +335,80 @@ def test_hairpin_to_a_forwarded_port_with_bridge_netfilter(lab: Lab) -> None:
     t = check(lab, "connected", f"ns:{vm1}", "10.88.0.1:8080")
     assert t["seen_destination"] == "10.88.0.3:80"
     assert t["hops"][-1]["where"] == f"namespace {vm2}"
+
+
+def test_the_guests_own_firewall(lab: Lab) -> None:
+    """"Any network service on a guest must have the applicable ports open on the guest
+    ... If a network service on a guest is firewalled it will be inaccessible. Always
+    verify the guests network configuration first." (Red Hat's virtualization guide,
+    https://access.redhat.com/documentation/en-us/red_hat_enterprise_linux/5/html/
+    virtualization/ch19s04): the host is fine; the VM's own input chain drops the
+    connection. The fix: open the port in the guest."""
+    sb = lab.sb
+    (vm,) = vms(lab, 1)
+    lab.nft(vm, "table inet guest {\n"
+                "  chain input { type filter hook input priority 0; policy drop;\n"
+                "    ct state established,related accept\n"
+                "    tcp dport 22 accept\n  }\n}\n")
+    lab.serve(vm, "0.0.0.0", 8443)
+    assert lab.connect(sb.host, "10.88.0.2", 8443) == "timeout"
+    t = check(lab, "timeout", "host", "10.88.0.2:8443")
+    hop = decider(t)
+    assert hop["where"] == f"namespace {vm}: inet guest input"
+    assert (hop["table"], hop["verdict"]) == ("guest", "policy drop")
+    lab.run(vm, "nft", "add rule inet guest input tcp dport 8443 accept")
+    assert lab.connect(sb.host, "10.88.0.2", 8443) == "connected"
+    check(lab, "connected", "host", "10.88.0.2:8443")
+
+
+@pytest.mark.xfail(strict=True, reason="needs policy routing (issue 16, mechanism 4): "
+                   "trace reads the main table only, not ip rules and their tables")
+def test_policy_routing_sends_container_traffic_elsewhere(lab: Lab) -> None:
+    """"Docker 29 breaks policy routing" (https://github.com/moby/moby/issues/51544):
+    a rule sends everything from one container network to a table of its own (a VPN's
+    default route), so a container on another bridge of the same host is no longer
+    reached through the main table. The fix: a rule of higher priority that keeps the
+    traffic between the host's own networks in the main table."""
+    sb = lab.sb
+    (vm1,) = vms(lab, 1)
+    vm2 = lab.netns("other")
+    lab.veth(sb.host, "otherp", vm2, "eth0")
+    lab.bridge(sb.host, "br1", "otherp")
+    lab.addr(sb.host, "br1", "10.89.0.1/24")
+    lab.addr(vm2, "eth0", "10.89.0.2/24")
+    lab.route(vm2, "default", "via", "10.89.0.1")
+    lab.serve(vm2, "0.0.0.0", 80)
+    lab.sysctl(sb.host, "net.ipv4.ip_forward", "1")
+    lab.ip(sb.host, "route", "add", "unreachable", "default", "table", "11")
+    lab.ip(sb.host, "rule", "add", "from", "10.88.0.0/24", "lookup", "11", "priority", "150")
+    real = lab.connect(vm1, "10.89.0.2", 80)
+    assert real == "unreachable"
+    t = lab.trace(f"ns:{vm1}", "10.89.0.2:80")
+    assert t["verdict"] in SAME[real], (real, t["verdict"])
+
+
+@pytest.mark.xfail(strict=True, reason="needs rp_filter (issue 16, mechanism 4): the "
+                   "reverse path check of the receiving interface is not modelled")
+def test_strict_reverse_path_filter_on_a_guest_with_two_interfaces(lab: Lab) -> None:
+    """A guest with two interfaces and strict reverse path filtering: a connection that
+    arrives on the second interface from a source the guest routes through the first is
+    dropped on receipt ("For the guest with multiple interfaces, the asymmetric routing
+    ... If the rp_filter is enabled, Linux will refuse" them,
+    https://github.com/autotest/tp-libvirt/pull/6375; "[VPR] no WG traffic with kernel
+    reverse-path strict filter enabled",
+    https://github.com/stangri/source.openwrt.melmac.ca/issues/41). The fix: loose mode
+    (rp_filter=2) or a route back through the second interface."""
+    sb = lab.sb
+    (vm,) = vms(lab, 1)
+    lab.veth(sb.host, "vm1q", vm, "eth1")
+    lab.addr(sb.host, "vm1q", "10.71.0.1/24")
+    lab.addr(vm, "eth1", "10.71.0.2/24")
+    lab.sysctl(vm, "net.ipv4.conf.all.rp_filter", "1")
+    lab.sysctl(vm, "net.ipv4.conf.eth1.rp_filter", "1")
+    lab.sysctl(sb.host, "net.ipv4.ip_forward", "1")
+    lab.route(sb.outside, "10.71.0.0/24", "via", sb.host_addr)
+    lab.serve(vm, "0.0.0.0", 80)
+    real = lab.connect(sb.outside, "10.71.0.2", 80)
+    assert real == "timeout"
+    t = lab.trace("outside", "10.71.0.2:80", "--from-ip", sb.outside_addr)
+    assert t["verdict"] in SAME[real], (real, t["verdict"])
