@@ -4,7 +4,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test lint typecheck unit kernel bench reliability how-packets-move ipv6-doc clean
+.PHONY: setup demo test lint typecheck unit kernel bench reliability how-packets-move real-hosts-doc ipv6-doc clean
 
 setup: $(VENV)/.ready
 
@@ -35,6 +35,12 @@ reliability: setup
 # connections, in a throwaway host namespace.
 how-packets-move: setup
 	$(PY) scripts/how_packets_move.py
+
+# The chapter "Debugging real hosts" of docs/how-packets-move.md: the trace scenario suite
+# (tests/e2e/test_trace_scenarios.py), real problems rebuilt in throwaway namespaces, as
+# each scenario saw it.
+real-hosts-doc: setup
+	$(PY) scripts/real_hosts_doc.py
 
 # docs/ipv6.md: dual-stack and IPv6-only networks, real output, in a throwaway host
 # namespace.

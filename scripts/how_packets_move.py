@@ -30,6 +30,7 @@ from portway.testbed import WAIT_LISTENING as WAIT
 
 ROOT = Path(__file__).resolve().parent.parent
 PORTWAY = os.path.join(os.path.dirname(sys.executable), "portway")
+REAL_HOSTS = "## Debugging real hosts"  # the chapter scripts/real_hosts_doc.py writes
 
 INTRO = f"""# How packets move
 
@@ -250,7 +251,11 @@ def main() -> int:
                         "daemon", "stop"], capture_output=True)
         remove_world(world.host, world.outside)
         shutil.rmtree(world.state, ignore_errors=True)
-    (ROOT / "docs" / "how-packets-move.md").write_text(text + "\n")
+    doc = ROOT / "docs" / "how-packets-move.md"
+    # The chapter on real hosts is written by scripts/real_hosts_doc.py: kept as it is.
+    _, marker, chapter = doc.read_text().partition(f"\n{REAL_HOSTS}\n") if doc.exists() \
+        else ("", "", "")
+    doc.write_text(text + "\n" + marker + chapter)
     print("wrote docs/how-packets-move.md")
     return 0
 

@@ -15,6 +15,8 @@ need.
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -53,11 +55,31 @@ def vms(lab: Lab, count: int, bridge: str = "br0", third: int = 88) -> list[str]
     return names
 
 
+# Where scenarios write what they saw, for docs/how-packets-move.md's chapter on real
+# hosts (scripts/real_hosts_doc.py sets it; unset, nothing is written).
+RECORD = os.environ.get("PORTWAY_SCENARIO_RECORD")
+
+
+def traced(lab: Lab, real: str, *args: str) -> dict[str, Any]:
+    """portway trace ARGS --json --live; where scenarios are recorded, also its text as a
+    user sees it, with what the real connection met."""
+    t = lab.trace(*args)
+    if RECORD:
+        shown = lab.sb.pw("trace", *args, "--live").stdout
+        test = os.environ.get("PYTEST_CURRENT_TEST", "").split("::")[-1].split(" ")[0]
+        with open(RECORD, "a") as f:
+            f.write(json.dumps({"test": test, "args": list(args), "real": real,
+                                "text": shown, "host": lab.sb.host,
+                                "outside": lab.sb.outside,
+                                "wheres": [h["where"] for h in t["hops"]]}) + "\n")
+    return t
+
+
 def check(lab: Lab, real: str, source: str, destination: str,
           *more: str) -> dict[str, Any]:
     """Static and live trace of the path the real connection took, which met `real`:
     the static verdict says the same, live agrees with it."""
-    t = lab.trace(source, destination, *more)
+    t = traced(lab, real, source, destination, *more)
     assert t["verdict"] in SAME[real], (real, t["verdict"], t["summary"], t["hops"])
     live = t["live"]
     assert live["verdict"] == t["verdict"], (live["verdict"], live["summary"])
@@ -288,7 +310,7 @@ def test_stale_udp_conntrack_entry_outlives_a_port_forward(lab: Lab) -> None:
     real = lab.connect(sb.outside, sb.host_addr, 5060, "udp", sport=40000)
     assert real == "timeout"
     # The trace's client sends from port 40000, the flow conntrack still holds.
-    t = lab.trace("outside", f"{sb.host_addr}:5060/udp", "--from-ip", sb.outside_addr)
+    t = traced(lab, real, "outside", f"{sb.host_addr}:5060/udp", "--from-ip", sb.outside_addr)
     assert t["verdict"] in SAME[real], (real, t["verdict"])
 
 
@@ -314,7 +336,7 @@ def test_hairpin_to_a_forwarded_port_without_bridge_netfilter(lab: Lab) -> None:
     lab.serve(vm2, "0.0.0.0", 80)
     real = lab.connect(vm1, "10.88.0.1", 8080)
     assert real != "connected"
-    t = lab.trace(f"ns:{vm1}", "10.88.0.1:8080")
+    t = traced(lab, real, f"ns:{vm1}", "10.88.0.1:8080")
     assert t["verdict"] in SAME[real], (real, t["verdict"])
 
 
@@ -383,7 +405,7 @@ def test_policy_routing_sends_container_traffic_elsewhere(lab: Lab) -> None:
     lab.ip(sb.host, "rule", "add", "from", "10.88.0.0/24", "lookup", "11", "priority", "150")
     real = lab.connect(vm1, "10.89.0.2", 80)
     assert real == "unreachable"
-    t = lab.trace(f"ns:{vm1}", "10.89.0.2:80")
+    t = traced(lab, real, f"ns:{vm1}", "10.89.0.2:80")
     assert t["verdict"] in SAME[real], (real, t["verdict"])
 
 
@@ -410,5 +432,5 @@ def test_strict_reverse_path_filter_on_a_guest_with_two_interfaces(lab: Lab) -> 
     lab.serve(vm, "0.0.0.0", 80)
     real = lab.connect(sb.outside, "10.71.0.2", 80)
     assert real == "timeout"
-    t = lab.trace("outside", "10.71.0.2:80", "--from-ip", sb.outside_addr)
+    t = traced(lab, real, "outside", "10.71.0.2:80", "--from-ip", sb.outside_addr)
     assert t["verdict"] in SAME[real], (real, t["verdict"])
