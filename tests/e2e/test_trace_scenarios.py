@@ -434,3 +434,57 @@ def test_strict_reverse_path_filter_on_a_guest_with_two_interfaces(lab: Lab) -> 
     assert real == "timeout"
     t = traced(lab, real, "outside", "10.71.0.2:80", "--from-ip", sb.outside_addr)
     assert t["verdict"] in SAME[real], (real, t["verdict"])
+
+
+def test_a_forwarded_port_bypasses_the_input_firewall(lab: Lab) -> None:
+    """"docker and ufw serious problems" (https://github.com/moby/moby/issues/4737): ufw
+    denies all incoming traffic, yet the ports Docker publishes are reachable from
+    outside, because DNAT sends their traffic through the forward hook, and ufw's
+    rules are in input. The trace shows the path: prerouting DNAT, then forward, never
+    input. The fix from the threads (ufw-docker): filter it where it passes, in the
+    forward hook."""
+    sb = lab.sb
+    (vm,) = vms(lab, 1)
+    lab.sysctl(sb.host, "net.ipv4.ip_forward", "1")
+    lab.nft(sb.host, "table inet filter {\n"
+                     "  chain input { type filter hook input priority 0; policy drop;\n"
+                     "    iif \"lo\" accept\n"
+                     "    ct state established,related accept\n"
+                     "    tcp dport 22 accept\n  }\n}\n"
+                     "table ip nat {\n"
+                     "  chain PREROUTING { type nat hook prerouting priority -100; "
+                     "policy accept;\n"
+                     f"    ip daddr {sb.host_addr} tcp dport 8080 dnat to 10.88.0.2:80\n"
+                     "  }\n}\n")
+    lab.serve(vm, "0.0.0.0", 80)
+    assert lab.connect(sb.outside, sb.host_addr, 8080) == "connected"
+    t = check(lab, "connected", "outside", f"{sb.host_addr}:8080", "--from-ip",
+              sb.outside_addr)
+    hooks = [h.get("hook") for h in t["hops"] if h["where"].startswith("host:")]
+    assert "input" not in hooks and "prerouting" in hooks
+    lab.nft(sb.host, "table inet filter {\n"
+                     "  chain forward { type filter hook forward priority 0; policy accept;\n"
+                     "    oifname \"br0\" ct status dnat drop\n  }\n}\n")
+    assert lab.connect(sb.outside, sb.host_addr, 8080) == "timeout"
+    t = check(lab, "timeout", "outside", f"{sb.host_addr}:8080", "--from-ip",
+              sb.outside_addr)
+    hop = decider(t)
+    assert (hop["table"], hop["chain"], hop["verdict"]) == ("filter", "forward", "drop")
+
+
+@pytest.mark.xfail(strict=True, reason="needs the reply (issue 16, mechanism 2): the "
+                   "request leaves the host, its answer has no way back")
+def test_no_masquerade_the_reply_never_comes_back(lab: Lab) -> None:
+    """"Can't access internet from containers" (https://github.com/moby/moby/issues/13381):
+    with Docker's rules gone (--iptables=false, a flush) the nat table is empty; packets
+    from the container leave the host with its private source address, and "there's no
+    reply packet from router to the container". The fix: masquerade what leaves the
+    uplink."""
+    sb = lab.sb
+    (vm,) = vms(lab, 1)
+    lab.sysctl(sb.host, "net.ipv4.ip_forward", "1")
+    lab.serve(sb.outside, sb.outside_addr, 9000)
+    real = lab.connect(vm, sb.outside_addr, 9000)
+    assert real == "timeout"  # the outside has no route back to 10.88.0.0/24
+    t = traced(lab, real, "10.88.0.2", f"{sb.outside_addr}:9000")
+    assert t["verdict"] in SAME[real], (real, t["verdict"])
