@@ -5,6 +5,7 @@ to, whatever addresses it holds."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -62,6 +63,15 @@ def test_a_vm_behind_a_bridge_made_by_hand(lab: Lab) -> None:
     assert t["verdict"] == "no-route", t["hops"]
     assert decoy not in str(t)
     assert lab.connect(sb.host, "10.88.0.3", 80) != "connected"
+    # show and graph draw the VM's namespace, and not the decoy's.
+    topo = json.loads(sb.pw("show", "--json").stdout)
+    assert [(ns["Key"], [(x["HostEnd"]["Name"], x["HostEnd"]["Bridge"], x["End"]["Name"],
+                          x["End"]["Addresses"]) for x in ns["Links"]])
+            for ns in topo["Foreign"]] == [(f"ns:{vm}", [("vm0", "br0", "eth0",
+                                                         ["10.88.0.2"])])]
+    assert f"namespace {vm}" in sb.pw("show").stdout
+    dot = sb.pw("graph").stdout
+    assert f'"cluster_ns:ns:{vm}"' in dot and decoy not in dot
 
 
 def test_a_process_namespace_with_no_name(lab: Lab) -> None:
@@ -77,6 +87,9 @@ def test_a_process_namespace_with_no_name(lab: Lab) -> None:
     t = lab.trace("host", "10.89.0.2:8000")
     assert verdicts(t) == ("delivered", "delivered")
     assert t["hops"][-1]["where"] == f"namespace of pid {box[4:]}"
+    topo = json.loads(sb.pw("show", "--json").stdout)
+    assert [ns["Label"] for ns in topo["Foreign"]] == [f"namespace of pid {box[4:]}"]
+    assert "box0" not in [link["Name"] for link in topo["HostLinks"]]  # not an uplink
 
 
 def test_a_router_namespace_and_what_is_behind_it(lab: Lab) -> None:

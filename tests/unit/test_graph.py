@@ -74,3 +74,18 @@ def test_both_families_are_shown_and_drawn() -> None:
     text = show_text(topo)
     assert "network app  fd00:1::/64  gateway fd00:1::1" in text
     assert "eth0 #2\\nfd00:1::2\"" in to_dot(topo)
+
+
+def test_namespaces_portway_did_not_make() -> None:
+    topo = recorded()
+    topo["Foreign"] = [{"Key": "ns:lab-vm", "Label": "namespace lab-vm", "Links": [
+        {"HostEnd": link("vm0", 7, 2, Bridge="br0"),
+         "End": link("eth0", 2, 7, Addresses=["10.88.0.2"])}]}]
+    dot = to_dot(topo)
+    for piece in ('"cluster_ns:ns:lab-vm"', 'label="namespace lab-vm"', "vm0 #7\\nport of br0",
+                  "eth0 #2\\n10.88.0.2", '"fveth:vm0" -> "fend:ns:lab-vm:vm0"'):
+        assert piece in dot, piece
+    assert dot.count("{") == dot.count("}")
+    text = show_text(topo)
+    assert "namespaces portway did not make" in text
+    assert "namespace lab-vm   vm0 #7 (port of br0)   eth0 #2   10.88.0.2" in text

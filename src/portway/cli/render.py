@@ -75,6 +75,14 @@ def show_text(topo: dict[str, Any]) -> str:
     for c in topo["Unbridged"]:
         note = " (shares the host's network: no isolation)" if c["Mode"] == "host" else ""
         out += ["", f"container {c['Name']}: --network {c['Mode']}{note}, {c['Status']}"]
+    rows = [[ns["Label"], _end(link["HostEnd"], "host end") + (
+                f" (port of {link['HostEnd']['Bridge']})" if link["HostEnd"]["Bridge"] else ""),
+             _end(link["End"], "its end"), ", ".join(link["End"]["Addresses"]) or "-"]
+            for ns in topo.get("Foreign", []) for link in ns["Links"]]
+    if rows:
+        out += ["", "namespaces portway did not make, reached by the host's veths",
+                "  " + table(rows, ["NAMESPACE", "HOST END", "ITS END", "ADDRESSES"])
+                .replace("\n", "\n  ")]
     if trouble:
         out += ["", "some pieces are missing or miswired: 'portway doctor' lists them, "
                     "'portway gc' repairs them"]

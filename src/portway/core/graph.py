@@ -2,8 +2,9 @@
 
 Pure: takes the data `show --json` prints and returns DOT text; the CLI hands it
 to `dot` for SVG or PNG. Left to right: the host's interfaces, the bridges, the
-veth pairs (host end, then container end inside the container's box), and the
-published ports as the host addresses they open.
+veth pairs (host end, then container end inside the container's box), the
+published ports as the host addresses they open, and the namespaces portway did not
+make that the host's veths lead to (a dashed box each).
 """
 
 from __future__ import annotations
@@ -76,7 +77,25 @@ def to_dot(topo: dict[str, Any]) -> str:
             else "no network"
         lines.append(f"    {_q('mode:' + c['Id'])} [label={_q(c['Name'] + NL + note)}, "
                      f'shape=box, style="rounded,dashed"];')
+    foreign: dict[str, tuple[str, list[str]]] = {}
+    for ns in topo.get("Foreign", []):
+        for link in ns["Links"]:
+            host, end = link["HostEnd"], link["End"]
+            hid, eid = f"fveth:{host['Name']}", f"fend:{ns['Key']}:{host['Name']}"
+            hlabel = f"{host['Name']} #{host['Index']}" + (
+                f"{NL}port of {host['Bridge']}" if host["Bridge"] else "")
+            lines.append(f"    {_q(hid)} {_attrs(label=hlabel, shape='cds')};")
+            elabel = (f"{end['Name']} #{end['Index']}" if end["Present"] else "?") + \
+                "".join(f"{NL}{a}" for a in end["Addresses"])
+            foreign.setdefault(ns["Key"], (ns["Label"], []))[1].append(
+                f"{_q(eid)} {_attrs(label=elabel)};")
+            ports.append(f"  {_q(hid)} -> {_q(eid)} [style=bold, label=\"veth\"];")
     lines.append("  }")
+    for key, (label, nodes) in foreign.items():
+        lines.append(f"  subgraph {_q('cluster_ns:' + key)} {{ label={_q(label)};"
+                     ' style="rounded,dashed";')
+        lines += [f"    {node}" for node in nodes]
+        lines.append("  }")
     uplinks = [f"if:{link['Name']}" for link in topo["HostLinks"]]
     for pid in sorted(published):
         for up in uplinks:

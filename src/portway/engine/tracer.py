@@ -84,14 +84,7 @@ def _unpaired(space: core.Space, skip: set[str]) -> list[core.Iface]:
 
 def _nsids(ipr: IPRoute, wanted: set[int], found: list[netns.Namespace]) -> dict[int, int]:
     """nsid -> inode, for the nsids wanted, as ipr's namespace numbers the namespaces."""
-    out: dict[int, int] = {}
-    for ns in found:
-        if len(out) == len(wanted):
-            break
-        nsid = netns.nsid_of(ipr, ns.path)
-        if nsid in wanted:
-            out[nsid] = ns.inode
-    return out
+    return {nsid: ns.inode for nsid, ns in netns.resolve_nsids(ipr, wanted, found).items()}
 
 
 def _record_foreign(ns: netns.Namespace, found: list[netns.Namespace]

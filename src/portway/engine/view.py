@@ -20,6 +20,8 @@ from portway.errors import PortwayError
 from portway.model.types import Container, Endpoint, IPInterface, Network
 
 if TYPE_CHECKING:
+    from pyroute2 import IPRoute
+
     from portway.engine import Engine
     from portway.engine.context import Host
     from portway.engine.observer import Observer
@@ -267,8 +269,61 @@ def topology(engine: Engine | Observer) -> dict[str, Any]:
                "Mode": f"container:{containers[c.config.network_of].name}"
                if c.config.network_of in containers else network_mode(c)}
               for c in containers.values() if c.network_mode != "bridge"]
+    own_ends = {e.host_ifname for e in engine.store.endpoints()}
+    foreign = _foreign(engine, host, own_ends)
+    into_foreign = {end["HostEnd"]["Name"] for ns in foreign for end in ns["Links"]}
     uplinks = [{"Name": link.ifname, "Index": link.index, "Up": link.up}
                for link in host.values() if link.ifname != "lo" and not link.master
-               and link.kind not in ("bridge",) and not link.ifname.startswith("pwv-")]
+               and link.kind not in ("bridge",) and not link.ifname.startswith("pwv-")
+               and link.ifname not in into_foreign]
     return {"HostNetns": engine.host_netns or "(root)", "Networks": networks,
-            "Unbridged": others, "HostLinks": uplinks}
+            "Unbridged": others, "HostLinks": uplinks, "Foreign": foreign}
+
+
+def _foreign(engine: Engine | Observer, host: dict[str, Link],
+             own_ends: set[str]) -> list[dict[str, Any]]:
+    """The namespaces portway did not make that the host's veths lead to (but those of
+    its default routes: the uplinks), each with the veth pairs into it and the
+    addresses of its ends. Only those namespaces are opened, and only read."""
+    from portway.engine.tracer import MAX_FOREIGN
+    from portway.kernel import links, netns, observe
+
+    defaults = {r["dev"] for r in observe.route_table(engine.host)
+                if r["dst"] in ("0.0.0.0/0", "::/0")}
+    ends = [link for link in host.values() if link.kind == "veth" and link.netnsid >= 0
+            and link.ifname not in own_ends and link.ifname not in defaults]
+    if not ends:
+        return []
+    by_nsid = netns.resolve_nsids(engine.host, {link.netnsid for link in ends},
+                                  netns.observe_namespaces())
+    by_index = {link.index: link for link in host.values()}
+    out: dict[str, dict[str, Any]] = {}
+    inside: dict[str, dict[int, tuple[Link, list[str]]]] = {}
+    for link in sorted(ends, key=lambda link: link.ifname):
+        ns = by_nsid.get(link.netnsid)
+        if ns is None or (ns.key not in out and len(out) >= MAX_FOREIGN):
+            continue
+        if ns.key not in inside:
+            ipr = netns.open_ipr(ns.path)
+            try:
+                inside[ns.key] = {peer.index: (peer, _addresses(ipr, peer.index))
+                                  for peer in links.observe_links(ipr)}
+            finally:
+                ipr.close()
+        entry = out.setdefault(ns.key, {"Key": ns.key, "Label": ns.label, "Links": []})
+        peer_found = inside[ns.key].get(link.peer)
+        master = by_index.get(link.master) if link.master else None
+        entry["Links"].append({
+            "HostEnd": _link(link, Bridge=master.ifname if master else ""),
+            "End": _link(peer_found[0] if peer_found else None,
+                         Addresses=peer_found[1] if peer_found else [])})
+    return list(out.values())
+
+
+def _addresses(ipr: IPRoute, index: int) -> list[str]:
+    """A link's addresses of both families, but link-local ones."""
+    from portway.kernel import links
+
+    addrs: list[IPInterface] = [*links.observe_addresses(ipr, index),
+                                *links.observe_addresses6(ipr, index)]
+    return [str(a.ip) for a in addrs if not a.ip.is_link_local]

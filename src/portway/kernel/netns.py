@@ -380,3 +380,16 @@ def nsid_of(ipr: IPRoute, path: str) -> int | None:
     if nsid is None or int(nsid) < 0 or int(nsid) >= 0xFFFFFFFF:
         return None
     return int(nsid)
+
+
+def resolve_nsids(ipr: IPRoute, wanted: set[int],
+                  found: list[Namespace]) -> dict[int, Namespace]:
+    """The namespaces (of found) that ipr's namespace numbers with the nsids wanted."""
+    out: dict[int, Namespace] = {}
+    for ns in found:
+        if len(out) == len(wanted):
+            break
+        nsid = nsid_of(ipr, ns.path)
+        if nsid is not None and nsid in wanted:
+            out[nsid] = ns
+    return out
