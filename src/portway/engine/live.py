@@ -20,6 +20,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 
 from portway.core import trace as core
 from portway.core.nftsim import Packet, hostport, rule_text
@@ -168,11 +169,19 @@ def run(engine: Engine | Observer, world: core.World, src_key: str, packet: Pack
 
 
 def _unanswered(ipr: IPRoute, daddr: IPAddress) -> list[str]:
-    """What the kernel says of daddr's neighbour entry in ipr's namespace if it was asked
-    for and never answered (incomplete, failed): why a probe to it got no answer."""
-    return [f"{core.asks(daddr)} for {daddr} on {dev} got no answer ({state})"
+    """What the kernel says of the neighbour entry of daddr, or of the gateway ipr's
+    namespace routes it through, if it was asked for and never answered (incomplete,
+    failed): why a probe to it got no answer."""
+    hops = {str(daddr)}
+    try:
+        for msg in ipr.route("get", dst=str(daddr)):
+            if msg.get_attr("RTA_GATEWAY"):
+                hops.add(str(ipaddress.ip_address(msg.get_attr("RTA_GATEWAY"))))
+    except NetlinkError:
+        pass  # no route: the neighbour table alone
+    return [f"{core.asks(daddr)} for {addr} on {dev} got no answer ({state})"
             for (dev, addr), (_, state) in observe.neighbours(ipr).items()
-            if addr == str(daddr) and state in ("incomplete", "failed")]
+            if addr in hops and state in ("incomplete", "failed")]
 
 
 def _facing(host: core.Space, client: IPAddress) -> IPAddress:
