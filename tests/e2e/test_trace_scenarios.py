@@ -488,3 +488,111 @@ def test_no_masquerade_the_reply_never_comes_back(lab: Lab) -> None:
     assert real == "timeout"  # the outside has no route back to 10.88.0.0/24
     t = traced(lab, real, "10.88.0.2", f"{sb.outside_addr}:9000")
     assert t["verdict"] in SAME[real], (real, t["verdict"])
+
+
+def test_the_hosts_stub_resolver_from_a_container(lab: Lab) -> None:
+    """A container given the host's /etc/resolv.conf asks 127.0.0.53, systemd-resolved's
+    stub, which is the host's own loopback: inside the container that address is its own,
+    where nothing answers ("If host machine's resolv.conf contain the '127.0.0.53' ...
+    container can not use", https://github.com/buckyos/CYFS/pull/87; "Use
+    systemd-resolve", https://github.com/docker-library/docker/issues/114). The fix: a
+    resolver the container can reach (here, one on the bridge's address)."""
+    sb = lab.sb
+    (vm,) = vms(lab, 1)
+    lab.serve(sb.host, "127.0.0.53", 53, "udp")
+    assert lab.connect(sb.host, "127.0.0.53", 53, "udp") == "connected"  # on the host
+    assert lab.connect(vm, "127.0.0.53", 53, "udp") == "refused"
+    t = check(lab, "refused", f"ns:{vm}", "127.0.0.53:53/udp")
+    hop = decider(t)
+    assert hop["where"] == f"namespace {vm}" and "nothing listens" in hop["detail"]
+    lab.serve(sb.host, "10.88.0.1", 53, "udp")
+    assert lab.connect(vm, "10.88.0.1", 53, "udp") == "connected"
+    t = check(lab, "connected", f"ns:{vm}", "10.88.0.1:53/udp")
+    assert decider(t)["where"] == "host"
+
+
+def test_deny_outgoing_does_not_stop_containers(lab: Lab) -> None:
+    """"Docker can access internet after: ufw default deny outgoing"
+    (https://github.com/chaifeng/ufw-docker/issues/32): the output chain's policy drop
+    stops the host's own connections, but a container's are forwarded and never pass
+    output. The fix from the thread: deny in the forward hook (ufw route deny)."""
+    sb = lab.sb
+    (vm,) = vms(lab, 1)
+    lab.sysctl(sb.host, "net.ipv4.ip_forward", "1")
+    lab.nft(sb.host, "table inet filter {\n"
+                     "  chain output { type filter hook output priority 0; policy drop;\n"
+                     "    oif \"lo\" accept\n"
+                     "    ct state established,related accept\n  }\n}\n"
+                     "table ip nat {\n"
+                     "  chain POSTROUTING { type nat hook postrouting priority 100; "
+                     "policy accept;\n"
+                     "    ip saddr 10.88.0.0/24 oifname \"uplink0\" masquerade\n  }\n}\n")
+    lab.serve(sb.outside, sb.outside_addr, 443)
+    assert lab.connect(sb.host, sb.outside_addr, 443) == "timeout"  # the host is stopped
+    t = check(lab, "timeout", "host", f"{sb.outside_addr}:443")
+    assert (decider(t)["chain"], decider(t)["verdict"]) == ("output", "policy drop")
+    assert lab.connect(vm, sb.outside_addr, 443) == "connected"  # the container is not
+    t = check(lab, "connected", f"ns:{vm}", f"{sb.outside_addr}:443")
+    assert "output" not in [h.get("hook") for h in t["hops"] if h["where"].startswith("host:")]
+    lab.nft(sb.host, "table inet filter {\n"
+                     "  chain forward { type filter hook forward priority 0; policy accept;\n"
+                     "    iifname \"br0\" oifname \"uplink0\" ct state new drop\n  }\n}\n")
+    assert lab.connect(vm, sb.outside_addr, 443) == "timeout"
+    t = check(lab, "timeout", f"ns:{vm}", f"{sb.outside_addr}:443")
+    assert (decider(t)["chain"], decider(t)["verdict"]) == ("forward", "drop")
+
+
+def test_bridges_made_by_hand_are_not_isolated(lab: Lab) -> None:
+    """"Isolating containers on separate bridge networks"
+    (https://github.com/containernetworking/plugins/issues/474): containers on two
+    bridge networks of the CNI bridge plugin reach each other through the host, which
+    routes between the bridges; the user expected them isolated. The fix: drop what
+    goes from one bridge to the other in forward, as Docker's DOCKER-ISOLATION chains
+    do."""
+    sb = lab.sb
+    (vm1,) = vms(lab, 1)
+    vm2 = lab.netns("net2")
+    lab.veth(sb.host, "net2p", vm2, "eth0")
+    lab.bridge(sb.host, "cni-podman1", "net2p")
+    lab.addr(sb.host, "cni-podman1", "10.89.1.1/24")
+    lab.addr(vm2, "eth0", "10.89.1.2/24")
+    lab.route(vm2, "default", "via", "10.89.1.1")
+    lab.sysctl(sb.host, "net.ipv4.ip_forward", "1")
+    lab.serve(vm2, "0.0.0.0", 80)
+    assert lab.connect(vm1, "10.89.1.2", 80) == "connected"
+    t = check(lab, "connected", f"ns:{vm1}", "10.89.1.2:80")
+    assert t["verdict"] == "delivered" and decider(t)["where"] == f"namespace {vm2}"
+    lab.nft(sb.host, "table ip filter {\n"
+                     "  chain ISOLATION { iifname \"br0\" oifname \"cni-podman1\" drop\n"
+                     "    iifname \"cni-podman1\" oifname \"br0\" drop\n  }\n"
+                     "  chain FORWARD { type filter hook forward priority 0; policy accept;\n"
+                     "    jump ISOLATION\n  }\n}\n")
+    assert lab.connect(vm1, "10.89.1.2", 80) == "timeout"
+    t = check(lab, "timeout", f"ns:{vm1}", "10.89.1.2:80")
+    hop = decider(t)
+    assert (hop["chain"], hop["rule_chain"], hop["verdict"]) == ("FORWARD", "ISOLATION", "drop")
+
+
+def test_a_default_gateway_nobody_answers_for(lab: Lab) -> None:
+    """"Container gets wrong default gateway" (https://github.com/subutai-io/agent/issues/
+    465): the container's default route names a gateway from another subnet, which
+    nobody on its link holds: ARP for it goes unanswered and nothing leaves. The fix:
+    the bridge's address as the gateway."""
+    sb = lab.sb
+    (vm,) = vms(lab, 1)
+    lab.sysctl(sb.host, "net.ipv4.ip_forward", "1")
+    lab.nft(sb.host, "table ip nat {\n"
+                     "  chain POSTROUTING { type nat hook postrouting priority 100; "
+                     "policy accept;\n"
+                     "    ip saddr 10.88.0.0/24 oifname \"uplink0\" masquerade\n  }\n}\n")
+    lab.serve(sb.outside, sb.outside_addr, 443)
+    lab.ip(vm, "route", "replace", "default", "via", "172.18.139.251", "dev", "eth0",
+           "onlink")
+    assert lab.connect(vm, sb.outside_addr, 443) in ("timeout", "unreachable")
+    t = check(lab, "timeout", f"ns:{vm}", f"{sb.outside_addr}:443")
+    assert t["verdict"] == "no-route"
+    assert "nothing behind br0 has 172.18.139.251" in decider(t)["detail"]
+    assert "172.18.139.251" in t["live"]["summary"]
+    lab.ip(vm, "route", "replace", "default", "via", "10.88.0.1")
+    assert lab.connect(vm, sb.outside_addr, 443) == "connected"
+    check(lab, "connected", f"ns:{vm}", f"{sb.outside_addr}:443")
