@@ -596,3 +596,22 @@ def test_a_default_gateway_nobody_answers_for(lab: Lab) -> None:
     lab.ip(vm, "route", "replace", "default", "via", "10.88.0.1")
     assert lab.connect(vm, sb.outside_addr, 443) == "connected"
     check(lab, "connected", f"ns:{vm}", f"{sb.outside_addr}:443")
+
+
+def test_localhost_is_ipv6_first_the_server_ipv4_only(lab: Lab) -> None:
+    """"Error: connect ECONNREFUSED ::1:8080"
+    (https://github.com/web-tunnel/lite-http-tunnel/issues/3; Node.js 17 and later
+    resolve localhost to ::1 first, https://github.com/nodejs/node/issues/40702): in a
+    container, the client goes to ::1 while the server listens on 127.0.0.1 only. The
+    fix from the thread: the client asks 127.0.0.1 (or the server listens on ::1
+    too)."""
+    (vm,) = vms(lab, 1)
+    lab.serve(vm, "127.0.0.1", 8080)
+    assert lab.connect(vm, "::1", 8080) == "refused"
+    t = check(lab, "refused", f"ns:{vm}", "[::1]:8080")
+    hop = decider(t)
+    assert hop["where"] == f"namespace {vm}" and "nothing listens on [::1]:8080" in \
+        hop["detail"]
+    assert lab.connect(vm, "127.0.0.1", 8080) == "connected"
+    t = check(lab, "connected", f"ns:{vm}", "127.0.0.1:8080")
+    assert "listens on 127.0.0.1:8080" in decider(t)["detail"]
