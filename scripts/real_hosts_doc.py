@@ -101,7 +101,7 @@ def plain(text: str, rec: dict[str, Any]) -> str:
 
 
 WORDS = {"vms": "VMs", "ip": "IP", "lan": "LAN", "udp": "UDP", "vm": "VM",
-         "guests": "guest's"}
+         "guests": "guest's", "ipv4": "IPv4", "ipv6": "IPv6"}
 
 
 def title(name: str) -> str:
