@@ -30,7 +30,7 @@ def lab(sb: Sandbox) -> str:
         sh("ip", "-n", sb.host, "link", "set", dev, "up")
     sh("ip", "-n", vm, "addr", "add", "10.88.0.2/24", "dev", "eth0")
     sh("ip", "-n", vm, "link", "set", "eth0", "up")
-    settle(sb.host, vm)
+    settle(sb.host, vm, sb.outside)
     return vm
 
 
