@@ -105,7 +105,7 @@ def populated(sandbox: Sandbox) -> Sandbox:
     sandbox.pw("network", "create", "other", "--subnet", "10.93.0.0/24")
     sandbox.pw("network", "create", "six", "--ipv6", "--subnet", "10.94.0.0/24", "--subnet",
                "fd00:90::/64")
-    sandbox.pw("run", "-d", "--name", "web", "--network", "app", "--", "sleep", "300")
+    sandbox.pw("run", "-d", "--name", "web", "--network", "app", "--", "sleep", "3600")
     return sandbox
 
 
