@@ -10,6 +10,7 @@ import sqlite3
 import time
 
 from conftest import Sandbox, ip_json, processes_in, sh, user_networks
+from portway.testbed import HTTP_GET as GET_URL
 
 HTTP_GET = ("import sys, urllib.request as u; "
             "print(u.urlopen('http://' + sys.argv[1] + '/', timeout=5).status)")
@@ -196,6 +197,34 @@ def test_connect_and_disconnect(sandbox: Sandbox) -> None:
     sb.pw("network", "connect", "front", "db")
     routes = json.loads(sb.pw("exec", "db", "--", "ip", "-j", "route").stdout)
     assert [r["gateway"] for r in routes if r["dst"] == "default"] == ["10.80.0.1"]
+
+
+def served(sb: Sandbox, port: int) -> None:
+    """The published port answers HTTP from the outside namespace (a fresh server takes
+    a moment to bind)."""
+    url = f"http://{sb.host_addr}:{port}/"
+    deadline = time.monotonic() + 15
+    while sh("ip", "netns", "exec", sb.outside, "python3", "-c", GET_URL, url,
+             check=False).stdout.strip() != "200":
+        assert time.monotonic() < deadline, f"port {port} never answered from outside"
+        time.sleep(0.05)
+
+
+def test_a_published_port_follows_the_container_into_another_network(
+        sandbox: Sandbox) -> None:
+    """Bug: after `network disconnect` from its last network and `connect` to another, a
+    container's published port was refused (and still shown, and still reserved)."""
+    sb = sandbox
+    sb.pw("network", "create", "a", "--subnet", "10.132.0.0/24")
+    sb.pw("network", "create", "b", "--subnet", "10.133.0.0/24")
+    sb.pw("run", "-d", "--name", "web", "--network", "a", "-p", "8099:80", "--",
+          "python3", "-m", "http.server", "80")
+    served(sb, 8099)
+    sb.pw("network", "disconnect", "a", "web")
+    sb.pw("network", "connect", "b", "web")
+    served(sb, 8099)
+    assert sb.pw("port", "web").stdout == "80/tcp -> 0.0.0.0:8099\n"
+    assert sb.pw("doctor").stdout.startswith("healthy")
 
 
 def test_stop_keeps_networking_until_rm(sandbox: Sandbox) -> None:

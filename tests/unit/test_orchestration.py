@@ -141,3 +141,20 @@ def test_attach_sandbox_for_a_runtime_is_all_or_nothing(tmp_path: Path) -> None:
     h.containers.detach_sandbox(c, None)
     assert not w.links and h.store.find_container("pod") is None
     assert "/run/netns/theirs" in w.namespaces
+
+
+def test_a_port_follows_the_container_into_its_next_network(tmp_path: Path) -> None:
+    """Bug: leaving its last network and joining another lost a container's published
+    ports (they stayed reserved, and nothing reached it)."""
+    h, w = fake_host(str(tmp_path))
+    h.networks.create("front", subnet="10.77.0.0/24")
+    h.networks.create("back", subnet="10.78.0.0/24")
+    h.containers.run(["sleep", "1"], name="web", networks=["front"], ports=["8080:80"],
+                     detach=True)
+    h.containers.disconnect("front", "web")
+    assert "port tcp/8080" not in w.rules and w.held == {("tcp", "", 8080)}
+    h.containers.connect("back", "web")
+    assert "port tcp/8080" in w.rules
+    c = h.store.find_container("web")
+    assert c is not None
+    assert [str(p.container_ip) for p in h.publishing.published(c)] == ["10.78.0.2"]

@@ -261,11 +261,23 @@ class Containers:
             index = next(i for i in range(len(current) + 1)
                          if names.container_ifname(i) not in used_if)
             try:
-                with h.sandbox_kernel.open(c.netns) as sandbox, h.store.transaction():
+                with h.sandbox_kernel.open(c.netns) as sandbox, h.store.transaction(), \
+                        ExitStack() as undo:
                     endpoint = h.endpoints.new(c, net, index, ips, alias_list)
                     h.endpoints.attach(sandbox, c, endpoint, net,
                                        h.endpoints.wants_route(sandbox, net))
+                    undo.callback(h.endpoints.detach, [endpoint])
                     fault_point("connect.attach")
+                    # Published ports follow the first endpoint: a container that had
+                    # none (it left its last network) publishes them again here.
+                    before = h.publishing.published(c, current)
+                    after = h.publishing.published(c, [*current, endpoint])
+                    if before != after:
+                        if before:
+                            h.fw.remove_ports(before)
+                            undo.callback(h.fw.add_ports, before)
+                        h.fw.add_ports(after)
+                    undo.pop_all()
             except BaseException:
                 h.endpoints.clear_hints()  # the rollback freed the address again
                 raise
