@@ -251,6 +251,11 @@ def test_an_old_default_network_is_renamed_in_place(sandbox: Sandbox) -> None:
     with con:
         con.execute("UPDATE networks SET name = 'portway'")
         con.execute("ALTER TABLE endpoints DROP COLUMN requested")
+        # What schema 8 added: a container's lifecycle and its configuration per network.
+        con.execute("DROP TABLE endpoint_configs")
+        for column in ("restart_policy", "restart_max", "restart_count", "user_stopped",
+                       "error", "networked"):
+            con.execute(f"ALTER TABLE containers DROP COLUMN {column}")
         con.execute("PRAGMA user_version = 5")
     con.close()
     after = json.loads(sb.pw("network", "inspect", "bridge").stdout)[0]

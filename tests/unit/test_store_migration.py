@@ -30,6 +30,11 @@ def test_a_schema_3_state_file_migrates_in_place(tmp_path: Path) -> None:
         assert net.options == {"com.docker.network.bridge.enable_icc": "false"}
         (c,) = store.containers()
         assert c.name == "web" and c.cap_add == ("NET_ADMIN",) and c.user == "65534"
+        # Its networks become its configuration, its lifecycle fields their defaults.
+        (cfg,) = store.configs(container_id=c.id)
+        assert (cfg.network_id, cfg.network_name, cfg.position, cfg.aliases) == \
+            (net.id, "app", 0, ("www",))
+        assert c.restart_policy == "no" and c.networked and c.error == ""
         (e,) = store.endpoints()
         assert [str(a) for a in e.addresses] == ["10.77.0.130/24"] and e.aliases == ("www",)
         # The old address is still reserved, in the new table.
@@ -53,7 +58,7 @@ def test_a_schema_3_state_file_migrates_in_place(tmp_path: Path) -> None:
     finally:
         store.close()
     version = sqlite3.connect(db).execute("PRAGMA user_version").fetchone()[0]
-    assert version == SCHEMA_VERSION == 7
+    assert version == SCHEMA_VERSION == 8
 
 
 def _open_dump(tmp_path: Path, edit: str = "") -> SqliteStore:

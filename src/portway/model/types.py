@@ -160,7 +160,7 @@ class Container:
     command: tuple[str, ...]
     netns: str
     network_mode: NetworkMode = "bridge"
-    status: Literal["created", "running", "exited"] = "created"
+    status: Literal["created", "running", "restarting", "exited"] = "created"
     pid: int = 0
     pid_start: int = 0
     exit_code: int | None = None
@@ -180,7 +180,40 @@ class Container:
     privileged: bool = False
     user: str = ""
     config: RunConfig = field(default_factory=RunConfig)
+    # Its restart policy (core/lifecycle.py), how many restarts it made, and whether the
+    # user stopped or killed it (which cancels the policy until the next start).
+    restart_policy: str = "no"
+    restart_max: int = 0
+    restart_count: int = 0
+    user_stopped: bool = False
+    # Docker's State.Error: why it could not start, or why its exit code is unknown.
+    error: str = ""
+    # Its networking is up: its namespace, endpoints, published ports and names exist
+    # (it runs, or a foreground run is about to). A stopped container has none of them.
+    networked: bool = True
 
     @property
     def short_id(self) -> str:
         return self.id[:12]
+
+
+@dataclass(frozen=True)
+class EndpointConfig:
+    """What a container asks of one of its networks (Docker's EndpointSettings): kept
+    while it is stopped, so `start` attaches it again. The addresses it asked for (--ip,
+    --ip6) stay reserved for it; other addresses are given anew at each start.
+    position orders its networks: the first gets eth0, the default route and the
+    published ports."""
+
+    container_id: str
+    network_id: str
+    network_name: str
+    position: int
+    aliases: tuple[str, ...] = ()
+    ipv4: ipaddress.IPv4Address | None = None
+    ipv6: ipaddress.IPv6Address | None = None
+    mac: str | None = None
+
+    @property
+    def ips(self) -> list[str]:
+        return [str(a) for a in (self.ipv4, self.ipv6) if a is not None]

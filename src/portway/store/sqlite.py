@@ -18,6 +18,7 @@ from portway.errors import Conflict, PortwayError
 from portway.model.types import (
     Container,
     Endpoint,
+    EndpointConfig,
     IPAddress,
     IPInterface,
     Network,
@@ -94,6 +95,34 @@ MIGRATIONS: list[str] = [
     # 7: endpoints keep the addresses asked for with --ip/--ip6 (inspect's IPAMConfig)
     """
     ALTER TABLE endpoints ADD COLUMN requested TEXT NOT NULL DEFAULT '[]';
+    """,
+    # 8: a container's life beyond its first run: its restart policy, what is known of its
+    # end, whether its networking is up, and its configuration per network, kept while it
+    # is stopped (the addresses it asked for reserved by UNIQUE(network_id, ip4|ip6)). A
+    # container of an earlier version keeps its networks (their addresses were not asked
+    # for, unless its endpoint recorded them: schema 7).
+    """
+    ALTER TABLE containers ADD COLUMN restart_policy TEXT NOT NULL DEFAULT 'no';
+    ALTER TABLE containers ADD COLUMN restart_max INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE containers ADD COLUMN restart_count INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE containers ADD COLUMN user_stopped INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE containers ADD COLUMN error TEXT NOT NULL DEFAULT '';
+    ALTER TABLE containers ADD COLUMN networked INTEGER NOT NULL DEFAULT 1;
+    CREATE TABLE endpoint_configs (
+        container_id TEXT NOT NULL REFERENCES containers(id) ON DELETE CASCADE,
+        network_id TEXT NOT NULL, network_name TEXT NOT NULL, position INTEGER NOT NULL,
+        aliases TEXT NOT NULL, ip4 TEXT, ip6 TEXT, mac TEXT,
+        UNIQUE (container_id, network_id), UNIQUE (network_id, ip4),
+        UNIQUE (network_id, ip6));
+    CREATE INDEX endpoint_configs_by_network ON endpoint_configs(network_id);
+    INSERT INTO endpoint_configs
+        SELECT e.container_id, e.network_id, COALESCE(n.name, ''),
+               CAST(substr(e.ifname, 4) AS INTEGER), e.aliases,
+               (SELECT value FROM json_each(e.requested) WHERE value NOT LIKE '%:%'),
+               (SELECT value FROM json_each(e.requested) WHERE value LIKE '%:%'), NULL
+        FROM endpoints e JOIN containers c ON c.id = e.container_id
+        LEFT JOIN networks n ON n.id = e.network_id
+        WHERE c.runtime = 'portway';
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -251,7 +280,9 @@ class SqliteStore:
                 c.status, c.pid, c.pid_start, c.exit_code, int(c.auto_remove), int(c.detach),
                 json.dumps(ports), json.dumps(list(c.dns)), c.created, c.started, c.finished,
                 c.runtime, json.dumps(list(c.cap_add)), json.dumps(list(c.cap_drop)),
-                int(c.privileged), c.user, _config_json(c.config))
+                int(c.privileged), c.user, _config_json(c.config), c.restart_policy,
+                c.restart_max, c.restart_count, int(c.user_stopped), c.error,
+                int(c.networked))
 
     @staticmethod
     def _container(row: tuple[Any, ...]) -> Container:
@@ -267,18 +298,22 @@ class SqliteStore:
             detach=bool(row[11]), ports=ports, dns=tuple(json.loads(row[13])),
             created=row[14], started=row[15], finished=row[16], runtime=row[17],
             cap_add=tuple(json.loads(row[18])), cap_drop=tuple(json.loads(row[19])),
-            privileged=bool(row[20]), user=row[21], config=_config(row[22]))
+            privileged=bool(row[20]), user=row[21], config=_config(row[22]),
+            restart_policy=row[23], restart_max=int(row[24]), restart_count=int(row[25]),
+            user_stopped=bool(row[26]), error=row[27], networked=bool(row[28]))
 
     def add_container(self, c: Container) -> None:
-        self._exec("INSERT INTO containers VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                   self._container_row(c))
+        row = self._container_row(c)
+        self._exec(f"INSERT INTO containers VALUES({','.join('?' * len(row))})", row)
 
     def update_container(self, c: Container) -> None:
         row = self._container_row(c)
         self._exec("UPDATE containers SET name=?, hostname=?, command=?, netns=?, "
                    "network_mode=?, status=?, pid=?, pid_start=?, exit_code=?, auto_remove=?, "
                    "detach=?, ports=?, dns=?, created=?, started=?, finished=?, runtime=?, "
-                   "cap_add=?, cap_drop=?, privileged=?, user=?, config=? WHERE id=?",
+                   "cap_add=?, cap_drop=?, privileged=?, user=?, config=?, restart_policy=?, "
+                   "restart_max=?, restart_count=?, user_stopped=?, error=?, networked=? "
+                   "WHERE id=?",
                    (*row[1:], row[0]))
 
     def find_container(self, ref: str) -> Container | None:
@@ -291,6 +326,7 @@ class SqliteStore:
 
     def delete_container(self, container_id: str) -> None:
         self._exec("DELETE FROM endpoints WHERE container_id=?", (container_id,))
+        self._exec("DELETE FROM endpoint_configs WHERE container_id=?", (container_id,))
         self._exec("DELETE FROM containers WHERE id=?", (container_id,))
 
     # endpoints
@@ -334,8 +370,59 @@ class SqliteStore:
         self._exec("DELETE FROM endpoints WHERE id=?", (endpoint_id,))
 
     def address_in_use(self, network_id: str, address: IPAddress) -> bool:
-        return self._exec("SELECT 1 FROM addresses WHERE network_id=? AND address=?",
-                          (network_id, str(address))).fetchone() is not None
+        """Held by an endpoint, or reserved by a container that asked for it."""
+        text = str(address)
+        column = "ip4" if address.version == 4 else "ip6"
+        return self._exec(
+            "SELECT 1 FROM addresses WHERE network_id=? AND address=? UNION ALL "
+            f"SELECT 1 FROM endpoint_configs WHERE network_id=? AND {column}=? LIMIT 1",
+            (network_id, text, network_id, text)).fetchone() is not None
+
+    def address_holder(self, network_id: str, address: IPAddress,
+                       owner: str = "") -> str | None:
+        """The id of the container that holds the address (its endpoint has it) or
+        reserves it (asked for it), not counting owner's reservation; None if free."""
+        text = str(address)
+        column = "ip4" if address.version == 4 else "ip6"
+        row = self._exec(
+            "SELECT e.container_id FROM addresses a JOIN endpoints e ON e.id = a.endpoint_id "
+            "WHERE a.network_id=? AND a.address=? UNION ALL "
+            f"SELECT container_id FROM endpoint_configs WHERE network_id=? AND {column}=? "
+            "AND container_id != ? LIMIT 1",
+            (network_id, text, network_id, text, owner)).fetchone()
+        return None if row is None else str(row[0])
+
+    # a container's configuration per network
+
+    def add_config(self, cfg: EndpointConfig) -> None:
+        self._exec("INSERT INTO endpoint_configs VALUES(?,?,?,?,?,?,?,?)",
+                   (cfg.container_id, cfg.network_id, cfg.network_name, cfg.position,
+                    json.dumps(list(cfg.aliases)),
+                    str(cfg.ipv4) if cfg.ipv4 else None, str(cfg.ipv6) if cfg.ipv6 else None,
+                    cfg.mac))
+
+    def configs(self, container_id: str | None = None,
+                network_id: str | None = None) -> list[EndpointConfig]:
+        """In each container's order of networks."""
+        sql = "SELECT * FROM endpoint_configs WHERE 1=1"
+        args: list[str] = []
+        if container_id is not None:
+            sql += " AND container_id=?"
+            args.append(container_id)
+        if network_id is not None:
+            sql += " AND network_id=?"
+            args.append(network_id)
+        sql += " ORDER BY container_id, position"
+        return [EndpointConfig(
+            container_id=r[0], network_id=r[1], network_name=r[2], position=int(r[3]),
+            aliases=tuple(json.loads(r[4])),
+            ipv4=ipaddress.IPv4Address(r[5]) if r[5] else None,
+            ipv6=ipaddress.IPv6Address(r[6]) if r[6] else None, mac=r[7])
+            for r in self._exec(sql, tuple(args)).fetchall()]
+
+    def delete_config(self, container_id: str, network_id: str) -> None:
+        self._exec("DELETE FROM endpoint_configs WHERE container_id=? AND network_id=?",
+                   (container_id, network_id))
 
     def container_names(self) -> set[str]:
         return {r[0] for r in self._exec("SELECT name FROM containers").fetchall()}
