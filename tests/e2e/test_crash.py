@@ -28,6 +28,8 @@ STEPS = {
     "disconnect.detach": ["network", "disconnect", "app", "twohomed"],
     "trace.live": ["trace", "outside", "victim:80", "--live"],
     "connect.attach": ["network", "connect", "spare", "victim"],
+    "release.ports": ["stop", "-t", "0", "victim"],
+    "release.kernel": ["stop", "-t", "0", "victim"],
 }
 
 
@@ -42,11 +44,14 @@ def agree(sb: Sandbox) -> None:
     assert {name for name in links if name.startswith("pwv-")} == expected_veths
     assert {name for name in links if name.startswith("pwbr-")} == {n["Bridge"] for n in networks}
     namespaces = {n for n in sb.own_netns() if n.startswith("pw-")}
-    mine = {os.path.basename(c["NetworkSettings"]["SandboxKey"]) for c in containers}
+    # A stopped container has none (its SandboxKey is empty, as in Docker).
+    mine = {os.path.basename(c["NetworkSettings"]["SandboxKey"]) for c in containers
+            if c["NetworkSettings"]["SandboxKey"]}
     # Only this sandbox's containers may be there (other tests run in series).
     assert namespaces == mine
+    # What is published: the ports of running containers (a stopped one's are not).
     ports = {b["HostPort"] for c in containers
-             for bindings in c["HostConfig"]["PortBindings"].values() for b in bindings}
+             for bindings in c["NetworkSettings"]["Ports"].values() for b in bindings or ()}
     listing = sb.in_host("nft", "list", "map", "inet", "portway", "pub_any_addr").stdout
     for port in ("8090", "8091"):
         assert (port in listing) == (port in ports)

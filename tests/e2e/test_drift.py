@@ -63,15 +63,20 @@ def test_simulated_reboot(sandbox: Sandbox) -> None:
     assert "failed" not in report, report
     for expected in ("re-create bridge", "re-create table inet portway",
                      "re-create table bridge portway", "start the DNS server",
-                     "namespace of container web", "namespace of container db"):
+                     "container web: its process ended while portwayd was not running",
+                     "container db: its process ended while portwayd was not running"):
         assert expected in report, f"{expected!r} missing from:\n{report}"
     assert report.count("re-create bridge") == 2
+    # A stopped container has no namespace: nothing of theirs is made again.
+    assert "namespace of container" not in report
     assert sb.pw("gc").stdout.startswith("nothing to repair")
     assert sb.pw("doctor").stdout.startswith("healthy")
-    # Containers do not come back by themselves (no restart policy), as with Docker...
-    states = {c["Name"].lstrip("/"): c["State"]["Status"]
+    # Containers do not come back by themselves (no restart policy), as with Docker; the
+    # exit code of a process that ended with no daemon watching is unknown, and said so.
+    states = {c["Name"].lstrip("/"): c["State"]
               for c in json.loads(sb.pw("ps", "-a", "--json").stdout)}
-    assert states == {"web": "exited", "db": "exited"}
+    assert {n: s["Status"] for n, s in states.items()} == {"web": "exited", "db": "exited"}
+    assert states["web"]["ExitCode"] == 255 and "unknown" in states["web"]["Error"]
     # ...but everything they need is there again: a new one is published, named and fenced.
     sb.pw("rm", "web")
     sb.pw("run", "-d", "--name", "web", "--network", "app", "-p", "8095:80", "--",
@@ -80,6 +85,7 @@ def test_simulated_reboot(sandbox: Sandbox) -> None:
     while get_from(sb.outside, f"http://{sb.host_addr}:8095/") != "200":
         assert time.monotonic() < deadline, "the published port never answered after reboot"
         time.sleep(0.1)
+    sb.pw("start", "db")  # a stopped container starts again, its name back in DNS
     sb.pw("run", "-d", "--name", "db2", "--network", "back", "--", "sleep", "300")
     assert sb.pw("exec", "db2", "--", "getent", "hosts", "db").stdout.startswith("10.92.0.2")
 

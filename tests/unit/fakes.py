@@ -9,6 +9,7 @@ raise, to check what a failure at each step leaves behind.
 from __future__ import annotations
 
 import ipaddress
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -18,7 +19,15 @@ from portway.core.confine import Identity, UserSpec
 from portway.engine import build_host
 from portway.engine.context import Host
 from portway.errors import Conflict, KernelError
-from portway.model.types import Container, Endpoint, IPAddress, IPNetwork, Network, Route
+from portway.model.types import (
+    Container,
+    Endpoint,
+    EndpointConfig,
+    IPAddress,
+    IPNetwork,
+    Network,
+    Route,
+)
 
 
 @dataclass
@@ -53,19 +62,20 @@ class FakeStore:
         self.nets: dict[str, Network] = {}
         self.cons: dict[str, Container] = {}
         self.eps: dict[str, Endpoint] = {}
+        self.cfgs: dict[tuple[str, str], EndpointConfig] = {}
         self._depth = 0
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        saved = (dict(self.meta), dict(self.nets), dict(self.cons), dict(self.eps)) \
-            if self._depth == 0 else None
+        saved = (dict(self.meta), dict(self.nets), dict(self.cons), dict(self.eps),
+                 dict(self.cfgs)) if self._depth == 0 else None
         self._depth += 1
         try:
             yield
         except BaseException:
             self._depth -= 1
             if saved is not None:  # the outermost rolls back
-                self.meta, self.nets, self.cons, self.eps = saved
+                self.meta, self.nets, self.cons, self.eps, self.cfgs = saved
             raise
         self._depth -= 1
 
@@ -115,10 +125,14 @@ class FakeStore:
 
     def delete_container(self, container_id: str) -> None:
         self.eps = {k: e for k, e in self.eps.items() if e.container_id != container_id}
+        self.cfgs = {k: c for k, c in self.cfgs.items() if c.container_id != container_id}
         self.cons.pop(container_id, None)
 
     def add_endpoint(self, e: Endpoint) -> None:
-        if self.address_in_use(e.network_id, e.address):
+        # UNIQUE(network_id, address) of the addresses held by endpoints (a reservation
+        # of the endpoint's own container is its to take).
+        if any(x.network_id == e.network_id and x.address == e.address
+               for x in self.eps.values()):
             raise Conflict("state conflict: address", "try again")
         self.eps[e.id] = e
 
@@ -133,8 +147,35 @@ class FakeStore:
         self.eps.pop(endpoint_id, None)
 
     def address_in_use(self, network_id: str, address: IPAddress) -> bool:
-        return any(e.network_id == network_id and e.address == address
-                   for e in self.eps.values())
+        return self.address_holder(network_id, address) is not None
+
+    def address_holder(self, network_id: str, address: IPAddress,
+                       owner: str = "") -> str | None:
+        for e in self.eps.values():
+            if e.network_id == network_id and any(a.ip == address for a in e.addresses):
+                return e.container_id
+        for c in self.cfgs.values():
+            if c.network_id == network_id and address in (c.ipv4, c.ipv6) and \
+                    c.container_id != owner:
+                return c.container_id
+        return None
+
+    def add_config(self, config: EndpointConfig) -> None:
+        for c in self.cfgs.values():
+            if c.network_id == config.network_id and any(
+                    a is not None and a in (c.ipv4, c.ipv6) for a in (config.ipv4, config.ipv6)):
+                raise Conflict("state conflict: reserved address", "try again")
+        self.cfgs[(config.container_id, config.network_id)] = config
+
+    def configs(self, container_id: str | None = None,
+                network_id: str | None = None) -> list[EndpointConfig]:
+        return sorted((c for c in self.cfgs.values()
+                       if container_id in (None, c.container_id)
+                       and network_id in (None, c.network_id)),
+                      key=lambda c: (c.container_id, c.position))
+
+    def delete_config(self, container_id: str, network_id: str) -> None:
+        self.cfgs.pop((container_id, network_id), None)
 
     def container_names(self) -> set[str]:
         return {c.name for c in self.cons.values()}
@@ -288,8 +329,41 @@ class FakeSandboxKernel:
 
 
 class FakeProcessKernel:
+    """Processes as the engine sees them; an end is reported from a thread of its own,
+    as the real watcher's thread does (exit() makes one end by itself)."""
+
     def __init__(self, world: World) -> None:
         self.w = world
+        self.on_exit: Any = None  # set by fake_host: the engine's Processes.on_exit
+        self.watched: dict[int, tuple[str, bool]] = {}
+        self.delivering: set[int] = set()
+        self.threads: list[threading.Thread] = []
+
+    def exit(self, pid: int, code: int) -> None:
+        """The process ends by itself with code."""
+        self.w.processes.pop(pid, None)
+        self._report(pid, code)
+
+    def _report(self, pid: int, code: int) -> None:
+        if pid not in self.watched:
+            return
+        container_id, child = self.watched.pop(pid)
+        self.delivering.add(pid)
+
+        def deliver() -> None:
+            try:
+                self.on_exit(container_id, pid, code if child else None)
+            finally:
+                self.delivering.discard(pid)
+
+        thread = threading.Thread(target=deliver)
+        self.threads.append(thread)
+        thread.start()
+
+    def settle(self) -> None:
+        """Until every end has been reported."""
+        while self.threads:
+            self.threads.pop().join()
 
     def spawn(self, netns: str, hostname: str | None, binds: list[tuple[str, str]],
               argv: list[str], log_path: str, env: dict[str, str],
@@ -314,6 +388,14 @@ class FakeProcessKernel:
             return False
         self.w.log.append(f"process.signal {sig}")
         del self.w.processes[pid]
+        self._report(pid, 128 + sig)
+        return True
+
+    def signal_init(self, pid: int, started: int, wrappers: tuple[str, ...],
+                    sig: int) -> bool:
+        if pid not in self.w.processes:
+            return False
+        self.w.log.append(f"process.signal_init {sig}")
         return True
 
     def wait_init(self, pid: int, wrappers: tuple[str, ...], timeout: float = 5.0) -> int:
@@ -326,7 +408,10 @@ class FakeProcessKernel:
         return command != "no-such-program"
 
     def watch(self, container_id: str, pid: int, child: bool) -> None:
-        return None
+        self.watched[pid] = (container_id, child)
+
+    def watching(self, pid: int) -> bool:
+        return pid in self.watched or pid in self.delivering
 
     def index_log(self, key: str, log_path: str) -> None:
         return None
@@ -391,11 +476,13 @@ class FakeFacts:
 def fake_host(state_dir: str, world: World | None = None) -> tuple[Host, World]:
     """A Host whose every seam is a fake (no root, no kernel, no disk but state_dir)."""
     w = world or World()
+    processes = FakeProcessKernel(w)
     h = build_host(Host(state_dir=state_dir, host_netns="fake", instance="0fa4e000",
                         store=FakeStore(), drivers={"bridge": FakeDriver(w)},
                         fw=FakeFirewall(w), sandbox_kernel=FakeSandboxKernel(w),
-                        process_kernel=FakeProcessKernel(w), ports=FakePorts(w),
+                        process_kernel=processes, ports=FakePorts(w),
                         facts=FakeFacts()))
+    processes.on_exit = h.processes.on_exit
     return h, w
 
 

@@ -64,8 +64,10 @@ def _root() -> Command:
                      "headers"))),
         Command("inspect", "show networks as JSON", args=(Arg("names", "NAME", "+"),),
                 opts=(template("-f --format", "each network"),)),
-        Command("rm", "remove networks", args=(Arg("names", "NAME", "+"),)),
-        Command("prune", "remove networks no container uses"),
+        Command("rm", "remove networks (none may have a running container attached)",
+                args=(Arg("names", "NAME", "+"),)),
+        Command("prune", "remove networks no container uses (running or stopped)",
+                opts=(Opt("-f --force", "flag", help="do not ask for confirmation"),)),
         Command("connect", "attach a container to a network",
                 args=(Arg("network", "NETWORK"), Arg("container", "CONTAINER")),
                 opts=(Opt("--ip", metavar="IP"), Opt("--ip6", metavar="IPV6"),
@@ -111,6 +113,8 @@ def _root() -> Command:
         *env_opts,
         Opt("-d --detach", "flag", help="print the id once the networking is ready"),
         Opt("--rm", "flag", help="remove the container when its command ends"),
+        Opt("--restart", metavar="POLICY", help="no (default), always, unless-stopped or "
+            "on-failure[:MAX-RETRIES]: start it again when its command ends"),
         Opt("-u --user", metavar="USER[:GROUP]", help="run as this user (name or uid)"),
         Opt("--cap-add", "list", metavar="CAP", help="a capability beyond Docker's default "
             "set (ALL: every one)"),
@@ -172,10 +176,22 @@ def _root() -> Command:
                       Opt("--tail", metavar="N", default="all", help="only the last N lines "
                           "(default all)"),
                       Opt("-t --timestamps", "flag", help="when each line came"))),
+        Command("start", "start stopped containers again",
+                args=(Arg("names", "CONTAINER", "+"),)),
         Command("stop", "stop containers (SIGTERM, then SIGKILL)",
                 args=(Arg("names", "CONTAINER", "+"),),
                 opts=(Opt("-t --time", metavar="SECONDS", default=10.0, convert=float,
                           help="before SIGKILL (default 10)"),)),
+        Command("restart", "stop containers (if running), then start them",
+                args=(Arg("names", "CONTAINER", "+"),),
+                opts=(Opt("-t --time", metavar="SECONDS", default=10.0, convert=float,
+                          help="before SIGKILL (default 10)"),)),
+        Command("kill", "send a signal to containers' commands",
+                args=(Arg("names", "CONTAINER", "+"),),
+                opts=(Opt("-s --signal", metavar="SIGNAL", default="KILL",
+                          help="a name or number (default KILL)"),)),
+        Command("wait", "wait until containers stop, then print their exit codes",
+                args=(Arg("names", "CONTAINER", "+"),)),
         Command("rm", "remove containers", args=(Arg("names", "CONTAINER", "+"),),
                 opts=(Opt("-f --force", "flag", help="stop running ones first"),)),
         Command("gc", "repair drift between the store and the kernel",
@@ -236,12 +252,14 @@ def cmd_network(client: Client, a: Args) -> int:
 
         return print_inspected(client.call("network_inspect", refs=a.names), a.format)
     elif nc == "rm":
-        for name in client.call("network_rm", refs=a.names):
-            print(name)
+        return print_each(client.call("network_rm", refs=a.names))
     elif nc == "prune":
+        if not a.force and not confirm("WARNING! This will remove all custom networks not "
+                                       "used by at least one container."):
+            return 0
         removed = client.call("network_prune")
         if removed:
-            print("Deleted networks:\n" + "\n".join(removed))
+            print("Deleted Networks:\n" + "\n".join(removed))
     elif nc == "connect":
         client.call("network_connect", network=a.network, container=a.container, ip=a.ip,
                     aliases=a.alias, ip6=a.ip6)
@@ -295,6 +313,33 @@ def check_terminal(a: Args) -> None:
                           "run it from a terminal, or drop -t to read from a pipe", 1)
 
 
+def confirm(warning: str) -> bool:
+    """Docker's prompt: "y" or "yes" goes on, any other answer does not (exit 0). Without
+    an answer at all (stdin at its end: a script), a clear error saying to use -f."""
+    sys.stdout.write(f"{warning}\nAre you sure you want to continue? [y/N] ")
+    sys.stdout.flush()
+    line = sys.stdin.readline()
+    if not line:
+        sys.stdout.write("\n")
+        raise ClientError("no answer to the confirmation (standard input is closed)",
+                          "answer y on standard input, or give -f to skip it", 1)
+    return line.strip().lower() in ("y", "yes")
+
+
+def print_each(results: "list[dict[str, Any]]") -> int:
+    """What a command on several targets did: each one's result on stdout, each one's
+    error on stderr; 1 if any failed (Docker's exit code), else 0."""
+    failed = False
+    for r in results:
+        if "error" in r:
+            line = f"{r['error']}; {r['hint']}" if r.get("hint") else r["error"]
+            print(f"portway: error: {line}", file=sys.stderr)
+            failed = True
+        else:
+            print(r["Result"])
+    return 1 if failed else 0
+
+
 def cmd_run(client: Client, a: Args) -> int:
     command = a.cmd
     if not command:
@@ -312,7 +357,7 @@ def cmd_run(client: Client, a: Args) -> int:
                        interactive=a.interactive, labels=a.label, add_hosts=a.add_host,
                        dns_search=a.dns_search, dns_options=a.dns_option,
                        domainname=a.domainname, sysctls=a.sysctl, mac=a.mac_address,
-                       expose=a.expose, publish_all=a.publish_all)
+                       expose=a.expose, publish_all=a.publish_all, restart=a.restart)
     for warning in (info.get("Warning") or "").splitlines():
         print(f"portway: warning: {warning}", file=sys.stderr)
     if a.detach:
@@ -402,12 +447,11 @@ def run_foreground(client: Client, info: "dict[str, Any]", command: list[str],
     if code < 0:
         code = 128 - code
     try:
-        client.call("exited", ref=info["Id"], exit_code=code)
-        if auto_remove:
+        client.call("exited", ref=info["Id"], exit_code=code, pid=pid)
+        if auto_remove:  # the daemon may have removed it already: either is fine
             client.call("rm", refs=[info["Id"]], force=True)
     except ClientError as exc:
-        if exc.exit_code != 3:  # already removed by the daemon: fine
-            print(f"portway: warning: {exc.message}", file=sys.stderr)
+        print(f"portway: warning: {exc.message}", file=sys.stderr)
     return code
 
 
@@ -581,12 +625,18 @@ def dispatch(client: Client, a: Args) -> int:
             print(line)
     elif a.command == "logs":
         return cmd_logs(client, a)
+    elif a.command == "start":
+        return print_each(client.call("start", refs=a.names))
     elif a.command == "stop":
-        for name in client.call("stop", refs=a.names, timeout=a.time):
-            print(name)
+        return print_each(client.call("stop", refs=a.names, timeout=a.time))
+    elif a.command == "restart":
+        return print_each(client.call("restart", refs=a.names, timeout=a.time))
+    elif a.command == "kill":
+        return print_each(client.call("kill", refs=a.names, signal=a.signal))
+    elif a.command == "wait":
+        return print_each(client.call("wait", refs=a.names))
     elif a.command == "rm":
-        for name in client.call("rm", refs=a.names, force=a.force):
-            print(name)
+        return print_each(client.call("rm", refs=a.names, force=a.force))
     elif a.command == "gc":
         lines = client.call("gc", dry_run=a.dry_run)
         print("\n".join(lines) if lines else "nothing to repair: the kernel matches the store")

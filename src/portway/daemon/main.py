@@ -4,8 +4,9 @@ Requests are one JSON object per connection, {"op": NAME, "args": {...}};
 replies are {"ok": true, "result": ...} or {"ok": false, "error": ..., "hint":
 ..., "exit_code": N}, in JSON, or in marshal's format when the request says
 "reply": "marshal" (portway's CLI does: reading it needs no import). It can be
-killed at any moment: on start it reconciles the store with the kernel and
-re-adopts the running containers.
+killed at any moment: on start it re-adopts the running containers (and records
+the ones that ended meanwhile), reconciles the store with the kernel, and starts
+again the containers whose restart policy says so.
 
 It trusts its state dir, and its clients trust what answers on the socket there:
 it runs with umask 0o077 (the state dir 0700, its files 0600) and refuses to start
@@ -52,7 +53,8 @@ LOCK_WAIT = 20.0
 OPS = (
     "network_create", "network_ls", "network_inspect", "network_rm", "network_prune",
     "network_connect", "network_disconnect", "run", "started", "exited", "exec_info", "ps",
-    "inspect", "logs", "stop", "rm", "gc", "port", "dns_info", "show",
+    "inspect", "logs", "start", "stop", "restart", "kill", "wait", "rm", "gc", "port",
+    "dns_info", "show",
     "trace", "podman_setup", "podman_teardown", "podman_create", "podman_update",
     "podman_firewall_reload",
 )
@@ -212,8 +214,14 @@ def serve(state_dir: str, host_netns: str | None) -> int:
     if stale_dns:
         log(f"portwayd: stopped the DNS server of another namespace (pid {stale_dns}), "
             "left by an earlier daemon")
-    adopted = engine.adopt()
+    adopted, ended = engine.adopt()
+    for line in ended:
+        log(f"portwayd: {line}")
     for line in engine.gc():
+        log(f"portwayd: {line}")
+    # With the networks back (after a reboot gc has just made them): the containers the
+    # restart policies bring back when the daemon starts, as dockerd does.
+    for line in engine.resume():
         log(f"portwayd: {line}")
     try:
         os.unlink(sock)

@@ -26,7 +26,7 @@ from pyroute2 import IPRoute
 from portway.core import confine, names, validate
 from portway.core.firewall import Published
 from portway.engine import view
-from portway.engine.containers import Containers
+from portway.engine.containers import Containers, each
 from portway.engine.context import Host
 from portway.engine.dns import DnsServer, names_by_network
 from portway.engine.dns import records as dns_records
@@ -34,6 +34,7 @@ from portway.engine.drivers.bridge import BridgeDriver
 from portway.engine.endpoints import Endpoints
 from portway.engine.facts import LiveHostFacts
 from portway.engine.fw import Firewall
+from portway.engine.lifecycle import Lifecycle
 from portway.engine.networks import DEFAULT_NETWORK, PSEUDO_NETWORKS, Networks
 from portway.engine.ports import PortReservations, Publishing
 from portway.engine.processes import LiveProcessKernel, Processes
@@ -86,6 +87,7 @@ def build_host(h: Host) -> Host:
     h.sandboxes = Sandboxes(h)
     h.processes = Processes(h)
     h.containers = Containers(h)
+    h.lifecycle = Lifecycle(h)
     return h
 
 
@@ -140,6 +142,7 @@ class Engine:
     def close(self) -> None:
         with self.lock:
             self.h.closed = True  # a process that ends from now on is seen by the next start
+        self.h.lifecycle.close()
         self.h.process_kernel.close()
         self.ports.close()
         self.fw.close()
@@ -197,8 +200,14 @@ class Engine:
                 return view.pseudo_network(self.h, name)
         return view.network(self.h, self.h.network(ref))  # not found: its error
 
-    def network_rm(self, refs: list[str]) -> list[str]:
-        return self.h.networks.remove(refs)
+    def network_rm(self, refs: list[str]) -> list[dict[str, Any]]:
+        """Each network that has no running container attached (a stopped one's
+        configuration keeps naming it: its start then says the network is gone)."""
+        def remove(ref: str) -> str:
+            self.h.networks.remove([ref])
+            return ref
+
+        return each(refs, remove)
 
     def network_prune(self) -> list[str]:
         return self.h.networks.prune()
@@ -224,7 +233,7 @@ class Engine:
             **options: Any) -> dict[str, Any]:
         """options: the rest of `run`'s flags, as Containers.run names them (env,
         workdir, tty, interactive, labels, add_hosts, dns_search, dns_options, domainname,
-        sysctls, mac, expose, publish_all)."""
+        sysctls, mac, expose, publish_all, restart)."""
         return self.h.containers.run(command, name, networks, ip, aliases, hostname, ports,
                                      detach, auto_remove, dns, cap_add, cap_drop, privileged,
                                      user, ip6, **options)
@@ -232,8 +241,8 @@ class Engine:
     def started(self, ref: str, pid: int) -> dict[str, Any]:
         return self.h.processes.started(ref, pid)
 
-    def exited(self, ref: str, exit_code: int) -> dict[str, Any]:
-        return self.h.processes.exited(ref, exit_code)
+    def exited(self, ref: str, exit_code: int, pid: int | None = None) -> dict[str, Any]:
+        return self.h.processes.exited(ref, exit_code, pid)
 
     def exec_info(self, ref: str, command: list[str] | None = None,
                   workdir: str = "/") -> dict[str, Any]:
@@ -244,7 +253,7 @@ class Engine:
             out = []
             for c in self.store.containers():
                 c = self.h.refresh(c)
-                if all or c.status == "running":
+                if all or c.status in ("running", "restarting"):
                     out.append(view.container(self.h, c))
             return out
 
@@ -256,17 +265,38 @@ class Engine:
              since: int = 0, follow: bool = False) -> dict[str, Any]:
         return self.h.processes.logs(ref, tail, timestamps, since, follow)
 
-    def stop(self, refs: list[str], timeout: float = 10) -> list[str]:
-        return self.h.processes.stop(refs, timeout)
+    # the life of containers: each acts on every target that exists and reports the
+    # others, as Docker's commands on several containers do (containers.each)
 
-    def rm(self, refs: list[str], force: bool = False) -> list[str]:
+    def start(self, refs: list[str]) -> list[dict[str, Any]]:
+        return each(refs, self.h.lifecycle.start)
+
+    def stop(self, refs: list[str], timeout: float = 10) -> list[dict[str, Any]]:
+        return each(refs, lambda ref: self.h.lifecycle.stop(ref, timeout))
+
+    def restart(self, refs: list[str], timeout: float = 10) -> list[dict[str, Any]]:
+        return each(refs, lambda ref: self.h.lifecycle.restart(ref, timeout))
+
+    def kill(self, refs: list[str], signal: str = "KILL") -> list[dict[str, Any]]:
+        from portway.core.lifecycle import parse_signal
+
+        number = parse_signal(signal)
+        return each(refs, lambda ref: self.h.lifecycle.kill(ref, number))
+
+    def wait(self, refs: list[str]) -> list[dict[str, Any]]:
+        return each(refs, self.h.lifecycle.wait)
+
+    def rm(self, refs: list[str], force: bool = False) -> list[dict[str, Any]]:
         return self.h.containers.rm(refs, force)
 
     def port(self, ref: str, port: str | None = None) -> list[str]:
         return self.h.publishing.describe(ref, port)
 
-    def adopt(self) -> int:
+    def adopt(self) -> tuple[int, list[str]]:
         return self.h.processes.adopt()
+
+    def resume(self) -> list[str]:
+        return self.h.lifecycle.resume()
 
     # seeing and repairing
 

@@ -1,6 +1,6 @@
-"""Containers: what `run`, `rm`, `network connect` and `disconnect` do, step by step,
-and the one API by which a runtime that makes its own sandboxes (Podman) has them
-networked: attach_sandbox / detach_sandbox.
+"""Containers: what `run`, `start`, `rm`, `network connect` and `disconnect` do, step by
+step, what a stopped container gives back (release), and the one API by which a runtime
+that makes its own sandboxes (Podman) has them networked: attach_sandbox / detach_sandbox.
 
 Rules of this module:
 1. Validate everything, then touch the kernel: every argument is checked before the
@@ -10,17 +10,22 @@ Rules of this module:
 3. Removal is exhaustive: every step runs even if one fails, errors are raised
    together, and removing twice is harmless.
 4. Nothing here renders rules or calls the kernel: that is the other services' work.
+5. A container's networking exists while it runs (`networked`); its configuration per
+   network (EndpointConfig) exists from run to rm, and is what start attaches again.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from portway.core import lifecycle as rules
 from portway.core import names, runopts, validate
 from portway.core.naming import random_name
 from portway.core.ports import parse_port_specs
@@ -28,10 +33,31 @@ from portway.engine.context import fault_point, now
 from portway.engine.networks import DEFAULT_NETWORK
 from portway.engine.sandboxes import host_hostname
 from portway.errors import Conflict, InvalidInput, NotFound, PortwayError, TeardownErrors
-from portway.model.types import Container, Endpoint, Network, PortMapping, Route, RunConfig
+from portway.model.types import (
+    Container,
+    Endpoint,
+    EndpointConfig,
+    Network,
+    PortMapping,
+    Route,
+    RunConfig,
+)
 
 if TYPE_CHECKING:
     from portway.engine.context import Host
+
+
+def each(refs: list[str], act: Callable[[str], object]) -> list[dict[str, Any]]:
+    """act on every target, as Docker's commands on several containers do: each one's
+    result ({"Ref", "Result"}) or error ({"Ref", "error", "hint", "exit_code"}), in order;
+    a target that fails does not stop the others."""
+    out: list[dict[str, Any]] = []
+    for ref in refs:
+        try:
+            out.append({"Ref": ref, "Result": act(ref)})
+        except PortwayError as exc:
+            out.append({"Ref": ref, **exc.to_dict()})
+    return out
 
 
 @dataclass(frozen=True)
@@ -80,7 +106,8 @@ class Containers:
             add_hosts: list[str] | None = None, dns_search: list[str] | None = None,
             dns_options: list[str] | None = None, domainname: str | None = None,
             sysctls: list[str] | None = None, mac: str | None = None,
-            expose: list[str] | None = None, publish_all: bool = False) -> dict[str, Any]:
+            expose: list[str] | None = None, publish_all: bool = False,
+            restart: str | None = None) -> dict[str, Any]:
         """Create a container with its networking ready; with detach, start its command.
 
         Without detach the caller starts the command itself (the CLI becomes it)
@@ -108,6 +135,7 @@ class Containers:
             sysctls=runopts.parse_sysctls(sysctls or [], mode),
             expose=runopts.parse_expose(expose or []), publish_all=publish_all)
         _check_mode(plan, hostname, bool(port_maps), bool(dns_servers), config)
+        policy = rules.parse_restart_policy(restart, auto_remove)
         if detach:
             h.processes.check_command(list(cmd), config.workdir, config.env)
         with h.lock:
@@ -132,7 +160,6 @@ class Containers:
                                    if (port, proto) not in published_ports)
             if port_maps:
                 self._check_publishing(nets[0], port_maps)
-                port_maps = h.publishing.resolve(port_maps)
             cid = names.new_id()
             netns = {"host": h.host_netns_path(),
                      "container": owner.netns if owner else ""}.get(
@@ -144,36 +171,14 @@ class Containers:
                 hostname=own_hostname, command=cmd, netns=netns, network_mode=mode,
                 auto_remove=auto_remove, detach=detach, ports=port_maps, dns=dns_servers,
                 created=now(), cap_add=tuple(cap_add or ()), cap_drop=tuple(cap_drop or ()),
-                privileged=privileged, user=user or "", config=config)
-            with h.store.transaction(), ExitStack() as undo:
-                undo.callback(h.publishing.release, port_maps)
-                undo.callback(h.endpoints.clear_hints)  # a rollback frees what was allocated
+                privileged=privileged, user=user or "", config=config,
+                restart_policy=policy.name, restart_max=policy.maximum, networked=False)
+            configs = self.configs(container, nets, plan.requests)
+            with h.store.transaction():
                 h.store.add_container(container)
-                endpoints = []
-                for index, (net, req) in enumerate(zip(nets, plan.requests, strict=False)):
-                    endpoints.append(h.endpoints.new(container, net, index, list(req.ips),
-                                                     list(req.aliases), mac=req.mac))
-                if mode in ("bridge", "none"):
-                    undo.callback(h.sandboxes.teardown, container, endpoints)
-                    h.sandboxes.build(container, endpoints)
-                elif mode == "host":
-                    undo.callback(h.sandboxes.teardown, container, endpoints)
-                    h.sandboxes.write_files(container)
-                elif config.sysctls:
-                    # The namespace is the other container's: what it had comes back on
-                    # a failure.
-                    before = h.sandbox_kernel.set_sysctls(netns, dict(config.sysctls))
-                    undo.callback(h.sandbox_kernel.set_sysctls, netns, before)
-                fault_point("run.sandbox")
-                published = h.publishing.published(container, endpoints)
-                if published:
-                    undo.callback(h.fw.remove_ports, published)
-                    h.fw.add_ports(published)
-                    fault_point("run.ports")
-                if detach:
-                    container = h.processes.start(container)
-                    fault_point("run.started")
-                undo.pop_all()
+                for cfg in configs:
+                    h.store.add_config(cfg)
+                container = self.up(container, nets, configs, detach)
             if nets:
                 self.publish_dns(container.id)
             return h.processes.sandbox_info(container)
@@ -200,44 +205,168 @@ class Containers:
                                    "publish on an address of a family the network "
                                    "has, or on all addresses")
 
-    def rm(self, refs: list[str], force: bool = False) -> list[str]:
+    def up(self, c: Container, nets: list[Network], configs: list[EndpointConfig],
+           detach: bool) -> Container:
+        """c's networking from its configuration (its networks in order, each with the
+        addresses and aliases asked for), its host ports held and published, and with
+        detach its process: all or nothing, inside the caller's transaction, in which
+        c's row exists. The container as recorded."""
+        h = self.h
+        with ExitStack() as undo:
+            undo.callback(h.endpoints.clear_hints)  # a rollback frees what was allocated
+            port_maps = h.publishing.resolve(c.ports) if c.ports else ()
+            undo.callback(h.publishing.release, port_maps)
+            c = replace(c, ports=port_maps, networked=True, netns=self.netns_of(c))
+            h.store.update_container(c)
+            endpoints = [h.endpoints.new(c, net, index, cfg.ips, list(cfg.aliases),
+                                         mac=cfg.mac)
+                         for index, (net, cfg) in enumerate(zip(nets, configs, strict=True))]
+            if c.network_mode in ("bridge", "none"):
+                undo.callback(h.sandboxes.teardown, c, endpoints)
+                h.sandboxes.build(c, endpoints)
+            elif c.network_mode == "host":
+                undo.callback(h.sandboxes.teardown, c, endpoints)
+                h.sandboxes.write_files(c)
+            elif c.config.sysctls:
+                # The namespace is the other container's: what it had comes back on a
+                # failure.
+                before = h.sandbox_kernel.set_sysctls(c.netns, dict(c.config.sysctls))
+                undo.callback(h.sandbox_kernel.set_sysctls, c.netns, before)
+            fault_point("run.sandbox")
+            published = h.publishing.published(c, endpoints)
+            if published:
+                undo.callback(h.fw.remove_ports, published)
+                h.fw.add_ports(published)
+                fault_point("run.ports")
+            if detach:
+                c = h.processes.start(c)
+                fault_point("run.started")
+            undo.pop_all()
+        return c
+
+    def configs(self, c: Container, nets: list[Network],
+                requests: tuple[runopts.NetworkRequest, ...]) -> list[EndpointConfig]:
+        """What c asks of each of its networks, the addresses it asks for checked (they
+        stay reserved for it)."""
+        out = []
+        for index, (net, req) in enumerate(zip(nets, requests, strict=False)):
+            v4, v6 = self.h.endpoints.requested(c, net, list(req.ips)) if req.ips \
+                else (None, None)
+            out.append(EndpointConfig(
+                container_id=c.id, network_id=net.id, network_name=net.name, position=index,
+                aliases=tuple(req.aliases), ipv4=v4, ipv6=v6, mac=req.mac))
+        return out
+
+    def netns_of(self, c: Container) -> str:
+        """The network namespace c's processes join: its own, the host's, or (--network
+        container:) the other container's."""
+        if c.network_mode == "host":
+            return self.h.host_netns_path()
+        if c.network_mode == "container":
+            owner = self.h.store.find_container(c.config.network_of)
+            return owner.netns if owner is not None else c.netns
+        return f"/run/netns/{names.netns_name(c.id)}"
+
+    def start(self, c: Container, user: bool) -> Container:
+        """c, not running and without networking, started again: its networks attached
+        anew from its configuration, its host ports held and published again, its names
+        in DNS, a new process. Nothing changes if any of it fails (a network that was
+        removed, a host port someone took meanwhile, a command gone). user: a user's
+        start, which clears what a user's stop set and counts restarts from 0."""
+        h = self.h
+        h.processes.check_command(list(c.command), c.config.workdir, c.config.env)
+        if c.network_mode == "container":
+            self._network_owner(c.config.network_of)
+        configs = h.store.configs(container_id=c.id) if c.network_mode == "bridge" else []
+        nets = []
+        for cfg in configs:
+            net = h.store.find_network(cfg.network_id)
+            if net is None:
+                raise NotFound(f"network {cfg.network_name} not found: container {c.name} "
+                               "was connected to it, and it was removed since",
+                               f"disconnect it (portway network disconnect "
+                               f"{cfg.network_name} {c.name}), and connect it to another "
+                               "network if it needs one")
+            nets.append(net)
+        if user:
+            c = replace(c, user_stopped=False, restart_count=0)
+        with h.store.transaction():
+            c = self.up(replace(c, error=""), nets, configs, detach=True)
+        if nets:
+            self.publish_dns(c.id)
+        with h.lifecycle.changed:
+            h.lifecycle.changed.notify_all()
+        return c
+
+    def rm_one(self, ref: str, force: bool = False) -> str:
         h = self.h
         with h.lock:
-            targets = [h.own(r) for r in refs]
-            for c in targets:
-                if c.status == "running" and not force:
-                    raise Conflict(f"container {c.name} is running",
-                                   f"stop it first (portway stop {c.name}) or use rm -f")
-            for c in targets:
-                self.remove(c)
-            return [c.name for c in targets]
+            c = h.own(ref)
+            if c.status in ("running", "restarting") and not force:
+                raise Conflict(f"container {c.name} is {c.status}",
+                               f"stop it first (portway stop {c.name}) or use rm -f")
+            self.remove(c)
+        return ref
+
+    def rm(self, refs: list[str], force: bool = False) -> list[dict[str, Any]]:
+        return each(refs, lambda ref: self.rm_one(ref, force))
 
     def remove(self, c: Container) -> None:
-        """Processes, endpoints, namespace, files, rows: each step even if one fails."""
+        """Process, networking, files, rows: each step even if one fails."""
         h = self.h
         errors: list[str] = []
+        running = c.status == "running" and c.runtime == "portway" and \
+            h.process_kernel.is_alive(c.pid, c.pid_start)
         h.processes.kill(c)
+        if c.networked:
+            try:
+                self.release(c, fault="rm")
+            except TeardownErrors as exc:
+                errors.extend(exc.errors)
+        shutil.rmtree(os.path.join(h.state_dir, "containers", c.id), ignore_errors=True)
+        with h.store.transaction():
+            h.store.delete_container(c.id)
+        h.lifecycle.forget(c, 128 + signal.SIGKILL if running else None)
+        if errors:
+            raise TeardownErrors(f"remove {c.name}", errors)
+
+    def release(self, c: Container, fault: str = "release") -> Container:
+        """What a container gives back when it stops (Docker's): its published ports (the
+        map elements and the held host sockets), its namespace and endpoints (their
+        addresses; one it asked for stays reserved in its configuration), its DNS names.
+        Each step even if one fails; the store says it is released either way (gc
+        removes what the kernel kept). The container as recorded."""
+        h = self.h
+        errors: list[str] = []
         endpoints = h.store.endpoints(container_id=c.id)
         published = h.publishing.published(c, endpoints)
         if published:
-            h.fw.remove_ports(published)
+            try:
+                h.fw.remove_ports(published)
+            except (PortwayError, OSError) as exc:
+                errors.append(f"remove its published ports: {exc}")
         h.publishing.release(c.ports)
-        fault_point("rm.ports")
+        fault_point(f"{fault}.ports")
         try:
             h.sandboxes.teardown(c, endpoints)
         except TeardownErrors as exc:
             errors.extend(exc.errors)
-        fault_point("rm.kernel")
+        fault_point(f"{fault}.kernel")
         h.endpoints.released(endpoints)
-        shutil.rmtree(os.path.join(h.state_dir, "containers", c.id), ignore_errors=True)
+        released = replace(h.store.find_container(c.id) or c, networked=False)
         with h.store.transaction():
-            h.store.delete_container(c.id)
-        if endpoints:
+            for e in endpoints:
+                h.store.delete_endpoint(e.id)
+            h.store.update_container(released)
+        if endpoints and h.dns is not None and h.dns.running():
+            # Its names go (a server that is not running gets every record, from the
+            # store, when it starts).
             self.publish_dns(c.id)
         if errors:
-            raise TeardownErrors(f"remove {c.name}", errors)
+            raise TeardownErrors(f"release the networking of {c.name}", errors)
+        return released
 
-    # attach and detach running containers
+    # attach and detach containers (a stopped one: its configuration only)
 
     def connect(self, network: str, container: str, ip: str | None = None,
                 aliases: list[str] | None = None, ip6: str | None = None) -> dict[str, Any]:
@@ -250,10 +379,21 @@ class Containers:
             if c.network_mode != "bridge":
                 raise InvalidInput(f"container {c.name} uses --network {c.network_mode}",
                                    "only containers on bridge networks can be connected")
+            configs = h.store.configs(container_id=c.id)
             current = h.store.endpoints(container_id=c.id)
-            if any(e.network_id == net.id for e in current):
+            if any(x.network_id == net.id for x in configs) or \
+                    any(e.network_id == net.id for e in current):
                 raise Conflict(f"container {c.name} is already connected to {net.name}",
                                "nothing to do")
+            v4, v6 = h.endpoints.requested(c, net, ips)
+            cfg = EndpointConfig(
+                container_id=c.id, network_id=net.id, network_name=net.name,
+                position=max((x.position for x in configs), default=-1) + 1,
+                aliases=tuple(alias_list), ipv4=v4, ipv6=v6)
+            if not c.networked:  # stopped: attached when it starts
+                with h.store.transaction():
+                    h.store.add_config(cfg)
+                return {"Id": c.id, "Network": net.name, "IPAddress": "", "IPAddresses": []}
             if not h.sandbox_kernel.exists(c.netns):
                 raise Conflict(f"container {c.name} has lost its network namespace",
                                "run 'portway gc' to repair it")
@@ -263,6 +403,7 @@ class Containers:
             try:
                 with h.sandbox_kernel.open(c.netns) as sandbox, h.store.transaction(), \
                         ExitStack() as undo:
+                    h.store.add_config(cfg)
                     endpoint = h.endpoints.new(c, net, index, ips, alias_list)
                     h.endpoints.attach(sandbox, c, endpoint, net,
                                        h.endpoints.wants_route(sandbox, net))
@@ -289,21 +430,33 @@ class Containers:
     def disconnect(self, network: str, container: str, force: bool = False) -> dict[str, Any]:
         h = self.h
         with h.lock:
-            net = h.network(network)
             c = h.own(container)
+            net = h.store.find_network(network)
+            configs = h.store.configs(container_id=c.id)
+            # A network that was removed is still named in a stopped container's
+            # configuration: it can be disconnected by that name.
+            cfg = next((x for x in configs if (net is not None and x.network_id == net.id)
+                        or (net is None and x.network_name == network)), None)
             current = h.store.endpoints(container_id=c.id)
-            mine = [e for e in current if e.network_id == net.id]
-            if not mine:
-                raise NotFound(f"container {c.name} is not connected to {net.name}",
+            mine = [e for e in current if net is not None and e.network_id == net.id]
+            if cfg is None and not mine:
+                if net is None:
+                    h.network(network)  # NotFound, with its hint
+                raise NotFound(f"container {c.name} is not connected to {network}",
                                "see its networks with 'portway inspect'")
-            endpoint = mine[0]
-            remaining = [e for e in current if e.id != endpoint.id]
-            self._move_ports(c, current, remaining, [endpoint], fault="disconnect.detach")
-            h.endpoints.released([endpoint])
-            h.endpoints.reroute(c, remaining)
-            h.sandboxes.write_files(c)
-            self.publish_dns(c.id)
-            return {"Id": c.id, "Network": net.name}
+            name = net.name if net is not None else network
+            remaining = [e for e in current if not mine or e.id != mine[0].id]
+            with h.store.transaction():
+                if cfg is not None:
+                    h.store.delete_config(c.id, cfg.network_id)
+                if mine:
+                    self._move_ports(c, current, remaining, mine, fault="disconnect.detach")
+            if mine:
+                h.endpoints.released(mine)
+                h.endpoints.reroute(c, remaining)
+                h.sandboxes.write_files(c)
+                self.publish_dns(c.id)
+            return {"Id": c.id, "Network": name}
 
     def _move_ports(self, c: Container, current: list[Endpoint], remaining: list[Endpoint],
                     gone: list[Endpoint], fault: str = "") -> None:

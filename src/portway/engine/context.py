@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from portway.engine.containers import Containers
     from portway.engine.drivers import NetworkDriver
     from portway.engine.endpoints import Endpoints
+    from portway.engine.lifecycle import Lifecycle
     from portway.engine.networks import Networks
     from portway.engine.ports import Publishing
     from portway.engine.processes import Processes, ProcessKernel
@@ -117,6 +118,7 @@ class Host:
     sandboxes: Sandboxes = field(init=False)
     processes: Processes = field(init=False)
     containers: Containers = field(init=False)
+    lifecycle: Lifecycle = field(init=False)
 
     def tag(self, kind: str, object_id: str) -> str:
         return names.owner_tag(self.instance, kind, object_id)
@@ -166,9 +168,17 @@ class Host:
         return c
 
     def refresh(self, c: Container) -> Container:
-        """The container with its status brought up to date with its process."""
-        if c.runtime == "portway" and c.status == "running" and \
-                not self.process_kernel.is_alive(c.pid, c.pid_start):
-            c = replace(c, status="exited", finished=c.finished or now())
-            self.store.update_container(c)
+        """The container with its status brought up to date with its process: one whose
+        process is gone is recorded as exited (and its networking released) at once if
+        nothing watches it; the watcher reports the others' ends itself, with what it
+        knows of their status."""
+        if c.runtime == "portway" and c.status == "running" and c.pid and \
+                not self.process_kernel.is_alive(c.pid, c.pid_start) and \
+                not self.process_kernel.watching(c.pid):
+            with self.lock:
+                current = self.store.find_container(c.id)
+                if current is not None and current.pid == c.pid and \
+                        current.status == "running":
+                    return self.lifecycle.ended_unwatched(current)
+                return current or c
         return c

@@ -32,12 +32,11 @@ class Endpoints:
         # (network id, family) -> the lowest address that may be free
         self._hint: dict[tuple[str, int], int] = {}
 
-    def new(self, container: Container, net: Network, index: int, ips: list[str],
-            aliases: list[str], ifname: str | None = None,
-            mac: str | None = None, host_ifname: str | None = None) -> Endpoint:
-        """An endpoint of container on net, an address per subnet of net (the ones
-        asked for in ips, at most one per family, or the lowest free ones) reserved in
-        the store (in the caller's transaction)."""
+    def requested(self, container: Container, net: Network, ips: list[str]
+                  ) -> tuple[ipaddress.IPv4Address | None, ipaddress.IPv6Address | None]:
+        """The addresses asked for on net (at most one per family), checked: of a family
+        the network has, in its subnet, not its gateway, neither held nor reserved by
+        another container (container's own reservation is its to use)."""
         store = self.h.store
         asked: dict[int, IPAddress] = {}
         for text in ips:
@@ -51,26 +50,43 @@ class Endpoints:
                                    f"IPv{address.version} subnet",
                                    f"drop {flag}, or use a network with IPv{address.version}")
             asked[address.version] = address
+        for sub in net.subnets:
+            if sub.version not in asked:
+                continue
+            flag = "--ip" if sub.version == 4 else "--ip6"
+            address = validate.check_host_address(flag, asked[sub.version], sub.subnet)
+            if address == sub.gateway:
+                raise Conflict(f"{flag} {address} is the gateway of network {net.name}",
+                               "pick another address")
+            aux = {a: n for n, a in sub.aux_addresses}
+            if address in aux:
+                raise Conflict(f"{flag} {address} is the auxiliary address "
+                               f"{aux[address]} of network {net.name}",
+                               "pick another address")
+            holder = store.address_holder(net.id, address, owner=container.id)
+            if holder is not None and holder != container.id:
+                other = store.find_container(holder)
+                raise Conflict(f"address {address} is already in use on network "
+                               f"{net.name}" + (f" by {other.name}" if other else ""),
+                               f"pick another {flag}, or omit it")
+            asked[sub.version] = address
+        v4, v6 = asked.get(4), asked.get(6)
+        return (v4 if isinstance(v4, ipaddress.IPv4Address) else None,
+                v6 if isinstance(v6, ipaddress.IPv6Address) else None)
+
+    def new(self, container: Container, net: Network, index: int, ips: list[str],
+            aliases: list[str], ifname: str | None = None,
+            mac: str | None = None, host_ifname: str | None = None) -> Endpoint:
+        """An endpoint of container on net, an address per subnet of net (the ones
+        asked for in ips, at most one per family, or the lowest free ones) reserved in
+        the store (in the caller's transaction)."""
+        store = self.h.store
+        asked = {a.version: a for a in self.requested(container, net, ips) if a is not None}
         addresses: list[IPInterface] = []
         for sub in net.subnets:
-            flag = "--ip" if sub.version == 4 else "--ip6"
             aux = {a: n for n, a in sub.aux_addresses}
             if sub.version in asked:
-                address = validate.check_host_address(flag, asked[sub.version], sub.subnet)
-                if address == sub.gateway:
-                    raise Conflict(f"{flag} {address} is the gateway of network {net.name}",
-                                   "pick another address")
-                if address in aux:
-                    raise Conflict(f"{flag} {address} is the auxiliary address "
-                                   f"{aux[address]} of network {net.name}",
-                                   "pick another address")
-                if store.address_in_use(net.id, address):
-                    holder = next(e for e in store.endpoints(network_id=net.id)
-                                  if any(a.ip == address for a in e.addresses))
-                    other = store.find_container(holder.container_id)
-                    raise Conflict(f"address {address} is already in use on network "
-                                   f"{net.name}" + (f" by {other.name}" if other else ""),
-                                   f"pick another {flag}, or omit it")
+                address: IPAddress = asked[sub.version]
             else:
                 key = (net.id, sub.version)
                 address = ipam.first_free(

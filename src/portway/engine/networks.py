@@ -147,12 +147,14 @@ class Networks:
         with h.lock:
             nets = [h.network(r) for r in refs]
             for net in nets:
+                # Only running containers hold it: a stopped one has no endpoint (its
+                # configuration still names the network, and its start says it is gone).
                 users = h.store.endpoints(network_id=net.id)
                 if users:
                     who = ", ".join(sorted(h.container(e.container_id).name for e in users))
-                    raise Conflict(f"network {net.name} has containers attached: {who}",
-                                   f"remove them first (portway rm -f {who.split(',')[0]}) or "
-                                   f"disconnect them")
+                    raise Conflict(f"network {net.name} has running containers attached: "
+                                   f"{who}", f"stop or remove them first (portway stop "
+                                   f"{who.split(',')[0]}), or disconnect them")
             removed = []
             for net in nets:
                 with h.store.transaction():
@@ -168,10 +170,14 @@ class Networks:
             return removed
 
     def prune(self) -> list[str]:
+        """The networks no container uses: none is attached, and none that is stopped is
+        configured to be (Docker prunes those too, and their start then fails: a known
+        complaint, so portway keeps them)."""
         h = self.h
         with h.lock:
             unused = [n.name for n in h.store.networks()
-                      if n.name != DEFAULT_NETWORK and not h.store.endpoints(network_id=n.id)]
+                      if n.name != DEFAULT_NETWORK and not h.store.endpoints(network_id=n.id)
+                      and not h.store.configs(network_id=n.id)]
             return self.remove(unused) if unused else []
 
     def resolve(self, ref: str) -> Network:

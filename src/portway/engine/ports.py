@@ -154,7 +154,8 @@ class Publishing:
         h = self.h
         by_port: dict[tuple[str, int], list[tuple[PortMapping, str]]] = {}
         for c in h.store.containers():
-            for p in c.ports:
+            # A stopped container has given its host ports back (Docker's).
+            for p in c.ports if c.networked else ():
                 by_port.setdefault((p.protocol, p.host_port), []).append(
                     (p, f"container {c.name} ({format_mapping(p)})"))
         # Only what the ports asked for can collide: the sockets of their protocols, and
@@ -285,7 +286,10 @@ class Publishing:
 
     def bindings(self, c: Container) -> list[tuple[str, str, int]]:
         """c's ports as Docker shows them: ("80/tcp", host address, host port), one per
-        family the port is published on ("0.0.0.0" and "::" for all addresses)."""
+        family the port is published on ("0.0.0.0" and "::" for all addresses). None
+        while it is stopped: its ports are published while it runs."""
+        if not c.networked:
+            return []
         eps = self.h.store.endpoints(container_id=c.id)
         versions = sorted({a.version for a in min(eps, key=lambda e: e.ifname).addresses}) \
             if eps else [4]

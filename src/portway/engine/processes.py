@@ -7,6 +7,9 @@ Rules of this module:
    first child (wait_init finds it).
 2. Containers outlive the daemon: nothing here kills a process on close; the next
    daemon adopts the running ones (it cannot read their status, only see them end).
+   What is known of an end is passed on to the lifecycle service (engine/lifecycle.py):
+   the status of the daemon's own children, 137 for a process the daemon SIGKILLed,
+   the status a foreground `run` reports for the command it became; nothing else.
 3. Only the ProcessKernel touches processes (a fake stands in for it in unit tests).
 """
 
@@ -27,7 +30,7 @@ from portway.engine import logs
 from portway.engine.context import now
 from portway.engine.logs import LogIndexer
 from portway.engine.watch import OnExit, ProcessWatcher
-from portway.errors import Conflict, InvalidInput, PortwayError
+from portway.errors import Conflict, InvalidInput
 from portway.kernel import procs
 from portway.model.types import Container
 
@@ -43,12 +46,15 @@ class ProcessKernel(Protocol):
     def start_time(self, pid: int) -> int: ...
     def is_alive(self, pid: int, started: int) -> bool: ...
     def signal(self, pid: int, started: int, sig: int) -> bool: ...
+    def signal_init(self, pid: int, started: int, wrappers: tuple[str, ...],
+                    sig: int) -> bool: ...
     def wait_init(self, pid: int, wrappers: tuple[str, ...], timeout: float = 5.0) -> int: ...
     def resolve_identity(self, spec: UserSpec) -> Identity: ...
     def found(self, command: str, path: str, cwd: str = "/") -> bool: ...
     def watch(self, container_id: str, pid: int, child: bool) -> None: ...
     def index_log(self, key: str, log_path: str) -> None: ...
     def unindex_log(self, key: str) -> None: ...
+    def watching(self, pid: int) -> bool: ...
     def close(self) -> None: ...
 
 
@@ -83,6 +89,20 @@ class LiveProcessKernel:
     def resolve_identity(self, spec: UserSpec) -> Identity:
         return procs.resolve_identity(spec)
 
+    def signal_init(self, pid: int, started: int, wrappers: tuple[str, ...],
+                    sig: int) -> bool:
+        """sig to the container's first process (the command), not to the `unshare` that
+        portway watches (which would die of most signals and take the command with it);
+        False if the container's process is gone."""
+        if not procs.is_alive(pid, started):
+            return False
+        target = procs.wait_init(pid, wrappers, timeout=1.0) or pid
+        try:
+            os.kill(target, sig)
+        except ProcessLookupError:
+            return False
+        return True
+
     def found(self, command: str, path: str, cwd: str = "/") -> bool:
         if "/" in command:  # a path: from the directory the command starts in
             return shutil.which(os.path.join(cwd, command)) is not None
@@ -96,6 +116,8 @@ class LiveProcessKernel:
 
     def unindex_log(self, key: str) -> None:
         self.logs.unwatch(key)
+    def watching(self, pid: int) -> bool:
+        return self.watcher.watching(pid)
 
     def close(self) -> None:
         self.watcher.close()
@@ -105,6 +127,12 @@ class LiveProcessKernel:
 class Processes:
     def __init__(self, host: Host) -> None:
         self.h = host
+        # What this daemon knows of the processes it watches (by pid): the ones it
+        # started (their status is readable), the ones a foreground `run` became (it
+        # reports their status), the ones it SIGKILLed itself.
+        self.children: set[int] = set()
+        self.foreground: set[int] = set()
+        self.killed: set[int] = set()
 
     @property
     def kernel(self) -> ProcessKernel:
@@ -205,9 +233,11 @@ class Processes:
             workdir=container.config.workdir, domainname=container.config.domainname,
             stdin_path=self.stdin_path(container))
         container = replace(container, status="running", pid=pid,
-                            pid_start=self.kernel.start_time(pid), started=now())
+                            pid_start=self.kernel.start_time(pid), started=now(),
+                            exit_code=None, error="")
         self.h.store.update_container(container)
         self.kernel.index_log(_log_key(container.id, pid), log_path)
+        self.children.add(pid)
         self.kernel.watch(container.id, pid, child=True)
         return container
 
@@ -216,37 +246,27 @@ class Processes:
         with self.h.lock:
             c = self.h.container(ref)
             c = replace(c, status="running", pid=pid, pid_start=self.kernel.start_time(pid),
-                        started=now())
+                        started=now(), exit_code=None, error="")
             self.h.store.update_container(c)
+            self.foreground.add(pid)
         self.kernel.watch(c.id, pid, child=False)
         return {"Id": c.id}
 
-    def exited(self, ref: str, exit_code: int) -> dict[str, Any]:
+    def exited(self, ref: str, exit_code: int, pid: int | None = None) -> dict[str, Any]:
         """A foreground `run` reports its command's exit status."""
-        with self.h.lock:
-            c = self.h.store.find_container(ref)
-            if c is not None:
-                self.h.store.update_container(replace(
-                    c, status="exited", exit_code=exit_code, finished=c.finished or now()))
+        self.foreground.discard(pid or 0)
+        self.h.lifecycle.reported(ref, exit_code, pid)
         return {}
 
     def on_exit(self, container_id: str, pid: int, code: int | None) -> None:
+        """The watcher saw pid end (code: its status, if it was the daemon's child)."""
         self.kernel.unindex_log(_log_key(container_id, pid))
-        with self.h.lock:
-            if self.h.closed:
-                return
-            c = self.h.store.find_container(container_id)
-            if c is None or c.pid != pid:
-                return
-            if c.status == "running" or c.exit_code is None:
-                c = replace(c, status="exited", finished=c.finished or now(),
-                            exit_code=code if code is not None else c.exit_code)
-                self.h.store.update_container(c)
-            if c.auto_remove:
-                try:
-                    self.h.containers.remove(c)
-                except PortwayError:
-                    pass  # gc will finish it
+        if code is None and pid in self.killed:
+            code = 128 + signal.SIGKILL
+        self.children.discard(pid)
+        self.killed.discard(pid)
+        foreground = pid in self.foreground
+        self.h.lifecycle.process_ended(container_id, pid, code, foreground)
 
     def exec_info(self, ref: str, command: list[str] | None = None,
                   workdir: str = "/") -> dict[str, Any]:
@@ -256,7 +276,8 @@ class Processes:
         with self.h.lock:
             c = self.h.own(ref)
             if c.status != "running":
-                raise Conflict(f"container {c.name} is not running", "start a new one with run")
+                raise Conflict(f"container {c.name} is not running",
+                               f"start it first (portway start {c.name})")
             conf = self.confinement(c)
         # `run -d` returns before its helper has entered the namespaces and exec'd the
         # command: joining the namespaces before then would join the host's.
@@ -291,39 +312,33 @@ class Processes:
                                  whole_lines=follow and running)
         return {"Log": text, "Offset": offset, "Running": running}
 
-    def stop(self, refs: list[str], timeout: float = 10) -> list[str]:
-        with self.h.lock:
-            targets = [self.h.own(r) for r in refs]
-        for c in targets:
-            sent = self._stop_process(c, timeout)
-            if sent:
-                self._note_signal_exit(c, sent)
-        return [c.name for c in targets]
-
-    def _stop_process(self, c: Container, timeout: float) -> int:
+    def stop_process(self, c: Container, timeout: float) -> int:
         """SIGTERM, then SIGKILL after timeout; returns the last signal sent (0: none)."""
         if not self.kernel.signal(c.pid, c.pid_start, signal.SIGTERM):
             return 0
         deadline = time.monotonic() + max(timeout, 0)
         while time.monotonic() < deadline and self.kernel.is_alive(c.pid, c.pid_start):
             time.sleep(0.01)
-        if self.kernel.signal(c.pid, c.pid_start, signal.SIGKILL):
-            self.wait_gone(c)
+        if self.kernel.is_alive(c.pid, c.pid_start):
+            self.kill(c)
             return signal.SIGKILL
         return signal.SIGTERM
 
-    def _note_signal_exit(self, c: Container, sig: int) -> None:
-        """An adopted process's status is not ours to read: record the signal we sent."""
-        time.sleep(0.02)  # let the watcher record a status it can read
-        with self.h.lock:
-            current = self.h.store.find_container(c.id)
-            if current is not None and current.pid == c.pid and current.exit_code is None:
-                self.h.store.update_container(replace(
-                    current, status="exited", exit_code=128 + sig,
-                    finished=current.finished or now()))
+    def send_signal(self, c: Container, sig: int) -> bool:
+        """`portway kill -s SIG`: to the command; SIGKILL to the whole process (and wait
+        until it is gone). False if it is not running."""
+        if sig == signal.SIGKILL:
+            if not self.kernel.is_alive(c.pid, c.pid_start):
+                return False
+            self.kill(c)
+            return True
+        return self.kernel.signal_init(c.pid, c.pid_start,
+                                       (self.h.tools.unshare, self.h.tools.setpriv), sig)
 
     def kill(self, c: Container) -> None:
         """SIGKILL c's process (its group), and wait until it is gone."""
+        if c.pid and self.kernel.is_alive(c.pid, c.pid_start):
+            self.killed.add(c.pid)
         if self.kernel.signal(c.pid, c.pid_start, signal.SIGKILL):
             self.wait_gone(c)
 
@@ -332,24 +347,41 @@ class Processes:
         while time.monotonic() < deadline and self.kernel.is_alive(c.pid, c.pid_start):
             time.sleep(0.005)
 
-    def adopt(self) -> int:
+    def adopt(self) -> tuple[int, list[str]]:
         """After a (re)start: watch the running containers' processes again, and hold
-        their published ports again (one that cannot be held is `doctor`'s to report)."""
+        the published ports of those whose networking is up again (one that cannot be
+        held is `doctor`'s to report). A container whose process ended while no daemon
+        watched it is recorded as exited (its status unknown) and its networking
+        released; whether it starts again is resume's to decide, once gc has put the
+        networks back. Returns how many were adopted, and a line for each that ended."""
         count = 0
+        lines: list[str] = []
         with self.h.lock:
             for c in self.h.store.containers():
-                for p in c.ports if c.runtime == "portway" else ():
-                    try:
-                        self.h.ports.reserve(p)
-                    except OSError:
-                        pass
-                c = self.h.refresh(c)
-                if c.status == "running" and c.runtime == "portway":
+                if c.runtime != "portway":
+                    continue
+                if c.status == "running" and self.kernel.is_alive(c.pid, c.pid_start):
+                    for p in c.ports if c.networked else ():
+                        try:
+                            self.h.ports.reserve(p)
+                        except OSError:
+                            pass
                     if c.detach:
                         self.kernel.index_log(_log_key(c.id, c.pid), self.log_path(c))
                     self.kernel.watch(c.id, c.pid, child=False)
                     count += 1
-        return count
+                elif c.status in ("running", "restarting"):
+                    line = self.h.lifecycle.found_ended(c)
+                    if line:
+                        lines.append(line)
+                elif c.networked and c.status == "created":
+                    # A foreground run that was about to start its command: its ports.
+                    for p in c.ports:
+                        try:
+                            self.h.ports.reserve(p)
+                        except OSError:
+                            pass
+        return count, lines
 
 
 def _log_key(container_id: str, pid: int) -> str:

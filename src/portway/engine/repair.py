@@ -45,6 +45,7 @@ class Report:
 def gc(engine: Engine, dry_run: bool) -> list[str]:
     report = Report(dry_run)
     _finished_containers(engine, report)
+    _stopped_containers(engine, report)
     _networks(engine, report)
     _firewall(engine, report)  # before the sandboxes: endpoints add to its sets
     _sandboxes(engine, report)
@@ -62,6 +63,16 @@ def _finished_containers(engine: Engine, report: Report) -> None:
         if c.status == "exited" and c.auto_remove:
             report.act(f"remove container {c.name}: its process ended and it was run with --rm",
                        partial(engine.h.containers.remove, c))
+
+
+def _stopped_containers(engine: Engine, report: Report) -> None:
+    """A stopped container has no networking (engine/lifecycle.py); one that still has
+    some (portwayd died while releasing it) gives it back now."""
+    for c in engine.store.containers():
+        if c.runtime == "portway" and c.networked and c.status == "exited":
+            report.act(f"release the networking of stopped container {c.name} (its "
+                       "namespace, endpoints, published ports and names)",
+                       partial(engine.h.containers.release, c))
 
 
 def _networks(engine: Engine, report: Report) -> None:
@@ -90,7 +101,9 @@ def _held_ports(engine: Engine, report: Report) -> None:
     from portway.core.ports import format_mapping
 
     for c in engine.store.containers():
-        for p in c.ports if c.runtime == "portway" else ():  # Podman holds its own
+        if c.runtime != "portway" or not c.networked or c.status == "exited":
+            continue  # Podman holds its own; a stopped container has given them back
+        for p in c.ports:
             if engine.ports.holds(p):
                 continue
             try:
@@ -123,8 +136,11 @@ def _dns(engine: Engine, report: Report) -> None:
 
 def _sandboxes(engine: Engine, report: Report) -> None:
     for c in engine.store.containers():
-        if c.network_mode in ("host", "container"):
-            continue  # the namespace is the host's, or another container's
+        if c.network_mode in ("host", "container") or not c.networked or \
+                c.status == "exited":
+            # The namespace is the host's, or another container's; a stopped container
+            # has none (_stopped_containers).
+            continue
         endpoints = engine.store.endpoints(container_id=c.id)
         ns_name = os.path.basename(c.netns)
         if c.runtime == "podman" and not os.path.exists(c.netns):
@@ -283,7 +299,7 @@ def _trace_leftovers(engine: Engine, report: Report) -> None:
 
 
 def _unknown_namespaces(engine: Engine, report: Report) -> None:
-    containers = {c.id for c in engine.store.containers()}
+    known = {c.id: c for c in engine.store.containers()}
     for name in netns.list_netns():
         if not name.startswith("pw-"):
             continue  # a cheap filter; ownership is decided by the tag below
@@ -298,10 +314,12 @@ def _unknown_namespaces(engine: Engine, report: Report) -> None:
             ipr.close()
         if tag is None or tag[0] != engine.instance or tag[1] != "container":
             continue
-        if tag[2] in containers:
+        c = known.get(tag[2])
+        if c is not None and c.networked:
             continue
-        report.act(f"delete namespace {name} and its processes: portway container "
-                   f"{tag[2][:12]} is not in the store",
+        why = f"portway container {tag[2][:12]} is not in the store" if c is None else \
+            f"container {c.name} is stopped"
+        report.act(f"delete namespace {name} and its processes: {why}",
                    partial(_drop_namespace, name, path))
 
 

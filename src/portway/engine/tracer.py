@@ -262,6 +262,9 @@ def _source(engine: Engine | Observer, world: core.World, containers: dict[str, 
         raise NotFound(f"no such source {source!r}",
                        "give a container name, 'host', 'outside', ns:NAME or an address")
     key = os.path.basename(c.netns)
+    if not c.networked:
+        raise NotFound(f"container {c.name} is not running: it has no network namespace",
+                       f"start it (portway start {c.name})")
     if key not in containers:
         raise NotFound(f"container {c.name} has no network namespace",
                        "run 'portway gc' to repair it")
@@ -309,6 +312,9 @@ def _to_container(engine: Engine | Observer, world: core.World, containers: dict
     host address its port is published on."""
     target = engine.h.container(name)
     eps = engine.store.endpoints(container_id=target.id)
+    if not target.networked:
+        raise NotFound(f"container {target.name} is not running: it has no address",
+                       f"start it (portway start {target.name})")
     if not eps:
         raise InvalidInput(f"container {target.name} has no address on a bridge network",
                            "trace to an IP address instead")

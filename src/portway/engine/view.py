@@ -129,6 +129,17 @@ def container(engine: Host, c: Container) -> dict[str, Any]:
         nets[n.name] = _endpoint_settings(c, e, n)
         if mode == "bridge" and len(nets) == 1:
             mode = n.name  # Docker's NetworkMode: the first network (bridge: the default)
+    for cfg in engine.store.configs(container_id=c.id) if not c.networked else ():
+        # Stopped: the networks it is attached to when it starts, without addresses.
+        nets[cfg.network_name] = {
+            "IPAMConfig": {k: str(v) for k, v in (("IPv4Address", cfg.ipv4),
+                                                  ("IPv6Address", cfg.ipv6)) if v} or None,
+            "Links": None, "Aliases": list(cfg.aliases) or None, "MacAddress": "",
+            "DriverOpts": None, "NetworkID": cfg.network_id, "EndpointID": "",
+            "Gateway": "", "IPAddress": "", "IPPrefixLen": 0, "IPv6Gateway": "",
+            "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "DNSNames": None}
+        if mode == "bridge" and len(nets) == 1:
+            mode = cfg.network_name
     if c.network_mode not in ("bridge", "container"):
         nets[c.network_mode] = {
             "IPAMConfig": None, "Links": None, "Aliases": None, "MacAddress": "",
@@ -150,21 +161,27 @@ def container(engine: Host, c: Container) -> dict[str, Any]:
     conf = c.config
     exposed: dict[str, dict[str, str]] = {f"{p}/{proto}": {} for p, proto in conf.expose}
     exposed.update({f"{p.container_port}/{p.protocol}": {} for p in c.ports})
-    for port in exposed:  # exposed, not published: null, as in Docker
-        ports.setdefault(port, None)
+    for port in exposed if c.networked else ():  # exposed, not published: null
+        ports.setdefault(port, None)  # (a stopped container has no ports, as in Docker)
     return {
         "Id": c.id, "Name": f"/{c.name}", "Created": c.created,
         "Path": c.command[0] if c.command else "", "Args": list(c.command[1:]),
         "Runtime": c.runtime,
-        "State": {"Status": c.status, "Running": running,
+        # Docker's: a container waiting to restart counts as running, without a process.
+        "State": {"Status": c.status, "Running": running or c.status == "restarting",
+                  "Restarting": c.status == "restarting",
                   "Pid": engine.processes.first_process(c) if running else 0,
                   "ExitCode": c.exit_code if c.exit_code is not None else 0,
-                  "StartedAt": c.started or ZERO_TIME, "FinishedAt": c.finished or ZERO_TIME},
+                  "Error": c.error, "StartedAt": c.started or ZERO_TIME,
+                  "FinishedAt": c.finished or ZERO_TIME},
+        "RestartCount": c.restart_count,
         "Config": {"Hostname": c.hostname, "Domainname": conf.domainname,
                    "Cmd": list(c.command), "User": c.user, "Env": _env(engine, c),
                    "WorkingDir": conf.workdir, "Tty": conf.tty, "OpenStdin": conf.interactive,
                    "Labels": dict(conf.labels), "ExposedPorts": exposed or None},
         "HostConfig": {"NetworkMode": mode, "AutoRemove": c.auto_remove,
+                       "RestartPolicy": {"Name": c.restart_policy,
+                                         "MaximumRetryCount": c.restart_max},
                        "Dns": list(c.dns), "Privileged": c.privileged,
                        "CapAdd": list(c.cap_add) or None, "CapDrop": list(c.cap_drop) or None,
                        "PortBindings": bindings,
@@ -173,7 +190,8 @@ def container(engine: Host, c: Container) -> dict[str, Any]:
                        "DnsOptions": list(conf.dns_options or []),
                        "ExtraHosts": [f"{n}:{a}" for n, a in conf.extra_hosts] or None,
                        "Sysctls": dict(conf.sysctls) or None},
-        "NetworkSettings": {"SandboxKey": c.netns, "Ports": ports, **top, "Networks": nets},
+        "NetworkSettings": {"SandboxKey": c.netns if c.networked else "", "Ports": ports,
+                            **top, "Networks": nets},
     }
 
 
