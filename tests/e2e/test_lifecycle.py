@@ -3,7 +3,7 @@ back (its namespace and veths, its address, its published host ports, its DNS na
 and start takes them again; start, restart, kill and wait with Docker's outputs and exit
 codes; commands on several containers act on each that exists; restart policies (also
 across a daemon restart and a reboot); network rm and prune beside stopped containers;
-and what is known of an exit code."""
+what is known of an exit code; Docker's codes for a command that cannot run."""
 
 from __future__ import annotations
 
@@ -334,3 +334,39 @@ def test_network_rm_and_prune_beside_stopped_containers(sandbox: Sandbox) -> Non
     assert sb.pw("network", "prune", "-f").stdout == ""
     names = {n["Name"] for n in user_networks(sb.pw("network", "ls", "--json").stdout)}
     assert names == {"kept", "spare"}
+
+
+def test_commands_that_cannot_run_get_dockers_exit_codes(sandbox: Sandbox,
+                                                         tmp_path: Any) -> None:
+    sb = sandbox
+    sb.pw("network", "create", "app", "--subnet", "10.134.0.0/24")
+    plain = tmp_path / "plain.sh"
+    plain.write_text("echo hi\n")
+    plain.chmod(0o644)
+    sb.pw("run", "-d", "--name", "box", "--network", "app", "--", "sleep", "300")
+    before = sb.snapshot()
+    cases = [(["no-such-program-here"], 127, "command not found"),
+             (["/no/such/path"], 127, "command not found"),
+             (["/etc"], 126, "it is a directory"),
+             ([str(plain)], 126, "not executable")]
+    for i, (command, code, words) in enumerate(cases):
+        for detach in (["-d"], []):
+            name = f"c{i}{'d' if detach else 'f'}"
+            cp = sb.pw("run", *detach, "--name", name, "--network", "app", "-p",
+                       f"{8100 + i}:80", "--", *command, check=False)
+            assert cp.returncode == code and words in cp.stderr, (command, cp.stderr)
+            assert cp.stderr.count("\n") == 1 and "Traceback" not in cp.stderr
+            # Docker's create succeeded and its start did not: the container exists,
+            # created, with nothing in the kernel.
+            created = state(sb, name)
+            assert created["State"]["Status"] == "created", name
+            assert created["NetworkSettings"]["SandboxKey"] == ""
+            sb.pw("rm", name)
+        cp = sb.pw("exec", "box", "--", *command, check=False)
+        assert cp.returncode == code and words in cp.stderr, (command, cp.stderr)
+        assert cp.stderr.count("\n") == 1
+    cp = sb.pw("run", "--rm", "--name", "gone", "--network", "app", "--",
+               "no-such-program-here", check=False)
+    assert cp.returncode == 127
+    assert sb.snapshot() == before
+    assert "gone" not in sb.pw("ps", "-a").stdout

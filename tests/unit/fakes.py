@@ -404,8 +404,12 @@ class FakeProcessKernel:
     def resolve_identity(self, spec: UserSpec) -> Identity:
         return Identity(uid=int(spec.user) if spec.user.isdigit() else 1000)
 
-    def found(self, command: str, path: str, cwd: str = "/") -> bool:
-        return command != "no-such-program"
+    def find_command(self, command: str, path: str, cwd: str) -> tuple[int, str]:
+        if command == "no-such-program":
+            return 127, f"command not found: {command!r}"
+        if command == "/etc":
+            return 126, f"cannot run {command!r}: it is a directory"
+        return 0, f"/usr/bin/{command}"
 
     def watch(self, container_id: str, pid: int, child: bool) -> None:
         self.watched[pid] = (container_id, child)

@@ -138,3 +138,24 @@ def test_wait_returns_the_exit_code(tmp_path: Path) -> None:
     waiter.join(5)
     assert got == [7]
     assert h.lifecycle.wait("w") == 7  # not running: at once
+
+
+@pytest.mark.parametrize(("program", "code"), [("no-such-program", 127), ("/etc", 126)])
+def test_a_command_that_cannot_run_leaves_a_created_container(
+        tmp_path: Path, program: str, code: int) -> None:
+    h, w = fake_host(str(tmp_path))
+    h.networks.create("app", subnet="10.77.0.0/24")
+    w.log.clear()
+    for detach in (True, False):
+        name = f"c{int(detach)}"
+        with pytest.raises(PortwayError) as info:
+            h.containers.run([program], name=name, networks=["app"], ports=["8080:80"],
+                             detach=detach)
+        assert info.value.exit_code == code
+        c = container(h, name)
+        assert c.status == "created" and not c.networked
+    assert w.log == [] and not w.held and h.store.endpoints() == []
+    with pytest.raises(PortwayError) as info:
+        h.containers.run([program], name="gone", networks=["app"], auto_remove=True,
+                         detach=True)
+    assert h.store.find_container("gone") is None

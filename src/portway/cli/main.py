@@ -223,12 +223,6 @@ class Args(dict):  # type: ignore[type-arg]
             raise AttributeError(name) from None
 
 
-def _which(program: str) -> str | None:
-    import shutil  # only here: it costs milliseconds to import
-
-    return shutil.which(program)
-
-
 def print_json(data: "Any") -> None:
     import json
 
@@ -345,9 +339,6 @@ def cmd_run(client: Client, a: Args) -> int:
     if not command:
         raise ClientError("no command given", "put the command after --, as in: portway run "
                           "--name web -- python3 -m http.server 80", 2)
-    if not a.detach and _which(command[0]) is None:
-        raise ClientError(f"command not found: {command[0]!r}",
-                          "give a program that exists on this host (or its full path)", 2)
     check_terminal(a)
     info = client.call("run", command=command, name=a.name, networks=a.network, ip=a.ip,
                        aliases=a.alias, hostname=a.hostname, ports=a.publish,
@@ -461,11 +452,10 @@ def cmd_exec(client: Client, a: Args) -> int:
         raise ClientError("no command given", "put the command after --", 2)
     import os
 
-    if _which(command[0]) is None:
-        raise ClientError(f"command not found: {command[0]!r}",
-                          "give a program that exists on this host (or its full path)", 127)
     check_terminal(a)
     extra = environment(a)
+    # The daemon finds the command as the container would (127: no such program, 126:
+    # one that cannot be executed), before anything runs.
     info = client.call("exec_info", ref=a.container, command=command,
                        workdir=a.workdir or os.getcwd())
     env = dict(info["Env"])

@@ -111,7 +111,9 @@ class Containers:
         """Create a container with its networking ready; with detach, start its command.
 
         Without detach the caller starts the command itself (the CLI becomes it)
-        and reports the pid through started() and the end through exited().
+        and reports the pid through started() and the end through exited(). A command
+        that cannot be executed fails as Docker's start fails (exit code 127 or 126)
+        and leaves the container created, without networking (unless --rm).
         """
         h = self.h
         cmd = validate.check_command(command)
@@ -136,8 +138,6 @@ class Containers:
             expose=runopts.parse_expose(expose or []), publish_all=publish_all)
         _check_mode(plan, hostname, bool(port_maps), bool(dns_servers), config)
         policy = rules.parse_restart_policy(restart, auto_remove)
-        if detach:
-            h.processes.check_command(list(cmd), config.workdir, config.env)
         with h.lock:
             if name is not None and h.store.name_taken("containers", name):
                 holder = h.container(name)
@@ -174,6 +174,15 @@ class Containers:
                 privileged=privileged, user=user or "", config=config,
                 restart_policy=policy.name, restart_max=policy.maximum, networked=False)
             configs = self.configs(container, nets, plan.requests)
+            try:
+                h.processes.check_command(list(cmd), config.workdir, config.env)
+            except PortwayError:
+                if not auto_remove:  # Docker's create succeeded; its start did not
+                    with h.store.transaction():
+                        h.store.add_container(container)
+                        for cfg in configs:
+                            h.store.add_config(cfg)
+                raise
             with h.store.transaction():
                 h.store.add_container(container)
                 for cfg in configs:

@@ -16,7 +16,6 @@ Rules of this module:
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -30,7 +29,7 @@ from portway.engine import logs
 from portway.engine.context import now
 from portway.engine.logs import LogIndexer
 from portway.engine.watch import OnExit, ProcessWatcher
-from portway.errors import Conflict, InvalidInput
+from portway.errors import Conflict, InvalidInput, PortwayError
 from portway.kernel import procs
 from portway.model.types import Container
 
@@ -50,7 +49,7 @@ class ProcessKernel(Protocol):
                     sig: int) -> bool: ...
     def wait_init(self, pid: int, wrappers: tuple[str, ...], timeout: float = 5.0) -> int: ...
     def resolve_identity(self, spec: UserSpec) -> Identity: ...
-    def found(self, command: str, path: str, cwd: str = "/") -> bool: ...
+    def find_command(self, command: str, path: str, cwd: str) -> tuple[int, str]: ...
     def watch(self, container_id: str, pid: int, child: bool) -> None: ...
     def index_log(self, key: str, log_path: str) -> None: ...
     def unindex_log(self, key: str) -> None: ...
@@ -103,10 +102,8 @@ class LiveProcessKernel:
             return False
         return True
 
-    def found(self, command: str, path: str, cwd: str = "/") -> bool:
-        if "/" in command:  # a path: from the directory the command starts in
-            return shutil.which(os.path.join(cwd, command)) is not None
-        return shutil.which(command, path=path) is not None
+    def find_command(self, command: str, path: str, cwd: str) -> tuple[int, str]:
+        return procs.find_command(command, path, cwd)
 
     def watch(self, container_id: str, pid: int, child: bool) -> None:
         self.watcher.watch(container_id, pid, child)
@@ -145,15 +142,22 @@ class Processes:
         if user is not None:
             self.kernel.resolve_identity(confine.parse_user(user))
 
-    def check_command(self, command: list[str], workdir: str = "/",
+    def check_command(self, command: list[str], cwd: str = "/",
                       env: tuple[str, ...] = ()) -> None:
+        """The command can be executed, as the container's exec would find it (its PATH:
+        -e's, if it gives one; cwd for a relative path), or PortwayError with Docker's
+        exit code: 127 (no such program), 126 (a directory, or not executable)."""
         path = procs.container_env(None)["PATH"]
         for item in env:  # the command's own PATH, if -e gives one
             key, _, value = item.partition("=")
             path = value if key == "PATH" else path
-        if not self.kernel.found(command[0], path, workdir):
-            raise InvalidInput(f"command not found: {command[0]!r}",
-                               "give a program that exists on this host (or its full path)")
+        code, what = self.kernel.find_command(command[0], path, cwd)
+        if code == 127:
+            raise PortwayError(what, "give a program that exists on this host (or its full "
+                               "path)", 127)
+        if code:
+            raise PortwayError(what, "give a program file that can be executed (chmod +x it, "
+                               "or run it through its interpreter: sh FILE)", code)
 
     @staticmethod
     def check_workdir(workdir: str) -> str:
@@ -279,6 +283,8 @@ class Processes:
                 raise Conflict(f"container {c.name} is not running",
                                f"start it first (portway start {c.name})")
             conf = self.confinement(c)
+        if command:
+            self.check_command(command, workdir, c.config.env)
         # `run -d` returns before its helper has entered the namespaces and exec'd the
         # command: joining the namespaces before then would join the host's.
         init = self.kernel.wait_init(c.pid, (self.h.tools.unshare, self.h.tools.setpriv))

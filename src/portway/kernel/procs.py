@@ -10,6 +10,7 @@ import grp
 import os
 import pwd
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -113,6 +114,31 @@ def wait_init(pid: int, wrappers: tuple[str, ...], timeout: float = 5.0) -> int:
         if time.monotonic() >= deadline:
             return child
         time.sleep(0.0005)
+
+
+def find_command(command: str, path: str, cwd: str = "/") -> tuple[int, str]:
+    """Where a container's command is, as its exec would find it: (0, its path), or
+    Docker's exit code and what is wrong: 127 when there is no such program (a name found
+    in no directory of path, or a path to nothing), 126 when there is one that cannot be
+    executed (a directory, or a file without an x bit)."""
+    if "/" not in command:
+        for directory in path.split(":"):
+            candidate = os.path.join(directory or ".", command)
+            if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+                return 0, candidate
+        return 127, f"command not found: {command!r}"
+    full = os.path.join(cwd, command)
+    try:
+        st = os.stat(full)
+    except (FileNotFoundError, NotADirectoryError):
+        return 127, f"command not found: {command!r} (no such file)"
+    except PermissionError:
+        return 126, f"cannot run {command!r}: permission denied"
+    if stat.S_ISDIR(st.st_mode):
+        return 126, f"cannot run {command!r}: it is a directory"
+    if not st.st_mode & 0o111 or not os.access(full, os.X_OK):
+        return 126, f"cannot run {command!r}: permission denied (it is not executable)"
+    return 0, full
 
 
 def container_env(hostname: str | None, home: str = "/root") -> dict[str, str]:
