@@ -9,6 +9,7 @@ raise, to check what a failure at each step leaves behind.
 from __future__ import annotations
 
 import ipaddress
+import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +29,9 @@ from portway.model.types import (
     Network,
     Route,
 )
+
+# A command with default dispositions dies of these.
+DEADLY = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGKILL}
 
 
 @dataclass
@@ -396,6 +400,9 @@ class FakeProcessKernel:
         if pid not in self.w.processes:
             return False
         self.w.log.append(f"process.signal_init {sig}")
+        if sig in DEADLY:
+            del self.w.processes[pid]
+            self._report(pid, 128 + sig)
         return True
 
     def wait_init(self, pid: int, wrappers: tuple[str, ...], timeout: float = 5.0) -> int:

@@ -319,8 +319,13 @@ class Processes:
         return {"Log": text, "Offset": offset, "Running": running}
 
     def stop_process(self, c: Container, timeout: float) -> int:
-        """SIGTERM, then SIGKILL after timeout; returns the last signal sent (0: none)."""
-        if not self.kernel.signal(c.pid, c.pid_start, signal.SIGTERM):
+        """SIGTERM to the command, as Docker's stop sends it to the container's first
+        process, then SIGKILL after timeout; returns the last signal sent (0: none). Not
+        SIGTERM to the `unshare` portway watches: right after `run -d` on a loaded machine
+        it may not ignore the signal yet, and would die of it (exit 143) instead of the
+        command meeting the SIGKILL (137)."""
+        wrappers = (self.h.tools.unshare, self.h.tools.setpriv)
+        if not self.kernel.signal_init(c.pid, c.pid_start, wrappers, signal.SIGTERM):
             return 0
         deadline = time.monotonic() + max(timeout, 0)
         while time.monotonic() < deadline and self.kernel.is_alive(c.pid, c.pid_start):
