@@ -1,0 +1,801 @@
+"""`portway audit`: who can reach what on a host, through which rule, and what is exposed.
+
+Pure: it reasons over the World that `trace` records (the host namespace, the
+namespaces behind its veths, every nftables table of each) and proves every answer
+with trace's own path model (core/trace.py), one trace per source and target.
+
+Rules of this module:
+1. Targets are what a host offers: every published port (a DNAT rule, or an element
+   of a DNAT map, in ANY table: Docker's `ip nat DOCKER`, netavark's, portway's own),
+   every listening socket of the host, and every listening socket of a container
+   address. A host socket on a published port (docker-proxy's, portwayd's) is that
+   published port, not a target of its own.
+2. Sources are who could connect: the host itself, a neighbour on a LAN the host is
+   on (which may send the host any destination address: 127.0.0.1, a container's),
+   a client routed in through the default route's interface (which can only name the
+   host's own addresses), and a container of each bridge network.
+3. A target is reachable from a source when the trace of a new connection from it is
+   delivered. A finding is an exposure that the trace proves:
+     bypasses-input-firewall  a published port reached from outside while the
+                              host's input hook would drop the same packet (DNAT
+                              sends it through forward, where that firewall is not)
+     loopback-exposed         an address of 127/8 reached by a neighbour
+     direct-container-access  a container address reached from the LAN without DNAT
+     across-networks          a container reached by one of another network without
+                              DNAT
+   Nothing else is a finding: a published port without an input firewall is
+   published on purpose, and the host reaching its containers is how it works.
+4. Every finding carries its fix as data (nft rules, sysctls, a bind address), and
+   the fix is checked on the same model: with the rules added, the proving trace
+   no longer delivers.
+"""
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from portway.core.nftsim import Packet, Ruleset, hostport, is_loopback, rule_text
+from portway.core.trace import Space, Trace, World, ip_families, trace
+from portway.model.types import IPAddress
+
+ROUTED_CLIENT = {4: ipaddress.ip_address("203.0.113.10"),  # TEST-NET-3, as trace's outside
+                 6: ipaddress.ip_address("2001:db8:113::10")}
+SOURCE_PORT = 40000
+REACHED = ("delivered",)
+NAT_FAMILIES = ("ip", "ip6", "inet")
+
+BYPASS = "bypasses-input-firewall"
+LOOPBACK = "loopback-exposed"
+DIRECT = "direct-container-access"
+ACROSS = "across-networks"
+TITLES = {BYPASS: "bypasses the input-hook firewall",
+          LOOPBACK: "127.0.0.1-published but reachable from a neighbour",
+          DIRECT: "direct routed access to a container address",
+          ACROSS: "reachable across networks"}
+
+
+@dataclass(frozen=True)
+class Target:
+    kind: str  # published, socket, container
+    proto: str
+    port: int
+    addr: IPAddress | None  # None: a published port on every host address
+    version: int
+    label: str
+    space: str = ""  # the namespace key of a socket's holder
+    bridge: str = ""  # a container's network (its bridge)
+    rule: str = ""  # the DNAT rule of a published port: "family table chain: text"
+    to: str = ""  # where a published port goes
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "protocol": self.proto, "port": self.port,
+                "address": None if self.addr is None else str(self.addr),
+                "label": self.label, "namespace": self.space or None,
+                "network": self.bridge or None, "rule": self.rule or None,
+                "to": self.to or None}
+
+
+@dataclass(frozen=True)
+class Source:
+    kind: str  # host, neighbour, outside, container
+    key: str  # trace's source: a namespace key, or "outside"
+    label: str
+    client: IPAddress | None = None  # neighbour and outside: the client's address
+    iif: str = ""  # neighbour and outside: the host interface it arrives on
+    bridge: str = ""  # container: its network's bridge
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "label": self.label,
+                "address": None if self.client is None else str(self.client),
+                "interface": self.iif or None, "network": self.bridge or None}
+
+
+@dataclass
+class Reach:
+    source: Source
+    target: Target
+    packet: Packet
+    trace: Trace
+    via: list[str]
+
+    @property
+    def reached(self) -> bool:
+        return self.trace.verdict in REACHED
+
+    @property
+    def dnat(self) -> bool:
+        return any("(DNAT)" in r for h in self.trace.hops if h.decision
+                   for r in h.decision.rewrites)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"source": self.source.label, "source_kind": self.source.kind,
+                "connects_to": hostport(self.packet.daddr, self.packet.dport),
+                "reached": self.reached, "verdict": self.trace.verdict,
+                "summary": self.trace.summary, "via": self.via}
+
+
+@dataclass(frozen=True)
+class Fix:
+    text: list[str]  # what to do, as commands
+    rules: list[dict[str, Any]]  # the same rules as listing items, to check on the model
+    where: str  # the chain the rules go to (or "" for a sysctl or bind address only)
+
+
+@dataclass
+class Finding:
+    kind: str
+    target: Target
+    reaches: list[Reach]
+    why: str
+    fix: Fix
+    fix_checked: bool = False
+    fix_check: str = ""
+    live: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "title": TITLES[self.kind], "target": self.target.label,
+                "target_detail": self.target.as_dict(), "why": self.why,
+                "sources": [r.source.label for r in self.reaches],
+                "proof": [dict(r.as_dict(), trace=r.trace.as_dict()) for r in self.reaches],
+                "fix": self.fix.text, "fix_chain": self.fix.where or None,
+                "fix_rules": self.fix.rules, "fix_checked": self.fix_checked,
+                "fix_check": self.fix_check, "live": self.live}
+
+
+@dataclass
+class Audit:
+    sources: list[Source]
+    targets: list[Target]
+    reaches: list[Reach]
+    findings: list[Finding]
+    notes: list[str]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"sources": [s.as_dict() for s in self.sources],
+                "targets": [dict(t.as_dict(), reach=[r.as_dict() for r in self.reaches
+                                                     if r.target is t])
+                            for t in self.targets],
+                "findings": [f.as_dict() for f in self.findings], "notes": self.notes}
+
+
+# what the host offers
+
+
+def _addr(text: Any) -> IPAddress | None:
+    if isinstance(text, dict) and "prefix" in text:
+        p = text["prefix"]
+        net = ipaddress.ip_network(f"{p['addr']}/{p['len']}", strict=False)
+        return net.network_address if net.num_addresses == 1 else None
+    try:
+        return ipaddress.ip_address(str(text))
+    except ValueError:
+        return None
+
+
+def _component(expr: Any) -> str:
+    """What one part of a key is: daddr, l4proto, dport, or other."""
+    if not isinstance(expr, dict):
+        return "other"
+    if "payload" in expr:
+        p = expr["payload"]
+        if p.get("field") == "daddr" and p.get("protocol") in ("ip", "ip6"):
+            return "daddr"
+        if p.get("field") == "dport" and p.get("protocol") in ("th", "tcp", "udp"):
+            return "dport"
+        if p.get("field") in ("protocol", "nexthdr"):
+            return "l4proto"
+    if "meta" in expr and expr["meta"].get("key") == "l4proto":
+        return "l4proto"
+    return "other"
+
+
+def _values(right: Any) -> list[Any]:
+    """The values a match's right side accepts (a set, a range of ports, one value)."""
+    if isinstance(right, dict) and "set" in right:
+        inner = right["set"]
+        out: list[Any] = []
+        for v in inner if isinstance(inner, list) else [inner]:
+            out += _values(v)
+        return out
+    if isinstance(right, dict) and "range" in right:
+        low, high = right["range"]
+        if isinstance(low, int) and isinstance(high, int) and high - low < 64:
+            return list(range(low, high + 1))
+        return []
+    return [right]
+
+
+def _proto(value: Any) -> str | None:
+    names = {6: "tcp", 17: "udp", "tcp": "tcp", "udp": "udp"}
+    return names.get(value)
+
+
+@dataclass
+class _Conditions:
+    protos: list[str] = field(default_factory=list)
+    ports: list[int] = field(default_factory=list)
+    daddr: IPAddress | None = None
+
+
+def _conditions(exprs: Iterable[Any]) -> _Conditions:
+    c = _Conditions()
+    for expr in exprs:
+        if not isinstance(expr, dict) or "match" not in expr:
+            continue
+        m = expr["match"]
+        if m.get("op", "==") not in ("==", "in"):
+            continue
+        what = _component(m["left"])
+        if what == "l4proto":
+            c.protos = [p for v in _values(m["right"]) if (p := _proto(v))]
+        elif what == "dport":
+            c.ports = [v for v in _values(m["right"]) if isinstance(v, int)]
+            proto = m["left"]["payload"]["protocol"]
+            if proto in ("tcp", "udp"):
+                c.protos = [proto]
+        elif what == "daddr":
+            c.daddr = _addr(m["right"])
+    return c
+
+
+def _elements(items: list[dict[str, Any]], family: str, table: str,
+              ref: Any) -> list[Any]:
+    if isinstance(ref, str) and ref.startswith("@"):
+        for item in items:
+            s = item.get("map") or item.get("set")
+            if s and (s["family"], s["table"], s["name"]) == (family, table, ref[1:]):
+                return list(s.get("elem", []))
+        return []
+    if isinstance(ref, dict) and "set" in ref:
+        return list(ref["set"])
+    return []
+
+
+def _key_of(elem: Any) -> Any:
+    key = elem[0] if isinstance(elem, list) else elem
+    if isinstance(key, dict) and "elem" in key:
+        key = key["elem"]["val"]
+    return key
+
+
+def _parts(key: Any) -> list[Any]:
+    return list(key["concat"]) if isinstance(key, dict) and "concat" in key else [key]
+
+
+def _map_entries(items: list[dict[str, Any]], family: str, table: str,
+                 part: Any) -> list[tuple[list[Any], Any]] | None:
+    """A `map` part of a NAT statement: (key parts, data) of each element; None when
+    the part is not a map."""
+    if not (isinstance(part, dict) and "map" in part):
+        return None
+    return [(_parts(_key_of(e)), e[1]) for e in
+            _elements(items, family, table, part["map"]["data"])
+            if isinstance(e, list) and len(e) == 2]
+
+
+def published_ports(items: list[dict[str, Any]]) -> list[Target]:
+    """Every published port of a ruleset listing: the ports its DNAT rules and DNAT
+    maps name, in any table of an IP family."""
+    out: dict[tuple[str, str, int], Target] = {}
+    for item in items:
+        rule = item.get("rule")
+        if not rule or rule["family"] not in NAT_FAMILIES:
+            continue
+        exprs = rule.get("expr", [])
+        nat = next((e["dnat"] for e in exprs if isinstance(e, dict) and "dnat" in e), None)
+        if not isinstance(nat, dict):
+            continue
+        family, table = rule["family"], rule["table"]
+        where = f"{family} {table} {rule['chain']}: {rule_text(rule)}"
+        version = {"ip": 4, "ip6": 6}.get(nat.get("family") or family, 0)
+        cond = _conditions(exprs)
+        addr_entries = _map_entries(items, family, table, nat.get("addr"))
+        port_entries = _map_entries(items, family, table, nat.get("port"))
+        found: list[tuple[str, IPAddress | None, int, str]] = []
+        if addr_entries is not None:
+            key = nat["addr"]["map"]["key"]
+            kinds = [_component(k) for k in _parts(key)]
+            ports = {repr(k): v for k, v in port_entries or []}
+            for parts, to_addr in addr_entries:
+                if len(parts) != len(kinds):
+                    continue
+                got = dict(zip(kinds, parts, strict=True))
+                protos = [p] if (p := _proto(got.get("l4proto"))) else cond.protos or ["tcp"]
+                dports = [got["dport"]] if isinstance(got.get("dport"), int) else cond.ports
+                daddr = _addr(got["daddr"]) if "daddr" in got else cond.daddr
+                to_port = ports.get(repr(parts))
+                to = str(to_addr) if to_port is None else hostport(str(to_addr), int(to_port))
+                found += [(proto, daddr, port, to) for proto in protos for port in dports]
+        else:
+            to_addr = nat.get("addr")
+            to_port = nat.get("port")
+            to = str(to_addr or "") if not isinstance(to_port, int) else \
+                hostport(str(to_addr or "?"), to_port)
+            found += [(proto, cond.daddr, port, to) for proto in cond.protos or ["tcp"]
+                      for port in cond.ports]
+        for proto, daddr, port, to in found:
+            v = daddr.version if daddr is not None else version or \
+                (_addr(to.rsplit(":", 1)[0].strip("[]")) or ipaddress.ip_address(0)).version
+            where_text = hostport(daddr, port) if daddr else f"*:{port}"
+            label = f"published {where_text}/{proto} -> {to}"
+            out.setdefault((proto, str(daddr), port), Target(
+                "published", proto, port, daddr, v, label, rule=where, to=to))
+    return list(out.values())
+
+
+def _published_covers(published: list[Target], proto: str, addr: IPAddress,
+                      port: int) -> bool:
+    wildcard = addr.is_unspecified
+    return any(t.proto == proto and t.port == port and
+               (wildcard or t.addr is None or t.addr == addr) for t in published)
+
+
+def _listening(space: Space) -> list[tuple[str, IPAddress, int]]:
+    out = []
+    for proto, text, port in sorted(space.listeners):
+        try:
+            out.append((proto, ipaddress.ip_address(text.partition("%")[0]), port))
+        except ValueError:
+            continue
+    return out
+
+
+def bridge_of(world: World, key: str) -> str:
+    """The bridge a namespace's veth is a port of, on the host ('' if none)."""
+    for port in world.host.ifaces:
+        if port.peer is not None and port.peer[0] == key and port.master:
+            return port.master
+    return ""
+
+
+def containers(world: World) -> list[str]:
+    """The keys of the namespaces behind the host's bridges, in a stable order."""
+    return sorted(k for k in world.spaces if bridge_of(world, k))
+
+
+def targets(world: World) -> list[Target]:
+    host = world.host
+    published = published_ports(host.ruleset)
+    out = list(published)
+    for proto, addr, port in _listening(host):
+        if (proto, str(addr), port) in host.portway_sockets or \
+                _published_covers(published, proto, addr, port):
+            continue
+        out.append(Target("socket", proto, port, addr, addr.version,
+                          f"host socket {hostport(addr, port)}/{proto}", space=host.key))
+    for key in containers(world):
+        space = world.spaces[key]
+        mine = [a.ip for i in space.ifaces if i.name != "lo" for a in i.addrs
+                if not a.ip.is_link_local]
+        for proto, addr, port in _listening(space):
+            if is_loopback(addr):
+                continue
+            if str(addr) == "::":  # a socket on :: takes IPv4 too (unless IPv6-only)
+                wanted = mine
+            elif str(addr) == "0.0.0.0":
+                wanted = [a for a in mine if a.version == 4]
+            else:
+                wanted = [a for a in mine if a == addr]
+            for a in wanted:
+                out.append(Target("container", proto, port, a, a.version,
+                                  f"{space.label} {hostport(a, port)}/{proto}", space=key,
+                                  bridge=bridge_of(world, key)))
+    return out
+
+
+# who could connect
+
+
+def uplinks(host: Space) -> list[str]:
+    """The host's interfaces towards a LAN: not lo, not a bridge or a bridge's port, not
+    a veth into a namespace the world holds, and with an address that is not
+    link-local; the default route's first."""
+    default = [r.dev for r in sorted(host.routes, key=lambda r: r.metric)
+               if r.dst.prefixlen == 0]
+    out = []
+    for i in host.ifaces:
+        if i.name == "lo" or i.kind == "bridge" or i.master or i.peer is not None:
+            continue
+        if any(not a.ip.is_link_local and not a.ip.is_loopback for a in i.addrs):
+            out.append(i.name)
+    return sorted(out, key=lambda d: (d not in default, d))
+
+
+def _neighbour_address(host: Space, dev: str, version: int) -> IPAddress | None:
+    """An address of a neighbour on dev: the gateway there, or another of its subnet."""
+    iface = host.iface(dev)
+    if iface is None:
+        return None
+    for r in host.routes:
+        if r.dev == dev and r.gateway is not None and r.gateway.version == version:
+            return r.gateway
+    mine = host.local()
+    for a in iface.addrs:
+        if a.version != version or a.ip.is_link_local:
+            continue
+        for candidate in a.network.hosts():
+            if candidate not in mine:
+                return candidate
+    return None
+
+
+def sources(world: World) -> list[Source]:
+    host = world.host
+    out = [Source("host", host.key, "the host itself")]
+    devs = uplinks(host)
+    for dev in devs:
+        for version in (4, 6):
+            addr = _neighbour_address(host, dev, version)
+            if addr is not None:
+                out.append(Source("neighbour", "outside",
+                                  f"a neighbour on {dev} ({addr})", addr, dev))
+    for version in (4, 6):
+        client = ROUTED_CLIENT[version]
+        route = host.lookup(client)
+        if route is not None and route.kind == "unicast" and route.dev in devs:
+            out.append(Source("outside", "outside", f"a routed client via {route.dev} "
+                              f"({client})", client, route.dev))
+    seen: set[str] = set()
+    for key in containers(world):
+        bridge = bridge_of(world, key)
+        if bridge in seen:
+            continue
+        seen.add(bridge)
+        out.append(Source("container", key, f"{world.spaces[key].label} (on {bridge})",
+                          bridge=bridge))
+    return out
+
+
+# reaching
+
+
+def _facing(world: World, source: Source, version: int) -> IPAddress | None:
+    """The host address a source would connect to for a port on every host address."""
+    host = world.host
+    if source.kind in ("neighbour", "outside"):
+        return host.first_address(source.iif, version)
+    if source.kind == "host":
+        devs = uplinks(host)
+        return host.first_address(devs[0], version) if devs else None
+    space = world.spaces[source.key]
+    route = space.lookup(ROUTED_CLIENT[version])
+    return route.gateway if route is not None else None
+
+
+def _destination(world: World, source: Source, target: Target) -> IPAddress | None:
+    """What source connects to for target; None where it cannot name it."""
+    addr = target.addr
+    if addr is None or addr.is_unspecified:
+        return _facing(world, source, target.version)
+    if is_loopback(addr):
+        return addr if source.kind in ("host", "neighbour") else None
+    if target.kind == "container":
+        if source.kind == "outside":
+            return None  # nobody routes a container's private address in from afar
+        if source.kind == "container" and source.bridge == target.bridge:
+            return None  # its own network: reaching it is the point
+        if source.kind == "container" and source.key == target.space:
+            return None
+    return addr
+
+
+def _via(t: Trace) -> list[str]:
+    """The decisions that let a delivered connection through: its DNAT, and what
+    accepted it on the forward and input hooks."""
+    out = []
+    for h in t.hops:
+        d = h.decision
+        if d is None:
+            continue
+        dnat = [r for r in d.rewrites if "(DNAT)" in r]
+        where = f"{d.family} {d.table} {d.rule_chain}"
+        if dnat:
+            out.append(f"{where}: {d.rule} ({dnat[0]})")
+        elif d.hook in ("forward", "input") and h.where.startswith("host:"):
+            out.append(f"{where}: {d.rule or d.verdict}")
+    return out
+
+
+def reach(world: World, source: Source, target: Target) -> Reach | None:
+    daddr = _destination(world, source, target)
+    if daddr is None or daddr.version != target.version:
+        return None
+    if source.kind in ("neighbour", "outside"):
+        assert source.client is not None
+        if source.client.version != daddr.version:
+            return None
+        packet = Packet(l4proto=target.proto, saddr=source.client, daddr=daddr,
+                        sport=SOURCE_PORT, dport=target.port, iif=source.iif)
+    else:
+        unspecified = ipaddress.ip_address(0 if daddr.version == 4 else "::")
+        packet = Packet(l4proto=target.proto, saddr=unspecified, daddr=daddr,
+                        sport=SOURCE_PORT, dport=target.port)
+    result = trace(world, source.key, packet, source.label, target.label)
+    return Reach(source, target, packet, result, _via(result))
+
+
+# findings and their fixes
+
+
+def _input_drop(world: World, r: Reach) -> str | None:
+    """The host's input-hook decision that would drop r's packet had DNAT not sent it
+    through forward ("family table chain: rule"), or None if input would take it."""
+    host = world.host
+    packet = replace(r.packet, iif=r.source.iif, oif="")
+    _, decisions, alive = Ruleset(host.ruleset).run_hook(
+        ip_families(packet), "input", packet, host.local(), nat=False)
+    if alive or not decisions:
+        return None
+    last = decisions[-1]
+    return f"{last.where}: {last.rule or last.verdict}"
+
+
+def _base_chains(items: list[dict[str, Any]], hook: str) -> list[dict[str, Any]]:
+    found = [i["chain"] for i in items if "chain" in i and i["chain"].get("hook") == hook
+             and i["chain"]["family"] in ("ip", "inet") and i["chain"].get("type") == "filter"]
+    return sorted(found, key=lambda c: int(c.get("prio", 0)))
+
+
+def _where_forward(items: list[dict[str, Any]]) -> tuple[str, str, str, list[dict[str, Any]]]:
+    """Where a forward drop goes: Docker's DOCKER-USER (made for it), else the first
+    filter chain on the forward hook that is not portway's, else a new one."""
+    for item in items:
+        c = item.get("chain")
+        if c and c["name"] == "DOCKER-USER" and c["family"] in ("ip", "inet"):
+            return c["family"], c["table"], c["name"], []
+    for c in _base_chains(items, "forward"):
+        if c["table"] != "portway":
+            return c["family"], c["table"], c["name"], []
+    return "inet", "filter", "forward", [
+        {"table": {"family": "inet", "name": "filter"}},
+        {"chain": {"family": "inet", "table": "filter", "name": "forward", "type": "filter",
+                   "hook": "forward", "prio": 0, "policy": "accept"}}]
+
+
+def _where_raw(items: list[dict[str, Any]]) -> tuple[str, str, str, list[dict[str, Any]]]:
+    """Where a drop before DNAT goes: a filter chain on prerouting before NAT (priority
+    below -100, e.g. `ip raw PREROUTING`) that is not portway's, else a new one."""
+    for c in _base_chains(items, "prerouting"):
+        if int(c.get("prio", 0)) < -100 and c["table"] != "portway":
+            return c["family"], c["table"], c["name"], []
+    return "ip", "raw", "PREROUTING", [
+        {"table": {"family": "ip", "name": "raw"}},
+        {"chain": {"family": "ip", "table": "raw", "name": "PREROUTING", "type": "filter",
+                   "hook": "prerouting", "prio": -300, "policy": "accept"}}]
+
+
+def _chain_cmds(new: list[dict[str, Any]]) -> list[str]:
+    out = []
+    for item in new:
+        if "table" in item:
+            t = item["table"]
+            out.append(f"nft add table {t['family']} {t['name']}")
+        else:
+            c = item["chain"]
+            out.append(f"nft add chain {c['family']} {c['table']} {c['name']} '{{ type "
+                       f"{c['type']} hook {c['hook']} priority {c['prio']}; policy "
+                       f"{c['policy']}; }}'")
+    return out
+
+
+def _m(left: Any, right: Any, op: str = "==") -> dict[str, Any]:
+    return {"match": {"op": op, "left": left, "right": right}}
+
+
+def _meta(key: str) -> dict[str, Any]:
+    return {"meta": {"key": key}}
+
+
+def _ip(version: int, field_name: str) -> dict[str, Any]:
+    return {"payload": {"protocol": "ip" if version == 4 else "ip6", "field": field_name}}
+
+
+COMMENT = "portway audit"
+
+
+def _rule(where: tuple[str, str, str, list[dict[str, Any]]], expr: list[Any],
+          text: str, comment: str) -> Fix:
+    family, table, chain, new = where
+    rule = {"family": family, "table": table, "chain": chain, "expr": expr,
+            "comment": comment}
+    cmd = f"nft insert rule {family} {table} {chain} {text} comment \"{comment}\""
+    return Fix([*_chain_cmds(new), cmd], [*new, {"rule": rule}], f"{family} {table} {chain}")
+
+
+def _ipname(version: int) -> str:
+    return "ip" if version == 4 else "ip6"
+
+
+def fix_bypass(world: World, r: Reach, dropper: str) -> Fix:
+    """Drop, after DNAT, what the input firewall would have dropped: by the address and
+    port the connection is DNATed to, from the interface it came in on."""
+    final = ipaddress.ip_address(r.trace.seen_destination.rpartition(":")[0].strip("[]"))
+    port = int(r.trace.seen_destination.rpartition(":")[2])
+    v = final.version
+    proto = r.target.proto
+    expr = [_m(_meta("iifname"), r.source.iif), _m(_ip(v, "daddr"), str(final)),
+            _m({"payload": {"protocol": proto, "field": "dport"}}, port),
+            _m({"ct": {"key": "status"}}, "dnat", "in"), {"drop": None}]
+    text = f"iifname \"{r.source.iif}\" {_ipname(v)} daddr {final} {proto} dport {port} " \
+           "ct status dnat drop"
+    where = _where_forward(world.host.ruleset)
+    fix = _rule(where, expr, text, f"{COMMENT}: {r.target.proto}/{r.target.port} as "
+                f"{dropper.split(':')[0]} wants")
+    bind = f"or, if only this host needs it, publish it on 127.0.0.1 (-p 127.0.0.1:" \
+           f"{r.target.port}:{port})"
+    return replace(fix, text=[*fix.text, bind])
+
+
+def fix_loopback(world: World, r: Reach) -> Fix:
+    v = r.packet.daddr.version
+    net = "127.0.0.0/8" if v == 4 else "::1"
+    right: Any = {"prefix": {"addr": "127.0.0.0", "len": 8}} if v == 4 else "::1"
+    expr = [_m(_meta("iifname"), "lo", "!="), _m(_ip(v, "daddr"), right), {"drop": None}]
+    fix = _rule(_where_raw(world.host.ruleset), expr,
+                f"iifname != \"lo\" {_ipname(v)} daddr {net} drop",
+                f"{COMMENT}: loopback addresses only from lo")
+    text = list(fix.text)
+    iface = world.host.iface(r.source.iif)
+    if iface is not None and iface.route_localnet:
+        text.insert(0, f"sysctl -w net.ipv4.conf.{iface.name}.route_localnet=0 (and "
+                    f"net.ipv4.conf.{iface.name}.route_localnet = 0 in /etc/sysctl.d/)")
+    return replace(fix, text=text)
+
+
+def fix_direct(world: World, r: Reach) -> Fix:
+    v = r.target.version
+    expr = [_m(_meta("iifname"), r.target.bridge, "!="),
+            _m(_ip(v, "daddr"), str(r.target.addr)), {"drop": None}]
+    return _rule(_where_raw(world.host.ruleset), expr,
+                 f"iifname != \"{r.target.bridge}\" {_ipname(v)} daddr {r.target.addr} drop",
+                 f"{COMMENT}: {r.target.addr} only from {r.target.bridge}")
+
+
+def fix_across(world: World, r: Reach) -> Fix:
+    src, dst = r.source.bridge, r.target.bridge
+    expr = [_m(_meta("iifname"), src), _m(_meta("oifname"), dst), {"drop": None}]
+    return _rule(_where_forward(world.host.ruleset), expr,
+                 f"iifname \"{src}\" oifname \"{dst}\" drop",
+                 f"{COMMENT}: isolate {src} from {dst}")
+
+
+def with_rules(items: list[dict[str, Any]], rules: list[dict[str, Any]]
+               ) -> list[dict[str, Any]]:
+    """items with rules added as `nft insert` would: a rule first in its chain; new
+    tables and chains at the end."""
+    out = copy.copy(items)
+    for new in rules:
+        if "rule" not in new:
+            out.append(new)
+            continue
+        r = new["rule"]
+        at = next((n for n, i in enumerate(out) if "rule" in i and
+                   (i["rule"]["family"], i["rule"]["table"], i["rule"]["chain"]) ==
+                   (r["family"], r["table"], r["chain"])), len(out))
+        out.insert(at, new)
+    return out
+
+
+def check_fix(world: World, finding: Finding) -> tuple[bool, str]:
+    """Retrace each proof with the fix's rules added; ok when none is delivered."""
+    if not finding.fix.rules:
+        return False, "nothing to check on the model"
+    host = replace(world.host, ruleset=with_rules(world.host.ruleset, finding.fix.rules))
+    fixed = World(host=host, spaces=world.spaces, bridge_nf=world.bridge_nf,
+                  bridge_nf6=world.bridge_nf6)
+    after = [trace(fixed, r.source.key, r.packet, r.source.label, r.target.label)
+             for r in finding.reaches]
+    still = [t for t in after if t.verdict in REACHED]
+    if still:
+        return False, f"still {still[0].verdict} with the fix: {still[0].summary}"
+    return True, "; ".join(sorted({t.summary for t in after}))
+
+
+def _findings(world: World, reaches: list[Reach]) -> list[Finding]:
+    by: dict[tuple[str, Target], Finding] = {}
+
+    def add(kind: str, r: Reach, why: str, fix: Fix) -> None:
+        key = (kind, r.target)
+        if key in by:
+            by[key].reaches.append(r)
+        else:
+            by[key] = Finding(kind, r.target, [r], why, fix)
+
+    for r in reaches:
+        if not r.reached:
+            continue
+        t, s = r.target, r.source
+        lo = t.addr is not None and is_loopback(t.addr)
+        if s.kind in ("neighbour", "outside") and t.kind == "published" and not lo:
+            dropper = _input_drop(world, r)
+            if dropper is not None:
+                add(BYPASS, r, f"DNAT ({t.rule}) sends it through the forward hook; the "
+                    f"input hook, which would drop it ({dropper}), never sees it",
+                    fix_bypass(world, r, dropper))
+        if s.kind == "neighbour" and lo:
+            how = f"DNAT ({t.rule})" if r.dnat else \
+                f"route_localnet on {s.iif} makes {t.addr} routable from it"
+            add(LOOPBACK, r, f"a neighbour sends to {hostport(r.packet.daddr, t.port)} "
+                f"with the host's MAC address: {how}", fix_loopback(world, r))
+        if t.kind == "container" and not r.dnat and s.kind == "neighbour":
+            add(DIRECT, r, f"the host forwards from {s.iif} straight to {t.addr} (no "
+                "DNAT, no published port): " + "; ".join(r.via), fix_direct(world, r))
+        if t.kind == "container" and not r.dnat and s.kind == "container" and \
+                s.bridge != t.bridge:
+            add(ACROSS, r, f"from {s.bridge} to {t.bridge}, forwarded: " + "; ".join(r.via),
+                fix_across(world, r))
+    out = list(by.values())
+    for f in out:
+        f.fix_checked, f.fix_check = check_fix(world, f)
+    return out
+
+
+def audit(world: World) -> Audit:
+    who = sources(world)
+    what = targets(world)
+    reaches = [r for t in what for s in who if (r := reach(world, s, t)) is not None]
+    notes = []
+    if not uplinks(world.host):
+        notes.append("the host has no interface towards a LAN (no address outside its "
+                     "bridges): no neighbour or routed client is modelled")
+    return Audit(who, what, reaches, _findings(world, reaches), notes)
+
+
+# text
+
+
+def _cell(rs: list[Reach]) -> str:
+    if not rs:
+        return "-"
+    yes = [r for r in rs if r.reached]
+    if not yes:
+        return "no"
+    return "yes" if len(yes) == len(rs) else f"{len(yes)}/{len(rs)}"
+
+
+COLUMNS = (("host", "HOST"), ("neighbour", "NEIGHBOUR"), ("outside", "ROUTED"),
+           ("container", "CONTAINERS"))
+
+
+def table_rows(a: Audit) -> list[list[str]]:
+    rows = []
+    for t in a.targets:
+        mine = [r for r in a.reaches if r.target is t]
+        flags = sorted({f.kind for f in a.findings if f.target is t})
+        rows.append([t.label, *(_cell([r for r in mine if r.source.kind == k])
+                                for k, _ in COLUMNS), ", ".join(flags) or "-"])
+    return rows
+
+
+def render(a: Audit) -> str:
+    head = ["TARGET", *(h for _, h in COLUMNS), "FINDINGS"]
+    rows = table_rows(a)
+    widths = [max(len(x) for x in col) for col in zip(head, *rows, strict=True)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+             for r in [head, *rows]]
+    lines.append("")
+    lines.append("sources: " + "; ".join(s.label for s in a.sources))
+    for note in a.notes:
+        lines.append(f"note: {note}")
+    if not a.findings:
+        lines.append("no exposure found")
+        return "\n".join(lines)
+    lines.append(f"{len(a.findings)} finding(s):")
+    for n, f in enumerate(a.findings, 1):
+        lines.append("")
+        lines.append(f"{n}. {TITLES[f.kind]}: {f.target.label}")
+        lines.append(f"   reached by: {', '.join(r.source.label for r in f.reaches)}")
+        lines.append(f"   why: {f.why}")
+        lines.append(f"   proof: {f.reaches[0].trace.summary} (portway trace shows each hop)")
+        lines.append("   fix:")
+        lines += [f"     {t}" for t in f.fix.text]
+        check = "checked on the model: " if f.fix_checked else "NOT confirmed on the model: "
+        lines.append(f"   {check}{f.fix_check}")
+        for live in f.live:
+            lines.append(f"   live: {live['source']}: {live['verdict']}: {live['summary']}"
+                         f"{'' if live.get('agrees', True) else ' (static DISAGREES)'}")
+    return "\n".join(lines)

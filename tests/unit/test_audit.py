@@ -1,0 +1,177 @@
+"""`portway audit`'s reasoning on recorded states: a host like Docker's (its ruleset as
+`nft -j list ruleset` lists tests/e2e/data/docker-host.nft) with planted exposures, and
+portway's own rendered firewall, where there is none."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from test_trace_reasoning import world as portway_world
+
+from portway.core import audit
+from portway.core.trace import Iface, Route, Space, World
+
+IP = ipaddress.ip_address
+V4 = ipaddress.IPv4Interface
+NETWORK = ipaddress.IPv4Network
+DOCKER_RULESET: list[dict[str, Any]] = json.loads(
+    (Path(__file__).parent / "data" / "docker-host.json").read_text())
+
+
+def container(key: str, addr: str, gateway: str, peer: str) -> Space:
+    subnet = str(ipaddress.ip_interface(f"{addr}/16").network)
+    return Space(key=key, label=f"namespace {key}",
+                 ifaces=[Iface("lo", 1, addrs=(V4("127.0.0.1/8"),)),
+                         Iface("eth0", 2, "veth", f"02:42:ac:00:00:{key[-1]}0",
+                               addrs=(V4(f"{addr}/16"),), peer=("host", peer))],
+                 routes=[Route(NETWORK(subnet), "eth0", prefsrc=IP(addr)),
+                         Route(NETWORK("0.0.0.0/0"), "eth0", gateway=IP(gateway))],
+                 listeners={("tcp", "0.0.0.0", 80)})
+
+
+def docker_host(ruleset: list[dict[str, Any]] | None = None,
+                route_localnet: bool = True) -> World:
+    host = Space(
+        key="host", label="host", forwarding=True,
+        ruleset=DOCKER_RULESET if ruleset is None else ruleset,
+        ifaces=[Iface("lo", 1, addrs=(V4("127.0.0.1/8"),)),
+                Iface("uplink0", 2, "veth", addrs=(V4("198.51.100.1/24"),),
+                      route_localnet=route_localnet),
+                Iface("docker0", 3, "bridge", "02:42:00:00:00:01",
+                      addrs=(V4("172.17.0.1/16"),)),
+                Iface("br-two", 4, "bridge", "02:42:00:00:00:02",
+                      addrs=(V4("172.18.0.1/16"),)),
+                Iface("vethc1", 5, "veth", master="docker0", peer=("ns:c1", "eth0")),
+                Iface("vethc2", 6, "veth", master="br-two", peer=("ns:c2", "eth0"))],
+        routes=[Route(NETWORK("198.51.100.0/24"), "uplink0", prefsrc=IP("198.51.100.1")),
+                Route(NETWORK("0.0.0.0/0"), "uplink0", gateway=IP("198.51.100.2")),
+                Route(NETWORK("172.17.0.0/16"), "docker0", prefsrc=IP("172.17.0.1")),
+                Route(NETWORK("172.18.0.0/16"), "br-two", prefsrc=IP("172.18.0.1"))],
+        listeners={("tcp", "0.0.0.0", 9000), ("tcp", "127.0.0.1", 9001)})
+    return World(host=host, spaces={
+        "ns:c1": container("ns:c1", "172.17.0.2", "172.17.0.1", "vethc1"),
+        "ns:c2": container("ns:c2", "172.18.0.2", "172.18.0.1", "vethc2")})
+
+
+def kinds(a: audit.Audit) -> list[tuple[str, str]]:
+    return sorted((f.kind, f.target.label) for f in a.findings)
+
+
+def without(ruleset: list[dict[str, Any]], chain: str, text: str) -> list[dict[str, Any]]:
+    """ruleset without the rules of chain whose expressions mention text."""
+    return [i for i in ruleset if not ("rule" in i and i["rule"]["chain"] == chain
+                                       and text in json.dumps(i["rule"]["expr"]))]
+
+
+def test_published_ports_of_dockers_dnat_chain() -> None:
+    found = {(t.proto, str(t.addr), t.port, t.to)
+             for t in audit.published_ports(DOCKER_RULESET)}
+    assert found == {("tcp", "None", 8080, "172.17.0.2:80"),
+                     ("tcp", "127.0.0.1", 8081, "172.17.0.2:80")}
+
+
+def test_published_ports_of_portways_maps() -> None:
+    found = {(t.proto, str(t.addr), t.port, t.to)
+             for t in audit.published_ports(portway_world().host.ruleset)}
+    assert found == {("tcp", "None", 8080, "10.77.0.2:80"),
+                     ("tcp", "127.0.0.1", 6379, "10.77.0.3:80")}
+
+
+def test_sources_of_a_docker_host() -> None:
+    found = [(s.kind, s.label) for s in audit.sources(docker_host())]
+    assert found == [("host", "the host itself"),
+                     ("neighbour", "a neighbour on uplink0 (198.51.100.2)"),
+                     ("outside", "a routed client via uplink0 (203.0.113.10)"),
+                     ("container", "namespace ns:c1 (on docker0)"),
+                     ("container", "namespace ns:c2 (on br-two)")]
+
+
+def test_docker_host_every_planted_exposure_and_nothing_else() -> None:
+    a = audit.audit(docker_host())
+    assert kinds(a) == [
+        (audit.ACROSS, "namespace ns:c2 172.18.0.2:80/tcp"),
+        (audit.BYPASS, "published *:8080/tcp -> 172.17.0.2:80"),
+        (audit.DIRECT, "namespace ns:c2 172.18.0.2:80/tcp"),
+        (audit.LOOPBACK, "published 127.0.0.1:8081/tcp -> 172.17.0.2:80")]
+    by = {f.kind: f for f in a.findings}
+    assert [r.source.kind for r in by[audit.BYPASS].reaches] == ["neighbour", "outside"]
+    assert "inet filter input: policy drop" in by[audit.BYPASS].why
+    assert "ip nat DOCKER" in by[audit.BYPASS].why
+    assert [r.source.label for r in by[audit.ACROSS].reaches] == ["namespace ns:c1 (on docker0)"]
+    assert "ip filter DOCKER-USER" in by[audit.DIRECT].why
+    for f in a.findings:
+        assert f.fix_checked, (f.kind, f.fix_check)
+
+
+def test_the_fixes_name_the_rule_and_where() -> None:
+    by = {f.kind: f for f in audit.audit(docker_host()).findings}
+    assert by[audit.BYPASS].fix.text[0] == (
+        'nft insert rule ip filter DOCKER-USER iifname "uplink0" ip daddr 172.17.0.2 tcp '
+        'dport 80 ct status dnat drop comment "portway audit: tcp/8080 as inet filter input '
+        'wants"')
+    assert "127.0.0.1:8080:80" in by[audit.BYPASS].fix.text[1]
+    assert by[audit.LOOPBACK].fix.text[0].startswith(
+        "sysctl -w net.ipv4.conf.uplink0.route_localnet=0")
+    assert by[audit.LOOPBACK].fix.text[1].startswith(
+        'nft insert rule ip raw PREROUTING iifname != "lo" ip daddr 127.0.0.0/8 drop')
+    assert by[audit.DIRECT].fix.text[0].startswith(
+        'nft insert rule ip raw PREROUTING iifname != "br-two" ip daddr 172.18.0.2 drop')
+    assert by[audit.ACROSS].fix.text[0].startswith(
+        'nft insert rule ip filter DOCKER-USER iifname "docker0" oifname "br-two" drop')
+
+
+def test_the_reach_table() -> None:
+    a = audit.audit(docker_host())
+    rows = {r[0]: r[1:] for r in audit.table_rows(a)}
+    # HOST, NEIGHBOUR, ROUTED, CONTAINERS, FINDINGS
+    assert rows["published *:8080/tcp -> 172.17.0.2:80"][:3] == ["yes", "yes", "yes"]
+    assert rows["host socket 0.0.0.0:9000/tcp"][:3] == ["yes", "no", "no"]
+    assert rows["host socket 127.0.0.1:9001/tcp"] == ["yes", "no", "-", "-", "-"]
+    assert rows["namespace ns:c1 172.17.0.2:80/tcp"] == ["yes", "no", "-", "no", "-"]
+    text = audit.render(a)
+    assert "4 finding(s):" in text
+    assert "bypasses the input-hook firewall: published *:8080/tcp" in text
+
+
+def test_each_exposure_closed_by_hand_goes_away() -> None:
+    rules = without(DOCKER_RULESET, "DOCKER-USER", "uplink0")
+    assert audit.DIRECT not in {f.kind for f in audit.audit(docker_host(rules)).findings}
+    rules = without(DOCKER_RULESET, "DOCKER", "127.0.0.1")
+    a = audit.audit(docker_host(rules, route_localnet=False))
+    assert audit.LOOPBACK not in {f.kind for f in a.findings}
+    rules = without(DOCKER_RULESET, "input", "accept")
+    rules = [i for i in rules if not ("chain" in i and i["chain"]["name"] == "input")]
+    assert audit.BYPASS not in {f.kind for f in audit.audit(docker_host(rules)).findings}
+
+
+def test_route_localnet_exposes_a_loopback_socket_without_an_input_firewall() -> None:
+    rules = [i for i in DOCKER_RULESET if not ("chain" in i and i["chain"]["name"] == "input")
+             and not ("rule" in i and i["rule"]["chain"] == "input")]
+    a = audit.audit(docker_host(rules))
+    assert (audit.LOOPBACK, "host socket 127.0.0.1:9001/tcp") in kinds(a)
+    found = next(f for f in a.findings if f.target.label == "host socket 127.0.0.1:9001/tcp")
+    assert "route_localnet on uplink0" in found.why
+    assert found.fix_checked
+    a = audit.audit(docker_host(rules, route_localnet=False))
+    assert (audit.LOOPBACK, "host socket 127.0.0.1:9001/tcp") not in kinds(a)
+
+
+def test_portways_own_host_has_no_exposure() -> None:
+    w = portway_world()
+    host = replace(w.host, listeners={("tcp", "0.0.0.0", 8080)},
+                   portway_sockets={("tcp", "0.0.0.0", 8080)})
+    a = audit.audit(World(host=host, spaces=w.spaces, bridge_nf=w.bridge_nf))
+    assert a.findings == []
+    labels = [t.label for t in a.targets]
+    assert "published *:8080/tcp -> 10.77.0.2:80" in labels
+    assert not any(t.startswith("host socket") for t in labels)
+
+
+def test_as_dict_is_json() -> None:
+    data = audit.audit(docker_host()).as_dict()
+    text = json.dumps(data)
+    assert json.loads(text)["findings"][0]["fix_checked"] is True
