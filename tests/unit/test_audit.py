@@ -93,11 +93,16 @@ def test_sources_of_a_docker_host() -> None:
 def test_docker_host_every_planted_exposure_and_nothing_else() -> None:
     a = audit.audit(docker_host())
     assert kinds(a) == [
+        (audit.ACROSS, "namespace ns:c1 172.17.0.2:80/tcp"),
         (audit.ACROSS, "namespace ns:c2 172.18.0.2:80/tcp"),
         (audit.BYPASS, "published *:8080/tcp -> 172.17.0.2:80"),
         (audit.DIRECT, "namespace ns:c2 172.18.0.2:80/tcp"),
         (audit.LOOPBACK, "published 127.0.0.1:8081/tcp -> 172.17.0.2:80")]
-    by = {f.kind: f for f in a.findings}
+    by = {(f.kind, f.target.space): f for f in a.findings}
+    across = by[(audit.ACROSS, "ns:c2")]
+    by.update({(f.kind, ""): f for f in a.findings})
+    by = {k[0]: f for k, f in by.items() if k[1] == ""}
+    by[audit.ACROSS] = across
     assert [r.source.kind for r in by[audit.BYPASS].reaches] == ["neighbour", "outside"]
     assert "inet filter input: policy drop" in by[audit.BYPASS].why
     assert "ip nat DOCKER" in by[audit.BYPASS].why
@@ -110,18 +115,18 @@ def test_docker_host_every_planted_exposure_and_nothing_else() -> None:
 def test_the_fixes_name_the_rule_and_where() -> None:
     by = {f.kind: f for f in audit.audit(docker_host()).findings}
     assert by[audit.BYPASS].fix.text[0] == (
-        'nft insert rule ip filter DOCKER-USER iifname "uplink0" ip daddr 172.17.0.2 tcp '
-        'dport 80 ct status dnat drop comment "portway audit: tcp/8080 as inet filter input '
-        'wants"')
+        "nft insert rule ip filter DOCKER-USER 'iifname \"uplink0\" ip daddr 172.17.0.2 tcp "
+        "dport 80 ct status dnat drop comment \"portway audit: tcp/8080 as inet filter input "
+        "wants\"'")
     assert "127.0.0.1:8080:80" in by[audit.BYPASS].fix.text[1]
     assert by[audit.LOOPBACK].fix.text[0].startswith(
         "sysctl -w net.ipv4.conf.uplink0.route_localnet=0")
     assert by[audit.LOOPBACK].fix.text[1].startswith(
-        'nft insert rule ip raw PREROUTING iifname != "lo" ip daddr 127.0.0.0/8 drop')
+        "nft insert rule ip raw PREROUTING 'iifname != \"lo\" ip daddr 127.0.0.0/8 drop")
     assert by[audit.DIRECT].fix.text[0].startswith(
-        'nft insert rule ip raw PREROUTING iifname != "br-two" ip daddr 172.18.0.2 drop')
+        "nft insert rule ip raw PREROUTING 'iifname != \"br-two\" ip daddr 172.18.0.2 drop")
     assert by[audit.ACROSS].fix.text[0].startswith(
-        'nft insert rule ip filter DOCKER-USER iifname "docker0" oifname "br-two" drop')
+        "nft insert rule ip filter DOCKER-USER 'iifname \"docker0\" oifname \"br-two\" drop")
 
 
 def test_the_reach_table() -> None:
@@ -131,9 +136,10 @@ def test_the_reach_table() -> None:
     assert rows["published *:8080/tcp -> 172.17.0.2:80"][:3] == ["yes", "yes", "yes"]
     assert rows["host socket 0.0.0.0:9000/tcp"][:3] == ["yes", "no", "no"]
     assert rows["host socket 127.0.0.1:9001/tcp"] == ["yes", "no", "-", "-", "-"]
-    assert rows["namespace ns:c1 172.17.0.2:80/tcp"] == ["yes", "no", "-", "no", "-"]
+    assert rows["namespace ns:c1 172.17.0.2:80/tcp"] == ["yes", "no", "-", "yes",
+                                                         "across-networks"]
     text = audit.render(a)
-    assert "4 finding(s):" in text
+    assert "5 finding(s):" in text
     assert "bypasses the input-hook firewall: published *:8080/tcp" in text
 
 
@@ -146,6 +152,42 @@ def test_each_exposure_closed_by_hand_goes_away() -> None:
     rules = without(DOCKER_RULESET, "input", "accept")
     rules = [i for i in rules if not ("chain" in i and i["chain"]["name"] == "input")]
     assert audit.BYPASS not in {f.kind for f in audit.audit(docker_host(rules)).findings}
+
+
+def test_a_connection_whose_answer_is_dropped_is_no_exposure() -> None:
+    """Docker's isolation for br-two alone (its STAGE-1 and STAGE-2 rules, docker0's
+    missing): a SYN from docker0 to br-two is delivered (masqueraded), but br-two's
+    answer, turned back to 172.17.0.2 by conntrack, meets `oifname docker0 drop`."""
+    rules = [i for i in DOCKER_RULESET if not ("rule" in i and i["rule"]["chain"] in (
+        "DOCKER-ISOLATION-STAGE-1", "DOCKER-ISOLATION-STAGE-2"))]
+    iif, oif = ({"meta": {"key": k}} for k in ("iifname", "oifname"))
+    rules += [
+        {"rule": {"family": "ip", "table": "filter", "chain": "DOCKER-ISOLATION-STAGE-1",
+                  "expr": [audit._m(iif, "br-two"), audit._m(oif, "br-two", "!="),
+                           {"jump": {"target": "DOCKER-ISOLATION-STAGE-2"}}]}},
+        {"rule": {"family": "ip", "table": "filter", "chain": "DOCKER-ISOLATION-STAGE-2",
+                  "expr": [audit._m(oif, "docker0"), {"drop": None}]}}]
+    a = audit.audit(docker_host(rules))
+    assert audit.ACROSS not in {f.kind for f in a.findings}
+    reach = next(r for r in a.reaches if r.source.key == "ns:c1"
+                 and r.target.space == "ns:c2")
+    assert reach.trace.verdict == "delivered" and not reach.reached
+    assert reach.reply is not None and "DOCKER-ISOLATION-STAGE-2" in str(reach.reply.hops)
+    assert reach.as_dict()["verdict"] == "reply-lost"
+
+
+def test_the_answer_to_a_masqueraded_client_passes_a_raw_guard() -> None:
+    """Docker 28's guard (raw PREROUTING: 172.17.0.2 from docker0 only) sees the answer
+    to a masqueraded client addressed to the NAT's address, so it lets it pass."""
+    rules = [i if not ("rule" in i and i["rule"]["table"] == "raw") else {"rule": dict(
+        i["rule"], expr=[audit._m({"meta": {"key": "iifname"}}, "docker0", "!="),
+                         *i["rule"]["expr"][1:]])} for i in DOCKER_RULESET]
+    a = audit.audit(docker_host(rules))
+    reach = next(r for r in a.reaches if r.source.key == "ns:c1"
+                 and r.target.space == "ns:c2")
+    assert reach.reached and reach.reply is not None
+    assert (audit.ACROSS, "namespace ns:c2 172.18.0.2:80/tcp") in kinds(a)
+    assert (audit.ACROSS, "namespace ns:c1 172.17.0.2:80/tcp") not in kinds(a)
 
 
 def test_route_localnet_exposes_a_loopback_socket_without_an_input_firewall() -> None:

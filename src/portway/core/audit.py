@@ -39,13 +39,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from portway.core.nftsim import Packet, Ruleset, hostport, is_loopback, rule_text
-from portway.core.trace import Space, Trace, World, ip_families, trace
+from portway.core.trace import Hop, Space, Trace, World, ip_families, trace
 from portway.model.types import IPAddress
 
 ROUTED_CLIENT = {4: ipaddress.ip_address("203.0.113.10"),  # TEST-NET-3, as trace's outside
                  6: ipaddress.ip_address("2001:db8:113::10")}
 SOURCE_PORT = 40000
 REACHED = ("delivered",)
+REPLY_LOST = ("dropped", "no-route")
 NAT_FAMILIES = ("ip", "ip6", "inet")
 
 BYPASS = "bypasses-input-firewall"
@@ -101,10 +102,22 @@ class Reach:
     packet: Packet
     trace: Trace
     via: list[str]
+    reply: Trace | None = None  # the answer's way back, where it is modelled
 
     @property
     def reached(self) -> bool:
-        return self.trace.verdict in REACHED
+        """The connection is made: its first packet is delivered, and its answer gets
+        back (or is not modelled)."""
+        return self.trace.verdict in REACHED and (
+            self.reply is None or self.reply.verdict not in REPLY_LOST)
+
+    @property
+    def verdict(self) -> tuple[str, str]:
+        if self.trace.verdict in REACHED and self.reply is not None and \
+                self.reply.verdict in REPLY_LOST:
+            return "reply-lost", f"the first packet is delivered, but the answer is " \
+                f"lost: {self.reply.summary}"
+        return self.trace.verdict, self.trace.summary
 
     @property
     def dnat(self) -> bool:
@@ -112,10 +125,12 @@ class Reach:
                    for r in h.decision.rewrites)
 
     def as_dict(self) -> dict[str, Any]:
+        verdict, summary = self.verdict
         return {"source": self.source.label, "source_kind": self.source.kind,
                 "connects_to": hostport(self.packet.daddr, self.packet.dport),
-                "reached": self.reached, "verdict": self.trace.verdict,
-                "summary": self.trace.summary, "via": self.via}
+                "reached": self.reached, "verdict": verdict, "summary": summary,
+                "via": self.via,
+                "reply": None if self.reply is None else self.reply.as_dict()}
 
 
 @dataclass(frozen=True)
@@ -515,7 +530,82 @@ def reach(world: World, source: Source, target: Target) -> Reach | None:
         packet = Packet(l4proto=target.proto, saddr=unspecified, daddr=daddr,
                         sport=SOURCE_PORT, dport=target.port)
     result = trace(world, source.key, packet, source.label, target.label)
-    return Reach(source, target, packet, result, _via(result))
+    reply = _reply(world, result, packet, _client_address(world, source.key, packet))
+    return Reach(source, target, packet, result, _via(result), reply)
+
+
+def _rewritten(t: Trace, kind: str) -> bool:
+    return any(f"({kind})" in r for h in t.hops if h.decision for r in h.decision.rewrites)
+
+
+def _client_address(world: World, key: str, packet: Packet) -> IPAddress | None:
+    """The source address the kernel picks in namespace key for packet (the client's
+    own for a neighbour or a routed client)."""
+    if not packet.saddr.is_unspecified:
+        return packet.saddr
+    space = world.space(key)
+    if packet.daddr in space.local() or is_loopback(packet.daddr):
+        return packet.daddr
+    route = space.lookup(packet.daddr)
+    if route is None:
+        return None
+    return route.prefsrc or space.first_address(route.dev, packet.version, packet.daddr)
+
+
+CONNTRACK_PRIORITY = -200  # prerouting chains before it see the answer before de-NAT
+
+
+def _before_conntrack(chain: dict[str, Any]) -> bool:
+    return chain.get("hook") == "prerouting" and int(chain.get("prio", 0)) < CONNTRACK_PRIORITY
+
+
+def _reply(world: World, t: Trace, packet: Packet, client: IPAddress | None
+           ) -> Trace | None:
+    """The answer of a delivered connection, from the socket that took it back to the
+    client, as conntrack lets it through (state established, no NAT chain). Where the
+    client was masqueraded, the answer goes to the NAT's address: the host's prerouting
+    chains before conntrack (raw) see that, and conntrack turns it back to the client
+    before everything else. None where it is not modelled."""
+    if t.verdict not in REACHED or client is None:
+        return None
+    socket_hop = next((h for h in reversed(t.hops) if h.kind == "socket"), None)
+    holder = next((k for k, sp in [(world.host.key, world.host), *world.spaces.items()]
+                   if socket_hop is not None and sp.label == socket_hop.where), None)
+    if holder is None:
+        return None
+    server, _, port = t.seen_destination.rpartition(":")
+    answer = Packet(l4proto=packet.l4proto, saddr=ipaddress.ip_address(server.strip("[]")),
+                    daddr=client, sport=int(port), dport=packet.sport, ct_state="established",
+                    ct_status=frozenset({"dnat"}) if _rewritten(t, "DNAT") else frozenset())
+    if holder == world.host.key and packet.iif:  # back to a client beyond the host
+        answer = replace(answer, oif=packet.iif)
+    label = f"the answer from {t.destination}"
+    seen = ipaddress.ip_address(t.seen_source)
+    if seen == client:
+        return trace(world, holder, answer, label, t.source)
+    # Masqueraded: the raw chains judge the answer to the NAT's address...
+    host = world.host
+    bridge = bridge_of(world, holder)
+    items = host.ruleset
+    raw = Ruleset([i for i in items if "chain" not in i or _before_conntrack(i["chain"])
+                   or "hook" not in i["chain"]])
+    _, decisions, alive = raw.run_hook(ip_families(answer), "prerouting",
+                                       replace(answer, daddr=seen, iif=bridge), host.local(),
+                                       nat=False)
+    if not alive:
+        d = decisions[-1]
+        lost = Trace(source=label, destination=t.source, protocol=packet.l4proto,
+                     hops=[Hop("hook", f"host: {d.where}", f"prerouting: {d.verdict} by "
+                               f"\"{d.rule}\" (before conntrack turns {seen} back into "
+                               f"{client})", d)])
+        lost.verdict = "dropped"
+        lost.summary = f"dropped in host by {d.where}: {d.rule or d.verdict}"
+        return lost
+    # ... and everything after conntrack, the answer to the client itself.
+    after = replace(host, ruleset=[i for i in items if not (
+        "chain" in i and _before_conntrack(i["chain"]))])
+    return trace(World(host=after, spaces=world.spaces, bridge_nf=world.bridge_nf,
+                       bridge_nf6=world.bridge_nf6), holder, answer, label, t.source)
 
 
 # findings and their fixes
@@ -602,7 +692,7 @@ def _rule(where: tuple[str, str, str, list[dict[str, Any]]], expr: list[Any],
     family, table, chain, new = where
     rule = {"family": family, "table": table, "chain": chain, "expr": expr,
             "comment": comment}
-    cmd = f"nft insert rule {family} {table} {chain} {text} comment \"{comment}\""
+    cmd = f"nft insert rule {family} {table} {chain} '{text} comment \"{comment}\"'"
     return Fix([*_chain_cmds(new), cmd], [*new, {"rule": rule}], f"{family} {table} {chain}")
 
 
