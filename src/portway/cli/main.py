@@ -140,6 +140,11 @@ def _root() -> Command:
               Opt("--live", "flag",
                   help="also send one real probe and show the kernel's own trace of it"),
               json_flag))
+    audit = Command(
+        "audit", "who can reach what on this host, through which rule; what is exposed "
+        "(read-only; exit 1 if anything is)",
+        opts=(Opt("--live", "flag", help="also confirm each finding with trace --live's "
+                  "probe (it never leaves the host)"), json_flag))
     return Command("portway", "Docker-style container networking that shows how every "
                    "packet moves.", epilog=HELP_EPILOG, sub_dest="command", opts=(
                        Opt("--host-netns", metavar="NAME", help="use the named network "
@@ -199,6 +204,7 @@ def _root() -> Command:
         Command("show", "the bridges, veth pairs and containers, as the kernel has them",
                 opts=(json_flag,)),
         trace,
+        audit,
         Command("graph", "draw the topology (Graphviz: DOT, SVG or PNG)",
                 opts=(Opt("-o --output", metavar="FILE", default="-",
                           help="FILE.svg, FILE.png or FILE.dot (default: DOT on stdout)"),)),
@@ -542,6 +548,48 @@ def cmd_graph(client: Client, output: str) -> int:
     return 0
 
 
+def cmd_audit(client: Client, a: Args) -> int:
+    """Through portwayd if it runs; if not, in a short-lived process that enters the
+    host namespace and changes nothing (portway.engine.audit), never by starting it."""
+    reply = client.ask("audit", live=a.live)
+    if reply is None:
+        import marshal
+        import subprocess
+
+        if client.host_netns:
+            try:
+                posix.stat(f"/run/netns/{client.host_netns}")
+            except OSError:
+                raise ClientError(f"host network namespace {client.host_netns!r} not "
+                                  "found", f"create it with 'ip netns add "
+                                  f"{client.host_netns}'", 3) from None
+        cmd = [sys.executable, "-m", "portway.engine.audit", "--state-dir",
+               client.state_dir]
+        if client.host_netns:
+            cmd += ["--host-netns", client.host_netns]
+        if a.live:
+            cmd.append("--live")
+        cp = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL)
+        try:
+            reply = marshal.loads(cp.stdout)
+        except (ValueError, EOFError, TypeError):
+            lines = cp.stderr.decode(errors="replace").strip().splitlines()
+            raise ClientError(f"portway audit failed: "
+                              f"{lines[-1] if lines else f'exit status {cp.returncode}'}",
+                              "run again with --debug", 70,
+                              cp.stderr.decode(errors="replace")) from None
+    assert reply is not None
+    if not reply.get("ok"):
+        raise ClientError(str(reply.get("error")), str(reply.get("hint") or ""),
+                          int(reply.get("exit_code") or 1), str(reply.get("traceback", "")))
+    result = reply["result"]
+    if a.json:
+        print_json(result["audit"])
+    else:
+        print(result["text"])
+    return 1 if result["audit"]["findings"] else 0
+
+
 def cmd_daemon(client: Client, a: Args) -> int:
     if a.action == "run":
         from portway.daemon.main import serve
@@ -657,6 +705,8 @@ def dispatch(client: Client, a: Args) -> int:
             print_json(result["trace"])
         else:
             print(result["text"])
+    elif a.command == "audit":
+        return cmd_audit(client, a)
     elif a.command == "graph":
         return cmd_graph(client, a.output)
     elif a.command == "daemon":

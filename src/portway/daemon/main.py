@@ -55,7 +55,7 @@ OPS = (
     "network_connect", "network_disconnect", "run", "started", "exited", "exec_info", "ps",
     "inspect", "logs", "start", "stop", "restart", "kill", "wait", "rm", "gc", "port",
     "dns_info", "show",
-    "trace", "podman_setup", "podman_teardown", "podman_create", "podman_update",
+    "trace", "audit", "podman_setup", "podman_teardown", "podman_create", "podman_update",
     "podman_firewall_reload",
 )
 

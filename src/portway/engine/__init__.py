@@ -327,6 +327,12 @@ class Engine:
         with self.lock:
             return tracer.run(self, source, destination, from_ip, live, family)
 
+    def audit(self, live: bool = False) -> dict[str, Any]:
+        from portway.engine import audit
+
+        with self.lock:
+            return audit.run(self, self.state_dir, self.host_netns, live)
+
     def gc(self, dry_run: bool = False) -> list[str]:
         from portway.engine import repair
 

@@ -1,0 +1,290 @@
+"""`portway audit`: record the host and every namespace behind its veths, then reason.
+
+Rules of this module:
+1. It changes nothing. It reads links, addresses, routes, sockets, sysctls and every
+   nftables table of the host namespace and of each namespace whose veth has its other
+   end in the host (named ones under /run/netns, Docker's under /var/run/docker/netns,
+   any process's), found by asking the host's kernel which namespace id each one has,
+   so no unrelated namespace is entered. The state dir is only read (names of
+   portway's containers), never created or written.
+2. core/audit.py does the reasoning; this module only records (with engine/tracer.py's
+   recording of one namespace) and, with --live, sends trace --live's probes
+   (engine/live.py) for each finding: the only writes, its short-lived tables and
+   probe namespace, removed before it answers.
+3. Two ways in: portwayd's `audit` operation (Engine.audit) when the daemon already
+   runs, and `python -m portway.engine.audit` (main below) when it does not: a
+   short-lived process that enters the host namespace, answers on stdout in marshal's
+   format as portwayd does, and leaves. Starting portwayd would turn on forwarding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import marshal
+import os
+import sqlite3
+import sys
+import traceback
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
+
+from pyroute2 import IPRoute
+
+from portway.core import audit as core
+from portway.core import names
+from portway.core import trace as trace_core
+from portway.errors import PortwayError
+from portway.kernel import netns, observe
+from portway.kernel.nft import Nft
+
+DOCKER_NETNS = "/var/run/docker/netns"
+NOT_ASSIGNED = 4294967295
+
+
+class Seams(Protocol):
+    """What audit needs of an Engine: the host's netlink socket and nftables, and (for
+    --live) the firewall service and owner tags."""
+
+    host: IPRoute
+    nft: Nft
+
+    def tag(self, kind: str, object_id: str) -> str: ...
+
+
+@dataclass(frozen=True)
+class Found:
+    key: str
+    label: str
+    path: str
+
+
+def _candidates() -> list[tuple[str, str, str]]:
+    """(key, label, path) of every network namespace file to consider."""
+    out: list[tuple[str, str, str]] = []
+    for directory, prefix, what in ((netns.RUN_NETNS, "ns", "namespace"),
+                                    (DOCKER_NETNS, "docker", "Docker's namespace")):
+        try:
+            entries = sorted(os.listdir(directory))
+        except OSError:
+            continue
+        out += [(f"{prefix}:{e}", f"{what} {e}", os.path.join(directory, e)) for e in entries]
+    for entry in sorted((e for e in os.listdir("/proc") if e.isdigit()), key=int):
+        out.append((f"pid:{entry}", f"process {entry}", f"/proc/{entry}/ns/net"))
+    return out
+
+
+def _comm(pid: str) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
+
+
+def discover(ipr: IPRoute) -> list[Found]:
+    """The namespaces that hold the other end of one of the host's veths (ipr is the
+    host's socket; the caller lives in the host namespace), one per namespace."""
+    wanted = {int(m.get_attr("IFLA_LINK_NETNSID")) for m in ipr.get_links()
+              if m.get_attr("IFLA_LINK_NETNSID") is not None}
+    wanted.discard(NOT_ASSIGNED)
+    if not wanted:
+        return []
+    own = os.stat("/proc/self/ns/net")
+    seen = {(own.st_dev, own.st_ino)}
+    out: list[Found] = []
+    for key, label, path in _candidates():
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            nsid = ipr.get_netnsid(fd=fd).get("nsid")
+        except Exception:  # not a namespace, or gone meanwhile: not one of ours
+            continue
+        finally:
+            os.close(fd)
+        if nsid in wanted:
+            if key.startswith("pid:"):
+                label = f"process {key[4:]} ({_comm(key[4:])})"
+            out.append(Found(key, label, path))
+            wanted.discard(nsid)
+            if not wanted:
+                break
+    return out
+
+
+def container_names(state_dir: str) -> dict[str, str]:
+    """portway's containers by namespace name, read from the store without writing."""
+    db = os.path.join(state_dir, "portway.db")
+    if not os.path.exists(db):
+        return {}
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            rows = con.execute("SELECT id, name FROM containers").fetchall()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return {}
+    return {names.netns_name(str(cid)): str(name) for cid, name in rows}
+
+
+def _behind_the_host(host: trace_core.Space, key: str) -> bool:
+    """A namespace is the host's guest (a container, a VM's or a lab's namespace) when
+    one of its veths ends in a bridge port of the host, or in a host veth without an
+    address of its own (a routed container's, as Calico makes them); a veth whose host
+    end has an address of a subnet (an uplink to another namespace) leads away."""
+    for i in host.ifaces:
+        if i.peer is None or i.peer[0] != key:
+            continue
+        if i.master or not any(not a.ip.is_link_local for a in i.addrs):
+            return True
+    return False
+
+
+def observe_world(seams: Seams, state_dir: str) -> trace_core.World:
+    """The host and every namespace behind its veths (rule 1)."""
+    from portway.engine import tracer
+
+    host = tracer._space(tracer.HOST, "host", seams.host, seams.nft.list_ruleset(), {})
+    portway = container_names(state_dir)
+    spaces: dict[str, trace_core.Space] = {}
+    for found in discover(seams.host):
+        name = found.key.removeprefix("ns:")
+        label = f"container {portway[name]}" if name in portway else found.label
+
+        def record(key: str = found.key, label: str = label) -> trace_core.Space:
+            ipr, nft = IPRoute(), Nft()
+            try:
+                return tracer._space(key, label, ipr, nft.list_ruleset(), {})
+            finally:
+                ipr.close()
+                nft.close()
+
+        try:
+            space = netns.in_netns(found.path, record)
+        except OSError:
+            continue  # gone meanwhile
+        before = list(host.ifaces)
+        trace_core.pair_veths(host, space)
+        if not _behind_the_host(host, found.key):
+            host.ifaces = before  # the far end of a link to a LAN: the world, not a guest
+            continue
+        spaces[found.key] = space
+    return trace_core.World(
+        host=host, spaces=spaces,
+        bridge_nf=observe.read_sysctl("net.bridge.bridge-nf-call-iptables") == "1",
+        bridge_nf6=observe.read_sysctl("net.bridge.bridge-nf-call-ip6tables") == "1")
+
+
+def _live(seams: Seams, world: trace_core.World, finding: core.Finding) -> list[dict[str, Any]]:
+    """trace --live's probe for each proof of a finding, where one can be sent."""
+    from portway.engine import live
+
+    out: list[dict[str, Any]] = []
+    for r in finding.reaches:
+        base = {"source": r.source.label}
+        if r.packet.daddr.is_loopback and r.source.kind != "host":
+            out.append({**base, "verdict": "not probed", "agrees": True,
+                        "summary": "a probe namespace cannot send to a loopback address "
+                                   "over its veth (its own lo takes it)"})
+            continue
+        if r.source.kind == "container" and not r.source.key.startswith("ns:"):
+            out.append({**base, "verdict": "not probed", "agrees": True,
+                        "summary": "probes start only in named namespaces (/run/netns)"})
+            continue
+        result = live.run(cast(Any, seams), world, r.source.key, r.packet, r.trace,
+                          r.source.label, r.target.label)
+        out.append({**base, "verdict": result["verdict"], "summary": result["summary"],
+                    "agrees": result["agrees"], "disagreements": result["disagreements"],
+                    "static_ingress": result["static_ingress"]})
+    return out
+
+
+def run(seams: Seams, state_dir: str, host_netns: str | None,
+        live: bool = False) -> dict[str, Any]:
+    world = observe_world(seams, state_dir)
+    result = core.audit(world)
+    if live:
+        for finding in result.findings:
+            finding.live = _live(seams, world, finding)
+    data = result.as_dict()
+    if host_netns:
+        data["notes"].insert(0, f"the host is network namespace {host_netns}")
+        result.notes.insert(0, f"the host is network namespace {host_netns}")
+    return {"audit": data, "text": core.render(result)}
+
+
+class Observer:
+    """The seams of a short-lived process in the host namespace, where portwayd does not
+    run: nothing is created until --live sends its probes."""
+
+    def __init__(self) -> None:
+        from portway.engine.fw import Firewall
+
+        self.instance = names.new_id()[:8]  # tags a --live probe's namespace
+        self.host = IPRoute()
+        self.nft = Nft()
+        self.fw = Firewall(self.nft, self.instance)
+
+    def tag(self, kind: str, object_id: str) -> str:
+        return names.owner_tag(self.instance, kind, object_id)
+
+    def close(self) -> None:
+        self.fw.close()
+        self.nft.close()
+        self.host.close()
+
+
+def answer(state_dir: str, host_netns: str | None, live: bool) -> dict[str, Any]:
+    if host_netns:
+        from portway.kernel import sandbox
+
+        try:
+            sandbox.enter_netns(netns.netns_path(host_netns))
+        except OSError as exc:
+            return {"ok": False, "exit_code": 3,
+                    "error": f"cannot enter host network namespace {host_netns!r}: "
+                             f"{exc.strerror}",
+                    "hint": f"create it with 'ip netns add {host_netns}'"}
+    try:
+        seams = Observer()
+    except PortwayError as exc:
+        return {"ok": False, **exc.to_dict()}
+    try:
+        return {"ok": True, "result": run(seams, state_dir, host_netns, live)}
+    except PortwayError as exc:
+        return {"ok": False, **exc.to_dict()}
+    except Exception as exc:
+        return {"ok": False, "error": f"internal error in audit: {exc}", "exit_code": 70,
+                "hint": "run again with --debug for details",
+                "traceback": traceback.format_exc()}
+    finally:
+        seams.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="portway-audit")
+    parser.add_argument("--state-dir", required=True)
+    parser.add_argument("--host-netns", default=None)
+    parser.add_argument("--live", action="store_true")
+    args = parser.parse_args(argv)
+    reply = answer(os.path.abspath(args.state_dir), args.host_netns or None, args.live)
+    try:
+        data = marshal.dumps(reply)
+    except ValueError:  # a value marshal cannot write: JSON's text of it instead
+        data = marshal.dumps(json.loads(json.dumps(reply, default=str)))
+    sys.stdout.buffer.write(data)
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
