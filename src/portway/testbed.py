@@ -159,3 +159,101 @@ class PodmanWorld:
             except OSError:
                 pass
         return left
+
+
+# A host like Docker's, made by hand (for `portway audit`'s tests and docs/audit.md): two
+# bridges, docker0 (172.17.0.1/16) and br-two (172.18.0.1/16), a container behind each
+# (a plain namespace with a veth, 172.17.0.2 and 172.18.0.2, a TCP server on port 80),
+# the host's own servers on 0.0.0.0:9000 and 127.0.0.1:9001, forwarding and
+# route_localnet on the uplink, and the ruleset given. The outside namespace plays a
+# neighbour on the uplink that routes the containers' networks and 127.0.0.1 to the host
+# (it gives up its own 127/8 for that), and a routed client at ROUTED_CLIENT.
+
+ROUTED_CLIENT = "203.0.113.10"
+# A TCP server that answers each connection with "hi" and the client's address.
+HI_SERVER = ("import socket, sys\n"
+             "s = socket.socket()\n"
+             "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+             "s.bind((sys.argv[1], int(sys.argv[2])))\n"
+             "s.listen()\n"
+             "while True:\n"
+             "    c, a = s.accept()\n"
+             "    c.sendall(b'hi ' + a[0].encode())\n"
+             "    c.close()\n")
+# CONNECT ADDRESS PORT [SOURCE]: what the server says, or "fail ERROR".
+CONNECT = ("import socket, sys\n"
+           "src = (sys.argv[3], 0) if len(sys.argv) > 3 else None\n"
+           "try:\n"
+           "    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), 2, src)\n"
+           "    print(s.recv(100).decode())\n"
+           "except OSError as e:\n"
+           "    print('fail', type(e).__name__)\n")
+
+
+def connect(netns: str, addr: str, port: int, source: str | None = None) -> str:
+    """A TCP connection from netns to a HI_SERVER: its answer, or "fail ERROR"."""
+    args = [addr, str(port), *([source] if source else [])]
+    return subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", CONNECT,
+                           *args], capture_output=True, text=True, timeout=30).stdout.strip()
+
+
+class DockerLike:
+    """The host above in host (with its outside), built on creation; remove() takes
+    away everything it made (its servers by pid, its links, its namespaces)."""
+
+    def __init__(self, host: str, outside: str, ruleset: str) -> None:
+        self.host, self.outside = host, outside
+        self.c1, self.c2 = f"{host}-c1", f"{host}-c2"
+        self.servers: list[subprocess.Popen[bytes]] = []
+        try:
+            self._build(ruleset)
+        except BaseException:
+            self.remove()
+            raise
+
+    def _build(self, ruleset: str) -> None:
+        h, o = self.host, self.outside
+        for bridge, gw in (("docker0", "172.17.0.1"), ("br-two", "172.18.0.1")):
+            _ip("-n", h, "link", "add", bridge, "type", "bridge")
+            _ip("-n", h, "addr", "add", f"{gw}/16", "dev", bridge)
+            _ip("-n", h, "link", "set", bridge, "up")
+        for name, bridge, veth, addr, gw in (
+                (self.c1, "docker0", "vethc1", "172.17.0.2", "172.17.0.1"),
+                (self.c2, "br-two", "vethc2", "172.18.0.2", "172.18.0.1")):
+            _ip("netns", "add", name)
+            _ip("-n", name, "link", "set", "lo", "up")
+            _ip("-n", h, "link", "add", veth, "type", "veth", "peer", "name", "eth0",
+                "netns", name)
+            _ip("-n", h, "link", "set", veth, "master", bridge, "up")
+            _ip("-n", name, "addr", "add", f"{addr}/16", "dev", "eth0")
+            _ip("-n", name, "link", "set", "eth0", "up")
+            _ip("-n", name, "route", "add", "default", "via", gw)
+        for key in ("ip_forward", "conf.uplink0.route_localnet"):
+            _ip("netns", "exec", h, "sysctl", "-qw", f"net.ipv4.{key}=1")
+        subprocess.run(["ip", "netns", "exec", h, "nft", "-f", "-"], input=ruleset,
+                       text=True, check=True, capture_output=True)
+        for net in ("172.17.0.0/16", "172.18.0.0/16"):
+            _ip("-n", o, "route", "add", net, "via", HOST_ADDR)
+        _ip("-n", o, "route", "del", "local", "127.0.0.0/8", "dev", "lo", "table", "local")
+        _ip("-n", o, "route", "del", "local", "127.0.0.1", "dev", "lo", "table", "local")
+        _ip("-n", o, "route", "add", "127.0.0.1/32", "via", HOST_ADDR)
+        for key in ("all.route_localnet", "wan0.route_localnet", "wan0.accept_local"):
+            _ip("netns", "exec", o, "sysctl", "-qw", f"net.ipv4.conf.{key}=1")
+        _ip("-n", o, "addr", "add", f"{ROUTED_CLIENT}/32", "dev", "lo")
+        for netns, addr, port in ((self.c1, "0.0.0.0", 80), (self.c2, "0.0.0.0", 80),
+                                  (h, "0.0.0.0", 9000), (h, "127.0.0.1", 9001)):
+            self.servers.append(subprocess.Popen(
+                ["ip", "netns", "exec", netns, sys.executable, "-c", HI_SERVER, addr,
+                 str(port)]))
+            subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c",
+                            WAIT_LISTENING, "127.0.0.1", str(port)], check=True, timeout=30)
+
+    def remove(self) -> None:
+        for p in self.servers:  # ip netns exec became the server: its own pid
+            p.kill()
+            p.wait()
+        # The links first: a namespace's removal takes its veths away only later.
+        for link in ("vethc1", "vethc2", "docker0", "br-two"):
+            subprocess.run(["ip", "-n", self.host, "link", "del", link], capture_output=True)
+        for name in (self.c1, self.c2):
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
