@@ -204,13 +204,18 @@ def test_route_localnet_exposes_a_loopback_socket_without_an_input_firewall() ->
 
 def test_portways_own_host_has_no_exposure() -> None:
     w = portway_world()
-    host = replace(w.host, listeners={("tcp", "0.0.0.0", 8080)},
+    host = replace(w.host, listeners={("tcp", "0.0.0.0", 8080), ("tcp", "10.77.0.1", 53)},
                    portway_sockets={("tcp", "0.0.0.0", 8080)})
     a = audit.audit(World(host=host, spaces=w.spaces, bridge_nf=w.bridge_nf))
     assert a.findings == []
-    labels = [t.label for t in a.targets]
-    assert "published *:8080/tcp -> 10.77.0.2:80" in labels
-    assert not any(t.startswith("host socket") for t in labels)
+    rows = {r[0]: r[1:] for r in audit.table_rows(a)}
+    assert rows["published *:8080/tcp -> 10.77.0.2:80"] == ["yes", "yes", "yes", "yes", "-"]
+    assert rows["published 127.0.0.1:6379/tcp -> 10.77.0.3:80"][:2] == ["yes", "no"]
+    assert rows["container store 10.78.0.2:5432/tcp"] == ["yes", "no", "-", "no", "-"]
+    # The DNS server's socket on a gateway: the host reaches it (masqueraded to 127.0.0.1
+    # over lo, and the answer turned back); a routed client cannot name 10.77.0.1.
+    assert rows["host socket 10.77.0.1:53/tcp"] == ["yes", "yes", "-", "yes", "-"]
+    assert not any(t.label.startswith("host socket 0.0.0.0:8080") for t in a.targets)
 
 
 def test_as_dict_is_json() -> None:

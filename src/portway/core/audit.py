@@ -488,6 +488,11 @@ def _destination(world: World, source: Source, target: Target) -> IPAddress | No
         return _facing(world, source, target.version)
     if is_loopback(addr):
         return addr if source.kind in ("host", "neighbour") else None
+    if source.kind == "outside" and target.kind != "container":
+        # From afar only the addresses of the interface it comes in on are routed here.
+        iface = world.host.iface(source.iif)
+        return addr if iface is not None and any(a.ip == addr for a in iface.addrs) \
+            else None
     if target.kind == "container":
         if source.kind == "outside":
             return None  # nobody routes a container's private address in from afar
@@ -583,9 +588,12 @@ def _reply(world: World, t: Trace, packet: Packet, client: IPAddress | None
     seen = ipaddress.ip_address(t.seen_source)
     if seen == client:
         return trace(world, holder, answer, label, t.source)
-    # Masqueraded: the raw chains judge the answer to the NAT's address...
+    # Masqueraded: the raw chains judge the answer to the NAT's address (if it comes
+    # into the host: from a namespace, or over lo to a client of the host's own)...
     host = world.host
-    bridge = bridge_of(world, holder)
+    bridge = "lo" if holder == host.key else bridge_of(world, holder)
+    if holder == host.key and not is_loopback(seen) and seen not in host.local():
+        return trace(world, holder, answer, label, t.source)  # it only leaves the host
     items = host.ruleset
     raw = Ruleset([i for i in items if "chain" not in i or _before_conntrack(i["chain"])
                    or "hook" not in i["chain"]])

@@ -216,10 +216,9 @@ def run(seams: Seams, state_dir: str, host_netns: str | None,
     if live:
         for finding in result.findings:
             finding.live = _live(seams, world, finding)
-    data = result.as_dict()
     if host_netns:
-        data["notes"].insert(0, f"the host is network namespace {host_netns}")
         result.notes.insert(0, f"the host is network namespace {host_netns}")
+    data = result.as_dict()
     return {"audit": data, "text": core.render(result)}
 
 
