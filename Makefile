@@ -4,7 +4,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test lint typecheck unit kernel bench reliability how-packets-move real-hosts-doc ipv6-doc clean
+.PHONY: setup demo test lint typecheck unit kernel bench reliability how-packets-move real-hosts-doc ipv6-doc audit-doc clean
 
 setup: $(VENV)/.ready
 
@@ -46,6 +46,11 @@ real-hosts-doc: setup
 # namespace.
 ipv6-doc: setup
 	$(PY) scripts/ipv6_doc.py
+
+# docs/audit.md: real `portway audit` output on a host like Docker's and on one portway
+# built, each finding checked by a real connection, in a throwaway host namespace.
+audit-doc: setup
+	$(PY) scripts/audit_doc.py
 
 bench: setup
 	bash bench/setup.sh
