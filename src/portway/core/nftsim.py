@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, ClassVar
 
 from portway.model.types import IPAddress
 
@@ -121,7 +121,9 @@ class Ruleset:
                 self.rules.setdefault((r["family"], r["table"], r["chain"]), []).append(r)
             elif "set" in item or "map" in item:
                 s = item.get("set") or item["map"]
-                self.sets[(s["family"], s["table"], s["name"])] = list(s.get("elem", []))
+                # Not copied: nothing here changes them, and their index is kept by
+                # the identity of the listing's own list (_ElementIndex).
+                self.sets[(s["family"], s["table"], s["name"])] = s.get("elem", [])
 
     def base_chains(self, families: tuple[str, ...], hook: str) -> list[dict[str, Any]]:
         found = [c for c in self.chains.values()
@@ -269,10 +271,22 @@ class Ruleset:
         return part
 
     def _lookup(self, family: str, table: str, data: Any, key: Any) -> Any:
-        elems = self._elements(family, table, data)
-        for elem in elems:
-            if isinstance(elem, list) and len(elem) == 2 and _elem_matches(elem[0], key):
-                return elem[1]
+        elem = self._first(family, table, data, key, is_map=True)
+        return None if elem is None else elem[1]
+
+    def _first(self, family: str, table: str, ref: Any, value: Any, is_map: bool) -> Any:
+        """The first element of a set or map (a map's: [key, data]) whose key matches
+        value, or None. A named set is looked up in its index (_ElementIndex): a map of
+        10,000 published ports costs a dictionary lookup, not 10,000 comparisons."""
+        if isinstance(ref, str) and ref.startswith("@"):
+            listed = self.sets.get((family, table, ref[1:]))
+            if listed is not None:
+                return _ElementIndex.of(listed, is_map).first(value)
+        for elem in self._elements(family, table, ref):
+            if is_map and not (isinstance(elem, list) and len(elem) == 2):
+                continue
+            if _elem_matches(elem[0] if is_map or isinstance(elem, list) else elem, value):
+                return elem
         return None
 
     def _elements(self, family: str, table: str, ref: Any) -> list[Any]:
@@ -292,8 +306,7 @@ class Ruleset:
         op, right = body.get("op", "=="), body["right"]
         if (isinstance(right, str) and right.startswith("@")) or \
                 (isinstance(right, dict) and "set" in right):
-            found = any(_elem_matches(e[0] if isinstance(e, list) else e, left)
-                        for e in self._elements(family, table, right))
+            found = self._first(family, table, right, left, is_map=False) is not None
             return found if op in ("==", "in") else not found
         if op == "in" or (isinstance(right, list) and op == "=="):
             wanted = set(right) if isinstance(right, list) else {right}
@@ -355,6 +368,90 @@ def _payload(p: Packet, protocol: str, name: str) -> Any:
     if protocol in ("arp", "icmp", "icmpv6", "sctp"):
         return ABSENT
     return None
+
+
+_PROTO_NUMBERS = {name: number for number, name in PROTO_NAMES.items()}
+
+
+def _canonical(value: Any) -> Any:
+    """A hashable form of a plain key or value (an address, a port, a name, a protocol,
+    a concatenation of these) equal exactly when _elem_matches says they match; None for
+    what only a comparison can decide (a prefix, a range, a wildcard, an ether type)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return None if value in ETHER_NAMES else value
+    if isinstance(value, ipaddress.IPv4Address | ipaddress.IPv6Address):
+        return value
+    if isinstance(value, str):
+        if value.endswith("*") or value in ("ip", "arp", "ip6", "vlan"):
+            return None
+        if value in _PROTO_NUMBERS:
+            return _PROTO_NUMBERS[value]
+        try:
+            return ipaddress.ip_address(value)
+        except ValueError:
+            return value.lower()
+    if isinstance(value, dict):
+        if "elem" in value:
+            return _canonical(value["elem"]["val"])
+        if "concat" in value:
+            return _canonical(tuple(value["concat"]))
+        return None
+    if isinstance(value, tuple | list):
+        parts = tuple(_canonical(v) for v in value)
+        return None if any(p is None for p in parts) else parts
+    return None
+
+
+class _ElementIndex:
+    """The elements of one listed set or map: by the canonical form of their keys, and
+    the rest (prefixes, ranges, wildcards) in order. Built once per listing (a trace
+    makes its Ruleset anew, but the listing is the same object from trace to trace)."""
+
+    _cache: ClassVar[dict[tuple[int, bool], tuple[list[Any], _ElementIndex]]] = {}
+
+    def __init__(self, elems: list[Any], is_map: bool) -> None:
+        self.elems = elems
+        self.is_map = is_map
+        self.exact: dict[Any, int] = {}
+        self.others: list[int] = []
+        for n, elem in enumerate(elems):
+            if is_map and not (isinstance(elem, list) and len(elem) == 2):
+                continue
+            key = elem[0] if isinstance(elem, list) else elem
+            canonical = _canonical(key)
+            if canonical is None:
+                self.others.append(n)
+            else:
+                self.exact.setdefault(canonical, n)
+
+    @classmethod
+    def of(cls, elems: list[Any], is_map: bool) -> _ElementIndex:
+        found = cls._cache.get((id(elems), is_map))
+        if found is not None and found[0] is elems:
+            return found[1]
+        if len(cls._cache) > 256:
+            cls._cache.clear()
+        index = cls(elems, is_map)
+        cls._cache[(id(elems), is_map)] = (elems, index)
+        return index
+
+    def first(self, value: Any) -> Any:
+        canonical = _canonical(value)
+        if canonical is None:
+            candidates: list[int] = sorted([*self.exact.values(), *self.others])
+        else:
+            exact = self.exact.get(canonical)
+            candidates = [n for n in self.others if exact is None or n < exact]
+            if exact is not None:
+                candidates.append(exact)
+        for n in candidates:
+            elem = self.elems[n]
+            key = elem[0] if isinstance(elem, list) else elem
+            if _elem_matches(key, value):
+                return elem
+        return None
 
 
 def _normal(value: Any) -> Any:
