@@ -203,7 +203,11 @@ def _live(seams: Seams, world: trace_core.World, finding: core.Finding) -> list[
             continue
         result = live.run(cast(Any, seams), world, r.source.key, r.packet, r.trace,
                           r.source.label, r.target.label)
-        out.append({**base, "verdict": result["verdict"], "summary": result["summary"],
+        summary = result["summary"]
+        if result["verdict"] != r.trace.verdict and r.source.iif:
+            summary += f" (the probe comes in on a veth of its own, not on {r.source.iif}: " \
+                f"a rule that names {r.source.iif} does not apply to it)"
+        out.append({**base, "verdict": result["verdict"], "summary": summary,
                     "agrees": result["agrees"], "disagreements": result["disagreements"],
                     "static_ingress": result["static_ingress"]})
     return out
