@@ -76,7 +76,7 @@ def test_docker_like_host_each_planted_exposure_and_nothing_else(
     assert findings(data) == [
         ("across-networks", c1),
         ("across-networks", c2),
-        ("bypasses-input-firewall", "published *:8080/tcp -> 172.17.0.2:80"),
+        ("bypasses-input-firewall", "published 0.0.0.0:8080/tcp -> 172.17.0.2:80"),
         ("direct-container-access", c2),
         ("loopback-exposed", "published 127.0.0.1:8081/tcp -> 172.17.0.2:80")]
     by = {(f["kind"], f["target"]): f for f in data["findings"]}
@@ -100,7 +100,7 @@ def test_docker_like_host_each_planted_exposure_and_nothing_else(
     assert connect(o, "127.0.0.1", 9001).startswith("fail")
     assert connect(o, "172.17.0.2", 80).startswith("fail")
     targets = {t["label"]: t for t in data["targets"]}
-    assert set(targets) == {"published *:8080/tcp -> 172.17.0.2:80",
+    assert set(targets) == {"published 0.0.0.0:8080/tcp -> 172.17.0.2:80",
                             "published 127.0.0.1:8081/tcp -> 172.17.0.2:80",
                             "host socket 0.0.0.0:9000/tcp", "host socket 127.0.0.1:9001/tcp",
                             c1, c2}
@@ -126,7 +126,7 @@ def test_docker_like_host_text_and_live(sandbox: Sandbox, docker_like: DockerLik
     sb = sandbox
     text = sb.pw("audit", check=False, timeout=120).stdout
     assert "5 finding(s):" in text
-    assert "bypasses the input-hook firewall: published *:8080/tcp" in text
+    assert "bypasses the input-hook firewall: published 0.0.0.0:8080/tcp" in text
     assert "nft insert rule ip filter DOCKER-USER" in text
     _, data = audit(sb, "--live")
     by = {f["kind"]: f for f in data["findings"]}
@@ -155,11 +155,11 @@ def test_portway_host_has_no_exposure(sandbox: Sandbox) -> None:
     code, data = audit(sb)
     assert (code, findings(data)) == (0, [])
     targets = {t["label"]: t for t in data["targets"]}
-    assert "published *:8080/tcp -> 10.60.0.2:80" in targets
+    assert "published 0.0.0.0:8080/tcp -> 10.60.0.2:80" in targets
     assert "container store 10.61.0.2:80/tcp" in targets
     assert not [t for t in targets if t.startswith("host socket") and ":8080/" in t]
     reach = {r["source_kind"]: r["reached"] for r in
-             targets["published *:8080/tcp -> 10.60.0.2:80"]["reach"]}
+             targets["published 0.0.0.0:8080/tcp -> 10.60.0.2:80"]["reach"]}
     assert reach["neighbour"] and reach["outside"]
     # What audit says is closed, by real connections from the neighbour and across.
     outside = ["ip", "netns", "exec", sb.outside]

@@ -95,7 +95,7 @@ def test_docker_host_every_planted_exposure_and_nothing_else() -> None:
     assert kinds(a) == [
         (audit.ACROSS, "namespace ns:c1 172.17.0.2:80/tcp"),
         (audit.ACROSS, "namespace ns:c2 172.18.0.2:80/tcp"),
-        (audit.BYPASS, "published *:8080/tcp -> 172.17.0.2:80"),
+        (audit.BYPASS, "published 0.0.0.0:8080/tcp -> 172.17.0.2:80"),
         (audit.DIRECT, "namespace ns:c2 172.18.0.2:80/tcp"),
         (audit.LOOPBACK, "published 127.0.0.1:8081/tcp -> 172.17.0.2:80")]
     by = {(f.kind, f.target.space): f for f in a.findings}
@@ -133,14 +133,14 @@ def test_the_reach_table() -> None:
     a = audit.audit(docker_host())
     rows = {r[0]: r[1:] for r in audit.table_rows(a)}
     # HOST, NEIGHBOUR, ROUTED, CONTAINERS, FINDINGS
-    assert rows["published *:8080/tcp -> 172.17.0.2:80"][:3] == ["yes", "yes", "yes"]
+    assert rows["published 0.0.0.0:8080/tcp -> 172.17.0.2:80"][:3] == ["yes", "yes", "yes"]
     assert rows["host socket 0.0.0.0:9000/tcp"][:3] == ["yes", "no", "no"]
     assert rows["host socket 127.0.0.1:9001/tcp"] == ["yes", "no", "-", "-", "-"]
     assert rows["namespace ns:c1 172.17.0.2:80/tcp"] == ["yes", "no", "-", "yes",
                                                          "across-networks"]
     text = audit.render(a)
     assert "5 finding(s):" in text
-    assert "bypasses the input-hook firewall: published *:8080/tcp" in text
+    assert "bypasses the input-hook firewall: published 0.0.0.0:8080/tcp" in text
 
 
 def test_each_exposure_closed_by_hand_goes_away() -> None:
@@ -209,7 +209,7 @@ def test_portways_own_host_has_no_exposure() -> None:
     a = audit.audit(World(host=host, spaces=w.spaces, bridge_nf=w.bridge_nf))
     assert a.findings == []
     rows = {r[0]: r[1:] for r in audit.table_rows(a)}
-    assert rows["published *:8080/tcp -> 10.77.0.2:80"] == ["yes", "yes", "yes", "yes", "-"]
+    assert rows["published 0.0.0.0:8080/tcp -> 10.77.0.2:80"] == ["yes", "yes", "yes", "yes", "-"]
     assert rows["published 127.0.0.1:6379/tcp -> 10.77.0.3:80"][:2] == ["yes", "no"]
     assert rows["container store 10.78.0.2:5432/tcp"] == ["yes", "no", "-", "no", "-"]
     # The DNS server's socket on a gateway: the host reaches it (masqueraded to 127.0.0.1
@@ -222,3 +222,19 @@ def test_as_dict_is_json() -> None:
     data = audit.audit(docker_host()).as_dict()
     text = json.dumps(data)
     assert json.loads(text)["findings"][0]["fix_checked"] is True
+
+
+def test_both_families() -> None:
+    """A port published on every address of both families is two targets, each reached
+    over its own family."""
+    from test_trace_reasoning_ipv6 import world as dual_world
+
+    a = audit.audit(dual_world())
+    assert a.findings == []
+    rows = {r[0]: r[1:] for r in audit.table_rows(a)}
+    assert rows["published [::]:8080/tcp -> [fd00:77::2]:80"][:3] == ["yes", "yes", "yes"]
+    assert rows["published 0.0.0.0:8080/tcp -> 10.77.0.2:80"][:3] == ["yes", "yes", "yes"]
+    six = [r for r in a.reaches if r.target.label.startswith("published [::]:8080")]
+    assert {str(r.packet.saddr) for r in six if r.source.kind != "host"} >= {
+        "2001:db8:51::2", "2001:db8:113::10"}
+    assert rows["container only [fd00:79::2]:80/tcp"] == ["yes", "no", "-", "no", "-"]

@@ -295,7 +295,7 @@ def _map_entries(items: list[dict[str, Any]], family: str, table: str,
 def published_ports(items: list[dict[str, Any]]) -> list[Target]:
     """Every published port of a ruleset listing: the ports its DNAT rules and DNAT
     maps name, in any table of an IP family."""
-    out: dict[tuple[str, str, int], Target] = {}
+    out: dict[tuple[str, str, int, int], Target] = {}
     for item in items:
         rule = item.get("rule")
         if not rule or rule["family"] not in NAT_FAMILIES:
@@ -335,9 +335,9 @@ def published_ports(items: list[dict[str, Any]]) -> list[Target]:
         for proto, daddr, port, to in found:
             v = daddr.version if daddr is not None else version or \
                 (_addr(to.rsplit(":", 1)[0].strip("[]")) or ipaddress.ip_address(0)).version
-            where_text = hostport(daddr, port) if daddr else f"*:{port}"
+            where_text = hostport(daddr or ("0.0.0.0" if v == 4 else "::"), port)
             label = f"published {where_text}/{proto} -> {to}"
-            out.setdefault((proto, str(daddr), port), Target(
+            out.setdefault((proto, str(daddr), port, v), Target(
                 "published", proto, port, daddr, v, label, rule=where, to=to))
     return list(out.values())
 
