@@ -238,3 +238,43 @@ def test_both_families() -> None:
     assert {str(r.packet.saddr) for r in six if r.source.kind != "host"} >= {
         "2001:db8:51::2", "2001:db8:113::10"}
     assert rows["container only [fd00:79::2]:80/tcp"] == ["yes", "no", "-", "no", "-"]
+
+
+def test_ports_told_apart_before_dnat() -> None:
+    assert audit.ports_told_apart(DOCKER_RULESET) == set()
+    assert audit.ports_told_apart(portway_world().host.ruleset) == {53}  # DNS's notrack
+    raw = [i for i in DOCKER_RULESET]
+    raw.append({"rule": {"family": "ip", "table": "raw", "chain": "PREROUTING", "expr": [
+        audit._m({"payload": {"protocol": "tcp", "field": "dport"}}, {"set": [8080, 9000]}),
+        {"drop": None}]}})
+    assert audit.ports_told_apart(raw) == {8080, 9000}
+    raw.append({"rule": {"family": "ip", "table": "raw", "chain": "PREROUTING", "expr": [
+        audit._m({"payload": {"protocol": "tcp", "field": "dport"}}, "@blocked"),
+        {"drop": None}]}})
+    assert audit.ports_told_apart(raw) is None
+
+
+def test_ports_that_share_a_path_share_a_trace(monkeypatch: Any) -> None:
+    """Many ports published to one address and port: one trace stands for them all, and
+    the answers are those of tracing each."""
+    from test_trace_reasoning import APP, DB, INSTANCE, WEB, listing
+
+    from portway.core import firewall
+    from portway.core.firewall import Published
+
+    ports = [Published(container_id="web", protocol="tcp", host_port=10000 + i,
+                       container_ip=WEB.address, container_port=80 + i % 2) for i in range(40)]
+    cmds = [*firewall.render_base(), *firewall.render_network(APP, INSTANCE),
+            *firewall.render_network(DB, INSTANCE), *firewall.render_ports(ports, INSTANCE)]
+    w = portway_world()
+    w = World(host=replace(w.host, ruleset=listing(cmds)), spaces=w.spaces)
+    shared = audit.audit(w)
+    assert sum(1 for r in shared.reaches if r.same_path_as) > 100
+    monkeypatch.setattr(audit, "ports_told_apart", lambda items: None)
+    each = audit.audit(w)
+    assert not any(r.same_path_as for r in each.reaches)
+    assert audit.table_rows(shared) == audit.table_rows(each)
+    # web listens on 80 only: the ports published to 81 reach nothing.
+    rows = {r[0]: r[1:] for r in audit.table_rows(shared)}
+    assert rows["published 0.0.0.0:10001/tcp -> 10.77.0.2:81"][:3] == ["no", "no", "no"]
+    assert rows["published 0.0.0.0:10002/tcp -> 10.77.0.2:80"][:3] == ["yes", "yes", "yes"]

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import copy
 import ipaddress
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -103,6 +104,7 @@ class Reach:
     trace: Trace
     via: list[str]
     reply: Trace | None = None  # the answer's way back, where it is modelled
+    same_path_as: str = ""  # a target whose trace stands for this one's (ports_told_apart)
 
     @property
     def reached(self) -> bool:
@@ -130,7 +132,8 @@ class Reach:
                 "connects_to": hostport(self.packet.daddr, self.packet.dport),
                 "reached": self.reached, "verdict": verdict, "summary": summary,
                 "via": self.via,
-                "reply": None if self.reply is None else self.reply.as_dict()}
+                "reply": None if self.reply is None else self.reply.as_dict(),
+                "same_path_as": self.same_path_as or None}
 
 
 @dataclass(frozen=True)
@@ -832,10 +835,104 @@ def _findings(world: World, reaches: list[Reach]) -> list[Finding]:
     return out
 
 
+def _mentions_port(expr: Any) -> bool:
+    text = json.dumps(expr)
+    return '"field": "dport"' in text or '"field": "sport"' in text
+
+
+def _jumps(expr: Any, items: list[dict[str, Any]], family: str, table: str) -> list[str]:
+    """The chains an expression may jump or go to (verdict maps included)."""
+    out: list[str] = []
+    if isinstance(expr, dict):
+        for kind in ("jump", "goto"):
+            if kind in expr and isinstance(expr[kind], dict) and "target" in expr[kind]:
+                out.append(expr[kind]["target"])
+        if "vmap" in expr:
+            data = expr["vmap"]["data"]
+            elems = _elements(items, family, table, data) if isinstance(data, str) else \
+                [data]
+            out += _jumps(elems, items, family, table)
+            return out
+        for value in expr.values():
+            out += _jumps(value, items, family, table)
+    elif isinstance(expr, list):
+        for value in expr:
+            out += _jumps(value, items, family, table)
+    return out
+
+
+def ports_told_apart(items: list[dict[str, Any]]) -> set[int] | None:
+    """The ports that something before DNAT tells apart: those a rule matches (but the
+    DNAT rules themselves) in a chain that sees the packet before it is DNATed
+    (prerouting and output, priority up to -100, and every chain reached from there);
+    None when such a rule matches ports it does not list (by a map, say). Published
+    ports outside the set that go to the same address and port take the same path,
+    and one trace stands for them all."""
+    chains = {(c["family"], c["table"], c["name"]): c for i in items
+              if (c := i.get("chain"))}
+    rules: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for i in items:
+        if (r := i.get("rule")):
+            rules.setdefault((r["family"], r["table"], r["chain"]), []).append(r)
+    pending = [k for k, c in chains.items() if c.get("hook") in ("prerouting", "output")
+               and int(c.get("prio", 0)) <= -100]
+    seen: set[tuple[str, str, str]] = set()
+    told: set[int] = set()
+    while pending:
+        key = pending.pop()
+        if key in seen:
+            continue
+        seen.add(key)
+        family, table, _ = key
+        for rule in rules.get(key, []):
+            exprs = rule.get("expr", [])
+            if not any(isinstance(e, dict) and "dnat" in e for e in exprs):
+                for e in exprs:
+                    if not isinstance(e, dict):
+                        continue
+                    if "vmap" in e and _mentions_port(e["vmap"]["key"]):
+                        return None
+                    if "match" in e and _mentions_port(e["match"]["left"]):
+                        right = e["match"]["right"]
+                        if isinstance(right, str) and right.startswith("@"):
+                            return None
+                        values = _values(right)
+                        if not values or not all(isinstance(v, int) for v in values):
+                            return None
+                        told.update(values)
+            pending += [(family, table, t) for t in _jumps(exprs, items, family, table)]
+    return told
+
+
+def _reaches(world: World, who: list[Source], what: list[Target]) -> list[Reach]:
+    """Every source to every target it can name; published ports that go to the same
+    address and port share one trace where nothing before DNAT tells them apart."""
+    told = ports_told_apart(world.host.ruleset)
+    firsts: dict[tuple[Any, ...], Target] = {}
+    traced: dict[tuple[Target, Source], Reach] = {}
+    out: list[Reach] = []
+    for t in what:
+        first = t
+        if told is not None and t.kind == "published" and t.port not in told:
+            first = firsts.setdefault((t.proto, str(t.addr), t.version, t.to), t)
+        for s in who:
+            if first is t:
+                r = reach(world, s, t)
+                if r is not None:
+                    traced[(t, s)] = r
+                    out.append(r)
+                continue
+            like = traced.get((first, s))
+            if like is not None:
+                out.append(Reach(s, t, replace(like.packet, dport=t.port), like.trace,
+                                 like.via, like.reply, same_path_as=first.label))
+    return out
+
+
 def audit(world: World) -> Audit:
     who = sources(world)
     what = targets(world)
-    reaches = [r for t in what for s in who if (r := reach(world, s, t)) is not None]
+    reaches = _reaches(world, who, what)
     notes = []
     if not uplinks(world.host):
         notes.append("the host has no interface towards a LAN (no address outside its "
