@@ -288,8 +288,12 @@ class _Walk:
 
     def hook(self, space: Space, families: tuple[str, ...], hook: str,
              packet: Packet, nat: bool = True) -> Packet:
-        masq = {i.name: a for i in space.ifaces
-                if (a := space.first_address(i.name, packet.version, packet.daddr))}
+        # Masquerade picks the address of the interface the packet leaves by: only its
+        # (not every interface's: a host with 1,000 veths would pay 1,000 lookups a hook).
+        masq: dict[str, IPAddress] = {}
+        if packet.oif and (a := space.first_address(packet.oif, packet.version,
+                                                    packet.daddr)):
+            masq[packet.oif] = a
         route = space.lookup(packet.daddr) if hook == "postrouting" else None
         if route is not None and route.prefsrc is not None:
             masq[route.dev] = route.prefsrc
