@@ -14,6 +14,7 @@ NAT chains see only such packets, which is what a trace asks about.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
@@ -388,10 +389,7 @@ def _canonical(value: Any) -> Any:
             return None
         if value in _PROTO_NUMBERS:
             return _PROTO_NUMBERS[value]
-        try:
-            return ipaddress.ip_address(value)
-        except ValueError:
-            return value.lower()
+        return _text(value)
     if isinstance(value, dict):
         if "elem" in value:
             return _canonical(value["elem"]["val"])
@@ -454,14 +452,21 @@ class _ElementIndex:
         return None
 
 
+@functools.lru_cache(maxsize=65536)
+def _text(value: str) -> Any:
+    """A string of a ruleset or a packet as compared: an address, or lower case. Cached:
+    a trace compares the same few hundred strings thousands of times."""
+    try:
+        return ipaddress.ip_address(value)
+    except ValueError:
+        return value.lower()
+
+
 def _normal(value: Any) -> Any:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     if isinstance(value, str):
-        try:
-            return ipaddress.ip_address(value)
-        except ValueError:
-            return value.lower()
+        return _text(value)
     return value
 
 
