@@ -44,6 +44,7 @@ RUNS = int(os.environ.get("PORTWAY_BENCH_RUNS", "50"))
 GROWTH = int(os.environ.get("PORTWAY_BENCH_GROWTH", "1000"))
 FIREWALL = os.environ.get("PORTWAY_BENCH_FIREWALL", "1") == "1"
 DNS = os.environ.get("PORTWAY_BENCH_DNS", "1") == "1"
+AUDIT = os.environ.get("PORTWAY_BENCH_AUDIT", "1") == "1"
 DNS_SECONDS = float(os.environ.get("PORTWAY_BENCH_DNS_SECONDS", "3"))
 CONTRACT = ROOT / "tests" / "e2e" / "data" / "podman-4.3-setup-input.json"
 PODMAN = os.environ.get("PORTWAY_BENCH_PODMAN", "1") == "1"
@@ -583,6 +584,9 @@ def write_report(r: dict[str, Any]) -> str:
     dns = r.get("dns")
     if dns:
         lines += dns_report(dns)
+    au = r.get("audit")
+    if au:
+        lines += audit_report(au)
     pm = r.get("podman")
     if pm:
         lines += [
@@ -681,6 +685,11 @@ def goals_report(r: dict[str, Any]) -> list[str]:
                  p["local_aaaa_qps"], p["local_qps"], at_least=0.95, unit="q/s")
             goal("AAAA queries/s within 5% of A (at least 0.95×): three names",
                  p["mixed_aaaa_qps"], p["mixed_qps"], at_least=0.95, unit="q/s")
+    au = r.get("audit")
+    if au:
+        rows.append((f"`audit` at most 5 s with {au['containers']} containers and "
+                     f"{au['ports']} published ports", f"{au['seconds']:.2f} s",
+                     au["seconds"] <= 5))
     missed = sum(1 for *_, met in rows if not met)
     lines = [
         "## Goals",
@@ -694,6 +703,25 @@ def goals_report(r: dict[str, Any]) -> list[str]:
     lines += [f"| {what} | {figure} | {'met' if met else '**missed**'} |"
               for what, figure, met in rows]
     return [*lines, ""]
+
+
+def audit_report(au: dict[str, Any]) -> list[str]:
+    return [
+        "## `portway audit`",
+        "",
+        f"One look at a host with {au['containers']} containers (one network) and "
+        f"{au['ports']} published ports, each to a container port of its own, as portwayd "
+        "answers `portway audit` (bench/audit.py): recording the host and every namespace "
+        "behind its veths, then a trace from each source to each target and of each "
+        f"answer. {au['targets']} targets, {au['reaches']} source-target pairs, "
+        f"{au['traced']} traced (the rest share a path), {au['findings']} findings.",
+        "",
+        "| runs | median (s) | each (s) |",
+        "|---:|---:|---|",
+        f"| {len(au['runs'])} | {au['seconds']:.2f} | "
+        f"{', '.join(f'{x:.2f}' for x in au['runs'])} |",
+        "",
+    ]
 
 
 def cost_us(rate: float) -> float:
@@ -913,6 +941,11 @@ def main() -> None:
         if DNS:
             print("bench: DNS against aardvark-dns ...", flush=True)
             results["dns"] = run_with_engine(host, outside, "dns", "bench_dns")
+        results["audit"] = None
+        if AUDIT:
+            print("bench: portway audit with many containers and published ports ...",
+                  flush=True)
+            results["audit"] = run_with_engine(host, outside, "audit", "bench_audit")
         results["podman"] = None
         if PODMAN and shutil.which("podman"):
             print("bench: podman run with portway and with netavark ...", flush=True)
