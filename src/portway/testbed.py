@@ -165,9 +165,10 @@ class PodmanWorld:
 # bridges, docker0 (172.17.0.1/16) and br-two (172.18.0.1/16), a container behind each
 # (a plain namespace with a veth, 172.17.0.2 and 172.18.0.2, a TCP server on port 80),
 # the host's own servers on 0.0.0.0:9000 and 127.0.0.1:9001, forwarding and
-# route_localnet on the uplink, and the ruleset given. The outside namespace plays a
-# neighbour on the uplink that routes the containers' networks and 127.0.0.1 to the host
-# (it gives up its own 127/8 for that), and a routed client at ROUTED_CLIENT.
+# route_localnet on the uplink, and the rules given (nft's; and iptables-nft's, if
+# given, as Docker writes them). The outside namespace plays a neighbour on the uplink
+# that routes the containers' networks and 127.0.0.1 to the host (it gives up its own
+# 127/8 for that), and a routed client at ROUTED_CLIENT.
 
 ROUTED_CLIENT = "203.0.113.10"
 # A TCP server that answers each connection with "hi" and the client's address.
@@ -201,17 +202,17 @@ class DockerLike:
     """The host above in host (with its outside), built on creation; remove() takes
     away everything it made (its servers by pid, its links, its namespaces)."""
 
-    def __init__(self, host: str, outside: str, ruleset: str) -> None:
+    def __init__(self, host: str, outside: str, ruleset: str, iptables: str = "") -> None:
         self.host, self.outside = host, outside
         self.c1, self.c2 = f"{host}-c1", f"{host}-c2"
         self.servers: list[subprocess.Popen[bytes]] = []
         try:
-            self._build(ruleset)
+            self._build(ruleset, iptables)
         except BaseException:
             self.remove()
             raise
 
-    def _build(self, ruleset: str) -> None:
+    def _build(self, ruleset: str, iptables: str) -> None:
         h, o = self.host, self.outside
         for bridge, gw in (("docker0", "172.17.0.1"), ("br-two", "172.18.0.1")):
             _ip("-n", h, "link", "add", bridge, "type", "bridge")
@@ -232,6 +233,9 @@ class DockerLike:
             _ip("netns", "exec", h, "sysctl", "-qw", f"net.ipv4.{key}=1")
         subprocess.run(["ip", "netns", "exec", h, "nft", "-f", "-"], input=ruleset,
                        text=True, check=True, capture_output=True)
+        if iptables:  # as Docker writes its rules: through iptables-nft
+            subprocess.run(["ip", "netns", "exec", h, "iptables-nft-restore", "--noflush"],
+                           input=iptables, text=True, check=True, capture_output=True)
         for net in ("172.17.0.0/16", "172.18.0.0/16"):
             _ip("-n", o, "route", "add", net, "via", HOST_ADDR)
         _ip("-n", o, "route", "del", "local", "127.0.0.0/8", "dev", "lo", "table", "local")

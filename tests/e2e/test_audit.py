@@ -123,6 +123,60 @@ def test_docker_like_host_each_planted_exposure_and_nothing_else(
     assert (code, findings(data)) == (0, [])
 
 
+def test_docker_through_iptables_nft(sandbox: Sandbox) -> None:
+    """The same host, its rules written as Docker 20.10 writes them: through iptables-nft,
+    whose addrtype, conntrack and DNAT the kernel's tables hold as xt expressions. Audit
+    reads them through iptables-nft-save, finds the same exposures, and gives its fixes
+    as iptables commands, which close them."""
+    sb = sandbox
+    host = DockerLike(sb.host, sb.outside, (RULES.parent / "ufw.nft").read_text(),
+                      (RULES.parent / "docker-host.iptables").read_text())
+    try:
+        listing = sb.in_host("nft", "-j", "list", "ruleset").stdout
+        assert '"xt"' in listing
+        saved = sb.in_host("iptables-nft-save").stdout
+        code, data = audit(sb)
+        assert code == 1
+        c1, c2 = (f"namespace {host.c1} 172.17.0.2:80/tcp", f"namespace {host.c2} "
+                  "172.18.0.2:80/tcp")
+        assert findings(data) == [
+            ("across-networks", c1), ("across-networks", c2),
+            ("bypasses-input-firewall", "published 0.0.0.0:8080/tcp -> 172.17.0.2:80"),
+            ("direct-container-access", c2),
+            ("loopback-exposed", "published 127.0.0.1:8081/tcp -> 172.17.0.2:80")]
+        assert any("ip nat: iptables-nft's rules read through" in n for n in data["notes"])
+        # Read, not changed: iptables-nft-save says what it said.
+        assert _same_rules(sb, saved)
+        o = sb.outside
+        assert connect(o, sb.host_addr, 8080) == f"hi {sb.outside_addr}"
+        assert connect(o, "127.0.0.1", 8081) == f"hi {sb.outside_addr}"
+        assert connect(o, "172.18.0.2", 80) == f"hi {sb.outside_addr}"
+        assert connect(host.c1, "172.18.0.2", 80) == "hi 172.18.0.1"
+        assert connect(host.c2, "172.17.0.2", 80) == "hi 172.17.0.1"
+        fixes = [line for f in data["findings"] for line in f["fix"]
+                 if line.startswith(("iptables ", "nft "))]
+        assert fixes and all(line.startswith("iptables ") for line in fixes), fixes
+        for line in fixes:
+            sb.in_host("sh", "-c", line)
+        assert connect(o, sb.host_addr, 8080).startswith("fail")
+        assert connect(o, "127.0.0.1", 8081).startswith("fail")
+        assert connect(o, "172.18.0.2", 80).startswith("fail")
+        assert connect(host.c1, "172.18.0.2", 80).startswith("fail")
+        assert connect(host.c2, "172.17.0.2", 80).startswith("fail")
+        code, data = audit(sb)
+        assert (code, findings(data)) == (0, [])
+    finally:
+        host.remove()
+
+
+def _same_rules(sb: Sandbox, saved: str) -> bool:
+    """iptables-nft-save's rules, without its comment lines (they carry the time)."""
+    def rules(text: str) -> list[str]:
+        return [line for line in text.splitlines() if not line.startswith("#")]
+
+    return rules(sb.in_host("iptables-nft-save").stdout) == rules(saved)
+
+
 def test_docker_like_host_text_and_live(sandbox: Sandbox, docker_like: DockerLike) -> None:
     sb = sandbox
     text = sb.pw("audit", check=False, timeout=120).stdout

@@ -278,3 +278,21 @@ def test_ports_that_share_a_path_share_a_trace(monkeypatch: Any) -> None:
     rows = {r[0]: r[1:] for r in audit.table_rows(shared)}
     assert rows["published 0.0.0.0:10001/tcp -> 10.77.0.2:81"][:3] == ["no", "no", "no"]
     assert rows["published 0.0.0.0:10002/tcp -> 10.77.0.2:80"][:3] == ["yes", "yes", "yes"]
+
+
+def test_fixes_for_iptables_nft_tables_are_iptables_commands() -> None:
+    """A native rule in a table iptables-nft manages would leave iptables unable to read
+    it: there the fix is an iptables command."""
+    tables = frozenset({("ip", "raw"), ("ip", "nat"), ("ip", "filter")})
+    by = {f.kind: f for f in audit.audit(docker_host(), tables).findings}
+    assert by[audit.BYPASS].fix.text[0] == (
+        'iptables -I DOCKER-USER -i uplink0 -d 172.17.0.2 -p tcp --dport 80 -m conntrack '
+        '--ctstate DNAT -m comment --comment "portway audit: tcp/8080 as inet filter input '
+        'wants" -j DROP')
+    assert by[audit.LOOPBACK].fix.text[1].startswith(
+        "iptables -t raw -I PREROUTING ! -i lo -d 127.0.0.0/8 -m comment")
+    assert by[audit.DIRECT].fix.text[0].startswith(
+        "iptables -t raw -I PREROUTING ! -i br-two -d 172.18.0.2 -m comment")
+    assert by[audit.ACROSS].fix.text[0].startswith(
+        "iptables -I DOCKER-USER -i ")
+    assert all(f.fix_checked for f in by.values())

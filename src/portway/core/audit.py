@@ -698,12 +698,23 @@ def _ip(version: int, field_name: str) -> dict[str, Any]:
 COMMENT = "portway audit"
 
 
+Tables = frozenset[tuple[str, str]]
+
+
 def _rule(where: tuple[str, str, str, list[dict[str, Any]]], expr: list[Any],
-          text: str, comment: str) -> Fix:
+          text: str, comment: str, iptables: Tables = frozenset(), ipt: str = "") -> Fix:
+    """The fix: an nft command, or where the chain is iptables-nft's (iptables: those
+    tables), the iptables command (ipt: its matches; the target is DROP), since a native
+    rule in its tables would leave iptables unable to read them."""
     family, table, chain, new = where
     rule = {"family": family, "table": table, "chain": chain, "expr": expr,
             "comment": comment}
-    cmd = f"nft insert rule {family} {table} {chain} '{text} comment \"{comment}\"'"
+    if (family, table) in iptables and ipt and not new:
+        tool = "iptables" if family == "ip" else "ip6tables"
+        where_t = "" if table == "filter" else f"-t {table} "
+        cmd = f"{tool} {where_t}-I {chain} {ipt} -m comment --comment \"{comment}\" -j DROP"
+    else:
+        cmd = f"nft insert rule {family} {table} {chain} '{text} comment \"{comment}\"'"
     return Fix([*_chain_cmds(new), cmd], [*new, {"rule": rule}], f"{family} {table} {chain}")
 
 
@@ -711,7 +722,7 @@ def _ipname(version: int) -> str:
     return "ip" if version == 4 else "ip6"
 
 
-def fix_bypass(world: World, r: Reach, dropper: str) -> Fix:
+def fix_bypass(world: World, r: Reach, dropper: str, iptables: Tables = frozenset()) -> Fix:
     """Drop, after DNAT, what the input firewall would have dropped: by the address and
     port the connection is DNATed to, from the interface it came in on."""
     final = ipaddress.ip_address(r.trace.seen_destination.rpartition(":")[0].strip("[]"))
@@ -725,20 +736,23 @@ def fix_bypass(world: World, r: Reach, dropper: str) -> Fix:
            "ct status dnat drop"
     where = _where_forward(world.host.ruleset)
     fix = _rule(where, expr, text, f"{COMMENT}: {r.target.proto}/{r.target.port} as "
-                f"{dropper.split(':')[0]} wants")
+                f"{dropper.split(':')[0]} wants", iptables,
+                f"-i {r.source.iif} -d {final} -p {proto} --dport {port} -m conntrack "
+                "--ctstate DNAT")
     bind = f"or, if only this host needs it, publish it on 127.0.0.1 (-p 127.0.0.1:" \
            f"{r.target.port}:{port})"
     return replace(fix, text=[*fix.text, bind])
 
 
-def fix_loopback(world: World, r: Reach) -> Fix:
+def fix_loopback(world: World, r: Reach, iptables: Tables = frozenset()) -> Fix:
     v = r.packet.daddr.version
     net = "127.0.0.0/8" if v == 4 else "::1"
     right: Any = {"prefix": {"addr": "127.0.0.0", "len": 8}} if v == 4 else "::1"
     expr = [_m(_meta("iifname"), "lo", "!="), _m(_ip(v, "daddr"), right), {"drop": None}]
     fix = _rule(_where_raw(world.host.ruleset), expr,
                 f"iifname != \"lo\" {_ipname(v)} daddr {net} drop",
-                f"{COMMENT}: loopback addresses only from lo")
+                f"{COMMENT}: loopback addresses only from lo", iptables,
+                f"! -i lo -d {net}")
     text = list(fix.text)
     iface = world.host.iface(r.source.iif)
     if iface is not None and iface.route_localnet:
@@ -747,21 +761,23 @@ def fix_loopback(world: World, r: Reach) -> Fix:
     return replace(fix, text=text)
 
 
-def fix_direct(world: World, r: Reach) -> Fix:
+def fix_direct(world: World, r: Reach, iptables: Tables = frozenset()) -> Fix:
     v = r.target.version
     expr = [_m(_meta("iifname"), r.target.bridge, "!="),
             _m(_ip(v, "daddr"), str(r.target.addr)), {"drop": None}]
     return _rule(_where_raw(world.host.ruleset), expr,
                  f"iifname != \"{r.target.bridge}\" {_ipname(v)} daddr {r.target.addr} drop",
-                 f"{COMMENT}: {r.target.addr} only from {r.target.bridge}")
+                 f"{COMMENT}: {r.target.addr} only from {r.target.bridge}", iptables,
+                 f"! -i {r.target.bridge} -d {r.target.addr}")
 
 
-def fix_across(world: World, r: Reach) -> Fix:
+def fix_across(world: World, r: Reach, iptables: Tables = frozenset()) -> Fix:
     src, dst = r.source.bridge, r.target.bridge
     expr = [_m(_meta("iifname"), src), _m(_meta("oifname"), dst), {"drop": None}]
     return _rule(_where_forward(world.host.ruleset), expr,
                  f"iifname \"{src}\" oifname \"{dst}\" drop",
-                 f"{COMMENT}: isolate {src} from {dst}")
+                 f"{COMMENT}: isolate {src} from {dst}", iptables,
+                 f"-i {src} -o {dst}")
 
 
 def with_rules(items: list[dict[str, Any]], rules: list[dict[str, Any]]
@@ -796,7 +812,7 @@ def check_fix(world: World, finding: Finding) -> tuple[bool, str]:
     return True, "; ".join(sorted({t.summary for t in after}))
 
 
-def _findings(world: World, reaches: list[Reach]) -> list[Finding]:
+def _findings(world: World, reaches: list[Reach], iptables: Tables) -> list[Finding]:
     by: dict[tuple[str, Target], Finding] = {}
 
     def add(kind: str, r: Reach, why: str, fix: Fix) -> None:
@@ -816,19 +832,19 @@ def _findings(world: World, reaches: list[Reach]) -> list[Finding]:
             if dropper is not None:
                 add(BYPASS, r, f"DNAT ({t.rule}) sends it through the forward hook; the "
                     f"input hook, which would drop it ({dropper}), never sees it",
-                    fix_bypass(world, r, dropper))
+                    fix_bypass(world, r, dropper, iptables))
         if s.kind == "neighbour" and lo:
             how = f"DNAT ({t.rule})" if r.dnat else \
                 f"route_localnet on {s.iif} makes {t.addr} routable from it"
             add(LOOPBACK, r, f"a neighbour sends to {hostport(r.packet.daddr, t.port)} "
-                f"with the host's MAC address: {how}", fix_loopback(world, r))
+                f"with the host's MAC address: {how}", fix_loopback(world, r, iptables))
         if t.kind == "container" and not r.dnat and s.kind == "neighbour":
             add(DIRECT, r, f"the host forwards from {s.iif} straight to {t.addr} (no "
-                "DNAT, no published port): " + "; ".join(r.via), fix_direct(world, r))
+                "DNAT, no published port): " + "; ".join(r.via), fix_direct(world, r, iptables))
         if t.kind == "container" and not r.dnat and s.kind == "container" and \
                 s.bridge != t.bridge:
             add(ACROSS, r, f"from {s.bridge} to {t.bridge}, forwarded: " + "; ".join(r.via),
-                fix_across(world, r))
+                fix_across(world, r, iptables))
     out = list(by.values())
     for f in out:
         f.fix_checked, f.fix_check = check_fix(world, f)
@@ -929,7 +945,9 @@ def _reaches(world: World, who: list[Source], what: list[Target]) -> list[Reach]
     return out
 
 
-def audit(world: World) -> Audit:
+def audit(world: World, iptables: Tables = frozenset()) -> Audit:
+    """iptables: the host's tables that iptables-nft manages (their fixes are given as
+    iptables commands)."""
     who = sources(world)
     what = targets(world)
     reaches = _reaches(world, who, what)
@@ -937,7 +955,7 @@ def audit(world: World) -> Audit:
     if not uplinks(world.host):
         notes.append("the host has no interface towards a LAN (no address outside its "
                      "bridges): no neighbour or routed client is modelled")
-    return Audit(who, what, reaches, _findings(world, reaches), notes)
+    return Audit(who, what, reaches, _findings(world, reaches, iptables), notes)
 
 
 # text

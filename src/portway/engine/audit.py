@@ -35,7 +35,7 @@ from portway.core import audit as core
 from portway.core import names
 from portway.core import trace as trace_core
 from portway.errors import PortwayError
-from portway.kernel import netns, observe
+from portway.kernel import netns, observe, xtables
 from portway.kernel.nft import Nft
 
 DOCKER_NETNS = "/var/run/docker/netns"
@@ -150,11 +150,19 @@ def _behind_the_host(host: trace_core.Space, key: str) -> bool:
     return False
 
 
-def observe_world(seams: Seams, state_dir: str) -> trace_core.World:
+@dataclass
+class Observed:
+    world: trace_core.World
+    notes: list[str]  # what was read how (iptables-nft's rules, translated)
+    iptables: frozenset[tuple[str, str]]  # the host's tables that iptables-nft manages
+
+
+def observe_world(seams: Seams, state_dir: str) -> Observed:
     """The host and every namespace behind its veths (rule 1)."""
     from portway.engine import tracer
 
-    host = tracer._space(tracer.HOST, "host", seams.host, seams.nft.list_ruleset(), {})
+    rules, notes, iptables = xtables.native(seams.nft.list_ruleset())
+    host = tracer._space(tracer.HOST, "host", seams.host, rules, {})
     portway = container_names(state_dir)
     spaces: dict[str, trace_core.Space] = {}
     for found in discover(seams.host):
@@ -179,10 +187,11 @@ def observe_world(seams: Seams, state_dir: str) -> trace_core.World:
             host.ifaces = before  # the far end of a link to a LAN: the world, not a guest
             continue
         spaces[found.key] = space
-    return trace_core.World(
+    return Observed(trace_core.World(
         host=host, spaces=spaces,
         bridge_nf=observe.read_sysctl("net.bridge.bridge-nf-call-iptables") == "1",
-        bridge_nf6=observe.read_sysctl("net.bridge.bridge-nf-call-ip6tables") == "1")
+        bridge_nf6=observe.read_sysctl("net.bridge.bridge-nf-call-ip6tables") == "1"),
+        notes, iptables)
 
 
 def _live(seams: Seams, world: trace_core.World, finding: core.Finding) -> list[dict[str, Any]]:
@@ -215,8 +224,10 @@ def _live(seams: Seams, world: trace_core.World, finding: core.Finding) -> list[
 
 def run(seams: Seams, state_dir: str, host_netns: str | None,
         live: bool = False) -> dict[str, Any]:
-    world = observe_world(seams, state_dir)
-    result = core.audit(world)
+    seen = observe_world(seams, state_dir)
+    world = seen.world
+    result = core.audit(world, seen.iptables)
+    result.notes[:0] = seen.notes
     if live:
         for finding in result.findings:
             finding.live = _live(seams, world, finding)
