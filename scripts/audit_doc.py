@@ -3,7 +3,8 @@
 It builds a throwaway host like Docker's (portway.testbed.DockerLike with the ruleset of
 tests/e2e/data/docker-host.nft: four exposures planted), runs `portway audit` on it,
 confirms each finding with a real connection, applies the fixes audit gives and runs it
-again; then a host built by portway. Each claim the text makes is checked against the
+again; then the same host through iptables-nft (docker-host.iptables), as Docker 20.10
+writes it; then a host built by portway. Each claim the text makes is checked against the
 output; everything is removed after.
 """
 
@@ -188,6 +189,47 @@ def fixed(d: Doc) -> None:
     d.check("no exposure after the fixes", "no exposure found" in text)
 
 
+def iptables_host(d: Doc) -> None:
+    d.text("## The same host, through iptables-nft",
+           "Docker 20.10 writes its rules with iptables, which on Debian is iptables-nft: "
+           "they land in nftables tables, but what has no native form there (`-m "
+           "addrtype`, `-m conntrack`, `-j DNAT --to-destination`) is kept as `xt` "
+           "expressions that `nft -j list ruleset` shows without their arguments. Where "
+           "it finds them, audit reads those tables through `iptables-nft-save`, "
+           "translates them with `iptables-restore-translate` and lists the translation "
+           "from a new, empty namespace of its own: the host is only read. The fixes for "
+           "chains that iptables manages are iptables commands (a native rule there would "
+           "leave iptables unable to read its table). The same four exposures, written as "
+           "Docker writes them (tests/e2e/data/docker-host.iptables, loaded with "
+           "`iptables-nft-restore`, and the ufw-style table as before):")
+    text = d.pw("audit", codes=(1,))
+    d.check("iptables-nft: the same five findings", "5 finding(s):" in text)
+    data = json.loads(d.quiet("audit", "--json"))
+    lines = [line for f in data["findings"] for line in f["fix"]
+             if line.startswith(("iptables ", "nft "))]
+    d.check("iptables-nft: the fixes are iptables commands",
+            bool(lines) and all(line.startswith("iptables ") for line in lines))
+    d.text("The fixes, run as printed, and audit again:")
+    d.out += ["```", *lines, "```", ""]
+    for line in lines:
+        subprocess.run(["ip", "netns", "exec", d.host, "sh", "-c", line], check=True)
+    text = d.pw("audit")
+    d.check("iptables-nft: no exposure after the fixes", "no exposure found" in text)
+
+
+def limits(d: Doc) -> None:
+    d.text("## What it does not see",
+           "Audit reasons with `trace`'s model, so it shares its limits: policy routing "
+           "(`ip rule`), tc and eBPF programs, iptables-legacy rules (only iptables-nft's "
+           "are read), and matches it cannot evaluate (kube-proxy's random choice of a "
+           "backend, `numgen` or `-m statistic`, among them: such a rule is taken as not "
+           "matching, and `trace` names it). Its sources are one neighbour per LAN "
+           "interface and one routed client per family, and a container of each network; "
+           "its targets are sockets that listen now and the ports the DNAT rules and maps "
+           "name. A neighbour is taken to route anything it likes to the host; a client "
+           "from afar, only the addresses of the interface it comes in on.")
+
+
 def portway_host(d: Doc) -> None:
     d.text("## A host built by portway",
            "Two networks, a published port on every address and one on 127.0.0.1: "
@@ -229,7 +271,14 @@ def main() -> int:
         w.remove()
         w = None
         subprocess.run(["ip", "netns", "exec", d.host, "nft", "flush", "ruleset"], check=True)
+        w = DockerLike(d.host, d.outside, (RULES.parent / "ufw.nft").read_text(),
+                       (RULES.parent / "docker-host.iptables").read_text())
+        iptables_host(d)
+        w.remove()
+        w = None
+        subprocess.run(["ip", "netns", "exec", d.host, "nft", "flush", "ruleset"], check=True)
         portway_host(d)
+        limits(d)
     finally:
         if w is not None:
             w.remove()

@@ -236,14 +236,16 @@ class DockerLike:
         if iptables:  # as Docker writes its rules: through iptables-nft
             subprocess.run(["ip", "netns", "exec", h, "iptables-nft-restore", "--noflush"],
                            input=iptables, text=True, check=True, capture_output=True)
+        # (Idempotent: the outside may play this part a second time.)
         for net in ("172.17.0.0/16", "172.18.0.0/16"):
-            _ip("-n", o, "route", "add", net, "via", HOST_ADDR)
-        _ip("-n", o, "route", "del", "local", "127.0.0.0/8", "dev", "lo", "table", "local")
-        _ip("-n", o, "route", "del", "local", "127.0.0.1", "dev", "lo", "table", "local")
-        _ip("-n", o, "route", "add", "127.0.0.1/32", "via", HOST_ADDR)
+            _ip("-n", o, "route", "replace", net, "via", HOST_ADDR)
+        for local in ("127.0.0.0/8", "127.0.0.1"):
+            subprocess.run(["ip", "-n", o, "route", "del", "local", local, "dev", "lo",
+                            "table", "local"], capture_output=True)
+        _ip("-n", o, "route", "replace", "127.0.0.1/32", "via", HOST_ADDR)
         for key in ("all.route_localnet", "wan0.route_localnet", "wan0.accept_local"):
             _ip("netns", "exec", o, "sysctl", "-qw", f"net.ipv4.conf.{key}=1")
-        _ip("-n", o, "addr", "add", f"{ROUTED_CLIENT}/32", "dev", "lo")
+        _ip("-n", o, "addr", "replace", f"{ROUTED_CLIENT}/32", "dev", "lo")
         for netns, addr, port in ((self.c1, "0.0.0.0", 80), (self.c2, "0.0.0.0", 80),
                                   (h, "0.0.0.0", 9000), (h, "127.0.0.1", 9001)):
             self.servers.append(subprocess.Popen(

@@ -308,7 +308,7 @@ def published_ports(items: list[dict[str, Any]]) -> list[Target]:
         if not isinstance(nat, dict):
             continue
         family, table = rule["family"], rule["table"]
-        where = f"{family} {table} {rule['chain']}: {rule_text(rule)}"
+        text = rule_text(rule)
         version = {"ip": 4, "ip6": 6}.get(nat.get("family") or family, 0)
         cond = _conditions(exprs)
         addr_entries = _map_entries(items, family, table, nat.get("addr"))
@@ -336,6 +336,9 @@ def published_ports(items: list[dict[str, Any]]) -> list[Target]:
             found += [(proto, cond.daddr, port, to) for proto in cond.protos or ["tcp"]
                       for port in cond.ports]
         for proto, daddr, port, to in found:
+            shown = f"{text} to {to}" if text.endswith("dnat") and addr_entries is None \
+                else text
+            where = f"{family} {table} {rule['chain']}: {shown}"
             v = daddr.version if daddr is not None else version or \
                 (_addr(to.rsplit(":", 1)[0].strip("[]")) or ipaddress.ip_address(0)).version
             where_text = hostport(daddr or ("0.0.0.0" if v == 4 else "::"), port)
