@@ -402,6 +402,10 @@ def _canonical(value: Any) -> Any:
     return None
 
 
+SMALL = 32  # sets and maps with fewer elements are not indexed ahead
+KEPT = 256  # indexes kept, of the largest sets and maps
+
+
 class _ElementIndex:
     """The elements of one listed set or map: by the canonical form of their keys, and
     the rest (prefixes, ranges, wildcards) in order. Built once per listing (a trace
@@ -426,11 +430,13 @@ class _ElementIndex:
 
     @classmethod
     def of(cls, elems: list[Any], is_map: bool) -> _ElementIndex:
+        if len(elems) < SMALL:  # as cheap to build as to look up: not kept
+            return cls(elems, is_map)
         found = cls._cache.get((id(elems), is_map))
         if found is not None and found[0] is elems:
             return found[1]
-        if len(cls._cache) > 256:
-            cls._cache.clear()
+        if len(cls._cache) >= KEPT:  # the oldest goes (dicts keep their order)
+            del cls._cache[next(iter(cls._cache))]
         index = cls(elems, is_map)
         cls._cache[(id(elems), is_map)] = (elems, index)
         return index
