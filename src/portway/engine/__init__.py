@@ -330,8 +330,7 @@ class Engine:
     def audit(self, live: bool = False) -> dict[str, Any]:
         from portway.engine import audit
 
-        with self.lock:
-            return audit.run(self, self.state_dir, self.host_netns, live)
+        return audit.run(self, self.state_dir, self.host_netns, live, self.lock)
 
     def gc(self, dry_run: bool = False) -> list[str]:
         from portway.engine import repair

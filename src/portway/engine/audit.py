@@ -26,6 +26,7 @@ import os
 import sqlite3
 import sys
 import traceback
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
@@ -222,15 +223,20 @@ def _live(seams: Seams, world: trace_core.World, finding: core.Finding) -> list[
     return out
 
 
-def run(seams: Seams, state_dir: str, host_netns: str | None,
-        live: bool = False) -> dict[str, Any]:
-    seen = observe_world(seams, state_dir)
+def run(seams: Seams, state_dir: str, host_netns: str | None, live: bool = False,
+        lock: AbstractContextManager[Any] | None = None) -> dict[str, Any]:
+    """lock: held while the kernel is read or probed (portwayd's engine lock), not while
+    the traces are reasoned out, which on a large host takes a while."""
+    held = lock if lock is not None else nullcontext()
+    with held:
+        seen = observe_world(seams, state_dir)
     world = seen.world
     result = core.audit(world, seen.iptables)
     result.notes[:0] = seen.notes
     if live:
-        for finding in result.findings:
-            finding.live = _live(seams, world, finding)
+        with held:
+            for finding in result.findings:
+                finding.live = _live(seams, world, finding)
     if host_netns:
         result.notes.insert(0, f"the host is network namespace {host_netns}")
     data = result.as_dict()
