@@ -296,3 +296,57 @@ def test_fixes_for_iptables_nft_tables_are_iptables_commands() -> None:
     assert by[audit.ACROSS].fix.text[0].startswith(
         "iptables -I DOCKER-USER -i ")
     assert all(f.fix_checked for f in by.values())
+
+
+KUBE_RULESET: list[dict[str, Any]] = json.loads(
+    (Path(__file__).parent / "data" / "kube-node.json").read_text())
+
+
+def kube_node(with_ufw: bool) -> World:
+    """A Kubernetes node: kube-proxy's rules for default/web (ClusterIP 10.96.0.10:80,
+    NodePort 30080, endpoints 10.244.1.4 and .5 behind cni0), as audit reads them
+    (tests/e2e/data/kube-node.iptables through iptables-nft, translated); with a
+    ufw-style input firewall or without."""
+    ufw = [i for i in DOCKER_RULESET if any(
+        isinstance(i.get(k), dict) and i[k].get("family") == "inet"
+        for k in ("table", "chain", "rule"))]
+    w = docker_host(KUBE_RULESET + (ufw if with_ufw else []))
+    host = replace(w.host, ifaces=[
+        *[i for i in w.host.ifaces if i.name in ("lo", "uplink0")],
+        Iface("cni0", 3, "bridge", "02:42:00:00:01:01", addrs=(V4("10.244.1.1/24"),)),
+        Iface("veth4", 5, "veth", master="cni0", peer=("ns:pod4", "eth0")),
+        Iface("veth5", 6, "veth", master="cni0", peer=("ns:pod5", "eth0"))],
+        routes=[*w.host.routes[:2], Route(NETWORK("10.244.1.0/24"), "cni0",
+                                           prefsrc=IP("10.244.1.1"))], listeners=set())
+    pods = {}
+    for n in (4, 5):
+        pod = container(f"ns:pod{n}", f"10.244.1.{n}", "10.244.1.1", f"veth{n}")
+        pods[f"ns:pod{n}"] = replace(pod, listeners={("tcp", "0.0.0.0", 8080)})
+    return World(host=host, spaces=pods)
+
+
+def test_kube_proxy_node_ports_and_cluster_ips() -> None:
+    """kube-proxy matches the port in KUBE-NODEPORTS and DNATs three chains below:
+    audit finds the port there. Its random choice of an endpoint is not modelled (the
+    rule is taken as not matching), so the trace goes to the last endpoint."""
+    found = {(t.label, t.to) for t in audit.published_ports(KUBE_RULESET)}
+    assert found == {
+        ("published 0.0.0.0:30080/tcp -> 10.244.1.4:8080, 10.244.1.5:8080",
+         "10.244.1.4:8080, 10.244.1.5:8080"),
+        ("published 10.96.0.10:80/tcp -> 10.244.1.4:8080, 10.244.1.5:8080",
+         "10.244.1.4:8080, 10.244.1.5:8080")}
+    a = audit.audit(kube_node(with_ufw=False))
+    # Nothing filters forward here: a neighbour that routes the pod network to the node
+    # reaches the pods themselves, as in a flat pod network by design.
+    assert kinds(a) == [(audit.DIRECT, "namespace ns:pod4 10.244.1.4:8080/tcp"),
+                        (audit.DIRECT, "namespace ns:pod5 10.244.1.5:8080/tcp")]
+    rows = {r[0]: r[1:] for r in audit.table_rows(a)}
+    assert rows["published 0.0.0.0:30080/tcp -> 10.244.1.4:8080, 10.244.1.5:8080"][:3] == \
+        ["yes", "yes", "yes"]
+    node_port = next(r for r in a.reaches if r.source.kind == "neighbour"
+                     and r.target.port == 30080)
+    assert node_port.trace.seen_destination == "10.244.1.5:8080"
+    a = audit.audit(kube_node(with_ufw=True))
+    assert [(f.kind, f.target.port) for f in a.findings if f.kind != audit.DIRECT] == [
+        (audit.BYPASS, 30080)]
+    assert all(f.fix_checked for f in a.findings)

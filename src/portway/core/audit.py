@@ -307,45 +307,93 @@ def published_ports(items: list[dict[str, Any]]) -> list[Target]:
         nat = next((e["dnat"] for e in exprs if isinstance(e, dict) and "dnat" in e), None)
         if not isinstance(nat, dict):
             continue
-        family, table = rule["family"], rule["table"]
+        family = rule["family"]
         text = rule_text(rule)
         version = {"ip": 4, "ip6": 6}.get(nat.get("family") or family, 0)
-        cond = _conditions(exprs)
-        addr_entries = _map_entries(items, family, table, nat.get("addr"))
-        port_entries = _map_entries(items, family, table, nat.get("port"))
-        found: list[tuple[str, IPAddress | None, int, str]] = []
-        if addr_entries is not None:
-            key = nat["addr"]["map"]["key"]
-            kinds = [_component(k) for k in _parts(key)]
-            ports = {repr(k): v for k, v in port_entries or []}
-            for parts, to_addr in addr_entries:
-                if len(parts) != len(kinds):
-                    continue
-                got = dict(zip(kinds, parts, strict=True))
-                protos = [p] if (p := _proto(got.get("l4proto"))) else cond.protos or ["tcp"]
-                dports = [got["dport"]] if isinstance(got.get("dport"), int) else cond.ports
-                daddr = _addr(got["daddr"]) if "daddr" in got else cond.daddr
-                to_port = ports.get(repr(parts))
-                to = str(to_addr) if to_port is None else hostport(str(to_addr), int(to_port))
-                found += [(proto, daddr, port, to) for proto in protos for port in dports]
-        else:
-            to_addr = nat.get("addr")
-            to_port = nat.get("port")
-            to = str(to_addr or "") if not isinstance(to_port, int) else \
-                hostport(str(to_addr or "?"), to_port)
-            found += [(proto, cond.daddr, port, to) for proto in cond.protos or ["tcp"]
-                      for port in cond.ports]
-        for proto, daddr, port, to in found:
-            shown = f"{text} to {to}" if text.endswith("dnat") and addr_entries is None \
-                else text
-            where = f"{family} {table} {rule['chain']}: {shown}"
-            v = daddr.version if daddr is not None else version or \
-                (_addr(to.rsplit(":", 1)[0].strip("[]")) or ipaddress.ip_address(0)).version
-            where_text = hostport(daddr or ("0.0.0.0" if v == 4 else "::"), port)
-            label = f"published {where_text}/{proto} -> {to}"
-            out.setdefault((proto, str(daddr), port, v), Target(
-                "published", proto, port, daddr, v, label, rule=where, to=to))
+        conds = [_conditions(exprs)]
+        if not conds[0].ports:  # kube-proxy's way: the port is matched in a chain above
+            conds = [_merge(conds[0], up) for up in _above(items, rule)] or conds
+        for cond in conds:
+            _published(items, rule, nat, text, version, cond, out)
     return list(out.values())
+
+
+def _merge(mine: _Conditions, up: _Conditions) -> _Conditions:
+    return _Conditions(protos=mine.protos or up.protos, ports=mine.ports or up.ports,
+                       daddr=mine.daddr or up.daddr)
+
+
+def _above(items: list[dict[str, Any]], rule: dict[str, Any], depth: int = 0
+           ) -> list[_Conditions]:
+    """The conditions of the rules that jump (or go) to rule's chain, and of those above
+    them, up to where a port is matched (kube-proxy: KUBE-NODEPORTS matches the port,
+    jumps through KUBE-EXT and KUBE-SVC to the KUBE-SEP chain that DNATs)."""
+    if depth > 8:
+        return []
+    out: list[_Conditions] = []
+    family, table, chain = rule["family"], rule["table"], rule["chain"]
+    for item in items:
+        r = item.get("rule")
+        if not r or (r["family"], r["table"]) != (family, table):
+            continue
+        exprs = r.get("expr", [])
+        if chain not in _jumps(exprs, items, family, table):
+            continue
+        cond = _conditions(exprs)
+        if cond.ports:
+            out.append(cond)
+        else:
+            out += [_merge(cond, up) for up in _above(items, r, depth + 1)]
+    return out
+
+
+def _published(items: list[dict[str, Any]], rule: dict[str, Any], nat: dict[str, Any],
+               text: str, version: int, cond: _Conditions,
+               out: dict[tuple[str, str, int, int], Target]) -> None:
+    """The targets of one DNAT rule under cond, added to out (a port that goes to more
+    than one place, as a service's to each of its endpoints, is one target)."""
+    family, table = rule["family"], rule["table"]
+    addr_entries = _map_entries(items, family, table, nat.get("addr"))
+    port_entries = _map_entries(items, family, table, nat.get("port"))
+    found: list[tuple[str, IPAddress | None, int, str]] = []
+    if addr_entries is not None:
+        key = nat["addr"]["map"]["key"]
+        kinds = [_component(k) for k in _parts(key)]
+        ports = {repr(k): v for k, v in port_entries or []}
+        for parts, to_addr in addr_entries:
+            if len(parts) != len(kinds):
+                continue
+            got = dict(zip(kinds, parts, strict=True))
+            protos = [p] if (p := _proto(got.get("l4proto"))) else cond.protos or ["tcp"]
+            dports = [got["dport"]] if isinstance(got.get("dport"), int) else cond.ports
+            daddr = _addr(got["daddr"]) if "daddr" in got else cond.daddr
+            to_port = ports.get(repr(parts))
+            to = str(to_addr) if to_port is None else hostport(str(to_addr), int(to_port))
+            found += [(proto, daddr, port, to) for proto in protos for port in dports]
+    else:
+        to_addr = nat.get("addr")
+        to_port = nat.get("port")
+        to = str(to_addr or "") if not isinstance(to_port, int) else \
+            hostport(str(to_addr or "?"), to_port)
+        found += [(proto, cond.daddr, port, to) for proto in cond.protos or ["tcp"]
+                  for port in cond.ports]
+    for proto, daddr, port, to in found:
+        shown = f"{text} to {to}" if text.endswith("dnat") and addr_entries is None \
+            else text
+        where = f"{family} {table} {rule['chain']}: {shown}"
+        v = daddr.version if daddr is not None else version or \
+            (_addr(to.rsplit(":", 1)[0].strip("[]")) or ipaddress.ip_address(0)).version
+        where_text = hostport(daddr or ("0.0.0.0" if v == 4 else "::"), port)
+        key = (proto, str(daddr), port, v)
+        before = out.get(key)
+        if before is not None:
+            if to not in before.to.split(", "):
+                to = f"{before.to}, {to}"
+                out[key] = replace(before, to=to, label=f"published {where_text}/"
+                                   f"{proto} -> {to}", rule=f"{before.rule}; {where}")
+            continue
+        out[key] = Target("published", proto, port, daddr, v,
+                          f"published {where_text}/{proto} -> {to}", rule=where, to=to)
 
 
 def _published_covers(published: list[Target], proto: str, addr: IPAddress,
@@ -830,7 +878,8 @@ def _findings(world: World, reaches: list[Reach], iptables: Tables) -> list[Find
             continue
         t, s = r.target, r.source
         lo = t.addr is not None and is_loopback(t.addr)
-        if s.kind in ("neighbour", "outside") and t.kind == "published" and not lo:
+        mine = t.addr is None or t.addr in world.host.local()  # (not a service's VIP)
+        if s.kind in ("neighbour", "outside") and t.kind == "published" and not lo and mine:
             dropper = _input_drop(world, r)
             if dropper is not None:
                 add(BYPASS, r, f"DNAT ({t.rule}) sends it through the forward hook; the "

@@ -17,6 +17,7 @@ import shutil
 import subprocess
 from typing import Any
 
+from portway.errors import KernelError
 from portway.kernel import netns
 from portway.kernel.nft import Nft
 
@@ -39,6 +40,27 @@ def managed(family: str) -> set[str]:
     return {line[1:].strip() for line in saved.stdout.splitlines() if line.startswith("*")}
 
 
+def _complete_dnat(saved: str) -> str:
+    """iptables-restore-translate 1.8.9 drops `-p tcp` from a rule that has `-m tcp`
+    without a port (kube-proxy's KUBE-SEP rules), and nft then refuses its `dnat to
+    ADDR:PORT` (a port mapping needs a transport protocol match): give such a rule the
+    port match that changes nothing, every port."""
+    out = []
+    for line in saved.splitlines():
+        words = line.split()
+        if line.startswith("-A ") and "DNAT" in words and "--dport" not in words:
+            for proto in ("tcp", "udp"):
+                if f"-p {proto}" in line:
+                    if f"-m {proto}" in line:
+                        line = line.replace(f"-m {proto}", f"-m {proto} --dport 1:65535", 1)
+                    else:
+                        line = line.replace(f"-p {proto}",
+                                            f"-p {proto} -m {proto} --dport 1:65535", 1)
+                    break
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
 def _translate(family: str, tables: set[str]) -> str:
     """The nft script of the named iptables-nft tables, or '' if it cannot be had."""
     save, translate = TOOLS[family]
@@ -50,8 +72,9 @@ def _translate(family: str, tables: set[str]) -> str:
                                timeout=30)
         if saved.returncode != 0 or not saved.stdout.strip():
             continue
-        done = subprocess.run([translate, "-f", "/dev/stdin"], input=saved.stdout,
-                              capture_output=True, text=True, timeout=30)
+        done = subprocess.run([translate, "-f", "/dev/stdin"],
+                              input=_complete_dnat(saved.stdout), capture_output=True,
+                              text=True, timeout=30)
         if done.returncode == 0:
             out.append(done.stdout)
     return "\n".join(out)
@@ -85,7 +108,10 @@ def native(items: list[dict[str, Any]]
             continue
         iptables |= {(family, t) for t in managed(family)}
         script = _translate(family, tables)
-        listed = _listed(script) if script else []
+        try:
+            listed = _listed(script) if script else []
+        except KernelError:  # a translation nft does not take: left as it is
+            listed = []
         got = {(i["table"]["family"], i["table"]["name"]) for i in listed if "table" in i}
         for table in sorted(tables):
             if (family, table) not in got:
