@@ -169,6 +169,27 @@ def test_docker_through_iptables_nft(sandbox: Sandbox) -> None:
         host.remove()
 
 
+def test_kubernetes_node_ports(sandbox: Sandbox) -> None:
+    """kube-proxy's rules (iptables mode, through iptables-nft) for a service whose
+    endpoints are the two containers, beside the ufw-style input firewall: the NodePort
+    is found three chains above its DNAT, reached from the LAN past the input firewall,
+    as a real connection confirms."""
+    sb = sandbox
+    rules = (RULES.parent / "kube-node.iptables").read_text() \
+        .replace("10.244.1.4:8080", "172.17.0.2:80").replace("10.244.1.5:8080", "172.18.0.2:80")
+    host = DockerLike(sb.host, sb.outside, (RULES.parent / "ufw.nft").read_text(), rules)
+    try:
+        _, data = audit(sb)
+        node_port = "published 0.0.0.0:30080/tcp -> 172.17.0.2:80, 172.18.0.2:80"
+        assert ("bypasses-input-firewall", node_port) in findings(data)
+        assert "published 10.96.0.10:80/tcp -> 172.17.0.2:80, 172.18.0.2:80" in \
+            {t["label"] for t in data["targets"]}
+        assert connect(sb.outside, sb.host_addr, 30080).startswith("hi ")
+        assert connect(sb.outside, sb.host_addr, 9000).startswith("fail")  # ufw holds
+    finally:
+        host.remove()
+
+
 def _same_rules(sb: Sandbox, saved: str) -> bool:
     """iptables-nft-save's rules, without its comment lines (they carry the time)."""
     def rules(text: str) -> list[str]:
