@@ -6,16 +6,20 @@ with trace's own path model (core/trace.py), one trace per source and target.
 
 Rules of this module:
 1. Targets are what a host offers: every published port (a DNAT rule, or an element
-   of a DNAT map, in ANY table: Docker's `ip nat DOCKER`, netavark's, portway's own),
-   every listening socket of the host, and every listening socket of a container
-   address. A host socket on a published port (docker-proxy's, portwayd's) is that
-   published port, not a target of its own.
+   of a DNAT map, in ANY table: Docker's `ip nat DOCKER`, netavark's, portway's own;
+   kube-proxy's, whose port is matched a few chains above its DNAT), every listening
+   socket of the host, and every listening socket of a container address. A host
+   socket on a published port (docker-proxy's, portwayd's) is that published port,
+   not a target of its own.
 2. Sources are who could connect: the host itself, a neighbour on a LAN the host is
    on (which may send the host any destination address: 127.0.0.1, a container's),
    a client routed in through the default route's interface (which can only name the
    host's own addresses), and a container of each bridge network.
-3. A target is reachable from a source when the trace of a new connection from it is
-   delivered. A finding is an exposure that the trace proves:
+3. A target is reachable from a source when a connection is made: the trace of its
+   first packet is delivered, and the trace of the answer gets back (conntrack's
+   view: established, de-NATed). Published ports that nothing before DNAT tells apart
+   and that go to the same place share one trace (ports_told_apart). A finding is an
+   exposure that the traces prove:
      bypasses-input-firewall  a published port reached from outside while the
                               host's input hook would drop the same packet (DNAT
                               sends it through forward, where that firewall is not)
@@ -25,9 +29,9 @@ Rules of this module:
                               DNAT
    Nothing else is a finding: a published port without an input firewall is
    published on purpose, and the host reaching its containers is how it works.
-4. Every finding carries its fix as data (nft rules, sysctls, a bind address), and
-   the fix is checked on the same model: with the rules added, the proving trace
-   no longer delivers.
+4. Every finding carries its fix as data (nft rules, sysctls, a bind address; an
+   iptables command for a table iptables-nft manages), and the fix is checked on the
+   same model: with the rules added, the proving trace no longer delivers.
 """
 
 from __future__ import annotations
