@@ -176,10 +176,18 @@ class Audit:
     findings: list[Finding]
     notes: list[str]
 
+    def by_target(self) -> dict[int, list[Reach]]:
+        """The reaches of each target, by the target's id (targets may be equal: a port
+        published twice)."""
+        out: dict[int, list[Reach]] = {}
+        for r in self.reaches:
+            out.setdefault(id(r.target), []).append(r)
+        return out
+
     def as_dict(self) -> dict[str, Any]:
+        mine = self.by_target()
         return {"sources": [s.as_dict() for s in self.sources],
-                "targets": [dict(t.as_dict(), reach=[r.as_dict() for r in self.reaches
-                                                     if r.target is t])
+                "targets": [dict(t.as_dict(), reach=[r.as_dict() for r in mine.get(id(t), [])])
                             for t in self.targets],
                 "findings": [f.as_dict() for f in self.findings], "notes": self.notes}
 
@@ -1032,9 +1040,13 @@ COLUMNS = (("host", "HOST"), ("neighbour", "NEIGHBOUR"), ("outside", "ROUTED"),
 
 def table_rows(a: Audit) -> list[list[str]]:
     rows = []
+    reaches = a.by_target()
+    flagged: dict[int, set[str]] = {}
+    for f in a.findings:
+        flagged.setdefault(id(f.target), set()).add(f.kind)
     for t in a.targets:
-        mine = [r for r in a.reaches if r.target is t]
-        flags = sorted({f.kind for f in a.findings if f.target is t})
+        mine = reaches.get(id(t), [])
+        flags = sorted(flagged.get(id(t), set()))
         rows.append([t.label, *(_cell([r for r in mine if r.source.kind == k])
                                 for k, _ in COLUMNS), ", ".join(flags) or "-"])
     return rows
