@@ -140,6 +140,8 @@ class Space:
     neighbours: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
     # (bridge, MAC) -> port: what each bridge has learned
     fdb: dict[tuple[str, str], str] = field(default_factory=dict)
+    _local: tuple[list[Iface], int, frozenset[IPAddress]] | None = field(
+        default=None, init=False, repr=False, compare=False)
 
     def neighbour(self, dev: str, addr: IPAddress) -> str:
         """How the next hop's MAC is known: from the table, or by asking first."""
@@ -161,7 +163,13 @@ class Space:
         return next((i for i in self.ifaces if i.name == name), None)
 
     def local(self) -> frozenset[IPAddress]:
-        return frozenset(a.ip for i in self.ifaces for a in i.addrs)
+        # Asked at every hook: worked out once per list of interfaces (pairing veths
+        # replaces interfaces in it, never their addresses).
+        have = self._local
+        if have is None or have[0] is not self.ifaces or have[1] != len(self.ifaces):
+            have = self._local = (self.ifaces, len(self.ifaces), frozenset(
+                a.ip for i in self.ifaces for a in i.addrs))
+        return have[2]
 
     def first_address(self, dev: str, version: int = 4,
                       towards: IPAddress | None = None) -> IPAddress | None:
