@@ -450,6 +450,7 @@ def run_with_engine(host: str, outside: str, module: str, function: str) -> dict
     import importlib
 
     from portway.engine import Engine
+    from portway.engine.networks import PSEUDO_NETWORKS
 
     bench = getattr(importlib.import_module(module), function)
     state = tempfile.mkdtemp(prefix=f"pwbench-{module}-")
@@ -460,7 +461,9 @@ def run_with_engine(host: str, outside: str, module: str, function: str) -> dict
     finally:
         try:  # what a failed run left in its own state dir: containers, then networks
             engine.rm([c["Id"] for c in engine.ps(all=True)], force=True)
-            engine.network_rm([n["Id"] for n in engine.network_ls()])
+            # (host and none are listed too, as Docker lists them, but never removed.)
+            engine.network_rm([n["Id"] for n in engine.network_ls()
+                               if n["Name"] not in PSEUDO_NETWORKS])
         finally:
             engine.close()
             shutil.rmtree(state, ignore_errors=True)
