@@ -383,11 +383,6 @@ class Client:
                               cp.stderr.decode(errors="replace")) from None
         return reply
 
-    def ask(self, op: str, **args: "Any") -> "dict[str, Any] | None":
-        """portwayd's raw reply to op if it runs; None if it does not (it is not started
-        for this: read-only commands must not change the host)."""
-        return self._ask({"op": op, "args": args})
-
     def stop_daemon(self, timeout: float = 10.0) -> int | None:
         """Ask the daemon to exit and wait until it has; returns its pid, None if none ran."""
         import os

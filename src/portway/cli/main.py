@@ -549,40 +549,9 @@ def cmd_graph(client: Client, output: str) -> int:
 
 
 def cmd_audit(client: Client, a: Args) -> int:
-    """Through portwayd if it runs; if not, in a short-lived process that enters the
-    host namespace and changes nothing (portway.engine.audit), never by starting it."""
-    reply = client.ask("audit", live=a.live)
-    if reply is None:
-        import marshal
-        import subprocess
-
-        if client.host_netns:
-            try:
-                posix.stat(f"/run/netns/{client.host_netns}")
-            except OSError:
-                raise ClientError(f"host network namespace {client.host_netns!r} not "
-                                  "found", f"create it with 'ip netns add "
-                                  f"{client.host_netns}'", 3) from None
-        cmd = [sys.executable, "-m", "portway.engine.audit", "--state-dir",
-               client.state_dir]
-        if client.host_netns:
-            cmd += ["--host-netns", client.host_netns]
-        if a.live:
-            cmd.append("--live")
-        cp = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL)
-        try:
-            reply = marshal.loads(cp.stdout)
-        except (ValueError, EOFError, TypeError):
-            lines = cp.stderr.decode(errors="replace").strip().splitlines()
-            raise ClientError(f"portway audit failed: "
-                              f"{lines[-1] if lines else f'exit status {cp.returncode}'}",
-                              "run again with --debug", 70,
-                              cp.stderr.decode(errors="replace")) from None
-    assert reply is not None
-    if not reply.get("ok"):
-        raise ClientError(str(reply.get("error")), str(reply.get("hint") or ""),
-                          int(reply.get("exit_code") or 1), str(reply.get("traceback", "")))
-    result = reply["result"]
+    """Through portwayd if it runs; if not, and portway has nothing here, through the
+    short-lived observer that changes nothing (portway.engine.observer)."""
+    result = client.observe("audit", live=a.live)
     if a.json:
         print_json(result["audit"])
     else:

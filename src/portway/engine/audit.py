@@ -11,21 +11,15 @@ Rules of this module:
    recording of one namespace) and, with --live, sends trace --live's probes
    (engine/live.py) for each finding: the only writes, its short-lived tables and
    probe namespace, removed before it answers.
-3. Two ways in: portwayd's `audit` operation (Engine.audit) when the daemon already
-   runs, and `python -m portway.engine.audit` (main below) when it does not: a
-   short-lived process that enters the host namespace, answers on stdout in marshal's
-   format as portwayd does, and leaves. Starting portwayd would turn on forwarding.
+3. Two ways in: portwayd's `audit` operation (Engine.audit), and where no daemon runs
+   and portway has nothing here, the short-lived observer's (engine/observer.py, as
+   for trace and show): starting portwayd would turn on forwarding.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import marshal
 import os
 import sqlite3
-import sys
-import traceback
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
@@ -35,7 +29,6 @@ from pyroute2 import IPRoute
 from portway.core import audit as core
 from portway.core import names
 from portway.core import trace as trace_core
-from portway.errors import PortwayError
 from portway.kernel import netns, observe, xtables
 from portway.kernel.nft import Nft
 
@@ -241,70 +234,3 @@ def run(seams: Seams, state_dir: str, host_netns: str | None, live: bool = False
         result.notes.insert(0, f"the host is network namespace {host_netns}")
     data = result.as_dict()
     return {"audit": data, "text": core.render(result)}
-
-
-class Observer:
-    """The seams of a short-lived process in the host namespace, where portwayd does not
-    run: nothing is created until --live sends its probes."""
-
-    def __init__(self) -> None:
-        from portway.engine.fw import Firewall
-
-        self.instance = names.new_id()[:8]  # tags a --live probe's namespace
-        self.host = IPRoute()
-        self.nft = Nft()
-        self.fw = Firewall(self.nft, self.instance)
-
-    def tag(self, kind: str, object_id: str) -> str:
-        return names.owner_tag(self.instance, kind, object_id)
-
-    def close(self) -> None:
-        self.fw.close()
-        self.nft.close()
-        self.host.close()
-
-
-def answer(state_dir: str, host_netns: str | None, live: bool) -> dict[str, Any]:
-    if host_netns:
-        from portway.kernel import sandbox
-
-        try:
-            sandbox.enter_netns(netns.netns_path(host_netns))
-        except OSError as exc:
-            return {"ok": False, "exit_code": 3,
-                    "error": f"cannot enter host network namespace {host_netns!r}: "
-                             f"{exc.strerror}",
-                    "hint": f"create it with 'ip netns add {host_netns}'"}
-    try:
-        seams = Observer()
-    except PortwayError as exc:
-        return {"ok": False, **exc.to_dict()}
-    try:
-        return {"ok": True, "result": run(seams, state_dir, host_netns, live)}
-    except PortwayError as exc:
-        return {"ok": False, **exc.to_dict()}
-    except Exception as exc:
-        return {"ok": False, "error": f"internal error in audit: {exc}", "exit_code": 70,
-                "hint": "run again with --debug for details",
-                "traceback": traceback.format_exc()}
-    finally:
-        seams.close()
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="portway-audit")
-    parser.add_argument("--state-dir", required=True)
-    parser.add_argument("--host-netns", default=None)
-    parser.add_argument("--live", action="store_true")
-    args = parser.parse_args(argv)
-    reply = answer(os.path.abspath(args.state_dir), args.host_netns or None, args.live)
-    try:
-        data = marshal.dumps(reply)
-    except ValueError:  # a value marshal cannot write: JSON's text of it instead
-        data = marshal.dumps(json.loads(json.dumps(reply, default=str)))
-    sys.stdout.buffer.write(data)
-    sys.stdout.flush()
-
-
-if __name__ == "__main__":
-    main()

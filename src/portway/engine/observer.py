@@ -1,4 +1,5 @@
-"""Read-only answers where portway has nothing: `trace` and `show` without a daemon.
+"""Read-only answers where portway has nothing: `trace`, `show` and `audit` without a
+daemon.
 
 Rules of this module:
 1. Nothing here changes the host it looks at. Starting portwayd would: it turns on
@@ -9,8 +10,8 @@ Rules of this module:
    namespace, records what it is asked about and leaves.
 2. The state dir is only read: a missing one is not created, the database is opened
    read-only, and no meta row (instance, host namespace) is written.
-3. Only `trace --live` writes, and only what it always writes: its short-lived trace
-   tables and probe namespace, removed before it answers.
+3. Only `trace --live` (and `audit --live`) writes, and only what it always writes:
+   its short-lived trace tables and probe namespace, removed before it answers.
 
 The request comes on stdin as JSON ({"op": ..., "args": {...}}, as portwayd's); the
 reply goes to stdout in marshal's format, as portwayd gives it to the CLI, or
@@ -40,7 +41,7 @@ from portway.errors import NotFound, PortwayError
 from portway.kernel.nft import Nft
 from portway.model.types import Container, Endpoint, IPAddress, Network
 
-OPS = ("trace", "show")
+OPS = ("trace", "show", "audit")
 DB_NAME = "portway.db"
 
 
@@ -152,6 +153,11 @@ class Observer:
         from portway.engine import tracer
 
         return tracer.run(self, source, destination, from_ip, live, family)
+
+    def audit(self, live: bool = False) -> dict[str, Any]:
+        from portway.engine import audit
+
+        return audit.run(self, self.state_dir, self.host_netns, live)
 
 
 def portway_has_nothing(state_dir: str) -> bool:
