@@ -24,8 +24,10 @@ typecheck: setup
 unit: setup
 	$(VENV)/bin/pytest -q tests/unit
 
+# Four tests at a time: most of a kernel test's time is spent waiting (on namespaces,
+# processes, connections), and each runs in throwaway namespaces of its own.
 test: setup lint typecheck
-	$(VENV)/bin/pytest -q tests
+	$(VENV)/bin/pytest -q -n 4 tests
 
 # The reliability and security tests again, written up as docs/reliability.md.
 reliability: setup
