@@ -328,9 +328,10 @@ def test_gc_after_flush_and_open_connection_survives(fw: Sandbox) -> None:
     sb.pw("run", "-d", "--name", "echo", "--network", "app", "-p", "8086:7", "--",
           "python3", "-c",
           "import socket\ns = socket.socket(); s.bind(('0.0.0.0', 7)); s.listen()\n"
-          "c, _ = s.accept()\nwhile True:\n    d = c.recv(100)\n    if not d: break\n"
-          "    c.sendall(d)\n")
-    # Wait for the listener without connecting (it serves one connection only).
+          "while True:\n  c, _ = s.accept()\n  while True:\n    d = c.recv(100)\n"
+          "    if not d: break\n    c.sendall(d)\n")
+    # It outlives its client: a container that ends gives back its published port.
+    # Wait for the listener without connecting.
     sb.pw("exec", "echo", "--", "sh", "-c", "for i in $(seq 100); do "
           "ss -Hltn | grep -q ':7 ' && exit 0; sleep 0.05; done; exit 1")
     client = subprocess.Popen(
