@@ -136,6 +136,17 @@ def test_missing_host_namespace(tmp_path: object) -> None:
     assert "ip netns add pwt-no-such-ns" in cp.stderr and cp.stderr.count("\n") == 1
 
 
+def test_state_dir_too_long_for_a_socket(tmp_path: Path) -> None:
+    """The daemon's socket must fit in 107 bytes: a longer state dir is refused with one
+    line before anything is made, not met with a daemon that cannot listen."""
+    state = tmp_path / ("d" * 110)
+    cp = subprocess.run([PORTWAY, "--state-dir", str(state), "ps"], capture_output=True,
+                        text=True)
+    assert cp.returncode != 0 and cp.stderr.count("\n") == 1
+    assert "too long a path" in cp.stderr and "shorter --state-dir" in cp.stderr
+    assert not state.exists()
+
+
 def test_not_root() -> None:
     """An unprivileged user is told to use sudo (exit code 77). Wherever the checkout
     lives: cloned into /root or another private directory, that user could not even

@@ -10,8 +10,10 @@ import copy
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,8 +88,12 @@ class Podmanish:
 
 
 @pytest.fixture
-def podman(sandbox: Sandbox, tmp_path: Path) -> Iterator[Podmanish]:
-    p = Podmanish(sandbox, tmp_path / "networks")
+def podman(sandbox: Sandbox) -> Iterator[Podmanish]:
+    # A short directory, as Podman's /run/containers/networks is: the daemon's socket
+    # lives three levels below it, and a socket's path may have at most 107 bytes
+    # (pytest's own temporary paths get longer with every worker).
+    config = Path(tempfile.mkdtemp(prefix="pwnv-"))
+    p = Podmanish(sandbox, config / "networks")
     try:
         yield p
     finally:
@@ -99,12 +105,15 @@ def podman(sandbox: Sandbox, tmp_path: Path) -> Iterator[Podmanish]:
         for ns in p.namespaces:
             sh("ip", "netns", "del", ns, check=False)
         state = p.config / "portway" / sandbox.host
+        left: list[str] = []
+        networks: list[Any] = []
         if (state / "portway.db").exists():
             # Every test tears down what it set up: nothing of Podman's is left.
             left = p.pw("ps", "-a", "-q").stdout.split()
             networks = user_networks(p.pw("network", "ls", "--json").stdout)
             p.pw("daemon", "stop")
-            assert left == [] and networks == [], (left, networks)
+        shutil.rmtree(config, ignore_errors=True)
+        assert left == [] and networks == [], (left, networks)
 
 
 def get(where: list[str], url: str) -> str:

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 SOCKET_NAME = "portwayd.sock"
+MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes, the last a NUL
 DB_NAME = "portway.db"
 START_TIMEOUT = 30.0
 STALE_TIMEOUT = 20.0  # how long a daemon whose host namespace is gone may take to leave
@@ -219,6 +220,11 @@ class Client:
     def _connect(self) -> _socket.socket | None:
         # Before every connection: whatever answers there is obeyed.
         check_state_dir(self.state_dir)
+        size = len(self.sock_path.encode("utf-8", "surrogateescape"))
+        if size > MAX_SOCKET_PATH:
+            raise ClientError(f"state dir {self.state_dir} is too long a path: its socket "
+                              f"would need {size} bytes, the kernel allows "
+                              f"{MAX_SOCKET_PATH}", "use a shorter --state-dir")
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
             sock.connect(self.sock_path)
