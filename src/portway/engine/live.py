@@ -137,7 +137,7 @@ def run(engine: Engine | Observer, world: core.World, src_key: str, packet: Pack
         def send() -> tuple[str, tuple[str, int], list[str]]:
             outcome, local = nftrace.send_probe(packet.l4proto, str(packet.daddr),
                                                 packet.dport, sport)
-            if outcome != "timeout":
+            if outcome not in ("timeout", "unreachable"):
                 return outcome, local, []
             ipr = IPRoute()  # here, in the sender's namespace
             try:
@@ -151,7 +151,7 @@ def run(engine: Engine | Observer, world: core.World, src_key: str, packet: Pack
             outcome, local, unanswered = send()
         else:
             outcome, local, unanswered = netns.in_netns(netns.key_path(src_key), send)
-        if outcome == "timeout" and src_key != host.key:
+        if outcome in ("timeout", "unreachable") and src_key != host.key:
             unanswered += _unanswered(engine.host, packet.daddr)  # forwarded by the host
         events = listener.read()
         socket_drops = nftrace.udp_in_errors() - udp_errors
@@ -232,6 +232,9 @@ def _report(events: list[nftrace.TraceEvent], connections: list[nftrace.Connecti
         verdict, summary = "delivered", f"the probe's {packet.l4proto} {outcome}"
     elif outcome == "refused":
         verdict, summary = "no-listener", "refused (nothing listens)"
+    elif outcome == "unreachable" and unanswered:
+        # The kernel gives up on a neighbour that never answered with "host unreachable".
+        verdict, summary = "no-route", f"unreachable: {unanswered[0]}"
     elif outcome == "unreachable":
         verdict, summary = "no-route", "the source's kernel has no route"
     elif outcome == "timeout" and unanswered:
