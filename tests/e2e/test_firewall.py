@@ -457,9 +457,8 @@ VICTIM = ("import socket, sys, time\n"
           "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
           "s.connect((sys.argv[1], 9999)); s.settimeout(0.5)\n"
           "print('port', s.getsockname()[1], flush=True)\n"
-          "while True:\n"
-          "    s.send(b'hello')\n"
-          "    try: s.recv(100); print('answer', flush=True)\n"
+          "while True:\n"  # an error may be told at the send as well as the recv
+          "    try: s.send(b'hello'); s.recv(100); print('answer', flush=True)\n"
           "    except ConnectionRefusedError: print('refused', flush=True)\n"
           "    except socket.timeout: print('quiet', flush=True)\n")
 
