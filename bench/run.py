@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 import idle  # noqa: E402
 from portway.kernel import sandbox  # noqa: E402
-from portway.testbed import make_world, remove_world  # noqa: E402
+from portway.testbed import make_world, reap_orphans, remove_world  # noqa: E402
 
 PORTWAY = str(Path(sys.executable).parent / "portway")
 NETAVARK = "/usr/lib/podman/netavark"
@@ -919,6 +919,7 @@ def main() -> None:
     # Bytecode as an installed package has it: with PYTHONDONTWRITEBYTECODE set, or a
     # source newer than its cache, every CLI call would compile portway's modules again.
     compileall.compile_dir(str(ROOT / "src"), quiet=1)
+    reap_orphans()  # of a killed run: it would weigh on every figure
     tag = secrets.token_hex(3)
     host, outside = f"pwbench-{tag}", f"pwbench-out-{tag}"
     make_world(host, outside)

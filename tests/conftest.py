@@ -17,6 +17,10 @@ tag); its processes are those in its own namespaces; its /etc/netns
 entries are those named after its own namespaces or its state dir's containers.
 Anything else that appears meanwhile is someone else's: neither reported nor
 touched.
+
+A run that is killed never reaches its clean-up. Every sandbox namespace is claimed
+by the process that makes it (portway.testbed.claim), and the next run first removes
+those whose maker is gone, with what is theirs (reap_orphans), and nothing else.
 """
 
 from __future__ import annotations
@@ -36,7 +40,14 @@ from pathlib import Path
 import pytest
 
 from portway.core.names import netns_name, parse_owner_tag
-from portway.testbed import HOST_ADDR, OUTSIDE_ADDR, PodmanWorld, make_world, remove_world
+from portway.testbed import (
+    HOST_ADDR,
+    OUTSIDE_ADDR,
+    PodmanWorld,
+    make_world,
+    reap_orphans,
+    remove_world,
+)
 
 BIN = Path(sys.executable).parent
 PORTWAY = str(BIN / "portway")
@@ -300,6 +311,15 @@ def clean_up_and_check(sb: Sandbox) -> list[str]:
     return leaks
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """A run that was killed left its sandboxes behind: remove them (only those; see
+    portway.testbed.reap_orphans) before this run starts, and say so."""
+    if os.geteuid() == 0:
+        removed = reap_orphans()
+        if removed:
+            print(f"removed what a killed run left: {', '.join(removed)}", file=sys.stderr)
+
+
 @pytest.fixture
 def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
     if os.geteuid() != 0:
@@ -309,8 +329,8 @@ def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
                  netns_before=netns_list(), etc_before=etc_netns_list())
     # The host's uplink leads to the "outside" namespace, which plays the world; the
     # host's resolv.conf names the outside, so nothing portway forwards leaves the machine.
-    make_world(sb.host, sb.outside)
     try:
+        make_world(sb.host, sb.outside, sb.state_dir)
         yield sb
     finally:
         leaks = clean_up_and_check(sb)

@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 
-from portway.testbed import make_world, remove_world
+from portway.testbed import make_world, reap_orphans, remove_world
 
 BOLD, DIM, GREEN, RED, RESET = "\033[1m", "\033[2m", "\033[32m", "\033[31m", "\033[0m"
 PORTWAY = os.path.join(os.path.dirname(sys.executable), "portway")
@@ -233,6 +233,8 @@ def main() -> None:
         cleanup(*args.clean)
         print("removed")
         return
+    for name in reap_orphans():
+        print(f"removed {name}, left by a run that was killed")
     tag = secrets.token_hex(3)
     host, outside = f"pwdemo-host-{tag}", f"pwdemo-out-{tag}"
     state_dir = tempfile.mkdtemp(prefix="portway-demo-")
@@ -242,7 +244,7 @@ def main() -> None:
     print("Nothing here touches this machine's own networking.")
     started = time.monotonic()
     try:
-        make_world(host, outside)
+        make_world(host, outside, state_dir)
         scenario(d)
     finally:
         if args.keep:

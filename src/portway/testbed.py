@@ -7,11 +7,17 @@ namespace, so nothing portway's DNS server forwards can leave this machine.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
+
+from portway.core.names import parse_owner_tag
 
 # Client programs for `python3 -c` in a namespace: GET URL prints the HTTP status (or
 # "fail ERROR"); WAIT ADDRESS PORT returns once something listens there (at most 5 s).
@@ -35,13 +41,138 @@ def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True)
 
 
-def make_world(host: str, outside: str) -> None:
+# Who made each throwaway namespace: one file per namespace, naming the process that
+# made it (pid and start time) and the state dir its portway used, if any. A run that
+# was killed (SIGKILL, a machine's time box) never reaches its clean-up; the next run
+# removes what such a run left (reap_orphans), and nothing that has no claim here.
+OWNERS = Path("/run/portway-testbed")
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (pids are reused, this pair
+    is not), or None if there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def claim(name: str, state_dir: str | os.PathLike[str] | None = None) -> None:
+    """Say that this process makes namespace name (before it makes it)."""
+    OWNERS.mkdir(mode=0o700, exist_ok=True)
+    (OWNERS / name).write_text(json.dumps({
+        "pid": os.getpid(), "start": _start_time(os.getpid()),
+        "state_dir": str(state_dir) if state_dir is not None else None}))
+
+
+def release(name: str) -> None:
+    (OWNERS / name).unlink(missing_ok=True)
+
+
+def add_netns(name: str, state_dir: str | os.PathLike[str] | None = None) -> None:
+    """A new named namespace with lo up, claimed by this process."""
+    claim(name, state_dir)
+    _ip("netns", "add", name)
+    _ip("-n", name, "link", "set", "lo", "up")
+
+
+def del_netns(name: str) -> None:
+    """Remove a namespace of add_netns (missing counts as removed) and its claim."""
+    subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    shutil.rmtree(f"/etc/netns/{name}", ignore_errors=True)
+    release(name)
+
+
+def _netns_pids(name: str) -> list[int]:
+    try:
+        inode = os.stat(f"/run/netns/{name}").st_ino
+    except OSError:
+        return []
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.stat(f"/proc/{entry}/ns/net").st_ino == inode:
+                    pids.append(int(entry))
+            except OSError:
+                pass
+    return pids
+
+
+def _instance(state_dir: str | None) -> str | None:
+    db = Path(state_dir or "/nonexistent") / "portway.db"
+    if not db.exists():
+        return None
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            row = con.execute("SELECT value FROM meta WHERE key='instance'").fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return None
+    return str(row[0]) if row else None
+
+
+def _tagged(name: str, instance: str) -> bool:
+    """Whether the namespace's lo carries the owner tag of portway instance."""
+    cp = subprocess.run(["ip", "-n", name, "-j", "link", "show", "dev", "lo"],
+                        capture_output=True, text=True)
+    if cp.returncode != 0 or not cp.stdout.strip():
+        return False
+    alias = (json.loads(cp.stdout) or [{}])[0].get("ifalias")
+    tag = parse_owner_tag(alias if isinstance(alias, str) else None)
+    return tag is not None and tag[0] == instance
+
+
+def reap_orphans() -> list[str]:
+    """Remove the namespaces whose maker is gone without removing them, with what is
+    theirs: the processes in them, the namespaces named after them (NAME-...) or made
+    by portway for their state dir (pw-..., known by the owner tag on lo), and their
+    /etc/netns entries. The names of the namespaces it removed."""
+    try:
+        claims = sorted(OWNERS.iterdir())
+    except FileNotFoundError:
+        return []
+    removed: list[str] = []
+    for path in claims:
+        try:
+            owner = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # being written: its maker is alive
+        if _start_time(int(owner["pid"])) == owner["start"] is not None:
+            continue
+        name = path.name
+        instance = _instance(owner.get("state_dir"))
+        try:
+            named = sorted(os.listdir("/run/netns"))
+        except FileNotFoundError:
+            named = []
+        # Its own, those named after it (NAME-...), and portway's of its state dir.
+        theirs = [name] + [ns for ns in named if ns.startswith(f"{name}-")]
+        if instance is not None:
+            theirs += [ns for ns in named
+                       if ns.startswith("pw") and ns not in theirs and _tagged(ns, instance)]
+        for ns in theirs:
+            for pid in _netns_pids(ns):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            if os.path.exists(f"/run/netns/{ns}"):
+                removed.append(ns)
+            del_netns(ns)
+    return removed
+
+
+def make_world(host: str, outside: str,
+               state_dir: str | os.PathLike[str] | None = None) -> None:
     """host and outside, lo up in both, uplink0 (HOST_ADDR, HOST_ADDR6) <-> wan0
     (OUTSIDE_ADDR, OUTSIDE_ADDR6), default routes of both families from the host to
-    the outside."""
+    the outside. Both are claimed (claim), for portway's state dir state_dir."""
     for ns in (host, outside):
-        _ip("netns", "add", ns)
-        _ip("-n", ns, "link", "set", "lo", "up")
+        add_netns(ns, state_dir)
     _ip("-n", host, "link", "add", "uplink0", "type", "veth", "peer", "name", "wan0",
         "netns", outside)
     _ip("-n", host, "addr", "add", f"{HOST_ADDR}/24", "dev", "uplink0")
@@ -60,8 +191,7 @@ def make_world(host: str, outside: str) -> None:
 def remove_world(host: str, outside: str) -> None:
     """Both namespaces and the host's /etc/netns entry; missing counts as removed."""
     for ns in (host, outside):
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-    shutil.rmtree(f"/etc/netns/{host}", ignore_errors=True)
+        del_netns(ns)
 
 
 BUSYBOX_TOOLS = ("sh", "httpd", "nslookup", "wget", "cat", "ip", "sleep", "true")
@@ -221,8 +351,7 @@ class DockerLike:
         for name, bridge, veth, addr, gw in (
                 (self.c1, "docker0", "vethc1", "172.17.0.2", "172.17.0.1"),
                 (self.c2, "br-two", "vethc2", "172.18.0.2", "172.18.0.1")):
-            _ip("netns", "add", name)
-            _ip("-n", name, "link", "set", "lo", "up")
+            add_netns(name)
             _ip("-n", h, "link", "add", veth, "type", "veth", "peer", "name", "eth0",
                 "netns", name)
             _ip("-n", h, "link", "set", veth, "master", bridge, "up")
@@ -262,4 +391,4 @@ class DockerLike:
         for link in ("vethc1", "vethc2", "docker0", "br-two"):
             subprocess.run(["ip", "-n", self.host, "link", "del", link], capture_output=True)
         for name in (self.c1, self.c2):
-            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+            del_netns(name)

@@ -36,7 +36,7 @@ def reboot(sb: Sandbox, pids: list[int], namespaces: list[str]) -> None:
     for name in namespaces:
         sh("ip", "netns", "del", name)
     remove_world(sb.host, sb.outside)
-    make_world(sb.host, sb.outside)
+    make_world(sb.host, sb.outside, sb.state_dir)
 
 
 def test_simulated_reboot(sandbox: Sandbox) -> None:

@@ -284,7 +284,7 @@ def test_always_containers_come_back_after_a_reboot(sandbox: Sandbox) -> None:
     for name in namespaces:
         sh("ip", "netns", "del", name)
     remove_world(sb.host, sb.outside)
-    make_world(sb.host, sb.outside)
+    make_world(sb.host, sb.outside, sb.state_dir)
     # The service starts portwayd at boot (contrib/portwayd.service): here, `daemon start`.
     sb.pw("daemon", "start")
     served(sb, 8098)

@@ -48,7 +48,7 @@ def recreate_host(sb: Sandbox) -> None:
     old = host_inode(sb)
     remove_world(sb.host, sb.outside)
     assert not os.path.exists(f"/run/netns/{sb.host}")
-    make_world(sb.host, sb.outside)
+    make_world(sb.host, sb.outside, sb.state_dir)
     assert host_inode(sb) != old  # the same name, another namespace
 
 
@@ -102,7 +102,7 @@ def test_idle_daemon_notices_by_itself(sandbox: Sandbox) -> None:
     assert "was deleted" in log(sb)
     assert not (sb.state_dir / "portwayd.sock").exists()
     assert not (sb.state_dir / "dns.pid").exists()
-    make_world(sb.host, sb.outside)
+    make_world(sb.host, sb.outside, sb.state_dir)
     works_again(sb)
 
 

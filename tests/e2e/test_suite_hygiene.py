@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import secrets
 import shutil
+import sqlite3
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
 from conftest import Sandbox, clean_up_and_check, etc_netns_list, netns_list, sh
+from portway import testbed
 
 
 def add_netns(name: str, owner_tag: str = "") -> None:
@@ -84,3 +87,60 @@ def test_clean_up_leaves_what_is_not_the_tests_own(sandbox: Sandbox) -> None:
         for name in [*foreign, own]:
             sh("ip", "netns", "del", name, check=False)
             shutil.rmtree(Path("/etc/netns") / name, ignore_errors=True)
+
+
+KILLED_MAKER = """
+import os, signal, sys
+from portway import testbed
+name, state_dir = sys.argv[1], sys.argv[2]
+testbed.add_netns(name, state_dir)
+testbed.add_netns(name + "-x", state_dir)  # (named after it: its own as well)
+os.kill(os.getpid(), signal.SIGKILL)  # as a run killed in the middle
+"""
+
+
+def test_what_a_killed_run_left_is_reaped_and_nothing_else(tmp_path: Path) -> None:
+    """A sandbox whose maker was killed is removed by the next run (reap_orphans), with
+    the processes in it, the namespaces named after it and those its portway tagged;
+    a namespace claimed by a live process, or by no one, is not."""
+    # The killed run's portway: its state dir names its instance.
+    state = tmp_path / "state"
+    state.mkdir()
+    instance = secrets.token_hex(4)
+    con = sqlite3.connect(state / "portway.db")
+    con.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+    con.execute("INSERT INTO meta VALUES ('instance', ?)", (instance,))
+    con.commit()
+    con.close()
+    tag = secrets.token_hex(3)
+    dead = f"pwt-dead-{tag}"
+    proc = subprocess.run([sys.executable, "-c", KILLED_MAKER, dead, str(state)])
+    assert proc.returncode == -9
+    cid = secrets.token_hex(32)
+    container = f"pw-{cid[:12]}"  # its portway's container namespace
+    add_netns(container, f"portway:{instance}:container:{cid}")
+    add_etc_netns(container)
+    stray = sleeper(dead)
+    live = f"pwt-live-{tag}"  # claimed by this test, alive
+    testbed.add_netns(live)
+    nobody = f"lab-{tag}"  # someone else's
+    add_netns(nobody)
+    other_pw = f"pw-{secrets.token_hex(6)}"  # another portway's
+    add_netns(other_pw, f"portway:{secrets.token_hex(4)}:container:{cid}")
+    try:
+        removed = testbed.reap_orphans()
+        assert {dead, f"{dead}-x", container} <= set(removed)
+        assert not {dead, f"{dead}-x", container} & netns_list()
+        assert container not in etc_netns_list()
+        assert stray.wait(timeout=10) == -9
+        assert not (testbed.OWNERS / dead).exists()
+        assert {live, nobody, other_pw} <= netns_list()
+        assert not {live, nobody, other_pw} & set(removed)
+    finally:
+        stray.kill()
+        stray.wait()
+        testbed.del_netns(live)
+        for name in (dead, f"{dead}-x", container, nobody, other_pw):
+            sh("ip", "netns", "del", name, check=False)
+            shutil.rmtree(Path("/etc/netns") / name, ignore_errors=True)
+            testbed.release(name)

@@ -32,6 +32,8 @@ from typing import Any
 
 import pytest
 
+from portway.testbed import add_netns, del_netns
+
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 FAKE_DNS = str(Path(__file__).resolve().parents[1] / "e2e" / "fake_dns.py")
 BOOT = f"import sys; sys.path.insert(0, {SRC!r}); from portway.dns.server import main; main()"
@@ -137,12 +139,11 @@ def world() -> Iterator[World]:
     w = World(host, cont, up, base / "state", base / "resolv.conf")
     try:
         for ns in (host, cont, up):
-            sh("ip", "netns", "add", ns)
             made.append(ns)
+            add_netns(ns)
             # Addresses usable at once, link-local ones included: no duplicate detection.
             sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0",
                "net.ipv6.conf.all.accept_dad=0")
-            ip(ns, "link", "set", "lo", "up")
         # Network app: a bridge with both gateways, and cli's veth on it.
         ip(host, "link", "add", "pwbr0", "type", "bridge")
         ip(host, "link", "set", "pwbr0", "up")
@@ -188,7 +189,7 @@ def world() -> Iterator[World]:
                     proc.kill()
                     proc.wait()
         for ns in made:
-            subprocess.run(["ip", "netns", "del", ns], check=False)
+            del_netns(ns)
         shutil.rmtree(base, ignore_errors=True)
 
 

@@ -20,6 +20,7 @@ import pytest
 
 from portway.errors import KernelError
 from portway.kernel import links, netns
+from portway.testbed import add_netns, del_netns
 
 GATEWAY = ipaddress.ip_address("10.120.0.1")
 
@@ -36,13 +37,13 @@ def spaces() -> Iterator[tuple[str, str]]:
         pytest.skip("kernel tests need root")
     tag = secrets.token_hex(3)
     host, cont = f"pwk-h-{tag}", f"pwk-c-{tag}"
-    for ns in (host, cont):
-        subprocess.run(["ip", "netns", "add", ns], check=True)
     try:
+        for ns in (host, cont):
+            add_netns(ns)
         yield host, cont
     finally:
         for ns in (host, cont):
-            subprocess.run(["ip", "netns", "del", ns], check=False)
+            del_netns(ns)
 
 
 def bridge(ipr: object) -> int:
