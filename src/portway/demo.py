@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 
-from portway.testbed import make_world, reap_orphans, remove_world
+from portway.testbed import make_world, reap_orphans, release, remove_world
 
 BOLD, DIM, GREEN, RED, RESET = "\033[1m", "\033[2m", "\033[32m", "\033[31m", "\033[0m"
 PORTWAY = os.path.join(os.path.dirname(sys.executable), "portway")
@@ -248,6 +248,8 @@ def main() -> None:
         scenario(d)
     finally:
         if args.keep:
+            for name in (host, outside):
+                release(name)  # the user's now: not a killed run's to reap
             print(f"\nKept. Explore with:\n  export PORTWAY_HOST_NETNS={host} "
                   f"PORTWAY_STATE_DIR={state_dir}\n  {PORTWAY} ps -a\n"
                   f"  ip netns exec {host} ip -br link\n"
