@@ -268,10 +268,10 @@ def test_addresses_a_container_gives_itself(sandbox: Sandbox, tmp_path: Path) ->
             time.sleep(0.05)
         return sb.pw("logs", "victim").stdout
 
-    _delete_rule(sb, "bridge", "spoof", "its own IPv6 address")
+    _delete_rule(sb, "bridge", "spoof_ip6", "its own IPv6 address")
     seen = attack("control")
     assert "control-fd00:146::99 fd00:146::99" in seen and "control-fe80::99" in seen
-    assert "restore chain bridge portway spoof" in sb.pw("gc").stdout
+    assert "restore chain bridge portway spoof_ip6" in sb.pw("gc").stdout
     seen = attack("guarded")
     assert "guarded-honest fd00:146::3" in seen
     assert "guarded-fd00" not in seen and "guarded-fe80" not in seen
@@ -312,9 +312,9 @@ def test_router_and_neighbour_spoofing_over_ipv6(sandbox: Sandbox) -> None:
     # Control: without the rules against routers' messages, foreign sources and
     # advertisements for others' addresses, both attacks work.
     for comment in ("advertises no routes", "its own IPv6 address", "only for its own"):
-        _delete_rule(sb, "bridge", "spoof", comment)
+        _delete_rule(sb, "bridge", "spoof_ip6", comment)
     assert attack() == (True, True)
-    assert "restore chain bridge portway spoof" in sb.pw("gc").stdout
+    assert "restore chain bridge portway spoof_ip6" in sb.pw("gc").stdout
     sh("ip", "-n", victim_ns, "-6", "route", "flush", "proto", "ra")
     assert attack() == (False, False)
 

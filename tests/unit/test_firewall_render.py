@@ -207,11 +207,25 @@ def test_guard_fails_closed() -> None:
     # sets do not allow, so a veth with no entries sends nothing.
     base = firewall.render_guard_base()
     chain_rules = [c["add"]["rule"] for c in base if "rule" in c["add"]]
-    assert chain_rules[0]["expr"][0]["match"]["right"] == firewall.VETH_PATTERN
-    # Past it, only drops, but for the messages a host sends from no address (::).
-    accepts = [r for r in chain_rules[1:] if r["expr"][-1] != {"drop": None}]
+    spoof = [r for r in chain_rules if r["chain"] == "spoof"]
+    assert spoof[0]["expr"][0]["match"]["right"] == firewall.VETH_PATTERN
+    # Past it: the MAC check, then by EtherType (goto: the protocol's checks end the
+    # base chain), and whatever other EtherType dropped.
+    assert spoof[1]["expr"][-1] == {"drop": None}
+    by_type = spoof[2]["expr"][0]["vmap"]["data"]["set"]
+    assert {k: v["goto"]["target"] for k, v in by_type} == \
+        {"ip": "spoof_ip", "arp": "spoof_arp", "ip6": "spoof_ip6"}
+    assert spoof[3]["expr"] == [{"drop": None}] and len(spoof) == 4
+    # In the protocols' chains, only drops, but for the messages a host sends from no
+    # address (::); each checks the source address against the sets.
+    checks = [r for r in chain_rules if r["chain"] != "spoof"]
+    assert {r["chain"] for r in checks} == {"spoof_ip", "spoof_arp", "spoof_ip6"}
+    accepts = [r for r in checks if r["expr"][-1] != {"drop": None}]
     assert [r["expr"][0]["match"]["right"] for r in accepts] == ["::"]
-    assert chain_rules[-1]["comment"] == "only IPv4, ARP and IPv6"
+    for name, allowed in (("spoof_ip", "@addrs"), ("spoof_arp", "@addrs"),
+                          ("spoof_ip6", "@addrs6")):
+        assert allowed in [r["expr"][0]["match"]["right"] for r in checks
+                           if r["chain"] == name]
 
 
 def test_internal_network_reaches_only_its_gateway_on_the_host() -> None:

@@ -490,56 +490,67 @@ def render_ports_removal(ports: Iterable[Published]) -> list[Cmd]:
 
 
 def render_guard_base() -> list[Cmd]:
-    """The `bridge portway` table: what a container may send on its bridge port."""
+    """The `bridge portway` table: what a container may send on its bridge port. Every
+    frame a container sends passes here, so the base chain checks the MAC and goes
+    by EtherType to the checks of that protocol alone (an IPv4 frame meets two
+    lookups, not every protocol's rules)."""
     iif = _meta("iifname")
 
     def pair(proto: str, field: str) -> dict[str, Any]:
         return {"concat": [iif, _payload(proto, field)]}
 
-    def unless(key: dict[str, Any], allowed: str, why: str) -> Cmd:
-        return {"add": {"rule": {**G, "chain": "spoof", "comment": why, "expr": [
-            _match(key, f"@{allowed}", "!="), {"drop": None}]}}}
+    def rule(chain: str, why: str, *expr: Any) -> Cmd:
+        return {"add": {"rule": {**G, "chain": chain, "comment": why, "expr": list(expr)}}}
 
-    def rule(why: str, *expr: Any) -> Cmd:
-        return {"add": {"rule": {**G, "chain": "spoof", "comment": why, "expr": list(expr)}}}
+    def unless(chain: str, key: dict[str, Any], allowed: str, why: str) -> Cmd:
+        return rule(chain, why, _match(key, f"@{allowed}", "!="), {"drop": None})
+
+    def chain(name: str) -> Cmd:
+        return {"add": {"chain": {**G, "name": name}}}
 
     icmpv6 = _payload("icmpv6", "type")
+    by_type = {"set": [["ip", {"goto": {"target": "spoof_ip"}}],
+                       ["arp", {"goto": {"target": "spoof_arp"}}],
+                       ["ip6", {"goto": {"target": "spoof_ip6"}}]]}
     return [
         {"add": {"table": {"family": GUARD_FAMILY, "name": TABLE}}},
         {"add": {"set": {**G, "name": "macs", "type": ["ifname", "ether_addr"]}}},
         {"add": {"set": {**G, "name": "addrs", "type": ["ifname", "ipv4_addr"]}}},
         {"add": {"set": {**G, "name": "addrs6", "type": ["ifname", "ipv6_addr"]}}},
         {"add": {"set": {**G, "name": "v6ports", "type": "ifname"}}},
+        chain("spoof_ip"), chain("spoof_arp"), chain("spoof_ip6"),
         {"add": {"chain": {**G, "name": "spoof", "type": "filter", "hook": "prerouting",
                            "prio": -300, "policy": "accept"}}},
-        rule("only container ports are checked", _match(iif, VETH_PATTERN, "!="),
+        rule("spoof", "only container ports are checked", _match(iif, VETH_PATTERN, "!="),
              {"accept": None}),
-        unless(pair("ether", "saddr"), "macs", "a container sends only from its own MAC"),
-        unless(pair("arp", "saddr ether"), "macs", "ARP: only its own MAC"),
-        unless(pair("arp", "saddr ip"), "addrs", "ARP: only its own address"),
-        unless(pair("ip", "saddr"), "addrs", "a container sends only from its own address"),
+        unless("spoof", pair("ether", "saddr"), "macs",
+               "a container sends only from its own MAC"),
+        # goto: what passes a protocol's checks ends at this chain's policy, accept.
+        rule("spoof", "checks by protocol",
+             {"vmap": {"key": _payload("ether", "type"), "data": by_type}}),
+        rule("spoof", "only IPv4, ARP and IPv6", {"drop": None}),
+        unless("spoof_ip", pair("ip", "saddr"), "addrs",
+               "a container sends only from its own address"),
+        unless("spoof_arp", pair("arp", "saddr ether"), "macs", "ARP: only its own MAC"),
+        unless("spoof_arp", pair("arp", "saddr ip"), "addrs", "ARP: only its own address"),
         # IPv6: only from an endpoint with an IPv6 address (an IPv4-only network passes
         # none at all), never a router's messages, and only from its own address but
         # for the few messages a host sends from no address yet.
-        rule("IPv6 only from containers with an IPv6 address",
-             _match(_payload("ether", "type"), "ip6"), _match(iif, "@v6ports", "!="),
-             {"drop": None}),
-        rule("a container advertises no routes and redirects nobody",
+        rule("spoof_ip6", "IPv6 only from containers with an IPv6 address",
+             _match(iif, "@v6ports", "!="), {"drop": None}),
+        rule("spoof_ip6", "a container advertises no routes and redirects nobody",
              _match(icmpv6, {"set": ["nd-router-advert", "nd-redirect"]}), {"drop": None}),
-        rule("from no address: only listener reports and address checks",
+        rule("spoof_ip6", "from no address: only listener reports and address checks",
              _match(_payload("ip6", "saddr"), "::"),
              _match(icmpv6, {"set": ["mld-listener-report", "mld2-listener-report",
                                      "nd-neighbor-solicit"]}), {"accept": None}),
-        unless(pair("ip6", "saddr"), "addrs6",
+        unless("spoof_ip6", pair("ip6", "saddr"), "addrs6",
                "a container sends only from its own IPv6 address"),
         # A neighbour advertisement carries the address it speaks for (its target) apart
         # from its source: it must be the sender's own, or it poisons neighbours' caches.
-        rule("neighbour advertisements only for its own address",
+        rule("spoof_ip6", "neighbour advertisements only for its own address",
              _match(icmpv6, "nd-neighbor-advert"),
              _match({"concat": [iif, ND_TARGET]}, "@targets6", "!="), {"drop": None}),
-        rule("only IPv4, ARP and IPv6",
-             _match(_payload("ether", "type"), {"set": ["ip", "arp", "ip6"]}, "!="),
-             {"drop": None}),
     ]
 
 
