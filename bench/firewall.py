@@ -27,7 +27,7 @@ FIRST_FILLER = 20000  # filler ports are 20000.., the measured one comes after t
 MEASURED = 50000
 RATE_ROUNDS = 5  # rounds through every scale, a connection-rate run per family in each
 RATE_SECONDS = 1.0
-IPERF_CYCLES = 6  # with rules, conntrack only, without, with, ...: drift falls on all
+IPERF_CYCLES = 8  # with rules, conntrack only, without, with, ...: drift falls on all
 IPERF_RUNS = 1  # iperf3 runs per path and cycle
 IPERF_SECONDS = 2
 
@@ -236,7 +236,7 @@ table inet pwbench_ct {
 """
 
 
-def bench_throughput(engine: Any, outside: str) -> dict[str, float]:
+def bench_throughput(engine: Any, outside: str) -> dict[str, Any]:
     """iperf3 through each path of both families: with portway's rules; with its tables
     gone (inet, bridge and arp portway: NAT, filtering and the per-port source checks) and
     only conntrack and NAT's hooks in their place; and with no table at all. The three in
@@ -283,7 +283,11 @@ def bench_throughput(engine: Any, outside: str) -> dict[str, float]:
             sh("nft", "delete", "table", "inet", "pwbench_ct")
             for key, (where, to) in routed.items():
                 samples[f"{key}_no_rules"] += iperf_runs(where, to, runs=IPERF_RUNS)
-        out = {key: round(statistics.median(v), 2) for key, v in samples.items()}
+        out: dict[str, Any] = {key: round(statistics.median(v), 2)
+                               for key, v in samples.items()}
+        # Each path's runs in cycle order: a ratio taken within each cycle (with rules
+        # and without, a minute apart) is not moved by the machine's drift between cycles.
+        out["runs"] = {key: [round(x, 2) for x in v] for key, v in samples.items()}
         out["raw_veth_pair"] = raw_veth()
     finally:
         subprocess.run(["nft", "delete", "table", "inet", "pwbench_ct"], capture_output=True)

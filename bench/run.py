@@ -473,6 +473,13 @@ def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}×" if b else "n/a"
 
 
+def paired(t: dict[str, Any], with_rules: str, without: str) -> float:
+    """The median of the ratios within each cycle of the throughput runs (each cycle
+    measures both within a minute; drift between cycles falls out)."""
+    pairs = zip(t["runs"][with_rules], t["runs"][without], strict=True)
+    return float(statistics.median(a / b for a, b in pairs if b))
+
+
 def write_report(r: dict[str, Any]) -> str:
     cli, api = r["portway_cli"], r["portway_api"]
     dual = api["dual"]
@@ -639,10 +646,15 @@ def goals_report(r: dict[str, Any]) -> list[str]:
     rows: list[tuple[str, str, bool]] = []
 
     def goal(what: str, mine: float, theirs: float, at_most: float | None = None,
-             at_least: float | None = None, unit: str = "ms") -> None:
+             at_least: float | None = None, unit: str = "ms",
+             per_cycle: float | None = None) -> None:
         value = mine / theirs if theirs else float("inf")
+        figure = f"{mine:g} ÷ {theirs:g} {unit} = {value:.2f}×"
+        if per_cycle is not None:  # then the goal holds the ratio within each cycle
+            value = per_cycle
+            figure += f"; within each cycle, median {value:.2f}×"
         met = (at_most is None or value <= at_most) and (at_least is None or value >= at_least)
-        rows.append((what, f"{mine:g} ÷ {theirs:g} {unit} = {value:.2f}×", met))
+        rows.append((what, figure, met))
 
     cli, api, nv = r["portway_cli"], r["portway_api"], r.get("netavark")
     if nv:
@@ -667,12 +679,14 @@ def goals_report(r: dict[str, Any]) -> list[str]:
              "(at most 1.05×)", cost_us(fw["scales"][high]["map6_conn_per_s"]),
              cost_us(fw["scales"][low]["map6_conn_per_s"]), at_most=1.05, unit="µs")
         t = fw["throughput"]
-        goal("IPv6 throughput with portway's rules at least 0.95× without: container to "
-             "container", t["container_to_container6"], t["container_to_container6_no_rules"],
-             at_least=0.95, unit="Gbit/s")
-        goal("IPv6 throughput with portway's rules at least 0.95× without: outside to a "
-             "published port (without: routed, no DNAT)", t["outside_to_published6"],
-             t["outside_to_container6_no_rules"], at_least=0.95, unit="Gbit/s")
+        for label, with_rules, without in (
+                ("container to container", "container_to_container6",
+                 "container_to_container6_no_rules"),
+                ("outside to a published port (without: routed, no DNAT)",
+                 "outside_to_published6", "outside_to_container6_no_rules")):
+            goal(f"IPv6 throughput with portway's rules at least 0.95× without: {label}",
+                 t[with_rules], t[without], at_least=0.95, unit="Gbit/s",
+                 per_cycle=paired(t, with_rules, without) if "runs" in t else None)
     dns = r.get("dns")
     if dns:
         p, a = dns["portway"], dns.get("aardvark")
@@ -787,10 +801,12 @@ def firewall_report(fw: dict[str, Any]) -> list[str]:
 
     def path(label: str, with_rules: str, routed: str | None, note: str = "") -> str:
         if routed is None:
-            return f"| {label} | {t[with_rules]} | – | – | |"
+            return f"| {label} | {t[with_rules]} | – | – | | |"
         return (f"| {label} | {t[with_rules]} | {t[routed + '_conntrack_only']}{note} | "
                 f"{t[routed + '_no_rules']}{note} | "
-                f"{ratio(t[with_rules], t[routed + '_no_rules'])} |")
+                f"{ratio(t[with_rules], t[routed + '_no_rules'])} | "
+                f"{paired(t, with_rules, routed + '_no_rules'):.2f}× |" if "runs" in t else
+                "|")
 
     def alone(routed: str) -> str:
         return ratio(t[f"{routed}_conntrack_only"], t[f"{routed}_no_rules"])
@@ -806,11 +822,13 @@ def firewall_report(fw: dict[str, Any]) -> list[str]:
         "(empty nat chains): the least any stateful NAT firewall costs. The three in turn, "
         f"{m['iperf_cycles']} times, {m['iperf_runs']} run of {m['iperf_seconds']} s per "
         "path each time: the "
-        f"median of the {m['iperf_cycles'] * m['iperf_runs']}.",
+        f"median of the {m['iperf_cycles'] * m['iperf_runs']}. Within each cycle: the "
+        "ratio of the runs of one cycle (a minute apart), the median over the cycles; the "
+        "goals hold this one, which the machine's drift between cycles does not move.",
         "",
         "| path | with portway's rules | conntrack and NAT only | without rules | "
-        "ratio, with ÷ without |",
-        "|---|---:|---:|---:|---:|",
+        "ratio, with ÷ without | within each cycle (median) |",
+        "|---|---:|---:|---:|---:|---:|",
         path("container to container, one bridge", "container_to_container",
              "container_to_container"),
         path("container to container, one bridge, IPv6", "container_to_container6",
@@ -820,7 +838,7 @@ def firewall_report(fw: dict[str, Any]) -> list[str]:
         path("outside to a published port (DNAT), IPv6", "outside_to_published6",
              "outside_to_container6", " (routed)"),
         path("host to a port published on 127.0.0.1", "host_to_loopback_published", None),
-        f"| a raw veth pair, for scale | {t['raw_veth_pair']} | | | |",
+        f"| a raw veth pair, for scale | {t['raw_veth_pair']} | | | | |",
         "",
         "Ratio goal for IPv6: at least 0.95. Conntrack and NAT alone ÷ without, IPv6: "
         f"container to container {alone('container_to_container6')}, outside to the "
