@@ -126,6 +126,15 @@ def test_capabilities_and_user(sandbox: Sandbox) -> None:
     assert info["HostConfig"]["CapAdd"] == ["net_admin"]  # type: ignore[index]
     assert info["HostConfig"]["CapDrop"] == ["ALL"]  # type: ignore[index]
     assert sb.inspect("user")["Config"]["User"] == "65534:65534"  # type: ignore[index]
+    # exec -u: another user than the container's, its capabilities as the container's.
+    cp = sb.pw("exec", "-u", "0", "user", "--", "sh", "-c", "id -u; echo $HOME")
+    assert cp.stdout.split() == ["0", "/root"]
+    assert sb.pw("exec", "--user", "nobody", "admin", "--", "id", "-u").stdout == "65534\n"
+    for user, message in (("no-such-user-here", "unable to find user"),
+                          ("1:", "invalid --user")):
+        cp = sb.pw("exec", "-u", user, "admin", "--", "true", check=False)
+        assert cp.returncode == 2 and message in cp.stderr, cp.stderr
+        assert len(cp.stderr.strip().splitlines()) == 1
     # A foreground run is confined the same way, and keeps its exit status.
     cp = sb.pw("run", "--rm", "--network", "app", "--", "sh", "-c",
                "grep CapEff /proc/self/status; exit 4", check=False)

@@ -119,6 +119,47 @@ def test_ps_filters_last_and_latest(sandbox: Sandbox) -> None:
     cp = sb.pw("ps", "-f", "colour=red", check=False)
     assert cp.returncode == 2 and cp.stderr.count("\n") == 1
     assert "invalid filter 'colour'" in cp.stderr
+    # Relative to another container (a stopped one too), by creation.
+    assert names("-a", "-f", "before=done") == ["web-api", "web"]
+    assert names("-f", "since=web") == ["web-api"]  # without -a: running ones only
+    assert names("-a", "-f", "since=web", "-f", f"before={web[:12]}") == []
+    cp = sb.pw("ps", "-f", "since=ghost", check=False)
+    assert cp.returncode == 1 and cp.stderr.count("\n") == 1 and "ghost" in cp.stderr
+
+
+def test_port_filters_and_network_filters(sandbox: Sandbox) -> None:
+    sb = sandbox
+    sb.pw("network", "create", "used", "--label", "env=prod", "--subnet", "10.124.0.0/24")
+    sb.pw("network", "create", "spare", "--label", "env=test", "--subnet", "10.125.0.0/24")
+    sb.pw("run", "-d", "--name", "web", "--network", "used", "-p", "8080:80",
+          "--expose", "9000", "--", "sleep", "300")
+    sb.pw("run", "-d", "--name", "dns", "--network", "used", "-p", "5353:53/udp", "--",
+          "sleep", "300")
+
+    def names(*filters: str) -> list[str]:
+        return lines(sb, "ps", *filters, "--format", "{{.Names}}")
+
+    assert names("-f", "publish=80") == ["web"]
+    assert names("-f", "publish=53/udp") == ["dns"]
+    assert names("-f", "publish=1-100/udp") == ["dns"]
+    assert names("-f", "publish=9000") == []  # exposed only
+    assert names("-f", "expose=9000") == ["web"]
+
+    def networks(*filters: str) -> list[str]:
+        return lines(sb, "network", "ls", *filters, "--format", "{{.Name}}")
+
+    assert networks("-f", "dangling=true") == ["spare"]  # host, none: builtin
+    assert networks("--filter", "type=custom") == ["spare", "used"]  # by name
+    # (bridge is made when a container first uses it: none has here.)
+    assert set(networks("-f", "type=builtin")) == {"host", "none"}
+    assert networks("-f", "label=env=prod") == ["used"]
+    assert networks("-f", "driver=null") == ["none"]
+    assert networks("-f", "name=^sp") == ["spare"]
+    assert lines(sb, "network", "ls", "-q", "-f", "name=^used$") == \
+        [sb.pw("network", "inspect", "-f", "{{.Id}}", "used").stdout.strip()[:12]]
+    cp = sb.pw("network", "ls", "-f", "type=mine", check=False)
+    assert cp.returncode == 2 and cp.stderr.count("\n") == 1
+    assert "invalid filter 'type'='mine'" in cp.stderr
 
 
 def test_inspect_in_docker_shape_and_formats(sandbox: Sandbox) -> None:

@@ -142,6 +142,23 @@ def test_start_restart_kill_and_wait(sandbox: Sandbox) -> None:
     assert sb.pw("doctor").stdout.startswith("healthy")
 
 
+def test_start_attached_shows_this_run_and_exits_with_its_code(sandbox: Sandbox) -> None:
+    sb = sandbox
+    counter = sb.state_dir.parent / "runs"  # the test's own file: which run this is
+    sb.pw("run", "-d", "--name", "job", "--", "sh", "-c",
+          'n=$(cat "$0" 2>/dev/null || echo 0); n=$((n+1)); echo $n > "$0"; '
+          "echo run $n; sleep 0.5; printf 'done %s' $n; exit $((40+n))", str(counter))
+    assert sb.pw("wait", "job").stdout == "41\n"
+    # start -a: only this run's output (the first run's stays in logs), the last line
+    # without its newline too, and the command's exit code as its own.
+    cp = sb.pw("start", "-a", "job", check=False)
+    assert (cp.returncode, cp.stdout) == (42, "run 2\ndone 2"), cp.stderr
+    assert sb.pw("logs", "job").stdout == "run 1\ndone 1run 2\ndone 2"
+    cp = sb.pw("start", "-a", "job", "other", check=False)
+    assert cp.returncode == 1 and cp.stderr.count("\n") == 1
+    assert "cannot start and attach multiple containers" in cp.stderr
+
+
 def test_commands_on_several_containers_act_on_each_that_exists(sandbox: Sandbox) -> None:
     sb = sandbox
     sb.pw("network", "create", "app", "--subnet", "10.123.0.0/24")

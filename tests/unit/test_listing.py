@@ -25,7 +25,8 @@ def iso(seconds_ago: float) -> str:
 def container(name: str, status: str = "running", created: float = 60,
               started: float | None = 30, finished: float | None = None, code: int = 0,
               labels: dict[str, str] | None = None, networks: tuple[str, ...] = ("bridge",),
-              ports: dict[str, Any] | None = None, cid: str = "") -> dict[str, Any]:
+              ports: dict[str, Any] | None = None, cid: str = "",
+              exposed: dict[str, Any] | None = None) -> dict[str, Any]:
     cid = cid or (name.encode().hex() * 64)[:64]
     return {
         "Id": cid, "Name": f"/{name}", "Created": iso(created), "Path": "sleep",
@@ -33,7 +34,7 @@ def container(name: str, status: str = "running", created: float = 60,
         "State": {"Status": status, "Running": status == "running", "ExitCode": code,
                   "StartedAt": iso(started) if started is not None else listing.ZERO_TIME,
                   "FinishedAt": iso(finished) if finished is not None else listing.ZERO_TIME},
-        "Config": {"Labels": labels or {}},
+        "Config": {"Labels": labels or {}, "ExposedPorts": exposed},
         "NetworkSettings": {"Ports": ports or {},
                             "Networks": {n: {"NetworkID": (n.encode().hex() * 64)[:64],
                                              "IPAddress": ""}
@@ -154,11 +155,14 @@ def test_network_placeholders() -> None:
 
 PEOPLE = [
     container("web", created=30, labels={"team": "web", "tier": "front"},
-              networks=("app",), cid="1" * 64),
+              networks=("app",), cid="1" * 64,
+              ports={"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"}],
+                     "443/tcp": None}),
     container("web-old", "exited", created=3000, started=2000, finished=1000, code=137,
               labels={"team": "web"}, networks=("app",), cid="2" * 64),
     container("db", created=60, labels={"team": "data"}, networks=("back", "app"),
-              cid="3" * 64),
+              cid="3" * 64, ports={"53/udp": [{"HostIp": "", "HostPort": "5353"}]},
+              exposed={"5432/tcp": {}}),
     container("job", "exited", created=90, started=80, finished=70, code=0, cid="4" * 64),
     container("new", "created", created=10, started=None, networks=(), cid="5" * 64),
 ]
@@ -190,6 +194,15 @@ def names(filters: list[str], last: int = -1) -> list[str]:
     (["exited=137"], ["web-old"]),
     (["exited=0", "status=exited"], ["job"]),
     (["NAME = db "], ["db"]),  # keys are case-insensitive, spaces trimmed (Docker)
+    (["publish=80"], ["web"]),  # a container port with a host binding, tcp by default
+    (["publish=80/tcp"], ["web"]),
+    (["publish=53/udp"], ["db"]),
+    (["publish=50-90"], ["web"]),  # a range
+    (["publish=81"], []),
+    (["publish=5432"], []),  # exposed, not published
+    (["expose=5432"], ["db"]),
+    (["expose=5000-6000/tcp", "publish=80"], []),  # different keys: both
+    (["publish=80", "publish=53/udp"], ["web", "db"]),
 ])
 def test_filters_as_docker(filters: list[str], expected: list[str]) -> None:
     assert names(filters) == expected
@@ -207,6 +220,10 @@ def test_last_and_latest() -> None:
     ("ancestor=ubuntu", "invalid filter 'ancestor'"),
     ("status=sleeping", "invalid filter 'status=sleeping'"),
     ("exited=x", "invalid filter 'exited=x'"),
+    ("publish=http", "invalid filter 'publish=http'"),
+    ("publish=90-80", "invalid filter 'publish=90-80'"),
+    ("expose=80/icmp", "invalid filter 'expose=80/icmp'"),
+    ("publish=70000", "invalid filter 'publish=70000'"),
 ])
 def test_bad_filters(spec: str, message: str) -> None:
     with pytest.raises(listing.ListingError) as err:
@@ -217,3 +234,72 @@ def test_bad_filters(spec: str, message: str) -> None:
 def test_status_filter_shows_stopped_ones() -> None:
     assert listing.wants_all(listing.parse_filters(["status=exited"]))
     assert not listing.wants_all(listing.parse_filters(["name=x"]))
+
+
+@pytest.mark.parametrize(("refs", "everything", "expected"), [
+    ({"before": ["db"]}, True, ["job", "web-old"]),
+    ({"since": ["db"]}, True, ["new", "web"]),
+    ({"since": ["db"]}, False, ["web"]),  # without -a, running ones only
+    ({"since": ["web-old"], "before": ["web"]}, True, ["db", "job"]),
+    ({"before": ["4" * 12]}, True, ["web-old"]),  # by id, or the start of one
+    ({"since": ["/job"]}, True, ["new", "web", "db"]),
+])
+def test_before_and_since(refs: dict[str, list[str]], everything: bool,
+                          expected: list[str]) -> None:
+    rows = [c for c in PEOPLE if everything or c["State"]["Running"]]
+    chosen = listing.select(listing.created_between(rows, PEOPLE, refs), {})
+    assert [listing.name_of(c) for c in chosen] == expected
+
+
+def test_before_a_container_that_is_not_there() -> None:
+    with pytest.raises(listing.ListingError) as err:
+        listing.created_between(PEOPLE, PEOPLE, {"before": ["ghost"]})
+    assert err.value.message == "no such container: ghost" and "before=" in err.value.hint
+
+
+NETWORKS = [
+    {"Name": "bridge", "Id": "a" * 64, "Driver": "bridge", "Scope": "local",
+     "Labels": {}, "Containers": {}},
+    {"Name": "host", "Id": "b" * 64, "Driver": "host", "Scope": "local", "Labels": {},
+     "Containers": {}},
+    {"Name": "none", "Id": "c" * 64, "Driver": "null", "Scope": "local", "Labels": {},
+     "Containers": {}},
+    {"Name": "app", "Id": "d" * 64, "Driver": "bridge", "Scope": "local",
+     "Labels": {"env": "prod"}, "Containers": {"1" * 64: {}}},
+    {"Name": "spare", "Id": "e" * 64, "Driver": "bridge", "Scope": "local",
+     "Labels": {"env": "test"}, "Containers": {}},
+]
+
+
+@pytest.mark.parametrize(("filters", "expected"), [
+    ([], ["bridge", "host", "none", "app", "spare"]),
+    (["name=app"], ["app"]),
+    (["name=^(app|spare)$"], ["app", "spare"]),
+    (["name=a"], ["app", "spare"]),  # a match anywhere, as Docker
+    (["driver=bridge"], ["bridge", "app", "spare"]),
+    (["driver=null"], ["none"]),
+    (["id=ddd"], ["app"]),
+    (["label=env"], ["app", "spare"]),
+    (["label=env=test"], ["spare"]),
+    (["type=builtin"], ["bridge", "host", "none"]),
+    (["type=custom"], ["app", "spare"]),
+    (["dangling=true"], ["spare"]),  # builtin ones never dangle
+    (["dangling=false"], ["bridge", "host", "none", "app"]),
+    (["scope=swarm"], []),
+    (["driver=bridge", "dangling=1", "label=env"], ["spare"]),
+])
+def test_network_filters_as_docker(filters: list[str], expected: list[str]) -> None:
+    chosen = listing.select_networks(
+        NETWORKS, listing.parse_filters(filters, listing.NETWORK_FILTERS))
+    assert [n["Name"] for n in chosen] == expected
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("type=user", "invalid filter 'type'='user'"),
+    ("dangling=maybe", "invalid filter 'dangling'='maybe'"),
+    ("status=running", "invalid filter 'status'"),
+])
+def test_bad_network_filters(spec: str, message: str) -> None:
+    with pytest.raises(listing.ListingError) as err:
+        listing.parse_filters([spec], listing.NETWORK_FILTERS)
+    assert message in err.value.message and err.value.hint

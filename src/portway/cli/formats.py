@@ -58,7 +58,18 @@ def cmd_ps(client: Client, a: "Any") -> int:
         raise ClientError(exc.message, exc.hint, 2) from None
     last = a.last if a.last is not None else (1 if a.latest else -1)
     everything = a.all or last > 0 or listing.wants_all(filters)
-    rows = listing.select(client.call("ps", all=everything), filters, last)
+    refs = {k: v for k, v in filters.items() if k in ("before", "since")}
+    if refs:
+        # A container named by before=/since= may be stopped: found among all of them.
+        known = client.call("ps", all=True)
+        try:
+            rows = listing.created_between(
+                [c for c in known if everything or c["State"].get("Running")], known, refs)
+        except listing.ListingError as exc:
+            raise ClientError(exc.message, exc.hint, 1) from None
+    else:
+        rows = client.call("ps", all=everything)
+    rows = listing.select(rows, filters, last)
     trunc = not a.no_trunc
     if a.quiet:
         for c in rows:
@@ -98,6 +109,14 @@ def ps_table(rows: "list[dict[str, Any]]", now: float, trunc: bool) -> str:
 def cmd_network_ls(client: Client, a: "Any") -> int:
     _exclusive(a)
     nets = client.call("network_ls")
+    if a.filter:
+        from portway.core import listing
+
+        try:
+            filters = listing.parse_filters(a.filter, listing.NETWORK_FILTERS)
+        except listing.ListingError as exc:
+            raise ClientError(exc.message, exc.hint, 2) from None
+        nets = listing.select_networks(nets, filters)
     trunc = not a.no_trunc
     if a.quiet:
         for n in nets:

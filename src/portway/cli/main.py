@@ -59,6 +59,10 @@ def _root() -> Command:
             Opt("--label", "list", metavar="KEY=VALUE"))),
         Command("ls", "list networks (with host and none)", opts=(
             json_flag, quiet, no_trunc,
+            Opt("-f --filter", "list", metavar="KEY=VALUE", help="name=, driver= (regular "
+                "expressions), id= (a prefix), label=KEY[=VALUE], scope=, "
+                "type=custom|builtin, dangling=true|false; one key given twice: either "
+                "value"),
             template("--format", "each network (.ID .Name .Driver .Scope .IPv4 .IPv6 "
                      ".Internal .Labels .Label \"KEY\" .CreatedAt); 'table ...' with "
                      "headers"))),
@@ -122,7 +126,9 @@ def _root() -> Command:
             "every one)"),
         Opt("--privileged", "flag", help="every capability: the container is not isolated")),
         args=(Arg("cmd", "COMMAND [ARG...]", "rest"),))
-    exe = Command("exec", "run a command in a running container", opts=env_opts,
+    exe = Command("exec", "run a command in a running container", opts=(
+        *env_opts, Opt("-u --user", metavar="USER[:GROUP]", help="as this user (name or "
+                       "uid; default: the container's)")),
                   args=(Arg("container", "CONTAINER"), Arg("cmd", "COMMAND [ARG...]", "rest")))
     trace = Command(
         "trace", "follow a new connection hop by hop, rule by rule",
@@ -157,7 +163,8 @@ def _root() -> Command:
         Command("ps", "list containers (newest first)", opts=(
             Opt("-a --all", "flag", help="stopped ones too"), json_flag, quiet,
             Opt("-f --filter", "list", metavar="KEY=VALUE", help="id=, name= (a regular "
-                "expression), label=KEY[=VALUE], status=, network=, exited=CODE; one key "
+                "expression), label=KEY[=VALUE], status=, network=, exited=CODE, "
+                "before=|since=CONTAINER, publish=|expose=PORT[-PORT][/PROTO]; one key "
                 "given twice: either value"),
             template("--format", "each container (.ID .Names .Status .State .Ports "
                      ".Networks .Command .CreatedAt .RunningFor .Labels .Label \"KEY\" "
@@ -182,7 +189,9 @@ def _root() -> Command:
                           "(default all)"),
                       Opt("-t --timestamps", "flag", help="when each line came"))),
         Command("start", "start stopped containers again",
-                args=(Arg("names", "CONTAINER", "+"),)),
+                args=(Arg("names", "CONTAINER", "+"),),
+                opts=(Opt("-a --attach", "flag", help="then its output until the command "
+                          "ends, and exit with the command's code (one container)"),)),
         Command("stop", "stop containers (SIGTERM, then SIGKILL)",
                 args=(Arg("names", "CONTAINER", "+"),),
                 opts=(Opt("-t --time", metavar="SECONDS", default=10.0, convert=float,
@@ -463,7 +472,7 @@ def cmd_exec(client: Client, a: Args) -> int:
     # The daemon finds the command as the container would (127: no such program, 126:
     # one that cannot be executed), before anything runs.
     info = client.call("exec_info", ref=a.container, command=command,
-                       workdir=a.workdir or os.getcwd())
+                       workdir=a.workdir or os.getcwd(), user=a.user)
     env = dict(info["Env"])
     if "TERM" in os.environ:
         env["TERM"] = os.environ["TERM"]
@@ -606,6 +615,38 @@ def cmd_logs(client: Client, a: Args) -> int:
     return 0
 
 
+def cmd_start_attached(client: Client, a: Args) -> int:
+    """Docker's `start -a`: start one container, print what its command writes from then
+    on until it ends (the output of earlier runs stays in `logs`), and exit with the
+    command's exit code."""
+    if len(a.names) != 1:
+        raise ClientError("you cannot start and attach multiple containers at once",
+                          "give one container to 'start -a'")
+    offset = client.call("logs", ref=a.names[0], tail="0")["Offset"]
+    [started] = client.call("start", refs=a.names)
+    if "error" in started:
+        raise ClientError(started["error"], started.get("hint") or "")
+    running = True
+    while running:
+        reply = client.call("logs", ref=a.names[0], since=offset, follow=True)
+        sys.stdout.write(reply["Log"])
+        sys.stdout.flush()
+        offset, running = reply["Offset"], reply["Running"]
+        if running:
+            time.sleep(0.1)
+    # Ended: what it wrote last (a line without its newline too), then its code.
+    while True:
+        reply = client.call("logs", ref=a.names[0], since=offset)
+        if reply["Offset"] == offset:
+            break
+        sys.stdout.write(reply["Log"])
+        offset = reply["Offset"]
+    [waited] = client.call("wait", refs=a.names)
+    if "error" in waited:
+        raise ClientError(waited["error"], waited.get("hint") or "")
+    return int(waited["Result"])
+
+
 def dispatch(client: Client, a: Args) -> int:
     if a.command == "network":
         return cmd_network(client, a)
@@ -633,6 +674,8 @@ def dispatch(client: Client, a: Args) -> int:
     elif a.command == "logs":
         return cmd_logs(client, a)
     elif a.command == "start":
+        if a.attach:
+            return cmd_start_attached(client, a)
         return print_each(client.call("start", refs=a.names))
     elif a.command == "stop":
         return print_each(client.call("stop", refs=a.names, timeout=a.time))

@@ -30,7 +30,11 @@ NETWORK_HEADERS = {
 
 # ps --filter: the keys portway knows (Docker's, less those about images, volumes,
 # health and swarm), and Docker's container states.
-PS_FILTERS = ("id", "name", "label", "status", "network", "exited")
+PS_FILTERS = ("id", "name", "label", "status", "network", "exited", "before", "since",
+              "publish", "expose")
+# network ls --filter: Docker's keys. Its predefined networks are builtin, never dangling.
+NETWORK_FILTERS = ("driver", "id", "label", "name", "scope", "type", "dangling")
+PREDEFINED = ("bridge", "host", "none")
 STATES = ("created", "restarting", "running", "removing", "paused", "exited", "dead")
 
 
@@ -403,8 +407,57 @@ def parse_filters(specs: "list[str]", accepted: "tuple[str, ...]" = PS_FILTERS,
             except ValueError:
                 raise ListingError(f"invalid filter 'exited={value}'",
                                    "give an exit code, as in exited=0") from None
+        if key in ("publish", "expose"):
+            port_keys(value, key)  # raises for a bad one
+        if key == "type" and value not in ("custom", "builtin"):
+            raise ListingError(f"invalid filter 'type'='{value}'",
+                               "a network's type is custom or builtin")
+        if key == "dangling" and value.lower() not in ("true", "false", "1", "0"):
+            raise ListingError(f"invalid filter 'dangling'='{value}'",
+                               "give dangling=true or dangling=false")
         out.setdefault(key, []).append(value)
     return out
+
+
+def port_keys(spec: str, key: str = "publish") -> "set[str]":
+    """Docker's port filter value, PORT[-PORT][/PROTO] (tcp by default), as the keys of
+    a container's port maps ("80/tcp"); ListingError for a bad one."""
+    ports, _, proto = spec.partition("/")
+    proto = proto.lower() or "tcp"
+    low, dash, high = ports.partition("-")
+    try:
+        first, last = int(low), int(high) if dash else int(low)
+    except ValueError:
+        first = last = -1
+    if proto not in ("tcp", "udp", "sctp") or not 0 < first <= last <= 65535:
+        raise ListingError(f"invalid filter '{key}={spec}'",
+                           f"give {key}=PORT[-PORT][/tcp|udp|sctp], as in {key}=80/tcp")
+    return {f"{port}/{proto}" for port in range(first, last + 1)}
+
+
+def created_between(rows: "list[dict[str, Any]]", known: "list[dict[str, Any]]",
+                    refs: "dict[str, list[str]]") -> "list[dict[str, Any]]":
+    """Of rows, those created before every container before= names and after every one
+    since= names (looked up among known: all containers); ListingError for a name that
+    is no container's."""
+    before = [created_of(r, known, "before") for r in refs.get("before", [])]
+    since = [created_of(r, known, "since") for r in refs.get("since", [])]
+
+    def created(c: "dict[str, Any]") -> float:
+        return parse_time(c.get("Created")) or 0.0
+
+    return [c for c in rows if all(created(c) < t for t in before)
+            and all(created(c) > t for t in since)]
+
+
+def created_of(reference: str, containers: "list[dict[str, Any]]", key: str) -> float:
+    """The creation time of the container a before=/since= filter names (by name, or by
+    id or a prefix of it), among every container; ListingError if none is."""
+    for c in containers:
+        if reference in (name_of(c), str(c["Name"])) or str(c["Id"]).startswith(reference):
+            return parse_time(c.get("Created")) or 0.0
+    raise ListingError(f"no such container: {reference}",
+                       f"{key}= takes a container's name or id ('portway ps -a')")
 
 
 def _match(patterns: "list[str] | None", source: str) -> bool:
@@ -481,5 +534,46 @@ def select(containers: "list[dict[str, Any]]", filters: "dict[str, list[str]]",
         if not _on_network(filters.get("network"),
                            c["NetworkSettings"].get("Networks") or {}):
             continue
+        if not _on_ports(filters.get("publish"),
+                         {k for k, v in (c["NetworkSettings"].get("Ports") or {}).items()
+                          if v}):
+            continue
+        if not _on_ports(filters.get("expose"),
+                         set((c.get("Config") or {}).get("ExposedPorts") or {})):
+            continue
         out.append(c)
+    return out
+
+
+def _on_ports(wanted: "list[str] | None", ports: "set[str]") -> bool:
+    """One of the ports (or ranges) given is among the container's."""
+    return not wanted or any(port_keys(w) & ports for w in wanted)
+
+
+def select_networks(networks: "list[dict[str, Any]]", filters: "dict[str, list[str]]",
+                    ) -> "list[dict[str, Any]]":
+    """The networks `network ls --filter` shows, as Docker's: name and driver as
+    patterns, id by prefix, label KEY or KEY=VALUE, type custom|builtin (bridge, host
+    and none are builtin), dangling: no container attached (builtin ones never are)."""
+    out = []
+    for n in networks:
+        name, builtin = str(n["Name"]), n["Name"] in PREDEFINED
+        if not _match(filters.get("name"), name):
+            continue
+        if not _match(filters.get("driver"), str(n.get("Driver", ""))):
+            continue
+        if filters.get("id") and not any(str(n["Id"]).startswith(v) for v in filters["id"]):
+            continue
+        if filters.get("scope") and n.get("Scope", "local") not in filters["scope"]:
+            continue
+        if not _match_labels(filters.get("label"), dict(n.get("Labels") or {})):
+            continue
+        if filters.get("type") and ("builtin" if builtin else "custom") not in filters["type"]:
+            continue
+        dangling = filters.get("dangling")
+        if dangling:
+            wanted = dangling[-1].lower() in ("true", "1")
+            if wanted != (not builtin and not n.get("Containers")):
+                continue
+        out.append(n)
     return out

@@ -245,8 +245,8 @@ class Engine:
         return self.h.processes.exited(ref, exit_code, pid)
 
     def exec_info(self, ref: str, command: list[str] | None = None,
-                  workdir: str = "/") -> dict[str, Any]:
-        return self.h.processes.exec_info(ref, command, workdir)
+                  workdir: str = "/", user: str | None = None) -> dict[str, Any]:
+        return self.h.processes.exec_info(ref, command, workdir, user)
 
     def ps(self, all: bool = False) -> list[dict[str, Any]]:
         with self.lock:

@@ -273,16 +273,20 @@ class Processes:
         self.h.lifecycle.process_ended(container_id, pid, code, foreground)
 
     def exec_info(self, ref: str, command: list[str] | None = None,
-                  workdir: str = "/") -> dict[str, Any]:
+                  workdir: str = "/", user: str | None = None) -> dict[str, Any]:
         """How to run a command in a running container: the argv that joins its first
-        process's namespaces (PID namespace included) with the container's privileges."""
+        process's namespaces (PID namespace included) with the container's privileges,
+        as its user or as user (exec -u)."""
         workdir = self.check_workdir(workdir)
+        spec = confine.parse_user(user) if user else None
         with self.h.lock:
             c = self.h.own(ref)
             if c.status != "running":
                 raise Conflict(f"container {c.name} is not running",
                                f"start it first (portway start {c.name})")
             conf = self.confinement(c)
+        if spec is not None:
+            conf = replace(conf, identity=self.kernel.resolve_identity(spec))
         if command:
             self.check_command(command, workdir, c.config.env)
         # `run -d` returns before its helper has entered the namespaces and exec'd the
