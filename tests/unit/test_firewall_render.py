@@ -66,9 +66,9 @@ def test_ports_are_elements_not_rules() -> None:
 def test_rules_per_network_are_constant() -> None:
     # Base chains dispatch by map; a network adds its own few rules, not one per peer.
     a = firewall.render_network(network(), INSTANCE)
-    assert rules(a) == 10
+    assert rules(a) == 12  # 2 of them mark its traffic for other tables
     base_rules = rules(firewall.render_base())
-    assert base_rules == 29  # 12 of them for IPv6
+    assert base_rules == 28  # 12 of them for IPv6
 
 
 def test_options_change_the_network_rules() -> None:
@@ -160,7 +160,7 @@ def test_repair_touches_only_what_differs_and_only_mine() -> None:
         "restore chain inet portway in-abababababab: it differs from what portway wrote"]
     flush, *restored = repairs[0].steps[0][1:]
     assert flush == {"flush": {"chain": {**firewall.T, "name": "in-abababababab"}}}
-    assert len(restored) == 4 and all("rule" in c["add"] for c in restored)
+    assert len(restored) == 5 and all("rule" in c["add"] for c in restored)
     # My element gone: put back alone; theirs gone: not mine to restore.
     without = [c for c in kernel if c != firewall.render_network(mine, INSTANCE)[-1]]
     assert [r.what for r in plan(without, [mine])] == [
@@ -247,5 +247,6 @@ def test_related_packets_meet_isolation_first() -> None:
     cmds = firewall.render_network(network(), INSTANCE)
     fin = [c["add"]["rule"] for c in cmds if c["add"].get("rule", {}).get("chain")
            == "in-abababababab"]
-    assert fin[0]["expr"][0]["match"]["right"] == "established"
+    assert "mangle" in fin[0]["expr"][0]  # the mark for other tables, first
+    assert fin[1]["expr"][0]["match"]["right"] == "established"
     assert "related" not in json.dumps(fin[:-1])

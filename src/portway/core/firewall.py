@@ -8,14 +8,16 @@ published ports are map elements, not rules.
 
     guard (filter, raw priority)  nothing a container sends arrives on its bridge port
                        itself (802.1 link-local frames do): dropped; a portway subnet's
-                       addresses come only from its bridge; containers never reach the
-                       host's 127/8
+                       addresses come only from its bridge; iifname @bridges ->
+                       guard_bridges: containers never reach the host's 127/8, DNS
+                       to portway's server skips conntrack
     prerouting (nat)   127/8 never DNATs from outside; published ports by map
     output (nat)       published ports for the host's own processes, 127.0.0.1 too
     postrouting (nat)  host -> loopback-published port: masquerade;
                        saddr vmap @nat_src -> nat-<net>: hairpin and outbound masquerade
     forward (filter)   iifname vmap @fwd_in -> in-<net>: same network, published, isolation
                        oifname vmap @fwd_out -> out-<net>: only replies and published ports
+                       (both mark the traffic for other tables first)
     input (filter)     internal networks reach no host address and no port but DNS on
                        their gateway
 
@@ -207,19 +209,23 @@ def render_base() -> list[Cmd]:
         cmds.append(_rule("guard", [_match(_meta("iifname"), "lo", "!="), {"vmap": {
             "key": _payload(f.proto, "saddr"), "data": f"@{f.name('src_in')}"}}],
             f"a portway network's addresses come only from its bridge{f.label}"))
+    # What arrives from a portway bridge meets the rules below in a chain of its own:
+    # one set lookup per packet, not one per rule.
+    cmds += [_chain("guard_bridges"),
+             _rule("guard", [_match(_meta("iifname"), "@bridges"),
+                             {"jump": {"target": "guard_bridges"}}],
+                   "from a portway network")]
     for f in FAMILIES:
-        cmds.append(_rule("guard", [_match(_meta("iifname"), "@bridges"),
-                                    _match(_payload(f.proto, "daddr"), f.loopback),
-                                    {"drop": None}],
+        cmds.append(_rule("guard_bridges", [_match(_payload(f.proto, "daddr"), f.loopback),
+                                            {"drop": None}],
                           f"containers never reach the host's loopback addresses{f.label}"))
     # DNS to portway's server keeps no conntrack state: nothing NATs or filters it by
     # state, so the entries would only cost time per query and table space, and UDP's
     # insertion race (two queries on one socket at once) could drop a query.
     for f in FAMILIES:
         cmds += [
-            _rule("guard", [_match(_meta("iifname"), "@bridges"),
-                            _match(_payload(f.proto, "daddr"), f"@{f.name('dns')}"),
-                            _match(_payload("udp", "dport"), 53), {"notrack": None}],
+            _rule("guard_bridges", [_match(_payload(f.proto, "daddr"), f"@{f.name('dns')}"),
+                                    _match(_payload("udp", "dport"), 53), {"notrack": None}],
                   f"queries to portway's DNS server skip conntrack{f.label}"),
             _rule("guard_out", [_match(_meta("oifname"), "@bridges"),
                                 _match(_payload(f.proto, "saddr"), f"@{f.name('dns')}"),
@@ -255,11 +261,8 @@ def render_base() -> list[Cmd]:
         cmds.append(_rule("postrouting", [{"vmap": {"key": _payload(f.proto, "saddr"),
                                                     "data": f"@{f.name('nat_src')}"}}],
                           f"per-network source NAT{f.label}"))
+    # (Each network's in- and out- chain marks its traffic for other tables first.)
     cmds += [
-        _rule("forward", [_match(_meta("iifname"), "@bridges"), _set_mark()],
-              "mark portway's traffic for other tables: meta mark & 0x02000000"),
-        _rule("forward", [_match(_meta("oifname"), "@bridges"), _set_mark()],
-              "mark portway's traffic for other tables: meta mark & 0x02000000"),
         _rule("forward", [{"vmap": {"key": _meta("iifname"), "data": "@fwd_in"}}],
               "from a portway network"),
         _rule("forward", [{"vmap": {"key": _meta("oifname"), "data": "@fwd_out"}}],
@@ -351,9 +354,11 @@ def render_network(network: Network, instance: str) -> list[Cmd]:
     dnatted = _match({"ct": {"key": "status"}}, "dnat", "in")
     same = _match(_meta("oifname"), br)
     cmds: list[Cmd] = [_chain(fin), _chain(fout), _chain(src)]
+    mark = "mark portway's traffic for other tables: meta mark & 0x02000000"
     # Replies first, but not `related`: an ICMP error a container forges about another
     # network's tracked flow is `related`, and must meet isolation (below) first.
     cmds += [
+        _rule(fin, [_set_mark()], mark),
         _rule(fin, [established, {"accept": None}], f"{owner}: replies"),
         _rule(fin, [same, {"accept" if _bool_option(network, ICC_OPTION) else "drop": None}],
               f"{owner}: between its containers (icc)"),
@@ -396,6 +401,7 @@ def render_network(network: Network, instance: str) -> list[Cmd]:
         # isolate=true: on to the other network's own chain, which only a network that
         # is not isolated opens (below).
     cmds += [
+        _rule(fout, [_set_mark()], mark),
         _rule(fout, [replies, {"accept": None}], f"{owner}: replies"),
         _rule(fout, [dnatted, {"accept": None}], f"{owner}: published ports"),
     ]
