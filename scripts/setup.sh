@@ -11,9 +11,10 @@ fi
 
 # System packages: iproute2 (the tests' oracle, `ip -j`), nftables/libnftables1
 # (the firewall), python3-venv, procps, bind9-dnsutils (dig), graphviz (`portway graph`),
-# podman, runc and busybox-static (the Podman backend tests run real Podman).
+# podman, runc and busybox-static (the Podman backend tests run real Podman), conntrack
+# (tests read the flows the kernel tracks), zsh (its completion script is tested).
 bash scripts/apt-ensure.sh python3 python3-venv iproute2 nftables libnftables1 procps \
-  bind9-dnsutils graphviz podman runc busybox-static
+  bind9-dnsutils graphviz podman runc busybox-static conntrack zsh
 
 # Debian's own interpreter (what users run as root), not a shim on PATH.
 PY=/usr/bin/python3

@@ -84,6 +84,15 @@ def test_dual_stack_end_to_end(sandbox: Sandbox, tmp_path: Path) -> None:
                     "@fd00:140::1").stdout.split()
         assert ptr == ["web."]
         assert "fd00:140::3\t" in sb.pw("exec", "cli", "--", "cat", "/etc/hosts").stdout
+        # Between containers of one network: bridged, never NATed, no conntrack entry.
+        # To a published port on the gateway (a hairpin): DNATed, so tracked; it works.
+        assert get(cli, "http://10.140.0.1:8080/") == "200"
+        assert get(cli, "http://[fd00:140::1]:8080/") == "200"
+        flows = sh("ip", "netns", "exec", sb.host, "conntrack", "-L", "-p", "tcp").stdout
+        assert "src=10.140.0.3 dst=10.140.0.1 " in flows  # the hairpins, tracked
+        assert "src=fd00:140::3 dst=fd00:140::1 " in flows
+        assert "src=10.140.0.3 dst=10.140.0.2 " not in flows, flows  # the direct ones not
+        assert "src=fd00:140::3 dst=fd00:140::2 " not in flows, flows
         # Out through NAT66: the outside sees the host's IPv6 address.
         assert get(cli, f"http://[{OUTSIDE_ADDR6}]:9000/") == "200"
         assert f"{HOST_ADDR6} - -" in log.read_text()

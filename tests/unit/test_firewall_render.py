@@ -6,6 +6,7 @@ import ipaddress
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from portway.core import firewall, names
 from portway.core.firewall import Published
@@ -66,7 +67,7 @@ def test_ports_are_elements_not_rules() -> None:
 def test_rules_per_network_are_constant() -> None:
     # Base chains dispatch by map; a network adds its own few rules, not one per peer.
     a = firewall.render_network(network(), INSTANCE)
-    assert rules(a) == 12  # 2 of them mark its traffic for other tables
+    assert rules(a) == 13  # 2 of them mark its traffic for other tables
     base_rules = rules(firewall.render_base())
     assert base_rules == 28  # 12 of them for IPv6
 
@@ -250,3 +251,20 @@ def test_related_packets_meet_isolation_first() -> None:
     assert "mangle" in fin[0]["expr"][0]  # the mark for other tables, first
     assert fin[1]["expr"][0]["match"]["right"] == "established"
     assert "related" not in json.dumps(fin[:-1])
+
+
+def test_only_traffic_between_containers_skips_conntrack() -> None:
+    def untracked(net: Network) -> list[list[Any]]:
+        return [c["add"]["rule"]["expr"] for c in firewall.render_network(net, INSTANCE)
+                if {"notrack": None} in c["add"].get("rule", {}).get("expr", [])]
+
+    [rule] = untracked(network())
+    assert rule[0]["match"]["right"] == "pwbr-abababab"  # from its bridge only
+    assert rule[1]["match"]["right"] == {"prefix": {"addr": "10.77.0.0", "len": 24}}
+    assert rule[2]["match"] == {"op": "!=", "left": {"payload": {
+        "protocol": "ip", "field": "daddr"}}, "right": "10.77.0.1"}  # the gateway DNATs
+    # Where a hairpin's answer needs conntrack's reverse NAT, every flow is tracked: a
+    # routed family (no hairpin masquerade), an internal network (no masquerade at all).
+    assert untracked(network(**{f"{firewall.GATEWAY_MODE}4": "routed"})) == []
+    assert untracked(network(internal=True)) == []
+    assert untracked(network(**{firewall.ICC_OPTION: "false"})) == []  # all dropped

@@ -413,6 +413,24 @@ def render_network(network: Network, instance: str) -> list[Cmd]:
         _rule(fout, [{"drop": None}], f"{owner}: no direct access from outside"),
         _rule(src, [_match(_meta("iifname"), {"set": [br, "lo"]}, "!="), {"drop": None}],
               f"{owner}: its addresses come only from its bridge"),
+    ]
+    if not network.internal and _bool_option(network, ICC_OPTION):
+        # From one container to another of the network: bridged, never NATed, so no
+        # conntrack entry (nothing here matches on its state: icc accepts it as it is;
+        # with icc off it is dropped, tracked or not). Not to the gateway (published
+        # ports on it are DNATed), not where a family is routed (there, a hairpin's
+        # answer needs conntrack's reverse NAT, as it does on an internal network,
+        # which has no masquerade).
+        for sub in network.subnets:
+            if routed(network, sub.version):
+                continue
+            f = family(sub.version)
+            cmds.append(_rule(src, [_match(_meta("iifname"), br),
+                                    _match(_payload(f.proto, "daddr"), _prefix(sub.subnet)),
+                                    _match(_payload(f.proto, "daddr"), str(sub.gateway), "!="),
+                                    {"notrack": None}],
+                              f"{owner}: between its containers, no conntrack entry{f.label}"))
+    cmds += [
         _add("bridges", br, tag),
         _add("fwd_in", br, tag, {"jump": {"target": fin}}),
         _add("fwd_out", br, tag, {"jump": {"target": fout}}),
