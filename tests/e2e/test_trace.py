@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -178,6 +179,26 @@ def test_trace_notices_changes_behind_the_store(paths: Sandbox) -> None:
     assert attempt(in_web, f"http://{sb.outside_addr}:80/").startswith("fail")
     text = sb.pw("trace", "web", f"{sb.outside_addr}:80").stdout
     assert "no route to" in text and text.splitlines()[-1].startswith("verdict: no-route")
+
+
+def test_trace_draws_its_path(paths: Sandbox, tmp_path: Path) -> None:
+    """trace -o: the path on the topology picture, as Graphviz draws it."""
+    sb = paths
+    picture = tmp_path / "path.svg"
+    cp = sb.pw("trace", "outside", "web:80", "-o", str(picture))
+    assert cp.stdout.rstrip().endswith(str(picture))  # the text, then the file
+    svg = picture.read_text().replace("&#45;", "-")  # Graphviz's escaped hyphens
+    assert svg.startswith("<?xml") and "<svg" in svg
+    web = sb.inspect("web")["NetworkSettings"]["Networks"]["app"]  # type: ignore[index]
+    assert web["HostInterface"] in svg  # type: ignore[index]
+    assert "DNAT" in svg and "delivered: delivered to container web" in svg
+    # A path that stops: the verdict where it stopped; --json stays JSON alone.
+    dot = tmp_path / "stopped.dot"
+    cp = sb.pw("trace", "web", "10.51.0.2:80", "--json", "-o", str(dot))
+    assert json.loads(cp.stdout)["verdict"] == "dropped"
+    assert '"path:end:dropped"' in dot.read_text() and "isolation" in dot.read_text()
+    bad = sb.pw("trace", "web", "10.51.0.2:80", "-o", str(tmp_path / "x.bmp"), check=False)
+    assert bad.returncode == 2 and bad.stdout == "" and "svg, .png or .dot" in bad.stderr
 
 
 def test_trace_bad_input(paths: Sandbox) -> None:

@@ -89,3 +89,74 @@ def test_namespaces_portway_did_not_make() -> None:
     text = show_text(topo)
     assert "namespaces portway did not make" in text
     assert "namespace lab-vm   vm0 #7 (port of br0)   eth0 #2   10.88.0.2" in text
+
+
+def hop(kind: str, where: str, detail: str = "", **decision: str) -> dict[str, Any]:
+    return {"kind": kind, "where": where, "detail": detail, **decision}
+
+
+PUBLISHED = {  # trace outside 198.51.100.1:8080, as portway's trace reports it
+    "source": "outside", "destination": "198.51.100.1:8080", "protocol": "tcp",
+    "verdict": "delivered", "summary": "delivered to container web, 10.0.0.2:80/tcp",
+    "hops": [
+        hop("route", "outside", "route lookup: 198.51.100.1 via wan0"),
+        hop("veth", "wan0 -> uplink0", "veth pair"),
+        hop("hook", "host: inet portway prerouting", 'prerouting: accept by "published '
+            'ports on every host address"; destination 198.51.100.1:8080 -> '
+            '10.0.0.2:80 (DNAT)', verdict="accept"),
+        hop("route", "host", "route lookup: 10.0.0.2 dev pwbr-a"),
+        hop("hook", "host: inet portway forward", 'forward: accept by "network app: '
+            'published ports" (in out-a)', verdict="accept"),
+        hop("bridge", "pwbr-a", "FDB: 02:42:0a:00:00:02 on port pwv-1"),
+        hop("veth", "pwv-1 -> eth0", "veth pair: pwv-1 #5 in host -> eth0 #2 in web"),
+        hop("route", "container web", "route lookup: 10.0.0.2 is local"),
+        hop("socket", "container web", "a tcp socket listens on 0.0.0.0:80")]}
+
+
+def test_a_path_is_drawn_on_the_topology() -> None:
+    from portway.core.graph import path_dot
+
+    dot = path_dot(recorded(), PUBLISHED)
+    assert dot.startswith(to_dot(recorded())[:-2])  # the topology, then the path
+    bridge, host_end, end = '"br:' + "a" * 64 + '"', f'"veth:{"c" * 64}:{"a" * 64}"', \
+        f'"end:{"c" * 64}:{"a" * 64}"'
+    # The places the path passes, numbered in order; the hooks on the arrows between,
+    # with what they decided and rewrote.
+    assert f'{bridge} [color="#1f618d", penwidth=2, xlabel="6"]' in dot
+    assert f'{end} [color="#1f618d", penwidth=2, xlabel="7,8,9"]' in dot
+    assert f"{bridge} -> {host_end}" in dot and f"{host_end} -> {end}" in dot
+    arrow = next(line for line in dot.splitlines() if f'"if:uplink0" -> {bridge}' in line)
+    assert "3 inet portway prerouting: accept by" in arrow
+    assert "(DNAT 198.51.100.1:8080 -> 10.0.0.2:80)" in arrow
+    assert "5 inet portway forward: accept by" in arrow
+    # Delivered: the last place and the verdict in green.
+    assert f'{end} [color="#1e8449", penwidth=3]' in dot
+    assert 'label="delivered: delivered to container web,\\n10.0.0.2:80/tcp"' in dot
+    assert dot.count("{") == dot.count("}")
+
+
+def test_where_a_path_stops_is_red() -> None:
+    from portway.core.graph import path_dot
+
+    stopped = {**PUBLISHED, "verdict": "dropped",
+               "summary": "dropped in host by inet portway forward: isolation",
+               "hops": PUBLISHED["hops"][:5]}
+    dot = path_dot(recorded(), stopped)
+    assert '"if:uplink0" [color="#c0392b", penwidth=3]' in dot
+    end = next(line for line in dot.splitlines() if line.startswith('  "path:end:'))
+    assert 'color="#c0392b"' in end and "isolation" in end
+    # The hooks after the last place it reached go on the arrow to the verdict.
+    to_end = next(line for line in dot.splitlines() if '-> "path:end:' in line)
+    assert "5 inet portway forward" in to_end
+
+
+def test_a_path_picture_is_valid_dot() -> None:
+    import shutil
+    import subprocess
+
+    from portway.core.graph import path_dot
+
+    assert shutil.which("dot"), "make test installs graphviz (scripts/setup.sh)"
+    cp = subprocess.run(["dot", "-Tsvg"], input=path_dot(recorded(), PUBLISHED),
+                        capture_output=True, text=True)
+    assert cp.returncode == 0 and "<svg" in cp.stdout, cp.stderr

@@ -145,6 +145,8 @@ def _root() -> Command:
                   "trace IPv6"),
               Opt("--live", "flag",
                   help="also send one real probe and show the kernel's own trace of it"),
+              Opt("-o --output", metavar="FILE", help="also draw the path on the "
+                  "topology: FILE.svg, FILE.png or FILE.dot"),
               json_flag))
     audit = Command(
         "audit", "who can reach what on this host, through which rule; what is exposed "
@@ -525,23 +527,30 @@ def print_dns(info: "dict[str, Any]") -> None:
         print(table(rows, ["TIME", "CLIENT", "NAME", "TYPE", "RESULT", "HOW", "TOOK"]))
 
 
-def cmd_graph(client: Client, output: str) -> int:
+def picture_format(output: str) -> str:
+    """dot, svg or png, from -o's file name ("-": DOT on stdout)."""
     import os
-
-    from portway.core.graph import to_dot
 
     fmt = "dot" if output == "-" else os.path.splitext(output)[1].lstrip(".").lower()
     if fmt not in ("dot", "gv", "svg", "png"):
         raise ClientError(f"cannot tell the picture format from {output!r}",
                           "name the file .svg, .png or .dot", 2)
-    dot = to_dot(client.observe("show"))
+    return fmt
+
+
+def write_picture(dot: str, output: str, announce: bool = True) -> None:
+    """DOT to stdout ("-"), to a .dot file, or through Graphviz to SVG or PNG; the
+    file's name printed if announce."""
+    fmt = picture_format(output)
     if output == "-":
         sys.stdout.write(dot)
-        return 0
+        return
     if fmt in ("dot", "gv"):
         with open(output, "w") as f:
             f.write(dot)
-        return 0
+        if announce:
+            print(output)
+        return
     import shutil
     import subprocess
 
@@ -553,7 +562,15 @@ def cmd_graph(client: Client, output: str) -> int:
     if cp.returncode != 0:
         raise ClientError(f"dot failed: {cp.stderr.strip().splitlines()[0]}",
                           "write DOT with -o FILE.dot to look at it", 5)
-    print(output)
+    if announce:
+        print(output)
+
+
+def cmd_graph(client: Client, output: str) -> int:
+    from portway.core.graph import to_dot
+
+    picture_format(output)  # a bad name is refused before anything is read
+    write_picture(to_dot(client.observe("show")), output)
     return 0
 
 
@@ -711,12 +728,19 @@ def dispatch(client: Client, a: Args) -> int:
         if a.ipv4 and a.ipv6:
             raise ClientError("-4 and -6 exclude each other", "give one of them", 2)
         family = {"family": 4 if a.ipv4 else 6} if a.ipv4 or a.ipv6 else {}
+        if a.output:
+            picture_format(a.output)  # a bad name is refused before the trace
         result = client.observe("trace", source=a.source, destination=a.destination,
                              from_ip=a.from_ip, live=a.live, **family)
         if a.json:
             print_json(result["trace"])
         else:
             print(result["text"])
+        if a.output:
+            from portway.core.graph import path_dot
+
+            write_picture(path_dot(client.observe("show"), result["trace"]), a.output,
+                          announce=not a.json)
     elif a.command == "audit":
         return cmd_audit(client, a)
     elif a.command == "graph":

@@ -9,6 +9,8 @@ make that the host's veths lead to (a dashed box each).
 
 from __future__ import annotations
 
+import itertools
+import re
 from typing import Any
 
 MISSING = "#c0392b"
@@ -109,3 +111,133 @@ def to_dot(topo: dict[str, Any]) -> str:
     lines += ports
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------ a trace's path
+
+PATH = "#1f618d"  # the path's steps
+STOP = "#c0392b"  # where it stopped
+DONE = "#1e8449"  # where it was delivered
+_REWRITE = re.compile(r"(destination|source) (\S+) -> (\S+) \(([^)]+)\)")
+
+
+def _anchors(topo: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
+    """The picture's nodes by interface name (bridges, both ends of every veth, the
+    host's links) and by container name (its first interface), as to_dot names them."""
+    by_if: dict[str, str] = {f"host:{link['Name']}": f"if:{link['Name']}"
+                             for link in topo["HostLinks"]}
+    by_container: dict[str, str] = {}
+    for net in topo["Networks"]:
+        br = net["Bridge"]
+        by_if[f"host:{br.get('Name', br.get('Expected', ''))}"] = f"br:{net['Id']}"
+        for m in net["Containers"]:
+            end = f"end:{m['Id']}:{net['Id']}"
+            by_container.setdefault(m["Name"], end)
+            if m["HostEnd"]["Present"]:
+                by_if[f"host:{m['HostEnd']['Name']}"] = f"veth:{m['Id']}:{net['Id']}"
+                by_if[f"peer:{m['HostEnd']['Name']}"] = end
+            by_if[f"{m['Name']}:{m['ContainerEnd'].get('Name', 'eth0')}"] = end
+    for ns in topo.get("Foreign", []):
+        for link in ns["Links"]:
+            name = link["HostEnd"]["Name"]
+            by_if[f"host:{name}"] = f"fveth:{name}"
+            by_if[f"peer:{name}"] = f"fend:{ns['Key']}:{name}"
+    return by_if, by_container
+
+
+def _anchors_of(hop: dict[str, Any], by_if: dict[str, str], by_container: dict[str, str],
+                here: str) -> list[str]:
+    """The nodes a hop passes, in order, as far as the picture has them (a veth: both
+    ends); here: the container the packet is in (a veth hop names its interfaces, not
+    the container)."""
+    kind, where = hop["kind"], hop["where"]
+    if kind in ("route", "socket") and where.startswith("container "):
+        node = by_container.get(where.split(" ", 1)[1])
+        return [node] if node else []
+    if kind == "veth" and " -> " in where:
+        left, right = where.split(" -> ", 1)
+        nodes = [by_if.get(f"host:{left}") or by_if.get(f"{here}:{left}"),
+                 by_if.get(f"host:{right}") or by_if.get(f"peer:{left}") or
+                 by_if.get(f"{here}:{right}")]
+        return [n for n in nodes if n]
+    if kind in ("bridge", "leave", "drop") and where:
+        node = by_if.get(f"host:{where.split()[0]}")
+        return [node] if node else []
+    return []
+
+
+def _step_text(number: int, hop: dict[str, Any]) -> str:
+    """One line for a step on an arrow: where, what decided (shortened), what it
+    rewrote."""
+    detail = str(hop["detail"])
+    rewrites = ", ".join(f"{m[3]} {m[1]} -> {m[2]}" for m in _REWRITE.findall(detail))
+    where = str(hop["where"]).split(": ", 1)[-1]
+    decided = detail.split(";", 1)[0].split(": ", 1)[-1]
+    if len(decided) > 60:
+        decided = decided[:57] + "..."
+    text = f"{number} {where}: {decided}" if hop["kind"] == "hook" else \
+        f"{number} {hop['kind']} {where}"
+    return f"{text} ({rewrites})" if rewrites else text
+
+
+def path_dot(topo: dict[str, Any], trace: dict[str, Any]) -> str:
+    """The topology of to_dot with a trace's path drawn on it: the interfaces and
+    bridges it passes numbered in order and joined by arrows, each arrow labelled with
+    the hooks passed on the way (the deciding rule's verdict, the rewrites), and the
+    place it ended: green where it was delivered, red where it stopped, with the
+    verdict."""
+    by_if, by_container = _anchors(topo)
+    lines: list[str] = []
+    here = ""
+    steps: list[tuple[str, list[int], list[str]]] = []  # node, its steps, steps on the way
+    pending: list[str] = []
+    start = f"path:{trace['source']}"
+    lines.append(f"  {_q(start)} [label={_q('from ' + str(trace['source']))}, shape=oval, "
+                 f"color={_q(PATH)}, fontcolor={_q(PATH)}];")
+    steps.append((start, [], []))
+    for number, hop in enumerate(trace["hops"], 1):
+        if hop["kind"] == "route" and str(hop["where"]).startswith("container "):
+            here = str(hop["where"]).split(" ", 1)[1]
+        nodes = _anchors_of(hop, by_if, by_container, here)
+        if not nodes:
+            pending.append(_step_text(number, hop))
+        for node in nodes:
+            if node == steps[-1][0]:
+                if number not in steps[-1][1]:
+                    steps[-1][1].append(number)
+                steps[-1][2].extend(pending)
+            else:
+                steps.append((node, [number], pending))
+            pending = []
+    delivered = trace.get("verdict") == "delivered"
+    color = DONE if delivered else STOP
+    end = f"path:end:{trace['verdict']}"
+    verdict = f"{trace['verdict']}: {trace.get('summary', '')}".rstrip(": ")
+    lines.append(f"  {_q(end)} [label={_q(_wrap(verdict))}, shape=note, color={_q(color)}, "
+                 f"fontcolor={_q(color)}];")
+    steps.append((end, [], pending))
+    for node, numbers, _ in steps[1:-1]:
+        lines.append(f"  {_q(node)} [color={_q(PATH)}, penwidth=2, "
+                     f"xlabel={_q(','.join(str(n) for n in numbers))}];")
+    last = steps[-2][0]
+    if last != start:
+        lines.append(f"  {_q(last)} [color={_q(color)}, penwidth=3];")
+    for (a, _, _), (b, _, on_way) in itertools.pairwise(steps):
+        label = NL.join(on_way)
+        lines.append(f"  {_q(a)} -> {_q(b)} [color={_q(color if b == end else PATH)}, "
+                     f"penwidth=2, arrowhead=normal, constraint=false, "
+                     f"fontcolor={_q(PATH)}, label={_q(label)}];")
+    dot = to_dot(topo)
+    return dot[:dot.rindex("}")] + "\n".join(lines) + "\n}\n"
+
+
+def _wrap(text: str, width: int = 48) -> str:
+    """A label's long line broken at spaces (DOT does not wrap)."""
+    out, line = [], ""
+    for word in text.split():
+        if line and len(line) + 1 + len(word) > width:
+            out.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return NL.join([*out, line])
