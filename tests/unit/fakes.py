@@ -44,6 +44,7 @@ class World:
     links: dict[str, str] = field(default_factory=dict)  # host end -> sandbox path
     namespaces: set[str] = field(default_factory=set)
     routes: set[str] = field(default_factory=set)  # sandbox paths with a default route
+    loopback_up: set[str] = field(default_factory=set)  # runtime sandboxes whose lo is up
     etc: dict[str, dict[str, str]] = field(default_factory=dict)
     rules: set[str] = field(default_factory=set)  # firewall parts, named
     held: set[tuple[str, str, int]] = field(default_factory=set)
@@ -326,6 +327,9 @@ class FakeSandboxKernel:
 
     def set_default_route(self, sandbox: Any, ifname: str, gateway: IPAddress) -> None:
         self.w.routes.add(sandbox.path)
+
+    def loopback_up(self, sandbox: Any) -> None:
+        self.w.loopback_up.add(sandbox.path)
 
     def delete_routes(self, sandbox: Any, routes: tuple[Route, ...]) -> list[str]:
         self.w.step("routes.delete")

@@ -136,6 +136,8 @@ def test_attach_sandbox_for_a_runtime_is_all_or_nothing(tmp_path: Path) -> None:
                                                 Attachment(back, ifname="eth1")], new=True)
     assert [e.ifname for e in endpoints] == ["eth0", "eth1"] and len(w.links) == 2
     assert "/run/netns/theirs" in w.namespaces  # the runtime's sandbox: never portway's
+    # Its lo up, as netavark sets it: Podman relies on it (rootless published ports).
+    assert w.loopback_up == {"/run/netns/theirs"}
     assert h.containers.detach_sandbox(c, {"front"}) == [front.id]
     assert len(w.links) == 1 and h.store.find_container("pod") is not None
     h.containers.detach_sandbox(c, None)

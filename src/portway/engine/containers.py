@@ -503,6 +503,7 @@ class Containers:
             added: list[Endpoint] = []
             undo.callback(lambda: h.endpoints.detach(added))
             with h.sandbox_kernel.open(container.netns) as sandbox:
+                h.sandbox_kernel.loopback_up(sandbox)
                 for a in attachments:
                     endpoint = have.get(a.network.id)
                     if endpoint is None:

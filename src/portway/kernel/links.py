@@ -485,6 +485,14 @@ def setup_loopback(ipr: IPRoute, tag: str) -> None:
     ipr.link("set", index=LOOPBACK_INDEX, state="up", ifalias=tag)
 
 
+def loopback_up(ipr: IPRoute) -> None:
+    """lo up in a runtime's namespace (netavark does it at every setup; Podman relies on
+    it: rootless Podman's published ports reach the container through its own address,
+    and a namespace's own addresses are reached through lo). Untagged: the namespace is
+    the runtime's."""
+    ipr.link("set", index=LOOPBACK_INDEX, state="up")
+
+
 def observe_loopback_tag(ipr: IPRoute) -> str:
     link = observe_link(ipr, "lo")
     return link.alias if link else ""
