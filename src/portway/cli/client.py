@@ -171,7 +171,7 @@ def _walk_state_dir(state_dir: str, euid: int) -> str | None:
             if links > _MAX_SYMLINKS:
                 raise ClientError(f"state dir {state_dir}: too many levels of symbolic links",
                                   "give another --state-dir", 2)
-            if st.st_uid not in (0, euid):
+            if st.st_uid not in (0, euid) and not _root_unmapped(st.st_uid):
                 raise _untrusted(f"state dir {state_dir} goes through the symbolic link "
                                  f"{path}, which belongs to uid {st.st_uid}",
                                  "give a path that does not (--state-dir)")
@@ -199,7 +199,7 @@ def _check_on_the_way(state_dir: str, path: str, st: "posix.stat_result", euid: 
             raise _untrusted(f"state dir {state_dir} is writable by other users",
                              f"chmod 700 {state_dir} (or use another --state-dir)")
         return
-    if st.st_uid not in (0, euid):
+    if st.st_uid not in (0, euid) and not _root_unmapped(st.st_uid):
         raise _untrusted(f"state dir {state_dir} is inside {path}, which belongs to uid "
                          f"{st.st_uid}", "its owner could replace the state dir: use "
                          "another --state-dir")
@@ -209,6 +209,24 @@ def _check_on_the_way(state_dir: str, path: str, st: "posix.stat_result", euid: 
                          "(or use another --state-dir)")
 
 
+def _root_unmapped(uid: int) -> bool:
+    """uid is the overflow uid of a user namespace that does not map the machine's root:
+    rootless Podman's, where portway-netavark runs as that namespace's root. The
+    directories root owns (/, /run) show there as the overflow uid, so on the way to the
+    state dir it counts as root's. (Another user's directory shows as that uid too, and
+    there is no telling them apart from inside: the state dir itself, its socket and its
+    database must still be the caller's.) Read only when an owner is neither root nor
+    the caller."""
+    try:
+        with open("/proc/sys/kernel/overflowuid") as f:
+            overflow = int(f.read())
+        with open("/proc/self/uid_map") as f:
+            outside = [line.split()[1] for line in f if line.strip()]
+    except (OSError, ValueError, IndexError):
+        return False
+    return uid == overflow and "0" not in outside
+
+
 class Client:
     def __init__(self, state_dir: str, host_netns: str | None) -> None:
         self.state_dir = absolute(state_dir)
@@ -216,6 +234,11 @@ class Client:
         base = self.state_dir.rstrip("/")  # "/" alone becomes ""
         self.sock_path = f"{base}/{SOCKET_NAME}"
         self.log_path = f"{base}/portwayd.log"
+        # Set by portway-netavark for rootless Podman: the daemon must live in the
+        # caller's network namespace (sent with each request as "netns": a daemon in
+        # another one answers that it is stale and leaves), and is started with these.
+        self.netns = ""
+        self.daemon_args: tuple[str, ...] = ()
 
     def _connect(self) -> _socket.socket | None:
         # Before every connection: whatever answers there is obeyed.
@@ -243,6 +266,8 @@ class Client:
         sock = self._connect()
         if sock is None:
             return None
+        if self.netns:
+            request = {**request, "netns": self.netns}
         reply = self._exchange(sock, request)
         if reply.get("stale"):
             self._wait_gone(int(reply.get("pid") or 0), str(reply.get("error")))
@@ -306,6 +331,7 @@ class Client:
         cmd = [sys.executable, "-m", "portway.daemon.main", "--state-dir", self.state_dir]
         if self.host_netns:
             cmd += ["--host-netns", self.host_netns]
+        cmd += self.daemon_args
         env = dict(os.environ)
         log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
                          0o600)

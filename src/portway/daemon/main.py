@@ -20,6 +20,13 @@ would keep the deleted namespace alive and pass for the new one's. It looks ever
 STALE_CHECK_INTERVAL seconds, and before serving each request (a request it finds
 stale is answered {"ok": false, "stale": true, "pid": ...} without being served,
 so the CLI waits for it to leave and starts a new daemon).
+
+For rootless Podman (--rootless), its host namespace is Podman's rootless network
+namespace, which has no name: Podman makes it for its first running container and
+removes it after its last. There the daemon leaves once no container is left (as
+aardvark-dns does), and a request sent from another network namespace (portway-netavark
+sends its own, "netns": "DEV:INODE") finds it stale: it serves a rootless namespace that
+Podman has since replaced.
 """
 
 from __future__ import annotations
@@ -89,8 +96,11 @@ class Handler(socketserver.StreamRequestHandler):
                            "exit_code": 70})
         try:
             self.wfile.write(data)
+            self.wfile.flush()
         except BrokenPipeError:
             pass
+        finally:
+            self.server.replied()
 
 
 class HostNamespace:
@@ -102,6 +112,7 @@ class HostNamespace:
         self.path = f"/run/netns/{name}" if name else ""
         own = os.stat("/proc/self/ns/net")
         self.identity = (own.st_dev, own.st_ino)
+        self.key = f"{own.st_dev}:{own.st_ino}"  # as portway-netavark sends it
 
     def gone(self) -> bool:
         """The named namespace was deleted, or the name now leads to another one (or to
@@ -121,24 +132,42 @@ class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, path: str, engine: Any, host: HostNamespace | None = None) -> None:
+    def __init__(self, path: str, engine: Any, host: HostNamespace | None = None,
+                 leave_when_empty: bool = False) -> None:
         self.engine = engine
         self.host = host or HostNamespace(None)
+        self.leave_when_empty = leave_when_empty
         self.stale = False
+        self.why = ""
+        self._after_reply = False
         self._stale_lock = threading.Lock()
         super().__init__(path, Handler)
+
+    def leave(self, why: str, later: bool = False) -> None:
+        """Serve no more (each request from now on is answered stale) and shut down: at
+        once, or, if later, once the request being served has its reply."""
+        with self._stale_lock:
+            if self.stale:
+                return
+            self.stale, self.why, self._after_reply = True, why, later
+        log(f"portwayd: {why}: leaving")
+        if not later:
+            threading.Thread(target=self.shutdown, daemon=True).start()
+
+    def replied(self) -> None:
+        """The reply to a request is sent: a shutdown that waited for it starts."""
+        with self._stale_lock:
+            start, self._after_reply = self._after_reply, False
+        if start:
+            threading.Thread(target=self.shutdown, daemon=True).start()
 
     def check_host(self) -> bool:
         """True once the host namespace is gone; whoever sees it first starts the
         shutdown."""
         if self.stale or not self.host.gone():
             return self.stale
-        with self._stale_lock:
-            if not self.stale:
-                self.stale = True
-                log(f"portwayd: host namespace {self.host.name} was deleted (or its name "
-                    "now leads to another namespace): leaving")
-                threading.Thread(target=self.shutdown, daemon=True).start()
+        self.leave(f"host namespace {self.host.name} was deleted (or its name now leads "
+                   "to another namespace)")
         return True
 
     def dispatch(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -146,13 +175,16 @@ class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
         op = request.get("op")
         args = request.get("args") or {}
+        netns = request.get("netns")
+        if netns and netns != self.host.key and not self.stale:
+            self.leave(f"asked from network namespace {netns}, while it serves {self.host.key}"
+                       " (rootless Podman has made a new one)")
         if op != "shutdown" and self.check_host():
             # Served here, it would act in the deleted namespace: nothing is done, and
             # the client starts a new daemon once this one has left.
             return {"ok": False, "stale": True, "pid": os.getpid(), "exit_code": 1,
-                    "error": f"portwayd (pid {os.getpid()}) serves the host namespace "
-                             f"{self.host.name}, which was deleted",
-                    "hint": "it is leaving: run the command again"}
+                    "error": f"portwayd (pid {os.getpid()}) is leaving: {self.why}",
+                    "hint": "run the command again"}
         if op == "ping":
             return {"ok": True, "result": {"pid": os.getpid(),
                                            "host_netns": self.engine.host_netns or "",
@@ -173,9 +205,22 @@ class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             log(text)
             return {"ok": False, "error": f"internal error in {op}: {exc}", "exit_code": 70,
                     "hint": "see the daemon log in the state dir", "traceback": text}
+        finally:
+            if self.leave_when_empty and op.startswith("podman_") and self._empty():
+                # Rootless: Podman removes its network namespace after its last
+                # container; the daemon (and its DNS server) would keep it alive.
+                self.leave("no container left in the rootless network namespace",
+                           later=True)
+
+    def _empty(self) -> bool:
+        try:
+            return bool(self.engine.empty())
+        except Exception as exc:  # cannot tell: keep serving
+            log(f"portwayd: cannot count the containers: {exc}")
+            return False
 
 
-def serve(state_dir: str, host_netns: str | None) -> int:
+def serve(state_dir: str, host_netns: str | None, rootless: bool = False) -> int:
     if os.geteuid() != 0:
         log("portwayd: must run as root (it creates network namespaces)")
         return 1
@@ -206,7 +251,7 @@ def serve(state_dir: str, host_netns: str | None) -> int:
     from portway.errors import PortwayError
 
     try:
-        engine = Engine(state_dir, host_netns)
+        engine = Engine(state_dir, host_netns, rootless=rootless)
     except PortwayError as exc:
         log(f"portwayd: {exc.line()}")
         return exc.exit_code
@@ -227,7 +272,7 @@ def serve(state_dir: str, host_netns: str | None) -> int:
         os.unlink(sock)
     except FileNotFoundError:
         pass
-    server = Server(sock, engine, host)
+    server = Server(sock, engine, host, leave_when_empty=rootless)
     os.chmod(sock, 0o600)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     stop_watching = threading.Event()
@@ -328,8 +373,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--state-dir", default=os.environ.get("PORTWAY_STATE_DIR",
                                                               "/var/lib/portway"))
     parser.add_argument("--host-netns", default=os.environ.get("PORTWAY_HOST_NETNS") or None)
+    parser.add_argument("--rootless", action="store_true",
+                        help="serve rootless Podman's network namespace (started by "
+                             "portway-netavark there)")
     args = parser.parse_args(argv)
-    sys.exit(serve(os.path.abspath(args.state_dir), args.host_netns))
+    sys.exit(serve(os.path.abspath(args.state_dir), args.host_netns, args.rootless))
 
 
 if __name__ == "__main__":

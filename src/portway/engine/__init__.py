@@ -92,12 +92,13 @@ def build_host(h: Host) -> Host:
 
 
 class Engine:
-    def __init__(self, state_dir: str, host_netns: str | None = None) -> None:
+    def __init__(self, state_dir: str, host_netns: str | None = None,
+                 rootless: bool = False) -> None:
         self.state_dir = os.path.abspath(state_dir)
         self.host_netns = host_netns
         os.makedirs(os.path.join(self.state_dir, "containers"), mode=0o700, exist_ok=True)
         self.store = SqliteStore(os.path.join(self.state_dir, "portway.db"))
-        self._check_host(host_netns)
+        self._check_host(host_netns, rootless)
         self.instance = self._instance_id()
         self.host = IPRoute()
         self.nft = Nft()
@@ -119,12 +120,27 @@ class Engine:
 
     # set-up
 
-    def _check_host(self, host_netns: str | None) -> None:
+    def _check_host(self, host_netns: str | None, rootless: bool) -> None:
+        """The state dir serves one host namespace: the one it was made for. A rootless
+        Podman user's is their rootless network namespace, which Podman makes anew
+        after each time it had no container, so it has no name: only portway-netavark,
+        which runs in it, starts that daemon."""
         want = host_netns or ""
+        mode = "rootless" if rootless else ""
         with self.store.transaction():
             have = self.store.get_meta("host_netns")
+            have_mode = self.store.get_meta("mode") or ""
             if have is None:
                 self.store.set_meta("host_netns", want)
+                self.store.set_meta("mode", mode)
+            elif have_mode != mode:
+                raise InvalidInput(
+                    f"state dir {self.state_dir} is rootless Podman's, and no daemon serves "
+                    "it now (it runs only while the user has containers)"
+                    if have_mode else f"state dir {self.state_dir} is not rootless Podman's",
+                    "look while their containers run (or with podman unshare "
+                    "--rootless-netns portway ...)" if have_mode else
+                    "give rootless Podman a --config dir of its own")
             elif have != want:
                 raise InvalidInput(
                     f"state dir {self.state_dir} belongs to host namespace "
@@ -247,6 +263,12 @@ class Engine:
     def exec_info(self, ref: str, command: list[str] | None = None,
                   workdir: str = "/", user: str | None = None) -> dict[str, Any]:
         return self.h.processes.exec_info(ref, command, workdir, user)
+
+    def empty(self) -> bool:
+        """No container, of any runtime, is recorded (rootless Podman's daemon then
+        leaves)."""
+        with self.lock:
+            return not self.store.containers()
 
     def ps(self, all: bool = False) -> list[dict[str, Any]]:
         with self.lock:

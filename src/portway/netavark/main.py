@@ -8,6 +8,14 @@ answers it. The work is portway's engine, reached through the daemon for this
 host namespace and state dir DIR/portway/<host namespace>, started on first
 use. Errors are netavark's: {"error": "..."} on stdout and exit code 1.
 
+Rootless Podman (--rootless true) runs it as root of the user's user namespace, inside
+its rootless network namespace, with --config under the user's runtime dir: the state
+dir is DIR/portway/rootless, and the daemon, started by this with --rootless, lives in
+that namespace (the user's own "host"), so all it makes is the user's: bridges and
+rules in that namespace, files under DIR. Podman makes that namespace anew after each
+time it had no running container; the daemon leaves with the last container, and one
+left behind in an older namespace is told so by the namespace sent with each request.
+
 Standard library only, like the CLI: Podman calls it for every container.
 """
 
@@ -111,12 +119,17 @@ def run(argv: list[str]) -> object:
                           "target": "portway-netavark", "default_fw_driver": "nftables"},
                          indent=2))
         return None
-    if str(opts["rootless"]).lower() == "true":
-        raise ClientError("rootless networking is not supported by portway",
-                          "run Podman as root")
-    ns = host_netns()
-    state_dir = os.path.join(str(opts["config"]), "portway", ns or "root")
-    client = Client(state_dir, ns)
+    rootless = str(opts["rootless"]).lower()
+    if rootless not in ("true", "false"):
+        raise UsageError(f"invalid value for --rootless: {opts['rootless']!r} (true or false)")
+    if rootless == "true":
+        client = Client(os.path.join(str(opts["config"]), "portway", "rootless"), None)
+        own = os.stat("/proc/self/ns/net")
+        client.netns = f"{own.st_dev}:{own.st_ino}"
+        client.daemon_args = ("--rootless",)
+    else:
+        ns = host_netns()
+        client = Client(os.path.join(str(opts["config"]), "portway", ns or "root"), ns)
     if command in ("setup", "teardown"):
         if len(args) != 2:
             raise UsageError(f"{command} needs the network namespace path")

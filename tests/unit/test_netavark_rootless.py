@@ -1,0 +1,144 @@
+"""Rootless Podman's side of portway-netavark and portwayd, without a kernel: where the
+state goes, what the daemon is told, and when a rootless daemon leaves."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from portway.cli.client import Client
+from portway.daemon.main import HostNamespace, Server
+from portway.netavark import main as netavark
+
+
+class Recorder:
+    """Client.call, recorded: the client it was called on and the request."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Client, str, dict[str, Any]]] = []
+
+
+@pytest.fixture
+def recorder(monkeypatch: pytest.MonkeyPatch) -> Recorder:
+    rec = Recorder()
+
+    def call(client: Client, op: str, **args: Any) -> Any:
+        rec.calls.append((client, op, args))
+        return {}
+
+    monkeypatch.setattr(Client, "call", call)
+    monkeypatch.setattr("sys.stdin", _Stdin('{"container_id": "x"}'))
+    return rec
+
+
+class _Stdin:
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def read(self) -> str:
+        return self.text
+
+
+def test_rootless_state_is_under_the_config_dir_and_the_daemon_in_this_namespace(
+        recorder: Recorder) -> None:
+    netavark.run(["--config", "/run/user/1000/containers/networks", "--rootless=true",
+                  "setup", "/run/user/1000/netns/netns-1"])
+    [(client, op, args)] = recorder.calls
+    assert client.state_dir == "/run/user/1000/containers/networks/portway/rootless"
+    assert client.host_netns is None  # its own namespace: Podman's rootless one
+    own = os.stat("/proc/self/ns/net")
+    assert client.netns == f"{own.st_dev}:{own.st_ino}"
+    assert client.daemon_args == ("--rootless",)
+    assert (op, args["netns"]) == ("podman_setup", "/run/user/1000/netns/netns-1")
+
+
+def test_rootful_is_as_before(recorder: Recorder) -> None:
+    netavark.run(["--config", "/run/containers/networks", "--rootless", "false", "teardown",
+                  "/run/netns/x"])
+    [(client, _, _)] = recorder.calls
+    assert client.state_dir.startswith("/run/containers/networks/portway/")
+    assert client.netns == "" and client.daemon_args == ()
+
+
+def test_a_rootless_value_that_is_not_a_bool_is_refused(
+        recorder: Recorder, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        netavark.main(["--rootless=yes", "setup", "/run/netns/x"])
+    assert exit_.value.code == 1
+    assert json.loads(capsys.readouterr().out) == {
+        "error": "invalid value for --rootless: 'yes' (true or false)"}
+    assert recorder.calls == []
+
+
+class FakeEngine:
+    host_netns = None
+    state_dir = "/nonexistent"
+
+    def __init__(self) -> None:
+        self.containers = 1
+
+    def podman_setup(self, netns: str, options: Any) -> dict[str, Any]:
+        self.containers += 1
+        return {}
+
+    def podman_teardown(self, netns: str, options: Any) -> dict[str, Any]:
+        self.containers -= 1
+        return {}
+
+    def ps(self, all: bool = False) -> list[Any]:
+        return []
+
+    def empty(self) -> bool:
+        return self.containers == 0
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    with tempfile.TemporaryDirectory(prefix="pwrl-") as d:
+        srv = Server(os.path.join(d, "s.sock"), FakeEngine(), HostNamespace(None),
+                     leave_when_empty=True)
+        try:
+            yield srv
+        finally:
+            srv.server_close()
+
+
+def test_rootless_daemon_leaves_after_the_last_container(server: Server) -> None:
+    loop = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01})
+    loop.start()
+    assert server.dispatch({"op": "podman_teardown", "args": {"netns": "n", "options": {}}}
+                           )["ok"]
+    # The request being served still gets its reply; the daemon leaves once it has.
+    assert server.stale and loop.is_alive()
+    after = server.dispatch({"op": "ps", "args": {}})
+    assert after["stale"] and "no container left" in after["error"]
+    server.replied()
+    loop.join(5)
+    assert not loop.is_alive()
+
+
+def test_rootless_daemon_stays_while_containers_are_left(server: Server) -> None:
+    server.dispatch({"op": "podman_setup", "args": {"netns": "n", "options": {}}})
+    assert server.dispatch({"op": "podman_teardown", "args": {"netns": "n", "options": {}}}
+                           )["ok"]
+    assert not server.stale
+    assert server.dispatch({"op": "ps", "args": {}}) == {"ok": True, "result": []}
+
+
+def test_a_request_from_another_namespace_finds_the_daemon_stale(server: Server) -> None:
+    reply = server.dispatch({"op": "podman_setup", "netns": "1:2",
+                             "args": {"netns": "n", "options": {}}})
+    assert reply["stale"] and "rootless Podman has made a new one" in reply["error"]
+    assert server.engine.containers == 1  # not served
+
+
+def test_a_request_from_its_own_namespace_is_served(server: Server) -> None:
+    reply = server.dispatch({"op": "podman_setup", "netns": server.host.key,
+                             "args": {"netns": "n", "options": {}}})
+    assert reply == {"ok": True, "result": {}} and server.engine.containers == 2
