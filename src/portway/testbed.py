@@ -7,6 +7,7 @@ namespace, so nothing portway's DNS server forwards can leave this machine.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from portway.core.names import parse_owner_tag
@@ -290,6 +292,231 @@ class PodmanWorld:
                 pass
         return left
 
+
+
+# Where a rootless user's own things live (checked empty again after removal).
+ROOTLESS_PLACES = ("/tmp", "/var/tmp", "/run", "/dev/shm", "/home", "/var/mail", "/var/spool")
+PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+SYSTEM_PYTHON = "/usr/bin/python3"  # what a user can run (Debian's, 3.11 as here)
+
+
+class RootlessPodman:
+    """Rootless Podman 4.3 for an unprivileged user made for it, run in a host namespace
+    (through nsenter, then setpriv to the user), with a busybox rootfs in the user's home
+    and one helper directory there: portway's (as PodmanWorld's) or the one given
+    (Debian's /usr/lib/podman, for comparison).
+
+    Made: the user (useradd: its group, its home, its /etc/subuid and /etc/subgid
+    ranges), its runtime dir /run/user/UID, and, if /dev/net/tun is not usable by all
+    (it is 0600 here; Debian's default is 0666), that mode for slirp4netns. close()
+    removes the containers through Podman, ends the user's processes (by pid: every
+    process of the user or its subordinate ids is this world's), removes the user with
+    its home and ranges and the runtime dir, puts /dev/net/tun's mode back, and
+    returns what is still left of the user anywhere it could have written."""
+
+    def __init__(self, host: str, helpers: str | None = None) -> None:
+        import secrets
+
+        self.host = host
+        self.portway = helpers is None
+        self.name = f"pwrl{secrets.token_hex(4)}"
+        self.tun_mode: int | None = None
+        self.made_user = False
+        try:
+            self._make(helpers)
+        except BaseException:
+            self.close()
+            raise
+
+    def _make(self, helpers: str | None) -> None:
+        import pwd
+
+        subprocess.run(["useradd", "--create-home", "--user-group", "--shell",
+                        "/usr/sbin/nologin", self.name], check=True, capture_output=True)
+        self.made_user = True
+        entry = pwd.getpwnam(self.name)
+        self.uid, self.gid, self.home = entry.pw_uid, entry.pw_gid, entry.pw_dir
+        self.subuids = _subids("/etc/subuid", self.name)
+        self.subgids = _subids("/etc/subgid", self.name)
+        if self.subuids is None or self.subgids is None:
+            subprocess.run(["usermod", "--add-subuids", "3000000000-3000065535",
+                            "--add-subgids", "3000000000-3000065535", self.name],
+                           check=True, capture_output=True)
+            self.subuids = _subids("/etc/subuid", self.name)
+            self.subgids = _subids("/etc/subgid", self.name)
+        self.runtime_dir = f"/run/user/{self.uid}"
+        os.makedirs("/run/user", mode=0o755, exist_ok=True)
+        os.mkdir(self.runtime_dir, 0o700)
+        os.chown(self.runtime_dir, self.uid, self.gid)
+        mode = os.stat("/dev/net/tun").st_mode & 0o777
+        if mode & 0o006 != 0o006:
+            self.tun_mode = mode
+            os.chmod("/dev/net/tun", 0o666)
+        rootfs = os.path.join(self.home, "rootfs")
+        for d in ("bin", "etc", "proc", "sys", "dev", "tmp", "www"):
+            os.makedirs(os.path.join(rootfs, d))
+        busybox = shutil.which("busybox")
+        if busybox is None:
+            raise RuntimeError("busybox is not installed (apt-get install busybox-static)")
+        shutil.copy(busybox, os.path.join(rootfs, "bin", "busybox"))
+        for tool in BUSYBOX_TOOLS:
+            os.symlink("busybox", os.path.join(rootfs, "bin", tool))
+        with open(os.path.join(rootfs, "www", "index.html"), "w") as f:
+            f.write("hello from rootless podman\n")
+        # portway for the user: this source tree and pyroute2, run by the system's Python
+        # (this venv's may live where the user cannot go, as under /root).
+        self.lib = os.path.join(self.home, "lib")
+        os.makedirs(self.lib)
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        spec = importlib.util.find_spec("pyroute2")
+        assert spec is not None and spec.origin is not None
+        site = os.path.dirname(os.path.dirname(spec.origin))
+        for name, where in (("portway", here), ("pyroute2", site), ("pr2modules", site)):
+            if os.path.exists(os.path.join(where, name)):
+                os.symlink(os.path.join(where, name), os.path.join(self.lib, name))
+        if helpers is None:
+            helpers = os.path.join(self.home, "helpers")
+            os.makedirs(helpers)
+            scripts = {"netavark": f"#!/bin/sh\nPYTHONPATH={self.lib} exec {SYSTEM_PYTHON} -S "
+                                   "-m portway.netavark.main \"$@\"\n",
+                       "aardvark-dns": "#!/bin/sh\necho 'not used: portway serves DNS' >&2\n"
+                                       "exit 1\n"}
+            for name, text in scripts.items():
+                path = os.path.join(helpers, name)
+                with open(path, "w") as f:
+                    f.write(text)
+                os.chmod(path, 0o755)
+            # Podman's own helper for published ports, which it looks for there too.
+            os.symlink("/usr/lib/podman/rootlessport", os.path.join(helpers, "rootlessport"))
+        self.conf = os.path.join(self.home, "containers.conf")
+        with open(self.conf, "w") as f:
+            f.write(f'[network]\nnetwork_backend = "netavark"\n'
+                    f'[engine]\nhelper_binaries_dir = ["{helpers}"]\n'
+                    f'cgroup_manager = "cgroupfs"\nevents_logger = "file"\nruntime = "runc"\n')
+        subprocess.run(["chown", "-R", f"{self.uid}:{self.gid}", self.home], check=True)
+
+    @property
+    def state_dir(self) -> str:
+        """portway's state dir: Podman passes --config $XDG_RUNTIME_DIR/containers/networks
+        when rootless."""
+        return f"{self.runtime_dir}/containers/networks/portway/rootless"
+
+    def as_user(self, *cmd: str, netns: bool = True) -> list[str]:
+        """cmd run as the user, with the environment of a login, in the host namespace
+        (netns) or the caller's."""
+        user = ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--init-groups",
+                "env", "-i", f"HOME={self.home}", f"USER={self.name}",
+                f"LOGNAME={self.name}", f"XDG_RUNTIME_DIR={self.runtime_dir}", f"PATH={PATH}",
+                f"CONTAINERS_CONF={self.conf}", *cmd]
+        return ["nsenter", f"--net=/run/netns/{self.host}", *user] if netns else user
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        cp = subprocess.run(self.as_user("podman", "--storage-driver", "vfs", *args),
+                            capture_output=True, text=True, timeout=180, cwd=self.home)
+        if check and cp.returncode != 0:
+            raise RuntimeError(f"podman {' '.join(args)} failed: {cp.stderr.strip()}")
+        return cp
+
+    def container(self, *args: str, detach: bool = True) -> str:
+        """OPTIONS... -- COMMAND...: the rootfs stands where an image would."""
+        split = args.index("--")
+        mode = ["-d"] if detach else ["--rm"]
+        return self.run("run", *mode, *args[:split], "--rootfs", f"{self.home}/rootfs",
+                        *args[split + 1:]).stdout.strip()
+
+    def portway_cmd(self, *args: str) -> list[str]:
+        """portway, pointed at the user's state, run by the user in their rootless
+        network namespace (podman unshare --rootless-netns)."""
+        return self.as_user("podman", "--storage-driver", "vfs", "unshare",
+                            "--rootless-netns", "env", f"PYTHONPATH={self.lib}",
+                            SYSTEM_PYTHON, "-S", "-m", "portway.cli.main",
+                            "--state-dir", self.state_dir, *args)
+
+    def processes(self) -> list[int]:
+        """The user's processes: those of its uid or of its subordinate uids."""
+        ids = {self.uid}
+        low, count = self.subuids or (0, 0)
+        pids = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/status") as f:
+                    uid = next(int(line.split()[1]) for line in f if line.startswith("Uid:"))
+            except (OSError, StopIteration, ValueError):
+                continue
+            if uid in ids or low <= uid < low + count:
+                pids.append(int(entry))
+        return pids
+
+    def close(self) -> list[str]:
+        """Remove everything of this world; what is still left of it (nothing, if all
+        went well)."""
+        left: list[str] = []
+        if self.made_user:
+            if hasattr(self, "conf"):
+                self.run("rm", "-af", "-t", "0", check=False)
+            for _ in range(100):
+                pids = self.processes()
+                if not pids:
+                    break
+                for pid in pids:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                time.sleep(0.05)
+            else:
+                left.append(f"processes {self.processes()}")
+            subprocess.run(["userdel", "--remove", self.name], capture_output=True)
+            for path in ("/etc/subuid", "/etc/subgid"):
+                if _subids(path, self.name) is not None:
+                    _drop_line(path, self.name)
+            shutil.rmtree(getattr(self, "runtime_dir", "/nonexistent"), ignore_errors=True)
+            subprocess.run(["rm", "-rf", "--one-file-system",
+                            getattr(self, "home", f"/home/{self.name}")], check=False)
+            if hasattr(self, "uid"):
+                # What else the user made (Podman's lock file in /dev/shm): all of it
+                # is this world's, the user being its own.
+                for path in self.leftovers():
+                    if path.startswith("/") and ":" not in path:
+                        subprocess.run(["rm", "-rf", "--one-file-system", path],
+                                       check=False)
+        if self.tun_mode is not None:
+            os.chmod("/dev/net/tun", self.tun_mode)
+        if self.made_user and hasattr(self, "uid"):
+            left += self.leftovers()
+        return left
+
+    def leftovers(self) -> list[str]:
+        """Files of the user or its subordinate ids still in the places it could write,
+        its passwd, group and subordinate-id lines."""
+        low, count = self.subuids or (self.uid, 1)
+        found = subprocess.run(["find", *ROOTLESS_PLACES, "-xdev", "(", "-uid", str(self.uid),
+                                "-o", "-uid", f"+{low - 1}", "-uid", f"-{low + count}", ")",
+                                "-print"], capture_output=True, text=True).stdout.split()
+        for path in ("/etc/passwd", "/etc/group", "/etc/shadow", "/etc/subuid", "/etc/subgid"):
+            with open(path) as f:
+                if any(line.split(":")[0] == self.name for line in f):
+                    found.append(f"{path}: {self.name}")
+        return found
+
+
+def _subids(path: str, name: str) -> tuple[int, int] | None:
+    """name's (first id, count) in /etc/subuid or /etc/subgid, or None."""
+    with open(path) as f:
+        for line in f:
+            fields = line.strip().split(":")
+            if len(fields) == 3 and fields[0] == name:
+                return int(fields[1]), int(fields[2])
+    return None
+
+
+def _drop_line(path: str, name: str) -> None:
+    with open(path) as f:
+        lines = f.readlines()
+    with open(path, "w") as f:
+        f.writelines(line for line in lines if line.split(":")[0] != name)
 
 # A host like Docker's, made by hand (for `portway audit`'s tests and docs/audit.md): two
 # bridges, docker0 (172.17.0.1/16) and br-two (172.18.0.1/16), a container behind each

@@ -1,0 +1,83 @@
+"""Real rootless Podman 4.3 with portway as its network backend: an unprivileged user
+made for the test runs Podman in a throwaway host namespace (portway.testbed.
+RootlessPodman), and portway-netavark serves it from inside the user's rootless network
+namespace. Rootless Podman is slow: a few Podman calls only."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from conftest import Sandbox, ip_json
+from portway.testbed import HTTP_GET, RootlessPodman
+
+TOOLS = ("podman", "runc", "busybox", "slirp4netns", "newuidmap", "useradd", "setpriv")
+
+
+@pytest.fixture
+def rootless(sandbox: Sandbox) -> Iterator[RootlessPodman]:
+    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+    assert not missing, f"make test installs {missing} (scripts/setup.sh)"
+    world = RootlessPodman(sandbox.host)
+    try:
+        yield world
+    finally:
+        left = world.close()
+        assert left == [], f"the rootless user left: {left}"
+
+
+def get(netns: str, url: str) -> str:
+    return subprocess.run(["ip", "netns", "exec", netns, "python3", "-c", HTTP_GET, url],
+                          capture_output=True, text=True, timeout=30).stdout.strip()
+
+
+def daemons(p: RootlessPodman) -> list[int]:
+    """The user's portwayd processes."""
+    found = []
+    for pid in p.processes():
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"portway.daemon.main" in f.read():
+                    found.append(pid)
+        except OSError:
+            pass
+    return found
+
+
+def test_rootless_podman_on_portway(rootless: RootlessPodman, sandbox: Sandbox) -> None:
+    p, sb = rootless, sandbox
+    p.run("network", "create", "rnet")
+    p.container("--name", "web", "--network", "rnet", "-p", "8080:80", "--",
+                "/bin/httpd", "-f", "-p", "80", "-h", "/www")
+    # Container to container by name, through portway's DNS server.
+    out = p.container("--network", "rnet", "--", "/bin/wget", "-q", "-O", "-",
+                      "http://web/index.html", detach=False)
+    assert "hello from rootless podman" in out
+    # The published port, from the host namespace and from beyond its uplink: Podman's
+    # rootlessport listens there and forwards into the rootless namespace.
+    assert get(sb.host, "http://127.0.0.1:8080/") == "200"
+    assert get(sb.outside, f"http://{sb.host_addr}:8080/") == "200"
+    # portway's view of the user's containers, from their rootless namespace.
+    ps = json.loads(subprocess.run(p.portway_cmd("ps", "--json"), capture_output=True,
+                                   text=True, timeout=120, check=True).stdout)
+    assert [(c["Name"].lstrip("/"), c["Runtime"]) for c in ps] == [("web", "podman")]
+    # Nothing of portway's in the host namespace (its bridge, rules and DNS server are
+    # in the user's namespace), and everything in its state dir is the user's.
+    assert [str(x["ifname"]) for x in ip_json(sb.host, "link")] == ["lo", "uplink0"]
+    assert sb.in_host("nft", "list", "tables").stdout.strip() == ""
+    for top, dirs, files in os.walk(p.state_dir):
+        for name in (top, *(os.path.join(top, f) for f in dirs + files)):
+            assert os.lstat(name).st_uid == p.uid, name
+    assert daemons(p)
+    # The last container gone, the daemon leaves (Podman removes the namespace).
+    p.run("rm", "-f", "-t", "0", "web")
+    deadline = time.monotonic() + 10
+    while daemons(p) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert daemons(p) == []
