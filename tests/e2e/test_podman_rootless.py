@@ -50,11 +50,18 @@ def daemons(p: RootlessPodman) -> list[int]:
     return found
 
 
+def portway(p: RootlessPodman, *args: str) -> str:
+    return subprocess.run(p.portway_cmd(*args), capture_output=True, text=True, timeout=120,
+                          check=True).stdout
+
+
 def test_rootless_podman_on_portway(rootless: RootlessPodman, sandbox: Sandbox) -> None:
     p, sb = rootless, sandbox
     p.run("network", "create", "rnet")
+    p.run("network", "create", "onet")
     p.container("--name", "web", "--network", "rnet", "-p", "8080:80", "--",
                 "/bin/httpd", "-f", "-p", "80", "-h", "/www")
+    p.container("--name", "other", "--network", "onet", "--", "/bin/sleep", "300")
     # Container to container by name, through portway's DNS server.
     out = p.container("--network", "rnet", "--", "/bin/wget", "-q", "-O", "-",
                       "http://web/index.html", detach=False)
@@ -63,10 +70,15 @@ def test_rootless_podman_on_portway(rootless: RootlessPodman, sandbox: Sandbox) 
     # rootlessport listens there and forwards into the rootless namespace.
     assert get(sb.host, "http://127.0.0.1:8080/") == "200"
     assert get(sb.outside, f"http://{sb.host_addr}:8080/") == "200"
-    # portway's view of the user's containers, from their rootless namespace.
-    ps = json.loads(subprocess.run(p.portway_cmd("ps", "--json"), capture_output=True,
-                                   text=True, timeout=120, check=True).stdout)
-    assert [(c["Name"].lstrip("/"), c["Runtime"]) for c in ps] == [("web", "podman")]
+    # portway's view of the user's containers, from their rootless namespace: ps, gc
+    # (which finds each in its namespace under the user's runtime dir, and so has nothing
+    # to do), and trace, which sees the isolation between the two networks.
+    ps = json.loads(portway(p, "ps", "--json"))
+    assert sorted((c["Name"].lstrip("/"), c["Runtime"]) for c in ps) == [
+        ("other", "podman"), ("web", "podman")]
+    assert portway(p, "gc").strip() == "nothing to repair: the kernel matches the store"
+    trace = json.loads(portway(p, "trace", "other", "web:80", "--json"))
+    assert trace["verdict"] == "dropped" and "isolation" in trace["summary"]
     # Nothing of portway's in the host namespace (its bridge, rules and DNS server are
     # in the user's namespace), and everything in its state dir is the user's.
     assert [str(x["ifname"]) for x in ip_json(sb.host, "link")] == ["lo", "uplink0"]
@@ -76,7 +88,7 @@ def test_rootless_podman_on_portway(rootless: RootlessPodman, sandbox: Sandbox) 
             assert os.lstat(name).st_uid == p.uid, name
     assert daemons(p)
     # The last container gone, the daemon leaves (Podman removes the namespace).
-    p.run("rm", "-f", "-t", "0", "web")
+    p.run("rm", "-f", "-t", "0", "web", "other")
     deadline = time.monotonic() + 10
     while daemons(p) and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -143,12 +143,12 @@ def _sandboxes(engine: Engine, report: Report) -> None:
             continue
         endpoints = engine.store.endpoints(container_id=c.id)
         ns_name = os.path.basename(c.netns)
-        if c.runtime == "podman" and not os.path.exists(c.netns):
+        if c.runtime == "podman" and not netns.sandbox_exists(c.netns):
             report.act(f"forget Podman container {c.name}: its namespace {c.netns} is gone "
                        "(Podman did not call teardown)",
                        lambda c=c: _forget_podman(engine, c))  # type: ignore[misc]
             continue
-        if not netns.netns_exists(ns_name):
+        if not netns.sandbox_exists(c.netns):
             report.act(f"re-create the network namespace of container {c.name} and its "
                        f"{len(endpoints)} endpoint(s): it is missing",
                        lambda c=c, e=endpoints: _rebuild(engine, c, e))  # type: ignore[misc]

@@ -88,7 +88,7 @@ class LiveSandboxKernel:
             sandbox.close()
 
     def exists(self, path: str) -> bool:
-        return netns.netns_exists(os.path.basename(path))
+        return netns.sandbox_exists(path)
 
     def delete(self, path: str) -> None:
         netns.delete_netns(os.path.basename(path))

@@ -174,7 +174,7 @@ def observe_world(engine: Engine | Observer
     """The host, portway's containers, and the namespaces the host's veths lead to; the
     containers by key, and the key of each namespace recorded by its inode."""
     containers = {os.path.basename(c.netns): c for c in engine.store.containers()
-                  if c.network_mode != "host" and netns.netns_exists(os.path.basename(c.netns))}
+                  if c.network_mode != "host" and netns.sandbox_exists(c.netns)}
     host_peers: dict[str, tuple[str, str]] = {}
     inner_peers: dict[str, dict[str, tuple[str, str]]] = {}
     for key, c in containers.items():

@@ -248,7 +248,7 @@ def topology(engine: Engine | Observer) -> dict[str, Any]:
     def container_links(c: Container) -> dict[str, Link]:
         if c.id not in inside:
             inside[c.id] = {}
-            if netns.netns_exists(os.path.basename(c.netns)):
+            if netns.sandbox_exists(c.netns):
                 ipr = netns.open_ipr(c.netns)
                 try:
                     inside[c.id] = {link.ifname: link for link in links.observe_links(ipr)}

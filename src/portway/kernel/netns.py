@@ -232,6 +232,13 @@ def netns_exists(name: str) -> bool:
         return False
 
 
+def sandbox_exists(path: str) -> bool:
+    """True if path, a container's namespace, is a mounted namespace: portway's are
+    /run/netns/NAME, a runtime's may be anywhere (rootless Podman's are under
+    $XDG_RUNTIME_DIR/netns)."""
+    return _is_nsfs(path)
+
+
 def _is_nsfs(path: str) -> bool:
     """A mounted namespace lives on nsfs, the device of /proc/self/ns/net; a stale
     file left by a lost mount lives on the filesystem of /run."""
