@@ -142,3 +142,27 @@ def test_a_request_from_its_own_namespace_is_served(server: Server) -> None:
     reply = server.dispatch({"op": "podman_setup", "netns": server.host.key,
                              "args": {"netns": "n", "options": {}}})
     assert reply == {"ok": True, "result": {}} and server.engine.containers == 2
+
+
+def test_a_daemon_that_closes_on_its_way_out_counts_as_none() -> None:
+    """Bug: a call that reached a rootless daemon as it left (after the last container)
+    ended in "unexpected failure: Connection reset by peer"."""
+    import socket
+
+    with tempfile.TemporaryDirectory(prefix="pwrl-") as d:
+        os.chmod(d, 0o700)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(os.path.join(d, "portwayd.sock"))
+        listener.listen(1)
+
+        def leave() -> None:
+            conn, _ = listener.accept()
+            conn.recv(1)  # the request stays unread: closing sends a reset
+            conn.close()
+            listener.close()
+            os.unlink(os.path.join(d, "portwayd.sock"))
+
+        leaving = threading.Thread(target=leave)
+        leaving.start()
+        assert Client(d, None)._ask({"op": "ps", "args": {}}) is None
+        leaving.join()

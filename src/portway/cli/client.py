@@ -268,11 +268,26 @@ class Client:
             return None
         if self.netns:
             request = {**request, "netns": self.netns}
-        reply = self._exchange(sock, request)
+        try:
+            reply = self._exchange(sock, request)
+        except (ConnectionResetError, BrokenPipeError):
+            # It closed its socket on its way out (a rootless Podman user's daemon leaves
+            # with their last container): once it has, as if none ran.
+            self._wait_closed()
+            return None
         if reply.get("stale"):
             self._wait_gone(int(reply.get("pid") or 0), str(reply.get("error")))
             return None
         return reply
+
+    def _wait_closed(self) -> None:
+        deadline = time.monotonic() + STALE_TIMEOUT
+        while (sock := self._connect()) is not None:
+            sock.close()
+            if time.monotonic() > deadline:
+                raise ClientError("portwayd closes connections without answering",
+                                  f"see {self.log_path}")
+            time.sleep(0.01)
 
     @staticmethod
     def _wait_gone(pid: int, why: str) -> None:
