@@ -386,12 +386,12 @@ class RootlessPodman:
                 with open(path, "w") as f:
                     f.write(text)
                 os.chmod(path, 0o755)
-            # Podman's own helper for published ports, which it looks for there too.
-            os.symlink("/usr/lib/podman/rootlessport", os.path.join(helpers, "rootlessport"))
         self.conf = os.path.join(self.home, "containers.conf")
         with open(self.conf, "w") as f:
+            # Podman's own directory after it, as docs/podman.md says: rootless Podman runs
+            # rootlessport from there (netavark and aardvark-dns are found in the first).
             f.write(f'[network]\nnetwork_backend = "netavark"\n'
-                    f'[engine]\nhelper_binaries_dir = ["{helpers}"]\n'
+                    f'[engine]\nhelper_binaries_dir = ["{helpers}", "/usr/lib/podman"]\n'
                     f'cgroup_manager = "cgroupfs"\nevents_logger = "file"\nruntime = "runc"\n')
         subprocess.run(["chown", "-R", f"{self.uid}:{self.gid}", self.home], check=True)
 
