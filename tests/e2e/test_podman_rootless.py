@@ -50,6 +50,12 @@ def daemons(p: RootlessPodman) -> list[int]:
     return found
 
 
+def host_sysctls(sb: Sandbox) -> list[str]:
+    """What portway would switch on in a host namespace it served."""
+    return sb.in_host("sysctl", "-n", "net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding",
+                      "net.bridge.bridge-nf-call-iptables").stdout.split()
+
+
 def portway(p: RootlessPodman, *args: str) -> str:
     return subprocess.run(p.portway_cmd(*args), capture_output=True, text=True, timeout=120,
                           check=True).stdout
@@ -57,6 +63,7 @@ def portway(p: RootlessPodman, *args: str) -> str:
 
 def test_rootless_podman_on_portway(rootless: RootlessPodman, sandbox: Sandbox) -> None:
     p, sb = rootless, sandbox
+    sysctls = host_sysctls(sb)
     p.run("network", "create", "rnet")
     p.run("network", "create", "onet")
     p.container("--name", "web", "--network", "rnet", "-p", "8080:80", "--",
@@ -83,6 +90,7 @@ def test_rootless_podman_on_portway(rootless: RootlessPodman, sandbox: Sandbox) 
     # in the user's namespace), and everything in its state dir is the user's.
     assert [str(x["ifname"]) for x in ip_json(sb.host, "link")] == ["lo", "uplink0"]
     assert sb.in_host("nft", "list", "tables").stdout.strip() == ""
+    assert host_sysctls(sb) == sysctls
     for top, dirs, files in os.walk(p.state_dir):
         for name in (top, *(os.path.join(top, f) for f in dirs + files)):
             assert os.lstat(name).st_uid == p.uid, name

@@ -166,3 +166,27 @@ def test_a_daemon_that_closes_on_its_way_out_counts_as_none() -> None:
         leaving.start()
         assert Client(d, None)._ask({"op": "ps", "args": {}}) is None
         leaving.join()
+
+
+@pytest.mark.parametrize(("made", "now", "message"), [
+    (True, False, "is rootless Podman's, and no daemon serves it now"),
+    (False, True, "is not rootless Podman's"),
+])
+def test_a_state_dir_serves_rootless_podman_or_not(made: bool, now: bool,
+                                                    message: str) -> None:
+    """A daemon started outside the rootless namespace (the CLI finding no daemon there)
+    must not serve a rootless user's state from the wrong namespace, nor the reverse."""
+    from types import SimpleNamespace
+
+    from portway.engine import Engine
+    from portway.errors import InvalidInput
+    from portway.store.sqlite import SqliteStore
+
+    with tempfile.TemporaryDirectory(prefix="pwrl-") as d:
+        engine = SimpleNamespace(store=SqliteStore(os.path.join(d, "portway.db")),
+                                 state_dir=d)
+        Engine._check_host(engine, None, made)  # type: ignore[arg-type]
+        Engine._check_host(engine, None, made)  # type: ignore[arg-type]
+        with pytest.raises(InvalidInput, match=message):
+            Engine._check_host(engine, None, now)  # type: ignore[arg-type]
+        engine.store.close()
