@@ -5,6 +5,12 @@ own Podman world (storage, run dirs, a network `pnet`); runs alternate between
 the two so machine noise falls on both. Each run is checked: the container
 prints its eth0 address, which must be in pnet's subnet. `--network none`
 gives the cost of Podman and runc alone, without any networking.
+
+Rootless (bench_podman_rootless): the same for rootless Podman, one unprivileged user
+per backend (portway.testbed.RootlessPodman). Each `podman run --rm` is timed twice
+over: "cold", the user's only container (Podman makes its rootless network namespace
+and slirp4netns for it, and portway its daemon there, both gone again after it), and
+"warm", beside a long-running container that keeps them.
 """
 
 from __future__ import annotations
@@ -15,13 +21,13 @@ import statistics
 import time
 from typing import Any
 
-from portway.testbed import PodmanWorld
+from portway.testbed import PodmanWorld, RootlessPodman
 
 RUNS = int(os.environ.get("PORTWAY_BENCH_PODMAN_RUNS", "15"))
 SHOW = "ip -o -4 addr show dev eth0 2>/dev/null | cut -d' ' -f7 | cut -d/ -f1"
 
 
-def _once(world: PodmanWorld, network: str) -> tuple[float, str]:
+def _once(world: PodmanWorld | RootlessPodman, network: str) -> tuple[float, str]:
     start = time.perf_counter()
     out = world.container("--network", network, "--", "/bin/sh", "-c", SHOW, detach=False)
     return (time.perf_counter() - start) * 1000, out.strip()
@@ -53,3 +59,48 @@ def bench_podman(host: str) -> dict[str, Any] | None:
     return {name: {"median_ms": round(statistics.median(v), 1),
                    "p90_ms": round(sorted(v)[int(len(v) * 0.9) - 1], 1), "runs": len(v)}
             for name, v in samples.items()} | {"failures": failures}
+
+
+def _stats(v: list[float]) -> dict[str, Any]:
+    return {"median_ms": round(statistics.median(v), 1),
+            "p90_ms": round(sorted(v)[max(int(len(v) * 0.9) - 1, 0)], 1), "runs": len(v)}
+
+
+def bench_podman_rootless(host: str) -> dict[str, Any] | None:
+    worlds: dict[str, RootlessPodman] = {}
+    samples: dict[str, list[float]] = {f"{name} {phase}": [] for phase in ("cold", "warm")
+                                       for name in ("portway", "netavark")}
+    samples["none"] = []
+    failures: list[str] = []
+    subnets = {"portway": "10.89.50.0/24", "netavark": "10.89.60.0/24"}
+
+    def once(name: str, phase: str) -> None:
+        ms, address = _once(worlds[name], "pnet")
+        if not address or ipaddress.ip_address(address) not in \
+                ipaddress.ip_network(subnets[name]):
+            failures.append(f"rootless {name} {phase}: the container had no address "
+                            f"({address!r})")
+        samples[f"{name} {phase}"].append(ms)
+
+    try:
+        worlds["portway"] = RootlessPodman(host)
+        worlds["netavark"] = RootlessPodman(host, "/usr/lib/podman")
+        for name, world in worlds.items():
+            world.run("network", "create", "--subnet", subnets[name], "pnet")
+            _once(world, "pnet")  # warm the page cache (the namespace goes after it)
+        for _ in range(RUNS):
+            for name in worlds:
+                once(name, "cold")
+            ms, _ = _once(worlds["portway"], "none")
+            samples["none"].append(ms)
+        for world in worlds.values():
+            world.container("--name", "keep", "--network", "pnet", "--", "/bin/sleep",
+                            "3600")
+        for _ in range(RUNS):
+            for name in worlds:
+                once(name, "warm")
+    finally:
+        # The last made first: the first puts /dev/net/tun's mode back.
+        for world in reversed(list(worlds.values())):
+            world.close()
+    return {name: _stats(v) for name, v in samples.items()} | {"failures": failures}

@@ -624,7 +624,36 @@ def write_report(r: dict[str, Any]) -> str:
             f"{round(pm['netavark']['median_ms'] - pm['none']['median_ms'], 1)} ms.",
             "",
         ]
+    rl = r.get("podman_rootless")
+    if rl:
+        lines += rootless_report(rl)
     return "\n".join(lines)
+
+
+def rootless_report(rl: dict[str, Any]) -> list[str]:
+    rows = [("portway cold", "portway (portway-netavark), the user's only container"),
+            ("netavark cold", "Debian's netavark 1.4 + aardvark-dns, the only container"),
+            ("portway warm", "portway, beside a running container"),
+            ("netavark warm", "netavark, beside a running container"),
+            ("none", "none (no networking)")]
+    return [
+        "## Rootless Podman 4.3: `podman run --rm` with portway and with netavark 1.4",
+        "",
+        "As above, for an unprivileged user per backend (slirp4netns, runc, the busybox "
+        "rootfs; bench/podman.py). Cold: the user's only container, so Podman makes its "
+        "rootless network namespace for it and removes it after (and portway starts its "
+        "daemon there, and it leaves); warm: beside a running container, which keeps "
+        "both. Ratio = netavark ÷ portway.",
+        "",
+        "| network | median (ms) | p90 (ms) | runs |",
+        "|---|---:|---:|---:|",
+        *(f"| {label} | {rl[key]['median_ms']} | {rl[key]['p90_ms']} | {rl[key]['runs']} |"
+          for key, label in rows),
+        "",
+        f"Ratio: cold {ratio(rl['netavark cold']['median_ms'], rl['portway cold']['median_ms'])}"
+        f", warm {ratio(rl['netavark warm']['median_ms'], rl['portway warm']['median_ms'])}.",
+        "",
+    ]
 
 
 def restart_report(cli: dict[str, Any]) -> list[str]:
@@ -977,6 +1006,14 @@ def main() -> None:
 
             results["podman"] = bench_podman(host)
             for failure in (results["podman"] or {}).get("failures", []):
+                probe.failures.append(f"podman {failure}")
+        results["podman_rootless"] = None
+        if PODMAN and shutil.which("podman") and shutil.which("slirp4netns"):
+            print("bench: rootless podman run with portway and with netavark ...", flush=True)
+            from podman import bench_podman_rootless
+
+            results["podman_rootless"] = bench_podman_rootless(host)
+            for failure in (results["podman_rootless"] or {}).get("failures", []):
                 probe.failures.append(f"podman {failure}")
         results["load"].append(os.getloadavg()[0])
         results["idle"] = dict(idle.COUNTS)
