@@ -86,6 +86,11 @@ def test_rootless_podman_on_portway(rootless: RootlessPodman, sandbox: Sandbox) 
     assert portway(p, "gc").strip() == "nothing to repair: the kernel matches the store"
     trace = json.loads(portway(p, "trace", "other", "web:80", "--json"))
     assert trace["verdict"] == "dropped" and "isolation" in trace["summary"]
+    web_ip = ps[[c["Name"].lstrip("/") for c in ps].index("web")]["NetworkSettings"][
+        "Networks"]["rnet"]["IPAddress"]
+    blocked = p.run("exec", "other", "wget", "-q", "-T", "2", "-O", "-",
+                    f"http://{web_ip}/index.html", check=False)
+    assert blocked.returncode != 0 and "hello" not in blocked.stdout
     # Nothing of portway's in the host namespace (its bridge, rules and DNS server are
     # in the user's namespace), and everything in its state dir is the user's.
     assert [str(x["ifname"]) for x in ip_json(sb.host, "link")] == ["lo", "uplink0"]
