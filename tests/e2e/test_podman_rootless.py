@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -99,7 +100,15 @@ def test_rootless_podman_on_portway(rootless: RootlessPodman, sandbox: Sandbox) 
     for top, dirs, files in os.walk(p.state_dir):
         for name in (top, *(os.path.join(top, f) for f in dirs + files)):
             assert os.lstat(name).st_uid == p.uid, name
-    assert daemons(p)
+    # Killed, the daemon is started again by the next call, in the same namespace, and
+    # finds the user's containers where they are (its gc at start changes nothing).
+    [pid] = daemons(p)
+    os.kill(pid, signal.SIGKILL)
+    out = p.container("--network", "rnet", "--", "/bin/wget", "-q", "-O", "-",
+                      "http://web/index.html", detach=False)
+    assert "hello from rootless podman" in out
+    assert daemons(p) and daemons(p) != [pid]
+    assert "nothing to repair" in portway(p, "gc")
     # The last container gone, the daemon leaves (Podman removes the namespace).
     p.run("rm", "-f", "-t", "0", "web", "other")
     deadline = time.monotonic() + 10
