@@ -103,6 +103,11 @@ def test_rootless_podman_on_portway(rootless: RootlessPodman, sandbox: Sandbox) 
     # Killed, the daemon is started again by the next call, in the same namespace, and
     # finds the user's containers where they are (its gc at start changes nothing).
     [pid] = daemons(p)
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        argv = f.read().split(b"\0")
+    # It knows where Podman mounts its namespace, and leaves once that is gone.
+    assert argv[argv.index(b"--host-netns-path") + 1].startswith(
+        f"{p.runtime_dir}/netns/rootless-netns-".encode())
     os.kill(pid, signal.SIGKILL)
     out = p.container("--network", "rnet", "--", "/bin/wget", "-q", "-O", "-",
                       "http://web/index.html", detach=False)

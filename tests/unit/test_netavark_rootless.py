@@ -25,8 +25,9 @@ class Recorder:
 
 
 @pytest.fixture
-def recorder(monkeypatch: pytest.MonkeyPatch) -> Recorder:
+def recorder(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> Recorder:
     rec = Recorder()
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
 
     def call(client: Client, op: str, **args: Any) -> Any:
         rec.calls.append((client, op, args))
@@ -56,6 +57,27 @@ def test_rootless_state_is_under_the_config_dir_and_the_daemon_in_this_namespace
     assert client.netns == f"{own.st_dev}:{own.st_ino}"
     assert client.daemon_args == ("--rootless",)
     assert (op, args["netns"]) == ("podman_setup", "/run/user/1000/netns/netns-1")
+
+
+def test_the_daemon_is_told_where_the_rootless_namespace_is_mounted(
+        recorder: Recorder, tmp_path: Any) -> None:
+    """Found by its identity under $XDG_RUNTIME_DIR/netns, where Podman mounts it (a
+    link to this process's own namespace stands for that mount here)."""
+    (tmp_path / "netns").mkdir()
+    (tmp_path / "netns" / "netns-other").write_text("")
+    os.symlink("/proc/self/ns/net", tmp_path / "netns" / "rootless-netns-1")
+    netavark.run(["--config", str(tmp_path), "--rootless=true", "setup", "/x"])
+    [(client, _, _)] = recorder.calls
+    assert client.daemon_args == ("--rootless", "--host-netns-path",
+                                  str(tmp_path / "netns" / "rootless-netns-1"))
+
+
+def test_a_namespace_known_by_its_mount_is_gone_with_it(tmp_path: Any) -> None:
+    assert not HostNamespace(None, "/proc/self/ns/net").gone()
+    (tmp_path / "plain").write_text("")  # what is left of a mount point once unmounted
+    assert HostNamespace(None, str(tmp_path / "plain")).gone()
+    assert HostNamespace(None, str(tmp_path / "missing")).gone()
+    assert not HostNamespace(None).gone()  # the root namespace never goes
 
 
 def test_rootful_is_as_before(recorder: Recorder) -> None:

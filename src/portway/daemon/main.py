@@ -24,7 +24,8 @@ so the CLI waits for it to leave and starts a new daemon).
 For rootless Podman (--rootless), its host namespace is Podman's rootless network
 namespace, which has no name: Podman makes it for its first running container and
 removes it after its last. There the daemon leaves once no container is left (as
-aardvark-dns does), and a request sent from another network namespace (portway-netavark
+aardvark-dns does), or once the namespace's mount (--host-netns-path) is gone, and a
+request sent from another network namespace (portway-netavark
 sends its own, "netns": "DEV:INODE") finds it stale: it serves a rootless namespace that
 Podman has since replaced.
 """
@@ -107,9 +108,9 @@ class HostNamespace:
     """The network namespace the daemon lives in and serves, and whether its name
     still leads to it."""
 
-    def __init__(self, name: str | None) -> None:
-        self.name = name
-        self.path = f"/run/netns/{name}" if name else ""
+    def __init__(self, name: str | None, path: str = "") -> None:
+        self.name = name or path or None
+        self.path = f"/run/netns/{name}" if name else path
         own = os.stat("/proc/self/ns/net")
         self.identity = (own.st_dev, own.st_ino)
         self.key = f"{own.st_dev}:{own.st_ino}"  # as portway-netavark sends it
@@ -220,7 +221,8 @@ class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             return False
 
 
-def serve(state_dir: str, host_netns: str | None, rootless: bool = False) -> int:
+def serve(state_dir: str, host_netns: str | None, rootless: bool = False,
+          netns_path: str = "") -> int:
     if os.geteuid() != 0:
         log("portwayd: must run as root (it creates network namespaces)")
         return 1
@@ -246,7 +248,7 @@ def serve(state_dir: str, host_netns: str | None, rootless: bool = False) -> int
         except OSError as exc:
             log(f"portwayd: cannot enter host namespace {host_netns}: {exc}")
             return 1
-    host = HostNamespace(host_netns)
+    host = HostNamespace(host_netns, netns_path)
     from portway.engine import Engine
     from portway.errors import PortwayError
 
@@ -376,8 +378,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rootless", action="store_true",
                         help="serve rootless Podman's network namespace (started by "
                              "portway-netavark there)")
+    parser.add_argument("--host-netns-path", default="",
+                        help="where the namespace it lives in is mounted (rootless Podman's "
+                             "under $XDG_RUNTIME_DIR/netns): it leaves once that is gone")
     args = parser.parse_args(argv)
-    sys.exit(serve(os.path.abspath(args.state_dir), args.host_netns, args.rootless))
+    sys.exit(serve(os.path.abspath(args.state_dir), args.host_netns, args.rootless,
+                   args.host_netns_path))
 
 
 if __name__ == "__main__":

@@ -95,6 +95,30 @@ def host_netns() -> str | None:
     return None
 
 
+def rootless_netns_path(own: os.stat_result) -> str:
+    """Where Podman mounts the rootless network namespace this runs in
+    ($XDG_RUNTIME_DIR/netns/rootless-netns-...), found by its identity; "" if not
+    found. The daemon leaves once it is gone (Podman removes it after the last
+    container)."""
+    runtime_dir = os.environ.get("XDG_RUNTIME_DIR")
+    if not runtime_dir:
+        return ""
+    directory = os.path.join(runtime_dir, "netns")
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return ""
+    for name in names:
+        path = os.path.join(directory, name)
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino):
+            return path
+    return ""
+
+
 def read_input(path: object) -> object:
     try:
         text = open(str(path)).read() if path else sys.stdin.read()  # noqa: SIM115
@@ -126,7 +150,9 @@ def run(argv: list[str]) -> object:
         client = Client(os.path.join(str(opts["config"]), "portway", "rootless"), None)
         own = os.stat("/proc/self/ns/net")
         client.netns = f"{own.st_dev}:{own.st_ino}"
-        client.daemon_args = ("--rootless",)
+        mounted = rootless_netns_path(own)
+        client.daemon_args = ("--rootless",) + (("--host-netns-path", mounted) if mounted
+                                                else ())
     else:
         ns = host_netns()
         client = Client(os.path.join(str(opts["config"]), "portway", ns or "root"), ns)
