@@ -322,6 +322,7 @@ class RootlessPodman:
         self.name = f"pwrl{secrets.token_hex(4)}"
         self.tun_mode: int | None = None
         self.made_user = False
+        self.before: set[str] = set()
         try:
             self._make(helpers)
         except BaseException:
@@ -344,6 +345,9 @@ class RootlessPodman:
                            check=True, capture_output=True)
             self.subuids = _subids("/etc/subuid", self.name)
             self.subgids = _subids("/etc/subgid", self.name)
+        # Files of these ids from before (an earlier user's): not this world's to remove.
+        self.before = {path for path in self.leftovers()
+                       if path != self.home and not path.startswith(self.home + "/")}
         self.runtime_dir = f"/run/user/{self.uid}"
         os.makedirs("/run/user", mode=0o755, exist_ok=True)
         os.mkdir(self.runtime_dir, 0o700)
@@ -479,13 +483,14 @@ class RootlessPodman:
                 # What else the user made (Podman's lock file in /dev/shm): all of it
                 # is this world's, the user being its own.
                 for path in self.leftovers():
-                    if path.startswith("/") and ":" not in path:
+                    if path.startswith("/") and ":" not in path and \
+                            path not in self.before:
                         subprocess.run(["rm", "-rf", "--one-file-system", path],
                                        check=False)
         if self.tun_mode is not None:
             os.chmod("/dev/net/tun", self.tun_mode)
         if self.made_user and hasattr(self, "uid"):
-            left += self.leftovers()
+            left += [path for path in self.leftovers() if path not in self.before]
         return left
 
     def leftovers(self) -> list[str]:
