@@ -12,9 +12,12 @@ fi
 # System packages: iproute2 (the tests' oracle, `ip -j`), nftables/libnftables1
 # (the firewall), python3-venv, procps, bind9-dnsutils (dig), graphviz (`portway graph`),
 # podman, runc and busybox-static (the Podman backend tests run real Podman), conntrack
-# (tests read the flows the kernel tracks), zsh (its completion script is tested).
+# (tests read the flows the kernel tracks), zsh (its completion script is tested);
+# uidmap, slirp4netns and fuse-overlayfs: rootless Podman, which the tests run for a user
+# they make.
 bash scripts/apt-ensure.sh python3 python3-venv iproute2 nftables libnftables1 procps \
-  bind9-dnsutils graphviz podman runc busybox-static conntrack zsh
+  bind9-dnsutils graphviz podman runc busybox-static conntrack zsh uidmap slirp4netns \
+  fuse-overlayfs
 
 # Debian's own interpreter (what users run as root), not a shim on PATH.
 PY=/usr/bin/python3
