@@ -51,6 +51,15 @@ def test_podman_on_portway(podman_world: PodmanWorld, sandbox: Sandbox) -> None:
     trace = json.loads(pw(p, "trace", "outside", "web:80", "--from-ip", sb.outside_addr,
                           "--json", "--live"))
     assert trace["verdict"] == "delivered" and trace["live"]["agrees"]
+    # `podman network reload`, as after a firewall reload flushed everything: the rules
+    # come back and the published port works again.
+    sb.in_host("nft", "flush", "ruleset")
+    assert get(["ip", "netns", "exec", sb.outside], f"http://{sb.host_addr}:8080/",
+               ).startswith("fail")
+    p.run("network", "reload", "--all")
+    assert get(["ip", "netns", "exec", sb.outside], f"http://{sb.host_addr}:8080/") == "200"
+    assert "hello from podman" in p.run("exec", "client", "wget", "-q", "-O", "-",
+                                        "http://web/index.html").stdout
     # podman network connect / disconnect.
     p.run("network", "create", "second")
     p.run("network", "connect", "second", "web")

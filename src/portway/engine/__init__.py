@@ -365,7 +365,13 @@ class Engine:
     def podman_setup(self, netns: str, options: Any) -> dict[str, Any]:
         from portway.engine import podman
 
-        return podman.setup(self.h, netns, options)
+        with self.lock:
+            # `podman network reload` (after a firewall reload flushed everything) tears
+            # each container down and sets it up again: its network's rules must be back
+            # before its elements go in, as netavark puts its chains back on setup.
+            if self.store.networks() and self.h.fw.missing_tables():
+                self.gc()
+            return podman.setup(self.h, netns, options)
 
     def podman_teardown(self, netns: str, options: Any) -> dict[str, Any]:
         from portway.engine import podman

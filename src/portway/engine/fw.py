@@ -61,6 +61,10 @@ class Firewall:
                 if self._depth == 0:
                     fcntl.flock(self._ns_fd, fcntl.LOCK_UN)
 
+    def missing_tables(self) -> list[str]:
+        """The families of the shared tables that are not there (a flush took them)."""
+        return [f for f in firewall.TABLES if self.nft.list_table(f, firewall.TABLE) is None]
+
     def ready(self) -> None:
         """The shared tables, created if missing (under the lock; it is re-entrant)."""
         missing = [f for f in firewall.TABLES if self.nft.list_table(f, firewall.TABLE) is None]

@@ -160,8 +160,11 @@ class Publishing:
                     (p, f"container {c.name} ({format_mapping(p)})"))
         # Only what the ports asked for can collide: the sockets of their protocols, and
         # the gateways when one names a host address (each of these asks the kernel).
+        # A runtime that holds its ports itself has bound them already (Podman binds them
+        # before it asks for the network, and again when `network reload` asks anew):
+        # its sockets are not someone else's.
         listening: dict[tuple[str, int], list[tuple[str, int]]] = {}
-        for proto in sorted({p.protocol for p in wanted}):
+        for proto in sorted({p.protocol for p in wanted}) if hold else ():
             for address, port in h.facts.listening(proto):
                 listening.setdefault((proto, port), []).append((address, port))
         gateways = h.facts.portway_addresses() \
