@@ -236,11 +236,24 @@ table inet pwbench_ct {
 """
 
 
+# A published port with nothing but what any published port needs: one DNAT rule per
+# family (conntrack comes with it), no filtering, no anti-spoofing.
+ONE_DNAT = """
+table inet pwbench_dnat {{
+  chain pre {{ type nat hook prerouting priority -100;
+    ip daddr {host} tcp dport 5201 dnat ip to {addr};
+    ip6 daddr {host6} tcp dport 5201 dnat ip6 to {addr6}; }}
+  chain post {{ type nat hook postrouting priority 100; }}
+}}
+"""
+
+
 def bench_throughput(engine: Any, outside: str) -> dict[str, Any]:
     """iperf3 through each path of both families: with portway's rules; with its tables
     gone (inet, bridge and arp portway: NAT, filtering and the per-port source checks) and
-    only conntrack and NAT's hooks in their place; and with no table at all. The three in
-    turn IPERF_CYCLES times; the median of every run of a path."""
+    only conntrack and NAT's hooks in their place; with no table at all; and, for the
+    published ports, one bare DNAT rule. In turn IPERF_CYCLES times; the median of every
+    run of a path."""
     server = engine.run(["iperf3", "-s"], name="iperf", networks=["fwnet"],
                         ports=["5201:5201"], detach=True)
     client = engine.run(["sleep", "600"], name="iperfc", networks=["fwnet"], detach=True)
@@ -263,9 +276,13 @@ def bench_throughput(engine: Any, outside: str) -> dict[str, Any]:
         "outside_to_container": (from_outside, address),
         "outside_to_container6": (from_outside, address6),
     }
+    # The published ports' own path, with one DNAT rule in place of portway's tables.
+    one_dnat = {key: with_rules[key] for key in ("outside_to_published",
+                                                  "outside_to_published6")}
     states = ("", "_conntrack_only", "_no_rules")
     samples: dict[str, list[float]] = {key: [] for key in with_rules}
     samples.update({f"{key}{state}": [] for key in routed for state in states[1:]})
+    samples.update({f"{key}_one_dnat": [] for key in one_dnat})
     routes = [("-4", SUBNETS[0], HOST_ADDR), ("-6", SUBNETS[1], HOST_ADDR6)]
     time.sleep(0.5)
     try:
@@ -283,6 +300,11 @@ def bench_throughput(engine: Any, outside: str) -> dict[str, Any]:
             sh("nft", "delete", "table", "inet", "pwbench_ct")
             for key, (where, to) in routed.items():
                 samples[f"{key}_no_rules"] += iperf_runs(where, to, runs=IPERF_RUNS)
+            sh("nft", "-f", "-", input=ONE_DNAT.format(host=HOST_ADDR, host6=HOST_ADDR6,
+                                                       addr=address, addr6=address6))
+            for key, (where, to) in one_dnat.items():
+                samples[f"{key}_one_dnat"] += iperf_runs(where, to, runs=IPERF_RUNS)
+            sh("nft", "delete", "table", "inet", "pwbench_dnat")
         out: dict[str, Any] = {key: round(statistics.median(v), 2)
                                for key, v in samples.items()}
         # Each path's runs in cycle order: a ratio taken within each cycle (with rules
@@ -290,7 +312,8 @@ def bench_throughput(engine: Any, outside: str) -> dict[str, Any]:
         out["runs"] = {key: [round(x, 2) for x in v] for key, v in samples.items()}
         out["raw_veth_pair"] = raw_veth()
     finally:
-        subprocess.run(["nft", "delete", "table", "inet", "pwbench_ct"], capture_output=True)
+        for table in ("pwbench_ct", "pwbench_dnat"):
+            subprocess.run(["nft", "delete", "table", "inet", table], capture_output=True)
         for family, subnet, _ in routes:
             subprocess.run(["ip", "-n", outside, family, "route", "del", subnet],
                            capture_output=True)
