@@ -338,7 +338,9 @@ def _routed_world(forwarding: bool, loop: bool = False) -> World:
                 back if loop else Route(ipaddress.IPv4Network("10.91.0.0/24"), "down0")])
     inner = Space(key="ns:in", label="namespace in", ifaces=[
         Iface("eth0", 2, "veth", peer=("ns:rt", "down0"), addrs=(v4("10.91.0.2/24"),))],
-        routes=[], listeners={("tcp", "0.0.0.0", 80)})
+        routes=[Route(ipaddress.IPv4Network("10.91.0.0/24"), "eth0"),  # and the way back
+                Route(ipaddress.IPv4Network("0.0.0.0/0"), "eth0", gateway=IP("10.91.0.1"))],
+        listeners={("tcp", "0.0.0.0", 80)})
     return World(host=host, spaces={"ns:rt": router, "ns:in": inner})
 
 

@@ -33,6 +33,7 @@ from portway.model.types import IPAddress, IPInterface, IPNetwork
 IP_FAMILIES = ("ip", "inet")
 MAX_ROUTED = 32  # namespaces a packet is routed through before a loop is assumed
 IP6_FAMILIES = ("ip6", "inet")
+MAIN, DEFAULT, LOCAL = 254, 253, 255  # the routing tables every namespace has
 
 
 def ip_families(packet: Packet) -> tuple[str, ...]:
@@ -99,6 +100,8 @@ class Iface:
     master: str = ""
     peer: tuple[str, str] | None = None  # (namespace key, ifname) of a veth's other end
     route_localnet: bool = False
+    rp_filter: int = 0  # net.ipv4.conf.NAME.rp_filter: 0 off, 1 strict, 2 loose
+    forwarding: bool = True  # net.ipv4.conf.NAME.forwarding (ip_forward sets every one)
     link_index: int = 0  # a veth's other end's index, in its own namespace
     netnsid: int = -1  # a veth's other end's namespace, as this one numbers it (-1: same)
 
@@ -111,6 +114,7 @@ class Route:
     prefsrc: IPAddress | None = None
     kind: str = "unicast"  # unicast, blackhole, unreachable, prohibit
     metric: int = 0
+    table: int = MAIN
 
     def text(self, daddr: IPAddress) -> str:
         if self.kind != "unicast":
@@ -118,6 +122,62 @@ class Route:
         via = f" via {self.gateway}" if self.gateway else ""
         src = f" src {self.prefsrc}" if self.prefsrc else ""
         return f"{daddr}{via} dev {self.dev}{src}"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One policy routing rule (`ip rule`): which packets it takes, and to which table
+    (or straight to blackhole, unreachable, prohibit)."""
+
+    priority: int
+    table: int = MAIN
+    action: str = "lookup"  # lookup, blackhole, unreachable, prohibit, goto, nop
+    src: IPNetwork | None = None
+    dst: IPNetwork | None = None
+    iif: str = ""
+    oif: str = ""
+    fwmark: int | None = None
+    invert: bool = False
+    version: int = 4
+
+    def matches(self, saddr: IPAddress | None, daddr: IPAddress, iif: str | None,
+                mark: int) -> bool:
+        hit = (self.src is None or (saddr is not None and saddr.version == self.src.version
+                                    and saddr in self.src)) \
+            and (self.dst is None or daddr in self.dst) \
+            and (not self.iif or self.iif == (iif or "lo")) \
+            and (self.fwmark is None or self.fwmark == mark)
+        return hit != self.invert
+
+    def text(self) -> str:
+        parts = [f"{self.priority}:", "not" if self.invert else "",
+                 f"from {self.src}" if self.src else "from all",
+                 f"to {self.dst}" if self.dst else "", f"iif {self.iif}" if self.iif else "",
+                 f"fwmark {self.fwmark:#x}" if self.fwmark is not None else "",
+                 f"lookup {TABLE_NAMES.get(self.table, self.table)}"
+                 if self.action == "lookup" else self.action]
+        return " ".join(p for p in parts if p)
+
+
+TABLE_NAMES = {MAIN: "main", DEFAULT: "default", LOCAL: "local"}
+
+
+@dataclass(frozen=True)
+class Flow:
+    """One conntrack entry: the tuple the client sent, the tuple the reply comes back
+    with (its source is the real server: a DNAT shows there), and whether a reply has
+    been seen (UNREPLIED when not)."""
+
+    proto: str
+    orig: tuple[str, int, str, int]  # src, sport, dst, dport
+    reply: tuple[str, int, str, int]
+    replied: bool = True
+
+    def command(self) -> str:
+        """The conntrack command that deletes this entry."""
+        s, sp, d, dp = self.orig
+        return (f"conntrack -D -p {self.proto} --orig-src {s} --orig-port-src {sp} "
+                f"--orig-dst {d} --orig-port-dst {dp}")
 
 
 @dataclass
@@ -136,6 +196,11 @@ class Space:
     ruleset: list[dict[str, Any]] = field(default_factory=list)
     forwarding: bool = False  # net.ipv4.ip_forward
     forwarding6: bool = False  # net.ipv6.conf.all.forwarding
+    rp_filter: int = 0  # net.ipv4.conf.all.rp_filter (the larger of it and an interface's holds)
+    # Policy routing: the rules (empty: the main table alone, as when none were recorded)
+    # and the routes of the tables other than main, by table.
+    rules: list[Rule] = field(default_factory=list)
+    tables: dict[int, list[Route]] = field(default_factory=dict)
     # (device, address) -> (MAC, state): the neighbour (ARP) table
     neighbours: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
     # (bridge, MAC) -> port: what each bridge has learned
@@ -188,17 +253,52 @@ class Space:
     def forwards(self, version: int) -> bool:
         return self.forwarding if version == 4 else self.forwarding6
 
-    def lookup(self, daddr: IPAddress) -> Route | None:
-        """The main table of daddr's family, longest prefix first (policy routing is not
-        modelled)."""
-        best: Route | None = None
-        for r in self.routes:
-            if r.dst.version != daddr.version or daddr not in r.dst:
+    def lookup(self, daddr: IPAddress, saddr: IPAddress | None = None,
+               iif: str | None = None, mark: int = 0) -> Route | None:
+        """The route the kernel picks for daddr: the policy rules in priority order (a
+        rule that matches sends the lookup to its table, and on to the next rule when
+        that table has no route), or the main table alone when no rules were recorded.
+        In a table, the longest prefix, then the lowest metric."""
+        return self.decide(daddr, saddr, iif, mark)[0]
+
+    def decide(self, daddr: IPAddress, saddr: IPAddress | None = None,
+               iif: str | None = None, mark: int = 0) -> tuple[Route | None, Rule | None]:
+        """lookup's route, and the rule that led to it (None: the main table, by
+        default)."""
+        rules = [r for r in self.rules if r.version == daddr.version]
+        if not rules:
+            return best_route(self.routes, daddr), None
+        for rule in sorted(rules, key=lambda r: r.priority):
+            if rule.action == "nop" or not rule.matches(saddr, daddr, iif, mark):
                 continue
-            if best is None or r.dst.prefixlen > best.dst.prefixlen or (
-                    r.dst.prefixlen == best.dst.prefixlen and r.metric < best.metric):
-                best = r
-        return best
+            if rule.action in ("blackhole", "unreachable", "prohibit"):
+                net = ipaddress.ip_network(0 if daddr.version == 4 else "::/0")
+                return Route(net, "", kind=rule.action, table=rule.table), rule
+            if rule.action != "lookup" or rule.table == LOCAL:
+                continue  # the local table: local() answers for it
+            table = self.routes if rule.table == MAIN else self.tables.get(rule.table, [])
+            found = best_route(table, daddr)
+            if found is not None and found.kind != "throw":
+                return found, rule
+        return None, None
+
+    def rp_mode(self, iif: str) -> int:
+        """The reverse path filter of packets arriving on iif (IPv4): the larger of the
+        interface's and `all`'s."""
+        iface = self.iface(iif)
+        return max(self.rp_filter, iface.rp_filter if iface else 0)
+
+
+def best_route(routes: list[Route], daddr: IPAddress) -> Route | None:
+    """The longest prefix holding daddr, then the lowest metric."""
+    best: Route | None = None
+    for r in routes:
+        if r.dst.version != daddr.version or daddr not in r.dst:
+            continue
+        if best is None or r.dst.prefixlen > best.dst.prefixlen or (
+                r.dst.prefixlen == best.dst.prefixlen and r.metric < best.metric):
+            best = r
+    return best
 
 
 def pair_veths(host: Space, other: Space) -> None:
@@ -221,6 +321,12 @@ class World:
     spaces: dict[str, Space]  # container namespaces by key
     bridge_nf: bool = True  # net.bridge.bridge-nf-call-iptables in the host
     bridge_nf6: bool = True  # net.bridge.bridge-nf-call-ip6tables in the host
+    # The host's conntrack entries that matter to the traced flow (recorded by the trace).
+    conntrack: list[Flow] = field(default_factory=list)
+    # What the host publishes, as "HOSTPORT/PROTO -> CONTAINER:PORT" lines (portway's own).
+    published: list[str] = field(default_factory=list)
+    # Subnets whose containers leave without masquerade on purpose (routed mode).
+    routed: list[IPNetwork] = field(default_factory=list)
 
     def bridge_netfilter(self, version: int) -> bool:
         return self.bridge_nf if version == 4 else self.bridge_nf6
@@ -258,10 +364,12 @@ class Trace:
     summary: str = ""
     seen_source: str = ""
     seen_destination: str = ""
+    fix: str = ""  # for a verdict other than delivered: what to change, concretely
 
     def as_dict(self) -> dict[str, Any]:
         return {"source": self.source, "destination": self.destination,
                 "protocol": self.protocol, "verdict": self.verdict, "summary": self.summary,
+                "fix": self.fix,
                 "seen_source": self.seen_source, "seen_destination": self.seen_destination,
                 "hops": [h.as_dict() for h in self.hops]}
 
@@ -270,20 +378,72 @@ class _Done(Exception):
     pass
 
 
+def in_space(space: Space, command: str) -> str:
+    """command as run in space: as it is in the host, through `ip netns exec` in a named
+    namespace (a container's key is its /run/netns name), `nsenter` in a process's."""
+    if not command or space.key == "host":
+        return command
+    kind, _, name = space.key.partition(":")
+    if kind == "pid":
+        return f"nsenter -t {name} -n {command}"
+    if kind == "docker":
+        return f"nsenter --net=/var/run/docker/netns/{name} {command}"
+    return f"ip netns exec {name if kind == 'ns' else space.key} {command}"
+
+
+def flow_match(packet: Packet, family: str, hook: str) -> str:
+    """An nft match of this packet's flow, as a chain on hook sees it."""
+    parts = []
+    if packet.iif and hook in ("prerouting", "input", "forward"):
+        parts.append(f'iifname "{packet.iif}"')
+    if packet.oif and hook in ("forward", "output", "postrouting"):
+        parts.append(f'oifname "{packet.oif}"')
+    if family != "bridge" and family != "netdev":
+        parts.append(f"{packet.family} daddr {packet.daddr}")
+    parts.append(f"{packet.l4proto} dport {packet.dport}")
+    return " ".join(parts)
+
+
+def drop_fix(space: Space, d: Decision, packet: Packet) -> str:
+    """The change that lets this flow past a chain that dropped it."""
+    allow = in_space(space, f"nft insert rule {d.family} {d.table} {d.chain} "
+                            f"{flow_match(packet, d.family, d.hook)} accept")
+    if d.handle is None:  # the chain's policy
+        return f"accept the flow in that chain: {allow}"
+    remove = in_space(space, f"nft delete rule {d.family} {d.table} {d.rule_chain} "
+                             f"handle {d.handle}")
+    return f"if that rule is not meant for this flow, accept the flow before it: {allow} " \
+           f"(or remove the rule: {remove})"
+
+
 class _Walk:
     def __init__(self, world: World, trace: Trace) -> None:
         self.world = world
         self.trace = trace
         self.rulesets: dict[str, Ruleset] = {}
         self.hops_routed = 0  # by namespaces other than the host's, against loops
+        # the conntrack entry the flow already has in the host, once met, and the source
+        # rewrite it holds (applied at postrouting, where the kernel applies it)
+        self.flow: Flow | None = None
+        self.flow_snat: tuple[IPAddress, int] | None = None
+        self.host_nat = False  # the host rewrote an address of the request
+        # per (namespace, hook): the chains that accepted the packet before another
+        # chain's verdict on the same hook (an accept ends only its own chain)
+        self.asked: tuple[IPAddress, int] = (ipaddress.ip_address(0), 0)  # daddr, dport
 
     # bookkeeping
 
     def hop(self, kind: str, where: str, detail: str, decision: Decision | None = None) -> None:
         self.trace.hops.append(Hop(kind, where, detail, decision))
 
-    def end(self, verdict: str, summary: str, packet: Packet | None = None) -> None:
-        self.trace.verdict, self.trace.summary = verdict, summary
+    def end(self, verdict: str, summary: str, packet: Packet | None = None,
+            fix: str = "") -> None:
+        if self.flow is not None and verdict != "delivered":
+            summary = f"{summary}; this flow's existing conntrack entry (replies from " \
+                      f"{hostport(self.flow.reply[0], self.flow.reply[1])}) decided its " \
+                      "NAT, not the current rules"
+            fix = f"delete the stale entry: {self.flow.command()}"
+        self.trace.verdict, self.trace.summary, self.trace.fix = verdict, summary, fix
         if packet is not None:
             self.trace.seen_source = str(packet.saddr)
             self.trace.seen_destination = hostport(packet.daddr, packet.dport)
@@ -305,8 +465,19 @@ class _Walk:
         route = space.lookup(packet.daddr) if hook == "postrouting" else None
         if route is not None and route.prefsrc is not None:
             masq[route.dev] = route.prefsrc
+        if space is self.world.host and hook in ("prerouting", "output") and \
+                self.flow is None and self.world.conntrack:
+            packet = self.conntrack(space, families, hook, packet, masq)
+        if space is self.world.host and self.flow is not None:
+            nat = False  # the entry's NAT holds, whatever the rules say now
+            if hook == "postrouting" and self.flow_snat is not None:
+                packet = replace(packet, saddr=self.flow_snat[0], sport=self.flow_snat[1])
+        before = (packet.saddr, packet.sport, packet.daddr, packet.dport)
         packet, decisions, alive = self.ruleset(space).run_hook(
             families, hook, packet, space.local(), masq, nat)
+        if space is self.world.host and before != (packet.saddr, packet.sport,
+                                                   packet.daddr, packet.dport):
+            self.host_nat = True
         for d in decisions:
             detail = f"{hook}: {d.verdict}"
             if d.rule:
@@ -320,9 +491,48 @@ class _Walk:
             self.hop("hook", f"{space.label}: {d.where}", detail, d)
         if not alive:
             last = decisions[-1]
-            self.end("dropped", f"dropped in {space.label} by {last.where}: "
-                     f"{last.rule or last.verdict}", packet)
+            summary = f"dropped in {space.label} by {last.where}: {last.rule or last.verdict}"
+            earlier = [d for d in decisions[:-1] if d.verdict == "accept" and d.rule]
+            if earlier:
+                first = earlier[0]
+                summary += f"; the accept in {first.where} (\"{first.rule}\") ends only " \
+                           f"its own chain: {last.where} still decides on the {hook} hook"
+            self.end("dropped", summary, packet, drop_fix(space, last, packet))
         return packet
+
+    def conntrack(self, space: Space, families: tuple[str, ...], hook: str,
+                  packet: Packet, masq: dict[str, IPAddress]) -> Packet:
+        """The flow's conntrack entry, if the host has one: its NAT was decided by the
+        first packet, and the nat chains are not asked again."""
+        orig = (str(packet.saddr), packet.sport, str(packet.daddr), packet.dport)
+        flow = next((f for f in self.world.conntrack
+                     if f.proto == packet.l4proto and f.orig == orig), None)
+        if flow is None:
+            return packet
+        self.flow = flow
+        server = (ipaddress.ip_address(flow.reply[0]), flow.reply[1])
+        client = (ipaddress.ip_address(flow.reply[2]), flow.reply[3])
+        status = set(packet.ct_status)
+        if server != (packet.daddr, packet.dport):
+            status.add("dnat")
+        if client != (packet.saddr, packet.sport):
+            status.add("snat")
+            self.flow_snat = client
+        # What the rules would do with a new flow, to say whether the entry is stale.
+        fresh, _, _ = self.ruleset(space).run_hook(families, hook, packet, space.local(),
+                                                    masq, True)
+        state = "established" if flow.replied else "new"
+        now = f"the rules now lead to {hostport(fresh.daddr, fresh.dport)}" \
+            if (fresh.daddr, fresh.dport) != server else "the rules lead there too"
+        self.hop("conntrack", space.label,
+                 f"conntrack already holds this flow ({flow.proto} "
+                 f"{hostport(orig[0], orig[1])} -> {hostport(orig[2], orig[3])}, "
+                 f"{'replied' if flow.replied else 'UNREPLIED'}): its packets go to "
+                 f"{hostport(*server)} as the entry says, and the nat chains are not "
+                 f"asked again ({now})")
+        self.host_nat = self.host_nat or "dnat" in status or "snat" in status
+        return replace(packet, daddr=server[0], dport=server[1], ct_state=state,
+                       ct_status=frozenset(status))
 
     # the path
 
@@ -356,22 +566,44 @@ class _Walk:
         if packet.daddr in space.local() or is_loopback(packet.daddr):
             self.hop("route", space.label, f"{what}: {packet.daddr} is local")
             return None
-        route = space.lookup(packet.daddr)
+        saddr = None if packet.saddr.is_unspecified else packet.saddr
+        route, rule = space.decide(packet.daddr, saddr, iif, packet.mark)
         from_iif = f" from {packet.saddr} iif {iif}" if iif else ""
+        by = "" if rule is None or (rule.table == MAIN and rule.action == "lookup") else \
+            f" (ip rule {rule.text()})"
+        main = best_route(space.routes, packet.daddr) if by else None
         if route is None:
             self.hop("route", space.label, f"{what}: no route to {packet.daddr}{from_iif}")
-            self.end("no-route", f"{space.label} has no route to {packet.daddr}", packet)
+            net = ipaddress.ip_network(f"{packet.daddr}/{32 if packet.version == 4 else 128}")
+            self.end("no-route", f"{space.label} has no route to {packet.daddr}", packet,
+                     in_space(space, f"ip route add {net} via GATEWAY") + " (the router "
+                     f"that reaches {packet.daddr}), or a default route")
         assert route is not None
         if route.kind != "unicast":
-            self.hop("route", space.label, f"{what}: {route.text(packet.daddr)}")
+            self.hop("route", space.label, f"{what}: {route.text(packet.daddr)}{from_iif}{by}")
+            fix = in_space(space, f"ip route del {route.kind} {route.dst}"
+                           + (f" table {route.table}" if route.table != MAIN else ""))
+            if rule is not None and by:
+                fix = self.rule_fix(space, rule, main, packet)
             self.end("no-route" if route.kind != "blackhole" else "dropped",
-                     f"{space.label} routes {packet.daddr} to {route.kind}", packet)
+                     f"{space.label} routes {packet.daddr} to {route.kind}{by}", packet, fix)
+        if by and main is not None and main != route:
+            by += f", not the main table's {main.text(packet.daddr)}"
         dev = space.iface(route.dev)
         how = "" if dev is None or dev.kind == "bridge" else \
             f"; {space.neighbour(route.dev, route.gateway or packet.daddr)}"
         self.hop("route", space.label,
-                 f"{what}: {route.text(packet.daddr)}{from_iif}{how}")
+                 f"{what}: {route.text(packet.daddr)}{from_iif}{by}{how}")
         return route
+
+    def rule_fix(self, space: Space, rule: Rule, main: Route | None, packet: Packet) -> str:
+        """A rule, ahead of the one that took the packet elsewhere, that keeps the
+        destination in the main table."""
+        to = main.dst if main is not None and main.dst.prefixlen else ipaddress.ip_network(
+            f"{packet.daddr}/{32 if packet.version == 4 else 128}")
+        return "keep it in the main table with a rule ahead of " + \
+            f"{rule.priority}: " + in_space(space, f"ip rule add to {to} lookup main "
+                                                   f"priority {max(rule.priority - 1, 1)}")
 
     def to_local(self, space: Space, packet: Packet) -> None:
         packet = self.hook(space, ip_families(packet), "input", packet)
@@ -387,14 +619,36 @@ class _Walk:
                 self.hop("socket", space.label, f"a {packet.l4proto} socket listens on "
                          f"{hostport(addr, packet.dport)}; it sees the connection from "
                          f"{hostport(packet.saddr, packet.sport)}")
+                self.reply(space, packet)
                 self.end("delivered", f"delivered to {space.label}, "
                          f"{hostport(packet.daddr, packet.dport)}/{packet.l4proto}", packet)
         answer = "TCP RST" if packet.l4proto == "tcp" else "ICMP port unreachable"
         self.hop("socket", space.label, f"nothing listens on "
                  f"{hostport(packet.daddr, packet.dport)}/{packet.l4proto}: the answer is "
                  f"{answer}")
-        self.end("no-listener", f"reaches {space.label}, but nothing listens on "
-                 f"{packet.dport}/{packet.l4proto} ({answer})", packet)
+        summary = f"reaches {space.label}, but nothing listens on {packet.dport}/" \
+                  f"{packet.l4proto} ({answer})"
+        elsewhere = sorted(a for p, a, port in space.listeners
+                           if p == packet.l4proto and port == packet.dport)
+        wildcard = "0.0.0.0" if packet.version == 4 else "::"
+        if elsewhere:
+            only = ", ".join(hostport(a, packet.dport) for a in elsewhere)
+            summary += f"; it listens only on {only}"
+            fix = f"make the server bind {wildcard} (every address) or " \
+                  f"{packet.daddr}, not {' or '.join(elsewhere)}"
+            if all(ipaddress.ip_address(a).is_loopback for a in elsewhere):
+                summary += f", which is reached only from inside {space.label}; bind " \
+                           f"{wildcard}"
+        else:
+            fix = f"start the server on {hostport(packet.daddr, packet.dport)}/" \
+                  f"{packet.l4proto} (or bind {wildcard}), or connect to the port it " \
+                  "listens on"
+        if space is self.world.host and self.world.published and not self.host_nat:
+            summary += f"; {packet.dport}/{packet.l4proto} is not a published port " \
+                       f"(published: {', '.join(self.world.published)})"
+            fix += "; or publish the port (portway run -p HOSTPORT:PORT ...), or connect " \
+                   "to one of the published ports"
+        self.end("no-listener", summary, packet, fix)
 
     def portway_socket(self, space: Space, packet: Packet, addr: str) -> None:
         """A socket of portwayd that holds a published port: it takes only the host's own
@@ -412,13 +666,17 @@ class _Walk:
                  f"connections (from ::1 or 127/8) and drops this one from {packet.saddr}")
         self.end("dropped", f"dropped by the socket filter of portwayd's {where}/"
                  f"{packet.l4proto}: a published port is reached from {packet.saddr} only "
-                 "through its DNAT rule, which this packet did not meet", packet)
+                 "through its DNAT rule, which this packet did not meet", packet,
+                 "connect to the published port on a host address its DNAT rule takes "
+                 "(portway port CONTAINER lists them)")
 
     def egress(self, space: Space, route: Route, packet: Packet) -> None:
         iface = space.iface(route.dev)
         nexthop = route.gateway or packet.daddr
         if iface is None:
-            self.end("dropped", f"{route.dev} does not exist in {space.label}", packet)
+            self.end("dropped", f"{route.dev} does not exist in {space.label}", packet,
+                     in_space(space, f"ip route del {route.dst}") + " (its device is gone), "
+                     "or recreate the device")
         assert iface is not None
         if iface.kind == "bridge" and space is self.world.host:
             self.bridge_out(iface, nexthop, packet)
@@ -429,7 +687,9 @@ class _Walk:
                      f"veth pair: {iface.name} #{iface.index} in {space.label} -> "
                      f"{iface.peer[1]} #{peer.index if peer else '?'} in {peer_space.label}")
             if peer is None:
-                self.end("dropped", f"the veth's other end {iface.peer[1]} is missing", packet)
+                self.end("dropped", f"the veth's other end {iface.peer[1]} is missing",
+                         packet, "recreate the container's attachment (portway gc repairs "
+                         "portway's own)")
             assert peer is not None
             if peer.master:
                 self.bridge_in(peer_space, peer, nexthop, packet, iface.mac)
@@ -440,6 +700,8 @@ class _Walk:
         elif space is self.world.host:
             self.hop("leave", space.label, f"out of {iface.name} towards {nexthop}: leaves "
                      f"the host with source {packet.saddr}")
+            self.unreachable_gateway(space, iface, nexthop, packet)
+            self.no_way_back(space, iface, packet)
             self.end("leaves-host", f"leaves the host through {iface.name}; the far end sees "
                      f"{hostport(packet.saddr, packet.sport)}", packet)
         else:
@@ -460,21 +722,42 @@ class _Walk:
     def bridge_out(self, bridge: Iface, nexthop: IPAddress, packet: Packet) -> None:
         """The host sends through its bridge to the port behind which nexthop lives."""
         host = self.world.host
-        space, inner, port = self.port_of(bridge, nexthop, packet)
+        space, inner, port = self.port_of(bridge, nexthop, packet, routed=True)
         self.hop("bridge", bridge.name, f"{host.neighbour(bridge.name, nexthop)}; "
                  f"{host.learned(bridge.name, inner.mac, port.name)} ({space.label})")
         packet = replace(packet, iif="", oif=port.name, smac=bridge.mac, dmac=inner.mac)
         packet = self.hook(host, ("bridge",), "output", packet)
         self.out_of_port(port, space, inner, packet)
 
-    def port_of(self, bridge: Iface, nexthop: IPAddress,
-                packet: Packet) -> tuple[Space, Iface, Iface]:
-        """The container end holding nexthop behind bridge, and its port; or the end."""
+    def port_of(self, bridge: Iface, nexthop: IPAddress, packet: Packet,
+                routed: bool = False) -> tuple[Space, Iface, Iface]:
+        """The container end holding nexthop behind bridge, and its port; or the end.
+        routed: the host's route lookup chose the bridge (a shadowing route is looked
+        for)."""
         found = self.holder(bridge.name, nexthop)
         if found is None:
-            self.hop("bridge", bridge.name, f"nothing behind {bridge.name} has {nexthop}: "
-                     f"{asks(nexthop)} gets no answer")
-            self.end("no-route", f"no container holds {nexthop} on {bridge.name}", packet)
+            detail = f"nothing behind {bridge.name} has {nexthop}: {asks(nexthop)} gets no " \
+                     "answer"
+            summary = f"no container holds {nexthop} on {bridge.name}"
+            fix = f"check that {nexthop} is the right address (and that what holds it is " \
+                  f"attached to {bridge.name} and up)"
+            host = self.world.host
+            chosen = best_route(host.routes, nexthop) if routed else None
+            other = best_route([r for r in host.routes if r.dev != bridge.name
+                                and r.kind == "unicast" and r is not chosen], nexthop) \
+                if chosen is not None else None
+            if chosen is not None and other is not None:
+                way = f"{other.dst}" + (f" via {other.gateway}" if other.gateway else "") + \
+                    f" dev {other.dev}"
+                detail += f"; the route {chosen.dst} dev {bridge.name} is more specific " \
+                          f"than {way}, which it shadows"
+                summary += f": the route {chosen.dst} dev {bridge.name} shadows {way}"
+                single = ipaddress.ip_network(f"{nexthop}/{32 if nexthop.version == 4 else 128}")
+                fix = f"give {bridge.name} a subnet that does not overlap {other.dst}, or " \
+                      f"route {nexthop} the intended way: ip route add {single}" + \
+                      (f" via {other.gateway}" if other.gateway else "") + f" dev {other.dev}"
+            self.hop("bridge", bridge.name, detail)
+            self.end("no-route", summary, packet, fix)
         assert found is not None
         return found
 
@@ -490,7 +773,8 @@ class _Walk:
         """A frame from a container enters its bridge port."""
         bridge = host.iface(port.master)
         if bridge is None:
-            self.end("dropped", f"bridge {port.master} is missing", packet)
+            self.end("dropped", f"bridge {port.master} is missing", packet,
+                     f"recreate bridge {port.master}, or detach the port from it")
         assert bridge is not None
         gateway = any(a.ip == nexthop for a in bridge.addrs)
         found = None if gateway else self.holder(bridge.name, nexthop)
@@ -533,7 +817,8 @@ class _Walk:
                      "destination from any other interface on receipt, before any "
                      "netfilter hook (it has no route_localnet)")
             self.end("dropped", f"the kernel drops ::1 arriving on {iif} (martian "
-                     "destination)", packet)
+                     "destination)", packet, "connect to an address of the host other "
+                     "than ::1")
         families = ip_families(packet)
         packet = self.hook(host, families, "prerouting", packet)
         iface = host.iface(iif)
@@ -541,26 +826,163 @@ class _Walk:
             self.hop("route", host.label, f"{packet.daddr} arriving on {iif}: a martian "
                      "destination (127/8 from outside), which the kernel drops")
             self.end("dropped", f"the kernel drops {packet.daddr} arriving on {iif} "
-                     "(martian destination)", packet)
+                     "(martian destination)", packet, f"connect to an address of the host "
+                     f"that is not loopback, or let {iif} route it: sysctl -w "
+                     f"net.ipv4.conf.{iif}.route_localnet=1")
+        self.reverse_path(host, packet, iif)
         route = self.route(host, packet, iif=iif)
         if route is None:
             self.to_local(host, packet)
             return
-        if not host.forwards(packet.version):
-            key = "net.ipv4.ip_forward" if packet.version == 4 else \
-                "net.ipv6.conf.all.forwarding"
-            self.hop("route", host.label, f"{key} is 0: nothing is forwarded")
-            self.end("dropped", f"the host does not forward ({key.rsplit('.', 1)[-1]}=0 "
-                     f"for IPv{packet.version})", packet)
+        self.forwarding(host, packet, iif)
         packet = replace(packet, oif=route.dev)
         packet = self.hook(host, families, "forward", packet)
         packet = self.hook(host, families, "postrouting", packet)
         self.egress(host, route, packet)
 
+    def forwarding(self, space: Space, packet: Packet, iif: str) -> None:
+        """Forwarding on in space for the packet's family, and (IPv4) on the interface it
+        arrived on: the kernel forwards what arrives on an interface whose own
+        `forwarding` is 1 (ip_forward sets every interface's; one can be turned off)."""
+        if not space.forwards(packet.version):
+            key = "net.ipv4.ip_forward" if packet.version == 4 else \
+                "net.ipv6.conf.all.forwarding"
+            self.hop("route", space.label, f"{key} is 0: nothing is forwarded")
+            self.end("dropped", f"{space.label} does not forward "
+                     f"({key.rsplit('.', 1)[-1]}=0 for IPv{packet.version})", packet,
+                     in_space(space, f"sysctl -w {key}=1"))
+        iface = space.iface(iif)
+        if packet.version == 4 and iface is not None and not iface.forwarding:
+            key = f"net.ipv4.conf.{iif}.forwarding"
+            self.hop("route", space.label, f"{key} is 0: what arrives on {iif} is not "
+                     "forwarded (ip_forward is 1, but this interface's own setting is off)")
+            self.end("dropped", f"{space.label} does not forward what arrives on {iif} "
+                     f"({key}=0)", packet, in_space(space, f"sysctl -w {key}=1"))
+
+    def reverse_path(self, space: Space, packet: Packet, iif: str) -> None:
+        """Reverse path filtering (IPv4, rp_filter): strict (1) drops a packet whose
+        source the namespace would not route back out of the interface it came in on;
+        loose (2) one whose source it cannot route at all."""
+        if packet.version != 4 or iif == "lo" or packet.saddr in space.local() or \
+                packet.saddr.is_unspecified:
+            return
+        mode = space.rp_mode(iif)
+        if not mode:
+            return
+        back = space.lookup(packet.saddr, packet.daddr)
+        ok = back is not None and back.kind == "unicast" and (mode == 2 or back.dev == iif)
+        if ok:
+            return
+        key = f"net.ipv4.conf.{iif}.rp_filter"
+        way = "no route" if back is None else back.text(packet.saddr)
+        self.hop("route", space.label,
+                 f"reverse path filter ({'strict' if mode == 1 else 'loose'}, rp_filter="
+                 f"{mode} on {iif}): the way back to {packet.saddr} is {way}, not {iif}: "
+                 "the kernel drops the packet on receipt")
+        net = ipaddress.ip_network(f"{packet.saddr}/32")
+        self.end("dropped", f"{space.label} drops it on receipt: strict reverse path "
+                 f"filtering on {iif}, while its route back to {packet.saddr} leaves by "
+                 f"{back.dev if back else 'no interface'} (asymmetric routing)", packet,
+                 "loose reverse path filtering (the larger of all's and the interface's "
+                 "holds): " + in_space(space, f"sysctl -w {key}=2") + ", or a route back "
+                 "through the interface it came in on: "
+                 + in_space(space, f"ip route add {net} dev {iif}"))
+
+    def unreachable_gateway(self, space: Space, iface: Iface, nexthop: IPAddress,
+                            packet: Packet) -> None:
+        """The next hop beyond the host's edge, when the neighbour table says it did not
+        answer (FAILED)."""
+        found = space.neighbours.get((iface.name, str(nexthop)))
+        if found is None or found[1] != "failed":
+            return
+        self.hop("route", space.label, f"{asks(nexthop)} for the next hop {nexthop} on "
+                 f"{iface.name} failed: the neighbour entry is FAILED (nothing answered)")
+        self.end("no-route", f"the next hop {nexthop} does not answer on {iface.name}",
+                 packet, f"check that {nexthop} is up and on {iface.name}'s link (ip neigh "
+                 f"show dev {iface.name}), or correct the route's gateway")
+
+    def no_way_back(self, space: Space, iface: Iface, packet: Packet) -> None:
+        """The reply of a packet that leaves the host un-masqueraded, from a private
+        address that is not on the network beyond: nobody there routes it back."""
+        src = packet.saddr
+        if packet.ct_state != "new" or src in space.local() or not src.is_private or \
+                any(src in a.network for a in iface.addrs):
+            return
+        net = self.network_of(src)
+        if any(src in n for n in self.world.routed):
+            self.hop("leave", space.label, f"{src} is of a routed network ({net}): its "
+                     f"replies come back only if the network beyond {iface.name} routes "
+                     f"{net} to this host")
+            return
+        self.hop("reply", space.label, f"the far end answers {src}, a private address "
+                 f"that is not on {iface.name}'s network and was not masqueraded: nothing "
+                 f"beyond {iface.name} routes it back to this host")
+        self.end("no-route", f"the request leaves through {iface.name} with source {src} "
+                 f"(not masqueraded); the reply has no way back to {src} unless the "
+                 f"network beyond routes {net} to this host", packet,
+                 f"masquerade what leaves {iface.name}: nft add table ip nat; nft add "
+                 "chain ip nat postrouting '{ type nat hook postrouting priority srcnat; }'; "
+                 f"nft add rule ip nat postrouting ip saddr {net} oifname \"{iface.name}\" "
+                 "masquerade" if src.version == 4 else
+                 f"masquerade what leaves {iface.name} (ip6 saddr {net} oifname "
+                 f"\"{iface.name}\" masquerade), or route {net} to this host")
+
+    def network_of(self, addr: IPAddress) -> IPNetwork:
+        """The network of the interface that holds addr, anywhere in the world."""
+        for space in (self.world.host, *self.world.spaces.values()):
+            for i in space.ifaces:
+                for a in i.addrs:
+                    if a.ip == addr:
+                        return a.network
+        return ipaddress.ip_network(addr)
+
+    def reply(self, space: Space, packet: Packet) -> None:
+        """The answer of a delivered request, from space back to its sender: a route
+        back, and (when the host rewrote the request) a way back through the host's
+        conntrack, which undoes the rewrite."""
+        dst, src = packet.saddr, packet.daddr
+        if packet.ct_state != "new" or dst in space.local() or is_loopback(dst):
+            return  # a reply itself (its own answer is not asked about), or local
+        back = space.lookup(dst, src)
+        if back is None or back.kind != "unicast":
+            why = "no route" if back is None else back.text(dst)
+            self.hop("reply", space.label, f"the reply to {dst}: {why} in {space.label}")
+            self.end("no-route", f"the request reaches {space.label}, but its reply has no "
+                     f"way back to {dst} ({why})", packet,
+                     in_space(space, f"ip route add {self.network_of(dst)} via GATEWAY")
+                     + " (the router towards the client), or a default route")
+        assert back is not None
+        asked = self.asked
+        if space is self.world.host or not self.host_nat or back.gateway is not None or \
+                (packet.daddr, packet.dport) == asked:
+            return
+        iface = space.iface(back.dev)
+        if iface is None or iface.peer is None or iface.peer[0] != self.world.host.key:
+            return
+        port = self.world.host.iface(iface.peer[1])
+        if port is None or not port.master or self.holder(port.master, dst) is None or \
+                self.world.bridge_netfilter(packet.version):
+            return
+        call = "bridge-nf-call-iptables" if packet.version == 4 else "bridge-nf-call-ip6tables"
+        self.hop("reply", space.label,
+                 f"the reply to {dst} is on-link: {port.master} bridges it straight back, and "
+                 f"with bridge netfilter off ({call}=0) the host's conntrack never sees it, "
+                 f"so the DNAT is not undone: the client, which sent to "
+                 f"{hostport(*asked)}, gets an answer from "
+                 f"{hostport(packet.daddr, packet.dport)} and resets it")
+        self.end("dropped", f"the request is DNATed to {hostport(packet.daddr, packet.dport)} "
+                 f"on the same bridge ({port.master}), but the reply is bridged back without "
+                 f"the reverse NAT (bridge netfilter is off): the client drops it", packet,
+                 f"sysctl -w net.bridge.{call}=1 (the reply then passes the host's "
+                 "conntrack), or masquerade the hairpin so that the reply goes through the "
+                 f"host: nft add rule ip nat postrouting ip saddr {self.network_of(dst)} "
+                 f"ip daddr {packet.daddr} masquerade (in a nat postrouting chain)")
+
     def ingress(self, space: Space, ifname: str, packet: Packet) -> None:
         """A packet arriving in a (container) namespace on ifname."""
         packet = replace(packet, iif=ifname, oif="")
         packet = self.hook(space, ip_families(packet), "prerouting", packet)
+        self.reverse_path(space, packet, ifname)
         if packet.daddr in space.local():
             self.hop("route", space.label, f"route lookup: {packet.daddr} is local")
             self.to_local(space, packet)
@@ -568,12 +990,20 @@ class _Walk:
         if not space.forwards(packet.version):
             self.hop("route", space.label, f"{packet.daddr} is not an address of "
                      f"{space.label}, which does not forward")
-            self.end("dropped", f"{space.label} does not forward to {packet.daddr}", packet)
+            key = "net.ipv4.ip_forward" if packet.version == 4 else \
+                "net.ipv6.conf.all.forwarding"
+            self.end("dropped", f"{space.label} does not forward to {packet.daddr}", packet,
+                     f"if {space.label} is meant to route: "
+                     + in_space(space, f"sysctl -w {key}=1") + f"; else send to an address "
+                     f"of {space.label}")
         # A namespace that routes (a router, a VM's host of its own): on to the next hop.
         self.hops_routed += 1
         if self.hops_routed > MAX_ROUTED:
             self.end("dropped", f"routed {MAX_ROUTED} times without arriving: a routing "
-                     "loop (the TTL runs out)", packet)
+                     "loop (the TTL runs out)", packet, f"correct the routes to "
+                     f"{packet.daddr} on the way (ip route get {packet.daddr} in each "
+                     "namespace shows the loop)")
+        self.forwarding(space, packet, ifname)
         route = self.route(space, packet, iif=ifname)
         if route is None:
             self.to_local(space, packet)
@@ -590,6 +1020,7 @@ def trace(world: World, source: str, packet: Packet, label: str, destination: st
     is the host interface it arrives on)."""
     result = Trace(source=label, destination=destination, protocol=packet.l4proto)
     walk = _Walk(world, result)
+    walk.asked = (packet.daddr, packet.dport)
     try:
         if source == "outside":
             walk.hop("leave", "outside", f"a client at {hostport(packet.saddr, packet.sport)} "
@@ -611,6 +1042,8 @@ def render(t: Trace) -> str:
         lines.append(f"{number:3}  {h.kind:<6} {h.where:<{width}}  {h.detail}")
     seen = f" (seen as {t.seen_source} -> {t.seen_destination})" if t.seen_source else ""
     lines.append(f"verdict: {t.verdict}: {t.summary}{seen}")
+    if t.fix:
+        lines.append(f"fix: {t.fix}")
     return "\n".join(lines)
 
 

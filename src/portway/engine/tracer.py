@@ -14,12 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 from pyroute2 import IPRoute
 
+from portway.core import firewall
 from portway.core import trace as core
 from portway.core.nftsim import Packet, hostport
 from portway.errors import InvalidInput, NotFound
-from portway.kernel import links, netns, observe
+from portway.kernel import links, netns, nftrace, observe
 from portway.kernel.nft import Nft
-from portway.model.types import Container, Endpoint, IPAddress, IPInterface
+from portway.model.types import Container, Endpoint, IPAddress, IPInterface, IPNetwork
 
 if TYPE_CHECKING:
     from portway.engine import Engine
@@ -41,17 +42,28 @@ def _space(key: str, label: str, ipr: IPRoute, rules: list[dict[str, Any]],
         addrs: tuple[IPInterface, ...] = (*links.observe_addresses(ipr, link.index),
                                           *links.observe_addresses6(ipr, link.index))
         master = by_index[link.master].ifname if link.master in by_index else ""
-        localnet = observe.read_sysctl(f"net.ipv4.conf.{link.ifname}.route_localnet") == "1"
+        conf = f"net.ipv4.conf.{link.ifname}."
+        localnet = observe.read_sysctl(conf + "route_localnet") == "1"
+        rp_filter = observe.read_sysctl(conf + "rp_filter", "0")
         ifaces.append(core.Iface(name=link.ifname, index=link.index, kind=link.kind,
                                  mac=link.mac, up=link.up, addrs=addrs, master=master,
                                  peer=peers.get(link.ifname), route_localnet=localnet,
+                                 rp_filter=int(rp_filter) if rp_filter.isdigit() else 0,
+                                 forwarding=observe.read_sysctl(conf + "forwarding") != "0",
                                  link_index=link.peer if link.kind == "veth" else 0,
                                  netnsid=link.netnsid if link.kind == "veth" else -1))
-    routes = [core.Route(dst=ipaddress.ip_network(r["dst"]), dev=r["dev"],
-                         gateway=ipaddress.ip_address(r["gateway"]) if r["gateway"] else None,
-                         prefsrc=ipaddress.ip_address(r["prefsrc"]) if r["prefsrc"] else None,
-                         kind=r["kind"], metric=r["metric"])
-              for r in observe.route_table(ipr)]
+    policy = _rules(ipr)
+    every = [core.Route(dst=ipaddress.ip_network(r["dst"]), dev=r["dev"],
+                        gateway=ipaddress.ip_address(r["gateway"]) if r["gateway"] else None,
+                        prefsrc=ipaddress.ip_address(r["prefsrc"]) if r["prefsrc"] else None,
+                        kind=r["kind"], metric=r["metric"], table=r["table"])
+             for r in observe.route_table(ipr, tables=bool(policy))]
+    routes = [r for r in every if r.table == core.MAIN]
+    tables: dict[int, list[core.Route]] = {}
+    for r in every:
+        if r.table != core.MAIN:
+            tables.setdefault(r.table, []).append(r)
+    rp_all = observe.read_sysctl("net.ipv4.conf.all.rp_filter", "0")
     own = observe.own_sockets()
     listeners: set[tuple[str, str, int]] = set()
     mine: set[tuple[str, str, int]] = set()
@@ -64,7 +76,28 @@ def _space(key: str, label: str, ipr: IPRoute, rules: list[dict[str, Any]],
                       listeners=listeners, portway_sockets=mine, ruleset=rules,
                       forwarding=observe.read_sysctl("net.ipv4.ip_forward") == "1",
                       forwarding6=observe.read_sysctl("net.ipv6.conf.all.forwarding") == "1",
-                      neighbours=observe.neighbours(ipr), fdb=observe.bridge_fdb(ipr))
+                      neighbours=observe.neighbours(ipr), fdb=observe.bridge_fdb(ipr),
+                      rp_filter=int(rp_all) if rp_all.isdigit() else 0, rules=policy,
+                      tables=tables)
+
+
+# The rules every namespace starts with: local, main, default (priority, table).
+DEFAULT_RULES = {(0, core.LOCAL), (32766, core.MAIN), (32767, core.DEFAULT)}
+
+
+def _rules(ipr: IPRoute) -> list[core.Rule]:
+    """The policy routing rules, or none when they are the default ones (then the main
+    table alone decides, and the other tables need not be read)."""
+    found = [core.Rule(priority=r["priority"], table=r["table"], action=r["action"],
+                       src=ipaddress.ip_network(r["src"], strict=False) if r["src"] else None,
+                       dst=ipaddress.ip_network(r["dst"], strict=False) if r["dst"] else None,
+                       iif=r["iif"], oif=r["oif"], fwmark=r["fwmark"], invert=r["invert"],
+                       version=r["version"])
+             for r in observe.rules(ipr)]
+    plain = all((r.priority, r.table) in DEFAULT_RULES and r.action == "lookup"
+                and r.src is None and r.dst is None and not r.iif and not r.oif
+                and r.fwmark is None and not r.invert for r in found)
+    return [] if plain else found
 
 
 MAX_FOREIGN = 64  # namespaces one trace follows veths into, at most
@@ -409,8 +442,39 @@ def run(engine: Engine | Observer, source: str, destination: str, from_ip: str |
         packet = Packet(l4proto=proto, saddr=unspecified, daddr=dest.daddr,
                         sport=SOURCE_PORT, dport=dest.dport)
         label = "host" if src_key == "host" else world.spaces[src_key].label
+    world.conntrack = _flows(packet)
+    world.published, world.routed = _published(engine)
     result = core.trace(world, key, packet, label, dest.label)
     return _answer(engine, world, key, packet, result, label, dest, live)
+
+
+PROTOCOLS = {6: "tcp", 17: "udp"}
+
+
+def _flows(packet: Packet) -> list[core.Flow]:
+    """The host's conntrack entries towards the traced destination (read-only: a dump of
+    the calling thread's namespace, which is the host's)."""
+    try:
+        entries = nftrace.connections()
+    except OSError:
+        return []  # no conntrack here (the module is not loaded): nothing is held
+    daddr = str(packet.daddr)
+    return [core.Flow(PROTOCOLS[c.proto], c.orig, c.reply, c.replied) for c in entries
+            if PROTOCOLS.get(c.proto) == packet.l4proto and c.orig[2] == daddr
+            and c.orig[3] == packet.dport]
+
+
+def _published(engine: Engine | Observer) -> tuple[list[str], list[IPNetwork]]:
+    """What portway publishes on this host (HOSTPORT/PROTO -> CONTAINER:PORT) and the
+    subnets of its routed networks (which leave without masquerade on purpose)."""
+    shown = []
+    for c in engine.store.containers():
+        for p in c.ports:
+            where = hostport(p.host_ip, p.host_port) if p.host_ip else str(p.host_port)
+            shown.append(f"{where}/{p.protocol} -> {c.name}:{p.container_port}")
+    routed = [sub.subnet for n in engine.store.networks() for sub in n.subnets
+              if firewall.routed(n, sub.version)]
+    return sorted(shown), routed
 
 
 def _answer(engine: Engine | Observer, world: core.World, key: str, packet: Packet,

@@ -144,6 +144,14 @@ class Connection:
     proto: int
     orig: tuple[str, int, str, int]  # src, sport, dst, dport as the client sent it
     reply: tuple[str, int, str, int]  # as the answer comes back: src is the real server
+    status: int = 0  # CTA_STATUS: IPS_SEEN_REPLY (2) once a reply passed
+
+    @property
+    def replied(self) -> bool:
+        return bool(self.status & IPS_SEEN_REPLY)
+
+
+IPS_SEEN_REPLY = 1 << 1
 
 
 # CTA_IP_V4_SRC, CTA_IP_V4_DST, CTA_IP_V6_SRC, CTA_IP_V6_DST: (is source, length)
@@ -196,7 +204,9 @@ def _connections(family: int) -> list[Connection]:
                 if 1 in attrs and 2 in attrs:
                     proto, orig = _tuple(attrs[1])
                     _, reply = _tuple(attrs[2])
-                    out.append(Connection(proto, orig, reply))
+                    status = struct.unpack(">I", attrs[3][:4])[0] if len(attrs.get(3, b"")) \
+                        >= 4 else 0
+                    out.append(Connection(proto, orig, reply, status))
                 offset += (length + 3) & ~3
     finally:
         sock.close()

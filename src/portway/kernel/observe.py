@@ -77,20 +77,48 @@ def read_sysctl(key: str, default: str = "") -> str:
 ROUTE_KINDS = {1: "unicast", 6: "blackhole", 7: "unreachable", 8: "prohibit"}
 
 
-def route_table(ipr: IPRoute) -> list[dict[str, Any]]:
-    """The main table's routes of both families: dst, dev, gateway, prefsrc, kind,
-    metric."""
+def route_table(ipr: IPRoute, tables: bool = False) -> list[dict[str, Any]]:
+    """The main table's routes of both families (tables: those of every table but
+    local, too): dst, dev, gateway, prefsrc, kind, metric, table."""
     names = {int(m["index"]): str(m.get_attr("IFLA_IFNAME")) for m in ipr.get_links()}
     out = []
     for family, anywhere in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
-        for msg in ipr.get_routes(family=family, table=254):
+        # The kernel dumps every table whatever is asked; pyroute2 filters.
+        for msg in ipr.get_routes(family=family) if tables else \
+                ipr.get_routes(family=family, table=254):
             get = msg.get_attr
+            table = int(get("RTA_TABLE") or msg["table"])
+            if table == 255:
+                continue  # local: the addresses, which are read as addresses
             dst = get("RTA_DST") or anywhere
             out.append({"dst": f"{dst}/{msg['dst_len']}",
                         "dev": names.get(get("RTA_OIF"), ""),
                         "gateway": get("RTA_GATEWAY"), "prefsrc": get("RTA_PREFSRC"),
                         "kind": ROUTE_KINDS.get(int(msg["type"]), str(msg["type"])),
-                        "metric": int(get("RTA_PRIORITY") or 0)})
+                        "metric": int(get("RTA_PRIORITY") or 0), "table": table})
+    return out
+
+
+RULE_ACTIONS = {1: "lookup", 2: "goto", 3: "nop", 6: "blackhole", 7: "unreachable",
+                8: "prohibit"}
+
+
+def rules(ipr: IPRoute) -> list[dict[str, Any]]:
+    """The policy routing rules (`ip rule`) of both families: priority, table, action,
+    src, dst (CIDR or None), iif, oif, fwmark, invert, version."""
+    out = []
+    for family, version in ((socket.AF_INET, 4), (socket.AF_INET6, 6)):
+        for msg in ipr.get_rules(family=family):
+            get = msg.get_attr
+            src, dst = get("FRA_SRC"), get("FRA_DST")
+            out.append({"priority": int(get("FRA_PRIORITY") or 0),
+                        "table": int(get("FRA_TABLE") or msg["table"]),
+                        "action": RULE_ACTIONS.get(int(msg["action"]), "nop"),
+                        "src": f"{src}/{msg['src_len']}" if src else None,
+                        "dst": f"{dst}/{msg['dst_len']}" if dst else None,
+                        "iif": get("FRA_IIFNAME") or "", "oif": get("FRA_OIFNAME") or "",
+                        "fwmark": get("FRA_FWMARK"), "invert": bool(msg["flags"] & 2),
+                        "version": version})
     return out
 
 
