@@ -142,6 +142,33 @@ def test_ip_forward_off_no_internet_from_containers(lab: Lab) -> None:
     assert t["verdict"] == "leaves-host" and t["seen_source"] == sb.host_addr
 
 
+def test_forwarding_off_on_the_bridge_alone(lab: Lab) -> None:
+    """"No network access from container" (moby/moby#14185,
+    https://github.com/moby/moby/issues/14185: "systemd-network has started setting
+    forwarding to off for specific interfaces configured on it ... setting sysctl
+    net.ipv4.conf.all.forwarding=1 is not enough anymore"; systemd/systemd#468,
+    https://github.com/systemd/systemd/issues/468): ip_forward is 1, masquerade is in
+    place, but the bridge's own forwarding setting is 0, so what arrives on it is not
+    forwarded. The fix: net.ipv4.conf.br0.forwarding=1 (IPForward=yes in its .network)."""
+    sb = lab.sb
+    (vm,) = vms(lab, 1)
+    lab.sysctl(sb.host, "net.ipv4.ip_forward", "1")
+    lab.nft(sb.host, "table ip nat {\n"
+                     "  chain POSTROUTING { type nat hook postrouting priority 100; "
+                     "policy accept;\n"
+                     "    ip saddr 10.88.0.0/24 oifname \"uplink0\" masquerade\n  }\n}\n")
+    lab.serve(sb.outside, sb.outside_addr, 9000)
+    lab.sysctl(sb.host, "net.ipv4.conf.br0.forwarding", "0")
+    assert lab.connect(vm, sb.outside_addr, 9000) == "timeout"
+    t = check(lab, "timeout", f"ns:{vm}", f"{sb.outside_addr}:9000")
+    assert t["verdict"] == "dropped" and "net.ipv4.conf.br0.forwarding=0" in t["summary"]
+    assert t["fix"] == "sysctl -w net.ipv4.conf.br0.forwarding=1"
+    lab.sysctl(sb.host, "net.ipv4.conf.br0.forwarding", "1")
+    assert lab.connect(vm, sb.outside_addr, 9000) == "connected"
+    t = check(lab, "connected", f"ns:{vm}", f"{sb.outside_addr}:9000")
+    assert t["verdict"] == "leaves-host" and t["fix"] == ""
+
+
 def test_host_service_on_loopback_from_a_container(lab: Lab) -> None:
     """"From inside of a Docker container, how do I connect to the localhost of the
     machine?" (https://stackoverflow.com/questions/24319662): the database on the host

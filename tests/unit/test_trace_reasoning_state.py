@@ -291,3 +291,26 @@ def test_every_failure_has_a_fix_and_delivery_has_none() -> None:
         w.spaces["ns:vm1"].routes.pop() if dest.daddr == IP("10.99.0.1") else None
         t = trace(w, "ns:vm1", dest, "vm1", "x")
         assert t.verdict != "delivered" and t.as_dict()["fix"], render(t)
+
+
+def test_a_smaller_mtu_on_the_path_and_mss_clamping() -> None:
+    w = lab(vms=1)
+    w.spaces["ns:vm1"].ifaces[1] = replace(w.spaces["ns:vm1"].ifaces[1], mtu=1500)
+    w.host.ifaces[1] = replace(w.host.ifaces[1], mtu=1420)  # the uplink: a tunnel
+    masq = nat_table("ip", "postrouting", "postrouting", 100, [{"masquerade": None}])
+    w.host.ruleset = masq
+    t = trace(w, "ns:vm1", packet("203.0.113.9", 443), "vm1", "x")
+    assert t.verdict == "leaves-host"
+    note = next(h for h in t.hops if h.kind == "mtu")
+    assert "path MTU 1420 (uplink0 in host) is below the sender's 1500" in note.detail
+    assert "no rule clamps the MSS" in note.detail
+    clamp = [match({"payload": {"protocol": "tcp", "field": "flags"}}, "syn"),
+             {"mangle": {"key": {"tcp option": {"name": "maxseg", "field": "size"}},
+                         "value": {"rt": {"key": "mtu"}}}}]
+    w.host.ruleset = masq + filter_chain("inet", "f", "forward", "forward", "accept", clamp)
+    t = trace(w, "ns:vm1", packet("203.0.113.9", 443), "vm1", "x")
+    assert "a rule clamps the MSS" in next(h for h in t.hops if h.kind == "mtu").detail
+    # The same MTU all the way: nothing to say.
+    w.host.ifaces[1] = replace(w.host.ifaces[1], mtu=1500)
+    t = trace(w, "ns:vm1", packet("203.0.113.9", 443), "vm1", "x")
+    assert not any(h.kind == "mtu" for h in t.hops)

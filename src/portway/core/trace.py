@@ -102,6 +102,7 @@ class Iface:
     route_localnet: bool = False
     rp_filter: int = 0  # net.ipv4.conf.NAME.rp_filter: 0 off, 1 strict, 2 loose
     forwarding: bool = True  # net.ipv4.conf.NAME.forwarding (ip_forward sets every one)
+    mtu: int = 0  # 0: not known
     link_index: int = 0  # a veth's other end's index, in its own namespace
     netnsid: int = -1  # a veth's other end's namespace, as this one numbers it (-1: same)
 
@@ -378,6 +379,12 @@ class _Done(Exception):
     pass
 
 
+def _clamps(item: dict[str, Any]) -> bool:
+    """Whether a listed rule sets the TCP MSS option (MSS clamping)."""
+    return any("mangle" in e and "maxseg" in str(e["mangle"].get("key", ""))
+               for e in item["rule"].get("expr", []) if isinstance(e, dict))
+
+
 def in_space(space: Space, command: str) -> str:
     """command as run in space: as it is in the host, through `ip netns exec` in a named
     namespace (a container's key is its /run/netns name), `nsenter` in a process's."""
@@ -430,6 +437,7 @@ class _Walk:
         # per (namespace, hook): the chains that accepted the packet before another
         # chain's verdict on the same hook (an accept ends only its own chain)
         self.asked: tuple[IPAddress, int] = (ipaddress.ip_address(0), 0)  # daddr, dport
+        self.mtus: list[tuple[str, str, int]] = []  # (namespace, device, MTU) left by
 
     # bookkeeping
 
@@ -620,6 +628,7 @@ class _Walk:
                          f"{hostport(addr, packet.dport)}; it sees the connection from "
                          f"{hostport(packet.saddr, packet.sport)}")
                 self.reply(space, packet)
+                self.path_mtu(packet)
                 self.end("delivered", f"delivered to {space.label}, "
                          f"{hostport(packet.daddr, packet.dport)}/{packet.l4proto}", packet)
         answer = "TCP RST" if packet.l4proto == "tcp" else "ICMP port unreachable"
@@ -673,6 +682,8 @@ class _Walk:
     def egress(self, space: Space, route: Route, packet: Packet) -> None:
         iface = space.iface(route.dev)
         nexthop = route.gateway or packet.daddr
+        if iface is not None and iface.mtu:
+            self.mtus.append((space.label, iface.name, iface.mtu))
         if iface is None:
             self.end("dropped", f"{route.dev} does not exist in {space.label}", packet,
                      in_space(space, f"ip route del {route.dst}") + " (its device is gone), "
@@ -702,6 +713,7 @@ class _Walk:
                      f"the host with source {packet.saddr}")
             self.unreachable_gateway(space, iface, nexthop, packet)
             self.no_way_back(space, iface, packet)
+            self.path_mtu(packet)
             self.end("leaves-host", f"leaves the host through {iface.name}; the far end sees "
                      f"{hostport(packet.saddr, packet.sport)}", packet)
         else:
@@ -926,6 +938,31 @@ class _Walk:
                  "masquerade" if src.version == 4 else
                  f"masquerade what leaves {iface.name} (ip6 saddr {net} oifname "
                  f"\"{iface.name}\" masquerade), or route {net} to this host")
+
+    def path_mtu(self, packet: Packet) -> None:
+        """Sizes: a device on the path with a smaller MTU than the sender's (a tunnel such
+        as wg0 at 1420) makes full-size TCP segments depend on path MTU discovery, unless
+        a rule clamps the MSS to the route's MTU. A SYN passes either way; the note says
+        why large transfers may stall."""
+        if packet.l4proto != "tcp" or len(self.mtus) < 2:
+            return
+        first = self.mtus[0][2]
+        where, dev, low = min(self.mtus, key=lambda m: m[2])
+        if low >= first:
+            return
+        clamp = any(_clamps(r) for sp in (self.world.host, *self.world.spaces.values())
+                    for r in sp.ruleset if "rule" in r)
+        header = 40 if packet.version == 4 else 60
+        detail = f"path MTU {low} ({dev} in {where}) is below the sender's {first}: TCP " \
+                 f"segments over {low - header} bytes need path MTU discovery"
+        if clamp:
+            detail += "; a rule clamps the MSS (tcp option maxseg), so they are not sent"
+        else:
+            detail += "; no rule clamps the MSS: if ICMP \"fragmentation needed\" is " \
+                      "filtered on the way, small requests work and large transfers " \
+                      "stall (fix: nft add rule inet filter forward tcp flags syn tcp " \
+                      "option maxseg size set rt mtu, in a forward chain of yours)"
+        self.hop("mtu", where, detail)
 
     def network_of(self, addr: IPAddress) -> IPNetwork:
         """The network of the interface that holds addr, anywhere in the world."""

@@ -50,6 +50,7 @@ def _space(key: str, label: str, ipr: IPRoute, rules: list[dict[str, Any]],
                                  peer=peers.get(link.ifname), route_localnet=localnet,
                                  rp_filter=int(rp_filter) if rp_filter.isdigit() else 0,
                                  forwarding=observe.read_sysctl(conf + "forwarding") != "0",
+                                 mtu=link.mtu,
                                  link_index=link.peer if link.kind == "veth" else 0,
                                  netnsid=link.netnsid if link.kind == "veth" else -1))
     policy = _rules(ipr)
