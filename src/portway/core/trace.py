@@ -328,6 +328,9 @@ class World:
     published: list[str] = field(default_factory=list)
     # Subnets whose containers leave without masquerade on purpose (routed mode).
     routed: list[IPNetwork] = field(default_factory=list)
+    # Whether the way back from beyond the host's edge is judged (off: the request
+    # alone, which is what a live probe stopped at the edge can be compared with).
+    beyond: bool = True
 
     def bridge_netfilter(self, version: int) -> bool:
         return self.bridge_nf if version == 4 else self.bridge_nf6
@@ -377,6 +380,9 @@ class Trace:
 
 class _Done(Exception):
     pass
+
+
+FAR_END = "the far end"  # how a hop about the reply from beyond the host's edge starts
 
 
 def _clamps(item: dict[str, Any]) -> bool:
@@ -917,7 +923,8 @@ class _Walk:
         """The reply of a packet that leaves the host un-masqueraded, from a private
         address that is not on the network beyond: nobody there routes it back."""
         src = packet.saddr
-        if packet.ct_state != "new" or src in space.local() or not src.is_private or \
+        if not self.world.beyond or packet.ct_state != "new" or src in space.local() or \
+                not src.is_private or \
                 any(src in a.network for a in iface.addrs):
             return
         net = self.network_of(src)
@@ -926,7 +933,7 @@ class _Walk:
                      f"replies come back only if the network beyond {iface.name} routes "
                      f"{net} to this host")
             return
-        self.hop("reply", space.label, f"the far end answers {src}, a private address "
+        self.hop("reply", space.label, f"{FAR_END} answers {src}, a private address "
                  f"that is not on {iface.name}'s network and was not masqueraded: nothing "
                  f"beyond {iface.name} routes it back to this host")
         self.end("no-route", f"the request leaves through {iface.name} with source {src} "

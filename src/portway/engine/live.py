@@ -123,12 +123,16 @@ def run(engine: Engine | Observer, world: core.World, src_key: str, packet: Pack
                 os.close(fd)
                 ipr.close()
             # The only hop allowed to differ from the static path: the ingress device.
-            probe_world = core.World(host=replace(host, ifaces=[
+            probe_world = replace(world, host=replace(host, ifaces=[
                 *host.ifaces, core.Iface(probe_if, 0, "veth")], routes=[
-                *host.routes, core.Route(ipaddress.ip_network(packet.saddr), probe_if)]),
-                spaces=world.spaces, bridge_nf=world.bridge_nf, bridge_nf6=world.bridge_nf6)
-            compare_static = core.trace(probe_world, "outside", replace(packet, iif=probe_if),
-                                        label, destination)
+                *host.routes, core.Route(ipaddress.ip_network(packet.saddr), probe_if)]))
+            probe_packet = replace(packet, iif=probe_if)
+            compare_static = core.trace(probe_world, "outside", probe_packet, label,
+                                        destination)
+        else:
+            probe_world, probe_packet = world, packet
+        compare_static = _comparable(probe_world, src_key, probe_packet, compare_static,
+                                     label, destination)
         udp_errors = nftrace.udp_in_errors()
         engine.nft.apply(trace_tables(packet.l4proto, sport, packet.dport, str(packet.daddr),
                                       str(packet.saddr) if outside else None, devices))
@@ -166,6 +170,25 @@ def run(engine: Engine | Observer, world: core.World, src_key: str, packet: Pack
                 netns.delete_netns(probe_ns)
     return _report(events, connections, rules, hooks, outcome, local, sport, packet,
                    static, compare_static, outside, socket_drops, unanswered)
+
+
+def _comparable(world: core.World, src_key: str, packet: Packet, static: core.Trace,
+                label: str, destination: str) -> core.Trace:
+    """What the probe can be compared with. It is a new flow (a source port of its own),
+    which an existing conntrack entry of the traced flow does not hold; and it is stopped
+    at the host's edge, so its reply is not seen: where the static verdict came from the
+    flow's entry or from the reply, the probe is compared with the request alone."""
+    if not any(h.kind == "conntrack" or (h.kind == "reply" and h.detail.startswith(
+            core.FAR_END)) for h in static.hops):
+        return static
+    key = "outside" if src_key == "outside" else src_key
+    request = core.trace(replace(world, conntrack=[], beyond=False), key, packet, label,
+                         destination)
+    request.summary += STATE_NOTE
+    return request
+
+
+STATE_NOTE = " [the request alone]"
 
 
 def _unanswered(ipr: IPRoute, daddr: IPAddress) -> list[str]:
@@ -262,6 +285,11 @@ def _report(events: list[nftrace.TraceEvent], connections: list[nftrace.Connecti
     elif verdict in ("delivered", "no-listener", "leaves-host"):
         notes.append("conntrack holds no entry for the probe in the host (a refused "
                      "connection's entry goes at once)")
+    if compare_static.summary.endswith(STATE_NOTE):
+        notes.append(f"the static verdict comes from the flow's conntrack entry or from its "
+                     f"reply, which a probe (a new flow, stopped at the host's edge) cannot "
+                     f"meet: it is compared with the static trace of the request alone "
+                     f"({compare_static.verdict})")
     reasons = core.agreement(
         core.static_steps(compare_static, "host"), steps, compare_static.verdict, verdict,
         (compare_static.seen_source, compare_static.seen_destination), seen)
