@@ -34,14 +34,16 @@ each rebuilt as a real host has it: plain namespaces (a "VM", another runtime's
 container), bridges, nftables rules and sysctls made by hand, never by portway, which
 has nothing on these hosts (so `trace` starts no daemon and changes nothing). Each
 symptom was first met by a real connection; the static verdict says the same, `--live`
-agrees, and the hop that decides is the one that explains it. Then the fix the thread
-arrived at is applied, and the trace changes with the connection.
+agrees (where the verdict comes from a stale conntrack entry or from the way back beyond
+the uplink, which a probe cannot meet, it agrees with the request alone, and says so), the
+hop that decides is the one that explains it, and the `fix:` line says what to change.
+Then the fix is applied, and the trace changes with the connection.
 
 Written by `make real-hosts-doc` (scripts/real_hosts_doc.py) from the scenario suite,
 tests/e2e/test_trace_scenarios.py, which `make test` runs. In the output, `host` is the
 lab's host namespace, `outside` the one beyond its uplink, and the other namespaces are
-named as the lab named them. Scenarios marked *not modelled yet* show what trace says
-today, which is wrong, and what it needs.
+named as the lab named them. A scenario marked *not modelled yet* would show what trace
+says today, which is wrong, and what it needs.
 """
 
 

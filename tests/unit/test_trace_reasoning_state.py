@@ -107,7 +107,7 @@ def test_unmasqueraded_private_source_has_no_way_back() -> None:
     w = lab()
     t = trace(w, "ns:vm1", packet(OUTSIDE, 9000), "vm1", "x")
     assert t.verdict == "no-route" and "not masqueraded" in t.summary, render(t)
-    assert 'ip saddr 10.88.0.0/24 oifname "uplink0" masquerade' in t.fix
+    assert 'ip saddr 10.88.0.0/24 oifname \'"uplink0"\' masquerade' in t.fix
     # A routed network (no NAT on purpose) leaves: the far end is told to route it.
     w.routed = [NET("10.88.0.0/24")]
     t = trace(w, "ns:vm1", packet(OUTSIDE, 9000), "vm1", "x")

@@ -518,6 +518,10 @@ class _Walk:
                   packet: Packet, masq: dict[str, IPAddress]) -> Packet:
         """The flow's conntrack entry, if the host has one: its NAT was decided by the
         first packet, and the nat chains are not asked again."""
+        if packet.l4proto != "udp":
+            # A TCP SYN that meets an old entry of its tuple (TIME_WAIT, CLOSE) reopens
+            # it as a new connection, which the rules decide again; UDP has no such end.
+            return packet
         orig = (str(packet.saddr), packet.sport, str(packet.daddr), packet.dport)
         flow = next((f for f in self.world.conntrack
                      if f.proto == packet.l4proto and f.orig == orig), None)
@@ -939,10 +943,10 @@ class _Walk:
         self.end("no-route", f"the request leaves through {iface.name} with source {src} "
                  f"(not masqueraded); the reply has no way back to {src} unless the "
                  f"network beyond routes {net} to this host", packet,
-                 f"masquerade what leaves {iface.name}: nft add table ip nat; nft add "
-                 "chain ip nat postrouting '{ type nat hook postrouting priority srcnat; }'; "
-                 f"nft add rule ip nat postrouting ip saddr {net} oifname \"{iface.name}\" "
-                 "masquerade" if src.version == 4 else
+                 f"masquerade what leaves {iface.name}: nft add table ip nat && nft add "
+                 "chain ip nat postrouting '{ type nat hook postrouting priority srcnat; }' "
+                 f"&& nft add rule ip nat postrouting ip saddr {net} oifname "
+                 f"'\"{iface.name}\"' masquerade" if src.version == 4 else
                  f"masquerade what leaves {iface.name} (ip6 saddr {net} oifname "
                  f"\"{iface.name}\" masquerade), or route {net} to this host")
 
