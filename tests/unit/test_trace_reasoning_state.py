@@ -143,14 +143,14 @@ def test_a_stale_conntrack_entry_keeps_the_old_dnat() -> None:
                         ("10.88.0.2", 5060, OUTSIDE, 40000), replied=True)]
     t = trace(w, "outside", asked, "outside", "x")
     assert t.verdict == "no-route", render(t)
-    held = next(h for h in t.hops if h.kind == "conntrack")
+    held = next(h for h in t.hops if h.kind == "ct")
     assert "10.88.0.2:5060" in held.detail and "rules now lead to 10.88.0.3:5060" in held.detail
     assert "existing conntrack entry" in t.summary
     assert t.fix == ("delete the stale entry: conntrack -D -p udp --orig-src 198.51.100.2 "
                      "--orig-port-src 40000 --orig-dst 198.51.100.1 --orig-port-dst 5060")
     # Another flow (another source port) is new: the rules decide it.
     t = trace(w, "outside", replace(asked, sport=40001), "outside", "x")
-    assert t.verdict == "delivered" and not any(h.kind == "conntrack" for h in t.hops)
+    assert t.verdict == "delivered" and not any(h.kind == "ct" for h in t.hops)
 
 
 # mechanism 4: per-interface settings, routing

@@ -341,7 +341,7 @@ class World:
 
 @dataclass(frozen=True)
 class Hop:
-    kind: str  # route, veth, bridge, hook, nat, socket, leave, drop
+    kind: str  # route, veth, bridge, hook, nat, socket, leave, drop, ct, reply, mtu
     where: str
     detail: str
     decision: Decision | None = None
@@ -542,7 +542,7 @@ class _Walk:
         state = "established" if flow.replied else "new"
         now = f"the rules now lead to {hostport(fresh.daddr, fresh.dport)}" \
             if (fresh.daddr, fresh.dport) != server else "the rules lead there too"
-        self.hop("conntrack", space.label,
+        self.hop("ct", space.label,
                  f"conntrack already holds this flow ({flow.proto} "
                  f"{hostport(orig[0], orig[1])} -> {hostport(orig[2], orig[3])}, "
                  f"{'replied' if flow.replied else 'UNREPLIED'}): its packets go to "

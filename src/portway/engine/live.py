@@ -178,7 +178,7 @@ def _comparable(world: core.World, src_key: str, packet: Packet, static: core.Tr
     which an existing conntrack entry of the traced flow does not hold; and it is stopped
     at the host's edge, so its reply is not seen: where the static verdict came from the
     flow's entry or from the reply, the probe is compared with the request alone."""
-    if not any(h.kind == "conntrack" or (h.kind == "reply" and h.detail.startswith(
+    if not any(h.kind == "ct" or (h.kind == "reply" and h.detail.startswith(
             core.FAR_END)) for h in static.hops):
         return static
     key = "outside" if src_key == "outside" else src_key
