@@ -440,10 +440,9 @@ class _Walk:
         self.flow: Flow | None = None
         self.flow_snat: tuple[IPAddress, int] | None = None
         self.host_nat = False  # the host rewrote an address of the request
-        # per (namespace, hook): the chains that accepted the packet before another
-        # chain's verdict on the same hook (an accept ends only its own chain)
         self.asked: tuple[IPAddress, int] = (ipaddress.ip_address(0), 0)  # daddr, dport
-        self.mtus: list[tuple[str, str, int]] = []  # (namespace, device, MTU) left by
+        # the devices the packet left by, in order: (namespace, device, MTU)
+        self.mtus: list[tuple[str, str, int]] = []
 
     # bookkeeping
 
@@ -902,9 +901,11 @@ class _Walk:
                  f"{mode} on {iif}): the way back to {packet.saddr} is {way}, not {iif}: "
                  "the kernel drops the packet on receipt")
         net = ipaddress.ip_network(f"{packet.saddr}/32")
-        self.end("dropped", f"{space.label} drops it on receipt: strict reverse path "
-                 f"filtering on {iif}, while its route back to {packet.saddr} leaves by "
-                 f"{back.dev if back else 'no interface'} (asymmetric routing)", packet,
+        why = f"strict reverse path filtering on {iif}, while its route back to " \
+              f"{packet.saddr} leaves by {back.dev} (asymmetric routing)" \
+            if mode == 1 and back is not None and back.kind == "unicast" else \
+            f"reverse path filtering on {iif}, and it has no route back to {packet.saddr}"
+        self.end("dropped", f"{space.label} drops it on receipt: {why}", packet,
                  "loose reverse path filtering (the larger of all's and the interface's "
                  "holds): " + in_space(space, f"sysctl -w {key}=2") + ", or a route back "
                  "through the interface it came in on: "
