@@ -272,7 +272,8 @@ def test_an_accept_overridden_by_another_tables_policy_drop() -> None:
         in t.summary and "ip filter FORWARD still decides" in t.summary
     assert t.fix == ('accept the flow in that chain: nft insert rule ip filter FORWARD '
                      'iifname "br0" oifname "uplink0" ip daddr 203.0.113.9 tcp dport 443 '
-                     'accept')
+                     'accept && nft insert rule ip filter FORWARD ct state '
+                     'established,related accept')
 
 
 def test_a_drop_rule_names_its_handle() -> None:

@@ -417,11 +417,23 @@ def flow_match(packet: Packet, family: str, hook: str) -> str:
     return " ".join(parts)
 
 
+def _lets_replies(space: Space, d: Decision) -> bool:
+    """Whether the chain that dropped accepts established traffic (the replies) anywhere."""
+    return any("established" in str(item["rule"].get("expr")) and "accept" in str(
+        item["rule"].get("expr")) for item in space.ruleset if "rule" in item
+        and (item["rule"]["family"], item["rule"]["table"]) == (d.family, d.table))
+
+
 def drop_fix(space: Space, d: Decision, packet: Packet) -> str:
-    """The change that lets this flow past a chain that dropped it."""
+    """The change that lets this flow past a chain that dropped it (and, in a forward
+    chain that drops by policy, its replies, which pass the same chain the other way)."""
     allow = in_space(space, f"nft insert rule {d.family} {d.table} {d.chain} "
                             f"{flow_match(packet, d.family, d.hook)} accept")
     if d.handle is None:  # the chain's policy
+        if d.hook == "forward" and d.family != "bridge" and not _lets_replies(space, d):
+            allow += " && " + in_space(space, f"nft insert rule {d.family} {d.table} "
+                                              f"{d.chain} ct state established,related "
+                                              "accept")
         return f"accept the flow in that chain: {allow}"
     remove = in_space(space, f"nft delete rule {d.family} {d.table} {d.rule_chain} "
                              f"handle {d.handle}")
