@@ -263,10 +263,17 @@ def test_an_unpublished_port_lists_the_published_ones() -> None:
 
 def test_an_accept_overridden_by_another_tables_policy_drop() -> None:
     accept = match({"meta": {"key": "iifname"}}, "br0")
-    rules = [*filter_chain("inet", "mine", "forward", "forward", "accept",
-                           [accept, {"accept": None}]),
-             *filter_chain("ip", "filter", "FORWARD", "forward", "drop")]
-    t = trace(lab(rules), "ns:vm1", packet("203.0.113.9", 443), "vm1", "x")
+    mine = filter_chain("inet", "mine", "forward", "forward", "accept",
+                        [accept, {"accept": None}])
+    drop = filter_chain("ip", "filter", "FORWARD", "forward", "drop")
+    # Of two chains of one priority, the kernel runs the newer first: made after the
+    # drop, the accept runs first...
+    t = trace(lab([*drop, *mine]), "ns:vm1", packet("203.0.113.9", 443), "vm1", "x")
+    assert [h.decision.table for h in t.hops if h.decision] == ["mine", "filter"]
+    # ...made before it, the drop runs first, and the accept never does.
+    first = trace(lab([*mine, *drop]), "ns:vm1", packet("203.0.113.9", 443), "vm1", "x")
+    assert [h.decision.table for h in first.hops if h.decision] == ["filter"]
+    assert first.verdict == "dropped" and "ends only its own chain" not in first.summary
     assert t.verdict == "dropped", render(t)
     assert "the accept in inet mine forward" in t.summary and "ends only its own chain" \
         in t.summary and "ip filter FORWARD still decides" in t.summary

@@ -127,9 +127,13 @@ class Ruleset:
                 self.sets[(s["family"], s["table"], s["name"])] = s.get("elem", [])
 
     def base_chains(self, families: tuple[str, ...], hook: str) -> list[dict[str, Any]]:
-        found = [c for c in self.chains.values()
+        """The base chains on hook in the order the kernel runs them: by priority, and
+        among equal priorities the newest first (the kernel registers a new hook ahead of
+        those of its priority; a listing is in creation order, tables then chains)."""
+        found = [(n, c) for n, c in enumerate(self.chains.values())
                  if c.get("hook") == hook and c["family"] in families]
-        return sorted(found, key=lambda c: int(c.get("prio", 0)))
+        return [c for n, c in sorted(found, key=lambda nc: (int(nc[1].get("prio", 0)),
+                                                             -nc[0]))]
 
     def run_hook(self, families: tuple[str, ...], hook: str, packet: Packet,
                  local: frozenset[IPAddress],
