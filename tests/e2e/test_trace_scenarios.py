@@ -187,8 +187,6 @@ def test_host_service_on_loopback_from_a_container(lab: Lab) -> None:
     check(lab, "connected", f"ns:{vm}", "10.88.0.1:5432")
 
 
-@pytest.mark.xfail(strict=True, reason="needs concrete fixes (issue 16, mechanism 5): the "
-                   "verdict does not say that something listens on 127.0.0.1 only")
 def test_host_service_on_loopback_names_the_bind_address(lab: Lab) -> None:
     """As above (https://stackoverflow.com/questions/24319662): the verdict should name the
     cause a user can act on: the service listens on 127.0.0.1 only; bind 0.0.0.0."""
@@ -198,6 +196,8 @@ def test_host_service_on_loopback_names_the_bind_address(lab: Lab) -> None:
     assert lab.connect(vm, "10.88.0.1", 5432) == "refused"
     t = check(lab, "refused", f"ns:{vm}", "10.88.0.1:5432")
     assert "127.0.0.1" in t["summary"] and "0.0.0.0" in t["summary"]
+    assert t["fix"] == "make the server bind 0.0.0.0 (every address) or 10.88.0.1, not " \
+        "127.0.0.1"
 
 
 def test_app_bound_to_loopback_inside_the_container(lab: Lab) -> None:
