@@ -341,8 +341,6 @@ def test_stale_udp_conntrack_entry_outlives_a_port_forward(lab: Lab) -> None:
     assert t["verdict"] in SAME[real], (real, t["verdict"])
 
 
-@pytest.mark.xfail(strict=True, reason="needs the reply (issue 16, mechanism 2): the "
-                   "SYN-ACK is bridged straight back, without the reverse NAT")
 def test_hairpin_to_a_forwarded_port_without_bridge_netfilter(lab: Lab) -> None:
     """"hairpin nat issue when source and destination pod ... are on same node"
     (cloudnativelabs/kube-router#151, https://github.com/cloudnativelabs/kube-router/
@@ -362,9 +360,12 @@ def test_hairpin_to_a_forwarded_port_without_bridge_netfilter(lab: Lab) -> None:
                      "  }\n}\n")
     lab.serve(vm2, "0.0.0.0", 80)
     real = lab.connect(vm1, "10.88.0.1", 8080)
-    assert real != "connected"
-    t = traced(lab, real, f"ns:{vm1}", "10.88.0.1:8080")
-    assert t["verdict"] in SAME[real], (real, t["verdict"])
+    assert real == "timeout"
+    t = check(lab, real, f"ns:{vm1}", "10.88.0.1:8080")
+    hop = decider(t)
+    assert (hop["kind"], hop["where"]) == ("reply", f"namespace {vm2}")
+    assert "bridges it straight back" in hop["detail"]
+    assert t["fix"].startswith("sysctl -w net.bridge.bridge-nf-call-iptables=1")
 
 
 def test_hairpin_to_a_forwarded_port_with_bridge_netfilter(lab: Lab) -> None:
@@ -499,8 +500,6 @@ def test_a_forwarded_port_bypasses_the_input_firewall(lab: Lab) -> None:
     assert (hop["table"], hop["chain"], hop["verdict"]) == ("filter", "forward", "drop")
 
 
-@pytest.mark.xfail(strict=True, reason="needs the reply (issue 16, mechanism 2): the "
-                   "request leaves the host, its answer has no way back")
 def test_no_masquerade_the_reply_never_comes_back(lab: Lab) -> None:
     """"Can't access internet from containers" (https://github.com/moby/moby/issues/13381):
     with Docker's rules gone (--iptables=false, a flush) the nat table is empty; packets
@@ -515,6 +514,14 @@ def test_no_masquerade_the_reply_never_comes_back(lab: Lab) -> None:
     assert real == "timeout"  # the outside has no route back to 10.88.0.0/24
     t = traced(lab, real, "10.88.0.2", f"{sb.outside_addr}:9000")
     assert t["verdict"] in SAME[real], (real, t["verdict"])
+    assert "not masqueraded" in t["summary"] and decider(t)["kind"] == "reply"
+    # The probe is stopped at the uplink, before any answer: it agrees with the request.
+    assert t["live"]["verdict"] == "leaves-host" and t["live"]["agrees"]
+    assert 'ip saddr 10.88.0.0/24 oifname \'"uplink0"\' masquerade' in t["fix"]
+    lab.run(sb.host, "sh", "-c", t["fix"].partition(": ")[2])
+    assert lab.connect(vm, sb.outside_addr, 9000) == "connected"
+    t = check(lab, "connected", "10.88.0.2", f"{sb.outside_addr}:9000")
+    assert t["verdict"] == "leaves-host" and t["seen_source"] == sb.host_addr
 
 
 def test_the_hosts_stub_resolver_from_a_container(lab: Lab) -> None:
