@@ -306,8 +306,6 @@ def test_a_container_network_shadows_part_of_the_lan(lab: Lab) -> None:
     assert t["verdict"] == "leaves-host"
 
 
-@pytest.mark.xfail(strict=True, reason="needs conntrack state (issue 16, mechanism 3): "
-                   "the flow's conntrack entry still holds the old DNAT")
 def test_stale_udp_conntrack_entry_outlives_a_port_forward(lab: Lab) -> None:
     """"Failed to receive UDP traffic after container restart" (moby/moby#8795,
     https://github.com/moby/moby/issues/8795; "portmap: delete UDP conntrack entries on
@@ -339,6 +337,20 @@ def test_stale_udp_conntrack_entry_outlives_a_port_forward(lab: Lab) -> None:
     # The trace's client sends from port 40000, the flow conntrack still holds.
     t = traced(lab, real, "outside", f"{sb.host_addr}:5060/udp", "--from-ip", sb.outside_addr)
     assert t["verdict"] in SAME[real], (real, t["verdict"])
+    held = next(h for h in t["hops"] if h["kind"] == "ct")
+    assert "10.88.0.2:5060" in held["detail"] and "rules now lead to 10.88.0.3:5060" in \
+        held["detail"]
+    assert t["fix"] == ("delete the stale entry: conntrack -D -p udp --orig-src "
+                        f"{sb.outside_addr} --orig-port-src 40000 --orig-dst {sb.host_addr} "
+                        "--orig-port-dst 5060")
+    # The probe is a new flow, which the rules send to the new address: it agrees with
+    # the static trace of a new flow.
+    assert t["live"]["agrees"], t["live"]["disagreements"]
+    lab.run(sb.host, *t["fix"].partition(": ")[2].split())
+    assert lab.connect(sb.outside, sb.host_addr, 5060, "udp", sport=40000) == "connected"
+    t = check(lab, "connected", "outside", f"{sb.host_addr}:5060/udp", "--from-ip",
+              sb.outside_addr)
+    assert t["seen_destination"] == "10.88.0.3:5060"
 
 
 def test_hairpin_to_a_forwarded_port_without_bridge_netfilter(lab: Lab) -> None:
