@@ -423,8 +423,6 @@ def test_the_guests_own_firewall(lab: Lab) -> None:
     check(lab, "connected", "host", "10.88.0.2:8443")
 
 
-@pytest.mark.xfail(strict=True, reason="needs policy routing (issue 16, mechanism 4): "
-                   "trace reads the main table only, not ip rules and their tables")
 def test_policy_routing_sends_container_traffic_elsewhere(lab: Lab) -> None:
     """"Docker 29 breaks policy routing" (https://github.com/moby/moby/issues/51544):
     a rule sends everything from one container network to a table of its own (a VPN's
@@ -445,12 +443,18 @@ def test_policy_routing_sends_container_traffic_elsewhere(lab: Lab) -> None:
     lab.ip(sb.host, "rule", "add", "from", "10.88.0.0/24", "lookup", "11", "priority", "150")
     real = lab.connect(vm1, "10.89.0.2", 80)
     assert real == "unreachable"
-    t = traced(lab, real, f"ns:{vm1}", "10.89.0.2:80")
-    assert t["verdict"] in SAME[real], (real, t["verdict"])
+    t = check(lab, real, f"ns:{vm1}", "10.89.0.2:80")
+    assert "ip rule 150: from 10.88.0.0/24 lookup 11" in decider(t)["detail"]
+    assert t["fix"].endswith("ip rule add to 10.89.0.0/24 lookup main priority 149")
+    lab.ip(sb.host, *t["fix"].rpartition(": ip ")[2].split())
+    try:
+        assert lab.connect(vm1, "10.89.0.2", 80) == "connected"
+        t = check(lab, "connected", f"ns:{vm1}", "10.89.0.2:80")
+        assert decider(t)["where"] == f"namespace {vm2}"
+    finally:
+        lab.ip(sb.host, "rule", "del", "priority", "149")
 
 
-@pytest.mark.xfail(strict=True, reason="needs rp_filter (issue 16, mechanism 4): the "
-                   "reverse path check of the receiving interface is not modelled")
 def test_strict_reverse_path_filter_on_a_guest_with_two_interfaces(lab: Lab) -> None:
     """A guest with two interfaces and strict reverse path filtering: a connection that
     arrives on the second interface from a source the guest routes through the first is
@@ -472,8 +476,14 @@ def test_strict_reverse_path_filter_on_a_guest_with_two_interfaces(lab: Lab) -> 
     lab.serve(vm, "0.0.0.0", 80)
     real = lab.connect(sb.outside, "10.71.0.2", 80)
     assert real == "timeout"
-    t = traced(lab, real, "outside", "10.71.0.2:80", "--from-ip", sb.outside_addr)
-    assert t["verdict"] in SAME[real], (real, t["verdict"])
+    t = check(lab, real, "outside", "10.71.0.2:80", "--from-ip", sb.outside_addr)
+    hop = decider(t)
+    assert hop["where"] == f"namespace {vm}" and "reverse path filter (strict" in \
+        hop["detail"]
+    assert f"ip netns exec {vm} sysctl -w net.ipv4.conf.eth1.rp_filter=2" in t["fix"]
+    lab.sysctl(vm, "net.ipv4.conf.eth1.rp_filter", "2")
+    assert lab.connect(sb.outside, "10.71.0.2", 80) == "connected"
+    check(lab, "connected", "outside", "10.71.0.2:80", "--from-ip", sb.outside_addr)
 
 
 def test_a_forwarded_port_bypasses_the_input_firewall(lab: Lab) -> None:
