@@ -598,6 +598,44 @@ def test_deny_outgoing_does_not_stop_containers(lab: Lab) -> None:
     assert (decider(t)["chain"], decider(t)["verdict"]) == ("forward", "drop")
 
 
+def test_an_accept_in_one_table_a_policy_drop_in_another(lab: Lab) -> None:
+    """"NAT not working on lxdbr0 after upgrade" (canonical/lxd#8716,
+    https://github.com/canonical/lxd/issues/8716; "Play nice with nftables forward policy
+    drop", https://github.com/containers/netavark/issues/977): LXD's own table accepts
+    what leaves its bridge, but Docker's iptables-nft FORWARD chain, on the same hook,
+    drops it by policy: "even if LXD's own nftables rules accept the forwarded traffic"
+    every chain on the hook runs, and an accept ends only its own. (Here LXD's table is
+    made after Docker's, as when LXD restarts: of two chains of one priority, the kernel
+    runs the newer first.) The fix: accept the traffic in the chain that drops it."""
+    sb = lab.sb
+    (vm,) = vms(lab, 1, bridge="lxdbr0")
+    lab.sysctl(sb.host, "net.ipv4.ip_forward", "1")
+    lab.nft(sb.host, "table ip filter {\n"
+                     "  chain FORWARD { type filter hook forward priority 0; policy drop; }\n"
+                     "}\n")
+    lab.nft(sb.host, "table inet lxd {\n"
+                     "  chain fwd.lxdbr0 { type filter hook forward priority 0; "
+                     "policy accept;\n"
+                     "    oifname \"lxdbr0\" accept\n    iifname \"lxdbr0\" accept\n  }\n"
+                     "  chain pstrt.lxdbr0 { type nat hook postrouting priority 100; "
+                     "policy accept;\n"
+                     "    ip saddr 10.88.0.0/24 ip daddr != 10.88.0.0/24 masquerade\n  }\n}\n")
+    lab.serve(sb.outside, sb.outside_addr, 9000)
+    assert lab.connect(vm, sb.outside_addr, 9000) == "timeout"
+    t = check(lab, "timeout", "10.88.0.2", f"{sb.outside_addr}:9000")
+    hop = decider(t)
+    assert (hop["family"], hop["table"], hop["chain"], hop["verdict"]) == \
+        ("ip", "filter", "FORWARD", "policy drop")
+    assert "the accept in inet lxd fwd.lxdbr0" in t["summary"] and \
+        "ends only its own chain" in t["summary"]
+    assert t["fix"].startswith("accept the flow in that chain: nft insert rule ip filter "
+                               "FORWARD iifname \"lxdbr0\"")
+    lab.run(sb.host, "sh", "-c", t["fix"].partition(": ")[2])
+    assert lab.connect(vm, sb.outside_addr, 9000) == "connected"
+    t = check(lab, "connected", "10.88.0.2", f"{sb.outside_addr}:9000")
+    assert t["verdict"] == "leaves-host" and t["seen_source"] == sb.host_addr
+
+
 def test_bridges_made_by_hand_are_not_isolated(lab: Lab) -> None:
     """"Isolating containers on separate bridge networks"
     (https://github.com/containernetworking/plugins/issues/474): containers on two
