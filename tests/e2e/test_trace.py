@@ -178,7 +178,11 @@ def test_trace_notices_changes_behind_the_store(paths: Sandbox) -> None:
     assert t["verdict"] == "no-route"
     assert attempt(in_web, f"http://{sb.outside_addr}:80/").startswith("fail")
     text = sb.pw("trace", "web", f"{sb.outside_addr}:80").stdout
-    assert "no route to" in text and text.splitlines()[-1].startswith("verdict: no-route")
+    lines = text.splitlines()
+    assert "no route to" in text and lines[-2].startswith("verdict: no-route")
+    assert lines[-1].startswith("fix: a default route through pwbr-") and lines[-1].endswith(
+        f" in host: ip netns exec {web_ns} ip route add default via 10.50.0.1 (or only "
+        f"{sb.outside_addr}/32)")
 
 
 def test_trace_draws_its_path(paths: Sandbox, tmp_path: Path) -> None:

@@ -322,3 +322,12 @@ def test_a_smaller_mtu_on_the_path_and_mss_clamping() -> None:
     w.host.ifaces[1] = replace(w.host.ifaces[1], mtu=1500)
     t = trace(w, "ns:vm1", packet("203.0.113.9", 443), "vm1", "x")
     assert not any(h.kind == "mtu" for h in t.hops)
+
+
+def test_no_route_names_the_router_on_its_own_link() -> None:
+    w = lab(vms=1)
+    w.spaces["ns:vm1"].routes.pop()  # no default route
+    t = trace(w, "ns:vm1", packet("203.0.113.9", 443), "vm1", "x")
+    assert t.verdict == "no-route"
+    assert t.fix == "a default route through br0 in host: ip netns exec vm1 ip route add " \
+        "default via 10.88.0.1 (or only 203.0.113.9/32)"

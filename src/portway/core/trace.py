@@ -604,9 +604,13 @@ class _Walk:
         if route is None:
             self.hop("route", space.label, f"{what}: no route to {packet.daddr}{from_iif}")
             net = ipaddress.ip_network(f"{packet.daddr}/{32 if packet.version == 4 else 128}")
-            self.end("no-route", f"{space.label} has no route to {packet.daddr}", packet,
-                     in_space(space, f"ip route add {net} via GATEWAY") + " (the router "
-                     f"that reaches {packet.daddr}), or a default route")
+            gateway = self.gateway_for(space, packet.version)
+            fix = in_space(space, f"ip route add {net} via GATEWAY") + " (the router " \
+                f"that reaches {packet.daddr}), or a default route"
+            if gateway is not None:
+                fix = "a default route through " + f"{gateway[1]}: " + in_space(
+                    space, f"ip route add default via {gateway[0]}") + f" (or only {net})"
+            self.end("no-route", f"{space.label} has no route to {packet.daddr}", packet, fix)
         assert route is not None
         if route.kind != "unicast":
             self.hop("route", space.label, f"{what}: {route.text(packet.daddr)}{from_iif}{by}")
@@ -624,6 +628,23 @@ class _Walk:
         self.hop("route", space.label,
                  f"{what}: {route.text(packet.daddr)}{from_iif}{by}{how}")
         return route
+
+    def gateway_for(self, space: Space, version: int) -> tuple[IPAddress, str] | None:
+        """A router on space's own links: the address, on one of its subnets, of what
+        its veth leads to (the bridge a port belongs to, or the other end itself)."""
+        for i in space.ifaces:
+            if i.peer is None:
+                continue
+            other = self.world.spaces.get(i.peer[0]) if i.peer[0] != self.world.host.key \
+                else self.world.host
+            end = other.iface(i.peer[1]) if other is not None else None
+            if other is None or end is None:
+                continue
+            router = other.iface(end.master) if end.master else end
+            for a in router.addrs if router is not None else ():
+                if a.version == version and any(a.ip in mine.network for mine in i.addrs):
+                    return a.ip, f"{router.name if router else '?'} in {other.label}"
+        return None
 
     def rule_fix(self, space: Space, rule: Rule, main: Route | None, packet: Packet) -> str:
         """A rule, ahead of the one that took the packet elsewhere, that keeps the
