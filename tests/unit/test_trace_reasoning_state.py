@@ -226,6 +226,9 @@ def test_a_more_specific_route_shadows_the_intended_one() -> None:
     assert "172.17.0.0/16 dev br0 is more specific than 172.16.0.0/12 via " \
            "198.51.100.2 dev uplink0" in t.hops[-1].detail
     assert "ip route add 172.17.5.10/32 via 198.51.100.2 dev uplink0" in t.fix
+    # Nothing behind the bridge, and only the default route besides: nothing is shadowed.
+    t = trace(w, "host", packet("10.88.0.9", 443), "host", "x")
+    assert t.verdict == "no-route" and "shadows" not in t.summary
 
 
 def test_a_failed_gateway_neighbour() -> None:

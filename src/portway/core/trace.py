@@ -797,8 +797,10 @@ class _Walk:
                   f"attached to {bridge.name} and up)"
             host = self.world.host
             chosen = best_route(host.routes, nexthop) if routed else None
+            # A default route is not shadowed: every route is more specific than it.
             other = best_route([r for r in host.routes if r.dev != bridge.name
-                                and r.kind == "unicast" and r is not chosen], nexthop) \
+                                and r.kind == "unicast" and r is not chosen
+                                and r.dst.prefixlen > 0], nexthop) \
                 if chosen is not None else None
             if chosen is not None and other is not None:
                 way = f"{other.dst}" + (f" via {other.gateway}" if other.gateway else "") + \
