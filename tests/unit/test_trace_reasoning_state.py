@@ -12,6 +12,8 @@ import ipaddress
 from dataclasses import replace
 from typing import Any
 
+import test_trace_reasoning as base
+
 from portway.core.nftsim import Packet
 from portway.core.trace import Flow, Iface, Route, Rule, Space, World, render, trace
 
@@ -334,3 +336,12 @@ def test_no_route_names_the_router_on_its_own_link() -> None:
     assert t.verdict == "no-route"
     assert t.fix == "a default route through br0 in host: ip netns exec vm1 ip route add " \
         "default via 10.88.0.1 (or only 203.0.113.9/32)"
+
+
+def test_portways_own_rules_are_fixed_through_its_settings() -> None:
+    t = trace(base.world(), "web", packet("10.78.0.2", 5432), "web", "store:5432")
+    assert t.verdict == "dropped" and t.fix.startswith("networks are isolated from each "
+                                                        "other on purpose")
+    t = trace(base.world(), "outside", packet("10.77.0.2", 80, "198.51.100.2", "uplink0"),
+              "outside", "10.77.0.2:80")
+    assert t.verdict == "dropped" and "portway run -p HOSTPORT:PORT" in t.fix

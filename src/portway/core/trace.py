@@ -424,9 +424,27 @@ def _lets_replies(space: Space, d: Decision) -> bool:
         and (item["rule"]["family"], item["rule"]["table"]) == (d.family, d.table))
 
 
+PORTWAY_FIXES = (  # portway's own rules (by their comment): the setting that changes them
+    ("isolation from other portway networks", "networks are isolated from each other on "
+     "purpose: attach the client to the server's network (portway network connect "
+     "NETWORK CONTAINER)"),
+    ("no direct access from outside", "a container address is not reached from outside "
+     "on purpose: publish the port (portway run -p HOSTPORT:PORT ...) and connect to the "
+     "host"),
+    ("internal", "the network is internal (no way out, on purpose): attach the container "
+     "to a network that is not internal as well (portway network connect NETWORK "
+     "CONTAINER)"))
+
+
 def drop_fix(space: Space, d: Decision, packet: Packet) -> str:
     """The change that lets this flow past a chain that dropped it (and, in a forward
-    chain that drops by policy, its replies, which pass the same chain the other way)."""
+    chain that drops by policy, its replies, which pass the same chain the other way).
+    portway's own rules are changed through portway's settings, never by hand (gc would
+    put them back)."""
+    if d.table == "portway" and d.handle is not None:
+        return next((fix for words, fix in PORTWAY_FIXES if words in d.rule),
+                    "the rule is portway's own: change the setting it comes from (its "
+                    "comment names it), not the rule")
     allow = in_space(space, f"nft insert rule {d.family} {d.table} {d.chain} "
                             f"{flow_match(packet, d.family, d.hook)} accept")
     if d.handle is None:  # the chain's policy
