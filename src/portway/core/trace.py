@@ -900,9 +900,11 @@ class _Walk:
             self.hop("route", host.label, f"{packet.daddr} arriving on {iif}: a martian "
                      "destination (127/8 from outside), which the kernel drops")
             self.end("dropped", f"the kernel drops {packet.daddr} arriving on {iif} "
-                     "(martian destination)", packet, f"connect to an address of the host "
-                     f"that is not loopback, or let {iif} route it: sysctl -w "
-                     f"net.ipv4.conf.{iif}.route_localnet=1")
+                     "(martian destination)", packet, "connect to an address of the host "
+                     "that is not loopback; a service (or a port published) on 127.0.0.1 is "
+                     "for the host's own clients: to reach it from here, bind (or publish) "
+                     f"it on another address (route_localnet=1 on {iif} would let 127/8 in "
+                     "from that link, and expose every loopback-only service)")
         self.reverse_path(host, packet, iif)
         route = self.route(host, packet, iif=iif)
         if route is None:
