@@ -14,10 +14,11 @@ fi
 # podman, runc and busybox-static (the Podman backend tests run real Podman), conntrack
 # (tests read the flows the kernel tracks), zsh (its completion script is tested);
 # uidmap, slirp4netns and fuse-overlayfs: rootless Podman, which the tests run for a user
-# they make.
+# they make; etcd-server and etcd-client: the cluster store of overlay networks (the tests
+# start their own etcd, in a namespace of theirs).
 bash scripts/apt-ensure.sh python3 python3-venv iproute2 nftables libnftables1 procps \
   bind9-dnsutils graphviz podman runc busybox-static conntrack zsh uidmap slirp4netns \
-  fuse-overlayfs
+  fuse-overlayfs etcd-server etcd-client
 
 # Debian's own interpreter (what users run as root), not a shim on PATH.
 PY=/usr/bin/python3

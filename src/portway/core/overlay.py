@@ -1,0 +1,259 @@
+"""Overlay networks, the pure part: the cluster store's URL, its key layout and record
+formats, VNI picking, the VXLAN device's name and MTU, and the plan that brings a
+host's forwarding entries (FDB and neighbour) in step with the store.
+
+Rules of this module:
+1. Every key portway keeps in etcd is made here, under one prefix (/portway/), and
+   every record read from etcd is parsed here into typed values; bad records are
+   skipped by the caller, never half-applied.
+2. Nothing here talks to etcd or the kernel: the cluster service (engine/cluster.py)
+   reads and writes, the kernel applies what plan_forwarding returns.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from portway.errors import InvalidInput
+from portway.model.types import IPAddress, IPInterface, Network, Subnet
+
+PREFIX = "/portway/"
+VXLAN_PORT = 4789
+VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
+# Docker's overlay driver names the VNI option so (`docker network inspect` shows it).
+VNI_OPTION = "com.docker.network.driver.overlay.vxlanid_list"
+FIRST_VNI = 4097  # Docker's overlay starts its VNIs past 4096 too
+LAST_VNI = (1 << 24) - 1
+DEFAULT_PORT = 2379
+NO_CLUSTER = ("overlay networks need a cluster store",
+              "start portwayd with --cluster-store etcd://HOST:2379 and --advertise-address "
+              "IP (or set PORTWAY_CLUSTER_STORE and PORTWAY_ADVERTISE_ADDRESS)")
+
+
+@dataclass(frozen=True)
+class Member:
+    """One etcd endpoint of --cluster-store."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_cluster_store(url: str) -> tuple[Member, ...]:
+    """`etcd://HOST[:PORT][,HOST[:PORT]...]` (IPv6 hosts in brackets) -> its members."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme != "etcd":
+        raise InvalidInput(f"--cluster-store {url!r}: not an etcd:// URL",
+                           "give etcd://HOST:2379[,HOST:2379...]")
+    members = []
+    for item in rest.rstrip("/").split(","):
+        item = item.strip()
+        if not item:
+            raise InvalidInput(f"--cluster-store {url!r}: an empty member",
+                               "give etcd://HOST:2379[,HOST:2379...]")
+        if item.startswith("["):
+            host, _, tail = item[1:].partition("]")
+            port_text = tail.removeprefix(":") if tail.startswith(":") else ""
+            if tail and not tail.startswith(":"):
+                port_text = "bad"
+        elif item.count(":") == 1:
+            host, port_text = item.split(":")
+        elif ":" in item:
+            raise InvalidInput(f"--cluster-store member {item!r}: an IPv6 address needs "
+                               "brackets", f"write it as etcd://[{item}]:2379")
+        else:
+            host, port_text = item, ""
+        try:
+            port = int(port_text) if port_text else DEFAULT_PORT
+        except ValueError:
+            port = 0
+        if not host or not 0 < port < 65536:
+            raise InvalidInput(f"--cluster-store member {item!r}: not HOST:PORT",
+                               "give etcd://HOST:2379[,HOST:2379...]")
+        members.append(Member(host, port))
+    return tuple(members)
+
+
+def parse_advertise_address(text: str) -> IPAddress:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        raise InvalidInput(f"--advertise-address {text!r} is not an IP address",
+                           "give this host's underlay address, e.g. 192.0.2.10") from None
+
+
+# keys
+
+
+def host_key(address: IPAddress | str) -> str:
+    return f"{PREFIX}hosts/{address}"
+
+
+def network_key(network_id: str = "") -> str:
+    return f"{PREFIX}networks/{network_id}"
+
+
+def name_key(name: str) -> str:
+    return f"{PREFIX}names/{name}"
+
+
+def vni_key(vni: int | None = None) -> str:
+    return f"{PREFIX}vnis/" + ("" if vni is None else str(vni))
+
+
+def address_key(network_id: str, address: IPAddress | None = None) -> str:
+    return f"{PREFIX}ips/{network_id}/" + ("" if address is None else str(address))
+
+
+def endpoint_key(network_id: str = "", endpoint_id: str = "") -> str:
+    if not network_id:
+        return f"{PREFIX}endpoints/"
+    return f"{PREFIX}endpoints/{network_id}/{endpoint_id}"
+
+
+def prefix_end(prefix: str) -> str:
+    """The end of the key range of everything under prefix (etcd's range_end)."""
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+# records
+
+
+def pick_vni(taken: set[int]) -> int:
+    for vni in range(FIRST_VNI, LAST_VNI + 1):
+        if vni not in taken:
+            return vni
+    raise InvalidInput("no free VXLAN network identifier", "remove unused overlay networks")
+
+
+def network_vni(network: Network) -> int:
+    return int(network.options[VNI_OPTION])
+
+
+def vxlan_name(network_id: str) -> str:
+    """The network's VXLAN device on every host (15 bytes at most)."""
+    return f"pwvx-{network_id[:10]}"
+
+
+def vxlan_mtu(underlay_mtu: int) -> int:
+    return underlay_mtu - VXLAN_OVERHEAD
+
+
+def encode_network(network: Network) -> str:
+    return json.dumps({
+        "id": network.id, "name": network.name, "internal": network.internal,
+        "mtu": network.mtu, "options": network.options, "labels": network.labels,
+        "created": network.created, "bridge": network.bridge,
+        "subnets": [{"subnet": str(s.subnet), "gateway": str(s.gateway),
+                     "ip_range": str(s.ip_range) if s.ip_range else None,
+                     "aux": [[n, str(a)] for n, a in s.aux_addresses]}
+                    for s in network.subnets]}, sort_keys=True)
+
+
+def decode_network(text: str | bytes) -> Network:
+    d = json.loads(text)
+    subnets = tuple(Subnet(subnet=ipaddress.ip_network(s["subnet"]),
+                           gateway=ipaddress.ip_address(s["gateway"]),
+                           ip_range=ipaddress.ip_network(s["ip_range"])
+                           if s.get("ip_range") else None,
+                           aux_addresses=tuple((str(n), ipaddress.ip_address(a))
+                                               for n, a in s.get("aux", [])))
+                    for s in d["subnets"])
+    return Network(id=str(d["id"]), name=str(d["name"]), subnets=subnets,
+                   bridge=str(d["bridge"]), driver="overlay", internal=bool(d["internal"]),
+                   mtu=int(d["mtu"]), options={str(k): str(v) for k, v in d["options"].items()},
+                   labels={str(k): str(v) for k, v in d["labels"].items()},
+                   created=str(d.get("created", "")))
+
+
+@dataclass(frozen=True)
+class RemoteEndpoint:
+    """An endpoint as the cluster knows it: where it is (its host's VTEP), what it is
+    called (for DNS) and its addresses and MAC (for FDB and neighbour entries)."""
+
+    id: str
+    network_id: str
+    container_id: str
+    name: str
+    aliases: tuple[str, ...]
+    addresses: tuple[IPInterface, ...]
+    mac: str
+    host: IPAddress  # the VTEP: its host's advertise address
+
+    def encode(self) -> str:
+        return json.dumps({"id": self.id, "network": self.network_id,
+                           "container": self.container_id, "name": self.name,
+                           "aliases": list(self.aliases),
+                           "addresses": [str(a) for a in self.addresses],
+                           "mac": self.mac, "host": str(self.host)}, sort_keys=True)
+
+    @staticmethod
+    def decode(text: str | bytes) -> RemoteEndpoint:
+        d: dict[str, Any] = json.loads(text)
+        return RemoteEndpoint(id=str(d["id"]), network_id=str(d["network"]),
+                              container_id=str(d["container"]), name=str(d["name"]),
+                              aliases=tuple(str(a) for a in d.get("aliases", [])),
+                              addresses=tuple(ipaddress.ip_interface(a)
+                                              for a in d["addresses"]),
+                              mac=str(d["mac"]).lower(), host=ipaddress.ip_address(d["host"]))
+
+
+# forwarding entries
+
+
+@dataclass(frozen=True)
+class Fdb:
+    """`bridge fdb append MAC dev VXLAN dst VTEP`"""
+
+    mac: str
+    dst: IPAddress
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    """`ip neigh replace IP lladdr MAC dev VXLAN nud permanent` (answers ARP/ND locally)"""
+
+    ip: IPAddress
+    mac: str
+
+
+def wanted_forwarding(endpoints: list[RemoteEndpoint], local: IPAddress
+                      ) -> tuple[set[Fdb], set[Neighbour]]:
+    """The entries one network's VXLAN device needs on the host whose VTEP is local:
+    one per endpoint on every other host."""
+    fdb: set[Fdb] = set()
+    neigh: set[Neighbour] = set()
+    for e in endpoints:
+        if e.host == local:
+            continue
+        fdb.add(Fdb(e.mac, e.host))
+        neigh.update(Neighbour(a.ip, e.mac) for a in e.addresses)
+    return fdb, neigh
+
+
+@dataclass(frozen=True)
+class ForwardingPlan:
+    add_fdb: tuple[Fdb, ...]
+    del_fdb: tuple[Fdb, ...]
+    add_neigh: tuple[Neighbour, ...]
+    del_neigh: tuple[Neighbour, ...]
+
+    def empty(self) -> bool:
+        return not (self.add_fdb or self.del_fdb or self.add_neigh or self.del_neigh)
+
+
+def plan_forwarding(want: tuple[set[Fdb], set[Neighbour]],
+                    have: tuple[set[Fdb], set[Neighbour]]) -> ForwardingPlan:
+    """What to add and remove so that have becomes want: an entry already right is not
+    touched (a restarted daemon reprograms nothing twice)."""
+    key = str
+    return ForwardingPlan(
+        add_fdb=tuple(sorted(want[0] - have[0], key=key)),
+        del_fdb=tuple(sorted(have[0] - want[0], key=key)),
+        add_neigh=tuple(sorted(want[1] - have[1], key=key)),
+        del_neigh=tuple(sorted(have[1] - want[1], key=key)))
