@@ -38,7 +38,8 @@ def _root() -> Command:
                    "Docker's --format ('json': as JSON)")
     network = Command("network", "manage networks", sub_dest="net_command", subs=(
         Command("create", "create a bridge network", args=(Arg("name", "NAME"),), opts=(
-            Opt("-d --driver", default="bridge", help="bridge (the only driver)"),
+            Opt("-d --driver", default="bridge", help="bridge (one host), or overlay "
+                "(across the hosts of a cluster store)"),
             Opt("--subnet", "list", metavar="CIDR", help="IPv4 or IPv6 (default: a free "
                 "one, IPv4 from Docker's pools, IPv6 a /64 of a unique local /48)"),
             Opt("--gateway", "list", metavar="IP", help="of its family's subnet (default: "
@@ -589,7 +590,9 @@ def cmd_daemon(client: Client, a: Args) -> int:
     if a.action == "run":
         from portway.daemon.main import serve
 
-        return serve(client.state_dir, client.host_netns)
+        return serve(client.state_dir, client.host_netns,
+                     cluster_store=_env("PORTWAY_CLUSTER_STORE") or None,
+                     advertise_address=_env("PORTWAY_ADVERTISE_ADDRESS") or None)
     if a.action == "start":
         status = client.running()
         if status is not None:
@@ -609,7 +612,29 @@ def cmd_daemon(client: Client, a: Args) -> int:
         return 1
     print(f"portwayd is running (pid {status['pid']}, state dir {status['state_dir']}, "
           f"host namespace {status['host_netns'] or '(root)'})")
+    cluster = client.call("cluster_status")
+    if cluster is not None:
+        print_cluster(cluster)
     return 0
+
+
+def print_cluster(c: "dict[str, Any]") -> None:
+    """The cluster part of `daemon status`: the store and its members, the hosts, this
+    host's state."""
+    state = c["state"] + (f" ({c['error']})" if c["error"] else "")
+    print(f"cluster store {c['store']}: this host {c['advertise_address']} is {state}"
+          + (f", lease {c['lease']} (ttl {c['ttl']}s)" if c["lease"] else "")
+          + f", revision {c['revision']}")
+    for m in c["members"]:
+        role = "leader" if m.get("leader") else "member"
+        health = f"etcd {m.get('version', '')}, {role}" if m["healthy"] else "unreachable"
+        print(f"  etcd member {m['name'] or m['id']} {', '.join(m['client_urls'])}: {health}")
+    for h in c["hosts"]:
+        mark = " (this host)" if h["self"] else ""
+        print(f"  host {h['address']}{mark}: {h['endpoints']} endpoint(s), "
+              f"joined {h.get('joined', '?')}")
+    if c["networks"]:
+        print(f"  overlay networks: {', '.join(c['networks'])}")
 
 
 def cmd_logs(client: Client, a: Args) -> int:

@@ -64,7 +64,7 @@ OPS = (
     "inspect", "logs", "start", "stop", "restart", "kill", "wait", "rm", "gc", "port",
     "dns_info", "show",
     "trace", "audit", "podman_setup", "podman_teardown", "podman_create", "podman_update",
-    "podman_firewall_reload",
+    "podman_firewall_reload", "cluster_status",
 )
 
 
@@ -222,7 +222,8 @@ class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
 
 def serve(state_dir: str, host_netns: str | None, rootless: bool = False,
-          netns_path: str = "") -> int:
+          netns_path: str = "", cluster_store: str | None = None,
+          advertise_address: str | None = None) -> int:
     if os.geteuid() != 0:
         log("portwayd: must run as root (it creates network namespaces)")
         return 1
@@ -253,10 +254,13 @@ def serve(state_dir: str, host_netns: str | None, rootless: bool = False,
     from portway.errors import PortwayError
 
     try:
-        engine = Engine(state_dir, host_netns, rootless=rootless)
+        engine = Engine(state_dir, host_netns, rootless=rootless,
+                        cluster_store=cluster_store, advertise_address=advertise_address)
     except PortwayError as exc:
         log(f"portwayd: {exc.line()}")
         return exc.exit_code
+    # The overlay networks of the cluster, made here before gc looks at the networks.
+    engine.start_cluster()
     stale_dns = engine.dns.stop_stale()
     if stale_dns:
         log(f"portwayd: stopped the DNS server of another namespace (pid {stale_dns}), "
@@ -381,9 +385,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host-netns-path", default="",
                         help="where the namespace it lives in is mounted (rootless Podman's "
                              "under $XDG_RUNTIME_DIR/netns): it leaves once that is gone")
+    parser.add_argument("--cluster-store", metavar="etcd://HOST:2379[,HOST:2379...]",
+                        default=os.environ.get("PORTWAY_CLUSTER_STORE") or None,
+                        help="join the etcd cluster that holds overlay networks "
+                             "(remembered in the state dir)")
+    parser.add_argument("--advertise-address", metavar="IP",
+                        default=os.environ.get("PORTWAY_ADVERTISE_ADDRESS") or None,
+                        help="this host's underlay address, which its VXLAN traffic uses")
     args = parser.parse_args(argv)
     sys.exit(serve(os.path.abspath(args.state_dir), args.host_netns, args.rootless,
-                   args.host_netns_path))
+                   args.host_netns_path, args.cluster_store, args.advertise_address))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import resource
 import shutil
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyroute2 import IPRoute
 
@@ -31,6 +31,7 @@ from portway.engine.context import Host
 from portway.engine.dns import DnsServer, names_by_network
 from portway.engine.dns import records as dns_records
 from portway.engine.drivers.bridge import BridgeDriver
+from portway.engine.drivers.overlay import OverlayDriver
 from portway.engine.endpoints import Endpoints
 from portway.engine.facts import LiveHostFacts
 from portway.engine.fw import Firewall
@@ -42,7 +43,11 @@ from portway.engine.sandboxes import LiveSandboxKernel, Sandboxes
 from portway.errors import InvalidInput, PortwayError
 from portway.kernel import netns
 from portway.kernel.nft import Nft
+from portway.model.types import IPAddress
 from portway.store.sqlite import SqliteStore
+
+if TYPE_CHECKING:
+    from portway.engine.cluster import Cluster
 
 __all__ = ["DEFAULT_NETWORK", "Engine"]
 
@@ -93,7 +98,8 @@ def build_host(h: Host) -> Host:
 
 class Engine:
     def __init__(self, state_dir: str, host_netns: str | None = None,
-                 rootless: bool = False) -> None:
+                 rootless: bool = False, cluster_store: str | None = None,
+                 advertise_address: str | None = None) -> None:
         self.state_dir = os.path.abspath(state_dir)
         self.host_netns = host_netns
         os.makedirs(os.path.join(self.state_dir, "containers"), mode=0o700, exist_ok=True)
@@ -110,13 +116,52 @@ class Engine:
         _ensure_forwarding()
         self.h = build_host(Host(
             state_dir=self.state_dir, host_netns=host_netns, instance=self.instance,
-            store=self.store, drivers={"bridge": BridgeDriver(self.host, self.tag)},
+            store=self.store, drivers={
+                "bridge": BridgeDriver(self.host, self.tag),
+                "overlay": OverlayDriver(self.host, self.tag, self._advertised)},
             fw=self.fw, sandbox_kernel=LiveSandboxKernel(),
             process_kernel=LiveProcessKernel(lambda *a: self.h.processes.on_exit(*a)),
             ports=self.ports, facts=LiveHostFacts(self.host), tools=self.tools))
         self.lock = self.h.lock
         self.dns = DnsServer(self.h)
         self.h.dns = self.dns
+        self.h.cluster = self._cluster(cluster_store, advertise_address)
+
+    def _cluster(self, url: str | None, address: str | None) -> Cluster | None:
+        """The cluster this host is in: --cluster-store and --advertise-address, or the
+        ones this state dir was last started with (remembered, as a restarted daemon
+        must stay in its cluster)."""
+        from portway.core import overlay
+
+        with self.store.transaction():
+            url = url or self.store.get_meta("cluster_store")
+            address = address or self.store.get_meta("advertise_address")
+            if url is None and address is None:
+                return None
+            if url is None or address is None:
+                raise InvalidInput("--cluster-store and --advertise-address go together",
+                                   "give both (etcd://HOST:2379 and this host's underlay "
+                                   "address), or neither")
+            members = overlay.parse_cluster_store(url)
+            advertise = overlay.parse_advertise_address(address)
+            self.store.set_meta("cluster_store", url)
+            self.store.set_meta("advertise_address", str(advertise))
+        # Only a host in a cluster pays for the HTTP client's import.
+        from portway.engine.cluster import DEFAULT_TTL, Cluster
+        from portway.store.etcd import Etcd
+
+        ttl = int(os.environ.get("PORTWAY_CLUSTER_TTL") or DEFAULT_TTL)
+        return Cluster(self.h, self.host, Etcd(members), advertise, ttl)
+
+    def _advertised(self) -> IPAddress | None:
+        return self.h.cluster.advertise if self.h.cluster is not None else None
+
+    def start_cluster(self) -> None:
+        if self.h.cluster is not None:
+            self.h.cluster.start()
+
+    def cluster_status(self) -> dict[str, Any] | None:
+        return self.h.cluster.status() if self.h.cluster is not None else None
 
     # set-up
 
@@ -156,6 +201,8 @@ class Engine:
         return value
 
     def close(self) -> None:
+        if self.h.cluster is not None:
+            self.h.cluster.close()
         with self.lock:
             self.h.closed = True  # a process that ends from now on is seen by the next start
         self.h.lifecycle.close()

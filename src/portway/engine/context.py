@@ -29,6 +29,7 @@ from portway.model.types import Container, IPAddress, IPNetwork, Network
 from portway.store import Store
 
 if TYPE_CHECKING:
+    from portway.engine.cluster import Cluster
     from portway.engine.containers import Containers
     from portway.engine.drivers import NetworkDriver
     from portway.engine.endpoints import Endpoints
@@ -112,6 +113,8 @@ class Host:
     lock: threading.RLock = field(default_factory=threading.RLock)
     closed: bool = False
     dns: DnsPublisher | None = None
+    # The overlay networks' cluster (engine/cluster.py); None: this host is in none.
+    cluster: Cluster | None = None
     # The services, set by whoever builds the Host (engine/__init__.py, or a test).
     networks: Networks = field(init=False)
     endpoints: Endpoints = field(init=False)

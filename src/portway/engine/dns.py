@@ -59,6 +59,9 @@ def records(engine: Host) -> dict[str, Any]:
     for c in engine.store.containers():
         if c.id in by_container:
             containers.append(container_record(c, by_container[c.id]))
+    if engine.cluster is not None:
+        # Overlay networks: the containers on the other hosts are named here too.
+        containers += engine.cluster.remote_records()
     networks = [{"id": n.id, "name": n.name, "subnet": str(n.subnet),
                  "gateway": str(n.gateway), "internal": n.internal,
                  "subnets": [str(s.subnet) for s in n.subnets],

@@ -14,9 +14,11 @@ Rules of this module:
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from portway.core import ipam, names, validate
+from portway.core.overlay import NO_CLUSTER
 from portway.engine.drivers import Sandbox
 from portway.errors import Conflict, InvalidInput, PortwayError
 from portway.model.types import Container, Endpoint, IPAddress, IPInterface, Network, Route
@@ -81,7 +83,40 @@ class Endpoints:
         asked for in ips, at most one per family, or the lowest free ones) reserved in
         the store (in the caller's transaction)."""
         store = self.h.store
-        asked = {a.version: a for a in self.requested(container, net, ips) if a is not None}
+        asked: dict[int, IPAddress] = {a.version: a for a in self.requested(container, net, ips)
+                                       if a is not None}
+        cluster = self.h.cluster if net.driver == "overlay" else None
+        if net.driver == "overlay" and cluster is None:
+            raise InvalidInput(*NO_CLUSTER)
+        # On an overlay network, other hosts' endpoints hold addresses too: the ones
+        # seen so far are skipped, and the claim (one etcd transaction) settles races.
+        elsewhere: set[IPAddress] = set()
+
+        def in_use(a: IPAddress) -> bool:
+            return a in elsewhere or store.address_in_use(net.id, a) or \
+                (cluster is not None and cluster.address_taken(net.id, a))
+
+        for _ in range(64):
+            addresses = self._allocate(net, asked, in_use)
+            endpoint = self._endpoint(container, net, index, addresses, asked, aliases,
+                                      ifname, mac, host_ifname)
+            if cluster is None:
+                break
+            taken = cluster.claim(endpoint, container, net)
+            if taken is None:
+                break
+            if taken in asked.values():
+                raise Conflict(f"address {taken} is already in use on network {net.name} "
+                               "(on another host)", "pick another address, or omit it")
+            elsewhere.add(taken)
+        else:
+            raise Conflict(f"no address could be claimed on network {net.name}: other "
+                           "hosts keep taking them", "try again")
+        store.add_endpoint(endpoint)
+        return endpoint
+
+    def _allocate(self, net: Network, asked: dict[int, IPAddress],
+                  in_use: Callable[[IPAddress], bool]) -> list[IPInterface]:
         addresses: list[IPInterface] = []
         for sub in net.subnets:
             aux = {a: n for n, a in sub.aux_addresses}
@@ -91,10 +126,17 @@ class Endpoints:
                 key = (net.id, sub.version)
                 address = ipam.first_free(
                     sub.subnet, sub.gateway,
-                    lambda a: a in aux or store.address_in_use(net.id, a),  # noqa: B023
+                    lambda a: a in aux or in_use(a),  # noqa: B023
                     sub.ip_range, self._hint.get(key, 0))
                 self._hint[key] = int(address) + 1
             addresses.append(ipaddress.ip_interface((address, sub.subnet.prefixlen)))
+        return addresses
+
+    def _endpoint(self, container: Container, net: Network, index: int,
+                  addresses: list[IPInterface], asked: dict[int, IPAddress],
+                  aliases: list[str], ifname: str | None, mac: str | None,
+                  host_ifname: str | None) -> Endpoint:
+        store = self.h.store
         if mac is not None:
             user = next((e for e in store.endpoints(network_id=net.id) if e.mac == mac),
                         None)
@@ -110,7 +152,6 @@ class Endpoints:
             host_ifname=host_ifname or names.host_veth_name(eid), addresses=tuple(addresses),
             mac=mac or names.mac_for(addresses[0].ip), aliases=tuple(aliases),
             requested=tuple(asked[v] for v in sorted(asked)))
-        store.add_endpoint(endpoint)
         return endpoint
 
     def clear_hints(self) -> None:
@@ -118,12 +159,20 @@ class Endpoints:
         self._hint.clear()
 
     def released(self, endpoints: list[Endpoint]) -> None:
+        if self.h.cluster is not None:
+            shared = [e for e in endpoints if self._overlay(e.network_id)]
+            if shared:
+                self.h.cluster.release(shared)
         for e in endpoints:
             for a in e.addresses:
                 key = (e.network_id, a.version)
                 hint = self._hint.get(key)
                 if hint is not None and int(a.ip) < hint:
                     self._hint[key] = int(a.ip)
+
+    def _overlay(self, network_id: str) -> bool:
+        net = self.h.store.find_network(network_id)
+        return net is not None and net.driver == "overlay"
 
     def attach(self, sandbox: Sandbox, container: Container, endpoint: Endpoint,
                net: Network, default_route: bool, guarded: bool = False,

@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import secrets
 from contextlib import ExitStack
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from portway.core import ipam, names, validate
+from portway.core import ipam, names, overlay, validate
+from portway.core.overlay import NO_CLUSTER
 from portway.engine.context import fault_point, now
 from portway.errors import Conflict, InvalidInput
 from portway.model.types import IPNetwork, Network, Subnet
 
 if TYPE_CHECKING:
+    from portway.engine.cluster import Cluster
     from portway.engine.context import Host
 
 DEFAULT_NETWORK = "bridge"
@@ -69,6 +72,8 @@ class Networks:
             mtu = opts["com.docker.network.driver.mtu"]
         mtu_value = validate.parse_mtu(mtu) if mtu is not None else 1500
         h = self.h
+        if driver == "overlay":
+            mtu_value = self.overlay_mtu(mtu_value if mtu is not None else None)
         with h.lock:
             if h.store.name_taken("networks", name):
                 raise Conflict(f"network {name!r} already exists",
@@ -95,10 +100,50 @@ class Networks:
                               bridge=bridge or names.bridge_name(network_id), driver=driver,
                               internal=internal, mtu=mtu_value, options=opts, labels=labs,
                               created=now())
+            if driver == "overlay":
+                h.driver(network).validate(replace(network, options={
+                    **network.options, overlay.VNI_OPTION: "0"}))
+                # Claimed for every host first (name and VNI, one etcd transaction);
+                # taken back if it cannot be made here.
+                network = self.cluster().create_network(network)
+                try:
+                    self.install(network)
+                except BaseException:
+                    self.cluster().remove_network(network)
+                    raise
+                h.containers.publish_dns()
+                return network
             h.driver(network).validate(network)
             self.install(network)
             h.containers.publish_dns()
             return network
+
+    def cluster(self) -> Cluster:
+        if self.h.cluster is None:
+            raise InvalidInput(*NO_CLUSTER)
+        return self.h.cluster
+
+    def overlay_mtu(self, asked: int | None) -> int:
+        """An overlay network's MTU: the underlay's less VXLAN's 50 bytes, or less if
+        asked (more would not fit the underlay)."""
+        cluster = self.cluster()
+        limit = overlay.vxlan_mtu(cluster.underlay_mtu())
+        if asked is not None and asked > limit:
+            raise InvalidInput(f"--mtu {asked} does not fit the underlay: an overlay network "
+                               f"carries at most {limit} (the underlay's MTU less 50 bytes "
+                               "of VXLAN)", f"give --mtu {limit} or less, or omit it")
+        return asked if asked is not None else limit
+
+    def uninstall(self, network: Network) -> None:
+        """A network gone from this host (an overlay network another host removed): its
+        row, its firewall part and its segment."""
+        h = self.h
+        with h.store.transaction():
+            h.store.delete_network(network.id)
+            h.fw.remove_network(network)
+            h.driver(network).delete(network)
+        if not h.store.networks():
+            h.fw.release()
 
     def check_bridge_name(self, bridge: str) -> None:
         """A bridge name the user chose: no other network's, no link's of the host (an
@@ -157,6 +202,10 @@ class Networks:
                                    f"{who.split(',')[0]}), or disconnect them")
             removed = []
             for net in nets:
+                if net.driver == "overlay":
+                    # Gone for every host first (refused while another host has
+                    # containers on it); the others remove theirs as they see it.
+                    self.cluster().remove_network(net)
                 with h.store.transaction():
                     h.store.delete_network(net.id)
                     fault_point("network_rm.row")

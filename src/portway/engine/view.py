@@ -37,6 +37,17 @@ def network(engine: Host, n: Network) -> dict[str, Any]:
             "Name": c.name if c else "", "EndpointID": e.id, "MacAddress": e.mac,
             "IPv4Address": str(v4) if v4 else "", "IPv6Address": str(v6) if v6 else "",
         }
+    overlay = n.driver == "overlay" and engine.cluster is not None
+    if overlay:
+        assert engine.cluster is not None
+        for entry in containers.values():
+            entry["Host"] = str(engine.cluster.advertise)
+        for r in engine.cluster.remote_endpoints(n.id):  # the other hosts' containers
+            containers[r.container_id] = {
+                "Name": r.name, "EndpointID": r.id, "MacAddress": r.mac,
+                "IPv4Address": next((str(a) for a in r.addresses if a.version == 4), ""),
+                "IPv6Address": next((str(a) for a in r.addresses if a.version == 6), ""),
+                "Host": str(r.host)}
     configs = []
     for sub in n.subnets:
         config: dict[str, Any] = {"Subnet": str(sub.subnet), "Gateway": str(sub.gateway)}
@@ -46,7 +57,8 @@ def network(engine: Host, n: Network) -> dict[str, Any]:
             config["AuxiliaryAddresses"] = {k: str(v) for k, v in sub.aux_addresses}
         configs.append(config)
     return {
-        "Name": n.name, "Id": n.id, "Created": n.created, "Scope": "local", "Driver": n.driver,
+        "Name": n.name, "Id": n.id, "Created": n.created,
+        "Scope": "global" if n.driver == "overlay" else "local", "Driver": n.driver,
         "EnableIPv6": n.of_version(6) is not None,
         "EnableIPv4": n.of_version(4) is not None,
         "IPAM": {"Driver": "default", "Options": {}, "Config": configs},

@@ -1,0 +1,415 @@
+"""The cluster service: this host's membership of an etcd cluster, and the overlay
+networks it shares with the other hosts.
+
+Rules of this module:
+1. etcd is the truth for what hosts share: the overlay networks (name, VNI, subnets),
+   address allocations and endpoints (address, MAC, host). The local store mirrors
+   the overlay networks so that every other service sees them as any network; this
+   host's own endpoints are in the local store as ever, and in etcd under this host's
+   lease, which it keeps alive (a host that dies takes its endpoints and addresses
+   with it when the lease expires).
+2. Every change of this host to shared state is one etcd transaction made before the
+   local change; etcd unreachable means the change fails with one line, and nothing
+   local changes.
+3. The kernel follows the store: a watch (list, then events from the listed revision;
+   a full re-list after a compaction or a lost connection) updates the cached view,
+   and converge() makes the local mirror of networks, the VXLAN devices' FDB and
+   neighbour entries and the DNS records match it. An entry already right is not
+   touched, so a restart or a re-list reprograms nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from typing import TYPE_CHECKING, Any
+
+from portway.core import overlay
+from portway.core.overlay import RemoteEndpoint
+from portway.engine.context import now
+from portway.errors import Conflict, PortwayError
+from portway.kernel import links, vxlan
+from portway.model.types import Container, Endpoint, IPAddress, Network
+from portway.store.etcd import KV, ClusterUnreachable, Etcd, Event, Watch
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
+
+    from portway.engine.context import Host
+
+DEFAULT_TTL = 10
+LEASE_META = "cluster_lease"
+
+
+def log(message: str) -> None:
+    print(f"portwayd: cluster: {message}", file=sys.stderr, flush=True)
+
+
+class Cluster:
+    def __init__(self, h: Host, ipr: IPRoute, etcd: Etcd, advertise: IPAddress,
+                 ttl: int = DEFAULT_TTL) -> None:
+        self.h = h
+        self.ipr = ipr
+        self.etcd = etcd
+        self.advertise = advertise
+        self.ttl = ttl
+        self.lease = 0
+        self.state = "starting"
+        self.last_error = ""
+        self._view_lock = threading.Lock()
+        self.networks: dict[str, Network] = {}
+        self.endpoints: dict[str, RemoteEndpoint] = {}  # every host's, by endpoint id
+        self.hosts: dict[str, dict[str, Any]] = {}  # advertise address -> record
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.watch = Watch(etcd, overlay.PREFIX, self._snapshot, self._event, self._error)
+        self.programmed = 0  # forwarding entries added or removed, for tests and status
+
+    # membership
+
+    def start(self) -> None:
+        """Join (a lease, this host's record, its endpoints again under the new lease)
+        and follow the store; an unreachable etcd is retried in the background."""
+        try:
+            self._join()
+        except ClusterUnreachable as exc:
+            self._error(exc.message)
+        for target, name in ((self.watch.run, "watch"), (self._keepalive, "keepalive")):
+            t = threading.Thread(target=target, daemon=True, name=f"portwayd-cluster-{name}")
+            t.start()
+            self._threads.append(t)
+
+    def _join(self) -> None:
+        lease = self.etcd.grant(self.ttl)
+        self.etcd.put(overlay.host_key(self.advertise), json.dumps({
+            "address": str(self.advertise), "instance": self.h.instance,
+            "host_netns": self.h.host_netns or "", "joined": now()}), lease)
+        with self.h.lock:
+            for e in self._own_endpoints():
+                self._register(e, lease)
+            store = self.h.store
+            with store.transaction():
+                old = store.get_meta(LEASE_META)
+                store.set_meta(LEASE_META, str(lease))
+        if old and int(old) != lease:
+            self.etcd.revoke(int(old))  # what is still on it is no longer anyone's
+        self.lease = lease
+        self.state = "joined"
+        self.last_error = ""
+
+    def _keepalive(self) -> None:
+        interval = max(self.ttl / 3, 0.5)
+        while not self._stop.wait(interval if self.state == "joined" else 1.0):
+            try:
+                if not self.lease or self.etcd.keepalive(self.lease) <= 0:
+                    if self.lease:
+                        log(f"lease {self.lease:x} expired: joining again")
+                    self._join()
+                elif self.state != "joined":
+                    log("the cluster store answers again")
+                    self.state, self.last_error = "joined", ""
+                self.reconcile_own()
+            except PortwayError as exc:
+                self._error(exc.message)
+
+    def _error(self, message: str) -> None:
+        if self.last_error != message:
+            log(message)
+        self.state, self.last_error = "unreachable", message
+
+    def stop(self) -> None:
+        """Leave the store's view as it is (containers outlive the daemon: their
+        endpoints stay registered until the lease expires or a new daemon takes them)."""
+        self._stop.set()
+        self.watch.stop()
+
+    def close(self) -> None:
+        self.stop()
+        for t in self._threads:
+            t.join(timeout=2)
+
+    # shared state
+
+    def _own_endpoints(self) -> list[tuple[Endpoint, Container]]:
+        store = self.h.store
+        nets = {n.id for n in store.networks() if n.driver == "overlay"}
+        out = []
+        for e in store.endpoints():
+            if e.network_id in nets:
+                c = store.find_container(e.container_id)
+                if c is not None:
+                    out.append((e, c))
+        return out
+
+    def _record(self, e: Endpoint, c: Container) -> RemoteEndpoint:
+        return RemoteEndpoint(id=e.id, network_id=e.network_id, container_id=c.id,
+                              name=c.name, aliases=e.aliases, addresses=e.addresses,
+                              mac=e.mac.lower(), host=self.advertise)
+
+    def _register(self, ec: tuple[Endpoint, Container], lease: int) -> None:
+        e, c = ec
+        for a in e.addresses:
+            self.etcd.put(overlay.address_key(e.network_id, a.ip), e.id, lease)
+        self.etcd.put(overlay.endpoint_key(e.network_id, e.id), self._record(e, c).encode(),
+                      lease)
+
+    def create_network(self, network: Network) -> Network:
+        """network with a VNI of its own, recorded for every host in one transaction:
+        its name and VNI claimed, or Conflict (another host's network has the name)."""
+        for _ in range(16):
+            kvs, _rev = self.etcd.range(overlay.vni_key())
+            taken = {int(kv.key.rsplit("/", 1)[1]) for kv in kvs
+                     if kv.key.rsplit("/", 1)[1].isdigit()}
+            vni = overlay.pick_vni(taken)
+            network = Network(**{**network.__dict__,
+                                 "options": {**network.options,
+                                             overlay.VNI_OPTION: str(vni)}})
+            if self.etcd.create_all({overlay.name_key(network.name): network.id,
+                                     overlay.vni_key(vni): network.id,
+                                     overlay.network_key(network.id):
+                                         overlay.encode_network(network)}):
+                with self._view_lock:
+                    self.networks[network.id] = network
+                return network
+            if self.etcd.get(overlay.name_key(network.name)) is not None:
+                raise Conflict(f"network {network.name!r} already exists in the cluster",
+                               "choose another name ('portway network ls' on any host "
+                               "lists them)")
+        raise Conflict("no VNI could be claimed: other hosts keep taking them",
+                       "try again")
+
+    def remove_network(self, network: Network) -> None:
+        """network gone from the store, for every host; refused while any host has a
+        container on it."""
+        kvs, _rev = self.etcd.range(overlay.endpoint_key(network.id, ""))
+        users = []
+        for kv in kvs:
+            try:
+                e = RemoteEndpoint.decode(kv.value)
+            except (ValueError, KeyError):
+                continue
+            if e.host != self.advertise:
+                users.append(f"{e.name} (on {e.host})")
+        if users:
+            raise Conflict(f"network {network.name} has containers attached on other hosts: "
+                           f"{', '.join(sorted(users))}", "remove or disconnect them first")
+        vni = network.options.get(overlay.VNI_OPTION, "")
+        keys = [overlay.network_key(network.id), overlay.name_key(network.name)]
+        if vni:
+            keys.append(overlay.vni_key(int(vni)))
+        self.etcd.delete(*keys)
+        with self._view_lock:
+            self.networks.pop(network.id, None)
+
+    def address_taken(self, network_id: str, address: IPAddress) -> bool:
+        """Held by an endpoint on another host, as far as this host has seen."""
+        with self._view_lock:
+            return any(e.network_id == network_id and e.host != self.advertise and
+                       any(a.ip == address for a in e.addresses)
+                       for e in self.endpoints.values())
+
+    def claim(self, e: Endpoint, c: Container, network: Network) -> IPAddress | None:
+        """e's addresses and e itself, under this host's lease, in one transaction. None:
+        claimed; else an address another host holds (nothing was written)."""
+        if not self.lease:
+            raise ClusterUnreachable(f"not joined to the cluster store {self.etcd.url()}"
+                                     + (f" ({self.last_error})" if self.last_error else ""))
+        puts = {overlay.address_key(network.id, a.ip): e.id for a in e.addresses}
+        puts[overlay.endpoint_key(network.id, e.id)] = self._record(e, c).encode()
+        if self.etcd.create_all(puts, self.lease):
+            with self._view_lock:
+                self.endpoints[e.id] = self._record(e, c)
+            return None
+        for a in e.addresses:
+            holder = self.etcd.get(overlay.address_key(network.id, a.ip))
+            if holder is not None and holder != e.id:
+                return a.ip
+        return e.addresses[0].ip
+
+    def release(self, endpoints: list[Endpoint]) -> None:
+        """Their addresses and records gone from the store (unreachable: reconcile_own
+        removes them later)."""
+        keys = []
+        for e in endpoints:
+            keys += [overlay.address_key(e.network_id, a.ip) for a in e.addresses]
+            keys.append(overlay.endpoint_key(e.network_id, e.id))
+            with self._view_lock:
+                self.endpoints.pop(e.id, None)
+        try:
+            self.etcd.delete(*keys)
+        except ClusterUnreachable as exc:
+            self._error(exc.message)
+
+    def reconcile_own(self) -> None:
+        """This host's records in the store match its local store: endpoints it no
+        longer has (a rolled-back attach, a release while etcd was away) removed, the
+        ones it has put back if missing."""
+        with self.h.lock:
+            own = {e.id: (e, c) for e, c in self._own_endpoints()}
+            kvs, _rev = self.etcd.range(overlay.endpoint_key())
+            stored: dict[str, RemoteEndpoint] = {}
+            for kv in kvs:
+                try:
+                    rec = RemoteEndpoint.decode(kv.value)
+                except (ValueError, KeyError):
+                    continue
+                if rec.host == self.advertise:
+                    stored[rec.id] = rec
+            gone = [r for i, r in stored.items() if i not in own]
+            for r in gone:
+                self.etcd.delete(overlay.endpoint_key(r.network_id, r.id),
+                                 *(overlay.address_key(r.network_id, a.ip)
+                                   for a in r.addresses))
+            for i, ec in own.items():
+                if i not in stored:
+                    self._register(ec, self.lease)
+
+    # the view, from the watch
+
+    def _snapshot(self, kvs: list[KV], revision: int) -> None:
+        networks: dict[str, Network] = {}
+        endpoints: dict[str, RemoteEndpoint] = {}
+        hosts: dict[str, dict[str, Any]] = {}
+        for kv in kvs:
+            self._parse(kv.key, kv.value, networks, endpoints, hosts)
+        with self._view_lock:
+            self.networks, self.endpoints, self.hosts = networks, endpoints, hosts
+        self.converge()
+
+    def _event(self, event: Event) -> None:
+        with self._view_lock:
+            if event.kind == "put":
+                self._parse(event.key, event.value, self.networks, self.endpoints, self.hosts)
+            else:
+                rest = event.key.removeprefix(overlay.PREFIX)
+                kind, _, name = rest.partition("/")
+                if kind == "networks":
+                    self.networks.pop(name, None)
+                elif kind == "endpoints":
+                    self.endpoints.pop(name.rpartition("/")[2], None)
+                elif kind == "hosts":
+                    self.hosts.pop(name, None)
+        if event.key.startswith((overlay.network_key(), overlay.endpoint_key())):
+            self.converge()
+
+    @staticmethod
+    def _parse(key: str, value: str, networks: dict[str, Network],
+               endpoints: dict[str, RemoteEndpoint], hosts: dict[str, dict[str, Any]]) -> None:
+        rest = key.removeprefix(overlay.PREFIX)
+        kind, _, name = rest.partition("/")
+        try:
+            if kind == "networks":
+                networks[name] = overlay.decode_network(value)
+            elif kind == "endpoints":
+                e = RemoteEndpoint.decode(value)
+                endpoints[e.id] = e
+            elif kind == "hosts":
+                hosts[name] = json.loads(value)
+        except (ValueError, KeyError, TypeError) as exc:
+            log(f"skipping a malformed record {key}: {exc}")
+
+    def converge(self) -> None:
+        """The local mirror of the overlay networks, the VXLAN devices' entries and the
+        DNS records, as the view says."""
+        h = self.h
+        with self._view_lock:
+            networks = dict(self.networks)
+            endpoints = list(self.endpoints.values())
+        changed = False
+        with h.lock:
+            if h.closed:
+                return
+            local = {n.id: n for n in h.store.networks() if n.driver == "overlay"}
+            for net in networks.values():
+                if net.id in local:
+                    continue
+                if h.store.name_taken("networks", net.name):
+                    log(f"overlay network {net.name} not made here: a local network has "
+                        "its name")
+                    continue
+                try:
+                    h.networks.install(net)
+                    changed = True
+                except PortwayError as exc:
+                    log(f"cannot make overlay network {net.name} here: {exc.line()}")
+            for net in local.values():
+                if net.id not in networks and not h.store.endpoints(network_id=net.id):
+                    try:
+                        h.networks.uninstall(net)
+                        changed = True
+                    except PortwayError as exc:
+                        log(f"cannot remove overlay network {net.name} here: {exc.line()}")
+            for net in h.store.networks():
+                if net.driver == "overlay":
+                    self._program(net, [e for e in endpoints if e.network_id == net.id])
+            changed = True  # remote names may have come or gone
+            if changed:
+                h.containers.publish_dns()
+
+    def _program(self, net: Network, endpoints: list[RemoteEndpoint]) -> None:
+        index = links.observe_link(self.ipr, overlay.vxlan_name(net.id))
+        if index is None:
+            return  # gc makes it
+        want = overlay.wanted_forwarding(endpoints, self.advertise)
+        have = vxlan.observe_forwarding(self.ipr, index.index)
+        plan = overlay.plan_forwarding(want, have)
+        if plan.empty():
+            return
+        errors = vxlan.apply_forwarding(self.ipr, index.index, plan)
+        self.programmed += len(plan.add_fdb) + len(plan.add_neigh) + len(plan.del_fdb) + \
+            len(plan.del_neigh)
+        for line in errors:
+            log(f"network {net.name}: {line}")
+
+    def underlay_mtu(self) -> int:
+        return underlay_mtu(self.ipr, self.advertise)
+
+    # what others see
+
+    def remote_records(self) -> list[dict[str, Any]]:
+        """The containers on other hosts, as the DNS server's records."""
+        with self._view_lock:
+            remote = [e for e in self.endpoints.values() if e.host != self.advertise]
+        return [{"id": e.container_id, "name": e.name, "dns": [],
+                 "endpoints": [{"ip": str(e.addresses[0].ip),
+                                "ips": [str(a.ip) for a in e.addresses],
+                                "network": e.network_id,
+                                "names": list(dict.fromkeys([e.name, *e.aliases,
+                                                             e.container_id[:12]]))}]}
+                for e in remote]
+
+    def remote_endpoints(self, network_id: str) -> list[RemoteEndpoint]:
+        with self._view_lock:
+            return sorted((e for e in self.endpoints.values()
+                           if e.network_id == network_id and e.host != self.advertise),
+                          key=lambda e: e.name)
+
+    def status(self) -> dict[str, Any]:
+        try:
+            members = self.etcd.status()
+        except ClusterUnreachable as exc:
+            members, self.last_error = [], exc.message
+        with self._view_lock:
+            hosts = [{"address": a, "self": a == str(self.advertise),
+                      "endpoints": sum(1 for e in self.endpoints.values()
+                                       if str(e.host) == a), **{k: v for k, v in r.items()
+                                                                if k != "address"}}
+                     for a, r in sorted(self.hosts.items())]
+            networks = sorted(n.name for n in self.networks.values())
+        return {"store": self.etcd.url(), "advertise_address": str(self.advertise),
+                "state": self.state, "error": self.last_error,
+                "lease": f"{self.lease:x}" if self.lease else "", "ttl": self.ttl,
+                "revision": self.watch.revision, "relists": self.watch.relists,
+                "members": members, "hosts": hosts, "networks": networks,
+                "programmed": self.programmed}
+
+
+def underlay_mtu(ipr: IPRoute, address: IPAddress) -> int:
+    """The MTU of the link that holds address (1500 if none does)."""
+    for index, have in links.observe_link_addresses(ipr):
+        if have.ip == address:
+            for link in links.observe_links(ipr):
+                if link.index == index:
+                    return link.mtu
+    return 1500
