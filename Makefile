@@ -4,7 +4,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test lint typecheck unit kernel bench reliability how-packets-move real-hosts-doc ipv6-doc audit-doc clean
+.PHONY: setup demo demo-cluster test lint typecheck unit kernel bench reliability how-packets-move real-hosts-doc ipv6-doc audit-doc overlay-doc clean
 
 setup: $(VENV)/.ready
 
@@ -53,6 +53,14 @@ ipv6-doc: setup
 # built, each finding checked by a real connection, in a throwaway host namespace.
 audit-doc: setup
 	$(PY) scripts/audit_doc.py
+
+# docs/overlay.md: two hosts (namespaces, each with its own portwayd) on an underlay, a real
+# etcd, an overlay network across them, real output. demo-cluster shows the same run.
+overlay-doc: setup
+	$(PY) scripts/overlay_doc.py
+
+demo-cluster: setup
+	$(PY) scripts/overlay_doc.py --print
 
 bench: setup
 	bash bench/setup.sh

@@ -624,3 +624,66 @@ class DockerLike:
             subprocess.run(["ip", "-n", self.host, "link", "del", link], capture_output=True)
         for name in (self.c1, self.c2):
             del_netns(name)
+
+
+# Overlay networks: hosts on an underlay, and an etcd that they share.
+
+UNDERLAY_PREFIX = "192.0.2."  # documentation prefix (RFC 5737)
+ETCD_ADDR = UNDERLAY_PREFIX + "100"
+
+
+def underlay_address(index: int) -> str:
+    """The underlay address of the index-th host (from 0): 192.0.2.1, .2, ..."""
+    return f"{UNDERLAY_PREFIX}{index + 1}"
+
+
+def make_underlay(underlay: str, hosts: list[str]) -> None:
+    """underlay: a namespace with a bridge (ulbr, holding ETCD_ADDR), and a veth from it
+    to each host (ul0 there, underlay_address(i)). Claimed (claim) as add_netns does;
+    the host namespaces must exist."""
+    add_netns(underlay)
+    _ip("-n", underlay, "link", "add", "ulbr", "type", "bridge")
+    _ip("-n", underlay, "addr", "add", f"{ETCD_ADDR}/24", "dev", "ulbr")
+    _ip("-n", underlay, "link", "set", "ulbr", "up")
+    for i, host in enumerate(hosts):
+        port = f"ul{i}"
+        _ip("-n", underlay, "link", "add", port, "type", "veth", "peer", "name", "ul0",
+            "netns", host)
+        _ip("-n", underlay, "link", "set", port, "master", "ulbr", "up")
+        _ip("-n", host, "addr", "add", f"{underlay_address(i)}/24", "dev", "ul0")
+        _ip("-n", host, "link", "set", "ul0", "up")
+
+
+def start_etcd(underlay: str, data_dir: str | os.PathLike[str]) -> subprocess.Popen[bytes]:
+    """A one-member etcd (Debian's etcd-server) in the underlay namespace on ETCD_ADDR,
+    its data and log (etcd.log beside it) in data_dir's parent; returns once it answers.
+    The caller stops it by its pid (stop_etcd)."""
+    url = f"http://{ETCD_ADDR}"
+    data = Path(data_dir)
+    with open(data.parent / "etcd.log", "wb") as log:
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", underlay, "etcd", "--name", "pw", "--data-dir", str(data),
+             "--listen-client-urls", f"{url}:2379", "--advertise-client-urls", f"{url}:2379",
+             "--listen-peer-urls", f"{url}:2380", "--initial-advertise-peer-urls",
+             f"{url}:2380", "--initial-cluster", f"pw={url}:2380"],
+            stdout=log, stderr=subprocess.STDOUT)
+    for _ in range(200):
+        cp = subprocess.run(["ip", "netns", "exec", underlay, "etcdctl", "--endpoints",
+                             f"{url}:2379", "endpoint", "health"], capture_output=True)
+        if cp.returncode == 0:
+            return proc
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    stop_etcd(proc)
+    raise RuntimeError("etcd did not start: " + (data.parent / "etcd.log").read_text()[-2000:])
+
+
+def stop_etcd(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -202,11 +202,9 @@ class Etcd:
             return
         opened(resp)
         try:
-            for line in resp.iter_lines():
+            for line in _lines(resp):
                 if stop.is_set():
                     return
-                if not line.strip():
-                    continue
                 result = json.loads(line).get("result", {})
                 if int(result.get("compact_revision", 0) or 0) > 0 or result.get("canceled"):
                     return
@@ -221,6 +219,20 @@ class Etcd:
             return
         finally:
             resp.close()
+
+
+def _lines(resp: requests.Response) -> Iterator[bytes]:
+    """The stream's messages (one JSON object a line) as each arrives: chunk_size=None
+    hands over what the connection has, where iter_lines would wait for 512 bytes."""
+    buffer = b""
+    for chunk in resp.iter_content(chunk_size=None):
+        buffer += chunk
+        *lines, buffer = buffer.split(b"\n")
+        for line in lines:
+            if line.strip():
+                yield line
+    if buffer.strip():
+        yield buffer
 
 
 def _short(exc: BaseException) -> str:

@@ -1,0 +1,291 @@
+"""Overlay networks across hosts, state in etcd, end to end.
+
+Two hosts: the sandbox's host namespace (A) and SANDBOX-b (B), each with its own
+portwayd and state dir, joined by an underlay: a bridge in SANDBOX-underlay with a veth
+to each host. A real etcd (Debian's etcd-server) runs in the underlay namespace, its
+data in the test's temp dir; the test starts and stops it by its pid. Real traffic
+between containers on the two hosts; the kernel's own tables (`ip -d -j link`,
+`bridge -j fdb`, `ip -j neigh`) and real clients as oracles.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from conftest import PORTWAY, Sandbox, ip_json, processes_in, sh
+from portway.testbed import (
+    ETCD_ADDR,
+    add_netns,
+    del_netns,
+    make_underlay,
+    start_etcd,
+    stop_etcd,
+    underlay_address,
+)
+
+A_ADDR, B_ADDR = underlay_address(0), underlay_address(1)
+STORE = f"etcd://{ETCD_ADDR}:2379"
+TTL = "3"
+
+pytestmark = pytest.mark.skipif(shutil.which("etcd") is None,
+                                reason="etcd-server is not installed (scripts/setup.sh)")
+
+CONNECT = ("import socket, sys, time\n"
+           "for _ in range(100):\n"
+           "    try:\n"
+           "        s = socket.create_connection((sys.argv[1], 80), 0.3)\n"
+           "        s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n'); print(s.recv(12).decode()); break\n"
+           "    except OSError: time.sleep(0.05)\n"
+           "else: sys.exit(1)\n")
+
+
+@dataclass
+class Cluster:
+    a: Sandbox
+    b_host: str
+    b_state: Path
+    underlay: str
+    etcd: subprocess.Popen[bytes]
+
+    def pw_a(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.a.pw(*args, check=check)
+
+    def pw_b(self, *args: str, check: bool = True,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        full_env = dict(os.environ, PORTWAY_CLUSTER_STORE=STORE,
+                        PORTWAY_ADVERTISE_ADDRESS=B_ADDR, PORTWAY_CLUSTER_TTL=TTL,
+                        **(env or {}))
+        cp = subprocess.run([PORTWAY, "--host-netns", self.b_host, "--state-dir",
+                             str(self.b_state), *args], capture_output=True, text=True,
+                            timeout=60, env=full_env)
+        if check and cp.returncode != 0:
+            raise AssertionError(f"portway (B) {' '.join(args)} failed ({cp.returncode}):\n"
+                                 f"{cp.stdout}{cp.stderr}")
+        return cp
+
+
+@pytest.fixture
+def cluster(sandbox: Sandbox, tmp_path: Path) -> Iterator[Cluster]:
+    sb = sandbox
+    underlay, b_host = f"{sb.host}-underlay", f"{sb.host}-b"
+    b_state = tmp_path / "state-b"
+    add_netns(b_host, b_state)
+    etcd: subprocess.Popen[bytes] | None = None
+    try:
+        make_underlay(underlay, [sb.host, b_host])
+        etcd = start_etcd(underlay, tmp_path / "etcd")
+        sb.env.update(PORTWAY_CLUSTER_STORE=STORE, PORTWAY_ADVERTISE_ADDRESS=A_ADDR,
+                      PORTWAY_CLUSTER_TTL=TTL)
+        c = Cluster(sb, b_host, b_state, underlay, etcd)
+        yield c
+        # B's containers first (the network cannot go while a host has some), then A's
+        # containers and the network (from A; B drops it as it sees it go).
+        ids = c.pw_b("ps", "-a", "-q", check=False).stdout.split()
+        if ids:
+            c.pw_b("rm", "-f", *ids, check=False)
+        ids = sb.pw("ps", "-a", "-q", check=False).stdout.split()
+        if ids:
+            sb.pw("rm", "-f", *ids, check=False)
+        nets = [n["Name"] for n in json.loads(sb.pw("network", "ls", "--json").stdout)
+                if n["Driver"] == "overlay"]
+        if nets:
+            sb.pw("network", "rm", *nets, check=False)
+        wait_for(lambda: not _overlay_names(c.pw_b), "B drops the removed network")
+    finally:
+        leaks: list[str] = []
+        if (b_state / "portway.db").exists():
+            subprocess.run([PORTWAY, "--host-netns", b_host, "--state-dir", str(b_state),
+                            "daemon", "stop"], capture_output=True, timeout=30)
+        stray = processes_in(b_host) if os.path.exists(f"/run/netns/{b_host}") else []
+        if stray:
+            leaks.append(f"processes left on host B: {stray}")
+            for pid in stray:
+                os.kill(pid, signal.SIGKILL)
+        if etcd is not None:
+            stop_etcd(etcd)
+        del_netns(b_host)
+        del_netns(underlay)
+        assert not leaks, leaks
+
+
+def wait_for(cond: Callable[[], object], what: str, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting: {what}")
+        time.sleep(0.1)
+
+
+def _overlay_names(pw: Callable[..., subprocess.CompletedProcess[str]]) -> list[str]:
+    return [n["Name"] for n in json.loads(pw("network", "ls", "--json").stdout)
+            if n["Driver"] == "overlay"]
+
+
+def _address(pw: Callable[..., subprocess.CompletedProcess[str]], name: str,
+             net: str = "ov") -> str:
+    data = json.loads(pw("inspect", name).stdout)[0]
+    return str(data["NetworkSettings"]["Networks"][net]["IPAddress"])
+
+
+def _fdb(netns: str, dev: str) -> set[tuple[str, str]]:
+    out = sh("bridge", "-n", netns, "-j", "fdb", "show", "dev", dev).stdout
+    return {(e["mac"], e["dst"]) for e in json.loads(out or "[]") if e.get("dst")}
+
+
+def _neigh(netns: str, dev: str) -> set[tuple[str, str]]:
+    return {(str(n["dst"]), str(n["lladdr"])) for n in ip_json(netns, "neigh", "show", "dev", dev)
+            if "PERMANENT" in n.get("state", [])}  # type: ignore[operator]
+
+
+def test_overlay_across_two_hosts(cluster: Cluster) -> None:
+    c = cluster
+    status = c.pw_a("daemon", "status").stdout
+    assert f"cluster store {STORE}: this host {A_ADDR} is joined" in status, status
+    status_b = c.pw_b("daemon", "status").stdout
+    assert f"this host {B_ADDR} is joined" in status_b, status_b
+    wait_for(lambda: A_ADDR in c.pw_b("daemon", "status").stdout, "B sees host A")
+    assert "etcd 3.4" in status_b and "leader" in status_b, status_b
+
+    # Made on A, there for B.
+    net_id = c.pw_a("network", "create", "--driver", "overlay", "--subnet",
+                    "10.200.0.0/24", "ov").stdout.strip()
+    wait_for(lambda: _overlay_names(c.pw_b) == ["ov"], "B sees network ov")
+    inspect_b = json.loads(c.pw_b("network", "inspect", "ov").stdout)[0]
+    assert inspect_b["Id"] == net_id and inspect_b["Driver"] == "overlay"
+    assert inspect_b["Scope"] == "global" and inspect_b["MTU"] == 1450
+    vni = int(inspect_b["Options"]["com.docker.network.driver.overlay.vxlanid_list"])
+    # The same name again, from the other host: one clear line, nothing made.
+    again = c.pw_b("network", "create", "--driver", "overlay", "--subnet", "10.201.0.0/24",
+                   "ov", check=False)
+    assert again.returncode != 0 and "already exists" in again.stderr
+    assert "Traceback" not in again.stderr
+
+    # The VXLAN device on each host: the VNI from the store, no learning, ARP answered
+    # locally, dstport 4789, MTU underlay - 50, a port of the network's bridge.
+    dev = f"pwvx-{net_id[:10]}"
+    for host, local in ((c.a.host, A_ADDR), (c.b_host, B_ADDR)):
+        link = ip_json(host, "-d", "link", "show", dev)[0]
+        info = link["linkinfo"]["info_data"]  # type: ignore[index]
+        assert info["id"] == vni and info["port"] == 4789 and info["local"] == local
+        assert info["learning"] is False and info["proxy"] is True
+        assert link["mtu"] == 1450 and link["master"] == inspect_b["Bridge"]
+
+    c.pw_a("run", "-d", "--name", "web-a", "--network", "ov", "--",
+           "python3", "-m", "http.server", "80")
+    c.pw_b("run", "-d", "--name", "web-b", "--network", "ov", "--",
+           "python3", "-m", "http.server", "80")
+    ip_a, ip_b = _address(c.pw_a, "web-a"), _address(c.pw_b, "web-b")
+    assert ip_a != ip_b  # one address is never handed out twice, whichever host asks
+
+    # FDB and neighbour entries from the store, never learned.
+    mac_b = json.loads(c.pw_b("inspect", "web-b").stdout)[0]["NetworkSettings"][
+        "Networks"]["ov"]["MacAddress"]
+    wait_for(lambda: (mac_b, B_ADDR) in _fdb(c.a.host, dev), "A's FDB entry for web-b")
+    assert (ip_b, mac_b) in _neigh(c.a.host, dev)
+
+    # Real traffic both ways, by address and by name.
+    out = c.pw_a("exec", "web-a", "--", "python3", "-c", CONNECT, ip_b).stdout
+    assert out.startswith("HTTP/1.0 200"), out
+    wait_for(lambda: ip_a in {n[0] for n in _neigh(c.b_host, dev)}, "B's neighbour for web-a")
+    out = c.pw_b("exec", "web-b", "--", "python3", "-c", CONNECT, "web-a").stdout
+    assert out.startswith("HTTP/1.0 200"), out
+    out = c.pw_a("exec", "web-a", "--", "python3", "-c", CONNECT, "web-b").stdout
+    assert out.startswith("HTTP/1.0 200"), out
+
+    # Each host's inspect shows every host's containers, and where each is.
+    seen = json.loads(c.pw_b("network", "inspect", "ov").stdout)[0]["Containers"]
+    hosts = {v["Name"]: v["Host"] for v in seen.values()}
+    assert hosts == {"web-a": A_ADDR, "web-b": B_ADDR}
+
+    # web-a's address, asked for on B: another host holds it.
+    taken = c.pw_b("run", "-d", "--name", "dup", "--network", "ov", "--ip", ip_a, "--",
+                   "sleep", "30", check=False)
+    assert taken.returncode != 0 and "already in use" in taken.stderr, taken.stderr
+    assert "Traceback" not in taken.stderr
+
+    # The network cannot go while the other host has a container on it.
+    busy = c.pw_a("network", "rm", "ov", check=False)
+    assert busy.returncode != 0 and "web-b" in busy.stderr
+
+    # web-b goes: its entries go from A.
+    c.pw_b("rm", "-f", "web-b")
+    wait_for(lambda: (mac_b, B_ADDR) not in _fdb(c.a.host, dev), "A forgets web-b")
+    assert ip_b not in {n[0] for n in _neigh(c.a.host, dev)}
+
+
+def test_restart_reprograms_nothing_and_a_dead_host_is_forgotten(cluster: Cluster) -> None:
+    c = cluster
+    c.pw_a("network", "create", "--driver", "overlay", "--subnet", "10.202.0.0/24", "ov")
+    wait_for(lambda: _overlay_names(c.pw_b) == ["ov"], "B sees network ov")
+    net_id = json.loads(c.pw_a("network", "inspect", "ov").stdout)[0]["Id"]
+    dev = f"pwvx-{net_id[:10]}"
+    c.pw_a("run", "-d", "--name", "a1", "--network", "ov", "--", "sleep", "300")
+    c.pw_b("run", "-d", "--name", "b1", "--network", "ov", "--", "sleep", "300")
+    ip_b = _address(c.pw_b, "b1")
+    wait_for(lambda: ip_b in {n[0] for n in _neigh(c.a.host, dev)}, "A learns b1 from etcd")
+    fdb_before, neigh_before = _fdb(c.a.host, dev), _neigh(c.a.host, dev)
+
+    # A's daemon restarts: it re-reads the store and changes no entry of the kernel.
+    monitor = subprocess.Popen(["ip", "-n", c.a.host, "monitor", "neigh"],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        c.pw_a("daemon", "stop")
+        c.pw_a("daemon", "start")
+        wait_for(lambda: "is joined" in c.pw_a("daemon", "status").stdout, "A joins again")
+        time.sleep(1.0)  # its watch has listed and converged
+    finally:
+        monitor.send_signal(signal.SIGTERM)
+        events, _ = monitor.communicate(timeout=10)
+    assert dev not in events, events  # neither an FDB nor a neighbour entry was touched
+    assert _fdb(c.a.host, dev) == fdb_before and _neigh(c.a.host, dev) == neigh_before
+    out = c.pw_a("exec", "a1", "--", "ping", "-c", "1", "-W", "2", ip_b)
+    assert out.returncode == 0
+
+    # B dies (its daemon killed, nothing keeps its lease alive): after the lease's TTL,
+    # its endpoint and entries are gone from A, and its address is free again.
+    pid = int(c.pw_b("daemon", "status").stdout.split("pid ")[1].split(",")[0])
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not _fdb(c.a.host, dev) and not _neigh(c.a.host, dev),
+             "A forgets the dead host's entries", timeout=int(TTL) * 4)
+    seen = json.loads(c.pw_a("network", "inspect", "ov").stdout)[0]["Containers"]
+    assert {v["Name"] for v in seen.values()} == {"a1"}
+    c.pw_a("run", "-d", "--name", "a2", "--network", "ov", "--ip", ip_b, "--",
+           "sleep", "300")
+
+
+def test_unreachable_store_is_one_clear_line(sandbox: Sandbox) -> None:
+    sb = sandbox
+    # Nothing listens there (the sandbox's loopback): the daemon still serves, says so.
+    sb.env.update(PORTWAY_CLUSTER_STORE="etcd://127.0.0.1:1", PORTWAY_ADVERTISE_ADDRESS="127.0.0.1")
+    status = sb.pw("daemon", "status").stdout
+    assert "cluster store etcd://127.0.0.1:1: this host 127.0.0.1 is unreachable" in status
+    assert "connection refused" in status
+    before = sb.snapshot()
+    cp = sb.pw("network", "create", "--driver", "overlay", "--subnet", "10.203.0.0/24", "ov",
+               check=False)
+    assert cp.returncode != 0
+    lines = cp.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot reach the cluster store" in lines[0], cp.stderr
+    assert sb.snapshot() == before
+    # A bridge network needs no cluster: the single-host default stays as it is.
+    sb.pw("network", "create", "br", "--subnet", "10.204.0.0/24")
+
+
+def test_overlay_without_cluster_is_refused(sandbox: Sandbox) -> None:
+    cp = sandbox.pw("network", "create", "--driver", "overlay", "ov", check=False)
+    assert cp.returncode == 2
+    assert cp.stderr.strip() == (
+        "portway: error: overlay networks need a cluster store; start portwayd with "
+        "--cluster-store etcd://HOST:2379 and --advertise-address IP (or set "
+        "PORTWAY_CLUSTER_STORE and PORTWAY_ADVERTISE_ADDRESS)"), cp.stderr
+    assert "cluster" not in sandbox.pw("daemon", "status").stdout
