@@ -1,0 +1,176 @@
+"""Overlay networks on two hosts that share one store, with fakes of each host's kernel
+(tests/unit/fakes.py) and an in-memory etcd that keeps etcd's semantics where portway
+relies on them: a transaction's compare on create revisions, leases that take their
+keys with them. What is checked is the engine's: one name and one address per
+cluster, whichever host asks first and whatever it has seen."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+from fakes import FakeDriver, World, fake_host
+
+from portway.core import overlay
+from portway.engine.cluster import Cluster
+from portway.engine.context import Host
+from portway.errors import Conflict
+from portway.model.types import Network
+from portway.store.etcd import KV, ClusterUnreachable, Etcd
+
+
+class MemoryEtcd:
+    """Etcd's keys, revisions and leases, in memory (the methods portway calls)."""
+
+    def __init__(self) -> None:
+        self.kv: dict[str, tuple[str, int]] = {}  # key -> (value, lease)
+        self.revision = 1
+        self.leases: set[int] = set()
+        self.down = False
+
+    def _up(self) -> None:
+        if self.down:
+            raise ClusterUnreachable("cannot reach the cluster store etcd://fake:2379")
+
+    def url(self) -> str:
+        return "etcd://fake:2379"
+
+    def range(self, prefix: str) -> tuple[list[KV], int]:
+        self._up()
+        return [KV(k, v, 0, lease) for k, (v, lease) in sorted(self.kv.items())
+                if k.startswith(prefix)], self.revision
+
+    def get(self, key: str) -> str | None:
+        self._up()
+        return self.kv[key][0] if key in self.kv else None
+
+    def put(self, key: str, value: str, lease: int = 0) -> None:
+        self._up()
+        self.kv[key] = (value, lease)
+        self.revision += 1
+
+    def delete(self, *keys: str) -> None:
+        self._up()
+        for k in keys:
+            self.kv.pop(k, None)
+        self.revision += 1
+
+    def create_all(self, puts: dict[str, str], lease: int = 0,
+                   deletes: tuple[str, ...] = ()) -> bool:
+        self._up()
+        if any(k in self.kv for k in puts):
+            return False
+        for k, v in puts.items():
+            self.kv[k] = (v, lease)
+        self.revision += 1
+        return True
+
+    def grant(self, ttl: int) -> int:
+        self._up()
+        lease = len(self.leases) + 100
+        self.leases.add(lease)
+        return lease
+
+    def expire(self, lease: int) -> None:
+        self.leases.discard(lease)
+        self.kv = {k: (v, le) for k, (v, le) in self.kv.items() if le != lease}
+
+
+class NoKernelCluster(Cluster):
+    """The cluster service with its two kernel reads answered as a 1500-byte underlay
+    with no VXLAN device yet (the fakes make no links)."""
+
+    def underlay_mtu(self) -> int:
+        return 1500
+
+    def _program(self, net: Network, endpoints: Any) -> None:
+        return None
+
+
+def two_hosts(tmp_path: Path) -> tuple[MemoryEtcd, list[Host]]:
+    etcd = MemoryEtcd()
+    hosts = []
+    for i in range(2):
+        h, _w = fake_host(str(tmp_path / f"h{i}"), World())
+        h.drivers["overlay"] = FakeDriver(_w)
+        h.cluster = NoKernelCluster(h, None, cast(Etcd, etcd),  # type: ignore[arg-type]
+                                    ipaddress.ip_address(f"192.0.2.{i + 1}"))
+        h.cluster._join()
+        hosts.append(h)
+    return etcd, hosts
+
+
+def test_a_network_made_on_one_host_is_every_hosts(tmp_path: Path) -> None:
+    etcd, (a, b) = two_hosts(tmp_path)
+    net = a.networks.create("ov", driver="overlay", subnet="10.200.0.0/24")
+    assert net.mtu == 1450 and net.options[overlay.VNI_OPTION] == str(overlay.FIRST_VNI)
+    assert overlay.decode_network(etcd.kv[overlay.network_key(net.id)][0]) == net
+    # B has not seen it yet, and asks for the same name: the store says no.
+    with pytest.raises(Conflict, match="already exists in the cluster"):
+        b.networks.create("ov", driver="overlay", subnet="10.201.0.0/24")
+    assert b.store.networks() == []
+    # B sees it (the watch's list), and makes it here with the same id and VNI.
+    kvs, rev = etcd.range(overlay.PREFIX)
+    assert b.cluster is not None
+    b.cluster._snapshot(kvs, rev)
+    assert [n.id for n in b.store.networks()] == [net.id]
+    # A second network gets the next VNI.
+    other = b.networks.create("ov2", driver="overlay", subnet="10.202.0.0/24")
+    assert other.options[overlay.VNI_OPTION] == str(overlay.FIRST_VNI + 1)
+
+
+def test_no_address_is_handed_out_twice(tmp_path: Path) -> None:
+    etcd, (a, b) = two_hosts(tmp_path)
+    net = a.networks.create("ov", driver="overlay", subnet="10.200.0.0/24")
+    assert b.cluster is not None
+    b.cluster._snapshot(*etcd.range(overlay.PREFIX))
+    a.containers.run(["sleep", "1"], name="on-a", networks=["ov"], detach=True)
+    # B has not seen on-a's endpoint: it tries 10.200.0.2 first, the transaction fails,
+    # and it takes the next address.
+    b.containers.run(["sleep", "1"], name="on-b", networks=["ov"], detach=True)
+    addresses = {h.store.endpoints()[0].address for h in (a, b)}
+    assert addresses == {ipaddress.ip_address("10.200.0.2"),
+                         ipaddress.ip_address("10.200.0.3")}
+    held = {k.rsplit("/", 1)[1]: v for k, (v, _l) in etcd.kv.items()
+            if k.startswith(overlay.address_key(net.id))}
+    assert set(held) == {"10.200.0.2", "10.200.0.3"}
+    # Asked for by address: one clear refusal, nothing recorded.
+    with pytest.raises(Conflict, match="already in use on network ov"):
+        b.containers.run(["sleep", "1"], name="dup", networks=["ov"],
+                         ip="10.200.0.2", detach=True)
+    assert len(b.store.endpoints()) == 1
+
+
+def test_a_released_endpoint_and_a_dead_hosts_go_from_the_store(tmp_path: Path) -> None:
+    etcd, (a, b) = two_hosts(tmp_path)
+    net = a.networks.create("ov", driver="overlay", subnet="10.200.0.0/24")
+    assert a.cluster is not None and b.cluster is not None
+    b.cluster._snapshot(*etcd.range(overlay.PREFIX))
+    a.containers.run(["sleep", "1"], name="on-a", networks=["ov"], detach=True)
+    b.containers.run(["sleep", "1"], name="on-b", networks=["ov"], detach=True)
+    a.containers.rm(["on-a"], force=True)
+    assert [k for k in etcd.kv if k.startswith(overlay.address_key(net.id))] == \
+        [overlay.address_key(net.id, ipaddress.ip_address("10.200.0.3"))]
+    # B's lease expires: its endpoint and address go; A no longer sees on-b by name.
+    a.cluster._snapshot(*etcd.range(overlay.PREFIX))
+    assert [r["name"] for r in a.cluster.remote_records()] == ["on-b"]
+    etcd.expire(b.cluster.lease)
+    a.cluster._snapshot(*etcd.range(overlay.PREFIX))
+    assert a.cluster.remote_records() == []
+    assert not [k for k in etcd.kv if k.startswith(overlay.address_key(net.id))]
+
+
+def test_an_unreachable_store_changes_nothing(tmp_path: Path) -> None:
+    etcd, (a, _b) = two_hosts(tmp_path)
+    etcd.down = True
+    with pytest.raises(ClusterUnreachable, match="cannot reach the cluster store"):
+        a.networks.create("ov", driver="overlay", subnet="10.200.0.0/24")
+    assert a.store.networks() == []
+    etcd.down = False
+    a.networks.create("ov", driver="overlay", subnet="10.200.0.0/24")
+    etcd.down = True
+    with pytest.raises(ClusterUnreachable):
+        a.containers.run(["sleep", "1"], name="c", networks=["ov"], detach=True)
+    assert a.store.endpoints() == [] and a.store.find_container("c") is None
