@@ -43,10 +43,11 @@ from portway.engine.sandboxes import LiveSandboxKernel, Sandboxes
 from portway.errors import InvalidInput, PortwayError
 from portway.kernel import netns
 from portway.kernel.nft import Nft
-from portway.model.types import IPAddress
+from portway.model.types import IPAddress, Network
 from portway.store.sqlite import SqliteStore
 
 if TYPE_CHECKING:
+    from portway.core.overlay import Fdb, Neighbour
     from portway.engine.cluster import Cluster
 
 __all__ = ["DEFAULT_NETWORK", "Engine"]
@@ -118,7 +119,8 @@ class Engine:
             state_dir=self.state_dir, host_netns=host_netns, instance=self.instance,
             store=self.store, drivers={
                 "bridge": BridgeDriver(self.host, self.tag),
-                "overlay": OverlayDriver(self.host, self.tag, self._advertised)},
+                "overlay": OverlayDriver(self.host, self.tag, self._advertised,
+                                         self._wanted)},
             fw=self.fw, sandbox_kernel=LiveSandboxKernel(),
             process_kernel=LiveProcessKernel(lambda *a: self.h.processes.on_exit(*a)),
             ports=self.ports, facts=LiveHostFacts(self.host), tools=self.tools))
@@ -155,6 +157,9 @@ class Engine:
 
     def _advertised(self) -> IPAddress | None:
         return self.h.cluster.advertise if self.h.cluster is not None else None
+
+    def _wanted(self, network: Network) -> tuple[set[Fdb], set[Neighbour]] | None:
+        return self.h.cluster.wanted(network) if self.h.cluster is not None else None
 
     def start_cluster(self) -> None:
         if self.h.cluster is not None:

@@ -347,6 +347,14 @@ class Cluster:
             if changed:
                 h.containers.publish_dns()
 
+    def wanted(self, net: Network) -> tuple[set[overlay.Fdb], set[overlay.Neighbour]] | None:
+        """The entries net's VXLAN device needs, as the store says (None: not read yet)."""
+        if not self.watch.relists:
+            return None
+        with self._view_lock:
+            endpoints = [e for e in self.endpoints.values() if e.network_id == net.id]
+        return overlay.wanted_forwarding(endpoints, self.advertise)
+
     def _program(self, net: Network, endpoints: list[RemoteEndpoint]) -> None:
         index = links.observe_link(self.ipr, overlay.vxlan_name(net.id))
         if index is None:

@@ -16,14 +16,16 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from portway.core import overlay
-from portway.core.overlay import NO_CLUSTER
+from portway.core.overlay import NO_CLUSTER, Fdb, Neighbour
 from portway.engine.drivers.bridge import BridgeDriver
-from portway.errors import InvalidInput
+from portway.errors import InvalidInput, KernelError
 from portway.kernel import links, vxlan
 from portway.model.types import IPAddress, Network
 
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
+
+Forwarding = tuple[set[Fdb], set[Neighbour]]
 
 
 
@@ -31,9 +33,13 @@ class OverlayDriver(BridgeDriver):
     name = "overlay"
 
     def __init__(self, host: IPRoute, tag: Any,
-                 local: Callable[[], IPAddress | None]) -> None:
+                 local: Callable[[], IPAddress | None],
+                 wanted: Callable[[Network], Forwarding | None] = lambda n: None) -> None:
         super().__init__(host, tag)
         self.local = local  # this host's VTEP address (None: no cluster)
+        # The FDB and neighbour entries the store says a network's VXLAN device needs
+        # (None: the store has not been read yet, so nothing is known to be wrong).
+        self.wanted = wanted
 
     def _local(self) -> IPAddress:
         address = self.local()
@@ -49,7 +55,19 @@ class OverlayDriver(BridgeDriver):
 
     def ensure(self, network: Network) -> None:
         super().ensure(network)
-        self.vxlan_index(network)
+        index = self.vxlan_index(network)
+        plan = self._plan(network, index)
+        if plan is not None and not plan.empty():
+            errors = vxlan.apply_forwarding(self.host, index, plan)
+            if errors:
+                raise KernelError(f"program VXLAN device {overlay.vxlan_name(network.id)}: "
+                                  + "; ".join(errors), "run 'portway gc' again")
+
+    def _plan(self, network: Network, index: int) -> overlay.ForwardingPlan | None:
+        want = self.wanted(network)
+        if want is None:
+            return None
+        return overlay.plan_forwarding(want, vxlan.observe_forwarding(self.host, index))
 
     def vxlan_index(self, network: Network) -> int:
         return vxlan.ensure_vxlan(self.host, overlay.vxlan_name(network.id),
@@ -67,4 +85,11 @@ class OverlayDriver(BridgeDriver):
             repairs.append(f"re-create VXLAN device {overlay.vxlan_name(network.id)} of "
                            f"network {network.name}: it is "
                            + ("missing" if link is None else "down"))
+            return repairs
+        plan = self._plan(network, link.index)
+        if plan is not None and not plan.empty():
+            repairs.append(f"reprogram VXLAN device {link.ifname} of network {network.name} "
+                           f"from the cluster store: add {len(plan.add_fdb)} FDB and "
+                           f"{len(plan.add_neigh)} neighbour entries, remove "
+                           f"{len(plan.del_fdb)} and {len(plan.del_neigh)}")
         return repairs
