@@ -57,6 +57,13 @@ class MemoryEtcd:
             self.kv.pop(k, None)
         self.revision += 1
 
+    def delete_owned(self, owned: dict[str, str]) -> None:
+        self._up()
+        for k, v in owned.items():
+            if k in self.kv and self.kv[k][0] == v:
+                del self.kv[k]
+        self.revision += 1
+
     def create_all(self, puts: dict[str, str], lease: int = 0,
                    deletes: tuple[str, ...] = ()) -> bool:
         self._up()
@@ -160,6 +167,16 @@ def test_a_released_endpoint_and_a_dead_hosts_go_from_the_store(tmp_path: Path) 
     a.cluster._snapshot(*etcd.range(overlay.PREFIX))
     assert a.cluster.remote_records() == []
     assert not [k for k in etcd.kv if k.startswith(overlay.address_key(net.id))]
+    # A takes on-b's address meanwhile; B comes back (a new lease): on-b is not
+    # registered again over A's claim, and its removal leaves A's claim alone.
+    a.containers.run(["sleep", "1"], name="taker", networks=["ov"], ip="10.200.0.3",
+                     detach=True)
+    b.cluster._join()
+    held = overlay.address_key(net.id, ipaddress.ip_address("10.200.0.3"))
+    taker = a.store.endpoints()[0].id
+    assert etcd.kv[held][0] == taker
+    b.containers.rm(["on-b"], force=True)
+    assert etcd.kv[held][0] == taker
 
 
 def test_an_unreachable_store_changes_nothing(tmp_path: Path) -> None:

@@ -65,6 +65,8 @@ class Cluster:
         self._threads: list[threading.Thread] = []
         self.watch = Watch(etcd, overlay.PREFIX, self._snapshot, self._event, self._error)
         self.programmed = 0  # forwarding entries added or removed, for tests and status
+        # This host's endpoints whose address another host claimed while it was away.
+        self._lost: set[str] = set()
 
     # membership
 
@@ -148,7 +150,18 @@ class Cluster:
                               mac=e.mac.lower(), host=self.advertise)
 
     def _register(self, ec: tuple[Endpoint, Container], lease: int) -> None:
+        """e again under lease (a new daemon's, or after the old one expired). An address
+        another host claimed meanwhile stays that host's: e is not registered, and the
+        log says so."""
         e, c = ec
+        for a in e.addresses:
+            holder = self.etcd.get(overlay.address_key(e.network_id, a.ip))
+            if holder is not None and holder != e.id:
+                log(f"{c.name}'s address {a.ip} was claimed by another host while this "
+                    f"host was away: {c.name} is not reachable from other hosts; restart it "
+                    "for a new address")
+                self._lost.add(e.id)
+                return
         for a in e.addresses:
             self.etcd.put(overlay.address_key(e.network_id, a.ip), e.id, lease)
         self.etcd.put(overlay.endpoint_key(e.network_id, e.id), self._record(e, c).encode(),
@@ -230,14 +243,13 @@ class Cluster:
     def release(self, endpoints: list[Endpoint]) -> None:
         """Their addresses and records gone from the store (unreachable: reconcile_own
         removes them later)."""
-        keys = []
-        for e in endpoints:
-            keys += [overlay.address_key(e.network_id, a.ip) for a in e.addresses]
-            keys.append(overlay.endpoint_key(e.network_id, e.id))
-            with self._view_lock:
-                self.endpoints.pop(e.id, None)
         try:
-            self.etcd.delete(*keys)
+            for e in endpoints:
+                with self._view_lock:
+                    self.endpoints.pop(e.id, None)
+                self.etcd.delete(overlay.endpoint_key(e.network_id, e.id))
+                self.etcd.delete_owned({overlay.address_key(e.network_id, a.ip): e.id
+                                        for a in e.addresses})
         except ClusterUnreachable as exc:
             self._error(exc.message)
 
@@ -258,11 +270,11 @@ class Cluster:
                     stored[rec.id] = rec
             gone = [r for i, r in stored.items() if i not in own]
             for r in gone:
-                self.etcd.delete(overlay.endpoint_key(r.network_id, r.id),
-                                 *(overlay.address_key(r.network_id, a.ip)
-                                   for a in r.addresses))
+                self.etcd.delete(overlay.endpoint_key(r.network_id, r.id))
+                self.etcd.delete_owned({overlay.address_key(r.network_id, a.ip): r.id
+                                        for a in r.addresses})
             for i, ec in own.items():
-                if i not in stored:
+                if i not in stored and i not in self._lost:
                     self._register(ec, self.lease)
 
     # the view, from the watch

@@ -131,6 +131,15 @@ class Etcd:
             self.post("/kv/txn", {"success": [{"request_delete_range": {"key": _b64(k)}}
                                               for k in keys]})
 
+    def delete_owned(self, owned: dict[str, str]) -> None:
+        """Delete each key of owned only while it still holds its value there (an address
+        another host has claimed since stays that host's)."""
+        for key, value in owned.items():
+            self.post("/kv/txn", {
+                "compare": [{"key": _b64(key), "result": "EQUAL", "target": "VALUE",
+                             "value": _b64(value)}],
+                "success": [{"request_delete_range": {"key": _b64(key)}}]})
+
     def create_all(self, puts: dict[str, str], lease: int = 0,
                    deletes: tuple[str, ...] = ()) -> bool:
         """Put every key of puts, in one transaction, only if none of them exists
