@@ -679,6 +679,55 @@ def start_etcd(underlay: str, data_dir: str | os.PathLike[str]) -> subprocess.Po
     raise RuntimeError("etcd did not start: " + (data.parent / "etcd.log").read_text()[-2000:])
 
 
+def etcd_member_address(index: int) -> str:
+    """The underlay address of the index-th member of start_etcd_cluster (from 0)."""
+    return f"{UNDERLAY_PREFIX}{100 + index}"
+
+
+def start_etcd_cluster(underlay: str, data_dir: str | os.PathLike[str],
+                       members: int = 3) -> list[subprocess.Popen[bytes]]:
+    """members etcd processes forming one cluster in the underlay namespace, on
+    etcd_member_address(0..) (the first is ETCD_ADDR, which make_underlay gave ulbr; the
+    others are added to it), data in data_dir/mN, logs beside as etcd-mN.log. Returns
+    once all answer; the caller stops each by its pid (stop_etcd)."""
+    base = Path(data_dir)
+    base.mkdir(parents=True, exist_ok=True)
+    names = [f"m{i}" for i in range(members)]
+    peers = ",".join(f"{n}=http://{etcd_member_address(i)}:2380" for i, n in enumerate(names))
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for i, name in enumerate(names):
+            url = f"http://{etcd_member_address(i)}"
+            if i:
+                _ip("-n", underlay, "addr", "add", f"{etcd_member_address(i)}/24", "dev",
+                    "ulbr")
+            with open(base / f"etcd-{name}.log", "wb") as log:
+                procs.append(subprocess.Popen(
+                    ["ip", "netns", "exec", underlay, "etcd", "--name", name,
+                     "--data-dir", str(base / name),
+                     "--listen-client-urls", f"{url}:2379",
+                     "--advertise-client-urls", f"{url}:2379",
+                     "--listen-peer-urls", f"{url}:2380",
+                     "--initial-advertise-peer-urls", f"{url}:2380",
+                     "--initial-cluster", peers, "--initial-cluster-state", "new"],
+                    stdout=log, stderr=subprocess.STDOUT))
+        endpoints = ",".join(f"http://{etcd_member_address(i)}:2379" for i in range(members))
+        for _ in range(300):
+            cp = subprocess.run(["ip", "netns", "exec", underlay, "etcdctl", "--endpoints",
+                                 endpoints, "endpoint", "health"], capture_output=True)
+            if cp.returncode == 0:
+                return procs
+            if any(p.poll() is not None for p in procs):
+                break
+            time.sleep(0.1)
+        raise RuntimeError("etcd cluster did not start: " + "".join(
+            (base / f"etcd-{n}.log").read_text()[-1000:] for n in names))
+    except BaseException:
+        for p in procs:
+            stop_etcd(p)
+        raise
+
+
 def stop_etcd(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,8 +28,10 @@ from portway.testbed import (
     ETCD_ADDR,
     add_netns,
     del_netns,
+    etcd_member_address,
     make_underlay,
     start_etcd,
+    start_etcd_cluster,
     stop_etcd,
     underlay_address,
 )
@@ -55,14 +58,15 @@ class Cluster:
     b_host: str
     b_state: Path
     underlay: str
-    etcd: subprocess.Popen[bytes]
+    etcd: list[subprocess.Popen[bytes]]
+    store: str = STORE
 
     def pw_a(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return self.a.pw(*args, check=check)
 
     def pw_b(self, *args: str, check: bool = True,
              env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        full_env = dict(os.environ, PORTWAY_CLUSTER_STORE=STORE,
+        full_env = dict(os.environ, PORTWAY_CLUSTER_STORE=self.store,
                         PORTWAY_ADVERTISE_ADDRESS=B_ADDR, PORTWAY_CLUSTER_TTL=TTL,
                         **(env or {}))
         cp = subprocess.run([PORTWAY, "--host-netns", self.b_host, "--state-dir",
@@ -74,19 +78,26 @@ class Cluster:
         return cp
 
 
-@pytest.fixture
-def cluster(sandbox: Sandbox, tmp_path: Path) -> Iterator[Cluster]:
-    sb = sandbox
+@contextmanager
+def two_hosts(sb: Sandbox, tmp_path: Path, members: int) -> Iterator[Cluster]:
+    """Hosts A (the sandbox's) and B on an underlay, and etcd (members of it) there;
+    everything of theirs removed after, etcd stopped by its pids."""
     underlay, b_host = f"{sb.host}-underlay", f"{sb.host}-b"
     b_state = tmp_path / "state-b"
     add_netns(b_host, b_state)
-    etcd: subprocess.Popen[bytes] | None = None
+    etcd: list[subprocess.Popen[bytes]] = []
     try:
         make_underlay(underlay, [sb.host, b_host])
-        etcd = start_etcd(underlay, tmp_path / "etcd")
-        sb.env.update(PORTWAY_CLUSTER_STORE=STORE, PORTWAY_ADVERTISE_ADDRESS=A_ADDR,
+        if members == 1:
+            etcd.append(start_etcd(underlay, tmp_path / "etcd"))
+            store = STORE
+        else:
+            etcd += start_etcd_cluster(underlay, tmp_path / "etcd", members)
+            store = "etcd://" + ",".join(f"{etcd_member_address(i)}:2379"
+                                         for i in range(members))
+        sb.env.update(PORTWAY_CLUSTER_STORE=store, PORTWAY_ADVERTISE_ADDRESS=A_ADDR,
                       PORTWAY_CLUSTER_TTL=TTL)
-        c = Cluster(sb, b_host, b_state, underlay, etcd)
+        c = Cluster(sb, b_host, b_state, underlay, etcd, store)
         yield c
         # B's containers first (the network cannot go while a host has some), then A's
         # containers and the network (from A; B drops it as it sees it go).
@@ -111,11 +122,23 @@ def cluster(sandbox: Sandbox, tmp_path: Path) -> Iterator[Cluster]:
             leaks.append(f"processes left on host B: {stray}")
             for pid in stray:
                 os.kill(pid, signal.SIGKILL)
-        if etcd is not None:
-            stop_etcd(etcd)
+        for proc in etcd:
+            stop_etcd(proc)
         del_netns(b_host)
         del_netns(underlay)
         assert not leaks, leaks
+
+
+@pytest.fixture
+def cluster(sandbox: Sandbox, tmp_path: Path) -> Iterator[Cluster]:
+    with two_hosts(sandbox, tmp_path, 1) as c:
+        yield c
+
+
+@pytest.fixture
+def cluster3(sandbox: Sandbox, tmp_path: Path) -> Iterator[Cluster]:
+    with two_hosts(sandbox, tmp_path, 3) as c:
+        yield c
 
 
 def wait_for(cond: Callable[[], object], what: str, timeout: float = 15) -> None:
@@ -150,7 +173,7 @@ def _neigh(netns: str, dev: str) -> set[tuple[str, str]]:
 def test_overlay_across_two_hosts(cluster: Cluster) -> None:
     c = cluster
     status = c.pw_a("daemon", "status").stdout
-    assert f"cluster store {STORE}: this host {A_ADDR} is joined" in status, status
+    assert f"cluster store {c.store}: this host {A_ADDR} is joined" in status, status
     status_b = c.pw_b("daemon", "status").stdout
     assert f"this host {B_ADDR} is joined" in status_b, status_b
     wait_for(lambda: A_ADDR in c.pw_b("daemon", "status").stdout, "B sees host A")
@@ -289,3 +312,28 @@ def test_overlay_without_cluster_is_refused(sandbox: Sandbox) -> None:
         "--cluster-store etcd://HOST:2379 and --advertise-address IP (or set "
         "PORTWAY_CLUSTER_STORE and PORTWAY_ADVERTISE_ADDRESS)"), cp.stderr
     assert "cluster" not in sandbox.pw("daemon", "status").stdout
+
+
+def test_one_etcd_member_of_three_down(cluster3: Cluster) -> None:
+    c = cluster3
+    c.pw_a("network", "create", "--driver", "overlay", "--subnet", "10.205.0.0/24", "ov")
+    wait_for(lambda: _overlay_names(c.pw_b) == ["ov"], "B sees network ov")
+    c.pw_a("run", "-d", "--name", "web-a", "--network", "ov", "--",
+           "python3", "-m", "http.server", "80")
+    # The member both daemons talk to (the first of --cluster-store) is killed.
+    c.etcd[0].kill()
+    c.etcd[0].wait()
+    # Changes go on through the others, and traffic with them.
+    c.pw_b("run", "-d", "--name", "web-b", "--network", "ov", "--",
+           "python3", "-m", "http.server", "80")
+    ip_a = _address(c.pw_a, "web-a")
+    out = c.pw_b("exec", "web-b", "--", "python3", "-c", CONNECT, ip_a).stdout
+    assert out.startswith("HTTP/1.0 200"), out
+    wait_for(lambda: "web-b" in c.pw_a("network", "inspect", "ov").stdout, "A sees web-b")
+    out = c.pw_a("exec", "web-a", "--", "python3", "-c", CONNECT, "web-b").stdout
+    assert out.startswith("HTTP/1.0 200"), out
+    c.pw_b("network", "create", "--driver", "overlay", "--subnet", "10.206.0.0/24", "ov2")
+    wait_for(lambda: "ov2" in _overlay_names(c.pw_a), "A sees ov2")
+    status = c.pw_a("daemon", "status").stdout
+    assert f"{etcd_member_address(0)}:2379: unreachable" in status, status
+    assert "is joined" in status, status

@@ -33,6 +33,8 @@ TIMEOUT = 3.0
 
 
 class ClusterUnreachable(PortwayError):
+    all_refused = True  # no member answered at all (nothing to wait for)
+
     def __init__(self, message: str, hint: str = "", exit_code: int | None = None) -> None:
         super().__init__(message, hint or "check that etcd runs and that this host reaches "
                          "it ('portway daemon status' shows the cluster)", exit_code or 69)
@@ -82,6 +84,19 @@ class Etcd:
         return "etcd://" + ",".join(str(m) for m in self.members)
 
     def _call(self, fn: Callable[[Etcd3Client], Any]) -> Any:
+        """fn on the members in turn, from the last one that answered. A round in which
+        some member answered with an error (an election under way: "no leader") is tried
+        again for a few seconds; refused connections alone are not."""
+        deadline = time.monotonic() + 2 * self.timeout
+        while True:
+            try:
+                return self._round(fn)
+            except ClusterUnreachable as exc:
+                if exc.all_refused or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.3)
+
+    def _round(self, fn: Callable[[Etcd3Client], Any]) -> Any:
         errors = []
         with self._lock:
             start = self._current
@@ -99,8 +114,12 @@ class Etcd:
             with self._lock:
                 self._current = index
             return result
-        raise ClusterUnreachable("cannot reach the cluster store " + self.url() + " ("
-                                 + "; ".join(errors) + ")")
+        unreachable = ClusterUnreachable("cannot reach the cluster store " + self.url() + " ("
+                                         + "; ".join(errors) + ")")
+        unreachable.all_refused = all(e.endswith(("connection refused", "no route to host",
+                                                  "network unreachable", "timed out"))
+                                      for e in errors)
+        raise unreachable
 
     def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = self._call(lambda c: c.post(c.get_url(path), json=body))
