@@ -311,7 +311,7 @@ def test_overlay_without_cluster_is_refused(sandbox: Sandbox) -> None:
         "portway: error: overlay networks need a cluster store; start portwayd with "
         "--cluster-store etcd://HOST:2379 and --advertise-address IP (or set "
         "PORTWAY_CLUSTER_STORE and PORTWAY_ADVERTISE_ADDRESS)"), cp.stderr
-    assert "cluster" not in sandbox.pw("daemon", "status").stdout
+    assert "cluster store" not in sandbox.pw("daemon", "status").stdout
 
 
 def test_one_etcd_member_of_three_down(cluster3: Cluster) -> None:
