@@ -340,3 +340,38 @@ def test_one_etcd_member_of_three_down(cluster3: Cluster) -> None:
     status = c.pw_a("daemon", "status").stdout
     assert f"{etcd_member_address(0)}:2379: unreachable" in status, status
     assert "is joined" in status, status
+
+
+def test_store_away_and_back(cluster: Cluster, tmp_path: Path) -> None:
+    c = cluster
+    c.pw_a("network", "create", "--driver", "overlay", "--subnet", "10.207.0.0/24", "ov")
+    wait_for(lambda: _overlay_names(c.pw_b) == ["ov"], "B sees network ov")
+    c.pw_a("run", "-d", "--name", "web-a", "--network", "ov", "--",
+           "python3", "-m", "http.server", "80")
+    c.pw_b("run", "-d", "--name", "web-b", "--network", "ov", "--",
+           "python3", "-m", "http.server", "80")
+    ip_a = _address(c.pw_a, "web-a")
+    out = c.pw_b("exec", "web-b", "--", "python3", "-c", CONNECT, ip_a).stdout
+    assert out.startswith("HTTP/1.0 200"), out
+
+    stop_etcd(c.etcd[0])
+    # Traffic between the hosts goes on; a change fails with one line, changing nothing.
+    out = c.pw_b("exec", "web-b", "--", "python3", "-c", CONNECT, ip_a).stdout
+    assert out.startswith("HTTP/1.0 200"), out
+    before = c.a.snapshot()
+    cp = c.pw_a("run", "-d", "--name", "late", "--network", "ov", "--", "sleep", "30",
+                check=False)
+    assert cp.returncode != 0 and "cannot reach the cluster store" in cp.stderr, cp.stderr
+    assert len(cp.stderr.strip().splitlines()) == 1, cp.stderr
+    assert c.a.snapshot() == before
+    wait_for(lambda: "is unreachable" in c.pw_a("daemon", "status").stdout,
+             "A says the store is unreachable")
+
+    # etcd back (its data kept): both hosts catch up, and B's new container is seen on A.
+    c.etcd[0] = start_etcd(c.underlay, tmp_path / "etcd")
+    wait_for(lambda: "is joined" in c.pw_a("daemon", "status").stdout, "A joins again")
+    wait_for(lambda: "is joined" in c.pw_b("daemon", "status").stdout, "B joins again")
+    c.pw_b("run", "-d", "--name", "web-b2", "--network", "ov", "--",
+           "python3", "-m", "http.server", "80")
+    out = c.pw_a("exec", "web-a", "--", "python3", "-c", CONNECT, "web-b2").stdout
+    assert out.startswith("HTTP/1.0 200"), out
