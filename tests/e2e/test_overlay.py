@@ -292,7 +292,9 @@ def test_restart_reprograms_nothing_and_a_dead_host_is_forgotten(cluster: Cluste
 def test_unreachable_store_is_one_clear_line(sandbox: Sandbox) -> None:
     sb = sandbox
     # Nothing listens there (the sandbox's loopback): the daemon still serves, says so.
-    sb.env.update(PORTWAY_CLUSTER_STORE="etcd://127.0.0.1:1", PORTWAY_ADVERTISE_ADDRESS="127.0.0.1")
+    sb.env.update(PORTWAY_CLUSTER_STORE="etcd://127.0.0.1:1",
+                  PORTWAY_ADVERTISE_ADDRESS="127.0.0.1")
+    sb.pw("daemon", "start")
     status = sb.pw("daemon", "status").stdout
     assert "cluster store etcd://127.0.0.1:1: this host 127.0.0.1 is unreachable" in status
     assert "connection refused" in status

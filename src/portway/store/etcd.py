@@ -264,7 +264,9 @@ def _lines(resp: requests.Response) -> Iterator[bytes]:
 
 
 def _short(exc: BaseException) -> str:
-    text = str(exc)
+    """The reason, short: etcd3gw keeps it in detail_text (the requests error, or the
+    server's answer)."""
+    text = str(getattr(exc, "detail_text", None) or exc)
     for needle, said in (("Connection refused", "connection refused"),
                          ("timed out", "timed out"), ("No route to host", "no route to host"),
                          ("Network is unreachable", "network unreachable")):
