@@ -98,6 +98,8 @@ def two_hosts(sb: Sandbox, tmp_path: Path, members: int) -> Iterator[Cluster]:
         sb.env.update(PORTWAY_CLUSTER_STORE=store, PORTWAY_ADVERTISE_ADDRESS=A_ADDR,
                       PORTWAY_CLUSTER_TTL=TTL)
         c = Cluster(sb, b_host, b_state, underlay, etcd, store)
+        c.pw_a("daemon", "start")
+        c.pw_b("daemon", "start")
         yield c
         # B's containers first (the network cannot go while a host has some), then A's
         # containers and the network (from A; B drops it as it sees it go).
@@ -237,8 +239,10 @@ def test_overlay_across_two_hosts(cluster: Cluster) -> None:
     assert "Traceback" not in taken.stderr
 
     # The network cannot go while the other host has a container on it.
+    c.pw_a("rm", "-f", "web-a")
     busy = c.pw_a("network", "rm", "ov", check=False)
-    assert busy.returncode != 0 and "web-b" in busy.stderr
+    assert busy.returncode != 0 and f"web-b (on {B_ADDR})" in busy.stderr, busy.stderr
+    assert _overlay_names(c.pw_a) == ["ov"]
 
     # web-b goes: its entries go from A.
     c.pw_b("rm", "-f", "web-b")
