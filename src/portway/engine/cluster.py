@@ -31,7 +31,7 @@ from portway.engine.context import now
 from portway.errors import Conflict, PortwayError
 from portway.kernel import links, vxlan
 from portway.model.types import Container, Endpoint, IPAddress, Network
-from portway.store.etcd import KV, ClusterUnreachable, Etcd, Event, Watch
+from portway.store.etcd import KV, ClusterUnreachable, Etcd, Event, StoreRefused, Watch
 
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
@@ -67,6 +67,7 @@ class Cluster:
         self.programmed = 0  # forwarding entries added or removed, for tests and status
         # This host's endpoints whose address another host claimed while it was away.
         self._lost: set[str] = set()
+        self._expired = threading.Event()  # the lease is gone: join again
 
     # membership
 
@@ -75,15 +76,18 @@ class Cluster:
         and follow the store; an unreachable etcd is retried in the background."""
         try:
             self._join()
-        except ClusterUnreachable as exc:
+        except PortwayError as exc:
             self._error(exc.message)
-        for target, name in ((self.watch.run, "watch"), (self._keepalive, "keepalive")):
+        for target, name in ((self.watch.run, "watch"), (self._keepalive, "keepalive"),
+                             (self._membership, "membership")):
             t = threading.Thread(target=target, daemon=True, name=f"portwayd-cluster-{name}")
             t.start()
             self._threads.append(t)
 
     def _join(self) -> None:
         lease = self.etcd.grant(self.ttl)
+        old, self.lease = self.lease, lease  # kept alive from now on, whatever follows
+        self._expired.clear()
         self.etcd.put(overlay.host_key(self.advertise), json.dumps({
             "address": str(self.advertise), "instance": self.h.instance,
             "host_netns": self.h.host_netns or "", "joined": now()}), lease)
@@ -92,26 +96,42 @@ class Cluster:
                 self._register(e, lease)
             store = self.h.store
             with store.transaction():
-                old = store.get_meta(LEASE_META)
+                remembered = store.get_meta(LEASE_META)
                 store.set_meta(LEASE_META, str(lease))
-        if old and int(old) != lease:
-            self.etcd.revoke(int(old))  # what is still on it is no longer anyone's
-        self.lease = lease
+        for previous in {old, int(remembered or 0)} - {0, lease}:
+            self.etcd.revoke(previous)  # what is still on it is no longer anyone's
         self.state = "joined"
         self.last_error = ""
 
     def _keepalive(self) -> None:
-        interval = max(self.ttl / 3, 0.5)
-        while not self._stop.wait(interval if self.state == "joined" else 1.0):
+        """The lease renewed every third of its TTL, and nothing else on this thread (a
+        busy engine must not let it expire)."""
+        interval = max(self.ttl / 3, 0.3)
+        while not self._stop.wait(interval):
+            lease = self.lease
+            if not lease or self._expired.is_set():
+                continue
             try:
-                if not self.lease or self.etcd.keepalive(self.lease) <= 0:
-                    if self.lease:
-                        log(f"lease {self.lease:x} expired: joining again")
-                    self._join()
+                if self.etcd.keepalive(lease) <= 0 and lease == self.lease:
+                    log(f"lease {lease:x} expired: joining again")
+                    self._expired.set()
                 elif self.state != "joined":
                     log("the cluster store answers again")
                     self.state, self.last_error = "joined", ""
-                self.reconcile_own()
+            except PortwayError as exc:
+                self._error(exc.message)
+
+    def _membership(self) -> None:
+        """Join again when the lease is gone (or was never had), and keep this host's
+        records in the store in step with its local store."""
+        rounds = 0
+        while not self._stop.wait(0.5):
+            rounds += 1
+            try:
+                if not self.lease or self._expired.is_set():
+                    self._join()
+                elif rounds % 10 == 0:
+                    self.reconcile_own()
             except PortwayError as exc:
                 self._error(exc.message)
 
@@ -230,7 +250,13 @@ class Cluster:
                                      + (f" ({self.last_error})" if self.last_error else ""))
         puts = {overlay.address_key(network.id, a.ip): e.id for a in e.addresses}
         puts[overlay.endpoint_key(network.id, e.id)] = self._record(e, c).encode()
-        if self.etcd.create_all(puts, self.lease):
+        try:
+            claimed = self.etcd.create_all(puts, self.lease)
+        except StoreRefused:
+            # The lease ran out (a stall longer than its TTL): join again, then claim.
+            self._join()
+            claimed = self.etcd.create_all(puts, self.lease)
+        if claimed:
             with self._view_lock:
                 self.endpoints[e.id] = self._record(e, c)
             return None

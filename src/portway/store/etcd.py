@@ -40,6 +40,29 @@ class ClusterUnreachable(PortwayError):
                          "it ('portway daemon status' shows the cluster)", exit_code or 69)
 
 
+class StoreRefused(PortwayError):
+    """etcd answered, and said no (an unknown lease, a malformed request)."""
+
+    exit_code = 69
+
+
+# gRPC codes of answers that another member or a retry would give the same: invalid
+# argument, not found, already exists, permission denied, failed precondition, out of
+# range, unimplemented, unauthenticated.
+DEFINITE = {3, 5, 6, 7, 9, 11, 12, 16}
+
+
+def _refusal(exc: Exception) -> str | None:
+    """The server's message, if exc is a definite answer (DEFINITE), else None."""
+    try:
+        body = json.loads(str(getattr(exc, "detail_text", "") or ""))
+    except ValueError:
+        return None
+    if isinstance(body, dict) and body.get("code") in DEFINITE:
+        return str(body.get("message") or body.get("error") or "")
+    return None
+
+
 def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
@@ -106,6 +129,10 @@ class Etcd:
             try:
                 result = fn(client)
             except Etcd3Exception as exc:
+                refused = _refusal(exc)
+                if refused is not None:
+                    # An answer, not a failure to reach: another member says the same.
+                    raise StoreRefused(f"the cluster store refused: {refused}") from None
                 errors.append(f"{self.members[index]}: {_short(exc)}")
                 continue
             except requests.RequestException as exc:
