@@ -157,7 +157,14 @@ def scenario(d: Doc) -> None:
     d.check("inspect shows both", {v["Name"] for v in inspect["Containers"].values()}
             == {"web-a", "web-b"})
     d.pw(0, "network", "inspect", "-f",
-         "{{range .Containers}}{{.Name}} {{.IPv4Address}} on {{.Host}}\n{{end}}", "multi")
+         "{{range .Containers}}{{.Name}}: {{.IPv4Address}} on {{.Host}}; {{end}}", "multi")
+    d.text("What the hosts share is in etcd, under `/portway/`: the hosts (under their "
+           "leases), the network with its name and VNI, each address claimed and each "
+           "endpoint (its host's under that host's lease):")
+    keys = d.run(["ip", "netns", "exec", d.underlay, "etcdctl", "--endpoints",
+                  f"http://{ETCD_ADDR}:2379", "get", "--prefix", "--keys-only", "/portway/"],
+                 "etcdctl get --prefix --keys-only /portway/")
+    d.check("keys", "/portway/ips/" in keys and "/portway/endpoints/" in keys)
     time.sleep(1)
     d.text("Host A's VXLAN device knows where web-b is, and what its MAC is, from the "
            "store:")
@@ -179,11 +186,15 @@ def scenario(d: Doc) -> None:
            "entries). The watch that keeps each host in step follows the store from a "
            "revision; after a compaction or a lost connection it lists everything again "
            "and brings the kernel in step, touching only the entries that differ (a "
-           "restarted daemon reprograms nothing). A network is removed only when no host "
+           "restarted daemon reprograms nothing). A watch that sees no event for 30 s is "
+           "renewed the same way, so each host lists the store at least that often; "
+           "`portway doctor` compares each VXLAN device's entries with the store, and "
+           "`portway gc` reprograms what differs. A network is removed only when no host "
            "has containers on it:")
-    d.pw(0, "network", "rm", "multi", ok=False)
-    d.quiet(1, "rm", "-f", "web-b")
-    d.quiet(0, "rm", "-f", "web-a")
+    d.pw(0, "rm", "-f", "web-a")
+    busy = d.pw(0, "network", "rm", "multi", ok=False)
+    d.check("rm refused for B's container", "web-b (on 192.0.2.2)" in busy)
+    d.pw(1, "rm", "-f", "web-b")
     d.pw(0, "network", "rm", "multi")
     d.wait("B drops the network", lambda: "multi" not in d.quiet(1, "network", "ls"))
     d.text("## Not yet",
