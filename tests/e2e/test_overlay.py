@@ -17,6 +17,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -381,4 +382,32 @@ def test_store_away_and_back(cluster: Cluster, tmp_path: Path) -> None:
     c.pw_b("run", "-d", "--name", "web-b2", "--network", "ov", "--",
            "python3", "-m", "http.server", "80")
     out = c.pw_a("exec", "web-a", "--", "python3", "-c", CONNECT, "web-b2").stdout
+    assert out.startswith("HTTP/1.0 200"), out
+
+
+def test_same_name_at_once_and_dual_stack(cluster: Cluster) -> None:
+    c = cluster
+    # Both hosts create "ov" at the same moment: exactly one wins, the other is told so.
+    args = ("network", "create", "--driver", "overlay", "--ipv6", "--subnet",
+            "10.208.0.0/24", "--subnet", "fd00:208::/64", "ov")
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda pw: pw(*args, check=False), (c.pw_a, c.pw_b)))
+    codes = sorted(r.returncode for r in results)
+    assert codes[0] == 0 and codes[1] != 0, [(r.returncode, r.stderr) for r in results]
+    loser = next(r for r in results if r.returncode != 0)
+    assert "already exists" in loser.stderr and "Traceback" not in loser.stderr
+    wait_for(lambda: _overlay_names(c.pw_a) == ["ov"] and _overlay_names(c.pw_b) == ["ov"],
+             "both hosts have the one network ov")
+    ids = {json.loads(pw("network", "inspect", "ov").stdout)[0]["Id"] for pw in (c.pw_a, c.pw_b)}
+    assert len(ids) == 1
+
+    # Dual stack across hosts: IPv6 neighbours answered from the store too.
+    c.pw_a("run", "-d", "--name", "web-a", "--network", "ov", "--",
+           "python3", "-m", "http.server", "--bind", "::", "80")
+    c.pw_b("run", "-d", "--name", "web-b", "--network", "ov", "--",
+           "python3", "-m", "http.server", "--bind", "::", "80")
+    settings = json.loads(c.pw_a("inspect", "web-a").stdout)[0]["NetworkSettings"]
+    ip6_a = settings["Networks"]["ov"]["GlobalIPv6Address"]
+    assert ip6_a.startswith("fd00:208::"), settings
+    out = c.pw_b("exec", "web-b", "--", "python3", "-c", CONNECT, ip6_a).stdout
     assert out.startswith("HTTP/1.0 200"), out
