@@ -411,3 +411,36 @@ def test_same_name_at_once_and_dual_stack(cluster: Cluster) -> None:
     assert ip6_a.startswith("fd00:208::"), settings
     out = c.pw_b("exec", "web-b", "--", "python3", "-c", CONNECT, ip6_a).stdout
     assert out.startswith("HTTP/1.0 200"), out
+
+
+def test_doctor_and_gc_bring_the_vxlan_device_back_in_step(cluster: Cluster) -> None:
+    c = cluster
+    net_id = c.pw_a("network", "create", "--driver", "overlay", "--subnet", "10.209.0.0/24",
+                    "ov").stdout.strip()
+    dev = f"pwvx-{net_id[:10]}"
+    wait_for(lambda: _overlay_names(c.pw_b) == ["ov"], "B sees network ov")
+    c.pw_a("run", "-d", "--name", "web-a", "--network", "ov", "--",
+           "python3", "-m", "http.server", "80")
+    c.pw_b("run", "-d", "--name", "web-b", "--network", "ov", "--",
+           "python3", "-m", "http.server", "80")
+    ip_b = _address(c.pw_b, "web-b")
+    wait_for(lambda: ip_b in {n[0] for n in _neigh(c.a.host, dev)}, "A has web-b's entries")
+    fdb, neigh = _fdb(c.a.host, dev), _neigh(c.a.host, dev)
+    # Someone removes web-b's FDB entry and neighbour on A by hand.
+    (mac, dst), = fdb
+    sh("bridge", "-n", c.a.host, "fdb", "del", mac, "dev", dev, "dst", dst)
+    sh("ip", "-n", c.a.host, "neigh", "del", ip_b, "dev", dev)
+    report = c.pw_a("doctor", check=False)
+    assert report.returncode == 1, report.stdout + report.stderr
+    assert f"reprogram VXLAN device {dev} of network ov from the cluster store: add 1 FDB " \
+           "and 1 neighbour entries" in report.stdout, report.stdout
+    c.pw_a("gc")
+    assert _fdb(c.a.host, dev) == fdb and _neigh(c.a.host, dev) == neigh
+    assert c.pw_a("doctor", check=False).returncode == 0
+    # The device itself deleted: gc makes it again, with its entries.
+    sh("ip", "-n", c.a.host, "link", "del", dev)
+    assert "re-create VXLAN device" in c.pw_a("doctor", check=False).stdout
+    c.pw_a("gc")
+    assert _fdb(c.a.host, dev) == fdb and _neigh(c.a.host, dev) == neigh
+    out = c.pw_a("exec", "web-a", "--", "python3", "-c", CONNECT, "web-b").stdout
+    assert out.startswith("HTTP/1.0 200"), out
