@@ -171,6 +171,11 @@ def scenario(d: Doc) -> None:
     fdb = d.kernel(0, "bridge", "fdb", "show", "dev", dev)
     d.check("fdb dst B", f"dst {underlay_address(1)}" in fdb)
     d.kernel(0, "ip", "neigh", "show", "dev", dev)
+    d.text("`portway show` draws the VXLAN device beside the bridge, and the containers "
+           "on other hosts with whether the device has their entries (`MISSING` where "
+           "not: `portway doctor` lists the difference, `portway gc` reprograms it):")
+    shown = d.pw(0, "show")
+    d.check("show has the vxlan", f"vxlan {dev}" in shown and "fdb + neighbour" in shown)
     d.text("Containers reach each other by address and by name: the DNS server on each "
            "host answers the names of the containers on every host.")
     got = d.run(d.argv(0, "exec", "web-a", "--", "python3", "-c", GET, "http://web-b/"),

@@ -430,6 +430,10 @@ def test_doctor_and_gc_bring_the_vxlan_device_back_in_step(cluster: Cluster) -> 
     (mac, dst), = fdb
     sh("bridge", "-n", c.a.host, "fdb", "del", mac, "dev", dev, "dst", dst)
     sh("ip", "-n", c.a.host, "neigh", "del", ip_b, "dev", dev)
+    shown = c.pw_a("show").stdout
+    assert f"vxlan {dev} #" in shown and f"local {A_ADDR}, dstport 4789, mtu 1450" in shown
+    row = next(line for line in shown.splitlines() if line.strip().startswith("web-b"))
+    assert ip_b in row and B_ADDR in row and "MISSING fdb and neighbour" in row, shown
     report = c.pw_a("doctor", check=False)
     assert report.returncode == 1, report.stdout + report.stderr
     assert f"reprogram VXLAN device {dev} of network ov from the cluster store: add 1 FDB " \
@@ -437,6 +441,9 @@ def test_doctor_and_gc_bring_the_vxlan_device_back_in_step(cluster: Cluster) -> 
     c.pw_a("gc")
     assert _fdb(c.a.host, dev) == fdb and _neigh(c.a.host, dev) == neigh
     assert c.pw_a("doctor", check=False).returncode == 0
+    row = next(line for line in c.pw_a("show").stdout.splitlines()
+               if line.strip().startswith("web-b"))
+    assert row.rstrip().endswith("fdb + neighbour"), row
     # The device itself deleted: gc makes it again, with its entries.
     sh("ip", "-n", c.a.host, "link", "del", dev)
     assert "re-create VXLAN device" in c.pw_a("doctor", check=False).stdout

@@ -41,6 +41,30 @@ def addresses(member: dict[str, Any]) -> str:
     return ", ".join(member.get("Addresses") or [member["Address"]])
 
 
+def vxlan_text(vx: dict[str, Any], bridge: str) -> tuple[list[str], bool]:
+    """An overlay network's VXLAN device and the containers on other hosts (lines, and
+    whether anything is missing)."""
+    if not vx["Present"]:
+        return [f"  vxlan {vx['Expected']} MISSING (vni {vx['Vni']})"], True
+    state = "up" if vx["Up"] else "DOWN"
+    bad = not vx["Up"] or vx["Bridge"] != bridge
+    lines = [f"  vxlan {vx['Name']} #{vx['Index']} ({state}, vni {vx['Vni']}, local "
+             f"{vx['Local']}, dstport 4789, mtu {vx['Mtu']}), "
+             + (f"port of {vx['Bridge']}" if vx["Bridge"] else "on no bridge")]
+    rows = []
+    for r in vx["Remote"]:
+        entries = "fdb + neighbour" if r["Fdb"] and r["Neighbours"] else "MISSING " + \
+            " and ".join(k for k, ok in (("fdb", r["Fdb"]), ("neighbour", r["Neighbours"]))
+                         if not ok)
+        bad = bad or entries.startswith("MISSING")
+        rows.append([r["Name"], ", ".join(r["Addresses"]), r["Mac"], r["Host"], entries])
+    if rows:
+        lines.append("  on other hosts:")
+        lines.append("  " + table(rows, ["CONTAINER", "ADDRESS", "MAC", "HOST (VTEP)",
+                                         "ENTRIES ON " + vx["Name"]]).replace("\n", "\n  "))
+    return lines, bad
+
+
 def show_text(topo: dict[str, Any]) -> str:
     uplinks = ", ".join(f"{u['Name']} #{u['Index']}{'' if u['Up'] else ' down'}"
                         for u in topo["HostLinks"]) or "none"
@@ -72,6 +96,10 @@ def show_text(topo: dict[str, Any]) -> str:
                                            "PUBLISHED", "STATUS"]).replace("\n", "\n  "))
         else:
             out.append("  (no containers)")
+        if "Vxlan" in net:
+            text, bad = vxlan_text(net["Vxlan"], bridge.get("Name", ""))
+            out += text
+            trouble = trouble or bad
     for c in topo["Unbridged"]:
         note = " (shares the host's network: no isolation)" if c["Mode"] == "host" else ""
         out += ["", f"container {c['Name']}: --network {c['Mode']}{note}, {c['Status']}"]

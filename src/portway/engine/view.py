@@ -294,6 +294,7 @@ def topology(engine: Engine | Observer) -> dict[str, Any]:
             "Gateways": [str(s.gateway) for s in n.subnets],
             "Internal": n.internal, "Bridge": _link(host.get(n.bridge), Expected=n.bridge),
             "Containers": members,
+            **({"Vxlan": _vxlan(engine, n, host, by_index)} if n.driver == "overlay" else {}),
         })
     others = [{"Name": c.name, "Id": c.id, "Status": c.status,
                "Mode": f"container:{containers[c.config.network_of].name}"
@@ -308,6 +309,33 @@ def topology(engine: Engine | Observer) -> dict[str, Any]:
                and link.ifname not in into_foreign]
     return {"HostNetns": engine.host_netns or "(root)", "Networks": networks,
             "Unbridged": others, "HostLinks": uplinks, "Foreign": foreign}
+
+
+def _vxlan(engine: Engine | Observer, n: Network, host: dict[str, Link],
+           by_index: dict[int, Link]) -> dict[str, Any]:
+    """An overlay network's VXLAN device as the kernel has it, and the containers on
+    the other hosts with whether the device has their FDB and neighbour entries."""
+    from portway.core import overlay
+    from portway.kernel import vxlan
+
+    cluster = engine.h.cluster
+    link = host.get(overlay.vxlan_name(n.id))
+    master = by_index.get(link.master) if link is not None and link.master else None
+    fdb: set[overlay.Fdb] = set()
+    neigh: set[overlay.Neighbour] = set()
+    if link is not None:
+        fdb, neigh = vxlan.observe_forwarding(engine.host, link.index)
+    remote = []
+    for r in cluster.remote_endpoints(n.id) if cluster is not None else []:
+        remote.append({
+            "Name": r.name, "Addresses": [str(a.ip) for a in r.addresses], "Mac": r.mac,
+            "Host": str(r.host), "Fdb": overlay.Fdb(r.mac, r.host) in fdb,
+            "Neighbours": all(overlay.Neighbour(a.ip, r.mac) in neigh for a in r.addresses)})
+    return {**_link(link, Expected=overlay.vxlan_name(n.id),
+                    Bridge=master.ifname if master else ""),
+            "Vni": overlay.network_vni(n),
+            "Local": str(cluster.advertise) if cluster is not None else "",
+            "Remote": remote}
 
 
 def _foreign(engine: Engine | Observer, host: dict[str, Link],
