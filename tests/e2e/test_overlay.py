@@ -27,6 +27,7 @@ import pytest
 from conftest import PORTWAY, Sandbox, ip_json, processes_in, sh
 from portway.testbed import (
     ETCD_ADDR,
+    HTTP_GET,
     add_netns,
     del_netns,
     etcd_member_address,
@@ -402,7 +403,7 @@ def test_same_name_at_once_and_dual_stack(cluster: Cluster) -> None:
     assert len(ids) == 1
 
     # Dual stack across hosts: IPv6 neighbours answered from the store too.
-    c.pw_a("run", "-d", "--name", "web-a", "--network", "ov", "--",
+    c.pw_a("run", "-d", "--name", "web-a", "--network", "ov", "-p", "8080:80", "--",
            "python3", "-m", "http.server", "--bind", "::", "80")
     c.pw_b("run", "-d", "--name", "web-b", "--network", "ov", "--",
            "python3", "-m", "http.server", "--bind", "::", "80")
@@ -411,6 +412,10 @@ def test_same_name_at_once_and_dual_stack(cluster: Cluster) -> None:
     assert ip6_a.startswith("fd00:208::"), settings
     out = c.pw_b("exec", "web-b", "--", "python3", "-c", CONNECT, ip6_a).stdout
     assert out.startswith("HTTP/1.0 200"), out
+    # A port published on the local host's address, as on a bridge network.
+    got = sh("ip", "netns", "exec", c.a.outside, "python3", "-c", HTTP_GET,
+             f"http://{c.a.host_addr}:8080/").stdout.strip()
+    assert got == "200", got
 
 
 def test_doctor_and_gc_bring_the_vxlan_device_back_in_step(cluster: Cluster) -> None:
