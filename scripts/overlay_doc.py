@@ -161,9 +161,10 @@ def scenario(d: Doc) -> None:
     d.text("What the hosts share is in etcd, under `/portway/`: the hosts (under their "
            "leases), the network with its name and VNI, each address claimed and each "
            "endpoint (its host's under that host's lease):")
-    keys = d.run(["ip", "netns", "exec", d.underlay, "etcdctl", "--endpoints",
-                  f"http://{ETCD_ADDR}:2379", "get", "--prefix", "--keys-only", "/portway/"],
-                 "etcdctl get --prefix --keys-only /portway/")
+    keys = d.run(["ip", "netns", "exec", d.underlay, "sh", "-c",
+                  f"etcdctl --endpoints http://{ETCD_ADDR}:2379 get --prefix --keys-only "
+                  "/portway/ | grep ."],
+                 "etcdctl get --prefix --keys-only /portway/ | grep .")
     d.check("keys", "/portway/ips/" in keys and "/portway/endpoints/" in keys)
     time.sleep(1)
     d.text("Host A's VXLAN device knows where web-b is, and what its MAC is, from the "

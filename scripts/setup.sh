@@ -16,9 +16,15 @@ fi
 # uidmap, slirp4netns and fuse-overlayfs: rootless Podman, which the tests run for a user
 # they make; etcd-server and etcd-client: the cluster store of overlay networks (the tests
 # start their own etcd, in a namespace of theirs).
+had_etcd=$(dpkg-query -W -f='${Status}' etcd-server 2>/dev/null || true)
 bash scripts/apt-ensure.sh python3 python3-venv iproute2 nftables libnftables1 procps \
   bind9-dnsutils graphviz podman runc busybox-static conntrack zsh uidmap slirp4netns \
   fuse-overlayfs etcd-server etcd-client
+# Installed just now on a machine run by systemd, Debian's package starts its own etcd on
+# localhost:2379: portway needs none (the tests start theirs), so that one is stopped.
+if [ "$had_etcd" != "install ok installed" ] && [ -d /run/systemd/system ]; then
+  systemctl disable --now etcd.service >/dev/null 2>&1 || true
+fi
 
 # Debian's own interpreter (what users run as root), not a shim on PATH.
 PY=/usr/bin/python3
