@@ -229,6 +229,16 @@ def test_overlay_across_two_hosts(cluster: Cluster) -> None:
     out = c.pw_a("exec", "web-a", "--", "python3", "-c", CONNECT, "web-b").stdout
     assert out.startswith("HTTP/1.0 200"), out
 
+    # trace follows the packet into the VXLAN hop: the neighbour entry answers ARP here,
+    # the FDB entry names B's VTEP, the underlay route carries it.
+    traced = json.loads(c.pw_a("trace", "--json", "web-a", "web-b:80").stdout)
+    assert traced["verdict"] == "leaves-host", traced
+    assert f"tunnelled to host {B_ADDR} (VNI {vni}) for container web-b" in \
+        traced["summary"], traced
+    details = [h["detail"] for h in traced["hops"]]
+    assert any(f"FDB: {mac_b} -> VTEP {B_ADDR}" in d for d in details), details
+    assert any("underlay: route lookup" in d and "dev ul0" in d for d in details), details
+
     # Each host's inspect shows every host's containers, and where each is.
     seen = json.loads(c.pw_b("network", "inspect", "ov").stdout)[0]["Containers"]
     hosts = {v["Name"]: v["Host"] for v in seen.values()}
@@ -434,6 +444,15 @@ def test_doctor_and_gc_bring_the_vxlan_device_back_in_step(cluster: Cluster) -> 
     # Someone removes web-b's FDB entry and neighbour on A by hand.
     (mac, dst), = fdb
     sh("bridge", "-n", c.a.host, "fdb", "del", mac, "dev", dev, "dst", dst)
+    sh("ip", "-n", c.a.host, "neigh", "del", ip_b, "dev", dev)
+    # Without its neighbour entry, trace finds no one behind the bridge for web-b's
+    # address; with it but without the FDB entry, the VXLAN device sends it nowhere.
+    cut = json.loads(c.pw_a("trace", "--json", "web-a", f"{ip_b}:80").stdout)
+    assert cut["verdict"] == "no-route", cut
+    sh("ip", "-n", c.a.host, "neigh", "replace", ip_b, "lladdr", mac, "dev", dev, "nud",
+       "permanent")
+    cut = json.loads(c.pw_a("trace", "--json", "web-a", f"{ip_b}:80").stdout)
+    assert cut["verdict"] == "dropped" and f"no FDB entry for {mac}" in cut["summary"], cut
     sh("ip", "-n", c.a.host, "neigh", "del", ip_b, "dev", dev)
     shown = c.pw_a("show").stdout
     assert f"vxlan {dev} #" in shown and f"local {A_ADDR}, dstport 4789, mtu 1450" in shown

@@ -108,6 +108,19 @@ class Iface:
 
 
 @dataclass(frozen=True)
+class Tunnel:
+    """A VXLAN device as observed: its VNI and local VTEP, where each MAC is sent (its
+    FDB entries with a remote), and who each remote MAC is (from the cluster store)."""
+
+    vni: int
+    local: str
+    port: int
+    mtu: int
+    fdb: dict[str, str] = field(default_factory=dict)  # MAC -> remote VTEP
+    remote: dict[str, str] = field(default_factory=dict)  # MAC -> "web-b on host 192.0.2.2"
+
+
+@dataclass(frozen=True)
 class Route:
     dst: IPNetwork
     dev: str
@@ -206,6 +219,8 @@ class Space:
     neighbours: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
     # (bridge, MAC) -> port: what each bridge has learned
     fdb: dict[tuple[str, str], str] = field(default_factory=dict)
+    # VXLAN device -> what it is and where it sends (overlay networks)
+    tunnels: dict[str, Tunnel] = field(default_factory=dict)
     _local: tuple[list[Iface], int, frozenset[IPAddress]] | None = field(
         default=None, init=False, repr=False, compare=False)
 
@@ -808,6 +823,7 @@ class _Walk:
         for)."""
         found = self.holder(bridge.name, nexthop)
         if found is None:
+            self.tunnel_out(bridge, nexthop, packet)
             detail = f"nothing behind {bridge.name} has {nexthop}: {asks(nexthop)} gets no " \
                      "answer"
             summary = f"no container holds {nexthop} on {bridge.name}"
@@ -834,6 +850,54 @@ class _Walk:
             self.end("no-route", summary, packet, fix)
         assert found is not None
         return found
+
+    def tunnel_out(self, bridge: Iface, nexthop: IPAddress, packet: Packet) -> None:
+        """nexthop lives on another host of an overlay network: behind the bridge's VXLAN
+        port, whose neighbour entry answers ARP/ND here and whose FDB entry names the
+        remote VTEP; the frame leaves encapsulated (ends the trace). Returns if no VXLAN
+        port of the bridge knows nexthop."""
+        host = self.world.host
+        for port in host.ifaces:
+            tunnel = host.tunnels.get(port.name)
+            if port.master != bridge.name or tunnel is None:
+                continue
+            known = host.neighbours.get((port.name, str(nexthop)))
+            if known is None:
+                continue
+            mac = known[0].lower()
+            who = tunnel.remote.get(mac, "an endpoint on another host")
+            self.hop("bridge", bridge.name, f"{nexthop} is {who}: {asks(nexthop)} is answered "
+                     f"on this host by {port.name} from its neighbour entry {mac} "
+                     f"({known[1]}), nothing is flooded; the frame goes to port {port.name}")
+            if self.world.bridge_netfilter(packet.version):
+                ip = replace(packet, iif=bridge.name, oif=bridge.name)
+                families = ip_families(packet)
+                ip = self.hook(host, families, "prerouting", ip)
+                ip = self.hook(host, families, "forward", ip)
+                ip = self.hook(host, families, "postrouting", ip)
+                packet = replace(ip, oif=port.name)
+            packet = self.hook(host, ("bridge",), "forward", replace(packet, oif=port.name))
+            vtep = tunnel.fdb.get(mac)
+            if vtep is None:
+                self.hop("vxlan", port.name, f"no FDB entry for {mac}: {port.name} learns "
+                         "nothing and floods nothing, so the frame goes nowhere")
+                self.end("dropped", f"{port.name} has no FDB entry for {mac} (run 'portway "
+                         "doctor' on this host: gc reprograms it from the cluster store)",
+                         packet)
+            assert vtep is not None
+            self.hop("vxlan", port.name, f"FDB: {mac} -> VTEP {vtep}; encapsulated in "
+                     f"VXLAN (VNI {tunnel.vni}): UDP {tunnel.local} -> {vtep}:{tunnel.port}, "
+                     f"50 bytes more than the inner frame (device MTU {tunnel.mtu})")
+            route = host.lookup(ipaddress.ip_address(vtep))
+            if route is None:
+                self.end("no-route", f"the host has no route to the VTEP {vtep}", packet)
+            assert route is not None
+            self.hop("route", host.label, f"underlay: route lookup: "
+                     f"{route.text(ipaddress.ip_address(vtep))}")
+            self.end("leaves-host", f"tunnelled to host {vtep} (VNI {tunnel.vni}) for {who}; "
+                     f"that host's {port.name} takes it from there (trace on that host "
+                     "for its half)", packet)
+        return
 
     def out_of_port(self, port: Iface, space: Space, inner: Iface, packet: Packet) -> None:
         host = self.world.host

@@ -79,7 +79,7 @@ def _space(key: str, label: str, ipr: IPRoute, rules: list[dict[str, Any]],
                       forwarding6=observe.read_sysctl("net.ipv6.conf.all.forwarding") == "1",
                       neighbours=observe.neighbours(ipr), fdb=observe.bridge_fdb(ipr),
                       rp_filter=int(rp_all) if rp_all.isdigit() else 0, rules=policy,
-                      tables=tables)
+                      tables=tables, tunnels=_tunnels(ipr, by_index.values()))
 
 
 # The rules every namespace starts with: local, main, default (priority, table).
@@ -99,6 +99,23 @@ def _rules(ipr: IPRoute) -> list[core.Rule]:
                 and r.src is None and r.dst is None and not r.iif and not r.oif
                 and r.fwmark is None and not r.invert for r in found)
     return [] if plain else found
+
+
+def _tunnels(ipr: IPRoute, found: Any) -> dict[str, core.Tunnel]:
+    """The VXLAN devices (overlay networks) with their FDB entries."""
+    from portway.kernel import vxlan
+
+    out = {}
+    for link in found:
+        if link.kind != "vxlan":
+            continue
+        seen = vxlan.observe_vxlan(ipr, link.index)
+        if seen is None:
+            continue
+        fdb, _neigh = vxlan.observe_forwarding(ipr, link.index)
+        out[link.ifname] = core.Tunnel(vni=seen[0], local=seen[1], port=seen[2],
+                                       mtu=link.mtu, fdb={f.mac: str(f.dst) for f in fdb})
+    return out
 
 
 MAX_FOREIGN = 64  # namespaces one trace follows veths into, at most
@@ -216,6 +233,14 @@ def observe_world(engine: Engine | Observer
             host_peers[e.host_ifname] = (key, e.ifname)
             inner_peers.setdefault(key, {})[e.ifname] = (HOST, e.host_ifname)
     host = _space(HOST, "host", engine.host, engine.nft.list_ruleset(), host_peers)
+    cluster = engine.h.cluster
+    if cluster is not None and host.tunnels:
+        # Who is behind each remote MAC: the cluster store says (name and host).
+        remote = {}
+        for n in engine.store.networks():
+            for r in cluster.remote_endpoints(n.id) if n.driver == "overlay" else []:
+                remote[r.mac] = f"container {r.name} on host {r.host}"
+        host.tunnels = {name: replace(t, remote=remote) for name, t in host.tunnels.items()}
     bridge_nf = observe.read_sysctl("net.bridge.bridge-nf-call-iptables") == "1"
     bridge_nf6 = observe.read_sysctl("net.bridge.bridge-nf-call-ip6tables") == "1"
     spaces: dict[str, core.Space] = {}
@@ -393,6 +418,28 @@ def _to_container(engine: Engine | Observer, world: core.World, containers: dict
     return _Target(daddr, dport, f"{target.name} {hostport(daddr, dport)}", notes)
 
 
+def _remote_container(engine: Engine | Observer, name: str, port: int,
+                      family: int | None) -> _Target | None:
+    """A container on another host of an overlay network, by name (the cluster store
+    knows it): its address there."""
+    cluster = engine.h.cluster
+    if cluster is None:
+        return None
+    for n in engine.store.networks():
+        if n.driver != "overlay":
+            continue
+        for r in cluster.remote_endpoints(n.id):
+            if name not in (r.name, *r.aliases):
+                continue
+            addrs = [a.ip for a in r.addresses if family is None or a.version == family]
+            if addrs:
+                addr = min(addrs, key=lambda a: a.version)
+                return _Target(addr, port, f"{r.name} {hostport(addr, port)}",
+                               [f"{r.name} runs on host {r.host} (overlay network {n.name}, "
+                                "as the cluster store says)"])
+    return None
+
+
 def _client(client: IPAddress | None, family: int) -> IPAddress:
     """The outside client's address: --from-ip, or a documentation address."""
     if client is not None:
@@ -424,8 +471,14 @@ def run(engine: Engine | Observer, source: str, destination: str, from_ip: str |
                                f"{why} is IPv{family}", "give both of one family")
         dest = _Target(literal, port, destination, [])
     else:
-        dest = _to_container(engine, world, containers, src_key, name, port, proto, family,
-                             client)
+        try:
+            dest = _to_container(engine, world, containers, src_key, name, port, proto,
+                                 family, client)
+        except NotFound:
+            remote = _remote_container(engine, name, port, family)
+            if remote is None:
+                raise
+            dest = remote
     version = dest.daddr.version
     if src_key == "outside":
         sender = _client(client, version)

@@ -71,6 +71,18 @@ def _same(ipr: IPRoute, index: int, vni: int, local: IPAddress) -> bool:
                 and ipaddress.ip_address(have_local) == local)
 
 
+def observe_vxlan(ipr: IPRoute, index: int) -> tuple[int, str, int] | None:
+    """A VXLAN device's VNI, local address and destination port (None: not one)."""
+    msg = ipr.link("get", index=index)[0]
+    info = msg.get_attr("IFLA_LINKINFO")
+    data = info.get_attr("IFLA_INFO_DATA") if info is not None else None
+    if data is None or info.get_attr("IFLA_INFO_KIND") != "vxlan":
+        return None
+    local = data.get_attr("IFLA_VXLAN_LOCAL") or data.get_attr("IFLA_VXLAN_LOCAL6") or ""
+    return (int(data.get_attr("IFLA_VXLAN_ID") or 0), str(local),
+            int(data.get_attr("IFLA_VXLAN_PORT") or VXLAN_PORT))
+
+
 def observe_forwarding(ipr: IPRoute, index: int) -> tuple[set[Fdb], set[Neighbour]]:
     """The device's permanent FDB entries with a remote (dst) and its permanent
     neighbours: the entries portway programs."""
