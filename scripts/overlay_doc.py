@@ -177,6 +177,13 @@ def scenario(d: Doc) -> None:
            "not: `portway doctor` lists the difference, `portway gc` reprograms it):")
     shown = d.pw(0, "show")
     d.check("show has the vxlan", f"vxlan {dev}" in shown and "fdb + neighbour" in shown)
+    d.text("`portway trace` follows a connection into the VXLAN hop: the device's "
+           "neighbour entry answers ARP on this host, its FDB entry names the remote "
+           "VTEP, then encapsulation and the underlay route. A container on another host "
+           "is traced by name (the cluster store says where it is); the trace ends where "
+           "the packet leaves this host, and the other host's half is traced there:")
+    traced = d.pw(0, "trace", "web-a", "web-b:80")
+    d.check("trace tunnels", "tunnelled to host 192.0.2.2" in traced)
     d.text("Containers reach each other by address and by name: the DNS server on each "
            "host answers the names of the containers on every host.")
     got = d.run(d.argv(0, "exec", "web-a", "--", "python3", "-c", GET, "http://web-b/"),
@@ -204,9 +211,10 @@ def scenario(d: Doc) -> None:
     d.pw(0, "network", "rm", "multi")
     d.wait("B drops the network", lambda: "multi" not in d.quiet(1, "network", "ls"))
     d.text("## Not yet",
-           "`trace` and `show` do not yet follow a packet into the VXLAN hop; published "
-           "ports and outbound traffic of an overlay network go through the local host, "
-           "as on a bridge network.")
+           "`trace` explains the path up to where it leaves this host (the other host's "
+           "half is traced on that host); `graph` does not draw the VXLAN device yet. "
+           "Published ports and outbound traffic of an overlay network go through the "
+           "local host, as on a bridge network.")
 
 
 def main() -> int:
