@@ -209,8 +209,8 @@ def test_overlay_across_two_hosts(cluster: Cluster) -> None:
 
     c.pw_a("run", "-d", "--name", "web-a", "--network", "ov", "--",
            "python3", "-m", "http.server", "80")
-    c.pw_b("run", "-d", "--name", "web-b", "--network", "ov", "--",
-           "python3", "-m", "http.server", "80")
+    c.pw_b("run", "-d", "--name", "web-b", "--network", "ov", "--network-alias", "api",
+           "--", "python3", "-m", "http.server", "80")
     ip_a, ip_b = _address(c.pw_a, "web-a"), _address(c.pw_b, "web-b")
     assert ip_a != ip_b  # one address is never handed out twice, whichever host asks
 
@@ -228,6 +228,9 @@ def test_overlay_across_two_hosts(cluster: Cluster) -> None:
     assert out.startswith("HTTP/1.0 200"), out
     out = c.pw_a("exec", "web-a", "--", "python3", "-c", CONNECT, "web-b").stdout
     assert out.startswith("HTTP/1.0 200"), out
+    # web-b's alias on the network, from the other host too (checked with dig).
+    answer = c.pw_a("exec", "web-a", "--", "dig", "+short", "api").stdout.split()
+    assert answer == [ip_b], answer
 
     # trace follows the packet into the VXLAN hop: the neighbour entry answers ARP here,
     # the FDB entry names B's VTEP, the underlay route carries it.
