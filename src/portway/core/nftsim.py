@@ -109,7 +109,25 @@ class _Outcome:
 
 
 class Ruleset:
+    _kept: ClassVar[dict[int, tuple[list[dict[str, Any]], int, Ruleset]]] = {}
+
+    @classmethod
+    def of(cls, items: list[dict[str, Any]]) -> Ruleset:
+        """The Ruleset of a listing, made once per listing: audit traces thousands of
+        paths through the same host, and each trace would otherwise index every table
+        anew. Kept by the listing's identity and length (nothing changes a listing in
+        place once it is traced; a rule added makes a new one, as with_rules does)."""
+        found = cls._kept.get(id(items))
+        if found is not None and found[0] is items and found[1] == len(items):
+            return found[2]
+        if len(cls._kept) >= KEPT:
+            del cls._kept[next(iter(cls._kept))]
+        made = cls(items)
+        cls._kept[id(items)] = (items, len(items), made)
+        return made
+
     def __init__(self, items: list[dict[str, Any]]) -> None:
+        self._hooks: dict[tuple[tuple[str, ...], str], list[dict[str, Any]]] = {}
         self.chains: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.rules: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
         self.sets: dict[tuple[str, str, str], list[Any]] = {}
@@ -129,11 +147,16 @@ class Ruleset:
     def base_chains(self, families: tuple[str, ...], hook: str) -> list[dict[str, Any]]:
         """The base chains on hook in the order the kernel runs them: by priority, and
         among equal priorities the newest first (the kernel registers a new hook ahead of
-        those of its priority; a listing is in creation order, tables then chains)."""
-        found = [(n, c) for n, c in enumerate(self.chains.values())
-                 if c.get("hook") == hook and c["family"] in families]
-        return [c for n, c in sorted(found, key=lambda nc: (int(nc[1].get("prio", 0)),
-                                                             -nc[0]))]
+        those of its priority; a listing is in creation order, tables then chains).
+        Worked out once per hook (audit runs thousands of traces through one Ruleset)."""
+        have = self._hooks.get((families, hook))
+        if have is None:
+            found = [(n, c) for n, c in enumerate(self.chains.values())
+                     if c.get("hook") == hook and c["family"] in families]
+            have = self._hooks[(families, hook)] = [
+                c for n, c in sorted(found, key=lambda nc: (int(nc[1].get("prio", 0)),
+                                                            -nc[0]))]
+        return have
 
     def run_hook(self, families: tuple[str, ...], hook: str, packet: Packet,
                  local: frozenset[IPAddress],
@@ -406,16 +429,15 @@ def _canonical(value: Any) -> Any:
     return None
 
 
-SMALL = 32  # sets and maps with fewer elements are not indexed ahead
-KEPT = 256  # indexes kept, of the largest sets and maps
+KEPT = 4096  # indexes (and rulesets) kept: every set of a large host's tables
 
 
 class _ElementIndex:
     """The elements of one listed set or map: by the canonical form of their keys, and
     the rest (prefixes, ranges, wildcards) in order. Built once per listing (a trace
-    makes its Ruleset anew, but the listing is the same object from trace to trace)."""
+    shares its Ruleset, and the listing is the same object from trace to trace)."""
 
-    _cache: ClassVar[dict[tuple[int, bool], tuple[list[Any], _ElementIndex]]] = {}
+    _cache: ClassVar[dict[tuple[int, bool], tuple[list[Any], _ElementIndex, int]]] = {}
 
     def __init__(self, elems: list[Any], is_map: bool) -> None:
         self.elems = elems
@@ -434,15 +456,13 @@ class _ElementIndex:
 
     @classmethod
     def of(cls, elems: list[Any], is_map: bool) -> _ElementIndex:
-        if len(elems) < SMALL:  # as cheap to build as to look up: not kept
-            return cls(elems, is_map)
         found = cls._cache.get((id(elems), is_map))
-        if found is not None and found[0] is elems:
+        if found is not None and found[0] is elems and found[2] == len(elems):
             return found[1]
         if len(cls._cache) >= KEPT:  # the oldest goes (dicts keep their order)
             del cls._cache[next(iter(cls._cache))]
         index = cls(elems, is_map)
-        cls._cache[(id(elems), is_map)] = (elems, index)
+        cls._cache[(id(elems), is_map)] = (elems, index, len(elems))
         return index
 
     def first(self, value: Any) -> Any:

@@ -346,12 +346,51 @@ class World:
     # Whether the way back from beyond the host's edge is judged (off: the request
     # alone, which is what a live probe stopped at the edge can be compared with).
     beyond: bool = True
+    _holders: tuple[tuple[int, ...], dict[tuple[str, IPAddress], int]] | None = field(
+        default=None, init=False, repr=False, compare=False)
 
     def bridge_netfilter(self, version: int) -> bool:
         return self.bridge_nf if version == 4 else self.bridge_nf6
 
     def space(self, key: str) -> Space:
         return self.host if key == self.host.key else self.spaces[key]
+
+    def holder(self, bridge: str, addr: IPAddress) -> tuple[Space, Iface, Iface] | None:
+        """The container end holding addr behind a port of bridge, with that port. Looked
+        up in an index of every bridge port's addresses, made once per state of the
+        host's interfaces (a host with 1,000 veths would pay 1,000 checks a hop)."""
+        host = self.host
+        # (A stale index is harmless: each answer is checked, and a miss looks at all.)
+        state = (id(host.ifaces), len(host.ifaces), id(self.spaces), len(self.spaces))
+        if self._holders is None or self._holders[0] != state:
+            index: dict[tuple[str, IPAddress], int] = {}
+            for n, port in enumerate(host.ifaces):
+                if port.master and port.peer is not None:
+                    inner = self._peer(port)
+                    for a in inner.addrs if inner is not None else ():
+                        index.setdefault((port.master, a.ip), n)
+            self._holders = (state, index)
+        at = self._holders[1].get((bridge, addr))
+        if at is not None:
+            port = host.ifaces[at]
+            inner = self._peer(port) if port.master == bridge else None
+            if inner is not None and any(a.ip == addr for a in inner.addrs):
+                assert port.peer is not None
+                return self.space(port.peer[0]), inner, port
+        # Not in the index (or a port replaced in place since): look at every port.
+        for port in host.ifaces:
+            if port.master != bridge or port.peer is None:
+                continue
+            inner = self._peer(port)
+            if inner is not None and any(a.ip == addr for a in inner.addrs):
+                return self.space(port.peer[0]), inner, port
+        return None
+
+    def _peer(self, port: Iface) -> Iface | None:
+        if port.peer is None or (port.peer[0] != self.host.key and
+                                 port.peer[0] not in self.spaces):
+            return None
+        return self.space(port.peer[0]).iface(port.peer[1])
 
 
 @dataclass(frozen=True)
@@ -509,7 +548,7 @@ class _Walk:
 
     def ruleset(self, space: Space) -> Ruleset:
         if space.key not in self.rulesets:
-            self.rulesets[space.key] = Ruleset(space.ruleset)
+            self.rulesets[space.key] = Ruleset.of(space.ruleset)
         return self.rulesets[space.key]
 
     def hook(self, space: Space, families: tuple[str, ...], hook: str,
@@ -796,15 +835,7 @@ class _Walk:
 
     def holder(self, bridge: str, addr: IPAddress) -> tuple[Space, Iface, Iface] | None:
         """The container end holding addr behind a port of bridge, with that port."""
-        host = self.world.host
-        for port in host.ifaces:
-            if port.master != bridge or port.peer is None:
-                continue
-            space = self.world.space(port.peer[0])
-            inner = space.iface(port.peer[1])
-            if inner is not None and any(a.ip == addr for a in inner.addrs):
-                return space, inner, port
-        return None
+        return self.world.holder(bridge, addr)
 
     def bridge_out(self, bridge: Iface, nexthop: IPAddress, packet: Packet) -> None:
         """The host sends through its bridge to the port behind which nexthop lives."""
