@@ -280,6 +280,93 @@ def test_ports_that_share_a_path_share_a_trace(monkeypatch: Any) -> None:
     assert rows["published 0.0.0.0:10002/tcp -> 10.77.0.2:80"][:3] == ["yes", "yes", "yes"]
 
 
+def _many_ports(ports: list[Any], with_ufw: bool = True) -> World:
+    """portway's world with these ports published (and the ufw-style input firewall of
+    the Docker host beside portway's tables, which every published port bypasses)."""
+    from test_trace_reasoning import APP, DB, INSTANCE, listing
+
+    from portway.core import firewall
+
+    cmds = [*firewall.render_base(), *firewall.render_network(APP, INSTANCE),
+            *firewall.render_network(DB, INSTANCE), *firewall.render_ports(ports, INSTANCE)]
+    ufw = [i for i in DOCKER_RULESET if any(
+        isinstance(i.get(k), dict) and i[k].get("family") == "inet"
+        for k in ("table", "chain", "rule"))] if with_ufw else []
+    w = portway_world()
+    return World(host=replace(w.host, ruleset=listing(cmds) + ufw), spaces=w.spaces)
+
+
+def _answers(a: audit.Audit) -> list[Any]:
+    """What a user reads of an audit: the table, and each finding with its sources and
+    fix (the proofs' traces are the shared ones')."""
+    return [audit.table_rows(a), [(f.kind, f.target.label, [r.source.label for r in f.reaches],
+                                   f.fix.text, f.fix_checked) for f in a.findings]]
+
+
+def test_ports_to_other_container_ports_share_a_path_shape(monkeypatch: Any) -> None:
+    """Ports published to different ports of one container take one path where nothing
+    tells those ports apart (no rule matches them, the same sockets listen on them): one
+    trace stands for them all, and every answer, each finding's fix included (it names
+    the port each is DNATed to), is the one of tracing each."""
+    from test_trace_reasoning import CACHE, WEB
+
+    from portway.core.firewall import Published
+
+    ports = [Published(container_id="web", protocol="tcp", host_port=10000 + i,
+                       container_ip=WEB.address, container_port=8000 + i) for i in range(30)]
+    ports += [Published(container_id="web", protocol="tcp", host_port=11000,
+                        container_ip=WEB.address, container_port=80),
+              Published(container_id="cache", protocol="tcp", host_port=11001,
+                        container_ip=CACHE.address, container_port=80),
+              Published(container_id="cache", protocol="tcp", host_port=11002,
+                        container_ip=CACHE.address, container_port=8001)]
+    w = _many_ports(ports)
+    web = w.spaces["web"]  # which listens on 80 and on the first ten of those
+    w.spaces["web"] = replace(web, listeners={*web.listeners, *(
+        ("tcp", "0.0.0.0", 8000 + i) for i in range(10))})
+    shared = audit.audit(w)
+    traced = {r.target.label for r in shared.reaches if not r.same_path_as
+              and r.target.kind == "published"}
+    # One shape to web's ports where it listens, one where nothing does, one to its 80
+    # (where cache listens too: other sockets), one to each of cache's.
+    assert len(traced) == 5, traced
+    monkeypatch.setattr(audit, "ports_told_apart", lambda items: None)
+    each = audit.audit(w)
+    assert not any(r.same_path_as for r in each.reaches)
+    assert _answers(shared) == _answers(each)
+    by = {f.target.port: f for f in shared.findings}
+    assert "dport 8007 ct status dnat drop" in by[10007].fix.text[0]
+    assert by[10007].reaches[0].same_path_as
+
+
+def test_what_tells_ports_apart_keeps_them_apart() -> None:
+    """A rule that matches a port (in any chain, of any namespace), a port published
+    twice, or a socket on one of them: each is traced on its own."""
+    from test_trace_reasoning import WEB
+
+    from portway.core.firewall import Published
+
+    ports = [Published(container_id="web", protocol="tcp", host_port=10000 + i,
+                       container_ip=WEB.address, container_port=8000 + i) for i in range(6)]
+    ports.append(Published(container_id="web", protocol="tcp", host_port=10001,
+                           container_ip=WEB.address, container_port=9000,
+                           host_ip=IP("198.51.100.1")))
+    w = _many_ports(ports)
+    fwd = {"rule": {"family": "inet", "table": "filter", "chain": "forward", "expr": [
+        audit._m({"payload": {"protocol": "tcp", "field": "dport"}}, 8002), {"drop": None}]}}
+    w.host.ruleset.append(fwd)
+    web = w.spaces["web"]
+    w.spaces["web"] = replace(web, listeners={*web.listeners, ("tcp", "0.0.0.0", 8003)})
+    a = audit.audit(w)
+    alone = {r.target.port for r in a.reaches if not r.same_path_as and
+             r.target.kind == "published"}
+    assert {10001, 10002, 10003} <= alone
+    assert len(alone) == 4  # and one for 10000, 10004 and 10005
+    rows = {r[0]: r[1:] for r in audit.table_rows(a)}
+    assert rows["published 0.0.0.0:10002/tcp -> 10.77.0.2:8002"][:3] == ["no", "no", "no"]
+    assert rows["published 0.0.0.0:10003/tcp -> 10.77.0.2:8003"][:3] == ["yes", "yes", "yes"]
+
+
 def test_fixes_for_iptables_nft_tables_are_iptables_commands() -> None:
     """A native rule in a table iptables-nft manages would leave iptables unable to read
     it: there the fix is an iptables command."""

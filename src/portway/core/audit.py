@@ -17,8 +17,10 @@ Rules of this module:
    host's own addresses), and a container of each bridge network.
 3. A target is reachable from a source when a connection is made: the trace of its
    first packet is delivered, and the trace of the answer gets back (conntrack's
-   view: established, de-NATed). Published ports that nothing before DNAT tells apart
-   and that go to the same place share one trace (ports_told_apart). A finding is an
+   view: established, de-NATed). Published ports that take one path share one trace
+   (_PathShapes): they go to one address, on ports that nothing but their own DNAT
+   tells apart (no rule matches them, the same sockets listen on them); each such
+   Reach maps the trace's ports back to its own. A finding is an
    exposure that the traces prove:
      bypasses-input-firewall  a published port reached from outside while the
                               host's input hook would drop the same packet (DNAT
@@ -108,7 +110,15 @@ class Reach:
     trace: Trace
     via: list[str]
     reply: Trace | None = None  # the answer's way back, where it is modelled
-    same_path_as: str = ""  # a target whose trace stands for this one's (ports_told_apart)
+    same_path_as: str = ""  # a target whose trace stands for this one's (_PathShapes)
+    ports: dict[int, int] = field(default_factory=dict)  # that target's ports -> this one's
+
+    @property
+    def seen_destination(self) -> tuple[IPAddress, int]:
+        """Where the connection arrives, as its destination sees it (the trace's, in
+        this target's own port where the trace is another's)."""
+        addr, _, port = self.trace.seen_destination.rpartition(":")
+        return ipaddress.ip_address(addr.strip("[]")), self.ports.get(int(port), int(port))
 
     @property
     def reached(self) -> bool:
@@ -788,8 +798,7 @@ def _ipname(version: int) -> str:
 def fix_bypass(world: World, r: Reach, dropper: str, iptables: Tables = frozenset()) -> Fix:
     """Drop, after DNAT, what the input firewall would have dropped: by the address and
     port the connection is DNATed to, from the interface it came in on."""
-    final = ipaddress.ip_address(r.trace.seen_destination.rpartition(":")[0].strip("[]"))
-    port = int(r.trace.seen_destination.rpartition(":")[2])
+    final, port = r.seen_destination
     v = final.version
     proto = r.target.proto
     expr = [_m(_meta("iifname"), r.source.iif), _m(_ip(v, "daddr"), str(final)),
@@ -941,6 +950,29 @@ def _jumps(expr: Any, items: list[dict[str, Any]], family: str, table: str) -> l
     return out
 
 
+def _rule_ports(rule: dict[str, Any]) -> set[int] | None:
+    """The ports a rule matches (none for a DNAT rule: its port is the target's own);
+    None when it matches ports it does not list (a named set, a map, a wide range)."""
+    exprs = rule.get("expr", [])
+    told: set[int] = set()
+    if any(isinstance(e, dict) and "dnat" in e for e in exprs):
+        return told
+    for e in exprs:
+        if not isinstance(e, dict):
+            continue
+        if "vmap" in e and _mentions_port(e["vmap"]["key"]):
+            return None
+        if "match" in e and _mentions_port(e["match"]["left"]):
+            right = e["match"]["right"]
+            if isinstance(right, str) and right.startswith("@"):
+                return None
+            values = _values(right)
+            if not values or not all(isinstance(v, int) for v in values):
+                return None
+            told.update(values)
+    return told
+
+
 def ports_told_apart(items: list[dict[str, Any]]) -> set[int] | None:
     """The ports that something before DNAT tells apart: those a rule matches (but the
     DNAT rules themselves) in a chain that sees the packet before it is DNATed
@@ -965,36 +997,103 @@ def ports_told_apart(items: list[dict[str, Any]]) -> set[int] | None:
         seen.add(key)
         family, table, _ = key
         for rule in rules.get(key, []):
-            exprs = rule.get("expr", [])
-            if not any(isinstance(e, dict) and "dnat" in e for e in exprs):
-                for e in exprs:
-                    if not isinstance(e, dict):
-                        continue
-                    if "vmap" in e and _mentions_port(e["vmap"]["key"]):
-                        return None
-                    if "match" in e and _mentions_port(e["match"]["left"]):
-                        right = e["match"]["right"]
-                        if isinstance(right, str) and right.startswith("@"):
-                            return None
-                        values = _values(right)
-                        if not values or not all(isinstance(v, int) for v in values):
-                            return None
-                        told.update(values)
-            pending += [(family, table, t) for t in _jumps(exprs, items, family, table)]
+            found = _rule_ports(rule)
+            if found is None:
+                return None
+            told |= found
+            pending += [(family, table, t)
+                        for t in _jumps(rule.get("expr", []), items, family, table)]
     return told
 
 
+def ports_matched(world: World) -> set[int] | None:
+    """The ports that any rule of any namespace of world matches (but DNAT rules), in
+    any chain: after DNAT a connection meets the host's forward and postrouting chains,
+    the destination's own, and its answer all of them again. None when a rule matches
+    ports it does not list."""
+    told: set[int] = set()
+    for space in (world.host, *world.spaces.values()):
+        for item in space.ruleset:
+            if (rule := item.get("rule")):
+                found = _rule_ports(rule)
+                if found is None:
+                    return None
+                told |= found
+    return told
+
+
+def _sockets(world: World) -> dict[tuple[str, int], frozenset[tuple[str, str, bool]]]:
+    """Every socket of world on each protocol and port: (namespace, address, portwayd's)."""
+    out: dict[tuple[str, int], set[tuple[str, str, bool]]] = {}
+    for space in (world.host, *world.spaces.values()):
+        for proto, addr, port in space.listeners:
+            out.setdefault((proto, port), set()).add((space.key, addr, False))
+        for proto, addr, port in space.portway_sockets:
+            out.setdefault((proto, port), set()).add((space.key, addr, True))
+    return {k: frozenset(v) for k, v in out.items()}
+
+
+def _goes_to(t: Target) -> tuple[str, int] | None:
+    """The one address and port a published port is DNATed to (None: several)."""
+    if ", " in t.to or not t.to:
+        return None
+    addr, colon, port = t.to.rpartition(":")
+    if colon and port.isdigit() and not t.to.endswith("]") and \
+            (addr.startswith("[") or ":" not in addr):
+        return addr.strip("[]"), int(port)
+    return t.to.strip("[]"), t.port  # to an address alone: the port stays
+
+
+class _PathShapes:
+    """Which published ports take one path (one trace stands for them all): those that
+    go to one address, on ports that nothing but their own DNAT tells apart (no rule of
+    any namespace matches them, no other published port shares them, and the same
+    sockets listen on them: none, say). Then the trace of one is the trace of each but
+    for the port numbers, which its Reach maps back (Reach.ports)."""
+
+    def __init__(self, world: World, what: list[Target]) -> None:
+        self.before = ports_told_apart(world.host.ruleset)
+        self.anywhere = ports_matched(world) if self.before is not None else None
+        self.sockets = _sockets(world) if self.anywhere is not None else {}
+        count: dict[tuple[str, int], int] = {}
+        for t in what:
+            if t.kind == "published":
+                count[(t.proto, t.port)] = count.get((t.proto, t.port), 0) + 1
+        self.twice = {k for k, n in count.items() if n > 1}
+
+    def _port(self, proto: str, port: int) -> Any:
+        assert self.anywhere is not None
+        if port in self.anywhere:
+            return port
+        return "any", self.sockets.get((proto, port), frozenset())
+
+    def key(self, t: Target) -> tuple[Any, ...] | None:
+        """The shape of t's path; None: t is traced on its own."""
+        if self.before is None or t.kind != "published" or t.port in self.before:
+            return None
+        goes = _goes_to(t)
+        if self.anywhere is None or goes is None or (t.proto, t.port) in self.twice:
+            return t.proto, str(t.addr), t.version, t.to  # to one address and port
+        return (t.proto, str(t.addr), t.version, goes[0], self._port(t.proto, t.port),
+                self._port(t.proto, goes[1]))
+
+
 def _reaches(world: World, who: list[Source], what: list[Target]) -> list[Reach]:
-    """Every source to every target it can name; published ports that go to the same
-    address and port share one trace where nothing before DNAT tells them apart."""
-    told = ports_told_apart(world.host.ruleset)
+    """Every source to every target it can name; published ports that take one path
+    share one trace (_PathShapes)."""
+    shapes = _PathShapes(world, what)
     firsts: dict[tuple[Any, ...], Target] = {}
     traced: dict[tuple[Target, Source], Reach] = {}
     out: list[Reach] = []
     for t in what:
-        first = t
-        if told is not None and t.kind == "published" and t.port not in told:
-            first = firsts.setdefault((t.proto, str(t.addr), t.version, t.to), t)
+        key = shapes.key(t)
+        first = t if key is None else firsts.setdefault(key, t)
+        ports: dict[int, int] = {}
+        if first is not t:
+            ports[first.port] = t.port
+            a, b = _goes_to(first), _goes_to(t)
+            if a is not None and b is not None:
+                ports[a[1]] = b[1]
         for s in who:
             if first is t:
                 r = reach(world, s, t)
@@ -1005,7 +1104,8 @@ def _reaches(world: World, who: list[Source], what: list[Target]) -> list[Reach]
             like = traced.get((first, s))
             if like is not None:
                 out.append(Reach(s, t, replace(like.packet, dport=t.port), like.trace,
-                                 like.via, like.reply, same_path_as=first.label))
+                                 like.via, like.reply, same_path_as=first.label,
+                                 ports=ports))
     return out
 
 
