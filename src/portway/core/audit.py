@@ -46,7 +46,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from portway.core.nftsim import Packet, Ruleset, hostport, is_loopback, rule_text
-from portway.core.trace import Hop, Space, Trace, World, ip_families, trace
+from portway.core.trace import Hop, Iface, Space, Trace, World, ip_families, trace
 from portway.model.types import IPAddress
 
 ROUTED_CLIENT = {4: ipaddress.ip_address("203.0.113.10"),  # TEST-NET-3, as trace's outside
@@ -435,12 +435,22 @@ def _listening(space: Space) -> list[tuple[str, IPAddress, int]]:
     return out
 
 
+_BRIDGES: dict[int, tuple[list[Iface], int, dict[str, str]]] = {}
+
+
 def bridge_of(world: World, key: str) -> str:
-    """The bridge a namespace's veth is a port of, on the host ('' if none)."""
-    for port in world.host.ifaces:
-        if port.peer is not None and port.peer[0] == key and port.master:
-            return port.master
-    return ""
+    """The bridge a namespace's veth is a port of, on the host ('' if none). From an
+    index of the host's bridge ports, made once per list of interfaces."""
+    host = world.host
+    have = _BRIDGES.get(id(host))
+    if have is None or have[0] is not host.ifaces or have[1] != len(host.ifaces):
+        index: dict[str, str] = {}
+        for port in host.ifaces:
+            if port.peer is not None and port.master:
+                index.setdefault(port.peer[0], port.master)
+        _BRIDGES.clear()  # one host at a time
+        have = _BRIDGES[id(host)] = (host.ifaces, len(host.ifaces), index)
+    return have[2].get(key, "")
 
 
 def containers(world: World) -> list[str]:
@@ -494,6 +504,18 @@ def uplinks(host: Space) -> list[str]:
         if any(not a.ip.is_link_local and not a.ip.is_loopback for a in i.addrs):
             out.append(i.name)
     return sorted(out, key=lambda d: (d not in default, d))
+
+
+_UPLINKS: dict[int, tuple[list[Iface], int, list[str]]] = {}
+
+
+def _uplinks(host: Space) -> list[str]:
+    """uplinks(host), worked out once per list of interfaces (it looks at every one)."""
+    have = _UPLINKS.get(id(host))
+    if have is None or have[0] is not host.ifaces or have[1] != len(host.ifaces):
+        _UPLINKS.clear()  # one host at a time
+        have = _UPLINKS[id(host)] = (host.ifaces, len(host.ifaces), uplinks(host))
+    return have[2]
 
 
 def _neighbour_address(host: Space, dev: str, version: int) -> IPAddress | None:
@@ -550,7 +572,7 @@ def _facing(world: World, source: Source, version: int) -> IPAddress | None:
     if source.kind in ("neighbour", "outside"):
         return host.first_address(source.iif, version)
     if source.kind == "host":
-        devs = uplinks(host)
+        devs = _uplinks(host)
         return host.first_address(devs[0], version) if devs else None
     space = world.spaces[source.key]
     route = space.lookup(ROUTED_CLIENT[version])

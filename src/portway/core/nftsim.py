@@ -492,6 +492,11 @@ def _text(value: str) -> Any:
         return value.lower()
 
 
+@functools.lru_cache(maxsize=4096)
+def _prefix(addr: str, length: int) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    return ipaddress.ip_network(f"{addr}/{length}", strict=False)
+
+
 def _normal(value: Any) -> Any:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
@@ -505,8 +510,7 @@ def _elem_matches(elem: Any, value: Any) -> bool:
         if "elem" in elem:
             return _elem_matches(elem["elem"]["val"], value)
         if "prefix" in elem:
-            net = ipaddress.ip_network(f"{elem['prefix']['addr']}/{elem['prefix']['len']}",
-                                       strict=False)
+            net = _prefix(str(elem["prefix"]["addr"]), int(elem["prefix"]["len"]))
             return isinstance(value, ipaddress.IPv4Address | ipaddress.IPv6Address) and \
                 value in net
         if "range" in elem:

@@ -223,6 +223,8 @@ class Space:
     tunnels: dict[str, Tunnel] = field(default_factory=dict)
     _local: tuple[list[Iface], int, frozenset[IPAddress]] | None = field(
         default=None, init=False, repr=False, compare=False)
+    _names: tuple[list[Iface], int, dict[str, int]] | None = field(
+        default=None, init=False, repr=False, compare=False)
 
     def neighbour(self, dev: str, addr: IPAddress) -> str:
         """How the next hop's MAC is known: from the table, or by asking first."""
@@ -241,6 +243,18 @@ class Space:
         return f"FDB: {mac} learned on port {have}, not {port} (moved?)"
 
     def iface(self, name: str) -> Iface | None:
+        # By an index of names, made once per list of interfaces (a host with 1,000 veths
+        # is asked for its bridge or uplink at every hop); the position it gives is read
+        # from the list itself, where pairing veths replaces an interface in place.
+        have = self._names
+        if have is None or have[0] is not self.ifaces or have[1] != len(self.ifaces):
+            names: dict[str, int] = {}
+            for n, i in enumerate(self.ifaces):
+                names.setdefault(i.name, n)
+            have = self._names = (self.ifaces, len(self.ifaces), names)
+        at = have[2].get(name)
+        if at is not None and self.ifaces[at].name == name:
+            return self.ifaces[at]
         return next((i for i in self.ifaces if i.name == name), None)
 
     def local(self) -> frozenset[IPAddress]:
