@@ -367,6 +367,104 @@ def test_what_tells_ports_apart_keeps_them_apart() -> None:
     assert rows["published 0.0.0.0:10003/tcp -> 10.77.0.2:8003"][:3] == ["yes", "yes", "yes"]
 
 
+def crowd(count: int, each: int, with_ufw: bool = True) -> World:
+    """A host like bench/audit.py's: count containers on one network (each listens on
+    8000), each ports published to a port of its own of each (8000, 8001...), and the
+    ufw-style input firewall beside portway's tables."""
+    from test_trace_reasoning import INSTANCE, listing
+
+    from portway.core import firewall
+    from portway.core.firewall import Published
+    from portway.model.types import Endpoint, Network, Subnet
+
+    net = Network(id="ef" * 32, name="crowd", subnets=(Subnet(
+        subnet=ipaddress.ip_network("10.205.0.0/16"), gateway=IP("10.205.0.1")),),
+        bridge="pwbr-efefefefef")
+    v4 = ipaddress.IPv4Interface
+    ifaces = [Iface("lo", 1, addrs=(v4("127.0.0.1/8"),)),
+              Iface("uplink0", 2, "veth", addrs=(v4("198.51.100.1/24"),)),
+              Iface(net.bridge, 3, "bridge", "02:ab:00:00:00:01", addrs=(v4("10.205.0.1/16"),))]
+    spaces, endpoints, ports = {}, [], []
+    for n in range(count):
+        addr, veth, key = IP(0x0ACD0002 + n), f"pwv-{n:08x}", f"pw-{n:012x}"
+        e = Endpoint(id=veth, container_id=key, network_id=net.id, ifname="eth0",
+                     host_ifname=veth, addresses=(ipaddress.ip_interface((addr, 16)),),
+                     mac=f"02:42:0a:cd:00:{n:02x}")
+        endpoints.append(e)
+        ifaces.append(Iface(veth, 10 + n, "veth", master=net.bridge, peer=(key, "eth0")))
+        spaces[key] = Space(
+            key=key, label=f"container c{n}",
+            ifaces=[Iface("lo", 1, addrs=(v4("127.0.0.1/8"),)),
+                    Iface("eth0", 2, "veth", e.mac, addrs=(v4(f"{addr}/16"),),
+                          peer=("host", veth))],
+            routes=[Route(NETWORK("10.205.0.0/16"), "eth0", prefsrc=addr),
+                    Route(NETWORK("0.0.0.0/0"), "eth0", gateway=IP("10.205.0.1"))],
+            listeners={("tcp", "0.0.0.0", 8000)})
+        for k in range(each):
+            ports.append(Published(key, "tcp", 20000 + len(ports), addr, 8000 + k))
+    cmds = [*firewall.render_base(), *firewall.render_network(net, INSTANCE),
+            *firewall.render_ports(ports, INSTANCE), *firewall.render_guard_base(),
+            *firewall.render_guard(endpoints, INSTANCE)]
+    ufw = [i for i in DOCKER_RULESET if any(
+        isinstance(i.get(k), dict) and i[k].get("family") == "inet"
+        for k in ("table", "chain", "rule"))] if with_ufw else []
+    host = Space(key="host", label="host", forwarding=True, ruleset=listing(cmds) + ufw,
+                 ifaces=ifaces, routes=[
+                     Route(NETWORK("198.51.100.0/24"), "uplink0", prefsrc=IP("198.51.100.1")),
+                     Route(NETWORK("0.0.0.0/0"), "uplink0", gateway=IP("198.51.100.2")),
+                     Route(NETWORK("10.205.0.0/16"), net.bridge, prefsrc=IP("10.205.0.1"))])
+    return World(host=host, spaces=spaces)
+
+
+def test_containers_of_one_shape_share_a_trace(monkeypatch: Any) -> None:
+    """Containers behind one bridge, recorded alike but for their names and addresses,
+    which nothing tells apart: one trace stands for the ports published to all of them,
+    and every answer (the table, each finding, its fix with the address and port the
+    connection is DNATed to) is the one of tracing each."""
+    w = crowd(8, 3)
+    shared = audit.audit(w)
+    traced = {r.target.label for r in shared.reaches if not r.same_path_as and
+              r.target.kind == "published"}
+    # The source (the first container) is a shape of its own, the other seven share
+    # one: to each, a trace to 8000 (where it listens) and one to 8001 (for 8002 too).
+    assert len(traced) == 4, sorted(traced)
+    monkeypatch.setattr(audit, "ports_told_apart", lambda items: None)
+    each = audit.audit(w)
+    assert not any(r.same_path_as for r in each.reaches)
+    assert _answers(shared) == _answers(each)
+    by = {f.target.port: f for f in shared.findings}
+    assert sorted(by) == [20000 + 3 * n for n in range(8)]
+    assert "ip daddr 10.205.0.7 tcp dport 8000 ct status dnat drop" in by[20015].fix.text[0]
+    assert by[20015].reaches[0].same_path_as
+
+
+def test_a_rule_that_names_a_container_gives_it_a_shape_of_its_own() -> None:
+    """A forward rule that drops what goes to one of them (by its address, or by a
+    prefix that takes two): those are traced on their own, and only they are closed to
+    the LAN (the host's own connections do not pass forward)."""
+    w = crowd(6, 1)
+    docker_like = {"rule": {"family": "inet", "table": "filter", "chain": "forward", "expr": [
+        audit._m({"payload": {"protocol": "ip", "field": "daddr"}}, "10.205.0.4"),
+        {"drop": None}]}}
+    w.host.ruleset.append(docker_like)
+    a = audit.audit(w)
+    alone = {r.target.to for r in a.reaches if not r.same_path_as}
+    assert "10.205.0.4:8000" in alone
+    rows = {r[0]: r[1:] for r in audit.table_rows(a)}
+    assert rows["published 0.0.0.0:20002/tcp -> 10.205.0.4:8000"][:3] == ["yes", "no", "no"]
+    assert rows["published 0.0.0.0:20003/tcp -> 10.205.0.5:8000"][:3] == ["yes", "yes", "yes"]
+    w = crowd(6, 1)
+    split = {"rule": {"family": "inet", "table": "filter", "chain": "forward", "expr": [
+        audit._m({"payload": {"protocol": "ip", "field": "daddr"}},
+                 {"prefix": {"addr": "10.205.0.4", "len": 31}}), {"drop": None}]}}
+    w.host.ruleset.append(split)
+    a = audit.audit(w)
+    rows = {r[0]: r[1:] for r in audit.table_rows(a)}
+    assert rows["published 0.0.0.0:20002/tcp -> 10.205.0.4:8000"][:3] == ["yes", "no", "no"]
+    assert rows["published 0.0.0.0:20003/tcp -> 10.205.0.5:8000"][:3] == ["yes", "no", "no"]
+    assert rows["published 0.0.0.0:20004/tcp -> 10.205.0.6:8000"][:3] == ["yes", "yes", "yes"]
+
+
 def test_fixes_for_iptables_nft_tables_are_iptables_commands() -> None:
     """A native rule in a table iptables-nft manages would leave iptables unable to read
     it: there the fix is an iptables command."""

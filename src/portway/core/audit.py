@@ -18,9 +18,11 @@ Rules of this module:
 3. A target is reachable from a source when a connection is made: the trace of its
    first packet is delivered, and the trace of the answer gets back (conntrack's
    view: established, de-NATed). Published ports that take one path share one trace
-   (_PathShapes): they go to one address, on ports that nothing but their own DNAT
-   tells apart (no rule matches them, the same sockets listen on them); each such
-   Reach maps the trace's ports back to its own. A finding is an
+   (_PathShapes): they go to one address, or to containers of one shape (_Alike: one
+   bridge, recorded alike but for their own names and addresses, which no rule tells
+   apart), on ports that nothing but their own DNAT tells apart (no rule matches them,
+   the same sockets listen on them); each such Reach maps the trace's ports and
+   addresses back to its own. A finding is an
    exposure that the traces prove:
      bypasses-input-firewall  a published port reached from outside while the
                               host's input hook would drop the same packet (DNAT
@@ -39,9 +41,10 @@ Rules of this module:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import ipaddress
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -112,13 +115,15 @@ class Reach:
     reply: Trace | None = None  # the answer's way back, where it is modelled
     same_path_as: str = ""  # a target whose trace stands for this one's (_PathShapes)
     ports: dict[int, int] = field(default_factory=dict)  # that target's ports -> this one's
+    addresses: dict[IPAddress, IPAddress] = field(default_factory=dict)  # and its addresses
 
     @property
     def seen_destination(self) -> tuple[IPAddress, int]:
         """Where the connection arrives, as its destination sees it (the trace's, in
-        this target's own port where the trace is another's)."""
-        addr, _, port = self.trace.seen_destination.rpartition(":")
-        return ipaddress.ip_address(addr.strip("[]")), self.ports.get(int(port), int(port))
+        this target's own port and address where the trace is another's)."""
+        text, _, port = self.trace.seen_destination.rpartition(":")
+        addr = ipaddress.ip_address(text.strip("[]"))
+        return self.addresses.get(addr, addr), self.ports.get(int(port), int(port))
 
     @property
     def reached(self) -> bool:
@@ -1066,17 +1071,198 @@ def _goes_to(t: Target) -> tuple[str, int] | None:
     return t.to.strip("[]"), t.port  # to an address alone: the port stays
 
 
+def _leaves(value: Any) -> Iterator[Any]:
+    """The plain values in a piece of a listing (strings, numbers; prefixes and ranges as
+    their dicts)."""
+    if isinstance(value, dict):
+        if "prefix" in value or "range" in value:
+            yield value
+            return
+        for v in value.values():
+            yield from _leaves(v)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            yield from _leaves(v)
+    else:
+        yield value
+
+
+def _canon(value: Any, tokens: dict[str, str]) -> Any:
+    """A hashable form of a recorded object (a Space, an Iface...) with a container's own
+    names and addresses (tokens) in place of its placeholders, and without the kernel's
+    numbering of interfaces (which no rule and no verdict reads)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return (type(value).__name__, *((f.name, _canon(getattr(value, f.name), tokens))
+                                        for f in dataclasses.fields(value)
+                                        if not f.name.startswith("_") and f.name not in
+                                        ("index", "link_index", "netnsid", "key", "label")))
+    if isinstance(value, dict):  # (a comment decides nothing)
+        return tuple(sorted(((_canon(k, tokens), _canon(v, tokens)) for k, v in value.items()
+                             if k != "comment"), key=repr))
+    if isinstance(value, set | frozenset):
+        return tuple(sorted((_canon(v, tokens) for v in value), key=repr))
+    if isinstance(value, list | tuple):
+        return tuple(_canon(v, tokens) for v in value)
+    if isinstance(value, ipaddress.IPv4Interface | ipaddress.IPv6Interface):
+        return tokens.get(str(value.ip), str(value.ip)), value.network.prefixlen
+    if isinstance(value, str):
+        return tokens.get(value.lower(), tokens.get(value, value))
+    if isinstance(value, ipaddress.IPv4Address | ipaddress.IPv6Address):
+        return tokens.get(str(value), str(value))
+    return value
+
+
+class _Alike:
+    """Containers whose paths have one shape: behind one bridge, recorded alike but for
+    their own names and addresses (the tokens: addresses, MACs, the host end of the
+    veth), and told apart by nothing in any namespace's tables (no rule names one; a set
+    or map element that names one has its like for each of the others; each prefix,
+    range and interface wildcard takes all or none of them), routed alike from the host
+    and from each source. A trace to one stands for a trace to each, its tokens
+    swapped. A source's own namespace, an address held twice, or one named by a rule is
+    a shape of its own."""
+
+    def __init__(self, world: World, who: list[Source]) -> None:
+        host = world.host
+        ports = {i.peer[0]: i for i in host.ifaces if i.peer is not None and i.master}
+        sources = {s.key for s in who}
+        tokens: dict[str, dict[str, str]] = {}  # container key -> its tokens
+        owner: dict[str, str] = {}
+        unique: set[str] = set()
+        addrs: dict[str, list[IPAddress]] = {}
+        for key in containers(world):
+            space, port = world.spaces[key], ports[key]
+            mine: dict[str, str] = {port.name: "<port>", key: "<key>"}
+            if port.mac:
+                mine[port.mac.lower()] = "<port-mac>"
+            for n, i in enumerate(space.ifaces):
+                if i.mac and i.name != "lo":
+                    mine[i.mac.lower()] = f"<mac:{n}>"
+                for m, ifa in enumerate(i.addrs):
+                    if i.name != "lo":
+                        mine[str(ifa.ip)] = f"<addr:{n}:{m}>"
+                        addrs.setdefault(key, []).append(ifa.ip)
+            tokens[key] = mine
+            for token in mine:
+                if token in owner:
+                    unique |= {key, owner[token]}
+                owner[token] = key
+            if key in sources or any(a in host.local() for a in addrs.get(key, [])):
+                unique.add(key)
+        dnat_maps = _dnat_maps(host.ruleset)
+        mentions: dict[str, list[Any]] = {}
+        splitters: list[Any] = []
+        for space in (host, *world.spaces.values()):
+            for item in space.ruleset:
+                rule = item.get("rule")
+                found = item.get("set") or item.get("map")
+                if rule is not None:
+                    values = list(_leaves(rule.get("expr", [])))
+                    unique |= {owner[v.lower()] for v in values
+                               if isinstance(v, str) and v.lower() in owner}
+                    splitters += [v for v in values if _splits(v)]
+                elif found is not None and (found.get("family"), found.get("table"),
+                                            found.get("name")) not in dnat_maps:
+                    where = (space.key, found.get("family"), found.get("table"),
+                             found.get("name"))
+                    for elem in found.get("elem", []):
+                        values = list(_leaves(elem))
+                        named = {owner[v.lower()] for v in values
+                                 if isinstance(v, str) and v.lower() in owner}
+                        splitters += [v for v in values if _splits(v)]
+                        if len(named) == 1:
+                            key = next(iter(named))
+                            mentions.setdefault(key, []).append(
+                                (where, _canon(elem, tokens[key])))
+                        else:
+                            unique |= named
+        self.shape: dict[str, tuple[Any, ...]] = {}  # address -> its container's shape
+        self.tokens = tokens
+        self.holder: dict[str, str] = {}
+        for key, mine in tokens.items():
+            if key in unique:
+                continue
+            routes = tuple(tuple(_route_id(sp, a) for a in addrs.get(key, []))
+                           for sp in (host, *(world.space(s) for s in sources
+                                              if s != "outside")))
+            split = tuple(tuple(_inside(v, a, ports[key].name) for v in splitters)
+                          for a in addrs.get(key, []))
+            shape = (ports[key].master, _canon(world.spaces[key], mine),
+                     _canon(ports[key], mine), tuple(sorted(mentions.get(key, []), key=repr)),
+                     routes, split)
+            for a in addrs.get(key, []):
+                self.shape[str(a)] = shape
+                self.holder[str(a)] = key
+
+    def swap(self, first: str, other: str) -> dict[str, str]:
+        """The addresses of first's container as other's (first, other: addresses of two
+        containers of one shape)."""
+        theirs = {v: k for k, v in self.tokens[self.holder[other]].items()}
+        return {k: theirs[v] for k, v in self.tokens[self.holder[first]].items()
+                if v.startswith("<addr") and v in theirs}
+
+
+def _dnat_maps(items: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    """The maps a DNAT statement takes its address or port from: the published ports
+    themselves, which audit tells apart by their targets."""
+    out: set[tuple[str, str, str]] = set()
+    for item in items:
+        rule = item.get("rule")
+        if rule is None:
+            continue
+        for e in rule.get("expr", []):
+            nat = e.get("dnat") if isinstance(e, dict) else None
+            for part in (nat.get("addr"), nat.get("port")) if isinstance(nat, dict) else ():
+                data = part["map"].get("data") if isinstance(part, dict) and "map" in part \
+                    else None
+                if isinstance(data, str) and data.startswith("@"):
+                    out.add((str(rule["family"]), str(rule["table"]), data[1:]))
+    return out
+
+
+def _splits(value: Any) -> bool:
+    """A value that may take some containers and not others: a prefix, a range, an
+    interface wildcard."""
+    return isinstance(value, dict) or (isinstance(value, str) and value.endswith("*"))
+
+
+def _inside(value: Any, addr: IPAddress, port: str) -> bool:
+    if isinstance(value, str):
+        return port.startswith(value[:-1])
+    if "prefix" in value:
+        p = value["prefix"]
+        try:
+            return addr in ipaddress.ip_network(f"{p['addr']}/{p['len']}", strict=False)
+        except (ValueError, TypeError):
+            return False
+    low, high = value["range"]
+    try:
+        first, last = ipaddress.ip_address(str(low)), ipaddress.ip_address(str(high))
+    except ValueError:
+        return False  # a range of ports: no address's business
+    return first.version == addr.version and int(first) <= int(addr) <= int(last)
+
+
+def _route_id(space: Space, addr: IPAddress) -> int:
+    route = space.lookup(addr)
+    return -1 if route is None else next(n for n, r in enumerate(space.routes) if r is route)
+
+
 class _PathShapes:
     """Which published ports take one path (one trace stands for them all): those that
-    go to one address, on ports that nothing but their own DNAT tells apart (no rule of
-    any namespace matches them, no other published port shares them, and the same
-    sockets listen on them: none, say). Then the trace of one is the trace of each but
-    for the port numbers, which its Reach maps back (Reach.ports)."""
+    go to one address, or to containers of one shape (_Alike), on ports that nothing but
+    their own DNAT tells apart (no rule of any namespace matches them, no other
+    published port shares them, and the same sockets listen on them: none, say). Then
+    the trace of one is the trace of each but for the port numbers and the container's
+    addresses, which its Reach maps back (Reach.ports, Reach.addresses)."""
 
-    def __init__(self, world: World, what: list[Target]) -> None:
+    def __init__(self, world: World, what: list[Target], who: list[Source]) -> None:
         self.before = ports_told_apart(world.host.ruleset)
         self.anywhere = ports_matched(world) if self.before is not None else None
         self.sockets = _sockets(world) if self.anywhere is not None else {}
+        self.alike = _Alike(world, who) if self.anywhere is not None else None
+        self.world = world
+        self.swapped: dict[tuple[str, str], dict[IPAddress, IPAddress]] = {}
         count: dict[tuple[str, int], int] = {}
         for t in what:
             if t.kind == "published":
@@ -1089,6 +1275,18 @@ class _PathShapes:
             return port
         return "any", self.sockets.get((proto, port), frozenset())
 
+    def _port_of(self, proto: str, port: int, holder: str) -> Any:
+        """As _port, for a container of a shape: its own sockets by their placeholders;
+        others' (which its path never meets) as the host's only."""
+        assert self.anywhere is not None and self.alike is not None
+        if port in self.anywhere:
+            return port
+        mine = self.alike.tokens[holder]
+        return "any", tuple(sorted(
+            (("<holder>" if k == holder else k), mine.get(a, a), p)
+            for k, a, p in self.sockets.get((proto, port), frozenset())
+            if k in (holder, self.world.host.key)))
+
     def key(self, t: Target) -> tuple[Any, ...] | None:
         """The shape of t's path; None: t is traced on its own."""
         if self.before is None or t.kind != "published" or t.port in self.before:
@@ -1096,14 +1294,32 @@ class _PathShapes:
         goes = _goes_to(t)
         if self.anywhere is None or goes is None or (t.proto, t.port) in self.twice:
             return t.proto, str(t.addr), t.version, t.to  # to one address and port
+        assert self.alike is not None
+        shape = self.alike.shape.get(goes[0])
+        if shape is not None:
+            holder = self.alike.holder[goes[0]]
+            return (t.proto, str(t.addr), t.version, "shape", shape,
+                    self.alike.tokens[holder][goes[0]], self._port_of(t.proto, t.port, holder),
+                    self._port_of(t.proto, goes[1], holder))
         return (t.proto, str(t.addr), t.version, goes[0], self._port(t.proto, t.port),
                 self._port(t.proto, goes[1]))
+
+    def addresses(self, first: Target, t: Target) -> dict[IPAddress, IPAddress]:
+        a, b = _goes_to(first), _goes_to(t)
+        if a is None or b is None or a[0] == b[0] or self.alike is None:
+            return {}
+        have = self.swapped.get((a[0], b[0]))
+        if have is None:
+            have = self.swapped[(a[0], b[0])] = {
+                ipaddress.ip_address(k): ipaddress.ip_address(v)
+                for k, v in self.alike.swap(a[0], b[0]).items()}
+        return have
 
 
 def _reaches(world: World, who: list[Source], what: list[Target]) -> list[Reach]:
     """Every source to every target it can name; published ports that take one path
     share one trace (_PathShapes)."""
-    shapes = _PathShapes(world, what)
+    shapes = _PathShapes(world, what, who)
     firsts: dict[tuple[Any, ...], Target] = {}
     traced: dict[tuple[Target, Source], Reach] = {}
     out: list[Reach] = []
@@ -1111,6 +1327,7 @@ def _reaches(world: World, who: list[Source], what: list[Target]) -> list[Reach]
         key = shapes.key(t)
         first = t if key is None else firsts.setdefault(key, t)
         ports: dict[int, int] = {}
+        addresses = shapes.addresses(first, t) if first is not t else {}
         if first is not t:
             ports[first.port] = t.port
             a, b = _goes_to(first), _goes_to(t)
@@ -1127,7 +1344,7 @@ def _reaches(world: World, who: list[Source], what: list[Target]) -> list[Reach]
             if like is not None:
                 out.append(Reach(s, t, replace(like.packet, dport=t.port), like.trace,
                                  like.via, like.reply, same_path_as=first.label,
-                                 ports=ports))
+                                 ports=ports, addresses=addresses))
     return out
 
 
