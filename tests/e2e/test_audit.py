@@ -222,6 +222,25 @@ def test_docker_like_host_text_and_live(sandbox: Sandbox, docker_like: DockerLik
     assert not [n for n in sb.own_netns() if n.startswith("pwprobe-")]
 
 
+def test_live_agrees_with_static_on_dockers_jump_and_return_chains(
+        sandbox: Sandbox, docker_like: DockerLike) -> None:
+    """Docker's FORWARD jumps to DOCKER-USER and DOCKER-ISOLATION-STAGE-1, which return,
+    then to DOCKER, which runs out; its nat PREROUTING jumps to DOCKER, which DNATs. The
+    kernel's account of trace --live's probe and the static trace agree on each path,
+    chain by chain (no "static DISAGREES")."""
+    sb = sandbox
+    for source, destination in ((f"ns:{docker_like.c1}", "172.18.0.2:80"),
+                                ("outside", f"{sb.host_addr}:8080")):
+        cp = sb.pw("trace", "--live", "--json", source, destination, check=False,
+                   timeout=120)
+        assert cp.returncode == 0, cp.stderr
+        t = json.loads(cp.stdout)
+        assert (t["verdict"], t["live"]["verdict"]) == ("delivered", "delivered"), t["live"]
+        assert t["live"]["agrees"], (source, t["live"]["disagreements"], t["live"]["hops"])
+        assert "DISAGREE" not in sb.pw("trace", "--live", source, destination,
+                                       timeout=120).stdout
+
+
 def test_portway_host_has_no_exposure(sandbox: Sandbox) -> None:
     sb = sandbox
     sb.pw("network", "create", "app", "--subnet", "10.60.0.0/24")

@@ -1,0 +1,66 @@
+"""trace --live's comparison with the static trace, on the kernel's own events as a real
+probe produced them (tests/e2e/test_audit.py's Docker-like host, kernel 6.18): the
+order of base chains of one priority on one hook, and Docker's jump/return chains."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from test_audit_reasoning import DOCKER_RULESET, docker_host
+
+from portway.core.nftsim import Packet, Ruleset
+from portway.core.trace import agreement, fold_events, static_steps, trace
+
+
+def test_of_one_priority_the_chain_made_last_runs_first() -> None:
+    """The kernel puts a new hook before those of its priority: ufw's `inet filter
+    forward`, made after Docker's `ip filter FORWARD` (later in the listing), runs
+    first; the priorities still order the rest."""
+    chains = Ruleset(DOCKER_RULESET).base_chains(("ip", "inet"), "forward")
+    assert [(c["family"], c["table"], c["name"]) for c in chains] == [
+        ("inet", "filter", "forward"), ("ip", "filter", "FORWARD")]
+    pre = Ruleset(DOCKER_RULESET).base_chains(("ip", "inet"), "prerouting")
+    assert [c["prio"] for c in pre] == sorted(c["prio"] for c in pre)
+
+
+# The probe's first packet, from namespace c1 (172.17.0.2) to 172.18.0.2:80 through the
+# host: (family, table, chain, type, handle, verdict) of each event, as the kernel sent
+# them (portway_trace's own left out).
+EVENTS = [("ip", "raw", "PREROUTING", "rule", None, "continue"),
+          ("ip", "raw", "PREROUTING", "policy", None, "accept"),
+          ("ip", "nat", "PREROUTING", "rule", None, "continue"),
+          ("ip", "nat", "PREROUTING", "policy", None, "accept"),
+          ("inet", "filter", "forward", "rule", None, "continue"),
+          ("inet", "filter", "forward", "policy", None, "accept"),
+          ("ip", "filter", "FORWARD", "rule", 6, "jump"),
+          ("ip", "filter", "DOCKER-USER", "rule", 20, "return"),
+          ("ip", "filter", "FORWARD", "rule", 7, "jump"),
+          ("ip", "filter", "DOCKER-ISOLATION-STAGE-1", "rule", 17, "return"),
+          ("ip", "filter", "FORWARD", "rule", 9, "jump"),
+          ("ip", "filter", "DOCKER", "rule", None, "continue"),
+          ("ip", "filter", "FORWARD", "rule", 14, "accept"),
+          ("ip", "nat", "POSTROUTING", "rule", 8, "accept")]
+
+
+def test_static_and_the_kernel_agree_across_dockers_jump_and_return_chains() -> None:
+    world = docker_host()
+    packet = Packet(l4proto="tcp", saddr=ipaddress.ip_address("0.0.0.0"),
+                    daddr=ipaddress.ip_address("172.18.0.2"), sport=40000, dport=80)
+    static = trace(world, "ns:c1", packet, "c1", "172.18.0.2:80")
+    assert static.verdict == "delivered"
+    handles = {(r["family"], r["table"], r["handle"]): r for r in
+               (i["rule"] for i in DOCKER_RULESET if "rule" in i)}
+    assert handles[("ip", "filter", 14)]["chain"] == "FORWARD"
+    events: list[dict[str, Any]] = [
+        {"family": f, "table": t, "chain": c, "kind": k, "handle": h, "verdict": v}
+        for f, t, c, k, h, v in EVENTS if not (k == "rule" and h is None)]
+    steps = fold_events(events, {})
+    assert [(s.table, s.chain, s.verdict) for s in steps] == [
+        ("raw", "PREROUTING", "policy accept"), ("nat", "PREROUTING", "policy accept"),
+        ("filter", "forward", "policy accept"), ("filter", "FORWARD", "accept"),
+        ("nat", "POSTROUTING", "accept")]
+    reasons = agreement(static_steps(static, "host"), steps, static.verdict, "delivered",
+                        (static.seen_source, static.seen_destination),
+                        (static.seen_source, static.seen_destination))
+    assert reasons == []
