@@ -4,9 +4,10 @@ Rules of this module:
 1. It changes nothing. It reads links, addresses, routes, sockets, sysctls and every
    nftables table of the host namespace and of each namespace whose veth has its other
    end in the host (named ones under /run/netns, Docker's under /var/run/docker/netns,
-   any process's), found by asking the host's kernel which namespace id each one has,
-   so no unrelated namespace is entered. The state dir is only read (names of
-   portway's containers), never created or written.
+   any process's: trace's discovery, netns.observe_namespaces), found by asking the
+   host's kernel which namespace id each one has, so no unrelated namespace is entered.
+   Each namespace is read once, a dump of each kind, from one helper thread. The state
+   dir is only read (names of portway's containers), never created or written.
 2. core/audit.py does the reasoning; this module only records (with engine/tracer.py's
    recording of one namespace) and, with --live, sends trace --live's probes
    (engine/live.py) for each finding: the only writes, its short-lived tables and
@@ -32,9 +33,6 @@ from portway.core import trace as trace_core
 from portway.kernel import netns, observe, xtables
 from portway.kernel.nft import Nft
 
-DOCKER_NETNS = "/var/run/docker/netns"
-NOT_ASSIGNED = 4294967295
-
 
 class Seams(Protocol):
     """What audit needs of an Engine: the host's netlink socket and nftables, and (for
@@ -53,21 +51,6 @@ class Found:
     path: str
 
 
-def _candidates() -> list[tuple[str, str, str]]:
-    """(key, label, path) of every network namespace file to consider."""
-    out: list[tuple[str, str, str]] = []
-    for directory, prefix, what in ((netns.RUN_NETNS, "ns", "namespace"),
-                                    (DOCKER_NETNS, "docker", "Docker's namespace")):
-        try:
-            entries = sorted(os.listdir(directory))
-        except OSError:
-            continue
-        out += [(f"{prefix}:{e}", f"{what} {e}", os.path.join(directory, e)) for e in entries]
-    for entry in sorted((e for e in os.listdir("/proc") if e.isdigit()), key=int):
-        out.append((f"pid:{entry}", f"process {entry}", f"/proc/{entry}/ns/net"))
-    return out
-
-
 def _comm(pid: str) -> str:
     try:
         with open(f"/proc/{pid}/comm") as f:
@@ -76,42 +59,25 @@ def _comm(pid: str) -> str:
         return "?"
 
 
-def discover(ipr: IPRoute) -> list[Found]:
+def discover(ipr: IPRoute, host: trace_core.Space) -> list[Found]:
     """The namespaces that hold the other end of one of the host's veths (ipr is the
-    host's socket; the caller lives in the host namespace), one per namespace."""
-    wanted = {int(m.get_attr("IFLA_LINK_NETNSID")) for m in ipr.get_links()
-              if m.get_attr("IFLA_LINK_NETNSID") is not None}
-    wanted.discard(NOT_ASSIGNED)
+    host's socket, host the host as recorded through it; the caller lives in the host
+    namespace), one per namespace: the machine's namespaces as trace finds them
+    (netns.observe_namespaces: named ones, Docker's, any process's, by inode, only
+    looked at), and of those, the ones the host's veths name by their namespace id."""
+    wanted = {i.netnsid for i in host.ifaces if i.netnsid >= 0}
     if not wanted:
         return []
-    own = os.stat("/proc/self/ns/net")
-    seen = {(own.st_dev, own.st_ino)}
+    own = netns.namespace_inode("/proc/thread-self/ns/net")
+    found = [ns for ns in netns.observe_namespaces() if ns.inode != own]
+    chosen = {ns.inode for ns in netns.resolve_nsids(ipr, wanted, found).values()}
     out: list[Found] = []
-    for key, label, path in _candidates():
-        try:
-            st = os.stat(path)
-        except OSError:
-            continue
-        if (st.st_dev, st.st_ino) in seen:
-            continue
-        seen.add((st.st_dev, st.st_ino))
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            continue
-        try:
-            nsid = ipr.get_netnsid(fd=fd).get("nsid")
-        except Exception:  # not a namespace, or gone meanwhile: not one of ours
-            continue
-        finally:
-            os.close(fd)
-        if nsid in wanted:
-            if key.startswith("pid:"):
-                label = f"process {key[4:]} ({_comm(key[4:])})"
-            out.append(Found(key, label, path))
-            wanted.discard(nsid)
-            if not wanted:
-                break
+    for ns in found:
+        if ns.inode in chosen:
+            label = ns.label
+            if ns.key.startswith("pid:"):
+                label = f"process {ns.key[4:]} ({_comm(ns.key[4:])})"
+            out.append(Found(ns.key, label, ns.path))
     return out
 
 
@@ -151,36 +117,41 @@ class Observed:
     iptables: frozenset[tuple[str, str]]  # the host's tables that iptables-nft manages
 
 
+def _record(key: str, label: str, own: set[int]) -> trace_core.Space:
+    """One namespace, from inside it (the calling thread is there): its sockets are
+    opened here. own: this process's sockets."""
+    from portway.engine import tracer
+
+    return tracer._space(key, label, None, tracer.list_ruleset_here(), {}, own)
+
+
 def observe_world(seams: Seams, state_dir: str) -> Observed:
-    """The host and every namespace behind its veths (rule 1)."""
+    """The host and every namespace behind its veths (rule 1), each read once: one dump
+    of each kind per namespace, all of them from one helper thread that enters each in
+    turn."""
     from portway.engine import tracer
 
     rules, notes, iptables = xtables.native(seams.nft.list_ruleset())
     host = tracer._space(tracer.HOST, "host", seams.host, rules, {})
     portway = container_names(state_dir)
+    found = discover(seams.host, host)
+    labels = {}
+    for f in found:
+        name = f.key.removeprefix("ns:")
+        labels[f.path] = (f.key, f"container {portway[name]}" if name in portway else f.label)
+    own = observe.own_sockets()
+    recorded = netns.visit([f.path for f in found],
+                           lambda path: _record(*labels[path], own))
     spaces: dict[str, trace_core.Space] = {}
-    for found in discover(seams.host):
-        name = found.key.removeprefix("ns:")
-        label = f"container {portway[name]}" if name in portway else found.label
-
-        def record(key: str = found.key, label: str = label) -> trace_core.Space:
-            ipr, nft = IPRoute(), Nft()
-            try:
-                return tracer._space(key, label, ipr, nft.list_ruleset(), {})
-            finally:
-                ipr.close()
-                nft.close()
-
-        try:
-            space = netns.in_netns(found.path, record)
-        except OSError:
+    for f, space in zip(found, recorded, strict=True):
+        if space is None:
             continue  # gone meanwhile
         before = list(host.ifaces)
         trace_core.pair_veths(host, space)
-        if not _behind_the_host(host, found.key):
+        if not _behind_the_host(host, f.key):
             host.ifaces = before  # the far end of a link to a LAN: the world, not a guest
             continue
-        spaces[found.key] = space
+        spaces[f.key] = space
     return Observed(trace_core.World(
         host=host, spaces=spaces,
         bridge_nf=observe.read_sysctl("net.bridge.bridge-nf-call-iptables") == "1",

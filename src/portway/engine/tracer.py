@@ -18,8 +18,8 @@ from portway.core import firewall
 from portway.core import trace as core
 from portway.core.nftsim import Packet, hostport
 from portway.errors import InvalidInput, NotFound
-from portway.kernel import links, netns, nftrace, observe
-from portway.kernel.nft import Nft
+from portway.kernel import netns, nftrace, observe, rtnl
+from portway.kernel.nft import Nft, has_tables
 from portway.model.types import Container, Endpoint, IPAddress, IPInterface, IPNetwork
 
 if TYPE_CHECKING:
@@ -32,52 +32,87 @@ OUTSIDE_DEFAULT6 = "2001:db8:113::10"  # the IPv6 documentation prefix, likewise
 SOURCE_PORT = 40000
 
 
-def _space(key: str, label: str, ipr: IPRoute, rules: list[dict[str, Any]],
-           peers: dict[str, tuple[str, str]]) -> core.Space:
-    """Links, addresses and routes through ipr; sockets and sysctls of the calling
-    thread's namespace (the caller runs this inside the namespace)."""
+def list_ruleset_here() -> list[dict[str, Any]]:
+    """Every nftables table of the calling thread's namespace: none without making a
+    libnftables context (milliseconds) where a plain dump finds no table."""
+    if not has_tables():
+        return []
+    nft = Nft()
+    try:
+        return nft.list_ruleset()
+    finally:
+        nft.close()
+
+
+def _space(key: str, label: str, ipr: IPRoute | None, rules: list[dict[str, Any]],
+           peers: dict[str, tuple[str, str]], own: set[int] | None = None) -> core.Space:
+    """Links, addresses, routes, neighbours, sockets and sysctls of the calling thread's
+    namespace (the caller runs this inside the namespace; ipr is a socket there). One
+    dump of each kind for the whole namespace, parsed only for what is read
+    (kernel/rtnl.py): a dump per link, or pyroute2's parsing of every attribute, cost
+    a host with 1,000 veths seconds. own: this process's sockets (their inodes), read
+    once for a whole recording (a daemon with 1,000 containers holds thousands of file
+    descriptors); None: read them here."""
+    with rtnl.Dumper() as dumper:
+        return _space_from(key, label, dumper, rules, peers, own, ipr)
+
+
+def _space_from(key: str, label: str, dumper: rtnl.Dumper, rules: list[dict[str, Any]],
+                peers: dict[str, tuple[str, str]], own: set[int] | None,
+                ipr: IPRoute | None) -> core.Space:
     ifaces = []
-    by_index = {link.index: link for link in links.observe_links(ipr)}
+    by_index = {link.index: link for link in dumper.links()}
+    addrs_of: dict[int, list[IPInterface]] = {}
+    for index, ifaddr in dumper.addresses():
+        addrs_of.setdefault(index, []).append(ifaddr)
     for link in by_index.values():
-        addrs: tuple[IPInterface, ...] = (*links.observe_addresses(ipr, link.index),
-                                          *links.observe_addresses6(ipr, link.index))
+        addrs = tuple(addrs_of.get(link.index, ()))
         master = by_index[link.master].ifname if link.master in by_index else ""
+        # net.ipv4.conf.DEV.*, as the link dump carries them (a file each otherwise).
         conf = f"net.ipv4.conf.{link.ifname}."
-        localnet = observe.read_sysctl(conf + "route_localnet") == "1"
-        rp_filter = observe.read_sysctl(conf + "rp_filter", "0")
+        localnet = dumper.ipv4_conf(link.index, rtnl.IPV4_DEVCONF_ROUTE_LOCALNET)
+        rp_filter = dumper.ipv4_conf(link.index, rtnl.IPV4_DEVCONF_RP_FILTER)
+        forwarding = dumper.ipv4_conf(link.index, rtnl.IPV4_DEVCONF_FORWARDING)
+        if localnet is None or rp_filter is None or forwarding is None:
+            text = observe.read_sysctl(conf + "rp_filter", "0")
+            localnet = int(observe.read_sysctl(conf + "route_localnet") == "1")
+            rp_filter = int(text) if text.isdigit() else 0
+            forwarding = int(observe.read_sysctl(conf + "forwarding") != "0")
         ifaces.append(core.Iface(name=link.ifname, index=link.index, kind=link.kind,
                                  mac=link.mac, up=link.up, addrs=addrs, master=master,
-                                 peer=peers.get(link.ifname), route_localnet=localnet,
-                                 rp_filter=int(rp_filter) if rp_filter.isdigit() else 0,
-                                 forwarding=observe.read_sysctl(conf + "forwarding") != "0",
+                                 peer=peers.get(link.ifname), route_localnet=localnet == 1,
+                                 rp_filter=rp_filter, forwarding=forwarding != 0,
                                  mtu=link.mtu,
                                  link_index=link.peer if link.kind == "veth" else 0,
                                  netnsid=link.netnsid if link.kind == "veth" else -1))
-    policy = _rules(ipr)
+    if ipr is None:  # (policy rules through pyroute2: a socket here, for them alone)
+        with IPRoute() as here:
+            policy = _rules(here)
+    else:
+        policy = _rules(ipr)
     every = [core.Route(dst=ipaddress.ip_network(r["dst"]), dev=r["dev"],
                         gateway=ipaddress.ip_address(r["gateway"]) if r["gateway"] else None,
                         prefsrc=ipaddress.ip_address(r["prefsrc"]) if r["prefsrc"] else None,
                         kind=r["kind"], metric=r["metric"], table=r["table"])
-             for r in observe.route_table(ipr, tables=bool(policy))]
+             for r in dumper.routes(tables=bool(policy))]
     routes = [r for r in every if r.table == core.MAIN]
     tables: dict[int, list[core.Route]] = {}
     for r in every:
         if r.table != core.MAIN:
             tables.setdefault(r.table, []).append(r)
     rp_all = observe.read_sysctl("net.ipv4.conf.all.rp_filter", "0")
-    own = observe.own_sockets()
+    own = observe.own_sockets() if own is None else own
     listeners: set[tuple[str, str, int]] = set()
     mine: set[tuple[str, str, int]] = set()
-    for proto in ("tcp", "udp"):
-        for addr, port, inode in observe.listeners(proto):
-            listeners.add((proto, addr, port))
-            if inode in own:
-                mine.add((proto, addr, port))
+    for proto, addr, port, inode in rtnl.listeners():
+        listeners.add((proto, addr, port))
+        if inode in own:
+            mine.add((proto, addr, port))
     return core.Space(key=key, label=label, ifaces=ifaces, routes=routes,
                       listeners=listeners, portway_sockets=mine, ruleset=rules,
                       forwarding=observe.read_sysctl("net.ipv4.ip_forward") == "1",
                       forwarding6=observe.read_sysctl("net.ipv6.conf.all.forwarding") == "1",
-                      neighbours=observe.neighbours(ipr), fdb=observe.bridge_fdb(ipr),
+                      neighbours=dumper.neighbours(), fdb=dumper.fdb(),
                       rp_filter=int(rp_all) if rp_all.isdigit() else 0, rules=policy,
                       tables=tables, tunnels=_tunnels(ipr, by_index.values()))
 
@@ -143,14 +178,15 @@ def _record_foreign(ns: netns.Namespace, found: list[netns.Namespace]
     """A namespace portway did not make, recorded from inside it (read-only), and the
     namespaces its own veths lead to (nsid -> inode)."""
     def record() -> tuple[core.Space, dict[int, int]]:
-        ipr, nft = IPRoute(), Nft()
+        space = _space(ns.key, ns.label, None, list_ruleset_here(), {})
+        wanted = {i.netnsid for i in _unpaired(space, set())}
+        if not wanted:
+            return space, {}
+        ipr = IPRoute()
         try:
-            space = _space(ns.key, ns.label, ipr, nft.list_ruleset(), {})
-            wanted = {i.netnsid for i in _unpaired(space, set())}
-            return space, _nsids(ipr, wanted, found) if wanted else {}
+            return space, _nsids(ipr, wanted, found)
         finally:
             ipr.close()
-            nft.close()
 
     return netns.in_netns(ns.path, record)
 
@@ -207,12 +243,7 @@ def observe_foreign(engine: Engine | Observer, world: core.World, name: str) -> 
     key = f"ns:{name}"
 
     def record() -> core.Space:
-        ipr, nft = IPRoute(), Nft()
-        try:
-            return _space(key, f"namespace {name}", ipr, nft.list_ruleset(), {})
-        finally:
-            ipr.close()
-            nft.close()
+        return _space(key, f"namespace {name}", None, list_ruleset_here(), {})
 
     space = netns.in_netns(netns.netns_path(name), record)
     core.pair_veths(world.host, space)
@@ -243,18 +274,23 @@ def observe_world(engine: Engine | Observer
         host.tunnels = {name: replace(t, remote=remote) for name, t in host.tunnels.items()}
     bridge_nf = observe.read_sysctl("net.bridge.bridge-nf-call-iptables") == "1"
     bridge_nf6 = observe.read_sysctl("net.bridge.bridge-nf-call-ip6tables") == "1"
+    by_path = {c.netns: (key, c) for key, c in containers.items()}
+
+    own = observe.own_sockets()
+
+    def record(path: str) -> core.Space:
+        # Its netlink sockets are opened here, inside the container's namespace.
+        key, c = by_path[path]
+        return _space(key, f"container {c.name}", None, list_ruleset_here(),
+                      inner_peers.get(key, {}), own)
+
+    # Every container from one helper thread, entering each in turn.
     spaces: dict[str, core.Space] = {}
-    for key, c in containers.items():
-        def record(c: Container = c, key: str = key) -> core.Space:
-            # Both open their netlink sockets here, inside the container's namespace.
-            ipr, nft = IPRoute(), Nft()
-            try:
-                return _space(key, f"container {c.name}", ipr, nft.list_ruleset(),
-                              inner_peers.get(key, {}))
-            finally:
-                ipr.close()
-                nft.close()
-        spaces[key] = netns.in_netns(c.netns, record)
+    for key, space in zip(list(containers), netns.visit(list(by_path), record), strict=True):
+        if space is None:
+            del containers[key]  # removed meanwhile
+        else:
+            spaces[key] = space
     world = core.World(host=host, spaces=spaces, bridge_nf=bridge_nf, bridge_nf6=bridge_nf6)
     modelled: dict[int, str] = {}
     for key, path in ((HOST, "/proc/thread-self/ns/net"),

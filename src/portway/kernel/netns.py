@@ -92,6 +92,32 @@ def in_netns(path: str, fn: Callable[[], T]) -> T:
     return _away(enter, fn)
 
 
+def visit(paths: list[str], fn: Callable[[str], T]) -> list[T | None]:
+    """fn(path) inside each namespace of paths in turn, on one helper thread that goes
+    home at the end (a thread for each would cost its start each time); None for a
+    namespace that could not be entered (gone meanwhile). fn's own errors are raised."""
+
+    def body() -> list[T | None]:
+        out: list[T | None] = []
+        for path in paths:
+            try:
+                target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                out.append(None)
+                continue
+            try:
+                sandbox.setns(target, sandbox.CLONE_NEWNET)
+            except OSError:
+                out.append(None)
+                continue
+            finally:
+                os.close(target)
+            out.append(fn(path))
+        return out
+
+    return _away(lambda: None, body)
+
+
 def in_new_netns(fn: Callable[[], T]) -> T:
     """Run fn on a helper thread inside a new, empty network namespace of its own, which
     is gone once fn has returned and closed what it opened there."""

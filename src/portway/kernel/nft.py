@@ -88,6 +88,37 @@ class Nft:
                 self._ctx = None
 
 
+NFNL_SUBSYS_NFTABLES, NFT_MSG_NEWTABLE, NFT_MSG_GETTABLE = 10, 0, 1
+
+
+def has_tables() -> bool:
+    """Whether the calling thread's namespace has any nftables table, of any family: one
+    small dump over a plain netlink socket, where making a libnftables context costs
+    milliseconds (a container's namespace usually has none)."""
+    import socket
+    import struct
+
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                         12)  # NETLINK_NETFILTER
+    try:
+        sock.bind((0, 0))
+        kind = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE
+        sock.send(struct.pack("=IHHII", 20, kind, 0x1 | 0x300, 1, 0) +
+                  struct.pack("=BBH", 0, 0, 0))
+        while True:
+            data = sock.recv(1 << 16)
+            offset = 0
+            while offset + 16 <= len(data):
+                length, mtype = struct.unpack_from("=IH", data, offset)
+                if mtype == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWTABLE:
+                    return True
+                if mtype in (2, 3) or length < 16:  # NLMSG_ERROR, NLMSG_DONE
+                    return False
+                offset += (length + 3) & ~3
+    finally:
+        sock.close()
+
+
 def canonical(commands: list[dict[str, Any]], prelude: str = "") -> list[dict[str, Any]]:
     """The ruleset the kernel lists after being given exactly these commands (after the
     text commands of prelude), in a throwaway network namespace: the form to compare a

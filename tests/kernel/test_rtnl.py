@@ -1,0 +1,135 @@
+"""kernel/rtnl.py against real namespaces of the test's own: its dumps say what pyroute2's
+say (the observe functions it stands in for), on a namespace with a bridge, veths into
+another namespace, addresses of both families, routes of several kinds, neighbours and
+learned FDB entries; and nft.has_tables sees a table of any family."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from pyroute2 import IPRoute
+
+from portway.kernel import links, netns, observe, rtnl
+from portway.kernel.nft import has_tables
+from portway.testbed import add_netns, del_netns
+
+
+def sh(*args: str) -> None:
+    subprocess.run(args, check=True, capture_output=True)
+
+
+@pytest.fixture
+def spaces() -> Iterator[tuple[str, str]]:
+    if os.geteuid() != 0:
+        pytest.skip("kernel tests need root")
+    tag = secrets.token_hex(3)
+    host, other = f"pwk-h-{tag}", f"pwk-c-{tag}"
+    try:
+        for ns in (host, other):
+            add_netns(ns)
+        yield host, other
+    finally:
+        for ns in (host, other):
+            del_netns(ns)
+
+
+def test_dumps_say_what_pyroute2_says(spaces: tuple[str, str]) -> None:
+    host, other = spaces
+    for args in (("link", "add", "br0", "type", "bridge"),
+                 ("link", "add", "v0", "type", "veth", "peer", "name", "eth0", "netns", other),
+                 ("link", "add", "v1", "type", "veth", "peer", "name", "v1p"),
+                 ("link", "set", "v0", "master", "br0", "up"), ("link", "set", "br0", "up"),
+                 ("link", "set", "v1", "up"), ("link", "set", "v1p", "up"),
+                 ("link", "set", "lo", "up"),
+                 ("addr", "add", "10.70.0.1/24", "dev", "br0"),
+                 ("addr", "add", "fd00:70::1/64", "dev", "br0", "nodad"),
+                 ("addr", "add", "192.0.2.1/24", "dev", "v1"),
+                 ("route", "add", "default", "via", "192.0.2.2", "metric", "5"),
+                 ("route", "add", "blackhole", "10.99.0.0/16"),
+                 ("route", "add", "10.98.0.0/16", "via", "192.0.2.3", "table", "7"),
+                 ("neigh", "add", "192.0.2.2", "lladdr", "02:00:00:00:00:02", "dev", "v1"),
+                 ("neigh", "add", "10.70.0.9", "dev", "br0", "nud", "failed"),
+                 ("bridge", "fdb", "add", "02:00:00:00:00:07", "dev", "v0", "master",
+                  "static")):
+        if args[0] == "bridge":
+            sh("ip", "netns", "exec", host, *args)
+        else:
+            sh("ip", "-n", host, *args)
+    sh("ip", "-n", other, "link", "set", "eth0", "up")
+    sh("ip", "netns", "exec", host, "sysctl", "-qw", "net.ipv4.conf.v1.route_localnet=1")
+
+    def read() -> Any:
+        ipr = IPRoute()
+        try:
+            with rtnl.Dumper() as d:
+                return ((links.observe_links(ipr), d.links()),
+                        (sorted(map(str, links.observe_link_addresses(ipr))),
+                         sorted(map(str, d.addresses()))),
+                        (sorted(map(str, observe.route_table(ipr))),
+                         sorted(map(str, d.routes()))),
+                        (observe.neighbours(ipr), d.neighbours()),
+                        (observe.bridge_fdb(ipr), d.fdb()),
+                        ({link.ifname: observe.read_sysctl(
+                            f"net.ipv4.conf.{link.ifname}.route_localnet") == "1"
+                          for link in links.observe_links(ipr)},
+                         {link.ifname: d.route_localnet(link.index) for link in d.links()}),
+                        has_tables())
+        finally:
+            ipr.close()
+
+    *pairs, tables = netns.in_netns(netns.netns_path(host), read)
+    for theirs, mine in pairs:
+        assert mine == theirs
+    links_seen = {link.ifname: link for link in pairs[0][1]}
+    assert links_seen["v0"].kind == "veth" and links_seen["v0"].netnsid >= 0
+    assert links_seen["v1"].netnsid == -1 and links_seen["v0"].master == \
+        links_seen["br0"].index
+    assert ("br0", "02:00:00:00:00:07") in pairs[4][1]
+    assert any("'blackhole'" in r for r in pairs[2][1])
+    assert not tables
+    assert pairs[5][1]["v1"] and not pairs[5][1]["v0"]
+    for family in ("bridge", "netdev"):
+        sh("ip", "netns", "exec", host, "nft", "add", "table", family, "pwk")
+        assert netns.in_netns(netns.netns_path(host), has_tables)
+        sh("ip", "netns", "exec", host, "nft", "delete", "table", family, "pwk")
+
+
+def test_listeners_say_what_sock_diag_through_pyroute2_says(spaces: tuple[str, str]) -> None:
+    host, _ = spaces
+    sh("ip", "-n", host, "link", "set", "lo", "up")
+
+    def read() -> Any:
+        import socket
+
+        opened = []
+        try:
+            for family, kind, addr, port in (
+                    (socket.AF_INET, socket.SOCK_STREAM, "127.0.0.1", 8080),
+                    (socket.AF_INET6, socket.SOCK_STREAM, "::", 8081),
+                    (socket.AF_INET, socket.SOCK_DGRAM, "0.0.0.0", 5353),
+                    (socket.AF_INET6, socket.SOCK_DGRAM, "::1", 5354)):
+                s = socket.socket(family, kind)
+                opened.append(s)
+                s.bind((addr, port))
+                if kind == socket.SOCK_STREAM:
+                    s.listen()
+            connected = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            opened.append(connected)
+            connected.connect(("127.0.0.1", 5353))  # not a listener: connected
+            theirs = sorted((proto, a, p, i) for proto in ("tcp", "udp")
+                            for a, p, i in observe.listeners(proto))
+            return theirs, sorted(rtnl.listeners())
+        finally:
+            for s in opened:
+                s.close()
+
+    theirs, mine = netns.in_netns(netns.netns_path(host), read)
+    assert mine == theirs
+    assert {(p, a, port) for p, a, port, _ in mine} == {
+        ("tcp", "127.0.0.1", 8080), ("tcp", "::", 8081), ("udp", "0.0.0.0", 5353),
+        ("udp", "::1", 5354)}
