@@ -1,6 +1,8 @@
 """`portway audit` on a host with many containers and published ports: how long one look
 takes (recording the host and every namespace behind its veths, then the reasoning), as
-portwayd answers it. Runs inside bench/run.py's host namespace.
+portwayd answers it; and on the same host, how long one static `portway trace` takes
+(an outside client to the last published port). Runs inside bench/run.py's host
+namespace.
 
 The containers are portway's (one network, `sleep`, nothing listening); the published
 ports are elements of portway's DNAT maps, added as bench/firewall.py adds its fillers,
@@ -17,10 +19,12 @@ from typing import Any
 
 from portway.core import firewall
 from portway.core.firewall import Published
+from portway.testbed import HOST_ADDR
 
 CONTAINERS = int(os.environ.get("PORTWAY_BENCH_AUDIT_CONTAINERS", "1000"))
 PORTS = int(os.environ.get("PORTWAY_BENCH_AUDIT_PORTS", "10000"))
 RUNS = int(os.environ.get("PORTWAY_BENCH_AUDIT_RUNS", "1"))
+TRACE_RUNS = int(os.environ.get("PORTWAY_BENCH_TRACE_RUNS", "7"))
 FIRST_PORT = 20000
 BATCH = 1000
 
@@ -54,10 +58,26 @@ def bench_audit(engine: Any, outside: str) -> dict[str, Any]:
         return {"containers": CONTAINERS, "ports": len(ports), "runs": seconds,
                 "seconds": sorted(seconds)[len(seconds) // 2],
                 "targets": len(last["targets"]), "reaches": reaches,
-                "traced": reaches - shared, "findings": len(last["findings"])}
+                "traced": reaches - shared, "findings": len(last["findings"]),
+                "trace": bench_trace(engine, ports)}
     finally:
         for i in range(0, len(ports), BATCH):
             engine.nft.apply(firewall.render_ports_removal(ports[i:i + BATCH]))
         if made:
             engine.rm(made, force=True)
         engine.network_rm(["auditnet"])
+
+
+def bench_trace(engine: Any, ports: list[Published]) -> dict[str, Any]:
+    """One static trace from an outside client to the last published port, TRACE_RUNS
+    times: each records the host (and what the path needs) and reasons, as portwayd
+    answers `portway trace outside HOST:PORT`."""
+    destination = f"{HOST_ADDR}:{ports[-1].host_port}" if ports else f"{HOST_ADDR}:80"
+    seconds: list[float] = []
+    verdict = ""
+    for _ in range(TRACE_RUNS):
+        start = time.perf_counter()
+        verdict = engine.trace("outside", destination)["trace"]["verdict"]
+        seconds.append(time.perf_counter() - start)
+    return {"destination": destination, "runs": seconds, "verdict": verdict,
+            "seconds": sorted(seconds)[len(seconds) // 2]}

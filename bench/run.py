@@ -738,6 +738,12 @@ def goals_report(r: dict[str, Any]) -> list[str]:
         rows.append((f"`audit` at most 5 s with {au['containers']} containers and "
                      f"{au['ports']} published ports", f"{au['seconds']:.2f} s",
                      au["seconds"] <= 5))
+        tr = au.get("trace")
+        if tr:
+            rows.append((f"static `trace` at most 150 ms with {au['containers']} containers "
+                         f"and {au['ports']} published ports",
+                         f"{tr['seconds'] * 1000:.0f} ms (median of {len(tr['runs'])})",
+                         tr["seconds"] <= 0.150))
     missed = sum(1 for *_, met in rows if not met)
     lines = [
         "## Goals",
@@ -754,6 +760,14 @@ def goals_report(r: dict[str, Any]) -> list[str]:
 
 
 def audit_report(au: dict[str, Any]) -> list[str]:
+    tr = au.get("trace")
+    trace_lines = [] if not tr else [
+        f"One static `portway trace outside {tr['destination']}` on the same host (an "
+        "outside client to the last published port: recording the host and what the path "
+        f"needs, then the reasoning), {len(tr['runs'])} times: median "
+        f"{tr['seconds'] * 1000:.0f} ms, each "
+        f"{', '.join(f'{x * 1000:.0f}' for x in tr['runs'])} ms; verdict {tr['verdict']}.",
+        ""]
     return [
         "## `portway audit`",
         "",
@@ -769,6 +783,7 @@ def audit_report(au: dict[str, Any]) -> list[str]:
         f"| {len(au['runs'])} | {au['seconds']:.2f} | "
         f"{', '.join(f'{x:.2f}' for x in au['runs'])} |",
         "",
+        *trace_lines,
     ]
 
 
