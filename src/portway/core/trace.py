@@ -23,6 +23,7 @@ forwarding, bridge netfilter's call-iptables or call-ip6tables, neighbour discov
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -345,10 +346,80 @@ def pair_veths(host: Space, other: Space) -> None:
             host.ifaces[j] = replace(host.ifaces[j], peer=(other.key, inner.name))
 
 
+class LazySpaces(dict[str, Space]):
+    """Namespaces by key, each recorded when first asked for by its key (loaders: how to
+    record each): a trace on a host of 1,000 containers meets two or three of them.
+    Whatever looks at them all (iterating, counting) has them all recorded first, in
+    the loaders' order."""
+
+    def __init__(self, loaders: dict[str, Callable[[], Space]]) -> None:
+        super().__init__()
+        self._loaders = dict(loaders)
+        self._order = list(loaders)
+
+    def _load(self, key: str) -> Space:
+        space = self._loaders.pop(key)()
+        dict.__setitem__(self, key, space)
+        return space
+
+    def __missing__(self, key: str) -> Space:
+        if key in self._loaders:
+            return self._load(key)
+        raise KeyError(key)
+
+    def __contains__(self, key: object) -> bool:
+        return dict.__contains__(self, key) or key in self._loaders
+
+    def get(self, key: str, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def __setitem__(self, key: str, value: Space) -> None:
+        self._loaders.pop(key, None)
+        dict.__setitem__(self, key, value)
+
+    def __delitem__(self, key: str) -> None:
+        if self._loaders.pop(key, None) is None or dict.__contains__(self, key):
+            dict.__delitem__(self, key)
+
+    def load_all(self) -> None:
+        if not self._loaders:
+            return
+        for key in list(self._loaders):
+            self._load(key)
+        have = {k: dict.__getitem__(self, k) for k in dict.__iter__(self)}
+        dict.clear(self)
+        for key in [*(k for k in self._order if k in have), *have]:
+            if not dict.__contains__(self, key):
+                dict.__setitem__(self, key, have[key])
+
+    def __iter__(self) -> Iterator[str]:
+        self.load_all()
+        return dict.__iter__(self)
+
+    def __len__(self) -> int:
+        self.load_all()
+        return dict.__len__(self)
+
+    def keys(self) -> Any:
+        self.load_all()
+        return dict.keys(self)
+
+    def values(self) -> Any:
+        self.load_all()
+        return dict.values(self)
+
+    def items(self) -> Any:
+        self.load_all()
+        return dict.items(self)
+
+
 @dataclass
 class World:
     host: Space
-    spaces: dict[str, Space]  # container namespaces by key
+    spaces: dict[str, Space]  # container namespaces by key (a LazySpaces, perhaps)
     bridge_nf: bool = True  # net.bridge.bridge-nf-call-iptables in the host
     bridge_nf6: bool = True  # net.bridge.bridge-nf-call-ip6tables in the host
     # The host's conntrack entries that matter to the traced flow (recorded by the trace).
@@ -360,6 +431,10 @@ class World:
     # Whether the way back from beyond the host's edge is judged (off: the request
     # alone, which is what a live probe stopped at the edge can be compared with).
     beyond: bool = True
+    # Who holds an address behind a bridge, as the recorder knows it without recording
+    # each namespace (portway's endpoints): (bridge, address) -> (namespace key, the
+    # host end's name). A hint: each answer is checked.
+    behind: dict[tuple[str, IPAddress], tuple[str, str]] = field(default_factory=dict)
     _holders: tuple[tuple[int, ...], dict[tuple[str, IPAddress], int]] | None = field(
         default=None, init=False, repr=False, compare=False)
 
@@ -374,6 +449,14 @@ class World:
         up in an index of every bridge port's addresses, made once per state of the
         host's interfaces (a host with 1,000 veths would pay 1,000 checks a hop)."""
         host = self.host
+        hinted = self.behind.get((bridge, addr))
+        if hinted is not None:
+            port = host.iface(hinted[1])
+            inner = self._peer(port) if port is not None and port.master == bridge and \
+                port.peer is not None and port.peer[0] == hinted[0] else None
+            if port is not None and inner is not None and \
+                    any(a.ip == addr for a in inner.addrs):
+                return self.space(hinted[0]), inner, port
         # (A stale index is harmless: each answer is checked, and a miss looks at all.)
         state = (id(host.ifaces), len(host.ifaces), id(self.spaces), len(self.spaces))
         if self._holders is None or self._holders[0] != state:

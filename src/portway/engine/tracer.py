@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -257,10 +258,15 @@ def observe_world(engine: Engine | Observer
     containers by key, and the key of each namespace recorded by its inode."""
     containers = {os.path.basename(c.netns): c for c in engine.store.containers()
                   if c.network_mode != "host" and netns.sandbox_exists(c.netns)}
+    ids = {c.id for c in containers.values()}
+    endpoints: dict[str, list[Endpoint]] = {}
+    for e in engine.store.endpoints():  # (one query, not one a container)
+        if e.container_id in ids:
+            endpoints.setdefault(e.container_id, []).append(e)
     host_peers: dict[str, tuple[str, str]] = {}
     inner_peers: dict[str, dict[str, tuple[str, str]]] = {}
     for key, c in containers.items():
-        for e in engine.store.endpoints(container_id=c.id):
+        for e in endpoints.get(c.id, []):
             host_peers[e.host_ifname] = (key, e.ifname)
             inner_peers.setdefault(key, {})[e.ifname] = (HOST, e.host_ifname)
     host = _space(HOST, "host", engine.host, engine.nft.list_ruleset(), host_peers)
@@ -274,24 +280,28 @@ def observe_world(engine: Engine | Observer
         host.tunnels = {name: replace(t, remote=remote) for name, t in host.tunnels.items()}
     bridge_nf = observe.read_sysctl("net.bridge.bridge-nf-call-iptables") == "1"
     bridge_nf6 = observe.read_sysctl("net.bridge.bridge-nf-call-ip6tables") == "1"
-    by_path = {c.netns: (key, c) for key, c in containers.items()}
-
     own = observe.own_sockets()
 
-    def record(path: str) -> core.Space:
-        # Its netlink sockets are opened here, inside the container's namespace.
-        key, c = by_path[path]
-        return _space(key, f"container {c.name}", None, list_ruleset_here(),
-                      inner_peers.get(key, {}), own)
+    def loader(key: str, c: Container) -> Callable[[], core.Space]:
+        def record() -> core.Space:
+            # Its netlink sockets are opened here, inside the container's namespace.
+            return _space(key, f"container {c.name}", None, list_ruleset_here(),
+                          inner_peers.get(key, {}), own)
+        return lambda: netns.in_netns(c.netns, record)
 
-    # Every container from one helper thread, entering each in turn.
-    spaces: dict[str, core.Space] = {}
-    for key, space in zip(list(containers), netns.visit(list(by_path), record), strict=True):
-        if space is None:
-            del containers[key]  # removed meanwhile
-        else:
-            spaces[key] = space
-    world = core.World(host=host, spaces=spaces, bridge_nf=bridge_nf, bridge_nf6=bridge_nf6)
+    # Each container is recorded when the path (or anything) first asks for it; who
+    # holds which address behind which bridge is known from the store meanwhile.
+    spaces = core.LazySpaces({key: loader(key, c) for key, c in containers.items()})
+    behind: dict[tuple[str, IPAddress], tuple[str, str]] = {}
+    for key, c in containers.items():
+        for e in endpoints.get(c.id, []):
+            port = host.iface(e.host_ifname)
+            if port is None or not port.master:
+                continue
+            for a in e.addresses:
+                behind[(port.master, a.ip)] = (key, e.host_ifname)
+    world = core.World(host=host, spaces=spaces, bridge_nf=bridge_nf, bridge_nf6=bridge_nf6,
+                       behind=behind)
     modelled: dict[int, str] = {}
     for key, path in ((HOST, "/proc/thread-self/ns/net"),
                       *((key, c.netns) for key, c in containers.items())):
