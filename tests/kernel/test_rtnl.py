@@ -1,7 +1,8 @@
 """kernel/rtnl.py against real namespaces of the test's own: its dumps say what pyroute2's
 say (the observe functions it stands in for), on a namespace with a bridge, veths into
 another namespace, addresses of both families, routes of several kinds, neighbours and
-learned FDB entries; and nft.has_tables sees a table of any family."""
+learned FDB entries; nft.has_tables sees a table of any family; and Nft.listing keeps
+its listing while the ruleset's generation stays."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 from pyroute2 import IPRoute
 
 from portway.kernel import links, netns, observe, rtnl
-from portway.kernel.nft import has_tables
+from portway.kernel.nft import Nft, generation, has_tables
 from portway.testbed import add_netns, del_netns
 
 
@@ -133,3 +134,24 @@ def test_listeners_say_what_sock_diag_through_pyroute2_says(spaces: tuple[str, s
     assert {(p, a, port) for p, a, port, _ in mine} == {
         ("tcp", "127.0.0.1", 8080), ("tcp", "::", 8081), ("udp", "0.0.0.0", 5353),
         ("udp", "::1", 5354)}
+
+
+def test_a_listing_is_kept_until_the_ruleset_changes(spaces: tuple[str, str]) -> None:
+    host, _ = spaces
+
+    def read() -> Any:
+        nft = Nft()
+        try:
+            first = nft.listing()
+            again = nft.listing()
+            before = generation()
+            nft.run("add table inet pwk")
+            after = generation()
+            changed = nft.listing()
+            return first is again, before, after, changed is first, changed
+        finally:
+            nft.close()
+
+    same, before, after, stale, changed = netns.in_netns(netns.netns_path(host), read)
+    assert same and before is not None and after is not None and after != before
+    assert not stale and any(i.get("table", {}).get("name") == "pwk" for i in changed)

@@ -86,11 +86,16 @@ def _space_from(key: str, label: str, dumper: rtnl.Dumper, rules: list[dict[str,
                                  mtu=link.mtu,
                                  link_index=link.peer if link.kind == "veth" else 0,
                                  netnsid=link.netnsid if link.kind == "veth" else -1))
-    if ipr is None:  # (policy rules through pyroute2: a socket here, for them alone)
+    # Policy rules and VXLAN devices through pyroute2: a socket here for them alone,
+    # where the caller gave none (a VXLAN device is asked about only where there is one).
+    vxlans = [link for link in by_index.values() if link.kind == "vxlan"]
+    if ipr is None:
         with IPRoute() as here:
             policy = _rules(here)
+            tunnels = _tunnels(here, vxlans) if vxlans else {}
     else:
         policy = _rules(ipr)
+        tunnels = _tunnels(ipr, vxlans) if vxlans else {}
     every = [core.Route(dst=ipaddress.ip_network(r["dst"]), dev=r["dev"],
                         gateway=ipaddress.ip_address(r["gateway"]) if r["gateway"] else None,
                         prefsrc=ipaddress.ip_address(r["prefsrc"]) if r["prefsrc"] else None,
@@ -115,7 +120,7 @@ def _space_from(key: str, label: str, dumper: rtnl.Dumper, rules: list[dict[str,
                       forwarding6=observe.read_sysctl("net.ipv6.conf.all.forwarding") == "1",
                       neighbours=dumper.neighbours(), fdb=dumper.fdb(),
                       rp_filter=int(rp_all) if rp_all.isdigit() else 0, rules=policy,
-                      tables=tables, tunnels=_tunnels(ipr, by_index.values()))
+                      tables=tables, tunnels=tunnels)
 
 
 # The rules every namespace starts with: local, main, default (priority, table).
@@ -269,7 +274,7 @@ def observe_world(engine: Engine | Observer
         for e in endpoints.get(c.id, []):
             host_peers[e.host_ifname] = (key, e.ifname)
             inner_peers.setdefault(key, {})[e.ifname] = (HOST, e.host_ifname)
-    host = _space(HOST, "host", engine.host, engine.nft.list_ruleset(), host_peers)
+    host = _space(HOST, "host", engine.host, engine.nft.listing(), host_peers)
     cluster = engine.h.cluster
     if cluster is not None and host.tunnels:
         # Who is behind each remote MAC: the cluster store says (name and host).

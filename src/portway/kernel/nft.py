@@ -50,6 +50,7 @@ class Nft:
         lib.nft_ctx_buffer_output(self._ctx)
         lib.nft_ctx_buffer_error(self._ctx)
         self._lock = threading.Lock()
+        self._kept: tuple[int, list[dict[str, Any]]] | None = None
 
     def run(self, command: str) -> str:
         with self._lock:
@@ -81,6 +82,21 @@ class Nft:
         items: list[dict[str, Any]] = json.loads(self.run("list ruleset"))["nftables"]
         return items
 
+    def listing(self) -> list[dict[str, Any]]:
+        """list_ruleset(), kept while the ruleset's generation (which the kernel moves at
+        every change, of any table) stays the same; the calling thread must be in this
+        context's namespace. The very same list comes back, so what a reader worked out
+        from it (trace's index of each set: on a host of 10,000 published ports, listing
+        and indexing cost a trace 200 ms) is kept too. Its readers never change it."""
+        before = generation()
+        kept = self._kept
+        if before is not None and kept is not None and kept[0] == before:
+            return kept[1]
+        items = self.list_ruleset()
+        if before is not None and generation() == before:  # (no change while listing)
+            self._kept = (before, items)
+        return items
+
     def close(self) -> None:
         with self._lock:
             if self._ctx:
@@ -89,6 +105,45 @@ class Nft:
 
 
 NFNL_SUBSYS_NFTABLES, NFT_MSG_NEWTABLE, NFT_MSG_GETTABLE = 10, 0, 1
+NFT_MSG_NEWGEN, NFT_MSG_GETGEN, NFTA_GEN_ID = 15, 16, 1
+
+
+def generation() -> int | None:
+    """The nftables ruleset's generation in the calling thread's namespace (the kernel
+    moves it at every change), or None if it cannot be read."""
+    import socket
+    import struct
+
+    try:
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 12)
+    except OSError:
+        return None
+    try:
+        sock.bind((0, 0))
+        kind = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN
+        sock.send(struct.pack("=IHHII", 20, kind, 0x1, 1, 0) + struct.pack("=BBH", 0, 0, 0))
+        data = sock.recv(1 << 12)
+        offset = 0
+        while offset + 16 <= len(data):
+            length, mtype = struct.unpack_from("=IH", data, offset)
+            if length < 16:
+                break
+            if mtype == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN:
+                at = offset + 20  # after the netlink and nfgenmsg headers
+                while at + 4 <= offset + length:
+                    size, attr = struct.unpack_from("=HH", data, at)
+                    if size < 4:
+                        break
+                    if attr & 0x3FFF == NFTA_GEN_ID and size >= 8:
+                        return int(struct.unpack_from("!I", data, at + 4)[0])
+                    at += (size + 3) & ~3
+                return None
+            offset += (length + 3) & ~3
+        return None
+    except OSError:
+        return None
+    finally:
+        sock.close()
 
 
 def has_tables() -> bool:
