@@ -1087,15 +1087,22 @@ def _leaves(value: Any) -> Iterator[Any]:
         yield value
 
 
+_FIELDS: dict[type, tuple[str, ...] | None] = {}  # a dataclass's fields _canon reads
+
+
 def _canon(value: Any, tokens: dict[str, str]) -> Any:
     """A hashable form of a recorded object (a Space, an Iface...) with a container's own
     names and addresses (tokens) in place of its placeholders, and without the kernel's
     numbering of interfaces (which no rule and no verdict reads)."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return (type(value).__name__, *((f.name, _canon(getattr(value, f.name), tokens))
-                                        for f in dataclasses.fields(value)
-                                        if not f.name.startswith("_") and f.name not in
-                                        ("index", "link_index", "netnsid", "key", "label")))
+    kind = type(value)
+    names = _FIELDS.get(kind, ())
+    if names == ():
+        names = _FIELDS[kind] = tuple(
+            f.name for f in dataclasses.fields(value) if not f.name.startswith("_") and
+            f.name not in ("index", "link_index", "netnsid", "key", "label")) \
+            if dataclasses.is_dataclass(value) and not isinstance(value, type) else None
+    if names is not None:
+        return (kind.__name__, *((n, _canon(getattr(value, n), tokens)) for n in names))
     if isinstance(value, dict):  # (a comment decides nothing)
         return tuple(sorted(((_canon(k, tokens), _canon(v, tokens)) for k, v in value.items()
                              if k != "comment"), key=repr))

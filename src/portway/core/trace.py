@@ -332,14 +332,32 @@ def best_route(routes: list[Route], daddr: IPAddress) -> Route | None:
     return best
 
 
+_VETH_ENDS: dict[int, tuple[list[Iface], int, dict[tuple[int, int], list[int]]]] = {}
+
+
+def _veth_ends(host: Space) -> dict[tuple[int, int], list[int]]:
+    """The positions of host's veths by (index, their other end's index), made once per
+    list of interfaces (pairing 1,000 namespaces looked through every interface for
+    each); pairing replaces interfaces in place, keeping both indexes."""
+    have = _VETH_ENDS.get(id(host))
+    if have is None or have[0] is not host.ifaces or have[1] != len(host.ifaces):
+        ends: dict[tuple[int, int], list[int]] = {}
+        for j, h in enumerate(host.ifaces):
+            if h.kind == "veth":
+                ends.setdefault((h.index, h.link_index), []).append(j)
+        _VETH_ENDS.clear()  # one host at a time
+        have = _VETH_ENDS[id(host)] = (host.ifaces, len(host.ifaces), ends)
+    return have[2]
+
+
 def pair_veths(host: Space, other: Space) -> None:
     """Join other's veths to the host's where each end names the other's index (for
     namespaces portway did not make, whose peers it does not know from its store)."""
+    ends = _veth_ends(host)
     for i, inner in enumerate(other.ifaces):
         if inner.kind != "veth" or inner.peer is not None:
             continue
-        matches = [j for j, h in enumerate(host.ifaces) if h.kind == "veth"
-                   and h.index == inner.link_index and h.link_index == inner.index]
+        matches = ends.get((inner.link_index, inner.index), [])
         if len(matches) == 1:
             j = matches[0]
             other.ifaces[i] = replace(inner, peer=(host.key, host.ifaces[j].name))

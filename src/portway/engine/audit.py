@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, cast
 
 from pyroute2 import IPRoute
@@ -97,17 +97,14 @@ def container_names(state_dir: str) -> dict[str, str]:
     return {names.netns_name(str(cid)): str(name) for cid, name in rows}
 
 
-def _behind_the_host(host: trace_core.Space, key: str) -> bool:
-    """A namespace is the host's guest (a container, a VM's or a lab's namespace) when
-    one of its veths ends in a bridge port of the host, or in a host veth without an
-    address of its own (a routed container's, as Calico makes them); a veth whose host
-    end has an address of a subnet (an uplink to another namespace) leads away."""
-    for i in host.ifaces:
-        if i.peer is None or i.peer[0] != key:
-            continue
-        if i.master or not any(not a.ip.is_link_local for a in i.addrs):
-            return True
-    return False
+def _guests(host: trace_core.Space) -> set[str]:
+    """The namespaces that are the host's guests (a container, a VM's or a lab's
+    namespace): one of its veths ends in a bridge port of the host, or in a host veth
+    without an address of its own (a routed container's, as Calico makes them); a veth
+    whose host end has an address of a subnet (an uplink to another namespace) leads
+    away."""
+    return {i.peer[0] for i in host.ifaces if i.peer is not None and (
+        i.master or not any(not a.ip.is_link_local for a in i.addrs))}
 
 
 @dataclass
@@ -131,27 +128,28 @@ def observe_world(seams: Seams, state_dir: str) -> Observed:
     turn."""
     from portway.engine import tracer
 
-    rules, notes, iptables = xtables.native(seams.nft.list_ruleset())
-    host = tracer._space(tracer.HOST, "host", seams.host, rules, {})
+    rules, notes, iptables = xtables.native(seams.nft.listing())
+    own = observe.own_sockets()
+    host = tracer._space(tracer.HOST, "host", seams.host, rules, {}, own)
     portway = container_names(state_dir)
     found = discover(seams.host, host)
     labels = {}
     for f in found:
         name = f.key.removeprefix("ns:")
         labels[f.path] = (f.key, f"container {portway[name]}" if name in portway else f.label)
-    own = observe.own_sockets()
     recorded = netns.visit([f.path for f in found],
                            lambda path: _record(*labels[path], own))
     spaces: dict[str, trace_core.Space] = {}
     for f, space in zip(found, recorded, strict=True):
-        if space is None:
-            continue  # gone meanwhile
-        before = list(host.ifaces)
-        trace_core.pair_veths(host, space)
-        if not _behind_the_host(host, f.key):
-            host.ifaces = before  # the far end of a link to a LAN: the world, not a guest
-            continue
-        spaces[f.key] = space
+        if space is not None:  # (None: gone meanwhile)
+            trace_core.pair_veths(host, space)
+            spaces[f.key] = space
+    guests = _guests(host)
+    for key in [k for k in spaces if k not in guests]:
+        # The far end of a link to a LAN: the world, not a guest; its veths unpaired.
+        del spaces[key]
+        host.ifaces[:] = [replace(i, peer=None) if i.peer is not None and i.peer[0] == key
+                          else i for i in host.ifaces]
     return Observed(trace_core.World(
         host=host, spaces=spaces,
         bridge_nf=observe.read_sysctl("net.bridge.bridge-nf-call-iptables") == "1",

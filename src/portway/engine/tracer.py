@@ -274,7 +274,8 @@ def observe_world(engine: Engine | Observer
         for e in endpoints.get(c.id, []):
             host_peers[e.host_ifname] = (key, e.ifname)
             inner_peers.setdefault(key, {})[e.ifname] = (HOST, e.host_ifname)
-    host = _space(HOST, "host", engine.host, engine.nft.listing(), host_peers)
+    own = observe.own_sockets()
+    host = _space(HOST, "host", engine.host, engine.nft.listing(), host_peers, own)
     cluster = engine.h.cluster
     if cluster is not None and host.tunnels:
         # Who is behind each remote MAC: the cluster store says (name and host).
@@ -285,7 +286,6 @@ def observe_world(engine: Engine | Observer
         host.tunnels = {name: replace(t, remote=remote) for name, t in host.tunnels.items()}
     bridge_nf = observe.read_sysctl("net.bridge.bridge-nf-call-iptables") == "1"
     bridge_nf6 = observe.read_sysctl("net.bridge.bridge-nf-call-ip6tables") == "1"
-    own = observe.own_sockets()
 
     def loader(key: str, c: Container) -> Callable[[], core.Space]:
         def record() -> core.Space:

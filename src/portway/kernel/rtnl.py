@@ -33,19 +33,26 @@ IFLA_LINKINFO, IFLA_IFALIAS, IFLA_LINK_NETNSID, IFLA_INFO_KIND = 18, 20, 37, 1
 IFLA_AF_SPEC, IFLA_INET_CONF = 26, 1
 # include/uapi/linux/ip.h's IPV4_DEVCONF_* (from 1)
 IPV4_DEVCONF_FORWARDING, IPV4_DEVCONF_RP_FILTER, IPV4_DEVCONF_ROUTE_LOCALNET = 1, 8, 26
+LINK_ATTRS = frozenset({IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER,
+                        IFLA_LINKINFO, IFLA_IFALIAS, IFLA_LINK_NETNSID, IFLA_AF_SPEC})
 IFA_ADDRESS = 1
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_PREFSRC, RTA_TABLE = 1, 4, 5, 6, 7, 15
 NDA_DST, NDA_LLADDR, NDA_MASTER = 1, 2, 9
 NUD_PERMANENT = 0x80
 
 
-def _attrs(data: bytes, offset: int = 0) -> dict[int, bytes]:
+def _attrs(data: bytes, offset: int = 0, wanted: frozenset[int] | None = None
+           ) -> dict[int, bytes]:
+    """The attributes from offset on, by type (only the wanted ones, if given: a link
+    carries some fifty, statistics included, of which a few are read)."""
     out: dict[int, bytes] = {}
     while offset + 4 <= len(data):
         length, kind = struct.unpack_from("=HH", data, offset)
         if length < 4:
             break
-        out.setdefault(kind & NLA_TYPE_MASK, data[offset + 4:offset + length])
+        kind &= NLA_TYPE_MASK
+        if wanted is None or kind in wanted:
+            out.setdefault(kind, data[offset + 4:offset + length])
         offset += (length + 3) & ~3
     return out
 
@@ -118,7 +125,7 @@ class Dumper:
         out = []
         for _, msg in self.dump(RTM_GETLINK, struct.pack("=BxHiII", 0, 0, 0, 0, 0)):
             _, _, index, flags, _ = struct.unpack_from("=BxHiII", msg)
-            a = _attrs(msg, 16)
+            a = _attrs(msg, 16, LINK_ATTRS)
             info = _attrs(a[IFLA_LINKINFO]) if IFLA_LINKINFO in a else {}
             inet = _attrs(a[IFLA_AF_SPEC]).get(socket.AF_INET) if IFLA_AF_SPEC in a else None
             conf = _attrs(inet).get(IFLA_INET_CONF) if inet else None
