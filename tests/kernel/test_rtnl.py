@@ -24,6 +24,10 @@ def sh(*args: str) -> None:
     subprocess.run(args, check=True, capture_output=True)
 
 
+CONF = {"forwarding": rtnl.IPV4_DEVCONF_FORWARDING, "rp_filter": rtnl.IPV4_DEVCONF_RP_FILTER,
+        "route_localnet": rtnl.IPV4_DEVCONF_ROUTE_LOCALNET}
+
+
 @pytest.fixture
 def spaces() -> Iterator[tuple[str, str]]:
     if os.geteuid() != 0:
@@ -62,7 +66,8 @@ def test_dumps_say_what_pyroute2_says(spaces: tuple[str, str]) -> None:
         else:
             sh("ip", "-n", host, *args)
     sh("ip", "-n", other, "link", "set", "eth0", "up")
-    sh("ip", "netns", "exec", host, "sysctl", "-qw", "net.ipv4.conf.v1.route_localnet=1")
+    for key in ("v1.route_localnet=1", "v1.rp_filter=1", "v0.forwarding=0"):
+        sh("ip", "netns", "exec", host, "sysctl", "-qw", f"net.ipv4.conf.{key}")
 
     def read() -> Any:
         ipr = IPRoute()
@@ -75,10 +80,11 @@ def test_dumps_say_what_pyroute2_says(spaces: tuple[str, str]) -> None:
                          sorted(map(str, d.routes()))),
                         (observe.neighbours(ipr), d.neighbours()),
                         (observe.bridge_fdb(ipr), d.fdb()),
-                        ({link.ifname: observe.read_sysctl(
-                            f"net.ipv4.conf.{link.ifname}.route_localnet") == "1"
-                          for link in links.observe_links(ipr)},
-                         {link.ifname: d.route_localnet(link.index) for link in d.links()}),
+                        ({(link.ifname, name): int(observe.read_sysctl(
+                            f"net.ipv4.conf.{link.ifname}.{name}"))
+                          for link in links.observe_links(ipr) for name in CONF},
+                         {(link.ifname, name): d.ipv4_conf(link.index, which)
+                          for link in d.links() for name, which in CONF.items()}),
                         has_tables())
         finally:
             ipr.close()
@@ -93,7 +99,8 @@ def test_dumps_say_what_pyroute2_says(spaces: tuple[str, str]) -> None:
     assert ("br0", "02:00:00:00:00:07") in pairs[4][1]
     assert any("'blackhole'" in r for r in pairs[2][1])
     assert not tables
-    assert pairs[5][1]["v1"] and not pairs[5][1]["v0"]
+    assert pairs[5][1][("v1", "route_localnet")] == 1 == pairs[5][1][("v1", "rp_filter")]
+    assert pairs[5][1][("v0", "route_localnet")] == 0 == pairs[5][1][("v0", "forwarding")]
     for family in ("bridge", "netdev"):
         sh("ip", "netns", "exec", host, "nft", "add", "table", family, "pwk")
         assert netns.in_netns(netns.netns_path(host), has_tables)
