@@ -111,6 +111,8 @@ class NoState:
 class _Nothing:
     """The engine's services, where there is nothing to look up."""
 
+    cluster = None  # no overlay network's store: portway has no network here
+
     def container(self, ref: str) -> Container:
         raise NotFound(f"container {ref!r} not found",
                        "portway has no containers on this host: give an address "
