@@ -2,6 +2,13 @@
 
 Every change portway makes to the firewall is one JSON batch handed to
 libnftables, which the kernel applies atomically: all of it or none of it.
+
+libnftables waits for the kernel's answers with select(), which handles only file
+descriptors below FD_SETSIZE (1024): given a socket numbered higher, glibc aborts the
+whole process. portwayd with a thousand containers holds more descriptors than that
+(a pidfd and a log each, a socket per published port), so this module keeps a few
+descriptors below 1024 in reserve and frees them only while a context opens its socket
+(libnftables opens it in nft_ctx_new, and keeps it for the context's life).
 """
 
 from __future__ import annotations
@@ -9,10 +16,29 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import json
+import os
 import threading
 from typing import Any
 
 from portway.errors import KernelError
+
+FD_SETSIZE = 1024
+RESERVE = 16  # low descriptors held for the contexts to come
+_reserved: list[int] = []
+_reserve_lock = threading.Lock()
+
+
+def _reserve() -> None:
+    """Hold free descriptors below FD_SETSIZE, up to RESERVE (fewer if none is free)."""
+    while len(_reserved) < RESERVE:
+        fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        if fd >= FD_SETSIZE:
+            os.close(fd)
+            return
+        _reserved.append(fd)
+
+
+_reserve()
 
 NFT_CTX_DEFAULT = 0
 NFT_CTX_OUTPUT_JSON = 1 << 4
@@ -45,7 +71,15 @@ class Nft:
         lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
         lib.nft_run_cmd_from_buffer.restype = ctypes.c_int
         self._lib = lib
-        self._ctx = lib.nft_ctx_new(NFT_CTX_DEFAULT)
+        with _reserve_lock:
+            # The context's netlink socket takes the lowest free descriptor: one of the
+            # reserve, freed for it (select() in libnftables aborts on a higher one).
+            while _reserved:
+                os.close(_reserved.pop())
+            try:
+                self._ctx = lib.nft_ctx_new(NFT_CTX_DEFAULT)
+            finally:
+                _reserve()
         lib.nft_ctx_output_set_flags(self._ctx, NFT_CTX_OUTPUT_JSON | NFT_CTX_OUTPUT_HANDLE)
         lib.nft_ctx_buffer_output(self._ctx)
         lib.nft_ctx_buffer_error(self._ctx)
