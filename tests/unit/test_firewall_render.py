@@ -218,11 +218,18 @@ def test_guard_fails_closed() -> None:
         {"ip": "spoof_ip", "arp": "spoof_arp", "ip6": "spoof_ip6"}
     assert spoof[3]["expr"] == [{"drop": None}] and len(spoof) == 4
     # In the protocols' chains, only drops, but for the messages a host sends from no
-    # address (::); each checks the source address against the sets.
+    # address (::) and IPv6 other than ICMPv6 from the port's own address (the checks
+    # after it are all about ICMPv6 or the address); each checks the source address
+    # against the sets.
     checks = [r for r in chain_rules if r["chain"] != "spoof"]
     assert {r["chain"] for r in checks} == {"spoof_ip", "spoof_arp", "spoof_ip6"}
     accepts = [r for r in checks if r["expr"][-1] != {"drop": None}]
-    assert [r["expr"][0]["match"]["right"] for r in accepts] == ["::"]
+    assert [r["expr"][0]["match"]["right"] for r in accepts] == ["ipv6-icmp", "::"]
+    own = accepts[0]["expr"]
+    assert own[0]["match"]["op"] == "!=" and own[1]["match"] == {
+        "op": "==", "right": "@addrs6",
+        "left": {"concat": [{"meta": {"key": "iifname"}},
+                            {"payload": {"protocol": "ip6", "field": "saddr"}}]}}
     for name, allowed in (("spoof_ip", "@addrs"), ("spoof_arp", "@addrs"),
                           ("spoof_ip6", "@addrs6")):
         assert allowed in [r["expr"][0]["match"]["right"] for r in checks

@@ -420,7 +420,8 @@ def render_network(network: Network, instance: str) -> list[Cmd]:
         # with icc off it is dropped, tracked or not). Not to the gateway (published
         # ports on it are DNATed), not where a family is routed (there, a hairpin's
         # answer needs conntrack's reverse NAT, as it does on an internal network,
-        # which has no masquerade).
+        # which has no masquerade). It ends the guard there: what guard_bridges checks
+        # (the host's loopback, DNS to the gateway) is no container's address.
         for sub in network.subnets:
             if routed(network, sub.version):
                 continue
@@ -428,7 +429,7 @@ def render_network(network: Network, instance: str) -> list[Cmd]:
             cmds.append(_rule(src, [_match(_meta("iifname"), br),
                                     _match(_payload(f.proto, "daddr"), _prefix(sub.subnet)),
                                     _match(_payload(f.proto, "daddr"), str(sub.gateway), "!="),
-                                    {"notrack": None}],
+                                    {"notrack": None}, {"accept": None}],
                               f"{owner}: between its containers, no conntrack entry{f.label}"))
     cmds += [
         _add("bridges", br, tag),
@@ -559,7 +560,12 @@ def render_guard_base() -> list[Cmd]:
         unless("spoof_arp", pair("arp", "saddr ip"), "addrs", "ARP: only its own address"),
         # IPv6: only from an endpoint with an IPv6 address (an IPv4-only network passes
         # none at all), never a router's messages, and only from its own address but
-        # for the few messages a host sends from no address yet.
+        # for the few messages a host sends from no address yet. What is not ICMPv6
+        # and comes from the port's own address is all of that at once: one lookup for
+        # the data a container sends, the rules after it for the rest.
+        rule("spoof_ip6", "not ICMPv6 and from the port's address: nothing more to check",
+             _match(_meta("l4proto"), "ipv6-icmp", "!="),
+             _match(pair("ip6", "saddr"), "@addrs6"), {"accept": None}),
         rule("spoof_ip6", "IPv6 only from containers with an IPv6 address",
              _match(iif, "@v6ports", "!="), {"drop": None}),
         rule("spoof_ip6", "a container advertises no routes and redirects nobody",
