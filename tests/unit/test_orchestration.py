@@ -93,13 +93,16 @@ def test_remove_is_exhaustive_and_can_be_done_twice(tmp_path: Path) -> None:
     assert c is not None
     # One step of the teardown fails: the others still run, and the error says which.
     w.fail_at.add("netns.kill")
-    with pytest.raises(PortwayError, match="kill processes"):
+    # Under the engine's lock, as rm holds it: the killed process's end is reported from
+    # the watcher's thread, which must not record the container again while it goes.
+    with h.lock, pytest.raises(PortwayError, match="kill processes"):
         h.containers.remove(c)
     assert rows(h) == (1, 0, 0) and not w.links and not w.namespaces and not w.held
     assert "port tcp/8080" not in w.rules
     # Again, with everything already gone: nothing to do, no error.
     w.fail_at.clear()
-    h.containers.remove(c)
+    with h.lock:
+        h.containers.remove(c)
     (result,) = h.containers.rm(["web"])
     assert result["exit_code"] == NotFound.exit_code and "not found" in result["error"]
 
