@@ -701,16 +701,7 @@ def start_etcd_cluster(underlay: str, data_dir: str | os.PathLike[str],
             if i:
                 _ip("-n", underlay, "addr", "add", f"{etcd_member_address(i)}/24", "dev",
                     "ulbr")
-            with open(base / f"etcd-{name}.log", "wb") as log:
-                procs.append(subprocess.Popen(
-                    ["ip", "netns", "exec", underlay, "etcd", "--name", name,
-                     "--data-dir", str(base / name),
-                     "--listen-client-urls", f"{url}:2379",
-                     "--advertise-client-urls", f"{url}:2379",
-                     "--listen-peer-urls", f"{url}:2380",
-                     "--initial-advertise-peer-urls", f"{url}:2380",
-                     "--initial-cluster", peers, "--initial-cluster-state", "new"],
-                    stdout=log, stderr=subprocess.STDOUT))
+            procs.append(_etcd_member(underlay, base, i, peers))
         endpoints = ",".join(f"http://{etcd_member_address(i)}:2379" for i in range(members))
         for _ in range(300):
             cp = subprocess.run(["ip", "netns", "exec", underlay, "etcdctl", "--endpoints",
@@ -726,6 +717,42 @@ def start_etcd_cluster(underlay: str, data_dir: str | os.PathLike[str],
         for p in procs:
             stop_etcd(p)
         raise
+
+
+def _etcd_member(underlay: str, base: Path, index: int,
+                 peers: str) -> subprocess.Popen[bytes]:
+    """Member index of a cluster (its data in base/mINDEX, log beside it, appended to);
+    with data there already, etcd takes its membership from it."""
+    name, url = f"m{index}", f"http://{etcd_member_address(index)}"
+    with open(base / f"etcd-{name}.log", "ab") as log:
+        return subprocess.Popen(
+            ["ip", "netns", "exec", underlay, "etcd", "--name", name,
+             "--data-dir", str(base / name),
+             "--listen-client-urls", f"{url}:2379",
+             "--advertise-client-urls", f"{url}:2379",
+             "--listen-peer-urls", f"{url}:2380",
+             "--initial-advertise-peer-urls", f"{url}:2380",
+             "--initial-cluster", peers, "--initial-cluster-state", "new"],
+            stdout=log, stderr=subprocess.STDOUT)
+
+
+def restart_etcd_member(underlay: str, data_dir: str | os.PathLike[str], index: int,
+                        members: int = 3) -> subprocess.Popen[bytes]:
+    """Member index of start_etcd_cluster again (stopped before), from its data; returns
+    once it answers."""
+    peers = ",".join(f"m{i}=http://{etcd_member_address(i)}:2380" for i in range(members))
+    proc = _etcd_member(underlay, Path(data_dir), index, peers)
+    url = f"http://{etcd_member_address(index)}:2379"
+    for _ in range(300):
+        cp = subprocess.run(["ip", "netns", "exec", underlay, "etcdctl", "--endpoints", url,
+                             "endpoint", "health"], capture_output=True)
+        if cp.returncode == 0:
+            return proc
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    stop_etcd(proc)
+    raise RuntimeError(f"etcd member m{index} did not start again")
 
 
 def stop_etcd(proc: subprocess.Popen[bytes]) -> None:

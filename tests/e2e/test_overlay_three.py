@@ -1,0 +1,281 @@
+"""Overlay networks across three hosts, with a three-member etcd cluster, end to end.
+
+The proof setting of the overlay issue: three hosts, each a namespace with its own
+portwayd and state dir (A is a sandbox's host namespace, B and C are SANDBOX-b and
+SANDBOX-c), on an underlay bridge in SANDBOX-underlay, where three etcd members
+(Debian's etcd-server) run, started and stopped by the module by their pids. The
+hosts and etcd are made once for the module (each start costs seconds); each test
+removes its containers and networks from every host, and the module ends with the
+sandbox's leak check. A and B know every etcd member; C knows only the third, so
+that a test can cut C off from the store while the cluster goes on.
+Real TCP, UDP and DNS between containers on all three hosts; the kernel's own tables
+and real clients as oracles.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from conftest import (
+    PORTWAY,
+    Sandbox,
+    clean_up_and_check,
+    etc_netns_list,
+    ip_json,
+    netns_list,
+    processes_in,
+    sh,
+)
+from portway.testbed import (
+    add_netns,
+    del_netns,
+    etcd_member_address,
+    make_underlay,
+    make_world,
+    remove_world,
+    restart_etcd_member,
+    start_etcd_cluster,
+    stop_etcd,
+    underlay_address,
+)
+
+TTL = "3"
+ADDRS = [underlay_address(i) for i in range(3)]
+ALL_MEMBERS = "etcd://" + ",".join(f"{etcd_member_address(i)}:2379" for i in range(3))
+THIRD_MEMBER = f"etcd://{etcd_member_address(2)}:2379"
+
+pytestmark = pytest.mark.skipif(shutil.which("etcd") is None,
+                                reason="etcd-server is not installed (scripts/setup.sh)")
+
+CONNECT = ("import socket, sys, time\n"
+           "for _ in range(100):\n"
+           "    try:\n"
+           "        s = socket.create_connection((sys.argv[1], 80), 0.3)\n"
+           "        s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n'); print(s.recv(12).decode()); break\n"
+           "    except OSError: time.sleep(0.05)\n"
+           "else: sys.exit(1)\n")
+# HTTP on 80 and a UDP echo on 53535, in one process (a container's).
+SERVE = ("import socket, threading, http.server\n"
+         "srv = http.server.ThreadingHTTPServer(('0.0.0.0', 80),\n"
+         "                                      http.server.SimpleHTTPRequestHandler)\n"
+         "threading.Thread(target=srv.serve_forever, daemon=True).start()\n"
+         "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', 53535))\n"
+         "while True:\n"
+         "    data, peer = s.recvfrom(512); s.sendto(b'echo ' + data, peer)\n")
+UDP_ASK = ("import socket, sys\n"
+           "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(0.3)\n"
+           "for _ in range(30):\n"
+           "    s.sendto(sys.argv[2].encode(), (sys.argv[1], 53535))\n"
+           "    try: print(s.recv(512).decode()); break\n"
+           "    except OSError: pass\n"
+           "else: raise SystemExit(1)\n")
+
+Runner = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@dataclass
+class Hosts:
+    sb: Sandbox  # host A
+    names: list[str]  # the host namespaces of A, B, C
+    states: list[Path]
+    stores: list[str]
+    underlay: str
+    etcd_dir: Path
+    etcd: list[subprocess.Popen[bytes]]
+
+    def pw(self, i: int, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """portway on host i (0: A, 1: B, 2: C)."""
+        env = dict(os.environ, PORTWAY_CLUSTER_STORE=self.stores[i],
+                   PORTWAY_ADVERTISE_ADDRESS=ADDRS[i], PORTWAY_CLUSTER_TTL=TTL)
+        cp = subprocess.run([PORTWAY, "--host-netns", self.names[i], "--state-dir",
+                             str(self.states[i]), *args], capture_output=True, text=True,
+                            timeout=60, env=env)
+        if check and cp.returncode != 0:
+            raise AssertionError(f"portway ({'ABC'[i]}) {' '.join(args)} failed "
+                                 f"({cp.returncode}):\n{cp.stdout}{cp.stderr}")
+        return cp
+
+    def runner(self, i: int) -> Runner:
+        return lambda *args, **kw: self.pw(i, *args, **kw)
+
+
+def wait_for(cond: Callable[[], object], what: str, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting: {what}")
+        time.sleep(0.1)
+
+
+def _overlays(h: Hosts, i: int) -> list[str]:
+    return sorted(n["Name"] for n in json.loads(h.pw(i, "network", "ls", "--json").stdout)
+                  if n["Driver"] == "overlay")
+
+
+def _clear(h: Hosts) -> None:
+    """Every host's containers, then the overlay networks (from A; the others drop
+    them as they see them go)."""
+    for i in (1, 2, 0):
+        ids = h.pw(i, "ps", "-a", "-q", check=False).stdout.split()
+        if ids:
+            h.pw(i, "rm", "-f", *ids, check=False)
+    nets = _overlays(h, 0)
+    if nets:
+        h.pw(0, "network", "rm", *nets, check=False)
+    for i in (1, 2):
+        wait_for(lambda i=i: not _overlays(h, i), f"host {'ABC'[i]} drops the networks")
+
+
+@pytest.fixture(scope="module")
+def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosts]:
+    if os.geteuid() != 0:
+        pytest.skip("kernel tests need root")
+    base = tmp_path_factory.mktemp("ov3")
+    tag = secrets.token_hex(3)
+    sb = Sandbox(host=f"pwt-h-{tag}", outside=f"pwt-o-{tag}", state_dir=base / "a",
+                 netns_before=netns_list(), etc_before=etc_netns_list())
+    names = [sb.host, f"{sb.host}-b", f"{sb.host}-c"]
+    states = [base / "a", base / "b", base / "c"]
+    underlay = f"{sb.host}-underlay"
+    etcd: list[subprocess.Popen[bytes]] = []
+    leaks: list[str] = []
+    try:
+        make_world(sb.host, sb.outside, sb.state_dir)
+        for name, state in zip(names[1:], states[1:]):
+            add_netns(name, state)
+        make_underlay(underlay, names)
+        etcd += start_etcd_cluster(underlay, base / "etcd", 3)
+        sb.env.update(PORTWAY_CLUSTER_STORE=ALL_MEMBERS, PORTWAY_ADVERTISE_ADDRESS=ADDRS[0],
+                      PORTWAY_CLUSTER_TTL=TTL)
+        h = Hosts(sb, names, states, [ALL_MEMBERS, ALL_MEMBERS, THIRD_MEMBER], underlay,
+                  base / "etcd", etcd)
+        for i in range(3):
+            h.pw(i, "daemon", "start")
+        for i in range(3):
+            wait_for(lambda i=i: all(a in h.pw(i, "daemon", "status").stdout for a in ADDRS),
+                     f"host {'ABC'[i]} sees every host")
+        yield h
+    finally:
+        for name, state in zip(names[1:], states[1:]):
+            if (state / "portway.db").exists():
+                subprocess.run([PORTWAY, "--host-netns", name, "--state-dir", str(state),
+                                "daemon", "stop"], capture_output=True, timeout=30)
+            stray = processes_in(name) if os.path.exists(f"/run/netns/{name}") else []
+            if stray:
+                leaks.append(f"processes left on host {name}: {stray}")
+                for pid in stray:
+                    os.kill(pid, signal.SIGKILL)
+        for proc in etcd:
+            stop_etcd(proc)
+        for name in (*names[1:], underlay):
+            del_netns(name)
+        leaks += clean_up_and_check(sb)
+        remove_world(sb.host, sb.outside)
+        if leaks:
+            pytest.fail("left behind:\n  " + "\n  ".join(leaks))
+
+
+@pytest.fixture
+def h(hosts: Hosts) -> Iterator[Hosts]:
+    """The module's hosts, each test's containers and networks removed after it."""
+    try:
+        yield hosts
+    finally:
+        _clear(hosts)
+
+
+def _address(h: Hosts, i: int, name: str, net: str = "ov") -> str:
+    data = json.loads(h.pw(i, "inspect", name).stdout)[0]
+    return str(data["NetworkSettings"]["Networks"][net]["IPAddress"])
+
+
+def _mac(h: Hosts, i: int, name: str, net: str = "ov") -> str:
+    data = json.loads(h.pw(i, "inspect", name).stdout)[0]
+    return str(data["NetworkSettings"]["Networks"][net]["MacAddress"])
+
+
+def _fdb(netns: str, dev: str) -> set[tuple[str, str]]:
+    out = sh("bridge", "-n", netns, "-j", "fdb", "show", "dev", dev).stdout
+    return {(e["mac"], e["dst"]) for e in json.loads(out or "[]") if e.get("dst")}
+
+
+def _neigh(netns: str, dev: str) -> set[tuple[str, str]]:
+    return {(str(n["dst"]), str(n["lladdr"])) for n in ip_json(netns, "neigh", "show", "dev", dev)
+            if "PERMANENT" in n.get("state", [])}  # type: ignore[operator]
+
+
+def _network(h: Hosts, *extra: str, subnet: str = "10.210.0.0/24", name: str = "ov") -> str:
+    """An overlay network made on A, once every host has it; its VXLAN device's name."""
+    net_id = h.pw(0, "network", "create", "--driver", "overlay", "--subnet", subnet,
+                  *extra, name).stdout.strip()
+    for i in (1, 2):
+        wait_for(lambda i=i: name in _overlays(h, i), f"host {'ABC'[i]} sees network {name}")
+    return f"pwvx-{net_id[:10]}"
+
+
+def _servers(h: Hosts, net: str = "ov") -> list[str]:
+    """web-a, web-b, web-c on hosts A, B, C (HTTP on 80, a UDP echo on 53535); their
+    addresses."""
+    for i, x in enumerate("abc"):
+        h.pw(i, "run", "-d", "--name", f"web-{x}", "--network", net, "--",
+             "python3", "-c", SERVE)
+    return [_address(h, i, f"web-{x}", net) for i, x in enumerate("abc")]
+
+
+def test_tcp_udp_and_dns_between_three_hosts(h: Hosts) -> None:
+    for i in range(3):
+        status = h.pw(i, "daemon", "status").stdout
+        assert f"this host {ADDRS[i]} is joined" in status, status
+        # The cluster's three members, one of them the leader (C asks through its one).
+        assert status.count("etcd 3.4") == 3 and status.count(", leader") == 1, status
+    dev = _network(h)
+    ips = _servers(h)
+    assert len(set(ips)) == 3, ips  # no address is handed out twice across hosts
+    macs = [_mac(h, i, f"web-{x}") for i, x in enumerate("abc")]
+
+    # Each host's VXLAN device: an FDB and a neighbour entry for each of the other two
+    # hosts' containers (from the store), none for its own.
+    for i in range(3):
+        want_fdb = {(macs[j], ADDRS[j]) for j in range(3) if j != i}
+        want_neigh = {(ips[j], macs[j]) for j in range(3) if j != i}
+        wait_for(lambda i=i, w=want_fdb: _fdb(h.names[i], dev) == w,
+                 f"host {'ABC'[i]}'s FDB entries")
+        assert _neigh(h.names[i], dev) == want_neigh
+
+    for i, x in enumerate("abc"):
+        for j, y in enumerate("abc"):
+            if i == j:
+                continue
+            # TCP by name, UDP by address and by name, DNS (dig) from every host's
+            # DNS server for the other hosts' containers.
+            out = h.pw(i, "exec", f"web-{x}", "--", "python3", "-c", CONNECT,
+                       f"web-{y}").stdout
+            assert out.startswith("HTTP/1.0 200"), (x, y, out)
+            out = h.pw(i, "exec", f"web-{x}", "--", "python3", "-c", UDP_ASK, ips[j],
+                       f"{x}-to-{y}").stdout.strip()
+            assert out == f"echo {x}-to-{y}", (x, y, out)
+            out = h.pw(i, "exec", f"web-{x}", "--", "python3", "-c", UDP_ASK, f"web-{y}",
+                       "by-name").stdout.strip()
+            assert out == "echo by-name", (x, y, out)
+            answer = h.pw(i, "exec", f"web-{x}", "--", "dig", "+short", f"web-{y}").stdout
+            assert answer.split() == [ips[j]], (x, y, answer)
+            tcp = h.pw(i, "exec", f"web-{x}", "--", "dig", "+tcp", "+short",
+                       f"web-{y}").stdout
+            assert tcp.split() == [ips[j]], (x, y, tcp)
+
+    # Each host lists every container of the network, and where it runs.
+    for i in range(3):
+        seen = json.loads(h.pw(i, "network", "inspect", "ov").stdout)[0]["Containers"]
+        assert {v["Name"]: v["Host"] for v in seen.values()} == \
+            {f"web-{x}": ADDRS[j] for j, x in enumerate("abc")}
