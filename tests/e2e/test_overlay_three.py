@@ -44,7 +44,6 @@ from portway.testbed import (
     make_underlay,
     make_world,
     remove_world,
-    restart_etcd_member,
     start_etcd_cluster,
     stop_etcd,
     underlay_address,
@@ -152,7 +151,7 @@ def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosts]:
     leaks: list[str] = []
     try:
         make_world(sb.host, sb.outside, sb.state_dir)
-        for name, state in zip(names[1:], states[1:]):
+        for name, state in zip(names[1:], states[1:], strict=True):
             add_netns(name, state)
         make_underlay(underlay, names)
         etcd += start_etcd_cluster(underlay, base / "etcd", 3)
@@ -167,7 +166,7 @@ def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosts]:
                      f"host {'ABC'[i]} sees every host")
         yield h
     finally:
-        for name, state in zip(names[1:], states[1:]):
+        for name, state in zip(names[1:], states[1:], strict=True):
             if (state / "portway.db").exists():
                 subprocess.run([PORTWAY, "--host-netns", name, "--state-dir", str(state),
                                 "daemon", "stop"], capture_output=True, timeout=30)
@@ -279,3 +278,44 @@ def test_tcp_udp_and_dns_between_three_hosts(h: Hosts) -> None:
         seen = json.loads(h.pw(i, "network", "inspect", "ov").stdout)[0]["Containers"]
         assert {v["Name"]: v["Host"] for v in seen.values()} == \
             {f"web-{x}": ADDRS[j] for j, x in enumerate("abc")}
+
+
+def test_trace_explains_both_hosts(h: Hosts) -> None:
+    dev = _network(h, subnet="10.211.0.0/24")
+    ips = _servers(h)
+    vni = json.loads(h.pw(0, "network", "inspect", "ov").stdout)[0]["Options"][
+        "com.docker.network.driver.overlay.vxlanid_list"]
+    wait_for(lambda: len(_fdb(h.names[0], dev)) == 2, "A's FDB entries")
+    traced = h.pw(0, "trace", "web-a", "web-b:80").stdout
+    data = json.loads(h.pw(0, "trace", "--json", "web-a", "web-b:80").stdout)
+    # This host's half: into the VXLAN device, tunnelled to B's VTEP; then B's half, read
+    # from B's namespace: the datagram arrives, B's device decapsulates it into its
+    # bridge, B's hooks and web-b's own, and web-b's socket takes it.
+    assert data["verdict"] == "delivered" and data["local_verdict"] == "leaves-host", traced
+    assert data["remote"] == {"host": ADDRS[1], "netns": h.names[1], "traced": True,
+                              "why": ""}, data["remote"]
+    details = [f"{hop['where']}: {hop['detail']}" for hop in data["hops"]]
+    text = "\n".join(details)
+    assert f"FDB: {_mac(h, 1, 'web-b')} -> VTEP {ADDRS[1]}" in text, traced
+    assert f"UDP {ADDRS[0]} -> {ADDRS[1]}:4789 (VXLAN, VNI {vni}) arrives on ul0" in text
+    assert f"{dev}: decapsulated (VNI {vni}" in text, traced
+    assert f"host {ADDRS[1]}: inet portway forward: " in text, traced
+    assert f"a tcp socket listens on 0.0.0.0:80; it sees the connection from {ips[0]}" \
+        in text, traced
+    assert f"delivered to container web-b, {ips[1]}:80/tcp (on host {ADDRS[1]}" in \
+        data["summary"], traced
+    assert f"-- on host {ADDRS[1]} (its namespace {h.names[1]}, observed from here)" in traced
+    # Nothing listens on 81 there: B's half says so (the RST comes from web-b).
+    data = json.loads(h.pw(0, "trace", "--json", "web-a", "web-c:81").stdout)
+    assert data["verdict"] == "no-listener" and "container web-c" in data["summary"], data
+
+    # B's VXLAN device gone: A's half is as before, B's half drops it on arrival.
+    sh("ip", "-n", h.names[1], "link", "del", dev)
+    data = json.loads(h.pw(0, "trace", "--json", "web-a", "web-b:80").stdout)
+    assert data["verdict"] == "dropped", data
+    assert f"host {ADDRS[1]} has no VXLAN device for VNI {vni}" in data["summary"], data
+    assert f"'portway doctor' on host {ADDRS[1]}" in data["fix"], data
+    h.pw(1, "gc")
+    data = json.loads(h.pw(0, "trace", "--json", "web-a", "web-b:80").stdout)
+    assert data["verdict"] == "delivered", data
+

@@ -527,6 +527,21 @@ class Hop:
         return out
 
 
+@dataclass(frozen=True)
+class TunnelLeg:
+    """A frame encapsulated by a VXLAN device for another host: the outer UDP datagram's
+    ends, the VNI, and the inner packet (after this host's hooks) with its MAC."""
+
+    local: str  # this host's VTEP
+    vtep: str  # the other host's
+    vni: int
+    port: int
+    device: str
+    dmac: str
+    smac: str
+    packet: Packet
+
+
 @dataclass
 class Trace:
     source: str
@@ -538,6 +553,8 @@ class Trace:
     seen_source: str = ""
     seen_destination: str = ""
     fix: str = ""  # for a verdict other than delivered: what to change, concretely
+    # Where a packet left this host through a VXLAN device: what the other host gets.
+    tunnel: TunnelLeg | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {"source": self.source, "destination": self.destination,
@@ -1040,6 +1057,9 @@ class _Walk:
             assert route is not None
             self.hop("route", host.label, f"underlay: route lookup: "
                      f"{route.text(ipaddress.ip_address(vtep))}")
+            self.trace.tunnel = TunnelLeg(local=tunnel.local, vtep=vtep, vni=tunnel.vni,
+                                          port=tunnel.port, device=port.name, dmac=mac,
+                                          smac=packet.smac, packet=packet)
             self.end("leaves-host", f"tunnelled to host {vtep} (VNI {tunnel.vni}) for {who}; "
                      f"that host's {port.name} takes it from there (trace on that host "
                      "for its half)", packet)
@@ -1327,6 +1347,56 @@ class _Walk:
         packet = self.hook(space, families, "forward", packet)
         packet = self.hook(space, families, "postrouting", packet)
         self.egress(space, route, packet)
+
+
+def arrive(world: World, leg: TunnelLeg, label: str, destination: str) -> Trace:
+    """The other host's half of a tunnelled packet: world is that host's (its namespace
+    and containers as observed), leg what this host's VXLAN device sent. The outer UDP
+    datagram meets the host's prerouting and input hooks, the VXLAN device of leg's VNI
+    decapsulates it, and the inner frame enters that device's bridge as any frame does."""
+    result = Trace(source=label, destination=destination, protocol=leg.packet.l4proto)
+    walk = _Walk(world, result)
+    packet = leg.packet
+    walk.asked = (packet.daddr, packet.dport)
+    host = world.host
+    try:
+        vtep = ipaddress.ip_address(leg.vtep)
+        local = ipaddress.ip_address(leg.local)
+        back = host.lookup(local)
+        iif = back.dev if back is not None else "?"
+        outer = Packet(l4proto="udp", saddr=local, daddr=vtep, sport=0, dport=leg.port,
+                       iif=iif)
+        walk.hop("vxlan", host.label, f"UDP {leg.local} -> {leg.vtep}:{leg.port} (VXLAN, "
+                 f"VNI {leg.vni}) arrives on {iif}")
+        if vtep not in host.local():
+            walk.end("dropped", f"{leg.vtep} is not an address of {host.label}", outer,
+                     f"give {host.label} the address {leg.vtep} its cluster record names")
+        families = ip_families(outer)
+        outer = walk.hook(host, families, "prerouting", outer)
+        outer = walk.hook(host, families, "input", outer)
+        device = next((name for name, t in host.tunnels.items() if t.vni == leg.vni), None)
+        port = host.iface(device) if device is not None else None
+        if port is None or device is None:
+            walk.hop("vxlan", host.label, f"no VXLAN device of VNI {leg.vni} listens on "
+                     f"{leg.port}: the kernel drops the datagram")
+            walk.end("dropped", f"{host.label} has no VXLAN device for VNI {leg.vni}", outer,
+                     f"run 'portway doctor' on {host.label}: gc makes the network's device")
+        assert port is not None and device is not None
+        if not port.up or not port.master:
+            why = "is down" if not port.up else "is no bridge's port"
+            walk.hop("vxlan", device, f"decapsulates VNI {leg.vni}, but it {why}")
+            walk.end("dropped", f"{device} on {host.label} {why}", outer,
+                     f"run 'portway gc' on {host.label}")
+        walk.hop("vxlan", device, f"decapsulated (VNI {leg.vni}, #{port.index} on "
+                 f"{host.label}, mtu {port.mtu}): the inner frame to {leg.dmac} enters "
+                 f"bridge {port.master} by its port {device}")
+        inner = replace(packet, iif="", oif="", mark=0, ct_state="new",
+                        ct_status=frozenset())
+        walk.bridge_in(host, port, packet.daddr, inner, leg.smac)
+        walk.end("dropped", "the path ended without a decision", inner)
+    except _Done:
+        pass
+    return result
 
 
 def trace(world: World, source: str, packet: Packet, label: str, destination: str) -> Trace:

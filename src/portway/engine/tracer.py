@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from pyroute2 import IPRoute
 
-from portway.core import firewall
+from portway.core import firewall, names
 from portway.core import trace as core
 from portway.core.nftsim import Packet, hostport
 from portway.errors import InvalidInput, NotFound
@@ -550,7 +550,114 @@ def run(engine: Engine | Observer, source: str, destination: str, from_ip: str |
     world.conntrack = _flows(packet)
     world.published, world.routed = _published(engine)
     result = core.trace(world, key, packet, label, dest.label)
-    return _answer(engine, world, key, packet, result, label, dest, live)
+    far = _other_half(engine, result, label, dest) if result.tunnel is not None else None
+    answer = _answer(engine, world, key, packet, result, label, dest, live)
+    if far is not None:
+        _join_halves(answer, result, far)
+    return answer
+
+
+@dataclass
+class _Remote:
+    """The other host's half of a tunnelled trace, or why there is none."""
+
+    host: str
+    netns: str = ""
+    trace: core.Trace | None = None
+    why: str = ""  # not traced: the reason
+
+
+def _other_half(engine: Engine | Observer, result: core.Trace, label: str,
+                dest: _Target) -> _Remote:
+    """The packet on the host its VXLAN device sent it to, where that host can be
+    observed from here: its host namespace is on this machine (the cluster store's
+    record names it) and holds the VTEP address. Else why not."""
+    leg = result.tunnel
+    assert leg is not None
+    cluster = engine.h.cluster
+    record = cluster.hosts.get(leg.vtep) if cluster is not None else None
+    remote = _Remote(leg.vtep)
+    if record is None:
+        remote.why = f"no host of the cluster store has the address {leg.vtep}"
+        return remote
+    name = str(record.get("host_netns") or "")
+    remote.netns = name
+    if not name:
+        remote.why = f"host {leg.vtep} runs in the root namespace of its own machine, " \
+                     "which cannot be observed from here"
+        return remote
+    if not netns.netns_exists(name):
+        remote.why = f"host {leg.vtep}'s namespace {name} is not on this machine"
+        return remote
+    where = f"host {leg.vtep}"
+
+    def record_host() -> tuple[core.Space, bool, bool]:
+        space = _space(HOST, where, None, list_ruleset_here(), {})
+        return (space, observe.read_sysctl("net.bridge.bridge-nf-call-iptables") == "1",
+                observe.read_sysctl("net.bridge.bridge-nf-call-ip6tables") == "1")
+
+    host, bridge_nf, bridge_nf6 = netns.in_netns(netns.netns_path(name), record_host)
+    if ipaddress.ip_address(leg.vtep) not in host.local():
+        remote.why = f"namespace {name} on this machine does not hold {leg.vtep}: it is " \
+                     f"not host {leg.vtep}"
+        return remote
+    spaces: dict[str, core.Space] = {}
+    for n in engine.store.networks():
+        if n.driver != "overlay" or cluster is None:
+            continue
+        for r in cluster.remote_endpoints(n.id):
+            if r.host != ipaddress.ip_address(leg.vtep) or r.mac != leg.dmac:
+                continue
+            path = netns.netns_path(names.netns_name(r.container_id))
+            if not netns.netns_exists(names.netns_name(r.container_id)):
+                continue
+            key, c_label = names.netns_name(r.container_id), f"container {r.name}"
+
+            def record_container(key: str = key, c_label: str = c_label) -> core.Space:
+                return _space(key, c_label, None, list_ruleset_here(), {})
+
+            space = netns.in_netns(path, record_container)
+            core.pair_veths(host, space)
+            spaces[key] = space
+    world = core.World(host=host, spaces=spaces, bridge_nf=bridge_nf, bridge_nf6=bridge_nf6)
+    remote.trace = core.arrive(world, leg, label, dest.label)
+    return remote
+
+
+def _join_halves(answer: dict[str, Any], local: core.Trace, remote: _Remote) -> None:
+    """The answer of a tunnelled trace with the other host's half after this one's (or
+    the reason it has none)."""
+    data = answer["trace"]
+    data["remote"] = {"host": remote.host, "netns": remote.netns,
+                      "traced": remote.trace is not None, "why": remote.why}
+    if remote.trace is None:
+        data["summary"] = local.summary.replace(
+            "(trace on that host for its half)", f"(not traced there: {remote.why}; run "
+            "'portway trace' on that host for its half)")
+        answer["text"] = answer["text"].replace(local.summary, data["summary"])
+        return
+    far = remote.trace
+    data["hops"] += [h.as_dict() for h in far.hops]
+    data["local_verdict"] = local.verdict
+    data["verdict"], data["fix"] = far.verdict, far.fix
+    data["summary"] = f"{far.summary} (on host {remote.host}, after the VXLAN hop)"
+    data["seen_source"], data["seen_destination"] = far.seen_source, far.seen_destination
+    head, _, tail = answer["text"].partition("\nverdict: ")
+    # The hops again, both halves in one column layout.
+    top = head.split("\n")[:head.count("\n") + 1 - len(local.hops)]
+    width = max((len(h.where) for h in [*local.hops, *far.hops]), default=0)
+    lines = [f"{n:3}  {h.kind:<6} {h.where:<{width}}  {h.detail}"
+             for n, h in enumerate(local.hops, 1)]
+    lines.append(f"  -- on host {remote.host} (its namespace {remote.netns}, observed from "
+                 "here)")
+    for number, h in enumerate(far.hops, len(local.hops) + 1):
+        lines.append(f"{number:3}  {h.kind:<6} {h.where:<{width}}  {h.detail}")
+    seen = f" (seen as {far.seen_source} -> {far.seen_destination})" if far.seen_source else ""
+    lines.append(f"verdict: {far.verdict}: {data['summary']}{seen}")
+    if far.fix:
+        lines.append(f"fix: {far.fix}")
+    rest = tail.partition("\n\n")[2]  # what follows the verdict (a live trace's account)
+    answer["text"] = "\n".join([*top, *lines]) + ("\n\n" + rest if rest else "")
 
 
 PROTOCOLS = {6: "tcp", 17: "udp"}
