@@ -696,8 +696,7 @@ def start_etcd_cluster(underlay: str, data_dir: str | os.PathLike[str],
     peers = ",".join(f"{n}=http://{etcd_member_address(i)}:2380" for i, n in enumerate(names))
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        for i, name in enumerate(names):
-            url = f"http://{etcd_member_address(i)}"
+        for i in range(members):
             if i:
                 _ip("-n", underlay, "addr", "add", f"{etcd_member_address(i)}/24", "dev",
                     "ulbr")

@@ -44,6 +44,7 @@ from portway.testbed import (
     make_underlay,
     make_world,
     remove_world,
+    restart_etcd_member,
     start_etcd_cluster,
     stop_etcd,
     underlay_address,
@@ -319,3 +320,83 @@ def test_trace_explains_both_hosts(h: Hosts) -> None:
     data = json.loads(h.pw(0, "trace", "--json", "web-a", "web-b:80").stdout)
     assert data["verdict"] == "delivered", data
 
+
+# Connects to ADDRESS:PORT and says how it went: "refused" means a RST came back.
+TRY = ("import socket, sys\n"
+       "try:\n"
+       "    socket.create_connection((sys.argv[1], int(sys.argv[2])), 1.0); print('open')\n"
+       "except ConnectionRefusedError: print('refused')\n"
+       "except OSError as e: print(type(e).__name__)\n")
+
+
+def test_internal_connect_disconnect_and_aliases(h: Hosts) -> None:
+    dev = _network(h, "--internal", subnet="10.212.0.0/24")
+    h.pw(0, "run", "-d", "--name", "in-a", "--network", "ov", "--network-alias", "front",
+         "--", "python3", "-c", SERVE)
+    h.pw(2, "run", "-d", "--name", "in-c", "--network", "ov", "--", "python3", "-c", SERVE)
+    ip_a = _address(h, 0, "in-a")
+    # An internal network: across hosts, yes (by name and by alias, from C) ...
+    out = h.pw(2, "exec", "in-c", "--", "python3", "-c", CONNECT, "front").stdout
+    assert out.startswith("HTTP/1.0 200"), out
+    assert h.pw(2, "exec", "in-c", "--", "dig", "+short", "front").stdout.split() == [ip_a]
+    # ... but nothing leaves: the outside (whose port 80 would answer with a RST) is
+    # not reached from either host.
+    for i, name in ((0, "in-a"), (2, "in-c")):
+        got = h.pw(i, "exec", name, "--", "python3", "-c", TRY, h.sb.outside_addr,
+                   "80").stdout.strip()
+        assert got != "refused" and got != "open", (name, got)
+
+    # A running container on B joins the network later, with an alias there.
+    h.pw(1, "network", "create", "--subnet", "10.213.0.0/24", "local")
+    h.pw(1, "run", "-d", "--name", "late-b", "--network", "local", "--",
+         "python3", "-c", SERVE)
+    h.pw(1, "network", "connect", "--alias", "db", "ov", "late-b")
+    ip_b, mac_b = _address(h, 1, "late-b"), _mac(h, 1, "late-b")
+    for i in (0, 2):
+        wait_for(lambda i=i: (mac_b, ADDRS[1]) in _fdb(h.names[i], dev),
+                 f"host {'ABC'[i]} programs late-b")
+    for i, name in ((0, "in-a"), (2, "in-c")):
+        for target in ("late-b", "db"):
+            out = h.pw(i, "exec", name, "--", "python3", "-c", CONNECT, target).stdout
+            assert out.startswith("HTTP/1.0 200"), (name, target, out)
+        assert h.pw(i, "exec", name, "--", "dig", "+short", "db").stdout.split() == [ip_b]
+    seen = json.loads(h.pw(2, "network", "inspect", "ov").stdout)[0]["Containers"]
+    assert {v["Name"] for v in seen.values()} == {"in-a", "in-c", "late-b"}
+
+    # And leaves it: its entries and its names go from the other hosts.
+    h.pw(1, "network", "disconnect", "ov", "late-b")
+    for i in (0, 2):
+        wait_for(lambda i=i: (mac_b, ADDRS[1]) not in _fdb(h.names[i], dev),
+                 f"host {'ABC'[i]} forgets late-b")
+        assert ip_b not in {n[0] for n in _neigh(h.names[i], dev)}
+    wait_for(lambda: not h.pw(0, "exec", "in-a", "--", "dig", "+short", "db").stdout.strip(),
+             "the alias db is gone from A's DNS")
+    h.pw(1, "rm", "-f", "late-b")
+    h.pw(1, "network", "rm", "local")
+
+
+def test_a_container_name_is_one_containers_on_a_network(h: Hosts) -> None:
+    _network(h, subnet="10.214.0.0/24")
+    h.pw(0, "run", "-d", "--name", "api", "--network", "ov", "--", "sleep", "300")
+    wait_for(lambda: "api" in h.pw(1, "network", "inspect", "ov").stdout, "B sees api")
+    before = json.loads(h.pw(1, "ps", "-a", "--json").stdout)
+    cp = h.pw(1, "run", "-d", "--name", "api", "--network", "ov", "--", "sleep", "300",
+              check=False)
+    assert cp.returncode != 0, cp.stdout
+    assert cp.stderr.strip().splitlines() == [
+        f"portway: error: container name 'api' is in use on network ov by a container on "
+        f"host {ADDRS[0]}; choose another name, or remove that container there"], cp.stderr
+    assert json.loads(h.pw(1, "ps", "-a", "--json").stdout) == before
+    # A container of that name on B joining the network: refused likewise.
+    h.pw(1, "network", "create", "--subnet", "10.215.0.0/24", "local")
+    h.pw(1, "run", "-d", "--name", "api", "--network", "local", "--", "sleep", "300")
+    cp = h.pw(1, "network", "connect", "ov", "api", check=False)
+    assert cp.returncode != 0 and "container name 'api' is in use on network ov" in \
+        cp.stderr, cp.stderr
+    assert "ov" not in json.loads(h.pw(1, "inspect", "api").stdout)[0][
+        "NetworkSettings"]["Networks"]
+    # Once A's is gone, the name is free on the network for B's.
+    h.pw(0, "rm", "-f", "api")
+    h.pw(1, "network", "connect", "ov", "api")
+    h.pw(1, "rm", "-f", "api")
+    h.pw(1, "network", "rm", "local")

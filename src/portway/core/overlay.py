@@ -110,6 +110,12 @@ def address_key(network_id: str, address: IPAddress | None = None) -> str:
     return f"{PREFIX}ips/{network_id}/" + ("" if address is None else str(address))
 
 
+def container_name_key(network_id: str, name: str) -> str:
+    """Whose the container name is on a network (an endpoint id): one container of a
+    name per network across the hosts, as its DNS name is one."""
+    return f"{PREFIX}cnames/{network_id}/{name}"
+
+
 def endpoint_key(network_id: str = "", endpoint_id: str = "") -> str:
     if not network_id:
         return f"{PREFIX}endpoints/"

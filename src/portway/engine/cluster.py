@@ -182,8 +182,16 @@ class Cluster:
                     "for a new address")
                 self._lost.add(e.id)
                 return
+        held = self.etcd.get(overlay.container_name_key(e.network_id, c.name))
+        if held is not None and held != e.id:
+            log(f"the name {c.name} was taken on its network by a container on another "
+                f"host while this host was away: {c.name} is not reachable from other "
+                "hosts; rename or remove one of them")
+            self._lost.add(e.id)
+            return
         for a in e.addresses:
             self.etcd.put(overlay.address_key(e.network_id, a.ip), e.id, lease)
+        self.etcd.put(overlay.container_name_key(e.network_id, c.name), e.id, lease)
         self.etcd.put(overlay.endpoint_key(e.network_id, e.id), self._record(e, c).encode(),
                       lease)
 
@@ -249,6 +257,8 @@ class Cluster:
             raise ClusterUnreachable(f"not joined to the cluster store {self.etcd.url()}"
                                      + (f" ({self.last_error})" if self.last_error else ""))
         puts = {overlay.address_key(network.id, a.ip): e.id for a in e.addresses}
+        name_key = overlay.container_name_key(network.id, c.name)
+        puts[name_key] = e.id
         puts[overlay.endpoint_key(network.id, e.id)] = self._record(e, c).encode()
         try:
             claimed = self.etcd.create_all(puts, self.lease)
@@ -260,6 +270,17 @@ class Cluster:
             with self._view_lock:
                 self.endpoints[e.id] = self._record(e, c)
             return None
+        owner = self.etcd.get(name_key)
+        if owner is not None and owner != e.id:
+            raw = self.etcd.get(overlay.endpoint_key(network.id, owner))
+            where = "another host"
+            try:
+                where = f"host {RemoteEndpoint.decode(raw).host}" if raw else where
+            except (ValueError, KeyError):
+                pass
+            raise Conflict(f"container name {c.name!r} is in use on network {network.name} "
+                           f"by a container on {where}",
+                           "choose another name, or remove that container there")
         for a in e.addresses:
             holder = self.etcd.get(overlay.address_key(network.id, a.ip))
             if holder is not None and holder != e.id:
@@ -272,10 +293,14 @@ class Cluster:
         try:
             for e in endpoints:
                 with self._view_lock:
-                    self.endpoints.pop(e.id, None)
+                    record = self.endpoints.pop(e.id, None)
+                c = self.h.store.find_container(e.container_id)
+                name = record.name if record is not None else c.name if c is not None else ""
                 self.etcd.delete(overlay.endpoint_key(e.network_id, e.id))
-                self.etcd.delete_owned({overlay.address_key(e.network_id, a.ip): e.id
-                                        for a in e.addresses})
+                owned = {overlay.address_key(e.network_id, a.ip): e.id for a in e.addresses}
+                if name:
+                    owned[overlay.container_name_key(e.network_id, name)] = e.id
+                self.etcd.delete_owned(owned)
         except ClusterUnreachable as exc:
             self._error(exc.message)
 
@@ -297,8 +322,9 @@ class Cluster:
             gone = [r for i, r in stored.items() if i not in own]
             for r in gone:
                 self.etcd.delete(overlay.endpoint_key(r.network_id, r.id))
-                self.etcd.delete_owned({overlay.address_key(r.network_id, a.ip): r.id
-                                        for a in r.addresses})
+                owned = {overlay.address_key(r.network_id, a.ip): r.id for a in r.addresses}
+                owned[overlay.container_name_key(r.network_id, r.name)] = r.id
+                self.etcd.delete_owned(owned)
             for i, ec in own.items():
                 if i not in stored and i not in self._lost:
                     self._register(ec, self.lease)
