@@ -400,3 +400,56 @@ def test_a_container_name_is_one_containers_on_a_network(h: Hosts) -> None:
     h.pw(1, "network", "connect", "ov", "api")
     h.pw(1, "rm", "-f", "api")
     h.pw(1, "network", "rm", "local")
+
+
+def _etcdctl(h: Hosts, *args: str) -> str:
+    return sh("ip", "netns", "exec", h.underlay, "etcdctl", "--endpoints",
+              f"http://{etcd_member_address(0)}:2379", *args).stdout
+
+
+def test_a_host_cut_off_past_its_lease_and_a_compaction_comes_back(h: Hosts) -> None:
+    dev = _network(h, subnet="10.216.0.0/24")
+    for i, name in ((0, "web-a"), (1, "old-b"), (2, "web-c")):
+        h.pw(i, "run", "-d", "--name", name, "--network", "ov", "--", "python3", "-c", SERVE)
+    ip_c, mac_c = _address(h, 2, "web-c"), _mac(h, 2, "web-c")
+    mac_old = _mac(h, 1, "old-b")
+    wait_for(lambda: (mac_old, ADDRS[1]) in _fdb(h.names[2], dev), "C programs old-b")
+    wait_for(lambda: (mac_c, ADDRS[2]) in _fdb(h.names[0], dev), "A programs web-c")
+    pid_c = int(h.pw(2, "daemon", "status").stdout.split("pid ")[1].split(",")[0])
+
+    # C's one etcd member stops: C is cut off from the store (the other two members
+    # keep the cluster going). C's lease runs out: the others forget its container.
+    stop_etcd(h.etcd[2])
+    wait_for(lambda: (mac_c, ADDRS[2]) not in _fdb(h.names[0], dev),
+             "A forgets the cut-off host's container", timeout=int(TTL) * 5)
+    # Meanwhile the cluster changes (a container comes, another goes), and etcd is
+    # compacted past every one of those changes: C cannot catch up from its events.
+    # (new-a's address is asked for: the lowest free one is web-c's, free since C's
+    # lease ran out, and C would find it taken when it comes back.)
+    h.pw(0, "run", "-d", "--name", "new-a", "--network", "ov", "--ip", "10.216.0.100", "--",
+         "python3", "-c", SERVE)
+    h.pw(1, "rm", "-f", "old-b")
+    status = json.loads(_etcdctl(h, "endpoint", "status", "-w", "json"))
+    revision = int(status[0]["Status"]["header"]["revision"])
+    _etcdctl(h, "compact", str(revision))
+    assert h.pw(2, "daemon", "status").stdout.count("is unreachable") == 1
+
+    # C's member back: C joins again under a new lease, takes its container's address
+    # and name back, lists the store anew (its old revision is compacted) and follows
+    # it; the same daemon (no restart), and web-c reachable again from the others.
+    h.etcd[2] = restart_etcd_member(h.underlay, h.etcd_dir, 2)
+    wait_for(lambda: "is joined" in h.pw(2, "daemon", "status").stdout, "C joins again",
+             timeout=30)
+    for i in (0, 1):
+        wait_for(lambda i=i: (mac_c, ADDRS[2]) in _fdb(h.names[i], dev),
+                 f"host {'ABC'[i]} programs web-c again")
+    mac_new = _mac(h, 0, "new-a")
+    wait_for(lambda: (mac_new, ADDRS[0]) in _fdb(h.names[2], dev), "C programs new-a")
+    wait_for(lambda: (mac_old, ADDRS[1]) not in _fdb(h.names[2], dev), "C forgets old-b")
+    out = h.pw(0, "exec", "web-a", "--", "python3", "-c", CONNECT, "web-c").stdout
+    assert out.startswith("HTTP/1.0 200"), out
+    out = h.pw(2, "exec", "web-c", "--", "python3", "-c", CONNECT, "new-a").stdout
+    assert out.startswith("HTTP/1.0 200"), out
+    assert h.pw(0, "exec", "web-a", "--", "dig", "+short", "web-c").stdout.split() == [ip_c]
+    assert "old-b" not in h.pw(2, "network", "inspect", "ov").stdout
+    assert f"pid {pid_c}," in h.pw(2, "daemon", "status").stdout
