@@ -478,3 +478,28 @@ def test_doctor_and_gc_bring_the_vxlan_device_back_in_step(cluster: Cluster) -> 
     assert _fdb(c.a.host, dev) == fdb and _neigh(c.a.host, dev) == neigh
     out = c.pw_a("exec", "web-a", "--", "python3", "-c", CONNECT, "web-b").stdout
     assert out.startswith("HTTP/1.0 200"), out
+
+
+def test_cluster_ttl_flag(sandbox: Sandbox) -> None:
+    sb = sandbox
+    sb.env.update(PORTWAY_CLUSTER_STORE="etcd://127.0.0.1:1",
+                  PORTWAY_ADVERTISE_ADDRESS="127.0.0.1", PORTWAY_CLUSTER_TTL="soon")
+    cp = sb.pw("daemon", "start", check=False)
+    assert cp.returncode != 0 and "Traceback" not in cp.stderr, cp.stderr
+    assert "--cluster-ttl 'soon' is not a number of seconds from 2 to 3600" in cp.stderr
+    assert sb.daemon_pid() == 0
+    # portwayd --cluster-ttl, remembered by the state dir: a restart without it keeps it.
+    del sb.env["PORTWAY_CLUSTER_TTL"]
+    daemon = [str(Path(PORTWAY).parent / "portwayd"), "--host-netns", sb.host,
+              "--state-dir", str(sb.state_dir), "--cluster-ttl", "7"]
+    proc = subprocess.Popen(daemon, env=dict(os.environ, **sb.env),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: sb.daemon_pid() != 0, "portwayd serves")
+        assert "connection refused)), no lease (ttl 7s)" in \
+            sb.pw("daemon", "status").stdout
+    finally:
+        sb.pw("daemon", "stop")
+        proc.wait(10)
+    sb.pw("daemon", "start")
+    assert "no lease (ttl 7s)" in sb.pw("daemon", "status").stdout

@@ -47,6 +47,17 @@ def test_advertise_address() -> None:
         overlay.parse_advertise_address("host-a")
 
 
+@pytest.mark.parametrize("text,ttl", [("2", 2), ("10", 10), ("3600", 3600)])
+def test_cluster_ttl(text: str, ttl: int) -> None:
+    assert overlay.parse_cluster_ttl(text) == ttl
+
+
+@pytest.mark.parametrize("text", ["", "1", "0", "-5", "3601", "ten", "1.5"])
+def test_bad_cluster_ttl(text: str) -> None:
+    with pytest.raises(InvalidInput, match="is not a number of seconds from 2 to 3600"):
+        overlay.parse_cluster_ttl(text)
+
+
 def test_keys_and_ranges() -> None:
     assert overlay.address_key("n1", A("10.0.0.2")) == "/portway/ips/n1/10.0.0.2"
     assert overlay.endpoint_key("n1", "e1") == "/portway/endpoints/n1/e1"

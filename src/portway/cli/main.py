@@ -592,7 +592,8 @@ def cmd_daemon(client: Client, a: Args) -> int:
 
         return serve(client.state_dir, client.host_netns,
                      cluster_store=_env("PORTWAY_CLUSTER_STORE") or None,
-                     advertise_address=_env("PORTWAY_ADVERTISE_ADDRESS") or None)
+                     advertise_address=_env("PORTWAY_ADVERTISE_ADDRESS") or None,
+                     cluster_ttl=_env("PORTWAY_CLUSTER_TTL") or None)
     if a.action == "start":
         status = client.running()
         if status is not None:
@@ -623,7 +624,8 @@ def print_cluster(c: "dict[str, Any]") -> None:
     host's state."""
     state = c["state"] + (f" ({c['error']})" if c["error"] else "")
     print(f"cluster store {c['store']}: this host {c['advertise_address']} is {state}"
-          + (f", lease {c['lease']} (ttl {c['ttl']}s)" if c["lease"] else "")
+          + (f", lease {c['lease']}" if c["lease"] else ", no lease")
+          + f" (ttl {c['ttl']}s)"
           + f", revision {c['revision']}")
     for m in c["members"]:
         role = "leader" if m.get("leader") else "member"

@@ -87,6 +87,24 @@ def parse_advertise_address(text: str) -> IPAddress:
                            "give this host's underlay address, e.g. 192.0.2.10") from None
 
 
+DEFAULT_TTL = 10  # seconds
+TTL_RANGE = (2, 3600)  # etcd's shortest lease is about 2 s with its default timing
+
+
+def parse_cluster_ttl(text: str) -> int:
+    """--cluster-ttl: the seconds a host's lease lasts without renewal."""
+    low, high = TTL_RANGE
+    try:
+        ttl = int(text)
+    except ValueError:
+        ttl = 0
+    if not low <= ttl <= high:
+        raise InvalidInput(f"--cluster-ttl {text!r} is not a number of seconds from {low} "
+                           f"to {high}", "give the seconds a host's lease lasts, e.g. 10 "
+                           "(the default)")
+    return ttl
+
+
 # keys
 
 

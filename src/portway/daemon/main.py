@@ -223,7 +223,7 @@ class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
 def serve(state_dir: str, host_netns: str | None, rootless: bool = False,
           netns_path: str = "", cluster_store: str | None = None,
-          advertise_address: str | None = None) -> int:
+          advertise_address: str | None = None, cluster_ttl: str | None = None) -> int:
     if os.geteuid() != 0:
         log("portwayd: must run as root (it creates network namespaces)")
         return 1
@@ -255,7 +255,8 @@ def serve(state_dir: str, host_netns: str | None, rootless: bool = False,
 
     try:
         engine = Engine(state_dir, host_netns, rootless=rootless,
-                        cluster_store=cluster_store, advertise_address=advertise_address)
+                        cluster_store=cluster_store, advertise_address=advertise_address,
+                        cluster_ttl=cluster_ttl)
     except PortwayError as exc:
         log(f"portwayd: {exc.line()}")
         return exc.exit_code
@@ -392,9 +393,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--advertise-address", metavar="IP",
                         default=os.environ.get("PORTWAY_ADVERTISE_ADDRESS") or None,
                         help="this host's underlay address, which its VXLAN traffic uses")
+    parser.add_argument("--cluster-ttl", metavar="SECONDS",
+                        default=os.environ.get("PORTWAY_CLUSTER_TTL") or None,
+                        help="how long this host's lease in the cluster store lasts "
+                             "unrenewed: a host gone that long is forgotten by the others "
+                             "(default 10; remembered in the state dir)")
     args = parser.parse_args(argv)
     sys.exit(serve(os.path.abspath(args.state_dir), args.host_netns, args.rootless,
-                   args.host_netns_path, args.cluster_store, args.advertise_address))
+                   args.host_netns_path, args.cluster_store, args.advertise_address,
+                   args.cluster_ttl))
 
 
 if __name__ == "__main__":

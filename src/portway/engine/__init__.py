@@ -100,7 +100,8 @@ def build_host(h: Host) -> Host:
 class Engine:
     def __init__(self, state_dir: str, host_netns: str | None = None,
                  rootless: bool = False, cluster_store: str | None = None,
-                 advertise_address: str | None = None) -> None:
+                 advertise_address: str | None = None,
+                 cluster_ttl: str | None = None) -> None:
         self.state_dir = os.path.abspath(state_dir)
         self.host_netns = host_netns
         os.makedirs(os.path.join(self.state_dir, "containers"), mode=0o700, exist_ok=True)
@@ -127,17 +128,19 @@ class Engine:
         self.lock = self.h.lock
         self.dns = DnsServer(self.h)
         self.h.dns = self.dns
-        self.h.cluster = self._cluster(cluster_store, advertise_address)
+        self.h.cluster = self._cluster(cluster_store, advertise_address, cluster_ttl)
 
-    def _cluster(self, url: str | None, address: str | None) -> Cluster | None:
-        """The cluster this host is in: --cluster-store and --advertise-address, or the
-        ones this state dir was last started with (remembered, as a restarted daemon
-        must stay in its cluster)."""
+    def _cluster(self, url: str | None, address: str | None,
+                 ttl_text: str | None = None) -> Cluster | None:
+        """The cluster this host is in: --cluster-store, --advertise-address and
+        --cluster-ttl, or the ones this state dir was last started with (remembered, as
+        a restarted daemon must stay in its cluster)."""
         from portway.core import overlay
 
         with self.store.transaction():
             url = url or self.store.get_meta("cluster_store")
             address = address or self.store.get_meta("advertise_address")
+            ttl_text = ttl_text or self.store.get_meta("cluster_ttl")
             if url is None and address is None:
                 return None
             if url is None or address is None:
@@ -146,13 +149,15 @@ class Engine:
                                    "address), or neither")
             members = overlay.parse_cluster_store(url)
             advertise = overlay.parse_advertise_address(address)
+            ttl = overlay.parse_cluster_ttl(ttl_text) if ttl_text else overlay.DEFAULT_TTL
             self.store.set_meta("cluster_store", url)
             self.store.set_meta("advertise_address", str(advertise))
+            if ttl_text:
+                self.store.set_meta("cluster_ttl", str(ttl))
         # Only a host in a cluster pays for the HTTP client's import.
-        from portway.engine.cluster import DEFAULT_TTL, Cluster
+        from portway.engine.cluster import Cluster
         from portway.store.etcd import Etcd
 
-        ttl = int(os.environ.get("PORTWAY_CLUSTER_TTL") or DEFAULT_TTL)
         return Cluster(self.h, self.host, Etcd(members), advertise, ttl)
 
     def _advertised(self) -> IPAddress | None:

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
     from portway.engine.context import Host
 
-DEFAULT_TTL = 10
+DEFAULT_TTL = overlay.DEFAULT_TTL
 LEASE_META = "cluster_lease"
 
 
