@@ -160,3 +160,58 @@ def test_a_path_picture_is_valid_dot() -> None:
     cp = subprocess.run(["dot", "-Tsvg"], input=path_dot(recorded(), PUBLISHED),
                         capture_output=True, text=True)
     assert cp.returncode == 0 and "<svg" in cp.stdout, cp.stderr
+
+
+def overlay_topo(entries: bool = True) -> dict[str, Any]:
+    topo = recorded()
+    net = topo["Networks"][0]
+    net["Vxlan"] = {**link("pwvx-a", 4, Expected="pwvx-a", Bridge="pwbr-a"), "Vni": 4097,
+                    "Local": "192.0.2.1",
+                    "Remote": [{"Name": "web-b", "Addresses": ["10.0.0.3"],
+                                "Mac": "02:42:0a:00:00:03", "Host": "192.0.2.2",
+                                "Fdb": entries, "Neighbours": True}]}
+    return topo
+
+
+def test_an_overlay_network_draws_its_vxlan_device_and_the_remote_vtep() -> None:
+    dot = to_dot(overlay_topo())
+    vx, vtep = f'"vx:{"a" * 64}"', f'"vtep:{"a" * 64}:192.0.2.2"'
+    assert f'{vx} [label="pwvx-a #4\\nVXLAN VNI 4097\\nlocal 192.0.2.1, mtu 1500"' in dot
+    assert f'"br:{"a" * 64}" -> {vx};' in dot
+    assert f'{vtep} [label="host 192.0.2.2 (VTEP)\\nweb-b 10.0.0.3 02:42:0a:00:00:03"' in dot
+    assert f'{vx} -> {vtep} [label="UDP 192.0.2.1 -> 192.0.2.2:4789"];' in dot
+    # The VTEP is outside the host's box.
+    host_box = dot[dot.index("subgraph cluster_host"):]
+    assert host_box.index(vtep) > host_box.index("\n  }")
+    # Its entries missing: the tunnel is red and dashed, and says so.
+    broken = to_dot(overlay_topo(entries=False))
+    assert f'{vx} -> {vtep} [label="UDP 192.0.2.1 -> 192.0.2.2:4789\\nentries MISSING", ' \
+        'style=dashed, color="#c0392b"];' in broken
+
+
+def test_a_path_across_hosts_goes_through_the_tunnel() -> None:
+    from portway.core.graph import path_dot
+
+    trace = {"source": "container web", "verdict": "delivered",
+             "summary": "delivered to container web-b (on host 192.0.2.2)",
+             "hops": [
+                 {"kind": "route", "where": "container web", "detail": "route lookup"},
+                 {"kind": "veth", "where": "eth0 -> pwv-1", "detail": "veth pair"},
+                 {"kind": "bridge", "where": "pwbr-a", "detail": "to port pwvx-a"},
+                 {"kind": "vxlan", "where": "pwvx-a", "detail": "FDB: -> VTEP 192.0.2.2"},
+                 {"kind": "vxlan", "where": "host 192.0.2.2", "detail": "arrives on ul0"},
+                 {"kind": "bridge", "where": "pwbr-a", "detail": "bridged"},
+                 {"kind": "socket", "where": "container web-b", "detail": "listens"}]}
+    dot = path_dot(overlay_topo(), trace)
+    vx, vtep = f'"vx:{"a" * 64}"', f'"vtep:{"a" * 64}:192.0.2.2"'
+    assert f'{vx} [color="#1f618d", penwidth=2, xlabel="4"]' in dot
+    # The other host's half (the same bridge name there) is drawn at its VTEP.
+    assert f'{vtep} [color="#1f618d", penwidth=2, xlabel="5,6,7"]' in dot
+    assert f'{vtep} [color="#1e8449", penwidth=3]' in dot
+    assert dot.count("{") == dot.count("}")
+    import shutil
+    import subprocess
+
+    if shutil.which("dot"):
+        cp = subprocess.run(["dot", "-Tsvg"], input=dot, capture_output=True, text=True)
+        assert cp.returncode == 0, cp.stderr

@@ -4,7 +4,8 @@ Pure: takes the data `show --json` prints and returns DOT text; the CLI hands it
 to `dot` for SVG or PNG. Left to right: the host's interfaces, the bridges, the
 veth pairs (host end, then container end inside the container's box), the
 published ports as the host addresses they open, and the namespaces portway did not
-make that the host's veths lead to (a dashed box each).
+make that the host's veths lead to (a dashed box each). An overlay network's VXLAN
+device is a port of its bridge, tunnelling to a node for each other host's VTEP.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ def to_dot(topo: dict[str, Any]) -> str:
         lines.append(f"    {_q('if:' + link['Name'])} "
                      f"{_attrs(label=link['Name'] + ' #' + str(link['Index']), shape='box')};")
     ports: list[str] = []
+    remote_lines: list[str] = []  # the other hosts' VTEPs: outside the host's box
     published: set[str] = set()
     boxes: dict[str, list[str]] = {}
     for net in topo["Networks"]:
@@ -74,6 +76,8 @@ def to_dot(topo: dict[str, Any]) -> str:
                 lines.append(f"    {_q(pid)} {_attrs(label=spec, shape='note')};")
                 ports.append(f"  {_q(pid)} -> {_q(cid)} [style=dashed, arrowhead=normal, "
                              f"label=\"DNAT\"];")
+        if net.get("Vxlan"):
+            remote_lines += _vxlan(lines, net)
     for c in topo["Unbridged"]:
         note = "shares the host's network:\\nno isolation" if c["Mode"] == "host" \
             else "no network"
@@ -93,6 +97,7 @@ def to_dot(topo: dict[str, Any]) -> str:
                 f"{_q(eid)} {_attrs(label=elabel)};")
             ports.append(f"  {_q(hid)} -> {_q(eid)} [style=bold, label=\"veth\"];")
     lines.append("  }")
+    lines += remote_lines
     for key, (label, nodes) in foreign.items():
         lines.append(f"  subgraph {_q('cluster_ns:' + key)} {{ label={_q(label)};"
                      ' style="rounded,dashed";')
@@ -113,6 +118,36 @@ def to_dot(topo: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _vxlan(lines: list[str], net: dict[str, Any]) -> list[str]:
+    """An overlay network's VXLAN device (a port of its bridge, in the host's box), and
+    a node for each other host's VTEP with the containers behind it: returns those
+    nodes and the tunnels to them (drawn outside the host's box). A tunnel whose FDB or
+    neighbour entries are missing is red and dashed."""
+    vx = net["Vxlan"]
+    vid = f"vx:{net['Id']}"
+    name = vx.get("Name", vx.get("Expected", ""))
+    label = f"{name} #{vx['Index']}" if vx["Present"] else f"{name}{NL}MISSING"
+    label += f"{NL}VXLAN VNI {vx['Vni']}{NL}local {vx['Local']}, mtu {vx.get('Mtu', '?')}"
+    color = "black" if vx["Present"] else MISSING
+    lines.append(f"    {_q(vid)} [label={_q(label)}, shape=cds, color={_q(color)}];")
+    lines.append(f"    {_q('br:' + net['Id'])} -> {_q(vid)};")
+    hosts: dict[str, list[dict[str, Any]]] = {}
+    for r in vx["Remote"]:
+        hosts.setdefault(r["Host"], []).append(r)
+    out: list[str] = []
+    for host, remote in sorted(hosts.items()):
+        tid = f"vtep:{net['Id']}:{host}"
+        label = f"host {host} (VTEP)" + "".join(
+            f"{NL}{r['Name']} {' '.join(r['Addresses'])} {r['Mac']}" for r in remote)
+        out.append(f"  {_q(tid)} [label={_q(label)}, shape=box3d];")
+        whole = all(r["Fdb"] and r["Neighbours"] for r in remote)
+        style = "" if whole else f', style=dashed, color="{MISSING}"'
+        note = "" if whole else f"{NL}entries MISSING"
+        tunnel = f"UDP {vx['Local']} -> {host}:4789{note}"
+        out.append(f"  {_q(vid)} -> {_q(tid)} [label={_q(tunnel)}{style}];")
+    return out
+
+
 # ------------------------------------------------------------------ a trace's path
 
 PATH = "#1f618d"  # the path's steps
@@ -130,6 +165,12 @@ def _anchors(topo: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
     for net in topo["Networks"]:
         br = net["Bridge"]
         by_if[f"host:{br.get('Name', br.get('Expected', ''))}"] = f"br:{net['Id']}"
+        vx = net.get("Vxlan")
+        if vx:
+            name = vx.get("Name", vx.get("Expected", ""))
+            by_if[f"host:{name}"] = f"vx:{net['Id']}"
+            for r in vx["Remote"]:
+                by_if[f"vtep:{name}:{r['Host']}"] = f"vtep:{net['Id']}:{r['Host']}"
         for m in net["Containers"]:
             end = f"end:{m['Id']}:{net['Id']}"
             by_container.setdefault(m["Name"], end)
@@ -160,7 +201,7 @@ def _anchors_of(hop: dict[str, Any], by_if: dict[str, str], by_container: dict[s
                  by_if.get(f"host:{right}") or by_if.get(f"peer:{left}") or
                  by_if.get(f"{here}:{right}")]
         return [n for n in nodes if n]
-    if kind in ("bridge", "leave", "drop") and where:
+    if kind in ("bridge", "leave", "drop", "vxlan") and where:
         node = by_if.get(f"host:{where.split()[0]}")
         return [node] if node else []
     return []
@@ -195,10 +236,17 @@ def path_dot(topo: dict[str, Any], trace: dict[str, Any]) -> str:
     lines.append(f"  {_q(start)} [label={_q('from ' + str(trace['source']))}, shape=oval, "
                  f"color={_q(PATH)}, fontcolor={_q(PATH)}];")
     steps.append((start, [], []))
+    device = ""  # the VXLAN device the path left by
+    far = ""  # after it: the other host's node, where that host's half is drawn
     for number, hop in enumerate(trace["hops"], 1):
         if hop["kind"] == "route" and str(hop["where"]).startswith("container "):
             here = str(hop["where"]).split(" ", 1)[1]
-        nodes = _anchors_of(hop, by_if, by_container, here)
+        if hop["kind"] == "vxlan" and not far:
+            if str(hop["where"]).startswith("host "):
+                far = by_if.get(f"vtep:{device}:{str(hop['where']).split()[1]}", "")
+            else:
+                device = str(hop["where"])
+        nodes = [far] if far else _anchors_of(hop, by_if, by_container, here)
         if not nodes:
             pending.append(_step_text(number, hop))
         for node in nodes:
