@@ -306,6 +306,15 @@ def test_trace_explains_both_hosts(h: Hosts) -> None:
     assert f"delivered to container web-b, {ips[1]}:80/tcp (on host {ADDRS[1]}" in \
         data["summary"], traced
     assert f"-- on host {ADDRS[1]} (its namespace {h.names[1]}, observed from here)" in traced
+    # graph draws the VXLAN device and the other hosts' VTEPs with their containers.
+    net_id = json.loads(h.pw(0, "network", "inspect", "ov").stdout)[0]["Id"]
+    dot = h.pw(0, "graph").stdout
+    for x, i in (("b", 1), ("c", 2)):
+        vtep = f'"vtep:{net_id}:{ADDRS[i]}"'
+        assert f'{vtep} [label="host {ADDRS[i]} (VTEP)\\nweb-{x} {ips[i]} ' \
+            f'{_mac(h, i, f"web-{x}")}"' in dot, dot
+        assert f'"vx:{net_id}" -> {vtep} [label="UDP {ADDRS[0]} -> {ADDRS[i]}:4789"]' in dot
+    assert f"{dev} #" in dot and f"VXLAN VNI {vni}" in dot, dot
     # Nothing listens on 81 there: B's half says so (the RST comes from web-b).
     data = json.loads(h.pw(0, "trace", "--json", "web-a", "web-c:81").stdout)
     assert data["verdict"] == "no-listener" and "container web-c" in data["summary"], data
