@@ -68,6 +68,10 @@ class Cluster:
         # This host's endpoints whose address another host claimed while it was away.
         self._lost: set[str] = set()
         self._expired = threading.Event()  # the lease is gone: join again
+        # The view changed since the kernel was last brought in step: events set it, the
+        # converge thread clears it and converges once for all that came meanwhile (a
+        # host that sees 1,000 endpoints arrive converges a few times, not 1,000).
+        self._dirty = threading.Event()
 
     # membership
 
@@ -79,7 +83,7 @@ class Cluster:
         except PortwayError as exc:
             self._error(exc.message)
         for target, name in ((self.watch.run, "watch"), (self._keepalive, "keepalive"),
-                             (self._membership, "membership")):
+                             (self._membership, "membership"), (self._converger, "converge")):
             t = threading.Thread(target=target, daemon=True, name=f"portwayd-cluster-{name}")
             t.start()
             self._threads.append(t)
@@ -134,6 +138,16 @@ class Cluster:
                     self.reconcile_own()
             except PortwayError as exc:
                 self._error(exc.message)
+
+    def _converger(self) -> None:
+        while not self._stop.is_set():
+            if not self._dirty.wait(0.5):
+                continue
+            self._dirty.clear()
+            try:
+                self.converge()
+            except PortwayError as exc:
+                log(f"cannot bring the kernel in step with the store: {exc.line()}")
 
     def _error(self, message: str) -> None:
         if self.last_error != message:
@@ -355,7 +369,7 @@ class Cluster:
                 elif kind == "hosts":
                     self.hosts.pop(name, None)
         if event.key.startswith((overlay.network_key(), overlay.endpoint_key())):
-            self.converge()
+            self._dirty.set()  # the converge thread takes it, with whatever follows
 
     @staticmethod
     def _parse(key: str, value: str, networks: dict[str, Network],
