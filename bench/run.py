@@ -45,6 +45,7 @@ GROWTH = int(os.environ.get("PORTWAY_BENCH_GROWTH", "1000"))
 FIREWALL = os.environ.get("PORTWAY_BENCH_FIREWALL", "1") == "1"
 DNS = os.environ.get("PORTWAY_BENCH_DNS", "1") == "1"
 AUDIT = os.environ.get("PORTWAY_BENCH_AUDIT", "1") == "1"
+OVERLAY = os.environ.get("PORTWAY_BENCH_OVERLAY", "1") == "1"
 DNS_SECONDS = float(os.environ.get("PORTWAY_BENCH_DNS_SECONDS", "3"))
 CONTRACT = ROOT / "tests" / "e2e" / "data" / "podman-4.3-setup-input.json"
 PODMAN = os.environ.get("PORTWAY_BENCH_PODMAN", "1") == "1"
@@ -599,6 +600,10 @@ def write_report(r: dict[str, Any]) -> str:
     au = r.get("audit")
     if au:
         lines += audit_report(au)
+    if r.get("overlay"):
+        from overlay import report as overlay_report
+
+        lines += overlay_report(r["overlay"])
     pm = r.get("podman")
     if pm:
         lines += [
@@ -744,6 +749,16 @@ def goals_report(r: dict[str, Any]) -> list[str]:
                          f"and {au['ports']} published ports",
                          f"{tr['seconds'] * 1000:.0f} ms (median of {len(tr['runs'])})",
                          tr["seconds"] <= 0.150))
+    ov = r.get("overlay")
+    if ov:
+        goal("cross-host TCP throughput over an overlay network at least 0.9× a bare VXLAN "
+             "path", ov["overlay_gbps"], ov["raw_gbps"], at_least=0.9, unit="Gbit/s",
+             per_cycle=ov["paired"])
+        goal("overlay `run -d` at most 2× a bridge network's: CLI", ov["setup_overlay_ms"],
+             ov["setup_bridge_ms"], at_most=2)
+        goal(f"overlay `run -d` with {ov['endpoints']} endpoints of other hosts in the store "
+             "at most 1.3× with none: CLI", ov["setup_overlay_crowded_ms"],
+             ov["setup_overlay_ms"], at_most=1.3)
     missed = sum(1 for *_, met in rows if not met)
     lines = [
         "## Goals",
@@ -1028,6 +1043,12 @@ def main() -> None:
             print("bench: portway audit with many containers and published ports ...",
                   flush=True)
             results["audit"] = run_with_engine(host, outside, "audit", "bench_audit")
+        results["overlay"] = None
+        if OVERLAY and shutil.which("etcd"):
+            print("bench: overlay networks across hosts (etcd) ...", flush=True)
+            from overlay import bench_overlay
+
+            results["overlay"] = bench_overlay(tag)
         results["podman"] = None
         if PODMAN and shutil.which("podman"):
             print("bench: podman run with portway and with netavark ...", flush=True)
