@@ -121,7 +121,8 @@ def bare_path(host: Host, side: int, ns: str) -> str:
         host.ip("link", "set", dev, "master", "rawbr", "up")
     host.ip("link", "set", "rawbr", "up")
     sh("ip", "-n", ns, "addr", "add", f"{RAW[side]}/24", "dev", "eth0")
-    sh("ip", "-n", ns, "link", "set", "eth0", "up")
+    # (The peer of a veth made with an MTU keeps the default 1500: set it too.)
+    sh("ip", "-n", ns, "link", "set", "eth0", "mtu", "1450", "up")
     sh("ip", "-n", ns, "link", "set", "lo", "up")
     return str(json.loads(sh("ip", "-n", ns, "-j", "link", "show", "eth0"))[0]["address"])
 
