@@ -115,19 +115,28 @@ def scenario(d: Doc) -> None:
            "The state dir remembers both: a daemon restarted without them stays in its "
            "cluster. Several etcd members are given comma-separated "
            "(`etcd://10.0.0.1:2379,10.0.0.2:2379,10.0.0.3:2379`); each request goes to "
-           "the next one when one does not answer. `daemon status` shows the cluster:")
+           "the next one when one does not answer. `--cluster-ttl SECONDS` (or "
+           "`PORTWAY_CLUSTER_TTL`; 2 to 3600, 10 by default, also remembered) sets how "
+           "long this host's lease lasts unrenewed, that is how soon the others forget "
+           "a host that died. `daemon status` shows the cluster:")
     d.quiet(0, "daemon", "start")
     d.quiet(1, "daemon", "start")
     d.wait("both hosts joined", lambda: underlay_address(1) in d.quiet(0, "daemon", "status"))
     status = d.pw(0, "daemon", "status")
     d.check("status shows the store joined", f"cluster store {STORE}: this host" in status
             and "is joined" in status)
-    d.text("Each host keeps its presence and its endpoints under an etcd lease (10 s) "
+    d.text("Each host keeps its presence and its endpoints under an etcd lease (10 s "
+           "unless `--cluster-ttl` says otherwise) "
            "that it renews every third of that: a host that dies (its daemon gone, "
            "nothing renewing the lease) is forgotten by every other host when the lease "
            "expires, with its endpoints, and its addresses return to the pool. Killing "
            "portwayd alone stops no container; a daemon that starts again takes its "
-           "endpoints under its new lease before the old one runs out.",
+           "endpoints under its new lease before the old one runs out. A host cut off "
+           "from the store for longer than its lease (the others have forgotten its "
+           "containers meanwhile) joins again when the store answers, takes its "
+           "containers' addresses and names back, and they are reachable again, without "
+           "a restart; where another host took an address or name meanwhile, its log "
+           "says which container lost it.",
            "## One network for every host",
            "`network create --driver overlay` on any host creates the network for all: "
            "its name and a VNI are claimed in one etcd transaction (of two hosts that "
@@ -177,13 +186,28 @@ def scenario(d: Doc) -> None:
            "not: `portway doctor` lists the difference, `portway gc` reprograms it):")
     shown = d.pw(0, "show")
     d.check("show has the vxlan", f"vxlan {dev}" in shown and "fdb + neighbour" in shown)
-    d.text("`portway trace` follows a connection into the VXLAN hop: the device's "
-           "neighbour entry answers ARP on this host, its FDB entry names the remote "
+    d.text("`portway trace` follows a connection across the hosts. On this host: the "
+           "VXLAN device's neighbour entry answers ARP, its FDB entry names the remote "
            "VTEP, then encapsulation and the underlay route. A container on another host "
-           "is traced by name (the cluster store says where it is); the trace ends where "
-           "the packet leaves this host, and the other host's half is traced there:")
+           "is traced by name (the cluster store says where it is). Then the other "
+           "host's half, where that host can be observed from here (its host namespace, "
+           "which its record in the store names, is on this machine and holds the VTEP "
+           "address): the datagram through its prerouting and input hooks, decapsulated "
+           "by its device of that VNI into its bridge, its hooks and the container's "
+           "own, up to the socket. The verdict is the far end's. Where the other host "
+           "cannot be observed (another machine), the trace ends where the packet leaves "
+           "this host and says why; `portway trace` on that host traces its half.")
     traced = d.pw(0, "trace", "web-a", "web-b:80")
-    d.check("trace tunnels", "tunnelled to host 192.0.2.2" in traced)
+    d.check("trace reaches web-b on host b", "-- on host 192.0.2.2" in traced and
+            "verdict: delivered: delivered to container web-b" in traced)
+    d.text("`portway graph` draws the VXLAN device as a port of the network's bridge, "
+           "and each other host's VTEP with its containers, the tunnel between them "
+           "(red and dashed where the device lacks their entries); a traced path goes "
+           "through the tunnel to the other host. Its nodes for the tunnel:")
+    dot = d.run(["sh", "-c", " ".join(d.argv(0, "graph")) + " | grep -e '\"vx:' "
+                 "-e '\"vtep:'"], "(host a) portway graph | grep -e '\"vx:' -e '\"vtep:'",
+                d.env(0))
+    d.check("graph has the vtep", f"vtep:{net_id}:192.0.2.2" in dot)
     d.text("Containers reach each other by address and by name: the DNS server on each "
            "host answers the names of the containers on every host.")
     got = d.run(d.argv(0, "exec", "web-a", "--", "python3", "-c", GET, "http://web-b/"),
@@ -192,6 +216,13 @@ def scenario(d: Doc) -> None:
     got = d.run(d.argv(1, "exec", "web-b", "--", "python3", "-c", GET, "http://web-a/"),
                 "(host b) portway exec web-b -- get http://web-a/", d.env(1))
     d.check("B reaches A by name", got.strip() == "200")
+    d.text("A container name is one container's on an overlay network, whichever host "
+           "runs it (its DNS name is one): the name is claimed in the same etcd "
+           "transaction as the address.")
+    taken = d.pw(1, "run", "-d", "--name", "web-a", "--network", "multi", "--",
+                 "sleep", "60", ok=False)
+    d.check("the name is taken", "is in use on network multi by a container on host "
+            "192.0.2.1" in taken)
     d.text("## What fails, and how",
            "A change needs the store: when etcd cannot be reached, `network create`, "
            "`run` on an overlay network and `network rm` fail with one line and change "
@@ -211,10 +242,12 @@ def scenario(d: Doc) -> None:
     d.pw(0, "network", "rm", "multi")
     d.wait("B drops the network", lambda: "multi" not in d.quiet(1, "network", "ls"))
     d.text("## Not yet",
-           "`trace` explains the path up to where it leaves this host (the other host's "
-           "half is traced on that host); `graph` does not draw the VXLAN device yet. "
-           "Published ports and outbound traffic of an overlay network go through the "
-           "local host, as on a bridge network.")
+           "`trace --live` probes this host's half only (the other host's half is the "
+           "static reasoning over its observed state). `portway rename` does not check a "
+           "new name against the other hosts. A container whose address another host "
+           "took while its own host was cut off stays unreachable from the other hosts "
+           "until it is restarted. Published ports and outbound traffic of an overlay "
+           "network go through the local host, as on a bridge network.")
 
 
 def main() -> int:
