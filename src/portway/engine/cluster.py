@@ -72,6 +72,7 @@ class Cluster:
         # converge thread clears it and converges once for all that came meanwhile (a
         # host that sees 1,000 endpoints arrive converges a few times, not 1,000).
         self._dirty = threading.Event()
+        self._names = 0  # what converge last published of the other hosts' names
 
     # membership
 
@@ -421,9 +422,15 @@ class Cluster:
             for net in h.store.networks():
                 if net.driver == "overlay":
                     self._program(net, [e for e in endpoints if e.network_id == net.id])
-            changed = True  # remote names may have come or gone
-            if changed:
+            # The DNS server's records again only where other hosts' names came, went or
+            # changed (this host's own are published as they change): with 1,000 of
+            # them, a full publish is a reload of them all in the DNS server.
+            names = hash(tuple(sorted((e.id, e.network_id, e.name, e.aliases,
+                                       tuple(str(a) for a in e.addresses))
+                                      for e in endpoints if e.host != self.advertise)))
+            if changed or names != self._names:
                 h.containers.publish_dns()
+                self._names = names
 
     def wanted(self, net: Network) -> tuple[set[overlay.Fdb], set[overlay.Neighbour]] | None:
         """The entries net's VXLAN device needs, as the store says (None: not read yet)."""
