@@ -14,6 +14,7 @@ and real clients as oracles.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import secrets
@@ -37,6 +38,7 @@ from conftest import (
     processes_in,
     sh,
 )
+from portway.core.overlay import RemoteEndpoint
 from portway.testbed import (
     add_netns,
     del_netns,
@@ -328,6 +330,35 @@ def test_trace_explains_both_hosts(h: Hosts) -> None:
     h.pw(1, "gc")
     data = json.loads(h.pw(0, "trace", "--json", "web-a", "web-b:80").stdout)
     assert data["verdict"] == "delivered", data
+
+    # A host on another machine (its record names no namespace here): its half is not
+    # traced, and the trace says so. (Its records are written as its daemon writes them,
+    # under a lease of its own, revoked after.)
+    net_id = json.loads(h.pw(0, "network", "inspect", "ov").stdout)[0]["Id"]
+    far, far_ip, far_mac = "192.0.2.60", "10.211.0.60", "02:42:0a:d3:00:3c"
+    lease = json.loads(_etcdctl(h, "lease", "grant", "600", "-w", "json"))["ID"]
+    lease_hex = f"{lease:x}"
+    record = RemoteEndpoint(id="e" * 64, network_id=net_id, container_id="f" * 64,
+                            name="elsewhere", aliases=(),
+                            addresses=(ipaddress.ip_interface(f"{far_ip}/24"),),
+                            mac=far_mac, host=ipaddress.ip_address(far))
+    try:
+        _etcdctl(h, "put", "--lease", lease_hex, f"/portway/hosts/{far}",
+                 json.dumps({"address": far, "instance": "x", "host_netns": "",
+                             "joined": "2026-01-01T00:00:00Z"}))
+        _etcdctl(h, "put", "--lease", lease_hex, f"/portway/endpoints/{net_id}/{'e' * 64}",
+                 record.encode())
+        wait_for(lambda: (far_mac, far) in _fdb(h.names[0], dev), "A programs elsewhere")
+        data = json.loads(h.pw(0, "trace", "--json", "web-a", "elsewhere:80").stdout)
+        assert data["verdict"] == "leaves-host", data
+        assert data["remote"] == {"host": far, "netns": "", "traced": False, "why": (
+            f"host {far} runs in the root namespace of its own machine, which cannot be "
+            "observed from here")}, data
+        assert f"(not traced there: host {far} runs in the root namespace" in \
+            data["summary"], data
+    finally:
+        _etcdctl(h, "lease", "revoke", lease_hex)
+    wait_for(lambda: (far_mac, far) not in _fdb(h.names[0], dev), "A forgets elsewhere")
 
 
 # Connects to ADDRESS:PORT and says how it went: "refused" means a RST came back.
