@@ -638,7 +638,7 @@ def _join_halves(answer: dict[str, Any], local: core.Trace, remote: _Remote) -> 
         return
     far = remote.trace
     data["hops"] += [h.as_dict() for h in far.hops]
-    data["local_verdict"] = local.verdict
+    data["local_verdict"], data["local_summary"] = local.verdict, local.summary
     data["verdict"], data["fix"] = far.verdict, far.fix
     data["summary"] = f"{far.summary} (on host {remote.host}, after the VXLAN hop)"
     data["seen_source"], data["seen_destination"] = far.seen_source, far.seen_destination
