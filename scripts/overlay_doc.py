@@ -243,8 +243,7 @@ def scenario(d: Doc) -> None:
     d.wait("B drops the network", lambda: "multi" not in d.quiet(1, "network", "ls"))
     d.text("## Not yet",
            "`trace --live` probes this host's half only (the other host's half is the "
-           "static reasoning over its observed state). `portway rename` does not check a "
-           "new name against the other hosts. A container whose address another host "
+           "static reasoning over its observed state). A container whose address another host "
            "took while its own host was cut off stays unreachable from the other hosts "
            "until it is restarted. Published ports and outbound traffic of an overlay "
            "network go through the local host, as on a bridge network.")

@@ -201,7 +201,7 @@ class Cluster:
         if held is not None and held != e.id:
             log(f"the name {c.name} was taken on its network by a container on another "
                 f"host while this host was away: {c.name} is not reachable from other "
-                "hosts; rename or remove one of them")
+                "hosts; remove one of them (or run it under another name)")
             self._lost.add(e.id)
             return
         for a in e.addresses:
