@@ -73,6 +73,8 @@ class Cluster:
         # host that sees 1,000 endpoints arrive converges a few times, not 1,000).
         self._dirty = threading.Event()
         self._names = 0  # what converge last published of the other hosts' names
+        # Per network: the entries its device was last brought in step with (a hash).
+        self._programmed: dict[str, int] = {}
 
     # membership
 
@@ -354,7 +356,7 @@ class Cluster:
             self._parse(kv.key, kv.value, networks, endpoints, hosts)
         with self._view_lock:
             self.networks, self.endpoints, self.hosts = networks, endpoints, hosts
-        self.converge()
+        self.converge(force=True)
 
     def _event(self, event: Event) -> None:
         with self._view_lock:
@@ -388,9 +390,12 @@ class Cluster:
         except (ValueError, KeyError, TypeError) as exc:
             log(f"skipping a malformed record {key}: {exc}")
 
-    def converge(self) -> None:
+    def converge(self, force: bool = False) -> None:
         """The local mirror of the overlay networks, the VXLAN devices' entries and the
-        DNS records, as the view says."""
+        DNS records, as the view says. A device whose wanted entries are those it was
+        last brought in step with is not read again (with 1,000 endpoints, a dump of its
+        entries costs more than this host's own run -d), unless force: each re-list (at
+        least every 30 s) compares every device with the kernel."""
         h = self.h
         with self._view_lock:
             networks = dict(self.networks)
@@ -420,8 +425,14 @@ class Cluster:
                     except PortwayError as exc:
                         log(f"cannot remove overlay network {net.name} here: {exc.line()}")
             for net in h.store.networks():
-                if net.driver == "overlay":
-                    self._program(net, [e for e in endpoints if e.network_id == net.id])
+                if net.driver != "overlay":
+                    continue
+                mine = [e for e in endpoints if e.network_id == net.id]
+                fdb, neigh = overlay.wanted_forwarding(mine, self.advertise)
+                want = hash((frozenset(fdb), frozenset(neigh)))
+                if (force or self._programmed.get(net.id) != want) and \
+                        self._program(net, mine):
+                    self._programmed[net.id] = want
             # The DNS server's records again only where other hosts' names came, went or
             # changed (this host's own are published as they change): with 1,000 of
             # them, a full publish is a reload of them all in the DNS server.
@@ -440,20 +451,23 @@ class Cluster:
             endpoints = [e for e in self.endpoints.values() if e.network_id == net.id]
         return overlay.wanted_forwarding(endpoints, self.advertise)
 
-    def _program(self, net: Network, endpoints: list[RemoteEndpoint]) -> None:
+    def _program(self, net: Network, endpoints: list[RemoteEndpoint]) -> bool:
+        """net's VXLAN device's entries as endpoints say; False: not all of them (no
+        device yet, or an entry failed)."""
         index = links.observe_link(self.ipr, overlay.vxlan_name(net.id))
         if index is None:
-            return  # gc makes it
+            return False  # gc makes it
         want = overlay.wanted_forwarding(endpoints, self.advertise)
         have = vxlan.observe_forwarding(self.ipr, index.index)
         plan = overlay.plan_forwarding(want, have)
         if plan.empty():
-            return
+            return True
         errors = vxlan.apply_forwarding(self.ipr, index.index, plan)
         self.programmed += len(plan.add_fdb) + len(plan.add_neigh) + len(plan.del_fdb) + \
             len(plan.del_neigh)
         for line in errors:
             log(f"network {net.name}: {line}")
+        return not errors
 
     def underlay_mtu(self) -> int:
         return underlay_mtu(self.ipr, self.advertise)
