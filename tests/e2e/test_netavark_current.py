@@ -16,9 +16,10 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 from test_netavark import NETAVARK, Podmanish, get, podman  # noqa: F401  (the fixture)
 
-from conftest import ip_json
+from conftest import ip_json, sh
 
 NET_ID = "53ce4390f2adb1681eb1a90ec8b48c49c015e0a8d336c197637e7f65e365fa9e"
 
@@ -438,3 +439,93 @@ def test_dns_as_aardvark_answers(podman: Podmanish) -> None:  # noqa: F811
     assert "no servers could be reached" in dig(ns3, "@10.85.0.1", "nodns1")
     for ns, data in ((ns1, one), (ns2, two), (ns3, off)):
         p.nv("teardown", ns, data=data)
+
+
+def addresses(ns: str, ifname: str = "eth0") -> list[str]:
+    """The addresses of an interface that are not IPv6 link-local."""
+    return [f"{a['local']}/{a['prefixlen']}" for link in ip_json(ns, "addr", "show", ifname)
+            for a in link["addr_info"]  # type: ignore[attr-defined]
+            if not str(a["local"]).startswith("fe80:")]
+
+
+def test_ipam_driver_none(podman: Podmanish) -> None:  # noqa: F811
+    """ipam_options.driver none (create/ipam-none.json's network, as setup gets it): the
+    bridge and the containers' interfaces get no address (static_ips are ignored), only
+    the link; containers that address themselves reach each other across the bridge; DNS
+    names nothing; a published port is refused; ps, show, inspect, gc and trace work;
+    teardown twice, the network gone with its last container."""
+    p = podman
+    data = simplebridge(name="noneipam", network_interface="podman5", dns_enabled=True,
+                        subnets=[], ipam_options={"driver": "none"})
+    data["networks"] = {"noneipam": {"interface_name": "eth0", "static_ips": ["10.88.0.2"]}}
+    data["network_info"] = {"noneipam": data["network_info"]["podman"]}
+    second = copy.deepcopy(data)
+    second.update(container_id="7ce776ea58b5", container_name="second")
+    ns, ns2 = p.namespace(), p.namespace()
+    out = json.loads(p.nv("setup", ns, data=data).stdout)["noneipam"]
+    mac = out["interfaces"]["eth0"]["mac_address"]
+    assert out == {"interfaces": {"eth0": {"mac_address": mac, "subnets": []}},
+                   "dns_server_ips": [], "dns_search_domains": ["dns.podman"]}
+    p.nv("setup", ns2, data=second)
+    a, b = os.path.basename(ns), os.path.basename(ns2)
+    assert addresses(a) == [] and addresses(b) == [] and routes(ns) == []
+    assert ip_json(a, "link", "show", "eth0")[0]["address"] == mac
+    bridge = ip_json(p.sb.host, "addr", "show", "podman5")[0]
+    assert [x for x in bridge["addr_info"] if x["scope"] == "global"] == []  # type: ignore[attr-defined]
+    ports = [x for x in ip_json(p.sb.host, "link", "show", "master", "podman5")]
+    assert len(ports) == 2 and all(str(x["ifname"]).startswith("pwn-") for x in ports)
+    # The containers choose their addresses; the bridge carries what they send.
+    sh("ip", "-n", a, "addr", "add", "192.0.2.1/24", "dev", "eth0")
+    sh("ip", "-n", b, "addr", "add", "192.0.2.2/24", "dev", "eth0")
+    p.serve(ns)
+    assert get(["ip", "netns", "exec", b], "http://192.0.2.1/") == "200"
+    # Nothing to name: no address (aardvark-dns has no gateway to listen on either).
+    assert "noneipam" not in p.pw("dns", check=False).stdout.replace("(none)", "")
+    listing = p.pw("ps").stdout
+    assert "testcontainer" in listing and "second" in listing
+    assert "podman5" in p.pw("show").stdout
+    inspect = json.loads(p.pw("network", "inspect", "noneipam").stdout)[0]
+    assert inspect["IPAM"]["Config"] == []
+    assert p.pw("gc").stdout.startswith("nothing to repair")
+    trace = p.pw("trace", "second", "testcontainer:80", check=False)
+    assert trace.returncode != 0 and "has no address portway gave it" in trace.stderr
+    trace = p.pw("trace", "second", "192.0.2.1:80", check=False)
+    assert trace.returncode in (0, 1) and "verdict" in trace.stdout, trace
+    published = copy.deepcopy(data)
+    published.update(container_id="8ce776ea58b5", container_name="third", port_mappings=[
+        {"host_ip": "", "container_port": 80, "host_port": 8080, "range": 1,
+         "protocol": "tcp"}])
+    cp = p.nv("setup", p.namespace(), data=published, check=False)
+    assert cp.returncode == 1 and "no container address" in json.loads(cp.stdout)["error"]
+    for n, d in ((ns, data), (ns2, second)):
+        p.nv("teardown", n, data=d)
+        assert p.nv("teardown", n, data=d).stdout == ""
+    assert sh("ip", "-n", p.sb.host, "link", "show", "podman5", check=False).returncode != 0
+
+
+def test_dhcp_errors_as_netavarks(podman: Podmanish) -> None:  # noqa: F811
+    """Mirrors testfiles/bridge-managed-dhcp.json, and the same network in mode=unmanaged
+    on a bridge of the caller's with netavark's DHCP proxy not running: netavark's two
+    error texts, and nothing set up."""
+    p = podman
+    if os.path.exists("/run/podman/nv-proxy.sock"):
+        pytest.skip("netavark's DHCP proxy runs on this machine")
+    p.sb.in_host("ip", "link", "add", "brtest0", "type", "bridge")
+    managed = simplebridge(subnets=[], ipam_options={"driver": "dhcp"},
+                           options={"mode": "managed"})
+    managed["networks"]["podman"]["static_ips"] = []
+    unmanaged = copy.deepcopy(managed)
+    unmanaged["network_info"]["podman"].update(network_interface="brtest0",
+                                               options={"mode": "unmanaged"})
+    ns = p.namespace()
+    for data, words in (
+            (managed, "cannot use dhcp ipam driver without using the option mode=unmanaged"),
+            (unmanaged, 'unable to obtain lease: socket "/run/podman/nv-proxy.sock": No such '
+                        "file or directory (os error 2), is the netavark-dhcp-proxy.socket "
+                        "unit enabled?")):
+        cp = p.nv("setup", ns, data=data, check=False)
+        assert cp.returncode == 1 and json.loads(cp.stdout)["error"].startswith(words), \
+            cp.stdout
+    assert p.pw("ps", "-a", "-q").stdout == ""
+    assert [str(x["ifname"]) for x in ip_json(os.path.basename(ns), "link")] == ["lo"]
+    p.sb.in_host("ip", "link", "del", "brtest0")

@@ -132,3 +132,33 @@ def test_podman_network_options(podman_world: PodmanWorld, sandbox: Sandbox) -> 
     assert blocked.returncode != 0 and "hello" not in blocked.stdout
     p.run("rm", "-f", "-t", "0", "web", "both", "client")
     assert user_networks(pw(p, "network", "ls", "--json")) == []
+
+
+def test_podman_ipam_driver_none(podman_world: PodmanWorld, sandbox: Sandbox) -> None:
+    """`podman network create --ipam-driver none`: the containers' eth0 has no address,
+    only the link on the bridge; addresses they give themselves reach each other."""
+    p = podman_world
+    p.run("network", "create", "--ipam-driver", "none", "bare")
+    assert json.loads(p.run("network", "inspect", "bare").stdout)[0]["ipam_options"] == \
+        {"driver": "none"}
+    p.container("--name", "web", "--network", "bare", "--cap-add", "NET_ADMIN", "--",
+                "/bin/httpd", "-f", "-p", "80", "-h", "/www")
+    p.container("--name", "client", "--network", "bare", "--cap-add", "NET_ADMIN", "--",
+                "/bin/sleep", "300")
+    for name in ("web", "client"):
+        assert " inet" not in p.run("exec", name, "ip", "-o", "addr", "show", "eth0").stdout
+        assert p.run("exec", name, "ip", "route").stdout.strip() == ""
+    p.run("exec", "web", "ip", "addr", "add", "192.0.2.1/24", "dev", "eth0")
+    p.run("exec", "client", "ip", "addr", "add", "192.0.2.2/24", "dev", "eth0")
+    fetched = ""
+    for _ in range(20):
+        fetched = p.run("exec", "client", "wget", "-q", "-O", "-",
+                        "http://192.0.2.1/index.html", check=False).stdout
+        if fetched:
+            break
+    assert "hello from podman" in fetched
+    ps = {c["Name"].lstrip("/"): c for c in json.loads(pw(p, "ps", "--json"))}
+    assert set(ps) == {"web", "client"}
+    p.run("rm", "-f", "-t", "0", "web", "client")
+    assert user_networks(pw(p, "network", "ls", "--json")) == []
+    p.run("network", "rm", "bare")

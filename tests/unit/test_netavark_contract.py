@@ -139,7 +139,8 @@ def test_routes_metric_and_no_default_route() -> None:
     ({"options": {"vlan": "10"}}, "this kernel has no bridge VLAN filtering"),
     ({"options": {"vrf": "blue"}}, "get vrf to set up bridge interface: vrf blue"),
     ({"ipam_options": {"driver": "magic"}}, "unsupported ipam driver magic"),
-    ({"ipam_options": {"driver": "dhcp"}}, "dhcp ipam driver is not supported"),
+    ({"ipam_options": {"driver": "dhcp"}},
+     "cannot use dhcp ipam driver without using the option mode=unmanaged"),
     ({"network_interface": ""}, "no bridge interface name given"),
 ])
 def test_netavark_errors(extra: dict[str, Any], message: str) -> None:
@@ -208,3 +209,43 @@ def test_netavark_options_are_read_on_podman_networks_only() -> None:
              if "rule" in c["add"]]
     assert any("isolation from other portway networks" in r for r in rules)
     assert not firewall.unmanaged(net)
+
+
+def test_ipam_driver_none_gives_no_address() -> None:
+    """Mirrors create/ipam-none.json's network as setup gets it (and bridge-unmanaged.json,
+    host-local without subnets): no subnet, the static ips ignored, an empty status."""
+    for extra in ({"ipam_options": {"driver": "none"}},
+                  {"ipam_options": {"driver": "none"}, "subnets": []},
+                  {"subnets": None, "options": {"mode": "unmanaged"}}):
+        opts = netavark.parse_options(with_network(**extra))
+        info = opts.networks["pnet"]
+        assert info.subnets == () and opts.attachments[0].static_ips == ()
+        assert netavark.status_block(info, "eth0", "02:aa:bb:cc:dd:ee", ()) == {
+            "interfaces": {"eth0": {"mac_address": "02:aa:bb:cc:dd:ee", "subnets": []}},
+            "dns_server_ips": [], "dns_search_domains": ["dns.podman"]}
+    assert netavark.parse_options(with_network(ipam_options={"driver": "none"})
+                                  ).networks["pnet"].ipam == "none"
+
+
+def test_ipam_driver_none_refuses_ports_and_checked_port_names() -> None:
+    data = with_network(ipam_options={"driver": "none"})
+    data["port_mappings"] = [{"container_port": 80, "host_port": 8080}]
+    with pytest.raises(InvalidInput, match="no container address to go to"):
+        netavark.parse_options(data)
+    data = with_network(ipam_options={"driver": "none"})
+    data["networks"]["pnet"]["options"] = {"host_interface_name": "pwv-mine"}
+    with pytest.raises(InvalidInput, match="network without addresses, named pwn-"):
+        netavark.parse_options(data)
+    data["networks"]["pnet"]["options"] = {"host_interface_name": "pwn-mine"}
+    assert netavark.parse_options(data).attachments[0].host_ifname == "pwn-mine"
+
+
+def test_dhcp_on_an_unmanaged_bridge_needs_the_proxy() -> None:
+    """netavark checks mode=unmanaged first; then the lease needs its DHCP proxy, whose
+    absence is its error text (the engine tries the socket)."""
+    opts = netavark.parse_options(with_network(ipam_options={"driver": "dhcp"},
+                                               options={"mode": "unmanaged"}))
+    assert opts.networks["pnet"].ipam == "dhcp" and opts.networks["pnet"].subnets == ()
+    assert netavark.dhcp_unavailable("No such file or directory (os error 2)").message == (
+        'unable to obtain lease: socket "/run/podman/nv-proxy.sock": No such file or '
+        "directory (os error 2), is the netavark-dhcp-proxy.socket unit enabled?")

@@ -166,3 +166,12 @@ def test_refused(network: dict[str, Any], used: dict[str, Any], options: dict[st
     with pytest.raises(InvalidInput) as exc:
         create(config(network, used, **options))
     assert message in exc.value.message
+
+
+def test_ipam_driver_none() -> None:  # create/ipam-none.json
+    out = create(config({"dns_enabled": True, "ipam_options": {"driver": "none"}}))
+    assert out["ipam_options"] == {"driver": "none"} and out["dns_enabled"] is False
+    assert "subnets" not in out and out["network_interface"] == "podman1"
+    with pytest.raises(InvalidInput, match="cannot set NetworkDNSServers"):
+        create(config({"dns_enabled": True, "ipam_options": {"driver": "none"},
+                       "network_dns_servers": ["1.1.1.1"]}))

@@ -30,6 +30,22 @@ def host_veth_name(endpoint_id: str) -> str:
     return f"pwv-{endpoint_id[:11]}"
 
 
+# The host end of a veth on a network without addresses (a Podman network with ipam
+# driver none): the container picks its own addresses, so the anti-spoofing checks,
+# which look at pwv- ports only, have nothing to hold it to (netavark has none either).
+UNCHECKED_VETH_PREFIX = "pwn-"
+
+
+def unchecked_veth_name(endpoint_id: str) -> str:
+    return f"{UNCHECKED_VETH_PREFIX}{endpoint_id[:11]}"
+
+
+def mac_for_id(object_id: str) -> str:
+    """A locally administered unicast MAC from a random id: for an endpoint without an
+    address to derive one from."""
+    return "02:" + ":".join(f"{b:02x}" for b in bytes.fromhex(object_id[:10]))
+
+
 def netns_name(container_id: str) -> str:
     return f"pw-{container_id[:12]}"
 

@@ -30,6 +30,7 @@ from typing import Any
 
 from portway.core import validate
 from portway.core.firewall import VETH_PATTERN
+from portway.core.names import UNCHECKED_VETH_PREFIX
 from portway.errors import InvalidInput
 from portway.model.types import IPAddress, IPInterface, Network, PortMapping, Route, Subnet
 
@@ -61,6 +62,9 @@ class NetworkInfo:
     isolate: str = "strict"  # netavark 2's default
     network_dns_servers: tuple[str, ...] = ()  # its upstream resolvers (aardvark-dns's)
     unmanaged: bool = False  # mode=unmanaged: the caller's own bridge
+    # ipam_options.driver: host-local (Podman's addresses), none (no address at all:
+    # subnets is empty) or dhcp (leases from netavark's DHCP proxy)
+    ipam: str = "host-local"
 
 
 @dataclass(frozen=True)
@@ -204,36 +208,13 @@ def bridge_options(name: str, options: dict[str, str]) -> dict[str, Any]:
     return out
 
 
-def _network_info(name: str, data: Any) -> NetworkInfo:
-    d = _obj(data, f"network_info.{name}")
-    driver = _str(d, "driver", f"network_info.{name}", "bridge")
-    if driver != "bridge":
-        raise InvalidInput(f"network {name}: driver {driver!r} is not supported",
-                           "portway networks containers with bridges only")
-    nid = _str(d, "id", f"network_info.{name}")
-    if not HEX64.fullmatch(nid):
-        raise _bad(f"network_info.{name}.id must be 64 hex digits")
-    if not d.get("network_interface"):
-        raise _error("no bridge interface name given")
-    bridge = validate.check_ifname("network_interface",
-                                   _str(d, "network_interface", f"network_info.{name}"))
-    ipam_options = d.get("ipam_options") or {}
-    if not isinstance(ipam_options, dict):
-        raise _bad(f"network_info.{name}.ipam_options must be an object")
-    ipam_driver = str(ipam_options.get("driver") or "host-local")
-    if ipam_driver == "dhcp":
-        raise InvalidInput(f"network {name}: the dhcp ipam driver is not supported by "
-                           "portway yet", "give the network a subnet (ipam driver "
-                           "host-local)")
-    if ipam_driver == "none":
-        raise InvalidInput(f"network {name}: the none ipam driver (interfaces without "
-                           "addresses) is not supported by portway",
-                           "give the network a subnet (ipam driver host-local)")
-    if ipam_driver != "host-local":
-        raise _error(f"unsupported ipam driver {ipam_driver}")
-    raw = d.get("subnets")
-    if not isinstance(raw, list) or not raw:
-        raise _bad(f"network_info.{name}.subnets must be a non-empty list")
+def _subnets(name: str, raw: Any) -> list[Subnet]:
+    """A host-local network's subnets, one per family, IPv4 first; none given: none (its
+    containers get no address, as netavark gives them none then)."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise _bad(f"network_info.{name}.subnets must be a list")
     subnets: list[Subnet] = []
     for i, item in enumerate(raw):
         entry = _obj(item, f"network_info.{name}.subnets[{i}]")
@@ -254,10 +235,57 @@ def _network_info(name: str, data: Any) -> NetworkInfo:
             gateway = ipaddress.ip_address(str(next(subnet.hosts())))
         subnets.append(Subnet(subnet=subnet, gateway=gateway))
     subnets.sort(key=lambda s: s.subnet.version)
+    return subnets
+
+
+# netavark's DHCP proxy (netavark-dhcp-proxy.socket), where netavark asks for a lease.
+DHCP_PROXY_SOCKET = "/run/podman/nv-proxy.sock"
+
+
+def check_dhcp(unmanaged: bool) -> None:
+    """The dhcp ipam driver, as netavark checks it before the lease: on a bridge only in
+    mode=unmanaged (a managed bridge would need the proxy to serve its own subnet)."""
+    if not unmanaged:
+        raise _error("cannot use dhcp ipam driver without using the option mode=unmanaged")
+
+
+def dhcp_unavailable(reason: str) -> InvalidInput:
+    """What netavark answers when it cannot reach its DHCP proxy (reason: the socket's
+    error as Rust prints it, e.g. `No such file or directory (os error 2)`)."""
+    return InvalidInput(f'unable to obtain lease: socket "{DHCP_PROXY_SOCKET}": {reason}, '
+                        "is the netavark-dhcp-proxy.socket unit enabled?",
+                        "start netavark's DHCP proxy (systemctl enable --now "
+                        "netavark-dhcp-proxy.socket), or give the network a subnet")
+
+
+def _network_info(name: str, data: Any) -> NetworkInfo:
+    d = _obj(data, f"network_info.{name}")
+    driver = _str(d, "driver", f"network_info.{name}", "bridge")
+    if driver != "bridge":
+        raise InvalidInput(f"network {name}: driver {driver!r} is not supported",
+                           "portway networks containers with bridges only")
+    nid = _str(d, "id", f"network_info.{name}")
+    if not HEX64.fullmatch(nid):
+        raise _bad(f"network_info.{name}.id must be 64 hex digits")
+    if not d.get("network_interface"):
+        raise _error("no bridge interface name given")
+    bridge = validate.check_ifname("network_interface",
+                                   _str(d, "network_interface", f"network_info.{name}"))
+    ipam_options = d.get("ipam_options") or {}
+    if not isinstance(ipam_options, dict):
+        raise _bad(f"network_info.{name}.ipam_options must be an object")
+    ipam_driver = str(ipam_options.get("driver") or "host-local")
+    if ipam_driver not in ("host-local", "none", "dhcp"):
+        raise _error(f"unsupported ipam driver {ipam_driver}")
     options = d.get("options") or {}
     if not isinstance(options, dict) or not all(isinstance(v, str) for v in options.values()):
         raise _bad(f"network_info.{name}.options must map names to strings")
     opts = bridge_options(name, options)
+    if ipam_driver == "dhcp":
+        check_dhcp(opts["unmanaged"])
+    # ipam driver none: no addresses at all (netavark ignores any subnets given): the
+    # bridge and the container's interface get none, only the link.
+    subnets = _subnets(name, d.get("subnets")) if ipam_driver == "host-local" else []
     servers = d.get("network_dns_servers") or []
     if not isinstance(servers, list):
         raise _bad(f"network_info.{name}.network_dns_servers must be a list")
@@ -268,6 +296,7 @@ def _network_info(name: str, data: Any) -> NetworkInfo:
                        routes=parse_routes(d.get("routes"), f"network_info.{name}"),
                        metric=opts["metric"], no_default_route=opts["no_default_route"],
                        isolate=opts["isolate"], unmanaged=opts["unmanaged"],
+                       ipam=ipam_driver,
                        network_dns_servers=tuple(validate.check_dns_servers(
                            [str(s) for s in servers])))
 
@@ -279,6 +308,8 @@ def _attachment(name: str, data: Any, info: NetworkInfo) -> Attachment:
     ips = d.get("static_ips") or []
     if not isinstance(ips, list):
         raise _bad(f"networks.{name}.static_ips must be a list")
+    if not info.subnets:
+        ips = []  # no subnet to put them in: netavark ignores them too
     static: list[IPAddress] = []
     for raw in ips:
         try:
@@ -303,13 +334,17 @@ def _attachment(name: str, data: Any, info: NetworkInfo) -> Attachment:
     host_ifname = per.get("host_interface_name") or None
     if host_ifname is not None:
         validate.check_ifname("host_interface_name", host_ifname)
-        if not host_ifname.startswith(VETH_PREFIX) or host_ifname == VETH_PREFIX:
-            # The anti-spoofing checks select container ports by this prefix: a port
-            # without it would send unchecked.
+        # The anti-spoofing checks select container ports by their prefix: a port
+        # without it would send unchecked, one of a network without addresses (whose
+        # containers choose their own) would send nothing.
+        prefix = VETH_PREFIX if info.subnets else UNCHECKED_VETH_PREFIX
+        if not host_ifname.startswith(prefix) or host_ifname == prefix:
             raise InvalidInput(f"host_interface_name {host_ifname}: portway checks what "
-                               f"containers send on host ports named {VETH_PREFIX}*",
-                               f"give a name that starts with {VETH_PREFIX} (at most 15 "
-                               "characters), e.g. " + f"{VETH_PREFIX}{name}"[:15])
+                               f"containers send on host ports named {VETH_PREFIX}*"
+                               + ("" if info.subnets else ", and not on those of a "
+                                  f"network without addresses, named {prefix}*"),
+                               f"give a name that starts with {prefix} (at most 15 "
+                               "characters), e.g. " + f"{prefix}{name}"[:15])
     aliases = d.get("aliases") or []
     if not isinstance(aliases, list):
         raise _bad(f"networks.{name}.aliases must be a list")
@@ -397,6 +432,12 @@ def parse_options(data: Any) -> Options:
     if not isinstance(dns, list):
         raise _bad("dns_servers must be a list")
     ports = _ports(d.get("port_mappings"))
+    if ports and attachments and not infos[attachments[0].network].subnets:
+        # netavark forwards nothing then (it has no container address to forward to).
+        raise InvalidInput(f"network {attachments[0].network} has no IPAM (ipam driver "
+                           f"{infos[attachments[0].network].ipam}): a published port has "
+                           "no container address to go to",
+                           "publish from a network with a subnet (put it first)")
     if ports and attachments and infos[attachments[0].network].unmanaged:
         # netavark sets up no firewall at all for such a bridge, so ignores the ports.
         raise InvalidInput(f"network {attachments[0].network} is unmanaged: portway "

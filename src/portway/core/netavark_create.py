@@ -11,7 +11,8 @@ DNS), the ipam driver, the creation time.
 
 The checks are netavark's, in its order and with its wording (callers match it); on
 top, what portway's setup would refuse anyway is refused here, at once: drivers but
-bridge, the dhcp and none ipam drivers, vlan and vrf, two subnets of one family.
+bridge, the dhcp ipam driver, vlan and vrf, two subnets of one family. The none ipam
+driver gives a network without subnets, and without DNS (nothing to serve it on).
 """
 
 from __future__ import annotations
@@ -141,8 +142,8 @@ def complete(config: Any, taken: Taken, interface_taken: Callable[[str], bool],
     if driver != "bridge":
         raise InvalidInput(f"driver {driver!r} is not supported",
                            "portway networks containers with bridges only")
-    if ipam_driver in ("dhcp", "none"):
-        raise InvalidInput(f"the {ipam_driver} ipam driver is not supported by portway",
+    if ipam_driver == "dhcp":
+        raise InvalidInput("the dhcp ipam driver is not supported by portway",
                            "give the network a subnet, or none to get a free one")
 
     # setup_bridge_options: Docker's names for two options, then every option checked.
@@ -176,16 +177,19 @@ def complete(config: Any, taken: Taken, interface_taken: Callable[[str], bool],
         avoid += [(s, "a subnet Podman uses") for s in used_subnets]
     pools = [(str(p["base"]), int(p["size"])) for p in opts.get("subnet_pools") or []
              if isinstance(p, dict) and "base" in p and "size" in p] or DEFAULT_POOLS
-    if not subnets:
+    if ipam_driver == "none":
+        # No addresses at all, so nothing for DNS to serve on (netavark turns it off).
+        net["dns_enabled"] = False
+    elif not subnets:
         subnets = [{"subnet": str(_pick_v4(pools, avoid))}]
-    if net.get("ipv6_enabled"):
+    if net.get("ipv6_enabled") and ipam_driver != "none":
         versions = {_net(s.get("subnet")).version for s in subnets}
         if 4 not in versions:
             subnets.append({"subnet": str(_pick_v4(pools, avoid))})
         if 6 not in versions:
             subnets.append({"subnet": str(pick_v6(avoid + [
                 (s, "a subnet Podman uses") for s in used_subnets]))})
-    ipam_options["driver"] = "host-local"
+    ipam_options["driver"] = ipam_driver or "host-local"
 
     servers = net.get("network_dns_servers")
     if servers is not None:
@@ -228,7 +232,7 @@ def complete(config: Any, taken: Taken, interface_taken: Callable[[str], bool],
             done["lease_range"] = _lease_range(entry["lease_range"], subnet)
         done["subnet"] = str(subnet)
         out_subnets.append(done)
-    net["subnets"] = out_subnets
+    net["subnets"] = out_subnets or None  # none (ipam driver none): left out
     if any(s.version == 6 for s in nets):
         net["ipv6_enabled"] = True
 

@@ -47,7 +47,7 @@ def container_record(c: Container, endpoints: list[Endpoint]) -> dict[str, Any]:
     return {"id": c.id, "name": c.name, "dns": list(c.dns),
             "endpoints": [{"ip": str(e.address), "ips": [str(a.ip) for a in e.addresses],
                            "network": e.network_id, "names": endpoint_names(c, e)}
-                          for e in endpoints]}
+                          for e in endpoints if e.addresses]}  # none: no name to serve
 
 
 def records(engine: Host) -> dict[str, Any]:
@@ -67,7 +67,7 @@ def records(engine: Host) -> dict[str, Any]:
                  "subnets": [str(s.subnet) for s in n.subnets],
                  "gateways": [str(s.gateway) for s in n.subnets],
                  **netavark.dns_record(n)}
-                for n in engine.store.networks()]
+                for n in engine.store.networks() if n.subnets]  # none: nothing to serve on
     return {"networks": networks, "containers": containers}
 
 

@@ -146,11 +146,16 @@ class Endpoints:
                                + (f" by {other.name}" if other else ""),
                                "give another --mac-address, or omit it")
         eid = names.new_id()
+        # A network without subnets (Podman's ipam driver none) gives no address: the
+        # host end is not held to one, the MAC comes from the endpoint's id.
         endpoint = Endpoint(
             id=eid, container_id=container.id, network_id=net.id,
             ifname=ifname or names.container_ifname(index),
-            host_ifname=host_ifname or names.host_veth_name(eid), addresses=tuple(addresses),
-            mac=mac or names.mac_for(addresses[0].ip), aliases=tuple(aliases),
+            host_ifname=host_ifname or (names.host_veth_name(eid) if net.subnets
+                                        else names.unchecked_veth_name(eid)),
+            addresses=tuple(addresses),
+            mac=mac or (names.mac_for(addresses[0].ip) if addresses else names.mac_for_id(eid)),
+            aliases=tuple(aliases),
             requested=tuple(asked[v] for v in sorted(asked)))
         return endpoint
 
@@ -204,7 +209,7 @@ class Endpoints:
         """Whether an endpoint on net brings the sandbox its default route: not on an
         internal network, and only if the sandbox has none (of the network's first
         family) yet."""
-        return not net.internal and \
+        return not net.internal and bool(net.subnets) and \
             not self.h.sandbox_kernel.has_default_route(sandbox, net.primary.version)
 
     def reroute(self, c: Container, remaining: list[Endpoint]) -> None:

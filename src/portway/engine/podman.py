@@ -12,6 +12,7 @@ own rm/stop/exec leave them alone.
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -106,9 +107,27 @@ def _check_netns(path: str) -> None:
                        "give the path of the container's namespace (e.g. /run/netns/NAME)")
 
 
+def _check_dhcp_proxy(opts: contract.Options) -> None:
+    """netavark asks its DHCP proxy for a lease on a dhcp network; portway does not
+    speak the proxy's protocol yet. Either way nothing is set up: without the proxy,
+    netavark's own error; with it, portway's."""
+    if not any(opts.networks[a.network].ipam == "dhcp" for a in opts.attachments):
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        try:
+            s.connect(contract.DHCP_PROXY_SOCKET)
+        except OSError as exc:
+            raise contract.dhcp_unavailable(
+                f"{os.strerror(exc.errno or 0)} (os error {exc.errno})") from None
+    raise InvalidInput("the dhcp ipam driver is not supported by portway yet (netavark's "
+                       "DHCP proxy is running, but portway does not ask it for leases)",
+                       "give the network a subnet (ipam driver host-local), or none")
+
+
 def setup(engine: Engine, netns_path: str, options: Any) -> dict[str, Any]:
     opts = contract.parse_options(options)
     _check_netns(netns_path)
+    _check_dhcp_proxy(opts)
     with engine.lock:
         existing = next((c for c in engine.store.containers() if c.id == opts.container_id),
                         None)

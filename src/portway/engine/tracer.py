@@ -429,6 +429,9 @@ def _to_container(engine: Engine | Observer, world: core.World, containers: dict
         raise InvalidInput(f"container {target.name} has no address on a bridge network",
                            "trace to an IP address instead")
     have = {a.version for e in eps for a in e.addresses}
+    if not have:  # only networks without IPAM (Podman's ipam driver none)
+        raise InvalidInput(f"container {target.name} has no address portway gave it: its "
+                           "networks have no IPAM", "trace to the address it gave itself")
     notes: list[str] = []
     if family is not None and family not in have:
         other = min(have)

@@ -14,6 +14,7 @@ import os
 import re
 from typing import TYPE_CHECKING, Any
 
+from portway.core.names import UNCHECKED_VETH_PREFIX
 from portway.engine.dns import endpoint_names
 from portway.engine.networks import DEFAULT_NETWORK, PSEUDO_NETWORKS
 from portway.errors import PortwayError
@@ -275,12 +276,14 @@ def topology(engine: Engine | Observer) -> dict[str, Any]:
     networks = []
     for n in engine.store.networks():
         members: list[dict[str, Any]] = []
-        for e in sorted(engine.store.endpoints(network_id=n.id), key=lambda e: e.address):
+        for e in sorted(engine.store.endpoints(network_id=n.id),
+                        key=lambda e: [(a.version, int(a.ip)) for a in e.addresses]):
             c = containers[e.container_id]
             host_end = host.get(e.host_ifname)
             master = by_index.get(host_end.master) if host_end and host_end.master else None
             members.append({
-                "Name": c.name, "Id": c.id, "Status": c.status, "Address": str(e.address),
+                "Name": c.name, "Id": c.id, "Status": c.status,
+                "Address": str(e.address) if e.addresses else "",
                 "Addresses": [str(a.ip) for a in e.addresses],
                 "Mac": e.mac, "Aliases": list(e.aliases),
                 "HostEnd": _link(host_end, Bridge=master.ifname if master else ""),
@@ -289,7 +292,8 @@ def topology(engine: Engine | Observer) -> dict[str, Any]:
                 "Ports": _ports(engine, c) if first_endpoint.get(c.id) == e.id else [],
             })
         networks.append({
-            "Name": n.name, "Id": n.id, "Subnet": str(n.subnet), "Gateway": str(n.gateway),
+            "Name": n.name, "Id": n.id, "Subnet": str(n.subnet) if n.subnets else "",
+            "Gateway": str(n.gateway) if n.subnets else "",
             "Subnets": [str(s.subnet) for s in n.subnets],
             "Gateways": [str(s.gateway) for s in n.subnets],
             "Internal": n.internal, "Bridge": _link(host.get(n.bridge), Expected=n.bridge),
@@ -305,7 +309,8 @@ def topology(engine: Engine | Observer) -> dict[str, Any]:
     into_foreign = {end["HostEnd"]["Name"] for ns in foreign for end in ns["Links"]}
     uplinks = [{"Name": link.ifname, "Index": link.index, "Up": link.up}
                for link in host.values() if link.ifname != "lo" and not link.master
-               and link.kind not in ("bridge",) and not link.ifname.startswith("pwv-")
+               and link.kind not in ("bridge",)
+               and not link.ifname.startswith(("pwv-", UNCHECKED_VETH_PREFIX))
                and link.ifname not in into_foreign]
     return {"HostNetns": engine.host_netns or "(root)", "Networks": networks,
             "Unbridged": others, "HostLinks": uplinks, "Foreign": foreign}

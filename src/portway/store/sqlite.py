@@ -126,6 +126,8 @@ MIGRATIONS: list[str] = [
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
+# endpoints.address of an endpoint without addresses (a network with ipam driver none)
+NO_ADDRESS = "none:"
 
 
 class StoreError(PortwayError):
@@ -223,8 +225,10 @@ class SqliteStore:
                        if s.aux_addresses else {})} for s in n.subnets]
         self._exec(
             "INSERT INTO networks VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (n.id, n.name, n.driver, str(n.subnet), str(n.gateway),
-             str(n.ip_range) if n.ip_range else None, int(n.internal), n.mtu,
+            # (The old single-subnet columns: empty for a network without subnets.)
+            (n.id, n.name, n.driver, str(n.subnet) if n.subnets else "",
+             str(n.gateway) if n.subnets else "",
+             str(n.ip_range) if n.subnets and n.ip_range else None, int(n.internal), n.mtu,
              json.dumps(n.options), json.dumps(n.labels), n.bridge, n.created,
              json.dumps(subnets)))
 
@@ -335,7 +339,11 @@ class SqliteStore:
         with self.transaction():
             self._exec("INSERT INTO endpoints VALUES(?,?,?,?,?,?,?,?,?,?)",
                        (e.id, e.container_id, e.network_id, e.ifname, e.host_ifname,
-                        str(e.address), e.prefixlen, e.mac, json.dumps(list(e.aliases)),
+                        # An endpoint without addresses: a placeholder unique per endpoint
+                        # in the old column (UNIQUE per network), read back as none.
+                        str(e.address) if e.addresses else f"{NO_ADDRESS}{e.id}",
+                        e.prefixlen if e.addresses else 0, e.mac,
+                        json.dumps(list(e.aliases)),
                         json.dumps([str(a) for a in e.requested])))
             for a in e.addresses:
                 self._exec("INSERT INTO addresses VALUES(?,?,?,?)",
@@ -345,7 +353,9 @@ class SqliteStore:
     def _endpoint(row: tuple[Any, ...]) -> Endpoint:
         # row[10]: the endpoint's addresses, "ADDRESS/PREFIX ..." (IPv4 first).
         addresses: tuple[IPInterface, ...] = tuple(sorted(
-            (ipaddress.ip_interface(a) for a in (row[10] or f"{row[5]}/{row[6]}").split()),
+            (ipaddress.ip_interface(a) for a in (
+                row[10] or ("" if row[5].startswith(NO_ADDRESS) else f"{row[5]}/{row[6]}")
+            ).split()),
             key=lambda a: a.version))
         return Endpoint(id=row[0], container_id=row[1], network_id=row[2], ifname=row[3],
                         host_ifname=row[4], addresses=addresses, mac=row[7],
