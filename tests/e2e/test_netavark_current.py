@@ -529,3 +529,70 @@ def test_dhcp_errors_as_netavarks(podman: Podmanish) -> None:  # noqa: F811
     assert p.pw("ps", "-a", "-q").stdout == ""
     assert [str(x["ifname"]) for x in ip_json(os.path.basename(ns), "link")] == ["lo"]
     p.sb.in_host("ip", "link", "del", "brtest0")
+
+
+# Answers each connection with the address it came from, on both families.
+PEER_SERVER = """
+import socket
+s = socket.socket(socket.AF_INET6)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("::", 7070))
+s.listen()
+print("ready", flush=True)
+while True:
+    c, peer = s.accept()
+    c.sendall(peer[0].removeprefix("::ffff:").encode())
+    c.close()
+"""
+PEER_CLIENT = """
+import socket, sys
+print(socket.create_connection((sys.argv[1], 7070), timeout=5).recv(100).decode())
+"""
+
+
+def test_outbound_addresses(podman: Podmanish) -> None:  # noqa: F811
+    """Mirrors testfiles/bridge-outbound-addr4.json and bridge-outbound-addr6.json (on one
+    dual-stack network): the containers' connections out leave from outbound_addr4 and
+    outbound_addr6, a second address of the host's uplink, as the outside sees them; a
+    network without them is masqueraded to the uplink's first address. A bad address is
+    netavark's error."""
+    p = podman
+    sb = p.sb
+    sb.in_host("ip", "addr", "add", "198.51.100.7/24", "dev", "uplink0")
+    # (Deprecated, so that source address selection, which masquerade follows, keeps
+    # the first one; IPv4 picks the primary address anyway.)
+    sb.in_host("ip", "addr", "add", "2001:db8:51::7/64", "dev", "uplink0", "nodad",
+               "preferred_lft", "0")
+    server = subprocess.Popen(["ip", "netns", "exec", sb.outside, "python3", "-c",
+                               PEER_SERVER], stdout=subprocess.PIPE, text=True)
+    p.pids.append(server.pid)
+    assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+    data = dualstack(options={"outbound_addr4": "198.51.100.7",
+                              "outbound_addr6": "2001:db8:51::7"})
+    plain = dualstack(name="plain", bridge="podman9", third=87, id="7" * 64)
+    plain["container_id"], plain["container_name"] = "7ce776ea58b5", "plain"
+    ns, ns2 = p.namespace(), p.namespace()
+    p.nv("setup", ns, data=data)
+    p.nv("setup", ns2, data=plain)
+
+    def source(netns: str, to: str) -> str:
+        return sh("ip", "netns", "exec", os.path.basename(netns), "python3", "-c",
+                  PEER_CLIENT, to).stdout.strip()
+
+    assert source(ns, "198.51.100.2") == "198.51.100.7"
+    assert source(ns, "2001:db8:51::2") == "2001:db8:51::7"
+    assert source(ns2, "198.51.100.2") == "198.51.100.1"
+    assert source(ns2, "2001:db8:51::2") == "2001:db8:51::1"
+    assert p.pw("gc").stdout.startswith("nothing to repair")
+    for n, d in ((ns, data), (ns2, plain)):
+        p.nv("teardown", n, data=d)
+        p.nv("teardown", n, data=d)
+    assert "198.51.100.7" not in sb.in_host("nft", "list", "ruleset").stdout
+    for key, value, words in (("outbound_addr4", "2001:db8::1", "IPv4"),
+                              ("outbound_addr6", "10.0.0.1", "IPv6"),
+                              ("outbound_addr4", "300.1.1.1", "IPv4")):
+        bad = simplebridge(options={key: value})
+        cp = p.nv("setup", ns, data=bad, check=False)
+        assert cp.returncode == 1 and json.loads(cp.stdout)["error"].startswith(
+            f'unable to parse "{key}": invalid {words} address syntax'), cp.stdout

@@ -249,3 +249,31 @@ def test_dhcp_on_an_unmanaged_bridge_needs_the_proxy() -> None:
     assert netavark.dhcp_unavailable("No such file or directory (os error 2)").message == (
         'unable to obtain lease: socket "/run/podman/nv-proxy.sock": No such file or '
         "directory (os error 2), is the netavark-dhcp-proxy.socket unit enabled?")
+
+
+def test_outbound_addresses_render_snat_before_masquerade() -> None:
+    """netavark's outbound_addr4/6 (testfiles/bridge-outbound-addr4.json): the network's
+    nat chain SNATs each family to its address, then masquerades the rest; a network of
+    portway's own given the option is masqueraded as before."""
+    from portway.core import firewall
+    from portway.model.types import Network, Subnet
+
+    info = netavark.parse_options(with_network(options={
+        "outbound_addr4": "100.1.100.1", "outbound_addr6": "fd20:100:200::1"})
+    ).networks["pnet"]
+    subnet = Subnet(ipaddress.ip_network("10.88.0.0/16"), ipaddress.ip_address("10.88.0.1"))
+    for labels, want in (({"io.podman.network": "true"},
+                          [("ip", "100.1.100.1"), ("ip6", "fd20:100:200::1"), "masquerade"]),
+                         ({}, ["masquerade"])):
+        net = Network(id=NET_ID, name="pnet", bridge="podman1", subnets=(subnet,),
+                      options=netavark.network_options(info), labels=labels)
+        nat = firewall.chain_names(net)[0]
+        outbound = [r["expr"][-1] for c in firewall.render_network(net, "0fa4e000")
+                    if (r := c["add"].get("rule")) and r["chain"] == nat
+                    and "outbound" in r["comment"]]
+        assert [(x["snat"]["family"], x["snat"]["addr"]) if "snat" in x else "masquerade"
+                for x in outbound] == want
+    for key, value in (("outbound_addr4", "fd00::1"), ("outbound_addr6", "1.2.3.4"),
+                       ("outbound_addr4", "1.2.3")):
+        with pytest.raises(InvalidInput, match=f'unable to parse "{key}": invalid IPv'):
+            netavark.parse_options(with_network(options={key: value}))

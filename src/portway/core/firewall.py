@@ -69,6 +69,8 @@ GATEWAY_MODE = "com.docker.network.bridge.gateway_mode_ipv"  # + 4 or 6: nat or 
 # every network that is not strict.
 ISOLATE_OPTION = "isolate"
 PODMAN_LABEL = "io.podman.network"  # on networks made from Podman's definitions
+# netavark's outbound_addr4/6: a Podman network's traffic out leaves from that address
+OUTBOUND4, OUTBOUND6 = "outbound_addr4", "outbound_addr6"
 
 
 def netavark_option(network: Network, key: str, default: str | None = None) -> str | None:
@@ -445,6 +447,14 @@ def render_network(network: Network, instance: str) -> list[Cmd]:
         cmds.append(_rule(nat, [dnatted, same, {"masquerade": None}],
                           f"{owner}: hairpin to a published port on its own bridge"))
         if _bool_option(network, MASQ_OPTION):
+            for f, key in ((V4, OUTBOUND4), (V6, OUTBOUND6)):
+                # netavark's outbound_addr4/6: out from that address instead.
+                addr = netavark_option(network, key)
+                if addr:
+                    cmds.append(_rule(nat, [_match(_meta("nfproto"), f"ipv{f.version}"),
+                                            _match(_meta("oifname"), br, "!="),
+                                            {"snat": {"family": f.proto, "addr": addr}}],
+                                      f"{owner}: outbound source NAT to {addr} ({key})"))
             cmds.append(_rule(nat, [_match(_meta("oifname"), br, "!="), {"masquerade": None}],
                               f"{owner}: outbound masquerade"))
         for sub in network.subnets:

@@ -192,6 +192,17 @@ def bridge_options(name: str, options: dict[str, str]) -> dict[str, Any]:
     if mode not in ("", "managed", "unmanaged"):
         raise _error(f'invalid bridge mode "{mode}"')
     out["unmanaged"] = mode == "unmanaged"
+    for key, version in (("outbound_addr4", 4), ("outbound_addr6", 6)):
+        # netavark >= 1.15: the network's traffic out is SNATed to this address, not
+        # masqueraded (Rust's parse of an Ipv4Addr/Ipv6Addr, with its error).
+        if key in options:
+            try:
+                addr = ipaddress.ip_address(options[key])
+            except ValueError:
+                addr = None
+            if addr is None or addr.version != version or "%" in options[key]:
+                raise _error(f'unable to parse "{key}": invalid IPv{version} address syntax')
+            out[key] = addr
     if "vlan" in options:
         vlan = parse_uint("vlan", options["vlan"], 16)
         if vlan > 4094:
