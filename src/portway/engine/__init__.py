@@ -104,6 +104,7 @@ class Engine:
                  cluster_ttl: str | None = None) -> None:
         self.state_dir = os.path.abspath(state_dir)
         self.host_netns = host_netns
+        self.rootless = rootless  # serving rootless Podman in its rootless namespace
         os.makedirs(os.path.join(self.state_dir, "containers"), mode=0o700, exist_ok=True)
         self.store = SqliteStore(os.path.join(self.state_dir, "portway.db"))
         self._check_host(host_netns, rootless)
