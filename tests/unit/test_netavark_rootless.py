@@ -212,3 +212,54 @@ def test_a_state_dir_serves_rootless_podman_or_not(made: bool, now: bool,
         with pytest.raises(InvalidInput, match=message):
             Engine._check_host(engine, None, now)  # type: ignore[arg-type]
         engine.store.close()
+
+
+def test_a_leaving_daemon_stops_at_once(server: Server) -> None:
+    """A rootless user's next container starts a new daemon, which waits for this one's
+    lock: the serving loop stops when told, not at its next poll."""
+    import time
+
+    loop = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 5})
+    loop.start()
+    time.sleep(0.05)  # in its select, for up to 5 s
+    start = time.monotonic()
+    server.shutdown()
+    loop.join(5)
+    assert not loop.is_alive() and time.monotonic() - start < 1
+
+
+def test_gc_does_not_import_the_tracer_for_its_table_name() -> None:
+    from portway.engine import live, repair
+
+    assert repair.TRACE_TABLE == live.TABLE
+
+
+LEAN = """
+import sys
+from portway.kernel import lean_import
+assert lean_import.lean()
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.iproute.linux import IPRoute as Real
+assert IPRoute is Real and issubclass(NetlinkError, Exception)
+loaded = [m for m in ("pyroute2.ndb.main", "pyroute2.ipdb.main", "unittest.mock", "asyncio")
+          if m in sys.modules]
+print(loaded)
+"""
+
+
+def test_the_daemon_loads_only_the_pyroute2_it_uses() -> None:
+    """portwayd's start (a rootless user's first container waits for it): pyroute2's
+    IPRoute without the package's __init__, which loads NDB, IPDB, unittest.mock and
+    asyncio; and nothing changes for a process that imported pyroute2 already."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", LEAN], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
+    import pyroute2  # noqa: F401  (the real package, in this process)
+
+    from portway.kernel import lean_import
+
+    assert lean_import.lean() is False

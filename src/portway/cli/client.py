@@ -343,7 +343,13 @@ class Client:
         # Again, now that it exists: it may have been there already, or made by another.
         check_state_dir(self.state_dir)
         log_path = self.log_path
-        cmd = [sys.executable, "-m", "portway.daemon.main", "--state-dir", self.state_dir]
+        # Without site (-S: its scan of site-packages and their .pth files costs the
+        # daemon's start tens of milliseconds), on this process's own module path,
+        # given in the command, not in PYTHONPATH, which containers would inherit.
+        path = [p for p in sys.path if p]
+        boot = (f"import sys; sys.path[:0] = {path!r}; "
+                "from portway.daemon.main import main; main()")
+        cmd = [sys.executable, "-S", "-c", boot, "--state-dir", self.state_dir]
         if self.host_netns:
             cmd += ["--host-netns", self.host_netns]
         cmd += self.daemon_args

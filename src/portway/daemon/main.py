@@ -77,6 +77,8 @@ class Handler(socketserver.StreamRequestHandler):
 
     def handle(self) -> None:
         line = self.rfile.readline(16 * 1024 * 1024)
+        if not line:
+            return  # closed without a request: Server.shutdown's wake-up call
         try:
             request = json.loads(line)
             if not isinstance(request, dict):
@@ -143,6 +145,20 @@ class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         self._after_reply = False
         self._stale_lock = threading.Lock()
         super().__init__(path, Handler)
+
+    def shutdown(self) -> None:
+        """Stop serve_forever now, not at its next poll (up to half a second later): a
+        rootless user's next container starts a new daemon, which waits for this one's
+        lock. A connection wakes the loop, which then sees the request to stop."""
+        stopper = threading.Thread(target=super().shutdown, daemon=True)
+        stopper.start()
+        while stopper.is_alive():
+            try:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                    s.connect(self.server_address)
+            except OSError:
+                pass
+            stopper.join(0.01)
 
     def leave(self, why: str, later: bool = False) -> None:
         """Serve no more (each request from now on is answered stale) and shut down: at
@@ -250,6 +266,9 @@ def serve(state_dir: str, host_netns: str | None, rootless: bool = False,
             log(f"portwayd: cannot enter host namespace {host_netns}: {exc}")
             return 1
     host = HostNamespace(host_netns, netns_path)
+    from portway.kernel import lean_import
+
+    lean_import.lean()  # before the engine imports pyroute2: the daemon starts sooner
     from portway.engine import Engine
     from portway.errors import PortwayError
 
@@ -275,6 +294,11 @@ def serve(state_dir: str, host_netns: str | None, rootless: bool = False,
     # restart policies bring back when the daemon starts, as dockerd does.
     for line in engine.resume():
         log(f"portwayd: {line}")
+    if rootless and not engine.dns.running():
+        # Started for a rootless user's container, whose setup (the request waiting)
+        # makes a network that needs a DNS server: it loads while the network is made.
+        # (A daemon leaving as a rootless one does stops it.)
+        engine.dns.start(wait=False)
     try:
         os.unlink(sock)
     except FileNotFoundError:
@@ -358,7 +382,7 @@ def take_lock(lock: Any, sock_path: str) -> bool:
             pass
         if _serving(sock_path) or time.monotonic() > deadline:
             return False
-        time.sleep(0.05)
+        time.sleep(0.01)
 
 
 def _serving(sock_path: str) -> bool:

@@ -128,7 +128,8 @@ class DnsServer:
                 pass
         return pid
 
-    def start(self) -> None:
+    def start(self, wait: bool = True) -> None:
+        """A server started (its pid recorded); with wait, once it listens."""
         self.stop_stale()
         # A killed server leaves its socket file: it must not pass for the new one's.
         try:
@@ -157,6 +158,12 @@ class DnsServer:
             f.write(f"{child.pid} {started}\n")
         os.replace(tmp, self.pid_path)
         self.engine.process_kernel.watch("dns-server", child.pid, child=True)
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """Until the server's control socket is there (a server just started makes it
+        once it has loaded), at most 5 s."""
         deadline = time.monotonic() + 5
         while not os.path.exists(self.sock_path) and time.monotonic() < deadline:
             time.sleep(0.002)
@@ -205,6 +212,8 @@ class DnsServer:
         os.replace(tmp, os.path.join(self.state_dir, "dns.json"))
         if not self.running():
             self.start()
+        else:
+            self.wait_ready()  # started early (portwayd's start, rootless) and loading
         self.request("reload")
 
     def update(self, container_id: str) -> None:
