@@ -263,3 +263,16 @@ def test_the_daemon_loads_only_the_pyroute2_it_uses() -> None:
     from portway.kernel import lean_import
 
     assert lean_import.lean() is False
+
+
+@pytest.mark.parametrize(("argv", "want"), [
+    (["--state-dir", "/s", "--rootless", "--host-netns-path", "/run/user/1/netns/r"],
+     {"state_dir": "/s", "rootless": True, "host_netns_path": "/run/user/1/netns/r"}),
+    (["--state-dir", "/s", "--host-netns", "h1"], {"state_dir": "/s", "host_netns": "h1"}),
+    (["--state-dir"], None), (["--help"], None), (["--state-dir=/s"], None),
+    (["--rootles"], None)])
+def test_the_daemon_reads_its_start_options_without_argparse(
+        argv: list[str], want: dict[str, Any] | None) -> None:
+    from portway.daemon.main import quick_args
+
+    assert quick_args(argv) == want
