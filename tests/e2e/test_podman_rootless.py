@@ -114,6 +114,21 @@ def test_rootless_podman_on_portway(rootless: RootlessPodman, sandbox: Sandbox) 
     assert "hello from rootless podman" in out
     assert daemons(p) and daemons(p) != [pid]
     assert "nothing to repair" in portway(p, "gc")
+    # `podman network reload` after the user's rules were flushed (a firewall reload in
+    # their rootless namespace): isolation is gone, then back.
+    p.run("unshare", "--rootless-netns", "nft", "flush", "ruleset")
+    assert "hello from rootless podman" in p.run(
+        "exec", "other", "wget", "-q", "-O", "-", f"http://{web_ip}/index.html").stdout
+    reload = p.run("network", "reload", "--all", check=False)
+    assert reload.returncode == 0 and len(reload.stdout.split()) == 2, reload  # their ids
+    blocked = p.run("exec", "other", "wget", "-q", "-T", "2", "-O", "-",
+                    f"http://{web_ip}/index.html", check=False)
+    assert blocked.returncode != 0 and "hello" not in blocked.stdout
+    assert "nothing to repair" in portway(p, "gc")
+    out = p.container("--network", "rnet", "--", "/bin/wget", "-q", "-O", "-",
+                      "http://web/index.html", detach=False)
+    assert "hello from rootless podman" in out
+    assert get(sb.outside, f"http://{sb.host_addr}:8080/") == "200"
     # The last container gone, the daemon leaves (Podman removes the namespace).
     p.run("rm", "-f", "-t", "0", "web", "other")
     deadline = time.monotonic() + 10
