@@ -276,3 +276,36 @@ def test_the_daemon_reads_its_start_options_without_argparse(
     from portway.daemon.main import quick_args
 
     assert quick_args(argv) == want
+
+
+def test_podman_5s_rootless_namespace_is_found_under_the_config_dir(
+        recorder: Recorder, tmp_path: Any) -> None:
+    """Podman 5 mounts it at CONFIG/rootless-netns/rootless-netns (libnetwork's
+    internal/rootlessnetns), CONFIG being the --config it passes."""
+    config = tmp_path / "containers" / "networks"
+    (config / "rootless-netns").mkdir(parents=True)
+    os.symlink("/proc/self/ns/net", config / "rootless-netns" / "rootless-netns")
+    netavark.run(["--config", str(config), "--rootless=true", "setup", "/x"])
+    [(client, _, _)] = recorder.calls
+    assert client.daemon_args == ("--rootless", "--host-netns-path",
+                                  str(config / "rootless-netns" / "rootless-netns"))
+
+
+def test_what_a_current_podman_asks(recorder: Recorder, capsys: Any) -> None:
+    """Podman 5 (containers/common libnetwork/netavark): `netavark --version` for podman
+    info, --plugin-directory before a plugin driver's network, --firewall-driver from
+    containers.conf; --help as netavark's prints it, on stdout with exit code 0."""
+    for flag in ("--version", "-V"):
+        with pytest.raises(SystemExit) as done:
+            netavark.main([flag])
+        assert done.value.code == 0
+        assert capsys.readouterr().out.split()[:2] == ["netavark", netavark.VERSION]
+    with pytest.raises(SystemExit) as done:
+        netavark.main(["--help"])
+    out = capsys.readouterr().out
+    assert done.value.code == 0 and "setup" in out and "firewall-reload" in out
+    netavark.run(["--config", "/c", "--rootless=false", "--aardvark-binary=/a",
+                  "--plugin-directory", "/p1", "--plugin-directory", "/p2",
+                  "--firewall-driver", "nftables", "setup", "/x"])
+    [(_, op, args)] = recorder.calls
+    assert (op, args["netns"]) == ("podman_setup", "/x")

@@ -31,12 +31,39 @@ from portway.cli.client import Client, ClientError
 # what docs/podman.md lists as differences.
 VERSION = "1.16.0"
 USAGE = ("usage: portway-netavark [--config DIR] [--rootless BOOL] [--aardvark-binary PATH] "
-         "[-f FILE] setup|teardown NETNS_PATH | version | create | update NETWORK "
+         "[--firewall-driver NAME] [--plugin-directory DIR]... [-f FILE] "
+         "setup|teardown NETNS_PATH | version | create | update NETWORK "
          "--network-dns-servers IP... | firewall-reload")
+HELP = f"""portway-netavark {VERSION}: netavark's command line, served by portway
+
+{USAGE}
+
+Commands:
+  create           Create a network config
+  setup            Configures the given network namespace with the given configuration
+  update           Updates network dns servers for an already configured network
+  teardown         Undo any configuration applied via setup command
+  version          Display info about netavark
+  firewall-reload  Re-applies firewall rules for all networks
+
+Options:
+  -f, --file FILE               read the configuration from FILE instead of stdin
+      --firewall-driver NAME    accepted (NETAVARK_FW): portway's own nftables tables are used
+  -c, --config DIR              config directory (portway's state goes in DIR/portway)
+  -r, --rootless BOOL           this call is for rootless Podman
+  -a, --aardvark-binary PATH    accepted: portway serves DNS itself
+      --plugin-directory DIR    accepted: netavark plugins are not supported
+  -h, --help                    print this help
+  -V, --version                 print the version
+"""
 
 
 class UsageError(Exception):
     pass
+
+
+class Done(Exception):
+    """Printed what was asked (--help, --version): exit 0."""
 
 
 def parse(argv: list[str]) -> dict[str, object]:
@@ -45,7 +72,9 @@ def parse(argv: list[str]) -> dict[str, object]:
                               "file": None, "args": [], "dns_servers": []}
     takes = {"--config": "config", "-c": "config", "--rootless": "rootless",
              "-r": "rootless", "--aardvark-binary": "aardvark", "-a": "aardvark",
-             "--file": "file", "-f": "file"}
+             "--file": "file", "-f": "file",
+             # Current Podman's (5.x): accepted, with nothing to do (see docs/podman.md).
+             "--firewall-driver": "firewall_driver", "--plugin-directory": "plugin_dir"}
     args: list[str] = []
     i = 0
     while i < len(argv):
@@ -67,7 +96,12 @@ def parse(argv: list[str]) -> dict[str, object]:
                 values.append(argv[i])
             out["dns_servers"] = [v for x in values for v in x.split(",") if v]
         elif arg in ("-h", "--help"):
-            raise UsageError(USAGE)
+            print(HELP, end="")
+            raise Done()
+        elif arg in ("-V", "--version"):
+            # As netavark's (clap's) --version, which `podman info` shows: NAME VERSION.
+            print(f"netavark {VERSION} (portway-netavark)")
+            raise Done()
         elif arg.startswith("-"):
             raise UsageError(f"unknown option {arg}")
         else:
@@ -95,21 +129,20 @@ def host_netns() -> str | None:
     return None
 
 
-def rootless_netns_path(own: os.stat_result) -> str:
-    """Where Podman mounts the rootless network namespace this runs in
-    ($XDG_RUNTIME_DIR/netns/rootless-netns-...), found by its identity; "" if not
-    found. The daemon leaves once it is gone (Podman removes it after the last
-    container)."""
+def rootless_netns_path(own: os.stat_result, config: str = "") -> str:
+    """Where Podman mounts the rootless network namespace this runs in, found by its
+    identity; "" if not found: Podman 4's $XDG_RUNTIME_DIR/netns/rootless-netns-..., or
+    Podman 5's CONFIG/rootless-netns/rootless-netns (CONFIG: the --config dir). The
+    daemon leaves once it is gone (Podman removes it after the last container)."""
     runtime_dir = os.environ.get("XDG_RUNTIME_DIR")
-    if not runtime_dir:
-        return ""
-    directory = os.path.join(runtime_dir, "netns")
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return ""
-    for name in names:
-        path = os.path.join(directory, name)
+    paths = [os.path.join(config, "rootless-netns", "rootless-netns")] if config else []
+    if runtime_dir:
+        directory = os.path.join(runtime_dir, "netns")
+        try:
+            paths += [os.path.join(directory, name) for name in os.listdir(directory)]
+        except OSError:
+            pass
+    for path in paths:
         try:
             st = os.stat(path)
         except OSError:
@@ -150,7 +183,7 @@ def run(argv: list[str]) -> object:
         client = Client(os.path.join(str(opts["config"]), "portway", "rootless"), None)
         own = os.stat("/proc/self/ns/net")
         client.netns = f"{own.st_dev}:{own.st_ino}"
-        mounted = rootless_netns_path(own)
+        mounted = rootless_netns_path(own, str(opts["config"]))
         client.daemon_args = ("--rootless",) + (("--host-netns-path", mounted) if mounted
                                                 else ())
     else:
@@ -175,6 +208,8 @@ def run(argv: list[str]) -> object:
 def main(argv: list[str] | None = None) -> None:
     try:
         result = run(sys.argv[1:] if argv is None else argv)
+    except Done:
+        sys.exit(0)
     except UsageError as exc:
         print(json.dumps({"error": str(exc)}))
         sys.exit(1)
