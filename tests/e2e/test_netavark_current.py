@@ -483,7 +483,8 @@ def test_ipam_driver_none(podman: Podmanish) -> None:  # noqa: F811
     assert "noneipam" not in p.pw("dns", check=False).stdout.replace("(none)", "")
     listing = p.pw("ps").stdout
     assert "testcontainer" in listing and "second" in listing
-    assert "podman5" in p.pw("show").stdout
+    shown = p.pw("show").stdout
+    assert "podman5" in shown and "network noneipam  no IPAM: no subnet" in shown
     inspect = json.loads(p.pw("network", "inspect", "noneipam").stdout)[0]
     assert inspect["IPAM"]["Config"] == []
     assert p.pw("gc").stdout.startswith("nothing to repair")

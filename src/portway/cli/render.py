@@ -79,7 +79,10 @@ def show_text(topo: dict[str, Any]) -> str:
             br, trouble = f"bridge {bridge['Expected']} MISSING", True
         kind = ", internal" if net["Internal"] else ""
         subnet, gateway = subnets(net)
-        out += ["", f"network {net['Name']}  {subnet}  gateway {gateway}{kind}", f"  {br}"]
+        # No subnet: a Podman network with ipam driver none (its containers address
+        # themselves, if at all).
+        addressing = f"{subnet}  gateway {gateway}" if subnet else "no IPAM: no subnet"
+        out += ["", f"network {net['Name']}  {addressing}{kind}", f"  {br}"]
         rows = []
         for m in net["Containers"]:
             pair = veth_pair(m, "eth?")
