@@ -13,6 +13,7 @@ import ipaddress
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -597,3 +598,40 @@ def test_outbound_addresses(podman: Podmanish) -> None:  # noqa: F811
         cp = p.nv("setup", ns, data=bad, check=False)
         assert cp.returncode == 1 and json.loads(cp.stdout)["error"].startswith(
             f'unable to parse "{key}": invalid {words} address syntax'), cp.stdout
+
+
+LISTEN_UDP = ("import socket, sys\n"
+              "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+              "s.bind((sys.argv[1], int(sys.argv[2])))\n"
+              "s.settimeout(float(sys.argv[3]))\n"
+              "try:\n"
+              "    print(s.recvfrom(2048)[0].decode(), flush=True)\n"
+              "except OSError:\n"
+              "    print('nothing', flush=True)\n")
+
+
+def test_ipam_none_ports_reach_the_host_only_through_the_bridge(
+        podman: Podmanish) -> None:  # noqa: F811
+    """A port of a network without IPAM sends unchecked (its container picks its own
+    addresses), but what arrives on the port itself (a frame to an 802.1 group address,
+    which the bridge hands up there) still never reaches the host: here, UDP to the
+    host's uplink address from a spoofed source."""
+    p = podman
+    data = simplebridge(name="noneipam", network_interface="podman5",
+                        subnets=[], ipam_options={"driver": "none"})
+    data["networks"] = {"noneipam": {"interface_name": "eth0"}}
+    data["network_info"] = {"noneipam": data["network_info"]["podman"]}
+    ns = p.namespace()
+    out = json.loads(p.nv("setup", ns, data=data).stdout)["noneipam"]
+    mac = out["interfaces"]["eth0"]["mac_address"]
+    frames = str(Path(__file__).with_name("frames.py"))
+    listener = subprocess.Popen(["ip", "netns", "exec", p.sb.host, "python3", "-u", "-c",
+                                 LISTEN_UDP, p.sb.host_addr, "9999", "3"],
+                                stdout=subprocess.PIPE, text=True)
+    p.pids.append(listener.pid)
+    time.sleep(0.5)  # listening
+    sh("ip", "netns", "exec", os.path.basename(ns), "python3", frames, "udp", "eth0", mac,
+       "203.0.113.9", "01:80:c2:00:00:03", p.sb.host_addr, "9999", "spoofed")
+    got, _ = listener.communicate(timeout=10)
+    assert got.strip() == "nothing"
+    p.nv("teardown", ns, data=data)

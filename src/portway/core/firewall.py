@@ -43,7 +43,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from portway.core.names import owner_tag, parse_owner_tag
+from portway.core.names import UNCHECKED_VETH_PREFIX, owner_tag, parse_owner_tag
 from portway.core.nftsim import describe
 from portway.model.types import Endpoint, IPAddress, IPNetwork, Network
 
@@ -56,6 +56,11 @@ ARP_FAMILY = "arp"
 A = {"family": ARP_FAMILY, "table": TABLE}
 TABLES = (FAMILY, GUARD_FAMILY, ARP_FAMILY)  # the families of portway's shared tables
 VETH_PATTERN = "pwv-*"
+# The host ends of the veths of networks without IPAM (Podman's ipam driver none): not
+# checked by `bridge portway` (their containers pick their own addresses), but, as pwv-
+# ports, they reach the host only through the bridge.
+UNCHECKED_PATTERN = f"{UNCHECKED_VETH_PREFIX}*"
+CONTAINER_PORTS = {"set": [VETH_PATTERN, UNCHECKED_PATTERN]}  # either kind: one lookup
 MASQ_OPTION = "com.docker.network.bridge.enable_ip_masquerade"
 # The bit portway ORs into the packet mark of forwarded traffic to or from its
 # networks, so another table whose forward chain drops by default can accept it:
@@ -204,7 +209,7 @@ def render_base() -> list[Cmd]:
         # A bridge passes frames to 01:80:c2:00:00:0X up on the port they came in on,
         # without its prerouting hook (where `bridge portway` checks them): whatever
         # arrives on a container's port itself has skipped the checks.
-        _rule("guard", [_match(_meta("iifname"), VETH_PATTERN), {"drop": None}],
+        _rule("guard", [_match(_meta("iifname"), CONTAINER_PORTS), {"drop": None}],
               "a container reaches the host only through its bridge (and its checks)"),
     ]
     for f in FAMILIES:
@@ -283,7 +288,7 @@ def render_arp_base() -> list[Cmd]:
         {"add": {"chain": {**A, "name": "input", "type": "filter", "hook": "input",
                            "prio": -300, "policy": "accept"}}},
         {"add": {"rule": {**A, "chain": "input", "expr": [
-            _match(_meta("iifname"), VETH_PATTERN), {"drop": None}],
+            _match(_meta("iifname"), CONTAINER_PORTS), {"drop": None}],
             "comment": "a container's ARP reaches the host only through its bridge"}}},
     ]
 
