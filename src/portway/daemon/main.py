@@ -151,13 +151,18 @@ class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         lock. A connection wakes the loop, which then sees the request to stop."""
         stopper = threading.Thread(target=super().shutdown, daemon=True)
         stopper.start()
-        while stopper.is_alive():
+        # (Not for ever: a loop that never ran, or a socket already closed, is waited for
+        # as socketserver waits, without knocking.)
+        deadline = time.monotonic() + 2
+        while stopper.is_alive() and time.monotonic() < deadline:
             try:
                 with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                    s.settimeout(0.1)
                     s.connect(self.server_address)
             except OSError:
                 pass
             stopper.join(0.01)
+        stopper.join()
 
     def leave(self, why: str, later: bool = False) -> None:
         """Serve no more (each request from now on is answered stale) and shut down: at
