@@ -309,3 +309,30 @@ def test_what_a_current_podman_asks(recorder: Recorder, capsys: Any) -> None:
                   "--firewall-driver", "nftables", "setup", "/x"])
     [(_, op, args)] = recorder.calls
     assert (op, args["netns"]) == ("podman_setup", "/x")
+
+
+@pytest.mark.parametrize("env", [{}, {"PORTWAY_CLUSTER_TTL": "30",
+                                      "PORTWAY_HOST_NETNS": "h9"}])
+def test_the_quick_options_mean_what_argparse_reads(
+        monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
+    """Each option (and its environment default) the same either way: `--name value`
+    takes the quick path, `--name=value` argparse's."""
+    from portway.daemon import main as daemon
+
+    for key in ("PORTWAY_CLUSTER_TTL", "PORTWAY_HOST_NETNS", "PORTWAY_STATE_DIR",
+                "PORTWAY_CLUSTER_STORE", "PORTWAY_ADVERTISE_ADDRESS"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    calls: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(daemon, "serve", lambda *a: calls.append(a) or 0)
+    given = {"--state-dir": "/s", "--host-netns-path": "/p", "--cluster-store":
+             "etcd://h:2379", "--advertise-address": "192.0.2.1", "--cluster-ttl": "20"}
+    for options in (given, {"--state-dir": "/s"}):
+        for argv in ([x for k, v in options.items() for x in (k, v)] + ["--rootless"],
+                     [f"{k}={v}" for k, v in options.items()] + ["--rootless"]):
+            with pytest.raises(SystemExit):
+                daemon.main(argv)
+        quick, slow = calls[-2:]
+        assert quick == slow
+    assert set(daemon.QUICK_OPTIONS) >= {k for k in given}

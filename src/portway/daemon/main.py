@@ -407,7 +407,7 @@ def _serving(sock_path: str) -> bool:
 # every daemon start some 20-30 ms): name -> takes a value.
 QUICK_OPTIONS = {"--state-dir": True, "--host-netns": True, "--rootless": False,
                  "--host-netns-path": True, "--cluster-store": True,
-                 "--advertise-address": True}
+                 "--advertise-address": True, "--cluster-ttl": True}
 
 
 def quick_args(argv: list[str]) -> dict[str, Any] | None:
@@ -434,7 +434,8 @@ def main(argv: list[str] | None = None) -> None:
             quick.get("host_netns") or env("PORTWAY_HOST_NETNS") or None,
             bool(quick.get("rootless")), quick.get("host_netns_path") or "",
             quick.get("cluster_store") or env("PORTWAY_CLUSTER_STORE") or None,
-            quick.get("advertise_address") or env("PORTWAY_ADVERTISE_ADDRESS") or None))
+            quick.get("advertise_address") or env("PORTWAY_ADVERTISE_ADDRESS") or None,
+            quick.get("cluster_ttl") or env("PORTWAY_CLUSTER_TTL") or None))
     import argparse
 
     parser = argparse.ArgumentParser(prog="portwayd")
