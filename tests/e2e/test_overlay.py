@@ -228,6 +228,26 @@ def test_overlay_across_two_hosts(cluster: Cluster) -> None:
     assert out.startswith("HTTP/1.0 200"), out
     out = c.pw_a("exec", "web-a", "--", "python3", "-c", CONNECT, "web-b").stdout
     assert out.startswith("HTTP/1.0 200"), out
+    # Neither the VXLAN between the hosts nor the containers' flow inside it leaves a
+    # conntrack entry on either host; without this host's VTEP in vteps (the control),
+    # the VXLAN does, and gc puts the element back.
+    def vxlan_flows(host: str) -> str:
+        return sh("ip", "netns", "exec", host, "conntrack", "-L", "-p", "udp",
+                  "--dport", "4789").stdout
+
+    for host in (c.a.host, c.b_host):
+        assert vxlan_flows(host) == "", vxlan_flows(host)
+        inner = sh("ip", "netns", "exec", host, "conntrack", "-L", "-p", "tcp").stdout
+        assert ip_b not in inner, inner
+    sh("ip", "netns", "exec", c.a.host, "nft", "delete", "element", "inet", "portway",
+       "vteps", "{", A_ADDR, "}")
+    c.pw_a("exec", "web-a", "--", "python3", "-c", CONNECT, ip_b)
+    assert B_ADDR in vxlan_flows(c.a.host)
+    assert f"restore element {A_ADDR} of inet portway vteps" in c.pw_a("gc").stdout
+    sh("ip", "netns", "exec", c.a.host, "conntrack", "-D", "-p", "udp", "--dport", "4789")
+    c.pw_a("exec", "web-a", "--", "python3", "-c", CONNECT, ip_b)
+    assert vxlan_flows(c.a.host) == ""
+
     # web-b's alias on the network, from the other host too (checked with dig).
     answer = c.pw_a("exec", "web-a", "--", "dig", "+short", "api").stdout.split()
     assert answer == [ip_b], answer

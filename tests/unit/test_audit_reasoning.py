@@ -242,7 +242,8 @@ def test_both_families() -> None:
 
 def test_ports_told_apart_before_dnat() -> None:
     assert audit.ports_told_apart(DOCKER_RULESET) == set()
-    assert audit.ports_told_apart(portway_world().host.ruleset) == {53}  # DNS's notrack
+    # DNS's notrack, and the notrack of overlay networks' VXLAN
+    assert audit.ports_told_apart(portway_world().host.ruleset) == {53, 4789}
     raw = [i for i in DOCKER_RULESET]
     raw.append({"rule": {"family": "ip", "table": "raw", "chain": "PREROUTING", "expr": [
         audit._m({"payload": {"protocol": "tcp", "field": "dport"}}, {"set": [8080, 9000]}),

@@ -45,6 +45,7 @@ from typing import Any
 
 from portway.core.names import UNCHECKED_VETH_PREFIX, owner_tag, parse_owner_tag
 from portway.core.nftsim import describe
+from portway.core.overlay import VXLAN_PORT
 from portway.model.types import Endpoint, IPAddress, IPNetwork, Network
 
 FAMILY = "inet"
@@ -190,6 +191,7 @@ def render_base() -> list[Cmd]:
     for f in FAMILIES:
         cmds += [
             {"add": {"set": {**T, "name": f.name("dns"), "type": f.addr}}},
+            {"add": {"set": {**T, "name": f.name("vteps"), "type": f.addr}}},
             _map(f.name("nat_src"), f.addr, "verdict", interval=True),
             _map(f.name("src_in"), f.addr, "verdict", interval=True),
             _map(f.name("pub_any_addr"), ["inet_proto", "inet_service"], f.addr),
@@ -238,6 +240,20 @@ def render_base() -> list[Cmd]:
                                 _match(_payload(f.proto, "saddr"), f"@{f.name('dns')}"),
                                 _match(_payload("udp", "sport"), 53), {"notrack": None}],
                   f"answers of portway's DNS server skip conntrack{f.label}"),
+        ]
+    # The VXLAN of portway's overlay networks to and from this host's VTEP (vteps: its
+    # --advertise-address) keeps no conntrack state either: nothing NATs or filters it
+    # by state, and each packet between hosts would cost a lookup on both. Last in the
+    # guard: traffic between containers of a network has left it by then.
+    for f in FAMILIES:
+        vxlan = [_match(_payload("udp", "dport"), VXLAN_PORT), {"notrack": None}]
+        cmds += [
+            _rule("guard", [_match(_payload(f.proto, "daddr"), f"@{f.name('vteps')}"),
+                            *vxlan],
+                  f"VXLAN to this host's VTEP skips conntrack{f.label}"),
+            _rule("guard_out", [_match(_payload(f.proto, "saddr"), f"@{f.name('vteps')}"),
+                                *vxlan],
+                  f"VXLAN from this host's VTEP skips conntrack{f.label}"),
         ]
     for f in FAMILIES:
         cmds.append(_rule("prerouting", [_match(_payload(f.proto, "daddr"), f.loopback),
@@ -510,6 +526,13 @@ def _port_elements(p: Published) -> list[tuple[str, Any, Any]]:
     key = {"concat": [str(p.host_ip), p.protocol, p.host_port]}
     return [(f.name("pub_ip_addr"), key, str(p.container_ip)),
             (f.name("pub_ip_port"), key, p.container_port)]
+
+
+def render_vtep(address: IPAddress, instance: str) -> list[Cmd]:
+    """This host's VTEP (a host in a cluster: its --advertise-address), whose VXLAN skips
+    conntrack."""
+    return [_add(family(address.version).name("vteps"), str(address),
+                 owner_tag(instance, "vtep", str(address)))]
 
 
 def render_ports(ports: Iterable[Published], instance: str) -> list[Cmd]:

@@ -130,6 +130,8 @@ class Engine:
         self.dns = DnsServer(self.h)
         self.h.dns = self.dns
         self.h.cluster = self._cluster(cluster_store, advertise_address, cluster_ttl)
+        if self.h.cluster is not None:
+            self.fw.vtep = self.h.cluster.advertise  # what gc wants of the tables
 
     def _cluster(self, url: str | None, address: str | None,
                  ttl_text: str | None = None) -> Cluster | None:
@@ -169,6 +171,8 @@ class Engine:
 
     def start_cluster(self) -> None:
         if self.h.cluster is not None:
+            with self.h.lock:
+                self.fw.add_vtep(self.h.cluster.advertise)
             self.h.cluster.start()
 
     def cluster_status(self) -> dict[str, Any] | None:

@@ -30,7 +30,7 @@ from portway.core.firewall import Published, Repair
 from portway.errors import PortwayError
 from portway.kernel import nft as nft_kernel
 from portway.kernel.nft import Nft
-from portway.model.types import Endpoint, Network
+from portway.model.types import Endpoint, IPAddress, Network
 
 
 class Firewall:
@@ -42,6 +42,8 @@ class Firewall:
         self._thread_lock = threading.RLock()  # flock is per open file, not per thread
         self._depth = 0
         self._canonical: dict[str, list[dict[str, Any]]] = {}
+        # This host's VTEP, in a cluster (its VXLAN skips conntrack); None: in none.
+        self.vtep: IPAddress | None = None
 
     def close(self) -> None:
         os.close(self._ns_fd)
@@ -122,6 +124,14 @@ class Firewall:
             self.ready()
             self.apply(firewall.render_network(network, self.instance))
 
+    def add_vtep(self, address: IPAddress) -> None:
+        """This host's VTEP, for as long as it is in a cluster (the element keeps the
+        tables, as a network's do)."""
+        self.vtep = address
+        with self.shared():
+            self.ready()
+            self.apply(firewall.render_vtep(address, self.instance))
+
     def remove_network(self, network: Network) -> None:
         self.teardown(firewall.render_network_removal(network))
 
@@ -150,6 +160,8 @@ class Firewall:
         cmds: list[dict[str, Any]] = []
         for n in networks:
             cmds += firewall.render_network(n, self.instance)
+        if self.vtep is not None:
+            cmds += firewall.render_vtep(self.vtep, self.instance)
         return [*cmds, *firewall.render_ports(ports, self.instance),
                 *firewall.render_guard(endpoints, self.instance)]
 
