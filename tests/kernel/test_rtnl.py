@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 import subprocess
 from collections.abc import Iterator
 from typing import Any
@@ -65,7 +66,16 @@ def test_dumps_say_what_pyroute2_says(spaces: tuple[str, str]) -> None:
             sh("ip", "netns", "exec", host, *args)
         else:
             sh("ip", "-n", host, *args)
+    for rule in (("rule", "add", "from", "10.70.0.0/24", "table", "7", "priority", "100"),
+                 ("rule", "add", "not", "fwmark", "0x5", "table", "7", "priority", "101"),
+                 ("rule", "add", "iif", "v1", "oif", "br0", "prohibit", "priority", "102"),
+                 ("-6", "rule", "add", "to", "fd00::/8", "table", "7", "priority", "103")):
+        sh("ip", "-n", host, *rule)
     sh("ip", "-n", other, "link", "set", "eth0", "up")
+    # (ip_forward first: it sets every device's forwarding)
+    for key in ("net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=2",
+                "net.ipv6.conf.all.forwarding=1"):
+        sh("ip", "netns", "exec", host, "sysctl", "-qw", key)
     for key in ("v1.route_localnet=1", "v1.rp_filter=1", "v0.forwarding=0"):
         sh("ip", "netns", "exec", host, "sysctl", "-qw", f"net.ipv4.conf.{key}")
 
@@ -85,6 +95,14 @@ def test_dumps_say_what_pyroute2_says(spaces: tuple[str, str]) -> None:
                           for link in links.observe_links(ipr) for name in CONF},
                          {(link.ifname, name): d.ipv4_conf(link.index, which)
                           for link in d.links() for name, which in CONF.items()}),
+                        (observe.rules(ipr), d.rules()),
+                        ({"ip_forward": observe.read_sysctl("net.ipv4.ip_forward"),
+                          "rp_filter": observe.read_sysctl("net.ipv4.conf.all.rp_filter"),
+                          "forwarding6": observe.read_sysctl(
+                              "net.ipv6.conf.all.forwarding")},
+                         {"ip_forward": str(d.netconf_all(socket.AF_INET)["forwarding"]),
+                          "rp_filter": str(d.netconf_all(socket.AF_INET)["rp_filter"]),
+                          "forwarding6": str(d.netconf_all(socket.AF_INET6)["forwarding"])}),
                         has_tables())
         finally:
             ipr.close()
@@ -101,6 +119,10 @@ def test_dumps_say_what_pyroute2_says(spaces: tuple[str, str]) -> None:
     assert not tables
     assert pairs[5][1][("v1", "route_localnet")] == 1 == pairs[5][1][("v1", "rp_filter")]
     assert pairs[5][1][("v0", "route_localnet")] == 0 == pairs[5][1][("v0", "forwarding")]
+    assert {(r["priority"], r["action"], r["invert"]) for r in pairs[6][1]} >= {
+        (100, "lookup", False), (101, "lookup", True), (102, "prohibit", False),
+        (103, "lookup", False)}
+    assert pairs[7][1] == {"ip_forward": "1", "rp_filter": "2", "forwarding6": "1"}
     for family in ("bridge", "netdev"):
         sh("ip", "netns", "exec", host, "nft", "add", "table", family, "pwk")
         assert netns.in_netns(netns.netns_path(host), has_tables)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -86,16 +87,16 @@ def _space_from(key: str, label: str, dumper: rtnl.Dumper, rules: list[dict[str,
                                  mtu=link.mtu,
                                  link_index=link.peer if link.kind == "veth" else 0,
                                  netnsid=link.netnsid if link.kind == "veth" else -1))
-    # Policy rules and VXLAN devices through pyroute2: a socket here for them alone,
-    # where the caller gave none (a VXLAN device is asked about only where there is one).
+    policy = _rules(dumper.rules())
+    # VXLAN devices through pyroute2: a socket here for them alone, where the caller gave
+    # none (a VXLAN device is asked about only where there is one).
     vxlans = [link for link in by_index.values() if link.kind == "vxlan"]
-    if ipr is None:
+    tunnels: dict[str, core.Tunnel] = {}
+    if vxlans and ipr is None:
         with IPRoute() as here:
-            policy = _rules(here)
-            tunnels = _tunnels(here, vxlans) if vxlans else {}
-    else:
-        policy = _rules(ipr)
-        tunnels = _tunnels(ipr, vxlans) if vxlans else {}
+            tunnels = _tunnels(here, vxlans)
+    elif vxlans and ipr is not None:
+        tunnels = _tunnels(ipr, vxlans)
     every = [core.Route(dst=ipaddress.ip_network(r["dst"]), dev=r["dev"],
                         gateway=ipaddress.ip_address(r["gateway"]) if r["gateway"] else None,
                         prefsrc=ipaddress.ip_address(r["prefsrc"]) if r["prefsrc"] else None,
@@ -106,7 +107,9 @@ def _space_from(key: str, label: str, dumper: rtnl.Dumper, rules: list[dict[str,
     for r in every:
         if r.table != core.MAIN:
             tables.setdefault(r.table, []).append(r)
-    rp_all = observe.read_sysctl("net.ipv4.conf.all.rp_filter", "0")
+    # net.ipv4.ip_forward (conf.all.forwarding), conf.all.rp_filter and IPv6's forwarding
+    # from the kernel's netconf answers, not /proc/sys (see rtnl.Dumper.netconf_all).
+    v4, v6 = dumper.netconf_all(socket.AF_INET), dumper.netconf_all(socket.AF_INET6)
     own = observe.own_sockets() if own is None else own
     listeners: set[tuple[str, str, int]] = set()
     mine: set[tuple[str, str, int]] = set()
@@ -116,10 +119,10 @@ def _space_from(key: str, label: str, dumper: rtnl.Dumper, rules: list[dict[str,
             mine.add((proto, addr, port))
     return core.Space(key=key, label=label, ifaces=ifaces, routes=routes,
                       listeners=listeners, portway_sockets=mine, ruleset=rules,
-                      forwarding=observe.read_sysctl("net.ipv4.ip_forward") == "1",
-                      forwarding6=observe.read_sysctl("net.ipv6.conf.all.forwarding") == "1",
+                      forwarding=v4.get("forwarding") == 1,
+                      forwarding6=v6.get("forwarding") == 1,
                       neighbours=dumper.neighbours(), fdb=dumper.fdb(),
-                      rp_filter=int(rp_all) if rp_all.isdigit() else 0, rules=policy,
+                      rp_filter=v4.get("rp_filter", 0), rules=policy,
                       tables=tables, tunnels=tunnels)
 
 
@@ -127,15 +130,15 @@ def _space_from(key: str, label: str, dumper: rtnl.Dumper, rules: list[dict[str,
 DEFAULT_RULES = {(0, core.LOCAL), (32766, core.MAIN), (32767, core.DEFAULT)}
 
 
-def _rules(ipr: IPRoute) -> list[core.Rule]:
-    """The policy routing rules, or none when they are the default ones (then the main
-    table alone decides, and the other tables need not be read)."""
+def _rules(dumped: list[dict[str, Any]]) -> list[core.Rule]:
+    """The policy routing rules (rtnl.Dumper.rules), or none when they are the default
+    ones (then the main table alone decides, and the other tables need not be read)."""
     found = [core.Rule(priority=r["priority"], table=r["table"], action=r["action"],
                        src=ipaddress.ip_network(r["src"], strict=False) if r["src"] else None,
                        dst=ipaddress.ip_network(r["dst"], strict=False) if r["dst"] else None,
                        iif=r["iif"], oif=r["oif"], fwmark=r["fwmark"], invert=r["invert"],
                        version=r["version"])
-             for r in observe.rules(ipr)]
+             for r in dumped]
     plain = all((r.priority, r.table) in DEFAULT_RULES and r.action == "lookup"
                 and r.src is None and r.dst is None and not r.iif and not r.oif
                 and r.fwmark is None and not r.invert for r in found)
