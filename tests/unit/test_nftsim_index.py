@@ -4,9 +4,10 @@ that matches, prefixes, ranges and wildcards in their order among the plain keys
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import replace
 from typing import Any
 
-from portway.core.nftsim import Packet, Ruleset
+from portway.core.nftsim import Packet, Ruleset, with_dport
 
 IP = ipaddress.ip_address
 
@@ -64,3 +65,11 @@ def test_sets_with_wildcards_and_ranges() -> None:
     assert verdict(rs, "10.0.0.1", 8050) == "drop"
     assert verdict(rs, "10.0.0.1", 22) == "drop"
     assert verdict(rs, "10.0.0.1", 23) == "policy accept"
+
+
+def test_with_dport_is_replace_of_the_port_alone() -> None:
+    packet = Packet("udp", IP("192.0.2.1"), IP("2001:db8::2"), 40000, 80, iif="eth0",
+                    mark=7, ct_status=frozenset({"dnat"}), ct_state="established")
+    moved = with_dport(packet, 8080)
+    assert moved == replace(packet, dport=8080) and moved is not packet
+    assert packet.dport == 80 and hash(moved) == hash(replace(packet, dport=8080))

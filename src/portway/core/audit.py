@@ -42,13 +42,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import ipaddress
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
-from portway.core.nftsim import Packet, Ruleset, hostport, is_loopback, rule_text
+from portway.core.nftsim import Packet, Ruleset, hostport, is_loopback, rule_text, with_dport
 from portway.core.trace import Hop, Iface, Space, Trace, World, ip_families, trace
 from portway.model.types import IPAddress
 
@@ -67,6 +68,12 @@ TITLES = {BYPASS: "bypasses the input-hook firewall",
           LOOPBACK: "127.0.0.1-published but reachable from a neighbour",
           DIRECT: "direct routed access to a container address",
           ACROSS: "reachable across networks"}
+
+
+@functools.lru_cache(maxsize=4096)
+def _text(addr: IPAddress) -> str:
+    """str(addr), kept for the next of the tens of thousands of reaches that name it."""
+    return str(addr)
 
 
 @dataclass(frozen=True)
@@ -148,7 +155,7 @@ class Reach:
     def as_dict(self) -> dict[str, Any]:
         verdict, summary = self.verdict
         return {"source": self.source.label, "source_kind": self.source.kind,
-                "connects_to": hostport(self.packet.daddr, self.packet.dport),
+                "connects_to": hostport(_text(self.packet.daddr), self.packet.dport),
                 "reached": self.reached, "verdict": verdict, "summary": summary,
                 "via": self.via,
                 "reply": None if self.reply is None else self.reply.as_dict(),
@@ -191,13 +198,16 @@ class Audit:
     findings: list[Finding]
     notes: list[str]
 
+    _by: dict[int, list[Reach]] | None = field(default=None, repr=False, compare=False)
+
     def by_target(self) -> dict[int, list[Reach]]:
         """The reaches of each target, by the target's id (targets may be equal: a port
-        published twice)."""
-        out: dict[int, list[Reach]] = {}
-        for r in self.reaches:
-            out.setdefault(id(r.target), []).append(r)
-        return out
+        published twice); worked out once (the reaches stay as audit() found them)."""
+        if self._by is None:
+            self._by = {}
+            for r in self.reaches:
+                self._by.setdefault(id(r.target), []).append(r)
+        return self._by
 
     def as_dict(self) -> dict[str, Any]:
         mine = self.by_target()
@@ -311,21 +321,33 @@ def _parts(key: Any) -> list[Any]:
     return list(key["concat"]) if isinstance(key, dict) and "concat" in key else [key]
 
 
-def _map_entries(items: list[dict[str, Any]], family: str, table: str,
-                 part: Any) -> list[tuple[list[Any], Any]] | None:
+_Entries = list[tuple[list[Any], Any]]
+
+
+def _map_entries(items: list[dict[str, Any]], family: str, table: str, part: Any,
+                 seen: dict[tuple[str, str, str], _Entries] | None = None
+                 ) -> _Entries | None:
     """A `map` part of a NAT statement: (key parts, data) of each element; None when
-    the part is not a map."""
+    the part is not a map. seen: a named map's entries, kept for the next rule that
+    takes from it (portway's four DNAT rules share two maps of every published port)."""
     if not (isinstance(part, dict) and "map" in part):
         return None
-    return [(_parts(_key_of(e)), e[1]) for e in
-            _elements(items, family, table, part["map"]["data"])
-            if isinstance(e, list) and len(e) == 2]
+    data = part["map"]["data"]
+    named = (family, table, data) if isinstance(data, str) else None
+    if named is not None and seen is not None and named in seen:
+        return seen[named]
+    out = [(_parts(_key_of(e)), e[1]) for e in _elements(items, family, table, data)
+           if isinstance(e, list) and len(e) == 2]
+    if named is not None and seen is not None:
+        seen[named] = out
+    return out
 
 
 def published_ports(items: list[dict[str, Any]]) -> list[Target]:
     """Every published port of a ruleset listing: the ports its DNAT rules and DNAT
     maps name, in any table of an IP family."""
     out: dict[tuple[str, str, int, int], Target] = {}
+    seen: dict[tuple[str, str, str], _Entries] = {}
     for item in items:
         rule = item.get("rule")
         if not rule or rule["family"] not in NAT_FAMILIES:
@@ -341,7 +363,7 @@ def published_ports(items: list[dict[str, Any]]) -> list[Target]:
         if not conds[0].ports:  # kube-proxy's way: the port is matched in a chain above
             conds = [_merge(conds[0], up) for up in _above(items, rule)] or conds
         for cond in conds:
-            _published(items, rule, nat, text, version, cond, out)
+            _published(items, rule, nat, text, version, cond, out, seen)
     return list(out.values())
 
 
@@ -376,12 +398,13 @@ def _above(items: list[dict[str, Any]], rule: dict[str, Any], depth: int = 0
 
 def _published(items: list[dict[str, Any]], rule: dict[str, Any], nat: dict[str, Any],
                text: str, version: int, cond: _Conditions,
-               out: dict[tuple[str, str, int, int], Target]) -> None:
+               out: dict[tuple[str, str, int, int], Target],
+               seen: dict[tuple[str, str, str], _Entries] | None = None) -> None:
     """The targets of one DNAT rule under cond, added to out (a port that goes to more
     than one place, as a service's to each of its endpoints, is one target)."""
     family, table = rule["family"], rule["table"]
-    addr_entries = _map_entries(items, family, table, nat.get("addr"))
-    port_entries = _map_entries(items, family, table, nat.get("port"))
+    addr_entries = _map_entries(items, family, table, nat.get("addr"), seen)
+    port_entries = _map_entries(items, family, table, nat.get("port"), seen)
     found: list[tuple[str, IPAddress | None, int, str]] = []
     if addr_entries is not None:
         key = nat["addr"]["map"]["key"]
@@ -405,19 +428,20 @@ def _published(items: list[dict[str, Any]], rule: dict[str, Any], nat: dict[str,
         found += [(proto, cond.daddr, port, to) for proto in cond.protos or ["tcp"]
                   for port in cond.ports]
     for proto, daddr, port, to in found:
+        v = daddr.version if daddr is not None else version or \
+            (_addr(to.rsplit(":", 1)[0].strip("[]")) or ipaddress.ip_address(0)).version
+        key = (proto, str(daddr), port, v)
+        before = out.get(key)
+        if before is not None and (to == before.to or to in before.to.split(", ")):
+            continue  # (another rule to the same place: IPv4's and IPv6's, say)
         shown = f"{text} to {to}" if text.endswith("dnat") and addr_entries is None \
             else text
         where = f"{family} {table} {rule['chain']}: {shown}"
-        v = daddr.version if daddr is not None else version or \
-            (_addr(to.rsplit(":", 1)[0].strip("[]")) or ipaddress.ip_address(0)).version
         where_text = hostport(daddr or ("0.0.0.0" if v == 4 else "::"), port)
-        key = (proto, str(daddr), port, v)
-        before = out.get(key)
         if before is not None:
-            if to not in before.to.split(", "):
-                to = f"{before.to}, {to}"
-                out[key] = replace(before, to=to, label=f"published {where_text}/"
-                                   f"{proto} -> {to}", rule=f"{before.rule}; {where}")
+            to = f"{before.to}, {to}"
+            out[key] = replace(before, to=to, label=f"published {where_text}/{proto} -> {to}",
+                               rule=f"{before.rule}; {where}")
             continue
         out[key] = Target("published", proto, port, daddr, v,
                           f"published {where_text}/{proto} -> {to}", rule=where, to=to)
@@ -1088,6 +1112,7 @@ def _leaves(value: Any) -> Iterator[Any]:
 
 
 _FIELDS: dict[type, tuple[str, ...] | None] = {}  # a dataclass's fields _canon reads
+_PLAIN = frozenset({int, bool, float, type(None)})  # values _canon keeps as they are
 
 
 def _canon(value: Any, tokens: dict[str, str]) -> Any:
@@ -1095,6 +1120,11 @@ def _canon(value: Any, tokens: dict[str, str]) -> Any:
     names and addresses (tokens) in place of its placeholders, and without the kernel's
     numbering of interfaces (which no rule and no verdict reads)."""
     kind = type(value)
+    if kind is str:  # (the commonest: first)
+        token = tokens.get(value.lower())
+        return token if token is not None else tokens.get(value, value)
+    if kind in _PLAIN:
+        return value
     names = _FIELDS.get(kind, ())
     if names == ():
         names = _FIELDS[kind] = tuple(
@@ -1102,7 +1132,7 @@ def _canon(value: Any, tokens: dict[str, str]) -> Any:
             f.name not in ("index", "link_index", "netnsid", "key", "label")) \
             if dataclasses.is_dataclass(value) and not isinstance(value, type) else None
     if names is not None:
-        return (kind.__name__, *((n, _canon(getattr(value, n), tokens)) for n in names))
+        return (kind.__name__, *[(n, _canon(getattr(value, n), tokens)) for n in names])
     if isinstance(value, dict):  # (a comment decides nothing)
         return tuple(sorted(((_canon(k, tokens), _canon(v, tokens)) for k, v in value.items()
                              if k != "comment"), key=repr))
@@ -1183,6 +1213,8 @@ class _Alike:
                                 (where, _canon(elem, tokens[key])))
                         else:
                             unique |= named
+        # Each splitter once, parsed once (a prefix in every rule of a chain is one).
+        tests = [_inside(v) for v in {repr(v): v for v in splitters}.values()]
         self.shape: dict[str, tuple[Any, ...]] = {}  # address -> its container's shape
         self.tokens = tokens
         self.holder: dict[str, str] = {}
@@ -1192,7 +1224,7 @@ class _Alike:
             routes = tuple(tuple(_route_id(sp, a) for a in addrs.get(key, []))
                            for sp in (host, *(world.space(s) for s in sources
                                               if s != "outside")))
-            split = tuple(tuple(_inside(v, a, ports[key].name) for v in splitters)
+            split = tuple(tuple(test(a, ports[key].name) for test in tests)
                           for a in addrs.get(key, []))
             shape = (ports[key].master, _canon(world.spaces[key], mine),
                      _canon(ports[key], mine), tuple(sorted(mentions.get(key, []), key=repr)),
@@ -1233,21 +1265,30 @@ def _splits(value: Any) -> bool:
     return isinstance(value, dict) or (isinstance(value, str) and value.endswith("*"))
 
 
-def _inside(value: Any, addr: IPAddress, port: str) -> bool:
+def _never(addr: IPAddress, port: str) -> bool:
+    return False
+
+
+def _inside(value: Any) -> Callable[[IPAddress, str], bool]:
+    """Whether a splitter (_splits) takes a container's address or the host end of its
+    veth, as a test parsed once."""
     if isinstance(value, str):
-        return port.startswith(value[:-1])
+        stem = value[:-1]
+        return lambda addr, port: port.startswith(stem)
     if "prefix" in value:
         p = value["prefix"]
         try:
-            return addr in ipaddress.ip_network(f"{p['addr']}/{p['len']}", strict=False)
+            net = ipaddress.ip_network(f"{p['addr']}/{p['len']}", strict=False)
         except (ValueError, TypeError):
-            return False
+            return _never
+        return lambda addr, port: addr in net
     low, high = value["range"]
     try:
         first, last = ipaddress.ip_address(str(low)), ipaddress.ip_address(str(high))
     except ValueError:
-        return False  # a range of ports: no address's business
-    return first.version == addr.version and int(first) <= int(addr) <= int(last)
+        return _never  # a range of ports: no address's business
+    return lambda addr, port: first.version == addr.version and \
+        int(first) <= int(addr) <= int(last)
 
 
 def _route_id(space: Space, addr: IPAddress) -> int:
@@ -1270,6 +1311,7 @@ class _PathShapes:
         self.alike = _Alike(world, who) if self.anywhere is not None else None
         self.world = world
         self.swapped: dict[tuple[str, str], dict[IPAddress, IPAddress]] = {}
+        self._goes: dict[int, Any] = {}  # id of a target -> _goes_to's answer
         count: dict[tuple[str, int], int] = {}
         for t in what:
             if t.kind == "published":
@@ -1288,17 +1330,27 @@ class _PathShapes:
         assert self.anywhere is not None and self.alike is not None
         if port in self.anywhere:
             return port
+        found = self.sockets.get((proto, port))
+        if not found:
+            return "any", ()
         mine = self.alike.tokens[holder]
         return "any", tuple(sorted(
             (("<holder>" if k == holder else k), mine.get(a, a), p)
-            for k, a, p in self.sockets.get((proto, port), frozenset())
+            for k, a, p in found
             if k in (holder, self.world.host.key)))
+
+    def goes(self, t: Target) -> tuple[str, int] | None:
+        """_goes_to(t), worked out once a target."""
+        have = self._goes.get(id(t), self)
+        if have is self:
+            have = self._goes[id(t)] = _goes_to(t)
+        return cast("tuple[str, int] | None", have)
 
     def key(self, t: Target) -> tuple[Any, ...] | None:
         """The shape of t's path; None: t is traced on its own."""
         if self.before is None or t.kind != "published" or t.port in self.before:
             return None
-        goes = _goes_to(t)
+        goes = self.goes(t)
         if self.anywhere is None or goes is None or (t.proto, t.port) in self.twice:
             return t.proto, str(t.addr), t.version, t.to  # to one address and port
         assert self.alike is not None
@@ -1312,7 +1364,7 @@ class _PathShapes:
                 self._port(t.proto, goes[1]))
 
     def addresses(self, first: Target, t: Target) -> dict[IPAddress, IPAddress]:
-        a, b = _goes_to(first), _goes_to(t)
+        a, b = self.goes(first), self.goes(t)
         if a is None or b is None or a[0] == b[0] or self.alike is None:
             return {}
         have = self.swapped.get((a[0], b[0]))
@@ -1328,28 +1380,28 @@ def _reaches(world: World, who: list[Source], what: list[Target]) -> list[Reach]
     share one trace (_PathShapes)."""
     shapes = _PathShapes(world, what, who)
     firsts: dict[tuple[Any, ...], Target] = {}
-    traced: dict[tuple[Target, Source], Reach] = {}
+    # (by the ids of the target and the source: ten thousand targets hash slowly)
+    traced: dict[tuple[int, int], Reach] = {}
     out: list[Reach] = []
     for t in what:
         key = shapes.key(t)
         first = t if key is None else firsts.setdefault(key, t)
-        ports: dict[int, int] = {}
-        addresses = shapes.addresses(first, t) if first is not t else {}
-        if first is not t:
-            ports[first.port] = t.port
-            a, b = _goes_to(first), _goes_to(t)
-            if a is not None and b is not None:
-                ports[a[1]] = b[1]
-        for s in who:
-            if first is t:
+        if first is t:
+            for s in who:
                 r = reach(world, s, t)
                 if r is not None:
-                    traced[(t, s)] = r
+                    traced[(id(t), id(s))] = r
                     out.append(r)
-                continue
-            like = traced.get((first, s))
+            continue
+        ports = {first.port: t.port}
+        addresses = shapes.addresses(first, t)
+        a, b = shapes.goes(first), shapes.goes(t)
+        if a is not None and b is not None:
+            ports[a[1]] = b[1]
+        for s in who:
+            like = traced.get((id(first), id(s)))
             if like is not None:
-                out.append(Reach(s, t, replace(like.packet, dport=t.port), like.trace,
+                out.append(Reach(s, t, with_dport(like.packet, t.port), like.trace,
                                  like.via, like.reply, same_path_as=first.label,
                                  ports=ports, addresses=addresses))
     return out
