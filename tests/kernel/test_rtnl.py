@@ -184,3 +184,32 @@ def test_a_listing_is_kept_until_the_ruleset_changes(spaces: tuple[str, str]) ->
     same, before, after, stale, changed = netns.in_netns(netns.netns_path(host), read)
     assert same and before is not None and after is not None and after != before
     assert not stale and any(i.get("table", {}).get("name") == "pwk" for i in changed)
+
+
+def test_nsids_say_what_the_veths_say_and_are_never_assigned(spaces: tuple[str, str]) -> None:
+    host, other = spaces
+    tag = secrets.token_hex(3)
+    lone = f"pwk-l-{tag}"
+    add_netns(lone)
+    try:
+        sh("ip", "-n", host, "link", "add", "v0", "type", "veth", "peer", "name", "eth0",
+           "netns", other)
+
+        def read() -> Any:
+            with rtnl.Dumper() as d:
+                veth = next(link for link in d.links() if link.ifname == "v0")
+                found = netns.resolve_nsids({veth.netnsid}, [
+                    netns.Namespace(netns.netns_path(n), f"ns:{n}", n,
+                                    netns.namespace_inode(netns.netns_path(n)) or 0)
+                    for n in (lone, other)])
+                return veth.netnsid, {k: v.key for k, v in found.items()}, \
+                    netns.nsid_of(netns.netns_path(lone), d)
+
+        nsid, found, lone_id = netns.in_netns(netns.netns_path(host), read)
+        assert nsid >= 0 and found == {nsid: f"ns:{other}"}
+        assert lone_id is None  # asking assigned nothing
+        assert "nsid" not in subprocess.run(["ip", "-n", host, "netns", "list-id"],
+                                            capture_output=True, text=True).stdout.replace(
+            f"nsid {nsid} ", "")
+    finally:
+        del_netns(lone)

@@ -59,10 +59,11 @@ def _comm(pid: str) -> str:
         return "?"
 
 
-def discover(ipr: IPRoute, host: trace_core.Space) -> list[Found]:
-    """The namespaces that hold the other end of one of the host's veths (ipr is the
-    host's socket, host the host as recorded through it; the caller lives in the host
-    namespace), one per namespace: the machine's namespaces as trace finds them
+def discover(host: trace_core.Space) -> list[Found]:
+    """The namespaces that hold the other end of one of the host's veths (host: the
+    host as recorded; the caller lives in the host namespace, whose numbering of
+    namespaces the veths carry), one per namespace: the machine's namespaces as trace
+    finds them
     (netns.observe_namespaces: named ones, Docker's, any process's, by inode, only
     looked at), and of those, the ones the host's veths name by their namespace id."""
     wanted = {i.netnsid for i in host.ifaces if i.netnsid >= 0}
@@ -70,7 +71,7 @@ def discover(ipr: IPRoute, host: trace_core.Space) -> list[Found]:
         return []
     own = netns.namespace_inode("/proc/thread-self/ns/net")
     found = [ns for ns in netns.observe_namespaces() if ns.inode != own]
-    chosen = {ns.inode for ns in netns.resolve_nsids(ipr, wanted, found).values()}
+    chosen = {ns.inode for ns in netns.resolve_nsids(wanted, found).values()}
     out: list[Found] = []
     for ns in found:
         if ns.inode in chosen:
@@ -132,7 +133,7 @@ def observe_world(seams: Seams, state_dir: str) -> Observed:
     own = observe.own_sockets()
     host = tracer._space(tracer.HOST, "host", seams.host, rules, {}, own)
     portway = container_names(state_dir)
-    found = discover(seams.host, host)
+    found = discover(host)
     labels = {}
     for f in found:
         name = f.key.removeprefix("ns:")

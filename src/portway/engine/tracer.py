@@ -177,9 +177,10 @@ def _unpaired(space: core.Space, skip: set[str]) -> list[core.Iface]:
             and i.netnsid >= 0 and i.name not in skip]
 
 
-def _nsids(ipr: IPRoute, wanted: set[int], found: list[netns.Namespace]) -> dict[int, int]:
-    """nsid -> inode, for the nsids wanted, as ipr's namespace numbers the namespaces."""
-    return {nsid: ns.inode for nsid, ns in netns.resolve_nsids(ipr, wanted, found).items()}
+def _nsids(wanted: set[int], found: list[netns.Namespace]) -> dict[int, int]:
+    """nsid -> inode, for the nsids wanted, as the calling thread's namespace numbers
+    the namespaces."""
+    return {nsid: ns.inode for nsid, ns in netns.resolve_nsids(wanted, found).items()}
 
 
 def _record_foreign(ns: netns.Namespace, found: list[netns.Namespace]
@@ -189,13 +190,7 @@ def _record_foreign(ns: netns.Namespace, found: list[netns.Namespace]
     def record() -> tuple[core.Space, dict[int, int]]:
         space = _space(ns.key, ns.label, None, list_ruleset_here(), {})
         wanted = {i.netnsid for i in _unpaired(space, set())}
-        if not wanted:
-            return space, {}
-        ipr = IPRoute()
-        try:
-            return space, _nsids(ipr, wanted, found)
-        finally:
-            ipr.close()
+        return space, _nsids(wanted, found) if wanted else {}
 
     return netns.in_netns(ns.path, record)
 
@@ -224,7 +219,8 @@ def discover(world: core.World, host_ipr: IPRoute, modelled: dict[int, str]) -> 
     found = netns.observe_namespaces()
     entered = 0
     by_inode = {ns.inode: ns for ns in found}
-    mapping = {world.host.key: _nsids(host_ipr, {i.netnsid for i in _unpaired(
+    # (the calling thread is in the host namespace, as host_ipr is)
+    mapping = {world.host.key: _nsids({i.netnsid for i in _unpaired(
         world.host, pending[0][1])}, found)}
     while pending:
         space, skip = pending.pop(0)

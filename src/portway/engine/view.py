@@ -357,7 +357,7 @@ def _foreign(engine: Engine | Observer, host: dict[str, Link],
             and link.ifname not in own_ends and link.ifname not in defaults]
     if not ends:
         return []
-    by_nsid = netns.resolve_nsids(engine.host, {link.netnsid for link in ends},
+    by_nsid = netns.resolve_nsids({link.netnsid for link in ends},  # (the host's numbers)
                                   netns.observe_namespaces())
     by_index = {link.index: link for link in host.values()}
     out: dict[str, dict[str, Any]] = {}

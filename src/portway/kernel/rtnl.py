@@ -24,7 +24,8 @@ NETLINK_ROUTE = 0
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 RTM_GETLINK, RTM_GETADDR, RTM_GETROUTE, RTM_GETNEIGH = 18, 22, 26, 30
-RTM_GETRULE, RTM_NEWNETCONF, RTM_GETNETCONF = 34, 80, 82
+RTM_GETRULE, RTM_NEWNETCONF, RTM_GETNETCONF, RTM_GETNSID = 34, 80, 82, 90
+NETNSA_NSID, NETNSA_FD = 1, 3
 NLA_TYPE_MASK = 0x3FFF
 AF_BRIDGE = 7
 MAIN_TABLE, LOCAL_TABLE = 254, 255
@@ -280,6 +281,17 @@ class Dumper:
             if kind in a:
                 out[name] = _u32(a[kind])
         return out
+
+    def nsid(self, fd: int) -> int | None:
+        """The id this namespace gives the namespace of fd (RTM_GETNSID: only asked, an
+        id is never assigned by asking); None if it gives none."""
+        body = struct.pack("=Bxxx", socket.AF_UNSPEC) + struct.pack("=HHI", 8, NETNSA_FD, fd)
+        msg = self.get(RTM_GETNSID, body)
+        got = None if msg is None else _attrs(msg, 4).get(NETNSA_NSID)
+        if got is None or len(got) < 4:
+            return None
+        nsid = int(struct.unpack("=i", got[:4])[0])
+        return nsid if nsid >= 0 else None
 
     def fdb(self) -> dict[tuple[str, str], str]:
         """(bridge, MAC) -> port, learned ones only (as observe.bridge_fdb)."""
