@@ -206,7 +206,7 @@ def _join(world: core.World, a: core.Space, i: core.Iface, b: core.Space) -> Non
             return
 
 
-def discover(world: core.World, host_ipr: IPRoute, modelled: dict[int, str]) -> None:
+def discover(world: core.World, host_ipr: IPRoute, modelled: Modelled) -> None:
     """Follow the host's veths (but its uplinks) whose other end is in a namespace
     portway did not make into that namespace, and on from there: record each as
     portway's own containers are recorded, and join the veth ends. A namespace is
@@ -257,10 +257,11 @@ def observe_foreign(engine: Engine | Observer, world: core.World, name: str) -> 
 
 
 def observe_world(engine: Engine | Observer
-                  ) -> tuple[core.World, dict[str, Container], dict[int, str]]:
+                  ) -> tuple[core.World, dict[str, Container], Modelled]:
     """The host, portway's containers, and the namespaces the host's veths lead to; the
     containers by key, and the key of each namespace recorded by its inode."""
-    containers = {os.path.basename(c.netns): c for c in engine.store.containers()
+    every = engine.store.containers()
+    containers = {os.path.basename(c.netns): c for c in every
                   if c.network_mode != "host" and netns.sandbox_exists(c.netns)}
     ids = {c.id for c in containers.values()}
     endpoints: dict[str, list[Endpoint]] = {}
@@ -306,14 +307,37 @@ def observe_world(engine: Engine | Observer
                 behind[(port.master, a.ip)] = (key, e.host_ifname)
     world = core.World(host=host, spaces=spaces, bridge_nf=bridge_nf, bridge_nf6=bridge_nf6,
                        behind=behind)
-    modelled: dict[int, str] = {}
-    for key, path in ((HOST, "/proc/thread-self/ns/net"),
-                      *((key, c.netns) for key, c in containers.items())):
-        inode = netns.namespace_inode(path)
-        if inode is not None:
-            modelled[inode] = key
+    world.published, world.routed = _published(engine, every)
+    modelled = Modelled(containers)
     discover(world, engine.host, modelled)
     return world, containers, modelled
+
+
+class Modelled:
+    """The key of each namespace recorded, by its inode: the host's and portway's
+    containers' (a stat each, made only when first asked: by a path that meets a veth
+    into a namespace portway did not make, or a source given as ns:NAME), then the ones
+    discover() adds."""
+
+    def __init__(self, containers: dict[str, Container]) -> None:
+        self.pending: dict[str, Container] | None = containers
+        self.keys: dict[int, str] = {}
+
+    def _fill(self) -> dict[int, str]:
+        if self.pending is not None:
+            containers, self.pending = self.pending, None
+            for key, path in ((HOST, "/proc/thread-self/ns/net"),
+                              *((key, c.netns) for key, c in containers.items())):
+                inode = netns.namespace_inode(path)
+                if inode is not None:
+                    self.keys.setdefault(inode, key)
+        return self.keys
+
+    def get(self, inode: int) -> str | None:
+        return self._fill().get(inode)
+
+    def __setitem__(self, inode: int, key: str) -> None:
+        self._fill()[inode] = key
 
 
 def _family_flag(version: int) -> str:
@@ -343,7 +367,7 @@ def _parse_from_ip(from_ip: str | None, source: str, family: int | None
 
 
 def _source(engine: Engine | Observer, world: core.World, containers: dict[str, Container],
-            modelled: dict[int, str], source: str) -> str:
+            modelled: Modelled, source: str) -> str:
     """The key of the source in world (observing a foreign namespace if asked)."""
     if source in ("host", "outside"):
         return source
@@ -550,7 +574,6 @@ def run(engine: Engine | Observer, source: str, destination: str, from_ip: str |
                         sport=SOURCE_PORT, dport=dest.dport)
         label = "host" if src_key == "host" else world.spaces[src_key].label
     world.conntrack = _flows(packet)
-    world.published, world.routed = _published(engine)
     result = core.trace(world, key, packet, label, dest.label)
     far = _other_half(engine, result, label, dest) if result.tunnel is not None else None
     answer = _answer(engine, world, key, packet, result, label, dest, live)
@@ -678,11 +701,13 @@ def _flows(packet: Packet) -> list[core.Flow]:
             and c.orig[3] == packet.dport]
 
 
-def _published(engine: Engine | Observer) -> tuple[list[str], list[IPNetwork]]:
+def _published(engine: Engine | Observer, every: list[Container]
+               ) -> tuple[list[str], list[IPNetwork]]:
     """What portway publishes on this host (HOSTPORT/PROTO -> CONTAINER:PORT) and the
-    subnets of its routed networks (which leave without masquerade on purpose)."""
+    subnets of its routed networks (which leave without masquerade on purpose); every:
+    the store's containers."""
     shown = []
-    for c in engine.store.containers():
+    for c in every:
         for p in c.ports:
             where = hostport(p.host_ip, p.host_port) if p.host_ip else str(p.host_port)
             shown.append(f"{where}/{p.protocol} -> {c.name}:{p.container_port}")
