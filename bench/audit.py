@@ -25,6 +25,7 @@ CONTAINERS = int(os.environ.get("PORTWAY_BENCH_AUDIT_CONTAINERS", "1000"))
 PORTS = int(os.environ.get("PORTWAY_BENCH_AUDIT_PORTS", "10000"))
 RUNS = int(os.environ.get("PORTWAY_BENCH_AUDIT_RUNS", "1"))
 TRACE_RUNS = int(os.environ.get("PORTWAY_BENCH_TRACE_RUNS", "7"))
+LIVE_RUNS = int(os.environ.get("PORTWAY_BENCH_LIVE_RUNS", "5"))
 FIRST_PORT = 20000
 BATCH = 1000
 
@@ -59,7 +60,7 @@ def bench_audit(engine: Any, outside: str) -> dict[str, Any]:
                 "seconds": sorted(seconds)[len(seconds) // 2],
                 "targets": len(last["targets"]), "reaches": reaches,
                 "traced": reaches - shared, "findings": len(last["findings"]),
-                "trace": bench_trace(engine, ports)}
+                "trace": bench_trace(engine, ports), "live": bench_live(engine, ports)}
     finally:
         for i in range(0, len(ports), BATCH):
             engine.nft.apply(firewall.render_ports_removal(ports[i:i + BATCH]))
@@ -81,3 +82,19 @@ def bench_trace(engine: Any, ports: list[Published]) -> dict[str, Any]:
         seconds.append(time.perf_counter() - start)
     return {"destination": destination, "runs": seconds, "verdict": verdict,
             "seconds": sorted(seconds)[len(seconds) // 2]}
+
+
+def bench_live(engine: Any, ports: list[Published]) -> dict[str, Any]:
+    """`portway trace --live outside HOST:PORT` on the same host, LIVE_RUNS times: the
+    static trace, then the probe (its short-lived trace tables and probe namespace, the
+    packet sent and followed through every hook, the tables removed), as portwayd
+    answers it."""
+    destination = f"{HOST_ADDR}:{ports[-1].host_port}" if ports else f"{HOST_ADDR}:80"
+    seconds: list[float] = []
+    live: dict[str, Any] = {}
+    for _ in range(LIVE_RUNS):
+        start = time.perf_counter()
+        live = engine.trace("outside", destination, live=True)["trace"]["live"]
+        seconds.append(time.perf_counter() - start)
+    return {"destination": destination, "runs": seconds, "verdict": live.get("verdict"),
+            "agrees": live.get("agrees"), "seconds": sorted(seconds)[len(seconds) // 2]}

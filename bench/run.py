@@ -749,6 +749,12 @@ def goals_report(r: dict[str, Any]) -> list[str]:
                          f"and {au['ports']} published ports",
                          f"{tr['seconds'] * 1000:.0f} ms (median of {len(tr['runs'])})",
                          tr["seconds"] <= 0.150))
+        lv = au.get("live")
+        if lv:
+            rows.append((f"`trace --live` at most 1 s with {au['containers']} containers "
+                         f"and {au['ports']} published ports",
+                         f"{lv['seconds']:.2f} s (median of {len(lv['runs'])})",
+                         lv["seconds"] <= 1))
     ov = r.get("overlay")
     if ov:
         goal("cross-host TCP throughput over an overlay network at least 0.9× a bare VXLAN "
@@ -786,6 +792,14 @@ def audit_report(au: dict[str, Any]) -> list[str]:
         f"{tr['seconds'] * 1000:.0f} ms, each "
         f"{', '.join(f'{x * 1000:.0f}' for x in tr['runs'])} ms; verdict {tr['verdict']}.",
         ""]
+    lv = au.get("live")
+    if lv:
+        trace_lines += [
+            f"The same with `--live` (the static trace, then the probe: its short-lived "
+            "trace tables and probe namespace, the packet followed through every hook, the "
+            f"tables removed), {len(lv['runs'])} times: median {lv['seconds']:.2f} s, each "
+            f"{', '.join(f'{x:.2f}' for x in lv['runs'])} s; live verdict {lv['verdict']}, "
+            f"{'agreeing' if lv['agrees'] else 'NOT agreeing'} with the static one.", ""]
     return [
         "## `portway audit`",
         "",
