@@ -25,6 +25,7 @@ def sh(*args: str) -> None:
     subprocess.run(args, check=True, capture_output=True)
 
 
+CONF6 = {"forwarding": rtnl.DEVCONF_FORWARDING, "disable_ipv6": rtnl.DEVCONF_DISABLE_IPV6}
 CONF = {"forwarding": rtnl.IPV4_DEVCONF_FORWARDING, "rp_filter": rtnl.IPV4_DEVCONF_RP_FILTER,
         "route_localnet": rtnl.IPV4_DEVCONF_ROUTE_LOCALNET}
 
@@ -78,6 +79,7 @@ def test_dumps_say_what_pyroute2_says(spaces: tuple[str, str]) -> None:
         sh("ip", "netns", "exec", host, "sysctl", "-qw", key)
     for key in ("v1.route_localnet=1", "v1.rp_filter=1", "v0.forwarding=0"):
         sh("ip", "netns", "exec", host, "sysctl", "-qw", f"net.ipv4.conf.{key}")
+    sh("ip", "netns", "exec", host, "sysctl", "-qw", "net.ipv6.conf.v1p.disable_ipv6=1")
 
     def read() -> Any:
         ipr = IPRoute()
@@ -96,6 +98,11 @@ def test_dumps_say_what_pyroute2_says(spaces: tuple[str, str]) -> None:
                          {(link.ifname, name): d.ipv4_conf(link.index, which)
                           for link in d.links() for name, which in CONF.items()}),
                         (observe.rules(ipr), d.rules()),
+                        ({(link.ifname, name): int(observe.read_sysctl(
+                            f"net.ipv6.conf.{link.ifname}.{name}"))
+                          for link in links.observe_links(ipr) for name in CONF6},
+                         {(link.ifname, name): d.ipv6_conf(link.index, which)
+                          for link in d.links() for name, which in CONF6.items()}),
                         ({"ip_forward": observe.read_sysctl("net.ipv4.ip_forward"),
                           "rp_filter": observe.read_sysctl("net.ipv4.conf.all.rp_filter"),
                           "forwarding6": observe.read_sysctl(
@@ -122,7 +129,9 @@ def test_dumps_say_what_pyroute2_says(spaces: tuple[str, str]) -> None:
     assert {(r["priority"], r["action"], r["invert"]) for r in pairs[6][1]} >= {
         (100, "lookup", False), (101, "lookup", True), (102, "prohibit", False),
         (103, "lookup", False)}
-    assert pairs[7][1] == {"ip_forward": "1", "rp_filter": "2", "forwarding6": "1"}
+    assert pairs[8][1] == {"ip_forward": "1", "rp_filter": "2", "forwarding6": "1"}
+    assert pairs[7][1][("v1p", "disable_ipv6")] == 1 and \
+        pairs[7][1][("v1", "disable_ipv6")] == 0
     for family in ("bridge", "netdev"):
         sh("ip", "netns", "exec", host, "nft", "add", "table", family, "pwk")
         assert netns.in_netns(netns.netns_path(host), has_tables)

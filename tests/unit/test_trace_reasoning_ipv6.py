@@ -328,3 +328,61 @@ def test_portwayds_own_sockets_take_only_the_hosts_connections() -> None:
     # Over IPv4 the same port is DNATed before any socket sees it.
     t = trace(w, "outside", packet(UPLINK4, 9090, "198.51.100.2", "uplink0"), "outside", "x")
     assert t.verdict == "delivered" and t.seen_destination == "10.80.0.2:80"
+
+
+def without_ipv6(space: Space, name: str) -> None:
+    """disable_ipv6=1 on an interface, as the kernel leaves it: its IPv6 addresses gone."""
+    at = next(n for n, i in enumerate(space.ifaces) if i.name == name)
+    i = space.ifaces[at]
+    space.ifaces[at] = replace(i, disable_ipv6=True,
+                               addrs=tuple(a for a in i.addrs if a.version == 4))
+
+
+def test_ipv6_turned_off_in_a_container_drops_what_arrives_there() -> None:
+    # Docker's users meet it as "IPv6 works on the host, not in the container": a sysctl
+    # (net.ipv6.conf.all.disable_ipv6=1 in the image's setup, say) turned IPv6 off on the
+    # container's eth0 while its network still routes its IPv6 address there.
+    w = world()
+    without_ipv6(w.spaces["web"], "eth0")
+    w.behind = {(APP.bridge, IP("fd00:77::2")): ("web", WEB.host_ifname)}
+    t = trace(w, "outside", packet(UPLINK6, 8080, OUTSIDE6, "uplink0"), "outside", "web")
+    # (It holds no IPv6 address any more: the host's neighbour discovery goes unanswered.)
+    assert t.verdict == "no-route"
+    assert t.summary == "container web has IPv6 turned off on eth0 " \
+                        "(net.ipv6.conf.eth0.disable_ipv6=1)"
+    assert "sysctl -w net.ipv6.conf.eth0.disable_ipv6=0" in t.fix
+    assert "fd00:77::2 was given" in t.hops[-1].detail
+    # IPv4 to the same container is untouched.
+    assert trace(w, "outside", packet(UPLINK4, 8080, "198.51.100.2", "uplink0"), "outside",
+                 "web").verdict == "delivered"
+
+
+def test_ipv6_turned_off_on_the_uplink_drops_what_arrives_on_it() -> None:
+    # A neighbour that routes IPv6 to one of the host's other addresses (its gateway
+    # address on a network: the host answers on any of its addresses) over an uplink
+    # whose IPv6 is off: dropped on receipt, before any hook.
+    w = world()
+    without_ipv6(w.host, "uplink0")
+    t = trace(w, "outside", packet("fd00:77::1", 22, OUTSIDE6, "uplink0"), "outside", "x")
+    assert t.verdict == "dropped" and t.summary == "IPv6 is disabled on uplink0 in host " \
+        "(net.ipv6.conf.uplink0.disable_ipv6=1)"
+    assert t.hops[-1].detail.endswith("drops every IPv6 packet arriving on it")
+    assert not [h for h in t.hops if h.kind == "hook"]  # (no hook saw it)
+
+
+def test_ipv6_turned_off_on_the_uplink_drops_what_leaves_by_it() -> None:
+    w = world()
+    without_ipv6(w.host, "uplink0")
+    w.host.routes.append(Route(NET("::/0"), "uplink0", gateway=IP("fe80::1")))
+    t = trace(w, "web", packet(OUTSIDE6, 9000), "web", "x")
+    assert t.verdict == "dropped" and "disabled on uplink0 in host" in t.summary
+    assert t.hops[-1].detail.endswith("drops every IPv6 packet routed out of it")
+
+
+def test_bridge_ports_without_ipv6_still_bridge_it() -> None:
+    # portway turns IPv6 off on the host ends of IPv4-only networks' veths: frames
+    # bridged between ports never reach the IP layer, so it takes nothing.
+    w = world()
+    for e in (WEB, CACHE):
+        without_ipv6(w.host, e.host_ifname)
+    assert trace(w, "web", packet("fd00:77::3"), "web", "cache").verdict == "delivered"

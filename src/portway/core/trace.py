@@ -103,6 +103,9 @@ class Iface:
     route_localnet: bool = False
     rp_filter: int = 0  # net.ipv4.conf.NAME.rp_filter: 0 off, 1 strict, 2 loose
     forwarding: bool = True  # net.ipv4.conf.NAME.forwarding (ip_forward sets every one)
+    # net.ipv6.conf.NAME.disable_ipv6: no IPv6 address, and every IPv6 packet that arrives
+    # on it or is routed out of it is dropped (bridged frames are not: they stay at L2)
+    disable_ipv6: bool = False
     mtu: int = 0  # 0: not known
     link_index: int = 0  # a veth's other end's index, in its own namespace
     netnsid: int = -1  # a veth's other end's namespace, as this one numbers it (-1: same)
@@ -935,6 +938,7 @@ class _Walk:
                      in_space(space, f"ip route del {route.dst}") + " (its device is gone), "
                      "or recreate the device")
         assert iface is not None
+        self.ipv6_disabled(space, iface, packet, arriving=False)
         if iface.kind == "bridge" and space is self.world.host:
             self.bridge_out(iface, nexthop, packet)
         elif iface.peer is not None:
@@ -979,6 +983,21 @@ class _Walk:
         packet = self.hook(host, ("bridge",), "output", packet)
         self.out_of_port(port, space, inner, packet)
 
+    def without_ipv6(self, bridge: str, addr: IPAddress) -> tuple[Space, Iface] | None:
+        """The container (and its interface) behind bridge that was given addr, an IPv6
+        address, but has IPv6 turned off on that interface (disable_ipv6=1, which removed
+        the address): known from the recorder's index of who holds what, not from the
+        namespace, which no longer shows it."""
+        hinted = self.world.behind.get((bridge, addr)) if addr.version == 6 else None
+        if hinted is None:
+            return None
+        port = self.world.host.iface(hinted[1])
+        inner = self.world._peer(port) if port is not None and port.peer is not None \
+            and port.peer[0] == hinted[0] else None
+        if inner is None or not inner.disable_ipv6:
+            return None
+        return self.world.space(hinted[0]), inner
+
     def port_of(self, bridge: Iface, nexthop: IPAddress, packet: Packet,
                 routed: bool = False) -> tuple[Space, Iface, Iface]:
         """The container end holding nexthop behind bridge, and its port; or the end.
@@ -1009,6 +1028,17 @@ class _Walk:
                 fix = f"give {bridge.name} a subnet that does not overlap {other.dst}, or " \
                       f"route {nexthop} the intended way: ip route add {single}" + \
                       (f" via {other.gateway}" if other.gateway else "") + f" dev {other.dev}"
+            off = self.without_ipv6(bridge.name, nexthop)
+            if off is not None:
+                space, inner = off
+                key = f"net.ipv6.conf.{inner.name}.disable_ipv6"
+                detail += f"; {space.label}, which {nexthop} was given, has IPv6 turned off " \
+                          f"on {inner.name} ({key}=1): it holds no IPv6 address and answers " \
+                          "no neighbour discovery"
+                summary = f"{space.label} has IPv6 turned off on {inner.name} ({key}=1)"
+                fix = in_space(space, f"sysctl -w {key}=0") + f", then give {inner.name} " \
+                    f"{nexthop} again (turning IPv6 off removed it; restarting the " \
+                    "container does both), or trace its IPv4 address (-4)"
             self.hop("bridge", bridge.name, detail)
             self.end("no-route", summary, packet, fix)
         assert found is not None
@@ -1112,10 +1142,26 @@ class _Walk:
         packet = self.hook(host, ("bridge",), "forward", packet)
         self.out_of_port(out_port, space, inner, packet)
 
+    def ipv6_disabled(self, space: Space, iface: Iface | None, packet: Packet,
+                      arriving: bool) -> None:
+        """IPv6 turned off on an interface (disable_ipv6=1): the kernel drops every IPv6
+        packet that arrives on it at the IP layer (on receipt, before any netfilter hook)
+        or is routed out of it. Bridged frames never meet it: they stay below IP."""
+        if packet.version != 6 or iface is None or not iface.disable_ipv6:
+            return
+        key = f"net.ipv6.conf.{iface.name}.disable_ipv6"
+        how = "arriving on" if arriving else "routed out of"
+        self.hop("route", space.label, f"{key} is 1: IPv6 is off on {iface.name}; the "
+                 f"kernel drops every IPv6 packet {how} it")
+        self.end("dropped", f"IPv6 is disabled on {iface.name} in {space.label} ({key}=1)",
+                 packet, in_space(space, f"sysctl -w {key}=0") + " (turning it off removed "
+                 f"the IPv6 addresses of {iface.name}: add them again)")
+
     def host_in(self, packet: Packet, iif: str) -> None:
         """A packet arriving at the host's IP layer on iif."""
         host = self.world.host
         packet = replace(packet, iif=iif, oif="")
+        self.ipv6_disabled(host, host.iface(iif), packet, arriving=True)
         if packet.version == 6 and is_loopback(packet.daddr) and iif != "lo":
             self.hop("route", host.label, f"::1 arriving on {iif}: IPv6 drops a loopback "
                      "destination from any other interface on receipt, before any "
@@ -1315,6 +1361,7 @@ class _Walk:
     def ingress(self, space: Space, ifname: str, packet: Packet) -> None:
         """A packet arriving in a (container) namespace on ifname."""
         packet = replace(packet, iif=ifname, oif="")
+        self.ipv6_disabled(space, space.iface(ifname), packet, arriving=True)
         packet = self.hook(space, ip_families(packet), "prerouting", packet)
         self.reverse_path(space, packet, ifname)
         if packet.daddr in space.local():

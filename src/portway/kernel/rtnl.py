@@ -34,6 +34,9 @@ IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER = 1, 3, 4, 5, 10
 IFLA_LINKINFO, IFLA_IFALIAS, IFLA_LINK_NETNSID, IFLA_INFO_KIND = 18, 20, 37, 1
 IFLA_AF_SPEC, IFLA_INET_CONF = 26, 1
 IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS = 29, 1 << 3
+IFLA_INET6_CONF = 2
+# include/uapi/linux/ipv6.h's DEVCONF_* (from 0)
+DEVCONF_FORWARDING, DEVCONF_DISABLE_IPV6 = 0, 26
 # include/uapi/linux/ip.h's IPV4_DEVCONF_* (from 1)
 IPV4_DEVCONF_FORWARDING, IPV4_DEVCONF_RP_FILTER, IPV4_DEVCONF_ROUTE_LOCALNET = 1, 8, 26
 LINK_ATTRS = frozenset({IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER,
@@ -99,6 +102,8 @@ class Dumper:
         # Each link's IPv4 settings (net.ipv4.conf.DEV.*), as the link dump carries them:
         # IPV4_DEVCONF_* n at [n - 1].
         self.inet_conf: dict[int, tuple[int, ...]] = {}
+        # And its IPv6 settings (net.ipv6.conf.DEV.*): DEVCONF_* n at [n].
+        self.inet6_conf: dict[int, tuple[int, ...]] = {}
 
     def close(self) -> None:
         self.sock.close()
@@ -161,11 +166,16 @@ class Dumper:
             _, _, index, flags, _ = struct.unpack_from("=BxHiII", msg)
             a = _attrs(msg, 16, LINK_ATTRS)
             info = _attrs(a[IFLA_LINKINFO]) if IFLA_LINKINFO in a else {}
-            inet = _attrs(a[IFLA_AF_SPEC]).get(socket.AF_INET) if IFLA_AF_SPEC in a else None
+            spec = _attrs(a[IFLA_AF_SPEC]) if IFLA_AF_SPEC in a else {}
+            inet, inet6 = spec.get(socket.AF_INET), spec.get(socket.AF_INET6)
             conf = _attrs(inet).get(IFLA_INET_CONF) if inet else None
             if conf:
                 count = len(conf) // 4
                 self.inet_conf[index] = struct.unpack(f"={count}I", conf[:count * 4])
+            conf6 = _attrs(inet6).get(IFLA_INET6_CONF) if inet6 else None
+            if conf6:
+                count = len(conf6) // 4
+                self.inet6_conf[index] = struct.unpack(f"={count}i", conf6[:count * 4])
             nsid = a.get(IFLA_LINK_NETNSID)
             number = int(struct.unpack("=i", nsid[:4])[0]) if nsid else -1
             out.append(Link(index=index, ifname=_text(a.get(IFLA_IFNAME)),
@@ -183,6 +193,12 @@ class Dumper:
         (None: unknown)."""
         conf = self.inet_conf.get(index, ())
         return conf[which - 1] if len(conf) >= which else None
+
+    def ipv6_conf(self, index: int, which: int) -> int | None:
+        """A net.ipv6.conf.DEV.* setting (DEVCONF_*, from 0) of a link read by links()
+        (None: unknown, as for a link without IPv6)."""
+        conf = self.inet6_conf.get(index, ())
+        return conf[which] if len(conf) > which else None
 
     def route_localnet(self, index: int) -> bool | None:
         """net.ipv4.conf.DEV.route_localnet of a link read by links() (None: unknown)."""
