@@ -16,7 +16,7 @@ import pytest
 from test_trace import attempt, kernel_rules, last_client, rules, trace
 
 from conftest import Sandbox, sh
-from portway.testbed import HOST_ADDR6, OUTSIDE_ADDR6
+from portway.testbed import HOST_ADDR, HOST_ADDR6, OUTSIDE_ADDR6
 from portway.testbed import WAIT_LISTENING as WAIT
 
 
@@ -213,3 +213,25 @@ def test_ipv6_trace_bad_input(paths6: tuple[Sandbox, Path]) -> None:
             continue
         assert cp.returncode == 2 and words in cp.stderr, (args, cp.stderr)
         assert cp.stderr.count("\n") == 1 and "Traceback" not in cp.stderr
+
+
+def test_a_container_with_ipv6_turned_off_is_named(sandbox: Sandbox) -> None:
+    # "IPv6 works on the host but not in the container": a sysctl run inside it turned
+    # IPv6 off on its eth0, which took the address its network gave it. The real
+    # connection over IPv6 fails (IPv4 still works); trace names the container and the
+    # sysctl instead of "no container holds the address".
+    sb = sandbox
+    sb.pw("network", "create", "app", "--ipv6", "--subnet", "10.164.0.0/24", "--subnet",
+          "fd00:164::/64")
+    served(sb, "web", "--network", "app", "-p", "8080:80")
+    key = json.loads(sb.pw("inspect", "web").stdout)[0]["NetworkSettings"]["SandboxKey"]
+    sh("ip", "netns", "exec", Path(key).name, "sysctl", "-qw",
+       "net.ipv6.conf.eth0.disable_ipv6=1")
+    outside = ["ip", "netns", "exec", sb.outside]
+    assert attempt(outside, f"http://[{HOST_ADDR6}]:8080/").startswith("fail")
+    assert attempt(outside, f"http://{HOST_ADDR}:8080/") == "200"
+    t = json.loads(sb.pw("trace", "outside", "web:80", "-6", "--json").stdout)
+    assert t["verdict"] == "no-route"
+    assert t["summary"] == "container web has IPv6 turned off on eth0 " \
+                           "(net.ipv6.conf.eth0.disable_ipv6=1)"
+    assert "sysctl -w net.ipv6.conf.eth0.disable_ipv6=0" in t["fix"]
