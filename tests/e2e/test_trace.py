@@ -243,3 +243,24 @@ def test_namespace_portway_did_not_make(paths: Sandbox) -> None:
     finally:
         sh("ip", "netns", "del", other)
         sh("ip", "-n", sb.host, "link", "del", "xveth0", check=False)
+
+
+def test_a_network_whose_bridge_is_down_leaves_by_the_uplink(sandbox: Sandbox) -> None:
+    # A bridge taken down (a network manager, a script) keeps its address but loses its
+    # routes: the real connection to a published port fails, its DNATed packet sent out
+    # of the uplink. trace says where it was likely meant to go, and the fix.
+    sb = sandbox
+    sb.pw("network", "create", "app", "--subnet", "10.165.0.0/24")
+    served(sb, "web", "--network", "app", "-p", "8080:80")
+    bridge = next(str(link["ifname"]) for link in json.loads(sb.in_host(
+        "ip", "-j", "link", "show", "type", "bridge").stdout))
+    sb.in_host("ip", "link", "set", bridge, "down")
+    outside = ["ip", "netns", "exec", sb.outside]
+    assert attempt(outside, "http://198.51.100.1:8080/").startswith("fail")
+    t = json.loads(sb.pw("trace", "outside", "web:80", "--json").stdout)
+    assert t["verdict"] == "leaves-host"
+    assert t["summary"].endswith(f"10.165.0.2 is in 10.165.0.0/24 of {bridge}, which is down "
+                                 f"(so is its route): it was likely meant for {bridge}")
+    assert t["fix"].endswith(f"ip link set {bridge} up")
+    sb.in_host("ip", "link", "set", bridge, "up")
+    assert attempt(outside, "http://198.51.100.1:8080/") == "200"

@@ -356,3 +356,27 @@ def test_a_namespace_that_forwards_routes_on() -> None:
     w.host.forwarding = True
     t = trace(w, "host", packet("10.91.0.2", 80), "host", "x")
     assert t.verdict == "dropped" and "routing loop" in t.summary, render(t)
+
+
+def test_a_bridge_taken_down_sends_its_containers_traffic_out_of_the_uplink() -> None:
+    # `ip link set BRIDGE down` (a network manager that took it, a script) removes the
+    # bridge's routes but not its address: a published port's DNATed packet then leaves
+    # by the default route. The verdict says so, with the fix.
+    w = world()
+    w.host.ifaces[2] = replace(w.host.ifaces[2], up=False)
+    w.host.routes = [r for r in w.host.routes if r.dev != APP.bridge]
+    t = trace(w, "outside", packet("198.51.100.1", 8080, "198.51.100.2", "uplink0"),
+              "outside", "web:80")
+    assert t.verdict == "leaves-host"
+    assert t.summary.endswith(f"10.77.0.2 is in 10.77.0.0/24 of {APP.bridge}, which is "
+                              f"down (so is its route): it was likely meant for {APP.bridge}")
+    assert t.fix == f"ip link set {APP.bridge} up"
+    # Up, but its route deleted: the route to add.
+    w.host.ifaces[2] = replace(w.host.ifaces[2], up=True)
+    t = trace(w, "outside", packet("198.51.100.1", 8080, "198.51.100.2", "uplink0"),
+              "outside", "web:80")
+    assert t.verdict == "leaves-host"
+    assert t.fix == f"ip route add 10.77.0.0/24 dev {APP.bridge} src 10.77.0.1"
+    # Traffic meant for the world says nothing of the kind.
+    t = trace(world(), "web", packet("203.0.113.7", 443), "web", "203.0.113.7:443")
+    assert t.verdict == "leaves-host" and t.fix == "" and "meant" not in t.summary

@@ -964,10 +964,37 @@ class _Walk:
             self.unreachable_gateway(space, iface, nexthop, packet)
             self.no_way_back(space, iface, packet)
             self.path_mtu(packet)
-            self.end("leaves-host", f"leaves the host through {iface.name}; the far end sees "
-                     f"{hostport(packet.saddr, packet.sport)}", packet)
+            summary = f"leaves the host through {iface.name}; the far end sees " \
+                      f"{hostport(packet.saddr, packet.sport)}"
+            astray = self.astray(space, iface, packet)
+            if astray is not None:
+                self.end("leaves-host", f"{summary}; {astray[0]}", packet, astray[1])
+            self.end("leaves-host", summary, packet)
         else:
             self.end("leaves-host", f"leaves {space.label} through {iface.name}", packet)
+
+    def astray(self, space: Space, iface: Iface, packet: Packet) -> tuple[str, str] | None:
+        """Why a packet leaving by iface likely was not meant to, and the fix: its
+        destination is in the subnet of another interface of space (a bridge with
+        containers behind it, say), whose route the lookup did not find: the interface
+        is down (taking it down removed its routes, not its addresses), or its route was
+        deleted. None when nothing says it was meant to stay."""
+        for other in space.ifaces:
+            if other.name in (iface.name, "lo"):
+                continue
+            for a in other.addrs:
+                if a.version != packet.version or a.ip.is_link_local or \
+                        a.network.prefixlen == 0 or packet.daddr not in a.network:
+                    continue
+                if not other.up:
+                    return (f"{packet.daddr} is in {a.network} of {other.name}, which is "
+                            f"down (so is its route): it was likely meant for {other.name}",
+                            in_space(space, f"ip link set {other.name} up"))
+                return (f"{packet.daddr} is in {a.network} of {other.name}, but no route "
+                        f"leads there: it was likely meant for {other.name}",
+                        in_space(space, f"ip route add {a.network} dev {other.name} src "
+                                        f"{a.ip}"))
+        return None
 
     def holder(self, bridge: str, addr: IPAddress) -> tuple[Space, Iface, Iface] | None:
         """The container end holding addr behind a port of bridge, with that port."""
