@@ -1,8 +1,8 @@
 """`portway audit` on a host with many containers and published ports: how long one look
 takes (recording the host and every namespace behind its veths, then the reasoning), as
 portwayd answers it; and on the same host, how long one static `portway trace` takes
-(an outside client to the last published port). Runs inside bench/run.py's host
-namespace.
+(an outside client to the last published port), and the same with `--live` (the probe
+too). Runs inside bench/run.py's host namespace.
 
 The containers are portway's (one network, `sleep`, nothing listening); the published
 ports are elements of portway's DNAT maps, added as bench/firewall.py adds its fillers,
