@@ -380,3 +380,14 @@ def test_a_bridge_taken_down_sends_its_containers_traffic_out_of_the_uplink() ->
     # Traffic meant for the world says nothing of the kind.
     t = trace(world(), "web", packet("203.0.113.7", 443), "web", "203.0.113.7:443")
     assert t.verdict == "leaves-host" and t.fix == "" and "meant" not in t.summary
+
+
+def test_a_bridge_taken_down_is_named_before_the_way_back_is_judged() -> None:
+    # From outside, without masquerade, the way back would fail too; the cause to fix
+    # first is the bridge.
+    w = world()
+    w.host.ifaces[2] = replace(w.host.ifaces[2], up=False)
+    w.host.routes = [r for r in w.host.routes if r.dev != APP.bridge]
+    t = trace(w, "outside", packet("198.51.100.1", 8080, "203.0.113.10", "uplink0"),
+              "outside", "web:80")
+    assert t.verdict == "leaves-host" and t.fix == f"ip link set {APP.bridge} up"

@@ -961,14 +961,16 @@ class _Walk:
         elif space is self.world.host:
             self.hop("leave", space.label, f"out of {iface.name} towards {nexthop}: leaves "
                      f"the host with source {packet.saddr}")
-            self.unreachable_gateway(space, iface, nexthop, packet)
-            self.no_way_back(space, iface, packet)
-            self.path_mtu(packet)
             summary = f"leaves the host through {iface.name}; the far end sees " \
                       f"{hostport(packet.saddr, packet.sport)}"
+            # (First: what happens beyond, a gateway or a way back, matters only if the
+            # packet was meant to go there.)
             astray = self.astray(space, iface, packet)
             if astray is not None:
                 self.end("leaves-host", f"{summary}; {astray[0]}", packet, astray[1])
+            self.unreachable_gateway(space, iface, nexthop, packet)
+            self.no_way_back(space, iface, packet)
+            self.path_mtu(packet)
             self.end("leaves-host", summary, packet)
         else:
             self.end("leaves-host", f"leaves {space.label} through {iface.name}", packet)
