@@ -107,6 +107,16 @@ def parse_trace(payload: bytes) -> TraceEvent:
                       transport=attrs.get(9, b""))
 
 
+def _ready(sock: socket.socket, events: int, timeout: float) -> bool:
+    """Whether sock is ready (POLLIN, POLLOUT) within timeout seconds. Through poll():
+    select() refuses a descriptor numbered 1024 or more, and portwayd with a thousand
+    containers holds more (trace --live failed there with \"filedescriptor out of range
+    in select()\")."""
+    poller = select.poll()
+    poller.register(sock, events)
+    return bool(poller.poll(max(0, int(timeout * 1000))))
+
+
 class TraceListener:
     """Subscribed to the trace group of the calling thread's namespace until closed."""
 
@@ -121,8 +131,7 @@ class TraceListener:
         events: list[TraceEvent] = []
         deadline = time.monotonic() + limit
         while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.sock], [], [], quiet)
-            if not ready:
+            if not _ready(self.sock, select.POLLIN, quiet):
                 break
             data = self.sock.recv(1 << 16)
             offset = 0
@@ -227,7 +236,7 @@ def send_probe(proto: str, daddr: str, dport: int, sport: int,
             err = s.connect_ex((daddr, dport))
             if err not in (0, errno.EINPROGRESS):
                 return _outcome(err), s.getsockname()
-            _, writable, _ = select.select([], [s], [], wait)
+            writable = _ready(s, select.POLLOUT, wait)
             local = s.getsockname()
             if not writable:
                 return "timeout", local
