@@ -222,3 +222,33 @@ def test_nsids_say_what_the_veths_say_and_are_never_assigned(spaces: tuple[str, 
             f"nsid {nsid} ", "")
     finally:
         del_netns(lone)
+
+
+def test_a_listing_is_kept_through_changes_that_undo_each_other(spaces: tuple[str, str]
+                                                                ) -> None:
+    # trace --live adds its tables and removes them: the listing the static trace made
+    # stands again, unless someone else changed the ruleset meanwhile.
+    host, _ = spaces
+
+    def read() -> Any:
+        nft = Nft()
+        try:
+            first = nft.listing()
+            mark = nft.mark()
+            nft.apply([{"add": {"table": {"family": "inet", "name": "pwk"}}}])
+            nft.apply([{"delete": {"table": {"family": "inet", "name": "pwk"}}}])
+            nft.keep_listing(mark)
+            kept = nft.listing() is first
+            mark = nft.mark()
+            nft.apply([{"add": {"table": {"family": "inet", "name": "pwk"}}}])
+            subprocess.run(["nft", "add", "table", "ip", "other"], check=True)
+            nft.apply([{"delete": {"table": {"family": "inet", "name": "pwk"}}}])
+            nft.keep_listing(mark)
+            again = nft.listing()
+            return kept, again is first, again
+        finally:
+            nft.close()
+
+    kept, stale, again = netns.in_netns(netns.netns_path(host), read)
+    assert kept and not stale
+    assert any(i.get("table", {}).get("name") == "other" for i in again)

@@ -98,6 +98,7 @@ def run(engine: Engine | Observer, world: core.World, src_key: str, packet: Pack
     # The listing the static trace read (kept while the ruleset's generation stays): a
     # listing of its own cost the probe seconds on a host with 10,000 published ports.
     items = engine.nft.listing()
+    mark = engine.nft.mark()
     rules = {(r["family"], r["table"], int(r.get("handle", 0))): rule_text(r)
              for r in (i["rule"] for i in items if "rule" in i)}
     hooks = {(c["family"], c["table"], c["name"]): c.get("hook", "")
@@ -166,6 +167,9 @@ def run(engine: Engine | Observer, world: core.World, src_key: str, packet: Pack
         listener.close()
         try:
             _drop_tables(engine)
+            # The ruleset is again what the static trace listed: the next trace need not
+            # list 10,000 published ports again.
+            engine.nft.keep_listing(mark)
         finally:
             if outside:
                 links.delete_link(engine.host, probe_if)

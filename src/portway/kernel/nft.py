@@ -85,6 +85,7 @@ class Nft:
         lib.nft_ctx_buffer_error(self._ctx)
         self._lock = threading.Lock()
         self._kept: tuple[int, list[dict[str, Any]]] | None = None
+        self._applied = 0  # transactions committed through apply()
 
     def run(self, command: str) -> str:
         with self._lock:
@@ -101,6 +102,25 @@ class Nft:
         """One atomic transaction."""
         if commands:
             self.run(json.dumps({"nftables": commands}))
+            self._applied += 1
+
+    def mark(self) -> tuple[int | None, int]:
+        """Where the ruleset stands, for keep_listing(): its generation, and how many
+        transactions this context has committed."""
+        return generation(), self._applied
+
+    def keep_listing(self, mark: tuple[int | None, int]) -> None:
+        """After changes of this context's own that undid each other since mark (trace
+        --live's tables, added and removed): the listing kept at mark's generation stands
+        for the ruleset again, if nothing else changed it meanwhile (the kernel moves the
+        generation by one a transaction: by exactly this context's count). Otherwise
+        the next listing() lists again, as it would have."""
+        before, applied = mark
+        kept, now = self._kept, generation()
+        if before is None or now is None or kept is None or kept[0] != before:
+            return
+        if now - before == self._applied - applied:
+            self._kept = (now, kept[1])
 
     def list_table(self, family: str, name: str) -> list[dict[str, Any]] | None:
         """The table's objects as JSON, or None if it does not exist."""
