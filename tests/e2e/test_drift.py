@@ -7,8 +7,10 @@ test_spoofing, test_dns); here is the whole host at once: a simulated reboot.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import secrets
 import signal
 import subprocess
 import time
@@ -131,3 +133,24 @@ def test_doctor_and_gc_find_lost_addresses_and_routes_of_both_families(
         routes = json.loads(sh("ip", "-n", ns, "-j", family, "route", "show",
                                "default").stdout)
         assert [r.get("gateway") for r in routes] == [gateway]
+
+
+def test_gc_passes_over_namespace_files_another_portway_is_making(sandbox: Sandbox) -> None:
+    """/run/netns is shared by every portway on the machine: between creating a
+    namespace's file and mounting it (or unmounting and removing it) another daemon
+    leaves a plain file there. A daemon starting then, and its gc, pass over such a
+    file (it is not theirs, and cannot be entered) and leave it alone."""
+    sb = sandbox
+    tag = secrets.token_hex(6)
+    files = [f"/run/netns/pwprobe-{tag[:8]}", f"/run/netns/pw-{tag}"]
+    try:
+        for path in files:
+            with open(path, "x"):
+                pass
+        sb.pw("network", "create", "app", "--subnet", "10.73.0.0/24")  # starts the daemon
+        assert sb.pw("gc").stdout.startswith("nothing to repair")
+        assert all(os.path.isfile(path) for path in files)
+    finally:
+        for path in files:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)

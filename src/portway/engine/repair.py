@@ -295,7 +295,12 @@ def _trace_leftovers(engine: Engine, report: Report) -> None:
     for name in netns.list_netns():
         if not name.startswith("pwprobe-"):
             continue
-        ipr = netns.open_ipr(netns.netns_path(name))
+        try:
+            ipr = netns.open_ipr(netns.netns_path(name))
+        except OSError:
+            # Not (or no longer) a mounted namespace: another portway's trace between
+            # creating the file and mounting it, or between unmounting and removing it.
+            continue
         try:
             tag = names.parse_owner_tag(links.observe_loopback_tag(ipr))
         finally:
