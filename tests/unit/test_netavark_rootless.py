@@ -145,6 +145,31 @@ def test_rootless_daemon_leaves_after_the_last_container(server: Server) -> None
     assert not loop.is_alive()
 
 
+def test_shutdown_waits_for_its_own_reply(server: Server) -> None:
+    """Bug: the daemon began to leave as it dispatched `shutdown`, before the reply was
+    written; on a busy machine it was gone first, and `portway daemon stop` failed
+    with "closed the connection without answering"."""
+    import socket
+
+    loop = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01})
+    loop.start()
+    try:
+        assert server.dispatch({"op": "shutdown"})["ok"]
+        loop.join(0.3)
+        assert loop.is_alive(), "dispatching shutdown must not stop the loop by itself"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(server.server_address)
+            s.sendall(json.dumps({"op": "shutdown"}).encode() + b"\n")
+            reply = json.loads(s.makefile("rb").readline())
+        assert reply == {"ok": True, "result": {"pid": os.getpid()}}
+        loop.join(5)
+        assert not loop.is_alive()
+    finally:
+        if loop.is_alive():
+            server.shutdown()
+            loop.join()
+
+
 def test_rootless_daemon_stays_while_containers_are_left(server: Server) -> None:
     server.dispatch({"op": "podman_setup", "args": {"netns": "n", "options": {}}})
     assert server.dispatch({"op": "podman_teardown", "args": {"netns": "n", "options": {}}}

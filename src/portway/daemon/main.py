@@ -103,6 +103,10 @@ class Handler(socketserver.StreamRequestHandler):
             pass
         finally:
             self.server.replied()
+            if request.get("op") == "shutdown" and reply.get("ok"):
+                # Only now: a daemon that left before this reply was written made
+                # `portway daemon stop` fail ("closed the connection without answering").
+                threading.Thread(target=self.server.shutdown, daemon=True).start()
 
 
 class HostNamespace:
@@ -210,8 +214,7 @@ class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             return {"ok": True, "result": {"pid": os.getpid(),
                                            "host_netns": self.engine.host_netns or "",
                                            "state_dir": self.engine.state_dir}}
-        if op == "shutdown":
-            threading.Thread(target=self.shutdown, daemon=True).start()
+        if op == "shutdown":  # (the handler shuts down once this reply is written)
             return {"ok": True, "result": {"pid": os.getpid()}}
         if op not in OPS or not isinstance(args, dict):
             return {"ok": False, "error": f"unknown operation {op!r}", "exit_code": 2}
