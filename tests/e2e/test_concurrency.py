@@ -60,7 +60,7 @@ def test_fifty_mixed_operations(sandbox: Sandbox) -> None:
     sb = sandbox
     sb.pw("network", "create", "app", "--subnet", "10.96.0.0/24")
     sb.pw("network", "create", "side", "--subnet", "10.94.0.0/24")
-    sb.pw("run", "-d", "--name", "hopper", "--network", "app", "--", "sleep", "300")
+    sb.pw("run", "-d", "--name", "hopper", "--network", "app", "--", "sleep", "3600")
 
     def run(i: int) -> str:
         return sb.pw("run", "-d", "--name", f"m{i}", "--network", "app", "-p", f"{21000 + i}:80",

@@ -33,9 +33,9 @@ def status(sb: Sandbox, name: str, field: str) -> str:
 def test_a_container_cannot_leave_its_network(sandbox: Sandbox) -> None:
     sb = sandbox
     sb.pw("network", "create", "inner", "--subnet", "10.93.0.0/24", "--internal")
-    sb.pw("run", "-d", "--name", "jail", "--network", "inner", "--", "sleep", "300")
+    sb.pw("run", "-d", "--name", "jail", "--network", "inner", "--", "sleep", "3600")
     cp = sb.pw("run", "-d", "--name", "free", "--network", "inner", "--privileged", "--",
-               "sleep", "300")
+               "sleep", "3600")
     assert "--privileged" in cp.stderr and "not isolated" in cp.stderr
     daemon = sb.daemon_pid()
     host_ns = f"/run/netns/{sb.host}"
@@ -109,17 +109,17 @@ def test_capabilities_and_user(sandbox: Sandbox) -> None:
     sb = sandbox
     sb.pw("network", "create", "app", "--subnet", "10.94.0.0/24")
     sb.pw("run", "-d", "--name", "admin", "--network", "app", "--cap-drop", "ALL",
-          "--cap-add", "net_admin", "--", "sleep", "300")
+          "--cap-add", "net_admin", "--", "sleep", "3600")
     assert int(status(sb, "admin", "CapEff"), 16) == 1 << 12
     assert attempt(sb, "admin", "ip", "route", "add", "192.0.2.0/24", "via",
                    "10.94.0.1").returncode == 0
     sb.pw("run", "-d", "--name", "nobind", "--network", "app", "--cap-drop",
-          "NET_BIND_SERVICE", "--", "sleep", "300")
+          "NET_BIND_SERVICE", "--", "sleep", "3600")
     cp = attempt(sb, "nobind", "python3", "-c",
                  "import socket; socket.socket().bind(('0.0.0.0', 80))")
     assert cp.returncode != 0 and "Permission denied" in cp.stderr
     sb.pw("run", "-d", "--name", "user", "--network", "app", "--user", "65534:65534", "--",
-          "sleep", "300")
+          "sleep", "3600")
     assert attempt(sb, "user", "id", "-u").stdout.strip() == "65534"
     assert int(status(sb, "user", "CapEff"), 16) == 0
     info = sb.inspect("admin")
@@ -159,7 +159,7 @@ def test_the_command_is_its_pid_namespaces_first_process(sandbox: Sandbox) -> No
     sb = sandbox
     sb.pw("network", "create", "app", "--subnet", "10.110.0.0/24")
     run = subprocess.Popen([*sb.pw_cmd("run", "--rm", "--name", "fg", "--network", "app",
-                                       "--", "sleep", "300")],
+                                       "--", "sleep", "3600")],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 10

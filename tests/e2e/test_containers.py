@@ -98,7 +98,7 @@ def test_container_files_and_hostname(sandbox: Sandbox) -> None:
     sb = sandbox
     sb.pw("network", "create", "app", "--subnet", "10.78.0.0/24")
     sb.pw("run", "-d", "--name", "box", "--hostname", "boxy", "--network", "app",
-          "--dns", "192.0.2.53", "--", "sleep", "300")
+          "--dns", "192.0.2.53", "--", "sleep", "3600")
     assert sb.pw("exec", "box", "--", "hostname").stdout.strip() == "boxy"
     hosts = sb.pw("exec", "box", "--", "cat", "/etc/hosts").stdout
     assert "10.78.0.2\tboxy box" in hosts
@@ -115,7 +115,7 @@ def test_container_files_and_hostname(sandbox: Sandbox) -> None:
 
 def test_default_network_and_auto_subnet(sandbox: Sandbox) -> None:
     sb = sandbox
-    sb.pw("run", "-d", "--name", "a", "--", "sleep", "300")
+    sb.pw("run", "-d", "--name", "a", "--", "sleep", "3600")
     nets = user_networks(sb.pw("network", "ls", "--json").stdout)
     assert [n["Name"] for n in nets] == ["bridge"]
     assert nets[0]["IPAM"]["Config"][0]["Subnet"] == "172.17.0.0/16"
@@ -129,10 +129,10 @@ def test_default_network_and_auto_subnet(sandbox: Sandbox) -> None:
 
 def test_none_and_host_modes(sandbox: Sandbox) -> None:
     sb = sandbox
-    sb.pw("run", "-d", "--name", "iso", "--network", "none", "--", "sleep", "300")
+    sb.pw("run", "-d", "--name", "iso", "--network", "none", "--", "sleep", "3600")
     out = sb.pw("exec", "iso", "--", "ip", "-j", "link").stdout
     assert [link["ifname"] for link in json.loads(out)] == ["lo"]
-    cp = sb.pw("run", "-d", "--name", "hosty", "--network", "host", "--", "sleep", "300")
+    cp = sb.pw("run", "-d", "--name", "hosty", "--network", "host", "--", "sleep", "3600")
     assert "isolation" in cp.stderr or "not isolated" in cp.stderr
     out = sb.pw("exec", "hosty", "--", "ip", "-j", "link").stdout
     assert "uplink0" in {link["ifname"] for link in json.loads(out)}
@@ -145,7 +145,7 @@ def test_exec_at_once_after_run_is_inside(sandbox: Sandbox) -> None:
     for i in range(5):
         isolated = bool(i % 2)  # --network none, else the default network
         sb.pw("run", "-d", "--name", f"q{i}", "--hostname", f"quick{i}",
-              *(["--network", "none"] if isolated else []), "--", "sleep", "300")
+              *(["--network", "none"] if isolated else []), "--", "sleep", "3600")
         out = sb.pw("exec", f"q{i}", "--", "sh", "-c",
                     "hostname; cat /etc/hostname; ip -br link").stdout.split("\n")
         assert out[0] == f"quick{i}" and out[1] == f"quick{i}"
@@ -163,7 +163,7 @@ def test_exec_info_waits_for_the_command_to_be_inside(sandbox: Sandbox) -> None:
     sb.pw("daemon", "start")  # by the CLI: a daemon started from here would be our child
     client = Client(str(sb.state_dir), sb.host)
     for i in range(5):
-        info = client.call("run", command=["sleep", "300"], name=f"w{i}", detach=True)
+        info = client.call("run", command=["sleep", "3600"], name=f"w{i}", detach=True)
         pid = client.call("exec_info", ref=f"w{i}")["Pid"]
         assert os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(info["SandboxKey"]).st_ino
         assert os.readlink(f"/proc/{pid}/exe").endswith("/sleep")
@@ -175,7 +175,7 @@ def test_connect_and_disconnect(sandbox: Sandbox) -> None:
     sb.pw("network", "create", "back", "--subnet", "10.81.0.0/24", "--internal")
     sb.pw("run", "-d", "--name", "db", "--network", "back", "--",
           "python3", "-m", "http.server", "80")
-    sb.pw("run", "-d", "--name", "app", "--network", "front", "--", "sleep", "300")
+    sb.pw("run", "-d", "--name", "app", "--network", "front", "--", "sleep", "3600")
     sb.pw("network", "connect", "--alias", "api", "back", "app")
     app = sb.inspect("app")["NetworkSettings"]["Networks"]  # type: ignore[index]
     assert app["back"]["Interface"] == "eth1" and app["back"]["IPAddress"] == "10.81.0.3"
@@ -305,8 +305,8 @@ def test_gc_repairs_drift(sandbox: Sandbox) -> None:
     sb.pw("network", "create", "app", "--subnet", "10.84.0.0/24")
     sb.pw("run", "-d", "--name", "web", "--network", "app", "--",
           "python3", "-m", "http.server", "80")
-    sb.pw("run", "-d", "--name", "cli", "--network", "app", "--", "sleep", "300")
-    sb.pw("run", "-d", "--name", "kept", "--network", "app", "--", "sleep", "300")
+    sb.pw("run", "-d", "--name", "cli", "--network", "app", "--", "sleep", "3600")
+    sb.pw("run", "-d", "--name", "kept", "--network", "app", "--", "sleep", "3600")
     assert sb.pw("gc").stdout.startswith("nothing to repair")
     web = sb.inspect("web")["NetworkSettings"]
     bridge = json.loads(sb.pw("network", "inspect", "app").stdout)[0]["Bridge"]
@@ -362,7 +362,7 @@ def test_gc_repairs_drift(sandbox: Sandbox) -> None:
 
 def test_rm_twice_and_unknown(sandbox: Sandbox) -> None:
     sb = sandbox
-    sb.pw("run", "-d", "--name", "x", "--", "sleep", "300")
+    sb.pw("run", "-d", "--name", "x", "--", "sleep", "3600")
     sb.pw("rm", "-f", "x")
     cp = sb.pw("rm", "-f", "x", check=False)
     assert cp.returncode != 0 and "not found" in cp.stderr
@@ -371,9 +371,9 @@ def test_rm_twice_and_unknown(sandbox: Sandbox) -> None:
 
 def test_name_that_looks_like_an_id_prefix(sandbox: Sandbox) -> None:
     sb = sandbox
-    first = sb.pw("run", "-d", "--name", "first", "--", "sleep", "300").stdout.strip()
+    first = sb.pw("run", "-d", "--name", "first", "--", "sleep", "3600").stdout.strip()
     # A new name equal to another container's id prefix is a new name, not a clash.
-    sb.pw("run", "-d", "--name", first[:4], "--", "sleep", "300")
+    sb.pw("run", "-d", "--name", first[:4], "--", "sleep", "3600")
     assert sb.inspect(first[:4])["Name"] == f"/{first[:4]}"
     assert sb.inspect(first[:12])["Name"] == "/first"
     net = sb.pw("network", "create", "n1").stdout.strip()

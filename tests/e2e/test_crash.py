@@ -19,10 +19,10 @@ STEPS = {
     "network_create.bridge": ["network", "create", "extra", "--subnet", "10.70.0.0/24"],
     "network_create.firewall": ["network", "create", "extra", "--subnet", "10.70.0.0/24"],
     "network_rm.row": ["network", "rm", "spare"],
-    "run.sandbox": ["run", "-d", "--name", "new", "--network", "app", "--", "sleep", "300"],
+    "run.sandbox": ["run", "-d", "--name", "new", "--network", "app", "--", "sleep", "3600"],
     "run.ports": ["run", "-d", "--name", "new", "--network", "app", "-p", "8090:80", "--",
-                  "sleep", "300"],
-    "run.started": ["run", "-d", "--name", "new", "--network", "app", "--", "sleep", "300"],
+                  "sleep", "3600"],
+    "run.started": ["run", "-d", "--name", "new", "--network", "app", "--", "sleep", "3600"],
     "rm.ports": ["rm", "-f", "published"],
     "rm.kernel": ["rm", "-f", "victim"],
     "disconnect.detach": ["network", "disconnect", "app", "twohomed"],
@@ -68,14 +68,14 @@ def test_kill_at_each_step_then_gc(sandbox: Sandbox, step: str) -> None:
     sb = sandbox
     sb.pw("network", "create", "app", "--subnet", "10.71.0.0/24")
     sb.pw("network", "create", "spare", "--subnet", "10.72.0.0/24")
-    sb.pw("run", "-d", "--name", "bystander", "--network", "app", "--", "sleep", "300")
-    sb.pw("run", "-d", "--name", "victim", "--network", "app", "--", "sleep", "300")
+    sb.pw("run", "-d", "--name", "bystander", "--network", "app", "--", "sleep", "3600")
+    sb.pw("run", "-d", "--name", "victim", "--network", "app", "--", "sleep", "3600")
     if step == "rm.ports":
         sb.pw("run", "-d", "--name", "published", "--network", "app", "-p", "8091:80", "--",
-              "sleep", "300")
+              "sleep", "3600")
     if step == "disconnect.detach":
         sb.pw("run", "-d", "--name", "twohomed", "--network", "app", "--network", "spare",
-              "--", "sleep", "300")
+              "--", "sleep", "3600")
     bystander = sb.inspect("bystander")["State"]["Pid"]  # type: ignore[index]
     sb.pw("daemon", "stop")
 

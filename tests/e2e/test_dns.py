@@ -60,9 +60,9 @@ def test_names_aliases_and_scopes(sandbox: Sandbox) -> None:
     sb.pw("network", "create", "app", "--subnet", "10.60.0.0/24")
     sb.pw("network", "create", "other", "--subnet", "10.61.0.0/24")
     web = sb.pw("run", "-d", "--name", "web", "--network", "app", "--alias", "api", "--",
-                "sleep", "300").stdout.strip()
-    sb.pw("run", "-d", "--name", "cli", "--network", "app", "--", "sleep", "300")
-    sb.pw("run", "-d", "--name", "far", "--network", "other", "--", "sleep", "300")
+                "sleep", "3600").stdout.strip()
+    sb.pw("run", "-d", "--name", "cli", "--network", "app", "--", "sleep", "3600")
+    sb.pw("run", "-d", "--name", "far", "--network", "other", "--", "sleep", "3600")
     resolv = sb.pw("exec", "cli", "--", "cat", "/etc/resolv.conf").stdout
     assert resolv.startswith("nameserver 10.60.0.1\n") and "search example.test" in resolv
     for name in ("web", "api", "web.app", "WEB", web[:12]):
@@ -91,7 +91,7 @@ def test_round_robin_alias(sandbox: Sandbox) -> None:
     sb.pw("network", "create", "app", "--subnet", "10.62.0.0/24")
     for name in ("a", "b", "c"):
         sb.pw("run", "-d", "--name", name, "--network", "app", "--alias", "pool", "--",
-              "sleep", "300")
+              "sleep", "3600")
     first = short(sb, "a", "pool")
     second = short(sb, "a", "pool")
     assert sorted(first) == ["10.62.0.2", "10.62.0.3", "10.62.0.4"]
@@ -175,8 +175,8 @@ def test_a_burst_from_several_sockets(sandbox: Sandbox) -> None:
     # datagrams. Names of different lengths, in turn, make groups of each length.
     sb = sandbox
     sb.pw("network", "create", "app", "--subnet", "10.62.0.0/24")
-    sb.pw("run", "-d", "--name", "web", "--network", "app", "--", "sleep", "300")
-    sb.pw("run", "-d", "--name", "cli", "--network", "app", "--", "sleep", "300")
+    sb.pw("run", "-d", "--name", "web", "--network", "app", "--", "sleep", "3600")
+    sb.pw("run", "-d", "--name", "cli", "--network", "app", "--", "sleep", "3600")
     expected = {"web": ["10.62.0.2"], "web.app": ["10.62.0.2"], "cli": ["10.62.0.3"]}
     for names in (["web"], ["web.app"], ["cli", "web.app", "web"]):
         got = burst(sb, *names)
@@ -254,11 +254,11 @@ def test_updates_are_immediate(sandbox: Sandbox) -> None:
     sb = sandbox
     sb.pw("network", "create", "app", "--subnet", "10.63.0.0/24")
     sb.pw("network", "create", "side", "--subnet", "10.64.0.0/24")
-    sb.pw("run", "-d", "--name", "cli", "--network", "app", "--", "sleep", "300")
+    sb.pw("run", "-d", "--name", "cli", "--network", "app", "--", "sleep", "3600")
     # run -d returns once the name resolves: no wait needed.
-    sb.pw("run", "-d", "--name", "new", "--network", "app", "--", "sleep", "300")
+    sb.pw("run", "-d", "--name", "new", "--network", "app", "--", "sleep", "3600")
     assert short(sb, "cli", "new") == ["10.63.0.3"]
-    sb.pw("run", "-d", "--name", "aside", "--network", "side", "--", "sleep", "300")
+    sb.pw("run", "-d", "--name", "aside", "--network", "side", "--", "sleep", "3600")
     unknown = status(sb, "cli", "nobody-has-this")
     assert status(sb, "cli", "aside") == unknown  # not on cli's network: as if nobody had it
     sb.pw("network", "connect", "--alias", "helper", "app", "aside")
@@ -274,8 +274,8 @@ def test_forwarding_failover_and_internal(upstream: Sandbox) -> None:
     sb = upstream
     sb.pw("network", "create", "app", "--subnet", "10.65.0.0/24")
     sb.pw("network", "create", "inner", "--subnet", "10.66.0.0/24", "--internal")
-    sb.pw("run", "-d", "--name", "cli", "--network", "app", "--", "sleep", "300")
-    sb.pw("run", "-d", "--name", "db", "--network", "inner", "--", "sleep", "300")
+    sb.pw("run", "-d", "--name", "cli", "--network", "app", "--", "sleep", "3600")
+    sb.pw("run", "-d", "--name", "db", "--network", "inner", "--", "sleep", "3600")
     assert short(sb, "cli", "example.org") == ["192.0.2.99"]
     # The first upstream is dead (nobody at .3): the answer comes from the next one.
     Path(f"/etc/netns/{sb.host}/resolv.conf").write_text(
@@ -292,7 +292,7 @@ def test_forwarding_failover_and_internal(upstream: Sandbox) -> None:
     assert status(sb, "db", "example.org") == "REFUSED"
     # --dns: this container's other names go to its own servers.
     sb.pw("run", "-d", "--name", "own", "--network", "app", "--dns", "198.51.100.9", "--",
-          "sleep", "300")
+          "sleep", "3600")
     assert status(sb, "own", "example.org") == "SERVFAIL"  # nobody at .9
     assert short(sb, "own", "cli") == ["10.65.0.2"]  # local names still local
     # Queries to portway's server leave no conntrack entry (notrack); the forwarded
@@ -329,14 +329,14 @@ def test_forwarded_burst_with_the_same_ids(upstream: Sandbox) -> None:
     # still reaches the socket that asked, under its own id, once.
     sb = upstream
     sb.pw("network", "create", "app", "--subnet", "10.64.0.0/24")
-    sb.pw("run", "-d", "--name", "cli", "--network", "app", "--", "sleep", "300")
+    sb.pw("run", "-d", "--name", "cli", "--network", "app", "--", "sleep", "3600")
     assert while_stopped(sb, SAME_IDS) == [list(range(100))] * 4
 
 
 def test_refuses_outsiders_and_survives_garbage(sandbox: Sandbox) -> None:
     sb = sandbox
     sb.pw("network", "create", "app", "--subnet", "10.67.0.0/24")
-    sb.pw("run", "-d", "--name", "cli", "--network", "app", "--", "sleep", "300")
+    sb.pw("run", "-d", "--name", "cli", "--network", "app", "--", "sleep", "3600")
     # A client outside portway's networks, with a route to the gateway: refused.
     sh("ip", "-n", sb.outside, "route", "add", "10.67.0.0/24", "via", sb.host_addr)
     out = sh("ip", "netns", "exec", sb.outside, "dig", "+time=2", "+tries=1", "@10.67.0.1",
@@ -383,7 +383,7 @@ def test_survives_a_hostile_upstream(sandbox: Sandbox) -> None:
     # id: the query waits for a real answer, then fails; the server goes on.
     sb = sandbox
     sb.pw("network", "create", "app", "--subnet", "10.69.0.0/24")
-    sb.pw("run", "-d", "--name", "cli", "--network", "app", "--", "sleep", "300")
+    sb.pw("run", "-d", "--name", "cli", "--network", "app", "--", "sleep", "3600")
     proc = subprocess.Popen(["ip", "netns", "exec", sb.outside, "python3", "-c",
                              HOSTILE_UPSTREAM])
     try:
@@ -405,7 +405,7 @@ def test_server_follows_networks_and_gc(sandbox: Sandbox) -> None:
     sb = sandbox
     pid_file = sb.state_dir / "dns.pid"
     sb.pw("network", "create", "app", "--subnet", "10.68.0.0/24")
-    sb.pw("run", "-d", "--name", "cli", "--network", "app", "--", "sleep", "300")
+    sb.pw("run", "-d", "--name", "cli", "--network", "app", "--", "sleep", "3600")
     pid = int(pid_file.read_text().split()[0])
     # Killed: gc starts it again with the same records.
     os.kill(pid, 9)

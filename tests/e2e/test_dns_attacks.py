@@ -209,8 +209,8 @@ def test_a_tcp_client_that_never_reads_freezes_nobody(sandbox: Sandbox) -> None:
     sb = sandbox
     sb.pw("network", "create", "a", "--subnet", "10.71.0.0/24")
     sb.pw("network", "create", "b", "--subnet", "10.72.0.0/24")
-    sb.pw("run", "-d", "--name", "att", "--network", "a", "--", "sleep", "300")
-    sb.pw("run", "-d", "--name", "vic", "--network", "b", "--", "sleep", "300")
+    sb.pw("run", "-d", "--name", "att", "--network", "a", "--", "sleep", "3600")
+    sb.pw("run", "-d", "--name", "vic", "--network", "b", "--", "sleep", "3600")
     attacker = Script(sb, "att", NO_READ, "10.71.0.1")
     try:
         # Control: the attacker asks in steps and reads nothing, until the server holds
@@ -312,9 +312,9 @@ def test_slow_tcp_connections_lock_out_nobody(sandbox: Sandbox) -> None:
     sb = sandbox
     sb.pw("network", "create", "a", "--subnet", "10.73.0.0/24")
     sb.pw("network", "create", "b", "--subnet", "10.74.0.0/24")
-    sb.pw("run", "-d", "--name", "att", "--network", "a", "--", "sleep", "300")
-    sb.pw("run", "-d", "--name", "peer", "--network", "a", "--", "sleep", "300")
-    sb.pw("run", "-d", "--name", "vic", "--network", "b", "--", "sleep", "300")
+    sb.pw("run", "-d", "--name", "att", "--network", "a", "--", "sleep", "3600")
+    sb.pw("run", "-d", "--name", "peer", "--network", "a", "--", "sleep", "3600")
+    sb.pw("run", "-d", "--name", "vic", "--network", "b", "--", "sleep", "3600")
     steady = Script(sb, "peer", STEADY, "10.73.0.1")
     attacker = Script(sb, "att", SLOW, "10.73.0.1", "64")
     try:
@@ -416,8 +416,8 @@ def test_a_flood_of_forwarded_names_starves_nobody(
     sb, resolver = upstream
     sb.pw("network", "create", "a", "--subnet", "10.75.0.0/24")
     sb.pw("network", "create", "b", "--subnet", "10.76.0.0/24")
-    sb.pw("run", "-d", "--name", "att", "--network", "a", "--", "sleep", "300")
-    sb.pw("run", "-d", "--name", "vic", "--network", "b", "--", "sleep", "300")
+    sb.pw("run", "-d", "--name", "att", "--network", "a", "--", "sleep", "3600")
+    sb.pw("run", "-d", "--name", "vic", "--network", "b", "--", "sleep", "3600")
     assert_prompt(ask(sb, "vic", "10.76.0.1", "udp:warm.example"),
                   {"warm.example": ["192.0.2.99"]})
     resolver.send_signal(signal.SIGSTOP)  # the upstream holds every query from now on
@@ -504,9 +504,9 @@ def test_other_networks_names_cannot_be_told_from_unknown_ones(
     sb.pw("network", "create", "secret", "--subnet", "10.78.0.0/24")
     sb.pw("network", "create", "inner", "--subnet", "10.79.0.0/24", "--internal")
     sb.pw("run", "-d", "--name", "vault", "--network", "secret", "--alias", "safe", "--",
-          "sleep", "300")
-    sb.pw("run", "-d", "--name", "att", "--network", "app", "--", "sleep", "300")
-    sb.pw("run", "-d", "--name", "iso", "--network", "inner", "--", "sleep", "300")
+          "sleep", "3600")
+    sb.pw("run", "-d", "--name", "att", "--network", "app", "--", "sleep", "3600")
+    sb.pw("run", "-d", "--name", "iso", "--network", "inner", "--", "sleep", "3600")
     # Control: the oracle works where it may. On network secret, vault's names answer
     # here (authoritative, its address) and unknown names come from the upstream.
     member = lookup(sb, "vault", "10.78.0.1", "vault", "safe", "vault.secret", "nothere")

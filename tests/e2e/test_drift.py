@@ -47,7 +47,7 @@ def test_simulated_reboot(sandbox: Sandbox) -> None:
     sb.pw("network", "create", "back", "--subnet", "10.92.0.0/24", "--internal")
     sb.pw("run", "-d", "--name", "web", "--network", "app", "-p", "8095:80", "--",
           "python3", "-m", "http.server", "80")
-    sb.pw("run", "-d", "--name", "db", "--network", "back", "--", "sleep", "300")
+    sb.pw("run", "-d", "--name", "db", "--network", "back", "--", "sleep", "3600")
     pids = [int(sb.inspect(n)["State"]["Pid"]) for n in ("web", "db")]  # type: ignore[index]
     namespaces = [os.path.basename(str(sb.inspect(n)["NetworkSettings"]["SandboxKey"]))  # type: ignore[index]
                   for n in ("web", "db")]
@@ -88,7 +88,7 @@ def test_simulated_reboot(sandbox: Sandbox) -> None:
         assert time.monotonic() < deadline, "the published port never answered after reboot"
         time.sleep(0.1)
     sb.pw("start", "db")  # a stopped container starts again, its name back in DNS
-    sb.pw("run", "-d", "--name", "db2", "--network", "back", "--", "sleep", "300")
+    sb.pw("run", "-d", "--name", "db2", "--network", "back", "--", "sleep", "3600")
     assert sb.pw("exec", "db2", "--", "getent", "hosts", "db").stdout.startswith("10.92.0.2")
 
 
@@ -104,7 +104,7 @@ def test_doctor_and_gc_find_lost_addresses_and_routes_of_both_families(
     sb.pw("run", "-d", "--name", "web", "--network", "app", "--", "python3", "-m",
           "http.server", "--bind", "::", "80")
     for name, net in (("cli", "app"), ("only", "six"), ("four", "app")):
-        sb.pw("run", "-d", "--name", name, "--network", net, "--", "sleep", "300")
+        sb.pw("run", "-d", "--name", name, "--network", net, "--", "sleep", "3600")
     assert sb.pw("doctor").stdout.startswith("healthy")
     web, cli, only, four = (
         os.path.basename(str(sb.inspect(n)["NetworkSettings"]["SandboxKey"]))  # type: ignore[index]

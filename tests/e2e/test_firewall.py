@@ -71,7 +71,7 @@ def test_published_ports_from_everywhere(fw: Sandbox) -> None:
     assert get(in_ns(sb.host), "http://127.0.0.1:8080/") == "200"
     assert get(in_ns(sb.host), f"http://{sb.host_addr}:8080/") == "200"
     # Hairpin: a sibling, and the container itself, through a host address.
-    sb.pw("run", "-d", "--name", "sib", "--network", "app", "--", "sleep", "300")
+    sb.pw("run", "-d", "--name", "sib", "--network", "app", "--", "sleep", "3600")
     assert get(sb.pw_cmd("exec", "sib", "--"), f"http://{sb.host_addr}:8080/") == "200"
     assert get(sb.pw_cmd("exec", "web", "--"), f"http://{sb.host_addr}:8080/") == "200"
     # What makes the last one work: hairpin mode on the bridge port of a container that
@@ -128,8 +128,8 @@ def test_outbound_masquerade(fw: Sandbox) -> None:
         sb.pw("network", "create", "app", "--subnet", "10.79.0.0/24")
         sb.pw("network", "create", "plain", "--subnet", "10.80.0.0/24",
               "-o", "com.docker.network.bridge.enable_ip_masquerade=false")
-        sb.pw("run", "-d", "--name", "c", "--network", "app", "--", "sleep", "300")
-        sb.pw("run", "-d", "--name", "p", "--network", "plain", "--", "sleep", "300")
+        sb.pw("run", "-d", "--name", "c", "--network", "app", "--", "sleep", "3600")
+        sb.pw("run", "-d", "--name", "p", "--network", "plain", "--", "sleep", "3600")
         subprocess.run([*in_ns(sb.outside), "python3", "-c", WAIT, sb.outside_addr, "9000"])
         assert get(sb.pw_cmd("exec", "c", "--"), f"http://{sb.outside_addr}:9000/") == "200"
         # Without masquerade the outside needs a route back, and sees the container.
@@ -187,7 +187,7 @@ def test_isolation_between_networks_and_icc(fw: Sandbox) -> None:
     sb.extra["q1"] = ["--network", "quiet"]
     for name in ("wa", "wb", "q1"):
         served(sb, name)
-    sb.pw("run", "-d", "--name", "q2", "--network", "quiet", "--", "sleep", "300")
+    sb.pw("run", "-d", "--name", "q2", "--network", "quiet", "--", "sleep", "3600")
     ca, cb, cq = (sb.pw_cmd("exec", n, "--") for n in ("wa", "wb", "q2"))
     assert get(ca, "http://10.83.0.2/", 1).startswith("fail")
     assert get(cb, "http://10.82.0.2/", 1).startswith("fail")
@@ -221,7 +221,7 @@ def test_internal_network(fw: Sandbox) -> None:
         sb.pw("network", "create", "app", "--subnet", "10.86.0.0/24")
         sb.extra["inner"] = ["--network", "db", "--cap-add", "NET_ADMIN"]
         served(sb, "inner")
-        sb.pw("run", "-d", "--name", "open", "--network", "app", "--", "sleep", "300")
+        sb.pw("run", "-d", "--name", "open", "--network", "app", "--", "sleep", "3600")
         subprocess.run([*in_ns(sb.outside), "python3", "-c", WAIT, sb.outside_addr, "9000"])
         url = f"http://{sb.outside_addr}:9000/"
         assert get(sb.pw_cmd("exec", "open", "--"), url) == "200"  # control
@@ -250,8 +250,8 @@ def test_internal_network_reaches_no_other_host_address(fw: Sandbox) -> None:
         db = json.loads(sb.pw("network", "inspect", "db").stdout)[0]
         sb.pw("network", "create", "app", "--subnet", "10.86.0.0/24")
         sb.pw("run", "-d", "--name", "inner", "--network", "db", "--cap-add", "NET_ADMIN",
-              "--", "sleep", "300")
-        sb.pw("run", "-d", "--name", "open", "--network", "app", "--", "sleep", "300")
+              "--", "sleep", "3600")
+        sb.pw("run", "-d", "--name", "open", "--network", "app", "--", "sleep", "3600")
         subprocess.run([*in_ns(sb.host), "python3", "-c", WAIT, "127.0.0.1", "9100"])
         inner, open_ = sb.pw_cmd("exec", "inner", "--"), sb.pw_cmd("exec", "open", "--")
         others = [f"http://{sb.host_addr}:9100/", "http://10.86.0.1:9100/"]
@@ -268,7 +268,7 @@ def test_internal_network_reaches_no_other_host_address(fw: Sandbox) -> None:
         # Of its own gateway it reaches DNS alone (where portway's server answers), not the
         # host's other services there; the control above reached them (flushed chain).
         assert get(inner, "http://10.85.0.1:9100/", 1).startswith("fail")
-        sb.pw("run", "-d", "--name", "peer", "--network", "db", "--", "sleep", "300")
+        sb.pw("run", "-d", "--name", "peer", "--network", "db", "--", "sleep", "3600")
         assert sb.pw("exec", "inner", "--", "getent", "hosts", "peer").stdout.startswith(
             "10.85.0.3")
         tcp = sb.pw("exec", "inner", "--", "dig", "+tcp", "+short", "@10.85.0.1", "peer")
@@ -285,17 +285,17 @@ def test_port_conflicts(fw: Sandbox) -> None:
     sb = fw
     sb.pw("network", "create", "app", "--subnet", "10.87.0.0/24")
     sb.pw("run", "-d", "--name", "one", "--network", "app", "-p", "8083:80", "--",
-          "sleep", "300")
+          "sleep", "3600")
     before = sb.snapshot()
     cp = sb.pw("run", "-d", "--name", "two", "--network", "app", "-p", "8083:81", "--",
-               "sleep", "300", check=False)
+               "sleep", "3600", check=False)
     assert cp.returncode == 4 and "container one" in cp.stderr
     assert sb.snapshot() == before
     # Another address for the same port is fine; all addresses is not.
     sb.pw("run", "-d", "--name", "three", "--network", "app", "-p", "127.0.0.1:8084:80",
-          "--", "sleep", "300")
+          "--", "sleep", "3600")
     cp = sb.pw("run", "-d", "--name", "four", "--network", "app", "-p", "8084:80", "--",
-               "sleep", "300", check=False)
+               "sleep", "3600", check=False)
     assert cp.returncode == 4 and "container three" in cp.stderr
     # Ports host processes hold: TCP listening on IPv4 and on IPv6 (dual stack), UDP bound.
     listener = subprocess.Popen([*in_ns(sb.host), "python3", "-c",
@@ -310,11 +310,11 @@ def test_port_conflicts(fw: Sandbox) -> None:
         for spec, holder in (("8085:80", "0.0.0.0:8085"), ("8086:53/udp", "0.0.0.0:8086"),
                              ("8087:80", "[::]:8087")):
             cp = sb.pw("run", "-d", "--name", "five", "--network", "app", "-p", spec, "--",
-                       "sleep", "300", check=False)
+                       "sleep", "3600", check=False)
             assert cp.returncode == 4 and holder in cp.stderr, cp.stderr
         # Free on the other protocol.
         sb.pw("run", "-d", "--name", "six", "--network", "app", "-p", "8086:80", "--",
-              "sleep", "300")
+              "sleep", "3600")
         sb.pw("rm", "-f", "six")
         assert sb.snapshot() == before
     finally:
@@ -388,7 +388,7 @@ def test_foreign_table_is_left_alone(fw: Sandbox) -> None:
     before = sh("ip", "netns", "exec", sb.host, "nft", "list", "table", "inet", "theirs").stdout
     sb.pw("network", "create", "app", "--subnet", "10.89.0.0/24")
     sb.pw("run", "-d", "--name", "x", "--network", "app", "-p", "8087:80", "--",
-          "sleep", "300")
+          "sleep", "3600")
     sb.pw("gc")
     sb.pw("rm", "-f", "x")
     sb.pw("network", "rm", "app")
@@ -480,7 +480,7 @@ def test_forged_icmp_errors_meet_isolation_and_icc(fw: Sandbox) -> None:
         for victim, net, gw, attacker, anet in cases:
             sb.pw("run", "-d", "--name", victim, "--network", net, "--", "python3", "-c",
                   VICTIM, gw)
-            sb.pw("run", "-d", "--name", attacker, "--network", anet, "--", "sleep", "300")
+            sb.pw("run", "-d", "--name", attacker, "--network", anet, "--", "sleep", "3600")
 
         def forged(victim: str, gw: str, attacker: str) -> bool:
             """Whether the forged error reached the victim (its socket saw ECONNREFUSED)."""
@@ -519,7 +519,7 @@ def test_a_rule_edited_in_place_is_drift(fw: Sandbox) -> None:
     sb.pw("network", "create", "b", "--subnet", "10.108.0.0/24")
     sb.extra["wb"] = ["--network", "b"]
     served(sb, "wb")
-    sb.pw("run", "-d", "--name", "wa", "--network", "a", "--", "sleep", "300")
+    sb.pw("run", "-d", "--name", "wa", "--network", "a", "--", "sleep", "3600")
     wa = sb.pw_cmd("exec", "wa", "--")
     assert get(wa, "http://10.108.0.2/", 1).startswith("fail")
     # The isolation rule turned into an accept, in place: as many rules as before.

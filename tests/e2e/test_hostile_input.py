@@ -106,7 +106,7 @@ def test_run_hostile(sandbox: Sandbox) -> None:
             args += ["--alias", alias]
         for p in publish:
             args += ["-p", p]
-        args += ["--", "sleep", "300"]
+        args += ["--", "sleep", "3600"]
         if check(sb, args):
             sb.pw("rm", "-f", name)
 

@@ -67,7 +67,7 @@ def test_dual_stack_end_to_end(sandbox: Sandbox, tmp_path: Path) -> None:
         sb.pw("network", "create", "app", "--ipv6", "--subnet", "10.140.0.0/24",
               "--subnet", "fd00:140::/64")
         served(sb, "web", "--network", "app", "-p", "8080:80")
-        sb.pw("run", "-d", "--name", "cli", "--network", "app", "--", "sleep", "300")
+        sb.pw("run", "-d", "--name", "cli", "--network", "app", "--", "sleep", "3600")
         web = networks(sb, "web")["app"]
         assert (web["IPAddress"], web["GlobalIPv6Address"], web["IPv6Gateway"],
                 web["GlobalIPv6PrefixLen"]) == ("10.140.0.2", "fd00:140::2", "fd00:140::1", 64)
@@ -180,7 +180,7 @@ def test_ipv6_only_network(sandbox: Sandbox, tmp_path: Path) -> None:
         sb.pw("network", "create", "six", "--ipv6", "--ipv4=false", "--subnet",
               "fd00:141::/64")
         served(sb, "web", "--network", "six", "--ip6", "fd00:141::80")
-        sb.pw("run", "-d", "--name", "cli", "--network", "six", "--", "sleep", "300")
+        sb.pw("run", "-d", "--name", "cli", "--network", "six", "--", "sleep", "3600")
         assert networks(sb, "web")["six"]["GlobalIPv6Address"] == "fd00:141::80"
         assert networks(sb, "web")["six"]["IPAddress"] == ""
         (eth0,) = ip_json(netns_of(sb, "cli"), "addr", "show", "eth0")
@@ -222,7 +222,7 @@ def test_isolation_icc_and_internal_over_ipv6(sandbox: Sandbox, tmp_path: Path) 
         served(sb, "wb", "--network", "b")
         served(sb, "q1", "--network", "quiet")
         for name, net in (("wa", "a"), ("q2", "quiet"), ("in1", "inner")):
-            sb.pw("run", "-d", "--name", name, "--network", net, "--", "sleep", "300")
+            sb.pw("run", "-d", "--name", name, "--network", net, "--", "sleep", "3600")
         wa, q2, in1 = (sb.pw_cmd("exec", n, "--") for n in ("wa", "q2", "in1"))
         assert get(wa, "http://[fd00:143::2]/", 1).startswith("fail")
         assert get(q2, "http://[fd00:144::2]/", 1).startswith("fail")
@@ -261,7 +261,7 @@ def test_addresses_a_container_gives_itself(sandbox: Sandbox, tmp_path: Path) ->
     sb.pw("run", "-d", "--name", "victim", "--network", "app", "--", "python3", "-u", "-c",
           LISTEN6, "9999")
     sb.pw("run", "-d", "--name", "attacker", "--network", "app", "--cap-add", "NET_ADMIN",
-          "--", "sleep", "300")
+          "--", "sleep", "3600")
     for address in ("fd00:146::99/64", "fe80::99/64"):
         sb.pw("exec", "attacker", "--", "ip", "addr", "add", address, "dev", "eth0", "nodad")
 

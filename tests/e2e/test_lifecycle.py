@@ -56,7 +56,7 @@ def test_stop_gives_back_what_docker_gives_back_and_start_takes_it_again(
     sb.pw("network", "create", "app", "--subnet", "10.120.0.0/24")
     sb.pw("run", "-d", "--name", "web", "--network", "app", "--ip", "10.120.0.50",
           "-p", "8097:80", "--", "python3", "-m", "http.server", "80")
-    sb.pw("run", "-d", "--name", "peer", "--network", "app", "--", "sleep", "300")
+    sb.pw("run", "-d", "--name", "peer", "--network", "app", "--", "sleep", "3600")
     served(sb, 8097)
     web = state(sb, "web")["NetworkSettings"]
     ns = os.path.basename(web["SandboxKey"])
@@ -77,7 +77,7 @@ def test_stop_gives_back_what_docker_gives_back_and_start_takes_it_again(
     # Its name is gone from DNS; its host port is free for another container.
     assert sb.pw("exec", "peer", "--", "getent", "hosts", "web", check=False).returncode == 2
     sb.pw("run", "-d", "--name", "taker", "--network", "app", "-p", "8097:80", "--",
-          "sleep", "300")
+          "sleep", "3600")
     # ...and the host port is the taker's now: web cannot start until it is free.
     cp = sb.pw("start", "web", check=False)
     assert cp.returncode == 1 and "8097/tcp is already taken by container taker" in cp.stderr
@@ -86,7 +86,7 @@ def test_stop_gives_back_what_docker_gives_back_and_start_takes_it_again(
     sb.pw("rm", "-f", "taker")
     # The address it asked for (--ip) stays reserved for it, as Docker keeps IPAMConfig.
     cp = sb.pw("run", "-d", "--name", "thief", "--network", "app", "--ip", "10.120.0.50",
-               "--", "sleep", "300", check=False)
+               "--", "sleep", "3600", check=False)
     assert cp.returncode == 4 and "in use on network app by web" in cp.stderr
     assert sb.pw("doctor").stdout.startswith("healthy")
 
@@ -163,7 +163,7 @@ def test_commands_on_several_containers_act_on_each_that_exists(sandbox: Sandbox
     sb = sandbox
     sb.pw("network", "create", "app", "--subnet", "10.123.0.0/24")
     for name in ("a", "b"):
-        sb.pw("run", "-d", "--name", name, "--network", "app", "--", "sleep", "300")
+        sb.pw("run", "-d", "--name", name, "--network", "app", "--", "sleep", "3600")
     for command, out in ((["stop", "-t", "0"], "a\nb\n"), (["start"], "a\nb\n"),
                          (["kill"], "a\nb\n"), (["wait"], "137\n137\n"),
                          (["restart", "-t", "0"], "a\nb\n")):
@@ -244,7 +244,7 @@ def test_what_is_known_of_an_exit_and_policies_across_a_daemon_restart(
                          ("stopped", "unless-stopped"), ("plain", "no"),
                          ("adopted", "no")):
         sb.pw("run", "-d", "--name", name, "--network", "app", "--restart", policy, "--",
-              "sleep", "300")
+              "sleep", "3600")
     sb.pw("stop", "-t", "0", "stopped")
     assert state(sb, "stopped")["State"]["ExitCode"] == 137  # portwayd SIGKILLed it
     pids = [state(sb, n)["State"]["Pid"] for n in ("always", "unless", "plain")]
@@ -287,7 +287,7 @@ def test_always_containers_come_back_after_a_reboot(sandbox: Sandbox) -> None:
     sb.pw("network", "create", "app", "--subnet", "10.127.0.0/24")
     sb.pw("run", "-d", "--name", "web", "--network", "app", "--restart", "always",
           "-p", "8098:80", "--", "python3", "-m", "http.server", "80")
-    sb.pw("run", "-d", "--name", "once", "--network", "app", "--", "sleep", "300")
+    sb.pw("run", "-d", "--name", "once", "--network", "app", "--", "sleep", "3600")
     served(sb, 8098)
     pids = [int(state(sb, n)["State"]["Pid"]) for n in ("web", "once")]
     namespaces = [os.path.basename(state(sb, n)["NetworkSettings"]["SandboxKey"])
@@ -317,8 +317,8 @@ def test_network_rm_and_prune_beside_stopped_containers(sandbox: Sandbox) -> Non
     sb.pw("network", "create", "app", "--subnet", "10.128.0.0/24")
     sb.pw("network", "create", "kept", "--subnet", "10.129.0.0/24")
     sb.pw("network", "create", "spare", "--subnet", "10.130.0.0/24")
-    sb.pw("run", "-d", "--name", "web", "--network", "app", "--", "sleep", "300")
-    sb.pw("run", "-d", "--name", "other", "--network", "kept", "--", "sleep", "300")
+    sb.pw("run", "-d", "--name", "web", "--network", "app", "--", "sleep", "3600")
+    sb.pw("run", "-d", "--name", "other", "--network", "kept", "--", "sleep", "3600")
     cp = sb.pw("network", "rm", "app", check=False)
     assert cp.returncode == 1 and "running containers attached: web" in cp.stderr
     sb.pw("stop", "-t", "0", "web", "other")
@@ -360,7 +360,7 @@ def test_commands_that_cannot_run_get_dockers_exit_codes(sandbox: Sandbox,
     plain = tmp_path / "plain.sh"
     plain.write_text("echo hi\n")
     plain.chmod(0o644)
-    sb.pw("run", "-d", "--name", "box", "--network", "app", "--", "sleep", "300")
+    sb.pw("run", "-d", "--name", "box", "--network", "app", "--", "sleep", "3600")
     before = sb.snapshot()
     cases = [(["no-such-program-here"], 127, "command not found"),
              (["/no/such/path"], 127, "command not found"),

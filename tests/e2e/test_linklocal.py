@@ -92,8 +92,8 @@ def test_link_local_frames_do_not_reach_the_host(sandbox: Sandbox, tmp_path: Pat
     sb = sandbox
     sb.pw("network", "create", "app", "--subnet", "10.95.0.0/24")
     sb.pw("network", "create", "inner", "--subnet", "10.96.0.0/24", "--internal")
-    sb.pw("run", "-d", "--name", "attacker", "--network", "app", "--", "sleep", "300")
-    sb.pw("run", "-d", "--name", "insider", "--network", "inner", "--", "sleep", "300")
+    sb.pw("run", "-d", "--name", "attacker", "--network", "app", "--", "sleep", "3600")
+    sb.pw("run", "-d", "--name", "insider", "--network", "inner", "--", "sleep", "3600")
     app = json.loads(sb.pw("network", "inspect", "app").stdout)[0]
     logs = {"udp": tmp_path / "udp.log", "dns": tmp_path / "dns.log"}
     procs = [listener(sb.host, "0.0.0.0", 9999, logs["udp"]),
@@ -139,7 +139,7 @@ def test_a_networks_addresses_come_only_from_its_bridge(sandbox: Sandbox,
     the container. Control: with the network's source check emptied, it does."""
     sb = sandbox
     sb.pw("network", "create", "app", "--subnet", "10.109.0.0/24")
-    sb.pw("run", "-d", "--name", "web", "--network", "app", "--", "sleep", "300")
+    sb.pw("run", "-d", "--name", "web", "--network", "app", "--", "sleep", "3600")
     app = json.loads(sb.pw("network", "inspect", "app").stdout)[0]
     web = endpoint(sb, "web", "app")
     log = tmp_path / "upstream.log"

@@ -292,7 +292,7 @@ def test_restart_reprograms_nothing_and_a_dead_host_is_forgotten(cluster: Cluste
     wait_for(lambda: _overlay_names(c.pw_b) == ["ov"], "B sees network ov")
     net_id = json.loads(c.pw_a("network", "inspect", "ov").stdout)[0]["Id"]
     dev = f"pwvx-{net_id[:10]}"
-    c.pw_a("run", "-d", "--name", "a1", "--network", "ov", "--", "sleep", "300")
+    c.pw_a("run", "-d", "--name", "a1", "--network", "ov", "--", "sleep", "3600")
     c.pw_b("run", "-d", "--name", "b1", "--network", "ov", "--",
            "python3", "-m", "http.server", "80")
     ip_b = _address(c.pw_b, "b1")
@@ -327,7 +327,7 @@ def test_restart_reprograms_nothing_and_a_dead_host_is_forgotten(cluster: Cluste
     seen = json.loads(c.pw_a("network", "inspect", "ov").stdout)[0]["Containers"]
     assert {v["Name"] for v in seen.values()} == {"a1"}
     c.pw_a("run", "-d", "--name", "a2", "--network", "ov", "--ip", ip_b, "--",
-           "sleep", "300")
+           "sleep", "3600")
 
 
 def test_unreachable_store_is_one_clear_line(sandbox: Sandbox) -> None:
@@ -513,14 +513,23 @@ def test_cluster_ttl_flag(sandbox: Sandbox) -> None:
     del sb.env["PORTWAY_CLUSTER_TTL"]
     daemon = [str(Path(PORTWAY).parent / "portwayd"), "--host-netns", sb.host,
               "--state-dir", str(sb.state_dir), "--cluster-ttl", "7"]
-    proc = subprocess.Popen(daemon, env=dict(os.environ, **sb.env),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = sb.state_dir.parent / "portwayd-direct.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(daemon, env=dict(os.environ, **sb.env),
+                                stdout=out, stderr=subprocess.STDOUT)
     try:
-        wait_for(lambda: sb.daemon_pid() != 0, "portwayd serves")
+        try:
+            wait_for(lambda: sb.daemon_pid() != 0, "portwayd serves", timeout=60)
+        except AssertionError:
+            raise AssertionError(f"portwayd did not serve: {log.read_text()}") from None
         assert "connection refused)), no lease (ttl 7s)" in \
             sb.pw("daemon", "status").stdout
     finally:
         sb.pw("daemon", "stop")
-        proc.wait(10)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # the daemon this test started, by its pid
+            proc.wait()
     sb.pw("daemon", "start")
     assert "no lease (ttl 7s)" in sb.pw("daemon", "status").stdout

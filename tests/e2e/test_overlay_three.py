@@ -417,10 +417,10 @@ def test_internal_connect_disconnect_and_aliases(h: Hosts) -> None:
 
 def test_a_container_name_is_one_containers_on_a_network(h: Hosts) -> None:
     _network(h, subnet="10.214.0.0/24")
-    h.pw(0, "run", "-d", "--name", "api", "--network", "ov", "--", "sleep", "300")
+    h.pw(0, "run", "-d", "--name", "api", "--network", "ov", "--", "sleep", "3600")
     wait_for(lambda: "api" in h.pw(1, "network", "inspect", "ov").stdout, "B sees api")
     before = json.loads(h.pw(1, "ps", "-a", "--json").stdout)
-    cp = h.pw(1, "run", "-d", "--name", "api", "--network", "ov", "--", "sleep", "300",
+    cp = h.pw(1, "run", "-d", "--name", "api", "--network", "ov", "--", "sleep", "3600",
               check=False)
     assert cp.returncode != 0, cp.stdout
     assert cp.stderr.strip().splitlines() == [
@@ -429,7 +429,7 @@ def test_a_container_name_is_one_containers_on_a_network(h: Hosts) -> None:
     assert json.loads(h.pw(1, "ps", "-a", "--json").stdout) == before
     # A container of that name on B joining the network: refused likewise.
     h.pw(1, "network", "create", "--subnet", "10.215.0.0/24", "local")
-    h.pw(1, "run", "-d", "--name", "api", "--network", "local", "--", "sleep", "300")
+    h.pw(1, "run", "-d", "--name", "api", "--network", "local", "--", "sleep", "3600")
     cp = h.pw(1, "network", "connect", "ov", "api", check=False)
     assert cp.returncode != 0 and "container name 'api' is in use on network ov" in \
         cp.stderr, cp.stderr

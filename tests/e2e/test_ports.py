@@ -36,7 +36,7 @@ def test_published_ports_are_held(sandbox: Sandbox) -> None:
     sb = sandbox
     sb.pw("network", "create", "app", "--subnet", "10.97.0.0/24")
     sb.pw("run", "-d", "--name", "web", "--network", "app", "-p", "8080:80",
-          "-p", "5353:53/udp", "--", "sleep", "300")
+          "-p", "5353:53/udp", "--", "sleep", "3600")
     for address in ("0.0.0.0", "::", sb.host_addr, "127.0.0.1"):
         assert bind(sb, address, 8080).startswith("refused 98"), address
     assert bind(sb, "0.0.0.0", 5353, "udp").startswith("refused 98")
@@ -78,7 +78,7 @@ def test_publish_only_on_the_hosts_own_addresses(sandbox: Sandbox) -> None:
     assert json.loads(sb.pw("ps", "-a", "--json").stdout) == []
     # The control: the host's own address works.
     sb.pw("run", "-d", "--name", "ok", "--network", "app", "-p", f"{sb.host_addr}:8080:80",
-          "--", "sleep", "300")
+          "--", "sleep", "3600")
     assert sb.pw("port", "ok").stdout.strip() == f"80/tcp -> {sb.host_addr}:8080"
 
 
@@ -87,7 +87,7 @@ def test_a_large_range(sandbox: Sandbox) -> None:
     sb.pw("network", "create", "app", "--subnet", "10.100.0.0/24")
     started = time.monotonic()
     sb.pw("run", "-d", "--name", "media", "--network", "app", "-p",
-          "20000-30000:20000-30000/udp", "--", "sleep", "300", timeout=120)
+          "20000-30000:20000-30000/udp", "--", "sleep", "3600", timeout=120)
     took = time.monotonic() - started
     listing = sb.in_host("nft", "-j", "list", "map", "inet", "portway", "pub_any_port").stdout
     assert len(json.loads(listing)["nftables"][1]["map"]["elem"]) == 10001

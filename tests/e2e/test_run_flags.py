@@ -118,7 +118,7 @@ def test_environment(sandbox: Sandbox) -> None:
                  "--env", "SHARED=from flag", "--", "python3", "-c", show,
                  env={"PASSED": "passed", "A": "ignored"}).stdout
         assert out == "1 file from flag passed - box -\n"
-        sb.pw("run", "-d", "--name", "envy", "-e", "A=detached", "--", "sleep", "300")
+        sb.pw("run", "-d", "--name", "envy", "-e", "A=detached", "--", "sleep", "3600")
         assert pw(sb, "exec", "envy", "--", "sh", "-c", "echo $A").stdout == "detached\n"
         assert pw(sb, "exec", "-e", "A=exec", "envy", "--", "sh", "-c",
                   "echo $A").stdout == "exec\n"
@@ -242,7 +242,7 @@ def test_publish_all_ranges_and_port(sandbox: Sandbox) -> None:
         sb.in_host("python3", "-c", WAIT_LISTENING, "10.62.0.3", "80")
         assert outside_get(sb, 8001) == "200"
         sb.pw("run", "-d", "--name", "next", "--network", "app", "-p", "8000-8002:80",
-              "--", "sleep", "300")
+              "--", "sleep", "3600")
         assert sb.pw("port", "next", "80").stdout == "0.0.0.0:8002\n"
         cp = sb.pw("run", "-d", "--network", "app", "-p", "8000-8002:80", "--", "sleep", "1",
                    check=False)
@@ -264,7 +264,7 @@ def test_files_names_sysctls_labels_and_mac(sandbox: Sandbox) -> None:
           "--add-host", "host.docker.internal:host-gateway", "--dns-search", "corp.example",
           "--dns-option", "ndots:3", "--sysctl", "net.ipv4.ip_unprivileged_port_start=80",
           "--label", "tier=web", "--label", "team", "--mac-address", "02:42:ac:11:00:99",
-          "--", "sleep", "300")
+          "--", "sleep", "3600")
     hosts = sb.pw("exec", "box", "--", "cat", "/etc/hosts").stdout
     assert "10.9.9.9\tdb.local\n" in hosts
     assert "10.63.0.1\thost.docker.internal\nfd00:63::1\thost.docker.internal\n" in hosts
@@ -349,7 +349,7 @@ def test_sharing_another_containers_network(sandbox: Sandbox) -> None:
     sb.pw("network", "create", "app", "--subnet", "10.66.0.0/24")
     web_id = sb.pw("run", "-d", "--name", "web", "--network", "app", "--",
                    "python3", "-m", "http.server", "80").stdout.strip()
-    sb.pw("run", "-d", "--name", "side", "--network", "container:web", "--", "sleep", "300")
+    sb.pw("run", "-d", "--name", "side", "--network", "container:web", "--", "sleep", "3600")
     side = sb.inspect("side")
     assert side["HostConfig"]["NetworkMode"] == f"container:{web_id}"  # type: ignore[index]
     assert side["NetworkSettings"]["Networks"] == {}  # type: ignore[index]
@@ -476,7 +476,7 @@ def test_host_network_with_a_hostname(sandbox: Sandbox) -> None:
     assert sb.pw("run", "--rm", "--network", "host", "--", "hostname").stdout == \
         f"{host_name}\n"
     sb.pw("run", "-d", "--name", "h", "--network", "host", "--hostname", "foo",
-          "--add-host", "db.local:10.9.9.9", "--", "sleep", "300")
+          "--add-host", "db.local:10.9.9.9", "--", "sleep", "3600")
     assert sb.pw("exec", "h", "--", "hostname").stdout == "foo\n"
     assert sb.pw("exec", "h", "--", "cat", "/etc/hostname").stdout == "foo\n"
     hosts = sb.pw("exec", "h", "--", "cat", "/etc/hosts").stdout
@@ -503,7 +503,7 @@ def test_help_and_quiet_commands(sandbox: Sandbox) -> None:
     assert sb.pw("daemon", "start").stdout == f"portwayd is already running (pid {pid})\n"
     sb.pw("network", "create", "a", "--subnet", "10.70.0.0/24")
     sb.pw("network", "create", "b", "--subnet", "10.71.0.0/24")
-    sb.pw("run", "-d", "--name", "c", "--network", "a", "--", "sleep", "300")
+    sb.pw("run", "-d", "--name", "c", "--network", "a", "--", "sleep", "3600")
     assert sb.pw("network", "connect", "b", "c").stdout == ""
     assert sb.pw("network", "disconnect", "b", "c").stdout == ""
 
@@ -514,7 +514,7 @@ def test_help_and_quiet_commands(sandbox: Sandbox) -> None:
 def test_bash_completion_with_real_names(sandbox: Sandbox) -> None:
     sb = sandbox
     sb.pw("network", "create", "app", "--subnet", "10.72.0.0/24")
-    sb.pw("run", "-d", "--name", "web", "--network", "app", "--", "sleep", "300")
+    sb.pw("run", "-d", "--name", "web", "--network", "app", "--", "sleep", "3600")
     completion = sb.pw("completion", "bash").stdout
     assert sh("bash", "-n", input=completion).returncode == 0
 

@@ -15,9 +15,9 @@ def test_show_matches_the_kernel(sandbox: Sandbox) -> None:
     sb.pw("network", "create", "app", "--subnet", "10.60.0.0/24")
     sb.pw("network", "create", "db", "--subnet", "10.61.0.0/24", "--internal")
     sb.pw("run", "-d", "--name", "web", "--network", "app", "-p", "8080:80", "--",
-          "sleep", "300")
+          "sleep", "3600")
     sb.pw("network", "connect", "db", "web")
-    sb.pw("run", "-d", "--name", "hosty", "--network", "host", "--", "sleep", "300")
+    sb.pw("run", "-d", "--name", "hosty", "--network", "host", "--", "sleep", "3600")
     topo = json.loads(sb.pw("show", "--json").stdout)
     host_links = {str(x["ifname"]): x for x in ip_json(sb.host, "link")}
     nets = {n["Name"]: n for n in topo["Networks"]}
@@ -62,7 +62,7 @@ def test_graph_of_twenty_containers_on_four_networks(sandbox: Sandbox, tmp_path:
     def run(i: int) -> None:
         ports = ["-p", f"{8000 + i}:80"] if i % 5 == 0 else []
         sb.pw("run", "-d", "--name", f"c{i}", "--network", f"n{i % 4}", *ports, "--",
-              "sleep", "300")
+              "sleep", "3600")
 
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(run, range(20)))
@@ -85,8 +85,8 @@ def test_show_and_graph_of_both_families(sandbox: Sandbox) -> None:
           "fd00:66::/64")
     sb.pw("network", "create", "six", "--ipv6", "--ipv4=false", "--subnet", "fd00:67::/64")
     sb.pw("run", "-d", "--name", "web", "--network", "app", "-p", "8080:80", "--",
-          "sleep", "300")
-    sb.pw("run", "-d", "--name", "only", "--network", "six", "--", "sleep", "300")
+          "sleep", "3600")
+    sb.pw("run", "-d", "--name", "only", "--network", "six", "--", "sleep", "3600")
     topo = json.loads(sb.pw("show", "--json").stdout)
     nets = {n["Name"]: n for n in topo["Networks"]}
     assert (nets["app"]["Subnets"], nets["app"]["Gateways"]) == \

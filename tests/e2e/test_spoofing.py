@@ -67,8 +67,8 @@ def test_spoofed_frames_are_dropped_on_the_bridge_port(sandbox: Sandbox) -> None
     sb.pw("network", "create", "app", "--subnet", "10.86.0.0/24")
     sb.pw("run", "-d", "--name", "victim", "--network", "app", "--", "python3", "-u", "-c",
           LISTEN)
-    sb.pw("run", "-d", "--name", "other", "--network", "app", "--", "sleep", "300")
-    sb.pw("run", "-d", "--name", "attacker", "--network", "app", "--", "sleep", "300")
+    sb.pw("run", "-d", "--name", "other", "--network", "app", "--", "sleep", "3600")
+    sb.pw("run", "-d", "--name", "attacker", "--network", "app", "--", "sleep", "3600")
     other_ip, _ = endpoint(sb, "other")
     attacker_ip, attacker_mac = endpoint(sb, "attacker")
 
@@ -97,7 +97,7 @@ def test_entries_follow_endpoints(sandbox: Sandbox) -> None:
     sb = sandbox
     sb.pw("network", "create", "app", "--subnet", "10.87.0.0/24")
     sb.pw("network", "create", "more", "--subnet", "10.88.0.0/24")
-    sb.pw("run", "-d", "--name", "c", "--network", "app", "--", "sleep", "300")
+    sb.pw("run", "-d", "--name", "c", "--network", "app", "--", "sleep", "3600")
 
     def entries() -> str:
         return sb.in_host("nft", "list", "set", "bridge", "portway", "addrs").stdout

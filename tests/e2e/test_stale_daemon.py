@@ -55,7 +55,7 @@ def recreate_host(sb: Sandbox) -> None:
 def works_again(sb: Sandbox) -> None:
     """A new network, a container on it, and another that finds it by name."""
     sb.pw("network", "create", "again", "--subnet", "10.95.0.0/24")
-    sb.pw("run", "-d", "--name", "web", "--network", "again", "--", "sleep", "300")
+    sb.pw("run", "-d", "--name", "web", "--network", "again", "--", "sleep", "3600")
     cp = sb.pw("run", "--rm", "--network", "again", "--", "python3", "-c", RESOLVE, "web")
     assert cp.stdout.strip() == "10.95.0.2", cp.stdout + cp.stderr
     daemon = sb.daemon_pid()

@@ -129,7 +129,8 @@ def test_what_a_killed_run_left_is_reaped_and_nothing_else(tmp_path: Path) -> No
     add_netns(other_pw, f"portway:{secrets.token_hex(4)}:container:{cid}")
     try:
         removed = testbed.reap_orphans()
-        assert {dead, f"{dead}-x", container} <= set(removed)
+        # Gone (by this call, or by another pytest session that started meanwhile: each
+        # reaps at its start, so this call's list may lack them).
         assert not {dead, f"{dead}-x", container} & netns_list()
         assert container not in etc_netns_list()
         assert stray.wait(timeout=10) == -9

@@ -66,7 +66,7 @@ def paths(sandbox: Sandbox) -> Sandbox:
     served(sb, "store", "--network", "db")
     # NET_ADMIN: the tests below change its routes from inside, as an attacker with it would.
     sb.pw("run", "-d", "--name", "inner", "--network", "back", "--cap-add", "NET_ADMIN", "--",
-          "sleep", "300")
+          "sleep", "3600")
     return sb
 
 

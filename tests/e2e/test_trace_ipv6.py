@@ -38,10 +38,10 @@ def paths6(sandbox: Sandbox, tmp_path: Path) -> Iterator[tuple[Sandbox, Path]]:
     sb.pw("network", "create", "six", "--ipv6", "--ipv4=false", "--subnet", "fd00:162::/64")
     sb.pw("network", "create", "four", "--subnet", "10.163.0.0/24")
     served(sb, "web", "--network", "app", "-p", "8080:80")
-    sb.pw("run", "-d", "--name", "cli", "--network", "app", "--", "sleep", "300")
+    sb.pw("run", "-d", "--name", "cli", "--network", "app", "--", "sleep", "3600")
     served(sb, "store", "--network", "db")
     served(sb, "only", "--network", "six")
-    sb.pw("run", "-d", "--name", "solo", "--network", "six", "--", "sleep", "300")
+    sb.pw("run", "-d", "--name", "solo", "--network", "six", "--", "sleep", "3600")
     served(sb, "old", "--network", "four", "-p", "9090:80", "-p", "5353:53/udp")
     log = tmp_path / "outside.log"
     with log.open("w") as out:

@@ -438,19 +438,14 @@ class Client:
 
     def stop_daemon(self, timeout: float = 10.0) -> int | None:
         """Ask the daemon to exit and wait until it has; returns its pid, None if none ran."""
-        import os
-
         sock = self._connect()
         if sock is None:
             return None
         reply = self._exchange(sock, {"op": "shutdown"})
         pid = int(reply.get("result", {}).get("pid", 0))
         deadline = time.monotonic() + timeout
-        while pid and time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
+        # (A daemon whose parent has not reaped it yet has left: _alive.)
+        while pid and time.monotonic() < deadline and _alive(pid):
             time.sleep(0.01)
         return pid
 
