@@ -167,7 +167,7 @@ def test_the_command_is_its_pid_namespaces_first_process(sandbox: Sandbox) -> No
                 not str(sb.inspect("fg")["State"]["Pid"]).isdigit():
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        assert sb.pw("exec", "fg", "--", "cat", "/proc/1/cmdline").stdout == "sleep\x00300\x00"
+        assert sb.pw("exec", "fg", "--", "cat", "/proc/1/cmdline").stdout == "sleep\x003600\x00"
         run.send_signal(signal.SIGINT)
         time.sleep(0.5)
         assert run.poll() is None, "sleep, as PID 1 with no handler, ignores SIGINT"
