@@ -8,24 +8,20 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import os
+import socket
 from dataclasses import dataclass
 from typing import Any
 
 from pyroute2 import IPRoute
-from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL, NLM_F_REQUEST
 from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl import RTM_NEWLINK
 
 from portway.errors import KernelError
+from portway.kernel import rtbatch
 from portway.kernel.netns import write_sysctl
 from portway.model.types import IPAddress, IPInterface, IPNetwork, Route
 
 RTNH_F_ONLINK = 4
-
-# "ip link add", answered with the new link (NLM_F_ECHO): its ifindex, and for a veth
-# its peer's ifindex in the peer's namespace (IFLA_LINK), without two lookups.
-CREATE_ECHOED = (RTM_NEWLINK,
-                 NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO)
 
 GONE = (errno.ENODEV, errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL)
 
@@ -309,55 +305,84 @@ def ensure_endpoint(host: IPRoute, cont: IPRoute, netns_fd: int, spec: EndpointS
     The container end is created directly inside the container's namespace, so
     its name (eth0...) never meets the host's own interface names. A pair that exists
     already (a half-made endpoint) is verified and reused; any other link of that name
-    is an error.
+    is an error. The calling thread is in host's namespace (the host end's sysctls are
+    written there).
+
+    Three round trips (kernel/rtbatch.py): the pair made (its ifindexes echoed), the host
+    end set, and everything of the container end in one datagram, whose messages the
+    kernel applies in order: no IPv6 address generation (before it is up: its peer is
+    up by then), addresses, up, default routes.
     """
     what = f"endpoint {spec.host_ifname}"
-    try:
-        echoed = host.link(CREATE_ECHOED, ifname=spec.host_ifname, kind="veth", mtu=spec.mtu,
-                           peer={"ifname": spec.ifname, "net_ns_fd": netns_fd,
-                                 "address": spec.mac, "mtu": spec.mtu})
-        index, cidx = _veth_indexes(echoed, spec.host_ifname)
-    except NetlinkError as exc:
-        if exc.code != errno.EEXIST:
-            raise _kernel_error(f"create veth {spec.host_ifname}", exc) from None
-        index, cidx = _existing_pair(host, cont, spec)
+    with rtbatch.host_socket() as sock:
+        made = rtbatch.Batch()
+        made.veth(spec.host_ifname, spec.mtu, spec.ifname, netns_fd, spec.mac, spec.mtu)
+        (answer,) = made.send(sock)
+        index, cidx = rtbatch.echoed_link(answer.echo)
+        if answer.error == errno.EEXIST:
+            index, cidx = _existing_pair(host, cont, spec)
+            try:
+                cont.link("set", index=cidx, address=spec.mac, mtu=spec.mtu)
+            except NetlinkError as err:
+                raise _kernel_error(f"reuse {what}", err) from None
+        elif answer.error:
+            raise _errno_error(f"create veth {spec.host_ifname}", answer.error)
         try:
-            cont.link("set", index=cidx, address=spec.mac, mtu=spec.mtu)
-        except NetlinkError as err:
-            raise _kernel_error(f"reuse {what}", err) from None
-    try:
-        if not (index and cidx):  # no echo (it is best effort): look them up
-            index, cidx = index_of(host, spec.host_ifname), index_of(cont, spec.ifname)
+            if not (index and cidx):  # no echo (it is best effort): look them up
+                index, cidx = index_of(host, spec.host_ifname), index_of(cont, spec.ifname)
+        except NetlinkError as exc:
+            raise _kernel_error(f"set up {what}", exc) from None
         # One message: owner tag, bridge port, no IPv6 address, up (the peer is still
         # down, so no address can be made before the mode is none).
-        _without_ipv6(host, index, state="up", ifalias=spec.tag, master=spec.bridge_index)
-        # Nothing of IPv6 on the host end at all: a router advertisement sent to an
-        # 802.1 group address arrives on this port itself, not through the bridge.
-        for key, value in (("accept_ra", "0"), ("disable_ipv6", "1")):
-            set_ipv6_conf(spec.host_ifname, key, value)
-        _without_ipv6(cont, cidx)  # before it is up: its peer is up now
+        _set_link(sock, f"set up {what}", index, up=True, alias=spec.tag,
+                  master=spec.bridge_index)
+    # Nothing of IPv6 on the host end at all: a router advertisement sent to an
+    # 802.1 group address arrives on this port itself, not through the bridge.
+    for key, value in (("accept_ra", "0"), ("disable_ipv6", "1")):
+        set_ipv6_conf(spec.host_ifname, key, value)
+    try:
         if spec.hairpin:
             # A container reaching its own published port through a host address is
             # DNATed back to itself: the frame must go out of the port it came in on.
             # Without published ports that never happens: one netlink call saved.
             host.brport("set", index=index, mode=1)
-        for a in spec.addresses:
-            _add_address(cont, cidx, a.ip, a.network.prefixlen)
-        cont.link("set", index=cidx, state="up")
-        for gateway in spec.gateways:
-            if spec.metric is None:
-                cont.route("replace", dst=DEFAULT[gateway.version], gateway=str(gateway),
-                           oif=cidx, family=FAMILY[gateway.version])
-                continue
-            try:
-                cont.route("add", dst=DEFAULT[gateway.version], gateway=str(gateway),
-                           oif=cidx, family=FAMILY[gateway.version], priority=spec.metric)
-            except NetlinkError as exc:
-                if exc.code != errno.EEXIST:
-                    raise
     except NetlinkError as exc:
         raise _kernel_error(f"set up {what}", exc) from None
+    inner = rtbatch.Batch()
+    harmless = {inner.link(cidx, no_ipv6_addresses=True): errno.EAFNOSUPPORT}
+    for a in spec.addresses:
+        harmless[inner.address(cidx, a.ip, a.network.prefixlen)] = errno.EEXIST
+    inner.link(cidx, up=True)
+    for gateway in spec.gateways:
+        step = inner.default_route(cidx, gateway, spec.metric, replace=spec.metric is None)
+        if spec.metric is not None:
+            harmless[step] = errno.EEXIST
+    with rtbatch.lent(cont) as sock:
+        answers = inner.send(sock)
+    for step, got in enumerate(answers):
+        if got.error and got.error != harmless.get(step):
+            raise _errno_error(f"set up {what}", got.error)
     ensure_routes(cont, spec.routes)
+
+
+def _errno_error(what: str, code: int) -> KernelError:
+    return KernelError(f"{what}: {os.strerror(code)}",
+                       "run 'portway gc' and try again; with --debug for details")
+
+
+def _set_link(sock: socket.socket, what: str, index: int, up: bool = False,
+              alias: str | None = None, master: int | None = None) -> None:
+    """One link changed in one message, with IPv6 address generation none (see
+    _without_ipv6: on a kernel without IPv6, the rest alone)."""
+    batch = rtbatch.Batch()
+    batch.link(index, up=up, no_ipv6_addresses=True, alias=alias, master=master)
+    (answer,) = batch.send(sock)
+    if answer.error == errno.EAFNOSUPPORT:
+        batch = rtbatch.Batch()
+        batch.link(index, up=up, alias=alias, master=master)
+        (answer,) = batch.send(sock)
+    if answer.error:
+        raise _errno_error(what, answer.error)
 
 
 RTN = {"unicast": 1, "blackhole": 6, "unreachable": 7, "prohibit": 8}
@@ -438,15 +463,6 @@ def observe_ipv6_conf(ifname: str, key: str) -> str | None:
         return None
 
 
-def _veth_indexes(echoed: Any, ifname: str) -> tuple[int, int]:
-    """(the veth's ifindex, its peer's ifindex) from the echo of its creation; 0 for
-    what the echo does not say."""
-    for msg in echoed or ():
-        if msg["header"]["type"] == RTM_NEWLINK and msg.get_attr("IFLA_IFNAME") == ifname:
-            return int(msg["index"]), int(msg.get_attr("IFLA_LINK") or 0)
-    return 0, 0
-
-
 def has_default_route(ipr: IPRoute, version: int = 4) -> bool:
     return any(m["dst_len"] == 0
                for m in ipr.get_routes(family=FAMILY[version], table=254)
@@ -481,8 +497,14 @@ def ensure_subnet_route(ipr: IPRoute, ifname: str, address: IPInterface) -> None
 def setup_loopback(ipr: IPRoute, tag: str) -> None:
     """In a new container namespace: lo up, and the owner tag on lo (the namespace's tag).
 
-    lo is index 1 in every namespace (the kernel's LOOPBACK_IFINDEX): no lookup."""
-    ipr.link("set", index=LOOPBACK_INDEX, state="up", ifalias=tag)
+    lo is index 1 in every namespace (the kernel's LOOPBACK_IFINDEX): no lookup. One
+    hand-built message on ipr's socket (kernel/rtbatch.py)."""
+    batch = rtbatch.Batch()
+    batch.link(LOOPBACK_INDEX, up=True, alias=tag)
+    with rtbatch.lent(ipr) as sock:
+        (answer,) = batch.send(sock)
+    if answer.error:
+        raise _errno_error("set up lo", answer.error)
 
 
 def loopback_up(ipr: IPRoute) -> None:
