@@ -143,6 +143,10 @@ class SqliteStore:
         # when each was read (_unchanged).
         self._kept: dict[str, tuple[tuple[int, int], list[Any]]] = {}
         self._kept_version = (0, 0)
+        # Networks as parsed, by their whole row: a run reads its network three or four
+        # times (resolve, IPAM, /etc files, attach), and parsing the subnets' JSON into
+        # ipaddress objects cost more than the query. A row that changed is another key.
+        self._parsed: dict[tuple[Any, ...], Network] = {}
         try:
             self._db = sqlite3.connect(path, timeout=30, isolation_level=None,
                                        check_same_thread=False)
@@ -251,6 +255,15 @@ class SqliteStore:
             internal=bool(row[6]), mtu=int(row[7]), options=json.loads(row[8]),
             labels=json.loads(row[9]), bridge=row[10], created=row[11])
 
+    def _parsed_network(self, row: tuple[Any, ...]) -> Network:
+        key = tuple(row)
+        net = self._parsed.get(key)
+        if net is None:
+            if len(self._parsed) >= 1024:
+                self._parsed.clear()
+            net = self._parsed[key] = self._network(row)
+        return net
+
     def _find(self, table: str, ref: str) -> tuple[Any, ...] | None:
         """A row by name, full id, or an unambiguous id prefix of 3+ hex digits."""
         row = self._exec(f"SELECT * FROM {table} WHERE name=? OR id=?", (ref, ref)).fetchone()
@@ -266,10 +279,10 @@ class SqliteStore:
 
     def find_network(self, ref: str) -> Network | None:
         row = self._find("networks", ref)
-        return None if row is None else self._network(row)
+        return None if row is None else self._parsed_network(row)
 
     def networks(self) -> list[Network]:
-        return [self._network(r) for r in
+        return [self._parsed_network(r) for r in
                 self._exec("SELECT * FROM networks ORDER BY created, name").fetchall()]
 
     def set_network_options(self, network_id: str, options: dict[str, str]) -> None:
