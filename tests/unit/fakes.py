@@ -294,6 +294,9 @@ class FakeSandboxKernel:
         self.w.namespaces.add(path)
         return FakeSandbox(path)
 
+    def close(self) -> None:
+        pass
+
     @contextmanager
     def open(self, path: str) -> Iterator[FakeSandbox]:
         if path not in self.w.namespaces:

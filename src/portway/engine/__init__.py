@@ -222,6 +222,7 @@ class Engine:
             self.h.closed = True  # a process that ends from now on is seen by the next start
         self.h.lifecycle.close()
         self.h.process_kernel.close()
+        self.h.sandbox_kernel.close()
         self.ports.close()
         self.fw.close()
         self.nft.close()

@@ -11,9 +11,11 @@ Rules of this module:
 
 from __future__ import annotations
 
+import _thread
 import ipaddress
 import os
 import socket
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -49,6 +51,7 @@ class SandboxHandle(Protocol):
 
 class SandboxKernel(Protocol):
     def create(self, path: str, tag: str) -> SandboxHandle: ...
+    def close(self) -> None: ...
     def open(self, path: str) -> AbstractContextManager[SandboxHandle]: ...
     def exists(self, path: str) -> bool: ...
     def delete(self, path: str) -> None: ...
@@ -72,12 +75,66 @@ class LiveSandbox:
 
 
 class LiveSandboxKernel:
-    """Named network namespaces (kernel/netns.py), entered from helper threads only."""
+    """Named network namespaces (kernel/netns.py), entered from helper threads only.
+
+    One namespace is kept made ahead (a spare, unnamed, held only by this process): a
+    new container's is then a mount and a message, and making the next one (most of a
+    millisecond of the kernel's work) happens beside the rest of the set-up, on a thread
+    whose unshare leaves the interpreter free. A spare dies with the process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._spare: netns.Spare | None = None
+        # Held while a spare is being made (a plain lock, not a Thread: Thread.start()
+        # waits until the new thread runs, which a busy machine makes the caller's wait).
+        self._making = threading.Lock()
+        self._closed = False
+
+    def _make_next(self) -> None:
+        def body() -> None:
+            try:
+                try:
+                    spare: netns.Spare | None = netns.make_spare()
+                except OSError:
+                    return  # the next create makes its own
+                with self._lock:
+                    if not self._closed and self._spare is None:
+                        self._spare, spare = spare, None
+                if spare is not None:
+                    spare.close()
+            finally:
+                self._making.release()
+
+        self._making.acquire()
+        try:
+            _thread.start_new_thread(body, ())
+        except BaseException:
+            self._making.release()
+            raise
+
+    def _take(self) -> netns.Spare | None:
+        with self._making, self._lock:  # (one being made is waited for)
+            spare, self._spare = self._spare, None
+        return spare
 
     def create(self, path: str, tag: str) -> LiveSandbox:
-        ipr = netns.create_netns(os.path.basename(path),
-                                 lambda ipr: links.setup_loopback(ipr, tag))
+        spare = self._take()
+        if spare is not None:
+            ipr = netns.claim_spare(spare, os.path.basename(path),
+                                    lambda ipr: links.setup_loopback(ipr, tag))
+        else:
+            ipr = netns.create_netns(os.path.basename(path),
+                                     lambda ipr: links.setup_loopback(ipr, tag))
+        if not self._closed:
+            self._make_next()
         return LiveSandbox(path, ipr)
+
+    def close(self) -> None:
+        """The spare, if one was made, is gone (nothing named it)."""
+        self._closed = True
+        spare = self._take()
+        if spare is not None:
+            spare.close()
 
     @contextmanager
     def open(self, path: str) -> Iterator[LiveSandbox]:

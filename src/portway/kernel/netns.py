@@ -228,6 +228,71 @@ def create_netns(name: str, setup: Callable[[IPRoute], None]) -> IPRoute:
         raise
 
 
+class Spare:
+    """A network namespace made ahead of the container that will have it: held by a
+    descriptor and a socket inside it, and by nothing else, so it is gone without a
+    trace if the process ends (or close() is called) before it is claimed."""
+
+    def __init__(self, fd: int, ipr: IPRoute) -> None:
+        self.fd, self.ipr = fd, ipr
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+            self.ipr.close()
+
+
+def make_spare() -> Spare:
+    """A new, unnamed namespace with a socket inside it (unshare on a helper thread)."""
+
+    def body() -> Spare:
+        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            sandbox.unshare(sandbox.CLONE_NEWNET)
+            try:
+                fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    return Spare(fd, IPRoute())
+                except BaseException:
+                    os.close(fd)
+                    raise
+            finally:
+                sandbox.setns(home, sandbox.CLONE_NEWNET)
+        finally:
+            os.close(home)
+
+    return in_thread(body)
+
+
+def claim_spare(spare: Spare, name: str, setup: Callable[[IPRoute], None]) -> IPRoute:
+    """Name a spare namespace /run/netns/NAME (a bind mount of its descriptor, as
+    create_netns mounts a new one) and return its socket; setup runs with that socket
+    (from the calling thread: the socket is inside). If anything fails the name is
+    removed again and the spare is gone."""
+    global _run_netns_ready
+    try:
+        if not _run_netns_ready:
+            _ensure_run_netns()
+            _run_netns_ready = True
+        path = netns_path(name)
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o444)
+        os.close(fd)
+        try:
+            sandbox.mount(f"/proc/self/fd/{spare.fd}", path, "none", sandbox.MS_BIND)
+            setup(spare.ipr)
+        except BaseException:
+            delete_netns(name)
+            raise
+    except BaseException:
+        spare.close()
+        raise
+    ipr = spare.ipr
+    os.close(spare.fd)
+    spare.fd = -1
+    return ipr
+
+
 def remount_netns(name: str, source: str) -> None:
     """Name an existing namespace (e.g. /proc/PID/ns/net) /run/netns/NAME again."""
     path = netns_path(name)

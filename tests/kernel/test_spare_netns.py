@@ -1,0 +1,92 @@
+"""kernel/netns.py's spare namespaces (made ahead, named when a container claims one) and
+the sandbox kernel that keeps one ready: a claimed spare is a named namespace like one
+create_netns makes; an unclaimed one leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+
+import pytest
+
+from portway.engine.sandboxes import LiveSandboxKernel
+from portway.kernel import links, netns
+from portway.testbed import claim, release
+
+
+@pytest.fixture
+def name() -> str:
+    if os.geteuid() != 0:
+        pytest.skip("kernel tests need root")
+    # pwk-: a test's own; claimed, so a killed run's is reaped.
+    return f"pwk-s-{secrets.token_hex(3)}"
+
+
+def lo(ns: str) -> dict[str, object]:
+    out = subprocess.run(["ip", "-n", ns, "-j", "link", "show", "lo"], capture_output=True,
+                         text=True, check=True).stdout
+    link: dict[str, object] = json.loads(out)[0]
+    return link
+
+
+def test_a_claimed_spare_is_a_named_namespace_with_lo_up_and_tagged(name: str) -> None:
+    claim(name)
+    try:
+        spare = netns.make_spare()
+        ipr = netns.claim_spare(spare, name, lambda i: links.setup_loopback(i, "pw:t:c:1"))
+        try:
+            assert netns.netns_exists(name)
+            link = lo(name)
+            assert "UP" in link["flags"] and link["ifalias"] == "pw:t:c:1"  # type: ignore[operator]
+            # The socket handed back is inside it.
+            assert links.index_of(ipr, "lo") == 1
+            assert {x.ifname for x in links.observe_links(ipr)} == {"lo"}
+        finally:
+            ipr.close()
+    finally:
+        netns.delete_netns(name)
+        release(name)
+    assert not os.path.exists(netns.netns_path(name))
+
+
+def test_a_claim_that_fails_takes_its_name_back_and_leaves_no_spare(name: str) -> None:
+    claim(name)
+    try:
+        spare = netns.make_spare()
+
+        def fails(_: object) -> None:
+            raise OSError("no")
+
+        with pytest.raises(OSError, match="no"):
+            netns.claim_spare(spare, name, fails)
+        assert not os.path.exists(netns.netns_path(name))
+        assert spare.fd == -1  # closed: nothing holds it any more
+    finally:
+        release(name)
+
+
+def test_the_sandbox_kernel_keeps_one_ready_and_closes_it(name: str) -> None:
+    kernel = LiveSandboxKernel()
+    names = [f"{name}-{i}" for i in range(3)]
+    for n in names:
+        claim(n)
+    try:
+        for n in names:  # the first made at once, the others from spares
+            box = kernel.create(netns.netns_path(n), f"pw:t:c:{n}")
+            try:
+                assert lo(n)["ifalias"] == f"pw:t:c:{n}"
+                assert links.index_of(box.ipr, "lo") == 1  # type: ignore[arg-type]
+            finally:
+                box.close()
+        inodes = {os.stat(netns.netns_path(n)).st_ino for n in names}
+        assert len(inodes) == 3  # three namespaces, not one named thrice
+        kernel.close()
+        assert kernel._spare is None and not kernel._making.locked()
+        assert not set(os.listdir(netns.RUN_NETNS)) & {f"{name}-{i}" for i in range(3, 9)}
+    finally:
+        for n in names:
+            netns.delete_netns(n)
+            release(n)
