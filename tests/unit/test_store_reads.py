@@ -73,3 +73,24 @@ def test_endpoint_reads_follow_every_change(tmp_path: Path) -> None:
         assert store.endpoints() == []
     finally:
         store.close()
+
+
+def test_a_network_is_parsed_again_only_when_its_row_changed(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path / "portway.db"))
+    try:
+        net = Network(id="n" * 64, name="app", driver="bridge", subnets=(Subnet(
+            subnet=ipaddress.ip_network("10.1.0.0/24"),
+            gateway=ipaddress.ip_address("10.1.0.1")),), bridge="pwbr-app")
+        store.add_network(net)
+        first = store.find_network("app")
+        assert first == net
+        assert store.find_network("n" * 64) is first  # the same row: kept as parsed
+        store.set_network_options(net.id, {"com.docker.network.bridge.enable_icc": "false"})
+        changed = store.find_network("app")
+        assert changed is not None and changed is not first
+        assert changed.options == {"com.docker.network.bridge.enable_icc": "false"}
+        assert store.networks() == [changed]
+        store.delete_network(net.id)
+        assert store.find_network("app") is None and store.networks() == []
+    finally:
+        store.close()
