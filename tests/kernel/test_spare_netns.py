@@ -76,6 +76,10 @@ def test_the_sandbox_kernel_keeps_one_ready_and_closes_it(name: str) -> None:
     try:
         for n in names:  # the first made at once, the others from spares
             box = kernel.create(netns.netns_path(n), f"pw:t:c:{n}")
+            kernel.prepare()
+            kernel.prepare()  # one at a time: asked again, nothing more is made
+            with kernel._making:  # made by now
+                assert kernel._spare is not None
             try:
                 assert lo(n)["ifalias"] == f"pw:t:c:{n}"
                 assert links.index_of(box.ipr, "lo") == 1  # type: ignore[arg-type]

@@ -294,6 +294,9 @@ class FakeSandboxKernel:
         self.w.namespaces.add(path)
         return FakeSandbox(path)
 
+    def prepare(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 

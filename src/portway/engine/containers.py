@@ -190,6 +190,8 @@ class Containers:
                 container = self.up(container, nets, configs, detach)
             if nets:
                 self.publish_dns(container.id)
+            if container.network_mode in ("bridge", "none"):
+                h.sandbox_kernel.prepare()  # the next one's namespace, now that this is done
             return h.processes.sandbox_info(container)
 
     def _network_owner(self, ref: str) -> Container:
@@ -303,6 +305,8 @@ class Containers:
             c = self.up(replace(c, error=""), nets, configs, detach=True)
         if nets:
             self.publish_dns(c.id)
+        if c.network_mode in ("bridge", "none"):
+            h.sandbox_kernel.prepare()
         with h.lifecycle.changed:
             h.lifecycle.changed.notify_all()
         return c

@@ -51,6 +51,7 @@ class SandboxHandle(Protocol):
 
 class SandboxKernel(Protocol):
     def create(self, path: str, tag: str) -> SandboxHandle: ...
+    def prepare(self) -> None: ...
     def close(self) -> None: ...
     def open(self, path: str) -> AbstractContextManager[SandboxHandle]: ...
     def exists(self, path: str) -> bool: ...
@@ -78,9 +79,9 @@ class LiveSandboxKernel:
     """Named network namespaces (kernel/netns.py), entered from helper threads only.
 
     One namespace is kept made ahead (a spare, unnamed, held only by this process): a
-    new container's is then a mount and a message, and making the next one (most of a
-    millisecond of the kernel's work) happens beside the rest of the set-up, on a thread
-    whose unshare leaves the interpreter free. A spare dies with the process."""
+    new container's is then a mount and a message, and the next one (most of a
+    millisecond of the kernel's work) is made once the set-up is done (prepare), on a
+    thread whose unshare leaves the interpreter free. A spare dies with the process."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -125,9 +126,16 @@ class LiveSandboxKernel:
         else:
             ipr = netns.create_netns(os.path.basename(path),
                                      lambda ipr: links.setup_loopback(ipr, tag))
-        if not self._closed:
-            self._make_next()
         return LiveSandbox(path, ipr)
+
+    def prepare(self) -> None:
+        """Make the next container's namespace, on a thread of its own, unless one is
+        ready or being made. Asked once a set-up is done (not during it: on a busy
+        machine the thread would take the set-up's core and interpreter)."""
+        if self._closed or self._spare is not None or not self._making.acquire(blocking=False):
+            return
+        self._making.release()
+        self._make_next()
 
     def close(self) -> None:
         """The spare, if one was made, is gone (nothing named it)."""
