@@ -10,6 +10,8 @@ Answers of one batch that go to the same client socket and have the same length
 leave as one UDP GSO send (UDP_SEGMENT, udp(7)): one packet through routing,
 nftables, the bridge and the veth, cut back into datagrams only at the client's
 socket. A kernel or path that refuses it gets one datagram per send from then on.
+send_to does the same for datagrams to addresses given with them (the answers of
+forwarded queries), or on a connected socket (the queries to an upstream).
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ import os
 import socket
 import struct
 import sys
+
+TYPE_CHECKING = False  # typing costs milliseconds to import; mypy still sees the block
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 MSG_DONTWAIT = 0x40
 SOCKADDR_IN = 16  # family, port, address, padding
@@ -106,6 +112,10 @@ class Batch:
         self._control = ctypes.create_string_buffer(size * CMSG_SPACE)
         self._control_view = memoryview(self._control).cast("B")
         self._control_addr = ctypes.addressof(self._control)
+        # Addresses for send_to, one per distinct destination of a call.
+        self._to = ctypes.create_string_buffer(size * namesize)
+        self._to_view = memoryview(self._to).cast("B")
+        self._to_addr = ctypes.addressof(self._to)
         self.coalesce = True  # GSO sends; off for good once the kernel refuses one
         self.datagrams = self.packets = 0  # sent so far, for `portway dns`
 
@@ -138,14 +148,22 @@ class Batch:
     def peer(self, slot: int) -> tuple[str, int] | tuple[str, int, int, int]:
         """A slot's sender as socket.sendto takes it: (address, port), or on IPv6
         (address, port, flow label, scope id)."""
-        at, names = slot * self._namesize, self._names_view
-        port = int.from_bytes(names[at + 2:at + 4], "big")
+        at = slot * self._namesize
+        return self.peer_of(bytes(self._names_view[at:at + self._namesize]))
+
+    def name(self, slot: int) -> bytes:
+        """A slot's sender as the kernel wrote it (its sockaddr), for send_to."""
+        at = slot * self._namesize
+        return bytes(self._names_view[at:at + self._namesize])
+
+    def peer_of(self, name: bytes) -> tuple[str, int] | tuple[str, int, int, int]:
+        """A sockaddr of this family (see name) as socket.sendto takes it."""
+        port = int.from_bytes(name[2:4], "big")
         if self.family == socket.AF_INET:
-            return ".".join(str(b) for b in names[at + 4:at + 8]), port
-        flow = int.from_bytes(names[at + 4:at + 8], "big")  # sin6_flowinfo: network order
-        scope = int.from_bytes(names[at + 24:at + 28], sys.byteorder)  # host order
-        return socket.inet_ntop(socket.AF_INET6, bytes(names[at + 8:at + 24])), port, \
-            flow, scope
+            return socket.inet_ntop(socket.AF_INET, name[4:8]), port
+        flow = int.from_bytes(name[4:8], "big")  # sin6_flowinfo: network order
+        scope = int.from_bytes(name[24:28], sys.byteorder)  # host order
+        return socket.inet_ntop(socket.AF_INET6, name[8:24]), port, flow, scope
 
     def send(self, fd: int, out: list[tuple[bytes, int]]) -> None:
         """Send each (datagram, slot) to that slot's sender; a datagram longer than
@@ -154,17 +172,58 @@ class Batch:
         may arrive in another order than given (as UDP allows)."""
         sends = self._coalesced(out) if self.coalesce else [[item] for item in out
                                                             if len(item[0]) <= self.outsize]
+        self._transmit(fd, sends, self._names_addr)
+
+    def send_to(self, fd: int, out: Sequence[tuple[bytes, bytes | None]],
+                strict: bool = False) -> None:
+        """Send each (datagram, sockaddr) to that address (a name(slot) of a Batch of
+        this family), or, all with None, to where fd is connected: at most size datagrams of
+        at most outsize bytes each (ValueError otherwise), coalesced as send does. A
+        datagram the kernel refuses is dropped, or with strict, raises OSError (what
+        was given before it may have been sent)."""
+        if len(out) > self.size or any(len(d) > self.outsize for d, _ in out):
+            raise ValueError("more datagrams, or longer ones, than the Batch holds")
+        names, namesize = self._to_view, self._namesize
+        slots: dict[bytes | None, int] = {}
+        items: list[tuple[bytes, int]] = []
+        for data, name in out:
+            slot = slots.get(name)
+            if slot is None:
+                slot = slots[name] = len(slots)
+                if name is not None:
+                    names[slot * namesize:(slot + 1) * namesize] = name
+            items.append((data, slot))
+        if not self.coalesce:
+            sends = [[item] for item in items]
+        else:
+            groups: dict[tuple[int, int], list[tuple[bytes, int]]] = {}
+            sends = []
+            for item in items:
+                key = (item[1], len(item[0]))
+                group = groups.get(key)
+                if group is None or len(group) == MAX_SEGMENTS:
+                    groups[key] = group = []
+                    sends.append(group)
+                group.append(item)
+        connected = None in slots
+        self._transmit(fd, sends, 0 if connected else self._to_addr, strict)
+
+    def _transmit(self, fd: int, sends: list[list[tuple[bytes, int]]], names: int,
+                  strict: bool = False) -> None:
+        """sendmmsg of sends, each a list of (datagram, slot) of one length to one
+        address: the slot's sockaddr at names (0: none, fd is connected); one GSO send
+        per list of more than one."""
         svec, siov, buf, control = self._svec_view, self._siov_view, self._out_view, \
             self._control_view
-        entry, names, iov_size = self._entry, self._names_addr, ctypes.sizeof(_Iovec)
-        namesize = self._namesize
+        entry, iov_size = self._entry, ctypes.sizeof(_Iovec)
+        namesize = self._namesize if names else 0
         offset = 0
         for n, items in enumerate(sends):
             data = items[0][0] if len(items) == 1 else b"".join(d for d, _ in items)
             buf[offset:offset + len(data)] = data
             struct.pack_into("PN", siov, n * iov_size, self._out_addr + offset, len(data))
-            struct.pack_into("P", svec, n * entry + self._name_at,
-                             names + items[0][1] * namesize)
+            struct.pack_into("PI", svec, n * entry + self._name_at,
+                             names + items[0][1] * namesize if names else 0, namesize)
             if len(items) == 1:
                 struct.pack_into("PN", svec, n * entry + self._control_at, 0, 0)
             else:
@@ -180,13 +239,17 @@ class Batch:
                 self.packets += sent
                 self.datagrams += sum(len(items) for items in sends[start:start + sent])
                 start += sent
-            elif len(sends[start]) > 1 and ctypes.get_errno() in _NO_GSO:
+                continue
+            code = ctypes.get_errno()
+            if len(sends[start]) > 1 and code in _NO_GSO:
                 # This kernel or path cannot: one datagram per send from now on.
                 self.coalesce = False
-                self.send(fd, [item for items in sends[start:] for item in items])
+                self._transmit(fd, [[item] for items in sends[start:] for item in items],
+                               names, strict)
                 return
-            else:
-                start += 1  # skip what the kernel refuses
+            if strict:
+                raise OSError(code, os.strerror(code))
+            start += 1  # skip what the kernel refuses
 
     def _coalesced(self, out: list[tuple[bytes, int]]) -> list[list[tuple[bytes, int]]]:
         """out in groups of one length to one sender (its sockaddr past the family:
@@ -214,3 +277,4 @@ def set_timer_slack(nanoseconds: int) -> None:
     """How late the kernel may wake this thread from a timed sleep (prctl(2)); the
     default, 50 µs, would double a 50 µs pause."""
     _libc.prctl(PR_SET_TIMERSLACK, nanoseconds, 0, 0, 0)
+

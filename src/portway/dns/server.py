@@ -61,6 +61,7 @@ MAX_KEPT = 20_000  # replies kept for repeated queries (each at most 512 + 512 b
 GATHER_AT = 4
 GATHER_PAUSE = 50e-6
 FORWARDS_PER_SOCKET = 64  # queries of one round to one upstream that share a socket
+UPSTREAM_READS = 16  # upstream answers read a system call
 
 
 class Forward:
@@ -275,6 +276,13 @@ class Server:
                         socket.AF_INET6: mmsg.Batch(family=socket.AF_INET6)}
         self.gather = False  # a socket is under load: pause before the next poll
         self.forwarded_sent = 0  # forwarded answers sent over UDP (not through batch)
+        # Forwarded answers for UDP clients, by the socket they go out of: sent once a
+        # round of the loop (_send_queued).
+        self.udp_out: dict[socket.socket, list[tuple[bytes, bytes]]] = {}
+        # For queries to the upstreams, per family: their own counts, not the answers'.
+        self.upstream_batches: dict[int, mmsg.Batch] = {}
+        # For their answers, per family, made on first use (UPSTREAM_READS × 64 KiB).
+        self.upstream_readers: dict[int, mmsg.Batch] = {}
         # In flight: by upstream socket, then by the id it went under.
         self.forwards: dict[socket.socket, dict[bytes, Forward]] = {}
         # Forwarded queries not answered yet (queued, on a socket, or on a pool
@@ -400,9 +408,10 @@ class Server:
 
     # answering
 
-    def reply_to(self, msg: bytes, src: bytes, now: float) -> bytes | None:
-        """The UDP reply to msg from src (a packed address, either family), or None when
-        it is forwarded (replied later).
+    def reply_to(self, msg: bytes, src: bytes, now: float) -> bytes | wire.Question | None:
+        """The UDP reply to msg from src (a packed address, either family); its question
+        when it is to be forwarded (start_forward, replied later); None when it is
+        dropped (no question, no id to answer).
 
         A repeated local query costs one dictionary lookup: its reply was kept the
         first time."""
@@ -410,9 +419,9 @@ class Server:
         if kept is not None:
             self.log.append((now, src, kept[1]))
             return msg[:2] + kept[0]
-        out, local = self.answer(msg, src)
+        out, local, q = self._answer(msg, src)
         if out is None:
-            return None
+            return q
         if len(out) > 512:  # too big for plain UDP: the client retries over TCP
             return self._truncated(msg)
         # One record or none: the same reply next time (several rotate, so not kept).
@@ -424,23 +433,30 @@ class Server:
     def answer(self, msg: bytes, src: bytes) -> tuple[bytes | None, tuple[Any, ...] | None]:
         """The reply to msg (None when it is forwarded: replied later) and, when the
         answer is local, what the log says of it."""
+        out, local, _ = self._answer(msg, src)
+        return out, local
+
+    def _answer(self, msg: bytes, src: bytes) -> tuple[
+            bytes | None, tuple[Any, ...] | None, wire.Question | None]:
+        """answer(), and the question when msg is to be forwarded: read once, for
+        start_forward too."""
         try:
             q = wire.parse_question(msg)
         except wire.FormErr as exc:
             return (None if exc.query_id is None else
-                    wire.error_response(exc.query_id, wire.FORMERR)), None
+                    wire.error_response(exc.query_id, wire.FORMERR)), None, None
         if q.opcode != 0:
-            return wire.response(q, wire.NOTIMP, authoritative=False), None
+            return wire.response(q, wire.NOTIMP, authoritative=False), None, None
         nets = self.view.networks_of(src)
         if not nets or q.qclass != wire.CLASS_IN:
-            return wire.response(q, wire.REFUSED, authoritative=False), None
+            return wire.response(q, wire.REFUSED, authoritative=False), None, None
         out = self._lookup(q, nets)
         if out is not None:
-            return out, self._note(q, src, "local", 0.0, out[3] & 0xF)
+            return out, self._note(q, src, "local", 0.0, out[3] & 0xF), None
         if all(n in self.view.internal for n in nets):
             self._note(q, src, "refused: internal network, no forwarding", 0.0, wire.REFUSED)
-            return wire.response(q, wire.REFUSED, authoritative=False), None
-        return None, None
+            return wire.response(q, wire.REFUSED, authoritative=False), None, None
+        return None, None, q
 
     def _lookup(self, q: wire.Question, nets: tuple[str, ...]) -> bytes | None:
         view = self.view
@@ -519,10 +535,11 @@ class Server:
 
     # forwarding
 
-    def start_forward(self, msg: bytes, src: bytes, reply: Callable[[bytes], None]) -> bool:
-        """Queue msg for the querier's upstream resolvers; serve() sends what this
-        round of the loop queued (send_forwards). False when msg is dropped: reply is
-        then never called.
+    def start_forward(self, msg: bytes, src: bytes, reply: Callable[[bytes], None],
+                      q: wire.Question | None = None) -> bool:
+        """Queue msg (whose question q is, when it has been read already) for the
+        querier's upstream resolvers; serve() sends what this round of the loop queued
+        (send_forwards). False when msg is dropped: reply is then never called.
 
         A client address over its share of the forwarded queries in flight
         (limits.forward_share) is answered SERVFAIL at once: its own earlier queries
@@ -530,10 +547,11 @@ class Server:
         the client's resolver neither waits for it nor takes it as a policy. The
         share keeps one client's flood against a slow upstream from taking the room
         every other container's lookups need."""
-        try:
-            q = wire.parse_question(msg)
-        except wire.FormErr:
-            return False  # what the fast path let through but has no question: dropped
+        if q is None:
+            try:
+                q = wire.parse_question(msg)
+            except wire.FormErr:
+                return False  # what the fast path let through but has no question: dropped
         own = self.forwarding.get(src, 0)
         if own >= limits.forward_share(self.forwarding_total):
             full = self.forwarding_total >= limits.MAX_FORWARDS
@@ -595,12 +613,23 @@ class Server:
             sock = socket.socket(target[0], socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
             sock.connect(target[1])
             ids = os.urandom(2 * len(group))
+            out: list[tuple[bytes, bytes | None]] = []
             for i, fwd in enumerate(group):
                 number = int.from_bytes(ids[2 * i:2 * i + 2], "big")
                 while (qid := number.to_bytes(2, "big")) in pending:
                     number = (number + 1) & 0xFFFF  # taken on this socket: the next free
-                sock.send(qid + fwd.msg[2:])
+                out.append((qid + fwd.msg[2:], None))
                 pending[qid] = fwd
+            # In one system call, those of one length as one GSO send.
+            batch = self.upstream_batches.get(target[0])
+            if batch is None:
+                batch = self.upstream_batches[target[0]] = mmsg.Batch(
+                    size=FORWARDS_PER_SOCKET, bufsize=1, family=target[0])  # sends only
+            if all(len(data) <= batch.outsize for data, _ in out):
+                batch.send_to(sock.fileno(), out, strict=True)
+            else:
+                for data, _ in out:
+                    sock.send(data)
         except OSError:  # no socket, or this upstream unreachable: the next one
             if sock is not None:
                 sock.close()
@@ -619,28 +648,36 @@ class Server:
         pending = self.forwards.get(sock)
         if pending is None:
             return
+        # What has come, UPSTREAM_READS a system call (each read whole: any UDP size).
+        reader = self.upstream_readers.get(sock.family)
+        if reader is None:
+            reader = self.upstream_readers[sock.family] = mmsg.Batch(
+                size=UPSTREAM_READS, bufsize=65536, outsize=1, family=sock.family)
+        fd = sock.fileno()
         while pending:
             try:
-                answer = sock.recv(65535)
-            except BlockingIOError:
-                return
+                answers = reader.recv(fd)
             except OSError:  # refused (an ICMP error): the next upstream, for all left
                 self._end_socket(sock)
                 self._advance(list(pending.values()))
                 return
-            fwd = pending.pop(answer[:2], None) if len(answer) >= 12 else None
-            if fwd is None:
-                continue  # not a DNS answer to one of this socket's ids: read on
-            if answer[2] & 0x02:  # truncated: this upstream and the rest over TCP
-                # Still in its client's share until the thread hands the answer back.
-                self.pool.submit(self.forward, fwd.msg, fwd.src,
-                                 functools.partial(self._from_thread, fwd),
-                                 fwd.upstreams[fwd.index:], fwd.started)
-                continue
-            self._note(fwd.q, fwd.src, f"forwarded to {fwd.upstreams[fwd.index]}",
-                       time.monotonic() - fwd.started, answer[3] & 0xF)
-            self._finish(fwd)
-            fwd.reply(fwd.msg[:2] + answer[2:])  # with the client's own id
+            if not answers:
+                return  # the rest later: epoll says when
+            now = time.monotonic()
+            for answer, _ in answers:
+                fwd = pending.pop(answer[:2], None) if len(answer) >= 12 else None
+                if fwd is None:
+                    continue  # not a DNS answer to one of this socket's ids: read on
+                if answer[2] & 0x02:  # truncated: this upstream and the rest over TCP
+                    # Still in its client's share until the thread hands the answer back.
+                    self.pool.submit(self.forward, fwd.msg, fwd.src,
+                                     functools.partial(self._from_thread, fwd),
+                                     fwd.upstreams[fwd.index:], fwd.started)
+                    continue
+                self._note(fwd.q, fwd.src, f"forwarded to {fwd.upstreams[fwd.index]}",
+                           now - fwd.started, answer[3] & 0xF)
+                self._finish(fwd)
+                fwd.reply(fwd.msg[:2] + answer[2:])  # with the client's own id
         self._end_socket(sock)
 
     def _end_socket(self, sock: socket.socket) -> None:
@@ -746,11 +783,11 @@ class Server:
                     out = reply_to(msg, src, now)
                 except Exception:  # never die on input
                     continue
-                if out is not None:
+                if isinstance(out, bytes):
                     answers.append((out, slot))
-                else:
+                elif out is not None:
                     self.start_forward(msg, src, functools.partial(
-                        self._send_forwarded, sock, batch.peer(slot)))
+                        self._queue_forwarded, sock, batch.name(slot)), out)
             if answers:
                 batch.send(fd, answers)
             if not queries:
@@ -759,15 +796,32 @@ class Server:
                 self.gather = True  # serve() pauses once, for every socket
                 return
 
-    def _send_forwarded(self, sock: socket.socket,
-                        peer: tuple[str, int] | tuple[str, int, int, int], data: bytes) -> None:
-        """An upstream's answer back to a UDP client, a packet of its own (from the
-        loop: what a pool thread got over TCP is handed to it first)."""
-        try:
-            sock.sendto(data, peer)
-        except OSError:
-            return
-        self.forwarded_sent += 1
+    def _queue_forwarded(self, sock: socket.socket, name: bytes, data: bytes) -> None:
+        """An upstream's answer (or SERVFAIL) for a UDP client (name: its sockaddr),
+        from the loop (what a pool thread got over TCP is handed to it first): sent
+        with the others of this round of the loop (_send_queued)."""
+        out = self.udp_out.get(sock)
+        if out is None:
+            self.udp_out[sock] = out = []
+        out.append((data, name))
+
+    def _send_queued(self) -> None:
+        """The forwarded answers of this round of the loop, per socket as few system
+        calls and packets as the local ones: those of one length to one client as one
+        GSO send. One too long for a Batch goes on its own."""
+        queued, self.udp_out = self.udp_out, {}
+        for sock, out in queued.items():
+            batch, fd = self.batches[sock.family], sock.fileno()
+            fits = [item for item in out if len(item[0]) <= batch.outsize]
+            for at in range(0, len(fits), batch.size):
+                batch.send_to(fd, fits[at:at + batch.size])
+            for data, name in out:
+                if len(data) > batch.outsize:
+                    try:
+                        sock.sendto(data, batch.peer_of(name))
+                    except OSError:
+                        continue
+                    self.forwarded_sent += 1
 
     def _truncated(self, msg: bytes) -> bytes:
         q = wire.parse_question(msg)
@@ -849,14 +903,14 @@ class Server:
                 # A whole query: the client is not idle (a byte at a time does not count).
                 client.deadline = time.monotonic() + limits.TCP_IDLE
                 try:
-                    out, _ = self.answer(msg, client.src)
+                    out, _, q = self._answer(msg, client.src)
                 except Exception:  # never die on input
                     self._drop(client)
                     return
                 if out is not None:
                     self._queue(client, out)
                 elif self.start_forward(msg, client.src,
-                                        functools.partial(self._tcp_forwarded, client)):
+                                        functools.partial(self._tcp_forwarded, client), q):
                     client.pending += 1
                 if client.closed:  # over its output limit
                     return
@@ -1009,11 +1063,15 @@ class Server:
             if self.outbox:
                 outbox, self.outbox = self.outbox, []
                 self.send_forwards(outbox)
+            if self.udp_out:
+                self._send_queued()
             if self.gather:
                 self.gather = False
                 time.sleep(GATHER_PAUSE)
             now = time.monotonic()
             self._expire_forwards(now)
+            if self.udp_out:  # SERVFAIL for what expired past its last upstream
+                self._send_queued()
             if self.clients and now >= self.next_tcp_check:
                 self.next_tcp_check = now + TCP_CHECK
                 self._expire_tcp(now)
