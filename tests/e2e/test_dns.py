@@ -250,6 +250,88 @@ def test_batch_coalesces_and_falls_back(sandbox: Sandbox) -> None:
     assert second["queued"] == 18 and second["echoed"] and second["coalesce"] is False
 
 
+SEND_TO = """
+import json, socket, time
+from portway.dns import mmsg
+def udp(port=0):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", port))
+    s.settimeout(2)
+    return s
+server, r1, r2 = udp(), udp(), udp()
+tap = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
+tap.setsockopt(socket.SOL_SOCKET, 33, 1 << 22)  # SO_RCVBUFFORCE
+tap.setblocking(False)
+def packets_to(*ports):
+    count = {p: 0 for p in ports}
+    while True:
+        try:
+            pkt, (_, _, kind, _, _) = tap.recvfrom(65536)
+        except BlockingIOError:
+            return [count[p] for p in ports]
+        at = (pkt[0] & 15) * 4
+        port = int.from_bytes(pkt[at + 2:at + 4], "big")
+        if kind == socket.PACKET_HOST and pkt[9] == 17 and port in count:
+            count[port] += 1
+ports = [r.getsockname()[1] for r in (r1, r2)]
+batch = mmsg.Batch()
+for r in (r1, r2):  # the batch learns their addresses from a datagram of each
+    r.sendto(b"hello", server.getsockname())
+names = [batch.name(slot) for slot in range(len(batch.recv(server.fileno())))]
+packets_to(*ports)
+# To addresses: ten of one length and three longer to r1, five to r2.
+plan = [(0, 40)] * 10 + [(1, 40)] * 5 + [(0, 50)] * 3
+sent = [set(), set()]
+out = []
+for i, (who, size) in enumerate(plan):
+    out.append((bytes([i]) * size, names[who]))
+    sent[who].add(out[-1][0])
+batch.send_to(server.fileno(), out)
+got = [{r.recv(4096) for _ in range(len(s))} for r, s in zip((r1, r2), sent)]
+addressed = {"echoed": got == sent, "packets": packets_to(*ports)}
+# Connected: six of one length to r1.
+conn = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+conn.connect(r1.getsockname())
+six = [bytes([i]) * 30 for i in range(6)]
+batch.send_to(conn.fileno(), [(d, None) for d in six])
+connected = {"echoed": {r1.recv(4096) for _ in six} == set(six), "packets": packets_to(ports[0])}
+# Strict: to a port nobody has, the refusal (ICMP) of the first send fails the next.
+nobody = udp()
+gone = nobody.getsockname()
+nobody.close()
+dead = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+dead.connect(gone)
+batch.send_to(dead.fileno(), [(b"x" * 20, None)], strict=True)
+time.sleep(0.1)
+try:
+    batch.send_to(dead.fileno(), [(b"x" * 20, None)], strict=True)
+    strict = "sent"
+except ConnectionRefusedError:
+    strict = "refused"
+batch.send_to(dead.fileno(), [(b"x" * 20, None)])  # not strict: dropped, no error
+too_many = []
+for bad in ([(b"x", None)] * 65, [(b"x" * 513, None)]):
+    try:
+        batch.send_to(conn.fileno(), bad)
+        too_many.append("sent")
+    except ValueError:
+        too_many.append("refused")
+print(json.dumps({"addressed": addressed, "connected": connected, "strict": strict,
+                  "too_many": too_many}))
+"""
+
+
+def test_batch_sends_to_addresses_and_connected(sandbox: Sandbox) -> None:
+    # mmsg.Batch.send_to against the kernel, on loopback in the sandbox's host
+    # namespace (the server sends forwarded answers and queries to its upstreams with
+    # it): datagrams of one length to one address leave as one GSO packet, addressed
+    # or on a connected socket; with strict, a refusal raises.
+    out = json.loads(sandbox.in_host(sys.executable, "-c", SEND_TO).stdout)
+    assert out == {"addressed": {"echoed": True, "packets": [2, 1]},
+                   "connected": {"echoed": True, "packets": [1]},
+                   "strict": "refused", "too_many": ["refused", "refused"]}
+
+
 def test_updates_are_immediate(sandbox: Sandbox) -> None:
     sb = sandbox
     sb.pw("network", "create", "app", "--subnet", "10.63.0.0/24")
@@ -312,25 +394,46 @@ name = b"\\x07example\\x03org\\x00"
 socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(4)]
 for s in socks:
     s.settimeout(5)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
     s.connect(("10.64.0.1", 53))
 for qid in range(100):  # every socket uses the same ids, 0 to 99
     for s in socks:
         s.send(struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0) + name + b"\\0\\1\\0\\1")
+# The packets that reach this container from now on, as the wire carries them (BURST).
+tap = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
+tap.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
 print("sent", flush=True)
 got = [sorted(struct.unpack("!H", r[:2])[0] for r in (s.recv(512) for _ in range(100))
               if r.endswith(socket.inet_aton("192.0.2.99"))) for s in socks]
-print(json.dumps(got))
+tap.setblocking(False)
+packets = 0
+while True:
+    try:
+        pkt = tap.recv(65536)
+    except BlockingIOError:
+        break
+    at = (pkt[0] & 15) * 4
+    if pkt[9] == 17 and pkt[at:at + 2] == b"\\0\\x35":  # UDP from port 53
+        packets += 1
+print(json.dumps({"ids": got, "packets": packets}))
 """
 
 
 def test_forwarded_burst_with_the_same_ids(upstream: Sandbox) -> None:
     # 400 forwarded queries queued at once, four sockets asking under the same 100 ids:
     # they share upstream sockets under ids of the server's own, and every answer
-    # still reaches the socket that asked, under its own id, once.
+    # still reaches the socket that asked, under its own id, once. The answers go
+    # back as local ones do: those of a round of the server's loop to one socket with
+    # one length as one GSO packet.
     sb = upstream
     sb.pw("network", "create", "app", "--subnet", "10.64.0.0/24")
     sb.pw("run", "-d", "--name", "cli", "--network", "app", "--", "sleep", "3600")
-    assert while_stopped(sb, SAME_IDS) == [list(range(100))] * 4
+    got = while_stopped(sb, SAME_IDS)
+    assert got["ids"] == [list(range(100))] * 4
+    assert got["packets"] < 400 / 4
+    line = next(x for x in sb.pw("dns").stdout.splitlines() if x.startswith("UDP answers"))
+    answers, packets = (int(w) for w in line.split(";")[0].split() if w.isdigit())
+    assert answers >= 400 and packets < answers / 4
 
 
 def test_refuses_outsiders_and_survives_garbage(sandbox: Sandbox) -> None:
