@@ -252,3 +252,36 @@ def test_a_listing_is_kept_through_changes_that_undo_each_other(spaces: tuple[st
     kept, stale, again = netns.in_netns(netns.netns_path(host), read)
     assert kept and not stale
     assert any(i.get("table", {}).get("name") == "other" for i in again)
+
+
+def test_a_link_dump_sees_each_change_of_a_link_it_read_before(spaces: tuple[str, str]
+                                                               ) -> None:
+    """Links are parsed once per message (rtnl._parse_link, kept by the message's
+    bytes): a second dump after a change of MTU, state, master or a per-interface
+    sysctl shows the change, and the unchanged links come back as they were."""
+    host, _ = spaces
+    for args in (("link", "add", "br0", "type", "bridge"),
+                 ("link", "add", "v0", "type", "veth", "peer", "name", "v0p")):
+        sh("ip", "-n", host, *args)
+
+    def dump() -> dict[str, tuple[rtnl.Link, int | None, int | None]]:
+        with rtnl.Dumper() as d:
+            return {link.ifname: (link, d.ipv4_conf(link.index, rtnl.IPV4_DEVCONF_RP_FILTER),
+                                  d.ipv6_conf(link.index, rtnl.DEVCONF_DISABLE_IPV6))
+                    for link in d.links()}
+
+    path = netns.netns_path(host)
+    first = netns.in_netns(path, dump)
+    again = netns.in_netns(path, dump)
+    assert again["v0"][0] is first["v0"][0] and again == first  # parsed once
+    for args in (("link", "set", "v0", "mtu", "1400"), ("link", "set", "v0", "up"),
+                 ("link", "set", "v0", "master", "br0")):
+        sh("ip", "-n", host, *args)
+    sh("ip", "netns", "exec", host, "sysctl", "-qw", "net.ipv4.conf.v0.rp_filter=2",
+       "net.ipv6.conf.v0.disable_ipv6=1")
+    after = netns.in_netns(path, dump)
+    link, rp_filter, no_ipv6 = after["v0"]
+    assert (link.mtu, link.up, link.master) == (1400, True, after["br0"][0].index)
+    assert (rp_filter, no_ipv6) == (2, 1)
+    assert after["v0p"] == first["v0p"] and after["lo"] == first["lo"]
+
