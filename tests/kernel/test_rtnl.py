@@ -285,3 +285,39 @@ def test_a_link_dump_sees_each_change_of_a_link_it_read_before(spaces: tuple[str
     assert (rp_filter, no_ipv6) == (2, 1)
     assert after["v0p"] == first["v0p"] and after["lo"] == first["lo"]
 
+
+def test_a_conntrack_dump_toward_one_port_holds_its_entries_and_no_other(
+        spaces: tuple[str, str]) -> None:
+    """nftrace.connections(toward=...) asks the kernel for the entries toward one
+    protocol, address and port (CTA_FILTER): exactly those of a dump of the whole table
+    that go there, however many others the table holds."""
+    from portway.kernel import nftrace
+
+    host, _ = spaces
+    sh("ip", "-n", host, "link", "set", "lo", "up")
+
+    def fill_and_read() -> tuple[list[nftrace.Connection], list[nftrace.Connection],
+                                 list[nftrace.Connection]]:
+        nft = Nft()
+        try:  # conntrack follows only packets some table hooks
+            nft.run("add table inet pwkct; add chain inet pwkct out "
+                    "{ type filter hook output priority 0; }; "
+                    "add rule inet pwkct out ct state new counter")
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                for port in range(7000, 7300):
+                    s.sendto(b"x", ("127.0.0.1", port))
+                s.sendto(b"x", ("127.0.0.2", 7100))
+            with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s6:
+                s6.sendto(b"x", ("::1", 7100))
+            every = nftrace.connections(socket.AF_INET)
+            toward = nftrace.connections(toward=("udp", "127.0.0.1", 7100))
+            v6 = nftrace.connections(toward=("udp", "::1", 7100))
+            return every, toward, v6
+        finally:
+            nft.close()
+
+    every, toward, v6 = netns.in_netns(netns.netns_path(host), fill_and_read)
+    assert len(every) >= 301
+    wanted = [c for c in every if c.proto == 17 and c.orig[2:] == ("127.0.0.1", 7100)]
+    assert len(wanted) == 1 and toward == wanted
+    assert [c.orig[2:] for c in v6] == [("::1", 7100)]

@@ -694,7 +694,8 @@ def _flows(packet: Packet) -> list[core.Flow]:
     """The host's conntrack entries towards the traced destination (read-only: a dump of
     the calling thread's namespace, which is the host's)."""
     try:
-        entries = nftrace.connections()
+        entries = nftrace.connections(toward=(packet.l4proto, str(packet.daddr),
+                                              packet.dport))
     except OSError:
         return []  # no conntrack here (the module is not loaded): nothing is held
     daddr = str(packet.daddr)
