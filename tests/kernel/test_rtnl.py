@@ -321,3 +321,30 @@ def test_a_conntrack_dump_toward_one_port_holds_its_entries_and_no_other(
     wanted = [c for c in every if c.proto == 17 and c.orig[2:] == ("127.0.0.1", 7100)]
     assert len(wanted) == 1 and toward == wanted
     assert [c.orig[2:] for c in v6] == [("::1", 7100)]
+
+
+def test_the_sockets_that_hold_published_ports_are_named_by_their_inodes(
+        spaces: tuple[str, str]) -> None:
+    """PortReservations.inodes() names the sockets portwayd holds published ports with as
+    sock_diag names them (trace and audit tell portwayd's own listeners apart by them,
+    without looking through the daemon's thousands of file descriptors)."""
+    from portway.engine.ports import PortReservations
+    from portway.model.types import PortMapping
+
+    host, _ = spaces
+    sh("ip", "-n", host, "link", "set", "lo", "up")
+
+    def hold_and_read() -> tuple[set[int], dict[tuple[str, str, int], int], set[int]]:
+        held = PortReservations(lambda k: None)  # as portwayd holds them: relaying ::1
+        try:
+            held.reserve(PortMapping(80, 18080, "tcp"))
+            held.reserve(PortMapping(53, 18053, "udp"))
+            listening = {(p, a, port): inode for p, a, port, inode in rtnl.listeners()}
+            inodes = held.inodes()
+        finally:
+            held.close()
+        return inodes, listening, held.inodes()
+
+    inodes, listening, after = netns.in_netns(netns.netns_path(host), hold_and_read)
+    assert inodes == {listening[("tcp", "::", 18080)], listening[("udp", "::", 18053)]}
+    assert after == set()

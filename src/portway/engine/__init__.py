@@ -405,6 +405,11 @@ class Engine:
                     "upstreams": log.get("upstreams", []), "sent": log.get("sent"),
                     "running": self.dns.running()}
 
+    def own_sockets(self) -> set[int]:
+        """The inodes of the sockets this daemon listens on: those that hold published
+        ports (trace and audit name them as portwayd's)."""
+        return self.ports.inodes()
+
     def trace(self, source: str, destination: str, from_ip: str | None = None,
               live: bool = False, family: int | None = None) -> dict[str, Any]:
         from portway.engine import tracer

@@ -43,6 +43,8 @@ class Seams(Protocol):
 
     def tag(self, kind: str, object_id: str) -> str: ...
 
+    def own_sockets(self) -> set[int]: ...
+
 
 @dataclass(frozen=True)
 class Found:
@@ -117,7 +119,7 @@ class Observed:
 
 def _record(key: str, label: str, own: set[int]) -> trace_core.Space:
     """One namespace, from inside it (the calling thread is there): its sockets are
-    opened here. own: this process's sockets."""
+    opened here. own: portwayd's listening sockets (Seams.own_sockets)."""
     from portway.engine import tracer
 
     return tracer._space(key, label, None, tracer.list_ruleset_here(), {}, own)
@@ -130,7 +132,7 @@ def observe_world(seams: Seams, state_dir: str) -> Observed:
     from portway.engine import tracer
 
     rules, notes, iptables = xtables.native(seams.nft.listing())
-    own = observe.own_sockets()
+    own = seams.own_sockets()
     host = tracer._space(tracer.HOST, "host", seams.host, rules, {}, own)
     portway = container_names(state_dir)
     found = discover(host)

@@ -145,6 +145,10 @@ class Observer:
         self.nft.close()
         self.host.close()
 
+    def own_sockets(self) -> set[int]:
+        """This short-lived process listens on nothing."""
+        return set()
+
     def show(self) -> dict[str, Any]:
         from portway.engine import view
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import os
 import socket
 import struct
 from collections.abc import Callable
@@ -115,6 +116,18 @@ class PortReservations:
                 sock.close()
             raise
         self._held[k] = held
+
+    def inodes(self) -> set[int]:
+        """The inodes of the sockets held (as sock_diag and /proc/PID/fd name them): what
+        trace and audit tell apart from other listeners as portwayd's own."""
+        out: set[int] = set()
+        for socks in self._held.values():
+            for sock in socks:
+                try:
+                    out.add(os.fstat(sock.fileno()).st_ino)
+                except OSError:
+                    continue  # closed meanwhile
+        return out
 
     def release(self, p: PortMapping) -> None:
         for sock in self._held.pop(key(p), []):

@@ -52,9 +52,10 @@ def _space(key: str, label: str, ipr: IPRoute | None, rules: list[dict[str, Any]
     namespace (the caller runs this inside the namespace; ipr is a socket there). One
     dump of each kind for the whole namespace, parsed only for what is read
     (kernel/rtnl.py): a dump per link, or pyroute2's parsing of every attribute, cost
-    a host with 1,000 veths seconds. own: this process's sockets (their inodes), read
-    once for a whole recording (a daemon with 1,000 containers holds thousands of file
-    descriptors); None: read them here."""
+    a host with 1,000 veths seconds. own: the inodes of the sockets portwayd listens on
+    here (Engine.own_sockets: it knows them; looking through its file descriptors cost
+    a daemon with 1,000 containers, which holds thousands, tens of milliseconds); None:
+    none (portwayd listens only in its host namespace)."""
     with rtnl.Dumper() as dumper:
         return _space_from(key, label, dumper, rules, peers, own, ipr)
 
@@ -112,7 +113,7 @@ def _space_from(key: str, label: str, dumper: rtnl.Dumper, rules: list[dict[str,
     # net.ipv4.ip_forward (conf.all.forwarding), conf.all.rp_filter and IPv6's forwarding
     # from the kernel's netconf answers, not /proc/sys (see rtnl.Dumper.netconf_all).
     v4, v6 = dumper.netconf_all(socket.AF_INET), dumper.netconf_all(socket.AF_INET6)
-    own = observe.own_sockets() if own is None else own
+    own = own or set()
     listeners: set[tuple[str, str, int]] = set()
     mine: set[tuple[str, str, int]] = set()
     for proto, addr, port, inode in rtnl.listeners():
@@ -263,8 +264,11 @@ def observe_world(engine: Engine | Observer
     """The host, portway's containers, and the namespaces the host's veths lead to; the
     containers by key, and the key of each namespace recorded by its inode."""
     every = engine.store.containers()
+    # The store's networked containers; whether each one's namespace is still there is
+    # asked only of those the trace meets (a stat each: tens of milliseconds at 1,000).
+    # A namespace that is gone has taken its veths along, so no path leads into it.
     containers = {os.path.basename(c.netns): c for c in every
-                  if c.network_mode != "host" and netns.sandbox_exists(c.netns)}
+                  if c.network_mode != "host" and c.networked and c.netns}
     ids = {c.id for c in containers.values()}
     endpoints: dict[str, list[Endpoint]] = {}
     for e in engine.store.endpoints():  # (one query, not one a container)
@@ -276,7 +280,7 @@ def observe_world(engine: Engine | Observer
         for e in endpoints.get(c.id, []):
             host_peers[e.host_ifname] = (key, e.ifname)
             inner_peers.setdefault(key, {})[e.ifname] = (HOST, e.host_ifname)
-    own = observe.own_sockets()
+    own = engine.own_sockets()
     host = _space(HOST, "host", engine.host, engine.nft.listing(), host_peers, own)
     cluster = engine.h.cluster
     if cluster is not None and host.tunnels:
@@ -294,7 +298,13 @@ def observe_world(engine: Engine | Observer
             # Its netlink sockets are opened here, inside the container's namespace.
             return _space(key, f"container {c.name}", None, list_ruleset_here(),
                           inner_peers.get(key, {}), own)
-        return lambda: netns.in_netns(c.netns, record)
+
+        def load() -> core.Space:
+            if not netns.sandbox_exists(c.netns):  # gone (drift): nothing in it
+                return core.Space(key=key, label=f"container {c.name}", ifaces=[],
+                                  routes=[])
+            return netns.in_netns(c.netns, record)
+        return load
 
     # Each container is recorded when the path (or anything) first asks for it; who
     # holds which address behind which bridge is known from the store meanwhile.
@@ -390,7 +400,7 @@ def _source(engine: Engine | Observer, world: core.World, containers: dict[str, 
     if addr is not None:
         return _holder(world, addr)
     by_name = {c.name: key for key, c in containers.items()}
-    if source in by_name:
+    if source in by_name and netns.sandbox_exists(containers[by_name[source]].netns):
         return by_name[source]
     c = engine.store.find_container(source)
     if c is None or c.network_mode == "host":
@@ -400,7 +410,7 @@ def _source(engine: Engine | Observer, world: core.World, containers: dict[str, 
     if not c.networked:
         raise NotFound(f"container {c.name} is not running: it has no network namespace",
                        f"start it (portway start {c.name})")
-    if key not in containers:
+    if key not in containers or not netns.sandbox_exists(c.netns):
         raise NotFound(f"container {c.name} has no network namespace",
                        "run 'portway gc' to repair it")
     return key

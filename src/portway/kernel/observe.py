@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import os
 import socket
 from typing import Any
 
@@ -36,23 +35,6 @@ def listeners(protocol: str) -> list[tuple[str, int, int]]:
                     continue
                 addr = str(ipaddress.ip_address(str(msg["idiag_src"])))
                 out.append((addr, int(msg["idiag_sport"]), int(msg["idiag_inode"])))
-    return out
-
-
-def own_sockets() -> set[int]:
-    """The inodes of this process's own sockets (its file descriptors)."""
-    out: set[int] = set()
-    try:
-        names = os.listdir("/proc/self/fd")
-    except OSError:
-        return out
-    for name in names:
-        try:
-            target = os.readlink(f"/proc/self/fd/{name}")
-        except OSError:
-            continue  # closed meanwhile
-        if target.startswith("socket:["):
-            out.add(int(target[8:-1]))
     return out
 
 
