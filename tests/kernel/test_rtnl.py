@@ -348,3 +348,33 @@ def test_the_sockets_that_hold_published_ports_are_named_by_their_inodes(
     inodes, listening, after = netns.in_netns(netns.netns_path(host), hold_and_read)
     assert inodes == {listening[("tcp", "::", 18080)], listening[("udp", "::", 18053)]}
     assert after == set()
+
+
+def test_an_fdb_lookup_says_what_the_fdb_dump_says(spaces: tuple[str, str]) -> None:
+    """rtnl.FdbLookup (one `bridge fdb get` a MAC, for bridges of many ports) answers as
+    Dumper.fdb() does: the port of a learned or static entry; nothing for a port's own
+    address, an unknown MAC or an unknown bridge."""
+    host, other = spaces
+    for args in (("link", "add", "br0", "type", "bridge"),
+                 ("link", "add", "v0", "type", "veth", "peer", "name", "eth0", "netns", other),
+                 ("link", "set", "v0", "master", "br0", "up"), ("link", "set", "br0", "up")):
+        sh("ip", "-n", host, *args)
+    sh("ip", "netns", "exec", host, "bridge", "fdb", "add", "02:00:00:00:00:07", "dev", "v0",
+       "master", "static")
+
+    def read() -> tuple[dict[tuple[str, str], str], dict[str, str | None], str]:
+        with rtnl.Dumper() as d:
+            dumped = d.fdb()
+            own = next(link.mac for link in d.links() if link.ifname == "v0")
+            lookup = rtnl.FdbLookup(d.names())
+        try:
+            return dumped, {"static": lookup.get(("br0", "02:00:00:00:00:07")),
+                            "own": lookup.get(("br0", own)),
+                            "unknown": lookup.get(("br0", "02:00:00:00:00:99")),
+                            "no bridge": lookup.get(("br9", "02:00:00:00:00:07"))}, own
+        finally:
+            lookup.close()
+
+    dumped, looked, own = netns.in_netns(netns.netns_path(host), read)
+    assert dumped.get(("br0", "02:00:00:00:00:07")) == "v0" and ("br0", own) not in dumped
+    assert looked == {"static": "v0", "own": None, "unknown": None, "no bridge": None}

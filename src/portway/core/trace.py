@@ -25,7 +25,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from portway.core.nftsim import Decision, Packet, Ruleset, hostport, is_loopback
 from portway.errors import InvalidInput
@@ -198,6 +198,17 @@ class Flow:
                 f"--orig-dst {d} --orig-port-dst {dp}")
 
 
+class Learned(Protocol):
+    """What the bridges of a namespace have learned: (bridge, MAC) -> port. A dict, or
+    the recorder's lookup that asks the kernel one MAC at a time."""
+
+    def get(self, key: tuple[str, str], /) -> str | None: ...
+
+
+def _nothing_learned() -> dict[tuple[str, str], str]:
+    return {}
+
+
 @dataclass
 class Space:
     """One network namespace as observed."""
@@ -222,7 +233,7 @@ class Space:
     # (device, address) -> (MAC, state): the neighbour (ARP) table
     neighbours: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
     # (bridge, MAC) -> port: what each bridge has learned
-    fdb: dict[tuple[str, str], str] = field(default_factory=dict)
+    fdb: Learned = field(default_factory=_nothing_learned)
     # VXLAN device -> what it is and where it sends (overlay networks)
     tunnels: dict[str, Tunnel] = field(default_factory=dict)
     _local: tuple[list[Iface], int, frozenset[IPAddress]] | None = field(

@@ -196,12 +196,17 @@ def run(seams: Seams, state_dir: str, host_netns: str | None, live: bool = False
     with held:
         seen = observe_world(seams, state_dir)
     world = seen.world
-    result = core.audit(world, seen.iptables)
-    result.notes[:0] = seen.notes
-    if live:
-        with held:
-            for finding in result.findings:
-                finding.live = _live(seams, world, finding)
+    try:
+        result = core.audit(world, seen.iptables)
+        result.notes[:0] = seen.notes
+        if live:
+            with held:
+                for finding in result.findings:
+                    finding.live = _live(seams, world, finding)
+    finally:
+        from portway.engine import tracer
+
+        tracer.close_world(world)
     if host_netns:
         result.notes.insert(0, f"the host is network namespace {host_netns}")
     data = result.as_dict()

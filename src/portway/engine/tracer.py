@@ -120,13 +120,28 @@ def _space_from(key: str, label: str, dumper: rtnl.Dumper, rules: list[dict[str,
         listeners.add((proto, addr, port))
         if inode in own:
             mine.add((proto, addr, port))
+    # A bridge of many ports is asked about a MAC when the path crosses it: a dump of
+    # its FDB is mostly its ports' own addresses (three a port). close_world() ends it.
+    ports = sum(1 for link in by_index.values() if link.master)
+    fdb: core.Learned = rtnl.FdbLookup(dumper.names()) if ports > FDB_DUMP_MAX \
+        else dumper.fdb()
     return core.Space(key=key, label=label, ifaces=ifaces, routes=routes,
                       listeners=listeners, portway_sockets=mine, ruleset=rules,
                       forwarding=v4.get("forwarding") == 1,
                       forwarding6=v6.get("forwarding") == 1,
-                      neighbours=dumper.neighbours(), fdb=dumper.fdb(),
+                      neighbours=dumper.neighbours(), fdb=fdb,
                       rp_filter=v4.get("rp_filter", 0), rules=policy,
                       tables=tables, tunnels=tunnels)
+
+
+FDB_DUMP_MAX = 128  # bridge ports in a namespace up to which its FDB is dumped
+
+
+def close_world(world: core.World) -> None:
+    """Close the FDB lookups of the namespaces recorded (their netlink sockets)."""
+    for space in (world.host, *(dict.values(world.spaces))):
+        if isinstance(space.fdb, rtnl.FdbLookup):
+            space.fdb.close()
 
 
 # The rules every namespace starts with: local, main, default (priority, table).
@@ -548,50 +563,53 @@ def run(engine: Engine | Observer, source: str, destination: str, from_ip: str |
         raise InvalidInput(f"no port in {destination!r}",
                            f"say which port: {name}:80, or {name}:53/udp")
     world, containers, modelled = observe_world(engine)
-    src_key = _source(engine, world, containers, modelled, source)
     try:
-        literal: IPAddress | None = ipaddress.ip_address(name)
-    except ValueError:
-        literal = None
-    if literal is not None:
-        if family is not None and family != literal.version:
-            why = f"--from-ip {client}" if client is not None else _family_flag(family)
-            raise InvalidInput(f"the destination {literal} is IPv{literal.version}, but "
-                               f"{why} is IPv{family}", "give both of one family")
-        dest = _Target(literal, port, destination, [])
-    else:
+        src_key = _source(engine, world, containers, modelled, source)
         try:
-            dest = _to_container(engine, world, containers, src_key, name, port, proto,
-                                 family, client)
-        except NotFound:
-            remote = _remote_container(engine, name, port, family)
-            if remote is None:
-                raise
-            dest = remote
-    version = dest.daddr.version
-    if src_key == "outside":
-        sender = _client(client, version)
-        route = world.host.lookup(sender)
-        if route is None:
-            raise InvalidInput(f"the host has no route to {sender}",
-                               "give --from-ip an address beyond one of its interfaces")
-        packet = Packet(l4proto=proto, saddr=sender, daddr=dest.daddr, sport=SOURCE_PORT,
-                        dport=dest.dport, iif=route.dev)
-        label = f"outside {sender}"
-        key = "outside"
-    else:
-        key = world.host.key if src_key == "host" else src_key
-        unspecified = ipaddress.ip_address(0 if version == 4 else "::")
-        packet = Packet(l4proto=proto, saddr=unspecified, daddr=dest.daddr,
-                        sport=SOURCE_PORT, dport=dest.dport)
-        label = "host" if src_key == "host" else world.spaces[src_key].label
-    world.conntrack = _flows(packet)
-    result = core.trace(world, key, packet, label, dest.label)
-    far = _other_half(engine, result, label, dest) if result.tunnel is not None else None
-    answer = _answer(engine, world, key, packet, result, label, dest, live)
-    if far is not None:
-        _join_halves(answer, result, far)
-    return answer
+            literal: IPAddress | None = ipaddress.ip_address(name)
+        except ValueError:
+            literal = None
+        if literal is not None:
+            if family is not None and family != literal.version:
+                why = f"--from-ip {client}" if client is not None else _family_flag(family)
+                raise InvalidInput(f"the destination {literal} is IPv{literal.version}, but "
+                                   f"{why} is IPv{family}", "give both of one family")
+            dest = _Target(literal, port, destination, [])
+        else:
+            try:
+                dest = _to_container(engine, world, containers, src_key, name, port, proto,
+                                     family, client)
+            except NotFound:
+                remote = _remote_container(engine, name, port, family)
+                if remote is None:
+                    raise
+                dest = remote
+        version = dest.daddr.version
+        if src_key == "outside":
+            sender = _client(client, version)
+            route = world.host.lookup(sender)
+            if route is None:
+                raise InvalidInput(f"the host has no route to {sender}",
+                                   "give --from-ip an address beyond one of its interfaces")
+            packet = Packet(l4proto=proto, saddr=sender, daddr=dest.daddr, sport=SOURCE_PORT,
+                            dport=dest.dport, iif=route.dev)
+            label = f"outside {sender}"
+            key = "outside"
+        else:
+            key = world.host.key if src_key == "host" else src_key
+            unspecified = ipaddress.ip_address(0 if version == 4 else "::")
+            packet = Packet(l4proto=proto, saddr=unspecified, daddr=dest.daddr,
+                            sport=SOURCE_PORT, dport=dest.dport)
+            label = "host" if src_key == "host" else world.spaces[src_key].label
+        world.conntrack = _flows(packet)
+        result = core.trace(world, key, packet, label, dest.label)
+        far = _other_half(engine, result, label, dest) if result.tunnel is not None else None
+        answer = _answer(engine, world, key, packet, result, label, dest, live)
+        if far is not None:
+            _join_halves(answer, result, far)
+        return answer
+    finally:
+        close_world(world)
 
 
 @dataclass
@@ -657,7 +675,10 @@ def _other_half(engine: Engine | Observer, result: core.Trace, label: str,
             core.pair_veths(host, space)
             spaces[key] = space
     world = core.World(host=host, spaces=spaces, bridge_nf=bridge_nf, bridge_nf6=bridge_nf6)
-    remote.trace = core.arrive(world, leg, label, dest.label)
+    try:
+        remote.trace = core.arrive(world, leg, label, dest.label)
+    finally:
+        close_world(world)
     return remote
 
 

@@ -362,6 +362,63 @@ class Dumper:
         return out
 
 
+class FdbLookup:
+    """What each bridge of a namespace has learned, asked one MAC at a time (`bridge fdb
+    get MAC br BRIDGE`) over a socket opened in that namespace, instead of a dump: a
+    bridge with 1,000 ports answers a dump with 3,000 permanent entries (each port's
+    own and multicast addresses) that trace drops. A dict's get() as Dumper.fdb()'s
+    answer has it: (bridge, MAC) -> port, learned ones only. close() it when done."""
+
+    def __init__(self, names: dict[int, str]) -> None:
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                                  NETLINK_ROUTE)
+        self.sock.bind((0, 0))
+        self.names = dict(names)
+        self.index = {name: index for index, name in names.items()}
+        self.seq = 0
+        self.known: dict[tuple[str, str], str | None] = {}
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def get(self, key: tuple[str, str], default: str | None = None) -> str | None:
+        if key not in self.known:
+            self.known[key] = self._ask(*key)
+        found = self.known[key]
+        return default if found is None else found
+
+    def _ask(self, bridge: str, mac: str) -> str | None:
+        master = self.index.get(bridge)
+        try:
+            lladdr = bytes(int(b, 16) for b in mac.split(":"))
+        except ValueError:
+            return None
+        if master is None or len(lladdr) != 6 or self.sock.fileno() < 0:
+            return None
+        body = struct.pack("=BxxxiHBB", AF_BRIDGE, 0, 0, 0, 0) + \
+            struct.pack("=HH", 10, NDA_LLADDR) + lladdr + bytes(2) + \
+            struct.pack("=HHI", 8, NDA_MASTER, master)
+        self.seq += 1
+        self.sock.send(struct.pack("=IHHII", 16 + len(body), RTM_GETNEIGH, NLM_F_REQUEST,
+                                   self.seq, 0) + body)
+        while True:
+            data = self.sock.recv(1 << 16)
+            offset = 0
+            while offset + 16 <= len(data):
+                length, mtype, _, seq, _ = struct.unpack_from("=IHHII", data, offset)
+                if length < 16:
+                    return None
+                if seq == self.seq:
+                    if mtype == NLMSG_ERROR:
+                        return None  # (ENOENT: not in the table)
+                    msg = data[offset + 16:offset + length]
+                    _, port, state, _, _ = struct.unpack_from("=BxxxiHBB", msg)
+                    if state & NUD_PERMANENT:
+                        return None  # a port's own address, not one learned
+                    return self.names.get(port, "?")
+                offset += (length + 3) & ~3
+
+
 NETLINK_SOCK_DIAG, SOCK_DIAG_BY_FAMILY = 4, 20
 TCP_LISTEN, TCP_CLOSE = 10, 7  # a bound, unconnected UDP socket is in state CLOSE
 
