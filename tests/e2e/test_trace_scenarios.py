@@ -546,6 +546,61 @@ def test_no_masquerade_the_reply_never_comes_back(lab: Lab) -> None:
     assert t["verdict"] == "leaves-host" and t["seen_source"] == sb.host_addr
 
 
+def test_a_forward_drop_of_its_own_drops_the_replies_another_table_accepts(lab: Lab
+                                                                           ) -> None:
+    """"Play nice with nftables forward policy drop" (containers/netavark#977,
+    https://github.com/containers/netavark/issues/977; "containers without internet
+    access", https://github.com/oniGino/docker-nftables-scripts/issues/4): the runtime's
+    table accepts its network's traffic both ways, but the user's own `inet filter`
+    forward chain (policy drop) lets out only what goes from the bridge to the uplink.
+    The request leaves; its reply, coming back from the uplink to the bridge, is accepted
+    by the runtime's chain and dropped by the user's: an accept ends only its own chain.
+    The fix: accept established and related traffic in that chain."""
+    sb = lab.sb
+    (vm,) = vms(lab, 1)
+    lab.sysctl(sb.host, "net.ipv4.ip_forward", "1")
+    lab.nft(sb.host, "table ip runtime {\n"
+                     "  chain forward { type filter hook forward priority -1; "
+                     "policy accept;\n"
+                     "    oifname \"br0\" ct state established,related accept\n"
+                     "    iifname \"br0\" accept\n  }\n"
+                     "  chain postrouting { type nat hook postrouting priority 100; "
+                     "policy accept;\n"
+                     "    ip saddr 10.88.0.0/24 oifname \"uplink0\" masquerade\n  }\n}\n"
+                     "table inet filter {\n"
+                     "  chain forward { type filter hook forward priority 0; policy drop;\n"
+                     "    iifname \"br0\" oifname \"uplink0\" accept\n  }\n}\n")
+    lab.serve(sb.outside, sb.outside_addr, 9000)
+    real = lab.connect(vm, sb.outside_addr, 9000)
+    assert real == "timeout"
+    t = traced(lab, real, "10.88.0.2", f"{sb.outside_addr}:9000")
+    assert t["verdict"] == "dropped" and t["verdict"] in SAME[real], (t["verdict"], t["hops"])
+    assert "its reply does not come back" in t["summary"]
+    assert "ends only its own chain" in t["summary"]
+    hop = decider(t)
+    assert (hop["kind"], hop["table"], hop["chain"], hop["verdict"]) == \
+        ("reply", "filter", "forward", "policy drop")
+    # The reply is the one coming back from the uplink to the VM, after conntrack turned
+    # the masquerade back.
+    assert any(h["kind"] == "reply" and h["detail"].startswith("the far end answers")
+               for h in t["hops"])
+    assert any("undoes the source NAT" in h["detail"] for h in t["hops"])
+    # The probe is stopped at the uplink, before any answer: it agrees with the request.
+    assert t["live"]["verdict"] == "leaves-host" and t["live"]["agrees"]
+    assert t["fix"].endswith("nft insert rule inet filter forward ct state "
+                             "established,related accept")
+    lab.run(sb.host, "sh", "-c", t["fix"].partition(": ")[2])
+    assert lab.connect(vm, sb.outside_addr, 9000) == "connected"
+    t = check(lab, "connected", "10.88.0.2", f"{sb.outside_addr}:9000")
+    assert t["verdict"] == "leaves-host" and t["seen_source"] == sb.host_addr
+    # The reply's way back, hook by hook, comes with it.
+    back = t["reply_hops"]
+    assert back[0]["detail"].startswith("the far end answers")
+    assert [(h["table"], h["verdict"]) for h in back if h.get("chain") == "forward"] == \
+        [("runtime", "accept"), ("filter", "accept")]
+    assert back[-1]["kind"] == "reply" and "client's socket" in back[-1]["detail"]
+
+
 def test_the_hosts_stub_resolver_from_a_container(lab: Lab) -> None:
     """A container given the host's /etc/resolv.conf asks 127.0.0.53, systemd-resolved's
     stub, which is the host's own loopback: inside the container that address is its own,

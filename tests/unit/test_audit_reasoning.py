@@ -171,8 +171,11 @@ def test_a_connection_whose_answer_is_dropped_is_no_exposure() -> None:
     assert audit.ACROSS not in {f.kind for f in a.findings}
     reach = next(r for r in a.reaches if r.source.key == "ns:c1"
                  and r.target.space == "ns:c2")
-    assert reach.trace.verdict == "delivered" and not reach.reached
-    assert reach.reply is not None and "DOCKER-ISOLATION-STAGE-2" in str(reach.reply.hops)
+    # The trace walks the answer back too: the connection's verdict is the answer's.
+    assert reach.trace.verdict == "dropped" and not reach.reached
+    assert "its reply does not come back" in reach.trace.summary
+    assert reach.trace.hops[-1].kind == "reply" and "docker0" in reach.trace.hops[-1].detail
+    assert "DOCKER-ISOLATION-STAGE-2" in str(reach.trace.hops)
     assert reach.as_dict()["verdict"] == "reply-lost"
 
 

@@ -20,6 +20,7 @@ from portway.core.trace import (
     fold_events,
     pair_veths,
     render,
+    static_steps,
     trace,
 )
 from portway.model.types import Endpoint, Network, Subnet
@@ -152,6 +153,46 @@ def test_outside_to_published_port_keeps_the_client_address() -> None:
     assert t.verdict == "delivered"
     assert (t.seen_source, t.seen_destination) == ("198.51.100.2", "10.77.0.2:80")
     assert any("198.51.100.1:8080 -> 10.77.0.2:80 (DNAT)" in h.detail for h in t.hops)
+
+
+def test_the_reply_goes_back_through_the_hooks_with_the_nat_undone() -> None:
+    """The answer of a published port's connection walks back from the container: out of
+    its veth to the bridge's address, the host's hooks (established), conntrack turning
+    its source back into the published address at postrouting, out of the uplink."""
+    t = trace(world(), "outside", packet("198.51.100.1", 8080, "198.51.100.2", "uplink0"),
+              "outside", "web:80")
+    assert t.verdict == "delivered" and t.reply_hops and not t.reply_lost
+    back = [h.detail for h in t.reply_hops]
+    assert all(h.kind == "reply" for h in t.reply_hops)
+    assert any("undoes the DNAT: source 10.77.0.2:80 -> 198.51.100.1:8080" in d
+               for d in back)
+    assert back[-1].startswith("out of uplink0") and "from 198.51.100.1:8080" in back[-1]
+    assert "the reply comes back:" in render(t)
+
+
+def test_a_reply_dropped_on_its_way_back_decides_the_connection() -> None:
+    """A forward chain of another table that drops what comes back from the bridge (no
+    `ct state established` accept): the request is delivered, its answer is not."""
+    w = world()
+    w.host.ruleset = [*w.host.ruleset,
+                      {"table": {"family": "inet", "name": "mine"}},
+                      {"chain": {"family": "inet", "table": "mine", "name": "forward",
+                                 "type": "filter", "hook": "forward", "prio": 10,
+                                 "policy": "accept"}},
+                      {"rule": {"family": "inet", "table": "mine", "chain": "forward",
+                                "expr": [{"match": {"op": "==", "left": {"meta": {
+                                    "key": "iifname"}}, "right": "pwbr-ababababab"}},
+                                    {"drop": None}]}}]
+    t = trace(w, "outside", packet("198.51.100.1", 8080, "198.51.100.2", "uplink0"),
+              "outside", "web:80")
+    assert t.verdict == "dropped" and "its reply does not come back" in t.summary
+    assert t.reply_lost.startswith("dropped in host by inet mine forward")
+    assert t.hops[-1].kind == "reply" and t.hops[-1].decision is not None
+    assert t.fix.endswith("nft insert rule inet mine forward ct state established,related "
+                          "accept")
+    # What a live probe is compared with: the request's hooks, not the reply's drop.
+    assert [s.verdict for s in static_steps(t, "host") if s.table == "mine"] == \
+        ["policy accept"]
 
 
 def test_outside_to_an_unpublished_address_is_dropped() -> None:

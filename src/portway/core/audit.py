@@ -141,6 +141,9 @@ class Reach:
 
     @property
     def verdict(self) -> tuple[str, str]:
+        if self.trace.reply_lost:  # (the trace walked the answer back itself)
+            return "reply-lost", f"the first packet is delivered, but the answer is " \
+                f"lost: {self.trace.reply_lost}"
         if self.trace.verdict in REACHED and self.reply is not None and \
                 self.reply.verdict in REPLY_LOST:
             return "reply-lost", f"the first packet is delivered, but the answer is " \

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
@@ -170,12 +171,17 @@ class Ruleset:
     def run_hook(self, families: tuple[str, ...], hook: str, packet: Packet,
                  local: frozenset[IPAddress],
                  masquerade_source: dict[str, IPAddress] | None = None, nat: bool = True,
+                 at: tuple[int, Callable[[Packet], Packet]] | None = None,
                  ) -> tuple[Packet, list[Decision], bool]:
         """Every base chain on the hook, in priority order. Returns the packet as it
         leaves the hook, each chain's decision, and whether the packet survived.
-        nat=False: the connection's NAT is already decided (nat chains are skipped)."""
+        nat=False: the connection's NAT is already decided (nat chains are skipped).
+        at: (priority, change): the change is made to the packet before the first chain
+        of that priority or later (conntrack's NAT of a reply, at the NAT priorities)."""
         decisions: list[Decision] = []
         for chain in self.base_chains(families, hook):
+            if at is not None and int(chain.get("prio", 0)) >= at[0]:
+                packet, at = at[1](packet), None
             if chain.get("type") == "nat" and (packet.ct_state != "new" or not nat):
                 continue
             run = _Run(packet, local, masquerade_source or {})
@@ -195,6 +201,8 @@ class Ruleset:
                 uncertain=tuple(run.uncertain)))
             if verdict.split()[-1] in ("drop", "reject"):
                 return packet, decisions, False
+        if at is not None:
+            packet = at[1](packet)
         return packet, decisions, True
 
     # evaluation

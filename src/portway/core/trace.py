@@ -569,17 +569,30 @@ class Trace:
     fix: str = ""  # for a verdict other than delivered: what to change, concretely
     # Where a packet left this host through a VXLAN device: what the other host gets.
     tunnel: TunnelLeg | None = None
+    # The reply of the connection, walked back through every hook it crosses, when it
+    # comes back (when it does not, its hops end the request's, and decide).
+    reply_hops: list[Hop] = field(default_factory=list)
+    reply_lost: str = ""  # the request arrived, but its reply did not: why not
 
     def as_dict(self) -> dict[str, Any]:
         return {"source": self.source, "destination": self.destination,
                 "protocol": self.protocol, "verdict": self.verdict, "summary": self.summary,
                 "fix": self.fix,
                 "seen_source": self.seen_source, "seen_destination": self.seen_destination,
-                "hops": [h.as_dict() for h in self.hops]}
+                "hops": [h.as_dict() for h in self.hops],
+                "reply_hops": [h.as_dict() for h in self.reply_hops]}
 
 
 class _Done(Exception):
     pass
+
+
+class _ReplyEnd(Exception):
+    """How the walk of a reply ended: the verdict and why, as end() got them."""
+
+    def __init__(self, verdict: str, summary: str, fix: str) -> None:
+        super().__init__(verdict)
+        self.verdict, self.summary, self.fix = verdict, summary, fix
 
 
 FAR_END = "the far end"  # how a hop about the reply from beyond the host's edge starts
@@ -673,14 +686,23 @@ class _Walk:
         self.asked: tuple[IPAddress, int] = (ipaddress.ip_address(0), 0)  # daddr, dport
         # the devices the packet left by, in order: (namespace, device, MTU)
         self.mtus: list[tuple[str, str, int]] = []
+        # The request's addresses and ports as it first met the host (before the host's
+        # NAT) and as it arrived (after it): conntrack undoes the difference on the reply.
+        self.at_host: tuple[IPAddress, int, IPAddress, int] | None = None
+        self.arrived: tuple[IPAddress, int, IPAddress, int] | None = None
+        self.replying = False  # walking the reply (hops are "reply" hops; end() reports)
 
     # bookkeeping
 
     def hop(self, kind: str, where: str, detail: str, decision: Decision | None = None) -> None:
+        if self.replying:
+            kind = "reply"
         self.trace.hops.append(Hop(kind, where, detail, decision))
 
     def end(self, verdict: str, summary: str, packet: Packet | None = None,
             fix: str = "") -> None:
+        if self.replying:
+            raise _ReplyEnd(verdict, summary, fix)
         if self.flow is not None and verdict != "delivered":
             summary = f"{summary}; this flow's existing conntrack entry (replies from " \
                       f"{hostport(self.flow.reply[0], self.flow.reply[1])}) decided its " \
@@ -708,8 +730,21 @@ class _Walk:
         route = space.lookup(packet.daddr) if hook == "postrouting" else None
         if route is not None and route.prefsrc is not None:
             masq[route.dev] = route.prefsrc
+        if space is self.world.host and self.at_host is None and not self.replying:
+            self.at_host = (packet.saddr, packet.sport, packet.daddr, packet.dport)
+        at: tuple[int, Callable[[Packet], Packet]] | None = None
+        undone: list[str] = []
+        if self.replying and space is self.world.host and families != ("bridge",):
+            # conntrack's inverse of the host's NAT, where the kernel makes it: the
+            # destination (undoing SNAT) at NAT_DST (-100) of prerouting and output, the
+            # source (undoing DNAT) at NAT_SRC (100) of postrouting and input; the chains
+            # before see the reply as it came.
+            if hook in ("prerouting", "output"):
+                at = (-100, lambda p: self.undo_nat(p, True, undone))
+            elif hook in ("postrouting", "input"):
+                at = (100, lambda p: self.undo_nat(p, False, undone))
         if space is self.world.host and hook in ("prerouting", "output") and \
-                self.flow is None and self.world.conntrack:
+                self.flow is None and self.world.conntrack and not self.replying:
             packet = self.conntrack(space, families, hook, packet, masq)
         if space is self.world.host and self.flow is not None:
             nat = False  # the entry's NAT holds, whatever the rules say now
@@ -717,7 +752,7 @@ class _Walk:
                 packet = replace(packet, saddr=self.flow_snat[0], sport=self.flow_snat[1])
         before = (packet.saddr, packet.sport, packet.daddr, packet.dport)
         packet, decisions, alive = self.ruleset(space).run_hook(
-            families, hook, packet, space.local(), masq, nat)
+            families, hook, packet, space.local(), masq, nat, at)
         if space is self.world.host and before != (packet.saddr, packet.sport,
                                                    packet.daddr, packet.dport):
             self.host_nat = True
@@ -732,6 +767,8 @@ class _Walk:
             if d.uncertain:
                 detail += f"; note: {'; '.join(d.uncertain)}"
             self.hop("hook", f"{space.label}: {d.where}", detail, d)
+        for note in undone:
+            self.hop("ct", space.label, note)
         if not alive:
             last = decisions[-1]
             summary = f"dropped in {space.label} by {last.where}: {last.rule or last.verdict}"
@@ -740,7 +777,12 @@ class _Walk:
                 first = earlier[0]
                 summary += f"; the accept in {first.where} (\"{first.rule}\") ends only " \
                            f"its own chain: {last.where} still decides on the {hook} hook"
-            self.end("dropped", summary, packet, drop_fix(space, last, packet))
+            fix = drop_fix(space, last, packet)
+            if self.replying:  # what lets a connection's replies through that chain
+                fix = "let the replies of connections through that chain: " + in_space(
+                    space, f"nft insert rule {last.family} {last.table} {last.chain} "
+                           "ct state established,related accept")
+            self.end("dropped", summary, packet, fix)
         return packet
 
     def conntrack(self, space: Space, families: tuple[str, ...], hook: str,
@@ -878,6 +920,11 @@ class _Walk:
         self.socket(space, packet)
 
     def socket(self, space: Space, packet: Packet) -> None:
+        if self.replying:
+            self.hop("socket", space.label, f"the client's socket on "
+                     f"{hostport(packet.daddr, packet.dport)} takes the reply from "
+                     f"{hostport(packet.saddr, packet.sport)}")
+            self.end("delivered", f"the reply reaches the client in {space.label}", packet)
         # A socket on :: takes IPv4 too (unless IPV6_V6ONLY, which is not observed).
         wildcards = ("0.0.0.0", "::") if packet.version == 4 else ("::",)
         for addr in (str(packet.daddr), *wildcards):
@@ -969,6 +1016,10 @@ class _Walk:
                 self.host_in(packet, peer.name)
             else:
                 self.ingress(peer_space, peer.name, packet)
+        elif space is self.world.host and self.replying:
+            self.hop("leave", space.label, f"out of {iface.name} towards {nexthop}: back "
+                     f"to the client, from {hostport(packet.saddr, packet.sport)}")
+            self.end("leaves-host", f"the reply leaves through {iface.name}", packet)
         elif space is self.world.host:
             self.hop("leave", space.label, f"out of {iface.name} towards {nexthop}: leaves "
                      f"the host with source {packet.saddr}")
@@ -981,6 +1032,9 @@ class _Walk:
                 self.end("leaves-host", f"{summary}; {astray[0]}", packet, astray[1])
             self.unreachable_gateway(space, iface, nexthop, packet)
             self.no_way_back(space, iface, packet)
+            if self.world.beyond:
+                self.walk_reply(packet, lambda r: self.from_beyond(iface, r),
+                                f"the request leaves the host through {iface.name}")
             self.path_mtu(packet)
             self.end("leaves-host", summary, packet)
         else:
@@ -1358,8 +1412,8 @@ class _Walk:
 
     def reply(self, space: Space, packet: Packet) -> None:
         """The answer of a delivered request, from space back to its sender: a route
-        back, and (when the host rewrote the request) a way back through the host's
-        conntrack, which undoes the rewrite."""
+        back; (when the host rewrote the request) a way back through the host's
+        conntrack, which undoes the rewrite; then the reply itself, hook by hook."""
         dst, src = packet.saddr, packet.daddr
         if packet.ct_state != "new" or dst in space.local() or is_loopback(dst):
             return  # a reply itself (its own answer is not asked about), or local
@@ -1372,6 +1426,14 @@ class _Walk:
                      in_space(space, f"ip route add {self.network_of(dst)} via GATEWAY")
                      + " (the router towards the client), or a default route")
         assert back is not None
+        self.hairpin_bridged_back(space, packet, back)
+        self.walk_reply(packet, lambda r: self.from_namespace(space, r),
+                        f"the request reaches {space.label}")
+
+    def hairpin_bridged_back(self, space: Space, packet: Packet, back: Route) -> None:
+        """A DNATed request whose reply is on-link behind the same bridge: with bridge
+        netfilter off the reply is bridged straight back, past the host's conntrack."""
+        dst = packet.saddr
         asked = self.asked
         if space is self.world.host or not self.host_nat or back.gateway is not None or \
                 (packet.daddr, packet.dport) == asked:
@@ -1397,6 +1459,66 @@ class _Walk:
                  "conntrack), or masquerade the hairpin so that the reply goes through the "
                  f"host: nft add rule ip nat postrouting ip saddr {self.network_of(dst)} "
                  f"ip daddr {packet.daddr} masquerade (in a nat postrouting chain)")
+
+    def walk_reply(self, packet: Packet, start: Callable[[Packet], None], request: str
+                   ) -> None:
+        """The reply of the connection whose request arrived as packet, walked back through
+        every hook it crosses (start: where it begins): the host's conntrack undoes the
+        host's NAT on it (not that of other namespaces, which is not modelled), the nat
+        chains are not asked, and rules see it as established. When it comes back its
+        hops are kept apart (Trace.reply_hops); when it does not, they end the request's
+        and the connection's verdict is the reply's."""
+        if self.flow is not None or packet.ct_state != "new":
+            return  # a flow conntrack already holds (its entry decides), or a reply itself
+        self.arrived = (packet.saddr, packet.sport, packet.daddr, packet.dport)
+        reply = replace(packet, saddr=packet.daddr, sport=packet.dport, daddr=packet.saddr,
+                        dport=packet.sport, iif="", oif="", ct_state="established", mark=0,
+                        smac="", dmac="")
+        at, mtus, routed, nat = len(self.trace.hops), list(self.mtus), self.hops_routed, \
+            self.host_nat
+        self.replying = True
+        try:
+            start(reply)
+            self.end("dropped", "the reply's path ended without a decision", reply)
+            return  # (end() raises)
+        except _ReplyEnd as ended:
+            outcome = ended
+        finally:
+            self.replying = False
+            self.mtus, self.hops_routed, self.host_nat = mtus, routed, nat
+        if outcome.verdict in ("delivered", "leaves-host"):
+            self.trace.reply_hops = self.trace.hops[at:]
+            del self.trace.hops[at:]
+            return
+        self.trace.reply_lost = outcome.summary
+        self.end(outcome.verdict, f"{request}, but its reply does not come back: "
+                 f"{outcome.summary}", packet, outcome.fix)
+
+    def from_beyond(self, uplink: Iface, reply: Packet) -> None:
+        """The reply of a request that left the host, from the far end: back on the uplink."""
+        self.hop("reply", self.world.host.label, f"{FAR_END} answers: "
+                 f"{hostport(reply.saddr, reply.sport)} -> {hostport(reply.daddr, reply.dport)} "
+                 f"arrives on {uplink.name}")
+        self.host_in(reply, uplink.name)
+
+    def undo_nat(self, packet: Packet, destination: bool, notes: list[str]) -> Packet:
+        """conntrack's inverse of the host's NAT, on a reply: its destination back to the
+        request's source (undoing SNAT, masquerade), or its source back to what the
+        client asked for (undoing DNAT). What it did goes to notes."""
+        before, after = self.at_host, self.arrived
+        if before is None or after is None:
+            return packet
+        if destination and before[:2] != after[:2] and \
+                (packet.daddr, packet.dport) == after[:2]:
+            notes.append(f"conntrack undoes the source NAT: destination "
+                         f"{hostport(packet.daddr, packet.dport)} -> {hostport(*before[:2])}")
+            return replace(packet, daddr=before[0], dport=before[1])
+        if not destination and before[2:] != after[2:] and \
+                (packet.saddr, packet.sport) == after[2:]:
+            notes.append(f"conntrack undoes the DNAT: source "
+                         f"{hostport(packet.saddr, packet.sport)} -> {hostport(*before[2:])}")
+            return replace(packet, saddr=before[2], sport=before[3])
+        return packet
 
     def ingress(self, space: Space, ifname: str, packet: Packet) -> None:
         """A packet arriving in a (container) namespace on ifname."""
@@ -1515,6 +1637,10 @@ def render(t: Trace) -> str:
     lines.append(f"verdict: {t.verdict}: {t.summary}{seen}")
     if t.fix:
         lines.append(f"fix: {t.fix}")
+    if t.reply_hops:
+        lines.append("the reply comes back:")
+        for number, h in enumerate(t.reply_hops, 1):
+            lines.append(f"{number:3}  {h.kind:<6} {h.where:<{width}}  {h.detail}")
     return "\n".join(lines)
 
 
@@ -1571,7 +1697,7 @@ def static_steps(t: Trace, space_label: str) -> list[KernelStep]:
     out = []
     for h in t.hops:
         d = h.decision
-        if d is None or not h.where.startswith(f"{space_label}:"):
+        if d is None or h.kind == "reply" or not h.where.startswith(f"{space_label}:"):
             continue
         out.append(KernelStep(d.family, d.table, d.chain, d.rule_chain, d.handle,
                               d.verdict, d.rule))
