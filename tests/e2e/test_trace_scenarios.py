@@ -24,6 +24,8 @@ import pytest
 from lab import Lab
 
 from conftest import Sandbox
+from portway.testbed import HOST_ADDR6 as HOST6
+from portway.testbed import OUTSIDE_ADDR6 as OUTSIDE6
 
 # What a real client meets -> the verdicts that say the same.
 SAME = {"connected": {"delivered", "leaves-host"}, "refused": {"no-listener"},
@@ -599,6 +601,49 @@ def test_a_forward_drop_of_its_own_drops_the_replies_another_table_accepts(lab: 
     assert [(h["table"], h["verdict"]) for h in back if h.get("chain") == "forward"] == \
         [("runtime", "accept"), ("filter", "accept")]
     assert back[-1]["kind"] == "reply" and "client's socket" in back[-1]["detail"]
+
+
+def test_ipv6_forwarding_for_some_interfaces_only(lab: Lab) -> None:
+    """IPv6 has no per-interface forwarding switch as IPv4 has: net.ipv6.conf.all.
+    forwarding alone decides, and net.ipv6.conf.DEV.forwarding only makes DEV a router
+    for neighbour discovery. Linux 6.17 added net.ipv6.conf.DEV.force_forwarding
+    ("forward packets received on this interface even if all.forwarding is 0",
+    https://docs.kernel.org/networking/ip-sysctl.html, force_forwarding) for hosts that
+    route between some interfaces only. Turned on for the VMs' bridge alone, the
+    requests go out, but the replies arrive on the uplink, which does not forward: the
+    connection fails until the uplink forwards too."""
+    sb = lab.sb
+    (vm,) = vms(lab, 1)
+    lab.addr(sb.host, "br0", "fd00:88::1/64")
+    lab.addr(vm, "eth0", "fd00:88::2/64")
+    lab.ip(vm, "-6", "route", "add", "default", "via", "fd00:88::1")
+    lab.sysctl(sb.host, "net.ipv6.conf.all.forwarding", "0")
+    lab.nft(sb.host, "table ip6 nat {\n"
+                     "  chain postrouting { type nat hook postrouting priority 100; "
+                     "policy accept;\n"
+                     "    ip6 saddr fd00:88::/64 oifname \"uplink0\" masquerade\n  }\n}\n")
+    lab.serve(sb.outside, OUTSIDE6, 9000)
+    lab.sysctl(sb.host, "net.ipv6.conf.br0.force_forwarding", "1")
+    real = lab.connect(vm, OUTSIDE6, 9000)
+    assert real == "timeout"
+    t = traced(lab, real, "fd00:88::2", f"[{OUTSIDE6}]:9000")
+    assert t["verdict"] == "dropped" and "its reply does not come back" in t["summary"], \
+        (t["summary"], t["hops"])
+    assert any("force_forwarding is 1: what arrives on br0 is forwarded" in h["detail"]
+               for h in t["hops"])
+    hop = decider(t)
+    assert hop["kind"] == "reply" and "nothing is forwarded" in hop["detail"]
+    assert "net.ipv6.conf.uplink0.force_forwarding=1" in t["fix"]
+    assert t["live"]["verdict"] == "leaves-host" and t["live"]["agrees"]
+    lab.sysctl(sb.host, "net.ipv6.conf.uplink0.force_forwarding", "1")
+    assert lab.connect(vm, OUTSIDE6, 9000) == "connected"
+    t = check(lab, "connected", "fd00:88::2", f"[{OUTSIDE6}]:9000")
+    assert t["verdict"] == "leaves-host" and t["seen_source"] == HOST6
+    # A per-interface forwarding of 0 stops nothing in IPv6 (all.forwarding decides).
+    lab.sysctl(sb.host, "net.ipv6.conf.all.forwarding", "1")
+    lab.sysctl(sb.host, "net.ipv6.conf.br0.forwarding", "0")
+    assert lab.connect(vm, OUTSIDE6, 9000) == "connected"
+    check(lab, "connected", "fd00:88::2", f"[{OUTSIDE6}]:9000")
 
 
 def test_the_hosts_stub_resolver_from_a_container(lab: Lab) -> None:

@@ -106,6 +106,11 @@ class Iface:
     # net.ipv6.conf.NAME.disable_ipv6: no IPv6 address, and every IPv6 packet that arrives
     # on it or is routed out of it is dropped (bridged frames are not: they stay at L2)
     disable_ipv6: bool = False
+    # net.ipv6.conf.NAME.force_forwarding (Linux 6.17): IPv6 arriving on it is forwarded
+    # even where net.ipv6.conf.all.forwarding is 0. (IPv6 has no per-interface switch
+    # the other way: net.ipv6.conf.NAME.forwarding only makes the interface a router for
+    # neighbour discovery; all.forwarding alone gates what is forwarded.)
+    force_forwarding: bool = False
     mtu: int = 0  # 0: not known
     link_index: int = 0  # a veth's other end's index, in its own namespace
     netnsid: int = -1  # a veth's other end's namespace, as this one numbers it (-1: same)
@@ -295,8 +300,15 @@ class Space:
             mine = same or mine
         return mine[0] if mine else None
 
-    def forwards(self, version: int) -> bool:
-        return self.forwarding if version == 4 else self.forwarding6
+    def forwards(self, version: int, iif: str = "") -> bool:
+        """Whether what arrives on iif (any interface: "") may be forwarded, as far as
+        the namespace-wide switch (or IPv6's force_forwarding of iif) says."""
+        if version == 4:
+            return self.forwarding
+        if self.forwarding6:
+            return True
+        iface = self.iface(iif) if iif else None
+        return iface is not None and iface.force_forwarding
 
     def lookup(self, daddr: IPAddress, saddr: IPAddress | None = None,
                iif: str | None = None, mark: int = 0) -> Route | None:
@@ -1290,14 +1302,21 @@ class _Walk:
         """Forwarding on in space for the packet's family, and (IPv4) on the interface it
         arrived on: the kernel forwards what arrives on an interface whose own
         `forwarding` is 1 (ip_forward sets every interface's; one can be turned off)."""
-        if not space.forwards(packet.version):
+        iface = space.iface(iif)
+        if not space.forwards(packet.version, iif):
             key = "net.ipv4.ip_forward" if packet.version == 4 else \
                 "net.ipv6.conf.all.forwarding"
             self.hop("route", space.label, f"{key} is 0: nothing is forwarded")
+            alone = f" (or for what arrives on {iif} alone: " + in_space(
+                space, f"sysctl -w net.ipv6.conf.{iif}.force_forwarding=1") + ", Linux 6.17)" \
+                if packet.version == 6 else ""
             self.end("dropped", f"{space.label} does not forward "
                      f"({key.rsplit('.', 1)[-1]}=0 for IPv{packet.version})", packet,
-                     in_space(space, f"sysctl -w {key}=1"))
-        iface = space.iface(iif)
+                     in_space(space, f"sysctl -w {key}=1") + alone)
+        if packet.version == 6 and not space.forwarding6:
+            self.hop("route", space.label, f"net.ipv6.conf.all.forwarding is 0, but "
+                     f"net.ipv6.conf.{iif}.force_forwarding is 1: what arrives on {iif} is "
+                     "forwarded")
         if packet.version == 4 and iface is not None and not iface.forwarding:
             key = f"net.ipv4.conf.{iif}.forwarding"
             self.hop("route", space.label, f"{key} is 0: what arrives on {iif} is not "
@@ -1530,15 +1549,17 @@ class _Walk:
             self.hop("route", space.label, f"route lookup: {packet.daddr} is local")
             self.to_local(space, packet)
             return
-        if not space.forwards(packet.version):
+        if not space.forwards(packet.version, ifname):
             self.hop("route", space.label, f"{packet.daddr} is not an address of "
                      f"{space.label}, which does not forward")
             key = "net.ipv4.ip_forward" if packet.version == 4 else \
                 "net.ipv6.conf.all.forwarding"
+            alone = f" (or for what arrives on {ifname} alone: net.ipv6.conf.{ifname}." \
+                "force_forwarding=1, Linux 6.17)" if packet.version == 6 else ""
             self.end("dropped", f"{space.label} does not forward to {packet.daddr}", packet,
                      f"if {space.label} is meant to route: "
-                     + in_space(space, f"sysctl -w {key}=1") + f"; else send to an address "
-                     f"of {space.label}")
+                     + in_space(space, f"sysctl -w {key}=1") + f"{alone}; else send to an "
+                     f"address of {space.label}")
         # A namespace that routes (a router, a VM's host of its own): on to the next hop.
         self.hops_routed += 1
         if self.hops_routed > MAX_ROUTED:

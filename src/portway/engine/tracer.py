@@ -82,11 +82,12 @@ def _space_from(key: str, label: str, dumper: rtnl.Dumper, rules: list[dict[str,
             rp_filter = int(text) if text.isdigit() else 0
             forwarding = int(observe.read_sysctl(conf + "forwarding") != "0")
         no_ipv6 = dumper.ipv6_conf(link.index, rtnl.DEVCONF_DISABLE_IPV6)
+        force6 = dumper.ipv6_conf(link.index, rtnl.DEVCONF_FORCE_FORWARDING)
         ifaces.append(core.Iface(name=link.ifname, index=link.index, kind=link.kind,
                                  mac=link.mac, up=link.up, addrs=addrs, master=master,
                                  peer=peers.get(link.ifname), route_localnet=localnet == 1,
                                  rp_filter=rp_filter, forwarding=forwarding != 0,
-                                 disable_ipv6=bool(no_ipv6),
+                                 disable_ipv6=bool(no_ipv6), force_forwarding=bool(force6),
                                  mtu=link.mtu,
                                  link_index=link.peer if link.kind == "veth" else 0,
                                  netnsid=link.netnsid if link.kind == "veth" else -1))
