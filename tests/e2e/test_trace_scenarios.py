@@ -646,6 +646,43 @@ def test_ipv6_forwarding_for_some_interfaces_only(lab: Lab) -> None:
     check(lab, "connected", "fd00:88::2", f"[{OUTSIDE6}]:9000")
 
 
+def test_vms_behind_a_bridge_in_a_namespace_of_their_own(lab: Lab) -> None:
+    """VMs in a network namespace of their own, reached from the host by a veth ("each
+    VM lives in its own network namespace ... we need to build a path from each
+    namespace, through the host's root network stack", "Setting up networking for your
+    VMs", https://jacquesverre.com/blog/setting-up-networking-for-your-vms): here the
+    namespace (a VM host, a lab's node) bridges its guests behind a bridge of its own,
+    and the host routes their subnet to the namespace's veth. trace follows that bridge
+    to the guest (and the reply back through it), where it used to stop at the bridge
+    as if the packet left the machine there."""
+    sb = lab.sb
+    hv, guest = lab.netns("hv"), lab.netns("guest")
+    lab.veth(sb.host, "hvp", hv, "eth0")
+    lab.addr(sb.host, "hvp", "10.97.0.1/30")
+    lab.addr(hv, "eth0", "10.97.0.2/30")
+    lab.veth(hv, "g1p", guest, "eth0")
+    lab.bridge(hv, "lbr0", "g1p")
+    lab.addr(hv, "lbr0", "10.98.0.1/24")
+    lab.addr(guest, "eth0", "10.98.0.2/24")
+    lab.route(guest, "default", "via", "10.98.0.1")
+    lab.route(hv, "default", "via", "10.97.0.1")
+    lab.sysctl(hv, "net.ipv4.ip_forward", "1")
+    lab.route(sb.host, "10.98.0.0/24", "via", "10.97.0.2")
+    server = lab.serve(guest, "0.0.0.0", 80)
+    assert lab.connect(sb.host, "10.98.0.2", 80) == "connected"
+    t = check(lab, "connected", "host", "10.98.0.2:80")
+    assert t["verdict"] == "delivered", (t["summary"], t["hops"])
+    assert t["hops"][-1]["where"] == f"namespace {guest}"
+    assert any(h["kind"] == "bridge" and h["where"] == f"lbr0 (namespace {hv})"
+               for h in t["hops"])
+    # The reply: from the VM to the lab's bridge address, routed by the lab to the host.
+    assert any(h["where"] == f"namespace {hv}" for h in t["reply_hops"])
+    lab.stop(server)
+    assert lab.connect(sb.host, "10.98.0.2", 80) == "refused"
+    t = check(lab, "refused", "host", "10.98.0.2:80")
+    assert t["hops"][-1]["where"] == f"namespace {guest}"
+
+
 def test_the_hosts_stub_resolver_from_a_container(lab: Lab) -> None:
     """A container given the host's /etc/resolv.conf asks 127.0.0.53, systemd-resolved's
     stub, which is the host's own loopback: inside the container that address is its own,

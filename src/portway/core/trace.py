@@ -1011,6 +1011,8 @@ class _Walk:
         self.ipv6_disabled(space, iface, packet, arriving=False)
         if iface.kind == "bridge" and space is self.world.host:
             self.bridge_out(iface, nexthop, packet)
+        elif iface.kind == "bridge":
+            self.bridge_out_of(space, iface, nexthop, packet)
         elif iface.peer is not None:
             peer_space = self.world.space(iface.peer[0])
             peer = peer_space.iface(iface.peer[1])
@@ -1078,6 +1080,44 @@ class _Walk:
     def holder(self, bridge: str, addr: IPAddress) -> tuple[Space, Iface, Iface] | None:
         """The container end holding addr behind a port of bridge, with that port."""
         return self.world.holder(bridge, addr)
+
+    def bridge_out_of(self, space: Space, bridge: Iface, nexthop: IPAddress,
+                      packet: Packet) -> None:
+        """A namespace other than the host (a lab's, a VM host's) sends through a bridge
+        of its own: to the port whose other end (a veth into a namespace recorded, such as
+        the VMs behind it) holds nexthop."""
+        found = None
+        for port in space.ifaces:
+            if port.master != bridge.name or port.peer is None:
+                continue
+            other = self.world.host if port.peer[0] == self.world.host.key else \
+                self.world.spaces.get(port.peer[0])
+            inner = other.iface(port.peer[1]) if other is not None else None
+            if other is not None and inner is not None and \
+                    any(a.ip == nexthop for a in inner.addrs):
+                found = (other, inner, port)
+                break
+        if found is None:
+            self.hop("bridge", f"{bridge.name} ({space.label})", f"nothing behind "
+                     f"{bridge.name} has {nexthop}: {asks(nexthop)} gets no answer")
+            self.end("no-route", f"nothing behind {bridge.name} in {space.label} holds "
+                     f"{nexthop}", packet, f"check that {nexthop} is the right address, and "
+                     f"that what holds it is attached to {bridge.name} in {space.label} "
+                     "and up")
+        assert found is not None
+        other, inner, port = found
+        self.hop("bridge", f"{bridge.name} ({space.label})",
+                 f"{space.neighbour(bridge.name, nexthop)}; "
+                 f"{space.learned(bridge.name, inner.mac, port.name)} ({other.label})")
+        packet = replace(packet, iif="", oif=port.name, smac=bridge.mac, dmac=inner.mac)
+        packet = self.hook(space, ("bridge",), "output", packet)
+        self.hop("veth", f"{port.name} -> {inner.name}", f"veth pair: {port.name} "
+                 f"#{port.index} in {space.label} -> {inner.name} #{inner.index} in "
+                 f"{other.label}")
+        if other is self.world.host:
+            self.host_in(packet, inner.name)
+        else:
+            self.ingress(other, inner.name, packet)
 
     def bridge_out(self, bridge: Iface, nexthop: IPAddress, packet: Packet) -> None:
         """The host sends through its bridge to the port behind which nexthop lives."""
@@ -1227,7 +1267,10 @@ class _Walk:
             self.hop("bridge", bridge.name, f"destination MAC {bridge.mac} is the bridge's "
                      f"own ({nexthop}): up to the host's IP layer")
             packet = self.hook(host, ("bridge",), "input", packet)
-            self.host_in(replace(packet, iif=bridge.name), bridge.name)
+            if host is self.world.host:
+                self.host_in(replace(packet, iif=bridge.name), bridge.name)
+            else:  # a bridge of another namespace (a lab's, a VM host's)
+                self.ingress(host, bridge.name, replace(packet, iif=bridge.name))
             return
         self.hop("bridge", bridge.name, f"{host.learned(bridge.name, dmac, out_port.name)} "
                  f"({space.label}): bridged, not routed")
