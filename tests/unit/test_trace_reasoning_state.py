@@ -317,12 +317,24 @@ def test_a_smaller_mtu_on_the_path_and_mss_clamping() -> None:
     note = next(h for h in t.hops if h.kind == "mtu")
     assert "path MTU 1420 (uplink0 in host) is below the sender's 1500" in note.detail
     assert "no rule clamps the MSS" in note.detail
+    # The fix: the clamp rule, in the namespace that holds the narrow device, in text
+    # and in --json.
+    mtu = t.as_dict()["mtu"]
+    assert (mtu["path_mtu"], mtu["device"], mtu["mss"], mtu["clamped"]) == \
+        (1420, "uplink0", 1380, False)
+    assert mtu["fix"].endswith("nft add rule inet mss forward oifname \"uplink0\" tcp flags "
+                               "syn tcp option maxseg size set rt mtu && nft add rule inet "
+                               "mss forward iifname \"uplink0\" tcp flags syn tcp option "
+                               "maxseg size set 1380")
+    assert f"fix: {mtu['fix']}" in render(t)
     clamp = [match({"payload": {"protocol": "tcp", "field": "flags"}}, "syn"),
              {"mangle": {"key": {"tcp option": {"name": "maxseg", "field": "size"}},
                          "value": {"rt": {"key": "mtu"}}}}]
     w.host.ruleset = masq + filter_chain("inet", "f", "forward", "forward", "accept", clamp)
     t = trace(w, "ns:vm1", packet("203.0.113.9", 443), "vm1", "x")
     assert "a rule clamps the MSS" in next(h for h in t.hops if h.kind == "mtu").detail
+    assert t.mtu is not None and t.mtu["clamped"] and t.mtu["fix"] == ""
+    assert "mtu:" not in render(t)
     # The same MTU all the way: nothing to say.
     w.host.ifaces[1] = replace(w.host.ifaces[1], mtu=1500)
     t = trace(w, "ns:vm1", packet("203.0.113.9", 443), "vm1", "x")

@@ -585,6 +585,10 @@ class Trace:
     # comes back (when it does not, its hops end the request's, and decide).
     reply_hops: list[Hop] = field(default_factory=list)
     reply_lost: str = ""  # the request arrived, but its reply did not: why not
+    # A device on the path with a smaller MTU than the sender's, for TCP: path_mtu,
+    # device, where, sender_mtu, mss (the largest segment that passes), clamped (a rule
+    # clamps the MSS), fix (the clamp rule, where none does).
+    mtu: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {"source": self.source, "destination": self.destination,
@@ -592,7 +596,7 @@ class Trace:
                 "fix": self.fix,
                 "seen_source": self.seen_source, "seen_destination": self.seen_destination,
                 "hops": [h.as_dict() for h in self.hops],
-                "reply_hops": [h.as_dict() for h in self.reply_hops]}
+                "reply_hops": [h.as_dict() for h in self.reply_hops], "mtu": self.mtu}
 
 
 class _Done(Exception):
@@ -1441,8 +1445,9 @@ class _Walk:
     def path_mtu(self, packet: Packet) -> None:
         """Sizes: a device on the path with a smaller MTU than the sender's (a tunnel such
         as wg0 at 1420) makes full-size TCP segments depend on path MTU discovery, unless
-        a rule clamps the MSS to the route's MTU. A SYN passes either way; the note says
-        why large transfers may stall."""
+        a rule clamps the MSS. A SYN passes either way; the note (and Trace.mtu, with the
+        clamp rule to add in the namespace that holds the device) says why large
+        transfers may stall."""
         if packet.l4proto != "tcp" or len(self.mtus) < 2:
             return
         first = self.mtus[0][2]
@@ -1454,13 +1459,26 @@ class _Walk:
         header = 40 if packet.version == 4 else 60
         detail = f"path MTU {low} ({dev} in {where}) is below the sender's {first}: TCP " \
                  f"segments over {low - header} bytes need path MTU discovery"
+        fix = ""
         if clamp:
             detail += "; a rule clamps the MSS (tcp option maxseg), so they are not sent"
         else:
+            space = next((sp for sp in (self.world.host, *self.world.spaces.values())
+                          if sp.label == where), self.world.host)
+            # SYNs that leave by the device get the route's MTU; those that come in by it
+            # (the far end's SYN-ACK) the device's, so that both ends send no more.
+            fix = "clamp the MSS where the path narrows: " + in_space(
+                space, "nft add table inet mss && nft add chain inet mss forward "
+                       "'{ type filter hook forward priority mangle; }' && nft add rule "
+                       f"inet mss forward oifname \"{dev}\" tcp flags syn tcp option maxseg "
+                       "size set rt mtu && nft add rule inet mss forward iifname "
+                       f"\"{dev}\" tcp flags syn tcp option maxseg size set {low - header}")
             detail += "; no rule clamps the MSS: if ICMP \"fragmentation needed\" is " \
                       "filtered on the way, small requests work and large transfers " \
-                      "stall (fix: nft add rule inet filter forward tcp flags syn tcp " \
-                      "option maxseg size set rt mtu, in a forward chain of yours)"
+                      f"stall ({fix})"
+        self.trace.mtu = {"path_mtu": low, "device": dev, "where": where,
+                          "sender_mtu": first, "mss": low - header, "clamped": clamp,
+                          "fix": fix}
         self.hop("mtu", where, detail)
 
     def network_of(self, addr: IPAddress) -> IPNetwork:
@@ -1701,6 +1719,10 @@ def render(t: Trace) -> str:
     lines.append(f"verdict: {t.verdict}: {t.summary}{seen}")
     if t.fix:
         lines.append(f"fix: {t.fix}")
+    if t.mtu is not None and t.mtu["fix"]:
+        lines.append(f"mtu: path MTU {t.mtu['path_mtu']} ({t.mtu['device']} in "
+                     f"{t.mtu['where']}), no MSS clamping: large TCP transfers may stall; "
+                     f"fix: {t.mtu['fix']}")
     if t.reply_hops:
         lines.append("the reply comes back:")
         for number, h in enumerate(t.reply_hops, 1):
