@@ -162,7 +162,9 @@ def run(engine: Engine | Observer, world: core.World, src_key: str, packet: Pack
             unanswered += _unanswered(engine.host, packet.daddr)  # forwarded by the host
         events = listener.read()
         socket_drops = nftrace.udp_in_errors() - udp_errors
-        connections = nftrace.connections()
+        # (the probe's entry only: the kernel filters the table by its destination)
+        connections = nftrace.connections(toward=(packet.l4proto, str(packet.daddr),
+                                                  packet.dport))
     finally:
         listener.close()
         try:
