@@ -275,3 +275,28 @@ def test_only_traffic_between_containers_skips_conntrack() -> None:
     assert untracked(network(**{f"{firewall.GATEWAY_MODE}4": "routed"})) == []
     assert untracked(network(internal=True)) == []
     assert untracked(network(**{firewall.ICC_OPTION: "false"})) == []  # all dropped
+
+
+def _comments(chain: str) -> list[str]:
+    return [c["add"]["rule"]["comment"] for c in firewall.render_base()
+            if "rule" in c["add"] and c["add"]["rule"]["chain"] == chain]
+
+
+def test_guard_order_spares_the_common_traffic_its_lookups() -> None:
+    # Traffic between containers of a network is accepted by the src_in lookup before
+    # the container-port lookup; VXLAN to or from the VTEP ends the raw chains (accept)
+    # before the bridges lookup and the DNS rules, which do not concern it.
+    guard = _comments("guard")
+    first_port_check = guard.index(
+        "a container reaches the host only through its bridge (and its checks)")
+    assert guard[:first_port_check] == [
+        "a portway network's addresses come only from its bridge",
+        "a portway network's addresses come only from its bridge (IPv6)"]
+    vxlan = guard.index("VXLAN to this host's VTEP skips conntrack")
+    assert first_port_check < vxlan < guard.index("from a portway network")
+    assert _comments("guard_out")[:2] == ["VXLAN from this host's VTEP skips conntrack",
+                                          "VXLAN from this host's VTEP skips conntrack (IPv6)"]
+    for c in firewall.render_base():
+        rule = c["add"].get("rule")
+        if rule is not None and rule["comment"].startswith("VXLAN "):
+            assert rule["expr"][-2:] == [{"notrack": None}, {"accept": None}]

@@ -208,16 +208,36 @@ def render_base() -> list[Cmd]:
         # Before other tables' filter chains (priority 0), so the mark is set by then.
         _chain("forward", type="filter", hook="forward", prio=-10, policy="accept"),
         _chain("input", type="filter", hook="input", prio=-10, policy="accept"),
-        # A bridge passes frames to 01:80:c2:00:00:0X up on the port they came in on,
-        # without its prerouting hook (where `bridge portway` checks them): whatever
-        # arrives on a container's port itself has skipped the checks.
-        _rule("guard", [_match(_meta("iifname"), CONTAINER_PORTS), {"drop": None}],
-              "a container reaches the host only through its bridge (and its checks)"),
     ]
+    # The guard's order is the per-packet cost of the traffic portway carries most: a
+    # packet between containers of a network is accepted (untracked) by the first rule's
+    # lookup, before the lookup of container ports, which only what comes from one
+    # itself can match (src-NET accepts only what comes from its network's bridge).
     for f in FAMILIES:
         cmds.append(_rule("guard", [_match(_meta("iifname"), "lo", "!="), {"vmap": {
             "key": _payload(f.proto, "saddr"), "data": f"@{f.name('src_in')}"}}],
             f"a portway network's addresses come only from its bridge{f.label}"))
+    # A bridge passes frames to 01:80:c2:00:00:0X up on the port they came in on,
+    # without its prerouting hook (where `bridge portway` checks them): whatever
+    # arrives on a container's port itself has skipped the checks.
+    cmds.append(_rule("guard", [_match(_meta("iifname"), CONTAINER_PORTS), {"drop": None}],
+                      "a container reaches the host only through its bridge (and its checks)"))
+    # The VXLAN of portway's overlay networks to and from this host's VTEP (vteps: its
+    # --advertise-address) keeps no conntrack state: nothing NATs or filters it by
+    # state, and each packet between hosts would cost a lookup on both. Accepted there,
+    # as nothing further in the guard concerns it (the port first: what is not that
+    # protocol and port, nearly every packet, fails the rule at its first comparison).
+    for f in FAMILIES:
+        vxlan = _match(_payload("udp", "dport"), VXLAN_PORT)
+        cmds += [
+            _rule("guard", [vxlan, _match(_payload(f.proto, "daddr"), f"@{f.name('vteps')}"),
+                            {"notrack": None}, {"accept": None}],
+                  f"VXLAN to this host's VTEP skips conntrack{f.label}"),
+            _rule("guard_out", [vxlan,
+                                _match(_payload(f.proto, "saddr"), f"@{f.name('vteps')}"),
+                                {"notrack": None}, {"accept": None}],
+                  f"VXLAN from this host's VTEP skips conntrack{f.label}"),
+        ]
     # What arrives from a portway bridge meets the rules below in a chain of its own:
     # one set lookup per packet, not one per rule.
     cmds += [_chain("guard_bridges"),
@@ -242,23 +262,6 @@ def render_base() -> list[Cmd]:
                                 _match(_payload(f.proto, "saddr"), f"@{f.name('dns')}"),
                                 {"notrack": None}],
                   f"answers of portway's DNS server skip conntrack{f.label}"),
-        ]
-    # The VXLAN of portway's overlay networks to and from this host's VTEP (vteps: its
-    # --advertise-address) keeps no conntrack state either: nothing NATs or filters it
-    # by state, and each packet between hosts would cost a lookup on both. Last in the
-    # guard: traffic between containers of a network has left it by then. (Here and
-    # for DNS above, the port first: what is not that protocol and port, nearly every
-    # packet, fails the rule at its first comparison, before any set lookup.)
-    for f in FAMILIES:
-        vxlan = _match(_payload("udp", "dport"), VXLAN_PORT)
-        cmds += [
-            _rule("guard", [vxlan, _match(_payload(f.proto, "daddr"), f"@{f.name('vteps')}"),
-                            {"notrack": None}],
-                  f"VXLAN to this host's VTEP skips conntrack{f.label}"),
-            _rule("guard_out", [vxlan,
-                                _match(_payload(f.proto, "saddr"), f"@{f.name('vteps')}"),
-                                {"notrack": None}],
-                  f"VXLAN from this host's VTEP skips conntrack{f.label}"),
         ]
     for f in FAMILIES:
         cmds.append(_rule("prerouting", [_match(_payload(f.proto, "daddr"), f.loopback),
