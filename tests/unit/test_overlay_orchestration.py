@@ -18,7 +18,7 @@ from portway.engine.cluster import Cluster
 from portway.engine.context import Host
 from portway.errors import Conflict
 from portway.model.types import Network
-from portway.store.etcd import KV, ClusterUnreachable, Etcd
+from portway.store.etcd import KV, ClusterUnreachable, Etcd, Event
 
 
 class MemoryEtcd:
@@ -191,3 +191,53 @@ def test_an_unreachable_store_changes_nothing(tmp_path: Path) -> None:
     with pytest.raises(ClusterUnreachable):
         a.containers.run(["sleep", "1"], name="c", networks=["ov"], detach=True)
     assert a.store.endpoints() == [] and a.store.find_container("c") is None
+
+
+class CountingEtcd(MemoryEtcd):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ranges = 0
+
+    def range(self, prefix: str) -> tuple[list[KV], int]:
+        self.ranges += 1
+        return super().range(prefix)
+
+
+def test_this_hosts_own_changes_cost_no_pass_over_the_others(tmp_path: Path) -> None:
+    """With 1,000 endpoints of other hosts in the view, this host's own run -d must not
+    make the converge thread go over them all (to hash them) nor the periodic check of
+    its own records list them all from etcd, both under the engine's lock."""
+    etcd, (a, b) = two_hosts(tmp_path)
+    counting = CountingEtcd()
+    counting.kv, counting.leases = etcd.kv, etcd.leases
+    assert a.cluster is not None and b.cluster is not None
+    a.cluster.etcd = cast(Etcd, counting)
+    net = a.networks.create("ov", driver="overlay", subnet="10.200.0.0/24")
+    b.cluster._snapshot(*etcd.range(overlay.PREFIX))
+    b.containers.run(["sleep", "1"], name="on-b", networks=["ov"], detach=True)
+    a.cluster.watch.relists = 1
+    a.cluster._snapshot(*etcd.range(overlay.PREFIX))
+    a.cluster._dirty.clear()
+    a.containers.run(["sleep", "1"], name="on-a", networks=["ov"], detach=True)
+    mine = overlay.endpoint_key(net.id, a.store.endpoints()[0].id)
+    a.cluster._event(Event("put", mine, etcd.kv[mine][0], etcd.revision))
+    assert not a.cluster._dirty.is_set()  # nothing of the others changed
+    theirs = overlay.endpoint_key(net.id, b.store.endpoints()[0].id)
+    a.cluster._event(Event("put", theirs, etcd.kv[theirs][0], etcd.revision))
+    assert not a.cluster._dirty.is_set()  # the same record again (a new lease)
+    a.cluster._event(Event("delete", theirs, "", etcd.revision))
+    assert a.cluster._dirty.is_set()
+    assert a.cluster.remote_records() == []
+    counting.ranges = 0
+    a.cluster.reconcile_own()
+    assert counting.ranges == 0
+    # What it is for still holds: a record of its own gone from the store comes back,
+    # and one it no longer has goes.
+    del etcd.kv[mine]
+    a.cluster._event(Event("delete", mine, "", etcd.revision))
+    a.cluster.reconcile_own()
+    assert mine in etcd.kv
+    a.cluster._event(Event("put", mine, etcd.kv[mine][0], etcd.revision))
+    a.store.delete_endpoint(a.store.endpoints()[0].id)
+    a.cluster.reconcile_own()
+    assert mine not in etcd.kv

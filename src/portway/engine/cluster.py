@@ -72,9 +72,19 @@ class Cluster:
         # converge thread clears it and converges once for all that came meanwhile (a
         # host that sees 1,000 endpoints arrive converges a few times, not 1,000).
         self._dirty = threading.Event()
-        self._names = 0  # what converge last published of the other hosts' names
-        # Per network: the entries its device was last brought in step with (a hash).
+        # What changed in the view, counted, so that converge compares two numbers, not
+        # the 1,000 entries it would otherwise hash on each event (this host's own
+        # endpoints, which change neither, count nothing): per network, the version of
+        # its other hosts' endpoints; the version of their names; the networks.
+        self._versions: dict[str, int] = {}
+        self._names_version = 0
+        self._networks_version = 0
+        self._names = -1  # the names version converge last published
+        self._networks_seen = -1  # the networks version converge last made here
+        # Per network: the version its device was last brought in step with.
         self._programmed: dict[str, int] = {}
+        # Per network: the addresses other hosts hold, at a version (address_taken).
+        self._taken: dict[str, tuple[int, frozenset[IPAddress]]] = {}
 
     # membership
 
@@ -263,9 +273,15 @@ class Cluster:
     def address_taken(self, network_id: str, address: IPAddress) -> bool:
         """Held by an endpoint on another host, as far as this host has seen."""
         with self._view_lock:
-            return any(e.network_id == network_id and e.host != self.advertise and
-                       any(a.ip == address for a in e.addresses)
-                       for e in self.endpoints.values())
+            version = self._versions.get(network_id, 0)
+            cached = self._taken.get(network_id)
+            if cached is None or cached[0] != version:
+                cached = (version, frozenset(
+                    a.ip for e in self.endpoints.values()
+                    if e.network_id == network_id and e.host != self.advertise
+                    for a in e.addresses))
+                self._taken[network_id] = cached
+            return address in cached[1]
 
     def claim(self, e: Endpoint, c: Container, network: Network) -> IPAddress | None:
         """e's addresses and e itself, under this host's lease, in one transaction. None:
@@ -324,24 +340,24 @@ class Cluster:
     def reconcile_own(self) -> None:
         """This host's records in the store match its local store: endpoints it no
         longer has (a rolled-back attach, a release while etcd was away) removed, the
-        ones it has put back if missing."""
+        ones it has put back if missing. Compared with the view the watch keeps (listed
+        again at least every 30 s), not with a listing of every host's endpoints: with
+        1,000 of them that costs more than a run -d, and it holds the engine's lock (a
+        claim between etcd and the local store must not look like a leftover)."""
+        if not self.watch.relists:
+            return  # nothing known of the store yet
         with self.h.lock:
             own = {e.id: (e, c) for e, c in self._own_endpoints()}
-            kvs, _rev = self.etcd.range(overlay.endpoint_key())
-            stored: dict[str, RemoteEndpoint] = {}
-            for kv in kvs:
-                try:
-                    rec = RemoteEndpoint.decode(kv.value)
-                except (ValueError, KeyError):
-                    continue
-                if rec.host == self.advertise:
-                    stored[rec.id] = rec
+            with self._view_lock:
+                stored = {i: r for i, r in self.endpoints.items() if r.host == self.advertise}
             gone = [r for i, r in stored.items() if i not in own]
             for r in gone:
                 self.etcd.delete(overlay.endpoint_key(r.network_id, r.id))
                 owned = {overlay.address_key(r.network_id, a.ip): r.id for a in r.addresses}
                 owned[overlay.container_name_key(r.network_id, r.name)] = r.id
                 self.etcd.delete_owned(owned)
+                with self._view_lock:
+                    self.endpoints.pop(r.id, None)
             for i, ec in own.items():
                 if i not in stored and i not in self._lost:
                     self._register(ec, self.lease)
@@ -355,23 +371,46 @@ class Cluster:
         for kv in kvs:
             self._parse(kv.key, kv.value, networks, endpoints, hosts)
         with self._view_lock:
+            for e in (*self.endpoints.values(), *endpoints.values()):
+                self._bump(e)
             self.networks, self.endpoints, self.hosts = networks, endpoints, hosts
+            self._networks_version += 1
         self.converge(force=True)
 
+    def _bump(self, e: RemoteEndpoint | None) -> None:
+        """e (another host's endpoint) came, changed or went: its network's entries and
+        the names are to be brought in step (the caller holds the view's lock)."""
+        if e is None or e.host == self.advertise:
+            return
+        self._versions[e.network_id] = self._versions.get(e.network_id, 0) + 1
+        self._names_version += 1
+
     def _event(self, event: Event) -> None:
+        rest = event.key.removeprefix(overlay.PREFIX)
+        kind, _, name = rest.partition("/")
         with self._view_lock:
-            if event.kind == "put":
-                self._parse(event.key, event.value, self.networks, self.endpoints, self.hosts)
-            else:
-                rest = event.key.removeprefix(overlay.PREFIX)
-                kind, _, name = rest.partition("/")
-                if kind == "networks":
-                    self.networks.pop(name, None)
-                elif kind == "endpoints":
+            versions = (self._networks_version, self._names_version)
+            if kind == "endpoints":
+                old = self.endpoints.get(name.rpartition("/")[2])
+                if event.kind == "put":
+                    self._parse(event.key, event.value, self.networks, self.endpoints,
+                                self.hosts)
+                else:
                     self.endpoints.pop(name.rpartition("/")[2], None)
-                elif kind == "hosts":
-                    self.hosts.pop(name, None)
-        if event.key.startswith((overlay.network_key(), overlay.endpoint_key())):
+                new = self.endpoints.get(name.rpartition("/")[2])
+                if new != old:  # (the same record put again, under a new lease: nothing)
+                    self._bump(old)
+                    self._bump(new)
+            elif event.kind == "put":
+                self._parse(event.key, event.value, self.networks, self.endpoints, self.hosts)
+            elif kind == "networks":
+                self.networks.pop(name, None)
+            elif kind == "hosts":
+                self.hosts.pop(name, None)
+            if kind == "networks":
+                self._networks_version += 1
+            changed = versions != (self._networks_version, self._names_version)
+        if changed:
             self._dirty.set()  # the converge thread takes it, with whatever follows
 
     @staticmethod
@@ -400,12 +439,15 @@ class Cluster:
         with self._view_lock:
             networks = dict(self.networks)
             endpoints = list(self.endpoints.values())
+            versions = dict(self._versions)
+            names, networks_version = self._names_version, self._networks_version
         changed = False
         with h.lock:
             if h.closed:
                 return
             local = {n.id: n for n in h.store.networks() if n.driver == "overlay"}
-            for net in networks.values():
+            for net in networks.values() if force or networks_version != \
+                    self._networks_seen else ():
                 if net.id in local:
                     continue
                 if h.store.name_taken("networks", net.name):
@@ -417,28 +459,25 @@ class Cluster:
                     changed = True
                 except PortwayError as exc:
                     log(f"cannot make overlay network {net.name} here: {exc.line()}")
-            for net in local.values():
+            for net in local.values() if force or networks_version != \
+                    self._networks_seen else ():
                 if net.id not in networks and not h.store.endpoints(network_id=net.id):
                     try:
                         h.networks.uninstall(net)
                         changed = True
                     except PortwayError as exc:
                         log(f"cannot remove overlay network {net.name} here: {exc.line()}")
+            self._networks_seen = networks_version
             for net in h.store.networks():
                 if net.driver != "overlay":
                     continue
-                mine = [e for e in endpoints if e.network_id == net.id]
-                fdb, neigh = overlay.wanted_forwarding(mine, self.advertise)
-                want = hash((frozenset(fdb), frozenset(neigh)))
-                if (force or self._programmed.get(net.id) != want) and \
-                        self._program(net, mine):
+                want = versions.get(net.id, 0)
+                if (force or changed or self._programmed.get(net.id) != want) and \
+                        self._program(net, [e for e in endpoints if e.network_id == net.id]):
                     self._programmed[net.id] = want
             # The DNS server's records again only where other hosts' names came, went or
             # changed (this host's own are published as they change): with 1,000 of
             # them, a full publish is a reload of them all in the DNS server.
-            names = hash(tuple(sorted((e.id, e.network_id, e.name, e.aliases,
-                                       tuple(str(a) for a in e.addresses))
-                                      for e in endpoints if e.host != self.advertise)))
             if changed or names != self._names:
                 h.containers.publish_dns()
                 self._names = names
