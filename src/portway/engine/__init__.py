@@ -121,8 +121,9 @@ class Engine:
             state_dir=self.state_dir, host_netns=host_netns, instance=self.instance,
             store=self.store, drivers={
                 "bridge": BridgeDriver(self.host, self.tag),
-                "overlay": OverlayDriver(self.host, self.tag, self._advertised,
-                                         self._wanted)},
+                "overlay": OverlayDriver(
+                    self.host, self.tag, self._advertised, self._wanted,
+                    lambda: self.h.cluster.requests if self.h.cluster is not None else None)},
             fw=self.fw, sandbox_kernel=LiveSandboxKernel(),
             process_kernel=LiveProcessKernel(lambda *a: self.h.processes.on_exit(*a)),
             ports=self.ports, facts=LiveHostFacts(self.host), tools=self.tools))

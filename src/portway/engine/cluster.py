@@ -65,6 +65,8 @@ class Cluster:
         self._threads: list[threading.Thread] = []
         self.watch = Watch(etcd, overlay.PREFIX, self._snapshot, self._event, self._error)
         self.programmed = 0  # forwarding entries added or removed, for tests and status
+        # Netlink requests in batches, in the namespace of ipr (this thread's).
+        self.requests = vxlan.Requests() if ipr is not None else None
         # This host's endpoints whose address another host claimed while it was away.
         self._lost: set[str] = set()
         self._expired = threading.Event()  # the lease is gone: join again
@@ -177,6 +179,8 @@ class Cluster:
         self.stop()
         for t in self._threads:
             t.join(timeout=2)
+        if self.requests is not None:
+            self.requests.close()
 
     # shared state
 
@@ -501,7 +505,7 @@ class Cluster:
         plan = overlay.plan_forwarding(want, have)
         if plan.empty():
             return True
-        errors = vxlan.apply_forwarding(self.ipr, index.index, plan)
+        errors = vxlan.apply_forwarding(self.ipr, index.index, plan, self.requests)
         self.programmed += len(plan.add_fdb) + len(plan.add_neigh) + len(plan.del_fdb) + \
             len(plan.del_neigh)
         for line in errors:

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import os
 import socket
+import struct
+import threading
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -22,6 +25,14 @@ from portway.model.types import IPAddress
 
 NUD_PERMANENT = 0x80
 NTF_SELF = 0x02
+NETLINK_ROUTE, RTM_NEWNEIGH, RTM_DELNEIGH, NLMSG_ERROR = 0, 28, 29, 2
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_REPLACE, NLM_F_CREATE, NLM_F_APPEND = \
+    0x1, 0x4, 0x100, 0x400, 0x800
+NDA_DST, NDA_LLADDR = 1, 2
+AF_BRIDGE = 7
+# Requests sent before their answers are read: at most this many at a time (each answer
+# is 36 bytes, an error's more; the socket's buffer holds a few thousand).
+BATCH = 256
 
 
 def ensure_vxlan(ipr: IPRoute, name: str, vni: int, local: IPAddress, mtu: int,
@@ -105,9 +116,30 @@ def observe_forwarding(ipr: IPRoute, index: int) -> tuple[set[Fdb], set[Neighbou
     return fdb, neigh
 
 
-def apply_forwarding(ipr: IPRoute, index: int, plan: ForwardingPlan) -> list[str]:
+class Requests:
+    """An rtnetlink socket in the namespace of the thread that made it, for
+    apply_forwarding's batches (their answers are read on it, one batch at a time)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                                  NETLINK_ROUTE)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        self.sock.bind((0, 0))
+        self.lock = threading.Lock()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def apply_forwarding(ipr: IPRoute, index: int, plan: ForwardingPlan,
+                     requests: Requests | None = None) -> list[str]:
     """Removals first (a MAC that moved to another host), then additions. Returns the
-    errors (each entry is tried)."""
+    errors (each entry is tried). With requests (made in ipr's namespace), the entries
+    go in batches, each batch in one write and its answers read after: 1,000 entries,
+    one request and its answer at a time, took seconds."""
+    if requests is not None:
+        with requests.lock:
+            return _apply_batched(requests.sock, index, plan)
     errors: list[str] = []
     for n in plan.del_neigh:
         _try(errors, f"remove neighbour {n.ip}", lambda n=n: ipr.neigh(
@@ -124,6 +156,74 @@ def apply_forwarding(ipr: IPRoute, index: int, plan: ForwardingPlan) -> list[str
         _try(errors, f"add neighbour {n.ip}", lambda n=n: ipr.neigh(
             "replace", dst=str(n.ip), lladdr=n.mac, ifindex=index, state=NUD_PERMANENT,
             family=socket.AF_INET if n.ip.version == 4 else socket.AF_INET6))
+    return errors
+
+
+def _attr(kind: int, value: bytes) -> bytes:
+    return struct.pack("=HH", 4 + len(value), kind) + value + b"\0" * (-len(value) % 4)
+
+
+def _ndmsg(family: int, index: int, state: int, flags: int) -> bytes:
+    return struct.pack("=BxxxiHBB", family, index, state, flags, 0)
+
+
+def _family(address: IPAddress) -> int:
+    return socket.AF_INET if address.version == 4 else socket.AF_INET6
+
+
+def _requests(index: int, plan: ForwardingPlan) -> list[tuple[str, int, int, bytes]]:
+    """(what, message type, flags, body) of each change of plan, in apply_forwarding's
+    order, as ip neigh and bridge fdb send them."""
+    out: list[tuple[str, int, int, bytes]] = []
+    mac = bytes.fromhex
+    for n in plan.del_neigh:
+        out.append((f"remove neighbour {n.ip}", RTM_DELNEIGH, 0,
+                    _ndmsg(_family(n.ip), index, 0, 0) + _attr(NDA_DST, n.ip.packed)))
+    for f in plan.del_fdb:
+        out.append((f"remove FDB entry {f.mac}", RTM_DELNEIGH, 0,
+                    _ndmsg(AF_BRIDGE, index, 0, NTF_SELF)
+                    + _attr(NDA_LLADDR, mac(f.mac.replace(":", "")))
+                    + _attr(NDA_DST, f.dst.packed)))
+    for f in plan.add_fdb:
+        out.append((f"add FDB entry {f.mac} dst {f.dst}", RTM_NEWNEIGH,
+                    NLM_F_CREATE | NLM_F_APPEND,
+                    _ndmsg(AF_BRIDGE, index, NUD_PERMANENT, NTF_SELF)
+                    + _attr(NDA_LLADDR, mac(f.mac.replace(":", "")))
+                    + _attr(NDA_DST, f.dst.packed)))
+    for n in plan.add_neigh:
+        out.append((f"add neighbour {n.ip}", RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE,
+                    _ndmsg(_family(n.ip), index, NUD_PERMANENT, 0)
+                    + _attr(NDA_DST, n.ip.packed)
+                    + _attr(NDA_LLADDR, mac(n.mac.replace(":", "")))))
+    return out
+
+
+def _apply_batched(sock: socket.socket, index: int, plan: ForwardingPlan) -> list[str]:
+    errors: list[str] = []
+    requests = _requests(index, plan)
+    for start in range(0, len(requests), BATCH):
+        chunk = requests[start:start + BATCH]
+        data = b"".join(struct.pack("=IHHII", 16 + len(body), kind,
+                                    NLM_F_REQUEST | NLM_F_ACK | flags, start + i + 1, 0) + body
+                        for i, (_, kind, flags, body) in enumerate(chunk))
+        try:
+            sock.send(data)
+        except OSError as exc:
+            return errors + [f"{what}: {exc.strerror}" for what, *_ in chunk]
+        pending = {start + i + 1: what for i, (what, *_) in enumerate(chunk)}
+        while pending:
+            reply = sock.recv(1 << 20)
+            offset = 0
+            while offset + 16 <= len(reply):
+                length, mtype, _, seq, _ = struct.unpack_from("=IHHII", reply, offset)
+                if length < 16:
+                    break
+                if mtype == NLMSG_ERROR and seq in pending:
+                    what = pending.pop(seq)
+                    code = -struct.unpack_from("=i", reply, offset + 16)[0]
+                    if code and code not in GONE and code != errno.EEXIST:
+                        errors.append(f"{what}: {os.strerror(code)}")
+                offset += (length + 3) & ~3
     return errors
 
 

@@ -34,8 +34,10 @@ class OverlayDriver(BridgeDriver):
 
     def __init__(self, host: IPRoute, tag: Any,
                  local: Callable[[], IPAddress | None],
-                 wanted: Callable[[Network], Forwarding | None] = lambda n: None) -> None:
+                 wanted: Callable[[Network], Forwarding | None] = lambda n: None,
+                 requests: Callable[[], vxlan.Requests | None] = lambda: None) -> None:
         super().__init__(host, tag)
+        self.requests = requests  # the cluster's batches of netlink requests, if any
         self.local = local  # this host's VTEP address (None: no cluster)
         # The FDB and neighbour entries the store says a network's VXLAN device needs
         # (None: the store has not been read yet, so nothing is known to be wrong).
@@ -58,7 +60,7 @@ class OverlayDriver(BridgeDriver):
         index = self.vxlan_index(network)
         plan = self._plan(network, index)
         if plan is not None and not plan.empty():
-            errors = vxlan.apply_forwarding(self.host, index, plan)
+            errors = vxlan.apply_forwarding(self.host, index, plan, self.requests())
             if errors:
                 raise KernelError(f"program VXLAN device {overlay.vxlan_name(network.id)}: "
                                   + "; ".join(errors), "run 'portway gc' again")
