@@ -1,7 +1,8 @@
 """kernel/vxlan.py's forwarding entries in batches, against a real VXLAN device in a
 throwaway namespace of the test's own: the entries a batch programs and removes are the
-ones the request-at-a-time path does (`bridge fdb` and `ip neigh` as oracles), and an
-entry that fails is reported without stopping the others.
+ones the request-at-a-time path does (`bridge fdb` and `ip neigh` as oracles), the
+plain-socket reading sees what pyroute2 sees, and an entry that fails is reported
+without stopping the others.
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ def test_a_batch_programs_and_removes_what_one_at_a_time_does(host: str) -> None
             start = time.perf_counter()
             added = vxlan.apply_forwarding(ipr, index, plan_forwarding(want, empty), requests)
             batched = time.perf_counter() - start
+            # Read back over the plain socket as over pyroute2: the same entries.
+            assert vxlan.observe_forwarding(ipr, index, requests) == want
             assert vxlan.observe_forwarding(ipr, index) == want
             # Again: nothing to do, and entries there already are no error.
             again = vxlan.apply_forwarding(ipr, index, plan_forwarding(want, empty), requests)
@@ -88,6 +91,7 @@ def test_a_batch_programs_and_removes_what_one_at_a_time_does(host: str) -> None
             assert vxlan.observe_forwarding(ipr, index) == half
             gone = vxlan.apply_forwarding(ipr, index, plan_forwarding(empty, half), requests)
             assert vxlan.observe_forwarding(ipr, index) == empty
+            assert vxlan.observe_forwarding(ipr, index, requests) == empty
             # The same entries one request at a time, for the time it takes.
             start = time.perf_counter()
             single = vxlan.apply_forwarding(ipr, index, plan_forwarding(want, empty))

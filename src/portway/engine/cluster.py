@@ -501,7 +501,7 @@ class Cluster:
         if index is None:
             return False  # gc makes it
         want = overlay.wanted_forwarding(endpoints, self.advertise)
-        have = vxlan.observe_forwarding(self.ipr, index.index)
+        have = vxlan.observe_forwarding(self.ipr, index.index, self.requests)
         plan = overlay.plan_forwarding(want, have)
         if plan.empty():
             return True

@@ -69,7 +69,8 @@ class OverlayDriver(BridgeDriver):
         want = self.wanted(network)
         if want is None:
             return None
-        return overlay.plan_forwarding(want, vxlan.observe_forwarding(self.host, index))
+        return overlay.plan_forwarding(want, vxlan.observe_forwarding(self.host, index,
+                                                                     self.requests()))
 
     def vxlan_index(self, network: Network) -> int:
         return vxlan.ensure_vxlan(self.host, overlay.vxlan_name(network.id),
