@@ -13,7 +13,8 @@ from typing import Any, cast
 import pytest
 from fakes import FakeDriver, World, fake_host
 
-from portway.core import overlay
+from portway.core import listing, overlay
+from portway.engine import view
 from portway.engine.cluster import Cluster
 from portway.engine.context import Host
 from portway.errors import Conflict
@@ -241,3 +242,48 @@ def test_this_hosts_own_changes_cost_no_pass_over_the_others(tmp_path: Path) -> 
     a.store.delete_endpoint(a.store.endpoints()[0].id)
     a.cluster.reconcile_own()
     assert mine not in etcd.kv
+
+
+def test_a_container_whose_address_was_taken_while_away_says_so_and_is_claimed_again(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    etcd, (a, b) = two_hosts(tmp_path)
+    net = a.networks.create("ov", driver="overlay", subnet="10.200.0.0/24")
+    assert a.cluster is not None and b.cluster is not None
+    b.cluster._snapshot(*etcd.range(overlay.PREFIX))
+    b.cluster.watch.relists = 1
+    b.containers.run(["sleep", "1"], name="on-b", networks=["ov"], detach=True)
+    on_b = b.store.endpoints()[0]
+    # B is away past its lease; A takes on-b's address meanwhile.
+    etcd.expire(b.cluster.lease)
+    a.cluster._snapshot(*etcd.range(overlay.PREFIX))
+    a.containers.run(["sleep", "1"], name="taker", networks=["ov"], ip=str(on_b.address),
+                     detach=True)
+    capsys.readouterr()
+    b.cluster._join()
+    # Not registered (A keeps the address), and B says so: one log line, inspect's
+    # network entry, ps's status.
+    held = overlay.address_key(net.id, on_b.address)
+    assert etcd.kv[held][0] == a.store.endpoints()[0].id
+    assert overlay.endpoint_key(net.id, on_b.id) not in etcd.kv
+    err = capsys.readouterr().err
+    assert err.count("on-b is not reachable from other hosts: its address 10.200.0.2 on "
+                     "network ov was claimed by a container on host 192.0.2.1 while this "
+                     "host was away from the cluster store") == 1, err
+    shown = view.container(b, b.container("on-b"))
+    assert "192.0.2.1" in shown["NetworkSettings"]["Networks"]["ov"]["ClusterConflict"]
+    shown["State"].update(Running=True, StartedAt="2026-01-01T00:00:00Z")
+    assert listing.status_text(shown, 1767225660.0) == \
+        "Up About a minute (unreachable from other hosts)"
+    # Checked again: still taken, nothing more in the log.
+    b.cluster.reconcile_own()
+    assert "on-b" not in capsys.readouterr().err
+    # A's container goes: B claims on-b's address and name again by itself, says so,
+    # and the conflict is gone from inspect.
+    a.containers.rm(["taker"], force=True)
+    b.cluster.reconcile_own()
+    assert etcd.kv[held][0] == on_b.id
+    assert overlay.endpoint_key(net.id, on_b.id) in etcd.kv
+    assert "on-b is registered again on network ov" in capsys.readouterr().err
+    assert b.cluster.conflict(on_b.id) is None
+    assert "ClusterConflict" not in view.container(b, b.container("on-b"))[
+        "NetworkSettings"]["Networks"]["ov"]

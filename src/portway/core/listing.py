@@ -151,6 +151,9 @@ def status_text(c: "dict[str, Any]", now: float) -> str:
         if state.get("Restarting"):
             return f"Restarting ({shown}) {human_duration(now - (finished or now))} ago"
         up = f"Up {human_duration(now - (started or now))}"
+        if any("ClusterConflict" in n for n in
+               (c.get("NetworkSettings") or {}).get("Networks", {}).values()):
+            up += " (unreachable from other hosts)"  # inspect's ClusterConflict says why
         return up + " (Paused)" if state.get("Paused") else up
     status = state.get("Status")
     if status == "removing":

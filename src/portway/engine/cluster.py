@@ -67,8 +67,10 @@ class Cluster:
         self.programmed = 0  # forwarding entries added or removed, for tests and status
         # Netlink requests in batches, in the namespace of ipr (this thread's).
         self.requests = vxlan.Requests() if ipr is not None else None
-        # This host's endpoints whose address another host claimed while it was away.
-        self._lost: set[str] = set()
+        # This host's endpoints whose address or name another host claimed while it was
+        # away, with why: not registered (so not reachable from other hosts) until the
+        # other one lets it go; reconcile_own claims them again then.
+        self._lost: dict[str, str] = {}
         self._expired = threading.Event()  # the lease is gone: join again
         # The view changed since the kernel was last brought in step: events set it, the
         # converge thread clears it and converges once for all that came meanwhile (a
@@ -202,29 +204,55 @@ class Cluster:
 
     def _register(self, ec: tuple[Endpoint, Container], lease: int) -> None:
         """e again under lease (a new daemon's, or after the old one expired). An address
-        another host claimed meanwhile stays that host's: e is not registered, and the
-        log says so."""
+        or name another host claimed meanwhile stays that host's: e is not registered
+        (conflict() says why, ps and inspect show it) until that host lets it go, and
+        the log says so, once."""
         e, c = ec
+        net = self.h.store.find_network(e.network_id)
+        on = f" on network {net.name}" if net is not None else ""
+        reason = ""
         for a in e.addresses:
             holder = self.etcd.get(overlay.address_key(e.network_id, a.ip))
             if holder is not None and holder != e.id:
-                log(f"{c.name}'s address {a.ip} was claimed by another host while this "
-                    f"host was away: {c.name} is not reachable from other hosts; restart it "
-                    "for a new address")
-                self._lost.add(e.id)
-                return
+                reason = (f"its address {a.ip}{on} was claimed by a container on "
+                          f"{self._host_of(e.network_id, holder)} while this host was away "
+                          "from the cluster store")
+                break
         held = self.etcd.get(overlay.container_name_key(e.network_id, c.name))
-        if held is not None and held != e.id:
-            log(f"the name {c.name} was taken on its network by a container on another "
-                f"host while this host was away: {c.name} is not reachable from other "
-                "hosts; remove one of them (or run it under another name)")
-            self._lost.add(e.id)
+        if not reason and held is not None and held != e.id:
+            reason = (f"its name{on} was taken by a container on "
+                      f"{self._host_of(e.network_id, held)} while this host was away from "
+                      "the cluster store")
+        if reason:
+            if self._lost.get(e.id) != reason:
+                log(f"{c.name} is not reachable from other hosts: {reason}; it is claimed "
+                    "again once that container is gone (or restart it for a new address, "
+                    "or run it under another name)")
+            self._lost[e.id] = reason
+            with self._view_lock:
+                self.endpoints.pop(e.id, None)  # (the store has no record of it now)
             return
         for a in e.addresses:
             self.etcd.put(overlay.address_key(e.network_id, a.ip), e.id, lease)
         self.etcd.put(overlay.container_name_key(e.network_id, c.name), e.id, lease)
         self.etcd.put(overlay.endpoint_key(e.network_id, e.id), self._record(e, c).encode(),
                       lease)
+        with self._view_lock:
+            self.endpoints[e.id] = self._record(e, c)
+        if self._lost.pop(e.id, None) is not None:
+            log(f"{c.name} is registered again{on}: reachable from other hosts")
+
+    def _host_of(self, network_id: str, endpoint_id: str) -> str:
+        """Where the endpoint lives, as its record in the store says."""
+        try:
+            raw = self.etcd.get(overlay.endpoint_key(network_id, endpoint_id))
+            return f"host {RemoteEndpoint.decode(raw).host}" if raw else "another host"
+        except (ValueError, KeyError):
+            return "another host"
+
+    def conflict(self, endpoint_id: str) -> str | None:
+        """Why this host's endpoint is not registered in the store (None: it is)."""
+        return self._lost.get(endpoint_id)
 
     def create_network(self, network: Network) -> Network:
         """network with a VNI of its own, recorded for every host in one transaction:
@@ -363,8 +391,10 @@ class Cluster:
                 with self._view_lock:
                     self.endpoints.pop(r.id, None)
             for i, ec in own.items():
-                if i not in stored and i not in self._lost:
-                    self._register(ec, self.lease)
+                if i not in stored or i in self._lost:
+                    self._register(ec, self.lease)  # (a lost one: claimed if let go)
+            for i in set(self._lost) - set(own):
+                del self._lost[i]  # removed meanwhile
 
     # the view, from the watch
 

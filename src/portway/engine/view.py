@@ -140,6 +140,10 @@ def container(engine: Host, c: Container) -> dict[str, Any]:
         if n is None:
             continue
         nets[n.name] = _endpoint_settings(c, e, n)
+        conflict = engine.cluster.conflict(e.id) if engine.cluster is not None and \
+            n.driver == "overlay" else None
+        if conflict:  # registered in the cluster store only once that is resolved
+            nets[n.name]["ClusterConflict"] = conflict
         if mode == "bridge" and len(nets) == 1:
             mode = n.name  # Docker's NetworkMode: the first network (bridge: the default)
     for cfg in engine.store.configs(container_id=c.id) if not c.networked else ():
