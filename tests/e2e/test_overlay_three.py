@@ -493,3 +493,46 @@ def test_a_host_cut_off_past_its_lease_and_a_compaction_comes_back(h: Hosts) -> 
     assert h.pw(0, "exec", "web-a", "--", "dig", "+short", "web-c").stdout.split() == [ip_c]
     assert "old-b" not in h.pw(2, "network", "inspect", "ov").stdout
     assert f"pid {pid_c}," in h.pw(2, "daemon", "status").stdout
+
+
+def test_a_host_back_after_its_address_was_taken_says_so_and_claims_it_again(
+        h: Hosts) -> None:
+    dev = _network(h, subnet="10.217.0.0/24")
+    for i, name in ((0, "web-a"), (2, "web-c")):
+        h.pw(i, "run", "-d", "--name", name, "--network", "ov", "--", "python3", "-c", SERVE)
+    ip_c, mac_c = _address(h, 2, "web-c"), _mac(h, 2, "web-c")
+    wait_for(lambda: (mac_c, ADDRS[2]) in _fdb(h.names[0], dev), "A programs web-c")
+    log = h.states[2] / "portwayd.log"
+
+    # C is cut off past its lease; B takes web-c's address meanwhile.
+    stop_etcd(h.etcd[2])
+    wait_for(lambda: (mac_c, ADDRS[2]) not in _fdb(h.names[0], dev),
+             "A forgets the cut-off host's container", timeout=int(TTL) * 5)
+    h.pw(1, "run", "-d", "--name", "taker", "--network", "ov", "--ip", ip_c, "--",
+         "sleep", "600")
+    mac_taker = _mac(h, 1, "taker")
+    h.etcd[2] = restart_etcd_member(h.underlay, h.etcd_dir, 2)
+    wait_for(lambda: "is joined" in h.pw(2, "daemon", "status").stdout, "C joins again",
+             timeout=30)
+    # web-c is not registered over B's claim, and C says so: the log, inspect, ps.
+    wait_for(lambda: "web-c is not reachable from other hosts" in log.read_text(),
+             "C's log names web-c")
+    conflict = json.loads(h.pw(2, "inspect", "web-c").stdout)[0]["NetworkSettings"][
+        "Networks"]["ov"]["ClusterConflict"]
+    assert conflict == (f"its address {ip_c} on network ov was claimed by a container on "
+                        f"host {ADDRS[1]} while this host was away from the cluster store")
+    (row,) = [line for line in h.pw(2, "ps").stdout.splitlines() if "web-c" in line]
+    assert "(unreachable from other hosts)" in row, row
+    assert (mac_c, ADDRS[2]) not in _fdb(h.names[0], dev)
+    assert (mac_taker, ADDRS[1]) in _fdb(h.names[0], dev)
+
+    # B's container goes: C claims web-c's address and name again, without a restart,
+    # and A reaches web-c by name.
+    h.pw(1, "rm", "-f", "taker")
+    wait_for(lambda: (mac_c, ADDRS[2]) in _fdb(h.names[0], dev), "C claims web-c again",
+             timeout=30)
+    assert "web-c is registered again on network ov" in log.read_text()
+    out = h.pw(0, "exec", "web-a", "--", "python3", "-c", CONNECT, "web-c").stdout
+    assert out.startswith("HTTP/1.0 200"), out
+    assert "unreachable" not in h.pw(2, "ps").stdout
+    assert "ClusterConflict" not in h.pw(2, "inspect", "web-c").stdout
