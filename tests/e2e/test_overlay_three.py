@@ -536,3 +536,59 @@ def test_a_host_back_after_its_address_was_taken_says_so_and_claims_it_again(
     assert out.startswith("HTTP/1.0 200"), out
     assert "unreachable" not in h.pw(2, "ps").stdout
     assert "ClusterConflict" not in h.pw(2, "inspect", "web-c").stdout
+
+
+def test_trace_live_follows_the_probe_to_the_other_host(h: Hosts) -> None:
+    dev = _network(h, subnet="10.218.0.0/24")
+    _servers(h)
+    wait_for(lambda: len(_fdb(h.names[0], dev)) == 2, "A's FDB entries")
+    # B's namespace is on this machine: the probe is followed through the tunnel, B's
+    # hooks are read from B, and the connection is made.
+    data = json.loads(h.pw(0, "trace", "--live", "--json", "web-a", "web-b:80").stdout)
+    live = data["live"]
+    assert live["verdict"] == "delivered" and live["agrees"], live
+    assert live["followed"] == {"host": ADDRS[1], "netns": h.names[1], "followed": True,
+                                "why": ""}, live
+    far = [(hop["family"], hop["table"], hop["chain"]) for hop in live["hops"]
+           if hop["host"] == ADDRS[1]]
+    assert ("inet", "portway", "forward") in far and ("bridge", "portway", "spoof") in far
+    text = h.pw(0, "trace", "--live", "web-a", "web-b:81").stdout
+    assert f"host {ADDRS[1]}: inet portway forward (forward): accept" in text, text
+    assert "live verdict: no-listener" in text and "static and live agree" in text, text
+    for i in (0, 1):
+        assert "portway_trace" not in sh("ip", "netns", "exec", h.names[i], "nft",
+                                         "list", "tables").stdout
+
+    # A host on another machine: the probe stops where the tunnel would leave A, and the
+    # trace says so. (Its records as its daemon writes them, under a lease of its own;
+    # a neighbour entry for its VTEP, so the datagram gets as far as A's uplink.)
+    net_id = json.loads(h.pw(0, "network", "inspect", "ov").stdout)[0]["Id"]
+    far_host, far_ip, far_mac = "192.0.2.61", "10.218.0.61", "02:42:0a:da:00:3d"
+    lease_hex = f"{json.loads(_etcdctl(h, 'lease', 'grant', '600', '-w', 'json'))['ID']:x}"
+    record = RemoteEndpoint(id="d" * 64, network_id=net_id, container_id="c" * 64,
+                            name="elsewhere", aliases=(),
+                            addresses=(ipaddress.ip_interface(f"{far_ip}/24"),),
+                            mac=far_mac, host=ipaddress.ip_address(far_host))
+    try:
+        _etcdctl(h, "put", "--lease", lease_hex, f"/portway/hosts/{far_host}",
+                 json.dumps({"address": far_host, "instance": "x", "host_netns": "",
+                             "joined": "2026-01-01T00:00:00Z"}))
+        _etcdctl(h, "put", "--lease", lease_hex, f"/portway/endpoints/{net_id}/{'d' * 64}",
+                 record.encode())
+        sh("ip", "-n", h.names[0], "neigh", "replace", far_host, "lladdr",
+           "02:00:00:00:00:61", "dev", "ul0", "nud", "permanent")
+        wait_for(lambda: (far_mac, far_host) in _fdb(h.names[0], dev), "A programs elsewhere")
+        data = json.loads(h.pw(0, "trace", "--live", "--json", "web-a",
+                               "elsewhere:80").stdout)
+        live = data["live"]
+        assert live["verdict"] == "leaves-host" and live["agrees"], live
+        assert str(live["stopped_at"]).startswith("stop"), live
+        assert live["summary"].startswith(
+            f"reached the host's edge inside the VXLAN tunnel to host {far_host}; stopped "
+            f"there by the trace, not followed there (host {far_host} runs in the root "
+            "namespace of its own machine"), live
+        assert live["followed"]["followed"] is False, live
+    finally:
+        sh("ip", "-n", h.names[0], "neigh", "del", far_host, "dev", "ul0", check=False)
+        _etcdctl(h, "lease", "revoke", lease_hex)
+    wait_for(lambda: (far_mac, far_host) not in _fdb(h.names[0], dev), "A forgets elsewhere")

@@ -64,3 +64,25 @@ def test_static_and_the_kernel_agree_across_dockers_jump_and_return_chains() -> 
                         (static.seen_source, static.seen_destination),
                         (static.seen_source, static.seen_destination))
     assert reasons == []
+
+
+def test_a_probe_leaving_in_vxlan_is_stopped_by_its_own_headers_inside() -> None:
+    from portway.engine import live
+
+    def stops(version: int | None) -> list[list[dict[str, Any]]]:
+        return [c["add"]["rule"]["expr"] for c in live.trace_tables(
+            "tcp", 40001, 80, "10.200.0.3", None, ["ul0"], version)
+            if "rule" in c["add"] and c["add"]["rule"]["chain"] == "stop0"]
+
+    assert len(stops(None)) == 1  # the probe itself, not inside a tunnel
+    for version, proto_at, sport_at in ((4, 39, 50), (6, 36, 70)):
+        trace_on, drop = stops(version)[1:]
+        fields = [(m["match"]["left"], m["match"]["right"]) for m in drop[:-1]]
+        assert fields == [
+            ({"meta": {"key": "l4proto"}}, "udp"),
+            ({"payload": {"protocol": "th", "field": "dport"}}, 4789),
+            ({"payload": {"base": "th", "offset": proto_at * 8, "len": 8}}, 6),
+            ({"payload": {"base": "th", "offset": sport_at * 8, "len": 16}}, 40001),
+            ({"payload": {"base": "th", "offset": (sport_at + 2) * 8, "len": 16}}, 80)]
+        assert drop[-1] == {"drop": None}
+        assert trace_on[:-1] == drop[:-1] and "mangle" in trace_on[-1]

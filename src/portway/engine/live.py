@@ -8,6 +8,12 @@ namespaces) and stop it in each non-portway interface's egress hook, so it
 never leaves the host. The kernel's trace events (nfnetlink) and conntrack's
 final tuple are read back and compared with the static reasoning. The tables,
 namespace and veth are removed whatever happens.
+
+A probe an overlay network's VXLAN device sends to another host is followed there
+where that host can be observed from here (its host namespace is on this machine):
+the same tables in its namespace, and its trace events read there too. Where it
+cannot, the probe is stopped in the egress hook of the interface that would carry
+the tunnel away, and the output says so.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import ipaddress
 import os
 import random
 import secrets
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from pyroute2 import IPRoute
@@ -24,8 +30,10 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from portway.core import trace as core
 from portway.core.nftsim import Packet, hostport, rule_text
+from portway.core.overlay import VXLAN_PORT
 from portway.errors import KernelError
-from portway.kernel import links, netns, nftrace, observe
+from portway.kernel import links, netns, nftrace, observe, rtnl
+from portway.kernel.nft import Nft
 from portway.model.types import IPAddress
 
 if TYPE_CHECKING:
@@ -41,6 +49,8 @@ def fault_point(step: str) -> None:
 TABLE = "portway_trace"
 PRIORITY = -350  # before every chain portway or a distribution puts on these hooks
 WHY_STOP = "portway trace --live: the probe stops here instead of leaving the host"
+WHY_STOP_TUNNEL = "portway trace --live: the probe stops here instead of leaving the host " \
+    "in VXLAN"
 
 
 def _match(proto: str, sport: int, dport: int, daddr: str, saddr: str | None) -> list[Any]:
@@ -57,9 +67,34 @@ def _match(proto: str, sport: int, dport: int, daddr: str, saddr: str | None) ->
     return out
 
 
+@dataclass
+class Far:
+    """The other host of a tunnelled probe: its namespace on this machine and its static
+    half, where it can be followed; else why not."""
+
+    host: str
+    netns: str = ""
+    trace: core.Trace | None = None
+    why: str = ""
+
+
+# Where the inner packet's transport header starts in a VXLAN datagram, counted from the
+# outer transport (UDP) header: UDP 8, VXLAN 8, the inner Ethernet header 14, then the
+# inner IP header (the probe's has no options): by the inner packet's IP version.
+INNER_TRANSPORT = {4: 8 + 8 + 14 + 20, 6: 8 + 8 + 14 + 40}
+INNER_PROTOCOL = {4: 8 + 8 + 14 + 9, 6: 8 + 8 + 14 + 6}  # its protocol / next header
+L4 = {"tcp": 6, "udp": 17}
+
+
+def _raw(offset: int, length: int) -> dict[str, Any]:
+    return {"payload": {"base": "th", "offset": offset * 8, "len": length * 8}}
+
+
 def trace_tables(proto: str, sport: int, dport: int, daddr: str, saddr: str | None,
-                 egress_devices: list[str]) -> list[dict[str, Any]]:
-    """The short-lived tables: trace the probe from its first hook, stop it at the edge."""
+                 egress_devices: list[str], tunnelled: int | None = None
+                 ) -> list[dict[str, Any]]:
+    """The short-lived tables: trace the probe from its first hook, stop it at the edge;
+    tunnelled (the inner packet's IP version): also where it leaves inside VXLAN."""
     select = _match(proto, sport, dport, daddr, saddr)
     nftrace_on = {"mangle": {"key": {"meta": {"key": "nftrace"}}, "value": 1}}
     cmds: list[dict[str, Any]] = []
@@ -83,6 +118,24 @@ def trace_tables(proto: str, sport: int, dport: int, daddr: str, saddr: str | No
                                        "prio": 0, "policy": "accept"}}})
         cmds.append({"add": {"rule": {"family": "netdev", "table": TABLE, "chain": chain,
                                       "expr": stop, "comment": WHY_STOP}}})
+        if tunnelled is not None:
+            # The probe inside a VXLAN datagram: its own headers, at their offsets. (The
+            # encapsulation clears its trace flag: set again, so the drop is reported.)
+            inner = INNER_TRANSPORT[tunnelled]
+            carried = [
+                {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "udp"}},
+                {"match": {"op": "==", "left": {"payload": {"protocol": "th",
+                                                            "field": "dport"}},
+                           "right": VXLAN_PORT}},
+                {"match": {"op": "==", "left": _raw(INNER_PROTOCOL[tunnelled], 1),
+                           "right": L4[proto]}},
+                {"match": {"op": "==", "left": _raw(inner, 2), "right": sport}},
+                {"match": {"op": "==", "left": _raw(inner + 2, 2), "right": dport}}]
+            cmds += [{"add": {"rule": {"family": "netdev", "table": TABLE, "chain": chain,
+                                       "expr": [*carried, nftrace_on]}}},
+                     {"add": {"rule": {"family": "netdev", "table": TABLE, "chain": chain,
+                                       "expr": [*carried, {"drop": None}],
+                                       "comment": WHY_STOP_TUNNEL}}}]
     return cmds
 
 
@@ -92,8 +145,53 @@ def _drop_tables(engine: Engine | Observer) -> None:
             engine.fw.teardown([{"delete": {"table": {"family": family, "name": TABLE}}}])
 
 
+class Followed:
+    """The probe's tables and a trace listener in the namespace of the host the tunnel
+    goes to (a namespace on this machine), made from a thread there; the listing of its
+    rules, to name the ones the kernel reports by handle. close() removes the tables."""
+
+    def __init__(self, far: Far, tables: Any) -> None:
+        self.far = far
+
+        def there() -> tuple[Nft, nftrace.TraceListener, list[dict[str, Any]]]:
+            nft = Nft()
+            try:
+                items = nft.list_ruleset()
+                with rtnl.Dumper() as dumper:
+                    devices = [link.ifname for link in dumper.links()
+                               if link.ifname != "lo" and link.kind != "bridge"
+                               and not link.master]
+                listener = nftrace.TraceListener()
+                try:
+                    nft.apply(tables(devices))
+                except BaseException:
+                    listener.close()
+                    raise
+            except BaseException:
+                nft.close()
+                raise
+            return nft, listener, items
+
+        self.nft, self.listener, items = netns.in_netns(netns.netns_path(far.netns), there)
+        self.rules = {(r["family"], r["table"], int(r.get("handle", 0))): rule_text(r)
+                      for r in (i["rule"] for i in items if "rule" in i)}
+        self.hooks = {(c["family"], c["table"], c["name"]): c.get("hook", "")
+                      for c in (i["chain"] for i in items if "chain" in i)}
+
+    def close(self) -> None:
+        try:
+            for family in ("inet", "bridge", "netdev"):
+                if self.nft.list_table(family, TABLE) is not None:
+                    self.nft.apply([{"delete": {"table": {"family": family, "name": TABLE}}}])
+        finally:
+            self.listener.close()
+            self.nft.close()
+
+
 def run(engine: Engine | Observer, world: core.World, src_key: str, packet: Packet,
-        static: core.Trace, label: str, destination: str) -> dict[str, Any]:
+        static: core.Trace, label: str, destination: str,
+        far: Far | None = None) -> dict[str, Any]:
+    """far: the other host where the static trace went through a VXLAN tunnel."""
     host = world.host
     # The listing the static trace read (kept while the ruleset's generation stays): a
     # listing of its own cost the probe seconds on a host with 10,000 published ports.
@@ -111,6 +209,9 @@ def run(engine: Engine | Observer, world: core.World, src_key: str, packet: Pack
                and not i.master and i.peer is None and i.name != probe_if]
     listener = nftrace.TraceListener()
     compare_static = static
+    follow = far if far is not None and far.trace is not None and far.netns else None
+    followed: Followed | None = None
+    remote_events: list[nftrace.TraceEvent] = []
     try:
         if outside:
             tag = engine.tag("probe", probe_ns)
@@ -137,8 +238,20 @@ def run(engine: Engine | Observer, world: core.World, src_key: str, packet: Pack
         compare_static = _comparable(probe_world, src_key, probe_packet, compare_static,
                                      label, destination)
         udp_errors = nftrace.udp_in_errors()
+        tunnelled = packet.version if static.tunnel is not None and follow is None else None
+        if tunnelled is not None and static.tunnel is not None:
+            # (The underlay's interface may lead to a namespace modelled here: stopped
+            # all the same, where the tunnel would leave.)
+            route = host.lookup(ipaddress.ip_address(static.tunnel.vtep))
+            if route is not None and route.dev not in devices:
+                devices.append(route.dev)
         engine.nft.apply(trace_tables(packet.l4proto, sport, packet.dport, str(packet.daddr),
-                                      str(packet.saddr) if outside else None, devices))
+                                      str(packet.saddr) if outside else None, devices,
+                                      tunnelled))
+        if follow is not None:
+            followed = Followed(follow, lambda devices: trace_tables(
+                packet.l4proto, sport, packet.dport, str(packet.daddr),
+                str(packet.saddr) if outside else None, devices))
         fault_point("trace.live")
 
         def send() -> tuple[str, tuple[str, int], list[str]]:
@@ -161,6 +274,8 @@ def run(engine: Engine | Observer, world: core.World, src_key: str, packet: Pack
         if outcome in ("timeout", "unreachable") and src_key != host.key:
             unanswered += _unanswered(engine.host, packet.daddr)  # forwarded by the host
         events = listener.read()
+        if followed is not None:
+            remote_events = followed.listener.read()
         socket_drops = nftrace.udp_in_errors() - udp_errors
         # (the probe's entry only: the kernel filters the table by its destination)
         connections = nftrace.connections(toward=(packet.l4proto, str(packet.daddr),
@@ -168,16 +283,28 @@ def run(engine: Engine | Observer, world: core.World, src_key: str, packet: Pack
     finally:
         listener.close()
         try:
-            _drop_tables(engine)
-            # The ruleset is again what the static trace listed: the next trace need not
-            # list 10,000 published ports again.
-            engine.nft.keep_listing(mark)
+            if followed is not None:
+                followed.close()
         finally:
-            if outside:
-                links.delete_link(engine.host, probe_if)
-                netns.delete_netns(probe_ns)
-    return _report(events, connections, rules, hooks, outcome, local, sport, packet,
-                   static, compare_static, outside, socket_drops, unanswered)
+            _finish(engine, mark, outside, probe_if, probe_ns)
+    report = _report(events, connections, rules, hooks, outcome, local, sport, packet,
+                     static, compare_static, outside, socket_drops, unanswered, far,
+                     remote_events, followed)
+    return report
+
+
+def _finish(engine: Engine | Observer, mark: tuple[int | None, int], outside: bool,
+            probe_if: str, probe_ns: str) -> None:
+    """The probe's tables, veth and namespace on this host gone."""
+    try:
+        _drop_tables(engine)
+        # The ruleset is again what the static trace listed: the next trace need not
+        # list 10,000 published ports again.
+        engine.nft.keep_listing(mark)
+    finally:
+        if outside:
+            links.delete_link(engine.host, probe_if)
+            netns.delete_netns(probe_ns)
 
 
 def _comparable(world: core.World, src_key: str, packet: Packet, static: core.Trace,
@@ -245,20 +372,46 @@ def _report(events: list[nftrace.TraceEvent], connections: list[nftrace.Connecti
             rules: dict[tuple[str, str, int], str], hooks: dict[tuple[str, str, str], str],
             outcome: str, local: tuple[str, int], sport: int, packet: Packet,
             static: core.Trace, compare_static: core.Trace, outside: bool,
-            socket_drops: int = 0, unanswered: list[str] | None = None) -> dict[str, Any]:
+            socket_drops: int = 0, unanswered: list[str] | None = None,
+            far: Far | None = None, remote_events: list[nftrace.TraceEvent] | None = None,
+            followed: Followed | None = None) -> dict[str, Any]:
     mine = first_packet(events)
-    stopped = next((e for e in mine if e.table == TABLE and e.family == "netdev"
-                    and e.verdict == "drop"), None)
-    steps = core.fold_events([{"family": e.family, "table": e.table, "chain": e.chain,
-                               "kind": e.kind, "handle": e.handle, "verdict": e.verdict}
-                              for e in mine if e.table != TABLE], rules)
+    theirs = first_packet(remote_events or [])
+
+    def stop(evs: list[nftrace.TraceEvent]) -> nftrace.TraceEvent | None:
+        return next((e for e in evs if e.table == TABLE and e.family == "netdev"
+                     and e.verdict == "drop"), None)
+
+    def fold(evs: list[nftrace.TraceEvent], named: dict[tuple[str, str, int], str]
+             ) -> list[core.KernelStep]:
+        return core.fold_events([{"family": e.family, "table": e.table, "chain": e.chain,
+                                  "kind": e.kind, "handle": e.handle, "verdict": e.verdict}
+                                 for e in evs if e.table != TABLE], named)
+
+    stopped, stopped_there = stop(mine), stop(theirs)
+    steps = fold(mine, rules)
+    far_steps = fold(theirs, followed.rules) if followed is not None else []
     drop = next((s for s in steps if s.verdict.split()[-1] == "drop"), None)
+    far_drop = next((s for s in far_steps if s.verdict.split()[-1] == "drop"), None)
     notes: list[str] = []
+    tunnel = static.tunnel
     if drop is not None:
         verdict = "dropped"
         summary = f"dropped by {drop.family} {drop.table} {drop.chain}: {drop.rule or drop.verdict}"
+    elif far_drop is not None and far is not None:
+        verdict = "dropped"
+        summary = f"dropped on host {far.host} by {far_drop.family} {far_drop.table} " \
+                  f"{far_drop.chain}: {far_drop.rule or far_drop.verdict}"
+    elif stopped is not None and tunnel is not None and far is not None:
+        verdict = "leaves-host"
+        summary = f"reached the host's edge inside the VXLAN tunnel to host {far.host}; " \
+                  f"stopped there by the trace, not followed there ({far.why})"
     elif stopped is not None:
         verdict, summary = "leaves-host", "reached the host's edge; stopped there by the trace"
+    elif stopped_there is not None and far is not None:
+        verdict = "leaves-host"
+        summary = f"reached host {far.host}'s edge (after the VXLAN hop); stopped there by " \
+                  "the trace"
     elif outcome in ("connected", "answered"):
         verdict, summary = "delivered", f"the probe's {packet.l4proto} {outcome}"
     elif outcome == "refused":
@@ -298,16 +451,35 @@ def _report(events: list[nftrace.TraceEvent], connections: list[nftrace.Connecti
                      f"reply, which a probe (a new flow, stopped at the host's edge) cannot "
                      f"meet: it is compared with the static trace of the request alone "
                      f"({compare_static.verdict})")
-    reasons = core.agreement(
-        core.static_steps(compare_static, "host"), steps, compare_static.verdict, verdict,
-        (compare_static.seen_source, compare_static.seen_destination), seen)
-    hops = [{**s.as_dict(), "hook": hooks.get((s.family, s.table, s.chain), "")}
+    if followed is not None and far is not None and far.trace is not None:
+        # Each host's chains against its own half; the verdict against the far end's.
+        reasons = core.agreement(core.static_steps(compare_static, "host"), steps, "", "",
+                                 ("", ""), None)
+        reasons += [f"on host {far.host}: {r}" for r in core.agreement(
+            core.static_steps(_inner(far.trace), f"host {far.host}"), far_steps,
+            far.trace.verdict,
+            verdict, (far.trace.seen_source, far.trace.seen_destination), None)]
+        notes.append(f"the probe was followed through the VXLAN tunnel to host {far.host} "
+                     f"(its namespace {far.netns} is on this machine): its hooks there are "
+                     "listed after this host's")
+    else:
+        reasons = core.agreement(
+            core.static_steps(compare_static, "host"), steps, compare_static.verdict,
+            verdict, (compare_static.seen_source, compare_static.seen_destination), seen)
+    hops = [{**s.as_dict(), "hook": hooks.get((s.family, s.table, s.chain), ""), "host": ""}
             for s in steps]
+    if followed is not None and far is not None:
+        hops += [{**s.as_dict(), "hook": followed.hooks.get((s.family, s.table, s.chain), ""),
+                  "host": far.host} for s in far_steps]
     return {"probe": {"protocol": packet.l4proto, "source": hostport(src, sport),
                       "destination": hostport(packet.daddr, packet.dport),
                       "outcome": outcome},
             "hops": hops, "verdict": verdict, "summary": summary,
-            "stopped_at": (stopped.chain if stopped else None),
+            "stopped_at": (stopped.chain if stopped else stopped_there.chain
+                           if stopped_there else None),
+            "followed": None if far is None else {
+                "host": far.host, "netns": far.netns, "followed": followed is not None,
+                "why": "" if followed is not None else far.why},
             "seen_source": seen[0] if seen else None,
             "seen_destination": seen[1] if seen else None,
             "agrees": not reasons, "disagreements": reasons, "notes": notes,
@@ -320,6 +492,15 @@ def _report(events: list[nftrace.TraceEvent], connections: list[nftrace.Connecti
             "static_verdict": static.verdict}
 
 
+def _inner(far: core.Trace) -> core.Trace:
+    """The other host's half from the decapsulation on: the kernel's trace there sees the
+    inner packet only (the probe is selected by its own 5-tuple, and encapsulation clears
+    its trace flag), not the VXLAN datagram's hooks before."""
+    at = next((i for i, h in enumerate(far.hops)
+               if h.kind == "vxlan" and h.detail.startswith("decapsulated")), None)
+    return far if at is None else replace(far, hops=far.hops[at + 1:])
+
+
 def render(live: dict[str, Any]) -> str:
     p = live["probe"]
     lines = [f"live: the kernel's trace of one {p['protocol']} probe {p['source']} -> "
@@ -327,8 +508,9 @@ def render(live: dict[str, Any]) -> str:
     for number, h in enumerate(live["hops"], 1):
         rule = f" by \"{h['rule']}\"" if h["rule"] else ""
         where = f" (in {h['rule_chain']})" if h["rule_chain"] != h["chain"] else ""
-        lines.append(f"{number:3}  {h['family']} {h['table']} {h['chain']} ({h['hook']}): "
-                     f"{h['verdict']}{rule}{where}")
+        host = f"host {h['host']}: " if h.get("host") else ""
+        lines.append(f"{number:3}  {host}{h['family']} {h['table']} {h['chain']} "
+                     f"({h['hook']}): {h['verdict']}{rule}{where}")
     seen = f" (seen as {live['seen_source']} -> {live['seen_destination']}, from conntrack)" \
         if live["seen_source"] else ""
     lines.append(f"live verdict: {live['verdict']}: {live['summary']}{seen}")

@@ -605,7 +605,7 @@ def run(engine: Engine | Observer, source: str, destination: str, from_ip: str |
         world.conntrack = _flows(packet)
         result = core.trace(world, key, packet, label, dest.label)
         far = _other_half(engine, result, label, dest) if result.tunnel is not None else None
-        answer = _answer(engine, world, key, packet, result, label, dest, live)
+        answer = _answer(engine, world, key, packet, result, label, dest, live, far)
         if far is not None:
             _join_halves(answer, result, far)
         return answer
@@ -752,7 +752,8 @@ def _published(engine: Engine | Observer, every: list[Container]
 
 
 def _answer(engine: Engine | Observer, world: core.World, key: str, packet: Packet,
-            result: core.Trace, label: str, dest: _Target, live: bool) -> dict[str, Any]:
+            result: core.Trace, label: str, dest: _Target, live: bool,
+            far: _Remote | None = None) -> dict[str, Any]:
     data = result.as_dict()
     notes = list(dest.notes)
     if engine.host_netns:
@@ -766,7 +767,9 @@ def _answer(engine: Engine | Observer, world: core.World, key: str, packet: Pack
     if live:
         from portway.engine import live as live_trace
 
-        data["live"] = live_trace.run(engine, world, key, packet, result, label, dest.label)
+        data["live"] = live_trace.run(
+            engine, world, key, packet, result, label, dest.label,
+            None if far is None else live_trace.Far(far.host, far.netns, far.trace, far.why))
         text += "\n\n" + live_trace.render(data["live"])
     return {"trace": data, "text": text}
 
