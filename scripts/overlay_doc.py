@@ -135,8 +135,13 @@ def scenario(d: Doc) -> None:
            "from the store for longer than its lease (the others have forgotten its "
            "containers meanwhile) joins again when the store answers, takes its "
            "containers' addresses and names back, and they are reachable again, without "
-           "a restart; where another host took an address or name meanwhile, its log "
-           "says which container lost it.",
+           "a restart. Where another host took an address or name meanwhile, that "
+           "container is not registered over it: `ps` shows it `Up ... (unreachable from "
+           "other hosts)`, `inspect` says why and which host holds it "
+           "(`NetworkSettings.Networks.NET.ClusterConflict`), the daemon's log says it "
+           "once, and the host claims the address and name again by itself, within "
+           "seconds, once the other container is gone (a restart gives it a new address "
+           "at once).",
            "## One network for every host",
            "`network create --driver overlay` on any host creates the network for all: "
            "its name and a VNI are claimed in one etcd transaction (of two hosts that "
@@ -200,6 +205,17 @@ def scenario(d: Doc) -> None:
     traced = d.pw(0, "trace", "web-a", "web-b:80")
     d.check("trace reaches web-b on host b", "-- on host 192.0.2.2" in traced and
             "verdict: delivered: delivered to container web-b" in traced)
+    d.text("`trace --live` sends one real probe and reads the kernel's own trace of it. "
+           "Where the other host can be observed from here, the probe is followed through "
+           "the tunnel: the trace tables and a listener are set up in that host's "
+           "namespace too, its hooks are listed after this host's, and each half is "
+           "compared with its static half. (Where it cannot, the probe is stopped in the "
+           "egress hook of the interface the tunnel would leave by, and the live verdict "
+           "says it stopped inside the tunnel to that host, and why it was not followed.)")
+    live = d.pw(0, "trace", "--live", "web-a", "web-b:80")
+    d.check("the live probe is followed to host b",
+            "host 192.0.2.2: inet portway forward (forward): accept" in live and
+            "static and live agree" in live and "live verdict: delivered" in live)
     d.text("`portway graph` draws the VXLAN device as a port of the network's bridge, "
            "and each other host's VTEP with its containers, the tunnel between them "
            "(red and dashed where the device lacks their entries); a traced path goes "
@@ -233,7 +249,9 @@ def scenario(d: Doc) -> None:
            "restarted daemon reprograms nothing). A watch that sees no event for 30 s is "
            "renewed the same way, so each host lists the store at least that often; "
            "`portway doctor` compares each VXLAN device's entries with the store, and "
-           "`portway gc` reprograms what differs. A network is removed only when no host "
+           "`portway gc` reprograms what differs. The entries go to the kernel in "
+           "batches of netlink requests (a host that forgets 1,000 endpoints removes "
+           "their 2,000 entries in one pass). A network is removed only when no host "
            "has containers on it:")
     d.pw(0, "rm", "-f", "web-a")
     busy = d.pw(0, "network", "rm", "multi", ok=False)
@@ -242,11 +260,11 @@ def scenario(d: Doc) -> None:
     d.pw(0, "network", "rm", "multi")
     d.wait("B drops the network", lambda: "multi" not in d.quiet(1, "network", "ls"))
     d.text("## Not yet",
-           "`trace --live` probes this host's half only (the other host's half is the "
-           "static reasoning over its observed state). A container whose address another host "
-           "took while its own host was cut off stays unreachable from the other hosts "
-           "until it is restarted. Published ports and outbound traffic of an overlay "
-           "network go through the local host, as on a bridge network.")
+           "A container whose address another host took while its own host was cut off "
+           "keeps its address (it waits for it, unreachable from the other hosts, as "
+           "`ps` says) rather than being given a new one while it runs. Published ports "
+           "and outbound traffic of an overlay network go through the local host, as on "
+           "a bridge network.")
 
 
 def main() -> int:
