@@ -7,6 +7,7 @@ cluster, whichever host asks first and whatever it has seen."""
 from __future__ import annotations
 
 import ipaddress
+import json
 from pathlib import Path
 from typing import Any, cast
 
@@ -17,6 +18,7 @@ from portway.core import listing, overlay
 from portway.engine import view
 from portway.engine.cluster import Cluster
 from portway.engine.context import Host
+from portway.engine.dns import DnsServer
 from portway.errors import Conflict
 from portway.model.types import Network
 from portway.store.etcd import KV, ClusterUnreachable, Etcd, Event
@@ -287,3 +289,51 @@ def test_a_container_whose_address_was_taken_while_away_says_so_and_is_claimed_a
     assert b.cluster.conflict(on_b.id) is None
     assert "ClusterConflict" not in view.container(b, b.container("on-b"))[
         "NetworkSettings"]["Networks"]["ov"]
+
+
+class RecordingDns(DnsServer):
+    """The DNS server's socket, as what is asked of it."""
+
+    def __init__(self) -> None:
+        self.asked: list[dict[str, Any]] = []
+        self.published = 0
+
+    def request(self, command: str) -> dict[str, Any]:
+        self.asked.append(json.loads(command))
+        return {"ok": True}
+
+    def publish(self) -> None:
+        self.published += 1
+
+
+def test_another_hosts_container_reaches_the_dns_server_as_one_change(tmp_path: Path) -> None:
+    """With 1,000 containers of other hosts, one that comes or goes anywhere must not make
+    every host reload them all; and a re-list that finds the store as it was changes
+    nothing."""
+    etcd, (a, b) = two_hosts(tmp_path)
+    a.networks.create("ov", driver="overlay", subnet="10.200.0.0/24")
+    a.networks.create("ov2", driver="overlay", subnet="10.201.0.0/24")
+    assert a.cluster is not None and b.cluster is not None
+    b.cluster._snapshot(*etcd.range(overlay.PREFIX))
+    dns = RecordingDns()
+    a.dns = dns
+    a.cluster._snapshot(*etcd.range(overlay.PREFIX))
+    b.containers.run(["sleep", "1"], name="on-b", networks=["ov", "ov2"], detach=True)
+    dns.asked, dns.published = [], 0
+    for key in sorted(k for k in etcd.kv if k.startswith(overlay.endpoint_key())):
+        a.cluster._event(Event("put", key, etcd.kv[key][0], etcd.revision))
+    a.cluster.converge()
+    # One record for on-b, with its two networks' endpoints; nothing reloaded.
+    assert dns.published == 0
+    ((set_on_b,),) = [[d for d in dns.asked if d["cmd"] == "set"]]
+    assert set_on_b["container"]["name"] == "on-b"
+    assert len(set_on_b["container"]["endpoints"]) == 2
+    # The store listed again, as it was: nothing to tell the DNS server.
+    dns.asked = []
+    a.cluster._snapshot(*etcd.range(overlay.PREFIX))
+    assert dns.asked == [] and dns.published == 0
+    # on-b goes: forgotten, by its id.
+    cid = b.store.endpoints()[0].container_id
+    b.containers.rm(["on-b"], force=True)
+    a.cluster._snapshot(*etcd.range(overlay.PREFIX))
+    assert dns.asked == [{"cmd": "forget", "id": cid}] and dns.published == 0

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from portway.core import overlay
 from portway.core.overlay import RemoteEndpoint
 from portway.engine.context import now
+from portway.engine.dns import DnsServer
 from portway.errors import Conflict, PortwayError
 from portway.kernel import links, vxlan
 from portway.model.types import Container, Endpoint, IPAddress, Network
@@ -84,6 +85,10 @@ class Cluster:
         self._names_version = 0
         self._networks_version = 0
         self._names = -1  # the names version converge last published
+        # The other hosts' containers whose names changed since: sent to the DNS server
+        # one by one (a full publish of 1,000 of them on every host for each container
+        # that comes or goes anywhere costs every host a reload of them all).
+        self._dns_changed: set[str] = set()
         self._networks_seen = -1  # the networks version converge last made here
         # Per network: the version its device was last brought in step with.
         self._programmed: dict[str, int] = {}
@@ -405,8 +410,11 @@ class Cluster:
         for kv in kvs:
             self._parse(kv.key, kv.value, networks, endpoints, hosts)
         with self._view_lock:
-            for e in (*self.endpoints.values(), *endpoints.values()):
-                self._bump(e)
+            for i in self.endpoints.keys() | endpoints.keys():  # what differs, counted
+                old, new = self.endpoints.get(i), endpoints.get(i)
+                if old != new:
+                    self._bump(old)
+                    self._bump(new)
             self.networks, self.endpoints, self.hosts = networks, endpoints, hosts
             self._networks_version += 1
         self.converge(force=True)
@@ -418,6 +426,7 @@ class Cluster:
             return
         self._versions[e.network_id] = self._versions.get(e.network_id, 0) + 1
         self._names_version += 1
+        self._dns_changed.add(e.container_id)
 
     def _event(self, event: Event) -> None:
         rest = event.key.removeprefix(overlay.PREFIX)
@@ -475,6 +484,7 @@ class Cluster:
             endpoints = list(self.endpoints.values())
             versions = dict(self._versions)
             names, networks_version = self._names_version, self._networks_version
+            dns_changed, self._dns_changed = self._dns_changed, set()
         changed = False
         with h.lock:
             if h.closed:
@@ -512,9 +522,11 @@ class Cluster:
             # The DNS server's records again only where other hosts' names came, went or
             # changed (this host's own are published as they change): with 1,000 of
             # them, a full publish is a reload of them all in the DNS server.
-            if changed or names != self._names:
+            if changed or self._names < 0:
+                h.containers.publish_dns()  # (networks came or went: all of it)
+            elif names != self._names and not self._publish_remote(dns_changed):
                 h.containers.publish_dns()
-                self._names = names
+            self._names = names
 
     def wanted(self, net: Network) -> tuple[set[overlay.Fdb], set[overlay.Neighbour]] | None:
         """The entries net's VXLAN device needs, as the store says (None: not read yet)."""
@@ -547,17 +559,39 @@ class Cluster:
 
     # what others see
 
-    def remote_records(self) -> list[dict[str, Any]]:
-        """The containers on other hosts, as the DNS server's records."""
+    def remote_records(self, containers: set[str] | None = None) -> list[dict[str, Any]]:
+        """The containers on other hosts (or those of them whose ids are given), as the
+        DNS server's records: one per container, with an endpoint per network."""
         with self._view_lock:
-            remote = [e for e in self.endpoints.values() if e.host != self.advertise]
-        return [{"id": e.container_id, "name": e.name, "dns": [],
-                 "endpoints": [{"ip": str(e.addresses[0].ip),
-                                "ips": [str(a.ip) for a in e.addresses],
-                                "network": e.network_id,
-                                "names": list(dict.fromkeys([e.name, *e.aliases,
-                                                             e.container_id[:12]]))}]}
-                for e in remote]
+            remote = [e for e in self.endpoints.values() if e.host != self.advertise
+                      and (containers is None or e.container_id in containers)]
+        out: dict[str, dict[str, Any]] = {}
+        for e in remote:
+            out.setdefault(e.container_id, {"id": e.container_id, "name": e.name, "dns": [],
+                                            "endpoints": []})["endpoints"].append(
+                {"ip": str(e.addresses[0].ip), "ips": [str(a.ip) for a in e.addresses],
+                 "network": e.network_id,
+                 "names": list(dict.fromkeys([e.name, *e.aliases, e.container_id[:12]]))})
+        return list(out.values())
+
+    def _publish_remote(self, containers: set[str]) -> bool:
+        """Those containers of other hosts to the DNS server, each as one change (a set,
+        or a forget where none of its endpoints is left): not a reload of all of them.
+        False: not done (no server that takes changes); publish them all instead."""
+        dns = self.h.dns
+        if not isinstance(dns, DnsServer):
+            return False
+        records = {r["id"]: r for r in self.remote_records(containers)}
+        try:
+            for cid in sorted(containers):
+                record = records.get(cid)
+                reply = dns.request(json.dumps({"cmd": "set", "container": record}
+                                               if record else {"cmd": "forget", "id": cid}))
+                if not reply.get("ok"):
+                    return False
+        except (PortwayError, OSError):
+            return False
+        return True
 
     def remote_endpoints(self, network_id: str) -> list[RemoteEndpoint]:
         with self._view_lock:
