@@ -337,3 +337,46 @@ def test_another_hosts_container_reaches_the_dns_server_as_one_change(tmp_path: 
     b.containers.rm(["on-b"], force=True)
     a.cluster._snapshot(*etcd.range(overlay.PREFIX))
     assert dns.asked == [{"cmd": "forget", "id": cid}] and dns.published == 0
+
+
+def test_a_few_changed_endpoints_are_programmed_as_such(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another host's container that comes or goes is one FDB and one neighbour entry to
+    add or remove, not a reading of the device's entries of every endpoint."""
+    import portway.engine.cluster as cluster_module
+
+    etcd, (a, b) = two_hosts(tmp_path)
+    a.networks.create("ov", driver="overlay", subnet="10.200.0.0/24")
+    assert a.cluster is not None and b.cluster is not None
+    b.cluster._snapshot(*etcd.range(overlay.PREFIX))
+    plans: list[overlay.ForwardingPlan] = []
+    read: list[int] = []
+
+    class Link:
+        index = 7
+
+    class Programmed(NoKernelCluster):
+        def _program(self, net: Network, endpoints: Any) -> bool:
+            read.append(len(endpoints))
+            return True
+
+    monkeypatch.setattr(cluster_module.links, "observe_link", lambda *_a: Link())
+    monkeypatch.setattr(cluster_module.vxlan, "apply_forwarding",
+                        lambda _ipr, _index, plan, _requests: plans.append(plan) or [])
+    a.cluster.__class__ = Programmed
+    a.cluster._snapshot(*etcd.range(overlay.PREFIX))
+    assert read == [0]  # (a re-list compares the device with the store in full)
+    b.containers.run(["sleep", "1"], name="on-b", networks=["ov"], detach=True)
+    (key,) = [k for k in etcd.kv if k.startswith(overlay.endpoint_key())]
+    a.cluster._event(Event("put", key, etcd.kv[key][0], etcd.revision))
+    a.cluster.converge()
+    e = b.store.endpoints()[0]
+    assert read == [0] and len(plans) == 1
+    assert plans[0].add_fdb == (overlay.Fdb(e.mac.lower(), ipaddress.ip_address("192.0.2.2")),)
+    assert plans[0].add_neigh == (overlay.Neighbour(e.address, e.mac.lower()),)
+    assert plans[0].del_fdb == plans[0].del_neigh == ()
+    a.cluster._event(Event("delete", key, "", etcd.revision))
+    a.cluster.converge()
+    assert read == [0] and len(plans) == 2
+    assert plans[1].del_fdb == plans[0].add_fdb and plans[1].del_neigh == plans[0].add_neigh
+    assert plans[1].add_fdb == plans[1].add_neigh == ()

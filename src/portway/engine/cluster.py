@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from portway.engine.context import Host
 
 DEFAULT_TTL = overlay.DEFAULT_TTL
+FEW_MOVES = 64  # endpoints changed since the last pass, programmed as such (more: compared)
 LEASE_META = "cluster_lease"
 
 
@@ -92,6 +93,11 @@ class Cluster:
         self._networks_seen = -1  # the networks version converge last made here
         # Per network: the version its device was last brought in step with.
         self._programmed: dict[str, int] = {}
+        # Per network: the other hosts' endpoints that changed since (first record before,
+        # last after, by endpoint id): a few of them are programmed as such, not by
+        # reading and comparing the device's 2,000 entries of 1,000 endpoints.
+        self._moves: dict[str, dict[str, tuple[RemoteEndpoint | None,
+                                               RemoteEndpoint | None]]] = {}
         # Per network: the addresses other hosts hold, at a version (address_taken).
         self._taken: dict[str, tuple[int, frozenset[IPAddress]]] = {}
 
@@ -419,6 +425,18 @@ class Cluster:
             self._networks_version += 1
         self.converge(force=True)
 
+    def _move(self, old: RemoteEndpoint | None, new: RemoteEndpoint | None) -> None:
+        """Remember an endpoint of another host that changed (the caller holds the view's
+        lock): its entries are programmed as such where they are few."""
+        old = old if old is not None and old.host != self.advertise else None
+        new = new if new is not None and new.host != self.advertise else None
+        for e in {x.network_id: x for x in (old, new) if x is not None}.values():
+            moves = self._moves.setdefault(e.network_id, {})
+            first = moves[e.id][0] if e.id in moves else \
+                (old if old is not None and old.network_id == e.network_id else None)
+            moves[e.id] = (first, new if new is not None and
+                           new.network_id == e.network_id else None)
+
     def _bump(self, e: RemoteEndpoint | None) -> None:
         """e (another host's endpoint) came, changed or went: its network's entries and
         the names are to be brought in step (the caller holds the view's lock)."""
@@ -444,6 +462,7 @@ class Cluster:
                 if new != old:  # (the same record put again, under a new lease: nothing)
                     self._bump(old)
                     self._bump(new)
+                    self._move(old, new)
             elif event.kind == "put":
                 self._parse(event.key, event.value, self.networks, self.endpoints, self.hosts)
             elif kind == "networks":
@@ -485,6 +504,7 @@ class Cluster:
             versions = dict(self._versions)
             names, networks_version = self._names_version, self._networks_version
             dns_changed, self._dns_changed = self._dns_changed, set()
+            moves, self._moves = self._moves, {}
         changed = False
         with h.lock:
             if h.closed:
@@ -516,8 +536,16 @@ class Cluster:
                 if net.driver != "overlay":
                     continue
                 want = versions.get(net.id, 0)
-                if (force or changed or self._programmed.get(net.id) != want) and \
-                        self._program(net, [e for e in endpoints if e.network_id == net.id]):
+                if not (force or changed or self._programmed.get(net.id) != want):
+                    continue
+                step = moves.get(net.id, {})
+                bumps = sum((o is not None) + (n is not None) for o, n in step.values())
+                if not force and not changed and 0 < len(step) <= FEW_MOVES and \
+                        self._programmed.get(net.id, -1) + bumps == want:
+                    done = self._program_moves(net, list(step.values()))
+                else:
+                    done = self._program(net, [e for e in endpoints if e.network_id == net.id])
+                if done:
                     self._programmed[net.id] = want
             # The DNS server's records again only where other hosts' names came, went or
             # changed (this host's own are published as they change): with 1,000 of
@@ -545,6 +573,29 @@ class Cluster:
         want = overlay.wanted_forwarding(endpoints, self.advertise)
         have = vxlan.observe_forwarding(self.ipr, index.index, self.requests)
         plan = overlay.plan_forwarding(want, have)
+        if plan.empty():
+            return True
+        errors = vxlan.apply_forwarding(self.ipr, index.index, plan, self.requests)
+        self.programmed += len(plan.add_fdb) + len(plan.add_neigh) + len(plan.del_fdb) + \
+            len(plan.del_neigh)
+        for line in errors:
+            log(f"network {net.name}: {line}")
+        return not errors
+
+    def _program_moves(self, net: Network,
+                       moves: list[tuple[RemoteEndpoint | None, RemoteEndpoint | None]]
+                       ) -> bool:
+        """The entries of endpoints that changed since the device was last in step: those
+        of each one's record before removed where its record after has them no more, the
+        ones after added (an entry there already, or gone already, is no error)."""
+        index = links.observe_link(self.ipr, overlay.vxlan_name(net.id))
+        if index is None:
+            return False
+        before = overlay.wanted_forwarding([o for o, _ in moves if o is not None],
+                                           self.advertise)
+        after = overlay.wanted_forwarding([n for _, n in moves if n is not None],
+                                          self.advertise)
+        plan = overlay.plan_forwarding(after, before)
         if plan.empty():
             return True
         errors = vxlan.apply_forwarding(self.ipr, index.index, plan, self.requests)
