@@ -635,3 +635,34 @@ def test_ipam_none_ports_reach_the_host_only_through_the_bridge(
     got, _ = listener.communicate(timeout=10)
     assert got.strip() == "nothing"
     p.nv("teardown", ns, data=data)
+
+
+def test_networks_as_a_list_and_aliases_netavark_ignores(podman: Podmanish) -> None:  # noqa: F811
+    """Mirrors testfiles/two-networks.json (`networks` as a list: each interface in the
+    list's order) and dns-invalid-names.json (aliases that cannot be names: a warning
+    each on stderr, the container set up and named by the others)."""
+    p = podman
+    data = simplebridge(dns_enabled=True)
+    t2 = dict(data["network_info"]["podman"], name="t2", network_interface="podman9",
+              id=NET_ID[::-1], subnets=[{"gateway": "10.89.2.1", "subnet": "10.89.2.0/24"}])
+    data["network_info"]["t2"] = t2
+    data["networks"] = [
+        {"name": "t2", "interface_name": "eth0", "static_ips": ["10.89.2.2"],
+         "aliases": ["valid", "space 1", "comma,1", "newline\n2"]},
+        {"name": "podman", "interface_name": "eth1", "static_ips": ["10.88.0.2"]}]
+    ns = p.namespace()
+    cp = p.nv("setup", ns, data=data)
+    out = json.loads(cp.stdout)
+    assert out["t2"]["interfaces"]["eth0"]["subnets"][0]["ipnet"] == "10.89.2.2/24"
+    assert out["podman"]["interfaces"]["eth1"]["subnets"][0]["ipnet"] == "10.88.0.2/16"
+    warned = [line for line in cp.stderr.splitlines() if "invalid network alias" in line]
+    assert [w.split("invalid network alias ")[1].split(":")[0] for w in warned] == [
+        '"space 1"', '"comma,1"', '"newline\\n2"']
+    addrs = {str(x["ifname"]): [str(a["local"]) for a in x["addr_info"]]
+             for x in ip_json(os.path.basename(ns), "addr")}
+    assert addrs["eth0"] == ["10.89.2.2"] and addrs["eth1"] == ["10.88.0.2"]
+    # The valid alias answers; the container is on both networks.
+    assert dig(ns, "+short", "@10.89.2.1", "valid").split() == ["10.89.2.2"]
+    p.nv("teardown", ns, data=data)
+    assert p.nv("teardown", ns, data=data).stdout == ""
+    assert [x["ifname"] for x in ip_json(os.path.basename(ns), "link")] == ["lo"]

@@ -277,3 +277,55 @@ def test_outbound_addresses_render_snat_before_masquerade() -> None:
                        ("outbound_addr4", "1.2.3")):
         with pytest.raises(InvalidInput, match=f'unable to parse "{key}": invalid IPv'):
             netavark.parse_options(with_network(options={key: value}))
+
+
+def test_networks_may_be_a_list_in_the_callers_order() -> None:
+    """Current netavark reads `networks` as an object or as a list of objects with a
+    name (netavark's test input two-networks.json); a list keeps the interfaces'
+    order."""
+    data = options([{"subnet": "10.89.1.0/24", "gateway": "10.89.1.1"}], ["10.89.1.2"])
+    second = dict(data["network_info"]["pnet"], name="t2", network_interface="t2",
+                  subnets=[{"subnet": "10.89.2.0/24", "gateway": "10.89.2.1"}])
+    data["network_info"]["t2"] = second
+    data["networks"] = [
+        {"name": "t2", "static_ips": ["10.89.2.2"], "interface_name": "eth0"},
+        {"name": "pnet", "static_ips": ["10.89.1.2"], "interface_name": "eth1"}]
+    opts = netavark.parse_options(data)
+    assert [(a.network, a.ifname, [str(ip) for ip in a.static_ips])
+            for a in opts.attachments] == [("t2", "eth0", ["10.89.2.2"]),
+                                           ("pnet", "eth1", ["10.89.1.2"])]
+
+
+@pytest.mark.parametrize("networks, message", [
+    ([{"static_ips": []}], "networks[].name must be a non-empty string"),
+    ([{"name": "pnet"}, {"name": "pnet"}], "network pnet is twice in networks"),
+    ("podman", "networks must be an object or a list"),
+    ([{"name": "other"}], "network other is in networks but not in network_info"),
+])
+def test_bad_networks_lists(networks: Any, message: str) -> None:
+    data = options([{"subnet": "10.89.1.0/24", "gateway": "10.89.1.1"}], [])
+    data["networks"] = networks
+    with pytest.raises(InvalidInput, match=message.replace("[", r"\[").replace("]", r"\]")):
+        netavark.parse_options(data)
+
+
+def test_an_alias_that_cannot_be_a_name_is_a_warning_and_left_out() -> None:
+    """As netavark (its issue 1019, test input dns-invalid-names.json): the container is
+    set up with its other names, and each bad one is a warning."""
+    data = options([{"subnet": "10.89.3.0/24", "gateway": "10.89.3.1"}], ["10.89.3.2"])
+    data["networks"]["pnet"]["aliases"] = ["valid", "space 1", "comma,1", "newline\n2"]
+    opts = netavark.parse_options(data)
+    assert opts.attachments[0].aliases == ("valid",)
+    assert [w.split(":")[0] for w in opts.warnings] == [
+        'invalid network alias "space 1"', 'invalid network alias "comma,1"',
+        'invalid network alias "newline\\n2"']
+    assert all(w.endswith("ignoring this name") for w in opts.warnings)
+
+
+def test_a_bad_host_ip_is_netavarks_error() -> None:
+    data = options([{"subnet": "10.88.0.0/16", "gateway": "10.88.0.1"}], ["10.88.0.2"])
+    data["port_mappings"] = [{"host_ip": "abcd", "container_port": 80, "host_port": 8080,
+                              "range": 1, "protocol": "tcp"}]
+    with pytest.raises(InvalidInput) as exc:
+        netavark.parse_options(data)
+    assert exc.value.message == 'invalid host ip "abcd" provided for port 8080'

@@ -24,6 +24,7 @@ sends the container an address per subnet in `static_ips`.
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -85,6 +86,8 @@ class Options:
     networks: dict[str, NetworkInfo]
     ports: tuple[PortMapping, ...]
     dns_servers: tuple[str, ...]
+    # What netavark logs as warnings and goes on (an alias it cannot serve, ignored).
+    warnings: tuple[str, ...] = ()
 
 
 def _bad(what: str) -> InvalidInput:
@@ -312,7 +315,8 @@ def _network_info(name: str, data: Any) -> NetworkInfo:
                            [str(s) for s in servers])))
 
 
-def _attachment(name: str, data: Any, info: NetworkInfo) -> Attachment:
+def _attachment(name: str, data: Any, info: NetworkInfo,
+                warnings: list[str]) -> Attachment:
     d = _obj(data, f"networks.{name}")
     ifname = validate.check_ifname("interface_name", _str(d, "interface_name",
                                                           f"networks.{name}", "eth0"))
@@ -360,9 +364,43 @@ def _attachment(name: str, data: Any, info: NetworkInfo) -> Attachment:
     if not isinstance(aliases, list):
         raise _bad(f"networks.{name}.aliases must be a list")
     return Attachment(network=name, ifname=ifname, static_ips=tuple(static),
-                      static_mac=mac,
-                      aliases=tuple(validate.check_name("alias", str(a)) for a in aliases),
+                      static_mac=mac, aliases=_aliases(aliases, warnings),
                       host_ifname=host_ifname)
+
+
+def _aliases(raw: list[Any], warnings: list[str]) -> tuple[str, ...]:
+    """The aliases a DNS name can be made of. As netavark (its issue 1019), one that
+    cannot is a warning and is left out; the container is still set up."""
+    kept: list[str] = []
+    for alias in raw:
+        try:
+            kept.append(validate.check_name("alias", str(alias)))
+        except InvalidInput as exc:
+            warnings.append(f"invalid network alias {json.dumps(str(alias))}: "
+                            f"{exc.args[0]}, ignoring this name")
+    return tuple(kept)
+
+
+def _named_networks(raw: Any) -> list[tuple[str, Any]]:
+    """`networks` as (name, options) in the caller's order: an object keyed by network
+    name (Podman 4), or a list of objects each with its "name" (current netavark
+    accepts both; a list keeps the order of the container's interfaces)."""
+    if raw is None:
+        return []
+    if isinstance(raw, dict):
+        return [(str(k), v) for k, v in raw.items()]
+    if not isinstance(raw, list):
+        raise _bad("networks must be an object or a list")
+    named: list[tuple[str, Any]] = []
+    for item in raw:
+        d = _obj(item, "networks[]")
+        name = d.get("name")
+        if not isinstance(name, str) or not name:
+            raise _bad("networks[].name must be a non-empty string")
+        if any(n == name for n, _ in named):
+            raise _bad(f"network {name} is twice in networks")
+        named.append((name, {k: v for k, v in d.items() if k != "name"}))
+    return named
 
 
 def parse_mac(text: Any) -> str:
@@ -399,7 +437,9 @@ def _ports(data: Any) -> tuple[PortMapping, ...]:
         try:
             host_ip = ipaddress.ip_address(host_ip_text) if host_ip_text else None
         except ValueError:
-            raise _bad(f"port_mappings[].host_ip {host_ip_text!r} is not an address") from None
+            raise InvalidInput(f"invalid host ip {json.dumps(host_ip_text)} provided for "
+                               f"port {host_port}", "give an address of the host, or none "
+                               "for all of them") from None
         if host_ip is not None and host_ip.is_unspecified:
             host_ip = None
         if host_ip is not None and host_ip.version == 6 and host_ip.is_loopback:
@@ -430,12 +470,12 @@ def parse_options(data: Any) -> Options:
     name = validate.check_name("container", _str(d, "container_name", "input"))
     infos_raw = _obj(d.get("network_info") or {}, "network_info")
     infos = {str(n): _network_info(str(n), v) for n, v in infos_raw.items()}
-    nets = _obj(d.get("networks") or {}, "networks")
     attachments = []
-    for net_name, raw in nets.items():
+    warnings: list[str] = []
+    for net_name, raw in _named_networks(d.get("networks")):
         if net_name not in infos:
             raise _bad(f"network {net_name} is in networks but not in network_info")
-        attachments.append(_attachment(str(net_name), raw, infos[net_name]))
+        attachments.append(_attachment(net_name, raw, infos[net_name], warnings))
     ifnames = [a.ifname for a in attachments]
     if len(set(ifnames)) != len(ifnames):
         raise _bad("two networks ask for the same interface_name")
@@ -456,7 +496,8 @@ def parse_options(data: Any) -> Options:
                            "publish from a managed network, or forward the port yourself")
     return Options(container_id=cid, container_name=name, attachments=tuple(attachments),
                    networks=infos, ports=ports,
-                   dns_servers=tuple(validate.check_dns_servers([str(x) for x in dns])))
+                   dns_servers=tuple(validate.check_dns_servers([str(x) for x in dns])),
+                   warnings=tuple(warnings))
 
 
 # What portway keeps of a Podman network's netavark fields beside its options.

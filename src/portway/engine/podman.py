@@ -125,6 +125,8 @@ def _check_dhcp_proxy(opts: contract.Options) -> None:
 
 
 def setup(engine: Engine, netns_path: str, options: Any) -> dict[str, Any]:
+    """netavark's setup: {"status": what netavark prints, one block per network,
+    "warnings": what it logs and goes on (portway-netavark writes them to stderr)}."""
     opts = contract.parse_options(options)
     _check_netns(netns_path)
     _check_dhcp_proxy(opts)
@@ -139,7 +141,8 @@ def setup(engine: Engine, netns_path: str, options: Any) -> dict[str, Any]:
             existing = None
         before = {n.id for n in engine.store.networks()}
         try:
-            return _setup(engine, netns_path, opts, existing)
+            return {"status": _setup(engine, netns_path, opts, existing),
+                    "warnings": list(opts.warnings)}
         except BaseException:
             # A network this call made and no container uses goes again: a failed setup
             # leaves nothing behind.

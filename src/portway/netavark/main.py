@@ -192,8 +192,14 @@ def run(argv: list[str]) -> object:
     if command in ("setup", "teardown"):
         if len(args) != 2:
             raise UsageError(f"{command} needs the network namespace path")
-        return client.call(f"podman_{command}", netns=args[1],
-                           options=read_input(opts["file"]))
+        reply = client.call(f"podman_{command}", netns=args[1],
+                            options=read_input(opts["file"]))
+        if command == "setup" and isinstance(reply, dict) and "status" in reply:
+            # What netavark logs and goes on: stderr, as its log; stdout is Podman's.
+            for warning in reply.get("warnings") or ():
+                print(f"[WARN  portway-netavark] {warning}", file=sys.stderr)
+            return reply["status"]
+        return reply
     if command == "firewall-reload":
         return client.call("podman_firewall_reload")
     if command == "create":
