@@ -69,7 +69,7 @@ CASES = [
     (["kill", "-s", "NOPE", "web"], "invalid signal"),
     (["run", "-d", "--name", "bad/name", "--", "sleep", "1"], "invalid container name"),
     (["run", "-d", "--name", "w2", "-p", "99999:80", "--", "sleep", "1"], "invalid port"),
-    (["run", "-d", "--name", "w2", "-p", "80/sctp", "--", "sleep", "1"], "protocol"),
+    (["run", "-d", "--name", "w2", "-p", "80/dccp", "--", "sleep", "1"], "protocol"),
     (["run", "-d", "--name", "w2", "--network", "host", "--network", "app", "--",
       "sleep", "1"], "cannot be combined"),
     (["exec", "nope", "--", "true"], "not found"),

@@ -35,7 +35,7 @@ subnets = st.one_of(
     st.text(typable, max_size=20))
 ports = st.one_of(
     st.sampled_from(["80", "8080:80", "127.0.0.1:8081:80", "0:80", "80-79:80-79", "1-2:3",
-                     "80/sctp", "65536:80", "::80", "a:b", "", "80:80:80:80"]),
+                     "80/dccp", "65536:80", "::80", "a:b", "", "80:80:80:80"]),
     st.builds(lambda a, b: f"{a}:{b}", st.integers(-5, 70000), st.integers(-5, 70000)),
     st.text(typable, max_size=12))
 options = st.one_of(st.sampled_from([

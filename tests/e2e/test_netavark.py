@@ -289,7 +289,7 @@ def test_dual_stack_and_ipv6_only_networks(podman: Podmanish) -> None:
     (lambda d: d.update(port_mappings=[{"container_port": 80, "host_port": 70000}]),
      "out of 1-65535"),
     (lambda d: d.update(port_mappings=[{"container_port": 80, "host_port": 80,
-                                        "protocol": "sctp"}]), "sctp"),
+                                        "protocol": "dccp"}]), "dccp"),
     # A gateway outside the subnet, the host's own default gateway at that: the host
     # would route its default traffic into the bridge (validated as network create does).
     (lambda d: d["network_info"]["a1pnet"]["subnets"][0].update(gateway="198.51.100.2"),

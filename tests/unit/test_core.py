@@ -181,7 +181,7 @@ def test_port_specs(spec: str, expected: list[str]) -> None:
 
 
 @pytest.mark.parametrize("spec", ["", "x", "0", "65536", "80:", "1-2:3-5", "9001-9000:1-2",
-                                  "80/sctp", "1.2.3:80:80", "999.1.1.1:80:80", "80:80:80:80",
+                                  "80/dccp", "1.2.3:80:80", "999.1.1.1:80:80", "80:80:80:80",
                                   "::1:80:80", "[::1:80:80"])
 def test_bad_port_specs(spec: str) -> None:
     with pytest.raises(InvalidInput):

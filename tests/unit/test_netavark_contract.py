@@ -329,3 +329,15 @@ def test_a_bad_host_ip_is_netavarks_error() -> None:
     with pytest.raises(InvalidInput) as exc:
         netavark.parse_options(data)
     assert exc.value.message == 'invalid host ip "abcd" provided for port 8080'
+
+
+def test_sctp_port_mappings_as_netavark() -> None:
+    """netavark's isolate4.json and its port tests publish sctp beside tcp and udp, also
+    as one mapping for several protocols ("tcp,udp,sctp")."""
+    data = options([{"subnet": "10.88.0.0/16", "gateway": "10.88.0.1"}], ["10.88.0.2"],
+                   ports=[{"host_ip": "", "container_port": 80, "host_port": 8080,
+                           "range": 1, "protocol": "tcp,udp,sctp"}])
+    assert [p.protocol for p in netavark.parse_options(data).ports] == ["tcp", "udp", "sctp"]
+    data["port_mappings"][0]["protocol"] = "dccp"
+    with pytest.raises(InvalidInput, match="protocol 'dccp' is not supported"):
+        netavark.parse_options(data)

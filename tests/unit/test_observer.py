@@ -44,3 +44,4 @@ def test_only_reading_operations(tmp_path: Path) -> None:
     reply = answer(str(tmp_path), None, {"op": "network_rm", "args": {"refs": ["x"]}})
     assert reply["ok"] is False and reply["exit_code"] == 2
     assert "read-only" in reply["error"]
+

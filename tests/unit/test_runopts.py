@@ -125,7 +125,7 @@ def test_sysctls() -> None:
 def test_expose_and_workdir() -> None:
     assert runopts.parse_expose(["80", "53/udp", "7000-7002", "80/tcp"]) == \
         ((80, "tcp"), (53, "udp"), (7000, "tcp"), (7001, "tcp"), (7002, "tcp"))
-    for bad in ("http", "80/sctp", "0", "9-8"):
+    for bad in ("http", "80/dccp", "0", "9-8"):
         with pytest.raises(InvalidInput):
             runopts.parse_expose([bad])
     assert runopts.check_workdir("/srv/./www/") == "/srv/www"
@@ -143,7 +143,7 @@ def test_host_port_ranges_and_port_keys() -> None:
     # Two containers' ranges may overlap: each takes a free port of its own.
     assert len(parse_port_specs(["8000-8010:80", "8000-8010:81"])) == 2
     assert parse_port_key("80") == (80, "tcp") and parse_port_key("53/UDP") == (53, "udp")
-    for bad in ("x", "0", "80/sctp", "70000"):
+    for bad in ("x", "0", "80/dccp", "70000"):
         with pytest.raises(InvalidInput):
             parse_port_key(bad)
 
@@ -204,3 +204,16 @@ def test_log_index_tail_and_timestamps() -> None:
     assert logs.parse_tail("all") is None and logs.parse_tail("3") == 3
     with pytest.raises(InvalidInput, match="invalid --tail"):
         logs.parse_tail("-1")
+
+
+def test_sctp_ports_as_docker_reads_them() -> None:
+    """Docker publishes and exposes SCTP ports (`-p 9132:80/sctp`, `--expose 80/sctp`),
+    the protocol in any case."""
+    (one,) = parse_port_specs(["9132:80/SCTP"])
+    assert (one.protocol, one.host_port, one.container_port) == ("sctp", 9132, 80)
+    assert format_mapping(one) == "0.0.0.0:9132->80/sctp"
+    assert runopts.parse_expose(["80/sctp"]) == ((80, "sctp"),)
+    assert parse_port_key("80/sctp") == (80, "sctp")
+    with pytest.raises(InvalidInput, match="unsupported protocol 'dccp'") as exc:
+        parse_port_specs(["80/dccp"])
+    assert exc.value.hint == "use tcp, udp or sctp"

@@ -33,7 +33,15 @@ from portway.core import validate
 from portway.core.firewall import VETH_PATTERN
 from portway.core.names import UNCHECKED_VETH_PREFIX
 from portway.errors import InvalidInput
-from portway.model.types import IPAddress, IPInterface, Network, PortMapping, Route, Subnet
+from portway.model.types import (
+    PROTOCOLS,
+    IPAddress,
+    IPInterface,
+    Network,
+    PortMapping,
+    Route,
+    Subnet,
+)
 
 SEARCH_DOMAIN = "dns.podman"
 VETH_PREFIX = VETH_PATTERN.rstrip("*")  # of the host ends of containers' veths
@@ -451,11 +459,12 @@ def _ports(data: Any) -> tuple[PortMapping, ...]:
             raise InvalidInput(f"port mapping {host_port}:{container_port} (range {count}) "
                                "is out of 1-65535", "give ports from 1 to 65535")
         for proto in str(p.get("protocol") or "tcp").split(","):
-            if proto not in ("tcp", "udp"):
-                raise InvalidInput(f"protocol {proto!r} is not supported", "use tcp or udp")
+            if proto not in PROTOCOLS:
+                raise InvalidInput(f"protocol {proto!r} is not supported",
+                                   "use tcp, udp or sctp")
             for i in range(count):
                 out.append(PortMapping(container_port=container_port + i,
-                                       host_port=host_port + i, protocol=proto,  # type: ignore[arg-type]
+                                       host_port=host_port + i, protocol=proto,
                                        host_ip=host_ip))
     return tuple(out)
 

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 from portway.model.types import IPAddress
 
-PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "ipv6-icmp"}
+PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "ipv6-icmp", 132: "sctp"}
 ETHER_NAMES = {0x0800: "ip", 0x0806: "arp", 0x86DD: "ip6", 0x8100: "vlan"}
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
 
@@ -402,8 +402,8 @@ def _payload(p: Packet, protocol: str, name: str) -> Any:
             return ABSENT
         return {"saddr": p.saddr, "daddr": p.daddr, "protocol": p.l4proto,
                 "nexthdr": p.l4proto}.get(name)
-    if protocol in ("th", "tcp", "udp"):
-        if p.l4proto not in ("tcp", "udp") or protocol not in ("th", p.l4proto):
+    if protocol in ("th", "tcp", "udp", "sctp"):
+        if p.l4proto not in ("tcp", "udp", "sctp") or protocol not in ("th", p.l4proto):
             return ABSENT
         return {"sport": p.sport, "dport": p.dport}.get(name)
     if protocol == "ether":

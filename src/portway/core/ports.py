@@ -6,7 +6,7 @@ import ipaddress
 import re
 
 from portway.errors import InvalidInput
-from portway.model.types import IPAddress, PortMapping, Protocol
+from portway.model.types import PROTOCOLS, IPAddress, PortMapping, Protocol
 
 _RANGE = r"\d{1,5}(?:-\d{1,5})?"
 _SPEC = re.compile(
@@ -15,7 +15,8 @@ _SPEC = re.compile(
     rf"(?P<cport>{_RANGE})"
     rf"(?:/(?P<proto>[a-zA-Z]+))?"
 )
-HINT = "write it as [HOST_IP:][HOST_PORT[-END]:]CONTAINER_PORT[-END][/tcp|/udp], e.g. 8080:80"
+HINT = "write it as [HOST_IP:][HOST_PORT[-END]:]CONTAINER_PORT[-END][/tcp|/udp|/sctp], "\
+       "e.g. 8080:80"
 
 
 def port_range(text: str, spec: str) -> tuple[int, int]:
@@ -36,10 +37,7 @@ def parse_port_spec(spec: str) -> list[PortMapping]:
     m = _SPEC.fullmatch(spec.strip())
     if m is None:
         raise InvalidInput(f"invalid port spec {spec!r}", HINT)
-    proto_text = (m.group("proto") or "tcp").lower()
-    if proto_text not in ("tcp", "udp"):
-        raise InvalidInput(f"unsupported protocol {proto_text!r} in {spec!r}", "use tcp or udp")
-    proto: Protocol = "tcp" if proto_text == "tcp" else "udp"
+    proto = protocol(m.group("proto") or "tcp", f"in {spec!r}")
     host_ip: IPAddress | None = None
     if m.group("ip"):
         raw = m.group("ip").strip("[]")
@@ -108,10 +106,20 @@ def parse_port_key(text: str) -> tuple[int, Protocol]:
     port, _, proto_text = text.partition("/")
     proto_text = (proto_text or "tcp").lower()
     if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535 \
-            or proto_text not in ("tcp", "udp"):
-        raise InvalidInput(f"invalid port {text!r}", "give PORT or PORT/tcp or PORT/udp, "
-                           "e.g. 80/tcp")
-    return int(port), "tcp" if proto_text == "tcp" else "udp"
+            or proto_text not in PROTOCOLS:
+        raise InvalidInput(f"invalid port {text!r}", "give PORT or PORT/tcp, PORT/udp or "
+                           "PORT/sctp, e.g. 80/tcp")
+    return int(port), protocol(proto_text, "")
+
+
+def protocol(text: str, where: str) -> Protocol:
+    """A published or exposed port's protocol, as Docker reads it: tcp, udp or sctp,
+    in any case."""
+    for known in PROTOCOLS:
+        if text.lower() == known:
+            return known
+    raise InvalidInput(f"unsupported protocol {text.lower()!r} {where}".rstrip(),
+                       "use tcp, udp or sctp")
 
 
 def host_port_holder(sockets: list[tuple[str, int]], host_ip: str | None,

@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 
 from portway.core import validate
-from portway.core.ports import port_range
+from portway.core.ports import port_range, protocol
 from portway.errors import InvalidInput
 from portway.model.types import IPAddress, NetworkMode, Protocol
 
@@ -300,18 +300,14 @@ def sysctl_path(key: str) -> str:
 
 
 def parse_expose(items: list[str]) -> tuple[tuple[int, Protocol], ...]:
-    """--expose PORT[-END][/tcp|udp], each port of a range once."""
+    """--expose PORT[-END][/tcp|udp|sctp], each port of a range once."""
     out: dict[tuple[int, Protocol], None] = {}
     for item in items:
         text, _, proto_text = item.partition("/")
-        proto_text = (proto_text or "tcp").lower()
-        if proto_text not in ("tcp", "udp"):
-            raise InvalidInput(f"unsupported protocol {proto_text!r} in --expose {item!r}",
-                               "use tcp or udp")
-        proto: Protocol = "tcp" if proto_text == "tcp" else "udp"
+        proto: Protocol = protocol(proto_text or "tcp", f"in --expose {item!r}")
         if not re.fullmatch(r"\d{1,5}(-\d{1,5})?", text):
             raise InvalidInput(f"invalid --expose {item!r}",
-                               "write it as PORT[-END][/tcp|/udp], e.g. 80 or 53/udp")
+                               "write it as PORT[-END][/tcp|/udp|/sctp], e.g. 80 or 53/udp")
         lo, hi = port_range(text, item)
         for port in range(lo, hi + 1):
             out[(port, proto)] = None

@@ -55,9 +55,9 @@ def split_destination(text: str) -> tuple[str, int | None, str]:
     proto = "tcp"
     if "/" in text:
         text, _, proto = text.rpartition("/")
-        if proto not in ("tcp", "udp"):
+        if proto not in ("tcp", "udp", "sctp"):
             raise InvalidInput(f"unknown protocol {proto!r} in the destination",
-                               "use /tcp or /udp")
+                               "use /tcp, /udp or /sctp")
     raw: str | None = None
     if text.startswith("["):
         inner, closed, rest = text[1:].partition("]")
@@ -954,7 +954,8 @@ class _Walk:
                 self.path_mtu(packet)
                 self.end("delivered", f"delivered to {space.label}, "
                          f"{hostport(packet.daddr, packet.dport)}/{packet.l4proto}", packet)
-        answer = "TCP RST" if packet.l4proto == "tcp" else "ICMP port unreachable"
+        answer = {"tcp": "TCP RST", "sctp": "SCTP ABORT"}.get(packet.l4proto,
+                                                             "ICMP port unreachable")
         self.hop("socket", space.label, f"nothing listens on "
                  f"{hostport(packet.daddr, packet.dport)}/{packet.l4proto}: the answer is "
                  f"{answer}")

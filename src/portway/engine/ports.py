@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 SO_ATTACH_FILTER = 26
 
 Key = tuple[str, str, int]  # (protocol, host address or "", port)
+# What socket() says on a kernel without SCTP (no module, or none loaded).
+NO_SCTP = (errno.EPROTONOSUPPORT, errno.ESOCKTNOSUPPORT, errno.EAFNOSUPPORT)
 
 
 class _SockFprog(ctypes.Structure):
@@ -56,8 +58,8 @@ def key(p: PortMapping) -> Key:
 
 
 def _bind(family: int, kind: int, address: str, port: int,
-          dual_stack: bool = False, relay: bool = False) -> socket.socket:
-    sock = socket.socket(family, kind | socket.SOCK_CLOEXEC)
+          dual_stack: bool = False, relay: bool = False, proto: int = 0) -> socket.socket:
+    sock = socket.socket(family, kind | socket.SOCK_CLOEXEC, proto)
     try:
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if dual_stack else 1)
@@ -92,28 +94,36 @@ class PortReservations:
         k = key(p)
         if k in self._held:
             return
-        kind = socket.SOCK_STREAM if p.protocol == "tcp" else socket.SOCK_DGRAM
-        relay = self._proxy is not None
+        kind = socket.SOCK_DGRAM if p.protocol == "udp" else socket.SOCK_STREAM
+        proto = socket.IPPROTO_SCTP if p.protocol == "sctp" else 0
+        # The relay of ::1 is for TCP and UDP (an SCTP port there is refused before).
+        relay = self._proxy is not None and p.protocol != "sctp"
         held: list[socket.socket] = []
         try:
             if p.host_ip is None:
                 try:
                     held.append(_bind(socket.AF_INET6, kind, "::", p.host_port,
-                                      dual_stack=True, relay=relay))
+                                      dual_stack=True, relay=relay, proto=proto))
                 except OSError as exc:
                     if exc.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
                         raise
-                    held.append(_bind(socket.AF_INET, kind, "0.0.0.0", p.host_port))
+                    held.append(_bind(socket.AF_INET, kind, "0.0.0.0", p.host_port,
+                                      proto=proto))
             else:
                 family = socket.AF_INET if p.host_ip.version == 4 else socket.AF_INET6
                 relay = relay and p.host_ip.version == 6 and p.host_ip.is_loopback
-                held.append(_bind(family, kind, str(p.host_ip), p.host_port, relay=relay))
+                held.append(_bind(family, kind, str(p.host_ip), p.host_port, relay=relay,
+                                  proto=proto))
             if self._proxy is not None and held[0].family == socket.AF_INET6 and relay:
                 self._proxy.add(held[0], k)
                 self._relayed.add(held[0])
-        except BaseException:
+        except BaseException as exc:
             for sock in held:
                 sock.close()
+            if p.protocol == "sctp" and isinstance(exc, OSError) and exc.errno in NO_SCTP:
+                # A kernel without SCTP: no process here can take the port either.
+                self._held[k] = []
+                return
             raise
         self._held[k] = held
 
@@ -221,6 +231,11 @@ class Publishing:
         out: list[PortMapping] = []
         try:
             for p in wanted:
+                if p.protocol == "sctp" and p.host_ip is not None and \
+                        p.host_ip.version == 6 and p.host_ip.is_loopback:
+                    raise InvalidInput(f"cannot publish {format_mapping(p)} on ::1: "
+                                       "portway relays only TCP and UDP from ::1",
+                                       "publish it on 127.0.0.1, or on all addresses")
                 if p.host_ip is not None and p.host_ip in gateways:
                     raise InvalidInput(f"cannot publish on {p.host_ip}: it is the gateway of "
                                        "a portway network",

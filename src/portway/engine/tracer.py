@@ -559,6 +559,9 @@ def run(engine: Engine | Observer, source: str, destination: str, from_ip: str |
     if family not in (None, 4, 6):
         raise InvalidInput(f"unknown address family {family!r}", "use -4 or -6")
     name, port, proto = core.split_destination(destination)
+    if live and proto == "sctp":
+        raise InvalidInput("trace --live sends TCP or UDP probes, not SCTP",
+                           "trace the SCTP path without --live")
     client, family = _parse_from_ip(from_ip, source, family)
     if port is None:
         raise InvalidInput(f"no port in {destination!r}",
@@ -719,7 +722,7 @@ def _join_halves(answer: dict[str, Any], local: core.Trace, remote: _Remote) -> 
     answer["text"] = "\n".join([*top, *lines]) + ("\n\n" + rest if rest else "")
 
 
-PROTOCOLS = {6: "tcp", 17: "udp"}
+PROTOCOLS = {6: "tcp", 17: "udp", 132: "sctp"}
 
 
 def _flows(packet: Packet) -> list[core.Flow]:

@@ -209,7 +209,7 @@ CTA_IP_V4_DST = 2
 # The kernel's CTA_FILTER_F_* flags (net/netfilter/nf_internals.h): what to compare.
 FILTER_IP_DST, FILTER_PROTO_NUM, FILTER_PROTO_DST_PORT = 1 << 1, 1 << 3, 1 << 5
 NLA_F_NESTED = 0x8000
-IPPROTO = {"tcp": 6, "udp": 17}
+IPPROTO = {"tcp": 6, "udp": 17, "sctp": 132}
 
 
 def _nla(kind: int, body: bytes) -> bytes:

@@ -17,13 +17,38 @@ def listening(protocol: str) -> list[tuple[str, int]]:
     return [(addr, port) for addr, port, _ in listeners(protocol)]
 
 
+def sctp_listeners(path: str = "/proc/net/sctp/eps") -> list[tuple[str, int, int]]:
+    """(address, port, inode) of each SCTP endpoint's local addresses."""
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()[1:]
+    except OSError:
+        return []
+    out: list[tuple[str, int, int]] = []
+    for line in lines:
+        # ENDPT SOCK STY SST HBKT LPORT UID INODE LADDRS...
+        fields = line.split()
+        if len(fields) < 9:
+            continue
+        for addr in fields[8:]:
+            try:
+                text = str(ipaddress.ip_address(addr))
+            except ValueError:
+                continue
+            out.append((text, int(fields[5]), int(fields[7])))
+    return out
+
+
 def listeners(protocol: str) -> list[tuple[str, int, int]]:
     """(address, port, inode) of the listening TCP or bound (unconnected) UDP sockets in
     the calling thread's network namespace, addresses as ipaddress writes them.
 
     Asked of sock_diag, by state: /proc/net/tcp walks the whole established-connection
     hash table, shared by every namespace (milliseconds on a large machine), while a
-    dump of listeners only reads the listening table."""
+    dump of listeners only reads the listening table. SCTP's endpoints are read from
+    /proc/net/sctp/eps (none: a kernel without SCTP, where nothing can listen)."""
+    if protocol == "sctp":
+        return sctp_listeners()
     state = SS_LISTEN if protocol == "tcp" else SS_CLOSE
     proto = socket.IPPROTO_TCP if protocol == "tcp" else socket.IPPROTO_UDP
     out: list[tuple[str, int, int]] = []

@@ -14,7 +14,8 @@ from typing import Literal
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
-Protocol = Literal["tcp", "udp"]
+Protocol = Literal["tcp", "udp", "sctp"]
+PROTOCOLS: tuple[Protocol, ...] = ("tcp", "udp", "sctp")
 # "container": the network namespace of another container (--network container:NAME)
 NetworkMode = Literal["bridge", "host", "none", "container"]
 RouteType = Literal["unicast", "blackhole", "unreachable", "prohibit"]
