@@ -94,6 +94,11 @@ def test_a_published_sctp_port_is_dnated_to_the_container(sandbox: Sandbox) -> N
         in out, out
     cp = sb.pw("trace", "--live", "outside", f"{sb.host_addr}:9132/sctp", check=False)
     assert cp.returncode == 2 and "not SCTP" in cp.stderr
+    # audit finds the SCTP port in the DNAT maps as SCTP (not as a TCP port).
+    audit = sb.pw("audit", "--json", check=False)
+    assert audit.returncode in (0, 1), audit.stderr
+    rows = [r for r in json.loads(audit.stdout)["targets"] if r.get("port") == 9132]
+    assert rows and {r["protocol"] for r in rows} == {"sctp"}, rows
     # Gone with the container.
     sb.pw("rm", "-f", "s1")
     time.sleep(0.1)

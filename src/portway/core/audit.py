@@ -242,7 +242,7 @@ def _component(expr: Any) -> str:
         p = expr["payload"]
         if p.get("field") == "daddr" and p.get("protocol") in ("ip", "ip6"):
             return "daddr"
-        if p.get("field") == "dport" and p.get("protocol") in ("th", "tcp", "udp"):
+        if p.get("field") == "dport" and p.get("protocol") in ("th", "tcp", "udp", "sctp"):
             return "dport"
         if p.get("field") in ("protocol", "nexthdr"):
             return "l4proto"
@@ -268,7 +268,7 @@ def _values(right: Any) -> list[Any]:
 
 
 def _proto(value: Any) -> str | None:
-    names = {6: "tcp", 17: "udp", "tcp": "tcp", "udp": "udp"}
+    names = {6: "tcp", 17: "udp", 132: "sctp", "tcp": "tcp", "udp": "udp", "sctp": "sctp"}
     return names.get(value)
 
 
@@ -293,7 +293,7 @@ def _conditions(exprs: Iterable[Any]) -> _Conditions:
         elif what == "dport":
             c.ports = [v for v in _values(m["right"]) if isinstance(v, int)]
             proto = m["left"]["payload"]["protocol"]
-            if proto in ("tcp", "udp"):
+            if proto in ("tcp", "udp", "sctp"):
                 c.protos = [proto]
         elif what == "daddr":
             c.daddr = _addr(m["right"])

@@ -172,6 +172,11 @@ def _live(seams: Seams, world: trace_core.World, finding: core.Finding) -> list[
                         "summary": "a probe namespace cannot send to a loopback address "
                                    "over its veth (its own lo takes it)"})
             continue
+        if r.packet.l4proto not in ("tcp", "udp"):
+            out.append({**base, "verdict": "not probed", "agrees": True,
+                        "summary": f"trace --live probes are TCP or UDP, not "
+                                   f"{r.packet.l4proto.upper()}"})
+            continue
         if r.source.kind == "container" and not r.source.key.startswith("ns:"):
             out.append({**base, "verdict": "not probed", "agrees": True,
                         "summary": "probes start only in named namespaces (/run/netns)"})
