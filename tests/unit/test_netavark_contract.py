@@ -341,3 +341,12 @@ def test_sctp_port_mappings_as_netavark() -> None:
     data["port_mappings"][0]["protocol"] = "dccp"
     with pytest.raises(InvalidInput, match="protocol 'dccp' is not supported"):
         netavark.parse_options(data)
+
+
+def test_a_route_destination_needs_its_prefix_length() -> None:
+    """An address alone is not a route's destination for netavark (its IpNet)."""
+    data = options([{"subnet": "10.88.0.0/16", "gateway": "10.88.0.1"}], ["10.88.0.2"])
+    data["network_info"]["pnet"]["routes"] = [{"destination": "192.168.0.1",
+                                               "gateway": "10.88.0.254"}]
+    with pytest.raises(InvalidInput, match=r"'192\.168\.0\.1' is not a subnet"):
+        netavark.parse_options(data)

@@ -139,6 +139,9 @@ def test_completed(network: dict[str, Any], used: dict[str, Any], options: dict[
      "route destination invalid"),
     ({"routes": [{"destination": "192.168.0/24", "gateway": "10.0.0.1"}]}, {}, {},
      "invalid IP address syntax"),
+    # An address alone is not a destination (create/route-invalid-dest.json).
+    ({"routes": [{"destination": "192.168.0.1", "gateway": "10.100.0.254"}]}, {}, {},
+     "invalid IP address syntax: 192.168.0.1"),
     ({"routes": [{"destination": "10.89.0.0/24", "gateway": "10.89.0.300"}]}, {}, {},
      "invalid IP address syntax"),
     ({"subnets": [{"subnet": "10.1.3.248/30"}]}, {"subnets": ["10.1.2.0/23"]},

@@ -151,6 +151,8 @@ def parse_routes(raw: Any, where: str) -> tuple[Route, ...]:
     for i, item in enumerate(raw):
         r = _obj(item, f"{where}.routes[{i}]")
         try:
+            if "/" not in str(r.get("destination")):
+                raise ValueError(r.get("destination"))  # an address: netavark's error too
             dest = ipaddress.ip_network(str(r.get("destination")), strict=False)
         except ValueError:
             raise _bad(f"{where}.routes[{i}].destination {r.get('destination')!r} is not a "

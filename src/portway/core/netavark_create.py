@@ -45,7 +45,11 @@ def _error(message: str) -> InvalidInput:
 
 
 def _net(text: Any, strict: bool = False) -> IPNetwork:
+    """A subnet written as netavark reads one: with its prefix length (an address alone
+    is not a subnet)."""
     try:
+        if "/" not in str(text):
+            raise ValueError(text)
         return ipaddress.ip_network(str(text), strict=strict)
     except ValueError:
         raise _error(f"invalid IP address syntax: {text}") from None
