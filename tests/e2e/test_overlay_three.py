@@ -495,7 +495,20 @@ def test_a_host_cut_off_past_its_lease_and_a_compaction_comes_back(h: Hosts) -> 
     assert f"pid {pid_c}," in h.pw(2, "daemon", "status").stdout
 
 
-def test_a_host_back_after_its_address_was_taken_says_so_and_claims_it_again(
+def _cut_off_c(h: Hosts, dev: str, mac_c: str) -> None:
+    """C's one etcd member stopped until C's lease ran out: A has forgotten web-c."""
+    stop_etcd(h.etcd[2])
+    wait_for(lambda: (mac_c, ADDRS[2]) not in _fdb(h.names[0], dev),
+             "A forgets the cut-off host's container", timeout=int(TTL) * 5)
+
+
+def _c_back(h: Hosts) -> None:
+    h.etcd[2] = restart_etcd_member(h.underlay, h.etcd_dir, 2)
+    wait_for(lambda: "is joined" in h.pw(2, "daemon", "status").stdout, "C joins again",
+             timeout=30)
+
+
+def test_a_host_back_after_its_containers_name_was_taken_says_so_and_claims_it_again(
         h: Hosts) -> None:
     dev = _network(h, subnet="10.217.0.0/24")
     for i, name in ((0, "web-a"), (2, "web-c")):
@@ -504,31 +517,27 @@ def test_a_host_back_after_its_address_was_taken_says_so_and_claims_it_again(
     wait_for(lambda: (mac_c, ADDRS[2]) in _fdb(h.names[0], dev), "A programs web-c")
     log = h.states[2] / "portwayd.log"
 
-    # C is cut off past its lease; B takes web-c's address meanwhile.
-    stop_etcd(h.etcd[2])
-    wait_for(lambda: (mac_c, ADDRS[2]) not in _fdb(h.names[0], dev),
-             "A forgets the cut-off host's container", timeout=int(TTL) * 5)
-    h.pw(1, "run", "-d", "--name", "taker", "--network", "ov", "--ip", ip_c, "--",
-         "sleep", "600")
-    mac_taker = _mac(h, 1, "taker")
-    h.etcd[2] = restart_etcd_member(h.underlay, h.etcd_dir, 2)
-    wait_for(lambda: "is joined" in h.pw(2, "daemon", "status").stdout, "C joins again",
-             timeout=30)
+    # C is cut off past its lease; B runs a container of web-c's name meanwhile (on
+    # another address). A name cannot be picked anew: web-c waits for it.
+    _cut_off_c(h, dev, mac_c)
+    h.pw(1, "run", "-d", "--name", "web-c", "--network", "ov", "--ip", "10.217.0.150",
+         "--", "sleep", "600")
+    _c_back(h)
     # web-c is not registered over B's claim, and C says so: the log, inspect, ps.
     wait_for(lambda: "web-c is not reachable from other hosts" in log.read_text(),
              "C's log names web-c")
     conflict = json.loads(h.pw(2, "inspect", "web-c").stdout)[0]["NetworkSettings"][
         "Networks"]["ov"]["ClusterConflict"]
-    assert conflict == (f"its address {ip_c} on network ov was claimed by a container on "
-                        f"host {ADDRS[1]} while this host was away from the cluster store")
+    assert conflict == (f"its name on network ov was taken by a container on host "
+                        f"{ADDRS[1]} while this host was away from the cluster store")
     (row,) = [line for line in h.pw(2, "ps").stdout.splitlines() if "web-c" in line]
     assert "(unreachable from other hosts)" in row, row
     assert (mac_c, ADDRS[2]) not in _fdb(h.names[0], dev)
-    assert (mac_taker, ADDRS[1]) in _fdb(h.names[0], dev)
+    assert _address(h, 2, "web-c") == ip_c  # (its address is kept)
 
     # B's container goes: C claims web-c's address and name again, without a restart,
     # and A reaches web-c by name.
-    h.pw(1, "rm", "-f", "taker")
+    h.pw(1, "rm", "-f", "web-c")
     wait_for(lambda: (mac_c, ADDRS[2]) in _fdb(h.names[0], dev), "C claims web-c again",
              timeout=30)
     assert "web-c is registered again on network ov" in log.read_text()
@@ -536,6 +545,85 @@ def test_a_host_back_after_its_address_was_taken_says_so_and_claims_it_again(
     assert out.startswith("HTTP/1.0 200"), out
     assert "unreachable" not in h.pw(2, "ps").stdout
     assert "ClusterConflict" not in h.pw(2, "inspect", "web-c").stdout
+
+
+def test_a_host_back_after_its_address_was_taken_gives_its_container_a_new_one(
+        h: Hosts) -> None:
+    dev = _network(h, subnet="10.219.0.0/24")
+    for i, name in ((0, "web-a"), (2, "web-c")):
+        h.pw(i, "run", "-d", "--name", name, "--network", "ov", "--", "python3", "-c", SERVE)
+    # A container on C that asked for its address (--ip) keeps it, and waits for it.
+    h.pw(2, "run", "-d", "--name", "fixed-c", "--network", "ov", "--ip", "10.219.0.50",
+         "--", "sleep", "600")
+    ip_c, mac_c = _address(h, 2, "web-c"), _mac(h, 2, "web-c")
+    wait_for(lambda: (mac_c, ADDRS[2]) in _fdb(h.names[0], dev), "A programs web-c")
+    log = h.states[2] / "portwayd.log"
+
+    # C is cut off past its lease; B takes web-c's address (and fixed-c's) meanwhile.
+    _cut_off_c(h, dev, mac_c)
+    h.pw(1, "run", "-d", "--name", "taker", "--network", "ov", "--ip", ip_c, "--",
+         "sleep", "600")
+    h.pw(1, "run", "-d", "--name", "taker2", "--network", "ov", "--ip", "10.219.0.50",
+         "--", "sleep", "600")
+    mac_taker = _mac(h, 1, "taker")
+    _c_back(h)
+
+    # web-c is given a free address at once, while it runs (the same process): the
+    # log and inspect say what changed and why; nothing says it is unreachable.
+    wait_for(lambda: "web-c on network ov has a new address" in log.read_text(),
+             "C gives web-c a new address")
+    data = json.loads(h.pw(2, "inspect", "web-c").stdout)[0]
+    settings = data["NetworkSettings"]["Networks"]["ov"]
+    new_ip, new_mac = settings["IPAddress"], settings["MacAddress"]
+    assert new_ip != ip_c and new_mac != mac_c, settings
+    assert ipaddress.ip_address(new_ip) in ipaddress.ip_network("10.219.0.0/24")
+    assert "ClusterConflict" not in settings, settings
+    why = (f"its address {ip_c} on network ov was claimed by a container on host "
+           f"{ADDRS[1]} while this host was away from the cluster store")
+    renumbered = settings["ClusterRenumbered"]
+    assert renumbered["PreviousIPAddresses"] == [ip_c], renumbered
+    assert renumbered["IPAddresses"] == [new_ip] and renumbered["Reason"] == why, renumbered
+    assert f"web-c on network ov has a new address, {new_ip} (was {ip_c}): {why}" in \
+        log.read_text()
+    (row,) = [line for line in h.pw(2, "ps").stdout.splitlines() if "web-c" in line]
+    assert "unreachable" not in row, row
+    # Its interface, /etc/hosts and MAC: the new ones, in the container itself.
+    ns = data["NetworkSettings"]["SandboxKey"]
+    got = ip_json(os.path.basename(ns), "addr", "show", "dev", "eth0")[0]
+    assert [a["local"] for a in got["addr_info"] if a["family"] == "inet"] == [new_ip]
+    assert got["address"] == new_mac
+    hosts = h.pw(2, "exec", "web-c", "--", "cat", "/etc/hosts").stdout
+    assert new_ip in hosts and ip_c not in hosts, hosts
+    assert h.pw(2, "exec", "web-c", "--", "dig", "+short", "web-c").stdout.split() == [new_ip]
+
+    # Every other host follows: A's and B's devices have its new entries (and B's
+    # taker's at the old address), A's DNS answers the new address, and traffic flows
+    # both ways (web-c sends from its new address: its anti-spoofing entries moved).
+    for i in (0, 1):
+        wait_for(lambda i=i: (new_mac, ADDRS[2]) in _fdb(h.names[i], dev),
+                 f"host {'ABC'[i]} programs web-c's new MAC")
+        wait_for(lambda i=i: (new_ip, new_mac) in _neigh(h.names[i], dev),
+                 f"host {'ABC'[i]}'s neighbour entry of web-c's new address")
+    assert (ip_c, mac_taker) in _neigh(h.names[0], dev)
+    wait_for(lambda: h.pw(0, "exec", "web-a", "--", "dig", "+short", "web-c").stdout.split()
+             == [new_ip], "A's DNS answers web-c's new address")
+    out = h.pw(0, "exec", "web-a", "--", "python3", "-c", CONNECT, "web-c").stdout
+    assert out.startswith("HTTP/1.0 200"), out
+    out = h.pw(2, "exec", "web-c", "--", "python3", "-c", CONNECT, "web-a").stdout
+    assert out.startswith("HTTP/1.0 200"), out
+    # The default route came back with the new address.
+    routes = ip_json(os.path.basename(ns), "route", "show", "default")
+    assert [r["gateway"] for r in routes] == ["10.219.0.1"], routes
+
+    # fixed-c asked for its address: it keeps it and waits, as before.
+    conflict = json.loads(h.pw(2, "inspect", "fixed-c").stdout)[0]["NetworkSettings"][
+        "Networks"]["ov"]
+    assert conflict["IPAddress"] == "10.219.0.50", conflict
+    assert conflict["ClusterConflict"] == (
+        f"its address 10.219.0.50 on network ov was claimed by a container on host "
+        f"{ADDRS[1]} while this host was away from the cluster store"), conflict
+    assert "fixed-c is not reachable from other hosts" in log.read_text()
+    assert "run it without --ip for a new address" in log.read_text()
 
 
 def test_trace_live_follows_the_probe_to_the_other_host(h: Hosts) -> None:

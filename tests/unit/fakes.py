@@ -344,6 +344,10 @@ class FakeSandboxKernel:
         self.w.step("routes.delete")
         return []
 
+    def readdress(self, sandbox: Any, ifname: str, old: tuple[Any, ...],
+                  new: tuple[Any, ...], mac: str) -> None:
+        self.w.step("link.readdress")
+
 
 class FakeProcessKernel:
     """Processes as the engine sees them; an end is reported from a thread of its own,

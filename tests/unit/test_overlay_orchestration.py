@@ -246,7 +246,7 @@ def test_this_hosts_own_changes_cost_no_pass_over_the_others(tmp_path: Path) -> 
     assert mine not in etcd.kv
 
 
-def test_a_container_whose_address_was_taken_while_away_says_so_and_is_claimed_again(
+def test_a_container_whose_name_was_taken_while_away_says_so_and_is_claimed_again(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     etcd, (a, b) = two_hosts(tmp_path)
     net = a.networks.create("ov", driver="overlay", subnet="10.200.0.0/24")
@@ -255,24 +255,25 @@ def test_a_container_whose_address_was_taken_while_away_says_so_and_is_claimed_a
     b.cluster.watch.relists = 1
     b.containers.run(["sleep", "1"], name="on-b", networks=["ov"], detach=True)
     on_b = b.store.endpoints()[0]
-    # B is away past its lease; A takes on-b's address meanwhile.
+    # B is away past its lease; A runs a container of on-b's name meanwhile.
     etcd.expire(b.cluster.lease)
     a.cluster._snapshot(*etcd.range(overlay.PREFIX))
-    a.containers.run(["sleep", "1"], name="taker", networks=["ov"], ip=str(on_b.address),
+    a.containers.run(["sleep", "1"], name="on-b", networks=["ov"], ip="10.200.0.77",
                      detach=True)
     capsys.readouterr()
     b.cluster._join()
-    # Not registered (A keeps the address), and B says so: one log line, inspect's
-    # network entry, ps's status.
-    held = overlay.address_key(net.id, on_b.address)
+    # Not registered (a name cannot be picked anew), and B says so: one log line,
+    # inspect's network entry, ps's status; its address is kept.
+    held = overlay.container_name_key(net.id, "on-b")
     assert etcd.kv[held][0] == a.store.endpoints()[0].id
     assert overlay.endpoint_key(net.id, on_b.id) not in etcd.kv
     err = capsys.readouterr().err
-    assert err.count("on-b is not reachable from other hosts: its address 10.200.0.2 on "
-                     "network ov was claimed by a container on host 192.0.2.1 while this "
-                     "host was away from the cluster store") == 1, err
+    assert err.count("on-b is not reachable from other hosts: its name on network ov was "
+                     "taken by a container on host 192.0.2.1 while this host was away "
+                     "from the cluster store") == 1, err
     shown = view.container(b, b.container("on-b"))
     assert "192.0.2.1" in shown["NetworkSettings"]["Networks"]["ov"]["ClusterConflict"]
+    assert b.store.endpoints()[0] == on_b
     shown["State"].update(Running=True, StartedAt="2026-01-01T00:00:00Z")
     assert listing.status_text(shown, 1767225660.0) == \
         "Up About a minute (unreachable from other hosts)"
@@ -281,7 +282,7 @@ def test_a_container_whose_address_was_taken_while_away_says_so_and_is_claimed_a
     assert "on-b" not in capsys.readouterr().err
     # A's container goes: B claims on-b's address and name again by itself, says so,
     # and the conflict is gone from inspect.
-    a.containers.rm(["taker"], force=True)
+    a.containers.rm(["on-b"], force=True)
     b.cluster.reconcile_own()
     assert etcd.kv[held][0] == on_b.id
     assert overlay.endpoint_key(net.id, on_b.id) in etcd.kv
@@ -289,6 +290,57 @@ def test_a_container_whose_address_was_taken_while_away_says_so_and_is_claimed_a
     assert b.cluster.conflict(on_b.id) is None
     assert "ClusterConflict" not in view.container(b, b.container("on-b"))[
         "NetworkSettings"]["Networks"]["ov"]
+
+
+def test_a_container_whose_address_was_taken_while_away_gets_a_free_one_at_once(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    etcd, (a, b) = two_hosts(tmp_path)
+    net = a.networks.create("ov", driver="overlay", subnet="10.200.0.0/24")
+    assert a.cluster is not None and b.cluster is not None
+    b.cluster._snapshot(*etcd.range(overlay.PREFIX))
+    b.cluster.watch.relists = 1
+    b.containers.run(["sleep", "1"], name="on-b", networks=["ov"], detach=True)
+    b.containers.run(["sleep", "1"], name="fixed", networks=["ov"], ip="10.200.0.50",
+                     detach=True)
+    on_b, fixed = (next(e for e in b.store.endpoints() if e.address == ipaddress.ip_address(x))
+                   for x in ("10.200.0.2", "10.200.0.50"))
+    # B is away past its lease; A takes both addresses meanwhile.
+    etcd.expire(b.cluster.lease)
+    a.cluster._snapshot(*etcd.range(overlay.PREFIX))
+    a.containers.run(["sleep", "1"], name="taker", networks=["ov"], ip="10.200.0.2",
+                     detach=True)
+    a.containers.run(["sleep", "1"], name="taker2", networks=["ov"], ip="10.200.0.50",
+                     detach=True)
+    capsys.readouterr()
+    b.cluster._join()
+    # on-b: the lowest free address, claimed in the store with its name and record
+    # (under B's lease), recorded here with the MAC derived from it, its interface moved.
+    moved = next(e for e in b.store.endpoints() if e.id == on_b.id)
+    assert moved.address == ipaddress.ip_address("10.200.0.3"), moved
+    assert moved.mac == "02:42:0a:c8:00:03" and moved.ifname == on_b.ifname
+    assert etcd.kv[overlay.address_key(net.id, moved.address)] == (on_b.id, b.cluster.lease)
+    assert etcd.kv[overlay.container_name_key(net.id, "on-b")][0] == on_b.id
+    record = overlay.RemoteEndpoint.decode(etcd.kv[overlay.endpoint_key(net.id, on_b.id)][0])
+    assert record.addresses == moved.addresses and record.mac == moved.mac
+    assert etcd.kv[overlay.address_key(net.id, on_b.address)][0] != on_b.id
+    err = capsys.readouterr().err
+    why = ("its address 10.200.0.2 on network ov was claimed by a container on host "
+           "192.0.2.1 while this host was away from the cluster store")
+    assert err.count(f"on-b on network ov has a new address, 10.200.0.3 (was 10.200.0.2): "
+                     f"{why}; reachable from other hosts again") == 1, err
+    shown = view.container(b, b.container("on-b"))["NetworkSettings"]["Networks"]["ov"]
+    assert "ClusterConflict" not in shown and shown["IPAddress"] == "10.200.0.3"
+    assert shown["ClusterRenumbered"]["PreviousIPAddresses"] == ["10.200.0.2"]
+    assert shown["ClusterRenumbered"]["Reason"] == why
+    assert cast(World, b.sandbox_kernel.w).log.count("link.readdress") == 1
+    # fixed asked for its address (--ip): it keeps it and waits, as a name does.
+    assert b.store.endpoints(container_id=fixed.container_id) == [fixed]
+    assert "fixed is not reachable from other hosts: its address 10.200.0.50" in err, err
+    assert "or run it without --ip for a new address" in err
+    # Checked again: nothing more moves, nothing more in the log.
+    b.cluster.reconcile_own()
+    assert capsys.readouterr().err == ""
+    assert next(e for e in b.store.endpoints() if e.id == on_b.id) == moved
 
 
 class RecordingDns(DnsServer):

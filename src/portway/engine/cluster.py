@@ -73,6 +73,8 @@ class Cluster:
         # away, with why: not registered (so not reachable from other hosts) until the
         # other one lets it go; reconcile_own claims them again then.
         self._lost: dict[str, str] = {}
+        # This host's endpoints given new addresses for that reason instead: what changed.
+        self._renumbered: dict[str, dict[str, Any]] = {}
         self._expired = threading.Event()  # the lease is gone: join again
         # The view changed since the kernel was last brought in step: events set it, the
         # converge thread clears it and converges once for all that came meanwhile (a
@@ -215,30 +217,40 @@ class Cluster:
 
     def _register(self, ec: tuple[Endpoint, Container], lease: int) -> None:
         """e again under lease (a new daemon's, or after the old one expired). An address
-        or name another host claimed meanwhile stays that host's: e is not registered
-        (conflict() says why, ps and inspect show it) until that host lets it go, and
-        the log says so, once."""
+        another host claimed meanwhile stays that host's: e is given a free one instead
+        (renumbered, while its container runs), unless it was asked for (--ip). A name
+        another host took, or an address asked for, cannot be picked anew: e is not
+        registered (conflict() says why, ps and inspect show it) until that host lets it
+        go. The log says what happened, once."""
         e, c = ec
         net = self.h.store.find_network(e.network_id)
         on = f" on network {net.name}" if net is not None else ""
-        reason = ""
+        away = "while this host was away from the cluster store"
+        taken: dict[IPAddress, str] = {}
         for a in e.addresses:
             holder = self.etcd.get(overlay.address_key(e.network_id, a.ip))
             if holder is not None and holder != e.id:
-                reason = (f"its address {a.ip}{on} was claimed by a container on "
-                          f"{self._host_of(e.network_id, holder)} while this host was away "
-                          "from the cluster store")
-                break
+                taken[a.ip] = holder
         held = self.etcd.get(overlay.container_name_key(e.network_id, c.name))
-        if not reason and held is not None and held != e.id:
+        reason = ""
+        if held is not None and held != e.id:
             reason = (f"its name{on} was taken by a container on "
-                      f"{self._host_of(e.network_id, held)} while this host was away from "
-                      "the cluster store")
+                      f"{self._host_of(e.network_id, held)} {away}")
+        elif taken:
+            ip, holder = next(iter(taken.items()))
+            reason = (f"its address {ip}{on} was claimed by a container on "
+                      f"{self._host_of(e.network_id, holder)} {away}")
+            asked = set(taken) & set(e.requested)
+            if not asked and net is not None and self._renumber(e, c, net, set(taken),
+                                                                 reason):
+                return
         if reason:
             if self._lost.get(e.id) != reason:
+                fix = "run it under another name" if not taken else \
+                    "or run it without --ip for a new address" if set(taken) & \
+                    set(e.requested) else "or restart it for a new address"
                 log(f"{c.name} is not reachable from other hosts: {reason}; it is claimed "
-                    "again once that container is gone (or restart it for a new address, "
-                    "or run it under another name)")
+                    f"again once that container is gone ({fix})")
             self._lost[e.id] = reason
             with self._view_lock:
                 self.endpoints.pop(e.id, None)  # (the store has no record of it now)
@@ -253,6 +265,30 @@ class Cluster:
         if self._lost.pop(e.id, None) is not None:
             log(f"{c.name} is registered again{on}: reachable from other hosts")
 
+    def _renumber(self, e: Endpoint, c: Container, net: Network, taken: set[IPAddress],
+                  reason: str) -> bool:
+        """e given free addresses for those in taken, while its container runs, and
+        registered with them (the other hosts' entries and names follow from its record);
+        its /etc/hosts and DNS records rewritten. False: it could not be (why is logged;
+        e stays as it was)."""
+        try:
+            new = self.h.endpoints.renumber(c, e, net, taken)
+        except PortwayError as exc:
+            if self._lost.get(e.id) != reason:
+                log(f"{c.name} could not be given a new address on network {net.name}: "
+                    f"{exc.line()}")
+            return False
+        self._lost.pop(e.id, None)
+        before = [str(a.ip) for a in e.addresses]
+        after = [str(a.ip) for a in new.addresses]
+        self._renumbered[e.id] = {"PreviousIPAddresses": before, "IPAddresses": after,
+                                  "Reason": reason, "Time": now()}
+        self.h.sandboxes.write_files(c)
+        self.h.containers.publish_dns(c.id)
+        log(f"{c.name} on network {net.name} has a new address, {', '.join(after)} (was "
+            f"{', '.join(before)}): {reason}; reachable from other hosts again")
+        return True
+
     def _host_of(self, network_id: str, endpoint_id: str) -> str:
         """Where the endpoint lives, as its record in the store says."""
         try:
@@ -264,6 +300,11 @@ class Cluster:
     def conflict(self, endpoint_id: str) -> str | None:
         """Why this host's endpoint is not registered in the store (None: it is)."""
         return self._lost.get(endpoint_id)
+
+    def renumbered(self, endpoint_id: str) -> dict[str, Any] | None:
+        """How and why this host's endpoint was given new addresses since the daemon
+        started (None: it was not)."""
+        return self._renumbered.get(endpoint_id)
 
     def create_network(self, network: Network) -> Network:
         """network with a VNI of its own, recorded for every host in one transaction:
@@ -406,6 +447,8 @@ class Cluster:
                     self._register(ec, self.lease)  # (a lost one: claimed if let go)
             for i in set(self._lost) - set(own):
                 del self._lost[i]  # removed meanwhile
+            for i in set(self._renumbered) - set(own):
+                del self._renumbered[i]
 
     # the view, from the watch
 

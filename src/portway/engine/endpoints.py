@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from portway.core import ipam, names, validate
+from portway.core import firewall, ipam, names, validate
 from portway.core.overlay import NO_CLUSTER
 from portway.engine.drivers import Sandbox
+from portway.engine.drivers.bridge import BridgeDriver
 from portway.errors import Conflict, InvalidInput, PortwayError
 from portway.model.types import Container, Endpoint, IPAddress, IPInterface, Network, Route
 
@@ -158,6 +161,80 @@ class Endpoints:
             aliases=tuple(aliases),
             requested=tuple(asked[v] for v in sorted(asked)))
         return endpoint
+
+    def renumber(self, c: Container, old: Endpoint, net: Network,
+                 taken: set[IPAddress]) -> Endpoint:
+        """old, an endpoint of running c on overlay network net whose addresses in taken
+        another host claimed while this host was away from the cluster store, given free
+        ones instead (its other addresses kept): claimed in the store as any address (one
+        etcd transaction, with its name and record), recorded here, and its interface
+        moved to them while the container runs (the MAC follows an address-derived one),
+        with its anti-spoofing entries and published ports. The caller writes the
+        container's /etc files and DNS records. All or nothing: a failure after the claim
+        lets it go again and leaves old as it was."""
+        h = self.h
+        cluster = h.cluster
+        assert cluster is not None
+        keep: dict[int, IPAddress] = {a.version: a.ip for a in old.addresses if a.ip not in taken}
+        elsewhere = set(taken)
+
+        def in_use(a: IPAddress) -> bool:
+            return a in elsewhere or h.store.address_in_use(net.id, a) or \
+                cluster.address_taken(net.id, a)
+
+        derived = bool(old.addresses) and old.mac == names.mac_for(old.addresses[0].ip)
+        for _ in range(64):
+            addresses = self._allocate(net, keep, in_use)
+            new = replace(old, addresses=tuple(addresses),
+                          mac=names.mac_for(addresses[0].ip) if derived else old.mac)
+            got = cluster.claim(new, c, net)
+            if got is None:
+                break
+            elsewhere.add(got)
+            keep = {v: a for v, a in keep.items() if a != got}
+        else:
+            raise Conflict(f"no address could be claimed on network {net.name}: other "
+                           "hosts keep taking them", "try again")
+        try:
+            with h.sandbox_kernel.open(c.netns) as sandbox, h.store.transaction(), \
+                    ExitStack() as undo:
+                h.store.delete_endpoint(old.id)
+                h.store.add_endpoint(new)
+                h.fw.add_guard([new])
+                undo.callback(self._guard_moved, new, old)
+                h.sandbox_kernel.readdress(sandbox, old.ifname, old.addresses, new.addresses,
+                                           new.mac)
+                undo.callback(h.sandbox_kernel.readdress, sandbox, old.ifname,
+                              new.addresses, old.addresses, old.mac)
+                current = h.store.endpoints(container_id=c.id)
+                before = h.publishing.published(
+                    c, [old if e.id == old.id else e for e in current])
+                after = h.publishing.published(c, current)
+                if before != after:
+                    h.fw.remove_ports(before)
+                    undo.callback(h.fw.add_ports, before)
+                    h.fw.add_ports(after)
+                    undo.callback(h.fw.remove_ports, after)
+                undo.pop_all()
+        except BaseException:
+            self.clear_hints()
+            cluster.release([new])
+            raise
+        self._guard_moved(old, new)
+        driver = h.driver(net)
+        if new.mac != old.mac and isinstance(driver, BridgeDriver):
+            try:  # the bridge learned the old MAC behind the port: no longer there
+                driver.forget_mac(old)
+            except PortwayError:
+                pass  # (it ages out)
+        return new
+
+    def _guard_moved(self, old: Endpoint, new: Endpoint) -> None:
+        """The anti-spoofing entries old has and new has not removed."""
+        keep = firewall.render_guard_removal([new])
+        gone = [cmd for cmd in firewall.render_guard_removal([old]) if cmd not in keep]
+        if gone:
+            self.h.fw.teardown(gone)
 
     def clear_hints(self) -> None:
         """After a rollback: what was allocated is free again."""

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 from portway.core import files, firewall, names, runopts
 from portway.errors import PortwayError, TeardownErrors
 from portway.kernel import links, netns, procs
-from portway.model.types import Container, Endpoint, IPAddress, Route
+from portway.model.types import Container, Endpoint, IPAddress, IPInterface, Route
 
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
@@ -64,6 +64,8 @@ class SandboxKernel(Protocol):
     def set_default_route(self, sandbox: SandboxHandle, ifname: str,
                           gateway: IPAddress) -> None: ...
     def delete_routes(self, sandbox: SandboxHandle, routes: tuple[Route, ...]) -> list[str]: ...
+    def readdress(self, sandbox: SandboxHandle, ifname: str, old: tuple[IPInterface, ...],
+                  new: tuple[IPInterface, ...], mac: str) -> None: ...
 
 
 @dataclass
@@ -180,6 +182,10 @@ class LiveSandboxKernel:
 
     def delete_routes(self, sandbox: SandboxHandle, routes: tuple[Route, ...]) -> list[str]:
         return links.delete_routes(sandbox.ipr, routes)
+
+    def readdress(self, sandbox: SandboxHandle, ifname: str, old: tuple[IPInterface, ...],
+                  new: tuple[IPInterface, ...], mac: str) -> None:
+        links.readdress(sandbox.ipr, ifname, old, new, mac)
 
 
 class Sandboxes:

@@ -144,6 +144,10 @@ def container(engine: Host, c: Container) -> dict[str, Any]:
             n.driver == "overlay" else None
         if conflict:  # registered in the cluster store only once that is resolved
             nets[n.name]["ClusterConflict"] = conflict
+        renumbered = engine.cluster.renumbered(e.id) if engine.cluster is not None and \
+            n.driver == "overlay" else None
+        if renumbered:  # its address was taken meanwhile: it was given another
+            nets[n.name]["ClusterRenumbered"] = renumbered
         if mode == "bridge" and len(nets) == 1:
             mode = n.name  # Docker's NetworkMode: the first network (bridge: the default)
     for cfg in engine.store.configs(container_id=c.id) if not c.networked else ():

@@ -482,6 +482,63 @@ DEFAULT = {4: "0.0.0.0/0", 6: "::/0"}
 RTPROT_KERNEL, RT_SCOPE_LINK = 2, 253
 
 
+RTPROT_RA = 9
+
+
+def readdress(ipr: IPRoute, ifname: str, old: tuple[IPInterface, ...],
+              new: tuple[IPInterface, ...], mac: str) -> None:
+    """A running namespace's ifname moved from the addresses old to new, its MAC set to
+    mac (a veth's changes while it is up). The routes out of it that the kernel did not
+    make (default, static) are put back after: it drops an interface's IPv4 routes with
+    its last IPv4 address, and a route whose source was an old address takes the new one
+    of its family."""
+    what = f"change the address of {ifname}"
+    try:
+        index = index_of(ipr, ifname)
+        kept = [m for v in sorted({a.version for a in (*old, *new)})
+                for m in ipr.get_routes(family=FAMILY[v], table=254, oif=index)
+                if m["proto"] not in (RTPROT_KERNEL, RTPROT_RA)]
+        if _mac(ipr, index) != mac.lower():
+            ipr.link("set", index=index, address=mac)
+        for a in old:
+            if a not in new:
+                try:
+                    ipr.addr("del", index=index, address=str(a.ip), prefixlen=a.network.prefixlen)
+                except NetlinkError as exc:
+                    if exc.code not in GONE:
+                        raise
+        for a in new:
+            if a not in old:
+                _add_address(ipr, index, a.ip, a.network.prefixlen)
+        moved = {str(a.ip): str(b.ip) for a in old for b in new
+                 if a.version == b.version and a != b}
+        for m in kept:
+            family = m["family"]
+            dst = m.get_attr("RTA_DST")
+            spec: dict[str, Any] = {
+                "dst": f"{dst}/{m['dst_len']}" if dst else DEFAULT[4 if family == AF_INET else 6],
+                "family": family, "oif": index, "table": 254, "proto": m["proto"],
+                "scope": m["scope"]}
+            for attr, key in (("RTA_GATEWAY", "gateway"), ("RTA_PRIORITY", "priority"),
+                              ("RTA_PREFSRC", "prefsrc")):
+                value = m.get_attr(attr)
+                if value is not None:
+                    spec[key] = moved.get(value, value) if key == "prefsrc" else value
+            ipr.route("replace", **spec)
+    except NetlinkError as exc:
+        raise _kernel_error(what, exc) from None
+
+
+def forget_learned(ipr: IPRoute, ifname: str, mac: str) -> None:
+    """The bridge's entry for mac on its port ifname gone (one it learned: the MAC is no
+    longer behind that port); missing counts as done."""
+    try:
+        ipr.fdb("del", ifindex=index_of(ipr, ifname), lladdr=mac)
+    except NetlinkError as exc:
+        if exc.code not in GONE:
+            raise _kernel_error(f"forget {mac} on {ifname}", exc) from None
+
+
 def ensure_subnet_route(ipr: IPRoute, ifname: str, address: IPInterface) -> None:
     """The route to address's subnet on ifname, as the kernel makes it when the address
     is added (for a route deleted since: the address is kept)."""

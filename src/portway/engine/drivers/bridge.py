@@ -101,6 +101,11 @@ class BridgeDriver:
     def detach(self, endpoint: Endpoint) -> None:
         links.delete_link(self.host, endpoint.host_ifname)
 
+    def forget_mac(self, endpoint: Endpoint) -> None:
+        """The bridge's learned entry of endpoint's MAC on its port gone (the container
+        behind the port has another MAC now)."""
+        links.forget_learned(self.host, endpoint.host_ifname, endpoint.mac)
+
     def observe(self, network: Network) -> list[str]:
         """The repairs the bridge needs, as gc reports them (ensure makes each)."""
         if firewall.unmanaged(network):
