@@ -90,6 +90,11 @@ class Doc:
             time.sleep(0.1)
 
 
+def inspect_ip(d: Doc, i: int, name: str) -> str:
+    data = json.loads(d.quiet(i, "inspect", name))[0]
+    return str(data["NetworkSettings"]["Networks"]["multi"]["IPAddress"])
+
+
 def scenario(d: Doc) -> None:
     d.text("# Overlay networks: containers on several hosts, one network",
            "An overlay network spans the hosts of a cluster: each host runs its own "
@@ -135,13 +140,14 @@ def scenario(d: Doc) -> None:
            "from the store for longer than its lease (the others have forgotten its "
            "containers meanwhile) joins again when the store answers, takes its "
            "containers' addresses and names back, and they are reachable again, without "
-           "a restart. Where another host took an address or name meanwhile, that "
-           "container is not registered over it: `ps` shows it `Up ... (unreachable from "
-           "other hosts)`, `inspect` says why and which host holds it "
-           "(`NetworkSettings.Networks.NET.ClusterConflict`), the daemon's log says it "
-           "once, and the host claims the address and name again by itself, within "
-           "seconds, once the other container is gone (a restart gives it a new address "
-           "at once).",
+           "a restart. Where another host took a container's address meanwhile, the "
+           "container is given a free one at once, while it runs (see below). Where "
+           "another host took its name, or the address was the user's own (`--ip`), "
+           "neither can be picked anew: that container is not registered over it, `ps` "
+           "shows it `Up ... (unreachable from other hosts)`, `inspect` says why and "
+           "which host holds it (`NetworkSettings.Networks.NET.ClusterConflict`), the "
+           "daemon's log says it once, and the host claims the name and address again "
+           "by itself, within seconds, once the other container is gone.",
            "## One network for every host",
            "`network create --driver overlay` on any host creates the network for all: "
            "its name and a VNI are claimed in one etcd transaction (of two hosts that "
@@ -239,6 +245,48 @@ def scenario(d: Doc) -> None:
                  "sleep", "60", ok=False)
     d.check("the name is taken", "is in use on network multi by a container on host "
             "192.0.2.1" in taken)
+    d.text("## A host that comes back",
+           "Host B is cut off from the store (here a blackhole route to etcd on B) for "
+           "longer than its lease: A forgets web-b, and its address is free on A's "
+           "side. A container on A takes it meanwhile:")
+    ip_b = inspect_ip(d, 1, "web-b")
+    subprocess.run(["ip", "-n", d.hosts[1], "route", "add", "blackhole", f"{ETCD_ADDR}/32"],
+                   check=True)
+    d.wait("A forgets web-b", lambda: "web-b" not in d.quiet(0, "network", "inspect",
+                                                             "multi"), timeout=40)
+    d.pw(0, "run", "-d", "--name", "taker", "--network", "multi", "--ip", ip_b, "--",
+         "sleep", "600")
+    subprocess.run(["ip", "-n", d.hosts[1], "route", "del", "blackhole", f"{ETCD_ADDR}/32"],
+                   check=True)
+    log = Path(d.states[1]) / "portwayd.log"
+    d.wait("B gives web-b a new address", lambda: "web-b on network multi has a new address"
+           in log.read_text(), timeout=40)
+    d.text("When B reaches the store again, it joins under a new lease and finds web-b's "
+           "address taken: web-b gets the lowest free address instead, claimed in one "
+           "etcd transaction as any address, while it runs. Its interface (address, and "
+           "the MAC derived from it; the routes are kept), its anti-spoofing entries, "
+           "published ports, `/etc/hosts` and DNS records follow, and every other host "
+           "programs its new FDB and neighbour entries from its record. B's log says "
+           "what changed:")
+    line = d.run(["grep", "-o", "web-b on network multi has a new address.*", str(log)],
+                 "(host b) grep -o 'web-b on network multi has a new address.*' "
+                 "portwayd.log")
+    d.check("the log line names the taker's host", "host 192.0.2.1" in line)
+    d.text("and so does `inspect` (`ClusterRenumbered`, until the daemon restarts):")
+    shown = d.pw(1, "inspect", "-f",
+                 "{{json .NetworkSettings.Networks.multi.ClusterRenumbered}}", "web-b")
+    d.check("inspect shows the old address", f'"PreviousIPAddresses":["{ip_b}"]' in shown)
+    d.wait("A has web-b again", lambda: "web-b" in d.quiet(0, "network", "inspect",
+                                                           "multi"))
+    d.pw(0, "network", "inspect", "-f",
+         "{{range .Containers}}{{.Name}}: {{.IPv4Address}} on {{.Host}}; {{end}}", "multi")
+    d.wait("A's DNS answers web-b's new address",
+           lambda: d.quiet(0, "exec", "web-a", "--", "dig", "+short", "web-b").strip() not in
+           ("", ip_b))
+    got = d.run(d.argv(0, "exec", "web-a", "--", "python3", "-c", GET, "http://web-b/"),
+                "(host a) portway exec web-a -- get http://web-b/", d.env(0))
+    d.check("A reaches web-b at its new address", got.strip() == "200")
+    d.quiet(0, "rm", "-f", "taker")
     d.text("## What fails, and how",
            "A change needs the store: when etcd cannot be reached, `network create`, "
            "`run` on an overlay network and `network rm` fail with one line and change "
@@ -260,11 +308,10 @@ def scenario(d: Doc) -> None:
     d.pw(0, "network", "rm", "multi")
     d.wait("B drops the network", lambda: "multi" not in d.quiet(1, "network", "ls"))
     d.text("## Not yet",
-           "A container whose address another host took while its own host was cut off "
-           "keeps its address (it waits for it, unreachable from the other hosts, as "
-           "`ps` says) rather than being given a new one while it runs. Published ports "
-           "and outbound traffic of an overlay network go through the local host, as on "
-           "a bridge network.")
+           "Published ports and outbound traffic of an overlay network go through the "
+           "local host, as on a bridge network. A container's name that another host "
+           "took while its own host was cut off is not given up: that container waits "
+           "for it (names are the user's, and cannot be picked anew).")
 
 
 def main() -> int:
