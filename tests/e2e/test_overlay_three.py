@@ -640,9 +640,46 @@ def test_trace_live_follows_the_probe_to_the_other_host(h: Hosts) -> None:
     far = [(hop["family"], hop["table"], hop["chain"]) for hop in live["hops"]
            if hop["host"] == ADDRS[1]]
     assert ("inet", "portway", "forward") in far and ("bridge", "portway", "spoof") in far
+    # Its reply too, live: through B's hooks (from web-b's port), into the tunnel, and
+    # back through A's.
+    ips = [_address(h, 0, "web-a"), _address(h, 1, "web-b")]
+    reply = live["reply"]
+    port = live["probe"]["source"].rpartition(":")[2]
+    assert reply["what"] == f"tcp reply {ips[1]}:80 -> {ips[0]}:{port}", reply
+    back = [(hop["host"], hop["family"], hop["table"], hop["chain"]) for hop in reply["hops"]]
+    assert back[0] == (ADDRS[1], "bridge", "portway", "spoof"), back
+    assert (ADDRS[1], "inet", "portway", "forward") in back, back
+    assert ("", "inet", "portway", "forward") in back, back
+    assert [b[0] for b in back] == sorted((b[0] for b in back), reverse=True), back
+    assert reply["why"] == "" and not reply["dropped"], reply
     text = h.pw(0, "trace", "--live", "web-a", "web-b:81").stdout
     assert f"host {ADDRS[1]}: inet portway forward (forward): accept" in text, text
     assert "live verdict: no-listener" in text and "static and live agree" in text, text
+    assert f"its tcp reply {ips[1]}:81 -> {ips[0]}:" in text, text  # (the RST)
+    assert f"host {ADDRS[1]}: bridge portway spoof (prerouting): policy accept" in \
+        text.partition("traced back:")[2], text
+    data = json.loads(h.pw(0, "trace", "--live", "--json", "web-a", "web-b:53535/udp").stdout)
+    assert data["live"]["verdict"] == "delivered", data["live"]
+    assert ("", "inet", "portway", "forward") in [
+        (hop["host"], hop["family"], hop["table"], hop["chain"])
+        for hop in data["live"]["reply"]["hops"]], data["live"]["reply"]
+    # A rule on B (a table of the test's own) drops web-b's answers to web-a: the
+    # request arrives, and the live trace of the reply says where it ends.
+    sh("ip", "netns", "exec", h.names[1], "nft", "-f", "-", input=(
+        "table inet pwtest_drop {\n chain reply_drop {\n  type filter hook forward priority 0;\n"
+        f"  tcp sport 80 ip daddr {ips[0]} drop\n }}\n}}\n"))
+    try:
+        live = json.loads(h.pw(0, "trace", "--live", "--json", "web-a",
+                               "web-b:80").stdout)["live"]
+    finally:
+        sh("ip", "netns", "exec", h.names[1], "nft", "delete", "table", "inet", "pwtest_drop")
+    assert live["verdict"] == "dropped", live
+    assert live["summary"].startswith(
+        f"delivered, but the reply was dropped on host {ADDRS[1]} by inet pwtest_drop "
+        "reply_drop: "), live
+    assert (ADDRS[1], "inet", "pwtest_drop", "reply_drop") in [
+        (hop["host"], hop["family"], hop["table"], hop["chain"])
+        for hop in live["reply"]["hops"]], live["reply"]
     for i in (0, 1):
         assert "portway_trace" not in sh("ip", "netns", "exec", h.names[i], "nft",
                                          "list", "tables").stdout

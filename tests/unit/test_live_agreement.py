@@ -86,3 +86,52 @@ def test_a_probe_leaving_in_vxlan_is_stopped_by_its_own_headers_inside() -> None
             ({"payload": {"base": "th", "offset": (sport_at + 2) * 8, "len": 16}}, 80)]
         assert drop[-1] == {"drop": None}
         assert trace_on[:-1] == drop[:-1] and "mangle" in trace_on[-1]
+
+
+def _event(chain: str, header: tuple[int, int, int] | None, kind: str = "rule",
+           handle: int | None = 1, verdict: str = "accept") -> Any:
+    """A trace event of chain; header: (sport, dport, TCP flags) of the packet, which the
+    kernel sends with each chain's first event."""
+    from portway.kernel.nftrace import TraceEvent
+
+    network = bytes([0x45]) + bytes(8) + bytes([6]) + bytes(10) if header else b""
+    transport = header[0].to_bytes(2, "big") + header[1].to_bytes(2, "big") + bytes(9) + \
+        bytes([header[2]]) if header else b""
+    return TraceEvent(trace_id=1, family="inet", table="portway", chain=chain, kind=kind,
+                      handle=handle, verdict=verdict, target="", iif=0, oif=0,
+                      network=network, transport=transport)
+
+
+def test_a_followed_probes_reply_is_told_apart_and_only_its_first_packet_kept() -> None:
+    from portway.engine import live
+
+    syn, syn_ack, ack, fin_ack = 0x02, 0x12, 0x10, 0x11
+    events = [
+        _event("guard", (40001, 80, syn)), _event("forward", (40001, 80, syn)),
+        _event("guard", (80, 40001, syn_ack)), _event("forward", (80, 40001, syn_ack)),
+        _event("forward", None, kind="policy", handle=None),
+        _event("guard", (40001, 80, ack)),
+        _event("guard", (80, 40001, fin_ack)), _event("forward", (80, 40001, fin_ack))]
+    request, reply = live.by_direction(events, 40001)
+    assert [e.transport[:2] for e in request if e.transport] == [(40001).to_bytes(2, "big")] * 3
+    assert len(reply) == 5
+    # The reply's first packet (the SYN-ACK) through both chains, its policy event with
+    # it; the FIN-ACK after is another packet.
+    first = live.first_reply(reply)
+    assert [(e.chain, e.kind) for e in first] == [("guard", "rule"), ("forward", "rule"),
+                                                  ("forward", "policy")]
+    # A refused connection's reply: the RST.
+    rst = [_event("guard", (80, 40001, 0x14)), _event("forward", (80, 40001, 0x14))]
+    assert live.first_reply(live.by_direction(rst, 40001)[1]) == rst
+    # Where the trace tables select the reply too (followed to another host): a rule
+    # per direction, the reply's from the destination's port back to the probe's.
+    tables = live.trace_tables("tcp", 40001, 80, "10.200.0.3", None, [], reply=True)
+    selects = [[(m["match"]["left"], m["match"]["right"]) for m in c["add"]["rule"]["expr"][:-1]]
+               for c in tables if "rule" in c["add"] and c["add"]["rule"]["chain"] == "prerouting"
+               and c["add"]["rule"]["family"] == "inet"]
+    assert selects[1] == [({"meta": {"key": "l4proto"}}, "tcp"),
+                          ({"payload": {"protocol": "th", "field": "sport"}}, 80),
+                          ({"payload": {"protocol": "th", "field": "dport"}}, 40001),
+                          ({"payload": {"protocol": "ip", "field": "saddr"}}, "10.200.0.3")]
+    assert len(selects) == 2 and len([c for c in live.trace_tables(
+        "tcp", 40001, 80, "10.200.0.3", None, []) if "rule" in c["add"]]) == 3

@@ -90,12 +90,27 @@ def _raw(offset: int, length: int) -> dict[str, Any]:
     return {"payload": {"base": "th", "offset": offset * 8, "len": length * 8}}
 
 
+def _reply_match(proto: str, sport: int, dport: int, daddr: str) -> list[Any]:
+    """The probe's reply: from daddr's dport back to the probe's sport."""
+    def eq(left: Any, right: Any) -> dict[str, Any]:
+        return {"match": {"op": "==", "left": left, "right": right}}
+
+    ip = "ip" if ipaddress.ip_address(daddr).version == 4 else "ip6"
+    return [eq({"meta": {"key": "l4proto"}}, proto),
+            eq({"payload": {"protocol": "th", "field": "sport"}}, dport),
+            eq({"payload": {"protocol": "th", "field": "dport"}}, sport),
+            eq({"payload": {"protocol": ip, "field": "saddr"}}, daddr)]
+
+
 def trace_tables(proto: str, sport: int, dport: int, daddr: str, saddr: str | None,
-                 egress_devices: list[str], tunnelled: int | None = None
-                 ) -> list[dict[str, Any]]:
+                 egress_devices: list[str], tunnelled: int | None = None,
+                 reply: bool = False) -> list[dict[str, Any]]:
     """The short-lived tables: trace the probe from its first hook, stop it at the edge;
-    tunnelled (the inner packet's IP version): also where it leaves inside VXLAN."""
-    select = _match(proto, sport, dport, daddr, saddr)
+    tunnelled (the inner packet's IP version): also where it leaves inside VXLAN; reply:
+    trace its reply too (from the destination's port back to the probe's)."""
+    selects = [_match(proto, sport, dport, daddr, saddr)]
+    if reply:
+        selects.append(_reply_match(proto, sport, dport, daddr))
     nftrace_on = {"mangle": {"key": {"meta": {"key": "nftrace"}}, "value": 1}}
     cmds: list[dict[str, Any]] = []
     for family, hooks in (("inet", ("prerouting", "output")), ("bridge", ("prerouting",))):
@@ -104,8 +119,9 @@ def trace_tables(proto: str, sport: int, dport: int, daddr: str, saddr: str | No
             cmds.append({"add": {"chain": {"family": family, "table": TABLE, "name": hook,
                                            "type": "filter", "hook": hook, "prio": PRIORITY,
                                            "policy": "accept"}}})
-            cmds.append({"add": {"rule": {"family": family, "table": TABLE, "chain": hook,
-                                          "expr": [*select, nftrace_on]}}})
+            for select in selects:
+                cmds.append({"add": {"rule": {"family": family, "table": TABLE,
+                                              "chain": hook, "expr": [*select, nftrace_on]}}})
     if egress_devices:
         cmds.append({"add": {"table": {"family": "netdev", "name": TABLE}}})
     stop = [{"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": proto}},
@@ -245,13 +261,14 @@ def run(engine: Engine | Observer, world: core.World, src_key: str, packet: Pack
             route = host.lookup(ipaddress.ip_address(static.tunnel.vtep))
             if route is not None and route.dev not in devices:
                 devices.append(route.dev)
+        # Followed to the other host: the reply is traced too, there and back here.
         engine.nft.apply(trace_tables(packet.l4proto, sport, packet.dport, str(packet.daddr),
                                       str(packet.saddr) if outside else None, devices,
-                                      tunnelled))
+                                      tunnelled, reply=follow is not None))
         if follow is not None:
             followed = Followed(follow, lambda devices: trace_tables(
                 packet.l4proto, sport, packet.dport, str(packet.daddr),
-                str(packet.saddr) if outside else None, devices))
+                str(packet.saddr) if outside else None, devices, reply=True))
         fault_point("trace.live")
 
         def send() -> tuple[str, tuple[str, int], list[str]]:
@@ -375,8 +392,9 @@ def _report(events: list[nftrace.TraceEvent], connections: list[nftrace.Connecti
             socket_drops: int = 0, unanswered: list[str] | None = None,
             far: Far | None = None, remote_events: list[nftrace.TraceEvent] | None = None,
             followed: Followed | None = None) -> dict[str, Any]:
-    mine = first_packet(events)
-    theirs = first_packet(remote_events or [])
+    mine_all, mine_reply = by_direction(events, sport)
+    theirs_all, theirs_reply = by_direction(remote_events or [], sport)
+    mine, theirs = first_packet(mine_all), first_packet(theirs_all)
 
     def stop(evs: list[nftrace.TraceEvent]) -> nftrace.TraceEvent | None:
         return next((e for e in evs if e.table == TABLE and e.family == "netdev"
@@ -395,6 +413,11 @@ def _report(events: list[nftrace.TraceEvent], connections: list[nftrace.Connecti
     far_drop = next((s for s in far_steps if s.verdict.split()[-1] == "drop"), None)
     notes: list[str] = []
     tunnel = static.tunnel
+    src = packet.saddr if outside else ipaddress.ip_address(local[0].partition("%")[0])
+    reply: dict[str, Any] | None = None
+    if followed is not None and far is not None:
+        reply = _reply(first_reply(theirs_reply), first_reply(mine_reply), rules, hooks,
+                       followed, far, packet, src, sport, outcome)
     if drop is not None:
         verdict = "dropped"
         summary = f"dropped by {drop.family} {drop.table} {drop.chain}: {drop.rule or drop.verdict}"
@@ -412,6 +435,8 @@ def _report(events: list[nftrace.TraceEvent], connections: list[nftrace.Connecti
         verdict = "leaves-host"
         summary = f"reached host {far.host}'s edge (after the VXLAN hop); stopped there by " \
                   "the trace"
+    elif outcome in ("timeout", "unreachable") and reply is not None and reply["dropped"]:
+        verdict, summary = "dropped", f"delivered, but {reply['why']}"
     elif outcome in ("connected", "answered"):
         verdict, summary = "delivered", f"the probe's {packet.l4proto} {outcome}"
     elif outcome == "refused":
@@ -434,7 +459,6 @@ def _report(events: list[nftrace.TraceEvent], connections: list[nftrace.Connecti
         verdict = "dropped"
         summary = f"no answer ({outcome}) and no netfilter rule dropped it: the kernel " \
                   "itself did (a martian, rp_filter, a socket filter, a missing neighbour...)"
-    src = packet.saddr if outside else ipaddress.ip_address(local[0].partition("%")[0])
     entry = next((c for c in connections if c.orig == (str(src), sport, str(packet.daddr),
                                                        packet.dport)), None)
     seen: tuple[str, str] | None = None
@@ -461,7 +485,7 @@ def _report(events: list[nftrace.TraceEvent], connections: list[nftrace.Connecti
             verdict, (far.trace.seen_source, far.trace.seen_destination), None)]
         notes.append(f"the probe was followed through the VXLAN tunnel to host {far.host} "
                      f"(its namespace {far.netns} is on this machine): its hooks there are "
-                     "listed after this host's")
+                     "listed after this host's, then its reply's, there and back here")
     else:
         reasons = core.agreement(
             core.static_steps(compare_static, "host"), steps, compare_static.verdict,
@@ -471,10 +495,12 @@ def _report(events: list[nftrace.TraceEvent], connections: list[nftrace.Connecti
     if followed is not None and far is not None:
         hops += [{**s.as_dict(), "hook": followed.hooks.get((s.family, s.table, s.chain), ""),
                   "host": far.host} for s in far_steps]
+    if reply is not None and reply["why"] and not reply["dropped"]:
+        notes.append(reply["why"])
     return {"probe": {"protocol": packet.l4proto, "source": hostport(src, sport),
                       "destination": hostport(packet.daddr, packet.dport),
                       "outcome": outcome},
-            "hops": hops, "verdict": verdict, "summary": summary,
+            "hops": hops, "verdict": verdict, "summary": summary, "reply": reply,
             "stopped_at": (stopped.chain if stopped else stopped_there.chain
                            if stopped_there else None),
             "followed": None if far is None else {
@@ -490,6 +516,85 @@ def _report(events: list[nftrace.TraceEvent], connections: list[nftrace.Connecti
                        for e in events],
             "static_ingress": compare_static.hops[0].detail if outside else None,
             "static_verdict": static.verdict}
+
+
+def by_direction(events: list[nftrace.TraceEvent], sport: int
+                 ) -> tuple[list[nftrace.TraceEvent], list[nftrace.TraceEvent]]:
+    """The probe's events and its reply's, told apart by the transport header each
+    chain's first event carries (the probe's source port is the reply's destination
+    port); the events after it, up to the next header, go with it."""
+    request: list[nftrace.TraceEvent] = []
+    reply: list[nftrace.TraceEvent] = []
+    into = request
+    for e in events:
+        if e.network and len(e.transport) >= 4:
+            into = reply if int.from_bytes(e.transport[2:4], "big") == sport and \
+                int.from_bytes(e.transport[0:2], "big") != sport else request
+        into.append(e)
+    return request, reply
+
+
+def first_reply(events: list[nftrace.TraceEvent]) -> list[nftrace.TraceEvent]:
+    """The events of the reply's first packet: for TCP the SYN-ACK or the RST (the
+    connection's later segments, the answer's ACK and FIN, are left out), else the
+    first datagram's."""
+    out: list[nftrace.TraceEvent] = []
+    keep = True
+    for e in events:
+        if e.network:
+            if e.protocol() == 6 and len(e.transport) >= 14:
+                flags = e.transport[13]
+                keep = flags & 0x12 == 0x12 or bool(flags & 0x04)
+            if keep and out and e.chain == out[0].chain and e.family == out[0].family \
+                    and e.table == out[0].table:
+                keep = False  # the first packet's walk is over: a second one begins
+        if keep and not (e.kind == "rule" and e.handle is None):
+            out.append(e)
+    return [e for e in out if e.table != TABLE]
+
+
+def _reply(there: list[nftrace.TraceEvent], here: list[nftrace.TraceEvent],
+           rules: dict[tuple[str, str, int], str], hooks: dict[tuple[str, str, str], str],
+           followed: Followed, far: Far, packet: Packet, src: IPAddress, sport: int,
+           outcome: str) -> dict[str, Any]:
+    """The reply's walk, as the kernel traced it: through the other host's hooks, into the
+    tunnel, then this host's; where it was not seen, why, and where the live view of it
+    stops."""
+    def steps(evs: list[nftrace.TraceEvent], named: dict[tuple[str, str, int], str]
+              ) -> list[core.KernelStep]:
+        return core.fold_events([{"family": e.family, "table": e.table, "chain": e.chain,
+                                  "kind": e.kind, "handle": e.handle, "verdict": e.verdict}
+                                 for e in evs], named)
+
+    far_steps, my_steps = steps(there, followed.rules), steps(here, rules)
+    hops = [{**s.as_dict(), "hook": followed.hooks.get((s.family, s.table, s.chain), ""),
+             "host": far.host} for s in far_steps]
+    hops += [{**s.as_dict(), "hook": hooks.get((s.family, s.table, s.chain), ""), "host": ""}
+             for s in my_steps]
+    what = f"{packet.l4proto} reply {hostport(packet.daddr, packet.dport)} -> " \
+        f"{hostport(src, sport)}"
+    why = ""
+    dropped = next((h for h in hops if h["verdict"].split()[-1] == "drop"), None)
+    if dropped is not None:
+        where = f"host {dropped['host']}" if dropped["host"] else "this host"
+        why = f"the reply was dropped on {where} by {dropped['family']} {dropped['table']} " \
+              f"{dropped['chain']}: {dropped['rule'] or dropped['verdict']}"
+    elif not hops and outcome in ("connected", "refused", "answered"):
+        why = (f"the reply came back ({outcome}) but no hook of host {far.host} or of this "
+               "host saw it: the live view of the reply stops at the far container "
+               "(an answer from its own namespace, before any hook of its host)")
+    elif not hops and packet.l4proto == "udp":
+        why = ("no reply came back: the live view stops at the probe (a UDP datagram "
+               "without an answer, or whose answer is an ICMP error, which the trace does "
+               "not select)")
+    elif not hops:
+        why = f"no reply came back ({outcome}): the live view stops at the probe"
+    elif not far_steps:
+        why = f"the reply was not seen on host {far.host}, only back on this host"
+    elif not my_steps:
+        why = (f"the reply was traced on host {far.host} into the tunnel, but not seen "
+               "back on this host: the live view of it stops at the VXLAN hop")
+    return {"what": what, "hops": hops, "why": why, "dropped": dropped is not None}
 
 
 def _inner(far: core.Trace) -> core.Trace:
@@ -511,6 +616,15 @@ def render(live: dict[str, Any]) -> str:
         host = f"host {h['host']}: " if h.get("host") else ""
         lines.append(f"{number:3}  {host}{h['family']} {h['table']} {h['chain']} "
                      f"({h['hook']}): {h['verdict']}{rule}{where}")
+    reply = live.get("reply")
+    if reply and reply["hops"]:
+        lines.append(f"  its {reply['what']}, traced back:")
+        for number, h in enumerate(reply["hops"], len(live["hops"]) + 1):
+            rule = f" by \"{h['rule']}\"" if h["rule"] else ""
+            where = f" (in {h['rule_chain']})" if h["rule_chain"] != h["chain"] else ""
+            host = f"host {h['host']}: " if h.get("host") else ""
+            lines.append(f"{number:3}  {host}{h['family']} {h['table']} {h['chain']} "
+                         f"({h['hook']}): {h['verdict']}{rule}{where}")
     seen = f" (seen as {live['seen_source']} -> {live['seen_destination']}, from conntrack)" \
         if live["seen_source"] else ""
     lines.append(f"live verdict: {live['verdict']}: {live['summary']}{seen}")
