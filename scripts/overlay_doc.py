@@ -215,13 +215,22 @@ def scenario(d: Doc) -> None:
            "Where the other host can be observed from here, the probe is followed through "
            "the tunnel: the trace tables and a listener are set up in that host's "
            "namespace too, its hooks are listed after this host's, and each half is "
-           "compared with its static half. (Where it cannot, the probe is stopped in the "
+           "compared with its static half. Its reply is traced live too: from the far "
+           "container's port through that host's hooks, into the tunnel, and back "
+           "through this host's (the static trace does not walk the reply of a flow "
+           "conntrack does not track, so these hops are the kernel's alone); a reply "
+           "dropped on the way is named with the rule and host that dropped it, and where "
+           "no hook saw a reply the output says where the live view of it stops. (Where "
+           "the other host cannot be observed, the probe is stopped in the "
            "egress hook of the interface the tunnel would leave by, and the live verdict "
            "says it stopped inside the tunnel to that host, and why it was not followed.)")
     live = d.pw(0, "trace", "--live", "web-a", "web-b:80")
     d.check("the live probe is followed to host b",
             "host 192.0.2.2: inet portway forward (forward): accept" in live and
             "static and live agree" in live and "live verdict: delivered" in live)
+    d.check("its reply is traced back through both hosts",
+            "traced back:" in live and "host 192.0.2.2: bridge portway spoof (prerouting): "
+            "policy accept" in live.partition("traced back:")[2])
     d.text("`portway graph` draws the VXLAN device as a port of the network's bridge, "
            "and each other host's VTEP with its containers, the tunnel between them "
            "(red and dashed where the device lacks their entries); a traced path goes "
