@@ -392,7 +392,9 @@ def _report(events: list[nftrace.TraceEvent], connections: list[nftrace.Connecti
             socket_drops: int = 0, unanswered: list[str] | None = None,
             far: Far | None = None, remote_events: list[nftrace.TraceEvent] | None = None,
             followed: Followed | None = None) -> dict[str, Any]:
-    mine_all, mine_reply = by_direction(events, sport)
+    # (The reply is selected only where the probe is followed to another host.)
+    mine_all, mine_reply = by_direction(events, sport) if followed is not None else \
+        (events, [])
     theirs_all, theirs_reply = by_direction(remote_events or [], sport)
     mine, theirs = first_packet(mine_all), first_packet(theirs_all)
 
