@@ -320,7 +320,14 @@ def scenario(d: Doc) -> None:
            "Published ports and outbound traffic of an overlay network go through the "
            "local host, as on a bridge network. A container's name that another host "
            "took while its own host was cut off is not given up: that container waits "
-           "for it (names are the user's, and cannot be picked anew).")
+           "for it (names are the user's, and cannot be picked anew). Cross-host TCP "
+           "throughput is about 0.9× a bare VXLAN path (BENCHMARKS.md): frames bridged "
+           "between containers also pass the IP hooks (portway's guard and forward "
+           "chains, on both hosts), because bridge netfilter is on for the whole host "
+           "namespace (`net.bridge.bridge-nf-call-iptables`, which `enable_icc=false` "
+           "and Docker's own bridges rely on), and the kernel's per-bridge switch "
+           "(`ip link set BRIDGE type bridge nf_call_iptables 0`) cannot exempt a bridge "
+           "from it: it only adds one where the namespace-wide switch is off.")
 
 
 def main() -> int:
