@@ -137,3 +137,42 @@ def test_ensure_endpoint_refuses_a_link_that_is_not_its_pair(spaces: tuple[str, 
     netns.in_netns(netns.netns_path(host), body)
     assert {str(x["ifname"]) for x in ip(host, "link")} >= {"pwv-test", "other"}
     assert [x["ifname"] for x in ip(cont, "link")] == ["lo"]
+
+
+def test_readdress_moves_a_running_endpoint_and_keeps_its_routes(
+        spaces: tuple[str, str]) -> None:
+    host, cont = spaces
+    v4, v6 = ipaddress.ip_interface("10.120.0.2/24"), ipaddress.ip_interface("fd00:78::2/64")
+    new4 = ipaddress.ip_interface("10.120.0.9/24")
+    static = ipaddress.ip_network("10.121.0.0/24")
+
+    def body() -> None:
+        with sockets(cont) as (ipr, inner, fd):
+            index = bridge(ipr)
+            links.ensure_endpoint(ipr, inner, fd, links.EndpointSpec(
+                **{**spec(index).__dict__, "addresses": (v4, v6)}))
+            eth0 = links.index_of(inner, "eth0")
+            inner.route("add", dst=str(static), gateway=str(GATEWAY), oif=eth0)
+            # The IPv4 address is another's now: moved, the IPv6 one kept; the MAC follows.
+            links.readdress(inner, "eth0", (v4, v6), (new4, v6), "02:42:0a:78:00:09")
+            # Twice is harmless (nothing left to move).
+            links.readdress(inner, "eth0", (v4, v6), (new4, v6), "02:42:0a:78:00:09")
+            # The bridge's entry of the old MAC on the port goes; missing is fine.
+            ipr.fdb("add", ifindex=links.index_of(ipr, "pwv-test"),
+                    lladdr="02:42:0a:78:00:02", master=index)
+            links.forget_learned(ipr, "pwv-test", "02:42:0a:78:00:02")
+            links.forget_learned(ipr, "pwv-test", "02:42:0a:78:00:02")
+
+    netns.in_netns(netns.netns_path(host), body)
+    (eth0,) = ip(cont, "addr", "show", "eth0")
+    assert eth0["address"] == "02:42:0a:78:00:09"
+    assert sorted(str(a["local"]) for a in eth0["addr_info"]  # type: ignore[union-attr]
+                  if a["scope"] == "global") == ["10.120.0.9", "fd00:78::2"]  # type: ignore[index]
+    # The kernel drops an interface's IPv4 routes with its last IPv4 address: the
+    # default route and the static one are back.
+    assert [r["gateway"] for r in ip(cont, "route", "show", "default")] == [str(GATEWAY)]
+    assert [r["gateway"] for r in ip(cont, "route", "show", str(static))] == [str(GATEWAY)]
+    fdb = json.loads(subprocess.run(["bridge", "-n", host, "-j", "fdb", "show", "dev",
+                                     "pwv-test"], capture_output=True, text=True,
+                                    check=True).stdout or "[]")
+    assert "02:42:0a:78:00:02" not in {e["mac"] for e in fdb}
