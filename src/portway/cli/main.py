@@ -37,9 +37,10 @@ def _root() -> Command:
         return Opt(names, metavar="FORMAT", help=f"{what} through a Go template, as "
                    "Docker's --format ('json': as JSON)")
     network = Command("network", "manage networks", sub_dest="net_command", subs=(
-        Command("create", "create a bridge network", args=(Arg("name", "NAME"),), opts=(
-            Opt("-d --driver", default="bridge", help="bridge (one host), or overlay "
-                "(across the hosts of a cluster store)"),
+        Command("create", "create a network", args=(Arg("name", "NAME"),), opts=(
+            Opt("-d --driver", default="bridge", help="bridge (one host), overlay "
+                "(across the hosts of a cluster store), or macvlan (containers on the LAN "
+                "of -o parent=IF)"),
             Opt("--subnet", "list", metavar="CIDR", help="IPv4 or IPv6 (default: a free "
                 "one, IPv4 from Docker's pools, IPv6 a /64 of a unique local /48)"),
             Opt("--gateway", "list", metavar="IP", help="of its family's subnet (default: "
@@ -56,7 +57,8 @@ def _root() -> Command:
             Opt("--attachable", "flag", help="accepted (any container can join a portway "
                 "network)"),
             Opt("-o --opt", "list", metavar="KEY=VALUE", help="a driver option, e.g. "
-                "com.docker.network.bridge.name=NAME"),
+                "com.docker.network.bridge.name=NAME; macvlan: parent=IF, "
+                "macvlan_mode=bridge|private|vepa|passthru"),
             Opt("--label", "list", metavar="KEY=VALUE"))),
         Command("ls", "list networks (with host and none)", opts=(
             json_flag, quiet, no_trunc,

@@ -43,7 +43,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from portway.core.names import UNCHECKED_VETH_PREFIX, owner_tag, parse_owner_tag
+from portway.core.names import MACVLAN_PREFIX, UNCHECKED_VETH_PREFIX, owner_tag, parse_owner_tag
 from portway.core.nftsim import describe
 from portway.core.overlay import VXLAN_PORT
 from portway.model.types import Endpoint, IPAddress, IPNetwork, Network
@@ -366,9 +366,10 @@ def network_tag(instance: str, network: Network) -> str:
 
 
 def unmanaged(network: Network) -> bool:
-    """A bridge the user made and keeps (netavark's mode=unmanaged): portway plugs
-    containers into it and adds no rule of its own for it, as netavark adds none."""
-    return netavark_option(network, "mode") == "unmanaged"
+    """A bridge the user made and keeps (netavark's mode=unmanaged), or a macvlan
+    network (its traffic never meets the host's IP stack): portway plugs containers
+    into it and adds no rule of its own for it, as netavark adds none."""
+    return network.driver == "macvlan" or netavark_option(network, "mode") == "unmanaged"
 
 
 def render_network(network: Network, instance: str) -> list[Cmd]:
@@ -642,6 +643,8 @@ GUARD_PRELUDE = (f"add table {GUARD_FAMILY} {TABLE}\n"
 def _guard_elements(endpoints: Iterable[Endpoint]) -> list[tuple[str, Endpoint, Any]]:
     out: list[tuple[str, Endpoint, Any]] = []
     for e in endpoints:
+        if e.host_ifname.startswith(MACVLAN_PREFIX):
+            continue  # a macvlan device: no bridge port to check it on
         out.append(("macs", e, {"concat": [e.host_ifname, e.mac]}))
         for a in e.addresses:
             out.append(("addrs" if a.version == 4 else "addrs6", e,

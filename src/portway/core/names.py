@@ -40,6 +40,15 @@ def unchecked_veth_name(endpoint_id: str) -> str:
     return f"{UNCHECKED_VETH_PREFIX}{endpoint_id[:11]}"
 
 
+# A macvlan endpoint's device while it passes through the host namespace (it is made
+# there, moved into the container's namespace at once and renamed there).
+MACVLAN_PREFIX = "pwm-"
+
+
+def macvlan_name(endpoint_id: str) -> str:
+    return f"{MACVLAN_PREFIX}{endpoint_id[:11]}"
+
+
 def mac_for_id(object_id: str) -> str:
     """A locally administered unicast MAC from a random id: for an endpoint without an
     address to derive one from."""

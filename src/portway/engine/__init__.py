@@ -31,6 +31,7 @@ from portway.engine.context import Host
 from portway.engine.dns import DnsServer, names_by_network
 from portway.engine.dns import records as dns_records
 from portway.engine.drivers.bridge import BridgeDriver
+from portway.engine.drivers.macvlan import MacvlanDriver
 from portway.engine.drivers.overlay import OverlayDriver
 from portway.engine.endpoints import Endpoints
 from portway.engine.facts import LiveHostFacts
@@ -43,7 +44,7 @@ from portway.engine.sandboxes import LiveSandboxKernel, Sandboxes
 from portway.errors import InvalidInput, PortwayError
 from portway.kernel import netns
 from portway.kernel.nft import Nft
-from portway.model.types import IPAddress, Network
+from portway.model.types import Endpoint, IPAddress, Network
 from portway.store.sqlite import SqliteStore
 
 if TYPE_CHECKING:
@@ -121,6 +122,7 @@ class Engine:
             state_dir=self.state_dir, host_netns=host_netns, instance=self.instance,
             store=self.store, drivers={
                 "bridge": BridgeDriver(self.host, self.tag),
+                "macvlan": MacvlanDriver(self.host, self.tag, self._netns_of),
                 "overlay": OverlayDriver(
                     self.host, self.tag, self._advertised, self._wanted,
                     lambda: self.h.cluster.requests if self.h.cluster is not None else None)},
@@ -163,6 +165,10 @@ class Engine:
         from portway.store.etcd import Etcd
 
         return Cluster(self.h, self.host, Etcd(members), advertise, ttl)
+
+    def _netns_of(self, endpoint: Endpoint) -> str | None:
+        c = self.store.find_container(endpoint.container_id)
+        return c.netns if c is not None else None
 
     def _advertised(self) -> IPAddress | None:
         return self.h.cluster.advertise if self.h.cluster is not None else None

@@ -158,6 +158,13 @@ class Containers:
                 port_maps += tuple(PortMapping(container_port=port, host_port=0, protocol=proto)
                                    for port, proto in config.expose
                                    if (port, proto) not in published_ports)
+            ignored = ""
+            if port_maps and nets and nets[0].driver == "macvlan":
+                # As Docker: a macvlan network publishes nothing (its containers are on
+                # the LAN with addresses of their own); said, not refused.
+                ignored = (f"published ports are ignored on macvlan network {nets[0].name}: "
+                           "reach the container at its own address on the LAN")
+                port_maps = ()
             if port_maps:
                 self._check_publishing(nets[0], port_maps)
             cid = names.new_id()
@@ -192,7 +199,10 @@ class Containers:
                 self.publish_dns(container.id)
             if container.network_mode in ("bridge", "none"):
                 h.sandbox_kernel.prepare()  # the next one's namespace, now that this is done
-            return h.processes.sandbox_info(container)
+            info = h.processes.sandbox_info(container)
+            if ignored:
+                info["Warning"] = "\n".join(w for w in (info["Warning"], ignored) if w)
+            return info
 
     def _network_owner(self, ref: str) -> Container:
         """The running container whose network namespace --network container:REF joins."""

@@ -66,7 +66,10 @@ def records(engine: Host) -> dict[str, Any]:
                  "gateway": str(n.gateway), "internal": n.internal,
                  "subnets": [str(s.subnet) for s in n.subnets],
                  "gateways": [str(s.gateway) for s in n.subnets],
-                 **netavark.dns_record(n)}
+                 **netavark.dns_record(n),
+                 # A macvlan network's gateway is the LAN's router, not the host's: no
+                 # socket there, and no names (as netavark and aardvark-dns).
+                 **({"dns": False} if n.driver == "macvlan" else {})}
                 for n in engine.store.networks() if n.subnets]  # none: nothing to serve on
     return {"networks": networks, "containers": containers}
 

@@ -154,7 +154,8 @@ class Endpoints:
         endpoint = Endpoint(
             id=eid, container_id=container.id, network_id=net.id,
             ifname=ifname or names.container_ifname(index),
-            host_ifname=host_ifname or (names.host_veth_name(eid) if net.subnets
+            host_ifname=host_ifname or (names.macvlan_name(eid) if net.driver == "macvlan"
+                                        else names.host_veth_name(eid) if net.subnets
                                         else names.unchecked_veth_name(eid)),
             addresses=tuple(addresses),
             mac=mac or (names.mac_for(addresses[0].ip) if addresses else names.mac_for_id(eid)),

@@ -120,9 +120,12 @@ class Firewall:
     def add_network(self, network: Network) -> None:
         """Under the lock: another portway's release() cannot delete the tables between
         their check and this network's first elements (which keep them alive after)."""
+        cmds = firewall.render_network(network, self.instance)
+        if not cmds:
+            return  # none of portway's (a macvlan network): no tables made for it
         with self.shared():
             self.ready()
-            self.apply(firewall.render_network(network, self.instance))
+            self.apply(cmds)
 
     def add_vtep(self, address: IPAddress) -> None:
         """This host's VTEP, for as long as it is in a cluster (the element keeps the

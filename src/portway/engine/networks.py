@@ -16,7 +16,7 @@ from contextlib import ExitStack
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from portway.core import ipam, names, overlay, validate
+from portway.core import ipam, macvlan, names, overlay, validate
 from portway.core.overlay import NO_CLUSTER
 from portway.engine.context import fault_point, now
 from portway.errors import Conflict, InvalidInput
@@ -66,11 +66,15 @@ class Networks:
         plan = validate.plan_subnets(_listed(subnet), _listed(gateway), _listed(ip_range),
                                      validate.parse_bool("--ipv4", ipv4), ipv6,
                                      _listed(aux_addresses))
-        opts = validate.check_options(validate.parse_key_values("--opt", options or []))
+        lan = driver == macvlan.DRIVER
+        given = validate.parse_key_values("--opt", options or [])
+        opts = macvlan.check_cli_options(given, internal) if lan else \
+            validate.check_options(given)
         labs = validate.parse_key_values("--label", labels or [])
         if mtu is None and "com.docker.network.driver.mtu" in opts:
             mtu = opts["com.docker.network.driver.mtu"]
-        mtu_value = validate.parse_mtu(mtu) if mtu is not None else 1500
+        # A macvlan device takes its parent's MTU unless told (0), and cannot exceed it.
+        mtu_value = validate.parse_mtu(mtu) if mtu is not None else 0 if lan else 1500
         h = self.h
         if driver == "overlay":
             mtu_value = self.overlay_mtu(mtu_value if mtu is not None else None)
@@ -82,7 +86,13 @@ class Networks:
             bridge = opts.get(BRIDGE_NAME_OPTION)
             if bridge is not None:
                 self.check_bridge_name(bridge)
+            if lan:
+                self.check_parent_free(opts[macvlan.PARENT_OPTION])
             taken = self.taken_ranges()
+            # A macvlan network's subnet is its LAN's, which the host is usually on
+            # itself: only portway's own networks' subnets are in its way.
+            mine = [(s.subnet, f"network {n.name}") for n in h.store.networks()
+                    for s in n.subnets] if lan else taken
             subnets = []
             for want in plan:
                 if want.subnet is None:
@@ -90,7 +100,7 @@ class Networks:
                         ipam.pick_subnet6(taken, self.ula_global_id())
                 else:
                     net_addr = want.subnet
-                    ipam.check_subnet_free(net_addr, taken)
+                    ipam.check_subnet_free(net_addr, mine)
                 subnets.append(Subnet(subnet=net_addr,
                                       gateway=want.gateway or ipam.default_gateway(net_addr),
                                       ip_range=want.ip_range,
@@ -144,6 +154,17 @@ class Networks:
             h.driver(network).delete(network)
         if not h.store.networks():
             h.fw.release()
+
+    def check_parent_free(self, parent: str) -> None:
+        """One macvlan network per parent interface, as Docker allows (a second one's
+        containers would share the first one's LAN under another subnet: give it a VLAN
+        interface of its own)."""
+        other = next((n for n in self.h.store.networks()
+                      if macvlan.is_macvlan(n) and macvlan.parent(n) == parent), None)
+        if other is not None:
+            raise Conflict(f"network {other.name} is already using parent interface "
+                           f"{parent}", f"connect containers to {other.name}, or give the "
+                           "new network another parent (a VLAN interface of it, e.g.)")
 
     def check_bridge_name(self, bridge: str) -> None:
         """A bridge name the user chose: no other network's, no link's of the host (an

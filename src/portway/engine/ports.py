@@ -29,6 +29,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from portway.core.firewall import Published
+from portway.core.names import MACVLAN_PREFIX
 from portway.core.ports import format_mapping, host_port_holder, parse_port_key
 from portway.engine.proxy import LOOPBACK_ONLY, LoopbackProxy, Target
 from portway.errors import Conflict, InvalidInput, KernelError, PortwayError
@@ -283,6 +284,8 @@ class Publishing:
         if not eps:
             return []
         first = min(eps, key=lambda e: e.ifname)
+        if first.host_ifname.startswith(MACVLAN_PREFIX):
+            return []  # on a macvlan network: nothing is published (as Docker)
         # Each family the container has (Docker 27: -p 8080:80 publishes on both); a
         # port published on one host address, in that address's family only; ::1 is
         # the relay's alone (no rule can DNAT it).

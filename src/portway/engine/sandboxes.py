@@ -314,7 +314,9 @@ class Sandboxes:
             # The first network's DNS server, on its first gateway (the IPv4 one, where
             # there is one; an IPv6-only network's containers ask over IPv6).
             first = self.h.store.find_network(min(endpoints, key=lambda e: e.ifname).network_id)
-            nameserver = str(first.gateway) if first else None
+            # A macvlan network's gateway is the LAN's router: the host's resolvers.
+            nameserver = str(first.gateway) if first and first.driver != "macvlan" \
+                else None
             gateways = [s.gateway for s in first.subnets] if first else []
         return {
             "hosts": files.render_hosts(c.hostname, c.name, addresses, conf.domainname,
