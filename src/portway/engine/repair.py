@@ -180,15 +180,17 @@ def _forget_podman(engine: Engine, c: Container) -> None:
 
 
 def _endpoint_ok(engine: Engine, c: Container, e: Endpoint) -> bool:
-    host_end = links.observe_link(engine.host, e.host_ifname)
-    if host_end is None or not host_end.master or not host_end.up:
-        return False
-    if links.observe_ipv6_conf(e.host_ifname, "disable_ipv6") == "0":
-        return False  # its IPv6 stack would take what the container sends to 802.1 groups
+    lan = e.host_ifname.startswith(names.MACVLAN_PREFIX)  # no host end: a macvlan device
+    if not lan:
+        host_end = links.observe_link(engine.host, e.host_ifname)
+        if host_end is None or not host_end.master or not host_end.up:
+            return False
+        if links.observe_ipv6_conf(e.host_ifname, "disable_ipv6") == "0":
+            return False  # its IPv6 stack would take what the container sends to 802.1 groups
     cont = netns.open_ipr(c.netns)
     try:
         inner = links.observe_link(cont, e.ifname)
-        if inner is None:
+        if inner is None or (lan and (inner.kind != "macvlan" or not inner.up)):
             return False
         have = {a.ip for a in links.observe_addresses(cont, inner.index)} | \
             {a.ip for a in links.observe_addresses6(cont, inner.index)}
@@ -258,7 +260,9 @@ def _reattach(engine: Engine, c: Container, e: Endpoint) -> None:
     addressed); half of one goes first."""
     with engine.h.sandbox_kernel.open(c.netns) as sandbox:
         cont: Any = sandbox.ipr
-        if links.observe_link(engine.host, e.host_ifname) is None:
+        if e.host_ifname.startswith(names.MACVLAN_PREFIX):
+            engine.h.driver(engine.h.network(e.network_id)).detach(e)  # made anew below
+        elif links.observe_link(engine.host, e.host_ifname) is None:
             links.delete_link(cont, e.ifname)
         elif links.observe_link(cont, e.ifname) is None:
             links.delete_link(engine.host, e.host_ifname)
