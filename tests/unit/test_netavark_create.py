@@ -159,7 +159,7 @@ def test_completed(network: dict[str, Any], used: dict[str, Any], options: dict[
                   "route_type": "blackhole"}]}, {}, {},
      "route 10.89.0.0/24 must not have a gateway for type blackhole"),
     # portway's own limits, at once rather than at the first setup
-    ({"driver": "macvlan"}, {}, {}, "driver 'macvlan' is not supported"),
+    ({"driver": "vxlan"}, {}, {}, "driver 'vxlan' is not supported"),
     ({"options": {"vrf": "blue"}}, {}, {}, "no VRF support"),
     ({"subnets": [{"subnet": "198.51.100.0/25"}]}, {}, {},
      "subnet 198.51.100.0/25 is already used on the host or by another config"),

@@ -29,7 +29,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from portway.core import validate
+from portway.core import macvlan, validate
 from portway.core.firewall import VETH_PATTERN
 from portway.core.names import UNCHECKED_VETH_PREFIX
 from portway.errors import InvalidInput
@@ -74,6 +74,10 @@ class NetworkInfo:
     # ipam_options.driver: host-local (Podman's addresses), none (no address at all:
     # subnets is empty) or dhcp (leases from netavark's DHCP proxy)
     ipam: str = "host-local"
+    # "bridge" or "macvlan" (then bridge is the parent interface, "" for the host's
+    # default-route interface, and macvlan_mode its mode)
+    driver: str = "bridge"
+    macvlan_mode: str = ""
 
 
 @dataclass(frozen=True)
@@ -285,9 +289,11 @@ def dhcp_unavailable(reason: str) -> InvalidInput:
 def _network_info(name: str, data: Any) -> NetworkInfo:
     d = _obj(data, f"network_info.{name}")
     driver = _str(d, "driver", f"network_info.{name}", "bridge")
+    if driver in (macvlan.DRIVER, "ipvlan"):
+        return _vlan_info(name, d, driver)
     if driver != "bridge":
         raise InvalidInput(f"network {name}: driver {driver!r} is not supported",
-                           "portway networks containers with bridges only")
+                           "portway networks containers with bridges and macvlan only")
     nid = _str(d, "id", f"network_info.{name}")
     if not HEX64.fullmatch(nid):
         raise _bad(f"network_info.{name}.id must be 64 hex digits")
@@ -325,6 +331,59 @@ def _network_info(name: str, data: Any) -> NetworkInfo:
                            [str(s) for s in servers])))
 
 
+def parse_int(name: str, text: str) -> int:
+    """A signed 32-bit option (netavark's bclim), as Rust parses an i32."""
+    negative = text.startswith("-")
+    value = parse_uint(name, text[1:] if negative else text, 31)
+    return -value if negative else value
+
+
+def _vlan_info(name: str, d: dict[str, Any], driver: str) -> NetworkInfo:
+    """A macvlan (or ipvlan) network as netavark's vlan driver reads it: the parent in
+    network_interface (none: the host's default-route interface), its options (mode,
+    mtu, metric: 99 by default, no_default_route, bclim; others ignored, as netavark's
+    setup ignores them), no DNS (netavark serves none there), no firewall."""
+    nid = _str(d, "id", f"network_info.{name}")
+    if not HEX64.fullmatch(nid):
+        raise _bad(f"network_info.{name}.id must be 64 hex digits")
+    parent = _str(d, "network_interface", f"network_info.{name}", "") \
+        if d.get("network_interface") is not None else ""
+    if parent:
+        validate.check_ifname("network_interface", parent)
+    ipam_options = d.get("ipam_options") or {}
+    if not isinstance(ipam_options, dict):
+        raise _bad(f"network_info.{name}.ipam_options must be an object")
+    ipam_driver = str(ipam_options.get("driver") or "host-local")
+    if ipam_driver not in ("host-local", "none", "dhcp"):
+        raise _error(f"unsupported ipam driver {ipam_driver}")
+    options = d.get("options") or {}
+    if not isinstance(options, dict) or not all(isinstance(v, str) for v in options.values()):
+        raise _bad(f"network_info.{name}.options must map names to strings")
+    mtu = parse_uint("mtu", options["mtu"]) if "mtu" in options else 0
+    if mtu and not 68 <= mtu <= 65535:
+        raise _bad(f"network_info.{name}.options.mtu must be a number from 68 to 65535")
+    metric = parse_uint("metric", options["metric"]) if "metric" in options \
+        else macvlan.DEFAULT_METRIC
+    no_default_route = parse_bool("no_default_route", options["no_default_route"]) \
+        if "no_default_route" in options else False
+    bclim = parse_int("bclim", options["bclim"]) if "bclim" in options else None
+    subnets = _subnets(name, d.get("subnets")) if ipam_driver == "host-local" else []
+    if driver == "ipvlan":
+        macvlan.ipvlan_mode(options.get("mode"))
+        raise InvalidInput(*macvlan.NO_IPVLAN)
+    mode = macvlan.macvlan_mode(options.get("mode"))
+    if bclim is not None:
+        raise InvalidInput(f"network {name}: bclim {bclim}: portway cannot set a macvlan "
+                           "device's broadcast cutoff yet", "remove the bclim option "
+                           "from the network")
+    return NetworkInfo(name=name, id=nid, bridge=parent, subnets=tuple(subnets),
+                       internal=bool(d.get("internal")), dns_enabled=False, mtu=mtu,
+                       options={str(k): v for k, v in options.items()},
+                       routes=parse_routes(d.get("routes"), f"network_info.{name}"),
+                       metric=metric, no_default_route=no_default_route, ipam=ipam_driver,
+                       driver=driver, macvlan_mode=mode)
+
+
 def _attachment(name: str, data: Any, info: NetworkInfo,
                 warnings: list[str]) -> Attachment:
     d = _obj(data, f"networks.{name}")
@@ -356,7 +415,8 @@ def _attachment(name: str, data: Any, info: NetworkInfo,
     per = d.get("options") or {}
     if not isinstance(per, dict) or not all(isinstance(v, str) for v in per.values()):
         raise _bad(f"networks.{name}.options must map names to strings")
-    host_ifname = per.get("host_interface_name") or None
+    # A macvlan device has no host end to name (netavark ignores the option there).
+    host_ifname = per.get("host_interface_name") or None if info.driver == "bridge" else None
     if host_ifname is not None:
         validate.check_ifname("host_interface_name", host_ifname)
         # The anti-spoofing checks select container ports by their prefix: a port
@@ -494,6 +554,8 @@ def parse_options(data: Any) -> Options:
     if not isinstance(dns, list):
         raise _bad("dns_servers must be a list")
     ports = _ports(d.get("port_mappings"))
+    if ports and attachments and infos[attachments[0].network].driver == macvlan.DRIVER:
+        ports = ()  # netavark's macvlan driver publishes nothing (it sets no firewall)
     if ports and attachments and not infos[attachments[0].network].subnets:
         # netavark forwards nothing then (it has no container address to forward to).
         raise InvalidInput(f"network {attachments[0].network} has no IPAM (ipam driver "

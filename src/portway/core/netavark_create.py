@@ -11,7 +11,8 @@ DNS), the ipam driver, the creation time.
 
 The checks are netavark's, in its order and with its wording (callers match it); on
 top, what portway's setup would refuse anyway is refused here, at once: drivers but
-bridge, the dhcp ipam driver, vlan and vrf, two subnets of one family. The none ipam
+bridge and macvlan (ipvlan is parsed, then refused: this kernel has none), the dhcp
+ipam driver, vlan and vrf, two subnets of one family. The none ipam
 driver gives a network without subnets, and without DNS (nothing to serve it on).
 """
 
@@ -22,6 +23,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from portway.core import macvlan
 from portway.core import netavark as contract
 from portway.core.ipam import find_overlap, pool_candidates
 from portway.errors import InvalidInput
@@ -116,10 +118,13 @@ def _pick_v4(pools: list[tuple[str, int]], taken: Taken) -> IPNetwork:
 
 
 def complete(config: Any, taken: Taken, interface_taken: Callable[[str], bool],
-             pick_v6: Callable[[Taken], IPNetwork], created: str) -> dict[str, Any]:
+             pick_v6: Callable[[Taken], IPNetwork], created: str,
+             link_exists: Callable[[str], bool] | None = None) -> dict[str, Any]:
     """The completed network. taken: what portway and the host already use (always
-    avoided: setup would refuse an overlap); interface_taken: whether a link of that
-    name exists; pick_v6: a free IPv6 /64."""
+    avoided: setup would refuse an overlap); interface_taken: whether a link or a
+    network's bridge of that name exists; pick_v6: a free IPv6 /64; link_exists: whether
+    the host has a link of that name (a macvlan network's parent; default:
+    interface_taken)."""
     if not isinstance(config, dict) or not isinstance(config.get("network"), dict):
         raise InvalidInput("invalid input for create: no network object",
                            'pass {"network": {...}, "used": {...}, "options": {...}}')
@@ -143,9 +148,12 @@ def complete(config: Any, taken: Taken, interface_taken: Callable[[str], bool],
     if ipam_driver not in ("", "host-local", "dhcp", "none"):
         raise _error(f"Unsupported ipam driver: {ipam_driver}")
     driver = str(net.get("driver") or "bridge")
+    if driver in (macvlan.DRIVER, "ipvlan"):
+        return _complete_vlan(net, driver, ipam_options, subnets, taken,
+                              link_exists or interface_taken, created)
     if driver != "bridge":
         raise InvalidInput(f"driver {driver!r} is not supported",
-                           "portway networks containers with bridges only")
+                           "portway networks containers with bridges and macvlan only")
     if ipam_driver == "dhcp":
         raise InvalidInput("the dhcp ipam driver is not supported by portway",
                            "give the network a subnet, or none to get a free one")
@@ -245,6 +253,96 @@ def complete(config: Any, taken: Taken, interface_taken: Callable[[str], bool],
     net.update(created=created, driver="bridge", options=options or None,
                ipam_options=ipam_options, dns_enabled=bool(net.get("dns_enabled")),
                internal=bool(net.get("internal")),
+               ipv6_enabled=bool(net.get("ipv6_enabled")))
+    return {k: net[k] for k in FIELDS if net.get(k) is not None}
+
+
+def _complete_vlan(net: dict[str, Any], driver: str, ipam_options: dict[str, Any],
+                   subnets: list[dict[str, Any]], taken: Taken,
+                   link_exists: Callable[[str], bool], created: str) -> dict[str, Any]:
+    """netavark's create_ipvlan_macvlan, then the subnets' checks: a parent that exists
+    (none: the default-route interface at setup), DNS off, the ipam driver from the
+    subnets (none given: dhcp, which portway's setup cannot serve yet, so refused here),
+    the options netavark knows for it, checked. ipvlan: all of that, then refused (this
+    kernel has none)."""
+    parent = net.get("network_interface")
+    if parent and not link_exists(str(parent)):
+        raise _error(f"parent interface {parent} does not exist")
+    net["dns_enabled"] = False  # netavark: "makes little sense to support with macvlan"
+    ipam_driver = str(ipam_options.get("driver") or "")
+    if ipam_driver == "":
+        ipam_driver = "host-local" if subnets else "dhcp"
+        if ipam_driver == "dhcp" and driver == "ipvlan":
+            raise _error("ipam driver dhcp is not supported with ipvlan")
+    elif ipam_driver == "host-local" and not subnets:
+        raise _error(f"{driver} driver needs at least one subnet specified when the "
+                     "host-local ipam driver is set")
+    elif ipam_driver == "dhcp":
+        if driver == "ipvlan":
+            raise _error("ipam driver dhcp is not supported with ipvlan")
+        if subnets:
+            raise _error("ipam driver dhcp set but subnets are set")
+    ipam_options["driver"] = ipam_driver
+    options = {str(k): str(v) for k, v in (net.get("options") or {}).items()}
+    unknown = next((k for k in options if k not in macvlan.NETAVARK_OPTIONS), None)
+    if unknown is not None:
+        raise _error(f"unsupported vlan network option: {unknown}")
+    for key in ("mtu", "metric"):
+        if key in options:
+            contract.parse_uint(key, options[key])
+    if "no_default_route" in options:
+        contract.parse_bool("no_default_route", options["no_default_route"])
+    if "bclim" in options:
+        contract.parse_int("bclim", options["bclim"])
+    if "mode" in options:
+        (macvlan.macvlan_mode if driver == macvlan.DRIVER else macvlan.ipvlan_mode)(
+            options["mode"])
+    if "bclim" in options and driver == "ipvlan":
+        raise _error("unsupported ipvlan network option bclim")
+    if driver == "ipvlan":
+        raise InvalidInput(*macvlan.NO_IPVLAN)
+    if ipam_driver == "dhcp":
+        raise InvalidInput("the dhcp ipam driver is not supported by portway yet (a "
+                           "macvlan network without subnets takes it)",
+                           "give the network a subnet: the LAN's (--subnet CIDR "
+                           "--gateway ROUTER)")
+    # validate_subnets: none twice, none overlapping, gateways inside; a macvlan
+    # network's subnet is its LAN's (which the host may be on): only portway's own
+    # networks are in its way.
+    nets = [_net(s.get("subnet")) for s in subnets]
+    for i, a in enumerate(nets):
+        for b in nets[i + 1:]:
+            if a == b:
+                raise _error(f"duplicate subnet defined: {a}")
+            if _overlaps(a, b):
+                raise _error(f"overlapping subnets: {a} and {b}")
+    add_gateway = not net.get("internal")
+    out_subnets: list[dict[str, Any]] = []
+    for entry, subnet in zip(subnets, nets, strict=True):
+        holder = find_overlap(subnet, [t for t in taken if t[1].startswith("network ")])
+        if holder is not None:
+            raise _error(f"subnet {subnet} is already used on the host or by another "
+                         f"config ({holder})")
+        if any(s.version == subnet.version for s in nets if s is not subnet):
+            raise InvalidInput(f"more than one IPv{subnet.version} subnet",
+                               "portway gives a network one subnet of each family")
+        done: dict[str, Any] = {}
+        if entry.get("gateway"):
+            gateway = _addr(entry["gateway"])
+            if gateway not in subnet:
+                raise _error(f"gateway {gateway} not in subnet {subnet}")
+            done["gateway"] = str(gateway)
+        elif add_gateway:
+            done["gateway"] = _first_ip(subnet)
+        done["subnet"] = str(subnet)
+        out_subnets.append(done)
+    net["subnets"] = out_subnets
+    if any(s.version == 6 for s in nets):
+        net["ipv6_enabled"] = True
+    if net.get("routes") is not None:
+        net["routes"] = _routes(net["routes"])
+    net.update(created=created, driver=driver, options=options or None,
+               ipam_options=ipam_options, internal=bool(net.get("internal")),
                ipv6_enabled=bool(net.get("ipv6_enabled")))
     return {k: net[k] for k in FIELDS if net.get(k) is not None}
 

@@ -16,7 +16,7 @@ import socket
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from portway.core import ipam
+from portway.core import ipam, macvlan, names
 from portway.core import netavark as contract
 from portway.core.firewall import PODMAN_LABEL
 from portway.engine.containers import Attachment
@@ -32,6 +32,8 @@ LABEL = PODMAN_LABEL  # on the networks portway made from Podman's definitions
 
 def _network(engine: Engine, info: contract.NetworkInfo) -> Network:
     """portway's network for Podman's definition: the existing one, or a new one."""
+    if info.driver == macvlan.DRIVER:
+        return _macvlan_network(engine, info)
     net = next((n for n in engine.store.networks() if n.name == info.name), None)
     if net is not None:
         if (net.id, [(s.subnet, s.gateway) for s in net.subnets], net.bridge) != \
@@ -83,6 +85,35 @@ def _network(engine: Engine, info: contract.NetworkInfo) -> Network:
                       created=now())
     engine.networks.install(network)
     engine.containers.publish_dns()  # the DNS server listens on the new gateways too
+    return network
+
+
+def _macvlan_network(engine: Engine, info: contract.NetworkInfo) -> Network:
+    """A macvlan network: its parent in the options (as a CLI one's), nothing of the
+    host's made; the parent checked first, with netavark's words (its setup looks the
+    parent up by name, or takes the first default route's interface)."""
+    options = {**contract.network_options(info), macvlan.PARENT_OPTION: info.bridge,
+               macvlan.MODE_OPTION: info.macvlan_mode}
+    net = next((n for n in engine.store.networks() if n.name == info.name), None)
+    if net is not None:
+        if (net.id, net.driver, [(s.subnet, s.gateway) for s in net.subnets],
+                macvlan.parent(net)) != (info.id, macvlan.DRIVER,
+                                         [(s.subnet, s.gateway) for s in info.subnets],
+                                         info.bridge):
+            raise Conflict(f"network {info.name} exists with another definition "
+                           f"({net.driver}, {', '.join(str(s.subnet) for s in net.subnets)})",
+                           "remove the old one (portway network rm) or rename the new one")
+        return net
+    if info.bridge and not engine.facts.link_exists(info.bridge):
+        raise NotFound("Netlink error: No such device (os error 19)",
+                       f"the parent interface {info.bridge} is not on the host: give the "
+                       "network an existing one (podman network create -o parent=IF)")
+    network = Network(id=info.id, name=info.name, subnets=info.subnets,
+                      bridge=names.bridge_name(info.id), driver=macvlan.DRIVER,
+                      internal=info.internal, mtu=info.mtu, options=options,
+                      labels={LABEL: "true"}, created=now())
+    engine.driver(network).validate(network)  # none given: a default route's interface
+    engine.networks.install(network)
     return network
 
 
@@ -177,8 +208,11 @@ def _setup(engine: Engine, netns_path: str, opts: contract.Options,
                    aliases=tuple(a.aliases), ifname=a.ifname, mac=a.static_mac,
                    host_ifname=a.host_ifname, **_routing(opts.networks[a.network]))
         for a in opts.attachments], new=existing is None)
+    # netavark's macvlan driver answers no DNS servers at all (not even the container's).
     return {a.network: contract.status_block(opts.networks[a.network], e.ifname, e.mac,
-                                             e.addresses, opts.dns_servers,
+                                             e.addresses, opts.dns_servers
+                                             if opts.networks[a.network].driver == "bridge"
+                                             else (),
                                              contract.dns_addresses(nets[a.network]))
             for a, e in zip(opts.attachments, endpoints, strict=True)}
 
@@ -236,7 +270,7 @@ def create(engine: Engine, options: Any) -> dict[str, Any]:
             options, taken,
             lambda name: name in bridges or engine.facts.link_exists(name),
             lambda avoid: ipam.pick_subnet6(avoid, engine.networks.ula_global_id()),
-            now())
+            now(), engine.facts.link_exists)
 
 
 def update(engine: Engine, network: str, dns_servers: list[str]) -> dict[str, Any]:

@@ -76,8 +76,11 @@ def ensure_macvlan(host: IPRoute, cont: IPRoute, netns_fd: int, netns_path: str,
                           "macvlan network is not on the host",
                           "create it, or give the network another parent")
     args: dict[str, object] = {"ifname": spec.tmp_name, "kind": "macvlan", "link": parent,
-                               "macvlan_mode": spec.mode, "net_ns_fd": netns_fd,
-                               "address": spec.mac}
+                               "macvlan_mode": spec.mode, "net_ns_fd": netns_fd}
+    if spec.mode != "passthru":
+        # passthru: the device is the parent's only one and has its MAC (setting one
+        # would change the parent's).
+        args["address"] = spec.mac
     if spec.mtu:
         args["mtu"] = spec.mtu
     try:
@@ -95,8 +98,12 @@ def ensure_macvlan(host: IPRoute, cont: IPRoute, netns_fd: int, netns_path: str,
     try:
         _set_up(cont, netns_path, spec)
     except BaseException:
-        for name in (spec.tmp_name, spec.ifname):
-            _delete_tagged(cont, name, spec.tag)
+        # Under its temporary name (this endpoint's: made just now), or renamed and
+        # tagged.
+        tmp = links.observe_link(cont, spec.tmp_name)
+        if tmp is not None and tmp.kind == "macvlan":
+            links.delete_link(cont, spec.tmp_name)
+        _delete_tagged(cont, spec.ifname, spec.tag)
         raise
 
 
@@ -113,9 +120,8 @@ def _set_up(cont: IPRoute, netns_path: str, spec: MacvlanSpec) -> None:
                               "already", "give the network another interface name") \
                 from None
         raise _error(what, exc) from None
-    if any(a.version == 6 for a in spec.addresses):
-        # Addresses only as given: none from the LAN's router advertisements.
-        netns.in_netns(netns_path, lambda: _autoconf_off(spec.ifname))
+    # Addresses only as given: none from the LAN's router advertisements.
+    netns.in_netns(netns_path, lambda: _autoconf_off(spec.ifname))
     try:
         for a in spec.addresses:
             cont.addr("add", index=link.index, address=str(a.ip),
