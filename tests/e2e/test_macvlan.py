@@ -128,6 +128,15 @@ def test_containers_on_the_lan_in_bridge_mode(sandbox: Sandbox, lan: str) -> Non
     tables = sh("ip", "netns", "exec", sb.host, "nft", "-j", "list", "tables").stdout
     assert "portway" not in tables
 
+    # show and graph: the parent where a bridge would be, each container's device on it.
+    show = sb.pw("show").stdout
+    assert "macvlan on parent lan0 #" in show and "mode bridge" in show
+    assert "MISSING" not in show and "missing or miswired" not in show
+    lines = {line.split()[0]: line for line in show.splitlines() if line.strip()}
+    assert f"{LAN}.64" in lines["a"] and "eth0 #" in lines["a"] and a in lines["a"]
+    dot = sb.pw("graph").stdout
+    assert "macvlan network pub (bridge)" in dot and dot.count('label="macvlan"') == 2
+
     sb.pw("rm", "-f", "a", "b")
     sb.pw("network", "rm", "pub")
     assert sorted(sb.links()) == ["lan0", "lo", "uplink0"]

@@ -65,12 +65,45 @@ def vxlan_text(vx: dict[str, Any], bridge: str) -> tuple[list[str], bool]:
     return lines, bad
 
 
+def macvlan_text(net: dict[str, Any]) -> tuple[list[str], bool]:
+    """A macvlan network: its parent on the host, and each container's macvlan device
+    of it (lines, and whether anything is missing)."""
+    parent = net["Bridge"]
+    bad = not parent["Present"]
+    where = f"{parent['Name']} #{parent['Index']}" if parent["Present"] else \
+        f"{parent['Expected']} MISSING"
+    subnet, gateway = subnets(net)
+    addressing = f"{subnet}  gateway {gateway} (on the LAN)" if subnet else \
+        "no IPAM: no subnet"
+    lines = ["", f"network {net['Name']}  {addressing}"
+             + (", internal" if net["Internal"] else ""),
+             f"  macvlan on parent {where}, mode {net['Mode']} (no bridge, no rules, no "
+             "names: the containers are on the parent's LAN)"]
+    rows = []
+    for m in net["Containers"]:
+        inner = m["ContainerEnd"]
+        device = f"{_end(inner, 'macvlan')} in {inner['Netns']}"
+        bad = bad or not inner["Present"]
+        rows.append([m["Name"], addresses(m), m["Mac"], device, m["Status"]])
+    if rows:
+        lines.append("  " + table(rows, ["CONTAINER", "ADDRESS", "MAC", "MACVLAN DEVICE",
+                                         "STATUS"]).replace("\n", "\n  "))
+    else:
+        lines.append("  (no containers)")
+    return lines, bad
+
+
 def show_text(topo: dict[str, Any]) -> str:
     uplinks = ", ".join(f"{u['Name']} #{u['Index']}{'' if u['Up'] else ' down'}"
                         for u in topo["HostLinks"]) or "none"
     out = [f"host namespace {topo['HostNetns']}; other interfaces: {uplinks}"]
     trouble = False
     for net in topo["Networks"]:
+        if net.get("Driver") == "macvlan":
+            text, bad = macvlan_text(net)
+            out += text
+            trouble = trouble or bad
+            continue
         bridge = net["Bridge"]
         if bridge["Present"]:
             state = "up" if bridge["Up"] else "DOWN"

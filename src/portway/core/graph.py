@@ -43,6 +43,9 @@ def to_dot(topo: dict[str, Any]) -> str:
     published: set[str] = set()
     boxes: dict[str, list[str]] = {}
     for net in topo["Networks"]:
+        if net.get("Driver") == "macvlan":
+            _macvlan(lines, boxes, ports, net)
+            continue
         br = net["Bridge"]
         color = "black" if br["Present"] else MISSING
         name = br.get("Name", br.get("Expected", ""))
@@ -116,6 +119,31 @@ def to_dot(topo: dict[str, Any]) -> str:
     lines += ports
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def _macvlan(lines: list[str], boxes: dict[str, list[str]], ports: list[str],
+             net: dict[str, Any]) -> None:
+    """A macvlan network: its parent (in the host's box, where a bridge would be), and
+    each container's macvlan device of it (in the container's box)."""
+    parent = net["Bridge"]
+    name = parent.get("Name", parent.get("Expected", ""))
+    label = f"{name}\\nmacvlan network {net['Name']} ({net['Mode']})" + "".join(
+        f"\\n{subnet} gw {gateway}" for subnet, gateway in zip(
+            net.get("Subnets") or [], net.get("Gateways") or [], strict=True))
+    if not parent["Present"]:
+        label += "\\nMISSING"
+    color = "black" if parent["Present"] else MISSING
+    lines.append(f"    {_q('br:' + net['Id'])} [label={_q(label)}, shape=box, "
+                 f'style="rounded,filled", fillcolor="#eafaf1", color={_q(color)}];')
+    for m in net["Containers"]:
+        inner = m["ContainerEnd"]
+        cid = f"end:{m['Id']}:{net['Id']}"
+        ilabel = (f"{inner['Name']} #{inner['Index']}" if inner["Present"]
+                  else "MISSING") + "".join(f"\\n{a}" for a in m.get("Addresses") or [])
+        boxes.setdefault(m["Id"], [f"{m['Name']} ({m['Status']})", inner["Netns"]])
+        boxes[m["Id"]].append(f"{_q(cid)} {_attrs(label=ilabel)};")
+        ports.append(f"  {_q('br:' + net['Id'])} -> {_q(cid)} [style=bold, "
+                     'label="macvlan"];')
 
 
 def _vxlan(lines: list[str], net: dict[str, Any]) -> list[str]:

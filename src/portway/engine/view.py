@@ -307,6 +307,7 @@ def topology(engine: Engine | Observer) -> dict[str, Any]:
             "Internal": n.internal, "Bridge": _link(host.get(n.bridge), Expected=n.bridge),
             "Containers": members,
             **({"Vxlan": _vxlan(engine, n, host, by_index)} if n.driver == "overlay" else {}),
+            **(_macvlan(engine, n, host, by_index) if n.driver == "macvlan" else {}),
         })
     others = [{"Name": c.name, "Id": c.id, "Status": c.status,
                "Mode": f"container:{containers[c.config.network_of].name}"
@@ -322,6 +323,21 @@ def topology(engine: Engine | Observer) -> dict[str, Any]:
                and link.ifname not in into_foreign]
     return {"HostNetns": engine.host_netns or "(root)", "Networks": networks,
             "Unbridged": others, "HostLinks": uplinks, "Foreign": foreign}
+
+
+def _macvlan(engine: Engine | Observer, n: Network, host: dict[str, Link],
+             by_index: dict[int, Link]) -> dict[str, Any]:
+    """A macvlan network has no bridge: its parent (none named: the interface of the
+    host's default route) stands where the bridge would, and its containers' devices
+    hang off it (their ContainerEnd)."""
+    from portway.core import macvlan
+    from portway.kernel.macvlan import default_route_interface
+
+    name = macvlan.parent(n)
+    link = host.get(name) if name else \
+        by_index.get(default_route_interface(engine.host) or 0)
+    return {"Driver": "macvlan", "Mode": macvlan.mode(n),
+            "Bridge": _link(link, Expected=name or "(default-route interface)")}
 
 
 def _vxlan(engine: Engine | Observer, n: Network, host: dict[str, Link],
