@@ -134,6 +134,10 @@ def test_containers_on_the_lan_in_bridge_mode(sandbox: Sandbox, lan: str) -> Non
     assert "MISSING" not in show and "missing or miswired" not in show
     lines = {line.split()[0]: line for line in show.splitlines() if line.strip()}
     assert f"{LAN}.64" in lines["a"] and "eth0 #" in lines["a"] and a in lines["a"]
+    # trace: out of the macvlan device onto the LAN, not a veth whose end is missing.
+    out = sb.pw("trace", "a", "b:80").stdout
+    assert "macvlan device eth0" in out and "out of the parent lan0" in out, out
+    assert "verdict: leaves-host" in out and "missing" not in out
     dot = sb.pw("graph").stdout
     assert "macvlan network pub (bridge)" in dot and dot.count('label="macvlan"') == 2
 

@@ -1018,6 +1018,8 @@ class _Walk:
             self.bridge_out(iface, nexthop, packet)
         elif iface.kind == "bridge":
             self.bridge_out_of(space, iface, nexthop, packet)
+        elif iface.kind == "macvlan":
+            self.macvlan_out(space, iface, nexthop, packet)
         elif iface.peer is not None:
             peer_space = self.world.space(iface.peer[0])
             peer = peer_space.iface(iface.peer[1])
@@ -1058,6 +1060,22 @@ class _Walk:
             self.end("leaves-host", summary, packet)
         else:
             self.end("leaves-host", f"leaves {space.label} through {iface.name}", packet)
+
+    def macvlan_out(self, space: Space, iface: Iface, nexthop: IPAddress,
+                    packet: Packet) -> None:
+        """Out of a macvlan device (a container on a macvlan network): the frame leaves by
+        the parent interface straight onto its LAN, below the host's IP stack, so no
+        route, rule or conntrack of the host's is on its way (nor, in bridge mode, for a
+        sibling on the same parent, which the parent delivers itself)."""
+        parent = iface.peer[1] if iface.peer is not None else "its parent"
+        self.hop("macvlan", f"{iface.name} -> {parent}",
+                 f"macvlan device {iface.name} #{iface.index} in {space.label}: the frame "
+                 f"to {nexthop} goes out of the parent {parent} onto its LAN, past the "
+                 "host's routes and firewall")
+        self.end("leaves-host", f"leaves through {iface.name}, a macvlan device of "
+                 f"{parent}, onto the LAN; a container on the same parent is reached there "
+                 "in bridge mode (not in private mode), the host itself never (the parent "
+                 "does not pass frames between itself and its macvlan devices)", packet)
 
     def astray(self, space: Space, iface: Iface, packet: Packet) -> tuple[str, str] | None:
         """Why a packet leaving by iface likely was not meant to, and the fix: its

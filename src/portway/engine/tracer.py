@@ -46,6 +46,15 @@ def list_ruleset_here() -> list[dict[str, Any]]:
         nft.close()
 
 
+def _macvlan_parents(engine: Any) -> dict[str, str]:
+    """network id -> the parent interface of each macvlan network (core/trace.py's
+    macvlan_out names it as the device's way out)."""
+    from portway.core import macvlan
+
+    return {n.id: macvlan.parent(n) or "the default-route interface"
+            for n in engine.store.networks() if macvlan.is_macvlan(n)}
+
+
 def _space(key: str, label: str, ipr: IPRoute | None, rules: list[dict[str, Any]],
            peers: dict[str, tuple[str, str]], own: set[int] | None = None) -> core.Space:
     """Links, addresses, routes, neighbours, sockets and sysctls of the calling thread's
@@ -292,8 +301,12 @@ def observe_world(engine: Engine | Observer
             endpoints.setdefault(e.container_id, []).append(e)
     host_peers: dict[str, tuple[str, str]] = {}
     inner_peers: dict[str, dict[str, tuple[str, str]]] = {}
+    parents = _macvlan_parents(engine)
     for key, c in containers.items():
         for e in endpoints.get(c.id, []):
+            if e.network_id in parents:  # a macvlan device: its parent, no host end
+                inner_peers.setdefault(key, {})[e.ifname] = (HOST, parents[e.network_id])
+                continue
             host_peers[e.host_ifname] = (key, e.ifname)
             inner_peers.setdefault(key, {})[e.ifname] = (HOST, e.host_ifname)
     own = engine.own_sockets()
