@@ -65,7 +65,8 @@ def network(engine: Host, n: Network) -> dict[str, Any]:
         "IPAM": {"Driver": "default", "Options": {}, "Config": configs},
         "Internal": n.internal, "Attachable": True, "Containers": containers,
         "Options": dict(n.options), "Labels": dict(n.labels),
-        "Bridge": n.bridge, "MTU": n.mtu,
+        # A macvlan network has no bridge (its parent is in Options; MTU 0: the parent's).
+        "Bridge": "" if n.driver == "macvlan" else n.bridge, "MTU": n.mtu,
     }
 
 
