@@ -34,7 +34,7 @@ CASES = [
     (["network", "create", "host"], "reserved"),
     (["network", "create", "x;nft flush ruleset"], "invalid network name"),
     (["network", "create", "../../etc"], "invalid network name"),
-    (["network", "create", "n2", "--driver", "macvlan"], "unsupported network driver"),
+    (["network", "create", "n2", "--driver", "ipvlan"], "unsupported network driver"),
     # Both families (the network six is dual stack, fd00:90::/64; test_ipv6.py has more).
     (["network", "create", "n2", "--ipv6", "--subnet", "2001:db8:51::/64"], "overlaps host"),
     (["run", "-d", "--name", "w2", "--network", "six", "--ip6", "10.94.0.9", "--", "sleep",
