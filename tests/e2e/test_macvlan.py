@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -58,7 +59,7 @@ def in_lan(lan: str, *command: str) -> subprocess.CompletedProcess[str]:
 def serve(sb: Sandbox, name: str, network: str, *flags: str) -> str:
     """A container serving HTTP on port 80; its network namespace's name."""
     sb.pw("run", "-d", "--name", name, "--network", network, *flags, "--", "python3", "-m",
-          "http.server", "--bind", "0.0.0.0", "80")
+          "http.server", "--bind", "::", "80")
     sb.pw("exec", name, "--", "python3", "-c", WAIT_LISTENING, "127.0.0.1", "80")
     return str(sb.inspect(name)["NetworkSettings"]["SandboxKey"]).rsplit("/", 1)[1]  # type: ignore[index]
 
@@ -228,3 +229,29 @@ def test_one_macvlan_network_per_parent(sandbox: Sandbox, lan: str) -> None:
                "192.168.78.0/24", "two", check=False)
     assert cp.returncode != 0
     assert "network one is already using parent interface lan0" in cp.stderr
+
+
+def test_dual_stack_on_the_lan(sandbox: Sandbox, lan: str) -> None:
+    """IPv6 too: the container's address and default route of each family, reached
+    from the LAN over IPv6 once duplicate address detection (kept: on a LAN, portway's
+    IPAM is not the only one) has passed; no address from the LAN's advertisements."""
+    sb = sandbox
+    sh("ip", "-n", lan, "addr", "add", "fd77::1/64", "dev", "eth0", "nodad")
+    sb.pw("network", "create", "-d", "macvlan", "-o", "parent=lan0", "--ipv6", "--subnet",
+          f"{LAN}.0/24", "--gateway", f"{LAN}.1", "--subnet", "fd77::/64", "--gateway",
+          "fd77::1", "pub")
+    ns = serve(sb, "web", "pub", "--ip6", "fd77::50")
+    (default,) = ip_json(ns, "-6", "route", "show", "default")
+    assert (default["gateway"], default["dev"]) == ("fd77::1", "eth0")
+    assert sh("ip", "netns", "exec", ns, "cat",
+              "/proc/sys/net/ipv6/conf/eth0/autoconf").stdout.strip() == "0"
+    for _ in range(50):
+        addrs = ip_json(ns, "-6", "addr", "show", "eth0")[0]["addr_info"]
+        if not any(a.get("tentative") for a in addrs):  # type: ignore[union-attr]
+            break
+        time.sleep(0.1)
+    got = {a["local"] for a in addrs}  # type: ignore[union-attr,index]
+    assert "fd77::50" in got and not any(a.startswith("fd77::") and a != "fd77::50"
+                                         for a in got)
+    out = in_lan(lan, "python3", "-c", HTTP_GET, "http://[fd77::50]/").stdout.strip()
+    assert out == "200"
