@@ -181,6 +181,11 @@ def test_mtu_connect_disconnect_and_ports(sandbox: Sandbox, lan: str) -> None:
     assert "re-create endpoint" in sb.pw("gc").stdout
     assert details(ns)["linkinfo"]["info_kind"] == "macvlan"  # type: ignore[index]
     assert sb.pw("gc").stdout.startswith("nothing to repair")
+    # A stop gives the device back, a start makes it again.
+    sb.pw("stop", "-t", "1", "web")
+    sb.pw("start", "web")
+    assert details(ns)["linkinfo"]["info_kind"] == "macvlan"  # type: ignore[index]
+    assert sb.pw("gc").stdout.startswith("nothing to repair")
 
     # A container of a bridge network joins the LAN as eth1, and leaves it again.
     sb.pw("run", "-d", "--name", "app", "--network", "back", "--", "sleep", "3600")
