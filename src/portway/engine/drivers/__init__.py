@@ -2,9 +2,10 @@
 containers into it.
 
 Rule of this package: a driver owns the links of its networks (a bridge and the host
-ends of veths, for `bridge`), and nothing else: addresses are allocated by the
-endpoints service, rules rendered by the firewall, namespaces made by the sandboxes
-service. A new driver (overlay) is one new module here, registered in the Engine.
+ends of veths, for `bridge`; the containers' macvlan devices, for `macvlan`), and
+nothing else: addresses are allocated by the endpoints service, rules rendered by the
+firewall, namespaces made by the sandboxes service. A new driver (overlay, macvlan) is
+one new module here, registered in the Engine.
 """
 
 from __future__ import annotations
