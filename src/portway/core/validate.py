@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from portway.errors import InvalidInput
 from portway.model.types import IPAddress, IPNetwork
@@ -232,49 +230,65 @@ class SubnetRequest:
 def plan_subnets(subnets: list[str], gateways: list[str], ip_ranges: list[str],
                  ipv4: bool = True, ipv6: bool = False,
                  aux_addresses: list[str] | None = None) -> list[SubnetRequest]:
-    """Docker's --subnet/--gateway/--ip-range/--aux-address (each repeatable, matched by
-    family and containment), --ipv4 and --ipv6, checked together: one request per family
-    the network has, IPv4 first."""
+    """Docker's --subnet/--gateway/--ip-range/--aux-address (each repeatable), --ipv4
+    and --ipv6, checked together: any number of subnets per family, none overlapping
+    another; each --gateway, --ip-range and --aux-address goes with the subnet that
+    contains it. One request per subnet given, and one (subnet None: pick a free one)
+    per family the network has but no subnet was given for; IPv4 first, each family's
+    in the order given."""
     parsed = [parse_subnet(s) for s in subnets]
-    families = [n.version for n in parsed]
-    for family in set(families):
-        if families.count(family) > 1:
-            raise InvalidInput(f"more than one IPv{family} --subnet",
-                               "give at most one subnet of each family")
     if not ipv4 and not ipv6:
         raise InvalidInput("--ipv4=false needs --ipv6", "a network needs a family: add --ipv6")
-    for net in parsed:
+    for i, net in enumerate(parsed):
         if net.version == 6 and not ipv6:
             raise InvalidInput(f"--subnet {net} is IPv6 but the network is not",
                                "add --ipv6")
         if net.version == 4 and not ipv4:
             raise InvalidInput(f"--subnet {net} is IPv4 but the network is --ipv4=false",
                                "drop --ipv4=false, or the IPv4 subnet")
-    by_version: dict[int, IPNetwork] = {n.version: n for n in parsed}
+        for other in parsed[:i]:
+            if other.version == net.version and net.overlaps(other):
+                what = "is given twice" if net == other else f"overlaps --subnet {other}"
+                raise InvalidInput(f"--subnet {net} {what}",
+                                   "give each subnet once, none overlapping another")
+    parsed.sort(key=lambda n: n.version)  # stable: each family's in the order given
 
-    def place(what: str, text: str, parse: Callable[[str], Any]) -> tuple[int, Any]:
-        value = parse(text)
-        version: int = value.version
-        if version not in by_version:
-            raise InvalidInput(f"{what} {value} has no IPv{version} --subnet to belong to",
-                               f"give the IPv{version} subnet it belongs to")
-        return version, value
+    def owner(what: str, value: IPAddress | IPNetwork) -> IPNetwork:
+        """The subnet a --gateway, --ip-range or --aux-address belongs to."""
+        mine = [n for n in parsed if n.version == value.version]
+        if not mine:
+            raise InvalidInput(f"{what} {value} has no IPv{value.version} --subnet to "
+                               "belong to", f"give the IPv{value.version} subnet it belongs to")
+        for net in mine:
+            inside = value.subnet_of(net) if isinstance(  # type: ignore[arg-type]
+                value, (ipaddress.IPv4Network, ipaddress.IPv6Network)) else value in net
+            if inside:
+                return net
+        where = ", ".join(map(str, mine))
+        verb = "is not inside" if isinstance(value, (ipaddress.IPv4Network,
+                                                     ipaddress.IPv6Network)) else \
+            "is outside"
+        raise InvalidInput(f"{what} {value} {verb} " +
+                           (f"the subnet {where}" if len(mine) == 1 else
+                            f"each of the subnets {where}"),
+                           f"give one inside the IPv{value.version} --subnet it goes with")
 
-    gw: dict[int, IPAddress] = {}
+    gw: dict[IPNetwork, IPAddress] = {}
     for text in gateways:
-        version, address = place("--gateway", text, lambda t: parse_address("gateway", t))
-        if version in gw:
-            raise InvalidInput(f"more than one IPv{version} --gateway",
+        address = parse_address("gateway", text)
+        net = owner("--gateway", address)
+        if net in gw:
+            raise InvalidInput(f"more than one --gateway for subnet {net}",
                                "give one gateway per subnet")
-        gw[version] = check_host_address("gateway", address, by_version[version])
-    rng: dict[int, IPNetwork] = {}
+        gw[net] = check_host_address("gateway", address, net)
+    rng: dict[IPNetwork, IPNetwork] = {}
     for text in ip_ranges:
-        version, net = place("--ip-range", text, lambda t: _any_network("--ip-range", t))
-        if version in rng:
-            raise InvalidInput(f"more than one IPv{version} --ip-range",
+        net = owner("--ip-range", _any_network("--ip-range", text))
+        if net in rng:
+            raise InvalidInput(f"more than one --ip-range for subnet {net}",
                                "give one range per subnet")
-        rng[version] = parse_ip_range(text, by_version[version])
-    aux: dict[int, dict[str, IPAddress]] = {}
+        rng[net] = parse_ip_range(text, net)
+    aux: dict[IPNetwork, dict[str, IPAddress]] = {}
     names: set[str] = set()
     for text in aux_addresses or []:
         name, sep, value = text.partition("=")
@@ -284,22 +298,25 @@ def plan_subnets(subnets: list[str], gateways: list[str], ip_ranges: list[str],
             raise InvalidInput(f"--aux-address {name} is given twice", "give each name once")
         names.add(name)
         address = parse_address("--aux-address", value)
-        subnet = by_version.get(address.version)
-        if subnet is None or address not in subnet:
+        subnet = next((n for n in parsed if address.version == n.version and address in n),
+                      None)
+        if subnet is None:
             raise InvalidInput(f"--aux-address {name}={address} is in no --subnet of the "
                                "network", "give the --subnet it belongs to")
         check_host_address(f"--aux-address {name}", address, subnet)
-        if address == gw.get(address.version, subnet.network_address + 1):
+        if address == gw.get(subnet, subnet.network_address + 1):
             raise InvalidInput(f"--aux-address {name}={address} is the network's gateway",
                                "give another address")
-        if address in aux.get(address.version, {}).values():
+        if address in aux.get(subnet, {}).values():
             raise InvalidInput(f"--aux-address {address} is given twice",
                                "give each address once")
-        aux.setdefault(address.version, {})[name] = address
+        aux.setdefault(subnet, {})[name] = address
     wanted = ([4] if ipv4 else []) + ([6] if ipv6 else [])
-    return [SubnetRequest(version=v, subnet=by_version.get(v), gateway=gw.get(v),
-                          ip_range=rng.get(v), aux_addresses=tuple(aux.get(v, {}).items()))
-            for v in wanted]
+    plan = [SubnetRequest(version=n.version, subnet=n, gateway=gw.get(n), ip_range=rng.get(n),
+                          aux_addresses=tuple(aux.get(n, {}).items())) for n in parsed]
+    plan += [SubnetRequest(version=v) for v in wanted if all(n.version != v for n in parsed)]
+    plan.sort(key=lambda r: r.version)
+    return plan
 
 
 def _any_network(what: str, text: str) -> IPNetwork:

@@ -24,7 +24,15 @@ from portway.core.overlay import NO_CLUSTER
 from portway.engine.drivers import Sandbox
 from portway.engine.drivers.bridge import BridgeDriver
 from portway.errors import Conflict, InvalidInput, PortwayError
-from portway.model.types import Container, Endpoint, IPAddress, IPInterface, Network, Route
+from portway.model.types import (
+    Container,
+    Endpoint,
+    IPAddress,
+    IPInterface,
+    IPNetwork,
+    Network,
+    Route,
+)
 
 if TYPE_CHECKING:
     from portway.engine.context import Host
@@ -34,32 +42,51 @@ if TYPE_CHECKING:
 class Endpoints:
     def __init__(self, host: Host) -> None:
         self.h = host
-        # (network id, family) -> the lowest address that may be free
-        self._hint: dict[tuple[str, int], int] = {}
+        # (network id, subnet) -> the lowest address that may be free
+        self._hint: dict[tuple[str, IPNetwork], int] = {}
 
     def requested(self, container: Container, net: Network, ips: list[str]
                   ) -> tuple[ipaddress.IPv4Address | None, ipaddress.IPv6Address | None]:
-        """The addresses asked for on net (at most one per family), checked: of a family
-        the network has, in its subnet, not its gateway, neither held nor reserved by
-        another container (container's own reservation is its to use)."""
+        """The addresses asked for on net (at most one per family: Docker's --ip and
+        --ip6), checked as _checked does."""
+        asked = {a.version: a for a in self._checked(container, net, ips).values()}
+        v4, v6 = asked.get(4), asked.get(6)
+        return (v4 if isinstance(v4, ipaddress.IPv4Address) else None,
+                v6 if isinstance(v6, ipaddress.IPv6Address) else None)
+
+    def _checked(self, container: Container, net: Network, ips: list[str],
+                 each_subnet: bool = False) -> dict[int, IPAddress]:
+        """The addresses asked for on net, by the index of the subnet each is in: at most
+        one per family (Docker), or with each_subnet one per subnet (Podman's
+        static_ips); each of a family the network has, in one of its subnets, not its
+        gateway or an auxiliary address, neither held nor reserved by another container
+        (container's own reservation is its to use)."""
         store = self.h.store
         asked: dict[int, IPAddress] = {}
+        families: set[int] = set()
         for text in ips:
             address = validate.parse_address("--ip" if ":" not in text else "--ip6", text)
             flag = "--ip" if address.version == 4 else "--ip6"
-            if address.version in asked:
+            if address.version in families and not each_subnet:
                 raise InvalidInput(f"two {flag} addresses for network {net.name}",
                                    "give one address per family")
-            if net.of_version(address.version) is None:
+            families.add(address.version)
+            mine = [i for i, s in enumerate(net.subnets) if s.version == address.version]
+            if not mine:
                 raise InvalidInput(f"{flag} {address}: network {net.name} has no "
                                    f"IPv{address.version} subnet",
                                    f"drop {flag}, or use a network with IPv{address.version}")
-            asked[address.version] = address
-        for sub in net.subnets:
-            if sub.version not in asked:
-                continue
-            flag = "--ip" if sub.version == 4 else "--ip6"
-            address = validate.check_host_address(flag, asked[sub.version], sub.subnet)
+            index = next((i for i in mine if address in net.subnets[i].subnet), mine[0])
+            sub = net.subnets[index]
+            if len(mine) > 1 and address not in sub.subnet:
+                where = ", ".join(str(net.subnets[i].subnet) for i in mine)
+                raise InvalidInput(f"{flag} {address} is outside each of the subnets "
+                                   f"{where} of network {net.name}",
+                                   "pick an address in one of them")
+            validate.check_host_address(flag, address, sub.subnet)
+            if index in asked:
+                raise InvalidInput(f"two addresses in subnet {sub.subnet} for network "
+                                   f"{net.name}", "give one address per subnet")
             if address == sub.gateway:
                 raise Conflict(f"{flag} {address} is the gateway of network {net.name}",
                                "pick another address")
@@ -74,20 +101,19 @@ class Endpoints:
                 raise Conflict(f"address {address} is already in use on network "
                                f"{net.name}" + (f" by {other.name}" if other else ""),
                                f"pick another {flag}, or omit it")
-            asked[sub.version] = address
-        v4, v6 = asked.get(4), asked.get(6)
-        return (v4 if isinstance(v4, ipaddress.IPv4Address) else None,
-                v6 if isinstance(v6, ipaddress.IPv6Address) else None)
+            asked[index] = address
+        return asked
 
     def new(self, container: Container, net: Network, index: int, ips: list[str],
             aliases: list[str], ifname: str | None = None,
             mac: str | None = None, host_ifname: str | None = None) -> Endpoint:
-        """An endpoint of container on net, an address per subnet of net (the ones
-        asked for in ips, at most one per family, or the lowest free ones) reserved in
-        the store (in the caller's transaction)."""
+        """An endpoint of container on net with its addresses reserved in the store (in
+        the caller's transaction): on a Podman network one in each subnet, as netavark
+        gives; on others one per family, as Docker gives (the one asked for in ips, else
+        the lowest free one of the family's first subnet that has one)."""
         store = self.h.store
-        asked: dict[int, IPAddress] = {a.version: a for a in self.requested(container, net, ips)
-                                       if a is not None}
+        each_subnet = net.labels.get(firewall.PODMAN_LABEL) == "true"
+        asked = self._checked(container, net, ips, each_subnet)
         cluster = self.h.cluster if net.driver == "overlay" else None
         if net.driver == "overlay" and cluster is None:
             raise InvalidInput(*NO_CLUSTER)
@@ -100,7 +126,7 @@ class Endpoints:
                 (cluster is not None and cluster.address_taken(net.id, a))
 
         for _ in range(64):
-            addresses = self._allocate(net, asked, in_use)
+            addresses = self._allocate(net, asked, in_use, each_subnet)
             endpoint = self._endpoint(container, net, index, addresses, asked, aliases,
                                       ifname, mac, host_ifname)
             if cluster is None:
@@ -119,19 +145,33 @@ class Endpoints:
         return endpoint
 
     def _allocate(self, net: Network, asked: dict[int, IPAddress],
-                  in_use: Callable[[IPAddress], bool]) -> list[IPInterface]:
+                  in_use: Callable[[IPAddress], bool],
+                  each_subnet: bool = False) -> list[IPInterface]:
+        """The addresses of a new endpoint: asked holds the ones asked for, by subnet
+        index. One per subnet (each_subnet), or one per family: the asked one's subnet,
+        else the first subnet of the family with a free address."""
         addresses: list[IPInterface] = []
-        for sub in net.subnets:
-            aux = {a: n for n, a in sub.aux_addresses}
-            if sub.version in asked:
-                address: IPAddress = asked[sub.version]
+        done: set[int] = {net.subnets[i].version for i in asked} if not each_subnet else set()
+        for i, sub in enumerate(net.subnets):
+            if i in asked:
+                address: IPAddress = asked[i]
+            elif sub.version in done:
+                continue
             else:
-                key = (net.id, sub.version)
-                address = ipam.first_free(
-                    sub.subnet, sub.gateway,
-                    lambda a: a in aux or in_use(a),  # noqa: B023
-                    sub.ip_range, self._hint.get(key, 0))
+                aux = {a: n for n, a in sub.aux_addresses}
+                key = (net.id, sub.subnet)
+                try:
+                    address = ipam.first_free(
+                        sub.subnet, sub.gateway,
+                        lambda a: a in aux or in_use(a),  # noqa: B023
+                        sub.ip_range, self._hint.get(key, 0))
+                except Conflict:
+                    if not each_subnet and any(s.version == sub.version
+                                               for s in net.subnets[i + 1:]):
+                        continue  # the family's next subnet may have one
+                    raise
                 self._hint[key] = int(address) + 1
+            done.add(sub.version)
             addresses.append(ipaddress.ip_interface((address, sub.subnet.prefixlen)))
         return addresses
 
@@ -160,7 +200,7 @@ class Endpoints:
             addresses=tuple(addresses),
             mac=mac or (names.mac_for(addresses[0].ip) if addresses else names.mac_for_id(eid)),
             aliases=tuple(aliases),
-            requested=tuple(asked[v] for v in sorted(asked)))
+            requested=tuple(sorted(asked.values(), key=lambda a: a.version)))
         return endpoint
 
     def renumber(self, c: Container, old: Endpoint, net: Network,
@@ -176,7 +216,11 @@ class Endpoints:
         h = self.h
         cluster = h.cluster
         assert cluster is not None
-        keep: dict[int, IPAddress] = {a.version: a.ip for a in old.addresses if a.ip not in taken}
+        # The addresses kept, by the index of the subnet each is in (as _allocate takes
+        # them).
+        keep: dict[int, IPAddress] = {
+            i: a.ip for a in old.addresses if a.ip not in taken
+            for i, s in enumerate(net.subnets) if a.ip in s.subnet}
         elsewhere = set(taken)
 
         def in_use(a: IPAddress) -> bool:
@@ -248,7 +292,7 @@ class Endpoints:
                 self.h.cluster.release(shared)
         for e in endpoints:
             for a in e.addresses:
-                key = (e.network_id, a.version)
+                key = (e.network_id, a.network)
                 hint = self._hint.get(key)
                 if hint is not None and int(a.ip) < hint:
                     self._hint[key] = int(a.ip)

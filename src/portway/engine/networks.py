@@ -101,6 +101,7 @@ class Networks:
                 else:
                     net_addr = want.subnet
                     ipam.check_subnet_free(net_addr, mine)
+                taken.append((net_addr, f"network {name} itself"))
                 subnets.append(Subnet(subnet=net_addr,
                                       gateway=want.gateway or ipam.default_gateway(net_addr),
                                       ip_range=want.ip_range,

@@ -287,7 +287,7 @@ class EndpointSpec:
     ifname: str
     mac: str
     mtu: int
-    addresses: tuple[IPInterface, ...]  # one per family of the network
+    addresses: tuple[IPInterface, ...]  # one per family (Docker) or subnet (Podman)
     gateways: tuple[IPAddress, ...]  # a default route via each (none: no default route)
     bridge_index: int
     tag: str
@@ -297,6 +297,9 @@ class EndpointSpec:
     # exists (another network's) is kept, as the first network's.
     metric: int | None = None
     routes: tuple[Route, ...] = ()  # static routes, added after the default ones
+    # The network's other subnets (none of the container's addresses is in them): routes
+    # straight out of the link, so neighbours in them are reached on the bridge.
+    onlink: tuple[IPNetwork, ...] = ()
 
 
 def ensure_endpoint(host: IPRoute, cont: IPRoute, netns_fd: int, spec: EndpointSpec) -> None:
@@ -353,6 +356,8 @@ def ensure_endpoint(host: IPRoute, cont: IPRoute, netns_fd: int, spec: EndpointS
     for a in spec.addresses:
         harmless[inner.address(cidx, a.ip, a.network.prefixlen)] = errno.EEXIST
     inner.link(cidx, up=True)
+    for subnet in spec.onlink:  # before the default routes: a gateway may be in one
+        inner.onlink_route(cidx, subnet)
     for gateway in spec.gateways:
         step = inner.default_route(cidx, gateway, spec.metric, replace=spec.metric is None)
         if spec.metric is not None:

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from portway.model.types import IPAddress
+from portway.model.types import IPAddress, IPNetwork
 
 NETLINK_ROUTE = 0
 NLMSG_ERROR = 2
@@ -39,8 +39,9 @@ IFLA_LINKINFO, IFLA_IFALIAS, IFLA_AF_SPEC, IFLA_NET_NS_FD = 18, 20, 26, 28
 IFLA_INFO_KIND, IFLA_INFO_DATA, VETH_INFO_PEER = 1, 2, 1
 IFLA_INET6_ADDR_GEN_MODE, IN6_ADDR_GEN_MODE_NONE = 8, 1
 IFA_ADDRESS, IFA_LOCAL, IFA_F_NODAD = 1, 2, 0x02
-RTA_GATEWAY, RTA_OIF, RTA_PRIORITY = 5, 4, 6
+RTA_DST, RTA_GATEWAY, RTA_OIF, RTA_PRIORITY = 1, 5, 4, 6
 RT_TABLE_MAIN, RTPROT_STATIC, RT_SCOPE_UNIVERSE, RTN_UNICAST = 254, 4, 0, 1
+RT_SCOPE_LINK = 253
 NLA_F_NESTED = 0x8000
 
 _HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, seq, port id
@@ -144,6 +145,18 @@ class Batch:
             body += _u32(RTA_PRIORITY, metric)
         mode = NLM_F_REPLACE if replace else NLM_F_EXCL
         return self._add(RTM_NEWROUTE, NLM_F_CREATE | mode, body)
+
+    def onlink_route(self, index: int, subnet: IPNetwork) -> int:
+        """A route to subnet straight out of the link, no gateway (as the kernel's own
+        for an address's prefix): a subnet of the link's network the container has no
+        address in, whose neighbours are on the same bridge. One that exists is
+        replaced."""
+        family = AF_INET if subnet.version == 4 else AF_INET6
+        scope = RT_SCOPE_LINK if subnet.version == 4 else RT_SCOPE_UNIVERSE
+        body = struct.pack("=BBBBBBBBI", family, subnet.prefixlen, 0, 0, RT_TABLE_MAIN,
+                           RTPROT_STATIC, scope, RTN_UNICAST, 0) + \
+            _attr(RTA_DST, subnet.network_address.packed) + _u32(RTA_OIF, index)
+        return self._add(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, body)
 
     def send(self, sock: socket.socket) -> list[Answer]:
         """Send every message in one datagram and read every answer: one per message,

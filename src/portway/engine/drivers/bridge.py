@@ -19,7 +19,7 @@ from portway.core import firewall, names
 from portway.engine.drivers import Sandbox
 from portway.errors import KernelError, PortwayError
 from portway.kernel import links
-from portway.model.types import Endpoint, IPAddress, IPInterface, Network, Route
+from portway.model.types import Endpoint, IPAddress, IPInterface, IPNetwork, Network, Route
 
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
@@ -83,10 +83,10 @@ class BridgeDriver:
                     links.ensure_endpoint(self.host, sandbox.ipr, fd, links.EndpointSpec(
                         host_ifname=endpoint.host_ifname, ifname=endpoint.ifname,
                         mac=endpoint.mac, mtu=network.mtu, addresses=endpoint.addresses,
-                        gateways=tuple(s.gateway for s in network.subnets)
-                        if default_route else (),
+                        gateways=default_gateways(network) if default_route else (),
                         bridge_index=bridge_index, tag=self.tag("endpoint", endpoint.id),
-                        hairpin=hairpin, metric=metric, routes=routes))
+                        hairpin=hairpin, metric=metric, routes=routes,
+                        onlink=onlink_subnets(network, endpoint)))
                     return
                 except PortwayError:
                     if cached is not None and self._bridge_index(network) != cached:
@@ -127,3 +127,25 @@ class BridgeDriver:
 def gateways(network: Network) -> list[IPInterface]:
     """The bridge's addresses: each subnet's gateway, with the subnet's prefix length."""
     return [ipaddress.ip_interface((s.gateway, s.subnet.prefixlen)) for s in network.subnets]
+
+
+def default_gateways(network: Network) -> tuple[IPAddress, ...]:
+    """The gateways of a container's default routes: the first subnet's of each family
+    (as netavark routes a container of a network with several)."""
+    if len(network.subnets) < 2:
+        return tuple(s.gateway for s in network.subnets)
+    first: dict[int, IPAddress] = {}
+    for s in network.subnets:
+        first.setdefault(s.version, s.gateway)
+    return tuple(first.values())
+
+
+def onlink_subnets(network: Network, endpoint: Endpoint) -> tuple[IPNetwork, ...]:
+    """The network's subnets the endpoint has no address in: reached straight out of its
+    interface, as they share the bridge (Docker adds no route there, and a container
+    then reaches its neighbours in another subnet only through the gateway, if at
+    all)."""
+    if len(network.subnets) < 2:
+        return ()
+    have = {a.network for a in endpoint.addresses}
+    return tuple(s.subnet for s in network.subnets if s.subnet not in have)
