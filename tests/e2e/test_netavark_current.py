@@ -666,3 +666,42 @@ def test_networks_as_a_list_and_aliases_netavark_ignores(podman: Podmanish) -> N
     p.nv("teardown", ns, data=data)
     assert p.nv("teardown", ns, data=data).stdout == ""
     assert [x["ifname"] for x in ip_json(os.path.basename(ns), "link")] == ["lo"]
+
+
+def test_several_subnets_of_a_family(podman: Podmanish) -> None:  # noqa: F811
+    """Mirrors the shape of testfiles/two-networks-ipv4.json, with both subnets in one
+    network (as `podman network create --subnet A --subnet B` makes it): the bridge has
+    each gateway, a container an address in each subnet (its static_ips), the default
+    route via the first gateway, names answering with every address; torn down twice."""
+    p = podman
+    data = simplebridge(dns_enabled=True, subnets=[
+        {"gateway": "10.88.0.1", "subnet": "10.88.0.0/24"},
+        {"gateway": "10.89.0.1", "subnet": "10.89.0.0/24"}])
+    data["networks"]["podman"]["static_ips"] = ["10.88.0.2", "10.89.0.2"]
+    second = copy.deepcopy(data)
+    second.update(container_id="7ce776ea58b5", container_name="second")
+    second["networks"]["podman"]["static_ips"] = ["10.88.0.3", "10.89.0.3"]
+    ns1, ns2 = p.namespace(), p.namespace()
+    out = json.loads(p.nv("setup", ns1, data=data).stdout)["podman"]
+    assert out["interfaces"]["eth0"]["subnets"] == [
+        {"ipnet": "10.88.0.2/24", "gateway": "10.88.0.1"},
+        {"ipnet": "10.89.0.2/24", "gateway": "10.89.0.1"}]
+    assert out["dns_server_ips"] == ["10.88.0.1", "10.89.0.1"]
+    p.nv("setup", ns2, data=second)
+    assert addresses(os.path.basename(ns1)) == ["10.88.0.2/24", "10.89.0.2/24"]
+    assert sorted(addresses(p.sb.host, "podman0")) == ["10.88.0.1/24", "10.89.0.1/24"]
+    assert [(r["dst"], r.get("gateway")) for r in routes(ns1) if r["dst"] == "default"] \
+        == [("default", "10.88.0.1")]
+    p.serve(ns2)
+    in1 = ["ip", "netns", "exec", os.path.basename(ns1)]
+    assert get(in1, "http://10.89.0.3/") == "200"
+    assert get(in1, "http://10.88.0.3/") == "200"
+    assert sorted(dig(ns1, "+short", "@10.89.0.1", "second").split()) == \
+        ["10.88.0.3", "10.89.0.3"]
+    listing = p.pw("network", "inspect", "podman").stdout
+    assert [c["Subnet"] for c in json.loads(listing)[0]["IPAM"]["Config"]] == \
+        ["10.88.0.0/24", "10.89.0.0/24"]
+    for ns, d in ((ns1, data), (ns2, second)):
+        p.nv("teardown", ns, data=d)
+        assert p.nv("teardown", ns, data=d).stdout == ""
+    assert not any(link["ifname"] == "podman0" for link in ip_json(p.sb.host, "link"))

@@ -60,11 +60,35 @@ def test_published_on_an_ipv6_address() -> None:
         [("2001:db8::1", 8080), ("None", 8081)]
 
 
+def test_several_subnets_of_a_family() -> None:
+    """netavark's networks may have several subnets of one family: the container gets an
+    address in each (static_ips, matched to the subnets by containment), and the status
+    names each address's own subnet's gateway."""
+    subnets = [{"subnet": "fd00:89::/64", "gateway": "fd00:89::1"},
+               {"subnet": "10.89.0.0/24", "gateway": "10.89.0.1"},
+               {"subnet": "10.90.0.0/24", "gateway": "10.90.0.254"}]
+    opts = netavark.parse_options(options(subnets, ["10.90.0.7", "10.89.0.5", "fd00:89::5"]))
+    info = opts.networks["pnet"]
+    assert [(str(s.subnet), str(s.gateway)) for s in info.subnets] == [
+        ("10.89.0.0/24", "10.89.0.1"), ("10.90.0.0/24", "10.90.0.254"),
+        ("fd00:89::/64", "fd00:89::1")]
+    assert [str(a) for a in opts.attachments[0].static_ips] == \
+        ["10.90.0.7", "10.89.0.5", "fd00:89::5"]
+    status = netavark.status_block(info, "eth0", "02:00:00:00:00:01", (
+        ipaddress.ip_interface("10.89.0.5/24"), ipaddress.ip_interface("10.90.0.7/24"),
+        ipaddress.ip_interface("fd00:89::5/64")))
+    assert status["interfaces"]["eth0"]["subnets"] == [
+        {"ipnet": "10.89.0.5/24", "gateway": "10.89.0.1"},
+        {"ipnet": "10.90.0.7/24", "gateway": "10.90.0.254"},
+        {"ipnet": "fd00:89::5/64", "gateway": "fd00:89::1"}]
+    assert status["dns_server_ips"] == ["10.89.0.1", "10.90.0.254", "fd00:89::1"]
+
+
 @pytest.mark.parametrize(("subnets", "ips", "ports", "words"), [
-    ([{"subnet": "10.89.0.0/24"}, {"subnet": "10.90.0.0/24"}], ["10.89.0.5"], None,
-     "more than one IPv4 subnet"),
+    ([{"subnet": "10.89.0.0/24"}, {"subnet": "10.89.0.128/25"}], ["10.89.0.5"], None,
+     "subnet 10.89.0.128/25 overlaps its subnet 10.89.0.0/24"),
     (DUAL, ["fd00:91::5"], None, "not in a subnet of network pnet"),
-    (DUAL, ["fd00:89::5", "fd00:89::6"], None, "more than one IPv6 address"),
+    (DUAL, ["fd00:89::5", "fd00:89::6"], None, "more than one address in subnet fd00:89::/64"),
     ([{"subnet": "fd00:89::/64", "gateway": "fd00:88::1"}], ["fd00:89::5"], None,
      "outside the subnet"),
     ([{"subnet": "fd00:89::1/64"}], ["fd00:89::5"], None, "host bits"),

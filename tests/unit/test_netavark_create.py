@@ -86,6 +86,15 @@ def test_basic() -> None:  # create/basic.json
     ({"subnets": [{"subnet": "fdcc::/64"}]}, {}, {},
      lambda o: o["ipv6_enabled"] is True and o["subnets"] == [{"gateway": "fdcc::1",
                                                                "subnet": "fdcc::/64"}]),
+    # two subnets of each family (netavark's create/two-subnets shape)
+    ({"subnets": [{"subnet": "10.100.0.0/24"}, {"subnet": "fdcc::/64"},
+                  {"subnet": "10.101.0.0/24", "gateway": "10.101.0.254"},
+                  {"subnet": "fdcd::/64"}]}, {}, {},
+     lambda o: o["ipv6_enabled"] is True and o["subnets"] == [
+         {"gateway": "10.100.0.1", "subnet": "10.100.0.0/24"},
+         {"gateway": "fdcc::1", "subnet": "fdcc::/64"},
+         {"gateway": "10.101.0.254", "subnet": "10.101.0.0/24"},
+         {"gateway": "fdcd::1", "subnet": "fdcd::/64"}]),
     # create/network-dns-servers-valid.json
     ({"dns_enabled": True, "network_dns_servers": ["8.8.8.8", "1.1.1.1"]}, {}, {},
      lambda o: o["network_dns_servers"] == ["8.8.8.8", "1.1.1.1"]),

@@ -16,7 +16,7 @@ src/network/core_utils.rs and bridge.rs): `unable to parse "metric": ...`, `inva
 route type "..."`, `route D requires a gateway for type unicast`, `invalid isolate
 option "..."`, `invalid bridge mode "..."`, `unsupported ipam driver ...`.
 
-A network may have IPv4, IPv6 or both (one subnet of each family; netavark, like
+A network may have IPv4, IPv6 or both, any number of subnets of each (netavark, like
 portway, looks at the subnets and not at `ipv6_enabled`); Podman does the IPAM and
 sends the container an address per subnet in `static_ips`.
 """
@@ -237,7 +237,8 @@ def bridge_options(name: str, options: dict[str, str]) -> dict[str, Any]:
 
 
 def _subnets(name: str, raw: Any) -> list[Subnet]:
-    """A host-local network's subnets, one per family, IPv4 first; none given: none (its
+    """A host-local network's subnets, any number of either family, none overlapping
+    another, IPv4 first (each family's in the order given); none given: none (its
     containers get no address, as netavark gives them none then)."""
     if raw is None:
         return []
@@ -250,10 +251,11 @@ def _subnets(name: str, raw: Any) -> list[Subnet]:
         # host bits, a gateway that is a host address inside it (one outside would take
         # over a route of the host's, its default gateway even).
         subnet = validate.parse_subnet(_str(entry, "subnet", "subnet"))
-        if any(s.subnet.version == subnet.version for s in subnets):
-            raise InvalidInput(f"network {name} has more than one IPv{subnet.version} "
-                               "subnet", "portway gives a network one subnet of each "
-                               "family: create the Podman network with one")
+        other = next((s.subnet for s in subnets if s.subnet.version == subnet.version
+                      and s.subnet.overlaps(subnet)), None)
+        if other is not None:
+            raise InvalidInput(f"network {name}: subnet {subnet} overlaps its subnet "
+                               f"{other}", "give the network subnets that do not overlap")
         if entry.get("gateway"):
             gateway = validate.check_host_address(
                 f"network {name}: gateway",
@@ -405,9 +407,9 @@ def _attachment(name: str, data: Any, info: NetworkInfo,
             raise InvalidInput(f"address {addr} is not in a subnet of network {name} "
                                f"({', '.join(str(s.subnet) for s in info.subnets)})",
                                "give an address from one of them")
-        if any(a.version == addr.version for a in static):
-            raise InvalidInput(f"more than one IPv{addr.version} address for network "
-                               f"{name}", "give one address of each family")
+        if any(a in subnet for a in static):
+            raise InvalidInput(f"more than one address in subnet {subnet} for network "
+                               f"{name}", "give one address of each subnet")
         static.append(addr)
     mac = d.get("static_mac")
     if mac is not None:
@@ -616,10 +618,10 @@ def status_block(info: NetworkInfo, ifname: str, mac: str,
     """What setup prints for one network: each address with its subnet's gateway, and
     every gateway as a DNS server (portway's DNS server listens on each); on a network
     without DNS, the container's own servers, if it has any (as netavark)."""
-    gateways = {s.subnet.version: s.gateway for s in info.subnets}
+    gateways = {s.subnet: s.gateway for s in info.subnets}
     return {"interfaces": {ifname: {"mac_address": mac, "subnets": [
-                {"ipnet": str(a), "gateway": str(gateways[a.version])}
-                for a in addresses if a.version in gateways]}},
+                {"ipnet": str(a), "gateway": str(gateways[a.network])}
+                for a in addresses if a.network in gateways]}},
             "dns_server_ips": (dns_servers or [str(s.gateway) for s in info.subnets])
             if info.dns_enabled else list(container_dns),
             "dns_search_domains": [SEARCH_DOMAIN] if info.dns_enabled else []}

@@ -229,9 +229,6 @@ def complete(config: Any, taken: Taken, interface_taken: Callable[[str], bool],
             if holder is not None:
                 raise _error(f"subnet {subnet} is already used on the host or by another "
                              f"config ({holder})")
-        if any(s.version == subnet.version for s in nets if s is not subnet):
-            raise InvalidInput(f"more than one IPv{subnet.version} subnet",
-                               "portway gives a network one subnet of each family")
         done: dict[str, Any] = {}
         if entry.get("gateway"):
             gateway = _addr(entry["gateway"])
