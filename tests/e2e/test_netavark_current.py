@@ -679,7 +679,9 @@ def test_several_subnets_of_a_family(podman: Podmanish) -> None:  # noqa: F811
         {"gateway": "10.89.0.1", "subnet": "10.89.0.0/24"}])
     data["networks"]["podman"]["static_ips"] = ["10.88.0.2", "10.89.0.2"]
     second = copy.deepcopy(data)
-    second.update(container_id="7ce776ea58b5", container_name="second")
+    second.update(container_id="7ce776ea58b5", container_name="second", port_mappings=[
+        {"host_ip": "", "container_port": 80, "host_port": 8080, "range": 1,
+         "protocol": "tcp"}])
     second["networks"]["podman"]["static_ips"] = ["10.88.0.3", "10.89.0.3"]
     ns1, ns2 = p.namespace(), p.namespace()
     out = json.loads(p.nv("setup", ns1, data=data).stdout)["podman"]
@@ -696,6 +698,11 @@ def test_several_subnets_of_a_family(podman: Podmanish) -> None:  # noqa: F811
     in1 = ["ip", "netns", "exec", os.path.basename(ns1)]
     assert get(in1, "http://10.89.0.3/") == "200"
     assert get(in1, "http://10.88.0.3/") == "200"
+    # Its published port goes to its first address, as netavark forwards it.
+    assert get(["ip", "netns", "exec", p.sb.outside], f"http://{p.sb.host_addr}:8080/") \
+        == "200"
+    assert "10.88.0.3" in p.sb.in_host("nft", "list", "map", "inet", "portway",
+                                       "pub_any_addr").stdout
     assert sorted(dig(ns1, "+short", "@10.89.0.1", "second").split()) == \
         ["10.88.0.3", "10.89.0.3"]
     listing = p.pw("network", "inspect", "podman").stdout

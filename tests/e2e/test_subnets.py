@@ -100,6 +100,16 @@ def test_second_subnet_end_to_end(sandbox: Sandbox, tmp_path: Path) -> None:
     assert get(outside, f"http://{sb.host_addr}:8081/") == "200"
     assert f"{sb.outside_addr} - -" in sb.pw("logs", "b").stdout
 
+    # trace and show see the second subnet as the kernel has it.
+    t = json.loads(sb.pw("trace", "b", "web:80", "--json").stdout)
+    assert t["verdict"] == "delivered", t["summary"]
+    t = json.loads(sb.pw("trace", "outside", "b:80", "--json").stdout)
+    assert t["verdict"] == "delivered", t["summary"]
+    t = json.loads(sb.pw("trace", "b", f"{sb.outside_addr}:9000", "--json").stdout)
+    assert t["verdict"] in ("leaves-host", "delivered"), t["summary"]
+    shown = sb.pw("show").stdout
+    assert "10.142.0.5" in shown and "10.142.0.254" in shown, shown
+
     # Isolation from another network holds for the second subnet, both ways.
     sb.pw("network", "create", "other", "--subnet", "10.143.0.0/24")
     sb.pw("run", "-d", "--name", "o", "--network", "other", "--", "python3", "-m",

@@ -286,13 +286,16 @@ class Publishing:
         first = min(eps, key=lambda e: e.ifname)
         if first.host_ifname.startswith(MACVLAN_PREFIX):
             return []  # on a macvlan network: nothing is published (as Docker)
-        # Each family the container has (Docker 27: -p 8080:80 publishes on both); a
-        # port published on one host address, in that address's family only; ::1 is
-        # the relay's alone (no rule can DNAT it).
+        # Each family the container has (Docker 27: -p 8080:80 publishes on both), to
+        # its first address of the family (a Podman container has one per subnet, and
+        # netavark forwards to the first); a port published on one host address, in
+        # that address's family only; ::1 is the relay's alone (no rule can DNAT it).
+        targets = [a for i, a in enumerate(first.addresses)
+                   if all(b.version != a.version for b in first.addresses[:i])]
         return [Published(container_id=c.id, protocol=p.protocol, host_port=p.host_port,
                           container_ip=a.ip, container_port=p.container_port,
                           host_ip=p.host_ip)
-                for p in c.ports for a in first.addresses
+                for p in c.ports for a in targets
                 if p.host_ip is None or (p.host_ip.version == a.version and
                                          not (a.version == 6 and p.host_ip.is_loopback))]
 
