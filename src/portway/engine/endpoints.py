@@ -151,11 +151,11 @@ class Endpoints:
         index. One per subnet (each_subnet), or one per family: the asked one's subnet,
         else the first subnet of the family with a free address."""
         addresses: list[IPInterface] = []
-        done: set[int] = {net.subnets[i].version for i in asked} if not each_subnet else set()
+        done = {net.subnets[i].version for i in asked}  # (families with an address)
         for i, sub in enumerate(net.subnets):
             if i in asked:
                 address: IPAddress = asked[i]
-            elif sub.version in done:
+            elif sub.version in done and not each_subnet:
                 continue
             else:
                 aux = {a: n for n, a in sub.aux_addresses}
