@@ -196,3 +196,26 @@ def test_bad_input_changes_nothing(sandbox: Sandbox) -> None:
         assert got.returncode != 0 and message in got.stderr, (args, got.stderr)
         assert len(got.stderr.strip().splitlines()) <= 2 and "Traceback" not in got.stderr
     assert sb.rows() == before
+
+
+def test_two_ipv6_subnets(sandbox: Sandbox) -> None:
+    """The same for IPv6: a container in the second subnet reaches one in the first
+    over the bridge (its on-link route), by name too."""
+    sb = sandbox
+    sb.pw("network", "create", "six", "--ipv6", "--ipv4=false", "--subnet",
+          "fd00:155::/64", "--subnet", "fd00:156::/64")
+    sb.pw("run", "-d", "--name", "one", "--network", "six", "--", "python3", "-m",
+          "http.server", "--bind", "::", "80")
+    sb.pw("exec", "one", "--", "python3", "-c", WAIT_LISTENING, "::1", "80")
+    sb.pw("run", "-d", "--name", "two", "--network", "six", "--ip6", "fd00:156::9", "--",
+          "sleep", "3600")
+    assert settings(sb, "one", "six")["GlobalIPv6Address"] == "fd00:155::2"
+    assert settings(sb, "two", "six")["GlobalIPv6Address"] == "fd00:156::9"
+    routes = {(r["dst"], r.get("gateway")) for r in ip_json(netns_of(sb, "two"), "-6", "route")
+              if not str(r["dst"]).startswith(("fe80", "multicast", "ff00"))}
+    assert routes == {("default", "fd00:155::1"), ("fd00:155::/64", None),
+                      ("fd00:156::/64", None)}, routes
+    two = sb.pw_cmd("exec", "two", "--")
+    assert get(two, "http://[fd00:155::2]/") == "200"
+    assert sb.pw("exec", "two", "--", "dig", "+short", "AAAA", "one", "@fd00:156::1"
+                 ).stdout.split() == ["fd00:155::2"]
