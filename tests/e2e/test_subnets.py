@@ -70,6 +70,11 @@ def test_second_subnet_end_to_end(sandbox: Sandbox, tmp_path: Path) -> None:
               for r in ip_json(netns_of(sb, "b"), "-4", "route", "show")}
     assert routes == {("default", "10.141.0.1", None), ("10.141.0.0/24", None, "link"),
                       ("10.142.0.0/24", None, "link")}, routes
+    # gc puts a lost on-link route back.
+    sh("ip", "-n", netns_of(sb, "b"), "route", "del", "10.141.0.0/24")
+    assert "restore route 10.141.0.0/24 dev eth0 of container b" in sb.pw("gc").stdout
+    assert routes == {(r["dst"], r.get("gateway"), r.get("scope"))
+                      for r in ip_json(netns_of(sb, "b"), "-4", "route", "show")}
     b = sb.pw_cmd("exec", "b", "--")
     web = sb.pw_cmd("exec", "web", "--")
     # Across the subnets, straight over the bridge, by address and by name.

@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 from portway.core import names
 from portway.core.firewall import netavark_option
+from portway.engine.drivers.bridge import onlink_subnets
 from portway.errors import PortwayError
 from portway.kernel import links, netns, procs
-from portway.model.types import Container, Endpoint, IPInterface
+from portway.model.types import Container, Endpoint, IPInterface, IPNetwork
 
 if TYPE_CHECKING:
     from portway.engine import Engine
@@ -221,6 +222,14 @@ def _missing_routes(engine: Engine, c: Container, endpoints: list[Endpoint]
                         out.append((f"restore route {a.network} dev {e.ifname} of container "
                                     f"{c.name}: it is missing",
                                     partial(_subnet_route, c, e.ifname, a)))
+                net = next((n for n in networks if n.id == e.network_id), None)
+                # The network's other subnets, on-link (first: a default route's gateway
+                # may be in one).
+                for subnet in onlink_subnets(net, e) if net is not None else ():
+                    if subnet.version == version and (subnet, e.ifname) not in have:
+                        out.append((f"restore route {subnet} dev {e.ifname} of container "
+                                    f"{c.name}: it is missing",
+                                    partial(_onlink_route, c, e.ifname, subnet)))
             sub = first.of_version(version) if first is not None else None
             if sub is not None and not links.has_default_route(cont, version):
                 out.append((f"restore the IPv{version} default route of container {c.name} "
@@ -235,6 +244,14 @@ def _subnet_route(c: Container, ifname: str, address: IPInterface) -> None:
     cont = netns.open_ipr(c.netns)
     try:
         links.ensure_subnet_route(cont, ifname, address)
+    finally:
+        cont.close()
+
+
+def _onlink_route(c: Container, ifname: str, subnet: IPNetwork) -> None:
+    cont = netns.open_ipr(c.netns)
+    try:
+        links.ensure_onlink_route(cont, ifname, subnet)
     finally:
         cont.close()
 

@@ -556,6 +556,20 @@ def ensure_subnet_route(ipr: IPRoute, ifname: str, address: IPInterface) -> None
         raise _kernel_error(f"add route {address.network} dev {ifname}", exc) from None
 
 
+def ensure_onlink_route(ipr: IPRoute, ifname: str, subnet: IPNetwork) -> None:
+    """A route to subnet straight out of ifname, no gateway (as attach makes it for a
+    subnet of the container's network it has no address in)."""
+    try:
+        batch = rtbatch.Batch()
+        batch.onlink_route(index_of(ipr, ifname), subnet)
+        with rtbatch.lent(ipr) as sock:
+            (answer,) = batch.send(sock)
+    except NetlinkError as exc:
+        raise _kernel_error(f"add route {subnet} dev {ifname}", exc) from None
+    if answer.error:
+        raise _errno_error(f"add route {subnet} dev {ifname}", answer.error)
+
+
 def setup_loopback(ipr: IPRoute, tag: str) -> None:
     """In a new container namespace: lo up, and the owner tag on lo (the namespace's tag).
 
