@@ -38,7 +38,7 @@ def test_first_free_never_returns_used_or_reserved(version: int, used_ints: set[
 
 POOL = ["10.7.0.0/24", "10.7.0.0/16", "10.7.0.1/24", "fd00:7::/64", "fd00:7::/48",
         "fd00:7::1/64", "fe80::/64", "::1/128", "10.7.0.0/31", "fd00:7::/127", "nonsense",
-        "2001:db8::/64", "::ffff:10.0.0.0/104"]
+        "2001:db8::/64", "::ffff:10.0.0.0/104", "10.8.0.0/24", "fd00:8::/64"]
 ADDRESSES = ["10.7.0.1", "10.7.0.254", "10.7.0.255", "10.8.0.1", "fd00:7::1", "fd00:7::",
              "fd00:8::1", "x", "fd00:7::ffff"]
 RANGES = ["10.7.0.128/25", "10.7.0.0/30", "fd00:7::100/120", "fd00:8::/120", "10.9.0.0/24"]
@@ -54,8 +54,12 @@ def test_network_plans_hold_together(subnets: list[str], gateways: list[str],
     except InvalidInput:
         return
     versions = [r.version for r in plan]
-    assert versions == sorted(set(versions)) and versions
+    assert versions == sorted(versions) and versions
     assert (4 in versions) == ipv4 and (6 in versions) == ipv6
+    given_ = [r.subnet for r in plan if r.subnet is not None]
+    for i, a in enumerate(given_):  # any number per family, none overlapping another
+        assert not any(a.version == b.version and a.overlaps(b)  # type: ignore[arg-type]
+                       for b in given_[i + 1:])
     for r in plan:
         if r.subnet is not None:
             assert r.subnet.version == r.version
@@ -104,9 +108,14 @@ def test_netavark_definitions_of_either_family(subnets: list[dict[str, str]],
     except InvalidInput:
         return
     info = opts.networks["n"]
-    assert [s.subnet.version for s in info.subnets] == \
-        sorted({s.subnet.version for s in info.subnets})
-    for s in info.subnets:
+    versions = [s.subnet.version for s in info.subnets]
+    assert versions == sorted(versions)
+    for i, s in enumerate(info.subnets):
         assert s.gateway in s.subnet and s.gateway != s.subnet.network_address
+        assert not any(s.subnet.version == t.subnet.version and
+                       s.subnet.overlaps(t.subnet)  # type: ignore[arg-type]
+                       for t in info.subnets[i + 1:])
+    for s in info.subnets:  # at most one address per subnet
+        assert sum(ip in s.subnet for ip in opts.attachments[0].static_ips) <= 1
     for ip in opts.attachments[0].static_ips:
         assert any(ip in s.subnet for s in info.subnets)
