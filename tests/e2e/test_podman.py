@@ -105,6 +105,33 @@ def test_podman_dual_stack_network(podman_world: PodmanWorld, sandbox: Sandbox) 
     assert user_networks(pw(p, "network", "ls", "--json")) == []
 
 
+def test_podman_network_with_two_subnets(podman_world: PodmanWorld,
+                                         sandbox: Sandbox) -> None:
+    """`podman network create --subnet A --subnet B`: Podman gives each container an
+    address in both subnets; portway wires both, names them, and publishes the port."""
+    p, sb = podman_world, sandbox
+    p.run("network", "create", "--subnet", "10.89.20.0/24", "--subnet", "10.89.21.0/24",
+          "multi")
+    p.container("--name", "web", "--network", "multi", "-p", "8080:80", "--",
+                "/bin/httpd", "-f", "-p", "80", "-h", "/www")
+    p.container("--name", "client", "--network", "multi", "--", "/bin/sleep", "300")
+    ps = {c["Name"].lstrip("/"): c for c in json.loads(pw(p, "ps", "--json"))}
+    eps = json.loads(pw(p, "network", "inspect", "multi"))[0]
+    assert [c["Subnet"] for c in eps["IPAM"]["Config"]] == ["10.89.20.0/24", "10.89.21.0/24"]
+    web = ps["web"]["NetworkSettings"]["Networks"]["multi"]
+    assert web["IPAddress"].startswith("10.89.20.")
+    second = web["IPAddress"].replace("10.89.20.", "10.89.21.")
+    inspect = json.loads(p.run("inspect", "web").stdout)[0]["NetworkSettings"]
+    assert inspect["Networks"]["multi"]["IPAddress"] == web["IPAddress"]
+    assert "hello from podman" in p.run("exec", "client", "wget", "-q", "-O", "-",
+                                        f"http://{second}/index.html").stdout
+    names = p.run("exec", "client", "nslookup", "web").stdout
+    assert web["IPAddress"] in names and second in names, names
+    assert get(["ip", "netns", "exec", sb.outside], f"http://{sb.host_addr}:8080/") == "200"
+    p.run("rm", "-f", "-t", "0", "web", "client")
+    assert user_networks(pw(p, "network", "ls", "--json")) == []
+
+
 def test_podman_network_options(podman_world: PodmanWorld, sandbox: Sandbox) -> None:
     """`podman network create -o ...` with the netavark options Podman 4.3 passes on (it
     refuses `metric` itself): the MTU, isolation between networks, and netavark's
