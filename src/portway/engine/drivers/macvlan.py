@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from portway.core import macvlan
 from portway.engine.drivers import Sandbox
+from portway.engine.drivers.bridge import default_gateways
 from portway.errors import InvalidInput
 from portway.kernel import macvlan as kernel
 from portway.model.types import Endpoint, Network, Route
@@ -61,8 +62,8 @@ class MacvlanDriver:
                 parent=macvlan.parent(network), tmp_name=endpoint.host_ifname,
                 ifname=endpoint.ifname, mode=macvlan.mode(network), mac=endpoint.mac,
                 mtu=network.mtu, addresses=endpoint.addresses,
-                gateways=tuple(s.gateway for s in network.subnets) if default_route
-                else (), metric=metric, routes=routes,
+                gateways=default_gateways(network) if default_route else (),
+                metric=metric, routes=routes,
                 tag=self.tag("endpoint", endpoint.id)))
         finally:
             os.close(fd)
