@@ -260,3 +260,22 @@ def test_dual_stack_on_the_lan(sandbox: Sandbox, lan: str) -> None:
                                          for a in got)
     out = in_lan(lan, "python3", "-c", HTTP_GET, "http://[fd77::50]/").stdout.strip()
     assert out == "200"
+
+
+def test_two_subnets_of_a_family(sandbox: Sandbox, lan: str) -> None:
+    """A macvlan network with two IPv4 subnets (Docker's --subnet A --subnet B): one
+    default route, via the first subnet's gateway, wherever the container's address is,
+    and the other subnet on-link."""
+    sb = sandbox
+    sb.pw("network", "create", "-d", "macvlan", "-o", "parent=lan0", "--subnet",
+          f"{LAN}.0/24", "--gateway", f"{LAN}.1", "--subnet", "192.168.78.0/24", "lan")
+    ns = serve(sb, "web", "lan", "--ip", "192.168.78.5")
+    routes = [(r["dst"], r.get("gateway")) for r in ip_json(ns, "-4", "route")
+              if r["dst"] == "default"]
+    assert routes == [("default", f"{LAN}.1")], routes
+    assert ip_json(ns, "-4", "addr", "show", "eth0")[0]["addr_info"][0]["local"] == \
+        "192.168.78.5"  # type: ignore[index]
+    # The first subnet is on-link: its router answers (the LAN routes the second back
+    # on the same wire).
+    sh("ip", "-n", lan, "route", "add", "192.168.78.0/24", "dev", "eth0")
+    assert ping(sb, "web", f"{LAN}.1")

@@ -23,7 +23,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from portway.errors import KernelError
 from portway.kernel import links, netns
-from portway.model.types import IPAddress, IPInterface, Route
+from portway.model.types import IPAddress, IPInterface, IPNetwork, Route
 
 FAMILY = {4: 2, 6: 10}
 
@@ -41,6 +41,9 @@ class MacvlanSpec:
     metric: int | None
     routes: tuple[Route, ...]
     tag: str
+    # The network's subnets none of the addresses is in: routed straight out of the
+    # device (the LAN carries them), first, as a default route's gateway may be in one.
+    onlink: tuple[IPNetwork, ...] = ()
 
 
 def default_route_interface(host: IPRoute) -> int | None:
@@ -127,6 +130,8 @@ def _set_up(cont: IPRoute, netns_path: str, spec: MacvlanSpec) -> None:
             cont.addr("add", index=link.index, address=str(a.ip),
                       prefixlen=a.network.prefixlen)
         cont.link("set", index=link.index, state="up")
+        for subnet in spec.onlink:
+            links.ensure_onlink_route(cont, spec.ifname, subnet)
         for gateway in spec.gateways:
             route: dict[str, object] = {"dst": "default", "gateway": str(gateway),
                                         "oif": link.index,

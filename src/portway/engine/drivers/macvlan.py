@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from portway.core import macvlan
 from portway.engine.drivers import Sandbox
-from portway.engine.drivers.bridge import default_gateways
+from portway.engine.drivers.bridge import default_gateways, onlink_subnets
 from portway.errors import InvalidInput
 from portway.kernel import macvlan as kernel
 from portway.model.types import Endpoint, Network, Route
@@ -63,7 +63,7 @@ class MacvlanDriver:
                 ifname=endpoint.ifname, mode=macvlan.mode(network), mac=endpoint.mac,
                 mtu=network.mtu, addresses=endpoint.addresses,
                 gateways=default_gateways(network) if default_route else (),
-                metric=metric, routes=routes,
+                metric=metric, routes=routes, onlink=onlink_subnets(network, endpoint),
                 tag=self.tag("endpoint", endpoint.id)))
         finally:
             os.close(fd)
