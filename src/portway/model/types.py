@@ -39,7 +39,8 @@ class Subnet:
 
 @dataclass(frozen=True)
 class Network:
-    """A network: subnets of either family or both (IPv4 first where there is one)."""
+    """A network: any number of subnets of either family or both (IPv4 first where
+    there is one; each family's in the order given, the first its default gateway's)."""
 
     id: str
     name: str
@@ -58,7 +59,7 @@ class Network:
 
     @property
     def primary(self) -> Subnet:
-        """The first subnet (the IPv4 one, where there is one)."""
+        """The first subnet (the first IPv4 one, where there is one)."""
         return self.subnets[0]
 
     @property
@@ -107,8 +108,9 @@ class PortMapping:
 
 @dataclass(frozen=True)
 class Endpoint:
-    """One container's attachment to one network: a veth pair and an address per family
-    of the network (IPv4 first where there is one), each with its prefix length."""
+    """One container's attachment to one network: a veth pair and its addresses, each
+    with its subnet's prefix length (IPv4 first where there is one): one per family of
+    the network (Docker's), or on a Podman network one per subnet (netavark's)."""
 
     id: str
     container_id: str
