@@ -121,8 +121,8 @@ class Firewall:
         """Under the lock: another portway's release() cannot delete the tables between
         their check and this network's first elements (which keep them alive after)."""
         cmds = firewall.render_network(network, self.instance)
-        if not cmds:
-            return  # none of portway's (a macvlan network): no tables made for it
+        if network.driver == "macvlan":
+            return  # no rule and no container port of portway's: no tables made for it
         with self.shared():
             self.ready()
             self.apply(cmds)
