@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
 from fakes import FakeDriver, World, fake_host
 
-from portway.core import listing, overlay
+from portway.core import listing, names, overlay
 from portway.engine import view
 from portway.engine.cluster import Cluster
 from portway.engine.context import Host
@@ -31,6 +32,7 @@ class MemoryEtcd:
         self.kv: dict[str, tuple[str, int]] = {}  # key -> (value, lease)
         self.revision = 1
         self.leases: set[int] = set()
+        self.granted = 0
         self.down = False
 
     def _up(self) -> None:
@@ -79,9 +81,14 @@ class MemoryEtcd:
 
     def grant(self, ttl: int) -> int:
         self._up()
-        lease = len(self.leases) + 100
+        lease = self.granted + 100  # (each lease its own number, as etcd's)
+        self.granted += 1
         self.leases.add(lease)
         return lease
+
+    def revoke(self, lease: int) -> None:
+        self._up()
+        self.expire(lease)
 
     def expire(self, lease: int) -> None:
         self.leases.discard(lease)
@@ -341,6 +348,49 @@ def test_a_container_whose_address_was_taken_while_away_gets_a_free_one_at_once(
     b.cluster.reconcile_own()
     assert capsys.readouterr().err == ""
     assert next(e for e in b.store.endpoints() if e.id == on_b.id) == moved
+
+
+def test_a_renumbering_cut_short_by_a_daemon_restart_is_finished_by_the_next_daemon(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    etcd, (a, b) = two_hosts(tmp_path)
+    net = a.networks.create("ov", driver="overlay", subnet="10.200.0.0/24")
+    assert a.cluster is not None and b.cluster is not None
+    b.cluster._snapshot(*etcd.range(overlay.PREFIX))
+    b.containers.run(["sleep", "1"], name="on-b", networks=["ov"], detach=True)
+    (on_b,) = b.store.endpoints()
+    c = b.container("on-b")
+    # B is away past its lease; A takes on-b's address meanwhile.
+    etcd.expire(b.cluster.lease)
+    a.cluster._snapshot(*etcd.range(overlay.PREFIX))
+    a.containers.run(["sleep", "1"], name="taker", networks=["ov"], ip="10.200.0.2",
+                     detach=True)
+    # B's daemon comes back (a new lease) and starts to renumber on-b: its new address,
+    # name and record are claimed in the store; the daemon is killed before its own
+    # store has the new address.
+    first = etcd.grant(3)
+    b.cluster.lease = first
+    with b.store.transaction():
+        b.store.set_meta("cluster_lease", str(first))
+    half = replace(on_b, addresses=(ipaddress.ip_interface("10.200.0.3/24"),),
+                   mac=names.mac_for(ipaddress.ip_address("10.200.0.3")))
+    assert b.cluster.claim(half, c, net) is None
+    capsys.readouterr()
+    # The next daemon: on-b gets its new address at once, nothing waits, and the store
+    # holds exactly what this host has (the first daemon's claims went with its lease).
+    b.cluster = NoKernelCluster(b, None, cast(Etcd, etcd),  # type: ignore[arg-type]
+                                ipaddress.ip_address("192.0.2.2"))
+    b.cluster._join()
+    err = capsys.readouterr().err
+    assert "could not be given a new address" not in err, err
+    assert "not reachable" not in err, err
+    (moved,) = b.store.endpoints()
+    assert moved.address == ipaddress.ip_address("10.200.0.3"), moved
+    assert b.cluster.conflict(on_b.id) is None
+    mine = {k: v for k, v in etcd.kv.items() if v[0] == on_b.id}
+    assert mine == {overlay.address_key(net.id, moved.address): (on_b.id, b.cluster.lease),
+                    overlay.container_name_key(net.id, "on-b"): (on_b.id, b.cluster.lease)}
+    record = overlay.RemoteEndpoint.decode(etcd.kv[overlay.endpoint_key(net.id, on_b.id)][0])
+    assert record.addresses == moved.addresses and record.mac == moved.mac
 
 
 class RecordingDns(DnsServer):

@@ -272,6 +272,7 @@ class Cluster:
         its /etc/hosts and DNS records rewritten. False: it could not be (why is logged;
         e stays as it was)."""
         try:
+            self._drop_unfinished(e, c, net)
             new = self.h.endpoints.renumber(c, e, net, taken)
         except PortwayError as exc:
             if self._lost.get(e.id) != reason:
@@ -288,6 +289,26 @@ class Cluster:
         log(f"{c.name} on network {net.name} has a new address, {', '.join(after)} (was "
             f"{', '.join(before)}): {reason}; reachable from other hosts again")
         return True
+
+    def _drop_unfinished(self, e: Endpoint, c: Container, net: Network) -> None:
+        """What a renumbering of e cut short after its claim (a daemon killed before its
+        own store had the new address) left in the store under an earlier lease: e's
+        record, its name and the addresses that record names, each only while it is e's.
+        Left there, they would refuse every claim of the renumbering that finishes it
+        until that lease is revoked."""
+        raw = self.etcd.get(overlay.endpoint_key(net.id, e.id))
+        if raw is None:
+            return
+        owned = {overlay.container_name_key(net.id, c.name): e.id}
+        try:
+            owned.update({overlay.address_key(net.id, a.ip): e.id
+                          for a in RemoteEndpoint.decode(raw).addresses})
+        except (ValueError, KeyError):
+            pass  # (a record not of this version: its name and record still go)
+        self.etcd.delete(overlay.endpoint_key(net.id, e.id))
+        self.etcd.delete_owned(owned)
+        with self._view_lock:
+            self.endpoints.pop(e.id, None)
 
     def _host_of(self, network_id: str, endpoint_id: str) -> str:
         """Where the endpoint lives, as its record in the store says."""
