@@ -393,6 +393,37 @@ def test_a_renumbering_cut_short_by_a_daemon_restart_is_finished_by_the_next_dae
     assert record.addresses == moved.addresses and record.mac == moved.mac
 
 
+def test_a_renumbered_container_whose_etc_files_cannot_be_written_leaves_the_join_whole(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    etcd, (a, b) = two_hosts(tmp_path)
+    a.networks.create("ov", driver="overlay", subnet="10.200.0.0/24")
+    assert a.cluster is not None and b.cluster is not None
+    b.cluster._snapshot(*etcd.range(overlay.PREFIX))
+    for name in ("on-b", "other-b"):
+        b.containers.run(["sleep", "1"], name=name, networks=["ov"], detach=True)
+    etcd.expire(b.cluster.lease)
+    a.cluster._snapshot(*etcd.range(overlay.PREFIX))
+    a.containers.run(["sleep", "1"], name="taker", networks=["ov"], ip="10.200.0.2",
+                     detach=True)
+
+    def full(path: str, files: dict[str, str]) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(b.sandbox_kernel, "write_etc", full)
+    capsys.readouterr()
+    # B comes back: on-b is renumbered though its /etc/hosts cannot be written (said
+    # so), and the join goes on: other-b registered, the lease remembered.
+    b.cluster._join()
+    err = capsys.readouterr().err
+    assert "on-b on network ov has a new address" in err, err
+    assert "cannot write the /etc files of on-b" in err and "No space left" in err, err
+    assert b.cluster.state == "joined"
+    assert b.store.get_meta("cluster_lease") == str(b.cluster.lease)
+    other = b.store.endpoints(container_id=b.container("other-b").id)[0]
+    assert etcd.kv[overlay.endpoint_key(other.network_id, other.id)][1] == b.cluster.lease
+
+
 class RecordingDns(DnsServer):
     """The DNS server's socket, as what is asked of it."""
 

@@ -284,7 +284,12 @@ class Cluster:
         after = [str(a.ip) for a in new.addresses]
         self._renumbered[e.id] = {"PreviousIPAddresses": before, "IPAddresses": after,
                                   "Reason": reason, "Time": now()}
-        self.h.sandboxes.write_files(c)
+        try:
+            self.h.sandboxes.write_files(c)
+        except (PortwayError, OSError) as exc:
+            # Renumbered all the same (the store and kernel have it): the join goes on.
+            log(f"cannot write the /etc files of {c.name} after its new address: {exc}; "
+                "its /etc/hosts names the old one until it is restarted")
         self.h.containers.publish_dns(c.id)
         log(f"{c.name} on network {net.name} has a new address, {', '.join(after)} (was "
             f"{', '.join(before)}): {reason}; reachable from other hosts again")
