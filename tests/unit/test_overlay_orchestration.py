@@ -424,6 +424,43 @@ def test_a_renumbered_container_whose_etc_files_cannot_be_written_leaves_the_joi
     assert etcd.kv[overlay.endpoint_key(other.network_id, other.id)][1] == b.cluster.lease
 
 
+def test_a_renumbering_that_cannot_enter_the_namespace_leaves_the_join_whole(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    etcd, (a, b) = two_hosts(tmp_path)
+    net = a.networks.create("ov", driver="overlay", subnet="10.200.0.0/24")
+    assert a.cluster is not None and b.cluster is not None
+    b.cluster._snapshot(*etcd.range(overlay.PREFIX))
+    for name in ("on-b", "other-b"):
+        b.containers.run(["sleep", "1"], name=name, networks=["ov"], detach=True)
+    on_b = b.store.endpoints(container_id=b.container("on-b").id)[0]
+    # B is away past its lease (rebooted: its containers' namespaces are gone, the
+    # daemon not started yet); A takes on-b's address meanwhile.
+    etcd.expire(b.cluster.lease)
+    a.cluster._snapshot(*etcd.range(overlay.PREFIX))
+    a.containers.run(["sleep", "1"], name="taker", networks=["ov"], ip="10.200.0.2",
+                     detach=True)
+
+    def gone(path: str) -> Any:
+        raise FileNotFoundError(2, "No such file or directory", path)
+
+    # (the live kernel's open: os.open of the namespace's path)
+    monkeypatch.setattr(b.sandbox_kernel, "open", gone)
+    capsys.readouterr()
+    # B's daemon starts and joins: on-b cannot be renumbered (said so; its claim let go
+    # again); the join goes on with the others, and the daemon comes up.
+    b.cluster._join()
+    err = capsys.readouterr().err
+    assert "on-b could not be given a new address on network ov" in err, err
+    assert "No such file or directory" in err, err
+    assert b.cluster.state == "joined"
+    assert b.store.get_meta("cluster_lease") == str(b.cluster.lease)
+    assert b.cluster.conflict(on_b.id) is not None
+    assert [k for k, v in etcd.kv.items() if v[0] == on_b.id] == []
+    other = b.store.endpoints(container_id=b.container("other-b").id)[0]
+    assert etcd.kv[overlay.endpoint_key(net.id, other.id)][1] == b.cluster.lease
+
+
 class RecordingDns(DnsServer):
     """The DNS server's socket, as what is asked of it."""
 

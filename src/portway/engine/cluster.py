@@ -274,10 +274,14 @@ class Cluster:
         try:
             self._drop_unfinished(e, c, net)
             new = self.h.endpoints.renumber(c, e, net, taken)
-        except PortwayError as exc:
+        except (PortwayError, OSError) as exc:
+            # OSError: the kernel's own (its namespace gone after a reboot, before adopt
+            # and gc ran); left to escape, it would end the join, and with it the
+            # daemon's start or the membership thread.
             if self._lost.get(e.id) != reason:
+                line = exc.line() if isinstance(exc, PortwayError) else str(exc)
                 log(f"{c.name} could not be given a new address on network {net.name}: "
-                    f"{exc.line()}")
+                    f"{line}")
             return False
         self._lost.pop(e.id, None)
         before = [str(a.ip) for a in e.addresses]
