@@ -626,6 +626,51 @@ def test_a_host_back_after_its_address_was_taken_gives_its_container_a_new_one(
     assert "run it without --ip for a new address" in log.read_text()
 
 
+# One UDP flow (one source port) to a published port, asked every 0.1 s; each answer
+# printed as it comes.
+UDP_FLOW = ("import socket, sys, time\n"
+            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(0.1)\n"
+            "n = 0\n"
+            "while True:\n"
+            "    n += 1; s.sendto(str(n).encode(), (sys.argv[1], 53535))\n"
+            "    try: print(s.recv(512).decode(), flush=True)\n"
+            "    except OSError: pass\n"
+            "    time.sleep(0.1)\n")
+
+
+def test_a_renumbered_containers_published_port_follows_it_for_a_running_flow(
+        h: Hosts, tmp_path: Path) -> None:
+    dev = _network(h, subnet="10.221.0.0/24")
+    h.pw(2, "run", "-d", "--name", "web-c", "--network", "ov", "-p", "53535:53535/udp",
+         "--", "python3", "-c", SERVE)
+    ip_c, mac_c = _address(h, 2, "web-c"), _mac(h, 2, "web-c")
+    wait_for(lambda: (mac_c, ADDRS[2]) in _fdb(h.names[0], dev), "A programs web-c")
+    log = h.states[2] / "portwayd.log"
+    answers = tmp_path / "answers"
+    # A client in B's host namespace keeps one flow to C's published port.
+    with answers.open("w") as out:
+        client = subprocess.Popen(["ip", "netns", "exec", h.names[1], "python3", "-c",
+                                   UDP_FLOW, ADDRS[2]], stdout=out)
+    try:
+        wait_for(lambda: "echo" in answers.read_text(), "web-c answers the flow")
+        # C is cut off past its lease (web-c still answers: C is on the underlay); B
+        # takes web-c's address; C comes back and gives web-c a new one.
+        _cut_off_c(h, dev, mac_c)
+        h.pw(1, "run", "-d", "--name", "taker", "--network", "ov", "--ip", ip_c, "--",
+             "sleep", "600")
+        _c_back(h)
+        wait_for(lambda: "web-c on network ov has a new address" in log.read_text(),
+                 "C gives web-c a new address")
+        seen = len(answers.read_text().splitlines())
+        # The running flow's published port leads to web-c's new address: its conntrack
+        # entry (which DNATs to the old one, now the taker's) is gone with the move.
+        wait_for(lambda: len(answers.read_text().splitlines()) > seen + 3,
+                 "the running flow reaches web-c at its new address", timeout=10)
+    finally:
+        client.kill()
+        client.wait()
+
+
 def test_trace_live_follows_the_probe_to_the_other_host(h: Hosts) -> None:
     dev = _network(h, subnet="10.218.0.0/24")
     _servers(h)

@@ -250,6 +250,9 @@ class FakeFirewall:
         self.w.step("fw.add_guard")
         self.w.rules |= {f"guard {e.host_ifname}" for e in endpoints}
 
+    def forget_connections(self, addresses: list[IPAddress]) -> None:
+        self.w.step("fw.forget_connections " + " ".join(map(str, addresses)))
+
     def remove_guard(self, endpoints: Any) -> None:
         self.w.log.append("fw.remove_guard")
         self.w.rules -= {f"guard {e.host_ifname}" for e in endpoints}

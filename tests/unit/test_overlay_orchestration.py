@@ -340,6 +340,8 @@ def test_a_container_whose_address_was_taken_while_away_gets_a_free_one_at_once(
     assert shown["ClusterRenumbered"]["PreviousIPAddresses"] == ["10.200.0.2"]
     assert shown["ClusterRenumbered"]["Reason"] == why
     assert cast(World, b.sandbox_kernel.w).log.count("link.readdress") == 1
+    # The host's running flows to the old address are forgotten (not NATed on to it).
+    assert "fw.forget_connections 10.200.0.2" in cast(World, b.sandbox_kernel.w).log
     # fixed asked for its address (--ip): it keeps it and waits, as a name does.
     assert b.store.endpoints(container_id=fixed.container_id) == [fixed]
     assert "fixed is not reachable from other hosts: its address 10.200.0.50" in err, err

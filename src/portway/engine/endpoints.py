@@ -266,6 +266,11 @@ class Endpoints:
             cluster.release([new])
             raise
         self._guard_moved(old, new)
+        gone = [a.ip for a in old.addresses if a not in new.addresses]
+        try:  # a running flow NATed to an old address would go on to its new holder
+            h.fw.forget_connections(gone)
+        except PortwayError:
+            pass  # (they end when they time out)
         driver = h.driver(net)
         if new.mac != old.mac and isinstance(driver, BridgeDriver):
             try:  # the bridge learned the old MAC behind the port: no longer there

@@ -27,8 +27,9 @@ from typing import Any
 
 from portway.core import firewall
 from portway.core.firewall import Published, Repair
-from portway.errors import PortwayError
+from portway.errors import KernelError, PortwayError
 from portway.kernel import nft as nft_kernel
+from portway.kernel import nftrace
 from portway.kernel.nft import Nft
 from portway.model.types import Endpoint, IPAddress, Network
 
@@ -143,6 +144,15 @@ class Firewall:
 
     def remove_ports(self, ports: Iterable[Published]) -> None:
         self.teardown(firewall.render_ports_removal(ports))
+
+    def forget_connections(self, addresses: list[IPAddress]) -> None:
+        """The host's conntrack entries of flows to or from addresses gone (addresses
+        that moved: a flow NATed to one would go on to its new holder, or nowhere)."""
+        try:
+            nftrace.forget_connections(addresses)
+        except OSError as exc:
+            raise KernelError(f"forget the connections of {', '.join(map(str, addresses))}: "
+                              f"{exc.strerror}", "they end when they time out") from None
 
     def add_guard(self, endpoints: Iterable[Endpoint]) -> None:
         self.apply(firewall.render_guard(endpoints, self.instance))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import os
 import select
 import socket
 import struct
@@ -267,6 +268,58 @@ def _connections(family: int, toward: tuple[str, str, int] | None = None
                 offset += (length + 3) & ~3
     finally:
         sock.close()
+
+
+IPCTNL_MSG_CT_DELETE, NLM_F_ACK, CTA_PROTO_SRC_PORT = 2, 0x4, 2
+# CTA_IP_V4_SRC, CTA_IP_V4_DST / CTA_IP_V6_SRC, CTA_IP_V6_DST, per family
+CTA_IP_ENDS: dict[int, tuple[int, int]] = {socket.AF_INET: (1, 2), socket.AF_INET6: (3, 4)}
+
+
+def _orig(family: int, c: Connection) -> bytes:
+    """The CTA_TUPLE_ORIG that names c (its protocol and ports: TCP, UDP or SCTP)."""
+    src_kind, dst_kind = CTA_IP_ENDS[family]
+    src, sport, dst, dport = c.orig
+    ip = _nla(src_kind, ipaddress.ip_address(src).packed) + \
+        _nla(dst_kind, ipaddress.ip_address(dst).packed)
+    l4 = _nla(CTA_PROTO_NUM, bytes([c.proto])) + \
+        _nla(CTA_PROTO_SRC_PORT, struct.pack("!H", sport)) + \
+        _nla(CTA_PROTO_DST_PORT, struct.pack("!H", dport))
+    return _nla(CTA_TUPLE_ORIG | NLA_F_NESTED, _nla(CTA_TUPLE_IP | NLA_F_NESTED, ip) +
+                _nla(CTA_TUPLE_PROTO | NLA_F_NESTED, l4))
+
+
+def forget_connections(addresses: list[ipaddress.IPv4Address | ipaddress.IPv6Address]
+                       ) -> int:
+    """The TCP, UDP and SCTP conntrack entries of the calling thread's namespace with
+    one of addresses at an end, as sent or as answered (a published port's entry has the
+    container's address as its reply's source), deleted: none keeps steering a running
+    flow to an address that has moved. How many; one gone meanwhile counts as done."""
+    wanted = {str(a) for a in addresses}
+    count = 0
+    for family in sorted({socket.AF_INET if a.version == 4 else socket.AF_INET6
+                          for a in addresses}):
+        doomed = [c for c in _connections(family) if c.proto in IPPROTO.values() and
+                  wanted & {c.orig[0], c.orig[2], c.reply[0], c.reply[2]}]
+        if not doomed:
+            continue
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                             NETLINK_NETFILTER)
+        try:
+            sock.bind((0, 0))
+            kind = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE
+            for seq, c in enumerate(doomed, 1):
+                body = struct.pack("=BBH", family, 0, 0) + _orig(family, c)
+                sock.send(struct.pack("=IHHII", 16 + len(body), kind,
+                                      NLM_F_REQUEST | NLM_F_ACK, seq, 0) + body)
+                data = sock.recv(1 << 16)
+                err = -struct.unpack_from("=i", data, 16)[0] if len(data) >= 20 else 0
+                if err == 0:
+                    count += 1
+                elif err != errno.ENOENT:
+                    raise OSError(err, os.strerror(err))
+        finally:
+            sock.close()
+    return count
 
 
 def send_probe(proto: str, daddr: str, dport: int, sport: int,
