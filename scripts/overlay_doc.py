@@ -274,7 +274,9 @@ def scenario(d: Doc) -> None:
            "address taken: web-b gets the lowest free address instead, claimed in one "
            "etcd transaction as any address, while it runs. Its interface (address, and "
            "the MAC derived from it; the routes are kept), its anti-spoofing entries, "
-           "published ports, `/etc/hosts` and DNS records follow, and every other host "
+           "published ports, `/etc/hosts` and DNS records follow (a flow to a published "
+           "port that was running goes on to the new address: B's conntrack entries of "
+           "the old one are dropped), and every other host "
            "programs its new FDB and neighbour entries from its record. B's log says "
            "what changed:")
     line = d.run(["grep", "-o", "web-b on network multi has a new address.*", str(log)],
