@@ -225,6 +225,21 @@ def test_no_listener() -> None:
     assert t.verdict == "no-listener" and "TCP RST" in t.summary
 
 
+def test_no_sctp_listener_is_answered_as_the_kernel_answers() -> None:
+    """SCTP to a port nothing listens on: an ABORT where the kernel has SCTP; where it
+    has none (no module loaded), no SCTP stack sees the packet and the answer is ICMP
+    protocol unreachable."""
+    sctp = replace(packet("10.77.0.3", 81), l4proto="sctp")
+    t = trace(world(), "web", sctp, "web", "cache:81/sctp")
+    assert t.verdict == "no-listener" and "SCTP ABORT" in t.summary, t.summary
+    w = world()
+    w.sctp = False
+    t = trace(w, "web", sctp, "web", "cache:81/sctp")
+    assert t.verdict == "no-listener", t.summary
+    assert "ICMP protocol unreachable" in t.summary and "no SCTP" in t.summary, t.summary
+    assert "ABORT" not in t.summary
+
+
 def test_no_route() -> None:
     w = world()
     w.host.routes = [r for r in w.host.routes if r.dst.prefixlen != 0]

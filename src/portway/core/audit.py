@@ -743,7 +743,8 @@ def _reply(world: World, t: Trace, packet: Packet, client: IPAddress | None
     after = replace(host, ruleset=[i for i in items if not (
         "chain" in i and _before_conntrack(i["chain"]))])
     return trace(World(host=after, spaces=world.spaces, bridge_nf=world.bridge_nf,
-                       bridge_nf6=world.bridge_nf6), holder, answer, label, t.source)
+                       bridge_nf6=world.bridge_nf6, sctp=world.sctp), holder, answer, label,
+                 t.source)
 
 
 # findings and their fixes
@@ -929,7 +930,7 @@ def check_fix(world: World, finding: Finding) -> tuple[bool, str]:
         return False, "nothing to check on the model"
     host = replace(world.host, ruleset=with_rules(world.host.ruleset, finding.fix.rules))
     fixed = World(host=host, spaces=world.spaces, bridge_nf=world.bridge_nf,
-                  bridge_nf6=world.bridge_nf6)
+                  bridge_nf6=world.bridge_nf6, sctp=world.sctp)
     after = [trace(fixed, r.source.key, r.packet, r.source.label, r.target.label)
              for r in finding.reaches]
     still = [t for t in after if t.verdict in REACHED]

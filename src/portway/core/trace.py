@@ -466,6 +466,9 @@ class World:
     spaces: dict[str, Space]  # container namespaces by key (a LazySpaces, perhaps)
     bridge_nf: bool = True  # net.bridge.bridge-nf-call-iptables in the host
     bridge_nf6: bool = True  # net.bridge.bridge-nf-call-ip6tables in the host
+    # The kernel has SCTP (its module loaded). Without it no SCTP stack sees a packet
+    # for a local address: the kernel answers ICMP protocol unreachable, not an ABORT.
+    sctp: bool = True
     # The host's conntrack entries that matter to the traced flow (recorded by the trace).
     conntrack: list[Flow] = field(default_factory=list)
     # What the host publishes, as "HOSTPORT/PROTO -> CONTAINER:PORT" lines (portway's own).
@@ -954,8 +957,9 @@ class _Walk:
                 self.path_mtu(packet)
                 self.end("delivered", f"delivered to {space.label}, "
                          f"{hostport(packet.daddr, packet.dport)}/{packet.l4proto}", packet)
-        answer = {"tcp": "TCP RST", "sctp": "SCTP ABORT"}.get(packet.l4proto,
-                                                             "ICMP port unreachable")
+        answer = {"tcp": "TCP RST", "sctp": "SCTP ABORT" if self.world.sctp else
+                  "ICMP protocol unreachable: this kernel has no SCTP"
+                  }.get(packet.l4proto, "ICMP port unreachable")
         self.hop("socket", space.label, f"nothing listens on "
                  f"{hostport(packet.daddr, packet.dport)}/{packet.l4proto}: the answer is "
                  f"{answer}")

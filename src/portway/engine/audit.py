@@ -156,8 +156,8 @@ def observe_world(seams: Seams, state_dir: str) -> Observed:
     return Observed(trace_core.World(
         host=host, spaces=spaces,
         bridge_nf=observe.read_sysctl("net.bridge.bridge-nf-call-iptables") == "1",
-        bridge_nf6=observe.read_sysctl("net.bridge.bridge-nf-call-ip6tables") == "1"),
-        notes, iptables)
+        bridge_nf6=observe.read_sysctl("net.bridge.bridge-nf-call-ip6tables") == "1",
+        sctp=observe.has_sctp()), notes, iptables)
 
 
 def _live(seams: Seams, world: trace_core.World, finding: core.Finding) -> list[dict[str, Any]]:

@@ -347,7 +347,7 @@ def observe_world(engine: Engine | Observer
             for a in e.addresses:
                 behind[(port.master, a.ip)] = (key, e.host_ifname)
     world = core.World(host=host, spaces=spaces, bridge_nf=bridge_nf, bridge_nf6=bridge_nf6,
-                       behind=behind)
+                       behind=behind, sctp=observe.has_sctp())
     world.published, world.routed = _published(engine, every)
     modelled = Modelled(containers)
     discover(world, engine.host, modelled)
@@ -691,7 +691,8 @@ def _other_half(engine: Engine | Observer, result: core.Trace, label: str,
             space = netns.in_netns(path, record_container)
             core.pair_veths(host, space)
             spaces[key] = space
-    world = core.World(host=host, spaces=spaces, bridge_nf=bridge_nf, bridge_nf6=bridge_nf6)
+    world = core.World(host=host, spaces=spaces, bridge_nf=bridge_nf, bridge_nf6=bridge_nf6,
+                       sctp=observe.has_sctp())
     try:
         remote.trace = core.arrive(world, leg, label, dest.label)
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 from typing import Any
 
@@ -37,6 +38,12 @@ def sctp_listeners(path: str = "/proc/net/sctp/eps") -> list[tuple[str, int, int
                 continue
             out.append((text, int(fields[5]), int(fields[7])))
     return out
+
+
+def has_sctp() -> bool:
+    """The kernel has SCTP loaded (a packet for a local address meets an SCTP stack;
+    without one the kernel answers it ICMP protocol unreachable)."""
+    return os.path.isdir("/proc/net/sctp")
 
 
 def listeners(protocol: str) -> list[tuple[str, int, int]]:
