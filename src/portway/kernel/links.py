@@ -18,6 +18,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from portway.errors import KernelError
 from portway.kernel import rtbatch
+from portway.kernel.dumps import retried
 from portway.kernel.netns import write_sysctl
 from portway.model.types import IPAddress, IPInterface, IPNetwork, Route
 
@@ -71,6 +72,7 @@ def _netnsid(value: object) -> int:
     return -1 if number < 0 or number >= 0xFFFFFFFF else number
 
 
+@retried
 def observe_links(ipr: IPRoute) -> list[Link]:
     return [_to_link(m) for m in ipr.get_links()]
 
@@ -97,6 +99,7 @@ AF_INET, AF_INET6 = 2, 10
 FAMILY = {4: AF_INET, 6: AF_INET6}
 
 
+@retried
 def observe_addresses(ipr: IPRoute, index: int | None = None) -> list[ipaddress.IPv4Interface]:
     """The IPv4 addresses (of one link, or all)."""
     kwargs = {"index": index} if index is not None else {}
@@ -106,6 +109,7 @@ def observe_addresses(ipr: IPRoute, index: int | None = None) -> list[ipaddress.
     return out
 
 
+@retried
 def observe_link_addresses(ipr: IPRoute) -> list[tuple[int, IPInterface]]:
     """Every address of either family with its link's index: one dump per family, however
     many links there are (a dump per link costs a round trip each)."""
@@ -114,6 +118,7 @@ def observe_link_addresses(ipr: IPRoute) -> list[tuple[int, IPInterface]]:
             for family in (AF_INET, AF_INET6) for msg in ipr.get_addr(family=family)]
 
 
+@retried
 def observe_addresses6(ipr: IPRoute, index: int | None = None) -> list[ipaddress.IPv6Interface]:
     """The IPv6 addresses (of one link, or all), link-local ones included."""
     kwargs = {"index": index} if index is not None else {}
@@ -121,6 +126,7 @@ def observe_addresses6(ipr: IPRoute, index: int | None = None) -> list[ipaddress
             for msg in ipr.get_addr(family=AF_INET6, **kwargs)]
 
 
+@retried
 def observe_routes(ipr: IPRoute, version: int = 4) -> list[tuple[IPNetwork, str]]:
     """Main-table routes of one family with a destination prefix (not default), with
     their device."""
@@ -152,6 +158,7 @@ def observe_kind_mtu(ipr: IPRoute, ifname: str) -> tuple[str, int] | None:
     return (link.kind, link.mtu) if link is not None else None
 
 
+@retried
 def observe_default_route_mtu(ipr: IPRoute) -> int | None:
     """The MTU of the interface of the main table's first default route (IPv4 before
     IPv6), or None if there is none; what netavark 1.16 gives a new bridge by default."""
@@ -468,6 +475,7 @@ def observe_ipv6_conf(ifname: str, key: str) -> str | None:
         return None
 
 
+@retried
 def has_default_route(ipr: IPRoute, version: int = 4) -> bool:
     return any(m["dst_len"] == 0
                for m in ipr.get_routes(family=FAMILY[version], table=254)

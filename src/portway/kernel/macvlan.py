@@ -23,6 +23,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from portway.errors import KernelError
 from portway.kernel import links, netns
+from portway.kernel.dumps import retried
 from portway.model.types import IPAddress, IPInterface, IPNetwork, Route
 
 FAMILY = {4: 2, 6: 10}
@@ -46,6 +47,7 @@ class MacvlanSpec:
     onlink: tuple[IPNetwork, ...] = ()
 
 
+@retried
 def default_route_interface(host: IPRoute) -> int | None:
     """The output interface of the main table's first default route (IPv4, then IPv6),
     as netavark picks a macvlan's parent when none is given."""

@@ -10,6 +10,8 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.diag import SS_CLOSE, SS_LISTEN, DiagSocket
 
+from portway.kernel.dumps import retried
+
 
 def listening(protocol: str) -> list[tuple[str, int]]:
     """(address, port) of the listening TCP or bound (unconnected) UDP sockets in the
@@ -91,6 +93,7 @@ def read_sysctl(key: str, default: str = "") -> str:
 ROUTE_KINDS = {1: "unicast", 6: "blackhole", 7: "unreachable", 8: "prohibit"}
 
 
+@retried
 def route_table(ipr: IPRoute, tables: bool = False) -> list[dict[str, Any]]:
     """The main table's routes of both families (tables: those of every table but
     local, too): dst, dev, gateway, prefsrc, kind, metric, table."""
@@ -117,6 +120,7 @@ RULE_ACTIONS = {1: "lookup", 2: "goto", 3: "nop", 6: "blackhole", 7: "unreachabl
                 8: "prohibit"}
 
 
+@retried
 def rules(ipr: IPRoute) -> list[dict[str, Any]]:
     """The policy routing rules (`ip rule`) of both families: priority, table, action,
     src, dst (CIDR or None), iif, oif, fwmark, invert, version."""
@@ -140,6 +144,7 @@ NUD_STATES = {0x01: "incomplete", 0x02: "reachable", 0x04: "stale", 0x08: "delay
               0x10: "probe", 0x20: "failed", 0x40: "noarp", 0x80: "permanent"}
 
 
+@retried
 def neighbours(ipr: IPRoute) -> dict[tuple[str, str], tuple[str, str]]:
     """(device, address) -> (MAC, state) from the neighbour tables (ARP and IPv6
     neighbour discovery); addresses as ipaddress writes them."""
@@ -154,6 +159,7 @@ def neighbours(ipr: IPRoute) -> dict[tuple[str, str], tuple[str, str]]:
     return out
 
 
+@retried
 def bridge_fdb(ipr: IPRoute) -> dict[tuple[str, str], str]:
     """(bridge, MAC) -> port, for the addresses the bridges have learned (not their own)."""
     names = {int(m["index"]): str(m.get_attr("IFLA_IFNAME")) for m in ipr.get_links()}

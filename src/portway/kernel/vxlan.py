@@ -21,6 +21,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from portway.core.overlay import VXLAN_PORT, Fdb, ForwardingPlan, Neighbour
 from portway.errors import KernelError
+from portway.kernel.dumps import retried
 from portway.kernel.links import GONE, _kernel_error, observe_link
 from portway.model.types import IPAddress
 
@@ -96,6 +97,7 @@ def observe_vxlan(ipr: IPRoute, index: int) -> tuple[int, str, int] | None:
             int(data.get_attr("IFLA_VXLAN_PORT") or VXLAN_PORT))
 
 
+@retried
 def observe_forwarding(ipr: IPRoute, index: int, requests: Requests | None = None
                        ) -> tuple[set[Fdb], set[Neighbour]]:
     """The device's permanent FDB entries with a remote (dst) and its permanent
