@@ -210,7 +210,7 @@ def test_trace_bad_input(paths: Sandbox) -> None:
     for args, words in ((["nobody", "web:80"], "no such source"),
                         (["web", "web"], "no port"),
                         (["web", "web:99999"], "invalid port"),
-                        (["web", "web:80/sctp"], "unknown protocol"),
+                        (["web", "web:80/dccp"], "unknown protocol"),
                         (["web", "ghost:80"], "not found"),
                         (["outside", "web:80", "--from-ip", "nope"], "invalid --from-ip"),
                         (["web", "web:80", "--from-ip", "1.2.3.4"], "outside source")):

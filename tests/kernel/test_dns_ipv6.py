@@ -269,7 +269,11 @@ def test_a_link_local_upstream_with_its_interface(w: World) -> None:
     while w.control("log")["upstreams"] != [f"{UPSTREAM_LL}%up0"]:  # re-read within 1 s
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    time.sleep(0.2)  # the fake binds
+    # The fake binds (a Python process starting: slow on a busy machine).
+    while not subprocess.run(["ip", "netns", "exec", w.up, "ss", "-Hlun", "sport = :53"],
+                             capture_output=True, text=True).stdout.strip():
+        assert time.monotonic() < deadline + 10, "the fake upstream never bound"
+        time.sleep(0.05)
     assert w.short(GW4, "example.org") == ["192.0.2.77"]
     dns_log = (w.state.parent / "dns.log").read_text()
     assert "nameserver fe80::99 left out" in dns_log  # no interface: cannot be asked
