@@ -846,3 +846,51 @@ def test_localhost_is_ipv6_first_the_server_ipv4_only(lab: Lab) -> None:
     assert lab.connect(vm, "127.0.0.1", 8080) == "connected"
     t = check(lab, "connected", f"ns:{vm}", "127.0.0.1:8080")
     assert "listens on 127.0.0.1:8080" in decider(t)["detail"]
+
+
+
+def test_strict_reverse_path_filter_drops_replies_on_the_second_uplink(lab: Lab) -> None:
+    """"Multi-WAN: replies arriving on WAN2 are dropped" (a host with two uplinks whose
+    VMs leave with the second one's address while the main table routes by the first:
+    "packets come in on one interface and the route back points out a different one ...
+    rp_filter drops them", https://access.redhat.com/solutions/53031; "Two network
+    interfaces and rp_filter", https://serverfault.com/questions/932205). The request
+    leaves by uplink0; the far end answers the address it saw, which is uplink1's, and
+    the network beyond delivers that to uplink1, where strict reverse path filtering
+    drops it: the host's way back to the far end leaves by uplink0. The connection's
+    verdict is its reply's. The fix: loose mode on uplink1 (or policy routing that sends
+    what comes from uplink1's address out by uplink1)."""
+    sb = lab.sb
+    (vm,) = vms(lab, 1)
+    lab.veth(sb.host, "uplink1", sb.outside, "wan1")
+    lab.addr(sb.host, "uplink1", "192.0.2.1/24")
+    lab.addr(sb.outside, "wan1", "192.0.2.2/24")
+    # The second ISP's default route, kept for when the first fails.
+    lab.route(sb.host, "default", "via", "192.0.2.2", "metric", "200")
+    lab.sysctl(sb.host, "net.ipv4.ip_forward", "1")
+    lab.nft(sb.host, "table ip nat {\n"
+                     "  chain postrouting { type nat hook postrouting priority 100; "
+                     "policy accept;\n"
+                     "    ip saddr 10.88.0.0/24 oifname \"uplink0\" snat to 192.0.2.1\n"
+                     "  }\n}\n")
+    lab.sysctl(sb.host, "net.ipv4.conf.all.rp_filter", "1")
+    lab.serve(sb.outside, sb.outside_addr, 9000)
+    real = lab.connect(vm, sb.outside_addr, 9000)
+    assert real == "timeout"
+    t = traced(lab, real, f"ns:{vm}", f"{sb.outside_addr}:9000")
+    assert t["verdict"] == "dropped", (t["summary"], t["hops"])
+    assert "its reply does not come back" in t["summary"]
+    assert any(h["kind"] == "reply" and "arrives on uplink1" in h["detail"]
+               for h in t["hops"]), t["hops"]
+    hop = decider(t)
+    assert hop["kind"] == "reply" and hop["where"] == "host"
+    assert "reverse path filter (strict, rp_filter=1 on uplink1)" in hop["detail"]
+    assert "sysctl -w net.ipv4.conf.uplink1.rp_filter=2" in t["fix"]
+    # The probe is stopped at the uplink, before any answer: it agrees with the request.
+    assert t["live"]["verdict"] == "leaves-host" and t["live"]["agrees"]
+    lab.sysctl(sb.host, "net.ipv4.conf.uplink1.rp_filter", "2")
+    assert lab.connect(vm, sb.outside_addr, 9000) == "connected"
+    t = check(lab, "connected", f"ns:{vm}", f"{sb.outside_addr}:9000")
+    assert t["verdict"] == "leaves-host" and t["seen_source"] == "192.0.2.1"
+    assert "arrives on uplink1" in t["reply_hops"][0]["detail"]
+    assert t["reply_hops"][-1]["where"] == f"namespace {vm}"

@@ -1598,11 +1598,32 @@ class _Walk:
                  f"{outcome.summary}", packet, outcome.fix)
 
     def from_beyond(self, uplink: Iface, reply: Packet) -> None:
-        """The reply of a request that left the host, from the far end: back on the uplink."""
+        """The reply of a request that left the host, from the far end: back on the
+        interface that holds the address the far end answers (the network beyond
+        delivers an address to the link it is on), which is the uplink the request left
+        by unless the request left with another way out's address (a second uplink's)."""
+        iface = self.arrival(uplink, reply.daddr)
+        why = "" if iface is uplink else f" (it holds {reply.daddr}, the source the far " \
+            f"end saw: the network beyond delivers that address there, not to " \
+            f"{uplink.name}, which the request left by)"
         self.hop("reply", self.world.host.label, f"{FAR_END} answers: "
                  f"{hostport(reply.saddr, reply.sport)} -> {hostport(reply.daddr, reply.dport)} "
-                 f"arrives on {uplink.name}")
-        self.host_in(reply, uplink.name)
+                 f"arrives on {iface.name}{why}")
+        self.host_in(reply, iface.name)
+
+    def arrival(self, uplink: Iface, addr: IPAddress) -> Iface:
+        """The host interface an answer from beyond to addr arrives on: another way out
+        of the host (not a bridge or its port, not a veth into a namespace recorded) that
+        holds addr, or else the uplink."""
+        if any(a.ip == addr for a in uplink.addrs):
+            return uplink
+        for iface in self.world.host.ifaces:
+            if iface is uplink or iface.name == "lo" or not iface.up or \
+                    iface.kind == "bridge" or iface.master or iface.peer is not None:
+                continue
+            if any(a.ip == addr for a in iface.addrs):
+                return iface
+        return uplink
 
     def undo_nat(self, packet: Packet, destination: bool, notes: list[str]) -> Packet:
         """conntrack's inverse of the host's NAT, on a reply: its destination back to the
