@@ -894,3 +894,56 @@ def test_strict_reverse_path_filter_drops_replies_on_the_second_uplink(lab: Lab)
     assert t["verdict"] == "leaves-host" and t["seen_source"] == "192.0.2.1"
     assert "arrives on uplink1" in t["reply_hops"][0]["detail"]
     assert t["reply_hops"][-1]["where"] == f"namespace {vm}"
+
+
+def test_nat_inside_a_vm_host_namespace_is_undone_on_the_reply(lab: Lab) -> None:
+    """A VM host of its own (a lab node, a nested runtime: libvirt's NAT network
+    masquerades its guests and forwards ports to them with DNAT in its own namespace,
+    https://wiki.libvirt.org/Networking.html#nat-forwarding-aka-virtual-networks; a
+    Docker-in-Docker node the same, https://hub.docker.com/_/docker): the host knows
+    only the VM host's own address, not the guests' subnet. The guest's connection to the
+    host leaves masqueraded; the host's reply goes to the VM host's address, where that
+    namespace's conntrack turns it back to the guest, and bridges it on. A port the VM
+    host forwards to the guest answers from the address the client asked for."""
+    sb = lab.sb
+    hv, guest = lab.netns("hv"), lab.netns("guest")
+    lab.veth(sb.host, "hvp", hv, "eth0")
+    lab.addr(sb.host, "hvp", "10.97.0.1/30")
+    lab.addr(hv, "eth0", "10.97.0.2/30")
+    lab.veth(hv, "g1p", guest, "eth0")
+    lab.bridge(hv, "lbr0", "g1p")
+    lab.addr(hv, "lbr0", "10.98.0.1/24")
+    lab.addr(guest, "eth0", "10.98.0.2/24")
+    lab.route(guest, "default", "via", "10.98.0.1")
+    lab.route(hv, "default", "via", "10.97.0.1")
+    lab.sysctl(hv, "net.ipv4.ip_forward", "1")
+    lab.nft(hv, "table ip nat {\n"
+                "  chain prerouting { type nat hook prerouting priority -100; policy accept;\n"
+                "    ip daddr 10.97.0.2 tcp dport 8080 dnat to 10.98.0.2:80\n  }\n"
+                "  chain postrouting { type nat hook postrouting priority 100; "
+                "policy accept;\n"
+                "    ip saddr 10.98.0.0/24 oifname \"eth0\" masquerade\n  }\n}\n")
+    lab.serve(sb.host, "10.97.0.1", 5432)
+    lab.serve(guest, "0.0.0.0", 80)
+    # The host has no route to the guests: only the masquerade brings the reply back.
+    assert lab.connect(guest, "10.97.0.1", 5432) == "connected"
+    t = check(lab, "connected", f"ns:{guest}", "10.97.0.1:5432")
+    assert t["verdict"] == "delivered" and t["seen_source"] == "10.97.0.2", t["summary"]
+    back = t["reply_hops"]
+    assert any(h["where"] == f"namespace {hv}" and h["detail"] ==
+               "conntrack undoes the source NAT: destination 10.97.0.2:40000 -> "
+               "10.98.0.2:40000" for h in back), back
+    assert any(h["kind"] == "reply" and h["where"] == f"lbr0 (namespace {hv})"
+               for h in back), back
+    assert back[-1]["where"] == f"namespace {guest}" and \
+        "client's socket on 10.98.0.2:40000" in back[-1]["detail"], back[-1]
+    # A port the VM host forwards: the reply leaves it from the address asked for.
+    assert lab.connect(sb.host, "10.97.0.2", 8080) == "connected"
+    t = check(lab, "connected", "host", "10.97.0.2:8080")
+    assert t["verdict"] == "delivered" and t["hops"][-1]["where"] == f"namespace {guest}"
+    back = t["reply_hops"]
+    assert any(h["where"] == f"namespace {hv}" and h["detail"] ==
+               "conntrack undoes the DNAT: source 10.98.0.2:80 -> 10.97.0.2:8080"
+               for h in back), back
+    assert back[-1]["where"] == "host" and \
+        back[-1]["detail"].endswith("takes the reply from 10.97.0.2:8080"), back[-1]

@@ -691,6 +691,9 @@ def drop_fix(space: Space, d: Decision, packet: Packet) -> str:
            f"(or remove the rule: {remove})"
 
 
+Tuple4 = tuple[IPAddress, int, IPAddress, int]  # a packet's saddr, sport, daddr, dport
+
+
 class _Walk:
     def __init__(self, world: World, trace: Trace) -> None:
         self.world = world
@@ -705,10 +708,10 @@ class _Walk:
         self.asked: tuple[IPAddress, int] = (ipaddress.ip_address(0), 0)  # daddr, dport
         # the devices the packet left by, in order: (namespace, device, MTU)
         self.mtus: list[tuple[str, str, int]] = []
-        # The request's addresses and ports as it first met the host (before the host's
-        # NAT) and as it arrived (after it): conntrack undoes the difference on the reply.
-        self.at_host: tuple[IPAddress, int, IPAddress, int] | None = None
-        self.arrived: tuple[IPAddress, int, IPAddress, int] | None = None
+        # The request's addresses and ports as it first met each namespace's hooks
+        # (before its NAT) and as it left the last of them (after it), by namespace key:
+        # each namespace's conntrack undoes its own difference on the reply.
+        self.nat_at: dict[str, tuple[Tuple4, Tuple4]] = {}
         self.replying = False  # walking the reply (hops are "reply" hops; end() reports)
 
     # bookkeeping
@@ -749,19 +752,18 @@ class _Walk:
         route = space.lookup(packet.daddr) if hook == "postrouting" else None
         if route is not None and route.prefsrc is not None:
             masq[route.dev] = route.prefsrc
-        if space is self.world.host and self.at_host is None and not self.replying:
-            self.at_host = (packet.saddr, packet.sport, packet.daddr, packet.dport)
         at: tuple[int, Callable[[Packet], Packet]] | None = None
         undone: list[str] = []
-        if self.replying and space is self.world.host and families != ("bridge",):
-            # conntrack's inverse of the host's NAT, where the kernel makes it: the
+        if self.replying and families != ("bridge",):
+            # conntrack's inverse of this namespace's NAT of the request (the host's, a
+            # lab router's masquerade, a VM host's DNAT), where the kernel makes it: the
             # destination (undoing SNAT) at NAT_DST (-100) of prerouting and output, the
             # source (undoing DNAT) at NAT_SRC (100) of postrouting and input; the chains
             # before see the reply as it came.
             if hook in ("prerouting", "output"):
-                at = (-100, lambda p: self.undo_nat(p, True, undone))
+                at = (-100, lambda p: self.undo_nat(space, p, True, undone))
             elif hook in ("postrouting", "input"):
-                at = (100, lambda p: self.undo_nat(p, False, undone))
+                at = (100, lambda p: self.undo_nat(space, p, False, undone))
         if space is self.world.host and hook in ("prerouting", "output") and \
                 self.flow is None and self.world.conntrack and not self.replying:
             packet = self.conntrack(space, families, hook, packet, masq)
@@ -772,6 +774,10 @@ class _Walk:
         before = (packet.saddr, packet.sport, packet.daddr, packet.dport)
         packet, decisions, alive = self.ruleset(space).run_hook(
             families, hook, packet, space.local(), masq, nat, at)
+        if not self.replying:
+            entered = self.nat_at.get(space.key, (before, before))[0]
+            self.nat_at[space.key] = (entered, (packet.saddr, packet.sport, packet.daddr,
+                                                packet.dport))
         if space is self.world.host and before != (packet.saddr, packet.sport,
                                                    packet.daddr, packet.dport):
             self.host_nat = True
@@ -1573,7 +1579,6 @@ class _Walk:
         and the connection's verdict is the reply's."""
         if self.flow is not None or packet.ct_state != "new":
             return  # a flow conntrack already holds (its entry decides), or a reply itself
-        self.arrived = (packet.saddr, packet.sport, packet.daddr, packet.dport)
         reply = replace(packet, saddr=packet.daddr, sport=packet.dport, daddr=packet.saddr,
                         dport=packet.sport, iif="", oif="", ct_state="established", mark=0,
                         smac="", dmac="")
@@ -1625,13 +1630,16 @@ class _Walk:
                 return iface
         return uplink
 
-    def undo_nat(self, packet: Packet, destination: bool, notes: list[str]) -> Packet:
-        """conntrack's inverse of the host's NAT, on a reply: its destination back to the
-        request's source (undoing SNAT, masquerade), or its source back to what the
-        client asked for (undoing DNAT). What it did goes to notes."""
-        before, after = self.at_host, self.arrived
-        if before is None or after is None:
+    def undo_nat(self, space: Space, packet: Packet, destination: bool, notes: list[str]
+                 ) -> Packet:
+        """conntrack's inverse of space's NAT of the request, on its reply: the reply's
+        destination back to the request's source there (undoing SNAT, masquerade), or its
+        source back to what the request was sent to there (undoing DNAT). What it did
+        goes to notes."""
+        seen = self.nat_at.get(space.key)
+        if seen is None:
             return packet
+        before, after = seen
         if destination and before[:2] != after[:2] and \
                 (packet.daddr, packet.dport) == after[:2]:
             notes.append(f"conntrack undoes the source NAT: destination "
