@@ -947,3 +947,74 @@ def test_nat_inside_a_vm_host_namespace_is_undone_on_the_reply(lab: Lab) -> None
                for h in back), back
     assert back[-1]["where"] == "host" and \
         back[-1]["detail"].endswith("takes the reply from 10.97.0.2:8080"), back[-1]
+
+
+def vm_host_with_guests(lab: Lab, count: int) -> tuple[str, list[str]]:
+    """A VM host namespace (hv) routed from the host over a veth (10.97.0.0/30), its own
+    bridge lbr0 (10.98.0.1/24) and `count` guests behind it (10.98.0.2, .3, ...)."""
+    sb = lab.sb
+    hv = lab.netns("hv")
+    lab.veth(sb.host, "hvp", hv, "eth0")
+    lab.addr(sb.host, "hvp", "10.97.0.1/30")
+    lab.addr(hv, "eth0", "10.97.0.2/30")
+    guests = []
+    for n in range(count):
+        guest = lab.netns(f"g{n + 1}")
+        lab.veth(hv, f"g{n + 1}p", guest, "eth0")
+        lab.addr(guest, "eth0", f"10.98.0.{n + 2}/24")
+        guests.append(guest)
+    lab.bridge(hv, "lbr0", *[f"g{n + 1}p" for n in range(count)])
+    lab.addr(hv, "lbr0", "10.98.0.1/24")
+    for guest in guests:
+        lab.route(guest, "default", "via", "10.98.0.1")
+    lab.route(hv, "default", "via", "10.97.0.1")
+    lab.sysctl(hv, "net.ipv4.ip_forward", "1")
+    lab.route(sb.host, "10.98.0.0/24", "via", "10.97.0.2")
+    return hv, guests
+
+
+def test_guest_to_guest_on_a_bridge_inside_another_namespace(lab: Lab) -> None:
+    """Two guests on a VM host's own bridge (a lab node, a nested runtime), the VM host
+    in a namespace of its own: their frames are bridged inside that namespace, with its
+    bridge netfilter (per namespace) and its own forward chain deciding, as Docker's
+    FORWARD policy drop does to KVM guests on the host (docker/for-linux#949,
+    https://github.com/docker/for-linux/issues/949). trace follows the frame across the
+    bridge to the other guest where it said no-route. A guest whose tap has no process
+    behind it (a VM that is not running: "tap ... NO-CARRIER",
+    https://unix.stackexchange.com/questions/656018) answers nothing, and trace says why."""
+    hv, (g1, g2) = vm_host_with_guests(lab, 2)
+    lab.serve(g2, "0.0.0.0", 80)
+    assert lab.connect(g1, "10.98.0.3", 80) == "connected"
+    t = check(lab, "connected", f"ns:{g1}", "10.98.0.3:80")
+    assert t["verdict"] == "delivered" and t["hops"][-1]["where"] == f"namespace {g2}", \
+        (t["summary"], t["hops"])
+    assert any(h["where"] == f"lbr0 (namespace {hv})" and "bridged, not routed" in
+               h["detail"] for h in t["hops"]), t["hops"]
+    assert t["reply_hops"][-1]["where"] == f"namespace {g1}"
+    # The VM host's own forward chain, policy drop: its bridge netfilter is on.
+    lab.sysctl(hv, "net.bridge.bridge-nf-call-iptables", "1")
+    lab.nft(hv, "table ip filter {\n"
+                "  chain FORWARD { type filter hook forward priority 0; policy drop; }\n}\n")
+    assert lab.connect(g1, "10.98.0.3", 80) == "timeout"
+    t = check(lab, "timeout", f"ns:{g1}", "10.98.0.3:80")
+    hop = decider(t)
+    assert (hop["where"], hop["table"], hop["verdict"]) == \
+        (f"namespace {hv}: ip filter FORWARD", "filter", "policy drop"), hop
+    assert any(f"bridge-nf-call-iptables in namespace {hv}=1" in h["detail"]
+               for h in t["hops"])
+    lab.sysctl(hv, "net.bridge.bridge-nf-call-iptables", "0")
+    assert lab.connect(g1, "10.98.0.3", 80) == "connected"
+    t = check(lab, "connected", f"ns:{g1}", "10.98.0.3:80")
+    assert any("bridge netfilter is off" in h["detail"] for h in t["hops"])
+    # A guest that is a VM whose process is not running: its tap has no carrier.
+    lab.run(hv, "ip", "tuntap", "add", "tap0", "mode", "tap")
+    lab.ip(hv, "link", "set", "tap0", "master", "lbr0")
+    lab.ip(hv, "link", "set", "tap0", "up")
+    real = lab.connect(g1, "10.98.0.9", 80)
+    assert real in ("timeout", "unreachable")
+    t = check(lab, real, f"ns:{g1}", "10.98.0.9:80")
+    assert t["verdict"] == "no-route"
+    hop = decider(t)
+    assert hop["where"] == f"lbr0 (namespace {hv})" and \
+        "tap0 (a tap: a VM's port) has no carrier" in hop["detail"], hop
+    assert t["fix"].startswith("start the VM that holds tap0")

@@ -112,6 +112,9 @@ class Iface:
     # neighbour discovery; all.forwarding alone gates what is forwarded.)
     force_forwarding: bool = False
     mtu: int = 0  # 0: not known
+    # The lower layer is up (IFF_LOWER_UP): a tap whose process (a VM) does not hold it,
+    # or a link whose other side is down, has none, and takes no frame.
+    carrier: bool = True
     link_index: int = 0  # a veth's other end's index, in its own namespace
     netnsid: int = -1  # a veth's other end's namespace, as this one numbers it (-1: same)
 
@@ -241,6 +244,9 @@ class Space:
     fdb: Learned = field(default_factory=_nothing_learned)
     # VXLAN device -> what it is and where it sends (overlay networks)
     tunnels: dict[str, Tunnel] = field(default_factory=dict)
+    # net.bridge.bridge-nf-call-iptables and -ip6tables in this namespace (they are per
+    # namespace), for its own bridges; None: not recorded (the world's, the host's, hold)
+    bridge_nf: tuple[bool, bool] | None = None
     _local: tuple[list[Iface], int, frozenset[IPAddress]] | None = field(
         default=None, init=False, repr=False, compare=False)
     _names: tuple[list[Iface], int, dict[str, int]] | None = field(
@@ -1119,26 +1125,7 @@ class _Walk:
         """A namespace other than the host (a lab's, a VM host's) sends through a bridge
         of its own: to the port whose other end (a veth into a namespace recorded, such as
         the VMs behind it) holds nexthop."""
-        found = None
-        for port in space.ifaces:
-            if port.master != bridge.name or port.peer is None:
-                continue
-            other = self.world.host if port.peer[0] == self.world.host.key else \
-                self.world.spaces.get(port.peer[0])
-            inner = other.iface(port.peer[1]) if other is not None else None
-            if other is not None and inner is not None and \
-                    any(a.ip == nexthop for a in inner.addrs):
-                found = (other, inner, port)
-                break
-        if found is None:
-            self.hop("bridge", f"{bridge.name} ({space.label})", f"nothing behind "
-                     f"{bridge.name} has {nexthop}: {asks(nexthop)} gets no answer")
-            self.end("no-route", f"nothing behind {bridge.name} in {space.label} holds "
-                     f"{nexthop}", packet, f"check that {nexthop} is the right address, and "
-                     f"that what holds it is attached to {bridge.name} in {space.label} "
-                     "and up")
-        assert found is not None
-        other, inner, port = found
+        other, inner, port = self.port_in(space, bridge, nexthop, packet)
         self.hop("bridge", f"{bridge.name} ({space.label})",
                  f"{space.neighbour(bridge.name, nexthop)}; "
                  f"{space.learned(bridge.name, inner.mac, port.name)} ({other.label})")
@@ -1151,6 +1138,57 @@ class _Walk:
             self.host_in(packet, inner.name)
         else:
             self.ingress(other, inner.name, packet)
+
+    def holder_in(self, space: Space, bridge: str, addr: IPAddress
+                  ) -> tuple[Space, Iface, Iface] | None:
+        """The end holding addr behind a veth port of bridge in space (any namespace's
+        bridge), with that port."""
+        if space is self.world.host:
+            return self.holder(bridge, addr)
+        for port in space.ifaces:
+            if port.master != bridge or port.peer is None:
+                continue
+            other = self.world.host if port.peer[0] == self.world.host.key else \
+                self.world.spaces.get(port.peer[0])
+            inner = other.iface(port.peer[1]) if other is not None else None
+            if other is not None and inner is not None and \
+                    any(a.ip == addr for a in inner.addrs):
+                return other, inner, port
+        return None
+
+    def port_in(self, space: Space, bridge: Iface, nexthop: IPAddress, packet: Packet
+                ) -> tuple[Space, Iface, Iface]:
+        """The end holding nexthop behind bridge of a namespace other than the host (a
+        lab's, a VM host's), and its port; or the end of the walk, saying what else is
+        behind the bridge that no trace can look into (a VM's tap)."""
+        found = self.holder_in(space, bridge.name, nexthop)
+        if found is not None:
+            return found
+        where = f"{bridge.name} ({space.label})"
+        detail = f"nothing behind {bridge.name} has {nexthop}: {asks(nexthop)} gets no answer"
+        fix = f"check that {nexthop} is the right address, and that what holds it is " \
+              f"attached to {bridge.name} in {space.label} and up"
+        taps = [p for p in space.ifaces if p.master == bridge.name and p.kind == "tun"]
+        dead = [p.name for p in taps if not p.carrier]
+        if dead:
+            detail += f"; {', '.join(dead)} (a tap: a VM's port) has no carrier: no " \
+                      "process holds it (the VM is not running), so what is behind it " \
+                      "answers nothing"
+            fix = f"start the VM that holds {dead[0]} (if it is the one with {nexthop}), " \
+                  f"or {fix}"
+        elif taps:
+            detail += f"; what is behind {', '.join(p.name for p in taps)} (a tap: a VM's " \
+                      "port, held by its process) is not seen from here"
+        self.hop("bridge", where, detail)
+        self.end("no-route", f"nothing behind {bridge.name} in {space.label} holds "
+                 f"{nexthop}" + (f" ({dead[0]} has no carrier)" if dead else ""), packet, fix)
+        raise AssertionError("end() returns not")
+
+    def bridge_nf(self, space: Space, version: int) -> bool:
+        """Bridge netfilter (call-iptables or -ip6tables) for the bridges of space."""
+        if space is self.world.host or space.bridge_nf is None:
+            return self.world.bridge_netfilter(version)
+        return space.bridge_nf[0 if version == 4 else 1]
 
     def bridge_out(self, bridge: Iface, nexthop: IPAddress, packet: Packet) -> None:
         """The host sends through its bridge to the port behind which nexthop lives."""
@@ -1274,12 +1312,18 @@ class _Walk:
                      "for its half)", packet)
         return
 
-    def out_of_port(self, port: Iface, space: Space, inner: Iface, packet: Packet) -> None:
-        host = self.world.host
+    def out_of_port(self, port: Iface, space: Space, inner: Iface, packet: Packet,
+                    bridged_in: Space | None = None) -> None:
+        """Out of a bridge port (of the host's bridge, or of one in bridged_in) into
+        the namespace at the veth's other end."""
+        host = bridged_in or self.world.host
         self.hop("veth", f"{port.name} -> {inner.name}", f"veth pair: {port.name} "
                  f"#{port.index} in {host.label} -> {inner.name} #{inner.index} in "
                  f"{space.label}")
-        self.ingress(space, inner.name, packet)
+        if space is self.world.host:
+            self.host_in(packet, inner.name)
+        else:
+            self.ingress(space, inner.name, packet)
 
     def bridge_in(self, host: Space, port: Iface, nexthop: IPAddress, packet: Packet,
                   smac: str) -> None:
@@ -1290,14 +1334,17 @@ class _Walk:
                      f"recreate bridge {port.master}, or detach the port from it")
         assert bridge is not None
         gateway = any(a.ip == nexthop for a in bridge.addrs)
-        found = None if gateway else self.holder(bridge.name, nexthop)
+        where = bridge.name if host is self.world.host else f"{bridge.name} ({host.label})"
+        found = None if gateway else self.holder_in(host, bridge.name, nexthop)
         dmac = bridge.mac if gateway else found[1].mac if found else ""
         packet = replace(packet, iif=port.name, oif="", smac=smac, dmac=dmac)
         packet = self.hook(host, ("bridge",), "prerouting", packet)
-        if not gateway:
+        if not gateway and host is self.world.host:
             space, inner, out_port = self.port_of(bridge, nexthop, packet)
+        elif not gateway:  # a bridge of another namespace (a lab's, a VM host's)
+            space, inner, out_port = self.port_in(host, bridge, nexthop, packet)
         if gateway:
-            self.hop("bridge", bridge.name, f"destination MAC {bridge.mac} is the bridge's "
+            self.hop("bridge", where, f"destination MAC {bridge.mac} is the bridge's "
                      f"own ({nexthop}): up to the host's IP layer")
             packet = self.hook(host, ("bridge",), "input", packet)
             if host is self.world.host:
@@ -1305,12 +1352,14 @@ class _Walk:
             else:  # a bridge of another namespace (a lab's, a VM host's)
                 self.ingress(host, bridge.name, replace(packet, iif=bridge.name))
             return
-        self.hop("bridge", bridge.name, f"{host.learned(bridge.name, dmac, out_port.name)} "
+        self.hop("bridge", where, f"{host.learned(bridge.name, dmac, out_port.name)} "
                  f"({space.label}): bridged, not routed")
         call = "bridge-nf-call-iptables" if packet.version == 4 else "bridge-nf-call-ip6tables"
-        if self.world.bridge_netfilter(packet.version):
+        if host is not self.world.host:
+            call += f" in {host.label}"
+        if self.bridge_nf(host, packet.version):
             ip = replace(packet, iif=bridge.name, oif=bridge.name)
-            self.hop("bridge", bridge.name, f"bridge netfilter is on ({call}=1): the IP "
+            self.hop("bridge", where, f"bridge netfilter is on ({call}=1): the IP "
                      f"hooks see this bridged packet, with {bridge.name} as both devices")
             families = ip_families(packet)
             ip = self.hook(host, families, "prerouting", ip)
@@ -1318,11 +1367,11 @@ class _Walk:
             ip = self.hook(host, families, "postrouting", ip)
             packet = replace(ip, iif=port.name, oif=out_port.name)
         else:
-            self.hop("bridge", bridge.name, f"bridge netfilter is off ({call}=0): the IP "
+            self.hop("bridge", where, f"bridge netfilter is off ({call}=0): the IP "
                      "hooks do not see bridged packets")
             packet = replace(packet, oif=out_port.name)
         packet = self.hook(host, ("bridge",), "forward", packet)
-        self.out_of_port(out_port, space, inner, packet)
+        self.out_of_port(out_port, space, inner, packet, host)
 
     def ipv6_disabled(self, space: Space, iface: Iface | None, packet: Packet,
                       arriving: bool) -> None:

@@ -97,7 +97,7 @@ def _space_from(key: str, label: str, dumper: rtnl.Dumper, rules: list[dict[str,
                                  peer=peers.get(link.ifname), route_localnet=localnet == 1,
                                  rp_filter=rp_filter, forwarding=forwarding != 0,
                                  disable_ipv6=bool(no_ipv6), force_forwarding=bool(force6),
-                                 mtu=link.mtu,
+                                 mtu=link.mtu, carrier=link.carrier,
                                  link_index=link.peer if link.kind == "veth" else 0,
                                  netnsid=link.netnsid if link.kind == "veth" else -1))
     policy = _rules(dumper.rules())
@@ -211,12 +211,22 @@ def _nsids(wanted: set[int], found: list[netns.Namespace]) -> dict[int, int]:
     return {nsid: ns.inode for nsid, ns in netns.resolve_nsids(wanted, found).items()}
 
 
+def _bridge_nf_here(space: core.Space) -> tuple[bool, bool] | None:
+    """Bridge netfilter in the calling thread's namespace (it is per namespace), where
+    space has a bridge of its own (the host's is read once for the world)."""
+    if not any(i.kind == "bridge" for i in space.ifaces):
+        return None
+    return (observe.read_sysctl("net.bridge.bridge-nf-call-iptables") == "1",
+            observe.read_sysctl("net.bridge.bridge-nf-call-ip6tables") == "1")
+
+
 def _record_foreign(ns: netns.Namespace, found: list[netns.Namespace]
                     ) -> tuple[core.Space, dict[int, int]]:
     """A namespace portway did not make, recorded from inside it (read-only), and the
     namespaces its own veths lead to (nsid -> inode)."""
     def record() -> tuple[core.Space, dict[int, int]]:
         space = _space(ns.key, ns.label, None, list_ruleset_here(), {})
+        space.bridge_nf = _bridge_nf_here(space)
         wanted = {i.netnsid for i in _unpaired(space, set())}
         return space, _nsids(wanted, found) if wanted else {}
 
@@ -276,7 +286,9 @@ def observe_foreign(engine: Engine | Observer, world: core.World, name: str) -> 
     key = f"ns:{name}"
 
     def record() -> core.Space:
-        return _space(key, f"namespace {name}", None, list_ruleset_here(), {})
+        space = _space(key, f"namespace {name}", None, list_ruleset_here(), {})
+        space.bridge_nf = _bridge_nf_here(space)
+        return space
 
     space = netns.in_netns(netns.netns_path(name), record)
     core.pair_veths(world.host, space)

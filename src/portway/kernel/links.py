@@ -39,6 +39,7 @@ class Link:
     mac: str
     peer: int = 0  # a veth's other end: its index, in the peer's namespace
     netnsid: int = -1  # the peer's namespace, as this one numbers it (-1: this one)
+    carrier: bool = True  # IFF_LOWER_UP: a tap no process holds has none
 
 
 def _kind(msg: object) -> str:

@@ -33,6 +33,7 @@ MAIN_TABLE, LOCAL_TABLE = 254, 255
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER = 1, 3, 4, 5, 10
 IFLA_LINKINFO, IFLA_IFALIAS, IFLA_LINK_NETNSID, IFLA_INFO_KIND = 18, 20, 37, 1
 IFLA_AF_SPEC, IFLA_INET_CONF = 26, 1
+IFF_LOWER_UP = 0x10000
 IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS = 29, 1 << 3
 IFLA_INET6_CONF = 2
 # include/uapi/linux/ipv6.h's DEVCONF_* (from 0)
@@ -122,6 +123,7 @@ def _parse_link(msg: bytes) -> tuple[Link, tuple[int, ...], tuple[int, ...]]:
     link = Link(index=index, ifname=_text(a.get(IFLA_IFNAME)),
                 kind=_text(info.get(IFLA_INFO_KIND)), alias=_text(a.get(IFLA_IFALIAS)),
                 master=_u32(a.get(IFLA_MASTER)), up=bool(flags & 1),
+                carrier=bool(flags & IFF_LOWER_UP),
                 mtu=_u32(a.get(IFLA_MTU)), mac=_mac(a.get(IFLA_ADDRESS)),
                 peer=_u32(a.get(IFLA_LINK)),
                 netnsid=number if 0 <= number < 0xFFFFFFFF else -1)
