@@ -1018,3 +1018,37 @@ def test_guest_to_guest_on_a_bridge_inside_another_namespace(lab: Lab) -> None:
     assert hop["where"] == f"lbr0 (namespace {hv})" and \
         "tap0 (a tap: a VM's port) has no carrier" in hop["detail"], hop
     assert t["fix"].startswith("start the VM that holds tap0")
+
+
+def test_macvlan_siblings_in_two_namespaces(lab: Lab) -> None:
+    """Two namespaces each with a macvlan on the same lower device of the host (Docker's
+    and Podman's macvlan networks, https://docs.docker.com/engine/network/drivers/
+    macvlan/): in bridge mode the siblings talk straight across, and trace follows the
+    frame to the other namespace. `ip link add ... type macvlan` makes vepa mode by
+    default, where a frame to a sibling leaves by the lower device and comes back only if
+    the switch beyond reflects it ("macvlan containers cannot ping each other",
+    https://github.com/moby/moby/issues/21735; "VEPA mode requires a switch with hairpin",
+    https://developers.redhat.com/blog/2018/10/22/introduction-to-linux-interfaces-for-
+    virtual-networking): trace says so, and the fix is bridge mode."""
+    sb = lab.sb
+    lab.veth(sb.host, "mvl0", sb.host, "mvl0p")
+    a, b = lab.netns("mva"), lab.netns("mvb")
+    for ns, dev, addr in ((a, "mva", "10.99.0.2/24"), (b, "mvb", "10.99.0.3/24")):
+        lab.ip(sb.host, "link", "add", dev, "link", "mvl0", "type", "macvlan", "mode", "vepa")
+        lab.ip(sb.host, "link", "set", dev, "netns", ns)
+        lab.addr(ns, dev, addr)
+        lab.ip(ns, "link", "set", dev, "up")
+    lab.serve(b, "0.0.0.0", 80)
+    assert lab.connect(a, "10.99.0.3", 80) == "timeout"
+    t = check(lab, "timeout", f"ns:{a}", "10.99.0.3:80")
+    hop = decider(t)
+    assert hop["kind"] == "macvlan" and "in vepa mode" in hop["detail"], (t["summary"], hop)
+    assert f"ip netns exec {a} ip link set mva type macvlan mode bridge" in t["fix"]
+    lab.ip(a, "link", "set", "mva", "type", "macvlan", "mode", "bridge")
+    lab.ip(b, "link", "set", "mvb", "type", "macvlan", "mode", "bridge")
+    assert lab.connect(a, "10.99.0.3", 80) == "connected"
+    t = check(lab, "connected", f"ns:{a}", "10.99.0.3:80")
+    assert t["verdict"] == "delivered" and t["hops"][-1]["where"] == f"namespace {b}", \
+        (t["summary"], t["hops"])
+    assert any(h["kind"] == "macvlan" and "bridge mode" in h["detail"] for h in t["hops"])
+    assert t["reply_hops"][-1]["where"] == f"namespace {a}"

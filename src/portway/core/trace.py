@@ -117,6 +117,10 @@ class Iface:
     carrier: bool = True
     link_index: int = 0  # a veth's other end's index, in its own namespace
     netnsid: int = -1  # a veth's other end's namespace, as this one numbers it (-1: same)
+    # A macvlan's: its mode (bridge, vepa, private, ...), and its lower device as the
+    # inode of that device's namespace and its index there (siblings share it).
+    mode: str = ""
+    lower: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -1030,6 +1034,8 @@ class _Walk:
                      "or recreate the device")
         assert iface is not None
         self.ipv6_disabled(space, iface, packet, arriving=False)
+        if iface.kind == "macvlan":
+            self.macvlan_out(space, iface, nexthop, packet)
         if iface.kind == "bridge" and space is self.world.host:
             self.bridge_out(iface, nexthop, packet)
         elif iface.kind == "bridge":
@@ -1138,6 +1144,54 @@ class _Walk:
             self.host_in(packet, inner.name)
         else:
             self.ingress(other, inner.name, packet)
+
+    def macvlan_out(self, space: Space, iface: Iface, nexthop: IPAddress,
+                    packet: Packet) -> None:
+        """Out of a macvlan: to a sibling on the same lower device that holds nexthop,
+        straight across where both are in bridge mode (the frame never leaves by the lower
+        device); in vepa mode by the lower device, to come back only if the switch beyond
+        reflects it (hairpin); never in private mode. Returns when no sibling recorded
+        holds nexthop (the frame leaves by the lower device)."""
+        if iface.lower is None:
+            return
+        sibling = None
+        for other in (self.world.host, *dict.values(self.world.spaces)):
+            for i in other.ifaces:
+                if i.kind == "macvlan" and i.lower == iface.lower and i is not iface and \
+                        any(a.ip == nexthop for a in i.addrs):
+                    sibling = (other, i)
+        if sibling is None:
+            return
+        other, inner = sibling
+        what = f"{iface.name} (macvlan, {iface.mode or '?'} mode) in {space.label} -> " \
+               f"{inner.name} (macvlan, {inner.mode or '?'} mode) in {other.label}"
+        if iface.mode == "bridge" and inner.mode == "bridge":
+            self.hop("macvlan", what, f"both on the same lower device (#{iface.lower[1]}) "
+                     f"in bridge mode: the frame to {nexthop} goes straight across to "
+                     f"{inner.name}, not out of the lower device; "
+                     f"{space.neighbour(iface.name, nexthop)}")
+            if not inner.up:
+                self.end("dropped", f"{inner.name} in {other.label} is down", packet,
+                         in_space(other, f"ip link set {inner.name} up"))
+            self.ingress(other, inner.name, packet)
+            return
+        fix = "put both in bridge mode: " + in_space(
+            space, f"ip link set {iface.name} type macvlan mode bridge") + " && " + \
+            in_space(other, f"ip link set {inner.name} type macvlan mode bridge")
+        if "private" in (iface.mode, inner.mode):
+            why = "a macvlan in private mode talks to none of its siblings"
+            self.hop("macvlan", what, f"{nexthop} is a sibling's on the same lower device; "
+                     f"{why}")
+            self.end("no-route", f"{why} ({iface.name} in {space.label}, {inner.name} "
+                     f"in {other.label}): {asks(nexthop)} gets no answer", packet, fix)
+        why = f"{iface.name} is in {iface.mode or 'vepa'} mode: a frame to a sibling leaves " \
+              "by the lower device, and comes back only if the switch beyond sends it back " \
+              "(hairpin, reflective relay)"
+        self.hop("macvlan", what, f"{nexthop} is a sibling's on the same lower device; "
+                 f"{why}; a veth or a plain switch port does not, so {asks(nexthop)} gets "
+                 "no answer")
+        self.end("no-route", f"{why}; only bridge mode lets siblings talk directly", packet,
+                 fix)
 
     def holder_in(self, space: Space, bridge: str, addr: IPAddress
                   ) -> tuple[Space, Iface, Iface] | None:

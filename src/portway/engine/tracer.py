@@ -97,9 +97,11 @@ def _space_from(key: str, label: str, dumper: rtnl.Dumper, rules: list[dict[str,
                                  peer=peers.get(link.ifname), route_localnet=localnet == 1,
                                  rp_filter=rp_filter, forwarding=forwarding != 0,
                                  disable_ipv6=bool(no_ipv6), force_forwarding=bool(force6),
-                                 mtu=link.mtu, carrier=link.carrier,
-                                 link_index=link.peer if link.kind == "veth" else 0,
-                                 netnsid=link.netnsid if link.kind == "veth" else -1))
+                                 mtu=link.mtu, carrier=link.carrier, mode=link.mode,
+                                 link_index=link.peer if link.kind in PAIRED else 0,
+                                 netnsid=link.netnsid if link.kind in PAIRED else -1))
+    if any(i.kind == "macvlan" for i in ifaces):
+        ifaces = _with_lowers(ifaces)
     policy = _rules(dumper.rules())
     # VXLAN devices through pyroute2: a socket here for them alone, where the caller gave
     # none (a VXLAN device is asked about only where there is one).
@@ -145,6 +147,18 @@ def _space_from(key: str, label: str, dumper: rtnl.Dumper, rules: list[dict[str,
 
 
 FDB_DUMP_MAX = 128  # bridge ports in a namespace up to which its FDB is dumped
+PAIRED = ("veth", "macvlan")  # kinds whose link index names another device (peer, lower)
+
+
+def _with_lowers(ifaces: list[core.Iface]) -> list[core.Iface]:
+    """ifaces with each macvlan's lower device as (inode of its namespace, its index
+    there), which its siblings in other namespaces share (the calling thread is in the
+    namespace of ifaces)."""
+    here = netns.namespace_inode("/proc/thread-self/ns/net") or 0
+    wanted = {i.netnsid for i in ifaces if i.kind == "macvlan" and i.netnsid >= 0}
+    inodes = _nsids(wanted, netns.observe_namespaces()) if wanted else {}
+    return [replace(i, lower=(here if i.netnsid < 0 else inodes.get(i.netnsid, 0),
+                              i.link_index)) if i.kind == "macvlan" else i for i in ifaces]
 
 
 def close_world(world: core.World) -> None:
@@ -279,6 +293,52 @@ def discover(world: core.World, host_ipr: IPRoute, modelled: Modelled) -> None:
             current = space.iface(i.name)
             if current is not None and current.peer is None:
                 _join(world, space, current, world.space(key))
+
+
+def discover_macvlans(world: core.World, modelled: Modelled) -> None:
+    """Record the namespaces that hold a sibling of a macvlan recorded (one on the same
+    lower device): of the namespaces the lower device's namespace numbers (a device was
+    moved or made there from it), those with such a macvlan. Nothing is entered where
+    no macvlan was recorded."""
+    lowers = {i.lower for sp in (world.host, *dict.values(world.spaces)) for i in sp.ifaces
+              if i.kind == "macvlan" and i.lower is not None}
+    if not lowers:
+        return
+    found = netns.observe_namespaces()
+    by_inode = {ns.inode: ns for ns in found}
+    here = netns.namespace_inode("/proc/thread-self/ns/net")
+    candidates: dict[int, netns.Namespace] = {}
+    for inode in {lower[0] for lower in lowers}:
+        home = by_inode.get(inode)
+        path = "/proc/thread-self/ns/net" if inode == here else \
+            home.path if home is not None else ""
+        if not path:
+            continue
+
+        def numbered() -> list[netns.Namespace]:
+            with rtnl.Dumper() as dumper:
+                return [ns for ns in found if netns.nsid_of(ns.path, dumper) is not None]
+
+        for ns in numbered() if inode == here else netns.in_netns(path, numbered):
+            if modelled.get(ns.inode) is None and len(candidates) < MAX_FOREIGN:
+                candidates[ns.inode] = ns
+    order = list(candidates.values())
+
+    def record(path: str) -> core.Space | None:
+        ns = next(n for n in order if n.path == path)
+        with rtnl.Dumper() as dumper:
+            if not any(link.kind == "macvlan" for link in dumper.links()):
+                return None
+        space = _space(ns.key, ns.label, None, list_ruleset_here(), {})
+        if not any(i.lower in lowers for i in space.ifaces if i.kind == "macvlan"):
+            return None
+        space.bridge_nf = _bridge_nf_here(space)
+        return space
+
+    for ns, space in zip(order, netns.visit([n.path for n in order], record), strict=True):
+        if space is not None:
+            world.spaces[ns.key] = space
+            modelled[ns.inode] = ns.key
 
 
 def observe_foreign(engine: Engine | Observer, world: core.World, name: str) -> str:
@@ -594,6 +654,7 @@ def run(engine: Engine | Observer, source: str, destination: str, from_ip: str |
     world, containers, modelled = observe_world(engine)
     try:
         src_key = _source(engine, world, containers, modelled, source)
+        discover_macvlans(world, modelled)
         try:
             literal: IPAddress | None = ipaddress.ip_address(name)
         except ValueError:

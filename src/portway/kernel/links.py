@@ -40,6 +40,7 @@ class Link:
     peer: int = 0  # a veth's other end: its index, in the peer's namespace
     netnsid: int = -1  # the peer's namespace, as this one numbers it (-1: this one)
     carrier: bool = True  # IFF_LOWER_UP: a tap no process holds has none
+    mode: str = ""  # a macvlan's: bridge, vepa, private, passthru, source
 
 
 def _kind(msg: object) -> str:

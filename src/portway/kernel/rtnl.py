@@ -34,6 +34,8 @@ IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER = 1, 3, 4, 5, 10
 IFLA_LINKINFO, IFLA_IFALIAS, IFLA_LINK_NETNSID, IFLA_INFO_KIND = 18, 20, 37, 1
 IFLA_AF_SPEC, IFLA_INET_CONF = 26, 1
 IFF_LOWER_UP = 0x10000
+IFLA_INFO_DATA, IFLA_MACVLAN_MODE = 2, 1
+MACVLAN_MODES = {1: "private", 2: "vepa", 4: "bridge", 8: "passthru", 16: "source"}
 IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS = 29, 1 << 3
 IFLA_INET6_CONF = 2
 # include/uapi/linux/ipv6.h's DEVCONF_* (from 0)
@@ -120,8 +122,13 @@ def _parse_link(msg: bytes) -> tuple[Link, tuple[int, ...], tuple[int, ...]]:
         conf6 = struct.unpack(f"={count}i", raw6[:count * 4])
     nsid = a.get(IFLA_LINK_NETNSID)
     number = int(struct.unpack("=i", nsid[:4])[0]) if nsid else -1
+    kind = _text(info.get(IFLA_INFO_KIND))
+    mode = ""
+    if kind == "macvlan" and IFLA_INFO_DATA in info:
+        mode = MACVLAN_MODES.get(_u32(_attrs(info[IFLA_INFO_DATA]).get(IFLA_MACVLAN_MODE)),
+                                 "")
     link = Link(index=index, ifname=_text(a.get(IFLA_IFNAME)),
-                kind=_text(info.get(IFLA_INFO_KIND)), alias=_text(a.get(IFLA_IFALIAS)),
+                kind=kind, alias=_text(a.get(IFLA_IFALIAS)), mode=mode,
                 master=_u32(a.get(IFLA_MASTER)), up=bool(flags & 1),
                 carrier=bool(flags & IFF_LOWER_UP),
                 mtu=_u32(a.get(IFLA_MTU)), mac=_mac(a.get(IFLA_ADDRESS)),
