@@ -492,6 +492,8 @@ class World:
     # each namespace (portway's endpoints): (bridge, address) -> (namespace key, the
     # host end's name). A hint: each answer is checked.
     behind: dict[tuple[str, IPAddress], tuple[str, str]] = field(default_factory=dict)
+    # What the recorder could not read and skipped (a namespace that went away), to tell
+    notes: list[str] = field(default_factory=list)
     _holders: tuple[tuple[int, ...], dict[tuple[str, IPAddress], int]] | None = field(
         default=None, init=False, repr=False, compare=False)
 

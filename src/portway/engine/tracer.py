@@ -7,6 +7,7 @@ part; core/trace.py does the reasoning on it.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import socket
@@ -234,17 +235,38 @@ def _bridge_nf_here(space: core.Space) -> tuple[bool, bool] | None:
             observe.read_sysctl("net.bridge.bridge-nf-call-ip6tables") == "1")
 
 
+GONE = (errno.ENOENT, errno.EINVAL, errno.ESRCH)  # a namespace file unmounted, a process ended
+
+
+def _gone(exc: OSError) -> bool:
+    """Whether entering a namespace failed because it is no longer there."""
+    return exc.errno in GONE
+
+
+def vanished(label: str) -> str:
+    """The note for a namespace that went away while trace read it."""
+    return f"{label} went away while trace read it: skipped (trace again if it is back)"
+
+
 def _record_foreign(ns: netns.Namespace, found: list[netns.Namespace]
-                    ) -> tuple[core.Space, dict[int, int]]:
+                    ) -> tuple[core.Space, dict[int, int]] | None:
     """A namespace portway did not make, recorded from inside it (read-only), and the
-    namespaces its own veths lead to (nsid -> inode)."""
-    def record() -> tuple[core.Space, dict[int, int]]:
+    namespaces its own veths lead to (nsid -> inode); None when it went away meanwhile
+    (its file unmounted, its process ended, or another namespace under its name)."""
+    def record() -> tuple[core.Space, dict[int, int]] | None:
+        if netns.namespace_inode("/proc/thread-self/ns/net") != ns.inode:
+            return None  # another namespace took its name
         space = _space(ns.key, ns.label, None, list_ruleset_here(), {})
         space.bridge_nf = _bridge_nf_here(space)
         wanted = {i.netnsid for i in _unpaired(space, set())}
         return space, _nsids(wanted, found) if wanted else {}
 
-    return netns.in_netns(ns.path, record)
+    try:
+        return netns.in_netns(ns.path, record)
+    except OSError as exc:
+        if not _gone(exc):
+            raise
+        return None
 
 
 def _join(world: core.World, a: core.Space, i: core.Iface, b: core.Space) -> None:
@@ -286,7 +308,11 @@ def discover(world: core.World, host_ipr: IPRoute, modelled: Modelled) -> None:
                 if ns is None or entered >= MAX_FOREIGN:
                     continue
                 entered += 1
-                other, mapping[ns.key] = _record_foreign(ns, found)
+                recorded = _record_foreign(ns, found)
+                if recorded is None:
+                    world.notes.append(vanished(ns.label))
+                    continue
+                other, mapping[ns.key] = recorded
                 world.spaces[ns.key] = other
                 modelled[inode] = key = ns.key
                 pending.append((other, set()))
@@ -319,7 +345,14 @@ def discover_macvlans(world: core.World, modelled: Modelled) -> None:
             with rtnl.Dumper() as dumper:
                 return [ns for ns in found if netns.nsid_of(ns.path, dumper) is not None]
 
-        for ns in numbered() if inode == here else netns.in_netns(path, numbered):
+        try:
+            numbers = numbered() if inode == here else netns.in_netns(path, numbered)
+        except OSError as exc:
+            if not _gone(exc):
+                raise
+            world.notes.append(vanished(home.label if home is not None else "a namespace"))
+            continue
+        for ns in numbers:
             if modelled.get(ns.inode) is None and len(candidates) < MAX_FOREIGN:
                 candidates[ns.inode] = ns
     order = list(candidates.values())
@@ -350,7 +383,13 @@ def observe_foreign(engine: Engine | Observer, world: core.World, name: str) -> 
         space.bridge_nf = _bridge_nf_here(space)
         return space
 
-    space = netns.in_netns(netns.netns_path(name), record)
+    try:
+        space = netns.in_netns(netns.netns_path(name), record)
+    except OSError as exc:
+        if not _gone(exc):
+            raise
+        raise NotFound(f"network namespace {name!r} went away while trace read it",
+                       "give one that 'ip netns list' shows, as ns:NAME") from None
     core.pair_veths(world.host, space)
     world.spaces[key] = space
     return key
@@ -401,10 +440,16 @@ def observe_world(engine: Engine | Observer
                           inner_peers.get(key, {}), own)
 
         def load() -> core.Space:
+            empty = core.Space(key=key, label=f"container {c.name}", ifaces=[], routes=[])
             if not netns.sandbox_exists(c.netns):  # gone (drift): nothing in it
-                return core.Space(key=key, label=f"container {c.name}", ifaces=[],
-                                  routes=[])
-            return netns.in_netns(c.netns, record)
+                return empty
+            try:
+                return netns.in_netns(c.netns, record)
+            except OSError as exc:  # removed meanwhile
+                if not _gone(exc):
+                    raise
+                world.notes.append(vanished(f"container {c.name}"))
+                return empty
         return load
 
     # Each container is recorded when the path (or anything) first asks for it; who
@@ -848,6 +893,7 @@ def _answer(engine: Engine | Observer, world: core.World, key: str, packet: Pack
     notes = list(dest.notes)
     if engine.host_netns:
         notes.insert(0, f"the host is network namespace {engine.host_netns}")
+    notes += world.notes
     data["notes"] = notes
     data["family"] = f"ipv{packet.version}"
     data["bridge_netfilter"] = world.bridge_netfilter(packet.version)
