@@ -86,19 +86,23 @@ def plain(text: str, rec: dict[str, Any]) -> str:
     rows: list[tuple[str, str, str, str]] = []
     out: list[str] = []
     table = False
+    def flush() -> None:
+        new_width = max((len(r[2]) for r in rows), default=0)
+        out.extend(f"{n}  {k} {w:<{new_width}}  {d}" for n, k, w, d in rows)
+        rows.clear()
+
     for line in text.splitlines():
-        if line.startswith("trace "):
-            table = True
-        elif line.startswith("verdict:"):
+        if line.startswith("trace ") or line == "the reply comes back:":
+            table = True  # (the reply's rows are laid out as the request's)
+        elif line.startswith("verdict:") or (table and not line.strip()):
             table = False
-            new_width = max((len(r[2]) for r in rows), default=0)
-            out += [f"{n}  {k} {w:<{new_width}}  {d}" for n, k, w, d in rows]
-            rows = []
+            flush()
         elif table and len(line) > 12 + width:
             rows.append((line[:3], line[5:11], named(line[12:12 + width].rstrip(), rec),
                          named(line[14 + width:], rec)))
             continue
         out.append(named(line, rec))
+    flush()
     return "\n".join(out)
 
 

@@ -1042,7 +1042,8 @@ def test_macvlan_siblings_in_two_namespaces(lab: Lab) -> None:
     assert lab.connect(a, "10.99.0.3", 80) == "timeout"
     t = check(lab, "timeout", f"ns:{a}", "10.99.0.3:80")
     hop = decider(t)
-    assert hop["kind"] == "macvlan" and "in vepa mode" in hop["detail"], (t["summary"], hop)
+    assert hop["kind"] == "mvlan" and hop["where"] == "mva -> mvb" and \
+        "in vepa mode" in hop["detail"], (t["summary"], hop)
     assert f"ip netns exec {a} ip link set mva type macvlan mode bridge" in t["fix"]
     lab.ip(a, "link", "set", "mva", "type", "macvlan", "mode", "bridge")
     lab.ip(b, "link", "set", "mvb", "type", "macvlan", "mode", "bridge")
@@ -1052,5 +1053,5 @@ def test_macvlan_siblings_in_two_namespaces(lab: Lab) -> None:
     t = check(lab, "connected", f"ns:{a}", "10.99.0.3:80")
     assert t["verdict"] == "delivered" and t["hops"][-1]["where"] == f"namespace {b}", \
         (t["summary"], t["hops"])
-    assert any(h["kind"] == "macvlan" and "bridge mode" in h["detail"] for h in t["hops"])
+    assert any(h["kind"] == "mvlan" and "bridge mode" in h["detail"] for h in t["hops"])
     assert t["reply_hops"][-1]["where"] == f"namespace {a}"

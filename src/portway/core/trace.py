@@ -551,7 +551,7 @@ class World:
 
 @dataclass(frozen=True)
 class Hop:
-    kind: str  # route, veth, bridge, hook, nat, socket, leave, drop, ct, reply, mtu
+    kind: str  # route, veth, bridge, mvlan, hook, nat, socket, leave, drop, ct, reply, mtu
     where: str
     detail: str
     decision: Decision | None = None
@@ -1165,13 +1165,13 @@ class _Walk:
         if sibling is None:
             return
         other, inner = sibling
-        what = f"{iface.name} (macvlan, {iface.mode or '?'} mode) in {space.label} -> " \
-               f"{inner.name} (macvlan, {inner.mode or '?'} mode) in {other.label}"
+        what = f"{iface.name} -> {inner.name}"
+        pair = f"macvlan {iface.name} ({iface.mode or '?'} mode) in {space.label} -> " \
+               f"its sibling {inner.name} ({inner.mode or '?'} mode) in {other.label}"
         if iface.mode == "bridge" and inner.mode == "bridge":
-            self.hop("macvlan", what, f"both on the same lower device (#{iface.lower[1]}) "
-                     f"in bridge mode: the frame to {nexthop} goes straight across to "
-                     f"{inner.name}, not out of the lower device; "
-                     f"{space.neighbour(iface.name, nexthop)}")
+            self.hop("mvlan", what, f"{pair}, on the same lower device (#{iface.lower[1]}): "
+                     f"in bridge mode the frame to {nexthop} goes straight across, not out "
+                     f"of the lower device; {space.neighbour(iface.name, nexthop)}")
             if not inner.up:
                 self.end("dropped", f"{inner.name} in {other.label} is down", packet,
                          in_space(other, f"ip link set {inner.name} up"))
@@ -1182,16 +1182,14 @@ class _Walk:
             in_space(other, f"ip link set {inner.name} type macvlan mode bridge")
         if "private" in (iface.mode, inner.mode):
             why = "a macvlan in private mode talks to none of its siblings"
-            self.hop("macvlan", what, f"{nexthop} is a sibling's on the same lower device; "
-                     f"{why}")
+            self.hop("mvlan", what, f"{pair}: {nexthop} is the sibling's; {why}")
             self.end("no-route", f"{why} ({iface.name} in {space.label}, {inner.name} "
                      f"in {other.label}): {asks(nexthop)} gets no answer", packet, fix)
         why = f"{iface.name} is in {iface.mode or 'vepa'} mode: a frame to a sibling leaves " \
               "by the lower device, and comes back only if the switch beyond sends it back " \
               "(hairpin, reflective relay)"
-        self.hop("macvlan", what, f"{nexthop} is a sibling's on the same lower device; "
-                 f"{why}; a veth or a plain switch port does not, so {asks(nexthop)} gets "
-                 "no answer")
+        self.hop("mvlan", what, f"{pair}: {nexthop} is the sibling's; {why}; a veth or a "
+                 f"plain switch port does not, so {asks(nexthop)} gets no answer")
         self.end("no-route", f"{why}; only bridge mode lets siblings talk directly", packet,
                  fix)
 
