@@ -850,11 +850,13 @@ def test_localhost_is_ipv6_first_the_server_ipv4_only(lab: Lab) -> None:
 
 
 def test_strict_reverse_path_filter_drops_replies_on_the_second_uplink(lab: Lab) -> None:
-    """"Multi-WAN: replies arriving on WAN2 are dropped" (a host with two uplinks whose
-    VMs leave with the second one's address while the main table routes by the first:
-    "packets come in on one interface and the route back points out a different one ...
-    rp_filter drops them", https://access.redhat.com/solutions/53031; "Two network
-    interfaces and rp_filter", https://serverfault.com/questions/932205). The request
+    """A host with two uplinks whose VMs leave with the second one's address while the
+    main table routes by the first ("Why does Red Hat Enterprise Linux ... discard packets
+    when the route for outbound traffic differs from the route of incoming traffic?",
+    https://access.redhat.com/solutions/53031; "Since RHEL 6 ... asymmetric routing
+    doesn't work anymore out of the box", "Linux multihome host with rule based routing",
+    http://pdiary.ru/index.php/2017/12/26/linux-multihome-host-with-rule-based-routing/).
+    The request
     leaves by uplink0; the far end answers the address it saw, which is uplink1's, and
     the network beyond delivers that to uplink1, where strict reverse path filtering
     drops it: the host's way back to the far end leaves by uplink0. The connection's
@@ -897,11 +899,12 @@ def test_strict_reverse_path_filter_drops_replies_on_the_second_uplink(lab: Lab)
 
 
 def test_nat_inside_a_vm_host_namespace_is_undone_on_the_reply(lab: Lab) -> None:
-    """A VM host of its own (a lab node, a nested runtime: libvirt's NAT network
-    masquerades its guests and forwards ports to them with DNAT in its own namespace,
-    https://wiki.libvirt.org/Networking.html#nat-forwarding-aka-virtual-networks; a
-    Docker-in-Docker node the same, https://hub.docker.com/_/docker): the host knows
-    only the VM host's own address, not the guests' subnet. The guest's connection to the
+    """A VM host of its own (a lab node, a nested runtime) that does what a libvirt
+    NAT-based network does, in its own namespace: masquerades its guests ("Custom
+    NAT-based network", https://jamielinux.com/docs/libvirt-networking-handbook/custom-nat-based-network.html)
+    and forwards a port to one with DNAT ("Packets arriving on the public interface are
+    DNATed to the virtual machine", https://github.com/saschpe/libvirt-hook-qemu). The
+    host knows only the VM host's own address, not the guests' subnet. The guest's connection to the
     host leaves masqueraded; the host's reply goes to the VM host's address, where that
     namespace's conntrack turns it back to the guest, and bridges it on. A port the VM
     host forwards to the guest answers from the address the client asked for."""
@@ -980,8 +983,8 @@ def test_guest_to_guest_on_a_bridge_inside_another_namespace(lab: Lab) -> None:
     FORWARD policy drop does to KVM guests on the host (docker/for-linux#949,
     https://github.com/docker/for-linux/issues/949). trace follows the frame across the
     bridge to the other guest where it said no-route. A guest whose tap has no process
-    behind it (a VM that is not running: "tap ... NO-CARRIER",
-    https://unix.stackexchange.com/questions/656018) answers nothing, and trace says why."""
+    behind it (a VM that is not running: the tap has no carrier) answers nothing, and
+    trace says why."""
     hv, (g1, g2) = vm_host_with_guests(lab, 2)
     lab.serve(g2, "0.0.0.0", 80)
     assert lab.connect(g1, "10.98.0.3", 80) == "connected"
@@ -1022,14 +1025,16 @@ def test_guest_to_guest_on_a_bridge_inside_another_namespace(lab: Lab) -> None:
 
 def test_macvlan_siblings_in_two_namespaces(lab: Lab) -> None:
     """Two namespaces each with a macvlan on the same lower device of the host (Docker's
-    and Podman's macvlan networks, https://docs.docker.com/engine/network/drivers/
-    macvlan/): in bridge mode the siblings talk straight across, and trace follows the
-    frame to the other namespace. `ip link add ... type macvlan` makes vepa mode by
-    default, where a frame to a sibling leaves by the lower device and comes back only if
-    the switch beyond reflects it ("macvlan containers cannot ping each other",
-    https://github.com/moby/moby/issues/21735; "VEPA mode requires a switch with hairpin",
-    https://developers.redhat.com/blog/2018/10/22/introduction-to-linux-interfaces-for-
-    virtual-networking): trace says so, and the fix is bridge mode."""
+    and Podman's macvlan networks,
+    https://docs.docker.com/engine/network/drivers/macvlan/): in bridge mode the siblings
+    talk straight across, and trace follows the frame to the other namespace. `ip link add
+    ... type macvlan` makes vepa mode by default, where a frame to a sibling leaves by the
+    lower device and comes back only if the switch beyond reflects it ("with vepa mode
+    connections between containers on the same host arent working at all anymore ... arp
+    requests that get no answer", https://github.com/jpetazzo/pipework/issues/239; the
+    modes in "Introduction to Linux interfaces for virtual networking",
+    https://developers.redhat.com/blog/2018/10/22/introduction-to-linux-interfaces-for-virtual-networking):
+    trace says so, and the fix is bridge mode."""
     sb = lab.sb
     lab.veth(sb.host, "mvl0", sb.host, "mvl0p")
     a, b = lab.netns("mva"), lab.netns("mvb")
