@@ -1036,14 +1036,14 @@ class _Walk:
                      "or recreate the device")
         assert iface is not None
         self.ipv6_disabled(space, iface, packet, arriving=False)
-        if iface.kind == "macvlan":
+        if iface.kind == "macvlan":  # to a sibling recorded, if one holds nexthop
             self.macvlan_out(space, iface, nexthop, packet)
         if iface.kind == "bridge" and space is self.world.host:
             self.bridge_out(iface, nexthop, packet)
         elif iface.kind == "bridge":
             self.bridge_out_of(space, iface, nexthop, packet)
-        elif iface.kind == "macvlan":
-            self.macvlan_out(space, iface, nexthop, packet)
+        elif iface.kind == "macvlan":  # no sibling recorded holds nexthop
+            self.macvlan_leaves(space, iface, nexthop, packet)
         elif iface.peer is not None:
             peer_space = self.world.space(iface.peer[0])
             peer = peer_space.iface(iface.peer[1])
@@ -1085,8 +1085,8 @@ class _Walk:
         else:
             self.end("leaves-host", f"leaves {space.label} through {iface.name}", packet)
 
-    def macvlan_out(self, space: Space, iface: Iface, nexthop: IPAddress,
-                    packet: Packet) -> None:
+    def macvlan_leaves(self, space: Space, iface: Iface, nexthop: IPAddress,
+                       packet: Packet) -> None:
         """Out of a macvlan device (a container on a macvlan network): the frame leaves by
         the parent interface straight onto its LAN, below the host's IP stack, so no
         route, rule or conntrack of the host's is on its way (nor, in bridge mode, for a

@@ -49,7 +49,7 @@ def list_ruleset_here() -> list[dict[str, Any]]:
 
 def _macvlan_parents(engine: Any) -> dict[str, str]:
     """network id -> the parent interface of each macvlan network (core/trace.py's
-    macvlan_out names it as the device's way out)."""
+    macvlan_leaves names it as the device's way out)."""
     from portway.core import macvlan
 
     return {n.id: macvlan.parent(n) or "the default-route interface"
