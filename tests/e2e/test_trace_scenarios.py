@@ -1005,6 +1005,8 @@ def test_guest_to_guest_on_a_bridge_inside_another_namespace(lab: Lab) -> None:
         (f"namespace {hv}: ip filter FORWARD", "filter", "policy drop"), hop
     assert any(f"bridge-nf-call-iptables in namespace {hv}=1" in h["detail"]
                for h in t["hops"])
+    assert t["live"]["summary"].endswith(f"static trace drops it in namespace {hv}, whose "
+                                         "hooks the live trace does not see")
     lab.sysctl(hv, "net.bridge.bridge-nf-call-iptables", "0")
     assert lab.connect(g1, "10.98.0.3", 80) == "connected"
     t = check(lab, "connected", f"ns:{g1}", "10.98.0.3:80")
@@ -1060,3 +1062,41 @@ def test_macvlan_siblings_in_two_namespaces(lab: Lab) -> None:
         (t["summary"], t["hops"])
     assert any(h["kind"] == "mvlan" and "bridge mode" in h["detail"] for h in t["hops"])
     assert t["reply_hops"][-1]["where"] == f"namespace {a}"
+
+
+def test_live_probe_sees_where_its_answer_dies_in_the_host(lab: Lab) -> None:
+    """A forward chain of the user's own (policy drop) lets one network reach another,
+    but forgets the replies (as in containers/netavark#977,
+    https://github.com/containers/netavark/issues/977): the SYN is forwarded, the server
+    answers, and the SYN-ACK dies in the host. Static trace walks the reply to that chain;
+    the live probe's answer is traced too, and the live verdict names the same chain,
+    where it used to say that no rule dropped anything."""
+    sb = lab.sb
+    (vm1,) = vms(lab, 1)
+    vm2 = lab.netns("other")
+    lab.veth(sb.host, "otherp", vm2, "eth0")
+    lab.bridge(sb.host, "br1", "otherp")
+    lab.addr(sb.host, "br1", "10.89.0.1/24")
+    lab.addr(vm2, "eth0", "10.89.0.2/24")
+    lab.route(vm2, "default", "via", "10.89.0.1")
+    lab.sysctl(sb.host, "net.ipv4.ip_forward", "1")
+    lab.nft(sb.host, "table inet filter {\n"
+                     "  chain forward { type filter hook forward priority 0; policy drop;\n"
+                     "    iifname \"br0\" oifname \"br1\" accept\n  }\n}\n")
+    lab.serve(vm2, "0.0.0.0", 80)
+    assert lab.connect(vm1, "10.89.0.2", 80) == "timeout"
+    t = check(lab, "timeout", f"ns:{vm1}", "10.89.0.2:80")
+    assert "its reply does not come back" in t["summary"], t["summary"]
+    hop = decider(t)
+    assert (hop["kind"], hop["table"], hop["chain"], hop["verdict"]) == \
+        ("reply", "filter", "forward", "policy drop")
+    live = t["live"]
+    assert live["summary"] == "delivered, but the reply was dropped on this host by inet " \
+        "filter forward: policy drop", live["summary"]
+    assert [(h["table"], h["verdict"]) for h in live["reply"]["hops"]] == \
+        [("filter", "policy drop")], live["reply"]["hops"]
+    lab.run(sb.host, "sh", "-c", t["fix"].partition(": ")[2])
+    assert lab.connect(vm1, "10.89.0.2", 80) == "connected"
+    t = check(lab, "connected", f"ns:{vm1}", "10.89.0.2:80")
+    assert [(h["table"], h["verdict"]) for h in t["live"]["reply"]["hops"]] == \
+        [("filter", "accept")], t["live"]["reply"]["hops"]

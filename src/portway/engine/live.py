@@ -104,11 +104,21 @@ def _reply_match(proto: str, sport: int, dport: int, daddr: str) -> list[Any]:
 
 def trace_tables(proto: str, sport: int, dport: int, daddr: str, saddr: str | None,
                  egress_devices: list[str], tunnelled: int | None = None,
-                 reply: bool = False) -> list[dict[str, Any]]:
+                 reply: bool = False, answer: tuple[int, int] | None = None
+                 ) -> list[dict[str, Any]]:
     """The short-lived tables: trace the probe from its first hook, stop it at the edge;
     tunnelled (the inner packet's IP version): also where it leaves inside VXLAN; reply:
     trace its reply too (from the destination's port back to the probe's)."""
     selects = [_match(proto, sport, dport, daddr, saddr)]
+    if answer is not None:
+        # answer (the server's port, the probe's source port): the reply by its ports
+        # alone, where it comes back to this host (its addresses are the NATed ones).
+        selects.append([
+            {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": proto}},
+            {"match": {"op": "==", "left": {"payload": {"protocol": "th", "field": "sport"}},
+                       "right": answer[0]}},
+            {"match": {"op": "==", "left": {"payload": {"protocol": "th", "field": "dport"}},
+                       "right": answer[1]}}])
     if reply:
         selects.append(_reply_match(proto, sport, dport, daddr))
     nftrace_on = {"mangle": {"key": {"meta": {"key": "nftrace"}}, "value": 1}}
@@ -264,7 +274,9 @@ def run(engine: Engine | Observer, world: core.World, src_key: str, packet: Pack
         # Followed to the other host: the reply is traced too, there and back here.
         engine.nft.apply(trace_tables(packet.l4proto, sport, packet.dport, str(packet.daddr),
                                       str(packet.saddr) if outside else None, devices,
-                                      tunnelled, reply=follow is not None))
+                                      tunnelled, reply=follow is not None,
+                                      answer=None if follow is not None else
+                                      (_server_port(static, packet), sport)))
         if follow is not None:
             followed = Followed(follow, lambda devices: trace_tables(
                 packet.l4proto, sport, packet.dport, str(packet.daddr),
@@ -392,9 +404,9 @@ def _report(events: list[nftrace.TraceEvent], connections: list[nftrace.Connecti
             socket_drops: int = 0, unanswered: list[str] | None = None,
             far: Far | None = None, remote_events: list[nftrace.TraceEvent] | None = None,
             followed: Followed | None = None) -> dict[str, Any]:
-    # (The reply is selected only where the probe is followed to another host.)
-    mine_all, mine_reply = by_direction(events, sport) if followed is not None else \
-        (events, [])
+    # (The reply is selected too: by its ports here, by its addresses where the probe is
+    # followed to another host.)
+    mine_all, mine_reply = by_direction(events, sport)
     theirs_all, theirs_reply = by_direction(remote_events or [], sport)
     mine, theirs = first_packet(mine_all), first_packet(theirs_all)
 
@@ -417,9 +429,22 @@ def _report(events: list[nftrace.TraceEvent], connections: list[nftrace.Connecti
     tunnel = static.tunnel
     src = packet.saddr if outside else ipaddress.ip_address(local[0].partition("%")[0])
     reply: dict[str, Any] | None = None
+    back: list[core.KernelStep] = []  # the reply's chains in this host, not followed
     if followed is not None and far is not None:
         reply = _reply(first_reply(theirs_reply), first_reply(mine_reply), rules, hooks,
                        followed, far, packet, src, sport, outcome)
+    else:
+        back = fold(first_reply(mine_reply), rules)
+    back_drop = next((s for s in back if s.verdict.split()[-1] == "drop"), None)
+    if back:
+        reply = {"what": f"{packet.l4proto} reply {hostport(packet.daddr, packet.dport)} -> "
+                         f"{hostport(src, sport)}",
+                 "hops": [{**s.as_dict(), "hook": hooks.get((s.family, s.table, s.chain), ""),
+                           "host": ""} for s in back],
+                 "why": "" if back_drop is None else
+                 f"the reply was dropped on this host by {back_drop.family} "
+                 f"{back_drop.table} {back_drop.chain}: {back_drop.rule or back_drop.verdict}",
+                 "dropped": back_drop is not None}
     if drop is not None:
         verdict = "dropped"
         summary = f"dropped by {drop.family} {drop.table} {drop.chain}: {drop.rule or drop.verdict}"
@@ -441,6 +466,19 @@ def _report(events: list[nftrace.TraceEvent], connections: list[nftrace.Connecti
         verdict, summary = "dropped", f"delivered, but {reply['why']}"
     elif outcome in ("connected", "answered"):
         verdict, summary = "delivered", f"the probe's {packet.l4proto} {outcome}"
+    elif outcome == "timeout" and back:
+        last = back[-1]
+        verdict = "dropped"
+        summary = f"delivered, but the reply went no further on this host " \
+                  f"than {last.family} {last.table} {last.chain} " \
+                  f"({hooks.get((last.family, last.table, last.chain), '')}), which let it " \
+                  "pass: the kernel dropped it after that hook, not a netfilter rule (the " \
+                  "reverse path filter, a martian, no route)"
+    elif outcome == "timeout" and _beyond(compare_static):
+        verdict = "dropped"
+        summary = f"no answer ({outcome}), and no rule of the host dropped it: static trace " \
+                  f"drops it in {_beyond(compare_static)}, whose hooks the live trace does " \
+                  "not see"
     elif outcome == "refused":
         verdict, summary = "no-listener", "refused (nothing listens)"
     elif outcome == "unreachable" and unanswered:
@@ -492,6 +530,15 @@ def _report(events: list[nftrace.TraceEvent], connections: list[nftrace.Connecti
         reasons = core.agreement(
             core.static_steps(compare_static, "host"), steps, compare_static.verdict,
             verdict, (compare_static.seen_source, compare_static.seen_destination), seen)
+        if back and not compare_static.summary.endswith(STATE_NOTE):
+            # The reply's chains in the host against the static reply's.
+            told = compare_static.reply_hops or [h for h in compare_static.hops
+                                                 if h.kind == "reply"]
+            lost = "dropped" if compare_static.reply_lost else ""
+            reasons += [f"the reply: {r}" for r in core.agreement(
+                core.static_steps(replace(compare_static, hops=[
+                    replace(h, kind="answer") for h in told]), "host"),
+                back, lost, lost if back_drop is None else "dropped", ("", ""), None)]
     hops = [{**s.as_dict(), "hook": hooks.get((s.family, s.table, s.chain), ""), "host": ""}
             for s in steps]
     if followed is not None and far is not None:
@@ -597,6 +644,22 @@ def _reply(there: list[nftrace.TraceEvent], here: list[nftrace.TraceEvent],
         why = (f"the reply was traced on host {far.host} into the tunnel, but not seen "
                "back on this host: the live view of it stops at the VXLAN hop")
     return {"what": what, "hops": hops, "why": why, "dropped": dropped is not None}
+
+
+def _server_port(static: core.Trace, packet: Packet) -> int:
+    """The port the server answers from: where the static trace delivered the request
+    (after any DNAT), else the one asked for."""
+    port = static.seen_destination.rpartition(":")[2]
+    return int(port) if port.isdigit() else packet.dport
+
+
+def _beyond(static: core.Trace) -> str:
+    """Where static trace drops the request, if that is in a namespace other than the
+    host's (a container's, a lab's), whose hooks the live trace does not see; else ""."""
+    if static.verdict != "dropped" or not static.hops or static.hops[-1].kind == "reply":
+        return ""
+    where = static.hops[-1].where.split(":")[0]
+    return where if where.startswith(("namespace ", "container ")) else ""
 
 
 def _inner(far: core.Trace) -> core.Trace:
