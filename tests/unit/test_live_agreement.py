@@ -135,3 +135,31 @@ def test_a_followed_probes_reply_is_told_apart_and_only_its_first_packet_kept() 
                           ({"payload": {"protocol": "ip", "field": "saddr"}}, "10.200.0.3")]
     assert len(selects) == 2 and len([c for c in live.trace_tables(
         "tcp", 40001, 80, "10.200.0.3", None, []) if "rule" in c["add"]]) == 3
+
+
+def _reply_event(chain: str, kind: str, verdict: str, ports: tuple[int, int] | None = None,
+           flags: int = 0) -> Any:
+    from portway.kernel.nftrace import TraceEvent
+
+    network = transport = b""
+    if ports is not None:  # a chain's first event carries the headers
+        network = bytes([0x45]) + bytes(8) + bytes([6]) + bytes(10)
+        transport = ports[0].to_bytes(2, "big") + ports[1].to_bytes(2, "big") + \
+            bytes(9) + bytes([flags]) + bytes(6)
+    return TraceEvent(1, "inet", "filter", chain, kind, None if kind == "policy" else 3,
+                      verdict, "", 0, 0, network, transport)
+
+
+def test_a_syn_ack_sent_again_is_not_the_first_replys() -> None:
+    """The server sends its SYN-ACK again when the first was dropped: the reply's first
+    packet is the first walk alone, through each chain once."""
+    from portway.engine.live import first_reply
+
+    def walk() -> list[Any]:
+        return [_reply_event("prerouting", "rule", "continue", (80, 41000), 0x12),
+                _reply_event("prerouting", "policy", "accept"),
+                _reply_event("forward", "rule", "continue", (80, 41000), 0x12),
+                _reply_event("forward", "policy", "drop")]
+
+    first = walk()
+    assert first_reply([*first, *walk()]) == first

@@ -596,7 +596,9 @@ def first_reply(events: list[nftrace.TraceEvent]) -> list[nftrace.TraceEvent]:
                 keep = flags & 0x12 == 0x12 or bool(flags & 0x04)
             if keep and out and e.chain == out[0].chain and e.family == out[0].family \
                     and e.table == out[0].table:
-                keep = False  # the first packet's walk is over: a second one begins
+                # The first packet's walk is over: a second one begins (a SYN-ACK sent
+                # again, through the same chains), and none after it is the first's.
+                break
         if keep and not (e.kind == "rule" and e.handle is None):
             out.append(e)
     return [e for e in out if e.table != TABLE]
