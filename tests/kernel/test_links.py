@@ -77,6 +77,23 @@ def test_ensure_bridge_finishes_when_the_address_is_there_already(
     assert [a["local"] for a in addrs["addr_info"]] == [str(GATEWAY)]  # type: ignore[index]
 
 
+def test_a_new_bridge_does_no_multicast_snooping(spaces: tuple[str, str]) -> None:
+    """Snooping makes every new port's set-up walk all the bridge's ports (its multicast
+    timers): a container's set-up that grows with the number of containers."""
+    host, _ = spaces
+
+    def body() -> None:
+        ipr = links.IPRoute()
+        try:
+            bridge(ipr)
+        finally:
+            ipr.close()
+
+    netns.in_netns(netns.netns_path(host), body)
+    (link,) = ip(host, "-d", "link", "show", "pwbr-test")
+    assert link["linkinfo"]["info_data"]["mcast_snooping"] == 0  # type: ignore[index]
+
+
 def spec(index: int) -> links.EndpointSpec:
     return links.EndpointSpec(host_ifname="pwv-test", ifname="eth0", mac="02:42:0a:78:00:02",
                               mtu=1500, addresses=(ipaddress.ip_interface("10.120.0.2/24"),),

@@ -221,9 +221,14 @@ def ensure_bridge(ipr: IPRoute, name: str, mac: str, mtu: int,
     existing = observe_link(ipr, name)
     created = False
     if existing is None:
+        # No multicast snooping: with it, each port that comes up makes the bridge walk
+        # every port to (re)start its multicast timers, a cost that grows with the
+        # number of containers. No container network has a multicast querier, and
+        # without one a snooping bridge floods multicast to every port anyway: what
+        # containers see is the same.
         try:
             ipr.link("add", ifname=name, kind="bridge", address=mac, mtu=mtu,
-                     br_stp_state=0, br_forward_delay=0)
+                     br_stp_state=0, br_forward_delay=0, br_mcast_snooping=0)
         except NetlinkError as exc:
             if exc.code != errno.EEXIST:
                 raise _kernel_error(f"create bridge {name}", exc) from None
