@@ -19,6 +19,7 @@ from typing import Any
 from portway.core.confine import Identity, UserSpec
 from portway.engine import build_host
 from portway.engine.context import Host
+from portway.engine.dns import Announced
 from portway.errors import Conflict, KernelError
 from portway.model.types import (
     Container,
@@ -51,6 +52,7 @@ class World:
     processes: dict[int, str] = field(default_factory=dict)  # pid -> netns
     spawned: list[dict[str, Any]] = field(default_factory=list)  # what each spawn was given
     sysctls: dict[tuple[str, str], str] = field(default_factory=dict)  # (netns, key) -> value
+    names: dict[str, str] = field(default_factory=dict)  # the DNS server's: id -> name
     next_pid: int = 1000
 
     def step(self, name: str) -> None:
@@ -502,6 +504,42 @@ class FakeFacts:
 
     def ephemeral_range(self) -> tuple[int, int]:
         return 32768, 32800
+
+
+class FakeDns:
+    """The DNS server as the engine sees it: the records it has (by container id), and
+    what it was told when (an announced record is the server's at once; its answer is
+    read at settle)."""
+
+    def __init__(self, world: World) -> None:
+        self.w = world
+
+    def publish(self) -> None:
+        self.w.step("dns.publish")
+
+    def update(self, container_id: str) -> None:
+        self.w.step("dns.update")
+
+    def announce(self, c: Container, endpoints: list[Endpoint]) -> Announced:
+        self.w.step(f"dns.announce {c.name}")
+        self.w.names[c.id] = c.name
+        return Announced(c.id, None)
+
+    def settle(self, announced: Announced) -> None:
+        self.w.step("dns.settle")
+
+    def withdraw(self, announced: Announced) -> None:
+        self.w.step("dns.withdraw")
+        self.w.names.pop(announced.container_id, None)
+
+    def running(self) -> bool:
+        return True
+
+    def stop(self) -> None:
+        pass
+
+    def request(self, command: str) -> dict[str, Any]:
+        return {"ok": True}
 
 
 def fake_host(state_dir: str, world: World | None = None) -> tuple[Host, World]:

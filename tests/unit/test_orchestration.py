@@ -8,7 +8,7 @@ import ipaddress
 from pathlib import Path
 
 import pytest
-from fakes import fake_host, rows
+from fakes import FakeDns, fake_host, rows
 
 from portway.engine.containers import Attachment
 from portway.errors import KernelError, NotFound, PortwayError
@@ -63,6 +63,37 @@ def test_run_steps_in_order(tmp_path: Path) -> None:
     assert c is not None and c.status == "running" and info["Id"] == c.id
     assert w.held == {("tcp", "", 8080)} and "port tcp/8080" in w.rules
     assert w.etc[c.netns]["hosts"].startswith("127.0.0.1")
+
+
+def test_run_tells_the_dns_server_before_its_kernel_work_and_waits_after(
+        tmp_path: Path) -> None:
+    """The server (a process of its own) takes the new records in while the kernel work
+    is done; run returns only once it has answered."""
+    h, w = fake_host(str(tmp_path))
+    h.dns = FakeDns(w)
+    h.networks.create("app", subnet="10.77.0.0/24")
+    w.log.clear()
+    h.containers.run(["sleep", "1"], name="web", networks=["app"], detach=True)
+    steps = [s for s in w.log if s.split(" ")[0] in [*RUN_STEPS, "dns.announce",
+                                                      "dns.settle", "dns.update"]]
+    assert steps == ["dns.announce web", "netns.create", "bridge.attach eth0",
+                     "process.spawn", "dns.settle"]
+    assert list(w.names.values()) == ["web"]
+
+
+@pytest.mark.parametrize("step", RUN_STEPS)
+def test_a_failed_run_takes_its_dns_records_back(tmp_path: Path, step: str) -> None:
+    h, w = fake_host(str(tmp_path))
+    h.dns = FakeDns(w)
+    h.networks.create("app", subnet="10.77.0.0/24")
+    w.fail_at.add(step)
+    with pytest.raises(PortwayError):
+        h.containers.run(["sleep", "1"], name="web", networks=["app"], ports=["8080:80"],
+                         detach=True)
+    assert w.names == {} and "dns.withdraw" in w.log and "dns.settle" not in w.log
+    w.fail_at.clear()
+    h.containers.run(["sleep", "1"], name="web", networks=["app"], detach=True)
+    assert list(w.names.values()) == ["web"] and w.log[-1] == "dns.settle"
 
 
 @pytest.mark.parametrize("step", RUN_STEPS)

@@ -45,6 +45,7 @@ from portway.model.types import (
 
 if TYPE_CHECKING:
     from portway.engine.context import Host
+    from portway.engine.dns import Announced
 
 
 def each(refs: list[str], act: Callable[[str], object]) -> list[dict[str, Any]]:
@@ -80,19 +81,41 @@ class Attachment:
 class Containers:
     def __init__(self, host: Host) -> None:
         self.h = host
+        # Records sent to the DNS server by up(), by container id, whose answer
+        # publish_dns reads once the set-up is done.
+        self._announced: dict[str, Announced] = {}
 
     def publish_dns(self, container_id: str | None = None) -> None:
         """Records to the DNS server: one container's, or all of them. Its failure never
         undoes the operation (gc retries)."""
+        announced = self._announced.pop(container_id, None) if container_id else None
         if self.h.dns is None:
             return
         try:
-            if container_id is None:
+            if announced is not None:
+                self.h.dns.settle(announced)
+            elif container_id is None:
                 self.h.dns.publish()
             else:
                 self.h.dns.update(container_id)
         except (PortwayError, OSError) as exc:
             print(f"portwayd: DNS records not updated: {exc}", file=sys.stderr, flush=True)
+
+    def _announce(self, c: Container, endpoints: list[Endpoint]) -> Announced | None:
+        """c's records sent to the DNS server ahead of its set-up's kernel work (the
+        server is a process of its own: it takes them in meanwhile); publish_dns reads
+        its answer afterwards."""
+        if self.h.dns is None or not endpoints:
+            return None
+        announced = self.h.dns.announce(c, endpoints)
+        self._announced[c.id] = announced
+        return announced
+
+    def _withdraw(self, announced: Announced) -> None:
+        """The set-up failed: its announced records are taken back."""
+        self._announced.pop(announced.container_id, None)
+        if self.h.dns is not None:
+            self.h.dns.withdraw(announced)
 
     def run(self, command: list[str], name: str | None = None,
             networks: list[str] | None = None, ip: str | None = None,
@@ -242,6 +265,9 @@ class Containers:
             endpoints = [h.endpoints.new(c, net, index, cfg.ips, list(cfg.aliases),
                                          mac=cfg.mac)
                          for index, (net, cfg) in enumerate(zip(nets, configs, strict=True))]
+            announced = self._announce(c, endpoints)
+            if announced is not None:
+                undo.callback(self._withdraw, announced)
             if c.network_mode in ("bridge", "none"):
                 undo.callback(h.sandboxes.teardown, c, endpoints)
                 h.sandboxes.build(c, endpoints)

@@ -33,6 +33,19 @@ if TYPE_CHECKING:
 RELOAD_TIMEOUT = 5.0
 
 
+class Announced:
+    """A container's records sent to the DNS server, its answer not read yet: the
+    socket it will come to (None: there was no server to send them to)."""
+
+    def __init__(self, container_id: str, sock: socket.socket | None) -> None:
+        self.container_id, self.sock = container_id, sock
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
 def endpoint_names(c: Container, e: Endpoint) -> list[str]:
     """The names the DNS server answers for c on e's network (inspect's DNSNames, in
     Docker's order): its name, its aliases there, its short id."""
@@ -218,6 +231,51 @@ class DnsServer:
         else:
             self.wait_ready()  # started early (portwayd's start, rootless) and loading
         self.request("reload")
+
+    def announce(self, c: Container, endpoints: list[Endpoint]) -> Announced:
+        """c's records (as they will be once its set-up is done) sent to the server,
+        without waiting for its answer: the server takes them in while the set-up does
+        its kernel work, and settle() reads the answer afterwards."""
+        delta = json.dumps({"cmd": "set", "container": container_record(c, endpoints)})
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        try:
+            s.bind("")  # an abstract address the server can answer to
+            s.settimeout(RELOAD_TIMEOUT)
+            s.sendto(delta.encode(), self.sock_path)
+        except OSError:  # no server (its socket refuses): settle() publishes
+            s.close()
+            return Announced(c.id, None)
+        return Announced(c.id, s)
+
+    def settle(self, announced: Announced) -> None:
+        """Once the set-up is done: return once the server uses what announce() sent
+        (or, if it did not answer, once a full publish has given it every record)."""
+        reply: dict[str, Any] = {}
+        if announced.sock is not None:
+            try:
+                reply = json.loads(announced.sock.recv(1 << 20))
+            except (OSError, ValueError):
+                reply = {}
+            finally:
+                announced.close()
+        if not reply.get("ok"):
+            self.publish()
+
+    def withdraw(self, announced: Announced) -> None:
+        """The set-up failed: what announce() sent is taken back (its answer read first,
+        so the two arrive in order)."""
+        if announced.sock is not None:
+            try:
+                announced.sock.recv(1 << 20)
+            except OSError:
+                pass
+            finally:
+                announced.close()
+            try:
+                self.request(json.dumps({"cmd": "forget", "id": announced.container_id}))
+            except KernelError as exc:  # the server's next reload has the store's records
+                print(f"portwayd: DNS records not updated: {exc}", file=sys.stderr,
+                      flush=True)
 
     def update(self, container_id: str) -> None:
         """One container's records changed: send just those (O(its endpoints)) and return
