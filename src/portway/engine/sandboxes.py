@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 from portway.core import files, firewall, names, runopts
 from portway.errors import PortwayError, TeardownErrors
 from portway.kernel import links, netns, procs
-from portway.model.types import Container, Endpoint, IPAddress, IPInterface, Route
+from portway.model.types import Container, Endpoint, IPAddress, IPInterface, Network, Route
 
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
@@ -195,19 +195,23 @@ class Sandboxes:
     def build(self, container: Container, endpoints: list[Endpoint]) -> None:
         """The container's namespace, its endpoints and its /etc files.
 
-        The anti-spoofing entries and the /etc files go on a helper thread while this
-        one does the netlink work: neither depends on the other (a port without its
-        entries sends nothing, so their order does not matter), and each is most of a
-        millisecond of waiting on the kernel and the disk."""
+        The anti-spoofing entries and the /etc files (rendered there too) go on a helper
+        thread while this one does the netlink work: neither depends on the other (a
+        port without its entries sends nothing, so their order does not matter), and
+        each is most of a millisecond of waiting on the kernel and the disk. The helper
+        reads nothing of the store (the caller's transaction holds it): the networks
+        are looked up here."""
         h = self.h
-        etc = self.etc_files(container, endpoints)
+        nets = {e.network_id: h.network(e.network_id) for e in endpoints}
         guard = firewall.render_guard(endpoints, h.instance)
+        etc_path = self.etc_path(container)
 
         def beside() -> None:
             if guard:
                 h.fw.apply(guard)
+            etc = self.etc_files(container, endpoints, nets)
             if etc:
-                h.sandbox_kernel.write_etc(self.etc_path(container), etc)
+                h.sandbox_kernel.write_etc(etc_path, etc)
 
         helper = netns.Beside(beside)
         try:
@@ -215,7 +219,7 @@ class Sandboxes:
             try:
                 routed = False
                 for endpoint in endpoints:
-                    net = h.network(endpoint.network_id)
+                    net = nets[endpoint.network_id]
                     with_route = not routed and not net.internal
                     h.endpoints.attach(sandbox, container, endpoint, net, with_route,
                                        guarded=True)
@@ -285,12 +289,13 @@ class Sandboxes:
                 return self.etc_path(owner)
         return c.netns
 
-    def etc_files(self, container: Container,
-                  endpoints: list[Endpoint]) -> dict[str, str] | None:
+    def etc_files(self, container: Container, endpoints: list[Endpoint],
+                  networks: dict[str, Network] | None = None) -> dict[str, str] | None:
         """The container's /etc/hosts, hostname and resolv.conf (None: it has none of
         its own). A container in the host's namespace sees the host's, except for what
         it was given: its own hostname, --add-host lines after the host's /etc/hosts,
-        --dns, --dns-search and --dns-option over the host's resolv.conf."""
+        --dns, --dns-search and --dns-option over the host's resolv.conf. networks: the
+        endpoints' networks by id, if the caller has them (else read from the store)."""
         c, conf = container, container.config
         if c.network_mode == "container" or c.runtime != "portway":
             return None  # Podman writes its containers' /etc files itself
@@ -313,7 +318,9 @@ class Sandboxes:
         if endpoints:
             # The first network's DNS server, on its first gateway (the IPv4 one, where
             # there is one; an IPv6-only network's containers ask over IPv6).
-            first = self.h.store.find_network(min(endpoints, key=lambda e: e.ifname).network_id)
+            first_id = min(endpoints, key=lambda e: e.ifname).network_id
+            first = networks[first_id] if networks is not None else \
+                self.h.store.find_network(first_id)
             # A macvlan network's gateway is the LAN's router: the host's resolvers.
             nameserver = str(first.gateway) if first and first.driver != "macvlan" \
                 else None
