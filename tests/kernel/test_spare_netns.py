@@ -94,3 +94,51 @@ def test_the_sandbox_kernel_keeps_one_ready_and_closes_it(name: str) -> None:
         for n in names:
             netns.delete_netns(n)
             release(n)
+
+
+def test_a_spare_is_made_for_an_id_of_its_own_and_tagged_ahead(
+        name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """run takes the ready spare's id: its claim is a mount, lo tagged ahead for it. An
+    id asked of no spare, or a create for another tag, still gets lo up and tagged."""
+    kernel = LiveSandboxKernel(lambda cid: f"pw:t:container:{cid}")
+    tagged: list[str] = []
+    real = links.setup_loopback
+
+    def setup_loopback(ipr: links.IPRoute, tag: str) -> None:
+        tagged.append(tag)
+        real(ipr, tag)
+
+    monkeypatch.setattr(links, "setup_loopback", setup_loopback)
+    names = [f"{name}-{i}" for i in range(3)]
+    for n in names:
+        claim(n)
+    try:
+        kernel.prepare()
+        with kernel._making:  # made by now
+            assert kernel._spare is not None
+        cid = kernel.next_id()
+        assert kernel.next_id() == cid  # (asked again: the same spare's)
+        assert tagged == [f"pw:t:container:{cid}"]  # lo tagged when it was made
+        box = kernel.create(netns.netns_path(names[0]), f"pw:t:container:{cid}")
+        box.close()
+        assert tagged == [f"pw:t:container:{cid}"]  # the claim sent nothing more
+        assert lo(names[0])["ifalias"] == f"pw:t:container:{cid}"
+        assert "UP" in lo(names[0])["flags"]  # type: ignore[operator]
+        # No spare ready: a fresh id, and create makes the namespace and tags it.
+        other = kernel.next_id()
+        assert other != cid
+        box = kernel.create(netns.netns_path(names[1]), f"pw:t:container:{other}")
+        box.close()
+        assert lo(names[1])["ifalias"] == f"pw:t:container:{other}"
+        # A spare claimed for another container (gc re-making one): tagged for it.
+        kernel.prepare()
+        with kernel._making:
+            assert kernel._spare is not None
+        box = kernel.create(netns.netns_path(names[2]), "pw:t:container:elsewhere")
+        box.close()
+        assert lo(names[2])["ifalias"] == "pw:t:container:elsewhere"
+        kernel.close()
+    finally:
+        for n in names:
+            netns.delete_netns(n)
+            release(n)

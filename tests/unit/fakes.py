@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from portway.core import names
 from portway.core.confine import Identity, UserSpec
 from portway.engine import build_host
 from portway.engine.context import Host
@@ -293,6 +294,9 @@ class FakeSandbox:
 class FakeSandboxKernel:
     def __init__(self, world: World) -> None:
         self.w = world
+
+    def next_id(self) -> str:
+        return names.new_id()
 
     def create(self, path: str, tag: str) -> FakeSandbox:
         self.w.step("netns.create")

@@ -126,7 +126,7 @@ class Engine:
                 "overlay": OverlayDriver(
                     self.host, self.tag, self._advertised, self._wanted,
                     lambda: self.h.cluster.requests if self.h.cluster is not None else None)},
-            fw=self.fw, sandbox_kernel=LiveSandboxKernel(),
+            fw=self.fw, sandbox_kernel=LiveSandboxKernel(lambda cid: self.tag("container", cid)),
             process_kernel=LiveProcessKernel(lambda *a: self.h.processes.on_exit(*a)),
             ports=self.ports, facts=LiveHostFacts(self.host), tools=self.tools))
         self.lock = self.h.lock

@@ -190,7 +190,10 @@ class Containers:
                 port_maps = ()
             if port_maps:
                 self._check_publishing(nets[0], port_maps)
-            cid = names.new_id()
+            # A container with a namespace of its own takes the id its namespace was
+            # made ahead for (sandboxes.LiveSandboxKernel).
+            cid = h.sandbox_kernel.next_id() if mode in ("bridge", "none") \
+                else names.new_id()
             netns = {"host": h.host_netns_path(),
                      "container": owner.netns if owner else ""}.get(
                          mode, f"/run/netns/{names.netns_name(cid)}")

@@ -50,6 +50,7 @@ class SandboxHandle(Protocol):
 
 
 class SandboxKernel(Protocol):
+    def next_id(self) -> str: ...
     def create(self, path: str, tag: str) -> SandboxHandle: ...
     def prepare(self) -> None: ...
     def close(self) -> None: ...
@@ -81,13 +82,20 @@ class LiveSandboxKernel:
     """Named network namespaces (kernel/netns.py), entered from helper threads only.
 
     One namespace is kept made ahead (a spare, unnamed, held only by this process): a
-    new container's is then a mount and a message, and the next one (most of a
-    millisecond of the kernel's work) is made once the set-up is done (prepare), on a
-    thread whose unshare leaves the interpreter free. A spare dies with the process."""
+    new container's is then a mount, and the next one (most of a millisecond of the
+    kernel's work) is made once the set-up is done (prepare), on a thread whose unshare
+    leaves the interpreter free. A spare dies with the process.
 
-    def __init__(self) -> None:
+    With tag (container id -> owner tag), the spare is made for a container id of its
+    own, its lo up and tagged for it ahead too; run takes that id (next_id), so its
+    claim sends no message. A spare claimed for another id (the id was asked while the
+    spare was being made, or gc re-making a container's namespace) is tagged then."""
+
+    def __init__(self, tag: Callable[[str], str] | None = None) -> None:
         self._lock = threading.Lock()
         self._spare: netns.Spare | None = None
+        self._tag = tag
+        self._spare_id = ""  # the container id the spare's lo is tagged for ("": none)
         # Held while a spare is being made (a plain lock, not a Thread: Thread.start()
         # waits until the new thread runs, which a busy machine makes the caller's wait).
         self._making = threading.Lock()
@@ -100,9 +108,18 @@ class LiveSandboxKernel:
                     spare: netns.Spare | None = netns.make_spare()
                 except OSError:
                     return  # the next create makes its own
+                assert spare is not None
+                cid = ""
+                if self._tag is not None:
+                    cid = names.new_id()
+                    try:
+                        links.setup_loopback(spare.ipr, self._tag(cid))
+                    except (PortwayError, OSError):
+                        spare.close()
+                        return
                 with self._lock:
                     if not self._closed and self._spare is None:
-                        self._spare, spare = spare, None
+                        self._spare, self._spare_id, spare = spare, cid, None
                 if spare is not None:
                     spare.close()
             finally:
@@ -115,16 +132,26 @@ class LiveSandboxKernel:
             self._making.release()
             raise
 
-    def _take(self) -> netns.Spare | None:
+    def _take(self) -> tuple[netns.Spare | None, str]:
         with self._making, self._lock:  # (one being made is waited for)
             spare, self._spare = self._spare, None
-        return spare
+            cid, self._spare_id = self._spare_id, ""
+        return spare, cid
+
+    def next_id(self) -> str:
+        """The id for the next container: the ready spare's, if there is one."""
+        with self._lock:
+            if self._spare is not None and self._spare_id:
+                return self._spare_id
+        return names.new_id()
 
     def create(self, path: str, tag: str) -> LiveSandbox:
-        spare = self._take()
+        spare, cid = self._take()
         if spare is not None:
+            ready = self._tag is not None and cid != "" and self._tag(cid) == tag
             ipr = netns.claim_spare(spare, os.path.basename(path),
-                                    lambda ipr: links.setup_loopback(ipr, tag))
+                                    (lambda ipr: None) if ready else
+                                    (lambda ipr: links.setup_loopback(ipr, tag)))
         else:
             ipr = netns.create_netns(os.path.basename(path),
                                      lambda ipr: links.setup_loopback(ipr, tag))
@@ -142,7 +169,7 @@ class LiveSandboxKernel:
     def close(self) -> None:
         """The spare, if one was made, is gone (nothing named it)."""
         self._closed = True
-        spare = self._take()
+        spare, _ = self._take()
         if spare is not None:
             spare.close()
 
