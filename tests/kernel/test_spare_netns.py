@@ -68,7 +68,7 @@ def test_a_claim_that_fails_takes_its_name_back_and_leaves_no_spare(name: str) -
         release(name)
 
 
-def test_the_sandbox_kernel_keeps_one_ready_and_closes_it(name: str) -> None:
+def test_the_sandbox_kernel_keeps_spares_ready_and_closes_them(name: str) -> None:
     kernel = LiveSandboxKernel()
     names = [f"{name}-{i}" for i in range(3)]
     for n in names:
@@ -79,7 +79,7 @@ def test_the_sandbox_kernel_keeps_one_ready_and_closes_it(name: str) -> None:
             kernel.prepare()
             kernel.prepare()  # one at a time: asked again, nothing more is made
             with kernel._making:  # made by now
-                assert kernel._spare is not None
+                assert kernel._spares
             try:
                 assert lo(n)["ifalias"] == f"pw:t:c:{n}"
                 assert links.index_of(box.ipr, "lo") == 1  # type: ignore[arg-type]
@@ -88,7 +88,7 @@ def test_the_sandbox_kernel_keeps_one_ready_and_closes_it(name: str) -> None:
         inodes = {os.stat(netns.netns_path(n)).st_ino for n in names}
         assert len(inodes) == 3  # three namespaces, not one named thrice
         kernel.close()
-        assert kernel._spare is None and not kernel._making.locked()
+        assert kernel._spares == [] and not kernel._making.locked()
         assert not set(os.listdir(netns.RUN_NETNS)) & {f"{name}-{i}" for i in range(3, 9)}
     finally:
         for n in names:
@@ -96,10 +96,11 @@ def test_the_sandbox_kernel_keeps_one_ready_and_closes_it(name: str) -> None:
             release(n)
 
 
-def test_a_spare_is_made_for_an_id_of_its_own_and_tagged_ahead(
+def test_spares_are_made_for_ids_of_their_own_and_tagged_ahead(
         name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """run takes the ready spare's id: its claim is a mount, lo tagged ahead for it. An
-    id asked of no spare, or a create for another tag, still gets lo up and tagged."""
+    """run takes the next ready spare's id: its claim is a mount, lo tagged ahead for it.
+    Two are kept, so a container made right after another does not wait for one. An id
+    asked of no spare, or a create for another tag, still gets lo up and tagged."""
     kernel = LiveSandboxKernel(lambda cid: f"pw:t:container:{cid}")
     tagged: list[str] = []
     real = links.setup_loopback
@@ -109,35 +110,35 @@ def test_a_spare_is_made_for_an_id_of_its_own_and_tagged_ahead(
         real(ipr, tag)
 
     monkeypatch.setattr(links, "setup_loopback", setup_loopback)
-    names = [f"{name}-{i}" for i in range(3)]
+    names = [f"{name}-{i}" for i in range(4)]
     for n in names:
         claim(n)
     try:
         kernel.prepare()
         with kernel._making:  # made by now
-            assert kernel._spare is not None
-        cid = kernel.next_id()
-        assert kernel.next_id() == cid  # (asked again: the same spare's)
-        assert tagged == [f"pw:t:container:{cid}"]  # lo tagged when it was made
-        box = kernel.create(netns.netns_path(names[0]), f"pw:t:container:{cid}")
-        box.close()
-        assert tagged == [f"pw:t:container:{cid}"]  # the claim sent nothing more
-        assert lo(names[0])["ifalias"] == f"pw:t:container:{cid}"
-        assert "UP" in lo(names[0])["flags"]  # type: ignore[operator]
+            assert len(kernel._spares) == LiveSandboxKernel.SPARES == 2
+        ahead = [cid for _, cid in kernel._spares]
+        assert tagged == [f"pw:t:container:{cid}" for cid in ahead]  # tagged when made
+        for n, cid in zip(names, ahead, strict=False):
+            assert kernel.next_id() == cid
+            box = kernel.create(netns.netns_path(n), f"pw:t:container:{cid}")
+            box.close()
+            assert lo(n)["ifalias"] == f"pw:t:container:{cid}"
+            assert "UP" in lo(n)["flags"]  # type: ignore[operator]
+        assert len(tagged) == 2  # the claims sent nothing more
         # No spare ready: a fresh id, and create makes the namespace and tags it.
         other = kernel.next_id()
-        assert other != cid
-        box = kernel.create(netns.netns_path(names[1]), f"pw:t:container:{other}")
+        assert other not in ahead
+        box = kernel.create(netns.netns_path(names[2]), f"pw:t:container:{other}")
         box.close()
-        assert lo(names[1])["ifalias"] == f"pw:t:container:{other}"
+        assert lo(names[2])["ifalias"] == f"pw:t:container:{other}"
         # A spare claimed for another container (gc re-making one): tagged for it.
         kernel.prepare()
-        with kernel._making:
-            assert kernel._spare is not None
-        box = kernel.create(netns.netns_path(names[2]), "pw:t:container:elsewhere")
+        box = kernel.create(netns.netns_path(names[3]), "pw:t:container:elsewhere")
         box.close()
-        assert lo(names[2])["ifalias"] == "pw:t:container:elsewhere"
+        assert lo(names[3])["ifalias"] == "pw:t:container:elsewhere"
         kernel.close()
+        assert kernel._spares == [] and not kernel._making.locked()
     finally:
         for n in names:
             netns.delete_netns(n)

@@ -81,49 +81,70 @@ class LiveSandbox:
 class LiveSandboxKernel:
     """Named network namespaces (kernel/netns.py), entered from helper threads only.
 
-    One namespace is kept made ahead (a spare, unnamed, held only by this process): a
-    new container's is then a mount, and the next one (most of a millisecond of the
-    kernel's work) is made once the set-up is done (prepare), on a thread whose unshare
-    leaves the interpreter free. A spare dies with the process.
+    Namespaces are kept made ahead (spares, unnamed, held only by this process): a new
+    container's is then a mount, and the next ones (most of a millisecond of the
+    kernel's work each) are made once a set-up is done (prepare), on a thread whose
+    unshare leaves the interpreter free. Two are kept, so that containers made one
+    right after another never wait for the one being made. A spare dies with the
+    process.
 
-    With tag (container id -> owner tag), the spare is made for a container id of its
+    With tag (container id -> owner tag), a spare is made for a container id of its
     own, its lo up and tagged for it ahead too; run takes that id (next_id), so its
-    claim sends no message. A spare claimed for another id (the id was asked while the
-    spare was being made, or gc re-making a container's namespace) is tagged then."""
+    claim sends no message. A spare claimed for another id (the id was asked while no
+    spare was ready, or gc re-making a container's namespace) is tagged then."""
+
+    SPARES = 2
 
     def __init__(self, tag: Callable[[str], str] | None = None) -> None:
         self._lock = threading.Lock()
-        self._spare: netns.Spare | None = None
+        self._ready = threading.Condition(self._lock)  # a spare was added, or making ended
+        # Ready spares, each with the container id its lo is tagged for ("": none),
+        # the next to be taken first.
+        self._spares: list[tuple[netns.Spare, str]] = []
         self._tag = tag
-        self._spare_id = ""  # the container id the spare's lo is tagged for ("": none)
-        # Held while a spare is being made (a plain lock, not a Thread: Thread.start()
+        # Held while spares are being made (a plain lock, not a Thread: Thread.start()
         # waits until the new thread runs, which a busy machine makes the caller's wait).
         self._making = threading.Lock()
         self._closed = False
 
+    def _full(self) -> bool:
+        with self._lock:
+            return self._closed or len(self._spares) >= self.SPARES
+
+    def _make_one(self) -> tuple[netns.Spare, str] | None:
+        try:
+            spare = netns.make_spare()
+        except OSError:
+            return None  # the next create makes its own
+        cid = ""
+        if self._tag is not None:
+            cid = names.new_id()
+            try:
+                links.setup_loopback(spare.ipr, self._tag(cid))
+            except (PortwayError, OSError):
+                spare.close()
+                return None
+        return spare, cid
+
     def _make_next(self) -> None:
         def body() -> None:
             try:
-                try:
-                    spare: netns.Spare | None = netns.make_spare()
-                except OSError:
-                    return  # the next create makes its own
-                assert spare is not None
-                cid = ""
-                if self._tag is not None:
-                    cid = names.new_id()
-                    try:
-                        links.setup_loopback(spare.ipr, self._tag(cid))
-                    except (PortwayError, OSError):
-                        spare.close()
+                while not self._full():
+                    made = self._make_one()
+                    if made is None:
                         return
-                with self._lock:
-                    if not self._closed and self._spare is None:
-                        self._spare, self._spare_id, spare = spare, cid, None
-                if spare is not None:
-                    spare.close()
+                    with self._ready:
+                        keep = not self._closed and len(self._spares) < self.SPARES
+                        if keep:
+                            self._spares.append(made)
+                            self._ready.notify_all()
+                    if not keep:
+                        made[0].close()
+                        return
             finally:
                 self._making.release()
+                with self._ready:
+                    self._ready.notify_all()
 
         self._making.acquire()
         try:
@@ -133,16 +154,20 @@ class LiveSandboxKernel:
             raise
 
     def _take(self) -> tuple[netns.Spare | None, str]:
-        with self._making, self._lock:  # (one being made is waited for)
-            spare, self._spare = self._spare, None
-            cid, self._spare_id = self._spare_id, ""
-        return spare, cid
+        """A ready spare; if none is, the one being made is waited for (not the one
+        after it)."""
+        with self._ready:
+            while not self._spares and self._making.locked():
+                self._ready.wait()
+            if self._spares:
+                return self._spares.pop(0)
+        return None, ""
 
     def next_id(self) -> str:
-        """The id for the next container: the ready spare's, if there is one."""
+        """The id for the next container: the next ready spare's, if there is one."""
         with self._lock:
-            if self._spare is not None and self._spare_id:
-                return self._spare_id
+            if self._spares and self._spares[0][1]:
+                return self._spares[0][1]
         return names.new_id()
 
     def create(self, path: str, tag: str) -> LiveSandbox:
@@ -158,19 +183,20 @@ class LiveSandboxKernel:
         return LiveSandbox(path, ipr)
 
     def prepare(self) -> None:
-        """Make the next container's namespace, on a thread of its own, unless one is
-        ready or being made. Asked once a set-up is done (not during it: on a busy
-        machine the thread would take the set-up's core and interpreter)."""
-        if self._closed or self._spare is not None or not self._making.acquire(blocking=False):
+        """Make spares on a thread of their own, up to SPARES, unless they are being
+        made. Asked once a set-up is done (not during it: on a busy machine the thread
+        would take the set-up's core and interpreter)."""
+        if self._full() or not self._making.acquire(blocking=False):
             return
         self._making.release()
         self._make_next()
 
     def close(self) -> None:
-        """The spare, if one was made, is gone (nothing named it)."""
+        """The spares, if any were made, are gone (nothing named them)."""
         self._closed = True
-        spare, _ = self._take()
-        if spare is not None:
+        with self._making, self._lock:  # (one being made is waited for)
+            spares, self._spares = self._spares, []
+        for spare, _ in spares:
             spare.close()
 
     @contextmanager
