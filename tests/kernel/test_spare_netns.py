@@ -119,8 +119,13 @@ def test_spares_are_made_for_ids_of_their_own_and_tagged_ahead(
             assert len(kernel._spares) == LiveSandboxKernel.SPARES == 2
         ahead = [cid for _, cid in kernel._spares]
         assert tagged == [f"pw:t:container:{cid}" for cid in ahead]  # tagged when made
+        # An id is handed out once: a run that fails before it claims the spare may have
+        # recorded its container (a command that cannot be run), so the next one must
+        # not be given that id again.
+        assert kernel.next_id() == ahead[0]
+        again = kernel.next_id()
+        assert again != ahead[0] and again != ahead[1]
         for n, cid in zip(names, ahead, strict=False):
-            assert kernel.next_id() == cid
             box = kernel.create(netns.netns_path(n), f"pw:t:container:{cid}")
             box.close()
             assert lo(n)["ifalias"] == f"pw:t:container:{cid}"

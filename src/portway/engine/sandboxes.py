@@ -102,6 +102,9 @@ class LiveSandboxKernel:
         # the next to be taken first.
         self._spares: list[tuple[netns.Spare, str]] = []
         self._tag = tag
+        # Ids handed out by next_id whose spare is not claimed yet: never handed out
+        # again (a run that fails before its claim may have recorded its container).
+        self._given: set[str] = set()
         # Held while spares are being made (a plain lock, not a Thread: Thread.start()
         # waits until the new thread runs, which a busy machine makes the caller's wait).
         self._making = threading.Lock()
@@ -160,14 +163,20 @@ class LiveSandboxKernel:
             while not self._spares and self._making.locked():
                 self._ready.wait()
             if self._spares:
-                return self._spares.pop(0)
+                spare, cid = self._spares.pop(0)
+                self._given.discard(cid)
+                return spare, cid
         return None, ""
 
     def next_id(self) -> str:
-        """The id for the next container: the next ready spare's, if there is one."""
+        """The id for the next container: the next ready spare's, if there is one (each
+        id once)."""
         with self._lock:
-            if self._spares and self._spares[0][1]:
-                return self._spares[0][1]
+            if self._spares:
+                cid = self._spares[0][1]
+                if cid and cid not in self._given:
+                    self._given.add(cid)
+                    return cid
         return names.new_id()
 
     def create(self, path: str, tag: str) -> LiveSandbox:
