@@ -254,6 +254,8 @@ def bench_throughput(engine: Any, outside: str) -> dict[str, Any]:
     only conntrack and NAT's hooks in their place; with no table at all; and, for the
     published ports, one bare DNAT rule. In turn IPERF_CYCLES times; the median of every
     run of a path."""
+    # (A path's key names its runs with portway's rules; _no_rules, _conntrack_only and
+    # _one_dnat added, the runs with those tables in their place.)
     server = engine.run(["iperf3", "-s"], name="iperf", networks=["fwnet"],
                         ports=["5201:5201"], detach=True)
     client = engine.run(["sleep", "600"], name="iperfc", networks=["fwnet"], detach=True)
@@ -284,31 +286,53 @@ def bench_throughput(engine: Any, outside: str) -> dict[str, Any]:
     samples.update({f"{key}{state}": [] for key in routed for state in states[1:]})
     samples.update({f"{key}_one_dnat": [] for key in one_dnat})
     routes = [("-4", SUBNETS[0], HOST_ADDR), ("-6", SUBNETS[1], HOST_ADDR6)]
+    # One cycle's runs, by the tables in place: none, portway's, one DNAT rule, conntrack
+    # and NAT only. Each IPv6 goal's two runs are next to each other (without rules,
+    # then with portway's, container to container; portway's, then one DNAT rule, to the
+    # published port), and every other cycle runs the list backwards: neither side of a
+    # goal always goes first, and seconds, not a minute, lie between them.
+    steps = [("none", key) for key in ("outside_to_container", "outside_to_container6",
+                                       "container_to_container", "container_to_container6")]
+    steps += [("portway", key) for key in (
+        "container_to_container6", "container_to_container", "host_to_loopback_published",
+        "outside_to_published", "outside_to_published6")]
+    steps += [("dnat", key) for key in ("outside_to_published6", "outside_to_published")]
+    steps += [("conntrack", key) for key in routed]
+    state = ["portway"]
+
+    def tables(wanted: str) -> None:
+        """Only the tables of `wanted` in place (portway's are put back by gc)."""
+        if wanted == state[0]:
+            return
+        for table in ("pwbench_ct", "pwbench_dnat"):
+            subprocess.run(["nft", "delete", "table", "inet", table], capture_output=True)
+        if state[0] == "portway":
+            engine.nft.apply(firewall.render_tables_removal())
+        if wanted == "portway":
+            engine.gc()  # puts portway's tables back
+        elif wanted == "dnat":
+            sh("nft", "-f", "-", input=ONE_DNAT.format(
+                host=HOST_ADDR, host6=HOST_ADDR6, addr=address, addr6=address6))
+        elif wanted == "conntrack":
+            sh("nft", "-f", "-", input=CONNTRACK_ONLY)
+        state[0] = wanted
+
+    suffix = {"portway": "", "none": "_no_rules", "conntrack": "_conntrack_only",
+              "dnat": "_one_dnat"}
+    runners = {**routed, **with_rules}
     time.sleep(0.5)
     try:
         for family, subnet, via in routes:
             sh("ip", "-n", outside, family, "route", "add", subnet, "via", via)
         for cycle in range(IPERF_CYCLES):
-            if cycle:
-                engine.gc()  # puts portway's tables back
-            for key, (where, to) in with_rules.items():
-                samples[key] += iperf_runs(where, to, runs=IPERF_RUNS)
-            engine.nft.apply(firewall.render_tables_removal())
-            sh("nft", "-f", "-", input=CONNTRACK_ONLY)
-            for key, (where, to) in routed.items():
-                samples[f"{key}_conntrack_only"] += iperf_runs(where, to, runs=IPERF_RUNS)
-            sh("nft", "delete", "table", "inet", "pwbench_ct")
-            for key, (where, to) in routed.items():
-                samples[f"{key}_no_rules"] += iperf_runs(where, to, runs=IPERF_RUNS)
-            sh("nft", "-f", "-", input=ONE_DNAT.format(host=HOST_ADDR, host6=HOST_ADDR6,
-                                                       addr=address, addr6=address6))
-            for key, (where, to) in one_dnat.items():
-                samples[f"{key}_one_dnat"] += iperf_runs(where, to, runs=IPERF_RUNS)
-            sh("nft", "delete", "table", "inet", "pwbench_dnat")
+            for wanted, key in (steps if cycle % 2 == 0 else steps[::-1]):
+                tables(wanted)
+                where, to = runners[key]
+                samples[key + suffix[wanted]] += iperf_runs(where, to, runs=IPERF_RUNS)
         out: dict[str, Any] = {key: round(statistics.median(v), 2)
                                for key, v in samples.items()}
         # Each path's runs in cycle order: a ratio taken within each cycle (with rules
-        # and without, a minute apart) is not moved by the machine's drift between cycles.
+        # and without, next to each other) is not moved by the machine's drift.
         out["runs"] = {key: [round(x, 2) for x in v] for key, v in samples.items()}
         out["raw_veth_pair"] = raw_veth()
     finally:

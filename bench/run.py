@@ -51,7 +51,7 @@ FIREWALL = os.environ.get("PORTWAY_BENCH_FIREWALL", "1") == "1"
 DNS = os.environ.get("PORTWAY_BENCH_DNS", "1") == "1"
 AUDIT = os.environ.get("PORTWAY_BENCH_AUDIT", "1") == "1"
 OVERLAY = os.environ.get("PORTWAY_BENCH_OVERLAY", "1") == "1"
-DNS_SECONDS = float(os.environ.get("PORTWAY_BENCH_DNS_SECONDS", "3"))
+DNS_SECONDS = float(os.environ.get("PORTWAY_BENCH_DNS_SECONDS", "2"))
 CONTRACT = ROOT / "tests" / "e2e" / "data" / "podman-4.3-setup-input.json"
 PODMAN = os.environ.get("PORTWAY_BENCH_PODMAN", "1") == "1"
 # PORTWAY_BENCH_ONLY=dns: that section alone, in a world of its own; its goals and table
@@ -736,6 +736,11 @@ def goal_row(what: str, mine: float, theirs: float, at_most: float | None = None
     return what, figure, met
 
 
+def spread(values: list[float], unit: str = "rounds") -> str:
+    """The range of per-round (or per-cycle) ratios, and how many there were."""
+    return f"{min(values):.2f}–{max(values):.2f} over {len(values)} {unit}"
+
+
 def dns_goals(dns: dict[str, Any]) -> list[tuple[str, str, bool]]:
     """The DNS section's goals. AAAA beside A is held within each round (its AAAA and
     A runs are next to each other, as the throughput goals' cycles are): the medians of
@@ -754,11 +759,19 @@ def dns_goals(dns: dict[str, Any]) -> list[tuple[str, str, bool]]:
         for label, aaaa, a4 in (("one name", "local_aaaa_qps", "local_qps"),
                                 ("three names", "mixed_aaaa_qps", "mixed_qps")):
             runs = (p.get(f"{aaaa}_runs"), p.get(f"{a4}_runs"))
-            rows.append(goal_row(
+            what, figure, met = goal_row(
                 f"AAAA queries/s within 5% of A (at least 0.95×): {label}", p[aaaa], p[a4],
                 at_least=0.95, unit="q/s",
                 per_cycle=paired({"runs": {aaaa: runs[0], a4: runs[1]}}, aaaa, a4)
-                if runs[0] and runs[1] else None))
+                if runs[0] and runs[1] else None, cycle="round")
+            key = aaaa.removesuffix("_qps")
+            if p.get(f"{key}_qps_ratios"):
+                figure += f" ({spread(p[f'{key}_qps_ratios'])})"
+            if p.get(f"{key}_cpu_ratios"):
+                cpu = p[f"{key}_cpu_ratios"]
+                figure += ("; the server's CPU time per query, AAAA ÷ A within each "
+                           f"round, median {statistics.median(cpu):.2f}× ({spread(cpu)})")
+            rows.append((what, figure, met))
     return rows
 
 
@@ -803,6 +816,11 @@ def goals_report(r: dict[str, Any]) -> list[str]:
             goal(f"IPv6 throughput with portway's rules at least 0.95× without: {label}",
                  t[with_rules], t[without], at_least=0.95, unit="Gbit/s",
                  per_cycle=paired(t, with_rules, without) if "runs" in t else None)
+            if "runs" in t:
+                each = [x / y for x, y in zip(t["runs"][with_rules], t["runs"][without],
+                                              strict=True) if y]
+                what, figure, met = rows[-1]
+                rows[-1] = (what, f"{figure} ({spread(each, 'cycles')})", met)
     dns = r.get("dns")
     if dns:
         rows += dns_goals(dns)
@@ -957,7 +975,9 @@ def firewall_report(fw: dict[str, Any]) -> list[str]:
     def per_cycle(with_rules: str, without: str) -> str:
         if "runs" not in t or without not in t["runs"]:
             return "–"
-        return f"{paired(t, with_rules, without):.2f}×"
+        each = [a / b for a, b in zip(t["runs"][with_rules], t["runs"][without],
+                                      strict=True) if b]
+        return f"{paired(t, with_rules, without):.2f}× ({spread(each, 'cycles')})"
 
     def alone(routed: str) -> str:
         return ratio(t[f"{routed}_conntrack_only"], t[f"{routed}_no_rules"])
@@ -970,12 +990,17 @@ def firewall_report(fw: dict[str, Any]) -> list[str]:
         "as every new namespace has it here), the outside reaching the container by a plain "
         "route. Conntrack and NAT only: the same, with one table in their place that turns "
         "conntrack on (`ct state established accept` in forward) and registers NAT's hooks "
-        "(empty nat chains): the least any stateful NAT firewall costs. The three in turn, "
+        "(empty nat chains): the least any stateful NAT firewall costs. One bare DNAT rule: "
+        "below. All four in turn, "
         f"{m['iperf_cycles']} times, {m['iperf_runs']} run of {m['iperf_seconds']} s per "
-        "path each time: the "
-        f"median of the {m['iperf_cycles'] * m['iperf_runs']}. Within each cycle: the "
-        "ratio of the runs of one cycle (a minute apart), the median over the cycles; the "
-        "goals hold this one, which the machine's drift between cycles does not move.",
+        "path each time, each started on an idle machine: the median of the "
+        f"{m['iperf_cycles'] * m['iperf_runs']}. A cycle is without rules, with portway's, "
+        "one DNAT rule, conntrack and NAT only, every other cycle backwards, so that the two "
+        "runs of each IPv6 goal are next to each other (container to container: without, "
+        "then with; to the published port: with, then one DNAT rule), neither always first. "
+        "Within each cycle: the ratio of those two runs, the median over the cycles (the "
+        "range of the cycles' ratios beside it); the goals hold this one, which the "
+        "machine's drift between cycles does not move.",
         "",
         "| path | with portway's rules | conntrack and NAT only | without rules | "
         "ratio, with ÷ without | within each cycle (median) |",
@@ -1081,6 +1106,10 @@ def dns_report(dns: dict[str, Any]) -> list[str]:
             f"{round_ratio(p, 'mixed_aaaa_qps', 'mixed_qps')}; AAAA "
             "asked over IPv6 ÷ over IPv4: "
             f"{ratio(p['local_aaaa_over6_qps'], p['local_aaaa_qps'])}.", ""]
+    if "local_cpu_us" in p:
+        lines += cpu_lines(p, a)
+    if "echo_latency" in p:
+        lines += tail_lines(p, a)
     if a and "loaded_avg_us" in p:
         lines += [f"At a fixed {dns['loaded_rate']} queries/s (dnsperf's average): portway "
                   f"{p['loaded_avg_us']} µs, aardvark-dns {a['loaded_avg_us']} µs.", ""]
@@ -1099,6 +1128,71 @@ def dns_report(dns: dict[str, Any]) -> list[str]:
                       f"{runs(p, 'local_aaaa_over6_qps_runs')}."]
         lines += [""]
     return lines
+
+
+def cpu_lines(p: dict[str, Any], a: dict[str, Any] | None) -> list[str]:
+    """The servers' CPU time per answered query, beside their q/s."""
+    def ratios(key: str) -> str:
+        values = p.get(f"{key}_cpu_ratios") or []
+        if not values:
+            return "n/a"
+        return f"median {statistics.median(values):.2f}× ({spread(values)})"
+
+    def qps_ratios(key: str) -> str:
+        values = p.get(f"{key}_qps_ratios") or []
+        if not values:
+            return "n/a"
+        return f"median {statistics.median(values):.2f}× ({spread(values)})"
+
+    theirs = ""
+    if a and "local_cpu_us" in a:
+        theirs = (f"; aardvark-dns (all its threads) {a['local_cpu_us']} µs one name, "
+                  f"{a['mixed_cpu_us']} µs three names")
+    return [
+        "The servers' CPU time per answered query, from the same dnsperf runs (each "
+        "server's threads' time on a CPU during the run, from /proc/PID/task/*/schedstat, "
+        "÷ the queries dnsperf saw answered; the median over the runs, in µs): it does not "
+        "depend on the share of the two cores dnsperf takes, which q/s does. portway: A "
+        f"{p['local_cpu_us']}, AAAA {p['local_aaaa_cpu_us']}, AAAA over IPv6 "
+        f"{p['local_aaaa_over6_cpu_us']} (one name); A {p['mixed_cpu_us']}, AAAA "
+        f"{p['mixed_aaaa_cpu_us']} (three names){theirs}.",
+        "",
+        "AAAA ÷ A within each round (the two runs next to each other, in the other order "
+        f"every other round): q/s one name {qps_ratios('local_aaaa')}, three names "
+        f"{qps_ratios('mixed_aaaa')}; CPU per query one name {ratios('local_aaaa')}, "
+        f"three names {ratios('mixed_aaaa')}.",
+        "",
+    ]
+
+
+def tail_lines(p: dict[str, Any], a: dict[str, Any] | None) -> list[str]:
+    """Where the tail of one query at a time is: the servers beside a bare echo loop."""
+    def row(label: str, r: dict[str, Any] | None) -> str:
+        if not r:
+            return f"| {label} | – | – | – | – | – | – |"
+        return (f"| {label} | {r['p50']} | {r['p99']} | "
+                f"{', '.join(f'{x:g}' for x in r['p99_runs'])} | "
+                f"{r.get('server_cpu_us', '–')} | {r.get('server_wait_us', '–')} | "
+                f"{r['client_wait_us']} |")
+
+    return [
+        "Where the tail of one query at a time is (3 runs of 3000 queries each; µs): the "
+        "same Python client against portway's server, aardvark-dns and, as the control, a "
+        "bare Python loop on the same gateway (blocking recvfrom, the query sent back as "
+        "its answer: no DNS work at all). Per query: the server's CPU time, and the time "
+        "the server's and the client's threads spent runnable but waiting for a CPU "
+        "(their schedstat). A tail the control shares is the machine's wake-ups and the "
+        "client's, not the server's work.",
+        "",
+        "| server | p50 | p99 | p99 of each run | server CPU / query | server waiting "
+        "/ query | client waiting / query |",
+        "|---|---:|---:|---|---:|---:|---:|",
+        row("portway, A", p.get("local_latency")),
+        row("portway, AAAA", p.get("local_aaaa_latency")),
+        row("aardvark-dns, A", (a or {}).get("local_latency")),
+        row("bare echo loop (control)", p.get("echo_latency")),
+        "",
+    ]
 
 
 def only(section: str, host: str, outside: str) -> None:
