@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import statistics
 import subprocess
 import time
@@ -27,7 +28,8 @@ FIRST_FILLER = 20000  # filler ports are 20000.., the measured one comes after t
 MEASURED = 50000
 RATE_ROUNDS = 5  # rounds through every scale, a connection-rate run per family in each
 RATE_SECONDS = 1.0
-IPERF_CYCLES = 8  # with rules, conntrack only, without, with, ...: drift falls on all
+# Cycles of every throughput path under each set of tables: drift falls on all.
+IPERF_CYCLES = int(os.environ.get("PORTWAY_BENCH_IPERF_CYCLES", "8"))
 IPERF_RUNS = 1  # iperf3 runs per path and cycle
 IPERF_SECONDS = 2
 
@@ -125,16 +127,31 @@ def linear_add_one_ms(rounds: int = 20) -> float:
     return round(statistics.median(samples), 3)
 
 
+def busy_seconds() -> float:
+    """Every core's time doing anything but idling, since boot (/proc/stat)."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:8]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def iperf_runs(client_ns: list[str], address: str, port: int = 5201,
-               runs: int = 3) -> list[float]:
-    """`runs` single-stream runs of IPERF_SECONDS, in Gbit/s."""
+               runs: int = 3, cpu: list[float] | None = None) -> list[float]:
+    """`runs` single-stream runs of IPERF_SECONDS, in Gbit/s; with cpu, the machine's
+    busy CPU seconds per GB received in each run go there (every core's: the packets'
+    path through netfilter runs in softirq, on whichever core, and is no one process's
+    time; a figure only on a machine that does nothing else)."""
     samples = []
     for _ in range(runs):
         settle(5)
+        before = busy_seconds()
         out = sh(*client_ns, "iperf3", "-c", address, "-p", str(port), "-t",
                  str(IPERF_SECONDS), "-J",
                  timeout=60).stdout
-        samples.append(json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e9)
+        busy = busy_seconds() - before
+        received = json.loads(out)["end"]["sum_received"]
+        samples.append(received["bits_per_second"] / 1e9)
+        if cpu is not None and received["bytes"]:
+            cpu.append(round(busy / (received["bytes"] / 1e9), 4))
     return samples
 
 
@@ -225,6 +242,17 @@ def bench_firewall(engine: Any, outside: str) -> dict[str, Any]:
     return results
 
 
+def bench_throughput_alone(engine: Any, outside: str) -> dict[str, Any]:
+    """bench_throughput on its own network (PORTWAY_BENCH_ONLY=throughput)."""
+    engine.network_create("fwnet", subnet=SUBNETS, ipv6=True)
+    try:
+        return {"throughput": bench_throughput(engine, outside), "method": {
+            "iperf_cycles": IPERF_CYCLES, "iperf_runs": IPERF_RUNS,
+            "iperf_seconds": IPERF_SECONDS}}
+    finally:
+        engine.network_rm(["fwnet"])
+
+
 # The least a stateful NAT firewall costs: conntrack on (a rule that asks for a flow's
 # state) and NAT's hooks registered (empty nat chains), nothing else.
 CONNTRACK_ONLY = """
@@ -285,6 +313,7 @@ def bench_throughput(engine: Any, outside: str) -> dict[str, Any]:
     samples: dict[str, list[float]] = {key: [] for key in with_rules}
     samples.update({f"{key}{state}": [] for key in routed for state in states[1:]})
     samples.update({f"{key}_one_dnat": [] for key in one_dnat})
+    cpu: dict[str, list[float]] = {key: [] for key in samples}
     routes = [("-4", SUBNETS[0], HOST_ADDR), ("-6", SUBNETS[1], HOST_ADDR6)]
     # One cycle's runs, by the tables in place: none, portway's, one DNAT rule, conntrack
     # and NAT only. Each IPv6 goal's two runs are next to each other (without rules,
@@ -328,12 +357,14 @@ def bench_throughput(engine: Any, outside: str) -> dict[str, Any]:
             for wanted, key in (steps if cycle % 2 == 0 else steps[::-1]):
                 tables(wanted)
                 where, to = runners[key]
-                samples[key + suffix[wanted]] += iperf_runs(where, to, runs=IPERF_RUNS)
+                samples[key + suffix[wanted]] += iperf_runs(
+                    where, to, runs=IPERF_RUNS, cpu=cpu[key + suffix[wanted]])
         out: dict[str, Any] = {key: round(statistics.median(v), 2)
                                for key, v in samples.items()}
         # Each path's runs in cycle order: a ratio taken within each cycle (with rules
         # and without, next to each other) is not moved by the machine's drift.
         out["runs"] = {key: [round(x, 2) for x in v] for key, v in samples.items()}
+        out["cpu_s_per_gb"] = cpu
         out["raw_veth_pair"] = raw_veth()
     finally:
         for table in ("pwbench_ct", "pwbench_dnat"):

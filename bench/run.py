@@ -54,8 +54,9 @@ OVERLAY = os.environ.get("PORTWAY_BENCH_OVERLAY", "1") == "1"
 DNS_SECONDS = float(os.environ.get("PORTWAY_BENCH_DNS_SECONDS", "2"))
 CONTRACT = ROOT / "tests" / "e2e" / "data" / "podman-4.3-setup-input.json"
 PODMAN = os.environ.get("PORTWAY_BENCH_PODMAN", "1") == "1"
-# PORTWAY_BENCH_ONLY=dns: that section alone, in a world of its own; its goals and table
-# are printed and kept in bench/results/dns.json, and BENCHMARKS.md is left as it is.
+# PORTWAY_BENCH_ONLY=dns (or throughput, the firewall section's iperf3 part): that section
+# alone, in a world of its own; its goals and table are printed and kept in
+# bench/results/dns.json (throughput.json), and BENCHMARKS.md is left as it is.
 ONLY = os.environ.get("PORTWAY_BENCH_ONLY", "")
 
 
@@ -910,6 +911,18 @@ def cost_us(rate: float) -> float:
     return round(1e6 / rate, 1)
 
 
+def cpu_per_gb(t: dict[str, Any], with_rules: str, without: str) -> str:
+    """The machine's CPU seconds per GB of two paths (medians), and their ratio within
+    each cycle, when the run recorded them."""
+    cpu = t.get("cpu_s_per_gb") or {}
+    mine, theirs = cpu.get(with_rules), cpu.get(without)
+    if not mine or not theirs:
+        return "–"
+    each = [x / y for x, y in zip(mine, theirs, strict=True) if y]
+    return (f"{statistics.median(mine):.3f} ÷ {statistics.median(theirs):.3f} s/GB, within "
+            f"each cycle median {statistics.median(each):.2f}× ({spread(each, 'cycles')})")
+
+
 def firewall_report(fw: dict[str, Any]) -> list[str]:
     m = fw["method"]
     lines = [
@@ -1024,6 +1037,14 @@ def firewall_report(fw: dict[str, Any]) -> list[str]:
         f"{per_cycle('outside_to_published', 'outside_to_published_one_dnat')}, IPv6 "
         f"{per_cycle('outside_to_published6', 'outside_to_published6_one_dnat')} (the IPv6 "
         "goal holds this one).",
+        "",
+        "CPU cost per byte, beside the same runs (every core's busy time during a run, "
+        "from /proc/stat, ÷ the GB received: the packets' path runs in softirq on either "
+        "core, no one process's time; a figure only when nothing else runs), with "
+        "portway's rules ÷ without, IPv6: container to container "
+        f"{cpu_per_gb(t, 'container_to_container6', 'container_to_container6_no_rules')}; "
+        "to the published port (÷ one DNAT rule) "
+        f"{cpu_per_gb(t, 'outside_to_published6', 'outside_to_published6_one_dnat')}.",
         "",
         "Ratio goal for IPv6: at least 0.95. Conntrack and NAT alone ÷ without, IPv6: "
         f"container to container {alone('container_to_container6')}, outside to the "
@@ -1169,9 +1190,10 @@ def tail_lines(p: dict[str, Any], a: dict[str, Any] | None) -> list[str]:
     """Where the tail of one query at a time is: the servers beside a bare echo loop."""
     def row(label: str, r: dict[str, Any] | None) -> str:
         if not r:
-            return f"| {label} | – | – | – | – | – | – |"
+            return f"| {label} | – | – | – | – | – | – | – |"
         return (f"| {label} | {r['p50']} | {r['p99']} | "
                 f"{', '.join(f'{x:g}' for x in r['p99_runs'])} | "
+                f"{r.get('arrived_p50', '–')} / {r.get('arrived_p99', '–')} | "
                 f"{r.get('server_cpu_us', '–')} | {r.get('server_wait_us', '–')} | "
                 f"{r['client_wait_us']} |")
 
@@ -1179,14 +1201,17 @@ def tail_lines(p: dict[str, Any], a: dict[str, Any] | None) -> list[str]:
         "Where the tail of one query at a time is (3 runs of 3000 queries each; µs): the "
         "same Python client against portway's server, aardvark-dns and, as the control, a "
         "bare Python loop on the same gateway (blocking recvfrom, the query sent back as "
-        "its answer: no DNS work at all). Per query: the server's CPU time, and the time "
+        "its answer: no DNS work at all). Arrived: the same percentiles up to the answer's "
+        "arrival at the client's socket (its kernel timestamp, SO_TIMESTAMPNS), which "
+        "leaves out the client's own wake-up and Python. Per query: the server's CPU time, "
+        "and the time "
         "the server's and the client's threads spent runnable but waiting for a CPU "
         "(their schedstat). A tail the control shares is the machine's wake-ups and the "
         "client's, not the server's work.",
         "",
-        "| server | p50 | p99 | p99 of each run | server CPU / query | server waiting "
-        "/ query | client waiting / query |",
-        "|---|---:|---:|---|---:|---:|---:|",
+        "| server | p50 | p99 | p99 of each run | arrived p50 / p99 | server CPU / query | "
+        "server waiting / query | client waiting / query |",
+        "|---|---:|---:|---|---:|---:|---:|---:|",
         row("portway, A", p.get("local_latency")),
         row("portway, AAAA", p.get("local_aaaa_latency")),
         row("aardvark-dns, A", (a or {}).get("local_latency")),
@@ -1197,8 +1222,33 @@ def tail_lines(p: dict[str, Any], a: dict[str, Any] | None) -> list[str]:
 
 def only(section: str, host: str, outside: str) -> None:
     """One section of the bench (PORTWAY_BENCH_ONLY), its goals and table printed."""
+    if section == "throughput":
+        print("bench: throughput (iperf3) alone ...", flush=True)
+        fw = run_with_engine(host, outside, "firewall", "bench_throughput_alone")
+        out = ROOT / "bench" / "results"
+        out.mkdir(exist_ok=True)
+        (out / "throughput.json").write_text(json.dumps(
+            {"firewall": fw, "idle": dict(idle.COUNTS)}, indent=2))
+        t = fw["throughput"]
+        for label, with_rules, without in (
+                ("container to container", "container_to_container6",
+                 "container_to_container6_no_rules"),
+                ("outside to a published port (one bare DNAT rule)",
+                 "outside_to_published6", "outside_to_published6_one_dnat")):
+            each = [x / y for x, y in zip(t["runs"][with_rules], t["runs"][without],
+                                          strict=True) if y]
+            what, figure, met = goal_row(
+                f"IPv6 throughput with portway's rules at least 0.95× without: {label}",
+                t[with_rules], t[without], at_least=0.95, unit="Gbit/s",
+                per_cycle=paired(t, with_rules, without))
+            print(f"| {what} | {figure} ({spread(each, 'cycles')}) | "
+                  f"{'met' if met else '**missed**'} |")
+            print(f"  CPU per byte, with ÷ without: {cpu_per_gb(t, with_rules, without)}")
+        print(json.dumps(t["runs"]))
+        return
     if section != "dns":
-        raise SystemExit(f"bench: PORTWAY_BENCH_ONLY={section}: only 'dns' runs alone")
+        raise SystemExit(f"bench: PORTWAY_BENCH_ONLY={section}: only 'dns' or "
+                         "'throughput' runs alone")
     print("bench: DNS against aardvark-dns ...", flush=True)
     dns = run_with_engine(host, outside, "dns", "bench_dns")
     out = ROOT / "bench" / "results"
