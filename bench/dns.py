@@ -18,7 +18,7 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -121,12 +121,15 @@ def aardvark_pid() -> int:
 
 
 def dnsperf(netns: str, server: str, queries: list[str], rate: int = 0,
-            pid: int = 0) -> dict[str, float]:
+            pid: int = 0, sent: Callable[[], tuple[int, int]] | None = None
+            ) -> dict[str, float]:
     """dnsperf's queries per second and average latency (µs) for queries ("NAME TYPE"
     lines, asked in turn), as fast as it can or at a fixed rate; with the server's pid,
     also the server's CPU time per answered query (µs: its threads' time on a CPU during
-    the run ÷ the queries dnsperf saw answered), which does not depend on how the two
-    cores are shared between dnsperf and the server. Every query must be answered
+    the run ÷ the queries dnsperf saw answered), which depends far less than q/s on how
+    the two cores are shared between dnsperf and the server (it still follows how many
+    queries each wake-up finds: with sent, a function giving the server's answers and
+    packets sent so far, the answers per packet say how many). Every query must be answered
     NOERROR: a figure for lost or failed queries would mean nothing."""
     settle()
     with tempfile.NamedTemporaryFile("w", suffix=".queries", delete=False) as f:
@@ -134,10 +137,12 @@ def dnsperf(netns: str, server: str, queries: list[str], rate: int = 0,
         path = f.name
     try:
         before = sched(pid) if pid else (0, 0)
+        sent_before = sent() if sent else (0, 0)
         out = sh("ip", "netns", "exec", netns, "dnsperf", "-s", server, "-d", path,
                  "-l", str(SECONDS), "-c", "4", "-q", "200",
                  *(["-Q", str(rate)] if rate else []), timeout=SECONDS + 60).stdout
         after = sched(pid) if pid else (0, 0)
+        sent_after = sent() if sent else (0, 0)
     finally:
         os.unlink(path)
     qps = re.search(r"Queries per second:\s+([\d.]+)", out)
@@ -154,6 +159,9 @@ def dnsperf(netns: str, server: str, queries: list[str], rate: int = 0,
     result = {"qps": round(float(qps.group(1))), "avg_us": round(float(avg.group(1)) * 1e6)}
     if pid:
         result["cpu_us"] = round((after[0] - before[0]) / 1000 / int(done.group(1)), 3)
+    if sent and sent_after[1] > sent_before[1]:
+        result["per_packet"] = round((sent_after[0] - sent_before[0]) /
+                                     (sent_after[1] - sent_before[1]), 2)
     return result
 
 
@@ -279,7 +287,7 @@ def bench_dns(engine: Any, outside: str) -> dict[str, Any]:
     for AAAA, the two in the other order every other round, and for AAAA over IPv6 to its
     IPv6 gateway, so the families' figures come from the same moments of the machine.
     Each run also gives the server's CPU time per answered query, which the share of the
-    two cores dnsperf takes does not move."""
+    two cores dnsperf takes moves far less than q/s."""
     one = ["target A"]
     mix = ["target A", "asker A", "db A"]
     one6 = ["target AAAA"]
@@ -302,11 +310,21 @@ def bench_dns(engine: Any, outside: str) -> dict[str, Any]:
                       (("aardvark", "mixed", av, "10.89.0.1", mix),)]
         runs: dict[str, dict[str, list[float]]] = {k: {} for k in servers}
         cpu: dict[str, dict[str, list[float]]] = {k: {} for k in servers}
+        per_packet: dict[str, list[float]] = {}
+
+        def sent() -> tuple[int, int]:
+            """portway's server: answers and packets (GSO sends) sent so far."""
+            counts = engine.dns.request("log")["sent"]
+            return counts["answers"], counts["packets"]
+
         for i in range(ROUNDS):
             for pair in pairs:
                 for side, figure, netns, address, queries in \
                         (pair if i % 2 == 0 else pair[::-1]):
-                    got = dnsperf(netns, address, queries, pid=servers[side][2])
+                    got = dnsperf(netns, address, queries, pid=servers[side][2],
+                                  sent=sent if side == "portway" else None)
+                    if "per_packet" in got:
+                        per_packet.setdefault(figure, []).append(got["per_packet"])
                     runs[side].setdefault(figure, []).append(got["qps"])
                     if "cpu_us" in got:
                         cpu[side].setdefault(figure, []).append(got["cpu_us"])
@@ -339,6 +357,7 @@ def bench_dns(engine: Any, outside: str) -> dict[str, Any]:
         finally:
             echo.kill()
             echo.wait()
+        p["answers_per_packet_runs"] = per_packet
         for key, base in (("local_aaaa", "local"), ("mixed_aaaa", "mixed")):
             p[f"{key}_qps_ratios"] = pair_ratios(runs["portway"], key, base)
             p[f"{key}_cpu_ratios"] = pair_ratios(cpu["portway"], key, base)

@@ -1172,12 +1172,18 @@ def cpu_lines(p: dict[str, Any], a: dict[str, Any] | None) -> list[str]:
     return [
         "The servers' CPU time per answered query, from the same dnsperf runs (each "
         "server's threads' time on a CPU during the run, from /proc/PID/task/*/schedstat, "
-        "÷ the queries dnsperf saw answered; the median over the runs, in µs): it does not "
-        "depend on the share of the two cores dnsperf takes, which q/s does. portway: A "
+        "÷ the queries dnsperf saw answered; the median over the runs, in µs): it depends "
+        "far less than q/s on the share of the two cores dnsperf takes. portway: A "
         f"{p['local_cpu_us']}, AAAA {p['local_aaaa_cpu_us']}, AAAA over IPv6 "
         f"{p['local_aaaa_over6_cpu_us']} (one name); A {p['mixed_cpu_us']}, AAAA "
         f"{p['mixed_aaaa_cpu_us']} (three names){theirs}.",
         "",
+        *([] if not p.get("answers_per_packet_runs") else [
+            "How many answers the server sent a packet (a GSO send: its batching, which "
+            "follows how fast dnsperf asks, and moves the CPU per query with it), median "
+            "over the runs: " + ", ".join(
+                f"{figure} {statistics.median(v):.1f}"
+                for figure, v in p["answers_per_packet_runs"].items()) + ".", ""]),
         "AAAA ÷ A within each round (the two runs next to each other, in the other order "
         f"every other round): q/s one name {qps_ratios('local_aaaa')}, three names "
         f"{qps_ratios('mixed_aaaa')}; CPU per query one name {ratios('local_aaaa')}, "
