@@ -114,7 +114,11 @@ def write(w: World) -> None:
            "unique local /48: a random `fdXX:XXXX:XXXX::/48` chosen once and kept in the "
            "store (RFC 4193, and what Docker 27 does), the first /64 of it that overlaps "
            "no other network and no address or route of the host. IPv4 comes from the "
-           "default pools as before.")
+           "default pools as before. `--subnet` may be given more than once for IPv6 too "
+           "(`--subnet fd00:77::/64 --subnet fd00:78::/64`): a container gets one IPv6 "
+           "address, in the subnet of its `--ip6` or else the first with a free address, "
+           "and reaches the other subnets on-link (see "
+           "[networking.md](networking.md#several-subnets-on-one-network)).")
     w.pw("network", "create", "app", "--ipv6")
     ls = w.pw("network", "ls")
     net = json.loads(w.quiet("network", "inspect", "app"))[0]
