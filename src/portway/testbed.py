@@ -80,7 +80,15 @@ def add_netns(name: str, state_dir: str | os.PathLike[str] | None = None) -> Non
 
 
 def del_netns(name: str) -> None:
-    """Remove a namespace of add_netns (missing counts as removed) and its claim."""
+    """Remove a namespace of add_netns (missing counts as removed) and its claim. Its
+    veths go first, each with its peer at once: a namespace's own links go with it only
+    later (the kernel cleans a deleted namespace up on a work queue), and a peer left
+    meanwhile in another namespace would look like a leak there."""
+    veths = subprocess.run(["ip", "-n", name, "-o", "link", "show", "type", "veth"],
+                           capture_output=True, text=True).stdout
+    for line in veths.splitlines():
+        ifname = line.split(":", 2)[1].strip().split("@", 1)[0]
+        subprocess.run(["ip", "-n", name, "link", "del", ifname], capture_output=True)
     subprocess.run(["ip", "netns", "del", name], capture_output=True)
     shutil.rmtree(f"/etc/netns/{name}", ignore_errors=True)
     release(name)
