@@ -54,9 +54,10 @@ OVERLAY = os.environ.get("PORTWAY_BENCH_OVERLAY", "1") == "1"
 DNS_SECONDS = float(os.environ.get("PORTWAY_BENCH_DNS_SECONDS", "2"))
 CONTRACT = ROOT / "tests" / "e2e" / "data" / "podman-4.3-setup-input.json"
 PODMAN = os.environ.get("PORTWAY_BENCH_PODMAN", "1") == "1"
-# PORTWAY_BENCH_ONLY=dns (or throughput, the firewall section's iperf3 part): that section
-# alone, in a world of its own; its goals and table are printed and kept in
-# bench/results/dns.json (throughput.json), and BENCHMARKS.md is left as it is.
+# PORTWAY_BENCH_ONLY=dns (or throughput, the firewall section's iperf3 part, or api, the
+# Python API against the kernel floor): that section alone, in a world of its own; its
+# goals and table are printed and kept in bench/results/dns.json (throughput.json,
+# api.json), and BENCHMARKS.md is left as it is.
 ONLY = os.environ.get("PORTWAY_BENCH_ONLY", "")
 
 
@@ -1226,6 +1227,35 @@ def tail_lines(p: dict[str, Any], a: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def only_api() -> None:
+    """PORTWAY_BENCH_ONLY=api: the Python API against the kernel floor, IPv4-only and dual
+    stack, and the growth run (PORTWAY_BENCH_RUNS, _GROWTH, _GROWTH_ROUNDS); its goals
+    printed and kept in bench/results/api.json, BENCHMARKS.md left as it is."""
+    print(f"bench: portway API, kernel floor, growth to {GROWTH} alone ...", flush=True)
+    probe = Probe()
+    api = bench_api(probe)
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / "api.json").write_text(json.dumps({"portway_api": api, "idle": dict(idle.COUNTS),
+                                              "failures": probe.failures}, indent=2))
+    g = api["growth"]
+    for what, mine, theirs, at_most, per_round in (
+            ("API set up at most 1.5× the kernel floor", api["run"]["median"],
+             api["floor_setup"]["median"], 1.5, None),
+            ("dual-stack set up at most 1.15× IPv4-only: API", api["dual"]["run"]["median"],
+             api["run"]["median"], 1.15, None),
+            (f"growth: the last 100 of {g['count']} containers at most 1.3× the first 100",
+             g["last100"]["median"], g["first100"]["median"], 1.3, g.get("per_round"))):
+        row, figure, met = goal_row(what, mine, theirs, at_most=at_most,
+                                    per_cycle=per_round, cycle="round")
+        print(f"| {row} | {figure} | {'met' if met else '**missed**'} |")
+    print(f"kernel floor, dual stack: {api['dual']['floor_setup']['median']:g} ms; tear down "
+          f"{api['rm']['median']:g} ms (floor {api['floor_teardown']['median']:g} ms)")
+    if probe.failures:
+        raise SystemExit("bench: some setups were not reachable:\n  " +
+                         "\n  ".join(probe.failures[:10]))
+
+
 def only(section: str, host: str, outside: str) -> None:
     """One section of the bench (PORTWAY_BENCH_ONLY), its goals and table printed."""
     if section == "throughput":
@@ -1279,6 +1309,9 @@ def main() -> None:
     try:
         # Enter the host namespace before any thread exists: everything below runs there.
         sandbox.enter_netns(f"/run/netns/{host}")
+        if ONLY == "api":
+            only_api()
+            return
         if ONLY:
             only(ONLY, host, outside)
             return
