@@ -69,7 +69,8 @@ def capabilities(add: Iterable[str], drop: Iterable[str], privileged: bool) -> t
         chosen = [c for c in adds if c != "all"]
     else:
         chosen = [c for c in DEFAULT_CAPS if c not in drops] + adds
-    return tuple(c for c in ALL_CAPS if c in chosen)  # capability order, no repeats
+    wanted = set(chosen)
+    return tuple(c for c in ALL_CAPS if c in wanted)  # capability order, no repeats
 
 
 @dataclass(frozen=True)
