@@ -20,7 +20,7 @@ from portway.engine import view
 from portway.engine.cluster import Cluster
 from portway.engine.context import Host
 from portway.engine.dns import DnsServer
-from portway.errors import Conflict
+from portway.errors import Conflict, PortwayError
 from portway.model.types import Network
 from portway.store.etcd import KV, ClusterUnreachable, Etcd, Event
 
@@ -552,3 +552,49 @@ def test_a_few_changed_endpoints_are_programmed_as_such(
     assert read == [0] and len(plans) == 2
     assert plans[1].del_fdb == plans[0].add_fdb and plans[1].del_neigh == plans[0].add_neigh
     assert plans[1].add_fdb == plans[1].add_neigh == ()
+
+
+def test_other_hosts_see_an_endpoint_only_once_its_plumbing_is_done(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The address and name are claimed before the set-up (one transaction), but the
+    record other hosts program their entries and DNS records from is written only once
+    the veth is on the bridge and the process runs: a host that learns the name earlier
+    sends its first SYN to an address that does not answer, and TCP resends it a second
+    later. A set-up that fails publishes nothing."""
+    etcd, (a, b) = two_hosts(tmp_path)
+    net = a.networks.create("ov", driver="overlay", subnet="10.200.0.0/24")
+    assert a.cluster is not None and b.cluster is not None
+    driver = a.drivers["overlay"]
+    assert isinstance(driver, FakeDriver)
+    world = driver.w
+    seen: dict[str, tuple[list[str], list[str]]] = {}
+    step = world.step
+
+    def watched(name: str) -> None:
+        seen[name.split(" ")[0]] = (
+            [k for k in etcd.kv if k.startswith(overlay.address_key(net.id))],
+            [k for k in etcd.kv if k.startswith(overlay.endpoint_key())])
+        step(name)
+
+    monkeypatch.setattr(world, "step", watched)
+    a.containers.run(["sleep", "1"], name="web", networks=["ov"], detach=True)
+    e = a.store.endpoints()[0]
+    claimed = [overlay.address_key(net.id, e.address)]
+    assert seen["bridge.attach"] == (claimed, [])
+    assert seen["process.spawn"] == (claimed, [])
+    assert overlay.endpoint_key(net.id, e.id) in etcd.kv
+    b.cluster._snapshot(*etcd.range(overlay.PREFIX))
+    assert [r["name"] for r in b.cluster.remote_records()] == ["web"]
+    # connect: the same.
+    a.networks.create("ov2", driver="overlay", subnet="10.201.0.0/24")
+    a.containers.connect("ov2", "web")
+    e2 = next(x for x in a.store.endpoints() if x.network_id != net.id)
+    assert seen["bridge.attach"][1] == [overlay.endpoint_key(net.id, e.id)]
+    assert overlay.endpoint_key(e2.network_id, e2.id) in etcd.kv
+    # A set-up that fails after the claim: nothing published, nothing left claimed.
+    world.fail_at.add("process.spawn")
+    before = dict(etcd.kv)
+    with pytest.raises(PortwayError):
+        a.containers.run(["sleep", "1"], name="fails", networks=["ov"], detach=True)
+    assert etcd.kv == before
+    assert a.cluster._unpublished == {}

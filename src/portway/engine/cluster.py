@@ -100,6 +100,9 @@ class Cluster:
         # reading and comparing the device's 2,000 entries of 1,000 endpoints.
         self._moves: dict[str, dict[str, tuple[RemoteEndpoint | None,
                                                RemoteEndpoint | None]]] = {}
+        # This host's endpoints claimed whose records other hosts are not to see until
+        # their plumbing here is done (claim, publish), by endpoint id.
+        self._unpublished: dict[str, tuple[Endpoint, Container]] = {}
         # Per network: the addresses other hosts hold, at a version (address_taken).
         self._taken: dict[str, tuple[int, frozenset[IPAddress]]] = {}
 
@@ -255,6 +258,7 @@ class Cluster:
             with self._view_lock:
                 self.endpoints.pop(e.id, None)  # (the store has no record of it now)
             return
+        self._unpublished.pop(e.id, None)
         for a in e.addresses:
             self.etcd.put(overlay.address_key(e.network_id, a.ip), e.id, lease)
         self.etcd.put(overlay.container_name_key(e.network_id, c.name), e.id, lease)
@@ -397,16 +401,22 @@ class Cluster:
                 self._taken[network_id] = cached
             return address in cached[1]
 
-    def claim(self, e: Endpoint, c: Container, network: Network) -> IPAddress | None:
-        """e's addresses and e itself, under this host's lease, in one transaction. None:
-        claimed; else an address another host holds (nothing was written)."""
+    def claim(self, e: Endpoint, c: Container, network: Network,
+              publish: bool = True) -> IPAddress | None:
+        """e's addresses and name (and with publish, e's record: what other hosts program
+        their entries and DNS records from) under this host's lease, in one transaction.
+        None: claimed; else an address another host holds (nothing was written). Without
+        publish, e is made visible to other hosts by publish() once its plumbing here is
+        done: a record seen earlier sends them to an address that does not answer yet
+        (a client's dropped SYN waits a second for its retransmission)."""
         if not self.lease:
             raise ClusterUnreachable(f"not joined to the cluster store {self.etcd.url()}"
                                      + (f" ({self.last_error})" if self.last_error else ""))
         puts = {overlay.address_key(network.id, a.ip): e.id for a in e.addresses}
         name_key = overlay.container_name_key(network.id, c.name)
         puts[name_key] = e.id
-        puts[overlay.endpoint_key(network.id, e.id)] = self._record(e, c).encode()
+        if publish:
+            puts[overlay.endpoint_key(network.id, e.id)] = self._record(e, c).encode()
         try:
             claimed = self.etcd.create_all(puts, self.lease)
         except StoreRefused:
@@ -414,8 +424,11 @@ class Cluster:
             self._join()
             claimed = self.etcd.create_all(puts, self.lease)
         if claimed:
-            with self._view_lock:
-                self.endpoints[e.id] = self._record(e, c)
+            if publish:
+                with self._view_lock:
+                    self.endpoints[e.id] = self._record(e, c)
+            else:
+                self._unpublished[e.id] = (e, c)
             return None
         owner = self.etcd.get(name_key)
         if owner is not None and owner != e.id:
@@ -434,9 +447,31 @@ class Cluster:
                 return a.ip
         return e.addresses[0].ip
 
+    def publish(self, container_id: str) -> None:
+        """The records of the container's endpoints claimed without them (claim), for
+        every host, now that their plumbing here is done (the caller holds the engine's
+        lock). Unreachable: reconcile_own puts them later (they are not in the view)."""
+        mine = [ec for ec in self._unpublished.values() if ec[1].id == container_id]
+        for e, _c in mine:
+            del self._unpublished[e.id]
+        try:
+            for e, c in mine:
+                record = self._record(e, c)
+                self.etcd.put(overlay.endpoint_key(e.network_id, e.id), record.encode(),
+                              self.lease)
+                with self._view_lock:
+                    self.endpoints[e.id] = record
+        except ClusterUnreachable as exc:
+            self._error(exc.message)
+        except PortwayError as exc:  # (a lease gone: the join that follows puts them)
+            log(f"cannot publish the endpoints of container {container_id[:12]}: "
+                f"{exc.line()}")
+
     def release(self, endpoints: list[Endpoint]) -> None:
         """Their addresses and records gone from the store (unreachable: reconcile_own
         removes them later)."""
+        for e in endpoints:
+            self._unpublished.pop(e.id, None)
         try:
             for e in endpoints:
                 with self._view_lock:

@@ -101,6 +101,15 @@ class Containers:
         except (PortwayError, OSError) as exc:
             print(f"portwayd: DNS records not updated: {exc}", file=sys.stderr, flush=True)
 
+    def ready(self, container_id: str) -> None:
+        """The container's set-up is done (the caller holds the engine's lock): its DNS
+        records, and on an overlay network its endpoints for the other hosts, which
+        were claimed before the set-up but are seen by them only now (one that learns
+        the name first sends its first SYN to an address that does not answer yet)."""
+        self.publish_dns(container_id)
+        if self.h.cluster is not None:
+            self.h.cluster.publish(container_id)
+
     def _announce(self, c: Container, endpoints: list[Endpoint]) -> Announced | None:
         """c's records sent to the DNS server ahead of its set-up's kernel work (the
         server is a process of its own: it takes them in meanwhile); publish_dns reads
@@ -222,7 +231,7 @@ class Containers:
                     h.store.add_config(cfg)
                 container = self.up(container, nets, configs, detach)
             if nets:
-                self.publish_dns(container.id)
+                self.ready(container.id)
             if container.network_mode in ("bridge", "none"):
                 h.sandbox_kernel.prepare()  # the next one's namespace, now that this is done
             info = h.processes.sandbox_info(container)
@@ -265,9 +274,13 @@ class Containers:
             undo.callback(h.publishing.release, port_maps)
             c = replace(c, ports=port_maps, networked=True, netns=self.netns_of(c))
             h.store.update_container(c)
-            endpoints = [h.endpoints.new(c, net, index, cfg.ips, list(cfg.aliases),
-                                         mac=cfg.mac)
-                         for index, (net, cfg) in enumerate(zip(nets, configs, strict=True))]
+            endpoints: list[Endpoint] = []
+            # (An overlay endpoint's claim is in the cluster store, outside the
+            # transaction: let go on a rollback.)
+            undo.callback(h.endpoints.released, endpoints)
+            for index, (net, cfg) in enumerate(zip(nets, configs, strict=True)):
+                endpoints.append(h.endpoints.new(c, net, index, cfg.ips, list(cfg.aliases),
+                                                 mac=cfg.mac))
             announced = self._announce(c, endpoints)
             if announced is not None:
                 undo.callback(self._withdraw, announced)
@@ -343,7 +356,7 @@ class Containers:
         with h.store.transaction():
             c = self.up(replace(c, error=""), nets, configs, detach=True)
         if nets:
-            self.publish_dns(c.id)
+            self.ready(c.id)
         if c.network_mode in ("bridge", "none"):
             h.sandbox_kernel.prepare()
         with h.lifecycle.changed:
@@ -457,6 +470,7 @@ class Containers:
                         ExitStack() as undo:
                     h.store.add_config(cfg)
                     endpoint = h.endpoints.new(c, net, index, ips, alias_list)
+                    undo.callback(h.endpoints.released, [endpoint])  # (its claim)
                     h.endpoints.attach(sandbox, c, endpoint, net,
                                        h.endpoints.wants_route(sandbox, net))
                     undo.callback(h.endpoints.detach, [endpoint])
@@ -475,7 +489,7 @@ class Containers:
                 h.endpoints.clear_hints()  # the rollback freed the address again
                 raise
             h.sandboxes.write_files(c)
-            self.publish_dns(c.id)
+            self.ready(c.id)
             return {"Id": c.id, "Network": net.name, "IPAddress": str(endpoint.address),
                     "IPAddresses": [str(a.ip) for a in endpoint.addresses]}
 
@@ -544,6 +558,7 @@ class Containers:
                                    "remove the other container first")
                 h.store.add_container(container)
             added: list[Endpoint] = []
+            undo.callback(h.endpoints.released, added)  # (overlay endpoints' claims)
             undo.callback(lambda: h.endpoints.detach(added))
             with h.sandbox_kernel.open(container.netns) as sandbox:
                 h.sandbox_kernel.loopback_up(sandbox)
@@ -565,7 +580,7 @@ class Containers:
                     undo.callback(h.fw.remove_ports, published)
                     h.fw.add_ports(published)
             undo.pop_all()
-        self.publish_dns(container.id)
+        self.ready(container.id)
         return out
 
     def detach_sandbox(self, c: Container, networks: set[str] | None) -> list[str]:

@@ -131,7 +131,8 @@ class Endpoints:
                                       ifname, mac, host_ifname)
             if cluster is None:
                 break
-            taken = cluster.claim(endpoint, container, net)
+            # (Its record goes to the other hosts once its plumbing is done: publish.)
+            taken = cluster.claim(endpoint, container, net, publish=False)
             if taken is None:
                 break
             if taken in asked.values():
