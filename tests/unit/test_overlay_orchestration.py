@@ -22,7 +22,7 @@ from portway.engine.context import Host
 from portway.engine.dns import DnsServer
 from portway.errors import Conflict, PortwayError
 from portway.model.types import Network
-from portway.store.etcd import KV, ClusterUnreachable, Etcd, Event
+from portway.store.etcd import KV, ClusterUnreachable, Etcd, Event, StoreRefused
 
 
 class MemoryEtcd:
@@ -598,3 +598,61 @@ def test_other_hosts_see_an_endpoint_only_once_its_plumbing_is_done(
         a.containers.run(["sleep", "1"], name="fails", networks=["ov"], detach=True)
     assert etcd.kv == before
     assert a.cluster._unpublished == {}
+
+
+class LeasedEtcd(MemoryEtcd):
+    """Refuses writes under a lease it does not know, as etcd does."""
+
+    def _leased(self, lease: int) -> None:
+        if lease and lease not in self.leases:
+            raise StoreRefused("etcdserver: requested lease not found")
+
+    def put(self, key: str, value: str, lease: int = 0) -> None:
+        self._leased(lease)
+        super().put(key, value, lease)
+
+    def create_all(self, puts: dict[str, str], lease: int = 0,
+                   deletes: tuple[str, ...] = ()) -> bool:
+        self._leased(lease)
+        return super().create_all(puts, lease, deletes)
+
+
+def test_a_pass_that_read_a_container_before_its_renumbering_does_not_mark_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The periodic check finds on-b unregistered (B's lease ran out unnoticed), and its
+    address taken: the renumbering's claim finds the lease gone and joins again, and that
+    join renumbers on-b. The check, which read on-b before, must not then mark it as not
+    reachable (inspect showed ClusterConflict until the next check)."""
+    etcd, (a, b) = two_hosts(tmp_path)
+    leased = LeasedEtcd()
+    leased.kv, leased.leases, leased.granted = etcd.kv, etcd.leases, etcd.granted
+    assert a.cluster is not None and b.cluster is not None
+    a.cluster.etcd = b.cluster.etcd = cast(Etcd, leased)
+    a.networks.create("ov", driver="overlay", subnet="10.200.0.0/24")
+    b.cluster._snapshot(*leased.range(overlay.PREFIX))
+    b.containers.run(["sleep", "1"], name="on-b", networks=["ov"], detach=True)
+    (on_b,) = b.store.endpoints()
+    leased.expire(b.cluster.lease)  # (B has not noticed: its lease number is kept)
+    a.cluster._snapshot(*leased.range(overlay.PREFIX))
+    a.containers.run(["sleep", "1"], name="taker", networks=["ov"], ip="10.200.0.2",
+                     detach=True)
+    b.cluster.watch.relists = 1
+    b.cluster._snapshot(*leased.range(overlay.PREFIX))
+    capsys.readouterr()
+    b.cluster.reconcile_own()
+    (moved,) = b.store.endpoints()
+    assert moved.address != on_b.address
+    err = capsys.readouterr().err
+    assert b.cluster.conflict(on_b.id) is None, err
+    assert err.count("on-b on network ov has a new address") == 1, err
+    assert "could not be given a new address" not in err and "not reachable" not in err
+    shown = view.container(b, b.container("on-b"))["NetworkSettings"]["Networks"]["ov"]
+    assert "ClusterConflict" not in shown
+    assert shown["IPAddress"] == str(moved.address)
+    # Its record and claims are what its host has.
+    record = overlay.RemoteEndpoint.decode(leased.kv[overlay.endpoint_key(
+        moved.network_id, on_b.id)][0])
+    assert record.addresses == moved.addresses
+    mine = {k for k, v in leased.kv.items() if v[0] == on_b.id}
+    assert mine == {overlay.address_key(moved.network_id, moved.address),
+                    overlay.container_name_key(moved.network_id, "on-b")}

@@ -75,6 +75,7 @@ class Cluster:
         self._lost: dict[str, str] = {}
         # This host's endpoints given new addresses for that reason instead: what changed.
         self._renumbered: dict[str, dict[str, Any]] = {}
+        self._generations: dict[str, int] = {}  # renumberings, by endpoint id (generation)
         self._expired = threading.Event()  # the lease is gone: join again
         # The view changed since the kernel was last brought in step: events set it, the
         # converge thread clears it and converges once for all that came meanwhile (a
@@ -275,10 +276,16 @@ class Cluster:
         registered with them (the other hosts' entries and names follow from its record);
         its /etc/hosts and DNS records rewritten. False: it could not be (why is logged;
         e stays as it was)."""
+        generation = self.generation(e.id)
         try:
             self._drop_unfinished(e, c, net)
             new = self.h.endpoints.renumber(c, e, net, taken)
         except (PortwayError, OSError) as exc:
+            if self.generation(e.id) != generation:
+                # Renumbered meanwhile, by the join its claim made when it found the
+                # lease gone: e as read here is stale, and the join registered it as it
+                # is now. Marked here, it would show a conflict until the next pass.
+                return True
             # OSError: the kernel's own (its namespace gone after a reboot, before adopt
             # and gc ran); left to escape, it would end the join, and with it the
             # daemon's start or the membership thread.
@@ -288,6 +295,7 @@ class Cluster:
                     f"{line}")
             return False
         self._lost.pop(e.id, None)
+        self._generations[e.id] = generation + 1
         before = [str(a.ip) for a in e.addresses]
         after = [str(a.ip) for a in new.addresses]
         self._renumbered[e.id] = {"PreviousIPAddresses": before, "IPAddresses": after,
@@ -330,6 +338,11 @@ class Cluster:
             return f"host {RemoteEndpoint.decode(raw).host}" if raw else "another host"
         except (ValueError, KeyError):
             return "another host"
+
+    def generation(self, endpoint_id: str) -> int:
+        """How many times this host's endpoint was renumbered since the daemon started:
+        a pass that read it before a renumbering sees a stale endpoint."""
+        return self._generations.get(endpoint_id, 0)
 
     def conflict(self, endpoint_id: str) -> str | None:
         """Why this host's endpoint is not registered in the store (None: it is)."""
@@ -514,6 +527,8 @@ class Cluster:
                 del self._lost[i]  # removed meanwhile
             for i in set(self._renumbered) - set(own):
                 del self._renumbered[i]
+            for i in set(self._generations) - set(own):
+                del self._generations[i]
 
     # the view, from the watch
 

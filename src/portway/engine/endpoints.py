@@ -229,6 +229,7 @@ class Endpoints:
                 cluster.address_taken(net.id, a)
 
         derived = bool(old.addresses) and old.mac == names.mac_for(old.addresses[0].ip)
+        generation = cluster.generation(old.id)
         for _ in range(64):
             addresses = self._allocate(net, keep, in_use)
             new = replace(old, addresses=tuple(addresses),
@@ -236,6 +237,12 @@ class Endpoints:
             got = cluster.claim(new, c, net)
             if got is None:
                 break
+            if cluster.generation(old.id) != generation:
+                # A join the claim made (the lease was gone) renumbered it: old is
+                # stale, and its name is claimed under its id now, so no claim of
+                # this one can succeed.
+                raise Conflict(f"{c.name} on network {net.name} was given a new address "
+                               "meanwhile", "nothing to do")
             elsewhere.add(got)
             keep = {v: a for v, a in keep.items() if a != got}
         else:
