@@ -167,8 +167,13 @@ def scenario(d: Doc) -> None:
             and "proxy" in link and "mtu 1450" in link)
     d.text("## Containers on two hosts",
            "Addresses come from the network's subnet as on a bridge network; each is "
-           "claimed in an etcd transaction together with the endpoint's record, so no "
-           "two hosts ever hand out one address.")
+           "claimed in an etcd transaction together with the container's name on the "
+           "network, so no two hosts ever hand out one address. The endpoint's record, "
+           "from which every other host programs its FDB and neighbour entries and its "
+           "DNS records, follows once the container's interface is on the bridge and its "
+           "process runs: a host that can resolve the name can reach the container (a "
+           "client never sends its first SYN into a path that is not there yet, which "
+           "would cost it TCP's one-second retransmission).")
     d.pw(0, "run", "-d", "--name", "web-a", "--network", "multi", "--",
          "python3", "-m", "http.server", "80")
     d.pw(1, "run", "-d", "--name", "web-b", "--network", "multi", "--",
