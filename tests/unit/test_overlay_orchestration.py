@@ -20,6 +20,7 @@ from portway.engine import view
 from portway.engine.cluster import Cluster
 from portway.engine.context import Host
 from portway.engine.dns import DnsServer
+from portway.engine.dns import records as dns_records
 from portway.errors import Conflict, PortwayError
 from portway.model.types import Network
 from portway.store.etcd import KV, ClusterUnreachable, Etcd, Event, StoreRefused
@@ -237,6 +238,7 @@ def test_this_hosts_own_changes_cost_no_pass_over_the_others(tmp_path: Path) -> 
     assert not a.cluster._dirty.is_set()  # the same record again (a new lease)
     a.cluster._event(Event("delete", theirs, "", etcd.revision))
     assert a.cluster._dirty.is_set()
+    a.cluster.converge()  # (names follow the entries: served as last programmed)
     assert a.cluster.remote_records() == []
     counting.ranges = 0
     a.cluster.reconcile_own()
@@ -656,3 +658,28 @@ def test_a_pass_that_read_a_container_before_its_renumbering_does_not_mark_it(
     mine = {k for k, v in leased.kv.items() if v[0] == on_b.id}
     assert mine == {overlay.address_key(moved.network_id, moved.address),
                     overlay.container_name_key(moved.network_id, "on-b")}
+
+
+def test_a_name_of_another_host_is_served_only_once_its_entries_are_programmed(
+        tmp_path: Path) -> None:
+    """The watch sees on-b's record; until the converge thread has programmed its FDB and
+    neighbour entries, no publish of this host's DNS records (a full one, made by any
+    change of this host's own meanwhile, included) names it: a client that resolved it
+    would send its ARP request or SYN into nothing, and resend it a second later."""
+    etcd, (a, b) = two_hosts(tmp_path)
+    a.networks.create("ov", driver="overlay", subnet="10.200.0.0/24")
+    assert a.cluster is not None and b.cluster is not None
+    b.cluster._snapshot(*etcd.range(overlay.PREFIX))
+    a.cluster._snapshot(*etcd.range(overlay.PREFIX))
+    b.containers.run(["sleep", "1"], name="on-b", networks=["ov"], detach=True)
+    (key,) = [k for k in etcd.kv if k.startswith(overlay.endpoint_key())]
+    a.cluster._event(Event("put", key, etcd.kv[key][0], etcd.revision))
+    assert [e.name for e in a.cluster.remote_endpoints(b.store.endpoints()[0].network_id)] \
+        == ["on-b"]  # (seen)
+    assert [c["name"] for c in dns_records(a)["containers"]] == []  # (not named yet)
+    a.cluster.converge()
+    assert [c["name"] for c in dns_records(a)["containers"]] == ["on-b"]
+    a.cluster._event(Event("delete", key, "", etcd.revision))
+    assert [c["name"] for c in dns_records(a)["containers"]] == ["on-b"]
+    a.cluster.converge()
+    assert dns_records(a)["containers"] == []

@@ -76,6 +76,9 @@ class Cluster:
         # This host's endpoints given new addresses for that reason instead: what changed.
         self._renumbered: dict[str, dict[str, Any]] = {}
         self._generations: dict[str, int] = {}  # renumberings, by endpoint id (generation)
+        # Every host's endpoints as converge last brought the kernel in step with them:
+        # the ones whose names the DNS server is given (remote_records).
+        self._served: list[RemoteEndpoint] = []
         self._expired = threading.Event()  # the lease is gone: join again
         # The view changed since the kernel was last brought in step: events set it, the
         # converge thread clears it and converges once for all that came meanwhile (a
@@ -670,6 +673,11 @@ class Cluster:
                     done = self._program(net, [e for e in endpoints if e.network_id == net.id])
                 if done:
                     self._programmed[net.id] = want
+            # Names only after the entries: what the DNS server is given of other hosts'
+            # containers (here and by any full publish until the next pass) is what
+            # was just programmed, never an endpoint the watch has seen since.
+            with self._view_lock:
+                self._served = endpoints
             # The DNS server's records again only where other hosts' names came, went or
             # changed (this host's own are published as they change): with 1,000 of
             # them, a full publish is a reload of them all in the DNS server.
@@ -735,9 +743,12 @@ class Cluster:
 
     def remote_records(self, containers: set[str] | None = None) -> list[dict[str, Any]]:
         """The containers on other hosts (or those of them whose ids are given), as the
-        DNS server's records: one per container, with an endpoint per network."""
+        DNS server's records: one per container, with an endpoint per network. As
+        converge last programmed them: a host that can resolve a name has its FDB and
+        neighbour entries (else its first SYN or ARP request goes nowhere, and is
+        resent only a second later)."""
         with self._view_lock:
-            remote = [e for e in self.endpoints.values() if e.host != self.advertise
+            remote = [e for e in self._served if e.host != self.advertise
                       and (containers is None or e.container_id in containers)]
         out: dict[str, dict[str, Any]] = {}
         for e in remote:
