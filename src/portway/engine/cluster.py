@@ -79,6 +79,8 @@ class Cluster:
         # Every host's endpoints as converge last brought the kernel in step with them:
         # the ones whose names the DNS server is given (remote_records).
         self._served: list[RemoteEndpoint] = []
+        # The endpoints' records at the last re-list, raw and decoded, by key.
+        self._decoded: dict[str, tuple[str, RemoteEndpoint]] = {}
         self._expired = threading.Event()  # the lease is gone: join again
         # The view changed since the kernel was last brought in step: events set it, the
         # converge thread clears it and converges once for all that came meanwhile (a
@@ -539,12 +541,27 @@ class Cluster:
         networks: dict[str, Network] = {}
         endpoints: dict[str, RemoteEndpoint] = {}
         hosts: dict[str, dict[str, Any]] = {}
+        # An endpoint's record as it was at the last re-list is not decoded again (a
+        # re-list, at least every 30 s, of 1,000 of them took 0.18 s of this thread's
+        # time, most of it decoding the same records into the same objects).
+        known, decoded = self._decoded, {}
+        prefix = overlay.endpoint_key()
         for kv in kvs:
+            hit = known.get(kv.key) if kv.key.startswith(prefix) else None
+            if hit is not None and hit[0] == kv.value:
+                endpoints[hit[1].id] = hit[1]
+                decoded[kv.key] = hit
+                continue
             self._parse(kv.key, kv.value, networks, endpoints, hosts)
+            if kv.key.startswith(prefix):
+                e = endpoints.get(kv.key.rpartition("/")[2])
+                if e is not None:
+                    decoded[kv.key] = (kv.value, e)
+        self._decoded = decoded
         with self._view_lock:
             for i in self.endpoints.keys() | endpoints.keys():  # what differs, counted
                 old, new = self.endpoints.get(i), endpoints.get(i)
-                if old != new:
+                if old is not new and old != new:
                     self._bump(old)
                     self._bump(new)
             self.networks, self.endpoints, self.hosts = networks, endpoints, hosts
