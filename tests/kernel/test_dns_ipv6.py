@@ -269,9 +269,9 @@ def test_a_link_local_upstream_with_its_interface(w: World) -> None:
     while w.control("log")["upstreams"] != [f"{UPSTREAM_LL}%up0"]:  # re-read within 1 s
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    # The fake binds (a Python process starting: slow on a busy machine).
-    while not subprocess.run(["ip", "netns", "exec", w.up, "ss", "-Hlun", "sport = :53"],
-                             capture_output=True, text=True).stdout.strip():
+    # The fake binds (a Python process starting: slow on a busy machine). The first fake
+    # already listens on port 53 there: wait for this one's own link-local socket.
+    while f"[{UPSTREAM_LL}]%eth0:53" not in sh("ip", "netns", "exec", w.up, "ss", "-Hlnu"):
         assert time.monotonic() < deadline + 10, "the fake upstream never bound"
         time.sleep(0.05)
     assert w.short(GW4, "example.org") == ["192.0.2.77"]
