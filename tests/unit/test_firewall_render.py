@@ -67,9 +67,9 @@ def test_ports_are_elements_not_rules() -> None:
 def test_rules_per_network_are_constant() -> None:
     # Base chains dispatch by map; a network adds its own few rules, not one per peer.
     a = firewall.render_network(network(), INSTANCE)
-    assert rules(a) == 13  # 2 of them mark its traffic for other tables
+    assert rules(a) == 15  # 2 of them mark its traffic for other tables
     base_rules = rules(firewall.render_base())
-    assert base_rules == 32  # 14 of them for IPv6
+    assert base_rules == 34  # 13 of them for IPv6
 
 
 def test_options_change_the_network_rules() -> None:
@@ -266,9 +266,18 @@ def test_only_traffic_between_containers_skips_conntrack() -> None:
                 if {"notrack": None} in c["add"].get("rule", {}).get("expr", [])]
 
     [rule] = untracked(network())
-    assert rule[0]["match"]["right"] == "pwbr-abababab"  # from its bridge only
-    assert rule[1]["match"]["right"] == {"prefix": {"addr": "10.77.0.0", "len": 24}}
-    assert rule[2]["match"] == {"op": "!=", "left": {"payload": {
+    # From its bridge only: the src- chain has dropped what comes from anywhere else
+    # (and sent the host's own, over lo, back to the guard) before it.
+    src = [c["add"]["rule"] for c in firewall.render_network(network(), INSTANCE)
+           if c["add"].get("rule", {}).get("chain") == firewall.src_chain(network())]
+    assert [r["expr"] for r in src[:2]] == [
+        [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "lo"}},
+         {"return": None}],
+        [{"match": {"op": "!=", "left": {"meta": {"key": "iifname"}},
+                    "right": "pwbr-abababab"}}, {"drop": None}]]
+    assert src[2]["expr"] == rule
+    assert rule[0]["match"]["right"] == {"prefix": {"addr": "10.77.0.0", "len": 24}}
+    assert rule[1]["match"] == {"op": "!=", "left": {"payload": {
         "protocol": "ip", "field": "daddr"}}, "right": "10.77.0.1"}  # the gateway DNATs
     # Where a hairpin's answer needs conntrack's reverse NAT, every flow is tracked: a
     # routed family (no hairpin masquerade), an internal network (no masquerade at all).
@@ -284,7 +293,7 @@ def _comments(chain: str) -> list[str]:
 
 def test_guard_order_spares_the_common_traffic_its_lookups() -> None:
     # Traffic between containers of a network is accepted by the src_in lookup before
-    # the container-port lookup; VXLAN to or from the VTEP ends the raw chains (accept)
+    # the container-port checks; VXLAN to or from the VTEP ends the raw chains (accept)
     # before the bridges lookup and the DNS rules, which do not concern it.
     guard = _comments("guard")
     first_port_check = guard.index(
@@ -300,3 +309,26 @@ def test_guard_order_spares_the_common_traffic_its_lookups() -> None:
         rule = c["add"].get("rule")
         if rule is not None and rule["comment"].startswith("VXLAN "):
             assert rule["expr"][-2:] == [{"notrack": None}, {"accept": None}]
+
+
+def test_what_a_container_sends_ends_the_guard_in_its_network_chain() -> None:
+    # Every packet meets the guard (raw priority: before conntrack, established flows
+    # too). What a container sends has its network's source address: the src_in lookup
+    # takes it to the network's src- chain, which ends the guard (between its containers
+    # with notrack accept, the rest through guard_bridges, whose last rule accepts), so
+    # no rule of the guard after the lookup is evaluated for it.
+    for net in (network(), network(internal=True), network(**{firewall.ICC_OPTION: "false"})):
+        src = [c["add"]["rule"] for c in firewall.render_network(net, INSTANCE)
+               if c["add"].get("rule", {}).get("chain") == firewall.src_chain(net)]
+        assert src[-1]["expr"] == [{"goto": {"target": "guard_bridges"}}]
+    bridges = [c["add"]["rule"]["expr"] for c in firewall.render_base()
+               if c["add"].get("rule", {}).get("chain") == "guard_bridges"]
+    assert bridges[-1] == [{"accept": None}]
+    # The checks by input interface are one fixed-prefix comparison each (a compare of
+    # 4 bytes), not a lookup in an interval set of wildcards, which costs several times
+    # as much for every packet from the uplink.
+    ports = [c["add"]["rule"]["expr"] for c in firewall.render_base()
+             if c["add"].get("rule", {}).get("comment", "").startswith(
+                 "a container reaches the host only through")]
+    assert [p[0]["match"]["right"] for p in ports] == [firewall.VETH_PATTERN,
+                                                      firewall.UNCHECKED_PATTERN]

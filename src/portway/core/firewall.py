@@ -6,9 +6,11 @@ the number of networks, containers and ports: base chains dispatch through
 verdict maps keyed by subnet or bridge name to a few rules per network, and
 published ports are map elements, not rules.
 
-    guard (filter, raw priority)  nothing a container sends arrives on its bridge port
-                       itself (802.1 link-local frames do): dropped; a portway subnet's
-                       addresses come only from its bridge; iifname @bridges ->
+    guard (filter, raw priority)  a portway subnet's addresses come only from its
+                       bridge (src_in -> src-<net>, which ends the guard for what its
+                       containers send: notrack between them, else guard_bridges);
+                       nothing a container sends arrives on its bridge port itself
+                       (802.1 link-local frames do): dropped; iifname @bridges ->
                        guard_bridges: containers never reach the host's 127/8, DNS
                        to portway's server skips conntrack
     prerouting (nat)   127/8 never DNATs from outside; published ports by map
@@ -209,19 +211,26 @@ def render_base() -> list[Cmd]:
         _chain("forward", type="filter", hook="forward", prio=-10, policy="accept"),
         _chain("input", type="filter", hook="input", prio=-10, policy="accept"),
     ]
-    # The guard's order is the per-packet cost of the traffic portway carries most: a
-    # packet between containers of a network is accepted (untracked) by the first rule's
-    # lookup, before the lookup of container ports, which only what comes from one
-    # itself can match (src-NET accepts only what comes from its network's bridge).
+    # The guard runs for every packet, tracked or not (raw priority: before conntrack, so
+    # an established flow is no cheaper here), and its order is the per-packet cost of
+    # the traffic portway carries most. A packet with a portway network's source address
+    # (what a container sends) is settled by the first lookup: its network's src- chain
+    # takes it to the end of the guard (untracked between containers of the network,
+    # through guard_bridges otherwise), so it never meets the rules after it. Those are
+    # what the rest (from the uplink, the host's own over lo, a container's link-local
+    # addresses) needs: the checks by input interface, each a fixed-prefix comparison
+    # rather than a set lookup, and the bridges' one lookup last.
     for f in FAMILIES:
-        cmds.append(_rule("guard", [_match(_meta("iifname"), "lo", "!="), {"vmap": {
+        cmds.append(_rule("guard", [{"vmap": {
             "key": _payload(f.proto, "saddr"), "data": f"@{f.name('src_in')}"}}],
             f"a portway network's addresses come only from its bridge{f.label}"))
     # A bridge passes frames to 01:80:c2:00:00:0X up on the port they came in on,
     # without its prerouting hook (where `bridge portway` checks them): whatever
     # arrives on a container's port itself has skipped the checks.
-    cmds.append(_rule("guard", [_match(_meta("iifname"), CONTAINER_PORTS), {"drop": None}],
-                      "a container reaches the host only through its bridge (and its checks)"))
+    for pattern in (VETH_PATTERN, UNCHECKED_PATTERN):
+        cmds.append(_rule("guard", [_match(_meta("iifname"), pattern), {"drop": None}],
+                          "a container reaches the host only through its bridge (and its "
+                          "checks)"))
     # The VXLAN of portway's overlay networks to and from this host's VTEP (vteps: its
     # --advertise-address) keeps no conntrack state: nothing NATs or filters it by
     # state, and each packet between hosts would cost a lookup on both. Accepted there,
@@ -263,6 +272,11 @@ def render_base() -> list[Cmd]:
                                 {"notrack": None}],
                   f"answers of portway's DNS server skip conntrack{f.label}"),
         ]
+    # The end of the guard for what comes from a bridge, whichever way it came here (a
+    # network's src- chain goes here, so the guard's own rules after its lookup are not
+    # evaluated again: none of them concerns a bridge's traffic).
+    cmds.append(_rule("guard_bridges", [{"accept": None}],
+                      "from a portway network: nothing more to check"))
     for f in FAMILIES:
         cmds.append(_rule("prerouting", [_match(_payload(f.proto, "daddr"), f.loopback),
                                          {"return": None}],
@@ -443,7 +457,11 @@ def render_network(network: Network, instance: str) -> list[Cmd]:
                           "networks that are not strict"))
     cmds += [
         _rule(fout, [{"drop": None}], f"{owner}: no direct access from outside"),
-        _rule(src, [_match(_meta("iifname"), {"set": [br, "lo"]}, "!="), {"drop": None}],
+        # Reached by the source address (src_in): the host's own over lo goes on through
+        # the guard; from anywhere but the network's bridge, dropped.
+        _rule(src, [_match(_meta("iifname"), "lo"), {"return": None}],
+              f"{owner}: the host's own, over loopback"),
+        _rule(src, [_match(_meta("iifname"), br, "!="), {"drop": None}],
               f"{owner}: its addresses come only from its bridge"),
     ]
     if not network.internal and _bool_option(network, ICC_OPTION):
@@ -458,11 +476,14 @@ def render_network(network: Network, instance: str) -> list[Cmd]:
             if routed(network, sub.version):
                 continue
             f = family(sub.version)
-            cmds.append(_rule(src, [_match(_meta("iifname"), br),
-                                    _match(_payload(f.proto, "daddr"), _prefix(sub.subnet)),
+            cmds.append(_rule(src, [_match(_payload(f.proto, "daddr"), _prefix(sub.subnet)),
                                     _match(_payload(f.proto, "daddr"), str(sub.gateway), "!="),
                                     {"notrack": None}, {"accept": None}],
                               f"{owner}: between its containers, no conntrack entry{f.label}"))
+    # The rest of what its containers send: the checks of what comes from a bridge, which
+    # end the guard (guard_bridges' last rule accepts).
+    cmds.append(_rule(src, [{"goto": {"target": "guard_bridges"}}],
+                      f"{owner}: from its bridge"))
     cmds += [
         _add("bridges", br, tag),
         _add("fwd_in", br, tag, {"jump": {"target": fin}}),
