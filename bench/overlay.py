@@ -10,7 +10,8 @@ bridge with a one-member etcd (Debian's etcd-server), all made here and removed 
   (a VXLAN device of its own VNI, a bridge, a veth to a namespace of its own on each
   side, static FDB and neighbour entries, the same MTU) measured with portway's tables
   removed from both hosts; in turn, OVERLAY_CYCLES times (portway gc puts the tables
-  back), the ratio taken within each cycle.
+  back), the bare path first every other cycle, the ratio taken within each cycle, and
+  the machine's CPU time per GB beside each run.
 - Setup: `portway run -d` on A, on the overlay network and on a bridge network in turn;
   and from `run -d` on A until a client on B gets an answer from the new container.
 - 1,000 endpoints: records of containers on two other hosts, written to etcd as those
@@ -120,10 +121,25 @@ def entries(host: Host, dev: str) -> tuple[int, int]:
             sum(1 for n in neigh if "PERMANENT" in n.get("state", [])))
 
 
-def iperf(client: list[str], address: str) -> float:
+def busy_seconds() -> float:
+    """Every core's time doing anything but idling, since boot (/proc/stat)."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:8]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def iperf(client: list[str], address: str, cpu: list[float] | None = None) -> float:
+    """One run in Gbit/s; with cpu, the machine's busy CPU seconds per GB received go there
+    (every core's: the tunnel's path runs in softirq, no one process's time; a figure
+    only on a machine that does nothing else)."""
     settle(5)
+    before = busy_seconds()
     out = sh(*client, "iperf3", "-c", address, "-t", str(IPERF_SECONDS), "-J", timeout=60)
-    return float(json.loads(out)["end"]["sum_received"]["bits_per_second"]) / 1e9
+    busy = busy_seconds() - before
+    received = json.loads(out)["end"]["sum_received"]
+    if cpu is not None and received["bytes"]:
+        cpu.append(round(busy / (received["bytes"] / 1e9), 4))
+    return float(received["bits_per_second"]) / 1e9
 
 
 def bare_path(host: Host, side: int, ns: str) -> str:
@@ -202,23 +218,37 @@ def bench_overlay(tag: str | None = None) -> dict[str, Any]:
         in_client = ["ip", "netns", "exec", netns_name(client)]
         overlay_runs: list[float] = []
         raw_runs: list[float] = []
+        overlay_cpu: list[float] = []
+        raw_cpu: list[float] = []
         try:
             for where, to in ((in_client, srv_ip), (["ip", "netns", "exec", raw_a], RAW[1])):
                 wait(lambda where=where, to=to: subprocess.run(
                     [*where, "python3", "-c", CONNECT, to], capture_output=True).returncode
                     == 0, f"iperf3 -s answers on {to}")
-            for cycle in range(CYCLES):
-                if cycle:
-                    for h in (a, b):
-                        h.pw("gc")  # portway's tables back
-                overlay_runs.append(iperf(in_client, srv_ip))
+            # Each cycle runs both paths next to each other, every other cycle the bare
+            # path first: neither side of the ratio always goes first.
+            rules = [True]
+
+            def tables(wanted: bool) -> None:
+                if wanted == rules[0]:
+                    return
                 for h in (a, b):
-                    for family, table in portway_tables(h):
-                        sh("ip", "netns", "exec", h.netns, "nft", "delete", "table", family,
-                           table)
-                raw_runs.append(iperf(["ip", "netns", "exec", raw_a], RAW[1]))
-            for h in (a, b):
-                h.pw("gc")
+                    if wanted:
+                        h.pw("gc")  # portway's tables back
+                    else:
+                        for family, table in portway_tables(h):
+                            sh("ip", "netns", "exec", h.netns, "nft", "delete", "table",
+                               family, table)
+                rules[0] = wanted
+
+            for cycle in range(CYCLES):
+                for with_rules in ((True, False) if cycle % 2 == 0 else (False, True)):
+                    tables(with_rules)
+                    if with_rules:
+                        overlay_runs.append(iperf(in_client, srv_ip, overlay_cpu))
+                    else:
+                        raw_runs.append(iperf(["ip", "netns", "exec", raw_a], RAW[1], raw_cpu))
+            tables(True)
         finally:
             raw_server.terminate()
             raw_server.wait(10)
@@ -308,6 +338,7 @@ def bench_overlay(tag: str | None = None) -> dict[str, Any]:
             "runs": {"overlay": [round(x, 2) for x in overlay_runs],
                      "raw": [round(x, 2) for x in raw_runs]},
             "paired": round(median(pairs), 3),
+            "cpu_s_per_gb": {"overlay": overlay_cpu, "raw": raw_cpu},
             "setup_runs": SETUP_RUNS,
             "answered_ms": [round(x * 1000, 1) for x in answered],
             "answered_p50_ms": round(median(answered) * 1000, 1),
@@ -357,6 +388,18 @@ def bench_overlay(tag: str | None = None) -> dict[str, Any]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def cpu_lines(ov: dict[str, Any]) -> list[str]:
+    """CPU per byte beside the throughput runs, if this run measured it."""
+    cpu = ov.get("cpu_s_per_gb")
+    if not cpu or not cpu["overlay"] or not cpu["raw"]:
+        return []
+    each = [o / r for o, r in zip(cpu["overlay"], cpu["raw"], strict=False) if r]
+    return [f"CPU per byte beside the same runs (every core's busy time during a run, from "
+            f"/proc/stat, ÷ the GB received; a figure only when nothing else runs): overlay "
+            f"{median(cpu['overlay']):.3f}, bare {median(cpu['raw']):.3f} s/GB; overlay ÷ "
+            f"bare within each cycle, median {median(each):.2f}×.", ""]
+
+
 def report(ov: dict[str, Any]) -> list[str]:
     r = ov["runs"]
     return [
@@ -380,8 +423,10 @@ def report(ov: dict[str, Any]) -> list[str]:
         f"{', '.join(str(x) for x in r['raw'])} |",
         "",
         f"Within each cycle, overlay ÷ bare: median {ov['paired']:.2f}× (goal: at least "
-        "0.9×).",
+        "0.9×); the two runs of a cycle next to each other, the bare path first every "
+        "other cycle.",
         "",
+        *cpu_lines(ov),
         f"Setup: `portway run -d` on host A (wall clock of the CLI, median of "
         f"{ov['setup_runs']} each, in turn): on the overlay network "
         f"{ov['setup_overlay_ms']} ms, on a bridge network {ov['setup_bridge_ms']} ms: "
