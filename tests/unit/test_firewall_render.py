@@ -102,7 +102,7 @@ def test_every_element_names_its_owner() -> None:
             *firewall.render_ports([published(8080)], INSTANCE),
             *firewall.render_guard([endpoint(2)], INSTANCE)]
     elements = [c["add"]["element"]["elem"][0] for c in cmds if "element" in c["add"]]
-    assert len(elements) == 6 + 2 + 2
+    assert len(elements) == 6 + 2 + 3
     for elem in elements:
         key = elem[0] if isinstance(elem, list) else elem
         tag = names.parse_owner_tag(key["elem"]["comment"])
@@ -168,6 +168,19 @@ def test_repair_touches_only_what_differs_and_only_mine() -> None:
         "restore element 10.77.0.0/24 of inet portway nat_src: it is missing"]
 
 
+def test_repair_creates_a_shared_set_an_earlier_table_lacks() -> None:
+    # A table an earlier portway made has no `senders` set; the spoof_ip chain that
+    # refers to it cannot be restored before it is there: it is created first.
+    shared = [c for cmds in firewall.render_shared().values() for c in cmds]
+    earlier = [c for c in shared if c["add"].get("set", {}).get("name") != "senders"]
+    repairs = plan(earlier, [])
+    assert [r.what for r in repairs] == [
+        "create set bridge portway senders: it is missing"]
+    assert repairs[0].steps == (tuple(c for c in shared
+                                      if c["add"].get("set", {}).get("name") == "senders"),)
+    assert plan(shared, []) == []
+
+
 def test_tables_in_use() -> None:
     shared = [c for cmds in firewall.render_shared().values() for c in cmds]
     by_family = {f: [i for i in listing_of(shared)
@@ -192,11 +205,12 @@ def test_golden_guard() -> None:
 
 
 def test_guard_is_per_endpoint_elements() -> None:
-    # Each endpoint adds one element to each set; the rules do not grow.
+    # Each endpoint adds one element to each set (an IPv4 one: macs, addrs, senders);
+    # the rules do not grow.
     one = firewall.render_guard([endpoint(2)], INSTANCE)
     many = firewall.render_guard([endpoint(n) for n in range(2, 200)], INSTANCE)
     assert rules(one) == rules(many) == 0
-    assert len(many) == 198 * 2
+    assert len(many) == 198 * 3
     removal = firewall.render_guard_removal([endpoint(2)])
     assert [c["delete"]["element"]["elem"][0] for c in removal] == \
         [c["add"]["element"]["elem"][0]["elem"]["val"] for c in one]
@@ -210,30 +224,51 @@ def test_guard_fails_closed() -> None:
     chain_rules = [c["add"]["rule"] for c in base if "rule" in c["add"]]
     spoof = [r for r in chain_rules if r["chain"] == "spoof"]
     assert spoof[0]["expr"][0]["match"]["right"] == firewall.VETH_PATTERN
-    # Past it: the MAC check, then by EtherType (goto: the protocol's checks end the
-    # base chain), and whatever other EtherType dropped.
-    assert spoof[1]["expr"][-1] == {"drop": None}
-    by_type = spoof[2]["expr"][0]["vmap"]["data"]["set"]
+    # Past it: by EtherType (goto: the protocol's checks end the base chain), and
+    # whatever other EtherType dropped.
+    by_type = spoof[1]["expr"][0]["vmap"]["data"]["set"]
     assert {k: v["goto"]["target"] for k, v in by_type} == \
         {"ip": "spoof_ip", "arp": "spoof_arp", "ip6": "spoof_ip6"}
-    assert spoof[3]["expr"] == [{"drop": None}] and len(spoof) == 4
+    assert spoof[2]["expr"] == [{"drop": None}] and len(spoof) == 3
     # In the protocols' chains, only drops, but for the messages a host sends from no
-    # address (::) and IPv6 other than ICMPv6 from the port's own address (the checks
-    # after it are all about ICMPv6 or the address); each checks the source address
-    # against the sets.
+    # address (::) and IPv6 other than ICMPv6 from the port's own MAC and address (the
+    # checks after it are all about ICMPv6, the MAC or the address); each checks the
+    # MAC and the source address against the sets (an IP packet's both in one lookup).
     checks = [r for r in chain_rules if r["chain"] != "spoof"]
     assert {r["chain"] for r in checks} == {"spoof_ip", "spoof_arp", "spoof_ip6"}
     accepts = [r for r in checks if r["expr"][-1] != {"drop": None}]
     assert [r["expr"][0]["match"]["right"] for r in accepts] == ["ipv6-icmp", "::"]
+    iif, smac = {"meta": {"key": "iifname"}}, {"payload": {"protocol": "ether",
+                                                           "field": "saddr"}}
     own = accepts[0]["expr"]
     assert own[0]["match"]["op"] == "!=" and own[1]["match"] == {
-        "op": "==", "right": "@addrs6",
-        "left": {"concat": [{"meta": {"key": "iifname"}},
-                            {"payload": {"protocol": "ip6", "field": "saddr"}}]}}
-    for name, allowed in (("spoof_ip", "@addrs"), ("spoof_arp", "@addrs"),
-                          ("spoof_ip6", "@addrs6")):
+        "op": "==", "right": "@senders6",
+        "left": {"concat": [iif, smac, {"payload": {"protocol": "ip6", "field": "saddr"}}]}}
+    [ip] = [r["expr"] for r in checks if r["chain"] == "spoof_ip"]
+    assert ip == [{"match": {"op": "!=", "right": "@senders", "left": {"concat": [
+        iif, smac, {"payload": {"protocol": "ip", "field": "saddr"}}]}}}, {"drop": None}]
+    for name, allowed in (("spoof_arp", "@macs"), ("spoof_arp", "@addrs"),
+                          ("spoof_ip6", "@macs"), ("spoof_ip6", "@addrs6")):
         assert allowed in [r["expr"][0]["match"]["right"] for r in checks
                            if r["chain"] == name]
+    # What is not accepted at once in spoof_ip6 meets the MAC check before any other.
+    ip6 = [r["expr"] for r in checks if r["chain"] == "spoof_ip6"]
+    assert ip6[1] == [{"match": {"op": "!=", "right": "@macs",
+                                 "left": {"concat": [iif, smac]}}}, {"drop": None}]
+
+
+def test_guard_sets_hold_the_same_senders() -> None:
+    # senders (port, MAC, address) is exactly macs (port, MAC) joined with addrs (port,
+    # address): checking both at once lets through what checking each did, no more.
+    eps = [endpoint(n) for n in range(2, 6)]
+    cmds = firewall.render_guard(eps, INSTANCE)
+    keys: dict[str, set[tuple[str, ...]]] = {}
+    for c in cmds:
+        body = c["add"]["element"]
+        keys.setdefault(body["name"], set()).add(tuple(body["elem"][0]["elem"]["val"]["concat"]))
+    joined = {(port, mac, addr) for port, mac in keys["macs"] for p2, addr in keys["addrs"]
+              if p2 == port}
+    assert keys["senders"] == joined and len(joined) == len(eps)
 
 
 def test_internal_network_reaches_only_its_gateway_on_the_host() -> None:

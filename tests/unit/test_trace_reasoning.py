@@ -271,7 +271,7 @@ def test_spoof_guard_passes_the_assigned_pair_only() -> None:
     spoofed = Packet(l4proto="tcp", saddr=CACHE.address, daddr=IP("10.77.0.3"), sport=1,
                      dport=80, iif="pwv-web", smac=WEB.mac)
     _, decisions, alive = rs.run_hook(("bridge",), "prerouting", spoofed, frozenset())
-    assert not alive and decisions[0].rule == "a container sends only from its own address"
+    assert not alive and decisions[0].rule == "a container sends only from its own MAC and address"
 
 
 def test_unknown_expressions_are_reported_not_guessed() -> None:

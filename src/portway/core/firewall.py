@@ -24,10 +24,11 @@ published ports are map elements, not rules.
                        their gateway
 
 A second table, `bridge portway`, checks every frame a container sends on its
-bridge port (anti-spoofing): the source MAC and IPv4 address, in Ethernet, IP
-and ARP headers, must be the ones portway assigned to that veth, and only IPv4
-and ARP pass. Unknown `pwv-` ports send nothing (fail closed). A third, `arp
-portway`, drops ARP that arrives on a `pwv-` port itself.
+bridge port (anti-spoofing): the source MAC and address, in Ethernet, IP and ARP
+headers, must be the ones portway assigned to that veth (an IP packet's MAC and
+address in one lookup), and only IPv4, ARP and IPv6 pass. Unknown `pwv-` ports
+send nothing (fail closed). A third, `arp portway`, drops ARP that arrives on a
+`pwv-` port itself.
 
 Many portway instances (state dirs) may share one host namespace, and so these
 tables. Rule 1: the tables, their sets, maps and base chains are shared and the
@@ -584,13 +585,18 @@ def render_ports_removal(ports: Iterable[Published]) -> list[Cmd]:
 
 def render_guard_base() -> list[Cmd]:
     """The `bridge portway` table: what a container may send on its bridge port. Every
-    frame a container sends passes here, so the base chain checks the MAC and goes
-    by EtherType to the checks of that protocol alone (an IPv4 frame meets two
-    lookups, not every protocol's rules)."""
+    frame a container sends passes here, established flows' too (the bridge's prerouting
+    hook comes before any conntrack), so the base chain goes by EtherType to the checks
+    of that protocol alone, and an IP packet's MAC and source address are checked
+    together, in one lookup of (port, MAC, address): an IPv4 frame meets two lookups,
+    the vmap's and that one, not every protocol's rules."""
     iif = _meta("iifname")
 
     def pair(proto: str, field: str) -> dict[str, Any]:
         return {"concat": [iif, _payload(proto, field)]}
+
+    def sender(proto: str) -> dict[str, Any]:
+        return {"concat": [iif, _payload("ether", "saddr"), _payload(proto, "saddr")]}
 
     def rule(chain: str, why: str, *expr: Any) -> Cmd:
         return {"add": {"rule": {**G, "chain": chain, "comment": why, "expr": list(expr)}}}
@@ -605,35 +611,40 @@ def render_guard_base() -> list[Cmd]:
     by_type = {"set": [["ip", {"goto": {"target": "spoof_ip"}}],
                        ["arp", {"goto": {"target": "spoof_arp"}}],
                        ["ip6", {"goto": {"target": "spoof_ip6"}}]]}
+    own_mac = "a container sends only from its own MAC"
     return [
         {"add": {"table": {"family": GUARD_FAMILY, "name": TABLE}}},
         {"add": {"set": {**G, "name": "macs", "type": ["ifname", "ether_addr"]}}},
         {"add": {"set": {**G, "name": "addrs", "type": ["ifname", "ipv4_addr"]}}},
         {"add": {"set": {**G, "name": "addrs6", "type": ["ifname", "ipv6_addr"]}}},
+        {"add": {"set": {**G, "name": "senders",
+                         "type": ["ifname", "ether_addr", "ipv4_addr"]}}},
+        {"add": {"set": {**G, "name": "senders6",
+                         "type": ["ifname", "ether_addr", "ipv6_addr"]}}},
         {"add": {"set": {**G, "name": "v6ports", "type": "ifname"}}},
         chain("spoof_ip"), chain("spoof_arp"), chain("spoof_ip6"),
         {"add": {"chain": {**G, "name": "spoof", "type": "filter", "hook": "prerouting",
                            "prio": -300, "policy": "accept"}}},
         rule("spoof", "only container ports are checked", _match(iif, VETH_PATTERN, "!="),
              {"accept": None}),
-        unless("spoof", pair("ether", "saddr"), "macs",
-               "a container sends only from its own MAC"),
         # goto: what passes a protocol's checks ends at this chain's policy, accept.
         rule("spoof", "checks by protocol",
              {"vmap": {"key": _payload("ether", "type"), "data": by_type}}),
         rule("spoof", "only IPv4, ARP and IPv6", {"drop": None}),
-        unless("spoof_ip", pair("ip", "saddr"), "addrs",
-               "a container sends only from its own address"),
+        unless("spoof_ip", sender("ip"), "senders",
+               "a container sends only from its own MAC and address"),
+        unless("spoof_arp", {"concat": [iif, _payload("ether", "saddr")]}, "macs", own_mac),
         unless("spoof_arp", pair("arp", "saddr ether"), "macs", "ARP: only its own MAC"),
         unless("spoof_arp", pair("arp", "saddr ip"), "addrs", "ARP: only its own address"),
         # IPv6: only from an endpoint with an IPv6 address (an IPv4-only network passes
         # none at all), never a router's messages, and only from its own address but
         # for the few messages a host sends from no address yet. What is not ICMPv6
-        # and comes from the port's own address is all of that at once: one lookup for
-        # the data a container sends, the rules after it for the rest.
-        rule("spoof_ip6", "not ICMPv6 and from the port's address: nothing more to check",
-             _match(_meta("l4proto"), "ipv6-icmp", "!="),
-             _match(pair("ip6", "saddr"), "@addrs6"), {"accept": None}),
+        # and comes from the port's own MAC and address is all of that at once: one
+        # lookup for the data a container sends, the rules after it for the rest.
+        rule("spoof_ip6", "not ICMPv6 and from the port's MAC and address: nothing more "
+             "to check", _match(_meta("l4proto"), "ipv6-icmp", "!="),
+             _match(sender("ip6"), "@senders6"), {"accept": None}),
+        unless("spoof_ip6", {"concat": [iif, _payload("ether", "saddr")]}, "macs", own_mac),
         rule("spoof_ip6", "IPv6 only from containers with an IPv6 address",
              _match(iif, "@v6ports", "!="), {"drop": None}),
         rule("spoof_ip6", "a container advertises no routes and redirects nobody",
@@ -670,6 +681,8 @@ def _guard_elements(endpoints: Iterable[Endpoint]) -> list[tuple[str, Endpoint, 
         for a in e.addresses:
             out.append(("addrs" if a.version == 4 else "addrs6", e,
                         {"concat": [e.host_ifname, str(a.ip)]}))
+            out.append(("senders" if a.version == 4 else "senders6", e,
+                        {"concat": [e.host_ifname, e.mac, str(a.ip)]}))
             if a.version == 6:
                 out.append(("targets6", e,
                             {"concat": [e.host_ifname, f"0x{int(a.ip):032x}"]}))
@@ -803,6 +816,17 @@ def plan_repair(shared: dict[str, list[Cmd]], mine: list[Cmd],
         have.update(listed_rules(items))
         have_elements.update(listed_elements(items))
     present = {family for family in shared if listing.get(family) is not None}
+    # A shared set or map the table lacks (one a later portway added to a table an
+    # earlier one made): created first, as the chains and elements below refer to it.
+    for family in present:
+        named = {body["name"] for item in listing[family] or []
+                 for body in (item.get("set") or item.get("map"),) if body is not None}
+        for cmd in shared[family]:
+            body = cmd["add"].get("set") or cmd["add"].get("map")
+            if body is not None and body["name"] not in named:
+                kind = "set" if "set" in cmd["add"] else "map"
+                repairs.append(Repair(f"create {kind} {family} {TABLE} {body['name']}: it is "
+                                      "missing", ((cmd,),)))
     chains = _chain_cmds([*[c for f in present for c in shared[f]],
                           *[c for c in mine if _family(c) in present]])
     for (family, name), (add_chain, rules) in chains.items():
