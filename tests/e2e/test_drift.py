@@ -154,3 +154,25 @@ def test_gc_passes_over_namespace_files_another_portway_is_making(sandbox: Sandb
         for path in files:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
+
+
+def test_gc_completes_a_shared_table_an_earlier_portway_made(sandbox: Sandbox) -> None:
+    """`bridge portway` as an earlier portway made it: no `senders` set, spoof_ip
+    checking the address alone. gc (and a daemon's start, which runs it) creates the
+    set, then restores the chain that refers to it and the set's elements; without the
+    set first, the chain could not be restored and IPv4 from containers went unchecked
+    past the EtherType."""
+    sb = sandbox
+    sb.pw("network", "create", "app", "--subnet", "10.97.0.0/24")
+    sb.pw("run", "-d", "--name", "web", "--network", "app", "--", "sleep", "3600")
+    sb.in_host("nft", "flush", "chain", "bridge", "portway", "spoof_ip")
+    sb.in_host("nft", "delete", "set", "bridge", "portway", "senders")
+    report = sb.pw("gc")
+    assert "create set bridge portway senders: it is missing" in report.stdout, report.stdout
+    assert "restore chain bridge portway spoof_ip" in report.stdout, report.stdout
+    chain = sb.in_host("nft", "list", "chain", "bridge", "portway", "spoof_ip").stdout
+    assert "@senders drop" in chain, chain
+    web = json.loads(sb.pw("inspect", "web").stdout)[0]["NetworkSettings"]["Networks"]["app"]
+    listed = sb.in_host("nft", "list", "set", "bridge", "portway", "senders").stdout
+    assert web["IPAddress"] in listed and web["MacAddress"] in listed, listed
+    assert sb.pw("gc").stdout.startswith("nothing to repair")
