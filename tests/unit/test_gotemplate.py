@@ -349,6 +349,18 @@ def test_printf_never_crashes(fmt: str, args: list[Any]) -> None:
     assert isinstance(sprintf(fmt, args), str)
 
 
+def test_only_ascii_digits_are_widths_precisions_and_indexes() -> None:
+    # As Go's fmt: '¹' is a digit to str.isdigit, to Go a verb like any other rune.
+    assert sprintf("%¹", []) == "%!¹(MISSING)"
+    assert sprintf("%[¹]d", [1]) == "%!d(BADINDEX)"
+    assert sprintf("%.²f", [1.5]) == "%!²(float64=1.5)f"
+    # ... and in an action, neither a number nor part of a field's name.
+    with pytest.raises(TemplateError, match=r"unrecognized character in action: U\+00B9"):
+        run("{{ ¹ }}")
+    with pytest.raises(TemplateError, match=r"bad character U\+00B9"):
+        run("{{ .a¹ }}", {"a": 1})
+
+
 @settings(max_examples=200, deadline=None)
 @given(json_values)
 def test_json_and_printing_never_crash(data: Any) -> None:

@@ -107,7 +107,8 @@ class _Tok:
 
 
 def _alnum(c: str) -> bool:
-    return c == "_" or c.isalnum()
+    # Go's unicode.IsLetter or unicode.IsDigit (decimal digits only: not '¹').
+    return c == "_" or c.isalpha() or c.isdecimal()
 
 
 def _lex(text: str) -> list[_Tok]:
@@ -235,7 +236,7 @@ def _lex_action(text: str, i: int, toks: list[_Tok]) -> tuple[int, bool]:
             _check_terminator(text, j)
             toks.append(_Tok("var", text[i:j], i))
             i = j
-        elif c == "." and not (i + 1 < n and text[i + 1].isdigit()):
+        elif c == "." and not (i + 1 < n and _digit(text[i + 1])):
             j = i + 1
             while j < n and _alnum(text[j]):
                 j += 1
@@ -243,7 +244,7 @@ def _lex_action(text: str, i: int, toks: list[_Tok]) -> tuple[int, bool]:
                 _check_terminator(text, j)
             toks.append(_Tok("dot", ".", i) if j == i + 1 else _Tok("field", text[i:j], i))
             i = j
-        elif c in "+-." or c.isdigit():
+        elif c in "+-." or _digit(c):
             j = _scan_number(text, i)
             if j < n and _alnum(text[j]):
                 raise _lex_error(text, i, f"bad number syntax: {text[i:j + 1]!r}")
@@ -1373,6 +1374,11 @@ def sprintln(args: list[Any]) -> str:
     return " ".join(format_v(a) for a in args) + "\n"
 
 
+def _digit(c: str) -> bool:
+    """An ASCII digit, as Go's lexer and fmt read one (str.isdigit takes '¹' too)."""
+    return "0" <= c <= "9"
+
+
 def sprintf(fmt: str, args: list[Any]) -> str:
     """Go's fmt.Sprintf, for the verbs templates use (v s q d x X o O b c U e E f F g G
     t T) with flags (- + # 0 space), width and precision (also *), and Go's reports
@@ -1398,7 +1404,8 @@ def sprintf(fmt: str, args: list[Any]) -> str:
             close = fmt.find("]", i)
             index = fmt[i + 1:close] if close > 0 else ""
             reordered = True
-            if index.isdigit() and len(index) < 8 and 1 <= int(index) <= len(args):
+            if index and all(map(_digit, index)) and len(index) < 8 and \
+                    1 <= int(index) <= len(args):
                 argi = int(index) - 1
             else:
                 bad_index = True
@@ -1417,7 +1424,7 @@ def sprintf(fmt: str, args: list[Any]) -> str:
             argi += 1
         else:
             start = i
-            while i < n and fmt[i].isdigit():
+            while i < n and _digit(fmt[i]):
                 i += 1
             if i > start:
                 width = int(fmt[start:i]) if i - start <= 7 else MAX_WIDTH + 1
@@ -1437,7 +1444,7 @@ def sprintf(fmt: str, args: list[Any]) -> str:
                 argi += 1
             else:
                 start = i
-                while i < n and fmt[i].isdigit():
+                while i < n and _digit(fmt[i]):
                     i += 1
                 prec = int(fmt[start:i]) if start < i <= start + 7 else \
                     (0 if start == i else MAX_WIDTH + 1)
