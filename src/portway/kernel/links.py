@@ -10,6 +10,7 @@ import errno
 import ipaddress
 import os
 import socket
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -619,6 +620,9 @@ def setup_probe(ipr: IPRoute, tag: str) -> None:
     write_sysctl("net.ipv4.conf.default.route_localnet", "1")
 
 
+NUD_PERMANENT = 0x80
+
+
 def add_probe_link(host: IPRoute, probe: IPRoute, netns_fd: int, host_ifname: str,
                    client: IPAddress, gateway: IPAddress) -> None:
     """A veth from the host into a probe namespace that plays an outside client at
@@ -636,6 +640,13 @@ def add_probe_link(host: IPRoute, probe: IPRoute, netns_fd: int, host_ifname: st
         probe.link("set", index=inner, state="up")
         probe.route("add", dst="0.0.0.0/0", gateway=str(gateway), oif=inner,
                     flags=RTNH_F_ONLINK)
+        # Both neighbours written down: an ARP request sent before the link passes
+        # traffic is lost, and its retry comes a second later, after the probe gave up.
+        host.neigh("add", dst=str(client), lladdr=_mac(probe, inner), ifindex=index,
+                   state=NUD_PERMANENT)
+        probe.neigh("add", dst=str(gateway), lladdr=_mac(host, index), ifindex=inner,
+                    state=NUD_PERMANENT)
+        _wait_passing(probe, inner)
     except NetlinkError as exc:
         raise _kernel_error(f"set up probe link {host_ifname}", exc) from None
 
@@ -643,7 +654,6 @@ def add_probe_link(host: IPRoute, probe: IPRoute, netns_fd: int, host_ifname: st
 # The host end's address on an IPv6 probe link: the probe's next hop (link-local, as a
 # router's is, so no address of the host is lent to the link).
 PROBE_GATEWAY6 = "fe80::1"
-NUD_PERMANENT = 0x80
 
 
 def add_probe_link6(host: IPRoute, probe: IPRoute, netns_fd: int, host_ifname: str,
@@ -673,6 +683,7 @@ def add_probe_link6(host: IPRoute, probe: IPRoute, netns_fd: int, host_ifname: s
                     family=AF_INET6, state=NUD_PERMANENT)
         host.route("add", dst=f"{client}/128", oif=index, family=AF_INET6)
         probe.route("add", dst="::/0", gateway=PROBE_GATEWAY6, oif=inner, family=AF_INET6)
+        _wait_passing(probe, inner)
     except NetlinkError as exc:
         raise _kernel_error(f"set up probe link {host_ifname}", exc) from None
 
@@ -680,3 +691,15 @@ def add_probe_link6(host: IPRoute, probe: IPRoute, netns_fd: int, host_ifname: s
 def _mac(ipr: IPRoute, index: int) -> str:
     (msg,) = ipr.get_links(index)
     return str(msg.get_attr("IFLA_ADDRESS"))
+
+
+def _wait_passing(ipr: IPRoute, index: int, timeout: float = 1.0) -> None:
+    """Until a link just set up reads operationally up: the kernel gives it its queue
+    (until then it drops what is sent) in the same step, which a busy machine defers.
+    A link still not up after timeout is left to the probe to find so."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        (msg,) = ipr.get_links(index)
+        if msg.get_attr("IFLA_OPERSTATE") == "UP":
+            return
+        time.sleep(0.002)
