@@ -348,3 +348,60 @@ def test_a_burst_over_ipv6_is_batched_and_coalesced(w: World) -> None:
     sent = w.control("log")["sent"]
     answers, packets = sent["answers"] - before["answers"], sent["packets"] - before["packets"]
     assert answers == 200 and packets <= 200 / 8 and sent["coalesce"]
+
+
+ASK = """
+import socket, struct, sys
+count, at_once = int(sys.argv[3]), sys.argv[4] == "all at once"
+sockets = []
+for server, qtype in ((sys.argv[1], 1), (sys.argv[2], 28)):
+    s = socket.socket(socket.AF_INET6 if ":" in server else socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(3)
+    s.connect((server, 53))
+    sockets.append(s)
+    for i in range(count):
+        s.send(struct.pack("!HHHHHH", i, 0x0100, 1, 0, 0, 0) + b"\\x03web\\x00" +
+               struct.pack("!HH", qtype, 1))
+        if not at_once:
+            s.recv(512)
+print("sent", flush=True)
+for s in sockets if at_once else []:
+    for _ in range(count):
+        s.recv(512)
+"""
+
+
+def ask(w: World, count: int, how: str) -> subprocess.Popen[str]:
+    """count A queries to app's IPv4 gateway, then count AAAA to its IPv6 one, from
+    cli: one at a time, or all sent before any answer is read."""
+    return subprocess.Popen(["ip", "netns", "exec", w.cont, sys.executable, "-c", ASK, GW4,
+                             GW6, str(count), how], stdout=subprocess.PIPE, text=True)
+
+
+def test_queries_are_timed_on_request(w: World) -> None:
+    # Off (as it starts): nothing is timed.
+    ask(w, 5, "one at a time").communicate(timeout=30)
+    assert w.control("timing") == {"ok": True, "queries": []}
+    # On: each answered UDP query of either family, from its arrival at the server's
+    # socket (the kernel's stamp) to the server's turn, its read and its answer's send.
+    assert w.control("timing start") == {"ok": True, "queries": []}
+    ask(w, 10, "one at a time").communicate(timeout=30)
+    timed = w.control("timing")["queries"]
+    assert len(timed) == 20 and all(len(t) == 3 and min(t) >= 0 for t in timed)
+    assert all(sum(t) < 1e6 for t in timed)  # µs: each well under a second
+    # Queued while the server is stopped: their wait before its turn is the pause.
+    assert w.control("timing start")["queries"] == []
+    server = w.procs[-1]
+    os.kill(server.pid, signal.SIGSTOP)
+    try:
+        proc = ask(w, 10, "all at once")
+        assert proc.stdout is not None and proc.stdout.readline() == "sent\n"
+        time.sleep(0.3)
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+    proc.communicate(timeout=30)
+    timed = w.control("timing")["queries"]
+    assert len(timed) == 20 and all(t[0] >= 250_000 for t in timed)
+    # Off again: the sockets stamp nothing, and nothing more is kept.
+    ask(w, 5, "one at a time").communicate(timeout=30)
+    assert w.control("timing") == {"ok": True, "queries": []}

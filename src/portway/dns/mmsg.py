@@ -35,6 +35,9 @@ SOCKADDR_IN6 = 28  # family, port, flow label, address, scope id
 _LAYOUT: dict[int, tuple[int, int, int, int]] = {
     socket.AF_INET: (SOCKADDR_IN, 4, 4, 6), socket.AF_INET6: (SOCKADDR_IN6, 8, 16, 26)}
 SOL_UDP, UDP_SEGMENT = 17, 103
+SO_TIMESTAMPNS = 35  # SCM_TIMESTAMPNS: when a datagram reached the socket (a timespec)
+STAMP_SPACE = 32  # CMSG_SPACE(16): the header and a timespec
+_STAMP = struct.Struct("=Qiiqq")  # a cmsghdr (len, level, type) and a timespec
 PR_SET_TIMERSLACK = 29
 MAX_SEGMENTS = 64  # per GSO send: what every kernel with UDP GSO takes (UDP_MAX_SEGMENTS)
 _SEGMENT = struct.Struct("=QiiH")  # a cmsghdr (len, level, type) and the segment size
@@ -116,6 +119,13 @@ class Batch:
         self._to = ctypes.create_string_buffer(size * namesize)
         self._to_view = memoryview(self._to).cast("B")
         self._to_addr = ctypes.addressof(self._to)
+        self._stamps = ctypes.create_string_buffer(size * STAMP_SPACE)
+        self._stamps_view = memoryview(self._stamps).cast("B")
+        # With stamped (see stamp()): when each datagram of the last recv reached its
+        # socket, in ns since the epoch (0: not said), by slot.
+        self.stamped = False
+        self.arrived: list[int] = []
+        self._stamped_slots = 0
         self.coalesce = True  # GSO sends; off for good once the kernel refuses one
         self.datagrams = self.packets = 0  # sent so far, for `portway dns`
 
@@ -129,6 +139,8 @@ class Batch:
         Each namelen is left as the kernel wrote it back: on a socket of the Batch's
         family that is always the size of its sockaddr, the size it was set to (so a
         Batch must not read a socket of the other family)."""
+        if self.stamped:
+            return self._recv_stamped(fd)
         n = _recvmmsg(fd, self._rvec, self.size, MSG_DONTWAIT, None)
         if n < 0:
             code = ctypes.get_errno()
@@ -143,6 +155,37 @@ class Batch:
             start, name = i * size, i * namesize + addr_at
             out.append((bytes(data[start:start + unpack("I", view, i * entry + at)[0]]),
                         bytes(names[name:name + addr_len])))
+        return out
+
+    def stamp(self, on: bool) -> None:
+        """Whether recv also reads when each datagram reached its socket (into
+        `arrived`): the sockets it reads must have SO_TIMESTAMPNS set. Off, recv costs
+        what it did: no control messages are asked for."""
+        view, entry = self._rvec_view, self._entry
+        for i in range(self.size):
+            struct.pack_into("PN", view, i * entry + self._control_at,
+                             ctypes.addressof(self._stamps) + i * STAMP_SPACE if on else 0,
+                             STAMP_SPACE if on else 0)
+        self.stamped, self.arrived, self._stamped_slots = on, [], 0
+
+    def _recv_stamped(self, fd: int) -> list[tuple[bytes, bytes]]:
+        """recv, with `arrived`: the control buffers' lengths are given back to them
+        first (the kernel wrote each message's own over them)."""
+        view, entry, at = self._rvec_view, self._entry, _Msghdr.controllen.offset
+        for i in range(self._stamped_slots):  # the kernel wrote only to those it filled
+            struct.pack_into("N", view, i * entry + at, STAMP_SPACE)
+        self.stamped = False
+        try:
+            out = self.recv(fd)
+        finally:
+            self.stamped = True
+        stamps, arrived = self._stamps_view, []
+        for i in range(len(out)):
+            _, level, kind, sec, nsec = _STAMP.unpack_from(stamps, i * STAMP_SPACE)
+            got = struct.unpack_from("N", view, i * entry + at)[0]
+            ok = got >= _STAMP.size and level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS
+            arrived.append(sec * 1_000_000_000 + nsec if ok else 0)
+        self.arrived, self._stamped_slots = arrived, len(out)
         return out
 
     def peer(self, slot: int) -> tuple[str, int] | tuple[str, int, int, int]:

@@ -54,6 +54,7 @@ IPV6_FREEBIND = 78  # Linux 4.15; older kernels take IP_FREEBIND on IPv6 sockets
 SO_RCVBUFFORCE = 33
 UDP_BUFFER = 4 << 20
 LOG_SIZE = 200
+TIMED = 5000  # queries whose times `timing` keeps (its reply is one datagram)
 MAX_KEPT = 20_000  # replies kept for repeated queries (each at most 512 + 512 bytes)
 # Under load, a pause after a batch lets the next queries gather: bigger batches mean
 # fewer system calls and wake-ups per query on both sides, and more answers per GSO
@@ -276,6 +277,10 @@ class Server:
                         socket.AF_INET6: mmsg.Batch(family=socket.AF_INET6)}
         self.gather = False  # a socket is under load: pause before the next poll
         self.forwarded_sent = 0  # forwarded answers sent over UDP (not through batch)
+        # Between "timing start" and "timing" on the control socket: per answered UDP
+        # query, in ns, from its arrival at the socket (the kernel's stamp) to the
+        # server's turn to read, then to its read, then to its answer's send.
+        self.timing: list[tuple[int, int, int]] | None = None
         # Forwarded answers for UDP clients, by the socket they go out of: sent once a
         # round of the loop (_send_queued).
         self.udp_out: dict[socket.socket, list[tuple[bytes, bytes]]] = {}
@@ -344,6 +349,8 @@ class Server:
         for gw in wanted - set(self.udp):
             try:
                 udp, tcp = self.udp[gw], self.tcp[gw] = self._bind(gw)
+                if self.timing is not None:
+                    udp.setsockopt(socket.SOL_SOCKET, mmsg.SO_TIMESTAMPNS, 1)
                 self._watch(udp.fileno(), functools.partial(
                     self.handle_udp, udp, self.batches[udp.family]))
                 self._watch(tcp.fileno(), functools.partial(self.handle_tcp_accept, tcp))
@@ -771,12 +778,16 @@ class Server:
         """Read and answer sock's queries, through batch (of sock's family)."""
         # What is queued, a batch per system call each way (bounded: other sockets wait).
         now = time.time()
-        reply_to, fd = self.reply_to, sock.fileno()
+        reply_to, fd, timing = self.reply_to, sock.fileno(), self.timing
         for _ in range(64):
+            if timing is not None:
+                turn = time.time_ns()
             try:
                 queries = batch.recv(fd)
             except OSError:
                 return
+            if timing is not None:
+                read = time.time_ns()
             answers: list[tuple[bytes, int]] = []
             for slot, (msg, src) in enumerate(queries):
                 try:
@@ -790,6 +801,10 @@ class Server:
                         self._queue_forwarded, sock, batch.name(slot)), out)
             if answers:
                 batch.send(fd, answers)
+                if timing is not None and len(timing) < TIMED:
+                    sent, arrived = time.time_ns(), batch.arrived
+                    timing.extend((turn - arrived[slot], read - turn, sent - read)
+                                  for _, slot in answers if arrived[slot])
             if not queries:
                 return
             if GATHER_AT <= len(queries) < batch.size:
@@ -1005,6 +1020,8 @@ class Server:
                               "coalesce": all(b.coalesce for b in batches)}}
         elif command == "stats":
             reply = {"ok": True, **self.stats()}
+        elif command in ("timing start", "timing"):
+            reply = self.time_queries(command == "timing start")
         elif command == "stop":
             self.running = False
             reply = {"ok": True}
@@ -1012,6 +1029,21 @@ class Server:
             reply = {"ok": False}
         if peer:
             _safe(self.control.sendto, json.dumps(reply).encode(), peer)
+
+    def time_queries(self, on: bool) -> dict[str, Any]:
+        """Start timing the UDP queries (each socket's kernel stamps their arrival), or
+        stop and give what was timed: per answered query (at most TIMED), µs from its
+        arrival at the socket to the server's turn to read it (the server's wake-up, or
+        the queries before it), from then to its read, and from its read to its answer's
+        send (the server's own work, the send's system call included). Off, the UDP path
+        pays nothing for it."""
+        timed = self.timing or []
+        self.timing = [] if on else None
+        for sock in self.udp.values():
+            _safe(sock.setsockopt, socket.SOL_SOCKET, mmsg.SO_TIMESTAMPNS, int(on))
+        for batch in self.batches.values():
+            batch.stamp(on)
+        return {"ok": True, "queries": [[round(x / 1000, 1) for x in t] for t in timed]}
 
     def stats(self) -> dict[str, Any]:
         """What clients hold of the shared limits now, and what the limits turned away."""
