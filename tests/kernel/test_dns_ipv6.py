@@ -385,8 +385,12 @@ def test_queries_are_timed_on_request(w: World) -> None:
     # On: each answered UDP query of either family, from its arrival at the server's
     # socket (the kernel's stamp) to the server's turn, its read and its answer's send.
     assert w.control("timing start") == {"ok": True, "queries": []}
+    before = w.control("log")["sent"]
     ask(w, 10, "one at a time").communicate(timeout=30)
     timed = w.control("timing")["queries"]
+    # Each lone answer is sent on its own (the socket's sendto), and counted.
+    sent = w.control("log")["sent"]
+    assert (sent["answers"] - before["answers"], sent["packets"] - before["packets"]) == (20, 20)
     assert len(timed) == 20 and all(len(t) == 3 and min(t) >= 0 for t in timed)
     assert all(sum(t) < 1e6 for t in timed)  # µs: each well under a second
     # Queued while the server is stopped: their wait before its turn is the pause.

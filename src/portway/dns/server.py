@@ -775,7 +775,12 @@ class Server:
     # the loop
 
     def handle_udp(self, sock: socket.socket, batch: mmsg.Batch) -> None:
-        """Read and answer sock's queries, through batch (of sock's family)."""
+        """Read and answer sock's queries, through batch (of sock's family).
+
+        Fewer queries than a batch holds means the socket was drained: the loop goes
+        back to epoll (level-triggered: it says so if more have come), and a lone
+        query costs one read and one send, nothing after its answer. One answer goes
+        out through the socket's own sendto, which costs less than a batch's send."""
         # What is queued, a batch per system call each way (bounded: other sockets wait).
         now = time.time()
         reply_to, fd, timing = self.reply_to, sock.fileno(), self.timing
@@ -799,16 +804,17 @@ class Server:
                 elif out is not None:
                     self.start_forward(msg, src, functools.partial(
                         self._queue_forwarded, sock, batch.name(slot)), out)
-            if answers:
+            if len(answers) == 1:
+                batch.send_one(sock, *answers[0])
+            elif answers:
                 batch.send(fd, answers)
-                if timing is not None and len(timing) < TIMED:
-                    sent, arrived = time.time_ns(), batch.arrived
-                    timing.extend((turn - arrived[slot], read - turn, sent - read)
-                                  for _, slot in answers if arrived[slot])
-            if not queries:
-                return
-            if GATHER_AT <= len(queries) < batch.size:
-                self.gather = True  # serve() pauses once, for every socket
+            if timing is not None and answers and len(timing) < TIMED:
+                sent, arrived = time.time_ns(), batch.arrived
+                timing.extend((turn - arrived[slot], read - turn, sent - read)
+                              for _, slot in answers if arrived[slot])
+            if len(queries) < batch.size:
+                if len(queries) >= GATHER_AT:
+                    self.gather = True  # serve() pauses once, for every socket
                 return
 
     def _queue_forwarded(self, sock: socket.socket, name: bytes, data: bytes) -> None:
