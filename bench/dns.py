@@ -167,42 +167,87 @@ def dnsperf(netns: str, server: str, queries: list[str], rate: int = 0,
 
 def latency(netns: str, server: str, name: str, count: int = 3000,
             qtype: int = 1, runs: int = 3, port: int = 53,
-            pid: int = 0) -> dict[str, float]:
-    """p50 and p99 round trip (µs) of one query at a time (qtype 1 is A, 28 AAAA): the
-    median of `runs` runs, each started on an idle machine (one run's p99 is a few
-    dozen queries: one burst of other work moves it). The same percentiles to the
-    answer's arrival at the client's socket (SO_TIMESTAMPNS): the round trip less the
-    client's wake-up and its Python after it. Beside them, per query, the time
-    the client's thread and (with its pid) the server's threads spent runnable but not
-    running (µs, from their schedstat): two wake-ups per round trip, each the machine's
-    to give."""
-    p50s, p99s, client_waits, server_waits, server_cpu = [], [], [], [], []
-    kernel_p50s, kernel_p99s = [], []
-    for _ in range(runs):
-        settle()
-        before = sched(pid) if pid else (0, 0)
-        out = sh("ip", "netns", "exec", netns, "python3", "-c", LATENCY, server, name,
-                 str(count), str(qtype), str(port)).stdout.split()
-        after = sched(pid) if pid else (0, 0)
-        p50s.append(float(out[0]))
-        p99s.append(float(out[1]))
-        client_waits.append(float(out[2]))
-        kernel_p50s.append(float(out[3]))
-        kernel_p99s.append(float(out[4]))
-        server_cpu.append((after[0] - before[0]) / 1000 / count)
-        server_waits.append((after[1] - before[1]) / 1000 / count)
-    result = {"p50": round(statistics.median(p50s), 1),
-              "p99": round(statistics.median(p99s), 1),
-              "p99_runs": [round(x, 1) for x in p99s],
-              "client_wait_us": round(statistics.median(client_waits), 1),
-              # From the query's send to the answer's arrival at the client's socket (its
-              # kernel timestamp): the round trip less the client's own wake-up.
-              "arrived_p50": round(statistics.median(kernel_p50s), 1),
-              "arrived_p99": round(statistics.median(kernel_p99s), 1)}
-    if pid:
-        result["server_wait_us"] = round(statistics.median(server_waits), 1)
-        result["server_cpu_us"] = round(statistics.median(server_cpu), 1)
-    return result
+            pid: int = 0) -> dict[str, Any]:
+    """p50 and p99 round trip (µs) of one query at a time (qtype 1 is A, 28 AAAA): see
+    latencies, for one server and query type."""
+    return latencies(netns, name, {"one": (server, port, qtype, pid, None)}, count,
+                     runs)["one"]
+
+
+# What latencies asks: the server's address and port, the query type, the server's pid
+# (0: not known) and, for portway's server, its control socket's request (for `timing`).
+Target = tuple[str, int, int, int, "Callable[[str], dict[str, Any]] | None"]
+
+
+def latencies(netns: str, name: str, targets: dict[str, Target], count: int = 3000,
+              runs: int = 3) -> dict[str, dict[str, Any]]:
+    """By target, p50 and p99 round trip (µs) of one query at a time: the median of
+    `runs` runs, each started on an idle machine (one run's p99 is a few dozen
+    queries: one burst of other work moves it); with several targets, run i of each
+    in turn, in an order that rotates with i, so that the targets' figures come from
+    the same moments of the machine and none always runs first (after the dnsperf
+    runs). The same percentiles to the answer's arrival at the client's socket
+    (SO_TIMESTAMPNS): the round trip less the client's wake-up and its Python after
+    it. Beside them, per query, the time the client's thread and (with its pid) the
+    server's threads spent runnable but not running (µs, from their schedstat): two
+    wake-ups per round trip, each the machine's to give. With timing (portway's
+    server), the server's own times of each query (see Server.time_queries): arrival
+    at its socket to its turn, to its read, to its answer's send."""
+    keys = list(targets)
+    raw: dict[str, dict[str, list[float]]] = {k: {} for k in keys}
+    for i in range(runs):
+        for key in keys[i % len(keys):] + keys[:i % len(keys)]:
+            server, port, qtype, pid, timing = targets[key]
+            settle()
+            if timing is not None:
+                timing("timing start")
+            before = sched(pid) if pid else (0, 0)
+            out = sh("ip", "netns", "exec", netns, "python3", "-c", LATENCY, server, name,
+                     str(count), str(qtype), str(port)).stdout.split()
+            after = sched(pid) if pid else (0, 0)
+            got = raw[key]
+            for field, value in zip(("p50", "p99", "client_wait", "arrived_p50",
+                                     "arrived_p99"), out, strict=True):
+                got.setdefault(field, []).append(float(value))
+            got.setdefault("server_cpu", []).append((after[0] - before[0]) / 1000 / count)
+            got.setdefault("server_wait", []).append((after[1] - before[1]) / 1000 / count)
+            if timing is not None:
+                timed = timing("timing")["queries"]
+                for at, part in enumerate(("turn", "read", "work")):
+                    column = sorted(t[at] for t in timed)
+                    got.setdefault(f"{part}_p50", []).append(percentile(column, 0.5))
+                    got.setdefault(f"{part}_p99", []).append(percentile(column, 0.99))
+                share = sorted(sum(t) for t in timed)
+                got.setdefault("share_p50", []).append(percentile(share, 0.5))
+                got.setdefault("share_p99", []).append(percentile(share, 0.99))
+    results: dict[str, dict[str, Any]] = {}
+    for key, got in raw.items():
+        pid, timing = targets[key][3], targets[key][4]
+
+        def mid(field: str, got: dict[str, list[float]] = got) -> float:
+            return round(statistics.median(got[field]), 1)
+
+        result: dict[str, Any] = {
+            "p50": mid("p50"), "p99": mid("p99"), "p99_runs": [round(x, 1) for x in got["p99"]],
+            "client_wait_us": mid("client_wait"),
+            # From the query's send to the answer's arrival at the client's socket (its
+            # kernel timestamp): the round trip less the client's own wake-up.
+            "arrived_p50": mid("arrived_p50"), "arrived_p99": mid("arrived_p99")}
+        if pid:
+            result["server_wait_us"] = mid("server_wait")
+            result["server_cpu_us"] = mid("server_cpu")
+        if timing is not None:
+            # Inside the server, from the query's arrival at its socket: to its turn
+            # (the wake-up), to its read, to its answer's send; share: the whole.
+            result["server_times"] = {part: (mid(f"{part}_p50"), mid(f"{part}_p99"))
+                                      for part in ("turn", "read", "work", "share")}
+        results[key] = result
+    return results
+
+
+def percentile(ordered: list[float], fraction: float) -> float:
+    """The value at fraction of an ascending list (as LATENCY takes it), 0 when empty."""
+    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))] if ordered else 0.0
 
 
 @contextlib.contextmanager
@@ -329,8 +374,22 @@ def bench_dns(engine: Any, outside: str) -> dict[str, Any]:
                     if "cpu_us" in got:
                         cpu[side].setdefault(figure, []).append(got["cpu_us"])
         results: dict[str, Any] = {}
+        # portway's A and AAAA one at a time, with the server's own times of each query,
+        # and the control (a bare echo loop on the same gateway, asked by the same
+        # client): their runs in turn (see latencies).
+        echo = subprocess.Popen(["python3", "-c", ECHO, GATEWAY, str(ECHO_PORT)])
+        try:
+            time.sleep(0.3)
+            alone = latencies(pw, "target", {
+                "A": (GATEWAY, 53, 1, pw_pid, engine.dns.request),
+                "AAAA": (GATEWAY, 53, 28, pw_pid, engine.dns.request),
+                "echo": (GATEWAY, ECHO_PORT, 1, echo.pid, None)})
+        finally:
+            echo.kill()
+            echo.wait()
         for side, (netns, address, pid) in servers.items():
-            local = latency(netns, address, "target", pid=pid)
+            local = alone["A"] if side == "portway" else latency(netns, address, "target",
+                                                                  pid=pid)
             results[side] = {
                 **{f"{figure}_qps": round(statistics.median(v))
                    for figure, v in runs[side].items()},
@@ -346,17 +405,10 @@ def bench_dns(engine: Any, outside: str) -> dict[str, Any]:
                     latency(netns, address, "example.org", 1000)[k] for k in ("p50", "p99")),
             }
         p = results["portway"]
-        aaaa = latency(pw, GATEWAY, "target", qtype=28, pid=pw_pid)
+        aaaa = alone["AAAA"]
         p["local_aaaa_latency_us"] = (aaaa["p50"], aaaa["p99"])
         p["local_aaaa_latency"] = aaaa
-        # The control: a bare echo loop on the same gateway, asked by the same client.
-        echo = subprocess.Popen(["python3", "-c", ECHO, GATEWAY, str(ECHO_PORT)])
-        try:
-            time.sleep(0.3)
-            p["echo_latency"] = latency(pw, GATEWAY, "target", port=ECHO_PORT, pid=echo.pid)
-        finally:
-            echo.kill()
-            echo.wait()
+        p["echo_latency"] = alone["echo"]
         p["answers_per_packet_runs"] = per_packet
         for key, base in (("local_aaaa", "local"), ("mixed_aaaa", "mixed")):
             p[f"{key}_qps_ratios"] = pair_ratios(runs["portway"], key, base)

@@ -1078,7 +1078,10 @@ def dns_report(dns: dict[str, Any]) -> list[str]:
         "median q/s (every run's figure below the table); latency: one query at a time "
         "from a Python client (its own cost "
         "included, the same for both), median and p99 in µs, each the median of three runs "
-        "of 3000 queries (1000 forwarded). aardvark-dns is set up by "
+        "of 3000 queries (1000 forwarded); portway's A and AAAA runs in turn with the "
+        "control's below, in an order that rotates, so that neither type always comes "
+        "first after the dnsperf runs. "
+        "aardvark-dns is set up by "
         "netavark with Podman's input. Forwarded names go to the same stand-in upstream "
         "in the outside namespace for both (aardvark-dns reads it from /etc/resolv.conf, "
         "in a mount namespace of its own); it answers in batches, and is not the limit.",
@@ -1208,7 +1211,10 @@ def tail_lines(p: dict[str, Any], a: dict[str, Any] | None) -> list[str]:
         "Where the tail of one query at a time is (3 runs of 3000 queries each; µs): the "
         "same Python client against portway's server, aardvark-dns and, as the control, a "
         "bare Python loop on the same gateway (blocking recvfrom, the query sent back as "
-        "its answer: no DNS work at all). Arrived: the same percentiles up to the answer's "
+        "its answer: no DNS work at all); portway's A, its AAAA and the control's runs in "
+        "turn, in an order that rotates from run to run, so that the three come from the "
+        "same moments of the machine (aardvark-dns's after them). Arrived: the same "
+        "percentiles up to the answer's "
         "arrival at the client's socket (its kernel timestamp, SO_TIMESTAMPNS), which "
         "leaves out the client's own wake-up and Python. Per query: the server's CPU time, "
         "and the time "
@@ -1223,6 +1229,37 @@ def tail_lines(p: dict[str, Any], a: dict[str, Any] | None) -> list[str]:
         row("portway, AAAA", p.get("local_aaaa_latency")),
         row("aardvark-dns, A", (a or {}).get("local_latency")),
         row("bare echo loop (control)", p.get("echo_latency")),
+        "",
+        *server_times_lines(p),
+    ]
+
+
+def server_times_lines(p: dict[str, Any]) -> list[str]:
+    """The server's share of the same round trips, from its own stamps of each query."""
+    rows = []
+    for label, key in (("portway, A", "local_latency"), ("portway, AAAA", "local_aaaa_latency")):
+        times = (p.get(key) or {}).get("server_times")
+        if times:
+            rows.append(f"| {label} | " + " | ".join(
+                f"{times[k][0]:g} / {times[k][1]:g}" for k in ("turn", "read", "work", "share"))
+                + " |")
+    if not rows:
+        return []
+    return [
+        "The server's share of those round trips, from its own times of each query (the "
+        "`timing` command of its control socket, on during these runs only: the kernel's "
+        "stamp of the query's arrival at the server's socket, SO_TIMESTAMPNS, and the "
+        "server's clock as it takes its turn, has read the query, and has sent the "
+        "answer; the send's system call includes the answer's way to the client's "
+        "socket). p50 / p99 in µs, each the median of the three runs. Turn: arrival to "
+        "the server's turn to read (its wake-up, and any query before it); read: the "
+        "read's system call; work: the answer, and its send; share: arrival to sent, "
+        "the whole of the server's part. A round trip's tail beyond the share is the "
+        "machine's and the client's.",
+        "",
+        "| server | arrival to turn | read | work and send | share |",
+        "|---|---:|---:|---:|---:|",
+        *rows,
         "",
     ]
 
