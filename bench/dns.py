@@ -192,7 +192,8 @@ def latencies(netns: str, name: str, targets: dict[str, Target], count: int = 30
     server's threads spent runnable but not running (µs, from their schedstat): two
     wake-ups per round trip, each the machine's to give. With timing (portway's
     server), the server's own times of each query (see Server.time_queries): arrival
-    at its socket to its turn, to its read, to its answer's send."""
+    at its socket to its turn, to its read, to its answer's send, and its CPU time
+    from its turn to the send."""
     keys = list(targets)
     raw: dict[str, dict[str, list[float]]] = {k: {} for k in keys}
     for i in range(runs):
@@ -213,11 +214,11 @@ def latencies(netns: str, name: str, targets: dict[str, Target], count: int = 30
             got.setdefault("server_wait", []).append((after[1] - before[1]) / 1000 / count)
             if timing is not None:
                 timed = timing("timing")["queries"]
-                for at, part in enumerate(("turn", "read", "work")):
+                for at, part in enumerate(("turn", "read", "work", "cpu")):
                     column = sorted(t[at] for t in timed)
                     got.setdefault(f"{part}_p50", []).append(percentile(column, 0.5))
                     got.setdefault(f"{part}_p99", []).append(percentile(column, 0.99))
-                share = sorted(sum(t) for t in timed)
+                share = sorted(sum(t[:3]) for t in timed)
                 got.setdefault("share_p50", []).append(percentile(share, 0.5))
                 got.setdefault("share_p99", []).append(percentile(share, 0.99))
     results: dict[str, dict[str, Any]] = {}
@@ -238,9 +239,10 @@ def latencies(netns: str, name: str, targets: dict[str, Target], count: int = 30
             result["server_cpu_us"] = mid("server_cpu")
         if timing is not None:
             # Inside the server, from the query's arrival at its socket: to its turn
-            # (the wake-up), to its read, to its answer's send; share: the whole.
+            # (the wake-up), to its read, to its answer's send; share: the whole; cpu:
+            # the server's CPU time from its turn to the send.
             result["server_times"] = {part: (mid(f"{part}_p50"), mid(f"{part}_p99"))
-                                      for part in ("turn", "read", "work", "share")}
+                                      for part in ("turn", "read", "work", "share", "cpu")}
         results[key] = result
     return results
 

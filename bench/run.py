@@ -1241,7 +1241,8 @@ def server_times_lines(p: dict[str, Any]) -> list[str]:
         times = (p.get(key) or {}).get("server_times")
         if times:
             rows.append(f"| {label} | " + " | ".join(
-                f"{times[k][0]:g} / {times[k][1]:g}" for k in ("turn", "read", "work", "share"))
+                f"{times[k][0]:g} / {times[k][1]:g}"
+                for k in ("turn", "read", "work", "share", "cpu") if k in times)
                 + " |")
     if not rows:
         return []
@@ -1254,11 +1255,14 @@ def server_times_lines(p: dict[str, Any]) -> list[str]:
         "socket). p50 / p99 in µs, each the median of the three runs. Turn: arrival to "
         "the server's turn to read (its wake-up, and any query before it); read: the "
         "read's system call; work: the answer, and its send; share: arrival to sent, "
-        "the whole of the server's part. A round trip's tail beyond the share is the "
-        "machine's and the client's.",
+        "the server's part, and any time it was not running before it read its clock "
+        "after the send (a client woken by the answer on the server's CPU may run "
+        "first: work and send, and share, include that). CPU: the server's "
+        "own CPU time from its turn to the send (its thread's clock), which nothing "
+        "else's running moves.",
         "",
-        "| server | arrival to turn | read | work and send | share |",
-        "|---|---:|---:|---:|---:|",
+        "| server | arrival to turn | read | work and send | share | CPU, turn to send |",
+        "|---|---:|---:|---:|---:|---:|",
         *rows,
         "",
     ]

@@ -391,8 +391,11 @@ def test_queries_are_timed_on_request(w: World) -> None:
     # Each lone answer is sent on its own (the socket's sendto), and counted.
     sent = w.control("log")["sent"]
     assert (sent["answers"] - before["answers"], sent["packets"] - before["packets"]) == (20, 20)
-    assert len(timed) == 20 and all(len(t) == 3 and min(t) >= 0 for t in timed)
-    assert all(sum(t) < 1e6 for t in timed)  # µs: each well under a second
+    assert len(timed) == 20 and all(len(t) == 4 and min(t) >= 0 for t in timed)
+    assert all(sum(t[:3]) < 1e6 for t in timed)  # µs: each well under a second
+    # The CPU time is the server's own: at most the wall time from its turn to the send
+    # (the clocks are read in turn, a µs apart at most).
+    assert all(0 < t[3] <= t[1] + t[2] + 1 for t in timed)
     # Queued while the server is stopped: their wait before its turn is the pause.
     assert w.control("timing start")["queries"] == []
     server = w.procs[-1]
@@ -406,6 +409,7 @@ def test_queries_are_timed_on_request(w: World) -> None:
     proc.communicate(timeout=30)
     timed = w.control("timing")["queries"]
     assert len(timed) == 20 and all(t[0] >= 250_000 for t in timed)
+    assert all(t[3] < 250_000 for t in timed)  # stopped is not running
     # Off again: the sockets stamp nothing, and nothing more is kept.
     ask(w, 5, "one at a time").communicate(timeout=30)
     assert w.control("timing") == {"ok": True, "queries": []}

@@ -279,8 +279,9 @@ class Server:
         self.forwarded_sent = 0  # forwarded answers sent over UDP (not through batch)
         # Between "timing start" and "timing" on the control socket: per answered UDP
         # query, in ns, from its arrival at the socket (the kernel's stamp) to the
-        # server's turn to read, then to its read, then to its answer's send.
-        self.timing: list[tuple[int, int, int]] | None = None
+        # server's turn to read, then to its read, then to its answer's send; and the
+        # server's CPU time from its turn to that send.
+        self.timing: list[tuple[int, int, int, int]] | None = None
         # Forwarded answers for UDP clients, by the socket they go out of: sent once a
         # round of the loop (_send_queued).
         self.udp_out: dict[socket.socket, list[tuple[bytes, bytes]]] = {}
@@ -786,7 +787,7 @@ class Server:
         reply_to, fd, timing = self.reply_to, sock.fileno(), self.timing
         for _ in range(64):
             if timing is not None:
-                turn = time.time_ns()
+                turn, cpu = time.time_ns(), time.thread_time_ns()
             try:
                 queries = batch.recv(fd)
             except OSError:
@@ -810,7 +811,8 @@ class Server:
                 batch.send(fd, answers)
             if timing is not None and answers and len(timing) < TIMED:
                 sent, arrived = time.time_ns(), batch.arrived
-                timing.extend((turn - arrived[slot], read - turn, sent - read)
+                ran = time.thread_time_ns() - cpu
+                timing.extend((turn - arrived[slot], read - turn, sent - read, ran)
                               for _, slot in answers if arrived[slot])
             if len(queries) < batch.size:
                 if len(queries) >= GATHER_AT:
@@ -1041,8 +1043,10 @@ class Server:
         stop and give what was timed: per answered query (at most TIMED), µs from its
         arrival at the socket to the server's turn to read it (the server's wake-up, or
         the queries before it), from then to its read, and from its read to its answer's
-        send (the server's own work, the send's system call included). Off, the UDP path
-        pays nothing for it."""
+        send (the send's system call included, and any time the server was not running
+        meanwhile: a client woken by the answer on the server's CPU may run first); and
+        the server's CPU time from its turn to the send (its own work alone, for the
+        whole batch the query came in). Off, the UDP path pays nothing for it."""
         timed = self.timing or []
         self.timing = [] if on else None
         for sock in self.udp.values():
