@@ -385,3 +385,19 @@ def test_resolv_conf_leaves_out_what_cannot_be_asked(
     assert "nameserver fe80::1 left out" in log
     assert "nameserver fe80::2%no-such-if0 left out" in log
     assert "nameserver dns.example left out" in log
+
+
+# mmsg: a sender as recvfrom gives it, as the kernel's sockaddr (what send_to takes)
+
+def test_a_recvfrom_peer_becomes_its_sockaddr() -> None:
+    from portway.dns import mmsg
+
+    four = mmsg.Batch(size=1).name_of(("10.1.2.3", 5353))
+    assert four == struct.pack("=H", socket.AF_INET) + struct.pack("!H", 5353) + \
+        socket.inet_aton("10.1.2.3") + bytes(8)
+    # IPv6: port, flow label (network order), address, scope id (host order); a
+    # link-local host's scope name is dropped, its id is in the tuple.
+    six = mmsg.Batch(size=1, family=socket.AF_INET6).name_of(("fe80::1%eth0", 53, 7, 3))
+    assert six == struct.pack("=H", socket.AF_INET6) + struct.pack("!HI", 53, 7) + \
+        socket.inet_pton(socket.AF_INET6, "fe80::1") + struct.pack("=I", 3)
+    assert mmsg.Batch(size=1, family=socket.AF_INET6).peer_of(six) == ("fe80::1", 53, 7, 3)

@@ -26,6 +26,7 @@ import sys
 TYPE_CHECKING = False  # typing costs milliseconds to import; mypy still sees the block
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from typing import Any
 
 MSG_DONTWAIT = 0x40
 SOCKADDR_IN = 16  # family, port, address, padding
@@ -42,6 +43,8 @@ PR_SET_TIMERSLACK = 29
 MAX_SEGMENTS = 64  # per GSO send: what every kernel with UDP GSO takes (UDP_MAX_SEGMENTS)
 _SEGMENT = struct.Struct("=QiiH")  # a cmsghdr (len, level, type) and the segment size
 CMSG_SPACE = 24  # CMSG_SPACE(2): the header and two bytes, aligned to 8
+_FAMILY = socket.AF_INET.to_bytes(2, sys.byteorder)  # sa_family: host order
+_FAMILY6 = socket.AF_INET6.to_bytes(2, sys.byteorder)
 _NO_GSO = (errno.EIO, errno.EINVAL, errno.EMSGSIZE, errno.ENOPROTOOPT, errno.EOPNOTSUPP)
 
 
@@ -216,6 +219,17 @@ class Batch:
         sends = self._coalesced(out) if self.coalesce else [[item] for item in out
                                                             if len(item[0]) <= self.outsize]
         self._transmit(fd, sends, self._names_addr)
+
+    def name_of(self, peer: tuple[Any, ...]) -> bytes:
+        """A sender as socket.recvfrom gives it, as name(slot) would have it (its
+        sockaddr): what send_to takes. An IPv6 link-local host may carry its scope's
+        name ("fe80::1%eth0"): the scope id in the tuple says it already."""
+        address = socket.inet_pton(self.family, str(peer[0]).partition("%")[0])
+        port = int(peer[1]).to_bytes(2, "big")
+        if self.family == socket.AF_INET:
+            return _FAMILY + port + address + bytes(8)
+        return (_FAMILY6 + port + int(peer[2]).to_bytes(4, "big") + address +
+                int(peer[3]).to_bytes(4, sys.byteorder))
 
     def send_one(self, sock: socket.socket, data: bytes, slot: int) -> None:
         """send() of one datagram: the socket's own sendto, which costs less than a

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import _queue
 import collections
+import fcntl
 import functools
 import ipaddress
 import json
@@ -61,6 +62,8 @@ MAX_KEPT = 20_000  # replies kept for repeated queries (each at most 512 + 512 b
 # send. Load is a read of GATHER_AT or more, but not a full batch (a backlog: no pause).
 GATHER_AT = 4
 GATHER_PAUSE = 50e-6
+FIONREAD = 0x541B  # ioctl: on a UDP socket, the size of the next datagram queued (0: none)
+STAMP_SPACE = 64  # ancillary room for a lone read's arrival stamp (SCM_TIMESTAMPNS)
 FORWARDS_PER_SOCKET = 64  # queries of one round to one upstream that share a socket
 UPSTREAM_READS = 16  # upstream answers read a system call
 
@@ -778,12 +781,61 @@ class Server:
     def handle_udp(self, sock: socket.socket, batch: mmsg.Batch) -> None:
         """Read and answer sock's queries, through batch (of sock's family).
 
-        Fewer queries than a batch holds means the socket was drained: the loop goes
-        back to epoll (level-triggered: it says so if more have come), and a lone
-        query costs one read and one send, nothing after its answer. One answer goes
-        out through the socket's own sendto, which costs less than a batch's send."""
-        # What is queued, a batch per system call each way (bounded: other sockets wait).
+        The first query is read and answered through the socket module's own calls
+        (recvfrom, sendto: compiled code, little of it, where a batch goes through
+        ctypes); the kernel then says whether another is queued (FIONREAD). Only
+        then are the rest read and answered in batches. So a lone query, the common
+        case when nothing is busy, costs one read, one send and the question, after
+        its answer has left. Fewer queries than a batch holds means the socket was
+        drained: the loop goes back to epoll (level-triggered: it says so if more
+        have come). One answer of a batch goes out through sendto too."""
         now = time.time()
+        if not self._lone_query(sock, batch, now):
+            return
+        self._batches(sock, batch, now)
+
+    def _lone_query(self, sock: socket.socket, batch: mmsg.Batch, now: float) -> bool:
+        """Read and answer one query of sock's; True when another is queued."""
+        timing = self.timing
+        try:
+            if timing is None:
+                msg, peer = sock.recvfrom(batch.bufsize)
+            else:
+                turn, cpu = time.time_ns(), time.thread_time_ns()
+                msg, ancillary, _, peer = sock.recvmsg(batch.bufsize, STAMP_SPACE)
+                read = time.time_ns()
+        except OSError:  # nothing there (woken for a query another read took), or an error
+            return False
+        try:
+            src = socket.inet_pton(sock.family, peer[0].partition("%")[0])
+            out = self.reply_to(msg, src, now)
+        except Exception:  # never die on input
+            out = None
+        if isinstance(out, bytes):
+            if len(out) <= batch.outsize:
+                try:
+                    sock.sendto(out, peer)
+                    batch.datagrams += 1
+                    batch.packets += 1
+                except OSError:
+                    pass  # refused: dropped, as a batch drops it
+            if timing is not None and len(timing) < TIMED:
+                arrived = _arrival(ancillary)
+                if arrived:
+                    timing.append((turn - arrived, read - turn, time.time_ns() - read,
+                                   time.thread_time_ns() - cpu))
+        elif out is not None:
+            self.start_forward(msg, src, functools.partial(
+                self._queue_forwarded, sock, batch.name_of(peer)), out)
+        try:
+            return int.from_bytes(fcntl.ioctl(sock.fileno(), FIONREAD, b"\0\0\0\0"),
+                                  sys.byteorder) > 0
+        except OSError:
+            return True  # not said: read on, as a batch would
+
+    def _batches(self, sock: socket.socket, batch: mmsg.Batch, now: float) -> None:
+        """The queries queued behind a lone one: read and answered a batch at a time."""
+        # What is queued, a batch per system call each way (bounded: other sockets wait).
         reply_to, fd, timing = self.reply_to, sock.fileno(), self.timing
         for _ in range(64):
             if timing is not None:
@@ -1162,6 +1214,17 @@ class Pool:
     def shutdown(self) -> None:
         for _ in self.threads:
             self.work.put(None)
+
+
+def _arrival(ancillary: list[tuple[int, int, bytes]]) -> int:
+    """The kernel's arrival stamp among a read's ancillary data (SCM_TIMESTAMPNS), in
+    ns since the epoch; 0 when there is none."""
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == mmsg.SO_TIMESTAMPNS and len(data) >= 16:
+            seconds, nanoseconds = int.from_bytes(data[:8], sys.byteorder), \
+                int.from_bytes(data[8:16], sys.byteorder)
+            return seconds * 1_000_000_000 + nanoseconds
+    return 0
 
 
 def _drain(fd: int) -> None:
