@@ -55,6 +55,10 @@ PORTWAY = str(Path(sys.executable).parent / "portway")
 CYCLES = int(os.environ.get("PORTWAY_BENCH_OVERLAY_CYCLES", "4"))
 IPERF_SECONDS = 2
 SETUP_RUNS = int(os.environ.get("PORTWAY_BENCH_OVERLAY_RUNS", "15"))
+# Samples of the time until a new container answers on another host: with 30, its p95
+# (nearest rank: the 29th of the 30 sorted) is not the maximum, so one stray sample does
+# not decide the goal; each takes about a second on an idle machine.
+ANSWER_RUNS = int(os.environ.get("PORTWAY_BENCH_OVERLAY_ANSWERS", "30"))
 ENDPOINTS = int(os.environ.get("PORTWAY_BENCH_OVERLAY_ENDPOINTS", "1000"))
 STORE = f"etcd://{ETCD_ADDR}:2379"
 SUBNET = "10.220.0.0/16"
@@ -177,6 +181,18 @@ def median(xs: list[float]) -> float:
     return float(statistics.median(xs)) if xs else 0.0
 
 
+def p95_rank(count: int) -> int:
+    """The rank (1-based, in ascending order) of the nearest-rank 95th percentile of
+    count samples: the smallest that at least 95% of them do not exceed."""
+    return max(1, -(-count * 95 // 100))
+
+
+def nearest_rank(xs: list[float], pct: int) -> float:
+    """The nearest-rank percentile of xs (95: p95_rank's sample)."""
+    rank = max(1, -(-len(xs) * pct // 100))
+    return sorted(xs)[rank - 1]
+
+
 def bench_overlay(tag: str | None = None) -> dict[str, Any]:
     tag = tag or secrets.token_hex(3)
     base = f"pwbov-{tag}"
@@ -275,7 +291,7 @@ def bench_overlay(tag: str | None = None) -> dict[str, Any]:
         probe = b.pw("run", "-d", "--name", "probe", "--network", "ov", "--",
                      "sleep", "3600").strip()
         answered: list[float] = []
-        for i in range(SETUP_RUNS):
+        for i in range(ANSWER_RUNS):
             settle(2)
             client = subprocess.Popen(["ip", "netns", "exec", netns_name(probe), "python3",
                                        "-c", REACH, f"r{i}"], stdout=subprocess.PIPE,
@@ -339,11 +355,10 @@ def bench_overlay(tag: str | None = None) -> dict[str, Any]:
                      "raw": [round(x, 2) for x in raw_runs]},
             "paired": round(median(pairs), 3),
             "cpu_s_per_gb": {"overlay": overlay_cpu, "raw": raw_cpu},
-            "setup_runs": SETUP_RUNS,
+            "setup_runs": SETUP_RUNS, "answer_runs": ANSWER_RUNS,
             "answered_ms": [round(x * 1000, 1) for x in answered],
             "answered_p50_ms": round(median(answered) * 1000, 1),
-            "answered_p95_ms": round(sorted(answered)[max(0, -(-len(answered) * 95 // 100)
-                                                          - 1)] * 1000, 1),
+            "answered_p95_ms": round(nearest_rank(answered, 95) * 1000, 1),
             "setup_overlay_ms": round(median(setup["ov"]), 1),
             "setup_bridge_ms": round(median(setup["brn"]), 1),
             "setup_overlay_crowded_ms": round(median(crowded), 1),
@@ -438,7 +453,9 @@ def report(ov: dict[str, Any]) -> list[str]:
         f"plain connect, as a user's client makes it), got its answer "
         f"(the store, B's watch, its FDB and neighbour entries and DNS records, the "
         f"server's start), {len(ov['answered_ms'])} times: p50 {ov['answered_p50_ms']} ms, "
-        f"p95 {ov['answered_p95_ms']} ms (goal: p95 at most 1 s).",
+        f"p95 {ov['answered_p95_ms']} ms (nearest rank: sample "
+        f"{p95_rank(len(ov['answered_ms']))} of the {len(ov['answered_ms'])} in ascending "
+        f"order; the slowest took {max(ov['answered_ms'])} ms) (goal: p95 at most 1 s).",
         "",
         f"{ov['endpoints']} endpoints of two other hosts in the store, written as their "
         f"daemons write them ({ov['write_s']} s for the writes): etcd's database "
