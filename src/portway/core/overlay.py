@@ -281,3 +281,15 @@ def plan_forwarding(want: tuple[set[Fdb], set[Neighbour]],
         del_fdb=tuple(sorted(have[0] - want[0], key=key)),
         add_neigh=tuple(sorted(want[1] - have[1], key=key)),
         del_neigh=tuple(sorted(have[1] - want[1], key=key)))
+
+
+def still_current(plan: ForwardingPlan,
+                  want: tuple[set[Fdb], set[Neighbour]]) -> ForwardingPlan:
+    """plan, made from an earlier view, cut to what the view now (want) still asks for:
+    only entries it still wants are added, only entries it no longer wants removed (the
+    changes since then are programmed after it, as such)."""
+    return ForwardingPlan(
+        add_fdb=tuple(f for f in plan.add_fdb if f in want[0]),
+        del_fdb=tuple(f for f in plan.del_fdb if f not in want[0]),
+        add_neigh=tuple(n for n in plan.add_neigh if n in want[1]),
+        del_neigh=tuple(n for n in plan.del_neigh if n not in want[1]))

@@ -86,6 +86,7 @@ class Cluster:
         # converge thread clears it and converges once for all that came meanwhile (a
         # host that sees 1,000 endpoints arrive converges a few times, not 1,000).
         self._dirty = threading.Event()
+        self._converging = threading.Lock()  # one converge pass at a time
         # What changed in the view, counted, so that converge compares two numbers, not
         # the 1,000 entries it would otherwise hash on each event (this host's own
         # endpoints, which change neither, count nothing): per network, the version of
@@ -639,7 +640,16 @@ class Cluster:
         DNS records, as the view says. A device whose wanted entries are those it was
         last brought in step with is not read again (with 1,000 endpoints, a dump of its
         entries costs more than this host's own run -d), unless force: each re-list (at
-        least every 30 s) compares every device with the kernel."""
+        least every 30 s) compares every device with the kernel. That comparison (the
+        kernel's entries read, the difference computed) is made outside the engine's
+        lock, which is taken again only to apply the difference: with 1,000 endpoints
+        of other hosts it held the lock 45-85 ms, and a run -d arriving then waited.
+        One pass at a time (the watch's re-list and the converge thread both make
+        them): what changes in the view during one is programmed after it, as such."""
+        with self._converging:
+            self._converge(force)
+
+    def _converge(self, force: bool) -> None:
         h = self.h
         with self._view_lock:
             networks = dict(self.networks)
@@ -649,6 +659,7 @@ class Cluster:
             dns_changed, self._dns_changed = self._dns_changed, set()
             moves, self._moves = self._moves, {}
         changed = False
+        compare: list[tuple[Network, int]] = []  # devices compared outside the lock
         with h.lock:
             if h.closed:
                 return
@@ -685,24 +696,47 @@ class Cluster:
                 bumps = sum((o is not None) + (n is not None) for o, n in step.values())
                 if not force and not changed and 0 < len(step) <= FEW_MOVES and \
                         self._programmed.get(net.id, -1) + bumps == want:
-                    done = self._program_moves(net, list(step.values()))
-                else:
-                    done = self._program(net, [e for e in endpoints if e.network_id == net.id])
-                if done:
+                    if self._program_moves(net, list(step.values())):
+                        self._programmed[net.id] = want
+                    continue
+                index = self._device(net)
+                if index is not None:  # (none yet: gc makes it)
+                    compare.append((net, index))
+            if not compare:
+                self._names_published(endpoints, names, dns_changed, changed)
+                return
+        # The kernel's entries read and compared with the view outside the lock (the
+        # batches' own socket; its lock keeps one request at a time on it).
+        plans = []
+        for net, index in compare:
+            mine = [e for e in endpoints if e.network_id == net.id]
+            plans.append((net, index, versions.get(net.id, 0), self._compare(index, mine)))
+        with h.lock:
+            if h.closed:
+                return
+            for net, index, want, plan in plans:
+                if self._apply(net, index, want, plan):
                     self._programmed[net.id] = want
-            # Names only after the entries: what the DNS server is given of other hosts'
-            # containers (here and by any full publish until the next pass) is what
-            # was just programmed, never an endpoint the watch has seen since.
-            with self._view_lock:
-                self._served = endpoints
-            # The DNS server's records again only where other hosts' names came, went or
-            # changed (this host's own are published as they change): with 1,000 of
-            # them, a full publish is a reload of them all in the DNS server.
-            if changed or self._names < 0:
-                h.containers.publish_dns()  # (networks came or went: all of it)
-            elif names != self._names and not self._publish_remote(dns_changed):
-                h.containers.publish_dns()
-            self._names = names
+            self._names_published(endpoints, names, dns_changed, changed)
+
+    def _names_published(self, endpoints: list[RemoteEndpoint], names: int,
+                         dns_changed: set[str], changed: bool) -> None:
+        """The DNS server given the other hosts' containers as just programmed (the
+        caller holds the engine's lock)."""
+        h = self.h
+        # Names only after the entries: what the DNS server is given of other hosts'
+        # containers (here and by any full publish until the next pass) is what was
+        # just programmed, never an endpoint the watch has seen since.
+        with self._view_lock:
+            self._served = endpoints
+        # The DNS server's records again only where other hosts' names came, went or
+        # changed (this host's own are published as they change): with 1,000 of them, a
+        # full publish is a reload of them all in the DNS server.
+        if changed or self._names < 0:
+            h.containers.publish_dns()  # (networks came or went: all of it)
+        elif names != self._names and not self._publish_remote(dns_changed):
+            h.containers.publish_dns()
+        self._names = names
 
     def wanted(self, net: Network) -> tuple[set[overlay.Fdb], set[overlay.Neighbour]] | None:
         """The entries net's VXLAN device needs, as the store says (None: not read yet)."""
@@ -712,18 +746,36 @@ class Cluster:
             endpoints = [e for e in self.endpoints.values() if e.network_id == net.id]
         return overlay.wanted_forwarding(endpoints, self.advertise)
 
-    def _program(self, net: Network, endpoints: list[RemoteEndpoint]) -> bool:
-        """net's VXLAN device's entries as endpoints say; False: not all of them (no
-        device yet, or an entry failed)."""
-        index = links.observe_link(self.ipr, overlay.vxlan_name(net.id))
-        if index is None:
-            return False  # gc makes it
+    def _device(self, net: Network) -> int | None:
+        """The index of net's VXLAN device (None: there is none)."""
+        link = links.observe_link(self.ipr, overlay.vxlan_name(net.id))
+        return link.index if link is not None else None
+
+    def _compare(self, index: int, endpoints: list[RemoteEndpoint]) -> overlay.ForwardingPlan:
+        """What the device (index) needs added and removed to have the entries of
+        endpoints: read from the kernel, without the engine's lock."""
         want = overlay.wanted_forwarding(endpoints, self.advertise)
-        have = vxlan.observe_forwarding(self.ipr, index.index, self.requests)
-        plan = overlay.plan_forwarding(want, have)
+        have = vxlan.observe_forwarding(self.ipr, index, self.requests)
+        return overlay.plan_forwarding(want, have)
+
+    def _apply(self, net: Network, index: int, version: int,
+               plan: overlay.ForwardingPlan) -> bool:
+        """plan, made outside the engine's lock from the view at version, applied to
+        net's device (the caller holds the lock), as far as it is still current: not
+        if the network or its device went or was made anew meanwhile (whatever made it
+        programmed it); cut to what the view still wants if it changed since (those
+        changes are programmed after it, as such). False: not all of it done."""
+        if self.h.store.find_network(net.id) is None or self._device(net) != index:
+            return False
+        with self._view_lock:
+            moved = self._versions.get(net.id, 0) != version
+            now = [e for e in self.endpoints.values() if e.network_id == net.id] \
+                if moved else []
+        if moved:
+            plan = overlay.still_current(plan, overlay.wanted_forwarding(now, self.advertise))
         if plan.empty():
             return True
-        errors = vxlan.apply_forwarding(self.ipr, index.index, plan, self.requests)
+        errors = vxlan.apply_forwarding(self.ipr, index, plan, self.requests)
         self.programmed += len(plan.add_fdb) + len(plan.add_neigh) + len(plan.del_fdb) + \
             len(plan.del_neigh)
         for line in errors:
