@@ -799,3 +799,70 @@ def test_a_relist_compares_the_kernel_with_the_store_outside_the_engines_lock(
     during.append(lambda: setattr(Link, "index", 8))
     a.cluster._snapshot(*etcd.range(overlay.PREFIX))
     assert plans == []
+
+
+def test_a_store_lost_before_the_record_fails_the_run_and_its_claim_goes_when_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """etcd stops answering between the claim (address and name) and the record written
+    once the set-up is done. The run fails with one line and changes nothing here (not
+    a container running that other hosts can neither reach nor resolve, its name and
+    address held for it in the store all the same); the claim, which could not be let
+    go then, goes once the store answers (nothing else would find it: it has no record)."""
+    etcd, (a, b) = two_hosts(tmp_path)
+    net = a.networks.create("ov", driver="overlay", subnet="10.200.0.0/24")
+    assert a.cluster is not None and b.cluster is not None
+    driver = a.drivers["overlay"]
+    assert isinstance(driver, FakeDriver)
+    world = driver.w
+    step = world.step
+
+    def lost(name: str) -> None:
+        if name.startswith("process.spawn"):
+            etcd.down = True
+        step(name)
+
+    monkeypatch.setattr(world, "step", lost)
+    before = dict(etcd.kv)
+    with pytest.raises(ClusterUnreachable, match="cannot reach the cluster store"):
+        a.containers.run(["sleep", "1"], name="web", networks=["ov"], detach=True)
+    assert a.store.find_container("web") is None and a.store.endpoints() == []
+    assert a.cluster.state == "unreachable"
+    claimed = {k for k in etcd.kv if k not in before}
+    assert claimed == {overlay.address_key(net.id, ipaddress.ip_address("10.200.0.2")),
+                       overlay.container_name_key(net.id, "web")}
+    etcd.down = False
+    monkeypatch.setattr(world, "step", step)
+    a.cluster.reconcile_own()
+    assert etcd.kv == before
+    # B may take the name and the address now; A runs web again as ever.
+    b.cluster._snapshot(*etcd.range(overlay.PREFIX))
+    b.containers.run(["sleep", "1"], name="web", networks=["ov"], ip="10.200.0.2",
+                     detach=True)
+    a.containers.run(["sleep", "1"], name="web2", networks=["ov"], detach=True)
+    assert overlay.endpoint_key(net.id, a.store.endpoints()[0].id) in etcd.kv
+
+
+def test_connect_fails_as_run_does_when_the_store_is_lost_before_the_record(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    etcd, (a, _b) = two_hosts(tmp_path)
+    a.networks.create("ov", driver="overlay", subnet="10.200.0.0/24")
+    a.networks.create("ov2", driver="overlay", subnet="10.201.0.0/24")
+    a.containers.run(["sleep", "1"], name="web", networks=["ov"], detach=True)
+    assert a.cluster is not None
+    driver = a.drivers["overlay"]
+    assert isinstance(driver, FakeDriver)
+    step = driver.w.step
+
+    def lost(name: str) -> None:
+        if name.startswith("bridge.attach"):
+            etcd.down = True
+        step(name)
+
+    monkeypatch.setattr(driver.w, "step", lost)
+    before = dict(etcd.kv)
+    with pytest.raises(ClusterUnreachable):
+        a.containers.connect("ov2", "web")
+    assert [e.network_id for e in a.store.endpoints()] == [a.network("ov").id]
+    etcd.down = False
+    a.cluster.reconcile_own()
+    assert etcd.kv == before

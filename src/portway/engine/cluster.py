@@ -110,6 +110,12 @@ class Cluster:
         # This host's endpoints claimed whose records other hosts are not to see until
         # their plumbing here is done (claim, publish), by endpoint id.
         self._unpublished: dict[str, tuple[Endpoint, Container]] = {}
+        # This host's endpoints released while the store was unreachable: what is still
+        # to be removed from it (network id, keys with the endpoint id each holds).
+        self._unreleased: dict[str, tuple[str, dict[str, str]]] = {}
+        # Unpublished endpoints whose claims a join could not make again (another host
+        # took them while the lease was gone): their publish refuses.
+        self._reclaim_failed: set[str] = set()
         # Per network: the addresses other hosts hold, at a version (address_taken).
         self._taken: dict[str, tuple[int, frozenset[IPAddress]]] = {}
 
@@ -233,6 +239,15 @@ class Cluster:
         registered (conflict() says why, ps and inspect show it) until that host lets it
         go. The log says what happened, once."""
         e, c = ec
+        if e.id in self._unpublished:
+            # Claimed by a set-up still under way (this join is its claim's or its
+            # publish's, the lease gone meanwhile): its address and name claimed again,
+            # as its claim did; its record is put by its publish, once it is reachable.
+            claims = {overlay.address_key(e.network_id, a.ip): e.id for a in e.addresses}
+            claims[overlay.container_name_key(e.network_id, c.name)] = e.id
+            if not self.etcd.create_all(claims, lease):
+                self._reclaim_failed.add(e.id)
+            return
         net = self.h.store.find_network(e.network_id)
         on = f" on network {net.name}" if net is not None else ""
         away = "while this host was away from the cluster store"
@@ -265,7 +280,6 @@ class Cluster:
             with self._view_lock:
                 self.endpoints.pop(e.id, None)  # (the store has no record of it now)
             return
-        self._unpublished.pop(e.id, None)
         for a in e.addresses:
             self.etcd.put(overlay.address_key(e.network_id, a.ip), e.id, lease)
         self.etcd.put(overlay.container_name_key(e.network_id, c.name), e.id, lease)
@@ -468,42 +482,79 @@ class Cluster:
 
     def publish(self, container_id: str) -> None:
         """The records of the container's endpoints claimed without them (claim), for
-        every host, now that their plumbing here is done (the caller holds the engine's
-        lock). Unreachable: reconcile_own puts them later (they are not in the view)."""
+        every host, as the last step of their set-up here (the caller holds the engine's
+        lock and undoes the set-up if this fails). Unreachable: ClusterUnreachable, one
+        line, and the set-up is undone: a container left running here whose address and
+        name are claimed but that no other host can reach or resolve is seen nowhere as
+        such. A lease gone meanwhile: joined again, then put."""
         mine = [ec for ec in self._unpublished.values() if ec[1].id == container_id]
-        for e, _c in mine:
-            del self._unpublished[e.id]
-        try:
-            for e, c in mine:
-                record = self._record(e, c)
+        for e, c in mine:
+            record = self._record(e, c)
+            try:
+                self._reclaimed(e, c)
                 self.etcd.put(overlay.endpoint_key(e.network_id, e.id), record.encode(),
                               self.lease)
-                with self._view_lock:
-                    self.endpoints[e.id] = record
-        except ClusterUnreachable as exc:
-            self._error(exc.message)
-        except PortwayError as exc:  # (a lease gone: the join that follows puts them)
-            log(f"cannot publish the endpoints of container {container_id[:12]}: "
-                f"{exc.line()}")
+            except StoreRefused:
+                self._join()  # (its claims again, not its record: _register)
+                self._reclaimed(e, c)
+                self.etcd.put(overlay.endpoint_key(e.network_id, e.id), record.encode(),
+                              self.lease)
+            del self._unpublished[e.id]
+            with self._view_lock:
+                self.endpoints[e.id] = record
+
+    def _reclaimed(self, e: Endpoint, c: Container) -> None:
+        """Conflict if e's claims, made again by a join during its set-up (its lease had
+        run out), found another host's meanwhile: the set-up is undone."""
+        if e.id in self._reclaim_failed:
+            self._reclaim_failed.discard(e.id)
+            net = self.h.store.find_network(e.network_id)
+            raise Conflict(f"the address or name of {c.name} on network "
+                           f"{net.name if net else e.network_id} was claimed by another "
+                           "host while this host's lease in the cluster store had run out",
+                           "try again")
 
     def release(self, endpoints: list[Endpoint]) -> None:
-        """Their addresses and records gone from the store (unreachable: reconcile_own
-        removes them later)."""
+        """Their addresses, names and records gone from the store. Unreachable: what is
+        still to go is remembered, and reconcile_own removes it once the store answers
+        (a claim whose record was never put is in no view: nothing else would)."""
+        pending: list[tuple[str, str, dict[str, str]]] = []
         for e in endpoints:
-            self._unpublished.pop(e.id, None)
-        try:
-            for e in endpoints:
-                with self._view_lock:
-                    record = self.endpoints.pop(e.id, None)
-                c = self.h.store.find_container(e.container_id)
-                name = record.name if record is not None else c.name if c is not None else ""
-                self.etcd.delete(overlay.endpoint_key(e.network_id, e.id))
-                owned = {overlay.address_key(e.network_id, a.ip): e.id for a in e.addresses}
-                if name:
-                    owned[overlay.container_name_key(e.network_id, name)] = e.id
+            self._reclaim_failed.discard(e.id)
+            unpublished = self._unpublished.pop(e.id, None)
+            with self._view_lock:
+                record = self.endpoints.pop(e.id, None)
+            c = unpublished[1] if unpublished is not None else \
+                self.h.store.find_container(e.container_id)
+            name = record.name if record is not None else c.name if c is not None else ""
+            owned = {overlay.address_key(e.network_id, a.ip): e.id for a in e.addresses}
+            if name:
+                owned[overlay.container_name_key(e.network_id, name)] = e.id
+            pending.append((e.id, e.network_id, owned))
+        for i, (eid, network_id, owned) in enumerate(pending):
+            try:
+                self.etcd.delete(overlay.endpoint_key(network_id, eid))
                 self.etcd.delete_owned(owned)
-        except ClusterUnreachable as exc:
-            self._error(exc.message)
+            except ClusterUnreachable as exc:
+                self._error(exc.message)
+                for later in pending[i:]:
+                    self._unreleased[later[0]] = (later[1], later[2])
+                return
+
+    def _release_pending(self, own: dict[str, tuple[Endpoint, Container]]) -> None:
+        """What release could not remove while the store was unreachable, removed now
+        (the caller holds the engine's lock). Of an endpoint this host has again (a
+        renumbering that failed kept the old one), only the addresses it no longer has."""
+        for eid, (network_id, owned) in list(self._unreleased.items()):
+            ec = own.get(eid)
+            if ec is None:
+                self.etcd.delete(overlay.endpoint_key(network_id, eid))
+            else:
+                kept = {overlay.address_key(network_id, a.ip) for a in ec[0].addresses}
+                kept.add(overlay.container_name_key(network_id, ec[1].name))
+                owned = {k: v for k, v in owned.items() if k not in kept}
+            self.etcd.delete_owned(owned)
+            del self._unreleased[eid]
 
     def reconcile_own(self) -> None:
         """This host's records in the store match its local store: endpoints it no
@@ -512,6 +563,9 @@ class Cluster:
         again at least every 30 s), not with a listing of every host's endpoints: with
         1,000 of them that costs more than a run -d, and it holds the engine's lock (a
         claim between etcd and the local store must not look like a leftover)."""
+        if self._unreleased:
+            with self.h.lock:
+                self._release_pending({e.id: (e, c) for e, c in self._own_endpoints()})
         if not self.watch.relists:
             return  # nothing known of the store yet
         with self.h.lock:

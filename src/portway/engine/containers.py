@@ -103,10 +103,16 @@ class Containers:
 
     def ready(self, container_id: str) -> None:
         """The container's set-up is done (the caller holds the engine's lock): its DNS
-        records, and on an overlay network its endpoints for the other hosts, which
-        were claimed before the set-up but are seen by them only now (one that learns
-        the name first sends its first SYN to an address that does not answer yet)."""
+        records."""
         self.publish_dns(container_id)
+
+    def shared(self, container_id: str) -> None:
+        """The last step of a set-up (the caller undoes it if this fails): on an overlay
+        network, the container's endpoints made visible to the other hosts, whose
+        addresses and names were claimed before the set-up (one that learns the name
+        earlier sends its first SYN to an address that does not answer yet). The
+        cluster store unreachable now fails the set-up with one line, as it fails the
+        claim: not a container running here that no other host can reach."""
         if self.h.cluster is not None:
             self.h.cluster.publish(container_id)
 
@@ -304,6 +310,7 @@ class Containers:
             if detach:
                 c = h.processes.start(c)
                 fault_point("run.started")
+            self.shared(c.id)
             undo.pop_all()
         return c
 
@@ -484,6 +491,7 @@ class Containers:
                             h.fw.remove_ports(before)
                             undo.callback(h.fw.add_ports, before)
                         h.fw.add_ports(after)
+                    self.shared(c.id)
                     undo.pop_all()
             except BaseException:
                 h.endpoints.clear_hints()  # the rollback freed the address again
@@ -579,6 +587,7 @@ class Containers:
                 if published:
                     undo.callback(h.fw.remove_ports, published)
                     h.fw.add_ports(published)
+            self.shared(container.id)
             undo.pop_all()
         self.ready(container.id)
         return out
