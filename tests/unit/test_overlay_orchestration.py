@@ -866,3 +866,52 @@ def test_connect_fails_as_run_does_when_the_store_is_lost_before_the_record(
     etcd.down = False
     a.cluster.reconcile_own()
     assert etcd.kv == before
+
+
+def test_a_join_during_a_set_up_claims_its_endpoints_again_but_shows_them_to_no_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A container on two overlay networks: its lease runs out between its two claims, so
+    the second claim joins again, and that join registers this host's endpoints anew,
+    the set-up's first one among them (its row is written already). It must claim its
+    address and name again (they went with the lease), but not write its record ahead
+    of the set-up: other hosts would send to an address that does not answer yet."""
+    etcd, (a, b) = two_hosts(tmp_path)
+    leased = LeasedEtcd()
+    leased.kv, leased.leases, leased.granted = etcd.kv, etcd.leases, etcd.granted
+    assert a.cluster is not None and b.cluster is not None
+    a.cluster.etcd = b.cluster.etcd = cast(Etcd, leased)
+    a.networks.create("ov", driver="overlay", subnet="10.200.0.0/24")
+    a.networks.create("ov2", driver="overlay", subnet="10.201.0.0/24")
+    claim = a.cluster.claim
+    claims: list[str] = []
+
+    def expiring(e: Any, c: Any, network: Network, publish: bool = True) -> Any:
+        out = claim(e, c, network, publish)
+        claims.append(network.name)
+        if len(claims) == 1:
+            assert a.cluster is not None
+            leased.expire(a.cluster.lease)  # (unnoticed: its number is kept)
+        return out
+
+    monkeypatch.setattr(a.cluster, "claim", expiring)
+    driver = a.drivers["overlay"]
+    assert isinstance(driver, FakeDriver)
+    step = driver.w.step
+    records: list[list[str]] = []
+
+    def watched(name: str) -> None:
+        if name.startswith("bridge.attach"):
+            records.append([k for k in leased.kv if k.startswith(overlay.endpoint_key())])
+        step(name)
+
+    monkeypatch.setattr(driver.w, "step", watched)
+    lease = a.cluster.lease
+    a.containers.run(["sleep", "1"], name="web", networks=["ov", "ov2"], detach=True)
+    assert claims == ["ov", "ov2"] and a.cluster.lease != lease
+    assert records == [[], []]
+    # Its two addresses and names claimed, its two records written: all under the new
+    # lease.
+    ids = {e.id for e in a.store.endpoints()}
+    mine = {k: v for k, v in leased.kv.items() if v[0] in ids or
+            (k.startswith(overlay.endpoint_key()) and k.rpartition("/")[2] in ids)}
+    assert len(mine) == 6 and {v[1] for v in mine.values()} == {a.cluster.lease}
