@@ -915,3 +915,38 @@ def test_a_join_during_a_set_up_claims_its_endpoints_again_but_shows_them_to_no_
     mine = {k: v for k, v in leased.kv.items() if v[0] in ids or
             (k.startswith(overlay.endpoint_key()) and k.rpartition("/")[2] in ids)}
     assert len(mine) == 6 and {v[1] for v in mine.values()} == {a.cluster.lease}
+
+
+def test_a_renumbered_containers_new_record_is_written_once_its_interface_has_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A renumbering (its address taken while this host was away) claims the new address
+    before it moves the interface to it; the record other hosts program their entries
+    and DNS from must follow the move, as a new container's follows its set-up."""
+    etcd, (a, b) = two_hosts(tmp_path)
+    net = a.networks.create("ov", driver="overlay", subnet="10.200.0.0/24")
+    assert a.cluster is not None and b.cluster is not None
+    b.cluster._snapshot(*etcd.range(overlay.PREFIX))
+    b.containers.run(["sleep", "1"], name="on-b", networks=["ov"], detach=True)
+    (on_b,) = b.store.endpoints()
+    etcd.expire(b.cluster.lease)
+    a.cluster._snapshot(*etcd.range(overlay.PREFIX))
+    a.containers.run(["sleep", "1"], name="taker", networks=["ov"], ip="10.200.0.2",
+                     detach=True)
+    world = cast(World, b.sandbox_kernel.w)
+    step = world.step
+    at_move: list[tuple[bool, bool]] = []
+    key = overlay.endpoint_key(net.id, on_b.id)
+
+    def watched(name: str) -> None:
+        if name.startswith("link.readdress"):
+            at_move.append((key in etcd.kv,
+                            overlay.address_key(net.id, ipaddress.ip_address("10.200.0.3"))
+                            in etcd.kv))
+        step(name)
+
+    monkeypatch.setattr(world, "step", watched)
+    b.cluster._join()
+    assert at_move == [(False, True)]  # (claimed, not shown)
+    record = overlay.RemoteEndpoint.decode(etcd.kv[key][0])
+    assert [str(x.ip) for x in record.addresses] == ["10.200.0.3"]
+    assert b.cluster.remote_endpoints(net.id) == [] and on_b.id in b.cluster.endpoints

@@ -209,11 +209,12 @@ class Endpoints:
         """old, an endpoint of running c on overlay network net whose addresses in taken
         another host claimed while this host was away from the cluster store, given free
         ones instead (its other addresses kept): claimed in the store as any address (one
-        etcd transaction, with its name and record), recorded here, and its interface
-        moved to them while the container runs (the MAC follows an address-derived one),
-        with its anti-spoofing entries and published ports. The caller writes the
-        container's /etc files and DNS records. All or nothing: a failure after the claim
-        lets it go again and leaves old as it was."""
+        etcd transaction, with its name), recorded here, and its interface moved to them
+        while the container runs (the MAC follows an address-derived one), with its
+        anti-spoofing entries and published ports; only then is its record written for
+        the other hosts (earlier, they send to an address that does not answer). The
+        caller writes the container's /etc files and DNS records. All or nothing: a
+        failure after the claim lets it go again and leaves old as it was."""
         h = self.h
         cluster = h.cluster
         assert cluster is not None
@@ -234,7 +235,9 @@ class Endpoints:
             addresses = self._allocate(net, keep, in_use)
             new = replace(old, addresses=tuple(addresses),
                           mac=names.mac_for(addresses[0].ip) if derived else old.mac)
-            got = cluster.claim(new, c, net)
+            # (Its record, with the new addresses, goes to the other hosts once the
+            # interface has them: publish, below.)
+            got = cluster.claim(new, c, net, publish=False)
             if got is None:
                 break
             if cluster.generation(old.id) != generation:
@@ -268,6 +271,7 @@ class Endpoints:
                     undo.callback(h.fw.add_ports, before)
                     h.fw.add_ports(after)
                     undo.callback(h.fw.remove_ports, after)
+                cluster.publish(c.id)
                 undo.pop_all()
         except BaseException:
             self.clear_hints()
