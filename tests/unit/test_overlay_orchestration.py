@@ -950,3 +950,29 @@ def test_a_renumbered_containers_new_record_is_written_once_its_interface_has_it
     record = overlay.RemoteEndpoint.decode(etcd.kv[key][0])
     assert [str(x.ip) for x in record.addresses] == ["10.200.0.3"]
     assert b.cluster.remote_endpoints(net.id) == [] and on_b.id in b.cluster.endpoints
+
+
+def test_a_restarted_daemon_shows_no_other_host_a_container_that_ended_meanwhile(
+        tmp_path: Path) -> None:
+    """B's daemon is away past its lease, and one of its containers ends meanwhile. The
+    next daemon joins (registering its endpoints again) before adopt finds that ended:
+    registered, it would be programmed on every other host, then removed again."""
+    etcd, (a, b) = two_hosts(tmp_path)
+    net = a.networks.create("ov", driver="overlay", subnet="10.200.0.0/24")
+    assert a.cluster is not None and b.cluster is not None
+    b.cluster._snapshot(*etcd.range(overlay.PREFIX))
+    for name in ("ended", "alive"):
+        b.containers.run(["sleep", "1"], name=name, networks=["ov"], detach=True)
+    ended, alive = (b.store.endpoints(container_id=b.container(n).id)[0]
+                    for n in ("ended", "alive"))
+    etcd.expire(b.cluster.lease)
+    del cast(World, b.sandbox_kernel.w).processes[b.container("ended").pid]  # (unseen)
+    b.cluster = NoKernelCluster(b, None, cast(Etcd, etcd),  # type: ignore[arg-type]
+                                ipaddress.ip_address("192.0.2.2"))
+    b.cluster._join()
+    assert overlay.endpoint_key(net.id, alive.id) in etcd.kv
+    assert [k for k, v in etcd.kv.items() if ended.id in (v[0], k.rpartition("/")[2])] == []
+    b.processes.adopt()
+    assert b.container("ended").status == "exited" and b.store.endpoints(
+        container_id=b.container("ended").id) == []
+    assert [k for k, v in etcd.kv.items() if ended.id in (v[0], k.rpartition("/")[2])] == []

@@ -143,7 +143,8 @@ class Cluster:
             "host_netns": self.h.host_netns or "", "joined": now()}), lease)
         with self.h.lock:
             for e in self._own_endpoints():
-                self._register(e, lease)
+                if not self._ended(e[1]):
+                    self._register(e, lease)
             store = self.h.store
             with store.transaction():
                 remembered = store.get_meta(LEASE_META)
@@ -152,6 +153,13 @@ class Cluster:
             self.etcd.revoke(previous)  # what is still on it is no longer anyone's
         self.state = "joined"
         self.last_error = ""
+
+    def _ended(self, c: Container) -> bool:
+        """c's process ended while no daemon watched it: adopt releases its networking
+        (a daemon that starts joins first). Registered meanwhile, its record would make
+        other hosts program entries and names for it, only to remove them again."""
+        return c.runtime == "portway" and c.status == "running" and \
+            not self.h.process_kernel.is_alive(c.pid, c.pid_start)
 
     def _keepalive(self) -> None:
         """The lease renewed every third of its TTL, and nothing else on this thread (a
