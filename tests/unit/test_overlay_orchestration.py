@@ -976,3 +976,42 @@ def test_a_restarted_daemon_shows_no_other_host_a_container_that_ended_meanwhile
     assert b.container("ended").status == "exited" and b.store.endpoints(
         container_id=b.container("ended").id) == []
     assert [k for k, v in etcd.kv.items() if ended.id in (v[0], k.rpartition("/")[2])] == []
+
+
+def test_a_set_up_whose_claim_another_host_took_while_its_lease_was_gone_fails(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As above, but another host claims the first endpoint's address in the gap: the
+    join cannot claim it again, and the set-up fails with a Conflict, leaving the other
+    host's claim alone and nothing of its own."""
+    etcd, (a, b) = two_hosts(tmp_path)
+    leased = LeasedEtcd()
+    leased.kv, leased.leases, leased.granted = etcd.kv, etcd.leases, etcd.granted
+    assert a.cluster is not None and b.cluster is not None
+    a.cluster.etcd = b.cluster.etcd = cast(Etcd, leased)
+    a.networks.create("ov", driver="overlay", subnet="10.200.0.0/24")
+    a.networks.create("ov2", driver="overlay", subnet="10.201.0.0/24")
+    b.cluster._snapshot(*leased.range(overlay.PREFIX))
+    claim = a.cluster.claim
+    claims: list[str] = []
+
+    def expiring(e: Any, c: Any, network: Network, publish: bool = True) -> Any:
+        out = claim(e, c, network, publish)
+        claims.append(network.name)
+        if len(claims) == 1:
+            assert a.cluster is not None
+            leased.expire(a.cluster.lease)
+            b.containers.run(["sleep", "1"], name="taker", networks=["ov"],
+                             ip="10.200.0.2", detach=True)
+        return out
+
+    monkeypatch.setattr(a.cluster, "claim", expiring)
+    with pytest.raises(Conflict, match="was claimed by another host while this host's "
+                                       "lease in the cluster store had run out"):
+        a.containers.run(["sleep", "1"], name="web", networks=["ov", "ov2"], detach=True)
+    assert a.store.find_container("web") is None and a.store.endpoints() == []
+    (taker,) = b.store.endpoints()
+    assert {k: v[0] for k, v in leased.kv.items() if k.startswith(("/portway/ips/",
+                                                                  "/portway/cnames/"))} \
+        == {overlay.address_key(taker.network_id, taker.address): taker.id,
+            overlay.container_name_key(taker.network_id, "taker"): taker.id}
+    assert a.cluster._unpublished == {} and a.cluster._reclaim_failed == set()
