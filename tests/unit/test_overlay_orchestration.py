@@ -355,8 +355,12 @@ def test_a_container_whose_address_was_taken_while_away_gets_a_free_one_at_once(
     assert next(e for e in b.store.endpoints() if e.id == on_b.id) == moved
 
 
+@pytest.mark.parametrize("with_record", [False, True])
 def test_a_renumbering_cut_short_by_a_daemon_restart_is_finished_by_the_next_daemon(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], with_record: bool) -> None:
+    """Cut short after its claim of the new address and the name; its record is written
+    only once the interface has the address (with_record: by an earlier portway, in the
+    claim)."""
     etcd, (a, b) = two_hosts(tmp_path)
     net = a.networks.create("ov", driver="overlay", subnet="10.200.0.0/24")
     assert a.cluster is not None and b.cluster is not None
@@ -378,7 +382,7 @@ def test_a_renumbering_cut_short_by_a_daemon_restart_is_finished_by_the_next_dae
         b.store.set_meta("cluster_lease", str(first))
     half = replace(on_b, addresses=(ipaddress.ip_interface("10.200.0.3/24"),),
                    mac=names.mac_for(ipaddress.ip_address("10.200.0.3")))
-    assert b.cluster.claim(half, c, net) is None
+    assert b.cluster.claim(half, c, net, publish=with_record) is None
     capsys.readouterr()
     # The next daemon: on-b gets its new address at once, nothing waits, and the store
     # holds exactly what this host has (the first daemon's claims went with its lease).

@@ -342,18 +342,25 @@ class Cluster:
     def _drop_unfinished(self, e: Endpoint, c: Container, net: Network) -> None:
         """What a renumbering of e cut short after its claim (a daemon killed before its
         own store had the new address) left in the store under an earlier lease: e's
-        record, its name and the addresses that record names, each only while it is e's.
-        Left there, they would refuse every claim of the renumbering that finishes it
-        until that lease is revoked."""
+        name, the addresses claimed with it and, had it got that far, e's record, each
+        only while it is e's. Left there, they would refuse every claim of the
+        renumbering that finishes it until that lease is revoked."""
+        name_key = overlay.container_name_key(net.id, c.name)
         raw = self.etcd.get(overlay.endpoint_key(net.id, e.id))
-        if raw is None:
+        if raw is None and self.etcd.get(name_key) != e.id:
             return
-        owned = {overlay.container_name_key(net.id, c.name): e.id}
+        owned = {name_key: e.id}
         try:
-            owned.update({overlay.address_key(net.id, a.ip): e.id
-                          for a in RemoteEndpoint.decode(raw).addresses})
+            if raw is not None:
+                owned.update({overlay.address_key(net.id, a.ip): e.id
+                              for a in RemoteEndpoint.decode(raw).addresses})
         except (ValueError, KeyError):
-            pass  # (a record not of this version: its name and record still go)
+            raw = None  # (a record not of this version: the addresses read below)
+        if raw is None:
+            # Claimed without a record (it is written once the interface has them): the
+            # addresses e holds, read from the store (a rare path: one range).
+            kvs, _rev = self.etcd.range(overlay.address_key(net.id))
+            owned.update({kv.key: e.id for kv in kvs if kv.value == e.id})
         self.etcd.delete(overlay.endpoint_key(net.id, e.id))
         self.etcd.delete_owned(owned)
         with self._view_lock:
