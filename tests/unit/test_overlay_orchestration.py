@@ -1019,3 +1019,39 @@ def test_a_set_up_whose_claim_another_host_took_while_its_lease_was_gone_fails(
         == {overlay.address_key(taker.network_id, taker.address): taker.id,
             overlay.container_name_key(taker.network_id, "taker"): taker.id}
     assert a.cluster._unpublished == {} and a.cluster._reclaim_failed == set()
+
+
+def test_start_after_stop_claims_anew_and_fails_whole_when_the_store_is_lost_midway(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stopped container gives its address, name and record back; its start claims
+    them anew, and the store lost before its record fails the start as it fails a run:
+    the container stays stopped, nothing of it left in the store once etcd is back."""
+    etcd, (a, _b) = two_hosts(tmp_path)
+    net = a.networks.create("ov", driver="overlay", subnet="10.200.0.0/24")
+    assert a.cluster is not None
+    a.containers.run(["sleep", "1"], name="web", networks=["ov"], detach=True)
+    before_run = {k: v for k, v in etcd.kv.items() if "/endpoints/" not in k and
+                  not k.startswith(("/portway/ips/", "/portway/cnames/"))}
+    a.lifecycle.stop("web", 1)
+    a.process_kernel.settle()  # type: ignore[attr-defined]
+    assert etcd.kv == before_run
+    driver = a.drivers["overlay"]
+    assert isinstance(driver, FakeDriver)
+    step = driver.w.step
+
+    def lost(name: str) -> None:
+        if name.startswith("process.spawn"):
+            etcd.down = True
+        step(name)
+
+    monkeypatch.setattr(driver.w, "step", lost)
+    with pytest.raises(ClusterUnreachable, match="cannot reach the cluster store"):
+        a.lifecycle.start("web")
+    assert a.container("web").status == "exited" and a.store.endpoints() == []
+    etcd.down = False
+    monkeypatch.setattr(driver.w, "step", step)
+    a.cluster.reconcile_own()
+    assert etcd.kv == before_run
+    a.lifecycle.start("web")
+    (e,) = a.store.endpoints()
+    assert overlay.endpoint_key(net.id, e.id) in etcd.kv
