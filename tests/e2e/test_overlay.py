@@ -330,6 +330,28 @@ def test_restart_reprograms_nothing_and_a_dead_host_is_forgotten(cluster: Cluste
            "sleep", "3600")
 
 
+def test_a_daemon_killed_between_claim_and_record(cluster: Cluster) -> None:
+    """B's daemon dies in a run -d after the address and name are claimed, before the
+    record that shows the container to the other hosts: A never sees it; the next
+    daemon (gc) lets the claim go with the old lease, leaves no container of it, and the
+    address and name are free for any host at once."""
+    c = cluster
+    c.pw_a("network", "create", "--driver", "overlay", "--subnet", "10.203.0.0/24", "ov")
+    wait_for(lambda: _overlay_names(c.pw_b) == ["ov"], "B sees network ov")
+    c.pw_b("daemon", "stop")
+    cp = c.pw_b("run", "-d", "--name", "victim", "--network", "ov", "--ip", "10.203.0.9",
+                "--", "sleep", "3600", check=False, env={"PORTWAY_FAULT": "run.started"})
+    assert cp.returncode != 0 and "Traceback" not in cp.stderr, cp.stderr
+    time.sleep(1.0)  # (A's watch would have seen a record by now)
+    seen = json.loads(c.pw_a("network", "inspect", "ov").stdout)[0]["Containers"]
+    assert seen == {}, seen
+    assert "failed" not in c.pw_b("gc").stdout
+    assert "victim" not in c.pw_b("ps", "-a").stdout
+    c.pw_a("run", "-d", "--name", "victim", "--network", "ov", "--ip", "10.203.0.9", "--",
+           "sleep", "3600")
+    c.pw_a("rm", "-f", "victim")
+
+
 def test_unreachable_store_is_one_clear_line(sandbox: Sandbox) -> None:
     sb = sandbox
     # Nothing listens there (the sandbox's loopback): the daemon still serves, says so.
