@@ -1055,3 +1055,45 @@ def test_start_after_stop_claims_anew_and_fails_whole_when_the_store_is_lost_mid
     a.lifecycle.start("web")
     (e,) = a.store.endpoints()
     assert overlay.endpoint_key(net.id, e.id) in etcd.kv
+
+
+def test_a_runtimes_sandbox_on_an_overlay_network_is_shown_once_attached_or_not_at_all(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Podman's setup (attach_sandbox): the record follows the attach, as run's does, and
+    the store lost before it fails the setup whole; detach takes the record away."""
+    from portway.engine.containers import Attachment
+    from portway.model.types import Container
+
+    etcd, (a, _b) = two_hosts(tmp_path)
+    net = a.networks.create("ov", driver="overlay", subnet="10.200.0.0/24")
+    assert a.cluster is not None
+    driver = a.drivers["overlay"]
+    assert isinstance(driver, FakeDriver)
+    driver.w.namespaces.add("/run/netns/theirs")
+    c = Container(id="ab" * 32, name="pod", hostname="pod", command=(),
+                  netns="/run/netns/theirs", status="running", runtime="podman")
+    step = driver.w.step
+    at_attach: list[list[str]] = []
+
+    def lost(name: str) -> None:
+        at_attach.append([k for k in etcd.kv if k.startswith(overlay.endpoint_key())])
+        if name.startswith("bridge.attach"):
+            etcd.down = True
+        step(name)
+
+    monkeypatch.setattr(driver.w, "step", lost)
+    before = dict(etcd.kv)
+    with pytest.raises(ClusterUnreachable):
+        a.containers.attach_sandbox(c, [Attachment(net, ifname="eth0")], new=True)
+    assert a.store.find_container("pod") is None and a.store.endpoints() == []
+    etcd.down = False
+    a.cluster.reconcile_own()
+    assert etcd.kv == before
+    monkeypatch.setattr(driver.w, "step", lambda name: (at_attach.append(
+        [k for k in etcd.kv if k.startswith(overlay.endpoint_key())]), step(name)))
+    at_attach.clear()
+    (e,) = a.containers.attach_sandbox(c, [Attachment(net, ifname="eth0")], new=True)
+    assert at_attach and all(seen == [] for seen in at_attach)
+    assert overlay.endpoint_key(net.id, e.id) in etcd.kv
+    a.containers.detach_sandbox(c, None)
+    assert etcd.kv == before
