@@ -1097,3 +1097,32 @@ def test_a_runtimes_sandbox_on_an_overlay_network_is_shown_once_attached_or_not_
     assert overlay.endpoint_key(net.id, e.id) in etcd.kv
     a.containers.detach_sandbox(c, None)
     assert etcd.kv == before
+
+
+def test_a_restart_policys_restart_shows_the_new_endpoint_once_it_runs(
+        tmp_path: Path) -> None:
+    """A container whose process ends gives its endpoint back (its record goes from every
+    host); the restart its policy makes claims a new one, whose record is written once
+    it runs again."""
+    import time
+
+    etcd, (a, _b) = two_hosts(tmp_path)
+    net = a.networks.create("ov", driver="overlay", subnet="10.200.0.0/24")
+    a.containers.run(["false"], name="f", networks=["ov"], detach=True,
+                     restart="on-failure:1")
+    (first,) = a.store.endpoints()
+    records = [k for k in etcd.kv if k.startswith(overlay.endpoint_key())]
+    assert records == [overlay.endpoint_key(net.id, first.id)]
+    c = a.container("f")
+    a.process_kernel.exit(c.pid, 1)  # type: ignore[attr-defined]
+    a.process_kernel.settle()  # type: ignore[attr-defined]
+    assert a.container("f").status == "restarting"
+    assert [k for k in etcd.kv if k.startswith(overlay.endpoint_key())] == []
+    deadline = time.monotonic() + 5
+    while a.container("f").status != "running":
+        assert time.monotonic() < deadline, "not restarted"
+        time.sleep(0.01)
+    (second,) = a.store.endpoints()
+    assert [k for k in etcd.kv if k.startswith(overlay.endpoint_key())] == \
+        [overlay.endpoint_key(net.id, second.id)]
+    assert a.cluster is not None and a.cluster._unpublished == {}
