@@ -495,14 +495,16 @@ class Cluster:
                 return a.ip
         return e.addresses[0].ip
 
-    def publish(self, container_id: str) -> None:
+    def publish(self, container_id: str, only: str | None = None) -> None:
         """The records of the container's endpoints claimed without them (claim), for
         every host, as the last step of their set-up here (the caller holds the engine's
         lock and undoes the set-up if this fails). Unreachable: ClusterUnreachable, one
         line, and the set-up is undone: a container left running here whose address and
         name are claimed but that no other host can reach or resolve is seen nowhere as
-        such. A lease gone meanwhile: joined again, then put."""
-        mine = [ec for ec in self._unpublished.values() if ec[1].id == container_id]
+        such. A lease gone meanwhile: joined again, then put. only: that endpoint's
+        record alone."""
+        mine = [ec for ec in self._unpublished.values() if ec[1].id == container_id
+                and only in (None, ec[0].id)]
         for e, c in mine:
             record = self._record(e, c)
             try:

@@ -271,7 +271,7 @@ class Endpoints:
                     undo.callback(h.fw.add_ports, before)
                     h.fw.add_ports(after)
                     undo.callback(h.fw.remove_ports, after)
-                cluster.publish(c.id)
+                cluster.publish(c.id, only=new.id)
                 undo.pop_all()
         except BaseException:
             self.clear_hints()
