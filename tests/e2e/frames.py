@@ -6,6 +6,7 @@
     python3 frames.py ra IFNAME SRC_MAC DST_MAC PREFIX
     python3 frames.py udp6 IFNAME SRC_MAC SRC_IP DST_MAC DST_IP PORT PAYLOAD
     python3 frames.py na IFNAME SRC_MAC SRC_IP DST_MAC DST_IP TARGET LLADDR
+    python3 frames.py vxlan VTEP VNI SRC_MAC SRC_IP DST_MAC DST_IP PORT PAYLOAD
 
 `udp` sends one UDP datagram with whatever source MAC and address it is given;
 `dns` the same, carrying a DNS query for NAME to port 53; `arp` sends an ARP
@@ -14,7 +15,9 @@ router advertisement from the link-local address of SRC_MAC, offering PREFIX (a
 /64) for address autoconfiguration and itself as default router; `udp6` a UDP
 datagram over IPv6 from any source; `na` a neighbour advertisement saying TARGET is at
 LLADDR. A packet socket
-writes the frame as is, so nothing in the container's stack corrects it.
+writes the frame as is, so nothing in the container's stack corrects it. `vxlan`
+wraps a `udp` frame in a VXLAN header with VNI and sends it to VTEP's port 4789 over
+an ordinary UDP socket (no privilege needed).
 """
 
 from __future__ import annotations
@@ -104,6 +107,12 @@ def na_frame(src_mac: str, src_ip: str, dst_mac: str, dst_ip: str, target: str,
 
 def main(argv: list[str]) -> None:
     kind, ifname = argv[0], argv[1]
+    if kind == "vxlan":
+        inner = udp_frame(argv[3], argv[4], argv[5], argv[6], int(argv[7]), argv[8].encode())
+        header = struct.pack("!II", 0x08000000, int(argv[2]) << 8)  # flags: the VNI is valid
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.sendto(header + inner, (ifname, 4789))
+        return
     if kind == "udp":
         frame = udp_frame(argv[2], argv[3], argv[4], argv[5], int(argv[6]), argv[7].encode())
     elif kind == "dns":

@@ -20,8 +20,9 @@ published ports are map elements, not rules.
     forward (filter)   iifname vmap @fwd_in -> in-<net>: same network, published, isolation
                        oifname vmap @fwd_out -> out-<net>: only replies and published ports
                        (both mark the traffic for other tables first)
-    input (filter)     internal networks reach no host address and no port but DNS on
-                       their gateway
+    input (filter)     no container sends to the host's VXLAN port (it would feed an
+                       overlay's bridge unchecked); internal networks reach no host
+                       address and no port but DNS on their gateway
 
 A second table, `bridge portway`, checks every frame a container sends on its
 bridge port (anti-spoofing): the source MAC and address, in Ethernet, IP and ARP
@@ -313,6 +314,16 @@ def render_base() -> list[Cmd]:
               "from a portway network"),
         _rule("forward", [{"vmap": {"key": _meta("oifname"), "data": "@fwd_out"}}],
               "into a portway network"),
+        # The kernel's VXLAN socket takes port 4789 on every address of the host and
+        # hands what it gets to the device of the header's VNI, whoever sent it: the
+        # frame inside enters that overlay network's bridge through its VXLAN port,
+        # which `bridge portway` does not check. From a container, that would put any
+        # frame (any MAC, any address) into any overlay network of this host, past
+        # isolation and the anti-spoofing checks. Only what the host receives meets
+        # this (the port first: it fails nearly every packet at its first comparison).
+        _rule("input", [_match(_payload("udp", "dport"), VXLAN_PORT),
+                        _match(_meta("iifname"), "@bridges"), {"drop": None}],
+              "containers never send to this host's VXLAN port"),
         _rule("input", [{"vmap": {"key": _meta("iifname"), "data": "@host_in"}}],
               "from an internal network to the host"),
     ]
