@@ -85,6 +85,10 @@ ROWS: list[tuple[str, str, str, str]] = [
     ("Security", "a host on the uplink sends a DNS query under a container's address: not "
      "forwarded, not answered (control: with the network's source check emptied, it is)",
      "test_linklocal.py", "test_a_networks_addresses_come_only_from_its_bridge"),
+    ("Security", "a container of a bridge network sends one UDP datagram carrying a "
+     "VXLAN frame to its gateway and to the host's VTEP: nothing reaches the overlay "
+     "network's container (control: with the input chain's rule deleted, both do)",
+     "test_vxlan_injection.py", "test_a_container_cannot_inject_frames_into_an_overlay"),
     ("Security", "forged ICMP errors naming another network's, and an icc=false "
      "neighbour's, tracked flow (control: `related` accepted first)", "test_firewall.py",
      "test_forged_icmp_errors_meet_isolation_and_icc"),
