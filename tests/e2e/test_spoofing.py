@@ -118,3 +118,64 @@ def test_entries_follow_endpoints(sandbox: Sandbox) -> None:
     sb.pw("network", "rm", "app", "more")
     listing = sb.in_host("nft", "list", "tables").stdout
     assert "portway" not in listing
+
+
+LISTEN_BOTH = ("import socket\n"
+               "s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\n"
+               "s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)\n"
+               "s.bind(('::', 9999))\n"
+               "while True:\n"
+               "    data, peer = s.recvfrom(2048); print(data.decode(), peer[0], flush=True)\n")
+
+
+def test_a_neighbours_mac_and_address_together(sandbox: Sandbox) -> None:
+    """The attacker sends, over IPv4 and IPv6, as its neighbour entirely: the neighbour's
+    MAC with the neighbour's address, a pair that is valid, but on another bridge port.
+    Over IPv6 also the mixes (its own MAC with the neighbour's address, the neighbour's
+    MAC with its own address). The checks key each pair by the port it arrives on (a
+    check of the pair alone would pass the first two). Control: without `bridge
+    portway`, all of them are delivered."""
+    sb = sandbox
+    sb.pw("network", "create", "app", "--ipv6", "--subnet", "10.89.0.0/24", "--subnet",
+          "fd00:89::/64")
+    sb.pw("run", "-d", "--name", "victim", "--network", "app", "--", "python3", "-u", "-c",
+          LISTEN_BOTH)
+    sb.pw("run", "-d", "--name", "other", "--network", "app", "--", "sleep", "3600")
+    sb.pw("run", "-d", "--name", "attacker", "--network", "app", "--", "sleep", "3600")
+
+    def ep(name: str) -> dict[str, str]:
+        return sb.inspect(name)["NetworkSettings"]["Networks"]["app"]  # type: ignore[index, no-any-return]
+
+    victim, other, me = ep("victim"), ep("other"), ep("attacker")
+    v6 = "GlobalIPv6Address"
+    frames = {
+        "v4-as-other": ["udp", "eth0", other["MacAddress"], other["IPAddress"],
+                        victim["MacAddress"], victim["IPAddress"], "9999"],
+        "v6-as-other": ["udp6", "eth0", other["MacAddress"], other[v6],
+                        victim["MacAddress"], victim[v6], "9999"],
+        "v6-own-mac": ["udp6", "eth0", me["MacAddress"], other[v6], victim["MacAddress"],
+                       victim[v6], "9999"],
+        "v6-other-mac": ["udp6", "eth0", other["MacAddress"], me[v6], victim["MacAddress"],
+                         victim[v6], "9999"],
+    }
+
+    def attack(round_: str) -> list[str]:
+        for what, frame in frames.items():
+            sb.pw("exec", "attacker", "--", "python3", FRAMES, *frame, f"{round_}-{what}")
+        # An honest datagram after them, on the same path.
+        marker = f"honest-{round_}"
+        sb.pw("exec", "attacker", "--", "python3", "-c", SEND, victim["IPAddress"], marker)
+        deadline = time.monotonic() + 10
+        while True:
+            seen = sb.pw("logs", "victim").stdout.splitlines()
+            if any(line.startswith(marker) for line in seen):
+                return sorted(line.split()[0] for line in seen
+                              if line.startswith(round_))
+            assert time.monotonic() < deadline, f"the honest datagram never arrived: {seen}"
+            time.sleep(0.05)
+
+    sb.in_host("nft", "delete", "table", "bridge", "portway")
+    assert attack("control") == sorted(f"control-{what}" for what in frames)
+    assert "re-create table bridge portway" in sb.pw("gc").stdout
+    assert attack("guarded") == []
+    assert sb.pw("gc").stdout.startswith("nothing to repair")
