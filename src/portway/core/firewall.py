@@ -10,7 +10,8 @@ published ports are map elements, not rules.
                        bridge (src_in -> src-<net>, which ends the guard for what its
                        containers send: notrack between them, else guard_bridges);
                        nothing a container sends arrives on its bridge port itself
-                       (802.1 link-local frames do): dropped; iifname @bridges ->
+                       (802.1 link-local frames do): dropped; nothing from a
+                       bridge comes from 127/8 (route_localnet); iifname @bridges ->
                        guard_bridges: containers never reach the host's 127/8, DNS
                        to portway's server skips conntrack
     prerouting (nat)   127/8 never DNATs from outside; published ports by map
@@ -249,6 +250,15 @@ def render_base() -> list[Cmd]:
                                 {"notrack": None}, {"accept": None}],
                   f"VXLAN from this host's VTEP skips conntrack{f.label}"),
         ]
+    # The bridges have route_localnet (a host process's connection to a port published on
+    # 127.0.0.1 leaves into one with that source), so the kernel does not drop what
+    # arrives on one from 127/8 as a martian: a container whose port is not checked (a
+    # network without IPAM) could make a host service believe the host itself sent it.
+    # (A portway network's address never gets here: its src- chain ended the guard.
+    # The address first: what is not from 127/8 fails at the first comparison.)
+    cmds.append(_rule("guard", [_match(_payload("ip", "saddr"), V4.loopback),
+                                _match(_meta("iifname"), "@bridges"), {"drop": None}],
+                      "nothing from a bridge comes from the host's loopback addresses"))
     # What arrives from a portway bridge meets the rules below in a chain of its own:
     # one set lookup per packet, not one per rule.
     cmds += [_chain("guard_bridges"),
