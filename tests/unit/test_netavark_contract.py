@@ -264,6 +264,15 @@ def test_ipam_driver_none_refuses_ports_and_checked_port_names() -> None:
     assert netavark.parse_options(data).attachments[0].host_ifname == "pwn-mine"
 
 
+
+@pytest.mark.parametrize("bridge", ["pwv-br0", "pwn-br0"])
+def test_a_bridge_is_not_named_as_a_containers_interface(bridge: str) -> None:
+    """The firewall drops the host's ARP from and what is not of its subnets on an
+    interface named pwv-*, pwn-*: a bridge so named would be cut off from the host."""
+    with pytest.raises(InvalidInput, match=f"bridge name {bridge}: portway's firewall"):
+        netavark.parse_options(with_network(network_interface=bridge))
+
+
 def test_dhcp_on_an_unmanaged_bridge_needs_the_proxy() -> None:
     """netavark checks mode=unmanaged first; then the lease needs its DHCP proxy, whose
     absence is its error text (the engine tries the socket)."""

@@ -126,6 +126,10 @@ def test_completed(network: dict[str, Any], used: dict[str, Any], options: dict[
     ({}, {"names": {"testnet1": NID}}, {}, "network already exists testnet1"),
     ({"network_interface": "usedinterface"}, {"interfaces": ["usedinterface"]}, {},
      "bridge name usedinterface already in use"),
+    # portway's firewall takes interfaces so named for containers' own
+    ({"network_interface": "pwv-br0"}, {}, {}, "bridge name pwv-br0: portway's firewall"),
+    ({"options": {"com.docker.network.bridge.name": "pwn-x"}}, {}, {},
+     "bridge name pwn-x: portway's firewall"),
     ({"name": ""}, {}, {}, "Network name must be supplied"),
     ({"name": "badname!"}, {}, {}, 'Invalid characters in network name "badname!": must '
      "match [a-zA-Z0-9][a-zA-Z0-9_.-]*"),

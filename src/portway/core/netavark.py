@@ -45,6 +45,19 @@ from portway.model.types import (
 
 SEARCH_DOMAIN = "dns.podman"
 VETH_PREFIX = VETH_PATTERN.rstrip("*")  # of the host ends of containers' veths
+# What portway's firewall takes for a container's bridge port: a bridge by such a name
+# would be treated as one (the ARP it brings the host dropped, and all that is not from
+# its subnets), so none may be named so.
+CONTAINER_PREFIXES = (VETH_PREFIX, UNCHECKED_VETH_PREFIX)
+
+
+def check_bridge_name(name: str) -> None:
+    """A bridge's name is not one portway reserves for containers' interfaces."""
+    if name.startswith(CONTAINER_PREFIXES):
+        raise InvalidInput(f"bridge name {name}: portway's firewall treats interfaces "
+                           f"named {', '.join(p + '*' for p in CONTAINER_PREFIXES)} as "
+                           "containers' own, and would cut the bridge off from the host",
+                           "give the bridge a name that starts otherwise")
 DEFAULT_METRIC = 100  # netavark's, for the default routes of every network
 ROUTE_TYPES = {"": "unicast", "unicast": "unicast", "blackhole": "blackhole",
                "unreachable": "unreachable", "prohibit": "prohibit"}
@@ -303,6 +316,7 @@ def _network_info(name: str, data: Any) -> NetworkInfo:
         raise _error("no bridge interface name given")
     bridge = validate.check_ifname("network_interface",
                                    _str(d, "network_interface", f"network_info.{name}"))
+    check_bridge_name(bridge)
     ipam_options = d.get("ipam_options") or {}
     if not isinstance(ipam_options, dict):
         raise _bad(f"network_info.{name}.ipam_options must be an object")

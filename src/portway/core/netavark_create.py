@@ -178,6 +178,7 @@ def complete(config: Any, taken: Taken, interface_taken: Callable[[str], bool],
             raise _error(f"bridge name {iface} already in use")
         if not NAME.fullmatch(iface):
             raise _error(f"bridge name {iface} is invalid")
+        contract.check_bridge_name(iface)
     else:
         prefix = opts.get("default_interface_name") or "podman"
         names = set(used_ifaces) | set(used_names)
