@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -232,6 +232,7 @@ class FakeDriver:
 class FakeFirewall:
     def __init__(self, world: World) -> None:
         self.w = world
+        self.members: frozenset[IPAddress] = frozenset()
 
     def add_network(self, network: Network) -> None:
         self.w.step(f"fw.add_network {network.name}")
@@ -255,6 +256,9 @@ class FakeFirewall:
 
     def forget_connections(self, addresses: list[IPAddress]) -> None:
         self.w.step("fw.forget_connections " + " ".join(map(str, addresses)))
+
+    def set_members(self, addresses: Iterable[IPAddress]) -> None:
+        self.members = frozenset(addresses)  # (as the real one: no change, no step)
 
     def remove_guard(self, endpoints: Any) -> None:
         self.w.log.append("fw.remove_guard")

@@ -69,7 +69,7 @@ def test_rules_per_network_are_constant() -> None:
     a = firewall.render_network(network(), INSTANCE)
     assert rules(a) == 15  # 2 of them mark its traffic for other tables
     base_rules = rules(firewall.render_base())
-    assert base_rules == 36  # 13 of them for IPv6
+    assert base_rules == 38  # 14 of them for IPv6
 
 
 def test_options_change_the_network_rules() -> None:

@@ -1126,3 +1126,29 @@ def test_a_restart_policys_restart_shows_the_new_endpoint_once_it_runs(
     assert [k for k in etcd.kv if k.startswith(overlay.endpoint_key())] == \
         [overlay.endpoint_key(net.id, second.id)]
     assert a.cluster is not None and a.cluster._unpublished == {}
+
+
+def test_the_firewall_knows_every_members_vtep(tmp_path: Path) -> None:
+    """The set of the members' VTEPs (no container sends VXLAN to one) follows the
+    store: filled on the re-list, a host added as it joins and gone as it leaves; a
+    host in no cluster keeps it empty."""
+    etcd, (a, b) = two_hosts(tmp_path)
+    assert a.cluster is not None and b.cluster is not None
+    fw = cast(Any, a.fw)
+    assert fw.members == frozenset()  # nothing seen yet
+    a.cluster._snapshot(*etcd.range(overlay.PREFIX))
+    both = {ipaddress.ip_address("192.0.2.1"), ipaddress.ip_address("192.0.2.2")}
+    assert fw.members == both
+    # B leaves (its lease expires): the event takes its address out of the set.
+    key = overlay.host_key(b.cluster.advertise)
+    etcd.expire(b.cluster.lease)
+    a.cluster._event(Event("delete", key, "", 0))
+    a.cluster.converge()
+    assert fw.members == {ipaddress.ip_address("192.0.2.1")}
+    # B (or any host) joins: in again.
+    b.cluster._join()
+    a.cluster._event(Event("put", key, etcd.kv[key][0], 0))
+    a.cluster.converge()
+    assert fw.members == both
+    h, _w = fake_host(str(tmp_path / "alone"), World())
+    assert cast(Any, h.fw).members == frozenset()

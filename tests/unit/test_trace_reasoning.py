@@ -74,11 +74,16 @@ PORTS = [Published(container_id="web", protocol="tcp", host_port=8080,
                    container_ip=CACHE.address, container_port=80, host_ip=IP("127.0.0.1"))]
 
 
+# Two hosts of a cluster this host is in (their --advertise-address, one per family).
+MEMBERS = [IP("198.51.100.9"), IP("2001:db8::9")]
+
+
 def ruleset(extra: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     cmds = [*firewall.render_base(), *firewall.render_network(APP, INSTANCE),
             *firewall.render_network(DB, INSTANCE), *firewall.render_ports(PORTS, INSTANCE),
             *firewall.render_guard_base(), *firewall.render_arp_base(),
-            *firewall.render_guard([WEB, CACHE, STORE], INSTANCE)]
+            *firewall.render_guard([WEB, CACHE, STORE], INSTANCE),
+            *firewall.render_members(MEMBERS, INSTANCE)]
     return listing(cmds) + (extra or [])
 
 
@@ -447,3 +452,31 @@ def test_a_bridge_taken_down_is_named_before_the_way_back_is_judged() -> None:
     t = trace(w, "outside", packet("198.51.100.1", 8080, "203.0.113.10", "uplink0"),
               "outside", "web:80")
     assert t.verdict == "leaves-host" and t.fix == f"ip link set {APP.bridge} up"
+
+
+def test_a_containers_vxlan_to_a_cluster_member_is_dropped() -> None:
+    # It would leave masqueraded to this host's address, which the member takes for
+    # this host's tunnel traffic; VXLAN to any other address (kind, flannel) leaves.
+    vxlan = Packet(l4proto="udp", saddr=IP("0.0.0.0"), daddr=MEMBERS[0], sport=40000,
+                   dport=4789)
+    t = trace(world(), "web", vxlan, "web", "198.51.100.9:4789")
+    assert t.verdict == "dropped"
+    assert decided(t)[-1] == ("forward", "containers never send to a cluster member's "
+                                         "VXLAN port")
+    t = trace(world(), "web", replace(vxlan, daddr=IP("198.51.100.8")), "web",
+              "198.51.100.8:4789")
+    assert t.verdict == "leaves-host"
+    t = trace(world(), "web", replace(vxlan, dport=4790), "web", "198.51.100.9:4790")
+    assert t.verdict == "leaves-host"
+
+
+def test_a_containers_vxlan_to_an_ipv6_member_is_dropped() -> None:
+    rs = Ruleset(ruleset())
+    vxlan = Packet(l4proto="udp", saddr=IP("fd00::2"), daddr=MEMBERS[1], sport=40000,
+                   dport=4789, iif=APP.bridge, oif="uplink0")
+    _, decisions, alive = rs.run_hook(("inet", "ip6"), "forward", vxlan, frozenset())
+    assert not alive and decisions[-1].rule == "containers never send to a cluster " \
+        "member's VXLAN port (IPv6)"
+    _, _, alive = rs.run_hook(("inet", "ip6"), "forward",
+                              replace(vxlan, daddr=IP("2001:db8::8")), frozenset())
+    assert alive

@@ -21,6 +21,7 @@ published ports are map elements, not rules.
     forward (filter)   iifname vmap @fwd_in -> in-<net>: same network, published, isolation
                        oifname vmap @fwd_out -> out-<net>: only replies and published ports
                        (both mark the traffic for other tables first)
+                       no container sends VXLAN to a cluster member's VTEP (@members)
     input (filter)     no container sends to the host's VXLAN port (it would feed an
                        overlay's bridge unchecked); internal networks reach no host
                        address and no port but DNS on their gateway
@@ -197,6 +198,7 @@ def render_base() -> list[Cmd]:
         cmds += [
             {"add": {"set": {**T, "name": f.name("dns"), "type": f.addr}}},
             {"add": {"set": {**T, "name": f.name("vteps"), "type": f.addr}}},
+            {"add": {"set": {**T, "name": f.name("members"), "type": f.addr}}},
             _map(f.name("nat_src"), f.addr, "verdict", interval=True),
             _map(f.name("src_in"), f.addr, "verdict", interval=True),
             _map(f.name("pub_any_addr"), ["inet_proto", "inet_service"], f.addr),
@@ -319,6 +321,19 @@ def render_base() -> list[Cmd]:
                                                     "data": f"@{f.name('nat_src')}"}}],
                           f"per-network source NAT{f.label}"))
     # (Each network's in- and out- chain marks its traffic for other tables first.)
+    # The same from a container to another cluster member's VTEP (members: every
+    # member's --advertise-address, kept by the cluster service; empty outside one): it
+    # leaves masqueraded to this host's own address, so the other host cannot tell it
+    # from this host's tunnel traffic and hands the frame inside to its overlay network.
+    # Only VXLAN to a member: a container's own VXLAN to other addresses (kind,
+    # flannel) passes. (The port first, then the address: one comparison for nearly
+    # every packet.)
+    for f in FAMILIES:
+        cmds.append(_rule("forward", [_match(_payload("udp", "dport"), VXLAN_PORT),
+                                      _match(_payload(f.proto, "daddr"),
+                                             f"@{f.name('members')}"),
+                                      _match(_meta("iifname"), "@bridges"), {"drop": None}],
+                          f"containers never send to a cluster member's VXLAN port{f.label}"))
     cmds += [
         _rule("forward", [{"vmap": {"key": _meta("iifname"), "data": "@fwd_in"}}],
               "from a portway network"),
@@ -585,6 +600,19 @@ def render_vtep(address: IPAddress, instance: str) -> list[Cmd]:
     conntrack."""
     return [_add(family(address.version).name("vteps"), str(address),
                  owner_tag(instance, "vtep", str(address)))]
+
+
+def render_members(addresses: Iterable[IPAddress], instance: str) -> list[Cmd]:
+    """The cluster's members' VTEPs (their --advertise-address), to which no container
+    sends VXLAN."""
+    # (An owner tag's id has no colon: an IPv6 address's are written as dashes.)
+    return [_add(family(a.version).name("members"), str(a),
+                 owner_tag(instance, "member", str(a).replace(":", "-")))
+            for a in sorted(addresses, key=lambda a: (a.version, int(a)))]
+
+
+def render_members_removal(addresses: Iterable[IPAddress]) -> list[Cmd]:
+    return [_delete(family(a.version).name("members"), str(a)) for a in addresses]
 
 
 def render_ports(ports: Iterable[Published], instance: str) -> list[Cmd]:

@@ -20,6 +20,7 @@ Rules of this module:
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import sys
 import threading
@@ -684,7 +685,7 @@ class Cluster:
                 self.networks.pop(name, None)
             elif kind == "hosts":
                 self.hosts.pop(name, None)
-            if kind == "networks":
+            if kind in ("networks", "hosts"):
                 self._networks_version += 1
             changed = versions != (self._networks_version, self._names_version)
         if changed:
@@ -728,6 +729,7 @@ class Cluster:
             versions = dict(self._versions)
             names, networks_version = self._names_version, self._networks_version
             dns_changed, self._dns_changed = self._dns_changed, set()
+            hosts = list(self.hosts)
             moves, self._moves = self._moves, {}
         changed = False
         compare: list[tuple[Network, int]] = []  # devices compared outside the lock
@@ -757,6 +759,7 @@ class Cluster:
                     except PortwayError as exc:
                         log(f"cannot remove overlay network {net.name} here: {exc.line()}")
             self._networks_seen = networks_version
+            self._members(hosts)
             for net in h.store.networks():
                 if net.driver != "overlay":
                     continue
@@ -789,6 +792,20 @@ class Cluster:
                 if self._apply(net, index, want, plan):
                     self._programmed[net.id] = want
             self._names_published(endpoints, names, dns_changed, changed)
+
+    def _members(self, hosts: list[str]) -> None:
+        """The firewall's set of the members' VTEPs, as the view's host records say (the
+        caller holds the engine's lock): no container sends VXLAN to one of them."""
+        addresses = set()
+        for name in hosts:
+            try:
+                addresses.add(ipaddress.ip_address(name))
+            except ValueError:
+                log(f"skipping a host record with no address for a name: {name}")
+        try:
+            self.h.fw.set_members(addresses)
+        except PortwayError as exc:
+            log(f"cannot keep the members' VTEPs in the firewall: {exc.line()}")
 
     def _names_published(self, endpoints: list[RemoteEndpoint], names: int,
                          dns_changed: set[str], changed: bool) -> None:

@@ -45,6 +45,8 @@ class Firewall:
         self._canonical: dict[str, list[dict[str, Any]]] = {}
         # This host's VTEP, in a cluster (its VXLAN skips conntrack); None: in none.
         self.vtep: IPAddress | None = None
+        # The cluster's members' VTEPs (every host's, this one's too), as last set.
+        self.members: frozenset[IPAddress] = frozenset()
 
     def close(self) -> None:
         os.close(self._ns_fd)
@@ -136,6 +138,24 @@ class Firewall:
             self.ready()
             self.apply(firewall.render_vtep(address, self.instance))
 
+    def set_members(self, addresses: Iterable[IPAddress]) -> None:
+        """The cluster's members' VTEPs, to which no container sends VXLAN: what joined
+        added and what left removed, in one transaction (nothing if nothing changed)."""
+        want = frozenset(addresses)
+        if want == self.members:
+            return
+        gone, new = self.members - want, want - self.members
+        removal = firewall.render_members_removal(sorted(gone, key=lambda a: (a.version,
+                                                                              int(a))))
+        with self.shared():
+            self.ready()
+            try:
+                self.apply([*removal, *firewall.render_members(new, self.instance)])
+            except PortwayError:  # one of those to remove was gone already (a flush)
+                self.teardown(removal)
+                self.apply(firewall.render_members(new, self.instance))
+        self.members = want
+
     def remove_network(self, network: Network) -> None:
         self.teardown(firewall.render_network_removal(network))
 
@@ -175,6 +195,7 @@ class Firewall:
             cmds += firewall.render_network(n, self.instance)
         if self.vtep is not None:
             cmds += firewall.render_vtep(self.vtep, self.instance)
+        cmds += firewall.render_members(self.members, self.instance)
         return [*cmds, *firewall.render_ports(ports, self.instance),
                 *firewall.render_guard(endpoints, self.instance)]
 
