@@ -1,0 +1,123 @@
+"""A container never feeds another cluster member's VXLAN devices.
+
+A container on an ordinary bridge network of host A sends a VXLAN datagram to host B's
+VTEP (B's --advertise-address). It leaves A masqueraded to A's own address, so B cannot
+tell it from A's real tunnel traffic: B's VXLAN socket hands the frame inside to the
+overlay network of its VNI, with any MAC and address, past isolation and the
+anti-spoofing checks. inet portway's forward drops what containers send to UDP 4789 at
+a member's address (the members set, kept by the cluster service); VXLAN to any other
+address (a container running its own, kind or flannel) still leaves.
+Control: without the rule, the injected frame reaches B's overlay container.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_overlay import A_ADDR, B_ADDR, Cluster, two_hosts, wait_for
+
+from conftest import Sandbox
+from portway.testbed import ETCD_ADDR
+
+FRAMES = str(Path(__file__).with_name("frames.py"))
+LISTEN = ("import socket\n"
+          "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', 9999))\n"
+          "while True:\n"
+          "    data, peer = s.recvfrom(2048); print(data.decode(), peer[0], flush=True)\n")
+# One datagram on port 4789 of a non-member's address (the underlay's etcd address):
+# what arrived, or nothing after the timeout.
+CATCH = ("import socket, sys\n"
+         "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[1], 4789))\n"
+         "s.settimeout(5); print('ready', flush=True)\n"
+         "try:\n"
+         "    data, peer = s.recvfrom(2048); print('got', len(data), peer[0], flush=True)\n"
+         "except TimeoutError: print('none', flush=True)\n")
+RULE = "containers never send to a cluster member's VXLAN port"
+
+
+@pytest.fixture
+def cluster(sandbox: Sandbox, tmp_path: Path) -> Iterator[Cluster]:
+    with two_hosts(sandbox, tmp_path, 1) as c:
+        yield c
+
+
+def members(sb: Sandbox) -> set[str]:
+    items = json.loads(sb.in_host("nft", "-j", "list", "set", "inet", "portway",
+                                  "members").stdout)["nftables"]
+    # (An element with a comment is listed as {"elem": {"val": ..., "comment": ...}}.)
+    return {str(e["elem"]["val"] if isinstance(e, dict) else e)
+            for item in items if "set" in item for e in item["set"].get("elem", [])}
+
+
+def test_a_container_cannot_inject_frames_into_another_hosts_overlay(
+        cluster: Cluster) -> None:
+    c = cluster
+    sb = c.a
+    sb.pw("network", "create", "--driver", "overlay", "--subnet", "10.204.0.0/24", "ov")
+    sb.pw("network", "create", "app", "--subnet", "10.99.0.0/24")
+    wait_for(lambda: "ov" in c.pw_b("network", "ls").stdout, "B makes the network")
+    ov = json.loads(c.pw_b("network", "inspect", "ov").stdout)[0]
+    vni = ov["Options"]["com.docker.network.driver.overlay.vxlanid_list"]
+    c.pw_b("run", "-d", "--name", "victim", "--network", "ov", "--", "python3", "-u", "-c",
+           LISTEN)
+    sb.pw("run", "-d", "--name", "attacker", "--network", "app", "--", "sleep", "3600")
+    victim = json.loads(c.pw_b("inspect", "victim").stdout)[0]["NetworkSettings"][
+        "Networks"]["ov"]
+    # Every member's VTEP is in A's set (its own too), as the store's host records say.
+    wait_for(lambda: members(sb) == {A_ADDR, B_ADDR}, "A's firewall knows both members")
+
+    def inject(marker: str) -> bool:
+        """A frame from an address of the overlay no container has, with a MAC of no
+        one, sent to B's VTEP: whether B's container got it."""
+        sb.pw("exec", "attacker", "--", "python3", FRAMES, "vxlan", B_ADDR, vni,
+              "02:42:de:ad:be:ef", "10.204.0.200", victim["MacAddress"],
+              victim["IPAddress"], "9999", marker)
+        deadline = time.monotonic() + 2
+        while True:
+            logs = c.pw_b("logs", "victim").stdout.splitlines()
+            if any(line.startswith(marker) for line in logs):
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+
+    time.sleep(0.3)  # the listener binds
+    rules = json.loads(sb.in_host("nft", "-j", "-a", "list", "chain", "inet", "portway",
+                                  "forward").stdout)["nftables"]
+    handle = next(item["rule"]["handle"] for item in rules
+                  if "rule" in item and item["rule"].get("comment") == RULE)
+    sb.in_host("nft", "delete", "rule", "inet", "portway", "forward", "handle", str(handle))
+    assert inject("control")
+    assert "restore chain inet portway forward" in sb.pw("gc").stdout
+    assert not inject("guarded")
+    # trace names the rule.
+    t = sb.pw("trace", "attacker", f"{B_ADDR}:4789/udp", check=False)
+    assert RULE in t.stdout, t.stdout
+    # The set emptied by hand: gc fills it again, and the frame stays out.
+    sb.in_host("nft", "flush", "set", "inet", "portway", "members")
+    assert "restore element" in sb.pw("gc").stdout
+    assert members(sb) == {A_ADDR, B_ADDR}
+    assert not inject("refilled")
+    assert sb.pw("gc").stdout.startswith("nothing to repair")
+    # VXLAN to an address no member has (a container's own tunnel) still leaves.
+    assert ipaddress.ip_address(ETCD_ADDR) not in {ipaddress.ip_address(a)
+                                                   for a in (A_ADDR, B_ADDR)}
+    catcher = subprocess.Popen(["ip", "netns", "exec", c.underlay, "python3", "-u", "-c",
+                                CATCH, ETCD_ADDR], stdout=subprocess.PIPE, text=True)
+    try:
+        assert catcher.stdout is not None and catcher.stdout.readline().strip() == "ready"
+        sb.pw("exec", "attacker", "--", "python3", FRAMES, "vxlan", ETCD_ADDR, vni,
+              "02:42:de:ad:be:ef", "10.204.0.200", victim["MacAddress"],
+              victim["IPAddress"], "9999", "elsewhere")
+        out, _ = catcher.communicate(timeout=10)
+    finally:
+        if catcher.poll() is None:
+            catcher.kill()
+            catcher.wait()
+    assert out.startswith("got ") and out.split()[2] == A_ADDR, out
