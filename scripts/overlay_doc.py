@@ -332,6 +332,16 @@ def scenario(d: Doc) -> None:
     d.pw(1, "rm", "-f", "web-b")
     d.pw(0, "network", "rm", "multi")
     d.wait("B drops the network", lambda: "multi" not in d.quiet(1, "network", "ls"))
+    d.text("## Containers send no tunnel traffic",
+           "A host hands what arrives on UDP 4789 to the overlay network of the VNI in "
+           "its header, trusting that only another host's VTEP sends there. So no "
+           "container sends VXLAN to a member of the cluster: a container's datagram to "
+           "its own host's port 4789 is dropped in `input`, and one to another member's "
+           "VTEP (which would leave masqueraded to this host's address, looking like its "
+           "tunnel traffic) in `forward`, by the sets `members` and `members6` of every "
+           "member's `--advertise-address`, which each daemon keeps in step with the "
+           "hosts that join and leave (docs/firewall.md). A container's own VXLAN to "
+           "other addresses (kind, flannel) passes.")
     d.text("## Not yet",
            "Published ports and outbound traffic of an overlay network go through the "
            "local host, as on a bridge network. A container's name that another host "
@@ -345,10 +355,11 @@ def scenario(d: Doc) -> None:
            "looked up for either, on either host. What is left is the rules a frame "
            "meets: on the sending host 3 rules of `bridge portway` (2 hash lookups: "
            "its EtherType, and its port, MAC and address in one), 4 of the guard and "
-           "4 in forward (a lookup each), and 1 in `guard_out` for the tunnel's packet; "
+           "6 in forward (4 lookups: the 2 VXLAN checks end at their port comparison), and "
+           "1 in `guard_out` for the tunnel's packet; "
            "on the receiving host 5 of the guard (2 lookups) and 2 in input for the "
            "tunnel's packet (a lookup: it comes from no portway bridge), then 1 of "
-           "`bridge portway`, 4 of the guard and 4 in "
+           "`bridge portway`, 4 of the guard and 6 in "
            "forward for the frame it carried. Frames bridged "
            "between containers also pass the IP hooks (portway's guard and forward "
            "chains, on both hosts), because bridge netfilter is on for the whole host "
