@@ -367,3 +367,17 @@ def test_what_a_container_sends_ends_the_guard_in_its_network_chain() -> None:
                  "a container reaches the host only through")]
     assert [p[0]["match"]["right"] for p in ports] == [firewall.VETH_PATTERN,
                                                       firewall.UNCHECKED_PATTERN]
+
+
+def test_members_go_to_their_familys_set_owned_and_removable() -> None:
+    addresses = [ipaddress.ip_address("2001:db8::2"), ipaddress.ip_address("192.0.2.2")]
+    added = firewall.render_members(addresses, INSTANCE)
+    assert [(c["add"]["element"]["name"], c["add"]["element"]["elem"][0]["elem"]["val"])
+            for c in added] == [("members", "192.0.2.2"), ("members6", "2001:db8::2")]
+    # Each owned by this instance (an IPv6 address's colons would break the tag: gc could
+    # not tell whose it is, and would never remove one whose host left).
+    tags = [names.parse_owner_tag(c["add"]["element"]["elem"][0]["elem"]["comment"]) for c in added]
+    assert tags == [(INSTANCE, "member", "192.0.2.2"), (INSTANCE, "member", "2001-db8--2")]
+    removed = firewall.render_members_removal(addresses)
+    assert {(c["delete"]["element"]["name"], c["delete"]["element"]["elem"][0])
+            for c in removed} == {("members", "192.0.2.2"), ("members6", "2001:db8::2")}
