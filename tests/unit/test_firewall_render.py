@@ -381,3 +381,19 @@ def test_members_go_to_their_familys_set_owned_and_removable() -> None:
     removed = firewall.render_members_removal(addresses)
     assert {(c["delete"]["element"]["name"], c["delete"]["element"]["elem"][0])
             for c in removed} == {("members", "192.0.2.2"), ("members6", "2001:db8::2")}
+
+
+def test_a_restarted_daemon_finds_its_members_in_the_listing() -> None:
+    # As `nft -j list table` shows them: elements with a comment are objects.
+    mine = [ipaddress.ip_address("192.0.2.2"), ipaddress.ip_address("2001:db8::2")]
+    elems: dict[str, list[Any]] = {"members": [], "members6": []}
+    for c in firewall.render_members(mine, INSTANCE):
+        elems[c["add"]["element"]["name"]] += c["add"]["element"]["elem"]
+    other = firewall.render_members([ipaddress.ip_address("192.0.2.9")], "99999999")
+    elems["members"] += [*other[0]["add"]["element"]["elem"], "192.0.2.10"]
+    items = [{"set": {"family": "inet", "table": "portway", "name": name, "elem": e}}
+             for name, e in elems.items()]
+    items.append({"set": {"family": "inet", "table": "portway", "name": "vteps",
+                          "elem": firewall.render_vtep(mine[0], INSTANCE)[0]["add"][
+                              "element"]["elem"]}})
+    assert sorted(firewall.listed_members(items, INSTANCE), key=str) == sorted(mine, key=str)

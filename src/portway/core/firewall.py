@@ -44,6 +44,7 @@ and removes only its own (plan_repair).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -613,6 +614,22 @@ def render_members(addresses: Iterable[IPAddress], instance: str) -> list[Cmd]:
 
 def render_members_removal(addresses: Iterable[IPAddress]) -> list[Cmd]:
     return [_delete(family(a.version).name("members"), str(a)) for a in addresses]
+
+
+def listed_members(items: list[dict[str, Any]], instance: str) -> list[IPAddress]:
+    """The members' VTEPs instance put in the sets, from `inet portway` as listed."""
+    out: list[IPAddress] = []
+    for item in items:
+        body = item.get("set")
+        if body is None or body.get("name") not in (V4.name("members"), V6.name("members")):
+            continue
+        for elem in body.get("elem", []):
+            if not isinstance(elem, dict) or "elem" not in elem:
+                continue  # (no comment: not portway's)
+            tag = parse_owner_tag(elem["elem"].get("comment"))
+            if tag is not None and tag[:2] == (instance, "member"):
+                out.append(ipaddress.ip_address(elem["elem"]["val"]))
+    return out
 
 
 def render_ports(ports: Iterable[Published], instance: str) -> list[Cmd]:

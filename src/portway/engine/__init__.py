@@ -179,6 +179,7 @@ class Engine:
     def start_cluster(self) -> None:
         if self.h.cluster is not None:
             with self.h.lock:
+                self.fw.adopt_members()
                 self.fw.add_vtep(self.h.cluster.advertise)
             self.h.cluster.start()
 

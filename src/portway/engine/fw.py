@@ -156,6 +156,13 @@ class Firewall:
                 self.apply(firewall.render_members(new, self.instance))
         self.members = want
 
+    def adopt_members(self) -> None:
+        """The members' VTEPs this instance put in the sets before a restart, taken as
+        its own (gc keeps them) until the cluster's view replaces them: no container
+        sends VXLAN to a member while a restarted daemon catches up with the store."""
+        items = self.nft.list_table(firewall.FAMILY, firewall.TABLE) or []
+        self.members = frozenset(firewall.listed_members(items, self.instance))
+
     def remove_network(self, network: Network) -> None:
         self.teardown(firewall.render_network_removal(network))
 
