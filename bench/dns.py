@@ -27,7 +27,7 @@ from idle import settle
 ROOT = Path(__file__).resolve().parent.parent
 NETAVARK = "/usr/lib/podman/netavark"
 AARDVARK = "/usr/lib/podman/aardvark-dns"
-CONTRACT = ROOT.parent / "shared" / "netavark-contract" / "podman-4.3-setup-input.json"
+CONTRACT = ROOT / "tests" / "e2e" / "data" / "podman-4.3-setup-input.json"
 FAKE_DNS = ROOT / "tests" / "e2e" / "fake_dns.py"
 # Short runs, many rounds: A beside AAAA within each round, taken as a ratio per round
 # (5 rounds of 3 s gave per-round medians 1.14× one run and 0.91× the next, on the
