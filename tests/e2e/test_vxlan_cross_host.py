@@ -89,12 +89,12 @@ def test_a_container_cannot_inject_frames_into_another_hosts_overlay(
 
     time.sleep(0.3)  # the listener binds
     rules = json.loads(sb.in_host("nft", "-j", "-a", "list", "chain", "inet", "portway",
-                                  "forward").stdout)["nftables"]
+                                  "vxlan_out").stdout)["nftables"]
     handle = next(item["rule"]["handle"] for item in rules
                   if "rule" in item and item["rule"].get("comment") == RULE)
-    sb.in_host("nft", "delete", "rule", "inet", "portway", "forward", "handle", str(handle))
+    sb.in_host("nft", "delete", "rule", "inet", "portway", "vxlan_out", "handle", str(handle))
     assert inject("control")
-    assert "restore chain inet portway forward" in sb.pw("gc").stdout
+    assert "restore chain inet portway vxlan_out" in sb.pw("gc").stdout
     assert not inject("guarded")
     # trace names the rule.
     t = sb.pw("trace", "attacker", f"{B_ADDR}:4789/udp", check=False)

@@ -75,11 +75,11 @@ def test_a_container_cannot_inject_frames_into_an_overlay(cluster: Cluster) -> N
 
     time.sleep(0.3)  # the listener binds
     guard = json.loads(sb.in_host("nft", "-j", "-a", "list", "chain", "inet", "portway",
-                                  "input").stdout)["nftables"]
+                                  "to_host").stdout)["nftables"]
     handle = next(item["rule"]["handle"] for item in guard
                   if "rule" in item and item["rule"].get("comment") == RULE)
-    sb.in_host("nft", "delete", "rule", "inet", "portway", "input", "handle", str(handle))
+    sb.in_host("nft", "delete", "rule", "inet", "portway", "to_host", "handle", str(handle))
     assert inject("control") == {"gateway": True, "vtep": True}
-    assert "restore chain inet portway input" in sb.pw("gc").stdout
+    assert "restore chain inet portway to_host" in sb.pw("gc").stdout
     assert inject("guarded") == {"gateway": False, "vtep": False}
     assert sb.pw("gc").stdout.startswith("nothing to repair")

@@ -69,7 +69,7 @@ def test_rules_per_network_are_constant() -> None:
     a = firewall.render_network(network(), INSTANCE)
     assert rules(a) == 15  # 2 of them mark its traffic for other tables
     base_rules = rules(firewall.render_base())
-    assert base_rules == 38  # 14 of them for IPv6
+    assert base_rules == 39  # 14 of them for IPv6
 
 
 def test_options_change_the_network_rules() -> None:
@@ -102,7 +102,7 @@ def test_every_element_names_its_owner() -> None:
             *firewall.render_ports([published(8080)], INSTANCE),
             *firewall.render_guard([endpoint(2)], INSTANCE)]
     elements = [c["add"]["element"]["elem"][0] for c in cmds if "element" in c["add"]]
-    assert len(elements) == 6 + 2 + 3
+    assert len(elements) == 7 + 2 + 3
     for elem in elements:
         key = elem[0] if isinstance(elem, list) else elem
         tag = names.parse_owner_tag(key["elem"]["comment"])
@@ -276,12 +276,42 @@ def test_internal_network_reaches_only_its_gateway_on_the_host() -> None:
     cmds = firewall.render_network(net, INSTANCE)
     host = [c["add"]["rule"] for c in cmds if c["add"].get("rule", {}).get("chain")
             == firewall.host_chain(net)]
-    # Replies to the host's own connections; DNS (UDP and TCP 53) on its gateway; no more.
-    assert "established" in json.dumps(host[0]["expr"])
-    assert host[1]["expr"][0]["match"]["right"] == "10.77.0.1"
-    assert host[1]["expr"][2]["match"]["right"] == 53
-    assert host[-1]["expr"] == [{"drop": None}] and len(host) == 3
-    assert "host_in" not in json.dumps(firewall.render_network(network(), INSTANCE))
+    # What no network sends to the host (to_host) first; replies to the host's own
+    # connections; DNS (UDP and TCP 53) on its gateway; no more.
+    assert host[0]["expr"] == [{"jump": {"target": "to_host"}}]
+    assert "established" in json.dumps(host[1]["expr"])
+    assert host[2]["expr"][0]["match"]["right"] == "10.77.0.1"
+    assert host[2]["expr"][2]["match"]["right"] == 53
+    assert host[-1]["expr"] == [{"drop": None}] and len(host) == 4
+    # Its bridge goes there; any other network's to to_host alone.
+    for n, target in ((net, firewall.host_chain(net)), (network(), "to_host")):
+        (elem,) = [c["add"]["element"]["elem"][0] for c in firewall.render_network(n, INSTANCE)
+                   if c["add"].get("element", {}).get("name") == "host_in"]
+        assert elem[1] == {"jump": {"target": target}}
+
+
+def test_input_and_forward_spare_other_traffic_the_vxlan_checks() -> None:
+    # input: whatever the host receives meets one lookup by input interface (an overlay's
+    # tunnel packets, from the underlay, nothing more); only a portway network's own
+    # meet the drop of VXLAN to the host. forward: one rule per packet for both families'
+    # member checks, which fails at its first comparison for what is not UDP.
+    base = firewall.render_base()
+
+    def chain(name: str) -> list[dict[str, Any]]:
+        return [c["add"]["rule"] for c in base if c["add"].get("rule", {}).get("chain") == name]
+
+    assert [r["expr"] for r in chain("input")] == [
+        [{"vmap": {"key": {"meta": {"key": "iifname"}}, "data": "@host_in"}}]]
+    assert [r["comment"] for r in chain("to_host")] == [
+        "containers never send to this host's VXLAN port"]
+    vxlan = [r for r in chain("forward") if "4789" in json.dumps(r)]
+    assert len(vxlan) == 1
+    assert vxlan[0]["expr"][0]["match"]["left"] == {"payload": {"protocol": "udp",
+                                                                "field": "dport"}}
+    assert vxlan[0]["expr"][-1] == {"jump": {"target": "vxlan_out"}}
+    assert [r["comment"] for r in chain("vxlan_out")] == [
+        "containers never send to a cluster member's VXLAN port",
+        "containers never send to a cluster member's VXLAN port (IPv6)"]
 
 
 def test_related_packets_meet_isolation_first() -> None:

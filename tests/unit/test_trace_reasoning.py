@@ -480,3 +480,27 @@ def test_a_containers_vxlan_to_an_ipv6_member_is_dropped() -> None:
     _, _, alive = rs.run_hook(("inet", "ip6"), "forward",
                               replace(vxlan, daddr=IP("2001:db8::8")), frozenset())
     assert alive
+
+
+def test_vxlan_to_the_host_is_dropped_from_every_network_and_only_there() -> None:
+    # From any portway network (internal or not) to a host address's VXLAN port:
+    # dropped in input; the same from the uplink (another host's tunnel) passes.
+    internal = network("sealed", "c" * 64, 79, internal=True)
+    rs = Ruleset(listing([*firewall.render_base(), *firewall.render_network(APP, INSTANCE),
+                          *firewall.render_network(internal, INSTANCE)]))
+    vxlan = Packet(l4proto="udp", saddr=IP("10.77.0.2"), daddr=IP("10.77.0.1"), sport=40000,
+                   dport=4789, iif=APP.bridge)
+    for net in (APP, internal):
+        _, decisions, alive = rs.run_hook(("inet", "ip"), "input",
+                                          replace(vxlan, iif=net.bridge), frozenset())
+        assert not alive
+        assert decisions[-1].rule == "containers never send to this host's VXLAN port"
+        assert decisions[-1].rule_chain == "to_host"
+    _, _, alive = rs.run_hook(("inet", "ip"), "input",
+                              replace(vxlan, saddr=IP("198.51.100.9"), iif="uplink0"),
+                              frozenset())
+    assert alive
+    # Other UDP from a network that is not internal reaches the host.
+    _, _, alive = rs.run_hook(("inet", "ip"), "input", replace(vxlan, dport=4790),
+                              frozenset())
+    assert alive

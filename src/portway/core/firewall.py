@@ -21,10 +21,13 @@ published ports are map elements, not rules.
     forward (filter)   iifname vmap @fwd_in -> in-<net>: same network, published, isolation
                        oifname vmap @fwd_out -> out-<net>: only replies and published ports
                        (both mark the traffic for other tables first)
-                       no container sends VXLAN to a cluster member's VTEP (@members)
-    input (filter)     no container sends to the host's VXLAN port (it would feed an
-                       overlay's bridge unchecked); internal networks reach no host
-                       address and no port but DNS on their gateway
+                       UDP 4789 from a bridge -> vxlan_out: no container sends VXLAN to
+                       a cluster member's VTEP (@members)
+    input (filter)     iifname vmap @host_in -> to_host, or an internal network's
+                       host-<net> (which starts with to_host): no container sends to the
+                       host's VXLAN port (it would feed an overlay's bridge unchecked);
+                       internal networks reach no host address and no port but DNS on
+                       their gateway. Nothing else meets more than that one lookup.
 
 A second table, `bridge portway`, checks every frame a container sends on its
 bridge port (anti-spoofing): the source MAC and address, in Ethernet, IP and ARP
@@ -327,31 +330,38 @@ def render_base() -> list[Cmd]:
     # leaves masqueraded to this host's own address, so the other host cannot tell it
     # from this host's tunnel traffic and hands the frame inside to its overlay network.
     # Only VXLAN to a member: a container's own VXLAN to other addresses (kind,
-    # flannel) passes. (The port first, then the address: one comparison for nearly
-    # every packet.)
+    # flannel) passes. Every forwarded packet meets the one rule that sends there (the
+    # port first: what is not UDP fails at its first comparison, once for both
+    # families); only a container's VXLAN meets the members' sets.
+    cmds.append(_chain("vxlan_out"))
     for f in FAMILIES:
-        cmds.append(_rule("forward", [_match(_payload("udp", "dport"), VXLAN_PORT),
-                                      _match(_payload(f.proto, "daddr"),
-                                             f"@{f.name('members')}"),
-                                      _match(_meta("iifname"), "@bridges"), {"drop": None}],
+        cmds.append(_rule("vxlan_out", [_match(_payload(f.proto, "daddr"),
+                                               f"@{f.name('members')}"), {"drop": None}],
                           f"containers never send to a cluster member's VXLAN port{f.label}"))
+    cmds.append(_rule("forward", [_match(_payload("udp", "dport"), VXLAN_PORT),
+                                  _match(_meta("iifname"), "@bridges"),
+                                  {"jump": {"target": "vxlan_out"}}],
+                      "a container's VXLAN: never to a cluster member"))
     cmds += [
         _rule("forward", [{"vmap": {"key": _meta("iifname"), "data": "@fwd_in"}}],
               "from a portway network"),
         _rule("forward", [{"vmap": {"key": _meta("oifname"), "data": "@fwd_out"}}],
               "into a portway network"),
+        # Whatever a portway network sends to the host meets its network's element here
+        # (internal networks: their host- chain; the others: to_host), and nothing else
+        # meets more than this one lookup: VXLAN from other hosts, every packet of the
+        # overlay's tunnels, pays nothing more for the rule below.
+        _rule("input", [{"vmap": {"key": _meta("iifname"), "data": "@host_in"}}],
+              "from a portway network to the host"),
         # The kernel's VXLAN socket takes port 4789 on every address of the host and
         # hands what it gets to the device of the header's VNI, whoever sent it: the
         # frame inside enters that overlay network's bridge through its VXLAN port,
         # which `bridge portway` does not check. From a container, that would put any
         # frame (any MAC, any address) into any overlay network of this host, past
-        # isolation and the anti-spoofing checks. Only what the host receives meets
-        # this (the port first: it fails nearly every packet at its first comparison).
-        _rule("input", [_match(_payload("udp", "dport"), VXLAN_PORT),
-                        _match(_meta("iifname"), "@bridges"), {"drop": None}],
+        # isolation and the anti-spoofing checks.
+        _chain("to_host"),
+        _rule("to_host", [_match(_payload("udp", "dport"), VXLAN_PORT), {"drop": None}],
               "containers never send to this host's VXLAN port"),
-        _rule("input", [{"vmap": {"key": _meta("iifname"), "data": "@host_in"}}],
-              "from an internal network to the host"),
     ]
     return cmds
 
@@ -452,6 +462,8 @@ def render_network(network: Network, instance: str) -> list[Cmd]:
         cmds += [
             _rule(fin, [{"drop": None}], f"{owner}: internal, no way out"),
             _chain(host),
+            _rule(host, [{"jump": {"target": "to_host"}}],
+                  f"{owner}: what no portway network sends to the host"),
             _rule(host, [replies, {"accept": None}], f"{owner}: replies to the host"),
         ]
         if network.of_version(6) is not None:
@@ -469,7 +481,6 @@ def render_network(network: Network, instance: str) -> list[Cmd]:
         cmds += [
             _rule(host, [{"drop": None}],
                   f"{owner}: internal, nothing else of the host"),
-            _add("host_in", br, tag, {"jump": {"target": host}}),
         ]
     else:
         cmds.append(_rule(fin, [dnatted, {"accept": None}],
@@ -524,6 +535,8 @@ def render_network(network: Network, instance: str) -> list[Cmd]:
                       f"{owner}: from its bridge"))
     cmds += [
         _add("bridges", br, tag),
+        _add("host_in", br, tag,
+             {"jump": {"target": host_chain(network) if network.internal else "to_host"}}),
         _add("fwd_in", br, tag, {"jump": {"target": fin}}),
         _add("fwd_out", br, tag, {"jump": {"target": fout}}),
     ]
@@ -570,15 +583,14 @@ def render_network_removal(network: Network) -> list[Cmd]:
         return []
     """Its elements, then its chains (nothing else refers to them)."""
     br = network.bridge
-    cmds: list[Cmd] = [_delete("fwd_in", br), _delete("fwd_out", br), _delete("bridges", br)]
+    cmds: list[Cmd] = [_delete("fwd_in", br), _delete("fwd_out", br), _delete("host_in", br),
+                       _delete("bridges", br)]
     for sub in network.subnets:
         f = family(sub.version)
         cmds += [_delete(f.name("dns"), str(sub.gateway)),
                  _delete(f.name("src_in"), _prefix(sub.subnet))]
         if not network.internal and not routed(network, sub.version):
             cmds.append(_delete(f.name("nat_src"), _prefix(sub.subnet)))
-    if network.internal:
-        cmds.append(_delete("host_in", br))
     cmds += [{"delete": {"chain": {**T, "name": name}}} for name in network_chains(network)]
     return cmds
 
