@@ -58,11 +58,12 @@ def test_a_container_never_sends_from_127(podman: Podmanish) -> None:  # noqa: F
         return got.strip()
 
     guard = json.loads(p.sb.in_host("nft", "-j", "-a", "list", "chain", "inet", "portway",
-                                    "guard").stdout)["nftables"]
+                                    "guard_unlisted").stdout)["nftables"]
     handle = next(item["rule"]["handle"] for item in guard
                   if "rule" in item and item["rule"].get("comment") == RULE)
-    p.sb.in_host("nft", "delete", "rule", "inet", "portway", "guard", "handle", str(handle))
+    p.sb.in_host("nft", "delete", "rule", "inet", "portway", "guard_unlisted", "handle",
+                 str(handle))
     assert send("control", "3") == "control 127.0.0.2"
-    assert "restore chain inet portway guard" in p.pw("gc").stdout
+    assert "restore chain inet portway guard_unlisted" in p.pw("gc").stdout
     assert send("guarded", "2") == "nothing"
     p.nv("teardown", ns, data=data)

@@ -67,9 +67,9 @@ def test_ports_are_elements_not_rules() -> None:
 def test_rules_per_network_are_constant() -> None:
     # Base chains dispatch by map; a network adds its own few rules, not one per peer.
     a = firewall.render_network(network(), INSTANCE)
-    assert rules(a) == 15  # 2 of them mark its traffic for other tables
+    assert rules(a) == 14  # 2 of them mark its traffic for other tables
     base_rules = rules(firewall.render_base())
-    assert base_rules == 39  # 14 of them for IPv6
+    assert base_rules == 43  # 14 of them for IPv6
 
 
 def test_options_change_the_network_rules() -> None:
@@ -331,16 +331,21 @@ def test_only_traffic_between_containers_skips_conntrack() -> None:
                 if {"notrack": None} in c["add"].get("rule", {}).get("expr", [])]
 
     [rule] = untracked(network())
-    # From its bridge only: the src- chain has dropped what comes from anywhere else
-    # (and sent the host's own, over lo, back to the guard) before it.
+    # From its bridge only: the src- chain has sent what comes from anywhere else to
+    # src_other before it (which sends the host's own, over lo, back to the guard and
+    # drops the rest): one comparison for what its containers send.
     src = [c["add"]["rule"] for c in firewall.render_network(network(), INSTANCE)
            if c["add"].get("rule", {}).get("chain") == firewall.src_chain(network())]
-    assert [r["expr"] for r in src[:2]] == [
+    assert src[0]["expr"] == [
+        {"match": {"op": "!=", "left": {"meta": {"key": "iifname"}},
+                   "right": "pwbr-abababab"}}, {"goto": {"target": "src_other"}}]
+    other = [c["add"]["rule"]["expr"] for c in firewall.render_base()
+             if c["add"].get("rule", {}).get("chain") == "src_other"]
+    assert other == [
         [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "lo"}},
          {"return": None}],
-        [{"match": {"op": "!=", "left": {"meta": {"key": "iifname"}},
-                    "right": "pwbr-abababab"}}, {"drop": None}]]
-    assert src[2]["expr"] == rule
+        [{"drop": None}]]
+    assert src[1]["expr"] == rule
     assert rule[0]["match"]["right"] == {"prefix": {"addr": "10.77.0.0", "len": 24}}
     assert rule[1]["match"] == {"op": "!=", "left": {"payload": {
         "protocol": "ip", "field": "daddr"}}, "right": "10.77.0.1"}  # the gateway DNATs
@@ -366,8 +371,15 @@ def test_guard_order_spares_the_common_traffic_its_lookups() -> None:
     assert guard[:first_port_check] == [
         "a portway network's addresses come only from its bridge",
         "a portway network's addresses come only from its bridge (IPv6)"]
-    vxlan = guard.index("VXLAN to this host's VTEP skips conntrack")
+    vxlan = guard.index("VXLAN: to this host's VTEP, untracked (vtep_in)")
     assert first_port_check < vxlan < guard.index("from a portway network")
+    # What comes from the uplink meets no rule that only concerns a bridge's traffic:
+    # after the container-port checks, one comparison (VXLAN) and the bridges' lookup.
+    assert guard[vxlan + 1:] == ["from a portway network"]
+    assert _comments("vtep_in") == ["VXLAN to this host's VTEP skips conntrack",
+                                    "VXLAN to this host's VTEP skips conntrack (IPv6)"]
+    assert _comments("guard_unlisted")[0] == ("nothing from a bridge comes from the host's "
+                                              "loopback addresses")
     assert _comments("guard_out")[:2] == ["VXLAN from this host's VTEP skips conntrack",
                                           "VXLAN from this host's VTEP skips conntrack (IPv6)"]
     for c in firewall.render_base():

@@ -7,13 +7,15 @@ verdict maps keyed by subnet or bridge name to a few rules per network, and
 published ports are map elements, not rules.
 
     guard (filter, raw priority)  a portway subnet's addresses come only from its
-                       bridge (src_in -> src-<net>, which ends the guard for what its
-                       containers send: notrack between them, else guard_bridges);
-                       nothing a container sends arrives on its bridge port itself
-                       (802.1 link-local frames do): dropped; nothing from a
-                       bridge comes from 127/8 (route_localnet); iifname @bridges ->
-                       guard_bridges: containers never reach the host's 127/8, DNS
-                       to portway's server skips conntrack
+                       bridge (src_in -> src-<net>, one comparison, which ends the guard
+                       for what its containers send: notrack between them, else
+                       guard_bridges; from elsewhere src_other: lo returns, the rest is
+                       dropped); nothing a container sends arrives on its bridge port
+                       itself (802.1 link-local frames do): dropped; VXLAN to this
+                       host's VTEP: vtep_in, untracked; iifname @bridges ->
+                       guard_unlisted (nothing from a bridge comes from 127/8:
+                       route_localnet) -> guard_bridges: containers never reach the
+                       host's 127/8, DNS to portway's server skips conntrack
     prerouting (nat)   127/8 never DNATs from outside; published ports by map
     output (nat)       published ports for the host's own processes, 127.0.0.1 too
     postrouting (nat)  host -> loopback-published port: masquerade;
@@ -243,34 +245,47 @@ def render_base() -> list[Cmd]:
     # The VXLAN of portway's overlay networks to and from this host's VTEP (vteps: its
     # --advertise-address) keeps no conntrack state: nothing NATs or filters it by
     # state, and each packet between hosts would cost a lookup on both. Accepted there,
-    # as nothing further in the guard concerns it (the port first: what is not that
-    # protocol and port, nearly every packet, fails the rule at its first comparison).
+    # as nothing further in the guard concerns it. What arrives goes there by one rule
+    # for both families (the port first: what is not that protocol and port, nearly
+    # every packet, fails it at its first comparison); what leaves meets its family's
+    # rule first in guard_out.
+    vxlan = _match(_payload("udp", "dport"), VXLAN_PORT)
+    cmds += [_chain("vtep_in"),
+             _rule("guard", [vxlan, {"jump": {"target": "vtep_in"}}],
+                   "VXLAN: to this host's VTEP, untracked (vtep_in)")]
     for f in FAMILIES:
-        vxlan = _match(_payload("udp", "dport"), VXLAN_PORT)
         cmds += [
-            _rule("guard", [vxlan, _match(_payload(f.proto, "daddr"), f"@{f.name('vteps')}"),
-                            {"notrack": None}, {"accept": None}],
+            _rule("vtep_in", [_match(_payload(f.proto, "daddr"), f"@{f.name('vteps')}"),
+                              {"notrack": None}, {"accept": None}],
                   f"VXLAN to this host's VTEP skips conntrack{f.label}"),
             _rule("guard_out", [vxlan,
                                 _match(_payload(f.proto, "saddr"), f"@{f.name('vteps')}"),
                                 {"notrack": None}, {"accept": None}],
                   f"VXLAN from this host's VTEP skips conntrack{f.label}"),
         ]
-    # The bridges have route_localnet (a host process's connection to a port published on
-    # 127.0.0.1 leaves into one with that source), so the kernel does not drop what
-    # arrives on one from 127/8 as a martian: a container whose port is not checked (a
-    # network without IPAM) could make a host service believe the host itself sent it.
-    # (A portway network's address never gets here: its src- chain ended the guard.
-    # The address first: what is not from 127/8 fails at the first comparison.)
-    cmds.append(_rule("guard", [_match(_payload("ip", "saddr"), V4.loopback),
-                                _match(_meta("iifname"), "@bridges"), {"drop": None}],
-                      "nothing from a bridge comes from the host's loopback addresses"))
-    # What arrives from a portway bridge meets the rules below in a chain of its own:
-    # one set lookup per packet, not one per rule.
-    cmds += [_chain("guard_bridges"),
+    # What arrives from a portway bridge without a portway network's source address (a
+    # network's own went to its src- chain above) meets the rules below in chains of
+    # its own: one set lookup per packet, not one per rule, and nothing from the uplink
+    # meets them. The bridges have route_localnet (a host process's connection to a
+    # port published on 127.0.0.1 leaves into one with that source), so the kernel does
+    # not drop what arrives on one from 127/8 as a martian: a container whose port is
+    # not checked (a network without IPAM) could make a host service believe the host
+    # itself sent it.
+    cmds += [_chain("guard_bridges"), _chain("guard_unlisted"),
              _rule("guard", [_match(_meta("iifname"), "@bridges"),
-                             {"jump": {"target": "guard_bridges"}}],
-                   "from a portway network")]
+                             {"jump": {"target": "guard_unlisted"}}],
+                   "from a portway network"),
+             _rule("guard_unlisted", [_match(_payload("ip", "saddr"), V4.loopback),
+                                      {"drop": None}],
+                   "nothing from a bridge comes from the host's loopback addresses"),
+             _rule("guard_unlisted", [{"goto": {"target": "guard_bridges"}}],
+                   "the checks of all that comes from a bridge")]
+    # A portway network's address from anywhere but its bridge (src- chains go here).
+    cmds += [_chain("src_other"),
+             _rule("src_other", [_match(_meta("iifname"), "lo"), {"return": None}],
+                   "the host's own, over loopback"),
+             _rule("src_other", [{"drop": None}],
+                   "a portway network's addresses come only from its bridge")]
     for f in FAMILIES:
         cmds.append(_rule("guard_bridges", [_match(_payload(f.proto, "daddr"), f.loopback),
                                             {"drop": None}],
@@ -506,11 +521,10 @@ def render_network(network: Network, instance: str) -> list[Cmd]:
                           "networks that are not strict"))
     cmds += [
         _rule(fout, [{"drop": None}], f"{owner}: no direct access from outside"),
-        # Reached by the source address (src_in): the host's own over lo goes on through
-        # the guard; from anywhere but the network's bridge, dropped.
-        _rule(src, [_match(_meta("iifname"), "lo"), {"return": None}],
-              f"{owner}: the host's own, over loopback"),
-        _rule(src, [_match(_meta("iifname"), br, "!="), {"drop": None}],
+        # Reached by the source address (src_in): from anywhere but the network's bridge
+        # to src_other (the host's own over lo goes on through the guard; the rest is
+        # dropped), so what its containers send meets one comparison here.
+        _rule(src, [_match(_meta("iifname"), br, "!="), {"goto": {"target": "src_other"}}],
               f"{owner}: its addresses come only from its bridge"),
     ]
     if not network.internal and _bool_option(network, ICC_OPTION):
