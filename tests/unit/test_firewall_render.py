@@ -69,7 +69,7 @@ def test_rules_per_network_are_constant() -> None:
     a = firewall.render_network(network(), INSTANCE)
     assert rules(a) == 14  # 2 of them mark its traffic for other tables
     base_rules = rules(firewall.render_base())
-    assert base_rules == 43  # 14 of them for IPv6
+    assert base_rules == 44  # 14 of them for IPv6
 
 
 def test_options_change_the_network_rules() -> None:
@@ -401,6 +401,18 @@ def test_what_a_container_sends_ends_the_guard_in_its_network_chain() -> None:
     bridges = [c["add"]["rule"]["expr"] for c in firewall.render_base()
                if c["add"].get("rule", {}).get("chain") == "guard_bridges"]
     assert bridges[-1] == [{"accept": None}]
+    # There, what is not DNS meets the two loopback checks and one comparison for both
+    # families' DNS rules, then the accept.
+    assert _comments("guard_bridges") == [
+        "containers never reach the host's loopback addresses",
+        "containers never reach the host's loopback addresses (IPv6)",
+        "DNS: to portway's server, untracked (guard_dns)",
+        "from a portway network: nothing more to check"]
+    assert bridges[2] == [{"match": {"op": "==", "left": {"payload": {
+        "protocol": "udp", "field": "dport"}}, "right": 53}}, {"jump": {"target": "guard_dns"}}]
+    assert _comments("guard_dns") == [
+        "queries to portway's DNS server skip conntrack",
+        "queries to portway's DNS server skip conntrack (IPv6)"]
     # The checks by input interface are one fixed-prefix comparison each (a compare of
     # 4 bytes), not a lookup in an interval set of wildcards, which costs several times
     # as much for every packet from the uplink.
