@@ -212,6 +212,12 @@ def render_base() -> list[Cmd]:
             _map(f.name("pub_ip_addr"), [f.addr, "inet_proto", "inet_service"], f.addr),
             _map(f.name("pub_ip_port"), [f.addr, "inet_proto", "inet_service"], "inet_service"),
         ]
+    # The regular chains first, each before any chain whose rules go to it: gc restores
+    # chains in this order, so a table an earlier portway made (without some of them)
+    # is repaired in one pass, no rule sent to a chain not made yet.
+    cmds += [_chain(name) for name in (
+        "guard_dns", "guard_bridges", "guard_unlisted", "src_other", "vtep_in", "vxlan_out",
+        "to_host")]
     cmds += [
         _chain("guard", type="filter", hook="prerouting", prio=-300, policy="accept"),
         _chain("guard_out", type="filter", hook="output", prio=-300, policy="accept"),
@@ -250,8 +256,7 @@ def render_base() -> list[Cmd]:
     # every packet, fails it at its first comparison); what leaves meets its family's
     # rule first in guard_out.
     vxlan = _match(_payload("udp", "dport"), VXLAN_PORT)
-    cmds += [_chain("vtep_in"),
-             _rule("guard", [vxlan, {"jump": {"target": "vtep_in"}}],
+    cmds += [_rule("guard", [vxlan, {"jump": {"target": "vtep_in"}}],
                    "VXLAN: to this host's VTEP, untracked (vtep_in)")]
     for f in FAMILIES:
         cmds += [
@@ -271,8 +276,7 @@ def render_base() -> list[Cmd]:
     # not drop what arrives on one from 127/8 as a martian: a container whose port is
     # not checked (a network without IPAM) could make a host service believe the host
     # itself sent it.
-    cmds += [_chain("guard_bridges"), _chain("guard_unlisted"),
-             _rule("guard", [_match(_meta("iifname"), "@bridges"),
+    cmds += [_rule("guard", [_match(_meta("iifname"), "@bridges"),
                              {"jump": {"target": "guard_unlisted"}}],
                    "from a portway network"),
              _rule("guard_unlisted", [_match(_payload("ip", "saddr"), V4.loopback),
@@ -281,8 +285,7 @@ def render_base() -> list[Cmd]:
              _rule("guard_unlisted", [{"goto": {"target": "guard_bridges"}}],
                    "the checks of all that comes from a bridge")]
     # A portway network's address from anywhere but its bridge (src- chains go here).
-    cmds += [_chain("src_other"),
-             _rule("src_other", [_match(_meta("iifname"), "lo"), {"return": None}],
+    cmds += [_rule("src_other", [_match(_meta("iifname"), "lo"), {"return": None}],
                    "the host's own, over loopback"),
              _rule("src_other", [{"drop": None}],
                    "a portway network's addresses come only from its bridge")]
@@ -295,8 +298,7 @@ def render_base() -> list[Cmd]:
     # insertion race (two queries on one socket at once) could drop a query. Both
     # families' rules behind one (the port first): what is not UDP to port 53, nearly
     # all a container sends out, fails it at its first comparison.
-    cmds += [_chain("guard_dns"),
-             _rule("guard_bridges", [_match(_payload("udp", "dport"), 53),
+    cmds += [_rule("guard_bridges", [_match(_payload("udp", "dport"), 53),
                                      {"jump": {"target": "guard_dns"}}],
                    "DNS: to portway's server, untracked (guard_dns)")]
     for f in FAMILIES:
@@ -353,7 +355,6 @@ def render_base() -> list[Cmd]:
     # flannel) passes. Every forwarded packet meets the one rule that sends there (the
     # port first: what is not UDP fails at its first comparison, once for both
     # families); only a container's VXLAN meets the members' sets.
-    cmds.append(_chain("vxlan_out"))
     for f in FAMILIES:
         cmds.append(_rule("vxlan_out", [_match(_payload(f.proto, "daddr"),
                                                f"@{f.name('members')}"), {"drop": None}],
@@ -379,7 +380,6 @@ def render_base() -> list[Cmd]:
         # which `bridge portway` does not check. From a container, that would put any
         # frame (any MAC, any address) into any overlay network of this host, past
         # isolation and the anti-spoofing checks.
-        _chain("to_host"),
         _rule("to_host", [_match(_payload("udp", "dport"), VXLAN_PORT), {"drop": None}],
               "containers never send to this host's VXLAN port"),
     ]
