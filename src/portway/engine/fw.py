@@ -182,6 +182,18 @@ class Firewall:
                               f"{exc.strerror}", "they end when they time out") from None
 
     def add_guard(self, endpoints: Iterable[Endpoint]) -> None:
+        """The endpoints' anti-spoofing elements, in one transaction: as their sets'
+        declarations where JSON can give them all (libnftables reads less of the
+        ruleset first), else as elements; a set declared otherwise in the kernel (by
+        another version) refuses the first form, and the second follows."""
+        endpoints = list(endpoints)
+        declared = firewall.render_guard_declared(endpoints, self.instance)
+        if declared:
+            try:
+                self.apply(declared)
+                return
+            except PortwayError:
+                pass
         self.apply(firewall.render_guard(endpoints, self.instance))
 
     def remove_guard(self, endpoints: Iterable[Endpoint]) -> None:

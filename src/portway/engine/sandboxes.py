@@ -21,7 +21,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from portway.core import files, firewall, names, runopts
+from portway.core import files, names, runopts
 from portway.errors import PortwayError, TeardownErrors
 from portway.kernel import links, netns, procs
 from portway.model.types import Container, Endpoint, IPAddress, IPInterface, Network, Route
@@ -265,12 +265,11 @@ class Sandboxes:
         are looked up here."""
         h = self.h
         nets = {e.network_id: h.network(e.network_id) for e in endpoints}
-        guard = firewall.render_guard(endpoints, h.instance)
         etc_path = self.etc_path(container)
 
         def beside() -> None:
-            if guard:
-                h.fw.apply(guard)
+            if endpoints:
+                h.fw.add_guard(endpoints)
             etc = self.etc_files(container, endpoints, nets)
             if etc:
                 h.sandbox_kernel.write_etc(etc_path, etc)
