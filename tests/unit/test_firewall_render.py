@@ -217,6 +217,39 @@ def test_guard_is_per_endpoint_elements() -> None:
     assert firewall.render_guard([], INSTANCE) == firewall.render_guard_removal([]) == []
 
 
+def test_guard_declared_adds_the_same_elements_to_the_declared_sets() -> None:
+    # The set-up's form: each set as render_guard_base declares it, with the elements
+    # render_guard adds to it (an "add set" of a set that exists adds only them).
+    endpoints = [endpoint(2), endpoint(3)]
+    declared = firewall.render_guard_declared(endpoints, INSTANCE)
+    assert declared is not None
+    sets = {c["add"]["set"]["name"]: c["add"]["set"] for c in firewall.render_guard_base()
+            if "set" in c["add"]}
+    got: list[tuple[str, Any]] = []
+    for cmd in declared:
+        one = dict(cmd["add"]["set"])
+        elems = one.pop("elem")
+        assert one == sets[one["name"]]
+        got += [(one["name"], e) for e in elems]
+    want = [(c["add"]["element"]["name"], e)
+            for c in firewall.render_guard(endpoints, INSTANCE)
+            for e in c["add"]["element"]["elem"]]
+    assert sorted(map(json.dumps, got)) == sorted(map(json.dumps, want))
+    assert [c["add"]["set"]["name"] for c in declared] == ["macs", "addrs", "senders"]
+
+
+def test_guard_declared_leaves_ipv6_endpoints_to_elements() -> None:
+    # targets6 can be declared only in nft's text syntax (GUARD_PRELUDE): an endpoint
+    # with an IPv6 address gets render_guard's form; none at all is no command.
+    dual = Endpoint(id="e6" * 32, container_id="cd" * 32, network_id="ab" * 32,
+                    ifname="eth0", host_ifname="pwv-0000000000e",
+                    addresses=(ipaddress.ip_interface("10.77.0.9/24"),
+                               ipaddress.ip_interface("fd00:77::9/64")),
+                    mac="02:42:0a:4d:00:09")
+    assert firewall.render_guard_declared([endpoint(2), dual], INSTANCE) is None
+    assert firewall.render_guard_declared([], INSTANCE) == []
+
+
 def test_guard_fails_closed() -> None:
     # The first rule lets non-container ports through; every later one drops what the
     # sets do not allow, so a veth with no entries sends nothing.
