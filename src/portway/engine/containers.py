@@ -232,6 +232,13 @@ class Containers:
                             h.store.add_config(cfg)
                 raise
             with h.store.transaction():
+                if not container.ports:
+                    # Recorded as up() leaves it (the transaction holds the row until up
+                    # is done), so up need not write it again. Not with ports: a
+                    # networked row holds its host ports, and up checks them against
+                    # the rows first.
+                    container = replace(container, networked=True,
+                                        netns=self.netns_of(container))
                 h.store.add_container(container)
                 for cfg in configs:
                     h.store.add_config(cfg)
@@ -278,8 +285,10 @@ class Containers:
             undo.callback(h.endpoints.clear_hints)  # a rollback frees what was allocated
             port_maps = h.publishing.resolve(c.ports) if c.ports else ()
             undo.callback(h.publishing.release, port_maps)
-            c = replace(c, ports=port_maps, networked=True, netns=self.netns_of(c))
-            h.store.update_container(c)
+            recorded, c = c, replace(c, ports=port_maps, networked=True,
+                                     netns=self.netns_of(c))
+            if c != recorded:
+                h.store.update_container(c)
             endpoints: list[Endpoint] = []
             # (An overlay endpoint's claim is in the cluster store, outside the
             # transaction: let go on a rollback.)
