@@ -301,7 +301,7 @@ class Containers:
                 undo.callback(self._withdraw, announced)
             if c.network_mode in ("bridge", "none"):
                 undo.callback(h.sandboxes.teardown, c, endpoints)
-                h.sandboxes.build(c, endpoints)
+                h.sandboxes.build(c, endpoints, nets)
             elif c.network_mode == "host":
                 undo.callback(h.sandboxes.teardown, c, endpoints)
                 h.sandboxes.write_files(c)

@@ -254,8 +254,10 @@ class Sandboxes:
     def __init__(self, host: Host) -> None:
         self.h = host
 
-    def build(self, container: Container, endpoints: list[Endpoint]) -> None:
-        """The container's namespace, its endpoints and its /etc files.
+    def build(self, container: Container, endpoints: list[Endpoint],
+              networks: list[Network] | None = None) -> None:
+        """The container's namespace, its endpoints and its /etc files. networks: the
+        endpoints' networks, if the caller has them (else read from the store).
 
         The anti-spoofing entries and the /etc files (rendered there too) go on a helper
         thread while this one does the netlink work: neither depends on the other (a
@@ -264,7 +266,9 @@ class Sandboxes:
         reads nothing of the store (the caller's transaction holds it): the networks
         are looked up here."""
         h = self.h
-        nets = {e.network_id: h.network(e.network_id) for e in endpoints}
+        known = {n.id: n for n in networks or ()}
+        nets = {e.network_id: known.get(e.network_id) or h.network(e.network_id)
+                for e in endpoints}
         etc_path = self.etc_path(container)
 
         def beside() -> None:

@@ -211,6 +211,13 @@ class SqliteStore:
             except sqlite3.IntegrityError as exc:
                 raise Conflict(f"state conflict: {exc}", "try again") from None
 
+    def _exec_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        with self._lock:
+            try:
+                self._db.executemany(sql, rows)
+            except sqlite3.IntegrityError as exc:
+                raise Conflict(f"state conflict: {exc}", "try again") from None
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
@@ -385,9 +392,10 @@ class SqliteStore:
                         e.prefixlen if e.addresses else 0, e.mac,
                         json.dumps(list(e.aliases)),
                         json.dumps([str(a) for a in e.requested])))
-            for a in e.addresses:
-                self._exec("INSERT INTO addresses VALUES(?,?,?,?)",
-                           (e.id, e.network_id, str(a.ip), a.network.prefixlen))
+            if e.addresses:  # (one call for both families' rows)
+                self._exec_many("INSERT INTO addresses VALUES(?,?,?,?)",
+                                [(e.id, e.network_id, str(a.ip), a.network.prefixlen)
+                                 for a in e.addresses])
 
     @staticmethod
     def _endpoint(row: tuple[Any, ...]) -> Endpoint:
