@@ -148,3 +148,39 @@ def test_spares_are_made_for_ids_of_their_own_and_tagged_ahead(
         for n in names:
             netns.delete_netns(n)
             release(n)
+
+
+def threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+def test_spares_are_made_by_one_thread_that_ends_with_close(name: str) -> None:
+    """prepare wakes one maker thread kept for the kernel's life (a set-up starts no
+    thread for the next spares), and close ends it."""
+    import time
+
+    kernel = LiveSandboxKernel()
+    names = [f"{name}-{i}" for i in range(3)]
+    for n in names:
+        claim(n)
+    before = threads()
+    try:
+        for n in names:  # take one, make it again: three times
+            kernel.prepare()
+            with kernel._making:
+                assert len(kernel._spares) == LiveSandboxKernel.SPARES
+            time.sleep(0.05)  # (a thread that ends once its spares are made is gone)
+            assert threads() == before + 1
+            kernel.create(netns.netns_path(n), "pw:t:c:1").close()
+        kernel.close()
+        assert kernel._spares == [] and not kernel._making.locked()
+        deadline = time.monotonic() + 5
+        while threads() > before and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert threads() == before
+        kernel.prepare()  # closed: nothing more is made, no thread started
+        assert kernel._spares == [] and threads() == before
+    finally:
+        for n in names:
+            netns.delete_netns(n)
+            release(n)

@@ -109,6 +109,13 @@ class LiveSandboxKernel:
         # waits until the new thread runs, which a busy machine makes the caller's wait).
         self._making = threading.Lock()
         self._closed = False
+        # The maker: one thread for the process's life, woken by prepare (which takes
+        # _making for it) through _wake, rather than a thread started for every set-up
+        # (its start was a tenth of a millisecond of the set-up's own thread).
+        self._wake = _thread.allocate_lock()
+        self._wake.acquire()
+        self._asked = False
+        self._maker_started = False
 
     def _full(self) -> bool:
         with self._lock:
@@ -129,32 +136,36 @@ class LiveSandboxKernel:
                 return None
         return spare, cid
 
-    def _make_next(self) -> None:
-        def body() -> None:
-            try:
-                while not self._full():
-                    made = self._make_one()
-                    if made is None:
-                        return
-                    with self._ready:
-                        keep = not self._closed and len(self._spares) < self.SPARES
-                        if keep:
-                            self._spares.append(made)
-                            self._ready.notify_all()
-                    if not keep:
-                        made[0].close()
-                        return
-            finally:
-                self._making.release()
-                with self._ready:
-                    self._ready.notify_all()
-
-        self._making.acquire()
+    def _make(self) -> None:
+        """Spares up to SPARES, then _making released (the caller took it)."""
         try:
-            _thread.start_new_thread(body, ())
-        except BaseException:
+            while not self._full():
+                made = self._make_one()
+                if made is None:
+                    return
+                with self._ready:
+                    keep = not self._closed and len(self._spares) < self.SPARES
+                    if keep:
+                        self._spares.append(made)
+                        self._ready.notify_all()
+                if not keep:
+                    made[0].close()
+                    return
+        finally:
             self._making.release()
-            raise
+            with self._ready:
+                self._ready.notify_all()
+
+    def _maker(self) -> None:
+        """The maker thread: makes spares each time prepare asks, until close."""
+        while True:
+            self._wake.acquire()
+            with self._lock:
+                asked, self._asked = self._asked, False
+            if asked:
+                self._make()
+            if self._closed:
+                return
 
     def _take(self) -> tuple[netns.Spare | None, str]:
         """A ready spare; if none is, the one being made is waited for (not the one
@@ -197,8 +208,16 @@ class LiveSandboxKernel:
         would take the set-up's core and interpreter)."""
         if self._full() or not self._making.acquire(blocking=False):
             return
-        self._making.release()
-        self._make_next()
+        try:
+            if not self._maker_started:
+                _thread.start_new_thread(self._maker, ())
+                self._maker_started = True
+        except BaseException:
+            self._making.release()
+            raise
+        with self._lock:
+            self._asked = True
+        self._wake.release()  # (held: the maker is idle, or about to wait for it)
 
     def close(self) -> None:
         """The spares, if any were made, are gone (nothing named them)."""
@@ -207,6 +226,11 @@ class LiveSandboxKernel:
             spares, self._spares = self._spares, []
         for spare, _ in spares:
             spare.close()
+        if self._maker_started:
+            try:
+                self._wake.release()  # the maker ends
+            except RuntimeError:
+                pass  # (woken already: it sees _closed once its making is done)
 
     @contextmanager
     def open(self, path: str) -> Iterator[LiveSandbox]:
