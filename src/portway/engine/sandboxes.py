@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from portway.engine.context import Host
 
 HOST_FILES = ("hosts", "hostname", "resolv.conf")
+# The thread that does a set-up's work beside its netlink work (build).
+_HELPER = netns.Kept()
 
 
 def host_hostname() -> str:
@@ -302,7 +304,7 @@ class Sandboxes:
             if etc:
                 h.sandbox_kernel.write_etc(etc_path, etc)
 
-        helper = netns.Beside(beside)
+        helper = _HELPER.beside(beside)
         try:
             sandbox = h.sandbox_kernel.create(container.netns, h.tag("container", container.id))
             try:
