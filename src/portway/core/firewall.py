@@ -802,6 +802,9 @@ def render_guard_declared(endpoints: Iterable[Endpoint], instance: str) -> list[
     ruleset and the elements of every interval set (2 round trips to the kernel in place
     of 13, most of the anti-spoofing step's cost). None if an element goes to a set that
     JSON cannot declare (targets6: GUARD_PRELUDE): then render_guard's form."""
+    endpoints = list(endpoints)
+    if any(a.version == 6 for e in endpoints for a in e.addresses):
+        return None  # (its targets6 element)
     declared = _guard_sets()
     elems: dict[str, list[Any]] = {}
     for name, e, key in _guard_elements(endpoints):
