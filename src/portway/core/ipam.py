@@ -18,6 +18,12 @@ DEFAULT_POOLS: tuple[tuple[str, int], ...] = tuple(
 )
 
 
+# Docker's default pool of global-scope (overlay) networks: 10.0.0.0/8 as /24s. Apart
+# from the local pools on purpose: another host's own bridge networks come from those,
+# and an overlay network must fit on every host of the cluster, not only this one.
+OVERLAY_POOLS: tuple[tuple[str, int], ...] = (("10.0.0.0/8", 24),)
+
+
 def pool_candidates(pools: Iterable[tuple[str, int]] = DEFAULT_POOLS) -> Iterator[IPNetwork]:
     for base, size in pools:
         yield from ipaddress.ip_network(base).subnets(new_prefix=size)
@@ -48,8 +54,9 @@ def pick_subnet(taken: list[tuple[IPNetwork, str]],
     for candidate in pool_candidates(pools):
         if find_overlap(candidate, taken) is None:
             return candidate
-    raise Conflict("no free subnet is left in the default pools "
-                   "(172.17-31.0.0/16, 192.168.0.0/16)",
+    named = "172.17-31.0.0/16, 192.168.0.0/16" if tuple(pools) == DEFAULT_POOLS else \
+        ", ".join(base for base, _ in pools)
+    raise Conflict(f"no free subnet is left in the default pools ({named})",
                    "remove unused networks with 'portway network prune' or give --subnet")
 
 

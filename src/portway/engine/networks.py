@@ -96,7 +96,8 @@ class Networks:
             subnets = []
             for want in plan:
                 if want.subnet is None:
-                    net_addr = ipam.pick_subnet(taken) if want.version == 4 else \
+                    pools = ipam.OVERLAY_POOLS if driver == "overlay" else ipam.DEFAULT_POOLS
+                    net_addr = ipam.pick_subnet(taken, pools) if want.version == 4 else \
                         ipam.pick_subnet6(taken, self.ula_global_id())
                 else:
                     net_addr = want.subnet
