@@ -523,6 +523,36 @@ def test_doctor_and_gc_bring_the_vxlan_device_back_in_step(cluster: Cluster) -> 
     assert out.startswith("HTTP/1.0 200"), out
 
 
+def test_an_overlay_subnet_a_host_has_is_not_made_there(cluster: Cluster) -> None:
+    """A subnet free on the host that creates an overlay network may be a local
+    network's on another: that host makes no part of it, says why once (log, daemon
+    status), and its own network keeps every firewall element (doctor finds no drift).
+    Without --subnet an overlay network comes from Docker's global pool, 10.0.0.0/8 in
+    /24s, away from the local networks' 172.17-31/16."""
+    c = cluster
+    c.pw_b("network", "create", "--subnet", "10.210.0.0/24", "localb")
+    c.pw_a("network", "create", "--driver", "overlay", "--subnet", "10.210.0.0/24", "ov")
+    why = "overlay network ov is not made on this host: its subnet 10.210.0.0/24 overlaps " \
+          "network localb of this host"
+    wait_for(lambda: why in c.pw_b("daemon", "status").stdout, "B says why ov is not there")
+    assert _overlay_names(c.pw_b) == []
+    doctor = c.pw_b("doctor", check=False)
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+    c.pw_b("run", "-d", "--name", "b1", "--network", "localb", "--", "sleep", "60")
+    c.pw_b("rm", "-f", "b1")
+    log = (c.b_state / "portwayd.log").read_text()
+    assert log.count("overlay network ov not made here") == 1, log
+    # Without --subnet: Docker's pool for global networks.
+    c.pw_a("network", "create", "--driver", "overlay", "ov2")
+    subnets = json.loads(c.pw_a("network", "inspect", "ov2").stdout)[0]["IPAM"]["Config"]
+    assert [s["Subnet"] for s in subnets] == ["10.0.0.0/24"], subnets
+    wait_for(lambda: _overlay_names(c.pw_b) == ["ov2"], "B makes ov2")
+    c.pw_a("network", "rm", "ov")
+    wait_for(lambda: "not made" not in c.pw_b("daemon", "status").stdout,
+             "B forgets the removed ov")
+    c.pw_b("network", "rm", "localb")
+
+
 def test_cluster_ttl_flag(sandbox: Sandbox) -> None:
     sb = sandbox
     sb.env.update(PORTWAY_CLUSTER_STORE="etcd://127.0.0.1:1",

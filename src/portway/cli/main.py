@@ -639,6 +639,8 @@ def print_cluster(c: "dict[str, Any]") -> None:
               f"joined {h.get('joined', '?')}")
     if c["networks"]:
         print(f"  overlay networks: {', '.join(c['networks'])}")
+    for name, why in sorted(c.get("not_made", {}).items()):
+        print(f"  overlay network {name} is not made on this host: {why}")
 
 
 def cmd_logs(client: Client, a: Args) -> int:

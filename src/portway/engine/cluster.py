@@ -26,7 +26,7 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
-from portway.core import overlay
+from portway.core import ipam, overlay
 from portway.core.overlay import RemoteEndpoint
 from portway.engine.context import now
 from portway.engine.dns import DnsServer
@@ -101,6 +101,9 @@ class Cluster:
         # that comes or goes anywhere costs every host a reload of them all).
         self._dns_changed: set[str] = set()
         self._networks_seen = -1  # the networks version converge last made here
+        # The cluster's overlay networks not made on this host, by name: why (said in
+        # the log once, and by daemon status).
+        self.not_made: dict[str, str] = {}
         # Per network: the version its device was last brought in step with.
         self._programmed: dict[str, int] = {}
         # Per network: the other hosts' endpoints that changed since (first record before,
@@ -741,15 +744,19 @@ class Cluster:
                     self._networks_seen else ():
                 if net.id in local:
                     continue
-                if h.store.name_taken("networks", net.name):
-                    log(f"overlay network {net.name} not made here: a local network has "
-                        "its name")
-                    continue
-                try:
-                    h.networks.install(net)
-                    changed = True
-                except PortwayError as exc:
-                    log(f"cannot make overlay network {net.name} here: {exc.line()}")
+                why = self._in_the_way(net)
+                if why is None:
+                    try:
+                        h.networks.install(net)
+                        changed = True
+                    except PortwayError as exc:
+                        why = f"cannot make it here: {exc.line()}"
+                if why is not None and self.not_made.get(net.name) != why:
+                    log(f"overlay network {net.name} not made here: {why}")
+                if why is None:
+                    self.not_made.pop(net.name, None)
+                else:
+                    self.not_made[net.name] = why
             for net in local.values() if force or networks_version != \
                     self._networks_seen else ():
                 if net.id not in networks and not h.store.endpoints(network_id=net.id):
@@ -759,6 +766,9 @@ class Cluster:
                     except PortwayError as exc:
                         log(f"cannot remove overlay network {net.name} here: {exc.line()}")
             self._networks_seen = networks_version
+            for name in [n for n in self.not_made if n not in {
+                    net.name for net in networks.values()}]:
+                del self.not_made[name]  # gone from the cluster
             self._members(hosts)
             for net in h.store.networks():
                 if net.driver != "overlay":
@@ -792,6 +802,25 @@ class Cluster:
                 if self._apply(net, index, want, plan):
                     self._programmed[net.id] = want
             self._names_published(endpoints, names, dns_changed, changed)
+
+    def _in_the_way(self, net: Network) -> str | None:
+        """What keeps an overlay network another host made from being made here (the
+        caller holds the engine's lock), or None. Its subnets were free on the host
+        that made it, not necessarily here: one that overlaps a network of this host or
+        one of its own routes would take their traffic (and the firewall's elements of
+        one subnet are one network's), so it is not made, and says why."""
+        h = self.h
+        if h.store.name_taken("networks", net.name):
+            return ("a network of this host has its name; rename or remove the local "
+                    "one (portway network rm NAME) and the overlay network is made here")
+        taken = h.networks.taken_ranges()
+        for sub in net.subnets:
+            holder = ipam.find_overlap(sub.subnet, taken)
+            if holder is not None:
+                return (f"its subnet {sub.subnet} overlaps {holder} of this host; remove "
+                        f"or renumber that one, or create the overlay network with "
+                        "another --subnet")
+        return None
 
     def _members(self, hosts: list[str]) -> None:
         """The firewall's set of the members' VTEPs, as the view's host records say (the
@@ -953,11 +982,13 @@ class Cluster:
                                                                 if k != "address"}}
                      for a, r in sorted(self.hosts.items())]
             networks = sorted(n.name for n in self.networks.values())
+        not_made = dict(self.not_made)
         return {"store": self.etcd.url(), "advertise_address": str(self.advertise),
                 "state": self.state, "error": self.last_error,
                 "lease": f"{self.lease:x}" if self.lease else "", "ttl": self.ttl,
                 "revision": self.watch.revision, "relists": self.watch.relists,
                 "members": members, "hosts": hosts, "networks": networks,
+                "not_made": not_made,
                 "programmed": self.programmed}
 
 
