@@ -195,8 +195,12 @@ def write(w: World) -> None:
     w.check("NAT66 shows the host's address", seen.startswith(HOST_ADDR6))
     w.text("With `-o com.docker.network.bridge.gateway_mode_ipv6=routed` the network's "
            "IPv6 is not masqueraded: for a host whose neighbours route the subnet to it "
-           "(a global prefix delegated to the host, say). Containers are still reachable "
-           "from outside only on their published ports.")
+           "(a global prefix delegated to the host, say). Containers are reachable from "
+           "outside only on their published ports: as with Docker 27, a published container "
+           "port is also open at the container's own address (`-p 8080:80`: port 80 of the "
+           "container's IPv6 address, for a client that routes the subnet to the host), and "
+           "an unpublished one is not. Unlike Docker, which then leaves the host port out "
+           "for that family, the host port keeps working too.")
 
     w.text("## Published ports",
            "`-p 8080:80` publishes on both families of the host when the container has "

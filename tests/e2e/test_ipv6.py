@@ -124,6 +124,44 @@ def test_dual_stack_end_to_end(sandbox: Sandbox, tmp_path: Path) -> None:
         server.wait()
 
 
+def test_routed_ipv6_opens_published_container_ports(sandbox: Sandbox, tmp_path: Path) -> None:
+    """Docker 27's gateway_mode_ipv6=routed (its own example): IPv6 leaves without NAT66,
+    and a published container port is open at the container's own address to a client
+    that routes the subnet to the host; an unpublished one stays closed (the control).
+    IPv4 keeps NAT: its published port on the host, no direct access."""
+    sb = sandbox
+    log = tmp_path / "outside.log"
+    server = outside_server(sb, log)
+    try:
+        sb.pw("network", "create", "--ipv6", "--subnet", "10.141.0.0/24", "--subnet",
+              "fd00:141::/64", "-o", "com.docker.network.bridge.gateway_mode_ipv6=routed",
+              "r6")
+        served(sb, "web", "--network", "r6", "-p", "8080:80")
+        served(sb, "quiet", "--network", "r6")
+        sh("ip", "-n", sb.outside, "-6", "route", "add", "fd00:141::/64", "via", HOST_ADDR6)
+        sh("ip", "-n", sb.outside, "route", "add", "10.141.0.0/24", "via", sb.host_addr)
+        outside = ["ip", "netns", "exec", sb.outside]
+        assert get(outside, "http://[fd00:141::2]/") == "200"
+        assert f"{OUTSIDE_ADDR6} - -" in sb.pw("logs", "web").stdout
+        assert get(outside, "http://[fd00:141::3]/", 1).startswith("fail")
+        assert get(outside, "http://10.141.0.2/", 1).startswith("fail")
+        assert get(outside, f"http://{sb.host_addr}:8080/") == "200"
+        trace = json.loads(sb.pw("trace", "--json", "outside", "[fd00:141::2]:80").stdout)
+        assert trace["verdict"] == "delivered", trace
+        # Out without NAT66: the outside sees the container's own address.
+        web = sb.pw_cmd("exec", "web", "--")
+        assert get(web, f"http://[{OUTSIDE_ADDR6}]:9000/") == "200"
+        assert "fd00:141::2 - -" in log.read_text()
+        # Its element goes with the container; gc keeps it while it runs.
+        assert sb.pw("doctor").stdout.startswith("healthy")
+        sb.pw("stop", "web")
+        assert "fd00:141::2" not in sb.in_host("nft", "list", "set", "inet", "portway",
+                                               "routed_ports6").stdout
+    finally:
+        server.kill()
+        server.wait()
+
+
 UDP_ECHO = ("import socket\n"
             "s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\n"
             "s.bind(('::', 5300))\n"

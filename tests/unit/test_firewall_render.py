@@ -515,3 +515,23 @@ def test_gc_makes_every_chain_before_the_chains_that_go_to_it() -> None:
         elif "element" in body:
             for target in _targets(body["element"]["elem"]):
                 assert target in made
+
+
+def test_routed_mode_opens_published_container_ports_alone() -> None:
+    """gateway_mode_ipv4=routed: the network's out- chain accepts what the routed_ports
+    set names (container address, protocol, container port) before its drop; a routed
+    port adds its element there, a NATed one does not."""
+    routed = network(**{"com.docker.network.bridge.gateway_mode_ipv4": "routed"})
+    out = [c["add"]["rule"] for c in firewall.render_network(routed, INSTANCE)
+           if "rule" in c["add"] and c["add"]["rule"]["chain"] == f"out-{'ab' * 6}"]
+    direct = next(i for i, r in enumerate(out) if "@routed_ports" in json.dumps(r["expr"]))
+    assert out[direct + 1]["comment"].endswith("no direct access from outside")
+    assert "@routed_ports" not in json.dumps(firewall.render_network(network(), INSTANCE))
+    port = Published(container_id="cd" * 32, protocol="tcp", host_port=8080,
+                     container_ip=ipaddress.ip_address("10.77.0.2"), container_port=80,
+                     routed=True)
+    sets = {c["add"]["element"]["name"]: c["add"]["element"]["elem"]
+            for c in firewall.render_ports([port], INSTANCE)}
+    assert sets["routed_ports"][0]["elem"]["val"] == {"concat": ["10.77.0.2", "tcp", 80]}
+    assert "routed_ports" not in {c["add"]["element"]["name"]
+                                  for c in firewall.render_ports([published(8080)], INSTANCE)}

@@ -111,6 +111,9 @@ class Published:
     container_ip: IPAddress
     container_port: int
     host_ip: IPAddress | None = None
+    # The container address's family is routed on its network (gateway_mode_ipv4/6=
+    # routed): the container port is also open at the container's own address.
+    routed: bool = False
 
 
 def _meta(key: str) -> dict[str, Any]:
@@ -211,6 +214,9 @@ def render_base() -> list[Cmd]:
             _map(f.name("pub_any_port"), ["inet_proto", "inet_service"], "inet_service"),
             _map(f.name("pub_ip_addr"), [f.addr, "inet_proto", "inet_service"], f.addr),
             _map(f.name("pub_ip_port"), [f.addr, "inet_proto", "inet_service"], "inet_service"),
+            # Routed mode's published ports: container address, protocol, container port.
+            {"add": {"set": {**T, "name": f.name("routed_ports"),
+                             "type": [f.addr, "inet_proto", "inet_service"]}}},
         ]
     # The regular chains first, each before any chain whose rules go to it: gc restores
     # chains in this order, so a table an earlier portway made (without some of them)
@@ -524,6 +530,16 @@ def render_network(network: Network, instance: str) -> list[Cmd]:
         cmds.append(_rule(fout, [_match(_meta("iifname"), "@bridges"), {"accept": None}],
                           f"{owner}: not isolated (isolate=false): from other portway "
                           "networks that are not strict"))
+    for f in FAMILIES:
+        # Docker 27's routed mode: a published container port is open at the
+        # container's own address (the host port plays no part in that).
+        if network.of_version(f.version) is not None and routed(network, f.version) \
+                and not network.internal:
+            dest = {"concat": [_payload(f.proto, "daddr"), _meta("l4proto"),
+                               _payload("th", "dport")]}
+            cmds.append(_rule(fout, [_match(dest, f"@{f.name('routed_ports')}"),
+                                     {"accept": None}],
+                              f"{owner}: published ports, routed{f.label}"))
     cmds += [
         _rule(fout, [{"drop": None}], f"{owner}: no direct access from outside"),
         # Reached by the source address (src_in): from anywhere but the network's bridge
@@ -618,13 +634,16 @@ def _port_elements(p: Published) -> list[tuple[str, Any, Any]]:
     """The map elements of one published port, in the maps of its container address's
     family."""
     f = family(p.container_ip.version)
+    direct: list[tuple[str, Any, Any]] = [] if not p.routed else [
+        (f.name("routed_ports"), {"concat": [str(p.container_ip), p.protocol,
+                                             p.container_port]}, None)]
     if p.host_ip is None:
         key: dict[str, Any] = {"concat": [p.protocol, p.host_port]}
         return [(f.name("pub_any_addr"), key, str(p.container_ip)),
-                (f.name("pub_any_port"), key, p.container_port)]
+                (f.name("pub_any_port"), key, p.container_port), *direct]
     key = {"concat": [str(p.host_ip), p.protocol, p.host_port]}
     return [(f.name("pub_ip_addr"), key, str(p.container_ip)),
-            (f.name("pub_ip_port"), key, p.container_port)]
+            (f.name("pub_ip_port"), key, p.container_port), *direct]
 
 
 def render_vtep(address: IPAddress, instance: str) -> list[Cmd]:

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from portway.core import firewall
 from portway.core.firewall import Published
 from portway.core.names import MACVLAN_PREFIX
 from portway.core.ports import format_mapping, host_port_holder, parse_port_key
@@ -292,9 +293,11 @@ class Publishing:
         # that address's family only; ::1 is the relay's alone (no rule can DNAT it).
         targets = [a for i, a in enumerate(first.addresses)
                    if all(b.version != a.version for b in first.addresses[:i])]
+        net = self.h.store.find_network(first.network_id)
+        routed = {v for v in (4, 6) if net is not None and firewall.routed(net, v)}
         return [Published(container_id=c.id, protocol=p.protocol, host_port=p.host_port,
                           container_ip=a.ip, container_port=p.container_port,
-                          host_ip=p.host_ip)
+                          host_ip=p.host_ip, routed=a.version in routed)
                 for p in c.ports for a in targets
                 if p.host_ip is None or (p.host_ip.version == a.version and
                                          not (a.version == 6 and p.host_ip.is_loopback))]
