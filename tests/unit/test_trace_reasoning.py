@@ -504,3 +504,28 @@ def test_vxlan_to_the_host_is_dropped_from_every_network_and_only_there() -> Non
     _, _, alive = rs.run_hook(("inet", "ip"), "input", replace(vxlan, dport=4790),
                               frozenset())
     assert alive
+
+
+def test_an_internal_network_is_named_as_the_reason_both_ways() -> None:
+    """A container of an internal network only, with no way out, is told that the
+    network is internal (not to add a default route, which the firewall would then
+    drop); an outside client of such a container is not told to publish a port, which
+    an internal network cannot."""
+    inner = replace(DB, internal=True)
+    cmds = [*firewall.render_base(), *firewall.render_network(APP, INSTANCE),
+            *firewall.render_network(inner, INSTANCE), *firewall.render_ports(PORTS, INSTANCE)]
+    w = world()
+    store = w.spaces["store"]
+    w.spaces["store"] = replace(store, routes=[r for r in store.routes if r.dst.prefixlen])
+    control = trace(w, "store", packet("198.51.100.2", 80), "store", "198.51.100.2:80")
+    assert control.verdict == "no-route" and "ip route add default" in control.fix
+    w.internal = [(inner.subnet, "db")]  # type: ignore[list-item]
+    t = trace(w, "store", packet("198.51.100.2", 80), "store", "198.51.100.2:80")
+    assert t.verdict == "no-route" and t.summary.endswith(
+        "network db is internal, with no way out on purpose"), t.summary
+    assert t.fix.startswith("connect the container to a network that is not internal")
+    w = replace(world(), host=replace(world().host, ruleset=listing(cmds)))
+    t = trace(w, "outside", packet("10.78.0.2", 5432, "198.51.100.2", "uplink0"),
+              "outside", "10.78.0.2:5432")
+    assert t.verdict == "dropped" and "internal, nothing comes in from outside" in t.summary
+    assert "publish the port there" in t.fix and "portway run -p" not in t.fix

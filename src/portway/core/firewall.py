@@ -541,7 +541,8 @@ def render_network(network: Network, instance: str) -> list[Cmd]:
                                      {"accept": None}],
                               f"{owner}: published ports, routed{f.label}"))
     cmds += [
-        _rule(fout, [{"drop": None}], f"{owner}: no direct access from outside"),
+        _rule(fout, [{"drop": None}], f"{owner}: internal, nothing comes in from outside"
+              if network.internal else f"{owner}: no direct access from outside"),
         # Reached by the source address (src_in): from anywhere but the network's bridge
         # to src_other (the host's own over lo goes on through the guard; the rest is
         # dropped), so what its containers send meets one comparison here.

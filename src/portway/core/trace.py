@@ -485,6 +485,8 @@ class World:
     published: list[str] = field(default_factory=list)
     # Subnets whose containers leave without masquerade on purpose (routed mode).
     routed: list[IPNetwork] = field(default_factory=list)
+    # The subnets of internal networks (no way out, on purpose), with the network's name.
+    internal: list[tuple[IPNetwork, str]] = field(default_factory=list)
     # Whether the way back from beyond the host's edge is judged (off: the request
     # alone, which is what a live probe stopped at the edge can be compared with).
     beyond: bool = True
@@ -675,6 +677,9 @@ PORTWAY_FIXES = (  # portway's own rules (by their comment): the setting that ch
     ("no direct access from outside", "a container address is not reached from outside "
      "on purpose: publish the port (portway run -p HOSTPORT:PORT ...) and connect to the "
      "host"),
+    ("internal, nothing comes in", "the network is internal (nothing comes in from "
+     "outside, on purpose): connect the container to a network that is not internal as "
+     "well (portway network connect NETWORK CONTAINER) and publish the port there"),
     ("internal", "the network is internal (no way out, on purpose): attach the container "
      "to a network that is not internal as well (portway network connect NETWORK "
      "CONTAINER)"))
@@ -907,7 +912,14 @@ class _Walk:
             if gateway is not None:
                 fix = "a default route through " + f"{gateway[1]}: " + in_space(
                     space, f"ip route add default via {gateway[0]}") + f" (or only {net})"
-            self.end("no-route", f"{space.label} has no route to {packet.daddr}", packet, fix)
+            summary = f"{space.label} has no route to {packet.daddr}"
+            inside = self.internal_only(space, packet.version)
+            if inside:
+                summary += f": {' and '.join(inside)} {'is' if len(inside) == 1 else 'are'} " \
+                    "internal, with no way out on purpose"
+                fix = "connect the container to a network that is not internal as well " \
+                    "(portway network connect NETWORK CONTAINER)"
+            self.end("no-route", summary, packet, fix)
         assert route is not None
         if route.kind != "unicast":
             self.hop("route", space.label, f"{what}: {route.text(packet.daddr)}{from_iif}{by}")
@@ -925,6 +937,20 @@ class _Walk:
         self.hop("route", space.label,
                  f"{what}: {route.text(packet.daddr)}{from_iif}{by}{how}")
         return route
+
+    def internal_only(self, space: Space, version: int) -> list[str]:
+        """The internal networks space is on, if it is on no other network of the family
+        (its addresses all in internal subnets): their names; else none."""
+        names: list[str] = []
+        for i in space.ifaces:
+            for a in i.addrs:
+                if a.version != version or a.ip.is_link_local or a.ip.is_loopback:
+                    continue
+                name = next((n for sub, n in self.world.internal if a.ip in sub), None)
+                if name is None:
+                    return []
+                names.append(f"network {name}")
+        return list(dict.fromkeys(names))
 
     def gateway_for(self, space: Space, version: int) -> tuple[IPAddress, str] | None:
         """A router on space's own links: the address, on one of its subnets, of what

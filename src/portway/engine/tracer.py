@@ -466,6 +466,8 @@ def observe_world(engine: Engine | Observer
     world = core.World(host=host, spaces=spaces, bridge_nf=bridge_nf, bridge_nf6=bridge_nf6,
                        behind=behind, sctp=observe.has_sctp())
     world.published, world.routed = _published(engine, every)
+    world.internal = [(sub.subnet, n.name) for n in engine.store.networks() if n.internal
+                      for sub in n.subnets]
     modelled = Modelled(containers)
     discover(world, engine.host, modelled)
     return world, containers, modelled
