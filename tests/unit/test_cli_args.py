@@ -67,6 +67,13 @@ def p(*argv: str) -> dict[str, Any]:
     (["daemon", "status"], {"action": "status"}),
     (["gc", "--dry-run"], {"dry_run": True}),
     ([], {"command": None}),
+    # Docker's boolean flags take a value too.
+    (["network", "create", "--ipv6=false", "--internal=true", "--attachable=0", "n"],
+     {"ipv6": False, "internal": True, "attachable": False, "name": "n"}),
+    (["network", "create", "--ipv6=True", "--ipv4=false", "n"], {"ipv6": True,
+                                                               "ipv4": "false"}),
+    (["run", "-d", "--rm=false", "--privileged=true", "ls"], {"detach": True, "rm": False,
+                                                            "privileged": True}),
     (["network"], {"command": "network", "net_command": None}),
 ])
 def test_parses(argv: list[str], expected: dict[str, Any]) -> None:
@@ -78,7 +85,7 @@ def test_parses(argv: list[str], expected: dict[str, Any]) -> None:
     (["bogus"], "unknown command 'bogus'", "portway"),
     (["run", "--bogus"], "unknown option --bogus", "portway run"),
     (["run", "-dx"], "unknown option -x in -dx", "portway run"),
-    (["run", "--rm=yes"], "option --rm takes no value", "portway run"),
+    (["run", "--rm=yes"], "option --rm: invalid value 'yes' (true or false)", "portway run"),
     (["run", "--name"], "option --name needs a value (NAME)", "portway run"),
     (["stop", "-t", "soon", "a"], "option -t: invalid value 'soon'", "portway stop"),
     (["rm"], "CONTAINER is missing", "portway rm"),

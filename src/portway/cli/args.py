@@ -3,6 +3,7 @@
 argparse imports `re` and `gettext`: about 10 ms of every CLI call, a third of
 a `portway run -d`. This parser does what portway's commands need and no more:
 options before, between or after positionals, `--opt=value` and `-oVALUE`,
+`--flag=true|false` (as Docker's flags),
 combined short flags (`-dq`), repeatable options, `--` ending the options, and
 a trailing command (`run ... -- COMMAND ARG...`). Pure and standard-library only.
 """
@@ -11,6 +12,11 @@ TYPE_CHECKING = False  # typing costs milliseconds to import; mypy still sees th
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
+
+
+# What a flag may be set to as --flag=VALUE: Go's strconv.ParseBool, as pflag takes it.
+BOOLS = {**dict.fromkeys(("1", "t", "T", "true", "TRUE", "True"), True),
+         **dict.fromkeys(("0", "f", "F", "false", "FALSE", "False"), False)}
 
 
 class UsageError(Exception):
@@ -134,9 +140,14 @@ def _option(cmd: Command, word: str, argv: list[str], i: int, prog: str,
     if opt is None:
         raise UsageError(f"unknown option {name}", prog)
     if opt.kind == "flag":
-        values[opt.dest] = True
         if value is not None and word.startswith("--"):
-            raise UsageError(f"option {name} takes no value", prog)
+            # Docker's (pflag's) boolean flags: --ipv6=false, --internal=true.
+            if value not in BOOLS:
+                raise UsageError(f"option {name}: invalid value {value!r} (true or false)",
+                                 prog)
+            values[opt.dest] = BOOLS[value]
+            return i
+        values[opt.dest] = True
         for letter in value or "":  # -dq: more short flags
             more = cmd.by_name.get(f"-{letter}")
             if more is None or more.kind != "flag":
