@@ -153,7 +153,16 @@ def scenario(d: Doc) -> None:
            "its name and a VNI are claimed in one etcd transaction (of two hosts that "
            "create the same name at once, exactly one wins), and every host makes its "
            "own bridge and VXLAN device as it sees the network appear. The MTU is the "
-           "underlay's less the 50 bytes VXLAN adds.")
+           "underlay's less the 50 bytes VXLAN adds. Without `--subnet` the network gets a "
+           "free /24 of 10.0.0.0/8, Docker's pool "
+           "for overlay networks, kept apart from the pools of the hosts' own bridge "
+           "networks (172.17-31.0.0/16, 192.168.0.0/16); with `--ipv6`, a /64 of the "
+           "creating host's unique local /48. A subnet free on the host that creates the "
+           "network may still be used on another (by one of its own networks, or a route): "
+           "that host does not make the network, says why once in its log, and `daemon "
+           "status` there shows it (`overlay network NAME is not made on this host: its "
+           "subnet 10.210.0.0/24 overlaps network localb of this host; ...`) until the "
+           "network or the local one goes.")
     net_id = d.pw(0, "network", "create", "--driver", "overlay", "--subnet",
                   "10.200.0.0/24", "multi").strip()
     d.wait("B has the network", lambda: "multi" in d.quiet(1, "network", "ls"))
