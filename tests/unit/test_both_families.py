@@ -7,6 +7,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -76,10 +77,26 @@ def test_network_plans_hold_together(subnets: list[str], gateways: list[str],
 def test_port_specs_of_either_family(address: Any, host_port: int, container_port: int,
                                      proto: str) -> None:
     host = f"[{address}]" if address.version == 6 else str(address)
+    if address.version == 6 and (address.is_link_local or address.ipv4_mapped is not None):
+        with pytest.raises(InvalidInput):  # no socket is bound to these as written
+            parse_port_spec(f"{host}:{host_port}:{container_port}{proto}")
+        return
     (mapping,) = parse_port_spec(f"{host}:{host_port}:{container_port}{proto}")
     assert (mapping.host_port, mapping.container_port) == (host_port, container_port)
     assert mapping.protocol == (proto[1:] or "tcp")
     assert mapping.host_ip in ((None, address) if address.is_unspecified else (address,))
+
+
+@pytest.mark.parametrize(("spec", "message", "hint"), [
+    ("[::ffff:127.0.0.1]:8080:80", "host address ::ffff:127.0.0.1 in '[::ffff:127.0.0.1]:8080:80' "
+     "is an IPv4 address written as IPv6", "write it as IPv4: 127.0.0.1:8080:80"),
+    ("[fe80::1]:8080:80/udp", "cannot publish on fe80::1 in '[fe80::1]:8080:80/udp': a "
+     "link-local address belongs to one link", "on all of them (no address)"),
+])
+def test_host_addresses_no_socket_takes(spec: str, message: str, hint: str) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        parse_port_spec(spec)
+    assert caught.value.message.startswith(message) and caught.value.hint.endswith(hint)
 
 
 @given(st.text(alphabet="[]:.0123456789abcdef/-udptc", max_size=30))

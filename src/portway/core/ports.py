@@ -32,6 +32,22 @@ def port_range(text: str, spec: str) -> tuple[int, int]:
     return lo, hi
 
 
+def check_host_ip6(host_ip: IPAddress, spec: str, written: str) -> None:
+    """An IPv6 host address a socket can be bound to as written: not an IPv4 address in
+    IPv6's clothes (the host's IPv4 sockets hold those), not a link-local one (an
+    address of one link, which a port mapping has no way to name)."""
+    assert isinstance(host_ip, ipaddress.IPv6Address)
+    if host_ip.ipv4_mapped is not None:
+        plain = spec.strip().replace(written, str(host_ip.ipv4_mapped), 1)
+        raise InvalidInput(f"host address {written.strip('[]')} in {spec!r} is an IPv4 "
+                           "address written as IPv6", f"write it as IPv4: {plain}")
+    if host_ip.is_link_local:
+        raise InvalidInput(f"cannot publish on {host_ip} in {spec!r}: a link-local address "
+                           "belongs to one link, which a published port cannot name",
+                           "publish on one of the host's other addresses (ip addr), or "
+                           "on all of them (no address)")
+
+
 def parse_port_spec(spec: str) -> list[PortMapping]:
     """One spec into one mapping per port. host_port 0 means 'pick a free one'."""
     m = _SPEC.fullmatch(spec.strip())
@@ -47,6 +63,8 @@ def parse_port_spec(spec: str) -> list[PortMapping]:
             raise InvalidInput(f"invalid host address {raw!r} in {spec!r}", HINT) from None
         if host_ip.is_unspecified:
             host_ip = None
+        elif host_ip.version == 6:
+            check_host_ip6(host_ip, spec, m.group("ip"))
     c_lo, c_hi = port_range(m.group("cport"), spec)
     if m.group("hport"):
         h_lo, h_hi = port_range(m.group("hport"), spec)
