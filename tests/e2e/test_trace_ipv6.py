@@ -196,7 +196,10 @@ def test_dual_stack_destination_family(paths6: tuple[Sandbox, Path]) -> None:
 def test_ipv6_trace_bad_input(paths6: tuple[Sandbox, Path]) -> None:
     sb, _ = paths6
     for args, words in ((["cli", "fd00:160::2"], "no port in 'fd00:160::2'"),
-                        (["cli", "fd00:160::2:80"], "[fd00:160::2:80]:80"),
+                        (["cli", "fd00:160::2:80"], "[fd00:160::2]:80 for port 80 of "
+                                                    "fd00:160::2, or [fd00:160::2:80]:80"),
+                        (["cli", "[fd00:160::2]"], "say which port: [fd00:160::2]:80, or "
+                                                   "[fd00:160::2]:53/udp"),
                         (["cli", "[fd00:160::2]80"], "malformed destination"),
                         (["cli", "[web]:80"], "invalid IPv6 address 'web'"),
                         (["cli", "web:80", "-4", "-6"], "exclude each other"),
@@ -210,6 +213,7 @@ def test_ipv6_trace_bad_input(paths6: tuple[Sandbox, Path]) -> None:
         cp = sb.pw("trace", *args, check=False)
         if words is None:  # allowed: the source's lack of IPv6 shows as the verdict
             assert cp.returncode == 0 and "verdict: no-route" in cp.stdout, cp.stderr
+            assert "container old has no IPv6 address" in cp.stdout, cp.stdout
             continue
         assert cp.returncode == 2 and words in cp.stderr, (args, cp.stderr)
         assert cp.stderr.count("\n") == 1 and "Traceback" not in cp.stderr

@@ -278,9 +278,12 @@ def test_ipv6_needs_ipv6_forwarding_and_routes() -> None:
     assert t.verdict == "dropped" and "forwarding=0 for IPv6" in t.summary
     t = trace(world(forwarding6=False), "web", packet("198.51.100.2", 9000), "web", "x")
     assert t.verdict == "leaves-host"  # IPv4 forwarding is on
-    # A container of an IPv4-only network has no IPv6 route at all.
+    # A container of an IPv4-only network has no IPv6 route at all: it is told that it
+    # has no IPv6 address, not to add a route it could not use.
     t = trace(world(), "old", packet(OUTSIDE6, 9000), "old", "x")
     assert t.verdict == "no-route"
+    assert t.summary == f"container old has no IPv6 address, so no route to {OUTSIDE6}"
+    assert t.fix.startswith("connect the container to a network with IPv6 as well")
 
 
 @pytest.mark.parametrize(("text", "parsed"), [
@@ -310,6 +313,13 @@ def test_bad_destinations_say_what_is_wrong(text: str, words: str) -> None:
     with pytest.raises(InvalidInput) as err:
         split_destination(text)
     assert words in err.value.message and "\n" not in err.value.line()
+
+
+def test_an_ipv6_destination_without_its_port_is_told_the_brackets() -> None:
+    with pytest.raises(InvalidInput) as err:
+        split_destination("fd00::2:80")
+    assert err.value.hint == "say which port: [fd00::2]:80 for port 80 of fd00::2, or " \
+        "[fd00::2:80]:80 (an IPv6 address goes in brackets before its port)"
 
 
 def test_portwayds_own_sockets_take_only_the_hosts_connections() -> None:

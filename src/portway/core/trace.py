@@ -50,6 +50,14 @@ def asks(addr: IPAddress) -> str:
 BRACKETS_HINT = "write an IPv6 address with its port as [ADDR]:PORT, e.g. [fd00::2]:80"
 
 
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def split_destination(text: str) -> tuple[str, int | None, str]:
     """NAME-or-IP[:PORT][/PROTO]; an IPv6 address with a port as [ADDR]:PORT."""
     proto = "tcp"
@@ -76,7 +84,11 @@ def split_destination(text: str) -> tuple[str, int | None, str]:
             raise InvalidInput(f"malformed destination {text!r}",
                                f"give NAME:PORT, IPV4:PORT or [IPV6]:PORT; "
                                f"{BRACKETS_HINT}") from None
-        raise InvalidInput(f"no port in {text!r}", f"say which port: [{text}]:80")
+        addr, _, last = text.rpartition(":")
+        maybe = f"[{addr}]:{last} for port {last} of {addr}, or " if _is_ipv6(addr) and \
+            last.isdigit() else ""
+        raise InvalidInput(f"no port in {text!r}", f"say which port: {maybe}[{text}]:80 "
+                           "(an IPv6 address goes in brackets before its port)")
     elif ":" in text:
         text, _, raw = text.rpartition(":")
     port: int | None = None
@@ -914,7 +926,14 @@ class _Walk:
                     space, f"ip route add default via {gateway[0]}") + f" (or only {net})"
             summary = f"{space.label} has no route to {packet.daddr}"
             inside = self.internal_only(space, packet.version)
-            if inside:
+            if space.label.startswith("container ") and not any(
+                    a.version == packet.version and not (a.ip.is_loopback or a.ip.is_link_local)
+                    for i in space.ifaces for a in i.addrs):
+                summary = f"{space.label} has no IPv{packet.version} address, so no route " \
+                    f"to {packet.daddr}"
+                fix = f"connect the container to a network with IPv{packet.version} as well " \
+                    "(portway network connect NETWORK CONTAINER)"
+            elif inside:
                 summary += f": {' and '.join(inside)} {'is' if len(inside) == 1 else 'are'} " \
                     "internal, with no way out on purpose"
                 fix = "connect the container to a network that is not internal as well " \

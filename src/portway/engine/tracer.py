@@ -696,8 +696,9 @@ def run(engine: Engine | Observer, source: str, destination: str, from_ip: str |
                            "trace the SCTP path without --live")
     client, family = _parse_from_ip(from_ip, source, family)
     if port is None:
+        where = f"[{name}]" if ":" in name else name
         raise InvalidInput(f"no port in {destination!r}",
-                           f"say which port: {name}:80, or {name}:53/udp")
+                           f"say which port: {where}:80, or {where}:53/udp")
     world, containers, modelled = observe_world(engine)
     try:
         src_key = _source(engine, world, containers, modelled, source)
