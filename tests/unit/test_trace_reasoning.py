@@ -529,3 +529,14 @@ def test_an_internal_network_is_named_as_the_reason_both_ways() -> None:
               "outside", "10.78.0.2:5432")
     assert t.verdict == "dropped" and "internal, nothing comes in from outside" in t.summary
     assert "publish the port there" in t.fix and "portway run -p" not in t.fix
+
+
+def test_icc_off_says_which_setting_keeps_containers_apart() -> None:
+    apart = replace(APP, options={firewall.ICC_OPTION: "false"})
+    cmds = [*firewall.render_base(), *firewall.render_network(apart, INSTANCE),
+            *firewall.render_network(DB, INSTANCE), *firewall.render_ports(PORTS, INSTANCE)]
+    w = replace(world(), host=replace(world().host, ruleset=listing(cmds)))
+    t = trace(w, "web", packet("10.77.0.3", 80), "web", "cache:80")
+    assert t.verdict == "dropped" and t.summary.endswith("between its containers (icc)")
+    assert t.fix.startswith("the network keeps its containers apart on purpose "
+                            "(com.docker.network.bridge.enable_icc=false)"), t.fix

@@ -686,6 +686,10 @@ PORTWAY_FIXES = (  # portway's own rules (by their comment): the setting that ch
     ("isolation from other portway networks", "networks are isolated from each other on "
      "purpose: attach the client to the server's network (portway network connect "
      "NETWORK CONTAINER)"),
+    ("between its containers (icc)", "the network keeps its containers apart on purpose "
+     "(com.docker.network.bridge.enable_icc=false): reach the server through a port it "
+     "publishes, or connect both to a network with icc on (portway network connect "
+     "NETWORK CONTAINER)"),
     ("no direct access from outside", "a container address is not reached from outside "
      "on purpose: publish the port (portway run -p HOSTPORT:PORT ...) and connect to the "
      "host"),
