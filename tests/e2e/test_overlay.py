@@ -547,9 +547,18 @@ def test_an_overlay_subnet_a_host_has_is_not_made_there(cluster: Cluster) -> Non
     subnets = json.loads(c.pw_a("network", "inspect", "ov2").stdout)[0]["IPAM"]["Config"]
     assert [s["Subnet"] for s in subnets] == ["10.0.0.0/24"], subnets
     wait_for(lambda: _overlay_names(c.pw_b) == ["ov2"], "B makes ov2")
-    c.pw_a("network", "rm", "ov")
+    # A bridge name given at create that is a link of B's own: B leaves its link alone.
+    sh("ip", "-n", c.b_host, "link", "add", "brb0", "type", "bridge")
+    c.pw_a("network", "create", "--driver", "overlay", "-o",
+           "com.docker.network.bridge.name=brb0", "ov3")
+    wait_for(lambda: "overlay network ov3 is not made on this host: bridge name 'brb0' is "
+             "taken: the host has a link of that name" in c.pw_b("daemon", "status").stdout,
+             "B says why ov3 is not there")
+    assert "ifalias" not in ip_json(c.b_host, "link", "show", "brb0")[0]
+    c.pw_a("network", "rm", "ov", "ov3")
     wait_for(lambda: "not made" not in c.pw_b("daemon", "status").stdout,
-             "B forgets the removed ov")
+             "B forgets the removed ov and ov3")
+    sh("ip", "-n", c.b_host, "link", "del", "brb0")
     c.pw_b("network", "rm", "localb")
 
 

@@ -26,7 +26,7 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
-from portway.core import ipam, overlay
+from portway.core import ipam, names, overlay
 from portway.core.overlay import RemoteEndpoint
 from portway.engine.context import now
 from portway.engine.dns import DnsServer
@@ -750,7 +750,7 @@ class Cluster:
                         h.networks.install(net)
                         changed = True
                     except PortwayError as exc:
-                        why = f"cannot make it here: {exc.line()}"
+                        why = exc.line()
                 if why is not None and self.not_made.get(net.name) != why:
                     log(f"overlay network {net.name} not made here: {why}")
                 if why is None:
@@ -813,6 +813,11 @@ class Cluster:
         if h.store.name_taken("networks", net.name):
             return ("a network of this host has its name; rename or remove the local "
                     "one (portway network rm NAME) and the overlay network is made here")
+        if net.bridge != names.bridge_name(net.id):
+            try:  # a bridge name given at create: not a link of this host's
+                h.networks.check_bridge_name(net.bridge)
+            except PortwayError as exc:
+                return exc.line()
         taken = h.networks.taken_ranges()
         for sub in net.subnets:
             holder = ipam.find_overlap(sub.subnet, taken)
