@@ -107,7 +107,13 @@ def test_show_and_graph_of_both_families(sandbox: Sandbox) -> None:
                                                      "[::]:8080->80/tcp"]
     text = sb.pw("show").stdout
     assert "network app  10.66.0.0/24, fd00:66::/64  gateway 10.66.0.1, fd00:66::1" in text
-    assert "network six  fd00:67::/64  gateway fd00:67::1" in text
+    assert "network six  fd00:67::/64  gateway fd00:67::1\n" in text
+    # What sets a network's packets apart is on its line: a family routed, icc off.
+    sb.pw("network", "create", "r6", "--ipv6", "--subnet", "10.68.0.0/24", "--subnet",
+          "fd00:68::/64", "-o", "com.docker.network.bridge.gateway_mode_ipv6=routed", "-o",
+          "com.docker.network.bridge.enable_icc=false")
+    assert "network r6  10.68.0.0/24, fd00:68::/64  gateway 10.68.0.1, fd00:68::1, IPv6 " \
+        "routed (no NAT), icc off\n" in sb.pw("show").stdout
     assert "10.66.0.2, fd00:66::2" in text and "fd00:67::2" in text
     dot = sb.pw("graph").stdout
     assert "fd00:66::/64 gw fd00:66::1" in dot and "\\n10.66.0.2\\nfd00:66::2" in dot

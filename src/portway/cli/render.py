@@ -110,7 +110,8 @@ def show_text(topo: dict[str, Any]) -> str:
             br = f"bridge {bridge['Name']} #{bridge['Index']} ({state}, mtu {bridge['Mtu']})"
         else:
             br, trouble = f"bridge {bridge['Expected']} MISSING", True
-        kind = ", internal" if net["Internal"] else ""
+        kind = "".join(f", {m}" for m in (["internal"] if net["Internal"] else [])
+                       + net.get("Modes", []))
         subnet, gateway = subnets(net)
         # No subnet: a Podman network with ipam driver none (its containers address
         # themselves, if at all).

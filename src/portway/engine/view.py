@@ -14,6 +14,7 @@ import os
 import re
 from typing import TYPE_CHECKING, Any
 
+from portway.core import firewall
 from portway.core.names import UNCHECKED_VETH_PREFIX
 from portway.engine.dns import endpoint_names
 from portway.engine.networks import DEFAULT_NETWORK, PSEUDO_NETWORKS
@@ -241,6 +242,20 @@ def _by_family(e: Endpoint) -> tuple[IPInterface | None, IPInterface | None]:
             next((a for a in e.addresses if a.version == 6), None))
 
 
+def _modes(n: Network) -> list[str]:
+    """What sets a network's packets apart from the default, in show's words: a family
+    routed without NAT, no masquerade, no traffic between its containers."""
+    if firewall.unmanaged(n):
+        return []
+    modes = [f"IPv{v} routed (no NAT)" for v in (4, 6)
+             if n.of_version(v) is not None and firewall.routed(n, v)]
+    if n.options.get(firewall.MASQ_OPTION) == "false":
+        modes.append("no masquerade")
+    if n.options.get(firewall.ICC_OPTION) == "false":
+        modes.append("icc off")
+    return modes
+
+
 def _ports(engine: Engine | Observer, c: Container) -> list[str]:
     """c's published ports as Docker's `ps` writes them: one per family it is published
     on (0.0.0.0:8080->80/tcp, [::]:8080->80/tcp)."""
@@ -306,7 +321,7 @@ def topology(engine: Engine | Observer) -> dict[str, Any]:
             "Subnets": [str(s.subnet) for s in n.subnets],
             "Gateways": [str(s.gateway) for s in n.subnets],
             "Internal": n.internal, "Bridge": _link(host.get(n.bridge), Expected=n.bridge),
-            "Containers": members,
+            "Modes": _modes(n), "Containers": members,
             **({"Vxlan": _vxlan(engine, n, host, by_index)} if n.driver == "overlay" else {}),
             **(_macvlan(engine, n, host, by_index) if n.driver == "macvlan" else {}),
         })
