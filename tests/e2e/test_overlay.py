@@ -555,7 +555,21 @@ def test_an_overlay_subnet_a_host_has_is_not_made_there(cluster: Cluster) -> Non
              "taken: the host has a link of that name" in c.pw_b("daemon", "status").stdout,
              "B says why ov3 is not there")
     assert "ifalias" not in ip_json(c.b_host, "link", "show", "brb0")[0]
-    c.pw_a("network", "rm", "ov", "ov3")
+    # Docker's way of choosing the VNI: every host's device has it; a second network
+    # asking for it is refused with one line, and nothing is made.
+    vni = "com.docker.network.driver.overlay.vxlanid_list=5000"
+    net_id = c.pw_a("network", "create", "--driver", "overlay", "-o", vni,
+                    "ov4").stdout.strip()
+    wait_for(lambda: "ov4" in _overlay_names(c.pw_b), "B makes ov4")
+    dev = ip_json(c.b_host, "-d", "link", "show", f"pwvx-{net_id[:10]}")[0]
+    assert dev["linkinfo"]["info_data"]["id"] == 5000, dev  # type: ignore[index]
+    taken = c.pw_b("network", "create", "--driver", "overlay", "-o", vni, "ov5", check=False)
+    assert taken.returncode == 4 and taken.stderr == (
+        "portway: error: VXLAN network identifier 5000 is taken by overlay network ov4; give "
+        "another com.docker.network.driver.overlay.vxlanid_list, or omit it to get a free "
+        "one\n"), taken.stderr
+    assert "ov5" not in _overlay_names(c.pw_a) + _overlay_names(c.pw_b)
+    c.pw_a("network", "rm", "ov", "ov3", "ov4")
     wait_for(lambda: "not made" not in c.pw_b("daemon", "status").stdout,
              "B forgets the removed ov and ov3")
     sh("ip", "-n", c.b_host, "link", "del", "brb0")

@@ -139,3 +139,12 @@ def test_plan_adds_removes_and_moves() -> None:
                                  Fdb("02:00:00:00:00:09", A("192.0.2.3"))}
     assert plan.add_neigh == (Neighbour(A("10.0.0.4"), "02:00:00:00:00:04"),)
     assert plan.del_neigh == (Neighbour(A("10.0.0.9"), "02:00:00:00:00:09"),)
+
+
+def test_a_vni_asked_for_is_one_number_of_24_bits() -> None:
+    assert overlay.parse_vni("5000") == 5000
+    assert overlay.parse_vni(str((1 << 24) - 1)) == (1 << 24) - 1
+    for bad in ("0", "16777216", "5000,5001", "", "x", "-1"):
+        with pytest.raises(InvalidInput) as caught:
+            overlay.parse_vni(bad)
+        assert "vxlanid_list" in caught.value.message

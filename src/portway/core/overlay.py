@@ -155,6 +155,16 @@ def pick_vni(taken: set[int]) -> int:
     raise InvalidInput("no free VXLAN network identifier", "remove unused overlay networks")
 
 
+def parse_vni(text: str) -> int:
+    """The VNI asked for with -o com.docker.network.driver.overlay.vxlanid_list=N (as
+    Docker takes it; one, since a portway overlay network has one VXLAN device)."""
+    if not text.strip().isdigit() or not 1 <= int(text) <= LAST_VNI:
+        raise InvalidInput(f"invalid {VNI_OPTION} {text!r}",
+                           f"give one VXLAN network identifier from 1 to {LAST_VNI}, or "
+                           "omit the option to get a free one")
+    return int(text)
+
+
 def network_vni(network: Network) -> int:
     return int(network.options[VNI_OPTION])
 

@@ -392,14 +392,15 @@ class Cluster:
         started (None: it was not)."""
         return self._renumbered.get(endpoint_id)
 
-    def create_network(self, network: Network) -> Network:
-        """network with a VNI of its own, recorded for every host in one transaction:
-        its name and VNI claimed, or Conflict (another host's network has the name)."""
+    def create_network(self, network: Network, asked: int | None = None) -> Network:
+        """network with a VNI of its own (asked, or a free one), recorded for every host
+        in one transaction: its name and VNI claimed, or Conflict (another host's
+        network has the name, or the VNI asked)."""
         for _ in range(16):
             kvs, _rev = self.etcd.range(overlay.vni_key())
             taken = {int(kv.key.rsplit("/", 1)[1]) for kv in kvs
                      if kv.key.rsplit("/", 1)[1].isdigit()}
-            vni = overlay.pick_vni(taken)
+            vni = overlay.pick_vni(taken) if asked is None else asked
             network = Network(**{**network.__dict__,
                                  "options": {**network.options,
                                              overlay.VNI_OPTION: str(vni)}})
@@ -414,6 +415,14 @@ class Cluster:
                 raise Conflict(f"network {network.name!r} already exists in the cluster",
                                "choose another name ('portway network ls' on any host "
                                "lists them)")
+            holder = self.etcd.get(overlay.vni_key(vni)) if asked is not None else None
+            if holder is not None:
+                with self._view_lock:
+                    other = self.networks.get(holder)
+                raise Conflict(f"VXLAN network identifier {vni} is taken by overlay network "
+                               f"{other.name if other else holder[:12]}",
+                               f"give another {overlay.VNI_OPTION}, or omit it to get a "
+                               "free one")
         raise Conflict("no VNI could be claimed: other hosts keep taking them",
                        "try again")
 

@@ -68,6 +68,13 @@ class Networks:
                                      _listed(aux_addresses))
         lan = driver == macvlan.DRIVER
         given = validate.parse_key_values("--opt", options or [])
+        # Docker's overlay driver takes the VNI as an option: claimed with the network.
+        if overlay.VNI_OPTION in given and driver != "overlay":
+            raise InvalidInput(f"option {overlay.VNI_OPTION} is for overlay networks",
+                               "drop it, or add --driver overlay")
+        vni = given.pop(overlay.VNI_OPTION, None)
+        if vni is not None:
+            vni = str(overlay.parse_vni(vni))
         opts = macvlan.check_cli_options(given, internal) if lan else \
             validate.check_options(given)
         labs = validate.parse_key_values("--label", labels or [])
@@ -117,7 +124,8 @@ class Networks:
                     **network.options, overlay.VNI_OPTION: "0"}))
                 # Claimed for every host first (name and VNI, one etcd transaction);
                 # taken back if it cannot be made here.
-                network = self.cluster().create_network(network)
+                network = self.cluster().create_network(
+                    network, int(vni) if vni is not None else None)
                 try:
                     self.install(network)
                 except BaseException:
