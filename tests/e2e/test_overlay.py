@@ -538,6 +538,9 @@ def test_an_overlay_subnet_a_host_has_is_not_made_there(cluster: Cluster) -> Non
     assert _overlay_names(c.pw_b) == []
     doctor = c.pw_b("doctor", check=False)
     assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+    assert doctor.stdout.startswith(why.replace("overlay network", "note: overlay network")), \
+        doctor.stdout
+    assert doctor.stdout.endswith("healthy: the kernel matches the store\n"), doctor.stdout
     c.pw_b("run", "-d", "--name", "b1", "--network", "localb", "--", "sleep", "60")
     c.pw_b("rm", "-f", "b1")
     log = (c.b_state / "portwayd.log").read_text()

@@ -740,6 +740,10 @@ def dispatch(client: Client, a: Args) -> int:
         print("\n".join(lines) if lines else "nothing to repair: the kernel matches the store")
     elif a.command == "doctor":
         lines = client.call("gc", dry_run=True)
+        # What gc cannot make here: the cluster's overlay networks this host left out.
+        cluster = client.call("cluster_status")
+        for name, why in sorted(((cluster or {}).get("not_made") or {}).items()):
+            print(f"note: overlay network {name} is not made on this host: {why}")
         if not lines:
             print("healthy: the kernel matches the store")
             return 0
