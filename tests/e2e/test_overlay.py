@@ -541,6 +541,13 @@ def test_an_overlay_subnet_a_host_has_is_not_made_there(cluster: Cluster) -> Non
     assert doctor.stdout.startswith(why.replace("overlay network", "note: overlay network")), \
         doctor.stdout
     assert doctor.stdout.endswith("healthy: the kernel matches the store\n"), doctor.stdout
+    cp = c.pw_b("run", "-d", "--name", "b0", "--network", "ov", "--", "sleep", "60",
+                check=False)
+    assert cp.returncode == 3 and cp.stderr == "portway: error: overlay network 'ov' is not " \
+        "made on this host; its subnet 10.210.0.0/24 overlaps network localb of this host; " \
+        "remove or renumber that one, or create the overlay network with another --subnet\n", \
+        cp.stderr
+    assert c.pw_b("ps", "-a", "-q").stdout == ""  # nothing made
     c.pw_b("run", "-d", "--name", "b1", "--network", "localb", "--", "sleep", "60")
     c.pw_b("rm", "-f", "b1")
     log = (c.b_state / "portwayd.log").read_text()

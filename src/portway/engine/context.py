@@ -159,6 +159,9 @@ class Host:
     def network(self, ref: str) -> Network:
         net = self.store.find_network(ref)
         if net is None:
+            why = self.cluster.not_made.get(ref) if self.cluster is not None else None
+            if why is not None:
+                raise NotFound(f"overlay network {ref!r} is not made on this host", why)
             raise NotFound(f"network {ref!r} not found",
                            "list networks with 'portway network ls'")
         return net
