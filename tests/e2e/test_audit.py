@@ -34,7 +34,7 @@ from typing import Any
 import pytest
 
 from conftest import Sandbox, sh
-from portway.testbed import HTTP_GET, ROUTED_CLIENT, DockerLike, connect
+from portway.testbed import HOST_ADDR6, HTTP_GET, ROUTED_CLIENT, DockerLike, connect
 from portway.testbed import WAIT_LISTENING as WAIT
 
 RULES = Path(__file__).parent / "data" / "docker-host.nft"
@@ -267,6 +267,52 @@ def test_portway_host_has_no_exposure(sandbox: Sandbox) -> None:
     assert get(sb.pw_cmd("exec", "web", "--"), "http://10.61.0.2/").startswith("fail")
     assert get(sb.pw_cmd("exec", "store", "--"), "http://10.60.0.2/").startswith("fail")
     assert "no exposure found" in sb.pw("audit").stdout
+
+
+def test_ipv6_routed_published_port_and_a_planted_ipv6_exposure(sandbox: Sandbox) -> None:
+    """A routed IPv6 network's published container port is open at the container's
+    address on purpose (Docker 27's routed mode), so it is no finding. Its unpublished
+    neighbour reached from the LAN is one once portway's drop is taken away: the fix goes
+    where IPv6 passes (ip6 raw, not ip raw, which never sees IPv6), and a real
+    connection confirms both the exposure and the fix."""
+    sb = sandbox
+    sb.pw("network", "create", "r6", "--ipv6", "--subnet", "10.62.0.0/24", "--subnet",
+          "fd00:62::/64", "-o", "com.docker.network.bridge.gateway_mode_ipv6=routed")
+    for name, ports in (("web", ["-p", "8080:80"]), ("quiet", [])):
+        sb.pw("run", "-d", "--name", name, "--network", "r6", *ports, "--", "python3", "-m",
+              "http.server", "--bind", "::", "80")
+        sb.pw("exec", name, "--", "python3", "-c", WAIT, "::1", "80")
+    sh("ip", "-n", sb.outside, "-6", "route", "add", "fd00:62::/64", "via", HOST_ADDR6)
+    outside = ["ip", "netns", "exec", sb.outside]
+    assert get(outside, "http://[fd00:62::2]/") == "200"
+    code, data = audit(sb)
+    assert (code, findings(data)) == (0, []), findings(data)
+    # Planted: portway's drop of the rest taken away (gc would put it back).
+    nid = json.loads(sb.pw("network", "inspect", "r6").stdout)[0]["Id"][:12]
+    listing = json.loads(sb.in_host("nft", "-j", "-a", "list", "chain", "inet", "portway",
+                                    f"out-{nid}").stdout)["nftables"]
+    handle = next(i["rule"]["handle"] for i in listing if "rule" in i and
+                  "no direct access" in i["rule"].get("comment", ""))
+    sb.in_host("nft", "delete", "rule", "inet", "portway", f"out-{nid}", "handle",
+               str(handle))
+    assert get(outside, "http://[fd00:62::3]/") == "200"
+    code, data = audit(sb)
+    # (IPv4's addresses too: the rule was the network's, for both families.)
+    assert (code, findings(data)) == (1, [
+        ("direct-container-access", "container quiet 10.62.0.3:80/tcp"),
+        ("direct-container-access", "container quiet [fd00:62::3]:80/tcp"),
+        ("direct-container-access", "container web 10.62.0.2:80/tcp")])
+    finding = next(f for f in data["findings"] if "[fd00:62::3]" in f["target"])
+    assert finding["fix"][:2] == [
+        "nft add table ip6 raw",
+        "nft add chain ip6 raw PREROUTING '{ type filter hook prerouting priority -300; "
+        "policy accept; }'"], finding["fix"]
+    assert finding["fix_checked"], finding
+    for command in finding["fix"]:
+        sb.in_host("sh", "-c", command)
+    assert get(outside, "http://[fd00:62::3]/").startswith("fail")
+    assert get(outside, "http://[fd00:62::2]/") == "200"
+    sb.in_host("nft", "delete", "table", "ip6", "raw")
 
 
 def test_audit_changes_nothing_where_portway_has_nothing(sandbox: Sandbox) -> None:

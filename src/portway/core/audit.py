@@ -32,7 +32,9 @@ Rules of this module:
      across-networks          a container reached by one of another network without
                               DNAT
    Nothing else is a finding: a published port without an input firewall is
-   published on purpose, and the host reaching its containers is how it works.
+   published on purpose (so is a published container port that portway opens at the
+   container's address in routed mode), and the host reaching its containers is how
+   it works.
 4. Every finding carries its fix as data (nft rules, sysctls, a bind address; an
    iptables command for a table iptables-nft manages), and the fix is checked on the
    same model: with the rules added, the proving trace no longer delivers.
@@ -763,20 +765,29 @@ def _input_drop(world: World, r: Reach) -> str | None:
     return f"{last.where}: {last.rule or last.verdict}"
 
 
-def _base_chains(items: list[dict[str, Any]], hook: str) -> list[dict[str, Any]]:
+def _families(version: int) -> tuple[str, str]:
+    """The table families whose rules see packets of this IP version."""
+    return ("inet", _ipname(version))
+
+
+def _base_chains(items: list[dict[str, Any]], hook: str,
+                 version: int = 4) -> list[dict[str, Any]]:
     found = [i["chain"] for i in items if "chain" in i and i["chain"].get("hook") == hook
-             and i["chain"]["family"] in ("ip", "inet") and i["chain"].get("type") == "filter"]
+             and i["chain"]["family"] in _families(version)
+             and i["chain"].get("type") == "filter"]
     return sorted(found, key=lambda c: int(c.get("prio", 0)))
 
 
-def _where_forward(items: list[dict[str, Any]]) -> tuple[str, str, str, list[dict[str, Any]]]:
+def _where_forward(items: list[dict[str, Any]],
+                   version: int = 4) -> tuple[str, str, str, list[dict[str, Any]]]:
     """Where a forward drop goes: Docker's DOCKER-USER (made for it), else the first
-    filter chain on the forward hook that is not portway's, else a new one."""
+    filter chain on the forward hook that is not portway's, else a new one; each of a
+    family that sees the packet's IP version (an `ip` table never sees IPv6)."""
     for item in items:
         c = item.get("chain")
-        if c and c["name"] == "DOCKER-USER" and c["family"] in ("ip", "inet"):
+        if c and c["name"] == "DOCKER-USER" and c["family"] in _families(version):
             return c["family"], c["table"], c["name"], []
-    for c in _base_chains(items, "forward"):
+    for c in _base_chains(items, "forward", version):
         if c["table"] != "portway":
             return c["family"], c["table"], c["name"], []
     return "inet", "filter", "forward", [
@@ -785,15 +796,18 @@ def _where_forward(items: list[dict[str, Any]]) -> tuple[str, str, str, list[dic
                    "hook": "forward", "prio": 0, "policy": "accept"}}]
 
 
-def _where_raw(items: list[dict[str, Any]]) -> tuple[str, str, str, list[dict[str, Any]]]:
+def _where_raw(items: list[dict[str, Any]],
+               version: int = 4) -> tuple[str, str, str, list[dict[str, Any]]]:
     """Where a drop before DNAT goes: a filter chain on prerouting before NAT (priority
-    below -100, e.g. `ip raw PREROUTING`) that is not portway's, else a new one."""
-    for c in _base_chains(items, "prerouting"):
+    below -100, e.g. `ip raw PREROUTING`) that is not portway's, else a new one (`ip6 raw
+    PREROUTING` for IPv6)."""
+    for c in _base_chains(items, "prerouting", version):
         if int(c.get("prio", 0)) < -100 and c["table"] != "portway":
             return c["family"], c["table"], c["name"], []
-    return "ip", "raw", "PREROUTING", [
-        {"table": {"family": "ip", "name": "raw"}},
-        {"chain": {"family": "ip", "table": "raw", "name": "PREROUTING", "type": "filter",
+    family = _ipname(version)
+    return family, "raw", "PREROUTING", [
+        {"table": {"family": family, "name": "raw"}},
+        {"chain": {"family": family, "table": "raw", "name": "PREROUTING", "type": "filter",
                    "hook": "prerouting", "prio": -300, "policy": "accept"}}]
 
 
@@ -861,12 +875,13 @@ def fix_bypass(world: World, r: Reach, dropper: str, iptables: Tables = frozense
             _m({"ct": {"key": "status"}}, "dnat", "in"), {"drop": None}]
     text = f"iifname \"{r.source.iif}\" {_ipname(v)} daddr {final} {proto} dport {port} " \
            "ct status dnat drop"
-    where = _where_forward(world.host.ruleset)
+    where = _where_forward(world.host.ruleset, v)
     fix = _rule(where, expr, text, f"{COMMENT}: {r.target.proto}/{r.target.port} as "
                 f"{dropper.split(':')[0]} wants", iptables,
                 f"-i {r.source.iif} -d {final} -p {proto} --dport {port} -m conntrack "
                 "--ctstate DNAT")
-    bind = f"or, if only this host needs it, publish it on 127.0.0.1 (-p 127.0.0.1:" \
+    lo = "127.0.0.1" if v == 4 else "[::1]"
+    bind = f"or, if only this host needs it, publish it on {lo} (-p {lo}:" \
            f"{r.target.port}:{port})"
     return replace(fix, text=[*fix.text, bind])
 
@@ -876,7 +891,7 @@ def fix_loopback(world: World, r: Reach, iptables: Tables = frozenset()) -> Fix:
     net = "127.0.0.0/8" if v == 4 else "::1"
     right: Any = {"prefix": {"addr": "127.0.0.0", "len": 8}} if v == 4 else "::1"
     expr = [_m(_meta("iifname"), "lo", "!="), _m(_ip(v, "daddr"), right), {"drop": None}]
-    fix = _rule(_where_raw(world.host.ruleset), expr,
+    fix = _rule(_where_raw(world.host.ruleset, v), expr,
                 f"iifname != \"lo\" {_ipname(v)} daddr {net} drop",
                 f"{COMMENT}: loopback addresses only from lo", iptables,
                 f"! -i lo -d {net}")
@@ -892,7 +907,7 @@ def fix_direct(world: World, r: Reach, iptables: Tables = frozenset()) -> Fix:
     v = r.target.version
     expr = [_m(_meta("iifname"), r.target.bridge, "!="),
             _m(_ip(v, "daddr"), str(r.target.addr)), {"drop": None}]
-    return _rule(_where_raw(world.host.ruleset), expr,
+    return _rule(_where_raw(world.host.ruleset, v), expr,
                  f"iifname != \"{r.target.bridge}\" {_ipname(v)} daddr {r.target.addr} drop",
                  f"{COMMENT}: {r.target.addr} only from {r.target.bridge}", iptables,
                  f"! -i {r.target.bridge} -d {r.target.addr}")
@@ -901,7 +916,7 @@ def fix_direct(world: World, r: Reach, iptables: Tables = frozenset()) -> Fix:
 def fix_across(world: World, r: Reach, iptables: Tables = frozenset()) -> Fix:
     src, dst = r.source.bridge, r.target.bridge
     expr = [_m(_meta("iifname"), src), _m(_meta("oifname"), dst), {"drop": None}]
-    return _rule(_where_forward(world.host.ruleset), expr,
+    return _rule(_where_forward(world.host.ruleset, r.target.version), expr,
                  f"iifname \"{src}\" oifname \"{dst}\" drop",
                  f"{COMMENT}: isolate {src} from {dst}", iptables,
                  f"-i {src} -o {dst}")
@@ -966,7 +981,8 @@ def _findings(world: World, reaches: list[Reach], iptables: Tables) -> list[Find
                 f"route_localnet on {s.iif} makes {t.addr} routable from it"
             add(LOOPBACK, r, f"a neighbour sends to {hostport(r.packet.daddr, t.port)} "
                 f"with the host's MAC address: {how}", fix_loopback(world, r, iptables))
-        if t.kind == "container" and not r.dnat and s.kind == "neighbour":
+        if t.kind == "container" and not r.dnat and s.kind == "neighbour" and \
+                not _published_routed(r):
             add(DIRECT, r, f"the host forwards from {s.iif} straight to {t.addr} (no "
                 "DNAT, no published port): " + "; ".join(r.via), fix_direct(world, r, iptables))
         if t.kind == "container" and not r.dnat and s.kind == "container" and \
@@ -977,6 +993,14 @@ def _findings(world: World, reaches: list[Reach], iptables: Tables) -> list[Find
     for f in out:
         f.fix_checked, f.fix_check = check_fix(world, f)
     return out
+
+
+def _published_routed(r: Reach) -> bool:
+    """Whether portway accepted the connection as a published port of a network in
+    routed mode (Docker's gateway_mode_ipv4/ipv6=routed): a container port reached at
+    the container's address on purpose, as a published port is reached on the host's."""
+    return any(v.startswith("inet portway ") and v.split(": ")[-1].startswith(
+        "published ports, routed") for v in r.via)
 
 
 def _mentions_port(expr: Any) -> bool:
