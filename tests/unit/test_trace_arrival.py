@@ -70,3 +70,18 @@ def test_nothing_listens_there() -> None:
     leg = replace(LEG, packet=replace(LEG.packet, dport=81))
     t = arrive(remote(), leg, "container web-a", "cache 10.77.0.3:81")
     assert t.verdict == "no-listener" and "container cache" in t.summary
+
+
+def test_from_the_other_hosts_own_stack_the_reply_stays_here() -> None:
+    """The sending host's own process sends from the overlay network's gateway address,
+    which this host's bridge holds too: the container answers this host, and the client
+    never hears back (a real connection times out), where from a container it works."""
+    leg = replace(LEG, packet=replace(LEG.packet, saddr=APP.gateway))
+    t = arrive(remote(), leg, "host", "cache 10.77.0.3:80")
+    assert t.verdict == "dropped", t.summary
+    assert t.summary == ("the request reaches container cache, but its reply does not come "
+                         "back: 10.77.0.1 is an address of host as well (an overlay "
+                         "network's gateway address is on every host), so the reply ends "
+                         "there")
+    assert t.fix.startswith("connect from a container on the overlay network")
+    assert t.hops[-1].kind == "reply"

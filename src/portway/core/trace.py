@@ -746,6 +746,9 @@ class _Walk:
         # each namespace's conntrack undoes its own difference on the reply.
         self.nat_at: dict[str, tuple[Tuple4, Tuple4]] = {}
         self.replying = False  # walking the reply (hops are "reply" hops; end() reports)
+        # The client is on another host (the far half of a tunnelled trace): no socket
+        # of this world is the one that sent the request.
+        self.client_elsewhere = False
 
     # bookkeeping
 
@@ -1020,6 +1023,7 @@ class _Walk:
                 self.hop("socket", space.label, f"a {packet.l4proto} socket listens on "
                          f"{hostport(addr, packet.dport)}; it sees the connection from "
                          f"{hostport(packet.saddr, packet.sport)}")
+                self.answered_here(space, packet)
                 self.reply(space, packet)
                 self.path_mtu(packet)
                 self.end("delivered", f"delivered to {space.label}, "
@@ -1671,6 +1675,22 @@ class _Walk:
                         return a.network
         return ipaddress.ip_network(addr)
 
+    def answered_here(self, space: Space, packet: Packet) -> None:
+        """On the far host of a tunnelled trace: a request whose source is an address of
+        that host too (an overlay network's gateway, on every host's bridge: what the
+        sending host's own processes use) is answered to that host, not to the client."""
+        host = self.world.host
+        if not self.client_elsewhere or space is host or packet.saddr not in host.local():
+            return
+        self.hop("reply", space.label, f"the reply to {packet.saddr} goes to {host.label}, "
+                 f"which holds that address too; the client on the host it came from never "
+                 "sees it")
+        self.end("dropped", f"the request reaches {space.label}, but its reply does not come "
+                 f"back: {packet.saddr} is an address of {host.label} as well (an overlay "
+                 "network's gateway address is on every host), so the reply ends there",
+                 packet, "connect from a container on the overlay network, or to a port the "
+                 "container publishes on its host")
+
     def reply(self, space: Space, packet: Packet) -> None:
         """The answer of a delivered request, from space back to its sender: a route
         back; (when the host rewrote the request) a way back through the host's
@@ -1851,6 +1871,7 @@ def arrive(world: World, leg: TunnelLeg, label: str, destination: str) -> Trace:
     decapsulates it, and the inner frame enters that device's bridge as any frame does."""
     result = Trace(source=label, destination=destination, protocol=leg.packet.l4proto)
     walk = _Walk(world, result)
+    walk.client_elsewhere = True
     packet = leg.packet
     walk.asked = (packet.daddr, packet.dport)
     host = world.host
