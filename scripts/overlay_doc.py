@@ -162,7 +162,12 @@ def scenario(d: Doc) -> None:
            "that host does not make the network, says why once in its log, and `daemon "
            "status` there shows it (`overlay network NAME is not made on this host: its "
            "subnet 10.210.0.0/24 overlaps network localb of this host; ...`) until the "
-           "network or the local one goes.")
+           "network or the local one goes. A host's own processes reach the network's "
+           "containers that run on it, not those on other hosts: they connect from the "
+           "network's gateway address, which every host's bridge holds, so the answer "
+           "stays on the container's host (`portway trace host ADDR:PORT` says so). "
+           "Connect from a container on the network, or to a port the container publishes "
+           "on its host.")
     net_id = d.pw(0, "network", "create", "--driver", "overlay", "--subnet",
                   "10.200.0.0/24", "multi").strip()
     d.wait("B has the network", lambda: "multi" in d.quiet(1, "network", "ls"))
