@@ -68,6 +68,18 @@ def test_host_address(addr: str, ok: bool) -> None:
             validate.check_host_address("--ip", A(addr), net)
 
 
+def test_address_messages_speak_of_the_family() -> None:
+    with pytest.raises(InvalidInput) as info:
+        validate.check_host_address("--ip6", A("fd00::ffff:ffff:ffff:ffff"), N("fd00::/64"))
+    assert "broadcast address" not in info.value.message  # IPv6 has none
+    assert info.value.message.endswith("is the last address of fd00::/64, which portway "
+                                       "keeps unused (as IPv4's broadcast)")
+    with pytest.raises(InvalidInput) as info:
+        validate.parse_address("--ip6", "fd00::5/64")
+    assert info.value.hint == "give an address such as fd00:77::5 (no prefix length, no " \
+        "brackets)"
+
+
 def test_ip_range_inside_subnet() -> None:
     assert validate.parse_ip_range("10.0.0.128/25", N("10.0.0.0/24")) == N("10.0.0.128/25")
     with pytest.raises(InvalidInput):

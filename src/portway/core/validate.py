@@ -92,9 +92,11 @@ def parse_address(what: str, text: str) -> IPAddress:
     try:
         return ipaddress.ip_address(text)
     except ValueError:
+        example = {"--ip": "10.77.0.5", "--ip6": "fd00:77::5"}.get(
+            what, "10.77.0.5 or fd00:77::5")
         raise InvalidInput(
-            f"invalid {what} {text!r}", "give an address such as 10.77.0.5 or fd00:77::5"
-        ) from None
+            f"invalid {what} {text!r}", f"give an address such as {example} (no prefix "
+            "length, no brackets)") from None
 
 
 def requested_addresses(ip: str | None, ip6: str | None) -> list[str]:
@@ -120,8 +122,9 @@ def check_host_address(what: str, address: IPAddress, subnet: IPNetwork) -> IPAd
         raise InvalidInput(f"{what} {address} is the network address of {subnet}",
                            "pick a host address")
     if address == subnet.broadcast_address:
-        raise InvalidInput(f"{what} {address} is the broadcast address of {subnet}",
-                           "pick a host address")
+        why = f"the broadcast address of {subnet}" if subnet.version == 4 else \
+            f"the last address of {subnet}, which portway keeps unused (as IPv4's broadcast)"
+        raise InvalidInput(f"{what} {address} is {why}", "pick a host address")
     return address
 
 
