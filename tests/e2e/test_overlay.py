@@ -586,6 +586,26 @@ def test_an_overlay_subnet_a_host_has_is_not_made_there(cluster: Cluster) -> Non
     c.pw_b("network", "rm", "localb")
 
 
+def test_prune_keeps_an_overlay_network_another_host_uses(cluster: Cluster) -> None:
+    """network prune on B: an overlay network only A's containers are on is in use, so
+    it stays (it used to stop the whole prune with 'has containers attached on other
+    hosts', removing nothing); the unused ones go, the overlay one for every host."""
+    c = cluster
+    c.pw_a("network", "create", "--driver", "overlay", "--subnet", "10.211.0.0/24", "ov")
+    c.pw_a("network", "create", "--driver", "overlay", "--subnet", "10.212.0.0/24", "idle")
+    c.pw_b("network", "create", "--subnet", "10.213.0.0/24", "spare")
+    c.pw_a("run", "-d", "--name", "a1", "--network", "ov", "--", "sleep", "600")
+    wait_for(lambda: "a1" in c.pw_b("network", "inspect", "-f",
+                                    "{{range .Containers}}{{.Name}}{{end}}", "ov").stdout,
+             "B sees a1 on ov")
+    pruned = c.pw_b("network", "prune", "-f", check=False)
+    assert pruned.returncode == 0, pruned.stderr
+    assert "ov" not in pruned.stdout.split() and {"idle", "spare"} <= set(
+        pruned.stdout.split()), pruned.stdout
+    assert _overlay_names(c.pw_b) == ["ov"]
+    wait_for(lambda: _overlay_names(c.pw_a) == ["ov"], "A drops idle too")
+
+
 def test_cluster_ttl_flag(sandbox: Sandbox) -> None:
     sb = sandbox
     sb.env.update(PORTWAY_CLUSTER_STORE="etcd://127.0.0.1:1",

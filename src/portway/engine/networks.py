@@ -252,13 +252,22 @@ class Networks:
     def prune(self) -> list[str]:
         """The networks no container uses: none is attached, and none that is stopped is
         configured to be (Docker prunes those too, and their start then fails: a known
-        complaint, so portway keeps them)."""
+        complaint, so portway keeps them); an overlay network, none on another host
+        either."""
         h = self.h
         with h.lock:
             unused = [n.name for n in h.store.networks()
                       if n.name != DEFAULT_NETWORK and not h.store.endpoints(network_id=n.id)
-                      and not h.store.configs(network_id=n.id)]
+                      and not h.store.configs(network_id=n.id)
+                      and not self.used_elsewhere(n)]
             return self.remove(unused) if unused else []
+
+    def used_elsewhere(self, network: Network) -> bool:
+        """An overlay network that another host's containers are on (as this host's view
+        of the cluster has it): in use, though not here."""
+        cluster = self.h.cluster
+        return network.driver == "overlay" and cluster is not None and \
+            bool(cluster.remote_endpoints(network.id))
 
     def resolve(self, ref: str) -> Network:
         """The network a container is to join: ref's, or the default one (made now if
