@@ -74,6 +74,7 @@ def p(*argv: str) -> dict[str, Any]:
                                                                "ipv4": "false"}),
     (["run", "-d", "--rm=false", "--privileged=true", "ls"], {"detach": True, "rm": False,
                                                             "privileged": True}),
+    (["run", "-d=false", "-i=true", "ls"], {"detach": False, "interactive": True}),
     (["network"], {"command": "network", "net_command": None}),
 ])
 def test_parses(argv: list[str], expected: dict[str, Any]) -> None:
@@ -86,6 +87,7 @@ def test_parses(argv: list[str], expected: dict[str, Any]) -> None:
     (["run", "--bogus"], "unknown option --bogus", "portway run"),
     (["run", "-dx"], "unknown option -x in -dx", "portway run"),
     (["run", "--rm=yes"], "option --rm: invalid value 'yes' (true or false)", "portway run"),
+    (["run", "-d=no"], "option -d: invalid value 'no' (true or false)", "portway run"),
     (["run", "--name"], "option --name needs a value (NAME)", "portway run"),
     (["stop", "-t", "soon", "a"], "option -t: invalid value 'soon'", "portway stop"),
     (["rm"], "CONTAINER is missing", "portway rm"),

@@ -140,8 +140,9 @@ def _option(cmd: Command, word: str, argv: list[str], i: int, prog: str,
     if opt is None:
         raise UsageError(f"unknown option {name}", prog)
     if opt.kind == "flag":
-        if value is not None and word.startswith("--"):
-            # Docker's (pflag's) boolean flags: --ipv6=false, --internal=true.
+        if value is not None and (word.startswith("--") or value.startswith("=")):
+            # Docker's (pflag's) boolean flags: --ipv6=false, --internal=true, -d=false.
+            value = value if word.startswith("--") else value[1:]
             if value not in BOOLS:
                 raise UsageError(f"option {name}: invalid value {value!r} (true or false)",
                                  prog)
