@@ -741,8 +741,11 @@ def dispatch(client: Client, a: Args) -> int:
     elif a.command == "doctor":
         lines = client.call("gc", dry_run=True)
         # What gc cannot make here: the cluster's overlay networks this host left out.
-        cluster = client.call("cluster_status")
-        for name, why in sorted(((cluster or {}).get("not_made") or {}).items()):
+        try:
+            not_made: dict[str, str] = client.call("overlay_not_made")
+        except ClientError:  # a daemon of an earlier portway, still running
+            not_made = {}
+        for name, why in sorted(not_made.items()):
             print(f"note: overlay network {name} is not made on this host: {why}")
         if not lines:
             print("healthy: the kernel matches the store")

@@ -63,7 +63,7 @@ OPS = (
     "inspect", "logs", "start", "stop", "restart", "kill", "wait", "rm", "gc", "port",
     "dns_info", "show",
     "trace", "audit", "podman_setup", "podman_teardown", "podman_create", "podman_update",
-    "podman_firewall_reload", "cluster_status",
+    "podman_firewall_reload", "cluster_status", "overlay_not_made",
 )
 
 

@@ -186,6 +186,11 @@ class Engine:
     def cluster_status(self) -> dict[str, Any] | None:
         return self.h.cluster.status() if self.h.cluster is not None else None
 
+    def overlay_not_made(self) -> dict[str, str]:
+        """The cluster's overlay networks this host does not make, and why (no call to
+        etcd: what the last pass over the store's view found)."""
+        return dict(self.h.cluster.not_made) if self.h.cluster is not None else {}
+
     # set-up
 
     def _check_host(self, host_netns: str | None, rootless: bool) -> None:
