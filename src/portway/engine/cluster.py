@@ -812,6 +812,15 @@ class Cluster:
                     self._programmed[net.id] = want
             self._names_published(endpoints, names, dns_changed, changed)
 
+    def retry_not_made(self) -> None:
+        """Something of this host went (a network): the overlay networks not made here
+        for it are tried again at once, not at the next re-list (up to 30 s later)."""
+        if not self.not_made:
+            return
+        with self._view_lock:
+            self._networks_version += 1
+        self._dirty.set()
+
     def _in_the_way(self, net: Network) -> str | None:
         """What keeps an overlay network another host made from being made here (the
         caller holds the engine's lock), or None. Its subnets were free on the host

@@ -247,6 +247,8 @@ class Networks:
                 # The shared tables go with the last network of every portway here.
                 h.fw.release()
             h.containers.publish_dns()
+            if h.cluster is not None:
+                h.cluster.retry_not_made()
             return removed
 
     def prune(self) -> list[str]:
