@@ -389,6 +389,11 @@ def test_network_create_options(sandbox: Sandbox) -> None:
     net = json.loads(sb.pw("network", "inspect", "lab").stdout)[0]
     assert net["IPAM"]["Config"][0]["AuxiliaryAddresses"] == {"router": "10.67.0.2"}
     assert net["Bridge"] == "br-lab" and net["Attachable"] is True
+    # Docker's fields that portway has no use for, there for templates that read them.
+    assert (net["Ingress"], net["ConfigFrom"], net["ConfigOnly"]) == (False, {"Network": ""},
+                                                                     False)
+    assert sb.pw("network", "inspect", "-f", "{{.ConfigOnly}} {{.ConfigFrom.Network}}|",
+                 "none").stdout == "false |\n"
     link = ip_json(sb.host, "-d", "link", "show", "dev", "br-lab")[0]
     assert link["linkinfo"]["info_kind"] == "bridge" and net["Id"] in link["ifalias"]
     sb.pw("run", "-d", "--name", "web", "--network", "lab", "--",

@@ -64,7 +64,8 @@ def network(engine: Host, n: Network) -> dict[str, Any]:
         "EnableIPv6": n.of_version(6) is not None,
         "EnableIPv4": n.of_version(4) is not None,
         "IPAM": {"Driver": "default", "Options": {}, "Config": configs},
-        "Internal": n.internal, "Attachable": True, "Containers": containers,
+        "Internal": n.internal, "Attachable": True, "Ingress": False,
+        "ConfigFrom": {"Network": ""}, "ConfigOnly": False, "Containers": containers,
         "Options": dict(n.options), "Labels": dict(n.labels),
         # A macvlan network has no bridge (its parent is in Options; MTU 0: the parent's).
         "Bridge": "" if n.driver == "macvlan" else n.bridge, "MTU": n.mtu,
@@ -89,7 +90,8 @@ def pseudo_network(engine: Host, name: str) -> dict[str, Any]:
         "Scope": "local", "Driver": PSEUDO_NETWORKS[name], "EnableIPv6": False,
         "EnableIPv4": name == "host",
         "IPAM": {"Driver": "default", "Options": None, "Config": []},
-        "Internal": False, "Attachable": False, "Containers": members, "Options": {},
+        "Internal": False, "Attachable": False, "Ingress": False,
+        "ConfigFrom": {"Network": ""}, "ConfigOnly": False, "Containers": members, "Options": {},
         "Labels": {}, "Bridge": "", "MTU": 0,
     }
 
