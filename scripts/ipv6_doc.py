@@ -200,7 +200,9 @@ def write(w: World) -> None:
            "port is also open at the container's own address (`-p 8080:80`: port 80 of the "
            "container's IPv6 address, for a client that routes the subnet to the host), and "
            "an unpublished one is not. Unlike Docker, which then leaves the host port out "
-           "for that family, the host port keeps working too.")
+           "for that family, the host port keeps working too; and a port published on one "
+           "host address alone (`-p [2001:db8::1]:8080:80`) stays that narrow, where Docker "
+           "opens it at the container's address as well.")
 
     w.text("## Published ports",
            "`-p 8080:80` publishes on both families of the host when the container has "

@@ -127,7 +127,8 @@ def test_dual_stack_end_to_end(sandbox: Sandbox, tmp_path: Path) -> None:
 def test_routed_ipv6_opens_published_container_ports(sandbox: Sandbox, tmp_path: Path) -> None:
     """Docker 27's gateway_mode_ipv6=routed (its own example): IPv6 leaves without NAT66,
     and a published container port is open at the container's own address to a client
-    that routes the subnet to the host; an unpublished one stays closed (the control).
+    that routes the subnet to the host; one published on one host address only, or not
+    at all, stays closed there (the control).
     IPv4 keeps NAT: its published port on the host, no direct access."""
     sb = sandbox
     log = tmp_path / "outside.log"
@@ -137,13 +138,16 @@ def test_routed_ipv6_opens_published_container_ports(sandbox: Sandbox, tmp_path:
               "fd00:141::/64", "-o", "com.docker.network.bridge.gateway_mode_ipv6=routed",
               "r6")
         served(sb, "web", "--network", "r6", "-p", "8080:80")
-        served(sb, "quiet", "--network", "r6")
+        served(sb, "quiet", "--network", "r6", "-p", f"[{HOST_ADDR6}]:8081:80")
         sh("ip", "-n", sb.outside, "-6", "route", "add", "fd00:141::/64", "via", HOST_ADDR6)
         sh("ip", "-n", sb.outside, "route", "add", "10.141.0.0/24", "via", sb.host_addr)
         outside = ["ip", "netns", "exec", sb.outside]
         assert get(outside, "http://[fd00:141::2]/") == "200"
         assert f"{OUTSIDE_ADDR6} - -" in sb.pw("logs", "web").stdout
+        # quiet's port is published on one host address: that narrow, not opened at
+        # the container's own address.
         assert get(outside, "http://[fd00:141::3]/", 1).startswith("fail")
+        assert get(outside, f"http://[{HOST_ADDR6}]:8081/") == "200"
         assert get(outside, "http://10.141.0.2/", 1).startswith("fail")
         assert get(outside, f"http://{sb.host_addr}:8080/") == "200"
         trace = json.loads(sb.pw("trace", "--json", "outside", "[fd00:141::2]:80").stdout)

@@ -297,7 +297,11 @@ class Publishing:
         routed = {v for v in (4, 6) if net is not None and firewall.routed(net, v)}
         return [Published(container_id=c.id, protocol=p.protocol, host_port=p.host_port,
                           container_ip=a.ip, container_port=p.container_port,
-                          host_ip=p.host_ip, routed=a.version in routed)
+                          host_ip=p.host_ip,
+                          # Routed mode opens the container port at the container's
+                          # address for a port published on every host address; one
+                          # published on one address (127.0.0.1, say) stays that narrow.
+                          routed=a.version in routed and p.host_ip is None)
                 for p in c.ports for a in targets
                 if p.host_ip is None or (p.host_ip.version == a.version and
                                          not (a.version == 6 and p.host_ip.is_loopback))]
