@@ -8,6 +8,10 @@ anti-spoofing checks. inet portway's forward drops what containers send to UDP 4
 a member's address (the members set, kept by the cluster service); VXLAN to any other
 address (a container running its own, kind or flannel) still leaves.
 Control: without the rule, the injected frame reaches B's overlay container.
+
+B's VXLAN socket takes port 4789 on every address of B, not only on its VTEP: the same
+datagram to a second address of B (not a member's, so A lets it leave) feeds B's
+overlay just as well. B drops VXLAN to its own addresses other than its VTEP.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from pathlib import Path
 import pytest
 from test_overlay import A_ADDR, B_ADDR, Cluster, two_hosts, wait_for
 
-from conftest import Sandbox
+from conftest import Sandbox, sh
 from portway.testbed import ETCD_ADDR
 
 FRAMES = str(Path(__file__).with_name("frames.py"))
@@ -39,6 +43,8 @@ CATCH = ("import socket, sys\n"
          "    data, peer = s.recvfrom(2048); print('got', len(data), peer[0], flush=True)\n"
          "except TimeoutError: print('none', flush=True)\n")
 RULE = "containers never send to a cluster member's VXLAN port"
+OTHER_RULE = "VXLAN to this host's other addresses: its VXLAN socket takes them too"
+B_SECOND = "192.0.2.52"  # a second address of B's on the underlay: no member's VTEP
 
 
 @pytest.fixture
@@ -121,3 +127,63 @@ def test_a_container_cannot_inject_frames_into_another_hosts_overlay(
             catcher.kill()
             catcher.wait()
     assert out.startswith("got ") and out.split()[2] == A_ADDR, out
+
+
+def test_a_container_cannot_inject_frames_through_another_address_of_a_member(
+        cluster: Cluster) -> None:
+    c = cluster
+    sb = c.a
+    sb.pw("network", "create", "--driver", "overlay", "--subnet", "10.205.0.0/24", "ov")
+    sb.pw("network", "create", "app", "--subnet", "10.100.0.0/24")
+    wait_for(lambda: "ov" in c.pw_b("network", "ls").stdout, "B makes the network")
+    ov = json.loads(c.pw_b("network", "inspect", "ov").stdout)[0]
+    vni = ov["Options"]["com.docker.network.driver.overlay.vxlanid_list"]
+    c.pw_b("run", "-d", "--name", "victim", "--network", "ov", "--", "python3", "-u", "-c",
+           LISTEN)
+    sb.pw("run", "-d", "--name", "attacker", "--network", "app", "--", "sleep", "3600")
+    victim = json.loads(c.pw_b("inspect", "victim").stdout)[0]["NetworkSettings"][
+        "Networks"]["ov"]
+    wait_for(lambda: members(sb) == {A_ADDR, B_ADDR}, "A's firewall knows both members")
+    # B's namespace is the test's own (two_hosts made it); it goes with it.
+    sh("ip", "-n", c.b_host, "addr", "add", f"{B_SECOND}/24", "dev", "ul0")
+
+    def inject(target: str, marker: str) -> bool:
+        """A frame from an address of the overlay no container has, with a MAC of no
+        one, sent to target: whether B's container got it."""
+        sb.pw("exec", "attacker", "--", "python3", FRAMES, "vxlan", target, vni,
+              "02:42:de:ad:be:ef", "10.205.0.200", victim["MacAddress"],
+              victim["IPAddress"], "9999", marker)
+        deadline = time.monotonic() + 2
+        while True:
+            logs = c.pw_b("logs", "victim").stdout.splitlines()
+            if any(line.startswith(marker) for line in logs):
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+
+    def delete_rule(host: str, chain: str, comment: str) -> None:
+        rules = json.loads(sh("ip", "netns", "exec", host, "nft", "-j", "-a", "list", "chain",
+                              "inet", "portway", chain).stdout)["nftables"]
+        handle = next(item["rule"]["handle"] for item in rules
+                      if "rule" in item and item["rule"].get("comment") == comment)
+        sh("ip", "netns", "exec", host, "nft", "delete", "rule", "inet", "portway", chain,
+           "handle", str(handle))
+
+    time.sleep(0.3)  # the listener binds
+    assert not inject(B_ADDR, "vtep"), "A's forward drops it to B's VTEP"
+    # The same frame to B's other address leaves A (no member has it) and arrives.
+    assert not inject(B_SECOND, "second")
+    # Control: without B's rule it feeds B's overlay; gc puts the rule back.
+    delete_rule(c.b_host, "vtep_in", OTHER_RULE)
+    assert inject(B_SECOND, "control")
+    assert "restore chain inet portway vtep_in" in c.pw_b("gc").stdout
+    assert not inject(B_SECOND, "guarded")
+    # The tunnel between the members is untouched: A's own container reaches B's.
+    sb.pw("run", "-d", "--name", "friend", "--network", "ov", "--", "sleep", "3600")
+    sb.pw("exec", "friend", "--", "python3", "-c",
+          "import socket, sys; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto("
+          "b'hello-through-the-tunnel', (sys.argv[1], 9999))", victim["IPAddress"])
+    wait_for(lambda: any(line.startswith("hello-through-the-tunnel")
+                         for line in c.pw_b("logs", "victim").stdout.splitlines()),
+             "A's container reaches B's through the tunnel")
