@@ -69,7 +69,7 @@ def test_rules_per_network_are_constant() -> None:
     a = firewall.render_network(network(), INSTANCE)
     assert rules(a) == 14  # 2 of them mark its traffic for other tables
     base_rules = rules(firewall.render_base())
-    assert base_rules == 44  # 14 of them for IPv6
+    assert base_rules == 45  # 14 of them for IPv6
 
 
 def test_options_change_the_network_rules() -> None:
@@ -410,15 +410,42 @@ def test_guard_order_spares_the_common_traffic_its_lookups() -> None:
     # after the container-port checks, one comparison (VXLAN) and the bridges' lookup.
     assert guard[vxlan + 1:] == ["from a portway network"]
     assert _comments("vtep_in") == ["VXLAN to this host's VTEP skips conntrack",
-                                    "VXLAN to this host's VTEP skips conntrack (IPv6)"]
+                                    "VXLAN to this host's VTEP skips conntrack (IPv6)",
+                                    "VXLAN to this host's other addresses: its VXLAN "
+                                    "socket takes them too"]
     assert _comments("guard_unlisted")[0] == ("nothing from a bridge comes from the host's "
                                               "loopback addresses")
     assert _comments("guard_out")[:2] == ["VXLAN from this host's VTEP skips conntrack",
                                           "VXLAN from this host's VTEP skips conntrack (IPv6)"]
     for c in firewall.render_base():
         rule = c["add"].get("rule")
-        if rule is not None and rule["comment"].startswith("VXLAN "):
+        if rule is not None and rule["comment"].startswith("VXLAN ") and \
+                "other addresses" not in rule["comment"]:
             assert rule["expr"][-2:] == [{"notrack": None}, {"accept": None}]
+
+
+def test_vxlan_to_the_hosts_other_addresses_only_while_it_has_a_vtep() -> None:
+    # The kernel's VXLAN socket takes the port on every address of the host: what is
+    # not to the VTEP (accepted before) but to another local address is dropped, for
+    # the families this host has a VTEP of. Without a VTEP (no cluster) the set is
+    # empty and the rule drops nothing: a host's own VXLAN (Calico's, say) still works.
+    (last,) = [c["add"]["rule"] for c in firewall.render_base()
+               if c["add"].get("rule", {}).get("chain") == "vtep_in"][-1:]
+    assert last["expr"] == [
+        {"match": {"op": "==", "left": {"meta": {"key": "nfproto"}},
+                   "right": "@vtep_families"}},
+        firewall.LOCAL, {"drop": None}]
+    for address, fam in (("192.0.2.1", "ipv4"), ("2001:db8::1", "ipv6")):
+        added = firewall.render_vtep(ipaddress.ip_address(address), INSTANCE)
+        elems = [(c["add"]["element"]["name"], c["add"]["element"]["elem"][0]["elem"])
+                 for c in added]
+        assert [(name, e["val"]) for name, e in elems] == [
+            ("vteps" if fam == "ipv4" else "vteps6", address), ("vtep_families", fam)]
+        # Owned, so that gc removes both when the host leaves its cluster (an IPv6
+        # address's colons would make the tag unreadable, and the elements stay).
+        for _, e in elems:
+            assert names.parse_owner_tag(e["comment"]) == (
+                INSTANCE, "vtep", address.replace(":", "-"))
 
 
 def test_what_a_container_sends_ends_the_guard_in_its_network_chain() -> None:

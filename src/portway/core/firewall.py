@@ -11,8 +11,9 @@ published ports are map elements, not rules.
                        for what its containers send: notrack between them, else
                        guard_bridges; from elsewhere src_other: lo returns, the rest is
                        dropped); nothing a container sends arrives on its bridge port
-                       itself (802.1 link-local frames do): dropped; VXLAN to this
-                       host's VTEP: vtep_in, untracked; iifname @bridges ->
+                       itself (802.1 link-local frames do): dropped; VXLAN: vtep_in,
+                       untracked to this host's VTEP, dropped to its other addresses
+                       while it has one (the VXLAN socket takes them too); iifname @bridges ->
                        guard_unlisted (nothing from a bridge comes from 127/8:
                        route_localnet) -> guard_bridges: containers never reach the
                        host's 127/8, DNS to portway's server skips conntrack
@@ -202,6 +203,8 @@ def render_base() -> list[Cmd]:
         _map("fwd_in", "ifname", "verdict"),
         _map("fwd_out", "ifname", "verdict"),
         _map("host_in", "ifname", "verdict"),
+        # The families this host has a VTEP of (render_vtep): ipv4, ipv6.
+        {"add": {"set": {**T, "name": "vtep_families", "type": "nf_proto"}}},
     ]
     for f in FAMILIES:
         cmds += [
@@ -274,6 +277,17 @@ def render_base() -> list[Cmd]:
                                 {"notrack": None}, {"accept": None}],
                   f"VXLAN from this host's VTEP skips conntrack{f.label}"),
         ]
+    # The kernel's VXLAN socket is bound to the port on every address of the host, not
+    # to the VTEP's: a datagram to any other address of it (a second address, another
+    # interface's) feeds the overlay networks all the same. A container of another
+    # cluster member sends there past that member's check (vxlan_out knows only the
+    # members' VTEPs), masqueraded onto the underlay. So while this host has a VTEP of
+    # the packet's family (vtep_families, from render_vtep), VXLAN to any other of its
+    # own addresses is dropped; without one (in no cluster), nothing is.
+    cmds.append(_rule("vtep_in", [_match(_meta("nfproto"), "@vtep_families"), LOCAL,
+                                  {"drop": None}],
+                      "VXLAN to this host's other addresses: its VXLAN socket takes them "
+                      "too"))
     # What arrives from a portway bridge without a portway network's source address (a
     # network's own went to its src- chain above) meets the rules below in chains of
     # its own: one set lookup per packet, not one per rule, and nothing from the uplink
@@ -650,8 +664,10 @@ def _port_elements(p: Published) -> list[tuple[str, Any, Any]]:
 def render_vtep(address: IPAddress, instance: str) -> list[Cmd]:
     """This host's VTEP (a host in a cluster: its --advertise-address), whose VXLAN skips
     conntrack."""
-    return [_add(family(address.version).name("vteps"), str(address),
-                 owner_tag(instance, "vtep", str(address)))]
+    f = family(address.version)
+    tag = owner_tag(instance, "vtep", str(address).replace(":", "-"))
+    return [_add(f.name("vteps"), str(address), tag),
+            _add("vtep_families", f"ipv{f.version}", tag)]
 
 
 def render_members(addresses: Iterable[IPAddress], instance: str) -> list[Cmd]:
