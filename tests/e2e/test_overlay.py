@@ -229,8 +229,9 @@ def test_overlay_across_two_hosts(cluster: Cluster) -> None:
     out = c.pw_a("exec", "web-a", "--", "python3", "-c", CONNECT, "web-b").stdout
     assert out.startswith("HTTP/1.0 200"), out
     # Neither the VXLAN between the hosts nor the containers' flow inside it leaves a
-    # conntrack entry on either host; without this host's VTEP in vteps (the control),
-    # the VXLAN does, and gc puts the element back.
+    # conntrack entry on either host; without this host's VTEP's elements (the control:
+    # in vteps, and its family in vtep_families, without which VXLAN to an address not
+    # in vteps is dropped), the VXLAN does, and gc puts the elements back.
     def vxlan_flows(host: str) -> str:
         return sh("ip", "netns", "exec", host, "conntrack", "-L", "-p", "udp",
                   "--dport", "4789").stdout
@@ -241,9 +242,13 @@ def test_overlay_across_two_hosts(cluster: Cluster) -> None:
         assert ip_b not in inner, inner
     sh("ip", "netns", "exec", c.a.host, "nft", "delete", "element", "inet", "portway",
        "vteps", "{", A_ADDR, "}")
+    sh("ip", "netns", "exec", c.a.host, "nft", "delete", "element", "inet", "portway",
+       "vtep_families", "{", "ipv4", "}")
     c.pw_a("exec", "web-a", "--", "python3", "-c", CONNECT, ip_b)
     assert B_ADDR in vxlan_flows(c.a.host)
-    assert f"restore element {A_ADDR} of inet portway vteps" in c.pw_a("gc").stdout
+    report = c.pw_a("gc").stdout
+    assert f"restore element {A_ADDR} of inet portway vteps" in report, report
+    assert "restore element ipv4 of inet portway vtep_families" in report, report
     sh("ip", "netns", "exec", c.a.host, "conntrack", "-D", "-p", "udp", "--dport", "4789")
     c.pw_a("exec", "web-a", "--", "python3", "-c", CONNECT, ip_b)
     assert vxlan_flows(c.a.host) == ""
