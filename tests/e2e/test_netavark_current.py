@@ -21,6 +21,7 @@ import pytest
 from test_netavark import NETAVARK, Podmanish, get, podman  # noqa: F401  (the fixture)
 
 from conftest import ip_json, sh
+from portway.testbed import WAIT_LISTENING
 
 NET_ID = "53ce4390f2adb1681eb1a90ec8b48c49c015e0a8d336c197637e7f65e365fa9e"
 
@@ -280,6 +281,44 @@ def test_isolate_between_networks(podman: Podmanish) -> None:  # noqa: F811
     assert [reaches("false", b) for b in ("strict", "true1")] == [True, True]
     for key, data in nets.items():
         p.nv("teardown", spaces[key], data=data)
+
+
+def test_isolate_true_meets_a_routed_networks_published_port(
+        podman: Podmanish) -> None:  # noqa: F811
+    """A routed network's published container port is open at the container's address
+    to the outside, not to a network whose isolation keeps it out: isolate=true reaches
+    only networks that are not isolated, and a portway network is strict. The same
+    request from an isolate=false network (which reaches every network) gets through
+    (the control)."""
+    p = podman
+    p.pw("network", "create", "--subnet", "10.86.0.0/24", "-o",
+         "com.docker.network.bridge.gateway_mode_ipv4=routed", "r4")
+    p.pw("run", "-d", "--name", "web", "--network", "r4", "-p", "8086:80", "--",
+         "python3", "-m", "http.server", "--bind", "0.0.0.0", "80")
+    try:
+        p.pw("exec", "web", "--", "python3", "-c", WAIT_LISTENING, "127.0.0.1", "80")
+        nets = {"true": isolated("isotrue1", 82, "true"),
+                "false": isolated("isofalse", 84, "false")}
+        spaces = {key: p.namespace() for key in nets}
+        for key, data in nets.items():
+            p.nv("setup", spaces[key], data=data)
+        try:
+            def reaches(key: str) -> bool:
+                return get(["ip", "netns", "exec", os.path.basename(spaces[key])],
+                           "http://10.86.0.2/") == "200"
+
+            assert reaches("false")
+            assert not reaches("true")
+            # trace's model agrees with the kernel, both ways.
+            verdicts = [json.loads(p.pw("trace", "--json", name, "10.86.0.2:80").stdout)
+                        ["verdict"] for name in ("c84", "c82")]
+            assert verdicts == ["delivered", "dropped"], verdicts
+        finally:
+            for key, data in nets.items():
+                p.nv("teardown", spaces[key], data=data)
+    finally:
+        p.pw("rm", "-f", "web")
+        p.pw("network", "rm", "r4")
 
 
 def test_unmanaged_bridge_of_the_callers(podman: Podmanish) -> None:  # noqa: F811

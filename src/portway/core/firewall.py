@@ -546,12 +546,16 @@ def render_network(network: Network, instance: str) -> list[Cmd]:
                           "networks that are not strict"))
     for f in FAMILIES:
         # Docker 27's routed mode: a published container port is open at the
-        # container's own address (the host port plays no part in that).
+        # container's own address (the host port plays no part in that) to the
+        # outside, not to portway's other networks: what comes from one of their
+        # bridges got here past its own isolation (isolate=true) and meets this
+        # network's drop, as any other port of it does.
         if network.of_version(f.version) is not None and routed(network, f.version) \
                 and not network.internal:
             dest = {"concat": [_payload(f.proto, "daddr"), _meta("l4proto"),
                                _payload("th", "dport")]}
-            cmds.append(_rule(fout, [_match(dest, f"@{f.name('routed_ports')}"),
+            cmds.append(_rule(fout, [_match(_meta("iifname"), "@bridges", "!="),
+                                     _match(dest, f"@{f.name('routed_ports')}"),
                                      {"accept": None}],
                               f"{owner}: published ports, routed{f.label}"))
     cmds += [
