@@ -553,6 +553,10 @@ def test_routed_mode_opens_published_container_ports_alone() -> None:
            if "rule" in c["add"] and c["add"]["rule"]["chain"] == f"out-{'ab' * 6}"]
     direct = next(i for i, r in enumerate(out) if "@routed_ports" in json.dumps(r["expr"]))
     assert out[direct + 1]["comment"].endswith("no direct access from outside")
+    # Not from portway's other networks: their isolation decides (isolate=true has no
+    # drop of its own; this network's drop is it).
+    assert out[direct]["expr"][0] == {"match": {"op": "!=", "left": {"meta": {
+        "key": "iifname"}}, "right": "@bridges"}}
     assert "@routed_ports" not in json.dumps(firewall.render_network(network(), INSTANCE))
     port = Published(container_id="cd" * 32, protocol="tcp", host_port=8080,
                      container_ip=ipaddress.ip_address("10.77.0.2"), container_port=80,
