@@ -178,6 +178,61 @@ UDP_ASK = ("import socket, sys\n"
            "except OSError as e: print('fail', type(e).__name__)\n")
 
 
+NAMED_ECHO = ("import socket, sys\n"
+              "s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\n"
+              "s.bind(('::', 5300))\n"
+              "while True:\n"
+              "    data, peer = s.recvfrom(2048); s.sendto(sys.argv[1].encode(), peer)\n")
+# One datagram from a fixed source port (the same flow, call after call).
+ASK_FROM = ("import socket, sys\n"
+            "s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); s.settimeout(1)\n"
+            "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+            "s.bind(('::', int(sys.argv[3])))\n"
+            "s.sendto(b'hello', (sys.argv[1], int(sys.argv[2])))\n"
+            "try: print(s.recv(2048).decode())\n"
+            "except OSError as e: print('fail', type(e).__name__)\n")
+
+
+def test_routed_flow_ends_with_its_container(sandbox: Sandbox) -> None:
+    """A flow the outside had with a routed container's published UDP port ends when the
+    container goes: the next container given its address does not get that flow's
+    datagrams at a port it never published. The control: while the first container
+    runs, the flow gets through; a new flow to the next container's port is dropped."""
+    sb = sandbox
+    sb.pw("network", "create", "--ipv6", "--subnet", "10.142.0.0/24", "--subnet",
+          "fd00:142::/64", "-o", "com.docker.network.bridge.gateway_mode_ipv6=routed",
+          "r6")
+    sh("ip", "-n", sb.outside, "-6", "route", "add", "fd00:142::/64", "via", HOST_ADDR6)
+    outside = ["ip", "netns", "exec", sb.outside]
+
+    def ask(sport: int) -> str:
+        for _ in range(3):  # the server may still be starting
+            answer = sh(*outside, "python3", "-c", ASK_FROM, "fd00:142::2", "5300",
+                        str(sport)).stdout.strip()
+            if not answer.startswith("fail"):
+                break
+        return answer
+
+    sb.pw("run", "-d", "--name", "old", "--network", "r6", "-p", "5300:5300/udp", "--",
+          "python3", "-c", NAMED_ECHO, "old")
+    assert ask(40000) == "old"
+    assert ask(40000) == "old"
+    sb.pw("rm", "-f", "old")
+    sb.pw("run", "-d", "--name", "next", "--network", "r6", "--", "python3", "-c",
+          NAMED_ECHO, "next")
+    assert networks(sb, "next")["r6"]["GlobalIPv6Address"] == "fd00:142::2"
+    for _ in range(20):  # its server answers (from inside) before anything is asked
+        if sb.pw("exec", "next", "--", "python3", "-c", ASK_FROM, "::1", "5300",
+                 "40002").stdout.strip() == "next":
+            break
+    else:
+        raise AssertionError("next's server never answered")
+    assert ask(40001).startswith("fail")
+    assert ask(40000).startswith("fail")
+    sb.pw("rm", "-f", "next")
+    sb.pw("network", "rm", "r6")
+
+
 def test_published_ports_from_the_hosts_ipv6_loopback(sandbox: Sandbox) -> None:
     """::1 cannot be DNATed: what reaches a published port there is relayed to the
     container, for either family, TCP and UDP, and only from the host itself."""

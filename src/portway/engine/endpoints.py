@@ -313,6 +313,17 @@ class Endpoints:
                 hint = self._hint.get(key)
                 if hint is not None and int(a.ip) < hint:
                     self._hint[key] = int(a.ip)
+        # The host's conntrack entries of their addresses go with them (Docker's, on an
+        # endpoint's removal): a flow that was let in (a published port, NATed or at the
+        # container's address in routed mode) would otherwise stay established, and its
+        # packets would be accepted as such by the next container given the address, at
+        # a port it never published.
+        gone = [a.ip for e in endpoints for a in e.addresses]
+        if gone:
+            try:
+                self.h.fw.forget_connections(gone)
+            except PortwayError:
+                pass  # (they end when they time out)
 
     def _overlay(self, network_id: str) -> bool:
         net = self.h.store.find_network(network_id)
