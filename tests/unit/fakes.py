@@ -213,10 +213,23 @@ class FakeDriver:
         self.w.step(f"bridge.delete {network.name}")
         self.w.bridges.discard(network.bridge)
 
+    def prepare(self, sandbox: Any, endpoint_id: str, host_ifname: str, ifname: str,
+                network: Network) -> tuple[int, int]:
+        self.w.step(f"bridge.prepare {ifname}")
+        self.w.links[host_ifname] = sandbox.path
+        return len(self.w.links), len(self.w.links)
+
+    def unprepare(self, host_ifname: str) -> None:
+        self.w.step("bridge.unprepare")
+        self.w.links.pop(host_ifname, None)
+
     def attach(self, sandbox: Any, endpoint: Endpoint, network: Network,
                default_route: bool, hairpin: bool, metric: int | None = None,
-               routes: tuple[Route, ...] = ()) -> None:
+               routes: tuple[Route, ...] = (),
+               prepared: tuple[int, int] | None = None) -> None:
         self.w.step(f"bridge.attach {endpoint.ifname}")
+        if prepared is not None and self.w.links.get(endpoint.host_ifname) != sandbox.path:
+            raise KernelError(f"{endpoint.host_ifname} was not prepared", "a bug")
         self.w.links[endpoint.host_ifname] = sandbox.path
         if default_route:
             self.w.routes.add(sandbox.path)

@@ -14,7 +14,8 @@ from portway.engine.containers import Attachment
 from portway.errors import KernelError, NotFound, PortwayError
 from portway.model.types import Container
 
-RUN_STEPS = ["netns.create", "bridge.attach", "fw.add_ports", "process.spawn"]
+RUN_STEPS = ["netns.create", "bridge.prepare", "bridge.attach", "fw.add_ports",
+             "process.spawn"]
 
 
 def test_network_create_and_its_undo(tmp_path: Path) -> None:
@@ -57,8 +58,11 @@ def test_run_steps_in_order(tmp_path: Path) -> None:
     info = h.containers.run(["sleep", "1"], name="web", networks=["app"], ports=["8080:80"],
                             detach=True)
     steps = [s for s in w.log if s.split(" ")[0] in RUN_STEPS]
-    assert steps == ["netns.create", "bridge.attach eth0", "fw.add_ports", "process.spawn"]
-    assert w.log[0] == "port.reserve"  # the host port is held before any kernel work
+    assert steps == ["netns.create", "bridge.prepare eth0", "bridge.attach eth0",
+                     "fw.add_ports", "process.spawn"]
+    # The namespace and the pair are made beside the set-up's own thread (they need
+    # nothing allocated); the host port is held before the endpoint is attached.
+    assert w.log.index("port.reserve") < w.log.index("bridge.attach eth0")
     c = h.store.find_container("web")
     assert c is not None and c.status == "running" and info["Id"] == c.id
     assert w.held == {("tcp", "", 8080)} and "port tcp/8080" in w.rules
@@ -76,8 +80,12 @@ def test_run_tells_the_dns_server_before_its_kernel_work_and_waits_after(
     h.containers.run(["sleep", "1"], name="web", networks=["app"], detach=True)
     steps = [s for s in w.log if s.split(" ")[0] in [*RUN_STEPS, "dns.announce",
                                                       "dns.settle", "dns.update"]]
-    assert steps == ["dns.announce web", "netns.create", "bridge.attach eth0",
-                     "process.spawn", "dns.settle"]
+    # (The namespace and the pair are made meanwhile, beside: in either order with it.)
+    kernel_first = [s for s in steps if s not in ("netns.create", "bridge.prepare eth0")]
+    assert kernel_first == ["dns.announce web", "bridge.attach eth0", "process.spawn",
+                            "dns.settle"]
+    assert steps.index("netns.create") < steps.index("bridge.prepare eth0") < \
+        steps.index("bridge.attach eth0")
     assert list(w.names.values()) == ["web"]
 
 
@@ -194,3 +202,23 @@ def test_a_port_follows_the_container_into_its_next_network(tmp_path: Path) -> N
     c = h.store.find_container("web")
     assert c is not None
     assert [str(p.container_ip) for p in h.publishing.published(c)] == ["10.78.0.2"]
+
+
+@pytest.mark.parametrize("bad", [
+    {"ip": "10.77.0.2"},  # web's address (found after the namespace is being made)
+    {"ports": ["8080:81"]},  # web's host port (found in up, after the rows)
+])
+def test_bad_input_found_after_the_early_kernel_work_leaves_none_of_it(
+        tmp_path: Path, bad: dict[str, object]) -> None:
+    h, w = fake_host(str(tmp_path))
+    h.networks.create("app", subnet="10.77.0.0/24")
+    h.containers.run(["sleep", "1"], name="web", networks=["app"], ports=["8080:80"],
+                     detach=True)
+    before = (set(w.links), set(w.namespaces), set(w.rules), set(w.held))
+    w.log.clear()
+    with pytest.raises(PortwayError):
+        h.containers.run(["sleep", "1"], name="db", networks=["app"], detach=True,
+                         **bad)  # type: ignore[arg-type]
+    assert "bridge.prepare eth0" in w.log and "bridge.unprepare" in w.log, w.log
+    assert (set(w.links), set(w.namespaces), set(w.rules), set(w.held)) == before, w.log
+    assert len(h.store.endpoints()) == 1

@@ -46,6 +46,7 @@ from portway.model.types import (
 if TYPE_CHECKING:
     from portway.engine.context import Host
     from portway.engine.dns import Announced
+    from portway.engine.sandboxes import Early
 
 
 def each(refs: list[str], act: Callable[[str], object]) -> list[dict[str, Any]]:
@@ -212,37 +213,50 @@ class Containers:
             netns = {"host": h.host_netns_path(),
                      "container": owner.netns if owner else ""}.get(
                          mode, f"/run/netns/{names.netns_name(cid)}")
-            own_hostname = owner.hostname if owner else \
-                hostname or (host_hostname() if mode == "host" else cid[:12])
-            container = Container(
-                id=cid, name=name or random_name(h.store.container_names()),
-                hostname=own_hostname, command=cmd, netns=netns, network_mode=mode,
-                auto_remove=auto_remove, detach=detach, ports=port_maps, dns=dns_servers,
-                created=now(), cap_add=tuple(cap_add or ()), cap_drop=tuple(cap_drop or ()),
-                privileged=privileged, user=user or "", config=config,
-                restart_policy=policy.name, restart_max=policy.maximum, networked=False)
-            configs = self.configs(container, nets, plan.requests)
-            try:
+            try:  # (said below, in its turn; known now: no kernel work for it at all)
                 h.processes.check_command(list(cmd), config.workdir, config.env)
-            except PortwayError:
-                if not auto_remove:  # Docker's create succeeded; its start did not
-                    with h.store.transaction():
-                        h.store.add_container(container)
-                        for cfg in configs:
-                            h.store.add_config(cfg)
+                unrunnable: PortwayError | None = None
+            except PortwayError as exc:
+                unrunnable = exc
+            # The kernel work that needs nothing of the store starts now, beside this
+            # thread's (Sandboxes.early); any failure from here on takes it back.
+            early = h.sandboxes.early(cid, netns, nets) \
+                if mode == "bridge" and unrunnable is None else None
+            try:
+                own_hostname = owner.hostname if owner else \
+                    hostname or (host_hostname() if mode == "host" else cid[:12])
+                container = Container(
+                    id=cid, name=name or random_name(h.store.container_names()),
+                    hostname=own_hostname, command=cmd, netns=netns, network_mode=mode,
+                    auto_remove=auto_remove, detach=detach, ports=port_maps, dns=dns_servers,
+                    created=now(), cap_add=tuple(cap_add or ()), cap_drop=tuple(cap_drop or ()),
+                    privileged=privileged, user=user or "", config=config,
+                    restart_policy=policy.name, restart_max=policy.maximum, networked=False)
+                configs = self.configs(container, nets, plan.requests)
+                if unrunnable is not None:
+                    if not auto_remove:  # Docker's create succeeded; its start did not
+                        with h.store.transaction():
+                            h.store.add_container(container)
+                            for cfg in configs:
+                                h.store.add_config(cfg)
+                    raise unrunnable
+                with h.store.transaction():
+                    if not container.ports:
+                        # Recorded as up() leaves it (the transaction holds the row until up
+                        # is done), so up need not write it again. Not with ports: a
+                        # networked row holds its host ports, and up checks them against
+                        # the rows first.
+                        container = replace(container, networked=True,
+                                            netns=self.netns_of(container))
+                    h.store.add_container(container)
+                    for cfg in configs:
+                        h.store.add_config(cfg)
+                    container = self.up(container, nets, configs, detach, early)
+            except BaseException:
+                for error in early.undo() if early is not None else ():
+                    print(f"portwayd: undo the set-up of {cid[:12]}: {error}",
+                          file=sys.stderr, flush=True)
                 raise
-            with h.store.transaction():
-                if not container.ports:
-                    # Recorded as up() leaves it (the transaction holds the row until up
-                    # is done), so up need not write it again. Not with ports: a
-                    # networked row holds its host ports, and up checks them against
-                    # the rows first.
-                    container = replace(container, networked=True,
-                                        netns=self.netns_of(container))
-                h.store.add_container(container)
-                for cfg in configs:
-                    h.store.add_config(cfg)
-                container = self.up(container, nets, configs, detach)
             if nets:
                 self.ready(container.id)
             if container.network_mode in ("bridge", "none"):
@@ -275,11 +289,12 @@ class Containers:
                                    "has, or on all addresses")
 
     def up(self, c: Container, nets: list[Network], configs: list[EndpointConfig],
-           detach: bool) -> Container:
+           detach: bool, early: Early | None = None) -> Container:
         """c's networking from its configuration (its networks in order, each with the
         addresses and aliases asked for), its host ports held and published, and with
         detach its process: all or nothing, inside the caller's transaction, in which
-        c's row exists. The container as recorded."""
+        c's row exists. The container as recorded. early: its kernel work started ahead
+        (Sandboxes.early), which the caller undoes if this fails."""
         h = self.h
         with ExitStack() as undo:
             undo.callback(h.endpoints.clear_hints)  # a rollback frees what was allocated
@@ -295,13 +310,14 @@ class Containers:
             undo.callback(h.endpoints.released, endpoints)
             for index, (net, cfg) in enumerate(zip(nets, configs, strict=True)):
                 endpoints.append(h.endpoints.new(c, net, index, cfg.ips, list(cfg.aliases),
-                                                 mac=cfg.mac))
+                                                 mac=cfg.mac,
+                                                 eid=early.eids[index] if early else None))
             announced = self._announce(c, endpoints)
             if announced is not None:
                 undo.callback(self._withdraw, announced)
             if c.network_mode in ("bridge", "none"):
                 undo.callback(h.sandboxes.teardown, c, endpoints)
-                h.sandboxes.build(c, endpoints, nets)
+                h.sandboxes.build(c, endpoints, nets, early)
             elif c.network_mode == "host":
                 undo.callback(h.sandboxes.teardown, c, endpoints)
                 h.sandboxes.write_files(c)

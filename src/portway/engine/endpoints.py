@@ -17,7 +17,7 @@ import ipaddress
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from portway.core import firewall, ipam, names, validate
 from portway.core.overlay import NO_CLUSTER
@@ -36,6 +36,7 @@ from portway.model.types import (
 
 if TYPE_CHECKING:
     from portway.engine.context import Host
+    from portway.engine.drivers import PreparingDriver
     from portway.engine.sandboxes import SandboxHandle
 
 
@@ -106,11 +107,13 @@ class Endpoints:
 
     def new(self, container: Container, net: Network, index: int, ips: list[str],
             aliases: list[str], ifname: str | None = None,
-            mac: str | None = None, host_ifname: str | None = None) -> Endpoint:
+            mac: str | None = None, host_ifname: str | None = None,
+            eid: str | None = None) -> Endpoint:
         """An endpoint of container on net with its addresses reserved in the store (in
         the caller's transaction): on a Podman network one in each subnet, as netavark
         gives; on others one per family, as Docker gives (the one asked for in ips, else
-        the lowest free one of the family's first subnet that has one)."""
+        the lowest free one of the family's first subnet that has one). eid: its id, if
+        made ahead (Sandboxes.early named its interface after it)."""
         store = self.h.store
         each_subnet = net.labels.get(firewall.PODMAN_LABEL) == "true"
         asked = self._checked(container, net, ips, each_subnet)
@@ -128,7 +131,7 @@ class Endpoints:
         for _ in range(64):
             addresses = self._allocate(net, asked, in_use, each_subnet)
             endpoint = self._endpoint(container, net, index, addresses, asked, aliases,
-                                      ifname, mac, host_ifname)
+                                      ifname, mac, host_ifname, eid)
             if cluster is None:
                 break
             # (Its record goes to the other hosts once its plumbing is done: publish.)
@@ -179,7 +182,7 @@ class Endpoints:
     def _endpoint(self, container: Container, net: Network, index: int,
                   addresses: list[IPInterface], asked: dict[int, IPAddress],
                   aliases: list[str], ifname: str | None, mac: str | None,
-                  host_ifname: str | None) -> Endpoint:
+                  host_ifname: str | None, eid: str | None = None) -> Endpoint:
         store = self.h.store
         if mac is not None:
             user = next((e for e in store.endpoints(network_id=net.id) if e.mac == mac),
@@ -189,7 +192,7 @@ class Endpoints:
                 raise Conflict(f"MAC address {mac} is already in use on network {net.name}"
                                + (f" by {other.name}" if other else ""),
                                "give another --mac-address, or omit it")
-        eid = names.new_id()
+        eid = eid or names.new_id()
         # A network without subnets (Podman's ipam driver none) gives no address: the
         # host end is not held to one, the MAC comes from the endpoint's id.
         endpoint = Endpoint(
@@ -331,15 +334,22 @@ class Endpoints:
 
     def attach(self, sandbox: Sandbox, container: Container, endpoint: Endpoint,
                net: Network, default_route: bool, guarded: bool = False,
-               metric: int | None = None, routes: tuple[Route, ...] = ()) -> None:
+               metric: int | None = None, routes: tuple[Route, ...] = (),
+               prepared: tuple[int, int] | None = None) -> None:
         """One endpoint into the container's sandbox; guarded: its anti-spoofing entries
-        are being added by the caller; metric and routes: as the driver's attach."""
+        are being added by the caller; metric and routes: as the driver's attach;
+        prepared: what the driver's prepare made of it (Sandboxes.early)."""
         if not guarded:
             self.h.fw.add_guard([endpoint])
         try:
-            self.h.driver(net).attach(sandbox, endpoint, net, default_route,
-                                      hairpin=bool(container.ports), metric=metric,
-                                      routes=routes)
+            driver = self.h.driver(net)
+            if prepared is not None:
+                cast("PreparingDriver", driver).attach(
+                    sandbox, endpoint, net, default_route, hairpin=bool(container.ports),
+                    metric=metric, routes=routes, prepared=prepared)
+            else:
+                driver.attach(sandbox, endpoint, net, default_route,
+                              hairpin=bool(container.ports), metric=metric, routes=routes)
         except PortwayError as exc:
             if not guarded:
                 self.h.fw.remove_guard([endpoint])

@@ -12,14 +12,15 @@ Rules of this module:
 from __future__ import annotations
 
 import _thread
+import functools
 import ipaddress
 import os
 import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol, cast
 
 from portway.core import files, names, runopts
 from portway.errors import PortwayError, TeardownErrors
@@ -30,10 +31,13 @@ if TYPE_CHECKING:
     from pyroute2 import IPRoute
 
     from portway.engine.context import Host
+    from portway.engine.drivers import PreparingDriver
 
 HOST_FILES = ("hosts", "hostname", "resolv.conf")
 # The thread that does a set-up's work beside its netlink work (build).
 _HELPER = netns.Kept()
+# The thread that does a set-up's kernel work that needs nothing allocated (early).
+_EARLY = netns.Kept()
 
 
 def host_hostname() -> str:
@@ -276,12 +280,85 @@ class LiveSandboxKernel:
         links.readdress(sandbox.ipr, ifname, old, new, mac)
 
 
+@dataclass
+class Early:
+    """A set-up's kernel work that needs nothing allocated, done on a kept thread while
+    the set-up's own thread validates, writes its rows and allocates addresses: the
+    container's namespace claimed, and each endpoint's veth pair made (named after the
+    endpoint id made ahead, eids), on its bridge, down. build finishes the pairs once
+    the addresses are known. undo takes back whatever of it was made."""
+
+    eids: list[str]
+    sandbox: SandboxHandle | None = None
+    pairs: dict[str, tuple[int, int]] = field(default_factory=dict)  # host end -> indexes
+    # What was made, each with its undo, in the order made.
+    made: list[tuple[str, Callable[[], object]]] = field(default_factory=list)
+    job: netns.Beside | netns._Job | None = None
+    taken: bool = False  # build has the sandbox (and closes it)
+
+    def join(self) -> SandboxHandle:
+        """The namespace, once the work is done (its error raised, if it failed)."""
+        assert self.job is not None
+        self.job.join()
+        assert self.sandbox is not None
+        self.taken = True
+        return self.sandbox
+
+    def undo(self) -> list[str]:
+        """What was made, gone, in reverse order (missing counts as gone; teardown may
+        have removed it already): the set-up failed. Its errors, one line each (the
+        caller reports them beside the set-up's own)."""
+        if self.job is not None:
+            self.job.join(quiet=True)
+        if self.sandbox is not None and not self.taken:
+            self.sandbox.close()
+            self.taken = True
+        errors: list[str] = []
+        while self.made:
+            what, step = self.made.pop()
+            try:
+                step()
+            except (PortwayError, OSError) as exc:
+                errors.append(f"{what}: {exc}")
+        return errors
+
+
 class Sandboxes:
     def __init__(self, host: Host) -> None:
         self.h = host
 
+    def early(self, container_id: str, path: str, networks: list[Network]) -> Early | None:
+        """The kernel work of a new container's set-up that depends on nothing the store
+        allocates, started on a kept thread (Early): None if a network's driver does
+        not attach in two halves (it all happens in build then). The caller undoes it
+        (Early.undo) if the set-up fails, and hands it to build otherwise."""
+        h = self.h
+        drivers = [h.driver(n) for n in networks]
+        if not all(n.driver == "bridge" and n.subnets and hasattr(d, "prepare")
+                   for n, d in zip(networks, drivers, strict=True)):
+            return None
+        early = Early([names.new_id() for _ in networks])
+        tag = h.tag("container", container_id)
+        kernel = h.sandbox_kernel
+
+        def work() -> None:
+            sandbox = kernel.create(path, tag)
+            early.sandbox = sandbox
+            early.made.append(("delete namespace", lambda: kernel.delete(path)))
+            for index, (net, driver, eid) in enumerate(zip(networks, drivers, early.eids,
+                                                           strict=True)):
+                preparing = cast("PreparingDriver", driver)
+                host_ifname = names.host_veth_name(eid)
+                early.pairs[host_ifname] = preparing.prepare(
+                    sandbox, eid, host_ifname, names.container_ifname(index), net)
+                early.made.append((f"delete {host_ifname}",
+                                   functools.partial(preparing.unprepare, host_ifname)))
+
+        early.job = _EARLY.beside(work)
+        return early
+
     def build(self, container: Container, endpoints: list[Endpoint],
-              networks: list[Network] | None = None) -> None:
+              networks: list[Network] | None = None, early: Early | None = None) -> None:
         """The container's namespace, its endpoints and its /etc files. networks: the
         endpoints' networks, if the caller has them (else read from the store).
 
@@ -290,7 +367,8 @@ class Sandboxes:
         port without its entries sends nothing, so their order does not matter), and
         each is most of a millisecond of waiting on the kernel and the disk. The helper
         reads nothing of the store (the caller's transaction holds it): the networks
-        are looked up here."""
+        are looked up here. early: the namespace and pairs made ahead (Sandboxes.early;
+        the caller undoes it on a failure), whose endpoints' ids the endpoints have."""
         h = self.h
         known = {n.id: n for n in networks or ()}
         nets = {e.network_id: known.get(e.network_id) or h.network(e.network_id)
@@ -306,14 +384,17 @@ class Sandboxes:
 
         helper = _HELPER.beside(beside)
         try:
-            sandbox = h.sandbox_kernel.create(container.netns, h.tag("container", container.id))
+            sandbox = early.join() if early is not None else \
+                h.sandbox_kernel.create(container.netns, h.tag("container", container.id))
             try:
                 routed = False
                 for endpoint in endpoints:
                     net = nets[endpoint.network_id]
                     with_route = not routed and not net.internal
                     h.endpoints.attach(sandbox, container, endpoint, net, with_route,
-                                       guarded=True)
+                                       guarded=True,
+                                       prepared=early.pairs.get(endpoint.host_ifname)
+                                       if early is not None else None)
                     routed = routed or with_route
                 if container.config.sysctls:
                     # After the interfaces: a sysctl may name one (net.ipv4.conf.eth0.*).

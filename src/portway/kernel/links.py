@@ -329,8 +329,19 @@ def ensure_endpoint(host: IPRoute, cont: IPRoute, netns_fd: int, spec: EndpointS
     Three round trips (kernel/rtbatch.py): the pair made (its ifindexes echoed), the host
     end set, and everything of the container end in one datagram, whose messages the
     kernel applies in order: no IPv6 address generation (before it is up: its peer is
-    up by then), addresses, up, default routes.
+    up by then), addresses, up, default routes. In two halves (make_pair, finish_pair),
+    so that a set-up can make the pair before the endpoint's addresses are known.
     """
+    index, cidx = make_pair(host, cont, netns_fd, spec)
+    finish_pair(host, cont, index, cidx, spec)
+
+
+def make_pair(host: IPRoute, cont: IPRoute, netns_fd: int, spec: EndpointSpec
+              ) -> tuple[int, int]:
+    """ensure_endpoint's first half, which needs neither addresses nor MAC (spec.mac ""
+    leaves the container end the kernel's until finish_pair): the pair made or reused,
+    the host end tagged, on the bridge and up, with nothing of IPv6. Its ifindexes (host
+    end, container end). The container end stays down: nothing passes yet."""
     what = f"endpoint {spec.host_ifname}"
     with rtbatch.host_socket() as sock:
         made = rtbatch.Batch()
@@ -340,7 +351,10 @@ def ensure_endpoint(host: IPRoute, cont: IPRoute, netns_fd: int, spec: EndpointS
         if answer.error == errno.EEXIST:
             index, cidx = _existing_pair(host, cont, spec)
             try:
-                cont.link("set", index=cidx, address=spec.mac, mtu=spec.mtu)
+                if spec.mac:
+                    cont.link("set", index=cidx, address=spec.mac, mtu=spec.mtu)
+                else:
+                    cont.link("set", index=cidx, mtu=spec.mtu)
             except NetlinkError as err:
                 raise _kernel_error(f"reuse {what}", err) from None
         elif answer.error:
@@ -358,6 +372,15 @@ def ensure_endpoint(host: IPRoute, cont: IPRoute, netns_fd: int, spec: EndpointS
     # 802.1 group address arrives on this port itself, not through the bridge.
     for key, value in (("accept_ra", "0"), ("disable_ipv6", "1")):
         set_ipv6_conf(spec.host_ifname, key, value)
+    return index, cidx
+
+
+def finish_pair(host: IPRoute, cont: IPRoute, index: int, cidx: int, spec: EndpointSpec,
+                mac: bool = False) -> None:
+    """ensure_endpoint's second half, on the pair make_pair made (its ifindexes): hairpin
+    on the host end, and the container end's MAC (mac: make_pair was given none),
+    addresses, up and routes, in one datagram."""
+    what = f"endpoint {spec.host_ifname}"
     try:
         if spec.hairpin:
             # A container reaching its own published port through a host address is
@@ -367,7 +390,10 @@ def ensure_endpoint(host: IPRoute, cont: IPRoute, netns_fd: int, spec: EndpointS
     except NetlinkError as exc:
         raise _kernel_error(f"set up {what}", exc) from None
     inner = rtbatch.Batch()
-    harmless = {inner.link(cidx, no_ipv6_addresses=True): errno.EAFNOSUPPORT}
+    harmless: dict[int, int] = {}
+    if mac:
+        inner.link(cidx, mac=spec.mac)  # (down still: a MAC is set before it is up)
+    harmless[inner.link(cidx, no_ipv6_addresses=True)] = errno.EAFNOSUPPORT
     for a in spec.addresses:
         harmless[inner.address(cidx, a.ip, a.network.prefixlen)] = errno.EEXIST
     inner.link(cidx, up=True)

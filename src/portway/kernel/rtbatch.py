@@ -99,9 +99,10 @@ class Batch:
     def veth(self, ifname: str, mtu: int, peer: str, peer_netns_fd: int, peer_mac: str,
              peer_mtu: int) -> int:
         """A veth pair, its peer made in the namespace of peer_netns_fd; the new link
-        is echoed (its ifindex, and its peer's in IFLA_LINK)."""
+        is echoed (its ifindex, and its peer's in IFLA_LINK). peer_mac "": the kernel's."""
         peer_info = _IFINFO.pack(AF_UNSPEC, 0, 0, 0, 0) + _text(IFLA_IFNAME, peer) + \
-            _u32(IFLA_NET_NS_FD, peer_netns_fd) + _attr(IFLA_ADDRESS, _mac(peer_mac)) + \
+            _u32(IFLA_NET_NS_FD, peer_netns_fd) + \
+            (_attr(IFLA_ADDRESS, _mac(peer_mac)) if peer_mac else b"") + \
             _u32(IFLA_MTU, peer_mtu)
         body = _IFINFO.pack(AF_UNSPEC, 0, 0, 0, 0) + _text(IFLA_IFNAME, ifname) + \
             _u32(IFLA_MTU, mtu) + _nested(IFLA_LINKINFO, _text(IFLA_INFO_KIND, "veth"),
@@ -110,8 +111,9 @@ class Batch:
         return self._add(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO, body)
 
     def link(self, index: int, up: bool = False, no_ipv6_addresses: bool = False,
-             alias: str | None = None, master: int | None = None) -> int:
-        """Change a link: up, IPv6 address generation none, owner tag, bridge port."""
+             alias: str | None = None, master: int | None = None,
+             mac: str | None = None) -> int:
+        """Change a link: up, IPv6 address generation none, owner tag, bridge port, MAC."""
         flags = IFF_UP if up else 0
         body = _IFINFO.pack(AF_UNSPEC, 0, index, flags, flags)
         if no_ipv6_addresses:
@@ -120,6 +122,8 @@ class Batch:
             body += _text(IFLA_IFALIAS, alias)
         if master is not None:
             body += _u32(IFLA_MASTER, master)
+        if mac is not None:
+            body += _attr(IFLA_ADDRESS, _mac(mac))
         return self._add(RTM_NEWLINK, 0, body)
 
     def address(self, index: int, address: IPAddress, prefixlen: int) -> int:

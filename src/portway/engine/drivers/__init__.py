@@ -52,3 +52,19 @@ class NetworkDriver(Protocol):
     def observe(self, network: Network) -> list[str]:
         """The repairs the segment needs, each a line of gc's report (empty: none);
         ensure() makes them."""
+
+
+class PreparingDriver(NetworkDriver, Protocol):
+    """A driver whose attach comes in two halves: prepare (the interface made, on the
+    segment, down: nothing passes) before the endpoint's addresses are known, then
+    attach with what prepare answered. unprepare takes a prepared interface away."""
+
+    def prepare(self, sandbox: Sandbox, endpoint_id: str, host_ifname: str, ifname: str,
+                network: Network) -> tuple[int, int]: ...
+
+    def unprepare(self, host_ifname: str) -> None: ...
+
+    def attach(self, sandbox: Sandbox, endpoint: Endpoint, network: Network,
+               default_route: bool, hairpin: bool, metric: int | None = None,
+               routes: tuple[Route, ...] = (),
+               prepared: tuple[int, int] | None = None) -> None: ...

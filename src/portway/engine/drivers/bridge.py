@@ -71,9 +71,54 @@ class BridgeDriver:
         self._indexes[network.bridge] = bridge.index
         return bridge.index
 
+    def prepare(self, sandbox: Sandbox, endpoint_id: str, host_ifname: str, ifname: str,
+                network: Network) -> tuple[int, int]:
+        """attach's first half, for a set-up that knows the endpoint's id and names before
+        its addresses: the veth pair made, its host end tagged, on the bridge and up (its
+        container end down: nothing passes). The pair's ifindexes, for attach
+        (prepared); on a failure nothing of it is left."""
+        fd = os.open(sandbox.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            cached = self._indexes.get(network.bridge)
+            bridge_index = cached or self._bridge_index(network)
+            while True:
+                try:
+                    return links.make_pair(self.host, sandbox.ipr, fd, links.EndpointSpec(
+                        host_ifname=host_ifname, ifname=ifname, mac="", mtu=network.mtu,
+                        addresses=(), gateways=(), bridge_index=bridge_index,
+                        tag=self.tag("endpoint", endpoint_id)))
+                except PortwayError:
+                    if cached is not None and self._bridge_index(network) != cached:
+                        cached, bridge_index = None, self._indexes[network.bridge]
+                        continue
+                    links.delete_link(self.host, host_ifname)
+                    raise
+        finally:
+            os.close(fd)
+
+    def unprepare(self, host_ifname: str) -> None:
+        """A pair prepare made, gone (missing counts as gone)."""
+        links.delete_link(self.host, host_ifname)
+
     def attach(self, sandbox: Sandbox, endpoint: Endpoint, network: Network,
                default_route: bool, hairpin: bool, metric: int | None = None,
-               routes: tuple[Route, ...] = ()) -> None:
+               routes: tuple[Route, ...] = (),
+               prepared: tuple[int, int] | None = None) -> None:
+        """endpoint into the sandbox; prepared: the ifindexes of its pair, which prepare
+        made (only the second half is left)."""
+        if prepared is not None:
+            try:
+                links.finish_pair(self.host, sandbox.ipr, *prepared, links.EndpointSpec(
+                    host_ifname=endpoint.host_ifname, ifname=endpoint.ifname,
+                    mac=endpoint.mac, mtu=network.mtu, addresses=endpoint.addresses,
+                    gateways=default_gateways(network) if default_route else (),
+                    bridge_index=0, tag=self.tag("endpoint", endpoint.id),
+                    hairpin=hairpin, metric=metric, routes=routes,
+                    onlink=onlink_subnets(network, endpoint)), mac=True)
+            except PortwayError:
+                links.delete_link(self.host, endpoint.host_ifname)
+                raise
+            return
         fd = os.open(sandbox.path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             cached = self._indexes.get(network.bridge)
