@@ -156,6 +156,35 @@ def test_ensure_endpoint_refuses_a_link_that_is_not_its_pair(spaces: tuple[str, 
     assert [x["ifname"] for x in ip(cont, "link")] == ["lo"]
 
 
+def test_a_pair_made_before_its_addresses_passes_nothing_until_finished(
+        spaces: tuple[str, str]) -> None:
+    """make_pair (no MAC, no addresses yet) leaves the container end down and bare;
+    finish_pair gives it the MAC, its address, up and its default route."""
+    host, cont = spaces
+    seen: dict[str, Any] = {}
+
+    def body() -> None:
+        with sockets(cont) as (ipr, inner, fd):
+            index = bridge(ipr)
+            bare = links.EndpointSpec(host_ifname="pwv-test", ifname="eth0", mac="",
+                                      mtu=1500, addresses=(), gateways=(),
+                                      bridge_index=index, tag="portway:test:endpoint:1")
+            pair = links.make_pair(ipr, inner, fd, bare)
+            seen["made"] = ip(cont, "addr", "show", "eth0")
+            links.finish_pair(ipr, inner, *pair, spec(index), mac=True)
+
+    netns.in_netns(netns.netns_path(host), body)
+    (made,) = seen["made"]
+    assert "UP" not in made["flags"] and made["address"] != spec(0).mac
+    assert [a for a in made["addr_info"] if a["family"] == "inet"] == []
+    (port,) = ip(host, "link", "show", "pwv-test")
+    assert port["master"] == "pwbr-test" and "UP" in port["flags"]  # type: ignore[operator]
+    (eth0,) = ip(cont, "addr", "show", "eth0")
+    assert eth0["address"] == spec(0).mac and "UP" in eth0["flags"]  # type: ignore[operator]
+    assert [a["local"] for a in eth0["addr_info"]] == ["10.120.0.2"]  # type: ignore[index]
+    assert [r["gateway"] for r in ip(cont, "route", "show", "default")] == [str(GATEWAY)]
+
+
 GONE_MAC = "02:42:0a:78:00:77"
 
 
