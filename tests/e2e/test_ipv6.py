@@ -460,3 +460,43 @@ def test_bad_ipv6_input_changes_nothing(sandbox: Sandbox) -> None:
         assert cp.returncode == code and message in cp.stderr, (args, cp.stderr)
         assert len(cp.stderr.strip().splitlines()) == 1, cp.stderr
     assert sb.snapshot() == before
+
+
+def test_reconnect_gives_back_the_ipv6_default_route(sandbox: Sandbox, tmp_path: Path) -> None:
+    """A container first on a dual-stack network (routed IPv6, then plain NAT66) and on an
+    IPv4-only one leaves the dual-stack network and joins it again: the IPv4 default
+    route stays with the network that had it meanwhile, the IPv6 one comes back through
+    the only network that has IPv6. Doctor is quiet, the outside reaches the routed
+    container's own IPv6 address, and the container reaches the outside over both
+    families."""
+    sb = sandbox
+    log = tmp_path / "outside.log"
+    server = outside_server(sb, log)
+    try:
+        sb.pw("network", "create", "--subnet", "10.160.0.0/24", "four")
+        sh("ip", "-n", sb.outside, "-6", "route", "add", "fd00:161::/64", "via", HOST_ADDR6)
+        for name, opts in (("r6", ["-o", "com.docker.network.bridge.gateway_mode_ipv6=routed"]),
+                           ("d6", [])):
+            sb.pw("network", "create", "--ipv6", "--subnet", "10.161.0.0/24", "--subnet",
+                  "fd00:161::/64", *opts, name)
+            served(sb, "web", "--network", name, "--network", "four", "-p", "8080:80")
+            sb.pw("network", "disconnect", name, "web")
+            sb.pw("network", "connect", name, "web")
+            ns = netns_of(sb, "web")
+            (v6,) = ip_json(ns, "-6", "route", "show", "default")
+            assert v6["gateway"] == "fd00:161::1", (name, v6)
+            (v4,) = ip_json(ns, "route", "show", "default")
+            assert v4["gateway"] == "10.160.0.1", (name, v4)
+            assert sb.pw("doctor").stdout.startswith("healthy"), name
+            web = sb.pw_cmd("exec", "web", "--")
+            assert get(web, f"http://[{OUTSIDE_ADDR6}]:9000/") == "200", name
+            assert get(web, f"http://{sb.outside_addr}:9000/") == "200", name
+            if name == "r6":
+                address = networks(sb, "web")[name]["GlobalIPv6Address"]
+                outside = ["ip", "netns", "exec", sb.outside]
+                assert get(outside, f"http://[{address}]/") == "200", name
+            sb.pw("rm", "-f", "web")
+            sb.pw("network", "rm", name)
+    finally:
+        server.kill()
+        server.wait()

@@ -506,6 +506,10 @@ class Containers:
                     h.endpoints.attach(sandbox, c, endpoint, net,
                                        h.endpoints.wants_route(sandbox, net))
                     undo.callback(h.endpoints.detach, [endpoint])
+                    # A family no other network routes (IPv6 after the network that gave
+                    # it left and came back) is routed through this one, as a
+                    # disconnect reroutes; the network that routes a family keeps it.
+                    h.endpoints.fill_routes(sandbox, endpoint, net)
                     fault_point("connect.attach")
                     # Published ports follow the first endpoint: a container that had
                     # none (it left its last network) publishes them again here.

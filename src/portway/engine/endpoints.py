@@ -379,12 +379,18 @@ class Endpoints:
         if not kernel.exists(c.netns):
             return
         with kernel.open(c.netns) as sandbox:
-            for version in (4, 6):
-                if kernel.has_default_route(sandbox, version):
-                    continue
-                for e in remaining:
-                    net = self.h.network(e.network_id)
-                    sub = net.of_version(version)
-                    if sub is not None and not net.internal:
-                        kernel.set_default_route(sandbox, e.ifname, sub.gateway)
-                        break
+            for e in remaining:
+                self.fill_routes(sandbox, e, self.h.network(e.network_id))
+
+    def fill_routes(self, sandbox: SandboxHandle, endpoint: Endpoint, net: Network) -> None:
+        """The default route of each family the sandbox has none of, through endpoint, if
+        its network has that family and is not internal: a network joined later (or kept
+        after another left) serves the families the others do not, and the one that
+        routes a family keeps it."""
+        if net.internal:
+            return
+        kernel = self.h.sandbox_kernel
+        for version in (4, 6):
+            sub = net.of_version(version)
+            if sub is not None and not kernel.has_default_route(sandbox, version):
+                kernel.set_default_route(sandbox, endpoint.ifname, sub.gateway)
