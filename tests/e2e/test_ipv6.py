@@ -466,12 +466,31 @@ def test_reconnect_gives_back_the_ipv6_default_route(sandbox: Sandbox, tmp_path:
     """A container first on a dual-stack network (routed IPv6, then plain NAT66) and on an
     IPv4-only one leaves the dual-stack network and joins it again: the IPv4 default
     route stays with the network that had it meanwhile, the IPv6 one comes back through
-    the only network that has IPv6. Doctor is quiet, the outside reaches the routed
-    container's own IPv6 address, and the container reaches the outside over both
-    families."""
+    the only network that has IPv6; and so again when it restarts (now on the IPv4-only
+    network first). Doctor is quiet, the container reaches the outside over both
+    families, and the outside reaches the routed container's published port at its own
+    IPv6 address."""
     sb = sandbox
     log = tmp_path / "outside.log"
     server = outside_server(sb, log)
+
+    def check(name: str, when: str) -> None:
+        ns = netns_of(sb, "web")
+        (v6,) = ip_json(ns, "-6", "route", "show", "default")
+        assert v6["gateway"] == "fd00:161::1", (name, when, v6)
+        (v4,) = ip_json(ns, "route", "show", "default")
+        assert v4["gateway"] == "10.160.0.1", (name, when, v4)
+        assert sb.pw("doctor").stdout.startswith("healthy"), (name, when)
+        web = sb.pw_cmd("exec", "web", "--")
+        assert get(web, f"http://[{OUTSIDE_ADDR6}]:9000/") == "200", (name, when)
+        assert get(web, f"http://{sb.outside_addr}:9000/") == "200", (name, when)
+        if name == "r6" and when == "reconnected":
+            # (After the restart its published port follows its first interface, now
+            # on the IPv4-only network: nothing opens at its routed IPv6 address.)
+            address = networks(sb, "web")[name]["GlobalIPv6Address"]
+            outside = ["ip", "netns", "exec", sb.outside]
+            assert get(outside, f"http://[{address}]/") == "200", (name, when)
+
     try:
         sb.pw("network", "create", "--subnet", "10.160.0.0/24", "four")
         sh("ip", "-n", sb.outside, "-6", "route", "add", "fd00:161::/64", "via", HOST_ADDR6)
@@ -482,19 +501,18 @@ def test_reconnect_gives_back_the_ipv6_default_route(sandbox: Sandbox, tmp_path:
             served(sb, "web", "--network", name, "--network", "four", "-p", "8080:80")
             sb.pw("network", "disconnect", name, "web")
             sb.pw("network", "connect", name, "web")
-            ns = netns_of(sb, "web")
-            (v6,) = ip_json(ns, "-6", "route", "show", "default")
-            assert v6["gateway"] == "fd00:161::1", (name, v6)
-            (v4,) = ip_json(ns, "route", "show", "default")
-            assert v4["gateway"] == "10.160.0.1", (name, v4)
-            assert sb.pw("doctor").stdout.startswith("healthy"), name
-            web = sb.pw_cmd("exec", "web", "--")
-            assert get(web, f"http://[{OUTSIDE_ADDR6}]:9000/") == "200", name
-            assert get(web, f"http://{sb.outside_addr}:9000/") == "200", name
-            if name == "r6":
-                address = networks(sb, "web")[name]["GlobalIPv6Address"]
-                outside = ["ip", "netns", "exec", sb.outside]
-                assert get(outside, f"http://[{address}]/") == "200", name
+            check(name, "reconnected")
+            sb.pw("stop", "web")
+            sb.pw("start", "web")
+            sb.pw("exec", "web", "--", "python3", "-c", WAIT_LISTENING, "::1", "80")
+            check(name, "restarted")
+            # Doctor knows the IPv6 default route comes from the second network.
+            sh("ip", "-n", netns_of(sb, "web"), "-6", "route", "del", "default")
+            doctor = sb.pw("doctor", check=False)
+            assert doctor.returncode == 1 and "restore the IPv6 default route of container " \
+                "web (via fd00:161::1): it is missing" in doctor.stdout, doctor.stdout
+            sb.pw("gc")
+            check(name, "repaired")
             sb.pw("rm", "-f", "web")
             sb.pw("network", "rm", name)
     finally:

@@ -203,15 +203,16 @@ def _endpoint_ok(engine: Engine, c: Container, e: Endpoint) -> bool:
 def _missing_routes(engine: Engine, c: Container, endpoints: list[Endpoint]
                     ) -> list[tuple[str, Callable[[], object]]]:
     """The routes of either family the container's endpoints give it and it has lost: a
-    subnet's route on its interface, and the default routes of its first network that is
-    not internal, one per family of that network (what attach sets when the sandbox is
-    made; a later network may add more, which are not required here)."""
+    subnet's route on its interface, and a default route of each family some network that
+    is not internal has, via the first such network's gateway (what attach sets when the
+    sandbox is made: the first network routes its families, a later one each family no
+    earlier one has; a later network may add more, which are not required here)."""
     out: list[tuple[str, Callable[[], object]]] = []
     endpoints = sorted(endpoints, key=lambda e: e.ifname)
     networks = [n for e in endpoints if (n := engine.store.find_network(e.network_id))]
     # netavark's no_default_route: a Podman network that gives no default route.
-    first = next((n for n in networks if not n.internal and
-                  netavark_option(n, "no_default_route") != "true"), None)
+    routing = [n for n in networks if not n.internal and
+               netavark_option(n, "no_default_route") != "true"]
     cont = netns.open_ipr(c.netns)
     try:
         for version in (4, 6):
@@ -230,7 +231,9 @@ def _missing_routes(engine: Engine, c: Container, endpoints: list[Endpoint]
                         out.append((f"restore route {subnet} dev {e.ifname} of container "
                                     f"{c.name}: it is missing",
                                     partial(_onlink_route, c, e.ifname, subnet)))
-            sub = first.of_version(version) if first is not None else None
+            # Each family's from the first network that has it (a later network routes
+            # a family the first lacks).
+            sub = next((s for n in routing if (s := n.of_version(version))), None)
             if sub is not None and not links.has_default_route(cont, version):
                 out.append((f"restore the IPv{version} default route of container {c.name} "
                             f"(via {sub.gateway}): it is missing",

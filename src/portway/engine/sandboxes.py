@@ -387,15 +387,26 @@ class Sandboxes:
             sandbox = early.join() if early is not None else \
                 h.sandbox_kernel.create(container.netns, h.tag("container", container.id))
             try:
-                routed = False
+                # The first network that is not internal gives the default route of
+                # each of its families; a later one, each family no earlier one routes
+                # (an IPv4-only network first, a dual-stack one after: IPv6 through it).
+                routed: set[int] | None = None
                 for endpoint in endpoints:
                     net = nets[endpoint.network_id]
-                    with_route = not routed and not net.internal
+                    with_route = routed is None and not net.internal
                     h.endpoints.attach(sandbox, container, endpoint, net, with_route,
                                        guarded=True,
                                        prepared=early.pairs.get(endpoint.host_ifname)
                                        if early is not None else None)
-                    routed = routed or with_route
+                    if with_route:
+                        routed = {s.version for s in net.subnets}
+                    elif routed is not None and not net.internal:
+                        for version in (4, 6):
+                            sub = net.of_version(version)
+                            if sub is not None and version not in routed:
+                                h.sandbox_kernel.set_default_route(sandbox, endpoint.ifname,
+                                                                   sub.gateway)
+                                routed.add(version)
                 if container.config.sysctls:
                     # After the interfaces: a sysctl may name one (net.ipv4.conf.eth0.*).
                     h.sandbox_kernel.set_sysctls(container.netns,
