@@ -540,3 +540,16 @@ def test_icc_off_says_which_setting_keeps_containers_apart() -> None:
     assert t.verdict == "dropped" and t.summary.endswith("between its containers (icc)")
     assert t.fix.startswith("the network keeps its containers apart on purpose "
                             "(com.docker.network.bridge.enable_icc=false)"), t.fix
+
+
+def test_a_route_that_refuses_in_silence_is_no_disagreement() -> None:
+    # An unreachable route's ICMP error is rate-limited per destination (a probe right
+    # after a failed connection times out) and a blackhole route sends none: a timeout no
+    # netfilter rule caused is the static no-route. A rule's drop is not.
+    passed = KernelStep("inet", "portway", "guard", "guard", None, "policy accept")
+    drop = KernelStep("inet", "portway", "forward", "in-a", 7, "drop")
+    seen = ("10.0.0.2", "10.0.0.3:80")
+    assert agreement([passed], [passed], "no-route", "dropped", seen, None) == []
+    assert agreement([passed], [passed, drop], "no-route", "dropped", seen, None)
+    assert agreement([passed], [passed], "delivered", "dropped", seen, None)
+    assert agreement([passed], [passed], "no-route", "delivered", seen, None)

@@ -2015,6 +2015,20 @@ def static_steps(t: Trace, space_label: str) -> list[KernelStep]:
     return out
 
 
+ROUTE_SILENT_NOTE = ("no answer where a route refuses the packet: the kernel sends its "
+                     "ICMP error at most once a second to one destination "
+                     "(net.ipv4.icmp_ratelimit), so a probe right after another failed "
+                     "connection gets none; a blackhole route never answers")
+
+
+def route_silent(static_verdict: str, live_verdict: str, kernel: list[KernelStep]) -> bool:
+    """A no-route the kernel met as silence: the probe timed out and no netfilter rule
+    dropped it. The same verdict, not a disagreement: an unreachable route's ICMP error is
+    rate-limited per destination, and a blackhole route sends none."""
+    return (static_verdict == "no-route" and live_verdict == "dropped"
+            and not any(s.verdict.split()[-1] == "drop" for s in kernel))
+
+
 def agreement(static: list[KernelStep], kernel: list[KernelStep], static_verdict: str,
               live_verdict: str, static_seen: tuple[str, str],
               live_seen: tuple[str, str] | None) -> list[str]:
@@ -2037,7 +2051,9 @@ def agreement(static: list[KernelStep], kernel: list[KernelStep], static_verdict
         else:
             reasons.append(f"static passes {len(a)} of the chains both see, the kernel "
                            f"{len(b)}")
-    if static_verdict != live_verdict:
+    if route_silent(static_verdict, live_verdict, kernel):
+        pass
+    elif static_verdict != live_verdict:
         reasons.append(f"verdict: static {static_verdict}, kernel {live_verdict}")
     elif static_verdict == "dropped":
         def dropper(steps: list[KernelStep]) -> tuple[Any, ...] | None:

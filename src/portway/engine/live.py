@@ -530,6 +530,8 @@ def _report(events: list[nftrace.TraceEvent], connections: list[nftrace.Connecti
         reasons = core.agreement(
             core.static_steps(compare_static, "host"), steps, compare_static.verdict,
             verdict, (compare_static.seen_source, compare_static.seen_destination), seen)
+        if core.route_silent(compare_static.verdict, verdict, steps):
+            notes.append(core.ROUTE_SILENT_NOTE)
         if back and not compare_static.summary.endswith(STATE_NOTE):
             # The reply's chains in the host against the static reply's.
             told = compare_static.reply_hops or [h for h in compare_static.hops
