@@ -394,8 +394,8 @@ def test_queries_are_timed_on_request(w: World) -> None:
     assert len(timed) == 20 and all(len(t) == 4 and min(t) >= 0 for t in timed)
     assert all(sum(t[:3]) < 1e6 for t in timed)  # µs: each well under a second
     # The CPU time is the server's own: at most the wall time from its turn to the send
-    # (the clocks are read in turn, a µs apart at most).
-    assert all(0 < t[3] <= t[1] + t[2] + 1 for t in timed)
+    # (the CPU clock is read inside the wall clock's interval; rounding aside).
+    assert all(0 < t[3] <= t[1] + t[2] + 1 for t in timed), timed
     # Queued while the server is stopped: their wait before its turn is the pause.
     assert w.control("timing start")["queries"] == []
     server = w.procs[-1]

@@ -822,8 +822,8 @@ class Server:
             if timing is not None and len(timing) < TIMED:
                 arrived = _arrival(ancillary)
                 if arrived:
-                    timing.append((turn - arrived, read - turn, time.time_ns() - read,
-                                   time.thread_time_ns() - cpu))
+                    ran = time.thread_time_ns() - cpu  # read inside the wall interval
+                    timing.append((turn - arrived, read - turn, time.time_ns() - read, ran))
         elif out is not None:
             self.start_forward(msg, src, functools.partial(
                 self._queue_forwarded, sock, batch.name_of(peer)), out)
@@ -862,8 +862,8 @@ class Server:
             elif answers:
                 batch.send(fd, answers)
             if timing is not None and answers and len(timing) < TIMED:
+                ran = time.thread_time_ns() - cpu  # read inside the wall interval
                 sent, arrived = time.time_ns(), batch.arrived
-                ran = time.thread_time_ns() - cpu
                 timing.extend((turn - arrived[slot], read - turn, sent - read, ran)
                               for _, slot in answers if arrived[slot])
             if len(queries) < batch.size:
