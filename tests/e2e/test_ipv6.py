@@ -467,12 +467,15 @@ def test_reconnect_gives_back_the_ipv6_default_route(sandbox: Sandbox, tmp_path:
     IPv4-only one leaves the dual-stack network and joins it again: the IPv4 default
     route stays with the network that had it meanwhile, the IPv6 one comes back through
     the only network that has IPv6; and so again when it restarts (now on the IPv4-only
-    network first). Doctor is quiet, the container reaches the outside over both
-    families, and the outside reaches the routed container's published port at its own
-    IPv6 address."""
+    network first), and when gc makes its dual-stack interface anew. Doctor is quiet,
+    the container reaches the outside over both families, and each family's published
+    port follows the network that routes the family: the outside reaches it at the
+    host's address of either family (and the routed container at its own IPv6
+    address)."""
     sb = sandbox
     log = tmp_path / "outside.log"
     server = outside_server(sb, log)
+    outside = ["ip", "netns", "exec", sb.outside]
 
     def check(name: str, when: str) -> None:
         ns = netns_of(sb, "web")
@@ -484,11 +487,14 @@ def test_reconnect_gives_back_the_ipv6_default_route(sandbox: Sandbox, tmp_path:
         web = sb.pw_cmd("exec", "web", "--")
         assert get(web, f"http://[{OUTSIDE_ADDR6}]:9000/") == "200", (name, when)
         assert get(web, f"http://{sb.outside_addr}:9000/") == "200", (name, when)
-        if name == "r6" and when == "reconnected":
-            # (After the restart its published port follows its first interface, now
-            # on the IPv4-only network: nothing opens at its routed IPv6 address.)
+        # The IPv4 port goes to the IPv4-only network (its replies leave by the interface
+        # they came in on), the IPv6 one to the network that has IPv6.
+        assert get(outside, f"http://{sb.host_addr}:8080/") == "200", (name, when)
+        assert get(outside, f"http://[{HOST_ADDR6}]:8080/") == "200", (name, when)
+        assert sorted(sb.pw("port", "web").stdout.split("\n")[:-1]) == \
+            ["80/tcp -> 0.0.0.0:8080", "80/tcp -> [::]:8080"], (name, when)
+        if name == "r6":
             address = networks(sb, "web")[name]["GlobalIPv6Address"]
-            outside = ["ip", "netns", "exec", sb.outside]
             assert get(outside, f"http://[{address}]/") == "200", (name, when)
 
     try:
@@ -513,6 +519,15 @@ def test_reconnect_gives_back_the_ipv6_default_route(sandbox: Sandbox, tmp_path:
                 "web (via fd00:161::1): it is missing" in doctor.stdout, doctor.stdout
             sb.pw("gc")
             check(name, "repaired")
+            # gc makes the dual-stack network's interface anew, with the IPv6 default
+            # route that network gives (the IPv4-only one keeps routing IPv4).
+            ns = netns_of(sb, "web")
+            (dual,) = [link["ifname"] for link in ip_json(ns, "-6", "addr")
+                       if any(str(a["local"]).startswith("fd00:161:")
+                              for a in link["addr_info"])]  # type: ignore[attr-defined]
+            sh("ip", "-n", ns, "link", "del", str(dual))
+            sb.pw("gc")
+            check(name, "re-attached")
             sb.pw("rm", "-f", "web")
             sb.pw("network", "rm", name)
     finally:

@@ -44,6 +44,7 @@ from portway.model.types import (
 )
 
 if TYPE_CHECKING:
+    from portway.core.firewall import Published
     from portway.engine.context import Host
     from portway.engine.dns import Announced
     from portway.engine.sandboxes import Early
@@ -503,16 +504,18 @@ class Containers:
                     h.store.add_config(cfg)
                     endpoint = h.endpoints.new(c, net, index, ips, alias_list)
                     undo.callback(h.endpoints.released, [endpoint])  # (its claim)
-                    h.endpoints.attach(sandbox, c, endpoint, net,
-                                       h.endpoints.wants_route(sandbox, net))
+                    h.endpoints.attach(sandbox, c, endpoint, net, False)
                     undo.callback(h.endpoints.detach, [endpoint])
                     # A family no other network routes (IPv6 after the network that gave
                     # it left and came back) is routed through this one, as a
-                    # disconnect reroutes; the network that routes a family keeps it.
-                    h.endpoints.fill_routes(sandbox, endpoint, net)
+                    # disconnect reroutes; the network that routes a family keeps it
+                    # (core/gateways.py).
+                    h.endpoints.route(sandbox, h.endpoints.in_order(c.id,
+                                                                    [*current, endpoint]))
                     fault_point("connect.attach")
-                    # Published ports follow the first endpoint: a container that had
-                    # none (it left its last network) publishes them again here.
+                    # Each family's published ports follow the network that routes it: a
+                    # container that had none for a family (it left the networks that
+                    # have it) publishes them again here.
                     before = h.publishing.published(c, current)
                     after = h.publishing.published(c, [*current, endpoint])
                     if before != after:
@@ -549,11 +552,14 @@ class Containers:
                                "see its networks with 'portway inspect'")
             name = net.name if net is not None else network
             remaining = [e for e in current if not mine or e.id != mine[0].id]
+            # (Read while its configuration still orders the network it leaves.)
+            before = h.publishing.published(c, current) if mine else []
             with h.store.transaction():
                 if cfg is not None:
                     h.store.delete_config(c.id, cfg.network_id)
                 if mine:
-                    self._move_ports(c, current, remaining, mine, fault="disconnect.detach")
+                    self._move_ports(c, current, remaining, mine, fault="disconnect.detach",
+                                     before=before)
             if mine:
                 h.endpoints.released(mine)
                 h.endpoints.reroute(c, remaining)
@@ -562,11 +568,15 @@ class Containers:
             return {"Id": c.id, "Network": name}
 
     def _move_ports(self, c: Container, current: list[Endpoint], remaining: list[Endpoint],
-                    gone: list[Endpoint], fault: str = "") -> None:
-        """gone's rows and interfaces removed; published ports follow the container's
-        first endpoint, so they move if it was among them."""
+                    gone: list[Endpoint], fault: str = "",
+                    before: list[Published] | None = None) -> None:
+        """gone's rows and interfaces removed; each family's published ports follow the
+        network that routes it, so they move if it was among them. before: the ports as
+        published with current (read before gone's configuration went)."""
         h = self.h
-        before, after = h.publishing.published(c, current), h.publishing.published(c, remaining)
+        if before is None:
+            before = h.publishing.published(c, current)
+        after = h.publishing.published(c, remaining)
         with h.store.transaction():
             for e in gone:
                 h.store.delete_endpoint(e.id)

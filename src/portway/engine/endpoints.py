@@ -19,7 +19,7 @@ from contextlib import ExitStack
 from dataclasses import replace
 from typing import TYPE_CHECKING, cast
 
-from portway.core import firewall, ipam, names, validate
+from portway.core import firewall, gateways, ipam, names, validate
 from portway.core.overlay import NO_CLUSTER
 from portway.engine.drivers import Sandbox
 from portway.engine.drivers.bridge import BridgeDriver
@@ -366,31 +366,52 @@ class Endpoints:
             (self.h.driver(net) if net is not None else self.h.drivers["bridge"]).detach(e)
 
     def wants_route(self, sandbox: SandboxHandle, net: Network) -> bool:
-        """Whether an endpoint on net brings the sandbox its default route: not on an
-        internal network, and only if the sandbox has none (of the network's first
-        family) yet."""
-        return not net.internal and bool(net.subnets) and \
+        """For a runtime that leaves the choice to portway (Attachment.default_route
+        None): whether an endpoint on net brings the sandbox its default route: if its
+        network gives one (core/gateways.py) and the sandbox has none of the network's
+        first family yet."""
+        return gateways.gives_default_route(net) and \
             not self.h.sandbox_kernel.has_default_route(sandbox, net.primary.version)
+
+    def in_order(self, container_id: str, endpoints: list[Endpoint]
+                 ) -> list[tuple[Endpoint, Network]]:
+        """A container's endpoints with their networks, in the order it joined the
+        networks (its configuration's positions: run's --network flags, then each
+        connect; the interface names follow a reconnect's first free one, not that
+        order); a runtime's container without one (Podman's), by interface name. An
+        endpoint whose network row is gone is left out."""
+        positions = {cfg.network_id: cfg.position
+                     for cfg in self.h.store.configs(container_id=container_id)}
+        out: list[tuple[Endpoint, Network]] = []
+        for e in sorted(endpoints, key=lambda e: (positions.get(e.network_id, 1 << 30),
+                                                  e.ifname)):
+            net = self.h.store.find_network(e.network_id)
+            if net is not None:
+                out.append((e, net))
+        return out
+
+    def route(self, sandbox: SandboxHandle, ordered: list[tuple[Endpoint, Network]],
+              only: Endpoint | None = None) -> None:
+        """The default route of each family the sandbox has none of, via the network
+        core/gateways.py names for it among ordered (in_order's): after a connect (the
+        new network routes the families no earlier one does), a disconnect (the next
+        network takes the families the one that left routed), a re-made interface (only:
+        just the families that endpoint routes; the others' interfaces may still be
+        missing)."""
+        kernel = self.h.sandbox_kernel
+        for version, i in sorted(gateways.route_owners([n for _, n in ordered]).items()):
+            endpoint, net = ordered[i]
+            sub = net.of_version(version)
+            if sub is None or (only is not None and endpoint.id != only.id):
+                continue
+            if not kernel.has_default_route(sandbox, version):
+                kernel.set_default_route(sandbox, endpoint.ifname, sub.gateway)
 
     def reroute(self, c: Container, remaining: list[Endpoint]) -> None:
         """After a detach, give the container a default route again, per family, if it
-        lost it."""
+        lost it (route)."""
         kernel = self.h.sandbox_kernel
         if not kernel.exists(c.netns):
             return
         with kernel.open(c.netns) as sandbox:
-            for e in remaining:
-                self.fill_routes(sandbox, e, self.h.network(e.network_id))
-
-    def fill_routes(self, sandbox: SandboxHandle, endpoint: Endpoint, net: Network) -> None:
-        """The default route of each family the sandbox has none of, through endpoint, if
-        its network has that family and is not internal: a network joined later (or kept
-        after another left) serves the families the others do not, and the one that
-        routes a family keeps it."""
-        if net.internal:
-            return
-        kernel = self.h.sandbox_kernel
-        for version in (4, 6):
-            sub = net.of_version(version)
-            if sub is not None and not kernel.has_default_route(sandbox, version):
-                kernel.set_default_route(sandbox, endpoint.ifname, sub.gateway)
+            self.route(sandbox, self.in_order(c.id, remaining))

@@ -28,13 +28,12 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from portway.core import firewall
+from portway.core import firewall, gateways
 from portway.core.firewall import Published
-from portway.core.names import MACVLAN_PREFIX
 from portway.core.ports import format_mapping, host_port_holder, parse_port_key
 from portway.engine.proxy import LOOPBACK_ONLY, LoopbackProxy, Target
 from portway.errors import Conflict, InvalidInput, KernelError, PortwayError
-from portway.model.types import Container, Endpoint, PortMapping
+from portway.model.types import Container, Endpoint, IPInterface, Network, PortMapping
 
 if TYPE_CHECKING:
     from portway.engine.context import Host
@@ -276,33 +275,41 @@ class Publishing:
         for p in ports:
             self.h.ports.release(p)
 
-    def published(self, c: Container, endpoints: list[Endpoint] | None = None
-                  ) -> list[Published]:
-        """c's port mappings, resolved to the addresses of its first endpoint."""
-        if not c.ports:
-            return []
+    def owners(self, c: Container, endpoints: list[Endpoint] | None = None
+               ) -> dict[int, tuple[Endpoint, Network]]:
+        """{IP version: c's endpoint (and its network) that takes the family's published
+        ports}: the one whose network routes the family (core/gateways.py)."""
         eps = endpoints if endpoints is not None else self.h.store.endpoints(container_id=c.id)
         if not eps:
+            return {}
+        ordered = self.h.endpoints.in_order(c.id, eps)
+        return {v: ordered[i]
+                for v, i in gateways.port_owners([n for _, n in ordered]).items()}
+
+    def published(self, c: Container, endpoints: list[Endpoint] | None = None
+                  ) -> list[Published]:
+        """c's port mappings, resolved per family to the address of that family of the
+        endpoint whose network routes it (owners)."""
+        if not c.ports:
             return []
-        first = min(eps, key=lambda e: e.ifname)
-        if first.host_ifname.startswith(MACVLAN_PREFIX):
-            return []  # on a macvlan network: nothing is published (as Docker)
         # Each family the container has (Docker 27: -p 8080:80 publishes on both), to
-        # its first address of the family (a Podman container has one per subnet, and
-        # netavark forwards to the first); a port published on one host address, in
-        # that address's family only; ::1 is the relay's alone (no rule can DNAT it).
-        targets = [a for i, a in enumerate(first.addresses)
-                   if all(b.version != a.version for b in first.addresses[:i])]
-        net = self.h.store.find_network(first.network_id)
-        routed = {v for v in (4, 6) if net is not None and firewall.routed(net, v)}
+        # the first address of the family of that family's endpoint (a Podman container
+        # has one per subnet, and netavark forwards to the first); a port published on
+        # one host address, in that address's family only; ::1 is the relay's alone (no
+        # rule can DNAT it).
+        targets: list[tuple[IPInterface, bool]] = []
+        for version, (endpoint, net) in sorted(self.owners(c, endpoints).items()):
+            address = next((a for a in endpoint.addresses if a.version == version), None)
+            if address is not None:
+                targets.append((address, firewall.routed(net, version)))
         return [Published(container_id=c.id, protocol=p.protocol, host_port=p.host_port,
                           container_ip=a.ip, container_port=p.container_port,
                           host_ip=p.host_ip,
                           # Routed mode opens the container port at the container's
                           # address for a port published on every host address; one
                           # published on one address (127.0.0.1, say) stays that narrow.
-                          routed=a.version in routed and p.host_ip is None)
-                for p in c.ports for a in targets
+                          routed=routed and p.host_ip is None)
+                for p in c.ports for a, routed in targets
                 if p.host_ip is None or (p.host_ip.version == a.version and
                                          not (a.version == 6 and p.host_ip.is_loopback))]
 
@@ -320,11 +327,12 @@ class Publishing:
                 for p in c.ports:
                     if key(p) != k:
                         continue
-                    eps = self.h.store.endpoints(container_id=c.id)
-                    if not eps or c.status != "running":
+                    owners = self.owners(c)
+                    if not owners or c.status != "running":
                         return None
-                    first = min(eps, key=lambda e: e.ifname)
-                    best = max(first.addresses, key=lambda a: a.version)
+                    version = max(owners)
+                    best = next(a for a in owners[version][0].addresses
+                                if a.version == version)
                     return str(best.ip), p.container_port
         return None
 
@@ -334,9 +342,7 @@ class Publishing:
         while it is stopped: its ports are published while it runs."""
         if not c.networked:
             return []
-        eps = self.h.store.endpoints(container_id=c.id)
-        versions = sorted({a.version for a in min(eps, key=lambda e: e.ifname).addresses}) \
-            if eps else [4]
+        versions = sorted(self.owners(c)) or [4]
         return [(f"{p.container_port}/{p.protocol}", ip, p.host_port) for p in c.ports
                 for ip in ([str(p.host_ip)] if p.host_ip else
                            ["0.0.0.0" if v == 4 else "::" for v in versions])]

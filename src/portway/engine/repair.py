@@ -12,8 +12,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from portway.core import names
-from portway.core.firewall import netavark_option
+from portway.core import gateways, names
 from portway.engine.drivers.bridge import onlink_subnets
 from portway.errors import PortwayError
 from portway.kernel import links, netns, procs
@@ -208,11 +207,9 @@ def _missing_routes(engine: Engine, c: Container, endpoints: list[Endpoint]
     sandbox is made: the first network routes its families, a later one each family no
     earlier one has; a later network may add more, which are not required here)."""
     out: list[tuple[str, Callable[[], object]]] = []
-    endpoints = sorted(endpoints, key=lambda e: e.ifname)
-    networks = [n for e in endpoints if (n := engine.store.find_network(e.network_id))]
-    # netavark's no_default_route: a Podman network that gives no default route.
-    routing = [n for n in networks if not n.internal and
-               netavark_option(n, "no_default_route") != "true"]
+    ordered = engine.h.endpoints.in_order(c.id, endpoints)
+    networks = [n for _, n in ordered]
+    owners = gateways.route_owners(networks)
     cont = netns.open_ipr(c.netns)
     try:
         for version in (4, 6):
@@ -231,9 +228,10 @@ def _missing_routes(engine: Engine, c: Container, endpoints: list[Endpoint]
                         out.append((f"restore route {subnet} dev {e.ifname} of container "
                                     f"{c.name}: it is missing",
                                     partial(_onlink_route, c, e.ifname, subnet)))
-            # Each family's from the first network that has it (a later network routes
-            # a family the first lacks).
-            sub = next((s for n in routing if (s := n.of_version(version))), None)
+            # Each family's via the network core/gateways.py names (a later network
+            # routes a family the first lacks).
+            sub = networks[owners[version]].of_version(version) if version in owners \
+                else None
             if sub is not None and not links.has_default_route(cont, version):
                 out.append((f"restore the IPv{version} default route of container {c.name} "
                             f"(via {sub.gateway}): it is missing",
@@ -272,7 +270,7 @@ def _rebuild(engine: Engine, c: Container, endpoints: list[Endpoint]) -> None:
     for e in endpoints:
         links.delete_link(engine.host, e.host_ifname)
     netns.delete_netns(os.path.basename(c.netns))
-    engine.h.sandboxes.build(c, endpoints)
+    engine.h.sandboxes.build(c, [e for e, _ in engine.h.endpoints.in_order(c.id, endpoints)])
 
 
 def _reattach(engine: Engine, c: Container, e: Endpoint) -> None:
@@ -287,7 +285,12 @@ def _reattach(engine: Engine, c: Container, e: Endpoint) -> None:
         elif links.observe_link(cont, e.ifname) is None:
             links.delete_link(engine.host, e.host_ifname)
         net = engine.h.network(e.network_id)
-        engine.h.endpoints.attach(sandbox, c, e, net, engine.h.endpoints.wants_route(sandbox, net))
+        engine.h.endpoints.attach(sandbox, c, e, net, False)
+        # The default routes of the families this network routes (core/gateways.py, as
+        # run, start, connect and disconnect route them); those of the container's other
+        # networks are theirs to restore.
+        ordered = engine.h.endpoints.in_order(c.id, engine.store.endpoints(container_id=c.id))
+        engine.h.endpoints.route(sandbox, ordered, only=e)
 
 
 def _unknown_links(engine: Engine, report: Report) -> None:

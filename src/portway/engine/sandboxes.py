@@ -22,7 +22,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, cast
 
-from portway.core import files, names, runopts
+from portway.core import files, gateways, names, runopts
 from portway.errors import PortwayError, TeardownErrors
 from portway.kernel import links, netns, procs
 from portway.model.types import Container, Endpoint, IPAddress, IPInterface, Network, Route
@@ -359,7 +359,8 @@ class Sandboxes:
 
     def build(self, container: Container, endpoints: list[Endpoint],
               networks: list[Network] | None = None, early: Early | None = None) -> None:
-        """The container's namespace, its endpoints and its /etc files. networks: the
+        """The container's namespace, its endpoints (in the order it joined their
+        networks: the first routes its families) and its /etc files. networks: the
         endpoints' networks, if the caller has them (else read from the store).
 
         The anti-spoofing entries and the /etc files (rendered there too) go on a helper
@@ -387,26 +388,24 @@ class Sandboxes:
             sandbox = early.join() if early is not None else \
                 h.sandbox_kernel.create(container.netns, h.tag("container", container.id))
             try:
-                # The first network that is not internal gives the default route of
-                # each of its families; a later one, each family no earlier one routes
-                # (an IPv4-only network first, a dual-stack one after: IPv6 through it).
-                routed: set[int] | None = None
-                for endpoint in endpoints:
+                # Each family's default route via the first network that gives one and
+                # has the family (core/gateways.py): an IPv4-only network first, a
+                # dual-stack one after: IPv6 through it.
+                owners = gateways.route_owners([nets[e.network_id] for e in endpoints])
+                for i, endpoint in enumerate(endpoints):
                     net = nets[endpoint.network_id]
-                    with_route = routed is None and not net.internal
-                    h.endpoints.attach(sandbox, container, endpoint, net, with_route,
+                    mine = {v for v, j in owners.items() if j == i}
+                    # All of its families: with the interface, in one batch.
+                    whole = bool(mine) and mine == {s.version for s in net.subnets}
+                    h.endpoints.attach(sandbox, container, endpoint, net, whole,
                                        guarded=True,
                                        prepared=early.pairs.get(endpoint.host_ifname)
                                        if early is not None else None)
-                    if with_route:
-                        routed = {s.version for s in net.subnets}
-                    elif routed is not None and not net.internal:
-                        for version in (4, 6):
-                            sub = net.of_version(version)
-                            if sub is not None and version not in routed:
-                                h.sandbox_kernel.set_default_route(sandbox, endpoint.ifname,
-                                                                   sub.gateway)
-                                routed.add(version)
+                    for version in sorted(mine) if not whole else ():
+                        sub = net.of_version(version)
+                        if sub is not None:
+                            h.sandbox_kernel.set_default_route(sandbox, endpoint.ifname,
+                                                               sub.gateway)
                 if container.config.sysctls:
                     # After the interfaces: a sysctl may name one (net.ipv4.conf.eth0.*).
                     h.sandbox_kernel.set_sysctls(container.netns,

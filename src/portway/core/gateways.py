@@ -1,0 +1,55 @@
+"""Which of a container's networks is its gateway for each address family: the one whose
+gateway its default route of that family goes through, and so the one that takes the
+family's published ports (Docker's "gateway endpoint", chosen per family since Docker
+28; a reply then leaves by the interface its connection came in on). Pure: run, start,
+connect, disconnect, doctor and gc all ask this one rule.
+
+Rules of this module:
+1. The networks are taken in the container's order (the order it joined them: run's
+   --network flags, then each connect; a restart keeps it).
+2. A network gives a default route unless it is internal, has no subnet, or is a Podman
+   network with netavark's no_default_route.
+3. Each family's default route goes via the first network that gives one and has that
+   family: the first network routes its families, a later one each family no earlier
+   one has. A network keeps the families it routes while later ones come and go.
+4. Each family's published ports go to the address of that family on the network that
+   routes it; where no network routes the family (a Podman network with
+   no_default_route), to the first network that is not internal and has it, as netavark
+   forwards without a default route. A macvlan network publishes nothing (Docker's).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from portway.core.firewall import netavark_option
+from portway.core.macvlan import DRIVER as MACVLAN
+from portway.model.types import Network
+
+
+def gives_default_route(net: Network) -> bool:
+    """Whether a container on net takes a default route from it (rule 2)."""
+    return not net.internal and bool(net.subnets) and \
+        netavark_option(net, "no_default_route") != "true"
+
+
+def route_owners(networks: Sequence[Network]) -> dict[int, int]:
+    """{IP version: the index in networks of the one its default route goes via}
+    (rule 3)."""
+    out: dict[int, int] = {}
+    for i, net in enumerate(networks):
+        if gives_default_route(net):
+            for s in net.subnets:
+                out.setdefault(s.version, i)
+    return out
+
+
+def port_owners(networks: Sequence[Network]) -> dict[int, int]:
+    """{IP version: the index in networks of the one whose address of that family takes
+    the published ports} (rule 4)."""
+    out = route_owners(networks)
+    for i, net in enumerate(networks):
+        if not net.internal:
+            for s in net.subnets:
+                out.setdefault(s.version, i)
+    return {v: i for v, i in out.items() if networks[i].driver != MACVLAN}

@@ -1,0 +1,56 @@
+"""core/gateways.py: which of a container's networks routes each family, and which takes
+each family's published ports."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from portway.core.firewall import PODMAN_LABEL
+from portway.core.gateways import gives_default_route, port_owners, route_owners
+from portway.model.types import Network, Subnet
+
+V4 = Subnet(ipaddress.ip_network("10.1.0.0/24"), ipaddress.ip_address("10.1.0.1"))
+V4B = Subnet(ipaddress.ip_network("10.2.0.0/24"), ipaddress.ip_address("10.2.0.1"))
+V6 = Subnet(ipaddress.ip_network("fd00:1::/64"), ipaddress.ip_address("fd00:1::1"))
+V6B = Subnet(ipaddress.ip_network("fd00:2::/64"), ipaddress.ip_address("fd00:2::1"))
+
+
+def net(name: str, *subnets: Subnet, internal: bool = False, driver: str = "bridge",
+        podman: dict[str, str] | None = None) -> Network:
+    return Network(id=name * 8, name=name, subnets=subnets, bridge=f"br-{name}",
+                   driver=driver, internal=internal, options=podman or {},
+                   labels={PODMAN_LABEL: "true"} if podman is not None else {})
+
+
+@pytest.mark.parametrize(("networks", "routes", "ports"), [
+    # The first network routes its families; a later one each family no earlier has.
+    ([net("a", V4, V6), net("b", V4B)], {4: 0, 6: 0}, {4: 0, 6: 0}),
+    ([net("a", V4), net("b", V4B, V6)], {4: 0, 6: 1}, {4: 0, 6: 1}),
+    ([net("a", V6), net("b", V4B, V6B)], {6: 0, 4: 1}, {6: 0, 4: 1}),
+    # An internal network routes nothing and takes no published port.
+    ([net("i", V4, V6, internal=True), net("b", V4B)], {4: 1}, {4: 1}),
+    # netavark's no_default_route: no route; its ports where no network routes them.
+    ([net("n", V4, V6, podman={"no_default_route": "true"}), net("b", V4B)],
+     {4: 1}, {4: 1, 6: 0}),
+    ([net("n", V4, podman={"no_default_route": "false"}), net("b", V4B, V6B)],
+     {4: 0, 6: 1}, {4: 0, 6: 1}),
+    # A network without a subnet (Podman's ipam none) routes nothing.
+    ([net("z"), net("b", V4B)], {4: 1}, {4: 1}),
+    # macvlan routes (the LAN's router) and publishes nothing (Docker's).
+    ([net("m", V4, driver="macvlan"), net("b", V4B, V6B)], {4: 0, 6: 1}, {6: 1}),
+    ([], {}, {}),
+])
+def test_owners(networks: list[Network], routes: dict[int, int],
+                ports: dict[int, int]) -> None:
+    assert route_owners(networks) == routes
+    assert port_owners(networks) == ports
+
+
+def test_a_portway_network_ignores_netavark_options() -> None:
+    """no_default_route is netavark's: read on a Podman network only."""
+    own = net("a", V4)
+    own = Network(**{**own.__dict__, "options": {"no_default_route": "true"}})
+    assert gives_default_route(own)
+    assert not gives_default_route(net("p", V4, podman={"no_default_route": "true"}))
