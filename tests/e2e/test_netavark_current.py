@@ -165,6 +165,60 @@ def test_no_default_route(podman: Podmanish) -> None:  # noqa: F811
     p.nv("teardown", ns, data=data)
 
 
+def test_no_default_route_when_another_network_goes(podman: Podmanish) -> None:  # noqa: F811
+    """A network with no_default_route gives no default route when the network that gave
+    one goes, or when its route is lost and gc restores it: a Podman container's second
+    network's route comes back through that network, and a portway container that
+    leaves its first network gets none (the no_default_route network is all it has)."""
+    p = podman
+    quiet = dualstack(options={"no_default_route": "true"})
+    back = dualstack("back", "podman9", 87, id="7b" * 32)
+    data = copy.deepcopy(quiet)
+    data["networks"]["back"] = dict(back["networks"]["back"], interface_name="eth1")
+    data["network_info"]["back"] = back["network_info"]["back"]
+    ns = p.namespace()
+    p.nv("setup", ns, data=data)
+    nsname = os.path.basename(ns)
+
+    def defaults() -> list[tuple[int, str, str]]:
+        return sorted((version, r["gateway"], r["dev"]) for version in (4, 6)
+                      for r in routes(ns, version) if r["dst"] == "default")
+
+    assert defaults() == [(4, "10.87.0.1", "eth1"), (6, "fd87::1", "eth1")]
+    # Lost, and restored through the network that gives it.
+    sh("ip", "-n", nsname, "route", "del", "default")
+    sh("ip", "-n", nsname, "-6", "route", "del", "default")
+    doctor = p.pw("doctor", check=False)
+    assert doctor.returncode == 1 and "restore the IPv4 default route of container " \
+        "testcontainer (via 10.87.0.1): it is missing" in doctor.stdout, doctor.stdout
+    p.pw("gc")
+    assert [(v, gw, dev) for v, gw, dev in defaults()] == \
+        [(4, "10.87.0.1", "eth1"), (6, "fd87::1", "eth1")]
+    assert p.pw("doctor").stdout.startswith("healthy")
+    # A portway container on a network of its own first, then on the Podman network
+    # with no_default_route: leaving the first leaves it without a default route.
+    p.pw("network", "create", "--subnet", "10.170.0.0/24", "own")
+    try:
+        p.pw("run", "-d", "--name", "web", "--network", "own", "--network", "podman", "--",
+             "sleep", "3600")
+
+        def web_defaults() -> list[str]:
+            # (Seen from inside: the daemon that made the namespace mounted its name
+            # where this test cannot see it.)
+            return [str(r["gateway"]) for v in ("-4", "-6") for r in json.loads(
+                p.pw("exec", "web", "--", "ip", "-j", v, "route").stdout)
+                if r["dst"] == "default"]
+
+        assert web_defaults() == ["10.170.0.1"]
+        p.pw("network", "disconnect", "own", "web")
+        assert web_defaults() == []
+        assert p.pw("doctor").stdout.startswith("healthy")
+    finally:
+        p.pw("rm", "-f", "web", check=False)
+        p.pw("network", "rm", "own", check=False)
+    p.nv("teardown", ns, data=data)
+
+
 def test_host_interface_name(podman: Podmanish) -> None:  # noqa: F811
     """Mirrors testfiles/bridge-vethname.json and bridge-vethname-exists.json: the host
     end of the veth takes the caller's name (within portway's prefix, which its
