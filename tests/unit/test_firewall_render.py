@@ -566,3 +566,42 @@ def test_routed_mode_opens_published_container_ports_alone() -> None:
     assert sets["routed_ports"][0]["elem"]["val"] == {"concat": ["10.77.0.2", "tcp", 80]}
     assert "routed_ports" not in {c["add"]["element"]["name"]
                                   for c in firewall.render_ports([published(8080)], INSTANCE)}
+
+
+def _family_of(cmd: dict[str, Any]) -> str:
+    (body,) = cmd["add"].values()
+    return str(body["family"])
+
+
+def test_upgrade_repair_is_fail_closed() -> None:
+    """A table an older portway made: its `input` chain had no `host_in` lookup, and
+    `host_in` none of the bridges' elements (nor the chains they go to). gc makes the
+    regular chains first, then the elements, then the base chains that look them up: no
+    moment in which `input` sends a bridge's traffic through a `host_in` that lacks its
+    element (its VXLAN port not dropped)."""
+    shared = [c for cmds in firewall.render_shared().values() for c in cmds]
+    net = network(internal=True)  # (its host_in element goes to its own host- chain)
+    mine = firewall.render_network(net, INSTANCE)
+    older = [c for c in shared if _family_of(c) != "inet" or
+             c["add"].get("rule", {}).get("chain") not in ("input", "to_host")]
+    older += [c for c in mine if "element" not in c["add"] or
+              c["add"]["element"]["name"] != "host_in"]
+    older = [c for c in older if f"host-{'ab' * 6}" not in (
+        c["add"].get("chain", {}).get("name"), c["add"].get("rule", {}).get("chain"))]
+    repairs = [r.what for r in plan(older, [net])]
+    assert "restore chain inet portway input: it differs from what portway wrote" in repairs
+    assert "restore chain inet portway host-abababababab: it is missing" in repairs
+    assert sum("of inet portway host_in" in w for w in repairs) == 1  # (one bridge name)
+    order = {w.split(":")[0]: i for i, w in enumerate(repairs)}
+    elements = [i for w, i in order.items() if w.startswith("restore element")]
+    regular = [order["restore chain inet portway to_host"],
+               order["restore chain inet portway host-abababababab"]]
+    assert max(regular) < min(elements) <= max(elements) < order[
+        "restore chain inet portway input"]
+    # Every base chain after every element, every regular one before.
+    hooked = {c["add"]["chain"]["name"] for c in shared + mine
+              if "hook" in c["add"].get("chain", {})}
+    for w, i in order.items():
+        if w.startswith("restore chain"):
+            name = w.split()[-1]
+            assert (i > max(elements)) == (name in hooked), w

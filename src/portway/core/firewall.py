@@ -998,6 +998,13 @@ def plan_repair(shared: dict[str, list[Cmd]], mine: list[Cmd],
                                       "missing", ((cmd,),)))
     chains = _chain_cmds([*[c for f in present for c in shared[f]],
                           *[c for c in mine if _family(c) in present]])
+    # Fail-closed, in this order: the regular chains (what elements and rules jump to),
+    # then the elements, then the base chains, whose rules look them up. A base chain
+    # restored before the elements it looks up would, for a moment, let through what
+    # an element sends elsewhere (an older portway's `input` restored to `iifname vmap
+    # @host_in` before the bridges' host_in elements: their traffic to the host's VXLAN
+    # port not dropped).
+    hooked: list[Repair] = []
     for (family, name), (add_chain, rules) in chains.items():
         wanted = want_rules.get((family, name), [])
         current = have.get((family, name))
@@ -1005,8 +1012,9 @@ def plan_repair(shared: dict[str, list[Cmd]], mine: list[Cmd],
             continue
         ref = {"family": family, "table": TABLE, "name": name}
         state = "is missing" if current is None else "differs from what portway wrote"
-        repairs.append(Repair(f"restore chain {family} {TABLE} {name}: it {state}", (
-            (add_chain, {"flush": {"chain": ref}}, *rules),)))
+        (hooked if "hook" in add_chain["add"]["chain"] else repairs).append(Repair(
+            f"restore chain {family} {TABLE} {name}: it {state}",
+            ((add_chain, {"flush": {"chain": ref}}, *rules),)))
     want_elements = wanted_elements(c for c in mine if _family(c) in present)
     for key, (value, comment, add) in want_elements.items():
         family, name, _ = key
@@ -1024,6 +1032,7 @@ def plan_repair(shared: dict[str, list[Cmd]], mine: list[Cmd],
         state = "is missing" if listed is None else "differs"
         repairs.append(Repair(f"restore element {_show(key[2])} of {family} {TABLE} {name}: "
                               f"it {state}", (steps,)))
+    repairs += hooked
     stale_chains: list[str] = []
     for key, (value, comment, listed_key) in have_elements.items():
         tag = parse_owner_tag(comment)
