@@ -158,6 +158,27 @@ def test_routed_ipv6_opens_published_container_ports(sandbox: Sandbox, tmp_path:
         assert "fd00:141::2 - -" in log.read_text()
         # Its element goes with the container; gc keeps it while it runs.
         assert sb.pw("doctor").stdout.startswith("healthy")
+        # A stray element opens a port all the same (quiet's, the control): doctor names
+        # it, whether its container is gone or only no longer has it, and gc deletes it.
+        listing = json.loads(sb.in_host("nft", "-j", "list", "set", "inet", "portway",
+                                        "routed_ports6").stdout)
+        (elem,) = [i["set"]["elem"][0]["elem"] for i in listing["nftables"] if "set" in i]
+        prefix = str(elem["comment"]).rsplit(":", 2)[0]  # portway:INSTANCE
+        quiet = str(sb.inspect("quiet")["Id"])
+        for address, owner in (("fd00:141::3", quiet), ("fd00:141::9", "ee" * 32)):
+            sb.in_host("nft", "add", "element", "inet", "portway", "routed_ports6",
+                       f'{{ {address} . tcp . 80 comment "{prefix}:container:{owner}" }}')
+        assert get(outside, "http://[fd00:141::3]/") == "200"
+        doctor = sb.pw("doctor", check=False)
+        assert doctor.returncode == 1, doctor.stdout
+        for address, why in (("fd00:141::3", f"{quiet[:12]} no longer has it"),
+                             ("fd00:141::9", "eeeeeeeeeeee is not in the store")):
+            assert f"delete element {address} . tcp . 80 of inet portway routed_ports6: " \
+                f"portway container {why}" in doctor.stdout, doctor.stdout
+        sb.pw("gc")
+        assert get(outside, "http://[fd00:141::3]/", 1).startswith("fail")
+        assert get(outside, "http://[fd00:141::2]/") == "200"
+        assert sb.pw("doctor").stdout.startswith("healthy")
         sb.pw("stop", "web")
         assert "fd00:141::2" not in sb.in_host("nft", "list", "set", "inet", "portway",
                                                "routed_ports6").stdout

@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -959,14 +959,18 @@ def _chain_cmds(cmds: Iterable[Cmd]) -> dict[tuple[str, str], tuple[Cmd, list[Cm
 
 def plan_repair(shared: dict[str, list[Cmd]], mine: list[Cmd],
                 listing: dict[str, list[dict[str, Any]] | None],
-                canonical: list[dict[str, Any]], instance: str) -> list[Repair]:
+                canonical: list[dict[str, Any]], instance: str,
+                known: Collection[str] = ()) -> list[Repair]:
     """What makes the kernel hold the shared tables and this instance's own chains and
     elements exactly as wanted, touching nothing another instance owns.
 
     shared: the shared tables' commands by family; mine: this instance's chains, rules and
     elements; listing: each shared table as listed (None: missing); canonical: the
     shared tables and mine (without elements) as the kernel lists them when given
-    exactly these commands, which is what the listed rules are compared with.
+    exactly these commands, which is what the listed rules are compared with; known:
+    the ids of the containers, networks and endpoints in the store (an element of one
+    of them that is not wanted is a stray all the same: a published port or address
+    it no longer has).
     """
     repairs: list[Repair] = []
     mine_by_family: dict[str, list[Cmd]] = {}
@@ -1042,9 +1046,10 @@ def plan_repair(shared: dict[str, list[Cmd]], mine: list[Cmd],
         target = json.loads(value)["jump"]["target"] if value and "jump" in value else None
         if target is not None and (family, target) not in chains:
             stale_chains.append(target)
+        why = "no longer has it" if tag[2] in known else "is not in the store"
         repairs.append(Repair(
             f"delete element {_show(key[2])} of {family} {TABLE} {name}: portway {tag[1]} "
-            f"{tag[2][:12]} is not in the store",
+            f"{tag[2][:12]} {why}",
             (({"delete": {"element": {"family": family, "table": TABLE, "name": name,
                                       "elem": [listed_key]}}},),)))
     for name in dict.fromkeys(stale_chains):

@@ -21,7 +21,7 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -227,8 +227,9 @@ class Firewall:
         return self._canonical[key]
 
     def plan(self, networks: list[Network], ports: list[Published],
-             endpoints: list[Endpoint]) -> list[Repair]:
-        """Every difference between the kernel and what this instance wants."""
+             endpoints: list[Endpoint], known: Collection[str] = ()) -> list[Repair]:
+        """Every difference between the kernel and what this instance wants; known: the
+        ids of what the store holds (firewall.plan_repair)."""
         shared = firewall.render_shared()
         mine = self.wanted(networks, ports, endpoints)
         listing = self._listing()
@@ -237,7 +238,7 @@ class Firewall:
         rules_only = [c for c in mine if "element" not in c["add"]]
         canonical = self._canonical_form([c for f in firewall.TABLES for c in shared[f]]
                                          + rules_only)
-        return firewall.plan_repair(shared, mine, listing, canonical, self.instance)
+        return firewall.plan_repair(shared, mine, listing, canonical, self.instance, known)
 
     def repair(self, repair: Repair) -> None:
         if not repair.steps:

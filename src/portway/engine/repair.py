@@ -91,8 +91,10 @@ def _firewall(engine: Engine, report: Report) -> None:
     """The shared tables' base and this instance's own chains and elements, rule by rule
     and element by element as the store describes them; nothing another portway owns.
     Without any network of its own, the tables go if nobody else uses them either."""
-    for repair in engine.fw.plan(engine.store.networks(), engine.all_published(),
-                                 engine.store.endpoints()):
+    networks, endpoints = engine.store.networks(), engine.store.endpoints()
+    known = {n.id for n in networks} | {e.id for e in endpoints} | \
+        {c.id for c in engine.store.containers()}
+    for repair in engine.fw.plan(networks, engine.all_published(), endpoints, known):
         report.act(repair.what, partial(engine.fw.repair, repair))
     if not engine.store.networks() and engine.fw.removable():
         report.act("delete the tables inet, bridge and arp portway: no portway here has "
