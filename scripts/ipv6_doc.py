@@ -206,8 +206,10 @@ def write(w: World) -> None:
 
     w.text("## Published ports",
            "`-p 8080:80` publishes on both families of the host when the container has "
-           "both (as Docker 27 does). Nothing rewrites the source: the container sees the "
-           "client's own IPv6 address.")
+           "both (as Docker 27 does); on several networks, each family's to its "
+           "address on the network that routes that family (docs/networking.md). "
+           "Nothing rewrites the source: the container sees the client's own IPv6 "
+           "address.")
     got = w.get("outside", f"http://[{HOST_ADDR6}]:8080/")
     w.check("published over IPv6", got == "200")
     logs = w.quiet("logs", "web")
