@@ -538,6 +538,14 @@ def test_reconnect_gives_back_the_ipv6_default_route(sandbox: Sandbox, tmp_path:
             doctor = sb.pw("doctor", check=False)
             assert doctor.returncode == 1 and "restore the IPv6 default route of container " \
                 "web (via fd00:161::1): it is missing" in doctor.stdout, doctor.stdout
+            # Its IPv6 host port's element lost: doctor and gc put it back to the
+            # address on the network that routes IPv6.
+            sb.in_host("nft", "delete", "element", "inet", "portway", "pub_any6_addr",
+                       "{ tcp . 8080 }")
+            assert get(outside, f"http://[{HOST_ADDR6}]:8080/", 1).startswith("fail")
+            doctor = sb.pw("doctor", check=False)
+            assert "restore element tcp . 8080 of inet portway pub_any6_addr: it is " \
+                "missing" in doctor.stdout, doctor.stdout
             sb.pw("gc")
             check(name, "repaired")
             # gc makes the dual-stack network's interface anew, with the IPv6 default
