@@ -205,9 +205,10 @@ def _missing_routes(engine: Engine, c: Container, endpoints: list[Endpoint]
                     ) -> list[tuple[str, Callable[[], object]]]:
     """The routes of either family the container's endpoints give it and it has lost: a
     subnet's route on its interface, and a default route of each family some network that
-    is not internal has, via the first such network's gateway (what attach sets when the
-    sandbox is made: the first network routes its families, a later one each family no
-    earlier one has; a later network may add more, which are not required here)."""
+    gives one has, via the gateway of the network core/gateways.py names for it (what
+    run, start, connect and disconnect set: the first network routes its families, a
+    later one each family no earlier one has; a later network may add more, which are
+    not required here)."""
     out: list[tuple[str, Callable[[], object]]] = []
     ordered = engine.h.endpoints.in_order(c.id, endpoints)
     networks = [n for _, n in ordered]
