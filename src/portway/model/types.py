@@ -205,8 +205,9 @@ class EndpointConfig:
     """What a container asks of one of its networks (Docker's EndpointSettings): kept
     while it is stopped, so `start` attaches it again. The addresses it asked for (--ip,
     --ip6) stay reserved for it; other addresses are given anew at each start.
-    position orders its networks: the first gets eth0, the default route and the
-    published ports."""
+    position orders its networks: the first gets eth0 at run and start, and each
+    family's default route and published ports go through the first network that has
+    the family and gives a default route (core/gateways.py)."""
 
     container_id: str
     network_id: str
