@@ -187,3 +187,42 @@ def test_a_container_cannot_inject_frames_through_another_address_of_a_member(
     wait_for(lambda: any(line.startswith("hello-through-the-tunnel")
                          for line in c.pw_b("logs", "victim").stdout.splitlines()),
              "A's container reaches B's through the tunnel")
+
+
+def _b_members(c: Cluster) -> set[str]:
+    items = json.loads(sh("ip", "netns", "exec", c.b_host, "nft", "-j", "list", "set", "inet",
+                          "portway", "members").stdout)["nftables"]
+    return {str(e["elem"]["val"] if isinstance(e, dict) else e)
+            for item in items if "set" in item for e in item["set"].get("elem", [])}
+
+
+def _hosts_in_store(c: Cluster) -> set[str]:
+    out = sh("ip", "netns", "exec", c.underlay, "etcdctl", "--endpoints",
+             f"http://{ETCD_ADDR}:2379", "get", "--prefix", "--keys-only",
+             "/portway/hosts/").stdout
+    return {line.rsplit("/", 1)[1] for line in out.split() if line}
+
+
+def test_a_member_that_left_while_a_daemon_was_down_is_gone_before_it_serves(
+        cluster: Cluster) -> None:
+    """B's daemon is down while A leaves the cluster (its lease runs out). B's restarted
+    daemon keeps the members' set across its restart, so that no container sends VXLAN
+    to a member while it catches up; its first look at the store replaces the set with
+    the store's members before it serves anything (here: it is killed right after the
+    cluster's start, before serving), not whenever its watch comes round to it."""
+    c = cluster
+    sb = c.a
+    wait_for(lambda: members(sb) == {A_ADDR, B_ADDR} and _b_members(c) == {A_ADDR, B_ADDR},
+             "both firewalls know both members")
+    c.pw_b("daemon", "stop")
+    sb.pw("daemon", "stop")
+    wait_for(lambda: A_ADDR not in _hosts_in_store(c), "A's lease runs out", timeout=20)
+    assert _b_members(c) == {A_ADDR, B_ADDR}  # (nothing renewed it meanwhile)
+    cp = c.pw_b("daemon", "start", check=False, env={"PORTWAY_FAULT": "daemon.cluster"})
+    assert cp.returncode != 0 and "Traceback" not in cp.stderr, cp.stderr
+    assert _b_members(c) == {B_ADDR}
+    c.pw_b("daemon", "start")
+    assert _b_members(c) == {B_ADDR}
+    # A joins again: B's set takes it in again, from the watch.
+    sb.pw("daemon", "start")
+    wait_for(lambda: _b_members(c) == {A_ADDR, B_ADDR}, "B knows A again")

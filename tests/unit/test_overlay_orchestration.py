@@ -1152,3 +1152,16 @@ def test_the_firewall_knows_every_members_vtep(tmp_path: Path) -> None:
     assert fw.members == both
     h, _w = fake_host(str(tmp_path / "alone"), World())
     assert cast(Any, h.fw).members == frozenset()
+
+
+def test_the_first_look_at_the_store_replaces_the_members_kept_across_a_restart(
+        tmp_path: Path) -> None:
+    """A restarted daemon keeps the set it had (a host that left meanwhile in it); its
+    first look at the store, at the cluster's start, replaces it with the store's."""
+    _etcd, (a, _b) = two_hosts(tmp_path)
+    assert a.cluster is not None
+    fw = cast(Any, a.fw)
+    gone = ipaddress.ip_address("192.0.2.9")
+    fw.set_members({gone, a.cluster.advertise})  # (as adopt_members found it)
+    a.cluster._first_members()
+    assert fw.members == {ipaddress.ip_address("192.0.2.1"), ipaddress.ip_address("192.0.2.2")}

@@ -288,6 +288,9 @@ def serve(state_dir: str, host_netns: str | None, rootless: bool = False,
         return exc.exit_code
     # The overlay networks of the cluster, made here before gc looks at the networks.
     engine.start_cluster()
+    from portway.engine.context import fault_point
+
+    fault_point("daemon.cluster")  # (tests: what the cluster's start left, before serving)
     stale_dns = engine.dns.stop_stale()
     if stale_dns:
         log(f"portwayd: stopped the DNS server of another namespace (pid {stale_dns}), "

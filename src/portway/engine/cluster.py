@@ -130,6 +130,7 @@ class Cluster:
         and follow the store; an unreachable etcd is retried in the background."""
         try:
             self._join()
+            self._first_members()
         except PortwayError as exc:
             self._error(exc.message)
         for target, name in ((self.watch.run, "watch"), (self._keepalive, "keepalive"),
@@ -157,6 +158,15 @@ class Cluster:
             self.etcd.revoke(previous)  # what is still on it is no longer anyone's
         self.state = "joined"
         self.last_error = ""
+
+    def _first_members(self) -> None:
+        """The firewall's set of the members' VTEPs replaced with the store's hosts, in
+        one transaction, before the daemon serves anything: the set it kept across its
+        restart (adopt_members) may name a host that left meanwhile, whose address it
+        would otherwise keep until the watch's first pass."""
+        kvs, _revision = self.etcd.range(overlay.host_key(""))
+        with self.h.lock:
+            self._members([kv.key.removeprefix(overlay.host_key("")) for kv in kvs])
 
     def _ended(self, c: Container) -> bool:
         """c's process ended while no daemon watched it: adopt releases its networking
