@@ -181,14 +181,17 @@ def scenario(d: Doc) -> None:
     d.check("vxlan attributes", "dstport 4789" in link and "nolearning" in link
             and "proxy" in link and "mtu 1450" in link)
     d.text("## Containers on two hosts",
-           "Addresses come from the network's subnet as on a bridge network; each is "
-           "claimed in an etcd transaction together with the container's name on the "
-           "network, so no two hosts ever hand out one address. The endpoint's record, "
-           "from which every other host programs its FDB and neighbour entries and its "
-           "DNS records, follows once the container's interface is on the bridge and its "
-           "process runs: a host that can resolve the name can reach the container (a "
-           "client never sends its first SYN into a path that is not there yet, which "
-           "would cost it TCP's one-second retransmission).")
+           "Addresses come from the network's subnet as on a bridge network. Each is "
+           "claimed in one etcd transaction together with the container's name on the "
+           "network and the endpoint's record, from which every other host programs its "
+           "FDB and neighbour entries and its DNS records (one write per container), so "
+           "no two hosts ever hand out one address. The transaction is made once the "
+           "container's interface is on the bridge and its process runs: a host that can "
+           "resolve the name can reach the container (a client never sends its first SYN "
+           "into a path that is not there yet, which would cost it TCP's one-second "
+           "retransmission). Of two hosts that pick one address at the same moment, the "
+           "second to claim it sets its container up again with the next free address; "
+           "an address asked for (`--ip`) is refused there in one line instead.")
     d.pw(0, "run", "-d", "--name", "web-a", "--network", "multi", "--",
          "python3", "-m", "http.server", "80")
     d.pw(1, "run", "-d", "--name", "web-b", "--network", "multi", "--",
@@ -323,11 +326,11 @@ def scenario(d: Doc) -> None:
            "`run` on an overlay network and `network rm` fail with one line and change "
            "nothing, while the traffic between the hosts goes on (the kernel keeps its "
            "entries). That holds as well when etcd stops answering in the middle of a "
-           "`run`, `start` or `network connect`, after the address was claimed but "
-           "before the record that shows the container to the other hosts was written: "
-           "the command fails with that line and is undone (no container runs here that "
-           "other hosts can neither reach nor resolve), and the claim, which cannot be "
-           "let go while etcd is away, is removed within seconds of its return. The "
+           "`run`, `start` or `network connect`, before its claim and record are "
+           "written: the command fails with that line and is undone (no container runs "
+           "here that other hosts can neither reach nor resolve), and whatever that "
+           "transaction may have written (its answer lost) is removed within seconds of "
+           "etcd's return. The "
            "watch that keeps each host in step follows the store from a "
            "revision; after a compaction or a lost connection it lists everything again "
            "and brings the kernel in step, touching only the entries that differ (a "

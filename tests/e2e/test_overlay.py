@@ -335,11 +335,11 @@ def test_restart_reprograms_nothing_and_a_dead_host_is_forgotten(cluster: Cluste
            "sleep", "3600")
 
 
-def test_a_daemon_killed_between_claim_and_record(cluster: Cluster) -> None:
-    """B's daemon dies in a run -d after the address and name are claimed, before the
-    record that shows the container to the other hosts: A never sees it; the next
-    daemon (gc) lets the claim go with the old lease, leaves no container of it, and the
-    address and name are free for any host at once."""
+def test_a_daemon_killed_between_set_up_and_claim(cluster: Cluster) -> None:
+    """B's daemon dies in a run -d once the container runs, before the transaction that
+    claims its address and name with the record that shows it to the other hosts: A
+    never sees it; the next daemon (gc) leaves no container of it, and the address and
+    name are free for any host at once."""
     c = cluster
     c.pw_a("network", "create", "--driver", "overlay", "--subnet", "10.203.0.0/24", "ov")
     wait_for(lambda: _overlay_names(c.pw_b) == ["ov"], "B sees network ov")
@@ -646,3 +646,61 @@ def test_cluster_ttl_flag(sandbox: Sandbox) -> None:
             proc.wait()
     sb.pw("daemon", "start")
     assert "no lease (ttl 7s)" in sb.pw("daemon", "status").stdout
+
+
+def _revision(c: Cluster) -> int:
+    out = sh("ip", "netns", "exec", c.underlay, "etcdctl", "--endpoints",
+             f"http://{ETCD_ADDR}:2379", "get", "/portway/", "-w", "json").stdout
+    return int(json.loads(out)["header"]["revision"])
+
+
+def _keys(c: Cluster, prefix: str) -> dict[str, str]:
+    out = sh("ip", "netns", "exec", c.underlay, "etcdctl", "--endpoints",
+             f"http://{ETCD_ADDR}:2379", "get", "--prefix", prefix).stdout.splitlines()
+    return dict(zip(out[::2], out[1::2], strict=True))
+
+
+def test_a_run_is_one_etcd_write_and_an_address_has_one_holder(cluster: Cluster) -> None:
+    """An overlay run -d writes its address, name and record in one etcd transaction
+    (one revision), once its set-up is done. Two hosts asking for one address at the
+    same moment: one wins, the other is told so in one line and keeps nothing; two
+    hosts that pick addresses at the same moment get two (the one whose pick the other
+    took first is set up again with the next free one)."""
+    c = cluster
+    c.pw_a("network", "create", "--driver", "overlay", "--subnet", "10.216.0.0/24", "ov")
+    wait_for(lambda: _overlay_names(c.pw_b) == ["ov"], "B sees network ov")
+    net_id = json.loads(c.pw_a("network", "inspect", "ov").stdout)[0]["Id"]
+    before = _revision(c)
+    c.pw_a("run", "-d", "--name", "one", "--network", "ov", "--", "sleep", "3600")
+    assert _revision(c) == before + 1
+    ip = _address(c.pw_a, "one")
+    keys = _keys(c, "/portway/")
+    assert keys[f"/portway/ips/{net_id}/{ip}"] == keys[f"/portway/cnames/{net_id}/one"]
+    assert f"/portway/endpoints/{net_id}/{keys[f'/portway/ips/{net_id}/{ip}']}" in keys
+
+    def both(make_args: Callable[[str], tuple[str, ...]]
+             ) -> list[subprocess.CompletedProcess[str]]:
+        with ThreadPoolExecutor(2) as pool:
+            return list(pool.map(lambda pw: pw[1](*make_args(pw[0]), check=False),
+                                 (("a", c.pw_a), ("b", c.pw_b))))
+
+    results = both(lambda host: ("run", "-d", "--name", f"asked-{host}", "--network", "ov",
+                                 "--ip", "10.216.0.50", "--", "sleep", "3600"))
+    codes = sorted(r.returncode for r in results)
+    assert codes[0] == 0 and codes[1] != 0, [(r.returncode, r.stderr) for r in results]
+    loser = next(r for r in results if r.returncode != 0)
+    assert loser.stderr.strip().splitlines() == [
+        "portway: error: address 10.216.0.50 is already in use on network ov (on another "
+        "host); pick another address, or omit it"], loser.stderr
+    lost = "a" if results[0].returncode != 0 else "b"
+    assert f"asked-{lost}" not in (c.pw_a if lost == "a" else c.pw_b)("ps", "-a").stdout
+    held = {k.rsplit("/", 1)[1] for k in _keys(c, f"/portway/cnames/{net_id}/")}
+    assert held == {"one", f"asked-{'b' if lost == 'a' else 'a'}"}
+
+    for round_ in range(3):
+        results = both(lambda host: ("run", "-d", "--name", f"pick-{host}{round_}",  # noqa: B023
+                                     "--network", "ov", "--", "sleep", "3600"))
+        assert [r.returncode for r in results] == [0, 0], [r.stderr for r in results]
+    picked = [_address(pw, f"pick-{host}{r}") for r in range(3)
+              for host, pw in (("a", c.pw_a), ("b", c.pw_b))]
+    assert len(set(picked)) == 6 and ip not in picked and "10.216.0.50" not in picked

@@ -566,11 +566,11 @@ def test_a_few_changed_endpoints_are_programmed_as_such(
 
 def test_other_hosts_see_an_endpoint_only_once_its_plumbing_is_done(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The address and name are claimed before the set-up (one transaction), but the
-    record other hosts program their entries and DNS records from is written only once
+    """The address, the name and the record other hosts program their entries and DNS
+    records from are written in one transaction (one etcd write, one revision), once
     the veth is on the bridge and the process runs: a host that learns the name earlier
     sends its first SYN to an address that does not answer, and TCP resends it a second
-    later. A set-up that fails publishes nothing."""
+    later. A set-up that fails writes nothing."""
     etcd, (a, b) = two_hosts(tmp_path)
     net = a.networks.create("ov", driver="overlay", subnet="10.200.0.0/24")
     assert a.cluster is not None and b.cluster is not None
@@ -587,27 +587,35 @@ def test_other_hosts_see_an_endpoint_only_once_its_plumbing_is_done(
         step(name)
 
     monkeypatch.setattr(world, "step", watched)
+    revision = etcd.revision
     a.containers.run(["sleep", "1"], name="web", networks=["ov"], detach=True)
+    assert etcd.revision == revision + 1  # one write
     e = a.store.endpoints()[0]
-    claimed = [overlay.address_key(net.id, e.address)]
-    assert seen["bridge.attach"] == (claimed, [])
-    assert seen["process.spawn"] == (claimed, [])
-    assert overlay.endpoint_key(net.id, e.id) in etcd.kv
+    assert seen["bridge.attach"] == ([], [])
+    assert seen["process.spawn"] == ([], [])
+    assert {overlay.address_key(net.id, e.address),
+            overlay.container_name_key(net.id, "web"),
+            overlay.endpoint_key(net.id, e.id)} <= set(etcd.kv)
+    assert {etcd.kv[k][1] for k in (overlay.address_key(net.id, e.address),
+                                    overlay.endpoint_key(net.id, e.id))} == {
+        a.cluster.lease}
     b.cluster._snapshot(*etcd.range(overlay.PREFIX))
     assert [r["name"] for r in b.cluster.remote_records()] == ["web"]
     # connect: the same.
     a.networks.create("ov2", driver="overlay", subnet="10.201.0.0/24")
+    revision = etcd.revision
     a.containers.connect("ov2", "web")
+    assert etcd.revision == revision + 1
     e2 = next(x for x in a.store.endpoints() if x.network_id != net.id)
     assert seen["bridge.attach"][1] == [overlay.endpoint_key(net.id, e.id)]
     assert overlay.endpoint_key(e2.network_id, e2.id) in etcd.kv
-    # A set-up that fails after the claim: nothing published, nothing left claimed.
+    # A set-up that fails: nothing written, nothing left reserved.
     world.fail_at.add("process.spawn")
     before = dict(etcd.kv)
     with pytest.raises(PortwayError):
         a.containers.run(["sleep", "1"], name="fails", networks=["ov"], detach=True)
     assert etcd.kv == before
-    assert a.cluster._unpublished == {}
+    assert a.cluster._unpublished == {} and a.cluster._unclaimed == set()
 
 
 class LeasedEtcd(MemoryEtcd):
@@ -807,11 +815,11 @@ def test_a_relist_compares_the_kernel_with_the_store_outside_the_engines_lock(
 
 def test_a_store_lost_before_the_record_fails_the_run_and_its_claim_goes_when_back(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """etcd stops answering between the claim (address and name) and the record written
-    once the set-up is done. The run fails with one line and changes nothing here (not
-    a container running that other hosts can neither reach nor resolve, its name and
-    address held for it in the store all the same); the claim, which could not be let
-    go then, goes once the store answers (nothing else would find it: it has no record)."""
+    """etcd stops answering before the set-up's one transaction (address, name and
+    record, written once the set-up is done). The run fails with one line and changes
+    nothing here (not a container running that other hosts can neither reach nor
+    resolve); what that transaction may have written (its answer lost) goes once the
+    store answers."""
     etcd, (a, b) = two_hosts(tmp_path)
     net = a.networks.create("ov", driver="overlay", subnet="10.200.0.0/24")
     assert a.cluster is not None and b.cluster is not None
@@ -831,9 +839,7 @@ def test_a_store_lost_before_the_record_fails_the_run_and_its_claim_goes_when_ba
         a.containers.run(["sleep", "1"], name="web", networks=["ov"], detach=True)
     assert a.store.find_container("web") is None and a.store.endpoints() == []
     assert a.cluster.state == "unreachable"
-    claimed = {k for k in etcd.kv if k not in before}
-    assert claimed == {overlay.address_key(net.id, ipaddress.ip_address("10.200.0.2")),
-                       overlay.container_name_key(net.id, "web")}
+    assert etcd.kv == before
     etcd.down = False
     monkeypatch.setattr(world, "step", step)
     a.cluster.reconcile_own()
@@ -872,13 +878,12 @@ def test_connect_fails_as_run_does_when_the_store_is_lost_before_the_record(
     assert etcd.kv == before
 
 
-def test_a_join_during_a_set_up_claims_its_endpoints_again_but_shows_them_to_no_one(
+def test_a_lease_lost_during_a_set_up_claims_its_endpoints_under_the_next_one(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A container on two overlay networks: its lease runs out between its two claims, so
-    the second claim joins again, and that join registers this host's endpoints anew,
-    the set-up's first one among them (its row is written already). It must claim its
-    address and name again (they went with the lease), but not write its record ahead
-    of the set-up: other hosts would send to an address that does not answer yet."""
+    """A container on two overlay networks: its lease runs out during its set-up. The
+    join that follows (its transaction refused for the lease) registers this host's
+    endpoints anew, but not the set-up's (nothing of them is in the store yet: their
+    claims go with their records, once the set-up is done, under the new lease)."""
     etcd, (a, b) = two_hosts(tmp_path)
     leased = LeasedEtcd()
     leased.kv, leased.leases, leased.granted = etcd.kv, etcd.leases, etcd.granted
@@ -886,18 +891,6 @@ def test_a_join_during_a_set_up_claims_its_endpoints_again_but_shows_them_to_no_
     a.cluster.etcd = b.cluster.etcd = cast(Etcd, leased)
     a.networks.create("ov", driver="overlay", subnet="10.200.0.0/24")
     a.networks.create("ov2", driver="overlay", subnet="10.201.0.0/24")
-    claim = a.cluster.claim
-    claims: list[str] = []
-
-    def expiring(e: Any, c: Any, network: Network, publish: bool = True) -> Any:
-        out = claim(e, c, network, publish)
-        claims.append(network.name)
-        if len(claims) == 1:
-            assert a.cluster is not None
-            leased.expire(a.cluster.lease)  # (unnoticed: its number is kept)
-        return out
-
-    monkeypatch.setattr(a.cluster, "claim", expiring)
     driver = a.drivers["overlay"]
     assert isinstance(driver, FakeDriver)
     step = driver.w.step
@@ -906,12 +899,15 @@ def test_a_join_during_a_set_up_claims_its_endpoints_again_but_shows_them_to_no_
     def watched(name: str) -> None:
         if name.startswith("bridge.attach"):
             records.append([k for k in leased.kv if k.startswith(overlay.endpoint_key())])
+            if len(records) == 1:
+                assert a.cluster is not None
+                leased.expire(a.cluster.lease)  # (unnoticed: its number is kept)
         step(name)
 
     monkeypatch.setattr(driver.w, "step", watched)
     lease = a.cluster.lease
     a.containers.run(["sleep", "1"], name="web", networks=["ov", "ov2"], detach=True)
-    assert claims == ["ov", "ov2"] and a.cluster.lease != lease
+    assert a.cluster.lease != lease
     assert records == [[], []]
     # Its two addresses and names claimed, its two records written: all under the new
     # lease.
@@ -919,7 +915,6 @@ def test_a_join_during_a_set_up_claims_its_endpoints_again_but_shows_them_to_no_
     mine = {k: v for k, v in leased.kv.items() if v[0] in ids or
             (k.startswith(overlay.endpoint_key()) and k.rpartition("/")[2] in ids)}
     assert len(mine) == 6 and {v[1] for v in mine.values()} == {a.cluster.lease}
-
 
 def test_a_renumbered_containers_new_record_is_written_once_its_interface_has_it(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -982,11 +977,11 @@ def test_a_restarted_daemon_shows_no_other_host_a_container_that_ended_meanwhile
     assert [k for k, v in etcd.kv.items() if ended.id in (v[0], k.rpartition("/")[2])] == []
 
 
-def test_a_set_up_whose_claim_another_host_took_while_its_lease_was_gone_fails(
+def test_a_set_up_whose_address_another_host_took_while_its_lease_was_gone_takes_another(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """As above, but another host claims the first endpoint's address in the gap: the
-    join cannot claim it again, and the set-up fails with a Conflict, leaving the other
-    host's claim alone and nothing of its own."""
+    """As above, but another host claims the address the set-up picked in the gap: the
+    set-up's transaction finds it held, the set-up is undone and made again with the
+    next free address, leaving the other host's claim alone."""
     etcd, (a, b) = two_hosts(tmp_path)
     leased = LeasedEtcd()
     leased.kv, leased.leases, leased.granted = etcd.kv, etcd.leases, etcd.granted
@@ -995,31 +990,34 @@ def test_a_set_up_whose_claim_another_host_took_while_its_lease_was_gone_fails(
     a.networks.create("ov", driver="overlay", subnet="10.200.0.0/24")
     a.networks.create("ov2", driver="overlay", subnet="10.201.0.0/24")
     b.cluster._snapshot(*leased.range(overlay.PREFIX))
-    claim = a.cluster.claim
-    claims: list[str] = []
+    driver = a.drivers["overlay"]
+    assert isinstance(driver, FakeDriver)
+    step = driver.w.step
+    attached: list[str] = []
 
-    def expiring(e: Any, c: Any, network: Network, publish: bool = True) -> Any:
-        out = claim(e, c, network, publish)
-        claims.append(network.name)
-        if len(claims) == 1:
+    def watched(name: str) -> None:
+        attached.append(name)
+        if name.startswith("bridge.attach") and len(
+                [n for n in attached if n.startswith("bridge.attach")]) == 1:
             assert a.cluster is not None
             leased.expire(a.cluster.lease)
             b.containers.run(["sleep", "1"], name="taker", networks=["ov"],
                              ip="10.200.0.2", detach=True)
-        return out
+        step(name)
 
-    monkeypatch.setattr(a.cluster, "claim", expiring)
-    with pytest.raises(Conflict, match="was claimed by another host while this host's "
-                                       "lease in the cluster store had run out"):
-        a.containers.run(["sleep", "1"], name="web", networks=["ov", "ov2"], detach=True)
-    assert a.store.find_container("web") is None and a.store.endpoints() == []
+    monkeypatch.setattr(driver.w, "step", watched)
+    a.containers.run(["sleep", "1"], name="web", networks=["ov", "ov2"], detach=True)
+    web = a.store.find_container("web")
+    assert web is not None
+    assert sorted(str(e.address) for e in a.store.endpoints()) == ["10.200.0.3",
+                                                                    "10.201.0.2"]
     (taker,) = b.store.endpoints()
-    assert {k: v[0] for k, v in leased.kv.items() if k.startswith(("/portway/ips/",
-                                                                  "/portway/cnames/"))} \
-        == {overlay.address_key(taker.network_id, taker.address): taker.id,
-            overlay.container_name_key(taker.network_id, "taker"): taker.id}
-    assert a.cluster._unpublished == {} and a.cluster._reclaim_failed == set()
-
+    held = {k: v[0] for k, v in leased.kv.items() if k.startswith(("/portway/ips/",
+                                                                 "/portway/cnames/"))}
+    assert held[overlay.address_key(taker.network_id, taker.address)] == taker.id
+    assert held[overlay.container_name_key(taker.network_id, "taker")] == taker.id
+    assert len(held) == 6
+    assert a.cluster._unpublished == {} and a.cluster._unclaimed == set()
 
 def test_start_after_stop_claims_anew_and_fails_whole_when_the_store_is_lost_midway(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,10 +17,11 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from portway.errors import InvalidInput
+from portway.errors import Conflict, InvalidInput
 from portway.model.types import IPAddress, IPInterface, Network, Subnet
 
 PREFIX = "/portway/"
+RACES = 8  # a set-up that loses its addresses to other hosts' is tried again so often
 VXLAN_PORT = 4789
 VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
 # Docker's overlay driver names the VNI option so (`docker network inspect` shows it).
@@ -31,6 +32,12 @@ DEFAULT_PORT = 2379
 NO_CLUSTER = ("overlay networks need a cluster store",
               "start portwayd with --cluster-store etcd://HOST:2379 and --advertise-address "
               "IP (or set PORTWAY_CLUSTER_STORE and PORTWAY_ADVERTISE_ADDRESS)")
+
+
+class AddressRaced(Conflict):
+    """Another host claimed an address a set-up here picked, between the pick and the
+    set-up's transaction (its claim, with its record, made once its plumbing is done):
+    the set-up is undone whole and tried again, and picks another."""
 
 
 @dataclass(frozen=True)

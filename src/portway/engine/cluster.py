@@ -24,10 +24,11 @@ import ipaddress
 import json
 import sys
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 from portway.core import ipam, names, overlay
-from portway.core.overlay import RemoteEndpoint
+from portway.core.overlay import AddressRaced, RemoteEndpoint
 from portway.engine.context import now
 from portway.engine.dns import DnsServer
 from portway.errors import Conflict, PortwayError
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 DEFAULT_TTL = overlay.DEFAULT_TTL
 FEW_MOVES = 64  # endpoints changed since the last pass, programmed as such (more: compared)
 LEASE_META = "cluster_lease"
+CONTENDED_FOR = 10.0  # seconds an address lost in a race is skipped (the view has it then)
 
 
 def log(message: str) -> None:
@@ -111,9 +113,16 @@ class Cluster:
         # reading and comparing the device's 2,000 entries of 1,000 endpoints.
         self._moves: dict[str, dict[str, tuple[RemoteEndpoint | None,
                                                RemoteEndpoint | None]]] = {}
-        # This host's endpoints claimed whose records other hosts are not to see until
-        # their plumbing here is done (claim, publish), by endpoint id.
+        # This host's endpoints whose records other hosts are not to see until their
+        # plumbing here is done (reserve or claim, then publish), by endpoint id.
         self._unpublished: dict[str, tuple[Endpoint, Container]] = {}
+        # Those of them whose addresses and name are not claimed yet either (reserve):
+        # publish claims them with the record, in one transaction.
+        self._unclaimed: set[str] = set()
+        # Per network: addresses another host claimed first in a set-up's transaction,
+        # before this host's view has its record, with when that was (address_taken
+        # skips them for a while: the set-up tried again picks another).
+        self._contended: dict[str, dict[IPAddress, float]] = {}
         # This host's endpoints released while the store was unreachable: what is still
         # to be removed from it (network id, keys with the endpoint id each holds).
         self._unreleased: dict[str, tuple[str, dict[str, str]]] = {}
@@ -261,6 +270,8 @@ class Cluster:
         registered (conflict() says why, ps and inspect show it) until that host lets it
         go. The log says what happened, once."""
         e, c = ec
+        if e.id in self._unclaimed:
+            return  # (a set-up under way: its publish claims it, under the lease then)
         if e.id in self._unpublished:
             # Claimed by a set-up still under way (this join is its claim's or its
             # publish's, the lease gone meanwhile): its address and name claimed again,
@@ -460,7 +471,13 @@ class Cluster:
             self.networks.pop(network.id, None)
 
     def address_taken(self, network_id: str, address: IPAddress) -> bool:
-        """Held by an endpoint on another host, as far as this host has seen."""
+        """Held by an endpoint on another host, as far as this host has seen (or just
+        claimed by one first, in a race with a set-up here)."""
+        contended = self._contended.get(network_id)
+        if contended and address in contended:
+            if time.monotonic() - contended[address] < CONTENDED_FOR:
+                return True
+            del contended[address]
         with self._view_lock:
             version = self._versions.get(network_id, 0)
             cached = self._taken.get(network_id)
@@ -472,6 +489,33 @@ class Cluster:
                 self._taken[network_id] = cached
             return address in cached[1]
 
+    def _joined(self) -> None:
+        if not self.lease:
+            raise ClusterUnreachable(f"not joined to the cluster store {self.etcd.url()}"
+                                     + (f" ({self.last_error})" if self.last_error else ""))
+
+    def reserve(self, e: Endpoint, c: Container, network: Network) -> None:
+        """e, a new endpoint of a set-up here, to be claimed with its record by publish()
+        once its plumbing is done: its addresses, name and record in one transaction
+        (one etcd write). Until then nothing of it is in the store; what this host's
+        view already shows is refused now, before any plumbing: a name another host's
+        container has on the network."""
+        self._joined()
+        with self._view_lock:
+            holder = next((r for r in self.endpoints.values()
+                           if r.network_id == network.id and r.name == c.name
+                           and r.id != e.id and r.host != self.advertise), None)
+        if holder is not None:
+            raise self._name_in_use(c, network, f"host {holder.host}")
+        self._unpublished[e.id] = (e, c)
+        self._unclaimed.add(e.id)
+
+    @staticmethod
+    def _name_in_use(c: Container, network: Network, where: str) -> Conflict:
+        return Conflict(f"container name {c.name!r} is in use on network {network.name} "
+                        f"by a container on {where}",
+                        "choose another name, or remove that container there")
+
     def claim(self, e: Endpoint, c: Container, network: Network,
               publish: bool = True) -> IPAddress | None:
         """e's addresses and name (and with publish, e's record: what other hosts program
@@ -480,9 +524,7 @@ class Cluster:
         publish, e is made visible to other hosts by publish() once its plumbing here is
         done: a record seen earlier sends them to an address that does not answer yet
         (a client's dropped SYN waits a second for its retransmission)."""
-        if not self.lease:
-            raise ClusterUnreachable(f"not joined to the cluster store {self.etcd.url()}"
-                                     + (f" ({self.last_error})" if self.last_error else ""))
+        self._joined()
         puts = {overlay.address_key(network.id, a.ip): e.id for a in e.addresses}
         name_key = overlay.container_name_key(network.id, c.name)
         puts[name_key] = e.id
@@ -501,7 +543,12 @@ class Cluster:
             else:
                 self._unpublished[e.id] = (e, c)
             return None
-        owner = self.etcd.get(name_key)
+        return self._refused(e, c, network)
+
+    def _refused(self, e: Endpoint, c: Container, network: Network) -> IPAddress:
+        """Why a claim of e's addresses and name found one of them held: Conflict for
+        the name, else the address another host holds."""
+        owner = self.etcd.get(overlay.container_name_key(network.id, c.name))
         if owner is not None and owner != e.id:
             raw = self.etcd.get(overlay.endpoint_key(network.id, owner))
             where = "another host"
@@ -509,9 +556,7 @@ class Cluster:
                 where = f"host {RemoteEndpoint.decode(raw).host}" if raw else where
             except (ValueError, KeyError):
                 pass
-            raise Conflict(f"container name {c.name!r} is in use on network {network.name} "
-                           f"by a container on {where}",
-                           "choose another name, or remove that container there")
+            raise self._name_in_use(c, network, where)
         for a in e.addresses:
             holder = self.etcd.get(overlay.address_key(network.id, a.ip))
             if holder is not None and holder != e.id:
@@ -519,17 +564,22 @@ class Cluster:
         return e.addresses[0].ip
 
     def publish(self, container_id: str, only: str | None = None) -> None:
-        """The records of the container's endpoints claimed without them (claim), for
-        every host, as the last step of their set-up here (the caller holds the engine's
-        lock and undoes the set-up if this fails). Unreachable: ClusterUnreachable, one
-        line, and the set-up is undone: a container left running here whose address and
-        name are claimed but that no other host can reach or resolve is seen nowhere as
-        such. A lease gone meanwhile: joined again, then put. only: that endpoint's
-        record alone."""
+        """The records of the container's endpoints reserved (reserve) or claimed
+        without them (claim), for every host, as the last step of their set-up here (the
+        caller holds the engine's lock and undoes the set-up if this fails): a reserved
+        one's addresses, name and record in one transaction under this host's lease.
+        Unreachable: ClusterUnreachable, one line, and the set-up is undone: a container
+        left running here that no other host can reach or resolve is seen nowhere as
+        such. An address another host claimed first: AddressRaced (the set-up is tried
+        again), or Conflict where it was asked for (--ip), as for a name. A lease gone
+        meanwhile: joined again, then written. only: that endpoint's record alone."""
         mine = [ec for ec in self._unpublished.values() if ec[1].id == container_id
                 and only in (None, ec[0].id)]
         for e, c in mine:
             record = self._record(e, c)
+            if e.id in self._unclaimed:
+                self._claim_with_record(e, c, record)
+                continue
             try:
                 self._reclaimed(e, c)
                 self.etcd.put(overlay.endpoint_key(e.network_id, e.id), record.encode(),
@@ -542,6 +592,46 @@ class Cluster:
             del self._unpublished[e.id]
             with self._view_lock:
                 self.endpoints[e.id] = record
+
+    def _claim_with_record(self, e: Endpoint, c: Container, record: RemoteEndpoint) -> None:
+        """A reserved endpoint's addresses, name and record, in one transaction (publish).
+        Whether a transaction whose answer was lost was made is not known: from its
+        sending on, a release removes what it may have written."""
+        puts = {overlay.address_key(e.network_id, a.ip): e.id for a in e.addresses}
+        puts[overlay.container_name_key(e.network_id, c.name)] = e.id
+        puts[overlay.endpoint_key(e.network_id, e.id)] = record.encode()
+
+        def send() -> bool:
+            try:
+                return self.etcd.create_all(puts, self.lease)
+            except ClusterUnreachable:
+                self._unclaimed.discard(e.id)  # (its answer lost: it may have been made)
+                raise
+
+        try:
+            claimed = send()
+        except StoreRefused:
+            # The lease ran out (a stall longer than its TTL): join again (which leaves
+            # e alone: it is still unclaimed), then claim.
+            self._join()
+            claimed = send()
+        if claimed:
+            self._unclaimed.discard(e.id)
+            del self._unpublished[e.id]
+            with self._view_lock:
+                self.endpoints[e.id] = record
+            return
+        # (Nothing was written: it stays unclaimed, and its release has nothing to do.)
+        net = self.h.store.find_network(e.network_id)
+        if net is None:
+            raise Conflict(f"network {e.network_id[:12]} was removed meanwhile", "try again")
+        taken = self._refused(e, c, net)
+        if taken in e.requested:
+            raise Conflict(f"address {taken} is already in use on network {net.name} "
+                           "(on another host)", "pick another address, or omit it")
+        self._contended.setdefault(net.id, {})[taken] = time.monotonic()
+        raise AddressRaced(f"address {taken} on network {net.name} was claimed by another "
+                           "host at the same moment", "try again")
 
     def _reclaimed(self, e: Endpoint, c: Container) -> None:
         """Conflict if e's claims, made again by a join during its set-up (its lease had
@@ -562,6 +652,9 @@ class Cluster:
         for e in endpoints:
             self._reclaim_failed.discard(e.id)
             unpublished = self._unpublished.pop(e.id, None)
+            if e.id in self._unclaimed:
+                self._unclaimed.discard(e.id)
+                continue  # (reserved, never sent to the store: nothing there)
             with self._view_lock:
                 record = self.endpoints.pop(e.id, None)
             c = unpublished[1] if unpublished is not None else \

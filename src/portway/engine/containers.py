@@ -23,11 +23,12 @@ import sys
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from portway.core import lifecycle as rules
 from portway.core import names, runopts, validate
 from portway.core.naming import random_name
+from portway.core.overlay import RACES, AddressRaced
 from portway.core.ports import parse_port_specs
 from portway.engine.context import fault_point, now
 from portway.engine.networks import DEFAULT_NETWORK
@@ -48,6 +49,22 @@ if TYPE_CHECKING:
     from portway.engine.context import Host
     from portway.engine.dns import Announced
     from portway.engine.sandboxes import Early
+
+
+T = TypeVar("T")
+
+
+def raced(attempt: Callable[[], T]) -> T:
+    """attempt, made again where it lost an overlay address to another host's claim at
+    the same moment (AddressRaced: it was undone whole, and the address is skipped
+    now); the last loss is said as such."""
+    for _ in range(RACES - 1):
+        try:
+            return attempt()
+        except AddressRaced as exc:
+            print(f"portwayd: {exc.message}: set up again with another", file=sys.stderr,
+                  flush=True)
+    return attempt()
 
 
 def each(refs: list[str], act: Callable[[str], object]) -> list[dict[str, Any]]:
@@ -135,6 +152,31 @@ class Containers:
             self.h.dns.withdraw(announced)
 
     def run(self, command: list[str], name: str | None = None,
+            networks: list[str] | None = None, ip: str | None = None,
+            aliases: list[str] | None = None, hostname: str | None = None,
+            ports: list[str] | None = None, detach: bool = False, auto_remove: bool = False,
+            dns: list[str] | None = None, cap_add: list[str] | None = None,
+            cap_drop: list[str] | None = None, privileged: bool = False,
+            user: str | None = None, ip6: str | None = None, *,
+            env: list[str] | None = None, workdir: str | None = None, tty: bool = False,
+            interactive: bool = False, labels: list[str] | None = None,
+            add_hosts: list[str] | None = None, dns_search: list[str] | None = None,
+            dns_options: list[str] | None = None, domainname: str | None = None,
+            sysctls: list[str] | None = None, mac: str | None = None,
+            expose: list[str] | None = None, publish_all: bool = False,
+            restart: str | None = None) -> dict[str, Any]:
+        """Create a container with its networking ready; with detach, start its command
+        (_run). Tried again where another host claimed an overlay address it picked, at
+        the same moment (undone whole; the next attempt picks another)."""
+        return raced(lambda: self._run(
+            command, name, networks, ip, aliases, hostname, ports, detach, auto_remove, dns,
+            cap_add, cap_drop, privileged, user, ip6, env=env, workdir=workdir, tty=tty,
+            interactive=interactive, labels=labels, add_hosts=add_hosts,
+            dns_search=dns_search, dns_options=dns_options, domainname=domainname,
+            sysctls=sysctls, mac=mac, expose=expose, publish_all=publish_all,
+            restart=restart))
+
+    def _run(self, command: list[str], name: str | None = None,
             networks: list[str] | None = None, ip: str | None = None,
             aliases: list[str] | None = None, hostname: str | None = None,
             ports: list[str] | None = None, detach: bool = False, auto_remove: bool = False,
@@ -386,8 +428,11 @@ class Containers:
             nets.append(net)
         if user:
             c = replace(c, user_stopped=False, restart_count=0)
-        with h.store.transaction():
-            c = self.up(replace(c, error=""), nets, configs, detach=True)
+        def attempt() -> Container:
+            with h.store.transaction():
+                return self.up(replace(c, error=""), nets, configs, detach=True)
+
+        c = raced(attempt)
         if nets:
             self.ready(c.id)
         if c.network_mode in ("bridge", "none"):
@@ -468,6 +513,12 @@ class Containers:
 
     def connect(self, network: str, container: str, ip: str | None = None,
                 aliases: list[str] | None = None, ip6: str | None = None) -> dict[str, Any]:
+        """(Tried again as run is, _connect.)"""
+        return raced(lambda: self._connect(network, container, ip, aliases, ip6))
+
+    def _connect(self, network: str, container: str, ip: str | None = None,
+                 aliases: list[str] | None = None, ip6: str | None = None
+                 ) -> dict[str, Any]:
         h = self.h
         alias_list = [validate.check_name("alias", a) for a in aliases or []]
         ips = validate.requested_addresses(ip, ip6)
@@ -591,6 +642,11 @@ class Containers:
 
     def attach_sandbox(self, container: Container, attachments: list[Attachment],
                        new: bool) -> list[Endpoint]:
+        """(Tried again as run is, _attach_sandbox.)"""
+        return raced(lambda: self._attach_sandbox(container, attachments, new))
+
+    def _attach_sandbox(self, container: Container, attachments: list[Attachment],
+                        new: bool) -> list[Endpoint]:
         """A sandbox a runtime made (container.netns) plugged into each attachment's
         network (an endpoint it has there already is kept), its published ports added
         if the container is new (the runtime holds their sockets); the container

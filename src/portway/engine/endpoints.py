@@ -121,31 +121,19 @@ class Endpoints:
         if net.driver == "overlay" and cluster is None:
             raise InvalidInput(*NO_CLUSTER)
         # On an overlay network, other hosts' endpoints hold addresses too: the ones
-        # seen so far are skipped, and the claim (one etcd transaction) settles races.
-        elsewhere: set[IPAddress] = set()
+        # seen so far are skipped. The claim, with the record, is one etcd transaction
+        # once the plumbing is done (Cluster.publish); it settles races.
 
         def in_use(a: IPAddress) -> bool:
-            return a in elsewhere or store.address_in_use(net.id, a) or \
+            return store.address_in_use(net.id, a) or \
                 (cluster is not None and cluster.address_taken(net.id, a))
 
-        for _ in range(64):
-            addresses = self._allocate(net, asked, in_use, each_subnet)
-            endpoint = self._endpoint(container, net, index, addresses, asked, aliases,
-                                      ifname, mac, host_ifname, eid)
-            if cluster is None:
-                break
-            # (Its record goes to the other hosts once its plumbing is done: publish.)
-            taken = cluster.claim(endpoint, container, net, publish=False)
-            if taken is None:
-                break
-            if taken in asked.values():
-                raise Conflict(f"address {taken} is already in use on network {net.name} "
-                               "(on another host)", "pick another address, or omit it")
-            elsewhere.add(taken)
-        else:
-            raise Conflict(f"no address could be claimed on network {net.name}: other "
-                           "hosts keep taking them", "try again")
+        addresses = self._allocate(net, asked, in_use, each_subnet)
+        endpoint = self._endpoint(container, net, index, addresses, asked, aliases,
+                                  ifname, mac, host_ifname, eid)
         store.add_endpoint(endpoint)
+        if cluster is not None:  # (last: a failure leaves nothing reserved)
+            cluster.reserve(endpoint, container, net)
         return endpoint
 
     def _allocate(self, net: Network, asked: dict[int, IPAddress],
