@@ -17,7 +17,7 @@ datagram over IPv6 from any source; `na` a neighbour advertisement saying TARGET
 LLADDR. A packet socket
 writes the frame as is, so nothing in the container's stack corrects it. `vxlan`
 wraps a `udp` frame in a VXLAN header with VNI and sends it to VTEP's port 4789 over
-an ordinary UDP socket (no privilege needed).
+an ordinary UDP socket of VTEP's family (no privilege needed).
 """
 
 from __future__ import annotations
@@ -110,7 +110,8 @@ def main(argv: list[str]) -> None:
     if kind == "vxlan":
         inner = udp_frame(argv[3], argv[4], argv[5], argv[6], int(argv[7]), argv[8].encode())
         header = struct.pack("!II", 0x08000000, int(argv[2]) << 8)  # flags: the VNI is valid
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+        family = socket.AF_INET6 if ":" in ifname else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as u:
             u.sendto(header + inner, (ifname, 4789))
         return
     if kind == "udp":

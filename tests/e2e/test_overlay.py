@@ -62,6 +62,7 @@ class Cluster:
     underlay: str
     etcd: list[subprocess.Popen[bytes]]
     store: str = STORE
+    b_addr: str = B_ADDR  # B's --advertise-address
 
     def pw_a(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return self.a.pw(*args, check=check)
@@ -69,7 +70,7 @@ class Cluster:
     def pw_b(self, *args: str, check: bool = True,
              env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         full_env = dict(os.environ, PORTWAY_CLUSTER_STORE=self.store,
-                        PORTWAY_ADVERTISE_ADDRESS=B_ADDR, PORTWAY_CLUSTER_TTL=TTL,
+                        PORTWAY_ADVERTISE_ADDRESS=self.b_addr, PORTWAY_CLUSTER_TTL=TTL,
                         **(env or {}))
         cp = subprocess.run([PORTWAY, "--host-netns", self.b_host, "--state-dir",
                              str(self.b_state), *args], capture_output=True, text=True,
@@ -81,15 +82,20 @@ class Cluster:
 
 
 @contextmanager
-def two_hosts(sb: Sandbox, tmp_path: Path, members: int) -> Iterator[Cluster]:
+def two_hosts(sb: Sandbox, tmp_path: Path, members: int,
+              advertise: tuple[str, str] = (A_ADDR, B_ADDR)) -> Iterator[Cluster]:
     """Hosts A (the sandbox's) and B on an underlay, and etcd (members of it) there;
-    everything of theirs removed after, etcd stopped by its pids."""
+    everything of theirs removed after, etcd stopped by its pids. advertise: A's and
+    B's VTEPs (IPv6 ones are added to their underlay links, etcd stays on IPv4)."""
     underlay, b_host = f"{sb.host}-underlay", f"{sb.host}-b"
     b_state = tmp_path / "state-b"
     add_netns(b_host, b_state)
     etcd: list[subprocess.Popen[bytes]] = []
     try:
         make_underlay(underlay, [sb.host, b_host])
+        for host, address in zip((sb.host, b_host), advertise, strict=True):
+            if ":" in address:
+                sh("ip", "-n", host, "addr", "add", f"{address}/64", "dev", "ul0", "nodad")
         if members == 1:
             etcd.append(start_etcd(underlay, tmp_path / "etcd"))
             store = STORE
@@ -97,9 +103,9 @@ def two_hosts(sb: Sandbox, tmp_path: Path, members: int) -> Iterator[Cluster]:
             etcd += start_etcd_cluster(underlay, tmp_path / "etcd", members)
             store = "etcd://" + ",".join(f"{etcd_member_address(i)}:2379"
                                          for i in range(members))
-        sb.env.update(PORTWAY_CLUSTER_STORE=store, PORTWAY_ADVERTISE_ADDRESS=A_ADDR,
+        sb.env.update(PORTWAY_CLUSTER_STORE=store, PORTWAY_ADVERTISE_ADDRESS=advertise[0],
                       PORTWAY_CLUSTER_TTL=TTL)
-        c = Cluster(sb, b_host, b_state, underlay, etcd, store)
+        c = Cluster(sb, b_host, b_state, underlay, etcd, store, advertise[1])
         c.pw_a("daemon", "start")
         c.pw_b("daemon", "start")
         yield c

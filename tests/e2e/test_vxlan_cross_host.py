@@ -53,9 +53,9 @@ def cluster(sandbox: Sandbox, tmp_path: Path) -> Iterator[Cluster]:
         yield c
 
 
-def members(sb: Sandbox) -> set[str]:
+def members(sb: Sandbox, name: str = "members") -> set[str]:
     items = json.loads(sb.in_host("nft", "-j", "list", "set", "inet", "portway",
-                                  "members").stdout)["nftables"]
+                                  name).stdout)["nftables"]
     # (An element with a comment is listed as {"elem": {"val": ..., "comment": ...}}.)
     return {str(e["elem"]["val"] if isinstance(e, dict) else e)
             for item in items if "set" in item for e in item["set"].get("elem", [])}
@@ -226,3 +226,77 @@ def test_a_member_that_left_while_a_daemon_was_down_is_gone_before_it_serves(
     # A joins again: B's set takes it in again, from the watch.
     sb.pw("daemon", "start")
     wait_for(lambda: _b_members(c) == {A_ADDR, B_ADDR}, "B knows A again")
+
+
+A6, B6 = "2001:db8:a0::1", "2001:db8:a0::2"  # the hosts' VTEPs on an IPv6 underlay
+B_SECOND6 = "2001:db8:a0::52"  # a second IPv6 address of B's: no member's VTEP
+
+
+@pytest.fixture
+def cluster6(sandbox: Sandbox, tmp_path: Path) -> Iterator[Cluster]:
+    with two_hosts(sandbox, tmp_path, 1, (A6, B6)) as c:
+        yield c
+
+
+def test_ipv6_vteps_carry_the_overlay_and_take_no_containers_vxlan(
+        cluster6: Cluster) -> None:
+    """Hosts that advertise IPv6 addresses: the tunnel between them runs over IPv6, the
+    members' set of that family (members6) holds both VTEPs, and a container's VXLAN
+    over IPv6 feeds neither overlay: to B's VTEP it is dropped on A (vxlan_out), to a
+    second IPv6 address of B on B (vtep_in, which acts for the families of the host's
+    VTEPs). Control: without B's vtep_in rule the frame reaches B's container."""
+    c = cluster6
+    sb = c.a
+    sb.pw("network", "create", "--driver", "overlay", "--subnet", "10.206.0.0/24", "ov")
+    sb.pw("network", "create", "app", "--ipv6", "--subnet", "10.101.0.0/24",
+          "--subnet", "fd00:101::/64")
+    wait_for(lambda: "ov" in c.pw_b("network", "ls").stdout, "B makes the network")
+    ov = json.loads(c.pw_b("network", "inspect", "ov").stdout)[0]
+    vni = ov["Options"]["com.docker.network.driver.overlay.vxlanid_list"]
+    link = json.loads(sh("ip", "-n", c.b_host, "-d", "-j", "link", "show",
+                         f"pwvx-{ov['Id'][:10]}").stdout)[0]
+    info = link["linkinfo"]["info_data"]
+    assert B6 in (info.get("local"), info.get("local6")), info
+    c.pw_b("run", "-d", "--name", "victim", "--network", "ov", "--", "python3", "-u", "-c",
+           LISTEN)
+    sb.pw("run", "-d", "--name", "attacker", "--network", "app", "--", "sleep", "3600")
+    victim = json.loads(c.pw_b("inspect", "victim").stdout)[0]["NetworkSettings"][
+        "Networks"]["ov"]
+    wait_for(lambda: members(sb, "members6") == {A6, B6} and members(sb) == set(),
+             "A's firewall knows both IPv6 members")
+    sh("ip", "-n", c.b_host, "addr", "add", f"{B_SECOND6}/64", "dev", "ul0", "nodad")
+
+    def inject(target: str, marker: str) -> bool:
+        """A frame from an address of the overlay no container has, with a MAC of no
+        one, sent over IPv6 to target: whether B's container got it."""
+        sb.pw("exec", "attacker", "--", "python3", FRAMES, "vxlan", target, vni,
+              "02:42:de:ad:be:ef", "10.206.0.200", victim["MacAddress"],
+              victim["IPAddress"], "9999", marker)
+        deadline = time.monotonic() + 2
+        while True:
+            logs = c.pw_b("logs", "victim").stdout.splitlines()
+            if any(line.startswith(marker) for line in logs):
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+
+    # The tunnel itself: A's container reaches B's over the IPv6 underlay.
+    sb.pw("run", "-d", "--name", "friend", "--network", "ov", "--", "sleep", "3600")
+    sb.pw("exec", "friend", "--", "python3", "-c",
+          "import socket, sys; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto("
+          "b'hello-over-ipv6', (sys.argv[1], 9999))", victim["IPAddress"])
+    wait_for(lambda: any(line.startswith("hello-over-ipv6")
+                         for line in c.pw_b("logs", "victim").stdout.splitlines()),
+             "A's container reaches B's through the IPv6 tunnel")
+    assert not inject(B6, "vtep"), "A's forward drops it to B's VTEP"
+    assert not inject(B_SECOND6, "second"), "B's vtep_in drops it"
+    rules = json.loads(sh("ip", "netns", "exec", c.b_host, "nft", "-j", "-a", "list",
+                          "chain", "inet", "portway", "vtep_in").stdout)["nftables"]
+    handle = next(item["rule"]["handle"] for item in rules
+                  if "rule" in item and item["rule"].get("comment") == OTHER_RULE)
+    sh("ip", "netns", "exec", c.b_host, "nft", "delete", "rule", "inet", "portway",
+       "vtep_in", "handle", str(handle))
+    assert inject(B_SECOND6, "control")
+    assert "restore chain inet portway vtep_in" in c.pw_b("gc").stdout
+    assert not inject(B_SECOND6, "guarded")
