@@ -710,3 +710,25 @@ def test_a_run_is_one_etcd_write_and_an_address_has_one_holder(cluster: Cluster)
     picked = [_address(pw, f"pick-{host}{r}") for r in range(3)
               for host, pw in (("a", c.pw_a), ("b", c.pw_b))]
     assert len(set(picked)) == 6 and ip not in picked and "10.216.0.50" not in picked
+
+
+def test_an_advertise_address_not_of_this_host_is_refused(sandbox: Sandbox) -> None:
+    """The other hosts send this host's tunnel traffic to its --advertise-address: one
+    it does not have (a typo) would leave every cross-host path silently broken, so the
+    daemon refuses it in one line and starts nothing (Docker's swarm refuses an
+    advertise address that is not a system address)."""
+    sb = sandbox
+    sb.env.update(PORTWAY_CLUSTER_STORE="etcd://127.0.0.1:1",
+                  PORTWAY_ADVERTISE_ADDRESS="192.0.2.77")
+    cp = sb.pw("daemon", "start", check=False)
+    assert cp.returncode != 0 and "Traceback" not in cp.stderr, cp.stderr
+    assert (f"--advertise-address 192.0.2.77 is not an address of this host (host "
+            f"namespace {sb.host}); give the address of its interface on the underlay "
+            "('ip -brief address' lists them), or add it to that interface first") \
+        in cp.stderr, cp.stderr
+    assert sb.daemon_pid() == 0
+    # One of its addresses is taken, IPv6 too.
+    sb.in_host("ip", "addr", "add", "2001:db8:77::1/64", "dev", "lo")
+    sb.env.update(PORTWAY_ADVERTISE_ADDRESS="2001:db8:77::1")
+    sb.pw("daemon", "start")
+    assert "this host 2001:db8:77::1 is unreachable" in sb.pw("daemon", "status").stdout

@@ -143,6 +143,7 @@ class Engine:
         a restarted daemon must stay in its cluster)."""
         from portway.core import overlay
 
+        given = address is not None
         with self.store.transaction():
             url = url or self.store.get_meta("cluster_store")
             address = address or self.store.get_meta("advertise_address")
@@ -155,6 +156,8 @@ class Engine:
                                    "address), or neither")
             members = overlay.parse_cluster_store(url)
             advertise = overlay.parse_advertise_address(address)
+            if given:
+                self._check_advertised(advertise)
             ttl = overlay.parse_cluster_ttl(ttl_text) if ttl_text else overlay.DEFAULT_TTL
             self.store.set_meta("cluster_store", url)
             self.store.set_meta("advertise_address", str(advertise))
@@ -165,6 +168,22 @@ class Engine:
         from portway.store.etcd import Etcd
 
         return Cluster(self.h, self.host, Etcd(members), advertise, ttl)
+
+    def _check_advertised(self, address: IPAddress) -> None:
+        """--advertise-address is an address of this host (as Docker's swarm refuses one
+        that is not a system address): the other hosts send this host's tunnel traffic
+        to it, and one it does not have leaves every cross-host path silently broken.
+        (A remembered one is not checked: an address not up yet after a reboot must not
+        keep the daemon from serving the bridge networks.)"""
+        from portway.kernel import links
+
+        if any(a.ip == address for _index, a in links.observe_link_addresses(self.host)):
+            return
+        where = f" (host namespace {self.host_netns})" if self.host_netns else ""
+        raise InvalidInput(f"--advertise-address {address} is not an address of this "
+                           f"host{where}",
+                           "give the address of its interface on the underlay ('ip -brief "
+                           "address' lists them), or add it to that interface first")
 
     def _netns_of(self, endpoint: Endpoint) -> str | None:
         c = self.store.find_container(endpoint.container_id)
