@@ -1163,3 +1163,30 @@ def test_the_first_look_at_the_store_replaces_the_members_kept_across_a_restart(
     fw.set_members({gone, a.cluster.advertise})  # (as adopt_members found it)
     a.cluster._first_members()
     assert fw.members == {ipaddress.ip_address("192.0.2.1"), ipaddress.ip_address("192.0.2.2")}
+
+
+def test_a_name_another_host_has_is_refused_before_any_plumbing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The claim is made once the set-up is done, but a name this host's view already
+    shows on another host is refused before it: nothing plumbed, nothing written."""
+    etcd, (a, b) = two_hosts(tmp_path)
+    a.networks.create("ov", driver="overlay", subnet="10.200.0.0/24")
+    assert b.cluster is not None
+    b.cluster._snapshot(*etcd.range(overlay.PREFIX))
+    a.containers.run(["sleep", "1"], name="api", networks=["ov"], detach=True)
+    b.cluster._snapshot(*etcd.range(overlay.PREFIX))
+    driver = b.drivers["overlay"]
+    assert isinstance(driver, FakeDriver)
+    steps: list[str] = []
+    step = driver.w.step
+
+    def watched(name: str) -> None:
+        steps.append(name)
+        step(name)
+
+    monkeypatch.setattr(driver.w, "step", watched)
+    before = dict(etcd.kv)
+    with pytest.raises(Conflict, match=r"container name 'api' is in use on network ov by "
+                                       r"a container on host 192\.0\.2\.1"):
+        b.containers.run(["sleep", "1"], name="api", networks=["ov"], detach=True)
+    assert steps == [] and etcd.kv == before and b.store.endpoints() == []
