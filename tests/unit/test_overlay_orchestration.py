@@ -609,6 +609,11 @@ def test_other_hosts_see_an_endpoint_only_once_its_plumbing_is_done(
     e2 = next(x for x in a.store.endpoints() if x.network_id != net.id)
     assert seen["bridge.attach"][1] == [overlay.endpoint_key(net.id, e.id)]
     assert overlay.endpoint_key(e2.network_id, e2.id) in etcd.kv
+    # A container on both networks: one write for both endpoints.
+    revision = etcd.revision
+    a.containers.run(["sleep", "1"], name="both", networks=["ov", "ov2"], detach=True)
+    assert etcd.revision == revision + 1
+    assert len([k for k in etcd.kv if k.startswith(overlay.endpoint_key())]) == 4
     # A set-up that fails: nothing written, nothing left reserved.
     world.fail_at.add("process.spawn")
     before = dict(etcd.kv)

@@ -548,6 +548,12 @@ class Cluster:
     def _refused(self, e: Endpoint, c: Container, network: Network) -> IPAddress:
         """Why a claim of e's addresses and name found one of them held: Conflict for
         the name, else the address another host holds."""
+        held = self._held(e, c, network)
+        return held if held is not None else e.addresses[0].ip
+
+    def _held(self, e: Endpoint, c: Container, network: Network) -> IPAddress | None:
+        """Conflict if e's name on network is another endpoint's in the store; else the
+        first of e's addresses another endpoint holds there (None: none)."""
         owner = self.etcd.get(overlay.container_name_key(network.id, c.name))
         if owner is not None and owner != e.id:
             raw = self.etcd.get(overlay.endpoint_key(network.id, owner))
@@ -561,7 +567,7 @@ class Cluster:
             holder = self.etcd.get(overlay.address_key(network.id, a.ip))
             if holder is not None and holder != e.id:
                 return a.ip
-        return e.addresses[0].ip
+        return None
 
     def publish(self, container_id: str, only: str | None = None) -> None:
         """The records of the container's endpoints reserved (reserve) or claimed
@@ -572,14 +578,18 @@ class Cluster:
         left running here that no other host can reach or resolve is seen nowhere as
         such. An address another host claimed first: AddressRaced (the set-up is tried
         again), or Conflict where it was asked for (--ip), as for a name. A lease gone
-        meanwhile: joined again, then written. only: that endpoint's record alone."""
+        meanwhile: joined again, then written. only: that endpoint's record alone. The
+        reserved endpoints of the container (one per overlay network) are claimed in one
+        transaction together."""
         mine = [ec for ec in self._unpublished.values() if ec[1].id == container_id
                 and only in (None, ec[0].id)]
+        reserved = [ec for ec in mine if ec[0].id in self._unclaimed]
+        if reserved:
+            self._claim_with_records(reserved)
         for e, c in mine:
+            if e.id in self._unclaimed or e.id not in self._unpublished:
+                continue  # (claimed above)
             record = self._record(e, c)
-            if e.id in self._unclaimed:
-                self._claim_with_record(e, c, record)
-                continue
             try:
                 self._reclaimed(e, c)
                 self.etcd.put(overlay.endpoint_key(e.network_id, e.id), record.encode(),
@@ -593,44 +603,55 @@ class Cluster:
             with self._view_lock:
                 self.endpoints[e.id] = record
 
-    def _claim_with_record(self, e: Endpoint, c: Container, record: RemoteEndpoint) -> None:
-        """A reserved endpoint's addresses, name and record, in one transaction (publish).
+    def _claim_with_records(self, reserved: list[tuple[Endpoint, Container]]) -> None:
+        """Reserved endpoints' addresses, names and records, in one transaction (publish).
         Whether a transaction whose answer was lost was made is not known: from its
         sending on, a release removes what it may have written."""
-        puts = {overlay.address_key(e.network_id, a.ip): e.id for a in e.addresses}
-        puts[overlay.container_name_key(e.network_id, c.name)] = e.id
-        puts[overlay.endpoint_key(e.network_id, e.id)] = record.encode()
+        puts: dict[str, str] = {}
+        records = {e.id: self._record(e, c) for e, c in reserved}
+        for e, c in reserved:
+            puts.update({overlay.address_key(e.network_id, a.ip): e.id for a in e.addresses})
+            puts[overlay.container_name_key(e.network_id, c.name)] = e.id
+            puts[overlay.endpoint_key(e.network_id, e.id)] = records[e.id].encode()
 
         def send() -> bool:
             try:
                 return self.etcd.create_all(puts, self.lease)
             except ClusterUnreachable:
-                self._unclaimed.discard(e.id)  # (its answer lost: it may have been made)
+                for e, _c in reserved:  # (its answer lost: it may have been made)
+                    self._unclaimed.discard(e.id)
                 raise
 
         try:
             claimed = send()
         except StoreRefused:
             # The lease ran out (a stall longer than its TTL): join again (which leaves
-            # e alone: it is still unclaimed), then claim.
+            # them alone: they are still unclaimed), then claim.
             self._join()
             claimed = send()
         if claimed:
-            self._unclaimed.discard(e.id)
-            del self._unpublished[e.id]
-            with self._view_lock:
-                self.endpoints[e.id] = record
+            for e, _c in reserved:
+                self._unclaimed.discard(e.id)
+                del self._unpublished[e.id]
+                with self._view_lock:
+                    self.endpoints[e.id] = records[e.id]
             return
-        # (Nothing was written: it stays unclaimed, and its release has nothing to do.)
-        net = self.h.store.find_network(e.network_id)
-        if net is None:
-            raise Conflict(f"network {e.network_id[:12]} was removed meanwhile", "try again")
-        taken = self._refused(e, c, net)
-        if taken in e.requested:
-            raise Conflict(f"address {taken} is already in use on network {net.name} "
-                           "(on another host)", "pick another address, or omit it")
-        self._contended.setdefault(net.id, {})[taken] = time.monotonic()
-        raise AddressRaced(f"address {taken} on network {net.name} was claimed by another "
+        # Nothing was written: they stay unclaimed, and their release has nothing to do.
+        for e, c in reserved:
+            net = self.h.store.find_network(e.network_id)
+            if net is None:
+                raise Conflict(f"network {e.network_id[:12]} was removed meanwhile",
+                               "try again")
+            taken = self._held(e, c, net)
+            if taken is None:
+                continue
+            if taken in e.requested:
+                raise Conflict(f"address {taken} is already in use on network {net.name} "
+                               "(on another host)", "pick another address, or omit it")
+            self._contended.setdefault(net.id, {})[taken] = time.monotonic()
+            raise AddressRaced(f"address {taken} on network {net.name} was claimed by "
+                               "another host at the same moment", "try again")
+        raise AddressRaced(f"an address of {reserved[0][1].name} was claimed by another "
                            "host at the same moment", "try again")
 
     def _reclaimed(self, e: Endpoint, c: Container) -> None:
