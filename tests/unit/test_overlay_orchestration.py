@@ -1170,10 +1170,11 @@ def test_the_first_look_at_the_store_replaces_the_members_kept_across_a_restart(
     assert fw.members == {ipaddress.ip_address("192.0.2.1"), ipaddress.ip_address("192.0.2.2")}
 
 
-def test_a_name_another_host_has_is_refused_before_any_plumbing(
+def test_a_name_or_address_another_host_has_is_refused_before_any_plumbing(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The claim is made once the set-up is done, but a name this host's view already
-    shows on another host is refused before it: nothing plumbed, nothing written."""
+    """The claim is made once the set-up is done, but a name (or an address asked for)
+    this host's view already shows on another host is refused before it: nothing
+    plumbed, nothing written."""
     etcd, (a, b) = two_hosts(tmp_path)
     a.networks.create("ov", driver="overlay", subnet="10.200.0.0/24")
     assert b.cluster is not None
@@ -1194,4 +1195,10 @@ def test_a_name_another_host_has_is_refused_before_any_plumbing(
     with pytest.raises(Conflict, match=r"container name 'api' is in use on network ov by "
                                        r"a container on host 192\.0\.2\.1"):
         b.containers.run(["sleep", "1"], name="api", networks=["ov"], detach=True)
+    assert steps == [] and etcd.kv == before and b.store.endpoints() == []
+    # So is an address asked for that the view shows another host's container has.
+    with pytest.raises(Conflict, match=r"address 10\.200\.0\.2 is already in use on "
+                                       r"network ov \(on another host\)"):
+        b.containers.run(["sleep", "1"], name="mine", networks=["ov"], ip="10.200.0.2",
+                         detach=True)
     assert steps == [] and etcd.kv == before and b.store.endpoints() == []

@@ -499,7 +499,7 @@ class Cluster:
         once its plumbing is done: its addresses, name and record in one transaction
         (one etcd write). Until then nothing of it is in the store; what this host's
         view already shows is refused now, before any plumbing: a name another host's
-        container has on the network."""
+        container has on the network, an address asked for (--ip) that one holds."""
         self._joined()
         with self._view_lock:
             holder = next((r for r in self.endpoints.values()
@@ -507,6 +507,11 @@ class Cluster:
                            and r.id != e.id and r.host != self.advertise), None)
         if holder is not None:
             raise self._name_in_use(c, network, f"host {holder.host}")
+        for address in e.requested:  # (--ip: an address it picks avoids these already)
+            if self.address_taken(network.id, address):
+                raise Conflict(f"address {address} is already in use on network "
+                               f"{network.name} (on another host)",
+                               "pick another address, or omit it")
         self._unpublished[e.id] = (e, c)
         self._unclaimed.add(e.id)
 
