@@ -23,7 +23,8 @@ import sys
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, TypeVar
+from functools import wraps
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from portway.core import lifecycle as rules
 from portway.core import names, runopts, validate
@@ -51,20 +52,24 @@ if TYPE_CHECKING:
     from portway.engine.sandboxes import Early
 
 
+P = ParamSpec("P")
 T = TypeVar("T")
 
 
-def raced(attempt: Callable[[], T]) -> T:
-    """attempt, made again where it lost an overlay address to another host's claim at
-    the same moment (AddressRaced: it was undone whole, and the address is skipped
-    now); the last loss is said as such."""
-    for _ in range(RACES - 1):
-        try:
-            return attempt()
-        except AddressRaced as exc:
-            print(f"portwayd: {exc.message}: set up again with another", file=sys.stderr,
-                  flush=True)
-    return attempt()
+def raced(fn: Callable[P, T]) -> Callable[P, T]:
+    """fn, made again where it lost an overlay address to another host's claim at the
+    same moment (AddressRaced: what it did was undone whole, and the address is skipped
+    now, so the next attempt picks another); the last loss is said as such."""
+    @wraps(fn)
+    def attempts(*args: P.args, **kwargs: P.kwargs) -> T:
+        for _ in range(RACES - 1):
+            try:
+                return fn(*args, **kwargs)
+            except AddressRaced as exc:
+                print(f"portwayd: {exc.message}: set up again with another",
+                      file=sys.stderr, flush=True)
+        return fn(*args, **kwargs)
+    return attempts
 
 
 def each(refs: list[str], act: Callable[[str], object]) -> list[dict[str, Any]]:
@@ -151,32 +156,8 @@ class Containers:
         if self.h.dns is not None:
             self.h.dns.withdraw(announced)
 
+    @raced
     def run(self, command: list[str], name: str | None = None,
-            networks: list[str] | None = None, ip: str | None = None,
-            aliases: list[str] | None = None, hostname: str | None = None,
-            ports: list[str] | None = None, detach: bool = False, auto_remove: bool = False,
-            dns: list[str] | None = None, cap_add: list[str] | None = None,
-            cap_drop: list[str] | None = None, privileged: bool = False,
-            user: str | None = None, ip6: str | None = None, *,
-            env: list[str] | None = None, workdir: str | None = None, tty: bool = False,
-            interactive: bool = False, labels: list[str] | None = None,
-            add_hosts: list[str] | None = None, dns_search: list[str] | None = None,
-            dns_options: list[str] | None = None, domainname: str | None = None,
-            sysctls: list[str] | None = None, mac: str | None = None,
-            expose: list[str] | None = None, publish_all: bool = False,
-            restart: str | None = None) -> dict[str, Any]:
-        """Create a container with its networking ready; with detach, start its command
-        (_run). Tried again where another host claimed an overlay address it picked, at
-        the same moment (undone whole; the next attempt picks another)."""
-        return raced(lambda: self._run(
-            command, name, networks, ip, aliases, hostname, ports, detach, auto_remove, dns,
-            cap_add, cap_drop, privileged, user, ip6, env=env, workdir=workdir, tty=tty,
-            interactive=interactive, labels=labels, add_hosts=add_hosts,
-            dns_search=dns_search, dns_options=dns_options, domainname=domainname,
-            sysctls=sysctls, mac=mac, expose=expose, publish_all=publish_all,
-            restart=restart))
-
-    def _run(self, command: list[str], name: str | None = None,
             networks: list[str] | None = None, ip: str | None = None,
             aliases: list[str] | None = None, hostname: str | None = None,
             ports: list[str] | None = None, detach: bool = False, auto_remove: bool = False,
@@ -405,6 +386,7 @@ class Containers:
             return owner.netns if owner is not None else c.netns
         return f"/run/netns/{names.netns_name(c.id)}"
 
+    @raced
     def start(self, c: Container, user: bool) -> Container:
         """c, not running and without networking, started again: its networks attached
         anew from its configuration, its host ports held and published again, its names
@@ -428,11 +410,8 @@ class Containers:
             nets.append(net)
         if user:
             c = replace(c, user_stopped=False, restart_count=0)
-        def attempt() -> Container:
-            with h.store.transaction():
-                return self.up(replace(c, error=""), nets, configs, detach=True)
-
-        c = raced(attempt)
+        with h.store.transaction():
+            c = self.up(replace(c, error=""), nets, configs, detach=True)
         if nets:
             self.ready(c.id)
         if c.network_mode in ("bridge", "none"):
@@ -511,14 +490,9 @@ class Containers:
 
     # attach and detach containers (a stopped one: its configuration only)
 
+    @raced
     def connect(self, network: str, container: str, ip: str | None = None,
                 aliases: list[str] | None = None, ip6: str | None = None) -> dict[str, Any]:
-        """(Tried again as run is, _connect.)"""
-        return raced(lambda: self._connect(network, container, ip, aliases, ip6))
-
-    def _connect(self, network: str, container: str, ip: str | None = None,
-                 aliases: list[str] | None = None, ip6: str | None = None
-                 ) -> dict[str, Any]:
         h = self.h
         alias_list = [validate.check_name("alias", a) for a in aliases or []]
         ips = validate.requested_addresses(ip, ip6)
@@ -640,13 +614,9 @@ class Containers:
 
     # for runtimes that make their own sandboxes
 
+    @raced
     def attach_sandbox(self, container: Container, attachments: list[Attachment],
                        new: bool) -> list[Endpoint]:
-        """(Tried again as run is, _attach_sandbox.)"""
-        return raced(lambda: self._attach_sandbox(container, attachments, new))
-
-    def _attach_sandbox(self, container: Container, attachments: list[Attachment],
-                        new: bool) -> list[Endpoint]:
         """A sandbox a runtime made (container.netns) plugged into each attachment's
         network (an endpoint it has there already is kept), its published ports added
         if the container is new (the runtime holds their sockets); the container
