@@ -358,9 +358,9 @@ def test_a_container_whose_address_was_taken_while_away_gets_a_free_one_at_once(
 @pytest.mark.parametrize("with_record", [False, True])
 def test_a_renumbering_cut_short_by_a_daemon_restart_is_finished_by_the_next_daemon(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], with_record: bool) -> None:
-    """Cut short after its claim of the new address and the name; its record is written
-    only once the interface has the address (with_record: by an earlier portway, in the
-    claim)."""
+    """Cut short after its claim of the new address and the name: with its record (a
+    daemon killed between its transaction and its own store's commit), or without
+    (an earlier portway's, which claimed before the move and wrote the record after)."""
     etcd, (a, b) = two_hosts(tmp_path)
     net = a.networks.create("ov", driver="overlay", subnet="10.200.0.0/24")
     assert a.cluster is not None and b.cluster is not None
@@ -373,16 +373,23 @@ def test_a_renumbering_cut_short_by_a_daemon_restart_is_finished_by_the_next_dae
     a.cluster._snapshot(*etcd.range(overlay.PREFIX))
     a.containers.run(["sleep", "1"], name="taker", networks=["ov"], ip="10.200.0.2",
                      detach=True)
-    # B's daemon comes back (a new lease) and starts to renumber on-b: its new address,
-    # name and record are claimed in the store; the daemon is killed before its own
-    # store has the new address.
+    # B's daemon comes back (a new lease) and starts to renumber on-b: its new address
+    # and name (with_record: and record) are claimed in the store; the daemon is killed
+    # before its own store has the new address.
     first = etcd.grant(3)
     b.cluster.lease = first
     with b.store.transaction():
         b.store.set_meta("cluster_lease", str(first))
     half = replace(on_b, addresses=(ipaddress.ip_interface("10.200.0.3/24"),),
                    mac=names.mac_for(ipaddress.ip_address("10.200.0.3")))
-    assert b.cluster.claim(half, c, net, publish=with_record) is None
+    claims = {overlay.address_key(net.id, half.address): on_b.id,
+              overlay.container_name_key(net.id, c.name): on_b.id}
+    if with_record:
+        claims[overlay.endpoint_key(net.id, on_b.id)] = overlay.RemoteEndpoint(
+            id=half.id, network_id=net.id, container_id=c.id, name=c.name, aliases=(),
+            addresses=half.addresses, mac=half.mac,
+            host=ipaddress.ip_address("192.0.2.2")).encode()
+    assert etcd.create_all(claims, first)
     capsys.readouterr()
     # The next daemon: on-b gets its new address at once, nothing waits, and the store
     # holds exactly what this host has (the first daemon's claims went with its lease).
@@ -924,8 +931,9 @@ def test_a_lease_lost_during_a_set_up_claims_its_endpoints_under_the_next_one(
 def test_a_renumbered_containers_new_record_is_written_once_its_interface_has_it(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A renumbering (its address taken while this host was away) claims the new address
-    before it moves the interface to it; the record other hosts program their entries
-    and DNS from must follow the move, as a new container's follows its set-up."""
+    and name with the record other hosts program their entries and DNS from, in one
+    transaction, after it moves the interface to it, as a new container's claim follows
+    its set-up."""
     etcd, (a, b) = two_hosts(tmp_path)
     net = a.networks.create("ov", driver="overlay", subnet="10.200.0.0/24")
     assert a.cluster is not None and b.cluster is not None
@@ -950,8 +958,10 @@ def test_a_renumbered_containers_new_record_is_written_once_its_interface_has_it
 
     monkeypatch.setattr(world, "step", watched)
     b.cluster._join()
-    assert at_move == [(False, True)]  # (claimed, not shown)
+    assert at_move == [(False, False)]  # (neither claimed nor shown yet)
     record = overlay.RemoteEndpoint.decode(etcd.kv[key][0])
+    assert etcd.kv[overlay.address_key(net.id, ipaddress.ip_address("10.200.0.3"))] == (
+        on_b.id, b.cluster.lease)
     assert [str(x.ip) for x in record.addresses] == ["10.200.0.3"]
     assert b.cluster.remote_endpoints(net.id) == [] and on_b.id in b.cluster.endpoints
 
@@ -1202,3 +1212,42 @@ def test_a_name_or_address_another_host_has_is_refused_before_any_plumbing(
         b.containers.run(["sleep", "1"], name="mine", networks=["ov"], ip="10.200.0.2",
                          detach=True)
     assert steps == [] and etcd.kv == before and b.store.endpoints() == []
+
+
+def test_a_renumbering_that_loses_its_new_address_to_another_host_moves_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another host claims the address a renumbering picked while the interface moves to
+    it: the renumbering's transaction is refused, the move undone, and the endpoint
+    moved again to the next free address, claimed with its record."""
+    etcd, (a, b) = two_hosts(tmp_path)
+    net = a.networks.create("ov", driver="overlay", subnet="10.200.0.0/24")
+    assert a.cluster is not None and b.cluster is not None
+    b.cluster._snapshot(*etcd.range(overlay.PREFIX))
+    b.containers.run(["sleep", "1"], name="on-b", networks=["ov"], detach=True)
+    (on_b,) = b.store.endpoints()
+    etcd.expire(b.cluster.lease)
+    a.cluster._snapshot(*etcd.range(overlay.PREFIX))
+    a.containers.run(["sleep", "1"], name="taker", networks=["ov"], ip="10.200.0.2",
+                     detach=True)
+    world = cast(World, b.sandbox_kernel.w)
+    step = world.step
+    moves: list[str] = []
+
+    def watched(name: str) -> None:
+        if name.startswith("link.readdress"):
+            moves.append(name)
+            if len(moves) == 1:  # A takes the address B's first move goes to
+                a.containers.run(["sleep", "1"], name="quick", networks=["ov"],
+                                 ip="10.200.0.3", detach=True)
+        step(name)
+
+    monkeypatch.setattr(world, "step", watched)
+    b.cluster._join()
+    assert len(moves) == 3, moves  # (to .3, back, to .4)
+    (moved,) = b.store.endpoints()
+    assert str(moved.address) == "10.200.0.4"
+    held = {k.rpartition("/")[2]: v[0] for k, v in etcd.kv.items()
+            if k.startswith(overlay.address_key(net.id))}
+    assert held["10.200.0.4"] == on_b.id and held["10.200.0.3"] != on_b.id
+    record = overlay.RemoteEndpoint.decode(etcd.kv[overlay.endpoint_key(net.id, on_b.id)][0])
+    assert record.addresses == moved.addresses and b.cluster.conflict(on_b.id) is None

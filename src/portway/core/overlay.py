@@ -39,6 +39,8 @@ class AddressRaced(Conflict):
     set-up's transaction (its claim, with its record, made once its plumbing is done):
     the set-up is undone whole and tried again, and picks another."""
 
+    address: IPAddress | None = None  # the address lost
+
 
 @dataclass(frozen=True)
 class Member:

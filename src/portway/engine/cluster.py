@@ -113,11 +113,12 @@ class Cluster:
         # reading and comparing the device's 2,000 entries of 1,000 endpoints.
         self._moves: dict[str, dict[str, tuple[RemoteEndpoint | None,
                                                RemoteEndpoint | None]]] = {}
-        # This host's endpoints whose records other hosts are not to see until their
-        # plumbing here is done (reserve or claim, then publish), by endpoint id.
+        # This host's endpoints whose set-ups are under way (reserve, then publish: their
+        # addresses, names and records in one transaction once their plumbing is done),
+        # by endpoint id.
         self._unpublished: dict[str, tuple[Endpoint, Container]] = {}
-        # Those of them whose addresses and name are not claimed yet either (reserve):
-        # publish claims them with the record, in one transaction.
+        # Those of them of which nothing is in the store (their transaction not sent, or
+        # refused): a release has nothing to remove there.
         self._unclaimed: set[str] = set()
         # Per network: addresses another host claimed first in a set-up's transaction,
         # before this host's view has its record, with when that was (address_taken
@@ -126,9 +127,6 @@ class Cluster:
         # This host's endpoints released while the store was unreachable: what is still
         # to be removed from it (network id, keys with the endpoint id each holds).
         self._unreleased: dict[str, tuple[str, dict[str, str]]] = {}
-        # Unpublished endpoints whose claims a join could not make again (another host
-        # took them while the lease was gone): their publish refuses.
-        self._reclaim_failed: set[str] = set()
         # Per network: the addresses other hosts hold, at a version (address_taken).
         self._taken: dict[str, tuple[int, frozenset[IPAddress]]] = {}
 
@@ -270,17 +268,8 @@ class Cluster:
         registered (conflict() says why, ps and inspect show it) until that host lets it
         go. The log says what happened, once."""
         e, c = ec
-        if e.id in self._unclaimed:
-            return  # (a set-up under way: its publish claims it, under the lease then)
         if e.id in self._unpublished:
-            # Claimed by a set-up still under way (this join is its claim's or its
-            # publish's, the lease gone meanwhile): its address and name claimed again,
-            # as its claim did; its record is put by its publish, once it is reachable.
-            claims = {overlay.address_key(e.network_id, a.ip): e.id for a in e.addresses}
-            claims[overlay.container_name_key(e.network_id, c.name)] = e.id
-            if not self.etcd.create_all(claims, lease):
-                self._reclaim_failed.add(e.id)
-            return
+            return  # (a set-up under way: its publish claims it, under the lease then)
         net = self.h.store.find_network(e.network_id)
         on = f" on network {net.name}" if net is not None else ""
         away = "while this host was away from the cluster store"
@@ -335,8 +324,8 @@ class Cluster:
             new = self.h.endpoints.renumber(c, e, net, taken)
         except (PortwayError, OSError) as exc:
             if self.generation(e.id) != generation:
-                # Renumbered meanwhile, by the join its claim made when it found the
-                # lease gone: e as read here is stale, and the join registered it as it
+                # Renumbered meanwhile, by a join its transaction made when it found
+                # the lease gone: e as read here is stale, and the join registered it as it
                 # is now. Marked here, it would show a conflict until the next pass.
                 return True
             # OSError: the kernel's own (its namespace gone after a reboot, before adopt
@@ -365,10 +354,11 @@ class Cluster:
         return True
 
     def _drop_unfinished(self, e: Endpoint, c: Container, net: Network) -> None:
-        """What a renumbering of e cut short after its claim (a daemon killed before its
-        own store had the new address) left in the store under an earlier lease: e's
-        name, the addresses claimed with it and, had it got that far, e's record, each
-        only while it is e's. Left there, they would refuse every claim of the
+        """What a renumbering of e cut short after its claim (a daemon killed between its
+        transaction and its own store's commit of the new address; or an earlier
+        portway's, which claimed before the move and wrote the record after it) left in
+        the store under an earlier lease: e's name, the addresses claimed with it and
+        e's record, each only while it is e's. Left there, they would refuse every claim of the
         renumbering that finishes it until that lease is revoked."""
         name_key = overlay.container_name_key(net.id, c.name)
         raw = self.etcd.get(overlay.endpoint_key(net.id, e.id))
@@ -382,8 +372,8 @@ class Cluster:
         except (ValueError, KeyError):
             raw = None  # (a record not of this version: the addresses read below)
         if raw is None:
-            # Claimed without a record (it is written once the interface has them): the
-            # addresses e holds, read from the store (a rare path: one range).
+            # Claimed without a record (by an earlier portway): the addresses e holds,
+            # read from the store (a rare path: one range).
             kvs, _rev = self.etcd.range(overlay.address_key(net.id))
             owned.update({kv.key: e.id for kv in kvs if kv.value == e.id})
         self.etcd.delete(overlay.endpoint_key(net.id, e.id))
@@ -521,41 +511,6 @@ class Cluster:
                         f"by a container on {where}",
                         "choose another name, or remove that container there")
 
-    def claim(self, e: Endpoint, c: Container, network: Network,
-              publish: bool = True) -> IPAddress | None:
-        """e's addresses and name (and with publish, e's record: what other hosts program
-        their entries and DNS records from) under this host's lease, in one transaction.
-        None: claimed; else an address another host holds (nothing was written). Without
-        publish, e is made visible to other hosts by publish() once its plumbing here is
-        done: a record seen earlier sends them to an address that does not answer yet
-        (a client's dropped SYN waits a second for its retransmission)."""
-        self._joined()
-        puts = {overlay.address_key(network.id, a.ip): e.id for a in e.addresses}
-        name_key = overlay.container_name_key(network.id, c.name)
-        puts[name_key] = e.id
-        if publish:
-            puts[overlay.endpoint_key(network.id, e.id)] = self._record(e, c).encode()
-        try:
-            claimed = self.etcd.create_all(puts, self.lease)
-        except StoreRefused:
-            # The lease ran out (a stall longer than its TTL): join again, then claim.
-            self._join()
-            claimed = self.etcd.create_all(puts, self.lease)
-        if claimed:
-            if publish:
-                with self._view_lock:
-                    self.endpoints[e.id] = self._record(e, c)
-            else:
-                self._unpublished[e.id] = (e, c)
-            return None
-        return self._refused(e, c, network)
-
-    def _refused(self, e: Endpoint, c: Container, network: Network) -> IPAddress:
-        """Why a claim of e's addresses and name found one of them held: Conflict for
-        the name, else the address another host holds."""
-        held = self._held(e, c, network)
-        return held if held is not None else e.addresses[0].ip
-
     def _held(self, e: Endpoint, c: Container, network: Network) -> IPAddress | None:
         """Conflict if e's name on network is another endpoint's in the store; else the
         first of e's addresses another endpoint holds there (None: none)."""
@@ -575,38 +530,19 @@ class Cluster:
         return None
 
     def publish(self, container_id: str, only: str | None = None) -> None:
-        """The records of the container's endpoints reserved (reserve) or claimed
-        without them (claim), for every host, as the last step of their set-up here (the
-        caller holds the engine's lock and undoes the set-up if this fails): a reserved
-        one's addresses, name and record in one transaction under this host's lease.
-        Unreachable: ClusterUnreachable, one line, and the set-up is undone: a container
-        left running here that no other host can reach or resolve is seen nowhere as
-        such. An address another host claimed first: AddressRaced (the set-up is tried
-        again), or Conflict where it was asked for (--ip), as for a name. A lease gone
-        meanwhile: joined again, then written. only: that endpoint's record alone. The
-        reserved endpoints of the container (one per overlay network) are claimed in one
-        transaction together."""
-        mine = [ec for ec in self._unpublished.values() if ec[1].id == container_id
-                and only in (None, ec[0].id)]
-        reserved = [ec for ec in mine if ec[0].id in self._unclaimed]
+        """The container's reserved endpoints (reserve) shown to every host, as the last
+        step of their set-up here (the caller holds the engine's lock and undoes the
+        set-up if this fails): their addresses, names and records in one transaction
+        under this host's lease. Unreachable: ClusterUnreachable, one line, and the
+        set-up is undone: a container left running here that no other host can reach
+        or resolve is seen nowhere as such. An address another host claimed first:
+        AddressRaced (the set-up is made again, with another), or Conflict where it was
+        asked for (--ip), as for a name. A lease gone meanwhile: joined again, then
+        written. only: that endpoint alone."""
+        reserved = [ec for ec in self._unpublished.values() if ec[1].id == container_id
+                    and only in (None, ec[0].id) and ec[0].id in self._unclaimed]
         if reserved:
             self._claim_with_records(reserved)
-        for e, c in mine:
-            if e.id in self._unclaimed or e.id not in self._unpublished:
-                continue  # (claimed above)
-            record = self._record(e, c)
-            try:
-                self._reclaimed(e, c)
-                self.etcd.put(overlay.endpoint_key(e.network_id, e.id), record.encode(),
-                              self.lease)
-            except StoreRefused:
-                self._join()  # (its claims again, not its record: _register)
-                self._reclaimed(e, c)
-                self.etcd.put(overlay.endpoint_key(e.network_id, e.id), record.encode(),
-                              self.lease)
-            del self._unpublished[e.id]
-            with self._view_lock:
-                self.endpoints[e.id] = record
 
     def _claim_with_records(self, reserved: list[tuple[Endpoint, Container]]) -> None:
         """Reserved endpoints' addresses, names and records, in one transaction (publish).
@@ -654,21 +590,12 @@ class Cluster:
                 raise Conflict(f"address {taken} is already in use on network {net.name} "
                                "(on another host)", "pick another address, or omit it")
             self._contended.setdefault(net.id, {})[taken] = time.monotonic()
-            raise AddressRaced(f"address {taken} on network {net.name} was claimed by "
-                               "another host at the same moment", "try again")
+            raced = AddressRaced(f"address {taken} on network {net.name} was claimed by "
+                                 "another host at the same moment", "try again")
+            raced.address = taken
+            raise raced
         raise AddressRaced(f"an address of {reserved[0][1].name} was claimed by another "
                            "host at the same moment", "try again")
-
-    def _reclaimed(self, e: Endpoint, c: Container) -> None:
-        """Conflict if e's claims, made again by a join during its set-up (its lease had
-        run out), found another host's meanwhile: the set-up is undone."""
-        if e.id in self._reclaim_failed:
-            self._reclaim_failed.discard(e.id)
-            net = self.h.store.find_network(e.network_id)
-            raise Conflict(f"the address or name of {c.name} on network "
-                           f"{net.name if net else e.network_id} was claimed by another "
-                           "host while this host's lease in the cluster store had run out",
-                           "try again")
 
     def release(self, endpoints: list[Endpoint]) -> None:
         """Their addresses, names and records gone from the store. Unreachable: what is
@@ -676,7 +603,6 @@ class Cluster:
         (a claim whose record was never put is in no view: nothing else would)."""
         pending: list[tuple[str, str, dict[str, str]]] = []
         for e in endpoints:
-            self._reclaim_failed.discard(e.id)
             unpublished = self._unpublished.pop(e.id, None)
             if e.id in self._unclaimed:
                 self._unclaimed.discard(e.id)

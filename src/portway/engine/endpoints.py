@@ -20,7 +20,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, cast
 
 from portway.core import firewall, gateways, ipam, names, validate
-from portway.core.overlay import NO_CLUSTER
+from portway.core.overlay import NO_CLUSTER, RACES, AddressRaced
 from portway.engine.drivers import Sandbox
 from portway.engine.drivers.bridge import BridgeDriver
 from portway.errors import Conflict, InvalidInput, PortwayError
@@ -199,13 +199,13 @@ class Endpoints:
                  taken: set[IPAddress]) -> Endpoint:
         """old, an endpoint of running c on overlay network net whose addresses in taken
         another host claimed while this host was away from the cluster store, given free
-        ones instead (its other addresses kept): claimed in the store as any address (one
-        etcd transaction, with its name), recorded here, and its interface moved to them
-        while the container runs (the MAC follows an address-derived one), with its
-        anti-spoofing entries and published ports; only then is its record written for
-        the other hosts (earlier, they send to an address that does not answer). The
-        caller writes the container's /etc files and DNS records. All or nothing: a
-        failure after the claim lets it go again and leaves old as it was."""
+        ones instead (its other addresses kept): recorded here, its interface moved to
+        them while the container runs (the MAC follows an address-derived one), with its
+        anti-spoofing entries and published ports, and only then claimed in the store as
+        any address, with its name and record in one etcd transaction (earlier, other
+        hosts send to an address that does not answer). The caller writes the
+        container's /etc files and DNS records. All or nothing: a failure leaves old as
+        it was; a lost race for an address moves it again, to another."""
         h = self.h
         cluster = h.cluster
         assert cluster is not None
@@ -222,26 +222,49 @@ class Endpoints:
 
         derived = bool(old.addresses) and old.mac == names.mac_for(old.addresses[0].ip)
         generation = cluster.generation(old.id)
-        for _ in range(64):
+        for _ in range(RACES):
             addresses = self._allocate(net, keep, in_use)
             new = replace(old, addresses=tuple(addresses),
                           mac=names.mac_for(addresses[0].ip) if derived else old.mac)
-            # (Its record, with the new addresses, goes to the other hosts once the
-            # interface has them: publish, below.)
-            got = cluster.claim(new, c, net, publish=False)
-            if got is None:
+            try:
+                self._move(c, old, new, net)
                 break
-            if cluster.generation(old.id) != generation:
-                # A join the claim made (the lease was gone) renumbered it: old is
-                # stale, and its name is claimed under its id now, so no claim of
-                # this one can succeed.
-                raise Conflict(f"{c.name} on network {net.name} was given a new address "
-                               "meanwhile", "nothing to do")
-            elsewhere.add(got)
-            keep = {v: a for v, a in keep.items() if a != got}
+            except AddressRaced as exc:
+                # Another host claimed one of them first: it is skipped now (a kept one
+                # is given up too), and the move made again with another.
+                if cluster.generation(old.id) != generation:
+                    raise Conflict(f"{c.name} on network {net.name} was given a new "
+                                   "address meanwhile", "nothing to do") from None
+                if exc.address is not None:
+                    elsewhere.add(exc.address)
+                    keep = {v: a for v, a in keep.items() if a != exc.address}
         else:
             raise Conflict(f"no address could be claimed on network {net.name}: other "
                            "hosts keep taking them", "try again")
+        self._guard_moved(old, new)
+        gone = [a.ip for a in old.addresses if a not in new.addresses]
+        try:  # a running flow NATed to an old address would go on to its new holder
+            h.fw.forget_connections(gone)
+        except PortwayError:
+            pass  # (they end when they time out)
+        driver = h.driver(net)
+        if new.mac != old.mac and isinstance(driver, BridgeDriver):
+            try:  # the bridge learned the old MAC behind the port: no longer there
+                driver.forget_mac(old)
+            except PortwayError:
+                pass  # (it ages out)
+        return new
+
+    def _move(self, c: Container, old: Endpoint, new: Endpoint, net: Network) -> None:
+        """old's interface, anti-spoofing entries and published ports moved to new's
+        addresses (and MAC), recorded here, and then new's addresses, name and record
+        claimed in the store in one transaction (Cluster.publish): other hosts see it
+        only once the interface has them. All or nothing: a failure, a lost race
+        (AddressRaced) among them, leaves old as it was."""
+        h = self.h
+        cluster = h.cluster
+        assert cluster is not None
+        cluster.reserve(new, c, net)
         try:
             with h.sandbox_kernel.open(c.netns) as sandbox, h.store.transaction(), \
                     ExitStack() as undo:
@@ -268,19 +291,6 @@ class Endpoints:
             self.clear_hints()
             cluster.release([new])
             raise
-        self._guard_moved(old, new)
-        gone = [a.ip for a in old.addresses if a not in new.addresses]
-        try:  # a running flow NATed to an old address would go on to its new holder
-            h.fw.forget_connections(gone)
-        except PortwayError:
-            pass  # (they end when they time out)
-        driver = h.driver(net)
-        if new.mac != old.mac and isinstance(driver, BridgeDriver):
-            try:  # the bridge learned the old MAC behind the port: no longer there
-                driver.forget_mac(old)
-            except PortwayError:
-                pass  # (it ages out)
-        return new
 
     def _guard_moved(self, old: Endpoint, new: Endpoint) -> None:
         """The anti-spoofing entries old has and new has not removed."""
