@@ -17,6 +17,14 @@ LABEL_KEY_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_./-]*")
 MTU_MIN, MTU_MAX = 68, 65535
 IPV4_MAPPED = ipaddress.ip_network("::ffff:0:0/96")
 
+# Docker reads its boolean options with Go's strconv.ParseBool: these spellings (kept
+# as true or false, which is what the firewall and the views compare against).
+GO_BOOLS = {"1": "true", "t": "true", "T": "true", "TRUE": "true", "true": "true",
+            "True": "true", "0": "false", "f": "false", "F": "false", "FALSE": "false",
+            "false": "false", "False": "false"}
+BOOL_OPTIONS = ("com.docker.network.bridge.enable_ip_masquerade",
+                "com.docker.network.bridge.enable_icc")
+
 KNOWN_OPTIONS = {
     "com.docker.network.bridge.enable_ip_masquerade": ("true", "false"),
     "com.docker.network.bridge.enable_icc": ("true", "false"),
@@ -168,6 +176,10 @@ def parse_key_values(what: str, items: list[str]) -> dict[str, str]:
 
 
 def check_options(options: dict[str, str]) -> dict[str, str]:
+    """The options as given, but a boolean one in Docker's other spellings (`0`, `t`,
+    `FALSE`, ...) as true or false."""
+    options = {key: GO_BOOLS.get(value, value) if key in BOOL_OPTIONS else value
+               for key, value in options.items()}
     for key, value in options.items():
         if key not in KNOWN_OPTIONS:
             known = ", ".join(sorted(KNOWN_OPTIONS))

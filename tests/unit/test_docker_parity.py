@@ -1,0 +1,40 @@
+"""What a Docker user meets on one host, checked on fakes of the store and the kernel
+(tests/unit/fakes.py): Docker's own documentation pages as the reference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fakes import fake_host
+
+from portway.core import validate
+from portway.errors import InvalidInput
+
+ICC = "com.docker.network.bridge.enable_icc"
+MASQ = "com.docker.network.bridge.enable_ip_masquerade"
+MTU = "com.docker.network.driver.mtu"
+
+
+def subnet4(net: object) -> str:
+    return str(net.of_version(4).subnet)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("given", "kept"), [
+    ("0", "false"), ("f", "false"), ("FALSE", "false"), ("False", "false"),
+    ("1", "true"), ("t", "true"), ("TRUE", "true"), ("true", "true")])
+def test_boolean_options_take_gos_spellings(given: str, kept: str) -> None:
+    """Docker reads enable_icc and enable_ip_masquerade with strconv.ParseBool."""
+    assert validate.check_options({ICC: given, MASQ: given}) == {ICC: kept, MASQ: kept}
+
+
+def test_a_boolean_option_spelled_in_go_acts(tmp_path: Path) -> None:
+    h, _ = fake_host(str(tmp_path))
+    net = h.networks.create("quiet", options=[f"{ICC}=0", f"{MASQ}=F"])
+    assert net.options == {ICC: "false", MASQ: "false"}
+
+
+@pytest.mark.parametrize("bad", ["maybe", "yes", "no", "2", ""])
+def test_other_boolean_spellings_are_refused(bad: str) -> None:
+    with pytest.raises(InvalidInput, match="must be one of true, false"):
+        validate.check_options({ICC: bad})
