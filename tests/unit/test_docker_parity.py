@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from fakes import fake_host
+from fakes import fake_host, rows
 
 from portway.core import validate
 from portway.errors import InvalidInput
@@ -38,3 +38,12 @@ def test_a_boolean_option_spelled_in_go_acts(tmp_path: Path) -> None:
 def test_other_boolean_spellings_are_refused(bad: str) -> None:
     with pytest.raises(InvalidInput, match="must be one of true, false"):
         validate.check_options({ICC: bad})
+
+
+def test_mtu_given_twice_must_agree(tmp_path: Path) -> None:
+    h, w = fake_host(str(tmp_path))
+    with pytest.raises(InvalidInput, match="disagree"):
+        h.networks.create("a", mtu="1400", options=[f"{MTU}=1300"])
+    assert w.log == [] and rows(h) == (0, 0, 0)
+    net = h.networks.create("b", mtu="1400", options=[f"{MTU}=1400"])
+    assert net.mtu == 1400

@@ -80,6 +80,14 @@ class Networks:
         labs = validate.parse_key_values("--label", labels or [])
         if mtu is None and "com.docker.network.driver.mtu" in opts:
             mtu = opts["com.docker.network.driver.mtu"]
+        elif mtu is not None and "com.docker.network.driver.mtu" in opts and \
+                validate.parse_mtu(mtu) != validate.parse_mtu(
+                    opts["com.docker.network.driver.mtu"]):
+            # One would win silently, and inspect would show the other in Options.
+            raise InvalidInput(
+                f"--mtu {mtu} and -o com.docker.network.driver.mtu="
+                f"{opts['com.docker.network.driver.mtu']} disagree",
+                "give the MTU once, either way")
         # A macvlan device takes its parent's MTU unless told (0), and cannot exceed it.
         mtu_value = validate.parse_mtu(mtu) if mtu is not None else 0 if lan else 1500
         h = self.h
