@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,32 @@ MTU = "com.docker.network.driver.mtu"
 
 def subnet4(net: object) -> str:
     return str(net.of_version(4).subnet)  # type: ignore[attr-defined]
+
+
+def test_the_default_network_keeps_dockers_first_block(tmp_path: Path) -> None:
+    """Docker's default bridge is 172.17.0.0/16 and user networks begin at 172.18: a
+    user network made before portway's default one (made on first use) leaves it be."""
+    h, _ = fake_host(str(tmp_path))
+    assert subnet4(h.networks.create("app")) == "172.18.0.0/16"
+    assert subnet4(h.networks.default()) == "172.17.0.0/16"
+    assert subnet4(h.networks.create("db")) == "172.19.0.0/16"
+
+
+def test_a_user_network_takes_the_default_block_only_when_nothing_else_is_free(
+        tmp_path: Path) -> None:
+    h, _ = fake_host(str(tmp_path))
+    for n in list(range(18, 32)):
+        h.networks.create(f"n{n}", subnet=f"172.{n}.0.0/16")
+    h.networks.create("lan", subnet="192.168.0.0/16")
+    assert subnet4(h.networks.create("last")) == "172.17.0.0/16"
+
+
+def test_an_overlay_or_given_subnet_is_not_held_back(tmp_path: Path) -> None:
+    h, _ = fake_host(str(tmp_path))
+    assert subnet4(h.networks.create("mine", subnet="172.17.0.0/16")) == "172.17.0.0/16"
+    # The default network then takes the next free block.
+    assert ipaddress.ip_network(subnet4(h.networks.default())) != \
+        ipaddress.ip_network("172.17.0.0/16")
 
 
 @pytest.mark.parametrize(("given", "kept"), [

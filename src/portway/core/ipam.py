@@ -60,6 +60,22 @@ def pick_subnet(taken: list[tuple[IPNetwork, str]],
                    "remove unused networks with 'portway network prune' or give --subnet")
 
 
+# Docker's default network (docker0) has the first block of the pools, made when the
+# daemon starts, so user networks begin at the second. portway makes its default
+# network on first use: until then a user network leaves that block to it, and takes
+# it only when nothing else is free.
+DEFAULT_NETWORK_SUBNET = ipaddress.ip_network("172.17.0.0/16")
+
+
+def pick_user_subnet(taken: list[tuple[IPNetwork, str]]) -> IPNetwork:
+    """A free block of the default pools for a user network while the default network
+    is not made yet: any but the default network's own, unless that is the only one."""
+    try:
+        return pick_subnet([*taken, (DEFAULT_NETWORK_SUBNET, "the default network")])
+    except Conflict:
+        return pick_subnet(taken)
+
+
 def ula_prefix(global_id: int) -> ipaddress.IPv6Network:
     """An installation's unique local /48 (RFC 4193): fd00::/8 and a 40-bit global id
     chosen at random once per installation, as Docker 27 does for --ipv6 networks."""

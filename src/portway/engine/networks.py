@@ -110,7 +110,11 @@ class Networks:
                     for s in n.subnets] if lan else taken
             subnets = []
             for want in plan:
-                if want.subnet is None:
+                if want.subnet is None and want.version == 4 and driver != "overlay":
+                    net_addr = ipam.pick_subnet(taken, ipam.DEFAULT_POOLS) \
+                        if name == DEFAULT_NETWORK or h.store.find_network(DEFAULT_NETWORK) \
+                        else ipam.pick_user_subnet(taken)
+                elif want.subnet is None:
                     pools = ipam.OVERLAY_POOLS if driver == "overlay" else ipam.DEFAULT_POOLS
                     net_addr = ipam.pick_subnet(taken, pools) if want.version == 4 else \
                         ipam.pick_subnet6(taken, self.ula_global_id())
