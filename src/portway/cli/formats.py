@@ -21,6 +21,8 @@ NETWORK_HINT = ("network ls's placeholders: .ID .Name .Driver .Scope .IPv4 .IPv6
                 ".Labels .Label \"KEY\" .CreatedAt")
 INSPECT_HINT = ("fields are inspect's JSON, as in {{.NetworkSettings.IPAddress}} or "
                 "{{json .State}}")
+NETWORK_INSPECT_HINT = ("fields are network inspect's JSON, as in {{.IPAM.Config}} or "
+                        "{{json .Containers}}")
 
 
 def print_json(data: "Any") -> None:
@@ -139,6 +141,46 @@ def cmd_network_ls(client: Client, a: "Any") -> int:
                     ["NETWORK ID", "NAME", "DRIVER", "SUBNET", "GATEWAY", "BRIDGE",
                      "INTERNAL", "CONTAINERS"]))
     return 0
+
+
+# inspect's kinds of object, in the order a name is looked up (Docker's `docker
+# inspect` takes any object; --type says which), and the daemon's call for each.
+INSPECT_CALLS = {"container": "inspect", "network": "network_inspect"}
+NOT_FOUND = 3  # NotFound's exit code (portway.errors, not imported here: it is slow)
+
+
+def cmd_inspect(client: Client, names: "list[str]", kinds: "tuple[str, ...]",
+                fmt: "str | None") -> int:
+    """`inspect` and `network inspect` as Docker's: each name looked up as each kind in
+    turn; what is found is printed, each name that is not is said on stderr, and the
+    exit code is then 1."""
+    found: list[Any] = []
+    missing: list[ClientError] = []
+    for name in names:
+        first: ClientError | None = None
+        for kind in kinds:
+            try:
+                found.extend(client.call(INSPECT_CALLS[kind], refs=[name]))
+                break
+            except ClientError as exc:
+                if exc.exit_code != NOT_FOUND:
+                    raise
+                first = first or exc
+        else:
+            if first is not None and len(kinds) > 1:
+                first = ClientError(f"no container or network {name!r}",
+                                    "list them with 'portway ps -a' and 'portway network "
+                                    "ls'", NOT_FOUND)
+            if first is not None:
+                missing.append(first)
+    if missing and len(names) == 1:
+        raise missing[0]
+    for gone in missing:
+        line = f"{gone.message}; {gone.hint}" if gone.hint else gone.message
+        print(f"portway: error: {line}", file=sys.stderr)
+    code = print_inspected(found, fmt, INSPECT_HINT if kinds[0] == "container"
+                           else NETWORK_INSPECT_HINT)
+    return 1 if missing else code
 
 
 def print_inspected(items: "list[Any]", fmt: "str | None", hint: str = INSPECT_HINT) -> int:

@@ -27,6 +27,14 @@ HELP_EPILOG = """examples:
 """
 
 
+def inspect_type(value: str) -> str:
+    """inspect --type: the kinds of object portway has (Docker's others are images,
+    volumes and the like)."""
+    if value not in ("container", "network"):
+        raise ValueError(value)
+    return value
+
+
 def _root() -> Command:
     """portway's grammar (Docker's flags where Docker has them)."""
     json_flag = Opt("--json", "flag", help="print JSON")
@@ -178,8 +186,13 @@ def _root() -> Command:
             Opt("-n --last", metavar="N", convert=int,
                 help="the N last created (any state)"),
             Opt("-l --latest", "flag", help="the last created (any state)"))),
-        Command("inspect", "show containers as JSON", args=(Arg("names", "CONTAINER", "+"),),
-                opts=(template("-f --format", "each container"),)),
+        Command("inspect", "show containers (or networks) as JSON",
+                # CONTAINER: what completion offers (a network's name is taken too).
+                args=(Arg("names", "CONTAINER", "+"),),
+                opts=(template("-f --format", "each one"),
+                      Opt("--type", metavar="container|network", convert=inspect_type,
+                          help="look the names up as this kind only (default: a "
+                          "container, else a network)"))),
         Command("dns", "show the DNS records per network and recent queries",
                 opts=(json_flag,)),
         Command("port", "show a container's published ports",
@@ -262,9 +275,9 @@ def cmd_network(client: Client, a: Args) -> int:
 
         return cmd_network_ls(client, a)
     elif nc == "inspect":
-        from portway.cli.formats import print_inspected
+        from portway.cli.formats import cmd_inspect
 
-        return print_inspected(client.call("network_inspect", refs=a.names), a.format)
+        return cmd_inspect(client, a.names, ("network",), a.format)
     elif nc == "rm":
         return print_each(client.call("network_rm", refs=a.names))
     elif nc == "prune":
@@ -707,9 +720,10 @@ def dispatch(client: Client, a: Args) -> int:
 
         return cmd_ps(client, a)
     if a.command == "inspect":
-        from portway.cli.formats import print_inspected
+        from portway.cli.formats import cmd_inspect
 
-        return print_inspected(client.call("inspect", refs=a.names), a.format)
+        kinds = ("container", "network") if a.type is None else (a.type,)
+        return cmd_inspect(client, a.names, kinds, a.format)
     if a.command == "dns":
         info = client.call("dns_info")
         if a.json:
