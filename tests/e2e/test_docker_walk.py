@@ -4,8 +4,10 @@ they print and do, the CLI in a throwaway host namespace."""
 from __future__ import annotations
 
 import json
+import sys
 
 from conftest import Sandbox
+from portway.testbed import HOST_ADDR, HOST_ADDR6, WAIT_LISTENING, connect
 
 
 def test_inspect_takes_any_object_and_reports_the_missing_apart(sandbox: Sandbox) -> None:
@@ -38,3 +40,50 @@ def test_inspect_takes_any_object_and_reports_the_missing_apart(sandbox: Sandbox
     # One name alone that is nothing: one line, no output.
     cp = sb.pw("inspect", "nosuch", check=False)
     assert cp.returncode != 0 and cp.stdout == "" and cp.stderr.count("\n") == 1
+
+
+# NAME: a dual-stack TCP server on port 80 that answers each connection with NAME.
+NAMED = ("import socket, sys\n"
+         "s = socket.create_server(('::', 80), family=socket.AF_INET6, dualstack_ipv6=True)\n"
+         "while True:\n"
+         "    c, _ = s.accept()\n"
+         "    c.sendall(sys.argv[1].encode())\n"
+         "    c.close()\n")
+
+
+def test_unspecified_host_address_publishes_on_its_family_alone(sandbox: Sandbox) -> None:
+    """Docker 27: `-p 0.0.0.0:8080:80` publishes on IPv4 only and `-p [::]:8080:80` on
+    IPv6 only (Docker's page: "to make the mapping IPv6-only ... use [::]"), so two
+    containers can share host port 8080, one per family; without an address, both."""
+    sb = sandbox
+    sb.pw("network", "create", "--ipv6", "app")
+    for name, spec in (("four", "0.0.0.0:8080:80"), ("six", "[::]:8080:80"),
+                       ("both", "8081:80")):
+        sb.pw("run", "-d", "--name", name, "--network", "app", "-p", spec, "--",
+              sys.executable, "-c", NAMED, name)
+        sb.pw("exec", name, "--", sys.executable, "-c", WAIT_LISTENING, "::1", "80")
+    assert sb.pw("port", "four").stdout == "80/tcp -> 0.0.0.0:8080\n"
+    assert sb.pw("port", "six").stdout == "80/tcp -> [::]:8080\n"
+    assert sb.inspect("four")["HostConfig"]["PortBindings"] == {  # type: ignore[index]
+        "80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"}]}
+    # From the outside, and from the host itself (::1 through the relay).
+    assert connect(sb.outside, HOST_ADDR, 8080) == "four"
+    assert connect(sb.outside, HOST_ADDR6, 8080) == "six"
+    assert connect(sb.host, "127.0.0.1", 8080) == "four"
+    assert connect(sb.host, "::1", 8080) == "six"
+    # Control: without an address, both families reach the one container.
+    assert connect(sb.outside, HOST_ADDR, 8081) == "both"
+    assert connect(sb.outside, HOST_ADDR6, 8081) == "both"
+    # Taken is taken per family: IPv4's 8080 is four's, IPv6's six's.
+    for spec in ("8080:80", "0.0.0.0:8080:80", "[::]:8080:80"):
+        cp = sb.pw("run", "-d", "--network", "app", "-p", spec, "--", "sleep", "30",
+                   check=False)
+        assert cp.returncode != 0 and "host port 8080/tcp is already taken" in cp.stderr
+    # [::] on a network without IPv6 has nowhere to go: one line, nothing made.
+    sb.pw("network", "create", "plain")
+    before = sb.snapshot()
+    cp = sb.pw("run", "-d", "--network", "plain", "-p", "[::]:8082:80", "--", "sleep", "30",
+               check=False)
+    assert cp.returncode == 2 and cp.stderr.startswith(
+        "portway: error: cannot publish on [::]: network plain has no IPv6")
+    assert sb.snapshot() == before

@@ -61,9 +61,10 @@ def parse_port_spec(spec: str) -> list[PortMapping]:
             host_ip = ipaddress.ip_address(raw)
         except ValueError:
             raise InvalidInput(f"invalid host address {raw!r} in {spec!r}", HINT) from None
-        if host_ip.is_unspecified:
-            host_ip = None
-        elif host_ip.version == 6:
+        # 0.0.0.0 and [::] are kept: every address of that family alone (Docker 27:
+        # `-p 0.0.0.0:8080:80` publishes on IPv4 only, `-p [::]:8080:80` on IPv6 only;
+        # without an address, on both).
+        if host_ip.version == 6 and not host_ip.is_unspecified:
             check_host_ip6(host_ip, spec, m.group("ip"))
     c_lo, c_hi = port_range(m.group("cport"), spec)
     if m.group("hport"):
@@ -140,14 +141,24 @@ def protocol(text: str, where: str) -> Protocol:
                        "use tcp, udp or sctp")
 
 
+def addresses_overlap(a: IPAddress | None, b: IPAddress | None) -> bool:
+    """Whether publications on host addresses a and b share an address: None is every
+    address of both families, 0.0.0.0 and :: every address of theirs."""
+    if a is None or b is None:
+        return True
+    return a.version == b.version and (a == b or a.is_unspecified or b.is_unspecified)
+
+
 def host_port_holder(sockets: list[tuple[str, int]], host_ip: str | None,
                      port: int) -> str | None:
     """The listening socket that a publication of host_ip:port would collide with."""
     for address, bound in sockets:
         if bound != port:
             continue
-        # "::" may take IPv4 too (unless IPV6_V6ONLY, which the kernel does not say here).
+        # "::" may take IPv4 too (unless IPV6_V6ONLY, which the kernel does not say here);
+        # a publication on 0.0.0.0 (or ::) meets every socket of its family.
         if host_ip is None or address in (host_ip, "::") or \
-                (address == "0.0.0.0" and ":" not in host_ip):
+                (address == "0.0.0.0" and ":" not in host_ip) or \
+                (host_ip in ("0.0.0.0", "::") and (":" in address) == (":" in host_ip)):
             return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
     return None

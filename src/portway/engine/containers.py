@@ -307,7 +307,8 @@ class Containers:
             # ::1 is relayed to either family (engine/proxy.py).
             if p.host_ip is not None and str(p.host_ip) != "::1" and \
                     first.of_version(p.host_ip.version) is None:
-                raise InvalidInput(f"cannot publish on {p.host_ip}: network "
+                shown = f"[{p.host_ip}]" if p.host_ip.version == 6 else str(p.host_ip)
+                raise InvalidInput(f"cannot publish on {shown}: network "
                                    f"{first.name} has no IPv{p.host_ip.version}",
                                    "publish on an address of a family the network "
                                    "has, or on all addresses")

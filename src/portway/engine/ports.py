@@ -30,7 +30,12 @@ from typing import TYPE_CHECKING
 
 from portway.core import firewall, gateways
 from portway.core.firewall import Published
-from portway.core.ports import format_mapping, host_port_holder, parse_port_key
+from portway.core.ports import (
+    addresses_overlap,
+    format_mapping,
+    host_port_holder,
+    parse_port_key,
+)
 from portway.engine.proxy import LOOPBACK_ONLY, LoopbackProxy, Target
 from portway.errors import Conflict, InvalidInput, KernelError, PortwayError
 from portway.model.types import Container, Endpoint, IPInterface, Network, PortMapping
@@ -112,7 +117,9 @@ class PortReservations:
                                       proto=proto))
             else:
                 family = socket.AF_INET if p.host_ip.version == 4 else socket.AF_INET6
-                relay = relay and p.host_ip.version == 6 and p.host_ip.is_loopback
+                # ::1 is relayed, on ::1 alone or on every IPv6 address (-p [::]:...).
+                relay = relay and p.host_ip.version == 6 and \
+                    (p.host_ip.is_loopback or p.host_ip.is_unspecified)
                 held.append(_bind(family, kind, str(p.host_ip), p.host_port, relay=relay,
                                   proto=proto))
             if self._proxy is not None and held[0].family == socket.AF_INET6 and relay:
@@ -197,7 +204,7 @@ class Publishing:
 
         def holder_of(p: PortMapping) -> str | None:
             for other, who in by_port.get((p.protocol, p.host_port), []):
-                if other.host_ip is None or p.host_ip is None or other.host_ip == p.host_ip:
+                if addresses_overlap(other.host_ip, p.host_ip):
                     return who
             sock = host_port_holder(listening.get((p.protocol, p.host_port), []),
                                     str(p.host_ip) if p.host_ip else None, p.host_port)
@@ -302,14 +309,16 @@ class Publishing:
             address = next((a for a in endpoint.addresses if a.version == version), None)
             if address is not None:
                 targets.append((address, firewall.routed(net, version)))
+        # 0.0.0.0 and :: are every address of their family: to the firewall, any.
         return [Published(container_id=c.id, protocol=p.protocol, host_port=p.host_port,
                           container_ip=a.ip, container_port=p.container_port,
-                          host_ip=p.host_ip,
+                          host_ip=None if every else p.host_ip,
                           # Routed mode opens the container port at the container's
                           # address for a port published on every host address; one
                           # published on one address (127.0.0.1, say) stays that narrow.
-                          routed=routed and p.host_ip is None)
+                          routed=routed and every)
                 for p in c.ports for a, routed in targets
+                for every in [p.host_ip is None or p.host_ip.is_unspecified]
                 if p.host_ip is None or (p.host_ip.version == a.version and
                                          not (a.version == 6 and p.host_ip.is_loopback))]
 
