@@ -87,3 +87,23 @@ def test_unspecified_host_address_publishes_on_its_family_alone(sandbox: Sandbox
     assert cp.returncode == 2 and cp.stderr.startswith(
         "portway: error: cannot publish on [::]: network plain has no IPv6")
     assert sb.snapshot() == before
+
+
+def test_a_networks_default_host_binding(sandbox: Sandbox) -> None:
+    """Docker's `-o com.docker.network.bridge.host_binding_ipv4=127.0.0.1`: a port
+    published without an address is the host's alone; one given an address keeps it."""
+    sb = sandbox
+    sb.pw("network", "create", "--ipv6", "-o",
+          "com.docker.network.bridge.host_binding_ipv4=127.0.0.1", "local")
+    sb.pw("run", "-d", "--name", "web", "--network", "local", "-p", "8080:80",
+          "-p", f"{HOST_ADDR}:8081:80", "--", sys.executable, "-c", NAMED, "web")
+    sb.pw("exec", "web", "--", sys.executable, "-c", WAIT_LISTENING, "::1", "80")
+    assert sb.pw("port", "web").stdout == \
+        f"80/tcp -> 127.0.0.1:8080\n80/tcp -> {HOST_ADDR}:8081\n"
+    assert connect(sb.host, "127.0.0.1", 8080) == "web"
+    assert connect(sb.outside, HOST_ADDR, 8080).startswith("fail")
+    assert connect(sb.outside, HOST_ADDR6, 8080).startswith("fail")
+    assert connect(sb.outside, HOST_ADDR, 8081) == "web"  # control: the address given
+    cp = sb.pw("network", "create", "-o",
+               "com.docker.network.bridge.host_binding_ipv4=localhost", "bad", check=False)
+    assert cp.returncode == 2 and cp.stderr.count("\n") == 1 and "localhost" in cp.stderr

@@ -74,3 +74,22 @@ def test_mtu_given_twice_must_agree(tmp_path: Path) -> None:
     assert w.log == [] and rows(h) == (0, 0, 0)
     net = h.networks.create("b", mtu="1400", options=[f"{MTU}=1400"])
     assert net.mtu == 1400
+
+
+def test_default_binding_of_a_network() -> None:
+    from portway.core.ports import default_binding, parse_port_specs
+
+    ports = parse_port_specs(["8080:80", "10.0.0.5:8081:80", "[::]:8082:80"])
+    key = "com.docker.network.bridge.host_binding_ipv4"
+
+    def hosts(options: dict[str, str]) -> list[str | None]:
+        return [str(p.host_ip) if p.host_ip else None
+                for p in default_binding(ports, options)]
+
+    assert hosts({}) == [None, "10.0.0.5", "::"]
+    assert hosts({key: "127.0.0.1"}) == ["127.0.0.1", "10.0.0.5", "::"]
+    assert hosts({key: "::"}) == ["::", "10.0.0.5", "::"]
+    assert hosts({key: "0.0.0.0"}) == [None, "10.0.0.5", "::"]  # both families
+    for bad in ("localhost", "fe80::1", "::ffff:10.0.0.1", "10.0.0.0/8"):
+        with pytest.raises(InvalidInput):
+            validate.check_options({key: bad})

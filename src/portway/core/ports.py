@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from dataclasses import replace
 
 from portway.errors import InvalidInput
 from portway.model.types import PROTOCOLS, IPAddress, PortMapping, Protocol
@@ -162,3 +163,21 @@ def host_port_holder(sockets: list[tuple[str, int]], host_ip: str | None,
                 (host_ip in ("0.0.0.0", "::") and (":" in address) == (":" in host_ip)):
             return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
     return None
+
+
+HOST_BINDING_OPTION = "com.docker.network.bridge.host_binding_ipv4"
+
+
+def default_binding(ports: tuple[PortMapping, ...],
+                    options: dict[str, str]) -> tuple[PortMapping, ...]:
+    """ports as a network with Docker's host_binding_ipv4 option publishes them: a port
+    given no host address takes the option's. 0.0.0.0 stays every address of both
+    families (Docker's default); :: is every IPv6 address alone; another address, that
+    address alone (127.0.0.1: only the host reaches the port)."""
+    text = options.get(HOST_BINDING_OPTION)
+    if not text:
+        return ports
+    address = ipaddress.ip_address(text)
+    if address == ipaddress.IPv4Address("0.0.0.0"):
+        return ports
+    return tuple(replace(p, host_ip=address) if p.host_ip is None else p for p in ports)

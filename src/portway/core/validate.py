@@ -33,6 +33,8 @@ KNOWN_OPTIONS = {
     # Docker 27: per family, NAT (masquerade, the default) or routed (no NAT).
     "com.docker.network.bridge.gateway_mode_ipv4": ("nat", "routed"),
     "com.docker.network.bridge.gateway_mode_ipv6": ("nat", "routed"),
+    # The host address a -p without one publishes on (despite the name, IPv6 too).
+    "com.docker.network.bridge.host_binding_ipv4": None,
 }
 
 
@@ -192,7 +194,20 @@ def check_options(options: dict[str, str]) -> dict[str, str]:
             parse_mtu(value)
         if key == "com.docker.network.bridge.name":
             check_ifname("bridge name", value)
+        if key == "com.docker.network.bridge.host_binding_ipv4":
+            check_host_binding(value)
     return options
+
+
+def check_host_binding(text: str) -> IPAddress:
+    """The default host address of a network's published ports: one a port can be
+    published on, as -p takes it."""
+    address = parse_address("com.docker.network.bridge.host_binding_ipv4", text)
+    if address.version == 6 and (address.is_link_local or address.ipv4_mapped):
+        raise InvalidInput(f"com.docker.network.bridge.host_binding_ipv4 {text!r} cannot "
+                           "be published on (a link-local or IPv4-mapped address)",
+                           "give an address of the host, 127.0.0.1, ::1, 0.0.0.0 or ::")
+    return address
 
 
 def check_hostname(name: str) -> str:

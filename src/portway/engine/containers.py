@@ -30,7 +30,7 @@ from portway.core import lifecycle as rules
 from portway.core import names, runopts, validate
 from portway.core.naming import random_name
 from portway.core.overlay import RACES, AddressRaced
-from portway.core.ports import parse_port_specs
+from portway.core.ports import default_binding, parse_port_specs
 from portway.engine.context import fault_point, now
 from portway.engine.networks import DEFAULT_NETWORK
 from portway.engine.sandboxes import host_hostname
@@ -228,6 +228,8 @@ class Containers:
                 ignored = (f"published ports are ignored on macvlan network {nets[0].name}: "
                            "reach the container at its own address on the LAN")
                 port_maps = ()
+            if port_maps and nets:
+                port_maps = default_binding(port_maps, nets[0].options)
             if port_maps:
                 self._check_publishing(nets[0], port_maps)
             # A container with a namespace of its own takes the id its namespace was
