@@ -107,3 +107,26 @@ def test_a_networks_default_host_binding(sandbox: Sandbox) -> None:
     cp = sb.pw("network", "create", "-o",
                "com.docker.network.bridge.host_binding_ipv4=localhost", "bad", check=False)
     assert cp.returncode == 2 and cp.stderr.count("\n") == 1 and "localhost" in cp.stderr
+
+
+def test_dockers_names_for_the_commands(sandbox: Sandbox) -> None:
+    """Docker's pages write `docker container ls`, `docker container inspect`,
+    `docker container rm`, `docker network list`: the same commands here."""
+    sb = sandbox
+    sb.pw("network", "create", "app")
+    cid = sb.pw("container", "run", "-d", "--name", "web", "--network", "app", "--",
+                "sleep", "300").stdout.strip()
+    assert sb.pw("container", "ls", "-q").stdout == sb.pw("ps", "-q").stdout == \
+        cid[:12] + "\n"
+    assert sb.pw("container", "list", "--format", "{{.Names}}").stdout == "web\n"
+    assert sb.pw("container", "inspect", "-f", "{{.Name}}", "web").stdout == "/web\n"
+    # docker container inspect looks at containers alone.
+    cp = sb.pw("container", "inspect", "app", check=False)
+    assert cp.returncode == 3 and "container 'app' not found" in cp.stderr
+    assert sb.pw("network", "list", "-q").stdout == sb.pw("network", "ls", "-q").stdout
+    assert sb.pw("container", "stop", "-t", "0", "web").stdout == "web\n"
+    assert sb.pw("container", "remove", "web").stdout == "web\n"
+    assert sb.pw("network", "remove", "app").stdout == "app\n"
+    cp = sb.pw("container", check=False)
+    assert cp.returncode == 2 and "usage: portway container COMMAND" in cp.stderr and \
+        "ls       list containers" in cp.stderr

@@ -164,7 +164,7 @@ def _root() -> Command:
         "(read-only; exit 1 if anything is)",
         opts=(Opt("--live", "flag", help="also confirm each finding with trace --live's "
                   "probe (it never leaves the host)"), json_flag))
-    return Command("portway", "Docker-style container networking that shows how every "
+    root = Command("portway", "Docker-style container networking that shows how every "
                    "packet moves.", epilog=HELP_EPILOG, sub_dest="command", opts=(
                        Opt("--host-netns", metavar="NAME", help="use the named network "
                            "namespace as the host (env PORTWAY_HOST_NETNS; default: the "
@@ -244,6 +244,41 @@ def _root() -> Command:
         Command("__complete", "names for shell completion", hidden=True,
                 args=(Arg("kind", "KIND", choices=("containers", "networks")),)),
     ))
+    return with_docker_names(root)
+
+
+# Docker's other names for commands: `docker network list`, `docker container ls`, ...
+# (each the command it names, parsed alike; left out of help and completion).
+NETWORK_ALIASES = {"list": "ls", "remove": "rm"}
+CONTAINER_ALIASES = {"ls": "ps", "list": "ps", "remove": "rm"}
+CONTAINER_COMMANDS = ("run", "exec", "ls", "inspect", "port", "logs", "start", "stop",
+                      "restart", "kill", "wait", "rm")
+
+
+def _named(cmd: Command, name: str, hidden: bool) -> Command:
+    other = object.__new__(Command)  # a copy (the copy module costs an import)
+    other.__dict__.update(cmd.__dict__, name=name, hidden=hidden)
+    return other
+
+
+def with_docker_names(root: Command) -> Command:
+    """root with Docker's aliases of network's commands, and `container` (Docker's
+    `docker container ...`): the container commands again, under Docker's names."""
+    network = root.subs["network"]
+    for alias, name in NETWORK_ALIASES.items():
+        network.subs[alias] = _named(network.subs[name], alias, hidden=True)
+    subs = [_named(root.subs[CONTAINER_ALIASES.get(n, n)], n, hidden=False)
+            for n in CONTAINER_COMMANDS]
+    subs += [_named(root.subs[name], alias, hidden=True)
+             for alias, name in CONTAINER_ALIASES.items() if alias not in CONTAINER_COMMANDS]
+    subs.append(_named(root.subs["ps"], "ps", hidden=True))
+    container = Command("container", "the container commands by Docker's names (docker "
+                        "container ls, inspect, rm, ...)", subs=tuple(subs),
+                        sub_dest="container_command")
+    # Listed after network, as Docker's management commands come first.
+    order = list(root.subs.items())
+    root.subs = dict([*order[:1], ("container", container), *order[1:]])
+    return root
 
 
 class Args(dict):  # type: ignore[type-arg]
@@ -836,11 +871,20 @@ def run(argv: list[str]) -> int:
     except UsageError as exc:
         print(f"portway: {exc.message}; see '{exc.prog} --help'", file=sys.stderr)
         return 2
-    if args.command is None or (args.command == "network" and args.net_command is None):
-        print(help_text(root if args.command is None else root.subs["network"],
-                        "portway" if args.command is None else "portway network"),
+    if args.command is None or (args.command == "network" and args.net_command is None) \
+            or (args.command == "container" and args.container_command is None):
+        group = args.command
+        print(help_text(root if group is None else root.subs[group],
+                        "portway" if group is None else f"portway {group}"),
               file=sys.stderr)
         return 2
+    if args.command == "container":
+        args["command"] = CONTAINER_ALIASES.get(args.container_command,
+                                                args.container_command)
+        if args.command == "inspect" and args.type is None:
+            args["type"] = "container"  # docker container inspect: containers alone
+    if args.command == "network":
+        args["net_command"] = NETWORK_ALIASES.get(args.net_command, args.net_command)
     if args.command == "completion":  # needs neither root nor the daemon
         from portway.cli.completion import script
 
