@@ -130,3 +130,23 @@ def test_dockers_names_for_the_commands(sandbox: Sandbox) -> None:
     cp = sb.pw("container", check=False)
     assert cp.returncode == 2 and "usage: portway container COMMAND" in cp.stderr and \
         "ls       list containers" in cp.stderr
+
+
+def test_a_container_with_ipv6_off_is_named_by_ipv4_alone(sandbox: Sandbox) -> None:
+    """--sysctl net.ipv6.conf.all.disable_ipv6=1 on a dual-stack network: no IPv6
+    address in the container, and none in inspect, /etc/hosts or DNS (a peer that
+    resolved one would try IPv6 first and get nowhere), as with Docker 27."""
+    sb = sandbox
+    sb.pw("network", "create", "--ipv6", "app")
+    sb.pw("run", "-d", "--name", "off", "--network", "app", "--sysctl",
+          "net.ipv6.conf.all.disable_ipv6=1", "--", "sleep", "300")
+    sb.pw("run", "-d", "--name", "peer", "--network", "app", "--", "sleep", "300")
+    net = sb.inspect("off")["NetworkSettings"]["Networks"]["app"]  # type: ignore[index]
+    assert net["GlobalIPv6Address"] == "" and net["IPAddress"]
+    assert ":" not in sb.pw("exec", "off", "--", "ip", "-6", "-br", "addr", "show",
+                            "eth0").stdout
+    assert net["IPAddress"] in sb.pw("exec", "off", "--", "cat", "/etc/hosts").stdout
+    found = sb.pw("exec", "peer", "--", "getent", "ahosts", "off").stdout
+    assert {line.split()[0] for line in found.splitlines()} == {net["IPAddress"]}
+    peer = sb.inspect("peer")["NetworkSettings"]["Networks"]["app"]  # type: ignore[index]
+    assert peer["GlobalIPv6Address"]  # control: the default has both

@@ -93,3 +93,40 @@ def test_default_binding_of_a_network() -> None:
     for bad in ("localhost", "fe80::1", "::ffff:10.0.0.1", "10.0.0.0/8"):
         with pytest.raises(InvalidInput):
             validate.check_options({key: bad})
+
+
+OFF = "net.ipv6.conf.all.disable_ipv6=1"
+
+
+def test_a_container_with_ipv6_off_gets_no_ipv6_address(tmp_path: Path) -> None:
+    """Docker 27: --sysctl net.ipv6.conf.all.disable_ipv6=1 on a dual-stack network
+    gives no IPv6 address (so /etc/hosts, DNS and published ports name none)."""
+    h, _ = fake_host(str(tmp_path))
+    h.networks.create("dual", ipv6=True)
+    h.networks.create("six", ipv6=True, ipv4=False)
+    h.containers.run(["sleep", "1"], name="off", networks=["dual"], sysctls=[OFF],
+                     detach=True)
+    h.containers.run(["sleep", "1"], name="on", networks=["dual"], detach=True)
+    h.containers.run(["sleep", "1"], name="eth0", networks=["dual"], detach=True,
+                     sysctls=["net.ipv6.conf.eth0.disable_ipv6=1"])
+    h.containers.run(["sleep", "1"], name="again", networks=["dual"], detach=True,
+                     sysctls=[OFF, "net.ipv6.conf.all.disable_ipv6=0"])
+
+    def versions(name: str) -> list[int]:
+        c = h.store.find_container(name)
+        assert c is not None
+        return [a.version for e in h.store.endpoints(container_id=c.id)
+                for a in e.addresses]
+
+    assert versions("off") == [4] and versions("eth0") == [4]
+    assert versions("on") == [4, 6] and versions("again") == [4, 6]
+    before = rows(h)
+    for networks, extra in ((["six"], {}), (["dual"], {"ip6": "fd00::9"})):
+        with pytest.raises(InvalidInput, match="turns IPv6 off on eth0"):
+            h.containers.run(["sleep", "1"], networks=networks, sysctls=[OFF],
+                             detach=True, **extra)
+    assert rows(h) == before
+    # network connect: the same.
+    with pytest.raises(InvalidInput, match="IPv6 alone"):
+        h.containers.connect("six", "off")
+    assert rows(h) == before

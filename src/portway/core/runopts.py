@@ -293,6 +293,35 @@ def parse_sysctls(items: list[str], mode: NetworkMode) -> tuple[tuple[str, str],
     return tuple(out.items())
 
 
+def ipv6_off(sysctls: tuple[tuple[str, str], ...], ifname: str) -> bool:
+    """Whether a container's --sysctl turn IPv6 off on its interface ifname: the last of
+    net.ipv6.conf.all.disable_ipv6 (which the kernel passes on to every interface) and
+    net.ipv6.conf.IFNAME.disable_ipv6 says so."""
+    keys = {f"net.ipv6.conf.{name}.disable_ipv6" for name in ("all", ifname)} | \
+        {f"net/ipv6/conf/{name}/disable_ipv6" for name in ("all", ifname)}
+    off = False
+    for key, value in sysctls:
+        if key in keys:
+            off = value.strip() != "0"
+    return off
+
+
+def check_ipv6_off(sysctls: tuple[tuple[str, str], ...], ifname: str, network: str,
+                   families: set[int], ip6_asked: bool) -> None:
+    """A container whose IPv6 is off on ifname takes no IPv6 address there (Docker 27
+    gives it none, and names none in DNS): a network of IPv6 alone, or --ip6, is
+    refused."""
+    if not ipv6_off(sysctls, ifname):
+        return
+    turned = f"--sysctl turns IPv6 off on {ifname}"
+    if ip6_asked:
+        raise InvalidInput(f"--ip6 for network {network}, but {turned}",
+                           "drop --ip6, or the disable_ipv6 sysctl")
+    if families == {6}:
+        raise InvalidInput(f"network {network} has IPv6 alone, but {turned}",
+                           "use a network with IPv4, or drop the disable_ipv6 sysctl")
+
+
 def sysctl_path(key: str) -> str:
     """Where a sysctl lives under /proc/sys: dots are slashes, unless the key has slashes
     already (net/ipv4/conf/eth0.100/forwarding: an interface with a dot)."""

@@ -212,6 +212,10 @@ class Containers:
             if mode == "bridge":
                 nets = [h.networks.default() if r.ref == "" else h.networks.resolve(r.ref)
                         for r in plan.requests]
+                for index, (net, req) in enumerate(zip(nets, plan.requests, strict=True)):
+                    runopts.check_ipv6_off(config.sysctls, names.container_ifname(index),
+                                           net.name, {s.version for s in net.subnets},
+                                           any(":" in ip for ip in req.ips))
             elif mode == "container":
                 owner = self._network_owner(plan.container)
                 config = replace(config, network_of=owner.id,

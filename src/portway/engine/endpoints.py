@@ -19,7 +19,7 @@ from contextlib import ExitStack
 from dataclasses import replace
 from typing import TYPE_CHECKING, cast
 
-from portway.core import firewall, gateways, ipam, names, validate
+from portway.core import firewall, gateways, ipam, names, runopts, validate
 from portway.core.overlay import NO_CLUSTER, RACES, AddressRaced
 from portway.engine.drivers import Sandbox
 from portway.engine.drivers.bridge import BridgeDriver
@@ -117,6 +117,14 @@ class Endpoints:
         store = self.h.store
         each_subnet = net.labels.get(firewall.PODMAN_LABEL) == "true"
         asked = self._checked(container, net, ips, each_subnet)
+        # Docker 27: a container whose IPv6 is off (its --sysctl) gets no IPv6 address,
+        # so neither /etc/hosts, DNS nor a published port names one.
+        name = ifname or names.container_ifname(index)
+        runopts.check_ipv6_off(container.config.sysctls, name, net.name,
+                               {s.version for s in net.subnets},
+                               any(a.version == 6 for a in asked.values()))
+        skip = {6} if runopts.ipv6_off(container.config.sysctls, name) and \
+            not each_subnet else set()
         cluster = self.h.cluster if net.driver == "overlay" else None
         if net.driver == "overlay" and cluster is None:
             raise InvalidInput(*NO_CLUSTER)
@@ -128,7 +136,7 @@ class Endpoints:
             return store.address_in_use(net.id, a) or \
                 (cluster is not None and cluster.address_taken(net.id, a))
 
-        addresses = self._allocate(net, asked, in_use, each_subnet)
+        addresses = self._allocate(net, asked, in_use, each_subnet, skip)
         endpoint = self._endpoint(container, net, index, addresses, asked, aliases,
                                   ifname, mac, host_ifname, eid)
         store.add_endpoint(endpoint)
@@ -138,12 +146,15 @@ class Endpoints:
 
     def _allocate(self, net: Network, asked: dict[int, IPAddress],
                   in_use: Callable[[IPAddress], bool],
-                  each_subnet: bool = False) -> list[IPInterface]:
+                  each_subnet: bool = False,
+                  skip: set[int] | None = None) -> list[IPInterface]:
         """The addresses of a new endpoint: asked holds the ones asked for, by subnet
         index. One per subnet (each_subnet), or one per family: the asked one's subnet,
-        else the first subnet of the family with a free address."""
+        else the first subnet of the family with a free address. None of the families
+        in skip."""
         addresses: list[IPInterface] = []
-        done = {net.subnets[i].version for i in asked}  # (families with an address)
+        # (families with an address, or none to have)
+        done = {net.subnets[i].version for i in asked} | (skip or set())
         for i, sub in enumerate(net.subnets):
             if i in asked:
                 address: IPAddress = asked[i]
