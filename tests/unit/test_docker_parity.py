@@ -130,3 +130,45 @@ def test_a_container_with_ipv6_off_gets_no_ipv6_address(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput, match="IPv6 alone"):
         h.containers.connect("six", "off")
     assert rows(h) == before
+
+
+def test_until_takes_dockers_durations_and_times() -> None:
+    from portway.core.listing import ListingError, until_cutoff
+
+    now = 1_700_000_000.0
+    assert until_cutoff("24h", now) == now - 86400
+    assert until_cutoff("1h30m", now) == now - 5400
+    assert until_cutoff("90s", now) == now - 90
+    assert until_cutoff("1500ms", now) == now - 1.5
+    assert until_cutoff("1600000000", now) == 1_600_000_000
+    assert until_cutoff("2024-05-01T10:00:00Z", now) == 1714557600
+    assert until_cutoff("2024-05-01", now) == 1714521600
+    for bad in ("", "yesterday", "10d", "-1h", "2024-13-01"):
+        with pytest.raises(ListingError):
+            until_cutoff(bad, now)
+
+
+def test_network_prune_filters(tmp_path: Path) -> None:
+    """network prune --filter until=, label=, label!= (Docker's), all of them must hold."""
+    h, _ = fake_host(str(tmp_path))
+    h.networks.create("a", labels=["team=a"])
+    h.networks.create("b", labels=["team=b", "keep"])
+    h.networks.create("c")
+    with pytest.raises(InvalidInput, match="invalid filter 'until=soon'"):
+        h.networks.prune(["until=soon"])
+    with pytest.raises(InvalidInput, match="invalid filter 'name'"):
+        h.networks.prune(["name=a"])
+    # Made just now: none is older than an hour.
+    assert h.networks.prune(["until=1h"]) == []
+    assert h.networks.prune(["label=team=a"]) == ["a"]
+    assert h.networks.prune(["label!=keep", "until=2100-01-01"]) == ["c"]
+    assert h.networks.prune(["label=team"]) == ["b"]
+
+
+def test_a_network_label_may_be_a_bare_key(tmp_path: Path) -> None:
+    """docker network create --label KEY: an empty value, as run's --label."""
+    h, _ = fake_host(str(tmp_path))
+    assert h.networks.create("a", labels=["keep", "team=b"]).labels == \
+        {"keep": "", "team": "b"}
+    with pytest.raises(InvalidInput, match="invalid --label key"):
+        h.networks.create("b", labels=["bad key"])

@@ -82,7 +82,10 @@ def _root() -> Command:
         Command("rm", "remove networks (none may have a running container attached)",
                 args=(Arg("names", "NAME", "+"),)),
         Command("prune", "remove networks no container uses (running or stopped)",
-                opts=(Opt("-f --force", "flag", help="do not ask for confirmation"),)),
+                opts=(Opt("-f --force", "flag", help="do not ask for confirmation"),
+                      Opt("--filter", "list", metavar="KEY=VALUE", help="until= (a "
+                          "duration back from now, as 24h, or a time), label=KEY[=VALUE], "
+                          "label!=KEY[=VALUE]: only the networks that match them all"))),
         Command("connect", "attach a container to a network",
                 args=(Arg("network", "NETWORK"), Arg("container", "CONTAINER")),
                 opts=(Opt("--ip", metavar="IP"), Opt("--ip6", metavar="IPV6"),
@@ -316,10 +319,16 @@ def cmd_network(client: Client, a: Args) -> int:
     elif nc == "rm":
         return print_each(client.call("network_rm", refs=a.names))
     elif nc == "prune":
+        from portway.core import listing
+
+        try:  # before the question: a bad filter is said at once
+            listing.parse_filters(a.filter, listing.PRUNE_FILTERS)
+        except listing.ListingError as exc:
+            raise ClientError(exc.message, exc.hint, 2) from None
         if not a.force and not confirm("WARNING! This will remove all custom networks not "
                                        "used by at least one container."):
             return 0
-        removed = client.call("network_prune")
+        removed = client.call("network_prune", filters=a.filter)
         if removed:
             print("Deleted Networks:\n" + "\n".join(removed))
     elif nc == "connect":

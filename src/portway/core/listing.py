@@ -35,6 +35,10 @@ PS_FILTERS = ("id", "name", "label", "status", "network", "exited", "before", "s
 # network ls --filter: Docker's keys. Its predefined networks are builtin, never dangling.
 NETWORK_FILTERS = ("driver", "id", "label", "name", "scope", "type", "dangling")
 PREDEFINED = ("bridge", "host", "none")
+# network prune --filter: Docker's keys (label! keeps the networks that have the label).
+PRUNE_FILTERS = ("until", "label", "label!")
+_GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0,
+             "h": 3600.0}
 STATES = ("created", "restarting", "running", "removing", "paused", "exited", "dead")
 
 
@@ -415,11 +419,49 @@ def parse_filters(specs: "list[str]", accepted: "tuple[str, ...]" = PS_FILTERS,
         if key == "type" and value not in ("custom", "builtin"):
             raise ListingError(f"invalid filter 'type'='{value}'",
                                "a network's type is custom or builtin")
+        if key == "until":
+            until_cutoff(value, 0.0)  # raises for a bad one
         if key == "dangling" and value.lower() not in ("true", "false", "1", "0"):
             raise ListingError(f"invalid filter 'dangling'='{value}'",
                                "give dangling=true or dangling=false")
         out.setdefault(key, []).append(value)
     return out
+
+
+def until_cutoff(value: str, now: float) -> float:
+    """Docker's until= of a prune filter, as seconds since the epoch: a Go duration back
+    from now ("24h", "1h30m", "90s"), a Unix time ("1700000000", with a fraction too),
+    or an RFC 3339 time or date ("2024-05-01T10:00:00Z", "2024-05-01", as UTC);
+    ListingError otherwise."""
+    import re
+
+    text = value.strip()
+    if re.fullmatch(r"(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+", text):
+        return now - sum(float(n) * _GO_UNITS[u] for n, _, u in
+                         re.findall(r"(\d+(\.\d+)?)(ns|us|µs|ms|h|m|s)", text))
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    stamp = parse_time(text + "T00:00:00Z" if re.fullmatch(r"\d{4}-\d\d-\d\d", text)
+                       else text)
+    if stamp is None:
+        raise ListingError(f"invalid filter 'until={value}'",
+                           "give a duration back from now (24h, 1h30m) or a time (a Unix "
+                           "time, or 2024-05-01T10:00:00Z)")
+    return stamp
+
+
+def prune_selects(network: "dict[str, Any]", filters: "dict[str, list[str]]",
+                  now: float) -> bool:
+    """Whether a network that no container uses is pruned under filters: created before
+    every until=, with every label= and without any label!= (KEY or KEY=VALUE).
+    network: its Created (RFC 3339) and Labels."""
+    created = parse_time(network.get("Created")) or 0.0
+    labels = dict(network.get("Labels") or {})
+    if any(created >= until_cutoff(u, now) for u in filters.get("until", [])):
+        return False
+    if not _match_labels(filters.get("label"), labels):
+        return False
+    return not any(_match_labels([item], labels) for item in filters.get("label!", []))
 
 
 def port_keys(spec: str, key: str = "publish") -> "set[str]":

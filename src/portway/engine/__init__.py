@@ -320,8 +320,8 @@ class Engine:
 
         return each(refs, remove)
 
-    def network_prune(self) -> list[str]:
-        return self.h.networks.prune()
+    def network_prune(self, filters: list[str] | None = None) -> list[str]:
+        return self.h.networks.prune(filters)
 
     def network_connect(self, network: str, container: str, ip: str | None = None,
                         aliases: list[str] | None = None,

@@ -12,11 +12,12 @@ work and commits only after it; every kernel step registers its undo before it r
 from __future__ import annotations
 
 import secrets
+import time
 from contextlib import ExitStack
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from portway.core import ipam, macvlan, names, overlay, validate
+from portway.core import ipam, listing, macvlan, names, overlay, runopts, validate
 from portway.core.overlay import NO_CLUSTER
 from portway.engine.context import fault_point, now
 from portway.errors import Conflict, InvalidInput
@@ -77,7 +78,7 @@ class Networks:
             vni = str(overlay.parse_vni(vni))
         opts = macvlan.check_cli_options(given, internal) if lan else \
             validate.check_options(given)
-        labs = validate.parse_key_values("--label", labels or [])
+        labs = dict(runopts.parse_labels(labels or []))  # a bare KEY: empty, as Docker
         if mtu is None and "com.docker.network.driver.mtu" in opts:
             mtu = opts["com.docker.network.driver.mtu"]
         elif mtu is not None and "com.docker.network.driver.mtu" in opts and \
@@ -263,17 +264,24 @@ class Networks:
                 h.cluster.retry_not_made()
             return removed
 
-    def prune(self) -> list[str]:
+    def prune(self, filters: list[str] | None = None) -> list[str]:
         """The networks no container uses: none is attached, and none that is stopped is
         configured to be (Docker prunes those too, and their start then fails: a known
         complaint, so portway keeps them); an overlay network, none on another host
-        either."""
+        either. filters: Docker's until=, label= and label!= (all must hold)."""
         h = self.h
+        try:
+            wanted = listing.parse_filters(filters or [], listing.PRUNE_FILTERS)
+        except listing.ListingError as exc:
+            raise InvalidInput(exc.message, exc.hint) from None
+        moment = time.time()
         with h.lock:
             unused = [n.name for n in h.store.networks()
                       if n.name != DEFAULT_NETWORK and not h.store.endpoints(network_id=n.id)
                       and not h.store.configs(network_id=n.id)
-                      and not self.used_elsewhere(n)]
+                      and not self.used_elsewhere(n)
+                      and listing.prune_selects({"Created": n.created, "Labels": n.labels},
+                                                wanted, moment)]
             return self.remove(unused) if unused else []
 
     def used_elsewhere(self, network: Network) -> bool:
