@@ -187,6 +187,10 @@ def test_allocate_never_returns_used_or_reserved(used_ints: set[int]) -> None:
     ("0.0.0.0:81:80/TCP", ["0.0.0.0:81->80/tcp"]),
     ("[::1]:6379:6379", ["[::1]:6379->6379/tcp"]),
     ("[2001:db8::1]:8080:80/udp", ["[2001:db8::1]:8080->80/udp"]),
+    # Docker's nat.ParsePortSpec: of more than three parts, the last two are the ports,
+    # so an IPv6 address needs no brackets.
+    ("::1:80:80", ["[::1]:80->80/tcp"]),
+    ("2001:db8::1::80/udp", ["[2001:db8::1]:0->80/udp"]),
 ])
 def test_port_specs(spec: str, expected: list[str]) -> None:
     assert [format_mapping(p) for p in parse_port_spec(spec)] == expected
@@ -194,7 +198,7 @@ def test_port_specs(spec: str, expected: list[str]) -> None:
 
 @pytest.mark.parametrize("spec", ["", "x", "0", "65536", "80:", "1-2:3-5", "9001-9000:1-2",
                                   "80/dccp", "1.2.3:80:80", "999.1.1.1:80:80", "80:80:80:80",
-                                  "::1:80:80", "[::1:80:80"])
+                                  "::80:80", "::1:80", "[::1:80:80"])
 def test_bad_port_specs(spec: str) -> None:
     with pytest.raises(InvalidInput):
         parse_port_spec(spec)

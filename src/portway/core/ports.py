@@ -49,9 +49,28 @@ def check_host_ip6(host_ip: IPAddress, spec: str, written: str) -> None:
                            "on all of them (no address)")
 
 
+def _bracketed(spec: str) -> str:
+    """An IPv6 host address written without brackets, as Docker takes it (of more than
+    three colon-separated parts, the last two are the ports: `::1:8080:80`), in
+    brackets; anything else as it is."""
+    parts = spec.split(":")
+    if len(parts) < 4 or spec.startswith("["):
+        return spec
+    address = ":".join(parts[:-2])
+    try:
+        ipaddress.IPv6Address(address)
+    except ValueError:
+        return spec
+    return f"[{address}]:{parts[-2]}:{parts[-1]}"
+
+
 def parse_port_spec(spec: str) -> list[PortMapping]:
     """One spec into one mapping per port. host_port 0 means 'pick a free one'."""
-    m = _SPEC.fullmatch(spec.strip())
+    text = spec.strip()
+    m = _SPEC.fullmatch(text)
+    if m is None:
+        text = _bracketed(text)
+        m = _SPEC.fullmatch(text)
     if m is None:
         raise InvalidInput(f"invalid port spec {spec!r}", HINT)
     proto = protocol(m.group("proto") or "tcp", f"in {spec!r}")
@@ -66,7 +85,7 @@ def parse_port_spec(spec: str) -> list[PortMapping]:
         # `-p 0.0.0.0:8080:80` publishes on IPv4 only, `-p [::]:8080:80` on IPv6 only;
         # without an address, on both).
         if host_ip.version == 6 and not host_ip.is_unspecified:
-            check_host_ip6(host_ip, spec, m.group("ip"))
+            check_host_ip6(host_ip, text, m.group("ip"))
     c_lo, c_hi = port_range(m.group("cport"), spec)
     if m.group("hport"):
         h_lo, h_hi = port_range(m.group("hport"), spec)
