@@ -145,7 +145,10 @@ def test_a_container_with_ipv6_off_is_named_by_ipv4_alone(sandbox: Sandbox) -> N
     assert net["GlobalIPv6Address"] == "" and net["IPAddress"]
     assert ":" not in sb.pw("exec", "off", "--", "ip", "-6", "-br", "addr", "show",
                             "eth0").stdout
-    assert net["IPAddress"] in sb.pw("exec", "off", "--", "cat", "/etc/hosts").stdout
+    hosts = sb.pw("exec", "off", "--", "cat", "/etc/hosts").stdout
+    assert net["IPAddress"] in hosts and ":" not in hosts  # nor ::1: lo has none
+    assert sb.pw("exec", "off", "--", "getent", "hosts", "localhost").stdout.split()[0] \
+        == "127.0.0.1"
     found = sb.pw("exec", "peer", "--", "getent", "ahosts", "off").stdout
     assert {line.split()[0] for line in found.splitlines()} == {net["IPAddress"]}
     peer = sb.inspect("peer")["NetworkSettings"]["Networks"]["app"]  # type: ignore[index]

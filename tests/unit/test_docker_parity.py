@@ -172,3 +172,21 @@ def test_a_network_label_may_be_a_bare_key(tmp_path: Path) -> None:
         {"keep": "", "team": "b"}
     with pytest.raises(InvalidInput, match="invalid --label key"):
         h.networks.create("b", labels=["bad key"])
+
+
+def test_hosts_of_a_container_with_ipv6_off(tmp_path: Path) -> None:
+    """Its /etc/hosts names no IPv6 address: no ::1 localhost (lo has none) and an IPv4
+    host-gateway alone, as Docker writes it; the control keeps both."""
+    h, w = fake_host(str(tmp_path))
+    h.networks.create("dual", ipv6=True)
+    for name, sysctls in (("off", [OFF]), ("on", [])):
+        h.containers.run(["sleep", "1"], name=name, networks=["dual"], sysctls=sysctls,
+                         add_hosts=["gw:host-gateway"], detach=True)
+    hosts = {}
+    for name in ("off", "on"):
+        c = h.store.find_container(name)
+        assert c is not None
+        hosts[name] = w.etc[c.netns]["hosts"]
+    assert "::1" not in hosts["off"] and ":" not in hosts["off"]
+    assert hosts["off"].count("\tgw\n") == 1
+    assert "::1\tlocalhost" in hosts["on"] and hosts["on"].count("\tgw\n") == 2

@@ -8,13 +8,14 @@ from portway.model.types import IPAddress
 
 
 def render_hosts(hostname: str, name: str, addresses: Iterable[IPAddress],
-                 domainname: str = "", extra: Iterable[tuple[str, str]] = ()) -> str:
-    """Docker's /etc/hosts: localhost, the --add-host lines, then the container's own
-    addresses with its names (HOSTNAME.DOMAIN first where it has a domain name)."""
-    lines = [
-        "127.0.0.1\tlocalhost",
-        "::1\tlocalhost ip6-localhost ip6-loopback",
-    ]
+                 domainname: str = "", extra: Iterable[tuple[str, str]] = (),
+                 ipv6: bool = True) -> str:
+    """Docker's /etc/hosts: localhost (::1 too unless the container's IPv6 is off), the
+    --add-host lines, then the container's own addresses with its names
+    (HOSTNAME.DOMAIN first where it has a domain name)."""
+    lines = ["127.0.0.1\tlocalhost"]
+    if ipv6:
+        lines.append("::1\tlocalhost ip6-localhost ip6-loopback")
     lines += [f"{address}\t{host}" for host, address in extra]
     own = [f"{hostname}.{domainname}"] if domainname else []
     own += [hostname] + ([name] if name != hostname else [])

@@ -507,10 +507,16 @@ class Sandboxes:
             nameserver = str(first.gateway) if first and first.driver != "macvlan" \
                 else None
             gateways = [s.gateway for s in first.subnets] if first else []
+        # IPv6 turned off by --sysctl (all, or lo's): no ::1, no IPv6 host-gateway line
+        # (Docker's: a name to an address the container cannot reach sends clients
+        # there first).
+        ipv6 = not runopts.ipv6_off(conf.sysctls, "lo")
+        if not ipv6:
+            gateways = [g for g in gateways if g.version == 4]
         return {
             "hosts": files.render_hosts(c.hostname, c.name, addresses, conf.domainname,
                                         runopts.resolve_extra_hosts(conf.extra_hosts,
-                                                                    gateways)),
+                                                                    gateways), ipv6),
             "hostname": files.render_hostname(c.hostname),
             "resolv.conf": files.container_resolv_conf(self.host_resolv(), nameserver,
                                                        conf.dns_search, conf.dns_options),
