@@ -190,3 +190,29 @@ def test_hosts_of_a_container_with_ipv6_off(tmp_path: Path) -> None:
     assert "::1" not in hosts["off"] and ":" not in hosts["off"]
     assert hosts["off"].count("\tgw\n") == 1
     assert "::1\tlocalhost" in hosts["on"] and hosts["on"].count("\tgw\n") == 2
+
+
+def test_a_renumbered_container_with_ipv6_off_stays_without(tmp_path: Path) -> None:
+    """An overlay container whose address another host took while its host was away is
+    given a new one: of IPv4 alone, when its --sysctl turns IPv6 off."""
+    from test_overlay_orchestration import two_hosts
+
+    from portway.core import overlay
+
+    etcd, (a, b) = two_hosts(tmp_path)
+    a.networks.create("ov", driver="overlay", subnet=["10.200.0.0/24", "fd00:200::/64"],
+                      ipv6=True)
+    assert a.cluster is not None and b.cluster is not None
+    b.cluster._snapshot(*etcd.range(overlay.PREFIX))
+    b.containers.run(["sleep", "1"], name="off", networks=["ov"], sysctls=[OFF],
+                     detach=True)
+    (before,) = b.store.endpoints()
+    assert [x.version for x in before.addresses] == [4]
+    etcd.expire(b.cluster.lease)
+    a.cluster._snapshot(*etcd.range(overlay.PREFIX))
+    a.containers.run(["sleep", "1"], name="taker", networks=["ov"],
+                     ip=str(before.addresses[0].ip), detach=True)
+    b.cluster._join()
+    (after,) = b.store.endpoints()
+    assert after.addresses != before.addresses
+    assert [x.version for x in after.addresses] == [4]

@@ -233,8 +233,10 @@ class Endpoints:
 
         derived = bool(old.addresses) and old.mac == names.mac_for(old.addresses[0].ip)
         generation = cluster.generation(old.id)
+        # (A container whose IPv6 is off has none to be given anew either.)
+        skip = {6} if runopts.ipv6_off(c.config.sysctls, old.ifname) else set()
         for _ in range(RACES):
-            addresses = self._allocate(net, keep, in_use)
+            addresses = self._allocate(net, keep, in_use, skip=skip)
             new = replace(old, addresses=tuple(addresses),
                           mac=names.mac_for(addresses[0].ip) if derived else old.mac)
             try:
