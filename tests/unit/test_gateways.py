@@ -54,3 +54,24 @@ def test_a_portway_network_ignores_netavark_options() -> None:
     own = Network(**{**own.__dict__, "options": {"no_default_route": "true"}})
     assert gives_default_route(own)
     assert not gives_default_route(net("p", V4, podman={"no_default_route": "true"}))
+
+
+@pytest.mark.parametrize(("networks", "routes"), [
+    # netavark gives a Podman container a default route from each network, with the
+    # network's metric: the lowest wins (the route its replies leave by), of equal ones
+    # the first.
+    ([net("a", V4, V6, podman={"metric": "200"}), net("b", V4B, V6B, podman={})],
+     {4: 1, 6: 1}),
+    ([net("a", V4, V6, podman={}), net("b", V4B, V6B, podman={})], {4: 0, 6: 0}),
+    ([net("a", V4, podman={"metric": "50"}), net("b", V4B, V6B, podman={})],
+     {4: 0, 6: 1}),
+    # macvlan's default metric is 99, below a bridge network's 100.
+    ([net("b", V4B, podman={}), net("m", V4, driver="macvlan", podman={})], {4: 1}),
+])
+def test_a_podman_container_routes_by_metric(networks: list[Network],
+                                             routes: dict[int, int]) -> None:
+    assert route_owners(networks, podman=True) == routes
+    assert port_owners(networks, podman=True) == \
+        {v: i for v, i in routes.items() if networks[i].driver != "macvlan"}
+    # A portway container's routes are its networks' order (metric plays no part).
+    assert route_owners(networks)[4] == 0

@@ -11,7 +11,10 @@ Rules of this module:
    network with netavark's no_default_route.
 3. Each family's default route goes via the first network that gives one and has that
    family: the first network routes its families, a later one each family no earlier
-   one has. A network keeps the families it routes while later ones come and go.
+   one has. A network keeps the families it routes while later ones come and go. A
+   Podman container is the exception: netavark gives it a default route from every
+   network that gives one, each with its network's metric, so the kernel's (and so
+   the one its replies leave by) is the lowest metric's, of equal ones the first's.
 4. Each family's published ports go to the address of that family on the network that
    routes it; where no network routes the family (a Podman network with
    no_default_route), to the first network that is not internal and has it, as netavark
@@ -22,7 +25,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from portway.core import netavark
 from portway.core.firewall import netavark_option
+from portway.core.macvlan import DEFAULT_METRIC as MACVLAN_METRIC
 from portway.core.macvlan import DRIVER as MACVLAN
 from portway.model.types import Network
 
@@ -33,21 +38,32 @@ def gives_default_route(net: Network) -> bool:
         netavark_option(net, "no_default_route") != "true"
 
 
-def route_owners(networks: Sequence[Network]) -> dict[int, int]:
+def metric(net: Network) -> int:
+    """The metric netavark gives a Podman container's default routes via net: the
+    network's metric option, else netavark's default for its driver."""
+    given = netavark_option(net, "metric")
+    if given is not None and given.isdigit():
+        return int(given)
+    return MACVLAN_METRIC if net.driver == MACVLAN else netavark.DEFAULT_METRIC
+
+
+def route_owners(networks: Sequence[Network], podman: bool = False) -> dict[int, int]:
     """{IP version: the index in networks of the one its default route goes via}
-    (rule 3)."""
-    out: dict[int, int] = {}
+    (rule 3); podman: a Podman container's (by metric)."""
+    out: dict[int, tuple[int, int]] = {}
     for i, net in enumerate(networks):
         if gives_default_route(net):
+            rank = metric(net) if podman else 0
             for s in net.subnets:
-                out.setdefault(s.version, i)
-    return out
+                if s.version not in out or rank < out[s.version][0]:
+                    out[s.version] = (rank, i)
+    return {v: i for v, (_, i) in out.items()}
 
 
-def port_owners(networks: Sequence[Network]) -> dict[int, int]:
+def port_owners(networks: Sequence[Network], podman: bool = False) -> dict[int, int]:
     """{IP version: the index in networks of the one whose address of that family takes
-    the published ports} (rule 4)."""
-    out = route_owners(networks)
+    the published ports} (rule 4); podman: a Podman container's (rule 3)."""
+    out = route_owners(networks, podman)
     for i, net in enumerate(networks):
         if not net.internal:
             for s in net.subnets:

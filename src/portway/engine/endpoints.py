@@ -402,15 +402,16 @@ class Endpoints:
         return out
 
     def route(self, sandbox: SandboxHandle, ordered: list[tuple[Endpoint, Network]],
-              only: Endpoint | None = None) -> None:
+              only: Endpoint | None = None, podman: bool = False) -> None:
         """The default route of each family the sandbox has none of, via the network
         core/gateways.py names for it among ordered (in_order's): after a connect (the
         new network routes the families no earlier one does), a disconnect (the next
         network takes the families the one that left routed), a re-made interface (only:
         just the families that endpoint routes; the others' interfaces may still be
-        missing)."""
+        missing); podman: a Podman container's (core/gateways.py, rule 3)."""
         kernel = self.h.sandbox_kernel
-        for version, i in sorted(gateways.route_owners([n for _, n in ordered]).items()):
+        for version, i in sorted(gateways.route_owners([n for _, n in ordered],
+                                                        podman).items()):
             endpoint, net = ordered[i]
             sub = net.of_version(version)
             if sub is None or (only is not None and endpoint.id != only.id):
@@ -425,4 +426,5 @@ class Endpoints:
         if not kernel.exists(c.netns):
             return
         with kernel.open(c.netns) as sandbox:
-            self.route(sandbox, self.in_order(c.id, remaining))
+            self.route(sandbox, self.in_order(c.id, remaining),
+                       podman=c.runtime == "podman")

@@ -291,7 +291,8 @@ class Publishing:
             return {}
         ordered = self.h.endpoints.in_order(c.id, eps)
         return {v: ordered[i]
-                for v, i in gateways.port_owners([n for _, n in ordered]).items()}
+                for v, i in gateways.port_owners([n for _, n in ordered],
+                                                  c.runtime == "podman").items()}
 
     def published(self, c: Container, endpoints: list[Endpoint] | None = None
                   ) -> list[Published]:

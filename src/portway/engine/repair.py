@@ -212,7 +212,7 @@ def _missing_routes(engine: Engine, c: Container, endpoints: list[Endpoint]
     out: list[tuple[str, Callable[[], object]]] = []
     ordered = engine.h.endpoints.in_order(c.id, endpoints)
     networks = [n for _, n in ordered]
-    owners = gateways.route_owners(networks)
+    owners = gateways.route_owners(networks, c.runtime == "podman")
     cont = netns.open_ipr(c.netns)
     try:
         for version in (4, 6):
@@ -293,7 +293,7 @@ def _reattach(engine: Engine, c: Container, e: Endpoint) -> None:
         # run, start, connect and disconnect route them); those of the container's other
         # networks are theirs to restore.
         ordered = engine.h.endpoints.in_order(c.id, engine.store.endpoints(container_id=c.id))
-        engine.h.endpoints.route(sandbox, ordered, only=e)
+        engine.h.endpoints.route(sandbox, ordered, only=e, podman=c.runtime == "podman")
 
 
 def _unknown_links(engine: Engine, report: Report) -> None:

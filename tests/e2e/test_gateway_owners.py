@@ -1,0 +1,55 @@
+"""Each family's published ports go to the network its replies leave by
+(core/gateways.py), for the cases the rule first missed: a Podman container's networks
+with metrics, a Podman container that joins another network, a portway container whose
+first network cannot publish, and a default route moved by hand. Real connections from
+the outside namespace, each with its control."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+from test_netavark import Podmanish, get, podman  # noqa: F401  (the fixture)
+from test_netavark_current import dualstack
+
+from portway.testbed import HOST_ADDR6
+
+PORT = [{"host_ip": "", "container_port": 80, "host_port": 8080, "range": 1,
+         "protocol": "tcp"}]
+
+
+def two_networks(metric: str) -> dict[str, Any]:
+    """A Podman container on two dual-stack networks, eth0's with the metric given, eth1's
+    with netavark's default (100), publishing 8080."""
+    first = dualstack(options={"metric": metric})
+    second = dualstack("back", "podman9", 87, id="7b" * 32)
+    data = copy.deepcopy(first)
+    data["networks"]["back"] = dict(second["networks"]["back"], interface_name="eth1")
+    data["network_info"]["back"] = second["network_info"]["back"]
+    data["port_mappings"] = PORT
+    return data
+
+
+@pytest.mark.parametrize("metric", ["200", "100"])
+def test_podman_ports_follow_the_lowest_metric(podman: Podmanish, metric: str) -> None:  # noqa: F811
+    """With metric 200 on eth0's network, the default routes (and so the replies) go via
+    eth1's: the published port must lead there, or the replies leave by a bridge that is
+    not their address's and the guard drops them. The control: equal metrics, eth0's
+    network routes and takes the ports."""
+    p = podman
+    data = two_networks(metric)
+    ns = p.namespace()
+    p.nv("setup", ns, data=data)
+    try:
+        p.serve(ns)
+        outside = ["ip", "netns", "exec", p.sb.outside]
+        assert get(outside, f"http://{p.sb.host_addr}:8080/") == "200"
+        assert get(outside, f"http://[{HOST_ADDR6}]:8080/") == "200"
+        target = "10.87.0.2" if metric == "200" else "10.88.0.2"
+        assert target in p.sb.in_host("nft", "list", "map", "inet", "portway",
+                                      "pub_any_addr").stdout
+        assert p.pw("doctor").stdout.startswith("healthy")
+    finally:
+        p.nv("teardown", ns, data=data)
+
