@@ -53,3 +53,38 @@ def test_podman_ports_follow_the_lowest_metric(podman: Podmanish, metric: str) -
     finally:
         p.nv("teardown", ns, data=data)
 
+
+def test_podman_network_connect_publishes_the_new_family(podman: Podmanish) -> None:  # noqa: F811
+    """`podman network connect` of a dual-stack network to a container on an IPv4-only
+    one (setup again, with the new network alone): the IPv6 host port leads to the new
+    network's address at once, as portway's own connect does, and doctor is quiet. The
+    control: IPv4 reached it before and after."""
+    p = podman
+    v4 = dualstack("back", "podman9", 87, id="7b" * 32)
+    info = v4["network_info"]["back"]
+    info["subnets"], info["ipv6_enabled"] = info["subnets"][:1], False
+    v4["networks"]["back"]["static_ips"] = ["10.87.0.2"]
+    v4["port_mappings"] = PORT
+    dual = dualstack()
+    dual["networks"]["podman"]["interface_name"] = "eth1"
+    dual["container_id"], dual["port_mappings"] = v4["container_id"], PORT
+    ns = p.namespace()
+    p.nv("setup", ns, data=v4)
+    try:
+        p.serve(ns)
+        outside = ["ip", "netns", "exec", p.sb.outside]
+        assert get(outside, f"http://{p.sb.host_addr}:8080/") == "200"
+        p.nv("setup", ns, data=dual)
+        try:
+            assert get(outside, f"http://{p.sb.host_addr}:8080/") == "200"
+            assert get(outside, f"http://[{HOST_ADDR6}]:8080/") == "200"
+            doctor = p.pw("doctor", check=False).stdout
+            assert doctor.startswith("healthy"), doctor
+        finally:
+            p.nv("teardown", ns, data=dual)
+        # Disconnected again: the IPv6 port goes with the network, IPv4 stays.
+        assert "8080" not in p.sb.in_host("nft", "list", "map", "inet", "portway",
+                                          "pub_any6_addr").stdout
+        assert get(outside, f"http://{p.sb.host_addr}:8080/") == "200"
+    finally:
+        p.nv("teardown", ns, data=v4)

@@ -626,8 +626,9 @@ class Containers:
                        new: bool) -> list[Endpoint]:
         """A sandbox a runtime made (container.netns) plugged into each attachment's
         network (an endpoint it has there already is kept), its published ports added
-        if the container is new (the runtime holds their sockets); the container
-        recorded if new. All or nothing. The endpoints, in the attachments' order."""
+        if the container is new (the runtime holds their sockets), or moved to the
+        networks that now route their families if not; the container recorded if new.
+        All or nothing. The endpoints, in the attachments' order."""
         h = self.h
         have = {e.network_id: e for e in h.store.endpoints(container_id=container.id)}
         out: list[Endpoint] = []
@@ -654,11 +655,18 @@ class Containers:
                         h.endpoints.attach(sandbox, container, endpoint, a.network, route,
                                            metric=a.metric, routes=a.routes)
                     out.append(endpoint)
-            if new:
-                published = h.publishing.published(container)
-                if published:
-                    undo.callback(h.fw.remove_ports, published)
-                    h.fw.add_ports(published)
+            # A new container's ports; a container joining another network (podman
+            # network connect): each family's move to the network that now routes it
+            # (core/gateways.py), as connect moves a portway container's.
+            before = [] if new else h.publishing.published(container, list(have.values()))
+            after = h.publishing.published(container)
+            if before != after:
+                if before:
+                    h.fw.remove_ports(before)
+                    undo.callback(h.fw.add_ports, before)
+                if after:
+                    undo.callback(h.fw.remove_ports, after)
+                    h.fw.add_ports(after)
             self.shared(container.id)
             undo.pop_all()
         self.ready(container.id)
