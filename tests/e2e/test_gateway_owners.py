@@ -10,9 +10,12 @@ import copy
 from typing import Any
 
 import pytest
+from test_ipv6 import get as get6
+from test_ipv6 import served
 from test_netavark import Podmanish, get, podman  # noqa: F401  (the fixture)
 from test_netavark_current import dualstack
 
+from conftest import Sandbox
 from portway.testbed import HOST_ADDR6
 
 PORT = [{"host_ip": "", "container_port": 80, "host_port": 8080, "range": 1,
@@ -88,3 +91,35 @@ def test_podman_network_connect_publishes_the_new_family(podman: Podmanish) -> N
         assert get(outside, f"http://{p.sb.host_addr}:8080/") == "200"
     finally:
         p.nv("teardown", ns, data=v4)
+
+
+def test_run_publishes_through_a_later_network(sandbox: Sandbox) -> None:
+    """run's check of -p asks the same rule as the ports themselves: a port on an IPv6
+    host address is taken by a later dual-stack network when the first is IPv4-only,
+    and an internal first network leaves the ports to the next one. The controls: the
+    first network alone is refused as before, in one line, changing nothing."""
+    sb = sandbox
+    outside = ["ip", "netns", "exec", sb.outside]
+    sb.pw("network", "create", "v4", "--subnet", "10.171.0.0/24")
+    sb.pw("network", "create", "dual", "--ipv6", "--subnet", "10.172.0.0/24",
+          "--subnet", "fd00:172::/64")
+    sb.pw("network", "create", "int", "--internal", "--subnet", "10.174.0.0/24")
+    try:
+        for args, words in (
+                (["--network", "v4", "-p", f"[{HOST_ADDR6}]:8081:80"],
+                 f"cannot publish on [{HOST_ADDR6}]: network v4 has no IPv6"),
+                (["--network", "int", "-p", "8082:80"],
+                 "network int is internal: its containers cannot publish ports")):
+            cp = sb.pw("run", "-d", "--name", "no", *args, "--", "sleep", "60", check=False)
+            assert cp.returncode == 2 and words in cp.stderr, cp.stderr
+            assert "Traceback" not in cp.stderr and sb.pw("ps", "-a", "-q").stdout == ""
+        served(sb, "six", "--network", "v4", "--network", "dual", "-p",
+               f"[{HOST_ADDR6}]:8081:80")
+        served(sb, "four", "--network", "int", "--network", "v4", "-p", "8082:80")
+        assert get6(outside, f"http://[{HOST_ADDR6}]:8081/") == "200"
+        assert get6(outside, f"http://{sb.host_addr}:8082/") == "200"
+        assert sb.pw("doctor").stdout.startswith("healthy")
+    finally:
+        sb.pw("rm", "-f", "six", "four", check=False)
+        for name in ("v4", "dual", "int"):
+            sb.pw("network", "rm", name, check=False)

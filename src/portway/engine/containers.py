@@ -26,8 +26,8 @@ from dataclasses import dataclass, replace
 from functools import wraps
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
+from portway.core import gateways, names, runopts, validate
 from portway.core import lifecycle as rules
-from portway.core import names, runopts, validate
 from portway.core.naming import random_name
 from portway.core.overlay import RACES, AddressRaced
 from portway.core.ports import default_binding, parse_port_specs
@@ -235,7 +235,7 @@ class Containers:
             if port_maps and nets:
                 port_maps = default_binding(port_maps, nets[0].options)
             if port_maps:
-                self._check_publishing(nets[0], port_maps)
+                self._check_publishing(nets, port_maps)
             # A container with a namespace of its own takes the id its namespace was
             # made ahead for (sandboxes.LiveSandboxKernel).
             cid = h.sandbox_kernel.next_id() if mode in ("bridge", "none") \
@@ -304,20 +304,28 @@ class Containers:
                            "start it first, or join a running one")
         return owner
 
-    def _check_publishing(self, first: Network, port_maps: tuple[PortMapping, ...]) -> None:
-        if first.internal:
-            raise InvalidInput(f"network {first.name} is internal: its containers "
-                               "cannot publish ports",
+    def _check_publishing(self, nets: list[Network], port_maps: tuple[PortMapping, ...]
+                          ) -> None:
+        """Ports that no network of the container would take, refused: each family's go
+        to the network that routes it (core/gateways.py), not only to the first."""
+        owners = gateways.port_owners(nets)
+        first = nets[0]
+        if not owners and all(n.internal for n in nets):
+            which = f"network {first.name} is" if len(nets) == 1 else \
+                f"networks {', '.join(n.name for n in nets)} are"
+            raise InvalidInput(f"{which} internal: its containers cannot publish ports",
                                "publish from a container on a non-internal network")
         for p in port_maps:
             # ::1 is relayed to either family (engine/proxy.py).
             if p.host_ip is not None and str(p.host_ip) != "::1" and \
-                    first.of_version(p.host_ip.version) is None:
+                    p.host_ip.version not in owners:
                 shown = f"[{p.host_ip}]" if p.host_ip.version == 6 else str(p.host_ip)
-                raise InvalidInput(f"cannot publish on {shown}: network "
-                                   f"{first.name} has no IPv{p.host_ip.version}",
-                                   "publish on an address of a family the network "
-                                   "has, or on all addresses")
+                family = f"IPv{p.host_ip.version}"
+                which = f"network {first.name} has no {family}" if len(nets) == 1 else \
+                    f"none of networks {', '.join(n.name for n in nets)} routes {family}"
+                raise InvalidInput(f"cannot publish on {shown}: {which}",
+                                   "publish on an address of a family the networks "
+                                   "have, or on all addresses")
 
     def up(self, c: Container, nets: list[Network], configs: list[EndpointConfig],
            detach: bool, early: Early | None = None) -> Container:
