@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 from test_ipv6 import get as get6
-from test_ipv6 import served
+from test_ipv6 import netns_of, served
 from test_netavark import Podmanish, get, podman  # noqa: F401  (the fixture)
 from test_netavark_current import dualstack
 
-from conftest import Sandbox
+from conftest import Sandbox, sh
 from portway.testbed import HOST_ADDR6
 
 PORT = [{"host_ip": "", "container_port": 80, "host_port": 8080, "range": 1,
@@ -122,4 +122,37 @@ def test_run_publishes_through_a_later_network(sandbox: Sandbox) -> None:
     finally:
         sb.pw("rm", "-f", "six", "four", check=False)
         for name in ("v4", "dual", "int"):
+            sb.pw("network", "rm", name, check=False)
+
+
+def test_doctor_finds_a_default_route_that_goes_another_way(sandbox: Sandbox) -> None:
+    """A container on an IPv4-only network and two dual-stack ones: its IPv6 port leads
+    to the first dual-stack network, which routes IPv6. Its default route moved by hand
+    to the other one, the port's replies leave by the wrong bridge and the port goes
+    dead: doctor says so (it said healthy: a default route was there), gc puts the
+    route back, and the port answers again."""
+    sb = sandbox
+    outside = ["ip", "netns", "exec", sb.outside]
+    sb.pw("network", "create", "v4", "--subnet", "10.171.0.0/24")
+    for i in (2, 3):
+        sb.pw("network", "create", f"dual{i}", "--ipv6", "--subnet", f"10.17{i}.0.0/24",
+              "--subnet", f"fd00:17{i}::/64")
+    try:
+        served(sb, "web", "--network", "v4", "--network", "dual2", "--network", "dual3",
+               "-p", "8080:80")
+        assert get6(outside, f"http://[{HOST_ADDR6}]:8080/") == "200"
+        ns = netns_of(sb, "web")
+        sh("ip", "-n", ns, "-6", "route", "replace", "default", "via", "fd00:173::1")
+        assert get6(outside, f"http://[{HOST_ADDR6}]:8080/", 2).startswith("fail")
+        assert get6(outside, f"http://{sb.host_addr}:8080/") == "200"  # (IPv4: untouched)
+        doctor = sb.pw("doctor", check=False)
+        assert doctor.returncode == 1 and "restore the IPv6 default route of container " \
+            "web (via fd00:172::1 dev eth1): it goes via fd00:173::1 dev eth2" in \
+            doctor.stdout, doctor.stdout
+        sb.pw("gc")
+        assert get6(outside, f"http://[{HOST_ADDR6}]:8080/") == "200"
+        assert sb.pw("doctor").stdout.startswith("healthy")
+    finally:
+        sb.pw("rm", "-f", "web", check=False)
+        for name in ("v4", "dual2", "dual3"):
             sb.pw("network", "rm", name, check=False)

@@ -16,7 +16,7 @@ from portway.core import gateways, names
 from portway.engine.drivers.bridge import onlink_subnets
 from portway.errors import PortwayError
 from portway.kernel import links, netns, procs
-from portway.model.types import Container, Endpoint, IPInterface, IPNetwork
+from portway.model.types import Container, Endpoint, IPAddress, IPInterface, IPNetwork
 
 if TYPE_CHECKING:
     from portway.engine import Engine
@@ -208,7 +208,8 @@ def _missing_routes(engine: Engine, c: Container, endpoints: list[Endpoint]
     gives one has, via the gateway of the network core/gateways.py names for it (what
     run, start, connect and disconnect set: the first network routes its families, a
     later one each family no earlier one has; a later network may add more, which are
-    not required here)."""
+    not required here); and a portway container's default route that goes via another
+    network (the family's published ports would not answer)."""
     out: list[tuple[str, Callable[[], object]]] = []
     ordered = engine.h.endpoints.in_order(c.id, endpoints)
     networks = [n for _, n in ordered]
@@ -239,9 +240,25 @@ def _missing_routes(engine: Engine, c: Container, endpoints: list[Endpoint]
                 out.append((f"restore the IPv{version} default route of container {c.name} "
                             f"(via {sub.gateway}): it is missing",
                             partial(engine.h.endpoints.reroute, c, endpoints)))
+            elif sub is not None and c.runtime == "portway":
+                # One that goes another way (changed by hand): the family's published
+                # ports lead to the owner's address, whose replies must leave by its
+                # interface (another bridge's guard drops them).
+                ifname = ordered[owners[version]][0].ifname
+                taken = links.observe_default_route(cont, version)
+                if taken is not None and taken != (sub.gateway, ifname):
+                    out.append((f"restore the IPv{version} default route of container "
+                                f"{c.name} (via {sub.gateway} dev {ifname}): it goes via "
+                                f"{taken[0]} dev {taken[1]}",
+                                partial(_default_route, engine, c, ifname, sub.gateway)))
     finally:
         cont.close()
     return out
+
+
+def _default_route(engine: Engine, c: Container, ifname: str, gateway: IPAddress) -> None:
+    with engine.h.sandbox_kernel.open(c.netns) as sandbox:
+        engine.h.sandbox_kernel.set_default_route(sandbox, ifname, gateway)
 
 
 def _subnet_route(c: Container, ifname: str, address: IPInterface) -> None:

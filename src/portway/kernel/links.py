@@ -516,6 +516,22 @@ def has_default_route(ipr: IPRoute, version: int = 4) -> bool:
                if version == 4 or m.get_attr("RTA_GATEWAY") is not None)
 
 
+def observe_default_route(ipr: IPRoute, version: int = 4) -> tuple[IPAddress, str] | None:
+    """The default route of one family that the kernel takes (the lowest metric's, of
+    equal ones the first listed): its gateway and device; None without one that has a
+    single gateway."""
+    names = {link.index: link.ifname for link in observe_links(ipr)}
+    best: tuple[int, IPAddress, str] | None = None
+    for m in ipr.get_routes(family=FAMILY[version], table=254):
+        gateway = m.get_attr("RTA_GATEWAY")
+        if m["dst_len"] != 0 or gateway is None:
+            continue
+        metric = m.get_attr("RTA_PRIORITY") or 0
+        if best is None or metric < best[0]:
+            best = (metric, ipaddress.ip_address(gateway), names.get(m.get_attr("RTA_OIF"), "?"))
+    return None if best is None else (best[1], best[2])
+
+
 def set_default_route(ipr: IPRoute, ifname: str, gateway: IPAddress) -> None:
     try:
         index = index_of(ipr, ifname)
