@@ -7,6 +7,8 @@ the outside namespace, each with its control."""
 from __future__ import annotations
 
 import copy
+import subprocess
+import time
 from typing import Any
 
 import pytest
@@ -16,7 +18,7 @@ from test_netavark import Podmanish, get, podman  # noqa: F401  (the fixture)
 from test_netavark_current import dualstack
 
 from conftest import Sandbox, sh
-from portway.testbed import HOST_ADDR6
+from portway.testbed import HOST_ADDR6, OUTSIDE_ADDR6
 
 PORT = [{"host_ip": "", "container_port": 80, "host_port": 8080, "range": 1,
          "protocol": "tcp"}]
@@ -155,4 +157,47 @@ def test_doctor_finds_a_default_route_that_goes_another_way(sandbox: Sandbox) ->
     finally:
         sb.pw("rm", "-f", "web", check=False)
         for name in ("v4", "dual2", "dual3"):
+            sb.pw("network", "rm", name, check=False)
+
+
+LISTEN_UDP = ("import socket\n"
+              "s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\n"
+              "s.bind(('::', 5300))\n"
+              "while True:\n"
+              "    data, peer = s.recvfrom(2048); print(data.decode(), peer[0], flush=True)\n")
+SEND_UDP = ("import socket, sys, time\n"
+            "s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\n"
+            "s.bind(('::', 40000))\n"
+            "for i in range(int(sys.argv[2])):\n"
+            "    s.sendto(str(i).encode(), (sys.argv[1], 5300)); time.sleep(0.1)\n")
+
+
+def test_a_datagram_flow_follows_the_port_that_appears(sandbox: Sandbox) -> None:
+    """An IPv6 datagram flow to a host port that leads nowhere yet (the container is on
+    an IPv4-only network: the host takes it, and drops it) keeps its conntrack entry
+    while it goes on: when the container joins a dual-stack network and the port is
+    published for IPv6, its datagrams must reach the container, not go on to the host
+    past the new DNAT (netavark flushes those entries on setup, Docker too)."""
+    sb = sandbox
+    sb.pw("network", "create", "v4", "--subnet", "10.191.0.0/24")
+    sb.pw("network", "create", "dual", "--ipv6", "--subnet", "10.192.0.0/24",
+          "--subnet", "fd00:192::/64")
+    sender: subprocess.Popen[bytes] | None = None
+    try:
+        sb.pw("run", "-d", "--name", "u", "--network", "v4", "-p", "5300:5300/udp", "--",
+              "python3", "-c", LISTEN_UDP)
+        sender = subprocess.Popen(["ip", "netns", "exec", sb.outside, "python3", "-c",
+                                   SEND_UDP, HOST_ADDR6, "40"])
+        time.sleep(1.5)
+        assert sb.pw("logs", "u").stdout == ""  # (nothing reached it: no IPv6 yet)
+        sb.pw("network", "connect", "dual", "u")
+        sender.wait(timeout=30)
+        got = sb.pw("logs", "u").stdout.split("\n")
+        assert any(line.endswith(f" {OUTSIDE_ADDR6}") for line in got), got
+    finally:
+        if sender is not None and sender.poll() is None:
+            sender.kill()
+            sender.wait()
+        sb.pw("rm", "-f", "u", check=False)
+        for name in ("v4", "dual"):
             sb.pw("network", "rm", name, check=False)

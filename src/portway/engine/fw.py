@@ -167,7 +167,20 @@ class Firewall:
         self.teardown(firewall.render_network_removal(network))
 
     def add_ports(self, ports: Iterable[Published]) -> None:
+        """The ports' elements; then the UDP flows already sent to their host ports
+        forgotten, or those that began before (to the host, while the family's port led
+        nowhere: a container that joins a network of a new family) go on past the DNAT
+        for as long as they keep sending (netavark's, on setup)."""
+        ports = list(ports)
         self.apply(firewall.render_ports(ports, self.instance))
+        udp = sorted({(p.container_ip.version, str(p.host_ip) if p.host_ip else None,
+                       p.host_port) for p in ports if p.protocol == "udp"},
+                     key=lambda t: (t[0], t[1] or "", t[2]))
+        if udp:
+            try:
+                nftrace.forget_datagram_flows(udp)
+            except OSError:
+                pass  # (they end when their senders pause)
 
     def remove_ports(self, ports: Iterable[Published]) -> None:
         self.teardown(firewall.render_ports_removal(ports))

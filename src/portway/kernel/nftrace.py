@@ -15,7 +15,7 @@ import select
 import socket
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 NETLINK_NETFILTER = 12
@@ -298,27 +298,50 @@ def forget_connections(addresses: list[ipaddress.IPv4Address | ipaddress.IPv6Add
     count = 0
     for family in sorted({socket.AF_INET if a.version == 4 else socket.AF_INET6
                           for a in addresses}):
-        doomed = [c for c in _connections(family) if c.proto in IPPROTO.values() and
-                  wanted & {c.orig[0], c.orig[2], c.reply[0], c.reply[2]}]
-        if not doomed:
-            continue
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                             NETLINK_NETFILTER)
-        try:
-            sock.bind((0, 0))
-            kind = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE
-            for seq, c in enumerate(doomed, 1):
-                body = struct.pack("=BBH", family, 0, 0) + _orig(family, c)
-                sock.send(struct.pack("=IHHII", 16 + len(body), kind,
-                                      NLM_F_REQUEST | NLM_F_ACK, seq, 0) + body)
-                data = sock.recv(1 << 16)
-                err = -struct.unpack_from("=i", data, 16)[0] if len(data) >= 20 else 0
-                if err == 0:
-                    count += 1
-                elif err != errno.ENOENT:
-                    raise OSError(err, os.strerror(err))
-        finally:
-            sock.close()
+        count += _delete(family, [
+            c for c in _connections(family) if c.proto in IPPROTO.values() and
+            wanted & {c.orig[0], c.orig[2], c.reply[0], c.reply[2]}])
+    return count
+
+
+def forget_datagram_flows(ports: Sequence[tuple[int, str | None, int]]) -> int:
+    """The UDP conntrack entries of the calling thread's namespace sent to one of ports
+    (IP version, host address or None for every one, port), deleted: a datagram flow
+    that began while the port led elsewhere (to the host, before it was published for
+    the family, or to another address) keeps its entry while it goes on, and so its
+    way, past the published port's DNAT (netavark's flush_udp_conntrack). How many."""
+    count = 0
+    for version in sorted({v for v, _, _ in ports}):
+        family = socket.AF_INET if version == 4 else socket.AF_INET6
+        wanted = [(host, port) for v, host, port in ports if v == version]
+        count += _delete(family, [
+            c for c in _connections(family) if c.proto == IPPROTO["udp"] and
+            any(c.orig[3] == port and host in (None, c.orig[2]) for host, port in wanted)])
+    return count
+
+
+def _delete(family: int, doomed: list[Connection]) -> int:
+    """The entries doomed deleted; how many (one gone meanwhile counts as done)."""
+    if not doomed:
+        return 0
+    count = 0
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                         NETLINK_NETFILTER)
+    try:
+        sock.bind((0, 0))
+        kind = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE
+        for seq, c in enumerate(doomed, 1):
+            body = struct.pack("=BBH", family, 0, 0) + _orig(family, c)
+            sock.send(struct.pack("=IHHII", 16 + len(body), kind,
+                                  NLM_F_REQUEST | NLM_F_ACK, seq, 0) + body)
+            data = sock.recv(1 << 16)
+            err = -struct.unpack_from("=i", data, 16)[0] if len(data) >= 20 else 0
+            if err == 0:
+                count += 1
+            elif err != errno.ENOENT:
+                raise OSError(err, os.strerror(err))
+    finally:
+        sock.close()
     return count
 
 
