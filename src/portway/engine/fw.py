@@ -167,7 +167,7 @@ class Firewall:
         self.teardown(firewall.render_network_removal(network))
 
     def add_ports(self, ports: Iterable[Published]) -> None:
-        """The ports' elements; then the UDP flows already sent to their host ports
+        """The ports' elements; then the unanswered UDP flows sent to their host ports
         forgotten, or those that began before (to the host, while the family's port led
         nowhere: a container that joins a network of a new family) go on past the DNAT
         for as long as they keep sending (netavark's, on setup)."""

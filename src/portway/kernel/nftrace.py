@@ -306,16 +306,19 @@ def forget_connections(addresses: list[ipaddress.IPv4Address | ipaddress.IPv6Add
 
 def forget_datagram_flows(ports: Sequence[tuple[int, str | None, int]]) -> int:
     """The UDP conntrack entries of the calling thread's namespace sent to one of ports
-    (IP version, host address or None for every one, port), deleted: a datagram flow
-    that began while the port led elsewhere (to the host, before it was published for
-    the family, or to another address) keeps its entry while it goes on, and so its
-    way, past the published port's DNAT (netavark's flush_udp_conntrack). How many."""
+    (IP version, host address or None for every one, port) and never answered, deleted:
+    a datagram flow that began while the port led nowhere (to the host, whose held
+    socket drops it, before the port was published for the family) keeps its entry
+    while it goes on, and so its way, past the published port's DNAT (netavark's
+    flush_udp_conntrack, Docker's too, by port alone). A flow that was answered (the
+    host's or a container's own, to that port elsewhere) is left alone. How many."""
     count = 0
     for version in sorted({v for v, _, _ in ports}):
         family = socket.AF_INET if version == 4 else socket.AF_INET6
         wanted = [(host, port) for v, host, port in ports if v == version]
         count += _delete(family, [
             c for c in _connections(family) if c.proto == IPPROTO["udp"] and
+            not c.replied and
             any(c.orig[3] == port and host in (None, c.orig[2]) for host, port in wanted)])
     return count
 
