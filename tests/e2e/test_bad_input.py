@@ -79,7 +79,7 @@ CASES = [
     (["wait", "nope"], "not found"),
     (["restart", "nope"], "not found"),
     (["rm", "web"], "is running"),
-    (["inspect", "nope"], "not found"),
+    (["inspect", "nope"], "no container or network 'nope'"),
     (["network", "connect", "app", "web"], "already connected"),
     (["network", "disconnect", "other", "web"], "not connected"),
     # The default network is bridge, host and none are pseudo-networks (as in Docker).
