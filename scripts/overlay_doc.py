@@ -362,7 +362,10 @@ def scenario(d: Doc) -> None:
            "VTEP (which would leave masqueraded to this host's address, looking like its "
            "tunnel traffic) in `forward`, by the sets `members` and `members6` of every "
            "member's `--advertise-address`, which each daemon keeps in step with the "
-           "hosts that join and leave (docs/firewall.md). A container's own VXLAN to "
+           "hosts that join and leave (docs/firewall.md). As the kernel's VXLAN socket "
+           "takes the port on every address of a host, a member also drops VXLAN to its "
+           "own addresses other than its VTEP (a second address of it would otherwise be "
+           "a way in that no other member knows to stop). A container's own VXLAN to "
            "other addresses (kind, flannel) passes.")
     d.text("## Not yet",
            "Published ports and outbound traffic of an overlay network go through the "
