@@ -216,3 +216,19 @@ def test_a_renumbered_container_with_ipv6_off_stays_without(tmp_path: Path) -> N
     (after,) = b.store.endpoints()
     assert after.addresses != before.addresses
     assert [x.version for x in after.addresses] == [4]
+
+
+@pytest.mark.parametrize(("sysctls", "ifname", "off"), [
+    ((("net.ipv6.conf.all.disable_ipv6", "1"),), "eth1", True),
+    ((("net.ipv6.conf.eth0.disable_ipv6", "1"),), "eth1", False),
+    # default: what an interface made after the sysctls takes (network connect's), not lo
+    ((("net.ipv6.conf.default.disable_ipv6", "1"),), "eth1", True),
+    ((("net.ipv6.conf.default.disable_ipv6", "1"),), "lo", False),
+    ((("net.ipv6.conf.all.disable_ipv6", "1"), ("net.ipv6.conf.eth0.disable_ipv6", "0")),
+     "eth0", False),
+])
+def test_which_interfaces_have_ipv6_off(sysctls: tuple[tuple[str, str], ...], ifname: str,
+                                        off: bool) -> None:
+    from portway.core import runopts
+
+    assert runopts.ipv6_off(sysctls, ifname) is off

@@ -5,6 +5,7 @@ in each subnet (Podman's networks); the routes a container gets on such a networ
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -56,9 +57,14 @@ def test_one_address_per_family_the_first_subnet_with_room() -> None:
     assert addresses(third) == ["10.2.0.77/24", "fd00:2::9/64"]
     assert third.requested == (A("10.2.0.77"), A("fd00:2::9"))
     # The routes: via the first gateway of each family; the other subnets on-link.
-    assert default_gateways(net) == (A("10.1.0.1"), A("fd00:1::1"))
+    assert default_gateways(net, third) == (A("10.1.0.1"), A("fd00:1::1"))
     assert onlink_subnets(net, third) == (N("10.1.0.0/30"), N("fd00:1::/64"))
     assert onlink_subnets(net, first) == (N("10.2.0.0/24"), N("fd00:2::/64"))
+    # An endpoint without IPv6 (its container's --sysctl turns it off): no IPv6 route
+    # at all, which the kernel would refuse on its interface.
+    four = replace(third, addresses=third.addresses[:1])
+    assert default_gateways(net, four) == (A("10.1.0.1"),)
+    assert onlink_subnets(net, four) == (N("10.1.0.0/30"),)
 
 
 def test_a_podman_network_gives_one_in_each_subnet() -> None:
@@ -91,5 +97,5 @@ def test_one_subnet_networks_route_as_before() -> None:
         Subnet(N("10.9.0.0/24"), A("10.9.0.1")), Subnet(N("fd00:9::/64"), A("fd00:9::1"))))
     eps, _ = endpoints()
     e = eps.new(container("a"), net, 0, [], [])
-    assert default_gateways(net) == (A("10.9.0.1"), A("fd00:9::1"))
+    assert default_gateways(net, e) == (A("10.9.0.1"), A("fd00:9::1"))
     assert onlink_subnets(net, e) == ()

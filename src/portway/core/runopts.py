@@ -295,10 +295,13 @@ def parse_sysctls(items: list[str], mode: NetworkMode) -> tuple[tuple[str, str],
 
 def ipv6_off(sysctls: tuple[tuple[str, str], ...], ifname: str) -> bool:
     """Whether a container's --sysctl turn IPv6 off on its interface ifname: the last of
-    net.ipv6.conf.all.disable_ipv6 (which the kernel passes on to every interface) and
-    net.ipv6.conf.IFNAME.disable_ipv6 says so."""
-    keys = {f"net.ipv6.conf.{name}.disable_ipv6" for name in ("all", ifname)} | \
-        {f"net/ipv6/conf/{name}/disable_ipv6" for name in ("all", ifname)}
+    net.ipv6.conf.all.disable_ipv6 (which the kernel passes on to every interface),
+    net.ipv6.conf.IFNAME.disable_ipv6 and, but for lo (there before any sysctl),
+    net.ipv6.conf.default.disable_ipv6 (what an interface made after it takes: one that
+    network connect adds; Docker moves each in after the sysctls) says so."""
+    names = ("all", ifname) if ifname == "lo" else ("all", "default", ifname)
+    keys = {f"net.ipv6.conf.{name}.disable_ipv6" for name in names} | \
+        {f"net/ipv6/conf/{name}/disable_ipv6" for name in names}
     off = False
     for key, value in sysctls:
         if key in keys:

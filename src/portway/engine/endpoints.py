@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, cast
 from portway.core import firewall, gateways, ipam, names, runopts, validate
 from portway.core.overlay import NO_CLUSTER, RACES, AddressRaced
 from portway.engine.drivers import Sandbox
-from portway.engine.drivers.bridge import BridgeDriver
+from portway.engine.drivers.bridge import BridgeDriver, endpoint_families
 from portway.errors import Conflict, InvalidInput, PortwayError
 from portway.model.types import (
     Container,
@@ -414,7 +414,8 @@ class Endpoints:
                                                         podman).items()):
             endpoint, net = ordered[i]
             sub = net.of_version(version)
-            if sub is None or (only is not None and endpoint.id != only.id):
+            if sub is None or (only is not None and endpoint.id != only.id) or \
+                    version not in endpoint_families(net, endpoint):
                 continue
             if not kernel.has_default_route(sandbox, version):
                 kernel.set_default_route(sandbox, endpoint.ifname, sub.gateway)

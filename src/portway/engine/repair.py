@@ -13,7 +13,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from portway.core import gateways, names
-from portway.engine.drivers.bridge import onlink_subnets
+from portway.engine.drivers.bridge import endpoint_families, onlink_subnets
 from portway.errors import PortwayError
 from portway.kernel import links, netns, procs
 from portway.model.types import Container, Endpoint, IPAddress, IPInterface, IPNetwork
@@ -234,8 +234,10 @@ def _missing_routes(engine: Engine, c: Container, endpoints: list[Endpoint]
                                     partial(_onlink_route, c, e.ifname, subnet)))
             # Each family's via the network core/gateways.py names (a later network
             # routes a family the first lacks).
-            sub = networks[owners[version]].of_version(version) if version in owners \
-                else None
+            # (Not via an endpoint without an address of the family: its IPv6 may be off.)
+            owner = ordered[owners[version]] if version in owners else None
+            sub = owner[1].of_version(version) if owner is not None and \
+                version in endpoint_families(owner[1], owner[0]) else None
             if sub is not None and not links.has_default_route(cont, version):
                 out.append((f"restore the IPv{version} default route of container {c.name} "
                             f"(via {sub.gateway}): it is missing",

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, cast
 
 from portway.core import files, gateways, names, runopts
+from portway.engine.drivers.bridge import endpoint_families
 from portway.errors import PortwayError, TeardownErrors
 from portway.kernel import links, netns, procs
 from portway.model.types import Container, Endpoint, IPAddress, IPInterface, Network, Route
@@ -394,9 +395,11 @@ class Sandboxes:
                 owners = gateways.route_owners([nets[e.network_id] for e in endpoints])
                 for i, endpoint in enumerate(endpoints):
                     net = nets[endpoint.network_id]
-                    mine = {v for v, j in owners.items() if j == i}
+                    # (Not a family it has no address of: its IPv6 may be off.)
+                    families = endpoint_families(net, endpoint)
+                    mine = {v for v, j in owners.items() if j == i} & families
                     # All of its families: with the interface, in one batch.
-                    whole = bool(mine) and mine == {s.version for s in net.subnets}
+                    whole = bool(mine) and mine == families
                     h.endpoints.attach(sandbox, container, endpoint, net, whole,
                                        guarded=True,
                                        prepared=early.pairs.get(endpoint.host_ifname)

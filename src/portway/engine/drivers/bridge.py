@@ -111,7 +111,7 @@ class BridgeDriver:
                 links.finish_pair(self.host, sandbox.ipr, *prepared, links.EndpointSpec(
                     host_ifname=endpoint.host_ifname, ifname=endpoint.ifname,
                     mac=endpoint.mac, mtu=network.mtu, addresses=endpoint.addresses,
-                    gateways=default_gateways(network) if default_route else (),
+                    gateways=default_gateways(network, endpoint) if default_route else (),
                     bridge_index=0, tag=self.tag("endpoint", endpoint.id),
                     hairpin=hairpin, metric=metric, routes=routes,
                     onlink=onlink_subnets(network, endpoint)), mac=True)
@@ -128,7 +128,7 @@ class BridgeDriver:
                     links.ensure_endpoint(self.host, sandbox.ipr, fd, links.EndpointSpec(
                         host_ifname=endpoint.host_ifname, ifname=endpoint.ifname,
                         mac=endpoint.mac, mtu=network.mtu, addresses=endpoint.addresses,
-                        gateways=default_gateways(network) if default_route else (),
+                        gateways=default_gateways(network, endpoint) if default_route else (),
                         bridge_index=bridge_index, tag=self.tag("endpoint", endpoint.id),
                         hairpin=hairpin, metric=metric, routes=routes,
                         onlink=onlink_subnets(network, endpoint)))
@@ -174,23 +174,33 @@ def gateways(network: Network) -> list[IPInterface]:
     return [ipaddress.ip_interface((s.gateway, s.subnet.prefixlen)) for s in network.subnets]
 
 
-def default_gateways(network: Network) -> tuple[IPAddress, ...]:
+def endpoint_families(network: Network, endpoint: Endpoint) -> set[int]:
+    """The families the endpoint is routed in on network: those of its addresses (a
+    container whose --sysctl turns IPv6 off has no IPv6 one on a dual-stack network,
+    and its interface takes no IPv6 route), or, given none (its addresses come from
+    elsewhere), all of the network's."""
+    return {a.version for a in endpoint.addresses} or {s.version for s in network.subnets}
+
+
+def default_gateways(network: Network, endpoint: Endpoint) -> tuple[IPAddress, ...]:
     """The gateways of a container's default routes: the first subnet's of each family
-    (as netavark routes a container of a network with several)."""
-    if len(network.subnets) < 2:
-        return tuple(s.gateway for s in network.subnets)
+    the endpoint has (as netavark routes a container of a network with several)."""
+    families = endpoint_families(network, endpoint)
     first: dict[int, IPAddress] = {}
     for s in network.subnets:
-        first.setdefault(s.version, s.gateway)
+        if s.version in families:
+            first.setdefault(s.version, s.gateway)
     return tuple(first.values())
 
 
 def onlink_subnets(network: Network, endpoint: Endpoint) -> tuple[IPNetwork, ...]:
-    """The network's subnets the endpoint has no address in: reached straight out of its
-    interface, as they share the bridge (Docker adds no route there, and a container
-    then reaches its neighbours in another subnet only through the gateway, if at
-    all)."""
+    """The network's subnets of the endpoint's families that it has no address in:
+    reached straight out of its interface, as they share the bridge (Docker adds no
+    route there, and a container then reaches its neighbours in another subnet only
+    through the gateway, if at all)."""
     if len(network.subnets) < 2:
         return ()
     have = {a.network for a in endpoint.addresses}
-    return tuple(s.subnet for s in network.subnets if s.subnet not in have)
+    families = endpoint_families(network, endpoint)
+    return tuple(s.subnet for s in network.subnets
+                 if s.subnet not in have and s.version in families)

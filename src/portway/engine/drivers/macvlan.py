@@ -62,7 +62,7 @@ class MacvlanDriver:
                 parent=macvlan.parent(network), tmp_name=endpoint.host_ifname,
                 ifname=endpoint.ifname, mode=macvlan.mode(network), mac=endpoint.mac,
                 mtu=network.mtu, addresses=endpoint.addresses,
-                gateways=default_gateways(network) if default_route else (),
+                gateways=default_gateways(network, endpoint) if default_route else (),
                 metric=metric, routes=routes, onlink=onlink_subnets(network, endpoint),
                 tag=self.tag("endpoint", endpoint.id)))
         finally:
