@@ -5,9 +5,51 @@ host namespace."""
 
 from __future__ import annotations
 
+import sys
+
 from conftest import Sandbox
+from portway.testbed import HI_SERVER, HOST_ADDR, HOST_ADDR6, WAIT_LISTENING, connect
 
 OFF = "net.ipv6.conf.all.disable_ipv6=1"
+# HI_SERVER on every address of both families (IPv4 clients as ::ffff:A.B.C.D).
+DUAL = ("import socket\n"
+        "s = socket.create_server(('::', 80), family=socket.AF_INET6, dualstack_ipv6=True)\n"
+        "while True:\n"
+        "    c, a = s.accept()\n"
+        "    c.sendall(b'hi ' + a[0].encode())\n"
+        "    c.close()\n")
+
+
+def test_ipv6_off_container_publishes_ipv4_alone_and_is_relayed_from_the_host(
+        sandbox: Sandbox) -> None:
+    """-p 8080:80 of a container whose IPv6 is off: published on IPv4 (port says so),
+    and the host's own connection to [::1]:8080 is relayed to its IPv4 address, as
+    Docker's proxy does (it was closed at once: the relay looked for an IPv6 address
+    the container does not have); -p [::]:... has nothing to go to: refused."""
+    sb = sandbox
+    sb.pw("network", "create", "--ipv6", "app")
+    sb.pw("run", "-d", "--name", "off", "--network", "app", "--sysctl", OFF,
+          "-p", "8080:80", "--", sys.executable, "-c", HI_SERVER, "0.0.0.0", "80")
+    sb.pw("run", "-d", "--name", "on", "--network", "app", "-p", "8081:80", "--",
+          sys.executable, "-c", DUAL)
+    sb.pw("exec", "off", "--", sys.executable, "-c", WAIT_LISTENING, "127.0.0.1", "80")
+    sb.pw("exec", "on", "--", sys.executable, "-c", WAIT_LISTENING, "::1", "80")
+    assert sb.pw("port", "off").stdout == "80/tcp -> 0.0.0.0:8080\n"
+    assert connect(sb.outside, HOST_ADDR, 8080).startswith("hi ")
+    assert connect(sb.host, "127.0.0.1", 8080).startswith("hi ")
+    assert connect(sb.host, "::1", 8080).startswith("hi 172.")  # its gateway, IPv4
+    # Control: a container with IPv6 has both, and is relayed over IPv6.
+    assert sb.pw("port", "on").stdout == "80/tcp -> 0.0.0.0:8081\n80/tcp -> [::]:8081\n"
+    assert connect(sb.outside, HOST_ADDR6, 8081).startswith("hi ")
+    assert connect(sb.host, "::1", 8081).startswith("hi fd")
+    before = sb.snapshot()
+    for spec in ("[::]:8082:80", f"[{HOST_ADDR6}]:8082:80"):
+        cp = sb.pw("run", "-d", "--network", "app", "--sysctl", OFF, "-p", spec, "--",
+                   "sleep", "30", check=False)
+        assert cp.returncode == 2 and cp.stderr.count("\n") == 1, cp.stderr
+        assert "turns IPv6 off" in cp.stderr and "Traceback" not in cp.stderr
+    assert sb.snapshot() == before
+    assert len(sb.pw("ps", "-aq").stdout.split()) == 2
 
 
 def test_ipv6_off_container_connects_to_a_dual_stack_network(sandbox: Sandbox) -> None:

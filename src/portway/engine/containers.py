@@ -235,7 +235,7 @@ class Containers:
             if port_maps and nets:
                 port_maps = default_binding(port_maps, nets[0].options)
             if port_maps:
-                self._check_publishing(nets, port_maps)
+                self._check_publishing(nets, port_maps, config.sysctls)
             # A container with a namespace of its own takes the id its namespace was
             # made ahead for (sandboxes.LiveSandboxKernel).
             cid = h.sandbox_kernel.next_id() if mode in ("bridge", "none") \
@@ -304,10 +304,12 @@ class Containers:
                            "start it first, or join a running one")
         return owner
 
-    def _check_publishing(self, nets: list[Network], port_maps: tuple[PortMapping, ...]
-                          ) -> None:
+    def _check_publishing(self, nets: list[Network], port_maps: tuple[PortMapping, ...],
+                          sysctls: tuple[tuple[str, str], ...] = ()) -> None:
         """Ports that no network of the container would take, refused: each family's go
-        to the network that routes it (core/gateways.py), not only to the first."""
+        to the network that routes it (core/gateways.py), not only to the first; none
+        on an IPv6 host address where the container's --sysctl turns IPv6 off on the
+        interface that would take it (it has no IPv6 address there)."""
         owners = gateways.port_owners(nets)
         first = nets[0]
         if not owners and all(n.internal for n in nets):
@@ -326,6 +328,13 @@ class Containers:
                 raise InvalidInput(f"cannot publish on {shown}: {which}",
                                    "publish on an address of a family the networks "
                                    "have, or on all addresses")
+            if p.host_ip is not None and p.host_ip.version == 6 and \
+                    str(p.host_ip) != "::1" and runopts.ipv6_off(
+                        sysctls, names.container_ifname(owners[6])):
+                raise InvalidInput(f"cannot publish on [{p.host_ip}]: the container's "
+                                   "--sysctl turns IPv6 off, so it has no IPv6 address",
+                                   "publish on an IPv4 address or on all addresses, or "
+                                   "drop the disable_ipv6 sysctl")
 
     def up(self, c: Container, nets: list[Network], configs: list[EndpointConfig],
            detach: bool, early: Early | None = None) -> Container:

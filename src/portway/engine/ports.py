@@ -285,14 +285,17 @@ class Publishing:
     def owners(self, c: Container, endpoints: list[Endpoint] | None = None
                ) -> dict[int, tuple[Endpoint, Network]]:
         """{IP version: c's endpoint (and its network) that takes the family's published
-        ports}: the one whose network routes the family (core/gateways.py)."""
+        ports}: the one whose network routes the family (core/gateways.py), if it has an
+        address of the family (one whose --sysctl turns IPv6 off has none: its ports are
+        IPv4's alone, and the relay of ::1 goes to its IPv4 address)."""
         eps = endpoints if endpoints is not None else self.h.store.endpoints(container_id=c.id)
         if not eps:
             return {}
         ordered = self.h.endpoints.in_order(c.id, eps)
         return {v: ordered[i]
                 for v, i in gateways.port_owners([n for _, n in ordered],
-                                                  c.runtime == "podman").items()}
+                                                  c.runtime == "podman").items()
+                if any(a.version == v for a in ordered[i][0].addresses)}
 
     def published(self, c: Container, endpoints: list[Endpoint] | None = None
                   ) -> list[Published]:
