@@ -336,12 +336,15 @@ class Publishing:
         """The container address and port behind a held port, for the relay of ::1:
         the container's IPv6 address if it has one, else its IPv4 one."""
         with self.h.lock:
+            # (A stopped container has given its ports back: another may hold the key.)
             for c in self.h.store.containers():
+                if c.status != "running" or not c.networked:
+                    continue
                 for p in c.ports:
                     if key(p) != k:
                         continue
                     owners = self.owners(c)
-                    if not owners or c.status != "running":
+                    if not owners:
                         return None
                     version = max(owners)
                     best = next(a for a in owners[version][0].addresses
