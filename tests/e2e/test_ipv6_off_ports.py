@@ -8,7 +8,14 @@ from __future__ import annotations
 import sys
 
 from conftest import Sandbox
-from portway.testbed import HI_SERVER, HOST_ADDR, HOST_ADDR6, WAIT_LISTENING, connect
+from portway.testbed import (
+    CONNECT,
+    HI_SERVER,
+    HOST_ADDR,
+    HOST_ADDR6,
+    WAIT_LISTENING,
+    connect,
+)
 
 OFF = "net.ipv6.conf.all.disable_ipv6=1"
 # HI_SERVER on every address of both families (IPv4 clients as ::ffff:A.B.C.D).
@@ -78,3 +85,29 @@ def test_ipv6_off_container_connects_to_a_dual_stack_network(sandbox: Sandbox) -
     assert ":" not in found and found  # IPv4 alone
     cp = sb.pw("doctor", check=False)
     assert cp.returncode == 0 and "healthy" in cp.stdout, cp.stdout
+
+
+def test_ipv6_turned_back_on_inside_sends_nothing(sandbox: Sandbox) -> None:
+    """A container whose IPv6 is off but that may turn it on again (NET_ADMIN) and take
+    an address of the network's IPv6 subnet reaches nothing over IPv6: its bridge port
+    passes no IPv6 (it was given no IPv6 address); IPv4 still passes (the control)."""
+    sb = sandbox
+    sb.pw("network", "create", "--ipv6", "--subnet", "fd00:aa::/64", "app")
+    sb.pw("run", "-d", "--name", "peer", "--network", "app", "--", sys.executable, "-c",
+          DUAL)
+    sb.pw("run", "-d", "--name", "off", "--network", "app", "--cap-add", "NET_ADMIN",
+          "--sysctl", OFF, "--", "sleep", "300")
+    sb.pw("exec", "peer", "--", sys.executable, "-c", WAIT_LISTENING, "::1", "80")
+    sb.pw("exec", "off", "--", "sh", "-c",
+          "echo 0 > /proc/sys/net/ipv6/conf/all/disable_ipv6 && "
+          "echo 0 > /proc/sys/net/ipv6/conf/eth0/disable_ipv6 && "
+          "ip addr add fd00:aa::99/64 dev eth0 nodad && "
+          "ip -6 route add default via fd00:aa::1")
+    peer = sb.inspect("peer")["NetworkSettings"]["Networks"]["app"]  # type: ignore[index]
+    for address in (peer["GlobalIPv6Address"], "fd00:aa::1", HOST_ADDR6):
+        answer = sb.pw("exec", "off", "--", sys.executable, "-c", CONNECT, address,
+                       "80").stdout
+        assert answer.startswith("fail"), (address, answer)
+    answer = sb.pw("exec", "off", "--", sys.executable, "-c", CONNECT,
+                   peer["IPAddress"], "80").stdout
+    assert answer.startswith("hi ")
