@@ -69,3 +69,29 @@ def test_the_host_reaches_the_running_container_of_a_port_a_stopped_one_had(
         serve(sb, f"new{port}", spec)
         assert connect(sb.outside, HOST_ADDR6, int(port)) == f"new{port}"  # control
         assert connect(sb.host, "::1", int(port)) == f"new{port}"
+
+
+def test_loopback_bindings_stay_the_hosts(sandbox: Sandbox) -> None:
+    """A network whose host_binding_ipv4 is 127.0.0.1, and -p [::1]:P:C: the host
+    reaches both ports; no container (of that network or another) does, at any address
+    of the host, its gateways or the loopback ones, nor does the outside."""
+    sb = sandbox
+    sb.pw("network", "create", "--ipv6", "-o",
+          "com.docker.network.bridge.host_binding_ipv4=127.0.0.1", "app")
+    sb.pw("network", "create", "--ipv6", "other")
+    serve(sb, "bound", "8080:80")
+    serve(sb, "six", "[::1]:8081:80")
+    sb.pw("run", "-d", "--name", "near", "--network", "app", "--", "sleep", "300")
+    sb.pw("run", "-d", "--name", "far", "--network", "other", "--", "sleep", "300")
+    assert connect(sb.host, "127.0.0.1", 8080) == "bound"
+    assert connect(sb.host, "::1", 8081) == "six"
+    gateway = sb.inspect("near")["NetworkSettings"]["Networks"]["app"]  # type: ignore[index]
+    addresses = (HOST_ADDR, HOST_ADDR6, gateway["Gateway"], gateway["IPv6Gateway"],
+                 "127.0.0.1", "::1")
+    for port in (8080, 8081):
+        for address in (HOST_ADDR, HOST_ADDR6):
+            assert connect(sb.outside, address, port).startswith("fail"), (address, port)
+        for client in ("near", "far", "bound"):
+            for address in addresses:
+                assert reach(sb, client, address, port).startswith("fail"), \
+                    (client, address, port)
