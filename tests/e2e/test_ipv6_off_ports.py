@@ -60,10 +60,11 @@ def test_ipv6_off_container_publishes_ipv4_alone_and_is_relayed_from_the_host(
 
 
 def test_ipv6_off_container_connects_to_a_dual_stack_network(sandbox: Sandbox) -> None:
-    """network connect of a container whose IPv6 is off (at start, or for interfaces
-    made after it: default.disable_ipv6) to a dual-stack network gives it an IPv4
-    address there (it failed with "Permission denied": portway routed IPv6 on an
-    interface without it), and doctor finds nothing amiss with its IPv6 routes."""
+    """network connect of a container whose IPv6 is off to a dual-stack network gives it
+    an IPv4 address there (it failed with "Permission denied": portway routed IPv6 on
+    an interface without it), and doctor finds nothing amiss with its IPv6 routes. One
+    whose IPv6 is off by default alone (default.disable_ipv6: lo keeps ::1) gets IPv6 on
+    the network connect adds, as Docker turns it on there (it failed the same way)."""
     sb = sandbox
     sb.pw("network", "create", "--ipv6", "app")
     sb.pw("network", "create", "--ipv6", "two")
@@ -72,9 +73,13 @@ def test_ipv6_off_container_connects_to_a_dual_stack_network(sandbox: Sandbox) -
               "sleep", "300")
         sb.pw("network", "connect", "two", name)
         net = sb.inspect(name)["NetworkSettings"]["Networks"]["two"]  # type: ignore[index]
-        assert net["IPAddress"] and net["GlobalIPv6Address"] == ""
-        assert net["IPAddress"] in sb.pw("exec", name, "--", "ip", "-4", "-br", "addr",
-                                         "show", "eth1").stdout
+        shown = sb.pw("exec", name, "--", "ip", "-br", "addr", "show", "eth1").stdout
+        assert net["IPAddress"] and net["IPAddress"] in shown
+        assert (net["GlobalIPv6Address"] == "") is (name == "off")
+        assert net["GlobalIPv6Address"] in shown
+    # The default stays as the container asked.
+    assert sb.pw("exec", "later", "--", "cat", "/proc/sys/net/ipv6/conf/default/"
+                 "disable_ipv6").stdout == "1\n"
     # Disconnected and connected again: the container keeps a network.
     sb.pw("network", "disconnect", "app", "off")
     sb.pw("network", "connect", "app", "off")

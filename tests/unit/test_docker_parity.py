@@ -221,8 +221,8 @@ def test_a_renumbered_container_with_ipv6_off_stays_without(tmp_path: Path) -> N
 @pytest.mark.parametrize(("sysctls", "ifname", "off"), [
     ((("net.ipv6.conf.all.disable_ipv6", "1"),), "eth1", True),
     ((("net.ipv6.conf.eth0.disable_ipv6", "1"),), "eth1", False),
-    # default: what an interface made after the sysctls takes (network connect's), not lo
-    ((("net.ipv6.conf.default.disable_ipv6", "1"),), "eth1", True),
+    # default: turned on again for an interface given an IPv6 address (as Docker does)
+    ((("net.ipv6.conf.default.disable_ipv6", "1"),), "eth1", False),
     ((("net.ipv6.conf.default.disable_ipv6", "1"),), "lo", False),
     ((("net.ipv6.conf.all.disable_ipv6", "1"), ("net.ipv6.conf.eth0.disable_ipv6", "0")),
      "eth0", False),

@@ -295,11 +295,20 @@ def parse_sysctls(items: list[str], mode: NetworkMode) -> tuple[tuple[str, str],
 
 def ipv6_off(sysctls: tuple[tuple[str, str], ...], ifname: str) -> bool:
     """Whether a container's --sysctl turn IPv6 off on its interface ifname: the last of
-    net.ipv6.conf.all.disable_ipv6 (which the kernel passes on to every interface),
-    net.ipv6.conf.IFNAME.disable_ipv6 and, but for lo (there before any sysctl),
-    net.ipv6.conf.default.disable_ipv6 (what an interface made after it takes: one that
-    network connect adds; Docker moves each in after the sysctls) says so."""
-    names = ("all", ifname) if ifname == "lo" else ("all", "default", ifname)
+    net.ipv6.conf.all.disable_ipv6 (which the kernel passes on to every interface) and
+    net.ipv6.conf.IFNAME.disable_ipv6 says so. (Not ...default...: Docker turns IPv6 on
+    for each interface of a network with IPv6, and so does portway, default_ipv6_off.)"""
+    return _last_off(sysctls, ("all", ifname))
+
+
+def default_ipv6_off(sysctls: tuple[tuple[str, str], ...]) -> bool:
+    """Whether a container's --sysctl net.ipv6.conf.default.disable_ipv6 turns IPv6 off
+    on the interfaces made in its namespace after its start (network connect's), which
+    must then turn it on again for one given an IPv6 address."""
+    return _last_off(sysctls, ("default",))
+
+
+def _last_off(sysctls: tuple[tuple[str, str], ...], names: tuple[str, ...]) -> bool:
     keys = {f"net.ipv6.conf.{name}.disable_ipv6" for name in names} | \
         {f"net/ipv6/conf/{name}/disable_ipv6" for name in names}
     off = False
