@@ -92,6 +92,11 @@ def test_port_specs_of_either_family(address: Any, host_port: int, container_por
      "is an IPv4 address written as IPv6", "write it as IPv4: 127.0.0.1:8080:80"),
     ("[fe80::1]:8080:80/udp", "cannot publish on fe80::1 in '[fe80::1]:8080:80/udp': a "
      "link-local address belongs to one link", "on all of them (no address)"),
+    # Without brackets: the spec as written, and the hint's spelling without them too.
+    ("::ffff:127.0.0.1:8080:80", "host address ::ffff:127.0.0.1 in '::ffff:127.0.0.1:8080:80' "
+     "is an IPv4 address written as IPv6", "write it as IPv4: 127.0.0.1:8080:80"),
+    ("fe80::1:8080:80", "cannot publish on fe80::1 in 'fe80::1:8080:80': a "
+     "link-local address belongs to one link", "on all of them (no address)"),
 ])
 def test_host_addresses_no_socket_takes(spec: str, message: str, hint: str) -> None:
     with pytest.raises(InvalidInput) as caught:

@@ -33,13 +33,15 @@ def port_range(text: str, spec: str) -> tuple[int, int]:
     return lo, hi
 
 
-def check_host_ip6(host_ip: IPAddress, spec: str, written: str) -> None:
+def check_host_ip6(host_ip: IPAddress, spec: str, written: str, text: str = "") -> None:
     """An IPv6 host address a socket can be bound to as written: not an IPv4 address in
     IPv6's clothes (the host's IPv4 sockets hold those), not a link-local one (an
-    address of one link, which a port mapping has no way to name)."""
+    address of one link, which a port mapping has no way to name). spec: as the user
+    wrote it; text: as parsed, where written is (spec, unless its address had no
+    brackets)."""
     assert isinstance(host_ip, ipaddress.IPv6Address)
     if host_ip.ipv4_mapped is not None:
-        plain = spec.strip().replace(written, str(host_ip.ipv4_mapped), 1)
+        plain = (text or spec).strip().replace(written, str(host_ip.ipv4_mapped), 1)
         raise InvalidInput(f"host address {written.strip('[]')} in {spec!r} is an IPv4 "
                            "address written as IPv6", f"write it as IPv4: {plain}")
     if host_ip.is_link_local:
@@ -85,7 +87,7 @@ def parse_port_spec(spec: str) -> list[PortMapping]:
         # `-p 0.0.0.0:8080:80` publishes on IPv4 only, `-p [::]:8080:80` on IPv6 only;
         # without an address, on both).
         if host_ip.version == 6 and not host_ip.is_unspecified:
-            check_host_ip6(host_ip, text, m.group("ip"))
+            check_host_ip6(host_ip, spec, m.group("ip"), text)
     c_lo, c_hi = port_range(m.group("cport"), spec)
     if m.group("hport"):
         h_lo, h_hi = port_range(m.group("hport"), spec)
