@@ -45,7 +45,9 @@ def test_each_familys_traffic_reaches_its_own_container(sandbox: Sandbox) -> Non
         assert reach(sb, client, gateway["Gateway"], 8080) == "four"
         assert reach(sb, client, HOST_ADDR6, 8080) == "six"
         assert reach(sb, client, gateway["IPv6Gateway"], 8080) == "six"
-    # four's removal takes IPv4's 8080 alone.
+    # Neither is the other's stray, and four's removal takes IPv4's 8080 alone.
+    cp = sb.pw("doctor", check=False)
+    assert cp.returncode == 0 and "healthy" in cp.stdout, cp.stdout
     sb.pw("rm", "-f", "four")
     assert connect(sb.outside, HOST_ADDR, 8080).startswith("fail")
     assert connect(sb.host, "127.0.0.1", 8080).startswith("fail")
