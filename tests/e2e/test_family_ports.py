@@ -45,6 +45,11 @@ def test_each_familys_traffic_reaches_its_own_container(sandbox: Sandbox) -> Non
         assert reach(sb, client, gateway["Gateway"], 8080) == "four"
         assert reach(sb, client, HOST_ADDR6, 8080) == "six"
         assert reach(sb, client, gateway["IPv6Gateway"], 8080) == "six"
+    # trace from outside takes the family each one's port is published in.
+    for name in ("four", "six"):
+        shown = sb.pw("trace", "outside", f"{name}:80").stdout
+        assert "verdict: delivered" in shown, shown
+    assert "published over IPv6 alone" in shown
     # Neither is the other's stray, and four's removal takes IPv4's 8080 alone.
     cp = sb.pw("doctor", check=False)
     assert cp.returncode == 0 and "healthy" in cp.stdout, cp.stdout

@@ -623,8 +623,18 @@ def _to_container(engine: Engine | Observer, world: core.World, containers: dict
                            f"or drop {_family_flag(family)}")
     if family is None:
         can = _families_of(world, src_key, client)
-        family = min((have & can) or have)
-        if len(have) > 1:
+        choice = (have & can) or have
+        # From outside, the families the port is published in (-p 0.0.0.0:... is IPv4's
+        # alone, -p [::]:... IPv6's): a client reaches it in one of those.
+        on: set[int] = {p.container_ip.version
+                         for p in engine.h.publishing.published(target, eps)
+                         if p.container_port == port and p.protocol == proto} \
+            if src_key == "outside" else set()
+        family = min(choice & on or choice)
+        if len(have) > 1 and on and on < have:
+            notes.append(f"{target.name}'s {port}/{proto} is published over IPv{family} "
+                         f"alone: IPv{family} is traced")
+        elif len(have) > 1:
             notes.append(f"{target.name} has IPv4 and IPv6 addresses: IPv{family} is "
                          f"traced, as a client trying IPv4 first would "
                          f"({_family_flag(6 if family == 4 else 4)} traces the other)")
