@@ -80,6 +80,12 @@ def test_ipv6_off_container_connects_to_a_dual_stack_network(sandbox: Sandbox) -
     # The default stays as the container asked.
     assert sb.pw("exec", "later", "--", "cat", "/proc/sys/net/ipv6/conf/default/"
                  "disable_ipv6").stdout == "1\n"
+    # gc makes an interface lost since anew the same way (it failed as connect did).
+    two = sb.inspect("later")["NetworkSettings"]["Networks"]["two"]  # type: ignore[index]
+    sb.in_host("ip", "link", "del", two["HostInterface"])
+    sb.pw("gc")
+    assert two["GlobalIPv6Address"] in sb.pw("exec", "later", "--", "ip", "-br", "addr",
+                                             "show", "eth1").stdout
     # Disconnected and connected again: the container keeps a network.
     sb.pw("network", "disconnect", "app", "off")
     sb.pw("network", "connect", "app", "off")

@@ -49,7 +49,6 @@ if TYPE_CHECKING:
     from portway.core.firewall import Published
     from portway.engine.context import Host
     from portway.engine.dns import Announced
-    from portway.engine.drivers import Sandbox
     from portway.engine.sandboxes import Early
 
 
@@ -554,7 +553,7 @@ class Containers:
                     h.store.add_config(cfg)
                     endpoint = h.endpoints.new(c, net, index, ips, alias_list)
                     undo.callback(h.endpoints.released, [endpoint])  # (its claim)
-                    self._attach_later(sandbox, c, endpoint, net)
+                    h.endpoints.attach_running(sandbox, c, endpoint, net)
                     undo.callback(h.endpoints.detach, [endpoint])
                     # A family no other network routes (IPv6 after the network that gave
                     # it left and came back) is routed through this one, as a
@@ -582,24 +581,6 @@ class Containers:
             self.ready(c.id)
             return {"Id": c.id, "Network": net.name, "IPAddress": str(endpoint.address),
                     "IPAddresses": [str(a.ip) for a in endpoint.addresses]}
-
-    def _attach_later(self, sandbox: Sandbox, c: Container, endpoint: Endpoint,
-                      net: Network) -> None:
-        """endpoint into the namespace of c, which runs already. An interface made there
-        now takes the namespace's default settings: where c's --sysctl turns IPv6 off
-        by default, one given an IPv6 address has it turned on (as Docker turns IPv6 on
-        for each interface of a network with IPv6), the default kept."""
-        h = self.h
-        if not (runopts.default_ipv6_off(c.config.sysctls) and
-                any(a.version == 6 for a in endpoint.addresses)):
-            h.endpoints.attach(sandbox, c, endpoint, net, False)
-            return
-        key = "net.ipv6.conf.default.disable_ipv6"
-        h.sandbox_kernel.set_sysctls(c.netns, {key: "0"})
-        try:
-            h.endpoints.attach(sandbox, c, endpoint, net, False)
-        finally:
-            h.sandbox_kernel.set_sysctls(c.netns, {key: "1"})
 
     def disconnect(self, network: str, container: str, force: bool = False) -> dict[str, Any]:
         h = self.h

@@ -307,7 +307,7 @@ def _reattach(engine: Engine, c: Container, e: Endpoint) -> None:
         elif links.observe_link(cont, e.ifname) is None:
             links.delete_link(engine.host, e.host_ifname)
         net = engine.h.network(e.network_id)
-        engine.h.endpoints.attach(sandbox, c, e, net, False)
+        engine.h.endpoints.attach_running(sandbox, c, e, net)
         # The default routes of the families this network routes (core/gateways.py, as
         # run, start, connect and disconnect route them); those of the container's other
         # networks are theirs to restore.
