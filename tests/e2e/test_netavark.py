@@ -357,3 +357,31 @@ def test_gc_forgets_a_container_podman_removed_without_teardown(podman: Podmanis
     assert p.pw("ps", "-a", "-q").stdout == ""
     assert "8181" not in p.sb.in_host("nft", "list", "tables").stdout
     assert p.pw("gc").stdout.startswith("nothing to repair")
+
+
+def test_an_unspecified_host_ip_publishes_on_its_family_alone(podman: Podmanish) -> None:
+    """Podman's -p 0.0.0.0:8080:80 (host_ip 0.0.0.0) publishes on IPv4 alone and -p
+    [::]:8081:80 on IPv6 alone, as netavark does (both were published on both
+    families: a port meant for IPv4 was open over IPv6 too); host_ip "" on both."""
+    p = podman
+    web = p.namespace()
+    dual = net_info()
+    dual.update(ipv6_enabled=True, subnets=[
+        {"subnet": "10.89.0.0/24", "gateway": "10.89.0.1"},
+        {"subnet": "fd00:89::/64", "gateway": "fd00:89::1"}])
+    data = options("web", "10.89.0.10", [
+        {"host_ip": host_ip, "container_port": 80, "host_port": port, "range": 1,
+         "protocol": "tcp"}
+        for host_ip, port in (("0.0.0.0", 8080), ("::", 8081), ("", 8082))])
+    data["networks"]["a1pnet"]["static_ips"] = ["10.89.0.10", "fd00:89::10"]
+    data["network_info"]["a1pnet"] = dual
+    p.nv("setup", web, data=data)
+    p.serve(web)
+    outside = ["ip", "netns", "exec", p.sb.outside]
+    assert get(outside, f"http://{p.sb.host_addr}:8080/") == "200"
+    assert get(outside, f"http://[{HOST_ADDR6}]:8080/").startswith("fail")
+    assert get(outside, f"http://{p.sb.host_addr}:8081/").startswith("fail")
+    assert get(outside, f"http://[{HOST_ADDR6}]:8081/") == "200"
+    assert get(outside, f"http://{p.sb.host_addr}:8082/") == "200"  # control: both
+    assert get(outside, f"http://[{HOST_ADDR6}]:8082/") == "200"
+    p.nv("teardown", web, data=data)

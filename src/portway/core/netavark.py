@@ -526,8 +526,8 @@ def _ports(data: Any) -> tuple[PortMapping, ...]:
             raise InvalidInput(f"invalid host ip {json.dumps(host_ip_text)} provided for "
                                f"port {host_port}", "give an address of the host, or none "
                                "for all of them") from None
-        if host_ip is not None and host_ip.is_unspecified:
-            host_ip = None
+        # 0.0.0.0 and :: are kept: every address of that family alone, as netavark
+        # publishes them (it skips the other family's rules for a host_ip of one).
         if host_ip is not None and host_ip.version == 6 and host_ip.is_loopback:
             raise InvalidInput("cannot publish on ::1: IPv6 has no way to route the host's "
                                "loopback to a container", "publish on 127.0.0.1 for the "
