@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -732,3 +733,54 @@ def test_an_advertise_address_not_of_this_host_is_refused(sandbox: Sandbox) -> N
     sb.env.update(PORTWAY_ADVERTISE_ADDRESS="2001:db8:77::1")
     sb.pw("daemon", "start")
     assert "this host 2001:db8:77::1 is unreachable" in sb.pw("daemon", "status").stdout
+
+
+PUT_IF = """
+import json, sys
+from portway.core.overlay import parse_cluster_store
+from portway.store.etcd import Etcd
+etcd = Etcd(parse_cluster_store(sys.argv[1]))
+lease = etcd.grant(30)
+out = []
+# Absent keys, read as absent: written, under the lease.
+out.append(etcd.put_if({"/t/ip": None, "/t/name": None}, {"/t/ip": "e1", "/t/name": "e1",
+                                                         "/t/rec": "r"}, lease))
+# Read as e1's, still e1's: written again (under another lease).
+other = etcd.grant(30)
+out.append(etcd.put_if({"/t/ip": "e1", "/t/name": "e1"}, {"/t/ip": "e1", "/t/name": "e1"},
+                       other))
+# Read as absent, but another claimed it meanwhile: nothing written.
+etcd.put("/t/taken", "e2")
+out.append(etcd.put_if({"/t/taken": None, "/t/free": None}, {"/t/taken": "e1",
+                                                            "/t/free": "e1"}, lease))
+# Read as e1's, another's now: nothing written.
+etcd.put("/t/name", "e3", other)
+out.append(etcd.put_if({"/t/ip": "e1", "/t/name": "e1"}, {"/t/ip": "e9"}, lease))
+kvs, _rev = etcd.range("/t/")
+print(json.dumps([out, {kv.key: [kv.value, kv.lease == other] for kv in kvs}]))
+etcd.revoke(lease)
+etcd.revoke(other)
+"""
+
+
+def test_a_write_conditioned_on_what_was_read_with_real_etcd(sandbox: Sandbox,
+                                                           tmp_path: Path) -> None:
+    """A host that comes back registers its container's address, name and record only
+    while the store has them as it read them (Etcd.put_if, one transaction): against a
+    real etcd, whose compare of a key's value fails where the key does not exist, an
+    absent key read as absent and one read as this endpoint's are written, and a key
+    another claimed since the read leaves everything unwritten."""
+    underlay = f"{sandbox.host}-underlay"
+    etcd: subprocess.Popen[bytes] | None = None
+    try:
+        make_underlay(underlay, [sandbox.host])
+        etcd = start_etcd(underlay, tmp_path / "etcd")
+        cp = sandbox.in_host(sys.executable, "-c", PUT_IF, STORE)
+        outcome, keys = json.loads(cp.stdout)
+        assert outcome == [True, True, False, False], cp.stdout
+        assert keys == {"/t/ip": ["e1", True], "/t/name": ["e3", True],
+                        "/t/rec": ["r", False], "/t/taken": ["e2", False]}, keys
+    finally:
+        if etcd is not None:
+            stop_etcd(etcd)
+        del_netns(underlay)

@@ -81,6 +81,16 @@ class MemoryEtcd:
         self.revision += 1
         return True
 
+    def put_if(self, expect: dict[str, str | None], puts: dict[str, str],
+               lease: int = 0) -> bool:
+        self._up()
+        if any((self.kv[k][0] if k in self.kv else None) != v for k, v in expect.items()):
+            return False
+        for k, v in puts.items():
+            self.kv[k] = (v, lease)
+        self.revision += 1
+        return True
+
     def grant(self, ttl: int) -> int:
         self._up()
         lease = self.granted + 100  # (each lease its own number, as etcd's)
@@ -1251,3 +1261,44 @@ def test_a_renumbering_that_loses_its_new_address_to_another_host_moves_again(
     assert held["10.200.0.4"] == on_b.id and held["10.200.0.3"] != on_b.id
     record = overlay.RemoteEndpoint.decode(etcd.kv[overlay.endpoint_key(net.id, on_b.id)][0])
     assert record.addresses == moved.addresses and b.cluster.conflict(on_b.id) is None
+
+
+def test_a_host_back_and_a_run_elsewhere_that_claim_one_address_at_once_leave_one_holder(
+        tmp_path: Path) -> None:
+    """B comes back after its lease ran out and registers its container's address again
+    just as A's run claims that address (free in the store meanwhile), between B's read
+    of it and B's write: exactly one of them holds it. (B wrote it over A's claim: two
+    running containers, on two hosts, with one address.) B, which read it free, reads
+    again and gives its container a free one instead."""
+    etcd, (a, b) = two_hosts(tmp_path)
+    net = a.networks.create("ov", driver="overlay", subnet="10.200.0.0/24")
+    assert a.cluster is not None and b.cluster is not None
+    b.cluster._snapshot(*etcd.range(overlay.PREFIX))
+    b.cluster.watch.relists = 1
+    b.containers.run(["sleep", "1"], name="on-b", networks=["ov"], detach=True)
+    on_b = b.store.endpoints()[0]
+    assert on_b.address == ipaddress.ip_address("10.200.0.2")
+    etcd.expire(b.cluster.lease)
+    a.cluster._snapshot(*etcd.range(overlay.PREFIX))  # (A forgets on-b)
+    key = overlay.address_key(net.id, on_b.address)
+    read = etcd.get
+
+    def get_then_a_runs(k: str) -> str | None:
+        value = read(k)
+        if k == key and value is None and not a.store.containers():
+            a.containers.run(["sleep", "1"], name="on-a", networks=["ov"], detach=True)
+        return value
+
+    etcd.get = get_then_a_runs  # type: ignore[method-assign]
+    b.cluster._join()
+    etcd.get = read  # type: ignore[method-assign]
+    on_a = a.store.endpoints()[0]
+    assert on_a.address == on_b.address  # (A picked it: free, as A saw the store)
+    assert etcd.kv[key][0] == on_a.id
+    holders = [r for kv in etcd.range(overlay.endpoint_key(net.id, ""))[0]
+               for r in [overlay.RemoteEndpoint.decode(kv.value)]
+               if on_b.address in {x.ip for x in r.addresses}]
+    assert [r.id for r in holders] == [on_a.id], holders
+    moved = b.store.endpoints()[0]
+    assert moved.id == on_b.id and moved.address == ipaddress.ip_address("10.200.0.3")
+    assert etcd.kv[overlay.address_key(net.id, moved.address)][0] == on_b.id

@@ -266,19 +266,35 @@ class Cluster:
         (renumbered, while its container runs), unless it was asked for (--ip). A name
         another host took, or an address asked for, cannot be picked anew: e is not
         registered (conflict() says why, ps and inspect show it) until that host lets it
-        go. The log says what happened, once."""
+        go. The log says what happened, once. Its addresses, name and record are written
+        in one transaction, only while the store still has them as they were read: of
+        another host's run that claims one of them between the reads and the write, and
+        this, exactly one wins (a plain write would take it over under that container,
+        leaving two holders of one address); this one reads again."""
         e, c = ec
         if e.id in self._unpublished:
             return  # (a set-up under way: its publish claims it, under the lease then)
+        for _ in range(overlay.RACES):
+            if self._register_once(e, c, lease):
+                return
+        log(f"{c.name} is not registered yet: other hosts kept claiming its address or "
+            "name at the same moment; tried again within seconds")
+
+    def _register_once(self, e: Endpoint, c: Container, lease: int) -> bool:
+        """_register's one attempt; False: the store changed between its reads and its
+        write (nothing was written)."""
         net = self.h.store.find_network(e.network_id)
         on = f" on network {net.name}" if net is not None else ""
         away = "while this host was away from the cluster store"
+        read: dict[str, str | None] = {}
         taken: dict[IPAddress, str] = {}
         for a in e.addresses:
-            holder = self.etcd.get(overlay.address_key(e.network_id, a.ip))
+            key = overlay.address_key(e.network_id, a.ip)
+            holder = read[key] = self.etcd.get(key)
             if holder is not None and holder != e.id:
                 taken[a.ip] = holder
-        held = self.etcd.get(overlay.container_name_key(e.network_id, c.name))
+        name_key = overlay.container_name_key(e.network_id, c.name)
+        held = read[name_key] = self.etcd.get(name_key)
         reason = ""
         if held is not None and held != e.id:
             reason = (f"its name{on} was taken by a container on "
@@ -290,7 +306,7 @@ class Cluster:
             asked = set(taken) & set(e.requested)
             if not asked and net is not None and self._renumber(e, c, net, set(taken),
                                                                  reason):
-                return
+                return True
         if reason:
             if self._lost.get(e.id) != reason:
                 fix = "run it under another name" if not taken else \
@@ -301,16 +317,16 @@ class Cluster:
             self._lost[e.id] = reason
             with self._view_lock:
                 self.endpoints.pop(e.id, None)  # (the store has no record of it now)
-            return
-        for a in e.addresses:
-            self.etcd.put(overlay.address_key(e.network_id, a.ip), e.id, lease)
-        self.etcd.put(overlay.container_name_key(e.network_id, c.name), e.id, lease)
-        self.etcd.put(overlay.endpoint_key(e.network_id, e.id), self._record(e, c).encode(),
-                      lease)
+            return True
+        puts = {key: e.id for key in read}
+        puts[overlay.endpoint_key(e.network_id, e.id)] = self._record(e, c).encode()
+        if not self.etcd.put_if(read, puts, lease):
+            return False
         with self._view_lock:
             self.endpoints[e.id] = self._record(e, c)
         if self._lost.pop(e.id, None) is not None:
             log(f"{c.name} is registered again{on}: reachable from other hosts")
+        return True
 
     def _renumber(self, e: Endpoint, c: Container, net: Network, taken: set[IPAddress],
                   reason: str) -> bool:

@@ -200,6 +200,25 @@ class Etcd:
                                   for k in deletes]})
         return bool(reply.get("succeeded", False))
 
+    def put_if(self, expect: dict[str, str | None], puts: dict[str, str],
+               lease: int = 0) -> bool:
+        """Put every key of puts, in one transaction, only while each key of expect
+        holds the value given there (None: it does not exist), as they were read before
+        deciding what to put. False: one changed meanwhile (nothing was written). (etcd
+        fails a compare of the value of a key that does not exist: the absent ones are
+        compared by their create revision, 0.)"""
+        compare: list[dict[str, Any]] = [
+            {"key": _b64(k), "result": "EQUAL", "target": "CREATE", "create_revision": 0}
+            if v is None else
+            {"key": _b64(k), "result": "EQUAL", "target": "VALUE", "value": _b64(v)}
+            for k, v in expect.items()]
+        reply = self.post("/kv/txn", {
+            "compare": compare,
+            "success": [{"request_put": {"key": _b64(k), "value": _b64(v),
+                                         **({"lease": lease} if lease else {})}}
+                        for k, v in puts.items()]})
+        return bool(reply.get("succeeded", False))
+
     # leases
 
     def grant(self, ttl: int) -> int:
