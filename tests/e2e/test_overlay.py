@@ -784,3 +784,33 @@ def test_a_write_conditioned_on_what_was_read_with_real_etcd(sandbox: Sandbox,
         if etcd is not None:
             stop_etcd(etcd)
         del_netns(underlay)
+
+
+def test_a_remembered_advertise_address_given_again_is_not_refused_before_it_is_up(
+        sandbox: Sandbox) -> None:
+    """After a reboot the underlay address may come up after the daemon starts. With
+    PORTWAY_ADVERTISE_ADDRESS in the environment (as the docs set it up, for every
+    start), the address the state dir remembers is given again: the daemon serves (the
+    bridge networks need no cluster), as it does when the address is only remembered.
+    Another one not of the host is still refused."""
+    sb = sandbox
+    sb.env.update(PORTWAY_CLUSTER_STORE="etcd://127.0.0.1:1",
+                  PORTWAY_ADVERTISE_ADDRESS="192.0.2.78")
+    sb.in_host("ip", "addr", "add", "192.0.2.78/32", "dev", "lo")
+    sb.pw("daemon", "start")
+    sb.pw("daemon", "stop")
+    sb.in_host("ip", "addr", "del", "192.0.2.78/32", "dev", "lo")  # (not up yet)
+    cp = sb.pw("daemon", "start", check=False)
+    assert cp.returncode == 0 and cp.stderr == "", cp.stderr
+    assert "this host 192.0.2.78 is unreachable" in sb.pw("daemon", "status").stdout
+    sb.pw("network", "create", "br", "--subnet", "10.204.0.0/24")
+    sb.pw("run", "-d", "--name", "c1", "--network", "br", "--", "sleep", "60")
+    sb.pw("rm", "-f", "c1")
+    sb.pw("network", "rm", "br")
+    sb.pw("daemon", "stop")
+    sb.env.update(PORTWAY_ADVERTISE_ADDRESS="192.0.2.79")
+    cp = sb.pw("daemon", "start", check=False)
+    assert cp.returncode != 0 and "--advertise-address 192.0.2.79 is not an address of " \
+        "this host" in cp.stderr, cp.stderr
+    assert sb.daemon_pid() == 0
+    sb.env.update(PORTWAY_ADVERTISE_ADDRESS="192.0.2.78")  # (the clean-up's daemon)

@@ -143,10 +143,11 @@ class Engine:
         a restarted daemon must stay in its cluster)."""
         from portway.core import overlay
 
-        given = address is not None
+        given = address
         with self.store.transaction():
             url = url or self.store.get_meta("cluster_store")
-            address = address or self.store.get_meta("advertise_address")
+            remembered = self.store.get_meta("advertise_address")
+            address = address or remembered
             ttl_text = ttl_text or self.store.get_meta("cluster_ttl")
             if url is None and address is None:
                 return None
@@ -156,7 +157,11 @@ class Engine:
                                    "address), or neither")
             members = overlay.parse_cluster_store(url)
             advertise = overlay.parse_advertise_address(address)
-            if given:
+            # One given again as it is remembered (PORTWAY_ADVERTISE_ADDRESS in the
+            # environment of every start, a unit's flag) is a remembered one: after a
+            # reboot its address may come up after the daemon starts.
+            if given is not None and (remembered is None or advertise !=
+                                      overlay.parse_advertise_address(remembered)):
                 self._check_advertised(advertise)
             ttl = overlay.parse_cluster_ttl(ttl_text) if ttl_text else overlay.DEFAULT_TTL
             self.store.set_meta("cluster_store", url)
@@ -173,8 +178,8 @@ class Engine:
         """--advertise-address is an address of this host (as Docker's swarm refuses one
         that is not a system address): the other hosts send this host's tunnel traffic
         to it, and one it does not have leaves every cross-host path silently broken.
-        (A remembered one is not checked: an address not up yet after a reboot must not
-        keep the daemon from serving the bridge networks.)"""
+        (A remembered one is not checked, given again or not: an address not up yet
+        after a reboot must not keep the daemon from serving the bridge networks.)"""
         from portway.kernel import links
 
         if any(a.ip == address for _index, a in links.observe_link_addresses(self.host)):
