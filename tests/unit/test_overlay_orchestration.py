@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
@@ -656,6 +657,11 @@ class LeasedEtcd(MemoryEtcd):
         self._leased(lease)
         return super().create_all(puts, lease, deletes)
 
+    def put_if(self, expect: dict[str, str | None], puts: dict[str, str],
+               lease: int = 0) -> bool:
+        self._leased(lease)
+        return super().put_if(expect, puts, lease)
+
 
 def test_a_pass_that_read_a_container_before_its_renumbering_does_not_mark_it(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -1302,3 +1308,73 @@ def test_a_host_back_and_a_run_elsewhere_that_claim_one_address_at_once_leave_on
     moved = b.store.endpoints()[0]
     assert moved.id == on_b.id and moved.address == ipaddress.ip_address("10.200.0.3")
     assert etcd.kv[overlay.address_key(net.id, moved.address)][0] == on_b.id
+
+
+def test_two_joins_at_once_after_a_lost_lease_leave_the_hosts_record_under_its_lease(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lease runs out during a run: the run's claim is refused and joins again, and
+    the membership thread (keepalive noticed) joins again too, at the same moment. The
+    second to finish revoked the lease the other had just put this host's record under:
+    the host was gone from the store (every other host dropped its VTEP from the members
+    set, so their containers could send it VXLAN) until its next lost lease. One join is
+    made; the other finds it made and leaves it."""
+    etcd, (a, _b) = two_hosts(tmp_path)
+    leased = LeasedEtcd()
+    leased.kv, leased.leases, leased.granted = etcd.kv, etcd.leases, etcd.granted
+    cluster = a.cluster
+    assert cluster is not None
+    cluster.etcd = cast(Etcd, leased)
+    a.networks.create("ov", driver="overlay", subnet="10.200.0.0/24")
+    host_key = overlay.host_key(cluster.advertise)
+    leased.expire(cluster.lease)  # (unnoticed yet)
+    m_granted, r_put, m_put = threading.Event(), threading.Event(), threading.Event()
+    membership = threading.Thread(target=cluster._membership)
+    grant, put, revoke = leased.grant, leased.put, leased.revoke
+
+    def main() -> bool:
+        return threading.current_thread() is threading.main_thread()
+
+    def granting(ttl: int) -> int:
+        if main() and not membership.is_alive():
+            # The run's join: the keepalive notices the lease gone meanwhile, and the
+            # membership thread joins, having granted its lease first.
+            cluster._expired.set()
+            membership.start()
+            m_granted.wait(3)
+            time.sleep(0.1)
+        lease = grant(ttl)
+        if not main():
+            m_granted.set()
+        return lease
+
+    def putting(key: str, value: str, lease: int = 0) -> None:
+        if key == host_key and not main():
+            r_put.wait(3)  # (its record's write arrives after the run's)
+        put(key, value, lease)
+        if key == host_key:
+            (r_put if main() else m_put).set()
+
+    def revoking(lease: int) -> None:
+        if main():
+            m_put.wait(1.5)
+        revoke(lease)
+
+    monkeypatch.setattr(leased, "grant", granting)
+    monkeypatch.setattr(leased, "put", putting)
+    monkeypatch.setattr(leased, "revoke", revoking)
+    try:
+        a.containers.run(["sleep", "1"], name="web", networks=["ov"], detach=True)
+        time.sleep(0.5)  # (the membership thread's join, once the run let go)
+        with a.lock:
+            pass
+        time.sleep(0.2)
+    finally:
+        cluster._stop.set()
+        if membership.is_alive():
+            membership.join(5)
+    assert cluster.lease in leased.leases
+    assert host_key in leased.kv and leased.kv[host_key][1] == cluster.lease, leased.kv
+    mine = [v for k, v in leased.kv.items() if "/192.0.2.1" not in k and
+            (v[0] == a.store.endpoints()[0].id or k.endswith(a.store.endpoints()[0].id))]
+    assert len(mine) == 3 and {v[1] for v in mine} == {cluster.lease}, mine
+    assert cluster.state == "joined", cluster.last_error

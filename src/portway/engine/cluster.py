@@ -146,21 +146,34 @@ class Cluster:
             t.start()
             self._threads.append(t)
 
-    def _join(self) -> None:
+    def _join(self, lost: int | None = None) -> None:
+        """A lease, this host's record and its endpoints under it, and the leases before
+        revoked. lost: the lease the caller found gone; another join that replaced it
+        meanwhile (a run's claim refused for it and the membership thread both join,
+        at once) is left as it is. The leases are swapped, and the record written,
+        under the engine's lock, one join at a time: two interleaved joins each revoked
+        the lease the other had just written this host's record under."""
         lease = self.etcd.grant(self.ttl)
+        with self.h.lock:
+            if lost is not None and self.lease != lost:
+                self.etcd.revoke(lease)  # (never used)
+                return
+            self._joined_under(lease)
+
+    def _joined_under(self, lease: int) -> None:
+        """_join's work under the engine's lock, with its new lease."""
         old, self.lease = self.lease, lease  # kept alive from now on, whatever follows
         self._expired.clear()
         self.etcd.put(overlay.host_key(self.advertise), json.dumps({
             "address": str(self.advertise), "instance": self.h.instance,
             "host_netns": self.h.host_netns or "", "joined": now()}), lease)
-        with self.h.lock:
-            for e in self._own_endpoints():
-                if not self._ended(e[1]):
-                    self._register(e, lease)
-            store = self.h.store
-            with store.transaction():
-                remembered = store.get_meta(LEASE_META)
-                store.set_meta(LEASE_META, str(lease))
+        for e in self._own_endpoints():
+            if not self._ended(e[1]):
+                self._register(e, lease)
+        store = self.h.store
+        with store.transaction():
+            remembered = store.get_meta(LEASE_META)
+            store.set_meta(LEASE_META, str(lease))
         for previous in {old, int(remembered or 0)} - {0, lease}:
             self.etcd.revoke(previous)  # what is still on it is no longer anyone's
         self.state = "joined"
@@ -208,7 +221,7 @@ class Cluster:
             rounds += 1
             try:
                 if not self.lease or self._expired.is_set():
-                    self._join()
+                    self._join(lost=self.lease)
                 elif rounds % 10 == 0:
                     self.reconcile_own()
             except PortwayError as exc:
@@ -571,21 +584,22 @@ class Cluster:
             puts[overlay.container_name_key(e.network_id, c.name)] = e.id
             puts[overlay.endpoint_key(e.network_id, e.id)] = records[e.id].encode()
 
-        def send() -> bool:
+        def send(lease: int) -> bool:
             try:
-                return self.etcd.create_all(puts, self.lease)
+                return self.etcd.create_all(puts, lease)
             except ClusterUnreachable:
                 for e, _c in reserved:  # (its answer lost: it may have been made)
                     self._unclaimed.discard(e.id)
                 raise
 
+        lease = self.lease
         try:
-            claimed = send()
+            claimed = send(lease)
         except StoreRefused:
             # The lease ran out (a stall longer than its TTL): join again (which leaves
             # them alone: they are still unclaimed), then claim.
-            self._join()
-            claimed = send()
+            self._join(lost=lease)
+            claimed = send(self.lease)
         if claimed:
             for e, _c in reserved:
                 self._unclaimed.discard(e.id)
