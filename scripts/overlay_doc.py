@@ -350,7 +350,10 @@ def scenario(d: Doc) -> None:
            "`portway gc` reprograms what differs. The entries go to the kernel in "
            "batches of netlink requests (a host that forgets 1,000 endpoints removes "
            "their 2,000 entries in one pass). A network is removed only when no host "
-           "has containers on it:")
+           "has containers on it (of a `network rm` and a `run` on another host at the "
+           "same moment, exactly one wins: the run's claim needs the network in the "
+           "store, and the removal is made only while no container was recorded on it "
+           "since it looked):")
     d.pw(0, "rm", "-f", "web-a")
     busy = d.pw(0, "network", "rm", "multi", ok=False)
     d.check("rm refused for B's container", "web-b (on 192.0.2.2)" in busy)

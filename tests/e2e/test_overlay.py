@@ -757,7 +757,19 @@ out.append(etcd.put_if({"/t/taken": None, "/t/free": None}, {"/t/taken": "e1",
 etcd.put("/t/name", "e3", other)
 out.append(etcd.put_if({"/t/ip": "e1", "/t/name": "e1"}, {"/t/ip": "e9"}, lease))
 kvs, _rev = etcd.range("/t/")
-print(json.dumps([out, {kv.key: [kv.value, kv.lease == other] for kv in kvs}]))
+keys = {kv.key: [kv.value, kv.lease == other] for kv in kvs}
+# A claim only while its network's key is there.
+etcd.put("/n/net", "x")
+out.append(etcd.create_all({"/n/ep/1": "a"}, lease, present=("/n/net",)))
+out.append(etcd.create_all({"/n/ep/2": "b"}, lease, present=("/n/gone",)))
+# A removal only while nothing was written under the prefix since it was read.
+_kvs, rev = etcd.range("/n/ep/")
+etcd.put("/n/ep/3", "c")
+out.append(etcd.delete_if_unchanged("/n/ep/", rev, ("/n/net",)))
+_kvs, rev = etcd.range("/n/ep/")
+out.append(etcd.delete_if_unchanged("/n/ep/", rev, ("/n/net",)))
+kvs, _rev = etcd.range("/n/")
+print(json.dumps([out, keys, sorted(kv.key for kv in kvs)]))
 etcd.revoke(lease)
 etcd.revoke(other)
 """
@@ -769,17 +781,21 @@ def test_a_write_conditioned_on_what_was_read_with_real_etcd(sandbox: Sandbox,
     while the store has them as it read them (Etcd.put_if, one transaction): against a
     real etcd, whose compare of a key's value fails where the key does not exist, an
     absent key read as absent and one read as this endpoint's are written, and a key
-    another claimed since the read leaves everything unwritten."""
+    another claimed since the read leaves everything unwritten. A claim is made only
+    while its network's key is there (create_all's present), and a network removed
+    only while no endpoint was written on it since the removal read them
+    (delete_if_unchanged: a compare over the range)."""
     underlay = f"{sandbox.host}-underlay"
     etcd: subprocess.Popen[bytes] | None = None
     try:
         make_underlay(underlay, [sandbox.host])
         etcd = start_etcd(underlay, tmp_path / "etcd")
         cp = sandbox.in_host(sys.executable, "-c", PUT_IF, STORE)
-        outcome, keys = json.loads(cp.stdout)
-        assert outcome == [True, True, False, False], cp.stdout
+        outcome, keys, left = json.loads(cp.stdout)
+        assert outcome == [True, True, False, False, True, False, False, True], cp.stdout
         assert keys == {"/t/ip": ["e1", True], "/t/name": ["e3", True],
                         "/t/rec": ["r", False], "/t/taken": ["e2", False]}, keys
+        assert left == ["/n/ep/1", "/n/ep/3"], left
     finally:
         if etcd is not None:
             stop_etcd(etcd)

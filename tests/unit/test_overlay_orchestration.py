@@ -33,6 +33,7 @@ class MemoryEtcd:
 
     def __init__(self) -> None:
         self.kv: dict[str, tuple[str, int]] = {}  # key -> (value, lease)
+        self.mods: dict[str, int] = {}  # key -> the revision it was last written at
         self.revision = 1
         self.leases: set[int] = set()
         self.granted = 0
@@ -58,6 +59,7 @@ class MemoryEtcd:
         self._up()
         self.kv[key] = (value, lease)
         self.revision += 1
+        self.mods[key] = self.revision
 
     def delete(self, *keys: str) -> None:
         self._up()
@@ -73,12 +75,22 @@ class MemoryEtcd:
         self.revision += 1
 
     def create_all(self, puts: dict[str, str], lease: int = 0,
-                   deletes: tuple[str, ...] = ()) -> bool:
+                   deletes: tuple[str, ...] = (), present: tuple[str, ...] = ()) -> bool:
         self._up()
-        if any(k in self.kv for k in puts):
+        if any(k in self.kv for k in puts) or any(k not in self.kv for k in present):
             return False
+        self.revision += 1
         for k, v in puts.items():
             self.kv[k] = (v, lease)
+            self.mods[k] = self.revision
+        return True
+
+    def delete_if_unchanged(self, prefix: str, revision: int, keys: tuple[str, ...]) -> bool:
+        self._up()
+        if any(self.mods.get(k, 0) > revision for k in self.kv if k.startswith(prefix)):
+            return False
+        for k in keys:
+            self.kv.pop(k, None)
         self.revision += 1
         return True
 
@@ -87,9 +99,10 @@ class MemoryEtcd:
         self._up()
         if any((self.kv[k][0] if k in self.kv else None) != v for k, v in expect.items()):
             return False
+        self.revision += 1
         for k, v in puts.items():
             self.kv[k] = (v, lease)
-        self.revision += 1
+            self.mods[k] = self.revision
         return True
 
     def grant(self, ttl: int) -> int:
@@ -653,9 +666,9 @@ class LeasedEtcd(MemoryEtcd):
         super().put(key, value, lease)
 
     def create_all(self, puts: dict[str, str], lease: int = 0,
-                   deletes: tuple[str, ...] = ()) -> bool:
+                   deletes: tuple[str, ...] = (), present: tuple[str, ...] = ()) -> bool:
         self._leased(lease)
-        return super().create_all(puts, lease, deletes)
+        return super().create_all(puts, lease, deletes, present)
 
     def put_if(self, expect: dict[str, str | None], puts: dict[str, str],
                lease: int = 0) -> bool:
@@ -1378,3 +1391,55 @@ def test_two_joins_at_once_after_a_lost_lease_leave_the_hosts_record_under_its_l
             (v[0] == a.store.endpoints()[0].id or k.endswith(a.store.endpoints()[0].id))]
     assert len(mine) == 3 and {v[1] for v in mine} == {cluster.lease}, mine
     assert cluster.state == "joined", cluster.last_error
+
+
+def test_a_network_removed_while_another_host_sets_up_a_container_on_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A removes overlay network ov while B sets up a container on it (its claim, with
+    its record, comes once its plumbing is done, so A sees no user): B's claim finds the
+    network gone and its run fails whole. (It succeeded: a container running on a
+    network no host has any more, its address, name and record written under a network
+    that is gone.)"""
+    etcd, (a, b) = two_hosts(tmp_path)
+    net = a.networks.create("ov", driver="overlay", subnet="10.200.0.0/24")
+    assert a.cluster is not None and b.cluster is not None
+    b.cluster._snapshot(*etcd.range(overlay.PREFIX))
+    driver = b.drivers["overlay"]
+    assert isinstance(driver, FakeDriver)
+    step = driver.w.step
+
+    def removed_meanwhile(name: str) -> None:
+        if name.startswith("bridge.attach") and a.store.networks():
+            a.networks.remove(["ov"])
+        step(name)
+
+    monkeypatch.setattr(driver.w, "step", removed_meanwhile)
+    with pytest.raises(Conflict, match="network ov was removed meanwhile"):
+        b.containers.run(["sleep", "1"], name="web", networks=["ov"], detach=True)
+    assert b.store.containers() == [] and b.store.endpoints() == []
+    assert [k for k in etcd.kv if net.id in k] == []
+
+
+def test_a_network_removed_as_another_host_claims_on_it_is_refused(tmp_path: Path) -> None:
+    """B's run claims on ov between A's look for users of ov and A's removal of it: A's
+    removal is refused, as it is when it sees B's container (it went ahead: B's
+    container ran on a network gone from the store)."""
+    etcd, (a, b) = two_hosts(tmp_path)
+    net = a.networks.create("ov", driver="overlay", subnet="10.200.0.0/24")
+    assert a.cluster is not None and b.cluster is not None
+    b.cluster._snapshot(*etcd.range(overlay.PREFIX))
+    read = etcd.range
+
+    def b_runs_after_the_read(prefix: str) -> tuple[list[KV], int]:
+        out = read(prefix)
+        if prefix == overlay.endpoint_key(net.id, "") and not b.store.containers():
+            b.containers.run(["sleep", "1"], name="web", networks=["ov"], detach=True)
+        return out
+
+    a.cluster.etcd = cast(Etcd, type("E", (), {"__getattr__": lambda _s, n: getattr(
+        etcd, n), "range": staticmethod(b_runs_after_the_read)})())
+    with pytest.raises(Conflict, match=r"has containers attached on other hosts: web \(on "
+                       r"192\.0\.2\.2\)"):
+        a.networks.remove(["ov"])
+    assert overlay.network_key(net.id) in etcd.kv
+    assert [n.name for n in a.store.networks()] == ["ov"]

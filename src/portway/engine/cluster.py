@@ -468,24 +468,33 @@ class Cluster:
 
     def remove_network(self, network: Network) -> None:
         """network gone from the store, for every host; refused while any host has a
-        container on it."""
-        kvs, _rev = self.etcd.range(overlay.endpoint_key(network.id, ""))
-        users = []
-        for kv in kvs:
-            try:
-                e = RemoteEndpoint.decode(kv.value)
-            except (ValueError, KeyError):
-                continue
-            if e.host != self.advertise:
-                users.append(f"{e.name} (on {e.host})")
-        if users:
-            raise Conflict(f"network {network.name} has containers attached on other hosts: "
-                           f"{', '.join(sorted(users))}", "remove or disconnect them first")
+        container on it. One transaction, made only while no endpoint was recorded on it
+        since it was read (a run on another host at the same moment claims with the
+        network's key present: of the two, exactly one wins)."""
         vni = network.options.get(overlay.VNI_OPTION, "")
         keys = [overlay.network_key(network.id), overlay.name_key(network.name)]
         if vni:
             keys.append(overlay.vni_key(int(vni)))
-        self.etcd.delete(*keys)
+        prefix = overlay.endpoint_key(network.id, "")
+        for _ in range(overlay.RACES):
+            kvs, revision = self.etcd.range(prefix)
+            users = []
+            for kv in kvs:
+                try:
+                    e = RemoteEndpoint.decode(kv.value)
+                except (ValueError, KeyError):
+                    continue
+                if e.host != self.advertise:
+                    users.append(f"{e.name} (on {e.host})")
+            if users:
+                raise Conflict(f"network {network.name} has containers attached on other "
+                               f"hosts: {', '.join(sorted(users))}",
+                               "remove or disconnect them first")
+            if self.etcd.delete_if_unchanged(prefix, revision, tuple(keys)):
+                break
+        else:
+            raise Conflict(f"network {network.name} is being attached to on other hosts",
+                           "try again")
         with self._view_lock:
             self.networks.pop(network.id, None)
 
@@ -584,9 +593,13 @@ class Cluster:
             puts[overlay.container_name_key(e.network_id, c.name)] = e.id
             puts[overlay.endpoint_key(e.network_id, e.id)] = records[e.id].encode()
 
+        # (Only while its network is in the store: one removed meanwhile by another
+        # host takes nothing more.)
+        present = tuple(dict.fromkeys(overlay.network_key(e.network_id) for e, _c in reserved))
+
         def send(lease: int) -> bool:
             try:
-                return self.etcd.create_all(puts, lease)
+                return self.etcd.create_all(puts, lease, present=present)
             except ClusterUnreachable:
                 for e, _c in reserved:  # (its answer lost: it may have been made)
                     self._unclaimed.discard(e.id)
@@ -610,9 +623,10 @@ class Cluster:
         # Nothing was written: they stay unclaimed, and their release has nothing to do.
         for e, c in reserved:
             net = self.h.store.find_network(e.network_id)
-            if net is None:
-                raise Conflict(f"network {e.network_id[:12]} was removed meanwhile",
-                               "try again")
+            if net is None or self.etcd.get(overlay.network_key(e.network_id)) is None:
+                name = net.name if net is not None else e.network_id[:12]
+                raise Conflict(f"network {name} was removed meanwhile (from every host)",
+                               "create it again, or use another network")
             taken = self._held(e, c, net)
             if taken is None:
                 continue

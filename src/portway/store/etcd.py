@@ -187,17 +187,30 @@ class Etcd:
                 "success": [{"request_delete_range": {"key": _b64(key)}}]})
 
     def create_all(self, puts: dict[str, str], lease: int = 0,
-                   deletes: tuple[str, ...] = ()) -> bool:
+                   deletes: tuple[str, ...] = (), present: tuple[str, ...] = ()) -> bool:
         """Put every key of puts, in one transaction, only if none of them exists
-        (and delete deletes with them). False: one exists (nothing was written)."""
+        and every key of present does (and delete deletes with them). False: one
+        exists, or one of present does not (nothing was written)."""
         put_ops = [{"request_put": {"key": _b64(k), "value": _b64(v),
                                     **({"lease": lease} if lease else {})}}
                    for k, v in puts.items()]
         reply = self.post("/kv/txn", {
             "compare": [{"key": _b64(k), "result": "EQUAL", "target": "CREATE",
-                         "create_revision": 0} for k in puts],
+                         "create_revision": 0} for k in puts] +
+                       [{"key": _b64(k), "result": "GREATER", "target": "CREATE",
+                         "create_revision": 0} for k in present],
             "success": put_ops + [{"request_delete_range": {"key": _b64(k)}}
                                   for k in deletes]})
+        return bool(reply.get("succeeded", False))
+
+    def delete_if_unchanged(self, prefix: str, revision: int, keys: tuple[str, ...]) -> bool:
+        """Delete keys, in one transaction, only if no key under prefix was written
+        since revision (as a range read at revision saw them, so no key was added).
+        False: one was (nothing was deleted)."""
+        reply = self.post("/kv/txn", {
+            "compare": [{"key": _b64(prefix), "range_end": _b64(prefix_end(prefix)),
+                         "result": "LESS", "target": "MOD", "mod_revision": revision + 1}],
+            "success": [{"request_delete_range": {"key": _b64(k)}} for k in keys]})
         return bool(reply.get("succeeded", False))
 
     def put_if(self, expect: dict[str, str | None], puts: dict[str, str],
