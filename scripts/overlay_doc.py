@@ -154,7 +154,10 @@ def scenario(d: Doc) -> None:
            "shows it `Up ... (unreachable from other hosts)`, `inspect` says why and "
            "which host holds it (`NetworkSettings.Networks.NET.ClusterConflict`), the "
            "daemon's log says it once, and the host claims the name and address again "
-           "by itself, within seconds, once the other container is gone.",
+           "by itself, within seconds, once the other container is gone. Where "
+           "another host removed the network meanwhile (it saw no container on it), the "
+           "container is not registered on it either: it is shown the same way, and "
+           "waits to be disconnected or removed.",
            "## One network for every host",
            "`network create --driver overlay` on any host creates the network for all: "
            "its name and a VNI are claimed in one etcd transaction (of two hosts that "

@@ -1443,3 +1443,30 @@ def test_a_network_removed_as_another_host_claims_on_it_is_refused(tmp_path: Pat
         a.networks.remove(["ov"])
     assert overlay.network_key(net.id) in etcd.kv
     assert [n.name for n in a.store.networks()] == ["ov"]
+
+
+def test_a_host_back_after_its_network_was_removed_does_not_claim_on_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """B is away past its lease: A sees no container on ov and removes it, for every host.
+    B back does not write its container's address, name and record under the network
+    that is gone (it did: a network removed for every host with a container on it
+    after all); the container is not reachable from other hosts, and B says why."""
+    etcd, (a, b) = two_hosts(tmp_path)
+    net = a.networks.create("ov", driver="overlay", subnet="10.200.0.0/24")
+    assert a.cluster is not None and b.cluster is not None
+    b.cluster._snapshot(*etcd.range(overlay.PREFIX))
+    b.cluster.watch.relists = 1
+    b.containers.run(["sleep", "1"], name="on-b", networks=["ov"], detach=True)
+    on_b = b.store.endpoints()[0]
+    etcd.expire(b.cluster.lease)
+    a.networks.remove(["ov"])
+    capsys.readouterr()
+    b.cluster._join()
+    assert [k for k in etcd.kv if net.id in k] == []
+    why = "its network ov was removed from the cluster while this host was away from " \
+          "the cluster store"
+    assert b.cluster.conflict(on_b.id) == why
+    assert capsys.readouterr().err.count(f"on-b is not reachable from other hosts: {why}; "
+                                         "disconnect it from that network") == 1
+    b.cluster.reconcile_own()
+    assert [k for k in etcd.kv if net.id in k] == [] and capsys.readouterr().err == ""

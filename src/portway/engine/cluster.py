@@ -301,6 +301,11 @@ class Cluster:
         away = "while this host was away from the cluster store"
         read: dict[str, str | None] = {}
         taken: dict[IPAddress, str] = {}
+        # (Its network's key, compared too: a removal of the network from another host,
+        # which saw no container on it while this host's lease was gone, and this
+        # registration: exactly one wins.)
+        network_key = overlay.network_key(e.network_id)
+        defined = self.etcd.get(network_key)
         for a in e.addresses:
             key = overlay.address_key(e.network_id, a.ip)
             holder = read[key] = self.etcd.get(key)
@@ -309,7 +314,10 @@ class Cluster:
         name_key = overlay.container_name_key(e.network_id, c.name)
         held = read[name_key] = self.etcd.get(name_key)
         reason = ""
-        if held is not None and held != e.id:
+        if defined is None:
+            reason = f"its network{on.removeprefix(' on network')} was removed from the " \
+                f"cluster {away}"
+        elif held is not None and held != e.id:
             reason = (f"its name{on} was taken by a container on "
                       f"{self._host_of(e.network_id, held)} {away}")
         elif taken:
@@ -321,7 +329,10 @@ class Cluster:
                                                                  reason):
                 return True
         if reason:
-            if self._lost.get(e.id) != reason:
+            if self._lost.get(e.id) != reason and defined is None:
+                log(f"{c.name} is not reachable from other hosts: {reason}; disconnect it "
+                    "from that network, or remove it (create the network again for it)")
+            elif self._lost.get(e.id) != reason:
                 fix = "run it under another name" if not taken else \
                     "or run it without --ip for a new address" if set(taken) & \
                     set(e.requested) else "or restart it for a new address"
@@ -333,7 +344,7 @@ class Cluster:
             return True
         puts = {key: e.id for key in read}
         puts[overlay.endpoint_key(e.network_id, e.id)] = self._record(e, c).encode()
-        if not self.etcd.put_if(read, puts, lease):
+        if not self.etcd.put_if({**read, network_key: defined}, puts, lease):
             return False
         with self._view_lock:
             self.endpoints[e.id] = self._record(e, c)
