@@ -300,3 +300,39 @@ def test_ipv6_vteps_carry_the_overlay_and_take_no_containers_vxlan(
     assert inject(B_SECOND6, "control")
     assert "restore chain inet portway vtep_in" in c.pw_b("gc").stdout
     assert not inject(B_SECOND6, "guarded")
+
+
+
+SIZED = ("import socket\n"
+         "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', 9998))\n"
+         "while True:\n"
+         "    data, peer = s.recvfrom(9000); print('got', len(data), flush=True)\n")
+# One datagram of a size, the IPv4 don't-fragment bit set (as ping -M do).
+SEND = ("import socket, sys\n"
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        "s.setsockopt(socket.IPPROTO_IP, 10, 2)  # IP_MTU_DISCOVER: IP_PMTUDISC_DO\n"
+        "for _ in range(3):\n"
+        "    try: s.sendto(b'x' * int(sys.argv[2]), (sys.argv[1], 9998))\n"
+        "    except OSError as e: print(e)  # (a path MTU learned from the first)\n")
+
+
+def test_an_overlay_on_ipv6_vteps_carries_full_size_packets(cluster6: Cluster) -> None:
+    """VXLAN over IPv6 adds 70 bytes (an outer IPv6 header is 20 bytes longer than an
+    IPv4 one): the overlay's MTU on a 1500-byte IPv6 underlay is 1430, and a packet of
+    that size, not fragmented, crosses between the hosts."""
+    c = cluster6
+    sb = c.a
+    net_id = sb.pw("network", "create", "--driver", "overlay", "--subnet", "10.207.0.0/24",
+                   "ov").stdout.strip()
+    wait_for(lambda: "ov" in c.pw_b("network", "ls").stdout, "B makes the network")
+    c.pw_b("run", "-d", "--name", "far", "--network", "ov", "--", "python3", "-u", "-c",
+           SIZED)
+    sb.pw("run", "-d", "--name", "near", "--network", "ov", "--", "sleep", "3600")
+    far = json.loads(c.pw_b("inspect", "far").stdout)[0]["NetworkSettings"]["Networks"]["ov"]
+    dev = json.loads(sh("ip", "-n", sb.host, "-j", "link", "show",
+                        f"pwvx-{net_id[:10]}").stdout)[0]
+    size = str(dev["mtu"] - 28)  # (an IPv4 and a UDP header)
+    sb.pw("exec", "near", "--", "python3", "-c", SEND, far["IPAddress"], size)
+    wait_for(lambda: f"got {size}" in c.pw_b("logs", "far").stdout,
+             "a full-size packet crosses the IPv6 tunnel", timeout=5)
+    assert dev["mtu"] == 1430, dev

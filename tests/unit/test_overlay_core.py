@@ -79,6 +79,7 @@ def test_vxlan_name_and_mtu() -> None:
     assert len(overlay.vxlan_name("f" * 64)) <= 15
     assert overlay.vxlan_mtu(1500) == 1450
     assert overlay.vxlan_mtu(9000) == 8950
+    assert overlay.vxlan_mtu(1500, 6) == 1430  # (an outer IPv6 header: 20 bytes more)
 
 
 def test_network_round_trip() -> None:

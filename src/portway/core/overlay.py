@@ -24,6 +24,7 @@ PREFIX = "/portway/"
 RACES = 8  # a set-up that loses its addresses to other hosts' is tried again so often
 VXLAN_PORT = 4789
 VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
+VXLAN6_OVERHEAD = 70  # the same over IPv6 VTEPs: an IPv6 header is 40 (the kernel's too)
 # Docker's overlay driver names the VNI option so (`docker network inspect` shows it).
 VNI_OPTION = "com.docker.network.driver.overlay.vxlanid_list"
 FIRST_VNI = 4097  # Docker's overlay starts its VNIs past 4096 too
@@ -183,8 +184,16 @@ def vxlan_name(network_id: str) -> str:
     return f"pwvx-{network_id[:10]}"
 
 
-def vxlan_mtu(underlay_mtu: int) -> int:
-    return underlay_mtu - VXLAN_OVERHEAD
+def vxlan_overhead(version: int) -> int:
+    """What VXLAN adds to a frame between VTEPs of an IP version."""
+    return VXLAN6_OVERHEAD if version == 6 else VXLAN_OVERHEAD
+
+
+def vxlan_mtu(underlay_mtu: int, version: int = 4) -> int:
+    """The MTU of an overlay whose tunnels run between VTEPs of that IP version on an
+    underlay of underlay_mtu: a frame of a larger packet does not fit the underlay once
+    wrapped (over IPv6 it was given 20 bytes too many, and such a packet was dropped)."""
+    return underlay_mtu - vxlan_overhead(version)
 
 
 def encode_network(network: Network) -> str:

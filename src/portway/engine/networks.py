@@ -157,14 +157,17 @@ class Networks:
         return self.h.cluster
 
     def overlay_mtu(self, asked: int | None) -> int:
-        """An overlay network's MTU: the underlay's less VXLAN's 50 bytes, or less if
-        asked (more would not fit the underlay)."""
+        """An overlay network's MTU: the underlay's less VXLAN's 50 bytes (70 between
+        IPv6 VTEPs), or less if asked (more would not fit the underlay)."""
         cluster = self.cluster()
-        limit = overlay.vxlan_mtu(cluster.underlay_mtu())
+        version = cluster.advertise.version
+        limit = overlay.vxlan_mtu(cluster.underlay_mtu(), version)
         if asked is not None and asked > limit:
+            over = " over IPv6" if version == 6 else ""
             raise InvalidInput(f"--mtu {asked} does not fit the underlay: an overlay network "
-                               f"carries at most {limit} (the underlay's MTU less 50 bytes "
-                               "of VXLAN)", f"give --mtu {limit} or less, or omit it")
+                               f"carries at most {limit} (the underlay's MTU less "
+                               f"{overlay.vxlan_overhead(version)} bytes of VXLAN{over})",
+                               f"give --mtu {limit} or less, or omit it")
         return asked if asked is not None else limit
 
     def uninstall(self, network: Network) -> None:
