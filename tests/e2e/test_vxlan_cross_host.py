@@ -336,3 +336,7 @@ def test_an_overlay_on_ipv6_vteps_carries_full_size_packets(cluster6: Cluster) -
     wait_for(lambda: f"got {size}" in c.pw_b("logs", "far").stdout,
              "a full-size packet crosses the IPv6 tunnel", timeout=5)
     assert dev["mtu"] == 1430, dev
+    # trace says what the tunnel adds: 70 bytes over IPv6.
+    shown = sb.pw("trace", "near", "far:9998/udp").stdout
+    assert f"UDP {A6} -> {B6}:4789, 70 bytes more than the inner frame (device MTU 1430)" \
+        in shown, shown

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from portway.core.nftsim import Decision, Packet, Ruleset, hostport, is_loopback
+from portway.core.overlay import vxlan_overhead
 from portway.errors import InvalidInput
 from portway.model.types import IPAddress, IPInterface, IPNetwork
 
@@ -1404,7 +1405,8 @@ class _Walk:
             assert vtep is not None
             self.hop("vxlan", port.name, f"FDB: {mac} -> VTEP {vtep}; encapsulated in "
                      f"VXLAN (VNI {tunnel.vni}): UDP {tunnel.local} -> {vtep}:{tunnel.port}, "
-                     f"50 bytes more than the inner frame (device MTU {tunnel.mtu})")
+                     f"{vxlan_overhead(ipaddress.ip_address(vtep).version)} bytes more "
+                     f"than the inner frame (device MTU {tunnel.mtu})")
             route = host.lookup(ipaddress.ip_address(vtep))
             if route is None:
                 self.end("no-route", f"the host has no route to the VTEP {vtep}", packet)
