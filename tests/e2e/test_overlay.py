@@ -728,6 +728,19 @@ def test_an_advertise_address_not_of_this_host_is_refused(sandbox: Sandbox) -> N
             "('ip -brief address' lists them), or add it to that interface first") \
         in cp.stderr, cp.stderr
     assert sb.daemon_pid() == 0
+    # An IPv6 link-local one, though the host has it: no VXLAN device takes it (every
+    # overlay network's was refused, "Invalid argument").
+    sb.in_host("ip", "link", "add", "ll0", "type", "veth", "peer", "name", "ll1")
+    try:
+        sb.in_host("ip", "addr", "add", "fe80::77/64", "dev", "ll0", "nodad")
+        sb.env.update(PORTWAY_ADVERTISE_ADDRESS="fe80::77")
+        cp = sb.pw("daemon", "start", check=False)
+    finally:
+        sb.in_host("ip", "link", "del", "ll0")
+    assert cp.returncode != 0 and "Traceback" not in cp.stderr, cp.stderr
+    assert "--advertise-address fe80::77 is an IPv6 link-local address: the other hosts " \
+        "cannot send this host's tunnel traffic to it" in cp.stderr, cp.stderr
+    assert sb.daemon_pid() == 0
     # One of its addresses is taken, IPv6 too.
     sb.in_host("ip", "addr", "add", "2001:db8:77::1/64", "dev", "lo")
     sb.env.update(PORTWAY_ADVERTISE_ADDRESS="2001:db8:77::1")

@@ -45,6 +45,16 @@ def test_advertise_address() -> None:
     assert overlay.parse_advertise_address("192.0.2.1") == A("192.0.2.1")
     with pytest.raises(InvalidInput):
         overlay.parse_advertise_address("host-a")
+    assert overlay.parse_advertise_address("fd00:a0::1") == A("fd00:a0::1")
+    assert overlay.parse_advertise_address("169.254.0.5") == A("169.254.0.5")
+    # No VXLAN device takes an IPv6 link-local local address unscoped; the others are
+    # no single host's.
+    for text, why in (("fe80::a", "an IPv6 link-local address"),
+                      ("fe80::a%ul0", "an IPv6 link-local address"),
+                      ("0.0.0.0", "the unspecified address"), ("::", "the unspecified address"),
+                      ("239.1.1.1", "a multicast address")):
+        with pytest.raises(InvalidInput, match=f"--advertise-address {text} is {why}"):
+            overlay.parse_advertise_address(text)
 
 
 @pytest.mark.parametrize("text,ttl", [("2", 2), ("10", 10), ("3600", 3600)])

@@ -90,11 +90,24 @@ def parse_cluster_store(url: str) -> tuple[Member, ...]:
 
 
 def parse_advertise_address(text: str) -> IPAddress:
+    """--advertise-address: this host's VTEP, an address the other hosts send its tunnel
+    traffic to. Not an IPv6 link-local one (a VXLAN device cannot take one as its local
+    address without a device to scope it: every overlay network's device was refused
+    then), nor one that is no single host's (unspecified, multicast)."""
     try:
-        return ipaddress.ip_address(text)
+        address = ipaddress.ip_address(text)
     except ValueError:
         raise InvalidInput(f"--advertise-address {text!r} is not an IP address",
                            "give this host's underlay address, e.g. 192.0.2.10") from None
+    why = "an IPv6 link-local address" if address.version == 6 and address.is_link_local \
+        else "the unspecified address" if address.is_unspecified \
+        else "a multicast address" if address.is_multicast else ""
+    if why:
+        raise InvalidInput(f"--advertise-address {text} is {why}: the other hosts cannot "
+                           "send this host's tunnel traffic to it",
+                           "give the address of its interface on the underlay (a global "
+                           "or unique local one; 'ip -brief address' lists them)")
+    return address
 
 
 DEFAULT_TTL = 10  # seconds
