@@ -382,6 +382,10 @@ class Containers:
                 fault_point("run.ports")
             if detach:
                 c = h.processes.start(c)
+                # Killed by its pid on a failure after this (the overlay's claim): the
+                # namespace's own kill in the teardown misses a process that is still
+                # joining it.
+                undo.callback(h.processes.kill, c)
                 fault_point("run.started")
             self.shared(c.id)
             undo.pop_all()
