@@ -879,8 +879,8 @@ def test_a_store_lost_before_the_record_fails_the_run_and_its_claim_goes_when_ba
     with pytest.raises(ClusterUnreachable, match="cannot reach the cluster store"):
         a.containers.run(["sleep", "1"], name="web", networks=["ov"], detach=True)
     assert a.store.find_container("web") is None and a.store.endpoints() == []
-    # The command it started is killed by its pid before the namespace goes (a
-    # process still joining the namespace is not found there by the namespace's kill).
+    # The command it started is killed by its pid before the namespace goes (the
+    # namespace's kill can miss a process just started).
     assert world.processes == {}
     assert "process.signal 9" in world.log
     assert world.log.index("process.signal 9") < world.log.index("netns.kill")

@@ -383,8 +383,8 @@ class Containers:
             if detach:
                 c = h.processes.start(c)
                 # Killed by its pid on a failure after this (the overlay's claim): the
-                # namespace's own kill in the teardown misses a process that is still
-                # joining it.
+                # teardown's kill of the namespace's processes can miss one just
+                # started.
                 undo.callback(h.processes.kill, c)
                 fault_point("run.started")
             self.shared(c.id)
