@@ -101,6 +101,24 @@ def processes_in(netns: str) -> list[int]:
     return pids
 
 
+def processes_logging_under(directory: Path) -> list[int]:
+    """Processes whose output goes to a file under directory: a container's command
+    writes to its log in the state dir, whichever namespace it ended up in (one whose
+    namespace is gone from /run/netns is found by this alone)."""
+    prefix = f"{os.path.realpath(directory)}/"
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            for fd in ("1", "2"):
+                try:
+                    if os.readlink(f"/proc/{entry}/fd/{fd}").startswith(prefix):
+                        pids.append(int(entry))
+                        break
+                except OSError:
+                    pass
+    return pids
+
+
 def loopback_owner(netns: str) -> tuple[str, str, str] | None:
     """(instance, kind, id) of the owner tag on the namespace's lo (the alias portway
     gives the lo of every namespace it makes), or None if it has none."""
@@ -281,6 +299,7 @@ def clean_up_and_check(sb: Sandbox) -> list[str]:
     own_ns = sb.own_netns(appeared)
     left_ns = sorted(own_ns - {sb.host, sb.outside})
     stray = [pid for ns in sorted(own_ns) for pid in processes_in(ns)]
+    stray += [pid for pid in processes_logging_under(sb.state_dir) if pid not in stray]
     if stray:
         leaks.append("processes left in the test namespaces: "
                      + ", ".join(f"{pid} ({command_line(pid)})" for pid in stray))

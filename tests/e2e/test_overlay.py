@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PORTWAY, Sandbox, ip_json, processes_in, sh
+from conftest import PORTWAY, Sandbox, ip_json, processes_in, processes_logging_under, sh
 from portway.testbed import (
     ETCD_ADDR,
     HTTP_GET,
@@ -129,6 +129,7 @@ def two_hosts(sb: Sandbox, tmp_path: Path, members: int,
             subprocess.run([PORTWAY, "--host-netns", b_host, "--state-dir", str(b_state),
                             "daemon", "stop"], capture_output=True, timeout=30)
         stray = processes_in(b_host) if os.path.exists(f"/run/netns/{b_host}") else []
+        stray += [pid for pid in processes_logging_under(b_state) if pid not in stray]
         if stray:
             leaks.append(f"processes left on host B: {stray}")
             for pid in stray:
