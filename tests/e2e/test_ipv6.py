@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from conftest import Sandbox, ip_json, sh
-from portway.testbed import HOST_ADDR6, OUTSIDE_ADDR6, WAIT_LISTENING
+from portway.testbed import CONNECT, HOST_ADDR6, OUTSIDE_ADDR6, WAIT_LISTENING
 
 FRAMES = str(Path(__file__).with_name("frames.py"))
 GET = ("import sys, urllib.request as u\n"
@@ -562,3 +562,81 @@ def test_reconnect_gives_back_the_ipv6_default_route(sandbox: Sandbox, tmp_path:
     finally:
         server.kill()
         server.wait()
+
+# testbed's HI_SERVER, on both families: "hi" and the client's address (IPv4 unmapped).
+HI6_SERVER = ("import socket, sys\n"
+              "s = socket.create_server(('::', int(sys.argv[1])), family=socket.AF_INET6,"
+              " dualstack_ipv6=True)\n"
+              "while True:\n"
+              "    c, a = s.accept()\n"
+              "    c.sendall(b'hi ' + a[0].removeprefix('::ffff:').encode())\n"
+              "    c.close()\n")
+
+
+def test_icc_off_keeps_published_ports_reachable_through_the_host(sandbox: Sandbox) -> None:
+    """icc=false stops direct traffic between two containers of a network (by their own
+    addresses, either family, and to a link-local address one gives itself), not a
+    hairpin: a container reaching the published port of another of its network through
+    a host address (DNATed back onto the bridge, masqueraded to the gateway) gets
+    through, as with Docker, whose userland proxy serves it. The control: the direct
+    traffic gets through without the icc rule."""
+    sb = sandbox
+    sb.pw("network", "create", "quiet", "--ipv6", "--subnet", "10.148.0.0/24", "--subnet",
+          "fd00:148::/64", "-o", "com.docker.network.bridge.enable_icc=false")
+    sb.pw("run", "-d", "--name", "q1", "--network", "quiet", "-p", "8080:80", "--",
+          "python3", "-c", HI6_SERVER, "80")
+    sb.pw("exec", "q1", "--", "python3", "-c", WAIT_LISTENING, "::1", "80")
+    sb.pw("run", "-d", "--name", "q2", "--network", "quiet", "--", "sleep", "3600")
+    # A third one with a link-local address of its own, which q2 knows the way to (a
+    # route on its link, and its neighbour entry: no neighbour discovery, only the
+    # datagram meets the firewall; from q2's own address, which the bridge lets by).
+    sb.pw("run", "-d", "--name", "q3", "--network", "quiet", "--", "python3", "-u", "-c",
+          LISTEN6, "9999")
+    sh("ip", "-n", netns_of(sb, "q3"), "addr", "add", "fe80::10/64", "dev", "eth0", "nodad")
+    sh("ip", "-n", netns_of(sb, "q2"), "-6", "route", "add", "fe80::/64", "dev", "eth0")
+    sh("ip", "-n", netns_of(sb, "q2"), "-6", "neigh", "replace", "fe80::10", "lladdr",
+       str(networks(sb, "q3")["quiet"]["MacAddress"]), "dev", "eth0")
+
+    def connect(address: str, port: int) -> str:
+        return sb.pw("exec", "q2", "--", "python3", "-c", CONNECT, address,
+                     str(port)).stdout.strip()
+
+    def link_local(round_: str) -> bool:
+        """Whether q2's datagram to q3's link-local address arrives (one from the host
+        to q3's own address marks when it would have)."""
+        sb.pw("exec", "q2", "--", "python3", "-c", SEND6, "fe80::10%eth0", "9999",
+              f"{round_}-link-local")
+        sh("ip", "netns", "exec", sb.host, "python3", "-c", SEND6, "fd00:148::4", "9999",
+           f"{round_}-marker")
+        deadline = time.monotonic() + 5
+        while f"{round_}-marker" not in (seen := sb.pw("logs", "q3").stdout):
+            assert time.monotonic() < deadline, seen
+            time.sleep(0.05)
+        return f"{round_}-link-local" in seen
+
+    direct = ("10.148.0.2", "fd00:148::2")
+    hairpins = {sb.host_addr: "hi 10.148.0.1", "10.148.0.1": "hi 10.148.0.1",
+                HOST_ADDR6: "hi fd00:148::1", "fd00:148::1": "hi fd00:148::1"}
+    for address, answer in hairpins.items():
+        assert connect(address, 8080) == answer, address
+    for address in direct:
+        assert connect(address, 80).startswith("fail"), address
+    assert not link_local("guarded")
+    # Control: without the icc rule (and the two after it that would drop the same) the
+    # direct traffic gets through.
+    nid = json.loads(sb.pw("network", "inspect", "quiet").stdout)[0]["Id"][:12]
+    _delete_rule(sb, "inet", f"in-{nid}", "(icc)")
+    _delete_rule(sb, "inet", f"in-{nid}", "isolation")
+    _delete_rule(sb, "inet", f"out-{nid}", "no direct access")
+    # (icc=false held back q2's neighbour discovery too: it asks again. Its permanent
+    # entry for fe80::10 stays.)
+    sh("ip", "-n", netns_of(sb, "q2"), "-6", "neigh", "flush", "all")
+    for address in direct:
+        assert connect(address, 80).startswith("hi "), address
+    assert link_local("control")
+    assert "restore chain inet portway" in sb.pw("gc").stdout
+    for address in direct:
+        assert connect(address, 80).startswith("fail"), address
+    assert not link_local("again")
+    for address, answer in hairpins.items():
+        assert connect(address, 8080) == answer, address

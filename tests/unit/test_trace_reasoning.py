@@ -540,6 +540,11 @@ def test_icc_off_says_which_setting_keeps_containers_apart() -> None:
     assert t.verdict == "dropped" and t.summary.endswith("between its containers (icc)")
     assert t.fix.startswith("the network keeps its containers apart on purpose "
                             "(com.docker.network.bridge.enable_icc=false)"), t.fix
+    # What the fix says works: the other's published port, through the host (a hairpin).
+    t = trace(w, "cache", packet("198.51.100.1", 8080), "cache", "198.51.100.1:8080")
+    assert t.verdict == "delivered" and t.seen_source == "10.77.0.1", t.summary
+    assert ("forward", "network app abababababab: to a published port through the host "
+            "(icc off)") in decided(t)
 
 
 def test_a_route_that_refuses_in_silence_is_no_disagreement() -> None:

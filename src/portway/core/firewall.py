@@ -494,9 +494,19 @@ def render_network(network: Network, instance: str) -> list[Cmd]:
     cmds += [
         _rule(fin, [_set_mark()], mark),
         _rule(fin, [established, {"accept": None}], f"{owner}: replies"),
-        _rule(fin, [same, {"accept" if _bool_option(network, ICC_OPTION) else "drop": None}],
-              f"{owner}: between its containers (icc)"),
     ]
+    icc = _bool_option(network, ICC_OPTION)
+    if not icc and not network.internal:
+        # icc=false keeps containers from each other's own addresses, not from a port
+        # published on the host: a hairpin (DNATed back onto this bridge) passes, as it
+        # does through Docker's userland proxy. Only its first packet meets this (the
+        # rest is established); not `related`, so a forged ICMP error about such a flow
+        # still meets the drop below.
+        cmds.append(_rule(fin, [same, dnatted, _match({"ct": {"key": "state"}}, "new", "in"),
+                                {"accept": None}],
+                          f"{owner}: to a published port through the host (icc off)"))
+    cmds.append(_rule(fin, [same, {"accept" if icc else "drop": None}],
+                      f"{owner}: between its containers (icc)"))
     if network.internal:
         host = host_chain(network)
         cmds += [
