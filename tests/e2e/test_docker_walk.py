@@ -109,6 +109,36 @@ def test_a_networks_default_host_binding(sandbox: Sandbox) -> None:
     assert cp.returncode == 2 and cp.stderr.count("\n") == 1 and "localhost" in cp.stderr
 
 
+def test_a_default_host_binding_of_a_family_the_network_lacks(sandbox: Sandbox) -> None:
+    """A network's host_binding_ipv4 of a family it has no subnet of would leave every
+    port published without an address nowhere to go (run refuses `-p [::]:P:C` on an
+    IPv4-only network, and `-p 127.0.0.1:P:C` on an IPv6-only one): refused at
+    `network create`, in one line, nothing made. ::1 stays (the host's relay takes it to
+    either family), and so does 0.0.0.0 (every address of the families it has)."""
+    sb = sandbox
+    key = "com.docker.network.bridge.host_binding_ipv4"
+    sb.pw("network", "ls")  # the store, made
+    before = sb.snapshot()
+    for value, flags, family in (("::", [], "IPv6"), ("2001:db8:51::1", [], "IPv6"),
+                                 ("127.0.0.1", ["--ipv6", "--ipv4=false"], "IPv4"),
+                                 (HOST_ADDR, ["--ipv6", "--ipv4=false"], "IPv4")):
+        cp = sb.pw("network", "create", *flags, "-o", f"{key}={value}", "app", check=False)
+        assert cp.returncode == 2 and cp.stderr.count("\n") == 1, (value, cp.stderr)
+        assert cp.stderr.startswith(f"portway: error: {key} {value} is an {family} "
+                                    f"address, but network app has no {family}"), cp.stderr
+        assert sb.snapshot() == before
+    # What is taken: each publishes a port given no address, reached from the host.
+    sb.pw("network", "create", "-o", f"{key}=::1", "four")
+    sb.pw("network", "create", "--ipv6", "--ipv4=false", "-o", f"{key}=0.0.0.0", "six")
+    for name in ("four", "six"):
+        sb.pw("run", "-d", "--name", name, "--network", name, "-p", "8080:80"
+              if name == "four" else "8081:80", "--", sys.executable, "-c", NAMED, name)
+        sb.pw("exec", name, "--", sys.executable, "-c", WAIT_LISTENING, "::1", "80")
+    assert sb.pw("port", "four").stdout == "80/tcp -> [::1]:8080\n"
+    assert connect(sb.host, "::1", 8080) == "four"
+    assert connect(sb.outside, HOST_ADDR6, 8081) == "six"
+
+
 def test_dockers_names_for_the_commands(sandbox: Sandbox) -> None:
     """Docker's pages write `docker container ls`, `docker container inspect`,
     `docker container rm`, `docker network list`: the same commands here."""

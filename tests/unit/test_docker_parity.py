@@ -95,6 +95,23 @@ def test_default_binding_of_a_network() -> None:
             validate.check_options({key: bad})
 
 
+def test_default_binding_of_a_family_the_network_lacks() -> None:
+    """Refused where the network has no subnet of the address's family, but ::1 (relayed
+    to either) and 0.0.0.0 (every address of the families it has)."""
+    key = "com.docker.network.bridge.host_binding_ipv4"
+    for value, versions in (("::", {4}), ("2001:db8::1", {4}), ("127.0.0.1", {6}),
+                            ("198.51.100.1", {6})):
+        with pytest.raises(InvalidInput) as exc:
+            validate.check_host_binding_family({key: value}, versions, "app")
+        family = "IPv6" if ":" in value else "IPv4"
+        assert exc.value.message == f"{key} {value} is an {family} address, but network " \
+            f"app has no {family} (no port could be published on it)"
+    for value, versions in (("::1", {4}), ("0.0.0.0", {6}), ("::", {4, 6}),
+                            ("127.0.0.1", {4}), ("::", {6})):
+        validate.check_host_binding_family({key: value}, versions, "app")
+    validate.check_host_binding_family({}, {4}, "app")
+
+
 OFF = "net.ipv6.conf.all.disable_ipv6=1"
 
 

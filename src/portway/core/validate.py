@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from portway.errors import InvalidInput
@@ -36,6 +37,7 @@ KNOWN_OPTIONS = {
     # The host address a -p without one publishes on (despite the name, IPv6 too).
     "com.docker.network.bridge.host_binding_ipv4": None,
 }
+HOST_BINDING_OPTION = "com.docker.network.bridge.host_binding_ipv4"
 
 
 def check_name(kind: str, name: str) -> str:
@@ -208,6 +210,30 @@ def check_host_binding(text: str) -> IPAddress:
                            "be published on (a link-local or IPv4-mapped address)",
                            "give an address of the host, 127.0.0.1, ::1, 0.0.0.0 or ::")
     return address
+
+
+def check_host_binding_family(options: dict[str, str], versions: Collection[int],
+                              network: str) -> None:
+    """A network's default host address of a family it has: one of the other would
+    publish each port given no address on a family none of its containers has, which
+    run refuses for every -p. ::1 is the exception (the host's relay takes it to either
+    family), and so is 0.0.0.0 (every address of the families the network has)."""
+    text = options.get(HOST_BINDING_OPTION)
+    if not text:
+        return
+    address = ipaddress.ip_address(text)
+    if address.version in versions or str(address) in ("::1", "0.0.0.0"):
+        return
+    family = f"IPv{address.version}"
+    if address.version == 6:
+        hint = "add --ipv6, or give an IPv4 address (0.0.0.0 for all, 127.0.0.1 for the " \
+               "host alone) or ::1"
+    else:
+        hint = "drop --ipv4=false, or give an IPv6 address (:: for all, ::1 for the host " \
+               "alone)"
+    raise InvalidInput(f"{HOST_BINDING_OPTION} {text} is an {family} address, but network "
+                       f"{network} has no {family} (no port could be published on it)",
+                       hint)
 
 
 def check_hostname(name: str) -> str:

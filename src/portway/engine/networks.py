@@ -78,6 +78,8 @@ class Networks:
             vni = str(overlay.parse_vni(vni))
         opts = macvlan.check_cli_options(given, internal) if lan else \
             validate.check_options(given)
+        if not lan:
+            validate.check_host_binding_family(opts, {w.version for w in plan}, name)
         labs = dict(runopts.parse_labels(labels or []))  # a bare KEY: empty, as Docker
         if mtu is None and "com.docker.network.driver.mtu" in opts:
             mtu = opts["com.docker.network.driver.mtu"]
