@@ -5,19 +5,23 @@ host namespace."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
-from conftest import Sandbox
+from conftest import Sandbox, sh
 from portway.testbed import (
     CONNECT,
     HI_SERVER,
     HOST_ADDR,
     HOST_ADDR6,
+    OUTSIDE_ADDR,
+    OUTSIDE_ADDR6,
     WAIT_LISTENING,
     connect,
 )
 
 OFF = "net.ipv6.conf.all.disable_ipv6=1"
+ETH0_OFF = "net.ipv6.conf.eth0.disable_ipv6=1"
 # HI_SERVER on every address of both families (IPv4 clients as ::ffff:A.B.C.D).
 DUAL = ("import socket\n"
         "s = socket.create_server(('::', 80), family=socket.AF_INET6, dualstack_ipv6=True)\n"
@@ -122,3 +126,56 @@ def test_ipv6_turned_back_on_inside_sends_nothing(sandbox: Sandbox) -> None:
     answer = sb.pw("exec", "off", "--", sys.executable, "-c", CONNECT,
                    peer["IPAddress"], "80").stdout
     assert answer.startswith("hi ")
+
+
+def test_ipv6_off_on_an_ipv4_only_first_network_routes_ipv6_through_the_second(
+        sandbox: Sandbox) -> None:
+    """--sysctl net.ipv6.conf.eth0.disable_ipv6=1 on a container whose eth0 is on an
+    IPv4-only network and eth1 on a dual-stack one (run with both, or connected later):
+    eth0 has no IPv6 to turn off, eth1 keeps it, and the IPv6 default route goes through
+    eth1 (core/gateways.py), so a real IPv6 connection gets out (NAT66: the outside
+    sees the host's address); IPv4 goes out through eth0."""
+    sb = sandbox
+    sb.pw("network", "create", "v4", "--subnet", "10.151.0.0/24")
+    sb.pw("network", "create", "dual", "--ipv6", "--subnet", "10.152.0.0/24", "--subnet",
+          "fd00:152::/64")
+    outside = subprocess.Popen(["ip", "netns", "exec", sb.outside, sys.executable, "-c",
+                                DUAL.replace("80)", "9300)")])
+    try:
+        sh("ip", "netns", "exec", sb.outside, sys.executable, "-c", WAIT_LISTENING, "::1",
+           "9300")
+        sb.pw("run", "-d", "--name", "both", "--network", "v4", "--network", "dual",
+              "--sysctl", ETH0_OFF, "--", "sleep", "300")
+        sb.pw("run", "-d", "--name", "later", "--network", "v4", "--sysctl", ETH0_OFF,
+              "--", "sleep", "300")
+        sb.pw("network", "connect", "dual", "later")
+
+        def out_both_ways(name: str) -> None:
+            dual = sb.inspect(name)["NetworkSettings"]["Networks"]["dual"]  # type: ignore[index]
+            assert dual["GlobalIPv6Address"], name
+            routes = sb.pw("exec", name, "--", "ip", "-6", "route", "show", "default").stdout
+            assert routes.startswith("default via fd00:152::1 dev eth1"), (name, routes)
+            answer = sb.pw("exec", name, "--", sys.executable, "-c", CONNECT, OUTSIDE_ADDR6,
+                           "9300").stdout.strip()
+            assert answer == f"hi {HOST_ADDR6}", (name, answer)
+            answer = sb.pw("exec", name, "--", sys.executable, "-c", CONNECT,
+                           OUTSIDE_ADDR, "9300").stdout.strip()
+            assert answer == f"hi ::ffff:{HOST_ADDR}", (name, answer)
+
+        for name in ("both", "later"):
+            out_both_ways(name)
+        cp = sb.pw("doctor", check=False)
+        assert cp.returncode == 0 and "healthy" in cp.stdout, cp.stdout
+        # The same after a restart, and after gc re-makes the lost eth1.
+        sb.pw("restart", "-t", "0", "both")
+        out_both_ways("both")
+        host_end = sb.inspect("later")["NetworkSettings"]["Networks"]["dual"]  # type: ignore[index]
+        sb.in_host("ip", "link", "del", host_end["HostInterface"])
+        sb.pw("gc")
+        out_both_ways("later")
+        sb.pw("daemon", "stop")
+        for name in ("both", "later"):
+            out_both_ways(name)
+    finally:
+        outside.kill()
+        outside.wait()
