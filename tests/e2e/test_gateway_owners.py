@@ -7,6 +7,7 @@ the outside namespace, each with its control."""
 from __future__ import annotations
 
 import copy
+import json
 import subprocess
 import time
 from typing import Any
@@ -17,7 +18,7 @@ from test_ipv6 import netns_of, served
 from test_netavark import Podmanish, get, podman  # noqa: F401  (the fixture)
 from test_netavark_current import dualstack
 
-from conftest import Sandbox, sh
+from conftest import Sandbox, ip_json, sh
 from portway.testbed import HOST_ADDR6, OUTSIDE_ADDR6
 
 PORT = [{"host_ip": "", "container_port": 80, "host_port": 8080, "range": 1,
@@ -55,6 +56,43 @@ def test_podman_ports_follow_the_lowest_metric(podman: Podmanish, metric: str) -
         assert target in p.sb.in_host("nft", "list", "map", "inet", "portway",
                                       "pub_any_addr").stdout
         assert p.pw("doctor").stdout.startswith("healthy")
+    finally:
+        p.nv("teardown", ns, data=data)
+
+
+def test_gc_remakes_a_podman_endpoint_with_its_metric(podman: Podmanish) -> None:  # noqa: F811
+    """A Podman container on two dual-stack networks, eth0's with metric 200 and eth1's
+    with netavark's 100: the host end of either veth deleted by hand, gc makes the
+    endpoint anew with the default routes netavark gave it, each with its metric (it
+    gave none, or none at all where the other network's route was still there), so the
+    published port, which leads to eth1's network, answers again over both families."""
+    p = podman
+    data = two_networks("200")
+    ns = p.namespace()
+    nsname = ns.rsplit("/", 1)[1]
+    p.nv("setup", ns, data=data)
+    try:
+        p.serve(ns)
+        outside = ["ip", "netns", "exec", p.sb.outside]
+
+        def defaults() -> list[tuple[int, str, str, int]]:
+            return sorted((v, str(r["gateway"]), str(r["dev"]), int(r.get("metric", 0)))
+                          for v in (4, 6) for r in ip_json(nsname, f"-{v}", "route")
+                          if r["dst"] == "default")
+
+        made = defaults()
+        assert made == [(4, "10.87.0.1", "eth1", 100), (4, "10.88.0.1", "eth0", 200),
+                        (6, "fd87::1", "eth1", 100), (6, "fd88::1", "eth0", 200)], made
+        networks = json.loads(p.pw("inspect", "testcontainer").stdout)[0][
+            "NetworkSettings"]["Networks"]
+        for name in ("back", "podman"):
+            p.sb.in_host("ip", "link", "del", networks[name]["HostInterface"])
+            assert "re-create endpoint" in p.pw("doctor", check=False).stdout
+            p.pw("gc")
+            assert defaults() == made, name
+            assert get(outside, f"http://{p.sb.host_addr}:8080/") == "200", name
+            assert get(outside, f"http://[{HOST_ADDR6}]:8080/") == "200", name
+            assert p.pw("doctor").stdout.startswith("healthy"), name
     finally:
         p.nv("teardown", ns, data=data)
 

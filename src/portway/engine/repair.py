@@ -307,12 +307,20 @@ def _reattach(engine: Engine, c: Container, e: Endpoint) -> None:
         elif links.observe_link(cont, e.ifname) is None:
             links.delete_link(engine.host, e.host_ifname)
         net = engine.h.network(e.network_id)
+        if c.runtime == "podman":
+            # As netavark made it: a default route per family from every network that
+            # gives one, with the network's metric (core/gateways.py, rule 3), whatever
+            # the container's other networks' routes are.
+            engine.h.endpoints.attach_running(sandbox, c, e, net,
+                                              gateways.gives_default_route(net),
+                                              gateways.metric(net))
+            return
         engine.h.endpoints.attach_running(sandbox, c, e, net)
         # The default routes of the families this network routes (core/gateways.py, as
         # run, start, connect and disconnect route them); those of the container's other
         # networks are theirs to restore.
         ordered = engine.h.endpoints.in_order(c.id, engine.store.endpoints(container_id=c.id))
-        engine.h.endpoints.route(sandbox, ordered, only=e, podman=c.runtime == "podman")
+        engine.h.endpoints.route(sandbox, ordered, only=e)
 
 
 def _unknown_links(engine: Engine, report: Report) -> None:
