@@ -97,6 +97,51 @@ def test_gc_remakes_a_podman_endpoint_with_its_metric(podman: Podmanish) -> None
         p.nv("teardown", ns, data=data)
 
 
+def test_doctor_finds_a_podman_default_route_that_goes_another_way(
+        podman: Podmanish) -> None:  # noqa: F811
+    """The Podman container of the test above, its ports led to eth1's network (metric
+    100, below eth0's 200). A default route of lower metric via eth0 added by hand (IPv4),
+    and eth1's own deleted (IPv6): the kernel takes eth0's, the port's replies leave by
+    the wrong bridge and the port goes dead over that family. doctor says so (it said
+    healthy: a default route was there), gc puts the routes back as netavark made them,
+    and the port answers again."""
+    p = podman
+    data = two_networks("200")
+    ns = p.namespace()
+    nsname = ns.rsplit("/", 1)[1]
+    p.nv("setup", ns, data=data)
+    try:
+        p.serve(ns)
+        outside = ["ip", "netns", "exec", p.sb.outside]
+
+        def defaults() -> list[tuple[int, str, str, int]]:
+            return sorted((v, str(r["gateway"]), str(r["dev"]), int(r.get("metric", 0)))
+                          for v in (4, 6) for r in ip_json(nsname, f"-{v}", "route")
+                          if r["dst"] == "default")
+
+        made = defaults()
+        sh("ip", "-n", nsname, "route", "add", "default", "via", "10.88.0.1", "dev", "eth0",
+           "metric", "50")
+        sh("ip", "-n", nsname, "-6", "route", "del", "default", "via", "fd87::1", "dev",
+           "eth1", "metric", "100")
+        assert get6(outside, f"http://{p.sb.host_addr}:8080/", 2).startswith("fail")
+        assert get6(outside, f"http://[{HOST_ADDR6}]:8080/", 2).startswith("fail")
+        doctor = p.pw("doctor", check=False)
+        assert doctor.returncode == 1, doctor.stdout
+        for want in ("restore the IPv4 default route of container testcontainer (via "
+                     "10.87.0.1 dev eth1, metric 100): it goes via 10.88.0.1 dev eth0",
+                     "restore the IPv6 default route of container testcontainer (via "
+                     "fd87::1 dev eth1, metric 100): it goes via fd88::1 dev eth0"):
+            assert want in doctor.stdout, doctor.stdout
+        p.pw("gc")
+        assert defaults() == made
+        assert get(outside, f"http://{p.sb.host_addr}:8080/") == "200"
+        assert get(outside, f"http://[{HOST_ADDR6}]:8080/") == "200"
+        assert p.pw("doctor").stdout.startswith("healthy")
+    finally:
+        p.nv("teardown", ns, data=data)
+
+
 def test_podman_network_connect_publishes_the_new_family(podman: Podmanish) -> None:  # noqa: F811
     """`podman network connect` of a dual-stack network to a container on an IPv4-only
     one (setup again, with the new network alone): the IPv6 host port leads to the new

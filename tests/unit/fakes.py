@@ -360,7 +360,8 @@ class FakeSandboxKernel:
     def has_default_route(self, sandbox: Any, version: int = 4) -> bool:
         return sandbox.path in self.w.routes
 
-    def set_default_route(self, sandbox: Any, ifname: str, gateway: IPAddress) -> None:
+    def set_default_route(self, sandbox: Any, ifname: str, gateway: IPAddress,
+                          metric: int | None = None) -> None:
         self.w.routes.add(sandbox.path)
 
     def loopback_up(self, sandbox: Any) -> None:

@@ -242,25 +242,44 @@ def _missing_routes(engine: Engine, c: Container, endpoints: list[Endpoint]
                 out.append((f"restore the IPv{version} default route of container {c.name} "
                             f"(via {sub.gateway}): it is missing",
                             partial(engine.h.endpoints.reroute, c, endpoints)))
-            elif sub is not None and c.runtime == "portway":
+            elif sub is not None and owner is not None:
                 # One that goes another way (changed by hand): the family's published
                 # ports lead to the owner's address, whose replies must leave by its
-                # interface (another bridge's guard drops them).
-                ifname = ordered[owners[version]][0].ifname
+                # interface (another bridge's guard drops them). A Podman container's
+                # is the lowest metric's: its network's route with its metric, and none
+                # of the family that beats or ties it.
+                ifname = owner[0].ifname
                 taken = links.observe_default_route(cont, version)
                 if taken is not None and taken != (sub.gateway, ifname):
+                    podman = c.runtime == "podman"
+                    metric = gateways.metric(owner[1]) if podman else None
+                    shown = f"via {sub.gateway} dev {ifname}" + \
+                        (f", metric {metric}" if metric is not None else "")
                     out.append((f"restore the IPv{version} default route of container "
-                                f"{c.name} (via {sub.gateway} dev {ifname}): it goes via "
-                                f"{taken[0]} dev {taken[1]}",
-                                partial(_default_route, engine, c, ifname, sub.gateway)))
+                                f"{c.name} ({shown}): it goes via {taken[0]} dev "
+                                f"{taken[1]}",
+                                partial(_default_route, engine, c, ifname, sub.gateway,
+                                        metric)))
     finally:
         cont.close()
     return out
 
 
-def _default_route(engine: Engine, c: Container, ifname: str, gateway: IPAddress) -> None:
+def _default_route(engine: Engine, c: Container, ifname: str, gateway: IPAddress,
+                   metric: int | None = None) -> None:
+    """c's default route of gateway's family via gateway again; with a metric (a Podman
+    container's), beside the other networks' routes: those of the family that beat or
+    tie it go (none of them is its networks')."""
+    if metric is not None:
+        cont = netns.open_ipr(c.netns)
+        try:
+            for gw, dev, m in links.observe_default_routes(cont, gateway.version):
+                if m <= metric and (gw, dev, m) != (gateway, ifname, metric):
+                    links.delete_default_route(cont, dev, gw, m)
+        finally:
+            cont.close()
     with engine.h.sandbox_kernel.open(c.netns) as sandbox:
-        engine.h.sandbox_kernel.set_default_route(sandbox, ifname, gateway)
+        engine.h.sandbox_kernel.set_default_route(sandbox, ifname, gateway, metric)
 
 
 def _subnet_route(c: Container, ifname: str, address: IPInterface) -> None:

@@ -70,7 +70,7 @@ class SandboxKernel(Protocol):
     def has_default_route(self, sandbox: SandboxHandle, version: int = 4) -> bool: ...
     def loopback_up(self, sandbox: SandboxHandle) -> None: ...
     def set_default_route(self, sandbox: SandboxHandle, ifname: str,
-                          gateway: IPAddress) -> None: ...
+                          gateway: IPAddress, metric: int | None = None) -> None: ...
     def delete_routes(self, sandbox: SandboxHandle, routes: tuple[Route, ...]) -> list[str]: ...
     def readdress(self, sandbox: SandboxHandle, ifname: str, old: tuple[IPInterface, ...],
                   new: tuple[IPInterface, ...], mac: str) -> None: ...
@@ -270,8 +270,8 @@ class LiveSandboxKernel:
         links.loopback_up(sandbox.ipr)
 
     def set_default_route(self, sandbox: SandboxHandle, ifname: str,
-                          gateway: IPAddress) -> None:
-        links.set_default_route(sandbox.ipr, ifname, gateway)
+                          gateway: IPAddress, metric: int | None = None) -> None:
+        links.set_default_route(sandbox.ipr, ifname, gateway, metric)
 
     def delete_routes(self, sandbox: SandboxHandle, routes: tuple[Route, ...]) -> list[str]:
         return links.delete_routes(sandbox.ipr, routes)

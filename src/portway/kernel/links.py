@@ -516,29 +516,53 @@ def has_default_route(ipr: IPRoute, version: int = 4) -> bool:
                if version == 4 or m.get_attr("RTA_GATEWAY") is not None)
 
 
+def observe_default_routes(ipr: IPRoute, version: int = 4
+                           ) -> list[tuple[IPAddress, str, int]]:
+    """The default routes of one family that have a single gateway, as listed: gateway,
+    device and metric."""
+    names = {link.index: link.ifname for link in observe_links(ipr)}
+    out: list[tuple[IPAddress, str, int]] = []
+    for m in ipr.get_routes(family=FAMILY[version], table=254):
+        gateway = m.get_attr("RTA_GATEWAY")
+        if m["dst_len"] == 0 and gateway is not None:
+            out.append((ipaddress.ip_address(gateway), names.get(m.get_attr("RTA_OIF"), "?"),
+                        m.get_attr("RTA_PRIORITY") or 0))
+    return out
+
+
 def observe_default_route(ipr: IPRoute, version: int = 4) -> tuple[IPAddress, str] | None:
     """The default route of one family that the kernel takes (the lowest metric's, of
     equal ones the first listed): its gateway and device; None without one that has a
     single gateway."""
-    names = {link.index: link.ifname for link in observe_links(ipr)}
     best: tuple[int, IPAddress, str] | None = None
-    for m in ipr.get_routes(family=FAMILY[version], table=254):
-        gateway = m.get_attr("RTA_GATEWAY")
-        if m["dst_len"] != 0 or gateway is None:
-            continue
-        metric = m.get_attr("RTA_PRIORITY") or 0
+    for gateway, dev, metric in observe_default_routes(ipr, version):
         if best is None or metric < best[0]:
-            best = (metric, ipaddress.ip_address(gateway), names.get(m.get_attr("RTA_OIF"), "?"))
+            best = (metric, gateway, dev)
     return None if best is None else (best[1], best[2])
 
 
-def set_default_route(ipr: IPRoute, ifname: str, gateway: IPAddress) -> None:
+def set_default_route(ipr: IPRoute, ifname: str, gateway: IPAddress,
+                      metric: int | None = None) -> None:
+    """The default route of gateway's family via gateway: the one of metric (None: the
+    kernel's default) replaced, others of the family kept."""
+    extra = {} if metric is None else {"priority": metric}
     try:
         index = index_of(ipr, ifname)
         ipr.route("replace", dst=DEFAULT[gateway.version], gateway=str(gateway), oif=index,
-                  family=FAMILY[gateway.version])
+                  family=FAMILY[gateway.version], **extra)
     except NetlinkError as exc:
         raise KernelError(f"set default route via {gateway}: {exc}", "try again") from None
+
+
+def delete_default_route(ipr: IPRoute, ifname: str, gateway: IPAddress, metric: int) -> None:
+    """One default route (gone already counts as deleted)."""
+    try:
+        ipr.route("del", dst=DEFAULT[gateway.version], gateway=str(gateway),
+                  oif=index_of(ipr, ifname), priority=metric, family=FAMILY[gateway.version])
+    except NetlinkError as exc:
+        if exc.code not in GONE:
+            raise KernelError(f"delete default route via {gateway} dev {ifname} metric "
+                              f"{metric}: {exc}", "try again") from None
 
 
 DEFAULT = {4: "0.0.0.0/0", 6: "::/0"}
