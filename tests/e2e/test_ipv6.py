@@ -12,6 +12,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import Sandbox, ip_json, sh
 from portway.testbed import CONNECT, HOST_ADDR6, OUTSIDE_ADDR6, WAIT_LISTENING
 
@@ -573,16 +575,21 @@ HI6_SERVER = ("import socket, sys\n"
               "    c.close()\n")
 
 
-def test_icc_off_keeps_published_ports_reachable_through_the_host(sandbox: Sandbox) -> None:
+@pytest.mark.parametrize("mode6", ["nat", "routed"])
+def test_icc_off_keeps_published_ports_reachable_through_the_host(sandbox: Sandbox,
+                                                                  mode6: str) -> None:
     """icc=false stops direct traffic between two containers of a network (by their own
     addresses, either family, and to a link-local address one gives itself), not a
     hairpin: a container reaching the published port of another of its network through
     a host address (DNATed back onto the bridge, masqueraded to the gateway) gets
-    through, as with Docker, whose userland proxy serves it. The control: the direct
-    traffic gets through without the icc rule."""
+    through, as with Docker, whose userland proxy serves it. With IPv6 routed, its
+    hairpin is not masqueraded: the answer goes straight back to the client, whose
+    address the server must find (neighbour discovery, IPv6's ARP). The control: the
+    direct traffic gets through without the icc rule."""
     sb = sandbox
     sb.pw("network", "create", "quiet", "--ipv6", "--subnet", "10.148.0.0/24", "--subnet",
-          "fd00:148::/64", "-o", "com.docker.network.bridge.enable_icc=false")
+          "fd00:148::/64", "-o", "com.docker.network.bridge.enable_icc=false",
+          "-o", f"com.docker.network.bridge.gateway_mode_ipv6={mode6}")
     sb.pw("run", "-d", "--name", "q1", "--network", "quiet", "-p", "8080:80", "--",
           "python3", "-c", HI6_SERVER, "80")
     sb.pw("exec", "q1", "--", "python3", "-c", WAIT_LISTENING, "::1", "80")
@@ -615,8 +622,9 @@ def test_icc_off_keeps_published_ports_reachable_through_the_host(sandbox: Sandb
         return f"{round_}-link-local" in seen
 
     direct = ("10.148.0.2", "fd00:148::2")
+    seen6 = "hi fd00:148::1" if mode6 == "nat" else "hi fd00:148::3"
     hairpins = {sb.host_addr: "hi 10.148.0.1", "10.148.0.1": "hi 10.148.0.1",
-                HOST_ADDR6: "hi fd00:148::1", "fd00:148::1": "hi fd00:148::1"}
+                HOST_ADDR6: seen6, "fd00:148::1": seen6}
     for address, answer in hairpins.items():
         assert connect(address, 8080) == answer, address
     for address in direct:

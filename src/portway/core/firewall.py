@@ -505,6 +505,15 @@ def render_network(network: Network, instance: str) -> list[Cmd]:
         cmds.append(_rule(fin, [same, dnatted, _match({"ct": {"key": "state"}}, "new", "in"),
                                 {"accept": None}],
                           f"{owner}: to a published port through the host (icc off)"))
+        if network.of_version(6) is not None and routed(network, 6):
+            # Routed IPv6 does not masquerade a hairpin: the answer goes straight back
+            # to the client container, whose MAC the server must find. Neighbour
+            # discovery is IPv6's ARP, which passes between them as ARP does (no IP
+            # hook sees ARP); nothing else does.
+            cmds.append(_rule(fin, [same, _match(_payload("icmpv6", "type"), {
+                "set": ["nd-neighbor-solicit", "nd-neighbor-advert"]}), {"accept": None}],
+                f"{owner}: neighbour discovery between its containers (routed IPv6, icc "
+                "off)"))
     cmds.append(_rule(fin, [same, {"accept" if icc else "drop": None}],
                       f"{owner}: between its containers (icc)"))
     if network.internal:
