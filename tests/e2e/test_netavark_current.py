@@ -123,6 +123,38 @@ def test_static_and_discarding_routes(podman: Podmanish) -> None:  # noqa: F811
     assert routes(ns) == [] and [r for r in routes(ns, 6) if r["dst"] != "fe80::/64"] == []
 
 
+def test_gc_remakes_an_endpoint_with_its_static_routes(podman: Podmanish) -> None:  # noqa: F811
+    """The host end of a veth deleted by hand takes the routes through it with it (the
+    static ones via a gateway on its link too); gc makes the endpoint anew with all of
+    them, as setup made them (it put back only the addresses and default routes)."""
+    p = podman
+    data = dualstack(routes=[
+        {"destination": "10.89.0.0/24", "gateway": "10.88.0.3"},
+        {"destination": "10.90.0.0/24", "gateway": "10.88.0.4", "metric": 50},
+        {"destination": "10.91.0.0/24", "route_type": "blackhole"},
+        {"destination": "fd89::/64", "gateway": "fd88::3"}])
+    ns = p.namespace()
+    p.nv("setup", ns, data=data)
+    try:
+        def table() -> list[tuple[str, str, str, str, int]]:
+            return sorted((str(r["dst"]), str(r.get("gateway", "")), str(r.get("dev", "")),
+                           str(r.get("type", "unicast")), int(r.get("metric", 0)))
+                          for v in (4, 6) for r in routes(ns, v)
+                          if not str(r["dst"]).startswith("fe80:"))
+
+        made = table()
+        assert ("10.90.0.0/24", "10.88.0.4", "eth0", "unicast", 50) in made, made
+        host_end = json.loads(p.pw("inspect", "testcontainer").stdout)[0][
+            "NetworkSettings"]["Networks"]["podman"]["HostInterface"]
+        p.sb.in_host("ip", "link", "del", host_end)
+        assert "10.89.0.0/24" not in {r[0] for r in table()}
+        p.pw("gc")
+        assert table() == made
+        assert p.pw("doctor").stdout.startswith("healthy")
+    finally:
+        p.nv("teardown", ns, data=data)
+
+
 def test_metric_orders_default_routes(podman: Podmanish) -> None:  # noqa: F811
     """Mirrors testfiles/metric.json: each network gives a default route per family,
     with its metric (netavark's default 100); the lowest wins, and when its network

@@ -138,6 +138,14 @@ def test_routes_metric_and_no_default_route() -> None:
     plain = netavark.parse_options(with_network()).networks["pnet"]
     assert (plain.metric, plain.no_default_route, plain.mtu, plain.isolate) == \
         (100, False, 0, "strict")
+    # Kept with the network, so gc can put them back with an endpoint it makes anew.
+    from portway.model.types import Network
+    net = Network(id=NET_ID, name="pnet", bridge="podman1", subnets=info.subnets,
+                  options=netavark.network_options(info))
+    assert netavark.stored_routes(net) == info.routes
+    assert netavark.ROUTES not in netavark.network_options(plain)
+    assert netavark.stored_routes(Network(id=NET_ID, name="pnet", bridge="podman1",
+                                          subnets=info.subnets)) == ()
 
 
 @pytest.mark.parametrize(("extra", "message"), [

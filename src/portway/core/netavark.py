@@ -596,16 +596,39 @@ DNS_SERVERS = "netavark.network_dns_servers"
 # be a router of the user's), as aardvark-dns binds them.
 DNS_ADDRESSES = "netavark.dns_addresses"
 DNS_KEYS = (DNS_ENABLED, DNS_SERVERS, DNS_ADDRESSES)
+# The network's static routes (its `routes`, in netavark's JSON): what gc puts back with
+# an endpoint it makes anew (the routes via a gateway go with the veth).
+ROUTES = "netavark.routes"
+SYNCED_KEYS = (*DNS_KEYS, ROUTES)  # brought up to date by each setup
 
 
 def network_options(info: NetworkInfo,
                     dns_addresses: tuple[IPAddress, ...] = ()) -> dict[str, str]:
-    """The options portway records for a Podman network: netavark's, and its DNS."""
+    """The options portway records for a Podman network: netavark's, its DNS and its
+    static routes."""
     out = {**info.options, DNS_ENABLED: "true" if info.dns_enabled else "false",
            DNS_SERVERS: ",".join(info.network_dns_servers)}
     if dns_addresses:
         out[DNS_ADDRESSES] = ",".join(map(str, dns_addresses))
+    if info.routes:
+        out[ROUTES] = json.dumps([_route_json(r) for r in info.routes],
+                                 separators=(",", ":"))
     return out
+
+
+def _route_json(route: Route) -> dict[str, Any]:
+    out: dict[str, Any] = {"destination": str(route.destination), "route_type": route.type}
+    if route.gateway is not None:
+        out["gateway"] = str(route.gateway)
+    if route.metric is not None:
+        out["metric"] = route.metric
+    return out
+
+
+def stored_routes(network: Network) -> tuple[Route, ...]:
+    """A Podman network's static routes, as network_options recorded them."""
+    text = network.options.get(ROUTES)
+    return parse_routes(json.loads(text), f"network_info.{network.name}") if text else ()
 
 
 def dns_addresses(network: Network) -> list[str]:

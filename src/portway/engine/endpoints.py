@@ -345,22 +345,24 @@ class Endpoints:
 
     def attach_running(self, sandbox: Sandbox, c: Container, endpoint: Endpoint,
                        net: Network, default_route: bool = False,
-                       metric: int | None = None) -> None:
-        """attach (no default route unless asked, then with metric as the driver's
-        attach takes it), into the namespace of c, whose --sysctl are set already
+                       metric: int | None = None, routes: tuple[Route, ...] = ()) -> None:
+        """attach (no default route unless asked, then with metric, and routes, as the
+        driver's attach takes them), into the namespace of c, whose --sysctl are set already
         (network connect, gc's repair). An interface made there now takes the
         namespace's default settings: where c's --sysctl turns IPv6 off by default, one
         given an IPv6 address has it turned on (as Docker turns IPv6 on for each
         interface of a network with IPv6), the default kept."""
         if not (runopts.default_ipv6_off(c.config.sysctls) and
                 any(a.version == 6 for a in endpoint.addresses)):
-            self.attach(sandbox, c, endpoint, net, default_route, metric=metric)
+            self.attach(sandbox, c, endpoint, net, default_route, metric=metric,
+                        routes=routes)
             return
         key = "net.ipv6.conf.default.disable_ipv6"
         kernel = self.h.sandbox_kernel
         kernel.set_sysctls(c.netns, {key: "0"})
         try:
-            self.attach(sandbox, c, endpoint, net, default_route, metric=metric)
+            self.attach(sandbox, c, endpoint, net, default_route, metric=metric,
+                        routes=routes)
         finally:
             kernel.set_sysctls(c.netns, {key: "1"})
 

@@ -42,16 +42,19 @@ def _network(engine: Engine, info: contract.NetworkInfo) -> Network:
                            f"({', '.join(str(s.subnet) for s in net.subnets)}, bridge "
                            f"{net.bridge})",
                            "remove the old one (portway network rm) or rename the new one")
-        dns = {k: v for k, v in contract.network_options(
-            info, _bridge_dns(engine, info)).items() if k in contract.DNS_KEYS}
-        if any(net.options.get(k) != dns.get(k) for k in contract.DNS_KEYS):
+        synced = {k: v for k, v in contract.network_options(
+            info, _bridge_dns(engine, info)).items() if k in contract.SYNCED_KEYS}
+        if any(net.options.get(k) != synced.get(k) for k in contract.SYNCED_KEYS):
             # `podman network update --dns-add/--dns-drop` since the last setup, or the
-            # addresses of an unmanaged bridge changed.
-            kept = {k: v for k, v in net.options.items() if k not in contract.DNS_KEYS}
-            net = replace(net, options={**kept, **dns})
+            # addresses of an unmanaged bridge changed (or a state dir written before
+            # the routes were kept).
+            dns = any(net.options.get(k) != synced.get(k) for k in contract.DNS_KEYS)
+            kept = {k: v for k, v in net.options.items() if k not in contract.SYNCED_KEYS}
+            net = replace(net, options={**kept, **synced})
             with engine.store.transaction():
                 engine.store.set_network_options(net.id, net.options)
-            engine.containers.publish_dns()
+            if dns:
+                engine.containers.publish_dns()
         return net
     if info.unmanaged:
         # The caller's own bridge: attached to, never made, changed or deleted; its

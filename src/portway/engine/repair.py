@@ -13,6 +13,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from portway.core import gateways, names
+from portway.core import netavark as contract
 from portway.engine.drivers.bridge import endpoint_families, onlink_subnets
 from portway.errors import PortwayError
 from portway.kernel import links, netns, procs
@@ -329,10 +330,12 @@ def _reattach(engine: Engine, c: Container, e: Endpoint) -> None:
         if c.runtime == "podman":
             # As netavark made it: a default route per family from every network that
             # gives one, with the network's metric (core/gateways.py, rule 3), whatever
-            # the container's other networks' routes are.
+            # the container's other networks' routes are; then the network's static
+            # routes.
             engine.h.endpoints.attach_running(sandbox, c, e, net,
                                               gateways.gives_default_route(net),
-                                              gateways.metric(net))
+                                              gateways.metric(net),
+                                              contract.stored_routes(net))
             return
         engine.h.endpoints.attach_running(sandbox, c, e, net)
         # The default routes of the families this network routes (core/gateways.py, as
