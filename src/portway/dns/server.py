@@ -26,6 +26,7 @@ import _queue
 import collections
 import fcntl
 import functools
+import gc
 import ipaddress
 import json
 import os
@@ -56,6 +57,7 @@ SO_RCVBUFFORCE = 33
 UDP_BUFFER = 4 << 20
 LOG_SIZE = 200
 TIMED = 5000  # queries whose times `timing` keeps (its reply is one datagram)
+TIMES = 4  # numbers kept per timed query
 MAX_KEPT = 20_000  # replies kept for repeated queries (each at most 512 + 512 bytes)
 # Under load, a pause after a batch lets the next queries gather: bigger batches mean
 # fewer system calls and wake-ups per query on both sides, and more answers per GSO
@@ -283,8 +285,11 @@ class Server:
         # Between "timing start" and "timing" on the control socket: per answered UDP
         # query, in ns, from its arrival at the socket (the kernel's stamp) to the
         # server's turn to read, then to its read, then to its answer's send; and the
-        # server's CPU time from its turn to that send.
-        self.timing: list[tuple[int, int, int, int]] | None = None
+        # server's CPU time from its turn to that send: TIMES numbers a query, in one flat
+        # list of ints (none of them an object the garbage collector tracks: a tuple a
+        # query would make the timing itself set off collections while it measures).
+        self.timing: list[int] | None = None
+        self.timing_gc: list[int] = []  # the collector's runs by generation at its start
         # Forwarded answers for UDP clients, by the socket they go out of: sent once a
         # round of the loop (_send_queued).
         self.udp_out: dict[socket.socket, list[tuple[bytes, bytes]]] = {}
@@ -819,11 +824,13 @@ class Server:
                     batch.packets += 1
                 except OSError:
                     pass  # refused: dropped, as a batch drops it
-            if timing is not None and len(timing) < TIMED:
+            if timing is not None:
+                # The clocks first: what follows is the timing's own cost, not the answer's.
+                ran = time.thread_time_ns() - cpu  # read inside the wall interval
+                sent = time.time_ns()
                 arrived = _arrival(ancillary)
-                if arrived:
-                    ran = time.thread_time_ns() - cpu  # read inside the wall interval
-                    timing.append((turn - arrived, read - turn, time.time_ns() - read, ran))
+                if arrived and len(timing) < TIMED * TIMES:
+                    timing += (turn - arrived, read - turn, sent - read, ran)
         elif out is not None:
             self.start_forward(msg, src, functools.partial(
                 self._queue_forwarded, sock, batch.name_of(peer)), out)
@@ -861,11 +868,12 @@ class Server:
                 batch.send_one(sock, *answers[0])
             elif answers:
                 batch.send(fd, answers)
-            if timing is not None and answers and len(timing) < TIMED:
+            if timing is not None and answers and len(timing) < TIMED * TIMES:
                 ran = time.thread_time_ns() - cpu  # read inside the wall interval
                 sent, arrived = time.time_ns(), batch.arrived
-                timing.extend((turn - arrived[slot], read - turn, sent - read, ran)
-                              for _, slot in answers if arrived[slot])
+                for _, slot in answers:
+                    if arrived[slot]:
+                        timing += (turn - arrived[slot], read - turn, sent - read, ran)
             if len(queries) < batch.size:
                 if len(queries) >= GATHER_AT:
                     self.gather = True  # serve() pauses once, for every socket
@@ -1098,14 +1106,22 @@ class Server:
         send (the send's system call included, and any time the server was not running
         meanwhile: a client woken by the answer on the server's CPU may run first); and
         the server's CPU time from its turn to the send (its own work alone, for the
-        whole batch the query came in). Off, the UDP path pays nothing for it."""
+        whole batch the query came in). With them, how many times the garbage collector
+        ran meanwhile, by generation (a run stops the loop mid-query). Off, the UDP path
+        pays nothing for it."""
         timed = self.timing or []
+        collections = [g["collections"] for g in gc.get_stats()]
+        ran = [] if self.timing is None else \
+            [now - then for now, then in zip(collections, self.timing_gc, strict=True)]
         self.timing = [] if on else None
+        self.timing_gc = collections
         for sock in self.udp.values():
             _safe(sock.setsockopt, socket.SOL_SOCKET, mmsg.SO_TIMESTAMPNS, int(on))
         for batch in self.batches.values():
             batch.stamp(on)
-        return {"ok": True, "queries": [[round(x / 1000, 1) for x in t] for t in timed]}
+        return {"ok": True, "queries": [[round(x / 1000, 1) for x in timed[at:at + TIMES]]
+                                        for at in range(0, len(timed), TIMES)],
+                "collections": ran}
 
     def stats(self) -> dict[str, Any]:
         """What clients hold of the shared limits now, and what the limits turned away."""
