@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import statistics
 import subprocess
 import tempfile
@@ -70,17 +71,70 @@ print(p(out, .5), p(out, .99), waits / count / 1000, p(arrived, .5), p(arrived, 
 # The control for the latency's tail: the least a UDP answer costs on this path, a bare
 # Python loop (blocking recvfrom, the query sent back as its own answer, QR set) on the
 # gateway, beside portway's server. Whatever tail both have is the machine's and the
-# client's, not the server's.
+# client's, not the server's. It stamps each query as the server's `timing` does (the
+# kernel's arrival stamp, its clock back from the read and after the send, and its CPU
+# time for the send, kept as plain numbers in one list: nothing for its garbage collector);
+# a b"timing" datagram has it write them to a file and answer.
 ECHO = """
-import socket, sys
-addr, port = sys.argv[1], int(sys.argv[2])
+import json, socket, sys, time
+addr, port, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 s = socket.socket(socket.AF_INET6 if ':' in addr else socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, 35, 1)  # SO_TIMESTAMPNS
 s.bind((addr, port))
+timed = []
 while True:
-    m, peer = s.recvfrom(512)
+    m, anc, _, peer = s.recvmsg(512, 64)
+    turn, cpu = time.time_ns(), time.thread_time_ns()
+    if m == b'timing':
+        with open(path, 'w') as f:
+            json.dump(timed, f)
+        s.sendto(b'ok', peer)
+        timed = []
+        continue
     s.sendto(m[:2] + bytes([m[2] | 0x80]) + m[3:], peer)
+    ran, sent = time.thread_time_ns() - cpu, time.time_ns()
+    for _, kind, d in anc:
+        if kind == 35 and len(d) >= 16:
+            at = int.from_bytes(d[:8], sys.byteorder) * 10**9 + \\
+                int.from_bytes(d[8:16], sys.byteorder)
+            timed += ((turn - at) / 1e3, 0.0, (sent - turn) / 1e3, ran / 1e3)  # flat
 """
 ECHO_PORT = 5300
+# Runs of one query at a time, each target's: a run's p99 is its 30 slowest queries, and
+# from run to run it moves with the machine (whether the client and the server woke on
+# one vCPU or two, a burst of other work) by more than the servers differ: the figure is
+# the median of the runs' p99s.
+LATENCY_RUNS = int(os.environ.get("PORTWAY_BENCH_DNS_LATENCY_RUNS", "7"))
+
+
+def echo_timing(path: str) -> Callable[[str], dict[str, Any]]:
+    """For the echo loop, what a portway server's control socket gives for `timing
+    start` and `timing`: its stamps of each query since the last call (written to path)."""
+    def request(command: str) -> dict[str, Any]:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(5)
+            s.sendto(b"timing", (GATEWAY, ECHO_PORT))
+            s.recv(16)
+        with open(path) as f:
+            flat = json.load(f)
+        return {"ok": True, "queries": [flat[at:at + 4] for at in range(0, len(flat), 4)]}
+
+    return request
+
+
+def cpu_idle() -> dict[str, Any]:
+    """How the machine's idle CPUs wait: the cpuidle driver, and for haltpoll (a guest's)
+    how long a vCPU polls before it halts (0: it halts at once)."""
+    found: dict[str, Any] = {}
+    for key, path in (("driver", "/sys/devices/system/cpu/cpuidle/current_driver"),
+                      ("halt_poll_ns", "/sys/module/haltpoll/parameters/guest_halt_poll_ns")):
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        found[key] = int(text) if text.isdigit() else text
+    return found
 
 
 def sh(*args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
@@ -166,7 +220,7 @@ def dnsperf(netns: str, server: str, queries: list[str], rate: int = 0,
 
 
 def latency(netns: str, server: str, name: str, count: int = 3000,
-            qtype: int = 1, runs: int = 3, port: int = 53,
+            qtype: int = 1, runs: int = LATENCY_RUNS, port: int = 53,
             pid: int = 0) -> dict[str, Any]:
     """p50 and p99 round trip (µs) of one query at a time (qtype 1 is A, 28 AAAA): see
     latencies, for one server and query type."""
@@ -180,7 +234,7 @@ Target = tuple[str, int, int, int, "Callable[[str], dict[str, Any]] | None"]
 
 
 def latencies(netns: str, name: str, targets: dict[str, Target], count: int = 3000,
-              runs: int = 3) -> dict[str, dict[str, Any]]:
+              runs: int = LATENCY_RUNS) -> dict[str, dict[str, Any]]:
     """By target, p50 and p99 round trip (µs) of one query at a time: the median of
     `runs` runs, each started on an idle machine (one run's p99 is a few dozen
     queries: one burst of other work moves it); with several targets, run i of each
@@ -191,7 +245,8 @@ def latencies(netns: str, name: str, targets: dict[str, Target], count: int = 30
     it. Beside them, per query, the time the client's thread and (with its pid) the
     server's threads spent runnable but not running (µs, from their schedstat): two
     wake-ups per round trip, each the machine's to give. With timing (portway's
-    server), the server's own times of each query (see Server.time_queries): arrival
+    server, and the echo loop's stamps of the same kind), the server's own times of
+    each query (see Server.time_queries): arrival
     at its socket to its turn, to its read, to its answer's send, and its CPU time
     from its turn to the send."""
     keys = list(targets)
@@ -213,7 +268,10 @@ def latencies(netns: str, name: str, targets: dict[str, Target], count: int = 30
             got.setdefault("server_cpu", []).append((after[0] - before[0]) / 1000 / count)
             got.setdefault("server_wait", []).append((after[1] - before[1]) / 1000 / count)
             if timing is not None:
-                timed = timing("timing")["queries"]
+                reply = timing("timing")
+                timed = reply["queries"]
+                for gen, ran in enumerate(reply.get("collections", [])):
+                    got.setdefault(f"gc{gen}", []).append(ran)
                 for at, part in enumerate(("turn", "read", "work", "cpu")):
                     column = sorted(t[at] for t in timed)
                     got.setdefault(f"{part}_p50", []).append(percentile(column, 0.5))
@@ -230,6 +288,7 @@ def latencies(netns: str, name: str, targets: dict[str, Target], count: int = 30
 
         result: dict[str, Any] = {
             "p50": mid("p50"), "p99": mid("p99"), "p99_runs": [round(x, 1) for x in got["p99"]],
+            "p50_runs": [round(x, 1) for x in got["p50"]],
             "client_wait_us": mid("client_wait"),
             # From the query's send to the answer's arrival at the client's socket (its
             # kernel timestamp): the round trip less the client's own wake-up.
@@ -243,6 +302,9 @@ def latencies(netns: str, name: str, targets: dict[str, Target], count: int = 30
             # the server's CPU time from its turn to the send.
             result["server_times"] = {part: (mid(f"{part}_p50"), mid(f"{part}_p99"))
                                       for part in ("turn", "read", "work", "share", "cpu")}
+            result["share_p99_runs"] = [round(x, 1) for x in got["share_p99"]]
+            if "gc0" in got:  # the server's garbage collector's runs, by generation
+                result["collections"] = [sum(got[f"gc{gen}"]) for gen in range(3)]
         results[key] = result
     return results
 
@@ -379,16 +441,19 @@ def bench_dns(engine: Any, outside: str) -> dict[str, Any]:
         # portway's A and AAAA one at a time, with the server's own times of each query,
         # and the control (a bare echo loop on the same gateway, asked by the same
         # client): their runs in turn (see latencies).
-        echo = subprocess.Popen(["python3", "-c", ECHO, GATEWAY, str(ECHO_PORT)])
+        fd, stamps = tempfile.mkstemp(prefix="pwbench-echo-")
+        os.close(fd)
+        echo = subprocess.Popen(["python3", "-c", ECHO, GATEWAY, str(ECHO_PORT), stamps])
         try:
             time.sleep(0.3)
             alone = latencies(pw, "target", {
                 "A": (GATEWAY, 53, 1, pw_pid, engine.dns.request),
                 "AAAA": (GATEWAY, 53, 28, pw_pid, engine.dns.request),
-                "echo": (GATEWAY, ECHO_PORT, 1, echo.pid, None)})
+                "echo": (GATEWAY, ECHO_PORT, 1, echo.pid, echo_timing(stamps))})
         finally:
             echo.kill()
             echo.wait()
+            os.unlink(stamps)
         for side, (netns, address, pid) in servers.items():
             local = alone["A"] if side == "portway" else latency(netns, address, "target",
                                                                   pid=pid)
@@ -411,9 +476,11 @@ def bench_dns(engine: Any, outside: str) -> dict[str, Any]:
         p["local_aaaa_latency_us"] = (aaaa["p50"], aaaa["p99"])
         p["local_aaaa_latency"] = aaaa
         p["echo_latency"] = alone["echo"]
+        p["cpu_idle"] = cpu_idle()
         p["answers_per_packet_runs"] = per_packet
         for key, base in (("local_aaaa", "local"), ("mixed_aaaa", "mixed")):
             p[f"{key}_qps_ratios"] = pair_ratios(runs["portway"], key, base)
             p[f"{key}_cpu_ratios"] = pair_ratios(cpu["portway"], key, base)
     return {"portway": results["portway"], "aardvark": results.get("aardvark"),
-            "rounds": ROUNDS, "seconds": SECONDS, "loaded_rate": LOADED_RATE}
+            "rounds": ROUNDS, "seconds": SECONDS, "loaded_rate": LOADED_RATE,
+            "latency_runs": LATENCY_RUNS}
