@@ -114,8 +114,13 @@ def main() -> None:
                 engine.rm([engine.run(["true"], name="warm", networks=["spans"])["Id"]],
                           force=True)
             instrument(engine)
-            report(measure(engine, runs))
-            engine.network_rm(["spans"])
+            try:
+                report(measure(engine, runs))
+            finally:
+                # (Also when the report fails, e.g. piped into head: the network's
+                # removal stops the DNS server the runs started.)
+                engine.rm([c["Id"] for c in engine.ps(all=True)], force=True)
+                engine.network_rm(["spans"])
         finally:
             engine.close()
             shutil.rmtree(state, ignore_errors=True)
