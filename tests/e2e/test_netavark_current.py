@@ -837,3 +837,30 @@ def test_several_subnets_of_a_family(podman: Podmanish) -> None:  # noqa: F811
         p.nv("teardown", ns, data=d)
         assert p.nv("teardown", ns, data=d).stdout == ""
     assert not any(link["ifname"] == "podman0" for link in ip_json(p.sb.host, "link"))
+
+
+@pytest.mark.parametrize("given", [
+    json.dumps([{"destination": "10.66.0.0/24", "gateway": "10.88.0.9"}]), "[{"])
+def test_routes_option_of_the_callers_is_not_taken(podman: Podmanish,  # noqa: F811
+                                                  given: str) -> None:
+    """A network's options as the caller gives them are netavark's (it ignores those it
+    does not know): one named as portway keeps the network's static routes,
+    netavark.routes, is not taken for them. gc made the endpoint anew with the routes it
+    named (any, into the container), and a malformed one stopped gc and doctor."""
+    p = podman
+    data = dualstack(options={"netavark.routes": given})
+    ns = p.namespace()
+    p.nv("setup", ns, data=data)
+    try:
+        def destinations() -> set[str]:
+            return {str(r["dst"]) for r in routes(ns)}
+
+        assert "10.66.0.0/24" not in destinations()
+        host_end = json.loads(p.pw("inspect", "testcontainer").stdout)[0][
+            "NetworkSettings"]["Networks"]["podman"]["HostInterface"]
+        p.sb.in_host("ip", "link", "del", host_end)
+        p.pw("gc")
+        assert "default" in destinations() and "10.66.0.0/24" not in destinations()
+        assert p.pw("doctor").stdout.startswith("healthy")
+    finally:
+        p.nv("teardown", ns, data=data)

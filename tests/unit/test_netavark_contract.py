@@ -146,6 +146,13 @@ def test_routes_metric_and_no_default_route() -> None:
     assert netavark.ROUTES not in netavark.network_options(plain)
     assert netavark.stored_routes(Network(id=NET_ID, name="pnet", bridge="podman1",
                                           subnets=info.subnets)) == ()
+    # The caller's options of the names portway keeps these under are not taken: gc
+    # would make the routes one named, and stop at one malformed.
+    forged = netavark.parse_options(with_network(options={
+        netavark.ROUTES: '[{"destination":"10.66.0.0/24","gateway":"10.88.0.9"}]',
+        netavark.DNS_ADDRESSES: "10.88.0.9"})).networks["pnet"]
+    kept = netavark.network_options(forged)
+    assert netavark.ROUTES not in kept and netavark.DNS_ADDRESSES not in kept
 
 
 @pytest.mark.parametrize(("extra", "message"), [

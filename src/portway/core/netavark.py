@@ -605,8 +605,11 @@ SYNCED_KEYS = (*DNS_KEYS, ROUTES)  # brought up to date by each setup
 def network_options(info: NetworkInfo,
                     dns_addresses: tuple[IPAddress, ...] = ()) -> dict[str, str]:
     """The options portway records for a Podman network: netavark's, its DNS and its
-    static routes."""
-    out = {**info.options, DNS_ENABLED: "true" if info.dns_enabled else "false",
+    static routes. The caller's options of the names portway keeps these under are not
+    netavark's (it ignores them) and are dropped: gc would put back the routes one named,
+    into the container, and choke on one malformed."""
+    given = {k: v for k, v in info.options.items() if k not in SYNCED_KEYS}
+    out = {**given, DNS_ENABLED: "true" if info.dns_enabled else "false",
            DNS_SERVERS: ",".join(info.network_dns_servers)}
     if dns_addresses:
         out[DNS_ADDRESSES] = ",".join(map(str, dns_addresses))
