@@ -864,3 +864,44 @@ def test_routes_option_of_the_callers_is_not_taken(podman: Podmanish,  # noqa: F
         assert p.pw("doctor").stdout.startswith("healthy")
     finally:
         p.nv("teardown", ns, data=data)
+
+
+def test_equal_metrics_in_the_callers_order(podman: Podmanish) -> None:  # noqa: F811
+    """Two networks of the same metric (netavark's default, 100): the kernel keeps the
+    default route of the one set up first (the other's is refused as the same route).
+    That is eth0's, the network doctor, gc and the published port go by, whatever the
+    caller's order (Podman's networks object, by network name: eth1's first here).
+    Setup took the caller's order: the route went via eth1 while the port led to eth0's
+    address (its replies left by the other bridge, and no connection was made), and
+    doctor called the container just set up drifted."""
+    p = podman
+    front = dualstack()
+    back = dualstack("back", "podman9", 87, id="7b" * 32)
+    data = copy.deepcopy(front)
+    data["networks"] = {"back": dict(back["networks"]["back"], interface_name="eth1"),
+                        "podman": front["networks"]["podman"]}
+    data["network_info"] = {"back": back["network_info"]["back"],
+                            "podman": front["network_info"]["podman"]}
+    data["port_mappings"] = [{"host_ip": "", "container_port": 80, "host_port": 8080,
+                              "range": 1, "protocol": "tcp"}]
+    ns = p.namespace()
+    p.nv("setup", ns, data=data)
+    try:
+        p.serve(ns)
+
+        def defaults() -> list[tuple[int, str, str]]:
+            return sorted((version, str(r["gateway"]), str(r["dev"])) for version in (4, 6)
+                          for r in routes(ns, version) if r["dst"] == "default")
+
+        made = defaults()
+        assert made == [(4, "10.88.0.1", "eth0"), (6, "fd88::1", "eth0")], made
+        url = f"http://{p.sb.host_addr}:8080/"
+        outside = ["ip", "netns", "exec", p.sb.outside]
+        assert get(outside, url) == "200"
+        doctor = p.pw("doctor", check=False)
+        assert doctor.stdout.startswith("healthy"), doctor.stdout
+        assert p.pw("gc").stdout.startswith("nothing to repair")
+        assert defaults() == made
+        assert get(outside, url) == "200"
+    finally:
+        p.nv("teardown", ns, data=data)

@@ -206,18 +206,24 @@ def _setup(engine: Engine, netns_path: str, opts: contract.Options,
         # Podman holds its containers' host ports itself (conmon binds them).
         container = replace(container, ports=engine.publishing.resolve(opts.ports,
                                                                         hold=False))
+    # In the order core/gateways.py takes a Podman container's networks (Endpoints.
+    # in_order: by interface name), not the caller's (Podman's networks object, by
+    # network name): of networks of equal metrics, the first one's default route is
+    # the one the kernel keeps (a later one's is refused as the same route), and the
+    # one doctor, gc and the published ports go by.
+    attachments = sorted(opts.attachments, key=lambda a: a.ifname)
     endpoints = engine.containers.attach_sandbox(container, [
         Attachment(network=nets[a.network], ips=tuple(str(ip) for ip in a.static_ips),
                    aliases=tuple(a.aliases), ifname=a.ifname, mac=a.static_mac,
                    host_ifname=a.host_ifname, **_routing(opts.networks[a.network]))
-        for a in opts.attachments], new=existing is None)
+        for a in attachments], new=existing is None)
     # netavark's macvlan driver answers no DNS servers at all (not even the container's).
     return {a.network: contract.status_block(opts.networks[a.network], e.ifname, e.mac,
                                              e.addresses, opts.dns_servers
                                              if opts.networks[a.network].driver == "bridge"
                                              else (),
                                              contract.dns_addresses(nets[a.network]))
-            for a, e in zip(opts.attachments, endpoints, strict=True)}
+            for a, e in zip(attachments, endpoints, strict=True)}
 
 
 def _routing(info: contract.NetworkInfo) -> dict[str, Any]:
