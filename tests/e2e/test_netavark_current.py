@@ -21,7 +21,7 @@ import pytest
 from test_netavark import NETAVARK, Podmanish, get, podman  # noqa: F401  (the fixture)
 
 from conftest import ip_json, sh
-from portway.testbed import WAIT_LISTENING
+from portway.testbed import HOST_ADDR6, WAIT_LISTENING
 
 NET_ID = "53ce4390f2adb1681eb1a90ec8b48c49c015e0a8d336c197637e7f65e365fa9e"
 
@@ -903,5 +903,34 @@ def test_equal_metrics_in_the_callers_order(podman: Podmanish) -> None:  # noqa:
         assert p.pw("gc").stdout.startswith("nothing to repair")
         assert defaults() == made
         assert get(outside, url) == "200"
+    finally:
+        p.nv("teardown", ns, data=data)
+
+
+def test_metric_zero_over_ipv6(podman: Podmanish) -> None:  # noqa: F811
+    """A network's metric 0 is the kernel's default for an IPv6 route (1024), not the
+    lowest: a second network of metric 500 takes the container's IPv6 default route.
+    portway took 0 for the lowest: the IPv6 published port led to the first network's
+    address while its replies left by the second's bridge (no connection), doctor
+    called it drift, and gc could not change it."""
+    p = podman
+    front = dualstack(options={"metric": "0"})
+    back = dualstack("back", "podman9", 87, id="7b" * 32, options={"metric": "500"})
+    data = copy.deepcopy(front)
+    data["networks"]["back"] = dict(back["networks"]["back"], interface_name="eth1")
+    data["network_info"]["back"] = back["network_info"]["back"]
+    data["port_mappings"] = [{"host_ip": "", "container_port": 80, "host_port": 8080,
+                              "range": 1, "protocol": "tcp"}]
+    ns = p.namespace()
+    p.nv("setup", ns, data=data)
+    try:
+        p.serve(ns)
+        assert sorted((r["metric"], r["dev"]) for r in routes(ns, 6)
+                      if r["dst"] == "default") == [(500, "eth1"), (1024, "eth0")]
+        outside = ["ip", "netns", "exec", p.sb.outside]
+        for host in (p.sb.host_addr, f"[{HOST_ADDR6}]"):
+            assert get(outside, f"http://{host}:8080/") == "200", host
+        doctor = p.pw("doctor", check=False)
+        assert doctor.stdout.startswith("healthy"), doctor.stdout
     finally:
         p.nv("teardown", ns, data=data)

@@ -67,6 +67,10 @@ def test_a_portway_network_ignores_netavark_options() -> None:
      {4: 0, 6: 1}),
     # macvlan's default metric is 99, below a bridge network's 100.
     ([net("b", V4B, podman={}), net("m", V4, driver="macvlan", podman={})], {4: 1}),
+    # Metric 0 is the lowest for IPv4 alone: the kernel gives an IPv6 route asked for
+    # with 0 its default, 1024.
+    ([net("a", V4, V6, podman={"metric": "0"}), net("b", V4B, V6B, podman={"metric": "500"})],
+     {4: 0, 6: 1}),
 ])
 def test_a_podman_container_routes_by_metric(networks: list[Network],
                                              routes: dict[int, int]) -> None:

@@ -38,12 +38,19 @@ def gives_default_route(net: Network) -> bool:
         netavark_option(net, "no_default_route") != "true"
 
 
-def metric(net: Network) -> int:
-    """The metric netavark gives a Podman container's default routes via net: the
-    network's metric option, else netavark's default for its driver."""
+# The metric the kernel gives an IPv6 route asked for with metric 0 (IP6_RT_PRIO_USER).
+IPV6_ROUTE_METRIC = 1024
+
+
+def metric(net: Network, version: int = 4) -> int:
+    """The metric of a Podman container's default route of IP version via net, as the
+    kernel keeps it: the network's metric option, else netavark's default for its
+    driver; an IPv6 route of metric 0 takes the kernel's default (1024), so 0 is the
+    lowest for IPv4 alone."""
     given = netavark_option(net, "metric")
     if given is not None and given.isdigit():
-        return int(given)
+        value = int(given)
+        return IPV6_ROUTE_METRIC if value == 0 and version == 6 else value
     return MACVLAN_METRIC if net.driver == MACVLAN else netavark.DEFAULT_METRIC
 
 
@@ -53,8 +60,8 @@ def route_owners(networks: Sequence[Network], podman: bool = False) -> dict[int,
     out: dict[int, tuple[int, int]] = {}
     for i, net in enumerate(networks):
         if gives_default_route(net):
-            rank = metric(net) if podman else 0
             for s in net.subnets:
+                rank = metric(net, s.version) if podman else 0
                 if s.version not in out or rank < out[s.version][0]:
                     out[s.version] = (rank, i)
     return {v: i for v, (_, i) in out.items()}

@@ -443,7 +443,7 @@ class Endpoints:
             if not kernel.has_default_route(sandbox, version):
                 # A Podman container's with its network's metric, as netavark's.
                 kernel.set_default_route(sandbox, endpoint.ifname, sub.gateway,
-                                         gateways.metric(net) if podman else None)
+                                         gateways.metric(net, version) if podman else None)
 
     def reroute(self, c: Container, remaining: list[Endpoint]) -> None:
         """After a detach, give the container a default route again, per family, if it

@@ -253,7 +253,7 @@ def _missing_routes(engine: Engine, c: Container, endpoints: list[Endpoint]
                 taken = links.observe_default_route(cont, version)
                 if taken is not None and taken != (sub.gateway, ifname):
                     podman = c.runtime == "podman"
-                    metric = gateways.metric(owner[1]) if podman else None
+                    metric = gateways.metric(owner[1], version) if podman else None
                     shown = f"via {sub.gateway} dev {ifname}" + \
                         (f", metric {metric}" if metric is not None else "")
                     out.append((f"restore the IPv{version} default route of container "
