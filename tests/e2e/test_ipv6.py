@@ -462,6 +462,46 @@ def test_router_and_neighbour_spoofing_over_ipv6(sandbox: Sandbox, options: list
     assert attack() == (False, False)
 
 
+@pytest.mark.xfail(strict=True, reason="bridge portway checks no link-layer address "
+                   "option of neighbour discovery (ARP's sender MAC it does check)")
+def test_neighbour_discovery_names_only_the_senders_own_mac(sandbox: Sandbox) -> None:
+    """An advertisement for a container's own address, but with another container's MAC
+    in its target link-layer option, points the host's neighbour entry for the sender
+    at the other container: what the host sends to the sender (the replies of its
+    connections) goes to that one's port instead. ARP's counterpart, a sender MAC that
+    is not the port's, is dropped ("ARP: only its own MAC")."""
+    sb = sandbox
+    sb.pw("network", "create", "app", "--ipv6", "--subnet", "10.146.0.0/24", "--subnet",
+          "fd00:146::/64")
+    for name in ("victim", "attacker"):
+        sb.pw("run", "-d", "--name", name, "--network", "app", "--", "python3", "-u", "-c",
+              LISTEN6, "9999")
+    attacker, victim = networks(sb, "attacker")["app"], networks(sb, "victim")["app"]
+    address = str(attacker["GlobalIPv6Address"])
+    bridge = next(str(link["ifname"]) for link in ip_json(sb.host, "link", "show")
+                  if str(link["ifname"]).startswith("pwbr-"))
+    bridge_mac = str(ip_json(sb.host, "link", "show", bridge)[0]["address"])
+
+    def host_sends(marker: str) -> bool:
+        """Whether the attacker gets a datagram the host sends to its address."""
+        sh("ip", "netns", "exec", sb.host, "python3", "-c", SEND6, address, "9999", marker)
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            if marker in sb.pw("logs", "attacker").stdout:
+                return True
+            time.sleep(0.05)
+        return False
+
+    assert host_sends("before")
+    sb.pw("exec", "attacker", "--", "python3", FRAMES, "na", "eth0",
+          str(attacker["MacAddress"]), address, bridge_mac, "fd00:146::1", address,
+          str(victim["MacAddress"]))
+    time.sleep(0.3)
+    neigh = sh("ip", "-n", sb.host, "-6", "neigh", "show", address).stdout
+    assert str(victim["MacAddress"]) not in neigh, neigh
+    assert host_sends("after")
+
+
 def test_bad_ipv6_input_changes_nothing(sandbox: Sandbox) -> None:
     sb = sandbox
     sb.pw("network", "create", "four", "--subnet", "10.148.0.0/24")
