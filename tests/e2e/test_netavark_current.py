@@ -934,3 +934,45 @@ def test_metric_zero_over_ipv6(podman: Podmanish) -> None:  # noqa: F811
         assert doctor.stdout.startswith("healthy"), doctor.stdout
     finally:
         p.nv("teardown", ns, data=data)
+
+
+def test_equal_metrics_after_a_reconnect(podman: Podmanish) -> None:  # noqa: F811
+    """Podman's network connect takes the first free interface name: eth0 again, once
+    its network was disconnected. Of equal metrics the new eth0's network is the first
+    (doctor, gc and the published ports go by it), so its default route must be the
+    container's, though eth1's was there first."""
+    p = podman
+    front = dualstack()
+    back = dualstack("back", "podman9", 87, id="7b" * 32)
+    third = dualstack("third", "podman8", 86, id="7c" * 32)
+    data = copy.deepcopy(front)
+    data["networks"]["back"] = dict(back["networks"]["back"], interface_name="eth1")
+    data["network_info"]["back"] = back["network_info"]["back"]
+    data["port_mappings"] = [{"host_ip": "", "container_port": 80, "host_port": 8080,
+                              "range": 1, "protocol": "tcp"}]
+    ns = p.namespace()
+    p.nv("setup", ns, data=data)
+    connected = copy.deepcopy(data)
+    try:
+        p.serve(ns)
+        gone = copy.deepcopy(data)
+        del gone["networks"]["back"]
+        del gone["network_info"]["back"]
+        p.nv("teardown", ns, data=gone)
+        connected["networks"] = {"third": third["networks"]["third"]}
+        connected["network_info"] = {"third": third["network_info"]["third"]}
+        p.nv("setup", ns, data=connected)
+
+        def defaults() -> list[tuple[int, str, str]]:
+            return sorted((version, str(r["gateway"]), str(r["dev"])) for version in (4, 6)
+                          for r in routes(ns, version) if r["dst"] == "default")
+
+        outside = ["ip", "netns", "exec", p.sb.outside]
+        assert defaults() == [(4, "10.86.0.1", "eth0"), (6, "fd86::1", "eth0")]
+        doctor = p.pw("doctor", check=False)
+        assert get(outside, f"http://{p.sb.host_addr}:8080/") == "200"
+        assert doctor.stdout.startswith("healthy"), doctor.stdout
+    finally:
+        connected["networks"]["back"] = data["networks"]["back"]
+        connected["network_info"]["back"] = data["network_info"]["back"]
+        p.nv("teardown", ns, data=connected)
