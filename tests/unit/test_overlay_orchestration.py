@@ -1475,3 +1475,59 @@ def test_a_host_back_after_its_network_was_removed_does_not_claim_on_it(
                                          "disconnect it from that network") == 1
     b.cluster.reconcile_own()
     assert [k for k in etcd.kv if net.id in k] == [] and capsys.readouterr().err == ""
+
+
+def test_a_join_whose_hosts_record_cannot_be_written_leaves_the_engine_free(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lease is gone and the store grants a new one but will not take this host's
+    record (it refuses writes, or stops answering): the membership thread's join waits
+    for it (the client's retries, up to 6 s) without the engine's lock, so ps and
+    inspect go on meanwhile. The join fails as a whole (the lease it was given is not
+    kept, so the membership thread joins again); once the store takes writes, it does."""
+    etcd, (a, _b) = two_hosts(tmp_path)
+    cluster = a.cluster
+    assert cluster is not None
+    host_key = overlay.host_key(cluster.advertise)
+    lost = cluster.lease
+    etcd.expire(lost)
+    cluster._expired.set()
+    writing, release = threading.Event(), threading.Event()
+    put = etcd.put
+
+    def refusing(key: str, value: str, lease: int = 0) -> None:
+        if key == host_key:
+            writing.set()
+            release.wait(5)  # (the client's retries meanwhile)
+            raise ClusterUnreachable("cannot reach the cluster store etcd://fake:2379 "
+                                     "(fake:2379: etcdserver: no leader)")
+        put(key, value, lease)
+
+    monkeypatch.setattr(etcd, "put", refusing)
+    failed: list[PortwayError] = []
+
+    def join() -> None:
+        try:
+            cluster._join(lost=lost)
+        except PortwayError as exc:
+            failed.append(exc)
+
+    joining = threading.Thread(target=join)
+    joining.start()
+    try:
+        assert writing.wait(3)
+        free = a.lock.acquire(timeout=0.5)
+        if free:
+            a.lock.release()
+    finally:
+        release.set()
+        joining.join(5)
+    assert free, "the join held the engine's lock while it waited for the store"
+    assert [e.message for e in failed] == ["cannot reach the cluster store "
+                                           "etcd://fake:2379 (fake:2379: etcdserver: "
+                                           "no leader)"]
+    assert cluster.lease == lost and cluster._expired.is_set()  # (joined again next)
+    assert len(etcd.leases) == 1  # (the lease it was given is not left behind)
+    monkeypatch.setattr(etcd, "put", put)
+    cluster._join(lost=lost)
+    assert cluster.lease != lost and etcd.kv[host_key][1] == cluster.lease
+    assert cluster.state == "joined"

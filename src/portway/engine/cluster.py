@@ -85,6 +85,8 @@ class Cluster:
         # The endpoints' records at the last re-list, raw and decoded, by key.
         self._decoded: dict[str, tuple[str, RemoteEndpoint]] = {}
         self._expired = threading.Event()  # the lease is gone: join again
+        self._joining = threading.Lock()  # one join at a time (_join)
+        self._host_records = 0  # writes of this host's record tried (_join)
         # The view changed since the kernel was last brought in step: events set it, the
         # converge thread clears it and converges once for all that came meanwhile (a
         # host that sees 1,000 endpoints arrive converges a few times, not 1,000).
@@ -150,23 +152,50 @@ class Cluster:
         """A lease, this host's record and its endpoints under it, and the leases before
         revoked. lost: the lease the caller found gone; another join that replaced it
         meanwhile (a run's claim refused for it and the membership thread both join,
-        at once) is left as it is. The leases are swapped, and the record written,
-        under the engine's lock, one join at a time: two interleaved joins each revoked
-        the lease the other had just written this host's record under."""
+        at once) is left as it is. One join at a time (_joining): two interleaved joins
+        each revoked the lease the other had just written this host's record under.
+        This host's record is written first, without the engine's lock (unless the
+        caller holds it: a run's claim): a store that will not take it (the client
+        retries for up to 6 s) stalls no other command; the join then fails whole, its
+        lease revoked, and the membership thread tries again. The leases are swapped
+        and the endpoints registered under the engine's lock."""
         lease = self.etcd.grant(self.ttl)
-        with self.h.lock:
+        with self._joining:
             if lost is not None and self.lease != lost:
                 self.etcd.revoke(lease)  # (never used)
                 return
+            written = self._write_host_record(lease)
+        with self.h.lock, self._joining:
+            if lost is not None and self.lease != lost:
+                self.etcd.revoke(lease)  # (replaced meanwhile by a whole join)
+                return
+            if written != self._host_records:
+                # Another join's write was tried since (and failed, its answer maybe
+                # lost: it may have put the record under its lease, then revoked).
+                self._write_host_record(lease)
             self._joined_under(lease)
 
+    def _write_host_record(self, lease: int) -> int:
+        """This host's record under lease (the caller holds _joining); on failure the
+        lease is revoked (nothing else is under it yet). The count of writes tried."""
+        self._host_records += 1
+        try:
+            self.etcd.put(overlay.host_key(self.advertise), json.dumps({
+                "address": str(self.advertise), "instance": self.h.instance,
+                "host_netns": self.h.host_netns or "", "joined": now()}), lease)
+        except PortwayError:
+            try:
+                self.etcd.revoke(lease)
+            except PortwayError:
+                pass  # (it expires by itself: nothing keeps it alive)
+            raise
+        return self._host_records
+
     def _joined_under(self, lease: int) -> None:
-        """_join's work under the engine's lock, with its new lease."""
+        """_join's work under the engine's lock, with its new lease (this host's record
+        already written under it)."""
         old, self.lease = self.lease, lease  # kept alive from now on, whatever follows
         self._expired.clear()
-        self.etcd.put(overlay.host_key(self.advertise), json.dumps({
-            "address": str(self.advertise), "instance": self.h.instance,
-            "host_netns": self.h.host_netns or "", "joined": now()}), lease)
         for e in self._own_endpoints():
             if not self._ended(e[1]):
                 self._register(e, lease)
