@@ -19,7 +19,7 @@ from fakes import FakeDriver, World, fake_host
 
 from portway.core import listing, names, overlay
 from portway.engine import view
-from portway.engine.cluster import Cluster
+from portway.engine.cluster import CONTENDED_FOR, Cluster
 from portway.engine.context import Host
 from portway.engine.dns import DnsServer
 from portway.engine.dns import records as dns_records
@@ -1531,3 +1531,37 @@ def test_a_join_whose_hosts_record_cannot_be_written_leaves_the_engine_free(
     cluster._join(lost=lost)
     assert cluster.lease != lost and etcd.kv[host_key][1] == cluster.lease
     assert cluster.state == "joined"
+
+
+def test_addresses_lost_in_races_are_forgotten_once_expired_or_their_network_gone(
+        tmp_path: Path) -> None:
+    """What a set-up remembers of an address another host claimed first is kept for a
+    while (CONTENDED_FOR), not for the daemon's life: expired entries go when the memory
+    is read or written, and a network's go with it."""
+    etcd, (a, b) = two_hosts(tmp_path)
+    cluster = a.cluster
+    assert cluster is not None and b.cluster is not None
+    net = a.networks.create("ov", driver="overlay", subnet="10.200.0.0/24")
+    other = a.networks.create("ov2", driver="overlay", subnet="10.201.0.0/24")
+    b.cluster._snapshot(*etcd.range(overlay.PREFIX))
+    ip = ipaddress.ip_address
+    long_ago = time.monotonic() - CONTENDED_FOR - 1
+    cluster._contended = {net.id: {ip("10.200.0.9"): long_ago},
+                          other.id: {ip("10.201.0.9"): long_ago}}
+    assert not cluster.address_taken(net.id, ip("10.200.0.5"))  # (read: pruned)
+    assert net.id not in cluster._contended
+    # A race lost on ov now (written): the expired entry of ov2 goes too.
+    b.containers.run(["sleep", "1"], name="on-b", networks=["ov"], detach=True)
+    a.containers.run(["sleep", "1"], name="on-a", networks=["ov"], detach=True)
+    assert cluster._contended == {net.id: {ip("10.200.0.2"): pytest.approx(
+        time.monotonic(), abs=5)}}
+    # The network removed (its containers first): its memory goes with it, on the host
+    # that removed it and on one that sees it go.
+    a.containers.rm(["on-a"], force=True)
+    b.containers.rm(["on-b"], force=True)
+    b.cluster._contended = {net.id: {ip("10.200.0.7"): time.monotonic()}}
+    a.networks.remove(["ov"])
+    assert cluster._contended == {}
+    b.cluster._snapshot(*etcd.range(overlay.PREFIX))
+    assert b.cluster._contended == {}
+

@@ -124,7 +124,8 @@ class Cluster:
         self._unclaimed: set[str] = set()
         # Per network: addresses another host claimed first in a set-up's transaction,
         # before this host's view has its record, with when that was (address_taken
-        # skips them for a while: the set-up tried again picks another).
+        # skips them for CONTENDED_FOR: the set-up tried again picks another; expired
+        # ones are dropped as it is read or written, a network's as it goes).
         self._contended: dict[str, dict[IPAddress, float]] = {}
         # This host's endpoints released while the store was unreachable: what is still
         # to be removed from it (network id, keys with the endpoint id each holds).
@@ -537,15 +538,43 @@ class Cluster:
                            "try again")
         with self._view_lock:
             self.networks.pop(network.id, None)
+        self.forget_network(network.id)
 
     def address_taken(self, network_id: str, address: IPAddress) -> bool:
         """Held by an endpoint on another host, as far as this host has seen (or just
         claimed by one first, in a race with a set-up here)."""
+        return self._contended_now(network_id, address) or self._in_view(network_id, address)
+
+    def _contended_now(self, network_id: str, address: IPAddress) -> bool:
+        """address was claimed by another host first in a race with a set-up here, less
+        than CONTENDED_FOR ago. The network's expired entries are dropped (its map too,
+        once empty)."""
         contended = self._contended.get(network_id)
-        if contended and address in contended:
-            if time.monotonic() - contended[address] < CONTENDED_FOR:
-                return True
-            del contended[address]
+        if not contended:
+            return False
+        expired = time.monotonic() - CONTENDED_FOR
+        for a in [a for a, when in contended.items() if when <= expired]:
+            del contended[a]
+        if not contended:
+            del self._contended[network_id]
+        return address in contended
+
+    def _contend(self, network_id: str, address: IPAddress) -> None:
+        """address lost in a race on network: skipped for CONTENDED_FOR (every network's
+        expired entries dropped meanwhile)."""
+        expired = time.monotonic() - CONTENDED_FOR
+        self._contended = {n: kept for n, m in self._contended.items()
+                           if (kept := {a: t for a, t in m.items() if t > expired})}
+        self._contended.setdefault(network_id, {})[address] = time.monotonic()
+
+    def forget_network(self, network_id: str) -> None:
+        """What this service remembers of a network gone from this host."""
+        self._contended.pop(network_id, None)
+        with self._view_lock:
+            self._taken.pop(network_id, None)
+
+    def _in_view(self, network_id: str, address: IPAddress) -> bool:
+        """Held by an endpoint on another host, as the watch's view has it."""
         with self._view_lock:
             version = self._versions.get(network_id, 0)
             cached = self._taken.get(network_id)
@@ -673,7 +702,7 @@ class Cluster:
             if taken in e.requested:
                 raise Conflict(f"address {taken} is already in use on network {net.name} "
                                "(on another host)", "pick another address, or omit it")
-            self._contended.setdefault(net.id, {})[taken] = time.monotonic()
+            self._contend(net.id, taken)
             raced = AddressRaced(f"address {taken} on network {net.name} was claimed by "
                                  "another host at the same moment", "try again")
             raced.address = taken
@@ -910,6 +939,7 @@ class Cluster:
                 if net.id not in networks and not h.store.endpoints(network_id=net.id):
                     try:
                         h.networks.uninstall(net)
+                        self.forget_network(net.id)
                         changed = True
                     except PortwayError as exc:
                         log(f"cannot remove overlay network {net.name} here: {exc.line()}")
