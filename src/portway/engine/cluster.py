@@ -605,12 +605,26 @@ class Cluster:
         if holder is not None:
             raise self._name_in_use(c, network, f"host {holder.host}")
         for address in e.requested:  # (--ip: an address it picks avoids these already)
-            if self.address_taken(network.id, address):
+            if self._in_view(network.id, address) or (
+                    self._contended_now(network.id, address)
+                    and self._claimed_elsewhere(network.id, address, e.id)):
                 raise Conflict(f"address {address} is already in use on network "
                                f"{network.name} (on another host)",
                                "pick another address, or omit it")
         self._unpublished[e.id] = (e, c)
         self._unclaimed.add(e.id)
+
+    def _claimed_elsewhere(self, network_id: str, address: IPAddress,
+                           endpoint_id: str) -> bool:
+        """address held in the store by another endpoint. One lost in a race a moment
+        ago is asked of the store when asked for (--ip): its holder may be gone already,
+        which the memory of the race (CONTENDED_FOR) does not know; free, it is
+        forgotten."""
+        holder = self.etcd.get(overlay.address_key(network_id, address))
+        if holder is None or holder == endpoint_id:
+            self._contended.get(network_id, {}).pop(address, None)
+            return False
+        return True
 
     @staticmethod
     def _name_in_use(c: Container, network: Network, where: str) -> Conflict:
