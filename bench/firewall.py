@@ -35,6 +35,14 @@ RATE_SECONDS = 1.0
 IPERF_CYCLES = int(os.environ.get("PORTWAY_BENCH_IPERF_CYCLES", "12"))
 IPERF_RUNS = 1  # iperf3 runs per path and cycle
 IPERF_SECONDS = 2
+# The CPU both ends of every iperf3 run are pinned to (iperf3 -A: the client, and the
+# server for that test). The whole path then runs on that one CPU (a veth hands a packet
+# to the backlog of the CPU that sends it), so a run's figure is its cost per byte. Left
+# to the scheduler, the two ends shared one core in some runs and had one each in others,
+# and with one each the sender's segments, sent from both cores' backlogs (the ACKs that
+# release them arrive on the receiver's), came in out of order and were retransmitted by
+# the thousand: one path measured 11.5 and 17.3 Gbit/s seconds apart.
+IPERF_CPU = (os.cpu_count() or 1) - 1
 
 CONNECT_LOOP = """
 import socket, sys, time
@@ -130,31 +138,46 @@ def linear_add_one_ms(rounds: int = 20) -> float:
     return round(statistics.median(samples), 3)
 
 
-def busy_seconds() -> float:
-    """Every core's time doing anything but idling, since boot (/proc/stat)."""
-    with open("/proc/stat") as f:
-        ticks = [int(x) for x in f.readline().split()[1:8]]
-    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+def ksoftirqd_seconds(cpu: int) -> float:
+    """The CPU time of the softirq thread of `cpu` (the packets' path runs there when
+    softirqs pile up, and in the interrupted task otherwise)."""
+    for comm in os.scandir("/proc"):
+        if comm.name.isdigit():
+            try:
+                with open(f"/proc/{comm.name}/stat") as f:
+                    fields = f.read().rsplit(")", 1)
+            except OSError:
+                continue
+            if fields[0].endswith(f"(ksoftirqd/{cpu}"):
+                ticks = fields[1].split()
+                return (int(ticks[11]) + int(ticks[12])) / os.sysconf("SC_CLK_TCK")
+    return 0.0
 
 
 def iperf_runs(client_ns: list[str], address: str, port: int = 5201,
                runs: int = 3, cpu: list[float] | None = None) -> list[float]:
-    """`runs` single-stream runs of IPERF_SECONDS, in Gbit/s; with cpu, the machine's
-    busy CPU seconds per GB received in each run go there (every core's: the packets'
-    path through netfilter runs in softirq, on whichever core, and is no one process's
-    time; a figure only on a machine that does nothing else)."""
+    """`runs` single-stream runs of IPERF_SECONDS, client and server on IPERF_CPU, in
+    Gbit/s; with cpu, the flow's own CPU seconds per GB received in each run go there:
+    the client's and the server's (iperf3's own count: with tick-based accounting, as
+    here, a softirq is charged to the task it interrupted, so the packets' path is in
+    it) and the pinned CPU's softirq thread's. Another task's time on that CPU is not,
+    so the figure holds on a machine that does other work too."""
     samples = []
     for _ in range(runs):
         settle(5)
-        before = busy_seconds()
+        before = ksoftirqd_seconds(IPERF_CPU)
         out = sh(*client_ns, "iperf3", "-c", address, "-p", str(port), "-t",
-                 str(IPERF_SECONDS), "-J",
+                 str(IPERF_SECONDS), "-A", f"{IPERF_CPU},{IPERF_CPU}", "-J",
                  timeout=60).stdout
-        busy = busy_seconds() - before
-        received = json.loads(out)["end"]["sum_received"]
+        softirq = ksoftirqd_seconds(IPERF_CPU) - before
+        end = json.loads(out)["end"]
+        received = end["sum_received"]
         samples.append(received["bits_per_second"] / 1e9)
         if cpu is not None and received["bytes"]:
-            cpu.append(round(busy / (received["bytes"] / 1e9), 4))
+            used = end["cpu_utilization_percent"]
+            flow = ((used["host_total"] + used["remote_total"]) / 100 * received["seconds"]
+                    + softirq)
+            cpu.append(round(flow / (received["bytes"] / 1e9), 4))
     return samples
 
 
@@ -174,7 +197,7 @@ def bench_firewall(engine: Any, outside: str) -> dict[str, Any]:
     results: dict[str, Any] = {"scales": {}, "method": {
         "rate_rounds": RATE_ROUNDS, "rate_seconds": RATE_SECONDS,
         "iperf_cycles": IPERF_CYCLES, "iperf_runs": IPERF_RUNS,
-        "iperf_seconds": IPERF_SECONDS}}
+        "iperf_seconds": IPERF_SECONDS, "iperf_cpu": IPERF_CPU}}
     engine.network_create("fwnet", subnet=SUBNETS, ipv6=True)
     # Its own port is outside the fillers' range (FIRST_FILLER..), which the bench
     # adds and removes itself.
@@ -251,7 +274,7 @@ def bench_throughput_alone(engine: Any, outside: str) -> dict[str, Any]:
     try:
         return {"throughput": bench_throughput(engine, outside), "method": {
             "iperf_cycles": IPERF_CYCLES, "iperf_runs": IPERF_RUNS,
-            "iperf_seconds": IPERF_SECONDS}}
+            "iperf_seconds": IPERF_SECONDS, "iperf_cpu": IPERF_CPU}}
     finally:
         engine.network_rm(["fwnet"])
 

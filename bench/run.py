@@ -955,6 +955,35 @@ def cpu_per_gb(t: dict[str, Any], with_rules: str, without: str) -> str:
             f"each cycle median {statistics.median(each):.2f}× ({spread(each, 'cycles')})")
 
 
+def pinned(m: dict[str, Any]) -> str:
+    """How the throughput runs placed iperf3 (runs before pinning have no iperf_cpu)."""
+    if "iperf_cpu" not in m:
+        return "iperf3's client and server where the scheduler put them."
+    return (f"Both ends of every run on one CPU, the same in every run (CPU {m['iperf_cpu']}, "
+            "iperf3 -A for the client and, for that test, the server): a veth hands a "
+            "packet to the backlog of the CPU that sends it, so the whole path, both "
+            "directions, runs there, and a run's figure is its cost per byte. Before, the "
+            "scheduler placed the two ends: on one core in some runs and on two in others, "
+            "and on two the sender's segments left from both cores' backlogs (the ACKs that "
+            "let them go arrive on the receiver's core), arrived out of order and were "
+            "retransmitted (up to 26,000 segments in a 2 s run); one path measured 11.5 "
+            "and 17.3 Gbit/s seconds apart, and the cycles' ratios of the IPv6 goals ranged "
+            "0.77–1.04 and 0.79–1.20 over 12 cycles on an idle machine.")
+
+
+def cpu_method(m: dict[str, Any]) -> str:
+    """What the CPU-per-byte figures count (the machine's busy time before pinning)."""
+    if "iperf_cpu" not in m:
+        return ("every core's busy time during a run, from /proc/stat, ÷ the GB received: "
+                "the packets' path runs in softirq on either core, no one process's time; a "
+                "figure only when nothing else runs")
+    return ("the flow's own CPU time ÷ the GB received: the client's and the server's, as "
+            "iperf3 counts them, which with this kernel's tick-based accounting includes "
+            "the softirqs that ran in them (the packets' whole path), and the time of the "
+            "pinned CPU's softirq thread; another task's time on that CPU is not in it, so "
+            "other work on the machine moves it far less than throughput")
+
+
 def firewall_report(fw: dict[str, Any]) -> list[str]:
     m = fw["method"]
     lines = [
@@ -1045,7 +1074,8 @@ def firewall_report(fw: dict[str, Any]) -> list[str]:
         "then with; to the published port: with, then one DNAT rule), neither always first. "
         "Within each cycle: the ratio of those two runs, the median over the cycles (the "
         "range of the cycles' ratios beside it); the goals hold this one, which the "
-        "machine's drift between cycles does not move.",
+        "machine's drift between cycles does not move. "
+        f"{pinned(m)}",
         "",
         "| path | with portway's rules | conntrack and NAT only | without rules | "
         "ratio, with ÷ without | within each cycle (median) |",
@@ -1070,9 +1100,7 @@ def firewall_report(fw: dict[str, Any]) -> list[str]:
         f"{per_cycle('outside_to_published6', 'outside_to_published6_one_dnat')} (the IPv6 "
         "goal holds this one).",
         "",
-        "CPU cost per byte, beside the same runs (every core's busy time during a run, "
-        "from /proc/stat, ÷ the GB received: the packets' path runs in softirq on either "
-        "core, no one process's time; a figure only when nothing else runs), with "
+        f"CPU cost per byte, beside the same runs ({cpu_method(m)}), with "
         "portway's rules ÷ without, IPv6: container to container "
         f"{cpu_per_gb(t, 'container_to_container6', 'container_to_container6_no_rules')}; "
         "to the published port (÷ one DNAT rule) "
