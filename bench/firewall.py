@@ -166,11 +166,18 @@ def iperf_runs(client_ns: list[str], address: str, port: int = 5201,
     for _ in range(runs):
         settle(5)
         before = ksoftirqd_seconds(IPERF_CPU)
-        out = sh(*client_ns, "iperf3", "-c", address, "-p", str(port), "-t",
-                 str(IPERF_SECONDS), "-A", f"{IPERF_CPU},{IPERF_CPU}", "-J",
-                 timeout=60).stdout
+        run = subprocess.run(
+            [*client_ns, "iperf3", "-c", address, "-p", str(port), "-t",
+             str(IPERF_SECONDS), "-A", f"{IPERF_CPU},{IPERF_CPU}", "-J"],
+            capture_output=True, text=True, timeout=60)
         softirq = ksoftirqd_seconds(IPERF_CPU) - before
-        end = json.loads(out)["end"]
+        if run.returncode != 0:  # what went wrong, in iperf3's (or ip's) own words
+            try:
+                error = json.loads(run.stdout).get("error", run.stderr.strip())
+            except ValueError:
+                error = run.stderr.strip() or run.stdout.strip()
+            raise RuntimeError(f"iperf3 to [{address}]:{port}: {error}")
+        end = json.loads(run.stdout)["end"]
         received = end["sum_received"]
         samples.append(received["bits_per_second"] / 1e9)
         if cpu is not None and received["bytes"]:
@@ -312,7 +319,11 @@ def bench_throughput(engine: Any, outside: str) -> dict[str, Any]:
     # _one_dnat added, the runs with those tables in their place.)
     server = engine.run(["iperf3", "-s"], name="iperf", networks=["fwnet"],
                         ports=["5201:5201"], detach=True)
-    client = engine.run(["sleep", "600"], name="iperfc", networks=["fwnet"], detach=True)
+    # The client's command lives as long as the runs: on a busy machine (every settle
+    # waiting its most) they take more than 10 minutes, and with the command's end the
+    # container's namespace went, and the runs after it failed.
+    client = engine.run(["sleep", "infinity"], name="iperfc", networks=["fwnet"],
+                        detach=True)
     net = engine.inspect([server["Id"]])[0]["NetworkSettings"]["Networks"]["fwnet"]
     address, address6 = net["IPAddress"], net["GlobalIPv6Address"]
     in_client = ["ip", "netns", "exec", f"pw-{client['Id'][:12]}"]
