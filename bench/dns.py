@@ -332,9 +332,9 @@ def portway_side(engine: Any, outside: str) -> Iterator[str]:
     """portway's dual-stack network with three containers; yields the asking container's
     namespace."""
     engine.network_create("dnsnet", subnet=SUBNETS, ipv6=True)
-    target = engine.run(["sleep", "600"], name="target", networks=["dnsnet"], detach=True)
-    client = engine.run(["sleep", "600"], name="asker", networks=["dnsnet"], detach=True)
-    third = engine.run(["sleep", "600"], name="db", networks=["dnsnet"], detach=True)
+    target = engine.run(["sleep", "infinity"], name="target", networks=["dnsnet"], detach=True)
+    client = engine.run(["sleep", "infinity"], name="asker", networks=["dnsnet"], detach=True)
+    third = engine.run(["sleep", "infinity"], name="db", networks=["dnsnet"], detach=True)
     fake = subprocess.Popen(["ip", "netns", "exec", outside, "python3", str(FAKE_DNS),
                              UPSTREAM, "192.0.2.99"])
     try:
