@@ -1591,3 +1591,53 @@ def test_an_address_asked_for_that_a_race_lost_is_free_once_its_holder_is_gone(
     asked = a.container("asked")
     assert [str(e.address) for e in a.store.endpoints() if e.container_id == asked.id] \
         == ["10.200.0.2"]
+
+
+def test_a_join_under_way_as_the_daemon_stops_changes_nothing_after_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lease is gone and the membership thread joins again; this host's record is
+    slow to be written (the client's retries: up to 6 s, past the 2 s close waits for the
+    thread), and the daemon stops meanwhile. Once the write is through, the join stops
+    there: no lease swapped in that no one keeps alive, no endpoint registered under it,
+    nothing written to the local store the engine has closed (the thread raised there),
+    and the lease it was given is revoked (this host's record with it)."""
+    etcd, (a, b) = two_hosts(tmp_path)
+    cluster = a.cluster
+    assert cluster is not None and b.cluster is not None
+    a.networks.create("ov", driver="overlay", subnet="10.200.0.0/24")
+    a.containers.run(["sleep", "1"], name="web", networks=["ov"], detach=True)
+    host_key = overlay.host_key(cluster.advertise)
+    lost = cluster.lease
+    etcd.expire(lost)
+    cluster._expired.set()
+    writing, release = threading.Event(), threading.Event()
+    put = etcd.put
+
+    def slow(key: str, value: str, lease: int = 0) -> None:
+        if key == host_key:
+            writing.set()
+            release.wait(5)  # (the client's retries meanwhile)
+        put(key, value, lease)
+
+    monkeypatch.setattr(etcd, "put", slow)
+    raised: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook",
+                        lambda args: raised.append(args.exc_value))
+    membership = threading.Thread(target=cluster._membership)
+    cluster._threads.append(membership)
+    membership.start()
+    try:
+        assert writing.wait(3)
+        cluster.close()  # (as the engine's close: the cluster first, then the rest)
+        with a.lock:
+            a.closed = True
+        a.store.close()
+    finally:
+        release.set()
+        membership.join(5)
+    assert not membership.is_alive() and raised == []
+    assert cluster.lease == lost
+    assert etcd.leases == {b.cluster.lease}, "a lease granted by the join is left"
+    assert [k for k in etcd.kv if "/192.0.2.1" in k or
+            k.endswith(a.store.endpoints()[0].id)] == []
+

@@ -159,16 +159,21 @@ class Cluster:
         caller holds it: a run's claim): a store that will not take it (the client
         retries for up to 6 s) stalls no other command; the join then fails whole, its
         lease revoked, and the membership thread tries again. The leases are swapped
-        and the endpoints registered under the engine's lock."""
+        and the endpoints registered under the engine's lock; once the daemon stops
+        (stop), nothing."""
         lease = self.etcd.grant(self.ttl)
         with self._joining:
-            if lost is not None and self.lease != lost:
+            if (lost is not None and self.lease != lost) or self._stop.is_set():
                 self.etcd.revoke(lease)  # (never used)
                 return
             written = self._write_host_record(lease)
         with self.h.lock, self._joining:
-            if lost is not None and self.lease != lost:
-                self.etcd.revoke(lease)  # (replaced meanwhile by a whole join)
+            if (lost is not None and self.lease != lost) or self._stop.is_set():
+                # Replaced meanwhile by a whole join; or the daemon stopped while the
+                # record was written (close waits 2 s, the client's retries up to 6):
+                # nothing is swapped in or registered under a lease no one keeps alive,
+                # nor written to a local store the engine has closed.
+                self.etcd.revoke(lease)
                 return
             if written != self._host_records:
                 # Another join's write was tried since (and failed, its answer maybe
