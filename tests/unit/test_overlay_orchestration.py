@@ -116,6 +116,10 @@ class MemoryEtcd:
         self._up()
         self.expire(lease)
 
+    def keepalive(self, lease: int) -> int:
+        self._up()
+        return overlay.DEFAULT_TTL if lease in self.leases else -1
+
     def expire(self, lease: int) -> None:
         self.leases.discard(lease)
         self.kv = {k: (v, le) for k, (v, le) in self.kv.items() if le != lease}
@@ -1664,3 +1668,55 @@ def test_an_address_asked_for_that_a_race_lost_with_the_store_away_fails_whole(
     assert ({c.id for c in a.store.containers()},
             {e.id for e in a.store.endpoints()}) == before
     assert a.cluster._unpublished == {} and a.cluster._unclaimed == set()
+
+
+def test_a_lease_that_runs_out_while_its_join_waits_for_the_engine_is_not_taken(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The membership thread's join writes this host's record under a new lease, then
+    waits for the engine's lock; nothing renews that lease meanwhile (the keepalive
+    renews the one swapped in), and a wait past its TTL lets it run out, this host's
+    record with it. The join then swapped a dead lease in and said joined: the host was
+    missing from every other host's members set until the keepalive noticed. It now
+    fails whole instead (the membership thread joins again)."""
+    etcd, (a, _b) = two_hosts(tmp_path)
+    leased = LeasedEtcd()
+    leased.kv, leased.leases, leased.granted = etcd.kv, etcd.leases, etcd.granted
+    cluster = a.cluster
+    assert cluster is not None
+    cluster.etcd = cast(Etcd, leased)
+    host_key = overlay.host_key(cluster.advertise)
+    lost = cluster.lease
+    leased.expire(lost)
+    cluster._expired.set()
+    written = threading.Event()
+    put = leased.put
+
+    def putting(key: str, value: str, lease: int = 0) -> None:
+        put(key, value, lease)
+        if key == host_key:
+            written.set()
+
+    monkeypatch.setattr(leased, "put", putting)
+    failed: list[PortwayError] = []
+
+    def join() -> None:
+        try:
+            cluster._join(lost=lost)
+        except PortwayError as exc:
+            failed.append(exc)
+
+    joining = threading.Thread(target=join)
+    with a.lock:  # (a long command holds it)
+        joining.start()
+        assert written.wait(3)
+        leased.expire(leased.kv[host_key][1])  # (its TTL passes meanwhile)
+    joining.join(5)
+    assert not joining.is_alive()
+    if cluster.lease != lost:
+        assert cluster.lease in leased.leases, "a lease that ran out was taken"
+        assert leased.kv.get(host_key, ("", 0))[1] == cluster.lease
+    else:
+        assert failed and cluster._expired.is_set()  # (joined again next)
+    cluster._join(lost=cluster.lease)
+    assert cluster.lease in leased.leases and leased.kv[host_key][1] == cluster.lease
+    assert cluster.state == "joined"

@@ -159,8 +159,9 @@ class Cluster:
         caller holds it: a run's claim): a store that will not take it (the client
         retries for up to 6 s) stalls no other command; the join then fails whole, its
         lease revoked, and the membership thread tries again. The leases are swapped
-        and the endpoints registered under the engine's lock; once the daemon stops
-        (stop), nothing."""
+        and the endpoints registered under the engine's lock, once the lease is renewed
+        (it may have run out while the join waited for that lock); once the daemon
+        stops (stop), nothing."""
         lease = self.etcd.grant(self.ttl)
         with self._joining:
             if (lost is not None and self.lease != lost) or self._stop.is_set():
@@ -175,6 +176,12 @@ class Cluster:
                 # nor written to a local store the engine has closed.
                 self.etcd.revoke(lease)
                 return
+            if self.etcd.keepalive(lease) <= 0:
+                # It ran out while this join waited for the engine's lock (nothing
+                # renews it before the swap), this host's record with it: taken, the
+                # host would say joined while missing from every members set.
+                raise PortwayError(f"lease {lease:x} ran out before the join took it: "
+                                   "joining again")
             if written != self._host_records:
                 # Another join's write was tried since (and failed, its answer maybe
                 # lost: it may have put the record under its lease, then revoked).
