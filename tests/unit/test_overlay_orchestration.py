@@ -1720,3 +1720,60 @@ def test_a_lease_that_runs_out_while_its_join_waits_for_the_engine_is_not_taken(
     cluster._join(lost=cluster.lease)
     assert cluster.lease in leased.leases and leased.kv[host_key][1] == cluster.lease
     assert cluster.state == "joined"
+
+
+def test_an_ipv6_address_asked_for_that_a_race_lost_is_checked_and_claimed_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--ip6 goes the way --ip does: an address lost in a race a moment ago is refused
+    while the store has a holder for it (this host's view not showing one yet), given
+    once the holder is gone; and where the store says free but another host claims it
+    between that read and this host's claim, the claim's transaction refuses this one:
+    one holder, one clear line, nothing of the refused run left."""
+    etcd, (a, b) = two_hosts(tmp_path)
+    assert a.cluster is not None and b.cluster is not None
+    net = a.networks.create("ov", driver="overlay", subnet=["10.200.0.0/24", "fd00:200::/64"],
+                            ipv6=True)
+    b.cluster._snapshot(*etcd.range(overlay.PREFIX))
+    ip = ipaddress.ip_address
+    b.containers.run(["sleep", "1"], name="on-b", networks=["ov"], ip6="fd00:200::9",
+                     detach=True)
+    a.cluster._contend(net.id, ip("fd00:200::9"))  # (lost to on-b; a's view lags)
+    assert not a.cluster._in_view(net.id, ip("fd00:200::9"))
+    with pytest.raises(Conflict, match=r"address fd00:200::9 is already in use"):
+        a.containers.run(["sleep", "1"], name="asked", networks=["ov"],
+                         ip6="fd00:200::9", detach=True)
+    b.containers.rm(["on-b"], force=True)
+    a.containers.run(["sleep", "1"], name="asked", networks=["ov"], ip6="fd00:200::9",
+                     detach=True)
+    asked = a.container("asked")
+    assert [str(x.ip) for e in a.store.endpoints() if e.container_id == asked.id
+            for x in e.addresses if x.ip.version == 6] == ["fd00:200::9"]
+
+    # Free as read, claimed by b before a's claim: b's stays, a's run fails whole.
+    a.cluster._contend(net.id, ip("fd00:200::10"))
+    key = overlay.address_key(net.id, ip("fd00:200::10"))
+    get = etcd.get
+    raced: list[str] = []
+
+    def racing(k: str) -> str | None:
+        value = get(k)
+        if k == key and not raced:
+            raced.append(k)
+            b.containers.run(["sleep", "1"], name="fast", networks=["ov"],
+                             ip6="fd00:200::10", detach=True)
+        return value
+
+    monkeypatch.setattr(etcd, "get", racing)
+    before = ({c.id for c in a.store.containers()}, {e.id for e in a.store.endpoints()})
+    with pytest.raises(Conflict) as lost:
+        a.containers.run(["sleep", "1"], name="slow", networks=["ov"],
+                         ip6="fd00:200::10", detach=True)
+    assert raced and lost.value.line() == (
+        "address fd00:200::10 is already in use on network ov (on another host); "
+        "pick another address, or omit it")
+    fast = b.container("fast")
+    assert etcd.kv[key][0] == next(e.id for e in b.store.endpoints()
+                                   if e.container_id == fast.id)
+    assert ({c.id for c in a.store.containers()},
+            {e.id for e in a.store.endpoints()}) == before
+    assert a.cluster._unpublished == {} and a.cluster._unclaimed == set()
