@@ -1777,3 +1777,48 @@ def test_an_ipv6_address_asked_for_that_a_race_lost_is_checked_and_claimed_once(
     assert ({c.id for c in a.store.containers()},
             {e.id for e in a.store.endpoints()}) == before
     assert a.cluster._unpublished == {} and a.cluster._unclaimed == set()
+
+
+def test_a_runs_join_under_the_engines_lock_and_the_membership_threads_do_not_deadlock(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The membership thread's join holds the joins' lock while its record is written
+    (slowly), and a run whose claim was refused joins under the engine's lock, so waits
+    for it: the membership thread's join then waits for the engine's lock. Both finish
+    (every path takes the engine's lock before the joins', and nothing under the
+    joins' lock alone takes the engine's): one lease kept, this host's record under it,
+    the other lease revoked."""
+    etcd, (a, b) = two_hosts(tmp_path)
+    cluster = a.cluster
+    assert cluster is not None and b.cluster is not None
+    host_key = overlay.host_key(cluster.advertise)
+    lost = cluster.lease
+    etcd.expire(lost)
+    writing, release = threading.Event(), threading.Event()
+    put = etcd.put
+
+    def slow(key: str, value: str, lease: int = 0) -> None:
+        if key == host_key and threading.current_thread() is not threading.main_thread():
+            writing.set()
+            release.wait(5)
+        put(key, value, lease)
+
+    monkeypatch.setattr(etcd, "put", slow)
+    membership = threading.Thread(target=cluster._join, kwargs={"lost": lost},
+                                  daemon=True)  # (deadlocked, it must not hold pytest)
+    membership.start()
+    assert writing.wait(3)
+    done = threading.Event()
+
+    def run_join() -> None:
+        with a.lock:  # (a run's claim refused: it joins holding the engine's lock)
+            threading.Timer(0.3, release.set).start()
+            cluster._join(lost=lost)
+        done.set()
+
+    run = threading.Thread(target=run_join, daemon=True)
+    run.start()
+    run.join(5)
+    membership.join(5)
+    assert done.is_set() and not membership.is_alive(), "the two joins deadlocked"
+    assert cluster.lease != lost and etcd.leases == {cluster.lease, b.cluster.lease}
+    assert etcd.kv[host_key][1] == cluster.lease
