@@ -1822,3 +1822,47 @@ def test_a_runs_join_under_the_engines_lock_and_the_membership_threads_do_not_de
     assert done.is_set() and not membership.is_alive(), "the two joins deadlocked"
     assert cluster.lease != lost and etcd.leases == {cluster.lease, b.cluster.lease}
     assert etcd.kv[host_key][1] == cluster.lease
+
+
+@pytest.mark.parametrize("revoked", [True, False], ids=["revoked", "revoke-lost-too"])
+def test_a_hosts_record_written_but_its_answer_lost_leaves_one_record_under_the_lease_kept(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, revoked: bool) -> None:
+    """The store takes this host's record but its answer is lost: the join fails and
+    revokes the lease it was given (the record goes with it), or cannot (the store
+    away again: that lease runs out by itself). The next join writes the record under
+    its own lease: one record, under the lease kept, which the old lease's expiry does
+    not take."""
+    etcd, (a, b) = two_hosts(tmp_path)
+    cluster = a.cluster
+    assert cluster is not None and b.cluster is not None
+    host_key = overlay.host_key(cluster.advertise)
+    lost = cluster.lease
+    etcd.expire(lost)
+    cluster._expired.set()
+    put, revoke = etcd.put, etcd.revoke
+
+    def landed_unanswered(key: str, value: str, lease: int = 0) -> None:
+        put(key, value, lease)
+        if key == host_key:
+            raise ClusterUnreachable("cannot reach the cluster store etcd://fake:2379 "
+                                     "(fake:2379: timed out)")
+
+    def unreachable(lease: int) -> None:
+        raise ClusterUnreachable("cannot reach the cluster store etcd://fake:2379")
+
+    monkeypatch.setattr(etcd, "put", landed_unanswered)
+    if not revoked:
+        monkeypatch.setattr(etcd, "revoke", unreachable)
+    with pytest.raises(ClusterUnreachable):
+        cluster._join(lost=lost)
+    first = etcd.granted - 1 + 100  # (the lease that join was given: MemoryEtcd.grant)
+    assert cluster.lease == lost and cluster._expired.is_set()
+    assert (host_key in etcd.kv) is not revoked
+    monkeypatch.setattr(etcd, "put", put)
+    monkeypatch.setattr(etcd, "revoke", revoke)
+    cluster._join(lost=lost)
+    etcd.expire(first)  # (run out, if it was not revoked)
+    assert sorted(k for k in etcd.kv if k.startswith(overlay.host_key(""))) == sorted(
+        [overlay.host_key(b.cluster.advertise), host_key])
+    assert etcd.kv[host_key][1] == cluster.lease and cluster.lease in etcd.leases
+    assert etcd.leases == {cluster.lease, b.cluster.lease}
