@@ -713,6 +713,30 @@ def test_a_run_is_one_etcd_write_and_an_address_has_one_holder(cluster: Cluster)
               for host, pw in (("a", c.pw_a), ("b", c.pw_b))]
     assert len(set(picked)) == 6 and ip not in picked and "10.216.0.50" not in picked
 
+    # A host whose pick lost a race remembers that address for a while and reads the
+    # store for it when it is asked for (--ip): each picked address, its holder removed,
+    # asked for by both hosts at once, still goes to one of them (the claim's
+    # transaction decides), the other told so in one line, keeping nothing.
+    for r in range(3):
+        for host, pw in (("a", c.pw_a), ("b", c.pw_b)):
+            address = _address(pw, f"pick-{host}{r}")
+            pw("rm", "-f", f"pick-{host}{r}")
+            results = both(lambda h: ("run", "-d", "--name", f"again-{h}{r}{host}",  # noqa: B023
+                                      "--network", "ov", "--ip", address,  # noqa: B023
+                                      "--", "sleep", "3600"))
+            codes = sorted(x.returncode for x in results)
+            assert codes[0] == 0 and codes[1] != 0, [x.stderr for x in results]
+            loser = next(x for x in results if x.returncode != 0)
+            assert loser.stderr.strip().splitlines() == [
+                f"portway: error: address {address} is already in use on network ov "
+                "(on another host); pick another address, or omit it"], loser.stderr
+            holders = [k for k, v in _keys(c, f"/portway/ips/{net_id}/").items()
+                       if k.endswith("/" + address)]
+            assert len(holders) == 1, holders
+            lost = "a" if results[0].returncode != 0 else "b"
+            assert f"again-{lost}{r}{host}" not in (c.pw_a if lost == "a" else c.pw_b)(
+                "ps", "-a").stdout
+
 
 def test_an_advertise_address_not_of_this_host_is_refused(sandbox: Sandbox) -> None:
     """The other hosts send this host's tunnel traffic to its --advertise-address: one
