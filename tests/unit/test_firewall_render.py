@@ -117,7 +117,8 @@ def listing_of(cmds: list[dict[str, object]]) -> list[dict[str, object]]:
 
 
 def plan(have: list[dict[str, object]], want_networks: list[Network],
-         instance: str = INSTANCE) -> list[firewall.Repair]:
+         instance: str = INSTANCE, without: str = "") -> list[firewall.Repair]:
+    """without: a set the listing of have lacks (as a table an earlier portway made)."""
     shared = firewall.render_shared()
     mine = [c for n in want_networks for c in firewall.render_network(n, instance)]
     canonical = listing_of([c for cmds in shared.values() for c in cmds]
@@ -125,6 +126,8 @@ def plan(have: list[dict[str, object]], want_networks: list[Network],
     by_family: dict[str, list[dict[str, object]] | None] = {f: None for f in firewall.TABLES}
     for item in listing_of(have):
         (body,) = item.values()
+        if "set" in item and body["name"] == without:  # type: ignore[index]
+            continue
         family = body["family"]  # type: ignore[index]
         by_family[family] = [*(by_family[family] or []), item]  # type: ignore[index]
     return firewall.plan_repair(shared, mine, by_family, canonical, instance)
@@ -179,6 +182,16 @@ def test_repair_creates_a_shared_set_an_earlier_table_lacks() -> None:
     assert repairs[0].steps == (tuple(c for c in shared
                                       if c["add"].get("set", {}).get("name") == "senders"),)
     assert plan(shared, []) == []
+
+
+def test_repair_creates_a_raw_set_an_earlier_table_lacks() -> None:
+    # Neither can the rules that look up `lladdrs`, which only nft's text syntax
+    # declares: it is created first, by that text.
+    shared = [c for cmds in firewall.render_shared().values() for c in cmds]
+    repairs = plan(shared, [], without="lladdrs")
+    assert [r.what for r in repairs] == ["create set bridge portway lladdrs: it is missing"]
+    assert repairs[0].steps == (({firewall.TEXT: "add set bridge portway lladdrs "
+                                  "{ typeof iifname . @th,208,48 ; }"},),)
 
 
 def test_tables_in_use() -> None:

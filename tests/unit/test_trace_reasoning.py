@@ -41,6 +41,12 @@ def listing(cmds: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         if kind == "table":
             items.append({"table": dict(body)})
+            if body["family"] == firewall.GUARD_FAMILY:  # (after GUARD_PRELUDE's sets)
+                for name in firewall.RAW_SETS:
+                    sets[(body["family"], name)] = {
+                        "family": body["family"], "table": body["name"], "name": name,
+                        "type": ["ifname", "integer"]}
+                    items.append({"set": sets[(body["family"], name)]})
             continue
         entry = dict(body)
         if kind == "rule":

@@ -63,9 +63,7 @@ def published() -> list[Published]:
 
 
 def ruleset() -> list[dict[str, Any]]:
-    # The set GUARD_PRELUDE makes from nft's text syntax.
-    cmds = [*firewall.render_base(), {"add": {"set": {**firewall.G, "name": "targets6",
-                                                      "type": ["ifname", "integer"]}}}]
+    cmds = firewall.render_base()
     for n in (APP, DB, SIX, FOUR):
         cmds += firewall.render_network(n, INSTANCE)
     cmds += [*firewall.render_ports(published(), INSTANCE), *firewall.render_guard_base(),

@@ -805,6 +805,26 @@ def render_guard_base() -> list[Cmd]:
              _match(iif, "@v6ports", "!="), {"drop": None}),
         rule("spoof_ip6", "a container advertises no routes and redirects nobody",
              _match(icmpv6, {"set": ["nd-router-advert", "nd-redirect"]}), {"drop": None}),
+        # A solicitation or advertisement may name a link-layer address (an option after
+        # its fixed part): the neighbour that takes it sends what is meant for the sender
+        # there. It must be the port's own MAC (ARP's "only its own MAC"), and it is the
+        # message's only option, so that it cannot hide behind another one.
+        rule("spoof_ip6", "neighbour discovery carries at most one option",
+             _match(icmpv6, {"set": ["nd-neighbor-solicit", "nd-neighbor-advert"]}),
+             _match(_payload("ip6", "length"), ND_SIZE + 8, ">"), {"drop": None}),
+        rule("spoof_ip6", "router solicitations carry at most one option",
+             _match(icmpv6, "nd-router-solicit"),
+             _match(_payload("ip6", "length"), RS_SIZE + 8, ">"), {"drop": None}),
+        rule("spoof_ip6", "neighbour discovery names only the port's own MAC",
+             _match(icmpv6, {"set": ["nd-neighbor-solicit", "nd-neighbor-advert"]}),
+             _match(_raw(ND_SIZE, 1), {"set": LLADDR_OPTIONS}),
+             _match({"concat": [iif, _raw(ND_SIZE + 2, 6)]}, "@lladdrs", "!="),
+             {"drop": None}),
+        rule("spoof_ip6", "router solicitations name only the port's own MAC",
+             _match(icmpv6, "nd-router-solicit"),
+             _match(_raw(RS_SIZE, 1), {"set": LLADDR_OPTIONS}),
+             _match({"concat": [iif, _raw(RS_SIZE + 2, 6)]}, "@lladdrs", "!="),
+             {"drop": None}),
         rule("spoof_ip6", "from no address: only listener reports and address checks",
              _match(_payload("ip6", "saddr"), "::"),
              _match(icmpv6, {"set": ["mld-listener-report", "mld2-listener-report",
@@ -819,13 +839,36 @@ def render_guard_base() -> list[Cmd]:
     ]
 
 
+def _raw(offset: int, length: int) -> dict[str, Any]:
+    """length bytes of the transport header (ICMPv6's) from offset."""
+    return {"payload": {"base": "th", "offset": offset * 8, "len": length * 8}}
+
+
 # The target address of a neighbour advertisement (after type, code, checksum, flags).
-ND_TARGET = {"payload": {"base": "th", "offset": 64, "len": 128}}
-# libnftables 1.0.6 cannot make a set keyed by a raw payload field from JSON, only from
-# its text syntax: this runs before the JSON of render_guard_base.
-GUARD_PRELUDE = (f"add table {GUARD_FAMILY} {TABLE}\n"
-                 f"add set {GUARD_FAMILY} {TABLE} targets6 "
-                 "{ typeof iifname . @th,64,128 ; }")
+ND_TARGET = _raw(8, 16)
+# The fixed part of a neighbour solicitation or advertisement (type, code, checksum,
+# flags or reserved, target) and of a router solicitation (the same, no target): the
+# options follow. A link-layer address option: type (source 1, target 2), length in
+# units of 8 bytes (1: an Ethernet address), the address.
+ND_SIZE, RS_SIZE = 24, 8
+LLADDR_OPTIONS = [1, 2]
+# The sets keyed by a raw payload field, by name: libnftables 1.0.6 can make them from
+# its text syntax only, not from JSON. targets6: the addresses a port may advertise;
+# lladdrs: the MAC a port's neighbour discovery may name (as the option of a
+# solicitation or advertisement carries it; a router solicitation's, 16 bytes earlier,
+# has the same type).
+RAW_SETS = {"targets6": "iifname . @th,64,128", "lladdrs": f"iifname . @th,{(ND_SIZE + 2) * 8},48"}
+
+
+def raw_set(name: str) -> str:
+    """The text command that makes RAW_SETS' set name (nothing if it exists)."""
+    return f"add set {GUARD_FAMILY} {TABLE} {name} {{ typeof {RAW_SETS[name]} ; }}"
+
+
+# Runs before the JSON of render_guard_base.
+GUARD_PRELUDE = "\n".join([f"add table {GUARD_FAMILY} {TABLE}", *map(raw_set, RAW_SETS)])
+# A step of a Repair given as nft's text syntax (a set of RAW_SETS), not JSON.
+TEXT = "nft-text"
 
 
 def _guard_elements(endpoints: Iterable[Endpoint]) -> list[tuple[str, Endpoint, Any]]:
@@ -844,6 +887,9 @@ def _guard_elements(endpoints: Iterable[Endpoint]) -> list[tuple[str, Endpoint, 
                             {"concat": [e.host_ifname, f"0x{int(a.ip):032x}"]}))
         if any(a.version == 6 for a in e.addresses):
             out.append(("v6ports", e, e.host_ifname))
+            # (as nft lists it: a number, where targets6's 128 bits list as hex)
+            out.append(("lladdrs", e,
+                        {"concat": [e.host_ifname, int(e.mac.replace(":", ""), 16)]}))
     return out
 
 
@@ -860,10 +906,10 @@ def render_guard_declared(endpoints: Iterable[Endpoint], instance: str) -> list[
     before it, where "add element" makes it read every chain, set and object of the
     ruleset and the elements of every interval set (2 round trips to the kernel in place
     of 13, most of the anti-spoofing step's cost). None if an element goes to a set that
-    JSON cannot declare (targets6: GUARD_PRELUDE): then render_guard's form."""
+    JSON cannot declare (RAW_SETS: GUARD_PRELUDE): then render_guard's form."""
     endpoints = list(endpoints)
     if any(a.version == 6 for e in endpoints for a in e.addresses):
-        return None  # (its targets6 element)
+        return None  # (its targets6 and lladdrs elements)
     declared = _guard_sets()
     elems: dict[str, list[Any]] = {}
     for name, e, key in _guard_elements(endpoints):
@@ -1019,6 +1065,10 @@ def plan_repair(shared: dict[str, list[Cmd]], mine: list[Cmd],
                 kind = "set" if "set" in cmd["add"] else "map"
                 repairs.append(Repair(f"create {kind} {family} {TABLE} {body['name']}: it is "
                                       "missing", ((cmd,),)))
+        if family == GUARD_FAMILY:
+            repairs += [Repair(f"create set {family} {TABLE} {name}: it is missing",
+                               (({TEXT: raw_set(name)},),))
+                        for name in RAW_SETS if name not in named]
     chains = _chain_cmds([*[c for f in present for c in shared[f]],
                           *[c for c in mine if _family(c) in present]])
     # Fail-closed, in this order: the regular chains (what elements and rules jump to),

@@ -258,7 +258,9 @@ class Firewall:
             raise PortwayError(repair.what)
         if not repair.what.startswith("re-create table"):
             for step in repair.steps:
-                if step:
+                if step and firewall.TEXT in step[0]:
+                    self.nft.run("\n".join(cmd[firewall.TEXT] for cmd in step))
+                elif step:
                     self.nft.apply(list(step))
             return
         base, *rest = repair.steps
