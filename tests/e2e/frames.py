@@ -6,6 +6,8 @@
     python3 frames.py ra IFNAME SRC_MAC DST_MAC PREFIX
     python3 frames.py udp6 IFNAME SRC_MAC SRC_IP DST_MAC DST_IP PORT PAYLOAD
     python3 frames.py na IFNAME SRC_MAC SRC_IP DST_MAC DST_IP TARGET LLADDR
+    python3 frames.py ns IFNAME SRC_MAC SRC_IP DST_MAC DST_IP TARGET LLADDR [nonce]
+    python3 frames.py rs IFNAME SRC_MAC SRC_IP DST_MAC DST_IP LLADDR
     python3 frames.py vxlan VTEP VNI SRC_MAC SRC_IP DST_MAC DST_IP PORT PAYLOAD
 
 `udp` sends one UDP datagram with whatever source MAC and address it is given;
@@ -14,7 +16,8 @@ request claiming SENDER_IP is at SRC_MAC (broadcast, or to DST_MAC); `ra` an IPv
 router advertisement from the link-local address of SRC_MAC, offering PREFIX (a
 /64) for address autoconfiguration and itself as default router; `udp6` a UDP
 datagram over IPv6 from any source; `na` a neighbour advertisement saying TARGET is at
-LLADDR. A packet socket
+LLADDR; `ns` a neighbour solicitation for TARGET, and `rs` a router solicitation, each
+saying its sender is at LLADDR (with `nonce`, a nonce option comes first). A packet socket
 writes the frame as is, so nothing in the container's stack corrects it. `vxlan`
 wraps a `udp` frame in a VXLAN header with VNI and sends it to VTEP's port 4789 over
 an ordinary UDP socket of VTEP's family (no privilege needed).
@@ -95,10 +98,32 @@ def udp6_frame(src_mac: str, src_ip: str, dst_mac: str, dst_ip: str, port: int,
 def na_frame(src_mac: str, src_ip: str, dst_mac: str, dst_ip: str, target: str,
              lladdr: str) -> bytes:
     """An unsolicited neighbour advertisement (override set): TARGET is at LLADDR."""
-    src, dst = (socket.inet_pton(socket.AF_INET6, a) for a in (src_ip, dst_ip))
     body = struct.pack("!BBHI16s", 136, 0, 0, 0x20000000,
                        socket.inet_pton(socket.AF_INET6, target))
     body += struct.pack("!BB6s", 2, 1, mac(lladdr))  # target link-layer address option
+    return icmp6_frame(src_mac, src_ip, dst_mac, dst_ip, body)
+
+
+def ns_frame(src_mac: str, src_ip: str, dst_mac: str, dst_ip: str, target: str,
+             lladdr: str, nonce: bool = False) -> bytes:
+    """A neighbour solicitation for TARGET from SRC_IP, which it says is at LLADDR."""
+    body = struct.pack("!BBHI16s", 135, 0, 0, 0, socket.inet_pton(socket.AF_INET6, target))
+    if nonce:
+        body += struct.pack("!BB6s", 14, 1, b"\x01\x02\x03\x04\x05\x06")
+    body += struct.pack("!BB6s", 1, 1, mac(lladdr))  # source link-layer address option
+    return icmp6_frame(src_mac, src_ip, dst_mac, dst_ip, body)
+
+
+def rs_frame(src_mac: str, src_ip: str, dst_mac: str, dst_ip: str, lladdr: str) -> bytes:
+    """A router solicitation from SRC_IP, which it says is at LLADDR."""
+    body = struct.pack("!BBHI", 133, 0, 0, 0) + struct.pack("!BB6s", 1, 1, mac(lladdr))
+    return icmp6_frame(src_mac, src_ip, dst_mac, dst_ip, body)
+
+
+def icmp6_frame(src_mac: str, src_ip: str, dst_mac: str, dst_ip: str, body: bytes) -> bytes:
+    """An ICMPv6 message (its checksum filled in) with hop limit 255, as neighbour
+    discovery must have."""
+    src, dst = (socket.inet_pton(socket.AF_INET6, a) for a in (src_ip, dst_ip))
     pseudo = src + dst + struct.pack("!IxxxB", len(body), 58)
     body = body[:2] + struct.pack("!H", checksum(pseudo + body)) + body[4:]
     header = struct.pack("!IHBB16s16s", 6 << 28, len(body), 58, 255, src, dst)
@@ -124,6 +149,11 @@ def main(argv: list[str]) -> None:
         frame = udp6_frame(argv[2], argv[3], argv[4], argv[5], int(argv[6]), argv[7].encode())
     elif kind == "na":
         frame = na_frame(argv[2], argv[3], argv[4], argv[5], argv[6], argv[7])
+    elif kind == "ns":
+        frame = ns_frame(argv[2], argv[3], argv[4], argv[5], argv[6], argv[7],
+                         argv[8:9] == ["nonce"])
+    elif kind == "rs":
+        frame = rs_frame(argv[2], argv[3], argv[4], argv[5], argv[6])
     else:
         frame = arp_frame(argv[2], argv[3], argv[4], *argv[5:6])
     with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:

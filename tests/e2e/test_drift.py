@@ -176,3 +176,34 @@ def test_gc_completes_a_shared_table_an_earlier_portway_made(sandbox: Sandbox) -
     listed = sb.in_host("nft", "list", "set", "bridge", "portway", "senders").stdout
     assert web["IPAddress"] in listed and web["MacAddress"] in listed, listed
     assert sb.pw("gc").stdout.startswith("nothing to repair")
+
+
+def test_gc_gives_an_earlier_bridge_table_the_link_layer_checks(sandbox: Sandbox) -> None:
+    """`bridge portway` from before neighbour discovery's link-layer address option was
+    checked: no `lladdrs` set (which only nft's text syntax declares), spoof_ip6 without
+    the rules that look it up. gc creates the set, then restores the chain and the set's
+    elements."""
+    sb = sandbox
+    sb.pw("network", "create", "app", "--ipv6", "--subnet", "10.98.0.0/24", "--subnet",
+          "fd00:98::/64")
+    sb.pw("run", "-d", "--name", "web", "--network", "app", "--", "sleep", "3600")
+    listing = json.loads(sb.in_host("nft", "-j", "-a", "list", "chain", "bridge", "portway",
+                                    "spoof_ip6").stdout)["nftables"]
+    for item in listing:
+        if "@lladdrs" in json.dumps(item) or "one option" in json.dumps(item):
+            sb.in_host("nft", "delete", "rule", "bridge", "portway", "spoof_ip6", "handle",
+                       str(item["rule"]["handle"]))
+    sb.in_host("nft", "delete", "set", "bridge", "portway", "lladdrs")
+    report = sb.pw("gc").stdout
+    lines = report.splitlines()
+    assert lines.index("create set bridge portway lladdrs: it is missing") < \
+        lines.index("restore chain bridge portway spoof_ip6: it differs from what portway "
+                    "wrote"), report
+    assert any(line.startswith("restore element pwv-") and "lladdrs" in line
+               for line in lines), report
+    chain = sb.in_host("nft", "list", "chain", "bridge", "portway", "spoof_ip6").stdout
+    assert chain.count("@lladdrs drop") == 2 and chain.count("ip6 length") == 2, chain
+    web = json.loads(sb.pw("inspect", "web").stdout)[0]["NetworkSettings"]["Networks"]["app"]
+    listed = sb.in_host("nft", "list", "set", "bridge", "portway", "lladdrs").stdout
+    assert f'{int(web["MacAddress"].replace(":", ""), 16):#x} comment' in listed, listed
+    assert sb.pw("gc").stdout.startswith("nothing to repair")

@@ -462,14 +462,21 @@ def test_router_and_neighbour_spoofing_over_ipv6(sandbox: Sandbox, options: list
     assert attack() == (False, False)
 
 
-@pytest.mark.xfail(strict=True, reason="bridge portway checks no link-layer address "
-                   "option of neighbour discovery (ARP's sender MAC it does check)")
-def test_neighbour_discovery_names_only_the_senders_own_mac(sandbox: Sandbox) -> None:
-    """An advertisement for a container's own address, but with another container's MAC
-    in its target link-layer option, points the host's neighbour entry for the sender
-    at the other container: what the host sends to the sender (the replies of its
-    connections) goes to that one's port instead. ARP's counterpart, a sender MAC that
-    is not the port's, is dropped ("ARP: only its own MAC")."""
+@pytest.mark.parametrize(("kind", "checks"), [
+    ("na", ["names only the port's own MAC"]),
+    ("ns", ["names only the port's own MAC"]),
+    # The option behind another one (a nonce): the first option is no link-layer address.
+    ("ns-nonce", ["carries at most one option"]),
+    ("rs", ["router solicitations name only"])])
+def test_neighbour_discovery_names_only_the_senders_own_mac(sandbox: Sandbox, kind: str,
+                                                            checks: list[str]) -> None:
+    """An advertisement for a container's own address, or a neighbour or router
+    solicitation from it, but with another container's MAC in its link-layer address
+    option, points the host's neighbour entry for the sender at the other container:
+    what the host sends to the sender (the replies of its connections) goes to that one's
+    port instead. ARP's counterpart, a sender MAC that is not the port's, is dropped
+    ("ARP: only its own MAC"). It works with the check deleted, and not once gc has put
+    it back."""
     sb = sandbox
     sb.pw("network", "create", "app", "--ipv6", "--subnet", "10.146.0.0/24", "--subnet",
           "fd00:146::/64")
@@ -477,10 +484,14 @@ def test_neighbour_discovery_names_only_the_senders_own_mac(sandbox: Sandbox) ->
         sb.pw("run", "-d", "--name", name, "--network", "app", "--", "python3", "-u", "-c",
               LISTEN6, "9999")
     attacker, victim = networks(sb, "attacker")["app"], networks(sb, "victim")["app"]
-    address = str(attacker["GlobalIPv6Address"])
+    address, mac = str(attacker["GlobalIPv6Address"]), str(attacker["MacAddress"])
     bridge = next(str(link["ifname"]) for link in ip_json(sb.host, "link", "show")
                   if str(link["ifname"]).startswith("pwbr-"))
     bridge_mac = str(ip_json(sb.host, "link", "show", bridge)[0]["address"])
+    frame = {"na": ["na", bridge_mac, "fd00:146::1", address],
+             "ns": ["ns", bridge_mac, "fd00:146::1", "fd00:146::1"],
+             "ns-nonce": ["ns", bridge_mac, "fd00:146::1", "fd00:146::1"],
+             "rs": ["rs", "33:33:00:00:00:02", "ff02::2"]}[kind]
 
     def host_sends(marker: str) -> bool:
         """Whether the attacker gets a datagram the host sends to its address."""
@@ -492,13 +503,22 @@ def test_neighbour_discovery_names_only_the_senders_own_mac(sandbox: Sandbox) ->
             time.sleep(0.05)
         return False
 
-    assert host_sends("before")
-    sb.pw("exec", "attacker", "--", "python3", FRAMES, "na", "eth0",
-          str(attacker["MacAddress"]), address, bridge_mac, "fd00:146::1", address,
-          str(victim["MacAddress"]))
-    time.sleep(0.3)
-    neigh = sh("ip", "-n", sb.host, "-6", "neigh", "show", address).stdout
-    assert str(victim["MacAddress"]) not in neigh, neigh
+    def poisoned(round_: str) -> bool:
+        """Whether the attack points the host's entry for the attacker at the victim."""
+        sh("ip", "-n", sb.host, "-6", "neigh", "flush", "to", address)
+        assert host_sends(f"{round_}-before")
+        sb.pw("exec", "attacker", "--", "python3", FRAMES, frame[0], "eth0", mac, address,
+              *frame[1:], str(victim["MacAddress"]), *(["nonce"] if kind == "ns-nonce" else []))
+        time.sleep(0.3)
+        neigh = sh("ip", "-n", sb.host, "-6", "neigh", "show", address).stdout
+        return str(victim["MacAddress"]) in neigh
+
+    for comment in checks:
+        _delete_rule(sb, "bridge", "spoof_ip6", comment)
+    assert poisoned("control")
+    assert "restore chain bridge portway spoof_ip6" in sb.pw("gc").stdout
+    assert not poisoned("guarded")
+    assert sb.pw("gc").stdout.startswith("nothing to repair")
     assert host_sends("after")
 
 
