@@ -66,6 +66,10 @@ ROWS: list[tuple[str, str, str, str]] = [
     ("Security", "frames with another container's address, an unassigned address, a foreign "
      "MAC, and ARP poisoning (control first)", "test_spoofing.py",
      "test_spoofed_frames_are_dropped_on_the_bridge_port"),
+    ("Security", "a container's neighbour advertisement, neighbour solicitation (also with "
+     "the option behind a nonce) and router solicitation naming another container's MAC "
+     "as its own: the host's entry for it not poisoned (control first)", "test_ipv6.py",
+     "test_neighbour_discovery_names_only_the_senders_own_mac"),
     ("Security", "internal network to the outside, even with a route added by hand",
      "test_firewall.py", "test_internal_network"),
     ("Security", "internal network to the host's other addresses, and to host services "
