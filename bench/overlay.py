@@ -54,6 +54,7 @@ from portway.testbed import (
 PORTWAY = str(Path(sys.executable).parent / "portway")
 CYCLES = int(os.environ.get("PORTWAY_BENCH_OVERLAY_CYCLES", "4"))
 IPERF_SECONDS = 2
+IPERF_CPU = (os.cpu_count() or 1) - 1  # the CPU both ends of every iperf3 run are on
 SETUP_RUNS = int(os.environ.get("PORTWAY_BENCH_OVERLAY_RUNS", "15"))
 # Samples of the time until a new container answers on another host: with 30, its p95
 # (nearest rank: the 29th of the 30 sorted) is not the maximum, so one stray sample does
@@ -138,7 +139,11 @@ def iperf(client: list[str], address: str, cpu: list[float] | None = None) -> fl
     only on a machine that does nothing else)."""
     settle(5)
     before = busy_seconds()
-    out = sh(*client, "iperf3", "-c", address, "-t", str(IPERF_SECONDS), "-J", timeout=60)
+    # Both ends on one CPU, as the bridge's throughput runs (bench/firewall.py): left to
+    # the scheduler, the ends shared a core in some runs and had one each in others, and
+    # the figure followed that placement more than the path.
+    out = sh(*client, "iperf3", "-c", address, "-t", str(IPERF_SECONDS),
+             "-A", f"{IPERF_CPU},{IPERF_CPU}", "-J", timeout=60)
     busy = busy_seconds() - before
     received = json.loads(out)["end"]["sum_received"]
     if cpu is not None and received["bytes"]:
@@ -427,7 +432,8 @@ def report(ov: dict[str, Any]) -> list[str]:
         "host A to one on host B over an overlay network (VXLAN, MTU 1450), and over a bare "
         "VXLAN path the bench makes in the same two host namespaces (its own VXLAN device, "
         "bridge and veth to a namespace of its own on each side, static FDB and neighbour "
-        "entries, the same MTU) with portway's tables removed from both hosts; in turn, "
+        "entries, the same MTU) with portway's tables removed from both hosts; both ends "
+        "of every run on one CPU (iperf3 -A), as the bridge's throughput runs; in turn, "
         f"{ov['cycles']} cycles:",
         "",
         "| path | median (Gbit/s) | each cycle |",
