@@ -5,7 +5,7 @@
     python3 frames.py arp IFNAME SRC_MAC SENDER_IP TARGET_IP [DST_MAC]
     python3 frames.py ra IFNAME SRC_MAC DST_MAC PREFIX
     python3 frames.py udp6 IFNAME SRC_MAC SRC_IP DST_MAC DST_IP PORT PAYLOAD
-    python3 frames.py na IFNAME SRC_MAC SRC_IP DST_MAC DST_IP TARGET LLADDR
+    python3 frames.py na IFNAME SRC_MAC SRC_IP DST_MAC DST_IP TARGET LLADDR [dstopt|fragN]
     python3 frames.py ns IFNAME SRC_MAC SRC_IP DST_MAC DST_IP TARGET LLADDR [nonce]
     python3 frames.py rs IFNAME SRC_MAC SRC_IP DST_MAC DST_IP LLADDR
     python3 frames.py vxlan VTEP VNI SRC_MAC SRC_IP DST_MAC DST_IP PORT PAYLOAD
@@ -16,15 +16,18 @@ request claiming SENDER_IP is at SRC_MAC (broadcast, or to DST_MAC); `ra` an IPv
 router advertisement from the link-local address of SRC_MAC, offering PREFIX (a
 /64) for address autoconfiguration and itself as default router; `udp6` a UDP
 datagram over IPv6 from any source; `na` a neighbour advertisement saying TARGET is at
-LLADDR; `ns` a neighbour solicitation for TARGET, and `rs` a router solicitation, each
-saying its sender is at LLADDR (with `nonce`, a nonce option comes first). A packet socket
-writes the frame as is, so nothing in the container's stack corrects it. `vxlan`
-wraps a `udp` frame in a VXLAN header with VNI and sends it to VTEP's port 4789 over
-an ordinary UDP socket of VTEP's family (no privilege needed).
+LLADDR (with `dstopt`, behind a destination options header; with `fragN`, in two
+fragments, the first with the message's first N bytes); `ns` a neighbour solicitation
+for TARGET, and `rs` a router solicitation, each saying its sender is at LLADDR (with
+`nonce`, a nonce option comes first). A packet socket writes the frame as is, so
+nothing in the container's stack corrects it. `vxlan` wraps a `udp` frame in a VXLAN
+header with VNI and sends it to VTEP's port 4789 over an ordinary UDP socket of VTEP's
+family (no privilege needed).
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 import sys
@@ -95,13 +98,12 @@ def udp6_frame(src_mac: str, src_ip: str, dst_mac: str, dst_ip: str, port: int,
     return mac(dst_mac) + mac(src_mac) + b"\x86\xdd" + header + udp
 
 
-def na_frame(src_mac: str, src_ip: str, dst_mac: str, dst_ip: str, target: str,
-             lladdr: str) -> bytes:
+def na_body(target: str, lladdr: str) -> bytes:
     """An unsolicited neighbour advertisement (override set): TARGET is at LLADDR."""
     body = struct.pack("!BBHI16s", 136, 0, 0, 0x20000000,
                        socket.inet_pton(socket.AF_INET6, target))
     body += struct.pack("!BB6s", 2, 1, mac(lladdr))  # target link-layer address option
-    return icmp6_frame(src_mac, src_ip, dst_mac, dst_ip, body)
+    return body
 
 
 def ns_frame(src_mac: str, src_ip: str, dst_mac: str, dst_ip: str, target: str,
@@ -120,6 +122,32 @@ def rs_frame(src_mac: str, src_ip: str, dst_mac: str, dst_ip: str, lladdr: str) 
     return icmp6_frame(src_mac, src_ip, dst_mac, dst_ip, body)
 
 
+def na_frame(src_mac: str, src_ip: str, dst_mac: str, dst_ip: str, target: str,
+             lladdr: str) -> bytes:
+    return icmp6_frame(src_mac, src_ip, dst_mac, dst_ip, na_body(target, lladdr))
+
+
+def icmp6_frames(src_mac: str, src_ip: str, dst_mac: str, dst_ip: str, body: bytes,
+                 how: str) -> list[bytes]:
+    """An ICMPv6 message behind an extension header: a destination options header
+    (`dstopt`, one PadN option), or a fragment header (`fragN`: the message cut in two
+    after its first N bytes, a multiple of 8), each with hop limit 255."""
+    src, dst = (socket.inet_pton(socket.AF_INET6, a) for a in (src_ip, dst_ip))
+    pseudo = src + dst + struct.pack("!IxxxB", len(body), 58)
+    body = body[:2] + struct.pack("!H", checksum(pseudo + body)) + body[4:]
+
+    def frame(next_header: int, payload: bytes) -> bytes:
+        header = struct.pack("!IHBB16s16s", 6 << 28, len(payload), next_header, 255, src,
+                             dst)
+        return mac(dst_mac) + mac(src_mac) + b"\x86\xdd" + header + payload
+
+    if how == "dstopt":
+        return [frame(60, struct.pack("!BBBB4x", 58, 0, 1, 4) + body)]
+    cut, ident = int(how.removeprefix("frag")), os.getpid()
+    return [frame(44, struct.pack("!BBHI", 58, 0, 1, ident) + body[:cut]),  # more follow
+            frame(44, struct.pack("!BBHI", 58, 0, cut, ident) + body[cut:])]
+
+
 def icmp6_frame(src_mac: str, src_ip: str, dst_mac: str, dst_ip: str, body: bytes) -> bytes:
     """An ICMPv6 message (its checksum filled in) with hop limit 255, as neighbour
     discovery must have."""
@@ -132,6 +160,7 @@ def icmp6_frame(src_mac: str, src_ip: str, dst_mac: str, dst_ip: str, body: byte
 
 def main(argv: list[str]) -> None:
     kind, ifname = argv[0], argv[1]
+    frames: list[bytes] = []
     if kind == "vxlan":
         inner = udp_frame(argv[3], argv[4], argv[5], argv[6], int(argv[7]), argv[8].encode())
         header = struct.pack("!II", 0x08000000, int(argv[2]) << 8)  # flags: the VNI is valid
@@ -147,6 +176,9 @@ def main(argv: list[str]) -> None:
         frame = ra_frame(argv[2], argv[3], argv[4])
     elif kind == "udp6":
         frame = udp6_frame(argv[2], argv[3], argv[4], argv[5], int(argv[6]), argv[7].encode())
+    elif kind == "na" and len(argv) > 8:
+        frames = icmp6_frames(argv[2], argv[3], argv[4], argv[5], na_body(argv[6], argv[7]),
+                              argv[8])
     elif kind == "na":
         frame = na_frame(argv[2], argv[3], argv[4], argv[5], argv[6], argv[7])
     elif kind == "ns":
@@ -158,7 +190,8 @@ def main(argv: list[str]) -> None:
         frame = arp_frame(argv[2], argv[3], argv[4], *argv[5:6])
     with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
         s.bind((ifname, 0))
-        s.send(frame)
+        for one in frames or [frame]:
+            s.send(one)
 
 
 if __name__ == "__main__":

@@ -805,6 +805,17 @@ def render_guard_base() -> list[Cmd]:
              _match(iif, "@v6ports", "!="), {"drop": None}),
         rule("spoof_ip6", "a container advertises no routes and redirects nobody",
              _match(icmpv6, {"set": ["nd-router-advert", "nd-redirect"]}), {"drop": None}),
+        # Neighbour discovery comes with no extension header (RFC 6980: never
+        # fragmented). Cut into fragments, its option or target would travel where no
+        # rule below can read it (a fragment but the first has no transport header to
+        # read), and the host takes what it reassembles (br_netfilter's defragmenting
+        # loses the mark that makes it refuse fragmented neighbour discovery); behind
+        # another header, `ip6 length` is not the message's own. Dropping the first
+        # fragment leaves the rest nothing to be reassembled with.
+        rule("spoof_ip6", "neighbour discovery has no extension headers",
+             _match(icmpv6, {"set": ["nd-router-solicit", "nd-neighbor-solicit",
+                                     "nd-neighbor-advert"]}),
+             _match(_payload("ip6", "nexthdr"), "ipv6-icmp", "!="), {"drop": None}),
         # A solicitation or advertisement may name a link-layer address (an option after
         # its fixed part): the neighbour that takes it sends what is meant for the sender
         # there. It must be the port's own MAC (ARP's "only its own MAC"), and it is the
