@@ -70,6 +70,10 @@ ROWS: list[tuple[str, str, str, str]] = [
      "the option behind a nonce) and router solicitation naming another container's MAC "
      "as its own: the host's entry for it not poisoned (control first)", "test_ipv6.py",
      "test_neighbour_discovery_names_only_the_senders_own_mac"),
+    ("Security", "a container's neighbour advertisement cut into fragments, its option (or "
+     "its target for another container's address) in the second: the host's entry not "
+     "poisoned (control first)", "test_nd_guard.py",
+     "test_a_fragmented_advertisement_poisons_nothing"),
     ("Security", "internal network to the outside, even with a route added by hand",
      "test_firewall.py", "test_internal_network"),
     ("Security", "internal network to the host's other addresses, and to host services "
