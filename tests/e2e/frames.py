@@ -9,6 +9,10 @@
     python3 frames.py ns IFNAME SRC_MAC SRC_IP DST_MAC DST_IP TARGET LLADDR [nonce]
     python3 frames.py rs IFNAME SRC_MAC SRC_IP DST_MAC DST_IP LLADDR
     python3 frames.py vxlan VTEP VNI SRC_MAC SRC_IP DST_MAC DST_IP PORT PAYLOAD
+    python3 frames.py ah IFNAME SRC_MAC SRC_IP DST_MAC DST_IP SPI ra PREFIX
+    python3 frames.py ah IFNAME SRC_MAC SRC_IP DST_MAC DST_IP SPI na|dstopt-na TARGET LLADDR
+    python3 frames.py ah IFNAME SRC_MAC SRC_IP DST_MAC DST_IP SPI udp PORT PAYLOAD
+    python3 frames.py sniff IFNAME SECONDS SPI
 
 `udp` sends one UDP datagram with whatever source MAC and address it is given;
 `dns` the same, carrying a DNS query for NAME to port 53; `arp` sends an ARP
@@ -23,6 +27,14 @@ for TARGET, and `rs` a router solicitation, each saying its sender is at LLADDR 
 nothing in the container's stack corrects it. `vxlan` wraps a `udp` frame in a VXLAN
 header with VNI and sends it to VTEP's port 4789 over an ordinary UDP socket of VTEP's
 family (no privilege needed).
+
+`ah` sends an IPv6 packet from SRC_IP whose IPv6 header is followed by an IPsec
+Authentication Header (RFC 4302: next header 51) with SPI and an ICV of zeros (no
+security association makes it valid), and behind it a router advertisement offering
+PREFIX, a neighbour advertisement (`dstopt-na`: behind a destination options header
+too) or a UDP datagram, hop limit 255. `sniff` prints `ready` once it listens on
+IFNAME, then `ah SPI NEXT_HEADER` for each IPv6 frame IFNAME receives with an AH right
+after the IPv6 header, until it sees SPI or SECONDS have passed.
 """
 
 from __future__ import annotations
@@ -31,6 +43,7 @@ import os
 import socket
 import struct
 import sys
+import time
 
 
 def mac(text: str) -> bytes:
@@ -73,14 +86,19 @@ def link_local(src_mac: str) -> bytes:
     return b"\xfe\x80" + b"\0" * 6 + bytes(raw[:3]) + b"\xff\xfe" + bytes(raw[3:])
 
 
-def ra_frame(src_mac: str, dst_mac: str, prefix: str) -> bytes:
-    src, dst = link_local(src_mac), socket.inet_pton(socket.AF_INET6, "ff02::1")
-    # Router lifetime 1800 s; a prefix option (type 3): /64, on-link and autonomous,
-    # valid and preferred for an hour; the source link-layer address (type 1).
+def ra_body(src_mac: str, prefix: str) -> bytes:
+    """A router advertisement (its checksum left 0): router lifetime 1800 s; a prefix
+    option (type 3): /64, on-link and autonomous, valid and preferred for an hour; the
+    source link-layer address (type 1)."""
     body = struct.pack("!BBHBBHII", 134, 0, 0, 64, 0, 1800, 0, 0)
     body += struct.pack("!BBBBIII16s", 3, 4, 64, 0xC0, 3600, 3600, 0,
                         socket.inet_pton(socket.AF_INET6, prefix.split("/")[0]))
-    body += struct.pack("!BB6s", 1, 1, mac(src_mac))
+    return body + struct.pack("!BB6s", 1, 1, mac(src_mac))
+
+
+def ra_frame(src_mac: str, dst_mac: str, prefix: str) -> bytes:
+    src, dst = link_local(src_mac), socket.inet_pton(socket.AF_INET6, "ff02::1")
+    body = ra_body(src_mac, prefix)
     pseudo = src + dst + struct.pack("!IxxxB", len(body), 58)
     body = body[:2] + struct.pack("!H", checksum(pseudo + body)) + body[4:]
     header = struct.pack("!IHBB16s16s", 6 << 28, len(body), 58, 255, src, dst)
@@ -158,6 +176,52 @@ def icmp6_frame(src_mac: str, src_ip: str, dst_mac: str, dst_ip: str, body: byte
     return mac(dst_mac) + mac(src_mac) + b"\x86\xdd" + header + body
 
 
+def ah_frame(src_mac: str, src_ip: str, dst_mac: str, dst_ip: str, spi: int, inner: str,
+             args: list[str]) -> bytes:
+    """An IPv6 packet with an Authentication Header first, the message inner names (with
+    args) behind it: its checksum is the message's own (the pseudo-header names the
+    message's protocol, not AH)."""
+    src, dst = (socket.inet_pton(socket.AF_INET6, a) for a in (src_ip, dst_ip))
+    if inner == "ra":
+        proto, body, at = 58, ra_body(src_mac, args[0]), 2
+    elif inner in ("na", "dstopt-na"):
+        proto, body, at = 58, na_body(args[0], args[1]), 2
+    else:
+        payload = args[1].encode()
+        proto, body, at = 17, struct.pack("!HHHH", 40000, int(args[0]), 8 + len(payload),
+                                          0) + payload, 6
+    pseudo = src + dst + struct.pack("!IxxxB", len(body), proto)
+    padded = body + b"\0" * (len(body) % 2)
+    body = body[:at] + struct.pack("!H", checksum(pseudo + padded) or 0xFFFF) + body[at + 2:]
+    if inner == "dstopt-na":
+        proto, body = 60, struct.pack("!BBBB4x", 58, 0, 1, 4) + body
+    # Next header, length in 4-byte units less 2 (24 bytes: a multiple of 8, as IPv6
+    # wants), reserved, SPI, sequence number, a 96-bit ICV (HMAC-SHA1-96's size).
+    body = struct.pack("!BBHII12x", proto, 24 // 4 - 2, 0, spi, 1) + body
+    header = struct.pack("!IHBB16s16s", 6 << 28, len(body), 51, 255, src, dst)
+    return mac(dst_mac) + mac(src_mac) + b"\x86\xdd" + header + body
+
+
+def sniff(ifname: str, seconds: float, spi: int) -> None:
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x86DD)) as s:
+        s.bind((ifname, 0x86DD))
+        print("ready", flush=True)
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            s.settimeout(left)
+            try:
+                data, where = s.recvfrom(65535)
+            except TimeoutError:
+                return
+            if where[0] != ifname or where[2] == socket.PACKET_OUTGOING or \
+                    len(data) < 62 or data[20] != 51:
+                continue  # (14 bytes of Ethernet header, the next header 6 into IPv6's)
+            seen = int.from_bytes(data[58:62], "big")
+            print(f"ah {seen} {data[54]}", flush=True)
+            if seen == spi:
+                return
+
+
 def main(argv: list[str]) -> None:
     kind, ifname = argv[0], argv[1]
     frames: list[bytes] = []
@@ -168,7 +232,12 @@ def main(argv: list[str]) -> None:
         with socket.socket(family, socket.SOCK_DGRAM) as u:
             u.sendto(header + inner, (ifname, 4789))
         return
-    if kind == "udp":
+    if kind == "sniff":
+        sniff(argv[1], float(argv[2]), int(argv[3]))
+        return
+    if kind == "ah":
+        frame = ah_frame(argv[2], argv[3], argv[4], argv[5], int(argv[6]), argv[7], argv[8:])
+    elif kind == "udp":
         frame = udp_frame(argv[2], argv[3], argv[4], argv[5], int(argv[6]), argv[7].encode())
     elif kind == "dns":
         frame = udp_frame(argv[2], argv[3], argv[4], argv[5], 53, dns_query(argv[6]))
