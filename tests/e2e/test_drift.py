@@ -207,3 +207,55 @@ def test_gc_gives_an_earlier_bridge_table_the_link_layer_checks(sandbox: Sandbox
     listed = sb.in_host("nft", "list", "set", "bridge", "portway", "lladdrs").stdout
     assert f'{int(web["MacAddress"].replace(":", ""), 16):#x} comment' in listed, listed
     assert sb.pw("gc").stdout.startswith("nothing to repair")
+
+
+# spoof_ip6's first rule as a portway from before the check behind an Authentication
+# Header wrote it (nft's text syntax), and the rule that check added.
+OLD_FIRST = ("meta l4proto != ipv6-icmp iifname . ether saddr . ip6 saddr @senders6 accept "
+             "comment \"not ICMPv6 and from the port's MAC and address: nothing more to "
+             "check\"")
+BEHIND_AH = "behind AH, only TCP, UDP"
+
+
+def _spoof_ip6_before_ah(sb: Sandbox) -> None:
+    """Make spoof_ip6 what an earlier portway made: the first rule accepting AH from the
+    port's MAC and address at once, no rule against ICMPv6 behind AH."""
+    listing = json.loads(sb.in_host("nft", "-j", "-a", "list", "chain", "bridge", "portway",
+                                    "spoof_ip6").stdout)["nftables"]
+    rules = [item["rule"] for item in listing if "rule" in item]
+    sb.in_host("nft", "replace rule bridge portway spoof_ip6 handle "
+               f"{rules[0]['handle']} {OLD_FIRST}")
+    handle = next(r["handle"] for r in rules if BEHIND_AH in r.get("comment", ""))
+    sb.in_host("nft", "delete", "rule", "bridge", "portway", "spoof_ip6", "handle",
+               str(handle))
+
+
+def test_gc_gives_an_earlier_bridge_table_the_check_behind_ah(sandbox: Sandbox) -> None:
+    """`bridge portway` from before an Authentication Header was looked behind (its
+    spoof_ip6 let ICMPv6 behind AH from the port's own MAC and address through at once):
+    gc, and the daemon's start, which runs it, restore the chain, its flush and its rules
+    in one transaction."""
+    sb = sandbox
+    sb.pw("network", "create", "app", "--ipv6", "--subnet", "10.99.0.0/24", "--subnet",
+          "fd00:99::/64")
+    sb.pw("run", "-d", "--name", "web", "--network", "app", "--", "sleep", "3600")
+    _spoof_ip6_before_ah(sb)
+    old = sb.in_host("nft", "list", "chain", "bridge", "portway", "spoof_ip6").stdout
+    assert "ah" not in old.split(), old
+    report = sb.pw("gc").stdout
+    assert "restore chain bridge portway spoof_ip6: it differs from what portway wrote" \
+        in report.splitlines(), report
+    chain = sb.in_host("nft", "list", "chain", "bridge", "portway", "spoof_ip6").stdout
+    assert "meta l4proto != { ah, ipv6-icmp } iifname" in chain, chain
+    assert f'drop comment "{BEHIND_AH}' in chain, chain
+    assert sb.pw("gc").stdout.startswith("nothing to repair")
+    _spoof_ip6_before_ah(sb)
+    log = sb.state_dir / "portwayd.log"
+    sb.pw("daemon", "stop")
+    seen = log.stat().st_size
+    sb.pw("daemon", "start")
+    with log.open() as f:
+        f.seek(seen)
+        assert "restore chain bridge portway spoof_ip6" in f.read()
+    assert sb.in_host("nft", "list", "chain", "bridge", "portway", "spoof_ip6").stdout == chain
+    assert sb.pw("gc").stdout.startswith("nothing to repair")

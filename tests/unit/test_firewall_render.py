@@ -277,13 +277,15 @@ def test_guard_fails_closed() -> None:
         {"ip": "spoof_ip", "arp": "spoof_arp", "ip6": "spoof_ip6"}
     assert spoof[2]["expr"] == [{"drop": None}] and len(spoof) == 3
     # In the protocols' chains, only drops, but for the messages a host sends from no
-    # address (::) and IPv6 other than ICMPv6 from the port's own MAC and address (the
-    # checks after it are all about ICMPv6, the MAC or the address); each checks the
-    # MAC and the source address against the sets (an IP packet's both in one lookup).
+    # address (::) and IPv6 other than ICMPv6 (or an Authentication Header, which can
+    # hide ICMPv6 from the checks) from the port's own MAC and address (the checks after
+    # it are all about ICMPv6, the MAC or the address); each checks the MAC and the
+    # source address against the sets (an IP packet's both in one lookup).
     checks = [r for r in chain_rules if r["chain"] != "spoof"]
     assert {r["chain"] for r in checks} == {"spoof_ip", "spoof_arp", "spoof_ip6"}
     accepts = [r for r in checks if r["expr"][-1] != {"drop": None}]
-    assert [r["expr"][0]["match"]["right"] for r in accepts] == ["ipv6-icmp", "::"]
+    assert [r["expr"][0]["match"]["right"] for r in accepts] == [
+        {"set": ["ah", "ipv6-icmp"]}, "::"]
     iif, smac = {"meta": {"key": "iifname"}}, {"payload": {"protocol": "ether",
                                                            "field": "saddr"}}
     own = accepts[0]["expr"]

@@ -221,7 +221,7 @@ def test_same_network_over_ipv6_is_bridged_with_call_ip6tables() -> None:
     t = trace(world(bridge_nf6=False), "web", packet("fd00:77::3"), "web", "cache")
     # Only the bridge's own checks: the container's port, its own address.
     assert t.verdict == "delivered" and decided(t) == [
-        "not ICMPv6 and from the port's MAC and address: nothing more to check"]
+        "neither ICMPv6 nor AH, and from the port's MAC and address: nothing more to check"]
     assert any("bridge-nf-call-ip6tables=0" in h.detail for h in t.hops)
 
 

@@ -410,6 +410,8 @@ def _payload(p: Packet, protocol: str, name: str) -> Any:
         return {"saddr": p.smac, "daddr": p.dmac, "type": p.family}.get(name)
     if (protocol, p.l4proto) in (("icmp", "icmp"), ("icmpv6", "ipv6-icmp")):
         return None  # ICMP's own fields are not modelled: probes are TCP or UDP
+    if protocol == "ah" and p.l4proto != "ah":
+        return ABSENT  # (probes are never behind an Authentication Header)
     if protocol in ("arp", "icmp", "icmpv6", "sctp"):
         return ABSENT
     return None
