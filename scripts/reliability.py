@@ -74,6 +74,14 @@ ROWS: list[tuple[str, str, str, str]] = [
      "its target for another container's address) in the second: the host's entry not "
      "poisoned (control first)", "test_nd_guard.py",
      "test_a_fragmented_advertisement_poisons_nothing"),
+    ("Security", "a container's router advertisement, and its neighbour advertisement for "
+     "another container's address (also behind a destination options header), behind an "
+     "IPsec Authentication Header, where nftables stops looking for ICMPv6: none reaches "
+     "the port it was sent to, as a packet socket there sees (control first)",
+     "test_nd_guard.py", "test_neighbour_discovery_behind_ah_is_dropped"),
+    ("Security", "UDP behind an Authentication Header from another container's or an "
+     "unassigned address: dropped; from the container's own: passes (control first)",
+     "test_nd_guard.py", "test_other_traffic_behind_ah_passes_from_its_own_address_only"),
     ("Security", "internal network to the outside, even with a route added by hand",
      "test_firewall.py", "test_internal_network"),
     ("Security", "internal network to the host's other addresses, and to host services "
