@@ -197,6 +197,23 @@ def test_the_bridge_guard_for_ipv6() -> None:
     assert not alive and decisions[-1].rule == "IPv6 only from containers with an IPv6 address"
 
 
+def test_a_spoofed_source_meets_the_check_behind_ah_without_doubt() -> None:
+    """web sends TCP from cache's address: past the first rule of spoof_ip6 it meets the
+    rule that reads behind an Authentication Header, which a TCP probe has none of (so
+    the rule does not match, and the trace is not left uncertain), then the source
+    check that drops it."""
+    six = next(a.ip for a in WEB.addresses if a.version == 6)
+    other = next(a.ip for a in CACHE.addresses if a.version == 6)
+    probe = replace(packet(str(other), saddr=str(six)), iif=WEB.host_ifname, smac=WEB.mac)
+    spoofed = replace(probe, saddr=other)
+    rs = Ruleset(ruleset())
+    _, [own], alive = rs.run_hook(("bridge",), "prerouting", probe, frozenset())
+    assert alive and own.rule_chain == "spoof_ip6" and not own.uncertain
+    _, [decision], alive = rs.run_hook(("bridge",), "prerouting", spoofed, frozenset())
+    assert not alive and decision.uncertain == ()
+    assert decision.rule == "a container sends only from its own IPv6 address"
+
+
 def test_raw_payloads_are_described_and_left_uncertain() -> None:
     raw = {"payload": {"base": "th", "offset": 64, "len": 128}}
     assert describe(raw) == "@th,64,128"
