@@ -25,16 +25,24 @@ PORT = [{"host_ip": "", "container_port": 80, "host_port": 8080, "range": 1,
          "protocol": "tcp"}]
 
 
-def two_networks(metric: str) -> dict[str, Any]:
-    """A Podman container on two dual-stack networks, eth0's with the metric given, eth1's
-    with netavark's default (100), publishing 8080."""
-    first = dualstack(options={"metric": metric})
+def two_networks(metric: str, **first_network: Any) -> dict[str, Any]:
+    """A Podman container on two dual-stack networks, eth0's with the metric given (and
+    the definition's other fields given), eth1's with netavark's default (100),
+    publishing 8080."""
+    first = dualstack(options={"metric": metric}, **first_network)
     second = dualstack("back", "podman9", 87, id="7b" * 32)
     data = copy.deepcopy(first)
     data["networks"]["back"] = dict(second["networks"]["back"], interface_name="eth1")
     data["network_info"]["back"] = second["network_info"]["back"]
     data["port_mappings"] = PORT
     return data
+
+
+def default_routes(nsname: str) -> list[tuple[int, str, str, int]]:
+    """The namespace's default routes of both families: version, gateway, device, metric."""
+    return sorted((v, str(r["gateway"]), str(r["dev"]), int(r.get("metric", 0)))
+                  for v in (4, 6) for r in ip_json(nsname, f"-{v}", "route")
+                  if r["dst"] == "default")
 
 
 @pytest.mark.parametrize("metric", ["200", "100"])
@@ -75,12 +83,7 @@ def test_gc_remakes_a_podman_endpoint_with_its_metric(podman: Podmanish) -> None
         p.serve(ns)
         outside = ["ip", "netns", "exec", p.sb.outside]
 
-        def defaults() -> list[tuple[int, str, str, int]]:
-            return sorted((v, str(r["gateway"]), str(r["dev"]), int(r.get("metric", 0)))
-                          for v in (4, 6) for r in ip_json(nsname, f"-{v}", "route")
-                          if r["dst"] == "default")
-
-        made = defaults()
+        made = default_routes(nsname)
         assert made == [(4, "10.87.0.1", "eth1", 100), (4, "10.88.0.1", "eth0", 200),
                         (6, "fd87::1", "eth1", 100), (6, "fd88::1", "eth0", 200)], made
         networks = json.loads(p.pw("inspect", "testcontainer").stdout)[0][
@@ -89,7 +92,7 @@ def test_gc_remakes_a_podman_endpoint_with_its_metric(podman: Podmanish) -> None
             p.sb.in_host("ip", "link", "del", networks[name]["HostInterface"])
             assert "re-create endpoint" in p.pw("doctor", check=False).stdout
             p.pw("gc")
-            assert defaults() == made, name
+            assert default_routes(nsname) == made, name
             assert get(outside, f"http://{p.sb.host_addr}:8080/") == "200", name
             assert get(outside, f"http://[{HOST_ADDR6}]:8080/") == "200", name
             assert p.pw("doctor").stdout.startswith("healthy"), name
@@ -104,9 +107,14 @@ def test_doctor_finds_a_podman_default_route_that_goes_another_way(
     and eth1's own deleted (IPv6): the kernel takes eth0's, the port's replies leave by
     the wrong bridge and the port goes dead over that family. doctor says so (it said
     healthy: a default route was there), gc puts the routes back as netavark made them,
-    and the port answers again."""
+    and the port answers again. Then eth0's own routes (metric 200), which take over
+    when eth1's network goes, deleted by hand: doctor names each (it said healthy: the
+    kernel's were there), gc puts them back with their metric and leaves eth1's as they
+    were, and eth0's network's own static default route (metric 500) too, and the port
+    answers throughout."""
     p = podman
-    data = two_networks("200")
+    data = two_networks("200", routes=[{"destination": "0.0.0.0/0", "gateway": "10.88.0.1",
+                                        "metric": 500}])
     ns = p.namespace()
     nsname = ns.rsplit("/", 1)[1]
     p.nv("setup", ns, data=data)
@@ -114,12 +122,7 @@ def test_doctor_finds_a_podman_default_route_that_goes_another_way(
         p.serve(ns)
         outside = ["ip", "netns", "exec", p.sb.outside]
 
-        def defaults() -> list[tuple[int, str, str, int]]:
-            return sorted((v, str(r["gateway"]), str(r["dev"]), int(r.get("metric", 0)))
-                          for v in (4, 6) for r in ip_json(nsname, f"-{v}", "route")
-                          if r["dst"] == "default")
-
-        made = defaults()
+        made = default_routes(nsname)
         sh("ip", "-n", nsname, "route", "add", "default", "via", "10.88.0.1", "dev", "eth0",
            "metric", "50")
         sh("ip", "-n", nsname, "-6", "route", "del", "default", "via", "fd87::1", "dev",
@@ -134,9 +137,23 @@ def test_doctor_finds_a_podman_default_route_that_goes_another_way(
                      "fd87::1 dev eth1, metric 100): it goes via fd88::1 dev eth0"):
             assert want in doctor.stdout, doctor.stdout
         p.pw("gc")
-        assert defaults() == made
+        assert default_routes(nsname) == made
         assert get(outside, f"http://{p.sb.host_addr}:8080/") == "200"
         assert get(outside, f"http://[{HOST_ADDR6}]:8080/") == "200"
+        assert p.pw("doctor").stdout.startswith("healthy")
+        for v, gw in ((4, "10.88.0.1"), (6, "fd88::1")):
+            sh("ip", "-n", nsname, f"-{v}", "route", "del", "default", "via", gw, "dev",
+               "eth0", "metric", "200")
+        doctor = p.pw("doctor", check=False)
+        assert doctor.returncode == 1 and [line for line in doctor.stdout.splitlines()
+                                           if line.startswith("drift:")] == [
+            f"drift: restore the IPv{v} default route of container testcontainer through "
+            f"network podman (via {gw} dev eth0, metric 200): it is missing"
+            for v, gw in ((4, "10.88.0.1"), (6, "fd88::1"))], doctor.stdout
+        assert get(outside, f"http://[{HOST_ADDR6}]:8080/") == "200"
+        p.pw("gc")
+        assert default_routes(nsname) == made
+        assert get(outside, f"http://{p.sb.host_addr}:8080/") == "200"
         assert p.pw("doctor").stdout.startswith("healthy")
     finally:
         p.nv("teardown", ns, data=data)

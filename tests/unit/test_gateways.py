@@ -8,7 +8,7 @@ import ipaddress
 import pytest
 
 from portway.core.firewall import PODMAN_LABEL
-from portway.core.gateways import gives_default_route, port_owners, route_owners
+from portway.core.gateways import default_routes, gives_default_route, port_owners, route_owners
 from portway.model.types import Network, Subnet
 
 V4 = Subnet(ipaddress.ip_network("10.1.0.0/24"), ipaddress.ip_address("10.1.0.1"))
@@ -79,3 +79,28 @@ def test_a_podman_container_routes_by_metric(networks: list[Network],
         {v: i for v, i in routes.items() if networks[i].driver != "macvlan"}
     # A portway container's routes are its networks' order (metric plays no part).
     assert route_owners(networks)[4] == 0
+
+
+@pytest.mark.parametrize(("networks", "routes"), [
+    # Every network that gives one has its own, with its metric: the others take over
+    # as the networks before them go.
+    ([net("a", V4, V6, podman={"metric": "200"}), net("b", V4B, V6B, podman={})],
+     {4: {200: 0, 100: 1}, 6: {200: 0, 100: 1}}),
+    # Of equal metrics, the first's: the kernel refuses the second as the same route.
+    ([net("a", V4, V6, podman={}), net("b", V4B, V6B, podman={})],
+     {4: {100: 0}, 6: {100: 0}}),
+    # None from an internal network, or one with no_default_route; macvlan's is 99.
+    ([net("i", V4, internal=True, podman={}), net("n", V4, podman={"no_default_route":
+                                                                     "true"}),
+      net("b", V4B, podman={}), net("m", V4, driver="macvlan", podman={})],
+     {4: {100: 2, 99: 3}}),
+    # Metric 0 is 1024 for IPv6 (the kernel's default).
+    ([net("a", V4, V6, podman={"metric": "0"})], {4: {0: 0}, 6: {1024: 0}}),
+])
+def test_a_podman_container_has_a_default_route_per_network(
+        networks: list[Network], routes: dict[int, dict[int, int]]) -> None:
+    assert default_routes(networks, podman=True) == routes
+    # The one the kernel takes: the lowest metric's.
+    assert route_owners(networks, podman=True) == {v: r[min(r)] for v, r in routes.items()}
+    # A portway container's: one per family, its first network's.
+    assert all(len(r) == 1 for r in default_routes(networks).values())

@@ -13,8 +13,10 @@ Rules of this module:
    family: the first network routes its families, a later one each family no earlier
    one has. A network keeps the families it routes while later ones come and go. A
    Podman container is the exception: netavark gives it a default route from every
-   network that gives one, each with its network's metric, so the kernel's (and so
-   the one its replies leave by) is the lowest metric's, of equal ones the first's.
+   network that gives one, each with its network's metric (one of a metric an earlier
+   network's has is refused as the same route), so the kernel's (and so the one its
+   replies leave by) is the lowest metric's, of equal ones the first's; the others
+   take over as the networks before them go.
 4. Each family's published ports go to the address of that family on the network that
    routes it; where no network routes the family (a Podman network with
    no_default_route), to the first network that is not internal and has it, as netavark
@@ -54,17 +56,25 @@ def metric(net: Network, version: int = 4) -> int:
     return MACVLAN_METRIC if net.driver == MACVLAN else netavark.DEFAULT_METRIC
 
 
-def route_owners(networks: Sequence[Network], podman: bool = False) -> dict[int, int]:
-    """{IP version: the index in networks of the one its default route goes via}
-    (rule 3); podman: a Podman container's (by metric)."""
-    out: dict[int, tuple[int, int]] = {}
+def default_routes(networks: Sequence[Network], podman: bool = False
+                   ) -> dict[int, dict[int, int]]:
+    """{IP version: {metric: the index in networks of the one whose default route of that
+    family has it}} (rule 3): a portway container's, one per family (metric 0 here: the
+    kernel's default); podman: a Podman container's, one per network that gives one,
+    with its metric."""
+    out: dict[int, dict[int, int]] = {}
     for i, net in enumerate(networks):
         if gives_default_route(net):
             for s in net.subnets:
                 rank = metric(net, s.version) if podman else 0
-                if s.version not in out or rank < out[s.version][0]:
-                    out[s.version] = (rank, i)
-    return {v: i for v, (_, i) in out.items()}
+                out.setdefault(s.version, {}).setdefault(rank, i)
+    return out
+
+
+def route_owners(networks: Sequence[Network], podman: bool = False) -> dict[int, int]:
+    """{IP version: the index in networks of the one its default route goes via}
+    (rule 3); podman: a Podman container's (the lowest metric's)."""
+    return {v: routes[min(routes)] for v, routes in default_routes(networks, podman).items()}
 
 
 def port_owners(networks: Sequence[Network], podman: bool = False) -> dict[int, int]:

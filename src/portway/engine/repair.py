@@ -17,9 +17,11 @@ from portway.core import netavark as contract
 from portway.engine.drivers.bridge import endpoint_families, onlink_subnets
 from portway.errors import PortwayError
 from portway.kernel import links, netns, procs
-from portway.model.types import Container, Endpoint, IPAddress, IPInterface, IPNetwork
+from portway.model.types import Container, Endpoint, IPAddress, IPInterface, IPNetwork, Network
 
 if TYPE_CHECKING:
+    from pyroute2 import IPRoute
+
     from portway.engine import Engine
 
 
@@ -210,7 +212,8 @@ def _missing_routes(engine: Engine, c: Container, endpoints: list[Endpoint]
     run, start, connect and disconnect set: the first network routes its families, a
     later one each family no earlier one has; a later network may add more, which are
     not required here); and a portway container's default route that goes via another
-    network (the family's published ports would not answer)."""
+    network (the family's published ports would not answer); and a Podman container's
+    default routes of its other networks (_other_default_routes)."""
     out: list[tuple[str, Callable[[], object]]] = []
     ordered = engine.h.endpoints.in_order(c.id, endpoints)
     networks = [n for _, n in ordered]
@@ -254,28 +257,78 @@ def _missing_routes(engine: Engine, c: Container, endpoints: list[Endpoint]
                 if taken is not None and taken != (sub.gateway, ifname):
                     podman = c.runtime == "podman"
                     metric = gateways.metric(owner[1], version) if podman else None
-                    shown = f"via {sub.gateway} dev {ifname}" + \
-                        (f", metric {metric}" if metric is not None else "")
                     out.append((f"restore the IPv{version} default route of container "
-                                f"{c.name} ({shown}): it goes via {taken[0]} dev "
-                                f"{taken[1]}",
+                                f"{c.name} ({_via(sub.gateway, ifname, metric)}): it goes "
+                                f"via {taken[0]} dev {taken[1]}",
                                 partial(_default_route, engine, c, ifname, sub.gateway,
                                         metric)))
+            if c.runtime == "podman":
+                out += _other_default_routes(engine, c, cont, version, ordered)
     finally:
         cont.close()
     return out
 
 
+def _other_default_routes(engine: Engine, c: Container, cont: IPRoute, version: int,
+                          ordered: list[tuple[Endpoint, Network]]
+                          ) -> list[tuple[str, Callable[[], object]]]:
+    """A Podman container's default routes of version but the lowest metric's (which
+    _missing_routes checks as the one the kernel takes): each of its networks that gives
+    one has its own, with its metric (core/gateways.py, rule 3), which takes over when
+    the networks before it go. One missing or changed by hand (another gateway or
+    metric) is named and put back with its network's metric; no other route is
+    touched, nor is a default route of the networks' own static routes."""
+    networks = [n for _, n in ordered]
+    routes = gateways.default_routes(networks, podman=True).get(version, {})
+    have = links.observe_default_routes(cont, version)
+    static = _static_defaults(networks, version)
+    out: list[tuple[str, Callable[[], object]]] = []
+    for metric, i in sorted(routes.items())[1:]:
+        e, net = ordered[i]
+        sub = net.of_version(version)
+        if sub is None or version not in endpoint_families(net, e) or \
+                (sub.gateway, e.ifname, metric) in have:
+            continue
+        changed = next((r for r in have if r[1] == e.ifname and (r[0], r[2]) not in static),
+                       None)
+        out.append((f"restore the IPv{version} default route of container {c.name} through "
+                    f"network {net.name} ({_via(sub.gateway, e.ifname, metric)}): " +
+                    ("it is missing" if changed is None else
+                     f"there is one {_via(*changed)} instead"),
+                    partial(_default_route, engine, c, e.ifname, sub.gateway, metric,
+                            lowest=False, keep=static)))
+    return out
+
+
+def _static_defaults(networks: list[Network], version: int) -> frozenset[tuple[IPAddress, int]]:
+    """The default routes of version that the networks' static routes give (netavark's
+    `routes`: the user's), as the kernel keeps them: gateway and metric."""
+    return frozenset(
+        (r.gateway, r.metric or (gateways.IPV6_ROUTE_METRIC if version == 6 else 0))
+        for net in networks for r in contract.stored_routes(net)
+        if r.gateway is not None and r.destination.version == version and
+        r.destination.prefixlen == 0)
+
+
+def _via(gateway: IPAddress, ifname: str, metric: int | None = None) -> str:
+    return f"via {gateway} dev {ifname}" + (f", metric {metric}" if metric is not None else "")
+
+
 def _default_route(engine: Engine, c: Container, ifname: str, gateway: IPAddress,
-                   metric: int | None = None) -> None:
+                   metric: int | None = None, lowest: bool = True,
+                   keep: frozenset[tuple[IPAddress, int]] = frozenset()) -> None:
     """c's default route of gateway's family via gateway again; with a metric (a Podman
-    container's), beside the other networks' routes: those of the family that beat or
-    tie it go (none of them is its networks')."""
+    container's), beside the other networks' routes: lowest (the one the kernel is to
+    take), those of the family that beat or tie it go (none of them is its networks');
+    else those out of ifname that are not it (changed by hand) go, but for keep's
+    (gateway, metric), and the others stay."""
     if metric is not None:
         cont = netns.open_ipr(c.netns)
         try:
             for gw, dev, m in links.observe_default_routes(cont, gateway.version):
-                if m <= metric and (gw, dev, m) != (gateway, ifname, metric):
+                in_the_way = m <= metric if lowest else dev == ifname
+                if in_the_way and (gw, dev, m) != (gateway, ifname, metric) and \
+                        (gw, m) not in keep:
                     links.delete_default_route(cont, dev, gw, m)
         finally:
             cont.close()
