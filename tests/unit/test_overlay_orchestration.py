@@ -1570,6 +1570,41 @@ def test_addresses_lost_in_races_are_forgotten_once_expired_or_their_network_gon
     assert b.cluster._contended == {}
 
 
+def test_a_removed_networks_change_counts_go_with_it(tmp_path: Path) -> None:
+    """Per network, the view counts the changes of other hosts' endpoints on it (converge
+    compares two numbers, not the entries). Those counts went with no network: a daemon
+    that saw overlay networks made and removed for weeks kept one for each it ever saw.
+    They go with the network now, on the host that removes it and on one that sees it go,
+    while those of a network that stays are kept."""
+    etcd, (a, b) = two_hosts(tmp_path)
+    assert a.cluster is not None and b.cluster is not None
+    hosts = {"a": (a, a.cluster), "b": (b, b.cluster)}
+
+    def look() -> None:  # (each host's watch, listing the store)
+        for _h, cluster in hosts.values():
+            cluster._snapshot(*etcd.range(overlay.PREFIX))
+
+    kept = a.networks.create("kept", driver="overlay", subnet="10.210.0.0/24")
+    look()
+    b.containers.run(["sleep", "1"], name="stays", networks=["kept"], detach=True)
+    look()
+    for i in range(3):
+        net = a.networks.create(f"ov{i}", driver="overlay", subnet=f"10.20{i}.0.0/24")
+        look()
+        for name, (h, _cluster) in hosts.items():
+            h.containers.run(["sleep", "1"], name=f"{name}{i}", networks=[net.name],
+                             detach=True)
+            look()
+        assert all(net.id in cluster._versions for _h, cluster in hosts.values())
+        for name, (h, _cluster) in hosts.items():
+            h.containers.rm([f"{name}{i}"], force=True)
+        look()
+        a.networks.remove([net.name])
+        look()
+    assert set(a.cluster._versions) == {kept.id} and b.cluster._versions == {}
+    assert set(a.cluster._programmed) <= {kept.id} and set(b.cluster._programmed) <= {kept.id}
+
+
 def test_an_address_asked_for_that_a_race_lost_is_free_once_its_holder_is_gone(
         tmp_path: Path) -> None:
     """A set-up here lost 10.200.0.2 to another host's claim at the same moment, and took

@@ -580,10 +580,13 @@ class Cluster:
         self._contended.setdefault(network_id, {})[address] = time.monotonic()
 
     def forget_network(self, network_id: str) -> None:
-        """What this service remembers of a network gone from this host."""
+        """What this service remembers of a network gone from this host (a daemon that
+        makes and removes overlay networks for weeks keeps none of theirs)."""
         self._contended.pop(network_id, None)
+        self._programmed.pop(network_id, None)
         with self._view_lock:
             self._taken.pop(network_id, None)
+            self._versions.pop(network_id, None)
 
     def _in_view(self, network_id: str, address: IPAddress) -> bool:
         """Held by an endpoint on another host, as the watch's view has it."""
