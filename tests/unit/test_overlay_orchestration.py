@@ -15,9 +15,12 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+import requests
 from fakes import FakeDriver, World, fake_host
 
 from portway.core import listing, names, overlay
+from portway.core.overlay import Member
+from portway.engine import cluster as cluster_module
 from portway.engine import view
 from portway.engine.cluster import CONTENDED_FOR, Cluster
 from portway.engine.context import Host
@@ -38,10 +41,14 @@ class MemoryEtcd:
         self.leases: set[int] = set()
         self.granted = 0
         self.down = False
+        self.closed = False  # (Etcd.close: a client that sends nothing more)
 
     def _up(self) -> None:
-        if self.down:
+        if self.down or self.closed:
             raise ClusterUnreachable("cannot reach the cluster store etcd://fake:2379")
+
+    def close(self) -> None:
+        self.closed = True
 
     def url(self) -> str:
         return "etcd://fake:2379"
@@ -1632,24 +1639,31 @@ def test_an_address_asked_for_that_a_race_lost_is_free_once_its_holder_is_gone(
         == ["10.200.0.2"]
 
 
-def test_a_join_under_way_as_the_daemon_stops_changes_nothing_after_it(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("stalled", [False, True], ids=["written", "abandoned"])
+def test_a_join_under_way_as_the_daemon_stops_writes_nothing_after_close(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stalled: bool) -> None:
     """The lease is gone and the membership thread joins again; this host's record is
-    slow to be written (the client's retries: up to 6 s, past the 2 s close waits for the
-    thread), and the daemon stops meanwhile. Once the write is through, the join stops
-    there: no lease swapped in that no one keeps alive, no endpoint registered under it,
-    nothing written to the local store the engine has closed (the thread raised there),
-    and the lease it was given is revoked (this host's record with it)."""
+    slow to be written (a store that stalls: the client retries for up to 6 s), and the
+    daemon stops meanwhile. close returned after waiting 2 s for the thread, the write
+    still under way: it landed after close, and the join revoked its lease later still
+    (a daemon's stop raced its own writes to the store). close now waits for the joins'
+    lock: written, the write is through 3 s in and the join revokes its lease (this
+    host's record with it) before close returns; abandoned, the store holds the write
+    past CLOSE_WAIT, and close returns then with the store's client closed, which sends
+    nothing more. Either way nothing reaches the store after close returns, no lease is
+    swapped in that no one keeps alive, no endpoint registered under it, and nothing is
+    written to the local store the engine has closed (the thread raised there)."""
     etcd, (a, b) = two_hosts(tmp_path)
     cluster = a.cluster
     assert cluster is not None and b.cluster is not None
     a.networks.create("ov", driver="overlay", subnet="10.200.0.0/24")
     a.containers.run(["sleep", "1"], name="web", networks=["ov"], detach=True)
+    web = a.store.endpoints()[0].id
     host_key = overlay.host_key(cluster.advertise)
     lost = cluster.lease
     etcd.expire(lost)
     cluster._expired.set()
-    writing, release = threading.Event(), threading.Event()
+    writing, release, written = threading.Event(), threading.Event(), threading.Event()
     put = etcd.put
 
     def slow(key: str, value: str, lease: int = 0) -> None:
@@ -1657,8 +1671,12 @@ def test_a_join_under_way_as_the_daemon_stops_changes_nothing_after_it(
             writing.set()
             release.wait(5)  # (the client's retries meanwhile)
         put(key, value, lease)
+        if key == host_key:
+            written.set()
 
     monkeypatch.setattr(etcd, "put", slow)
+    if stalled:
+        monkeypatch.setattr(cluster_module, "CLOSE_WAIT", 0.5)
     raised: list[BaseException | None] = []
     monkeypatch.setattr(threading, "excepthook",
                         lambda args: raised.append(args.exc_value))
@@ -1667,7 +1685,11 @@ def test_a_join_under_way_as_the_daemon_stops_changes_nothing_after_it(
     membership.start()
     try:
         assert writing.wait(3)
+        if not stalled:
+            threading.Timer(3, release.set).start()  # (past the 2 s close waited)
         cluster.close()  # (as the engine's close: the cluster first, then the rest)
+        through = written.is_set()
+        at_close = (etcd.revision, dict(etcd.kv), set(etcd.leases))
         with a.lock:
             a.closed = True
         a.store.close()
@@ -1675,10 +1697,37 @@ def test_a_join_under_way_as_the_daemon_stops_changes_nothing_after_it(
         release.set()
         membership.join(5)
     assert not membership.is_alive() and raised == []
+    assert through is not stalled, "close did not wait for the write" if not stalled \
+        else "close waited past CLOSE_WAIT"
+    assert (etcd.revision, etcd.kv, etcd.leases) == at_close, "written after close"
     assert cluster.lease == lost
-    assert etcd.leases == {b.cluster.lease}, "a lease granted by the join is left"
-    assert [k for k in etcd.kv if "/192.0.2.1" in k or
-            k.endswith(a.store.endpoints()[0].id)] == []
+    assert [k for k in etcd.kv if "/192.0.2.1" in k or k.endswith(web)] == []
+    if not stalled:
+        assert etcd.leases == {b.cluster.lease}, "a lease granted by the join is left"
+
+
+def test_a_closed_store_client_sends_nothing_more() -> None:
+    """Etcd.close (the cluster's close): a request under way that the store answers with
+    an error (an election: "no leader") is not tried again, and no request after it is
+    sent; each fails as unreachable at once, saying why."""
+    etcd = Etcd((Member("192.0.2.1", 2379),))
+    sent: list[str] = []
+
+    class Client:  # (etcd3gw's, as far as Etcd calls it)
+        def get_url(self, path: str) -> str:
+            return path
+
+        def post(self, url: str, json: dict[str, Any]) -> dict[str, Any]:
+            sent.append(url)
+            etcd.close()  # (the daemon stops while the store is asked)
+            raise requests.ConnectionError("etcdserver: no leader")
+
+    etcd._clients = [cast(Any, Client())]
+    for call in (lambda: etcd.put("k", "v"), lambda: etcd.get("k")):
+        with pytest.raises(ClusterUnreachable, match="client of the cluster store "
+                           r"etcd://192\.0\.2\.1:2379 is closed \(the daemon stops\)"):
+            call()
+    assert sent == ["/kv/put"]
 
 
 def test_an_address_asked_for_that_a_race_lost_with_the_store_away_fails_whole(

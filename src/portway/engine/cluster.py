@@ -34,7 +34,7 @@ from portway.engine.dns import DnsServer
 from portway.errors import Conflict, PortwayError
 from portway.kernel import links, vxlan
 from portway.model.types import Container, Endpoint, IPAddress, Network
-from portway.store.etcd import KV, ClusterUnreachable, Etcd, Event, StoreRefused, Watch
+from portway.store.etcd import KV, TIMEOUT, ClusterUnreachable, Etcd, Event, StoreRefused, Watch
 
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
@@ -45,6 +45,9 @@ DEFAULT_TTL = overlay.DEFAULT_TTL
 FEW_MOVES = 64  # endpoints changed since the last pass, programmed as such (more: compared)
 LEASE_META = "cluster_lease"
 CONTENDED_FOR = 10.0  # seconds an address lost in a race is skipped (the view has it then)
+# Seconds close waits for a join under way to finish its writes to the store: as long as
+# the client retries one request (store/etcd.py). Past it, the join is abandoned.
+CLOSE_WAIT = 2 * TIMEOUT
 
 
 def log(message: str) -> None:
@@ -161,19 +164,26 @@ class Cluster:
         lease revoked, and the membership thread tries again. The leases are swapped
         and the endpoints registered under the engine's lock, once the lease is renewed
         (it may have run out while the join waited for that lock); once the daemon
-        stops (stop), nothing."""
+        stops (stop), nothing: close waits for the joins' lock (CLOSE_WAIT), so a join
+        whose record was being written then revokes its lease before close returns."""
         lease = self.etcd.grant(self.ttl)
         with self._joining:
             if (lost is not None and self.lease != lost) or self._stop.is_set():
                 self.etcd.revoke(lease)  # (never used)
                 return
             written = self._write_host_record(lease)
+            if self._stop.is_set():
+                # The daemon stopped while the record was written: its lease goes (the
+                # record with it) while close waits, not after it.
+                self.etcd.revoke(lease)
+                return
         with self.h.lock, self._joining:
             if (lost is not None and self.lease != lost) or self._stop.is_set():
-                # Replaced meanwhile by a whole join; or the daemon stopped while the
-                # record was written (close waits 2 s, the client's retries up to 6):
-                # nothing is swapped in or registered under a lease no one keeps alive,
-                # nor written to a local store the engine has closed.
+                # Replaced meanwhile by a whole join; or the daemon stopped while this
+                # one waited for the engine's lock: nothing is swapped in or registered
+                # under a lease no one keeps alive, nor written to a local store the
+                # engine has closed (once close has returned, the store's client sends
+                # nothing: the lease runs out by itself).
                 self.etcd.revoke(lease)
                 return
             if self.etcd.keepalive(lease) <= 0:
@@ -291,9 +301,18 @@ class Cluster:
         self.watch.stop()
 
     def close(self) -> None:
+        """stop, once a join under way has finished writing to the store (it holds the
+        joins' lock meanwhile), or is abandoned; then the store's client is closed:
+        nothing is sent to the store after close returns (what an abandoned join has
+        written is under its lease, which nothing renews). CLOSE_WAIT at most, all told,
+        with the threads' ends."""
+        deadline = time.monotonic() + CLOSE_WAIT
         self.stop()
+        if self._joining.acquire(timeout=CLOSE_WAIT):
+            self._joining.release()
+        self.etcd.close()
         for t in self._threads:
-            t.join(timeout=2)
+            t.join(timeout=max(deadline - time.monotonic(), 0.1))
         if self.requests is not None:
             self.requests.close()
 

@@ -102,6 +102,7 @@ class Etcd:
                                      api_path="/v3/") for m in members]
         self._current = 0
         self._lock = threading.Lock()
+        self._closed = threading.Event()
 
     def url(self) -> str:
         return "etcd://" + ",".join(str(m) for m in self.members)
@@ -119,11 +120,20 @@ class Etcd:
                     raise
                 time.sleep(0.3)
 
+    def close(self) -> None:
+        """Nothing more is sent: a request from now on (a retry, or the next member tried,
+        of one under way too) fails as unreachable at once. A request already sent is
+        not taken back: its answer is waited for as before."""
+        self._closed.set()
+
     def _round(self, fn: Callable[[Etcd3Client], Any]) -> Any:
         errors = []
         with self._lock:
             start = self._current
         for i in range(len(self._clients)):
+            if self._closed.is_set():
+                raise ClusterUnreachable(f"the client of the cluster store {self.url()} "
+                                         "is closed (the daemon stops)")
             index = (start + i) % len(self._clients)
             client = self._clients[index]
             try:
