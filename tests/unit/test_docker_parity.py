@@ -7,7 +7,7 @@ import ipaddress
 from pathlib import Path
 
 import pytest
-from fakes import fake_host, rows
+from fakes import container_named, fake_host, rows
 
 from portway.core import validate
 from portway.errors import InvalidInput
@@ -249,3 +249,20 @@ def test_which_interfaces_have_ipv6_off(sysctls: tuple[tuple[str, str], ...], if
     from portway.core import runopts
 
     assert runopts.ipv6_off(sysctls, ifname) is off
+
+
+def test_inspect_has_the_ipv6_fields_docker_never_sets(tmp_path: Path) -> None:
+    """Docker 27's NetworkSettings still has LinkLocalIPv6Address, its prefix length and
+    the secondary address lists (deprecated, never set): a script's template naming one
+    prints Docker's empty value instead of failing."""
+    from portway.engine import view
+
+    h, _ = fake_host(str(tmp_path))
+    h.networks.create("dual", ipv6=True)
+    h.containers.run(["sleep", "1"], name="web", networks=["dual"], detach=True)
+    settings = view.container(h, container_named(h, "web"))["NetworkSettings"]
+    assert {k: settings[k] for k in ("LinkLocalIPv6Address", "LinkLocalIPv6PrefixLen",
+                                     "SecondaryIPAddresses", "SecondaryIPv6Addresses")} == \
+        {"LinkLocalIPv6Address": "", "LinkLocalIPv6PrefixLen": 0,
+         "SecondaryIPAddresses": None, "SecondaryIPv6Addresses": None}
+

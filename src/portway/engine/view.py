@@ -131,6 +131,11 @@ def _endpoint_settings(c: Container, e: Endpoint, n: Network) -> dict[str, Any]:
     }
 
 
+# Fields Docker 27's NetworkSettings still has but never sets (deprecated since API 1.44):
+# there, empty, so that a template naming one prints what Docker's prints.
+_NEVER_SET: dict[str, Any] = {"LinkLocalIPv6Address": "", "LinkLocalIPv6PrefixLen": 0,
+                              "SecondaryIPAddresses": None, "SecondaryIPv6Addresses": None}
+
 # The top-level NetworkSettings fields Docker fills from the default network alone.
 _TOP_LEVEL = ("EndpointID", "Gateway", "GlobalIPv6Address", "GlobalIPv6PrefixLen",
               "IPAddress", "IPPrefixLen", "IPv6Gateway", "MacAddress")
@@ -216,7 +221,7 @@ def container(engine: Host, c: Container) -> dict[str, Any]:
                        "ExtraHosts": [f"{n}:{a}" for n, a in conf.extra_hosts] or None,
                        "Sysctls": dict(conf.sysctls) or None},
         "NetworkSettings": {"SandboxKey": c.netns if c.networked else "", "Ports": ports,
-                            **top, "Networks": nets},
+                            **_NEVER_SET, **top, "Networks": nets},
     }
 
 
