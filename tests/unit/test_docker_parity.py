@@ -266,3 +266,21 @@ def test_inspect_has_the_ipv6_fields_docker_never_sets(tmp_path: Path) -> None:
         {"LinkLocalIPv6Address": "", "LinkLocalIPv6PrefixLen": 0,
          "SecondaryIPAddresses": None, "SecondaryIPv6Addresses": None}
 
+
+def test_an_internal_network_gives_no_gateway_in_inspect(tmp_path: Path) -> None:
+    """Docker's endpoint Gateway and IPv6Gateway are the container's default gateways:
+    on an --internal network (no default route) they are empty, elsewhere the network's
+    (its IPAM.Config keeps them either way)."""
+    from portway.engine import view
+
+    h, _ = fake_host(str(tmp_path))
+    h.networks.create("dual", ipv6=True, subnet=["10.70.0.0/24", "fd00:70::/64"])
+    h.networks.create("inner", ipv6=True, internal=True,
+                      subnet=["10.71.0.0/24", "fd00:71::/64"])
+    h.containers.run(["sleep", "1"], name="both", networks=["dual", "inner"], detach=True)
+    nets = view.container(h, container_named(h, "both"))["NetworkSettings"]["Networks"]
+    assert (nets["dual"]["Gateway"], nets["dual"]["IPv6Gateway"]) == \
+        ("10.70.0.1", "fd00:70::1")
+    assert (nets["inner"]["Gateway"], nets["inner"]["IPv6Gateway"]) == ("", "")
+    assert (nets["inner"]["IPAddress"], nets["inner"]["GlobalIPv6Address"]) == \
+        ("10.71.0.2", "fd00:71::2")

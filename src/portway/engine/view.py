@@ -116,7 +116,9 @@ def _ipam_config(e: Endpoint) -> dict[str, str] | None:
 
 def _endpoint_settings(c: Container, e: Endpoint, n: Network) -> dict[str, Any]:
     v4, v6 = _by_family(e)
-    gw4, gw6 = n.of_version(4), n.of_version(6)
+    # Docker's Gateway and IPv6Gateway are the container's default gateways: an internal
+    # network gives it none, so they are empty there (the network's own are in IPAM).
+    gw4, gw6 = (None, None) if n.internal else (n.of_version(4), n.of_version(6))
     return {
         "IPAMConfig": _ipam_config(e), "Links": None, "Aliases": list(e.aliases) or None,
         "MacAddress": e.mac, "DriverOpts": None, "NetworkID": n.id, "EndpointID": e.id,
