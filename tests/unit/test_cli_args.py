@@ -72,6 +72,8 @@ def p(*argv: str) -> dict[str, Any]:
      {"ipv6": False, "internal": True, "attachable": False, "name": "n"}),
     (["network", "create", "--ipv6=True", "--ipv4=false", "n"], {"ipv6": True,
                                                                "ipv4": "false"}),
+    # Neither given: None, so that -o com.docker.network.enable_ipv6/_ipv4 decide.
+    (["network", "create", "n"], {"ipv6": None, "ipv4": None, "internal": False}),
     (["run", "-d", "--rm=false", "--privileged=true", "ls"], {"detach": True, "rm": False,
                                                             "privileged": True}),
     (["run", "-d=false", "-i=true", "ls"], {"detach": False, "interactive": True}),

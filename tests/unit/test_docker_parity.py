@@ -284,3 +284,53 @@ def test_an_internal_network_gives_no_gateway_in_inspect(tmp_path: Path) -> None
     assert (nets["inner"]["Gateway"], nets["inner"]["IPv6Gateway"]) == ("", "")
     assert (nets["inner"]["IPAddress"], nets["inner"]["GlobalIPv6Address"]) == \
         ("10.71.0.2", "fd00:71::2")
+
+
+V6_OPT = "com.docker.network.enable_ipv6"
+V4_OPT = "com.docker.network.enable_ipv4"
+
+
+@pytest.mark.parametrize(("ipv4", "ipv6", "options", "families", "kept"), [
+    (None, None, {}, (True, False), {}),
+    # Docker 27: the option decides when --ipv6 is not given (default-network-opts and
+    # compose's driver_opts give it so), in Go's spellings.
+    (None, None, {V6_OPT: "true"}, (True, True), {V6_OPT: "true"}),
+    (None, None, {V6_OPT: "1"}, (True, True), {V6_OPT: "true"}),
+    (None, None, {V6_OPT: "False"}, (True, False), {V6_OPT: "false"}),
+    # The flag wins, and the option it overrides is not kept (Docker 28).
+    (None, False, {V6_OPT: "true"}, (True, False), {}),
+    (None, True, {V6_OPT: "false"}, (True, True), {}),
+    # Docker 28's enable_ipv4 likewise.
+    (None, True, {V4_OPT: "false"}, (False, True), {V4_OPT: "false"}),
+    ("true", True, {V4_OPT: "false"}, (True, True), {}),
+    ("false", True, {}, (False, True), {}),
+])
+def test_families_from_flags_and_options(ipv4: str | None, ipv6: bool | None,
+                                         options: dict[str, str],
+                                         families: tuple[bool, bool],
+                                         kept: dict[str, str]) -> None:
+    v4, v6, family_opts = validate.network_families(ipv4, ipv6, options)
+    assert ((v4, v6), family_opts) == (families, kept)
+
+
+def test_a_family_option_that_is_no_bool_is_refused(tmp_path: Path) -> None:
+    h, _ = fake_host(str(tmp_path))
+    with pytest.raises(InvalidInput, match=f"option {V6_OPT} is not a valid bool: 'yes'"):
+        h.networks.create("app", options=[f"{V6_OPT}=yes"])
+    assert rows(h) == (0, 0, 0)
+
+
+def test_enable_ipv6_option_makes_a_dual_stack_network(tmp_path: Path) -> None:
+    """docker network create -o com.docker.network.enable_ipv6=true app: dual stack, with
+    the option in Options; for any driver, as Docker's daemon reads it."""
+    from portway.engine import view
+
+    h, _ = fake_host(str(tmp_path))
+    net = h.networks.create("app", options=[f"{V6_OPT}=true"])
+    assert [s.version for s in net.subnets] == [4, 6]
+    shown = view.network(h, net)
+    assert shown["EnableIPv6"] is True and shown["Options"] == {V6_OPT: "true"}
+    six = h.networks.create("six", options=[f"{V6_OPT}=true", f"{V4_OPT}=false"])
+    assert [s.version for s in six.subnets] == [6]
+    off = h.networks.create("off", ipv6=False, options=[f"{V6_OPT}=true"])
+    assert [s.version for s in off.subnets] == [4] and off.options == {}

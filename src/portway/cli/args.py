@@ -35,18 +35,19 @@ class HelpRequested(Exception):
 
 
 class Opt:
-    """An option: kind "flag" (True when given), "value" (the last one given) or
+    """An option: kind "flag" (True when given; not given: False, or unset where a
+    command must tell "not given" from "=false"), "value" (the last one given) or
     "list" (every one given, in order)."""
 
     def __init__(self, names: str, kind: str = "value", dest: str = "", metavar: str = "",
                  help: str = "", default: "Any" = None,
-                 convert: "Callable[[str], Any] | None" = None) -> None:
+                 convert: "Callable[[str], Any] | None" = None, unset: "Any" = False) -> None:
         self.names = names.split()
         self.kind = kind
         self.dest = dest or self.names[-1].lstrip("-").replace("-", "_")
         self.metavar = metavar or self.dest.upper()
         self.help = help
-        self.default: Any = [] if kind == "list" else (False if kind == "flag" else default)
+        self.default: Any = [] if kind == "list" else (unset if kind == "flag" else default)
         self.convert = convert
 
 

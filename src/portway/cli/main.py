@@ -55,8 +55,9 @@ def _root() -> Command:
                 "the subnet's first address)"),
             Opt("--ip-range", "list", metavar="CIDR",
                 help="where container addresses come from"),
-            Opt("--ipv6", "flag", help="IPv6 too (dual stack)"),
-            Opt("--ipv4", metavar="BOOL", default="true",
+            # Not given (None): -o com.docker.network.enable_ipv6/enable_ipv4 decide.
+            Opt("--ipv6", "flag", unset=None, help="IPv6 too (dual stack)"),
+            Opt("--ipv4", metavar="BOOL",
                 help="--ipv4=false with --ipv6: an IPv6-only network"),
             Opt("--internal", "flag", help="no way in or out of the host"),
             Opt("--mtu", metavar="N"),

@@ -38,6 +38,34 @@ KNOWN_OPTIONS = {
     "com.docker.network.bridge.host_binding_ipv4": None,
 }
 HOST_BINDING_OPTION = "com.docker.network.bridge.host_binding_ipv4"
+# Docker's network options for the families (enable_ipv6 since Docker 27, enable_ipv4
+# since 28): what --ipv6 and --ipv4 say, for a network whose flags do not say it.
+FAMILY_OPTIONS = {4: "com.docker.network.enable_ipv4", 6: "com.docker.network.enable_ipv6"}
+
+
+def network_families(ipv4: bool | str | None, ipv6: bool | None,
+                     options: dict[str, str]) -> tuple[bool, bool, dict[str, str]]:
+    """Docker's choice of a network's families: --ipv4 and --ipv6 where given (None: not
+    given), else -o com.docker.network.enable_ipv4/enable_ipv6 (Go's boolean spellings),
+    else IPv4 alone. Returns both, and the family options to keep in the network's
+    options: one a flag overrides is left out, as Docker 28 leaves it out, so that
+    inspect shows no option that was not followed."""
+    chosen: dict[int, bool] = {}
+    kept: dict[str, str] = {}
+    for version, flag in ((4, ipv4), (6, ipv6)):
+        key = FAMILY_OPTIONS[version]
+        if flag is not None:
+            chosen[version] = parse_bool(f"--ipv{version}", flag)
+        elif key in options:
+            value = GO_BOOLS.get(options[key])
+            if value is None:
+                raise InvalidInput(f"option {key} is not a valid bool: {options[key]!r}",
+                                   f"write {key}=true or {key}=false")
+            chosen[version] = value == "true"
+            kept[key] = value
+        else:
+            chosen[version] = version == 4
+    return chosen[4], chosen[6], kept
 
 
 def check_name(kind: str, name: str) -> str:

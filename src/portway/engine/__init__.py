@@ -286,7 +286,7 @@ class Engine:
                        ip_range: str | list[str] | None = None,
                        internal: bool = False, mtu: int | str | None = None,
                        options: list[str] | None = None, labels: list[str] | None = None,
-                       ipv6: bool = False, ipv4: bool | str = True,
+                       ipv6: bool | None = None, ipv4: bool | str | None = None,
                        aux_addresses: list[str] | None = None,
                        attachable: bool = False) -> dict[str, Any]:
         """attachable: accepted, as Docker's --attachable, and changes nothing: any

@@ -51,24 +51,27 @@ class Networks:
                ip_range: str | list[str] | None = None,
                internal: bool = False, mtu: int | str | None = None,
                options: list[str] | None = None, labels: list[str] | None = None,
-               ipv6: bool = False, ipv4: bool | str = True,
+               ipv6: bool | None = None, ipv4: bool | str | None = None,
                aux_addresses: list[str] | None = None) -> Network:
         """A network of either family or both: Docker's flags (--subnet, --gateway,
         --ip-range and --aux-address repeatable and matched by family, --ipv6,
-        --ipv4=false). A family without a subnet given gets a free one: IPv4 from
-        Docker's pools, IPv6 a /64 of the installation's unique local /48. The bridge is
-        named pwbr-<id>, or as -o com.docker.network.bridge.name says (a name no link of
-        the host has); either way it carries the network's owner tag, by which it is
-        found and removed."""
+        --ipv4=false; ipv6 or ipv4 None: not given, so -o com.docker.network.enable_ipv6
+        or enable_ipv4 decides, as in Docker). A family without a subnet given gets a
+        free one: IPv4 from Docker's pools, IPv6 a /64 of the installation's unique local
+        /48. The bridge is named pwbr-<id>, or as -o com.docker.network.bridge.name says
+        (a name no link of the host has); either way it carries the network's owner tag,
+        by which it is found and removed."""
         if driver not in self.h.drivers:
             raise InvalidInput(f"unsupported network driver {driver!r}",
                                f"use one of: {', '.join(sorted(self.h.drivers))} "
                                "(bridge is the default)")
-        plan = validate.plan_subnets(_listed(subnet), _listed(gateway), _listed(ip_range),
-                                     validate.parse_bool("--ipv4", ipv4), ipv6,
-                                     _listed(aux_addresses))
-        lan = driver == macvlan.DRIVER
         given = validate.parse_key_values("--opt", options or [])
+        v4, v6, family_opts = validate.network_families(ipv4, ipv6, given)
+        for key in validate.FAMILY_OPTIONS.values():  # for any driver, as Docker's
+            given.pop(key, None)
+        plan = validate.plan_subnets(_listed(subnet), _listed(gateway), _listed(ip_range),
+                                     v4, v6, _listed(aux_addresses))
+        lan = driver == macvlan.DRIVER
         # Docker's overlay driver takes the VNI as an option: claimed with the network.
         if overlay.VNI_OPTION in given and driver != "overlay":
             raise InvalidInput(f"option {overlay.VNI_OPTION} is for overlay networks",
@@ -78,6 +81,7 @@ class Networks:
             vni = str(overlay.parse_vni(vni))
         opts = macvlan.check_cli_options(given, internal) if lan else \
             validate.check_options(given)
+        opts = {**opts, **family_opts}
         if not lan:
             validate.check_host_binding_family(opts, {w.version for w in plan}, name)
         labs = dict(runopts.parse_labels(labels or []))  # a bare KEY: empty, as Docker
