@@ -334,3 +334,37 @@ def test_enable_ipv6_option_makes_a_dual_stack_network(tmp_path: Path) -> None:
     assert [s.version for s in six.subnets] == [6]
     off = h.networks.create("off", ipv6=False, options=[f"{V6_OPT}=true"])
     assert [s.version for s in off.subnets] == [4] and off.options == {}
+
+
+@pytest.mark.parametrize(("lesser", "greater"), [
+    # sortorder.NaturalLess, which docker/cli's `port` sorts its lines with: digits by
+    # value, before any other character; fewer leading zeros first; a prefix first.
+    ("80/tcp -> 0.0.0.0:8084", "80/tcp -> 127.0.0.1:8082"),
+    ("80/tcp -> 127.0.0.1:8082", "80/tcp -> [::1]:8081"),
+    ("80/tcp -> [::1]:8081", "80/tcp -> [::]:8083"),
+    ("80/tcp -> [::]:8083", "80/tcp -> [::]:8084"),
+    ("80/tcp -> [::]:8084", "443/tcp -> 0.0.0.0:443"),
+    ("90/tcp -> 0.0.0.0:9090", "90/udp -> 0.0.0.0:9090"),
+    ("a1", "a01"), ("a1", "a1b"), ("a9", "a10"), ("a1b", "aa"),
+])
+def test_natural_order_of_port_lines(lesser: str, greater: str) -> None:
+    from portway.core.ports import natural_key
+
+    assert natural_key(lesser) < natural_key(greater)
+    assert not natural_key(greater) < natural_key(lesser)
+
+
+def test_port_lists_both_families_in_dockers_order(tmp_path: Path) -> None:
+    """docker port sorts its lines (docker/cli since 23.0): a dual-stack container's
+    IPv4 and IPv6 bindings of one port come together, whatever order -p gave."""
+    h, _ = fake_host(str(tmp_path))
+    h.networks.create("dual", ipv6=True)
+    h.containers.run(["sleep", "1"], name="web", networks=["dual"], detach=True,
+                     ports=["9090:90/udp", "[::1]:8081:80", "127.0.0.1:8082:80",
+                            "[::]:8083:80", "8084:80", "443:443"])
+    assert h.publishing.describe("web") == [
+        "80/tcp -> 0.0.0.0:8084", "80/tcp -> 127.0.0.1:8082", "80/tcp -> [::1]:8081",
+        "80/tcp -> [::]:8083", "80/tcp -> [::]:8084", "90/udp -> 0.0.0.0:9090",
+        "90/udp -> [::]:9090", "443/tcp -> 0.0.0.0:443", "443/tcp -> [::]:443"]
+    assert h.publishing.describe("web", "80") == [
+        "0.0.0.0:8084", "127.0.0.1:8082", "[::1]:8081", "[::]:8083", "[::]:8084"]

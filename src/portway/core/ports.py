@@ -142,6 +142,24 @@ def format_mapping(pm: PortMapping) -> str:
     return f"{ip}:{host}->{pm.container_port}/{pm.protocol}"
 
 
+_DIGITS = re.compile(r"\d+|\D")
+
+
+def natural_key(text: str) -> tuple[tuple[int, int, str, int] | tuple[int, str], ...]:
+    """The order docker/cli's `port` prints its lines in (sortorder.NaturalLess): a run
+    of digits counts by its value (then fewer leading zeros first) and comes before any
+    other character; other characters by code point. So "80/tcp -> 0.0.0.0:8080" comes
+    before "80/tcp -> [::]:8080", and "[::1]" before "[::]"."""
+    key: list[tuple[int, int, str, int] | tuple[int, str]] = []
+    for chunk in _DIGITS.findall(text):
+        if chunk.isdigit():
+            value = chunk.lstrip("0")
+            key.append((0, len(value), value, len(chunk) - len(value)))
+        else:
+            key.append((1, chunk))
+    return tuple(key)
+
+
 def parse_port_key(text: str) -> tuple[int, Protocol]:
     """`portway port NAME PORT[/tcp|udp]`'s port."""
     port, _, proto_text = text.partition("/")

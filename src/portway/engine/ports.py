@@ -34,6 +34,7 @@ from portway.core.ports import (
     addresses_overlap,
     format_mapping,
     host_port_holder,
+    natural_key,
     parse_port_key,
 )
 from portway.engine.proxy import LOOPBACK_ONLY, LoopbackProxy, Target
@@ -370,14 +371,14 @@ class Publishing:
         with self.h.lock:
             c = self.h.container(ref)
             bound = self.bindings(c)
-        if wanted is None:
-            return [f"{key} -> {f'[{ip}]' if ':' in ip else ip}:{host_port}"
-                    for key, ip, host_port in bound]
+        if wanted is None:  # sorted as Docker's CLI sorts them (since Docker 23)
+            return sorted((f"{key} -> {f'[{ip}]' if ':' in ip else ip}:{host_port}"
+                           for key, ip, host_port in bound), key=natural_key)
         key = f"{wanted[0]}/{wanted[1]}"
         lines = [f"{f'[{ip}]' if ':' in ip else ip}:{host_port}"
                  for k, ip, host_port in bound if k == key]
         if not lines:
             raise PortwayError(f"no public port {key!r} published for {c.name}",
                                f"see what it publishes with 'portway port {c.name}'")
-        return lines
+        return sorted(lines, key=natural_key)
 
