@@ -5,13 +5,14 @@ together."""
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from portway.core import ipam, netavark, validate
+from portway.core import ipam, netavark, runopts, validate
 from portway.core.ports import parse_port_spec
 from portway.errors import Conflict, InvalidInput, PortwayError
 
@@ -141,3 +142,41 @@ def test_netavark_definitions_of_either_family(subnets: list[dict[str, str]],
         assert sum(ip in s.subnet for ip in opts.attachments[0].static_ips) <= 1
     for ip in opts.attachments[0].static_ips:
         assert any(ip in s.subnet for s in info.subnets)
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    # An IPv6 zone (%IF) that Python's ipaddress reads as part of the address: nftables
+    # or netlink refused it later (exit 5), or, for --aux-address and the host binding,
+    # nothing did; as Docker's parser, portway takes an address without one.
+    (lambda: validate.parse_subnet("fd00:b1::%eth0/64"),
+     "invalid subnet 'fd00:b1::%eth0/64': %eth0 names an interface, which a range of "
+     "addresses cannot have"),
+    (lambda: validate.plan_subnets(["fd00:b2::/64"], ["fd00:b2::1%eth0"], [], True, True),
+     "invalid gateway 'fd00:b2::1%eth0': %eth0 names an interface"),
+    (lambda: validate.plan_subnets(["fd00:b3::/64"], [], [], True, True,
+                                   ["x=fd00:b3::9%eth0"]),
+     "invalid --aux-address 'fd00:b3::9%eth0': %eth0 names an interface"),
+    (lambda: validate.plan_subnets(["fd00:b4::/64"], [], ["fd00:b4::%eth0/120"], True,
+                                   True),
+     "invalid --ip-range 'fd00:b4::%eth0/120': %eth0 names an interface"),
+    (lambda: validate.parse_address("--ip6", "fd00:a6::1%eth0"),
+     "invalid --ip6 'fd00:a6::1%eth0': %eth0 names an interface, which this address"),
+    (lambda: validate.check_host_binding("2001:db8::1%uplink0"), "%uplink0 names"),
+    (lambda: validate.check_dns_servers(["fd00::53%eth0"]),
+     "invalid --dns server 'fd00::53%eth0': %eth0 names an interface"),
+    (lambda: validate.check_dns_servers(["fe80::53"], named_link=True),
+     "--dns server 'fe80::53' is link-local but names no interface"),
+    (lambda: runopts.parse_extra_hosts(["h:fd00::7%eth0"]),
+     "invalid --add-host 'h:fd00::7%eth0': an /etc/hosts address names no interface"),
+])
+def test_an_ipv6_zone_is_refused_where_it_means_nothing(call: Any, message: str) -> None:
+    with pytest.raises(InvalidInput, match=re.escape(message)) as e:
+        call()
+    assert "%" not in e.value.hint or "%eth0 (see ip -6 addr)" in e.value.hint
+
+
+def test_a_link_local_dns_server_keeps_its_interface() -> None:
+    """The one place a zone means something: a link-local upstream resolver, which the
+    DNS server asks from the host over the interface named."""
+    assert validate.check_dns_servers(["fe80::53%uplink0", "2001:db8::53", "192.0.2.53"]) \
+        == ("fe80::53%uplink0", "2001:db8::53", "192.0.2.53")

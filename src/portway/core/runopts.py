@@ -209,10 +209,16 @@ def parse_extra_hosts(items: list[str]) -> tuple[tuple[str, str], ...]:
         if value != HOST_GATEWAY:
             raw = value[1:-1] if value.startswith("[") and value.endswith("]") else value
             try:
-                value = str(ipaddress.ip_address(raw))
+                address = ipaddress.ip_address(raw)
             except ValueError:
                 raise InvalidInput(f"invalid --add-host {item!r}: {value!r} is not an IP "
                                    "address", "give an address, or host-gateway") from None
+            if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
+                # Docker's parser refuses it too, and /etc/hosts has no place for one.
+                raise InvalidInput(f"invalid --add-host {item!r}: an /etc/hosts address "
+                                   f"names no interface (%{address.scope_id})",
+                                   f"write it as {name}:{str(address).split('%')[0]}")
+            value = str(address)
         out.append((name, value))
     return tuple(out)
 

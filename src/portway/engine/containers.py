@@ -188,7 +188,7 @@ class Containers:
         plan = runopts.parse_networks(networks or [], ip, ip6, aliases, mac)
         mode = plan.mode
         port_maps = parse_port_specs(ports or [])
-        dns_servers = validate.check_dns_servers(dns or [])
+        dns_servers = validate.check_dns_servers(dns or [], named_link=True)
         config = RunConfig(
             env=runopts.parse_env(env or []),
             workdir=h.processes.check_workdir(workdir or "/"), tty=tty,
