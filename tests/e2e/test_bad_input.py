@@ -37,6 +37,8 @@ CASES = [
     (["network", "create", "n2", "--driver", "ipvlan"], "unsupported network driver"),
     # Both families (the network six is dual stack, fd00:90::/64; test_ipv6.py has more).
     (["network", "create", "n2", "--ipv6", "--subnet", "2001:db8:51::/64"], "overlaps host"),
+    # Below IPv6's minimum MTU the kernel refuses the bridge's IPv6 address (exit 5 before).
+    (["network", "create", "n2", "--ipv6", "--mtu", "1200"], "below IPv6's minimum"),
     (["run", "-d", "--name", "w2", "--network", "six", "--ip6", "10.94.0.9", "--", "sleep",
       "1"], "not an IPv6 address"),
     (["run", "-d", "--name", "w2", "--network", "six", "--ip", "fd00:90::9", "--", "sleep",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fakes import container_named, fake_host, rows
@@ -368,3 +369,23 @@ def test_port_lists_both_families_in_dockers_order(tmp_path: Path) -> None:
         "90/udp -> [::]:9090", "443/tcp -> 0.0.0.0:443", "443/tcp -> [::]:443"]
     assert h.publishing.describe("web", "80") == [
         "0.0.0.0:8084", "127.0.0.1:8082", "[::1]:8081", "[::]:8083", "[::]:8084"]
+
+
+@pytest.mark.parametrize(("args", "made"), [
+    ({"ipv6": True, "mtu": 1279}, False),
+    ({"ipv6": True, "ipv4": False, "subnet": "fd00:12::/64", "mtu": "1000"}, False),
+    ({"options": ["com.docker.network.driver.mtu=1200", f"{V6_OPT}=true"]}, False),
+    ({"ipv6": True, "mtu": 1280}, True),
+    ({"mtu": 1200}, True),  # IPv4 alone: any MTU from 68
+])
+def test_a_network_with_ipv6_has_at_least_ipv6s_mtu(tmp_path: Path, args: dict[str, Any],
+                                                     made: bool) -> None:
+    """Below 1280 the kernel gives the bridge no IPv6 address (EINVAL): refused in one
+    line (exit 2), where it failed half-way in the kernel (exit 5)."""
+    h, _ = fake_host(str(tmp_path))
+    if made:
+        assert h.networks.create("app", **args).mtu == int(args.get("mtu", 1500))
+        return
+    with pytest.raises(InvalidInput, match="below IPv6's minimum of 1280") as e:
+        h.networks.create("app", **args)
+    assert e.value.exit_code == 2 and rows(h) == (0, 0, 0)

@@ -210,6 +210,18 @@ def parse_mtu(value: str | int) -> int:
     return mtu
 
 
+IPV6_MIN_MTU = 1280  # RFC 8200; the kernel gives a link with less no IPv6 address
+
+
+def check_mtu_families(mtu: int, versions: Collection[int]) -> None:
+    """A network with IPv6 has an MTU of at least IPv6's minimum: below it the kernel
+    refuses the bridge's IPv6 address (EINVAL), so the network could not be made."""
+    if 6 in versions and 0 < mtu < IPV6_MIN_MTU:
+        raise InvalidInput(f"MTU {mtu} is below IPv6's minimum of {IPV6_MIN_MTU}, and the "
+                           "network has IPv6",
+                           f"give --mtu {IPV6_MIN_MTU} or more, or leave --ipv6 out")
+
+
 def parse_key_values(what: str, items: list[str]) -> dict[str, str]:
     """KEY=VALUE pairs for --opt and --label."""
     out: dict[str, str] = {}

@@ -100,6 +100,7 @@ class Networks:
         h = self.h
         if driver == "overlay":
             mtu_value = self.overlay_mtu(mtu_value if mtu is not None else None)
+        validate.check_mtu_families(mtu_value, {w.version for w in plan})
         with h.lock:
             if h.store.name_taken("networks", name):
                 raise Conflict(f"network {name!r} already exists",
