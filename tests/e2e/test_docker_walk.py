@@ -183,3 +183,29 @@ def test_a_container_with_ipv6_off_is_named_by_ipv4_alone(sandbox: Sandbox) -> N
     assert {line.split()[0] for line in found.splitlines()} == {net["IPAddress"]}
     peer = sb.inspect("peer")["NetworkSettings"]["Networks"]["app"]  # type: ignore[index]
     assert peer["GlobalIPv6Address"]  # control: the default has both
+
+
+def test_enable_ipv6_option_makes_a_dual_stack_network(sandbox: Sandbox) -> None:
+    """Docker 27 reads -o com.docker.network.enable_ipv6=true as --ipv6 where --ipv6 is
+    not given (its default-network-opts and Compose's driver_opts say it so); --ipv6=false
+    wins over it. The container gets an IPv6 address and its port answers over IPv6
+    from outside; the port lines come in Docker's order."""
+    sb = sandbox
+    sb.pw("network", "create", "-o", "com.docker.network.enable_ipv6=true", "app")
+    sb.pw("network", "create", "--ipv6=false", "-o", "com.docker.network.enable_ipv6=1",
+          "four")
+    assert sb.pw("network", "inspect", "-f", "{{.EnableIPv6}} {{json .Options}}", "app",
+                 "four").stdout.splitlines() == [
+        'true {"com.docker.network.enable_ipv6":"true"}', "false {}"]
+    sb.pw("run", "-d", "--name", "web", "--network", "app", "-p", "8081:80", "-p",
+          "[::1]:8080:80", "--", sys.executable, "-c", NAMED, "web")
+    sb.pw("exec", "web", "--", sys.executable, "-c", WAIT_LISTENING, "::1", "80")
+    web = sb.inspect("web")["NetworkSettings"]["Networks"]["app"]  # type: ignore[index]
+    assert web["GlobalIPv6PrefixLen"] == 64 and web["IPv6Gateway"]
+    assert connect(sb.outside, HOST_ADDR6, 8081) == "web"
+    assert sb.pw("port", "web").stdout.splitlines() == [
+        "80/tcp -> 0.0.0.0:8081", "80/tcp -> [::1]:8080", "80/tcp -> [::]:8081"]
+    cp = sb.pw("network", "create", "-o", "com.docker.network.enable_ipv6=yes", "bad",
+               check=False)
+    assert cp.returncode == 2 and cp.stderr.count("\n") == 1 and "not a valid bool" in \
+        cp.stderr
