@@ -136,8 +136,11 @@ def write(w: World) -> None:
            "Each container gets an address of each family on `eth0` and a default route "
            "of each family via the gateways. IPv6 addresses are added without duplicate "
            "address detection (portway's IPAM already guarantees them unique on the "
-           "bridge), so they work the moment the container starts; the container accepts "
-           "no router advertisements (`accept_ra=0`): its routes are portway's alone.")
+           "bridge), so they work the moment the container starts. Router advertisements "
+           "play no part: the bridge guard drops any a container sends, and the host sends "
+           "none. The container's `eth0` keeps the kernel's `accept_ra=1`, as Docker's "
+           "does, so one that a program of the host sent into the bridge (radvd, "
+           "dnsmasq's `enable-ra`) would add a route and an address there.")
     w.quiet("run", "-d", "--name", "web", "--network", "app", "-p", "8080:80", "--", *SERVE)
     w.quiet("exec", "web", "--", "python3", "-c", WAIT_LISTENING, "::1", "80")
     w.quiet("run", "-d", "--name", "cli", "--network", "app", "--", "sleep", "600")
