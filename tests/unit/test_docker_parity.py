@@ -314,6 +314,17 @@ def test_families_from_flags_and_options(ipv4: str | None, ipv6: bool | None,
     assert ((v4, v6), family_opts) == (families, kept)
 
 
+@pytest.mark.parametrize(("ipv4", "options", "said"), [
+    ("false", {}, "--ipv4=false"),
+    (None, {V4_OPT: "false"}, f"-o {V4_OPT}=false"),
+    (None, {V4_OPT: "0", V6_OPT: "f"}, f"-o {V4_OPT}=false"),
+])
+def test_a_network_without_a_family_says_which_input_left_it_out(
+        ipv4: str | None, options: dict[str, str], said: str) -> None:
+    with pytest.raises(InvalidInput, match=f"^{said} needs --ipv6$"):
+        validate.network_families(ipv4, None, options)
+
+
 def test_a_family_option_that_is_no_bool_is_refused(tmp_path: Path) -> None:
     h, _ = fake_host(str(tmp_path))
     with pytest.raises(InvalidInput, match=f"option {V6_OPT} is not a valid bool: 'yes'"):

@@ -65,6 +65,10 @@ def network_families(ipv4: bool | str | None, ipv6: bool | None,
             kept[key] = value
         else:
             chosen[version] = version == 4
+    if not chosen[4] and not chosen[6]:
+        said = "--ipv4=false" if ipv4 is not None else f"-o {FAMILY_OPTIONS[4]}=false"
+        raise InvalidInput(f"{said} needs --ipv6",
+                           "a network needs a family: add --ipv6")
     return chosen[4], chosen[6], kept
 
 
