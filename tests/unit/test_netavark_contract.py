@@ -399,3 +399,18 @@ def test_a_route_destination_needs_its_prefix_length() -> None:
                                                "gateway": "10.88.0.254"}]
     with pytest.raises(InvalidInput, match=r"'192\.168\.0\.1' is not a subnet"):
         netavark.parse_options(data)
+
+
+@pytest.mark.parametrize("driver", ["bridge", "macvlan"])
+def test_an_ipv6_network_below_ipv6s_minimum_mtu_is_refused(driver: str) -> None:
+    # The kernel gives a link below 1280 no IPv6 address: refused before anything is made.
+    dual = [{"subnet": "10.88.0.0/16", "gateway": "10.88.0.1"},
+            {"subnet": "fd00:88::/64", "gateway": "fd00:88::1"}]
+    extra: dict[str, Any] = {"subnets": dual, "driver": driver,
+                             **({"network_interface": "eth0"} if driver == "macvlan" else {})}
+    with pytest.raises(InvalidInput) as exc:
+        netavark.parse_options(with_network(**extra, options={"mtu": "1279"}))
+    assert "mtu 1279 is below IPv6's minimum of 1280" in exc.value.message
+    for mtu in ("1280", "0"):  # (0: the default)
+        netavark.parse_options(with_network(**extra, options={"mtu": mtu}))
+    netavark.parse_options(with_network(options={"mtu": "576"}))  # IPv4 only: any from 68

@@ -191,3 +191,17 @@ def test_ipam_driver_none() -> None:  # create/ipam-none.json
     with pytest.raises(InvalidInput, match="cannot set NetworkDNSServers"):
         create(config({"dns_enabled": True, "ipam_options": {"driver": "none"},
                        "network_dns_servers": ["1.1.1.1"]}))
+
+
+@pytest.mark.parametrize("network", [
+    {"ipv6_enabled": True, "options": {"mtu": "1200"}},
+    {"subnets": [{"subnet": "fd00:1::/64"}], "options": {"com.docker.network.driver.mtu": "1200"}},
+    {"driver": "macvlan", "network_interface": "eth0", "options": {"mtu": "1200"},
+     "subnets": [{"subnet": "fd00:1::/64"}]},
+])
+def test_an_ipv6_network_below_ipv6s_minimum_mtu_is_refused(network: dict[str, Any]) -> None:
+    with pytest.raises(InvalidInput) as exc:
+        create(config(network), links={"eth0"})
+    assert "mtu 1200 is below IPv6's minimum of 1280" in exc.value.message
+    create(config({**network, "options": {"mtu": "1280"}}), links={"eth0"})
+    create(config({"options": {"mtu": "1200"}}))  # IPv4 only

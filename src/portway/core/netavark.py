@@ -138,6 +138,16 @@ def _error(message: str) -> InvalidInput:
     return InvalidInput(message, "fix the network's definition (podman network inspect)")
 
 
+def check_mtu_ipv6(name: str, mtu: int, versions: set[int]) -> None:
+    """A network with an IPv6 subnet has an MTU of at least IPv6's minimum: below it the
+    kernel gives the link no IPv6 address (EINVAL), so nothing could be set up."""
+    if 6 in versions and 0 < mtu < validate.IPV6_MIN_MTU:
+        raise InvalidInput(f"network {name}: mtu {mtu} is below IPv6's minimum of "
+                           f"{validate.IPV6_MIN_MTU}, and the network has an IPv6 subnet",
+                           f"recreate the network with an mtu of {validate.IPV6_MIN_MTU} "
+                           "or more (podman network create --opt mtu=...), or without IPv6")
+
+
 def parse_uint(name: str, text: str, bits: int = 32) -> int:
     """A netavark option parsed as Rust parses an unsigned integer, with its errors."""
     if text == "":
@@ -332,6 +342,7 @@ def _network_info(name: str, data: Any) -> NetworkInfo:
     # ipam driver none: no addresses at all (netavark ignores any subnets given): the
     # bridge and the container's interface get none, only the link.
     subnets = _subnets(name, d.get("subnets")) if ipam_driver == "host-local" else []
+    check_mtu_ipv6(name, opts["mtu"], {sub.subnet.version for sub in subnets})
     servers = d.get("network_dns_servers") or []
     if not isinstance(servers, list):
         raise _bad(f"network_info.{name}.network_dns_servers must be a list")
@@ -384,6 +395,7 @@ def _vlan_info(name: str, d: dict[str, Any], driver: str) -> NetworkInfo:
         if "no_default_route" in options else False
     bclim = parse_int("bclim", options["bclim"]) if "bclim" in options else None
     subnets = _subnets(name, d.get("subnets")) if ipam_driver == "host-local" else []
+    check_mtu_ipv6(name, mtu, {sub.subnet.version for sub in subnets})
     if driver == "ipvlan":
         macvlan.ipvlan_mode(options.get("mode"))
         raise InvalidInput(*macvlan.NO_IPVLAN)

@@ -243,6 +243,7 @@ def complete(config: Any, taken: Taken, interface_taken: Callable[[str], bool],
         done["subnet"] = str(subnet)
         out_subnets.append(done)
     net["subnets"] = out_subnets or None  # none (ipam driver none): left out
+    contract.check_mtu_ipv6(str(net["name"]), parsed["mtu"], {s.version for s in nets})
     if any(s.version == 6 for s in nets):
         net["ipv6_enabled"] = True
 
@@ -335,6 +336,8 @@ def _complete_vlan(net: dict[str, Any], driver: str, ipam_options: dict[str, Any
         done["subnet"] = str(subnet)
         out_subnets.append(done)
     net["subnets"] = out_subnets
+    contract.check_mtu_ipv6(str(net["name"]), contract.parse_uint("mtu", options["mtu"])
+                            if "mtu" in options else 0, {s.version for s in nets})
     if any(s.version == 6 for s in nets):
         net["ipv6_enabled"] = True
     if net.get("routes") is not None:
