@@ -148,7 +148,20 @@ def scenario(d: Doc) -> None:
            "from the store for longer than its lease (the others have forgotten its "
            "containers meanwhile) joins again when the store answers, takes its "
            "containers' addresses and names back, and they are reachable again, without "
-           "a restart. Where another host took a container's address meanwhile, the "
+           "a restart. While it tries to join again, the daemon serves every other "
+           "command (`ps`, `inspect`, a bridge network's `run`): a store that grants a "
+           "lease but will not take the host's record (it refuses writes, or stops "
+           "answering mid-way) fails that attempt, in the log, without holding the "
+           "daemon's lock, and the daemon tries again every half second; so does an "
+           "attempt whose new lease ran out while it waited for the daemon's lock (a "
+           "command that held it past the lease's TTL), and one under way when the "
+           "daemon stops goes no further than the host's record, whose lease it revokes. "
+           "The daemon's stop waits for that, for at most 6 s (as long as the store's "
+           "client retries one request); a join the store holds up longer is abandoned, "
+           "and the client sends nothing more once the daemon has stopped (a request "
+           "already on its way is not taken back: what it writes is under the join's "
+           "lease, which nothing renews, and goes with it within the lease's TTL). "
+           "Where another host took a container's address meanwhile, the "
            "container is given a free one at once, while it runs (see below). Where "
            "another host took its name, or the address was the user's own (`--ip`), "
            "neither can be picked anew: that container is not registered over it, `ps` "
@@ -203,7 +216,11 @@ def scenario(d: Doc) -> None:
            "into a path that is not there yet, which would cost it TCP's one-second "
            "retransmission). Of two hosts that pick one address at the same moment, the "
            "second to claim it sets its container up again with the next free address; "
-           "an address asked for (`--ip`) is refused there in one line instead.")
+           "an address asked for (`--ip`) is refused there in one line instead. The host "
+           "that lost such a race skips that address for 10 s where it picks one (its "
+           "view of the store may not show the winner's record yet); an address asked "
+           "for is checked with the store itself, so `--ip` with it is given as soon as "
+           "the other host's container is gone.")
     d.pw(0, "run", "-d", "--name", "web-a", "--network", "multi", "--",
          "python3", "-m", "http.server", "80")
     d.pw(1, "run", "-d", "--name", "web-b", "--network", "multi", "--",
