@@ -258,7 +258,10 @@ def write(w: World) -> None:
     w.text("The bridge guard (the `bridge portway` table) keeps containers honest at "
            "layer 2, for IPv6 as for IPv4: a container's frames must carry its own MAC "
            "and its own addresses, it may not send router advertisements or redirects, "
-           "and its neighbour advertisements may only claim its own addresses:")
+           "its neighbour advertisements may only claim its own addresses, and its "
+           "neighbour and router solicitations and advertisements may name only its own "
+           "MAC as a link-layer address (`lladdrs`, left out below; see "
+           "[firewall.md](firewall.md), \"Anti-spoofing\"):")
     guard = subprocess.run(["ip", "netns", "exec", w.host, "nft", "list", "table", "bridge",
                             "portway"], capture_output=True, text=True, check=True).stdout
     shown = blocks(guard, ("v6ports", "addrs6", "targets6")) + "\n" + excerpt(
