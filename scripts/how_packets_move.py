@@ -255,7 +255,8 @@ def main() -> int:
     # The chapter on real hosts is written by scripts/real_hosts_doc.py: kept as it is.
     _, marker, chapter = doc.read_text().partition(f"\n{REAL_HOSTS}\n") if doc.exists() \
         else ("", "", "")
-    doc.write_text(text + "\n" + marker + chapter)
+    # (one blank line before the chapter, as real_hosts_doc.py writes it)
+    doc.write_text(text.rstrip("\n") + "\n" + marker + chapter)
     print("wrote docs/how-packets-move.md")
     return 0
 
