@@ -90,6 +90,20 @@ def test_sources_of_a_docker_host() -> None:
                      ("container", "namespace ns:c2 (on br-two)")]
 
 
+def test_a_bridge_is_stood_for_by_its_first_container_by_name() -> None:
+    """Which container stands for a bridge decides which ports share a trace: the first
+    by name, so that it does not follow the namespaces' keys (random ids)."""
+    world = docker_host()
+    host = replace(world.host, ifaces=[
+        *world.host.ifaces,
+        Iface("vethc0", 7, "veth", master="docker0", peer=("ns:c0", "eth0"))])
+    late = replace(container("ns:c0", "172.17.0.3", "172.17.0.1", "vethc0"),
+                   label="namespace zz")
+    world = World(host=host, spaces={**world.spaces, "ns:c0": late})
+    found = [s.label for s in audit.sources(world) if s.kind == "container"]
+    assert found == ["namespace ns:c1 (on docker0)", "namespace ns:c2 (on br-two)"]
+
+
 def test_docker_host_every_planted_exposure_and_nothing_else() -> None:
     a = audit.audit(docker_host())
     assert kinds(a) == [

@@ -587,7 +587,9 @@ def sources(world: World) -> list[Source]:
             out.append(Source("outside", "outside", f"a routed client via {route.dev} "
                               f"({client})", client, route.dev))
     seen: set[str] = set()
-    for key in containers(world):
+    # The first container of a bridge by name stands for it, not the first by key (a
+    # random id): which one it is decides which ports share a trace (_PathShapes).
+    for key in sorted(containers(world), key=lambda k: (world.spaces[k].label, k)):
         bridge = bridge_of(world, key)
         if bridge in seen:
             continue
