@@ -240,6 +240,10 @@ def write(w: World) -> None:
     listening = excerpt(subprocess.run(["ip", "netns", "exec", w.host, "ss", "-ltnp"],
                                        capture_output=True, text=True).stdout,
                         r":808[01]\b")
+    # (by port: ss lists them in the order of the kernel's hash table, which changes from
+    # run to run)
+    listening = "\n".join(sorted(listening.splitlines(),
+                                 key=lambda line: line.split()[3].rsplit(":", 1)[1]))
     w.out += ["```", "$ (host) ss -ltnp   (the relaying sockets)", listening, "```", ""]
 
     w.text("## The firewall, for both families",
