@@ -92,7 +92,8 @@ def test_sources_of_a_docker_host() -> None:
 
 def test_a_bridge_is_stood_for_by_its_first_container_by_name() -> None:
     """Which container stands for a bridge decides which ports share a trace: the first
-    by name, so that it does not follow the namespaces' keys (random ids)."""
+    by name, so that it does not follow the namespaces' keys (random ids). Containers'
+    targets are listed by name too."""
     world = docker_host()
     host = replace(world.host, ifaces=[
         *world.host.ifaces,
@@ -102,6 +103,9 @@ def test_a_bridge_is_stood_for_by_its_first_container_by_name() -> None:
     world = World(host=host, spaces={**world.spaces, "ns:c0": late})
     found = [s.label for s in audit.sources(world) if s.kind == "container"]
     assert found == ["namespace ns:c1 (on docker0)", "namespace ns:c2 (on br-two)"]
+    listed = [t.label for t in audit.targets(world) if t.kind == "container"]
+    assert listed == ["namespace ns:c1 172.17.0.2:80/tcp", "namespace ns:c2 172.18.0.2:80/tcp",
+                      "namespace zz 172.17.0.3:80/tcp"]
 
 
 def test_docker_host_every_planted_exposure_and_nothing_else() -> None:

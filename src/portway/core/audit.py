@@ -488,8 +488,11 @@ def bridge_of(world: World, key: str) -> str:
 
 
 def containers(world: World) -> list[str]:
-    """The keys of the namespaces behind the host's bridges, in a stable order."""
-    return sorted(k for k in world.spaces if bridge_of(world, k))
+    """The keys of the namespaces behind the host's bridges, by name: a key is a random
+    id, and the first of a bridge stands for it as a source, which decides which ports
+    share a trace (_PathShapes)."""
+    return sorted((k for k in world.spaces if bridge_of(world, k)),
+                  key=lambda k: (world.spaces[k].label, k))
 
 
 def targets(world: World) -> list[Target]:
@@ -587,9 +590,7 @@ def sources(world: World) -> list[Source]:
             out.append(Source("outside", "outside", f"a routed client via {route.dev} "
                               f"({client})", client, route.dev))
     seen: set[str] = set()
-    # The first container of a bridge by name stands for it, not the first by key (a
-    # random id): which one it is decides which ports share a trace (_PathShapes).
-    for key in sorted(containers(world), key=lambda k: (world.spaces[k].label, k)):
+    for key in containers(world):
         bridge = bridge_of(world, key)
         if bridge in seen:
             continue
