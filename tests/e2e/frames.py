@@ -4,8 +4,8 @@
     python3 frames.py dns IFNAME SRC_MAC SRC_IP DST_MAC DST_IP NAME
     python3 frames.py arp IFNAME SRC_MAC SENDER_IP TARGET_IP [DST_MAC]
     python3 frames.py ra IFNAME SRC_MAC DST_MAC PREFIX
-    python3 frames.py udp6 IFNAME SRC_MAC SRC_IP DST_MAC DST_IP PORT PAYLOAD
-    python3 frames.py na IFNAME SRC_MAC SRC_IP DST_MAC DST_IP TARGET LLADDR [dstopt|fragN]
+    python3 frames.py udp6 IFNAME SRC_MAC SRC_IP DST_MAC DST_IP PORT PAYLOAD [fragopts]
+    python3 frames.py na IFNAME SRC_MAC SRC_IP DST_MAC DST_IP TARGET LLADDR [dstopt|fragN|fragopts]
     python3 frames.py ns IFNAME SRC_MAC SRC_IP DST_MAC DST_IP TARGET LLADDR [nonce]
     python3 frames.py rs IFNAME SRC_MAC SRC_IP DST_MAC DST_IP LLADDR
     python3 frames.py vxlan VTEP VNI SRC_MAC SRC_IP DST_MAC DST_IP PORT PAYLOAD
@@ -21,7 +21,10 @@ router advertisement from the link-local address of SRC_MAC, offering PREFIX (a
 /64) for address autoconfiguration and itself as default router; `udp6` a UDP
 datagram over IPv6 from any source; `na` a neighbour advertisement saying TARGET is at
 LLADDR (with `dstopt`, behind a destination options header; with `fragN`, in two
-fragments, the first with the message's first N bytes); `ns` a neighbour solicitation
+fragments, the first with the message's first N bytes; with `fragopts`, behind two
+destination options headers, in two fragments, the first ending where the second header
+begins; `udp6` with `fragopts`: behind one, in two fragments, the first with the headers
+up to UDP's); `ns` a neighbour solicitation
 for TARGET, and `rs` a router solicitation, each saying its sender is at LLADDR (with
 `nonce`, a nonce option comes first). A packet socket writes the frame as is, so
 nothing in the container's stack corrects it. `vxlan` wraps a `udp` frame in a VXLAN
@@ -44,6 +47,7 @@ import socket
 import struct
 import sys
 import time
+from collections.abc import Callable
 
 
 def mac(text: str) -> bytes:
@@ -105,15 +109,25 @@ def ra_frame(src_mac: str, dst_mac: str, prefix: str) -> bytes:
     return mac(dst_mac) + mac(src_mac) + b"\x86\xdd" + header + body
 
 
-def udp6_frame(src_mac: str, src_ip: str, dst_mac: str, dst_ip: str, port: int,
-               payload: bytes) -> bytes:
+def udp6_frames(src_mac: str, src_ip: str, dst_mac: str, dst_ip: str, port: int,
+                payload: bytes, how: str = "") -> list[bytes]:
+    """A UDP datagram over IPv6; with `fragopts`, behind a destination options header, in
+    two fragments, the first with the headers up to UDP's (as RFC 8200 wants)."""
     src, dst = (socket.inet_pton(socket.AF_INET6, a) for a in (src_ip, dst_ip))
     udp = struct.pack("!HHHH", 40000, port, 8 + len(payload), 0) + payload
     pseudo = src + dst + struct.pack("!IxxxB", len(udp), 17)
     padded = udp + b"\0" * (len(udp) % 2)
     udp = udp[:6] + struct.pack("!H", checksum(pseudo + padded) or 0xFFFF) + udp[8:]
-    header = struct.pack("!IHBB16s16s", 6 << 28, len(udp), 17, 64, src, dst)
-    return mac(dst_mac) + mac(src_mac) + b"\x86\xdd" + header + udp
+
+    def frame(next_header: int, packet: bytes) -> bytes:
+        header = struct.pack("!IHBB16s16s", 6 << 28, len(packet), next_header, 64, src, dst)
+        return mac(dst_mac) + mac(src_mac) + b"\x86\xdd" + header + packet
+
+    if how == "fragopts":
+        ident, options = os.getpid(), struct.pack("!BBBB4x", 17, 0, 1, 4)
+        return [frame(44, struct.pack("!BBHI", 60, 0, 1, ident) + options + udp[:8]),
+                frame(44, struct.pack("!BBHI", 60, 0, 16, ident) + udp[8:])]
+    return [frame(17, udp)]
 
 
 def na_body(target: str, lladdr: str) -> bytes:
@@ -161,9 +175,23 @@ def icmp6_frames(src_mac: str, src_ip: str, dst_mac: str, dst_ip: str, body: byt
 
     if how == "dstopt":
         return [frame(60, struct.pack("!BBBB4x", 58, 0, 1, 4) + body)]
-    cut, ident = int(how.removeprefix("frag")), os.getpid()
+    ident = os.getpid()
+    if how == "fragopts":
+        return fragments_behind_options(frame, 58, body, ident)
+    cut = int(how.removeprefix("frag"))
     return [frame(44, struct.pack("!BBHI", 58, 0, 1, ident) + body[:cut]),  # more follow
             frame(44, struct.pack("!BBHI", 58, 0, cut, ident) + body[cut:])]
+
+
+def fragments_behind_options(frame: Callable[[int, bytes], bytes], proto: int,
+                             message: bytes, ident: int) -> list[bytes]:
+    """A message (of protocol proto) behind two destination options headers, in two
+    fragments: the first ends where the second header begins, so that its chain of
+    headers stops short of the message; the second holds that header and the message."""
+    return [frame(44, struct.pack("!BBHI", 60, 0, 1, ident) +  # more follow
+                  struct.pack("!BBBB4x", 60, 0, 1, 4)),
+            frame(44, struct.pack("!BBHI", 60, 0, 8, ident) +
+                  struct.pack("!BBBB4x", proto, 0, 1, 4) + message)]
 
 
 def icmp6_frame(src_mac: str, src_ip: str, dst_mac: str, dst_ip: str, body: bytes) -> bytes:
@@ -244,7 +272,8 @@ def main(argv: list[str]) -> None:
     elif kind == "ra":
         frame = ra_frame(argv[2], argv[3], argv[4])
     elif kind == "udp6":
-        frame = udp6_frame(argv[2], argv[3], argv[4], argv[5], int(argv[6]), argv[7].encode())
+        frames = udp6_frames(argv[2], argv[3], argv[4], argv[5], int(argv[6]),
+                             argv[7].encode(), *argv[8:9])
     elif kind == "na" and len(argv) > 8:
         frames = icmp6_frames(argv[2], argv[3], argv[4], argv[5], na_body(argv[6], argv[7]),
                               argv[8])

@@ -819,6 +819,22 @@ def render_guard_base() -> list[Cmd]:
         # the listing of one. What passes it meets the checks of the source below.
         rule("spoof_ip6", "behind AH, only TCP, UDP, ESP or SCTP: no check reads past it",
              _match(_payload("ah", "nexthdr"), {"set": AH_CARRIES}, "!="), {"drop": None}),
+        # A first fragment holds the headers up to the transport header (RFC 8200, 4.5),
+        # or nothing here can read what it carries. nftables follows a fragment header
+        # into the next one and gives up where a header runs past the fragment's end: cut
+        # just before a second destination options header, a first fragment has no
+        # transport protocol and no `icmpv6 type` (no check of neighbour discovery
+        # matches it), while the host's reassembly keeps it (its own check of a
+        # truncated first fragment stops at the same unreadable header) and takes the
+        # advertisement that follows in the next fragment. Behind a fragment header, no
+        # extension header nftables would walk through (hop-by-hop, routing, fragment,
+        # destination options; AH stops it, and is checked above). A fragmented packet
+        # behind those passes on the fast path only, where nftables found its transport
+        # protocol to be one no check here reads further (a sender's stack puts all the
+        # headers up to it in the first fragment).
+        rule("spoof_ip6", "a first fragment holds its chain of headers: no extension header "
+             "behind the fragment header", _match(_exthdr("frag", "frag-off"), 0),
+             _match(_exthdr("frag", "nexthdr"), {"set": WALKED_HEADERS}), {"drop": None}),
         # Neighbour discovery comes with no extension header (RFC 6980: never
         # fragmented). Cut into fragments, its option or target would travel where no
         # rule below can read it (a fragment but the first has no transport header to
@@ -867,6 +883,14 @@ def render_guard_base() -> list[Cmd]:
 # What an Authentication Header may carry in what a container sends: the transports a
 # container's data goes in, and ESP (encrypted: nothing can read it, behind AH or not).
 AH_CARRIES = ["tcp", "udp", "esp", "sctp"]
+# The extension headers the kernel's ipv6_find_hdr walks through to a transport header
+# (AH, where nftables stops, and "no next header" aside).
+WALKED_HEADERS = ["hopopt", "ipv6-route", "ipv6-frag", "ipv6-opts"]
+
+
+def _exthdr(name: str, field: str) -> dict[str, Any]:
+    """A field of an IPv6 extension header, wherever it is in the chain."""
+    return {"exthdr": {"name": name, "field": field}}
 
 
 def _raw(offset: int, length: int) -> dict[str, Any]:

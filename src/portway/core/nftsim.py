@@ -374,6 +374,8 @@ class Ruleset:
             return {"iifname": p.iif, "oifname": p.oif, "iif": p.iif, "oif": p.oif,
                     "l4proto": p.l4proto, "protocol": "ip" if v4 else "ip6",
                     "nfproto": "ipv4" if v4 else "ipv6", "mark": p.mark}.get(key)
+        if kind == "exthdr":
+            return ABSENT  # (probes carry no IPv6 extension header)
         if kind == "payload":
             if "protocol" not in body:  # a raw payload (@th,64,128): not modelled
                 return None
