@@ -80,10 +80,11 @@ ROWS: list[tuple[str, str, str, str]] = [
      "the port it was sent to, as a packet socket there sees (control first)",
      "test_nd_guard.py", "test_neighbour_discovery_behind_ah_is_dropped"),
     ("Security", "a container's neighbour advertisement for another container's address "
-     "in two fragments, the first cut where its second destination options header begins "
-     "(nftables finds no transport header in either): the host's entry not poisoned "
-     "(control first); UDP behind such a header, its first fragment holding the headers "
-     "up to UDP's, passes", "test_nd_guard.py",
+     "(to the host), or for the gateway's (to the other container), in two fragments, the "
+     "first cut where its second destination options header begins (nftables finds no "
+     "transport header in either): neither entry poisoned (control first); UDP behind "
+     "such a header, its first fragment holding the headers up to UDP's, passes",
+     "test_nd_guard.py",
      "test_a_first_fragment_cut_between_two_headers_hides_nothing"),
     ("Security", "UDP behind an Authentication Header from another container's or an "
      "unassigned address: dropped; from the container's own: passes (control first)",

@@ -36,6 +36,7 @@ NO_EXT = "neighbour discovery has no extension headers"
 BEHIND_AH = "behind AH, only TCP, UDP"
 OWN_ADDRESS = "a container sends only from its own IPv6 address"
 FIRST_FRAGMENT = "a first fragment holds its chain of headers"
+GATEWAY6 = "fd00:148::1"
 
 
 class Lab:
@@ -137,7 +138,9 @@ def test_a_first_fragment_cut_between_two_headers_hides_nothing(sandbox: Sandbox
     pass; the host's reassembly does not count it truncated (it cannot read the next
     header either) and takes the advertisement. spoof_ip6 drops a first fragment with
     an extension header but AH behind its fragment header (the control: with that rule
-    deleted, the victim's address is at the attacker's MAC in the host's entry). A UDP
+    deleted, the victim's address is at the attacker's MAC in the host's entry, and the
+    gateway's at the attacker's MAC in the victim's, which the bridge passes the
+    reassembled advertisement whole). A UDP
     datagram behind a destination options header, in two fragments the first of which
     holds the headers up to UDP's (as RFC 8200 wants), still reaches the victim: its
     transport header read, it takes the fast path."""
@@ -156,12 +159,28 @@ def test_a_first_fragment_cut_between_two_headers_hides_nothing(sandbox: Sandbox
             time.sleep(0.05)
         return True
 
+    def victim_poisoned(round_: str) -> bool:
+        """Whether the cut advertisement, sent to the victim, points its entry for the
+        gateway at the attacker's MAC; the victim knew the gateway right before."""
+        sh("ip", "-n", sb.host, "-6", "neigh", "flush", "to", victim)  # (poisoned before)
+        sh("ip", "-n", victim_ns, "-6", "neigh", "flush", "to", GATEWAY6)
+        assert lab.host_sends("victim", f"{round_}-victim")
+        sb.pw("exec", "attacker", "--", "python3", FRAMES, "na", "eth0", lab.mac,
+              lab.address, str(lab.victim["MacAddress"]), victim, GATEWAY6, lab.mac,
+              "fragopts")
+        time.sleep(0.3)
+        return lab.mac in sh("ip", "-n", victim_ns, "-6", "neigh", "show", GATEWAY6).stdout
+
+    victim_ns = netns_of(sb, "victim")
     assert not lab.poisoned("victim", lab.mac, "fragopts", "first")
+    assert not victim_poisoned("first")
     assert datagram("cut-datagram-1")
     _delete_rule(sb, "bridge", "spoof_ip6", FIRST_FRAGMENT)
     assert lab.poisoned("victim", lab.mac, "fragopts", "control")
+    assert victim_poisoned("control")
     assert "restore chain bridge portway spoof_ip6" in sb.pw("gc").stdout
     assert not lab.poisoned("victim", lab.mac, "fragopts", "guarded")
+    assert not victim_poisoned("guarded")
     assert datagram("cut-datagram-2")
     assert sb.pw("gc").stdout.startswith("nothing to repair")
     assert lab.host_sends("victim", "after")
