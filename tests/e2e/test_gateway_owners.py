@@ -301,3 +301,85 @@ def test_a_datagram_flow_follows_the_port_that_appears(sandbox: Sandbox) -> None
         sb.pw("rm", "-f", "u", check=False)
         for name in ("v4", "dual"):
             sb.pw("network", "rm", name, check=False)
+
+
+def every_default_route(nsname: str) -> list[tuple[int, str, str, int]]:
+    """default_routes, with those that have no gateway (unreachable, blackhole) by type."""
+    return sorted((v, str(r.get("gateway", r.get("type"))), str(r.get("dev", "")),
+                   int(r.get("metric", 0)))
+                  for v in (4, 6) for r in ip_json(nsname, f"-{v}", "route")
+                  if r["dst"] == "default")
+
+
+@pytest.mark.parametrize("routes", [
+    [{"destination": "0.0.0.0/0", "gateway": "10.88.0.254"},
+     {"destination": "::/0", "gateway": "fd88::254", "metric": 50}],
+    [{"destination": "0.0.0.0/0", "route_type": "unreachable", "metric": 1000}]],
+    ids=["lower-metric", "unreachable"])
+def test_podman_doctor_and_gc_leave_a_networks_own_default_routes(
+        podman: Podmanish, routes: list[dict[str, Any]]) -> None:  # noqa: F811
+    """A Podman network whose own static routes give the container a default route: one
+    via another gateway of lower metric (IPv4's without a metric: 0, the kernel's
+    first), or an unreachable one of higher metric (a fallback that drops). Healthy as
+    set up, doctor named the first as an IPv4 default route that goes another way and gc
+    deleted it; with the network's own routes deleted by hand, doctor named the first
+    (the second: it said healthy, its IPv4 default route being the unreachable one) and
+    gc deleted it. doctor says healthy as set up, names the network's routes missing,
+    and gc puts them back beside the static ones."""
+    p = podman
+    data = dualstack(routes=routes)
+    ns = p.namespace()
+    nsname = ns.rsplit("/", 1)[1]
+    p.nv("setup", ns, data=data)
+    try:
+        made = every_default_route(nsname)
+        assert len(made) == 2 + len(routes), made
+        doctor = p.pw("doctor", check=False)
+        assert doctor.stdout.startswith("healthy"), doctor.stdout
+        p.pw("gc")
+        assert every_default_route(nsname) == made
+        lost = [(4, "10.88.0.1")] + ([(6, "fd88::1")] if len(routes) == 2 else [])
+        for v, gw in lost:
+            sh("ip", "-n", nsname, f"-{v}", "route", "del", "default", "via", gw, "dev",
+               "eth0", "metric", "100")
+        doctor = p.pw("doctor", check=False)
+        assert doctor.returncode == 1 and [line for line in doctor.stdout.splitlines()
+                                           if line.startswith("drift:")] == [
+            f"drift: restore the IPv{v} default route of container testcontainer (via "
+            f"{gw} dev eth0, metric 100): it is missing" for v, gw in lost], doctor.stdout
+        p.pw("gc")
+        assert every_default_route(nsname) == made
+        assert p.pw("doctor").stdout.startswith("healthy")
+    finally:
+        p.nv("teardown", ns, data=data)
+
+
+def test_podman_gc_keeps_a_default_route_the_user_added(podman: Podmanish) -> None:  # noqa: F811
+    """The Podman container on two networks (eth1's metric 100 the kernel's, eth0's 200
+    next), with a default route the user added out of eth0, via another router
+    (onlink, metric 300). eth0's network's own route deleted by hand: doctor named the
+    user's route as that route changed, and gc deleted it. It says the network's route
+    is missing, and gc puts that back and leaves the user's as it was."""
+    p = podman
+    data = two_networks("200")
+    ns = p.namespace()
+    nsname = ns.rsplit("/", 1)[1]
+    p.nv("setup", ns, data=data)
+    try:
+        made = every_default_route(nsname)
+        sh("ip", "-n", nsname, "route", "add", "default", "via", "192.0.2.77", "dev", "eth0",
+           "metric", "300", "onlink")
+        assert p.pw("doctor").stdout.startswith("healthy")
+        sh("ip", "-n", nsname, "route", "del", "default", "via", "10.88.0.1", "dev", "eth0",
+           "metric", "200")
+        doctor = p.pw("doctor", check=False)
+        assert doctor.returncode == 1 and [line for line in doctor.stdout.splitlines()
+                                           if line.startswith("drift:")] == [
+            "drift: restore the IPv4 default route of container testcontainer through "
+            "network podman (via 10.88.0.1 dev eth0, metric 200): it is missing"], \
+            doctor.stdout
+        p.pw("gc")
+        assert every_default_route(nsname) == sorted([*made, (4, "192.0.2.77", "eth0", 300)])
+        assert p.pw("doctor").stdout.startswith("healthy")
+    finally:
+        p.nv("teardown", ns, data=data)

@@ -253,20 +253,44 @@ def _missing_routes(engine: Engine, c: Container, endpoints: list[Endpoint]
                 # is the lowest metric's: its network's route with its metric, and none
                 # of the family that beats or ties it.
                 ifname = owner[0].ifname
-                taken = links.observe_default_route(cont, version)
-                if taken is not None and taken != (sub.gateway, ifname):
-                    podman = c.runtime == "podman"
-                    metric = gateways.metric(owner[1], version) if podman else None
+                if c.runtime == "podman":
+                    out += _lowest_default_route(engine, c, cont, version, ordered,
+                                                 owner, sub.gateway)
+                elif (taken := links.observe_default_route(cont, version)) is not None and \
+                        taken != (sub.gateway, ifname):
                     out.append((f"restore the IPv{version} default route of container "
-                                f"{c.name} ({_via(sub.gateway, ifname, metric)}): it goes "
-                                f"via {taken[0]} dev {taken[1]}",
-                                partial(_default_route, engine, c, ifname, sub.gateway,
-                                        metric)))
+                                f"{c.name} ({_via(sub.gateway, ifname)}): it goes via "
+                                f"{taken[0]} dev {taken[1]}",
+                                partial(_default_route, engine, c, ifname, sub.gateway)))
             if c.runtime == "podman":
                 out += _other_default_routes(engine, c, cont, version, ordered)
     finally:
         cont.close()
     return out
+
+
+def _lowest_default_route(engine: Engine, c: Container, cont: IPRoute, version: int,
+                          ordered: list[tuple[Endpoint, Network]],
+                          owner: tuple[Endpoint, Network], gateway: IPAddress
+                          ) -> list[tuple[str, Callable[[], object]]]:
+    """A Podman container's default route of version that the kernel is to take: the
+    lowest metric's network's, with its metric, and none of the family that beats or
+    ties it but a default route of the networks' own static routes (the user's: one of
+    lower metric is the kernel's by the network's definition, and an unreachable or
+    blackhole one, which has no gateway, hides no missing route)."""
+    e, net = owner
+    metric = gateways.metric(net, version)
+    static = _static_defaults([n for _, n in ordered], version)
+    mine = (gateway, e.ifname, metric)
+    found = [r for r in links.observe_default_routes(cont, version)
+             if r == mine or (r[0], r[2]) not in static]
+    taken = min(found, key=lambda r: r[2], default=None)
+    if taken is not None and taken[:2] == (gateway, e.ifname):
+        return []
+    return [(f"restore the IPv{version} default route of container {c.name} "
+             f"({_via(gateway, e.ifname, metric)}): " +
+             ("it is missing" if taken is None else f"it goes via {taken[0]} dev {taken[1]}"),
+             partial(_default_route, engine, c, e.ifname, gateway, metric, keep=static))]
 
 
 def _other_default_routes(engine: Engine, c: Container, cont: IPRoute, version: int,
@@ -277,7 +301,8 @@ def _other_default_routes(engine: Engine, c: Container, cont: IPRoute, version: 
     one has its own, with its metric (core/gateways.py, rule 3), which takes over when
     the networks before it go. One missing or changed by hand (another gateway or
     metric) is named and put back with its network's metric; no other route is
-    touched, nor is a default route of the networks' own static routes."""
+    touched: not one via another gateway (the user's), nor a default route of the
+    networks' own static routes."""
     networks = [n for _, n in ordered]
     routes = gateways.default_routes(networks, podman=True).get(version, {})
     have = links.observe_default_routes(cont, version)
@@ -289,8 +314,10 @@ def _other_default_routes(engine: Engine, c: Container, cont: IPRoute, version: 
         if sub is None or version not in endpoint_families(net, e) or \
                 (sub.gateway, e.ifname, metric) in have:
             continue
-        changed = next((r for r in have if r[1] == e.ifname and (r[0], r[2]) not in static),
-                       None)
+        # (The network's own, out of its interface via its gateway, with another metric:
+        # a default route via another gateway is not its, but one the user added.)
+        changed = next((r for r in have if r[:2] == (sub.gateway, e.ifname) and
+                        (r[0], r[2]) not in static), None)
         out.append((f"restore the IPv{version} default route of container {c.name} through "
                     f"network {net.name} ({_via(sub.gateway, e.ifname, metric)}): " +
                     ("it is missing" if changed is None else
@@ -320,13 +347,13 @@ def _default_route(engine: Engine, c: Container, ifname: str, gateway: IPAddress
     """c's default route of gateway's family via gateway again; with a metric (a Podman
     container's), beside the other networks' routes: lowest (the one the kernel is to
     take), those of the family that beat or tie it go (none of them is its networks');
-    else those out of ifname that are not it (changed by hand) go, but for keep's
-    (gateway, metric), and the others stay."""
+    else those out of ifname via gateway that are not it (its metric changed by hand)
+    go; either way but for keep's (gateway, metric), and the others stay."""
     if metric is not None:
         cont = netns.open_ipr(c.netns)
         try:
             for gw, dev, m in links.observe_default_routes(cont, gateway.version):
-                in_the_way = m <= metric if lowest else dev == ifname
+                in_the_way = m <= metric if lowest else (gw, dev) == (gateway, ifname)
                 if in_the_way and (gw, dev, m) != (gateway, ifname, metric) and \
                         (gw, m) not in keep:
                     links.delete_default_route(cont, dev, gw, m)
