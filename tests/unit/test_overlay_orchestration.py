@@ -28,7 +28,7 @@ from portway.engine.dns import DnsServer
 from portway.engine.dns import records as dns_records
 from portway.errors import Conflict, PortwayError
 from portway.model.types import Network
-from portway.store.etcd import KV, ClusterUnreachable, Etcd, Event, StoreRefused
+from portway.store.etcd import KV, ClusterUnreachable, Etcd, Event, StoreRefused, Watch
 
 
 class MemoryEtcd:
@@ -1728,6 +1728,47 @@ def test_a_closed_store_client_sends_nothing_more() -> None:
                            r"etcd://192\.0\.2\.1:2379 is closed \(the daemon stops\)"):
             call()
     assert sent == ["/kv/put"]
+
+
+def test_a_watch_whose_list_is_under_way_as_the_daemon_stops_opens_no_stream() -> None:
+    """The watch thread lists the store when the daemon stops (Cluster.close: the watch
+    stopped, then the client closed); the list's answer comes after. The watch went on
+    to open its stream from the listed revision (the stream is not sent through the
+    client's rounds, which a closed client refuses), a request to the store after close:
+    it opens none now."""
+    etcd = Etcd((Member("192.0.2.1", 2379),))
+    sent: list[str] = []
+    listing_, answer = threading.Event(), threading.Event()
+
+    class Session:
+        def post(self, url: str, **_: Any) -> Any:
+            sent.append(url)
+            raise requests.ConnectionError("refused")  # (the stream ends: the caller lists)
+
+    class Client:  # (etcd3gw's, as far as Etcd calls it)
+        session = Session()
+
+        def get_url(self, path: str) -> str:
+            return path
+
+        def post(self, url: str, json: dict[str, Any]) -> dict[str, Any]:
+            sent.append(url)
+            listing_.set()
+            assert answer.wait(5)
+            return {"header": {"revision": "7"}}
+
+    etcd._clients = [cast(Any, Client())]
+    watch = Watch(etcd, "/portway/", lambda kvs, revision: None, lambda event: None,
+                  lambda message: None)
+    thread = threading.Thread(target=watch.run, daemon=True)
+    thread.start()
+    assert listing_.wait(5)
+    watch.stop()  # (Cluster.close: stop, then the client closed)
+    etcd.close()
+    answer.set()
+    thread.join(5)
+    assert not thread.is_alive()
+    assert sent == ["/kv/range"]
 
 
 def test_an_address_asked_for_that_a_race_lost_with_the_store_away_fails_whole(

@@ -287,7 +287,10 @@ class Etcd:
                opened: Callable[[requests.Response], None]) -> Iterator[Event | None]:
         """The events under prefix from start_revision on, as they come; None for a
         progress notice. Ends (returns) when the cursor was compacted, the watch was
-        cancelled or the connection broke: the caller lists again."""
+        cancelled or the connection broke: the caller lists again. Opens none once stop
+        is set or the client is closed (close: the stream is not sent through _round)."""
+        if stop.is_set() or self._closed.is_set():
+            return
         client = self._clients[self._current]
         body: dict[str, Any] = {"create_request": {
             "key": _b64(prefix), "range_end": _b64(prefix_end(prefix)),
