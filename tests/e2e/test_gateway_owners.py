@@ -383,3 +383,45 @@ def test_podman_gc_keeps_a_default_route_the_user_added(podman: Podmanish) -> No
         assert p.pw("doctor").stdout.startswith("healthy")
     finally:
         p.nv("teardown", ns, data=data)
+
+
+@pytest.mark.parametrize(("version", "route", "why"), [
+    (4, ["default", "metric", "50", "nexthop", "via", "10.88.0.1", "dev", "eth0", "nexthop",
+         "via", "10.87.0.1", "dev", "eth1"],
+     "via 10.87.0.1 dev eth1, metric 100): it goes via 10.88.0.1 dev eth0 and 10.87.0.1 dev "
+     "eth1, metric 50"),
+    (6, ["default", "metric", "50", "nexthop", "via", "fd88::1", "dev", "eth0", "nexthop",
+         "via", "fd87::1", "dev", "eth1"],
+     "via fd87::1 dev eth1, metric 100): it goes via fd88::1 dev eth0 and fd87::1 dev "
+     "eth1, metric 50"),
+    (4, ["default", "dev", "eth0", "metric", "60"],
+     "via 10.87.0.1 dev eth1, metric 100): it goes out of eth0, metric 60"),
+    (4, ["unreachable", "default", "metric", "70"],
+     "via 10.87.0.1 dev eth1, metric 100): it goes nowhere (unreachable), metric 70")],
+    ids=["multipath", "multipath6", "device", "unreachable"])
+def test_doctor_finds_a_podman_default_route_without_a_gateway_in_the_way(
+        podman: Podmanish, version: int, route: list[str], why: str) -> None:  # noqa: F811
+    """The Podman container on two networks (eth1's metric 100 the kernel's), and a
+    default route added by hand of lower metric that has no single gateway: several
+    next hops, straight out of eth0, or one that discards. The kernel takes it (the
+    port's replies may leave by the wrong bridge, or not at all), yet doctor said
+    healthy: it looked at routes with one gateway alone. It names it, and gc deletes it
+    and leaves the networks' routes as set up."""
+    p = podman
+    data = two_networks("200")
+    ns = p.namespace()
+    nsname = ns.rsplit("/", 1)[1]
+    p.nv("setup", ns, data=data)
+    try:
+        made = every_default_route(nsname)
+        sh("ip", "-n", nsname, f"-{version}", "route", "add", *route)
+        doctor = p.pw("doctor", check=False)
+        assert doctor.returncode == 1 and [line for line in doctor.stdout.splitlines()
+                                           if line.startswith("drift:")] == [
+            f"drift: restore the IPv{version} default route of container testcontainer "
+            f"({why}"], doctor.stdout
+        p.pw("gc")
+        assert every_default_route(nsname) == made
+        assert p.pw("doctor").stdout.startswith("healthy")
+    finally:
+        p.nv("teardown", ns, data=data)

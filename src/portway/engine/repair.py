@@ -275,9 +275,10 @@ def _lowest_default_route(engine: Engine, c: Container, cont: IPRoute, version: 
                           ) -> list[tuple[str, Callable[[], object]]]:
     """A Podman container's default route of version that the kernel is to take: the
     lowest metric's network's, with its metric, and none of the family that beats or
-    ties it but a default route of the networks' own static routes (the user's: one of
-    lower metric is the kernel's by the network's definition, and an unreachable or
-    blackhole one, which has no gateway, hides no missing route)."""
+    ties it (nor one of lower metric without a single gateway: several next hops, a
+    device's, one that discards) but a default route of the networks' own static routes
+    (the user's: one of lower metric is the kernel's by the network's definition, and
+    an unreachable or blackhole one, which has no gateway, hides no missing route)."""
     e, net = owner
     metric = gateways.metric(net, version)
     static = _static_defaults([n for _, n in ordered], version)
@@ -285,11 +286,19 @@ def _lowest_default_route(engine: Engine, c: Container, cont: IPRoute, version: 
     found = [r for r in links.observe_default_routes(cont, version)
              if r == mine or (r[0], r[2]) not in static]
     taken = min(found, key=lambda r: r[2], default=None)
-    if taken is not None and taken[:2] == (gateway, e.ifname):
+    other = min((r for r in links.observe_other_default_routes(cont, version)
+                 if r.metric < metric and (r.type, r.metric) not in static),
+                key=lambda r: r.metric, default=None)
+    if other is not None and (taken is None or other.metric < taken[2]):
+        why = f"it goes {other.what}, metric {other.metric}"
+    elif taken is None:
+        why = "it is missing"
+    elif taken[:2] != (gateway, e.ifname):
+        why = f"it goes via {taken[0]} dev {taken[1]}"
+    else:
         return []
     return [(f"restore the IPv{version} default route of container {c.name} "
-             f"({_via(gateway, e.ifname, metric)}): " +
-             ("it is missing" if taken is None else f"it goes via {taken[0]} dev {taken[1]}"),
+             f"({_via(gateway, e.ifname, metric)}): {why}",
              partial(_default_route, engine, c, e.ifname, gateway, metric, keep=static))]
 
 
@@ -327,14 +336,16 @@ def _other_default_routes(engine: Engine, c: Container, cont: IPRoute, version: 
     return out
 
 
-def _static_defaults(networks: list[Network], version: int) -> frozenset[tuple[IPAddress, int]]:
+def _static_defaults(networks: list[Network], version: int
+                     ) -> frozenset[tuple[IPAddress | str, int]]:
     """The default routes of version that the networks' static routes give (netavark's
-    `routes`: the user's), as the kernel keeps them: gateway and metric."""
+    `routes`: the user's), as the kernel keeps them: gateway (or, of one that discards,
+    its type) and metric."""
     return frozenset(
-        (r.gateway, r.metric or (gateways.IPV6_ROUTE_METRIC if version == 6 else 0))
+        (r.gateway if r.gateway is not None else r.type,
+         r.metric or (gateways.IPV6_ROUTE_METRIC if version == 6 else 0))
         for net in networks for r in contract.stored_routes(net)
-        if r.gateway is not None and r.destination.version == version and
-        r.destination.prefixlen == 0)
+        if r.destination.version == version and r.destination.prefixlen == 0)
 
 
 def _via(gateway: IPAddress, ifname: str, metric: int | None = None) -> str:
@@ -343,10 +354,11 @@ def _via(gateway: IPAddress, ifname: str, metric: int | None = None) -> str:
 
 def _default_route(engine: Engine, c: Container, ifname: str, gateway: IPAddress,
                    metric: int | None = None, lowest: bool = True,
-                   keep: frozenset[tuple[IPAddress, int]] = frozenset()) -> None:
+                   keep: frozenset[tuple[IPAddress | str, int]] = frozenset()) -> None:
     """c's default route of gateway's family via gateway again; with a metric (a Podman
     container's), beside the other networks' routes: lowest (the one the kernel is to
-    take), those of the family that beat or tie it go (none of them is its networks');
+    take), those of the family that beat or tie it go (none of them is its networks'),
+    and those without a single gateway that beat it;
     else those out of ifname via gateway that are not it (its metric changed by hand)
     go; either way but for keep's (gateway, metric), and the others stay."""
     if metric is not None:
@@ -357,6 +369,10 @@ def _default_route(engine: Engine, c: Container, ifname: str, gateway: IPAddress
                 if in_the_way and (gw, dev, m) != (gateway, ifname, metric) and \
                         (gw, m) not in keep:
                     links.delete_default_route(cont, dev, gw, m)
+            for other in links.observe_other_default_routes(cont, gateway.version) \
+                    if lowest else ():
+                if other.metric < metric and (other.type, other.metric) not in keep:
+                    links.delete_other_default_route(cont, gateway.version, other)
         finally:
             cont.close()
     with engine.h.sandbox_kernel.open(c.netns) as sandbox:

@@ -530,6 +530,53 @@ def observe_default_routes(ipr: IPRoute, version: int = 4
     return out
 
 
+@dataclass(frozen=True)
+class OtherDefault:
+    """A default route without a single gateway: several next hops, straight out of a
+    device, or one that discards."""
+
+    type: str  # unicast, blackhole, unreachable, prohibit (RTN)
+    metric: int
+    oif: int  # (0: none, or several)
+    what: str  # where it goes, for a message: "via A dev X and B dev Y", "out of X", ...
+
+
+def observe_other_default_routes(ipr: IPRoute, version: int = 4) -> list[OtherDefault]:
+    """The main-table default routes of one family that observe_default_routes leaves
+    out (no single gateway), as listed."""
+    names = {link.index: link.ifname for link in observe_links(ipr)}
+    kinds = {number: kind for kind, number in RTN.items()}
+    out: list[OtherDefault] = []
+    for m in ipr.get_routes(family=FAMILY[version], table=254):
+        if m["dst_len"] != 0 or m.get_attr("RTA_GATEWAY") is not None:
+            continue
+        kind = kinds.get(m["type"], str(m["type"]))
+        oif = m.get_attr("RTA_OIF") or 0
+        hops = m.get_attr("RTA_MULTIPATH") or []
+        if hops:
+            what = "via " + " and ".join(
+                f"{h.get_attr('RTA_GATEWAY')} dev {names.get(h['oif'], '?')}" for h in hops)
+        elif kind == "unicast":
+            what = f"out of {names.get(oif, '?')}"
+        else:
+            what = f"nowhere ({kind})"
+        out.append(OtherDefault(kind, m.get_attr("RTA_PRIORITY") or 0, oif, what))
+    return out
+
+
+def delete_other_default_route(ipr: IPRoute, version: int, route: OtherDefault) -> None:
+    """One route observe_other_default_routes listed (gone already counts as deleted)."""
+    extra = {"oif": route.oif} if route.oif else {}
+    try:
+        # (Scope nowhere: any scope, as ip route del asks; a device's is link.)
+        ipr.route("del", dst=DEFAULT[version], family=FAMILY[version], priority=route.metric,
+                  type=RTN.get(route.type, 1), scope=RT_SCOPE_NOWHERE, **extra)
+    except NetlinkError as exc:
+        if exc.code not in GONE:
+            raise KernelError(f"delete default route {route.what} metric {route.metric}: "
+                              f"{exc}", "try again") from None
+
+
 def observe_default_route(ipr: IPRoute, version: int = 4) -> tuple[IPAddress, str] | None:
     """The default route of one family that the kernel takes (the lowest metric's, of
     equal ones the first listed): its gateway and device; None without one that has a
@@ -566,7 +613,7 @@ def delete_default_route(ipr: IPRoute, ifname: str, gateway: IPAddress, metric: 
 
 
 DEFAULT = {4: "0.0.0.0/0", 6: "::/0"}
-RTPROT_KERNEL, RT_SCOPE_LINK = 2, 253
+RTPROT_KERNEL, RT_SCOPE_LINK, RT_SCOPE_NOWHERE = 2, 253, 255
 
 
 RTPROT_RA = 9
