@@ -1706,6 +1706,37 @@ def test_a_join_under_way_as_the_daemon_stops_writes_nothing_after_close(
         assert etcd.leases == {b.cluster.lease}, "a lease granted by the join is left"
 
 
+def test_a_join_that_registers_as_the_daemon_stops_registers_no_more(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lease is gone and a join registers this host's endpoints under its new one,
+    holding the joins' lock, when the daemon stops. It went on registering every one of
+    them (each a read of its keys and a transaction), while close waited for that lock,
+    up to CLOSE_WAIT, sending to the store after the daemon stopped. It registers no
+    more once the daemon stops, and the local store names the lease it took (the next
+    daemon revokes that one once its own endpoints are under its new lease)."""
+    etcd, (a, b) = two_hosts(tmp_path)
+    cluster = a.cluster
+    assert cluster is not None and b.cluster is not None
+    a.networks.create("ov", driver="overlay", subnet="10.200.0.0/24")
+    for name in ("one", "two", "three"):
+        a.containers.run(["sleep", "1"], name=name, networks=["ov"], detach=True)
+    lost = cluster.lease
+    etcd.expire(lost)
+    registered: list[dict[str, str]] = []
+    put_if = etcd.put_if
+
+    def stopping(expect: dict[str, str | None], puts: dict[str, str],
+                 lease: int = 0) -> bool:
+        registered.append(puts)
+        cluster.stop()  # (the daemon stops as the first endpoint is registered)
+        return put_if(expect, puts, lease)
+
+    monkeypatch.setattr(etcd, "put_if", stopping)
+    cluster._join(lost=lost)
+    assert len(registered) == 1, "registered after the daemon stopped"
+    assert a.store.get_meta(cluster_module.LEASE_META) == str(cluster.lease) != str(lost)
+
+
 def test_a_closed_store_client_sends_nothing_more() -> None:
     """Etcd.close (the cluster's close): a request under way that the store answers with
     an error (an election: "no leader") is not tried again, and no request after it is

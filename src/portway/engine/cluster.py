@@ -216,10 +216,16 @@ class Cluster:
 
     def _joined_under(self, lease: int) -> None:
         """_join's work under the engine's lock, with its new lease (this host's record
-        already written under it)."""
+        already written under it). Once the daemon stops, no more endpoints are
+        registered, nor leases revoked (close waits for this join: it sends nothing to the
+        store after the stop but what is under way); the local store names the new lease
+        all the same, which the next daemon revokes once it has its endpoints again (the
+        earlier ones run out by themselves: nothing renews them)."""
         old, self.lease = self.lease, lease  # kept alive from now on, whatever follows
         self._expired.clear()
         for e in self._own_endpoints():
+            if self._stop.is_set():
+                break
             if not self._ended(e[1]):
                 self._register(e, lease)
         store = self.h.store
@@ -227,6 +233,8 @@ class Cluster:
             remembered = store.get_meta(LEASE_META)
             store.set_meta(LEASE_META, str(lease))
         for previous in {old, int(remembered or 0)} - {0, lease}:
+            if self._stop.is_set():
+                break
             self.etcd.revoke(previous)  # what is still on it is no longer anyone's
         self.state = "joined"
         self.last_error = ""
