@@ -8,7 +8,13 @@ import ipaddress
 import pytest
 
 from portway.core.firewall import PODMAN_LABEL
-from portway.core.gateways import default_routes, gives_default_route, port_owners, route_owners
+from portway.core.gateways import (
+    default_routes,
+    gives_default_route,
+    metric,
+    port_owners,
+    route_owners,
+)
 from portway.model.types import Network, Subnet
 
 V4 = Subnet(ipaddress.ip_network("10.1.0.0/24"), ipaddress.ip_address("10.1.0.1"))
@@ -104,3 +110,17 @@ def test_a_podman_container_has_a_default_route_per_network(
     assert route_owners(networks, podman=True) == {v: r[min(r)] for v, r in routes.items()}
     # A portway container's: one per family, its first network's.
     assert all(len(r) == 1 for r in default_routes(networks).values())
+
+
+@pytest.mark.parametrize(("given", "want"), [
+    ("200", (200, 200)), ("+200", (200, 200)), ("0200", (200, 200)), ("0", (0, 1024)),
+    ("", (100, 100)), ("-1", (100, 100)), ("abc", (100, 100)), ("4294967296", (100, 100))])
+def test_a_podman_networks_metric_is_read_as_its_setup_read_it(
+        given: str, want: tuple[int, int]) -> None:
+    """The metric option as netavark parses it (setup's route has that metric): "+200" is
+    200 (the network's route was taken for one of netavark's default 100: doctor named it
+    as going another way, gc put a second one back with 100, and the published ports
+    went to that network while the replies left by the other); one setup refuses,
+    netavark's default."""
+    network = net("a", V4, V6, podman={"metric": given})
+    assert (metric(network, 4), metric(network, 6)) == want

@@ -31,6 +31,7 @@ from portway.core import netavark
 from portway.core.firewall import netavark_option
 from portway.core.macvlan import DEFAULT_METRIC as MACVLAN_METRIC
 from portway.core.macvlan import DRIVER as MACVLAN
+from portway.errors import PortwayError
 from portway.model.types import Network
 
 
@@ -50,9 +51,14 @@ def metric(net: Network, version: int = 4) -> int:
     driver; an IPv6 route of metric 0 takes the kernel's default (1024), so 0 is the
     lowest for IPv4 alone."""
     given = netavark_option(net, "metric")
-    if given is not None and given.isdigit():
-        value = int(given)
-        return IPV6_ROUTE_METRIC if value == 0 and version == 6 else value
+    if given is not None:
+        try:
+            # (As setup read it: netavark's parse, which takes "+200" for 200.)
+            value = netavark.parse_uint("metric", given)
+        except PortwayError:
+            value = None  # (setup refused it: no route was made with it)
+        if value is not None:
+            return IPV6_ROUTE_METRIC if value == 0 and version == 6 else value
     return MACVLAN_METRIC if net.driver == MACVLAN else netavark.DEFAULT_METRIC
 
 
