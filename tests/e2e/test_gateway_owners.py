@@ -427,3 +427,37 @@ def test_doctor_finds_a_podman_default_route_without_a_gateway_in_the_way(
         assert p.pw("doctor").stdout.startswith("healthy")
     finally:
         p.nv("teardown", ns, data=data)
+
+
+def test_doctor_finds_a_lost_default_route_behind_an_unreachable_one(
+        sandbox: Sandbox) -> None:
+    """A container on an IPv4 network, with an unreachable default route of high metric
+    added by hand (a fallback that drops), and then its own default route deleted: the
+    container reaches nothing outside its subnet, yet doctor said healthy (a default
+    route was there, though it has no gateway). It names the container's route missing,
+    gc puts it back and leaves the user's, and a published port answers again."""
+    sb = sandbox
+    outside = ["ip", "netns", "exec", sb.outside]
+    sb.pw("network", "create", "v4", "--subnet", "10.174.0.0/24")
+    try:
+        served(sb, "web", "--network", "v4", "-p", "8080:80")
+        assert get6(outside, f"http://{sb.host_addr}:8080/") == "200"
+        ns = netns_of(sb, "web")
+        sh("ip", "-n", ns, "route", "add", "unreachable", "default", "metric", "1000")
+        assert sb.pw("doctor").stdout.startswith("healthy")
+        sh("ip", "-n", ns, "route", "del", "default", "via", "10.174.0.1", "dev", "eth0")
+        assert get6(outside, f"http://{sb.host_addr}:8080/", 2).startswith("fail")
+        doctor = sb.pw("doctor", check=False)
+        assert doctor.returncode == 1 and [line for line in doctor.stdout.splitlines()
+                                           if line.startswith("drift:")] == [
+            "drift: restore the IPv4 default route of container web (via 10.174.0.1 dev "
+            "eth0): it is missing"], doctor.stdout
+        sb.pw("gc")
+        assert get6(outside, f"http://{sb.host_addr}:8080/") == "200"
+        assert sb.pw("doctor").stdout.startswith("healthy")
+        assert [(r.get("type", "unicast"), r.get("metric", 0)) for r in
+                ip_json(ns, "-4", "route") if r["dst"] == "default"] == \
+            [("unicast", 0), ("unreachable", 1000)]
+    finally:
+        sb.pw("rm", "-f", "web", check=False)
+        sb.pw("network", "rm", "v4", check=False)

@@ -256,11 +256,14 @@ def _missing_routes(engine: Engine, c: Container, endpoints: list[Endpoint]
                 if c.runtime == "podman":
                     out += _lowest_default_route(engine, c, cont, version, ordered,
                                                  owner, sub.gateway)
-                elif (taken := links.observe_default_route(cont, version)) is not None and \
-                        taken != (sub.gateway, ifname):
+                elif (taken := links.observe_default_route(cont, version)) != \
+                        (sub.gateway, ifname):
+                    # (None: the default routes there have no single gateway, such as an
+                    # unreachable one added by hand: the container's own is gone.)
                     out.append((f"restore the IPv{version} default route of container "
-                                f"{c.name} ({_via(sub.gateway, ifname)}): it goes via "
-                                f"{taken[0]} dev {taken[1]}",
+                                f"{c.name} ({_via(sub.gateway, ifname)}): " +
+                                ("it is missing" if taken is None else
+                                 f"it goes via {taken[0]} dev {taken[1]}"),
                                 partial(_default_route, engine, c, ifname, sub.gateway)))
             if c.runtime == "podman":
                 out += _other_default_routes(engine, c, cont, version, ordered)
