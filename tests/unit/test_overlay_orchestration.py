@@ -62,6 +62,10 @@ class MemoryEtcd:
         self._up()
         return self.kv[key][0] if key in self.kv else None
 
+    def read(self, key: str) -> KV | None:
+        self._up()
+        return KV(key, self.kv[key][0], 0, self.kv[key][1]) if key in self.kv else None
+
     def put(self, key: str, value: str, lease: int = 0) -> None:
         self._up()
         self.kv[key] = (value, lease)
@@ -2022,3 +2026,53 @@ def test_a_hosts_record_written_but_its_answer_lost_leaves_one_record_under_the_
         [overlay.host_key(b.cluster.advertise), host_key])
     assert etcd.kv[host_key][1] == cluster.lease and cluster.lease in etcd.leases
     assert etcd.leases == {cluster.lease, b.cluster.lease}
+
+
+@pytest.mark.parametrize("seen", ["late put", "gone"])
+def test_a_hosts_record_put_late_under_a_dead_lease_is_written_again_under_the_lease_kept(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seen: str) -> None:
+    """A write of this host's record that was abandoned (a join whose answer was lost
+    and that moved on to a new lease; a stopped daemon's, mid-join) lands after the
+    write of the join that holds: the record is under a lease nobody renews, and goes
+    with it. Every other host then drops this host's VTEP until its next join, which
+    nothing would start. The periodic check of its own records writes it again under
+    the lease kept: before that lease runs out if the watch saw the late write, at once
+    if it saw the record go; and with the view in step, it reads nothing."""
+    etcd, (a, b) = two_hosts(tmp_path)
+    cluster = a.cluster
+    assert cluster is not None and b.cluster is not None
+    key = overlay.host_key(cluster.advertise)
+    value, lease = etcd.kv[key]
+    assert lease == cluster.lease
+    cluster.watch.relists = b.cluster.watch.relists = 1
+    cluster._snapshot(*etcd.range(overlay.PREFIX))
+    reads = []
+    read = etcd.read
+
+    def counted(k: str) -> KV | None:
+        reads.append(k)
+        return read(k)
+
+    monkeypatch.setattr(etcd, "read", counted)
+    cluster.reconcile_own()
+    assert reads == []  # (the view has it as written: nothing asked of the store)
+    # The abandoned join's write lands now, under its lease (alive until its TTL).
+    abandoned = etcd.grant(overlay.DEFAULT_TTL)
+    late = json.dumps({**json.loads(value), "joined": "2026-01-01T00:00:00Z"})
+    etcd.put(key, late, abandoned)
+    cluster._event(Event("put", key, late, etcd.revision, abandoned))
+    if seen == "gone":
+        etcd.expire(abandoned)  # (the record with it)
+        cluster._event(Event("delete", key, "", etcd.revision))
+        b.cluster._snapshot(*etcd.range(overlay.PREFIX))
+        assert str(cluster.advertise) not in b.cluster.hosts
+    cluster.reconcile_own()
+    etcd.expire(abandoned)
+    assert etcd.kv.get(key) == (value, cluster.lease)
+    b.cluster._snapshot(*etcd.range(overlay.PREFIX))
+    assert str(cluster.advertise) in b.cluster.hosts
+    assert reads == [key]  # (one read, as the view differed)
+    # The watch sees the write: the next check reads nothing.
+    cluster._event(Event("put", key, value, etcd.revision, cluster.lease))
+    cluster.reconcile_own()
+    assert reads == [key]

@@ -90,6 +90,10 @@ class Cluster:
         self._expired = threading.Event()  # the lease is gone: join again
         self._joining = threading.Lock()  # one join at a time (_join)
         self._host_records = 0  # writes of this host's record tried (_join)
+        self._host_value = ""  # this host's record as last written (its content)
+        # This host's record as the watch last saw it in the store: its content and the
+        # lease it is under (None: not there); _keep_host_record compares it.
+        self._own_host: tuple[str, int] | None = None
         # The view changed since the kernel was last brought in step: events set it, the
         # converge thread clears it and converges once for all that came meanwhile (a
         # host that sees 1,000 endpoints arrive converges a few times, not 1,000).
@@ -201,18 +205,65 @@ class Cluster:
     def _write_host_record(self, lease: int) -> int:
         """This host's record under lease (the caller holds _joining); on failure the
         lease is revoked (nothing else is under it yet). The count of writes tried."""
-        self._host_records += 1
+        self._host_value = json.dumps({
+            "address": str(self.advertise), "instance": self.h.instance,
+            "host_netns": self.h.host_netns or "", "joined": now()})
         try:
-            self.etcd.put(overlay.host_key(self.advertise), json.dumps({
-                "address": str(self.advertise), "instance": self.h.instance,
-                "host_netns": self.h.host_netns or "", "joined": now()}), lease)
+            return self._put_host_record(lease)
         except PortwayError:
             try:
                 self.etcd.revoke(lease)
             except PortwayError:
                 pass  # (it expires by itself: nothing keeps it alive)
             raise
+
+    def _put_host_record(self, lease: int) -> int:
+        """This host's record as last written (_host_value), under lease (the caller
+        holds _joining). The count of writes tried: a join whose own write came before
+        this one writes again under its lease before it takes it (_join)."""
+        self._host_records += 1
+        self.etcd.put(overlay.host_key(self.advertise), self._host_value, lease)
         return self._host_records
+
+    def _keep_host_record(self) -> None:
+        """This host's record in the store under the lease kept, as last written. A write
+        of it that was abandoned (a join's whose answer was lost, which moved on to a new
+        lease; a stopped daemon's, mid-join) can land after the write of the join that
+        holds now: the record is then under a lease nobody renews and goes with it
+        within the TTL, and every other host drops this host's VTEP (its containers
+        unreachable from them) until the next join, which nothing else would start.
+        Compared with the watch's view, which has each key's lease: read from the store
+        only where the view differs (it may lag a write just made), and written again
+        only where the store does too. Under the joins' lock: a join's write made before
+        this one is made again by that join (_put_host_record's count)."""
+        lease = self.lease
+        if not lease or self._expired.is_set() or not self.watch.relists \
+                or not self._host_value:
+            return
+        with self._view_lock:
+            seen = self._own_host
+        if seen == (self._host_value, lease):
+            return
+        with self._joining:
+            if self._stop.is_set() or self._expired.is_set() or self.lease != lease:
+                return  # (a join under way or made: it writes the record)
+            kv = self.etcd.read(overlay.host_key(self.advertise))
+            if kv is not None and (kv.value, kv.lease) == (self._host_value, lease):
+                return
+            why = "gone" if kv is None else f"under lease {kv.lease:x}" \
+                if kv.lease != lease else "changed"
+            try:
+                self._put_host_record(lease)
+            except StoreRefused:
+                if self.etcd.keepalive(lease) > 0:
+                    raise
+                # The lease ran out too, unnoticed yet: the membership thread joins
+                # again (and writes the record); the endpoints' check goes on meanwhile.
+                log(f"lease {lease:x} expired: joining again")
+                self._expired.set()
+                return
+            log(f"this host's record in the cluster store was {why}: written again under "
+                f"lease {lease:x}")
 
     def _joined_under(self, lease: int) -> None:
         """_join's work under the engine's lock, with its new lease (this host's record
@@ -816,7 +867,10 @@ class Cluster:
         ones it has put back if missing. Compared with the view the watch keeps (listed
         again at least every 30 s), not with a listing of every host's endpoints: with
         1,000 of them that costs more than a run -d, and it holds the engine's lock (a
-        claim between etcd and the local store must not look like a leftover)."""
+        claim between etcd and the local store must not look like a leftover). This
+        host's record first (_keep_host_record): without it, no other host sends any of
+        them anything."""
+        self._keep_host_record()
         if self._unreleased:
             with self.h.lock:
                 self._release_pending({e.id: (e, c) for e, c in self._own_endpoints()})
@@ -855,7 +909,10 @@ class Cluster:
         # time, most of it decoding the same records into the same objects).
         known, decoded = self._decoded, {}
         prefix = overlay.endpoint_key()
+        own_key, own = overlay.host_key(self.advertise), None
         for kv in kvs:
+            if kv.key == own_key:
+                own = (kv.value, kv.lease)
             hit = known.get(kv.key) if kv.key.startswith(prefix) else None
             if hit is not None and hit[0] == kv.value:
                 endpoints[hit[1].id] = hit[1]
@@ -874,6 +931,7 @@ class Cluster:
                     self._bump(old)
                     self._bump(new)
             self.networks, self.endpoints, self.hosts = networks, endpoints, hosts
+            self._own_host = own
             self._networks_version += 1
         self.converge(force=True)
 
@@ -921,6 +979,8 @@ class Cluster:
                 self.networks.pop(name, None)
             elif kind == "hosts":
                 self.hosts.pop(name, None)
+            if event.key == overlay.host_key(self.advertise):
+                self._own_host = (event.value, event.lease) if event.kind == "put" else None
             if kind in ("networks", "hosts"):
                 self._networks_version += 1
             changed = versions != (self._networks_version, self._names_version)

@@ -85,6 +85,7 @@ class Event:
     key: str
     value: str  # "" for a delete
     revision: int
+    lease: int = 0  # the lease the key was put under (0: none, or a delete)
 
 
 def _kv(d: dict[str, Any]) -> KV:
@@ -170,9 +171,14 @@ class Etcd:
         return [_kv(d) for d in reply.get("kvs", [])], int(reply["header"]["revision"])
 
     def get(self, key: str) -> str | None:
+        kv = self.read(key)
+        return kv.value if kv is not None else None
+
+    def read(self, key: str) -> KV | None:
+        """key's value with its lease (None: there is no such key)."""
         reply = self.post("/kv/range", {"key": _b64(key)})
         kvs = reply.get("kvs", [])
-        return _kv(kvs[0]).value if kvs else None
+        return _kv(kvs[0]) if kvs else None
 
     # writes
 
@@ -314,7 +320,7 @@ class Etcd:
                 for e in events:
                     kv = _kv(e["kv"])
                     yield Event("delete" if e.get("type") == "DELETE" else "put",
-                                kv.key, kv.value, kv.mod_revision)
+                                kv.key, kv.value, kv.mod_revision, kv.lease)
         except (requests.RequestException, ValueError, AttributeError):
             return
         finally:
