@@ -10,6 +10,7 @@ between containers on the two hosts; the kernel's own tables (`ip -d -j link`,
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -868,3 +869,68 @@ def test_a_remembered_advertise_address_given_again_is_not_refused_before_it_is_
         "this host" in cp.stderr, cp.stderr
     assert sb.daemon_pid() == 0
     sb.env.update(PORTWAY_ADVERTISE_ADDRESS="192.0.2.78")  # (the clean-up's daemon)
+
+
+def _etcdctl(c: Cluster, *args: str) -> str:
+    return sh("ip", "netns", "exec", c.underlay, "etcdctl", "--endpoints",
+              f"http://{ETCD_ADDR}:2379", *args).stdout
+
+
+def _host_record(c: Cluster, address: str) -> tuple[str, int] | None:
+    """A host's record in etcd: its value and the lease it is under (None: not there)."""
+    kvs = json.loads(_etcdctl(c, "get", f"/portway/hosts/{address}", "-w", "json")
+                     ).get("kvs", [])
+    if not kvs:
+        return None
+    return base64.b64decode(kvs[0]["value"]).decode(), int(kvs[0].get("lease", 0))
+
+
+def _members_of(netns: str) -> set[str]:
+    """The addresses in a host's firewall set of the cluster members' VTEPs."""
+    out = sh("ip", "netns", "exec", netns, "nft", "-j", "list", "set", "inet", "portway",
+             "members").stdout
+    found: set[str] = set()
+
+    def walk(x: object) -> None:
+        if isinstance(x, str):
+            found.add(x)
+        elif isinstance(x, dict):
+            for v in x.values():
+                walk(v)
+        elif isinstance(x, list):
+            for v in x:
+                walk(v)
+
+    for item in json.loads(out)["nftables"]:
+        walk(item.get("set", {}).get("elem", []))
+    return found
+
+
+def test_a_hosts_record_put_late_under_another_lease_is_written_again(cluster: Cluster) -> None:
+    """A write of A's record that was abandoned (a stopped daemon's, or a join's that
+    moved on to a new lease) lands after the write of the join that holds, under a lease
+    nobody renews: A writes its record again under its own lease within seconds, so the
+    record outlives that lease; and where that lease takes the record with it first, B
+    drops A's VTEP from its members only until A has written it again."""
+    c = cluster
+    wait_for(lambda: A_ADDR in _members_of(c.b_host), "B has A's VTEP in its members")
+    status = c.pw_a("daemon", "status").stdout
+    lease = int(status.split(" lease ")[1].split()[0], 16)
+    record = _host_record(c, A_ADDR)
+    assert record is not None and record[1] == lease, (record, lease)
+    value = record[0]
+    for revoked in (False, True):
+        late = json.dumps({**json.loads(value), "joined": "2026-01-01T00:00:00Z"})
+        other = int(_etcdctl(c, "lease", "grant", "60").split()[1], 16)
+        _etcdctl(c, "put", f"--lease={other:x}", f"/portway/hosts/{A_ADDR}", late)
+        assert _host_record(c, A_ADDR) == (late, other)
+        if revoked:  # (it runs out before A has seen the late write)
+            _etcdctl(c, "lease", "revoke", f"{other:x}")
+            wait_for(lambda: A_ADDR not in _members_of(c.b_host), "B drops A's VTEP")
+        wait_for(lambda: _host_record(c, A_ADDR) == (value, lease),
+                 "A's record under its lease again", timeout=12)
+        if not revoked:
+            _etcdctl(c, "lease", "revoke", f"{other:x}")
+            assert _host_record(c, A_ADDR) == (value, lease)
+        wait_for(lambda: A_ADDR in _members_of(c.b_host), "B has A's VTEP again")
+    assert f"this host {A_ADDR} is joined, lease {lease:x}" in c.pw_a("daemon", "status").stdout
