@@ -8,11 +8,13 @@
     python3 frames.py na IFNAME SRC_MAC SRC_IP DST_MAC DST_IP TARGET LLADDR [dstopt|fragN|fragopts]
     python3 frames.py ns IFNAME SRC_MAC SRC_IP DST_MAC DST_IP TARGET LLADDR [nonce]
     python3 frames.py rs IFNAME SRC_MAC SRC_IP DST_MAC DST_IP LLADDR
+    python3 frames.py redirect IFNAME SRC_MAC SRC_IP DST_MAC DST_IP TARGET DESTINATION
     python3 frames.py vxlan VTEP VNI SRC_MAC SRC_IP DST_MAC DST_IP PORT PAYLOAD
     python3 frames.py ah IFNAME SRC_MAC SRC_IP DST_MAC DST_IP SPI ra PREFIX
     python3 frames.py ah IFNAME SRC_MAC SRC_IP DST_MAC DST_IP SPI na|dstopt-na TARGET LLADDR
     python3 frames.py ah IFNAME SRC_MAC SRC_IP DST_MAC DST_IP SPI udp PORT PAYLOAD
     python3 frames.py sniff IFNAME SECONDS SPI
+    python3 frames.py sniff6 IFNAME SECONDS TYPE
 
 `udp` sends one UDP datagram with whatever source MAC and address it is given;
 `dns` the same, carrying a DNS query for NAME to port 53; `arp` sends an ARP
@@ -26,7 +28,8 @@ destination options headers, in two fragments, the first ending where the second
 begins; `udp6` with `fragopts`: behind one, in two fragments, the first with the headers
 up to UDP's); `ns` a neighbour solicitation
 for TARGET, and `rs` a router solicitation, each saying its sender is at LLADDR (with
-`nonce`, a nonce option comes first). A packet socket writes the frame as is, so
+`nonce`, a nonce option comes first); `redirect` a redirect saying TARGET is the
+better first hop to DESTINATION. A packet socket writes the frame as is, so
 nothing in the container's stack corrects it. `vxlan` wraps a `udp` frame in a VXLAN
 header with VNI and sends it to VTEP's port 4789 over an ordinary UDP socket of VTEP's
 family (no privilege needed).
@@ -37,7 +40,8 @@ security association makes it valid), and behind it a router advertisement offer
 PREFIX, a neighbour advertisement (`dstopt-na`: behind a destination options header
 too) or a UDP datagram, hop limit 255. `sniff` prints `ready` once it listens on
 IFNAME, then `ah SPI NEXT_HEADER` for each IPv6 frame IFNAME receives with an AH right
-after the IPv6 header, until it sees SPI or SECONDS have passed.
+after the IPv6 header, until it sees SPI or SECONDS have passed; `sniff6` the same,
+printing `icmpv6 TYPE` for an ICMPv6 message of that type right after the IPv6 header.
 """
 
 from __future__ import annotations
@@ -154,6 +158,14 @@ def rs_frame(src_mac: str, src_ip: str, dst_mac: str, dst_ip: str, lladdr: str) 
     return icmp6_frame(src_mac, src_ip, dst_mac, dst_ip, body)
 
 
+def redirect_frame(src_mac: str, src_ip: str, dst_mac: str, dst_ip: str, target: str,
+                   destination: str) -> bytes:
+    """A redirect (RFC 4861 4.5): TARGET is the better first hop to DESTINATION."""
+    body = struct.pack("!BBHI16s16s", 137, 0, 0, 0, socket.inet_pton(socket.AF_INET6, target),
+                       socket.inet_pton(socket.AF_INET6, destination))
+    return icmp6_frame(src_mac, src_ip, dst_mac, dst_ip, body)
+
+
 def na_frame(src_mac: str, src_ip: str, dst_mac: str, dst_ip: str, target: str,
              lladdr: str) -> bytes:
     return icmp6_frame(src_mac, src_ip, dst_mac, dst_ip, na_body(target, lladdr))
@@ -230,7 +242,9 @@ def ah_frame(src_mac: str, src_ip: str, dst_mac: str, dst_ip: str, spi: int, inn
     return mac(dst_mac) + mac(src_mac) + b"\x86\xdd" + header + body
 
 
-def sniff(ifname: str, seconds: float, spi: int) -> None:
+def sniff(ifname: str, seconds: float, spi: int, icmp6: bool = False) -> None:
+    """Print what arrives at ifname: AH packets (their SPI and next header), or with
+    icmp6, ICMPv6 messages (spi: their type)."""
     with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x86DD)) as s:
         s.bind((ifname, 0x86DD))
         print("ready", flush=True)
@@ -241,8 +255,14 @@ def sniff(ifname: str, seconds: float, spi: int) -> None:
                 data, where = s.recvfrom(65535)
             except TimeoutError:
                 return
-            if where[0] != ifname or where[2] == socket.PACKET_OUTGOING or \
-                    len(data) < 62 or data[20] != 51:
+            if where[0] != ifname or where[2] == socket.PACKET_OUTGOING:
+                continue
+            if icmp6:
+                if len(data) > 54 and data[20] == 58 and data[54] == spi:
+                    print(f"icmpv6 {spi}", flush=True)
+                    return
+                continue
+            if len(data) < 62 or data[20] != 51:
                 continue  # (14 bytes of Ethernet header, the next header 6 into IPv6's)
             seen = int.from_bytes(data[58:62], "big")
             print(f"ah {seen} {data[54]}", flush=True)
@@ -260,8 +280,8 @@ def main(argv: list[str]) -> None:
         with socket.socket(family, socket.SOCK_DGRAM) as u:
             u.sendto(header + inner, (ifname, 4789))
         return
-    if kind == "sniff":
-        sniff(argv[1], float(argv[2]), int(argv[3]))
+    if kind in ("sniff", "sniff6"):
+        sniff(argv[1], float(argv[2]), int(argv[3]), kind == "sniff6")
         return
     if kind == "ah":
         frame = ah_frame(argv[2], argv[3], argv[4], argv[5], int(argv[6]), argv[7], argv[8:])
@@ -282,6 +302,8 @@ def main(argv: list[str]) -> None:
     elif kind == "ns":
         frame = ns_frame(argv[2], argv[3], argv[4], argv[5], argv[6], argv[7],
                          argv[8:9] == ["nonce"])
+    elif kind == "redirect":
+        frame = redirect_frame(argv[2], argv[3], argv[4], argv[5], argv[6], argv[7])
     elif kind == "rs":
         frame = rs_frame(argv[2], argv[3], argv[4], argv[5], argv[6])
     else:

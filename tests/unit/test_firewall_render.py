@@ -10,6 +10,7 @@ from typing import Any
 
 from portway.core import firewall, names
 from portway.core.firewall import Published
+from portway.core.overlay import vxlan_name
 from portway.model.types import Endpoint, Network, Subnet
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -281,7 +282,7 @@ def test_guard_fails_closed() -> None:
     # hide ICMPv6 from the checks) from the port's own MAC and address (the checks after
     # it are all about ICMPv6, the MAC or the address); each checks the MAC and the
     # source address against the sets (an IP packet's both in one lookup).
-    checks = [r for r in chain_rules if r["chain"] != "spoof"]
+    checks = [r for r in chain_rules if r["chain"] not in ("spoof", "host_out")]
     assert {r["chain"] for r in checks} == {"spoof_ip", "spoof_arp", "spoof_ip6"}
     accepts = [r for r in checks if r["expr"][-1] != {"drop": None}]
     assert [r["expr"][0]["match"]["right"] for r in accepts] == [
@@ -303,6 +304,33 @@ def test_guard_fails_closed() -> None:
     ip6 = [r["expr"] for r in checks if r["chain"] == "spoof_ip6"]
     assert ip6[1] == [{"match": {"op": "!=", "right": "@macs",
                                  "left": {"concat": [iif, smac]}}}, {"drop": None}]
+
+
+def test_host_out_keeps_the_hosts_routers_messages_from_containers() -> None:
+    # The bridge's output hook (what the host sends into a bridge): only drops, each of
+    # them only towards a container port or an overlay VXLAN device, router
+    # advertisements and redirects, and whatever an AH could hide them behind.
+    base = firewall.render_guard_base()
+    [chain] = [c["add"]["chain"] for c in base
+               if c["add"].get("chain", {}).get("name") == "host_out"]
+    assert (chain["hook"], chain["policy"]) == ("output", "accept")
+    rules = [c["add"]["rule"]["expr"] for c in base
+             if c["add"].get("rule", {}).get("chain") == "host_out"]
+    oif = {"match": {"op": "==", "left": {"meta": {"key": "oifname"}},
+                     "right": firewall.HOST_OUT_PORTS}}
+    assert [r[0] for r in rules] == [oif, oif]
+    assert all(r[-1] == {"drop": None} for r in rules) and len(rules) == 2
+    assert rules[0][1]["match"]["right"] == {"set": ["nd-router-advert", "nd-redirect"]}
+    assert rules[1][1]["match"] == {"op": "!=", "right": {"set": firewall.AH_CARRIES},
+                                    "left": {"payload": {"protocol": "ah",
+                                                         "field": "nexthdr"}}}
+    # One prefix for both kinds of port, and no other port of portway's has it.
+    prefix = firewall.HOST_OUT_PORTS.removesuffix("*")
+    ends = [names.host_veth_name("e" * 64), vxlan_name("n" * 64)]
+    others = [names.bridge_name("n" * 64), names.unchecked_veth_name("e" * 64),
+              names.macvlan_name("e" * 64)]
+    assert all(n.startswith(prefix) for n in ends)
+    assert not any(n.startswith(prefix) for n in others)
 
 
 def test_guard_sets_hold_the_same_senders() -> None:

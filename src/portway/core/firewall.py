@@ -877,7 +877,32 @@ def render_guard_base() -> list[Cmd]:
         rule("spoof_ip6", "neighbour advertisements only for its own address",
              _match(icmpv6, "nd-neighbor-advert"),
              _match({"concat": [iif, ND_TARGET]}, "@targets6", "!="), {"drop": None}),
+        # What the host itself sends into a bridge (a program's raw socket, radvd,
+        # dnsmasq's enable-ra, whatever is routed out of the bridge) meets the bridge's
+        # output hook on its way to each port, with that port as oifname; no prerouting
+        # hook sees it. Containers take their addresses and routes from portway alone:
+        # no router advertisement or redirect of the host reaches them, and the kernel's
+        # accept_ra=1 on their eth0 (Docker's too) has nothing to take. HOST_OUT_PORTS:
+        # the container ports and overlay VXLAN devices (through which it would reach
+        # other hosts' containers), in one prefix comparison. Only frames to those ports
+        # go further than that comparison, and only ICMPv6 or AH past the next.
+        {"add": {"chain": {**G, "name": "host_out", "type": "filter", "hook": "output",
+                           "prio": -300, "policy": "accept"}}},
+        rule("host_out", "the host advertises no routes to containers and redirects none",
+             _match(_meta("oifname"), HOST_OUT_PORTS),
+             _match(icmpv6, {"set": ["nd-router-advert", "nd-redirect"]}), {"drop": None}),
+        # Behind an AH, `icmpv6 type` is unreadable (spoof_ip6's rule says why): the same
+        # allow-list as there.
+        rule("host_out", "behind AH, only TCP, UDP, ESP or SCTP: no check reads past it",
+             _match(_meta("oifname"), HOST_OUT_PORTS),
+             _match(_payload("ah", "nexthdr"), {"set": AH_CARRIES}, "!="), {"drop": None}),
     ]
+
+
+# The ports host_out guards: pwv- (a container's veth) and pwvx- (an overlay network's
+# VXLAN device). Not pwn- ports (a Podman network without IPAM: its containers pick
+# their own addresses, perhaps from an advertisement), nor ports portway did not make.
+HOST_OUT_PORTS = "pwv*"
 
 
 # What an Authentication Header may carry in what a container sends: the transports a

@@ -1,0 +1,162 @@
+"""The host's router advertisements and redirects never reach a container.
+
+A container's `eth0` keeps the kernel's accept_ra=1 (as Docker's does): an
+advertisement that reaches it adds a default route and a SLAAC address. spoof_ip6
+drops the ones a container sends; what a program of the host sends into a bridge
+(radvd, dnsmasq's enable-ra, a raw socket) passes no prerouting hook, only the
+bridge's output hook, where `bridge portway`'s host_out drops them on the way to a
+container port. These tests write such frames from the host namespace onto the
+bridge and look in the container (its routes and addresses, and a packet socket on its
+`eth0`, which sees whatever reaches the port), with the rule and without it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+from test_ipv6 import FRAMES, _delete_rule, netns_of, networks
+from test_nd_guard import Lab
+
+from conftest import Sandbox, sh
+
+NO_RA = "the host advertises no routes to containers and redirects none"
+BEHIND_AH = "behind AH, only TCP, UDP"
+PREFIX = "2001:db8:bad::"
+ALL_NODES = "33:33:00:00:00:01"
+RA, REDIRECT, NS, NA = 134, 137, 135, 136
+
+
+def link_local(mac: str) -> str:
+    """fe80:: with the modified EUI-64 of mac."""
+    raw = bytearray.fromhex(mac.replace(":", ""))
+    raw[0] ^= 0x02
+    eui = bytes(raw[:3]) + b"\xff\xfe" + bytes(raw[3:])
+    return "fe80::" + ":".join(eui[i:i + 2].hex() for i in range(0, 8, 2))
+
+
+def seen_at(netns: str, what: str, expect: int, send: list[str]) -> bool:
+    """Whether a frame that send writes from the host reaches eth0 of netns: `sniff6`
+    (an ICMPv6 message of type expect) or `sniff` (an AH packet with SPI expect)."""
+    sniffer = subprocess.Popen(["ip", "netns", "exec", netns, "python3", FRAMES, what,
+                                "eth0", "1.5", str(expect)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert sniffer.stdout is not None and sniffer.stdout.readline() == "ready\n"
+        sh("ip", "netns", "exec", *send)
+        seen, _ = sniffer.communicate(timeout=10)
+    finally:
+        if sniffer.poll() is None:
+            sniffer.kill()
+            sniffer.wait()
+    return (f"icmpv6 {expect}" if what == "sniff6" else f"ah {expect} ") in seen
+
+
+class Host:
+    """The Lab's network seen from the host: it writes frames onto the bridge."""
+
+    def __init__(self, sb: Sandbox) -> None:
+        self.sb = sb
+        self.lab = Lab(sb)
+        self.victim = netns_of(sb, "victim")
+        self.address = str(networks(sb, "victim")["app"]["GlobalIPv6Address"])
+        self.mac = str(networks(sb, "victim")["app"]["MacAddress"])
+        self.bridge, self.bridge_mac = self.lab.bridge, self.lab.bridge_mac
+
+    def frame(self, *args: str) -> list[str]:
+        return [self.sb.host, "python3", FRAMES, args[0], self.bridge, *args[1:]]
+
+    def advertise(self) -> list[str]:
+        return self.frame("ra", self.bridge_mac, ALL_NODES, f"{PREFIX}/64")
+
+    def took_advertisement(self) -> bool:
+        """Whether the victim has a route or an address from an advertisement."""
+        routes = sh("ip", "-n", self.victim, "-6", "route", "show").stdout
+        addrs = sh("ip", "-n", self.victim, "-6", "addr", "show", "dev", "eth0").stdout
+        return "proto ra" in routes or PREFIX in addrs
+
+    def advertisement_arrives(self) -> bool:
+        arrived = seen_at(self.victim, "sniff6", RA, self.advertise())
+        time.sleep(0.3)
+        taken = self.took_advertisement()
+        assert arrived == taken, (arrived, taken)
+        return taken
+
+    def forget(self) -> None:
+        sh("ip", "-n", self.victim, "-6", "route", "flush", "proto", "ra")
+        sh("ip", "-n", self.victim, "-6", "addr", "flush", "dev", "eth0", "to",
+           f"{PREFIX}/64")
+        assert not self.took_advertisement()
+
+
+def test_the_hosts_router_advertisement_reaches_no_container(sandbox: Sandbox) -> None:
+    sb = sandbox
+    host = Host(sb)
+    assert not host.advertisement_arrives()
+    # Ordinary traffic and neighbour discovery from the host still arrive (the host
+    # asks for the victim's MAC first: its neighbour entry is flushed).
+    assert host.lab.host_sends("victim", "plain")
+    _delete_rule(sb, "bridge", "host_out", NO_RA)  # the control: then it is taken
+    assert host.advertisement_arrives()
+    host.forget()
+    assert "restore chain bridge portway host_out: it differs from what portway wrote" \
+        in sb.pw("gc").stdout.splitlines()
+    assert not host.advertisement_arrives()
+    # A table an earlier portway made has no host_out: gc, and the daemon's start,
+    # which runs it, add it.
+    sb.in_host("nft", "delete", "chain", "bridge", "portway", "host_out")
+    assert host.advertisement_arrives()
+    host.forget()
+    assert "restore chain bridge portway host_out: it is missing" \
+        in sb.pw("gc").stdout.splitlines()
+    assert not host.advertisement_arrives()
+    sb.in_host("nft", "delete", "chain", "bridge", "portway", "host_out")
+    sb.pw("daemon", "stop")
+    sb.pw("daemon", "start")
+    assert not host.advertisement_arrives()
+    assert sb.pw("gc").stdout.startswith("nothing to repair")
+    assert host.lab.host_sends("victim", "after")
+
+
+def test_the_hosts_redirect_reaches_no_container(sandbox: Sandbox) -> None:
+    sb = sandbox
+    host = Host(sb)
+    redirect = host.frame("redirect", host.bridge_mac, link_local(host.bridge_mac), host.mac,
+                          host.address, "fe80::bad", "2001:db8:1::1")
+    assert not seen_at(host.victim, "sniff6", REDIRECT, redirect)
+    _delete_rule(sb, "bridge", "host_out", NO_RA)
+    assert seen_at(host.victim, "sniff6", REDIRECT, redirect)
+    assert "restore chain bridge portway host_out" in sb.pw("gc").stdout
+    assert not seen_at(host.victim, "sniff6", REDIRECT, redirect)
+
+
+def test_the_hosts_neighbour_discovery_reaches_containers(sandbox: Sandbox) -> None:
+    """What the host must send a container of neighbour discovery passes host_out."""
+    sb = sandbox
+    host = Host(sb)
+    gateway = "fd00:148::1"
+    ns = host.frame("ns", host.bridge_mac, gateway, host.mac, host.address, host.address,
+                    host.bridge_mac)
+    na = host.frame("na", host.bridge_mac, gateway, host.mac, host.address, gateway,
+                    host.bridge_mac)
+    assert seen_at(host.victim, "sniff6", NS, ns)
+    assert seen_at(host.victim, "sniff6", NA, na)
+
+
+def test_an_advertisement_behind_ah_reaches_no_container(sandbox: Sandbox) -> None:
+    """Behind an Authentication Header, `icmpv6 type` is unreadable: host_out lets only
+    what spoof_ip6 lets through behind one (the transports and ESP) on to a container;
+    UDP behind AH still arrives."""
+    sb = sandbox
+    host = Host(sb)
+    source = link_local(host.bridge_mac)
+
+    def ah(spi: int, *inner: str) -> list[str]:
+        return host.frame("ah", host.bridge_mac, source, host.mac, host.address, str(spi),
+                          *inner)
+
+    assert not seen_at(host.victim, "sniff", 41, ah(41, "ra", f"{PREFIX}/64"))
+    assert seen_at(host.victim, "sniff", 42, ah(42, "udp", "9999", "behind-ah"))
+    _delete_rule(sb, "bridge", "host_out", BEHIND_AH)
+    assert seen_at(host.victim, "sniff", 43, ah(43, "ra", f"{PREFIX}/64"))
+    assert "restore chain bridge portway host_out" in sb.pw("gc").stdout
+    assert not seen_at(host.victim, "sniff", 44, ah(44, "ra", f"{PREFIX}/64"))
