@@ -137,10 +137,12 @@ def write(w: World) -> None:
            "of each family via the gateways. IPv6 addresses are added without duplicate "
            "address detection (portway's IPAM already guarantees them unique on the "
            "bridge), so they work the moment the container starts. Router advertisements "
-           "play no part: the bridge guard drops any a container sends, and the host sends "
-           "none. The container's `eth0` keeps the kernel's `accept_ra=1`, as Docker's "
-           "does, so one that a program of the host sent into the bridge (radvd, "
-           "dnsmasq's `enable-ra`) would add a route and an address there.")
+           "play no part: the bridge guard drops any a container sends, and any the host "
+           "sends into a bridge (radvd, dnsmasq's `enable-ra`, a raw socket; redirects "
+           "too) is dropped on its way to a container's port (`host_out`, on the bridge's "
+           "output hook: see [firewall.md](firewall.md#router-advertisements-from-the-host)"
+           "). The container's `eth0` keeps the kernel's `accept_ra=1`, as Docker's does, "
+           "with nothing to take: its IPv6 address and default route are portway's alone.")
     w.quiet("run", "-d", "--name", "web", "--network", "app", "-p", "8080:80", "--", *SERVE)
     w.quiet("exec", "web", "--", "python3", "-c", WAIT_LISTENING, "::1", "80")
     w.quiet("run", "-d", "--name", "cli", "--network", "app", "--", "sleep", "600")
@@ -265,13 +267,15 @@ def write(w: World) -> None:
            "its neighbour advertisements may only claim its own addresses, and its "
            "neighbour and router solicitations and advertisements may name only its own "
            "MAC as a link-layer address (`lladdrs`, left out below; see "
-           "[firewall.md](firewall.md), \"Anti-spoofing\"):")
+           "[firewall.md](firewall.md), \"Anti-spoofing\"); and no router advertisement "
+           "or redirect of the host reaches a container's port (`host_out`):")
     guard = subprocess.run(["ip", "netns", "exec", w.host, "nft", "list", "table", "bridge",
                             "portway"], capture_output=True, text=True, check=True).stdout
     shown = blocks(guard, ("v6ports", "addrs6", "targets6")) + "\n" + excerpt(
         guard, r"^\s+[^st].*(ip6|icmpv6)")
     w.out += ["```", "$ nft list table bridge portway   (the IPv6 lines)", shown, "```", ""]
     w.check("guard drops router advertisements", "nd-router-advert" in guard)
+    w.check("guard drops the host's router advertisements", "chain host_out" in guard)
 
     w.text("## An IPv6-only network",
            "`--ipv4=false` leaves IPv4 out: the containers have no IPv4 address and no "
