@@ -411,3 +411,15 @@ def test_bridge_ports_without_ipv6_still_bridge_it() -> None:
     for e in (WEB, CACHE):
         without_ipv6(w.host, e.host_ifname)
     assert trace(w, "web", packet("fd00:77::3"), "web", "cache").verdict == "delivered"
+
+
+def test_the_host_reaches_a_container_past_host_out_without_doubt() -> None:
+    """What the host sends through a bridge to a container port meets `bridge portway`'s
+    host_out at the bridge's output hook: a probe (TCP, neither ICMPv6 nor behind AH)
+    matches none of its rules, so the trace lists the chain's policy, with no doubt."""
+    for a in WEB.addresses:
+        probe = replace(packet(str(a.ip)), oif=WEB.host_ifname, dmac=WEB.mac)
+        _, decisions, alive = Ruleset(ruleset()).run_hook(("bridge",), "output", probe,
+                                                           frozenset())
+        assert alive and [(d.chain, d.verdict, d.uncertain) for d in decisions] == [
+            ("host_out", "policy accept", ())]
