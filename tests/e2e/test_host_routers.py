@@ -12,13 +12,21 @@ bridge and look in the container (its routes and addresses, and a packet socket 
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import time
 
 from test_ipv6 import FRAMES, _delete_rule, netns_of, networks
 from test_nd_guard import Lab
+from test_netavark import (
+    Podmanish,
+    net_info,
+    options,
+    podman,  # noqa: F401  (the fixture)
+)
 
-from conftest import Sandbox, sh
+from conftest import Sandbox, ip_json, sh
 
 NO_RA = "the host advertises no routes to containers and redirects none"
 BEHIND_AH = "behind AH, only TCP, UDP"
@@ -160,3 +168,39 @@ def test_an_advertisement_behind_ah_reaches_no_container(sandbox: Sandbox) -> No
     assert seen_at(host.victim, "sniff", 43, ah(43, "ra", f"{PREFIX}/64"))
     assert "restore chain bridge portway host_out" in sb.pw("gc").stdout
     assert not seen_at(host.victim, "sniff", 44, ah(44, "ra", f"{PREFIX}/64"))
+
+
+def test_a_podman_container_takes_no_advertisement_of_the_host(
+        podman: Podmanish) -> None:  # noqa: F811
+    """Through the netavark backend, on a dual-stack network: its container's port is a
+    pwv- port of the same bridge table, so host_out keeps the host's advertisement from
+    it as from portway's own containers."""
+    p = podman
+    netns = p.namespace()
+    dual = net_info()
+    dual.update(ipv6_enabled=True, subnets=[
+        {"subnet": "10.89.0.0/24", "gateway": "10.89.0.1"},
+        {"subnet": "fd00:89::/64", "gateway": "fd00:89::1"}])
+    data = options("alpha", "10.89.0.10")
+    data["networks"]["a1pnet"]["static_ips"] = ["10.89.0.10", "fd00:89::10"]
+    data["network_info"]["a1pnet"] = dual
+    json.loads(p.nv("setup", netns, data=data).stdout)
+    name = os.path.basename(netns)
+    bridge_mac = str(ip_json(p.sb.host, "link", "show", "podman1")[0]["address"])
+    advertise = [p.sb.host, "python3", FRAMES, "ra", "podman1", bridge_mac, ALL_NODES,
+                 f"{PREFIX}/64"]
+
+    def taken() -> bool:
+        arrived = seen_at(name, "sniff6", RA, advertise)
+        time.sleep(0.3)
+        routes = sh("ip", "-n", name, "-6", "route", "show").stdout
+        assert arrived == ("proto ra" in routes), (arrived, routes)
+        return arrived
+
+    assert not taken()
+    _delete_rule(p.sb, "bridge", "host_out", NO_RA)  # the control
+    assert taken()
+    sh("ip", "-n", name, "-6", "route", "flush", "proto", "ra")
+    assert "restore chain bridge portway host_out" in p.pw("gc").stdout
+    assert not taken()
+    p.nv("teardown", netns, data=data)
