@@ -740,7 +740,8 @@ def render_ports_removal(ports: Iterable[Published]) -> list[Cmd]:
 
 
 def render_guard_base() -> list[Cmd]:
-    """The `bridge portway` table: what a container may send on its bridge port. Every
+    """The `bridge portway` table: what a container may send on its bridge port (and,
+    in host_out, what of the host's may reach it: no router's messages). Every
     frame a container sends passes here, established flows' too (the bridge's prerouting
     hook comes before any conntrack), so the base chain goes by EtherType to the checks
     of that protocol alone, and an IP packet's MAC and source address are checked
