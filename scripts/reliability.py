@@ -89,6 +89,17 @@ ROWS: list[tuple[str, str, str, str]] = [
     ("Security", "UDP behind an Authentication Header from another container's or an "
      "unassigned address: dropped; from the container's own: passes (control first)",
      "test_nd_guard.py", "test_other_traffic_behind_ah_passes_from_its_own_address_only"),
+    ("Security", "a router advertisement the host writes onto a dual-stack network's "
+     "bridge: no route, no address and nothing at the container's eth0; after gc and after "
+     "the daemon's start too (control first)", "test_host_routers.py",
+     "test_the_hosts_router_advertisement_reaches_no_container"),
+    ("Security", "a redirect the host writes onto the bridge: nothing at the container's "
+     "eth0 (control first)", "test_host_routers.py",
+     "test_the_hosts_redirect_reaches_no_container"),
+    ("Security", "a router advertisement the host writes onto the bridge behind an "
+     "Authentication Header: nothing at the container's eth0; UDP behind one arrives "
+     "(control first)", "test_host_routers.py",
+     "test_an_advertisement_behind_ah_reaches_no_container"),
     ("Security", "internal network to the outside, even with a route added by hand",
      "test_firewall.py", "test_internal_network"),
     ("Security", "internal network to the host's other addresses, and to host services "
