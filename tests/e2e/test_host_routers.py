@@ -204,3 +204,26 @@ def test_a_podman_container_takes_no_advertisement_of_the_host(
     assert "restore chain bridge portway host_out" in p.pw("gc").stdout
     assert not taken()
     p.nv("teardown", netns, data=data)
+
+
+def test_trace_shows_host_out_on_the_hosts_way_to_a_container(sandbox: Sandbox) -> None:
+    """`portway trace` models the bridge's output hook: a connection from the host to a
+    container meets host_out there, and passes it by its policy, as the kernel's own trace
+    of a probe shows too."""
+    sb = sandbox
+    sb.pw("network", "create", "app", "--ipv6", "--subnet", "10.149.0.0/24", "--subnet",
+          "fd00:149::/64")
+    sb.pw("run", "-d", "--name", "web", "--network", "app", "--", "python3", "-m",
+          "http.server", "80", "--bind", "::")
+    address = str(networks(sb, "web")["app"]["GlobalIPv6Address"])
+    for _ in range(50):  # until the server listens
+        if ":80 " in sh("ip", "netns", "exec", netns_of(sb, "web"), "ss", "-ltnH").stdout:
+            break
+        time.sleep(0.1)
+    out = sb.pw("trace", "host", f"[{address}]:80", "--live").stdout
+    static, live = out.split("\nlive: ", 1)
+    assert [" ".join(line.split()[2:]) for line in static.splitlines()
+            if "bridge portway host_out" in line] == [
+        "host: bridge portway host_out output: policy accept"], out
+    assert "bridge portway host_out (output): policy accept" in live, out
+    assert "static and live agree" in out, out
