@@ -316,12 +316,15 @@ def test_host_out_keeps_the_hosts_routers_messages_from_containers() -> None:
     assert (chain["hook"], chain["policy"]) == ("output", "accept")
     rules = [c["add"]["rule"]["expr"] for c in base
              if c["add"].get("rule", {}).get("chain") == "host_out"]
+    # Each tests the transport protocol first (what nearly every frame fails), then the
+    # port.
     oif = {"match": {"op": "==", "left": {"meta": {"key": "oifname"}},
                      "right": firewall.HOST_OUT_PORTS}}
-    assert [r[0] for r in rules] == [oif, oif]
+    assert [r[0]["match"]["right"] for r in rules] == ["ipv6-icmp", "ah"]
+    assert [r[1] for r in rules] == [oif, oif]
     assert all(r[-1] == {"drop": None} for r in rules) and len(rules) == 2
-    assert rules[0][1]["match"]["right"] == {"set": ["nd-router-advert", "nd-redirect"]}
-    assert rules[1][1]["match"] == {"op": "!=", "right": {"set": firewall.AH_CARRIES},
+    assert rules[0][2]["match"]["right"] == {"set": ["nd-router-advert", "nd-redirect"]}
+    assert rules[1][2]["match"] == {"op": "!=", "right": {"set": firewall.AH_CARRIES},
                                     "left": {"payload": {"protocol": "ah",
                                                          "field": "nexthdr"}}}
     # One prefix for both kinds of port, and no other port of portway's has it.

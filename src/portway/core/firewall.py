@@ -885,17 +885,20 @@ def render_guard_base() -> list[Cmd]:
         # no router advertisement or redirect of the host reaches them, and the kernel's
         # accept_ra=1 on their eth0 (Docker's too) has nothing to take. HOST_OUT_PORTS:
         # the container ports and overlay VXLAN devices (through which it would reach
-        # other hosts' containers), in one prefix comparison. Only frames to those ports
-        # go further than that comparison, and only ICMPv6 or AH past the next.
+        # other hosts' containers), in one prefix comparison. Every frame the host sends
+        # into any bridge (routed traffic to containers too) meets this chain, so each
+        # rule tests the transport protocol first: what is neither ICMPv6 nor AH, nearly
+        # every frame, fails each rule at its first comparison (nft then needs no check
+        # of the EtherType, and lists the rule without the protocol, as implied).
         {"add": {"chain": {**G, "name": "host_out", "type": "filter", "hook": "output",
                            "prio": -300, "policy": "accept"}}},
         rule("host_out", "the host advertises no routes to containers and redirects none",
-             _match(_meta("oifname"), HOST_OUT_PORTS),
+             _match(_meta("l4proto"), "ipv6-icmp"), _match(_meta("oifname"), HOST_OUT_PORTS),
              _match(icmpv6, {"set": ["nd-router-advert", "nd-redirect"]}), {"drop": None}),
         # Behind an AH, `icmpv6 type` is unreadable (spoof_ip6's rule says why): the same
         # allow-list as there.
         rule("host_out", "behind AH, only TCP, UDP, ESP or SCTP: no check reads past it",
-             _match(_meta("oifname"), HOST_OUT_PORTS),
+             _match(_meta("l4proto"), "ah"), _match(_meta("oifname"), HOST_OUT_PORTS),
              _match(_payload("ah", "nexthdr"), {"set": AH_CARRIES}, "!="), {"drop": None}),
     ]
 
