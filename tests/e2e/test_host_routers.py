@@ -197,13 +197,15 @@ def test_a_podman_container_takes_no_advertisement_of_the_host(
         assert arrived == ("proto ra" in routes), (arrived, routes)
         return arrived
 
-    assert not taken()
-    _delete_rule(p.sb, "bridge", "host_out", NO_RA)  # the control
-    assert taken()
-    sh("ip", "-n", name, "-6", "route", "flush", "proto", "ra")
-    assert "restore chain bridge portway host_out" in p.pw("gc").stdout
-    assert not taken()
-    p.nv("teardown", netns, data=data)
+    try:
+        assert not taken()
+        _delete_rule(p.sb, "bridge", "host_out", NO_RA)  # the control
+        assert taken()
+        sh("ip", "-n", name, "-6", "route", "flush", "proto", "ra")
+        assert "restore chain bridge portway host_out" in p.pw("gc").stdout
+        assert not taken()
+    finally:
+        p.nv("teardown", netns, data=data)
 
 
 def test_trace_shows_host_out_on_the_hosts_way_to_a_container(sandbox: Sandbox) -> None:
