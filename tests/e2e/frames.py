@@ -3,7 +3,7 @@
     python3 frames.py udp IFNAME SRC_MAC SRC_IP DST_MAC DST_IP PORT PAYLOAD
     python3 frames.py dns IFNAME SRC_MAC SRC_IP DST_MAC DST_IP NAME
     python3 frames.py arp IFNAME SRC_MAC SENDER_IP TARGET_IP [DST_MAC]
-    python3 frames.py ra IFNAME SRC_MAC DST_MAC PREFIX
+    python3 frames.py ra IFNAME SRC_MAC DST_MAC PREFIX [vlan0]
     python3 frames.py udp6 IFNAME SRC_MAC SRC_IP DST_MAC DST_IP PORT PAYLOAD [fragopts]
     python3 frames.py na IFNAME SRC_MAC SRC_IP DST_MAC DST_IP TARGET LLADDR [dstopt|fragN|fragopts]
     python3 frames.py ns IFNAME SRC_MAC SRC_IP DST_MAC DST_IP TARGET LLADDR [nonce]
@@ -20,7 +20,8 @@
 `dns` the same, carrying a DNS query for NAME to port 53; `arp` sends an ARP
 request claiming SENDER_IP is at SRC_MAC (broadcast, or to DST_MAC); `ra` an IPv6
 router advertisement from the link-local address of SRC_MAC, offering PREFIX (a
-/64) for address autoconfiguration and itself as default router; `udp6` a UDP
+/64) for address autoconfiguration and itself as default router (with `vlan0`, in a VLAN
+tag of VLAN 0: priority only); `udp6` a UDP
 datagram over IPv6 from any source; `na` a neighbour advertisement saying TARGET is at
 LLADDR (with `dstopt`, behind a destination options header; with `fragN`, in two
 fragments, the first with the message's first N bytes; with `fragopts`, behind two
@@ -291,6 +292,8 @@ def main(argv: list[str]) -> None:
         frame = udp_frame(argv[2], argv[3], argv[4], argv[5], 53, dns_query(argv[6]))
     elif kind == "ra":
         frame = ra_frame(argv[2], argv[3], argv[4])
+        if argv[5:6] == ["vlan0"]:
+            frame = frame[:12] + b"\x81\x00\x00\x00" + frame[12:]
     elif kind == "udp6":
         frames = udp6_frames(argv[2], argv[3], argv[4], argv[5], int(argv[6]),
                              argv[7].encode(), *argv[8:9])

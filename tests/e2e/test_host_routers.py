@@ -30,6 +30,7 @@ from conftest import Sandbox, ip_json, sh
 
 NO_RA = "the host advertises no routes to containers and redirects none"
 BEHIND_AH = "behind AH, only TCP, UDP"
+NO_VLAN = "no VLAN tag hides a message"
 PREFIX = "2001:db8:bad::"
 ALL_NODES = "33:33:00:00:00:01"
 RA, REDIRECT, NS, NA = 134, 137, 135, 136
@@ -148,6 +149,26 @@ def test_the_hosts_neighbour_discovery_reaches_containers(sandbox: Sandbox) -> N
                     host.bridge_mac)
     assert seen_at(host.victim, "sniff6", NS, ns)
     assert seen_at(host.victim, "sniff6", NA, na)
+
+
+def test_a_vlan_tag_hides_no_advertisement(sandbox: Sandbox) -> None:
+    """Tagged with VLAN 0 (priority only), an advertisement's EtherType is the tag's, so
+    nftables finds no ICMPv6 in it; the container's kernel takes it as untagged."""
+    sb = sandbox
+    host = Host(sb)
+    tagged = [*host.advertise(), "vlan0"]
+
+    def taken() -> bool:
+        sh("ip", "netns", "exec", *tagged)
+        time.sleep(0.3)
+        return host.took_advertisement()
+
+    assert not taken()
+    _delete_rule(sb, "bridge", "host_out", NO_VLAN)  # the control
+    assert taken()
+    host.forget()
+    assert "restore chain bridge portway host_out" in sb.pw("gc").stdout
+    assert not taken()
 
 
 def test_an_advertisement_behind_ah_reaches_no_container(sandbox: Sandbox) -> None:

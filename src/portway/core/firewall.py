@@ -900,6 +900,14 @@ def render_guard_base() -> list[Cmd]:
         rule("host_out", "behind AH, only TCP, UDP, ESP or SCTP: no check reads past it",
              _match(_meta("l4proto"), "ah"), _match(_meta("oifname"), HOST_OUT_PORTS),
              _match(_payload("ah", "nexthdr"), {"set": AH_CARRIES}, "!="), {"drop": None}),
+        # A frame with a VLAN tag has no transport protocol for nftables (its EtherType is
+        # the tag's), so it fails the rules above whatever it carries; a container's
+        # kernel takes one tagged with VLAN 0 (priority only) as untagged, advertisement
+        # and all. Containers have no VLANs on portway's networks (spoof drops every tagged
+        # frame they send).
+        rule("host_out", "no VLAN tag hides a message from the rules above",
+             _match(_payload("ether", "type"), {"set": ["8021q", "8021ad"]}),
+             _match(_meta("oifname"), HOST_OUT_PORTS), {"drop": None}),
     ]
 
 
