@@ -100,6 +100,9 @@ ROWS: list[tuple[str, str, str, str]] = [
      "Authentication Header: nothing at the container's eth0; UDP behind one arrives "
      "(control first)", "test_host_routers.py",
      "test_an_advertisement_behind_ah_reaches_no_container"),
+    ("Security", "a router advertisement the host writes onto the bridge in a VLAN tag of "
+     "VLAN 0: no route in the container (control first)", "test_host_routers.py",
+     "test_a_vlan_tag_hides_no_advertisement"),
     ("Security", "internal network to the outside, even with a route added by hand",
      "test_firewall.py", "test_internal_network"),
     ("Security", "internal network to the host's other addresses, and to host services "
