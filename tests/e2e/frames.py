@@ -9,6 +9,7 @@
     python3 frames.py ns IFNAME SRC_MAC SRC_IP DST_MAC DST_IP TARGET LLADDR [nonce]
     python3 frames.py rs IFNAME SRC_MAC SRC_IP DST_MAC DST_IP LLADDR
     python3 frames.py redirect IFNAME SRC_MAC SRC_IP DST_MAC DST_IP TARGET DESTINATION
+    python3 frames.py redirect4 IFNAME SRC_MAC SRC_IP DST_MAC DST_IP TARGET DESTINATION
     python3 frames.py vxlan VTEP VNI SRC_MAC SRC_IP DST_MAC DST_IP PORT PAYLOAD
     python3 frames.py ah IFNAME SRC_MAC SRC_IP DST_MAC DST_IP SPI ra PREFIX
     python3 frames.py ah IFNAME SRC_MAC SRC_IP DST_MAC DST_IP SPI na|dstopt-na TARGET LLADDR
@@ -30,7 +31,8 @@ begins; `udp6` with `fragopts`: behind one, in two fragments, the first with the
 up to UDP's); `ns` a neighbour solicitation
 for TARGET, and `rs` a router solicitation, each saying its sender is at LLADDR (with
 `nonce`, a nonce option comes first); `redirect` a redirect saying TARGET is the
-better first hop to DESTINATION. A packet socket writes the frame as is, so
+better first hop to DESTINATION (`redirect4`: an IPv4 ICMP redirect for hosts, about an
+echo request DST_IP sent to DESTINATION). A packet socket writes the frame as is, so
 nothing in the container's stack corrects it. `vxlan` wraps a `udp` frame in a VXLAN
 header with VNI and sends it to VTEP's port 4789 over an ordinary UDP socket of VTEP's
 family (no privilege needed).
@@ -73,6 +75,21 @@ def udp_frame(src_mac: str, src_ip: str, dst_mac: str, dst_ip: str, port: int,
                          socket.inet_aton(src_ip), socket.inet_aton(dst_ip))
     header = header[:10] + struct.pack("!H", checksum(header)) + header[12:]
     return mac(dst_mac) + mac(src_mac) + b"\x08\x00" + header + udp
+
+
+def redirect4_frame(src_mac: str, src_ip: str, dst_mac: str, dst_ip: str, target: str,
+                    destination: str) -> bytes:
+    """An IPv4 ICMP redirect for hosts (type 5, code 1): TARGET is the better first hop
+    to DESTINATION, quoting an echo request DST_IP sent there."""
+    def ip4(proto: int, src: str, dst: str, payload: bytes) -> bytes:
+        header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 1, 0, 64, proto,
+                             0, socket.inet_aton(src), socket.inet_aton(dst))
+        return header[:10] + struct.pack("!H", checksum(header)) + header[12:] + payload
+
+    quoted = ip4(1, dst_ip, destination, struct.pack("!BBHHH", 8, 0, 0, 1, 1))
+    icmp = struct.pack("!BBH4s", 5, 1, 0, socket.inet_aton(target)) + quoted
+    icmp = icmp[:2] + struct.pack("!H", checksum(icmp)) + icmp[4:]
+    return mac(dst_mac) + mac(src_mac) + b"\x08\x00" + ip4(1, src_ip, dst_ip, icmp)
 
 
 def arp_frame(src_mac: str, sender_ip: str, target_ip: str,
@@ -307,6 +324,8 @@ def main(argv: list[str]) -> None:
                          argv[8:9] == ["nonce"])
     elif kind == "redirect":
         frame = redirect_frame(argv[2], argv[3], argv[4], argv[5], argv[6], argv[7])
+    elif kind == "redirect4":
+        frame = redirect4_frame(argv[2], argv[3], argv[4], argv[5], argv[6], argv[7])
     elif kind == "rs":
         frame = rs_frame(argv[2], argv[3], argv[4], argv[5], argv[6])
     else:

@@ -31,6 +31,7 @@ from conftest import Sandbox, ip_json, sh
 NO_RA = "the host advertises no routes to containers and redirects none"
 BEHIND_AH = "behind AH, only TCP, UDP"
 NO_VLAN = "no VLAN tag hides a message"
+NO_REDIRECT4 = "the host redirects no container's IPv4 either"
 PREFIX = "2001:db8:bad::"
 ALL_NODES = "33:33:00:00:00:01"
 RA, REDIRECT, NS, NA = 134, 137, 135, 136
@@ -136,6 +137,37 @@ def test_the_hosts_redirect_reaches_no_container(sandbox: Sandbox) -> None:
     assert seen_at(host.victim, "sniff6", REDIRECT, redirect)
     assert "restore chain bridge portway host_out" in sb.pw("gc").stdout
     assert not seen_at(host.victim, "sniff6", REDIRECT, redirect)
+
+
+def icmp_redirects(netns: str) -> int:
+    """How many IPv4 redirects the ICMP layer of netns has received (InRedirects)."""
+    names, values = [line.split() for line in sh("ip", "netns", "exec", netns, "cat",
+                                                 "/proc/net/snmp").stdout.splitlines()
+                     if line.startswith("Icmp:")]
+    return int(values[names.index("InRedirects")])
+
+
+def test_the_hosts_ipv4_redirect_reaches_no_container(sandbox: Sandbox) -> None:
+    """A container's eth0 takes IPv4 redirects from its gateway too (accept_redirects=1,
+    shared_media=1): the host's, naming another first hop, reach none."""
+    sb = sandbox
+    host = Host(sb)
+    app = networks(sb, "victim")["app"]
+    address, gateway = str(app["IPAddress"]), str(app["Gateway"])
+    redirect = host.frame("redirect4", host.bridge_mac, gateway, host.mac, address,
+                          address.rsplit(".", 1)[0] + ".99", "192.0.2.7")
+
+    def arrives() -> bool:
+        before = icmp_redirects(host.victim)
+        sh("ip", "netns", "exec", *redirect)
+        time.sleep(0.3)
+        return icmp_redirects(host.victim) > before
+
+    assert not arrives()
+    _delete_rule(sb, "bridge", "host_out", NO_REDIRECT4)  # the control
+    assert arrives()
+    assert "restore chain bridge portway host_out" in sb.pw("gc").stdout
+    assert not arrives()
 
 
 def test_the_hosts_neighbour_discovery_reaches_containers(sandbox: Sandbox) -> None:

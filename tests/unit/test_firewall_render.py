@@ -309,8 +309,8 @@ def test_guard_fails_closed() -> None:
 def test_host_out_keeps_the_hosts_routers_messages_from_containers() -> None:
     # The bridge's output hook (what the host sends into a bridge): only drops, each of
     # them only towards a container port or an overlay VXLAN device, router
-    # advertisements and redirects, and whatever an AH or a VLAN tag could hide them
-    # behind.
+    # advertisements and redirects (IPv4's too), and whatever an AH or a VLAN tag could
+    # hide them behind.
     base = firewall.render_guard_base()
     [chain] = [c["add"]["chain"] for c in base
                if c["add"].get("chain", {}).get("name") == "host_out"]
@@ -322,11 +322,13 @@ def test_host_out_keeps_the_hosts_routers_messages_from_containers() -> None:
     oif = {"match": {"op": "==", "left": {"meta": {"key": "oifname"}},
                      "right": firewall.HOST_OUT_PORTS}}
     assert [r[0]["match"]["right"] for r in rules] == [
-        "ipv6-icmp", "ah", {"set": ["8021q", "8021ad"]}]
-    assert [r[1] for r in rules] == [oif, oif, oif]
-    assert all(r[-1] == {"drop": None} for r in rules) and len(rules) == 3
+        "ipv6-icmp", "icmp", "ah", {"set": ["8021q", "8021ad"]}]
+    assert [r[1] for r in rules] == [oif, oif, oif, oif]
+    assert all(r[-1] == {"drop": None} for r in rules) and len(rules) == 4
     assert rules[0][2]["match"]["right"] == {"set": ["nd-router-advert", "nd-redirect"]}
-    assert rules[1][2]["match"] == {"op": "!=", "right": {"set": firewall.AH_CARRIES},
+    assert rules[1][2]["match"] == {"op": "==", "right": "redirect",
+                                    "left": {"payload": {"protocol": "icmp", "field": "type"}}}
+    assert rules[2][2]["match"] == {"op": "!=", "right": {"set": firewall.AH_CARRIES},
                                     "left": {"payload": {"protocol": "ah",
                                                          "field": "nexthdr"}}}
     # One prefix for both kinds of port, and no other port of portway's has it.

@@ -895,6 +895,12 @@ def render_guard_base() -> list[Cmd]:
         rule("host_out", "the host advertises no routes to containers and redirects none",
              _match(_meta("l4proto"), "ipv6-icmp"), _match(_meta("oifname"), HOST_OUT_PORTS),
              _match(icmpv6, {"set": ["nd-router-advert", "nd-redirect"]}), {"drop": None}),
+        # IPv4 has redirects too: a container's eth0 keeps the kernel's
+        # accept_redirects=1, and one acted on sends its traffic around the host, past
+        # its filters, to whatever first hop it names.
+        rule("host_out", "the host redirects no container's IPv4 either",
+             _match(_meta("l4proto"), "icmp"), _match(_meta("oifname"), HOST_OUT_PORTS),
+             _match(_payload("icmp", "type"), "redirect"), {"drop": None}),
         # Behind an AH, `icmpv6 type` is unreadable (spoof_ip6's rule says why): the same
         # allow-list as there.
         rule("host_out", "behind AH, only TCP, UDP, ESP or SCTP: no check reads past it",
