@@ -32,10 +32,10 @@ up to UDP's); `ns` a neighbour solicitation
 for TARGET, and `rs` a router solicitation, each saying its sender is at LLADDR (with
 `nonce`, a nonce option comes first); `redirect` a redirect saying TARGET is the
 better first hop to DESTINATION (`redirect4`: an IPv4 ICMP redirect for hosts, about an
-echo request DST_IP sent to DESTINATION). A packet socket writes the frame as is, so
-nothing in the container's stack corrects it. `vxlan` wraps a `udp` frame in a VXLAN
-header with VNI and sends it to VTEP's port 4789 over an ordinary UDP socket of VTEP's
-family (no privilege needed).
+echo reply DST_IP sent to DESTINATION, which the kernel hands to routing). A packet
+socket writes the frame as is, so nothing in the container's stack corrects it. `vxlan`
+wraps a `udp` frame in a VXLAN header with VNI and sends it to VTEP's port 4789 over an
+ordinary UDP socket of VTEP's family (no privilege needed).
 
 `ah` sends an IPv6 packet from SRC_IP whose IPv6 header is followed by an IPsec
 Authentication Header (RFC 4302: next header 51) with SPI and an ICV of zeros (no
@@ -80,13 +80,14 @@ def udp_frame(src_mac: str, src_ip: str, dst_mac: str, dst_ip: str, port: int,
 def redirect4_frame(src_mac: str, src_ip: str, dst_mac: str, dst_ip: str, target: str,
                     destination: str) -> bytes:
     """An IPv4 ICMP redirect for hosts (type 5, code 1): TARGET is the better first hop
-    to DESTINATION, quoting an echo request DST_IP sent there."""
+    to DESTINATION, quoting an echo reply DST_IP sent there (the kernel hands a redirect
+    about one to routing; about an echo request, to its ping socket alone)."""
     def ip4(proto: int, src: str, dst: str, payload: bytes) -> bytes:
         header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 1, 0, 64, proto,
                              0, socket.inet_aton(src), socket.inet_aton(dst))
         return header[:10] + struct.pack("!H", checksum(header)) + header[12:] + payload
 
-    quoted = ip4(1, dst_ip, destination, struct.pack("!BBHHH", 8, 0, 0, 1, 1))
+    quoted = ip4(1, dst_ip, destination, struct.pack("!BBHHH", 0, 0, 0, 1, 1))
     icmp = struct.pack("!BBH4s", 5, 1, 0, socket.inet_aton(target)) + quoted
     icmp = icmp[:2] + struct.pack("!H", checksum(icmp)) + icmp[4:]
     return mac(dst_mac) + mac(src_mac) + b"\x08\x00" + ip4(1, src_ip, dst_ip, icmp)
